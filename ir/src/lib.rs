@@ -1,0 +1,36 @@
+//! reformc's typed tensor IR.
+//!
+//! An SSA dataflow graph whose values are typed by a dtype and a shape of
+//! symbolic dimensions, with ops at two levels (model ops such as
+//! `lsh_attention`, tensor ops such as `matmul`), a text format that prints
+//! and parses back identically, a verifier and a Graphviz export.
+//!
+//! ```
+//! use reformc_ir::{parse, print, verify};
+//! let text = "graph {\n  %0 = input {name=\"x\"} : f32[B,L,8]\n  %1 = softmax %0 {axis=2} : f32[B,L,8]\n  output \"y\" = %1\n}\n";
+//! let g = parse(text).unwrap();
+//! verify(&g).unwrap();
+//! assert_eq!(print(&g), text);
+//! ```
+
+mod attr;
+mod dim;
+mod dot;
+mod dtype;
+mod graph;
+mod op;
+mod parse;
+mod print;
+mod types;
+mod verify;
+
+pub use attr::{Attr, Attrs};
+pub use dim::{Dim, DimEnv};
+pub use dot::{to_dot, to_petgraph};
+pub use dtype::DType;
+pub use graph::{Graph, Node, Region, ValueId};
+pub use op::{AttrSpec, AttrType, Op, OpKind, OpLevel, OpSchema, ACTIVATIONS, REDUCTIONS};
+pub use parse::{parse, ParseError};
+pub use print::print;
+pub use types::TensorType;
+pub use verify::{verify, VerifyError};

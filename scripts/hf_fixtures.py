@@ -1,0 +1,598 @@
+#!/usr/bin/env python3
+"""Generate golden Reformer fixtures from Hugging Face transformers (5.23.0).
+
+For every case this script builds a small, randomly initialised HF Reformer
+(`ReformerModelWithLMHead` when causal, `ReformerForMaskedLM` otherwise),
+runs it in eval mode on CPU with all dropouts 0 and records:
+
+  config.json          HF config (written before the forward, so an automatic
+                       `num_buckets` stays null; the resolved value is in meta.json)
+  model.safetensors    float32 state dict, HF names (`reformer.*`, `lm_head.*`)
+  input_ids.npy        int64 [B, L]
+  attention_mask.npy   int64 [B, L] (1 keep, 0 padding), only for cases with a mask
+  lsh_rotations.npy    float32 [n_lsh_calls, H, d, r, S/2], the rotations HF drew
+  lsh_buckets.npy      int64 [n_lsh_calls, B, H, r*L_padded], what `_hash_vectors`
+                       returned (round offsets and padding bucket included)
+  logits.npy           float32 [B, L, V], HF float32 logits
+  logits_f64.npy       float64 [B, L, V], the same model in float64 with the float32
+                       run's buckets replayed (exact-arithmetic reference)
+  meta.json            parameters, resolved values, diffs and file shapes
+
+Usage:
+  /work/hfvenv/bin/python scripts/hf_fixtures.py --out tests/fixtures --examples examples
+
+Deterministic: fixed seeds per case, one CPU thread.
+"""
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import os
+import sys
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+import transformers
+from transformers import ReformerConfig, ReformerForMaskedLM, ReformerModelWithLMHead
+from transformers.models.reformer import modeling_reformer as mr
+
+EXPECTED_TORCH = "2.15.0"
+EXPECTED_TRANSFORMERS = "5.23.0"
+
+FILES = [
+    "config.json",
+    "model.safetensors",
+    "input_ids.npy",
+    "attention_mask.npy",
+    "lsh_rotations.npy",
+    "lsh_buckets.npy",
+    "logits.npy",
+    "logits_f64.npy",
+    "meta.json",
+]
+
+# --------------------------------------------------------------------------------------
+# Cases
+# --------------------------------------------------------------------------------------
+
+BASE = dict(
+    hidden_size=32,
+    num_attention_heads=2,
+    attention_head_size=16,
+    feed_forward_size=64,
+    vocab_size=48,
+    axial_pos_embds=True,
+    axial_pos_shape=[8, 8],
+    axial_pos_embds_dim=[16, 16],
+    max_position_embeddings=64,
+    lsh_attn_chunk_length=8,
+    local_attn_chunk_length=16,
+    lsh_num_chunks_before=1,
+    lsh_num_chunks_after=0,
+    local_num_chunks_before=1,
+    local_num_chunks_after=0,
+    num_hashes=1,
+    num_buckets=8,
+    hidden_act="relu",
+    hidden_dropout_prob=0.0,
+    lsh_attention_probs_dropout_prob=0.0,
+    local_attention_probs_dropout_prob=0.0,
+    pad_token_id=0,
+    eos_token_id=2,
+)
+
+
+def case(name, description, seed, B, L, mask_keep=None, **cfg):
+    """mask_keep: None (no attention_mask) or a list of per-row numbers of kept tokens."""
+    c = dict(BASE)
+    c.update(cfg)
+    return dict(name=name, description=description, seed=seed, B=B, L=L, mask_keep=mask_keep, cfg=c)
+
+
+CASES = [
+    case("causal_lsh_r1",
+         "causal, all-LSH, 1 hash round, 8 buckets, LSH chunk 8, L=64 (8 chunks)",
+         seed=101, B=1, L=64,
+         is_decoder=True, attn_layers=["lsh", "lsh"], num_hashes=1, num_buckets=8),
+    case("causal_mixed_r2",
+         "causal, mixed local/lsh x2, 2 rounds, 8 buckets, LSH chunk 8, local chunk 16, L=64",
+         seed=102, B=1, L=64,
+         is_decoder=True, attn_layers=["local", "lsh", "local", "lsh"], num_hashes=2, num_buckets=8),
+    case("causal_lsh_r4_factorized",
+         "causal, [lsh,local,lsh], 4 rounds, factorized buckets [2,4], head size 8 (H*d=16 != D=32), "
+         "both chunks 8, L=64",
+         seed=103, B=1, L=64,
+         is_decoder=True, attn_layers=["lsh", "local", "lsh"], num_hashes=4, num_buckets=[2, 4],
+         attention_head_size=8, local_attn_chunk_length=8),
+    case("causal_lsh_r8_b3",
+         "causal, all-LSH, 8 rounds, 8 buckets, LSH chunk 16, L=128, batch 3, axial (16,8)",
+         seed=104, B=3, L=128,
+         is_decoder=True, attn_layers=["lsh", "lsh"], num_hashes=8, num_buckets=8,
+         lsh_attn_chunk_length=16, axial_pos_shape=[16, 8], max_position_embeddings=128),
+    case("causal_auto_buckets",
+         "causal, [lsh,local,lsh], num_buckets null (HF resolves [4,8] at L=128, chunk 8, "
+         "max_position_embeddings 128), 2 rounds, L=128",
+         seed=105, B=1, L=128,
+         is_decoder=True, attn_layers=["lsh", "local", "lsh"], num_hashes=2, num_buckets=None,
+         axial_pos_shape=[16, 8], max_position_embeddings=128),
+    case("causal_local_only_before2",
+         "causal, all-local (3 layers), local chunk 8, local_num_chunks_before=2, L=48, batch 2, "
+         "axial (8,8) product 64 > L; no hashing",
+         seed=106, B=2, L=48,
+         is_decoder=True, attn_layers=["local", "local", "local"], local_attn_chunk_length=8,
+         local_num_chunks_before=2),
+    case("causal_mixed_padded",
+         "causal, mixed local/lsh x2, LSH chunk 8, local chunk 12 (lcm 24), L=50 padded by HF to 72 "
+         "(HF builds an attention mask for the pad tail, so the padding bucket is used), 2 rounds, "
+         "axial (8,9)",
+         seed=107, B=1, L=50,
+         is_decoder=True, attn_layers=["local", "lsh", "local", "lsh"], num_hashes=2, num_buckets=8,
+         local_attn_chunk_length=12, axial_pos_shape=[8, 9], max_position_embeddings=72),
+    case("causal_mask_padded_b2",
+         "causal, [lsh,local,lsh], 2 rounds, 4 buckets, user attention_mask (row 0 all kept, row 1 "
+         "44 kept + zero tail), L=60 padded by HF to 64 (mask extended with zeros)",
+         seed=108, B=2, L=60, mask_keep=[60, 44],
+         is_decoder=True, attn_layers=["lsh", "local", "lsh"], num_hashes=2, num_buckets=4),
+    case("causal_gelu_plainpos",
+         "causal, [lsh,local], gelu, plain (non-axial) position embeddings, both chunks 10, "
+         "2 rounds, 8 buckets, L=80",
+         seed=109, B=1, L=80,
+         is_decoder=True, attn_layers=["lsh", "local"], num_hashes=2, num_buckets=8, hidden_act="gelu",
+         axial_pos_embds=False, max_position_embeddings=80, lsh_attn_chunk_length=10,
+         local_attn_chunk_length=10),
+    case("causal_short_plain_attn",
+         "causal, [local,lsh], L=12 <= both chunk lengths (16): no padding, no hashing, plain "
+         "full attention in both layer types (LSH keeps its self mask), batch 2",
+         seed=110, B=2, L=12,
+         is_decoder=True, attn_layers=["local", "lsh"], num_hashes=2, num_buckets=4,
+         lsh_attn_chunk_length=16, local_attn_chunk_length=16),
+    case("causal_short_lsh_chunked_local",
+         "causal, [lsh,local,lsh], LSH chunk 32, local chunk 8, L=32: LSH layers take the plain "
+         "path (L <= chunk, no hashing) while local layers are chunked",
+         seed=111, B=1, L=32,
+         is_decoder=True, attn_layers=["lsh", "local", "lsh"], num_hashes=2, num_buckets=4,
+         lsh_attn_chunk_length=32, local_attn_chunk_length=8),
+    case("noncausal_lsh_r2_after1",
+         "non-causal (MaskedLM), all-LSH x3, 2 rounds, 8 buckets, LSH chunk 8, "
+         "lsh_num_chunks_after=1, L=64",
+         seed=112, B=1, L=64,
+         is_decoder=False, attn_layers=["lsh", "lsh", "lsh"], num_hashes=2, num_buckets=8,
+         lsh_num_chunks_after=1),
+    case("noncausal_mixed_r4_plainpos",
+         "non-causal, mixed local/lsh x2, 4 rounds, factorized buckets [2,4], LSH chunk 12, local "
+         "chunk 16 (lcm 48), local before=2 after=1, plain position embeddings, L=96",
+         seed=113, B=1, L=96,
+         is_decoder=False, attn_layers=["local", "lsh", "local", "lsh"], num_hashes=4,
+         num_buckets=[2, 4], lsh_attn_chunk_length=12, local_attn_chunk_length=16,
+         local_num_chunks_before=2, local_num_chunks_after=1, axial_pos_embds=False,
+         max_position_embeddings=96),
+    case("noncausal_local_only",
+         "non-causal, all-local x2, local chunk 16, local_num_chunks_after=1, L=64, batch 2; "
+         "no hashing",
+         seed=114, B=2, L=64,
+         is_decoder=False, attn_layers=["local", "local"], local_num_chunks_after=1),
+    case("noncausal_mask_b2",
+         "non-causal, [lsh,local,lsh], 2 rounds, 8 buckets, attention_mask (row 0 all kept, row 1 "
+         "43 kept + zero tail of 21), L=64 (no extra padding)",
+         seed=115, B=2, L=64, mask_keep=[64, 43],
+         is_decoder=False, attn_layers=["lsh", "local", "lsh"], num_hashes=2, num_buckets=8),
+    case("noncausal_short_mask",
+         "non-causal, [lsh,local], L=14 <= both chunks (16): plain attention with attention_mask "
+         "(row 1 keeps 9), batch 2; no hashing",
+         seed=116, B=2, L=14, mask_keep=[14, 9],
+         is_decoder=False, attn_layers=["lsh", "local"], num_hashes=2, num_buckets=4,
+         lsh_attn_chunk_length=16, local_attn_chunk_length=16),
+    case("noncausal_mask_padded_r8",
+         "non-causal, [lsh,lsh], 8 rounds, factorized buckets [2,2], LSH chunk 16, "
+         "lsh_num_chunks_after=1, attention_mask (row 1 keeps 51) and L=70 padded by HF to 80, "
+         "axial (10,8), batch 2",
+         seed=117, B=2, L=70, mask_keep=[70, 51],
+         is_decoder=False, attn_layers=["lsh", "lsh"], num_hashes=8, num_buckets=[2, 2],
+         lsh_attn_chunk_length=16, lsh_num_chunks_after=1, axial_pos_shape=[10, 8],
+         max_position_embeddings=80),
+]
+
+EXAMPLE = case(
+    "tiny-reformer",
+    "README demo: causal, hidden 64, 2 heads of 32, layers [local,lsh,local,lsh], 2 rounds, "
+    "16 buckets, chunks 32, L=256, axial (16,16)",
+    seed=201, B=1, L=256,
+    is_decoder=True, attn_layers=["local", "lsh", "local", "lsh"], num_hashes=2, num_buckets=16,
+    hidden_size=64, attention_head_size=32, feed_forward_size=128, vocab_size=64,
+    axial_pos_shape=[16, 16], axial_pos_embds_dim=[32, 32], max_position_embeddings=256,
+    lsh_attn_chunk_length=32, local_attn_chunk_length=32,
+)
+
+# --------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------
+
+
+def lcm_chunk(cfg):
+    kinds = set(cfg["attn_layers"])
+    if kinds == {"lsh"}:
+        return cfg["lsh_attn_chunk_length"]
+    if kinds == {"local"}:
+        return cfg["local_attn_chunk_length"]
+    return math.lcm(cfg["lsh_attn_chunk_length"], cfg["local_attn_chunk_length"])
+
+
+def min_chunk(cfg):
+    kinds = set(cfg["attn_layers"])
+    vals = []
+    if "lsh" in kinds:
+        vals.append(cfg["lsh_attn_chunk_length"])
+    if "local" in kinds:
+        vals.append(cfg["local_attn_chunk_length"])
+    return min(vals)
+
+
+def padded_length(cfg, L):
+    m = lcm_chunk(cfg)
+    if L % m != 0 and L > min_chunk(cfg):
+        return L + (m - L % m)
+    return L
+
+
+def reinit_(model, seed):
+    """Deterministic, O(1)-scale random weights (HF's default init, std 0.02, would make the
+    attention contribution negligible and the fixtures weak). lm_head.bias is made non-zero on
+    purpose: HF 5.23.0 does not add it, so a wrong implementation shows up."""
+    g = torch.Generator().manual_seed(seed * 7919 + 17)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            shape = p.shape
+            if name.endswith("layer_norm.weight"):
+                v = 1.0 + 0.1 * torch.randn(shape, generator=g)
+            elif name.endswith("layer_norm.bias"):
+                v = 0.1 * torch.randn(shape, generator=g)
+            elif "word_embeddings" in name or "position_embeddings" in name:
+                v = torch.randn(shape, generator=g)
+            elif name == "lm_head.bias":
+                v = 0.5 * torch.randn(shape, generator=g)
+            elif name.endswith(".weight") and p.dim() == 2:
+                v = torch.randn(shape, generator=g) / math.sqrt(shape[1])
+            elif name.endswith(".bias"):
+                v = 0.1 * torch.randn(shape, generator=g)
+            else:
+                raise RuntimeError(f"unexpected parameter {name}")
+            p.copy_(v.to(p.dtype))
+
+
+@contextmanager
+def patched_hash_vectors(fn):
+    orig = mr.LSHSelfAttention._hash_vectors
+    mr.LSHSelfAttention._hash_vectors = fn
+    try:
+        yield orig
+    finally:
+        mr.LSHSelfAttention._hash_vectors = orig
+
+
+def recording_hash(records):
+    orig = mr.LSHSelfAttention._hash_vectors
+
+    def wrapped(self, vectors, num_hashes, attention_mask, increase_num_buckets=False):
+        real_randn = torch.randn
+        draws = []
+
+        def rec_randn(*args, **kwargs):
+            t = real_randn(*args, **kwargs)
+            draws.append(t.detach().clone())
+            return t
+
+        torch.randn = rec_randn
+        try:
+            out = orig(self, vectors, num_hashes, attention_mask, increase_num_buckets)
+        finally:
+            torch.randn = real_randn
+        if len(draws) != 1:
+            raise RuntimeError(f"expected exactly one torch.randn call in _hash_vectors, got {len(draws)}")
+        records.append(dict(
+            layer=self.layer_idx,
+            num_buckets=copy.deepcopy(self.num_buckets),
+            num_hashes=num_hashes,
+            vectors=vectors.detach().clone(),
+            attention_mask=None if attention_mask is None else attention_mask.detach().clone(),
+            rotations=draws[0],
+            buckets=out.detach().clone(),
+        ))
+        return out
+
+    return wrapped
+
+
+def replaying_hash(queue, counter):
+    def replay(self, vectors, num_hashes, attention_mask, increase_num_buckets=False):
+        if not queue:
+            raise RuntimeError("more _hash_vectors calls than recorded")
+        b = queue.pop(0)
+        expect = (vectors.shape[0], self.num_attention_heads, num_hashes * vectors.shape[2])
+        if tuple(b.shape) != expect:
+            raise RuntimeError(f"replayed buckets shape {tuple(b.shape)} != {expect}")
+        counter[0] += 1
+        return b.clone()
+
+    return replay
+
+
+def hash_like_hf(vectors, rotations, num_buckets, attention_mask, num_hashes):
+    """Independent re-statement of HF's hashing (used to count f32/f64 argmax flips)."""
+    B, H = vectors.shape[0], vectors.shape[1]
+    rotated = torch.einsum("bmtd,mdhr->bmhtr", vectors, rotations)
+    factors = [num_buckets] if isinstance(num_buckets, int) else list(num_buckets)
+    buckets, start, prod = None, 0, 1
+    for f in factors:
+        piece = rotated[..., start:start + f // 2]
+        start += f // 2
+        idx = torch.argmax(torch.cat([piece, -piece], dim=-1), dim=-1)
+        buckets = idx if buckets is None else buckets + prod * idx
+        prod *= f
+    nb = prod
+    if attention_mask is not None and attention_mask.sum().item() < B * attention_mask.shape[-1]:
+        nb += 1
+        keep = attention_mask.to(torch.bool)[:, None, None, :].expand(buckets.shape)
+        buckets = torch.where(keep, buckets, torch.tensor(nb - 1, dtype=torch.long))
+    offsets = (torch.arange(num_hashes) * nb).view(1, 1, -1, 1)
+    return (buckets + offsets).flatten(start_dim=2, end_dim=3), nb
+
+
+def run_model(model, ids, mask, causal):
+    kwargs = dict(input_ids=ids)
+    if mask is not None:
+        kwargs["attention_mask"] = mask
+    if causal:
+        kwargs["use_cache"] = False
+    with torch.no_grad():
+        return model(**kwargs).logits
+
+
+def npy_save(path, arr):
+    np.save(path, np.ascontiguousarray(arr), allow_pickle=False)
+
+
+def file_info(path):
+    if path.endswith(".npy"):
+        a = np.load(path, mmap_mode="r")
+        return dict(dtype=str(a.dtype), shape=list(a.shape))
+    return dict(bytes=os.path.getsize(path))
+
+
+# --------------------------------------------------------------------------------------
+# One case
+# --------------------------------------------------------------------------------------
+
+
+def generate(c, out_dir):
+    from safetensors.torch import save_file
+
+    name, seed, B, L = c["name"], c["seed"], c["B"], c["L"]
+    cfgd = dict(c["cfg"])
+    causal = bool(cfgd["is_decoder"])
+    os.makedirs(out_dir, exist_ok=True)
+    for f in FILES:  # remove stale outputs of this case only
+        p = os.path.join(out_dir, f)
+        if os.path.exists(p):
+            os.remove(p)
+
+    torch.manual_seed(seed)
+    config = ReformerConfig(**cfgd)
+    cls = ReformerModelWithLMHead if causal else ReformerForMaskedLM
+    model = cls(config)
+    model.eval()
+    reinit_(model, seed)
+    model.config.architectures = [cls.__name__]
+
+    # config.json before any forward (num_buckets=None stays null)
+    model.config.to_json_file(os.path.join(out_dir, "config.json"), use_diff=True)
+
+    # weights
+    sd = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in model.state_dict().items()}
+    assert "lm_head.bias" in sd
+    save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+
+    # inputs
+    g = torch.Generator().manual_seed(seed * 31 + 5)
+    ids = torch.randint(0, cfgd["vocab_size"], (B, L), generator=g, dtype=torch.long)
+    mask = None
+    if c["mask_keep"] is not None:
+        mask = torch.zeros((B, L), dtype=torch.long)
+        for row, keep in enumerate(c["mask_keep"]):
+            mask[row, :keep] = 1
+        ids = torch.where(mask.bool(), ids, torch.full_like(ids, cfgd["pad_token_id"]))
+        npy_save(os.path.join(out_dir, "attention_mask.npy"), mask.numpy().astype(np.int64))
+    npy_save(os.path.join(out_dir, "input_ids.npy"), ids.numpy().astype(np.int64))
+
+    Lp = padded_length(cfgd, L)
+
+    # float32 run, recording rotations and buckets
+    rotation_seed = seed * 1000 + 7
+    records = []
+    with patched_hash_vectors(recording_hash(records)):
+        torch.manual_seed(rotation_seed)
+        logits = run_model(model, ids, mask, causal)
+    assert logits.dtype == torch.float32 and tuple(logits.shape) == (B, L, cfgd["vocab_size"])
+
+    n_calls = len(records)
+    n_lsh_layers = sum(1 for t in cfgd["attn_layers"] if t == "lsh")
+    hashing = Lp > cfgd["lsh_attn_chunk_length"] and n_lsh_layers > 0
+    assert n_calls == (n_lsh_layers if hashing else 0), (n_calls, n_lsh_layers, hashing)
+    resolved_nb = model.config.num_buckets  # HF writes the auto value back at the first LSH forward
+    if n_calls:
+        assert all(r["num_buckets"] == records[0]["num_buckets"] for r in records)
+        assert resolved_nb == records[0]["num_buckets"]
+        assert [r["layer"] for r in records] == [i for i, t in enumerate(cfgd["attn_layers"]) if t == "lsh"]
+
+    # rotations are consecutive draws from the global generator after torch.manual_seed(rotation_seed)
+    torch.manual_seed(rotation_seed)
+    for r in records:
+        again = torch.randn(r["rotations"].shape, dtype=r["rotations"].dtype)
+        assert torch.equal(again, r["rotations"]), "rotation draw is not reproducible from rotation_seed"
+
+    hash_info = {}
+    if n_calls:
+        rot = torch.stack([r["rotations"] for r in records]).numpy().astype(np.float32)
+        bk = torch.stack([r["buckets"] for r in records]).numpy().astype(np.int64)
+        H, d, rr = cfgd["num_attention_heads"], cfgd["attention_head_size"], cfgd["num_hashes"]
+        assert rot.shape[:4] == (n_calls, H, d, rr), rot.shape
+        assert bk.shape == (n_calls, B, H, rr * Lp), bk.shape
+        npy_save(os.path.join(out_dir, "lsh_rotations.npy"), rot)
+        npy_save(os.path.join(out_dir, "lsh_buckets.npy"), bk)
+
+        flips, total, nb_prime = 0, 0, None
+        for r in records:
+            b32, nb_prime = hash_like_hf(r["vectors"], r["rotations"], r["num_buckets"],
+                                         r["attention_mask"], r["num_hashes"])
+            assert torch.equal(b32, r["buckets"]), "independent f32 hashing disagrees with HF"
+            b64, _ = hash_like_hf(r["vectors"].double(), r["rotations"].double(), r["num_buckets"],
+                                  r["attention_mask"], r["num_hashes"])
+            flips += int((b64 != r["buckets"]).sum())
+            total += r["buckets"].numel()
+        hash_info = dict(
+            padding_bucket_used=bool(nb_prime != (resolved_nb if isinstance(resolved_nb, int)
+                                                  else int(np.prod(resolved_nb)))),
+            buckets_per_round_with_padding=int(nb_prime),
+            hash_decisions=total,
+            hash_flips_f64_vs_f32=flips,
+        )
+
+    # replay the recorded buckets in the float32 model: must reproduce logits exactly
+    queue = [r["buckets"] for r in records]
+    counter = [0]
+    with patched_hash_vectors(replaying_hash(queue, counter)):
+        torch.manual_seed(rotation_seed + 1)  # different RNG state on purpose
+        logits_replay = run_model(model, ids, mask, causal)
+    assert counter[0] == n_calls and not queue
+    assert torch.equal(logits_replay, logits), "f32 bucket replay does not reproduce HF logits"
+
+    # float64 reference with the float32 run's buckets
+    model64 = copy.deepcopy(model).double()
+    queue = [r["buckets"] for r in records]
+    counter = [0]
+    with patched_hash_vectors(replaying_hash(queue, counter)):
+        torch.manual_seed(rotation_seed + 2)
+        logits64 = run_model(model64, ids, mask, causal)
+    assert counter[0] == n_calls and not queue, "f64 run did not consume exactly the recorded buckets"
+    assert logits64.dtype == torch.float64
+
+    npy_save(os.path.join(out_dir, "logits.npy"), logits.numpy().astype(np.float32))
+    npy_save(os.path.join(out_dir, "logits_f64.npy"), logits64.numpy().astype(np.float64))
+    diff = (logits.double() - logits64).abs()
+    max_diff = float(diff.max())
+    max_diff_kept = max_diff if mask is None else float(diff[mask.bool()].max())
+
+    nb_cfg = cfgd["num_buckets"]
+    if resolved_nb is None:
+        rot_size = None
+    elif isinstance(resolved_nb, int):
+        rot_size = resolved_nb
+    else:
+        rot_size = int(sum(resolved_nb))
+    meta = dict(
+        name=name,
+        description=c["description"],
+        model_class=cls.__name__,
+        causal=causal,
+        seed=seed,
+        rotation_seed=rotation_seed,
+        rotation_note=("torch.manual_seed(rotation_seed) immediately before the float32 forward; "
+                       "LSH call k draws torch.randn((H, d, r, S/2)) as the k-th draw of the global "
+                       "CPU generator (verified)"),
+        weight_init=("custom O(1) init (see reinit_ in scripts/hf_fixtures.py); lm_head.bias is "
+                     "non-zero and NOT used by HF 5.23.0"),
+        lm_head_bias_used=False,
+        B=B,
+        L=L,
+        padded_length=Lp,
+        hf_padding_applied=Lp != L,
+        lcm_chunk_length=lcm_chunk(cfgd),
+        attn_layers=list(cfgd["attn_layers"]),
+        num_hashes=cfgd["num_hashes"],
+        num_buckets_config=nb_cfg,
+        num_buckets_resolved=resolved_nb,
+        rotation_size=rot_size,
+        lsh_chunk_length=cfgd["lsh_attn_chunk_length"],
+        local_chunk_length=cfgd["local_attn_chunk_length"],
+        hashing=bool(n_calls),
+        n_lsh_calls=n_calls,
+        lsh_call_layers=[r["layer"] for r in records],
+        mask_used=mask is not None,
+        mask_keep=c["mask_keep"],
+        hidden_act=cfgd["hidden_act"],
+        axial_pos_embds=cfgd["axial_pos_embds"],
+        **hash_info,
+        max_abs_diff_logits_f32_vs_f64=max_diff,
+        max_abs_diff_logits_f32_vs_f64_kept_positions=max_diff_kept,
+        versions=dict(torch=torch.__version__, transformers=transformers.__version__,
+                      numpy=np.__version__),
+        files={},
+    )
+    for f in FILES[:-1]:
+        p = os.path.join(out_dir, f)
+        if os.path.exists(p):
+            meta["files"][f] = file_info(p)
+    with open(os.path.join(out_dir, "meta.json"), "w") as fh:
+        json.dump(meta, fh, indent=2)
+        fh.write("\n")
+    return meta
+
+
+def dir_size(path):
+    return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+
+
+def main():
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.join(repo, "tests", "fixtures"),
+                    help="fixture root (one folder per case); default <repo>/tests/fixtures")
+    ap.add_argument("--examples", default=os.path.join(repo, "examples"),
+                    help="examples root (writes <dir>/tiny-reformer); default <repo>/examples")
+    ap.add_argument("--skip-fixtures", action="store_true")
+    ap.add_argument("--skip-examples", action="store_true")
+    ap.add_argument("--case", action="append", help="only these case names (repeatable)")
+    ap.add_argument("--list", action="store_true", help="list cases and exit")
+    args = ap.parse_args()
+
+    if args.list:
+        for c in CASES + [EXAMPLE]:
+            print(f"{c['name']}: {c['description']}")
+        return 0
+
+    if not torch.__version__.startswith(EXPECTED_TORCH) or transformers.__version__ != EXPECTED_TRANSFORMERS:
+        print(f"warning: expected torch {EXPECTED_TORCH} / transformers {EXPECTED_TRANSFORMERS}, got "
+              f"{torch.__version__} / {transformers.__version__}", file=sys.stderr)
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    transformers.logging.set_verbosity_error()
+
+    jobs = []
+    if not args.skip_fixtures:
+        jobs += [(c, os.path.join(args.out, c["name"])) for c in CASES]
+    if not args.skip_examples:
+        jobs.append((EXAMPLE, os.path.join(args.examples, EXAMPLE["name"])))
+    if args.case:
+        jobs = [j for j in jobs if j[0]["name"] in args.case]
+        if not jobs:
+            print("no matching case", file=sys.stderr)
+            return 2
+
+    for c, d in jobs:
+        m = generate(c, d)
+        size = dir_size(d)
+        print(f"{m['name']:34s} B={m['B']} L={m['L']:3d} Lp={m['padded_length']:3d} "
+              f"r={m['num_hashes']} nb={m['num_buckets_resolved']} calls={m['n_lsh_calls']} "
+              f"flips={m.get('hash_flips_f64_vs_f32', '-')} "
+              f"maxdiff={m['max_abs_diff_logits_f32_vs_f64']:.3e} "
+              f"kept={m['max_abs_diff_logits_f32_vs_f64_kept_positions']:.3e} size={size / 1024:.0f}KiB")
+        if size > 2 * 1024 * 1024:
+            raise RuntimeError(f"{d} is larger than 2 MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
