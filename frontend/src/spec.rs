@@ -1,0 +1,218 @@
+//! `ModelSpec`: the normalised model description both input formats parse into.
+//!
+//! The Hugging Face `config.json` reader ([`crate::hf_config`]) and reformc's
+//! own schema ([`crate::schema`]) produce a `ModelSpec`; [`crate::lower`] turns
+//! it into IR. Everything here is resolved: no defaults are left to apply.
+
+/// Which residual structure the layers use.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Architecture {
+    /// Reformer: the embedding is duplicated into two halves, each layer is a
+    /// reversible block (attention branch f, feed-forward branch g), the halves
+    /// are concatenated before a final LayerNorm of width 2D.
+    Reversible,
+    /// A plain pre-norm transformer: x += attn(LN(x)); x += ff(LN(x)); a final
+    /// LayerNorm of width D.
+    Residual,
+}
+
+/// The attention of one layer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttentionKind {
+    /// Reformer LSH attention with a shared query/key projection (`query_key`).
+    Lsh,
+    /// Chunked local attention with separate `query`, `key`, `value`.
+    Local,
+    /// Full softmax attention. `shared_qk` uses one projection (`query_key`)
+    /// with Reformer's key normalisation and self mask (HF's short-sequence
+    /// path); otherwise `query`, `key`, `value` with 1/sqrt(d) scaling.
+    Full { shared_qk: bool },
+}
+
+/// How many LSH buckets each round has.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BucketSpec {
+    /// Resolved from the (padded) sequence length as HF does at its first forward.
+    Auto,
+    /// Factors (each even); their product is the bucket count.
+    Factors(Vec<u64>),
+}
+
+/// LSH attention parameters (REFORMER.md §1).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LshSpec {
+    pub chunk: u64,
+    pub before: u64,
+    pub after: u64,
+    pub n_hashes: u64,
+    pub buckets: BucketSpec,
+}
+
+/// Local attention parameters (REFORMER.md §2).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalSpec {
+    pub chunk: u64,
+    pub before: u64,
+    pub after: u64,
+}
+
+/// Position embeddings (REFORMER.md §5).
+#[derive(Clone, Debug, PartialEq)]
+pub enum PositionSpec {
+    /// `weights.0` [n0,1,d0], `weights.1` [1,n1,d1]; PE(p) = concat(w0[p / n1], w1[p % n1]).
+    Axial { shape: [u64; 2], dims: [u64; 2] },
+    /// A learned table `position_embeddings.embedding.weight` [max_position_embeddings, D].
+    Learned,
+}
+
+/// The output head.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HeadSpec {
+    /// `lm_head.decoder` Linear(width -> vocab); `bias` adds `lm_head.bias`
+    /// (HF 5.x does not; 4.x did).
+    LmHead { bias: bool },
+    /// A bare model: the output is the last hidden state.
+    None,
+}
+
+/// A fully resolved model description.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSpec {
+    pub architecture: Architecture,
+    pub vocab_size: u64,
+    /// D, the width of the embedding (each reversible half is D wide).
+    pub hidden_size: u64,
+    pub num_heads: u64,
+    pub head_dim: u64,
+    pub feed_forward_size: u64,
+    /// Activation name as in [`reformc_ir::ACTIVATIONS`].
+    pub activation: String,
+    pub layer_norm_eps: f64,
+    /// Causal masking in every attention (HF `is_decoder`).
+    pub causal: bool,
+    pub layers: Vec<AttentionKind>,
+    pub lsh: LshSpec,
+    pub local: LocalSpec,
+    pub position: PositionSpec,
+    pub max_position_embeddings: u64,
+    pub pad_token_id: i64,
+    pub head: HeadSpec,
+    /// Prefix of the body's tensor names (`reformer.` for HF models with a head, empty for a bare model).
+    pub weight_prefix: String,
+}
+
+impl ModelSpec {
+    /// Number of LSH layers.
+    pub fn num_lsh_layers(&self) -> usize {
+        self.layers.iter().filter(|l| **l == AttentionKind::Lsh).count()
+    }
+
+    /// Least common multiple of the chunk lengths in use (HF pads to it).
+    pub fn chunk_lcm(&self) -> u64 {
+        let mut m = 1;
+        for l in &self.layers {
+            let c = match l {
+                AttentionKind::Lsh => self.lsh.chunk,
+                AttentionKind::Local => self.local.chunk,
+                AttentionKind::Full { .. } => 1,
+            };
+            m = lcm(m, c);
+        }
+        m
+    }
+
+    /// Smallest chunk length in use, or `None` when no layer is chunked.
+    pub fn min_chunk(&self) -> Option<u64> {
+        self.layers
+            .iter()
+            .filter_map(|l| match l {
+                AttentionKind::Lsh => Some(self.lsh.chunk),
+                AttentionKind::Local => Some(self.local.chunk),
+                AttentionKind::Full { .. } => None,
+            })
+            .min()
+    }
+
+    /// Width of the final hidden state: 2D for reversible models, D otherwise.
+    pub fn output_width(&self) -> u64 {
+        match self.architecture {
+            Architecture::Reversible => 2 * self.hidden_size,
+            Architecture::Residual => self.hidden_size,
+        }
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+fn lcm(a: u64, b: u64) -> u64 {
+    a / gcd(a, b) * b
+}
+
+impl ModelSpec {
+    /// The length HF runs at for an input of length `len` (REFORMER.md §6.3):
+    /// padded to the lcm of the chunk lengths when longer than the smallest chunk.
+    ///
+    /// ```
+    /// # use reformc_frontend::spec::*;
+    /// # let spec = reformc_frontend::spec::tests_support::tiny();
+    /// assert_eq!(spec.padded_len(50), 64);
+    /// assert_eq!(spec.padded_len(64), 64);
+    /// assert_eq!(spec.padded_len(12), 12); // not longer than the smallest chunk
+    /// ```
+    pub fn padded_len(&self, len: u64) -> u64 {
+        match self.min_chunk() {
+            Some(min) if len > min && len % self.chunk_lcm() != 0 => len.div_ceil(self.chunk_lcm()) * self.chunk_lcm(),
+            _ => len,
+        }
+    }
+
+    /// Checks that an input of length `len` fits the position embeddings once
+    /// padded; returns the padded length or a message saying what is wrong.
+    pub fn check_length(&self, len: u64) -> Result<u64, String> {
+        let p = self.padded_len(len);
+        let padded = if p == len { String::new() } else { format!(" (padded to {p})") };
+        if p > self.max_position_embeddings {
+            return Err(format!("sequence length {len}{padded} exceeds max_position_embeddings={}", self.max_position_embeddings));
+        }
+        if let PositionSpec::Axial { shape, .. } = &self.position {
+            if p > shape[0] * shape[1] {
+                return Err(format!("sequence length {len}{padded} exceeds the axial position grid {}x{} = {}", shape[0], shape[1], shape[0] * shape[1]));
+            }
+        }
+        Ok(p)
+    }
+}
+
+#[doc(hidden)]
+pub mod tests_support {
+    use super::*;
+
+    /// A small Reformer spec for doc tests: chunks 8 (LSH) and 16 (local).
+    pub fn tiny() -> ModelSpec {
+        ModelSpec {
+            architecture: Architecture::Reversible,
+            vocab_size: 48,
+            hidden_size: 32,
+            num_heads: 2,
+            head_dim: 16,
+            feed_forward_size: 64,
+            activation: "relu".into(),
+            layer_norm_eps: 1e-12,
+            causal: true,
+            layers: vec![AttentionKind::Local, AttentionKind::Lsh],
+            lsh: LshSpec { chunk: 8, before: 1, after: 0, n_hashes: 2, buckets: BucketSpec::Factors(vec![8]) },
+            local: LocalSpec { chunk: 16, before: 1, after: 0 },
+            position: PositionSpec::Axial { shape: [8, 16], dims: [16, 16] },
+            max_position_embeddings: 128,
+            pad_token_id: 0,
+            head: HeadSpec::LmHead { bias: false },
+            weight_prefix: "reformer.".into(),
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! Semantics of the attention ops: full, local, LSH hashing and LSH attention.
+//!
+//! All take `[B, L, H*d]` tensors (heads interleaved as HF's `view(B, L, H, d)`),
+//! masks `[B, L]` (nonzero = keep) and follow REFORMER.md §1-§2, including the
+//! mask constants, the order in which masks apply and chunk wrap-around.
+
+use crate::tensor::Real;
+use ndarray::{s, Array2, Array3, ArrayD, ArrayView2, Axis, IxDyn};
+
+/// Logit that masked (causal or padding) keys are replaced with.
+pub const MASK_VALUE: f64 = -1e9;
+/// Logit that a query's own position is replaced with (applied last).
+pub const SELF_MASK_VALUE: f64 = -1e5;
+
+/// Masking rules for one attention block.
+#[derive(Clone, Copy, Debug)]
+pub struct MaskRules {
+    pub causal: bool,
+    pub self_mask: bool,
+}
+
+/// `[B, L, H*d]` -> `[B, H, L, d]` (owned, standard layout).
+fn split_heads<T: Real>(x: &ArrayD<T>, heads: usize) -> Result<ndarray::Array4<T>, String> {
+    let (b, l, w) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+    if w % heads != 0 {
+        return Err(format!("width {w} is not divisible by {heads} heads"));
+    }
+    let v = x.view().into_shape_with_order((b, l, heads, w / heads)).map_err(|e| e.to_string())?;
+    Ok(v.permuted_axes([0, 2, 1, 3]).as_standard_layout().into_owned())
+}
+
+/// `[B, H, L, d]` -> `[B, L, H*d]`.
+fn merge_heads<T: Real>(x: ndarray::Array4<T>) -> ArrayD<T> {
+    let (b, h, l, d) = x.dim();
+    let t = x.permuted_axes([0, 2, 1, 3]).as_standard_layout().into_owned();
+    t.into_shape_with_order(IxDyn(&[b, l, h * d])).expect("same element count")
+}
+
+/// HF's `_len_norm`: x * rsqrt(mean(x²) + 1e-6), per row.
+fn len_norm<T: Real>(x: &mut Array2<T>) {
+    let d = T::of(x.ncols() as f64);
+    for mut row in x.rows_mut() {
+        let ms = row.iter().fold(T::zero(), |a, &v| a + v * v) / d;
+        let inv = T::one() / (ms + T::of(1e-6)).sqrt();
+        row.mapv_inplace(|v| v * inv);
+    }
+}
+
+/// Key validity per position from an optional `[B, L]` mask row.
+fn valid_row(mask: Option<&ArrayD<i64>>, b: usize, len: usize) -> Vec<bool> {
+    match mask {
+        Some(m) => (0..len).map(|i| m[[b, i]] != 0).collect(),
+        None => vec![true; len],
+    }
+}
+
+/// Log-sum-exp of a row kept as (max, sum of exp(x - max)): lse = max + ln(sum).
+///
+/// Keeping the parts apart is what makes f32 exact enough here: a query whose
+/// window holds only itself has max = -1e5, where f32's spacing is 1/128, so
+/// folding ln(sum) into it (as HF does) would round the softmax normaliser and
+/// the round weights by up to 1% (REFORMER.md §1.8).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Lse<T> {
+    pub max: T,
+    pub sum: T,
+}
+
+impl<T: Real> Lse<T> {
+    /// The log-sum-exp as one number.
+    pub fn value(self) -> T {
+        self.max + self.sum.ln()
+    }
+}
+
+/// Softmax attention of `q` [nq,d] over `k` [nk,d] / `v` [nk,dv] with the
+/// masks of REFORMER.md §1.6 (by original positions). Returns the outputs and
+/// the log-sum-exp of each query's logits.
+pub fn attend_block<T: Real>(
+    q: ArrayView2<T>,
+    k: ArrayView2<T>,
+    v: ArrayView2<T>,
+    qpos: &[usize],
+    kpos: &[usize],
+    kvalid: &[bool],
+    rules: MaskRules,
+) -> (Array2<T>, Vec<Lse<T>>) {
+    let mut logits = q.dot(&k.t());
+    let (mask, self_value) = (T::of(MASK_VALUE), T::of(SELF_MASK_VALUE));
+    let mut lse = Vec::with_capacity(qpos.len());
+    for (i, mut row) in logits.rows_mut().into_iter().enumerate() {
+        for (j, x) in row.iter_mut().enumerate() {
+            if !kvalid[j] || (rules.causal && qpos[i] < kpos[j]) {
+                *x = mask;
+            }
+            if rules.self_mask && qpos[i] == kpos[j] {
+                *x = self_value;
+            }
+        }
+        let max = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+        row.mapv_inplace(|x| (x - max).exp());
+        let sum = row.iter().fold(T::zero(), |a, &x| a + x);
+        row.mapv_inplace(|x| x / sum);
+        lse.push(Lse { max, sum });
+    }
+    (logits.dot(&v), lse)
+}
+
+/// Full multi-head attention (`attention` op).
+pub fn attention<T: Real>(
+    q: &ArrayD<T>,
+    k: &ArrayD<T>,
+    v: &ArrayD<T>,
+    mask: Option<&ArrayD<i64>>,
+    heads: usize,
+    scale: f64,
+    key_norm: bool,
+    rules: MaskRules,
+) -> Result<ArrayD<T>, String> {
+    let (q4, k4, v4) = (split_heads(q, heads)?, split_heads(k, heads)?, split_heads(v, heads)?);
+    let (b, h, lq, _) = q4.dim();
+    let (lk, dv) = (k4.dim().2, v4.dim().3);
+    let mut out = ndarray::Array4::zeros((b, h, lq, dv));
+    let qpos: Vec<usize> = (0..lq).collect();
+    let kpos: Vec<usize> = (0..lk).collect();
+    for bi in 0..b {
+        let valid = valid_row(mask, bi, lk);
+        for hi in 0..h {
+            let keys = scaled_keys(k4.slice(s![bi, hi, .., ..]), scale, key_norm);
+            let (o, _) = attend_block(q4.slice(s![bi, hi, .., ..]), keys.view(), v4.slice(s![bi, hi, .., ..]), &qpos, &kpos, &valid, rules);
+            out.slice_mut(s![bi, hi, .., ..]).assign(&o);
+        }
+    }
+    Ok(merge_heads(out))
+}
+
+fn scaled_keys<T: Real>(k: ArrayView2<T>, scale: f64, key_norm: bool) -> Array2<T> {
+    let mut keys = k.to_owned();
+    if key_norm {
+        len_norm(&mut keys);
+    }
+    // HF divides by sqrt(d); dividing by 1/scale keeps its rounding.
+    let div = T::of(1.0 / scale);
+    keys.mapv_inplace(|x| x / div);
+    keys
+}
+
+/// Chunk indices a query chunk attends to: earlier chunks first, then its own,
+/// then later ones, wrapping around (REFORMER.md §1.5).
+fn adjacent_chunks(j: usize, n: usize, before: usize, after: usize) -> Vec<usize> {
+    (0..before + 1 + after).map(|o| (j + n * (before + 1) + o - before) % n).collect()
+}
+
+/// Chunked local attention (`local_attention` op).
+#[allow(clippy::too_many_arguments)]
+pub fn local_attention<T: Real>(
+    q: &ArrayD<T>,
+    k: &ArrayD<T>,
+    v: &ArrayD<T>,
+    mask: Option<&ArrayD<i64>>,
+    heads: usize,
+    scale: f64,
+    chunk: usize,
+    before: usize,
+    after: usize,
+    causal: bool,
+) -> Result<ArrayD<T>, String> {
+    let rules = MaskRules { causal, self_mask: false };
+    let len = q.shape()[1];
+    if len <= chunk {
+        return attention(q, k, v, mask, heads, scale, false, rules);
+    }
+    if len % chunk != 0 {
+        return Err(format!("length {len} is not a multiple of the chunk length {chunk}"));
+    }
+    let (q4, k4, v4) = (split_heads(q, heads)?, split_heads(k, heads)?, split_heads(v, heads)?);
+    let (b, h, _, _) = q4.dim();
+    let dv = v4.dim().3;
+    let n = len / chunk;
+    let mut out = ndarray::Array4::zeros((b, h, len, dv));
+    for bi in 0..b {
+        let valid = valid_row(mask, bi, len);
+        for hi in 0..h {
+            let keys = scaled_keys(k4.slice(s![bi, hi, .., ..]), scale, false);
+            for j in 0..n {
+                let kpos: Vec<usize> = adjacent_chunks(j, n, before, after).into_iter().flat_map(|c| c * chunk..(c + 1) * chunk).collect();
+                let qpos: Vec<usize> = (j * chunk..(j + 1) * chunk).collect();
+                let kk = keys.select(Axis(0), &kpos);
+                let vv = v4.slice(s![bi, hi, .., ..]).select(Axis(0), &kpos);
+                let kvalid: Vec<bool> = kpos.iter().map(|&p| valid[p]).collect();
+                let (o, _) = attend_block(q4.slice(s![bi, hi, j * chunk..(j + 1) * chunk, ..]), kk.view(), vv.view(), &qpos, &kpos, &kvalid, rules);
+                out.slice_mut(s![bi, hi, j * chunk..(j + 1) * chunk, ..]).assign(&o);
+            }
+        }
+    }
+    Ok(merge_heads(out))
+}
+
+/// Angular LSH bucket ids with round offsets (`lsh_hash` op), `[B, H, r, L]`.
+///
+/// A mask with any zero (anywhere in the batch, as in HF) adds a padding bucket
+/// `nb` that every masked position falls into, and offsets use `nb + 1`.
+pub fn lsh_hash<T: Real>(qk: &ArrayD<T>, rot: &ArrayD<T>, mask: Option<&ArrayD<i64>>, heads: usize, factors: &[usize]) -> Result<ArrayD<i64>, String> {
+    let x = split_heads(qk, heads)?;
+    let (b, h, len, d) = x.dim();
+    let rounds = rot.shape()[2];
+    let half = rot.shape()[3];
+    let rot = rot.view().into_dimensionality::<ndarray::Ix4>().map_err(|e| e.to_string())?;
+    let nb: usize = factors.iter().product();
+    let padding = mask.is_some_and(|m| m.iter().any(|&v| v == 0));
+    let nb_total = if padding { nb + 1 } else { nb };
+    let mut out = ndarray::Array4::<i64>::zeros((b, h, rounds, len));
+    for hi in 0..h {
+        for r in 0..rounds {
+            // [d, S/2] rotation of this head and round.
+            let rm = rot.slice(s![hi, .., r, ..]);
+            debug_assert_eq!(rm.dim(), (d, half));
+            for bi in 0..b {
+                let rotated = x.slice(s![bi, hi, .., ..]).dot(&rm);
+                for i in 0..len {
+                    let masked = mask.is_some_and(|m| m[[bi, i]] == 0);
+                    let bucket = if masked { nb } else { bucket_of(rotated.row(i).as_slice().expect("row"), factors) };
+                    out[[bi, hi, r, i]] = (bucket + r * nb_total) as i64;
+                }
+            }
+        }
+    }
+    Ok(out.into_dyn())
+}
+
+/// argmax(concat(piece, -piece)) per factor, first factor least significant.
+fn bucket_of<T: Real>(rotated: &[T], factors: &[usize]) -> usize {
+    let (mut bucket, mut product, mut offset) = (0, 1, 0);
+    for &f in factors {
+        let piece = &rotated[offset..offset + f / 2];
+        let mut best = (0, T::neg_infinity());
+        for (i, &v) in piece.iter().chain(piece.iter().map(|v| -*v).collect::<Vec<_>>().iter()).enumerate() {
+            if v > best.1 {
+                best = (i, v);
+            }
+        }
+        bucket += product * best.0;
+        product *= f;
+        offset += f / 2;
+    }
+    bucket
+}
+
+/// Reformer LSH attention given bucket ids (`lsh_attention` op), REFORMER.md §1.4-§1.8.
+#[allow(clippy::too_many_arguments)]
+pub fn lsh_attention<T: Real>(
+    qk: &ArrayD<T>,
+    v: &ArrayD<T>,
+    buckets: &ArrayD<i64>,
+    mask: Option<&ArrayD<i64>>,
+    heads: usize,
+    chunk: usize,
+    before: usize,
+    after: usize,
+    causal: bool,
+) -> Result<ArrayD<T>, String> {
+    let len = qk.shape()[1];
+    let d = qk.shape()[2] / heads;
+    let scale = 1.0 / (d as f64).sqrt();
+    let rules = MaskRules { causal, self_mask: true };
+    if len <= chunk {
+        return attention(qk, qk, v, mask, heads, scale, true, rules);
+    }
+    let rounds = buckets.shape()[2];
+    if (rounds * len) % chunk != 0 {
+        return Err(format!("rounds x length = {} is not a multiple of the chunk length {chunk}", rounds * len));
+    }
+    let (x4, v4) = (split_heads(qk, heads)?, split_heads(v, heads)?);
+    let (b, h, _, _) = x4.dim();
+    let mut out = ndarray::Array4::zeros((b, h, len, d));
+    for bi in 0..b {
+        let valid = valid_row(mask, bi, len);
+        for hi in 0..h {
+            let bk = buckets.slice(s![bi, hi, .., ..]);
+            let keys = scaled_keys(x4.slice(s![bi, hi, .., ..]), scale, true);
+            let o = lsh_head(x4.slice(s![bi, hi, .., ..]), keys.view(), v4.slice(s![bi, hi, .., ..]), bk, &valid, chunk, before, after, rules)?;
+            out.slice_mut(s![bi, hi, .., ..]).assign(&o);
+        }
+    }
+    Ok(merge_heads(out))
+}
+
+/// LSH attention of one (batch, head): sort by (bucket, round-major index),
+/// chunked attention with neighbours, unsort, combine rounds stably.
+#[allow(clippy::too_many_arguments)]
+fn lsh_head<T: Real>(
+    q: ArrayView2<T>,
+    keys: ArrayView2<T>,
+    v: ArrayView2<T>,
+    buckets: ndarray::ArrayView2<i64>,
+    valid: &[bool],
+    chunk: usize,
+    before: usize,
+    after: usize,
+    rules: MaskRules,
+) -> Result<Array2<T>, String> {
+    let (rounds, len) = buckets.dim();
+    let total = rounds * len;
+    let flat: Vec<i64> = buckets.iter().copied().collect();
+    let mut perm: Vec<usize> = (0..total).collect();
+    // Stable: ties (same bucket) keep round-major index order, HF's sort key.
+    perm.sort_by_key(|&t| flat[t]);
+    let mut inv = vec![0; total];
+    for (slot, &t) in perm.iter().enumerate() {
+        inv[t] = slot;
+    }
+    let spos: Vec<usize> = perm.iter().map(|t| t % len).collect();
+    let n_chunks = total / chunk;
+    let dv = v.ncols();
+    let mut o_sorted = Array2::<T>::zeros((total, dv));
+    let mut lse_sorted = vec![Lse { max: T::zero(), sum: T::one() }; total];
+    let sq = q.select(Axis(0), &spos);
+    let sk = keys.select(Axis(0), &spos);
+    let sv = v.select(Axis(0), &spos);
+    for j in 0..n_chunks {
+        let kslots: Vec<usize> = adjacent_chunks(j, n_chunks, before, after).into_iter().flat_map(|c| c * chunk..(c + 1) * chunk).collect();
+        let kpos: Vec<usize> = kslots.iter().map(|&s| spos[s]).collect();
+        let kvalid: Vec<bool> = kpos.iter().map(|&p| valid[p]).collect();
+        let qs = j * chunk..(j + 1) * chunk;
+        let (o, lse) = attend_block(
+            sq.slice(s![qs.clone(), ..]),
+            sk.select(Axis(0), &kslots).view(),
+            sv.select(Axis(0), &kslots).view(),
+            &spos[qs.clone()],
+            &kpos,
+            &kvalid,
+            rules,
+        );
+        o_sorted.slice_mut(s![qs.clone(), ..]).assign(&o);
+        lse_sorted[qs].copy_from_slice(&lse);
+    }
+    let mut out = Array2::<T>::zeros((len, dv));
+    let mut per_round = Array3::<T>::zeros((rounds, len, dv));
+    for t in 0..total {
+        per_round.slice_mut(s![t / len, t % len, ..]).assign(&o_sorted.row(inv[t]));
+    }
+    for i in 0..len {
+        // Round weights softmax(lse_r) = exp(max_r - M) * sum_r / Z, without ever forming lse_r.
+        let lses: Vec<Lse<T>> = (0..rounds).map(|r| lse_sorted[inv[r * len + i]]).collect();
+        let m = lses.iter().fold(T::neg_infinity(), |a, l| a.max(l.max));
+        let w: Vec<T> = lses.iter().map(|l| (l.max - m).exp() * l.sum).collect();
+        let z = w.iter().fold(T::zero(), |a, &b| a + b);
+        for (r, wr) in w.iter().enumerate() {
+            let scaled = per_round.slice(s![r, i, ..]).mapv(|x| x * (*wr / z));
+            let mut row = out.row_mut(i);
+            row += &scaled;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adjacent_chunks_wrap_around() {
+        assert_eq!(adjacent_chunks(0, 4, 1, 0), vec![3, 0]);
+        assert_eq!(adjacent_chunks(2, 4, 2, 1), vec![0, 1, 2, 3]);
+        assert_eq!(adjacent_chunks(3, 4, 0, 1), vec![3, 0]);
+    }
+
+    #[test]
+    fn bucket_of_factorised_is_first_factor_least_significant() {
+        // factors [2, 4]: piece 1 = [0.5] -> concat [0.5, -0.5] -> 0; piece 2 = [-1, 0.2] -> concat [-1, 0.2, 1, -0.2] -> 2.
+        assert_eq!(bucket_of(&[0.5f64, -1.0, 0.2], &[2, 4]), 2 * 2);
+        assert_eq!(bucket_of(&[-0.5f64, -1.0, 0.2], &[2, 4]), 1 + 2 * 2);
+    }
+
+    #[test]
+    fn first_token_under_causal_mask_attends_to_itself() {
+        let q = Array2::from_shape_vec((2, 1), vec![1.0f64, 1.0]).unwrap();
+        let v = Array2::from_shape_vec((2, 1), vec![3.0f64, 5.0]).unwrap();
+        let (o, lse) = attend_block(q.view(), q.view(), v.view(), &[0, 1], &[0, 1], &[true, true], MaskRules { causal: true, self_mask: true });
+        assert_eq!(o[[0, 0]], 3.0);
+        assert_eq!(lse[0].value(), SELF_MASK_VALUE);
+        // token 1 sees token 0 (logit 1) and itself (-1e5): almost all weight on token 0.
+        assert!((o[[1, 0]] - 3.0).abs() < 1e-12);
+    }
+}

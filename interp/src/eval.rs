@@ -1,0 +1,373 @@
+//! The graph walker: binds inputs, checks every result against its declared
+//! type (binding symbolic dims as it goes) and dispatches each op.
+
+use crate::attention::{self, MaskRules};
+use crate::tensor::{FloatTensor, Real, Tensor};
+use crate::{nn, philox, tensor_ops as ops};
+use ndarray::{ArrayD, IxDyn};
+use reformc_ir::{DType, Dim, DimEnv, Graph, Node, OpKind, TensorType, ValueId};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+/// Where and why evaluation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterpError {
+    /// The value as the printer names it (`%12`), or `input "name"`.
+    pub at: String,
+    /// The op's keyword (empty for binding errors).
+    pub op: String,
+    pub message: String,
+}
+
+impl fmt::Display for InterpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.op.is_empty() {
+            write!(f, "{}: {}", self.at, self.message)
+        } else {
+            write!(f, "{} = {}: {}", self.at, self.op, self.message)
+        }
+    }
+}
+
+impl std::error::Error for InterpError {}
+
+/// Where weights come from: a lookup by tensor name.
+pub trait WeightSource {
+    /// The tensor stored under `name`, if any.
+    fn weight(&self, name: &str) -> Option<Tensor>;
+}
+
+impl WeightSource for BTreeMap<String, Tensor> {
+    fn weight(&self, name: &str) -> Option<Tensor> {
+        self.get(name).cloned()
+    }
+}
+
+impl WeightSource for HashMap<String, Tensor> {
+    fn weight(&self, name: &str) -> Option<Tensor> {
+        self.get(name).cloned()
+    }
+}
+
+/// Runs `g` on named inputs and weights; returns the named outputs.
+///
+/// Weights of a float dtype are converted to the dtype the graph declares, so
+/// one f32 safetensors file serves both the f32 and the f64 graph.
+///
+/// ```
+/// use reformc_interp::{run, Tensor};
+/// use ndarray::{ArrayD, IxDyn};
+/// use std::collections::BTreeMap;
+/// let g = reformc_ir::parse("graph {\n %0 = input {name=\"x\"} : f64[N]\n %1 = exp %0 : f64[N]\n output \"y\" = %1\n}").unwrap();
+/// let mut inputs = BTreeMap::new();
+/// inputs.insert("x".to_string(), Tensor::F64(ArrayD::from_shape_vec(IxDyn(&[2]), vec![0.0, 1.0]).unwrap()));
+/// let out = run(&g, &inputs, &BTreeMap::new()).unwrap();
+/// assert_eq!(out["y"].as_f64().unwrap()[[1]], 1f64.exp());
+/// ```
+pub fn run(g: &Graph, inputs: &BTreeMap<String, Tensor>, weights: &dyn WeightSource) -> Result<BTreeMap<String, Tensor>, InterpError> {
+    let numbering = g.walk().into_iter().enumerate().map(|(i, v)| (v, i)).collect();
+    let mut ev = Evaluator { g, inputs, weights, env: DimEnv::new(), values: HashMap::new(), numbering, uses: use_counts(g) };
+    for (name, _) in g.inputs() {
+        if !inputs.contains_key(name) {
+            return Err(InterpError { at: format!("input {name:?}"), op: String::new(), message: "no value was given for this graph input".into() });
+        }
+    }
+    ev.block(&g.body)?;
+    let mut out = BTreeMap::new();
+    for (name, v) in &g.outputs {
+        out.insert(name.clone(), ev.values[v].clone());
+    }
+    Ok(out)
+}
+
+/// How many times each value is used (operands, region results, graph outputs),
+/// so that intermediate tensors are freed after their last use.
+fn use_counts(g: &Graph) -> HashMap<ValueId, usize> {
+    let mut uses: HashMap<ValueId, usize> = HashMap::new();
+    for v in g.walk() {
+        let node = g.node(v);
+        for i in &node.inputs {
+            *uses.entry(*i).or_default() += 1;
+        }
+        for r in &node.regions {
+            for res in &r.results {
+                *uses.entry(*res).or_default() += 1;
+            }
+        }
+    }
+    for (_, v) in &g.outputs {
+        *uses.entry(*v).or_default() += 1;
+    }
+    uses
+}
+
+struct Evaluator<'a> {
+    g: &'a Graph,
+    inputs: &'a BTreeMap<String, Tensor>,
+    weights: &'a dyn WeightSource,
+    env: DimEnv,
+    values: HashMap<ValueId, Tensor>,
+    numbering: HashMap<ValueId, usize>,
+    uses: HashMap<ValueId, usize>,
+}
+
+impl Evaluator<'_> {
+    fn err(&self, v: ValueId, message: String) -> InterpError {
+        let node = self.g.node(v);
+        let at = match node.op.kind {
+            OpKind::Input | OpKind::Weight => format!("{} {:?}", node.op.kind, node.op.str("name").unwrap_or("")),
+            _ => format!("%{}", self.numbering.get(&v).copied().unwrap_or(usize::MAX)),
+        };
+        InterpError { at, op: if matches!(node.op.kind, OpKind::Input | OpKind::Weight) { String::new() } else { node.op.kind.name().into() }, message }
+    }
+
+    fn block(&mut self, body: &[ValueId]) -> Result<(), InterpError> {
+        for &v in body {
+            let node = self.g.node(v);
+            let result = self.eval(node).map_err(|m| self.err(v, m))?;
+            let result = self.conform(node, result).map_err(|m| self.err(v, m))?;
+            self.values.insert(v, result);
+            for i in &node.inputs {
+                self.release(*i);
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, v: ValueId) {
+        if let Some(n) = self.uses.get_mut(&v) {
+            *n -= 1;
+            if *n == 0 {
+                self.values.remove(&v);
+            }
+        }
+    }
+
+    /// Checks `t` against the declared type, binding unbound symbols.
+    /// Float weights and inputs are converted to the declared float dtype first.
+    fn conform(&mut self, node: &Node, t: Tensor) -> Result<Tensor, String> {
+        let ty = &node.ty;
+        let t = match node.op.kind {
+            OpKind::Weight | OpKind::Input if t.dtype().is_float() && ty.dtype.is_float() => t.cast(ty.dtype),
+            _ => t,
+        };
+        check_type(ty, &t, &mut self.env)?;
+        Ok(t)
+    }
+
+    fn operand(&self, node: &Node, i: usize) -> &Tensor {
+        &self.values[&node.inputs[i]]
+    }
+
+    fn eval(&mut self, node: &Node) -> Result<Tensor, String> {
+        match node.ty.dtype {
+            DType::F64 if is_float_op(node.op.kind) => self.eval_float::<f64>(node),
+            _ => self.eval_float::<f32>(node),
+        }
+    }
+
+    fn float<T: FloatTensor>(&self, node: &Node, i: usize) -> Result<&ArrayD<T>, String> {
+        let t = self.operand(node, i);
+        T::borrow(t).ok_or_else(|| format!("operand {i} has dtype {}, expected the result's float dtype", t.dtype()))
+    }
+
+    fn mask(&self, node: &Node, i: usize) -> Option<ArrayD<i64>> {
+        node.inputs.get(i).map(|_| self.operand(node, i).to_i64())
+    }
+
+    fn eval_float<T: FloatTensor>(&mut self, node: &Node) -> Result<Tensor, String> {
+        use OpKind::*;
+        let op = &node.op;
+        let attr = |name: &str| op.usize(name).unwrap_or(0);
+        let rules = MaskRules { causal: op.flag("causal"), self_mask: op.flag("self_mask") };
+        Ok(match op.kind {
+            Arg => unreachable!("region arguments are bound by their owner"),
+            Input => {
+                let name = op.str("name").unwrap_or("");
+                self.inputs.get(name).cloned().ok_or_else(|| format!("no value was given for input {name:?}"))?
+            }
+            Weight => {
+                let name = op.str("name").unwrap_or("");
+                self.weights.weight(name).ok_or_else(|| format!("no weight named {name:?}"))?
+            }
+            Constant => {
+                let v = op.float("value").unwrap_or(0.0);
+                Tensor::F64(ArrayD::from_elem(IxDyn(&[]), v)).cast(node.ty.dtype)
+            }
+            RandomNormal => {
+                let seed = self.operand(node, 0).to_i64().iter().next().copied().unwrap_or(0) as u64;
+                let shape = self.concrete_shape(&node.ty)?;
+                let n = shape.iter().product();
+                let data = philox::normals(seed, attr("stream") as u64, n);
+                Tensor::F64(ArrayD::from_shape_vec(IxDyn(&shape), data).expect("count")).cast(node.ty.dtype)
+            }
+            Embedding => T::wrap(nn::embedding(&self.operand(node, 0).to_i64(), self.float::<T>(node, 1)?)?),
+            AxialPosEmbedding => T::wrap(nn::axial_pos_embedding(&self.operand(node, 0).to_i64(), self.float::<T>(node, 1)?, self.float::<T>(node, 2)?)?),
+            LayerNorm => T::wrap(nn::layer_norm(self.float::<T>(node, 0)?, self.float::<T>(node, 1)?, self.float::<T>(node, 2)?, op.float("eps").unwrap_or(1e-12))),
+            Linear => {
+                let bias = if node.inputs.len() > 2 { Some(self.float::<T>(node, 2)?) } else { None };
+                T::wrap(nn::linear(self.float::<T>(node, 0)?, self.float::<T>(node, 1)?, bias, op.str("activation"))?)
+            }
+            Attention => {
+                let (q, k, v) = (self.float::<T>(node, 0)?, self.float::<T>(node, 1)?, self.float::<T>(node, 2)?);
+                let scale = op.float("scale").unwrap_or(1.0);
+                T::wrap(attention::attention(q, k, v, self.mask(node, 3).as_ref(), attr("heads"), scale, op.flag("key_norm"), rules)?)
+            }
+            LocalAttention => {
+                let (q, k, v) = (self.float::<T>(node, 0)?, self.float::<T>(node, 1)?, self.float::<T>(node, 2)?);
+                let scale = op.float("scale").unwrap_or(1.0);
+                let m = self.mask(node, 3);
+                T::wrap(attention::local_attention(q, k, v, m.as_ref(), attr("heads"), scale, attr("chunk"), attr("before"), attr("after"), op.flag("causal"))?)
+            }
+            LshHash => {
+                let factors: Vec<usize> = op.ints("buckets").unwrap_or(&[]).iter().map(|&f| f as usize).collect();
+                let qk = self.float_any(node, 0)?;
+                let rot = self.float_any(node, 1)?;
+                let m = self.mask(node, 2);
+                Tensor::I64(match (&qk, &rot) {
+                    (Tensor::F32(a), Tensor::F32(b)) => attention::lsh_hash(a, b, m.as_ref(), attr("heads"), &factors)?,
+                    (Tensor::F64(a), Tensor::F64(b)) => attention::lsh_hash(a, b, m.as_ref(), attr("heads"), &factors)?,
+                    _ => return Err("query/keys and rotations must share a float dtype".into()),
+                })
+            }
+            LshAttention => {
+                let (qk, v) = (self.float::<T>(node, 0)?, self.float::<T>(node, 1)?);
+                let buckets = self.operand(node, 2).to_i64();
+                let m = self.mask(node, 3);
+                T::wrap(attention::lsh_attention(qk, v, &buckets, m.as_ref(), attr("heads"), attr("chunk"), attr("before"), attr("after"), op.flag("causal"))?)
+            }
+            ReversibleBlock => T::wrap(self.reversible::<T>(node)?),
+            PadToMultiple => ops::pad_to_multiple(self.operand(node, 0), attr("axis"), attr("multiple"), attr("min_len"), op.float("value").unwrap_or(0.0)),
+            Truncate => {
+                let n = self.operand(node, 1).shape()[attr("axis")];
+                ops::slice(self.operand(node, 0), attr("axis"), 0, n)?
+            }
+            Iota => {
+                let n = self.operand(node, 0).shape()[attr("axis")];
+                Tensor::I64(ArrayD::from_shape_fn(IxDyn(&[n]), |i| i[0] as i64))
+            }
+            Index => ops::index(self.operand(node, 0), attr("axis"), attr("index"))?,
+            Slice => ops::slice(self.operand(node, 0), attr("axis"), attr("start"), attr("end"))?,
+            Add | Sub | Mul | Div | Max | Min => ops::binary(op.kind.name(), self.operand(node, 0), self.operand(node, 1))?,
+            Lt | Eq => ops::compare(op.kind.name(), self.operand(node, 0), self.operand(node, 1))?,
+            Neg => match self.operand(node, 0) {
+                Tensor::I64(a) => Tensor::I64(a.mapv(|x| -x)),
+                Tensor::I32(a) => Tensor::I32(a.mapv(|x| -x)),
+                _ => T::wrap(ops::unary("neg", self.float::<T>(node, 0)?)),
+            },
+            Exp | Log | Sqrt | Rsqrt | Tanh => T::wrap(ops::unary(op.kind.name(), self.float::<T>(node, 0)?)),
+            Act => T::wrap(self.float::<T>(node, 0)?.mapv(|x| nn::activate(op.str("fn").unwrap_or(""), x))),
+            Cast => self.operand(node, 0).cast(node.ty.dtype),
+            Matmul => T::wrap(ops::matmul(self.float::<T>(node, 0)?, self.float::<T>(node, 1)?)?),
+            Reduce => {
+                let axes: Vec<usize> = op.ints("axes").unwrap_or(&[]).iter().map(|&a| a as usize).collect();
+                T::wrap(ops::reduce(self.float::<T>(node, 0)?, op.str("kind").unwrap_or("sum"), &axes, op.flag("keepdim")))
+            }
+            Softmax => T::wrap(ops::softmax(self.float::<T>(node, 0)?, attr("axis"))),
+            Gather => ops::gather(self.operand(node, 0), &self.operand(node, 1).to_i64(), attr("axis"))?,
+            Argmax => Tensor::I64(ops::argmax(self.operand(node, 0), attr("axis"))),
+            Argsort => Tensor::I64(ops::argsort(self.operand(node, 0), attr("axis"))),
+            Select => match self.operand(node, 0) {
+                Tensor::Bool(c) => ops::select(c, self.operand(node, 1), self.operand(node, 2))?,
+                other => return Err(format!("condition must be bool, found {}", other.dtype())),
+            },
+            Reshape => {
+                let shape = self.concrete_shape(&node.ty)?;
+                ops::reshape(self.operand(node, 0), &shape)?
+            }
+            Transpose => {
+                let perm: Vec<usize> = op.ints("perm").unwrap_or(&[]).iter().map(|&a| a as usize).collect();
+                ops::transpose(self.operand(node, 0), &perm)
+            }
+            Concat => {
+                let xs: Vec<&Tensor> = (0..node.inputs.len()).map(|i| self.operand(node, i)).collect();
+                ops::concat(&xs, attr("axis"))?
+            }
+        })
+    }
+
+    fn float_any(&self, node: &Node, i: usize) -> Result<Tensor, String> {
+        let t = self.operand(node, i);
+        if t.dtype().is_float() {
+            Ok(t.clone())
+        } else {
+            Err(format!("operand {i} must be a float tensor, found {}", t.dtype()))
+        }
+    }
+
+    /// The declared shape with every symbol bound.
+    fn concrete_shape(&self, ty: &TensorType) -> Result<Vec<usize>, String> {
+        ty.shape
+            .iter()
+            .map(|d| d.eval(&self.env).map(|x| x as usize).ok_or_else(|| format!("dimension {d} of {ty} is not bound yet")))
+            .collect()
+    }
+
+    /// y1 = x1 + f(x2); y2 = x2 + g(y1) on the halves of the last axis.
+    fn reversible<T: FloatTensor>(&mut self, node: &Node) -> Result<ArrayD<T>, String> {
+        let x = self.float::<T>(node, 0)?;
+        let (x1, x2) = nn::split_halves(x);
+        let fx = self.region::<T>(node, 0, T::wrap(x2.clone()))?;
+        let y1 = x1 + &fx;
+        let gy = self.region::<T>(node, 1, T::wrap(y1.clone()))?;
+        let y2 = x2 + &gy;
+        let last = ndarray::Axis(y1.ndim() - 1);
+        ndarray::concatenate(last, &[y1.view(), y2.view()]).map_err(|e| e.to_string())
+    }
+
+    fn region<T: FloatTensor>(&mut self, node: &Node, index: usize, arg: Tensor) -> Result<ArrayD<T>, String> {
+        let region = &node.regions[index];
+        let a = region.args[0];
+        check_type(self.g.ty(a), &arg, &mut self.env)?;
+        self.values.insert(a, arg);
+        self.block(&region.body).map_err(|e| e.to_string())?;
+        let r = region.results[0];
+        let out = self.values.get(&r).cloned().ok_or("region result was not computed")?;
+        self.release(r);
+        T::borrow(&out).cloned().ok_or_else(|| format!("region yields {}, expected the input's dtype", out.dtype()))
+    }
+}
+
+/// Ops whose f64 results need the f64 kernels (integer-valued ops dispatch on their operands).
+fn is_float_op(_kind: OpKind) -> bool {
+    true
+}
+
+/// Checks a runtime tensor against a declared type, binding unbound symbols.
+///
+/// ```
+/// use reformc_interp::{check_type, Tensor};
+/// use reformc_ir::{DimEnv, parse};
+/// let g = parse("graph {\n %0 = input {name=\"x\"} : i64[B,4]\n output \"x\" = %0\n}").unwrap();
+/// let ty = g.ty(g.outputs[0].1).clone();
+/// let mut env = DimEnv::new();
+/// check_type(&ty, &Tensor::zeros(reformc_ir::DType::I64, &[3, 4]), &mut env).unwrap();
+/// assert_eq!(env["B"], 3);
+/// let err = check_type(&ty, &Tensor::zeros(reformc_ir::DType::I64, &[2, 4]), &mut env).unwrap_err();
+/// assert!(err.contains("B=3"));
+/// ```
+pub fn check_type(ty: &TensorType, t: &Tensor, env: &mut DimEnv) -> Result<(), String> {
+    let found = || format!("{}{:?}", t.dtype(), t.shape());
+    if t.dtype() != ty.dtype || t.shape().len() != ty.rank() {
+        return Err(format!("expected {ty}, found {}", found()));
+    }
+    for (d, &n) in ty.shape.iter().zip(t.shape()) {
+        match d {
+            Dim::Const(c) if *c != n as u64 => return Err(format!("expected {ty}, found {}", found())),
+            Dim::Sym(s) => match env.get(s) {
+                Some(&bound) if bound != n as u64 => {
+                    return Err(format!("expected {ty} with {s}={bound}, found {}", found()));
+                }
+                Some(_) => {}
+                None => {
+                    env.insert(s.clone(), n as u64);
+                }
+            },
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[doc(hidden)]
+pub fn _assert_real<T: Real>() {}

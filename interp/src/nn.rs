@@ -1,0 +1,112 @@
+//! Semantics of the dense model ops: embeddings, layer norm, linear, activations.
+
+use crate::tensor::Real;
+use ndarray::{s, Array2, ArrayD, ArrayView2, Axis, Dimension, Ix2, IxDyn};
+
+/// Rows of `table` [V, D] selected by `ids` (any shape); result `ids.shape + [D]`.
+///
+/// ```
+/// use ndarray::{arr1, arr2};
+/// let table = arr2(&[[1.0f32, 2.0], [3.0, 4.0]]).into_dyn();
+/// let out = reformc_interp::nn::embedding(&arr1(&[1i64, 0]).into_dyn(), &table).unwrap();
+/// assert_eq!(out.into_raw_vec_and_offset().0, vec![3.0, 4.0, 1.0, 2.0]);
+/// ```
+pub fn embedding<T: Real>(ids: &ArrayD<i64>, table: &ArrayD<T>) -> Result<ArrayD<T>, String> {
+    let table = table.view().into_dimensionality::<Ix2>().map_err(|_| "table must be 2-D".to_string())?;
+    let (vocab, width) = table.dim();
+    let mut shape = ids.shape().to_vec();
+    shape.push(width);
+    let mut out = Vec::with_capacity(ids.len() * width);
+    for (index, &id) in ids.indexed_iter() {
+        if id < 0 || id as usize >= vocab {
+            return Err(format!("id {id} at {:?} is out of range for a table of {vocab} rows", index.slice()));
+        }
+        out.extend(table.row(id as usize).iter().copied());
+    }
+    Ok(ArrayD::from_shape_vec(IxDyn(&shape), out).expect("shape matches"))
+}
+
+/// Axial position embedding of positions `pos` [N]: concat(w0[p / n1, 0], w1[0, p % n1]).
+pub fn axial_pos_embedding<T: Real>(pos: &ArrayD<i64>, w0: &ArrayD<T>, w1: &ArrayD<T>) -> Result<ArrayD<T>, String> {
+    let (n0, d0) = (w0.shape()[0], w0.shape()[2]);
+    let (n1, d1) = (w1.shape()[1], w1.shape()[2]);
+    let mut out = Vec::with_capacity(pos.len() * (d0 + d1));
+    for &p in pos {
+        if p < 0 || p as usize >= n0 * n1 {
+            return Err(format!("position {p} is outside the axial grid {n0}x{n1} (= {} positions)", n0 * n1));
+        }
+        let p = p as usize;
+        out.extend(w0.slice(s![p / n1, 0, ..]).iter().copied());
+        out.extend(w1.slice(s![0, p % n1, ..]).iter().copied());
+    }
+    Ok(ArrayD::from_shape_vec(IxDyn(&[pos.len(), d0 + d1]), out).expect("shape matches"))
+}
+
+/// Layer normalisation over the last axis (biased variance, like PyTorch).
+pub fn layer_norm<T: Real>(x: &ArrayD<T>, w: &ArrayD<T>, b: &ArrayD<T>, eps: f64) -> ArrayD<T> {
+    let width = *x.shape().last().expect("rank >= 1");
+    let mut out = x.as_standard_layout().into_owned();
+    let n = T::of(width as f64);
+    let eps = T::of(eps);
+    for mut row in out.as_slice_mut().expect("standard layout").chunks_mut(width) {
+        let mean = row.iter().fold(T::zero(), |a, &v| a + v) / n;
+        let var = row.iter().fold(T::zero(), |a, &v| a + (v - mean) * (v - mean)) / n;
+        let inv = T::one() / (var + eps).sqrt();
+        for (i, v) in row.iter_mut().enumerate() {
+            *v = (*v - mean) * inv * w[[i]] + b[[i]];
+        }
+        let _ = &mut row;
+    }
+    out
+}
+
+/// `x` [..., in] times `w`ᵀ ([out, in]) plus an optional bias, then an optional activation.
+pub fn linear<T: Real>(x: &ArrayD<T>, w: &ArrayD<T>, b: Option<&ArrayD<T>>, activation: Option<&str>) -> Result<ArrayD<T>, String> {
+    let shape = x.shape().to_vec();
+    let k = *shape.last().expect("rank >= 1");
+    let rows = x.len() / k.max(1);
+    let x2 = x.as_standard_layout();
+    let x2: ArrayView2<T> = x2.view().into_shape_with_order((rows, k)).map_err(|e| e.to_string())?;
+    let w2 = w.view().into_dimensionality::<Ix2>().map_err(|_| "weight must be 2-D".to_string())?;
+    let mut y: Array2<T> = x2.dot(&w2.t());
+    if let Some(b) = b {
+        y += &b.view().into_dimensionality::<ndarray::Ix1>().map_err(|_| "bias must be 1-D".to_string())?;
+    }
+    if let Some(f) = activation {
+        y.mapv_inplace(|v| activate(f, v));
+    }
+    let mut out_shape = shape;
+    *out_shape.last_mut().expect("rank >= 1") = w2.dim().0;
+    Ok(y.into_shape_with_order(IxDyn(&out_shape)).expect("rows * out elements"))
+}
+
+/// One activation function, by the name `linear {activation}` and `act {fn}` use.
+///
+/// ```
+/// use reformc_interp::nn::activate;
+/// assert_eq!(activate("relu", -1.0f64), 0.0);
+/// assert!((activate("gelu", 1.0f64) - 0.8413447460685429).abs() < 1e-12);
+/// ```
+pub fn activate<T: Real>(f: &str, x: T) -> T {
+    let xf = x.to_f64().expect("float");
+    let y = match f {
+        "relu" => return if x > T::zero() { x } else { T::zero() },
+        "gelu" => 0.5 * xf * (1.0 + libm::erf(xf / std::f64::consts::SQRT_2)),
+        "gelu_new" => 0.5 * xf * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (xf + 0.044715 * xf.powi(3))).tanh()),
+        "gelu_fast" => 0.5 * xf * (1.0 + (xf * 0.797_884_560_8 * (1.0 + 0.044715 * xf * xf)).tanh()),
+        "silu" => xf / (1.0 + (-xf).exp()),
+        "tanh" => return x.tanh(),
+        "sigmoid" => 1.0 / (1.0 + (-xf).exp()),
+        other => unreachable!("the verifier rejects activation `{other}`"),
+    };
+    T::of(y)
+}
+
+/// Splits the last axis of `x` into halves.
+pub fn split_halves<T: Real>(x: &ArrayD<T>) -> (ArrayD<T>, ArrayD<T>) {
+    let last = Axis(x.ndim() - 1);
+    let half = x.len_of(last) / 2;
+    let a = x.slice_axis(last, (..half).into()).to_owned();
+    let b = x.slice_axis(last, (half..).into()).to_owned();
+    (a, b)
+}

@@ -1,0 +1,315 @@
+//! Semantics of the primitive tensor ops (elementwise, reductions, indexing, layout).
+
+use crate::tensor::{each, Real, Tensor};
+use ndarray::{concatenate, ArrayD, Axis, IxDyn, Slice, Zip};
+
+/// numpy broadcast of two shapes.
+pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
+    let n = a.len().max(b.len());
+    (0..n)
+        .map(|i| {
+            let x = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
+            let y = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+            match (x, y) {
+                (x, y) if x == y => Ok(x),
+                (1, y) => Ok(y),
+                (x, 1) => Ok(x),
+                _ => Err(format!("shapes {a:?} and {b:?} do not broadcast")),
+            }
+        })
+        .collect()
+}
+
+fn zip_with<A: Clone, B: Clone, C>(a: &ArrayD<A>, b: &ArrayD<B>, f: impl Fn(A, B) -> C) -> Result<ArrayD<C>, String> {
+    let shape = broadcast_shape(a.shape(), b.shape())?;
+    let av = a.broadcast(IxDyn(&shape)).expect("broadcast checked");
+    let bv = b.broadcast(IxDyn(&shape)).expect("broadcast checked");
+    Ok(Zip::from(&av).and(&bv).map_collect(|x, y| f(x.clone(), y.clone())))
+}
+
+/// Elementwise binary arithmetic: `add`, `sub`, `mul`, `div`, `max`, `min`.
+pub fn binary(op: &str, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
+    macro_rules! arith {
+        ($x:expr, $y:expr, $wrap:path, $max:expr, $min:expr) => {
+            Ok($wrap(match op {
+                "add" => zip_with($x, $y, |p, q| p + q)?,
+                "sub" => zip_with($x, $y, |p, q| p - q)?,
+                "mul" => zip_with($x, $y, |p, q| p * q)?,
+                "div" => zip_with($x, $y, |p, q| p / q)?,
+                "max" => zip_with($x, $y, $max)?,
+                "min" => zip_with($x, $y, $min)?,
+                other => return Err(format!("`{other}` is not a binary arithmetic op")),
+            }))
+        };
+    }
+    match (a, b) {
+        (Tensor::F32(x), Tensor::F32(y)) => arith!(x, y, Tensor::F32, f32::max, f32::min),
+        (Tensor::F64(x), Tensor::F64(y)) => arith!(x, y, Tensor::F64, f64::max, f64::min),
+        (Tensor::I64(x), Tensor::I64(y)) => {
+            if op == "div" && y.iter().any(|&v| v == 0) {
+                return Err("integer division by zero".into());
+            }
+            arith!(x, y, Tensor::I64, i64::max, i64::min)
+        }
+        (Tensor::I32(x), Tensor::I32(y)) => {
+            if op == "div" && y.iter().any(|&v| v == 0) {
+                return Err("integer division by zero".into());
+            }
+            arith!(x, y, Tensor::I32, i32::max, i32::min)
+        }
+        _ => Err(format!("`{op}` needs two numeric operands of one dtype, found {} and {}", a.dtype(), b.dtype())),
+    }
+}
+
+/// Elementwise comparison `lt` or `eq`, bool result.
+pub fn compare(op: &str, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
+    let (x, y) = (a.to_f64(), b.to_f64());
+    if a.dtype() != b.dtype() {
+        return Err(format!("`{op}` needs operands of one dtype, found {} and {}", a.dtype(), b.dtype()));
+    }
+    // Integers up to 2^53 compare exactly as f64; larger ids do not occur in models.
+    Ok(Tensor::Bool(match op {
+        "lt" => zip_with(&x, &y, |p, q| p < q)?,
+        _ => zip_with(&x, &y, |p, q| p == q)?,
+    }))
+}
+
+/// Elementwise float function by op name.
+pub fn unary<T: Real>(op: &str, x: &ArrayD<T>) -> ArrayD<T> {
+    match op {
+        "neg" => x.mapv(|v| -v),
+        "exp" => x.mapv(T::exp),
+        "log" => x.mapv(T::ln),
+        "sqrt" => x.mapv(T::sqrt),
+        "rsqrt" => x.mapv(|v| T::one() / v.sqrt()),
+        "tanh" => x.mapv(T::tanh),
+        other => unreachable!("`{other}` is not a unary float op"),
+    }
+}
+
+/// Batched matrix product with broadcast batch dims.
+pub fn matmul<T: Real>(a: &ArrayD<T>, b: &ArrayD<T>) -> Result<ArrayD<T>, String> {
+    let (ra, rb) = (a.ndim(), b.ndim());
+    let (m, k, n) = (a.shape()[ra - 2], a.shape()[ra - 1], b.shape()[rb - 1]);
+    if b.shape()[rb - 2] != k {
+        return Err(format!("contraction dims differ: {:?} x {:?}", a.shape(), b.shape()));
+    }
+    let batch = broadcast_shape(&a.shape()[..ra - 2], &b.shape()[..rb - 2])?;
+    let mut sa = batch.clone();
+    sa.extend([m, k]);
+    let mut sb = batch.clone();
+    sb.extend([k, n]);
+    let count: usize = batch.iter().product();
+    let av = a.broadcast(IxDyn(&sa)).ok_or("batch dims do not broadcast")?.to_owned().into_shape_with_order((count, m, k)).map_err(|e| e.to_string())?;
+    let bv = b.broadcast(IxDyn(&sb)).ok_or("batch dims do not broadcast")?.to_owned().into_shape_with_order((count, k, n)).map_err(|e| e.to_string())?;
+    let mut out = ndarray::Array3::<T>::zeros((count, m, n));
+    for i in 0..count {
+        out.index_axis_mut(Axis(0), i).assign(&av.index_axis(Axis(0), i).dot(&bv.index_axis(Axis(0), i)));
+    }
+    let mut shape = batch;
+    shape.extend([m, n]);
+    Ok(out.into_shape_with_order(IxDyn(&shape)).expect("same count"))
+}
+
+/// `sum`, `max`, `mean` or `logsumexp` over `axes`.
+pub fn reduce<T: Real>(x: &ArrayD<T>, kind: &str, axes: &[usize], keepdim: bool) -> ArrayD<T> {
+    let mut sorted = axes.to_vec();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    let mut out = x.clone();
+    for &a in &sorted {
+        out = match kind {
+            "sum" => out.sum_axis(Axis(a)),
+            "mean" => out.mean_axis(Axis(a)).expect("non-empty axis"),
+            "max" => out.fold_axis(Axis(a), T::neg_infinity(), |m, &v| m.max(v)),
+            _ => {
+                let m = out.fold_axis(Axis(a), T::neg_infinity(), |m, &v| m.max(v));
+                let mut s = ArrayD::zeros(m.raw_dim());
+                for (lane, (mv, sv)) in out.lanes(Axis(a)).into_iter().zip(m.iter().zip(s.iter_mut())) {
+                    *sv = *mv + lane.iter().fold(T::zero(), |acc, &v| acc + (v - *mv).exp()).ln();
+                }
+                s
+            }
+        };
+        if keepdim {
+            out.insert_axis_inplace(Axis(a));
+        }
+    }
+    out
+}
+
+/// Softmax along `axis`.
+pub fn softmax<T: Real>(x: &ArrayD<T>, axis: usize) -> ArrayD<T> {
+    let mut out = x.clone();
+    for mut lane in out.lanes_mut(Axis(axis)) {
+        let m = lane.iter().fold(T::neg_infinity(), |a, &v| a.max(v));
+        lane.mapv_inplace(|v| (v - m).exp());
+        let s = lane.iter().fold(T::zero(), |a, &v| a + v);
+        lane.mapv_inplace(|v| v / s);
+    }
+    out
+}
+
+/// `take_along_axis(x, idx, axis)`.
+pub fn gather(x: &Tensor, idx: &ArrayD<i64>, axis: usize) -> Result<Tensor, String> {
+    let n = x.shape()[axis];
+    if let Some(bad) = idx.iter().find(|&&i| i < 0 || i as usize >= n) {
+        return Err(format!("gather index {bad} is out of range for axis {axis} of length {n}"));
+    }
+    Ok(each!(x, a => {
+        let out = ArrayD::from_shape_fn(idx.raw_dim(), |ix| {
+            let mut src = ix.clone();
+            src[axis] = idx[&ix] as usize;
+            a[src].clone()
+        });
+        Tensor::from(out)
+    }))
+}
+
+/// Index of the first maximum along `axis` (numpy/torch semantics).
+pub fn argmax(x: &Tensor, axis: usize) -> ArrayD<i64> {
+    let v = x.to_f64();
+    v.map_axis(Axis(axis), |lane| {
+        let mut best = (0usize, f64::NEG_INFINITY);
+        for (i, &e) in lane.iter().enumerate() {
+            if e > best.1 || (i == 0 && e.is_nan()) {
+                best = (i, e);
+            }
+        }
+        best.0 as i64
+    })
+}
+
+/// Stable ascending sort permutation along `axis`.
+pub fn argsort(x: &Tensor, axis: usize) -> ArrayD<i64> {
+    let v = x.to_f64();
+    let mut out = ArrayD::<i64>::zeros(v.raw_dim());
+    for (lane, mut o) in v.lanes(Axis(axis)).into_iter().zip(out.lanes_mut(Axis(axis))) {
+        let mut idx: Vec<usize> = (0..lane.len()).collect();
+        idx.sort_by(|&a, &b| lane[a].total_cmp(&lane[b]));
+        for (slot, i) in o.iter_mut().zip(idx) {
+            *slot = i as i64;
+        }
+    }
+    out
+}
+
+/// `cond ? a : b` with broadcasting.
+pub fn select(cond: &ArrayD<bool>, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
+    let shape = broadcast_shape(&broadcast_shape(cond.shape(), a.shape())?, b.shape())?;
+    let c = cond.broadcast(IxDyn(&shape)).expect("checked");
+    macro_rules! sel {
+        ($x:expr, $y:expr, $wrap:path) => {{
+            let (xa, ya) = ($x.broadcast(IxDyn(&shape)).expect("checked"), $y.broadcast(IxDyn(&shape)).expect("checked"));
+            Ok($wrap(Zip::from(&c).and(&xa).and(&ya).map_collect(|&k, p, q| if k { p.clone() } else { q.clone() })))
+        }};
+    }
+    match (a, b) {
+        (Tensor::F32(x), Tensor::F32(y)) => sel!(x, y, Tensor::F32),
+        (Tensor::F64(x), Tensor::F64(y)) => sel!(x, y, Tensor::F64),
+        (Tensor::I64(x), Tensor::I64(y)) => sel!(x, y, Tensor::I64),
+        (Tensor::I32(x), Tensor::I32(y)) => sel!(x, y, Tensor::I32),
+        (Tensor::Bool(x), Tensor::Bool(y)) => sel!(x, y, Tensor::Bool),
+        _ => Err(format!("select branches differ in dtype: {} and {}", a.dtype(), b.dtype())),
+    }
+}
+
+/// Same elements in row-major order, new shape.
+pub fn reshape(x: &Tensor, shape: &[usize]) -> Result<Tensor, String> {
+    let n: usize = shape.iter().product();
+    if n != x.shape().iter().product::<usize>() {
+        return Err(format!("cannot reshape {:?} to {shape:?}", x.shape()));
+    }
+    Ok(each!(x, a => Tensor::from(a.as_standard_layout().into_owned().into_shape_with_order(IxDyn(shape)).expect("count checked"))))
+}
+
+/// Permutes axes.
+pub fn transpose(x: &Tensor, perm: &[usize]) -> Tensor {
+    each!(x, a => Tensor::from(a.clone().permuted_axes(IxDyn(perm)).as_standard_layout().into_owned()))
+}
+
+/// Joins tensors along `axis`.
+pub fn concat(xs: &[&Tensor], axis: usize) -> Result<Tensor, String> {
+    macro_rules! cat {
+        ($variant:path) => {{
+            let views: Result<Vec<_>, String> = xs
+                .iter()
+                .map(|t| match t {
+                    $variant(a) => Ok(a.view()),
+                    other => Err(format!("concat operands differ in dtype ({})", other.dtype())),
+                })
+                .collect();
+            Ok($variant(concatenate(Axis(axis), &views?).map_err(|e| e.to_string())?))
+        }};
+    }
+    match xs[0] {
+        Tensor::F32(_) => cat!(Tensor::F32),
+        Tensor::F64(_) => cat!(Tensor::F64),
+        Tensor::I64(_) => cat!(Tensor::I64),
+        Tensor::I32(_) => cat!(Tensor::I32),
+        Tensor::Bool(_) => cat!(Tensor::Bool),
+    }
+}
+
+/// Selects position `index` of `axis`, dropping the axis.
+pub fn index(x: &Tensor, axis: usize, index: usize) -> Result<Tensor, String> {
+    if index >= x.shape()[axis] {
+        return Err(format!("index {index} is out of range for axis {axis} of length {}", x.shape()[axis]));
+    }
+    Ok(each!(x, a => Tensor::from(a.index_axis(Axis(axis), index).to_owned())))
+}
+
+/// The range `[start, end)` of `axis`.
+pub fn slice(x: &Tensor, axis: usize, start: usize, end: usize) -> Result<Tensor, String> {
+    if start > end || end > x.shape()[axis] {
+        return Err(format!("range {start}..{end} is out of range for axis {axis} of length {}", x.shape()[axis]));
+    }
+    Ok(each!(x, a => Tensor::from(a.slice_axis(Axis(axis), Slice::from(start..end)).to_owned())))
+}
+
+/// HF's eval padding: when the axis is longer than `min_len` and not a
+/// multiple of `multiple`, pad it up to the next multiple with `value`.
+///
+/// ```
+/// use reformc_interp::{tensor_ops::pad_to_multiple, Tensor};
+/// use ndarray::{ArrayD, IxDyn};
+/// let x = Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[1, 5]), vec![1, 2, 3, 4, 5]).unwrap());
+/// assert_eq!(pad_to_multiple(&x, 1, 4, 2, 0.0).shape(), &[1, 8]);
+/// assert_eq!(pad_to_multiple(&x, 1, 4, 8, 0.0).shape(), &[1, 5]); // not above min_len
+/// ```
+pub fn pad_to_multiple(x: &Tensor, axis: usize, multiple: usize, min_len: usize, value: f64) -> Tensor {
+    let n = x.shape()[axis];
+    if n <= min_len || n % multiple == 0 {
+        return x.clone();
+    }
+    let extra = multiple - n % multiple;
+    let mut shape = x.shape().to_vec();
+    shape[axis] = extra;
+    let fill = Tensor::F64(ArrayD::from_elem(IxDyn(&shape), value)).cast(x.dtype());
+    concat(&[x, &fill], axis).expect("same dtype and rank")
+}
+
+impl From<ArrayD<f32>> for Tensor {
+    fn from(a: ArrayD<f32>) -> Tensor {
+        Tensor::F32(a)
+    }
+}
+impl From<ArrayD<f64>> for Tensor {
+    fn from(a: ArrayD<f64>) -> Tensor {
+        Tensor::F64(a)
+    }
+}
+impl From<ArrayD<i64>> for Tensor {
+    fn from(a: ArrayD<i64>) -> Tensor {
+        Tensor::I64(a)
+    }
+}
+impl From<ArrayD<i32>> for Tensor {
+    fn from(a: ArrayD<i32>) -> Tensor {
+        Tensor::I32(a)
+    }
+}
+impl From<ArrayD<bool>> for Tensor {
+    fn from(a: ArrayD<bool>) -> Tensor {
+        Tensor::Bool(a)
+    }
+}
