@@ -1,1 +1,34 @@
-fn main(){}
+//! `reformc`: a compiler for long-sequence transformer (Reformer) models.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+/// reformc compiles Reformer and transformer models (Hugging Face config.json
+/// or reformc's model schema + safetensors weights) through a typed tensor IR.
+#[derive(Parser, Debug)]
+#[command(name = "reformc", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a model's IR (text or Graphviz dot).
+    Dump(cli::dump::DumpArgs),
+    /// Run a model on token ids and write its output (.npy).
+    Run(cli::run::RunArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Dump(a) => cli::dump::run(a),
+        Command::Run(a) => cli::run::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(e.code);
+    }
+}

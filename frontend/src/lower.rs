@@ -112,7 +112,7 @@ impl Builder<'_> {
 
     fn weight(&mut self, name: &str, shape: &[u64]) -> ValueId {
         let ty = self.ty(shape.iter().map(|&n| c(n)).collect());
-        self.g.add(Op::new(OpKind::Weight).with("name", Attr::Str(name.into())), vec![], ty)
+        self.g.add_top(Op::new(OpKind::Weight).with("name", Attr::Str(name.into())), vec![], ty)
     }
 
     fn body_weight(&mut self, name: &str, shape: &[u64]) -> ValueId {

@@ -103,6 +103,14 @@ impl Graph {
         self.add_node(Node { op, inputs, ty, regions: vec![] })
     }
 
+    /// Appends an op to the top-level body even while regions are open: for
+    /// weights and other sources that region bodies capture.
+    pub fn add_top(&mut self, op: Op, inputs: Vec<ValueId>, ty: TensorType) -> ValueId {
+        let id = self.push_detached(Node { op, inputs, ty, regions: vec![] });
+        self.body.push(id);
+        id
+    }
+
     /// Appends a node (with regions) like [`Graph::add`].
     pub fn add_node(&mut self, node: Node) -> ValueId {
         let id = self.push_detached(node);
@@ -162,7 +170,7 @@ impl Graph {
     }
 
     fn named_sources(&self, kind: OpKind) -> Vec<(&str, ValueId)> {
-        self.find(kind).filter_map(|v| self.node(v).op.str("name").map(|n| (n, v))).collect()
+        self.walk().into_iter().filter(|v| self.node(*v).op.kind == kind).filter_map(|v| self.node(v).op.str("name").map(|n| (n, v))).collect()
     }
 
     /// Every op in execution order, regions expanded before their owner

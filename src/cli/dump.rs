@@ -1,0 +1,62 @@
+//! `reformc dump`: print a model's IR as text or Graphviz dot.
+
+use super::error::{CliError, CliResult};
+use super::model;
+use clap::Args;
+use reformc_frontend::lower::{LowerOptions, LshSource};
+use reformc_ir::DType;
+use std::path::PathBuf;
+
+/// Arguments of `reformc dump`.
+#[derive(Args, Debug)]
+pub struct DumpArgs {
+    /// Model description: a Hugging Face config.json or a reformc model file.
+    pub config: PathBuf,
+    /// Weights (.safetensors): checked against the graph, and their layout (prefix, head) used.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_parser = ["text", "dot"], default_value = "text")]
+    pub format: String,
+    /// Write to this file instead of standard output.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Sequence length (resolves `num_buckets: null`).
+    #[arg(long)]
+    pub seq_len: Option<u64>,
+    /// Where LSH hashing decisions come from.
+    #[arg(long, value_parser = ["seeded", "rotations", "buckets"], default_value = "seeded")]
+    pub lsh_source: String,
+    /// Element type of activations.
+    #[arg(long, value_parser = ["f32", "f64"], default_value = "f32")]
+    pub precision: String,
+    /// Add `lm_head.bias` to the logits (HF 4.x behaviour).
+    #[arg(long)]
+    pub lm_head_bias: bool,
+}
+
+/// Runs the command.
+pub fn run(args: &DumpArgs) -> CliResult<()> {
+    let m = model::load(&args.config, args.weights.as_deref(), args.lm_head_bias)?;
+    let lsh_source = match args.lsh_source.as_str() {
+        "rotations" => LshSource::Rotations,
+        "buckets" => LshSource::Buckets,
+        _ => LshSource::Seeded,
+    };
+    let dtype = if args.precision == "f64" { DType::F64 } else { DType::F32 };
+    let lowered = m.lower(&LowerOptions { dtype, lsh_source, seq_len: args.seq_len })?;
+    if m.weights.is_some() {
+        m.weight_tensors(&lowered)?;
+    }
+    let text = match args.format.as_str() {
+        "dot" => reformc_ir::to_dot(&lowered.graph),
+        _ => reformc_ir::print(&lowered.graph),
+    };
+    match &args.output {
+        Some(p) => std::fs::write(p, text).map_err(|e| CliError::input(format!("{}: cannot write: {e}", p.display()))),
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    }
+}

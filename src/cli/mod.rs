@@ -1,0 +1,7 @@
+//! The `reformc` command line: one module per command.
+
+pub mod dump;
+pub mod error;
+pub mod model;
+pub mod npy;
+pub mod run;
