@@ -30,7 +30,11 @@ pub struct LowerOptions {
 
 impl Default for LowerOptions {
     fn default() -> Self {
-        LowerOptions { dtype: DType::F32, lsh_source: LshSource::Seeded, seq_len: None }
+        LowerOptions {
+            dtype: DType::F32,
+            lsh_source: LshSource::Seeded,
+            seq_len: None,
+        }
     }
 }
 
@@ -75,10 +79,20 @@ pub fn lower(spec: &ModelSpec, opts: &LowerOptions) -> Result<Lowered, String> {
             None => return Err("`num_buckets` is null (automatic): its value depends on the sequence length, so give one (e.g. --seq-len)".into()),
         },
     };
-    let mut b = Builder { g: Graph::new(), spec, opts, dtype: opts.dtype, factors: factors.clone() };
+    let mut b = Builder {
+        g: Graph::new(),
+        spec,
+        opts,
+        dtype: opts.dtype,
+        factors: factors.clone(),
+    };
     b.build()?;
-    reformc_ir::verify(&b.g).map_err(|e| format!("internal error: the lowered graph does not verify: {e}"))?;
-    Ok(Lowered { graph: b.g, bucket_factors: factors })
+    reformc_ir::verify(&b.g)
+        .map_err(|e| format!("internal error: the lowered graph does not verify: {e}"))?;
+    Ok(Lowered {
+        graph: b.g,
+        bucket_factors: factors,
+    })
 }
 
 struct Builder<'a> {
@@ -107,12 +121,20 @@ impl Builder<'_> {
     }
 
     fn input(&mut self, name: &str, ty: TensorType) -> ValueId {
-        self.g.add(Op::new(OpKind::Input).with("name", Attr::Str(name.into())), vec![], ty)
+        self.g.add(
+            Op::new(OpKind::Input).with("name", Attr::Str(name.into())),
+            vec![],
+            ty,
+        )
     }
 
     fn weight(&mut self, name: &str, shape: &[u64]) -> ValueId {
         let ty = self.ty(shape.iter().map(|&n| c(n)).collect());
-        self.g.add_top(Op::new(OpKind::Weight).with("name", Attr::Str(name.into())), vec![], ty)
+        self.g.add_top(
+            Op::new(OpKind::Weight).with("name", Attr::Str(name.into())),
+            vec![],
+            ty,
+        )
     }
 
     fn body_weight(&mut self, name: &str, shape: &[u64]) -> ValueId {
@@ -129,7 +151,13 @@ impl Builder<'_> {
         self.ty(vec![sym("B"), sym("P"), c(width)])
     }
 
-    fn linear(&mut self, x: ValueId, w: ValueId, bias: Option<ValueId>, activation: Option<&str>) -> ValueId {
+    fn linear(
+        &mut self,
+        x: ValueId,
+        w: ValueId,
+        bias: Option<ValueId>,
+        activation: Option<&str>,
+    ) -> ValueId {
         let out = self.g.ty(w).shape[0].clone();
         let mut shape = self.g.ty(x).shape.clone();
         *shape.last_mut().expect("rank >= 1") = out;
@@ -146,13 +174,23 @@ impl Builder<'_> {
         let w = self.body_weight(&format!("{prefix}.weight"), &[width]);
         let b = self.body_weight(&format!("{prefix}.bias"), &[width]);
         let ty = self.g.ty(x).clone();
-        self.op(Op::new(OpKind::LayerNorm).with("eps", Attr::Float(self.spec.layer_norm_eps)), vec![x, w, b], ty)
+        self.op(
+            Op::new(OpKind::LayerNorm).with("eps", Attr::Float(self.spec.layer_norm_eps)),
+            vec![x, w, b],
+            ty,
+        )
     }
 
     fn build(&mut self) -> Result<(), String> {
         let spec = self.spec;
-        let ids = self.input("input_ids", TensorType::new(DType::I64, vec![sym("B"), sym("L")]));
-        let mask = self.input("attention_mask", TensorType::new(DType::I64, vec![sym("B"), sym("L")]));
+        let ids = self.input(
+            "input_ids",
+            TensorType::new(DType::I64, vec![sym("B"), sym("L")]),
+        );
+        let mask = self.input(
+            "attention_mask",
+            TensorType::new(DType::I64, vec![sym("B"), sym("L")]),
+        );
         let hashing = self.hashing_inputs();
         let (ids_p, mask_p) = self.pad(ids, mask);
         let x = self.embeddings(ids_p)?;
@@ -180,19 +218,45 @@ impl Builder<'_> {
 
     fn truncate(&mut self, x: ValueId, like: ValueId, width: u64) -> ValueId {
         let ty = self.ty(vec![sym("B"), sym("L"), c(width)]);
-        self.op(Op::new(OpKind::Truncate).with("axis", int(1)), vec![x, like], ty)
+        self.op(
+            Op::new(OpKind::Truncate).with("axis", int(1)),
+            vec![x, like],
+            ty,
+        )
     }
 
     /// HF's eval padding of ids (pad token) and mask (zeros) to the chunk multiple.
     fn pad(&mut self, ids: ValueId, mask: ValueId) -> (ValueId, ValueId) {
         let Some(min_chunk) = self.spec.min_chunk() else {
             // No chunked layer: nothing to pad; P is L.
-            let ids_p = self.op(Op::new(OpKind::PadToMultiple).with("axis", int(1)).with("multiple", int(1)).with("min_len", int(0)).with("value", Attr::Int(0)), vec![ids], TensorType::new(DType::I64, vec![sym("B"), sym("P")]));
-            let mask_p = self.op(Op::new(OpKind::PadToMultiple).with("axis", int(1)).with("multiple", int(1)).with("min_len", int(0)).with("value", Attr::Int(0)), vec![mask], TensorType::new(DType::I64, vec![sym("B"), sym("P")]));
+            let ids_p = self.op(
+                Op::new(OpKind::PadToMultiple)
+                    .with("axis", int(1))
+                    .with("multiple", int(1))
+                    .with("min_len", int(0))
+                    .with("value", Attr::Int(0)),
+                vec![ids],
+                TensorType::new(DType::I64, vec![sym("B"), sym("P")]),
+            );
+            let mask_p = self.op(
+                Op::new(OpKind::PadToMultiple)
+                    .with("axis", int(1))
+                    .with("multiple", int(1))
+                    .with("min_len", int(0))
+                    .with("value", Attr::Int(0)),
+                vec![mask],
+                TensorType::new(DType::I64, vec![sym("B"), sym("P")]),
+            );
             return (ids_p, mask_p);
         };
         let lcm = self.spec.chunk_lcm();
-        let pad = |value: i64| Op::new(OpKind::PadToMultiple).with("axis", int(1)).with("multiple", int(lcm)).with("min_len", int(min_chunk)).with("value", Attr::Int(value));
+        let pad = |value: i64| {
+            Op::new(OpKind::PadToMultiple)
+                .with("axis", int(1))
+                .with("multiple", int(lcm))
+                .with("min_len", int(min_chunk))
+                .with("value", Attr::Int(value))
+        };
         let ty = TensorType::new(DType::I64, vec![sym("B"), sym("P")]);
         let ids_p = self.op(pad(self.spec.pad_token_id), vec![ids], ty.clone());
         let mask_p = self.op(pad(0), vec![mask], ty);
@@ -204,16 +268,33 @@ impl Builder<'_> {
         let d = spec.hidden_size;
         let table = self.body_weight("embeddings.word_embeddings.weight", &[spec.vocab_size, d]);
         let words = self.op(Op::new(OpKind::Embedding), vec![ids, table], self.act(d));
-        let pos = self.op(Op::new(OpKind::Iota).with("axis", int(1)), vec![ids], TensorType::new(DType::I64, vec![sym("P")]));
+        let pos = self.op(
+            Op::new(OpKind::Iota).with("axis", int(1)),
+            vec![ids],
+            TensorType::new(DType::I64, vec![sym("P")]),
+        );
         let pos_ty = self.ty(vec![sym("P"), c(d)]);
         let pe = match &spec.position {
             PositionSpec::Axial { shape, dims } => {
-                let w0 = self.body_weight("embeddings.position_embeddings.weights.0", &[shape[0], 1, dims[0]]);
-                let w1 = self.body_weight("embeddings.position_embeddings.weights.1", &[1, shape[1], dims[1]]);
-                self.op(Op::new(OpKind::AxialPosEmbedding), vec![pos, w0, w1], pos_ty)
+                let w0 = self.body_weight(
+                    "embeddings.position_embeddings.weights.0",
+                    &[shape[0], 1, dims[0]],
+                );
+                let w1 = self.body_weight(
+                    "embeddings.position_embeddings.weights.1",
+                    &[1, shape[1], dims[1]],
+                );
+                self.op(
+                    Op::new(OpKind::AxialPosEmbedding),
+                    vec![pos, w0, w1],
+                    pos_ty,
+                )
             }
             PositionSpec::Learned => {
-                let t = self.body_weight("embeddings.position_embeddings.embedding.weight", &[spec.max_position_embeddings, d]);
+                let t = self.body_weight(
+                    "embeddings.position_embeddings.embedding.weight",
+                    &[spec.max_position_embeddings, d],
+                );
                 self.op(Op::new(OpKind::Embedding), vec![pos, t], pos_ty)
             }
         };
@@ -233,32 +314,76 @@ impl Builder<'_> {
         match self.opts.lsh_source {
             LshSource::Seeded => {
                 let seed = self.input("seed", TensorType::scalar(DType::I64));
-                (0..n).map(|i| self.op(Op::new(OpKind::RandomNormal).with("stream", int(i)), vec![seed], rot_ty.clone())).collect()
+                (0..n)
+                    .map(|i| {
+                        self.op(
+                            Op::new(OpKind::RandomNormal).with("stream", int(i)),
+                            vec![seed],
+                            rot_ty.clone(),
+                        )
+                    })
+                    .collect()
             }
             LshSource::Rotations => {
-                let all = self.input("lsh_rotations", self.ty(vec![c(n), c(h), c(d), c(r), c(half)]));
-                (0..n).map(|i| self.op(Op::new(OpKind::Index).with("axis", int(0)).with("index", int(i)), vec![all], rot_ty.clone())).collect()
+                let all = self.input(
+                    "lsh_rotations",
+                    self.ty(vec![c(n), c(h), c(d), c(r), c(half)]),
+                );
+                (0..n)
+                    .map(|i| {
+                        self.op(
+                            Op::new(OpKind::Index)
+                                .with("axis", int(0))
+                                .with("index", int(i)),
+                            vec![all],
+                            rot_ty.clone(),
+                        )
+                    })
+                    .collect()
             }
             LshSource::Buckets => {
-                let all = self.input("lsh_buckets", TensorType::new(DType::I64, vec![c(n), sym("B"), c(h), c(r), sym("P")]));
+                let all = self.input(
+                    "lsh_buckets",
+                    TensorType::new(DType::I64, vec![c(n), sym("B"), c(h), c(r), sym("P")]),
+                );
                 let ty = TensorType::new(DType::I64, vec![sym("B"), c(h), c(r), sym("P")]);
-                (0..n).map(|i| self.op(Op::new(OpKind::Index).with("axis", int(0)).with("index", int(i)), vec![all], ty.clone())).collect()
+                (0..n)
+                    .map(|i| {
+                        self.op(
+                            Op::new(OpKind::Index)
+                                .with("axis", int(0))
+                                .with("index", int(i)),
+                            vec![all],
+                            ty.clone(),
+                        )
+                    })
+                    .collect()
             }
         }
     }
 
     fn reversible_layers(&mut self, x: ValueId, mask: ValueId, hashing: &[ValueId]) -> ValueId {
         let d = self.spec.hidden_size;
-        let mut h = self.op(Op::new(OpKind::Concat).with("axis", int(2)), vec![x, x], self.act(2 * d));
+        let mut h = self.op(
+            Op::new(OpKind::Concat).with("axis", int(2)),
+            vec![x, x],
+            self.act(2 * d),
+        );
         let mut lsh_index = 0;
         for (i, kind) in self.spec.layers.clone().iter().enumerate() {
             let args = self.g.begin_region(&[self.act(d)]);
-            let attn = self.attention_branch(i, kind, args[0], mask, hashing.get(lsh_index).copied());
+            let attn =
+                self.attention_branch(i, kind, args[0], mask, hashing.get(lsh_index).copied());
             let f = self.g.end_region(vec![attn]);
             let args = self.g.begin_region(&[self.act(d)]);
             let ff = self.feed_forward_branch(i, args[0]);
             let g = self.g.end_region(vec![ff]);
-            let node = reformc_ir::Node { op: Op::new(OpKind::ReversibleBlock), inputs: vec![h], ty: self.act(2 * d), regions: vec![f, g] };
+            let node = reformc_ir::Node {
+                op: Op::new(OpKind::ReversibleBlock),
+                inputs: vec![h],
+                ty: self.act(2 * d),
+                regions: vec![f, g],
+            };
             h = self.g.add_node(node);
             if *kind == AttentionKind::Lsh {
                 lsh_index += 1;
@@ -283,7 +408,14 @@ impl Builder<'_> {
     }
 
     /// LN -> projections -> attention -> output projection.
-    fn attention_branch(&mut self, i: usize, kind: &AttentionKind, x: ValueId, mask: ValueId, hashing: Option<ValueId>) -> ValueId {
+    fn attention_branch(
+        &mut self,
+        i: usize,
+        kind: &AttentionKind,
+        x: ValueId,
+        mask: ValueId,
+        hashing: Option<ValueId>,
+    ) -> ValueId {
         let spec = self.spec;
         let (d, h, hd) = (spec.hidden_size, spec.num_heads, spec.head_dim);
         let all = h * hd;
@@ -306,8 +438,14 @@ impl Builder<'_> {
                         let op = Op::new(OpKind::LshHash)
                             .with("heads", int(h))
                             .with("n_hashes", int(spec.lsh.n_hashes))
-                            .with("buckets", Attr::Ints(self.factors.iter().map(|&f| f as i64).collect()));
-                        let ty = TensorType::new(DType::I64, vec![sym("B"), c(h), c(spec.lsh.n_hashes), sym("P")]);
+                            .with(
+                                "buckets",
+                                Attr::Ints(self.factors.iter().map(|&f| f as i64).collect()),
+                            );
+                        let ty = TensorType::new(
+                            DType::I64,
+                            vec![sym("B"), c(h), c(spec.lsh.n_hashes), sym("P")],
+                        );
                         self.op(op, vec![qk, hashing, mask], ty)
                     }
                 };
@@ -369,6 +507,15 @@ impl Builder<'_> {
 pub fn expected_weights(g: &Graph) -> Vec<(String, Vec<u64>)> {
     g.weights()
         .into_iter()
-        .map(|(name, v)| (name.to_string(), g.ty(v).shape.iter().map(|d| d.as_const().unwrap_or(0)).collect()))
+        .map(|(name, v)| {
+            (
+                name.to_string(),
+                g.ty(v)
+                    .shape
+                    .iter()
+                    .map(|d| d.as_const().unwrap_or(0))
+                    .collect(),
+            )
+        })
         .collect()
 }

@@ -104,7 +104,10 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// Number of LSH layers.
     pub fn num_lsh_layers(&self) -> usize {
-        self.layers.iter().filter(|l| **l == AttentionKind::Lsh).count()
+        self.layers
+            .iter()
+            .filter(|l| **l == AttentionKind::Lsh)
+            .count()
     }
 
     /// Least common multiple of the chunk lengths in use (HF pads to it).
@@ -163,11 +166,14 @@ impl ModelSpec {
     /// # let spec = reformc_frontend::spec::tests_support::tiny();
     /// assert_eq!(spec.padded_len(50), 64);
     /// assert_eq!(spec.padded_len(64), 64);
-    /// assert_eq!(spec.padded_len(12), 12); // not longer than the smallest chunk
+    /// assert_eq!(spec.padded_len(12), 16);
+    /// assert_eq!(spec.padded_len(6), 6); // not longer than the smallest chunk (8)
     /// ```
     pub fn padded_len(&self, len: u64) -> u64 {
         match self.min_chunk() {
-            Some(min) if len > min && len % self.chunk_lcm() != 0 => len.div_ceil(self.chunk_lcm()) * self.chunk_lcm(),
+            Some(min) if len > min && !len.is_multiple_of(self.chunk_lcm()) => {
+                len.div_ceil(self.chunk_lcm()) * self.chunk_lcm()
+            }
             _ => len,
         }
     }
@@ -176,13 +182,25 @@ impl ModelSpec {
     /// padded; returns the padded length or a message saying what is wrong.
     pub fn check_length(&self, len: u64) -> Result<u64, String> {
         let p = self.padded_len(len);
-        let padded = if p == len { String::new() } else { format!(" (padded to {p})") };
+        let padded = if p == len {
+            String::new()
+        } else {
+            format!(" (padded to {p})")
+        };
         if p > self.max_position_embeddings {
-            return Err(format!("sequence length {len}{padded} exceeds max_position_embeddings={}", self.max_position_embeddings));
+            return Err(format!(
+                "sequence length {len}{padded} exceeds max_position_embeddings={}",
+                self.max_position_embeddings
+            ));
         }
         if let PositionSpec::Axial { shape, .. } = &self.position {
             if p > shape[0] * shape[1] {
-                return Err(format!("sequence length {len}{padded} exceeds the axial position grid {}x{} = {}", shape[0], shape[1], shape[0] * shape[1]));
+                return Err(format!(
+                    "sequence length {len}{padded} exceeds the axial position grid {}x{} = {}",
+                    shape[0],
+                    shape[1],
+                    shape[0] * shape[1]
+                ));
             }
         }
         Ok(p)
@@ -206,9 +224,22 @@ pub mod tests_support {
             layer_norm_eps: 1e-12,
             causal: true,
             layers: vec![AttentionKind::Local, AttentionKind::Lsh],
-            lsh: LshSpec { chunk: 8, before: 1, after: 0, n_hashes: 2, buckets: BucketSpec::Factors(vec![8]) },
-            local: LocalSpec { chunk: 16, before: 1, after: 0 },
-            position: PositionSpec::Axial { shape: [8, 16], dims: [16, 16] },
+            lsh: LshSpec {
+                chunk: 8,
+                before: 1,
+                after: 0,
+                n_hashes: 2,
+                buckets: BucketSpec::Factors(vec![8]),
+            },
+            local: LocalSpec {
+                chunk: 16,
+                before: 1,
+                after: 0,
+            },
+            position: PositionSpec::Axial {
+                shape: [8, 16],
+                dims: [16, 16],
+            },
             max_position_embeddings: 128,
             pad_token_id: 0,
             head: HeadSpec::LmHead { bias: false },

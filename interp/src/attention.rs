@@ -25,15 +25,24 @@ fn split_heads<T: Real>(x: &ArrayD<T>, heads: usize) -> Result<ndarray::Array4<T
     if w % heads != 0 {
         return Err(format!("width {w} is not divisible by {heads} heads"));
     }
-    let v = x.view().into_shape_with_order((b, l, heads, w / heads)).map_err(|e| e.to_string())?;
-    Ok(v.permuted_axes([0, 2, 1, 3]).as_standard_layout().into_owned())
+    let v = x
+        .view()
+        .into_shape_with_order((b, l, heads, w / heads))
+        .map_err(|e| e.to_string())?;
+    Ok(v.permuted_axes([0, 2, 1, 3])
+        .as_standard_layout()
+        .into_owned())
 }
 
 /// `[B, H, L, d]` -> `[B, L, H*d]`.
 fn merge_heads<T: Real>(x: ndarray::Array4<T>) -> ArrayD<T> {
     let (b, h, l, d) = x.dim();
-    let t = x.permuted_axes([0, 2, 1, 3]).as_standard_layout().into_owned();
-    t.into_shape_with_order(IxDyn(&[b, l, h * d])).expect("same element count")
+    let t = x
+        .permuted_axes([0, 2, 1, 3])
+        .as_standard_layout()
+        .into_owned();
+    t.into_shape_with_order(IxDyn(&[b, l, h * d]))
+        .expect("same element count")
 }
 
 /// HF's `_len_norm`: x * rsqrt(mean(x²) + 1e-6), per row.
@@ -107,6 +116,7 @@ pub fn attend_block<T: Real>(
 }
 
 /// Full multi-head attention (`attention` op).
+#[allow(clippy::too_many_arguments)]
 pub fn attention<T: Real>(
     q: &ArrayD<T>,
     k: &ArrayD<T>,
@@ -117,7 +127,11 @@ pub fn attention<T: Real>(
     key_norm: bool,
     rules: MaskRules,
 ) -> Result<ArrayD<T>, String> {
-    let (q4, k4, v4) = (split_heads(q, heads)?, split_heads(k, heads)?, split_heads(v, heads)?);
+    let (q4, k4, v4) = (
+        split_heads(q, heads)?,
+        split_heads(k, heads)?,
+        split_heads(v, heads)?,
+    );
     let (b, h, lq, _) = q4.dim();
     let (lk, dv) = (k4.dim().2, v4.dim().3);
     let mut out = ndarray::Array4::zeros((b, h, lq, dv));
@@ -127,8 +141,116 @@ pub fn attention<T: Real>(
         let valid = valid_row(mask, bi, lk);
         for hi in 0..h {
             let keys = scaled_keys(k4.slice(s![bi, hi, .., ..]), scale, key_norm);
-            let (o, _) = attend_block(q4.slice(s![bi, hi, .., ..]), keys.view(), v4.slice(s![bi, hi, .., ..]), &qpos, &kpos, &valid, rules);
+            let (o, _) = attend_block(
+                q4.slice(s![bi, hi, .., ..]),
+                keys.view(),
+                v4.slice(s![bi, hi, .., ..]),
+                &qpos,
+                &kpos,
+                &valid,
+                rules,
+            );
             out.slice_mut(s![bi, hi, .., ..]).assign(&o);
+        }
+    }
+    Ok(merge_heads(out))
+}
+
+/// Chunked-exact multi-head attention (`attention {kv_chunk=N}`): the same
+/// result as [`attention`], computed as a streaming (online) softmax over key
+/// chunks of `kv_chunk` keys, so that only a `[Lq, kv_chunk]` block of logits
+/// exists at a time.
+///
+/// Each query keeps its log-sum-exp as (running max, running sum) and an
+/// unnormalised output; a new chunk with a larger maximum rescales both by
+/// `exp(old_max - new_max)`. Masks are applied per chunk exactly as
+/// [`attend_block`] applies them, so masked logits (-1e9) and the self logit
+/// (-1e5) give the same weights as the materialised softmax.
+///
+/// ```
+/// use reformc_interp::attention::{attention, attention_chunked, MaskRules};
+/// use ndarray::{ArrayD, IxDyn};
+/// let x = ArrayD::from_shape_fn(IxDyn(&[1, 5, 4]), |i| ((i[1] * 4 + i[2]) as f64 * 0.37).sin());
+/// let rules = MaskRules { causal: true, self_mask: true };
+/// let full = attention(&x, &x, &x, None, 2, 0.5, true, rules).unwrap();
+/// let streamed = attention_chunked(&x, &x, &x, None, 2, 0.5, true, rules, 2).unwrap();
+/// assert!((&full - &streamed).iter().all(|d| d.abs() < 1e-12));
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn attention_chunked<T: Real>(
+    q: &ArrayD<T>,
+    k: &ArrayD<T>,
+    v: &ArrayD<T>,
+    mask: Option<&ArrayD<i64>>,
+    heads: usize,
+    scale: f64,
+    key_norm: bool,
+    rules: MaskRules,
+    kv_chunk: usize,
+) -> Result<ArrayD<T>, String> {
+    if kv_chunk == 0 {
+        return Err("kv_chunk must be at least 1".into());
+    }
+    let (q4, k4, v4) = (
+        split_heads(q, heads)?,
+        split_heads(k, heads)?,
+        split_heads(v, heads)?,
+    );
+    let (b, h, lq, _) = q4.dim();
+    let (lk, dv) = (k4.dim().2, v4.dim().3);
+    let mut out = ndarray::Array4::zeros((b, h, lq, dv));
+    let qpos: Vec<usize> = (0..lq).collect();
+    let (mask_value, self_value) = (T::of(MASK_VALUE), T::of(SELF_MASK_VALUE));
+    for bi in 0..b {
+        let valid = valid_row(mask, bi, lk);
+        for hi in 0..h {
+            let keys = scaled_keys(k4.slice(s![bi, hi, .., ..]), scale, key_norm);
+            let qh = q4.slice(s![bi, hi, .., ..]);
+            let vh = v4.slice(s![bi, hi, .., ..]);
+            let mut acc = Array2::<T>::zeros((lq, dv));
+            let mut run: Vec<Lse<T>> = vec![
+                Lse {
+                    max: T::neg_infinity(),
+                    sum: T::zero()
+                };
+                lq
+            ];
+            for start in (0..lk).step_by(kv_chunk) {
+                let end = (start + kv_chunk).min(lk);
+                let mut logits = qh.dot(&keys.slice(s![start..end, ..]).t());
+                for (i, mut row) in logits.rows_mut().into_iter().enumerate() {
+                    for (j, x) in row.iter_mut().enumerate() {
+                        let kp = start + j;
+                        if !valid[kp] || (rules.causal && qpos[i] < kp) {
+                            *x = mask_value;
+                        }
+                        if rules.self_mask && qpos[i] == kp {
+                            *x = self_value;
+                        }
+                    }
+                    let chunk_max = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+                    let new_max = run[i].max.max(chunk_max);
+                    // exp(-inf - finite) = 0 for the first chunk: nothing to rescale.
+                    let rescale = if run[i].max == T::neg_infinity() {
+                        T::zero()
+                    } else {
+                        (run[i].max - new_max).exp()
+                    };
+                    row.mapv_inplace(|x| (x - new_max).exp());
+                    let chunk_sum = row.iter().fold(T::zero(), |a, &x| a + x);
+                    run[i] = Lse {
+                        max: new_max,
+                        sum: run[i].sum * rescale + chunk_sum,
+                    };
+                    acc.row_mut(i).mapv_inplace(|x| x * rescale);
+                }
+                acc += &logits.dot(&vh.slice(s![start..end, ..]));
+            }
+            for (i, mut row) in acc.rows_mut().into_iter().enumerate() {
+                let sum = run[i].sum;
+                row.mapv_inplace(|x| x / sum);
+            }
+            out.slice_mut(s![bi, hi, .., ..]).assign(&acc);
         }
     }
     Ok(merge_heads(out))
@@ -148,7 +270,9 @@ fn scaled_keys<T: Real>(k: ArrayView2<T>, scale: f64, key_norm: bool) -> Array2<
 /// Chunk indices a query chunk attends to: earlier chunks first, then its own,
 /// then later ones, wrapping around (REFORMER.md §1.5).
 fn adjacent_chunks(j: usize, n: usize, before: usize, after: usize) -> Vec<usize> {
-    (0..before + 1 + after).map(|o| (j + n * (before + 1) + o - before) % n).collect()
+    (0..before + 1 + after)
+        .map(|o| (j + n * (before + 1) + o - before) % n)
+        .collect()
 }
 
 /// Chunked local attention (`local_attention` op).
@@ -165,15 +289,24 @@ pub fn local_attention<T: Real>(
     after: usize,
     causal: bool,
 ) -> Result<ArrayD<T>, String> {
-    let rules = MaskRules { causal, self_mask: false };
+    let rules = MaskRules {
+        causal,
+        self_mask: false,
+    };
     let len = q.shape()[1];
     if len <= chunk {
         return attention(q, k, v, mask, heads, scale, false, rules);
     }
-    if len % chunk != 0 {
-        return Err(format!("length {len} is not a multiple of the chunk length {chunk}"));
+    if !len.is_multiple_of(chunk) {
+        return Err(format!(
+            "length {len} is not a multiple of the chunk length {chunk}"
+        ));
     }
-    let (q4, k4, v4) = (split_heads(q, heads)?, split_heads(k, heads)?, split_heads(v, heads)?);
+    let (q4, k4, v4) = (
+        split_heads(q, heads)?,
+        split_heads(k, heads)?,
+        split_heads(v, heads)?,
+    );
     let (b, h, _, _) = q4.dim();
     let dv = v4.dim().3;
     let n = len / chunk;
@@ -183,13 +316,25 @@ pub fn local_attention<T: Real>(
         for hi in 0..h {
             let keys = scaled_keys(k4.slice(s![bi, hi, .., ..]), scale, false);
             for j in 0..n {
-                let kpos: Vec<usize> = adjacent_chunks(j, n, before, after).into_iter().flat_map(|c| c * chunk..(c + 1) * chunk).collect();
+                let kpos: Vec<usize> = adjacent_chunks(j, n, before, after)
+                    .into_iter()
+                    .flat_map(|c| c * chunk..(c + 1) * chunk)
+                    .collect();
                 let qpos: Vec<usize> = (j * chunk..(j + 1) * chunk).collect();
                 let kk = keys.select(Axis(0), &kpos);
                 let vv = v4.slice(s![bi, hi, .., ..]).select(Axis(0), &kpos);
                 let kvalid: Vec<bool> = kpos.iter().map(|&p| valid[p]).collect();
-                let (o, _) = attend_block(q4.slice(s![bi, hi, j * chunk..(j + 1) * chunk, ..]), kk.view(), vv.view(), &qpos, &kpos, &kvalid, rules);
-                out.slice_mut(s![bi, hi, j * chunk..(j + 1) * chunk, ..]).assign(&o);
+                let (o, _) = attend_block(
+                    q4.slice(s![bi, hi, j * chunk..(j + 1) * chunk, ..]),
+                    kk.view(),
+                    vv.view(),
+                    &qpos,
+                    &kpos,
+                    &kvalid,
+                    rules,
+                );
+                out.slice_mut(s![bi, hi, j * chunk..(j + 1) * chunk, ..])
+                    .assign(&o);
             }
         }
     }
@@ -200,12 +345,21 @@ pub fn local_attention<T: Real>(
 ///
 /// A mask with any zero (anywhere in the batch, as in HF) adds a padding bucket
 /// `nb` that every masked position falls into, and offsets use `nb + 1`.
-pub fn lsh_hash<T: Real>(qk: &ArrayD<T>, rot: &ArrayD<T>, mask: Option<&ArrayD<i64>>, heads: usize, factors: &[usize]) -> Result<ArrayD<i64>, String> {
+pub fn lsh_hash<T: Real>(
+    qk: &ArrayD<T>,
+    rot: &ArrayD<T>,
+    mask: Option<&ArrayD<i64>>,
+    heads: usize,
+    factors: &[usize],
+) -> Result<ArrayD<i64>, String> {
     let x = split_heads(qk, heads)?;
     let (b, h, len, d) = x.dim();
     let rounds = rot.shape()[2];
     let half = rot.shape()[3];
-    let rot = rot.view().into_dimensionality::<ndarray::Ix4>().map_err(|e| e.to_string())?;
+    let rot = rot
+        .view()
+        .into_dimensionality::<ndarray::Ix4>()
+        .map_err(|e| e.to_string())?;
     let nb: usize = factors.iter().product();
     let padding = mask.is_some_and(|m| m.iter().any(|&v| v == 0));
     let nb_total = if padding { nb + 1 } else { nb };
@@ -219,7 +373,11 @@ pub fn lsh_hash<T: Real>(qk: &ArrayD<T>, rot: &ArrayD<T>, mask: Option<&ArrayD<i
                 let rotated = x.slice(s![bi, hi, .., ..]).dot(&rm);
                 for i in 0..len {
                     let masked = mask.is_some_and(|m| m[[bi, i]] == 0);
-                    let bucket = if masked { nb } else { bucket_of(rotated.row(i).as_slice().expect("row"), factors) };
+                    let bucket = if masked {
+                        nb
+                    } else {
+                        bucket_of(rotated.row(i).as_slice().expect("row"), factors)
+                    };
                     out[[bi, hi, r, i]] = (bucket + r * nb_total) as i64;
                 }
             }
@@ -234,7 +392,11 @@ fn bucket_of<T: Real>(rotated: &[T], factors: &[usize]) -> usize {
     for &f in factors {
         let piece = &rotated[offset..offset + f / 2];
         let mut best = (0, T::neg_infinity());
-        for (i, &v) in piece.iter().chain(piece.iter().map(|v| -*v).collect::<Vec<_>>().iter()).enumerate() {
+        for (i, &v) in piece
+            .iter()
+            .chain(piece.iter().map(|v| -*v).collect::<Vec<_>>().iter())
+            .enumerate()
+        {
             if v > best.1 {
                 best = (i, v);
             }
@@ -262,13 +424,19 @@ pub fn lsh_attention<T: Real>(
     let len = qk.shape()[1];
     let d = qk.shape()[2] / heads;
     let scale = 1.0 / (d as f64).sqrt();
-    let rules = MaskRules { causal, self_mask: true };
+    let rules = MaskRules {
+        causal,
+        self_mask: true,
+    };
     if len <= chunk {
         return attention(qk, qk, v, mask, heads, scale, true, rules);
     }
     let rounds = buckets.shape()[2];
-    if (rounds * len) % chunk != 0 {
-        return Err(format!("rounds x length = {} is not a multiple of the chunk length {chunk}", rounds * len));
+    if !(rounds * len).is_multiple_of(chunk) {
+        return Err(format!(
+            "rounds x length = {} is not a multiple of the chunk length {chunk}",
+            rounds * len
+        ));
     }
     let (x4, v4) = (split_heads(qk, heads)?, split_heads(v, heads)?);
     let (b, h, _, _) = x4.dim();
@@ -278,7 +446,17 @@ pub fn lsh_attention<T: Real>(
         for hi in 0..h {
             let bk = buckets.slice(s![bi, hi, .., ..]);
             let keys = scaled_keys(x4.slice(s![bi, hi, .., ..]), scale, true);
-            let o = lsh_head(x4.slice(s![bi, hi, .., ..]), keys.view(), v4.slice(s![bi, hi, .., ..]), bk, &valid, chunk, before, after, rules)?;
+            let o = lsh_head(
+                x4.slice(s![bi, hi, .., ..]),
+                keys.view(),
+                v4.slice(s![bi, hi, .., ..]),
+                bk,
+                &valid,
+                chunk,
+                before,
+                after,
+                rules,
+            )?;
             out.slice_mut(s![bi, hi, .., ..]).assign(&o);
         }
     }
@@ -313,12 +491,21 @@ fn lsh_head<T: Real>(
     let n_chunks = total / chunk;
     let dv = v.ncols();
     let mut o_sorted = Array2::<T>::zeros((total, dv));
-    let mut lse_sorted = vec![Lse { max: T::zero(), sum: T::one() }; total];
+    let mut lse_sorted = vec![
+        Lse {
+            max: T::zero(),
+            sum: T::one()
+        };
+        total
+    ];
     let sq = q.select(Axis(0), &spos);
     let sk = keys.select(Axis(0), &spos);
     let sv = v.select(Axis(0), &spos);
     for j in 0..n_chunks {
-        let kslots: Vec<usize> = adjacent_chunks(j, n_chunks, before, after).into_iter().flat_map(|c| c * chunk..(c + 1) * chunk).collect();
+        let kslots: Vec<usize> = adjacent_chunks(j, n_chunks, before, after)
+            .into_iter()
+            .flat_map(|c| c * chunk..(c + 1) * chunk)
+            .collect();
         let kpos: Vec<usize> = kslots.iter().map(|&s| spos[s]).collect();
         let kvalid: Vec<bool> = kpos.iter().map(|&p| valid[p]).collect();
         let qs = j * chunk..(j + 1) * chunk;
@@ -336,8 +523,10 @@ fn lsh_head<T: Real>(
     }
     let mut out = Array2::<T>::zeros((len, dv));
     let mut per_round = Array3::<T>::zeros((rounds, len, dv));
-    for t in 0..total {
-        per_round.slice_mut(s![t / len, t % len, ..]).assign(&o_sorted.row(inv[t]));
+    for (t, &slot) in inv.iter().enumerate() {
+        per_round
+            .slice_mut(s![t / len, t % len, ..])
+            .assign(&o_sorted.row(slot));
     }
     for i in 0..len {
         // Round weights softmax(lse_r) = exp(max_r - M) * sum_r / Z, without ever forming lse_r.
@@ -359,6 +548,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn chunked_attention_equals_materialised_softmax() {
+        let x = ArrayD::from_shape_fn(IxDyn(&[2, 7, 6]), |i| {
+            ((i[0] * 42 + i[1] * 6 + i[2]) as f64 * 0.713).sin() * 3.0
+        });
+        let v = ArrayD::from_shape_fn(IxDyn(&[2, 7, 4]), |i| {
+            ((i[0] * 28 + i[1] * 4 + i[2]) as f64 * 0.291).cos()
+        });
+        let mut mask = ArrayD::from_elem(IxDyn(&[2, 7]), 1i64);
+        mask[[1, 6]] = 0;
+        for (causal, self_mask, key_norm) in [
+            (false, false, false),
+            (true, true, true),
+            (true, false, false),
+            (false, true, true),
+        ] {
+            let rules = MaskRules { causal, self_mask };
+            let full = attention(&x, &x, &v, Some(&mask), 2, 0.25, key_norm, rules).unwrap();
+            for kv in [1, 2, 3, 7, 9] {
+                let got = attention_chunked(&x, &x, &v, Some(&mask), 2, 0.25, key_norm, rules, kv)
+                    .unwrap();
+                let err = (&full - &got).iter().fold(0.0f64, |a, d| a.max(d.abs()));
+                assert!(err < 1e-12, "kv_chunk={kv} causal={causal}: {err}");
+            }
+        }
+    }
+
+    #[test]
     fn adjacent_chunks_wrap_around() {
         assert_eq!(adjacent_chunks(0, 4, 1, 0), vec![3, 0]);
         assert_eq!(adjacent_chunks(2, 4, 2, 1), vec![0, 1, 2, 3]);
@@ -376,7 +592,18 @@ mod tests {
     fn first_token_under_causal_mask_attends_to_itself() {
         let q = Array2::from_shape_vec((2, 1), vec![1.0f64, 1.0]).unwrap();
         let v = Array2::from_shape_vec((2, 1), vec![3.0f64, 5.0]).unwrap();
-        let (o, lse) = attend_block(q.view(), q.view(), v.view(), &[0, 1], &[0, 1], &[true, true], MaskRules { causal: true, self_mask: true });
+        let (o, lse) = attend_block(
+            q.view(),
+            q.view(),
+            v.view(),
+            &[0, 1],
+            &[0, 1],
+            &[true, true],
+            MaskRules {
+                causal: true,
+                self_mask: true,
+            },
+        );
         assert_eq!(o[[0, 0]], 3.0);
         assert_eq!(lse[0].value(), SELF_MASK_VALUE);
         // token 1 sees token 0 (logit 1) and itself (-1e5): almost all weight on token 0.

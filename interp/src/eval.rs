@@ -64,12 +64,33 @@ impl WeightSource for HashMap<String, Tensor> {
 /// let out = run(&g, &inputs, &BTreeMap::new()).unwrap();
 /// assert_eq!(out["y"].as_f64().unwrap()[[1]], 1f64.exp());
 /// ```
-pub fn run(g: &Graph, inputs: &BTreeMap<String, Tensor>, weights: &dyn WeightSource) -> Result<BTreeMap<String, Tensor>, InterpError> {
-    let numbering = g.walk().into_iter().enumerate().map(|(i, v)| (v, i)).collect();
-    let mut ev = Evaluator { g, inputs, weights, env: DimEnv::new(), values: HashMap::new(), numbering, uses: use_counts(g) };
+pub fn run(
+    g: &Graph,
+    inputs: &BTreeMap<String, Tensor>,
+    weights: &dyn WeightSource,
+) -> Result<BTreeMap<String, Tensor>, InterpError> {
+    let numbering = g
+        .walk()
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| (v, i))
+        .collect();
+    let mut ev = Evaluator {
+        g,
+        inputs,
+        weights,
+        env: DimEnv::new(),
+        values: HashMap::new(),
+        numbering,
+        uses: use_counts(g),
+    };
     for (name, _) in g.inputs() {
         if !inputs.contains_key(name) {
-            return Err(InterpError { at: format!("input {name:?}"), op: String::new(), message: "no value was given for this graph input".into() });
+            return Err(InterpError {
+                at: format!("input {name:?}"),
+                op: String::new(),
+                message: "no value was given for this graph input".into(),
+            });
         }
     }
     ev.block(&g.body)?;
@@ -115,10 +136,20 @@ impl Evaluator<'_> {
     fn err(&self, v: ValueId, message: String) -> InterpError {
         let node = self.g.node(v);
         let at = match node.op.kind {
-            OpKind::Input | OpKind::Weight => format!("{} {:?}", node.op.kind, node.op.str("name").unwrap_or("")),
+            OpKind::Input | OpKind::Weight => {
+                format!("{} {:?}", node.op.kind, node.op.str("name").unwrap_or(""))
+            }
             _ => format!("%{}", self.numbering.get(&v).copied().unwrap_or(usize::MAX)),
         };
-        InterpError { at, op: if matches!(node.op.kind, OpKind::Input | OpKind::Weight) { String::new() } else { node.op.kind.name().into() }, message }
+        InterpError {
+            at,
+            op: if matches!(node.op.kind, OpKind::Input | OpKind::Weight) {
+                String::new()
+            } else {
+                node.op.kind.name().into()
+            },
+            message,
+        }
     }
 
     fn block(&mut self, body: &[ValueId]) -> Result<(), InterpError> {
@@ -148,7 +179,9 @@ impl Evaluator<'_> {
     fn conform(&mut self, node: &Node, t: Tensor) -> Result<Tensor, String> {
         let ty = &node.ty;
         let t = match node.op.kind {
-            OpKind::Weight | OpKind::Input if t.dtype().is_float() && ty.dtype.is_float() => t.cast(ty.dtype),
+            OpKind::Weight | OpKind::Input if t.dtype().is_float() && ty.dtype.is_float() => {
+                t.cast(ty.dtype)
+            }
             _ => t,
         };
         check_type(ty, &t, &mut self.env)?;
@@ -168,7 +201,12 @@ impl Evaluator<'_> {
 
     fn float<T: FloatTensor>(&self, node: &Node, i: usize) -> Result<&ArrayD<T>, String> {
         let t = self.operand(node, i);
-        T::borrow(t).ok_or_else(|| format!("operand {i} has dtype {}, expected the result's float dtype", t.dtype()))
+        T::borrow(t).ok_or_else(|| {
+            format!(
+                "operand {i} has dtype {}, expected the result's float dtype",
+                t.dtype()
+            )
+        })
     }
 
     fn mask(&self, node: &Node, i: usize) -> Option<ArrayD<i64>> {
@@ -179,54 +217,134 @@ impl Evaluator<'_> {
         use OpKind::*;
         let op = &node.op;
         let attr = |name: &str| op.usize(name).unwrap_or(0);
-        let rules = MaskRules { causal: op.flag("causal"), self_mask: op.flag("self_mask") };
+        let rules = MaskRules {
+            causal: op.flag("causal"),
+            self_mask: op.flag("self_mask"),
+        };
         Ok(match op.kind {
             Arg => unreachable!("region arguments are bound by their owner"),
             Input => {
                 let name = op.str("name").unwrap_or("");
-                self.inputs.get(name).cloned().ok_or_else(|| format!("no value was given for input {name:?}"))?
+                self.inputs
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| format!("no value was given for input {name:?}"))?
             }
             Weight => {
                 let name = op.str("name").unwrap_or("");
-                self.weights.weight(name).ok_or_else(|| format!("no weight named {name:?}"))?
+                self.weights
+                    .weight(name)
+                    .ok_or_else(|| format!("no weight named {name:?}"))?
             }
             Constant => {
                 let v = op.float("value").unwrap_or(0.0);
                 Tensor::F64(ArrayD::from_elem(IxDyn(&[]), v)).cast(node.ty.dtype)
             }
             RandomNormal => {
-                let seed = self.operand(node, 0).to_i64().iter().next().copied().unwrap_or(0) as u64;
+                let seed = self
+                    .operand(node, 0)
+                    .to_i64()
+                    .iter()
+                    .next()
+                    .copied()
+                    .unwrap_or(0) as u64;
                 let shape = self.concrete_shape(&node.ty)?;
                 let n = shape.iter().product();
                 let data = philox::normals(seed, attr("stream") as u64, n);
-                Tensor::F64(ArrayD::from_shape_vec(IxDyn(&shape), data).expect("count")).cast(node.ty.dtype)
+                Tensor::F64(ArrayD::from_shape_vec(IxDyn(&shape), data).expect("count"))
+                    .cast(node.ty.dtype)
             }
-            Embedding => T::wrap(nn::embedding(&self.operand(node, 0).to_i64(), self.float::<T>(node, 1)?)?),
-            AxialPosEmbedding => T::wrap(nn::axial_pos_embedding(&self.operand(node, 0).to_i64(), self.float::<T>(node, 1)?, self.float::<T>(node, 2)?)?),
-            LayerNorm => T::wrap(nn::layer_norm(self.float::<T>(node, 0)?, self.float::<T>(node, 1)?, self.float::<T>(node, 2)?, op.float("eps").unwrap_or(1e-12))),
+            Embedding => T::wrap(nn::embedding(
+                &self.operand(node, 0).to_i64(),
+                self.float::<T>(node, 1)?,
+            )?),
+            AxialPosEmbedding => T::wrap(nn::axial_pos_embedding(
+                &self.operand(node, 0).to_i64(),
+                self.float::<T>(node, 1)?,
+                self.float::<T>(node, 2)?,
+            )?),
+            LayerNorm => T::wrap(nn::layer_norm(
+                self.float::<T>(node, 0)?,
+                self.float::<T>(node, 1)?,
+                self.float::<T>(node, 2)?,
+                op.float("eps").unwrap_or(1e-12),
+            )),
             Linear => {
-                let bias = if node.inputs.len() > 2 { Some(self.float::<T>(node, 2)?) } else { None };
-                T::wrap(nn::linear(self.float::<T>(node, 0)?, self.float::<T>(node, 1)?, bias, op.str("activation"))?)
+                let bias = if node.inputs.len() > 2 {
+                    Some(self.float::<T>(node, 2)?)
+                } else {
+                    None
+                };
+                T::wrap(nn::linear(
+                    self.float::<T>(node, 0)?,
+                    self.float::<T>(node, 1)?,
+                    bias,
+                    op.str("activation"),
+                )?)
             }
             Attention => {
-                let (q, k, v) = (self.float::<T>(node, 0)?, self.float::<T>(node, 1)?, self.float::<T>(node, 2)?);
+                let (q, k, v) = (
+                    self.float::<T>(node, 0)?,
+                    self.float::<T>(node, 1)?,
+                    self.float::<T>(node, 2)?,
+                );
                 let scale = op.float("scale").unwrap_or(1.0);
-                T::wrap(attention::attention(q, k, v, self.mask(node, 3).as_ref(), attr("heads"), scale, op.flag("key_norm"), rules)?)
+                let (m, heads, key_norm) = (self.mask(node, 3), attr("heads"), op.flag("key_norm"));
+                T::wrap(match op.usize("kv_chunk") {
+                    Some(kv) => attention::attention_chunked(
+                        q,
+                        k,
+                        v,
+                        m.as_ref(),
+                        heads,
+                        scale,
+                        key_norm,
+                        rules,
+                        kv,
+                    )?,
+                    None => {
+                        attention::attention(q, k, v, m.as_ref(), heads, scale, key_norm, rules)?
+                    }
+                })
             }
             LocalAttention => {
-                let (q, k, v) = (self.float::<T>(node, 0)?, self.float::<T>(node, 1)?, self.float::<T>(node, 2)?);
+                let (q, k, v) = (
+                    self.float::<T>(node, 0)?,
+                    self.float::<T>(node, 1)?,
+                    self.float::<T>(node, 2)?,
+                );
                 let scale = op.float("scale").unwrap_or(1.0);
                 let m = self.mask(node, 3);
-                T::wrap(attention::local_attention(q, k, v, m.as_ref(), attr("heads"), scale, attr("chunk"), attr("before"), attr("after"), op.flag("causal"))?)
+                T::wrap(attention::local_attention(
+                    q,
+                    k,
+                    v,
+                    m.as_ref(),
+                    attr("heads"),
+                    scale,
+                    attr("chunk"),
+                    attr("before"),
+                    attr("after"),
+                    op.flag("causal"),
+                )?)
             }
             LshHash => {
-                let factors: Vec<usize> = op.ints("buckets").unwrap_or(&[]).iter().map(|&f| f as usize).collect();
+                let factors: Vec<usize> = op
+                    .ints("buckets")
+                    .unwrap_or(&[])
+                    .iter()
+                    .map(|&f| f as usize)
+                    .collect();
                 let qk = self.float_any(node, 0)?;
                 let rot = self.float_any(node, 1)?;
                 let m = self.mask(node, 2);
                 Tensor::I64(match (&qk, &rot) {
-                    (Tensor::F32(a), Tensor::F32(b)) => attention::lsh_hash(a, b, m.as_ref(), attr("heads"), &factors)?,
-                    (Tensor::F64(a), Tensor::F64(b)) => attention::lsh_hash(a, b, m.as_ref(), attr("heads"), &factors)?,
+                    (Tensor::F32(a), Tensor::F32(b)) => {
+                        attention::lsh_hash(a, b, m.as_ref(), attr("heads"), &factors)?
+                    }
+                    (Tensor::F64(a), Tensor::F64(b)) => {
+                        attention::lsh_hash(a, b, m.as_ref(), attr("heads"), &factors)?
+                    }
                     _ => return Err("query/keys and rotations must share a float dtype".into()),
                 })
             }
@@ -234,10 +352,26 @@ impl Evaluator<'_> {
                 let (qk, v) = (self.float::<T>(node, 0)?, self.float::<T>(node, 1)?);
                 let buckets = self.operand(node, 2).to_i64();
                 let m = self.mask(node, 3);
-                T::wrap(attention::lsh_attention(qk, v, &buckets, m.as_ref(), attr("heads"), attr("chunk"), attr("before"), attr("after"), op.flag("causal"))?)
+                T::wrap(attention::lsh_attention(
+                    qk,
+                    v,
+                    &buckets,
+                    m.as_ref(),
+                    attr("heads"),
+                    attr("chunk"),
+                    attr("before"),
+                    attr("after"),
+                    op.flag("causal"),
+                )?)
             }
             ReversibleBlock => T::wrap(self.reversible::<T>(node)?),
-            PadToMultiple => ops::pad_to_multiple(self.operand(node, 0), attr("axis"), attr("multiple"), attr("min_len"), op.float("value").unwrap_or(0.0)),
+            PadToMultiple => ops::pad_to_multiple(
+                self.operand(node, 0),
+                attr("axis"),
+                attr("multiple"),
+                attr("min_len"),
+                op.float("value").unwrap_or(0.0),
+            ),
             Truncate => {
                 let n = self.operand(node, 1).shape()[attr("axis")];
                 ops::slice(self.operand(node, 0), attr("axis"), 0, n)?
@@ -247,24 +381,53 @@ impl Evaluator<'_> {
                 Tensor::I64(ArrayD::from_shape_fn(IxDyn(&[n]), |i| i[0] as i64))
             }
             Index => ops::index(self.operand(node, 0), attr("axis"), attr("index"))?,
-            Slice => ops::slice(self.operand(node, 0), attr("axis"), attr("start"), attr("end"))?,
-            Add | Sub | Mul | Div | Max | Min => ops::binary(op.kind.name(), self.operand(node, 0), self.operand(node, 1))?,
+            Slice => ops::slice(
+                self.operand(node, 0),
+                attr("axis"),
+                attr("start"),
+                attr("end"),
+            )?,
+            Add | Sub | Mul | Div | Max | Min => {
+                ops::binary(op.kind.name(), self.operand(node, 0), self.operand(node, 1))?
+            }
             Lt | Eq => ops::compare(op.kind.name(), self.operand(node, 0), self.operand(node, 1))?,
             Neg => match self.operand(node, 0) {
                 Tensor::I64(a) => Tensor::I64(a.mapv(|x| -x)),
                 Tensor::I32(a) => Tensor::I32(a.mapv(|x| -x)),
                 _ => T::wrap(ops::unary("neg", self.float::<T>(node, 0)?)),
             },
-            Exp | Log | Sqrt | Rsqrt | Tanh => T::wrap(ops::unary(op.kind.name(), self.float::<T>(node, 0)?)),
-            Act => T::wrap(self.float::<T>(node, 0)?.mapv(|x| nn::activate(op.str("fn").unwrap_or(""), x))),
+            Exp | Log | Sqrt | Rsqrt | Tanh => {
+                T::wrap(ops::unary(op.kind.name(), self.float::<T>(node, 0)?))
+            }
+            Act => T::wrap(
+                self.float::<T>(node, 0)?
+                    .mapv(|x| nn::activate(op.str("fn").unwrap_or(""), x)),
+            ),
             Cast => self.operand(node, 0).cast(node.ty.dtype),
-            Matmul => T::wrap(ops::matmul(self.float::<T>(node, 0)?, self.float::<T>(node, 1)?)?),
+            Matmul => T::wrap(ops::matmul(
+                self.float::<T>(node, 0)?,
+                self.float::<T>(node, 1)?,
+            )?),
             Reduce => {
-                let axes: Vec<usize> = op.ints("axes").unwrap_or(&[]).iter().map(|&a| a as usize).collect();
-                T::wrap(ops::reduce(self.float::<T>(node, 0)?, op.str("kind").unwrap_or("sum"), &axes, op.flag("keepdim")))
+                let axes: Vec<usize> = op
+                    .ints("axes")
+                    .unwrap_or(&[])
+                    .iter()
+                    .map(|&a| a as usize)
+                    .collect();
+                T::wrap(ops::reduce(
+                    self.float::<T>(node, 0)?,
+                    op.str("kind").unwrap_or("sum"),
+                    &axes,
+                    op.flag("keepdim"),
+                ))
             }
             Softmax => T::wrap(ops::softmax(self.float::<T>(node, 0)?, attr("axis"))),
-            Gather => ops::gather(self.operand(node, 0), &self.operand(node, 1).to_i64(), attr("axis"))?,
+            Gather => ops::gather(
+                self.operand(node, 0),
+                &self.operand(node, 1).to_i64(),
+                attr("axis"),
+            )?,
             Argmax => Tensor::I64(ops::argmax(self.operand(node, 0), attr("axis"))),
             Argsort => Tensor::I64(ops::argsort(self.operand(node, 0), attr("axis"))),
             Select => match self.operand(node, 0) {
@@ -276,11 +439,18 @@ impl Evaluator<'_> {
                 ops::reshape(self.operand(node, 0), &shape)?
             }
             Transpose => {
-                let perm: Vec<usize> = op.ints("perm").unwrap_or(&[]).iter().map(|&a| a as usize).collect();
+                let perm: Vec<usize> = op
+                    .ints("perm")
+                    .unwrap_or(&[])
+                    .iter()
+                    .map(|&a| a as usize)
+                    .collect();
                 ops::transpose(self.operand(node, 0), &perm)
             }
             Concat => {
-                let xs: Vec<&Tensor> = (0..node.inputs.len()).map(|i| self.operand(node, i)).collect();
+                let xs: Vec<&Tensor> = (0..node.inputs.len())
+                    .map(|i| self.operand(node, i))
+                    .collect();
                 ops::concat(&xs, attr("axis"))?
             }
         })
@@ -291,7 +461,10 @@ impl Evaluator<'_> {
         if t.dtype().is_float() {
             Ok(t.clone())
         } else {
-            Err(format!("operand {i} must be a float tensor, found {}", t.dtype()))
+            Err(format!(
+                "operand {i} must be a float tensor, found {}",
+                t.dtype()
+            ))
         }
     }
 
@@ -299,7 +472,11 @@ impl Evaluator<'_> {
     fn concrete_shape(&self, ty: &TensorType) -> Result<Vec<usize>, String> {
         ty.shape
             .iter()
-            .map(|d| d.eval(&self.env).map(|x| x as usize).ok_or_else(|| format!("dimension {d} of {ty} is not bound yet")))
+            .map(|d| {
+                d.eval(&self.env)
+                    .map(|x| x as usize)
+                    .ok_or_else(|| format!("dimension {d} of {ty} is not bound yet"))
+            })
             .collect()
     }
 
@@ -315,16 +492,27 @@ impl Evaluator<'_> {
         ndarray::concatenate(last, &[y1.view(), y2.view()]).map_err(|e| e.to_string())
     }
 
-    fn region<T: FloatTensor>(&mut self, node: &Node, index: usize, arg: Tensor) -> Result<ArrayD<T>, String> {
+    fn region<T: FloatTensor>(
+        &mut self,
+        node: &Node,
+        index: usize,
+        arg: Tensor,
+    ) -> Result<ArrayD<T>, String> {
         let region = &node.regions[index];
         let a = region.args[0];
         check_type(self.g.ty(a), &arg, &mut self.env)?;
         self.values.insert(a, arg);
         self.block(&region.body).map_err(|e| e.to_string())?;
         let r = region.results[0];
-        let out = self.values.get(&r).cloned().ok_or("region result was not computed")?;
+        let out = self
+            .values
+            .get(&r)
+            .cloned()
+            .ok_or("region result was not computed")?;
         self.release(r);
-        T::borrow(&out).cloned().ok_or_else(|| format!("region yields {}, expected the input's dtype", out.dtype()))
+        T::borrow(&out)
+            .cloned()
+            .ok_or_else(|| format!("region yields {}, expected the input's dtype", out.dtype()))
     }
 }
 
@@ -353,7 +541,9 @@ pub fn check_type(ty: &TensorType, t: &Tensor, env: &mut DimEnv) -> Result<(), S
     }
     for (d, &n) in ty.shape.iter().zip(t.shape()) {
         match d {
-            Dim::Const(c) if *c != n as u64 => return Err(format!("expected {ty}, found {}", found())),
+            Dim::Const(c) if *c != n as u64 => {
+                return Err(format!("expected {ty}, found {}", found()))
+            }
             Dim::Sym(s) => match env.get(s) {
                 Some(&bound) if bound != n as u64 => {
                     return Err(format!("expected {ty} with {s}={bound}, found {}", found()));

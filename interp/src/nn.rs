@@ -12,14 +12,20 @@ use ndarray::{s, Array2, ArrayD, ArrayView2, Axis, Dimension, Ix2, IxDyn};
 /// assert_eq!(out.into_raw_vec_and_offset().0, vec![3.0, 4.0, 1.0, 2.0]);
 /// ```
 pub fn embedding<T: Real>(ids: &ArrayD<i64>, table: &ArrayD<T>) -> Result<ArrayD<T>, String> {
-    let table = table.view().into_dimensionality::<Ix2>().map_err(|_| "table must be 2-D".to_string())?;
+    let table = table
+        .view()
+        .into_dimensionality::<Ix2>()
+        .map_err(|_| "table must be 2-D".to_string())?;
     let (vocab, width) = table.dim();
     let mut shape = ids.shape().to_vec();
     shape.push(width);
     let mut out = Vec::with_capacity(ids.len() * width);
     for (index, &id) in ids.indexed_iter() {
         if id < 0 || id as usize >= vocab {
-            return Err(format!("id {id} at {:?} is out of range for a table of {vocab} rows", index.slice()));
+            return Err(format!(
+                "id {id} at {:?} is out of range for a table of {vocab} rows",
+                index.slice()
+            ));
         }
         out.extend(table.row(id as usize).iter().copied());
     }
@@ -27,13 +33,20 @@ pub fn embedding<T: Real>(ids: &ArrayD<i64>, table: &ArrayD<T>) -> Result<ArrayD
 }
 
 /// Axial position embedding of positions `pos` [N]: concat(w0[p / n1, 0], w1[0, p % n1]).
-pub fn axial_pos_embedding<T: Real>(pos: &ArrayD<i64>, w0: &ArrayD<T>, w1: &ArrayD<T>) -> Result<ArrayD<T>, String> {
+pub fn axial_pos_embedding<T: Real>(
+    pos: &ArrayD<i64>,
+    w0: &ArrayD<T>,
+    w1: &ArrayD<T>,
+) -> Result<ArrayD<T>, String> {
     let (n0, d0) = (w0.shape()[0], w0.shape()[2]);
     let (n1, d1) = (w1.shape()[1], w1.shape()[2]);
     let mut out = Vec::with_capacity(pos.len() * (d0 + d1));
     for &p in pos {
         if p < 0 || p as usize >= n0 * n1 {
-            return Err(format!("position {p} is outside the axial grid {n0}x{n1} (= {} positions)", n0 * n1));
+            return Err(format!(
+                "position {p} is outside the axial grid {n0}x{n1} (= {} positions)",
+                n0 * n1
+            ));
         }
         let p = p as usize;
         out.extend(w0.slice(s![p / n1, 0, ..]).iter().copied());
@@ -48,9 +61,16 @@ pub fn layer_norm<T: Real>(x: &ArrayD<T>, w: &ArrayD<T>, b: &ArrayD<T>, eps: f64
     let mut out = x.as_standard_layout().into_owned();
     let n = T::of(width as f64);
     let eps = T::of(eps);
-    for mut row in out.as_slice_mut().expect("standard layout").chunks_mut(width) {
+    for mut row in out
+        .as_slice_mut()
+        .expect("standard layout")
+        .chunks_mut(width)
+    {
         let mean = row.iter().fold(T::zero(), |a, &v| a + v) / n;
-        let var = row.iter().fold(T::zero(), |a, &v| a + (v - mean) * (v - mean)) / n;
+        let var = row
+            .iter()
+            .fold(T::zero(), |a, &v| a + (v - mean) * (v - mean))
+            / n;
         let inv = T::one() / (var + eps).sqrt();
         for (i, v) in row.iter_mut().enumerate() {
             *v = (*v - mean) * inv * w[[i]] + b[[i]];
@@ -61,23 +81,38 @@ pub fn layer_norm<T: Real>(x: &ArrayD<T>, w: &ArrayD<T>, b: &ArrayD<T>, eps: f64
 }
 
 /// `x` [..., in] times `w`ᵀ ([out, in]) plus an optional bias, then an optional activation.
-pub fn linear<T: Real>(x: &ArrayD<T>, w: &ArrayD<T>, b: Option<&ArrayD<T>>, activation: Option<&str>) -> Result<ArrayD<T>, String> {
+pub fn linear<T: Real>(
+    x: &ArrayD<T>,
+    w: &ArrayD<T>,
+    b: Option<&ArrayD<T>>,
+    activation: Option<&str>,
+) -> Result<ArrayD<T>, String> {
     let shape = x.shape().to_vec();
     let k = *shape.last().expect("rank >= 1");
     let rows = x.len() / k.max(1);
     let x2 = x.as_standard_layout();
-    let x2: ArrayView2<T> = x2.view().into_shape_with_order((rows, k)).map_err(|e| e.to_string())?;
-    let w2 = w.view().into_dimensionality::<Ix2>().map_err(|_| "weight must be 2-D".to_string())?;
+    let x2: ArrayView2<T> = x2
+        .view()
+        .into_shape_with_order((rows, k))
+        .map_err(|e| e.to_string())?;
+    let w2 = w
+        .view()
+        .into_dimensionality::<Ix2>()
+        .map_err(|_| "weight must be 2-D".to_string())?;
     let mut y: Array2<T> = x2.dot(&w2.t());
     if let Some(b) = b {
-        y += &b.view().into_dimensionality::<ndarray::Ix1>().map_err(|_| "bias must be 1-D".to_string())?;
+        y += &b
+            .view()
+            .into_dimensionality::<ndarray::Ix1>()
+            .map_err(|_| "bias must be 1-D".to_string())?;
     }
     if let Some(f) = activation {
         y.mapv_inplace(|v| activate(f, v));
     }
     let mut out_shape = shape;
     *out_shape.last_mut().expect("rank >= 1") = w2.dim().0;
-    Ok(y.into_shape_with_order(IxDyn(&out_shape)).expect("rows * out elements"))
+    Ok(y.into_shape_with_order(IxDyn(&out_shape))
+        .expect("rows * out elements"))
 }
 
 /// One activation function, by the name `linear {activation}` and `act {fn}` use.
@@ -92,8 +127,14 @@ pub fn activate<T: Real>(f: &str, x: T) -> T {
     let y = match f {
         "relu" => return if x > T::zero() { x } else { T::zero() },
         "gelu" => 0.5 * xf * (1.0 + libm::erf(xf / std::f64::consts::SQRT_2)),
-        "gelu_new" => 0.5 * xf * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (xf + 0.044715 * xf.powi(3))).tanh()),
-        "gelu_fast" => 0.5 * xf * (1.0 + (xf * 0.797_884_560_8 * (1.0 + 0.044715 * xf * xf)).tanh()),
+        "gelu_new" => {
+            0.5 * xf
+                * (1.0
+                    + ((2.0 / std::f64::consts::PI).sqrt() * (xf + 0.044715 * xf.powi(3))).tanh())
+        }
+        "gelu_fast" => {
+            0.5 * xf * (1.0 + (xf * 0.797_884_560_8 * (1.0 + 0.044715 * xf * xf)).tanh())
+        }
         "silu" => xf / (1.0 + (-xf).exp()),
         "tanh" => return x.tanh(),
         "sigmoid" => 1.0 / (1.0 + (-xf).exp()),

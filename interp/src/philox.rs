@@ -46,7 +46,15 @@ pub fn normals(seed: u64, stream: u64, n: usize) -> Vec<f64> {
     let mut out = Vec::with_capacity(n + 3);
     let mut block: u64 = 0;
     while out.len() < n {
-        let r = philox4x32([block as u32, (block >> 32) as u32, stream as u32, (stream >> 32) as u32], key);
+        let r = philox4x32(
+            [
+                block as u32,
+                (block >> 32) as u32,
+                stream as u32,
+                (stream >> 32) as u32,
+            ],
+            key,
+        );
         for pair in [[r[0], r[1]], [r[2], r[3]]] {
             // Uniforms in (0, 1]: never 0, so the log is finite.
             let u1 = (f64::from(pair[0]) + 1.0) / 4_294_967_296.0;

@@ -6,7 +6,18 @@ use reformc_ir::DType;
 use std::fmt::Debug;
 
 /// Floating-point element types the interpreter computes in (f32 and f64).
-pub trait Real: Float + NumAssign + FromPrimitive + ToPrimitive + LinalgScalar + ScalarOperand + Debug + Send + Sync + 'static {
+pub trait Real:
+    Float
+    + NumAssign
+    + FromPrimitive
+    + ToPrimitive
+    + LinalgScalar
+    + ScalarOperand
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
     /// Converts from f64 (rounding for f32).
     fn of(x: f64) -> Self {
         Self::from_f64(x).expect("every f64 converts to a float")

@@ -8,8 +8,16 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
     let n = a.len().max(b.len());
     (0..n)
         .map(|i| {
-            let x = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
-            let y = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+            let x = if i + a.len() >= n {
+                a[i + a.len() - n]
+            } else {
+                1
+            };
+            let y = if i + b.len() >= n {
+                b[i + b.len() - n]
+            } else {
+                1
+            };
             match (x, y) {
                 (x, y) if x == y => Ok(x),
                 (1, y) => Ok(y),
@@ -20,11 +28,17 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
         .collect()
 }
 
-fn zip_with<A: Clone, B: Clone, C>(a: &ArrayD<A>, b: &ArrayD<B>, f: impl Fn(A, B) -> C) -> Result<ArrayD<C>, String> {
+fn zip_with<A: Clone, B: Clone, C>(
+    a: &ArrayD<A>,
+    b: &ArrayD<B>,
+    f: impl Fn(A, B) -> C,
+) -> Result<ArrayD<C>, String> {
     let shape = broadcast_shape(a.shape(), b.shape())?;
     let av = a.broadcast(IxDyn(&shape)).expect("broadcast checked");
     let bv = b.broadcast(IxDyn(&shape)).expect("broadcast checked");
-    Ok(Zip::from(&av).and(&bv).map_collect(|x, y| f(x.clone(), y.clone())))
+    Ok(Zip::from(&av)
+        .and(&bv)
+        .map_collect(|x, y| f(x.clone(), y.clone())))
 }
 
 /// Elementwise binary arithmetic: `add`, `sub`, `mul`, `div`, `max`, `min`.
@@ -57,7 +71,11 @@ pub fn binary(op: &str, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
             }
             arith!(x, y, Tensor::I32, i32::max, i32::min)
         }
-        _ => Err(format!("`{op}` needs two numeric operands of one dtype, found {} and {}", a.dtype(), b.dtype())),
+        _ => Err(format!(
+            "`{op}` needs two numeric operands of one dtype, found {} and {}",
+            a.dtype(),
+            b.dtype()
+        )),
     }
 }
 
@@ -65,7 +83,11 @@ pub fn binary(op: &str, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
 pub fn compare(op: &str, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
     let (x, y) = (a.to_f64(), b.to_f64());
     if a.dtype() != b.dtype() {
-        return Err(format!("`{op}` needs operands of one dtype, found {} and {}", a.dtype(), b.dtype()));
+        return Err(format!(
+            "`{op}` needs operands of one dtype, found {} and {}",
+            a.dtype(),
+            b.dtype()
+        ));
     }
     // Integers up to 2^53 compare exactly as f64; larger ids do not occur in models.
     Ok(Tensor::Bool(match op {
@@ -92,7 +114,11 @@ pub fn matmul<T: Real>(a: &ArrayD<T>, b: &ArrayD<T>) -> Result<ArrayD<T>, String
     let (ra, rb) = (a.ndim(), b.ndim());
     let (m, k, n) = (a.shape()[ra - 2], a.shape()[ra - 1], b.shape()[rb - 1]);
     if b.shape()[rb - 2] != k {
-        return Err(format!("contraction dims differ: {:?} x {:?}", a.shape(), b.shape()));
+        return Err(format!(
+            "contraction dims differ: {:?} x {:?}",
+            a.shape(),
+            b.shape()
+        ));
     }
     let batch = broadcast_shape(&a.shape()[..ra - 2], &b.shape()[..rb - 2])?;
     let mut sa = batch.clone();
@@ -100,15 +126,28 @@ pub fn matmul<T: Real>(a: &ArrayD<T>, b: &ArrayD<T>) -> Result<ArrayD<T>, String
     let mut sb = batch.clone();
     sb.extend([k, n]);
     let count: usize = batch.iter().product();
-    let av = a.broadcast(IxDyn(&sa)).ok_or("batch dims do not broadcast")?.to_owned().into_shape_with_order((count, m, k)).map_err(|e| e.to_string())?;
-    let bv = b.broadcast(IxDyn(&sb)).ok_or("batch dims do not broadcast")?.to_owned().into_shape_with_order((count, k, n)).map_err(|e| e.to_string())?;
+    let av = a
+        .broadcast(IxDyn(&sa))
+        .ok_or("batch dims do not broadcast")?
+        .to_owned()
+        .into_shape_with_order((count, m, k))
+        .map_err(|e| e.to_string())?;
+    let bv = b
+        .broadcast(IxDyn(&sb))
+        .ok_or("batch dims do not broadcast")?
+        .to_owned()
+        .into_shape_with_order((count, k, n))
+        .map_err(|e| e.to_string())?;
     let mut out = ndarray::Array3::<T>::zeros((count, m, n));
     for i in 0..count {
-        out.index_axis_mut(Axis(0), i).assign(&av.index_axis(Axis(0), i).dot(&bv.index_axis(Axis(0), i)));
+        out.index_axis_mut(Axis(0), i)
+            .assign(&av.index_axis(Axis(0), i).dot(&bv.index_axis(Axis(0), i)));
     }
     let mut shape = batch;
     shape.extend([m, n]);
-    Ok(out.into_shape_with_order(IxDyn(&shape)).expect("same count"))
+    Ok(out
+        .into_shape_with_order(IxDyn(&shape))
+        .expect("same count"))
 }
 
 /// `sum`, `max`, `mean` or `logsumexp` over `axes`.
@@ -124,8 +163,16 @@ pub fn reduce<T: Real>(x: &ArrayD<T>, kind: &str, axes: &[usize], keepdim: bool)
             _ => {
                 let m = out.fold_axis(Axis(a), T::neg_infinity(), |m, &v| m.max(v));
                 let mut s = ArrayD::zeros(m.raw_dim());
-                for (lane, (mv, sv)) in out.lanes(Axis(a)).into_iter().zip(m.iter().zip(s.iter_mut())) {
-                    *sv = *mv + lane.iter().fold(T::zero(), |acc, &v| acc + (v - *mv).exp()).ln();
+                for (lane, (mv, sv)) in out
+                    .lanes(Axis(a))
+                    .into_iter()
+                    .zip(m.iter().zip(s.iter_mut()))
+                {
+                    *sv = *mv
+                        + lane
+                            .iter()
+                            .fold(T::zero(), |acc, &v| acc + (v - *mv).exp())
+                            .ln();
                 }
                 s
             }
@@ -153,13 +200,15 @@ pub fn softmax<T: Real>(x: &ArrayD<T>, axis: usize) -> ArrayD<T> {
 pub fn gather(x: &Tensor, idx: &ArrayD<i64>, axis: usize) -> Result<Tensor, String> {
     let n = x.shape()[axis];
     if let Some(bad) = idx.iter().find(|&&i| i < 0 || i as usize >= n) {
-        return Err(format!("gather index {bad} is out of range for axis {axis} of length {n}"));
+        return Err(format!(
+            "gather index {bad} is out of range for axis {axis} of length {n}"
+        ));
     }
     Ok(each!(x, a => {
         let out = ArrayD::from_shape_fn(idx.raw_dim(), |ix| {
             let mut src = ix.clone();
             src[axis] = idx[&ix] as usize;
-            a[src].clone()
+            a[src]
         });
         Tensor::from(out)
     }))
@@ -183,7 +232,11 @@ pub fn argmax(x: &Tensor, axis: usize) -> ArrayD<i64> {
 pub fn argsort(x: &Tensor, axis: usize) -> ArrayD<i64> {
     let v = x.to_f64();
     let mut out = ArrayD::<i64>::zeros(v.raw_dim());
-    for (lane, mut o) in v.lanes(Axis(axis)).into_iter().zip(out.lanes_mut(Axis(axis))) {
+    for (lane, mut o) in v
+        .lanes(Axis(axis))
+        .into_iter()
+        .zip(out.lanes_mut(Axis(axis)))
+    {
         let mut idx: Vec<usize> = (0..lane.len()).collect();
         idx.sort_by(|&a, &b| lane[a].total_cmp(&lane[b]));
         for (slot, i) in o.iter_mut().zip(idx) {
@@ -199,8 +252,13 @@ pub fn select(cond: &ArrayD<bool>, a: &Tensor, b: &Tensor) -> Result<Tensor, Str
     let c = cond.broadcast(IxDyn(&shape)).expect("checked");
     macro_rules! sel {
         ($x:expr, $y:expr, $wrap:path) => {{
-            let (xa, ya) = ($x.broadcast(IxDyn(&shape)).expect("checked"), $y.broadcast(IxDyn(&shape)).expect("checked"));
-            Ok($wrap(Zip::from(&c).and(&xa).and(&ya).map_collect(|&k, p, q| if k { p.clone() } else { q.clone() })))
+            let (xa, ya) = (
+                $x.broadcast(IxDyn(&shape)).expect("checked"),
+                $y.broadcast(IxDyn(&shape)).expect("checked"),
+            );
+            Ok($wrap(Zip::from(&c).and(&xa).and(&ya).map_collect(
+                |&k, p, q| if k { p.clone() } else { q.clone() },
+            )))
         }};
     }
     match (a, b) {
@@ -209,7 +267,11 @@ pub fn select(cond: &ArrayD<bool>, a: &Tensor, b: &Tensor) -> Result<Tensor, Str
         (Tensor::I64(x), Tensor::I64(y)) => sel!(x, y, Tensor::I64),
         (Tensor::I32(x), Tensor::I32(y)) => sel!(x, y, Tensor::I32),
         (Tensor::Bool(x), Tensor::Bool(y)) => sel!(x, y, Tensor::Bool),
-        _ => Err(format!("select branches differ in dtype: {} and {}", a.dtype(), b.dtype())),
+        _ => Err(format!(
+            "select branches differ in dtype: {} and {}",
+            a.dtype(),
+            b.dtype()
+        )),
     }
 }
 
@@ -219,7 +281,9 @@ pub fn reshape(x: &Tensor, shape: &[usize]) -> Result<Tensor, String> {
     if n != x.shape().iter().product::<usize>() {
         return Err(format!("cannot reshape {:?} to {shape:?}", x.shape()));
     }
-    Ok(each!(x, a => Tensor::from(a.as_standard_layout().into_owned().into_shape_with_order(IxDyn(shape)).expect("count checked"))))
+    Ok(
+        each!(x, a => Tensor::from(a.as_standard_layout().into_owned().into_shape_with_order(IxDyn(shape)).expect("count checked"))),
+    )
 }
 
 /// Permutes axes.
@@ -235,10 +299,15 @@ pub fn concat(xs: &[&Tensor], axis: usize) -> Result<Tensor, String> {
                 .iter()
                 .map(|t| match t {
                     $variant(a) => Ok(a.view()),
-                    other => Err(format!("concat operands differ in dtype ({})", other.dtype())),
+                    other => Err(format!(
+                        "concat operands differ in dtype ({})",
+                        other.dtype()
+                    )),
                 })
                 .collect();
-            Ok($variant(concatenate(Axis(axis), &views?).map_err(|e| e.to_string())?))
+            Ok($variant(
+                concatenate(Axis(axis), &views?).map_err(|e| e.to_string())?,
+            ))
         }};
     }
     match xs[0] {
@@ -253,7 +322,10 @@ pub fn concat(xs: &[&Tensor], axis: usize) -> Result<Tensor, String> {
 /// Selects position `index` of `axis`, dropping the axis.
 pub fn index(x: &Tensor, axis: usize, index: usize) -> Result<Tensor, String> {
     if index >= x.shape()[axis] {
-        return Err(format!("index {index} is out of range for axis {axis} of length {}", x.shape()[axis]));
+        return Err(format!(
+            "index {index} is out of range for axis {axis} of length {}",
+            x.shape()[axis]
+        ));
     }
     Ok(each!(x, a => Tensor::from(a.index_axis(Axis(axis), index).to_owned())))
 }
@@ -261,7 +333,10 @@ pub fn index(x: &Tensor, axis: usize, index: usize) -> Result<Tensor, String> {
 /// The range `[start, end)` of `axis`.
 pub fn slice(x: &Tensor, axis: usize, start: usize, end: usize) -> Result<Tensor, String> {
     if start > end || end > x.shape()[axis] {
-        return Err(format!("range {start}..{end} is out of range for axis {axis} of length {}", x.shape()[axis]));
+        return Err(format!(
+            "range {start}..{end} is out of range for axis {axis} of length {}",
+            x.shape()[axis]
+        ));
     }
     Ok(each!(x, a => Tensor::from(a.slice_axis(Axis(axis), Slice::from(start..end)).to_owned())))
 }
@@ -276,9 +351,15 @@ pub fn slice(x: &Tensor, axis: usize, start: usize, end: usize) -> Result<Tensor
 /// assert_eq!(pad_to_multiple(&x, 1, 4, 2, 0.0).shape(), &[1, 8]);
 /// assert_eq!(pad_to_multiple(&x, 1, 4, 8, 0.0).shape(), &[1, 5]); // not above min_len
 /// ```
-pub fn pad_to_multiple(x: &Tensor, axis: usize, multiple: usize, min_len: usize, value: f64) -> Tensor {
+pub fn pad_to_multiple(
+    x: &Tensor,
+    axis: usize,
+    multiple: usize,
+    min_len: usize,
+    value: f64,
+) -> Tensor {
     let n = x.shape()[axis];
-    if n <= min_len || n % multiple == 0 {
+    if n <= min_len || n.is_multiple_of(multiple) {
         return x.clone();
     }
     let extra = multiple - n % multiple;

@@ -82,7 +82,9 @@ impl std::str::FromStr for Dim {
         } else if Dim::is_valid_symbol(s) {
             Ok(Dim::Sym(s.to_string()))
         } else {
-            Err(format!("`{s}` is not a dimension (expected an integer or a symbol like `L`)"))
+            Err(format!(
+                "`{s}` is not a dimension (expected an integer or a symbol like `L`)"
+            ))
         }
     }
 }

@@ -27,7 +27,12 @@ pub fn to_petgraph(g: &Graph) -> (DiGraph<String, ()>, HashMap<crate::ValueId, N
     for (n, v) in g.walk().into_iter().enumerate() {
         let node = g.node(v);
         let label = match node.op.kind {
-            OpKind::Input | OpKind::Weight => format!("%{n} {} {}\n{}", node.op.kind, node.op.str("name").unwrap_or(""), node.ty),
+            OpKind::Input | OpKind::Weight => format!(
+                "%{n} {} {}\n{}",
+                node.op.kind,
+                node.op.str("name").unwrap_or(""),
+                node.ty
+            ),
             _ => format!("%{n} {}\n{}", node.op, node.ty),
         };
         index.insert(v, pg.add_node(label));

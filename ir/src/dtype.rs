@@ -67,6 +67,8 @@ impl FromStr for DType {
         DType::ALL
             .into_iter()
             .find(|d| d.name() == s)
-            .ok_or_else(|| format!("unknown dtype `{s}` (expected one of f32, f64, i64, i32, bool)"))
+            .ok_or_else(|| {
+                format!("unknown dtype `{s}` (expected one of f32, f64, i64, i32, bool)")
+            })
     }
 }

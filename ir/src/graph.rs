@@ -100,13 +100,23 @@ impl Graph {
 
     /// Appends an op to the innermost open region, or to the top-level body.
     pub fn add(&mut self, op: Op, inputs: Vec<ValueId>, ty: TensorType) -> ValueId {
-        self.add_node(Node { op, inputs, ty, regions: vec![] })
+        self.add_node(Node {
+            op,
+            inputs,
+            ty,
+            regions: vec![],
+        })
     }
 
     /// Appends an op to the top-level body even while regions are open: for
     /// weights and other sources that region bodies capture.
     pub fn add_top(&mut self, op: Op, inputs: Vec<ValueId>, ty: TensorType) -> ValueId {
-        let id = self.push_detached(Node { op, inputs, ty, regions: vec![] });
+        let id = self.push_detached(Node {
+            op,
+            inputs,
+            ty,
+            regions: vec![],
+        });
         self.body.push(id);
         id
     }
@@ -133,9 +143,20 @@ impl Graph {
     pub fn begin_region(&mut self, arg_types: &[TensorType]) -> Vec<ValueId> {
         let args: Vec<ValueId> = arg_types
             .iter()
-            .map(|t| self.push_detached(Node { op: Op::new(OpKind::Arg), inputs: vec![], ty: t.clone(), regions: vec![] }))
+            .map(|t| {
+                self.push_detached(Node {
+                    op: Op::new(OpKind::Arg),
+                    inputs: vec![],
+                    ty: t.clone(),
+                    regions: vec![],
+                })
+            })
             .collect();
-        self.open.push(Region { args: args.clone(), body: vec![], results: vec![] });
+        self.open.push(Region {
+            args: args.clone(),
+            body: vec![],
+            results: vec![],
+        });
         args
     }
 
@@ -156,7 +177,10 @@ impl Graph {
 
     /// Top-level nodes of a kind, in body order.
     pub fn find(&self, kind: OpKind) -> impl Iterator<Item = ValueId> + '_ {
-        self.body.iter().copied().filter(move |v| self.node(*v).op.kind == kind)
+        self.body
+            .iter()
+            .copied()
+            .filter(move |v| self.node(*v).op.kind == kind)
     }
 
     /// Graph inputs (not weights), in body order, with their names.
@@ -170,7 +194,11 @@ impl Graph {
     }
 
     fn named_sources(&self, kind: OpKind) -> Vec<(&str, ValueId)> {
-        self.walk().into_iter().filter(|v| self.node(*v).op.kind == kind).filter_map(|v| self.node(v).op.str("name").map(|n| (n, v))).collect()
+        self.walk()
+            .into_iter()
+            .filter(|v| self.node(*v).op.kind == kind)
+            .filter_map(|v| self.node(v).op.str("name").map(|n| (n, v)))
+            .collect()
     }
 
     /// Every op in execution order, regions expanded before their owner

@@ -68,6 +68,7 @@ op_kinds! {
     LshHash => "lsh_hash", Model, "angular LSH bucket ids with round offsets, [B,H,r,L]";
     LshAttention => "lsh_attention", Model, "Reformer LSH attention given bucket ids (shared QK)";
     ReversibleBlock => "reversible_block", Model, "reversible residual pair: y1 = x1 + f(x2), y2 = x2 + g(y1) on halves of the last axis";
+    SeqChunk => "seq_chunk", Model, "applies its body to consecutive chunks of `size` along `axis` (the last may be shorter) and concatenates the results";
     PadToMultiple => "pad_to_multiple", Tensor, "pads an axis up to a multiple with a fill value (HF eval padding rule)";
     Truncate => "truncate", Tensor, "keeps the first n entries of an axis, n taken from a reference operand";
     Iota => "iota", Tensor, "0, 1, .., n-1 with n the reference operand's axis length";
@@ -130,11 +131,21 @@ pub struct AttrSpec {
 }
 
 const fn req(name: &'static str, ty: AttrType, min: i64) -> AttrSpec {
-    AttrSpec { name, ty, required: true, min }
+    AttrSpec {
+        name,
+        ty,
+        required: true,
+        min,
+    }
 }
 
 const fn opt(name: &'static str, ty: AttrType, min: i64) -> AttrSpec {
-    AttrSpec { name, ty, required: false, min }
+    AttrSpec {
+        name,
+        ty,
+        required: false,
+        min,
+    }
 }
 
 const ANY: i64 = i64::MIN;
@@ -151,7 +162,12 @@ pub struct OpSchema {
 }
 
 const fn schema(min: usize, max: Option<usize>, attrs: &'static [AttrSpec]) -> OpSchema {
-    OpSchema { min_operands: min, max_operands: max, attrs, regions: &[] }
+    OpSchema {
+        min_operands: min,
+        max_operands: max,
+        attrs,
+        regions: &[],
+    }
 }
 
 use AttrType as T;
@@ -162,6 +178,9 @@ const ATTENTION_COMMON: &[AttrSpec] = &[
     opt("causal", T::Unit, ANY),
     opt("key_norm", T::Unit, ANY),
     opt("self_mask", T::Unit, ANY),
+    // Chunked-exact attention: a streaming (online) softmax over key chunks of
+    // this many keys; O(L) memory, the same result as the materialised softmax.
+    opt("kv_chunk", T::Int, 1),
 ];
 
 const LOCAL_ATTENTION: &[AttrSpec] = &[
@@ -199,24 +218,75 @@ impl OpKind {
             LshHash => schema(
                 2,
                 Some(3),
-                const { &[req("heads", T::Int, 1), req("n_hashes", T::Int, 1), req("buckets", T::Ints, 2)] },
+                const {
+                    &[
+                        req("heads", T::Int, 1),
+                        req("n_hashes", T::Int, 1),
+                        req("buckets", T::Ints, 2),
+                    ]
+                },
             ),
             LshAttention => schema(3, Some(4), LSH_ATTENTION),
-            ReversibleBlock => OpSchema { min_operands: 1, max_operands: Some(1), attrs: &[], regions: &["f", "g"] },
+            ReversibleBlock => OpSchema {
+                min_operands: 1,
+                max_operands: Some(1),
+                attrs: &[],
+                regions: &["f", "g"],
+            },
+            // One operand; the body may capture outer values like any region.
+            // The body's argument has the operand's type with the `axis` dim
+            // replaced by a fresh symbol (the chunk length), see the verifier.
+            SeqChunk => OpSchema {
+                min_operands: 1,
+                max_operands: Some(1),
+                attrs: const { &[req("axis", T::Int, 0), req("size", T::Int, 1)] },
+                regions: &["body"],
+            },
             PadToMultiple => schema(
                 1,
                 Some(1),
-                const { &[req("axis", T::Int, 0), req("multiple", T::Int, 1), req("min_len", T::Int, 0), req("value", T::Number, ANY)] },
+                const {
+                    &[
+                        req("axis", T::Int, 0),
+                        req("multiple", T::Int, 1),
+                        req("min_len", T::Int, 0),
+                        req("value", T::Number, ANY),
+                    ]
+                },
             ),
             Truncate => schema(2, Some(2), const { &[req("axis", T::Int, 0)] }),
             Iota => schema(1, Some(1), const { &[req("axis", T::Int, 0)] }),
-            Index => schema(1, Some(1), const { &[req("axis", T::Int, 0), req("index", T::Int, 0)] }),
-            Slice => schema(1, Some(1), const { &[req("axis", T::Int, 0), req("start", T::Int, 0), req("end", T::Int, 0)] }),
+            Index => schema(
+                1,
+                Some(1),
+                const { &[req("axis", T::Int, 0), req("index", T::Int, 0)] },
+            ),
+            Slice => schema(
+                1,
+                Some(1),
+                const {
+                    &[
+                        req("axis", T::Int, 0),
+                        req("start", T::Int, 0),
+                        req("end", T::Int, 0),
+                    ]
+                },
+            ),
             Add | Sub | Mul | Div | Max | Min | Lt | Eq => schema(2, Some(2), &[]),
             Neg | Exp | Log | Sqrt | Rsqrt | Tanh | Cast => schema(1, Some(1), &[]),
             Act => schema(1, Some(1), const { &[req("fn", T::Str, ANY)] }),
             Matmul => schema(2, Some(2), &[]),
-            Reduce => schema(1, Some(1), const { &[req("kind", T::Str, ANY), req("axes", T::Ints, 0), opt("keepdim", T::Unit, ANY)] }),
+            Reduce => schema(
+                1,
+                Some(1),
+                const {
+                    &[
+                        req("kind", T::Str, ANY),
+                        req("axes", T::Ints, 0),
+                        opt("keepdim", T::Unit, ANY),
+                    ]
+                },
+            ),
             Softmax | Argmax | Argsort => schema(1, Some(1), const { &[req("axis", T::Int, 0)] }),
             Gather => schema(2, Some(2), const { &[req("axis", T::Int, 0)] }),
             Select => schema(3, Some(3), &[]),
@@ -228,7 +298,15 @@ impl OpKind {
 }
 
 /// Activation functions understood by `linear {activation}` and `act {fn}`.
-pub const ACTIVATIONS: &[&str] = &["relu", "gelu", "gelu_new", "gelu_fast", "silu", "tanh", "sigmoid"];
+pub const ACTIVATIONS: &[&str] = &[
+    "relu",
+    "gelu",
+    "gelu_new",
+    "gelu_fast",
+    "silu",
+    "tanh",
+    "sigmoid",
+];
 
 /// Reductions understood by `reduce {kind}`.
 pub const REDUCTIONS: &[&str] = &["sum", "max", "mean", "logsumexp"];
@@ -250,7 +328,10 @@ pub struct Op {
 impl Op {
     /// An op without attributes.
     pub fn new(kind: OpKind) -> Op {
-        Op { kind, attrs: Attrs::new() }
+        Op {
+            kind,
+            attrs: Attrs::new(),
+        }
     }
 
     /// Adds an attribute (builder style).

@@ -31,7 +31,12 @@ impl std::error::Error for ParseError {}
 /// ```
 pub fn parse(text: &str) -> Result<Graph, ParseError> {
     let tokens = lex(text)?;
-    let mut p = Parser { tokens, pos: 0, g: Graph::new(), scopes: vec![HashMap::new()] };
+    let mut p = Parser {
+        tokens,
+        pos: 0,
+        g: Graph::new(),
+        scopes: vec![HashMap::new()],
+    };
     p.graph()?;
     Ok(p.g)
 }
@@ -93,7 +98,11 @@ fn lex(text: &str) -> Result<Vec<Token>, ParseError> {
             if i == start + 1 {
                 return Err(err(tl, tc, "expected a value name after `%`".into()));
             }
-            out.push(Token { tok: Tok::Value(chars[start + 1..i].iter().collect()), line: tl, col: tc });
+            out.push(Token {
+                tok: Tok::Value(chars[start + 1..i].iter().collect()),
+                line: tl,
+                col: tc,
+            });
         } else if c == '"' {
             let mut s = String::new();
             i += 1;
@@ -105,7 +114,13 @@ fn lex(text: &str) -> Result<Vec<Token>, ParseError> {
                         match chars.get(i + 1) {
                             Some('n') => s.push('\n'),
                             Some(&e @ ('"' | '\\')) => s.push(e),
-                            _ => return Err(err(tl, tc, "bad escape in string (allowed: \\\" \\\\ \\n)".into())),
+                            _ => {
+                                return Err(err(
+                                    tl,
+                                    tc,
+                                    "bad escape in string (allowed: \\\" \\\\ \\n)".into(),
+                                ))
+                            }
                         }
                         i += 2;
                     }
@@ -116,27 +131,55 @@ fn lex(text: &str) -> Result<Vec<Token>, ParseError> {
                 }
             }
             i += 1;
-            out.push(Token { tok: Tok::Str(s), line: tl, col: tc });
-        } else if c.is_ascii_digit() || (c == '-' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit() || *d == 'i')) {
+            out.push(Token {
+                tok: Tok::Str(s),
+                line: tl,
+                col: tc,
+            });
+        } else if c.is_ascii_digit()
+            || (c == '-'
+                && chars
+                    .get(i + 1)
+                    .is_some_and(|d| d.is_ascii_digit() || *d == 'i'))
+        {
             i += 1;
-            while i < chars.len() && (is_word(chars[i]) || ((chars[i] == '-' || chars[i] == '+') && matches!(chars[i - 1], 'e' | 'E'))) {
+            while i < chars.len()
+                && (is_word(chars[i])
+                    || ((chars[i] == '-' || chars[i] == '+') && matches!(chars[i - 1], 'e' | 'E')))
+            {
                 i += 1;
             }
-            out.push(Token { tok: Tok::Number(chars[start..i].iter().collect()), line: tl, col: tc });
+            out.push(Token {
+                tok: Tok::Number(chars[start..i].iter().collect()),
+                line: tl,
+                col: tc,
+            });
         } else if c.is_ascii_alphabetic() || c == '_' {
             while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
                 i += 1;
             }
-            out.push(Token { tok: Tok::Ident(chars[start..i].iter().collect()), line: tl, col: tc });
+            out.push(Token {
+                tok: Tok::Ident(chars[start..i].iter().collect()),
+                line: tl,
+                col: tc,
+            });
         } else if "={}()[],:".contains(c) {
             i += 1;
-            out.push(Token { tok: Tok::Punct(c), line: tl, col: tc });
+            out.push(Token {
+                tok: Tok::Punct(c),
+                line: tl,
+                col: tc,
+            });
         } else {
             return Err(err(tl, tc, format!("unexpected character `{c}`")));
         }
         col += i - start;
     }
-    out.push(Token { tok: Tok::Eof, line, col });
+    out.push(Token {
+        tok: Tok::Eof,
+        line,
+        col,
+    });
     Ok(out)
 }
 
@@ -163,7 +206,11 @@ impl Parser {
 
     fn error<T>(&self, message: impl Into<String>) -> Result<T, ParseError> {
         let t = &self.tokens[self.pos];
-        Err(ParseError { line: t.line, col: t.col, message: message.into() })
+        Err(ParseError {
+            line: t.line,
+            col: t.col,
+            message: message.into(),
+        })
     }
 
     fn expect_punct(&mut self, c: char) -> Result<(), ParseError> {
@@ -242,7 +289,11 @@ impl Parser {
                     self.next();
                     let name = match self.next() {
                         Tok::Str(s) => s,
-                        t => return self.error(format!("expected the output's name as a string, found {t}")),
+                        t => {
+                            return self.error(format!(
+                                "expected the output's name as a string, found {t}"
+                            ))
+                        }
                     };
                     self.expect_punct('=')?;
                     let v = self.use_value()?;
@@ -256,7 +307,11 @@ impl Parser {
                     let v = self.g.add_node(node);
                     self.define(name, v)?;
                 }
-                t => return self.error(format!("expected an op (`%N = ...`), `output` or `}}`, found {t}")),
+                t => {
+                    return self.error(format!(
+                        "expected an op (`%N = ...`), `output` or `}}`, found {t}"
+                    ))
+                }
             }
         }
         match self.peek() {
@@ -287,7 +342,11 @@ impl Parser {
                 inputs.push(self.use_value()?);
             }
         }
-        let attrs = if *self.peek() == Tok::Punct('{') { self.attrs()? } else { Attrs::new() };
+        let attrs = if *self.peek() == Tok::Punct('{') {
+            self.attrs()?
+        } else {
+            Attrs::new()
+        };
         self.expect_punct(':')?;
         let ty = self.tensor_type()?;
         let mut regions = Vec::new();
@@ -296,7 +355,15 @@ impl Parser {
                 regions.push(self.region()?);
             }
         }
-        Ok((name, Node { op: Op { kind, attrs }, inputs, ty, regions }))
+        Ok((
+            name,
+            Node {
+                op: Op { kind, attrs },
+                inputs,
+                ty,
+                regions,
+            },
+        ))
     }
 
     fn region(&mut self) -> Result<Region, ParseError> {
@@ -308,7 +375,10 @@ impl Parser {
             loop {
                 match self.next() {
                     Tok::Value(n) => arg_names.push(n),
-                    t => return self.error(format!("expected a region argument like `%3`, found {t}")),
+                    t => {
+                        return self
+                            .error(format!("expected a region argument like `%3`, found {t}"))
+                    }
                 }
                 self.expect_punct(':')?;
                 arg_types.push(self.tensor_type()?);
@@ -335,7 +405,11 @@ impl Parser {
                     let v = self.g.add_node(node);
                     self.define(name, v)?;
                 }
-                t => return self.error(format!("expected an op or `yield` in the region, found {t}")),
+                t => {
+                    return self.error(format!(
+                        "expected an op or `yield` in the region, found {t}"
+                    ))
+                }
             }
         }
         let mut results = vec![self.use_value()?];
@@ -355,7 +429,11 @@ impl Parser {
         }
         loop {
             let key = self.ident()?;
-            let value = if self.eat_punct('=') { self.attr_value()? } else { Attr::Unit };
+            let value = if self.eat_punct('=') {
+                self.attr_value()?
+            } else {
+                Attr::Unit
+            };
             if attrs.insert(key.clone(), value).is_some() {
                 return self.error(format!("attribute `{key}` given twice"));
             }
@@ -390,9 +468,15 @@ impl Parser {
                     match self.next() {
                         Tok::Number(n) => match n.parse::<i64>() {
                             Ok(x) => v.push(x),
-                            Err(_) => return self.error(format!("expected an integer in the list, found `{n}`")),
+                            Err(_) => {
+                                return self
+                                    .error(format!("expected an integer in the list, found `{n}`"))
+                            }
                         },
-                        t => return self.error(format!("expected an integer in the list, found {t}")),
+                        t => {
+                            return self
+                                .error(format!("expected an integer in the list, found {t}"))
+                        }
                     }
                     if self.eat_punct(']') {
                         return Ok(Attr::Ints(v));

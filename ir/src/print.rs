@@ -16,7 +16,11 @@ use std::fmt::Write;
 /// assert_eq!(print(&parse(text).unwrap()), text);
 /// ```
 pub fn print(g: &Graph) -> String {
-    let mut p = Printer { g, names: HashMap::new(), out: String::new() };
+    let mut p = Printer {
+        g,
+        names: HashMap::new(),
+        out: String::new(),
+    };
     p.out.push_str("graph {\n");
     p.block(&g.body, 1);
     for (name, v) in &g.outputs {

@@ -25,7 +25,10 @@ impl TensorType {
 
     /// A rank-0 tensor.
     pub fn scalar(dtype: DType) -> Self {
-        TensorType { dtype, shape: vec![] }
+        TensorType {
+            dtype,
+            shape: vec![],
+        }
     }
 
     /// Number of dimensions.
@@ -35,7 +38,10 @@ impl TensorType {
 
     /// The same shape with another dtype.
     pub fn with_dtype(&self, dtype: DType) -> Self {
-        TensorType { dtype, shape: self.shape.clone() }
+        TensorType {
+            dtype,
+            shape: self.shape.clone(),
+        }
     }
 
     /// Concrete shape under `env`, if every symbol is bound.

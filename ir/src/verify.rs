@@ -39,14 +39,27 @@ impl std::error::Error for VerifyError {}
 /// assert_eq!(err.to_string(), "%1 = exp: operand 0 must be a float tensor, found i64[N]");
 /// ```
 pub fn verify(g: &Graph) -> Result<(), VerifyError> {
-    let numbering: HashMap<ValueId, usize> = g.walk().into_iter().enumerate().map(|(i, v)| (v, i)).collect();
-    let mut v = Verifier { g, numbering, visible: vec![HashSet::new()] };
+    let numbering: HashMap<ValueId, usize> = g
+        .walk()
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| (v, i))
+        .collect();
+    let mut v = Verifier {
+        g,
+        numbering,
+        visible: vec![HashSet::new()],
+    };
     v.block(&g.body)?;
     let top = &v.visible[0];
     let mut seen = HashSet::new();
     for (name, out) in &g.outputs {
         if !seen.insert(name) {
-            return Err(VerifyError { at: format!("output {name:?}"), op: String::new(), message: "output name used twice".into() });
+            return Err(VerifyError {
+                at: format!("output {name:?}"),
+                op: String::new(),
+                message: "output name used twice".into(),
+            });
         }
         if !top.contains(out) {
             return Err(VerifyError {
@@ -76,19 +89,30 @@ impl Verifier<'_> {
     fn block(&mut self, body: &[ValueId]) -> Result<(), VerifyError> {
         for &v in body {
             if v.index() >= self.g.nodes.len() {
-                return Err(VerifyError { at: format!("%?{}", v.0), op: String::new(), message: "refers to no node".into() });
+                return Err(VerifyError {
+                    at: format!("%?{}", v.0),
+                    op: String::new(),
+                    message: "refers to no node".into(),
+                });
             }
             let node = self.g.node(v);
             let at = self.name(v);
-            let fail = |message: String| VerifyError { at: at.clone(), op: node.op.kind.name().to_string(), message };
+            let fail = |message: String| VerifyError {
+                at: at.clone(),
+                op: node.op.kind.name().to_string(),
+                message,
+            };
             for (i, input) in node.inputs.iter().enumerate() {
                 if !self.visible.iter().any(|s| s.contains(input)) {
                     let name = self.name(*input);
-                    return Err(fail(format!("operand {i} ({name}) is used before it is defined or outside its region")));
+                    return Err(fail(format!(
+                        "operand {i} ({name}) is used before it is defined or outside its region"
+                    )));
                 }
             }
             check_structure(node).map_err(fail)?;
-            let operand_types: Vec<&TensorType> = node.inputs.iter().map(|i| self.g.ty(*i)).collect();
+            let operand_types: Vec<&TensorType> =
+                node.inputs.iter().map(|i| self.g.ty(*i)).collect();
             check_types(node, &operand_types).map_err(fail)?;
             for (ri, region) in node.regions.iter().enumerate() {
                 self.visible.push(region.args.iter().copied().collect());
@@ -96,7 +120,9 @@ impl Verifier<'_> {
                 for r in &region.results {
                     if !self.visible.iter().any(|s| s.contains(r)) {
                         let name = self.name(*r);
-                        return Err(fail(format!("region {ri} yields {name}, which is not visible there")));
+                        return Err(fail(format!(
+                            "region {ri} yields {name}, which is not visible there"
+                        )));
                     }
                 }
                 self.visible.pop();
@@ -126,12 +152,23 @@ fn check_structure(node: &Node) -> Result<(), String> {
         return Err(format!("takes {want} operands, found {n}"));
     }
     if node.regions.len() != s.regions.len() {
-        return Err(format!("takes {} regions, found {}", s.regions.len(), node.regions.len()));
+        return Err(format!(
+            "takes {} regions, found {}",
+            s.regions.len(),
+            node.regions.len()
+        ));
     }
     for key in node.op.attrs.keys() {
         if !s.attrs.iter().any(|a| a.name == key) {
             let known: Vec<_> = s.attrs.iter().map(|a| a.name).collect();
-            return Err(format!("unknown attribute `{key}` (known: {})", if known.is_empty() { "none".into() } else { known.join(", ") }));
+            return Err(format!(
+                "unknown attribute `{key}` (known: {})",
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            ));
         }
     }
     for spec in s.attrs {
@@ -151,7 +188,10 @@ fn check_structure(node: &Node) -> Result<(), String> {
                 | (AttrType::Number, Attr::Int(_) | Attr::Float(_))
         );
         if !type_ok {
-            return Err(format!("attribute `{}` must be {:?}, found `{value}`", spec.name, spec.ty));
+            return Err(format!(
+                "attribute `{}` must be {:?}, found `{value}`",
+                spec.name, spec.ty
+            ));
         }
         let below = match value {
             Attr::Int(x) => *x < spec.min,
@@ -159,7 +199,10 @@ fn check_structure(node: &Node) -> Result<(), String> {
             _ => false,
         };
         if below {
-            return Err(format!("attribute `{}` must be >= {}, found {value}", spec.name, spec.min));
+            return Err(format!(
+                "attribute `{}` must be >= {}, found {value}",
+                spec.name, spec.min
+            ));
         }
     }
     Ok(())
@@ -173,7 +216,9 @@ fn check_regions(g: &Graph, node: &Node) -> Result<(), String> {
     let half = half_of_last(x)?;
     for (name, region) in ["f", "g"].iter().zip(&node.regions) {
         if region.args.len() != 1 || region.results.len() != 1 {
-            return Err(format!("region `{name}` must take one argument and yield one value"));
+            return Err(format!(
+                "region `{name}` must take one argument and yield one value"
+            ));
         }
         for (what, v) in [("argument", region.args[0]), ("result", region.results[0])] {
             if *g.ty(v) != half {
@@ -188,7 +233,11 @@ fn half_of_last(x: &TensorType) -> Result<TensorType, String> {
     let mut half = x.clone();
     match half.shape.last_mut() {
         Some(Dim::Const(c)) if *c % 2 == 0 => *c /= 2,
-        _ => return Err(format!("input must have an even constant last axis, found {x}")),
+        _ => {
+            return Err(format!(
+                "input must have an even constant last axis, found {x}"
+            ))
+        }
     }
     Ok(half)
 }
@@ -286,7 +335,9 @@ fn check_attention_operands(node: &Node, t: &[&TensorType]) -> Result<(), String
 
 fn check_mask(i: usize, m: &TensorType, b: &Dim, l: &Dim) -> Result<(), String> {
     if !(m.dtype.is_int() || m.dtype == DType::Bool) || m.shape != [b.clone(), l.clone()] {
-        return Err(format!("operand {i} (mask) must be an integer or bool [{b},{l}] tensor, found {m}"));
+        return Err(format!(
+            "operand {i} (mask) must be an integer or bool [{b},{l}] tensor, found {m}"
+        ));
     }
     Ok(())
 }
@@ -303,7 +354,9 @@ fn check_types(node: &Node, t: &[&TensorType]) -> Result<(), String> {
                 return Err(format!("operand 0 (seed) must be i64[], found {}", t[0]));
             }
             if !r.dtype.is_float() || r.shape.iter().any(|d| d.as_const().is_none()) {
-                return Err(format!("result must be a float tensor of constant shape, found {r}"));
+                return Err(format!(
+                    "result must be a float tensor of constant shape, found {r}"
+                ));
             }
             Ok(())
         }
@@ -318,26 +371,31 @@ fn check_types(node: &Node, t: &[&TensorType]) -> Result<(), String> {
         AxialPosEmbedding => {
             int(0, t[0])?;
             rank(0, t[0], 1)?;
-            for i in 1..3 {
-                float(i, t[i])?;
-                rank(i, t[i], 3)?;
+            for (i, w) in t.iter().enumerate().skip(1) {
+                float(i, w)?;
+                rank(i, w, 3)?;
             }
             let (w0, w1) = (t[1], t[2]);
             if w0.shape[1] != Dim::Const(1) || w1.shape[0] != Dim::Const(1) {
-                return Err(format!("axial weights must be [n0,1,d0] and [1,n1,d1], found {w0} and {w1}"));
+                return Err(format!(
+                    "axial weights must be [n0,1,d0] and [1,n1,d1], found {w0} and {w1}"
+                ));
             }
             let width = match (&w0.shape[2], &w1.shape[2]) {
                 (Dim::Const(a), Dim::Const(b)) => Dim::Const(a + b),
                 _ => return Err("axial widths must be constants".into()),
             };
-            expect(r, TensorType::new(w0.dtype, vec![t[0].shape[0].clone(), width]))
+            expect(
+                r,
+                TensorType::new(w0.dtype, vec![t[0].shape[0].clone(), width]),
+            )
         }
         LayerNorm => {
             float(0, t[0])?;
             let last = t[0].shape.last().ok_or("operand 0 must have rank >= 1")?;
-            for i in 1..3 {
-                if t[i].shape != [last.clone()] || t[i].dtype != t[0].dtype {
-                    return Err(format!("operand {i} must be {}[{last}], found {}", t[0].dtype, t[i]));
+            for (i, p) in t.iter().enumerate().skip(1) {
+                if p.shape != [last.clone()] || p.dtype != t[0].dtype {
+                    return Err(format!("operand {i} must be {}[{last}], found {p}", t[0].dtype));
                 }
             }
             expect(r, t[0].clone())
@@ -347,16 +405,25 @@ fn check_types(node: &Node, t: &[&TensorType]) -> Result<(), String> {
             rank(1, t[1], 2)?;
             let (x, w) = (t[0], t[1]);
             if x.shape.last() != Some(&w.shape[1]) || x.dtype != w.dtype {
-                return Err(format!("weight {w} does not fit input {x} (expected [out,{}])", x.shape.last().map_or("?".into(), |d| d.to_string())));
+                return Err(format!(
+                    "weight {w} does not fit input {x} (expected [out,{}])",
+                    x.shape.last().map_or("?".into(), |d| d.to_string())
+                ));
             }
             if let Some(b) = t.get(2) {
                 if b.shape != [w.shape[0].clone()] || b.dtype != x.dtype {
-                    return Err(format!("bias must be {}[{}], found {b}", x.dtype, w.shape[0]));
+                    return Err(format!(
+                        "bias must be {}[{}], found {b}",
+                        x.dtype, w.shape[0]
+                    ));
                 }
             }
             if let Some(a) = op.str("activation") {
                 if !ACTIVATIONS.contains(&a) {
-                    return Err(format!("unknown activation `{a}` (known: {})", ACTIVATIONS.join(", ")));
+                    return Err(format!(
+                        "unknown activation `{a}` (known: {})",
+                        ACTIVATIONS.join(", ")
+                    ));
                 }
             }
             let mut shape = x.shape.clone();
@@ -368,7 +435,17 @@ fn check_types(node: &Node, t: &[&TensorType]) -> Result<(), String> {
             if op.kind == LocalAttention && t[0].shape[1] != t[1].shape[1] {
                 return Err("local attention needs queries and keys of the same length".into());
             }
-            expect(r, TensorType::new(t[0].dtype, vec![t[0].shape[0].clone(), t[0].shape[1].clone(), t[2].shape[2].clone()]))
+            expect(
+                r,
+                TensorType::new(
+                    t[0].dtype,
+                    vec![
+                        t[0].shape[0].clone(),
+                        t[0].shape[1].clone(),
+                        t[2].shape[2].clone(),
+                    ],
+                ),
+            )
         }
         LshHash => {
             float(0, t[0])?;
@@ -377,12 +454,20 @@ fn check_types(node: &Node, t: &[&TensorType]) -> Result<(), String> {
             rank(1, t[1], 4)?;
             let factors = op.ints("buckets").unwrap_or(&[]);
             if factors.is_empty() || factors.iter().any(|f| f % 2 != 0) {
-                return Err(format!("every bucket factor must be even, found {:?}", factors));
+                return Err(format!(
+                    "every bucket factor must be even, found {:?}",
+                    factors
+                ));
             }
             let heads = op.int("heads").unwrap_or(1) as u64;
             let rounds = op.int("n_hashes").unwrap_or(1) as u64;
             let half: i64 = factors.iter().sum::<i64>() / 2;
-            let want_rot = [Dim::Const(heads), Dim::Const(width(t[0], heads)?), Dim::Const(rounds), Dim::Const(half as u64)];
+            let want_rot = [
+                Dim::Const(heads),
+                Dim::Const(width(t[0], heads)?),
+                Dim::Const(rounds),
+                Dim::Const(half as u64),
+            ];
             if t[1].shape != want_rot {
                 let want = TensorType::new(t[0].dtype, want_rot.to_vec());
                 return Err(format!("rotations must be {want}, found {}", t[1]));
@@ -390,7 +475,12 @@ fn check_types(node: &Node, t: &[&TensorType]) -> Result<(), String> {
             if let Some(m) = t.get(2) {
                 check_mask(2, m, &t[0].shape[0], &t[0].shape[1])?;
             }
-            let shape = vec![t[0].shape[0].clone(), Dim::Const(heads), Dim::Const(rounds), t[0].shape[1].clone()];
+            let shape = vec![
+                t[0].shape[0].clone(),
+                Dim::Const(heads),
+                Dim::Const(rounds),
+                t[0].shape[1].clone(),
+            ];
             expect(r, TensorType::new(DType::I64, shape))
         }
         LshAttention => {
@@ -398,7 +488,10 @@ fn check_types(node: &Node, t: &[&TensorType]) -> Result<(), String> {
             rank(0, t[0], 3)?;
             float(1, t[1])?;
             if t[1].shape != t[0].shape {
-                return Err(format!("values must have the shape of the shared query/keys {}, found {}", t[0], t[1]));
+                return Err(format!(
+                    "values must have the shape of the shared query/keys {}, found {}",
+                    t[0], t[1]
+                ));
             }
             int(2, t[2])?;
             rank(2, t[2], 4)?;
@@ -406,7 +499,10 @@ fn check_types(node: &Node, t: &[&TensorType]) -> Result<(), String> {
             width(t[0], heads)?;
             let b = &t[2].shape;
             if b[0] != t[0].shape[0] || b[1] != Dim::Const(heads) || b[3] != t[0].shape[1] {
-                return Err(format!("buckets must be [{},{heads},r,{}], found {}", t[0].shape[0], t[0].shape[1], t[2]));
+                return Err(format!(
+                    "buckets must be [{},{heads},r,{}], found {}",
+                    t[0].shape[0], t[0].shape[1], t[2]
+                ));
             }
             if let Some(m) = t.get(3) {
                 check_mask(3, m, &t[0].shape[0], &t[0].shape[1])?;
@@ -425,7 +521,10 @@ fn check_types(node: &Node, t: &[&TensorType]) -> Result<(), String> {
         Truncate => {
             let a = axis_of(node, t[0], "axis")?;
             if a >= t[1].rank() {
-                return Err(format!("axis {a} is out of range for the reference {}", t[1]));
+                return Err(format!(
+                    "axis {a} is out of range for the reference {}",
+                    t[1]
+                ));
             }
             let mut want = t[0].clone();
             want.shape[a] = t[1].shape[a].clone();
@@ -440,7 +539,10 @@ fn check_types(node: &Node, t: &[&TensorType]) -> Result<(), String> {
             let i = op.int("index").unwrap_or(0) as u64;
             if let Dim::Const(n) = t[0].shape[a] {
                 if i >= n {
-                    return Err(format!("index {i} is out of range for axis {a} of {}", t[0]));
+                    return Err(format!(
+                        "index {i} is out of range for axis {a} of {}",
+                        t[0]
+                    ));
                 }
             }
             let mut want = t[0].clone();
@@ -449,9 +551,15 @@ fn check_types(node: &Node, t: &[&TensorType]) -> Result<(), String> {
         }
         Slice => {
             let a = axis_of(node, t[0], "axis")?;
-            let (s, e) = (op.int("start").unwrap_or(0) as u64, op.int("end").unwrap_or(0) as u64);
+            let (s, e) = (
+                op.int("start").unwrap_or(0) as u64,
+                op.int("end").unwrap_or(0) as u64,
+            );
             if s > e || t[0].shape[a].as_const().is_some_and(|n| e > n) {
-                return Err(format!("range {s}..{e} is out of range for axis {a} of {}", t[0]));
+                return Err(format!(
+                    "range {s}..{e} is out of range for axis {a} of {}",
+                    t[0]
+                ));
             }
             let mut want = t[0].clone();
             want.shape[a] = Dim::Const(e - s);
@@ -461,8 +569,13 @@ fn check_types(node: &Node, t: &[&TensorType]) -> Result<(), String> {
             if t[0].dtype != t[1].dtype {
                 return Err(format!("operand dtypes differ: {} and {}", t[0], t[1]));
             }
-            let shape = broadcast(&t[0].shape, &t[1].shape).ok_or_else(|| format!("shapes do not broadcast: {} and {}", t[0], t[1]))?;
-            let dtype = if matches!(op.kind, Lt | Eq) { DType::Bool } else { t[0].dtype };
+            let shape = broadcast(&t[0].shape, &t[1].shape)
+                .ok_or_else(|| format!("shapes do not broadcast: {} and {}", t[0], t[1]))?;
+            let dtype = if matches!(op.kind, Lt | Eq) {
+                DType::Bool
+            } else {
+                t[0].dtype
+            };
             expect(r, TensorType::new(dtype, shape))
         }
         Neg => expect(r, t[0].clone()),
@@ -477,7 +590,10 @@ fn check_types(node: &Node, t: &[&TensorType]) -> Result<(), String> {
             float(0, t[0])?;
             let f = op.str("fn").unwrap_or("");
             if !ACTIVATIONS.contains(&f) {
-                return Err(format!("unknown activation `{f}` (known: {})", ACTIVATIONS.join(", ")));
+                return Err(format!(
+                    "unknown activation `{f}` (known: {})",
+                    ACTIVATIONS.join(", ")
+                ));
             }
             expect(r, t[0].clone())
         }
@@ -485,13 +601,16 @@ fn check_types(node: &Node, t: &[&TensorType]) -> Result<(), String> {
         Matmul => {
             let (a, b) = (t[0], t[1]);
             if a.rank() < 2 || a.rank() != b.rank() || a.dtype != b.dtype {
-                return Err(format!("operands must have the same dtype and equal ranks >= 2, found {a} and {b}"));
+                return Err(format!(
+                    "operands must have the same dtype and equal ranks >= 2, found {a} and {b}"
+                ));
             }
             let n = a.rank();
             if a.shape[n - 1] != b.shape[n - 2] {
                 return Err(format!("contraction dims differ: {a} x {b}"));
             }
-            let mut shape = broadcast(&a.shape[..n - 2], &b.shape[..n - 2]).ok_or_else(|| format!("batch dims do not broadcast: {a} x {b}"))?;
+            let mut shape = broadcast(&a.shape[..n - 2], &b.shape[..n - 2])
+                .ok_or_else(|| format!("batch dims do not broadcast: {a} x {b}"))?;
             shape.push(a.shape[n - 2].clone());
             shape.push(b.shape[n - 1].clone());
             expect(r, TensorType::new(a.dtype, shape))
@@ -499,13 +618,19 @@ fn check_types(node: &Node, t: &[&TensorType]) -> Result<(), String> {
         Reduce => {
             let kind = op.str("kind").unwrap_or("");
             if !REDUCTIONS.contains(&kind) {
-                return Err(format!("unknown reduction `{kind}` (known: {})", REDUCTIONS.join(", ")));
+                return Err(format!(
+                    "unknown reduction `{kind}` (known: {})",
+                    REDUCTIONS.join(", ")
+                ));
             }
             let axes = op.ints("axes").unwrap_or(&[]);
             let mut seen = HashSet::new();
             for &a in axes {
                 if a as usize >= t[0].rank() || !seen.insert(a) {
-                    return Err(format!("axes {axes:?} are out of range or repeated for {}", t[0]));
+                    return Err(format!(
+                        "axes {axes:?} are out of range or repeated for {}",
+                        t[0]
+                    ));
                 }
             }
             let keep = op.flag("keepdim");
@@ -521,8 +646,13 @@ fn check_types(node: &Node, t: &[&TensorType]) -> Result<(), String> {
         Gather => {
             let a = axis_of(node, t[0], "axis")?;
             int(1, t[1])?;
-            if t[1].rank() != t[0].rank() || (0..t[0].rank()).any(|i| i != a && t[0].shape[i] != t[1].shape[i]) {
-                return Err(format!("indices {} must match {} on every axis but {a}", t[1], t[0]));
+            if t[1].rank() != t[0].rank()
+                || (0..t[0].rank()).any(|i| i != a && t[0].shape[i] != t[1].shape[i])
+            {
+                return Err(format!(
+                    "indices {} must match {} on every axis but {a}",
+                    t[1], t[0]
+                ));
             }
             expect(r, TensorType::new(t[0].dtype, t[1].shape.clone()))
         }
@@ -538,19 +668,31 @@ fn check_types(node: &Node, t: &[&TensorType]) -> Result<(), String> {
         }
         Select => {
             if t[0].dtype != DType::Bool || t[1].dtype != t[2].dtype {
-                return Err(format!("select takes (bool, T, T), found ({}, {}, {})", t[0], t[1], t[2]));
+                return Err(format!(
+                    "select takes (bool, T, T), found ({}, {}, {})",
+                    t[0], t[1], t[2]
+                ));
             }
             let s = broadcast(&t[0].shape, &t[1].shape).and_then(|s| broadcast(&s, &t[2].shape));
-            let shape = s.ok_or_else(|| format!("shapes do not broadcast: {}, {}, {}", t[0], t[1], t[2]))?;
+            let shape =
+                s.ok_or_else(|| format!("shapes do not broadcast: {}, {}, {}", t[0], t[1], t[2]))?;
             expect(r, TensorType::new(t[1].dtype, shape))
         }
         Reshape => {
             if r.dtype != t[0].dtype {
                 return Err(format!("reshape keeps the dtype: {} to {r}", t[0]));
             }
-            let count = |t: &TensorType| t.shape.iter().map(|d| d.as_const()).product::<Option<u64>>();
+            let count = |t: &TensorType| {
+                t.shape
+                    .iter()
+                    .map(|d| d.as_const())
+                    .product::<Option<u64>>()
+            };
             match (count(t[0]), count(r)) {
-                (Some(a), Some(b)) if a != b => Err(format!("element counts differ: {} has {a}, {r} has {b}", t[0])),
+                (Some(a), Some(b)) if a != b => Err(format!(
+                    "element counts differ: {} has {a}, {r} has {b}",
+                    t[0]
+                )),
                 _ => Ok(()),
             }
         }
@@ -559,17 +701,29 @@ fn check_types(node: &Node, t: &[&TensorType]) -> Result<(), String> {
             let mut sorted: Vec<i64> = perm.to_vec();
             sorted.sort_unstable();
             if sorted != (0..t[0].rank() as i64).collect::<Vec<_>>() {
-                return Err(format!("perm {perm:?} is not a permutation of the axes of {}", t[0]));
+                return Err(format!(
+                    "perm {perm:?} is not a permutation of the axes of {}",
+                    t[0]
+                ));
             }
-            let shape = perm.iter().map(|&p| t[0].shape[p as usize].clone()).collect();
+            let shape = perm
+                .iter()
+                .map(|&p| t[0].shape[p as usize].clone())
+                .collect();
             expect(r, TensorType::new(t[0].dtype, shape))
         }
         Concat => {
             let a = axis_of(node, t[0], "axis")?;
             let mut total = Some(0u64);
             for (i, x) in t.iter().enumerate() {
-                if x.dtype != t[0].dtype || x.rank() != t[0].rank() || (0..x.rank()).any(|j| j != a && x.shape[j] != t[0].shape[j]) {
-                    return Err(format!("operand {i} {x} does not fit {} along axis {a}", t[0]));
+                if x.dtype != t[0].dtype
+                    || x.rank() != t[0].rank()
+                    || (0..x.rank()).any(|j| j != a && x.shape[j] != t[0].shape[j])
+                {
+                    return Err(format!(
+                        "operand {i} {x} does not fit {} along axis {a}",
+                        t[0]
+                    ));
                 }
                 total = total.zip(x.shape[a].as_const()).map(|(s, c)| s + c);
             }
@@ -588,12 +742,16 @@ fn check_types(node: &Node, t: &[&TensorType]) -> Result<(), String> {
 fn width(t: &TensorType, heads: u64) -> Result<u64, String> {
     match t.shape.last() {
         Some(Dim::Const(w)) if w % heads == 0 => Ok(w / heads),
-        _ => Err(format!("last axis of {t} must be a constant multiple of heads={heads}")),
+        _ => Err(format!(
+            "last axis of {t} must be a constant multiple of heads={heads}"
+        )),
     }
 }
 
 fn same_except(r: &TensorType, x: &TensorType, axis: usize) -> Result<(), String> {
-    let ok = r.dtype == x.dtype && r.rank() == x.rank() && (0..x.rank()).all(|i| i == axis || r.shape[i] == x.shape[i]);
+    let ok = r.dtype == x.dtype
+        && r.rank() == x.rank()
+        && (0..x.rank()).all(|i| i == axis || r.shape[i] == x.shape[i]);
     if ok {
         Ok(())
     } else {

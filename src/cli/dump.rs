@@ -43,8 +43,16 @@ pub fn run(args: &DumpArgs) -> CliResult<()> {
         "buckets" => LshSource::Buckets,
         _ => LshSource::Seeded,
     };
-    let dtype = if args.precision == "f64" { DType::F64 } else { DType::F32 };
-    let lowered = m.lower(&LowerOptions { dtype, lsh_source, seq_len: args.seq_len })?;
+    let dtype = if args.precision == "f64" {
+        DType::F64
+    } else {
+        DType::F32
+    };
+    let lowered = m.lower(&LowerOptions {
+        dtype,
+        lsh_source,
+        seq_len: args.seq_len,
+    })?;
     if m.weights.is_some() {
         m.weight_tensors(&lowered)?;
     }
@@ -53,7 +61,8 @@ pub fn run(args: &DumpArgs) -> CliResult<()> {
         _ => reformc_ir::print(&lowered.graph),
     };
     match &args.output {
-        Some(p) => std::fs::write(p, text).map_err(|e| CliError::input(format!("{}: cannot write: {e}", p.display()))),
+        Some(p) => std::fs::write(p, text)
+            .map_err(|e| CliError::input(format!("{}: cannot write: {e}", p.display()))),
         None => {
             print!("{text}");
             Ok(())

@@ -13,12 +13,18 @@ pub struct CliError {
 impl CliError {
     /// Bad input: the user can fix it.
     pub fn input(message: impl Into<String>) -> CliError {
-        CliError { message: message.into(), code: 2 }
+        CliError {
+            message: message.into(),
+            code: 2,
+        }
     }
 
     /// A failure inside reformc (a bug, or an I/O error writing results).
     pub fn internal(message: impl Into<String>) -> CliError {
-        CliError { message: message.into(), code: 1 }
+        CliError {
+            message: message.into(),
+            code: 1,
+        }
     }
 }
 

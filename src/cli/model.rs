@@ -21,7 +21,8 @@ pub struct Model {
 /// `reformer.` prefix and an LM head (`ReformerModelWithLMHead` /
 /// `ReformerForMaskedLM`) or a bare `ReformerModel` (no prefix, no head).
 pub fn load(config: &Path, weights: Option<&Path>, lm_head_bias: bool) -> CliResult<Model> {
-    let text = std::fs::read_to_string(config).map_err(|e| CliError::input(format!("{}: cannot read file: {e}", config.display())))?;
+    let text = std::fs::read_to_string(config)
+        .map_err(|e| CliError::input(format!("{}: cannot read file: {e}", config.display())))?;
     let (mut spec, warnings, format) = parse_model_config(&text, config)?;
     for w in warnings {
         eprintln!("warning: {w}");
@@ -30,7 +31,11 @@ pub fn load(config: &Path, weights: Option<&Path>, lm_head_bias: bool) -> CliRes
     if let (Some(w), ConfigFormat::HuggingFace) = (&weights, format) {
         let (prefix, has_head) = w.detect_layout();
         spec.weight_prefix = prefix;
-        spec.head = if has_head { HeadSpec::LmHead { bias: lm_head_bias } } else { HeadSpec::None };
+        spec.head = if has_head {
+            HeadSpec::LmHead { bias: lm_head_bias }
+        } else {
+            HeadSpec::None
+        };
     } else if let HeadSpec::LmHead { bias } = &mut spec.head {
         *bias |= lm_head_bias;
     }
@@ -46,17 +51,23 @@ impl Model {
     /// Checks the weight file against what `lowered` needs and loads every tensor.
     pub fn weight_tensors(&self, lowered: &Lowered) -> CliResult<BTreeMap<String, Tensor>> {
         let Some(file) = &self.weights else {
-            return Err(CliError::input("this command needs the model's weights: pass --weights model.safetensors"));
+            return Err(CliError::input(
+                "this command needs the model's weights: pass --weights model.safetensors",
+            ));
         };
         let expected = expected_weights(&lowered.graph);
         // HF 5.x checkpoints carry lm_head.bias without using it.
-        let extra: Vec<String> = ["lm_head.bias".to_string()].into_iter().filter(|n| !expected.iter().any(|(e, _)| e == n)).collect();
+        let extra: Vec<String> = ["lm_head.bias".to_string()]
+            .into_iter()
+            .filter(|n| !expected.iter().any(|(e, _)| e == n))
+            .collect();
         file.check(&expected, &extra)?;
         let mut out = BTreeMap::new();
         for (name, shape) in expected {
             let data = file.tensor_f32(&name)?;
             let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-            let array = ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(|e| CliError::internal(format!("{name}: {e}")))?;
+            let array = ArrayD::from_shape_vec(IxDyn(&shape), data)
+                .map_err(|e| CliError::internal(format!("{name}: {e}")))?;
             out.insert(name, Tensor::F32(array));
         }
         Ok(out)

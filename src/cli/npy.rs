@@ -24,21 +24,46 @@ pub fn read_int(path: &Path, rank: usize, what: &str) -> CliResult<ArrayD<i64>> 
         Ok(a) => a,
         Err(ReadNpyError::WrongDescriptor(_)) => match ArrayD::<i32>::read_npy(open(path)?) {
             Ok(a) => a.mapv(i64::from),
-            Err(e) => return Err(CliError::input(format!("{}: {what}: expected an int64 or int32 array, found {}", path.display(), describe(&e)))),
+            Err(e) => {
+                return Err(CliError::input(format!(
+                    "{}: {what}: expected an int64 or int32 array, found {}",
+                    path.display(),
+                    describe(&e)
+                )))
+            }
         },
-        Err(e) => return Err(CliError::input(format!("{}: {what}: not a readable .npy file: {e}", path.display()))),
+        Err(e) => {
+            return Err(CliError::input(format!(
+                "{}: {what}: not a readable .npy file: {e}",
+                path.display()
+            )))
+        }
     };
     if a.ndim() != rank {
-        return Err(CliError::input(format!("{}: {what}: expected a rank-{rank} array, found shape {:?}", path.display(), a.shape())));
+        return Err(CliError::input(format!(
+            "{}: {what}: expected a rank-{rank} array, found shape {:?}",
+            path.display(),
+            a.shape()
+        )));
     }
     Ok(a)
 }
 
 /// Reads a float32 array of an exact shape.
 pub fn read_f32(path: &Path, shape: &[usize], what: &str) -> CliResult<ArrayD<f32>> {
-    let a = ArrayD::<f32>::read_npy(open(path)?).map_err(|e| CliError::input(format!("{}: {what}: expected a float32 array of shape {shape:?}, found {}", path.display(), describe(&e))))?;
+    let a = ArrayD::<f32>::read_npy(open(path)?).map_err(|e| {
+        CliError::input(format!(
+            "{}: {what}: expected a float32 array of shape {shape:?}, found {}",
+            path.display(),
+            describe(&e)
+        ))
+    })?;
     if a.shape() != shape {
-        return Err(CliError::input(format!("{}: {what}: expected shape {shape:?}, found {:?}", path.display(), a.shape())));
+        return Err(CliError::input(format!(
+            "{}: {what}: expected shape {shape:?}, found {:?}",
+            path.display(),
+            a.shape()
+        )));
     }
     Ok(a)
 }
@@ -49,13 +74,24 @@ pub fn read_float_any(path: &Path) -> CliResult<ArrayD<f64>> {
         Ok(a) => Ok(a),
         Err(ReadNpyError::WrongDescriptor(_)) => ArrayD::<f32>::read_npy(open(path)?)
             .map(|a| a.mapv(f64::from))
-            .map_err(|e| CliError::input(format!("{}: expected a float32 or float64 array, found {}", path.display(), describe(&e)))),
-        Err(e) => Err(CliError::input(format!("{}: not a readable .npy file: {e}", path.display()))),
+            .map_err(|e| {
+                CliError::input(format!(
+                    "{}: expected a float32 or float64 array, found {}",
+                    path.display(),
+                    describe(&e)
+                ))
+            }),
+        Err(e) => Err(CliError::input(format!(
+            "{}: not a readable .npy file: {e}",
+            path.display()
+        ))),
     }
 }
 
 /// Writes an array, creating or truncating the file.
 pub fn write<T: ndarray_npy::WritableElement>(path: &Path, a: &ArrayD<T>) -> CliResult<()> {
-    let f = File::create(path).map_err(|e| CliError::input(format!("{}: cannot create: {e}", path.display())))?;
-    a.write_npy(BufWriter::new(f)).map_err(|e| CliError::internal(format!("{}: cannot write: {e}", path.display())))
+    let f = File::create(path)
+        .map_err(|e| CliError::input(format!("{}: cannot create: {e}", path.display())))?;
+    a.write_npy(BufWriter::new(f))
+        .map_err(|e| CliError::internal(format!("{}: cannot write: {e}", path.display())))
 }

@@ -57,7 +57,10 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
     let spec = &m.spec;
     let ids = read_ids(&args.input, spec)?;
     let (batch, len) = (ids.shape()[0], ids.shape()[1]);
-    let padded = spec.check_length(len as u64).map_err(|e| CliError::input(format!("{}: {e}", args.input.display())))? as usize;
+    let padded = spec
+        .check_length(len as u64)
+        .map_err(|e| CliError::input(format!("{}: {e}", args.input.display())))?
+        as usize;
     let mask = match &args.attention_mask {
         Some(p) => read_mask(p, &[batch, len])?,
         None => ArrayD::from_elem(IxDyn(&[batch, len]), 1),
@@ -67,38 +70,91 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
         (Some(_), None) => LshSource::Rotations,
         (None, None) => LshSource::Seeded,
     };
-    let dtype = if args.precision == "f64" { DType::F64 } else { DType::F32 };
-    let lowered = m.lower(&LowerOptions { dtype, lsh_source: source, seq_len: Some(len as u64) })?;
+    let dtype = if args.precision == "f64" {
+        DType::F64
+    } else {
+        DType::F32
+    };
+    let lowered = m.lower(&LowerOptions {
+        dtype,
+        lsh_source: source,
+        seq_len: Some(len as u64),
+    })?;
     let weights = m.weight_tensors(&lowered)?;
     let mut inputs = BTreeMap::new();
     inputs.insert("input_ids".to_string(), Tensor::I64(ids));
     inputs.insert("attention_mask".to_string(), Tensor::I64(mask));
-    inputs.insert("seed".to_string(), Tensor::I64(ArrayD::from_elem(IxDyn(&[]), args.seed)));
+    inputs.insert(
+        "seed".to_string(),
+        Tensor::I64(ArrayD::from_elem(IxDyn(&[]), args.seed)),
+    );
     let half_width = lowered.bucket_factors.iter().sum::<u64>() as usize / 2;
     if let Some(p) = &args.lsh_rotations {
-        let shape = [spec.num_lsh_layers(), spec.num_heads as usize, spec.head_dim as usize, spec.lsh.n_hashes as usize, half_width];
-        inputs.insert("lsh_rotations".to_string(), Tensor::F32(npy::read_f32(p, &shape, "LSH rotations [n_lsh_layers, H, d, r, S/2]")?));
+        let shape = [
+            spec.num_lsh_layers(),
+            spec.num_heads as usize,
+            spec.head_dim as usize,
+            spec.lsh.n_hashes as usize,
+            half_width,
+        ];
+        inputs.insert(
+            "lsh_rotations".to_string(),
+            Tensor::F32(npy::read_f32(
+                p,
+                &shape,
+                "LSH rotations [n_lsh_layers, H, d, r, S/2]",
+            )?),
+        );
     }
     if let Some(p) = &args.lsh_buckets {
-        inputs.insert("lsh_buckets".to_string(), Tensor::I64(read_buckets(p, spec, batch, padded)?));
+        inputs.insert(
+            "lsh_buckets".to_string(),
+            Tensor::I64(read_buckets(p, spec, batch, padded)?),
+        );
     }
-    let outputs = reformc_interp::run(&lowered.graph, &inputs, &weights).map_err(|e| CliError::internal(format!("interpreter: {e}")))?;
-    let (name, out) = outputs.into_iter().next().ok_or_else(|| CliError::internal("the graph has no output"))?;
+    let outputs = reformc_interp::run(&lowered.graph, &inputs, &weights)
+        .map_err(|e| CliError::internal(format!("interpreter: {e}")))?;
+    let (name, out) = outputs
+        .into_iter()
+        .next()
+        .ok_or_else(|| CliError::internal("the graph has no output"))?;
     match &out {
         Tensor::F32(a) => npy::write(&args.output, a)?,
         Tensor::F64(a) => npy::write(&args.output, a)?,
-        other => return Err(CliError::internal(format!("unexpected output dtype {}", other.dtype()))),
+        other => {
+            return Err(CliError::internal(format!(
+                "unexpected output dtype {}",
+                other.dtype()
+            )))
+        }
     }
-    let what = if matches!(spec.head, HeadSpec::None) { "last hidden state" } else { "logits" };
-    println!("reformc: wrote {what} `{name}` {:?} {} to {} (interpreter)", out.shape(), out.dtype(), args.output.display());
+    let what = if matches!(spec.head, HeadSpec::None) {
+        "last hidden state"
+    } else {
+        "logits"
+    };
+    println!(
+        "reformc: wrote {what} `{name}` {:?} {} to {} (interpreter)",
+        out.shape(),
+        out.dtype(),
+        args.output.display()
+    );
     let got = out.to_f64();
     for reference in &args.compare {
         let want = npy::read_float_any(reference)?;
         if want.shape() != got.shape() {
-            return Err(CliError::input(format!("{}: shape {:?} does not match the output's {:?}", reference.display(), want.shape(), got.shape())));
+            return Err(CliError::input(format!(
+                "{}: shape {:?} does not match the output's {:?}",
+                reference.display(),
+                want.shape(),
+                got.shape()
+            )));
         }
         let diff = (&got - &want).mapv(f64::abs).fold(0.0f64, |a, &b| a.max(b));
-        println!("reformc: max |output - {}| = {diff:.3e}", reference.display());
+        println!(
+            "reformc: max |output - {}| = {diff:.3e}",
+            reference.display()
+        );
     }
     Ok(())
 }
@@ -107,9 +163,16 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
 fn read_ids(path: &Path, spec: &ModelSpec) -> CliResult<ArrayD<i64>> {
     let ids = npy::read_int(path, 2, "token ids [B, L]")?;
     if ids.is_empty() {
-        return Err(CliError::input(format!("{}: token ids: expected a non-empty [B, L] array, found shape {:?}", path.display(), ids.shape())));
+        return Err(CliError::input(format!(
+            "{}: token ids: expected a non-empty [B, L] array, found shape {:?}",
+            path.display(),
+            ids.shape()
+        )));
     }
-    if let Some((ix, &id)) = ids.indexed_iter().find(|(_, &v)| v < 0 || v as u64 >= spec.vocab_size) {
+    if let Some((ix, &id)) = ids
+        .indexed_iter()
+        .find(|(_, &v)| v < 0 || v as u64 >= spec.vocab_size)
+    {
         return Err(CliError::input(format!(
             "{}: token id {id} at [{}, {}] is out of range: the vocabulary has {} entries (expected 0 <= id < {})",
             path.display(),
@@ -125,19 +188,33 @@ fn read_ids(path: &Path, spec: &ModelSpec) -> CliResult<ArrayD<i64>> {
 fn read_mask(path: &Path, shape: &[usize]) -> CliResult<ArrayD<i64>> {
     let m = npy::read_int(path, 2, "attention mask [B, L]")?;
     if m.shape() != shape {
-        return Err(CliError::input(format!("{}: attention mask: expected shape {shape:?} (that of the token ids), found {:?}", path.display(), m.shape())));
+        return Err(CliError::input(format!(
+            "{}: attention mask: expected shape {shape:?} (that of the token ids), found {:?}",
+            path.display(),
+            m.shape()
+        )));
     }
     Ok(m)
 }
 
 /// HF's bucket layout [n, B, H, r*P] reshaped to the IR's [n, B, H, r, P].
-fn read_buckets(path: &Path, spec: &ModelSpec, batch: usize, padded: usize) -> CliResult<ArrayD<i64>> {
-    let n = spec.layers.iter().filter(|l| **l == AttentionKind::Lsh).count();
+fn read_buckets(
+    path: &Path,
+    spec: &ModelSpec,
+    batch: usize,
+    padded: usize,
+) -> CliResult<ArrayD<i64>> {
+    let n = spec
+        .layers
+        .iter()
+        .filter(|l| **l == AttentionKind::Lsh)
+        .count();
     let (h, r) = (spec.num_heads as usize, spec.lsh.n_hashes as usize);
     let want = [n, batch, h, r * padded];
     let b = npy::read_int(path, 4, "LSH buckets [n_lsh_layers, B, H, r*L_padded]")?;
     if b.shape() != want {
         return Err(CliError::input(format!("{}: LSH buckets: expected shape {want:?} ([n_lsh_layers, B, H, r*L_padded] with L_padded={padded}), found {:?}", path.display(), b.shape())));
     }
-    Ok(b.into_shape_with_order(IxDyn(&[n, batch, h, r, padded])).expect("element count checked"))
+    Ok(b.into_shape_with_order(IxDyn(&[n, batch, h, r, padded]))
+        .expect("element count checked"))
 }
