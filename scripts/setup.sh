@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what building reformc needs on a fresh Debian machine, when missing.
+# Sourced by scripts/demo.sh and scripts/test.sh.
+set -euo pipefail
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "reformc needs a Rust toolchain (cargo): install it with rustup, then rerun." >&2
+    exit 1
+  fi
+fi
+need=()
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}"
+fi
