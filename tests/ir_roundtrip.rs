@@ -8,13 +8,25 @@ use reformc_ir::{parse, print, verify, DType};
 
 fn all_graphs() -> Vec<(String, reformc_ir::Graph)> {
     let mut out = vec![];
-    let mut configs: Vec<_> = common::fixtures().into_iter().map(|d| d.join("config.json")).collect();
+    let mut configs: Vec<_> = common::fixtures()
+        .into_iter()
+        .map(|d| d.join("config.json"))
+        .collect();
     configs.push(common::root().join("examples/tiny-reformer/config.json"));
     for cfg in configs {
         let spec = reformc_frontend::config::load_model_config(&cfg).unwrap();
         for dtype in [DType::F32, DType::F64] {
             for source in [LshSource::Seeded, LshSource::Rotations, LshSource::Buckets] {
-                let g = lower(&spec, &LowerOptions { dtype, lsh_source: source, seq_len: Some(128) }).unwrap().graph;
+                let g = lower(
+                    &spec,
+                    &LowerOptions {
+                        dtype,
+                        lsh_source: source,
+                        seq_len: Some(128),
+                    },
+                )
+                .unwrap()
+                .graph;
                 out.push((format!("{} {dtype} {source:?}", cfg.display()), g));
             }
         }
@@ -49,7 +61,10 @@ fn dot_export_has_a_node_per_op_and_an_edge_per_use() {
 /// INSTA_UPDATE=always) when the lowering changes on purpose.
 #[test]
 fn lowered_ir_snapshot() {
-    let spec = reformc_frontend::config::load_model_config(&common::root().join("tests/fixtures/causal_mixed_r2/config.json")).unwrap();
+    let spec = reformc_frontend::config::load_model_config(
+        &common::root().join("tests/fixtures/causal_mixed_r2/config.json"),
+    )
+    .unwrap();
     let g = lower(&spec, &LowerOptions::default()).unwrap().graph;
     insta::assert_snapshot!("causal_mixed_r2_lowered", print(&g));
 }

@@ -19,17 +19,50 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
         any::<bool>().prop_map(serde_json::Value::from),
         (-5i64..600).prop_map(serde_json::Value::from),
         (-1.0f64..1e4).prop_map(serde_json::Value::from),
-        prop_oneof![Just("lsh"), Just("local"), Just("relu"), Just("gelu"), Just("reformer"), Just("x")].prop_map(serde_json::Value::from),
+        prop_oneof![
+            Just("lsh"),
+            Just("local"),
+            Just("relu"),
+            Just("gelu"),
+            Just("reformer"),
+            Just("x")
+        ]
+        .prop_map(serde_json::Value::from),
     ];
-    leaf.prop_recursive(2, 8, 4, |inner| prop_oneof![proptest::collection::vec(inner, 0..4).prop_map(serde_json::Value::from)])
+    leaf.prop_recursive(2, 8, 4, |inner| {
+        prop_oneof![proptest::collection::vec(inner, 0..4).prop_map(serde_json::Value::from)]
+    })
 }
 
 const KEYS: &[&str] = &[
-    "model_type", "hidden_size", "num_attention_heads", "attention_head_size", "attn_layers", "num_buckets", "num_hashes",
-    "axial_pos_embds", "axial_pos_shape", "axial_pos_embds_dim", "lsh_attn_chunk_length", "local_attn_chunk_length",
-    "max_position_embeddings", "vocab_size", "feed_forward_size", "hidden_act", "is_decoder", "layer_norm_eps",
-    "lsh_num_chunks_before", "lsh_num_chunks_after", "local_num_chunks_before", "local_num_chunks_after", "pad_token_id",
-    "num_hidden_layers", "format", "version", "layers", "architectures",
+    "model_type",
+    "hidden_size",
+    "num_attention_heads",
+    "attention_head_size",
+    "attn_layers",
+    "num_buckets",
+    "num_hashes",
+    "axial_pos_embds",
+    "axial_pos_shape",
+    "axial_pos_embds_dim",
+    "lsh_attn_chunk_length",
+    "local_attn_chunk_length",
+    "max_position_embeddings",
+    "vocab_size",
+    "feed_forward_size",
+    "hidden_act",
+    "is_decoder",
+    "layer_norm_eps",
+    "lsh_num_chunks_before",
+    "lsh_num_chunks_after",
+    "local_num_chunks_before",
+    "local_num_chunks_after",
+    "pad_token_id",
+    "num_hidden_layers",
+    "format",
+    "version",
+    "layers",
+    "architectures",
 ];
 
 proptest! {

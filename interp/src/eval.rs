@@ -365,6 +365,7 @@ impl Evaluator<'_> {
                 )?)
             }
             ReversibleBlock => T::wrap(self.reversible::<T>(node)?),
+            SeqChunk => self.seq_chunk(node)?,
             PadToMultiple => ops::pad_to_multiple(
                 self.operand(node, 0),
                 attr("axis"),
@@ -492,6 +493,69 @@ impl Evaluator<'_> {
         ndarray::concatenate(last, &[y1.view(), y2.view()]).map_err(|e| e.to_string())
     }
 
+    /// `seq_chunk`: the body on consecutive slices of `size` along `axis`
+    /// (the last one may be shorter; an empty axis is one empty chunk), the
+    /// results concatenated along `axis`. Symbols bound inside the body (the
+    /// chunk symbol first) are scoped to one chunk, and the use counts of the
+    /// body's values are replayed for every chunk.
+    fn seq_chunk(&mut self, node: &Node) -> Result<Tensor, String> {
+        let axis = node.op.usize("axis").unwrap_or(0);
+        let size = node.op.usize("size").unwrap_or(1).max(1);
+        let x = self.operand(node, 0).clone();
+        let n = *x
+            .shape()
+            .get(axis)
+            .ok_or_else(|| format!("axis {axis} is out of range for {:?}", x.shape()))?;
+        let region = &node.regions[0];
+        let (arg, result) = (region.args[0], region.results[0]);
+        let starts: Vec<usize> = if n == 0 {
+            vec![0]
+        } else {
+            (0..n).step_by(size).collect()
+        };
+        // Values the body defines get their use counts back before every
+        // chunk; outer values it uses are kept alive until the last chunk.
+        let mut inner = Vec::new();
+        let mut outer_uses = Vec::new();
+        region_values(self.g, region, &mut inner, &mut outer_uses);
+        let inner_set: std::collections::HashSet<ValueId> = inner.iter().copied().collect();
+        let extra = starts.len() - 1;
+        for v in &outer_uses {
+            if !inner_set.contains(v) {
+                *self.uses.entry(*v).or_default() += extra;
+            }
+        }
+        let counts: Vec<(ValueId, Option<usize>)> =
+            inner.iter().map(|v| (*v, self.uses.get(v).copied())).collect();
+        let mut outs = Vec::with_capacity(starts.len());
+        for start in starts {
+            let end = (start + size).min(n);
+            let chunk = ops::slice(&x, axis, start, end)?;
+            for (v, c) in &counts {
+                if let Some(c) = c {
+                    self.uses.insert(*v, *c);
+                }
+            }
+            let env = self.env.clone();
+            let out = (|| {
+                check_type(self.g.ty(arg), &chunk, &mut self.env)?;
+                self.values.insert(arg, chunk);
+                self.block(&region.body).map_err(|e| e.to_string())?;
+                let out = self
+                    .values
+                    .get(&result)
+                    .cloned()
+                    .ok_or_else(|| "region result was not computed".to_string())?;
+                self.release(result);
+                Ok::<Tensor, String>(out)
+            })();
+            self.env = env;
+            outs.push(out?);
+        }
+        let refs: Vec<&Tensor> = outs.iter().collect();
+        ops::concat(&refs, axis)
+    }
+
     fn region<T: FloatTensor>(
         &mut self,
         node: &Node,
@@ -513,6 +577,26 @@ impl Evaluator<'_> {
         T::borrow(&out)
             .cloned()
             .ok_or_else(|| format!("region yields {}, expected the input's dtype", out.dtype()))
+    }
+}
+
+/// Every value `region` defines (arguments and nested regions included) into
+/// `inner`, and every use its ops and yields make into `uses`.
+fn region_values(
+    g: &Graph,
+    region: &reformc_ir::Region,
+    inner: &mut Vec<ValueId>,
+    uses: &mut Vec<ValueId>,
+) {
+    inner.extend(region.args.iter().copied());
+    uses.extend(region.results.iter().copied());
+    for &v in &region.body {
+        inner.push(v);
+        let n = g.node(v);
+        uses.extend(n.inputs.iter().copied());
+        for r in &n.regions {
+            region_values(g, r, inner, uses);
+        }
     }
 }
 

@@ -209,6 +209,9 @@ fn check_structure(node: &Node) -> Result<(), String> {
 }
 
 fn check_regions(g: &Graph, node: &Node) -> Result<(), String> {
+    if node.op.kind == OpKind::SeqChunk {
+        return check_seq_chunk(g, node);
+    }
     if node.op.kind != OpKind::ReversibleBlock {
         return Ok(());
     }
@@ -227,6 +230,87 @@ fn check_regions(g: &Graph, node: &Node) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `seq_chunk`: the body takes one chunk and yields one chunk. Its argument
+/// has the operand's type with the `axis` dim replaced by a symbol `S` (the
+/// chunk length, bound afresh for every chunk) that is fresh: it appears
+/// neither in the operand's type nor in the type of any outer value the body
+/// uses. The yield has `S` on `axis`; the result is the yield's type with `S`
+/// replaced by the operand's `axis` dim.
+fn check_seq_chunk(g: &Graph, node: &Node) -> Result<(), String> {
+    let x = g.ty(node.inputs[0]);
+    let axis = node.op.usize("axis").unwrap_or(0);
+    let region = &node.regions[0];
+    if region.args.len() != 1 || region.results.len() != 1 {
+        return Err("region `body` must take one argument and yield one value".into());
+    }
+    let arg = g.ty(region.args[0]);
+    let sym = match arg.shape.get(axis) {
+        Some(Dim::Sym(s)) => Dim::Sym(s.clone()),
+        _ => {
+            return Err(format!(
+                "region `body` argument must have a symbol (the chunk length) on axis {axis}, found {arg}"
+            ))
+        }
+    };
+    let fits = arg.dtype == x.dtype
+        && arg.rank() == x.rank()
+        && (0..x.rank()).all(|i| i == axis || arg.shape[i] == x.shape[i]);
+    if !fits {
+        return Err(format!(
+            "region `body` argument must be {x} with axis {axis} replaced by the chunk symbol, found {arg}"
+        ));
+    }
+    let mentions = |t: &TensorType| t.shape.contains(&sym);
+    if mentions(x) {
+        return Err(format!(
+            "the chunk symbol `{sym}` must be fresh, but the operand {x} uses it"
+        ));
+    }
+    let mut inner = HashSet::new();
+    let mut uses = Vec::new();
+    collect_region(g, region, &mut inner, &mut uses);
+    for v in uses {
+        if !inner.contains(&v) && mentions(g.ty(v)) {
+            return Err(format!(
+                "the chunk symbol `{sym}` must be fresh, but the body uses an outer value of type {}",
+                g.ty(v)
+            ));
+        }
+    }
+    let y = g.ty(region.results[0]);
+    if y.shape.get(axis) != Some(&sym) {
+        return Err(format!(
+            "region `body` must yield a value with the chunk symbol `{sym}` on axis {axis}, found {y}"
+        ));
+    }
+    let shape = y
+        .shape
+        .iter()
+        .map(|d| if *d == sym { x.shape[axis].clone() } else { d.clone() })
+        .collect();
+    expect(&node.ty, TensorType::new(y.dtype, shape))
+}
+
+/// Every value a region defines (arguments included, nested regions too) and
+/// every value its ops use or it yields.
+fn collect_region(
+    g: &Graph,
+    region: &crate::Region,
+    inner: &mut HashSet<ValueId>,
+    uses: &mut Vec<ValueId>,
+) {
+    inner.extend(region.args.iter().copied());
+    uses.extend(region.results.iter().copied());
+    for &v in &region.body {
+        inner.insert(v);
+        let n = g.node(v);
+        uses.extend(n.inputs.iter().copied());
+        for r in &n.regions {
+            collect_region(g, r, inner, uses);
+        }
+    }
 }
 
 fn half_of_last(x: &TensorType) -> Result<TensorType, String> {
@@ -514,6 +598,8 @@ fn check_types(node: &Node, t: &[&TensorType]) -> Result<(), String> {
             half_of_last(t[0])?;
             expect(r, t[0].clone())
         }
+        // The result type is checked with the body (`check_seq_chunk`).
+        SeqChunk => axis_of(node, t[0], "axis").map(|_| ()),
         PadToMultiple => {
             let a = axis_of(node, t[0], "axis")?;
             same_except(r, t[0], a)

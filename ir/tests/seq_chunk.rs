@@ -30,14 +30,32 @@ fn verify_err(text: &str) -> String {
 #[test]
 fn rejects_bad_bodies() {
     // The argument's chunk axis must be a symbol.
-    let e = verify_err(&CHUNKED.replace("body(%3: f32[B,C,4])", "body(%3: f32[B,3,4])").replace("f32[B,C,6]", "f32[B,3,6]"));
-    assert!(e.contains("must have a symbol (the chunk length) on axis 1"), "{e}");
+    let e = verify_err(
+        &CHUNKED
+            .replace("body(%3: f32[B,C,4])", "body(%3: f32[B,3,4])")
+            .replace("f32[B,C,6]", "f32[B,3,6]"),
+    );
+    assert!(
+        e.contains("must have a symbol (the chunk length) on axis 1"),
+        "{e}"
+    );
     // The chunk symbol must be fresh.
-    let e = verify_err(&CHUNKED.replace("f32[B,C,4]", "f32[B,B,4]").replace("f32[B,C,6]", "f32[B,B,6]"));
+    let e = verify_err(
+        &CHUNKED
+            .replace("f32[B,C,4]", "f32[B,B,4]")
+            .replace("f32[B,C,6]", "f32[B,B,6]"),
+    );
     assert!(e.contains("must be fresh"), "{e}");
     // The other dims must match the operand.
-    let e = verify_err(&CHUNKED.replace("body(%3: f32[B,C,4])", "body(%3: f32[N,C,4])").replace("f32[B,C,6]", "f32[N,C,6]"));
-    assert!(e.contains("with axis 1 replaced by the chunk symbol"), "{e}");
+    let e = verify_err(
+        &CHUNKED
+            .replace("body(%3: f32[B,C,4])", "body(%3: f32[N,C,4])")
+            .replace("f32[B,C,6]", "f32[N,C,6]"),
+    );
+    assert!(
+        e.contains("with axis 1 replaced by the chunk symbol"),
+        "{e}"
+    );
     // The result is the yield's type with the symbol replaced by the operand's dim.
     let e = verify_err(&CHUNKED.replace(": f32[B,L,6] {", ": f32[B,C,6] {"));
     assert!(e.contains("result type must be f32[B,L,6]"), "{e}");

@@ -2,8 +2,18 @@
 
 use reformc_ir::Graph;
 use std::fmt;
+use std::time::Duration;
 
 /// Options shared by every pass of a pipeline (target sizes, budgets, choices).
+///
+/// Every field has a documented default, so `PassOptions::default()` is a
+/// valid configuration:
+///
+/// ```
+/// use reformc_passes::PassOptions;
+/// let opts = PassOptions { seq_len: Some(4096), attention: Some("auto".into()), ..Default::default() };
+/// assert_eq!(opts.batch_or_default(), 1);
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct PassOptions {
     /// Target sequence length the cost model evaluates symbolic `L`/`P` at.
@@ -14,6 +24,32 @@ pub struct PassOptions {
     pub memory_budget: Option<u64>,
     /// `--attention=auto|full|exact|lsh` (None: what the config asks).
     pub attention: Option<String>,
+    /// Key chunk of chunked-exact attention (`attention {kv_chunk=N}`);
+    /// default [`crate::attention::DEFAULT_KV_CHUNK`].
+    pub kv_chunk: Option<u64>,
+    /// Parameters of LSH layers the `attention` pass creates (defaults: HF's).
+    pub lsh: LshOverrides,
+}
+
+impl PassOptions {
+    /// `batch`, or 1.
+    pub fn batch_or_default(&self) -> u64 {
+        self.batch.unwrap_or(1)
+    }
+}
+
+/// LSH parameters for layers that the `attention` pass turns into LSH
+/// attention; `None` takes Hugging Face's default (chunk 64, 1 chunk before,
+/// 0 after, 1 hash round, bucket count by HF's automatic rule at the target
+/// length).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LshOverrides {
+    pub chunk: Option<u64>,
+    pub before: Option<u64>,
+    pub after: Option<u64>,
+    pub n_hashes: Option<u64>,
+    /// Bucket factors (each even); their product is the bucket count.
+    pub buckets: Option<Vec<u64>>,
 }
 
 /// A failed pass: its name and why.
@@ -31,6 +67,50 @@ impl fmt::Display for PassError {
 
 impl std::error::Error for PassError {}
 
+/// Measurements a pass may report besides its notes (shown by
+/// `--time-passes` and in progress lines).
+///
+/// ```
+/// use reformc_passes::PassStats;
+/// use std::time::Duration;
+/// let s = PassStats { nodes: Some(14_003), stop_reason: Some("saturated".into()), ..Default::default() }
+///     .with_phase("search", Duration::from_millis(800))
+///     .with_counter("iterations", 7);
+/// assert_eq!(s.phases[0].0, "search");
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PassStats {
+    /// A size the pass wants shown instead of the IR's op count (e-graph nodes, say).
+    pub nodes: Option<u64>,
+    /// Why an iterative pass stopped (`saturated`, `node limit`, `time limit`).
+    pub stop_reason: Option<String>,
+    /// Wall time of named phases (egg: search / apply / rebuild).
+    pub phases: Vec<(String, Duration)>,
+    /// Named counts (iterations, rewrites applied, ...).
+    pub counters: Vec<(String, u64)>,
+}
+
+impl PassStats {
+    /// Adds a timed phase (builder style).
+    pub fn with_phase(mut self, name: &str, time: Duration) -> Self {
+        self.phases.push((name.to_string(), time));
+        self
+    }
+
+    /// Adds a counter (builder style).
+    pub fn with_counter(mut self, name: &str, value: u64) -> Self {
+        self.counters.push((name.to_string(), value));
+        self
+    }
+}
+
+/// What a pass run returns: notes for the user and optional statistics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PassOutcome {
+    pub notes: Vec<String>,
+    pub stats: PassStats,
+}
+
 /// One transformation of the graph, MLIR style: a name, a one-line summary, a run.
 pub trait Pass {
     /// The name used by `--print-after=NAME`, `--disable-pass=NAME` and pipelines.
@@ -39,4 +119,9 @@ pub trait Pass {
     fn summary(&self) -> &'static str;
     /// Rewrites `g` in place. Returns notes for the user (decisions and why).
     fn run(&self, g: &mut Graph, opts: &PassOptions) -> Result<Vec<String>, PassError>;
+    /// Like [`Pass::run`], also returning [`PassStats`]. The pass manager calls
+    /// this one; override it to report statistics (the default has none).
+    fn run_with_stats(&self, g: &mut Graph, opts: &PassOptions) -> Result<PassOutcome, PassError> {
+        Ok(PassOutcome { notes: self.run(g, opts)?, stats: PassStats::default() })
+    }
 }
