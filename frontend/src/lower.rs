@@ -227,34 +227,16 @@ impl Builder<'_> {
 
     /// HF's eval padding of ids (pad token) and mask (zeros) to the chunk multiple.
     fn pad(&mut self, ids: ValueId, mask: ValueId) -> (ValueId, ValueId) {
-        let Some(min_chunk) = self.spec.min_chunk() else {
-            // No chunked layer: nothing to pad; P is L.
-            let ids_p = self.op(
-                Op::new(OpKind::PadToMultiple)
-                    .with("axis", int(1))
-                    .with("multiple", int(1))
-                    .with("min_len", int(0))
-                    .with("value", Attr::Int(0)),
-                vec![ids],
-                TensorType::new(DType::I64, vec![sym("B"), sym("P")]),
-            );
-            let mask_p = self.op(
-                Op::new(OpKind::PadToMultiple)
-                    .with("axis", int(1))
-                    .with("multiple", int(1))
-                    .with("min_len", int(0))
-                    .with("value", Attr::Int(0)),
-                vec![mask],
-                TensorType::new(DType::I64, vec![sym("B"), sym("P")]),
-            );
-            return (ids_p, mask_p);
+        // Without a chunked layer nothing is padded (multiple 1): P is L.
+        let (multiple, min_len) = match self.spec.min_chunk() {
+            Some(min_chunk) => (self.spec.chunk_lcm(), min_chunk),
+            None => (1, 0),
         };
-        let lcm = self.spec.chunk_lcm();
         let pad = |value: i64| {
             Op::new(OpKind::PadToMultiple)
                 .with("axis", int(1))
-                .with("multiple", int(lcm))
-                .with("min_len", int(min_chunk))
+                .with("multiple", int(multiple))
+                .with("min_len", int(min_len))
                 .with("value", Attr::Int(value))
         };
         let ty = TensorType::new(DType::I64, vec![sym("B"), sym("P")]);
