@@ -19,6 +19,10 @@ enum Command {
     Dump(cli::dump::DumpArgs),
     /// Run a model on token ids and write its output (.npy).
     Run(cli::run::RunArgs),
+    /// Per layer: attention chosen and why, chunk sizes, FLOPs, static peak memory.
+    Explain(cli::explain::ExplainArgs),
+    /// List the registered passes with their one-line summaries.
+    ListPasses,
 }
 
 fn main() {
@@ -26,6 +30,11 @@ fn main() {
     let result = match &cli.command {
         Command::Dump(a) => cli::dump::run(a),
         Command::Run(a) => cli::run::run(a),
+        Command::Explain(a) => cli::explain::run(a),
+        Command::ListPasses => {
+            println!("{}", reformc_passes::list_passes().trim_end());
+            Ok(())
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

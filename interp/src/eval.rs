@@ -525,8 +525,10 @@ impl Evaluator<'_> {
                 *self.uses.entry(*v).or_default() += extra;
             }
         }
-        let counts: Vec<(ValueId, Option<usize>)> =
-            inner.iter().map(|v| (*v, self.uses.get(v).copied())).collect();
+        let counts: Vec<(ValueId, Option<usize>)> = inner
+            .iter()
+            .map(|v| (*v, self.uses.get(v).copied()))
+            .collect();
         let mut outs = Vec::with_capacity(starts.len());
         for start in starts {
             let end = (start + size).min(n);

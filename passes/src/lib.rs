@@ -7,8 +7,21 @@ pub mod explain;
 pub mod manager;
 pub mod memory_plan;
 mod pass;
-pub mod registry;
 
-pub use manager::{Instrumentation, PassEvent, PassManager, PassRecord, Pipeline, PipelineError, PipelineReport, Progress};
+// Equality saturation and the Reformer rewrites (eqsat/, simplify, reversible, chunk).
+pub mod chunk;
+pub mod cleanup;
+pub mod eqsat;
+pub mod registry;
+pub mod reversible;
+pub mod scoped;
+pub mod simplify;
+#[cfg(test)]
+mod testing;
+
+pub use manager::{
+    Instrumentation, PassEvent, PassManager, PassRecord, Pipeline, PipelineError, PipelineReport,
+    Progress,
+};
 pub use pass::{LshOverrides, Pass, PassError, PassOptions, PassOutcome, PassStats};
 pub use registry::{list_passes, lookup, pass_names, registry, DEFAULT_PIPELINE};

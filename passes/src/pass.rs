@@ -22,6 +22,13 @@ pub struct PassOptions {
     pub batch: Option<u64>,
     /// Memory budget in bytes for chunking decisions.
     pub memory_budget: Option<u64>,
+    /// Chunk length (positions) of feed-forward branches for the `chunk`
+    /// pass (HF `chunk_size_feed_forward`). `None` or 0: derived from
+    /// `memory_budget` when set, else no chunking.
+    pub chunk_size_feed_forward: Option<u64>,
+    /// Chunk length of the LM head for the `chunk` pass (HF
+    /// `chunk_size_lm_head`), with the same defaults.
+    pub chunk_size_lm_head: Option<u64>,
     /// `--attention=auto|full|exact|lsh` (None: what the config asks).
     pub attention: Option<String>,
     /// Key chunk of chunked-exact attention (`attention {kv_chunk=N}`);
@@ -122,6 +129,9 @@ pub trait Pass {
     /// Like [`Pass::run`], also returning [`PassStats`]. The pass manager calls
     /// this one; override it to report statistics (the default has none).
     fn run_with_stats(&self, g: &mut Graph, opts: &PassOptions) -> Result<PassOutcome, PassError> {
-        Ok(PassOutcome { notes: self.run(g, opts)?, stats: PassStats::default() })
+        Ok(PassOutcome {
+            notes: self.run(g, opts)?,
+            stats: PassStats::default(),
+        })
     }
 }

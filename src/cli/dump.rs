@@ -2,6 +2,7 @@
 
 use super::error::{CliError, CliResult};
 use super::model;
+use super::passes::PassArgs;
 use clap::Args;
 use reformc_frontend::lower::{LowerOptions, LshSource};
 use reformc_ir::DType;
@@ -21,9 +22,6 @@ pub struct DumpArgs {
     /// Write to this file instead of standard output.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-    /// Sequence length (resolves `num_buckets: null`).
-    #[arg(long)]
-    pub seq_len: Option<u64>,
     /// Where LSH hashing decisions come from.
     #[arg(long, value_parser = ["seeded", "rotations", "buckets"], default_value = "seeded")]
     pub lsh_source: String,
@@ -33,6 +31,8 @@ pub struct DumpArgs {
     /// Add `lm_head.bias` to the logits (HF 4.x behaviour).
     #[arg(long)]
     pub lm_head_bias: bool,
+    #[command(flatten)]
+    pub passes: PassArgs,
 }
 
 /// Runs the command.
@@ -48,14 +48,12 @@ pub fn run(args: &DumpArgs) -> CliResult<()> {
     } else {
         DType::F32
     };
-    let lowered = m.lower(&LowerOptions {
-        dtype,
-        lsh_source,
-        seq_len: args.seq_len,
-    })?;
+    let seq_len = args.passes.seq_len;
+    let mut lowered = m.lower(&LowerOptions { dtype, lsh_source, seq_len })?;
     if m.weights.is_some() {
         m.weight_tensors(&lowered)?;
     }
+    args.passes.optimize(&mut lowered.graph, seq_len)?;
     let text = match args.format.as_str() {
         "dot" => reformc_ir::to_dot(&lowered.graph),
         _ => reformc_ir::print(&lowered.graph),

@@ -2,6 +2,8 @@
 
 pub mod dump;
 pub mod error;
+pub mod explain;
 pub mod model;
 pub mod npy;
+pub mod passes;
 pub mod run;

@@ -1,6 +1,7 @@
 //! `reformc run`: run a model on token ids and write its output as `.npy`.
 
 use super::error::{CliError, CliResult};
+use super::passes::PassArgs;
 use super::{model, npy};
 use clap::Args;
 use ndarray::{ArrayD, IxDyn};
@@ -49,6 +50,8 @@ pub struct RunArgs {
     /// Reference outputs (.npy) to report the max absolute difference against.
     #[arg(long = "compare")]
     pub compare: Vec<PathBuf>,
+    #[command(flatten)]
+    pub passes: PassArgs,
 }
 
 /// Runs the command.
@@ -75,12 +78,10 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
     } else {
         DType::F32
     };
-    let lowered = m.lower(&LowerOptions {
-        dtype,
-        lsh_source: source,
-        seq_len: Some(len as u64),
-    })?;
+    let seq_len = Some(len as u64);
+    let mut lowered = m.lower(&LowerOptions { dtype, lsh_source: source, seq_len })?;
     let weights = m.weight_tensors(&lowered)?;
+    args.passes.optimize(&mut lowered.graph, seq_len)?;
     let mut inputs = BTreeMap::new();
     inputs.insert("input_ids".to_string(), Tensor::I64(ids));
     inputs.insert("attention_mask".to_string(), Tensor::I64(mask));

@@ -1,0 +1,36 @@
+//! `reformc explain`: per layer, the attention chosen and why, chunk sizes,
+//! FLOPs and the static peak memory of each stage, before and after the passes.
+
+use super::error::{CliError, CliResult};
+use super::model;
+use super::passes::PassArgs;
+use clap::Args;
+use reformc_frontend::lower::LowerOptions;
+use std::path::PathBuf;
+
+/// Arguments of `reformc explain`.
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    /// Model description: a Hugging Face config.json or a reformc model file.
+    pub config: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub passes: PassArgs,
+}
+
+/// Runs the command.
+pub fn run(args: &ExplainArgs) -> CliResult<()> {
+    let m = model::load(&args.config, None, false)?;
+    let lowered = m.lower(&LowerOptions { seq_len: args.passes.seq_len, ..LowerOptions::default() })?;
+    let pipeline = args.passes.pipeline()?;
+    let e = reformc_passes::explain::explain(&lowered.graph, &args.passes.options(), &pipeline).map_err(|e| CliError::input(e.to_string()))?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&e.to_json()).map_err(|e| CliError::internal(e.to_string()))?;
+        println!("{text}");
+    } else {
+        print!("{}", e.to_table());
+    }
+    Ok(())
+}

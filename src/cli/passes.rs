@@ -1,0 +1,106 @@
+//! Pass flags shared by `dump`, `run` and `explain`, and running the pipeline.
+
+use super::error::{CliError, CliResult};
+use clap::Args;
+use reformc_ir::Graph;
+use reformc_passes::{Instrumentation, PassManager, PassOptions, Pipeline, PipelineReport};
+use std::path::PathBuf;
+
+/// Flags that choose and observe the pass pipeline (MLIR-style instrumentation).
+#[derive(Args, Debug, Clone, Default)]
+pub struct PassArgs {
+    /// Comma-separated pass pipeline (default: reformc's default pipeline; `none` runs no pass).
+    #[arg(long, value_name = "PASSES")]
+    pub pipeline: Option<String>,
+    /// Print the IR after every pass (on stderr).
+    #[arg(long)]
+    pub print_after_all: bool,
+    /// Print the IR after this pass (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub print_after: Vec<String>,
+    /// Print the IR only after passes that changed it.
+    #[arg(long)]
+    pub print_changed: bool,
+    /// Write the input IR and the IR after each pass, one numbered file per pass, into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub dump_dir: Option<PathBuf>,
+    /// Skip this pass (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub disable_pass: Vec<String>,
+    /// Stop the pipeline after this pass.
+    #[arg(long, value_name = "NAME")]
+    pub stop_after: Option<String>,
+    /// Print wall time per pass (and saturation statistics) after the pipeline.
+    #[arg(long)]
+    pub time_passes: bool,
+    /// Attention per layer: what the config asks (default), or auto|full|exact|lsh.
+    #[arg(long, value_parser = ["auto", "full", "exact", "lsh"])]
+    pub attention: Option<String>,
+    /// Key chunk of exact (streaming) attention.
+    #[arg(long)]
+    pub kv_chunk: Option<u64>,
+    /// Target sequence length for the cost model (and `num_buckets: null`).
+    #[arg(long)]
+    pub seq_len: Option<u64>,
+    /// Target batch size for the cost model.
+    #[arg(long)]
+    pub batch: Option<u64>,
+    /// Memory budget in bytes for attention and chunking decisions.
+    #[arg(long)]
+    pub memory_budget: Option<u64>,
+    /// No progress lines or pass notes on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+impl PassArgs {
+    /// The pipeline these flags name.
+    pub fn pipeline(&self) -> CliResult<Pipeline> {
+        match self.pipeline.as_deref() {
+            None => Ok(Pipeline::default_pipeline()),
+            Some("none") | Some("") => Pipeline::new::<&str>(&[]).map_err(|e| CliError::input(format!("--pipeline: {e}"))),
+            Some(text) => Pipeline::parse(text).map_err(|e| CliError::input(format!("--pipeline: {e}"))),
+        }
+    }
+
+    /// Options every pass sees.
+    pub fn options(&self) -> PassOptions {
+        PassOptions {
+            seq_len: self.seq_len,
+            batch: self.batch,
+            memory_budget: self.memory_budget,
+            attention: self.attention.clone(),
+            kv_chunk: self.kv_chunk,
+            ..PassOptions::default()
+        }
+    }
+
+    fn instrumentation(&self) -> Instrumentation {
+        Instrumentation {
+            print_after_all: self.print_after_all,
+            print_after: self.print_after.iter().cloned().collect(),
+            print_changed: self.print_changed,
+            dump_dir: self.dump_dir.clone(),
+            disable: self.disable_pass.iter().cloned().collect(),
+            stop_after: self.stop_after.clone(),
+            time_passes: self.time_passes,
+            quiet: self.quiet,
+        }
+    }
+
+    /// Runs the pipeline on `g`; IR dumps and the timing table go to stderr,
+    /// progress lines and notes too unless `--quiet`.
+    pub fn optimize(&self, g: &mut Graph, seq_len: Option<u64>) -> CliResult<PipelineReport> {
+        let pm = PassManager::new(self.pipeline()?, self.instrumentation()).map_err(|e| CliError::input(e.to_string()))?;
+        let mut opts = self.options();
+        opts.seq_len = opts.seq_len.or(seq_len);
+        let mut stderr = std::io::stderr();
+        let mut progress = |p: &reformc_passes::Progress<'_>| {
+            eprintln!("{p}");
+            for n in &p.record.notes {
+                eprintln!("    {n}");
+            }
+        };
+        pm.run_with(g, &opts, &mut stderr, &mut progress, &mut |_| {}).map_err(|e| CliError::internal(e.to_string()))
+    }
+}
