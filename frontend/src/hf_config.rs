@@ -2,10 +2,12 @@
 //!
 //! Every `ReformerConfig` field of REFORMER.md §6.1 is read, with the defaults
 //! of `transformers` 5.23.0 when a key is absent. Fields that do not change
-//! inference (dropout probabilities, `chunk_size_*`, `initializer_range`,
+//! inference (dropout probabilities, `initializer_range`,
 //! `axial_norm_std`, `hash_seed`, token ids other than `pad_token_id`, ...) and
 //! Hugging Face bookkeeping keys are accepted and ignored. Unknown keys are
-//! tolerated and reported as warnings.
+//! tolerated and reported as warnings. `chunk_size_feed_forward` and
+//! `chunk_size_lm_head` do not change results either; when nonzero they are
+//! kept in the spec for the `chunk` pass.
 //!
 //! ```
 //! use std::path::Path;
@@ -84,7 +86,6 @@ const IGNORED_KEYS: &[&str] = &[
     "torchscript",
     "tf_legacy_loss",
     "use_bfloat16",
-    "chunk_size_feed_forward",
     "classifier_dropout",
     "max_length",
     "min_length",
@@ -130,8 +131,7 @@ struct RawHf {
     axial_pos_embds: bool,
     axial_pos_shape: Vec<u64>,
     axial_pos_embds_dim: Vec<u64>,
-    // Read only to check its JSON type.
-    #[allow(dead_code)]
+    chunk_size_feed_forward: Option<u64>,
     chunk_size_lm_head: Option<u64>,
     feed_forward_size: u64,
     hash_seed: Option<i64>,
@@ -171,6 +171,7 @@ const RAW_KEYS: &[&str] = &[
     "axial_pos_embds",
     "axial_pos_shape",
     "axial_pos_embds_dim",
+    "chunk_size_feed_forward",
     "chunk_size_lm_head",
     "feed_forward_size",
     "hash_seed",
@@ -212,6 +213,7 @@ impl Default for RawHf {
             axial_pos_embds: true,
             axial_pos_shape: vec![64, 64],
             axial_pos_embds_dim: vec![64, 192],
+            chunk_size_feed_forward: Some(0),
             chunk_size_lm_head: Some(0),
             feed_forward_size: 512,
             hash_seed: None,
@@ -562,6 +564,8 @@ fn build(raw: RawHf, path: &Path, warnings: &mut Vec<String>) -> Result<ModelSpe
         pad_token_id,
         head,
         weight_prefix,
+        chunk_size_feed_forward: raw.chunk_size_feed_forward.filter(|&c| c > 0),
+        chunk_size_lm_head: raw.chunk_size_lm_head.filter(|&c| c > 0),
     })
 }
 
@@ -716,6 +720,8 @@ mod tests {
                 pad_token_id: 0,
                 head: HeadSpec::LmHead { bias: false },
                 weight_prefix: "reformer.".into(),
+                chunk_size_feed_forward: None,
+                chunk_size_lm_head: None,
             }
         );
     }

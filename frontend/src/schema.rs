@@ -566,6 +566,8 @@ fn build(
         pad_token_id: raw.pad_token_id,
         head,
         weight_prefix: raw.weight_prefix,
+        chunk_size_feed_forward: None,
+        chunk_size_lm_head: None,
     })
 }
 

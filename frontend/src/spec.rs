@@ -99,6 +99,11 @@ pub struct ModelSpec {
     pub head: HeadSpec,
     /// Prefix of the body's tensor names (`reformer.` for HF models with a head, empty for a bare model).
     pub weight_prefix: String,
+    /// HF `chunk_size_feed_forward` when nonzero: the feed-forward chunk
+    /// length the `chunk` pass uses (`None`: no chunking asked).
+    pub chunk_size_feed_forward: Option<u64>,
+    /// HF `chunk_size_lm_head` when nonzero: the LM head chunk length.
+    pub chunk_size_lm_head: Option<u64>,
 }
 
 impl ModelSpec {
@@ -244,6 +249,8 @@ pub mod tests_support {
             pad_token_id: 0,
             head: HeadSpec::LmHead { bias: false },
             weight_prefix: "reformer.".into(),
+            chunk_size_feed_forward: None,
+            chunk_size_lm_head: None,
         }
     }
 }

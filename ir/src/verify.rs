@@ -288,7 +288,13 @@ fn check_seq_chunk(g: &Graph, node: &Node) -> Result<(), String> {
     let shape = y
         .shape
         .iter()
-        .map(|d| if *d == sym { x.shape[axis].clone() } else { d.clone() })
+        .map(|d| {
+            if *d == sym {
+                x.shape[axis].clone()
+            } else {
+                d.clone()
+            }
+        })
         .collect();
     expect(&node.ty, TensorType::new(y.dtype, shape))
 }
@@ -479,7 +485,10 @@ fn check_types(node: &Node, t: &[&TensorType]) -> Result<(), String> {
             let last = t[0].shape.last().ok_or("operand 0 must have rank >= 1")?;
             for (i, p) in t.iter().enumerate().skip(1) {
                 if p.shape != [last.clone()] || p.dtype != t[0].dtype {
-                    return Err(format!("operand {i} must be {}[{last}], found {p}", t[0].dtype));
+                    return Err(format!(
+                        "operand {i} must be {}[{last}], found {p}",
+                        t[0].dtype
+                    ));
                 }
             }
             expect(r, t[0].clone())

@@ -20,8 +20,9 @@
 //!   labels); it will join this `seq_chunk` when the IR has a loss op.
 //!
 //! Chunk sizes come from [`PassOptions::chunk_size_feed_forward`] and
-//! [`PassOptions::chunk_size_lm_head`] (Hugging Face's `chunk_size_*`, when
-//! nonzero), else from [`PassOptions::memory_budget`]: the largest power of
+//! [`PassOptions::chunk_size_lm_head`] (Hugging Face's `chunk_size_*` when
+//! nonzero: the frontend keeps them in `ModelSpec::chunk_size_feed_forward`
+//! and `ModelSpec::chunk_size_lm_head`), else from [`PassOptions::memory_budget`]: the largest power of
 //! two whose per-chunk temporaries (batch [`PassOptions::batch`], default 1)
 //! fit the budget, and no chunking when the whole sequence
 //! ([`PassOptions::seq_len`]) fits. Without either, the pass changes nothing.

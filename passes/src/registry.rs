@@ -22,7 +22,6 @@ pub const DEFAULT_PIPELINE: &[&str] = &[
     "attention",
     "reversible",
     "chunk",
-    "fuse",
     "memory-plan",
 ];
 
@@ -32,17 +31,20 @@ pub const DEFAULT_PIPELINE: &[&str] = &[
 /// |---|---|---|
 /// | `simplify` | `simplify.rs`, `eqsat/` (equality saturation) | registered |
 /// | `attention` | `attention.rs` | registered |
-/// | `reversible` | `reversible.rs` | add `Box::new(crate::reversible::…)` below |
-/// | `chunk` | `chunk.rs` | add `Box::new(crate::chunk::…)` below |
-/// | `fuse` | not written yet | |
+/// | `reversible` | `reversible.rs` | registered |
+/// | `chunk` | `chunk.rs` | registered |
+/// | `cse`, `dce` | `cleanup.rs` | registered (not in the default pipeline: `simplify` does both) |
 /// | `memory-plan` | `memory_plan.rs` | registered |
+///
+/// Epilogue fusion (bias, activation into `linear`) is part of `simplify`.
 pub fn registry() -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(crate::simplify::SimplifyPass::new()),
         Box::new(crate::attention::AttentionPass),
-        // reversible (reversible.rs): register here.
-        // chunk (chunk.rs): register here.
-        // fuse: register here.
+        Box::new(crate::reversible::ReversiblePass),
+        Box::new(crate::chunk::ChunkPass),
+        Box::new(crate::cleanup::CsePass),
+        Box::new(crate::cleanup::DcePass),
         Box::new(crate::memory_plan::MemoryPlanPass),
     ]
 }

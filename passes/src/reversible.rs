@@ -17,6 +17,20 @@
 //! `y = reversible_block x {f(x2) {F}, g(y1) {G}}`, F's and G's ops moved
 //! into the regions (values they use from outside are captured).
 //!
+//! The same coupling on two separate streams, the form `simplify` leaves
+//! once `slice(concat(..))` folds away between layers,
+//!
+//! ```text
+//! y1 = add(a, F)              y2 = add(b, G)               (F reads b, G reads y1)
+//! ```
+//!
+//! with `a` and `b` any values (one value twice for Hugging Face's duplicated
+//! embedding) and other uses of `y1` after `y2`, becomes
+//! `y = reversible_block concat(a, b)` with `y1`, `y2` the slices of `y`;
+//! a later `simplify` folds the concat/slice glue between blocks
+//! (`concat-slices`, `slice-concat`). So the pass works before or after
+//! `simplify`.
+//!
 //! [`unfold_reversible`] is the inverse transformation (every block to the
 //! primitive form above), [`fold_reversible`] the pass's core, and
 //! [`invert_reversible`] builds the block's inverse `x2 = y2 - g(y1)`,
@@ -385,7 +399,7 @@ fn check_coupling(
 fn extract_region(
     body: &Body,
     set: &[usize],
-    arg: usize,
+    arg: Ref,
     result: Ref,
     outer: &dyn Fn(Ref) -> Ref,
 ) -> Body {
@@ -393,10 +407,11 @@ fn extract_region(
     let mut captures: Vec<Capture> = Vec::new();
     let mut cap_index: HashMap<Ref, u32> = HashMap::new();
     let mut map = |r: Ref, local: &HashMap<usize, u32>| -> Ref {
-        match node_of(r) {
-            Some(j) if j == arg => return Ref::Arg(0),
-            Some(j) if local.contains_key(&j) => return Ref::Node(local[&j]),
-            _ => {}
+        if r == arg {
+            return Ref::Arg(0);
+        }
+        if let Some(j) = node_of(r).filter(|j| local.contains_key(j)) {
+            return Ref::Node(local[&j]);
         }
         let k = *cap_index.entry(r).or_insert_with(|| {
             captures.push(Capture {
@@ -416,7 +431,7 @@ fn extract_region(
     }
     let result = map(result, &local);
     Body {
-        args: vec![body.ty(Ref::Node(arg as u32)).clone()],
+        args: vec![body.ty(arg).clone()],
         captures,
         nodes,
         results: vec![result],
@@ -443,8 +458,8 @@ fn apply_coupling(body: &mut Body, c: &Coupling) {
     for (i, node) in before.nodes.iter().enumerate() {
         if i == c.y {
             let outer = |r: Ref| fix(&remap, r);
-            let f = extract_region(&before, &c.f, c.x2, c.fo, &outer);
-            let g = extract_region(&before, &c.g, c.y1, c.go, &outer);
+            let f = extract_region(&before, &c.f, Ref::Node(c.x2 as u32), c.fo, &outer);
+            let g = extract_region(&before, &c.g, Ref::Node(c.y1 as u32), c.go, &outer);
             let block = BodyNode {
                 op: Op::new(OpKind::ReversibleBlock),
                 ty: node.ty.clone(),
@@ -475,13 +490,199 @@ fn fold_body(body: &mut Body) -> usize {
     }
     loop {
         let (users, is_result) = body.users();
-        match find_coupling(body, &users, &is_result) {
-            Some(c) => {
-                apply_coupling(body, &c);
-                count += 1;
-            }
-            None => return count,
+        if let Some(c) = find_coupling(body, &users, &is_result) {
+            apply_coupling(body, &c);
+        } else if let Some(c) = find_stream_coupling(body, &users, &is_result) {
+            apply_stream_coupling(body, &c);
+        } else {
+            return count;
         }
+        count += 1;
+    }
+}
+
+/// A coupling on two separate streams (the form `simplify` leaves once
+/// `slice(concat(..))` folds): `y1 = a + F(b)`, `y2 = b + G(y1)`.
+struct StreamCoupling {
+    a: Ref,
+    b: Ref,
+    y1: usize,
+    y2: usize,
+    fo: Ref,
+    go: Ref,
+    f: Vec<usize>,
+    g: Vec<usize>,
+}
+
+fn find_stream_coupling(
+    body: &Body,
+    users: &[Vec<usize>],
+    is_result: &[bool],
+) -> Option<StreamCoupling> {
+    let add_operands = |i: usize| {
+        let n = &body.nodes[i];
+        (n.op.kind == OpKind::Add && n.inputs.len() == 2 && n.regions.is_empty())
+            .then(|| [(n.inputs[0], n.inputs[1]), (n.inputs[1], n.inputs[0])])
+    };
+    for y2 in 0..body.nodes.len() {
+        let Some(orders) = add_operands(y2) else {
+            continue;
+        };
+        let t = &body.nodes[y2].ty;
+        if t.shape.last().is_none_or(|d| d.as_const().is_none()) {
+            continue;
+        }
+        for (b, go) in orders {
+            let Some(go_node) = node_of(go) else { continue };
+            let anc_go = ancestors(body, go);
+            // The nearest additions first: G is usually a few ops.
+            for y1 in (0..go_node + 1).rev().filter(|&i| anc_go[i]) {
+                let Some(orders) = add_operands(y1) else {
+                    continue;
+                };
+                for (a, fo) in orders {
+                    let same = [a, b, fo, go, Ref::Node(y1 as u32)]
+                        .iter()
+                        .all(|r| body.ty(*r) == t);
+                    if !same {
+                        continue;
+                    }
+                    let c = StreamCoupling {
+                        a,
+                        b,
+                        y1,
+                        y2,
+                        fo,
+                        go,
+                        f: vec![],
+                        g: vec![],
+                    };
+                    if let Some(c) = check_stream(body, users, is_result, c, &anc_go) {
+                        return Some(c);
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+fn check_stream(
+    body: &Body,
+    users: &[Vec<usize>],
+    is_result: &[bool],
+    mut c: StreamCoupling,
+    anc_go: &[bool],
+) -> Option<StreamCoupling> {
+    let n = body.nodes.len();
+    let (dep_a, dep_b) = (dependents(body, c.a), dependents(body, c.b));
+    let dep_y1 = dependents(body, Ref::Node(c.y1 as u32));
+    let anc_fo = ancestors(body, c.fo);
+    let is_node = |r: Ref, i: usize| r == Ref::Node(i as u32);
+    c.f = (0..n)
+        .filter(|&i| anc_fo[i] && dep_b[i] && !is_node(c.b, i))
+        .collect();
+    c.g = (0..n)
+        .filter(|&i| anc_go[i] && dep_y1[i] && i != c.y1)
+        .collect();
+    let mut in_f = vec![false; n];
+    c.f.iter().for_each(|&i| in_f[i] = true);
+    let mut in_g = vec![false; n];
+    c.g.iter().for_each(|&i| in_g[i] = true);
+    // Values the branches may capture: independent of both streams.
+    let free = |r: Ref| node_of(r).is_none_or(|j| !dep_a[j] && !dep_b[j]) && r != c.a && r != c.b;
+    // F really reads b (a branch that ignores its argument is not a coupling).
+    let fo_ok = c.fo == c.b || node_of(c.fo).is_some_and(|j| in_f[j]);
+    let go_ok = c.go == Ref::Node(c.y1 as u32) || node_of(c.go).is_some_and(|j| in_g[j]);
+    // The first stream must stay outside the branch that computes its partner.
+    let a_outside = node_of(c.a).is_none_or(|j| !in_f[j]);
+    if !fo_ok || !go_ok || !a_outside {
+        return None;
+    }
+    for &i in &c.f {
+        if !body
+            .node_uses(i)
+            .all(|r| r == c.b || node_of(r).is_some_and(|j| in_f[j]) || free(r))
+        {
+            return None;
+        }
+    }
+    for &i in &c.g {
+        let ok = |r: Ref| {
+            r == Ref::Node(c.y1 as u32)
+                || node_of(r).is_some_and(|j| in_g[j])
+                || (free(r) && node_of(r).is_none_or(|j| !dep_y1[j]))
+        };
+        if !body.node_uses(i).all(ok) {
+            return None;
+        }
+    }
+    let only = |i: usize, allowed: &dyn Fn(usize) -> bool| {
+        !is_result[i] && users[i].iter().all(|&u| allowed(u))
+    };
+    let ok = c.f.iter().all(|&i| only(i, &|u| in_f[u] || u == c.y1))
+        && c.g.iter().all(|&i| only(i, &|u| in_g[u] || u == c.y2))
+        // y1 is only available after the block, which takes y2's place.
+        && users[c.y1].iter().all(|&u| in_g[u] || u == c.y2 || u > c.y2);
+    ok.then_some(c)
+}
+
+fn apply_stream_coupling(body: &mut Body, c: &StreamCoupling) {
+    let before = body.clone();
+    let n = before.nodes.len();
+    let mut removed = vec![false; n];
+    for i in [c.y1]
+        .into_iter()
+        .chain(c.f.iter().copied())
+        .chain(c.g.iter().copied())
+    {
+        removed[i] = true;
+    }
+    let t = before.nodes[c.y2].ty.clone();
+    let a = t.rank() - 1;
+    let d = t.shape[a]
+        .as_const()
+        .expect("checked by find_stream_coupling");
+    let mut x_ty = t.clone();
+    x_ty.shape[a] = Dim::Const(2 * d);
+    let mut remap: Vec<Option<Ref>> = vec![None; n];
+    let fix = |remap: &[Option<Ref>], r: Ref| match r {
+        Ref::Node(j) => remap[j as usize].expect("defined before use and not removed"),
+        r => r,
+    };
+    body.nodes.clear();
+    for (i, node) in before.nodes.iter().enumerate() {
+        if i == c.y2 {
+            let outer = |r: Ref| fix(&remap, r);
+            let f = extract_region(&before, &c.f, c.b, c.fo, &outer);
+            let g = extract_region(&before, &c.g, Ref::Node(c.y1 as u32), c.go, &outer);
+            let mut push = |op: Op, ty: &TensorType, inputs: Vec<Ref>, regions: Vec<Body>| {
+                body.nodes.push(BodyNode {
+                    op,
+                    ty: ty.clone(),
+                    inputs,
+                    regions,
+                });
+                Ref::Node(body.nodes.len() as u32 - 1)
+            };
+            let x = push(
+                concat(a),
+                &x_ty,
+                vec![fix(&remap, c.a), fix(&remap, c.b)],
+                vec![],
+            );
+            let y = push(Op::new(OpKind::ReversibleBlock), &x_ty, vec![x], vec![f, g]);
+            remap[c.y1] = Some(push(slice(a, 0, d), &t, vec![y], vec![]));
+            remap[c.y2] = Some(push(slice(a, d, 2 * d), &t, vec![y], vec![]));
+        } else if !removed[i] {
+            let mut node = node.clone();
+            map_node_refs(&mut node, &mut |r| fix(&remap, r));
+            body.nodes.push(node);
+            remap[i] = Some(Ref::Node(body.nodes.len() as u32 - 1));
+        }
+    }
+    for r in &mut body.results {
+        *r = fix(&remap, *r);
     }
 }
 
@@ -712,14 +913,19 @@ mod tests {
 
     #[test]
     fn leaves_couplings_that_cannot_fold() {
-        // A value of the coupling used outside it.
-        for extra in [
-            "  %e = exp %1 : f32[B,L,4]\n  output \"e\" = %e\n",
-            "  output \"h\" = %x2\n",
-            "  output \"z\" = %y1\n",
-        ] {
+        // A value of a branch used outside it.
+        let text = coupling("  %e = exp %1 : f32[B,L,4]\n  output \"e\" = %e\n");
+        check_rewrite(&ReversiblePass, &text, &text);
+        // A half or y1 used outside: not the concat form any more, but still
+        // a coupling of two streams, folded with a concat and two slices.
+        for extra in ["  output \"h\" = %x2\n", "  output \"z\" = %y1\n"] {
             let text = coupling(extra);
-            check_rewrite(&ReversiblePass, &text, &text);
+            let original = parse(&text).unwrap();
+            let mut g = original.clone();
+            assert_eq!(fold_reversible(&mut g).unwrap(), 1);
+            reformc_ir::verify(&g).unwrap();
+            assert_eq!(g.find(OpKind::ReversibleBlock).count(), 1);
+            assert_equivalent(&original, &g, 4, 3, 0.0);
         }
         // F reads x1 (not only x2).
         let text = coupling("").replace("%1 = linear %x2, %w", "%1 = linear %x1, %w");
@@ -747,6 +953,66 @@ mod tests {
         assert_equivalent(&original, &g, 11, 3, 0.0);
         assert_eq!(fold_reversible(&mut g).unwrap(), 1);
         assert_eq!(print(&g), text);
+    }
+
+    #[test]
+    fn folds_couplings_on_separate_streams() {
+        let start = "graph {
+  %a = input {name=\"a\"} : f32[N,4]
+  %b = input {name=\"b\"} : f32[N,4]
+  %w = weight {name=\"w\"} : f32[4,4]
+  %1 = linear %b, %w {activation=\"tanh\"} : f32[N,4]
+  %y1 = add %a, %1 : f32[N,4]
+  %2 = exp %y1 : f32[N,4]
+  %y2 = add %2, %b : f32[N,4]
+  %3 = mul %y1, %y2 : f32[N,4]
+  output \"y1\" = %y1
+  output \"m\" = %3
+}
+";
+        let goal = "graph {
+  %a = input {name=\"a\"} : f32[N,4]
+  %b = input {name=\"b\"} : f32[N,4]
+  %w = weight {name=\"w\"} : f32[4,4]
+  %x = concat %a, %b {axis=1} : f32[N,8]
+  %r = reversible_block %x : f32[N,8] {
+    f(%fa: f32[N,4]) {
+      %1 = linear %fa, %w {activation=\"tanh\"} : f32[N,4]
+      yield %1
+    }
+    g(%ga: f32[N,4]) {
+      %2 = exp %ga : f32[N,4]
+      yield %2
+    }
+  }
+  %y1 = slice %r {axis=1, start=0, end=4} : f32[N,4]
+  %y2 = slice %r {axis=1, start=4, end=8} : f32[N,4]
+  %3 = mul %y1, %y2 : f32[N,4]
+  output \"y1\" = %y1
+  output \"m\" = %3
+}
+";
+        check_rewrite(&ReversiblePass, start, goal);
+        // Both streams may be one value (HF duplicates the embedding).
+        let dup = start.replace("%y1 = add %a, %1", "%y1 = add %b, %1");
+        let mut g = parse(&dup).unwrap();
+        assert_eq!(fold_reversible(&mut g).unwrap(), 1);
+        assert!(
+            print(&g).contains("concat %1, %1 {axis=1}"),
+            "{}",
+            print(&g)
+        );
+        // y1 used before y2 by something outside G: not folded.
+        let early = start
+            .replace(
+                "  %2 = exp %y1 : f32[N,4]\n",
+                "  %2 = exp %y1 : f32[N,4]\n  %e = neg %y1 : f32[N,4]\n",
+            )
+            .replace(
+                "output \"m\" = %3",
+                "output \"m\" = %3\n  output \"e\" = %e",
+            );
+        check_rewrite(&ReversiblePass, &early, &early);
     }
 
     #[test]

@@ -127,3 +127,18 @@ fn every_limit_is_reported() {
         StopReason::TimeLimit
     );
 }
+
+#[test]
+fn reversible_refolds_the_deep_model_after_simplify() {
+    let g = deep_model();
+    let mut u = g.clone();
+    unfold_reversible(&mut u).unwrap();
+    SimplifyPass::new().run_report(&mut u).unwrap();
+    let t = Instant::now();
+    let n = reformc_passes::reversible::fold_reversible(&mut u).unwrap();
+    eprintln!("folded {n} blocks in {:?}", t.elapsed());
+    assert_eq!(n, 64);
+    SimplifyPass::new().run_report(&mut u).unwrap();
+    assert_eq!(u.find(reformc_ir::OpKind::ReversibleBlock).count(), 64);
+    assert_eq!(u.len(), g.len());
+}

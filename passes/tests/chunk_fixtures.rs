@@ -81,3 +81,35 @@ fn f64_chunked_graphs_match_exactly_enough() {
         );
     }
 }
+
+#[test]
+fn chunk_sizes_come_from_the_hf_config() {
+    use reformc_frontend::config::parse_model_config;
+    let case = &Case::all()[0];
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(case.dir.join("config.json")).unwrap())
+            .unwrap();
+    config["chunk_size_feed_forward"] = 4.into();
+    config["chunk_size_lm_head"] = 0.into();
+    let (spec, warnings, _) =
+        parse_model_config(&config.to_string(), std::path::Path::new("config.json")).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        (spec.chunk_size_feed_forward, spec.chunk_size_lm_head),
+        (Some(4), None)
+    );
+    let mut g = case.graph(DType::F32, case.source());
+    let opts = PassOptions {
+        chunk_size_feed_forward: spec.chunk_size_feed_forward,
+        chunk_size_lm_head: spec.chunk_size_lm_head,
+        ..Default::default()
+    };
+    let notes = ChunkPass.run(&mut g, &opts).unwrap();
+    assert_eq!(
+        notes,
+        vec![format!(
+            "chunked {} feed-forward branches along axis 1 in chunks of 4",
+            spec.layers.len()
+        )]
+    );
+}

@@ -68,3 +68,48 @@ fn inverse_recovers_every_block_input() {
         }
     }
 }
+
+/// `simplify` before `reversible` (the default pipeline order) on the
+/// primitive form: the streams fold back into blocks, and a second
+/// `simplify` removes the glue between them.
+#[test]
+fn streams_fold_after_simplify_on_every_fixture() {
+    for case in Case::all() {
+        let source = case.source();
+        let g = case.graph(DType::F32, source);
+        let layers = case.spec.layers.len();
+        let mut u = g.clone();
+        unfold_reversible(&mut u).unwrap();
+        let simplify = reformc_passes::simplify::SimplifyPass::new();
+        simplify.run(&mut u, &PassOptions::default()).unwrap();
+        assert_eq!(
+            u.find(OpKind::Concat).count(),
+            1,
+            "{}: only the final concat remains",
+            case.name
+        );
+        assert_eq!(fold_reversible(&mut u).unwrap(), layers, "{}", case.name);
+        simplify.run(&mut u, &PassOptions::default()).unwrap();
+        assert_eq!(u.find(OpKind::ReversibleBlock).count(), layers);
+        assert!(
+            u.find(OpKind::Add).count() <= 1,
+            "{}:\n{}",
+            case.name,
+            print(&u)
+        );
+        assert_close(
+            &case.run(&g, source),
+            &case.run(&u, source),
+            1e-6,
+            &case.name,
+        );
+        // The same ops as lowered; only the duplication's concat sits later
+        // (just before the first block).
+        let kinds = |g: &reformc_ir::Graph| {
+            let mut k: Vec<String> = g.walk().iter().map(|v| g.node(*v).op.to_string()).collect();
+            k.sort();
+            k
+        };
+        assert_eq!(kinds(&u), kinds(&g), "{}", case.name);
+    }
+}

@@ -53,7 +53,7 @@ pub fn run(args: &DumpArgs) -> CliResult<()> {
     if m.weights.is_some() {
         m.weight_tensors(&lowered)?;
     }
-    args.passes.optimize(&mut lowered.graph, seq_len)?;
+    args.passes.optimize(&mut lowered.graph, &m.spec, seq_len)?;
     let text = match args.format.as_str() {
         "dot" => reformc_ir::to_dot(&lowered.graph),
         _ => reformc_ir::print(&lowered.graph),

@@ -2,6 +2,7 @@
 
 use super::error::{CliError, CliResult};
 use clap::Args;
+use reformc_frontend::spec::ModelSpec;
 use reformc_ir::Graph;
 use reformc_passes::{Instrumentation, PassManager, PassOptions, Pipeline, PipelineReport};
 use std::path::PathBuf;
@@ -48,6 +49,12 @@ pub struct PassArgs {
     /// Memory budget in bytes for attention and chunking decisions.
     #[arg(long)]
     pub memory_budget: Option<u64>,
+    /// Chunk the feed-forward along the sequence in chunks of N positions (default: the config's `chunk_size_feed_forward`, else the memory budget decides).
+    #[arg(long, value_name = "N")]
+    pub chunk_ff: Option<u64>,
+    /// Chunk the LM head along the sequence in chunks of N positions (default: the config's `chunk_size_lm_head`, else the memory budget decides).
+    #[arg(long, value_name = "N")]
+    pub chunk_lm_head: Option<u64>,
     /// No progress lines or pass notes on stderr.
     #[arg(short, long)]
     pub quiet: bool,
@@ -63,14 +70,16 @@ impl PassArgs {
         }
     }
 
-    /// Options every pass sees.
-    pub fn options(&self) -> PassOptions {
+    /// Options every pass sees; chunk sizes default to the model's config.
+    pub fn options(&self, spec: &ModelSpec) -> PassOptions {
         PassOptions {
             seq_len: self.seq_len,
             batch: self.batch,
             memory_budget: self.memory_budget,
             attention: self.attention.clone(),
             kv_chunk: self.kv_chunk,
+            chunk_size_feed_forward: self.chunk_ff.or(spec.chunk_size_feed_forward),
+            chunk_size_lm_head: self.chunk_lm_head.or(spec.chunk_size_lm_head),
             ..PassOptions::default()
         }
     }
@@ -90,9 +99,9 @@ impl PassArgs {
 
     /// Runs the pipeline on `g`; IR dumps and the timing table go to stderr,
     /// progress lines and notes too unless `--quiet`.
-    pub fn optimize(&self, g: &mut Graph, seq_len: Option<u64>) -> CliResult<PipelineReport> {
+    pub fn optimize(&self, g: &mut Graph, spec: &ModelSpec, seq_len: Option<u64>) -> CliResult<PipelineReport> {
         let pm = PassManager::new(self.pipeline()?, self.instrumentation()).map_err(|e| CliError::input(e.to_string()))?;
-        let mut opts = self.options();
+        let mut opts = self.options(spec);
         opts.seq_len = opts.seq_len.or(seq_len);
         let mut stderr = std::io::stderr();
         let mut progress = |p: &reformc_passes::Progress<'_>| {

@@ -81,7 +81,7 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
     let seq_len = Some(len as u64);
     let mut lowered = m.lower(&LowerOptions { dtype, lsh_source: source, seq_len })?;
     let weights = m.weight_tensors(&lowered)?;
-    args.passes.optimize(&mut lowered.graph, seq_len)?;
+    args.passes.optimize(&mut lowered.graph, spec, seq_len)?;
     let mut inputs = BTreeMap::new();
     inputs.insert("input_ids".to_string(), Tensor::I64(ids));
     inputs.insert("attention_mask".to_string(), Tensor::I64(mask));

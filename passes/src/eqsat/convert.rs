@@ -11,14 +11,17 @@
 //! within a body, never across region boundaries.
 //!
 //! Back to IR, extraction picks one node per reachable class (dead code
-//! disappears; graph inputs are kept as they are the signature) and the
+//! disappears; graph inputs are kept as they are the signature); when the
+//! extraction is not strictly cheaper than the input (measured the same
+//! way, DAG costs), the input's own nodes are kept, so a body never gets
+//! worse by the cost function, and ties keep the input as it was. The
 //! nodes are placed in a topological order that follows the original one:
 //! a class containing an original node takes that node's position, a new
 //! class goes right after its last operand. When no rule fires, the result
 //! prints exactly like the input.
 
 use super::analysis::{infer_type, IrEGraph, TypeAnalysis};
-use super::extract::{extract, CostFunction};
+use super::extract::{extract, CostFunction, Extraction};
 use super::lang::{IrNode, NodeOp};
 use super::runner::{run_phases, Phase, SaturationLimits, SaturationReport};
 use crate::scoped::{Body, BodyNode, Capture, Program, Ref};
@@ -74,6 +77,10 @@ pub struct BodyEGraph {
     pub results: usize,
     /// Regions of opaque nodes, by slot.
     pub slots: Vec<Vec<Body>>,
+    /// The e-node of every original node, as added.
+    pub nodes: Vec<IrNode>,
+    /// The argument and capture leaves: class and e-node.
+    pub leaves: Vec<(Id, IrNode)>,
 }
 
 /// Builds the e-graph of `body`, whose regions are already in their final
@@ -113,8 +120,14 @@ pub fn body_to_egraph(
             ))
         })
         .collect();
+    let leaves: Vec<(Id, IrNode)> = args
+        .iter()
+        .chain(&caps)
+        .map(|id| (*id, eg[*id].nodes[0].clone()))
+        .collect();
     let mut node_ids: Vec<Id> = Vec::with_capacity(body.nodes.len());
     let mut slots = Vec::new();
+    let mut nodes = Vec::with_capacity(body.nodes.len());
     let resolve = |node_ids: &[Id], r: &Ref| -> Result<Id, String> {
         match r {
             Ref::Arg(i) => args.get(*i as usize).copied(),
@@ -151,7 +164,9 @@ pub fn body_to_egraph(
                 ty: n.ty.clone(),
             }
         };
-        node_ids.push(eg.add(IrNode::new(op, children)));
+        let node = IrNode::new(op, children);
+        node_ids.push(eg.add(node.clone()));
+        nodes.push(node);
     }
     let mut roots = body
         .results
@@ -176,7 +191,31 @@ pub fn body_to_egraph(
         roots,
         results,
         slots,
+        nodes,
+        leaves,
     })
+}
+
+/// The extraction that keeps the input: every class reachable from the
+/// roots takes its argument or capture leaf if it has one, else its first
+/// original node. Choices strictly decrease in original position along
+/// every edge (leaves first), so this is acyclic even when rules merged
+/// original nodes.
+pub fn original_choice(be: &BodyEGraph, cost: &dyn CostFunction) -> Result<Extraction, String> {
+    let eg = &be.egraph;
+    let mut choice: HashMap<Id, IrNode> = HashMap::new();
+    // Leaves first: a class holding an argument or capture takes it.
+    for (id, leaf) in &be.leaves {
+        choice.entry(eg.find(*id)).or_insert_with(|| leaf.clone());
+    }
+    for (id, node) in be.node_ids.iter().zip(&be.nodes) {
+        let canonical = IrNode {
+            op: node.op.clone(),
+            children: node.children.iter().map(|c| eg.find(*c)).collect(),
+        };
+        choice.entry(eg.find(*id)).or_insert(canonical);
+    }
+    Extraction::from_choice(eg, &be.roots, choice, cost)
 }
 
 /// The body an extraction chooses, in an order that follows the original one.
@@ -427,6 +466,8 @@ fn optimize_body(body: &Body, ctx: &mut Ctx<'_>, path: &str, top: bool) -> Resul
         roots,
         results,
         slots,
+        nodes,
+        leaves,
     } = be;
     let (mut egraph, runs) =
         run_phases(egraph, ctx.opt.phases, ctx.opt.limits, ctx.deadline, path)?;
@@ -437,16 +478,26 @@ fn optimize_body(body: &Body, ctx: &mut Ctx<'_>, path: &str, top: bool) -> Resul
     ctx.report.eclasses += egraph.number_of_classes();
     ctx.report.max_enodes = ctx.report.max_enodes.max(egraph.total_size());
     let t = Instant::now();
-    let choice = extract(&egraph, &roots, ctx.opt.cost, ctx.opt.dag_budget)?;
-    ctx.report.extract_time += t.elapsed();
-    ctx.report.cost += choice.cost;
-    ctx.report.tree_fallbacks += usize::from(choice.tree_fallback);
+    let extracted = extract(&egraph, &roots, ctx.opt.cost, ctx.opt.dag_budget)?;
     let be = BodyEGraph {
         egraph,
         node_ids,
         roots,
         results,
         slots,
+        nodes,
+        leaves,
     };
+    // Never worse than the input: keep it unless the extraction is strictly cheaper.
+    let original = original_choice(&be, ctx.opt.cost)?;
+    ctx.report.tree_fallbacks += usize::from(extracted.tree_fallback);
+    let choice = if extracted.cost < original.cost {
+        extracted
+    } else {
+        ctx.report.kept_inputs += usize::from(extracted.cost > original.cost);
+        original
+    };
+    ctx.report.extract_time += t.elapsed();
+    ctx.report.cost += choice.cost;
     egraph_to_body(&be, body, &choice)
 }

@@ -98,6 +98,57 @@ pub struct Extraction {
 }
 
 impl Extraction {
+    /// An extraction from an explicit choice (class to node, children
+    /// canonical), with its DAG cost under `cost`. Fails when a root or a
+    /// chosen child has no choice, or the choice has a cycle.
+    pub fn from_choice(
+        eg: &IrEGraph,
+        roots: &[Id],
+        choice: HashMap<Id, IrNode>,
+        cost: &dyn CostFunction,
+    ) -> Result<Extraction, String> {
+        let mut state: HashMap<Id, bool> = HashMap::new(); // false: on the stack, true: done
+        let mut total = 0.0;
+        for r in roots {
+            let mut stack = vec![(eg.find(*r), 0usize)];
+            while let Some((c, next)) = stack.pop() {
+                if next == 0 {
+                    match state.get(&c) {
+                        Some(true) => continue,
+                        Some(false) => return Err("the choice has a cycle".into()),
+                        None => {
+                            state.insert(c, false);
+                        }
+                    }
+                }
+                let node = choice
+                    .get(&c)
+                    .ok_or_else(|| format!("class {c} has no choice"))?;
+                if next < node.children.len() {
+                    stack.push((c, next + 1));
+                    let k = eg.find(node.children[next]);
+                    match state.get(&k) {
+                        Some(true) => {}
+                        Some(false) => return Err("the choice has a cycle".into()),
+                        None => stack.push((k, 0)),
+                    }
+                } else {
+                    state.insert(c, true);
+                    total += own_cost(eg, c, node, cost);
+                }
+            }
+        }
+        let choice = choice
+            .into_iter()
+            .filter(|(c, _)| state.get(c) == Some(&true))
+            .collect();
+        Ok(Extraction {
+            choice,
+            cost: total,
+            tree_fallback: false,
+        })
+    }
+
     /// The chosen node of the class `id` (children canonical), if reachable from the roots.
     pub fn chosen(&self, eg: &IrEGraph, id: Id) -> Option<&IrNode> {
         self.choice.get(&eg.find(id))
@@ -106,6 +157,20 @@ impl Extraction {
 
 /// Default work budget of the DAG-aware search (set entries touched).
 pub const DEFAULT_DAG_BUDGET: usize = 20_000_000;
+
+/// A node's own cost as extraction counts it (finite, non-negative, and
+/// positive for nodes with operands, so that tree costs grow along edges).
+fn own_cost(eg: &IrEGraph, class: Id, n: &IrNode, cost: &dyn CostFunction) -> f64 {
+    let operand_types: Vec<&TensorType> = n.children.iter().map(|c| &eg[*c].data.ty).collect();
+    let mut own = cost.node_cost(n, &eg[class].data.ty, &operand_types);
+    if !own.is_finite() || own < 0.0 {
+        own = 0.0;
+    }
+    if !n.children.is_empty() {
+        own = own.max(1e-6);
+    }
+    own
+}
 
 struct Classes {
     ids: Vec<Id>,
@@ -136,16 +201,7 @@ fn classes(eg: &IrEGraph, cost: &dyn CostFunction) -> Classes {
         let mut list = Vec::with_capacity(ns.len());
         for n in ns {
             let kids: Vec<usize> = n.children.iter().map(|c| index[c]).collect();
-            let operand_types: Vec<&TensorType> =
-                n.children.iter().map(|c| &eg[*c].data.ty).collect();
-            let mut own = cost.node_cost(&n, &class.data.ty, &operand_types);
-            if !own.is_finite() || own < 0.0 {
-                own = 0.0;
-            }
-            if !kids.is_empty() {
-                // Keeps tree costs strictly increasing along every edge, so no cycle is ever chosen.
-                own = own.max(1e-6);
-            }
+            let own = own_cost(eg, *id, &n, cost);
             for &k in &kids {
                 if parents[k].last() != Some(&ci) {
                     parents[k].push(ci);

@@ -3,9 +3,12 @@
 //! Rules need the attributes of the ops they match (permutations, scales,
 //! slice ranges), so each rule is a function that looks at one e-node (of
 //! one of the rule's root kinds) in one e-class and returns the right-hand
-//! sides ([`Rhs`]) that are equal to that class. The same function serves
-//! egg's search (does the class match?) and apply (build every right-hand
-//! side and union it with the class), so a rule is one piece of code.
+//! sides ([`Rhs`]) that are equal to that class. egg's search runs the
+//! matcher over the classes holding a root kind (in class-id order) and
+//! counts every right-hand side as one match, so egg's per-rule match limits
+//! count rewrites; apply builds each right-hand side and unions it with the
+//! class. Applying stops once the e-graph reaches the run's node limit
+//! ([`IrRule::rewrite_with_cap`]).
 //!
 //! Every node a right-hand side builds gets its type from the IR's type
 //! rules ([`super::analysis::infer_type`]); a rule must declare the type

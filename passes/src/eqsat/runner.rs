@@ -137,6 +137,8 @@ pub struct SaturationReport {
     /// E-graphs whose DAG-aware extraction exceeded its work budget and fell
     /// back to tree costs.
     pub tree_fallbacks: usize,
+    /// E-graphs whose extraction cost more than the input, which was kept.
+    pub kept_inputs: usize,
     /// Total cost of the extracted bodies (the cost function's units).
     pub cost: f64,
 }
@@ -213,6 +215,13 @@ impl fmt::Display for SaturationReport {
             self.total_time,
             applied
         )?;
+        if self.kept_inputs > 0 {
+            write!(
+                f,
+                "; {} bodies kept as they were (extraction was no cheaper)",
+                self.kept_inputs
+            )?;
+        }
         if self.tree_fallbacks > 0 {
             write!(
                 f,
