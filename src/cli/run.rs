@@ -81,7 +81,6 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
     let seq_len = Some(len as u64);
     let mut lowered = m.lower(&LowerOptions { dtype, lsh_source: source, seq_len })?;
     let weights = m.weight_tensors(&lowered)?;
-    args.passes.optimize(&mut lowered.graph, spec, seq_len)?;
     let mut inputs = BTreeMap::new();
     inputs.insert("input_ids".to_string(), Tensor::I64(ids));
     inputs.insert("attention_mask".to_string(), Tensor::I64(mask));
@@ -113,6 +112,8 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
             Tensor::I64(read_buckets(p, spec, batch, padded)?),
         );
     }
+    // Passes run once every input is read and checked, so bad input fails fast and alone.
+    args.passes.optimize(&mut lowered.graph, spec, seq_len)?;
     let outputs = reformc_interp::run(&lowered.graph, &inputs, &weights)
         .map_err(|e| CliError::internal(format!("interpreter: {e}")))?;
     let (name, out) = outputs
