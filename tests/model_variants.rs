@@ -12,8 +12,22 @@ use reformc_interp::Tensor;
 use reformc_ir::DType;
 use std::collections::BTreeMap;
 
-fn run(case: &Case, spec: &reformc_frontend::spec::ModelSpec, weights: &BTreeMap<String, Tensor>, source: LshSource) -> BTreeMap<String, Tensor> {
-    let g = lower(spec, &LowerOptions { dtype: DType::F64, lsh_source: source, seq_len: Some(case.len() as u64) }).unwrap().graph;
+fn run(
+    case: &Case,
+    spec: &reformc_frontend::spec::ModelSpec,
+    weights: &BTreeMap<String, Tensor>,
+    source: LshSource,
+) -> BTreeMap<String, Tensor> {
+    let g = lower(
+        spec,
+        &LowerOptions {
+            dtype: DType::F64,
+            lsh_source: source,
+            seq_len: Some(case.len() as u64),
+        },
+    )
+    .unwrap()
+    .graph;
     reformc_interp::run(&g, &case.inputs(source), weights).unwrap()
 }
 
@@ -25,7 +39,13 @@ fn bare_reformer_model_outputs_the_hidden_state() {
     let source = case.replay_source();
     let g = case.graph(DType::F64, source);
     let full = case.weight_map(&g);
-    let bare: BTreeMap<String, Tensor> = full.iter().filter_map(|(k, v)| k.strip_prefix("reformer.").map(|n| (n.to_string(), v.clone()))).collect();
+    let bare: BTreeMap<String, Tensor> = full
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("reformer.")
+                .map(|n| (n.to_string(), v.clone()))
+        })
+        .collect();
     let mut spec = case.spec.clone();
     spec.weight_prefix = String::new();
     spec.head = HeadSpec::None;
@@ -34,7 +54,12 @@ fn bare_reformer_model_outputs_the_hidden_state() {
     assert_eq!(hidden.shape(), &[2, 60, 64]);
     let dec = full["lm_head.decoder.weight"].to_f64();
     let dec = dec.view().into_dimensionality::<ndarray::Ix2>().unwrap();
-    let logits = hidden.to_shape((120, 64)).unwrap().dot(&dec.t()).into_shape_with_order(IxDyn(&[2, 60, 48])).unwrap();
+    let logits = hidden
+        .to_shape((120, 64))
+        .unwrap()
+        .dot(&dec.t())
+        .into_shape_with_order(IxDyn(&[2, 60, 48]))
+        .unwrap();
     let err = max_abs_diff(&logits, &case.reference_f64());
     assert!(err < 1e-9, "{err:e}");
 }
@@ -45,8 +70,13 @@ fn own_schema_lowers_to_the_same_ir() {
     for dir in common::fixtures() {
         let case = Case::load(&dir);
         let json = to_schema_json(&case.spec);
-        let (spec, _) = reformc_frontend::schema::parse_schema(&json, std::path::Path::new("model.json")).unwrap();
-        let opts = LowerOptions { seq_len: Some(64), ..LowerOptions::default() };
+        let (spec, _) =
+            reformc_frontend::schema::parse_schema(&json, std::path::Path::new("model.json"))
+                .unwrap();
+        let opts = LowerOptions {
+            seq_len: Some(64),
+            ..LowerOptions::default()
+        };
         let a = reformc_ir::print(&lower(&case.spec, &opts).unwrap().graph);
         let b = reformc_ir::print(&lower(&spec, &opts).unwrap().graph);
         assert_eq!(a, b, "{}", case.name);
@@ -59,12 +89,28 @@ fn lm_head_bias_flag_adds_the_bias() {
     let case = Case::load(&common::root().join("tests/fixtures/causal_lsh_r1"));
     let source = case.replay_source();
     let mut spec = case.spec.clone();
-    let g0 = lower(&spec, &LowerOptions { dtype: DType::F64, lsh_source: source, seq_len: None }).unwrap().graph;
+    let g0 = lower(
+        &spec,
+        &LowerOptions {
+            dtype: DType::F64,
+            lsh_source: source,
+            seq_len: None,
+        },
+    )
+    .unwrap()
+    .graph;
     let mut weights = case.weight_map(&g0);
     let without = run(&case, &spec, &weights, source)["logits"].to_f64();
     assert!(max_abs_diff(&without, &case.reference_f64()) < 1e-9);
-    let bias: ArrayD<f32> = ArrayD::from_shape_vec(IxDyn(&[48]), case.weights.tensor_f32("lm_head.bias").unwrap()).unwrap();
-    assert!(bias.iter().any(|&b| b != 0.0), "fixture bias should be nonzero");
+    let bias: ArrayD<f32> = ArrayD::from_shape_vec(
+        IxDyn(&[48]),
+        case.weights.tensor_f32("lm_head.bias").unwrap(),
+    )
+    .unwrap();
+    assert!(
+        bias.iter().any(|&b| b != 0.0),
+        "fixture bias should be nonzero"
+    );
     weights.insert("lm_head.bias".into(), Tensor::F32(bias.clone()));
     spec.head = HeadSpec::LmHead { bias: true };
     let with = run(&case, &spec, &weights, source)["logits"].to_f64();
@@ -95,7 +141,11 @@ fn cli_run_with_mask_and_buckets_matches_hf() {
         .arg(&out)
         .output()
         .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let got: ArrayD<f32> = common::read(&out);
     let _ = std::fs::remove_file(&out);
     let want: ArrayD<f64> = common::read(&dir.join("logits_f64.npy"));

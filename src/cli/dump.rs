@@ -49,7 +49,11 @@ pub fn run(args: &DumpArgs) -> CliResult<()> {
         DType::F32
     };
     let seq_len = args.passes.seq_len;
-    let mut lowered = m.lower(&LowerOptions { dtype, lsh_source, seq_len })?;
+    let mut lowered = m.lower(&LowerOptions {
+        dtype,
+        lsh_source,
+        seq_len,
+    })?;
     if m.weights.is_some() {
         m.weight_tensors(&lowered)?;
     }

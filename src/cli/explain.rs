@@ -23,11 +23,17 @@ pub struct ExplainArgs {
 /// Runs the command.
 pub fn run(args: &ExplainArgs) -> CliResult<()> {
     let m = model::load(&args.config, None, false)?;
-    let lowered = m.lower(&LowerOptions { seq_len: args.passes.seq_len, ..LowerOptions::default() })?;
+    let lowered = m.lower(&LowerOptions {
+        seq_len: args.passes.seq_len,
+        ..LowerOptions::default()
+    })?;
     let pipeline = args.passes.pipeline()?;
-    let e = reformc_passes::explain::explain(&lowered.graph, &args.passes.options(&m.spec), &pipeline).map_err(|e| CliError::input(e.to_string()))?;
+    let e =
+        reformc_passes::explain::explain(&lowered.graph, &args.passes.options(&m.spec), &pipeline)
+            .map_err(|e| CliError::input(e.to_string()))?;
     if args.json {
-        let text = serde_json::to_string_pretty(&e.to_json()).map_err(|e| CliError::internal(e.to_string()))?;
+        let text = serde_json::to_string_pretty(&e.to_json())
+            .map_err(|e| CliError::internal(e.to_string()))?;
         println!("{text}");
     } else {
         print!("{}", e.to_table());

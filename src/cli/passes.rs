@@ -65,8 +65,12 @@ impl PassArgs {
     pub fn pipeline(&self) -> CliResult<Pipeline> {
         match self.pipeline.as_deref() {
             None => Ok(Pipeline::default_pipeline()),
-            Some("none") | Some("") => Pipeline::new::<&str>(&[]).map_err(|e| CliError::input(format!("--pipeline: {e}"))),
-            Some(text) => Pipeline::parse(text).map_err(|e| CliError::input(format!("--pipeline: {e}"))),
+            Some("none") | Some("") => {
+                Pipeline::new::<&str>(&[]).map_err(|e| CliError::input(format!("--pipeline: {e}")))
+            }
+            Some(text) => {
+                Pipeline::parse(text).map_err(|e| CliError::input(format!("--pipeline: {e}")))
+            }
         }
     }
 
@@ -99,8 +103,14 @@ impl PassArgs {
 
     /// Runs the pipeline on `g`; IR dumps and the timing table go to stderr,
     /// progress lines and notes too unless `--quiet`.
-    pub fn optimize(&self, g: &mut Graph, spec: &ModelSpec, seq_len: Option<u64>) -> CliResult<PipelineReport> {
-        let pm = PassManager::new(self.pipeline()?, self.instrumentation()).map_err(|e| CliError::input(e.to_string()))?;
+    pub fn optimize(
+        &self,
+        g: &mut Graph,
+        spec: &ModelSpec,
+        seq_len: Option<u64>,
+    ) -> CliResult<PipelineReport> {
+        let pm = PassManager::new(self.pipeline()?, self.instrumentation())
+            .map_err(|e| CliError::input(e.to_string()))?;
         let mut opts = self.options(spec);
         opts.seq_len = opts.seq_len.or(seq_len);
         let mut stderr = std::io::stderr();
@@ -110,6 +120,7 @@ impl PassArgs {
                 eprintln!("    {n}");
             }
         };
-        pm.run_with(g, &opts, &mut stderr, &mut progress, &mut |_| {}).map_err(|e| CliError::internal(e.to_string()))
+        pm.run_with(g, &opts, &mut stderr, &mut progress, &mut |_| {})
+            .map_err(|e| CliError::internal(e.to_string()))
     }
 }
