@@ -79,7 +79,11 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
         DType::F32
     };
     let seq_len = Some(len as u64);
-    let mut lowered = m.lower(&LowerOptions { dtype, lsh_source: source, seq_len })?;
+    let mut lowered = m.lower(&LowerOptions {
+        dtype,
+        lsh_source: source,
+        seq_len,
+    })?;
     let weights = m.weight_tensors(&lowered)?;
     let mut inputs = BTreeMap::new();
     inputs.insert("input_ids".to_string(), Tensor::I64(ids));
