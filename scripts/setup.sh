@@ -12,6 +12,10 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 need=()
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
+# LLVM/MLIR 22 (the LLVM backend links them statically; .cargo/config.toml points at /usr/lib/llvm-22).
+if [ ! -x /usr/lib/llvm-22/bin/llvm-config ] || [ ! -d /usr/lib/llvm-22/include/mlir ]; then
+  need+=(llvm-22-dev libmlir-22-dev mlir-22-tools clang-22 libpolly-22-dev libzstd-dev zlib1g-dev)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"

@@ -19,6 +19,8 @@ enum Command {
     Dump(cli::dump::DumpArgs),
     /// Run a model on token ids and write its output (.npy).
     Run(cli::run::RunArgs),
+    /// Compile a model to an executable, object, shared library, LLVM IR or assembly.
+    Compile(cli::compile::CompileArgs),
     /// Per layer: attention chosen and why, chunk sizes, FLOPs, static peak memory.
     Explain(cli::explain::ExplainArgs),
     /// List the registered passes with their one-line summaries.
@@ -30,6 +32,7 @@ fn main() {
     let result = match &cli.command {
         Command::Dump(a) => cli::dump::run(a),
         Command::Run(a) => cli::run::run(a),
+        Command::Compile(a) => cli::compile::run(a),
         Command::Explain(a) => cli::explain::run(a),
         Command::ListPasses => {
             println!("{}", reformc_passes::list_passes().trim_end());

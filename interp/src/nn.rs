@@ -111,7 +111,9 @@ pub fn linear<T: Real>(
     }
     let mut out_shape = shape;
     *out_shape.last_mut().expect("rank >= 1") = w2.dim().0;
-    Ok(y.into_shape_with_order(IxDyn(&out_shape))
+    Ok(y.as_standard_layout()
+        .into_owned()
+        .into_shape_with_order(IxDyn(&out_shape))
         .expect("rows * out elements"))
 }
 
@@ -150,4 +152,23 @@ pub fn split_halves<T: Real>(x: &ArrayD<T>) -> (ArrayD<T>, ArrayD<T>) {
     let a = x.slice_axis(last, (..half).into()).to_owned();
     let b = x.slice_axis(last, (half..).into()).to_owned();
     (a, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ndarray's dot may return a column-major product (e.g. for a 1-wide
+    /// contraction); the result must still reshape.
+    #[test]
+    fn linear_with_one_input_feature() {
+        let x = ArrayD::from_shape_vec(IxDyn(&[3, 1]), vec![1.0f64, 2.0, 3.0]).unwrap();
+        let w = ArrayD::from_shape_vec(IxDyn(&[2, 1]), vec![10.0f64, 100.0]).unwrap();
+        let y = linear(&x, &w, None, None).unwrap();
+        assert_eq!(y.shape(), &[3, 2]);
+        assert_eq!(
+            y.iter().copied().collect::<Vec<_>>(),
+            vec![10.0, 100.0, 20.0, 200.0, 30.0, 300.0]
+        );
+    }
 }

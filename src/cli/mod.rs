@@ -1,5 +1,6 @@
 //! The `reformc` command line: one module per command.
 
+pub mod compile;
 pub mod dump;
 pub mod error;
 pub mod explain;

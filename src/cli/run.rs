@@ -38,7 +38,8 @@ pub struct RunArgs {
     /// Seed of the counter-based generator drawing LSH rotations when no file is given.
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
-    /// Use the reference interpreter (the only engine so far).
+    /// Use the reference interpreter instead of the LLVM JIT (the default engine;
+    /// f64 runs always use the interpreter: the runtime kernels are f32).
     #[arg(long)]
     pub interp: bool,
     /// Arithmetic precision of the run; the output .npy has this dtype.
@@ -118,8 +119,7 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
     }
     // Passes run once every input is read and checked, so bad input fails fast and alone.
     args.passes.optimize(&mut lowered.graph, spec, seq_len)?;
-    let outputs = reformc_interp::run(&lowered.graph, &inputs, &weights)
-        .map_err(|e| CliError::internal(format!("interpreter: {e}")))?;
+    let (outputs, engine) = run_engine(args.interp, &lowered.graph, &inputs, &weights)?;
     let (name, out) = outputs
         .into_iter()
         .next()
@@ -140,7 +140,7 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
         "logits"
     };
     println!(
-        "reformc: wrote {what} `{name}` {:?} {} to {} (interpreter)",
+        "reformc: wrote {what} `{name}` {:?} {} to {} ({engine})",
         out.shape(),
         out.dtype(),
         args.output.display()
@@ -223,4 +223,39 @@ fn read_buckets(
     }
     Ok(b.into_shape_with_order(IxDyn(&[n, batch, h, r, padded]))
         .expect("element count checked"))
+}
+
+/// The engine switch: the LLVM JIT by default, the reference interpreter with
+/// `--interp` or for f64 graphs (the runtime kernels are f32 only).
+fn run_engine(
+    interp: bool,
+    graph: &reformc_ir::Graph,
+    inputs: &BTreeMap<String, Tensor>,
+    weights: &BTreeMap<String, Tensor>,
+) -> CliResult<(BTreeMap<String, Tensor>, &'static str)> {
+    let f64_graph = graph
+        .outputs
+        .iter()
+        .any(|(_, v)| graph.ty(*v).dtype == DType::F64);
+    if interp || f64_graph {
+        let out = reformc_interp::run(graph, inputs, weights)
+            .map_err(|e| CliError::internal(format!("interpreter: {e}")))?;
+        return Ok((out, "interpreter"));
+    }
+    match reformc_backend_llvm::jit_run(graph, inputs, weights) {
+        Ok(out) => Ok((out, "LLVM JIT")),
+        Err(reformc_backend_llvm::BackendError::Unsupported(m)) => {
+            eprintln!("warning: LLVM JIT: {m}; running the interpreter instead");
+            let out = reformc_interp::run(graph, inputs, weights)
+                .map_err(|e| CliError::internal(format!("interpreter: {e}")))?;
+            Ok((out, "interpreter"))
+        }
+        // Codes 1-9 are bad inputs or weights (model.h REFORMC_ERR_*).
+        Err(reformc_backend_llvm::BackendError::Run { code, message })
+            if (1..=9).contains(&code) =>
+        {
+            Err(CliError::input(message))
+        }
+        Err(e) => Err(CliError::internal(format!("LLVM JIT: {e}"))),
+    }
 }

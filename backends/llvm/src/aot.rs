@@ -1,0 +1,353 @@
+//! Ahead-of-time artifacts: LLVM IR and assembly text, object files,
+//! standalone executables and shared libraries (+ `model.h`), linked with
+//! the system C compiler (`cc`) against the runtime's static library.
+
+use crate::error::{BackendError, Result};
+use crate::{
+    build_module, target, CompileOptions, CompiledModule, ExeInfo, MemoryPlan, Variant, WeightsMode,
+};
+use inkwell::context::Context;
+use inkwell::targets::FileType;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// What to produce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Emit {
+    /// A standalone executable (`./model --input ids.npy --output logits.npy`).
+    Exe,
+    /// A relocatable object file defining the `reformc_model_*` functions.
+    Obj,
+    /// A shared library plus `model.h` beside it.
+    Lib,
+    /// Optimised LLVM IR text.
+    Llvm,
+    /// Assembly text.
+    Asm,
+}
+
+impl std::str::FromStr for Emit {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Emit, String> {
+        Ok(match s {
+            "exe" => Emit::Exe,
+            "obj" => Emit::Obj,
+            "lib" => Emit::Lib,
+            "llvm" => Emit::Llvm,
+            "asm" => Emit::Asm,
+            other => {
+                return Err(format!(
+                    "unknown artifact `{other}` (expected exe, obj, lib, llvm or asm)"
+                ))
+            }
+        })
+    }
+}
+
+/// Libraries the runtime's static library needs besides libc (from
+/// `rustc --print native-static-libs`); `--as-needed` drops the unused ones.
+pub const NATIVE_LIBS: &[&str] = &[
+    "-lgcc_s",
+    "-lutil",
+    "-lrt",
+    "-lpthread",
+    "-lm",
+    "-ldl",
+    "-lc",
+];
+
+/// Exported symbols of a shared library (everything else is hidden).
+pub const EXPORTS: &[&str] = &[
+    "reformc_model_run",
+    "reformc_model_load_weights",
+    "reformc_model_set_weights",
+    "reformc_model_unload_weights",
+    "reformc_model_signature",
+    "reformc_model_last_error",
+    "reformc_tensor_init",
+    "reformc_tensor_release",
+];
+
+/// What [`compile`] did, with timings.
+#[derive(Clone, Debug)]
+pub struct CompileReport {
+    /// Files written.
+    pub written: Vec<PathBuf>,
+    /// (phase, seconds): codegen, optimise, emit, link.
+    pub phases: Vec<(&'static str, Duration)>,
+    /// The static buffer plan of each variant.
+    pub plans: Vec<(String, MemoryPlan)>,
+    /// The model's JSON signature.
+    pub signature: String,
+    /// The runtime static library linked in (exe, lib).
+    pub runtime_lib: Option<PathBuf>,
+}
+
+/// Builds, optimises (`default<O3>`) and writes `emit` to `out`.
+///
+/// `exe` is required for [`Emit::Exe`] (the executable's command line needs
+/// the model's shapes); other artifacts ignore it.
+pub fn compile(
+    variants: &[Variant],
+    opts: &CompileOptions,
+    weights: &WeightsMode,
+    emit: Emit,
+    out: &Path,
+    exe: Option<&ExeInfo>,
+) -> Result<CompileReport> {
+    let ctx = Context::create();
+    let t0 = Instant::now();
+    let exe_info = if emit == Emit::Exe {
+        Some(exe.ok_or_else(|| {
+            BackendError::Input("an executable needs the model description (ExeInfo)".into())
+        })?)
+    } else {
+        None
+    };
+    let cm = build_module(&ctx, variants, opts, weights, exe_info)?;
+    let mut phases = vec![("codegen", t0.elapsed())];
+    let t1 = Instant::now();
+    let tm = target::machine(&opts.target)?;
+    target::optimize(&cm.module, &tm)?;
+    phases.push(("optimize", t1.elapsed()));
+    let t2 = Instant::now();
+    let mut written = Vec::new();
+    let mut runtime_lib = None;
+    match emit {
+        Emit::Llvm => {
+            cm.module
+                .print_to_file(out)
+                .map_err(|e| BackendError::Io(format!("{}: {e}", out.display())))?;
+            written.push(out.to_path_buf());
+            phases.push(("emit", t2.elapsed()));
+        }
+        Emit::Asm | Emit::Obj => {
+            let ft = if emit == Emit::Asm {
+                FileType::Assembly
+            } else {
+                FileType::Object
+            };
+            tm.write_to_file(&cm.module, ft, out)
+                .map_err(|e| BackendError::Io(format!("{}: {e}", out.display())))?;
+            written.push(out.to_path_buf());
+            phases.push(("emit", t2.elapsed()));
+        }
+        Emit::Exe | Emit::Lib => {
+            let tmp = TempDir::new()?;
+            let obj = tmp.path.join("model.o");
+            tm.write_to_file(&cm.module, FileType::Object, &obj)
+                .map_err(|e| BackendError::Io(format!("{}: {e}", obj.display())))?;
+            phases.push(("emit", t2.elapsed()));
+            let t3 = Instant::now();
+            let rt = find_runtime_staticlib()?;
+            if emit == Emit::Exe {
+                link_exe(&obj, &rt, out)?;
+                written.push(out.to_path_buf());
+            } else {
+                link_shared(&obj, &rt, out, &tmp.path)?;
+                written.push(out.to_path_buf());
+                let header = out.with_file_name("model.h");
+                std::fs::write(&header, &cm.header)
+                    .map_err(|e| BackendError::Io(format!("{}: {e}", header.display())))?;
+                written.push(header);
+            }
+            runtime_lib = Some(rt);
+            phases.push(("link", t3.elapsed()));
+        }
+    }
+    Ok(CompileReport {
+        written,
+        phases,
+        plans: cm.plans.clone(),
+        signature: cm.signature.clone(),
+        runtime_lib,
+    })
+}
+
+/// The `model.h` text for `variants` (as [`compile`] writes it for `lib`).
+pub fn header(
+    variants: &[Variant],
+    opts: &CompileOptions,
+    weights: &WeightsMode,
+) -> Result<String> {
+    let ctx = Context::create();
+    let cm: CompiledModule = build_module(&ctx, variants, opts, weights, None)?;
+    Ok(cm.header)
+}
+
+/// A temporary directory removed on drop.
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new() -> Result<TempDir> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "reformc-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path)
+            .map_err(|e| BackendError::Io(format!("{}: {e}", path.display())))?;
+        Ok(TempDir { path })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The C compiler used for linking: `$CC` or `cc`.
+pub fn cc() -> String {
+    std::env::var("CC")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "cc".to_string())
+}
+
+fn run_cc(args: &[String], what: &str) -> Result<()> {
+    let cc = cc();
+    let out = Command::new(&cc).args(args).output().map_err(|e| {
+        BackendError::Io(format!(
+            "cannot run the C compiler `{cc}` to link {what}: {e}"
+        ))
+    })?;
+    if !out.status.success() {
+        return Err(BackendError::Io(format!(
+            "linking {what} failed ({cc} {}):\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
+
+/// Links an executable: generated object (with `main`) + runtime static library.
+pub fn link_exe(obj: &Path, runtime: &Path, out: &Path) -> Result<()> {
+    let mut args: Vec<String> = vec![
+        "-o".into(),
+        out.display().to_string(),
+        obj.display().to_string(),
+        runtime.display().to_string(),
+        "-Wl,--gc-sections".into(),
+        "-Wl,--as-needed".into(),
+        "-Wl,--strip-debug".into(),
+    ];
+    args.extend(NATIVE_LIBS.iter().map(|s| s.to_string()));
+    run_cc(&args, &out.display().to_string())
+}
+
+/// Links a shared library exporting only [`EXPORTS`].
+pub fn link_shared(obj: &Path, runtime: &Path, out: &Path, tmp: &Path) -> Result<()> {
+    let script = tmp.join("exports.map");
+    let mut text = String::from("{\n  global:\n");
+    for e in EXPORTS {
+        text.push_str(&format!("    {e};\n"));
+    }
+    text.push_str("  local: *;\n};\n");
+    std::fs::write(&script, text)
+        .map_err(|e| BackendError::Io(format!("{}: {e}", script.display())))?;
+    let mut args: Vec<String> = vec![
+        "-shared".into(),
+        "-o".into(),
+        out.display().to_string(),
+        obj.display().to_string(),
+        runtime.display().to_string(),
+        format!("-Wl,--version-script={}", script.display()),
+        "-Wl,--gc-sections".into(),
+        "-Wl,--as-needed".into(),
+        "-Wl,--strip-debug".into(),
+    ];
+    args.extend(NATIVE_LIBS.iter().map(|s| s.to_string()));
+    run_cc(&args, &out.display().to_string())
+}
+
+fn newest_matching(dir: &Path, prefix: &str, suffix: &str) -> Option<PathBuf> {
+    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(prefix) && name.ends_with(suffix) {
+            if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+                if best.as_ref().is_none_or(|(b, _)| t > *b) {
+                    best = Some((t, e.path()));
+                }
+            }
+        }
+    }
+    best.map(|(_, p)| p)
+}
+
+/// Locates `libreformc_runtime.a`: `$REFORMC_RUNTIME_LIB`, then beside the
+/// running executable (and its `deps/`, where cargo puts the static library
+/// of a dependency), then the build tree this crate was compiled in.
+pub fn find_runtime_staticlib() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("REFORMC_RUNTIME_LIB") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        return Err(BackendError::Io(format!(
+            "REFORMC_RUNTIME_LIB={} is not a file",
+            p.display()
+        )));
+    }
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(d) = exe.parent() {
+            dirs.push(d.to_path_buf());
+            if let Some(up) = d.parent() {
+                dirs.push(up.to_path_buf());
+            }
+            dirs.push(d.join("../lib/reformc"));
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
+    for profile in ["release", "debug"] {
+        dirs.push(root.join(profile));
+    }
+    for d in &dirs {
+        // The newest candidate of the first directory that has any: cargo
+        // leaves one static library per build configuration in deps/.
+        let mut found: Vec<PathBuf> = Vec::new();
+        let direct = d.join("libreformc_runtime.a");
+        if direct.is_file() {
+            found.push(direct);
+        }
+        for sub in [d.clone(), d.join("deps")] {
+            if let Some(p) = newest_matching(&sub, "libreformc_runtime-", ".a") {
+                found.push(p);
+            }
+        }
+        let newest = found
+            .into_iter()
+            .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+            .max_by_key(|(t, _)| *t);
+        if let Some((_, p)) = newest {
+            return Ok(p);
+        }
+    }
+    Err(BackendError::Io(format!(
+        "cannot find the runtime library libreformc_runtime.a (looked in {}); build it with `cargo build -p reformc-runtime` or set REFORMC_RUNTIME_LIB",
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emit_names_parse() {
+        assert_eq!("exe".parse::<Emit>(), Ok(Emit::Exe));
+        assert_eq!("llvm".parse::<Emit>(), Ok(Emit::Llvm));
+        assert!("ptx".parse::<Emit>().unwrap_err().contains("expected exe"));
+    }
+}

@@ -1,0 +1,483 @@
+//! In-process execution with MCJIT: the generated module's external calls are
+//! mapped to the `reformc-runtime` functions linked into this process.
+
+use crate::error::{BackendError, Result};
+use crate::{abi, build_module, target, CompileOptions, Tensors, Variant, WeightsMode};
+use inkwell::context::Context;
+use inkwell::execution_engine::{ExecutionEngine, JitFunction};
+use inkwell::OptimizationLevel;
+use ndarray::{ArrayD, IxDyn};
+use reformc_interp::Tensor;
+use reformc_ir::{DType, Graph, TensorType};
+use reformc_runtime::model_rt::{self, ReformcTensor};
+use std::ffi::{c_char, c_void, CStr};
+use std::time::{Duration, Instant};
+
+#[allow(improper_ctypes)]
+extern "C" {
+    // Kernels of runtime/ABI.md (defined `#[no_mangle]` in reformc-runtime).
+    fn rc_set_threads(n: i64) -> i32;
+    fn rc_linear_f32(
+        x: *const f32,
+        rows: i64,
+        inp: i64,
+        w: *const f32,
+        out: i64,
+        b: *const f32,
+        act: i32,
+        y: *mut f32,
+    ) -> i32;
+    fn rc_layer_norm_f32(
+        x: *const f32,
+        rows: i64,
+        width: i64,
+        w: *const f32,
+        b: *const f32,
+        eps: f32,
+        y: *mut f32,
+    ) -> i32;
+    fn rc_embedding_f32(
+        ids: *const i64,
+        n: i64,
+        table: *const f32,
+        vocab: i64,
+        width: i64,
+        y: *mut f32,
+    ) -> i32;
+    fn rc_axial_pos_f32(
+        pos: *const i64,
+        n: i64,
+        w0: *const f32,
+        n0: i64,
+        d0: i64,
+        w1: *const f32,
+        n1: i64,
+        d1: i64,
+        y: *mut f32,
+    ) -> i32;
+    fn rc_attention_f32(
+        q: *const f32,
+        k: *const f32,
+        v: *const f32,
+        mask: *const i64,
+        batch: i64,
+        lq: i64,
+        lk: i64,
+        heads: i64,
+        dqk: i64,
+        dv: i64,
+        scale: f32,
+        flags: i32,
+        kv_chunk: i64,
+        out: *mut f32,
+    ) -> i32;
+    fn rc_local_attention_f32(
+        q: *const f32,
+        k: *const f32,
+        v: *const f32,
+        mask: *const i64,
+        batch: i64,
+        len: i64,
+        heads: i64,
+        dqk: i64,
+        dv: i64,
+        scale: f32,
+        chunk: i64,
+        before: i64,
+        after: i64,
+        causal: i32,
+        out: *mut f32,
+    ) -> i32;
+    fn rc_lsh_hash_f32(
+        qk: *const f32,
+        rot: *const f32,
+        mask: *const i64,
+        batch: i64,
+        len: i64,
+        heads: i64,
+        d: i64,
+        rounds: i64,
+        factors: *const i64,
+        nfactors: i64,
+        out: *mut i64,
+    ) -> i32;
+    fn rc_lsh_attention_f32(
+        qk: *const f32,
+        v: *const f32,
+        buckets: *const i64,
+        mask: *const i64,
+        batch: i64,
+        len: i64,
+        heads: i64,
+        d: i64,
+        rounds: i64,
+        chunk: i64,
+        before: i64,
+        after: i64,
+        causal: i32,
+        out: *mut f32,
+    ) -> i32;
+    fn rc_random_normal_f32(seed: i64, stream: i64, n: i64, out: *mut f32) -> i32;
+    // libc / libm.
+    fn aligned_alloc(align: usize, size: usize) -> *mut c_void;
+    fn free(p: *mut c_void);
+    fn tanhf(x: f32) -> f32;
+    fn tanh(x: f64) -> f64;
+    fn erf(x: f64) -> f64;
+    fn exp(x: f64) -> f64;
+}
+
+/// Addresses of every external function generated code may call.
+fn symbol_table() -> Vec<(&'static str, usize)> {
+    vec![
+        ("rc_linear_f32", rc_linear_f32 as *const () as usize),
+        ("rc_layer_norm_f32", rc_layer_norm_f32 as *const () as usize),
+        ("rc_embedding_f32", rc_embedding_f32 as *const () as usize),
+        ("rc_axial_pos_f32", rc_axial_pos_f32 as *const () as usize),
+        ("rc_attention_f32", rc_attention_f32 as *const () as usize),
+        (
+            "rc_local_attention_f32",
+            rc_local_attention_f32 as *const () as usize,
+        ),
+        ("rc_lsh_hash_f32", rc_lsh_hash_f32 as *const () as usize),
+        (
+            "rc_lsh_attention_f32",
+            rc_lsh_attention_f32 as *const () as usize,
+        ),
+        (
+            "rc_random_normal_f32",
+            rc_random_normal_f32 as *const () as usize,
+        ),
+        (
+            "rc_model_clear_error",
+            model_rt::rc_model_clear_error as *const () as usize,
+        ),
+        (
+            "rc_model_last_error",
+            model_rt::rc_model_last_error as *const () as usize,
+        ),
+        (
+            "rc_model_error",
+            model_rt::rc_model_error as *const () as usize,
+        ),
+        (
+            "rc_model_error_input",
+            model_rt::rc_model_error_input as *const () as usize,
+        ),
+        (
+            "rc_model_error_limit",
+            model_rt::rc_model_error_limit as *const () as usize,
+        ),
+        (
+            "rc_model_error_mismatch",
+            model_rt::rc_model_error_mismatch as *const () as usize,
+        ),
+        (
+            "rc_model_error_kernel",
+            model_rt::rc_model_error_kernel as *const () as usize,
+        ),
+        (
+            "rc_model_error_alloc",
+            model_rt::rc_model_error_alloc as *const () as usize,
+        ),
+        (
+            "rc_model_error_signature",
+            model_rt::rc_model_error_signature as *const () as usize,
+        ),
+        (
+            "rc_model_load_safetensors",
+            model_rt::rc_model_load_safetensors as *const () as usize,
+        ),
+        (
+            "rc_model_unload_weights",
+            model_rt::rc_model_unload_weights as *const () as usize,
+        ),
+        ("aligned_alloc", aligned_alloc as *const () as usize),
+        ("free", free as *const () as usize),
+        ("tanhf", tanhf as *const () as usize),
+        ("tanh", tanh as *const () as usize),
+        ("erf", erf as *const () as usize),
+        ("exp", exp as *const () as usize),
+    ]
+}
+
+/// Sets the runtime's worker thread count (0 = all cores).
+pub fn set_threads(n: usize) -> Result<()> {
+    // SAFETY: rc_set_threads takes a plain integer and is idempotent.
+    let rc = unsafe { rc_set_threads(n as i64) };
+    if rc != 0 {
+        return Err(BackendError::Input(format!(
+            "cannot use {n} threads (runtime code {rc})"
+        )));
+    }
+    Ok(())
+}
+
+type RunFn = unsafe extern "C" fn(*const ReformcTensor, i64, *mut ReformcTensor, i64) -> i32;
+type SetWeightsFn = unsafe extern "C" fn(*const *const c_void, i64) -> i32;
+
+/// A graph compiled in memory, with its weights bound; run it many times.
+pub struct JitModel<'ctx> {
+    ee: ExecutionEngine<'ctx>,
+    run_fn: JitFunction<'ctx, RunFn>,
+    inputs: Vec<(String, TensorType)>,
+    outputs: Vec<(String, TensorType)>,
+    /// Weight data, kept alive while the model may run.
+    _weights: Vec<Vec<f32>>,
+    /// The model's JSON signature.
+    pub signature: String,
+    /// Time to generate, optimise and JIT-compile the module.
+    pub compile_time: Duration,
+}
+
+impl<'ctx> JitModel<'ctx> {
+    /// Compiles `graph` for the host CPU and binds `weights` (float tensors by
+    /// name; f64 ones are rounded to f32 like the interpreter converts them).
+    pub fn new(ctx: &'ctx Context, graph: &Graph, weights: &Tensors) -> Result<Self> {
+        JitModel::with_options(ctx, graph, weights, &CompileOptions::default())
+    }
+
+    /// Like [`JitModel::new`] with explicit options (limits, target CPU, names).
+    pub fn with_options(
+        ctx: &'ctx Context,
+        graph: &Graph,
+        weights: &Tensors,
+        opts: &CompileOptions,
+    ) -> Result<Self> {
+        let t0 = Instant::now();
+        let variants = [Variant {
+            name: "main".into(),
+            graph: graph.clone(),
+        }];
+        let cm = build_module(ctx, &variants, opts, &WeightsMode::Runtime, None)?;
+        let tm = target::machine(&opts.target)?;
+        target::optimize(&cm.module, &tm)?;
+        let mut data: Vec<Vec<f32>> = Vec::new();
+        for (name, ty) in &cm.weights {
+            let t = weights
+                .get(name)
+                .ok_or_else(|| BackendError::Input(format!("no weight named `{name}`")))?;
+            let want: Vec<usize> = ty
+                .shape
+                .iter()
+                .map(|d| d.as_const().unwrap_or(0) as usize)
+                .collect();
+            if t.shape() != want.as_slice() {
+                return Err(BackendError::Input(format!(
+                    "weight `{name}`: expected shape {want:?}, found {:?}",
+                    t.shape()
+                )));
+            }
+            let v: Vec<f32> = match t {
+                Tensor::F32(a) => a.iter().copied().collect(),
+                Tensor::F64(a) => a.iter().map(|&x| x as f32).collect(),
+                other => {
+                    return Err(BackendError::Input(format!(
+                        "weight `{name}` is {}, expected a float tensor",
+                        other.dtype()
+                    )))
+                }
+            };
+            data.push(v);
+        }
+        let ee = cm
+            .module
+            .create_jit_execution_engine(OptimizationLevel::Aggressive)
+            .map_err(|e| BackendError::Llvm(format!("MCJIT: {e}")))?;
+        let table = symbol_table();
+        for f in cm.module.get_functions() {
+            if f.count_basic_blocks() > 0 {
+                continue;
+            }
+            let name = f.get_name().to_string_lossy().into_owned();
+            if name.starts_with("llvm.") {
+                continue;
+            }
+            let addr = table
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, a)| *a)
+                .ok_or_else(|| {
+                    BackendError::Internal(format!("no in-process address for `{name}`"))
+                })?;
+            ee.add_global_mapping(&f, addr);
+        }
+        // SAFETY: the generated functions have exactly these C signatures
+        // (see codegen::Gen::dispatcher and weight_entries).
+        let (run_fn, set_w) = unsafe {
+            (
+                ee.get_function::<RunFn>("reformc_model_run")
+                    .map_err(|e| BackendError::Llvm(format!("reformc_model_run: {e}")))?,
+                ee.get_function::<SetWeightsFn>("reformc_model_set_weights")
+                    .map_err(|e| BackendError::Llvm(format!("reformc_model_set_weights: {e}")))?,
+            )
+        };
+        let ptrs: Vec<*const c_void> = data.iter().map(|v| v.as_ptr() as *const c_void).collect();
+        // SAFETY: `ptrs` holds one f32 array per weight in table order; the
+        // arrays live in `data`, which the model keeps as long as it can run.
+        let rc = unsafe { set_w.call(ptrs.as_ptr(), ptrs.len() as i64) };
+        if rc != 0 {
+            return Err(BackendError::Run {
+                code: rc,
+                message: last_error(),
+            });
+        }
+        let inputs = graph
+            .inputs()
+            .into_iter()
+            .map(|(n, id)| (n.to_string(), graph.ty(id).clone()))
+            .collect();
+        let outputs = graph
+            .outputs
+            .iter()
+            .map(|(n, id)| (n.clone(), graph.ty(*id).clone()))
+            .collect();
+        Ok(JitModel {
+            ee,
+            run_fn,
+            inputs,
+            outputs,
+            _weights: data,
+            signature: cm.signature,
+            compile_time: t0.elapsed(),
+        })
+    }
+
+    /// The underlying execution engine.
+    pub fn engine(&self) -> &ExecutionEngine<'ctx> {
+        &self.ee
+    }
+
+    /// Runs the model on named inputs (every graph input must be given).
+    pub fn run(&self, inputs: &Tensors) -> Result<Tensors> {
+        let mut keep: Vec<Tensor> = Vec::new();
+        let mut structs: Vec<ReformcTensor> = Vec::new();
+        for (name, _) in &self.inputs {
+            let t = inputs
+                .get(name)
+                .ok_or_else(|| BackendError::Input(format!("no value for input `{name}`")))?;
+            if t.shape().len() > abi::MAX_RANK {
+                return Err(BackendError::Input(format!(
+                    "input `{name}` has rank {} (at most {})",
+                    t.shape().len(),
+                    abi::MAX_RANK
+                )));
+            }
+            keep.push(standard(t));
+        }
+        for t in &keep {
+            structs.push(describe(t));
+        }
+        let mut outs: Vec<ReformcTensor> = (0..self.outputs.len())
+            .map(|_| ReformcTensor::empty())
+            .collect();
+        // SAFETY: `structs` describe arrays owned by `keep` (row-major,
+        // contiguous), alive for the call; `outs` has one slot per output.
+        let rc = unsafe {
+            self.run_fn.call(
+                structs.as_ptr(),
+                structs.len() as i64,
+                outs.as_mut_ptr(),
+                outs.len() as i64,
+            )
+        };
+        if rc != 0 {
+            return Err(BackendError::Run {
+                code: rc,
+                message: last_error(),
+            });
+        }
+        let mut result = Tensors::new();
+        for ((name, _), o) in self.outputs.iter().zip(outs.iter_mut()) {
+            let t = take_output(o);
+            result.insert(name.clone(), t?);
+        }
+        Ok(result)
+    }
+}
+
+/// The current thread's model error message.
+fn last_error() -> String {
+    let p = model_rt::rc_model_last_error();
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: rc_model_last_error returns a NUL-terminated string owned by
+    // the runtime's thread-local storage, valid until the next error call.
+    unsafe { CStr::from_ptr(p as *const c_char) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn standard(t: &Tensor) -> Tensor {
+    match t {
+        Tensor::F32(a) => Tensor::F32(a.as_standard_layout().into_owned()),
+        Tensor::F64(a) => Tensor::F64(a.as_standard_layout().into_owned()),
+        Tensor::I64(a) => Tensor::I64(a.as_standard_layout().into_owned()),
+        Tensor::I32(a) => Tensor::I32(a.as_standard_layout().into_owned()),
+        Tensor::Bool(a) => Tensor::Bool(a.as_standard_layout().into_owned()),
+    }
+}
+
+fn describe(t: &Tensor) -> ReformcTensor {
+    let mut r = ReformcTensor::empty();
+    r.dtype = abi::dtype_code(t.dtype());
+    r.rank = t.shape().len() as i32;
+    let mut stride = 1i64;
+    for (a, &n) in t.shape().iter().enumerate().rev() {
+        r.shape[a] = n as i64;
+        r.strides[a] = stride;
+        stride *= n as i64;
+    }
+    r.data = match t {
+        Tensor::F32(a) => a.as_ptr() as *mut c_void,
+        Tensor::F64(a) => a.as_ptr() as *mut c_void,
+        Tensor::I64(a) => a.as_ptr() as *mut c_void,
+        Tensor::I32(a) => a.as_ptr() as *mut c_void,
+        Tensor::Bool(a) => a.as_ptr() as *mut c_void,
+    };
+    r
+}
+
+/// Copies an output into an ndarray and releases the model's buffer.
+fn take_output(o: &mut ReformcTensor) -> Result<Tensor> {
+    let rank = usize::try_from(o.rank)
+        .ok()
+        .filter(|r| *r <= abi::MAX_RANK)
+        .ok_or_else(|| BackendError::Internal(format!("output rank {}", o.rank)))?;
+    let shape: Vec<usize> = o.shape[..rank].iter().map(|&d| d.max(0) as usize).collect();
+    let n: usize = shape.iter().product();
+    let dtype = abi::dtype_of_code(o.dtype)
+        .ok_or_else(|| BackendError::Internal(format!("output dtype code {}", o.dtype)))?;
+    if o.data.is_null() && n > 0 {
+        return Err(BackendError::Internal("output data is NULL".into()));
+    }
+    fn copy<T: Copy>(p: *const c_void, n: usize, shape: &[usize]) -> ArrayD<T> {
+        let v = if n == 0 {
+            Vec::new()
+        } else {
+            // SAFETY: the model wrote n contiguous elements of T at p.
+            unsafe { std::slice::from_raw_parts(p as *const T, n) }.to_vec()
+        };
+        ArrayD::from_shape_vec(IxDyn(shape), v).expect("element count matches the shape")
+    }
+    let t = match dtype {
+        DType::F32 => Tensor::F32(copy(o.data, n, &shape)),
+        DType::F64 => Tensor::F64(copy(o.data, n, &shape)),
+        DType::I64 => Tensor::I64(copy(o.data, n, &shape)),
+        DType::I32 => Tensor::I32(copy(o.data, n, &shape)),
+        DType::Bool => Tensor::Bool(copy::<u8>(o.data, n, &shape).mapv(|b| b != 0)),
+    };
+    // SAFETY: `o` was filled by reformc_model_run; release frees owned data once.
+    unsafe { model_rt::reformc_tensor_release(o) };
+    Ok(t)
+}
+
+/// Compiles `graph` in memory and runs it once: the LLVM engine of `reformc run`.
+///
+/// Inputs and weights are named tensors; outputs come back the same way.
+pub fn jit_run(graph: &Graph, inputs: &Tensors, weights: &Tensors) -> Result<Tensors> {
+    let ctx = Context::create();
+    let model = JitModel::new(&ctx, graph, weights)?;
+    model.run(inputs)
+}

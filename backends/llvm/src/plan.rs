@@ -1,0 +1,350 @@
+//! The static buffer plan: which op allocates which intermediate buffer and
+//! after which op it is freed (last use within its block, a use inside a
+//! region counting as a use by the region's owner).
+//!
+//! Generated code follows this plan exactly; [`MemoryPlan`] reports it with
+//! symbolic sizes and a peak estimate for concrete dims.
+
+use reformc_ir::{DType, Dim, DimEnv, Graph, OpKind, ValueId};
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+
+/// Identifies a block: the top level (`None`) or region `i` of an op.
+pub(crate) type BlockKey = Option<(ValueId, usize)>;
+
+/// True for values whose buffer generated code allocates (and so must free).
+pub(crate) fn owned(g: &Graph, v: ValueId) -> bool {
+    !matches!(
+        g.node(v).op.kind,
+        OpKind::Input | OpKind::Weight | OpKind::Arg
+    )
+}
+
+/// Every value `v`'s op reads: its operands and, recursively, whatever its
+/// regions' ops read and yield.
+pub(crate) fn deep_uses(g: &Graph, v: ValueId, out: &mut Vec<ValueId>) {
+    let node = g.node(v);
+    out.extend(node.inputs.iter().copied());
+    for r in &node.regions {
+        out.extend(r.results.iter().copied());
+        for &w in &r.body {
+            deep_uses(g, w, out);
+        }
+    }
+}
+
+/// Per block: the values to free after each op of the block.
+pub(crate) struct Liveness {
+    pub(crate) free_after: HashMap<BlockKey, Vec<Vec<ValueId>>>,
+}
+
+impl Liveness {
+    /// Computes the plan of every block of `g`.
+    pub(crate) fn new(g: &Graph) -> Liveness {
+        let mut l = Liveness {
+            free_after: HashMap::new(),
+        };
+        let outputs: HashSet<ValueId> = g.outputs.iter().map(|(_, v)| *v).collect();
+        l.block(g, None, &g.body, &outputs);
+        l
+    }
+
+    fn block(&mut self, g: &Graph, key: BlockKey, body: &[ValueId], escapes: &HashSet<ValueId>) {
+        let mut last: HashMap<ValueId, usize> = HashMap::new();
+        let mut uses = Vec::new();
+        for (i, &v) in body.iter().enumerate() {
+            uses.clear();
+            deep_uses(g, v, &mut uses);
+            for u in &uses {
+                last.insert(*u, i);
+            }
+        }
+        let mut free_after = vec![Vec::new(); body.len()];
+        for (i, &v) in body.iter().enumerate() {
+            if owned(g, v) && !escapes.contains(&v) {
+                let at = last.get(&v).copied().unwrap_or(i).max(i);
+                free_after[at].push(v);
+            }
+            for (ri, r) in g.node(v).regions.iter().enumerate() {
+                let esc: HashSet<ValueId> = r.results.iter().copied().collect();
+                self.block(g, Some((v, ri)), &r.body, &esc);
+            }
+        }
+        self.free_after.insert(key, free_after);
+    }
+
+    /// The values to free after op `index` of block `key`.
+    pub(crate) fn after(&self, key: BlockKey, index: usize) -> &[ValueId] {
+        self.free_after
+            .get(&key)
+            .and_then(|v| v.get(index))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+}
+
+/// One buffer of the static plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedBuffer {
+    /// The value as the printer numbers it (`%12`), or a description of an op's temporary.
+    pub name: String,
+    /// The op that allocates it.
+    pub op: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Symbolic shape (the chunk symbol of a `seq_chunk` body stands for `size`).
+    pub shape: Vec<Dim>,
+    /// Step (ops numbered in execution order, region ops before their owner) that allocates it.
+    pub alloc_step: usize,
+    /// Step after which it is freed; `None` for graph outputs (handed to the caller).
+    pub free_step: Option<usize>,
+}
+
+/// The static allocation plan of one graph.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MemoryPlan {
+    /// Every buffer generated code allocates, in allocation order.
+    pub buffers: Vec<PlannedBuffer>,
+    /// Number of steps (ops executed once each; `seq_chunk` bodies repeat).
+    pub steps: usize,
+    /// Values for symbols that only exist inside `seq_chunk` bodies (the chunk size).
+    pub chunk_syms: Vec<(String, u64)>,
+}
+
+impl MemoryPlan {
+    /// Builds the plan report of `g` (the same liveness generated code follows).
+    pub fn new(g: &Graph) -> MemoryPlan {
+        let live = Liveness::new(g);
+        let numbering: HashMap<ValueId, usize> = g
+            .walk()
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (v, i))
+            .collect();
+        let mut b = PlanBuilder {
+            g,
+            live: &live,
+            numbering: &numbering,
+            step: 0,
+            plan: MemoryPlan::default(),
+            pending: HashMap::new(),
+        };
+        b.block(None, &g.body);
+        for (v, idx) in b.pending.drain() {
+            let _ = v;
+            b.plan.buffers[idx].free_step = None;
+        }
+        b.plan.steps = b.step;
+        b.plan
+    }
+
+    /// Bytes of one buffer under `env` (`None` if a symbol is unbound).
+    pub fn bytes(&self, buf: &PlannedBuffer, env: &DimEnv) -> Option<u64> {
+        let mut n = buf.dtype.size_bytes();
+        for d in &buf.shape {
+            let x = match d {
+                Dim::Const(c) => *c,
+                Dim::Sym(s) => match env.get(s) {
+                    Some(x) => *x,
+                    None => self.chunk_syms.iter().find(|(n, _)| n == s)?.1,
+                },
+            };
+            n = n.checked_mul(x)?;
+        }
+        Some(n)
+    }
+
+    /// Largest total of live buffers over all steps under `env` (outputs
+    /// included), or `None` if a symbol is unbound.
+    ///
+    /// ```
+    /// let g = reformc_ir::parse("graph {\n %0 = input {name=\"x\"} : f32[N]\n %1 = exp %0 : f32[N]\n %2 = exp %1 : f32[N]\n output \"y\" = %2\n}").unwrap();
+    /// let plan = reformc_backend_llvm::MemoryPlan::new(&g);
+    /// let env = [("N".to_string(), 10u64)].into_iter().collect();
+    /// assert_eq!(plan.peak_bytes(&env), Some(80));
+    /// ```
+    pub fn peak_bytes(&self, env: &DimEnv) -> Option<u64> {
+        let mut peak = 0u64;
+        for step in 0..=self.steps {
+            let mut live = 0u64;
+            for b in &self.buffers {
+                if b.alloc_step <= step && b.free_step.is_none_or(|f| f >= step) {
+                    live = live.checked_add(self.bytes(b, env)?)?;
+                }
+            }
+            peak = peak.max(live);
+        }
+        Some(peak)
+    }
+
+    /// A table of the plan, one buffer per line.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:>5}  {:<28} {:<20} {:<28} freed after",
+            "step", "buffer", "op", "type"
+        );
+        for b in &self.buffers {
+            let ty = reformc_ir::TensorType::new(b.dtype, b.shape.clone());
+            let freed = match b.free_step {
+                Some(f) => format!("step {f}"),
+                None => "output (caller owns)".to_string(),
+            };
+            let _ = writeln!(
+                s,
+                "{:>5}  {:<28} {:<20} {:<28} {freed}",
+                b.alloc_step, b.name, b.op, ty
+            );
+        }
+        s
+    }
+}
+
+struct PlanBuilder<'a> {
+    g: &'a Graph,
+    live: &'a Liveness,
+    numbering: &'a HashMap<ValueId, usize>,
+    step: usize,
+    plan: MemoryPlan,
+    /// Owned values allocated but not yet freed -> index in `plan.buffers`.
+    pending: HashMap<ValueId, usize>,
+}
+
+impl PlanBuilder<'_> {
+    fn name(&self, v: ValueId) -> String {
+        format!("%{}", self.numbering.get(&v).copied().unwrap_or(usize::MAX))
+    }
+
+    fn temp(&mut self, name: String, op: &str, v: ValueId, start: usize) {
+        let ty = self.g.ty(v).clone();
+        self.plan.buffers.push(PlannedBuffer {
+            name,
+            op: op.to_string(),
+            dtype: ty.dtype,
+            shape: ty.shape,
+            alloc_step: start,
+            free_step: None,
+        });
+    }
+
+    fn block(&mut self, key: BlockKey, body: &[ValueId]) {
+        for (i, &v) in body.iter().enumerate() {
+            let node = self.g.node(v);
+            let first = self.step;
+            let temps_from = self.plan.buffers.len();
+            match node.op.kind {
+                OpKind::ReversibleBlock => {
+                    for (ri, r) in node.regions.iter().enumerate() {
+                        if let Some(&a) = r.args.first() {
+                            let what = if ri == 0 { "x2 copy" } else { "y1" };
+                            self.temp(
+                                format!("{} {what}", self.name(v)),
+                                "reversible_block",
+                                a,
+                                first,
+                            );
+                        }
+                    }
+                }
+                OpKind::SeqChunk => {
+                    if let (Some(r), Some(size)) = (node.regions.first(), node.op.int("size")) {
+                        if let Some(&a) = r.args.first() {
+                            for d in &self.g.ty(a).shape {
+                                if let Dim::Sym(s) = d {
+                                    if !self.plan.chunk_syms.iter().any(|(n, _)| n == s)
+                                        && !matches!(s.as_str(), "B" | "L" | "P")
+                                    {
+                                        self.plan.chunk_syms.push((s.clone(), size as u64));
+                                    }
+                                }
+                            }
+                            if node.op.int("axis") != Some(0) {
+                                self.temp(format!("{} chunk", self.name(v)), "seq_chunk", a, first);
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+            for (ri, r) in node.regions.iter().enumerate() {
+                self.block(Some((v, ri)), &r.body);
+            }
+            let step = self.step;
+            self.step += 1;
+            for t in &mut self.plan.buffers[temps_from..] {
+                t.free_step = Some(step);
+            }
+            if owned(self.g, v) {
+                let ty = node.ty.clone();
+                self.pending.insert(v, self.plan.buffers.len());
+                self.plan.buffers.push(PlannedBuffer {
+                    name: self.name(v),
+                    op: node.op.kind.name().to_string(),
+                    dtype: ty.dtype,
+                    shape: ty.shape,
+                    alloc_step: step,
+                    free_step: None,
+                });
+            }
+            for dead in self.live.after(key, i) {
+                if let Some(idx) = self.pending.remove(dead) {
+                    self.plan.buffers[idx].free_step = Some(step);
+                }
+            }
+            // Region results are consumed (and freed) by their owner.
+            for r in &node.regions {
+                for res in &r.results {
+                    if let Some(idx) = self.pending.remove(res) {
+                        self.plan.buffers[idx].free_step = Some(step);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frees_after_last_use_and_keeps_outputs() {
+        let g = reformc_ir::parse(
+            "graph {\n %0 = input {name=\"x\"} : f32[N]\n %1 = exp %0 : f32[N]\n %2 = exp %1 : f32[N]\n %3 = add %1, %2 : f32[N]\n output \"y\" = %3\n}",
+        )
+        .unwrap();
+        let live = Liveness::new(&g);
+        assert!(live.after(None, 0).is_empty()); // input: never freed
+        assert!(live.after(None, 1).is_empty());
+        assert!(live.after(None, 2).is_empty());
+        let mut freed = live.after(None, 3).to_vec();
+        freed.sort();
+        assert_eq!(freed, vec![ValueId(1), ValueId(2)]);
+        let plan = MemoryPlan::new(&g);
+        assert_eq!(plan.buffers.len(), 3);
+        assert_eq!(plan.buffers[2].free_step, None);
+        let env: DimEnv = [("N".to_string(), 4)].into_iter().collect();
+        assert_eq!(plan.peak_bytes(&env), Some(48));
+        assert!(plan.to_text().contains("output (caller owns)"));
+    }
+
+    #[test]
+    fn region_uses_count_as_uses_by_the_owner() {
+        let text = "graph {\n  %0 = input {name=\"x\"} : f32[B,4]\n  %1 = input {name=\"y\"} : f32[B,2]\n  %2 = exp %1 : f32[B,2]\n  %3 = reversible_block %0 : f32[B,4] {\n    f(%4: f32[B,2]) {\n      %5 = add %4, %2 : f32[B,2]\n      yield %5\n    }\n    g(%6: f32[B,2]) {\n      yield %6\n    }\n  }\n  output \"y\" = %3\n}\n";
+        let g = reformc_ir::parse(text).unwrap();
+        let live = Liveness::new(&g);
+        let exp = g.body[2];
+        assert!(live.after(None, 2).is_empty());
+        assert_eq!(live.after(None, 3), &[exp]);
+        let owner = g.body[3];
+        // The region result escapes its block: the owner frees it.
+        assert!(live.after(Some((owner, 0)), 0).is_empty());
+        let plan = MemoryPlan::new(&g);
+        let names: Vec<&str> = plan.buffers.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, vec!["%2", "%3 x2 copy", "%3 y1", "%5", "%3"]);
+        let env: DimEnv = [("B".to_string(), 1)].into_iter().collect();
+        // %2, both temporaries and %5 live together: 4 * 2 floats.
+        assert_eq!(plan.peak_bytes(&env), Some(32 + 16));
+    }
+}

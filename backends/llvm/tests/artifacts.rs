@@ -1,0 +1,490 @@
+//! Ahead-of-time artifacts: a C program compiled against `model.h` and linked
+//! to the shared library runs a fixture; executables with embedded weights;
+//! bad inputs to executables give a non-zero exit and a message, never a
+//! crash; LLVM IR, assembly and object files.
+
+mod common;
+
+use common::{max_abs_diff, read, run, scratch, write, Case};
+use ndarray::{ArrayD, IxDyn};
+use reformc_backend_llvm::aot::{self, Emit};
+use reformc_backend_llvm::WeightsMode;
+use reformc_frontend::lower::LshSource;
+use std::path::Path;
+use std::process::Command;
+
+fn case(name: &str) -> Case {
+    Case::load(&common::root().join("tests/fixtures").join(name))
+}
+
+const C_PROGRAM: &str = r#"
+#include "model.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* usage: prog WEIGHTS IDS.bin B L OUT.bin */
+int main(int argc, char** argv) {
+  if (argc != 6) return 90;
+  const char* sig = reformc_model_signature();
+  if (!sig || sig[0] != '{' || !strstr(sig, "\"variants\"")) return 91;
+  int64_t b = atoll(argv[3]), l = atoll(argv[4]);
+  int64_t* ids = malloc(sizeof(int64_t) * b * l);
+  FILE* f = fopen(argv[2], "rb");
+  if (!f || fread(ids, sizeof(int64_t), b * l, f) != (size_t)(b * l)) return 92;
+  fclose(f);
+  reformc_tensor in[2], out;
+  int64_t shape[2] = {b, l};
+  if (reformc_tensor_init(&in[0], REFORMC_I64, 2, shape, ids) != REFORMC_OK) return 93;
+  /* NULL mask data: no padding. */
+  if (reformc_tensor_init(&in[1], REFORMC_I64, 2, shape, NULL) != REFORMC_OK) return 94;
+  /* Before weights are loaded: an error code and a message, no crash. */
+  int rc = reformc_model_run(in, 2, &out, 1);
+  if (rc != REFORMC_ERR_NO_WEIGHTS || out.data != NULL || strlen(reformc_model_last_error()) == 0) return 95;
+  if (reformc_model_load_weights("/nonexistent.safetensors") != REFORMC_ERR_WEIGHTS_IO) return 96;
+  if (reformc_model_load_weights(argv[1]) != REFORMC_OK) {
+    fprintf(stderr, "%s\n", reformc_model_last_error());
+    return 97;
+  }
+  /* Bad calls. */
+  if (reformc_model_run(in, 2, NULL, 1) != REFORMC_ERR_ARGUMENT) return 98;
+  in[0].dtype = REFORMC_F32;
+  rc = reformc_model_run(in, 2, &out, 1);
+  if (rc != REFORMC_ERR_DTYPE) { fprintf(stderr, "rc=%d %s\n", rc, reformc_model_last_error()); return 99; }
+  in[0].dtype = REFORMC_I64;
+  rc = reformc_model_run(in, 2, &out, 1);
+  if (rc != REFORMC_OK) {
+    fprintf(stderr, "run: %s\n", reformc_model_last_error());
+    return 100;
+  }
+  if (out.dtype != REFORMC_F32 || out.rank != 3 || out.shape[0] != b || out.shape[1] != l || !out.owns_data) return 101;
+  int64_t n = out.shape[0] * out.shape[1] * out.shape[2];
+  f = fopen(argv[5], "wb");
+  if (!f || fwrite(out.data, sizeof(float), n, f) != (size_t)n) return 102;
+  fclose(f);
+  printf("%lld %lld %lld\n", (long long)out.shape[0], (long long)out.shape[1], (long long)out.shape[2]);
+  reformc_tensor_release(&out);
+  if (out.data != NULL) return 103;
+  reformc_model_unload_weights();
+  free(ids);
+  return 0;
+}
+"#;
+
+#[test]
+fn c_program_against_model_h_and_the_shared_library() {
+    let dir = scratch("c_abi");
+    let case = case("noncausal_local_only");
+    let variants = case.variants();
+    let so = dir.join("libmodel.so");
+    let report = aot::compile(
+        &variants,
+        &case.options(None),
+        &WeightsMode::Runtime,
+        Emit::Lib,
+        &so,
+        None,
+    )
+    .unwrap();
+    assert!(report.written.contains(&dir.join("model.h")));
+    let header = std::fs::read_to_string(dir.join("model.h")).unwrap();
+    assert!(header.contains("typedef struct reformc_tensor"));
+    assert!(header.contains("REFORMC_ERR_WEIGHTS_MISMATCH"));
+    // Only the documented entry points are exported.
+    let nm = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(&so)
+        .output();
+    if let Ok(nm) = nm {
+        let text = String::from_utf8_lossy(&nm.stdout);
+        let exported: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(2))
+            .filter(|s| !s.starts_with('_') && !s.contains('@'))
+            .collect();
+        for e in &exported {
+            assert!(aot::EXPORTS.contains(e), "unexpected export {e}");
+        }
+        assert!(exported.contains(&"reformc_model_run"));
+    }
+    let src = dir.join("main.c");
+    std::fs::write(&src, C_PROGRAM).unwrap();
+    let prog = dir.join("prog");
+    let cc = Command::new(aot::cc())
+        .arg("-std=c99")
+        .arg("-Wall")
+        .arg("-Werror")
+        .arg("-o")
+        .arg(&prog)
+        .arg(&src)
+        .arg(format!("-I{}", dir.display()))
+        .arg(&so)
+        .arg(format!("-Wl,-rpath,{}", dir.display()))
+        .output()
+        .unwrap();
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let ids_bin = dir.join("ids.bin");
+    let bytes: Vec<u8> = case.ids.iter().flat_map(|x| x.to_le_bytes()).collect();
+    std::fs::write(&ids_bin, bytes).unwrap();
+    let out_bin = dir.join("out.bin");
+    let (b, l) = (case.ids.shape()[0], case.ids.shape()[1]);
+    let res = run(
+        &prog,
+        &[
+            case.dir.join("model.safetensors").display().to_string(),
+            ids_bin.display().to_string(),
+            b.to_string(),
+            l.to_string(),
+            out_bin.display().to_string(),
+        ],
+    );
+    assert!(
+        res.status.success(),
+        "exit {:?}: {}",
+        res.status.code(),
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let floats: Vec<f64> = std::fs::read(&out_bin)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+        .collect();
+    let reference = case.reference_f64();
+    let got = ArrayD::from_shape_vec(IxDyn(reference.shape()), floats).unwrap();
+    assert!(max_abs_diff(&got, &reference) <= 1e-4);
+    assert!(max_abs_diff(&got, &case.interp(LshSource::Seeded)) <= 1e-4);
+}
+
+#[test]
+fn executable_with_embedded_weights_needs_no_weights_file() {
+    let dir = scratch("embed");
+    let case = case("causal_mixed_r2");
+    let variants = case.variants();
+    let exe = dir.join("model");
+    aot::compile(
+        &variants,
+        &case.options(None),
+        &case.embedded(&variants),
+        Emit::Exe,
+        &exe,
+        Some(&case.exe_info(None)),
+    )
+    .unwrap();
+    let out = dir.join("out.npy");
+    let mut args = case.exe_args(&dir);
+    args.extend(["--output".into(), out.display().to_string()]);
+    let res = run(&exe, &args);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let got = read::<f32>(&out).mapv(f64::from);
+    assert!(max_abs_diff(&got, &case.reference_f64()) <= 1e-4);
+    // --weights still overrides the embedded ones (and is checked).
+    let mut args2 = args.clone();
+    args2.extend(["--weights".into(), "/nonexistent.safetensors".into()]);
+    let res = run(&exe, &args2);
+    assert_eq!(res.status.code(), Some(2));
+}
+
+fn expect_failure(exe: &Path, args: &[String], needle: &str) {
+    let res = run(exe, args);
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(
+        res.status.code(),
+        Some(2),
+        "{args:?}: expected exit 2, stderr: {stderr}"
+    );
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains(needle),
+        "{args:?}: expected a message containing {needle:?}, got: {stderr}"
+    );
+}
+
+#[test]
+fn bad_inputs_to_the_executable_fail_cleanly() {
+    let dir = scratch("bad_inputs");
+    let case = case("causal_mixed_padded");
+    let exe = case.compile_exe(&dir);
+    let s = |p: &Path| p.display().to_string();
+    let out = s(&dir.join("out.npy"));
+    let ids = s(&case.dir.join("input_ids.npy"));
+    let (b, l) = (case.ids.shape()[0], case.ids.shape()[1]);
+    // The good run first.
+    let res = run(
+        &exe,
+        &[
+            "--input".into(),
+            ids.clone(),
+            "--output".into(),
+            out.clone(),
+        ],
+    );
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    // Wrong dtype of the ids.
+    let f = dir.join("float_ids.npy");
+    write(&f, &case.ids.mapv(|x| x as f32));
+    expect_failure(
+        &exe,
+        &["--input".into(), s(&f), "--output".into(), out.clone()],
+        "expected an int64 or int32 array",
+    );
+    // Out-of-range id.
+    let mut bad = case.ids.clone();
+    bad[[0, 3]] = case.spec.vocab_size as i64;
+    let f = dir.join("big_id.npy");
+    write(&f, &bad);
+    expect_failure(
+        &exe,
+        &["--input".into(), s(&f), "--output".into(), out.clone()],
+        "token id 48 at [0, 3] is out of range",
+    );
+    let mut neg = case.ids.clone();
+    neg[[0, 0]] = -1;
+    write(&f, &neg);
+    expect_failure(
+        &exe,
+        &["--input".into(), s(&f), "--output".into(), out.clone()],
+        "out of range",
+    );
+    // Rank 1 ids, empty ids, not an npy file, missing file.
+    let f = dir.join("rank1.npy");
+    write(&f, &ArrayD::<i64>::zeros(IxDyn(&[5])));
+    expect_failure(
+        &exe,
+        &["--input".into(), s(&f), "--output".into(), out.clone()],
+        "rank-2",
+    );
+    write(&f, &ArrayD::<i64>::zeros(IxDyn(&[0, 5])));
+    expect_failure(
+        &exe,
+        &["--input".into(), s(&f), "--output".into(), out.clone()],
+        "non-empty",
+    );
+    let f = dir.join("garbage.npy");
+    std::fs::write(&f, b"not numpy at all").unwrap();
+    expect_failure(
+        &exe,
+        &["--input".into(), s(&f), "--output".into(), out.clone()],
+        "bad magic",
+    );
+    expect_failure(
+        &exe,
+        &[
+            "--input".into(),
+            s(&dir.join("missing.npy")),
+            "--output".into(),
+            out.clone(),
+        ],
+        "cannot open",
+    );
+    // Too long for the position embeddings.
+    let f = dir.join("long.npy");
+    write(
+        &f,
+        &ArrayD::<i64>::zeros(IxDyn(&[1, case.max_len() as usize + 1])),
+    );
+    expect_failure(
+        &exe,
+        &["--input".into(), s(&f), "--output".into(), out.clone()],
+        "exceeds the compiled maximum",
+    );
+    // Mask of the wrong shape.
+    let f = dir.join("mask.npy");
+    write(&f, &ArrayD::<i64>::ones(IxDyn(&[b, l + 1])));
+    expect_failure(
+        &exe,
+        &[
+            "--input".into(),
+            ids.clone(),
+            "--attention-mask".into(),
+            s(&f),
+            "--output".into(),
+            out.clone(),
+        ],
+        "attention mask: expected shape",
+    );
+    // Buckets and rotations of the wrong shape.
+    let f = dir.join("buckets.npy");
+    write(&f, &ArrayD::<i64>::zeros(IxDyn(&[2, b, 2, 7])));
+    expect_failure(
+        &exe,
+        &[
+            "--input".into(),
+            ids.clone(),
+            "--lsh-buckets".into(),
+            s(&f),
+            "--output".into(),
+            out.clone(),
+        ],
+        "LSH buckets: expected shape",
+    );
+    let f = dir.join("rot.npy");
+    write(&f, &ArrayD::<f64>::zeros(IxDyn(&[2, 2, 16, 2, 4])));
+    expect_failure(
+        &exe,
+        &[
+            "--input".into(),
+            ids.clone(),
+            "--lsh-rotations".into(),
+            s(&f),
+            "--output".into(),
+            out.clone(),
+        ],
+        "float32",
+    );
+    // Missing weights file, truncated safetensors, another model's weights.
+    expect_failure(
+        &exe,
+        &[
+            "--input".into(),
+            ids.clone(),
+            "--output".into(),
+            out.clone(),
+            "--weights".into(),
+            s(&dir.join("nope.safetensors")),
+        ],
+        "cannot open the weights file",
+    );
+    let full = std::fs::read(case.dir.join("model.safetensors")).unwrap();
+    let f = dir.join("truncated.safetensors");
+    std::fs::write(&f, &full[..full.len() - 100]).unwrap();
+    expect_failure(
+        &exe,
+        &[
+            "--input".into(),
+            ids.clone(),
+            "--output".into(),
+            out.clone(),
+            "--weights".into(),
+            s(&f),
+        ],
+        "truncated file",
+    );
+    std::fs::write(&f, &full[..5]).unwrap();
+    expect_failure(
+        &exe,
+        &[
+            "--input".into(),
+            ids.clone(),
+            "--output".into(),
+            out.clone(),
+            "--weights".into(),
+            s(&f),
+        ],
+        "not a safetensors file",
+    );
+    let other = common::root().join("tests/fixtures/noncausal_local_only/model.safetensors");
+    expect_failure(
+        &exe,
+        &[
+            "--input".into(),
+            ids.clone(),
+            "--output".into(),
+            out.clone(),
+            "--weights".into(),
+            s(&other),
+        ],
+        "tensor `",
+    );
+    // Flags.
+    expect_failure(
+        &exe,
+        &["--output".into(), out.clone()],
+        "--input IDS.npy is required",
+    );
+    expect_failure(
+        &exe,
+        &[
+            "--input".into(),
+            ids.clone(),
+            "--output".into(),
+            out.clone(),
+            "--threads".into(),
+            "x".into(),
+        ],
+        "--threads",
+    );
+    expect_failure(&exe, &["--frobnicate".into()], "unknown argument");
+    // An unwritable output.
+    let res = run(
+        &exe,
+        &[
+            "--input".into(),
+            ids.clone(),
+            "--output".into(),
+            "/nonexistent/dir/out.npy".into(),
+        ],
+    );
+    assert_ne!(res.status.code(), Some(0));
+    // --help and --signature succeed.
+    let res = run(&exe, &["--help".into()]);
+    assert!(res.status.success() && String::from_utf8_lossy(&res.stdout).contains("--lsh-buckets"));
+    let res = run(&exe, &["--signature".into()]);
+    let sig: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    assert_eq!(sig["variants"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn text_and_object_artifacts() {
+    let dir = scratch("emit");
+    let case = case("causal_lsh_r1");
+    let variants = case.variants();
+    let opts = case.options(None);
+    for (emit, name) in [(Emit::Llvm, "m.ll"), (Emit::Asm, "m.s"), (Emit::Obj, "m.o")] {
+        let out = dir.join(name);
+        aot::compile(&variants, &opts, &WeightsMode::Runtime, emit, &out, None).unwrap();
+        assert!(out.metadata().unwrap().len() > 1000, "{name}");
+    }
+    let ll = std::fs::read_to_string(dir.join("m.ll")).unwrap();
+    assert!(ll.contains("define i32 @reformc_model_run("));
+    assert!(ll.contains("\"target-cpu\""));
+    assert!(ll.contains("@rc_lsh_attention_f32"));
+    let spec = reformc_backend_llvm::target::TargetSpec::host();
+    if spec.has_avx512() {
+        let asm = std::fs::read_to_string(dir.join("m.s")).unwrap();
+        assert!(
+            asm.contains("zmm"),
+            "AVX-512 host, but no zmm register in the assembly"
+        );
+    }
+    // A named CPU.
+    let mut generic = opts.clone();
+    generic.target = reformc_backend_llvm::target::TargetSpec::named("x86-64-v2");
+    let out = dir.join("generic.s");
+    aot::compile(
+        &variants,
+        &generic,
+        &WeightsMode::Runtime,
+        Emit::Asm,
+        &out,
+        None,
+    )
+    .unwrap();
+    let asm = std::fs::read_to_string(&out).unwrap();
+    assert!(!asm.contains("zmm") && !asm.contains("ymm"));
+    // An unknown CPU is an error, not a crash.
+    let mut bad = opts.clone();
+    bad.target = reformc_backend_llvm::target::TargetSpec::named("no-such-cpu");
+    let r = aot::compile(
+        &variants,
+        &bad,
+        &WeightsMode::Runtime,
+        Emit::Obj,
+        &dir.join("x.o"),
+        None,
+    );
+    assert!(r
+        .unwrap_err()
+        .to_string()
+        .contains("unknown or 32-bit CPU `no-such-cpu`"));
+}

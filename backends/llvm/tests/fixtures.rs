@@ -1,0 +1,190 @@
+//! Differential tests on every Hugging Face fixture (tests/fixtures), with
+//! HF's recorded LSH buckets replayed: the JIT and the AOT executable equal
+//! the interpreter and HF's float64 logits within 1e-4, at 1 and 2 threads.
+
+mod common;
+
+use common::{fixtures, max_abs_diff, read, run, scratch, Case};
+use inkwell::context::Context;
+use reformc_backend_llvm::{set_threads, JitModel};
+
+const TOL: f64 = 1e-4;
+
+#[test]
+fn jit_matches_interpreter_and_hf_float64_at_1_and_2_threads() {
+    let mut report = vec![];
+    for dir in fixtures() {
+        let case = Case::load(&dir);
+        let source = case.replay_source();
+        let g = case.graph(source);
+        let want = case.interp(source);
+        let reference = case.reference_f64();
+        let ctx = Context::create();
+        let model = JitModel::new(&ctx, &g, &case.weight_map(&g))
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        for threads in [1, 2] {
+            set_threads(threads).unwrap();
+            let out = model
+                .run(&case.inputs(source))
+                .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            let got = out["logits"].to_f64();
+            let (d_interp, d_hf) = (max_abs_diff(&got, &want), max_abs_diff(&got, &reference));
+            report.push(format!(
+                "{:36} threads={threads} |jit-interp| {d_interp:.2e} |jit-hf64| {d_hf:.2e} (compile {:.0} ms)",
+                case.name,
+                model.compile_time.as_secs_f64() * 1e3
+            ));
+            assert!(
+                d_interp <= TOL,
+                "{} ({threads} threads): JIT vs interpreter {d_interp:e}",
+                case.name
+            );
+            assert!(
+                d_hf <= TOL,
+                "{} ({threads} threads): JIT vs HF float64 {d_hf:e}",
+                case.name
+            );
+        }
+    }
+    set_threads(0).unwrap();
+    println!("{}", report.join("\n"));
+}
+
+#[test]
+fn aot_executable_matches_interpreter_and_hf_float64_at_1_and_2_threads() {
+    let dir = scratch("fixtures_exe");
+    let mut report = vec![];
+    for fixture in fixtures() {
+        let case = Case::load(&fixture);
+        let exe = case.compile_exe(&dir);
+        let want = case.interp(case.replay_source());
+        let reference = case.reference_f64();
+        for threads in ["1", "2"] {
+            let out = dir.join(format!("{}-{threads}.npy", case.name));
+            let mut args = case.exe_args(&dir);
+            args.extend([
+                "--output".into(),
+                out.display().to_string(),
+                "--threads".into(),
+                threads.into(),
+            ]);
+            let res = run(&exe, &args);
+            assert!(
+                res.status.success(),
+                "{}: {}",
+                case.name,
+                String::from_utf8_lossy(&res.stderr)
+            );
+            let got = read::<f32>(&out).mapv(f64::from);
+            let (d_interp, d_hf) = (max_abs_diff(&got, &want), max_abs_diff(&got, &reference));
+            report.push(format!(
+                "{:36} threads={threads} |exe-interp| {d_interp:.2e} |exe-hf64| {d_hf:.2e}",
+                case.name
+            ));
+            assert!(
+                d_interp <= TOL,
+                "{} ({threads} threads): exe vs interpreter {d_interp:e}",
+                case.name
+            );
+            assert!(
+                d_hf <= TOL,
+                "{} ({threads} threads): exe vs HF float64 {d_hf:e}",
+                case.name
+            );
+        }
+    }
+    println!("{}", report.join("\n"));
+}
+
+/// The seeded variant (rotations drawn by `random_normal`, buckets by
+/// `lsh_hash`) and HF's rotations (hashing by our kernel) agree with the
+/// interpreter too.
+#[test]
+fn jit_hashing_variants_match_interpreter() {
+    use reformc_frontend::lower::LshSource;
+    for dir in fixtures() {
+        let case = Case::load(&dir);
+        if case.spec.num_lsh_layers() == 0 {
+            continue;
+        }
+        for source in [LshSource::Seeded, LshSource::Rotations] {
+            let g = case.graph(source);
+            let mut inputs = case.inputs(source);
+            if source == LshSource::Rotations {
+                if !case.dir.join("lsh_rotations.npy").exists() {
+                    continue;
+                }
+                inputs.insert(
+                    "lsh_rotations".into(),
+                    reformc_interp::Tensor::F32(read(&case.dir.join("lsh_rotations.npy"))),
+                );
+            }
+            let w = case.weight_map(&g);
+            let want = reformc_interp::run(&g, &inputs, &w).unwrap();
+            let got = reformc_backend_llvm::jit_run(&g, &inputs, &w)
+                .unwrap_or_else(|e| panic!("{} {source:?}: {e}", case.name));
+            let d = max_abs_diff(&got["logits"].to_f64(), &want["logits"].to_f64());
+            assert!(
+                d <= TOL,
+                "{} {source:?}: JIT vs interpreter {d:e}",
+                case.name
+            );
+        }
+    }
+}
+
+/// The fixtures after the default pass pipeline with chunked-exact attention
+/// (`kv_chunk`) and chunked feed-forward / LM head (`seq_chunk`): the JIT
+/// runs what the passes produce and equals the interpreter on it.
+#[test]
+fn jit_matches_interpreter_after_the_pass_pipeline() {
+    use reformc_passes::{Instrumentation, PassManager, PassOptions, Pipeline};
+    let (mut chunked, mut streamed) = (0, 0);
+    for (attention, kv_chunk, ff, head) in [(None, None, 16, 8), (Some("exact"), Some(8), 5, 7)] {
+        for dir in fixtures() {
+            let case = Case::load(&dir);
+            let source = case.replay_source();
+            let mut g = case.graph(source);
+            let opts = PassOptions {
+                seq_len: Some(case.len() as u64),
+                attention: attention.map(str::to_string),
+                kv_chunk,
+                chunk_size_feed_forward: Some(ff),
+                chunk_size_lm_head: Some(head),
+                ..Default::default()
+            };
+            let pm = PassManager::new(
+                Pipeline::default_pipeline(),
+                Instrumentation {
+                    quiet: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            pm.run(&mut g, &opts, &mut std::io::sink())
+                .unwrap_or_else(|e| panic!("{}: passes: {e}", case.name));
+            let text = reformc_ir::print(&g);
+            chunked += usize::from(text.contains("seq_chunk"));
+            streamed += usize::from(text.contains("kv_chunk"));
+            let inputs = case.inputs(source);
+            let w = case.weight_map(&g);
+            let want = reformc_interp::run(&g, &inputs, &w).unwrap();
+            let got = reformc_backend_llvm::jit_run(&g, &inputs, &w)
+                .unwrap_or_else(|e| panic!("{} {attention:?}: {e}", case.name));
+            let d = max_abs_diff(&got["logits"].to_f64(), &want["logits"].to_f64());
+            assert!(
+                d <= TOL,
+                "{} {attention:?}: JIT vs interpreter {d:e}",
+                case.name
+            );
+            if attention.is_none() {
+                let d = max_abs_diff(&got["logits"].to_f64(), &case.reference_f64());
+                assert!(d <= TOL, "{}: JIT vs HF float64 {d:e}", case.name);
+            }
+        }
+    }
+    assert!(
+        chunked >= 20 && streamed >= 10,
+        "seq_chunk in {chunked} graphs, kv_chunk in {streamed}"
+    );
+}

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""reformc vs PyTorch peers on long sequences: time and whole-process peak memory.
+
+Model (all systems): 6 layers, D=256, 2 heads x 64, d_ff=512, vocab 320, causal, batch 1.
+  - reformc: HF ReformerModelWithLMHead config (all-LSH, chunk 64, num_buckets automatic),
+    compiled with `reformc compile --emit exe`, random HF-initialised weights;
+  - hf: transformers 5.23.0 ReformerModelWithLMHead eager, same config;
+  - reformer-pytorch: lucidrains' ReformerLM 1.4.4 (bucket 64, same sizes, axial positions);
+  - sdpa-full: a plain pre-norm transformer of the same sizes with
+    torch.nn.functional.scaled_dot_product_attention (full causal attention).
+Every measurement is its own process (so peak RSS is per process), systems are interleaved
+within each repeat, and the medians are reported. Forward time excludes process start-up and
+weight loading; peak RSS is the whole process (os.wait4). torch runs with set_num_threads = the
+same thread count as reformc. The fp32 GEMM ceiling is torch.mm of 4096x4096 matrices.
+
+Usage: /work/hfvenv/bin/python bench/run.py [--lengths 1024,4096,16384,65536] [--hashes 1,4]
+       [--threads 2] [--repeats 3] [--systems reformc,hf,reformer-pytorch,sdpa-full]
+Writes bench/out/ (models, binaries) and bench/results.md, bench/results.json, bench/plot.png.
+"""
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+OUT = os.path.join(HERE, "out")
+REFORMC = os.path.join(REPO, "target", "release", "reformc")
+
+
+def config(hashes):
+    return dict(model_type="reformer", architectures=["ReformerModelWithLMHead"], is_decoder=True,
+                vocab_size=320, hidden_size=256, num_attention_heads=2, attention_head_size=64,
+                feed_forward_size=512, hidden_act="relu", num_hidden_layers=6, attn_layers=["lsh"] * 6,
+                num_hashes=hashes, num_buckets=None, lsh_attn_chunk_length=64, local_attn_chunk_length=64,
+                lsh_num_chunks_before=1, lsh_num_chunks_after=0, axial_pos_embds=True,
+                axial_pos_shape=[256, 256], axial_pos_embds_dim=[64, 192], max_position_embeddings=65536,
+                hidden_dropout_prob=0.0, lsh_attention_probs_dropout_prob=0.0,
+                local_attention_probs_dropout_prob=0.0, pad_token_id=0)
+
+
+def make_model(hashes):
+    d = os.path.join(OUT, f"model_r{hashes}")
+    os.makedirs(d, exist_ok=True)
+    cfg_path = os.path.join(d, "config.json")
+    json.dump(config(hashes), open(cfg_path, "w"), indent=1)
+    w = os.path.join(d, "model.safetensors")
+    if not os.path.exists(w):
+        import torch
+        from safetensors.torch import save_file
+        from transformers import ReformerConfig, ReformerModelWithLMHead
+        torch.manual_seed(hashes)
+        c = config(hashes)
+        c.pop("model_type"), c.pop("architectures")
+        m = ReformerModelWithLMHead(ReformerConfig(**c))
+        save_file({k: v.contiguous() for k, v in m.state_dict().items()}, w)
+    return cfg_path, w
+
+
+def ids_file(length):
+    import numpy as np
+    p = os.path.join(OUT, f"ids_{length}.npy")
+    if not os.path.exists(p):
+        np.save(p, np.random.default_rng(length).integers(0, 320, size=(1, length), dtype=np.int64))
+    return p
+
+
+def measure_reformc(exe, ids, threads):
+    p = subprocess.Popen([exe, "--input", ids, "--output", os.path.join(OUT, "out.npy"), "--threads", str(threads), "--time"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, _, ru = os.wait4(p.pid, 0)
+    out, err = p.stdout.read(), p.stderr.read()
+    m = re.search(r"run ([0-9.]+) ms", err)
+    if not m:
+        raise RuntimeError(f"{exe}: no timing in output: {out} {err}")
+    return float(m.group(1)) / 1e3, ru.ru_maxrss
+
+
+def measure_peer(system, length, hashes, threads, cfg, ids):
+    cmd = [sys.executable, os.path.join(HERE, "peers.py"), "--system", system, "--length", str(length),
+           "--hashes", str(hashes), "--threads", str(threads), "--repeats", "1", "--config", cfg, "--ids", ids]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, _, ru = os.wait4(p.pid, 0)
+    out, err = p.stdout.read(), p.stderr.read()
+    lines = [l for l in out.splitlines() if l.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"{system} L={length}: {err.strip()[-400:]}")
+    r = json.loads(lines[-1])
+    return r["times_s"][0], ru.ru_maxrss
+
+
+def flops_of(cfg, length):
+    out = subprocess.run([REFORMC, "explain", cfg, "--seq-len", str(length), "--json", "-q"], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)["flops"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lengths", default="1024,4096,16384,65536")
+    ap.add_argument("--hashes", default="1,4")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--systems", default="reformc,hf,reformer-pytorch,sdpa-full")
+    ap.add_argument("--max-seconds", type=float, default=240, help="skip a system at longer lengths once one forward took longer")
+    args = ap.parse_args()
+    lengths = [int(x) for x in args.lengths.split(",")]
+    hashes = [int(x) for x in args.hashes.split(",")]
+    systems = args.systems.split(",")
+    os.makedirs(OUT, exist_ok=True)
+    if not os.path.exists(REFORMC):
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
+
+    # GEMM ceiling
+    gemm = []
+    for _ in range(3):
+        t, _ = measure_peer("torch-gemm", 4096, 1, args.threads, "", "")
+        gemm.append(2 * 4096 ** 3 / t / 1e9)
+    ceiling = statistics.median(gemm)
+    print(f"fp32 GEMM ceiling (torch.mm 4096^2, {args.threads} threads): {ceiling:.0f} GFLOP/s (median of {gemm})")
+
+    results = []
+    for r in hashes:
+        cfg, w = make_model(r)
+        for L in lengths:
+            ids = ids_file(L)
+            exe = os.path.join(OUT, f"reformc_r{r}_L{L}")
+            t0 = time.perf_counter()
+            subprocess.run([REFORMC, "compile", cfg, "--weights", w, "-o", exe, "--seq-len", str(L), "-q"], check=True)
+            compile_s = time.perf_counter() - t0
+            flops = flops_of(cfg, L)
+            runs = {s: [] for s in systems}
+            for rep in range(args.repeats):
+                for s in systems:
+                    prev = [x for x in results if x["system"] == s and x["hashes"] == r and x["time_s"] and x["time_s"] > args.max_seconds]
+                    if prev:
+                        continue
+                    try:
+                        t, rss = measure_reformc(exe, ids, args.threads) if s == "reformc" else measure_peer(s, L, r, args.threads, cfg, ids)
+                        runs[s].append((t, rss))
+                        print(f"r={r} L={L} {s:17s} repeat {rep}: {t:8.3f} s, peak RSS {rss / 1024:7.0f} MiB", flush=True)
+                    except Exception as e:  # a peer may run out of memory or time
+                        print(f"r={r} L={L} {s}: failed: {e}", flush=True)
+            for s in systems:
+                ts = [t for t, _ in runs[s]]
+                results.append(dict(system=s, hashes=r, length=L, time_s=statistics.median(ts) if ts else None,
+                                    times_s=ts, peak_rss_mib=max((x for _, x in runs[s]), default=0) / 1024,
+                                    flops=flops, compile_s=compile_s if s == "reformc" else None))
+    json.dump(dict(gemm_ceiling_gflops=ceiling, threads=args.threads, results=results), open(os.path.join(HERE, "results.json"), "w"), indent=1)
+    write_markdown(results, ceiling, args)
+    plot(results, hashes)
+
+
+def write_markdown(results, ceiling, args):
+    lines = [f"# reformc benchmark\n", f"6 layers, D=256, 2 heads x 64, d_ff=512, chunk 64, causal, batch 1, {args.threads} threads; "
+             f"median of {args.repeats} interleaved runs; fp32 GEMM ceiling (torch.mm 4096^2) {ceiling:.0f} GFLOP/s.\n",
+             "| hashes | L | system | forward time | peak RSS | time / reformc | reformc GFLOP/s (% of GEMM ceiling) |",
+             "|---|---|---|---|---|---|---|"]
+    for x in results:
+        ref = next(y for y in results if y["system"] == "reformc" and y["hashes"] == x["hashes"] and y["length"] == x["length"])
+        t = f"{x['time_s']:.3f} s" if x["time_s"] else "skipped/failed"
+        ratio = f"{x['time_s'] / ref['time_s']:.2f}x" if x["time_s"] and ref["time_s"] else "-"
+        gf = ""
+        if x["system"] == "reformc" and x["time_s"]:
+            g = x["flops"] / x["time_s"] / 1e9
+            gf = f"{g:.0f} ({100 * g / ceiling:.0f}%)"
+        lines.append(f"| {x['hashes']} | {x['length']} | {x['system']} | {t} | {x['peak_rss_mib']:.0f} MiB | {ratio} | {gf} |")
+    open(os.path.join(HERE, "results.md"), "w").write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def plot(results, hashes):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(hashes), figsize=(6 * len(hashes), 4.5), squeeze=False)
+    for ax, r in zip(axes[0], hashes):
+        for s in sorted({x["system"] for x in results}):
+            pts = [(x["length"], x["time_s"]) for x in results if x["system"] == s and x["hashes"] == r and x["time_s"]]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=s)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length")
+        ax.set_ylabel("forward time (s)")
+        ax.set_title(f"{r} hash round{'s' if r > 1 else ''}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(HERE, "plot.png"), dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

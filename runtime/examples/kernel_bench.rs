@@ -1,0 +1,277 @@
+//! Micro-benchmarks of the runtime kernels (run with `--release`).
+//!
+//! `cargo run --release -p reformc-runtime --example kernel_bench -- [gemm] [kernels] [mm] [act] [attn] [reps=N]`
+//! (no section named: gemm, act and attn). Every case prints "median (best)"
+//! of N runs (default 7) after a warm-up: on a shared machine the best run is
+//! what the kernel does when it has the cores to itself.
+//!
+//! - `gemm`: `linear` (x·wᵀ + b) GFLOP/s at the model's shapes, 1 and 2 threads;
+//!   `kernels`: the same for every micro-kernel this CPU can run;
+//!   `mm`: `matrixmultiply::sgemm` at the same shapes (rows split over threads).
+//! - `act`: the fused bias + activation epilogue (65536×256→512).
+//! - `attn`: LSH hashing and LSH attention at L = 16K/64K (B=1, H=2, d=64, r=1/4,
+//!   chunk 64, one chunk before), and local attention for comparison.
+
+use reformc_runtime::attention::{local_attention, lsh_attention, lsh_hash};
+use reformc_runtime::gemm::{available_kernels, kernel, linear_with, Kernel};
+use reformc_runtime::{set_threads, Activation};
+use std::time::Instant;
+
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// (median, best) seconds of `reps` runs after a warm-up.
+fn timed(reps: usize, mut f: impl FnMut()) -> (f64, f64) {
+    f();
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(|a, b| a.total_cmp(b));
+    (t[reps / 2], t[0])
+}
+
+/// "median (best)" as a rate `work / time`.
+fn rate(work: f64, t: (f64, f64)) -> String {
+    format!("{:.1} ({:.1})", work / t.0, work / t.1)
+}
+
+/// "median (best)" in milliseconds.
+fn ms(t: (f64, f64)) -> String {
+    format!("{:.1} ({:.1})", t.0 * 1e3, t.1 * 1e3)
+}
+
+const SHAPES: [(usize, usize); 5] = [(256, 128), (128, 256), (256, 512), (512, 256), (512, 320)];
+
+fn bench_gemm(reps: usize, kernels: &[Kernel]) {
+    println!("GEMM y = x·wᵀ + b (f32), GFLOP/s, median (best) of {reps}");
+    println!(
+        "{:<16} {:>6} {:>9} {:>14} {:>14}",
+        "kernel", "rows", "in->out", "1 thr", "2 thr"
+    );
+    for kern in kernels {
+        for rows in [16384usize, 65536] {
+            for (inp, out) in SHAPES {
+                let (x, w, b) = (data(rows * inp, 1), data(out * inp, 2), data(out, 3));
+                let mut y = vec![0.0f32; rows * out];
+                let gflop = 2.0 * (rows * inp * out) as f64 / 1e9;
+                let cells: Vec<String> = [1i64, 2]
+                    .into_iter()
+                    .map(|thr| {
+                        set_threads(thr).unwrap();
+                        rate(
+                            gflop,
+                            timed(reps, || {
+                                let b = Some(&b[..]);
+                                linear_with(
+                                    kern,
+                                    &x,
+                                    rows,
+                                    inp,
+                                    &w,
+                                    out,
+                                    b,
+                                    Activation::None,
+                                    &mut y,
+                                )
+                                .unwrap()
+                            }),
+                        )
+                    })
+                    .collect();
+                let name = format!("{kern:?}");
+                let shape = format!("{inp}->{out}");
+                println!(
+                    "{name:<16} {rows:>6} {shape:>9} {:>14} {:>14}",
+                    cells[0], cells[1]
+                );
+            }
+        }
+    }
+}
+
+fn bench_matrixmultiply(reps: usize) {
+    println!("matrixmultiply::sgemm (no bias), GFLOP/s, median (best) of {reps}");
+    for rows in [16384usize, 65536] {
+        for (inp, out) in SHAPES {
+            let (x, w) = (data(rows * inp, 1), data(out * inp, 2));
+            let mut y = vec![0.0f32; rows * out];
+            let gflop = 2.0 * (rows * inp * out) as f64 / 1e9;
+            let w = &w;
+            let cells: Vec<String> = [1usize, 2]
+                .into_iter()
+                .map(|thr| {
+                    let t = timed(reps, || {
+                        let per = rows.div_ceil(thr);
+                        std::thread::scope(|s| {
+                            for (xs, ys) in x.chunks(per * inp).zip(y.chunks_mut(per * out)) {
+                                s.spawn(move || {
+                                    let m = xs.len() / inp;
+                                    // SAFETY: xs is m×inp, w is out×inp read transposed, ys is m×out.
+                                    unsafe {
+                                        matrixmultiply::sgemm(
+                                            m,
+                                            inp,
+                                            out,
+                                            1.0,
+                                            xs.as_ptr(),
+                                            inp as isize,
+                                            1,
+                                            w.as_ptr(),
+                                            1,
+                                            inp as isize,
+                                            0.0,
+                                            ys.as_mut_ptr(),
+                                            out as isize,
+                                            1,
+                                        )
+                                    }
+                                });
+                            }
+                        });
+                    });
+                    rate(gflop, t)
+                })
+                .collect();
+            let shape = format!("{inp}->{out}");
+            println!("{rows:>6} {shape:>9} {:>14} {:>14}", cells[0], cells[1]);
+        }
+    }
+}
+
+fn bench_activations(reps: usize) {
+    let (rows, inp, out) = (65536usize, 256usize, 512usize);
+    let (x, w, b) = (data(rows * inp, 1), data(out * inp, 2), data(out, 3));
+    let mut y = vec![0.0f32; rows * out];
+    println!("linear {rows}x{inp}->{out} + bias + activation, ms, median (best) of {reps}");
+    println!("{:<10} {:>14} {:>14}", "activation", "1 thr", "2 thr");
+    for act in Activation::ALL {
+        let cells: Vec<String> = [1i64, 2]
+            .into_iter()
+            .map(|thr| {
+                set_threads(thr).unwrap();
+                ms(timed(reps, || {
+                    reformc_runtime::linear(&x, rows, inp, &w, out, Some(&b), act, &mut y).unwrap()
+                }))
+            })
+            .collect();
+        println!(
+            "{:<10} {:>14} {:>14}",
+            format!("{act:?}"),
+            cells[0],
+            cells[1]
+        );
+    }
+}
+
+fn bench_attention(reps: usize) {
+    let (h, d, chunk) = (2usize, 64usize, 64usize);
+    println!(
+        "LSH, B=1 H={h} d={d} chunk={chunk} before=1 after=0 causal, ms, median (best) of {reps}"
+    );
+    println!(
+        "{:>6} {:>2} {:>9} {:>4} {:>14} {:>14}",
+        "L", "r", "buckets", "thr", "hash", "attention"
+    );
+    for len in [16384usize, 65536] {
+        // HF's automatic bucket count for chunk 64 at this length (REFORMER.md §1.3).
+        let factors: Vec<usize> = if len == 16384 {
+            vec![16, 32]
+        } else {
+            vec![32, 64]
+        };
+        let half: usize = factors.iter().map(|f| f / 2).sum();
+        let (qk, v) = (data(len * h * d, 4), data(len * h * d, 5));
+        let mut out = vec![0.0f32; len * h * d];
+        for rounds in [1usize, 4] {
+            let rot = data(h * d * rounds * half, 6);
+            let mut buckets = vec![0i64; h * rounds * len];
+            for thr in [1i64, 2] {
+                set_threads(thr).unwrap();
+                let th = timed(reps, || {
+                    lsh_hash(
+                        &qk,
+                        &rot,
+                        None,
+                        1,
+                        len,
+                        h,
+                        d,
+                        rounds,
+                        &factors,
+                        &mut buckets,
+                    )
+                    .unwrap()
+                });
+                let ta = timed(reps, || {
+                    lsh_attention(
+                        &qk, &v, &buckets, None, 1, len, h, d, rounds, chunk, 1, 0, true, &mut out,
+                    )
+                    .unwrap()
+                });
+                let f = format!("{factors:?}").replace(' ', "");
+                println!(
+                    "{len:>6} {rounds:>2} {f:>9} {thr:>4} {:>14} {:>14}",
+                    ms(th),
+                    ms(ta)
+                );
+            }
+        }
+        for thr in [1i64, 2] {
+            set_threads(thr).unwrap();
+            let t = timed(reps, || {
+                local_attention(
+                    &qk, &qk, &v, None, 1, len, h, d, d, 0.125, chunk, 1, 0, true, &mut out,
+                )
+                .unwrap()
+            });
+            println!(
+                "{len:>6}  local attention (same shape)  {thr:>4} {:>14}",
+                ms(t)
+            );
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let reps = args
+        .iter()
+        .find_map(|a| a.strip_prefix("reps=").and_then(|n| n.parse().ok()))
+        .unwrap_or(7)
+        .max(1);
+    let sections: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with("reps="))
+        .collect();
+    let has = |s: &str| {
+        sections.contains(&s) || (sections.is_empty() && ["gemm", "act", "attn"].contains(&s))
+    };
+    if has("kernels") {
+        bench_gemm(reps, &available_kernels());
+    } else if has("gemm") {
+        bench_gemm(reps, &[*kernel()]);
+    }
+    if has("mm") {
+        bench_matrixmultiply(reps);
+    }
+    if has("act") {
+        bench_activations(reps);
+    }
+    if has("attn") {
+        bench_attention(reps);
+    }
+}

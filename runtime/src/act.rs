@@ -1,0 +1,142 @@
+//! Activation functions of `rc_linear_f32`'s epilogue (codes of runtime/ABI.md).
+
+use crate::error::{invalid, Result};
+
+/// An activation applied after bias in `linear`; the discriminant is the ABI code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Activation {
+    /// 0: identity.
+    None = 0,
+    /// 1: max(x, 0).
+    Relu = 1,
+    /// 2: x·Φ(x) with the exact erf.
+    Gelu = 2,
+    /// 3: tanh approximation of gelu (HF `gelu_new`).
+    GeluNew = 3,
+    /// 4: HF `gelu_fast`.
+    GeluFast = 4,
+    /// 5: x·sigmoid(x).
+    Silu = 5,
+    /// 6: tanh.
+    Tanh = 6,
+    /// 7: 1 / (1 + e^-x).
+    Sigmoid = 7,
+}
+
+impl Activation {
+    /// Every activation, in code order.
+    pub const ALL: [Activation; 8] = [
+        Activation::None,
+        Activation::Relu,
+        Activation::Gelu,
+        Activation::GeluNew,
+        Activation::GeluFast,
+        Activation::Silu,
+        Activation::Tanh,
+        Activation::Sigmoid,
+    ];
+
+    /// The activation with ABI code `code`.
+    ///
+    /// ```
+    /// use reformc_runtime::Activation;
+    /// assert_eq!(Activation::from_code(2).unwrap(), Activation::Gelu);
+    /// assert!(Activation::from_code(8).is_err());
+    /// ```
+    pub fn from_code(code: i32) -> Result<Self> {
+        usize::try_from(code)
+            .ok()
+            .and_then(|i| Self::ALL.get(i).copied())
+            .ok_or_else(|| invalid(format!("unknown activation code {code} (0..=7)")))
+    }
+
+    /// The interpreter's name for this activation (`None` for the identity).
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            Activation::None => None,
+            Activation::Relu => Some("relu"),
+            Activation::Gelu => Some("gelu"),
+            Activation::GeluNew => Some("gelu_new"),
+            Activation::GeluFast => Some("gelu_fast"),
+            Activation::Silu => Some("silu"),
+            Activation::Tanh => Some("tanh"),
+            Activation::Sigmoid => Some("sigmoid"),
+        }
+    }
+
+    /// Applies the activation to one value, with the interpreter's formulas
+    /// (computed in f64 and rounded, except relu and tanh which stay in f32).
+    ///
+    /// ```
+    /// use reformc_runtime::Activation;
+    /// assert_eq!(Activation::Relu.apply(-2.0), 0.0);
+    /// assert!((Activation::Gelu.apply(1.0) - 0.841_344_7).abs() < 1e-6);
+    /// ```
+    #[inline]
+    pub fn apply(self, x: f32) -> f32 {
+        let xf = f64::from(x);
+        let y = match self {
+            Activation::None => return x,
+            Activation::Relu => return if x > 0.0 { x } else { 0.0 },
+            Activation::Tanh => return x.tanh(),
+            Activation::Gelu => 0.5 * xf * (1.0 + libm::erf(xf / std::f64::consts::SQRT_2)),
+            Activation::GeluNew => {
+                0.5 * xf
+                    * (1.0
+                        + ((2.0 / std::f64::consts::PI).sqrt() * (xf + 0.044715 * xf.powi(3)))
+                            .tanh())
+            }
+            Activation::GeluFast => {
+                0.5 * xf * (1.0 + (xf * 0.797_884_560_8 * (1.0 + 0.044715 * xf * xf)).tanh())
+            }
+            Activation::Silu => xf / (1.0 + (-xf).exp()),
+            Activation::Sigmoid => 1.0 / (1.0 + (-xf).exp()),
+        };
+        y as f32
+    }
+
+    /// Applies the activation in place to every element of `xs`: vectorized
+    /// f32 forms, within 2e-6 relative of [`Activation::apply`] (relu exactly).
+    pub fn apply_slice(self, xs: &mut [f32]) {
+        match self {
+            Activation::None => {}
+            Activation::Relu => xs
+                .iter_mut()
+                .for_each(|x| *x = if *x > 0.0 { *x } else { 0.0 }),
+            Activation::Gelu => crate::simd::gelu(xs),
+            Activation::GeluNew => crate::simd::gelu_new(xs),
+            Activation::GeluFast => crate::simd::gelu_fast(xs),
+            Activation::Silu => crate::simd::silu(xs),
+            Activation::Sigmoid => crate::simd::sigmoid(xs),
+            Activation::Tanh => crate::simd::tanh(xs),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for (i, a) in Activation::ALL.iter().enumerate() {
+            assert_eq!(*a as i32, i as i32);
+            assert_eq!(Activation::from_code(i as i32).unwrap(), *a);
+        }
+        assert!(Activation::from_code(-1).is_err());
+    }
+
+    #[test]
+    fn matches_the_interpreter() {
+        for a in Activation::ALL {
+            for i in -40..40 {
+                let x = i as f32 * 0.173;
+                let want = match a.name() {
+                    None => x,
+                    Some(n) => reformc_interp::nn::activate(n, x),
+                };
+                assert_eq!(a.apply(x).to_bits(), want.to_bits(), "{a:?}({x})");
+            }
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! Attention kernels: full (materialized or streaming over key chunks), chunked
+//! local, and fused LSH attention, plus LSH hashing.
+//!
+//! Inputs are `[B, L, H·d]` with heads interleaved (HF's `view(B, L, H, d)`),
+//! masks `[B, L]` with nonzero = keep. Semantics, mask constants and their order
+//! are the interpreter's (`reformc_interp::attention`, REFORMER.md §1-§2).
+//! Work is split into tasks that each own whole output rows of one head, and
+//! each task computes its rows in a fixed order: results are bitwise identical
+//! at any thread count. Only per-tile buffers (a query block, the packed keys
+//! and values of its window, its logits) exist at any time.
+
+mod full;
+mod hash;
+mod local;
+mod lsh;
+
+pub use full::attention;
+pub use hash::lsh_hash;
+pub use local::local_attention;
+pub use lsh::lsh_attention;
+
+use crate::error::{invalid, try_zeroed, Result};
+use crate::gemm::{gemm, kernel, Epilogue, Kernel, PackedB};
+use crate::simd;
+
+/// Logit that masked (causal or padding) keys are replaced with.
+pub const MASK_VALUE: f32 = -1e9;
+/// Logit that a query's own position is replaced with (applied last).
+pub const SELF_MASK_VALUE: f32 = -1e5;
+
+/// Attention flag bits of the ABI.
+pub mod flags {
+    /// Keys after the query are masked.
+    pub const CAUSAL: i32 = 1;
+    /// Keys are length-normalized (`k · rsqrt(mean(k²) + 1e-6)`) before scaling.
+    pub const KEY_NORM: i32 = 2;
+    /// A query's own position gets the logit -1e5 (applied last).
+    pub const SELF_MASK: i32 = 4;
+    /// Every defined bit.
+    pub const ALL: i32 = CAUSAL | KEY_NORM | SELF_MASK;
+}
+
+/// Masking rules of one attention block.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rules {
+    /// Mask keys after the query (by original position).
+    pub causal: bool,
+    /// Replace the logit of the query's own position with -1e5, last.
+    pub self_mask: bool,
+}
+
+/// The divisor the interpreter applies to keys for a logit scale (HF divides by
+/// sqrt(d); dividing by `1/scale` keeps its rounding).
+pub(crate) fn key_divisor(scale: f64) -> f32 {
+    (1.0 / scale) as f32
+}
+
+/// How keys are scaled: `x / div`, computed as `x · (1/div)` when `div` is a
+/// power of two (the same correctly rounded value, without a division).
+#[derive(Clone, Copy)]
+pub(crate) struct KeyScale {
+    div: f32,
+    recip: Option<f32>,
+}
+
+impl KeyScale {
+    pub fn new(div: f32) -> Self {
+        let exact = div.is_normal() && div.to_bits() & 0x007f_ffff == 0 && (1.0 / div).is_normal();
+        KeyScale {
+            div,
+            recip: exact.then(|| 1.0 / div),
+        }
+    }
+
+    /// `(x · factor) / div` (no factor when not normalizing): the interpreter's
+    /// `len_norm` then division, with its rounding.
+    #[inline(always)]
+    pub fn apply(self, x: f32, factor: Option<f32>) -> f32 {
+        let y = match factor {
+            Some(f) => x * f,
+            None => x,
+        };
+        match self.recip {
+            Some(r) => y * r,
+            None => y / self.div,
+        }
+    }
+}
+
+/// HF's `_len_norm` factor `1 / sqrt(mean(x²) + 1e-6)`, summed in the
+/// interpreter's order so that normalized keys are bit-identical.
+#[inline]
+pub(crate) fn inv_len_norm(x: &[f32]) -> f32 {
+    let ms = x.iter().fold(0.0f32, |a, &v| a + v * v) / x.len() as f32;
+    1.0 / (ms + 1e-6f32).sqrt()
+}
+
+/// Chunk indices a query chunk attends to: earlier chunks first, then its own,
+/// then later ones, wrapping around (duplicates when `n` is small).
+#[cfg(test)]
+fn adjacent_chunks(j: usize, n: usize, before: usize, after: usize) -> impl Iterator<Item = usize> {
+    window_keys(j, n, before)
+        .take(before + 1 + after)
+        .map(move |u| u % n)
+}
+
+/// Unwrapped window indices `u` of query chunk `j` (chunk id = `u mod n`):
+/// consecutive integers, shared by neighbouring query chunks, so `u mod
+/// capacity` names a cache slot that no other chunk of the same window uses.
+fn window_keys(j: usize, n: usize, before: usize) -> impl Iterator<Item = usize> {
+    (j + n * (before + 1) - before)..
+}
+
+/// Key validity (1 keep, 0 masked) per position of batch row `b`.
+pub(crate) fn valid_row(mask: Option<&[i64]>, b: usize, len: usize) -> Vec<u32> {
+    match mask {
+        Some(m) => m[b * len..(b + 1) * len]
+            .iter()
+            .map(|&v| u32::from(v != 0))
+            .collect(),
+        None => vec![1; len],
+    }
+}
+
+/// Applies the masks of REFORMER.md §1.6 to one row of logits (by original
+/// positions): masked keys become -1e9, then the query's own position -1e5.
+#[inline]
+pub(crate) fn mask_row(row: &mut [f32], qpos: u32, kpos: &[u32], keep: &[u32], rules: Rules) {
+    simd::mask(row, qpos, kpos, keep, rules.causal, rules.self_mask);
+}
+
+/// Masks one row of logits and turns it into `exp(x - max)` (divided by the
+/// sum when `normalize`). Returns the row's log-sum-exp as `(max, sum)`.
+#[inline]
+pub(crate) fn softmax_row(
+    row: &mut [f32],
+    qpos: u32,
+    kpos: &[u32],
+    keep: &[u32],
+    rules: Rules,
+    normalize: bool,
+) -> (f32, f32) {
+    mask_row(row, qpos, kpos, keep, rules);
+    let max = simd::max(row);
+    let sum = simd::exp_sub_sum(row, max);
+    if normalize {
+        simd::div(row, sum);
+    }
+    (max, sum)
+}
+
+/// Product of sizes, or an error on overflow.
+pub(crate) fn product(dims: &[usize], name: &str) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| invalid(format!("size of {name} overflows")))
+}
+
+/// Packed keys and values of one window of keys (full attention's key tiles).
+pub(crate) struct Tile {
+    pub kern: &'static Kernel,
+    /// Packed keysᵀ (`dk × nk`).
+    pub k: PackedB,
+    /// Packed values (`nk × dv`).
+    pub v: PackedB,
+    /// Logits / probabilities `[m, nk]`.
+    pub s: Vec<f32>,
+    /// Outputs `[m, dv]`.
+    pub o: Vec<f32>,
+}
+
+impl Tile {
+    /// Buffers for at most `m` queries and `n` keys.
+    pub fn new(m: usize, n: usize, dk: usize, dv: usize) -> Result<Self> {
+        let kern = kernel();
+        Ok(Tile {
+            kern,
+            k: PackedB::zeroed(dk, n, kern.nr)?,
+            v: PackedB::zeroed(n, dv, kern.nr)?,
+            s: try_zeroed(m * n, "logit tile")?,
+            o: try_zeroed(m * dv, "output tile")?,
+        })
+    }
+
+    /// Sets the number of keys of the current window (at most the capacity).
+    /// Packed padding columns may hold stale values: they only reach the
+    /// discarded columns of edge tiles.
+    pub fn set_keys(&mut self, nk: usize) {
+        self.k.n = nk;
+        self.v.k = nk;
+    }
+
+    /// `s[m, nk] = q · keysᵀ` for `m` queries read from `q` with row stride `ldq`.
+    pub fn logits(&mut self, m: usize, q: &[f32], ldq: usize) {
+        let n = self.k.n;
+        gemm(
+            self.kern,
+            m,
+            q,
+            ldq,
+            &self.k,
+            &mut self.s,
+            n,
+            Epilogue::STORE,
+        );
+    }
+
+    /// `o[m, dv] (+)= s · values`.
+    pub fn weighted_values(&mut self, m: usize, accumulate: bool) {
+        let (n, dv) = (self.k.n, self.v.n);
+        let epi = if accumulate {
+            Epilogue::ACCUMULATE
+        } else {
+            Epilogue::STORE
+        };
+        gemm(self.kern, m, &self.s, n, &self.v, &mut self.o, dv, epi);
+    }
+}
+
+/// Writes key `slot` of a packed keysᵀ matrix: `scale.apply(x, factor)`.
+#[inline]
+pub(crate) fn put_key(
+    p: &mut PackedB,
+    slot: usize,
+    key: &[f32],
+    factor: Option<f32>,
+    scale: KeyScale,
+) {
+    let (nr, dk) = (p.nr, p.k);
+    let dst = &mut p.data[(slot / nr) * dk * nr + slot % nr..];
+    for (t, &x) in key.iter().enumerate() {
+        dst[t * nr] = scale.apply(x, factor);
+    }
+}
+
+/// Writes value `slot` of a packed values matrix.
+#[inline]
+pub(crate) fn put_value(p: &mut PackedB, slot: usize, value: &[f32]) {
+    let (nr, n) = (p.nr, p.k);
+    for (panel, part) in value.chunks(nr).enumerate() {
+        let at = panel * n * nr + slot * nr;
+        p.data[at..at + part.len()].copy_from_slice(part);
+    }
+}
+
+/// Chunked attention of query chunks over windows of key chunks, with each key
+/// chunk's packed keys and values built once and reused by every window that
+/// contains it (a ring of `before + 1 + after` slots).
+pub(crate) struct Windows {
+    kern: &'static Kernel,
+    chunk: usize,
+    n_chunks: usize,
+    before: usize,
+    width: usize,
+    /// Per slot: chunk id held (usize::MAX = none), packed keysᵀ, packed values.
+    slots: Vec<(usize, PackedB, PackedB)>,
+    /// Slot of each window position of the current query chunk.
+    current: Vec<usize>,
+    /// Logits / probabilities `[chunk, window]`.
+    pub s: Vec<f32>,
+    /// Outputs `[chunk, dv]`.
+    pub o: Vec<f32>,
+    /// Original position and validity of each window key.
+    pub kpos: Vec<u32>,
+    pub keep: Vec<u32>,
+    dv: usize,
+}
+
+impl Windows {
+    pub fn new(
+        chunk: usize,
+        n_chunks: usize,
+        before: usize,
+        after: usize,
+        dk: usize,
+        dv: usize,
+    ) -> Result<Self> {
+        let kern = kernel();
+        let width = before + 1 + after;
+        let slots = (0..width)
+            .map(|_| {
+                Ok((
+                    usize::MAX,
+                    PackedB::zeroed(dk, chunk, kern.nr)?,
+                    PackedB::zeroed(chunk, dv, kern.nr)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let keys = width * chunk;
+        Ok(Windows {
+            kern,
+            chunk,
+            n_chunks,
+            before,
+            width,
+            slots,
+            current: vec![0; width],
+            s: try_zeroed(chunk * keys, "logit tile")?,
+            o: try_zeroed(chunk * dv, "output tile")?,
+            kpos: vec![0; keys],
+            keep: vec![0; keys],
+            dv,
+        })
+    }
+
+    /// Keys in a window.
+    pub fn keys(&self) -> usize {
+        self.width * self.chunk
+    }
+
+    /// Makes the window of query chunk `j` current. `fill(id, keys, values)`
+    /// packs chunk `id` into a slot (only when the slot does not hold it);
+    /// `meta(id, kpos, keep)` writes the chunk's key positions and validity.
+    pub fn load(
+        &mut self,
+        j: usize,
+        mut fill: impl FnMut(usize, &mut PackedB, &mut PackedB),
+        mut meta: impl FnMut(usize, &mut [u32], &mut [u32]),
+    ) {
+        let c = self.chunk;
+        for (o, u) in window_keys(j, self.n_chunks, self.before)
+            .take(self.width)
+            .enumerate()
+        {
+            let (id, slot) = (u % self.n_chunks, u % self.width);
+            let (tag, k, v) = &mut self.slots[slot];
+            if *tag != id {
+                fill(id, k, v);
+                *tag = id;
+            }
+            self.current[o] = slot;
+            meta(
+                id,
+                &mut self.kpos[o * c..(o + 1) * c],
+                &mut self.keep[o * c..(o + 1) * c],
+            );
+        }
+    }
+
+    /// `s = q · keysᵀ` of the current window for the chunk's queries (`ldq` apart).
+    pub fn logits(&mut self, q: &[f32], ldq: usize) {
+        let (c, keys) = (self.chunk, self.keys());
+        for (o, &slot) in self.current.iter().enumerate() {
+            let kp = &self.slots[slot].1;
+            gemm(
+                self.kern,
+                c,
+                q,
+                ldq,
+                kp,
+                &mut self.s[o * c..],
+                keys,
+                Epilogue::STORE,
+            );
+        }
+    }
+
+    /// `o = s · values` of the current window (one multiply-add chain over the
+    /// window's keys in order, continued through `o` from chunk to chunk).
+    pub fn weighted_values(&mut self) {
+        let (c, keys, dv) = (self.chunk, self.keys(), self.dv);
+        for (o, &slot) in self.current.iter().enumerate() {
+            let epi = if o == 0 {
+                Epilogue::STORE
+            } else {
+                Epilogue::ACCUMULATE
+            };
+            let vp = &self.slots[slot].2;
+            gemm(
+                self.kern,
+                c,
+                &self.s[o * c..],
+                keys,
+                vp,
+                &mut self.o,
+                dv,
+                epi,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adjacent_chunks_wrap_around() {
+        let v = |j, n, b, a| adjacent_chunks(j, n, b, a).collect::<Vec<_>>();
+        assert_eq!(v(0, 4, 1, 0), vec![3, 0]);
+        assert_eq!(v(2, 4, 2, 1), vec![0, 1, 2, 3]);
+        assert_eq!(v(3, 4, 0, 1), vec![3, 0]);
+        assert_eq!(v(0, 1, 1, 1), vec![0, 0, 0]);
+    }
+
+    #[test]
+    fn self_only_row_gets_weight_one() {
+        let mut row = [3.0f32, 1.0, 2.0];
+        let (m, s) = softmax_row(
+            &mut row,
+            0,
+            &[0, 1, 2],
+            &[1; 3],
+            Rules {
+                causal: true,
+                self_mask: true,
+            },
+            true,
+        );
+        assert_eq!((m, s), (SELF_MASK_VALUE, 1.0));
+        assert_eq!(row, [1.0, 0.0, 0.0]);
+    }
+}

@@ -1,0 +1,572 @@
+//! The command line of executables produced by `reformc compile --emit=exe`
+//! (owned by the LLVM backend): the generated `main` calls
+//! [`reformc_exe_main`] with a description of the compiled model.
+//!
+//! `./model --input ids.npy --output logits.npy [--attention-mask M.npy]
+//! [--threads N] [--lsh-rotations R.npy | --lsh-buckets K.npy] [--seed N]
+//! [--weights PATH] [--time] [--signature] [--help]`, with the same meanings
+//! and input checks as `reformc run`. Exit status: 0 success, 2 bad input
+//! (files, flags, shapes, weights), 1 internal failure.
+
+use crate::model_rt::{self, ReformcTensor};
+use crate::npy::{self, NpyData};
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What the generated code tells the command line about the model
+/// (mirrors the `__reformc_exe_info` constant the LLVM backend emits).
+#[repr(C)]
+pub struct ExeInfo {
+    /// Generated ABI version (1).
+    pub abi_version: i32,
+    /// 1 when weights are compiled into the executable.
+    pub weights_embedded: i32,
+    /// `reformc_model_run`.
+    pub run:
+        Option<unsafe extern "C" fn(*const ReformcTensor, i64, *mut ReformcTensor, i64) -> i32>,
+    /// `reformc_model_load_weights`.
+    pub load_weights: Option<unsafe extern "C" fn(*const c_char) -> i32>,
+    /// `reformc_model_signature`.
+    pub signature: Option<unsafe extern "C" fn() -> *const c_char>,
+    /// `reformc_model_last_error`.
+    pub last_error: Option<unsafe extern "C" fn() -> *const c_char>,
+    /// Safetensors path baked in at compile time (NULL: none).
+    pub default_weights: *const c_char,
+    /// Model name for `--help`.
+    pub model_name: *const c_char,
+    /// Output name (`logits`).
+    pub output_name: *const c_char,
+    /// Threads when `--threads` is absent (0 = all cores).
+    pub default_threads: i64,
+    /// Ids must be below this (<= 0: unchecked).
+    pub vocab_size: i64,
+    /// Largest padded length (<= 0: unlimited).
+    pub max_len: i64,
+    /// Padding multiple (HF eval padding).
+    pub pad_multiple: i64,
+    /// Only lengths above this are padded.
+    pub pad_min_len: i64,
+    /// Number of LSH layers.
+    pub n_lsh: i64,
+    /// Heads.
+    pub heads: i64,
+    /// Per-head width.
+    pub head_dim: i64,
+    /// Hash rounds.
+    pub rounds: i64,
+    /// S/2.
+    pub rot_half: i64,
+    /// Compiled variants: bit 0 seeded, 1 rotations, 2 buckets.
+    pub variants: i32,
+    /// 0.
+    pub reserved: i32,
+}
+
+extern "C" {
+    /// runtime/ABI.md.
+    fn rc_set_threads(n: i64) -> i32;
+}
+
+/// A failure: message and exit status.
+struct Fail(String, i32);
+
+fn input_err(m: impl Into<String>) -> Fail {
+    Fail(m.into(), 2)
+}
+
+#[derive(Default)]
+struct Args {
+    input: Option<PathBuf>,
+    output: Option<PathBuf>,
+    mask: Option<PathBuf>,
+    threads: Option<i64>,
+    rotations: Option<PathBuf>,
+    buckets: Option<PathBuf>,
+    seed: i64,
+    weights: Option<PathBuf>,
+    time: bool,
+    signature: bool,
+    help: bool,
+}
+
+fn usage(prog: &str, model: &str, output: &str) -> String {
+    let lines = [
+        format!("{prog}: the reformc-compiled model `{model}`"),
+        String::new(),
+        format!("usage: {prog} --input IDS.npy --output OUT.npy [options]"),
+        String::new(),
+        "  --input PATH            token ids: int64 or int32 .npy [B, L]".into(),
+        format!("  --output PATH           where to write {output} (.npy, float32)"),
+        "  --attention-mask PATH   int .npy [B, L], 0 = padding (default: all ones)".into(),
+        "  --threads N             worker threads (0 = all cores)".into(),
+        "  --lsh-rotations PATH    float32 .npy [n_lsh_layers, H, d, r, S/2] (HF's draws)".into(),
+        "  --lsh-buckets PATH      int .npy [n_lsh_layers, B, H, r*L_padded] (recorded buckets)"
+            .into(),
+        "  --seed N                seed of the generator drawing LSH rotations (default 0)".into(),
+        "  --weights PATH          safetensors weights (default: the file named at compile time)"
+            .into(),
+        "  --time                  print timings to stderr".into(),
+        "  --signature             print the model's JSON signature and exit".into(),
+        "  --help                  this text".into(),
+    ];
+    let mut s = lines.join("\n");
+    s.push('\n');
+    s
+}
+
+fn parse_args(argv: &[String]) -> Result<Args, Fail> {
+    let mut a = Args::default();
+    let mut i = 1;
+    while i < argv.len() {
+        let arg = &argv[i];
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let value = |i: &mut usize| -> Result<String, Fail> {
+            if let Some(v) = &inline {
+                return Ok(v.clone());
+            }
+            *i += 1;
+            argv.get(*i)
+                .cloned()
+                .ok_or_else(|| input_err(format!("{flag} needs a value")))
+        };
+        match flag.as_str() {
+            "--input" => a.input = Some(value(&mut i)?.into()),
+            "--output" => a.output = Some(value(&mut i)?.into()),
+            "--attention-mask" => a.mask = Some(value(&mut i)?.into()),
+            "--lsh-rotations" => a.rotations = Some(value(&mut i)?.into()),
+            "--lsh-buckets" => a.buckets = Some(value(&mut i)?.into()),
+            "--weights" => a.weights = Some(value(&mut i)?.into()),
+            "--threads" => {
+                let v = value(&mut i)?;
+                let n: i64 = v.parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                    input_err(format!("--threads: `{v}` is not a non-negative integer"))
+                })?;
+                a.threads = Some(n);
+            }
+            "--seed" => {
+                let v = value(&mut i)?;
+                a.seed = v
+                    .parse()
+                    .map_err(|_| input_err(format!("--seed: `{v}` is not an integer")))?;
+            }
+            "--time" => a.time = true,
+            "--signature" => a.signature = true,
+            "--help" | "-h" => a.help = true,
+            other => {
+                return Err(input_err(format!(
+                    "unknown argument `{other}` (see --help)"
+                )))
+            }
+        }
+        i += 1;
+    }
+    if a.rotations.is_some() && a.buckets.is_some() {
+        return Err(input_err(
+            "--lsh-rotations and --lsh-buckets exclude each other",
+        ));
+    }
+    Ok(a)
+}
+
+fn read_int(path: &Path, rank: usize, what: &str) -> Result<(Vec<usize>, Vec<i64>), Fail> {
+    let a = npy::read(path).map_err(|e| input_err(format!("{}: {what}: {e}", path.display())))?;
+    let data = match a.data {
+        NpyData::Int(v) if matches!(a.descr.as_str(), "<i8" | "<i4") => v,
+        _ => {
+            return Err(input_err(format!(
+                "{}: {what}: expected an int64 or int32 array, found dtype {}",
+                path.display(),
+                a.descr
+            )))
+        }
+    };
+    if a.shape.len() != rank {
+        return Err(input_err(format!(
+            "{}: {what}: expected a rank-{rank} array, found shape {:?}",
+            path.display(),
+            a.shape
+        )));
+    }
+    Ok((a.shape, data))
+}
+
+fn tensor(dtype: i32, shape: &[usize], data: *const c_void) -> ReformcTensor {
+    let mut t = ReformcTensor::empty();
+    t.dtype = dtype;
+    t.rank = shape.len() as i32;
+    let mut stride = 1i64;
+    for (a, &d) in shape.iter().enumerate().rev() {
+        t.shape[a] = d as i64;
+        t.strides[a] = stride;
+        stride *= d as i64;
+    }
+    t.data = data as *mut c_void;
+    t
+}
+
+fn c_text(p: *const c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: the generated code passes NUL-terminated constants.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+fn model_error(info: &ExeInfo) -> String {
+    match info.last_error {
+        // SAFETY: the generated function returns a valid NUL-terminated string.
+        Some(f) => c_text(unsafe { f() }),
+        None => "unknown error".into(),
+    }
+}
+
+fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
+    let t_start = Instant::now();
+    let prog = argv
+        .first()
+        .map(String::as_str)
+        .unwrap_or("model")
+        .to_string();
+    let output_name = c_text(info.output_name);
+    let args = parse_args(argv)?;
+    if args.help {
+        print!("{}", usage(&prog, &c_text(info.model_name), &output_name));
+        return Ok(());
+    }
+    if args.signature {
+        if let Some(f) = info.signature {
+            // SAFETY: the generated function returns a static NUL-terminated string.
+            println!("{}", c_text(unsafe { f() }));
+        }
+        return Ok(());
+    }
+    if info.abi_version != 1 {
+        return Err(Fail(
+            format!("unsupported model ABI version {}", info.abi_version),
+            1,
+        ));
+    }
+    let (Some(run_fn), Some(load)) = (info.run, info.load_weights) else {
+        return Err(Fail("the model has no entry points".into(), 1));
+    };
+    let input = args
+        .input
+        .clone()
+        .ok_or_else(|| input_err("--input IDS.npy is required (see --help)"))?;
+    let output = args
+        .output
+        .clone()
+        .ok_or_else(|| input_err("--output OUT.npy is required (see --help)"))?;
+    let threads = args.threads.unwrap_or(info.default_threads);
+    // SAFETY: rc_set_threads takes a plain integer.
+    if unsafe { rc_set_threads(threads) } != 0 {
+        return Err(input_err(format!(
+            "--threads: cannot use {threads} threads"
+        )));
+    }
+    // Weights: --weights, else the compiled-in path, else embedded.
+    let t_w = Instant::now();
+    let weights = args.weights.clone().or_else(|| {
+        (!info.default_weights.is_null() && info.weights_embedded == 0)
+            .then(|| PathBuf::from(c_text(info.default_weights)))
+    });
+    match &weights {
+        Some(p) => {
+            let c = CString::new(p.display().to_string())
+                .map_err(|_| input_err("--weights: the path contains a NUL byte"))?;
+            // SAFETY: `c` is NUL-terminated and outlives the call.
+            let rc = unsafe { load(c.as_ptr()) };
+            if rc != 0 {
+                return Err(input_err(format!(
+                    "cannot load weights: {}{}",
+                    model_error(info),
+                    if args.weights.is_none() {
+                        " (this is the path given at compile time; pass --weights PATH)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
+        None if info.weights_embedded != 0 => {}
+        None => return Err(input_err("no weights: pass --weights model.safetensors")),
+    }
+    let load_time = t_w.elapsed();
+    // Token ids.
+    let t_r = Instant::now();
+    let (ishape, ids) = read_int(&input, 2, "token ids [B, L]")?;
+    if ids.is_empty() {
+        return Err(input_err(format!(
+            "{}: token ids: expected a non-empty [B, L] array, found shape {ishape:?}",
+            input.display()
+        )));
+    }
+    let (batch, len) = (ishape[0], ishape[1]);
+    if info.vocab_size > 0 {
+        if let Some((i, &id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, &v)| v < 0 || v >= info.vocab_size)
+        {
+            return Err(input_err(format!(
+                "{}: token id {id} at [{}, {}] is out of range: the vocabulary has {} entries (expected 0 <= id < {})",
+                input.display(),
+                i / len,
+                i % len,
+                info.vocab_size,
+                info.vocab_size
+            )));
+        }
+    }
+    let padded = if info.pad_multiple > 1
+        && len as i64 > info.pad_min_len
+        && len as i64 % info.pad_multiple != 0
+    {
+        (len as i64 / info.pad_multiple + 1) * info.pad_multiple
+    } else {
+        len as i64
+    };
+    if info.max_len > 0 && padded > info.max_len {
+        let p = if padded != len as i64 {
+            format!(" (padded to {padded})")
+        } else {
+            String::new()
+        };
+        return Err(input_err(format!(
+            "{}: sequence length {len}{p} exceeds the compiled maximum {}",
+            input.display(),
+            info.max_len
+        )));
+    }
+    let mask = match &args.mask {
+        Some(p) => {
+            let (s, m) = read_int(p, 2, "attention mask [B, L]")?;
+            if s != ishape {
+                return Err(input_err(format!(
+                    "{}: attention mask: expected shape {ishape:?} (that of the token ids), found {s:?}",
+                    p.display()
+                )));
+            }
+            Some(m)
+        }
+        None => None,
+    };
+    // Hashing inputs.
+    let n_lsh = info.n_lsh.max(0) as usize;
+    let (h, d, r, half) = (
+        info.heads.max(0) as usize,
+        info.head_dim.max(0) as usize,
+        info.rounds.max(0) as usize,
+        info.rot_half.max(0) as usize,
+    );
+    let seed = [args.seed];
+    enum Hash {
+        None,
+        Seed,
+        Rot(Vec<f32>, Vec<usize>),
+        Buckets(Vec<i64>, Vec<usize>),
+    }
+    let hashing = if n_lsh == 0 {
+        if args.rotations.is_some() || args.buckets.is_some() {
+            return Err(input_err(
+                "this model has no LSH layer: --lsh-rotations/--lsh-buckets do not apply",
+            ));
+        }
+        Hash::None
+    } else if let Some(p) = &args.buckets {
+        if info.variants & 4 == 0 {
+            return Err(input_err(
+                "this executable was compiled without the replayed-buckets variant",
+            ));
+        }
+        let want = [n_lsh, batch, h, r * padded as usize];
+        let (s, b) = read_int(p, 4, "LSH buckets [n_lsh_layers, B, H, r*L_padded]")?;
+        if s != want {
+            return Err(input_err(format!(
+                "{}: LSH buckets: expected shape {want:?} ([n_lsh_layers, B, H, r*L_padded] with L_padded={padded}), found {s:?}",
+                p.display()
+            )));
+        }
+        Hash::Buckets(b, vec![n_lsh, batch, h, r, padded as usize])
+    } else if let Some(p) = &args.rotations {
+        if info.variants & 2 == 0 {
+            return Err(input_err(
+                "this executable was compiled without the rotations variant",
+            ));
+        }
+        let want = vec![n_lsh, h, d, r, half];
+        let a =
+            npy::read(p).map_err(|e| input_err(format!("{}: LSH rotations: {e}", p.display())))?;
+        let NpyData::F32(v) = a.data else {
+            return Err(input_err(format!(
+                "{}: LSH rotations [n_lsh_layers, H, d, r, S/2]: expected a float32 array of shape {want:?}, found dtype {}",
+                p.display(),
+                a.descr
+            )));
+        };
+        if a.shape != want {
+            return Err(input_err(format!(
+                "{}: LSH rotations [n_lsh_layers, H, d, r, S/2]: expected shape {want:?}, found {:?}",
+                p.display(),
+                a.shape
+            )));
+        }
+        Hash::Rot(v, want)
+    } else {
+        if info.variants & 1 == 0 {
+            return Err(input_err(
+                "this executable needs --lsh-rotations or --lsh-buckets",
+            ));
+        }
+        Hash::Seed
+    };
+    let read_time = t_r.elapsed();
+    let mut inputs = vec![
+        tensor(3, &ishape, ids.as_ptr() as *const c_void),
+        tensor(
+            3,
+            &ishape,
+            mask.as_ref()
+                .map_or(std::ptr::null(), |m| m.as_ptr() as *const c_void),
+        ),
+    ];
+    match &hashing {
+        Hash::None => {}
+        Hash::Seed => inputs.push(tensor(3, &[], seed.as_ptr() as *const c_void)),
+        Hash::Rot(v, s) => inputs.push(tensor(1, s, v.as_ptr() as *const c_void)),
+        Hash::Buckets(v, s) => inputs.push(tensor(3, s, v.as_ptr() as *const c_void)),
+    }
+    let mut out = ReformcTensor::empty();
+    let t_run = Instant::now();
+    // SAFETY: `inputs` describe live, contiguous arrays of the stated types;
+    // `out` is one writable output slot.
+    let rc = unsafe { run_fn(inputs.as_ptr(), inputs.len() as i64, &mut out, 1) };
+    let run_time = t_run.elapsed();
+    if rc != 0 {
+        let status = if (1..=9).contains(&rc) { 2 } else { 1 };
+        return Err(Fail(model_error(info), status));
+    }
+    let t_write = Instant::now();
+    let rank = (out.rank.max(0) as usize).min(model_rt::MAX_RANK);
+    let shape: Vec<usize> = out.shape[..rank]
+        .iter()
+        .map(|&x| x.max(0) as usize)
+        .collect();
+    let n: usize = shape.iter().product();
+    let bytes = match out.dtype {
+        1 => {
+            // SAFETY: the model wrote n f32 values at out.data.
+            let s = unsafe { std::slice::from_raw_parts(out.data as *const f32, n) };
+            npy::to_bytes_f32(&shape, s)
+        }
+        2 => {
+            // SAFETY: the model wrote n f64 values at out.data.
+            let s = unsafe { std::slice::from_raw_parts(out.data as *const f64, n) };
+            npy::to_bytes_f64(&shape, s)
+        }
+        3 => {
+            // SAFETY: the model wrote n i64 values at out.data.
+            let s = unsafe { std::slice::from_raw_parts(out.data as *const i64, n) };
+            npy::to_bytes_i64(&shape, s)
+        }
+        other => {
+            // SAFETY: `out` was filled by reformc_model_run.
+            unsafe { model_rt::reformc_tensor_release(&mut out) };
+            return Err(Fail(format!("unexpected output dtype code {other}"), 1));
+        }
+    };
+    // SAFETY: `out` was filled by reformc_model_run; released once.
+    unsafe { model_rt::reformc_tensor_release(&mut out) };
+    npy::write(&output, &bytes).map_err(|e| Fail(format!("{}: {e}", output.display()), 1))?;
+    let write_time = t_write.elapsed();
+    println!(
+        "{prog}: wrote {output_name} {shape:?} f32 to {}",
+        output.display()
+    );
+    if args.time {
+        eprintln!(
+            "time: load weights {:.3} ms, read inputs {:.3} ms, run {:.3} ms, write output {:.3} ms, total {:.3} ms",
+            load_time.as_secs_f64() * 1e3,
+            read_time.as_secs_f64() * 1e3,
+            run_time.as_secs_f64() * 1e3,
+            write_time.as_secs_f64() * 1e3,
+            t_start.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    Ok(())
+}
+
+/// Entry point of generated executables: parses the command line, loads
+/// weights, reads and checks the `.npy` inputs, runs the model, writes the
+/// output. Returns the process exit status; never panics across the C boundary.
+///
+/// # Safety
+/// `argv` holds `argc` NUL-terminated strings; `info` points to the model's
+/// constant description.
+#[no_mangle]
+pub unsafe extern "C" fn reformc_exe_main(
+    argc: i32,
+    argv: *const *const c_char,
+    info: *const ExeInfo,
+) -> i32 {
+    let mut args = Vec::new();
+    if !argv.is_null() {
+        for i in 0..argc.max(0) as usize {
+            // SAFETY: argv holds argc pointers.
+            let p = unsafe { *argv.add(i) };
+            args.push(c_text(p));
+        }
+    }
+    if info.is_null() {
+        eprintln!("error: no model description");
+        return 1;
+    }
+    // SAFETY: `info` points to the generated constant.
+    let info = unsafe { &*info };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&args, info)));
+    match result {
+        Ok(Ok(())) => 0,
+        Ok(Err(Fail(msg, status))) => {
+            eprintln!("error: {msg}");
+            status
+        }
+        Err(_) => {
+            eprintln!("error: internal failure (panic) in the model runtime");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn flags_parse_in_both_forms() {
+        let a = parse_args(&argv(&[
+            "m",
+            "--input",
+            "a.npy",
+            "--output=b.npy",
+            "--threads",
+            "2",
+            "--seed=-3",
+        ]))
+        .unwrap_or_else(|f| panic!("{}", f.0));
+        assert_eq!(a.input.unwrap(), PathBuf::from("a.npy"));
+        assert_eq!(a.output.unwrap(), PathBuf::from("b.npy"));
+        assert_eq!((a.threads, a.seed), (Some(2), -3));
+        assert!(parse_args(&argv(&["m", "--bogus"])).is_err());
+        assert!(parse_args(&argv(&["m", "--threads", "x"])).is_err());
+        assert!(parse_args(&argv(&["m", "--input"])).is_err());
+        assert!(parse_args(&argv(&["m", "--lsh-rotations", "a", "--lsh-buckets", "b"])).is_err());
+    }
+}

@@ -1,0 +1,617 @@
+//! The C ABI of `runtime/ABI.md`: `#[no_mangle] extern "C"` entry points.
+//!
+//! Each function validates its arguments (null pointers, negative sizes,
+//! overflowing products, outputs overlapping inputs), builds slices, calls the
+//! safe kernel and turns errors into status codes (0 = ok, see [`Error::code`])
+//! with the message kept for [`rc_last_error`]. Panics are caught: nothing
+//! unwinds into C and nothing aborts.
+
+use crate::act::Activation;
+use crate::attention;
+use crate::error::{invalid, last_error_ptr, set_last_error, Error, Result};
+use std::ffi::c_char;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// Runs `f`, mapping its error (or a panic) to a status code and the message.
+fn guard(f: impl FnOnce() -> Result<()>) -> i32 {
+    let err = match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => return 0,
+        Ok(Err(e)) => e,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Error::Internal(format!("internal error: {what}"))
+        }
+    };
+    set_last_error(&err);
+    err.code()
+}
+
+fn size(n: i64, name: &str) -> Result<usize> {
+    usize::try_from(n).map_err(|_| invalid(format!("{name} = {n} is negative")))
+}
+
+fn count(dims: &[usize], name: &str) -> Result<usize> {
+    attention::product(dims, name)
+}
+
+/// A raw buffer the caller handed in: where it is and how many bytes it spans.
+#[derive(Clone, Copy)]
+struct Span {
+    start: usize,
+    bytes: usize,
+    name: &'static str,
+}
+
+fn span<T>(p: *const T, n: usize, name: &'static str) -> Result<Span> {
+    let bytes = n
+        .checked_mul(std::mem::size_of::<T>())
+        .filter(|&b| b <= isize::MAX as usize)
+        .ok_or_else(|| invalid(format!("{name} is too large")))?;
+    if n > 0 && p.is_null() {
+        return Err(invalid(format!("{name} is NULL")));
+    }
+    if n > 0 && !p.is_aligned() {
+        return Err(invalid(format!("{name} is not aligned")));
+    }
+    Ok(Span {
+        start: p as usize,
+        bytes,
+        name,
+    })
+}
+
+/// Errors if the output overlaps any input (the kernels need distinct buffers).
+fn no_overlap(out: Span, inputs: &[Span]) -> Result<()> {
+    for i in inputs {
+        if out.bytes > 0
+            && i.bytes > 0
+            && out.start < i.start + i.bytes
+            && i.start < out.start + out.bytes
+        {
+            return Err(invalid(format!("{} overlaps {}", out.name, i.name)));
+        }
+    }
+    Ok(())
+}
+
+/// # Safety
+/// `s` was checked by [`span`]; the caller guarantees it points to that many
+/// readable elements that nobody writes during the call.
+unsafe fn view<'a, T>(p: *const T, s: Span) -> &'a [T] {
+    if s.bytes == 0 {
+        return &[];
+    }
+    // SAFETY: non-null, aligned, size bounded by isize::MAX (checked in `span`);
+    // validity of the memory is the caller's contract.
+    unsafe { std::slice::from_raw_parts(p, s.bytes / std::mem::size_of::<T>()) }
+}
+
+/// # Safety
+/// As [`view`], for writable memory that no other slice of this call overlaps.
+unsafe fn view_mut<'a, T>(p: *mut T, s: Span) -> &'a mut [T] {
+    if s.bytes == 0 {
+        return &mut [];
+    }
+    // SAFETY: as in `view`; `no_overlap` ruled out aliasing with the inputs.
+    unsafe { std::slice::from_raw_parts_mut(p, s.bytes / std::mem::size_of::<T>()) }
+}
+
+/// Sets the number of worker threads (`n = 0`: all cores). Idempotent.
+///
+/// # Safety
+/// Always safe to call; `unsafe` only for uniformity with the other entry points.
+#[no_mangle]
+pub unsafe extern "C" fn rc_set_threads(n: i64) -> i32 {
+    guard(|| crate::pool::set_threads(n))
+}
+
+/// The message of this thread's most recent failed call (empty if none):
+/// NUL-terminated, never NULL, valid until the next failing call on this thread.
+///
+/// # Safety
+/// Always safe to call.
+#[no_mangle]
+pub unsafe extern "C" fn rc_last_error() -> *const c_char {
+    last_error_ptr()
+}
+
+/// `y[rows, out] = act(x[rows, in] · w[out, in]ᵀ + b[out])`; `b` may be NULL.
+///
+/// # Safety
+/// Pointers must reference buffers of the sizes in runtime/ABI.md; `y` must not
+/// overlap the inputs (checked).
+#[no_mangle]
+pub unsafe extern "C" fn rc_linear_f32(
+    x: *const f32,
+    rows: i64,
+    in_: i64,
+    w: *const f32,
+    out: i64,
+    b: *const f32,
+    act: i32,
+    y: *mut f32,
+) -> i32 {
+    guard(|| {
+        let (rows, inp, out) = (size(rows, "rows")?, size(in_, "in")?, size(out, "out")?);
+        let act = Activation::from_code(act)?;
+        let sx = span(x, count(&[rows, inp], "x")?, "x")?;
+        let sw = span(w, count(&[out, inp], "w")?, "w")?;
+        let sb = span(b, if b.is_null() { 0 } else { out }, "b")?;
+        let sy = span(y, count(&[rows, out], "y")?, "y")?;
+        no_overlap(sy, &[sx, sw, sb])?;
+        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+        let (x, w, y) = unsafe { (view(x, sx), view(w, sw), view_mut(y, sy)) };
+        // SAFETY: as above (NULL bias means no bias).
+        let b = (!b.is_null()).then(|| unsafe { view(b, sb) });
+        crate::linear(x, rows, inp, w, out, b, act, y)
+    })
+}
+
+/// `y = LN(x)` over rows of `width` (biased variance), `w`, `b` of `[width]`.
+///
+/// # Safety
+/// As [`rc_linear_f32`].
+#[no_mangle]
+pub unsafe extern "C" fn rc_layer_norm_f32(
+    x: *const f32,
+    rows: i64,
+    width: i64,
+    w: *const f32,
+    b: *const f32,
+    eps: f32,
+    y: *mut f32,
+) -> i32 {
+    guard(|| {
+        let (rows, width) = (size(rows, "rows")?, size(width, "width")?);
+        let sx = span(x, count(&[rows, width], "x")?, "x")?;
+        let sw = span(w, width, "w")?;
+        let sb = span(b, width, "b")?;
+        let sy = span(y, count(&[rows, width], "y")?, "y")?;
+        no_overlap(sy, &[sx, sw, sb])?;
+        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+        let (x, w, b, y) = unsafe { (view(x, sx), view(w, sw), view(b, sb), view_mut(y, sy)) };
+        crate::layer_norm(x, rows, width, w, b, eps, y)
+    })
+}
+
+/// `y[n, width] = table[ids[i]]`; status 2 if an id is outside `[0, vocab)`.
+///
+/// # Safety
+/// As [`rc_linear_f32`].
+#[no_mangle]
+pub unsafe extern "C" fn rc_embedding_f32(
+    ids: *const i64,
+    n: i64,
+    table: *const f32,
+    vocab: i64,
+    width: i64,
+    y: *mut f32,
+) -> i32 {
+    guard(|| {
+        let (n, vocab, width) = (size(n, "n")?, size(vocab, "vocab")?, size(width, "width")?);
+        let si = span(ids, n, "ids")?;
+        let st = span(table, count(&[vocab, width], "table")?, "table")?;
+        let sy = span(y, count(&[n, width], "y")?, "y")?;
+        no_overlap(sy, &[si, st])?;
+        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+        let (ids, table, y) = unsafe { (view(ids, si), view(table, st), view_mut(y, sy)) };
+        crate::embedding(ids, table, vocab, width, y)
+    })
+}
+
+/// `y[n, d0+d1] = concat(w0[p / n1, 0, :], w1[0, p % n1, :])` for `p = pos[i]`.
+///
+/// # Safety
+/// As [`rc_linear_f32`].
+#[no_mangle]
+pub unsafe extern "C" fn rc_axial_pos_f32(
+    pos: *const i64,
+    n: i64,
+    w0: *const f32,
+    n0: i64,
+    d0: i64,
+    w1: *const f32,
+    n1: i64,
+    d1: i64,
+    y: *mut f32,
+) -> i32 {
+    guard(|| {
+        let n = size(n, "n")?;
+        let (n0, d0, n1, d1) = (
+            size(n0, "n0")?,
+            size(d0, "d0")?,
+            size(n1, "n1")?,
+            size(d1, "d1")?,
+        );
+        let width = d0
+            .checked_add(d1)
+            .ok_or_else(|| invalid("d0 + d1 overflows"))?;
+        let sp = span(pos, n, "pos")?;
+        let s0 = span(w0, count(&[n0, d0], "w0")?, "w0")?;
+        let s1 = span(w1, count(&[n1, d1], "w1")?, "w1")?;
+        let sy = span(y, count(&[n, width], "y")?, "y")?;
+        no_overlap(sy, &[sp, s0, s1])?;
+        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+        let (pos, w0, w1, y) =
+            unsafe { (view(pos, sp), view(w0, s0), view(w1, s1), view_mut(y, sy)) };
+        crate::axial_pos(pos, w0, n0, d0, w1, n1, d1, y)
+    })
+}
+
+/// Full attention over `[B, L, H·d]` tensors (see [`attention::attention`]).
+///
+/// # Safety
+/// As [`rc_linear_f32`]; `mask` may be NULL.
+#[no_mangle]
+pub unsafe extern "C" fn rc_attention_f32(
+    q: *const f32,
+    k: *const f32,
+    v: *const f32,
+    mask: *const i64,
+    batch: i64,
+    lq: i64,
+    lk: i64,
+    heads: i64,
+    dqk: i64,
+    dv: i64,
+    scale: f32,
+    flags: i32,
+    kv_chunk: i64,
+    out: *mut f32,
+) -> i32 {
+    guard(|| {
+        let (b, lq, lk) = (size(batch, "batch")?, size(lq, "lq")?, size(lk, "lk")?);
+        let (h, dqk, dv) = (size(heads, "heads")?, size(dqk, "dqk")?, size(dv, "dv")?);
+        let kv_chunk = size(kv_chunk, "kv_chunk")?;
+        let sq = span(q, count(&[b, lq, h, dqk], "q")?, "q")?;
+        let sk = span(k, count(&[b, lk, h, dqk], "k")?, "k")?;
+        let sv = span(v, count(&[b, lk, h, dv], "v")?, "v")?;
+        let sm = span(
+            mask,
+            if mask.is_null() {
+                0
+            } else {
+                count(&[b, lk], "mask")?
+            },
+            "mask",
+        )?;
+        let so = span(out, count(&[b, lq, h, dv], "out")?, "out")?;
+        no_overlap(so, &[sq, sk, sv, sm])?;
+        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+        let (q, k, v, o) = unsafe { (view(q, sq), view(k, sk), view(v, sv), view_mut(out, so)) };
+        // SAFETY: as above.
+        let m = (!mask.is_null()).then(|| unsafe { view(mask, sm) });
+        attention::attention(q, k, v, m, b, lq, lk, h, dqk, dv, scale, flags, kv_chunk, o)
+    })
+}
+
+/// Chunked local attention (see [`attention::local_attention`]).
+///
+/// # Safety
+/// As [`rc_linear_f32`]; `mask` may be NULL.
+#[no_mangle]
+pub unsafe extern "C" fn rc_local_attention_f32(
+    q: *const f32,
+    k: *const f32,
+    v: *const f32,
+    mask: *const i64,
+    batch: i64,
+    len: i64,
+    heads: i64,
+    dqk: i64,
+    dv: i64,
+    scale: f32,
+    chunk: i64,
+    before: i64,
+    after: i64,
+    causal: i32,
+    out: *mut f32,
+) -> i32 {
+    guard(|| {
+        let (b, l, h) = (
+            size(batch, "batch")?,
+            size(len, "len")?,
+            size(heads, "heads")?,
+        );
+        let (dqk, dv) = (size(dqk, "dqk")?, size(dv, "dv")?);
+        let (c, nb, na) = (
+            size(chunk, "chunk")?,
+            size(before, "before")?,
+            size(after, "after")?,
+        );
+        let sq = span(q, count(&[b, l, h, dqk], "q")?, "q")?;
+        let sk = span(k, count(&[b, l, h, dqk], "k")?, "k")?;
+        let sv = span(v, count(&[b, l, h, dv], "v")?, "v")?;
+        let sm = span(
+            mask,
+            if mask.is_null() {
+                0
+            } else {
+                count(&[b, l], "mask")?
+            },
+            "mask",
+        )?;
+        let so = span(out, count(&[b, l, h, dv], "out")?, "out")?;
+        no_overlap(so, &[sq, sk, sv, sm])?;
+        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+        let (q, k, v, o) = unsafe { (view(q, sq), view(k, sk), view(v, sv), view_mut(out, so)) };
+        // SAFETY: as above.
+        let m = (!mask.is_null()).then(|| unsafe { view(mask, sm) });
+        attention::local_attention(
+            q,
+            k,
+            v,
+            m,
+            b,
+            l,
+            h,
+            dqk,
+            dv,
+            scale,
+            c,
+            nb,
+            na,
+            causal != 0,
+            o,
+        )
+    })
+}
+
+/// LSH bucket ids with round offsets, `out[B, H, r, L]` (see [`attention::lsh_hash`]).
+///
+/// # Safety
+/// As [`rc_linear_f32`]; `mask` may be NULL.
+#[no_mangle]
+pub unsafe extern "C" fn rc_lsh_hash_f32(
+    qk: *const f32,
+    rot: *const f32,
+    mask: *const i64,
+    batch: i64,
+    len: i64,
+    heads: i64,
+    d: i64,
+    rounds: i64,
+    factors: *const i64,
+    nfactors: i64,
+    out: *mut i64,
+) -> i32 {
+    guard(|| {
+        let (b, l, h) = (
+            size(batch, "batch")?,
+            size(len, "len")?,
+            size(heads, "heads")?,
+        );
+        let (d, r, nf) = (
+            size(d, "d")?,
+            size(rounds, "rounds")?,
+            size(nfactors, "nfactors")?,
+        );
+        let sf = span(factors, nf, "factors")?;
+        // SAFETY: span checked; the caller passes nfactors values.
+        let fs: Vec<usize> = unsafe { view(factors, sf) }
+            .iter()
+            .map(|&f| size(f, "bucket factor"))
+            .collect::<Result<_>>()?;
+        let half = fs.iter().try_fold(0usize, |a, f| a.checked_add(f / 2));
+        let half = half.ok_or_else(|| invalid("rotation width overflows"))?;
+        let sq = span(qk, count(&[b, l, h, d], "qk")?, "qk")?;
+        let sr = span(rot, count(&[h, d, r, half], "rot")?, "rot")?;
+        let sm = span(
+            mask,
+            if mask.is_null() {
+                0
+            } else {
+                count(&[b, l], "mask")?
+            },
+            "mask",
+        )?;
+        let so = span(out, count(&[b, h, r, l], "out")?, "out")?;
+        no_overlap(so, &[sq, sr, sm, sf])?;
+        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+        let (qk, rot, o) = unsafe { (view(qk, sq), view(rot, sr), view_mut(out, so)) };
+        // SAFETY: as above.
+        let m = (!mask.is_null()).then(|| unsafe { view(mask, sm) });
+        attention::lsh_hash(qk, rot, m, b, l, h, d, r, &fs, o)
+    })
+}
+
+/// Fused LSH attention given buckets `[B, H, r, L]` (see [`attention::lsh_attention`]).
+///
+/// # Safety
+/// As [`rc_linear_f32`]; `mask` may be NULL.
+#[no_mangle]
+pub unsafe extern "C" fn rc_lsh_attention_f32(
+    qk: *const f32,
+    v: *const f32,
+    buckets: *const i64,
+    mask: *const i64,
+    batch: i64,
+    len: i64,
+    heads: i64,
+    d: i64,
+    rounds: i64,
+    chunk: i64,
+    before: i64,
+    after: i64,
+    causal: i32,
+    out: *mut f32,
+) -> i32 {
+    guard(|| {
+        let (b, l, h) = (
+            size(batch, "batch")?,
+            size(len, "len")?,
+            size(heads, "heads")?,
+        );
+        let (d, r, c) = (
+            size(d, "d")?,
+            size(rounds, "rounds")?,
+            size(chunk, "chunk")?,
+        );
+        let (nb, na) = (size(before, "before")?, size(after, "after")?);
+        let sq = span(qk, count(&[b, l, h, d], "qk")?, "qk")?;
+        let sv = span(v, count(&[b, l, h, d], "v")?, "v")?;
+        let sb = span(buckets, count(&[b, h, r, l], "buckets")?, "buckets")?;
+        let sm = span(
+            mask,
+            if mask.is_null() {
+                0
+            } else {
+                count(&[b, l], "mask")?
+            },
+            "mask",
+        )?;
+        let so = span(out, count(&[b, l, h, d], "out")?, "out")?;
+        no_overlap(so, &[sq, sv, sb, sm])?;
+        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+        let (qk, v, bk, o) = unsafe {
+            (
+                view(qk, sq),
+                view(v, sv),
+                view(buckets, sb),
+                view_mut(out, so),
+            )
+        };
+        // SAFETY: as above.
+        let m = (!mask.is_null()).then(|| unsafe { view(mask, sm) });
+        attention::lsh_attention(qk, v, bk, m, b, l, h, d, r, c, nb, na, causal != 0, o)
+    })
+}
+
+/// `n` standard normals from Philox4x32-10 keyed by (seed, stream), the
+/// interpreter's `philox::normals` rounded to f32 (seed and stream are taken
+/// as their 64-bit patterns).
+///
+/// # Safety
+/// `out` must point to `n` writable floats.
+#[no_mangle]
+pub unsafe extern "C" fn rc_random_normal_f32(
+    seed: i64,
+    stream: i64,
+    n: i64,
+    out: *mut f32,
+) -> i32 {
+    guard(|| {
+        let n = size(n, "n")?;
+        let so = span(out, n, "out")?;
+        // SAFETY: span checked above; size is the ABI's contract with the caller.
+        let o = unsafe { view_mut(out, so) };
+        crate::random_normal(seed as u64, stream as u64, o)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    fn last() -> String {
+        // SAFETY: rc_last_error returns a valid NUL-terminated string.
+        unsafe { CStr::from_ptr(rc_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn null_and_negative_arguments_are_errors_with_messages() {
+        let mut y = [0.0f32; 4];
+        // SAFETY: pointers are valid or NULL, as each case intends.
+        unsafe {
+            assert_eq!(
+                rc_linear_f32(
+                    std::ptr::null(),
+                    2,
+                    2,
+                    [0.0; 4].as_ptr(),
+                    2,
+                    std::ptr::null(),
+                    0,
+                    y.as_mut_ptr()
+                ),
+                1
+            );
+            assert!(last().contains("x is NULL"), "{}", last());
+            assert_eq!(
+                rc_linear_f32(
+                    [0.0; 4].as_ptr(),
+                    -2,
+                    2,
+                    [0.0; 4].as_ptr(),
+                    2,
+                    std::ptr::null(),
+                    0,
+                    y.as_mut_ptr()
+                ),
+                1
+            );
+            assert!(last().contains("negative"), "{}", last());
+            assert_eq!(
+                rc_linear_f32(
+                    [0.0; 4].as_ptr(),
+                    2,
+                    2,
+                    [0.0; 4].as_ptr(),
+                    2,
+                    std::ptr::null(),
+                    9,
+                    y.as_mut_ptr()
+                ),
+                1
+            );
+            assert!(last().contains("activation"));
+            assert_eq!(rc_set_threads(-3), 1);
+        }
+    }
+
+    #[test]
+    fn overlapping_output_is_rejected() {
+        let mut buf = [1.0f32; 4];
+        let p = buf.as_mut_ptr();
+        // SAFETY: both views are of `buf`; the call must refuse before touching memory.
+        let rc =
+            unsafe { rc_layer_norm_f32(p, 2, 2, [1.0; 2].as_ptr(), [0.0; 2].as_ptr(), 1e-5, p) };
+        assert_eq!(rc, 1);
+        assert!(last().contains("overlaps"));
+    }
+
+    #[test]
+    fn embedding_out_of_range_is_code_2() {
+        let mut y = [0.0f32; 2];
+        // SAFETY: valid buffers of the stated sizes.
+        let rc = unsafe {
+            rc_embedding_f32([3i64].as_ptr(), 1, [0.0; 4].as_ptr(), 2, 2, y.as_mut_ptr())
+        };
+        assert_eq!(rc, 2);
+        assert!(last().contains("out of range"));
+    }
+
+    #[test]
+    fn empty_calls_succeed_with_null_pointers() {
+        // SAFETY: zero-sized buffers are never read.
+        unsafe {
+            assert_eq!(rc_random_normal_f32(1, 2, 0, std::ptr::null_mut()), 0);
+            assert_eq!(
+                rc_linear_f32(
+                    std::ptr::null(),
+                    0,
+                    4,
+                    [0.0; 8].as_ptr(),
+                    2,
+                    std::ptr::null(),
+                    1,
+                    std::ptr::null_mut()
+                ),
+                0
+            );
+        }
+    }
+
+    #[test]
+    fn panics_become_internal_errors() {
+        assert_eq!(guard(|| panic!("boom")), 5);
+        assert!(last().contains("boom"));
+    }
+}

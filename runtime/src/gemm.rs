@@ -1,0 +1,664 @@
+//! fp32 GEMM: register-blocked micro-kernels chosen at run time (AVX-512,
+//! AVX2+FMA, portable scalar), a packed right-hand side, and the `linear`
+//! kernel (`y = act(x·wᵀ + b)`) threaded over row blocks.
+//!
+//! Every output element is one multiply-add chain over `k` in increasing
+//! order (a partial result stored to C and loaded back continues the same
+//! chain), so results do not depend on blocking, tiling or the thread count.
+
+use crate::act::Activation;
+use crate::error::{invalid, try_zeroed, Result};
+use crate::pool::{par_for, SharedMut};
+use std::sync::OnceLock;
+
+/// Arguments of one micro-kernel call: `C[R×NR] (+)= A[R×k]·B[k×NR]` for the
+/// kernel's row count `R` (1..=MR), then
+/// `+ bias` and relu if asked. `a` is row-major with row stride `lda`; `b` is a
+/// packed panel (`k` rows of `NR` contiguous values); `c` has row stride `ldc`.
+#[derive(Clone, Copy)]
+pub(crate) struct Micro {
+    pub k: usize,
+    pub a: *const f32,
+    pub lda: usize,
+    pub b: *const f32,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub accumulate: bool,
+    /// `NR` values or null.
+    pub bias: *const f32,
+    pub relu: bool,
+}
+
+type MicroFn = unsafe fn(&Micro);
+
+/// A micro-kernel and its register tile.
+#[derive(Clone, Copy)]
+pub struct Kernel {
+    /// Rows of the register tile.
+    pub mr: usize,
+    /// Columns of the register tile (width of a packed panel).
+    pub nr: usize,
+    /// Instruction set the kernel uses.
+    pub isa: &'static str,
+    /// `f[i]` computes tiles of `i + 1` rows (the last entry is the full `MR`).
+    f: &'static [MicroFn],
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}x{}", self.isa, self.mr, self.nr)
+    }
+}
+
+/// Portable kernel: plain multiply and add (no fused multiply-add).
+///
+/// # Safety
+/// `p` must describe valid memory for a full `MR×NR` tile (see [`Micro`]).
+unsafe fn scalar_kernel<const MR: usize, const NR: usize>(p: &Micro) {
+    let mut acc = [[0.0f32; NR]; MR];
+    if p.accumulate {
+        for (i, row) in acc.iter_mut().enumerate() {
+            for (j, x) in row.iter_mut().enumerate() {
+                // SAFETY: C holds MR rows of NR values at stride ldc (contract of `p`).
+                *x = unsafe { *p.c.add(i * p.ldc + j) };
+            }
+        }
+    }
+    for kk in 0..p.k {
+        // SAFETY: the packed panel holds k rows of NR values.
+        let b: &[f32] = unsafe { std::slice::from_raw_parts(p.b.add(kk * NR), NR) };
+        for (i, row) in acc.iter_mut().enumerate() {
+            // SAFETY: A holds MR rows of at least k values at stride lda.
+            let a = unsafe { *p.a.add(i * p.lda + kk) };
+            for (x, &bj) in row.iter_mut().zip(b) {
+                *x += a * bj;
+            }
+        }
+    }
+    for (i, row) in acc.iter_mut().enumerate() {
+        for (j, x) in row.iter_mut().enumerate() {
+            if !p.bias.is_null() {
+                // SAFETY: a non-null bias holds NR values.
+                *x += unsafe { *p.bias.add(j) };
+            }
+            if p.relu && (x.is_nan() || *x <= 0.0) {
+                *x = 0.0;
+            }
+            // SAFETY: C holds MR rows of NR values at stride ldc.
+            unsafe { *p.c.add(i * p.ldc + j) = *x };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Micro;
+    use std::arch::x86_64::*;
+
+    /// AVX-512 kernel: `MR` rows × `NV` vectors of 16 columns.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F, and `p` must describe a full tile.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn avx512<const MR: usize, const NV: usize>(p: &Micro) {
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        if p.accumulate {
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (v, x) in row.iter_mut().enumerate() {
+                    // SAFETY: C holds MR rows of 16·NV values at stride ldc.
+                    *x = unsafe { _mm512_loadu_ps(p.c.add(i * p.ldc + 16 * v)) };
+                }
+            }
+        }
+        let (mut a, mut b) = (p.a, p.b);
+        for _ in 0..p.k {
+            let mut bv = [_mm512_setzero_ps(); NV];
+            for (v, x) in bv.iter_mut().enumerate() {
+                // SAFETY: the packed panel holds k rows of 16·NV values; b walks them.
+                *x = unsafe { _mm512_loadu_ps(b.add(16 * v)) };
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                // SAFETY: A holds MR rows of k values at stride lda; a walks the columns.
+                let av = _mm512_set1_ps(unsafe { *a.add(i * p.lda) });
+                for (x, &bj) in row.iter_mut().zip(&bv) {
+                    *x = _mm512_fmadd_ps(av, bj, *x);
+                }
+            }
+            // SAFETY: stays within (or one past) the A rows and the panel.
+            unsafe {
+                a = a.add(1);
+                b = b.add(16 * NV);
+            }
+        }
+        if !p.bias.is_null() {
+            for v in 0..NV {
+                // SAFETY: a non-null bias holds 16·NV values.
+                let bias = unsafe { _mm512_loadu_ps(p.bias.add(16 * v)) };
+                for row in acc.iter_mut() {
+                    row[v] = _mm512_add_ps(row[v], bias);
+                }
+            }
+        }
+        if p.relu {
+            // max_ps returns the second operand for NaN: NaN -> 0 like `x > 0 ? x : 0`.
+            let zero = _mm512_setzero_ps();
+            acc.iter_mut()
+                .flatten()
+                .for_each(|x| *x = _mm512_max_ps(*x, zero));
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (v, x) in row.iter().enumerate() {
+                // SAFETY: C holds MR rows of 16·NV values at stride ldc.
+                unsafe { _mm512_storeu_ps(p.c.add(i * p.ldc + 16 * v), *x) };
+            }
+        }
+    }
+
+    /// AVX2+FMA kernel: `MR` rows × `NV` vectors of 8 columns.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA, and `p` must describe a full tile.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2<const MR: usize, const NV: usize>(p: &Micro) {
+        let mut acc = [[_mm256_setzero_ps(); NV]; MR];
+        if p.accumulate {
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (v, x) in row.iter_mut().enumerate() {
+                    // SAFETY: C holds MR rows of 8·NV values at stride ldc.
+                    *x = unsafe { _mm256_loadu_ps(p.c.add(i * p.ldc + 8 * v)) };
+                }
+            }
+        }
+        let (mut a, mut b) = (p.a, p.b);
+        for _ in 0..p.k {
+            let mut bv = [_mm256_setzero_ps(); NV];
+            for (v, x) in bv.iter_mut().enumerate() {
+                // SAFETY: the packed panel holds k rows of 8·NV values; b walks them.
+                *x = unsafe { _mm256_loadu_ps(b.add(8 * v)) };
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                // SAFETY: A holds MR rows of k values at stride lda; a walks the columns.
+                let av = _mm256_set1_ps(unsafe { *a.add(i * p.lda) });
+                for (x, &bj) in row.iter_mut().zip(&bv) {
+                    *x = _mm256_fmadd_ps(av, bj, *x);
+                }
+            }
+            // SAFETY: stays within (or one past) the A rows and the panel.
+            unsafe {
+                a = a.add(1);
+                b = b.add(8 * NV);
+            }
+        }
+        if !p.bias.is_null() {
+            for v in 0..NV {
+                // SAFETY: a non-null bias holds 8·NV values.
+                let bias = unsafe { _mm256_loadu_ps(p.bias.add(8 * v)) };
+                for row in acc.iter_mut() {
+                    row[v] = _mm256_add_ps(row[v], bias);
+                }
+            }
+        }
+        if p.relu {
+            let zero = _mm256_setzero_ps();
+            acc.iter_mut()
+                .flatten()
+                .for_each(|x| *x = _mm256_max_ps(*x, zero));
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (v, x) in row.iter().enumerate() {
+                // SAFETY: C holds MR rows of 8·NV values at stride ldc.
+                unsafe { _mm256_storeu_ps(p.c.add(i * p.ldc + 8 * v), *x) };
+            }
+        }
+    }
+}
+
+/// Every kernel usable on this CPU, best first.
+pub fn available_kernels() -> Vec<Kernel> {
+    let mut out = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        use x86::{avx2, avx512};
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            out.push(Kernel {
+                mr: 6,
+                nr: 64,
+                isa: "avx512",
+                f: &[
+                    avx512::<1, 4>,
+                    avx512::<2, 4>,
+                    avx512::<3, 4>,
+                    avx512::<4, 4>,
+                    avx512::<5, 4>,
+                    avx512::<6, 4>,
+                ],
+            });
+            out.push(Kernel {
+                mr: 12,
+                nr: 32,
+                isa: "avx512",
+                f: &[
+                    avx512::<1, 2>,
+                    avx512::<2, 2>,
+                    avx512::<3, 2>,
+                    avx512::<4, 2>,
+                    avx512::<5, 2>,
+                    avx512::<6, 2>,
+                    avx512::<7, 2>,
+                    avx512::<8, 2>,
+                    avx512::<9, 2>,
+                    avx512::<10, 2>,
+                    avx512::<11, 2>,
+                    avx512::<12, 2>,
+                ],
+            });
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            out.push(Kernel {
+                mr: 6,
+                nr: 16,
+                isa: "avx2+fma",
+                f: &[
+                    avx2::<1, 2>,
+                    avx2::<2, 2>,
+                    avx2::<3, 2>,
+                    avx2::<4, 2>,
+                    avx2::<5, 2>,
+                    avx2::<6, 2>,
+                ],
+            });
+        }
+    }
+    out.push(Kernel {
+        mr: 4,
+        nr: 16,
+        isa: "scalar",
+        f: &[
+            scalar_kernel::<1, 16>,
+            scalar_kernel::<2, 16>,
+            scalar_kernel::<3, 16>,
+            scalar_kernel::<4, 16>,
+        ],
+    });
+    out
+}
+
+/// Largest `MR × NR` of any kernel (size of the stack scratch tile).
+const MAX_TILE: usize = 6 * 64;
+
+/// The kernel every GEMM in this process uses (the best one for this CPU;
+/// `REFORMC_RT_KERNEL=avx512|avx2|scalar` forces a narrower one).
+pub fn kernel() -> &'static Kernel {
+    static K: OnceLock<Kernel> = OnceLock::new();
+    K.get_or_init(|| {
+        let all = available_kernels();
+        let wanted = std::env::var("REFORMC_RT_KERNEL").ok();
+        wanted
+            .and_then(|w| all.iter().find(|k| k.isa.starts_with(w.as_str())).copied())
+            .unwrap_or(all[0])
+    })
+}
+
+/// A right-hand side packed for a kernel: `ceil(n/NR)` panels of `k × NR`
+/// values (zero-padded past column `n`).
+pub(crate) struct PackedB {
+    pub data: Vec<f32>,
+    pub n: usize,
+    pub k: usize,
+    pub nr: usize,
+}
+
+impl PackedB {
+    /// Number of panels.
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(self.nr)
+    }
+
+    /// A zeroed packed matrix for `k × n`.
+    pub fn zeroed(k: usize, n: usize, nr: usize) -> Result<Self> {
+        let data = try_zeroed(n.div_ceil(nr) * nr * k, "packed matrix")?;
+        Ok(PackedB { data, n, k, nr })
+    }
+
+    /// Packs `wᵀ` where `w` is `[n, k]` row-major with row stride `ldw`
+    /// (the `linear` weight layout).
+    pub fn from_nt(w: &[f32], n: usize, k: usize, ldw: usize, nr: usize) -> Result<Self> {
+        let mut p = Self::zeroed(k, n, nr)?;
+        for (panel, dst) in p.data.chunks_exact_mut(k * nr).enumerate() {
+            for jj in 0..nr.min(n - panel * nr) {
+                let row = &w[(panel * nr + jj) * ldw..][..k];
+                for (kk, &x) in row.iter().enumerate() {
+                    dst[kk * nr + jj] = x;
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    /// Packs `b` given as `[k, n]` row-major with row stride `ldb`.
+    pub fn from_kn(b: &[f32], k: usize, n: usize, ldb: usize, nr: usize) -> Result<Self> {
+        let mut p = Self::zeroed(k, n, nr)?;
+        for (panel, dst) in p.data.chunks_exact_mut(k * nr).enumerate() {
+            let cols = nr.min(n - panel * nr);
+            for kk in 0..k {
+                dst[kk * nr..kk * nr + cols].copy_from_slice(&b[kk * ldb + panel * nr..][..cols]);
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// What happens to C after the product.
+#[derive(Clone, Copy)]
+pub(crate) struct Epilogue<'a> {
+    /// Add the product to C's current contents instead of overwriting.
+    pub accumulate: bool,
+    /// Per-column bias (padded to whole panels), added after the product.
+    pub bias: Option<&'a [f32]>,
+    /// Activation after the bias.
+    pub act: Activation,
+}
+
+impl Epilogue<'_> {
+    /// Plain `C = A·B`.
+    pub const STORE: Epilogue<'static> = Epilogue {
+        accumulate: false,
+        bias: None,
+        act: Activation::None,
+    };
+    /// `C += A·B`.
+    pub const ACCUMULATE: Epilogue<'static> = Epilogue {
+        accumulate: true,
+        bias: None,
+        act: Activation::None,
+    };
+}
+
+/// `C[m×n] (+)= A[m×k]·B` for a packed `B`, `A` row-major (stride `lda`) and
+/// `C` row-major (stride `ldc`), with the epilogue `epi`.
+///
+/// Walks panels outermost so that each `k × NR` panel stays in cache while the
+/// row tiles of A pass over it. Edge tiles go through zero-padded scratch tiles.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm(
+    kern: &Kernel,
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    epi: Epilogue,
+) {
+    let (n, k, mr, nr) = (b.n, b.k, kern.mr, kern.nr);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert_eq!(b.nr, nr, "B packed for this kernel");
+    assert!(a.len() >= (m - 1) * lda + k && c.len() >= (m - 1) * ldc + n);
+    if let Some(bias) = epi.bias {
+        assert!(bias.len() >= b.panels() * nr);
+    }
+    let relu = epi.act == Activation::Relu;
+    // Scratch C tile for column edges (rows edges use a kernel with fewer rows).
+    let mut c_edge = [0.0f32; MAX_TILE];
+    debug_assert!(mr * nr <= MAX_TILE && kern.f.len() == mr);
+    for panel in 0..b.panels() {
+        let j0 = panel * nr;
+        let cols = nr.min(n - j0);
+        let bp = &b.data[panel * k * nr..(panel + 1) * k * nr];
+        let bias = epi.bias.map_or(std::ptr::null(), |s| s[j0..].as_ptr());
+        for i0 in (0..m).step_by(mr) {
+            let rows = mr.min(m - i0);
+            let direct = cols == nr;
+            if !direct && epi.accumulate {
+                for i in 0..rows {
+                    c_edge[i * nr..i * nr + cols]
+                        .copy_from_slice(&c[(i0 + i) * ldc + j0..][..cols]);
+                }
+            }
+            let (cp, ldc_t) = if direct {
+                (c[i0 * ldc + j0..].as_mut_ptr(), ldc)
+            } else {
+                (c_edge.as_mut_ptr(), nr)
+            };
+            let p = Micro {
+                k,
+                a: a[i0 * lda..].as_ptr(),
+                lda,
+                b: bp.as_ptr(),
+                c: cp,
+                ldc: ldc_t,
+                accumulate: epi.accumulate,
+                bias,
+                relu,
+            };
+            // SAFETY: the kernel was detected on this CPU; it touches `rows` rows of A
+            // (k values each) and of C (NR values each, or the NR-wide scratch), all
+            // within the slices per the asserts above; B and bias hold whole panels.
+            unsafe { (kern.f[rows - 1])(&p) };
+            if !direct {
+                for i in 0..rows {
+                    c[(i0 + i) * ldc + j0..][..cols]
+                        .copy_from_slice(&c_edge[i * nr..i * nr + cols]);
+                }
+            }
+            if !matches!(epi.act, Activation::None | Activation::Relu) {
+                for i in 0..rows {
+                    epi.act.apply_slice(&mut c[(i0 + i) * ldc + j0..][..cols]);
+                }
+            }
+        }
+    }
+}
+
+/// `y[rows, out] = act(x[rows, in] · w[out, in]ᵀ + b[out])` (`rc_linear_f32`),
+/// threaded over blocks of rows.
+///
+/// ```
+/// use reformc_runtime::{linear, Activation};
+/// let x = [1.0, 2.0, 3.0, 4.0]; // 2 rows, in = 2
+/// let w = [1.0, 0.0, 1.0, -1.0, 0.5, 0.5]; // out = 3
+/// let mut y = [0.0; 6];
+/// linear(&x, 2, 2, &w, 3, Some(&[0.0, 0.0, 1.0]), Activation::Relu, &mut y).unwrap();
+/// assert_eq!(y, [1.0, 0.0, 2.5, 3.0, 0.0, 4.5]);
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn linear(
+    x: &[f32],
+    rows: usize,
+    inp: usize,
+    w: &[f32],
+    out: usize,
+    b: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) -> Result<()> {
+    linear_with(kernel(), x, rows, inp, w, out, b, act, y)
+}
+
+/// [`linear`] with an explicit micro-kernel (one of [`available_kernels`]), for
+/// benchmarks and cross-checks.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_with(
+    kern: &Kernel,
+    x: &[f32],
+    rows: usize,
+    inp: usize,
+    w: &[f32],
+    out: usize,
+    b: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) -> Result<()> {
+    check_len("x", x.len(), rows.checked_mul(inp))?;
+    check_len("w", w.len(), out.checked_mul(inp))?;
+    check_len("y", y.len(), rows.checked_mul(out))?;
+    if let Some(b) = b {
+        check_len("b", b.len(), Some(out))?;
+    }
+    if rows == 0 || out == 0 {
+        return Ok(());
+    }
+    if inp == 0 {
+        // Empty sum: y = act(b) (or act(0)).
+        for row in y.chunks_exact_mut(out) {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = act.apply(b.map_or(0.0, |b| 0.0 + b[j]));
+            }
+        }
+        return Ok(());
+    }
+    let packed = PackedB::from_nt(w, out, inp, inp, kern.nr)?;
+    let bias = match b {
+        Some(b) => {
+            let mut v = try_zeroed(packed.panels() * kern.nr, "bias")?;
+            v[..out].copy_from_slice(b);
+            Some(v)
+        }
+        None => None,
+    };
+    let epi = Epilogue {
+        accumulate: false,
+        bias: bias.as_deref(),
+        act,
+    };
+    // Rows per task: about 192 KiB of A (stays in L2 while B's panels pass), whole
+    // register tiles; any split gives the same bits, see the module doc.
+    let block = ((192 * 1024 / 4 / inp).max(1).div_ceil(kern.mr) * kern.mr).min(rows);
+    let tasks = rows.div_ceil(block);
+    let shared = SharedMut::new(y);
+    par_for(tasks, |t| {
+        let r0 = t * block;
+        let n_rows = block.min(rows - r0);
+        // SAFETY: task t alone writes rows r0..r0+n_rows of y.
+        let yt = unsafe { shared.slice(r0 * out, n_rows * out) };
+        gemm(
+            kern,
+            n_rows,
+            &x[r0 * inp..(r0 + n_rows) * inp],
+            inp,
+            &packed,
+            yt,
+            out,
+            epi,
+        );
+    })
+}
+
+/// Checks a slice length against a size product (None = overflow).
+pub(crate) fn check_len(name: &str, len: usize, want: Option<usize>) -> Result<()> {
+    match want {
+        Some(w) if w == len => Ok(()),
+        Some(w) => Err(invalid(format!("{name} has {len} elements, expected {w}"))),
+        None => Err(invalid(format!("size of {name} overflows"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(m: usize, n: usize, k: usize, a: &[f32], w: &[f32]) -> Vec<f64> {
+        let mut y = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                y[i * n + j] = (0..k)
+                    .map(|t| f64::from(a[i * k + t]) * f64::from(w[j * k + t]))
+                    .sum();
+            }
+        }
+        y
+    }
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (i as f32 * 0.618 + seed as f32 * 1.3).sin() * 2.0)
+            .collect()
+    }
+
+    #[test]
+    fn every_kernel_matches_naive_on_edge_shapes() {
+        for kern in available_kernels() {
+            for (m, n, k) in [
+                (1, 1, 1),
+                (7, 13, 5),
+                (13, 70, 33),
+                (6, 64, 64),
+                (29, 129, 17),
+            ] {
+                let (a, w) = (data(m * k, 1), data(n * k, 2));
+                let b = PackedB::from_nt(&w, n, k, k, kern.nr).unwrap();
+                let mut c = vec![f32::NAN; m * n];
+                gemm(&kern, m, &a, k, &b, &mut c, n, Epilogue::STORE);
+                let want = naive(m, n, k, &a, &w);
+                for (x, y) in c.iter().zip(&want) {
+                    assert!((f64::from(*x) - y).abs() < 1e-4, "{kern:?} {m}x{n}x{k}");
+                }
+                // Accumulating a second product doubles the result.
+                gemm(&kern, m, &a, k, &b, &mut c, n, Epilogue::ACCUMULATE);
+                for (x, y) in c.iter().zip(&want) {
+                    assert!((f64::from(*x) - 2.0 * y).abs() < 2e-4, "{kern:?} acc");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn blocking_does_not_change_bits() {
+        // The same element through a direct tile and through an edge tile.
+        let kern = kernel();
+        let (m, n, k) = (3 * kern.mr + 1, kern.nr + 3, 37);
+        let (a, w) = (data(m * k, 3), data(n * k, 4));
+        let b = PackedB::from_nt(&w, n, k, k, kern.nr).unwrap();
+        let mut whole = vec![0.0; m * n];
+        gemm(kern, m, &a, k, &b, &mut whole, n, Epilogue::STORE);
+        for start in [1, 2, kern.mr - 1] {
+            let mut part = vec![0.0; (m - start) * n];
+            gemm(
+                kern,
+                m - start,
+                &a[start * k..],
+                k,
+                &b,
+                &mut part,
+                n,
+                Epilogue::STORE,
+            );
+            assert_eq!(part[..], whole[start * n..]);
+        }
+    }
+
+    #[test]
+    fn linear_bias_and_activations() {
+        let (rows, inp, out) = (37, 19, 21);
+        let (x, w, b) = (data(rows * inp, 5), data(out * inp, 6), data(out, 7));
+        let want = naive(rows, out, inp, &x, &w);
+        for act in Activation::ALL {
+            let mut y = vec![0.0; rows * out];
+            linear(&x, rows, inp, &w, out, Some(&b), act, &mut y).unwrap();
+            for (i, v) in y.iter().enumerate() {
+                let pre = (want[i] + f64::from(b[i % out])) as f32;
+                let expect = act.apply(pre);
+                assert!((v - expect).abs() < 1e-4, "{act:?}: {v} vs {expect}");
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_lengths_are_rejected() {
+        let mut y = [0.0; 4];
+        let e = linear(
+            &[1.0; 3],
+            2,
+            2,
+            &[1.0; 4],
+            2,
+            None,
+            Activation::None,
+            &mut y,
+        );
+        assert_eq!(e.unwrap_err().code(), 1);
+    }
+}

@@ -1,0 +1,33 @@
+//! reformc's CPU kernel runtime.
+//!
+//! Generated code (the LLVM backend) calls these kernels through the C ABI of
+//! `runtime/ABI.md` (see [`ffi`]); Rust callers and the tests use the safe
+//! wrappers re-exported here. Semantics are the reference interpreter's
+//! (`reformc_interp::attention`, `reformc_interp::nn`); speed comes from
+//! register-blocked SIMD GEMM chosen at run time ([`gemm`]), fused chunked
+//! attention that only ever holds per-chunk tiles ([`attention`]) and a thread
+//! pool whose results do not depend on the thread count ([`pool`]).
+#![deny(unsafe_op_in_unsafe_fn)]
+
+// Kernels and their C ABI (runtime/ABI.md).
+pub mod act;
+pub mod attention;
+pub mod error;
+pub mod ffi;
+pub mod gemm;
+pub mod nn;
+pub mod philox;
+pub mod pool;
+mod simd;
+
+// Model runtime, .npy I/O and executables' command line: owned by the LLVM backend.
+pub mod exe_main;
+pub mod model_rt;
+pub mod npy;
+
+pub use act::Activation;
+pub use error::{last_error, Error, Result};
+pub use gemm::linear;
+pub use nn::{axial_pos, embedding, layer_norm};
+pub use philox::random_normal;
+pub use pool::{set_threads, threads};

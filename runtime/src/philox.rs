@@ -1,0 +1,76 @@
+//! Counter-based normal random numbers (Philox4x32-10 + Box-Muller), the same
+//! values as `reformc_interp::philox::normals`, rounded to f32.
+
+use crate::pool::{par_for, SharedMut};
+use crate::Result;
+
+const M0: u32 = 0xD251_1F53;
+const M1: u32 = 0xCD9E_8D57;
+const W0: u32 = 0x9E37_79B9;
+const W1: u32 = 0xBB67_AE85;
+
+/// Philox4x32 with 10 rounds: four 32-bit words from a 128-bit counter and a 64-bit key.
+fn philox4x32(mut ctr: [u32; 4], mut key: [u32; 2]) -> [u32; 4] {
+    for _ in 0..10 {
+        let p0 = u64::from(M0) * u64::from(ctr[0]);
+        let p1 = u64::from(M1) * u64::from(ctr[2]);
+        ctr = [
+            (p1 >> 32) as u32 ^ ctr[1] ^ key[0],
+            p1 as u32,
+            (p0 >> 32) as u32 ^ ctr[3] ^ key[1],
+            p0 as u32,
+        ];
+        key = [key[0].wrapping_add(W0), key[1].wrapping_add(W1)];
+    }
+    ctr
+}
+
+/// The four normals of counter block `block` (what `normals` emits at 4·block..4·block+4).
+fn block_normals(seed: u64, stream: u64, block: u64) -> [f64; 4] {
+    let key = [seed as u32, (seed >> 32) as u32];
+    let r = philox4x32(
+        [
+            block as u32,
+            (block >> 32) as u32,
+            stream as u32,
+            (stream >> 32) as u32,
+        ],
+        key,
+    );
+    let mut out = [0.0; 4];
+    for (i, pair) in [[r[0], r[1]], [r[2], r[3]]].into_iter().enumerate() {
+        let u1 = (f64::from(pair[0]) + 1.0) / 4_294_967_296.0;
+        let u2 = f64::from(pair[1]) / 4_294_967_296.0;
+        let radius = (-2.0 * u1.ln()).sqrt();
+        let angle = 2.0 * std::f64::consts::PI * u2;
+        out[2 * i] = radius * angle.cos();
+        out[2 * i + 1] = radius * angle.sin();
+    }
+    out
+}
+
+/// Fills `out` with standard normals for (seed, stream) (`rc_random_normal_f32`);
+/// a pure function of (seed, stream, index), computed in parallel.
+///
+/// ```
+/// let mut a = [0.0f32; 10];
+/// reformc_runtime::random_normal(7, 3, &mut a).unwrap();
+/// let want: Vec<f32> = reformc_interp::philox::normals(7, 3, 10).iter().map(|&x| x as f32).collect();
+/// assert_eq!(a.to_vec(), want);
+/// ```
+pub fn random_normal(seed: u64, stream: u64, out: &mut [f32]) -> Result<()> {
+    const PER: usize = 4096; // values per task, a multiple of 4
+    let n = out.len();
+    let shared = SharedMut::new(out);
+    par_for(n.div_ceil(PER), |t| {
+        let start = t * PER;
+        // SAFETY: task t alone writes values start..start+len.
+        let dst = unsafe { shared.slice(start, PER.min(n - start)) };
+        for (i, quad) in dst.chunks_mut(4).enumerate() {
+            let v = block_normals(seed, stream, ((start / 4) + i) as u64);
+            for (o, x) in quad.iter_mut().zip(v) {
+                *o = x as f32;
+            }
+        }
+    })
+}

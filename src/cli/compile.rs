@@ -1,0 +1,258 @@
+//! `reformc compile`: a model to a standalone executable, an object file, a
+//! shared library (+ `model.h`), or LLVM IR / assembly text, through the LLVM
+//! CPU backend.
+
+use super::error::{CliError, CliResult};
+use super::model;
+use super::passes::PassArgs;
+use clap::Args;
+use reformc_backend_llvm::aot::{self, Emit};
+use reformc_backend_llvm::target::TargetSpec;
+use reformc_backend_llvm::{CompileOptions, DimLimit, ExeInfo, Variant, WeightsMode};
+use reformc_frontend::lower::{LowerOptions, LshSource};
+use reformc_frontend::spec::{HeadSpec, ModelSpec, PositionSpec};
+use reformc_interp::Tensor;
+use reformc_ir::DType;
+use reformc_passes::{Instrumentation, PassManager};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Arguments of `reformc compile`.
+#[derive(Args, Debug)]
+pub struct CompileArgs {
+    /// Model description: a Hugging Face config.json or a reformc model file.
+    pub config: PathBuf,
+    /// Weights (.safetensors, Hugging Face tensor names): checked now; memory-mapped
+    /// from this path at run time (overridable with the executable's --weights), or
+    /// baked in with --weights-mode=embed.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Output path (for `lib`, the .so; model.h is written beside it).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// What to produce.
+    #[arg(long, value_parser = ["exe", "obj", "lib", "llvm", "asm"], default_value = "exe")]
+    pub emit: String,
+    /// How weights reach the model: `mmap` (loaded from the safetensors file at run
+    /// time) or `embed` (compiled into the artifact as constants).
+    #[arg(long, value_parser = ["mmap", "embed"], default_value = "mmap")]
+    pub weights_mode: String,
+    /// CPU to generate code for (`host`: this machine, with all its features).
+    #[arg(long, default_value = "host")]
+    pub target_cpu: String,
+    /// Default worker threads of the executable (0 = all cores; `--threads` overrides at run time).
+    #[arg(long, default_value_t = 0)]
+    pub threads: i64,
+    /// Add `lm_head.bias` to the logits (HF 4.x behaviour; HF 5.x ignores it).
+    #[arg(long)]
+    pub lm_head_bias: bool,
+    /// Print the static buffer plan (every intermediate buffer, when it is freed).
+    #[arg(long)]
+    pub memory_plan: bool,
+    /// The pass pipeline run before code generation (as for `reformc run`);
+    /// `--seq-len` also resolves `num_buckets: null`, `-q` silences progress.
+    #[command(flatten)]
+    pub passes: PassArgs,
+}
+
+/// Largest padded length the model's position embeddings allow.
+fn max_len(spec: &ModelSpec) -> u64 {
+    let mut m = spec.max_position_embeddings;
+    if let PositionSpec::Axial { shape, .. } = &spec.position {
+        m = m.min(shape[0] * shape[1]);
+    }
+    m
+}
+
+fn to_bytes(t: &Tensor) -> Vec<u8> {
+    match t {
+        Tensor::F32(a) => a.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        other => other
+            .to_f64()
+            .iter()
+            .flat_map(|x| (*x as f32).to_le_bytes())
+            .collect(),
+    }
+}
+
+/// Runs the command.
+pub fn run(args: &CompileArgs) -> CliResult<()> {
+    let t0 = Instant::now();
+    let emit: Emit = args.emit.parse().map_err(CliError::input)?;
+    let m = model::load(&args.config, Some(&args.weights), args.lm_head_bias)?;
+    let spec = &m.spec;
+    let n_lsh = spec.num_lsh_layers();
+    let sources: &[(&str, LshSource)] = if n_lsh > 0 {
+        &[
+            ("seeded", LshSource::Seeded),
+            ("rotations", LshSource::Rotations),
+            ("buckets", LshSource::Buckets),
+        ]
+    } else {
+        &[("main", LshSource::Seeded)]
+    };
+    let seq_len = args.passes.seq_len;
+    let mut variants = Vec::new();
+    let mut factors = Vec::new();
+    let mut weights = None;
+    for (i, (name, source)) in sources.iter().enumerate() {
+        let mut lowered = m.lower(&LowerOptions {
+            dtype: DType::F32,
+            lsh_source: *source,
+            seq_len,
+        })?;
+        factors = lowered.bucket_factors.clone();
+        if i == 0 {
+            // Checks names, shapes and dtypes of the weight file against the graph now.
+            weights = Some(m.weight_tensors(&lowered)?);
+            args.passes.optimize(&mut lowered.graph, spec, seq_len)?;
+        } else {
+            // The other variants get the same pipeline, silently.
+            let pm = PassManager::new(
+                args.passes.pipeline()?,
+                Instrumentation {
+                    quiet: true,
+                    ..Instrumentation::default()
+                },
+            )
+            .map_err(|e| CliError::input(e.to_string()))?;
+            let mut opts = args.passes.options(spec);
+            opts.seq_len = opts.seq_len.or(seq_len);
+            pm.run(&mut lowered.graph, &opts, &mut std::io::sink())
+                .map_err(|e| CliError::internal(e.to_string()))?;
+        }
+        variants.push((name.to_string(), lowered));
+    }
+    let weights = weights.ok_or_else(|| CliError::internal("no variant"))?;
+    let graphs: Vec<Variant> = variants
+        .iter()
+        .map(|(n, l)| Variant {
+            name: n.clone(),
+            graph: l.graph.clone(),
+        })
+        .collect();
+    let table = reformc_backend_llvm::weight_table(&graphs)
+        .map_err(|e| CliError::internal(e.to_string()))?;
+    let embed = args.weights_mode == "embed";
+    let mode = if embed {
+        let data: CliResult<Vec<Vec<u8>>> = table
+            .iter()
+            .map(|(n, _)| {
+                weights
+                    .get(n)
+                    .map(to_bytes)
+                    .ok_or_else(|| CliError::internal(format!("weight `{n}` was not loaded")))
+            })
+            .collect();
+        WeightsMode::Embedded(data?)
+    } else {
+        WeightsMode::Runtime
+    };
+    let weights_path = std::fs::canonicalize(&args.weights)
+        .unwrap_or_else(|_| args.weights.clone())
+        .display()
+        .to_string();
+    let max = max_len(spec);
+    let model_name = model_name(&args.config);
+    let uses_bias = table.iter().any(|(n, _)| n == "lm_head.bias");
+    let opts = CompileOptions {
+        model_name: model_name.clone(),
+        target: TargetSpec::named(&args.target_cpu),
+        limits: vec![DimLimit {
+            symbol: "P".into(),
+            max,
+            what: "padded sequence length (max_position_embeddings / axial position grid)".into(),
+        }],
+        allowed_extra_weights: if uses_bias {
+            vec![]
+        } else {
+            vec!["lm_head.bias".into()]
+        },
+        default_weights: (!embed).then(|| weights_path.clone()),
+    };
+    let (pad_multiple, pad_min_len) = match spec.min_chunk() {
+        Some(min) => (spec.chunk_lcm() as i64, min as i64),
+        None => (1, 0),
+    };
+    let info = ExeInfo {
+        model_name: model_name.clone(),
+        output_name: match spec.head {
+            HeadSpec::None => "last_hidden_state".into(),
+            _ => "logits".into(),
+        },
+        default_weights: (!embed).then_some(weights_path),
+        default_threads: args.threads.max(0),
+        vocab_size: spec.vocab_size as i64,
+        max_len: max as i64,
+        pad_multiple,
+        pad_min_len,
+        n_lsh: n_lsh as i64,
+        heads: spec.num_heads as i64,
+        head_dim: spec.head_dim as i64,
+        rounds: spec.lsh.n_hashes as i64,
+        rot_half: factors.iter().sum::<u64>() as i64 / 2,
+        variants: if n_lsh > 0 { 0b111 } else { 0b001 },
+    };
+    let prep = t0.elapsed();
+    let report = aot::compile(&graphs, &opts, &mode, emit, &args.output, Some(&info)).map_err(
+        |e| match e {
+            reformc_backend_llvm::BackendError::Unsupported(_)
+            | reformc_backend_llvm::BackendError::Input(_) => CliError::input(e.to_string()),
+            other => CliError::internal(other.to_string()),
+        },
+    )?;
+    if args.memory_plan {
+        for (name, plan) in &report.plans {
+            println!(
+                "memory plan of variant `{name}` ({} buffers):",
+                plan.buffers.len()
+            );
+            print!("{}", plan.to_text());
+        }
+    }
+    if !args.passes.quiet {
+        let mut phases = vec![format!("frontend {:.2}s", prep.as_secs_f64())];
+        phases.extend(
+            report
+                .phases
+                .iter()
+                .map(|(p, d)| format!("{p} {:.2}s", d.as_secs_f64())),
+        );
+        let mut env = reformc_ir::DimEnv::new();
+        env.insert("B".into(), 1);
+        env.insert("L".into(), max);
+        env.insert("P".into(), max);
+        let peak = report
+            .plans
+            .first()
+            .and_then(|(_, p)| p.peak_bytes(&env))
+            .map(|b| format!("{:.2} MiB", b as f64 / (1u64 << 20) as f64))
+            .unwrap_or_else(|| "?".into());
+        println!(
+            "reformc: compiled `{model_name}` ({} variant{}, {} weights{}, target {}) in {:.2}s [{}]; buffer plan peak at B=1, L={max}: {peak}",
+            graphs.len(),
+            if graphs.len() == 1 { "" } else { "s" },
+            table.len(),
+            if embed { " embedded" } else { "" },
+            opts.target.cpu,
+            t0.elapsed().as_secs_f64(),
+            phases.join(", ")
+        );
+        for w in &report.written {
+            println!("reformc: wrote {}", w.display());
+        }
+    }
+    Ok(())
+}
+
+fn model_name(config: &Path) -> String {
+    let stem = config.file_stem().map(|s| s.to_string_lossy().into_owned());
+    match stem.as_deref() {
+        Some("config") | None => config
+            .parent()
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".into()),
+        Some(s) => s.to_string(),
+    }
+}
