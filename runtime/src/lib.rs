@@ -11,6 +11,7 @@
 
 // Kernels and their C ABI (runtime/ABI.md).
 pub mod act;
+pub mod alloc;
 pub mod attention;
 pub mod error;
 pub mod ffi;

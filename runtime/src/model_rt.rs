@@ -720,6 +720,7 @@ fn load(path: &str, exp: &Expected) -> Loaded {
 }
 
 /// Releases weights from [`rc_model_load_safetensors`]; NULL is ignored.
+/// Also frees the buffers cached by [`crate::alloc::rc_alloc`].
 ///
 /// # Safety
 /// `handle` is NULL or a handle not released before.
@@ -729,6 +730,8 @@ pub unsafe extern "C" fn rc_model_unload_weights(handle: *mut c_void) {
         // SAFETY: the handle came from Box::into_raw in rc_model_load_safetensors.
         drop(unsafe { Box::from_raw(handle as *mut WeightsHandle) });
     }
+    // Intermediate buffers cached for the next run go back to the OS too.
+    crate::alloc::rc_release_cache();
 }
 
 /// A small JSON reader for safetensors headers (objects keep key order).

@@ -188,6 +188,14 @@ pub(crate) const EXTERNS: &[(&str, CTy, &[CTy])] = &[
         &[Ptr, I64, Ptr, Ptr, Ptr, I64, Ptr, Ptr, Ptr],
     ),
     ("rc_model_unload_weights", Void, &[Ptr]),
+    ("rc_alloc", Ptr, &[I64, I64]),
+    ("rc_free", Void, &[Ptr, I64]),
+    ("rc_release_cache", Void, &[]),
+    (
+        "rc_add_rows_f32",
+        Void,
+        &[Ptr, I64, Ptr, I64, Ptr, I64, I64, I64],
+    ),
     ("reformc_exe_main", I32, &[I32, Ptr, Ptr]),
     // libc / libm.
     ("aligned_alloc", Ptr, &[I64, I64]),

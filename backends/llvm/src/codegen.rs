@@ -465,11 +465,36 @@ impl<'ctx> Gen<'ctx> {
 
     // ------------------------------------------------------- memory & slots
 
+    /// A slot is `{ptr, i64}`: the owning pointer (at the slot's address) and
+    /// the byte size it was requested with (for `rc_free`).
+    fn slot_ty(&self) -> inkwell::types::StructType<'ctx> {
+        self.ctx
+            .struct_type(&[self.t.ptr.into(), self.t.i64.into()], false)
+    }
+
     fn new_slot(&self, fs: &mut Fs<'ctx, '_>) -> Result<PointerValue<'ctx>> {
-        let s = fs.entry_b.build_alloca(self.t.ptr, "slot")?;
+        let s = fs.entry_b.build_alloca(self.slot_ty(), "slot")?;
         volatile(fs.entry_b.build_store(s, self.null())?)?;
+        let sz = fs
+            .entry_b
+            .build_struct_gep(self.slot_ty(), s, 1, "slot.size")?;
+        volatile(fs.entry_b.build_store(sz, self.i64c(0))?)?;
         fs.slots.push(s);
         Ok(s)
+    }
+
+    /// Releases the block held in `slot` to the buffer cache (NULL is ignored).
+    fn slot_free(&self, slot: PointerValue<'ctx>) -> Result<()> {
+        let p = self.slot_load(slot)?;
+        let szp = self
+            .b
+            .build_struct_gep(self.slot_ty(), slot, 1, "slot.size")?;
+        let sz = self.b.build_load(self.t.i64, szp, "size")?;
+        if let Some(i) = sz.as_instruction_value() {
+            volatile(i)?;
+        }
+        self.call("rc_free", &[p.into(), sz.into()])?;
+        Ok(())
     }
 
     /// `n` elements of `d` (size computed with overflow checks); the pointer is
@@ -530,11 +555,8 @@ impl<'ctx> Gen<'ctx> {
             .build_int_add(b1, self.i64c(ALIGN as i64 - 1), "up")?;
         let size = self.b.build_and(up, self.i64c(-(ALIGN as i64)), "size")?;
         let p = self
-            .call(
-                "aligned_alloc",
-                &[self.i64c(ALIGN as i64).into(), size.into()],
-            )?
-            .ok_or_else(|| BackendError::Internal("aligned_alloc".into()))?
+            .call("rc_alloc", &[size.into(), self.i64c(ALIGN as i64).into()])?
+            .ok_or_else(|| BackendError::Internal("rc_alloc".into()))?
             .into_pointer_value();
         let isnull = self.b.build_is_null(p, "isnull")?;
         self.fail_if(exit, isnull, |g| {
@@ -548,6 +570,10 @@ impl<'ctx> Gen<'ctx> {
             )
         })?;
         self.slot_store(slot, p)?;
+        let szp = self
+            .b
+            .build_struct_gep(self.slot_ty(), slot, 1, "slot.size")?;
+        volatile(self.b.build_store(szp, size)?)?;
         Ok((p, slot))
     }
 
@@ -584,8 +610,7 @@ impl<'ctx> Gen<'ctx> {
 
     fn free_buf(&self, buf: &Buf<'ctx>) -> Result<()> {
         if let Some(slot) = buf.slot {
-            let p = self.slot_load(slot)?;
-            self.call("free", &[p.into()])?;
+            self.slot_free(slot)?;
             self.slot_store(slot, self.null())?;
         }
         Ok(())
@@ -704,8 +729,7 @@ impl<'ctx> Gen<'ctx> {
         // Cleanup: free whatever is still held (nothing on success), return the code.
         self.b.position_at_end(cleanup);
         for s in &fs.slots {
-            let p = self.slot_load(*s)?;
-            self.call("free", &[p.into()])?;
+            self.slot_free(*s)?;
         }
         let code = self.b.build_load(self.t.i32, errp, "code")?;
         self.b.build_return(Some(&code))?;
@@ -1067,6 +1091,36 @@ impl<'ctx> Gen<'ctx> {
         self.b
             .build_memcpy(dp, d.size_bytes() as u32, sp, d.size_bytes() as u32, bytes)
             .map_err(|e| BackendError::Internal(format!("memcpy: {e}")))?;
+        Ok(())
+    }
+
+    /// `out[r*os + i] = a[r*as + i] (+ b[r*bs + i])` for `r < rows`, `i < cols`
+    /// (f32; `b` NULL: a copy), in parallel over rows (`rc_add_rows_f32`).
+    #[allow(clippy::too_many_arguments)]
+    fn add_rows(
+        &self,
+        out: PointerValue<'ctx>,
+        os: IntValue<'ctx>,
+        a: PointerValue<'ctx>,
+        a_s: IntValue<'ctx>,
+        b: Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
+        rows: IntValue<'ctx>,
+        cols: IntValue<'ctx>,
+    ) -> Result<()> {
+        let (bp, bs) = b.unwrap_or((self.null(), self.i64c(0)));
+        self.call(
+            "rc_add_rows_f32",
+            &[
+                out.into(),
+                os.into(),
+                a.into(),
+                a_s.into(),
+                bp.into(),
+                bs.into(),
+                rows.into(),
+                cols.into(),
+            ],
+        )?;
         Ok(())
     }
 
@@ -2273,33 +2327,15 @@ impl<'ctx> Gen<'ctx> {
         }
         let dt = DType::F32;
         let x2 = self.alloc_buf(fs, dt, hdims.clone(), &format!("{what} x2"))?;
-        self.copy_blocks(
-            dt,
-            x2.ptr,
-            self.i64c(0),
-            half,
-            x.ptr,
-            half,
-            width,
-            rows,
-            half,
-        )?;
+        let x_hi = self.gep(dt, x.ptr, half)?;
+        self.add_rows(x2.ptr, half, x_hi, width, None, rows, half)?;
         let fx = self.region(fs, v, 0, vec![x2.clone()])?;
         let (fx, fx_owned) = fx
             .into_iter()
             .next()
             .ok_or_else(|| BackendError::Internal(format!("{what}: f yields nothing")))?;
         let y1 = self.alloc_buf(fs, dt, hdims.clone(), &format!("{what} y1"))?;
-        self.for_range(rows, &mut |r| {
-            let xo = self.mul(r, width)?;
-            let ho = self.mul(r, half)?;
-            self.for_range(half, &mut |i| {
-                let a = self.load(dt, x.ptr, self.add(xo, i)?)?.into_float_value();
-                let b = self.load(dt, fx.ptr, self.add(ho, i)?)?.into_float_value();
-                let s = self.b.build_float_add(a, b, "y1")?;
-                self.store(dt, y1.ptr, self.add(ho, i)?, s.into())
-            })
-        })?;
+        self.add_rows(y1.ptr, half, x.ptr, width, Some((fx.ptr, half)), rows, half)?;
         if fx_owned {
             self.free_buf(&fx)?;
         }
@@ -2309,18 +2345,17 @@ impl<'ctx> Gen<'ctx> {
             .next()
             .ok_or_else(|| BackendError::Internal(format!("{what}: g yields nothing")))?;
         let out = self.alloc_buf(fs, dt, x.dims.clone(), &what)?;
-        self.for_range(rows, &mut |r| {
-            let xo = self.mul(r, width)?;
-            let ho = self.mul(r, half)?;
-            self.copy_elems(dt, out.ptr, xo, y1.ptr, ho, half)?;
-            let o2 = self.add(xo, half)?;
-            self.for_range(half, &mut |i| {
-                let a = self.load(dt, x2.ptr, self.add(ho, i)?)?.into_float_value();
-                let b = self.load(dt, gy.ptr, self.add(ho, i)?)?.into_float_value();
-                let s = self.b.build_float_add(a, b, "y2")?;
-                self.store(dt, out.ptr, self.add(o2, i)?, s.into())
-            })
-        })?;
+        self.add_rows(out.ptr, width, y1.ptr, half, None, rows, half)?;
+        let out_hi = self.gep(dt, out.ptr, half)?;
+        self.add_rows(
+            out_hi,
+            width,
+            x2.ptr,
+            half,
+            Some((gy.ptr, half)),
+            rows,
+            half,
+        )?;
         if gy_owned {
             self.free_buf(&gy)?;
         }

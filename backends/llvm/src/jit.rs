@@ -192,6 +192,22 @@ fn symbol_table() -> Vec<(&'static str, usize)> {
             "rc_model_unload_weights",
             model_rt::rc_model_unload_weights as *const () as usize,
         ),
+        (
+            "rc_alloc",
+            reformc_runtime::alloc::rc_alloc as *const () as usize,
+        ),
+        (
+            "rc_free",
+            reformc_runtime::alloc::rc_free as *const () as usize,
+        ),
+        (
+            "rc_release_cache",
+            reformc_runtime::alloc::rc_release_cache as *const () as usize,
+        ),
+        (
+            "rc_add_rows_f32",
+            reformc_runtime::alloc::rc_add_rows_f32 as *const () as usize,
+        ),
         ("aligned_alloc", aligned_alloc as *const () as usize),
         ("free", free as *const () as usize),
         ("tanhf", tanhf as *const () as usize),

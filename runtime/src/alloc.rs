@@ -1,0 +1,342 @@
+//! A caching buffer allocator for generated code (`rc_alloc` / `rc_free`).
+//!
+//! Generated model code allocates every intermediate tensor before the op that
+//! writes it and frees it after its last use. Large blocks come from `mmap` in
+//! glibc, so each allocation page-faults and zeroes fresh memory; with this
+//! cache a freed block is kept on a free list keyed by its exact byte size and
+//! handed back to the next request of that size. Shapes repeat every layer and
+//! every run, so after the first layer of the first run nearly every request is
+//! a hit and no page is faulted again.
+//!
+//! Exact-size reuse alone would hold freed blocks of one size while fresh
+//! blocks of another are allocated, growing the footprint well past what the
+//! model ever has live at once. So the cache is bounded: on a miss, cached
+//! blocks (largest first) go back to libc until live + cached + the new block
+//! fits within the peak of live bytes seen so far. Memory held thus never
+//! exceeds the live peak of an uncached allocator (plus the block being made).
+//!
+//! Blocks are plain `aligned_alloc` blocks: a block handed out by [`rc_alloc`]
+//! may also be released with `free` (it then simply leaves the cache), which is
+//! how model outputs pass to the caller. [`rc_release_cache`] frees every cached
+//! block (called when weights are unloaded).
+
+use std::collections::BTreeMap;
+use std::ffi::c_void;
+use std::sync::Mutex;
+
+extern "C" {
+    fn aligned_alloc(align: usize, size: usize) -> *mut c_void;
+    fn free(p: *mut c_void);
+}
+
+/// The cache may hold up to 1/SLACK_DIV more than the live peak: the sizes
+/// a layer needs at its several high points add up to a little more than any
+/// one peak, and without slack every layer would evict and re-fault blocks.
+const SLACK_DIV: usize = 4;
+
+/// Alignment of every block (at least this much is always given).
+const MIN_ALIGN: usize = 64;
+
+struct Cache {
+    /// Free blocks by exact byte size (addresses as usize: Send).
+    free: BTreeMap<usize, Vec<usize>>,
+    /// Bytes held in `free`.
+    bytes: usize,
+    /// Bytes handed out by rc_alloc and not yet back through rc_free (blocks
+    /// that leave through free() stay counted: a slight overestimate).
+    live: usize,
+    /// The highest `live` seen.
+    peak: usize,
+}
+
+impl Cache {
+    const fn new() -> Self {
+        Cache {
+            free: BTreeMap::new(),
+            bytes: 0,
+            live: 0,
+            peak: 0,
+        }
+    }
+
+    /// Frees cached blocks, largest first, until live + cached + `want` fits
+    /// within the live peak (counting `want` as live); returns them to free
+    /// outside the lock.
+    fn evict_for(&mut self, want: usize, out: &mut Vec<usize>) {
+        self.peak = self.peak.max(self.live + want);
+        let limit = self.peak + self.peak / SLACK_DIV;
+        while self.bytes > 0 && self.live + want + self.bytes > limit {
+            let Some(&size) = self.free.keys().next_back() else {
+                break;
+            };
+            let list = self.free.get_mut(&size).expect("key just seen");
+            if let Some(p) = list.pop() {
+                out.push(p);
+                self.bytes -= size;
+            }
+            if list.is_empty() {
+                self.free.remove(&size);
+            }
+        }
+    }
+}
+
+static CACHE: Mutex<Cache> = Mutex::new(Cache::new());
+
+fn lock() -> std::sync::MutexGuard<'static, Cache> {
+    CACHE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The block size for a request: at least 1, rounded up to `MIN_ALIGN`.
+fn block_size(bytes: usize) -> Option<usize> {
+    bytes
+        .max(1)
+        .checked_add(MIN_ALIGN - 1)
+        .map(|b| b & !(MIN_ALIGN - 1))
+}
+
+/// Allocates `bytes` bytes aligned to `align` (0 or a power of two; values
+/// below 64 mean 64), reusing a cached block of the same size when there is one.
+/// Returns NULL on failure (bad alignment, too large, out of memory).
+///
+/// # Safety
+/// Always safe to call; the block must be released with [`rc_free`] (same
+/// `bytes`) or `free`.
+#[no_mangle]
+pub unsafe extern "C" fn rc_alloc(bytes: i64, align: i64) -> *mut u8 {
+    let (Ok(bytes), Ok(align)) = (usize::try_from(bytes), usize::try_from(align)) else {
+        return std::ptr::null_mut();
+    };
+    if align != 0 && !align.is_power_of_two() {
+        return std::ptr::null_mut();
+    }
+    let align = align.max(MIN_ALIGN);
+    if bytes > isize::MAX as usize - align {
+        return std::ptr::null_mut();
+    }
+    let Some(size) = block_size(bytes) else {
+        return std::ptr::null_mut();
+    };
+    let mut evicted = Vec::new();
+    {
+        let mut c = lock();
+        if let Some(list) = c.free.get_mut(&size) {
+            if let Some(i) = list.iter().rposition(|&p| p % align == 0) {
+                let p = list.swap_remove(i);
+                c.bytes -= size;
+                c.live += size;
+                return p as *mut u8;
+            }
+        }
+        c.evict_for(size, &mut evicted);
+        c.live += size;
+    }
+    for p in evicted {
+        // SAFETY: cached blocks came from aligned_alloc and are not in use.
+        unsafe { free(p as *mut c_void) };
+    }
+    // aligned_alloc wants the size to be a multiple of the alignment.
+    let Some(asize) = size.checked_add(align - 1).map(|s| s & !(align - 1)) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: align is a power of two and asize a multiple of it.
+    let mut p = unsafe { aligned_alloc(align, asize) } as *mut u8;
+    if p.is_null() {
+        // Out of memory: give the cache back and try once more.
+        rc_release_cache();
+        // SAFETY: as above.
+        p = unsafe { aligned_alloc(align, asize) } as *mut u8;
+    }
+    if p.is_null() {
+        let mut c = lock();
+        c.live = c.live.saturating_sub(size);
+    }
+    p
+}
+
+/// Returns a block from [`rc_alloc`] to the cache; `bytes` is the size it was
+/// requested with. NULL is ignored.
+///
+/// # Safety
+/// `p` is NULL or a live block from `rc_alloc(bytes, _)`, not released before.
+#[no_mangle]
+pub unsafe extern "C" fn rc_free(p: *mut u8, bytes: i64) {
+    if p.is_null() {
+        return;
+    }
+    let size = usize::try_from(bytes).ok().and_then(block_size);
+    let Some(size) = size else {
+        // SAFETY: p came from aligned_alloc (see rc_alloc).
+        unsafe { free(p as *mut c_void) };
+        return;
+    };
+    let mut c = lock();
+    c.live = c.live.saturating_sub(size);
+    c.free.entry(size).or_default().push(p as usize);
+    c.bytes += size;
+}
+
+/// Frees every cached block (blocks in use are not affected).
+#[no_mangle]
+pub extern "C" fn rc_release_cache() {
+    let taken = {
+        let mut c = lock();
+        c.bytes = 0;
+        c.peak = c.live;
+        std::mem::take(&mut c.free)
+    };
+    for p in taken.into_values().flatten() {
+        // SAFETY: cached blocks came from aligned_alloc and are not in use.
+        unsafe { free(p as *mut c_void) };
+    }
+}
+
+/// Bytes currently held by the cache (not in use).
+pub fn cached_bytes() -> usize {
+    lock().bytes
+}
+
+/// `out[r*os + i] = a[r*as + i] + b[r*bs + i]` (or `= a[..]` when `b` is
+/// NULL) for `r < rows`, `i < cols`: the row-strided f32 adds and copies of
+/// generated code (reversible residuals), split over the runtime's thread
+/// pool in blocks of rows (a lone loop would leave the other cores idle).
+///
+/// # Safety
+/// Every addressed element is valid; `out` rows do not overlap `a`/`b` rows
+/// of other rows. Nothing is done when `rows` or `cols` is not positive or a
+/// needed pointer is NULL.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn rc_add_rows_f32(
+    out: *mut f32,
+    os: i64,
+    a: *const f32,
+    a_s: i64,
+    b: *const f32,
+    bs: i64,
+    rows: i64,
+    cols: i64,
+) {
+    if rows <= 0 || cols <= 0 || out.is_null() || a.is_null() {
+        return;
+    }
+    let (rows, cols) = (rows as usize, cols as usize);
+    let (o, a, b) = (out as usize, a as usize, b as usize);
+    let (os, a_s, bs) = (os as isize, a_s as isize, bs as isize);
+    // ~256 KiB of output per task.
+    let per = ((1usize << 16) / cols).max(1);
+    let tasks = rows.div_ceil(per);
+    let one = move |t: usize| {
+        for r in t * per..rows.min((t + 1) * per) {
+            let r = r as isize;
+            // SAFETY: row r of each buffer is valid (caller's contract) and
+            // only this task writes output row r.
+            unsafe {
+                let dst = std::slice::from_raw_parts_mut((o as *mut f32).offset(r * os), cols);
+                let x = std::slice::from_raw_parts((a as *const f32).offset(r * a_s), cols);
+                if b == 0 {
+                    dst.copy_from_slice(x);
+                } else {
+                    let y = std::slice::from_raw_parts((b as *const f32).offset(r * bs), cols);
+                    for ((d, x), y) in dst.iter_mut().zip(x).zip(y) {
+                        *d = x + y;
+                    }
+                }
+            }
+        }
+    };
+    if tasks < 2 || crate::pool::par_for(tasks, one).is_err() {
+        (0..tasks).for_each(one);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuses_exact_sizes_and_releases() {
+        // SAFETY: blocks are used only within their sizes and released once.
+        unsafe {
+            let a = rc_alloc(1 << 20, 64);
+            assert!(!a.is_null());
+            assert_eq!(a as usize % 64, 0);
+            std::ptr::write_bytes(a, 7, 1 << 20);
+            rc_free(a, 1 << 20);
+            assert!(cached_bytes() >= 1 << 20);
+            let b = rc_alloc(1 << 20, 64);
+            assert!(!b.is_null());
+            let c = rc_alloc(1 << 20, 4096);
+            assert_eq!(c as usize % 4096, 0);
+            rc_free(b, 1 << 20);
+            rc_free(c, 1 << 20);
+            let z = rc_alloc(0, 64);
+            assert!(!z.is_null());
+            rc_free(z, 0);
+            // A block may leave the cache through free().
+            let f = rc_alloc(100, 64);
+            free(f as *mut c_void);
+            assert!(rc_alloc(-1, 64).is_null());
+            assert!(rc_alloc(64, 3).is_null());
+            rc_free(std::ptr::null_mut(), 10);
+            // Row-strided adds and copies.
+            let (rows, cols) = (1000usize, 300usize);
+            let a: Vec<f32> = (0..rows * 2 * cols).map(|i| i as f32 * 0.5).collect();
+            let b: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.25).collect();
+            let mut out = vec![0f32; rows * cols];
+            rc_add_rows_f32(
+                out.as_mut_ptr(),
+                cols as i64,
+                a.as_ptr().add(cols),
+                2 * cols as i64,
+                b.as_ptr(),
+                cols as i64,
+                rows as i64,
+                cols as i64,
+            );
+            for r in 0..rows {
+                for i in 0..cols {
+                    assert_eq!(
+                        out[r * cols + i],
+                        a[r * 2 * cols + cols + i] + b[r * cols + i]
+                    );
+                }
+            }
+            rc_add_rows_f32(
+                out.as_mut_ptr(),
+                cols as i64,
+                b.as_ptr(),
+                cols as i64,
+                std::ptr::null(),
+                0,
+                rows as i64,
+                cols as i64,
+            );
+            assert_eq!(out, b);
+            rc_release_cache();
+        }
+    }
+
+    #[test]
+    fn threads_share_the_cache() {
+        let hs: Vec<_> = (0..4)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        let n = 64 * (1 + (i + t) % 5);
+                        // SAFETY: as above.
+                        unsafe {
+                            let p = rc_alloc(n as i64, 64);
+                            assert!(!p.is_null());
+                            std::ptr::write_bytes(p, t as u8, n);
+                            rc_free(p, n as i64);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+    }
+}
