@@ -82,6 +82,27 @@ impl<T: Real> Lse<T> {
     }
 }
 
+/// Applies REFORMER.md §1.6's masks to one query's logits, in HF's order:
+/// padding and causal keys are replaced with -1e9, then the query's own
+/// position with -1e5 (last, so it always wins).
+fn mask_row<T: Real>(
+    mut row: ndarray::ArrayViewMut1<T>,
+    qpos: usize,
+    kpos: &[usize],
+    kvalid: &[bool],
+    rules: MaskRules,
+) {
+    let (mask, self_value) = (T::of(MASK_VALUE), T::of(SELF_MASK_VALUE));
+    for (j, x) in row.iter_mut().enumerate() {
+        if !kvalid[j] || (rules.causal && qpos < kpos[j]) {
+            *x = mask;
+        }
+        if rules.self_mask && qpos == kpos[j] {
+            *x = self_value;
+        }
+    }
+}
+
 /// Softmax attention of `q` [nq,d] over `k` [nk,d] / `v` [nk,dv] with the
 /// masks of REFORMER.md §1.6 (by original positions). Returns the outputs and
 /// the log-sum-exp of each query's logits.
@@ -95,17 +116,9 @@ pub fn attend_block<T: Real>(
     rules: MaskRules,
 ) -> (Array2<T>, Vec<Lse<T>>) {
     let mut logits = q.dot(&k.t());
-    let (mask, self_value) = (T::of(MASK_VALUE), T::of(SELF_MASK_VALUE));
     let mut lse = Vec::with_capacity(qpos.len());
     for (i, mut row) in logits.rows_mut().into_iter().enumerate() {
-        for (j, x) in row.iter_mut().enumerate() {
-            if !kvalid[j] || (rules.causal && qpos[i] < kpos[j]) {
-                *x = mask;
-            }
-            if rules.self_mask && qpos[i] == kpos[j] {
-                *x = self_value;
-            }
-        }
+        mask_row(row.view_mut(), qpos[i], kpos, kvalid, rules);
         let max = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
         row.mapv_inplace(|x| (x - max).exp());
         let sum = row.iter().fold(T::zero(), |a, &x| a + x);
@@ -200,7 +213,6 @@ pub fn attention_chunked<T: Real>(
     let (lk, dv) = (k4.dim().2, v4.dim().3);
     let mut out = ndarray::Array4::zeros((b, h, lq, dv));
     let qpos: Vec<usize> = (0..lq).collect();
-    let (mask_value, self_value) = (T::of(MASK_VALUE), T::of(SELF_MASK_VALUE));
     for bi in 0..b {
         let valid = valid_row(mask, bi, lk);
         for hi in 0..h {
@@ -218,16 +230,9 @@ pub fn attention_chunked<T: Real>(
             for start in (0..lk).step_by(kv_chunk) {
                 let end = (start + kv_chunk).min(lk);
                 let mut logits = qh.dot(&keys.slice(s![start..end, ..]).t());
+                let kpos: Vec<usize> = (start..end).collect();
                 for (i, mut row) in logits.rows_mut().into_iter().enumerate() {
-                    for (j, x) in row.iter_mut().enumerate() {
-                        let kp = start + j;
-                        if !valid[kp] || (rules.causal && qpos[i] < kp) {
-                            *x = mask_value;
-                        }
-                        if rules.self_mask && qpos[i] == kp {
-                            *x = self_value;
-                        }
-                    }
+                    mask_row(row.view_mut(), qpos[i], &kpos, &valid[start..end], rules);
                     let chunk_max = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
                     let new_max = run[i].max.max(chunk_max);
                     // exp(-inf - finite) = 0 for the first chunk: nothing to rescale.
