@@ -23,7 +23,7 @@ fn run(
         &LowerOptions {
             dtype: DType::F64,
             lsh_source: source,
-            seq_len: Some(case.len() as u64),
+            seq_len: Some(case.seq_len() as u64),
         },
     )
     .unwrap()

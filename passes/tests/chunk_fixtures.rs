@@ -13,7 +13,7 @@ use reformc_passes::{Pass, PassOptions};
 #[test]
 fn chunked_graphs_match_unchunked_ones() {
     for case in Case::all() {
-        let source = case.source();
+        let source = case.replay_source();
         let g = case.graph(DType::F32, source);
         let want = case.run(&g, source);
         let layers = case.spec.layers.len();
@@ -64,7 +64,7 @@ fn chunked_graphs_match_unchunked_ones() {
 #[test]
 fn f64_chunked_graphs_match_exactly_enough() {
     for case in Case::all().into_iter().take(4) {
-        let source = case.source();
+        let source = case.replay_source();
         let g = case.graph(DType::F64, source);
         let mut c = g.clone();
         let opts = PassOptions {
@@ -98,7 +98,7 @@ fn chunk_sizes_come_from_the_hf_config() {
         (spec.chunk_size_feed_forward, spec.chunk_size_lm_head),
         (Some(4), None)
     );
-    let mut g = case.graph(DType::F32, case.source());
+    let mut g = case.graph(DType::F32, case.replay_source());
     let opts = PassOptions {
         chunk_size_feed_forward: spec.chunk_size_feed_forward,
         chunk_size_lm_head: spec.chunk_size_lm_head,

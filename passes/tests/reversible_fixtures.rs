@@ -13,7 +13,7 @@ use reformc_passes::{Pass, PassOptions};
 #[test]
 fn fold_of_unfold_is_the_identity_on_every_fixture() {
     for case in Case::all() {
-        let source = case.source();
+        let source = case.replay_source();
         let g = case.graph(DType::F32, source);
         let blocks = g.find(OpKind::ReversibleBlock).count();
         assert_eq!(blocks, case.spec.layers.len(), "{}", case.name);
@@ -45,7 +45,7 @@ fn fold_of_unfold_is_the_identity_on_every_fixture() {
 #[test]
 fn inverse_recovers_every_block_input() {
     for case in Case::all() {
-        let source = case.source();
+        let source = case.replay_source();
         for (dtype, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
             let mut g = case.graph(dtype, source);
             let blocks: Vec<_> = g.find(OpKind::ReversibleBlock).collect();
@@ -75,7 +75,7 @@ fn inverse_recovers_every_block_input() {
 #[test]
 fn streams_fold_after_simplify_on_every_fixture() {
     for case in Case::all() {
-        let source = case.source();
+        let source = case.replay_source();
         let g = case.graph(DType::F32, source);
         let layers = case.spec.layers.len();
         let mut u = g.clone();
