@@ -176,6 +176,25 @@ pub unsafe extern "C" fn rc_free(p: *mut u8, bytes: i64) {
     c.bytes += size;
 }
 
+/// Releases a block to the system instead of caching it: generated code
+/// calls this for a buffer whose size no later allocation of the model asks
+/// for (the static plan knows), so that a cached block never sits unused.
+///
+/// # Safety
+/// As [`rc_free`].
+#[no_mangle]
+pub unsafe extern "C" fn rc_free_release(p: *mut u8, bytes: i64) {
+    if p.is_null() {
+        return;
+    }
+    if let Some(size) = usize::try_from(bytes).ok().and_then(block_size) {
+        let mut c = lock();
+        c.live = c.live.saturating_sub(size);
+    }
+    // SAFETY: p came from aligned_alloc (see rc_alloc) and is no longer used.
+    unsafe { free(p as *mut c_void) };
+}
+
 /// Frees every cached block (blocks in use are not affected).
 #[no_mangle]
 pub extern "C" fn rc_release_cache() {
@@ -203,7 +222,7 @@ pub fn cached_bytes() -> usize {
 ///
 /// # Safety
 /// Every addressed element is valid; `out` rows do not overlap `a`/`b` rows
-/// of other rows. Nothing is done when `rows` or `cols` is not positive or a
+/// of other rows, nor `b`'s own row; `a` may be `out` itself (same stride). Nothing is done when `rows` or `cols` is not positive or a
 /// needed pointer is NULL.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
@@ -233,6 +252,16 @@ pub unsafe extern "C" fn rc_add_rows_f32(
             // only this task writes output row r.
             unsafe {
                 let dst = std::slice::from_raw_parts_mut((o as *mut f32).offset(r * os), cols);
+                if o == a && os == a_s {
+                    // In place (`out += b`): only `dst` may reference these rows.
+                    if b != 0 {
+                        let y = std::slice::from_raw_parts((b as *const f32).offset(r * bs), cols);
+                        for (d, y) in dst.iter_mut().zip(y) {
+                            *d += y;
+                        }
+                    }
+                    continue;
+                }
                 let x = std::slice::from_raw_parts((a as *const f32).offset(r * a_s), cols);
                 if b == 0 {
                     dst.copy_from_slice(x);

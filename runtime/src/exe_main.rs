@@ -457,31 +457,33 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
         .map(|&x| x.max(0) as usize)
         .collect();
     let n: usize = shape.iter().product();
-    let bytes = match out.dtype {
+    let written = match out.dtype {
         1 => {
             // SAFETY: the model wrote n f32 values at out.data.
             let s = unsafe { std::slice::from_raw_parts(out.data as *const f32, n) };
-            npy::to_bytes_f32(&shape, s)
+            npy::write_streamed(&output, "<f4", &shape, s, |x, o| {
+                o.extend_from_slice(&x.to_le_bytes())
+            })
         }
         2 => {
             // SAFETY: the model wrote n f64 values at out.data.
             let s = unsafe { std::slice::from_raw_parts(out.data as *const f64, n) };
-            npy::to_bytes_f64(&shape, s)
+            npy::write_streamed(&output, "<f8", &shape, s, |x, o| {
+                o.extend_from_slice(&x.to_le_bytes())
+            })
         }
         3 => {
             // SAFETY: the model wrote n i64 values at out.data.
             let s = unsafe { std::slice::from_raw_parts(out.data as *const i64, n) };
-            npy::to_bytes_i64(&shape, s)
+            npy::write_streamed(&output, "<i8", &shape, s, |x, o| {
+                o.extend_from_slice(&x.to_le_bytes())
+            })
         }
-        other => {
-            // SAFETY: `out` was filled by reformc_model_run.
-            unsafe { model_rt::reformc_tensor_release(&mut out) };
-            return Err(Fail(format!("unexpected output dtype code {other}"), 1));
-        }
+        other => Err(format!("unexpected output dtype code {other}")),
     };
     // SAFETY: `out` was filled by reformc_model_run; released once.
     unsafe { model_rt::reformc_tensor_release(&mut out) };
-    npy::write(&output, &bytes).map_err(|e| Fail(format!("{}: {e}", output.display()), 1))?;
+    written.map_err(|e| Fail(format!("{}: {e}", output.display()), 1))?;
     let write_time = t_write.elapsed();
     println!(
         "{prog}: wrote {output_name} {shape:?} f32 to {}",

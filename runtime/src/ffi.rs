@@ -151,6 +151,115 @@ pub unsafe extern "C" fn rc_linear_f32(
     })
 }
 
+/// The fused dense stack of [`crate::dense`]: `y (+)= L2(L1(LN(x)))` on
+/// strided rows. `ln_w`/`ln_b` NULL: no layer norm; `w2` NULL: one linear
+/// (`out` must equal `hidden`); `b1`/`b2` may be NULL. Row `r` of `x` is
+/// `x[r*ldx ..][..in]`, of `y` is `y[r*ldy ..][..out]`; `accumulate` nonzero
+/// adds to `y` (the last activation must then be 0). `y`'s rows may interleave
+/// with `x`'s (two halves of one buffer) but must share no element with them.
+///
+/// # Safety
+/// As [`rc_linear_f32`], with the strided extents above.
+#[no_mangle]
+pub unsafe extern "C" fn rc_dense_f32(
+    x: *const f32,
+    ldx: i64,
+    rows: i64,
+    in_: i64,
+    ln_w: *const f32,
+    ln_b: *const f32,
+    eps: f32,
+    w1: *const f32,
+    b1: *const f32,
+    hidden: i64,
+    act1: i32,
+    w2: *const f32,
+    b2: *const f32,
+    out: i64,
+    act2: i32,
+    y: *mut f32,
+    ldy: i64,
+    accumulate: i32,
+) -> i32 {
+    guard(|| {
+        let (rows, inp) = (size(rows, "rows")?, size(in_, "in")?);
+        let (hidden, out) = (size(hidden, "hidden")?, size(out, "out")?);
+        let (ldx, ldy) = (size(ldx, "ldx")?, size(ldy, "ldy")?);
+        if ldx < inp || ldy < out {
+            return Err(invalid(format!(
+                "row strides ldx = {ldx}, ldy = {ldy} are below the row lengths {inp}, {out}"
+            )));
+        }
+        if w2.is_null() && out != hidden {
+            return Err(invalid(format!(
+                "one linear: out ({out}) must equal hidden ({hidden})"
+            )));
+        }
+        let extent = |ld: usize, cols: usize, name| match rows {
+            0 => Ok(0),
+            _ => count(&[rows - 1, ld], name)?
+                .checked_add(cols)
+                .ok_or_else(|| invalid(format!("{name} is too large"))),
+        };
+        let sx = span(x, extent(ldx, inp, "x")?, "x")?;
+        let sy = span(y, extent(ldy, out, "y")?, "y")?;
+        let has_ln = !ln_w.is_null() || !ln_b.is_null();
+        let sg = span(ln_w, if has_ln { inp } else { 0 }, "ln_w")?;
+        let sbeta = span(ln_b, if has_ln { inp } else { 0 }, "ln_b")?;
+        let sw1 = span(w1, count(&[hidden, inp], "w1")?, "w1")?;
+        let sb1 = span(b1, if b1.is_null() { 0 } else { hidden }, "b1")?;
+        let two = !w2.is_null();
+        let sw2 = span(w2, if two { count(&[out, hidden], "w2")? } else { 0 }, "w2")?;
+        let sb2 = span(b2, if two && !b2.is_null() { out } else { 0 }, "b2")?;
+        no_overlap(sy, &[sg, sbeta, sw1, sb1, sw2, sb2])?;
+        let disjoint = sy.start.checked_sub(sx.start).is_some_and(|d| d % 4 == 0)
+            || sx.start.checked_sub(sy.start).is_some_and(|d| d % 4 == 0);
+        let base = sx.start.min(sy.start);
+        if !(disjoint
+            && crate::dense::rows_disjoint(
+                ((sx.start - base) / 4, ldx, inp),
+                ((sy.start - base) / 4, ldy, out),
+                rows,
+            ))
+        {
+            return Err(invalid("y overlaps x".to_string()));
+        }
+        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+        let (g, beta, w1s) = unsafe { (view(ln_w, sg), view(ln_b, sbeta), view(w1, sw1)) };
+        // SAFETY: as above (NULL means absent).
+        let (b1s, w2s, b2s) = unsafe { (view(b1, sb1), view(w2, sw2), view(b2, sb2)) };
+        let opt = |s: &'static [f32], present: bool| present.then_some(s);
+        let stack = crate::dense::Stack {
+            norm: has_ln.then_some(crate::dense::Norm { w: g, b: beta, eps }),
+            first: crate::dense::Layer {
+                w: w1s,
+                out: hidden,
+                b: opt(b1s, !b1.is_null()),
+                act: Activation::from_code(act1)?,
+            },
+            second: if two {
+                Some(crate::dense::Layer {
+                    w: w2s,
+                    out,
+                    b: opt(b2s, !b2.is_null()),
+                    act: Activation::from_code(act2)?,
+                })
+            } else {
+                None
+            },
+        };
+        let mode = if accumulate != 0 {
+            crate::dense::Mode::Accumulate
+        } else {
+            crate::dense::Mode::Store
+        };
+        crate::dense::check(&stack, rows, inp, mode)?;
+        // SAFETY: extents checked by `span`; rows of y share no element with rows of
+        // x (checked just above) nor with the parameters (no_overlap).
+        unsafe { crate::dense::dense_raw(&stack, x, ldx, rows, inp, y, ldy, mode) }
+    })
+}
+
 /// `y = LN(x)` over rows of `width` (biased variance), `w`, `b` of `[width]`.
 ///
 /// # Safety

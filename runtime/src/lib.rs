@@ -13,6 +13,7 @@
 pub mod act;
 pub mod alloc;
 pub mod attention;
+pub mod dense;
 pub mod error;
 pub mod ffi;
 pub mod gemm;

@@ -60,7 +60,6 @@ pub fn layer_norm(
     }
     let per = rows_per_task(width);
     let shared = SharedMut::new(y);
-    let n = width as f32;
     par_for(rows.div_ceil(per), |t| {
         let r0 = t * per;
         let nr = per.min(rows - r0);
@@ -70,14 +69,22 @@ pub fn layer_norm(
             .chunks_exact(width)
             .zip(ys.chunks_exact_mut(width))
         {
-            let mean = sum16(xr, |v| v) / n;
-            let var = sum16(xr, |v| (v - mean) * (v - mean)) / n;
-            let inv = 1.0 / (var + eps).sqrt();
-            for (((o, &v), &wi), &bi) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-                *o = (v - mean) * inv * wi + bi;
-            }
+            ln_row(xr, w, b, eps, yr);
         }
     })
+}
+
+/// One row of [`layer_norm`] (`yr = LN(xr)`); also the prologue of the fused
+/// dense kernel, so both give the same bits.
+#[inline]
+pub(crate) fn ln_row(xr: &[f32], w: &[f32], b: &[f32], eps: f32, yr: &mut [f32]) {
+    let n = xr.len() as f32;
+    let mean = sum16(xr, |v| v) / n;
+    let var = sum16(xr, |v| (v - mean) * (v - mean)) / n;
+    let inv = 1.0 / (var + eps).sqrt();
+    for (((o, &v), &wi), &bi) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+        *o = (v - mean) * inv * wi + bi;
+    }
 }
 
 /// `y[i] = table[ids[i]]` (`rc_embedding_f32`); an id outside `[0, vocab)` is

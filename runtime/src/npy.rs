@@ -220,6 +220,40 @@ pub fn to_bytes_i64(shape: &[usize], data: &[i64]) -> Vec<u8> {
     out
 }
 
+/// Streams a `.npy` file of `data` to `path` a block at a time, so that
+/// writing a large output costs no second copy of it in memory. `descr` is
+/// the dtype string (`<f4`, `<f8`, `<i8`); `le` appends one value's bytes.
+///
+/// ```
+/// let p = std::env::temp_dir().join(format!("rc_npy_doc_{}.npy", std::process::id()));
+/// reformc_runtime::npy::write_streamed(&p, "<f4", &[2], &[1.5f32, -2.0], |x, o| {
+///     o.extend_from_slice(&x.to_le_bytes())
+/// })
+/// .unwrap();
+/// let bytes = std::fs::read(&p).unwrap();
+/// assert_eq!(bytes, reformc_runtime::npy::to_bytes_f32(&[2], &[1.5, -2.0]));
+/// # std::fs::remove_file(p).ok();
+/// ```
+pub fn write_streamed<T: Copy>(
+    path: &Path,
+    descr: &str,
+    shape: &[usize],
+    data: &[T],
+    le: impl Fn(T, &mut Vec<u8>),
+) -> Result<(), String> {
+    let mut f = std::fs::File::create(path).map_err(|e| format!("cannot create: {e}"))?;
+    let mut buf = header_bytes(descr, shape);
+    for block in data.chunks(1 << 16) {
+        for &x in block {
+            le(x, &mut buf);
+        }
+        f.write_all(&buf)
+            .map_err(|e| format!("cannot write: {e}"))?;
+        buf.clear();
+    }
+    f.write_all(&buf).map_err(|e| format!("cannot write: {e}"))
+}
+
 /// Writes `bytes` to `path`.
 pub fn write(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let mut f = std::fs::File::create(path).map_err(|e| format!("cannot create: {e}"))?;

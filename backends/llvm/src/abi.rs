@@ -131,6 +131,14 @@ pub(crate) const EXTERNS: &[(&str, CTy, &[CTy])] = &[
         &[Ptr, I64, I64, Ptr, I64, Ptr, I32, Ptr],
     ),
     (
+        "rc_dense_f32",
+        I32,
+        &[
+            Ptr, I64, I64, I64, Ptr, Ptr, F32, Ptr, Ptr, I64, I32, Ptr, Ptr, I64, I32, Ptr, I64,
+            I32,
+        ],
+    ),
+    (
         "rc_layer_norm_f32",
         I32,
         &[Ptr, I64, I64, Ptr, Ptr, F32, Ptr],
@@ -191,6 +199,7 @@ pub(crate) const EXTERNS: &[(&str, CTy, &[CTy])] = &[
     ("rc_alloc", Ptr, &[I64, I64]),
     ("rc_free", Void, &[Ptr, I64]),
     ("rc_release_cache", Void, &[]),
+    ("rc_free_release", Void, &[Ptr, I64]),
     (
         "rc_add_rows_f32",
         Void,

@@ -6,6 +6,7 @@
 
 use crate::abi::{self, err, field, CTy};
 use crate::error::{BackendError, Result};
+use crate::fusion::Fusion;
 use crate::plan::{owned, BlockKey, Liveness};
 use inkwell::attributes::AttributeLoc;
 use inkwell::basic_block::BasicBlock;
@@ -93,6 +94,10 @@ struct Buf<'ctx> {
     dtype: DType,
     /// The stack slot holding the owning pointer (None: borrowed).
     slot: Option<PointerValue<'ctx>>,
+    /// Row stride in elements when rows are not contiguous (a half of a
+    /// reversible state); only `linear` reads such a buffer directly, other
+    /// ops get a contiguous copy first.
+    ld: Option<IntValue<'ctx>>,
 }
 
 /// Where a failing check goes: the error-code slot and the cleanup block.
@@ -113,6 +118,10 @@ struct Fs<'ctx, 'g> {
     syms: HashMap<String, IntValue<'ctx>>,
     sym_note: HashMap<String, String>,
     vals: HashMap<ValueId, Buf<'ctx>>,
+    /// What generated code fuses (crate::fusion).
+    fusion: Fusion,
+    /// Linears that accumulate onto a reversible state half: (rows, stride).
+    dest: HashMap<ValueId, (PointerValue<'ctx>, IntValue<'ctx>)>,
 }
 
 /// Builds one LLVM module from graph variants.
@@ -484,7 +493,20 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// Releases the block held in `slot` to the buffer cache (NULL is ignored).
+    /// As [`Self::free_buf`], returning the block to the system (`rc_free_release`).
+    fn release_buf(&self, buf: &Buf<'ctx>) -> Result<()> {
+        if let Some(slot) = buf.slot {
+            self.slot_free_with(slot, "rc_free_release")?;
+            self.slot_store(slot, self.null())?;
+        }
+        Ok(())
+    }
+
     fn slot_free(&self, slot: PointerValue<'ctx>) -> Result<()> {
+        self.slot_free_with(slot, "rc_free")
+    }
+
+    fn slot_free_with(&self, slot: PointerValue<'ctx>, func: &str) -> Result<()> {
         let p = self.slot_load(slot)?;
         let szp = self
             .b
@@ -493,7 +515,7 @@ impl<'ctx> Gen<'ctx> {
         if let Some(i) = sz.as_instruction_value() {
             volatile(i)?;
         }
-        self.call("rc_free", &[p.into(), sz.into()])?;
+        self.call(func, &[p.into(), sz.into()])?;
         Ok(())
     }
 
@@ -590,6 +612,7 @@ impl<'ctx> Gen<'ctx> {
             dims,
             dtype: d,
             slot: Some(slot),
+            ld: None,
         })
     }
 
@@ -702,9 +725,12 @@ impl<'ctx> Gen<'ctx> {
             .enumerate()
             .map(|(i, v)| (v, i))
             .collect();
+        let fusion = Fusion::new(g);
         let mut fs = Fs {
             g,
-            live: Liveness::new(g),
+            live: Liveness::new(g, &fusion),
+            fusion,
+            dest: HashMap::new(),
             numbering,
             entry_b,
             exit: Exit { err: errp, cleanup },
@@ -955,6 +981,7 @@ impl<'ctx> Gen<'ctx> {
                     dims,
                     dtype: ty.dtype,
                     slot: None,
+                    ld: None,
                 },
             );
         }
@@ -1023,7 +1050,11 @@ impl<'ctx> Gen<'ctx> {
             let dead: Vec<ValueId> = fs.live.after(key, i).to_vec();
             for d in dead {
                 if let Some(buf) = fs.vals.remove(&d) {
-                    self.free_buf(&buf)?;
+                    if fs.live.release.contains(&d) {
+                        self.release_buf(&buf)?;
+                    } else {
+                        self.free_buf(&buf)?;
+                    }
                 }
             }
         }
@@ -1065,7 +1096,11 @@ impl<'ctx> Gen<'ctx> {
             out.push((buf, inner.contains(res) && owned(g, *res)));
         }
         for a in &r.args {
-            fs.vals.remove(a);
+            // An argument's buffer is the owner's; an owned one here is a
+            // contiguous copy made for a reader (contiguous_operands).
+            if let Some(buf) = fs.vals.remove(a) {
+                self.free_buf(&buf)?;
+            }
         }
         for v in &r.body {
             fs.vals.remove(v);
@@ -1313,6 +1348,10 @@ impl<'ctx> Gen<'ctx> {
         let what = at(g, &fs.numbering, v);
         let f32c = |x: f64| self.t.f32.const_float(x);
         use OpKind::*;
+        if fs.fusion.absorbed(v) {
+            return Ok(()); // computed by its reader (crate::fusion)
+        }
+        self.contiguous_operands(fs, v)?;
         let result: Buf<'ctx> = match op.kind {
             Input => return Ok(()), // bound at entry
             Arg => return Ok(()),   // bound by the owner
@@ -1345,6 +1384,7 @@ impl<'ctx> Gen<'ctx> {
                         dims,
                         dtype: DType::F32,
                         slot: None,
+                        ld: None,
                     },
                 );
                 return Ok(());
@@ -1451,44 +1491,7 @@ impl<'ctx> Gen<'ctx> {
                 )?;
                 out
             }
-            Linear => {
-                let x = self.f32_operand(fs, v, 0)?;
-                let w = self.f32_ranked(fs, v, 1, 2)?;
-                let b = if node.inputs.len() > 2 {
-                    self.f32_operand(fs, v, 2)?.ptr
-                } else {
-                    self.null()
-                };
-                let act = abi::activation_code(op.str("activation")).ok_or_else(|| {
-                    BackendError::Unsupported(format!(
-                        "{what}: activation {:?}",
-                        op.str("activation")
-                    ))
-                })?;
-                let (out_f, in_f) = (w.dims[0], w.dims[1]);
-                let mut dims = x.dims.clone();
-                if let Some(l) = dims.last_mut() {
-                    *l = out_f;
-                }
-                let out = self.alloc_buf(fs, DType::F32, dims, &what)?;
-                let rows = self.rows(&x)?;
-                self.kernel(
-                    fs,
-                    v,
-                    "rc_linear_f32",
-                    &[
-                        x.ptr.into(),
-                        rows.into(),
-                        in_f.into(),
-                        w.ptr.into(),
-                        out_f.into(),
-                        b.into(),
-                        self.i32c(act).into(),
-                        out.ptr.into(),
-                    ],
-                )?;
-                out
-            }
+            Linear => self.dense(fs, v)?,
             Attention => {
                 let q = self.f32_ranked(fs, v, 0, 3)?;
                 let k = self.f32_ranked(fs, v, 1, 3)?;
@@ -2316,52 +2319,235 @@ impl<'ctx> Gen<'ctx> {
 
     /// y1 = x1 + f(x2); y2 = x2 + g(y1) on the halves of the last axis.
     fn reversible(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
-        let what = at(fs.g, &fs.numbering, v);
         let x = self.f32_operand(fs, v, 0)?;
         let width = self.last(&x);
         let half = self.b.build_int_signed_div(width, self.i64c(2), "half")?;
         let rows = self.rows(&x)?;
-        let mut hdims = x.dims.clone();
+        let dt = DType::F32;
+        let state = match (fs.fusion.in_place.contains(&v), x.slot) {
+            (true, Some(_)) => {
+                // The input dies here: its buffer becomes the state (and the result).
+                if let Some(input) = fs.vals.get_mut(&fs.g.node(v).inputs[0]) {
+                    input.slot = None;
+                }
+                x
+            }
+            _ => {
+                let what = at(fs.g, &fs.numbering, v);
+                let out = self.alloc_buf(fs, dt, x.dims.clone(), &what)?;
+                let n = self.prod(&x.dims)?;
+                self.copy_elems(dt, out.ptr, self.i64c(0), x.ptr, self.i64c(0), n)?;
+                out
+            }
+        };
+        let mut hdims = state.dims.clone();
         if let Some(l) = hdims.last_mut() {
             *l = half;
         }
-        let dt = DType::F32;
-        let x2 = self.alloc_buf(fs, dt, hdims.clone(), &format!("{what} x2"))?;
-        let x_hi = self.gep(dt, x.ptr, half)?;
-        self.add_rows(x2.ptr, half, x_hi, width, None, rows, half)?;
-        let fx = self.region(fs, v, 0, vec![x2.clone()])?;
-        let (fx, fx_owned) = fx
-            .into_iter()
-            .next()
-            .ok_or_else(|| BackendError::Internal(format!("{what}: f yields nothing")))?;
-        let y1 = self.alloc_buf(fs, dt, hdims.clone(), &format!("{what} y1"))?;
-        self.add_rows(y1.ptr, half, x.ptr, width, Some((fx.ptr, half)), rows, half)?;
-        if fx_owned {
-            self.free_buf(&fx)?;
+        let view = |ptr| Buf {
+            ptr,
+            dims: hdims.clone(),
+            dtype: dt,
+            slot: None,
+            ld: Some(width),
+        };
+        let (lo, hi) = (view(state.ptr), view(self.gep(dt, state.ptr, half)?));
+        // y1 = x1 + f(x2) into the low half, then y2 = x2 + g(y1) into the high.
+        self.half_update(fs, v, 0, hi.clone(), &lo, rows)?;
+        self.half_update(fs, v, 1, lo, &hi, rows)?;
+        Ok(state)
+    }
+
+    /// `target += region ri of v (arg)`: the region's last linear accumulates
+    /// onto `target` itself when the fusion plan allows, else an add follows.
+    fn half_update(
+        &self,
+        fs: &mut Fs<'ctx, '_>,
+        v: ValueId,
+        ri: usize,
+        arg: Buf<'ctx>,
+        target: &Buf<'ctx>,
+        rows: IntValue<'ctx>,
+    ) -> Result<()> {
+        let what = at(fs.g, &fs.numbering, v);
+        let res = *fs.g.node(v).regions[ri]
+            .results
+            .first()
+            .ok_or_else(|| BackendError::Internal(format!("{what}: region yields nothing")))?;
+        let stride = target.ld.unwrap_or(self.last(target));
+        let direct = fs.fusion.accumulated.contains(&res);
+        if direct {
+            fs.dest.insert(res, (target.ptr, stride));
         }
-        let gy = self.region(fs, v, 1, vec![y1.clone()])?;
-        let (gy, gy_owned) = gy
+        let out = self.region(fs, v, ri, vec![arg])?;
+        fs.dest.remove(&res);
+        let (r, r_owned) = out
             .into_iter()
             .next()
-            .ok_or_else(|| BackendError::Internal(format!("{what}: g yields nothing")))?;
-        let out = self.alloc_buf(fs, dt, x.dims.clone(), &what)?;
-        self.add_rows(out.ptr, width, y1.ptr, half, None, rows, half)?;
-        let out_hi = self.gep(dt, out.ptr, half)?;
-        self.add_rows(
-            out_hi,
-            width,
-            x2.ptr,
-            half,
-            Some((gy.ptr, half)),
-            rows,
-            half,
+            .ok_or_else(|| BackendError::Internal(format!("{what}: region yields nothing")))?;
+        if !direct {
+            let rs = r.ld.unwrap_or(self.last(&r));
+            let cols = self.last(target);
+            self.add_rows(
+                target.ptr,
+                stride,
+                target.ptr,
+                stride,
+                Some((r.ptr, rs)),
+                rows,
+                cols,
+            )?;
+            if r_owned {
+                self.free_buf(&r)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces every strided operand of `v` (a reversible half) with a
+    /// contiguous copy, except the input of a `linear`, which reads rows with
+    /// their stride. The copy replaces the argument's entry and is freed when
+    /// the region ends.
+    fn contiguous_operands(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<()> {
+        let node = fs.g.node(v);
+        for (i, u) in node.inputs.iter().enumerate() {
+            if node.op.kind == OpKind::Linear && i == 0 {
+                continue;
+            }
+            let Some(b) = fs.vals.get(u).cloned() else {
+                continue;
+            };
+            let Some(ld) = b.ld else { continue };
+            let what = format!("{} (contiguous copy)", at(fs.g, &fs.numbering, *u));
+            let c = self.alloc_buf(fs, b.dtype, b.dims.clone(), &what)?;
+            let cols = self.last(&b);
+            let rows = self.rows(&b)?;
+            self.copy_blocks(
+                b.dtype,
+                c.ptr,
+                self.i64c(0),
+                cols,
+                b.ptr,
+                self.i64c(0),
+                ld,
+                rows,
+                cols,
+            )?;
+            fs.vals.insert(*u, c);
+        }
+        Ok(())
+    }
+
+    /// A `linear`, with whatever the fusion plan folds into it: a layer-norm
+    /// prologue, an inner linear (two-layer stack), and accumulation onto a
+    /// reversible half (one `rc_dense_f32` call).
+    fn dense(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
+        let g = fs.g;
+        let what = at(g, &fs.numbering, v);
+        let input = |u: ValueId| g.node(u).inputs[0];
+        let (first, second) = match input(v) {
+            u if fs.fusion.inner.contains(&u) => (u, Some(v)),
+            _ => (v, None),
+        };
+        let (norm, x_val) = match input(first) {
+            n if fs.fusion.prologue.contains(&n) => (Some(n), input(n)),
+            x => (None, x),
+        };
+        let x = fs
+            .vals
+            .get(&x_val)
+            .cloned()
+            .ok_or_else(|| BackendError::Internal(format!("{what}: input is not available")))?;
+        if x.dtype != DType::F32 {
+            return Err(BackendError::Unsupported(format!("{what}: f32 only")));
+        }
+        let inp = self.last(&x);
+        let ldx = x.ld.unwrap_or(inp);
+        let rows = self.rows(&x)?;
+        let (ln_w, ln_b, eps) = match norm {
+            Some(n) => (
+                self.f32_operand(fs, n, 1)?.ptr,
+                self.f32_operand(fs, n, 2)?.ptr,
+                g.node(n).op.float("eps").unwrap_or(1e-12),
+            ),
+            None => (self.null(), self.null(), 0.0),
+        };
+        let l1 = self.layer(fs, first)?;
+        let l2 = match second {
+            Some(s) => Some(self.layer(fs, s)?),
+            None => None,
+        };
+        let (w2, b2, out_f, act2) = match &l2 {
+            Some(l) => (l.0, l.1, l.2, l.3),
+            None => (self.null(), self.null(), l1.2, 0),
+        };
+        let mut dims = x.dims.clone();
+        if let Some(l) = dims.last_mut() {
+            *l = out_f;
+        }
+        let (out, ldy, accumulate) = match fs.dest.get(&v).copied() {
+            Some((ptr, ld)) => {
+                let buf = Buf {
+                    ptr,
+                    dims,
+                    dtype: DType::F32,
+                    slot: None,
+                    ld: Some(ld),
+                };
+                (buf, ld, 1)
+            }
+            None => (self.alloc_buf(fs, DType::F32, dims, &what)?, out_f, 0),
+        };
+        self.kernel(
+            fs,
+            v,
+            "rc_dense_f32",
+            &[
+                x.ptr.into(),
+                ldx.into(),
+                rows.into(),
+                inp.into(),
+                ln_w.into(),
+                ln_b.into(),
+                self.t.f32.const_float(eps).into(),
+                l1.0.into(),
+                l1.1.into(),
+                l1.2.into(),
+                self.i32c(l1.3).into(),
+                w2.into(),
+                b2.into(),
+                out_f.into(),
+                self.i32c(act2).into(),
+                out.ptr.into(),
+                ldy.into(),
+                self.i32c(accumulate).into(),
+            ],
         )?;
-        if gy_owned {
-            self.free_buf(&gy)?;
-        }
-        self.free_buf(&y1)?;
-        self.free_buf(&x2)?;
         Ok(out)
+    }
+
+    /// A linear's weight, bias (or NULL), output features and activation code.
+    #[allow(clippy::type_complexity)]
+    fn layer(
+        &self,
+        fs: &Fs<'ctx, '_>,
+        v: ValueId,
+    ) -> Result<(PointerValue<'ctx>, PointerValue<'ctx>, IntValue<'ctx>, i32)> {
+        let node = fs.g.node(v);
+        let w = self.f32_ranked(fs, v, 1, 2)?;
+        let b = if node.inputs.len() > 2 {
+            self.f32_operand(fs, v, 2)?.ptr
+        } else {
+            self.null()
+        };
+        let name = node.op.str("activation");
+        let act = abi::activation_code(name).ok_or_else(|| {
+            BackendError::Unsupported(format!(
+                "{}: activation {name:?}",
+                at(fs.g, &fs.numbering, v)
+            ))
+        })?;
+        Ok((w.ptr, b, w.dims[0], act))
     }
 
     /// The body on consecutive chunks of `size` along `axis`, results concatenated.
@@ -2446,6 +2632,7 @@ impl<'ctx> Gen<'ctx> {
                     dims: adims,
                     dtype: x.dtype,
                     slot: None,
+                    ld: None,
                 },
                 Some(t) => {
                     let count = self.mul(clen, inner)?;
@@ -2465,6 +2652,7 @@ impl<'ctx> Gen<'ctx> {
                         dims: adims,
                         dtype: x.dtype,
                         slot: None,
+                        ld: None,
                     }
                 }
             };

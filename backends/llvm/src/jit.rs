@@ -132,6 +132,10 @@ fn symbol_table() -> Vec<(&'static str, usize)> {
     vec![
         ("rc_linear_f32", rc_linear_f32 as *const () as usize),
         ("rc_layer_norm_f32", rc_layer_norm_f32 as *const () as usize),
+        (
+            "rc_dense_f32",
+            reformc_runtime::ffi::rc_dense_f32 as *const () as usize,
+        ),
         ("rc_embedding_f32", rc_embedding_f32 as *const () as usize),
         ("rc_axial_pos_f32", rc_axial_pos_f32 as *const () as usize),
         ("rc_attention_f32", rc_attention_f32 as *const () as usize),
@@ -199,6 +203,10 @@ fn symbol_table() -> Vec<(&'static str, usize)> {
         (
             "rc_free",
             reformc_runtime::alloc::rc_free as *const () as usize,
+        ),
+        (
+            "rc_free_release",
+            reformc_runtime::alloc::rc_free_release as *const () as usize,
         ),
         (
             "rc_release_cache",

@@ -19,6 +19,7 @@ pub mod abi;
 pub mod aot;
 mod codegen;
 mod error;
+mod fusion;
 pub mod jit;
 mod plan;
 mod signature;

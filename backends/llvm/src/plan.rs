@@ -5,6 +5,7 @@
 //! Generated code follows this plan exactly; [`MemoryPlan`] reports it with
 //! symbolic sizes and a peak estimate for concrete dims.
 
+use crate::fusion::Fusion;
 use reformc_ir::{DType, Dim, DimEnv, Graph, OpKind, ValueId};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -22,13 +23,15 @@ pub(crate) fn owned(g: &Graph, v: ValueId) -> bool {
 
 /// Every value `v`'s op reads: its operands and, recursively, whatever its
 /// regions' ops read and yield.
-pub(crate) fn deep_uses(g: &Graph, v: ValueId, out: &mut Vec<ValueId>) {
+/// Fused-away operands (see [`Fusion`]) count through what they read: a
+/// linear with a layer-norm prologue keeps the norm's input alive.
+pub(crate) fn deep_uses(g: &Graph, fusion: &Fusion, v: ValueId, out: &mut Vec<ValueId>) {
     let node = g.node(v);
-    out.extend(node.inputs.iter().copied());
+    fusion.effective_inputs(g, v, out);
     for r in &node.regions {
         out.extend(r.results.iter().copied());
         for &w in &r.body {
-            deep_uses(g, w, out);
+            deep_uses(g, fusion, w, out);
         }
     }
 }
@@ -36,25 +39,104 @@ pub(crate) fn deep_uses(g: &Graph, v: ValueId, out: &mut Vec<ValueId>) {
 /// Per block: the values to free after each op of the block.
 pub(crate) struct Liveness {
     pub(crate) free_after: HashMap<BlockKey, Vec<Vec<ValueId>>>,
+    /// Buffers to return to the system when freed rather than keep cached:
+    /// no allocation after theirs has their type, so a cached block would
+    /// only add to the footprint (see runtime/src/alloc.rs).
+    pub(crate) release: HashSet<ValueId>,
+}
+
+/// Steps of one walk over the blocks in execution order: when each buffer is
+/// allocated and freed, and whether it sits in a repeating `seq_chunk` body.
+#[derive(Default)]
+struct Timeline {
+    step: usize,
+    alloc: Vec<(ValueId, usize, bool)>,
+    freed: HashMap<ValueId, usize>,
+}
+
+impl Timeline {
+    fn walk(
+        &mut self,
+        g: &Graph,
+        f: &Fusion,
+        l: &Liveness,
+        key: BlockKey,
+        body: &[ValueId],
+        rep: bool,
+    ) {
+        for (i, &v) in body.iter().enumerate() {
+            let node = g.node(v);
+            if node.op.kind == OpKind::ReversibleBlock && !f.in_place.contains(&v) {
+                self.alloc.push((v, self.step, rep)); // the state, before the regions
+            }
+            let inner = rep || node.op.kind == OpKind::SeqChunk;
+            for (ri, r) in node.regions.iter().enumerate() {
+                self.walk(g, f, l, Some((v, ri)), &r.body, inner);
+            }
+            self.step += 1;
+            let stored = owned(g, v)
+                && !f.absorbed(v)
+                && !f.accumulated.contains(&v)
+                && node.op.kind != OpKind::ReversibleBlock;
+            if stored {
+                self.alloc.push((v, self.step, rep));
+            }
+            let results = node.regions.iter().flat_map(|r| r.results.iter());
+            for &d in l.after(key, i).iter().chain(results) {
+                self.freed.insert(d, self.step);
+            }
+        }
+    }
+}
+
+/// Values that are freed outside any repeating body and whose type (dtype
+/// and symbolic shape) no allocation after that asks for.
+fn release_set(g: &Graph, fusion: &Fusion, live: &Liveness) -> HashSet<ValueId> {
+    let mut t = Timeline::default();
+    t.walk(g, fusion, live, None, &g.body, false);
+    let mut release = HashSet::new();
+    for &(v, _, rep) in &t.alloc {
+        let Some(&freed) = t.freed.get(&v) else {
+            continue;
+        };
+        let ty = g.ty(v);
+        let reused = t
+            .alloc
+            .iter()
+            .any(|&(w, at, _)| at > freed && g.ty(w) == ty);
+        if !rep && !reused {
+            release.insert(v);
+        }
+    }
+    release
 }
 
 impl Liveness {
     /// Computes the plan of every block of `g`.
-    pub(crate) fn new(g: &Graph) -> Liveness {
+    pub(crate) fn new(g: &Graph, fusion: &Fusion) -> Liveness {
         let mut l = Liveness {
             free_after: HashMap::new(),
+            release: HashSet::new(),
         };
         let outputs: HashSet<ValueId> = g.outputs.iter().map(|(_, v)| *v).collect();
-        l.block(g, None, &g.body, &outputs);
+        l.block(g, fusion, None, &g.body, &outputs);
+        l.release = release_set(g, fusion, &l);
         l
     }
 
-    fn block(&mut self, g: &Graph, key: BlockKey, body: &[ValueId], escapes: &HashSet<ValueId>) {
+    fn block(
+        &mut self,
+        g: &Graph,
+        fusion: &Fusion,
+        key: BlockKey,
+        body: &[ValueId],
+        escapes: &HashSet<ValueId>,
+    ) {
         let mut last: HashMap<ValueId, usize> = HashMap::new();
         let mut uses = Vec::new();
         for (i, &v) in body.iter().enumerate() {
             uses.clear();
-            deep_uses(g, v, &mut uses);
+            deep_uses(g, fusion, v, &mut uses);
             for u in &uses {
                 last.insert(*u, i);
             }
@@ -67,7 +149,7 @@ impl Liveness {
             }
             for (ri, r) in g.node(v).regions.iter().enumerate() {
                 let esc: HashSet<ValueId> = r.results.iter().copied().collect();
-                self.block(g, Some((v, ri)), &r.body, &esc);
+                self.block(g, fusion, Some((v, ri)), &r.body, &esc);
             }
         }
         self.free_after.insert(key, free_after);
@@ -114,7 +196,8 @@ pub struct MemoryPlan {
 impl MemoryPlan {
     /// Builds the plan report of `g` (the same liveness generated code follows).
     pub fn new(g: &Graph) -> MemoryPlan {
-        let live = Liveness::new(g);
+        let fusion = Fusion::new(g);
+        let live = Liveness::new(g, &fusion);
         let numbering: HashMap<ValueId, usize> = g
             .walk()
             .into_iter()
@@ -123,6 +206,7 @@ impl MemoryPlan {
             .collect();
         let mut b = PlanBuilder {
             g,
+            fusion: &fusion,
             live: &live,
             numbering: &numbering,
             step: 0,
@@ -203,6 +287,7 @@ impl MemoryPlan {
 
 struct PlanBuilder<'a> {
     g: &'a Graph,
+    fusion: &'a Fusion,
     live: &'a Liveness,
     numbering: &'a HashMap<ValueId, usize>,
     step: usize,
@@ -234,18 +319,11 @@ impl PlanBuilder<'_> {
             let first = self.step;
             let temps_from = self.plan.buffers.len();
             match node.op.kind {
-                OpKind::ReversibleBlock => {
-                    for (ri, r) in node.regions.iter().enumerate() {
-                        if let Some(&a) = r.args.first() {
-                            let what = if ri == 0 { "x2 copy" } else { "y1" };
-                            self.temp(
-                                format!("{} {what}", self.name(v)),
-                                "reversible_block",
-                                a,
-                                first,
-                            );
-                        }
-                    }
+                // The state is the input's buffer (in place) or the result's,
+                // allocated before the regions run; the halves are views of it.
+                OpKind::ReversibleBlock if !self.fusion.in_place.contains(&v) => {
+                    self.pending.insert(v, self.plan.buffers.len());
+                    self.temp(self.name(v), "reversible_block", v, first);
                 }
                 OpKind::SeqChunk => {
                     if let (Some(r), Some(size)) = (node.regions.first(), node.op.int("size")) {
@@ -272,10 +350,21 @@ impl PlanBuilder<'_> {
             }
             let step = self.step;
             self.step += 1;
-            for t in &mut self.plan.buffers[temps_from..] {
-                t.free_step = Some(step);
+            for (i, t) in self.plan.buffers.iter_mut().enumerate().skip(temps_from) {
+                if self.pending.get(&v) != Some(&i) {
+                    t.free_step = Some(step);
+                }
             }
-            if owned(self.g, v) {
+            let stored = !self.fusion.absorbed(v)
+                && !self.fusion.accumulated.contains(&v)
+                && node.op.kind != OpKind::ReversibleBlock;
+            if self.fusion.in_place.contains(&v) {
+                // The input's buffer lives on as the result's.
+                if let Some(idx) = node.inputs.first().and_then(|x| self.pending.remove(x)) {
+                    self.pending.insert(v, idx);
+                }
+            }
+            if owned(self.g, v) && stored {
                 let ty = node.ty.clone();
                 self.pending.insert(v, self.plan.buffers.len());
                 self.plan.buffers.push(PlannedBuffer {
@@ -314,7 +403,7 @@ mod tests {
             "graph {\n %0 = input {name=\"x\"} : f32[N]\n %1 = exp %0 : f32[N]\n %2 = exp %1 : f32[N]\n %3 = add %1, %2 : f32[N]\n output \"y\" = %3\n}",
         )
         .unwrap();
-        let live = Liveness::new(&g);
+        let live = Liveness::new(&g, &Fusion::new(&g));
         assert!(live.after(None, 0).is_empty()); // input: never freed
         assert!(live.after(None, 1).is_empty());
         assert!(live.after(None, 2).is_empty());
@@ -333,7 +422,7 @@ mod tests {
     fn region_uses_count_as_uses_by_the_owner() {
         let text = "graph {\n  %0 = input {name=\"x\"} : f32[B,4]\n  %1 = input {name=\"y\"} : f32[B,2]\n  %2 = exp %1 : f32[B,2]\n  %3 = reversible_block %0 : f32[B,4] {\n    f(%4: f32[B,2]) {\n      %5 = add %4, %2 : f32[B,2]\n      yield %5\n    }\n    g(%6: f32[B,2]) {\n      yield %6\n    }\n  }\n  output \"y\" = %3\n}\n";
         let g = reformc_ir::parse(text).unwrap();
-        let live = Liveness::new(&g);
+        let live = Liveness::new(&g, &Fusion::new(&g));
         let exp = g.body[2];
         assert!(live.after(None, 2).is_empty());
         assert_eq!(live.after(None, 3), &[exp]);
@@ -342,9 +431,10 @@ mod tests {
         assert!(live.after(Some((owner, 0)), 0).is_empty());
         let plan = MemoryPlan::new(&g);
         let names: Vec<&str> = plan.buffers.iter().map(|b| b.name.as_str()).collect();
-        assert_eq!(names, vec!["%2", "%3 x2 copy", "%3 y1", "%5", "%3"]);
+        assert_eq!(names, vec!["%2", "%3", "%5"]);
         let env: DimEnv = [("B".to_string(), 1)].into_iter().collect();
-        // %2, both temporaries and %5 live together: 4 * 2 floats.
-        assert_eq!(plan.peak_bytes(&env), Some(32 + 16));
+        // %2, the state (a copy of the input, which is not the block's to
+        // overwrite) and %5 live together: 2 + 4 + 2 floats.
+        assert_eq!(plan.peak_bytes(&env), Some(32));
     }
 }

@@ -216,6 +216,70 @@ fn attention_with_kv_chunk_and_linear_epilogues() {
     }
 }
 
+/// Every fusion path of the LLVM backend: the first block runs in place (its
+/// input dies there) with layer-norm-prologue two-layer stacks accumulated
+/// onto both halves; the second must copy its input (read again by the final
+/// add), its f yields a non-linear (an add follows) and its g reads the
+/// strided half with a non-linear op (a contiguous copy first) and shares
+/// one norm between two linears.
+const FUSED: &str = r#"graph {
+  %0 = input {name="x"} : f32[B,L,8]
+  %1 = weight {name="g"} : f32[4]
+  %2 = weight {name="b"} : f32[4]
+  %3 = weight {name="w1"} : f32[6,4]
+  %4 = weight {name="w2"} : f32[4,6]
+  %5 = weight {name="c"} : f32[6]
+  %27 = exp %0 : f32[B,L,8]
+  %6 = reversible_block %27 : f32[B,L,8] {
+    f(%7: f32[B,L,4]) {
+      %8 = layer_norm %7, %1, %2 {eps=1e-5} : f32[B,L,4]
+      %9 = linear %8, %3 : f32[B,L,6]
+      %10 = linear %9, %4, %2 : f32[B,L,4]
+      yield %10
+    }
+    g(%11: f32[B,L,4]) {
+      %12 = layer_norm %11, %1, %2 {eps=1e-5} : f32[B,L,4]
+      %13 = linear %12, %3 {activation="relu"} : f32[B,L,6]
+      %14 = linear %13, %4, %2 : f32[B,L,4]
+      yield %14
+    }
+  }
+  %15 = reversible_block %6 : f32[B,L,8] {
+    f(%16: f32[B,L,4]) {
+      %17 = add %16, %16 : f32[B,L,4]
+      yield %17
+    }
+    g(%18: f32[B,L,4]) {
+      %19 = tanh %18 : f32[B,L,4]
+      %20 = layer_norm %19, %1, %2 {eps=1e-5} : f32[B,L,4]
+      %21 = linear %20, %3 : f32[B,L,6]
+      %22 = linear %20, %3, %5 : f32[B,L,6]
+      %23 = linear %21, %4 : f32[B,L,4]
+      %24 = linear %22, %4 : f32[B,L,4]
+      %25 = add %23, %24 : f32[B,L,4]
+      yield %25
+    }
+  }
+  %26 = add %15, %6 : f32[B,L,8]
+  output "y" = %26
+}
+"#;
+
+#[test]
+fn fused_stacks_and_in_place_reversible_blocks_match_the_interpreter() {
+    let mut w = BTreeMap::new();
+    w.insert("g".to_string(), f32t(&[4], 11));
+    w.insert("b".to_string(), f32t(&[4], 12));
+    w.insert("w1".to_string(), f32t(&[6, 4], 13));
+    w.insert("w2".to_string(), f32t(&[4, 6], 14));
+    w.insert("c".to_string(), f32t(&[6], 16));
+    for (b, l) in [(1usize, 1usize), (2, 5), (3, 70)] {
+        let mut inputs = BTreeMap::new();
+        inputs.insert("x".to_string(), f32t(&[b, l, 8], 15));
+        compare(FUSED, &inputs, &w, 1e-4);
+    }
+}
+
 fn err_of(r: Result<Tensors, BackendError>) -> (i32, String) {
     match r {
         Err(BackendError::Run { code, message }) => (code, message),

@@ -1,0 +1,256 @@
+//! Codegen-level fusion: which values generated code never stores, and which
+//! ops write into a neighbour's buffer instead of a fresh one.
+//!
+//! The IR keeps every op separate (passes and the interpreter reason about
+//! them one at a time); this plan decides how the LLVM backend emits them:
+//!
+//! - a `layer_norm` read only by `linear`s (as their input) is a *prologue*:
+//!   each linear normalizes its rows block by block, and the `[rows, width]`
+//!   normalized tensor never exists;
+//! - a `linear` read only by one other `linear` is the *inner layer* of a
+//!   two-layer stack (a feed-forward block): its `[rows, d_ff]` output lives a
+//!   block of rows at a time;
+//! - a `reversible_block` whose input has no other reader runs *in place*: it
+//!   takes the input's buffer as its state and updates the halves
+//!   (`x1 += f(x2)`, then `x2 += g(x1)`), with no copies of the halves;
+//! - a region result that is a `linear` with no activation and no other
+//!   reader is *accumulated* straight onto the reversible state half.
+//!
+//! All four keep the interpreter's rounding (runtime/src/dense.rs).
+//!
+//! ```text
+//! %7 = layer_norm %6, ...      // prologue of %8
+//! %8 = linear %7, %w1 {relu}   // inner layer of %9
+//! %9 = linear %8, %w2          // emitted as one rc_dense_f32 call
+//! ```
+
+use reformc_ir::{DType, Graph, OpKind, ValueId};
+use std::collections::{HashMap, HashSet};
+
+/// One reader of a value.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Use {
+    /// Operand `index` of op `user`, which sits in block `block`.
+    Operand {
+        user: ValueId,
+        index: usize,
+        block: Option<(ValueId, usize)>,
+    },
+    /// Yielded by a region of `owner`.
+    RegionResult { owner: ValueId },
+    /// A graph output.
+    Output,
+}
+
+/// The fusion decisions for one graph (see the module doc).
+#[derive(Debug, Default)]
+pub(crate) struct Fusion {
+    /// `layer_norm`s computed as the prologue of each reading `linear`.
+    pub(crate) prologue: HashSet<ValueId>,
+    /// `linear`s computed as the first layer of their reader's stack.
+    pub(crate) inner: HashSet<ValueId>,
+    /// `reversible_block`s that take their input's buffer as their state.
+    pub(crate) in_place: HashSet<ValueId>,
+    /// Region results accumulated onto the owning reversible block's state.
+    pub(crate) accumulated: HashSet<ValueId>,
+}
+
+impl Fusion {
+    /// Plans `g` (deterministic: depends only on the graph).
+    pub(crate) fn new(g: &Graph) -> Fusion {
+        let mut uses: HashMap<ValueId, Vec<Use>> = HashMap::new();
+        collect(g, None, &g.body, &mut uses);
+        for (_, v) in &g.outputs {
+            uses.entry(*v).or_default().push(Use::Output);
+        }
+        let mut f = Fusion::default();
+        f.block(g, None, &g.body, &uses);
+        f
+    }
+
+    /// True when `v` is never stored (its reader computes it).
+    pub(crate) fn absorbed(&self, v: ValueId) -> bool {
+        self.prologue.contains(&v) || self.inner.contains(&v)
+    }
+
+    /// `v`'s operands as generated code reads them: an absorbed operand is
+    /// replaced by what it reads (recursively).
+    pub(crate) fn effective_inputs(&self, g: &Graph, v: ValueId, out: &mut Vec<ValueId>) {
+        for &u in &g.node(v).inputs {
+            if self.absorbed(u) {
+                self.effective_inputs(g, u, out);
+            } else {
+                out.push(u);
+            }
+        }
+    }
+
+    fn block(
+        &mut self,
+        g: &Graph,
+        key: Option<(ValueId, usize)>,
+        body: &[ValueId],
+        uses: &HashMap<ValueId, Vec<Use>>,
+    ) {
+        let none = Vec::new();
+        for &v in body {
+            let node = g.node(v);
+            let us = uses.get(&v).unwrap_or(&none);
+            let read_by_linear_in_block = |u: &Use| {
+                matches!(u, Use::Operand { user, index: 0, block }
+                    if *block == key && g.node(*user).op.kind == OpKind::Linear)
+            };
+            let f32 = node.ty.dtype == DType::F32;
+            match node.op.kind {
+                OpKind::LayerNorm
+                    if f32 && !us.is_empty() && us.iter().all(read_by_linear_in_block) =>
+                {
+                    self.prologue.insert(v);
+                }
+                OpKind::Linear
+                    if f32
+                        && us.len() == 1
+                        && read_by_linear_in_block(&us[0])
+                        && !node.inputs.first().is_some_and(|x| self.inner.contains(x)) =>
+                {
+                    self.inner.insert(v);
+                }
+                OpKind::ReversibleBlock => {
+                    let input = node.inputs.first().copied();
+                    let sole = input.is_some_and(|x| {
+                        let xu = uses.get(&x).unwrap_or(&none);
+                        xu.len() == 1
+                            && matches!(xu[0], Use::Operand { user, index: 0, .. } if user == v)
+                            && !matches!(
+                                g.node(x).op.kind,
+                                OpKind::Input | OpKind::Weight | OpKind::Arg
+                            )
+                    });
+                    if sole && f32 {
+                        self.in_place.insert(v);
+                    }
+                    for r in &node.regions {
+                        for &res in &r.results {
+                            let ru = uses.get(&res).unwrap_or(&none);
+                            let rn = g.node(res);
+                            if r.body.contains(&res)
+                                && rn.op.kind == OpKind::Linear
+                                && rn.op.str("activation").is_none()
+                                && rn.ty.dtype == DType::F32
+                                && ru.as_slice() == [Use::RegionResult { owner: v }]
+                            {
+                                self.accumulated.insert(res);
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+            for (ri, r) in node.regions.iter().enumerate() {
+                self.block(g, Some((v, ri)), &r.body, uses);
+            }
+        }
+    }
+}
+
+fn collect(
+    g: &Graph,
+    key: Option<(ValueId, usize)>,
+    body: &[ValueId],
+    uses: &mut HashMap<ValueId, Vec<Use>>,
+) {
+    for &v in body {
+        let node = g.node(v);
+        for (index, &u) in node.inputs.iter().enumerate() {
+            uses.entry(u).or_default().push(Use::Operand {
+                user: v,
+                index,
+                block: key,
+            });
+        }
+        for (ri, r) in node.regions.iter().enumerate() {
+            collect(g, Some((v, ri)), &r.body, uses);
+            for &res in &r.results {
+                uses.entry(res)
+                    .or_default()
+                    .push(Use::RegionResult { owner: v });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graph(src: &str) -> Graph {
+        reformc_ir::parse(src).unwrap()
+    }
+
+    const FF: &str = "graph {
+  %0 = input {name=\"x\"} : f32[N,4]
+  %1 = weight {name=\"g\"} : f32[4]
+  %2 = weight {name=\"b\"} : f32[4]
+  %3 = weight {name=\"w1\"} : f32[8,4]
+  %4 = weight {name=\"w2\"} : f32[4,8]
+  %5 = layer_norm %0, %1, %2 {eps=1e-5} : f32[N,4]
+  %6 = linear %5, %3 {activation=\"relu\"} : f32[N,8]
+  %7 = linear %6, %4 : f32[N,4]
+  output \"y\" = %7
+}";
+
+    #[test]
+    fn a_feed_forward_is_one_stack() {
+        let g = graph(FF);
+        let f = Fusion::new(&g);
+        let id = |n: usize| g.walk()[n];
+        assert!(f.prologue.contains(&id(5)));
+        assert!(f.inner.contains(&id(6)));
+        assert!(!f.absorbed(id(7)), "the output is stored");
+        let mut eff = Vec::new();
+        f.effective_inputs(&g, id(7), &mut eff);
+        assert_eq!(eff, vec![id(0), id(1), id(2), id(3), id(4)]);
+    }
+
+    #[test]
+    fn a_second_reader_keeps_the_value() {
+        let src = FF.replace(
+            "output \"y\" = %7",
+            "%8 = add %5, %0 : f32[N,4]\n  output \"y\" = %7\n  output \"z\" = %8",
+        );
+        let g = graph(&src);
+        let f = Fusion::new(&g);
+        let id = |n: usize| g.walk()[n];
+        assert!(!f.prologue.contains(&id(5)), "read by an add too");
+        assert!(f.inner.contains(&id(6)));
+    }
+
+    #[test]
+    fn reversible_blocks_run_in_place_on_a_dying_input() {
+        let src = "graph {
+  %0 = input {name=\"x\"} : f32[N,8]
+  %1 = weight {name=\"w\"} : f32[4,4]
+  %2 = exp %0 : f32[N,8]
+  %3 = reversible_block %2 : f32[N,8] {
+    f(%4: f32[N,4]) {
+      %5 = linear %4, %1 : f32[N,4]
+      yield %5
+    }
+    g(%6: f32[N,4]) {
+      %7 = exp %6 : f32[N,4]
+      yield %7
+    }
+  }
+  output \"y\" = %3
+}";
+        let g = graph(src);
+        let f = Fusion::new(&g);
+        let id = |n: usize| g.walk()[n];
+        assert!(f.in_place.contains(&id(3)));
+        assert!(f.accumulated.contains(&id(5)));
+        assert!(!f.accumulated.contains(&id(7)), "not a linear");
+        // The graph input itself is never overwritten.
+        let g2 = graph(&src.replace("reversible_block %2", "reversible_block %0"));
+        assert!(Fusion::new(&g2).in_place.is_empty());
+    }
+}

@@ -1,0 +1,469 @@
+//! Fused dense stacks (`rc_dense_f32`): an optional layer-norm prologue, one
+//! or two linears with bias/activation epilogues, and a store into, or an
+//! accumulation onto, a destination whose rows may be strided.
+//!
+//! The stack runs in blocks of rows: a block's normalized rows and hidden
+//! activations live in a per-thread scratch that stays in L2 and never exist
+//! for the whole sequence. This is what lets generated code run a feed-forward
+//! block (`y += W2·act(W1·LN(x) + b1) + b2`) or an attention projection on a
+//! reversible half in place, with no `[rows, d_ff]` or `[rows, width]`
+//! temporaries.
+//!
+//! Rounding is the unfused ops': the layer norm is [`crate::layer_norm`]'s
+//! row code, each product is the GEMM's chain, and an accumulation adds the
+//! finished `act(x·wᵀ + b)` to the destination (`y + z`, as the interpreter's
+//! separate `add`). Blocks are independent, so results do not depend on the
+//! thread count.
+
+use crate::act::Activation;
+use crate::error::{invalid, try_zeroed, Result};
+use crate::gemm::{gemm, kernel, Epilogue, Kernel, PackedB};
+use crate::nn::ln_row;
+use crate::pool::par_for;
+use std::cell::RefCell;
+
+/// Layer-norm parameters of the prologue (`[in]` each).
+#[derive(Clone, Copy)]
+pub struct Norm<'a> {
+    /// Scale.
+    pub w: &'a [f32],
+    /// Shift.
+    pub b: &'a [f32],
+    /// Added to the variance.
+    pub eps: f32,
+}
+
+/// One linear of the stack: `act(x·wᵀ + b)` with `w` of `[out, in]`.
+#[derive(Clone, Copy)]
+pub struct Layer<'a> {
+    /// Weight, `[out, in]` row-major.
+    pub w: &'a [f32],
+    /// Output features.
+    pub out: usize,
+    /// Optional bias `[out]`.
+    pub b: Option<&'a [f32]>,
+    /// Activation after the bias.
+    pub act: Activation,
+}
+
+/// A dense stack: `LN?` then one or two [`Layer`]s.
+#[derive(Clone, Copy)]
+pub struct Stack<'a> {
+    /// Layer norm applied to each input row first, if any.
+    pub norm: Option<Norm<'a>>,
+    /// The first linear.
+    pub first: Layer<'a>,
+    /// The second linear (its input is the first's output), if any.
+    pub second: Option<Layer<'a>>,
+}
+
+impl Stack<'_> {
+    /// Output features of the whole stack.
+    pub fn out(&self) -> usize {
+        self.second.map_or(self.first.out, |l| l.out)
+    }
+
+    fn last_act(&self) -> Activation {
+        self.second.map_or(self.first.act, |l| l.act)
+    }
+}
+
+/// Where the stack's rows go and how.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    /// `y = stack(x)`.
+    Store,
+    /// `y = y + stack(x)`.
+    Accumulate,
+}
+
+thread_local! {
+    /// Per-thread block scratch (grow-only; a task never runs nested in another).
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Scratch bytes one block aims at (normalized rows + hidden + output rows).
+const BLOCK_BYTES: usize = 256 * 1024;
+
+/// `y = stack(x)` (or `y += stack(x)`) for contiguous `x [rows, in]` and
+/// `y [rows, out]`.
+///
+/// ```
+/// use reformc_runtime::dense::{dense, Layer, Mode, Stack};
+/// use reformc_runtime::Activation;
+/// let layer = |w: &'static [f32], out| Layer { w, out, b: None, act: Activation::None };
+/// // y += x · [[1, 1]]ᵀ · [[2]]ᵀ
+/// let stack = Stack { norm: None, first: layer(&[1.0, 1.0], 1), second: Some(layer(&[2.0], 1)) };
+/// let mut y = [10.0f32, 20.0];
+/// dense(&stack, &[1.0, 2.0, 3.0, 4.0], 2, 2, &mut y, Mode::Accumulate).unwrap();
+/// assert_eq!(y, [16.0, 34.0]);
+/// ```
+pub fn dense(
+    stack: &Stack,
+    x: &[f32],
+    rows: usize,
+    inp: usize,
+    y: &mut [f32],
+    mode: Mode,
+) -> Result<()> {
+    check(stack, rows, inp, mode)?;
+    let out = stack.out();
+    if rows.checked_mul(inp) != Some(x.len()) || rows.checked_mul(out) != Some(y.len()) {
+        return Err(invalid(format!(
+            "x has {} and y {} elements; expected {rows} rows of {inp} and of {out}",
+            x.len(),
+            y.len()
+        )));
+    }
+    // SAFETY: x and y are distinct slices of exactly rows×in and rows×out values.
+    unsafe { dense_raw(stack, x.as_ptr(), inp, rows, inp, y.as_mut_ptr(), out, mode) }
+}
+
+/// Validates sizes and the mode of a stack (see [`dense_raw`]).
+pub(crate) fn check(stack: &Stack, rows: usize, inp: usize, mode: Mode) -> Result<()> {
+    let _ = rows;
+    if let Some(n) = stack.norm {
+        if n.w.len() != inp || n.b.len() != inp {
+            return Err(invalid(format!(
+                "layer-norm parameters have {} and {} values, expected {inp}",
+                n.w.len(),
+                n.b.len()
+            )));
+        }
+    }
+    let mut width = inp;
+    for (i, l) in std::iter::once(stack.first).chain(stack.second).enumerate() {
+        if Some(l.w.len()) != l.out.checked_mul(width) {
+            return Err(invalid(format!(
+                "weight {} has {} values, expected {} x {width}",
+                i + 1,
+                l.w.len(),
+                l.out
+            )));
+        }
+        if l.b.is_some_and(|b| b.len() != l.out) {
+            return Err(invalid(format!(
+                "bias {} must have {} values",
+                i + 1,
+                l.out
+            )));
+        }
+        width = l.out;
+    }
+    if mode == Mode::Accumulate && stack.last_act() != Activation::None {
+        return Err(invalid(
+            "accumulating needs no activation on the last linear".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// A weight packed for the kernel and its bias padded to whole panels.
+struct Packed {
+    b: PackedB,
+    bias: Option<Vec<f32>>,
+    act: Activation,
+}
+
+impl Packed {
+    fn new(kern: &Kernel, l: &Layer, inp: usize) -> Result<Packed> {
+        let b = PackedB::from_nt(l.w, l.out, inp, inp, kern.nr)?;
+        let bias = match l.b {
+            Some(v) => {
+                let mut p = try_zeroed(b.panels() * kern.nr, "bias")?;
+                p[..l.out].copy_from_slice(v);
+                Some(p)
+            }
+            None => None,
+        };
+        Ok(Packed {
+            b,
+            bias,
+            act: l.act,
+        })
+    }
+
+    fn epilogue(&self) -> Epilogue<'_> {
+        Epilogue {
+            accumulate: false,
+            bias: self.bias.as_deref(),
+            act: self.act,
+        }
+    }
+}
+
+/// The stack on strided rows: row `r` of `x` is `x[r*ldx .. r*ldx+in]`, row
+/// `r` of `y` is `y[r*ldy .. r*ldy+out]`.
+///
+/// # Safety
+/// `check(stack, rows, inp, mode)` must hold; every row of `x` and `y` must be
+/// valid for reads (x) and reads and writes (y); and no element of a row of
+/// `y` may be an element of a row of `x` (rows may interleave, as the two
+/// halves of a reversible state do). Nothing else may access `y` meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn dense_raw(
+    stack: &Stack,
+    x: *const f32,
+    ldx: usize,
+    rows: usize,
+    inp: usize,
+    y: *mut f32,
+    ldy: usize,
+    mode: Mode,
+) -> Result<()> {
+    let out = stack.out();
+    if rows == 0 || out == 0 {
+        return Ok(());
+    }
+    let kern = kernel();
+    let first = Packed::new(kern, &stack.first, inp)?;
+    let second = match stack.second {
+        Some(l) => Some(Packed::new(kern, &l, stack.first.out)?),
+        None => None,
+    };
+    let hidden = second.as_ref().map_or(0, |_| stack.first.out);
+    let per_row = inp + hidden + out;
+    let block = ((BLOCK_BYTES / 4 / per_row.max(1)) / kern.mr).max(1) * kern.mr;
+    let (xa, ya) = (x as usize, y as usize);
+    let task = |t: usize| {
+        let r0 = t * block;
+        let n = block.min(rows - r0);
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < n * per_row {
+                s.resize(n * per_row, 0.0);
+            }
+            let (a, rest) = s.split_at_mut(n * inp);
+            let (h, z) = rest.split_at_mut(n * hidden);
+            let z = &mut z[..n * out];
+            for (i, ar) in a.chunks_exact_mut(inp).enumerate() {
+                // SAFETY: row r0+i of x is readable (contract) and no task writes it.
+                let xr = unsafe {
+                    std::slice::from_raw_parts((xa as *const f32).add((r0 + i) * ldx), inp)
+                };
+                match stack.norm {
+                    Some(nm) => ln_row(xr, nm.w, nm.b, nm.eps, ar),
+                    None => ar.copy_from_slice(xr),
+                }
+            }
+            match &second {
+                Some(p2) => {
+                    let hd = stack.first.out;
+                    gemm(kern, n, a, inp, &first.b, h, hd, first.epilogue());
+                    gemm(kern, n, h, hd, &p2.b, z, out, p2.epilogue());
+                }
+                None => gemm(kern, n, a, inp, &first.b, z, out, first.epilogue()),
+            }
+            for (i, zr) in z.chunks_exact(out).enumerate() {
+                // SAFETY: row r0+i of y belongs to this task alone and shares no
+                // element with any row of x (contract).
+                let yr = unsafe {
+                    std::slice::from_raw_parts_mut((ya as *mut f32).add((r0 + i) * ldy), out)
+                };
+                match mode {
+                    Mode::Store => yr.copy_from_slice(zr),
+                    Mode::Accumulate => {
+                        for (o, &v) in yr.iter_mut().zip(zr) {
+                            *o += v;
+                        }
+                    }
+                }
+            }
+        });
+    };
+    par_for(rows.div_ceil(block), task)
+}
+
+/// True when rows of two strided matrices share no element: `a` has `ca`
+/// columns at offset `oa` (elements) with stride `la`, `b` likewise; both with
+/// `rows` rows.
+pub(crate) fn rows_disjoint(
+    (oa, la, ca): (usize, usize, usize),
+    (ob, lb, cb): (usize, usize, usize),
+    rows: usize,
+) -> bool {
+    if rows == 0 || ca == 0 || cb == 0 {
+        return true;
+    }
+    let end = |o: usize, l: usize, c: usize| o + (rows - 1) * l + c;
+    if end(oa, la, ca) <= ob || end(ob, lb, cb) <= oa {
+        return true; // spans apart
+    }
+    // Interleaved rows of one buffer: same stride, column ranges apart mod the stride.
+    if la != lb {
+        return false;
+    }
+    let (lo, lo_c, hi, hi_c) = if oa <= ob {
+        (oa, ca, ob, cb)
+    } else {
+        (ob, cb, oa, ca)
+    };
+    let d = hi - lo;
+    d >= lo_c && d + hi_c <= la
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// The unfused reference: layer_norm, linear, linear, add.
+    fn reference(
+        st: &Stack,
+        x: &[f32],
+        rows: usize,
+        inp: usize,
+        y0: &[f32],
+        mode: Mode,
+    ) -> Vec<f32> {
+        let mut a = x.to_vec();
+        if let Some(n) = st.norm {
+            crate::layer_norm(x, rows, inp, n.w, n.b, n.eps, &mut a).unwrap();
+        }
+        let mut width = inp;
+        for l in std::iter::once(st.first).chain(st.second) {
+            let mut o = vec![0.0; rows * l.out];
+            crate::linear(&a, rows, width, l.w, l.out, l.b, l.act, &mut o).unwrap();
+            a = o;
+            width = l.out;
+        }
+        match mode {
+            Mode::Store => a,
+            Mode::Accumulate => a.iter().zip(y0).map(|(z, y)| y + z).collect(),
+        }
+    }
+
+    #[test]
+    fn matches_the_unfused_ops_bit_for_bit() {
+        for (rows, inp, hid, out, norm, two, mode) in [
+            (1, 3, 5, 2, true, true, Mode::Accumulate),
+            (131, 17, 40, 9, true, true, Mode::Store),
+            (200, 64, 70, 64, false, true, Mode::Accumulate),
+            (77, 33, 65, 65, true, false, Mode::Store),
+            (500, 8, 3, 3, false, false, Mode::Accumulate),
+        ] {
+            let (w1, b1, w2, b2) = (
+                rand(hid * inp, 1),
+                rand(hid, 2),
+                rand(out * hid, 3),
+                rand(out, 4),
+            );
+            let (g, be) = (rand(inp, 5), rand(inp, 6));
+            let st = Stack {
+                norm: norm.then_some(Norm {
+                    w: &g,
+                    b: &be,
+                    eps: 1e-5,
+                }),
+                first: Layer {
+                    w: &w1,
+                    out: hid,
+                    b: Some(&b1),
+                    act: if two {
+                        Activation::Relu
+                    } else {
+                        Activation::None
+                    },
+                },
+                second: two.then_some(Layer {
+                    w: &w2,
+                    out,
+                    b: Some(&b2),
+                    act: Activation::None,
+                }),
+            };
+            let width = st.out();
+            let x = rand(rows * inp, 7);
+            let y0 = rand(rows * width, 8);
+            let mut y = y0.clone();
+            dense(&st, &x, rows, inp, &mut y, mode).unwrap();
+            assert_eq!(y, reference(&st, &x, rows, inp, &y0, mode), "{rows}x{inp}");
+        }
+    }
+
+    #[test]
+    fn runs_on_interleaved_halves_of_one_buffer() {
+        // state [rows, 2w]: hi += FF(LN(lo)), as a reversible block's g does in place.
+        let (rows, w, hid) = (61, 16, 24);
+        let state0 = rand(rows * 2 * w, 9);
+        let (w1, w2, g, b) = (
+            rand(hid * w, 10),
+            rand(w * hid, 11),
+            rand(w, 12),
+            rand(w, 13),
+        );
+        let st = Stack {
+            norm: Some(Norm {
+                w: &g,
+                b: &b,
+                eps: 1e-12,
+            }),
+            first: Layer {
+                w: &w1,
+                out: hid,
+                b: None,
+                act: Activation::Relu,
+            },
+            second: Some(Layer {
+                w: &w2,
+                out: w,
+                b: None,
+                act: Activation::None,
+            }),
+        };
+        let mut state = state0.clone();
+        let p = state.as_mut_ptr();
+        assert!(rows_disjoint((0, 2 * w, w), (w, 2 * w, w), rows));
+        // SAFETY: lo and hi rows interleave but share no element.
+        unsafe { dense_raw(&st, p, 2 * w, rows, w, p.add(w), 2 * w, Mode::Accumulate).unwrap() };
+        let lo: Vec<f32> = state0.chunks(2 * w).flat_map(|r| r[..w].to_vec()).collect();
+        let hi0: Vec<f32> = state0.chunks(2 * w).flat_map(|r| r[w..].to_vec()).collect();
+        let want = reference(&st, &lo, rows, w, &hi0, Mode::Accumulate);
+        for (r, row) in state.chunks(2 * w).enumerate() {
+            assert_eq!(&row[..w], &lo[r * w..(r + 1) * w], "lo row {r} untouched");
+            assert_eq!(&row[w..], &want[r * w..(r + 1) * w], "hi row {r}");
+        }
+    }
+
+    #[test]
+    fn rejects_activation_before_accumulate_and_bad_sizes() {
+        let w = [1.0f32; 4];
+        let relu = Layer {
+            w: &w,
+            out: 2,
+            b: None,
+            act: Activation::Relu,
+        };
+        let st = Stack {
+            norm: None,
+            first: relu,
+            second: None,
+        };
+        let mut y = [0.0; 2];
+        assert!(dense(&st, &[1.0, 2.0], 1, 2, &mut y, Mode::Accumulate).is_err());
+        assert!(dense(&st, &[1.0, 2.0, 3.0], 1, 3, &mut y, Mode::Store).is_err());
+    }
+
+    #[test]
+    fn disjointness_of_strided_rows() {
+        assert!(rows_disjoint((0, 8, 4), (4, 8, 4), 10));
+        assert!(!rows_disjoint((0, 8, 5), (4, 8, 4), 10));
+        assert!(!rows_disjoint((0, 8, 4), (4, 9, 4), 10));
+        assert!(rows_disjoint((0, 4, 4), (40, 4, 4), 10));
+        assert!(!rows_disjoint((0, 4, 4), (36, 4, 4), 10));
+        assert!(rows_disjoint((4, 8, 4), (0, 8, 4), 3));
+    }
+}
