@@ -147,5 +147,22 @@ fn every_kernel_is_deterministic_across_thread_counts() {
         .unwrap();
         bits(&o)
     });
+    // One (batch, head): each round's chunks are split across the threads.
+    let (len1, d1) = (512, 16);
+    let (qk1, v1, rot1) = (
+        r.vec(len1 * d1, 1.0),
+        r.vec(len1 * d1, 1.0),
+        r.vec(d1 * rounds * 4, 1.0),
+    );
+    let mut b1 = vec![0i64; rounds * len1];
+    ra::lsh_hash(&qk1, &rot1, None, 1, len1, 1, d1, rounds, &[4, 4], &mut b1).unwrap();
+    same_at_any_thread_count("lsh_attention, one head", || {
+        let mut o = vec![0.0f32; qk1.len()];
+        ra::lsh_attention(
+            &qk1, &v1, &b1, None, 1, len1, 1, d1, rounds, 32, 1, 0, true, &mut o,
+        )
+        .unwrap();
+        bits(&o)
+    });
     set_threads(0).unwrap();
 }

@@ -1,6 +1,6 @@
 //! Fused LSH attention (`rc_lsh_attention_f32`), REFORMER.md §1.4-§1.8.
 //!
-//! Per (batch, head), one task: counting sort of the round-offset buckets
+//! Per (batch, head): counting sort of the round-offset buckets
 //! (stable, so ties keep round-major order like the interpreter's sort), then
 //! for each chunk of `c` sorted slots: gather its queries, pack the normalized
 //! keys and the values of its window (own chunk plus `before`/`after`
@@ -11,6 +11,12 @@
 //! `out = Σ_r exp(max_r - M)·O'_r / Σ_r exp(max_r - M)·sum_r` where
 //! `O'_r = Σ exp(s - max_r)·v`. Nothing of size (r·L, c_kv) or a gathered copy
 //! of all keys ever exists; besides the output, a task holds O(r·L) integers.
+//!
+//! Parallelism is over (batch, head) × groups of chunks: when `L` is a
+//! multiple of the chunk length, a round's chunks hold every position once,
+//! so groups of them run concurrently, one round after another; the merge
+//! order per position (round by round) and hence the bits do not depend on
+//! the split or the thread count.
 
 use super::full::{attention_impl, Shape};
 use super::{
@@ -21,6 +27,7 @@ use crate::error::{invalid, Error, Result};
 use crate::gemm::check_len;
 use crate::pool::{try_par_for, SharedMut};
 use crate::simd;
+use std::sync::OnceLock;
 
 /// LSH attention given bucket ids `[B, H, r, L]` (with round offsets, as
 /// [`super::lsh_hash`] makes them) over shared query/keys `qk` and values `v`,
@@ -104,40 +111,133 @@ pub fn lsh_attention(
     }
     let width = heads * d;
     let n_chunks = total / chunk;
-    let scale = KeyScale::new(div);
     let valid: Vec<Vec<u32>> = (0..batch).map(|b| valid_row(mask, b, len)).collect();
-    let shared = SharedMut::new(out);
-    try_par_for(batch * heads, |bh| {
-        let (b, h) = (bh / heads, bh % heads);
-        // Elements of position `pos`, head h, batch b in a [B, L, H·d] tensor.
-        let row = |pos: usize| {
-            let start = (b * len + pos) * width + h * d;
-            start..start + d
-        };
-        let valid = &valid[b];
-        // Length-normalization factor of every position, once.
-        let inv: Vec<f32> = (0..len).map(|i| inv_len_norm(&qk[row(i)])).collect();
+    let ctx = Ctx {
+        qk,
+        v,
+        valid: &valid,
+        len,
+        width,
+        d,
+        heads,
+        chunk,
+        n_chunks,
+        before,
+        after,
+        scale: KeyScale::new(div),
+        rules,
+    };
+    let bhs = batch * heads;
+    // Per (batch, head): the key norms and the sorted slots' positions.
+    let prep: Vec<OnceLock<(Vec<f32>, Vec<u32>)>> = (0..bhs).map(|_| OnceLock::new()).collect();
+    try_par_for(bhs, |bh| {
+        let h = bh % heads;
+        let b = bh / heads;
+        let inv = (0..len)
+            .map(|i| inv_len_norm(&qk[ctx.row(b, h, i)]))
+            .collect();
         let perm = sort_slots(&buckets[bh * total..(bh + 1) * total])?;
-        let spos: Vec<u32> = perm.iter().map(|&t| t % len as u32).collect();
-        let mut win = Windows::new(chunk, n_chunks, before, after, d, d)?;
+        let spos = perm.iter().map(|&t| t % len as u32).collect();
+        let _ = prep[bh].set((inv, spos));
+        Ok(())
+    })?;
+    let mut state = crate::error::try_zeroed::<(f32, f32)>(bhs * len, "round state")?;
+    state.iter_mut().for_each(|s| s.0 = f32::NEG_INFINITY);
+    let st = SharedMut::new(&mut state);
+    let shared = SharedMut::new(out);
+    let prep = |bh: usize| prep[bh].get().ok_or_else(|| invalid("lsh: sort missing"));
+    if len.is_multiple_of(chunk) {
+        // A round's chunks hold each position once, so they can run in
+        // parallel; rounds run in order, as the combination needs.
+        let per_round = len / chunk;
+        let groups = (2 * crate::pool::threads())
+            .div_ceil(bhs)
+            .clamp(1, per_round);
+        let per_group = per_round.div_ceil(groups);
+        for r in 0..rounds {
+            try_par_for(bhs * groups, |t| {
+                let (bh, gi) = (t / groups, t % groups);
+                let j0 = r * per_round + gi * per_group;
+                let j1 = (j0 + per_group).min((r + 1) * per_round);
+                ctx.run_chunks(bh, prep(bh)?, j0..j1, &shared, &st)
+            })?;
+        }
+    } else {
+        // Chunks straddle rounds: one task per (batch, head), in chunk order.
+        try_par_for(bhs, |bh| {
+            ctx.run_chunks(bh, prep(bh)?, 0..n_chunks, &shared, &st)
+        })?;
+    }
+    try_par_for(bhs, |bh| {
+        let (b, h) = (bh / heads, bh % heads);
+        for pos in 0..len {
+            // SAFETY: task bh alone touches head h of batch b (and its states).
+            let (dst, s) = unsafe {
+                (
+                    shared.slice(ctx.row(b, h, pos).start, d),
+                    st.slice(bh * len + pos, 1),
+                )
+            };
+            dst.iter_mut().for_each(|x| *x /= s[0].1);
+        }
+        Ok(())
+    })
+}
+
+/// What every chunk task of one call reads.
+struct Ctx<'a> {
+    qk: &'a [f32],
+    v: &'a [f32],
+    valid: &'a [Vec<u32>],
+    len: usize,
+    width: usize,
+    d: usize,
+    heads: usize,
+    chunk: usize,
+    n_chunks: usize,
+    before: usize,
+    after: usize,
+    scale: KeyScale,
+    rules: Rules,
+}
+
+impl Ctx<'_> {
+    /// Head `h`'s values of position `pos` of batch `b` in a `[B, L, H·d]` tensor.
+    fn row(&self, b: usize, h: usize, pos: usize) -> std::ops::Range<usize> {
+        let start = (b * self.len + pos) * self.width + h * self.d;
+        start..start + self.d
+    }
+
+    /// Attention of the sorted chunks `js` of (batch, head) `bh`, merged into
+    /// the output rows and running (max, sum) states of their positions.
+    /// Callers run concurrently only on chunks whose positions are distinct.
+    fn run_chunks(
+        &self,
+        bh: usize,
+        (inv, spos): &(Vec<f32>, Vec<u32>),
+        js: std::ops::Range<usize>,
+        out: &SharedMut<f32>,
+        states: &SharedMut<(f32, f32)>,
+    ) -> Result<()> {
+        let (b, h, d, chunk) = (bh / self.heads, bh % self.heads, self.d, self.chunk);
+        let (qk, v) = (self.qk, self.v);
+        let valid = &self.valid[b];
+        let row = |pos: usize| self.row(b, h, pos);
+        let mut win = Windows::new(chunk, self.n_chunks, self.before, self.after, d, d)?;
         let keys = win.keys();
         let mut q = crate::error::try_zeroed(chunk * d, "query tile")?;
-        // Running round combination per position: (max, weight sum).
-        let mut run = crate::error::try_zeroed::<(f32, f32)>(len, "round state")?;
-        run.iter_mut().for_each(|s| s.0 = f32::NEG_INFINITY);
         let mut lse = Vec::with_capacity(chunk);
-        for j in 0..n_chunks {
-            // Random rows miss the cache: ask for the next chunk's rows now.
-            if j + 1 < n_chunks {
-                let next_keys = (j + 1 + after) % n_chunks;
+        let end = js.end;
+        for j in js {
+            if j + 1 < end {
+                // Prefetch the next chunk's new keys, its queries and output rows.
+                let next_keys = (j + 1 + self.after) % self.n_chunks;
                 for t in 0..chunk {
                     let pos = spos[next_keys * chunk + t] as usize;
                     simd::prefetch(&qk[row(pos)]);
                     simd::prefetch(&v[row(pos)]);
                     let qpos = spos[(j + 1) * chunk + t] as usize;
                     simd::prefetch(&qk[row(qpos)]);
-                    // SAFETY: a read-only view of this task's own rows, dropped at once.
-                    simd::prefetch(unsafe { shared.slice(row(qpos).start, d) });
                 }
             }
             win.load(
@@ -145,7 +245,7 @@ pub fn lsh_attention(
                 |id, kp, vp| {
                     for t in 0..chunk {
                         let pos = spos[id * chunk + t] as usize;
-                        put_key(kp, t, &qk[row(pos)], Some(inv[pos]), scale);
+                        put_key(kp, t, &qk[row(pos)], Some(inv[pos]), self.scale);
                         put_value(vp, t, &v[row(pos)]);
                     }
                 },
@@ -165,16 +265,24 @@ pub fn lsh_attention(
             lse.clear();
             for (i, &qpos) in qslots.iter().enumerate() {
                 let srow = &mut win.s[i * keys..(i + 1) * keys];
-                lse.push(softmax_row(srow, qpos, &win.kpos, &win.keep, rules, false));
+                lse.push(softmax_row(
+                    srow, qpos, &win.kpos, &win.keep, self.rules, false,
+                ));
             }
             win.weighted_values();
             for (i, &pos) in qslots.iter().enumerate() {
                 let pos = pos as usize;
                 let o = &win.o[i * d..(i + 1) * d];
                 let (mx, sum) = lse[i];
-                // SAFETY: task (b, h) alone writes head h of batch b's rows; one row at a time.
-                let dst = unsafe { shared.slice(row(pos).start, d) };
-                let state = &mut run[pos];
+                // SAFETY: only the task holding this chunk touches head h of
+                // position pos now (positions are distinct across concurrent chunks).
+                let (dst, state) = unsafe {
+                    (
+                        out.slice(row(pos).start, d),
+                        &mut states.slice(bh * self.len + pos, 1)[0],
+                    )
+                };
+                // Running round combination with (max, sum) kept apart.
                 if state.0 == f32::NEG_INFINITY {
                     dst.copy_from_slice(o);
                     *state = (mx, sum);
@@ -189,18 +297,10 @@ pub fn lsh_attention(
                 }
             }
         }
-        for (pos, state) in run.iter().enumerate() {
-            // SAFETY: as above.
-            let dst = unsafe { shared.slice(row(pos).start, d) };
-            dst.iter_mut().for_each(|x| *x /= state.1);
-        }
         Ok(())
-    })
+    }
 }
 
-/// Stable sort of slot indices `t` by `buckets[t]`: a counting sort when the
-/// ids span a small range (always, for ids from [`super::lsh_hash`]), else a
-/// comparison sort. Ties keep increasing `t` (round-major) order.
 fn sort_slots(buckets: &[i64]) -> Result<Vec<u32>> {
     let n = buckets.len();
     let (lo, hi) = buckets
