@@ -492,7 +492,6 @@ impl<'ctx> Gen<'ctx> {
         Ok(s)
     }
 
-    /// Releases the block held in `slot` to the buffer cache (NULL is ignored).
     /// As [`Self::free_buf`], returning the block to the system (`rc_free_release`).
     fn release_buf(&self, buf: &Buf<'ctx>) -> Result<()> {
         if let Some(slot) = buf.slot {
@@ -502,8 +501,64 @@ impl<'ctx> Gen<'ctx> {
         Ok(())
     }
 
+    /// Releases the block held in `slot` to the buffer cache (NULL is ignored).
     fn slot_free(&self, slot: PointerValue<'ctx>) -> Result<()> {
         self.slot_free_with(slot, "rc_free")
+    }
+
+    /// The result of an op that may reuse its dying input `x`: when `same`
+    /// holds at run time, `x`'s block moves to the result (x's slot is
+    /// emptied, so freeing x later does nothing); otherwise a fresh block is
+    /// allocated and filled by `fill`.
+    fn take_or_copy(
+        &self,
+        fs: &mut Fs<'ctx, '_>,
+        x: &Buf<'ctx>,
+        same: IntValue<'ctx>,
+        dims: Vec<IntValue<'ctx>>,
+        what: &str,
+        fill: impl FnOnce(&Self, PointerValue<'ctx>) -> Result<()>,
+    ) -> Result<Buf<'ctx>> {
+        let xslot = x
+            .slot
+            .ok_or_else(|| BackendError::Internal(format!("{what}: input is borrowed")))?;
+        let out = self.new_slot(fs)?;
+        let (take, copy, join) = (
+            self.block("take")?,
+            self.block("copy")?,
+            self.block("took")?,
+        );
+        self.b.build_conditional_branch(same, take, copy)?;
+        let size = |slot| {
+            self.b
+                .build_struct_gep(self.slot_ty(), slot, 1, "slot.size")
+        };
+        let mv = |from: PointerValue<'ctx>| -> Result<()> {
+            let p = self.slot_load(from)?;
+            let n = self.b.build_load(self.t.i64, size(from)?, "n")?;
+            if let Some(i) = n.as_instruction_value() {
+                volatile(i)?;
+            }
+            self.slot_store(out, p)?;
+            volatile(self.b.build_store(size(out)?, n)?)?;
+            self.slot_store(from, self.null())
+        };
+        self.b.position_at_end(take);
+        mv(xslot)?;
+        self.b.build_unconditional_branch(join)?;
+        self.b.position_at_end(copy);
+        let (p, fresh) = self.alloc(fs, x.dtype, &dims, what)?;
+        fill(self, p)?;
+        mv(fresh)?;
+        self.b.build_unconditional_branch(join)?;
+        self.b.position_at_end(join);
+        Ok(Buf {
+            ptr: self.slot_load(out)?,
+            dims,
+            dtype: x.dtype,
+            slot: Some(out),
+            ld: None,
+        })
     }
 
     fn slot_free_with(&self, slot: PointerValue<'ctx>, func: &str) -> Result<()> {
@@ -1730,22 +1785,32 @@ impl<'ctx> Gen<'ctx> {
                     dims[axis] = len;
                 }
                 self.bind_result(fs, v, &dims)?;
-                let out = self.alloc_buf(fs, x.dtype, dims, &what)?;
                 let outer = self.prod(&x.dims[..axis])?;
                 let inner = self.prod(&x.dims[axis + 1..])?;
                 let count = self.mul(len, inner)?;
-                self.copy_blocks(
-                    x.dtype,
-                    out.ptr,
-                    self.i64c(0),
-                    count,
-                    x.ptr,
-                    self.mul(start, inner)?,
-                    self.mul(n, inner)?,
-                    outer,
-                    count,
-                )?;
-                out
+                let copy = |g: &Self, dst: PointerValue<'ctx>| {
+                    g.copy_blocks(
+                        x.dtype,
+                        dst,
+                        g.i64c(0),
+                        count,
+                        x.ptr,
+                        g.mul(start, inner)?,
+                        g.mul(n, inner)?,
+                        outer,
+                        count,
+                    )
+                };
+                if op.kind == Truncate && fs.fusion.take_input.contains(&v) && x.slot.is_some() {
+                    // Nothing to cut (L == P, the usual case) and the input dies here:
+                    // its buffer becomes the result.
+                    let whole = self.b.build_int_compare(IntPredicate::EQ, len, n, "whole")?;
+                    self.take_or_copy(fs, &x, whole, dims, &what, copy)?
+                } else {
+                    let out = self.alloc_buf(fs, x.dtype, dims, &what)?;
+                    copy(self, out.ptr)?;
+                    out
+                }
             }
             Iota => {
                 let r = self.operand(fs, v, 0)?;

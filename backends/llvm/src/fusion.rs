@@ -53,6 +53,9 @@ pub(crate) struct Fusion {
     pub(crate) in_place: HashSet<ValueId>,
     /// Region results accumulated onto the owning reversible block's state.
     pub(crate) accumulated: HashSet<ValueId>,
+    /// `truncate`s that take over their dying input's buffer when they cut
+    /// nothing (decided at run time).
+    pub(crate) take_input: HashSet<ValueId>,
 }
 
 impl Fusion {
@@ -115,18 +118,11 @@ impl Fusion {
                 {
                     self.inner.insert(v);
                 }
+                OpKind::Truncate if sole_reader(g, uses, v) => {
+                    self.take_input.insert(v);
+                }
                 OpKind::ReversibleBlock => {
-                    let input = node.inputs.first().copied();
-                    let sole = input.is_some_and(|x| {
-                        let xu = uses.get(&x).unwrap_or(&none);
-                        xu.len() == 1
-                            && matches!(xu[0], Use::Operand { user, index: 0, .. } if user == v)
-                            && !matches!(
-                                g.node(x).op.kind,
-                                OpKind::Input | OpKind::Weight | OpKind::Arg
-                            )
-                    });
-                    if sole && f32 {
+                    if sole_reader(g, uses, v) && f32 {
                         self.in_place.insert(v);
                     }
                     for r in &node.regions {
@@ -151,6 +147,20 @@ impl Fusion {
             }
         }
     }
+}
+
+/// True when `v`'s first operand is an op's own buffer (not an input,
+/// weight or region argument) and `v` is its only reader.
+fn sole_reader(g: &Graph, uses: &HashMap<ValueId, Vec<Use>>, v: ValueId) -> bool {
+    g.node(v).inputs.first().is_some_and(|&x| {
+        let xu = uses.get(&x).map_or(&[][..], Vec::as_slice);
+        xu.len() == 1
+            && matches!(xu[0], Use::Operand { user, index: 0, .. } if user == v)
+            && !matches!(
+                g.node(x).op.kind,
+                OpKind::Input | OpKind::Weight | OpKind::Arg
+            )
+    })
 }
 
 fn collect(
@@ -223,6 +233,27 @@ mod tests {
         let id = |n: usize| g.walk()[n];
         assert!(!f.prologue.contains(&id(5)), "read by an add too");
         assert!(f.inner.contains(&id(6)));
+    }
+
+    #[test]
+    fn a_truncate_may_take_over_only_a_dying_op_result() {
+        let src = "graph {
+  %0 = input {name=\"x\"} : f32[B,P,4]
+  %1 = input {name=\"ids\"} : i64[B,L]
+  %2 = exp %0 : f32[B,P,4]
+  %3 = truncate %2, %1 {axis=1} : f32[B,L,4]
+  %4 = truncate %0, %1 {axis=1} : f32[B,L,4]
+  output \"y\" = %3
+  output \"z\" = %4
+}";
+        let g = graph(src);
+        let f = Fusion::new(&g);
+        let id = |n: usize| g.walk()[n];
+        assert!(f.take_input.contains(&id(3)));
+        assert!(
+            !f.take_input.contains(&id(4)),
+            "a graph input is the caller's"
+        );
     }
 
     #[test]
