@@ -306,18 +306,11 @@ pub(crate) fn rows_disjoint(
 mod tests {
     use super::*;
 
+    /// Standard normals from the runtime's own Philox stream `seed`.
     fn rand(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
+        let mut v = vec![0.0; n];
+        crate::random_normal(0xd0, seed, &mut v).unwrap();
+        v
     }
 
     /// The unfused reference: layer_norm, linear, linear, add.

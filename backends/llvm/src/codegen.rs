@@ -1214,6 +1214,33 @@ impl<'ctx> Gen<'ctx> {
         Ok(())
     }
 
+    /// Copies positions `start..start+len` of an axis of extent `n` (with
+    /// `outer` blocks before it and `inner` elements after it) from `src` to a
+    /// contiguous `dst`.
+    fn copy_axis_range(
+        &self,
+        dt: DType,
+        dst: PointerValue<'ctx>,
+        src: PointerValue<'ctx>,
+        (start, len, n): (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
+        outer: IntValue<'ctx>,
+        inner: IntValue<'ctx>,
+    ) -> Result<()> {
+        let count = self.mul(len, inner)?;
+        let (from, stride) = (self.mul(start, inner)?, self.mul(n, inner)?);
+        self.copy_blocks(
+            dt,
+            dst,
+            self.i64c(0),
+            count,
+            src,
+            from,
+            stride,
+            outer,
+            count,
+        )
+    }
+
     /// For `o` in `0..outer`: copies `count` elements from
     /// `src[src_off + o*src_stride]` to `dst[dst_off + o*dst_stride]`.
     #[allow(clippy::too_many_arguments)]
@@ -1787,19 +1814,8 @@ impl<'ctx> Gen<'ctx> {
                 self.bind_result(fs, v, &dims)?;
                 let outer = self.prod(&x.dims[..axis])?;
                 let inner = self.prod(&x.dims[axis + 1..])?;
-                let count = self.mul(len, inner)?;
                 let copy = |g: &Self, dst: PointerValue<'ctx>| {
-                    g.copy_blocks(
-                        x.dtype,
-                        dst,
-                        g.i64c(0),
-                        count,
-                        x.ptr,
-                        g.mul(start, inner)?,
-                        g.mul(n, inner)?,
-                        outer,
-                        count,
-                    )
+                    g.copy_axis_range(x.dtype, dst, x.ptr, (start, len, n), outer, inner)
                 };
                 if op.kind == Truncate && fs.fusion.take_input.contains(&v) && x.slot.is_some() {
                     // Nothing to cut (L == P, the usual case) and the input dies here:
@@ -2700,18 +2716,7 @@ impl<'ctx> Gen<'ctx> {
                     ld: None,
                 },
                 Some(t) => {
-                    let count = self.mul(clen, inner)?;
-                    self.copy_blocks(
-                        x.dtype,
-                        t.ptr,
-                        self.i64c(0),
-                        count,
-                        x.ptr,
-                        self.mul(start, inner)?,
-                        self.mul(n, inner)?,
-                        outer,
-                        count,
-                    )?;
+                    self.copy_axis_range(x.dtype, t.ptr, x.ptr, (start, clen, n), outer, inner)?;
                     Buf {
                         ptr: t.ptr,
                         dims: adims,
