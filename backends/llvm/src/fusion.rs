@@ -197,6 +197,12 @@ mod tests {
         reformc_ir::parse(src).unwrap()
     }
 
+    /// The plan of `src` and its values in printed order.
+    fn plan(src: &str) -> (Fusion, Vec<ValueId>) {
+        let g = graph(src);
+        (Fusion::new(&g), g.walk())
+    }
+
     const FF: &str = "graph {
   %0 = input {name=\"x\"} : f32[N,4]
   %1 = weight {name=\"g\"} : f32[4]
@@ -246,9 +252,8 @@ mod tests {
   output \"y\" = %3
   output \"z\" = %4
 }";
-        let g = graph(src);
-        let f = Fusion::new(&g);
-        let id = |n: usize| g.walk()[n];
+        let (f, ids) = plan(src);
+        let id = |n: usize| ids[n];
         assert!(f.take_input.contains(&id(3)));
         assert!(
             !f.take_input.contains(&id(4)),
@@ -274,9 +279,8 @@ mod tests {
   }
   output \"y\" = %3
 }";
-        let g = graph(src);
-        let f = Fusion::new(&g);
-        let id = |n: usize| g.walk()[n];
+        let (f, ids) = plan(src);
+        let id = |n: usize| ids[n];
         assert!(f.in_place.contains(&id(3)));
         assert!(f.accumulated.contains(&id(5)));
         assert!(!f.accumulated.contains(&id(7)), "not a linear");
