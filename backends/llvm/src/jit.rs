@@ -13,222 +13,70 @@ use reformc_runtime::model_rt::{self, ReformcTensor};
 use std::ffi::{c_char, c_void, CStr};
 use std::time::{Duration, Instant};
 
-#[allow(improper_ctypes)]
-extern "C" {
-    // Kernels of runtime/ABI.md (defined `#[no_mangle]` in reformc-runtime).
-    fn rc_set_threads(n: i64) -> i32;
-    fn rc_linear_f32(
-        x: *const f32,
-        rows: i64,
-        inp: i64,
-        w: *const f32,
-        out: i64,
-        b: *const f32,
-        act: i32,
-        y: *mut f32,
-    ) -> i32;
-    fn rc_layer_norm_f32(
-        x: *const f32,
-        rows: i64,
-        width: i64,
-        w: *const f32,
-        b: *const f32,
-        eps: f32,
-        y: *mut f32,
-    ) -> i32;
-    fn rc_embedding_f32(
-        ids: *const i64,
-        n: i64,
-        table: *const f32,
-        vocab: i64,
-        width: i64,
-        y: *mut f32,
-    ) -> i32;
-    fn rc_axial_pos_f32(
-        pos: *const i64,
-        n: i64,
-        w0: *const f32,
-        n0: i64,
-        d0: i64,
-        w1: *const f32,
-        n1: i64,
-        d1: i64,
-        y: *mut f32,
-    ) -> i32;
-    fn rc_attention_f32(
-        q: *const f32,
-        k: *const f32,
-        v: *const f32,
-        mask: *const i64,
-        batch: i64,
-        lq: i64,
-        lk: i64,
-        heads: i64,
-        dqk: i64,
-        dv: i64,
-        scale: f32,
-        flags: i32,
-        kv_chunk: i64,
-        out: *mut f32,
-    ) -> i32;
-    fn rc_local_attention_f32(
-        q: *const f32,
-        k: *const f32,
-        v: *const f32,
-        mask: *const i64,
-        batch: i64,
-        len: i64,
-        heads: i64,
-        dqk: i64,
-        dv: i64,
-        scale: f32,
-        chunk: i64,
-        before: i64,
-        after: i64,
-        causal: i32,
-        out: *mut f32,
-    ) -> i32;
-    fn rc_lsh_hash_f32(
-        qk: *const f32,
-        rot: *const f32,
-        mask: *const i64,
-        batch: i64,
-        len: i64,
-        heads: i64,
-        d: i64,
-        rounds: i64,
-        factors: *const i64,
-        nfactors: i64,
-        out: *mut i64,
-    ) -> i32;
-    fn rc_lsh_attention_f32(
-        qk: *const f32,
-        v: *const f32,
-        buckets: *const i64,
-        mask: *const i64,
-        batch: i64,
-        len: i64,
-        heads: i64,
-        d: i64,
-        rounds: i64,
-        chunk: i64,
-        before: i64,
-        after: i64,
-        causal: i32,
-        out: *mut f32,
-    ) -> i32;
-    fn rc_random_normal_f32(seed: i64, stream: i64, n: i64, out: *mut f32) -> i32;
-    // libc / libm.
-    fn aligned_alloc(align: usize, size: usize) -> *mut c_void;
-    fn free(p: *mut c_void);
-    fn tanhf(x: f32) -> f32;
-    fn tanh(x: f64) -> f64;
-    fn erf(x: f64) -> f64;
-    fn exp(x: f64) -> f64;
+/// The C library functions generated code calls (libm's for activations).
+mod libc {
+    use std::ffi::c_void;
+    extern "C" {
+        pub fn aligned_alloc(align: usize, size: usize) -> *mut c_void;
+        pub fn free(p: *mut c_void);
+        pub fn tanhf(x: f32) -> f32;
+        pub fn tanh(x: f64) -> f64;
+        pub fn erf(x: f64) -> f64;
+        pub fn exp(x: f64) -> f64;
+    }
 }
 
-/// Addresses of every external function generated code may call.
+/// `(name, address)` of each `module::function`, named by the function.
+macro_rules! symbols {
+    ($($m:ident :: $f:ident),* $(,)?) => {
+        vec![$((stringify!($f), $m::$f as *const () as usize)),*]
+    };
+}
+
+/// Addresses of every external function generated code may call
+/// (`abi::EXTERNS` lists their signatures; a test checks the two agree).
 fn symbol_table() -> Vec<(&'static str, usize)> {
-    vec![
-        ("rc_linear_f32", rc_linear_f32 as *const () as usize),
-        ("rc_layer_norm_f32", rc_layer_norm_f32 as *const () as usize),
-        (
-            "rc_dense_f32",
-            reformc_runtime::ffi::rc_dense_f32 as *const () as usize,
-        ),
-        ("rc_embedding_f32", rc_embedding_f32 as *const () as usize),
-        ("rc_axial_pos_f32", rc_axial_pos_f32 as *const () as usize),
-        ("rc_attention_f32", rc_attention_f32 as *const () as usize),
-        (
-            "rc_local_attention_f32",
-            rc_local_attention_f32 as *const () as usize,
-        ),
-        ("rc_lsh_hash_f32", rc_lsh_hash_f32 as *const () as usize),
-        (
-            "rc_lsh_attention_f32",
-            rc_lsh_attention_f32 as *const () as usize,
-        ),
-        (
-            "rc_random_normal_f32",
-            rc_random_normal_f32 as *const () as usize,
-        ),
-        (
-            "rc_model_clear_error",
-            model_rt::rc_model_clear_error as *const () as usize,
-        ),
-        (
-            "rc_model_last_error",
-            model_rt::rc_model_last_error as *const () as usize,
-        ),
-        (
-            "rc_model_error",
-            model_rt::rc_model_error as *const () as usize,
-        ),
-        (
-            "rc_model_error_input",
-            model_rt::rc_model_error_input as *const () as usize,
-        ),
-        (
-            "rc_model_error_limit",
-            model_rt::rc_model_error_limit as *const () as usize,
-        ),
-        (
-            "rc_model_error_mismatch",
-            model_rt::rc_model_error_mismatch as *const () as usize,
-        ),
-        (
-            "rc_model_error_kernel",
-            model_rt::rc_model_error_kernel as *const () as usize,
-        ),
-        (
-            "rc_model_error_alloc",
-            model_rt::rc_model_error_alloc as *const () as usize,
-        ),
-        (
-            "rc_model_error_signature",
-            model_rt::rc_model_error_signature as *const () as usize,
-        ),
-        (
-            "rc_model_load_safetensors",
-            model_rt::rc_model_load_safetensors as *const () as usize,
-        ),
-        (
-            "rc_model_unload_weights",
-            model_rt::rc_model_unload_weights as *const () as usize,
-        ),
-        (
-            "rc_alloc",
-            reformc_runtime::alloc::rc_alloc as *const () as usize,
-        ),
-        (
-            "rc_free",
-            reformc_runtime::alloc::rc_free as *const () as usize,
-        ),
-        (
-            "rc_free_release",
-            reformc_runtime::alloc::rc_free_release as *const () as usize,
-        ),
-        (
-            "rc_release_cache",
-            reformc_runtime::alloc::rc_release_cache as *const () as usize,
-        ),
-        (
-            "rc_add_rows_f32",
-            reformc_runtime::alloc::rc_add_rows_f32 as *const () as usize,
-        ),
-        ("aligned_alloc", aligned_alloc as *const () as usize),
-        ("free", free as *const () as usize),
-        ("tanhf", tanhf as *const () as usize),
-        ("tanh", tanh as *const () as usize),
-        ("erf", erf as *const () as usize),
-        ("exp", exp as *const () as usize),
+    use reformc_runtime::{alloc, ffi};
+    symbols![
+        ffi::rc_linear_f32,
+        ffi::rc_layer_norm_f32,
+        ffi::rc_dense_f32,
+        ffi::rc_embedding_f32,
+        ffi::rc_axial_pos_f32,
+        ffi::rc_attention_f32,
+        ffi::rc_local_attention_f32,
+        ffi::rc_lsh_hash_f32,
+        ffi::rc_lsh_attention_f32,
+        ffi::rc_random_normal_f32,
+        model_rt::rc_model_clear_error,
+        model_rt::rc_model_last_error,
+        model_rt::rc_model_error,
+        model_rt::rc_model_error_input,
+        model_rt::rc_model_error_limit,
+        model_rt::rc_model_error_mismatch,
+        model_rt::rc_model_error_kernel,
+        model_rt::rc_model_error_alloc,
+        model_rt::rc_model_error_signature,
+        model_rt::rc_model_load_safetensors,
+        model_rt::rc_model_unload_weights,
+        alloc::rc_alloc,
+        alloc::rc_free,
+        alloc::rc_free_release,
+        alloc::rc_release_cache,
+        alloc::rc_add_rows_f32,
+        libc::aligned_alloc,
+        libc::free,
+        libc::tanhf,
+        libc::tanh,
+        libc::erf,
+        libc::exp,
     ]
 }
 
 /// Sets the runtime's worker thread count (0 = all cores).
 pub fn set_threads(n: usize) -> Result<()> {
     // SAFETY: rc_set_threads takes a plain integer and is idempotent.
-    let rc = unsafe { rc_set_threads(n as i64) };
+    let rc = unsafe { reformc_runtime::ffi::rc_set_threads(n as i64) };
     if rc != 0 {
         return Err(BackendError::Input(format!(
             "cannot use {n} threads (runtime code {rc})"
@@ -504,4 +352,17 @@ pub fn jit_run(graph: &Graph, inputs: &Tensors, weights: &Tensors) -> Result<Ten
     let ctx = Context::create();
     let model = JitModel::new(&ctx, graph, weights)?;
     model.run(inputs)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_external_but_the_executable_main_has_an_address() {
+        let table = super::symbol_table();
+        for (name, _, _) in crate::abi::EXTERNS {
+            let has = table.iter().any(|(n, _)| n == name);
+            assert_eq!(has, *name != "reformc_exe_main", "`{name}`");
+        }
+        assert_eq!(table.len(), crate::abi::EXTERNS.len() - 1, "no extra names");
+    }
 }
