@@ -1,0 +1,214 @@
+//! Attention ops: exact (optionally streamed over key chunks), local,
+//! LSH hashing and fused LSH attention, each one runtime kernel call with
+//! its operands checked and its output allocated.
+
+use super::*;
+
+/// Operands of a q/k/v attention op, with the head sizes and its output.
+struct Qkv<'ctx> {
+    q: Buf<'ctx>,
+    k: Buf<'ctx>,
+    val: Buf<'ctx>,
+    mask: PointerValue<'ctx>,
+    heads: IntValue<'ctx>,
+    dqk: IntValue<'ctx>,
+    dv: IntValue<'ctx>,
+    scale: FloatValue<'ctx>,
+    out: Buf<'ctx>,
+}
+
+impl<'ctx> Gen<'ctx> {
+    /// Operands `q, k, v, mask?` of `v` (each `[B, L, H·d]`) and its `[B, Lq, H·dv]` output.
+    fn qkv(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Qkv<'ctx>> {
+        let q = self.f32_ranked(fs, v, 0, 3)?;
+        let k = self.f32_ranked(fs, v, 1, 3)?;
+        let val = self.f32_ranked(fs, v, 2, 3)?;
+        let mask = self.opt_mask(fs, v, 3)?;
+        let heads = self.i64c(self.node_attr_int(fs, v, "heads")?);
+        let dqk = self.b.build_int_signed_div(self.last(&q), heads, "dqk")?;
+        let dv = self.b.build_int_signed_div(self.last(&val), heads, "dv")?;
+        let scale = fs.g.node(v).op.float("scale").unwrap_or(1.0);
+        let mut dims = q.dims.clone();
+        if let Some(l) = dims.last_mut() {
+            *l = self.last(&val);
+        }
+        let what = at(fs.g, &fs.numbering, v);
+        let out = self.alloc_buf(fs, DType::F32, dims, &what)?;
+        Ok(Qkv {
+            q,
+            k,
+            val,
+            mask,
+            heads,
+            dqk,
+            dv,
+            scale: self.t.f32.const_float(scale),
+            out,
+        })
+    }
+
+    pub(super) fn attention(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
+        let op = &fs.g.node(v).op;
+        let mut flags = 0;
+        if op.flag("causal") {
+            flags |= abi::flags::CAUSAL;
+        }
+        if op.flag("key_norm") {
+            flags |= abi::flags::KEY_NORM;
+        }
+        if op.flag("self_mask") {
+            flags |= abi::flags::SELF_MASK;
+        }
+        let kv_chunk = op.int("kv_chunk").unwrap_or(0);
+        let a = self.qkv(fs, v)?;
+        self.kernel(
+            fs,
+            v,
+            "rc_attention_f32",
+            &[
+                a.q.ptr.into(),
+                a.k.ptr.into(),
+                a.val.ptr.into(),
+                a.mask.into(),
+                a.q.dims[0].into(),
+                a.q.dims[1].into(),
+                a.k.dims[1].into(),
+                a.heads.into(),
+                a.dqk.into(),
+                a.dv.into(),
+                a.scale.into(),
+                self.i32c(flags).into(),
+                self.i64c(kv_chunk).into(),
+                a.out.ptr.into(),
+            ],
+        )?;
+        Ok(a.out)
+    }
+
+    pub(super) fn local_attention(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
+        let causal = fs.g.node(v).op.flag("causal");
+        let attr = |name| self.node_attr_int(fs, v, name).map(|x| self.i64c(x));
+        let (chunk, before, after) = (attr("chunk")?, attr("before")?, attr("after")?);
+        let a = self.qkv(fs, v)?;
+        self.kernel(
+            fs,
+            v,
+            "rc_local_attention_f32",
+            &[
+                a.q.ptr.into(),
+                a.k.ptr.into(),
+                a.val.ptr.into(),
+                a.mask.into(),
+                a.q.dims[0].into(),
+                a.q.dims[1].into(),
+                a.heads.into(),
+                a.dqk.into(),
+                a.dv.into(),
+                a.scale.into(),
+                chunk.into(),
+                before.into(),
+                after.into(),
+                self.i32c(causal as i32).into(),
+                a.out.ptr.into(),
+            ],
+        )?;
+        Ok(a.out)
+    }
+
+    pub(super) fn lsh_hash(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
+        let op = &fs.g.node(v).op;
+        let what = at(fs.g, &fs.numbering, v);
+        let qk = self.f32_ranked(fs, v, 0, 3)?;
+        let rot = self.f32_ranked(fs, v, 1, 4)?;
+        let mask = self.opt_mask(fs, v, 2)?;
+        let heads = self.node_attr_int(fs, v, "heads")?;
+        let rounds = self.node_attr_int(fs, v, "n_hashes")?;
+        let factors: Vec<i64> = op.ints("buckets").unwrap_or(&[]).to_vec();
+        let h = self.i64c(heads);
+        let d = self.b.build_int_signed_div(self.last(&qk), h, "d")?;
+        let fac = self.const_i64_array(&factors);
+        let dims = vec![qk.dims[0], h, self.i64c(rounds), qk.dims[1]];
+        let out = self.alloc_buf(fs, DType::I64, dims, &what)?;
+        self.kernel(
+            fs,
+            v,
+            "rc_lsh_hash_f32",
+            &[
+                qk.ptr.into(),
+                rot.ptr.into(),
+                mask.into(),
+                qk.dims[0].into(),
+                qk.dims[1].into(),
+                h.into(),
+                d.into(),
+                self.i64c(rounds).into(),
+                fac.into(),
+                self.i64c(factors.len() as i64).into(),
+                out.ptr.into(),
+            ],
+        )?;
+        Ok(out)
+    }
+
+    pub(super) fn lsh_attention(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
+        let op = &fs.g.node(v).op;
+        let what = at(fs.g, &fs.numbering, v);
+        let qk = self.f32_ranked(fs, v, 0, 3)?;
+        let val = self.f32_ranked(fs, v, 1, 3)?;
+        let buckets = self.i64_operand(fs, v, 2)?;
+        let mask = self.opt_mask(fs, v, 3)?;
+        let h = self.i64c(self.node_attr_int(fs, v, "heads")?);
+        let d = self.b.build_int_signed_div(self.last(&qk), h, "d")?;
+        if buckets.dims.len() != 4 {
+            return Err(BackendError::Internal(format!(
+                "{what}: buckets must be [B,H,r,L]"
+            )));
+        }
+        // Replayed buckets come from an input: check their shape here.
+        let exit = fs.exit;
+        let what_s = self.cstr(&format!(
+            "{what}: LSH buckets do not match [B, H, r, P] of the activations"
+        ));
+        let b_ok = self
+            .b
+            .build_int_compare(IntPredicate::NE, buckets.dims[0], qk.dims[0], "b")?;
+        let h_ok = self
+            .b
+            .build_int_compare(IntPredicate::NE, buckets.dims[1], h, "h")?;
+        let l_ok = self
+            .b
+            .build_int_compare(IntPredicate::NE, buckets.dims[3], qk.dims[1], "l")?;
+        let bad = self
+            .b
+            .build_or(self.b.build_or(b_ok, h_ok, "bh")?, l_ok, "bad")?;
+        self.fail_if(exit, bad, |g| {
+            g.call_i32(
+                "rc_model_error",
+                &[g.i32c(err::SHAPE).into(), what_s.into()],
+            )
+        })?;
+        let out = self.alloc_buf(fs, DType::F32, val.dims.clone(), &what)?;
+        self.kernel(
+            fs,
+            v,
+            "rc_lsh_attention_f32",
+            &[
+                qk.ptr.into(),
+                val.ptr.into(),
+                buckets.ptr.into(),
+                mask.into(),
+                qk.dims[0].into(),
+                qk.dims[1].into(),
+                h.into(),
+                d.into(),
+                buckets.dims[2].into(),
+                self.i64c(self.node_attr_int(fs, v, "chunk")?).into(),
+                self.i64c(self.node_attr_int(fs, v, "before")?).into(),
+                self.i64c(self.node_attr_int(fs, v, "after")?).into(),
+                self.i32c(op.flag("causal") as i32).into(),
+                out.ptr.into(),
+            ],
+        )?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,390 @@
+//! Scalar code generation: dtype conversions, libm and intrinsic calls,
+//! activations, and the loops of element-wise unary and binary ops (with
+//! broadcasting).
+
+use super::*;
+
+impl<'ctx> Gen<'ctx> {
+    /// Converts one element (numpy `astype`; floats to ints saturate toward zero).
+    pub(super) fn convert(
+        &self,
+        v: BasicValueEnum<'ctx>,
+        from: DType,
+        to: DType,
+    ) -> Result<BasicValueEnum<'ctx>> {
+        if from == to {
+            return Ok(v);
+        }
+        let b = &self.b;
+        Ok(match (from.is_float(), to) {
+            (_, DType::Bool) => {
+                let nz = if from.is_float() {
+                    b.build_float_compare(
+                        FloatPredicate::UNE,
+                        v.into_float_value(),
+                        v.into_float_value().get_type().const_zero(),
+                        "nz",
+                    )?
+                } else {
+                    let iv = v.into_int_value();
+                    b.build_int_compare(IntPredicate::NE, iv, iv.get_type().const_zero(), "nz")?
+                };
+                b.build_int_z_extend(nz, self.t.i8, "b")?.into()
+            }
+            (true, DType::F32) => b
+                .build_float_trunc(v.into_float_value(), self.t.f32, "f")?
+                .into(),
+            (true, DType::F64) => b
+                .build_float_ext(v.into_float_value(), self.t.f64, "f")?
+                .into(),
+            (true, DType::I64 | DType::I32) => {
+                let it = if to == DType::I64 {
+                    self.t.i64
+                } else {
+                    self.t.i32
+                };
+                // Rust's `as`: saturating, NaN -> 0. (i32: via i64 like the interpreter.)
+                let sat = self.intrinsic(
+                    "llvm.fptosi.sat",
+                    &[self.t.i64.into(), v.into_float_value().get_type().into()],
+                )?;
+                let r = b.build_call(sat, &[v.into()], "i")?.try_as_basic_value();
+                let inkwell::values::ValueKind::Basic(r) = r else {
+                    return Err(BackendError::Internal("fptosi.sat".into()));
+                };
+                b.build_int_truncate_or_bit_cast(r.into_int_value(), it, "t")?
+                    .into()
+            }
+            (false, DType::F32 | DType::F64) => {
+                let ft = if to == DType::F32 {
+                    self.t.f32
+                } else {
+                    self.t.f64
+                };
+                let iv = v.into_int_value();
+                if from == DType::Bool {
+                    b.build_unsigned_int_to_float(iv, ft, "f")?.into()
+                } else if to == DType::F32 && from == DType::I64 {
+                    // The interpreter goes through f64.
+                    let d = b.build_signed_int_to_float(iv, self.t.f64, "d")?;
+                    b.build_float_trunc(d, self.t.f32, "f")?.into()
+                } else {
+                    b.build_signed_int_to_float(iv, ft, "f")?.into()
+                }
+            }
+            (false, DType::I64 | DType::I32) => {
+                let it = if to == DType::I64 {
+                    self.t.i64
+                } else {
+                    self.t.i32
+                };
+                let iv = v.into_int_value();
+                if from == DType::Bool {
+                    b.build_int_z_extend(iv, it, "z")?.into()
+                } else {
+                    b.build_int_cast_sign_flag(iv, it, true, "c")?.into()
+                }
+            }
+        })
+    }
+
+    pub(super) fn libm(&self, name: &str, x: FloatValue<'ctx>) -> Result<FloatValue<'ctx>> {
+        Ok(self
+            .call(name, &[x.into()])?
+            .ok_or_else(|| BackendError::Internal(name.into()))?
+            .into_float_value())
+    }
+
+    pub(super) fn float_intrinsic(
+        &self,
+        name: &str,
+        x: FloatValue<'ctx>,
+    ) -> Result<FloatValue<'ctx>> {
+        let f = self.intrinsic(name, &[x.get_type().into()])?;
+        let r = self.b.build_call(f, &[x.into()], "r")?.try_as_basic_value();
+        match r {
+            inkwell::values::ValueKind::Basic(r) => Ok(r.into_float_value()),
+            inkwell::values::ValueKind::Instruction(_) => Err(BackendError::Internal(name.into())),
+        }
+    }
+
+    pub(super) fn unary(
+        &self,
+        kind: OpKind,
+        act: Option<&str>,
+        dt: DType,
+        v: BasicValueEnum<'ctx>,
+    ) -> Result<BasicValueEnum<'ctx>> {
+        let b = &self.b;
+        if !dt.is_float() {
+            // Only `neg` reaches here for integers.
+            return Ok(b.build_int_neg(v.into_int_value(), "neg")?.into());
+        }
+        let x = v.into_float_value();
+        let ft = x.get_type();
+        let one = ft.const_float(1.0);
+        Ok(match kind {
+            OpKind::Neg => b.build_float_neg(x, "neg")?.into(),
+            OpKind::Exp => self.float_intrinsic("llvm.exp", x)?.into(),
+            OpKind::Log => self.float_intrinsic("llvm.log", x)?.into(),
+            OpKind::Sqrt => self.float_intrinsic("llvm.sqrt", x)?.into(),
+            OpKind::Rsqrt => {
+                let s = self.float_intrinsic("llvm.sqrt", x)?;
+                b.build_float_div(one, s, "rs")?.into()
+            }
+            OpKind::Tanh => self.tanh(dt, x)?.into(),
+            _ => self.activation(act.unwrap_or(""), dt, x)?.into(),
+        })
+    }
+
+    pub(super) fn tanh(&self, dt: DType, x: FloatValue<'ctx>) -> Result<FloatValue<'ctx>> {
+        if dt == DType::F32 {
+            self.libm("tanhf", x)
+        } else {
+            self.libm("tanh", x)
+        }
+    }
+
+    /// `nn::activate` of the interpreter: relu and tanh in the element type,
+    /// the others computed in f64 and rounded.
+    pub(super) fn activation(
+        &self,
+        f: &str,
+        dt: DType,
+        x: FloatValue<'ctx>,
+    ) -> Result<FloatValue<'ctx>> {
+        let b = &self.b;
+        let ft = x.get_type();
+        match f {
+            "relu" => {
+                let pos = b.build_float_compare(FloatPredicate::OGT, x, ft.const_zero(), "pos")?;
+                return Ok(b
+                    .build_select(pos, x, ft.const_zero(), "relu")?
+                    .into_float_value());
+            }
+            "tanh" => return self.tanh(dt, x),
+            _ => {}
+        }
+        let d = if dt == DType::F32 {
+            b.build_float_ext(x, self.t.f64, "d")?
+        } else {
+            x
+        };
+        let c = |v: f64| self.t.f64.const_float(v);
+        let half_x = b.build_float_mul(c(0.5), d, "hx")?;
+        let y = match f {
+            "gelu" => {
+                let e = self.libm(
+                    "erf",
+                    b.build_float_div(d, c(std::f64::consts::SQRT_2), "s")?,
+                )?;
+                b.build_float_mul(half_x, b.build_float_add(c(1.0), e, "e1")?, "g")?
+            }
+            "gelu_new" => {
+                let x3 = b.build_float_mul(b.build_float_mul(d, d, "x2")?, d, "x3")?;
+                let inner = b.build_float_add(d, b.build_float_mul(c(0.044715), x3, "t")?, "in")?;
+                let k = (2.0 / std::f64::consts::PI).sqrt();
+                let t = self.libm("tanh", b.build_float_mul(c(k), inner, "k")?)?;
+                b.build_float_mul(half_x, b.build_float_add(c(1.0), t, "t1")?, "g")?
+            }
+            "gelu_fast" => {
+                let x2 = b.build_float_mul(d, d, "x2")?;
+                let p = b.build_float_add(c(1.0), b.build_float_mul(c(0.044715), x2, "a")?, "p")?;
+                let arg =
+                    b.build_float_mul(b.build_float_mul(d, c(0.797_884_560_8), "k")?, p, "arg")?;
+                let t = self.libm("tanh", arg)?;
+                b.build_float_mul(half_x, b.build_float_add(c(1.0), t, "t1")?, "g")?
+            }
+            "silu" | "sigmoid" => {
+                let e = self.libm("exp", b.build_float_neg(d, "n")?)?;
+                let den = b.build_float_add(c(1.0), e, "den")?;
+                let num = if f == "silu" { d } else { c(1.0) };
+                b.build_float_div(num, den, "s")?
+            }
+            other => return Err(BackendError::Unsupported(format!("activation `{other}`"))),
+        };
+        Ok(if dt == DType::F32 {
+            b.build_float_trunc(y, self.t.f32, "r")?
+        } else {
+            y
+        })
+    }
+
+    pub(super) fn binary(
+        &self,
+        kind: OpKind,
+        dt: DType,
+        a: BasicValueEnum<'ctx>,
+        bv: BasicValueEnum<'ctx>,
+        exit: Exit<'ctx>,
+        div_msg: PointerValue<'ctx>,
+    ) -> Result<BasicValueEnum<'ctx>> {
+        let b = &self.b;
+        if dt.is_float() {
+            let (x, y) = (a.into_float_value(), bv.into_float_value());
+            let cmp = |p: FloatPredicate| -> Result<BasicValueEnum<'ctx>> {
+                let c = b.build_float_compare(p, x, y, "c")?;
+                Ok(b.build_int_z_extend(c, self.t.i8, "b")?.into())
+            };
+            return Ok(match kind {
+                OpKind::Add => b.build_float_add(x, y, "s")?.into(),
+                OpKind::Sub => b.build_float_sub(x, y, "s")?.into(),
+                OpKind::Mul => b.build_float_mul(x, y, "s")?.into(),
+                OpKind::Div => b.build_float_div(x, y, "s")?.into(),
+                OpKind::Max | OpKind::Min => {
+                    let name = if kind == OpKind::Max {
+                        "llvm.maxnum"
+                    } else {
+                        "llvm.minnum"
+                    };
+                    let f = self.intrinsic(name, &[x.get_type().into()])?;
+                    match b
+                        .build_call(f, &[x.into(), y.into()], "m")?
+                        .try_as_basic_value()
+                    {
+                        inkwell::values::ValueKind::Basic(r) => r,
+                        inkwell::values::ValueKind::Instruction(_) => {
+                            return Err(BackendError::Internal(name.into()))
+                        }
+                    }
+                }
+                OpKind::Lt => cmp(FloatPredicate::OLT)?,
+                _ => cmp(FloatPredicate::OEQ)?,
+            });
+        }
+        let (x, y) = (a.into_int_value(), bv.into_int_value());
+        let cmp = |p: IntPredicate| -> Result<BasicValueEnum<'ctx>> {
+            let c = b.build_int_compare(p, x, y, "c")?;
+            Ok(b.build_int_z_extend(c, self.t.i8, "b")?.into())
+        };
+        let signed = dt != DType::Bool;
+        Ok(match kind {
+            OpKind::Add => b.build_int_add(x, y, "s")?.into(),
+            OpKind::Sub => b.build_int_sub(x, y, "s")?.into(),
+            OpKind::Mul => b.build_int_mul(x, y, "s")?.into(),
+            OpKind::Div => {
+                let z = b.build_int_compare(IntPredicate::EQ, y, y.get_type().const_zero(), "z")?;
+                self.fail_if(exit, z, |g| {
+                    g.call_i32(
+                        "rc_model_error",
+                        &[g.i32c(err::VALUE).into(), div_msg.into()],
+                    )
+                })?;
+                b.build_int_signed_div(x, y, "q")?.into()
+            }
+            OpKind::Max | OpKind::Min => {
+                let p = match (kind == OpKind::Max, signed) {
+                    (true, true) => IntPredicate::SGT,
+                    (true, false) => IntPredicate::UGT,
+                    (false, true) => IntPredicate::SLT,
+                    (false, false) => IntPredicate::ULT,
+                };
+                let c = b.build_int_compare(p, x, y, "c")?;
+                b.build_select(c, x, y, "m")?
+            }
+            OpKind::Lt => cmp(if signed {
+                IntPredicate::SLT
+            } else {
+                IntPredicate::ULT
+            })?,
+            _ => cmp(IntPredicate::EQ)?,
+        })
+    }
+
+    /// An elementwise op with numpy broadcasting over `xs`: the result has
+    /// `v`'s declared shape (every symbol bound by the operands).
+    pub(super) fn elementwise(
+        &self,
+        fs: &mut Fs<'ctx, '_>,
+        v: ValueId,
+        xs: &[Buf<'ctx>],
+        out_dt: DType,
+        f: &dyn Fn(&Self, &[BasicValueEnum<'ctx>]) -> Result<BasicValueEnum<'ctx>>,
+    ) -> Result<Buf<'ctx>> {
+        let g = fs.g;
+        let node = g.node(v);
+        let what = at(g, &fs.numbering, v);
+        let rty = node.ty.clone();
+        let dims = self.type_dims(fs, v)?;
+        let out = self.alloc_buf(fs, out_dt, dims.clone(), &what)?;
+        let n = rty.rank();
+        let same: Vec<bool> = node
+            .inputs
+            .iter()
+            .map(|u| g.ty(*u).shape == rty.shape)
+            .collect();
+        let scalar: Vec<bool> = node
+            .inputs
+            .iter()
+            .map(|u| g.ty(*u).shape.iter().all(|d| *d == Dim::Const(1)))
+            .collect();
+        if same.iter().zip(&scalar).all(|(s, c)| *s || *c) {
+            let total = self.prod(&dims)?;
+            self.for_range(total, &mut |i| {
+                let vals: Vec<BasicValueEnum> = xs
+                    .iter()
+                    .zip(&same)
+                    .map(|(x, s)| self.load(x.dtype, x.ptr, if *s { i } else { self.i64c(0) }))
+                    .collect::<Result<_>>()?;
+                let r = f(self, &vals)?;
+                self.store(out_dt, out.ptr, i, r)
+            })?;
+            return Ok(out);
+        }
+        // General broadcasting: per-operand strides (0 on broadcast axes).
+        let mut strides: Vec<Vec<IntValue>> = Vec::new();
+        for (x, u) in xs.iter().zip(&node.inputs) {
+            let shape = &g.ty(*u).shape;
+            let m = shape.len();
+            if m > n {
+                return Err(BackendError::Internal(format!(
+                    "{what}: operand rank exceeds result rank"
+                )));
+            }
+            let own = self.strides(&x.dims)?;
+            let mut s = vec![self.i64c(0); n];
+            for j in 0..m {
+                let rj = j + n - m;
+                let bcast = shape[j] == Dim::Const(1) && rty.shape[rj] != Dim::Const(1);
+                if !bcast {
+                    s[rj] = own[j];
+                    if shape[j] != rty.shape[rj] {
+                        // Symbolically different dims must agree at run time.
+                        let bad = self.b.build_int_compare(
+                            IntPredicate::NE,
+                            x.dims[j],
+                            dims[rj],
+                            "bc",
+                        )?;
+                        let msg = self.cstr(&format!(
+                            "{what}: operand dims {} and {} do not broadcast at run time",
+                            shape[j], rty.shape[rj]
+                        ));
+                        self.fail_if(fs.exit, bad, |g| {
+                            g.call_i32("rc_model_error", &[g.i32c(err::SHAPE).into(), msg.into()])
+                        })?;
+                    }
+                }
+            }
+            strides.push(s);
+        }
+        let ostr = self.strides(&dims)?;
+        self.for_nd(&dims, &mut |idx| {
+            let mut vals = Vec::new();
+            for (x, s) in xs.iter().zip(&strides) {
+                let mut off = self.i64c(0);
+                for (i, st) in idx.iter().zip(s) {
+                    off = self.add(off, self.mul(*i, *st)?)?;
+                }
+                vals.push(self.load(x.dtype, x.ptr, off)?);
+            }
+            let mut o = self.i64c(0);
+            for (i, st) in idx.iter().zip(&ostr) {
+                o = self.add(o, self.mul(*i, *st)?)?;
+            }
+            let r = f(self, &vals)?;
+            self.store(out_dt, out.ptr, o, r)
+        })?;
+        Ok(out)
+    }
+}
