@@ -92,7 +92,7 @@ fn memory_plan_of_a_reversible_block_with_known_answer() {
 #[test]
 fn per_layer_breakdown_of_a_fixture() {
     let case = Case::load(&fixture("causal_mixed_r2"));
-    let g = case.graph(DType::F32);
+    let g = case.graph(DType::F32, case.replay_source());
     let p = plan_memory(&g, &dim_env(&g, 1, 64)).unwrap();
     let stages: Vec<Stage> = p.stages.iter().map(|s| s.stage).collect();
     assert_eq!(

@@ -24,7 +24,7 @@ fn run_pipeline(g: &mut reformc_ir::Graph, opts: &PassOptions) -> reformc_passes
 fn default_pipeline_keeps_every_fixture_within_1e4_of_hf_f64() {
     for dir in fixtures() {
         let case = Case::load(&dir);
-        let mut g = case.graph(DType::F32);
+        let mut g = case.graph(DType::F32, case.replay_source());
         let kinds = |g: &reformc_ir::Graph| {
             reformc_passes::attention::sites(g)
                 .iter()
@@ -33,7 +33,7 @@ fn default_pipeline_keeps_every_fixture_within_1e4_of_hf_f64() {
         };
         let before = kinds(&g);
         let opts = PassOptions {
-            seq_len: Some(case.len() as u64),
+            seq_len: Some(case.seq_len() as u64),
             batch: Some(case.ids.shape()[0] as u64),
             ..Default::default()
         };
@@ -44,7 +44,12 @@ fn default_pipeline_keeps_every_fixture_within_1e4_of_hf_f64() {
             "{}: the default options keep the configured attention",
             case.name
         );
-        let got = run(&g, &case.inputs(), &case.weight_map(&g), "logits");
+        let got = interp_output(
+            &g,
+            &case.inputs(case.replay_source()),
+            &case.weight_map(&g),
+            "logits",
+        );
         let err = max_abs_diff(&got, &case.reference_f64());
         println!("{:40} max abs err {err:.2e}", case.name);
         assert!(err < 1e-4, "{}: {err}", case.name);
@@ -59,17 +64,17 @@ fn full_and_exact_attention_keep_logits_when_the_sequence_fits_one_lsh_chunk() {
     let mut checked = 0;
     for dir in fixtures() {
         let case = Case::load(&dir);
-        let g = case.graph(DType::F32);
-        let env = reformc_passes::cost::dim_env(&g, 1, case.len() as u64);
+        let g = case.graph(DType::F32, case.replay_source());
+        let env = reformc_passes::cost::dim_env(&g, 1, case.seq_len() as u64);
         if env["P"] > case.spec.lsh.chunk || case.spec.num_lsh_layers() == 0 {
             continue;
         }
         let weights = case.weight_map(&g);
-        let want = run(&g, &case.inputs(), &weights, "logits");
+        let want = interp_output(&g, &case.inputs(case.replay_source()), &weights, "logits");
         for mode in ["full", "exact"] {
             let mut h = g.clone();
             let opts = PassOptions {
-                seq_len: Some(case.len() as u64),
+                seq_len: Some(case.seq_len() as u64),
                 attention: Some(mode.into()),
                 kv_chunk: Some(5),
                 ..Default::default()
@@ -89,7 +94,7 @@ fn full_and_exact_attention_keep_logits_when_the_sequence_fits_one_lsh_chunk() {
                 "{}: {notes:?}",
                 case.name
             );
-            let got = run(&h, &case.inputs(), &weights, "logits");
+            let got = interp_output(&h, &case.inputs(case.replay_source()), &weights, "logits");
             let err = max_rel_diff(&got, &want);
             println!("{:40} {mode}: max rel change {err:.2e}", case.name);
             assert!(err < 1e-5, "{} {mode}: {err}", case.name);
@@ -110,13 +115,13 @@ fn full_and_exact_attention_keep_logits_when_the_sequence_fits_one_lsh_chunk() {
 #[test]
 fn exact_equals_full_on_long_fixtures() {
     let case = Case::load(&fixture("causal_mixed_r2"));
-    let g = case.graph(DType::F32);
+    let g = case.graph(DType::F32, case.replay_source());
     let weights = case.weight_map(&g);
     let mut outs = vec![];
     for (mode, kv) in [("full", 1), ("exact", 7), ("exact", 64)] {
         let mut h = g.clone();
         let opts = PassOptions {
-            seq_len: Some(case.len() as u64),
+            seq_len: Some(case.seq_len() as u64),
             attention: Some(mode.into()),
             kv_chunk: Some(kv),
             ..Default::default()
@@ -127,7 +132,12 @@ fn exact_equals_full_on_long_fixtures() {
             "{:?}",
             report.notes()
         );
-        outs.push(run(&h, &case.inputs(), &weights, "logits"));
+        outs.push(interp_output(
+            &h,
+            &case.inputs(case.replay_source()),
+            &weights,
+            "logits",
+        ));
     }
     assert!(max_rel_diff(&outs[1], &outs[0]) < 1e-5);
     assert!(max_rel_diff(&outs[2], &outs[0]) < 1e-5);
@@ -136,7 +146,7 @@ fn exact_equals_full_on_long_fixtures() {
 #[test]
 fn auto_on_a_fixture_explains_every_layer() {
     let case = Case::load(&fixture("causal_mixed_r2"));
-    let g = case.graph(DType::F32);
+    let g = case.graph(DType::F32, case.replay_source());
     let opts = PassOptions {
         seq_len: Some(64),
         attention: Some("auto".into()),

@@ -89,7 +89,7 @@ fn rewrites_keep_the_example_logits_at_short_length() {
     let ws = weight_map(&random_weights(&spec, 1));
     let g = example_graph(DType::F32);
     let inputs = random_ids(2, 40, spec.vocab_size, 3);
-    let want = run(&g, &inputs, &ws, "logits");
+    let want = interp_output(&g, &inputs, &ws, "logits");
     for (mode, kv) in [("exact", 16), ("full", 16), ("lsh", 16)] {
         let mut h = g.clone();
         let opts = PassOptions {
@@ -119,7 +119,7 @@ fn rewrites_keep_the_example_logits_at_short_length() {
             _ => assert!(!text.contains("kv_chunk")),
         }
         // L=40 is at most LSH's chunk of 64, so even `lsh` is exact here.
-        let got = run(&h, &inputs, &ws, "logits");
+        let got = interp_output(&h, &inputs, &ws, "logits");
         let err = max_rel_diff(&got, &want);
         assert!(err < 1e-5, "{mode}: {err}");
     }

@@ -65,7 +65,7 @@ fn snapshots(case: &str, g: &Graph, mode: Option<&str>, seq_len: u64) {
 #[test]
 fn causal_mixed_r2_after_each_pass() {
     let case = Case::load(&fixture("causal_mixed_r2"));
-    let g = case.graph_with(DType::F32, LshSource::Seeded);
+    let g = case.graph(DType::F32, LshSource::Seeded);
     insta::assert_snapshot!("causal_mixed_r2__input", print(&g));
     for mode in [None, Some("full"), Some("exact"), Some("lsh"), Some("auto")] {
         snapshots("causal_mixed_r2", &g, mode, 64);

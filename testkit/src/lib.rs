@@ -1,12 +1,13 @@
 //! Test support shared by reformc's crates: the Hugging Face golden fixture
 //! cases under `tests/fixtures` (made by `scripts/hf_fixtures.py`), loaded
-//! and bound to graphs the way every engine's tests need them.
+//! and bound to graphs the way every engine's tests need them, and the small
+//! generic helpers around them (`.npy` files, differences, interpreter runs).
 
 use ndarray::{ArrayD, IxDyn};
-use ndarray_npy::ReadNpyExt;
+use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use reformc_frontend::config::load_model_config;
 use reformc_frontend::lower::{expected_weights, lower, LowerOptions, LshSource};
-use reformc_frontend::spec::ModelSpec;
+use reformc_frontend::spec::{HeadSpec, ModelSpec};
 use reformc_frontend::weights::WeightFile;
 use reformc_interp::Tensor;
 use reformc_ir::{DType, Graph};
@@ -40,8 +41,16 @@ pub fn fixtures() -> Vec<PathBuf> {
     v
 }
 
+/// Reads a `.npy` file (panics naming the file).
 pub fn read<T: ndarray_npy::ReadableElement>(p: &Path) -> ArrayD<T> {
-    ArrayD::<T>::read_npy(File::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+    ArrayD::<T>::read_npy(File::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Writes `a` as a `.npy` file.
+pub fn write<T: ndarray_npy::WritableElement>(p: &Path, a: &ArrayD<T>) {
+    a.write_npy(File::create(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
 }
 
 /// One HF golden case, loaded.
@@ -50,26 +59,41 @@ pub struct Case {
     pub name: String,
     pub spec: ModelSpec,
     pub ids: ArrayD<i64>,
+    /// The attention mask (all ones when the case has no `attention_mask.npy`).
     pub mask: ArrayD<i64>,
+    /// Whether the case has an `attention_mask.npy`.
+    pub has_mask: bool,
     pub weights: WeightFile,
 }
 
 impl Case {
+    /// Loads the case in `dir`. As `reformc` does for an HF config with a
+    /// weight file, the weights decide the layout (`reformer.` prefix, LM head).
     pub fn load(dir: &Path) -> Case {
-        let spec = load_model_config(&dir.join("config.json")).unwrap_or_else(|e| panic!("{e}"));
+        let mut spec =
+            load_model_config(&dir.join("config.json")).unwrap_or_else(|e| panic!("{e}"));
+        let weights = WeightFile::open(&dir.join("model.safetensors")).unwrap();
+        let (prefix, head) = weights.detect_layout();
+        spec.weight_prefix = prefix;
+        spec.head = if head {
+            HeadSpec::LmHead { bias: false }
+        } else {
+            HeadSpec::None
+        };
         let ids: ArrayD<i64> = read(&dir.join("input_ids.npy"));
-        let mask = if dir.join("attention_mask.npy").exists() {
+        let has_mask = dir.join("attention_mask.npy").exists();
+        let mask = if has_mask {
             read(&dir.join("attention_mask.npy"))
         } else {
             ArrayD::from_elem(ids.raw_dim(), 1)
         };
-        let weights = WeightFile::open(&dir.join("model.safetensors")).unwrap();
         Case {
             name: dir.file_name().unwrap().to_string_lossy().into_owned(),
             dir: dir.to_path_buf(),
             spec,
             ids,
             mask,
+            has_mask,
             weights,
         }
     }
@@ -86,6 +110,16 @@ impl Case {
 
     pub fn has(&self, file: &str) -> bool {
         self.dir.join(file).exists()
+    }
+
+    /// Whether HF hashed (the case recorded its LSH buckets).
+    pub fn has_buckets(&self) -> bool {
+        self.has("lsh_buckets.npy")
+    }
+
+    /// HF's recorded LSH buckets, as stored.
+    pub fn buckets(&self) -> ArrayD<i64> {
+        read(&self.dir.join("lsh_buckets.npy"))
     }
 
     pub fn graph(&self, dtype: DType, source: LshSource) -> Graph {
@@ -130,7 +164,7 @@ impl Case {
         );
         match source {
             LshSource::Buckets => {
-                let b: ArrayD<i64> = read(&self.dir.join("lsh_buckets.npy"));
+                let b = self.buckets();
                 let s = b.shape().to_vec();
                 let r = self.spec.lsh.n_hashes as usize;
                 m.insert(
@@ -154,7 +188,7 @@ impl Case {
 
     /// The hashing source that replays HF exactly: buckets when HF hashed.
     pub fn replay_source(&self) -> LshSource {
-        if self.has("lsh_buckets.npy") {
+        if self.has_buckets() {
             LshSource::Buckets
         } else {
             LshSource::Seeded
@@ -171,11 +205,42 @@ pub fn max_abs_diff(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
     (a - b).mapv(f64::abs).fold(0.0, |m: f64, &x| m.max(x))
 }
 
+/// Largest |a-b| / (1 + |b|).
+pub fn max_rel_diff(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
+    assert_eq!(a.shape(), b.shape());
+    a.iter()
+        .zip(b.iter())
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs() / (1.0 + y.abs())))
+}
+
+/// Runs `g` with the interpreter and returns output `name` as f64 (inputs
+/// the graph does not take are ignored).
+pub fn interp_output(
+    g: &Graph,
+    inputs: &BTreeMap<String, Tensor>,
+    weights: &BTreeMap<String, Tensor>,
+    name: &str,
+) -> ArrayD<f64> {
+    let mut used = inputs.clone();
+    used.retain(|k, _| g.inputs().iter().any(|(n, _)| n == k));
+    let out = reformc_interp::run(g, &used, weights)
+        .unwrap_or_else(|e| panic!("{e}\n{}", reformc_ir::print(g)));
+    out[name].to_f64()
+}
+
 impl Case {
     /// Runs `g` with the interpreter on this case's inputs and weights.
     pub fn run(&self, g: &Graph, source: LshSource) -> BTreeMap<String, Tensor> {
         reformc_interp::run(g, &self.inputs(source), &self.weight_map(g))
             .unwrap_or_else(|e| panic!("{}: {e}", self.name))
+    }
+
+    /// The interpreter's output (logits, or the hidden state of a headless
+    /// model) for the F32 graph lowered with `source`, as f64.
+    pub fn interp(&self, source: LshSource) -> ArrayD<f64> {
+        let g = self.graph(DType::F32, source);
+        let out = self.run(&g, source);
+        out.values().next().unwrap().to_f64()
     }
 }
 

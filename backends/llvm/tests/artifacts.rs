@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{max_abs_diff, read, run, scratch, write, Case};
+use common::{fixture, max_abs_diff, read, run, scratch, write, Case, CompileCase};
 use ndarray::{ArrayD, IxDyn};
 use reformc_backend_llvm::aot::{self, Emit};
 use reformc_backend_llvm::WeightsMode;
@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn case(name: &str) -> Case {
-    Case::load(&common::root().join("tests/fixtures").join(name))
+    Case::load(&fixture(name))
 }
 
 const C_PROGRAM: &str = r#"

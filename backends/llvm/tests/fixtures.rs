@@ -4,9 +4,10 @@
 
 mod common;
 
-use common::{fixtures, max_abs_diff, read, run, scratch, Case};
+use common::{fixtures, max_abs_diff, read, run, scratch, Case, CompileCase};
 use inkwell::context::Context;
 use reformc_backend_llvm::{set_threads, JitModel};
+use reformc_ir::DType;
 
 const TOL: f64 = 1e-4;
 
@@ -16,7 +17,7 @@ fn jit_matches_interpreter_and_hf_float64_at_1_and_2_threads() {
     for dir in fixtures() {
         let case = Case::load(&dir);
         let source = case.replay_source();
-        let g = case.graph(source);
+        let g = case.graph(DType::F32, source);
         let want = case.interp(source);
         let reference = case.reference_f64();
         let ctx = Context::create();
@@ -108,17 +109,12 @@ fn jit_hashing_variants_match_interpreter() {
             continue;
         }
         for source in [LshSource::Seeded, LshSource::Rotations] {
-            let g = case.graph(source);
-            let mut inputs = case.inputs(source);
-            if source == LshSource::Rotations {
-                if !case.dir.join("lsh_rotations.npy").exists() {
-                    continue;
-                }
-                inputs.insert(
-                    "lsh_rotations".into(),
-                    reformc_interp::Tensor::F32(read(&case.dir.join("lsh_rotations.npy"))),
-                );
+            if source == LshSource::Rotations && !case.has("lsh_rotations.npy") {
+                continue;
             }
+            let g = case.graph(DType::F32, source);
+            // With `Rotations`, the inputs carry HF's `lsh_rotations.npy`.
+            let inputs = case.inputs(source);
             let w = case.weight_map(&g);
             let want = reformc_interp::run(&g, &inputs, &w).unwrap();
             let got = reformc_backend_llvm::jit_run(&g, &inputs, &w)
@@ -144,9 +140,9 @@ fn jit_matches_interpreter_after_the_pass_pipeline() {
         for dir in fixtures() {
             let case = Case::load(&dir);
             let source = case.replay_source();
-            let mut g = case.graph(source);
+            let mut g = case.graph(DType::F32, source);
             let opts = PassOptions {
-                seq_len: Some(case.len() as u64),
+                seq_len: Some(case.seq_len() as u64),
                 attention: attention.map(str::to_string),
                 kv_chunk,
                 chunk_size_feed_forward: Some(ff),

@@ -1,38 +1,20 @@
-//! Shared helpers of the backend's integration tests: HF fixture cases,
-//! compiled executables, `.npy` files, max-abs-difference.
+//! Helpers of the backend's integration tests that only they need:
+//! compiling a fixture case (variants, options, executable info, embedded
+//! weights, executables and their arguments), running programs, scratch
+//! directories. The fixture cases themselves come from `reformc-testkit`.
 
 #![allow(dead_code)]
+#![allow(unused_imports)]
 
-use ndarray::{ArrayD, IxDyn};
-use ndarray_npy::{ReadNpyExt, WriteNpyExt};
+pub use reformc_testkit::*;
+
 use reformc_backend_llvm::aot::{self, Emit};
 use reformc_backend_llvm::{CompileOptions, DimLimit, ExeInfo, Variant, WeightsMode};
-use reformc_frontend::config::load_model_config;
-use reformc_frontend::lower::{expected_weights, lower, LowerOptions, LshSource};
-use reformc_frontend::spec::{HeadSpec, ModelSpec, PositionSpec};
-use reformc_frontend::weights::WeightFile;
-use reformc_interp::Tensor;
-use reformc_ir::{DType, Graph};
-use std::collections::BTreeMap;
+use reformc_frontend::lower::{lower, LowerOptions, LshSource};
+use reformc_frontend::spec::PositionSpec;
+use reformc_ir::DType;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-/// The workspace root.
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Every HF fixture directory, sorted.
-pub fn fixtures() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("tests/fixtures"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("config.json").exists())
-        .collect();
-    v.sort();
-    assert!(v.len() >= 10, "expected the HF fixtures, found {}", v.len());
-    v
-}
 
 /// A scratch directory under the target dir, emptied first.
 pub fn scratch(name: &str) -> PathBuf {
@@ -42,157 +24,39 @@ pub fn scratch(name: &str) -> PathBuf {
     d
 }
 
-pub fn read<T: ndarray_npy::ReadableElement>(p: &Path) -> ArrayD<T> {
-    ArrayD::<T>::read_npy(std::fs::File::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+/// Compiling a fixture case the way `reformc compile` does.
+pub trait CompileCase {
+    /// The bucket factors of the case's LSH layers.
+    fn factors(&self) -> Vec<u64>;
+    /// The longest (padded) sequence the model takes.
+    fn max_len(&self) -> u64;
+    /// The variants `reformc compile` builds.
+    fn variants(&self) -> Vec<Variant>;
+    fn options(&self, default_weights: Option<String>) -> CompileOptions;
+    fn exe_info(&self, default_weights: Option<String>) -> ExeInfo;
+    /// Weight bytes in the module's table order (for `--weights=embed`).
+    fn embedded(&self, variants: &[Variant]) -> WeightsMode;
+    /// Compiles the case to an executable in `dir` (weights memory-mapped from the fixture).
+    fn compile_exe(&self, dir: &Path) -> PathBuf;
+    /// Command-line arguments that replay HF (buckets, mask).
+    fn exe_args(&self, dir: &Path) -> Vec<String>;
 }
 
-pub fn write<T: ndarray_npy::WritableElement>(p: &Path, a: &ArrayD<T>) {
-    a.write_npy(std::fs::File::create(p).unwrap()).unwrap();
-}
-
-pub fn max_abs_diff(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
-    assert_eq!(a.shape(), b.shape());
-    (a - b).mapv(f64::abs).fold(0.0, |m: f64, &x| m.max(x))
-}
-
-/// One HF golden case.
-pub struct Case {
-    pub dir: PathBuf,
-    pub name: String,
-    pub spec: ModelSpec,
-    pub ids: ArrayD<i64>,
-    pub mask: ArrayD<i64>,
-    pub has_mask: bool,
-    pub weights: WeightFile,
-}
-
-impl Case {
-    pub fn load(dir: &Path) -> Case {
-        let mut spec = load_model_config(&dir.join("config.json")).unwrap();
-        let weights = WeightFile::open(&dir.join("model.safetensors")).unwrap();
-        let (prefix, head) = weights.detect_layout();
-        spec.weight_prefix = prefix;
-        spec.head = if head {
-            HeadSpec::LmHead { bias: false }
-        } else {
-            HeadSpec::None
-        };
-        let ids: ArrayD<i64> = read(&dir.join("input_ids.npy"));
-        let has_mask = dir.join("attention_mask.npy").exists();
-        let mask = if has_mask {
-            read(&dir.join("attention_mask.npy"))
-        } else {
-            ArrayD::from_elem(ids.raw_dim(), 1)
-        };
-        Case {
-            name: dir.file_name().unwrap().to_string_lossy().into_owned(),
-            dir: dir.to_path_buf(),
-            spec,
-            ids,
-            mask,
-            has_mask,
-            weights,
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.ids.shape()[1]
-    }
-
-    pub fn has_buckets(&self) -> bool {
-        self.dir.join("lsh_buckets.npy").exists()
-    }
-
-    /// Buckets when HF hashed (exact replay), else seeded.
-    pub fn replay_source(&self) -> LshSource {
-        if self.has_buckets() {
-            LshSource::Buckets
-        } else {
-            LshSource::Seeded
-        }
-    }
-
-    pub fn graph(&self, source: LshSource) -> Graph {
-        lower(
-            &self.spec,
-            &LowerOptions {
-                dtype: DType::F32,
-                lsh_source: source,
-                seq_len: Some(self.len() as u64),
-            },
-        )
-        .unwrap()
-        .graph
-    }
-
-    pub fn factors(&self) -> Vec<u64> {
+impl CompileCase for Case {
+    fn factors(&self) -> Vec<u64> {
         lower(
             &self.spec,
             &LowerOptions {
                 dtype: DType::F32,
                 lsh_source: LshSource::Seeded,
-                seq_len: Some(self.len() as u64),
+                seq_len: Some(self.seq_len() as u64),
             },
         )
         .unwrap()
         .bucket_factors
     }
 
-    pub fn weight_map(&self, g: &Graph) -> BTreeMap<String, Tensor> {
-        expected_weights(g)
-            .into_iter()
-            .map(|(n, s)| {
-                let shape: Vec<usize> = s.iter().map(|&d| d as usize).collect();
-                let t = Tensor::F32(
-                    ArrayD::from_shape_vec(IxDyn(&shape), self.weights.tensor_f32(&n).unwrap())
-                        .unwrap(),
-                );
-                (n, t)
-            })
-            .collect()
-    }
-
-    pub fn buckets(&self) -> ArrayD<i64> {
-        read(&self.dir.join("lsh_buckets.npy"))
-    }
-
-    pub fn inputs(&self, source: LshSource) -> BTreeMap<String, Tensor> {
-        let mut m = BTreeMap::new();
-        m.insert("input_ids".to_string(), Tensor::I64(self.ids.clone()));
-        m.insert("attention_mask".to_string(), Tensor::I64(self.mask.clone()));
-        m.insert(
-            "seed".to_string(),
-            Tensor::I64(ArrayD::from_elem(IxDyn(&[]), 0)),
-        );
-        if source == LshSource::Buckets {
-            let b = self.buckets();
-            let s = b.shape().to_vec();
-            let r = self.spec.lsh.n_hashes as usize;
-            m.insert(
-                "lsh_buckets".to_string(),
-                Tensor::I64(
-                    b.into_shape_with_order(IxDyn(&[s[0], s[1], s[2], r, s[3] / r]))
-                        .unwrap(),
-                ),
-            );
-        }
-        m
-    }
-
-    pub fn reference_f64(&self) -> ArrayD<f64> {
-        read(&self.dir.join("logits_f64.npy"))
-    }
-
-    /// The interpreter's output for `source`.
-    pub fn interp(&self, source: LshSource) -> ArrayD<f64> {
-        let g = self.graph(source);
-        let out = reformc_interp::run(&g, &self.inputs(source), &self.weight_map(&g)).unwrap();
-        out.values().next().unwrap().to_f64()
-    }
-
-    /// The variants `reformc compile` builds.
-    pub fn variants(&self) -> Vec<Variant> {
+    fn variants(&self) -> Vec<Variant> {
         let sources: Vec<(&str, LshSource)> = if self.spec.num_lsh_layers() > 0 {
             vec![
                 ("seeded", LshSource::Seeded),
@@ -206,12 +70,12 @@ impl Case {
             .into_iter()
             .map(|(n, s)| Variant {
                 name: n.into(),
-                graph: self.graph(s),
+                graph: self.graph(DType::F32, s),
             })
             .collect()
     }
 
-    pub fn max_len(&self) -> u64 {
+    fn max_len(&self) -> u64 {
         let mut m = self.spec.max_position_embeddings;
         if let PositionSpec::Axial { shape, .. } = &self.spec.position {
             m = m.min(shape[0] * shape[1]);
@@ -219,7 +83,7 @@ impl Case {
         m
     }
 
-    pub fn options(&self, default_weights: Option<String>) -> CompileOptions {
+    fn options(&self, default_weights: Option<String>) -> CompileOptions {
         CompileOptions {
             model_name: self.name.clone(),
             limits: vec![DimLimit {
@@ -233,7 +97,7 @@ impl Case {
         }
     }
 
-    pub fn exe_info(&self, default_weights: Option<String>) -> ExeInfo {
+    fn exe_info(&self, default_weights: Option<String>) -> ExeInfo {
         let spec = &self.spec;
         let (pad_multiple, pad_min_len) = match spec.min_chunk() {
             Some(min) => (spec.chunk_lcm() as i64, min as i64),
@@ -258,8 +122,7 @@ impl Case {
         }
     }
 
-    /// Weight bytes in the module's table order (for `--weights=embed`).
-    pub fn embedded(&self, variants: &[Variant]) -> WeightsMode {
+    fn embedded(&self, variants: &[Variant]) -> WeightsMode {
         let table = reformc_backend_llvm::weight_table(variants).unwrap();
         WeightsMode::Embedded(
             table
@@ -276,8 +139,7 @@ impl Case {
         )
     }
 
-    /// Compiles the case to an executable in `dir` (weights memory-mapped from the fixture).
-    pub fn compile_exe(&self, dir: &Path) -> PathBuf {
+    fn compile_exe(&self, dir: &Path) -> PathBuf {
         let out = dir.join(&self.name);
         let w = self.dir.join("model.safetensors").display().to_string();
         let variants = self.variants();
@@ -293,8 +155,7 @@ impl Case {
         out
     }
 
-    /// Command-line arguments that replay HF (buckets, mask).
-    pub fn exe_args(&self, dir: &Path) -> Vec<String> {
+    fn exe_args(&self, dir: &Path) -> Vec<String> {
         let mut args = vec![
             "--input".to_string(),
             self.dir.join("input_ids.npy").display().to_string(),
