@@ -151,3 +151,38 @@ fn cli_run_with_mask_and_buckets_matches_hf() {
     let want: ArrayD<f64> = common::read(&dir.join("logits_f64.npy"));
     assert!(max_abs_diff(&got.mapv(f64::from), &want) <= 1e-4);
 }
+
+/// `compile --memory-plan` reports the backend's fusion plan: on the tiny
+/// example (4 reversible layers) all 9 layer norms are GEMM prologues, each
+/// feed-forward block is one stack, every block runs in place and both halves'
+/// last linears accumulate onto the state.
+#[test]
+fn compile_memory_plan_reports_the_fusion() {
+    let dir = common::root().join("examples/tiny-reformer");
+    let exe = std::env::temp_dir().join(format!("reformc-plan-{}", std::process::id()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reformc"))
+        .arg("compile")
+        .arg(dir.join("config.json"))
+        .arg("--weights")
+        .arg(dir.join("model.safetensors"))
+        .arg("-o")
+        .arg(&exe)
+        .args(["--emit", "obj", "--memory-plan", "-q"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&exe);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("memory plan of variant `seeded`"))
+        .unwrap_or_else(|| panic!("no plan in:\n{text}"));
+    assert!(line.contains(
+            "9 layer-norm prologues, 4 two-layer stacks, 4 reversible blocks in place, 8 accumulations"
+        ), "{line}");
+    assert!(!text.contains("x2 copy"), "{text}");
+}

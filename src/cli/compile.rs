@@ -204,8 +204,9 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
     if args.memory_plan {
         for (name, plan) in &report.plans {
             println!(
-                "memory plan of variant `{name}` ({} buffers):",
-                plan.buffers.len()
+                "memory plan of variant `{name}` ({} buffers; fused: {}):",
+                plan.buffers.len(),
+                plan.fusion
             );
             print!("{}", plan.to_text());
         }

@@ -28,7 +28,7 @@ pub mod target;
 pub use codegen::DimLimit;
 pub use error::{BackendError, Result};
 pub use jit::{jit_run, set_threads, JitModel};
-pub use plan::{MemoryPlan, PlannedBuffer};
+pub use plan::{FusionSummary, MemoryPlan, PlannedBuffer};
 
 use inkwell::context::Context;
 use inkwell::module::Module;

@@ -191,6 +191,40 @@ pub struct MemoryPlan {
     pub steps: usize,
     /// Values for symbols that only exist inside `seq_chunk` bodies (the chunk size).
     pub chunk_syms: Vec<(String, u64)>,
+    /// What generated code fuses (crate::fusion), counted.
+    pub fusion: FusionSummary,
+}
+
+/// How many ops of each kind generated code fuses or runs in place.
+///
+/// ```
+/// let g = reformc_ir::parse("graph {\n %0 = input {name=\"x\"} : f32[N,4]\n %1 = weight {name=\"w\"} : f32[4,4]\n %2 = linear %0, %1 : f32[N,4]\n %3 = linear %2, %1 : f32[N,4]\n output \"y\" = %3\n}").unwrap();
+/// let plan = reformc_backend_llvm::MemoryPlan::new(&g);
+/// assert_eq!(plan.fusion.stacks, 1);
+/// assert_eq!(plan.fusion.to_string(), "0 layer-norm prologues, 1 two-layer stacks, 0 reversible blocks in place, 0 accumulations onto a state half, 0 truncates reusing their input");
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FusionSummary {
+    /// Layer norms computed as the prologue of the linears that read them.
+    pub prologues: usize,
+    /// Linears computed as the first layer of a two-layer stack.
+    pub stacks: usize,
+    /// Reversible blocks updating their input's buffer in place.
+    pub in_place: usize,
+    /// Linears accumulating straight onto a reversible state half.
+    pub accumulated: usize,
+    /// Truncates that may take over their input's buffer.
+    pub take_input: usize,
+}
+
+impl std::fmt::Display for FusionSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} layer-norm prologues, {} two-layer stacks, {} reversible blocks in place, {} accumulations onto a state half, {} truncates reusing their input",
+            self.prologues, self.stacks, self.in_place, self.accumulated, self.take_input
+        )
+    }
 }
 
 impl MemoryPlan {
@@ -219,6 +253,13 @@ impl MemoryPlan {
             b.plan.buffers[idx].free_step = None;
         }
         b.plan.steps = b.step;
+        b.plan.fusion = FusionSummary {
+            prologues: fusion.prologue.len(),
+            stacks: fusion.inner.len(),
+            in_place: fusion.in_place.len(),
+            accumulated: fusion.accumulated.len(),
+            take_input: fusion.take_input.len(),
+        };
         b.plan
     }
 
