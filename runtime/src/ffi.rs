@@ -38,6 +38,21 @@ fn count(dims: &[usize], name: &str) -> Result<usize> {
     attention::product(dims, name)
 }
 
+/// Each `(value, name)` as a size; the first negative one is the error.
+fn sizes<const N: usize>(values: [(i64, &str); N]) -> Result<[usize; N]> {
+    let mut out = [0; N];
+    for (o, (x, name)) in out.iter_mut().zip(values) {
+        *o = size(x, name)?;
+    }
+    Ok(out)
+}
+
+/// The span of an optional buffer of `dims`: empty when `p` is NULL.
+fn opt_span<T>(p: *const T, dims: &[usize], name: &'static str) -> Result<Span> {
+    let n = if p.is_null() { 0 } else { count(dims, name)? };
+    span(p, n, name)
+}
+
 /// A raw buffer the caller handed in: where it is and how many bytes it spans.
 #[derive(Clone, Copy)]
 struct Span {
@@ -76,6 +91,15 @@ fn no_overlap(out: Span, inputs: &[Span]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// [`view`] of an optional buffer (`None` when `p` is NULL).
+///
+/// # Safety
+/// As [`view`].
+unsafe fn opt_view<'a, T>(p: *const T, s: Span) -> Option<&'a [T]> {
+    // SAFETY: the caller's contract, for a non-NULL pointer.
+    (!p.is_null()).then(|| unsafe { view(p, s) })
 }
 
 /// # Safety
@@ -136,7 +160,7 @@ pub unsafe extern "C" fn rc_linear_f32(
     y: *mut f32,
 ) -> i32 {
     guard(|| {
-        let (rows, inp, out) = (size(rows, "rows")?, size(in_, "in")?, size(out, "out")?);
+        let [rows, inp, out] = sizes([(rows, "rows"), (in_, "in"), (out, "out")])?;
         let act = Activation::from_code(act)?;
         let sx = span(x, count(&[rows, inp], "x")?, "x")?;
         let sw = span(w, count(&[out, inp], "w")?, "w")?;
@@ -182,9 +206,9 @@ pub unsafe extern "C" fn rc_dense_f32(
     accumulate: i32,
 ) -> i32 {
     guard(|| {
-        let (rows, inp) = (size(rows, "rows")?, size(in_, "in")?);
-        let (hidden, out) = (size(hidden, "hidden")?, size(out, "out")?);
-        let (ldx, ldy) = (size(ldx, "ldx")?, size(ldy, "ldy")?);
+        let [rows, inp] = sizes([(rows, "rows"), (in_, "in")])?;
+        let [hidden, out] = sizes([(hidden, "hidden"), (out, "out")])?;
+        let [ldx, ldy] = sizes([(ldx, "ldx"), (ldy, "ldy")])?;
         if ldx < inp || ldy < out {
             return Err(invalid(format!(
                 "row strides ldx = {ldx}, ldy = {ldy} are below the row lengths {inp}, {out}"
@@ -275,7 +299,7 @@ pub unsafe extern "C" fn rc_layer_norm_f32(
     y: *mut f32,
 ) -> i32 {
     guard(|| {
-        let (rows, width) = (size(rows, "rows")?, size(width, "width")?);
+        let [rows, width] = sizes([(rows, "rows"), (width, "width")])?;
         let sx = span(x, count(&[rows, width], "x")?, "x")?;
         let sw = span(w, width, "w")?;
         let sb = span(b, width, "b")?;
@@ -301,7 +325,7 @@ pub unsafe extern "C" fn rc_embedding_f32(
     y: *mut f32,
 ) -> i32 {
     guard(|| {
-        let (n, vocab, width) = (size(n, "n")?, size(vocab, "vocab")?, size(width, "width")?);
+        let [n, vocab, width] = sizes([(n, "n"), (vocab, "vocab"), (width, "width")])?;
         let si = span(ids, n, "ids")?;
         let st = span(table, count(&[vocab, width], "table")?, "table")?;
         let sy = span(y, count(&[n, width], "y")?, "y")?;
@@ -330,12 +354,7 @@ pub unsafe extern "C" fn rc_axial_pos_f32(
 ) -> i32 {
     guard(|| {
         let n = size(n, "n")?;
-        let (n0, d0, n1, d1) = (
-            size(n0, "n0")?,
-            size(d0, "d0")?,
-            size(n1, "n1")?,
-            size(d1, "d1")?,
-        );
+        let [n0, d0, n1, d1] = sizes([(n0, "n0"), (d0, "d0"), (n1, "n1"), (d1, "d1")])?;
         let width = d0
             .checked_add(d1)
             .ok_or_else(|| invalid("d0 + d1 overflows"))?;
@@ -373,27 +392,19 @@ pub unsafe extern "C" fn rc_attention_f32(
     out: *mut f32,
 ) -> i32 {
     guard(|| {
-        let (b, lq, lk) = (size(batch, "batch")?, size(lq, "lq")?, size(lk, "lk")?);
-        let (h, dqk, dv) = (size(heads, "heads")?, size(dqk, "dqk")?, size(dv, "dv")?);
+        let [b, lq, lk] = sizes([(batch, "batch"), (lq, "lq"), (lk, "lk")])?;
+        let [h, dqk, dv] = sizes([(heads, "heads"), (dqk, "dqk"), (dv, "dv")])?;
         let kv_chunk = size(kv_chunk, "kv_chunk")?;
         let sq = span(q, count(&[b, lq, h, dqk], "q")?, "q")?;
         let sk = span(k, count(&[b, lk, h, dqk], "k")?, "k")?;
         let sv = span(v, count(&[b, lk, h, dv], "v")?, "v")?;
-        let sm = span(
-            mask,
-            if mask.is_null() {
-                0
-            } else {
-                count(&[b, lk], "mask")?
-            },
-            "mask",
-        )?;
+        let sm = opt_span(mask, &[b, lk], "mask")?;
         let so = span(out, count(&[b, lq, h, dv], "out")?, "out")?;
         no_overlap(so, &[sq, sk, sv, sm])?;
         // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
         let (q, k, v, o) = unsafe { (view(q, sq), view(k, sk), view(v, sv), view_mut(out, so)) };
         // SAFETY: as above.
-        let m = (!mask.is_null()).then(|| unsafe { view(mask, sm) });
+        let m = unsafe { opt_view(mask, sm) };
         attention::attention(q, k, v, m, b, lq, lk, h, dqk, dv, scale, flags, kv_chunk, o)
     })
 }
@@ -421,35 +432,19 @@ pub unsafe extern "C" fn rc_local_attention_f32(
     out: *mut f32,
 ) -> i32 {
     guard(|| {
-        let (b, l, h) = (
-            size(batch, "batch")?,
-            size(len, "len")?,
-            size(heads, "heads")?,
-        );
-        let (dqk, dv) = (size(dqk, "dqk")?, size(dv, "dv")?);
-        let (c, nb, na) = (
-            size(chunk, "chunk")?,
-            size(before, "before")?,
-            size(after, "after")?,
-        );
+        let [b, l, h] = sizes([(batch, "batch"), (len, "len"), (heads, "heads")])?;
+        let [dqk, dv] = sizes([(dqk, "dqk"), (dv, "dv")])?;
+        let [c, nb, na] = sizes([(chunk, "chunk"), (before, "before"), (after, "after")])?;
         let sq = span(q, count(&[b, l, h, dqk], "q")?, "q")?;
         let sk = span(k, count(&[b, l, h, dqk], "k")?, "k")?;
         let sv = span(v, count(&[b, l, h, dv], "v")?, "v")?;
-        let sm = span(
-            mask,
-            if mask.is_null() {
-                0
-            } else {
-                count(&[b, l], "mask")?
-            },
-            "mask",
-        )?;
+        let sm = opt_span(mask, &[b, l], "mask")?;
         let so = span(out, count(&[b, l, h, dv], "out")?, "out")?;
         no_overlap(so, &[sq, sk, sv, sm])?;
         // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
         let (q, k, v, o) = unsafe { (view(q, sq), view(k, sk), view(v, sv), view_mut(out, so)) };
         // SAFETY: as above.
-        let m = (!mask.is_null()).then(|| unsafe { view(mask, sm) });
+        let m = unsafe { opt_view(mask, sm) };
         attention::local_attention(
             q,
             k,
@@ -489,16 +484,8 @@ pub unsafe extern "C" fn rc_lsh_hash_f32(
     out: *mut i64,
 ) -> i32 {
     guard(|| {
-        let (b, l, h) = (
-            size(batch, "batch")?,
-            size(len, "len")?,
-            size(heads, "heads")?,
-        );
-        let (d, r, nf) = (
-            size(d, "d")?,
-            size(rounds, "rounds")?,
-            size(nfactors, "nfactors")?,
-        );
+        let [b, l, h] = sizes([(batch, "batch"), (len, "len"), (heads, "heads")])?;
+        let [d, r, nf] = sizes([(d, "d"), (rounds, "rounds"), (nfactors, "nfactors")])?;
         let sf = span(factors, nf, "factors")?;
         // SAFETY: span checked; the caller passes nfactors values.
         let fs: Vec<usize> = unsafe { view(factors, sf) }
@@ -509,21 +496,13 @@ pub unsafe extern "C" fn rc_lsh_hash_f32(
         let half = half.ok_or_else(|| invalid("rotation width overflows"))?;
         let sq = span(qk, count(&[b, l, h, d], "qk")?, "qk")?;
         let sr = span(rot, count(&[h, d, r, half], "rot")?, "rot")?;
-        let sm = span(
-            mask,
-            if mask.is_null() {
-                0
-            } else {
-                count(&[b, l], "mask")?
-            },
-            "mask",
-        )?;
+        let sm = opt_span(mask, &[b, l], "mask")?;
         let so = span(out, count(&[b, h, r, l], "out")?, "out")?;
         no_overlap(so, &[sq, sr, sm, sf])?;
         // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
         let (qk, rot, o) = unsafe { (view(qk, sq), view(rot, sr), view_mut(out, so)) };
         // SAFETY: as above.
-        let m = (!mask.is_null()).then(|| unsafe { view(mask, sm) });
+        let m = unsafe { opt_view(mask, sm) };
         attention::lsh_hash(qk, rot, m, b, l, h, d, r, &fs, o)
     })
 }
@@ -550,29 +529,13 @@ pub unsafe extern "C" fn rc_lsh_attention_f32(
     out: *mut f32,
 ) -> i32 {
     guard(|| {
-        let (b, l, h) = (
-            size(batch, "batch")?,
-            size(len, "len")?,
-            size(heads, "heads")?,
-        );
-        let (d, r, c) = (
-            size(d, "d")?,
-            size(rounds, "rounds")?,
-            size(chunk, "chunk")?,
-        );
-        let (nb, na) = (size(before, "before")?, size(after, "after")?);
+        let [b, l, h] = sizes([(batch, "batch"), (len, "len"), (heads, "heads")])?;
+        let [d, r, c] = sizes([(d, "d"), (rounds, "rounds"), (chunk, "chunk")])?;
+        let [nb, na] = sizes([(before, "before"), (after, "after")])?;
         let sq = span(qk, count(&[b, l, h, d], "qk")?, "qk")?;
         let sv = span(v, count(&[b, l, h, d], "v")?, "v")?;
         let sb = span(buckets, count(&[b, h, r, l], "buckets")?, "buckets")?;
-        let sm = span(
-            mask,
-            if mask.is_null() {
-                0
-            } else {
-                count(&[b, l], "mask")?
-            },
-            "mask",
-        )?;
+        let sm = opt_span(mask, &[b, l], "mask")?;
         let so = span(out, count(&[b, l, h, d], "out")?, "out")?;
         no_overlap(so, &[sq, sv, sb, sm])?;
         // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
@@ -585,7 +548,7 @@ pub unsafe extern "C" fn rc_lsh_attention_f32(
             )
         };
         // SAFETY: as above.
-        let m = (!mask.is_null()).then(|| unsafe { view(mask, sm) });
+        let m = unsafe { opt_view(mask, sm) };
         attention::lsh_attention(qk, v, bk, m, b, l, h, d, r, c, nb, na, causal != 0, o)
     })
 }
