@@ -32,49 +32,9 @@ pub fn dtype_of_code(code: i32) -> Option<DType> {
     DType::ALL.into_iter().find(|d| dtype_code(*d) == code)
 }
 
-/// Status codes returned by `reformc_model_run` and friends (0 = success).
-pub mod err {
-    /// Success.
-    pub const OK: i32 = 0;
-    /// A NULL pointer, a wrong number of inputs/outputs, inputs that match no compiled signature.
-    pub const ARGUMENT: i32 = 1;
-    /// An input has the wrong element type.
-    pub const DTYPE: i32 = 2;
-    /// An input has the wrong rank.
-    pub const RANK: i32 = 3;
-    /// An input has a wrong or inconsistent shape, non-contiguous strides, or exceeds a compiled limit.
-    pub const SHAPE: i32 = 4;
-    /// An input holds a value out of range (a token id, a division by zero).
-    pub const VALUE: i32 = 5;
-    /// `reformc_model_run` was called before weights were loaded.
-    pub const NO_WEIGHTS: i32 = 6;
-    /// The weights file cannot be opened, read or mapped.
-    pub const WEIGHTS_IO: i32 = 7;
-    /// The weights file is not a valid safetensors file (bad header, truncated data).
-    pub const WEIGHTS_FORMAT: i32 = 8;
-    /// The weights file does not match the compiled model (names, shapes, dtypes).
-    pub const WEIGHTS_MISMATCH: i32 = 9;
-    /// Memory allocation failed.
-    pub const OUT_OF_MEMORY: i32 = 10;
-    /// A runtime kernel reported an error (the message says which and why).
-    pub const KERNEL: i32 = 11;
-
-    /// Every code with its C name and meaning, for `model.h` and the signature.
-    pub const ALL: &[(i32, &str, &str)] = &[
-        (OK, "REFORMC_OK", "success"),
-        (ARGUMENT, "REFORMC_ERR_ARGUMENT", "NULL pointer, wrong number of inputs/outputs, or inputs that match no compiled signature"),
-        (DTYPE, "REFORMC_ERR_DTYPE", "an input has the wrong element type"),
-        (RANK, "REFORMC_ERR_RANK", "an input has the wrong rank"),
-        (SHAPE, "REFORMC_ERR_SHAPE", "an input has a wrong or inconsistent shape, non-contiguous strides, or exceeds a compiled limit"),
-        (VALUE, "REFORMC_ERR_VALUE", "an input holds an out-of-range value"),
-        (NO_WEIGHTS, "REFORMC_ERR_NO_WEIGHTS", "no weights are loaded"),
-        (WEIGHTS_IO, "REFORMC_ERR_WEIGHTS_IO", "the weights file cannot be opened, read or mapped"),
-        (WEIGHTS_FORMAT, "REFORMC_ERR_WEIGHTS_FORMAT", "the weights file is not valid safetensors (bad header, truncated)"),
-        (WEIGHTS_MISMATCH, "REFORMC_ERR_WEIGHTS_MISMATCH", "the weights do not match the compiled model (names, shapes, dtypes)"),
-        (OUT_OF_MEMORY, "REFORMC_ERR_OUT_OF_MEMORY", "memory allocation failed"),
-        (KERNEL, "REFORMC_ERR_KERNEL", "a runtime kernel reported an error"),
-    ];
-}
+/// Status codes returned by `reformc_model_run` and friends (0 = success):
+/// the runtime's, which generated code and the runtime report alike.
+pub use reformc_runtime::model_rt::code as err;
 
 /// Activation code of `rc_linear_f32` for a `linear {activation}` name.
 ///
