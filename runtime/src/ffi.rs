@@ -553,6 +553,150 @@ pub unsafe extern "C" fn rc_lsh_attention_f32(
     })
 }
 
+/// Softmax along the middle axis of `x[outer, n, inner]` into `y` (same shape).
+///
+/// # Safety
+/// As [`rc_linear_f32`].
+#[no_mangle]
+pub unsafe extern "C" fn rc_softmax_f32(
+    x: *const f32,
+    outer: i64,
+    n: i64,
+    inner: i64,
+    y: *mut f32,
+) -> i32 {
+    guard(|| {
+        let [o, n, i] = sizes([(outer, "outer"), (n, "n"), (inner, "inner")])?;
+        let sx = span(x, count(&[o, n, i], "x")?, "x")?;
+        let sy = span(y, count(&[o, n, i], "y")?, "y")?;
+        no_overlap(sy, &[sx])?;
+        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+        let (x, y) = unsafe { (view(x, sx), view_mut(y, sy)) };
+        crate::tensor_ops::softmax(x, o, n, i, y)
+    })
+}
+
+/// Reduces the middle axis of `x[outer, n, inner]` into `y[outer, inner]`;
+/// `kind` 0 sum, 1 mean, 2 max, 3 logsumexp.
+///
+/// # Safety
+/// As [`rc_linear_f32`].
+#[no_mangle]
+pub unsafe extern "C" fn rc_reduce_f32(
+    x: *const f32,
+    outer: i64,
+    n: i64,
+    inner: i64,
+    kind: i32,
+    y: *mut f32,
+) -> i32 {
+    guard(|| {
+        let [o, n, i] = sizes([(outer, "outer"), (n, "n"), (inner, "inner")])?;
+        let kind = crate::tensor_ops::ReduceKind::from_code(kind)?;
+        let sx = span(x, count(&[o, n, i], "x")?, "x")?;
+        let sy = span(y, count(&[o, i], "y")?, "y")?;
+        no_overlap(sy, &[sx])?;
+        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+        let (x, y) = unsafe { (view(x, sx), view_mut(y, sy)) };
+        crate::tensor_ops::reduce(x, o, n, i, kind, y)
+    })
+}
+
+/// Argmax (`sort` = 0, into `y[outer, inner]`) or stable argsort (`sort` = 1,
+/// into `y[outer, n, inner]`) along the middle axis of `x[outer, n, inner]`.
+///
+/// # Safety
+/// As [`rc_linear_f32`].
+#[no_mangle]
+pub unsafe extern "C" fn rc_arg_f32(
+    x: *const f32,
+    outer: i64,
+    n: i64,
+    inner: i64,
+    sort: i32,
+    y: *mut i64,
+) -> i32 {
+    guard(|| {
+        let [o, n, i] = sizes([(outer, "outer"), (n, "n"), (inner, "inner")])?;
+        let sx = span(x, count(&[o, n, i], "x")?, "x")?;
+        let ny = if sort != 0 {
+            count(&[o, n, i], "y")?
+        } else {
+            count(&[o, i], "y")?
+        };
+        let sy = span(y, ny, "y")?;
+        no_overlap(sy, &[sx])?;
+        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+        let (x, y) = unsafe { (view(x, sx), view_mut(y, sy)) };
+        if sort != 0 {
+            crate::tensor_ops::argsort(x, o, n, i, y)
+        } else {
+            crate::tensor_ops::argmax(x, o, n, i, y)
+        }
+    })
+}
+
+/// `y[o, j, i] = x[o, idx[o, j, i], i]` (`take_along_axis`) for elements of
+/// `elem` bytes; `x` is `[outer, n, inner]`, `idx` and `y` are `[outer, m,
+/// inner]`. Status 2 if an index is outside `[0, n)`.
+///
+/// # Safety
+/// As [`rc_linear_f32`].
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn rc_gather(
+    x: *const u8,
+    elem: i64,
+    outer: i64,
+    n: i64,
+    inner: i64,
+    idx: *const i64,
+    m: i64,
+    y: *mut u8,
+) -> i32 {
+    guard(|| {
+        let [e, o, n, i, m] = sizes([
+            (elem, "elem"),
+            (outer, "outer"),
+            (n, "n"),
+            (inner, "inner"),
+            (m, "m"),
+        ])?;
+        let sx = span(x, count(&[o, n, i, e], "x")?, "x")?;
+        let si = span(idx, count(&[o, m, i], "idx")?, "idx")?;
+        let sy = span(y, count(&[o, m, i, e], "y")?, "y")?;
+        no_overlap(sy, &[sx, si])?;
+        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+        let (x, idx, y) = unsafe { (view(x, sx), view(idx, si), view_mut(y, sy)) };
+        crate::tensor_ops::gather(x, e, o, n, i, idx, m, y)
+    })
+}
+
+/// `y[m, n] = a[m, k] · b[k, n]`, row-major.
+///
+/// # Safety
+/// As [`rc_linear_f32`].
+#[no_mangle]
+pub unsafe extern "C" fn rc_matmul_f32(
+    a: *const f32,
+    b: *const f32,
+    m: i64,
+    k: i64,
+    n: i64,
+    y: *mut f32,
+) -> i32 {
+    guard(|| {
+        let [m, k, n] = sizes([(m, "m"), (k, "k"), (n, "n")])?;
+        let sa = span(a, count(&[m, k], "a")?, "a")?;
+        let sb = span(b, count(&[k, n], "b")?, "b")?;
+        let sy = span(y, count(&[m, n], "y")?, "y")?;
+        no_overlap(sy, &[sa, sb])?;
+        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+        let (a, b, y) = unsafe { (view(a, sa), view(b, sb), view_mut(y, sy)) };
+        crate::tensor_ops::matmul(a, b, m, k, n, y)
+    })
+}
+
 /// `n` standard normals from Philox4x32-10 keyed by (seed, stream), the
 /// interpreter's `philox::normals` rounded to f32 (seed and stream are taken
 /// as their 64-bit patterns).

@@ -21,6 +21,7 @@ pub mod nn;
 pub mod philox;
 pub mod pool;
 mod simd;
+pub mod tensor_ops;
 
 // Model runtime, .npy I/O and executables' command line: owned by the LLVM backend.
 pub mod exe_main;

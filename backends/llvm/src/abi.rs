@@ -98,6 +98,11 @@ pub(crate) const EXTERNS: &[(&str, CTy, &[CTy])] = &[
             I32,
         ],
     ),
+    ("rc_softmax_f32", I32, &[Ptr, I64, I64, I64, Ptr]),
+    ("rc_reduce_f32", I32, &[Ptr, I64, I64, I64, I32, Ptr]),
+    ("rc_arg_f32", I32, &[Ptr, I64, I64, I64, I32, Ptr]),
+    ("rc_gather", I32, &[Ptr, I64, I64, I64, I64, Ptr, I64, Ptr]),
+    ("rc_matmul_f32", I32, &[Ptr, Ptr, I64, I64, I64, Ptr]),
     (
         "rc_layer_norm_f32",
         I32,

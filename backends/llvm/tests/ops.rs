@@ -280,6 +280,60 @@ fn fused_stacks_and_in_place_reversible_blocks_match_the_interpreter() {
     }
 }
 
+/// The generic tensor ops (no model lowering makes them; hand-written and
+/// training graphs do): batched matmul with a broadcast operand, reductions
+/// over one and two axes with and without keepdim, softmax, argmax, argsort
+/// and a gather by the argsort permutation.
+const TENSOR_OPS: &str = r#"graph {
+  %0 = input {name="x"} : f32[B,L,8]
+  %1 = weight {name="w"} : f32[1,8,5]
+  %2 = matmul %0, %1 : f32[B,L,5]
+  %3 = transpose %0 {perm=[0,2,1]} : f32[B,8,L]
+  %4 = matmul %0, %3 : f32[B,L,L]
+  %5 = reduce %0 {axes=[1], kind="sum"} : f32[B,8]
+  %6 = reduce %0 {axes=[0,2], keepdim, kind="max"} : f32[1,L,1]
+  %7 = reduce %4 {axes=[2], kind="logsumexp"} : f32[B,L]
+  %8 = reduce %0 {axes=[2], kind="mean"} : f32[B,L]
+  %9 = softmax %4 {axis=2} : f32[B,L,L]
+  %10 = argmax %0 {axis=2} : i64[B,L]
+  %11 = argsort %0 {axis=1} : i64[B,L,8]
+  %12 = gather %0, %11 {axis=1} : f32[B,L,8]
+  output "mm" = %2
+  output "mm_batched" = %4
+  output "sum" = %5
+  output "max" = %6
+  output "lse" = %7
+  output "mean" = %8
+  output "softmax" = %9
+  output "argmax" = %10
+  output "argsort" = %11
+  output "sorted" = %12
+}
+"#;
+
+#[test]
+fn generic_tensor_ops_match_the_interpreter() {
+    let mut w = BTreeMap::new();
+    w.insert("w".to_string(), f32t(&[1, 8, 5], 21));
+    for (b, l) in [(1usize, 1usize), (2, 7), (3, 33)] {
+        let mut inputs = BTreeMap::new();
+        inputs.insert("x".to_string(), f32t(&[b, l, 8], 22));
+        compare(TENSOR_OPS, &inputs, &w, 1e-5);
+    }
+    // An index outside the axis is a value error with the runtime's message.
+    let g = reformc_ir::parse(
+        "graph {\n  %0 = input {name=\"x\"} : f32[N,4]\n  %1 = input {name=\"i\"} : i64[N,2]\n  %2 = gather %0, %1 {axis=1} : f32[N,2]\n  output \"y\" = %2\n}",
+    )
+    .unwrap();
+    let mut inputs = BTreeMap::new();
+    inputs.insert("x".to_string(), f32t(&[1, 4], 23));
+    let idx = ArrayD::from_shape_vec(IxDyn(&[1, 2]), vec![0i64, 4]).unwrap();
+    inputs.insert("i".to_string(), Tensor::I64(idx));
+    let (code, msg) = err_of(reformc_backend_llvm::jit_run(&g, &inputs, &BTreeMap::new()));
+    assert_eq!(code, err::VALUE, "{msg}");
+    assert!(msg.contains("gather index 4 is out of range"), "{msg}");
+}
+
 fn err_of(r: Result<Tensors, BackendError>) -> (i32, String) {
     match r {
         Err(BackendError::Run { code, message }) => (code, message),

@@ -30,6 +30,7 @@ mod fused;
 mod layout;
 mod nn;
 mod scalar;
+mod tensor;
 
 /// Alignment of every buffer generated code allocates.
 const ALIGN: u64 = 64;
@@ -1408,7 +1409,10 @@ impl<'ctx> Gen<'ctx> {
                         "w",
                     )?
                 };
-                let ptr = self.b.build_load(self.t.ptr, slot, name)?.into_pointer_value();
+                let ptr = self
+                    .b
+                    .build_load(self.t.ptr, slot, name)?
+                    .into_pointer_value();
                 let dims = self.type_dims(fs, v)?;
                 fs.vals.insert(
                     v,
@@ -1461,7 +1465,9 @@ impl<'ctx> Gen<'ctx> {
                 let kind = op.kind;
                 let act = op.str("fn").map(str::to_string);
                 if kind != Neg && !dt.is_float() {
-                    return Err(BackendError::Unsupported(format!("{what}: float operand expected")));
+                    return Err(BackendError::Unsupported(format!(
+                        "{what}: float operand expected"
+                    )));
                 }
                 self.elementwise(fs, v, &[x], dt, &|_, vals| {
                     self.unary(kind, act.as_deref(), dt, vals[0])
@@ -1472,7 +1478,9 @@ impl<'ctx> Gen<'ctx> {
                 let bb = self.operand(fs, v, 1)?;
                 let dt = a.dtype;
                 if bb.dtype != dt {
-                    return Err(BackendError::Internal(format!("{what}: operand dtypes differ")));
+                    return Err(BackendError::Internal(format!(
+                        "{what}: operand dtypes differ"
+                    )));
                 }
                 let kind = op.kind;
                 let out_dt = node.ty.dtype;
@@ -1487,7 +1495,9 @@ impl<'ctx> Gen<'ctx> {
                 let a = self.operand(fs, v, 1)?;
                 let bb = self.operand(fs, v, 2)?;
                 if c.dtype != DType::Bool {
-                    return Err(BackendError::Internal(format!("{what}: condition must be bool")));
+                    return Err(BackendError::Internal(format!(
+                        "{what}: condition must be bool"
+                    )));
                 }
                 let dt = a.dtype;
                 self.elementwise(fs, v, &[c, a, bb], dt, &|_, vals| {
@@ -1500,12 +1510,12 @@ impl<'ctx> Gen<'ctx> {
                     Ok(self.b.build_select(cond, vals[1], vals[2], "sel")?)
                 })?
             }
-            Matmul | Reduce | Softmax | Gather | Argmax | Argsort => {
-                return Err(BackendError::Unsupported(format!(
-                    "{what}: the tensor op `{}` has no LLVM lowering yet (keep the model ops, or run the interpreter)",
-                    op.kind
-                )))
-            }
+            Matmul => self.matmul(fs, v)?,
+            Reduce => self.reduce(fs, v)?,
+            Softmax => self.softmax(fs, v)?,
+            Gather => self.gather(fs, v)?,
+            Argmax => self.arg(fs, v, false)?,
+            Argsort => self.arg(fs, v, true)?,
         };
         fs.vals.insert(v, result);
         Ok(())

@@ -1,0 +1,219 @@
+//! Generic tensor ops (f32): batched matmul with broadcast batch dims,
+//! reductions over axes, softmax, argmax, stable argsort and
+//! `take_along_axis` gather, through the runtime's `runtime/src/tensor_ops.rs`
+//! kernels on an `[outer, n, inner]` view around the axis.
+
+use super::*;
+
+impl<'ctx> Gen<'ctx> {
+    /// `(outer, n, inner)` of `dims` around `axis`.
+    fn around(
+        &self,
+        dims: &[IntValue<'ctx>],
+        axis: usize,
+    ) -> Result<(IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>)> {
+        Ok((
+            self.prod(&dims[..axis])?,
+            dims[axis],
+            self.prod(&dims[axis + 1..])?,
+        ))
+    }
+
+    /// An f32 operand (these ops have no other lowering).
+    fn f32_only(&self, fs: &Fs<'ctx, '_>, v: ValueId, i: usize) -> Result<Buf<'ctx>> {
+        let x = self.operand(fs, v, i)?;
+        if x.dtype != DType::F32 {
+            return Err(BackendError::Unsupported(format!(
+                "{}: {} operands have no LLVM lowering (f32 only)",
+                at(fs.g, &fs.numbering, v),
+                x.dtype
+            )));
+        }
+        Ok(x)
+    }
+
+    pub(super) fn softmax(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
+        let x = self.f32_only(fs, v, 0)?;
+        let axis = self.axis(fs, v, x.dims.len())?;
+        let (outer, n, inner) = self.around(&x.dims, axis)?;
+        let what = at(fs.g, &fs.numbering, v);
+        let out = self.alloc_buf(fs, DType::F32, x.dims.clone(), &what)?;
+        let args = [
+            x.ptr.into(),
+            outer.into(),
+            n.into(),
+            inner.into(),
+            out.ptr.into(),
+        ];
+        self.kernel(fs, v, "rc_softmax_f32", &args)?;
+        Ok(out)
+    }
+
+    /// Argmax (`sort` false) or argsort (`sort` true) along `axis`.
+    pub(super) fn arg(&self, fs: &mut Fs<'ctx, '_>, v: ValueId, sort: bool) -> Result<Buf<'ctx>> {
+        let x = self.f32_only(fs, v, 0)?;
+        let axis = self.axis(fs, v, x.dims.len())?;
+        let (outer, n, inner) = self.around(&x.dims, axis)?;
+        let mut dims = x.dims.clone();
+        if !sort {
+            dims.remove(axis);
+        }
+        let what = at(fs.g, &fs.numbering, v);
+        let out = self.alloc_buf(fs, DType::I64, dims, &what)?;
+        let args = [
+            x.ptr.into(),
+            outer.into(),
+            n.into(),
+            inner.into(),
+            self.i32c(sort as i32).into(),
+            out.ptr.into(),
+        ];
+        self.kernel(fs, v, "rc_arg_f32", &args)?;
+        Ok(out)
+    }
+
+    /// `take_along_axis`: any element type, i64 indices shaped like the result.
+    pub(super) fn gather(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
+        let x = self.operand(fs, v, 0)?;
+        let idx = self.i64_operand(fs, v, 1)?;
+        let axis = self.axis(fs, v, x.dims.len())?;
+        if idx.dims.len() != x.dims.len() {
+            return Err(BackendError::Internal(format!(
+                "{}: indices must have the rank of the data",
+                at(fs.g, &fs.numbering, v)
+            )));
+        }
+        let (outer, n, inner) = self.around(&x.dims, axis)?;
+        let what = at(fs.g, &fs.numbering, v);
+        let out = self.alloc_buf(fs, x.dtype, idx.dims.clone(), &what)?;
+        let args = [
+            x.ptr.into(),
+            self.i64c(x.dtype.size_bytes() as i64).into(),
+            outer.into(),
+            n.into(),
+            inner.into(),
+            idx.ptr.into(),
+            idx.dims[axis].into(),
+            out.ptr.into(),
+        ];
+        self.kernel(fs, v, "rc_gather", &args)?;
+        Ok(out)
+    }
+
+    /// Reductions over `axes`, one axis at a time from the last (as the
+    /// interpreter does); `keepdim` only changes the shape, not the layout.
+    pub(super) fn reduce(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
+        let op = &fs.g.node(v).op;
+        let what = at(fs.g, &fs.numbering, v);
+        let kind = match op.str("kind").unwrap_or("sum") {
+            "sum" => 0,
+            "mean" => 1,
+            "max" => 2,
+            "logsumexp" => 3,
+            k => {
+                return Err(BackendError::Unsupported(format!(
+                    "{what}: reduce kind `{k}`"
+                )))
+            }
+        };
+        let mut axes: Vec<usize> = op
+            .ints("axes")
+            .unwrap_or(&[])
+            .iter()
+            .map(|&a| a as usize)
+            .collect();
+        axes.sort_unstable_by(|a, b| b.cmp(a));
+        axes.dedup();
+        let x = self.f32_only(fs, v, 0)?;
+        let mut cur = x.clone();
+        for (step, &a) in axes.iter().enumerate() {
+            if a >= cur.dims.len() {
+                return Err(BackendError::Internal(format!(
+                    "{what}: axis {a} out of range"
+                )));
+            }
+            let (outer, n, inner) = self.around(&cur.dims, a)?;
+            let mut dims = cur.dims.clone();
+            dims[a] = self.i64c(1);
+            let out = self.alloc_buf(fs, DType::F32, dims, &what)?;
+            let args = [
+                cur.ptr.into(),
+                outer.into(),
+                n.into(),
+                inner.into(),
+                self.i32c(kind).into(),
+                out.ptr.into(),
+            ];
+            self.kernel(fs, v, "rc_reduce_f32", &args)?;
+            if step > 0 {
+                self.free_buf(&cur)?;
+            }
+            cur = out;
+        }
+        if axes.is_empty() {
+            // Nothing to reduce: a copy (the result is a buffer of its own).
+            let out = self.alloc_buf(fs, DType::F32, x.dims.clone(), &what)?;
+            let n = self.prod(&x.dims)?;
+            self.copy_elems(DType::F32, out.ptr, self.i64c(0), x.ptr, self.i64c(0), n)?;
+            cur = out;
+        }
+        cur.dims = self.type_dims(fs, v)?;
+        Ok(cur)
+    }
+
+    /// `[..., m, k] x [..., k, n]` with numpy-style broadcast batch dims: one
+    /// `rc_matmul_f32` per batch index.
+    pub(super) fn matmul(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
+        let g = fs.g;
+        let what = at(g, &fs.numbering, v);
+        let (a, b) = (self.f32_only(fs, v, 0)?, self.f32_only(fs, v, 1)?);
+        let (ra, rb) = (a.dims.len(), b.dims.len());
+        if ra < 2 || rb < 2 {
+            return Err(BackendError::Internal(format!(
+                "{what}: operands need rank 2 or more"
+            )));
+        }
+        let (m, k, n) = (a.dims[ra - 2], a.dims[ra - 1], b.dims[rb - 1]);
+        let dims = self.type_dims(fs, v)?;
+        let batch = &dims[..dims.len() - 2];
+        let out = self.alloc_buf(fs, DType::F32, dims.clone(), &what)?;
+        // Per operand and batch axis: its stride in matrices, or 0 where it broadcasts.
+        let strides = |buf: &Buf<'ctx>, u: usize| -> Result<Vec<IntValue<'ctx>>> {
+            let ty = g.ty(g.node(v).inputs[u]);
+            let own = &buf.dims[..buf.dims.len() - 2];
+            let mut s = vec![self.i64c(0); batch.len()];
+            let mut acc = self.i64c(1);
+            for (j, d) in own.iter().enumerate().rev() {
+                let at_out = batch.len() - own.len() + j;
+                if ty.shape[j] != Dim::Const(1) || g.ty(v).shape[at_out] == Dim::Const(1) {
+                    s[at_out] = acc;
+                }
+                acc = self.mul(acc, *d)?;
+            }
+            Ok(s)
+        };
+        let (sa, sb) = (strides(&a, 0)?, strides(&b, 1)?);
+        let (mk, kn, mn) = (self.mul(m, k)?, self.mul(k, n)?, self.mul(m, n)?);
+        self.for_nd(batch, &mut |idx| {
+            let (mut oa, mut ob, mut oy) = (self.i64c(0), self.i64c(0), self.i64c(0));
+            for (j, &i) in idx.iter().enumerate() {
+                oa = self.add(oa, self.mul(i, sa[j])?)?;
+                ob = self.add(ob, self.mul(i, sb[j])?)?;
+                oy = self.add(self.mul(oy, batch[j])?, i)?;
+            }
+            let pa = self.gep(DType::F32, a.ptr, self.mul(oa, mk)?)?;
+            let pb = self.gep(DType::F32, b.ptr, self.mul(ob, kn)?)?;
+            let py = self.gep(DType::F32, out.ptr, self.mul(oy, mn)?)?;
+            let args = [
+                pa.into(),
+                pb.into(),
+                m.into(),
+                k.into(),
+                n.into(),
+                py.into(),
+            ];
+            self.kernel(fs, v, "rc_matmul_f32", &args)
+        })?;
+        Ok(out)
+    }
+}

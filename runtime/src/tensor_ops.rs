@@ -1,0 +1,281 @@
+//! Generic tensor ops along one axis, for IR graphs that use them directly
+//! (the Reformer lowering does not; hand-written and future training graphs
+//! do): softmax, reductions, argmax, stable argsort, `take_along_axis` and a
+//! plain matrix product. A tensor is viewed as `[outer, n, inner]` around the
+//! axis; each lane (fixed outer and inner index) is processed on its own,
+//! with the interpreter's arithmetic (`interp/src/tensor_ops.rs`).
+
+use crate::error::{invalid, Error, Result};
+use crate::gemm::{check_len, gemm, kernel, Epilogue, PackedB};
+use crate::pool::{par_for, SharedMut};
+
+/// A reduction of `reduce {kind}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceKind {
+    /// Sum of the lane.
+    Sum = 0,
+    /// Arithmetic mean.
+    Mean = 1,
+    /// Maximum (`-inf` for an empty lane).
+    Max = 2,
+    /// `max + ln Σ exp(x - max)`.
+    LogSumExp = 3,
+}
+
+impl ReduceKind {
+    /// The kind with ABI code `code` (0 sum, 1 mean, 2 max, 3 logsumexp).
+    pub fn from_code(code: i32) -> Result<Self> {
+        Ok(match code {
+            0 => ReduceKind::Sum,
+            1 => ReduceKind::Mean,
+            2 => ReduceKind::Max,
+            3 => ReduceKind::LogSumExp,
+            _ => return Err(invalid(format!("unknown reduce kind {code} (0..=3)"))),
+        })
+    }
+}
+
+/// Lanes of an `[outer, n, inner]` view: `f(lane index, element offsets)`.
+fn lanes(
+    outer: usize,
+    n: usize,
+    inner: usize,
+    f: impl Fn(usize, &dyn Fn(usize) -> usize) + Sync,
+) -> Result<()> {
+    let total = outer * inner;
+    // About 16K elements per task.
+    let per = (16384 / n.max(1)).max(1);
+    par_for(total.div_ceil(per), |t| {
+        for lane in t * per..((t + 1) * per).min(total) {
+            let (o, i) = (lane / inner, lane % inner);
+            let base = o * n * inner + i;
+            f(lane, &|j| base + j * inner);
+        }
+    })
+}
+
+fn check(len: usize, outer: usize, n: usize, inner: usize, name: &str) -> Result<()> {
+    check_len(
+        name,
+        len,
+        outer.checked_mul(n).and_then(|x| x.checked_mul(inner)),
+    )
+}
+
+/// Softmax of every lane along the axis (`rc_softmax_f32`).
+///
+/// ```
+/// let mut y = [0.0f32; 4];
+/// reformc_runtime::tensor_ops::softmax(&[0.0, 0.0, 1.0, 1.0], 2, 2, 1, &mut y).unwrap();
+/// assert_eq!(y, [0.5; 4]);
+/// ```
+pub fn softmax(x: &[f32], outer: usize, n: usize, inner: usize, y: &mut [f32]) -> Result<()> {
+    check(x.len(), outer, n, inner, "x")?;
+    check(y.len(), outer, n, inner, "y")?;
+    let out = SharedMut::new(y);
+    lanes(outer, n, inner, |_, at| {
+        let m = (0..n).fold(f32::NEG_INFINITY, |m, j| m.max(x[at(j)]));
+        let mut s = 0.0f32;
+        for j in 0..n {
+            let e = (x[at(j)] - m).exp();
+            // SAFETY: element at(j) belongs to this lane only.
+            unsafe { out.slice(at(j), 1)[0] = e };
+            s += e;
+        }
+        for j in 0..n {
+            // SAFETY: as above.
+            unsafe { out.slice(at(j), 1)[0] /= s };
+        }
+    })
+}
+
+/// One reduction per lane into `y[outer, inner]` (`rc_reduce_f32`).
+///
+/// ```
+/// use reformc_runtime::tensor_ops::{reduce, ReduceKind};
+/// let mut y = [0.0f32; 2];
+/// reduce(&[1.0, 2.0, 3.0, 4.0], 1, 2, 2, ReduceKind::Sum, &mut y).unwrap();
+/// assert_eq!(y, [4.0, 6.0]);
+/// ```
+pub fn reduce(
+    x: &[f32],
+    outer: usize,
+    n: usize,
+    inner: usize,
+    kind: ReduceKind,
+    y: &mut [f32],
+) -> Result<()> {
+    check(x.len(), outer, n, inner, "x")?;
+    check(y.len(), outer, 1, inner, "y")?;
+    if kind == ReduceKind::Mean && n == 0 {
+        return Err(invalid("mean over an empty axis".to_string()));
+    }
+    let out = SharedMut::new(y);
+    lanes(outer, n, inner, |lane, at| {
+        let max = || (0..n).fold(f32::NEG_INFINITY, |m, j| m.max(x[at(j)]));
+        let sum = || (0..n).fold(0.0f32, |s, j| s + x[at(j)]);
+        let r = match kind {
+            ReduceKind::Sum => sum(),
+            ReduceKind::Mean => sum() / n as f32,
+            ReduceKind::Max => max(),
+            ReduceKind::LogSumExp => {
+                let m = max();
+                m + (0..n).fold(0.0f32, |s, j| s + (x[at(j)] - m).exp()).ln()
+            }
+        };
+        // SAFETY: output element `lane` belongs to this lane only.
+        unsafe { out.slice(lane, 1)[0] = r };
+    })
+}
+
+/// Index of the first maximum of each lane into `y[outer, inner]`
+/// (`rc_argmax_f32`; a NaN first element wins, as in the interpreter).
+///
+/// ```
+/// let mut y = [0i64; 1];
+/// reformc_runtime::tensor_ops::argmax(&[1.0, 3.0, 3.0], 1, 3, 1, &mut y).unwrap();
+/// assert_eq!(y, [1]);
+/// ```
+pub fn argmax(x: &[f32], outer: usize, n: usize, inner: usize, y: &mut [i64]) -> Result<()> {
+    check(x.len(), outer, n, inner, "x")?;
+    check(y.len(), outer, 1, inner, "y")?;
+    let out = SharedMut::new(y);
+    lanes(outer, n, inner, |lane, at| {
+        let mut best = (0usize, f32::NEG_INFINITY);
+        for j in 0..n {
+            let e = x[at(j)];
+            if e > best.1 || (j == 0 && e.is_nan()) {
+                best = (j, e);
+            }
+        }
+        // SAFETY: output element `lane` belongs to this lane only.
+        unsafe { out.slice(lane, 1)[0] = best.0 as i64 };
+    })
+}
+
+/// Stable ascending sort permutation of each lane (`rc_argsort_f32`; total
+/// order, so NaNs sort last and -0 before +0).
+///
+/// ```
+/// let mut y = [0i64; 3];
+/// reformc_runtime::tensor_ops::argsort(&[2.0, 1.0, 2.0], 1, 3, 1, &mut y).unwrap();
+/// assert_eq!(y, [1, 0, 2]);
+/// ```
+pub fn argsort(x: &[f32], outer: usize, n: usize, inner: usize, y: &mut [i64]) -> Result<()> {
+    check(x.len(), outer, n, inner, "x")?;
+    check(y.len(), outer, n, inner, "y")?;
+    let out = SharedMut::new(y);
+    lanes(outer, n, inner, |_, at| {
+        let mut idx: Vec<usize> = (0..n).collect();
+        idx.sort_by(|&a, &b| x[at(a)].total_cmp(&x[at(b)]));
+        for (j, i) in idx.into_iter().enumerate() {
+            // SAFETY: element at(j) belongs to this lane only.
+            unsafe { out.slice(at(j), 1)[0] = i as i64 };
+        }
+    })
+}
+
+/// `y[o, j, i] = x[o, idx[o, j, i], i]` for `j < m` (`take_along_axis`;
+/// `rc_gather`) on elements of `elem` bytes. An index outside `[0, n)` is
+/// [`Error::OutOfRange`] and nothing is written.
+///
+/// ```
+/// let x: Vec<u8> = [10.0f32, 20.0, 30.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+/// let mut y = [0u8; 8];
+/// reformc_runtime::tensor_ops::gather(&x, 4, 1, 3, 1, &[2, 0], 2, &mut y).unwrap();
+/// assert_eq!(y[..4], 30.0f32.to_le_bytes());
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn gather(
+    x: &[u8],
+    elem: usize,
+    outer: usize,
+    n: usize,
+    inner: usize,
+    idx: &[i64],
+    m: usize,
+    y: &mut [u8],
+) -> Result<()> {
+    let count = |k: usize| outer.checked_mul(k).and_then(|v| v.checked_mul(inner));
+    check_len("x", x.len(), count(n).and_then(|v| v.checked_mul(elem)))?;
+    check_len("idx", idx.len(), count(m))?;
+    check_len("y", y.len(), count(m).and_then(|v| v.checked_mul(elem)))?;
+    if let Some(bad) = idx.iter().find(|&&i| i < 0 || i as usize >= n) {
+        return Err(Error::OutOfRange(format!(
+            "gather index {bad} is out of range for an axis of length {n}"
+        )));
+    }
+    for (t, &i) in idx.iter().enumerate() {
+        let (o, rest) = (t / (m * inner), t % (m * inner));
+        let src = (o * n + i as usize) * inner + rest % inner;
+        y[t * elem..(t + 1) * elem].copy_from_slice(&x[src * elem..(src + 1) * elem]);
+    }
+    Ok(())
+}
+
+/// `y[m, n] = a[m, k] · b[k, n]` (`rc_matmul_f32`), all row-major.
+///
+/// ```
+/// let mut y = [0.0f32; 1];
+/// reformc_runtime::tensor_ops::matmul(&[1.0, 2.0], &[3.0, 4.0], 1, 2, 1, &mut y).unwrap();
+/// assert_eq!(y, [11.0]);
+/// ```
+pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, y: &mut [f32]) -> Result<()> {
+    check_len("a", a.len(), m.checked_mul(k))?;
+    check_len("b", b.len(), k.checked_mul(n))?;
+    check_len("y", y.len(), m.checked_mul(n))?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        y.iter_mut().for_each(|v| *v = 0.0);
+        return Ok(());
+    }
+    let kern = kernel();
+    let packed = PackedB::from_kn(b, k, n, n, kern.nr)?;
+    let block = (4096usize.div_ceil(kern.mr) * kern.mr).min(m);
+    let out = SharedMut::new(y);
+    par_for(m.div_ceil(block), |t| {
+        let r0 = t * block;
+        let rows = block.min(m - r0);
+        // SAFETY: task t alone writes rows r0..r0+rows.
+        let yt = unsafe { out.slice(r0 * n, rows * n) };
+        gemm(
+            kern,
+            rows,
+            &a[r0 * k..(r0 + rows) * k],
+            k,
+            &packed,
+            yt,
+            n,
+            Epilogue::STORE,
+        );
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reductions_along_a_middle_axis() {
+        // x[2, 3, 2]
+        let x: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        let mut y = [0.0f32; 4];
+        reduce(&x, 2, 3, 2, ReduceKind::Max, &mut y).unwrap();
+        assert_eq!(y, [4.0, 5.0, 10.0, 11.0]);
+        reduce(&x, 2, 3, 2, ReduceKind::Mean, &mut y).unwrap();
+        assert_eq!(y, [2.0, 3.0, 8.0, 9.0]);
+        reduce(&x, 2, 3, 2, ReduceKind::LogSumExp, &mut y).unwrap();
+        let want = 4.0 + (1.0f32 + (-2.0f32).exp() + (-4.0f32).exp()).ln();
+        assert!((y[0] - want).abs() < 1e-6);
+        assert!(ReduceKind::from_code(4).is_err());
+    }
+
+    #[test]
+    fn gather_rejects_out_of_range_indices() {
+        let mut y = [0u8; 4];
+        let e = gather(&[0u8; 8], 4, 1, 2, 1, &[2], 1, &mut y).unwrap_err();
+        assert_eq!(e.code(), 2);
+    }
+}
