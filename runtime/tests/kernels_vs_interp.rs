@@ -343,3 +343,51 @@ fn lsh_hash_then_attention_at_model_like_shape() {
     .unwrap();
     assert_close(&out, want.as_slice().unwrap(), 1e-5, "model-like LSH");
 }
+
+proptest! {
+    #![proptest_config(cfg(48))]
+
+    /// softmax, the four reductions, argmax, argsort and gather along a random
+    /// axis of a random 3-d tensor, and matmul, against the interpreter's ops.
+    #[test]
+    fn tensor_ops_match(d0 in 1usize..5, d1 in 1usize..9, d2 in 1usize..7, axis in 0usize..3,
+                        seed in any::<u64>()) {
+        use reformc_interp::tensor_ops as it;
+        use reformc_runtime::tensor_ops as rt;
+        let mut r = Data::new(seed);
+        let dims = [d0, d1, d2];
+        let x = r.vec(d0 * d1 * d2, 3.0);
+        let xa = arr(&dims, x.clone());
+        let (outer, n, inner) = (dims[..axis].iter().product(), dims[axis], dims[axis + 1..].iter().product());
+        let close = |g: &[f32], e: &ndarray::ArrayD<f32>| g.iter().zip(e.iter())
+            .all(|(g, e)| (g - e).abs() <= 1e-5 * e.abs().max(1.0));
+        let mut y = vec![0.0f32; x.len()];
+        rt::softmax(&x, outer, n, inner, &mut y).unwrap();
+        prop_assert!(close(&y, &it::softmax(&xa, axis)), "softmax");
+        for (code, kind) in ["sum", "mean", "max", "logsumexp"].iter().enumerate() {
+            let mut y = vec![0.0f32; outer * inner];
+            rt::reduce(&x, outer, n, inner, rt::ReduceKind::from_code(code as i32).unwrap(), &mut y).unwrap();
+            prop_assert!(close(&y, &it::reduce(&xa, kind, &[axis], false)), "{kind}");
+        }
+        let t = reformc_interp::Tensor::F32(xa.clone());
+        let mut am = vec![0i64; outer * inner];
+        rt::argmax(&x, outer, n, inner, &mut am).unwrap();
+        prop_assert_eq!(am, it::argmax(&t, axis).iter().copied().collect::<Vec<_>>());
+        let mut order = vec![0i64; x.len()];
+        rt::argsort(&x, outer, n, inner, &mut order).unwrap();
+        let want = it::argsort(&t, axis);
+        prop_assert_eq!(&order, &want.iter().copied().collect::<Vec<_>>());
+        let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut out = vec![0u8; bytes.len()];
+        rt::gather(&bytes, 4, outer, n, inner, &order, n, &mut out).unwrap();
+        let sorted: Vec<f32> = out.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let want = it::gather(&t, &want, axis).unwrap().to_f64();
+        prop_assert!(sorted.iter().zip(want.iter()).all(|(g, e)| f64::from(*g) == *e), "gather");
+        // matmul [d0, d1] x [d1, d2]
+        let (a, b) = (r.vec(d0 * d1, 1.0), r.vec(d1 * d2, 1.0));
+        let mut c = vec![0.0f32; d0 * d2];
+        rt::matmul(&a, &b, d0, d1, d2, &mut c).unwrap();
+        let want = it::matmul(&arr(&[d0, d1], a), &arr(&[d1, d2], b)).unwrap();
+        prop_assert!(close(&c, &want), "matmul");
+    }
+}
