@@ -8,6 +8,7 @@
 //! attention that only ever holds per-chunk tiles ([`attention`]) and a thread
 //! pool whose results do not depend on the thread count ([`pool`]).
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(missing_docs)]
 
 // Kernels and their C ABI (runtime/ABI.md).
 pub mod act;
