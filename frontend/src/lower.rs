@@ -23,6 +23,9 @@ pub enum LshSource {
 pub struct LowerOptions {
     /// Float dtype of activations and weights (weights are converted at bind time).
     pub dtype: DType,
+    /// Where LSH layers get their hashing decisions from, and so which extra
+    /// graph input (`seed`, `lsh_rotations` or `lsh_buckets`) the graph has;
+    /// default [`LshSource::Seeded`].
     pub lsh_source: LshSource,
     /// Padded sequence length used to resolve `num_buckets: null`.
     pub seq_len: Option<u64>,
@@ -41,6 +44,10 @@ impl Default for LowerOptions {
 /// The lowered model: its graph and the bucket factors its LSH layers use.
 #[derive(Clone, Debug)]
 pub struct Lowered {
+    /// The verified graph: inputs `input_ids` and `attention_mask` `[B, L]`
+    /// (plus the hashing input of [`LowerOptions::lsh_source`] when the model
+    /// has LSH layers), one `weight` op per tensor, and the output `logits`
+    /// (with an LM head) or `last_hidden_state`.
     pub graph: Graph,
     /// Resolved LSH bucket factors (empty when the model has no LSH layer).
     pub bucket_factors: Vec<u64>,

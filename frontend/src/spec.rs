@@ -26,7 +26,12 @@ pub enum AttentionKind {
     /// Full softmax attention. `shared_qk` uses one projection (`query_key`)
     /// with Reformer's key normalisation and self mask (HF's short-sequence
     /// path); otherwise `query`, `key`, `value` with 1/sqrt(d) scaling.
-    Full { shared_qk: bool },
+    Full {
+        /// Whether queries and keys come from one shared `query_key`
+        /// projection (schema `{"type": "full", "shared_qk": true}`);
+        /// `false` gives separate `query` and `key` projections.
+        shared_qk: bool,
+    },
 }
 
 /// How many LSH buckets each round has.
@@ -41,27 +46,50 @@ pub enum BucketSpec {
 /// LSH attention parameters (REFORMER.md §1).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LshSpec {
+    /// Length, in tokens, of the chunks the bucket-sorted sequence is cut
+    /// into (HF `lsh_attn_chunk_length`, default 64).
     pub chunk: u64,
+    /// How many preceding chunks each chunk also attends to (HF
+    /// `lsh_num_chunks_before`, default 1).
     pub before: u64,
+    /// How many following chunks each chunk also attends to (HF
+    /// `lsh_num_chunks_after`, default 0).
     pub after: u64,
+    /// Number of hash rounds r (HF `num_hashes`, default 1).
     pub n_hashes: u64,
+    /// Buckets per hash round (HF `num_buckets`, default `null`, i.e.
+    /// [`BucketSpec::Auto`]).
     pub buckets: BucketSpec,
 }
 
 /// Local attention parameters (REFORMER.md §2).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LocalSpec {
+    /// Length, in tokens, of the chunks the sequence is cut into (HF
+    /// `local_attn_chunk_length`, default 64).
     pub chunk: u64,
+    /// How many preceding chunks each chunk also attends to (HF
+    /// `local_num_chunks_before`, default 1).
     pub before: u64,
+    /// How many following chunks each chunk also attends to (HF
+    /// `local_num_chunks_after`, default 0).
     pub after: u64,
 }
 
 /// Position embeddings (REFORMER.md §5).
 #[derive(Clone, Debug, PartialEq)]
 pub enum PositionSpec {
-    /// `weights.0` [n0,1,d0], `weights.1` [1,n1,d1]; PE(p) = concat(w0[p / n1], w1[p % n1]).
-    Axial { shape: [u64; 2], dims: [u64; 2] },
-    /// A learned table `position_embeddings.embedding.weight` [max_position_embeddings, D].
+    /// `weights.0` `[n0, 1, d0]`, `weights.1` `[1, n1, d1]`;
+    /// `PE(p) = concat(w0[p / n1], w1[p % n1])`.
+    Axial {
+        /// The position grid `[n0, n1]`: at most `n0 * n1` positions can be
+        /// embedded (HF `axial_pos_shape`, default `[64, 64]`).
+        shape: [u64; 2],
+        /// The widths `[d0, d1]` of the two weight tables, which sum to
+        /// `hidden_size` (HF `axial_pos_embds_dim`, default `[64, 192]`).
+        dims: [u64; 2],
+    },
+    /// A learned table `position_embeddings.embedding.weight` `[max_position_embeddings, D]`.
     Learned,
 }
 
@@ -70,7 +98,11 @@ pub enum PositionSpec {
 pub enum HeadSpec {
     /// `lm_head.decoder` Linear(width -> vocab); `bias` adds `lm_head.bias`
     /// (HF 5.x does not; 4.x did).
-    LmHead { bias: bool },
+    LmHead {
+        /// Whether `lm_head.bias` is added to the logits (schema
+        /// `head.bias`, default `false`; always `false` from a HF config).
+        bias: bool,
+    },
     /// A bare model: the output is the last hidden state.
     None,
 }
@@ -78,24 +110,50 @@ pub enum HeadSpec {
 /// A fully resolved model description.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelSpec {
+    /// The residual structure of the layers; always
+    /// [`Architecture::Reversible`] for a Hugging Face config (schema
+    /// `architecture`, default `"reversible"`).
     pub architecture: Architecture,
+    /// V, the number of token ids: rows of the word embedding and width of
+    /// the LM head's output (HF `vocab_size`, default 320).
     pub vocab_size: u64,
     /// D, the width of the embedding (each reversible half is D wide).
     pub hidden_size: u64,
+    /// H, the number of attention heads in every layer (HF
+    /// `num_attention_heads`, default 12).
     pub num_heads: u64,
+    /// d, the width of one attention head; the projections are D -> H·d, and
+    /// H·d need not equal D (HF `attention_head_size`, default 64).
     pub head_dim: u64,
+    /// F, the inner width of each layer's feed-forward block, D -> F -> D
+    /// (HF `feed_forward_size`, default 512).
     pub feed_forward_size: u64,
     /// Activation name as in [`reformc_ir::ACTIVATIONS`].
     pub activation: String,
+    /// The epsilon added to the variance in every LayerNorm (HF
+    /// `layer_norm_eps`, default 1e-12).
     pub layer_norm_eps: f64,
     /// Causal masking in every attention (HF `is_decoder`).
     pub causal: bool,
+    /// The attention of each layer, in order; the length is the number of
+    /// layers (HF `attn_layers`, default `local, lsh` three times over).
     pub layers: Vec<AttentionKind>,
+    /// The parameters shared by every [`AttentionKind::Lsh`] layer.
     pub lsh: LshSpec,
+    /// The parameters shared by every [`AttentionKind::Local`] layer.
     pub local: LocalSpec,
+    /// The position embeddings (HF `axial_pos_embds`, default axial; the
+    /// schema's default is learned).
     pub position: PositionSpec,
+    /// The longest (padded) sequence the model accepts, and the number of
+    /// rows of a learned position table (HF `max_position_embeddings`,
+    /// default 4096).
     pub max_position_embeddings: u64,
+    /// The token id used to pad `input_ids` up to a multiple of the chunk
+    /// length, in `0..vocab_size` (HF `pad_token_id`, default 0; a HF `null`
+    /// becomes 0 with a warning).
     pub pad_token_id: i64,
+    /// The output head, chosen for a HF config by `architectures[0]`.
     pub head: HeadSpec,
     /// Prefix of the body's tensor names (`reformer.` for HF models with a head, empty for a bare model).
     pub weight_prefix: String,

@@ -15,7 +15,11 @@ pub const SELF_MASK_VALUE: f64 = -1e5;
 /// Masking rules for one attention block.
 #[derive(Clone, Copy, Debug)]
 pub struct MaskRules {
+    /// Replace the logits of keys at later positions than the query
+    /// (`kpos > qpos`) with [`MASK_VALUE`].
     pub causal: bool,
+    /// Replace the logit of the query's own position with [`SELF_MASK_VALUE`]
+    /// (after the other masks), as shared-QK LSH attention does.
     pub self_mask: bool,
 }
 
@@ -71,7 +75,9 @@ fn valid_row(mask: Option<&ArrayD<i64>>, b: usize, len: usize) -> Vec<bool> {
 /// the round weights by up to 1% (REFORMER.md §1.8).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Lse<T> {
+    /// The row's largest (masked) logit.
     pub max: T,
+    /// Sum over the row of `exp(x - max)`, at least 1 for a finite row.
     pub sum: T,
 }
 
@@ -103,7 +109,7 @@ fn mask_row<T: Real>(
     }
 }
 
-/// Softmax attention of `q` [nq,d] over `k` [nk,d] / `v` [nk,dv] with the
+/// Softmax attention of `q` `[nq,d]` over `k` `[nk,d]` / `v` `[nk,dv]` with the
 /// masks of REFORMER.md §1.6 (by original positions). Returns the outputs and
 /// the log-sum-exp of each query's logits.
 pub fn attend_block<T: Real>(

@@ -16,6 +16,7 @@ pub struct InterpError {
     pub at: String,
     /// The op's keyword (empty for binding errors).
     pub op: String,
+    /// What went wrong (a type mismatch, a missing input or weight, an op failure).
     pub message: String,
 }
 

@@ -4,6 +4,8 @@
 //! models; every backend is tested against it. It favours clarity over speed,
 //! but frees each intermediate tensor after its last use.
 
+#![deny(missing_docs)]
+
 pub mod attention;
 mod eval;
 pub mod nn;

@@ -32,7 +32,7 @@ pub fn embedding<T: Real>(ids: &ArrayD<i64>, table: &ArrayD<T>) -> Result<ArrayD
     Ok(ArrayD::from_shape_vec(IxDyn(&shape), out).expect("shape matches"))
 }
 
-/// Axial position embedding of positions `pos` [N]: concat(w0[p / n1, 0], w1[0, p % n1]).
+/// Axial position embedding of positions `pos` `[N]`: `concat(w0[p / n1, 0], w1[0, p % n1])`.
 pub fn axial_pos_embedding<T: Real>(
     pos: &ArrayD<i64>,
     w0: &ArrayD<T>,

@@ -38,10 +38,15 @@ impl Real for f64 {}
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub enum Tensor {
+    /// A tensor of IR dtype `f32`.
     F32(ArrayD<f32>),
+    /// A tensor of IR dtype `f64`.
     F64(ArrayD<f64>),
+    /// A tensor of IR dtype `i64`.
     I64(ArrayD<i64>),
+    /// A tensor of IR dtype `i32`.
     I32(ArrayD<i32>),
+    /// A tensor of IR dtype `bool`.
     Bool(ArrayD<bool>),
 }
 

@@ -19,9 +19,14 @@ use std::hash::{Hash, Hasher};
 pub enum Attr {
     /// A present flag, printed as its bare name (`causal`).
     Unit,
+    /// A signed integer, printed in decimal (`axis=2`).
     Int(i64),
+    /// A float, printed in Rust's shortest round-tripping form, always with a
+    /// `.`, an exponent, `inf` or `NaN` so that it parses back as a float.
     Float(f64),
+    /// A string, printed double-quoted with `\"`, `\\` and `\n` escapes.
     Str(String),
+    /// A list of integers, printed `[2,4]` (`[]` when empty).
     Ints(Vec<i64>),
 }
 

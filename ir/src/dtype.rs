@@ -13,10 +13,17 @@ use std::str::FromStr;
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DType {
+    /// 32-bit IEEE 754 float (`f32`), the usual activation and weight type.
     F32,
+    /// 64-bit IEEE 754 float (`f64`).
     F64,
+    /// 64-bit signed integer (`i64`): token ids, indices, bucket ids, sizes
+    /// and seeds.
     I64,
+    /// 32-bit signed integer (`i32`).
     I32,
+    /// Boolean (`bool`), one byte per element: comparison results, masks and
+    /// `select` conditions.
     Bool,
 }
 

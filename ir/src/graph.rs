@@ -23,8 +23,11 @@ impl fmt::Display for ValueId {
 /// One op application with its single result.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Node {
+    /// The op kind and its attributes.
     pub op: Op,
+    /// The operands, in the order the op's schema defines.
     pub inputs: Vec<ValueId>,
+    /// The type of the node's result.
     pub ty: TensorType,
     /// Nested regions (only `reversible_block` has them today).
     pub regions: Vec<Region>,
@@ -58,6 +61,8 @@ pub struct Region {
 /// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Graph {
+    /// The arena: node `i` defines `ValueId(i)`, whether it sits in the
+    /// top-level body, in a region, or is a region argument.
     pub nodes: Vec<Node>,
     /// Top-level ops in execution order.
     pub body: Vec<ValueId>,

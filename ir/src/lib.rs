@@ -13,6 +13,8 @@
 //! assert_eq!(print(&g), text);
 //! ```
 
+#![deny(missing_docs)]
+
 mod attr;
 mod dim;
 mod dot;

@@ -4,7 +4,7 @@ use crate::attr::{Attr, Attrs};
 use std::fmt;
 
 macro_rules! op_kinds {
-    ($( $variant:ident => $name:literal, $level:ident, $summary:literal; )*) => {
+    ($( $(#[$doc:meta])* $variant:ident => $name:literal, $level:ident, $summary:literal; )*) => {
         /// Every op reformc knows, at both levels of the IR.
         ///
         /// ```
@@ -13,7 +13,7 @@ macro_rules! op_kinds {
         /// assert_eq!(OpKind::LshAttention.name(), "lsh_attention");
         /// ```
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum OpKind { $($variant),* }
+        pub enum OpKind { $($(#[$doc])* $variant),* }
 
         impl OpKind {
             /// Every kind, in declaration order.
@@ -54,51 +54,169 @@ pub enum OpLevel {
 }
 
 op_kinds! {
+    /// A region argument: the value the region's owner binds on entry (a half of
+    /// `reversible_block`'s input, one chunk of `seq_chunk`'s operand). It takes no
+    /// operands and appears only in its region's header.
     Arg => "arg", Source, "a region argument (printed in the region header, never as an op)";
+    /// A runtime input of the declared type, bound by its `name` attribute when
+    /// the graph runs.
     Input => "input", Source, "a runtime input bound by name";
+    /// A parameter tensor of the declared type, bound by its `name` attribute to
+    /// the safetensors entry of that name.
     Weight => "weight", Source, "a parameter tensor bound by name to a safetensors entry";
+    /// A rank-0 tensor of the result dtype holding the number in its `value`
+    /// attribute (an integer or a float literal).
     Constant => "constant", Source, "a scalar constant";
+    /// Standard-normal N(0,1) samples filling the declared float type (of
+    /// constant shape). Each sample is a pure function of the `i64[]` seed operand,
+    /// the `stream` attribute and its row-major index (Philox4x32-10), so a
+    /// recomputation replays the same numbers.
     RandomNormal => "random_normal", Source, "N(0,1) samples from a counter-based generator keyed by (seed operand, stream)";
+    /// `embedding(ids, table)`: the rows of the float `table` `[V,D]` selected by
+    /// the integer `ids` of any shape, giving `ids.shape + [D]` (torch
+    /// `F.embedding`).
     Embedding => "embedding", Model, "rows of a table selected by integer ids";
+    /// `axial_pos_embedding(pos, w0, w1)`: for integer positions `pos` `[N]`
+    /// and weights `w0` `[n0,1,d0]`, `w1` `[1,n1,d1]`, the `[N,d0+d1]` rows
+    /// `concat(w0[p / n1, 0], w1[0, p % n1])` (HF Reformer's axial position
+    /// embeddings).
     AxialPosEmbedding => "axial_pos_embedding", Model, "axial position embedding: concat(w0[p / n1], w1[p % n1])";
+    /// `layer_norm(x, weight, bias) {eps}`: normalises each row of `x` over its
+    /// last axis to zero mean and unit biased variance (`eps` added to the
+    /// variance), then multiplies by `weight` and adds `bias`, both of the last
+    /// axis' length (torch `F.layer_norm`).
     LayerNorm => "layer_norm", Model, "layer normalisation over the last axis with weight and bias";
+    /// `linear(x, w[, b]) {activation?}`: `x @ w^T (+ b)` for `x` `[...,in]`,
+    /// `w` `[out,in]` and `b` `[out]`, giving `[...,out]`, followed by the named
+    /// activation from [`ACTIVATIONS`] if given (torch `nn.Linear`).
     Linear => "linear", Model, "x * w^T (+ b), optionally followed by an activation";
+    /// `attention(q, k, v[, mask]) {heads, scale, causal?, key_norm?, self_mask?,
+    /// kv_chunk?}`: multi-head `softmax(q k^T * scale) v` over `[B,L,H*d]` tensors,
+    /// giving `[B,Lq,H*dv]`. `key_norm` length-normalises the keys (shared-QK
+    /// Reformer), `causal` masks later keys, `self_mask` a query's own position and
+    /// the `[B,Lk]` mask (nonzero = keep) padding keys; `kv_chunk` asks for the same
+    /// result computed as a streaming softmax over chunks of that many keys.
     Attention => "attention", Model, "full multi-head softmax attention over [B,L,H*d] tensors";
+    /// `local_attention(q, k, v[, mask]) {heads, scale, chunk, before, after,
+    /// causal?}`: multi-head attention in which the queries of each block of `chunk`
+    /// positions see only the keys of their own block and of the `before` preceding
+    /// and `after` following blocks, wrapping around (HF Reformer's local
+    /// self-attention); queries and keys have the same length.
     LocalAttention => "local_attention", Model, "chunked local multi-head attention with neighbouring chunks";
+    /// `lsh_hash(qk, rotations[, mask]) {heads, n_hashes, buckets}`: angular LSH
+    /// bucket ids `i64[B,H,r,L]` of the shared query/keys `[B,L,H*d]`, `r =
+    /// n_hashes`. Each head's vectors are multiplied by `rotations`
+    /// `[H,d,r,sum(buckets)/2]`; each (even) factor `f` of `buckets` takes
+    /// `argmax(concat(y, -y))` of its `f/2` rotated coordinates as one digit of the
+    /// bucket. Round `i` adds `i * n` (`n` the number of buckets, plus one padding
+    /// bucket for masked positions when the mask has a zero).
     LshHash => "lsh_hash", Model, "angular LSH bucket ids with round offsets, [B,H,r,L]";
+    /// `lsh_attention(qk, v, buckets[, mask]) {heads, chunk, before, after,
+    /// causal?}`: Reformer LSH self-attention with shared query/keys. Per batch
+    /// and head, the positions of all rounds are sorted by bucket id, split into
+    /// chunks of `chunk` that attend to themselves and to `before`/`after`
+    /// neighbouring chunks (keys length-normalised, scale `1/sqrt(d)`, a query's own
+    /// position masked), unsorted, and the rounds combined with softmax weights of
+    /// their log-sum-exps. The result has `qk`'s shape.
     LshAttention => "lsh_attention", Model, "Reformer LSH attention given bucket ids (shared QK)";
+    /// `reversible_block(x)` with regions `f` and `g`: splits `x` into halves
+    /// `x1`, `x2` of its even last axis and returns `concat(y1, y2)` with
+    /// `y1 = x1 + f(x2)` and `y2 = x2 + g(y1)` (RevNet); each region maps a half to
+    /// a half.
     ReversibleBlock => "reversible_block", Model, "reversible residual pair: y1 = x1 + f(x2), y2 = x2 + g(y1) on halves of the last axis";
+    /// `seq_chunk(x) {axis, size}` with region `body`: runs the body on
+    /// consecutive slices of `size` entries of `x` along `axis` (the last may be
+    /// shorter) and concatenates the results along `axis`. The body's argument
+    /// carries a fresh symbol for the chunk length.
     SeqChunk => "seq_chunk", Model, "applies its body to consecutive chunks of `size` along `axis` (the last may be shorter) and concatenates the results";
+    /// `pad_to_multiple(x) {axis, multiple, min_len, value}`: when the `axis`
+    /// length is above `min_len` and not a multiple of `multiple`, appends entries
+    /// equal to `value` up to the next multiple (HF Reformer's eval padding),
+    /// otherwise returns `x`; the result type is declared.
     PadToMultiple => "pad_to_multiple", Tensor, "pads an axis up to a multiple with a fill value (HF eval padding rule)";
+    /// `truncate(x, ref) {axis}`: the first `n` entries of `x` along `axis`, `n`
+    /// being `ref`'s length on that axis (`x[..., :n, ...]`); it undoes
+    /// `pad_to_multiple`.
     Truncate => "truncate", Tensor, "keeps the first n entries of an axis, n taken from a reference operand";
+    /// `iota(ref) {axis}`: the `i64` vector `0, 1, .., n-1`, `n` being the length of
+    /// `ref`'s `axis` (torch `arange`).
     Iota => "iota", Tensor, "0, 1, .., n-1 with n the reference operand's axis length";
+    /// `index(x) {axis, index}`: the entries of `x` at position `index` of `axis`,
+    /// that axis removed (numpy `x.take(index, axis)`).
     Index => "index", Tensor, "selects one position of an axis, dropping it";
+    /// `slice(x) {axis, start, end}`: the entries `start..end` of `axis`
+    /// (`x[..., start:end, ...]`), with constant bounds.
     Slice => "slice", Tensor, "a constant range [start, end) of an axis";
+    /// Elementwise `a + b` of two operands of one dtype, with numpy broadcasting.
     Add => "add", Tensor, "elementwise a + b with broadcasting";
+    /// Elementwise `a - b` of two operands of one dtype, with numpy broadcasting.
     Sub => "sub", Tensor, "elementwise a - b with broadcasting";
+    /// Elementwise `a * b` of two operands of one dtype, with numpy broadcasting.
     Mul => "mul", Tensor, "elementwise a * b with broadcasting";
+    /// Elementwise `a / b` of two operands of one dtype, with numpy broadcasting;
+    /// integer division truncates toward zero.
     Div => "div", Tensor, "elementwise a / b with broadcasting";
+    /// Elementwise maximum of two operands of one dtype, with numpy broadcasting
+    /// (`np.maximum`).
     Max => "max", Tensor, "elementwise maximum with broadcasting";
+    /// Elementwise minimum of two operands of one dtype, with numpy broadcasting
+    /// (`np.minimum`).
     Min => "min", Tensor, "elementwise minimum with broadcasting";
+    /// Elementwise `a < b` of two operands of one dtype, broadcast, giving `bool`.
     Lt => "lt", Tensor, "elementwise a < b, bool result";
+    /// Elementwise `a == b` of two operands of one dtype, broadcast, giving `bool`.
     Eq => "eq", Tensor, "elementwise a == b, bool result";
+    /// Elementwise negation `-x`, keeping the dtype.
     Neg => "neg", Tensor, "elementwise -x";
+    /// Elementwise `e^x` of a float tensor.
     Exp => "exp", Tensor, "elementwise e^x";
+    /// Elementwise natural logarithm `ln(x)` of a float tensor.
     Log => "log", Tensor, "elementwise natural logarithm";
+    /// Elementwise square root of a float tensor.
     Sqrt => "sqrt", Tensor, "elementwise square root";
+    /// Elementwise reciprocal square root `1/sqrt(x)` of a float tensor.
     Rsqrt => "rsqrt", Tensor, "elementwise 1/sqrt(x)";
+    /// Elementwise hyperbolic tangent of a float tensor.
     Tanh => "tanh", Tensor, "elementwise tanh";
+    /// `act(x) {fn}`: the activation named `fn` (one of [`ACTIVATIONS`]) applied
+    /// elementwise to a float tensor: `gelu` is the exact erf form, `gelu_new` and
+    /// `gelu_fast` its tanh approximations, `silu` is `x * sigmoid(x)`.
     Act => "act", Tensor, "an activation function by name (relu, gelu, gelu_new, silu, tanh, sigmoid)";
+    /// Converts each element to the declared result dtype, keeping the shape
+    /// (numpy `astype`: floats to integers truncate toward zero, nonzero becomes
+    /// `true`).
     Cast => "cast", Tensor, "converts to the result dtype";
+    /// Batched matrix product `a @ b` of equal-rank (at least 2) operands
+    /// `[...,m,k]` and `[...,k,n]`, the batch dims broadcast (numpy `matmul`).
     Matmul => "matmul", Tensor, "batched matrix product [...,m,k] x [...,k,n]";
+    /// `reduce(x) {kind, axes, keepdim?}`: `sum`, `max`, `mean` or `logsumexp` of
+    /// a float tensor over `axes`, which are removed, or kept with length 1 under
+    /// `keepdim` (torch `x.sum(axes, keepdim)` and friends).
     Reduce => "reduce", Tensor, "sum, max, mean or logsumexp over axes";
+    /// `softmax(x) {axis}`: `exp(x - max) / sum(exp(x - max))` along `axis` of a
+    /// float tensor (torch `softmax(x, dim=axis)`).
     Softmax => "softmax", Tensor, "softmax along an axis";
+    /// `gather(x, idx) {axis}`: `out[i] = x[i with i[axis] replaced by idx[i]]`,
+    /// for integer `idx` of `x`'s rank matching `x` on every other axis; the
+    /// result has `idx`'s shape (numpy `take_along_axis`, torch `gather`).
     Gather => "gather", Tensor, "take_along_axis: out[..i..] = x[..idx[..i..]..]";
+    /// `argmax(x) {axis}`: the `i64` index of the first maximum along `axis`, which
+    /// is removed (numpy `argmax`).
     Argmax => "argmax", Tensor, "index of the first maximum along an axis, axis removed";
+    /// `argsort(x) {axis}`: the `i64` permutation that sorts `x` ascending along
+    /// `axis`, equal elements keeping their order (numpy `argsort(kind="stable")`).
     Argsort => "argsort", Tensor, "stable ascending sort permutation along an axis";
+    /// `select(cond, a, b)`: `a` where the `bool` `cond` is true and `b` elsewhere,
+    /// the three broadcast together (numpy `where`).
     Select => "select", Tensor, "cond ? a : b with broadcasting";
+    /// The same elements in row-major order with the declared shape, keeping the
+    /// dtype and element count (numpy `reshape`).
     Reshape => "reshape", Tensor, "same elements, the result type's shape";
+    /// `transpose(x) {perm}`: result axis `i` is axis `perm[i]` of `x` (numpy
+    /// `transpose(x, perm)`).
     Transpose => "transpose", Tensor, "permutes axes";
+    /// `concat(x0, x1, ..) {axis}`: joins one or more operands of one dtype that
+    /// agree on every other axis along `axis` (numpy `concatenate`).
     Concat => "concat", Tensor, "joins operands along an axis";
 }
 
@@ -111,10 +229,15 @@ impl fmt::Display for OpKind {
 /// The type an attribute must have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttrType {
+    /// A flag: present ([`Attr::Unit`]) or absent.
     Unit,
+    /// An [`Attr::Int`], at least [`AttrSpec::min`].
     Int,
+    /// An [`Attr::Float`] (an integer literal is rejected).
     Float,
+    /// An [`Attr::Str`].
     Str,
+    /// An [`Attr::Ints`] whose every entry is at least [`AttrSpec::min`].
     Ints,
     /// A float or an integer (for `constant`).
     Number,
@@ -123,8 +246,11 @@ pub enum AttrType {
 /// One attribute an op accepts.
 #[derive(Clone, Copy, Debug)]
 pub struct AttrSpec {
+    /// The attribute's key in [`Op::attrs`].
     pub name: &'static str,
+    /// The kind of value it must hold.
     pub ty: AttrType,
+    /// Whether the op is invalid without it (otherwise it may be omitted).
     pub required: bool,
     /// Smallest allowed value of an `Int` (or of every entry of `Ints`).
     pub min: i64,
@@ -153,9 +279,11 @@ const ANY: i64 = i64::MIN;
 /// Operands, attributes and regions an op kind takes.
 #[derive(Clone, Copy, Debug)]
 pub struct OpSchema {
+    /// Fewest operands the op accepts.
     pub min_operands: usize,
-    /// `None` for variadic ops.
+    /// Most operands the op accepts; `None` for variadic ops.
     pub max_operands: Option<usize>,
+    /// Every attribute the op accepts; any other attribute is an error.
     pub attrs: &'static [AttrSpec],
     /// Names of the regions, in order.
     pub regions: &'static [&'static str],
@@ -321,7 +449,9 @@ pub const REDUCTIONS: &[&str] = &["sum", "max", "mean", "logsumexp"];
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Op {
+    /// Which op this is.
     pub kind: OpKind,
+    /// Its attributes by name, checked against [`OpKind::schema`] by the verifier.
     pub attrs: Attrs,
 }
 

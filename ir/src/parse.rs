@@ -8,8 +8,11 @@ use std::fmt;
 /// A parse error with its 1-based line and column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
+    /// 1-based line of the offending token.
     pub line: usize,
+    /// 1-based column (in characters) of the offending token.
     pub col: usize,
+    /// What was wrong, e.g. what was expected and what was found.
     pub message: String,
 }
 

@@ -13,7 +13,9 @@ use std::fmt;
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TensorType {
+    /// The element type.
     pub dtype: DType,
+    /// The dimensions, outermost first; empty for a scalar.
     pub shape: Vec<Dim>,
 }
 

@@ -16,6 +16,7 @@ pub struct VerifyError {
     pub at: String,
     /// The op's keyword, empty for graph-level errors.
     pub op: String,
+    /// What rule was broken and what was expected or found.
     pub message: String,
 }
 

@@ -42,10 +42,17 @@ pub const DEFAULT_MEMORY_BUDGET: u64 = 1 << 30;
 /// `auto` picks LSH only when it needs at most 1/16 of exact attention's FLOPs:
 /// LSH is an approximation, worth it only when it is much cheaper.
 pub const LSH_MIN_SPEEDUP: u64 = 16;
-/// HF's defaults for LSH layers the pass creates.
+/// Chunk length of LSH layers the pass creates when
+/// [`LshOverrides::chunk`](crate::LshOverrides::chunk) is not given (HF's
+/// `lsh_attn_chunk_length` default).
 pub const DEFAULT_LSH_CHUNK: u64 = 64;
+/// Chunks before its own that each chunk of a new LSH layer also attends to
+/// (HF's `lsh_num_chunks_before` default).
 pub const DEFAULT_LSH_BEFORE: u64 = 1;
+/// Chunks after its own that each chunk of a new LSH layer also attends to
+/// (HF's `lsh_num_chunks_after` default).
 pub const DEFAULT_LSH_AFTER: u64 = 0;
+/// Hash rounds of a new LSH layer (HF's `num_hashes` default).
 pub const DEFAULT_LSH_HASHES: u64 = 1;
 
 /// `--attention=`: what the pass does.
@@ -53,9 +60,16 @@ pub const DEFAULT_LSH_HASHES: u64 = 1;
 pub enum AttentionMode {
     /// Keep what the config asks.
     Config,
+    /// Let the cost model choose per layer at the target length (see [`choose`]).
     Auto,
+    /// Materialise the softmax in every non-local layer; LSH layers become
+    /// exact shared-QK attention.
     Full,
+    /// Stream the softmax over key chunks in every non-local layer, LSH
+    /// layers included (exact result, O(L) memory).
     Exact,
+    /// Turn shared-QK attention with key normalisation, self mask and scale
+    /// 1/sqrt(d) into LSH attention; other layers are kept, with a note.
     Lsh,
 }
 
@@ -118,9 +132,15 @@ impl fmt::Display for AttentionKind {
 /// LSH parameters of a layer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LshParams {
+    /// Chunk length in positions: after sorting by bucket, queries attend in
+    /// chunks of this size.
     pub chunk: u64,
+    /// Chunks before its own that each chunk also attends to.
     pub before: u64,
+    /// Chunks after its own that each chunk also attends to.
     pub after: u64,
+    /// Hash rounds; each round buckets and attends on its own, and the rounds'
+    /// outputs are combined.
     pub n_hashes: u64,
     /// Bucket factors; empty when not known (recorded buckets).
     pub buckets: Vec<u64>,
@@ -133,29 +153,43 @@ pub struct AttentionSite {
     pub layer: usize,
     /// The `attention`, `lsh_attention` or `local_attention` op.
     pub value: ValueId,
+    /// How the op computes attention now.
     pub kind: AttentionKind,
     /// Queries and keys are one value (LSH's precondition).
     pub shared_qk: bool,
     /// Shared QK with key normalisation, self mask and scale 1/sqrt(d): the
     /// function LSH attention approximates.
     pub lsh_compatible: bool,
+    /// The `kv_chunk` attribute of chunked-exact attention; `None` otherwise.
     pub kv_chunk: Option<u64>,
-    /// Present for LSH layers and for `local` (chunk, before, after).
+    /// The parameters of an LSH layer; `None` for other kinds. Bucket factors
+    /// are read from the feeding `lsh_hash`.
     pub lsh: Option<LshParams>,
+    /// `(chunk, before, after)` of a local layer; `None` for other kinds.
     pub local: Option<(u64, u64, u64)>,
 }
 
 /// What the pass decided for one layer, and why.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerDecision {
+    /// Layer index, as in [`AttentionSite::layer`].
     pub layer: usize,
+    /// The attention op the decision is about.
     pub value: ValueId,
+    /// How the layer computes attention before the pass.
     pub from: AttentionKind,
+    /// How it computes attention after the pass.
     pub to: AttentionKind,
     /// One sentence (no layer prefix).
     pub reason: String,
+    /// Key chunk the layer ends up with when `to` is
+    /// [`AttentionKind::Exact`]; `None` for full and LSH.
     pub kv_chunk: Option<u64>,
+    /// LSH parameters when `to` is [`AttentionKind::Lsh`]: the layer's own if
+    /// it already was LSH, else the defaults and overrides with bucket factors
+    /// chosen for the target length. `None` for the other kinds.
     pub lsh: Option<LshParams>,
+    /// `(chunk, before, after)` of a local layer, which always stays local.
     pub local: Option<(u64, u64, u64)>,
     /// Costs of the candidates at the target dims, when they were evaluated.
     pub costs: Vec<(AttentionKind, OpCost)>,

@@ -64,6 +64,7 @@ impl OpCost {
 pub struct CostError {
     /// `%N` (the arena index) and the op keyword.
     pub at: String,
+    /// What could not be evaluated or read, and why.
     pub message: String,
 }
 
@@ -235,9 +236,13 @@ pub fn bytes_of(ty: &TensorType, env: &DimEnv) -> Option<u64> {
 /// The shape of one multi-head attention call, per-head widths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttentionShape {
+    /// Batch size `B`.
     pub batch: u64,
+    /// Number of heads `H`.
     pub heads: u64,
+    /// Number of query positions `Lq`.
     pub q_len: u64,
+    /// Number of key (and value) positions `Lk`.
     pub k_len: u64,
     /// Per-head width of queries and keys.
     pub d_qk: u64,
@@ -310,9 +315,15 @@ pub fn exact_attention_cost(s: &AttentionShape, key_norm: bool, kv_chunk: u64) -
 /// LSH attention parameters for [`lsh_attention_cost`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LshShape {
+    /// Chunk length `c` in positions; at `Lk ≤ c` the cost is that of full
+    /// shared-QK attention.
     pub chunk: u64,
+    /// Chunks before its own that each chunk attends to.
     pub before: u64,
+    /// Chunks after its own that each chunk attends to.
     pub after: u64,
+    /// Hash rounds `r` (0 counts as 1): every round sorts and attends over all
+    /// positions, so the cost grows linearly with it.
     pub n_hashes: u64,
 }
 

@@ -27,7 +27,10 @@ use std::fmt;
 /// Why explain failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExplainError {
+    /// The pipeline could not be built or run, or the attention pass could
+    /// not plan its decisions.
     Pipeline(PipelineError),
+    /// The cost model could not size the graph before or after a pass.
     Cost(CostError),
 }
 
@@ -57,73 +60,110 @@ impl From<CostError> for ExplainError {
 /// One layer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerExplain {
+    /// Layer index (as in [`Stage::Layer`]).
     pub index: usize,
     /// `full`, `exact`, `lsh` or `local` after the passes (`none` if the layer has no attention).
     pub attention: String,
     /// What the input graph (the config) used.
     pub requested: String,
+    /// Why the layer has the attention it has: the attention pass's reason,
+    /// or why there was no decision (no attention, or the pass did not run).
     pub reason: String,
-    /// LSH or local chunk length, with chunks before/after.
+    /// LSH or local chunk length after the passes.
     pub chunk: Option<u64>,
+    /// LSH or local chunks before its own that each chunk attends to.
     pub before: Option<u64>,
+    /// LSH or local chunks after its own that each chunk attends to.
     pub after: Option<u64>,
+    /// Key chunk of chunked-exact attention after the passes.
     pub kv_chunk: Option<u64>,
+    /// Hash rounds of LSH attention after the passes.
     pub n_hashes: Option<u64>,
+    /// LSH bucket factors after the passes; empty when not LSH or not known.
     pub buckets: Vec<u64>,
-    /// FLOPs of the whole layer after / before the passes.
+    /// FLOPs of the whole layer after the passes.
     pub flops: u64,
+    /// FLOPs of the whole layer before the passes.
     pub flops_before: u64,
-    /// FLOPs and temporaries of the attention op alone (after).
+    /// FLOPs of the attention op alone, after the passes.
     pub attention_flops: u64,
+    /// Peak temporary bytes of the attention op alone, after the passes.
     pub attention_temp_bytes: u64,
-    /// Peak live arena bytes while the layer runs, after / before.
+    /// Peak live arena bytes while the layer runs, after the passes.
     pub peak_bytes: u64,
+    /// Peak live arena bytes while the layer runs, before the passes.
     pub peak_bytes_before: u64,
 }
 
 /// One model stage (inputs, embeddings, layer i, head).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StageExplain {
+    /// The stage's name (`inputs`, `embeddings`, `layer 3`, `head`).
     pub stage: String,
+    /// FLOPs of the stage after the passes.
     pub flops: u64,
+    /// FLOPs of the stage before the passes.
     pub flops_before: u64,
+    /// Peak live arena bytes during the stage, after the passes.
     pub peak_bytes: u64,
+    /// Peak live arena bytes during the stage, before the passes.
     pub peak_bytes_before: u64,
 }
 
 /// The state after one pass of the pipeline.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PassExplain {
+    /// The pass's name.
     pub name: String,
+    /// Whether the pass was disabled (`--disable-pass`) and did not run.
     pub skipped: bool,
+    /// Whether the pass changed the IR.
     pub changed: bool,
-    /// Static peak (arena + weights + inputs) and FLOPs after the pass.
+    /// Static peak (arena + weights + inputs) after the pass.
     pub peak_bytes: u64,
+    /// FLOPs of the whole graph after the pass.
     pub flops: u64,
+    /// The notes the pass reported.
     pub notes: Vec<String>,
 }
 
 /// Everything explain reports.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Explanation {
+    /// Target batch size `B`.
     pub batch: u64,
+    /// Target sequence length `L` ([`DEFAULT_SEQ_LEN`] when none was given).
     pub seq_len: u64,
-    /// `P` before and after the passes (the LSH rewrite may change padding).
+    /// `P` before the passes.
     pub padded_len_before: u64,
+    /// `P` after the passes (the LSH rewrite may change padding).
     pub padded_len: u64,
+    /// The `--attention` mode asked for (`config` when none).
     pub attention_mode: String,
+    /// Names of the pipeline's passes, in order.
     pub pipeline: Vec<String>,
+    /// One entry per layer, by index.
     pub layers: Vec<LayerExplain>,
+    /// One entry per stage, in model order.
     pub stages: Vec<StageExplain>,
+    /// The state after each pass that ran or was skipped, in order.
     pub passes: Vec<PassExplain>,
-    /// Static peak (activations arena + weights + inputs) after / before.
+    /// Static peak (activations arena + weights + inputs) after the passes.
     pub peak_bytes: u64,
+    /// Static peak (activations arena + weights + inputs) before the passes.
     pub peak_bytes_before: u64,
+    /// Arena bytes (activations and temporaries) after the passes.
     pub activation_peak_bytes: u64,
+    /// Arena bytes (activations and temporaries) before the passes.
     pub activation_peak_bytes_before: u64,
+    /// Resident weight bytes after the passes.
     pub weight_bytes: u64,
+    /// FLOPs of the whole graph after the passes.
     pub flops: u64,
+    /// FLOPs of the whole graph before the passes.
     pub flops_before: u64,
+    /// Notes other than per-layer decisions, each prefixed with its pass name,
+    /// after a note on the assumed length if none was given.
     pub notes: Vec<String>,
 }
 

@@ -1,6 +1,8 @@
 //! reformc's passes: a pass manager with MLIR-style instrumentation,
 //! bounded equality saturation, and the Reformer rewrites.
 
+#![deny(missing_docs)]
+
 pub mod attention;
 pub mod cost;
 pub mod explain;

@@ -33,6 +33,8 @@ use std::time::{Duration, Instant};
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pipeline {
+    /// Registered pass names in the order they run; a name may appear more
+    /// than once.
     pub passes: Vec<String>,
 }
 
@@ -83,14 +85,20 @@ impl Default for Pipeline {
 pub enum PipelineError {
     /// A pass name that is not registered, in the option that named it.
     UnknownPass {
+        /// Where the name came from (`the pipeline`, `--print-after`, ...).
         option: String,
+        /// The unknown name.
         name: String,
+        /// Every registered pass name, for the message.
         known: Vec<String>,
     },
     /// `stop_after` names a registered pass that is not in the pipeline.
     NotInPipeline {
+        /// The option that named it (`--stop-after`).
         option: String,
+        /// The pass name.
         name: String,
+        /// The pipeline's pass names, for the message.
         pipeline: Vec<String>,
     },
     /// A pass failed, or the IR did not verify after it.
@@ -174,12 +182,16 @@ pub struct Instrumentation {
 /// What happened in one pass.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PassRecord {
+    /// The pass's registered name.
     pub name: String,
     /// 1-based position in the pipeline.
     pub index: usize,
     /// Skipped through `disable`.
     pub skipped: bool,
+    /// The pass's notes for the user (decisions and why).
     pub notes: Vec<String>,
+    /// The statistics the pass reported (empty when it reports none or was
+    /// skipped).
     pub stats: PassStats,
     /// Wall time of the pass itself.
     pub elapsed: Duration,
@@ -187,14 +199,17 @@ pub struct PassRecord {
     pub verify_time: Duration,
     /// Whether the printed IR differs from before.
     pub changed: bool,
-    /// Ops (regions included) before and after.
+    /// Ops (regions included) before the pass.
     pub ops_before: usize,
+    /// Ops (regions included) after the pass; `ops_before` when skipped.
     pub ops_after: usize,
 }
 
 /// The records of a pipeline run.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PipelineReport {
+    /// One record per pass that ran or was skipped, in pipeline order (up to
+    /// the `stop_after` pass).
     pub records: Vec<PassRecord>,
     /// Wall time of the whole run.
     pub total: Duration,
@@ -286,8 +301,11 @@ impl PipelineReport {
 /// One progress line: `[3/7] simplify 1.2s: 14,003 nodes, saturated`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Progress<'a> {
+    /// 1-based position of the pass in the pipeline.
     pub index: usize,
+    /// Number of passes in the pipeline.
     pub total: usize,
+    /// What happened in the pass.
     pub record: &'a PassRecord,
 }
 
@@ -317,15 +335,22 @@ impl fmt::Display for Progress<'_> {
 pub enum PassEvent<'a> {
     /// Before pass `name` (1-based `index`) runs on `graph`.
     Before {
+        /// 1-based position of the pass in the pipeline.
         index: usize,
+        /// The pass's name.
         name: &'a str,
+        /// The graph the pass is about to transform.
         graph: &'a Graph,
     },
     /// After it ran (and verified), or was skipped.
     After {
+        /// 1-based position of the pass in the pipeline.
         index: usize,
+        /// The pass's name.
         name: &'a str,
+        /// The graph after the pass (as it was, when skipped).
         graph: &'a Graph,
+        /// What happened in the pass.
         record: &'a PassRecord,
     },
 }

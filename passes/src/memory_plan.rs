@@ -152,9 +152,14 @@ fn stage_block(
 /// One scheduled op.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Step {
+    /// The value the op defines.
     pub value: ValueId,
+    /// The op's kind.
     pub kind: OpKind,
+    /// The model stage the op belongs to.
     pub stage: Stage,
+    /// Cost of one execution of the op at its sizing dims (an op inside a
+    /// `seq_chunk` body runs once per chunk; see [`Sizing::repeat`]).
     pub cost: OpCost,
     /// Bytes of arena buffers live while this op runs (its temporaries included).
     pub live_bytes: u64,
@@ -168,20 +173,28 @@ pub struct Buffer {
     pub values: Vec<ValueId>,
     /// For temporaries: the op they belong to.
     pub temp_of: Option<ValueId>,
+    /// Size in bytes: that of the largest value stored in it.
     pub size: u64,
-    /// First and last step (inclusive) the buffer is live.
+    /// First step the buffer is live.
     pub start: usize,
+    /// Last step (inclusive) the buffer is live.
     pub end: usize,
+    /// Byte offset in the arena, chosen by the greedy-by-size placement.
     pub offset: u64,
 }
 
 /// Memory of one stage.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StageMemory {
+    /// The stage.
     pub stage: Stage,
     /// Largest live arena bytes at any step of the stage.
     pub peak_live_bytes: u64,
+    /// FLOPs of the stage's ops, counting every execution (once per chunk
+    /// inside `seq_chunk`).
     pub flops: u64,
+    /// Ops of the stage, not counting weights, graph inputs and region
+    /// arguments.
     pub ops: usize,
     /// Weights of the stage.
     pub weight_bytes: u64,
@@ -200,7 +213,9 @@ pub struct MemoryPlan {
     pub weight_bytes: u64,
     /// Graph inputs (owned by the caller).
     pub input_bytes: u64,
+    /// Every op in schedule order (an op with regions after its regions' ops).
     pub steps: Vec<Step>,
+    /// Every arena buffer with its placement, largest first.
     pub buffers: Vec<Buffer>,
     /// Per stage, in model order.
     pub stages: Vec<StageMemory>,

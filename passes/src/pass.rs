@@ -51,9 +51,15 @@ impl PassOptions {
 /// length).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LshOverrides {
+    /// Chunk length in positions (HF `lsh_attn_chunk_length`); at least 1.
     pub chunk: Option<u64>,
+    /// Chunks before its own that each chunk also attends to (HF
+    /// `lsh_num_chunks_before`).
     pub before: Option<u64>,
+    /// Chunks after its own that each chunk also attends to (HF
+    /// `lsh_num_chunks_after`).
     pub after: Option<u64>,
+    /// Hash rounds (HF `num_hashes`); at least 1.
     pub n_hashes: Option<u64>,
     /// Bucket factors (each even); their product is the bucket count.
     pub buckets: Option<Vec<u64>>,
@@ -62,7 +68,10 @@ pub struct LshOverrides {
 /// A failed pass: its name and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PassError {
+    /// Name of the pass that failed (`input` when the input IR does not
+    /// verify). The pass manager fills it in when a pass leaves it empty.
     pub pass: String,
+    /// Why it failed.
     pub message: String,
 }
 
@@ -114,7 +123,9 @@ impl PassStats {
 /// What a pass run returns: notes for the user and optional statistics.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PassOutcome {
+    /// Notes for the user (decisions and why), as [`Pass::run`] returns them.
     pub notes: Vec<String>,
+    /// Measurements for `--time-passes` and progress lines.
     pub stats: PassStats,
 }
 

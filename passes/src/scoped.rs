@@ -39,14 +39,18 @@ pub enum Ref {
 pub struct Capture {
     /// The value, as a reference in the enclosing body.
     pub outer: Ref,
+    /// The value's type.
     pub ty: TensorType,
 }
 
 /// One op of a body.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BodyNode {
+    /// The op kind and its attributes.
     pub op: Op,
+    /// The result type.
     pub ty: TensorType,
+    /// Operands, relative to this body.
     pub inputs: Vec<Ref>,
     /// The op's regions (their captures refer to this body).
     pub regions: Vec<Body>,
@@ -68,6 +72,7 @@ pub struct Body {
 /// A whole graph: the top-level body and the names of its results.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Program {
+    /// The top-level body.
     pub body: Body,
     /// Output names, one per `body.results` entry.
     pub outputs: Vec<String>,

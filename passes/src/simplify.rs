@@ -565,7 +565,10 @@ pub fn all_rules() -> Vec<IrRule> {
 /// ```
 #[derive(Clone)]
 pub struct SimplifyPass {
+    /// Bounds on the saturation (see [`SaturationLimits`] for what each
+    /// limit covers).
     pub limits: SaturationLimits,
+    /// Rule phases saturated in order ([`default_phases`] unless replaced).
     pub phases: Vec<Phase>,
     cost: Arc<dyn CostFunction + Send + Sync>,
 }

@@ -33,8 +33,13 @@ use std::time::Instant;
 
 /// Settings of one optimization of a program.
 pub struct Optimizer<'a> {
+    /// Rule phases saturated, in order, on every body's e-graph.
     pub phases: &'a [Phase],
+    /// Bounds of the runs; the time limit is one deadline shared by all
+    /// bodies and phases of the program.
     pub limits: &'a SaturationLimits,
+    /// What extraction minimises; also decides whether a body's extraction
+    /// beats the input (it must be strictly cheaper to replace it).
     pub cost: &'a dyn CostFunction,
     /// Work budget of the DAG-aware extraction, per e-graph.
     pub dag_budget: usize,
@@ -69,11 +74,14 @@ impl Optimizer<'_> {
 
 /// The e-graph of one body and how it maps back.
 pub struct BodyEGraph {
+    /// The e-graph: the body's leaves and nodes, rebuilt.
     pub egraph: IrEGraph,
     /// The class of every original node.
     pub node_ids: Vec<Id>,
     /// Classes of the results, then of the kept inputs.
     pub roots: Vec<Id>,
+    /// How many leading entries of `roots` are the body's results (the rest
+    /// are kept graph inputs).
     pub results: usize,
     /// Regions of opaque nodes, by slot.
     pub slots: Vec<Vec<Body>>,

@@ -28,19 +28,40 @@ pub enum NodeOp {
     /// An IR op without regions. `ty` is the declared result type when the
     /// type rules cannot derive it from the operands (`input`, `weight`,
     /// `constant`, `reshape`, `cast`, ...), `None` when they can.
-    Ir { op: Op, ty: Option<TensorType> },
+    Ir {
+        /// The op kind and its attributes.
+        op: Op,
+        /// The declared result type, or `None` when it is derived.
+        ty: Option<TensorType>,
+    },
     /// Argument `index` of the region body being optimized.
-    Arg { index: u32, ty: TensorType },
+    Arg {
+        /// Position in the body's argument list.
+        index: u32,
+        /// The argument's type.
+        ty: TensorType,
+    },
     /// A value of an enclosing body that this body uses (its index in the
     /// body's capture list).
-    Capture { index: u32, ty: TensorType },
+    Capture {
+        /// Position in the body's capture list.
+        index: u32,
+        /// The captured value's type.
+        ty: TensorType,
+    },
     /// An op with regions, kept opaque: its regions live in a side table
     /// (`slot`); its children are its `operands` operands followed by the
     /// outer values its regions capture.
     Opaque {
+        /// The op kind and its attributes (the regions are not part of it).
         op: Op,
+        /// Index of the op's regions in the side table
+        /// ([`BodyEGraph::slots`](super::convert::BodyEGraph::slots)).
         slot: u32,
+        /// How many leading children are the op's own operands; the rest
+        /// are the values its regions capture.
         operands: u32,
+        /// The declared result type: the type rules do not look into regions.
         ty: TensorType,
     },
 }
@@ -213,7 +234,11 @@ fn write_attrs(f: &mut fmt::Formatter<'_>, op: &Op) -> fmt::Result {
 /// One e-node: a shared payload and the operand classes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct IrNode {
+    /// The payload, behind an `Arc` so that cloning an e-node (which egg does
+    /// often) does not copy its attributes and types.
     pub op: Arc<NodeOp>,
+    /// The operand e-classes, in operand order (for an opaque node, followed
+    /// by the values its regions capture).
     pub children: Vec<Id>,
 }
 

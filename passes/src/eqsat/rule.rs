@@ -41,8 +41,11 @@ pub enum Rhs {
     /// A new op over built operands; `ty` is required only when the type
     /// rules cannot derive the result type.
     Node {
+        /// The op to build (kind and attributes).
         op: Op,
+        /// Its declared result type, or `None` to derive it from the children.
         ty: Option<TensorType>,
+        /// Its operands, each an existing class or another node to build.
         children: Vec<Rhs>,
     },
 }
@@ -79,6 +82,8 @@ pub struct IrRule {
     pub roots: &'static [OpKind],
     /// `start => goal` in words, for `--explain` and the docs.
     pub summary: &'static str,
+    /// Finds, for one root e-node of a class, the right-hand sides equal to
+    /// that class.
     pub matcher: MatchFn,
 }
 

@@ -96,7 +96,9 @@ impl fmt::Display for StopReason {
 /// on the same e-graph.
 #[derive(Clone, Debug)]
 pub struct Phase {
+    /// The phase's name, as reported in [`RunStats::phase`] (`fold`, `arith`, ...).
     pub name: &'static str,
+    /// The rules saturated together; a phase without rules is skipped.
     pub rules: Vec<IrRule>,
 }
 
@@ -105,14 +107,22 @@ pub struct Phase {
 pub struct RunStats {
     /// Which body: `top`, or a path like `top/12.g` (node 12's region `g`).
     pub body: String,
+    /// The name of the phase that ran.
     pub phase: &'static str,
+    /// Why the run stopped.
     pub stop_reason: StopReason,
+    /// egg iterations run (0 when the deadline had passed before the phase began).
     pub iterations: usize,
-    /// E-nodes and e-classes when the run stopped.
+    /// E-nodes in the e-graph when the run stopped.
     pub enodes: usize,
+    /// E-classes in the e-graph when the run stopped.
     pub eclasses: usize,
+    /// Time spent searching for matches, summed over the iterations.
     pub search_time: Duration,
+    /// Time spent applying matches, summed over the iterations.
     pub apply_time: Duration,
+    /// Time spent rebuilding the e-graph (restoring congruence), summed over
+    /// the iterations.
     pub rebuild_time: Duration,
     /// Rewrites applied, by rule name.
     pub applied: BTreeMap<String, usize>,
@@ -125,8 +135,9 @@ pub struct SaturationReport {
     pub runs: Vec<RunStats>,
     /// E-graphs built (one per body).
     pub egraphs: usize,
-    /// E-nodes and e-classes of every e-graph when extracted, summed.
+    /// E-nodes of every e-graph when extracted, summed.
     pub enodes: usize,
+    /// E-classes of every e-graph when extracted, summed.
     pub eclasses: usize,
     /// The largest single e-graph, in e-nodes.
     pub max_enodes: usize,
