@@ -186,3 +186,46 @@ fn compile_memory_plan_reports_the_fusion() {
         ), "{line}");
     assert!(!text.contains("x2 copy"), "{text}");
 }
+
+/// An executable compiled with `--profile` prints the per-op table after its run.
+#[test]
+fn profiled_executable_prints_the_op_table() {
+    let dir = common::root().join("examples/tiny-reformer");
+    let tmp = std::env::temp_dir().join(format!("reformc-prof-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let exe = tmp.join("m");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reformc"))
+        .arg("compile")
+        .arg(dir.join("config.json"))
+        .arg("--weights")
+        .arg(dir.join("model.safetensors"))
+        .arg("-o")
+        .arg(&exe)
+        .args(["--profile", "-q"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = std::process::Command::new(&exe)
+        .arg("--input")
+        .arg(dir.join("input_ids.npy"))
+        .arg("--output")
+        .arg(tmp.join("y.npy"))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&tmp);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    for want in [
+        "by op kind",
+        "\nlsh_attention ",
+        "\nlocal_attention ",
+        "\nlinear ",
+        "slowest ops",
+    ] {
+        assert!(err.contains(want), "`{want}` missing from\n{err}");
+    }
+}

@@ -499,6 +499,10 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
             t_start.elapsed().as_secs_f64() * 1e3
         );
     }
+    // Compiled with `reformc compile --profile`: the per-op table.
+    if let Some(table) = crate::profile::report(25) {
+        eprint!("{table}");
+    }
     Ok(())
 }
 

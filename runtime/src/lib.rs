@@ -21,6 +21,7 @@ pub mod gemm;
 pub mod nn;
 pub mod philox;
 pub mod pool;
+pub mod profile;
 mod simd;
 pub mod tensor_ops;
 

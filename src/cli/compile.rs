@@ -49,6 +49,10 @@ pub struct CompileArgs {
     /// Print the static buffer plan (every intermediate buffer, when it is freed).
     #[arg(long)]
     pub memory_plan: bool,
+    /// Time every op: the executable prints a table by op kind and the slowest
+    /// ops to stderr after each run.
+    #[arg(long)]
+    pub profile: bool,
     /// The pass pipeline run before code generation (as for `reformc run`);
     /// `--seq-len` also resolves `num_buckets: null`, `-q` silences progress.
     #[command(flatten)]
@@ -169,6 +173,7 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
             vec!["lm_head.bias".into()]
         },
         default_weights: (!embed).then(|| weights_path.clone()),
+        profile: args.profile,
     };
     let (pad_multiple, pad_min_len) = match spec.min_chunk() {
         Some(min) => (spec.chunk_lcm() as i64, min as i64),

@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// f64 runs always use the interpreter: the runtime kernels are f32).
     #[arg(long)]
     pub interp: bool,
+    /// Time every op of the JIT-compiled model and print a table by op kind and
+    /// the slowest ops to stderr.
+    #[arg(long)]
+    pub profile: bool,
     /// Arithmetic precision of the run; the output .npy has this dtype.
     #[arg(long, value_parser = ["f32", "f64"], default_value = "f32")]
     pub precision: String,
@@ -119,7 +123,12 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
     }
     // Passes run once every input is read and checked, so bad input fails fast and alone.
     args.passes.optimize(&mut lowered.graph, spec, seq_len)?;
-    let (outputs, engine) = run_engine(args.interp, &lowered.graph, &inputs, &weights)?;
+    let (outputs, engine) = run_engine(
+        (args.interp, args.profile),
+        &lowered.graph,
+        &inputs,
+        &weights,
+    )?;
     let (name, out) = outputs
         .into_iter()
         .next()
@@ -228,7 +237,7 @@ fn read_buckets(
 /// The engine switch: the LLVM JIT by default, the reference interpreter with
 /// `--interp` or for f64 graphs (the runtime kernels are f32 only).
 fn run_engine(
-    interp: bool,
+    (interp, profile): (bool, bool),
     graph: &reformc_ir::Graph,
     inputs: &BTreeMap<String, Tensor>,
     weights: &BTreeMap<String, Tensor>,
@@ -238,11 +247,27 @@ fn run_engine(
         .iter()
         .any(|(_, v)| graph.ty(*v).dtype == DType::F64);
     if interp || f64_graph {
+        if profile {
+            eprintln!(
+                "warning: --profile times the LLVM JIT only; the interpreter is not profiled"
+            );
+        }
         let out = reformc_interp::run(graph, inputs, weights)
             .map_err(|e| CliError::internal(format!("interpreter: {e}")))?;
         return Ok((out, "interpreter"));
     }
-    match reformc_backend_llvm::jit_run(graph, inputs, weights) {
+    let jit = || {
+        let opts = reformc_backend_llvm::CompileOptions {
+            profile,
+            ..Default::default()
+        };
+        let (out, table) = reformc_backend_llvm::jit_run_with(graph, inputs, weights, &opts)?;
+        if let Some(table) = table {
+            eprint!("{table}");
+        }
+        Ok::<_, reformc_backend_llvm::BackendError>(out)
+    };
+    match jit() {
         Ok(out) => Ok((out, "LLVM JIT")),
         Err(reformc_backend_llvm::BackendError::Unsupported(m)) => {
             eprintln!("warning: LLVM JIT: {m}; running the interpreter instead");

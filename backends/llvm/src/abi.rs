@@ -164,6 +164,8 @@ pub(crate) const EXTERNS: &[(&str, CTy, &[CTy])] = &[
     ("rc_alloc", Ptr, &[I64, I64]),
     ("rc_free", Void, &[Ptr, I64]),
     ("rc_release_cache", Void, &[]),
+    ("rc_prof_now", I64, &[]),
+    ("rc_prof_add", Void, &[Ptr, I64]),
     ("rc_free_release", Void, &[Ptr, I64]),
     (
         "rc_add_rows_f32",

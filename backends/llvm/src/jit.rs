@@ -36,7 +36,7 @@ macro_rules! symbols {
 /// Addresses of every external function generated code may call
 /// (`abi::EXTERNS` lists their signatures; a test checks the two agree).
 fn symbol_table() -> Vec<(&'static str, usize)> {
-    use reformc_runtime::{alloc, ffi};
+    use reformc_runtime::{alloc, ffi, profile};
     symbols![
         ffi::rc_linear_f32,
         ffi::rc_layer_norm_f32,
@@ -69,6 +69,8 @@ fn symbol_table() -> Vec<(&'static str, usize)> {
         alloc::rc_free_release,
         alloc::rc_release_cache,
         alloc::rc_add_rows_f32,
+        profile::rc_prof_now,
+        profile::rc_prof_add,
         libc::aligned_alloc,
         libc::free,
         libc::tanhf,
@@ -354,9 +356,29 @@ fn take_output(o: &mut ReformcTensor) -> Result<Tensor> {
 ///
 /// Inputs and weights are named tensors; outputs come back the same way.
 pub fn jit_run(graph: &Graph, inputs: &Tensors, weights: &Tensors) -> Result<Tensors> {
+    jit_run_with(graph, inputs, weights, &CompileOptions::default()).map(|(out, _)| out)
+}
+
+/// [`jit_run`] with options; with `opts.profile`, also the per-op timing
+/// table of this run (by op kind, then the slowest ops).
+pub fn jit_run_with(
+    graph: &Graph,
+    inputs: &Tensors,
+    weights: &Tensors,
+    opts: &CompileOptions,
+) -> Result<(Tensors, Option<String>)> {
     let ctx = Context::create();
-    let model = JitModel::new(&ctx, graph, weights)?;
-    model.run(inputs)
+    if opts.profile {
+        // The totals are per process: concurrent profiled runs share them.
+        reformc_runtime::profile::reset();
+    }
+    let model = JitModel::with_options(&ctx, graph, weights, opts)?;
+    let out = model.run(inputs)?;
+    let table = opts
+        .profile
+        .then(|| reformc_runtime::profile::report(25))
+        .flatten();
+    Ok((out, table))
 }
 
 #[cfg(test)]

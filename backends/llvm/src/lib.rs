@@ -27,7 +27,7 @@ pub mod target;
 
 pub use codegen::DimLimit;
 pub use error::{BackendError, Result};
-pub use jit::{jit_run, set_threads, JitModel};
+pub use jit::{jit_run, jit_run_with, set_threads, JitModel};
 pub use plan::{FusionSummary, MemoryPlan, PlannedBuffer};
 
 use inkwell::context::Context;
@@ -105,6 +105,9 @@ pub struct CompileOptions {
     pub allowed_extra_weights: Vec<String>,
     /// Baked-in default weights path (reported in the signature).
     pub default_weights: Option<String>,
+    /// Time every op; executables print the table after a run, and
+    /// [`reformc_runtime::profile::report`] reads it in-process.
+    pub profile: bool,
 }
 
 impl Default for CompileOptions {
@@ -115,6 +118,7 @@ impl Default for CompileOptions {
             limits: vec![],
             allowed_extra_weights: vec![],
             default_weights: None,
+            profile: false,
         }
     }
 }
@@ -218,6 +222,7 @@ pub fn build_module<'ctx>(
         &weights,
         opts.target.function_attributes(),
         opts.limits.clone(),
+        opts.profile,
     );
     let mut funcs = Vec::new();
     let mut plans = Vec::new();

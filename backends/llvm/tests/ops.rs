@@ -490,3 +490,43 @@ fn graphs_after_the_chunk_and_attention_passes() {
         compare(&printed, &inputs, &w, 1e-4);
     }
 }
+
+#[test]
+fn profiled_runs_report_every_leaf_op() {
+    let mut w = BTreeMap::new();
+    w.insert("w".to_string(), f32t(&[1, 8, 5], 21));
+    let mut inputs = BTreeMap::new();
+    inputs.insert("x".to_string(), f32t(&[2, 7, 8], 22));
+    let g = reformc_ir::parse(TENSOR_OPS).unwrap();
+    let opts = CompileOptions {
+        profile: true,
+        ..CompileOptions::default()
+    };
+    let (out, table) = reformc_backend_llvm::jit_run_with(&g, &inputs, &w, &opts).unwrap();
+    assert_eq!(out, reformc_backend_llvm::jit_run(&g, &inputs, &w).unwrap());
+    let table = table.expect("a profile table");
+    for kind in [
+        "matmul",
+        "reduce",
+        "softmax",
+        "argmax",
+        "argsort",
+        "gather",
+        "transpose",
+    ] {
+        assert!(
+            table.contains(&format!("\n{kind} ")),
+            "{kind} missing from\n{table}"
+        );
+    }
+    // reduce runs 4 times, each op once.
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("reduce ") && l.split_whitespace().nth(1) == Some("4")),
+        "{table}"
+    );
+    let (_, none) =
+        reformc_backend_llvm::jit_run_with(&g, &inputs, &w, &CompileOptions::default()).unwrap();
+    assert!(none.is_none());
+}

@@ -146,6 +146,8 @@ pub(crate) struct Gen<'ctx> {
     ready: GlobalValue<'ctx>,
     weight_index: HashMap<String, usize>,
     limits: Vec<DimLimit>,
+    /// Time every leaf op (`rc_prof_now` / `rc_prof_add`; `--profile`).
+    profile: bool,
 }
 
 fn volatile(i: inkwell::values::InstructionValue) -> Result<()> {
@@ -169,6 +171,7 @@ impl<'ctx> Gen<'ctx> {
         weights: &[(String, TensorType)],
         fn_attrs: Vec<(String, String)>,
         limits: Vec<DimLimit>,
+        profile: bool,
     ) -> Self {
         let module = ctx.create_module(name);
         let t = Types::new(ctx);
@@ -195,6 +198,7 @@ impl<'ctx> Gen<'ctx> {
                 .map(|(i, (n, _))| (n.clone(), i))
                 .collect(),
             limits,
+            profile,
         }
     }
 
@@ -1054,7 +1058,25 @@ impl<'ctx> Gen<'ctx> {
 
     fn run_block(&self, fs: &mut Fs<'ctx, '_>, key: BlockKey, body: &[ValueId]) -> Result<()> {
         for (i, &v) in body.iter().enumerate() {
+            let node = fs.g.node(v);
+            // Leaf ops only: a region op's time is its body's.
+            let timed = self.profile
+                && node.regions.is_empty()
+                && !fs.fusion.absorbed(v)
+                && !matches!(
+                    node.op.kind,
+                    OpKind::Input | OpKind::Weight | OpKind::Arg | OpKind::Constant
+                );
+            let t0 = match timed {
+                true => self.call("rc_prof_now", &[])?,
+                false => None,
+            };
             self.op(fs, v)?;
+            if let Some(t0) = t0 {
+                let n = fs.numbering.get(&v).copied().unwrap_or(usize::MAX);
+                let label = self.cstr(&format!("{} %{n}", node.op.kind.name()));
+                self.call("rc_prof_add", &[label.into(), t0.into()])?;
+            }
             let dead: Vec<ValueId> = fs.live.after(key, i).to_vec();
             for d in dead {
                 if let Some(buf) = fs.vals.remove(&d) {
