@@ -524,26 +524,33 @@ pub fn linear_with(
         bias: bias.as_deref(),
         act,
     };
-    // Rows per task: about 192 KiB of A (stays in L2 while B's panels pass), whole
-    // register tiles; any split gives the same bits, see the module doc.
-    let block = ((192 * 1024 / 4 / inp).max(1).div_ceil(kern.mr) * kern.mr).min(rows);
-    let tasks = rows.div_ceil(block);
+    gemm_rows(kern, rows, x, &packed, y, epi)
+}
+
+/// `y[rows × n] = x[rows × k]·B` (contiguous rows) with the epilogue,
+/// threaded over blocks of rows: about 192 KiB of A per task (it stays in L2
+/// while B's panels pass), whole register tiles; any split gives the same bits
+/// (see the module doc).
+pub(crate) fn gemm_rows(
+    kern: &Kernel,
+    rows: usize,
+    x: &[f32],
+    b: &PackedB,
+    y: &mut [f32],
+    epi: Epilogue,
+) -> Result<()> {
+    let (k, n) = (b.k, b.n);
+    if rows == 0 {
+        return Ok(());
+    }
+    let block = ((192 * 1024 / 4 / k.max(1)).max(1).div_ceil(kern.mr) * kern.mr).min(rows);
     let shared = SharedMut::new(y);
-    par_for(tasks, |t| {
+    par_for(rows.div_ceil(block), |t| {
         let r0 = t * block;
         let n_rows = block.min(rows - r0);
         // SAFETY: task t alone writes rows r0..r0+n_rows of y.
-        let yt = unsafe { shared.slice(r0 * out, n_rows * out) };
-        gemm(
-            kern,
-            n_rows,
-            &x[r0 * inp..(r0 + n_rows) * inp],
-            inp,
-            &packed,
-            yt,
-            out,
-            epi,
-        );
+        let yt = unsafe { shared.slice(r0 * n, n_rows * n) };
+        gemm(kern, n_rows, &x[r0 * k..(r0 + n_rows) * k], k, b, yt, n, epi);
     })
 }
 

@@ -6,7 +6,7 @@
 //! with the interpreter's arithmetic (`interp/src/tensor_ops.rs`).
 
 use crate::error::{invalid, Error, Result};
-use crate::gemm::{check_len, gemm, kernel, Epilogue, PackedB};
+use crate::gemm::{check_len, gemm_rows, kernel, Epilogue, PackedB};
 use crate::pool::{par_for, SharedMut};
 
 /// A reduction of `reduce {kind}`.
@@ -233,24 +233,7 @@ pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, y: &mut [f32])
     }
     let kern = kernel();
     let packed = PackedB::from_kn(b, k, n, n, kern.nr)?;
-    let block = (4096usize.div_ceil(kern.mr) * kern.mr).min(m);
-    let out = SharedMut::new(y);
-    par_for(m.div_ceil(block), |t| {
-        let r0 = t * block;
-        let rows = block.min(m - r0);
-        // SAFETY: task t alone writes rows r0..r0+rows.
-        let yt = unsafe { out.slice(r0 * n, rows * n) };
-        gemm(
-            kern,
-            rows,
-            &a[r0 * k..(r0 + rows) * k],
-            k,
-            &packed,
-            yt,
-            n,
-            Epilogue::STORE,
-        );
-    })
+    gemm_rows(kern, m, a, &packed, y, Epilogue::STORE)
 }
 
 #[cfg(test)]
