@@ -550,7 +550,16 @@ pub(crate) fn gemm_rows(
         let n_rows = block.min(rows - r0);
         // SAFETY: task t alone writes rows r0..r0+n_rows of y.
         let yt = unsafe { shared.slice(r0 * n, n_rows * n) };
-        gemm(kern, n_rows, &x[r0 * k..(r0 + n_rows) * k], k, b, yt, n, epi);
+        gemm(
+            kern,
+            n_rows,
+            &x[r0 * k..(r0 + n_rows) * k],
+            k,
+            b,
+            yt,
+            n,
+            epi,
+        );
     })
 }
 
