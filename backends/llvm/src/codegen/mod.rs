@@ -1231,6 +1231,11 @@ impl<'ctx> Gen<'ctx> {
         outer: IntValue<'ctx>,
         count: IntValue<'ctx>,
     ) -> Result<()> {
+        if d == DType::F32 {
+            // The runtime's strided row copy runs on the thread pool.
+            let (to, from) = (self.gep(d, dst, dst_off)?, self.gep(d, src, src_off)?);
+            return self.add_rows(to, dst_stride, from, src_stride, None, outer, count);
+        }
         self.for_range(outer, &mut |o| {
             let so = self.add(src_off, self.mul(o, src_stride)?)?;
             let dof = self.add(dst_off, self.mul(o, dst_stride)?)?;
@@ -1495,6 +1500,7 @@ impl<'ctx> Gen<'ctx> {
                     self.unary(kind, act.as_deref(), dt, vals[0])
                 })?
             }
+            Add if self.row_add_shape(fs, v) => self.row_add(fs, v)?,
             Add | Sub | Mul | Div | Max | Min | Lt | Eq => {
                 let a = self.operand(fs, v, 0)?;
                 let bb = self.operand(fs, v, 1)?;

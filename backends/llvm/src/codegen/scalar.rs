@@ -293,6 +293,41 @@ impl<'ctx> Gen<'ctx> {
 
     /// An elementwise op with numpy broadcasting over `xs`: the result has
     /// `v`'s declared shape (every symbol bound by the operands).
+    /// True for an f32 `add` whose first operand has the result's shape and
+    /// whose second is a trailing part of it (`[B,P,D] + [P,D]`, or equal
+    /// shapes): the runtime's threaded row add computes it.
+    pub(super) fn row_add_shape(&self, fs: &Fs<'ctx, '_>, v: ValueId) -> bool {
+        let g = fs.g;
+        let (out, node) = (g.ty(v), g.node(v));
+        let (a, b) = (g.ty(node.inputs[0]), g.ty(node.inputs[1]));
+        out.dtype == DType::F32
+            && a == out
+            && b.dtype == DType::F32
+            && (1..=out.rank()).contains(&b.rank())
+            && out.shape.ends_with(&b.shape)
+    }
+
+    /// `out = a + b` for [`Self::row_add_shape`]: b's rows repeat for each
+    /// index of a's leading dims.
+    pub(super) fn row_add(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
+        let (a, b) = (self.operand(fs, v, 0)?, self.operand(fs, v, 1)?);
+        let what = at(fs.g, &fs.numbering, v);
+        let out = self.alloc_buf(fs, DType::F32, a.dims.clone(), &what)?;
+        let width = self.last(&b);
+        let rows = self.rows(&b)?;
+        let block = self.prod(&b.dims)?;
+        let lead = self.prod(&a.dims[..a.dims.len() - b.dims.len()])?;
+        self.for_range(lead, &mut |o| {
+            let off = self.mul(o, block)?;
+            let (to, from) = (
+                self.gep(DType::F32, out.ptr, off)?,
+                self.gep(DType::F32, a.ptr, off)?,
+            );
+            self.add_rows(to, width, from, width, Some((b.ptr, width)), rows, width)
+        })?;
+        Ok(out)
+    }
+
     pub(super) fn elementwise(
         &self,
         fs: &mut Fs<'ctx, '_>,
