@@ -158,18 +158,8 @@ fn cli_run_with_mask_and_buckets_matches_hf() {
 /// last linears accumulate onto the state.
 #[test]
 fn compile_memory_plan_reports_the_fusion() {
-    let dir = common::root().join("examples/tiny-reformer");
     let exe = std::env::temp_dir().join(format!("reformc-plan-{}", std::process::id()));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reformc"))
-        .arg("compile")
-        .arg(dir.join("config.json"))
-        .arg("--weights")
-        .arg(dir.join("model.safetensors"))
-        .arg("-o")
-        .arg(&exe)
-        .args(["--emit", "obj", "--memory-plan", "-q"])
-        .output()
-        .unwrap();
+    let out = compile_tiny(&exe, &["--emit", "obj", "--memory-plan", "-q"]);
     let _ = std::fs::remove_file(&exe);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -194,16 +184,7 @@ fn profiled_executable_prints_the_op_table() {
     let tmp = std::env::temp_dir().join(format!("reformc-prof-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     let exe = tmp.join("m");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reformc"))
-        .arg("compile")
-        .arg(dir.join("config.json"))
-        .arg("--weights")
-        .arg(dir.join("model.safetensors"))
-        .arg("-o")
-        .arg(&exe)
-        .args(["--profile", "-q"])
-        .output()
-        .unwrap();
+    let out = compile_tiny(&exe, &["--profile", "-q"]);
     assert!(
         out.status.success(),
         "{}",
@@ -228,4 +209,19 @@ fn profiled_executable_prints_the_op_table() {
     ] {
         assert!(err.contains(want), "`{want}` missing from\n{err}");
     }
+}
+
+/// `reformc compile` of `examples/tiny-reformer` to `out` with `args`.
+fn compile_tiny(out: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let dir = common::root().join("examples/tiny-reformer");
+    std::process::Command::new(env!("CARGO_BIN_EXE_reformc"))
+        .arg("compile")
+        .arg(dir.join("config.json"))
+        .arg("--weights")
+        .arg(dir.join("model.safetensors"))
+        .arg("-o")
+        .arg(out)
+        .args(args)
+        .output()
+        .unwrap()
 }

@@ -19,21 +19,8 @@ impl<'ctx> Gen<'ctx> {
         ))
     }
 
-    /// An f32 operand (these ops have no other lowering).
-    fn f32_only(&self, fs: &Fs<'ctx, '_>, v: ValueId, i: usize) -> Result<Buf<'ctx>> {
-        let x = self.operand(fs, v, i)?;
-        if x.dtype != DType::F32 {
-            return Err(BackendError::Unsupported(format!(
-                "{}: {} operands have no LLVM lowering (f32 only)",
-                at(fs.g, &fs.numbering, v),
-                x.dtype
-            )));
-        }
-        Ok(x)
-    }
-
     pub(super) fn softmax(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
-        let x = self.f32_only(fs, v, 0)?;
+        let x = self.f32_operand(fs, v, 0)?;
         let axis = self.axis(fs, v, x.dims.len())?;
         let (outer, n, inner) = self.around(&x.dims, axis)?;
         let what = at(fs.g, &fs.numbering, v);
@@ -51,7 +38,7 @@ impl<'ctx> Gen<'ctx> {
 
     /// Argmax (`sort` false) or argsort (`sort` true) along `axis`.
     pub(super) fn arg(&self, fs: &mut Fs<'ctx, '_>, v: ValueId, sort: bool) -> Result<Buf<'ctx>> {
-        let x = self.f32_only(fs, v, 0)?;
+        let x = self.f32_operand(fs, v, 0)?;
         let axis = self.axis(fs, v, x.dims.len())?;
         let (outer, n, inner) = self.around(&x.dims, axis)?;
         let mut dims = x.dims.clone();
@@ -124,7 +111,7 @@ impl<'ctx> Gen<'ctx> {
             .collect();
         axes.sort_unstable_by(|a, b| b.cmp(a));
         axes.dedup();
-        let x = self.f32_only(fs, v, 0)?;
+        let x = self.f32_operand(fs, v, 0)?;
         let mut cur = x.clone();
         for (step, &a) in axes.iter().enumerate() {
             if a >= cur.dims.len() {
@@ -166,7 +153,7 @@ impl<'ctx> Gen<'ctx> {
     pub(super) fn matmul(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
         let g = fs.g;
         let what = at(g, &fs.numbering, v);
-        let (a, b) = (self.f32_only(fs, v, 0)?, self.f32_only(fs, v, 1)?);
+        let (a, b) = (self.f32_operand(fs, v, 0)?, self.f32_operand(fs, v, 1)?);
         let (ra, rb) = (a.dims.len(), b.dims.len());
         if ra < 2 || rb < 2 {
             return Err(BackendError::Internal(format!(
