@@ -11,7 +11,7 @@ fn rows_per_task(width: usize) -> usize {
 
 /// Sum with 16 fixed partial sums, combined pairwise: vectorizes on any ISA
 /// and gives the same bits everywhere (the order depends only on the length).
-#[inline]
+#[inline(always)]
 pub(crate) fn sum16(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0.0f32; 16];
     let mut chunks = xs.chunks_exact(16);
@@ -78,6 +78,12 @@ pub fn layer_norm(
 /// dense kernel, so both give the same bits.
 #[inline]
 pub(crate) fn ln_row(xr: &[f32], w: &[f32], b: &[f32], eps: f32, yr: &mut [f32]) {
+    crate::simd::ln_row(xr, w, b, eps, yr)
+}
+
+/// [`ln_row`]'s arithmetic, compiled per instruction set by `simd::ln_row`.
+#[inline(always)]
+pub(crate) fn ln_row_body(xr: &[f32], w: &[f32], b: &[f32], eps: f32, yr: &mut [f32]) {
     let n = xr.len() as f32;
     let mean = sum16(xr, |v| v) / n;
     let var = sum16(xr, |v| (v - mean) * (v - mean)) / n;

@@ -5,6 +5,7 @@
 
 use crate::attention::{MASK_VALUE, SELF_MASK_VALUE};
 use crate::gemm::kernel;
+use crate::nn::ln_row_body;
 
 /// `exp(x)` for f32 by Cody-Waite reduction and a degree-6 polynomial (Cephes
 /// `expf` coefficients, about 1 ulp); 0 below -87.3 (where f32 goes subnormal).
@@ -249,6 +250,10 @@ macro_rules! dispatch {
     };
 }
 
+dispatch!(
+    /// One layer-norm row, `yr = (xr - mean) / sqrt(var + eps) * w + b`.
+    ln_row, ln_row_body, (xr: &[f32], w: &[f32], b: &[f32], eps: f32, yr: &mut [f32]) -> ()
+);
 dispatch!(
     /// The maximum of `xs` (-inf for an empty slice; NaNs are skipped).
     max, max_body, (xs: &[f32]) -> f32
