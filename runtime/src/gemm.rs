@@ -95,122 +95,80 @@ mod x86 {
     use super::Micro;
     use std::arch::x86_64::*;
 
-    /// AVX-512 kernel: `MR` rows × `NV` vectors of 16 columns.
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512F, and `p` must describe a full tile.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn avx512<const MR: usize, const NV: usize>(p: &Micro) {
-        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-        if p.accumulate {
-            for (i, row) in acc.iter_mut().enumerate() {
-                for (v, x) in row.iter_mut().enumerate() {
-                    // SAFETY: C holds MR rows of 16·NV values at stride ldc.
-                    *x = unsafe { _mm512_loadu_ps(p.c.add(i * p.ldc + 16 * v)) };
+    /// A register-blocked micro-kernel for one vector ISA: `MR` rows × `NV`
+    /// vectors of `$w` columns, accumulating `k` broadcast-A × B-row FMAs.
+    macro_rules! micro_kernel {
+        ($(#[$doc:meta])* $name:ident, $feature:literal, $w:literal, $zero:ident, $load:ident,
+         $store:ident, $set1:ident, $fmadd:ident, $add:ident, $max:ident) => {
+            $(#[$doc])*
+            ///
+            /// # Safety
+            #[doc = concat!("The CPU must support ", $feature, ", and `p` must describe a full tile.")]
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn $name<const MR: usize, const NV: usize>(p: &Micro) {
+                let mut acc = [[$zero(); NV]; MR];
+                if p.accumulate {
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        for (v, x) in row.iter_mut().enumerate() {
+                            // SAFETY: C holds MR rows of $w·NV values at stride ldc.
+                            *x = unsafe { $load(p.c.add(i * p.ldc + $w * v)) };
+                        }
+                    }
+                }
+                let (mut a, mut b) = (p.a, p.b);
+                for _ in 0..p.k {
+                    let mut bv = [$zero(); NV];
+                    for (v, x) in bv.iter_mut().enumerate() {
+                        // SAFETY: the packed panel holds k rows of $w·NV values; b walks them.
+                        *x = unsafe { $load(b.add($w * v)) };
+                    }
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        // SAFETY: A holds MR rows of k values at stride lda; a walks the columns.
+                        let av = $set1(unsafe { *a.add(i * p.lda) });
+                        for (x, &bj) in row.iter_mut().zip(&bv) {
+                            *x = $fmadd(av, bj, *x);
+                        }
+                    }
+                    // SAFETY: stays within (or one past) the A rows and the panel.
+                    unsafe {
+                        a = a.add(1);
+                        b = b.add($w * NV);
+                    }
+                }
+                if !p.bias.is_null() {
+                    for v in 0..NV {
+                        // SAFETY: a non-null bias holds $w·NV values.
+                        let bias = unsafe { $load(p.bias.add($w * v)) };
+                        for row in acc.iter_mut() {
+                            row[v] = $add(row[v], bias);
+                        }
+                    }
+                }
+                if p.relu {
+                    // max_ps returns the second operand for NaN: NaN -> 0 like `x > 0 ? x : 0`.
+                    let zero = $zero();
+                    acc.iter_mut().flatten().for_each(|x| *x = $max(*x, zero));
+                }
+                for (i, row) in acc.iter().enumerate() {
+                    for (v, x) in row.iter().enumerate() {
+                        // SAFETY: C holds MR rows of $w·NV values at stride ldc.
+                        unsafe { $store(p.c.add(i * p.ldc + $w * v), *x) };
+                    }
                 }
             }
-        }
-        let (mut a, mut b) = (p.a, p.b);
-        for _ in 0..p.k {
-            let mut bv = [_mm512_setzero_ps(); NV];
-            for (v, x) in bv.iter_mut().enumerate() {
-                // SAFETY: the packed panel holds k rows of 16·NV values; b walks them.
-                *x = unsafe { _mm512_loadu_ps(b.add(16 * v)) };
-            }
-            for (i, row) in acc.iter_mut().enumerate() {
-                // SAFETY: A holds MR rows of k values at stride lda; a walks the columns.
-                let av = _mm512_set1_ps(unsafe { *a.add(i * p.lda) });
-                for (x, &bj) in row.iter_mut().zip(&bv) {
-                    *x = _mm512_fmadd_ps(av, bj, *x);
-                }
-            }
-            // SAFETY: stays within (or one past) the A rows and the panel.
-            unsafe {
-                a = a.add(1);
-                b = b.add(16 * NV);
-            }
-        }
-        if !p.bias.is_null() {
-            for v in 0..NV {
-                // SAFETY: a non-null bias holds 16·NV values.
-                let bias = unsafe { _mm512_loadu_ps(p.bias.add(16 * v)) };
-                for row in acc.iter_mut() {
-                    row[v] = _mm512_add_ps(row[v], bias);
-                }
-            }
-        }
-        if p.relu {
-            // max_ps returns the second operand for NaN: NaN -> 0 like `x > 0 ? x : 0`.
-            let zero = _mm512_setzero_ps();
-            acc.iter_mut()
-                .flatten()
-                .for_each(|x| *x = _mm512_max_ps(*x, zero));
-        }
-        for (i, row) in acc.iter().enumerate() {
-            for (v, x) in row.iter().enumerate() {
-                // SAFETY: C holds MR rows of 16·NV values at stride ldc.
-                unsafe { _mm512_storeu_ps(p.c.add(i * p.ldc + 16 * v), *x) };
-            }
-        }
+        };
     }
 
-    /// AVX2+FMA kernel: `MR` rows × `NV` vectors of 8 columns.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA, and `p` must describe a full tile.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2<const MR: usize, const NV: usize>(p: &Micro) {
-        let mut acc = [[_mm256_setzero_ps(); NV]; MR];
-        if p.accumulate {
-            for (i, row) in acc.iter_mut().enumerate() {
-                for (v, x) in row.iter_mut().enumerate() {
-                    // SAFETY: C holds MR rows of 8·NV values at stride ldc.
-                    *x = unsafe { _mm256_loadu_ps(p.c.add(i * p.ldc + 8 * v)) };
-                }
-            }
-        }
-        let (mut a, mut b) = (p.a, p.b);
-        for _ in 0..p.k {
-            let mut bv = [_mm256_setzero_ps(); NV];
-            for (v, x) in bv.iter_mut().enumerate() {
-                // SAFETY: the packed panel holds k rows of 8·NV values; b walks them.
-                *x = unsafe { _mm256_loadu_ps(b.add(8 * v)) };
-            }
-            for (i, row) in acc.iter_mut().enumerate() {
-                // SAFETY: A holds MR rows of k values at stride lda; a walks the columns.
-                let av = _mm256_set1_ps(unsafe { *a.add(i * p.lda) });
-                for (x, &bj) in row.iter_mut().zip(&bv) {
-                    *x = _mm256_fmadd_ps(av, bj, *x);
-                }
-            }
-            // SAFETY: stays within (or one past) the A rows and the panel.
-            unsafe {
-                a = a.add(1);
-                b = b.add(8 * NV);
-            }
-        }
-        if !p.bias.is_null() {
-            for v in 0..NV {
-                // SAFETY: a non-null bias holds 8·NV values.
-                let bias = unsafe { _mm256_loadu_ps(p.bias.add(8 * v)) };
-                for row in acc.iter_mut() {
-                    row[v] = _mm256_add_ps(row[v], bias);
-                }
-            }
-        }
-        if p.relu {
-            let zero = _mm256_setzero_ps();
-            acc.iter_mut()
-                .flatten()
-                .for_each(|x| *x = _mm256_max_ps(*x, zero));
-        }
-        for (i, row) in acc.iter().enumerate() {
-            for (v, x) in row.iter().enumerate() {
-                // SAFETY: C holds MR rows of 8·NV values at stride ldc.
-                unsafe { _mm256_storeu_ps(p.c.add(i * p.ldc + 8 * v), *x) };
-            }
-        }
-    }
+    micro_kernel!(
+        /// AVX-512 kernel: `MR` rows × `NV` vectors of 16 columns.
+        avx512, "avx512f", 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps,
+        _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, _mm512_max_ps
+    );
+    micro_kernel!(
+        /// AVX2+FMA kernel: `MR` rows × `NV` vectors of 8 columns.
+        avx2, "avx2,fma", 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps,
+        _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps, _mm256_max_ps
+    );
 }
 
 /// Every kernel usable on this CPU, best first.
