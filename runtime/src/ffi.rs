@@ -733,53 +733,28 @@ mod tests {
 
     #[test]
     fn null_and_negative_arguments_are_errors_with_messages() {
-        let mut y = [0.0f32; 4];
-        // SAFETY: pointers are valid or NULL, as each case intends.
-        unsafe {
-            assert_eq!(
-                rc_linear_f32(
-                    std::ptr::null(),
-                    2,
-                    2,
-                    [0.0; 4].as_ptr(),
-                    2,
-                    std::ptr::null(),
-                    0,
-                    y.as_mut_ptr()
-                ),
-                1
-            );
-            assert!(last().contains("x is NULL"), "{}", last());
-            assert_eq!(
-                rc_linear_f32(
-                    [0.0; 4].as_ptr(),
-                    -2,
-                    2,
-                    [0.0; 4].as_ptr(),
-                    2,
-                    std::ptr::null(),
-                    0,
-                    y.as_mut_ptr()
-                ),
-                1
-            );
-            assert!(last().contains("negative"), "{}", last());
-            assert_eq!(
-                rc_linear_f32(
-                    [0.0; 4].as_ptr(),
-                    2,
-                    2,
-                    [0.0; 4].as_ptr(),
-                    2,
-                    std::ptr::null(),
-                    9,
-                    y.as_mut_ptr()
-                ),
-                1
-            );
-            assert!(last().contains("activation"));
-            assert_eq!(rc_set_threads(-3), 1);
-        }
+        let (mut y, w, x) = ([0.0f32; 4], [0.0f32; 4], [0.0f32; 4]);
+        // SAFETY: pointers are valid for 2x2 (or NULL where the case says so).
+        let mut linear = |x: *const f32, rows, act| unsafe {
+            rc_linear_f32(
+                x,
+                rows,
+                2,
+                w.as_ptr(),
+                2,
+                std::ptr::null(),
+                act,
+                y.as_mut_ptr(),
+            )
+        };
+        assert_eq!(linear(std::ptr::null(), 2, 0), 1);
+        assert!(last().contains("x is NULL"), "{}", last());
+        assert_eq!(linear(x.as_ptr(), -2, 0), 1);
+        assert!(last().contains("negative"), "{}", last());
+        assert_eq!(linear(x.as_ptr(), 2, 9), 1);
+        assert!(last().contains("activation"));
+        // SAFETY: takes a plain integer.
+        assert_eq!(unsafe { rc_set_threads(-3) }, 1);
     }
 
     #[test]
