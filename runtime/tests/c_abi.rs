@@ -398,48 +398,6 @@ fn errors_are_codes_and_messages_never_aborts() {
     }
 }
 
-/// Calls `rc_dense_f32` on `x` rows (stride `ldx`, `inp` wide) into `y` rows
-/// (stride `ldy`): LN, `w1` (`hidden`, relu), then `w2` (`out`) if given.
-#[allow(clippy::too_many_arguments)]
-unsafe fn dense(
-    x: *const f32,
-    ldx: i64,
-    rows: i64,
-    inp: i64,
-    ln: (&[f32], &[f32]),
-    w1: &[f32],
-    hidden: i64,
-    w2: Option<&[f32]>,
-    out: i64,
-    y: *mut f32,
-    ldy: i64,
-    accumulate: i32,
-) -> i32 {
-    // SAFETY: the caller passes buffers of the sizes the ABI requires.
-    unsafe {
-        rc_dense_f32(
-            x,
-            ldx,
-            rows,
-            inp,
-            ln.0.as_ptr(),
-            ln.1.as_ptr(),
-            1e-5,
-            w1.as_ptr(),
-            null(),
-            hidden,
-            1,
-            w2.map_or(null(), |w| w.as_ptr()),
-            null(),
-            out,
-            0,
-            y,
-            ldy,
-            accumulate,
-        )
-    }
-}
-
 #[test]
 fn dense_on_interleaved_halves_equals_the_safe_wrapper_and_checks_overlap() {
     use reformc_runtime::dense::{Layer, Mode, Norm, Stack};
@@ -451,23 +409,37 @@ fn dense_on_interleaved_halves_equals_the_safe_wrapper_and_checks_overlap() {
     let (ri, wi, hi, ld) = (rows as i64, w as i64, hid as i64, 2 * w as i64);
     let mut state = state0.clone();
     let p = state.as_mut_ptr();
-    // SAFETY: state holds rows x 2w values; the halves share no element.
-    let rc = unsafe {
-        dense(
-            p,
-            ld,
-            ri,
-            wi,
-            (&g, &b),
-            &w1,
-            hi,
-            Some(&w2),
-            wi,
-            p.add(w),
-            ld,
-            1,
-        )
+    // rc_dense_f32 of `rows` x rows (stride ldx, w wide) through LN, w1 (relu) and,
+    // if given, w2 (out wide) into y rows (stride ldy).
+    let dense = |x: *const f32, ldx: i64, w2: Option<&[f32]>, out: i64, y: *mut f32, ldy, acc| {
+        let w2 = w2.map_or(null(), |w| w.as_ptr());
+        let (gp, bp, w1p) = (g.as_ptr(), b.as_ptr(), w1.as_ptr());
+        // SAFETY: every caller passes extents valid for these sizes.
+        unsafe {
+            rc_dense_f32(
+                x,
+                ldx,
+                ri,
+                wi,
+                gp,
+                bp,
+                1e-5,
+                w1p,
+                null(),
+                hi,
+                1,
+                w2,
+                null(),
+                out,
+                0,
+                y,
+                ldy,
+                acc,
+            )
+        }
     };
+    // SAFETY: state holds rows x 2w values; the halves share no element.
+    let rc = dense(p, ld, Some(&w2), wi, unsafe { p.add(w) }, ld, 1);
     assert_eq!(rc, 0, "{}", last());
     let lo: Vec<f32> = state0.chunks(2 * w).flat_map(|r| r[..w].to_vec()).collect();
     let mut hi_want: Vec<f32> = state0.chunks(2 * w).flat_map(|r| r[w..].to_vec()).collect();
@@ -497,73 +469,21 @@ fn dense_on_interleaved_halves_equals_the_safe_wrapper_and_checks_overlap() {
     // SAFETY (errors): every pointer is valid for the extents passed.
     unsafe {
         // Overlapping columns of the same rows.
-        let rc = dense(
-            p,
-            ld,
-            ri,
-            wi,
-            (&g, &b),
-            &w1,
-            hi,
-            Some(&w2),
-            wi,
-            p.add(w - 1),
-            ld,
-            1,
-        );
+        let rc = dense(p, ld, Some(&w2), wi, p.add(w - 1), ld, 1);
         assert_eq!(rc, 1);
         assert!(last().contains("overlaps"), "{}", last());
         // A row stride below the row length.
-        let rc = dense(
-            p,
-            wi - 1,
-            ri,
-            wi,
-            (&g, &b),
-            &w1,
-            hi,
-            Some(&w2),
-            wi,
-            p.add(w),
-            ld,
-            1,
-        );
+        let rc = dense(p, wi - 1, Some(&w2), wi, p.add(w), ld, 1);
         assert_eq!(rc, 1);
         assert!(last().contains("ldx"), "{}", last());
         // One linear whose width is not the output's.
         let mut y = vec![0.0f32; rows * w];
-        let rc = dense(
-            p,
-            ld,
-            ri,
-            wi,
-            (&g, &b),
-            &w1,
-            hi,
-            None,
-            wi,
-            y.as_mut_ptr(),
-            wi,
-            0,
-        );
+        let rc = dense(p, ld, None, wi, y.as_mut_ptr(), wi, 0);
         assert_eq!(rc, 1);
         assert!(last().contains("must equal hidden"), "{}", last());
         // Accumulating after an activation.
         let mut h = vec![0.0f32; rows * hid];
-        let rc = dense(
-            p,
-            ld,
-            ri,
-            wi,
-            (&g, &b),
-            &w1,
-            hi,
-            None,
-            hi,
-            h.as_mut_ptr(),
-            hi,
-            1,
-        );
+        let rc = dense(p, ld, None, hi, h.as_mut_ptr(), hi, 1);
         assert_eq!(rc, 1);
         assert!(last().contains("no activation"), "{}", last());
     }
