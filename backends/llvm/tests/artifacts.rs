@@ -215,16 +215,16 @@ fn bad_inputs_to_the_executable_fail_cleanly() {
     let out = s(&dir.join("out.npy"));
     let ids = s(&case.dir.join("input_ids.npy"));
     let (b, l) = (case.ids.shape()[0], case.ids.shape()[1]);
+    // The executable's arguments: `--input INPUT --output out.npy`, then `extra`.
+    let io = |input: String, extra: &[String]| {
+        [
+            vec!["--input".into(), input, "--output".into(), out.clone()],
+            extra.to_vec(),
+        ]
+        .concat()
+    };
     // The good run first.
-    let res = run(
-        &exe,
-        &[
-            "--input".into(),
-            ids.clone(),
-            "--output".into(),
-            out.clone(),
-        ],
-    );
+    let res = run(&exe, &io(ids.clone(), &[]));
     assert!(
         res.status.success(),
         "{}",
@@ -233,11 +233,7 @@ fn bad_inputs_to_the_executable_fail_cleanly() {
     // Wrong dtype of the ids.
     let f = dir.join("float_ids.npy");
     write(&f, &case.ids.mapv(|x| x as f32));
-    expect_failure(
-        &exe,
-        &["--input".into(), s(&f), "--output".into(), out.clone()],
-        "expected an int64 or int32 array",
-    );
+    expect_failure(&exe, &io(s(&f), &[]), "expected an int64 or int32 array");
     // Out-of-range id.
     let mut bad = case.ids.clone();
     bad[[0, 3]] = case.spec.vocab_size as i64;
@@ -245,72 +241,36 @@ fn bad_inputs_to_the_executable_fail_cleanly() {
     write(&f, &bad);
     expect_failure(
         &exe,
-        &["--input".into(), s(&f), "--output".into(), out.clone()],
+        &io(s(&f), &[]),
         "token id 48 at [0, 3] is out of range",
     );
     let mut neg = case.ids.clone();
     neg[[0, 0]] = -1;
     write(&f, &neg);
-    expect_failure(
-        &exe,
-        &["--input".into(), s(&f), "--output".into(), out.clone()],
-        "out of range",
-    );
+    expect_failure(&exe, &io(s(&f), &[]), "out of range");
     // Rank 1 ids, empty ids, not an npy file, missing file.
     let f = dir.join("rank1.npy");
     write(&f, &ArrayD::<i64>::zeros(IxDyn(&[5])));
-    expect_failure(
-        &exe,
-        &["--input".into(), s(&f), "--output".into(), out.clone()],
-        "rank-2",
-    );
+    expect_failure(&exe, &io(s(&f), &[]), "rank-2");
     write(&f, &ArrayD::<i64>::zeros(IxDyn(&[0, 5])));
-    expect_failure(
-        &exe,
-        &["--input".into(), s(&f), "--output".into(), out.clone()],
-        "non-empty",
-    );
+    expect_failure(&exe, &io(s(&f), &[]), "non-empty");
     let f = dir.join("garbage.npy");
     std::fs::write(&f, b"not numpy at all").unwrap();
-    expect_failure(
-        &exe,
-        &["--input".into(), s(&f), "--output".into(), out.clone()],
-        "bad magic",
-    );
-    expect_failure(
-        &exe,
-        &[
-            "--input".into(),
-            s(&dir.join("missing.npy")),
-            "--output".into(),
-            out.clone(),
-        ],
-        "cannot open",
-    );
+    expect_failure(&exe, &io(s(&f), &[]), "bad magic");
+    expect_failure(&exe, &io(s(&dir.join("missing.npy")), &[]), "cannot open");
     // Too long for the position embeddings.
     let f = dir.join("long.npy");
     write(
         &f,
         &ArrayD::<i64>::zeros(IxDyn(&[1, case.max_len() as usize + 1])),
     );
-    expect_failure(
-        &exe,
-        &["--input".into(), s(&f), "--output".into(), out.clone()],
-        "exceeds the compiled maximum",
-    );
+    expect_failure(&exe, &io(s(&f), &[]), "exceeds the compiled maximum");
     // Mask of the wrong shape.
     let f = dir.join("mask.npy");
     write(&f, &ArrayD::<i64>::ones(IxDyn(&[b, l + 1])));
     expect_failure(
         &exe,
-        &[
-            "--input".into(),
-            ids.clone(),
-            "--attention-mask".into(),
-            s(&f),
-            "--output".into(),
-            out.clone(),
-        ],
+        &io(ids.clone(), &["--attention-mask".into(), s(&f)]),
         "attention mask: expected shape",
     );
     // Buckets and rotations of the wrong shape.
@@ -318,41 +278,23 @@ fn bad_inputs_to_the_executable_fail_cleanly() {
     write(&f, &ArrayD::<i64>::zeros(IxDyn(&[2, b, 2, 7])));
     expect_failure(
         &exe,
-        &[
-            "--input".into(),
-            ids.clone(),
-            "--lsh-buckets".into(),
-            s(&f),
-            "--output".into(),
-            out.clone(),
-        ],
+        &io(ids.clone(), &["--lsh-buckets".into(), s(&f)]),
         "LSH buckets: expected shape",
     );
     let f = dir.join("rot.npy");
     write(&f, &ArrayD::<f64>::zeros(IxDyn(&[2, 2, 16, 2, 4])));
     expect_failure(
         &exe,
-        &[
-            "--input".into(),
-            ids.clone(),
-            "--lsh-rotations".into(),
-            s(&f),
-            "--output".into(),
-            out.clone(),
-        ],
+        &io(ids.clone(), &["--lsh-rotations".into(), s(&f)]),
         "float32",
     );
     // Missing weights file, truncated safetensors, another model's weights.
     expect_failure(
         &exe,
-        &[
-            "--input".into(),
+        &io(
             ids.clone(),
-            "--output".into(),
-            out.clone(),
-            "--weights".into(),
-            s(&dir.join("nope.safetensors")),
-        ],
+            &["--weights".into(), s(&dir.join("nope.safetensors"))],
+        ),
         "cannot open the weights file",
     );
     let full = std::fs::read(case.dir.join("model.safetensors")).unwrap();
@@ -360,40 +302,19 @@ fn bad_inputs_to_the_executable_fail_cleanly() {
     std::fs::write(&f, &full[..full.len() - 100]).unwrap();
     expect_failure(
         &exe,
-        &[
-            "--input".into(),
-            ids.clone(),
-            "--output".into(),
-            out.clone(),
-            "--weights".into(),
-            s(&f),
-        ],
+        &io(ids.clone(), &["--weights".into(), s(&f)]),
         "truncated file",
     );
     std::fs::write(&f, &full[..5]).unwrap();
     expect_failure(
         &exe,
-        &[
-            "--input".into(),
-            ids.clone(),
-            "--output".into(),
-            out.clone(),
-            "--weights".into(),
-            s(&f),
-        ],
+        &io(ids.clone(), &["--weights".into(), s(&f)]),
         "not a safetensors file",
     );
     let other = common::root().join("tests/fixtures/noncausal_local_only/model.safetensors");
     expect_failure(
         &exe,
-        &[
-            "--input".into(),
-            ids.clone(),
-            "--output".into(),
-            out.clone(),
-            "--weights".into(),
-            s(&other),
-        ],
+        &io(ids.clone(), &["--weights".into(), s(&other)]),
         "tensor `",
     );
     // Flags.
@@ -404,14 +325,7 @@ fn bad_inputs_to_the_executable_fail_cleanly() {
     );
     expect_failure(
         &exe,
-        &[
-            "--input".into(),
-            ids.clone(),
-            "--output".into(),
-            out.clone(),
-            "--threads".into(),
-            "x".into(),
-        ],
+        &io(ids.clone(), &["--threads".into(), "x".into()]),
         "--threads",
     );
     expect_failure(&exe, &["--frobnicate".into()], "unknown argument");
