@@ -7,6 +7,20 @@ use super::*;
 impl<'ctx> Gen<'ctx> {
     /// `reformc_model_run`: picks the variant whose input count, dtypes and
     /// ranks match, after the argument and weights checks.
+    /// `return func(args)` (a variant's status code).
+    fn return_call(
+        &self,
+        func: FunctionValue<'ctx>,
+        args: &[BasicMetadataValueEnum<'ctx>],
+    ) -> Result<()> {
+        let rc = self.b.build_call(func, args, "rc")?.try_as_basic_value();
+        let inkwell::values::ValueKind::Basic(rc) = rc else {
+            return Err(BackendError::Internal("variant call".into()));
+        };
+        self.b.build_return(Some(&rc))?;
+        Ok(())
+    }
+
     pub(crate) fn dispatcher(
         &self,
         variants: &[(FunctionValue<'ctx>, Vec<TensorType>)],
@@ -105,14 +119,8 @@ impl<'ctx> Gen<'ctx> {
             let mut ok = self.t.i1.const_int(1, false);
             for (i, ty) in types.iter().enumerate() {
                 let t = self.nth_tensor(inputs, self.i64c(i as i64))?;
-                let dt = self
-                    .b
-                    .build_load(self.t.i32, self.tensor_field(t, field::DTYPE)?, "dt")?
-                    .into_int_value();
-                let rk = self
-                    .b
-                    .build_load(self.t.i32, self.tensor_field(t, field::RANK)?, "rk")?
-                    .into_int_value();
+                let dt = self.tensor_i32(t, field::DTYPE)?;
+                let rk = self.tensor_i32(t, field::RANK)?;
                 let a = self.b.build_int_compare(
                     IntPredicate::EQ,
                     dt,
@@ -130,18 +138,10 @@ impl<'ctx> Gen<'ctx> {
             let hit = self.block("hit")?;
             self.b.build_conditional_branch(ok, hit, next)?;
             self.b.position_at_end(hit);
-            let rc = self
-                .b
-                .build_call(
-                    *func,
-                    &[inputs.into(), n_in.into(), outputs.into(), n_out.into()],
-                    "rc",
-                )?
-                .try_as_basic_value();
-            let inkwell::values::ValueKind::Basic(rc) = rc else {
-                return Err(BackendError::Internal("variant call".into()));
-            };
-            self.b.build_return(Some(&rc))?;
+            self.return_call(
+                *func,
+                &[inputs.into(), n_in.into(), outputs.into(), n_out.into()],
+            )?;
             self.b.position_at_end(next);
         }
         // A count that only one variant takes: let that variant report the
@@ -158,18 +158,10 @@ impl<'ctx> Gen<'ctx> {
                 .build_int_compare(IntPredicate::EQ, n_in, self.i64c(n as i64), "c")?;
             self.b.build_conditional_branch(c, hit, next)?;
             self.b.position_at_end(hit);
-            let rc = self
-                .b
-                .build_call(
-                    *func,
-                    &[inputs.into(), n_in.into(), outputs.into(), n_out.into()],
-                    "rc",
-                )?
-                .try_as_basic_value();
-            let inkwell::values::ValueKind::Basic(rc) = rc else {
-                return Err(BackendError::Internal("variant call".into()));
-            };
-            self.b.build_return(Some(&rc))?;
+            self.return_call(
+                *func,
+                &[inputs.into(), n_in.into(), outputs.into(), n_out.into()],
+            )?;
             self.b.position_at_end(next);
         }
         let e = self.cstr(expected);

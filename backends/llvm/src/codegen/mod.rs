@@ -779,6 +779,12 @@ impl<'ctx> Gen<'ctx> {
         Ok(self.b.build_struct_gep(self.t.tensor, t, fieldno, "f")?)
     }
 
+    /// The i32 field `fieldno` (dtype or rank) of the tensor struct at `t`.
+    fn tensor_i32(&self, t: PointerValue<'ctx>, fieldno: u32) -> Result<IntValue<'ctx>> {
+        let p = self.tensor_field(t, fieldno)?;
+        Ok(self.b.build_load(self.t.i32, p, "field")?.into_int_value())
+    }
+
     fn tensor_dim_ptr(
         &self,
         t: PointerValue<'ctx>,
@@ -828,10 +834,7 @@ impl<'ctx> Gen<'ctx> {
                     ],
                 )
             };
-            let dt = self
-                .b
-                .build_load(self.t.i32, self.tensor_field(t, field::DTYPE)?, "dtype")?
-                .into_int_value();
+            let dt = self.tensor_i32(t, field::DTYPE)?;
             let c = self.b.build_int_compare(
                 IntPredicate::NE,
                 dt,
@@ -839,10 +842,7 @@ impl<'ctx> Gen<'ctx> {
                 "bad",
             )?;
             self.fail_if(exit, c, |g| report(g, err::DTYPE, -1, g.i64c(0), ""))?;
-            let rank = self
-                .b
-                .build_load(self.t.i32, self.tensor_field(t, field::RANK)?, "rank")?
-                .into_int_value();
+            let rank = self.tensor_i32(t, field::RANK)?;
             let c = self.b.build_int_compare(
                 IntPredicate::NE,
                 rank,
