@@ -106,7 +106,7 @@ pub fn dense(
     y: &mut [f32],
     mode: Mode,
 ) -> Result<()> {
-    check(stack, rows, inp, mode)?;
+    check(stack, inp, mode)?;
     let out = stack.out();
     if rows.checked_mul(inp) != Some(x.len()) || rows.checked_mul(out) != Some(y.len()) {
         return Err(invalid(format!(
@@ -120,8 +120,7 @@ pub fn dense(
 }
 
 /// Validates sizes and the mode of a stack (see [`dense_raw`]).
-pub(crate) fn check(stack: &Stack, rows: usize, inp: usize, mode: Mode) -> Result<()> {
-    let _ = rows;
+pub(crate) fn check(stack: &Stack, inp: usize, mode: Mode) -> Result<()> {
     if let Some(n) = stack.norm {
         if n.w.len() != inp || n.b.len() != inp {
             return Err(invalid(format!(
@@ -196,7 +195,7 @@ impl Packed {
 /// `r` of `y` is `y[r*ldy .. r*ldy+out]`.
 ///
 /// # Safety
-/// `check(stack, rows, inp, mode)` must hold; every row of `x` and `y` must be
+/// `check(stack, inp, mode)` must hold; every row of `x` and `y` must be
 /// valid for reads (x) and reads and writes (y); and no element of a row of
 /// `y` may be an element of a row of `x` (rows may interleave, as the two
 /// halves of a reversible state do). Nothing else may access `y` meanwhile.

@@ -236,16 +236,10 @@ pub unsafe extern "C" fn rc_dense_f32(
         let sw2 = span(w2, if two { count(&[out, hidden], "w2")? } else { 0 }, "w2")?;
         let sb2 = span(b2, if two && !b2.is_null() { out } else { 0 }, "b2")?;
         no_overlap(sy, &[sg, sbeta, sw1, sb1, sw2, sb2])?;
-        let disjoint = sy.start.checked_sub(sx.start).is_some_and(|d| d % 4 == 0)
-            || sx.start.checked_sub(sy.start).is_some_and(|d| d % 4 == 0);
+        // Element offsets from the lower of the two (`span` checked f32 alignment).
         let base = sx.start.min(sy.start);
-        if !(disjoint
-            && crate::dense::rows_disjoint(
-                ((sx.start - base) / 4, ldx, inp),
-                ((sy.start - base) / 4, ldy, out),
-                rows,
-            ))
-        {
+        let at = |s: Span| (s.start - base) / std::mem::size_of::<f32>();
+        if !crate::dense::rows_disjoint((at(sx), ldx, inp), (at(sy), ldy, out), rows) {
             return Err(invalid("y overlaps x".to_string()));
         }
         // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
@@ -277,7 +271,7 @@ pub unsafe extern "C" fn rc_dense_f32(
         } else {
             crate::dense::Mode::Store
         };
-        crate::dense::check(&stack, rows, inp, mode)?;
+        crate::dense::check(&stack, inp, mode)?;
         // SAFETY: extents checked by `span`; rows of y share no element with rows of
         // x (checked just above) nor with the parameters (no_overlap).
         unsafe { crate::dense::dense_raw(&stack, x, ldx, rows, inp, y, ldy, mode) }

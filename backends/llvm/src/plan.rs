@@ -248,8 +248,8 @@ impl MemoryPlan {
             pending: HashMap::new(),
         };
         b.block(None, &g.body);
-        for (v, idx) in b.pending.drain() {
-            let _ = v;
+        // Still pending at the end: outputs, which the caller frees.
+        for (_, idx) in b.pending.drain() {
             b.plan.buffers[idx].free_step = None;
         }
         b.plan.steps = b.step;

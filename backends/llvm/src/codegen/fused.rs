@@ -4,6 +4,15 @@
 
 use super::*;
 
+/// One layer of an `rc_dense_f32` call: weight, bias (or NULL), output
+/// features and activation code.
+struct LayerArgs<'ctx> {
+    w: PointerValue<'ctx>,
+    b: PointerValue<'ctx>,
+    out: IntValue<'ctx>,
+    act: i32,
+}
+
 impl<'ctx> Gen<'ctx> {
     /// The result of an op that may reuse its dying input `x`: when `same`
     /// holds at run time, `x`'s block moves to the result (x's slot is
@@ -216,14 +225,17 @@ impl<'ctx> Gen<'ctx> {
             None => (self.null(), self.null(), 0.0),
         };
         let l1 = self.layer(fs, first)?;
+        // No second layer: NULL weights, and the output is the first layer's.
         let l2 = match second {
-            Some(s) => Some(self.layer(fs, s)?),
-            None => None,
+            Some(s) => self.layer(fs, s)?,
+            None => LayerArgs {
+                w: self.null(),
+                b: self.null(),
+                out: l1.out,
+                act: 0,
+            },
         };
-        let (w2, b2, out_f, act2) = match &l2 {
-            Some(l) => (l.0, l.1, l.2, l.3),
-            None => (self.null(), self.null(), l1.2, 0),
-        };
+        let out_f = l2.out;
         let mut dims = x.dims.clone();
         if let Some(l) = dims.last_mut() {
             *l = out_f;
@@ -253,14 +265,14 @@ impl<'ctx> Gen<'ctx> {
                 ln_w.into(),
                 ln_b.into(),
                 self.t.f32.const_float(eps).into(),
-                l1.0.into(),
-                l1.1.into(),
-                l1.2.into(),
-                self.i32c(l1.3).into(),
-                w2.into(),
-                b2.into(),
-                out_f.into(),
-                self.i32c(act2).into(),
+                l1.w.into(),
+                l1.b.into(),
+                l1.out.into(),
+                self.i32c(l1.act).into(),
+                l2.w.into(),
+                l2.b.into(),
+                l2.out.into(),
+                self.i32c(l2.act).into(),
                 out.ptr.into(),
                 ldy.into(),
                 self.i32c(accumulate).into(),
@@ -269,13 +281,8 @@ impl<'ctx> Gen<'ctx> {
         Ok(out)
     }
 
-    /// A linear's weight, bias (or NULL), output features and activation code.
-    #[allow(clippy::type_complexity)]
-    pub(super) fn layer(
-        &self,
-        fs: &Fs<'ctx, '_>,
-        v: ValueId,
-    ) -> Result<(PointerValue<'ctx>, PointerValue<'ctx>, IntValue<'ctx>, i32)> {
+    /// A linear's `rc_dense_f32` arguments.
+    fn layer(&self, fs: &Fs<'ctx, '_>, v: ValueId) -> Result<LayerArgs<'ctx>> {
         let node = fs.g.node(v);
         let w = self.f32_ranked(fs, v, 1, 2)?;
         let b = if node.inputs.len() > 2 {
@@ -290,7 +297,12 @@ impl<'ctx> Gen<'ctx> {
                 at(fs.g, &fs.numbering, v)
             ))
         })?;
-        Ok((w.ptr, b, w.dims[0], act))
+        Ok(LayerArgs {
+            w: w.ptr,
+            b,
+            out: w.dims[0],
+            act,
+        })
     }
 
     /// The body on consecutive chunks of `size` along `axis`, results concatenated.
