@@ -10,6 +10,18 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
   fi
 fi
+# rustfmt and clippy: scripts/test.sh fails without them rather than skipping the checks.
+for comp in rustfmt clippy; do
+  probe=fmt; [ "$comp" = clippy ] && probe=clippy
+  if ! cargo "$probe" --version >/dev/null 2>&1; then
+    if command -v rustup >/dev/null 2>&1; then
+      rustup component add "$comp"
+    else
+      echo "reformc: cargo $probe is missing and there is no rustup to install $comp" >&2
+      exit 1
+    fi
+  fi
+done
 need=()
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 # LLVM/MLIR 22 (the LLVM backend links them statically; .cargo/config.toml points at /usr/lib/llvm-22).

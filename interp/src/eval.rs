@@ -194,8 +194,10 @@ impl Evaluator<'_> {
     }
 
     fn eval(&mut self, node: &Node) -> Result<Tensor, String> {
+        // Integer-valued ops dispatch on their operands inside eval_float; only the
+        // result dtype picks the float kernels.
         match node.ty.dtype {
-            DType::F64 if is_float_op(node.op.kind) => self.eval_float::<f64>(node),
+            DType::F64 => self.eval_float::<f64>(node),
             _ => self.eval_float::<f32>(node),
         }
     }
@@ -601,11 +603,6 @@ fn region_values(
             region_values(g, r, inner, uses);
         }
     }
-}
-
-/// Ops whose f64 results need the f64 kernels (integer-valued ops dispatch on their operands).
-fn is_float_op(_kind: OpKind) -> bool {
-    true
 }
 
 /// Checks a runtime tensor against a declared type, binding unbound symbols.
