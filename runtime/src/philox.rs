@@ -83,7 +83,11 @@ mod tests {
     #[test]
     fn matches_random123_known_answers() {
         let cases: [([u32; 4], [u32; 2], [u32; 4]); 3] = [
-            ([0; 4], [0; 2], [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]),
+            (
+                [0; 4],
+                [0; 2],
+                [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8],
+            ),
             (
                 [u32::MAX; 4],
                 [u32::MAX; 2],
