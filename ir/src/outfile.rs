@@ -67,15 +67,20 @@ pub fn first_clash<'a>(
 
 /// Checks that output `flag` `out` can be created: its directory exists, is
 /// a directory and accepts new files, and `out` itself is not a directory.
-/// The error is one line naming the flag and the directory.
+/// The error is one line naming the flag and the directory. A device or
+/// FIFO (`/dev/null`) is written in place and needs no directory.
 pub fn check_dir(flag: &str, out: &Path) -> Result<(), String> {
-    if out.is_dir() {
-        return Err(format!(
-            "{flag} `{}` is a directory, expected a file path",
-            out.display()
-        ));
+    match std::fs::metadata(out) {
+        Ok(m) if m.is_dir() => {
+            return Err(format!(
+                "{flag} `{}` is a directory, expected a file path",
+                out.display()
+            ))
+        }
+        Ok(m) if !m.is_file() => return Ok(()),
+        _ => {}
     }
-    let dir = parent_dir(out);
+    let dir = parent_dir(&resolve_link(out));
     if !dir.exists() {
         return Err(format!(
             "{flag} `{}`: the directory `{}` does not exist",
@@ -115,6 +120,16 @@ pub fn parent_dir(out: &Path) -> PathBuf {
     }
 }
 
+/// The file a symlink points to (itself when not a link, or dangling).
+fn resolve_link(p: &Path) -> PathBuf {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.file_type().is_symlink() => {
+            std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+        }
+        _ => p.to_path_buf(),
+    }
+}
+
 fn temp_name(base: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!(
@@ -138,12 +153,7 @@ impl AtomicOutput {
     /// Prepares an output for `dest`. A symlink destination is resolved, so
     /// the file it points to is replaced and the link kept.
     pub fn new(dest: &Path) -> AtomicOutput {
-        let dest = match std::fs::symlink_metadata(dest) {
-            Ok(m) if m.file_type().is_symlink() => {
-                std::fs::canonicalize(dest).unwrap_or_else(|_| dest.to_path_buf())
-            }
-            _ => dest.to_path_buf(),
-        };
+        let dest = resolve_link(dest);
         let base = dest
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -321,6 +331,7 @@ mod tests {
         assert!(e.contains("is not a directory"), "{e}");
         let e = check_dir("-o", &d).unwrap_err();
         assert!(e.contains("is a directory"), "{e}");
+        assert!(check_dir("-o", Path::new("/dev/null")).is_ok());
         assert_eq!(entries(&d), ["file"]);
         std::fs::remove_dir_all(&d).unwrap();
     }

@@ -48,10 +48,14 @@ fn temp_beside(dest: &Path) -> PathBuf {
 /// files (probed by creating one: permission bits say nothing for root).
 /// The error names the directory.
 pub fn check_dir(out: &Path) -> Result<(), String> {
-    let dir = parent_dir(out);
-    if out.is_dir() {
-        return Err("is a directory, expected a file path".into());
+    match std::fs::metadata(out) {
+        Ok(m) if m.is_dir() => return Err("is a directory, expected a file path".into()),
+        // A device or FIFO (`/dev/null`) is written in place.
+        Ok(m) if !m.is_file() => return Ok(()),
+        _ => {}
     }
+    let out = std::fs::canonicalize(out).unwrap_or_else(|_| out.to_path_buf());
+    let dir = parent_dir(&out);
     if !dir.is_dir() {
         let what = if dir.exists() {
             "is not a directory"
@@ -60,7 +64,7 @@ pub fn check_dir(out: &Path) -> Result<(), String> {
         };
         return Err(format!("the directory `{}` {what}", dir.display()));
     }
-    let probe = temp_beside(out);
+    let probe = temp_beside(&out);
     File::create(&probe)
         .and_then(|_| std::fs::remove_file(&probe))
         .map_err(|e| format!("cannot create files in `{}`: {e}", dir.display()))
@@ -126,6 +130,7 @@ mod tests {
         let link = d.join("link.npy");
         std::os::unix::fs::symlink(&p, &link).unwrap();
         assert!(same_file(&link, &p));
+        assert!(check_dir(Path::new("/dev/null")).is_ok());
         assert!(check_dir(&d.join("missing/x.npy"))
             .unwrap_err()
             .contains("does not exist"));
