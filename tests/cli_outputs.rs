@@ -266,3 +266,31 @@ fn compiled_executable_refuses_an_output_that_is_an_input() {
     assert!(std::fs::read(&out).unwrap().starts_with(b"\x93NUMPY"));
     assert!(!s.entries().iter().any(|e| e.contains(".tmp.")), "{:?}", s.entries());
 }
+
+#[test]
+fn failed_link_leaves_the_existing_executable_and_no_temporaries() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new("link");
+    // A "linker" that writes part of its output, then dies.
+    let cc = s.path("bad-cc");
+    std::fs::write(
+        &cc,
+        "#!/bin/sh\nwhile [ \"$1\" != -o ]; do shift; done\necho partial > \"$2\"\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&cc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = s.path("model");
+    std::fs::write(&exe, b"previous executable").unwrap();
+    let before = s.entries();
+    let (cfg, w) = (s.path("config.json"), s.path("model.safetensors"));
+    let out = Command::new(env!("CARGO_BIN_EXE_reformc"))
+        .args(os(&[&"compile", &cfg, &"--weights", &w, &"-o", &exe, &"-q"]))
+        .env("CC", &cc)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("linking"), "{err}");
+    assert_eq!(std::fs::read(&exe).unwrap(), b"previous executable");
+    assert_eq!(s.entries(), before);
+}
