@@ -19,7 +19,12 @@ impl Scratch {
         let dir = std::env::temp_dir().join(format!("reformc-out-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        for f in ["config.json", "model.safetensors", "input_ids.npy", "logits.npy"] {
+        for f in [
+            "config.json",
+            "model.safetensors",
+            "input_ids.npy",
+            "logits.npy",
+        ] {
             std::fs::copy(common::root().join(CASE).join(f), dir.join(f)).unwrap();
         }
         Scratch(dir)
@@ -82,7 +87,10 @@ fn assert_refused(result: (i32, String), needles: &[&str]) {
     assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
     assert!(lines[0].starts_with("error: "), "{stderr}");
     for n in needles {
-        assert!(lines[0].contains(n), "message should mention {n:?}: {stderr}");
+        assert!(
+            lines[0].contains(n),
+            "message should mention {n:?}: {stderr}"
+        );
     }
 }
 
@@ -111,8 +119,16 @@ fn run(s: &Scratch, out: &Path, extra: &[&dyn AsRef<OsStr>]) -> (i32, String) {
 
 /// Runs `check` and asserts that every scratch file kept its bytes.
 fn untouched(s: &Scratch, check: impl FnOnce()) {
-    let files = ["config.json", "model.safetensors", "input_ids.npy", "logits.npy"];
-    let before: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(s.path(f)).unwrap()).collect();
+    let files = [
+        "config.json",
+        "model.safetensors",
+        "input_ids.npy",
+        "logits.npy",
+    ];
+    let before: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(s.path(f)).unwrap())
+        .collect();
     check();
     for (f, b) in files.iter().zip(&before) {
         assert_eq!(&std::fs::read(s.path(f)).unwrap(), b, "{f} was modified");
@@ -124,12 +140,18 @@ fn run_refuses_an_output_that_is_an_input() {
     let s = Scratch::new("run");
     untouched(&s, || {
         let ids = s.path("input_ids.npy");
-        assert_refused(run(&s, &ids, &[]), &["--output", "--input", "refusing to overwrite"]);
+        assert_refused(
+            run(&s, &ids, &[]),
+            &["--output", "--input", "refusing to overwrite"],
+        );
         let link = s.symlink("input_ids.npy", "link.npy");
         assert_refused(run(&s, &link, &[]), &["--output", "--input"]);
         let hard = s.hard_link("model.safetensors", "hard.npy");
         assert_refused(run(&s, &hard, &[]), &["--output", "--weights"]);
-        assert_refused(run(&s, &s.path("config.json"), &[]), &["--output", "the config"]);
+        assert_refused(
+            run(&s, &s.path("config.json"), &[]),
+            &["--output", "the config"],
+        );
         let reference = s.path("logits.npy");
         assert_refused(
             run(&s, &reference, &[&"--compare", &reference]),
@@ -163,7 +185,14 @@ fn dump_and_compile_refuse_outputs_that_are_inputs() {
         let lib = s.path("libmodel.so");
         assert_refused(
             reformc(&os(&[
-                &"compile", &cfg, &"--weights", &w, &"--emit", &"lib", &"-o", &lib,
+                &"compile",
+                &cfg,
+                &"--weights",
+                &w,
+                &"--emit",
+                &"lib",
+                &"-o",
+                &lib,
             ])),
             &["header", "the config"],
         );
@@ -183,20 +212,34 @@ fn missing_or_unusable_output_directories_are_user_errors() {
     let s = Scratch::new("dirs");
     let (cfg, w) = (s.path("config.json"), s.path("model.safetensors"));
     let missing = s.path("missing/out.npy");
-    assert_refused(run(&s, &missing, &[]), &["--output", "missing", "does not exist"]);
+    assert_refused(
+        run(&s, &missing, &[]),
+        &["--output", "missing", "does not exist"],
+    );
     // Under a regular file: root ignores permission bits, not this.
     let under_file = s.path("config.json/out.npy");
-    assert_refused(run(&s, &under_file, &[]), &["--output", "is not a directory"]);
+    assert_refused(
+        run(&s, &under_file, &[]),
+        &["--output", "is not a directory"],
+    );
     let exe = s.path("missing/model");
     let (code, err) = reformc(&os(&[&"compile", &cfg, &"--weights", &w, &"-o", &exe]));
-    assert!(!err.contains("-Wl,"), "the linker command line leaked: {err}");
+    assert!(
+        !err.contains("-Wl,"),
+        "the linker command line leaked: {err}"
+    );
     assert_refused((code, err), &["--output", "does not exist"]);
     assert_refused(
         reformc(&os(&[&"dump", &cfg, &"-o", &s.path("missing/g.ir")])),
         &["--output", "does not exist"],
     );
     assert_refused(
-        reformc(&os(&[&"dump", &cfg, &"--dump-dir", &s.path("config.json/d")])),
+        reformc(&os(&[
+            &"dump",
+            &cfg,
+            &"--dump-dir",
+            &s.path("config.json/d"),
+        ])),
         &["--dump-dir"],
     );
     assert_refused(run(&s, &s.0, &[]), &["--output", "is a directory"]);
@@ -213,7 +256,15 @@ fn failed_runs_leave_existing_outputs_and_no_temporaries() {
     ndarray_npy::WriteNpyExt::write_npy(&ids, std::fs::File::create(&bad).unwrap()).unwrap();
     let (cfg, w) = (s.path("config.json"), s.path("model.safetensors"));
     let (code, err) = reformc(&os(&[
-        &"run", &cfg, &"--weights", &w, &"--input", &bad, &"--output", &out, &"-q",
+        &"run",
+        &cfg,
+        &"--weights",
+        &w,
+        &"--input",
+        &bad,
+        &"--output",
+        &out,
+        &"-q",
     ]));
     assert_eq!(code, 2, "{err}");
     assert_eq!(std::fs::read(&out).unwrap(), b"previous result");
@@ -232,10 +283,22 @@ fn compiled_executable_refuses_an_output_that_is_an_input() {
     let dir = common::root().join("examples/tiny-reformer");
     let exe = s.path("model");
     let (cfg, w) = (dir.join("config.json"), dir.join("model.safetensors"));
-    let (code, err) = reformc(&os(&[&"compile", &cfg, &"--weights", &w, &"-o", &exe, &"-q"]));
+    let (code, err) = reformc(&os(&[
+        &"compile",
+        &cfg,
+        &"--weights",
+        &w,
+        &"-o",
+        &exe,
+        &"-q",
+    ]));
     assert_eq!(code, 0, "{err}");
     assert!(s.entries().contains(&"model".to_string()));
-    assert!(!s.entries().iter().any(|e| e.contains(".tmp.")), "{:?}", s.entries());
+    assert!(
+        !s.entries().iter().any(|e| e.contains(".tmp.")),
+        "{:?}",
+        s.entries()
+    );
     let ids = s.path("ids.npy");
     std::fs::copy(dir.join("input_ids.npy"), &ids).unwrap();
     let bytes = std::fs::read(&ids).unwrap();
@@ -252,11 +315,24 @@ fn compiled_executable_refuses_an_output_that_is_an_input() {
     let w_copy = s.path("w.safetensors");
     std::fs::copy(&w, &w_copy).unwrap();
     assert_refused(
-        exec(&exe, &os(&[&"--input", &ids, &"--weights", &w_copy, &"--output", &w_copy])),
+        exec(
+            &exe,
+            &os(&[
+                &"--input",
+                &ids,
+                &"--weights",
+                &w_copy,
+                &"--output",
+                &w_copy,
+            ]),
+        ),
         &["--output", "--weights"],
     );
     assert_refused(
-        exec(&exe, &os(&[&"--input", &ids, &"--output", &s.path("none/o.npy")])),
+        exec(
+            &exe,
+            &os(&[&"--input", &ids, &"--output", &s.path("none/o.npy")]),
+        ),
         &["--output", "does not exist"],
     );
     // A good run writes the output whole, with no temporary left.
@@ -264,7 +340,11 @@ fn compiled_executable_refuses_an_output_that_is_an_input() {
     let (code, err) = exec(&exe, &os(&[&"--input", &ids, &"--output", &out]));
     assert_eq!(code, 0, "{err}");
     assert!(std::fs::read(&out).unwrap().starts_with(b"\x93NUMPY"));
-    assert!(!s.entries().iter().any(|e| e.contains(".tmp.")), "{:?}", s.entries());
+    assert!(
+        !s.entries().iter().any(|e| e.contains(".tmp.")),
+        "{:?}",
+        s.entries()
+    );
 }
 
 #[test]
@@ -284,7 +364,15 @@ fn failed_link_leaves_the_existing_executable_and_no_temporaries() {
     let before = s.entries();
     let (cfg, w) = (s.path("config.json"), s.path("model.safetensors"));
     let out = Command::new(env!("CARGO_BIN_EXE_reformc"))
-        .args(os(&[&"compile", &cfg, &"--weights", &w, &"-o", &exe, &"-q"]))
+        .args(os(&[
+            &"compile",
+            &cfg,
+            &"--weights",
+            &w,
+            &"-o",
+            &exe,
+            &"-q",
+        ]))
         .env("CC", &cc)
         .output()
         .unwrap();

@@ -60,9 +60,7 @@ pub fn first_clash<'a>(
     out: &Path,
     inputs: impl IntoIterator<Item = (&'a str, &'a Path)>,
 ) -> Option<String> {
-    inputs
-        .into_iter()
-        .find_map(|(f, p)| clash(flag, out, f, p))
+    inputs.into_iter().find_map(|(f, p)| clash(flag, out, f, p))
 }
 
 /// Checks that output `flag` `out` can be created: its directory exists, is

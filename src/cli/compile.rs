@@ -3,8 +3,8 @@
 //! CPU backend.
 
 use super::error::{CliError, CliResult};
-use super::{model, outputs};
 use super::passes::PassArgs;
+use super::{model, outputs};
 use clap::Args;
 use reformc_backend_llvm::aot::{self, Emit};
 use reformc_backend_llvm::target::TargetSpec;

@@ -1,8 +1,8 @@
 //! `reformc dump`: print a model's IR as text or Graphviz dot.
 
 use super::error::{CliError, CliResult};
-use super::{model, outputs};
 use super::passes::PassArgs;
+use super::{model, outputs};
 use clap::Args;
 use reformc_frontend::lower::{LowerOptions, LshSource};
 use reformc_ir::DType;

@@ -36,8 +36,7 @@ pub fn guard_dump_dir(dir: &Path, inputs: &Inputs<'_>) -> CliResult<()> {
         if !is_dump_name(&name) {
             continue;
         }
-        if let Some(m) = outfile::first_clash("--dump-dir", &entry.path(), inputs.iter().copied())
-        {
+        if let Some(m) = outfile::first_clash("--dump-dir", &entry.path(), inputs.iter().copied()) {
             return Err(CliError::input(m));
         }
     }

@@ -189,7 +189,11 @@ fn inputs(args: &RunArgs) -> outputs::Inputs<'_> {
         ("--lsh-rotations", &args.lsh_rotations),
         ("--lsh-buckets", &args.lsh_buckets),
     ];
-    v.extend(optional.iter().filter_map(|(f, p)| Some((*f, p.as_deref()?))));
+    v.extend(
+        optional
+            .iter()
+            .filter_map(|(f, p)| Some((*f, p.as_deref()?))),
+    );
     v.extend(args.compare.iter().map(|p| ("--compare", p.as_path())));
     v
 }

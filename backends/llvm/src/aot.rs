@@ -7,8 +7,8 @@ use crate::{
     build_module, target, CompileOptions, CompiledModule, ExeInfo, MemoryPlan, Variant, WeightsMode,
 };
 use inkwell::context::Context;
-use reformc_ir::outfile::{self, AtomicOutput};
 use inkwell::targets::FileType;
+use reformc_ir::outfile::{self, AtomicOutput};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
