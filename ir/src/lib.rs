@@ -22,6 +22,7 @@ mod dtype;
 mod graph;
 mod infer;
 mod op;
+pub mod outfile;
 mod parse;
 mod print;
 mod types;

@@ -636,7 +636,7 @@ impl PassManager {
 
 fn write_file(dir: &std::path::Path, file: &str, text: &str) -> Result<(), PipelineError> {
     let path = dir.join(file);
-    std::fs::write(&path, text)
+    reformc_ir::outfile::write_atomic(&path, |w| w.write_all(text.as_bytes()))
         .map_err(|e| PipelineError::Io(format!("cannot write {}: {e}", path.display())))
 }
 

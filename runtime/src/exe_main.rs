@@ -224,6 +224,35 @@ fn model_error(info: &ExeInfo) -> String {
     }
 }
 
+/// Refuses `--output` before any work when its directory cannot take it or
+/// it is one of the inputs (`weights`: the file that will be loaded).
+fn guard_output(output: &Path, args: &Args, weights: Option<&Path>) -> Result<(), Fail> {
+    crate::outfile::check_dir(output)
+        .map_err(|e| input_err(format!("--output `{}`: {e}", output.display())))?;
+    let weights_flag = if args.weights.is_some() {
+        "--weights"
+    } else {
+        "the weights named at compile time"
+    };
+    let inputs = [
+        ("--input", args.input.as_deref()),
+        ("--attention-mask", args.mask.as_deref()),
+        ("--lsh-rotations", args.rotations.as_deref()),
+        ("--lsh-buckets", args.buckets.as_deref()),
+        (weights_flag, weights),
+    ];
+    for (flag, path) in inputs {
+        if let Some(p) = path.filter(|p| crate::outfile::same_file(output, p)) {
+            return Err(input_err(format!(
+                "--output `{}` is the same file as {flag} `{}`: refusing to overwrite an input",
+                output.display(),
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
     let t_start = Instant::now();
     let prog = argv
@@ -274,6 +303,7 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
         (!info.default_weights.is_null() && info.weights_embedded == 0)
             .then(|| PathBuf::from(c_text(info.default_weights)))
     });
+    guard_output(&output, &args, weights.as_deref())?;
     match &weights {
         Some(p) => {
             let c = CString::new(p.display().to_string())

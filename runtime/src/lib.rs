@@ -29,6 +29,7 @@ pub mod tensor_ops;
 pub mod exe_main;
 pub mod model_rt;
 pub mod npy;
+pub mod outfile;
 
 pub use act::Activation;
 pub use error::{last_error, Error, Result};

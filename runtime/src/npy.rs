@@ -5,7 +5,6 @@
 //! `i1`, `u1` and `b1`, C order only; every size is checked against the file
 //! length before anything is allocated. Errors are messages, never panics.
 
-use std::io::Write;
 use std::path::Path;
 
 /// Element data of an array.
@@ -241,23 +240,24 @@ pub fn write_streamed<T: Copy>(
     data: &[T],
     le: impl Fn(T, &mut Vec<u8>),
 ) -> Result<(), String> {
-    let mut f = std::fs::File::create(path).map_err(|e| format!("cannot create: {e}"))?;
-    let mut buf = header_bytes(descr, shape);
-    for block in data.chunks(1 << 16) {
-        for &x in block {
-            le(x, &mut buf);
+    crate::outfile::write_atomic(path, |f| {
+        let mut buf = header_bytes(descr, shape);
+        for block in data.chunks(1 << 16) {
+            for &x in block {
+                le(x, &mut buf);
+            }
+            f.write_all(&buf)?;
+            buf.clear();
         }
         f.write_all(&buf)
-            .map_err(|e| format!("cannot write: {e}"))?;
-        buf.clear();
-    }
-    f.write_all(&buf).map_err(|e| format!("cannot write: {e}"))
+    })
+    .map_err(|e| format!("cannot write: {e}"))
 }
 
-/// Writes `bytes` to `path`.
+/// Writes `bytes` to `path` atomically (a complete file or the old one).
 pub fn write(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let mut f = std::fs::File::create(path).map_err(|e| format!("cannot create: {e}"))?;
-    f.write_all(bytes).map_err(|e| format!("cannot write: {e}"))
+    crate::outfile::write_atomic(path, |f| f.write_all(bytes))
+        .map_err(|e| format!("cannot write: {e}"))
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 //! CPU backend.
 
 use super::error::{CliError, CliResult};
-use super::model;
 use super::passes::PassArgs;
+use super::{model, outputs};
 use clap::Args;
 use reformc_backend_llvm::aot::{self, Emit};
 use reformc_backend_llvm::target::TargetSpec;
@@ -83,6 +83,7 @@ fn to_bytes(t: &Tensor) -> Vec<u8> {
 pub fn run(args: &CompileArgs) -> CliResult<()> {
     let t0 = Instant::now();
     let emit: Emit = args.emit.parse().map_err(CliError::input)?;
+    guard_outputs(args, emit)?;
     let m = model::load(&args.config, Some(&args.weights), args.lm_head_bias)?;
     let spec = &m.spec;
     let n_lsh = spec.num_lsh_layers();
@@ -249,6 +250,27 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
         }
     }
     Ok(())
+}
+
+/// The output, and the `model.h` written beside a library, overwrite no input.
+fn guard_outputs(args: &CompileArgs, emit: Emit) -> CliResult<()> {
+    let inputs: outputs::Inputs<'_> = vec![
+        ("the config", args.config.as_path()),
+        ("--weights", args.weights.as_path()),
+    ];
+    outputs::guard("--output", &args.output, &inputs)?;
+    if emit == Emit::Lib {
+        let header = aot::header_path(&args.output);
+        if args.output.file_name() == header.file_name() {
+            return Err(CliError::input(format!(
+                "--output `{}`: --emit lib writes the header `{}` beside the library: name the library otherwise",
+                args.output.display(),
+                header.display()
+            )));
+        }
+        outputs::guard("the header of --output", &header, &inputs)?;
+    }
+    args.passes.guard_outputs(&inputs)
 }
 
 fn model_name(config: &Path) -> String {

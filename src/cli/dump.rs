@@ -1,8 +1,8 @@
 //! `reformc dump`: print a model's IR as text or Graphviz dot.
 
 use super::error::{CliError, CliResult};
-use super::model;
 use super::passes::PassArgs;
+use super::{model, outputs};
 use clap::Args;
 use reformc_frontend::lower::{LowerOptions, LshSource};
 use reformc_ir::DType;
@@ -37,6 +37,14 @@ pub struct DumpArgs {
 
 /// Runs the command.
 pub fn run(args: &DumpArgs) -> CliResult<()> {
+    let mut inputs: outputs::Inputs<'_> = vec![("the config", args.config.as_path())];
+    if let Some(w) = &args.weights {
+        inputs.push(("--weights", w.as_path()));
+    }
+    if let Some(out) = &args.output {
+        outputs::guard("--output", out, &inputs)?;
+    }
+    args.passes.guard_outputs(&inputs)?;
     let m = model::load(&args.config, args.weights.as_deref(), args.lm_head_bias)?;
     let lsh_source = match args.lsh_source.as_str() {
         "rotations" => LshSource::Rotations,
@@ -63,8 +71,8 @@ pub fn run(args: &DumpArgs) -> CliResult<()> {
         _ => reformc_ir::print(&lowered.graph),
     };
     match &args.output {
-        Some(p) => std::fs::write(p, text)
-            .map_err(|e| CliError::input(format!("{}: cannot write: {e}", p.display()))),
+        Some(p) => reformc_ir::outfile::write_atomic(p, |w| w.write_all(text.as_bytes()))
+            .map_err(|e| CliError::internal(format!("{}: cannot write: {e}", p.display()))),
         None => {
             print!("{text}");
             Ok(())

@@ -6,5 +6,6 @@ pub mod error;
 pub mod explain;
 pub mod model;
 pub mod npy;
+pub mod outputs;
 pub mod passes;
 pub mod run;

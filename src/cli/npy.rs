@@ -4,7 +4,6 @@ use super::error::{CliError, CliResult};
 use ndarray::ArrayD;
 use ndarray_npy::{ReadNpyError, ReadNpyExt, WriteNpyExt};
 use std::fs::File;
-use std::io::BufWriter;
 use std::path::Path;
 
 fn open(path: &Path) -> CliResult<File> {
@@ -88,10 +87,8 @@ pub fn read_float_any(path: &Path) -> CliResult<ArrayD<f64>> {
     }
 }
 
-/// Writes an array, creating or truncating the file.
+/// Writes an array atomically: a complete new file, or the old one untouched.
 pub fn write<T: ndarray_npy::WritableElement>(path: &Path, a: &ArrayD<T>) -> CliResult<()> {
-    let f = File::create(path)
-        .map_err(|e| CliError::input(format!("{}: cannot create: {e}", path.display())))?;
-    a.write_npy(BufWriter::new(f))
+    reformc_ir::outfile::write_atomic(path, |w| a.write_npy(w).map_err(std::io::Error::other))
         .map_err(|e| CliError::internal(format!("{}: cannot write: {e}", path.display())))
 }

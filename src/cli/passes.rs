@@ -101,6 +101,14 @@ impl PassArgs {
         }
     }
 
+    /// Creates `--dump-dir` and checks that its dumps overwrite none of `inputs`.
+    pub fn guard_outputs(&self, inputs: &super::outputs::Inputs<'_>) -> CliResult<()> {
+        match &self.dump_dir {
+            Some(dir) => super::outputs::guard_dump_dir(dir, inputs),
+            None => Ok(()),
+        }
+    }
+
     /// Runs the pipeline on `g`; IR dumps and the timing table go to stderr,
     /// progress lines and notes too unless `--quiet`.
     pub fn optimize(

@@ -2,7 +2,7 @@
 
 use super::error::{CliError, CliResult};
 use super::passes::PassArgs;
-use super::{model, npy};
+use super::{model, npy, outputs};
 use clap::Args;
 use ndarray::{ArrayD, IxDyn};
 use reformc_frontend::lower::{LowerOptions, LshSource};
@@ -61,6 +61,9 @@ pub struct RunArgs {
 
 /// Runs the command.
 pub fn run(args: &RunArgs) -> CliResult<()> {
+    let inputs = inputs(args);
+    outputs::guard("--output", &args.output, &inputs)?;
+    args.passes.guard_outputs(&inputs)?;
     let m = model::load(&args.config, Some(&args.weights), args.lm_head_bias)?;
     let spec = &m.spec;
     let ids = read_ids(&args.input, spec)?;
@@ -172,6 +175,27 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
         );
     }
     Ok(())
+}
+
+/// Every file `run` reads, by flag: no output may be one of them.
+fn inputs(args: &RunArgs) -> outputs::Inputs<'_> {
+    let mut v: outputs::Inputs<'_> = vec![
+        ("the config", args.config.as_path()),
+        ("--weights", args.weights.as_path()),
+        ("--input", args.input.as_path()),
+    ];
+    let optional = [
+        ("--attention-mask", &args.attention_mask),
+        ("--lsh-rotations", &args.lsh_rotations),
+        ("--lsh-buckets", &args.lsh_buckets),
+    ];
+    v.extend(
+        optional
+            .iter()
+            .filter_map(|(f, p)| Some((*f, p.as_deref()?))),
+    );
+    v.extend(args.compare.iter().map(|p| ("--compare", p.as_path())));
+    v
 }
 
 /// Token ids: int [B, L], every id in [0, vocab_size).

@@ -8,6 +8,7 @@ use crate::{
 };
 use inkwell::context::Context;
 use inkwell::targets::FileType;
+use reformc_ir::outfile::{self, AtomicOutput};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -96,6 +97,9 @@ pub fn compile(
     out: &Path,
     exe: Option<&ExeInfo>,
 ) -> Result<CompileReport> {
+    // Before the expensive work: a missing directory is the caller's error,
+    // not a linker failure printed with its whole command line.
+    outfile::check_dir("output", out).map_err(BackendError::Input)?;
     let ctx = Context::create();
     let t0 = Instant::now();
     let exe_info = if emit == Emit::Exe {
@@ -116,9 +120,11 @@ pub fn compile(
     let mut runtime_lib = None;
     match emit {
         Emit::Llvm => {
+            let tmp = AtomicOutput::new(out);
             cm.module
-                .print_to_file(out)
+                .print_to_file(tmp.path())
                 .map_err(|e| BackendError::Io(format!("{}: {e}", out.display())))?;
+            commit(tmp, out)?;
             written.push(out.to_path_buf());
             phases.push(("emit", t2.elapsed()));
         }
@@ -128,8 +134,10 @@ pub fn compile(
             } else {
                 FileType::Object
             };
-            tm.write_to_file(&cm.module, ft, out)
+            let tmp = AtomicOutput::new(out);
+            tm.write_to_file(&cm.module, ft, tmp.path())
                 .map_err(|e| BackendError::Io(format!("{}: {e}", out.display())))?;
+            commit(tmp, out)?;
             written.push(out.to_path_buf());
             phases.push(("emit", t2.elapsed()));
         }
@@ -141,15 +149,21 @@ pub fn compile(
             phases.push(("emit", t2.elapsed()));
             let t3 = Instant::now();
             let rt = find_runtime_staticlib()?;
+            // Linked to a temporary beside `out`, renamed only once complete.
+            let linked = AtomicOutput::new(out);
             if emit == Emit::Exe {
-                link_exe(&obj, &rt, out)?;
+                link_exe(&obj, &rt, linked.path())?;
+                commit(linked, out)?;
                 written.push(out.to_path_buf());
             } else {
-                link_shared(&obj, &rt, out, &tmp.path)?;
-                written.push(out.to_path_buf());
-                let header = out.with_file_name("model.h");
-                std::fs::write(&header, &cm.header)
+                link_shared(&obj, &rt, linked.path(), &tmp.path)?;
+                let header = header_path(out);
+                let h = AtomicOutput::new(&header);
+                std::fs::write(h.path(), &cm.header)
                     .map_err(|e| BackendError::Io(format!("{}: {e}", header.display())))?;
+                commit(linked, out)?;
+                commit(h, &header)?;
+                written.push(out.to_path_buf());
                 written.push(header);
             }
             runtime_lib = Some(rt);
@@ -163,6 +177,16 @@ pub fn compile(
         signature: cm.signature.clone(),
         runtime_lib,
     })
+}
+
+/// Where `--emit lib` writes the C header of the library `out`: `model.h` beside it.
+pub fn header_path(out: &Path) -> PathBuf {
+    out.with_file_name("model.h")
+}
+
+fn commit(tmp: AtomicOutput, out: &Path) -> Result<()> {
+    tmp.commit()
+        .map_err(|e| BackendError::Io(format!("{}: cannot write: {e}", out.display())))
 }
 
 /// The `model.h` text for `variants` (as [`compile`] writes it for `lib`).
