@@ -142,9 +142,16 @@ fn parse_args(argv: &[String]) -> Result<Args, Fail> {
             "--weights" => a.weights = Some(value(&mut i)?.into()),
             "--threads" => {
                 let v = value(&mut i)?;
-                let n: i64 = v.parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
-                    input_err(format!("--threads: `{v}` is not a non-negative integer"))
-                })?;
+                let max = crate::pool::MAX_THREADS;
+                let n: i64 = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (0..=max).contains(n))
+                    .ok_or_else(|| {
+                        input_err(format!(
+                            "--threads: `{v}` is not a thread count (expected 0..={max}; 0 = all cores)"
+                        ))
+                    })?;
                 a.threads = Some(n);
             }
             "--seed" => {

@@ -41,7 +41,8 @@ pub struct CompileArgs {
     #[arg(long, default_value = "host")]
     pub target_cpu: String,
     /// Default worker threads of the executable (0 = all cores; `--threads` overrides at run time).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0,
+          value_parser = clap::value_parser!(i64).range(0..=reformc_backend_llvm::MAX_THREADS))]
     pub threads: i64,
     /// Add `lm_head.bias` to the logits (HF 4.x behaviour; HF 5.x ignores it).
     #[arg(long)]
@@ -186,7 +187,7 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
             _ => "logits".into(),
         },
         default_weights: (!embed).then_some(weights_path),
-        default_threads: args.threads.max(0),
+        default_threads: args.threads,
         vocab_size: spec.vocab_size as i64,
         max_len: max as i64,
         pad_multiple,

@@ -29,6 +29,8 @@ pub use codegen::DimLimit;
 pub use error::{BackendError, Result};
 pub use jit::{jit_run, jit_run_with, set_threads, JitModel};
 pub use plan::{FusionSummary, MemoryPlan, PlannedBuffer};
+/// Largest thread count the compiled runtime accepts (`--threads`).
+pub use reformc_runtime::pool::MAX_THREADS;
 
 use inkwell::context::Context;
 use inkwell::module::Module;
