@@ -82,3 +82,23 @@ fn nonfinite_weights_are_refused_unless_allowed() {
         );
     }
 }
+
+/// Rotations reach the hashing kernel through the C ABI unchecked by the
+/// caller: the kernel refuses a NaN with an out-of-range error (code 2, which
+/// `reformc_model_run` reports as REFORMC_ERR_VALUE).
+#[test]
+fn the_hashing_kernel_refuses_nonfinite_rotations() {
+    let qk = [0.5f32, -0.5];
+    let mut out = [0i64; 2];
+    let args = |rot: &[f32], out: &mut [i64]| {
+        reformc_runtime::attention::lsh_hash(&qk, rot, None, 1, 2, 1, 1, 1, &[2], out)
+    };
+    assert!(args(&[1.0], &mut out).is_ok());
+    let e = args(&[f32::NAN], &mut out).unwrap_err();
+    assert_eq!(e.code(), 2);
+    assert!(
+        e.to_string()
+            .contains("non-finite value NaN at flat index 0"),
+        "{e}"
+    );
+}
