@@ -100,7 +100,7 @@ pub fn check_limits(
         MAX_POSITIONS,
     )?;
     if let PositionSpec::Axial { shape, .. } = &spec.position {
-        let grid = shape[0].checked_mul(shape[1]).unwrap_or(u64::MAX);
+        let grid = shape[0].saturating_mul(shape[1]);
         if grid > MAX_POSITIONS {
             return Err(err(
                 Field::AxialShape,
