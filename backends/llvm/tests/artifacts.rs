@@ -28,6 +28,8 @@ int main(int argc, char** argv) {
   if (argc != 6) return 90;
   const char* sig = reformc_model_signature();
   if (!sig || sig[0] != '{' || !strstr(sig, "\"variants\"")) return 91;
+  /* The default, spelled out: NaN/Inf weights are refused at load. */
+  reformc_model_allow_nonfinite_weights(0);
   int64_t b = atoll(argv[3]), l = atoll(argv[4]);
   int64_t* ids = malloc(sizeof(int64_t) * b * l);
   FILE* f = fopen(argv[2], "rb");
