@@ -66,6 +66,7 @@ pub fn parse_model_config(
         ConfigFormat::HuggingFace => parse_hf_config(text, path)?,
         ConfigFormat::Reformc => parse_schema(text, path)?,
     };
+    crate::limits::check_limits(&spec, path, format)?;
     Ok((spec, warnings, format))
 }
 

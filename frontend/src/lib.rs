@@ -12,6 +12,7 @@
 pub mod config;
 pub mod error;
 pub mod hf_config;
+pub mod limits;
 pub mod lower;
 pub mod schema;
 pub mod spec;

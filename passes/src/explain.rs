@@ -32,6 +32,13 @@ pub enum ExplainError {
     Pipeline(PipelineError),
     /// The cost model could not size the graph before or after a pass.
     Cost(CostError),
+    /// A FLOP count or byte size at these target dims does not fit in 64 bits.
+    Overflow {
+        /// Target batch size.
+        batch: u64,
+        /// Target sequence length.
+        seq_len: u64,
+    },
 }
 
 impl fmt::Display for ExplainError {
@@ -39,6 +46,10 @@ impl fmt::Display for ExplainError {
         match self {
             ExplainError::Pipeline(e) => e.fmt(f),
             ExplainError::Cost(e) => write!(f, "cost model: {e}"),
+            ExplainError::Overflow { batch, seq_len } => write!(
+                f,
+                "--seq-len {seq_len} / --batch {batch}: the model's FLOPs or memory at this size do not fit in 64 bits (use a smaller --seq-len or --batch)"
+            ),
         }
     }
 }
@@ -347,7 +358,7 @@ pub fn explain(
         );
     }
     let _ = sites_before;
-    Ok(Explanation {
+    let e = Explanation {
         batch,
         seq_len: seq,
         padded_len_before: env_before.get("P").copied().unwrap_or(seq),
@@ -365,7 +376,53 @@ pub fn explain(
         flops: after.flops,
         flops_before: before.flops,
         notes,
-    })
+    };
+    if e.saturated() {
+        return Err(ExplainError::Overflow {
+            batch,
+            seq_len: seq,
+        });
+    }
+    Ok(e)
+}
+
+impl Explanation {
+    /// True when a figure hit `u64::MAX`: the cost model saturates instead of
+    /// wrapping, so that value means "overflowed", never a real count.
+    fn saturated(&self) -> bool {
+        let layers = self.layers.iter().flat_map(|l| {
+            [
+                l.flops,
+                l.flops_before,
+                l.attention_flops,
+                l.attention_temp_bytes,
+                l.peak_bytes,
+                l.peak_bytes_before,
+            ]
+        });
+        let stages = self
+            .stages
+            .iter()
+            .flat_map(|s| [s.flops, s.flops_before, s.peak_bytes, s.peak_bytes_before]);
+        let passes = self.passes.iter().flat_map(|p| [p.peak_bytes, p.flops]);
+        let totals = [
+            self.padded_len,
+            self.padded_len_before,
+            self.peak_bytes,
+            self.peak_bytes_before,
+            self.activation_peak_bytes,
+            self.activation_peak_bytes_before,
+            self.weight_bytes,
+            self.flops,
+            self.flops_before,
+        ];
+        totals
+            .into_iter()
+            .chain(layers)
+            .chain(stages)
+            .chain(passes)
+            .any(|x| x == u64::MAX)
+    }
 }
 
 /// Rows of cells as an aligned table; the last column is not padded.

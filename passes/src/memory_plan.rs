@@ -442,7 +442,8 @@ pub fn plan_memory(g: &Graph, env: &DimEnv) -> Result<MemoryPlan, CostError> {
     let (mut live_peak, mut peak_step) = (0u64, 0usize);
     for (i, s) in steps.iter_mut().enumerate() {
         live += delta[i];
-        s.live_bytes = live.max(0) as u64;
+        // Saturate, never truncate: a sum past u64 means "overflowed" to callers.
+        s.live_bytes = live.clamp(0, i128::from(u64::MAX)) as u64;
         if s.live_bytes > live_peak {
             live_peak = s.live_bytes;
             peak_step = i;

@@ -59,8 +59,8 @@ pub struct ExeInfo {
     pub rot_half: i64,
     /// Compiled variants: bit 0 seeded, 1 rotations, 2 buckets.
     pub variants: i32,
-    /// 0.
-    pub reserved: i32,
+    /// LSH buckets per round, without the padding bucket (<= 0: unchecked).
+    pub n_buckets: i32,
 }
 
 extern "C" {
@@ -85,6 +85,7 @@ struct Args {
     buckets: Option<PathBuf>,
     seed: i64,
     weights: Option<PathBuf>,
+    allow_nonfinite: bool,
     time: bool,
     signature: bool,
     help: bool,
@@ -105,6 +106,8 @@ fn usage(prog: &str, model: &str, output: &str) -> String {
             .into(),
         "  --seed N                seed of the generator drawing LSH rotations (default 0)".into(),
         "  --weights PATH          safetensors weights (default: the file named at compile time)"
+            .into(),
+        "  --allow-nonfinite-weights  load weights holding NaN or Inf (a warning, not an error)"
             .into(),
         "  --time                  print timings to stderr".into(),
         "  --signature             print the model's JSON signature and exit".into(),
@@ -142,9 +145,16 @@ fn parse_args(argv: &[String]) -> Result<Args, Fail> {
             "--weights" => a.weights = Some(value(&mut i)?.into()),
             "--threads" => {
                 let v = value(&mut i)?;
-                let n: i64 = v.parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
-                    input_err(format!("--threads: `{v}` is not a non-negative integer"))
-                })?;
+                let max = crate::pool::MAX_THREADS;
+                let n: i64 = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (0..=max).contains(n))
+                    .ok_or_else(|| {
+                        input_err(format!(
+                            "--threads: `{v}` is not a thread count (expected 0..={max}; 0 = all cores)"
+                        ))
+                    })?;
                 a.threads = Some(n);
             }
             "--seed" => {
@@ -153,6 +163,7 @@ fn parse_args(argv: &[String]) -> Result<Args, Fail> {
                     .parse()
                     .map_err(|_| input_err(format!("--seed: `{v}` is not an integer")))?;
             }
+            "--allow-nonfinite-weights" => a.allow_nonfinite = true,
             "--time" => a.time = true,
             "--signature" => a.signature = true,
             "--help" | "-h" => a.help = true,
@@ -192,6 +203,28 @@ fn read_int(path: &Path, rank: usize, what: &str) -> Result<(Vec<usize>, Vec<i64
         )));
     }
     Ok((a.shape, data))
+}
+
+/// Round `rho` of the last axis (`r` rounds of `padded` slots) holds ids in
+/// `[rho*nb, (rho+1)*nb)` (REFORMER.md 1.3-1.4), as `reformc run` checks.
+fn check_bucket_range(
+    path: &Path,
+    ids: &[i64],
+    (rounds, padded): (usize, usize),
+    nb: i64,
+) -> Result<(), Fail> {
+    let span = (rounds * padded).max(1);
+    for (i, &b) in ids.iter().enumerate() {
+        let round = ((i % span) / padded.max(1)) as i128;
+        let (lo, hi) = (round * i128::from(nb), (round + 1) * i128::from(nb));
+        if !(lo..hi).contains(&i128::from(b)) {
+            return Err(input_err(format!(
+                "{}: LSH buckets: bucket id {b} at flat index {i} is out of range: round {round} expects {lo} <= id < {hi} ({nb} buckets per round)",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn tensor(dtype: i32, shape: &[usize], data: *const c_void) -> ReformcTensor {
@@ -304,6 +337,7 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
             .then(|| PathBuf::from(c_text(info.default_weights)))
     });
     guard_output(&output, &args, weights.as_deref())?;
+    model_rt::reformc_model_allow_nonfinite_weights(i32::from(args.allow_nonfinite));
     match &weights {
         Some(p) => {
             let c = CString::new(p.display().to_string())
@@ -320,6 +354,10 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
                         ""
                     }
                 )));
+            }
+            let warning = model_error(info);
+            if !warning.is_empty() {
+                eprintln!("{warning}");
             }
         }
         None if info.weights_embedded != 0 => {}
@@ -421,6 +459,12 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
                 p.display()
             )));
         }
+        // HF adds a padding bucket when the mask (given, or made by padding) pads.
+        let pads = padded > len as i64 || mask.as_ref().is_some_and(|m| m.contains(&0));
+        if info.n_buckets > 0 {
+            let nb = i64::from(info.n_buckets) + i64::from(pads);
+            check_bucket_range(p, &b, (r, padded as usize), nb)?;
+        }
         Hash::Buckets(b, vec![n_lsh, batch, h, r, padded as usize])
     } else if let Some(p) = &args.rotations {
         if info.variants & 2 == 0 {
@@ -443,6 +487,12 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
                 "{}: LSH rotations [n_lsh_layers, H, d, r, S/2]: expected shape {want:?}, found {:?}",
                 p.display(),
                 a.shape
+            )));
+        }
+        if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+            return Err(input_err(format!(
+                "{}: LSH rotations: non-finite value {x} at flat index {i} (expected finite float32 values)",
+                p.display()
             )));
         }
         Hash::Rot(v, want)

@@ -9,6 +9,7 @@
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Largest rank a [`ReformcTensor`] describes.
 pub const MAX_RANK: usize = 8;
@@ -47,7 +48,7 @@ pub mod code {
         (DTYPE, "REFORMC_ERR_DTYPE", "an input has the wrong element type"),
         (RANK, "REFORMC_ERR_RANK", "an input has the wrong rank"),
         (SHAPE, "REFORMC_ERR_SHAPE", "an input has a wrong or inconsistent shape, non-contiguous strides, or exceeds a compiled limit"),
-        (VALUE, "REFORMC_ERR_VALUE", "an input holds an out-of-range value"),
+        (VALUE, "REFORMC_ERR_VALUE", "an input holds an out-of-range value, or a weight is NaN or infinite"),
         (NO_WEIGHTS, "REFORMC_ERR_NO_WEIGHTS", "no weights are loaded"),
         (WEIGHTS_IO, "REFORMC_ERR_WEIGHTS_IO", "the weights file cannot be opened, read or mapped"),
         (WEIGHTS_FORMAT, "REFORMC_ERR_WEIGHTS_FORMAT", "the weights file is not valid safetensors (bad header, truncated)"),
@@ -652,7 +653,10 @@ pub unsafe extern "C" fn rc_model_load_safetensors(
     }
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(&path_s, &exp)));
     match result {
-        Ok(Ok((h, ptrs))) => {
+        Ok(Ok((h, ptrs, warning))) => {
+            if let Some(w) = warning {
+                set_error(code::OK, &format!("{path_s}: {w}"));
+            }
             for (i, p) in ptrs.iter().enumerate() {
                 // SAFETY: out_ptrs has room for n pointers; ptrs.len() == n.
                 unsafe { *out_ptrs.add(i) = *p };
@@ -669,8 +673,59 @@ pub unsafe extern "C" fn rc_model_load_safetensors(
     }
 }
 
-/// Mapped weights and one data pointer per expected weight, or a code and message.
-type Loaded = Result<(Box<WeightsHandle>, Vec<*const c_void>), (i32, String)>;
+/// Mapped weights, one data pointer per expected weight and a warning (a
+/// non-finite weight, allowed), or a code and message.
+type Loaded = Result<(Box<WeightsHandle>, Vec<*const c_void>, Option<String>), (i32, String)>;
+
+static ALLOW_NONFINITE: AtomicBool = AtomicBool::new(false);
+
+/// Whether `reformc_model_load_weights` accepts NaN or infinite weights
+/// (`allow` != 0): then the load succeeds and `reformc_model_last_error()`
+/// names the first such value. By default (0) such a file is refused with
+/// `REFORMC_ERR_VALUE`. Process-wide; set it before loading.
+#[no_mangle]
+pub extern "C" fn reformc_model_allow_nonfinite_weights(allow: i32) {
+    ALLOW_NONFINITE.store(allow != 0, Ordering::Relaxed);
+}
+
+/// The first NaN or infinity among little-endian f32 `bytes`: flat index and value.
+fn first_nonfinite(bytes: &[u8]) -> Option<(usize, f32)> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .enumerate()
+        .find(|(_, x)| !x.is_finite())
+}
+
+/// Checks every chosen weight once: an error, or with
+/// [`reformc_model_allow_nonfinite_weights`] a warning naming the first bad value.
+fn check_finite(
+    bytes: &[u8],
+    data_start: u64,
+    chosen: &[&StEntry],
+) -> Result<Option<String>, (i32, String)> {
+    for e in chosen {
+        let (off, end) = (
+            (data_start + e.begin) as usize,
+            (data_start + e.end) as usize,
+        );
+        let Some((i, x)) = first_nonfinite(&bytes[off..end]) else {
+            continue;
+        };
+        let m = format!(
+            "tensor `{}`: non-finite value {x} at flat index {i}",
+            e.name
+        );
+        if !ALLOW_NONFINITE.load(Ordering::Relaxed) {
+            return Err((
+                code::VALUE,
+                format!("{m} (allow it with --allow-nonfinite-weights / reformc_model_allow_nonfinite_weights)"),
+            ));
+        }
+        return Ok(Some(format!("warning: {m}")));
+    }
+    Ok(None)
+}
 
 fn load(path: &str, exp: &Expected) -> Loaded {
     use std::os::fd::AsRawFd;
@@ -716,6 +771,7 @@ fn load(path: &str, exp: &Expected) -> Loaded {
     let bytes = unsafe { std::slice::from_raw_parts(base as *const u8, len_usize) };
     let (entries, data_start) = parse_safetensors(bytes, len)?;
     let chosen = check_weights(&entries, exp)?;
+    let warning = check_finite(bytes, data_start, &chosen)?;
     let mut ptrs = Vec::with_capacity(chosen.len());
     let mut copies = Vec::new();
     for e in chosen {
@@ -734,7 +790,7 @@ fn load(path: &str, exp: &Expected) -> Loaded {
         }
     }
     handle._copies = copies;
-    Ok((handle, ptrs))
+    Ok((handle, ptrs, warning))
 }
 
 /// Releases weights from [`rc_model_load_safetensors`]; NULL is ignored.

@@ -41,11 +41,17 @@ pub struct CompileArgs {
     #[arg(long, default_value = "host")]
     pub target_cpu: String,
     /// Default worker threads of the executable (0 = all cores; `--threads` overrides at run time).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0,
+          value_parser = clap::value_parser!(i64).range(0..=reformc_backend_llvm::MAX_THREADS))]
     pub threads: i64,
     /// Add `lm_head.bias` to the logits (HF 4.x behaviour; HF 5.x ignores it).
     #[arg(long)]
     pub lm_head_bias: bool,
+    /// Compile even when a weight is NaN or infinite (a warning instead of an
+    /// error). Not baked into the artifact: the executable checks the weights
+    /// it loads and has its own --allow-nonfinite-weights.
+    #[arg(long)]
+    pub allow_nonfinite_weights: bool,
     /// Print the static buffer plan (every intermediate buffer, when it is freed).
     #[arg(long)]
     pub memory_plan: bool,
@@ -109,7 +115,9 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
         factors = lowered.bucket_factors.clone();
         if i == 0 {
             // Checks names, shapes and dtypes of the weight file against the graph now.
-            weights = Some(m.weight_tensors(&lowered)?);
+            let w = m.weight_tensors(&lowered)?;
+            model::check_finite(&w, &args.weights, args.allow_nonfinite_weights)?;
+            weights = Some(w);
             args.passes.optimize(&mut lowered.graph, spec, seq_len)?;
         } else {
             // The other variants get the same pipeline, silently.
@@ -187,7 +195,7 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
             _ => "logits".into(),
         },
         default_weights: (!embed).then_some(weights_path),
-        default_threads: args.threads.max(0),
+        default_threads: args.threads,
         vocab_size: spec.vocab_size as i64,
         max_len: max as i64,
         pad_multiple,
@@ -198,6 +206,7 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
         rounds: spec.lsh.n_hashes as i64,
         rot_half: factors.iter().sum::<u64>() as i64 / 2,
         variants: if n_lsh > 0 { 0b111 } else { 0b001 },
+        n_buckets: i32::try_from(factors.iter().product::<u64>()).unwrap_or(0),
     };
     let prep = t0.elapsed();
     let report = aot::compile(&graphs, &opts, &mode, emit, &args.output, Some(&info)).map_err(

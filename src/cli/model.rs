@@ -73,3 +73,34 @@ impl Model {
         Ok(out)
     }
 }
+
+/// Refuses a NaN or infinite weight (exit 2, naming the tensor, the first bad
+/// flat index and its value): such a weight makes every output NaN. With
+/// `allow` (`--allow-nonfinite-weights`) it is a warning instead.
+pub fn check_finite(weights: &BTreeMap<String, Tensor>, file: &Path, allow: bool) -> CliResult<()> {
+    for (name, t) in weights {
+        let bad = match t {
+            Tensor::F32(a) => first_nonfinite(a.iter().map(|&x| f64::from(x))),
+            Tensor::F64(a) => first_nonfinite(a.iter().copied()),
+            _ => None,
+        };
+        let Some((index, value)) = bad else { continue };
+        let message = format!(
+            "{}: tensor `{name}`: non-finite value {value} at flat index {index} (shape {:?})",
+            file.display(),
+            t.shape()
+        );
+        if !allow {
+            return Err(CliError::input(format!(
+                "{message}; pass --allow-nonfinite-weights to run it anyway"
+            )));
+        }
+        eprintln!("warning: {message} (allowed by --allow-nonfinite-weights)");
+    }
+    Ok(())
+}
+
+/// Row-major flat index and value of the first NaN or infinity.
+fn first_nonfinite(values: impl Iterator<Item = f64>) -> Option<(usize, f64)> {
+    values.enumerate().find(|(_, x)| !x.is_finite())
+}

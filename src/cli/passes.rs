@@ -7,6 +7,15 @@ use reformc_ir::Graph;
 use reformc_passes::{Instrumentation, PassManager, PassOptions, Pipeline, PipelineReport};
 use std::path::PathBuf;
 
+/// Largest `--seq-len`, and of the chunk flags (a chunk longer than the
+/// sequence is one chunk): 2^32 positions, far beyond any position table.
+pub const MAX_SEQ_LEN: u64 = 1 << 32;
+/// Largest `--batch`.
+pub const MAX_BATCH: u64 = 1 << 20;
+/// Largest `--memory-budget` in bytes (1 EiB): budgets pass through signed
+/// 64-bit arithmetic in the passes.
+pub const MAX_MEMORY_BUDGET: u64 = 1 << 60;
+
 /// Flags that choose and observe the pass pipeline (MLIR-style instrumentation).
 #[derive(Args, Debug, Clone, Default)]
 pub struct PassArgs {
@@ -38,22 +47,22 @@ pub struct PassArgs {
     #[arg(long, value_parser = ["auto", "full", "exact", "lsh"])]
     pub attention: Option<String>,
     /// Key chunk of exact (streaming) attention.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_SEQ_LEN))]
     pub kv_chunk: Option<u64>,
     /// Target sequence length for the cost model (and `num_buckets: null`).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_SEQ_LEN))]
     pub seq_len: Option<u64>,
     /// Target batch size for the cost model.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_BATCH))]
     pub batch: Option<u64>,
     /// Memory budget in bytes for attention and chunking decisions.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_MEMORY_BUDGET))]
     pub memory_budget: Option<u64>,
     /// Chunk the feed-forward along the sequence in chunks of N positions (default: the config's `chunk_size_feed_forward`, else the memory budget decides).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_SEQ_LEN))]
     pub chunk_ff: Option<u64>,
     /// Chunk the LM head along the sequence in chunks of N positions (default: the config's `chunk_size_lm_head`, else the memory budget decides).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_SEQ_LEN))]
     pub chunk_lm_head: Option<u64>,
     /// No progress lines or pass notes on stderr.
     #[arg(short, long)]

@@ -52,6 +52,9 @@ pub struct RunArgs {
     /// Add `lm_head.bias` to the logits (HF 4.x behaviour; HF 5.x ignores it).
     #[arg(long)]
     pub lm_head_bias: bool,
+    /// Run even when a weight is NaN or infinite (a warning instead of an error).
+    #[arg(long)]
+    pub allow_nonfinite_weights: bool,
     /// Reference outputs (.npy) to report the max absolute difference against.
     #[arg(long = "compare")]
     pub compare: Vec<PathBuf>,
@@ -92,7 +95,11 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
         lsh_source: source,
         seq_len,
     })?;
+    // HF adds a padding bucket when the mask (given, or made by padding to the chunk multiple) pads.
+    let pads = padded > len || mask.iter().any(|&m| m == 0);
+    let n_buckets = lowered.bucket_factors.iter().product::<u64>() + u64::from(pads);
     let weights = m.weight_tensors(&lowered)?;
+    model::check_finite(&weights, &args.weights, args.allow_nonfinite_weights)?;
     let mut inputs = BTreeMap::new();
     inputs.insert("input_ids".to_string(), Tensor::I64(ids));
     inputs.insert("attention_mask".to_string(), Tensor::I64(mask));
@@ -109,19 +116,19 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
             spec.lsh.n_hashes as usize,
             half_width,
         ];
-        inputs.insert(
-            "lsh_rotations".to_string(),
-            Tensor::F32(npy::read_f32(
-                p,
-                &shape,
-                "LSH rotations [n_lsh_layers, H, d, r, S/2]",
-            )?),
-        );
+        let rotations = npy::read_f32(p, &shape, "LSH rotations [n_lsh_layers, H, d, r, S/2]")?;
+        if let Some((i, x)) = rotations.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+            return Err(CliError::input(format!(
+                "{}: LSH rotations: non-finite value {x} at flat index {i} (expected finite float32 values)",
+                p.display()
+            )));
+        }
+        inputs.insert("lsh_rotations".to_string(), Tensor::F32(rotations));
     }
     if let Some(p) = &args.lsh_buckets {
         inputs.insert(
             "lsh_buckets".to_string(),
-            Tensor::I64(read_buckets(p, spec, batch, padded)?),
+            Tensor::I64(read_buckets(p, spec, batch, padded, n_buckets)?),
         );
     }
     // Passes run once every input is read and checked, so bad input fails fast and alone.
@@ -242,6 +249,7 @@ fn read_buckets(
     spec: &ModelSpec,
     batch: usize,
     padded: usize,
+    n_buckets: u64,
 ) -> CliResult<ArrayD<i64>> {
     let n = spec
         .layers
@@ -254,8 +262,32 @@ fn read_buckets(
     if b.shape() != want {
         return Err(CliError::input(format!("{}: LSH buckets: expected shape {want:?} ([n_lsh_layers, B, H, r*L_padded] with L_padded={padded}), found {:?}", path.display(), b.shape())));
     }
+    check_bucket_range(path, b.iter().copied(), (r, padded), n_buckets)?;
     Ok(b.into_shape_with_order(IxDyn(&[n, batch, h, r, padded]))
         .expect("element count checked"))
+}
+
+/// Round `rho` of the last axis (`r` rounds of `padded` slots) holds ids in
+/// `[rho*nb, (rho+1)*nb)`: REFORMER.md 1.3-1.4, round offsets included;
+/// `nb` counts the padding bucket when there is one.
+fn check_bucket_range(
+    path: &Path,
+    ids: impl Iterator<Item = i64>,
+    (rounds, padded): (usize, usize),
+    nb: u64,
+) -> CliResult<()> {
+    let nb = i128::from(nb);
+    for (i, b) in ids.enumerate() {
+        let round = ((i % (rounds * padded)) / padded) as i128;
+        let (lo, hi) = (round * nb, (round + 1) * nb);
+        if !(lo..hi).contains(&i128::from(b)) {
+            return Err(CliError::input(format!(
+                "{}: LSH buckets: bucket id {b} at flat index {i} is out of range: round {round} expects {lo} <= id < {hi} ({nb} buckets per round)",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The engine switch: the LLVM JIT by default, the reference interpreter with

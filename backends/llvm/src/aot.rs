@@ -66,6 +66,7 @@ pub const EXPORTS: &[&str] = &[
     "reformc_model_unload_weights",
     "reformc_model_signature",
     "reformc_model_last_error",
+    "reformc_model_allow_nonfinite_weights",
     "reformc_tensor_init",
     "reformc_tensor_release",
 ];

@@ -29,6 +29,8 @@ pub use codegen::DimLimit;
 pub use error::{BackendError, Result};
 pub use jit::{jit_run, jit_run_with, set_threads, JitModel};
 pub use plan::{FusionSummary, MemoryPlan, PlannedBuffer};
+/// Largest thread count the compiled runtime accepts (`--threads`).
+pub use reformc_runtime::pool::MAX_THREADS;
 
 use inkwell::context::Context;
 use inkwell::module::Module;
@@ -79,6 +81,9 @@ pub struct ExeInfo {
     pub rot_half: i64,
     /// Variants present: bit 0 seeded, bit 1 rotations, bit 2 buckets.
     pub variants: i32,
+    /// LSH buckets per round without the padding bucket, for the range check
+    /// of `--lsh-buckets` (<= 0: unchecked).
+    pub n_buckets: i32,
 }
 
 /// How weights reach the compiled model.

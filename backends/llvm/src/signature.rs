@@ -229,6 +229,11 @@ int32_t reformc_model_run(const reformc_tensor* inputs, int64_t n_inputs,
  * previously loaded weights (if any) stay in place. */
 int32_t reformc_model_load_weights(const char* safetensors_path);
 
+/* allow != 0: reformc_model_load_weights accepts NaN or infinite weights and
+ * returns 0, with reformc_model_last_error() naming the first one; by default
+ * (0) such a file is refused with REFORMC_ERR_VALUE. Process-wide. */
+void reformc_model_allow_nonfinite_weights(int32_t allow);
+
 /* Uses caller-owned f32 arrays as weights (signature order, n = number of
  * weights); they must stay valid while the model runs. */
 int32_t reformc_model_set_weights(const void* const* ptrs, int64_t n);

@@ -28,6 +28,8 @@ int main(int argc, char** argv) {
   if (argc != 6) return 90;
   const char* sig = reformc_model_signature();
   if (!sig || sig[0] != '{' || !strstr(sig, "\"variants\"")) return 91;
+  /* The default, spelled out: NaN/Inf weights are refused at load. */
+  reformc_model_allow_nonfinite_weights(0);
   int64_t b = atoll(argv[3]), l = atoll(argv[4]);
   int64_t* ids = malloc(sizeof(int64_t) * b * l);
   FILE* f = fopen(argv[2], "rb");
@@ -401,4 +403,95 @@ fn text_and_object_artifacts() {
         .unwrap_err()
         .to_string()
         .contains("unknown or 32-bit CPU `no-such-cpu`"));
+}
+
+/// `weights` with `value` at flat index `index` of the f32 tensor `name`.
+fn poke_f32(weights: &[u8], name: &str, index: usize, value: f32) -> Vec<u8> {
+    let n = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&weights[8..8 + n]).unwrap();
+    let begin = header[name]["data_offsets"][0].as_u64().unwrap() as usize;
+    let at = 8 + n + begin + 4 * index;
+    let mut out = weights.to_vec();
+    out[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    out
+}
+
+#[test]
+fn garbage_values_to_the_executable_are_refused() {
+    let dir = scratch("garbage_values");
+    let case = case("causal_mixed_r2");
+    let exe = case.compile_exe(&dir);
+    let s = |p: &Path| p.display().to_string();
+    let out = s(&dir.join("out.npy"));
+    let ids = s(&case.dir.join("input_ids.npy"));
+    let io = |extra: &[String]| {
+        [
+            vec![
+                "--input".into(),
+                ids.clone(),
+                "--output".into(),
+                out.clone(),
+            ],
+            extra.to_vec(),
+        ]
+        .concat()
+    };
+    // NaN / Inf weights: refused, or a warning with --allow-nonfinite-weights.
+    let emb = "reformer.embeddings.word_embeddings.weight";
+    let full = std::fs::read(case.dir.join("model.safetensors")).unwrap();
+    let f = dir.join("nan.safetensors");
+    for (value, shown) in [(f32::NAN, "NaN"), (f32::INFINITY, "inf")] {
+        std::fs::write(&f, poke_f32(&full, emb, 9, value)).unwrap();
+        let w = ["--weights".to_string(), s(&f)];
+        expect_failure(
+            &exe,
+            &io(&w),
+            &format!("non-finite value {shown} at flat index 9"),
+        );
+        let res = run(
+            &exe,
+            &io(&[w.to_vec(), vec!["--allow-nonfinite-weights".into()]].concat()),
+        );
+        let stderr = String::from_utf8_lossy(&res.stderr);
+        assert!(res.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("warning") && stderr.contains(emb),
+            "{stderr}"
+        );
+    }
+    // The recorded buckets pass; ids outside their round's range do not.
+    let good = case.dir.join("lsh_buckets.npy");
+    let res = run(&exe, &io(&["--lsh-buckets".into(), s(&good)]));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let f = dir.join("buckets.npy");
+    for (index, value) in [(3usize, 1i64 << 62), (4, -1), (70, 3)] {
+        let mut b = case.buckets();
+        b.as_slice_mut().unwrap()[index] = value;
+        write(&f, &b);
+        expect_failure(
+            &exe,
+            &io(&["--lsh-buckets".into(), s(&f)]),
+            &format!("bucket id {value} at flat index {index}"),
+        );
+    }
+    // Non-finite rotations.
+    let mut r: ArrayD<f32> = read(&case.dir.join("lsh_rotations.npy"));
+    r.as_slice_mut().unwrap()[11] = f32::NEG_INFINITY;
+    let f = dir.join("rot.npy");
+    write(&f, &r);
+    expect_failure(
+        &exe,
+        &io(&["--lsh-rotations".into(), s(&f)]),
+        "non-finite value -inf at flat index 11",
+    );
+    // A thread count the runtime cannot use.
+    expect_failure(
+        &exe,
+        &io(&["--threads".into(), "100000".into()]),
+        "0..=4096",
+    );
 }

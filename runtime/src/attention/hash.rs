@@ -1,7 +1,7 @@
 //! Angular LSH bucket ids (`rc_lsh_hash_f32`).
 
 use super::product;
-use crate::error::{invalid, Result};
+use crate::error::{invalid, Error, Result};
 use crate::gemm::{check_len, gemm, kernel, Epilogue, PackedB};
 use crate::pool::{try_par_for, SharedMut};
 
@@ -58,6 +58,12 @@ pub fn lsh_hash(
     )?;
     if let Some(m) = mask {
         check_len("mask", m.len(), product(&[batch, len], "mask").ok())?;
+    }
+    // A NaN rotation would send every position to bucket 0 silently.
+    if let Some((i, x)) = rot.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+        return Err(Error::OutOfRange(format!(
+            "LSH rotations: non-finite value {x} at flat index {i} of this layer's [H, d, r, S/2] rotations"
+        )));
     }
     let padding = mask.is_some_and(|m| m.contains(&0));
     let nb_total = if padding { nb + 1 } else { nb };

@@ -474,7 +474,7 @@ impl<'ctx> Gen<'ctx> {
             i(info.rounds),
             i(info.rot_half),
             self.i32c(info.variants).into(),
-            self.i32c(0).into(),
+            self.i32c(info.n_buckets).into(),
         ];
         let st = self.ctx.struct_type(
             &fields.iter().map(|f| f.get_type()).collect::<Vec<_>>(),
