@@ -230,8 +230,8 @@ fn read_buckets(
     if b.shape() != want {
         return Err(CliError::input(format!("{}: LSH buckets: expected shape {want:?} ([n_lsh_layers, B, H, r*L_padded] with L_padded={padded}), found {:?}", path.display(), b.shape())));
     }
-    Ok(b.into_shape_with_order(IxDyn(&[n, batch, h, r, padded]))
-        .expect("element count checked"))
+    b.into_shape_with_order(IxDyn(&[n, batch, h, r, padded]))
+        .map_err(|e| CliError::internal(format!("{}: LSH buckets: {e}", path.display())))
 }
 
 /// The engine switch: the LLVM JIT by default, the reference interpreter with
