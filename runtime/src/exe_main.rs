@@ -4,7 +4,7 @@
 //!
 //! `./model --input ids.npy --output logits.npy [--attention-mask M.npy]
 //! [--threads N] [--lsh-rotations R.npy | --lsh-buckets K.npy] [--seed N]
-//! [--weights PATH] [--time] [--signature] [--help]`, with the same meanings
+//! [--weights PATH] [--weights-mode mmap|read] [--time] [--signature] [--help]`, with the same meanings
 //! and input checks as `reformc run`. Exit status: 0 success, 2 bad input
 //! (files, flags, shapes, weights), 1 internal failure.
 
@@ -85,6 +85,8 @@ struct Args {
     buckets: Option<PathBuf>,
     seed: i64,
     weights: Option<PathBuf>,
+    /// Read the weights into memory instead of mapping them.
+    weights_read: bool,
     time: bool,
     signature: bool,
     help: bool,
@@ -105,6 +107,10 @@ fn usage(prog: &str, model: &str, output: &str) -> String {
             .into(),
         "  --seed N                seed of the generator drawing LSH rotations (default 0)".into(),
         "  --weights PATH          safetensors weights (default: the file named at compile time)"
+            .into(),
+        "  --weights-mode MODE     mmap (default) or read: copy the weights into memory, so that"
+            .into(),
+        "                          changing the file meanwhile cannot crash the run (SIGBUS)"
             .into(),
         "  --time                  print timings to stderr".into(),
         "  --signature             print the model's JSON signature and exit".into(),
@@ -152,6 +158,18 @@ fn parse_args(argv: &[String]) -> Result<Args, Fail> {
                 a.seed = v
                     .parse()
                     .map_err(|_| input_err(format!("--seed: `{v}` is not an integer")))?;
+            }
+            "--weights-mode" => {
+                let v = value(&mut i)?;
+                a.weights_read = match v.as_str() {
+                    "read" => true,
+                    "mmap" => false,
+                    _ => {
+                        return Err(input_err(format!(
+                            "--weights-mode: `{v}` is not a mode (expected mmap or read)"
+                        )))
+                    }
+                };
             }
             "--time" => a.time = true,
             "--signature" => a.signature = true,
@@ -274,6 +292,9 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
         (!info.default_weights.is_null() && info.weights_embedded == 0)
             .then(|| PathBuf::from(c_text(info.default_weights)))
     });
+    if args.weights_read {
+        model_rt::reformc_set_weights_mode(model_rt::WEIGHTS_READ);
+    }
     match &weights {
         Some(p) => {
             let c = CString::new(p.display().to_string())
@@ -573,6 +594,8 @@ mod tests {
         assert!(parse_args(&argv(&["m", "--bogus"])).is_err());
         assert!(parse_args(&argv(&["m", "--threads", "x"])).is_err());
         assert!(parse_args(&argv(&["m", "--input"])).is_err());
+        assert!(parse_args(&argv(&["m", "--weights-mode=read"])).is_ok_and(|a| a.weights_read));
+        assert!(parse_args(&argv(&["m", "--weights-mode", "embed"])).is_err());
         assert!(parse_args(&argv(&["m", "--lsh-rotations", "a", "--lsh-buckets", "b"])).is_err());
     }
 }

@@ -67,6 +67,7 @@ pub const EXPORTS: &[&str] = &[
     "reformc_model_last_error",
     "reformc_tensor_init",
     "reformc_tensor_release",
+    "reformc_set_weights_mode",
 ];
 
 /// What [`compile`] did, with timings.
