@@ -20,6 +20,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use reformc_runtime::model_rt::parse_safetensors;
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors};
 
 use crate::error::FrontendError;
@@ -55,14 +56,17 @@ impl WeightFile {
     /// `WeightFile` is alive.
     pub fn open(path: &Path) -> Result<Self, FrontendError> {
         let file = File::open(path).map_err(|e| FrontendError::io(path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| FrontendError::io(path, e))?
-            .len();
+        let meta = file.metadata().map_err(|e| FrontendError::io(path, e))?;
         let bad = |message: String| FrontendError::WeightFile {
             path: path.to_path_buf(),
             message,
         };
+        if !meta.is_file() {
+            return Err(bad(
+                "not a regular file (weights must be a safetensors file of known size)".into(),
+            ));
+        }
+        let len = meta.len();
         if len < 8 {
             return Err(bad(format!(
                 "the file is {len} bytes, too short for the 8-byte header length"
@@ -74,6 +78,9 @@ impl WeightFile {
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| FrontendError::io(path, e))?;
         let (header_len, metadata) =
             SafeTensors::read_metadata(&mmap).map_err(|e| bad(describe(&e, &mmap)))?;
+        // The runtime's rules too (duplicate names, exact tiling, metadata),
+        // so that a file `reformc run` accepts loads in executables and the .so.
+        parse_safetensors(&mmap, len).map_err(|(_, m)| bad(m))?;
         let data_start = header_len + 8;
         let mut tensors = BTreeMap::new();
         for (name, info) in metadata.tensors() {
@@ -407,9 +414,8 @@ fn describe(e: &SafeTensorError, bytes: &[u8]) -> String {
                 )
             }
         }
-        SafeTensorError::ValidationOverflow => {
-            "a tensor's shape is too large (its size overflows)".to_string()
-        }
+        SafeTensorError::ValidationOverflow => header_problem(bytes, n)
+            .unwrap_or_else(|| "a tensor's shape is too large (its size overflows)".to_string()),
         other => format!("{other:?}"),
     }
 }
@@ -445,6 +451,12 @@ fn header_problem(bytes: &[u8], n: u64) -> Option<String> {
     };
     for (name, entry) in object {
         if name == "__metadata__" {
+            if !entry
+                .as_object()
+                .is_some_and(|m| m.values().all(|v| v.is_string()))
+            {
+                return Some("`__metadata__` must be an object of strings".to_string());
+            }
             continue;
         }
         let dtype = entry.get("dtype").and_then(|d| d.as_str());
