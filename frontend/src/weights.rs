@@ -750,6 +750,27 @@ pub(crate) mod tests {
         assert!(WeightFile::open(&dir).is_err());
     }
 
+    /// The shared corpus (tests/corpus/safetensors, also run through the
+    /// runtime's loader): every file refused, naming the file and the tensor.
+    #[test]
+    fn malformed_corpus_is_refused() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus/safetensors");
+        let list = std::fs::read_to_string(dir.join("expect.txt")).unwrap();
+        let mut n = 0;
+        for (file, needle) in list.lines().filter_map(|l| l.split_once('\t')) {
+            let p = dir.join(file);
+            let e = WeightFile::open(&p).unwrap_err().to_string();
+            assert!(e.starts_with(&p.display().to_string()), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+            assert!(
+                needle.split('|').any(|x| e.contains(x)),
+                "{file}: {needle}: {e}"
+            );
+            n += 1;
+        }
+        assert!(n >= 15, "only {n} corpus files");
+    }
+
     #[test]
     fn expected_tensors_match_every_fixture() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
