@@ -490,11 +490,11 @@ pub fn parse_safetensors(
     Ok((entries, data_start))
 }
 
+/// A loader failure: a `code` constant and a message.
+type StError = (i32, String);
+
 /// The header's top-level items and the offset of the data section.
-fn st_header(
-    bytes: &[u8],
-    file_len: u64,
-) -> Result<(Vec<(String, json::Value)>, u64), (i32, String)> {
+fn st_header(bytes: &[u8], file_len: u64) -> Result<(Vec<(String, json::Value)>, u64), StError> {
     let fmt = |m: String| (code::WEIGHTS_FORMAT, m);
     if bytes.len() < 8 || file_len < 8 {
         return Err(fmt(format!(
