@@ -270,6 +270,14 @@ fn endless_and_special_files_are_refused() {
     assert_error(&run(&cfg, &w, zero), zero, "not a regular file");
     let urandom = Path::new("/dev/urandom");
     assert_error(&run(urandom, &w, &ids), urandom, "not a regular file");
+    // Opening a FIFO blocks until a writer comes: it must be refused unopened.
+    let fifo = s.path("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status();
+    if made.is_ok_and(|st| st.success()) {
+        assert_error(&run(&fifo, &w, &ids), &fifo, "not a regular file");
+        assert_error(&run(&cfg, &fifo, &ids), &fifo, "not a regular file");
+        assert_error(&run(&cfg, &w, &fifo), &fifo, "not a regular file");
+    }
 }
 
 #[test]
@@ -431,6 +439,21 @@ fn executable_refuses_huge_headers_endless_files_and_bad_weights() {
         }
         args.extend([flag.to_string(), p.display().to_string()]);
         assert_error(&run_exe(&args), p, needle);
+    }
+    let fifo = s.path("fifo");
+    if Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|st| st.success())
+    {
+        for flag in ["--input", "--weights"] {
+            let mut args = vec!["--output".to_string(), out.clone()];
+            if flag != "--input" {
+                args.extend(["--input".into(), good.clone()]);
+            }
+            args.extend([flag.to_string(), fifo.display().to_string()]);
+            assert_error(&run_exe(&args), &fifo, "not a regular file");
+        }
     }
     for (w, needle) in common::malformed_safetensors_corpus() {
         for mode in ["mmap", "read"] {

@@ -65,12 +65,15 @@ pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 pub fn read_config_text(path: &Path) -> Result<String, FrontendError> {
     use std::io::Read;
     let refuse = |m: String| FrontendError::io(path, std::io::Error::other(m));
+    let not_a_file = || refuse("not a regular file (a configuration must be a JSON file)".into());
+    // Checked before opening too: opening a FIFO blocks until a writer comes.
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(not_a_file());
+    }
     let file = std::fs::File::open(path).map_err(|e| FrontendError::io(path, e))?;
     let meta = file.metadata().map_err(|e| FrontendError::io(path, e))?;
     if !meta.is_file() {
-        return Err(refuse(
-            "not a regular file (a configuration must be a JSON file)".into(),
-        ));
+        return Err(not_a_file());
     }
     let too_big = |n: u64| {
         refuse(format!(

@@ -55,16 +55,20 @@ impl WeightFile {
     /// The file is memory-mapped: it must not be modified while the
     /// `WeightFile` is alive.
     pub fn open(path: &Path) -> Result<Self, FrontendError> {
-        let file = File::open(path).map_err(|e| FrontendError::io(path, e))?;
-        let meta = file.metadata().map_err(|e| FrontendError::io(path, e))?;
         let bad = |message: String| FrontendError::WeightFile {
             path: path.to_path_buf(),
             message,
         };
+        let not_a_file =
+            || bad("not a regular file (weights must be a safetensors file of known size)".into());
+        // Checked before opening too: opening a FIFO blocks until a writer comes.
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            return Err(not_a_file());
+        }
+        let file = File::open(path).map_err(|e| FrontendError::io(path, e))?;
+        let meta = file.metadata().map_err(|e| FrontendError::io(path, e))?;
         if !meta.is_file() {
-            return Err(bad(
-                "not a regular file (weights must be a safetensors file of known size)".into(),
-            ));
+            return Err(not_a_file());
         }
         let len = meta.len();
         if len < 8 {

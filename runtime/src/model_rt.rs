@@ -796,15 +796,19 @@ type Loaded = Result<(Box<WeightsHandle>, Vec<*const c_void>), (i32, String)>;
 
 fn load(path: &str, exp: &Expected) -> Loaded {
     let io = |m: String| (code::WEIGHTS_IO, m);
+    let not_a_file =
+        || io("not a regular file (weights must be a safetensors file of known size)".into());
+    // Checked before opening too: opening a FIFO blocks until a writer comes.
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(not_a_file());
+    }
     let file =
         std::fs::File::open(path).map_err(|e| io(format!("cannot open the weights file: {e}")))?;
     let meta = file
         .metadata()
         .map_err(|e| io(format!("cannot stat the weights file: {e}")))?;
     if !meta.is_file() {
-        return Err(io(
-            "not a regular file (weights must be a safetensors file of known size)".into(),
-        ));
+        return Err(not_a_file());
     }
     let len = meta.len();
     if len < 8 {

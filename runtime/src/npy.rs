@@ -51,12 +51,18 @@ struct Header {
     start: usize,
 }
 
+const NOT_A_FILE: &str = "not a regular file (a .npy input must be a file of known size)";
+
 /// Reads a file, bounded by what its header promises and its size holds.
 pub fn read(path: &Path) -> Result<NpyArray, String> {
+    // Checked before opening too: opening a FIFO blocks until a writer comes.
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(NOT_A_FILE.into());
+    }
     let mut f = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
     let meta = f.metadata().map_err(|e| format!("cannot stat: {e}"))?;
     if !meta.is_file() {
-        return Err("not a regular file (a .npy input must be a file of known size)".into());
+        return Err(NOT_A_FILE.into());
     }
     let len = meta.len();
     let mut prefix = Vec::new();
