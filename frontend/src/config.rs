@@ -43,8 +43,59 @@ pub fn load_model_config(path: &Path) -> Result<ModelSpec, FrontendError> {
 pub fn load_model_config_with_warnings(
     path: &Path,
 ) -> Result<(ModelSpec, Vec<String>), FrontendError> {
-    let text = std::fs::read_to_string(path).map_err(|e| FrontendError::io(path, e))?;
+    let text = read_config_text(path)?;
     parse_model_config(&text, path).map(|(spec, warnings, _)| (spec, warnings))
+}
+
+/// Largest configuration file read, in bytes (16 MiB): real configs are a
+/// few KiB, and the bound keeps an endless input (`/dev/zero`, a pipe) or a
+/// mistaken path to a weights file from being read into memory.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// Reads a configuration file as text, refusing non-regular files and files
+/// above [`MAX_CONFIG_BYTES`]; the read itself is bounded too, in case the
+/// file grows meanwhile.
+///
+/// ```
+/// use std::path::Path;
+/// use reformc_frontend::config::read_config_text;
+/// let e = read_config_text(Path::new("/dev/zero")).unwrap_err().to_string();
+/// assert!(e.starts_with("/dev/zero: cannot read file: not a regular file"), "{e}");
+/// ```
+pub fn read_config_text(path: &Path) -> Result<String, FrontendError> {
+    use std::io::Read;
+    let refuse = |m: String| FrontendError::io(path, std::io::Error::other(m));
+    let not_a_file = || refuse("not a regular file (a configuration must be a JSON file)".into());
+    // Checked before opening too: opening a FIFO blocks until a writer comes.
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(not_a_file());
+    }
+    let file = std::fs::File::open(path).map_err(|e| FrontendError::io(path, e))?;
+    let meta = file.metadata().map_err(|e| FrontendError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(not_a_file());
+    }
+    let too_big = |n: u64| {
+        refuse(format!(
+            "the file is {n} bytes, more than the {MAX_CONFIG_BYTES} bytes (16 MiB) a configuration may have"
+        ))
+    };
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(too_big(meta.len()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| FrontendError::io(path, e))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        refuse(format!(
+            "the file is not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })
 }
 
 /// Parses configuration text in either format; `path` is used only in messages.
@@ -149,6 +200,37 @@ mod tests {
         assert!(
             warnings[0].ends_with("config.json: ignoring unknown key `foo`"),
             "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn reads_are_bounded() {
+        let dir = temp_dir("config-bounded");
+        let big = dir.join("big.json");
+        // Sparse: no 16 MiB written to disk.
+        std::fs::File::create(&big)
+            .and_then(|f| f.set_len(MAX_CONFIG_BYTES + 1))
+            .unwrap();
+        let e = load_model_config(&big).unwrap_err().to_string();
+        assert!(e.starts_with(&big.display().to_string()), "{e}");
+        assert!(e.contains("more than the 16777216 bytes (16 MiB)"), "{e}");
+        for endless in ["/dev/zero", "/dev/urandom"] {
+            let e = load_model_config(Path::new(endless))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("{endless}: cannot read file: not a regular file")),
+                "{e}"
+            );
+        }
+        let e = load_model_config(&dir).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let latin1 = dir.join("latin1.json");
+        std::fs::write(&latin1, b"{\"model_type\": \"r\xe9former\"}").unwrap();
+        let e = load_model_config(&latin1).unwrap_err().to_string();
+        assert!(
+            e.contains("not UTF-8 text (invalid byte at offset 17)"),
+            "{e}"
         );
     }
 

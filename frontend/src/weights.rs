@@ -20,6 +20,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use reformc_runtime::model_rt::parse_safetensors;
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors};
 
 use crate::error::FrontendError;
@@ -54,15 +55,22 @@ impl WeightFile {
     /// The file is memory-mapped: it must not be modified while the
     /// `WeightFile` is alive.
     pub fn open(path: &Path) -> Result<Self, FrontendError> {
-        let file = File::open(path).map_err(|e| FrontendError::io(path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| FrontendError::io(path, e))?
-            .len();
         let bad = |message: String| FrontendError::WeightFile {
             path: path.to_path_buf(),
             message,
         };
+        let not_a_file =
+            || bad("not a regular file (weights must be a safetensors file of known size)".into());
+        // Checked before opening too: opening a FIFO blocks until a writer comes.
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            return Err(not_a_file());
+        }
+        let file = File::open(path).map_err(|e| FrontendError::io(path, e))?;
+        let meta = file.metadata().map_err(|e| FrontendError::io(path, e))?;
+        if !meta.is_file() {
+            return Err(not_a_file());
+        }
+        let len = meta.len();
         if len < 8 {
             return Err(bad(format!(
                 "the file is {len} bytes, too short for the 8-byte header length"
@@ -74,6 +82,9 @@ impl WeightFile {
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| FrontendError::io(path, e))?;
         let (header_len, metadata) =
             SafeTensors::read_metadata(&mmap).map_err(|e| bad(describe(&e, &mmap)))?;
+        // The runtime's rules too (duplicate names, exact tiling, metadata),
+        // so that a file `reformc run` accepts loads in executables and the .so.
+        parse_safetensors(&mmap, len).map_err(|(_, m)| bad(m))?;
         let data_start = header_len + 8;
         let mut tensors = BTreeMap::new();
         for (name, info) in metadata.tensors() {
@@ -407,9 +418,8 @@ fn describe(e: &SafeTensorError, bytes: &[u8]) -> String {
                 )
             }
         }
-        SafeTensorError::ValidationOverflow => {
-            "a tensor's shape is too large (its size overflows)".to_string()
-        }
+        SafeTensorError::ValidationOverflow => header_problem(bytes, n)
+            .unwrap_or_else(|| "a tensor's shape is too large (its size overflows)".to_string()),
         other => format!("{other:?}"),
     }
 }
@@ -445,6 +455,12 @@ fn header_problem(bytes: &[u8], n: u64) -> Option<String> {
     };
     for (name, entry) in object {
         if name == "__metadata__" {
+            if !entry
+                .as_object()
+                .is_some_and(|m| m.values().all(|v| v.is_string()))
+            {
+                return Some("`__metadata__` must be an object of strings".to_string());
+            }
             continue;
         }
         let dtype = entry.get("dtype").and_then(|d| d.as_str());
@@ -736,6 +752,27 @@ pub(crate) mod tests {
         );
         // A directory is not a file either.
         assert!(WeightFile::open(&dir).is_err());
+    }
+
+    /// The shared corpus (tests/corpus/safetensors, also run through the
+    /// runtime's loader): every file refused, naming the file and the tensor.
+    #[test]
+    fn malformed_corpus_is_refused() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus/safetensors");
+        let list = std::fs::read_to_string(dir.join("expect.txt")).unwrap();
+        let mut n = 0;
+        for (file, needle) in list.lines().filter_map(|l| l.split_once('\t')) {
+            let p = dir.join(file);
+            let e = WeightFile::open(&p).unwrap_err().to_string();
+            assert!(e.starts_with(&p.display().to_string()), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+            assert!(
+                needle.split('|').any(|x| e.contains(x)),
+                "{file}: {needle}: {e}"
+            );
+            n += 1;
+        }
+        assert!(n >= 15, "only {n} corpus files");
     }
 
     #[test]

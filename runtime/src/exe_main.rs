@@ -4,7 +4,7 @@
 //!
 //! `./model --input ids.npy --output logits.npy [--attention-mask M.npy]
 //! [--threads N] [--lsh-rotations R.npy | --lsh-buckets K.npy] [--seed N]
-//! [--weights PATH] [--time] [--signature] [--help]`, with the same meanings
+//! [--weights PATH] [--weights-mode mmap|read] [--time] [--signature] [--help]`, with the same meanings
 //! and input checks as `reformc run`. Exit status: 0 success, 2 bad input
 //! (files, flags, shapes, weights), 1 internal failure.
 
@@ -86,6 +86,8 @@ struct Args {
     seed: i64,
     weights: Option<PathBuf>,
     allow_nonfinite: bool,
+    /// Read the weights into memory instead of mapping them.
+    weights_read: bool,
     time: bool,
     signature: bool,
     help: bool,
@@ -108,6 +110,10 @@ fn usage(prog: &str, model: &str, output: &str) -> String {
         "  --weights PATH          safetensors weights (default: the file named at compile time)"
             .into(),
         "  --allow-nonfinite-weights  load weights holding NaN or Inf (a warning, not an error)"
+            .into(),
+        "  --weights-mode MODE     mmap (default) or read: copy the weights into memory, so that"
+            .into(),
+        "                          changing the file meanwhile cannot crash the run (SIGBUS)"
             .into(),
         "  --time                  print timings to stderr".into(),
         "  --signature             print the model's JSON signature and exit".into(),
@@ -164,6 +170,18 @@ fn parse_args(argv: &[String]) -> Result<Args, Fail> {
                     .map_err(|_| input_err(format!("--seed: `{v}` is not an integer")))?;
             }
             "--allow-nonfinite-weights" => a.allow_nonfinite = true,
+            "--weights-mode" => {
+                let v = value(&mut i)?;
+                a.weights_read = match v.as_str() {
+                    "read" => true,
+                    "mmap" => false,
+                    _ => {
+                        return Err(input_err(format!(
+                            "--weights-mode: `{v}` is not a mode (expected mmap or read)"
+                        )))
+                    }
+                };
+            }
             "--time" => a.time = true,
             "--signature" => a.signature = true,
             "--help" | "-h" => a.help = true,
@@ -338,6 +356,9 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
     });
     guard_output(&output, &args, weights.as_deref())?;
     model_rt::reformc_model_allow_nonfinite_weights(i32::from(args.allow_nonfinite));
+    if args.weights_read {
+        model_rt::reformc_set_weights_mode(model_rt::WEIGHTS_READ);
+    }
     match &weights {
         Some(p) => {
             let c = CString::new(p.display().to_string())
@@ -653,6 +674,8 @@ mod tests {
         assert!(parse_args(&argv(&["m", "--bogus"])).is_err());
         assert!(parse_args(&argv(&["m", "--threads", "x"])).is_err());
         assert!(parse_args(&argv(&["m", "--input"])).is_err());
+        assert!(parse_args(&argv(&["m", "--weights-mode=read"])).is_ok_and(|a| a.weights_read));
+        assert!(parse_args(&argv(&["m", "--weights-mode", "embed"])).is_err());
         assert!(parse_args(&argv(&["m", "--lsh-rotations", "a", "--lsh-buckets", "b"])).is_err());
     }
 }

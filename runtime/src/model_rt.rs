@@ -309,6 +309,8 @@ pub unsafe extern "C" fn rc_model_error_alloc(code: i32, what: *const c_char, by
 }
 
 /// The inputs match no compiled variant: `expected` plus what was passed.
+/// The generated dispatcher passes `inputs` = NULL when `n` exceeds every
+/// signature's count, so that no tensor past the caller's array is read.
 ///
 /// # Safety
 /// `expected` is NULL or NUL-terminated; `inputs` is NULL or holds `n` tensors.
@@ -328,10 +330,12 @@ pub unsafe extern "C" fn rc_model_error_signature(
             found.push(unsafe { describe(inputs.add(i)) });
         }
     }
-    set_error(
-        code,
-        &format!("{expected}; found {n} inputs ({})", found.join(", ")),
-    )
+    let found = if inputs.is_null() && n > 0 {
+        "more than any compiled signature takes".to_string()
+    } else {
+        found.join(", ")
+    };
+    set_error(code, &format!("{expected}; found {n} inputs ({found})"))
 }
 
 /// Fills `t` for row-major contiguous `data` (not copied; `owns_data` = 0).
@@ -350,6 +354,12 @@ pub unsafe extern "C" fn reformc_tensor_init(
         return set_error(
             code::ARGUMENT,
             "reformc_tensor_init: NULL tensor or shape, or rank outside 0..8",
+        );
+    }
+    if dtype_size(dtype) == 0 {
+        return set_error(
+            code::DTYPE,
+            &format!("reformc_tensor_init: unknown dtype code {dtype} (1 f32, 2 f64, 3 i64, 4 i32, 5 bool)"),
         );
     }
     let mut r = ReformcTensor::empty();
@@ -430,8 +440,23 @@ fn st_dtype_size(d: &str) -> Option<u64> {
     })
 }
 
+/// Largest safetensors header accepted, in bytes (the `safetensors` crate's limit).
+pub const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
+
 /// Parses and checks a safetensors header against a file of `file_len`
-/// bytes. Returns the entries and the offset of the data section.
+/// bytes. Returns the entries (in header order) and the offset of the data
+/// section.
+///
+/// These are the rules of both weight loaders (the frontend applies them
+/// too, through this function): the header length is at most
+/// [`MAX_SAFETENSORS_HEADER`] and fits in the file; the header is a UTF-8
+/// JSON object starting with `{`; `__metadata__`, if present, maps strings
+/// to strings; no tensor name appears twice; each entry has a known dtype,
+/// a shape of non-negative integers and `data_offsets` `[begin, end]` whose
+/// span is exactly the dtype size times the element count (checked
+/// arithmetic); sorted by `begin`, the tensors tile the data section
+/// exactly: the first starts at 0, each starts where the previous ends (no
+/// overlap, no aliasing, no gap) and the last ends at the end of the file.
 ///
 /// ```
 /// let header = br#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
@@ -448,6 +473,30 @@ pub fn parse_safetensors(
     file_len: u64,
 ) -> Result<(Vec<StEntry>, u64), (i32, String)> {
     let fmt = |m: String| (code::WEIGHTS_FORMAT, m);
+    let (items, data_start) = st_header(bytes, file_len)?;
+    let mut entries: Vec<StEntry> = Vec::new();
+    for (name, v) in items {
+        if name == "__metadata__" {
+            st_metadata(&v)?;
+            continue;
+        }
+        if entries.iter().any(|e| e.name == name) {
+            return Err(fmt(format!(
+                "tensor `{name}` appears twice in the header (duplicate names are ambiguous)"
+            )));
+        }
+        entries.push(st_entry(name, &v)?);
+    }
+    st_layout(&entries, file_len - data_start)?;
+    Ok((entries, data_start))
+}
+
+/// A loader failure: a `code` constant and a message.
+type StError = (i32, String);
+
+/// The header's top-level items and the offset of the data section.
+fn st_header(bytes: &[u8], file_len: u64) -> Result<(Vec<(String, json::Value)>, u64), StError> {
+    let fmt = |m: String| (code::WEIGHTS_FORMAT, m);
     if bytes.len() < 8 || file_len < 8 {
         return Err(fmt(format!(
             "not a safetensors file: {file_len} bytes (the 8-byte header length is missing)"
@@ -456,93 +505,166 @@ pub fn parse_safetensors(
     let mut n8 = [0u8; 8];
     n8.copy_from_slice(&bytes[..8]);
     let n = u64::from_le_bytes(n8);
-    if n > 100_000_000 || n > file_len - 8 || 8 + n > bytes.len() as u64 {
+    if n > MAX_SAFETENSORS_HEADER || n > file_len - 8 || 8 + n > bytes.len() as u64 {
         return Err(fmt(format!(
-            "not a safetensors file or truncated: the header claims {n} bytes, the file has {file_len}"
+            "not a safetensors file or truncated: the header claims {n} bytes, the file has {file_len} (at most {MAX_SAFETENSORS_HEADER} allowed)"
         )));
     }
-    let text = std::str::from_utf8(&bytes[8..8 + n as usize])
+    let header = &bytes[8..8 + n as usize];
+    if header.first() != Some(&b'{') {
+        return Err(fmt("the safetensors header does not start with `{`".into()));
+    }
+    let text = std::str::from_utf8(header)
         .map_err(|_| fmt("the safetensors header is not UTF-8".into()))?;
     let value = json::parse(text).map_err(|e| fmt(format!("bad safetensors header: {e}")))?;
     let json::Value::Object(items) = value else {
         return Err(fmt("the safetensors header is not a JSON object".into()));
     };
-    let data_start = 8 + n;
-    let data_len = file_len - data_start;
-    let mut entries = Vec::new();
-    for (name, v) in items {
-        if name == "__metadata__" {
-            continue;
-        }
-        let bad = |what: &str| fmt(format!("tensor `{name}`: {what}"));
-        let json::Value::Object(fields) = v else {
-            return Err(bad("entry is not an object"));
-        };
-        let get = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v);
-        let Some(json::Value::Str(dtype)) = get("dtype") else {
-            return Err(bad("missing dtype"));
-        };
-        let Some(json::Value::Array(shape)) = get("shape") else {
-            return Err(bad("missing shape"));
-        };
-        let shape: Option<Vec<u64>> = shape.iter().map(json::Value::as_u64).collect();
-        let shape = shape.ok_or_else(|| bad("shape entries must be non-negative integers"))?;
-        let Some(json::Value::Array(off)) = get("data_offsets") else {
-            return Err(bad("missing data_offsets"));
-        };
-        let (begin, end) = match off.as_slice() {
-            [a, b] => (
-                a.as_u64().ok_or_else(|| bad("bad data_offsets"))?,
-                b.as_u64().ok_or_else(|| bad("bad data_offsets"))?,
-            ),
-            _ => return Err(bad("data_offsets must be [begin, end]")),
-        };
-        if begin > end {
-            return Err(bad("data_offsets begin after end"));
-        }
-        if end > data_len {
-            return Err((
-                code::WEIGHTS_FORMAT,
-                format!(
-                    "truncated file: tensor `{name}` needs bytes {begin}..{end} of the data section, which has only {data_len} bytes"
-                ),
-            ));
-        }
-        if let Some(sz) = st_dtype_size(dtype) {
-            let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
-            if numel.and_then(|n| n.checked_mul(sz)) != Some(end - begin) {
-                return Err(bad(&format!(
-                    "{} bytes do not hold {dtype}{shape:?}",
-                    end - begin
-                )));
-            }
-        }
-        entries.push(StEntry {
-            name,
-            dtype: dtype.clone(),
-            shape,
-            begin,
-            end,
-        });
-    }
-    Ok((entries, data_start))
+    Ok((items, 8 + n))
 }
 
-/// Memory-mapped weights (and copies of tensors that were not 4-byte aligned).
+/// `__metadata__` maps strings to strings.
+fn st_metadata(v: &json::Value) -> Result<(), (i32, String)> {
+    match v {
+        json::Value::Object(kv) if kv.iter().all(|(_, x)| matches!(x, json::Value::Str(_))) => {
+            Ok(())
+        }
+        _ => Err((
+            code::WEIGHTS_FORMAT,
+            "`__metadata__` must be an object of strings".into(),
+        )),
+    }
+}
+
+/// One tensor's entry: dtype, shape and offsets, consistent with each other.
+fn st_entry(name: String, v: &json::Value) -> Result<StEntry, (i32, String)> {
+    let bad = |what: &str| (code::WEIGHTS_FORMAT, format!("tensor `{name}`: {what}"));
+    let json::Value::Object(fields) = v else {
+        return Err(bad("entry is not an object"));
+    };
+    let get = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v);
+    let Some(json::Value::Str(dtype)) = get("dtype") else {
+        return Err(bad("missing dtype"));
+    };
+    let size = st_dtype_size(dtype).ok_or_else(|| bad(&format!("unknown dtype {dtype:?}")))?;
+    let Some(json::Value::Array(shape)) = get("shape") else {
+        return Err(bad("missing shape"));
+    };
+    let shape: Option<Vec<u64>> = shape.iter().map(json::Value::as_u64).collect();
+    let shape = shape.ok_or_else(|| bad("shape entries must be non-negative integers"))?;
+    let Some(json::Value::Array(off)) = get("data_offsets") else {
+        return Err(bad("missing data_offsets"));
+    };
+    let (begin, end) = match off.as_slice() {
+        [a, b] => (
+            a.as_u64().ok_or_else(|| bad("bad data_offsets"))?,
+            b.as_u64().ok_or_else(|| bad("bad data_offsets"))?,
+        ),
+        _ => return Err(bad("data_offsets must be [begin, end]")),
+    };
+    if begin > end {
+        return Err(bad("data_offsets begin after end"));
+    }
+    let want = shape.iter().try_fold(size, |a, &d| a.checked_mul(d));
+    if want != Some(end - begin) {
+        return Err(bad(&format!(
+            "data_offsets [{begin}, {end}] span {} bytes but {dtype}{shape:?} needs {}",
+            end - begin,
+            want.map_or("more than 2^64".to_string(), |w| w.to_string())
+        )));
+    }
+    Ok(StEntry {
+        name,
+        dtype: dtype.clone(),
+        shape,
+        begin,
+        end,
+    })
+}
+
+/// The tensors, sorted by offset, tile the data section exactly.
+fn st_layout(entries: &[StEntry], data_len: u64) -> Result<(), (i32, String)> {
+    let fmt = |m: String| (code::WEIGHTS_FORMAT, m);
+    let mut order: Vec<&StEntry> = entries.iter().collect();
+    order.sort_by_key(|e| (e.begin, e.end));
+    let mut at = 0u64;
+    let mut prev: Option<&StEntry> = None;
+    for e in order {
+        if e.end > data_len {
+            return Err(fmt(format!(
+                "truncated file: tensor `{}` needs bytes {}..{} of the data section, which has only {data_len} bytes",
+                e.name, e.begin, e.end
+            )));
+        }
+        if e.begin != at {
+            let after = prev.map_or("the start of the data section".to_string(), |p| {
+                format!("tensor `{}` ({}..{})", p.name, p.begin, p.end)
+            });
+            let what = if e.begin < at {
+                "overlaps"
+            } else {
+                "leaves a gap after"
+            };
+            return Err(fmt(format!(
+                "tensor `{}`: data_offsets [{}, {}] {what} {after} (tensors must tile the data section in order)",
+                e.name, e.begin, e.end
+            )));
+        }
+        at = e.end;
+        prev = Some(e);
+    }
+    if at != data_len {
+        return Err(fmt(format!(
+            "the data section is {data_len} bytes but the tensors cover {at} (trailing bytes?)"
+        )));
+    }
+    Ok(())
+}
+
+/// Weights in memory: memory-mapped, or read into an owned buffer (plus
+/// copies of tensors that were not 4-byte aligned).
 #[derive(Debug)]
 struct WeightsHandle {
     base: *mut c_void,
     len: usize,
+    /// True when `base` comes from mmap (and must be unmapped).
+    mapped: bool,
+    /// The file's bytes in read mode (u64 words: 8-byte aligned).
+    _owned: Vec<u64>,
     _copies: Vec<Vec<f32>>,
 }
 
 impl Drop for WeightsHandle {
     fn drop(&mut self) {
-        if !self.base.is_null() && self.len > 0 {
+        if self.mapped && !self.base.is_null() && self.len > 0 {
             // SAFETY: base/len come from a successful mmap, unmapped once.
             unsafe { munmap(self.base, self.len) };
         }
     }
+}
+
+/// [`reformc_set_weights_mode`]: memory-map the weights file (the default).
+pub const WEIGHTS_MMAP: i32 = 0;
+/// [`reformc_set_weights_mode`]: read the weights file into memory.
+pub const WEIGHTS_READ: i32 = 1;
+
+static WEIGHTS_MODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(WEIGHTS_MMAP);
+
+/// Chooses how later weight loads bring the file into memory, for the whole
+/// process: [`WEIGHTS_MMAP`] (0, the default: no copy, but truncating the
+/// file while it is mapped kills the process with SIGBUS) or [`WEIGHTS_READ`]
+/// (1: one copy in memory, immune to later changes of the file). Returns 0,
+/// or `REFORMC_ERR_ARGUMENT` for any other value.
+#[no_mangle]
+pub extern "C" fn reformc_set_weights_mode(mode: i32) -> i32 {
+    if mode != WEIGHTS_MMAP && mode != WEIGHTS_READ {
+        return set_error(
+            code::ARGUMENT,
+            &format!("reformc_set_weights_mode: unknown mode {mode} (0 = mmap, 1 = read)"),
+        );
+    }
+    WEIGHTS_MODE.store(mode, std::sync::atomic::Ordering::Relaxed);
+    0
 }
 
 /// What the compiled model expects: names, ranks and dims of its f32 weights.
@@ -728,14 +850,22 @@ fn check_finite(
 }
 
 fn load(path: &str, exp: &Expected) -> Loaded {
-    use std::os::fd::AsRawFd;
     let io = |m: String| (code::WEIGHTS_IO, m);
+    let not_a_file =
+        || io("not a regular file (weights must be a safetensors file of known size)".into());
+    // Checked before opening too: opening a FIFO blocks until a writer comes.
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(not_a_file());
+    }
     let file =
         std::fs::File::open(path).map_err(|e| io(format!("cannot open the weights file: {e}")))?;
-    let len = file
+    let meta = file
         .metadata()
-        .map_err(|e| io(format!("cannot stat the weights file: {e}")))?
-        .len();
+        .map_err(|e| io(format!("cannot stat the weights file: {e}")))?;
+    if !meta.is_file() {
+        return Err(not_a_file());
+    }
+    let len = meta.len();
     if len < 8 {
         return Err((
             code::WEIGHTS_FORMAT,
@@ -743,31 +873,13 @@ fn load(path: &str, exp: &Expected) -> Loaded {
         ));
     }
     let len_usize = usize::try_from(len).map_err(|_| io("file too large to map".into()))?;
-    const PROT_READ: c_int = 1;
-    const MAP_PRIVATE: c_int = 2;
-    // SAFETY: mapping a regular file read-only; checked against MAP_FAILED below.
-    let base = unsafe {
-        mmap(
-            std::ptr::null_mut(),
-            len_usize,
-            PROT_READ,
-            MAP_PRIVATE,
-            file.as_raw_fd(),
-            0,
-        )
+    let mut handle = if WEIGHTS_MODE.load(std::sync::atomic::Ordering::Relaxed) == WEIGHTS_READ {
+        read_whole(file, len_usize)?
+    } else {
+        map_whole(&file, len_usize)?
     };
-    if base.is_null() || base as isize == -1 {
-        return Err(io(format!(
-            "cannot memory-map the weights file: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    let mut handle = Box::new(WeightsHandle {
-        base,
-        len: len_usize,
-        _copies: Vec::new(),
-    });
-    // SAFETY: the mapping covers len bytes and stays until `handle` drops.
+    let base = handle.base;
+    // SAFETY: the mapping or buffer covers len bytes and stays until `handle` drops.
     let bytes = unsafe { std::slice::from_raw_parts(base as *const u8, len_usize) };
     let (entries, data_start) = parse_safetensors(bytes, len)?;
     let chosen = check_weights(&entries, exp)?;
@@ -791,6 +903,69 @@ fn load(path: &str, exp: &Expected) -> Loaded {
     }
     handle._copies = copies;
     Ok((handle, ptrs, warning))
+}
+
+/// Memory-maps `len` bytes of `file` read-only.
+fn map_whole(file: &std::fs::File, len: usize) -> Result<Box<WeightsHandle>, (i32, String)> {
+    use std::os::fd::AsRawFd;
+    const PROT_READ: c_int = 1;
+    const MAP_PRIVATE: c_int = 2;
+    // SAFETY: mapping a regular file read-only; checked against MAP_FAILED below.
+    let base = unsafe {
+        mmap(
+            std::ptr::null_mut(),
+            len,
+            PROT_READ,
+            MAP_PRIVATE,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if base.is_null() || base as isize == -1 {
+        return Err((
+            code::WEIGHTS_IO,
+            format!(
+                "cannot memory-map the weights file: {}",
+                std::io::Error::last_os_error()
+            ),
+        ));
+    }
+    Ok(Box::new(WeightsHandle {
+        base,
+        len,
+        mapped: true,
+        _owned: Vec::new(),
+        _copies: Vec::new(),
+    }))
+}
+
+/// Reads exactly `len` bytes of `file` (its size when it was opened) into
+/// an 8-byte aligned buffer; a file that shrank meanwhile is an error.
+fn read_whole(mut file: std::fs::File, len: usize) -> Result<Box<WeightsHandle>, (i32, String)> {
+    use std::io::Read;
+    let mut owned: Vec<u64> = Vec::new();
+    owned.try_reserve_exact(len.div_ceil(8)).map_err(|_| {
+        (
+            code::OUT_OF_MEMORY,
+            format!("cannot allocate {len} bytes for the weights"),
+        )
+    })?;
+    owned.resize(len.div_ceil(8), 0);
+    // SAFETY: the buffer holds at least `len` initialised bytes.
+    let buf = unsafe { std::slice::from_raw_parts_mut(owned.as_mut_ptr() as *mut u8, len) };
+    file.read_exact(buf).map_err(|e| {
+        (
+            code::WEIGHTS_IO,
+            format!("cannot read the weights file ({len} bytes): {e}"),
+        )
+    })?;
+    Ok(Box::new(WeightsHandle {
+        base: owned.as_mut_ptr() as *mut c_void,
+        len,
+        mapped: false,
+        _owned: owned,
+        _copies: Vec::new(),
+    }))
 }
 
 /// Releases weights from [`rc_model_load_safetensors`]; NULL is ignored.

@@ -2,7 +2,7 @@
 
 use super::error::{CliError, CliResult};
 use ndarray::{ArrayD, IxDyn};
-use reformc_frontend::config::{parse_model_config, ConfigFormat};
+use reformc_frontend::config::{parse_model_config, read_config_text, ConfigFormat};
 use reformc_frontend::lower::{expected_weights, lower, LowerOptions, Lowered};
 use reformc_frontend::spec::{HeadSpec, ModelSpec};
 use reformc_frontend::weights::WeightFile;
@@ -21,8 +21,7 @@ pub struct Model {
 /// `reformer.` prefix and an LM head (`ReformerModelWithLMHead` /
 /// `ReformerForMaskedLM`) or a bare `ReformerModel` (no prefix, no head).
 pub fn load(config: &Path, weights: Option<&Path>, lm_head_bias: bool) -> CliResult<Model> {
-    let text = std::fs::read_to_string(config)
-        .map_err(|e| CliError::input(format!("{}: cannot read file: {e}", config.display())))?;
+    let text = read_config_text(config)?;
     let (mut spec, warnings, format) = parse_model_config(&text, config)?;
     for w in warnings {
         eprintln!("warning: {w}");

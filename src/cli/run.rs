@@ -263,8 +263,8 @@ fn read_buckets(
         return Err(CliError::input(format!("{}: LSH buckets: expected shape {want:?} ([n_lsh_layers, B, H, r*L_padded] with L_padded={padded}), found {:?}", path.display(), b.shape())));
     }
     check_bucket_range(path, b.iter().copied(), (r, padded), n_buckets)?;
-    Ok(b.into_shape_with_order(IxDyn(&[n, batch, h, r, padded]))
-        .expect("element count checked"))
+    b.into_shape_with_order(IxDyn(&[n, batch, h, r, padded]))
+        .map_err(|e| CliError::internal(format!("{}: LSH buckets: {e}", path.display())))
 }
 
 /// Round `rho` of the last axis (`r` rounds of `padded` slots) holds ids in

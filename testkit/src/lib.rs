@@ -269,3 +269,167 @@ pub fn assert_close(
         assert!(d <= tol, "{what}: output {k} differs by {d:e} (relative)");
     }
 }
+
+/// A safetensors file from a header text and a data section of `data` zero bytes.
+fn st_file(header: &str, data: usize) -> Vec<u8> {
+    let mut f = (header.len() as u64).to_le_bytes().to_vec();
+    f.extend_from_slice(header.as_bytes());
+    f.resize(f.len() + data, 0);
+    f
+}
+
+/// One malformed safetensors file of the shared corpus: its file name, its
+/// bytes, and what every loader's message must mention (alternatives
+/// separated by `|`, for files where which tensor is blamed depends on the
+/// loader).
+pub struct Malformed {
+    /// File name under `tests/corpus/safetensors`.
+    pub name: &'static str,
+    /// The file's bytes.
+    pub bytes: Vec<u8>,
+    /// What the error message must contain.
+    pub needle: &'static str,
+}
+
+/// The malformed safetensors corpus that both weight loaders (the
+/// frontend's and the runtime's) must reject; committed under
+/// `tests/corpus/safetensors` (tests/cli_readers.rs checks it is current).
+pub fn malformed_safetensors() -> Vec<Malformed> {
+    let e = |dtype: &str, shape: &str, b: u64, end: u64| {
+        format!(r#"{{"dtype":"{dtype}","shape":{shape},"data_offsets":[{b},{end}]}}"#)
+    };
+    let f32x2 = |b: u64| e("F32", "[2]", b, b + 8);
+    let m = |name, header: String, data, needle| Malformed {
+        name,
+        bytes: st_file(&header, data),
+        needle,
+    };
+    let mut huge = u64::MAX.to_le_bytes().to_vec();
+    huge.extend_from_slice(b"{}");
+    let mut too_long = 1000u64.to_le_bytes().to_vec();
+    too_long.extend_from_slice(b"{}");
+    vec![
+        m(
+            "duplicate_aliased.safetensors",
+            format!(r#"{{"a":{},"a":{}}}"#, f32x2(0), f32x2(0)),
+            8,
+            "`a`",
+        ),
+        m(
+            "duplicate_name.safetensors",
+            format!(r#"{{"a":{},"a":{}}}"#, f32x2(0), f32x2(8)),
+            16,
+            "`a`",
+        ),
+        m(
+            "aliased_offsets.safetensors",
+            format!(r#"{{"a":{},"b":{}}}"#, f32x2(0), f32x2(0)),
+            8,
+            "`a`|`b`",
+        ),
+        m(
+            "overlapping_offsets.safetensors",
+            format!(r#"{{"a":{},"b":{}}}"#, f32x2(0), f32x2(4)),
+            12,
+            "`b`",
+        ),
+        m(
+            "gap_between_tensors.safetensors",
+            format!(r#"{{"a":{},"b":{}}}"#, f32x2(0), f32x2(12)),
+            20,
+            "`b`",
+        ),
+        m(
+            "trailing_bytes.safetensors",
+            format!(r#"{{"a":{}}}"#, f32x2(0)),
+            12,
+            "trailing bytes",
+        ),
+        m(
+            "data_past_the_end.safetensors",
+            format!(r#"{{"a":{}}}"#, e("F32", "[4]", 0, 16)),
+            8,
+            "truncated",
+        ),
+        m(
+            "size_mismatch.safetensors",
+            format!(r#"{{"a":{}}}"#, e("F32", "[3]", 0, 8)),
+            8,
+            "`a`",
+        ),
+        m(
+            "unknown_dtype.safetensors",
+            format!(r#"{{"a":{}}}"#, e("F33", "[2]", 0, 8)),
+            8,
+            "`a`",
+        ),
+        m(
+            "begin_after_end.safetensors",
+            format!(r#"{{"a":{}}}"#, e("F32", "[2]", 8, 0)),
+            8,
+            "`a`",
+        ),
+        m(
+            "shape_overflow.safetensors",
+            format!(r#"{{"a":{}}}"#, e("F32", "[4294967296,4294967296]", 0, 8)),
+            8,
+            "`a`",
+        ),
+        m(
+            "negative_offset.safetensors",
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[-1,7]}}"#.into(),
+            8,
+            "`a`",
+        ),
+        m(
+            "missing_shape.safetensors",
+            r#"{"a":{"dtype":"F32","data_offsets":[0,8]}}"#.into(),
+            8,
+            "`a`",
+        ),
+        m(
+            "bad_metadata.safetensors",
+            format!(r#"{{"__metadata__":{{"k":1}},"a":{}}}"#, f32x2(0)),
+            8,
+            "__metadata__",
+        ),
+        m(
+            "header_not_json.safetensors",
+            "{{{{{{{{".into(),
+            0,
+            "header",
+        ),
+        m(
+            "header_not_object.safetensors",
+            "[1, 2]  ".into(),
+            0,
+            "header",
+        ),
+        Malformed {
+            name: "header_length_huge.safetensors",
+            bytes: huge,
+            needle: "header",
+        },
+        Malformed {
+            name: "header_length_past_the_end.safetensors",
+            bytes: too_long,
+            needle: "header",
+        },
+        Malformed {
+            name: "empty.safetensors",
+            bytes: Vec::new(),
+            needle: "0 bytes",
+        },
+    ]
+}
+
+/// The committed corpus: (path, needle) for every file listed in
+/// `tests/corpus/safetensors/expect.txt`.
+pub fn malformed_safetensors_corpus() -> Vec<(PathBuf, String)> {
+    let dir = root().join("tests/corpus/safetensors");
+    let list = std::fs::read_to_string(dir.join("expect.txt")).unwrap();
+    list.lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(f, n)| (dir.join(f), n.to_string()))
+        .collect()
+}

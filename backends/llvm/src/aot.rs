@@ -69,6 +69,7 @@ pub const EXPORTS: &[&str] = &[
     "reformc_model_allow_nonfinite_weights",
     "reformc_tensor_init",
     "reformc_tensor_release",
+    "reformc_set_weights_mode",
 ];
 
 /// What [`compile`] did, with timings.

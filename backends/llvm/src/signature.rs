@@ -219,20 +219,32 @@ pub(crate) fn model_h(p: &SignatureParts) -> String {
     s.push_str("\n\n");
     s.push_str(
         r#"/* Runs the model: `inputs` (n_inputs of them, borrowed) -> `outputs`
- * (n_outputs slots the caller provides; filled with owned tensors).
+ * (n_outputs slots the caller provides; filled with owned tensors). The
+ * counts are checked before either array is touched: an n_inputs that no
+ * compiled signature takes is REFORMC_ERR_ARGUMENT, with no input read.
  * Returns 0 or a REFORMC_ERR_* code; never aborts on bad input. */
 int32_t reformc_model_run(const reformc_tensor* inputs, int64_t n_inputs,
                           reformc_tensor* outputs, int64_t n_outputs);
 
-/* Memory-maps a safetensors file and checks every tensor's name, dtype and
- * shape and the file size against the compiled signature. On failure the
- * previously loaded weights (if any) stay in place. */
+/* Memory-maps a safetensors file (or reads it, see reformc_set_weights_mode)
+ * and checks every tensor's name, dtype and shape and the file size against
+ * the compiled signature. On failure the previously loaded weights (if any)
+ * stay in place. */
 int32_t reformc_model_load_weights(const char* safetensors_path);
 
 /* allow != 0: reformc_model_load_weights accepts NaN or infinite weights and
  * returns 0, with reformc_model_last_error() naming the first one; by default
  * (0) such a file is refused with REFORMC_ERR_VALUE. Process-wide. */
 void reformc_model_allow_nonfinite_weights(int32_t allow);
+
+/* How later reformc_model_load_weights calls bring the file into memory, for
+ * the whole process: REFORMC_WEIGHTS_MMAP (the default: no copy, but
+ * truncating or rewriting the file while it is loaded raises SIGBUS) or
+ * REFORMC_WEIGHTS_READ (one copy in memory, immune to later changes of the
+ * file). Returns 0, or REFORMC_ERR_ARGUMENT for another value. */
+#define REFORMC_WEIGHTS_MMAP 0
+#define REFORMC_WEIGHTS_READ 1
+int32_t reformc_set_weights_mode(int32_t mode);
 
 /* Uses caller-owned f32 arrays as weights (signature order, n = number of
  * weights); they must stay valid while the model runs. */
@@ -248,7 +260,8 @@ const char* reformc_model_signature(void);
 const char* reformc_model_last_error(void);
 
 /* Fills a tensor header with row-major contiguous strides (does not copy data;
- * owns_data = 0). Returns 0, or REFORMC_ERR_ARGUMENT for a bad rank/shape. */
+ * owns_data = 0). Returns 0, REFORMC_ERR_DTYPE for an unknown dtype code, or
+ * REFORMC_ERR_ARGUMENT for a bad rank/shape. */
 int32_t reformc_tensor_init(reformc_tensor* t, int32_t dtype, int32_t rank,
                             const int64_t* shape, void* data);
 

@@ -61,6 +61,20 @@ int main(int argc, char** argv) {
   }
   if (out.dtype != REFORMC_F32 || out.rank != 3 || out.shape[0] != b || out.shape[1] != l || !out.owns_data) return 101;
   int64_t n = out.shape[0] * out.shape[1] * out.shape[2];
+  /* Counts beyond every signature: an error, no input past in[1] is read. */
+  reformc_tensor spare;
+  if (reformc_model_run(in, 1000000, &spare, 1) != REFORMC_ERR_ARGUMENT
+      || !strstr(reformc_model_last_error(), "more than any compiled signature takes")) return 110;
+  if (reformc_model_run(in, 2, &spare, 7) != REFORMC_ERR_ARGUMENT) return 111;
+  if (reformc_tensor_init(&spare, 77, 2, shape, ids) != REFORMC_ERR_DTYPE) return 112;
+  /* Weights read into memory instead of mapped: the same output, bit for bit. */
+  if (reformc_set_weights_mode(7) != REFORMC_ERR_ARGUMENT) return 113;
+  if (reformc_set_weights_mode(REFORMC_WEIGHTS_READ) != REFORMC_OK) return 114;
+  if (reformc_model_load_weights(argv[1]) != REFORMC_OK) return 115;
+  if (reformc_model_run(in, 2, &spare, 1) != REFORMC_OK) return 116;
+  if (memcmp(spare.data, out.data, sizeof(float) * n) != 0) return 117;
+  reformc_tensor_release(&spare);
+  reformc_set_weights_mode(REFORMC_WEIGHTS_MMAP);
   f = fopen(argv[5], "wb");
   if (!f || fwrite(out.data, sizeof(float), n, f) != (size_t)n) return 102;
   fclose(f);

@@ -164,13 +164,22 @@ impl<'ctx> Gen<'ctx> {
             )?;
             self.b.position_at_end(next);
         }
+        // Describing the inputs reads them: only as many as some variant
+        // takes, never past the caller's array.
+        let max_n = variants.iter().map(|(_, t)| t.len()).max().unwrap_or(0);
+        let over =
+            self.b
+                .build_int_compare(IntPredicate::UGT, n_in, self.i64c(max_n as i64), "over")?;
+        let shown = self
+            .b
+            .build_select(over, self.t.ptr.const_null(), inputs, "shown")?;
         let e = self.cstr(expected);
         let rc = self.call_i32(
             "rc_model_error_signature",
             &[
                 self.i32c(err::ARGUMENT).into(),
                 e.into(),
-                inputs.into(),
+                shown.into(),
                 n_in.into(),
             ],
         )?;
