@@ -29,6 +29,7 @@ mod entries;
 mod fused;
 mod layout;
 mod nn;
+mod outline;
 mod scalar;
 mod tensor;
 
