@@ -9,9 +9,45 @@
 //! reads from the caller (buffer pointers, dims, strides, slots, bound
 //! symbols) as parameters; constants stay constants, so the generated loops
 //! and kernel calls are the same as inline and results are bit-identical.
+//!
+//! Layers of the same kind differ only in those parameters and in their
+//! messages (which name the op), so the strings a body uses are loaded from a
+//! table its caller passes, and a body whose code equals one generated
+//! before (see [`fingerprint`]) is dropped for a call to that one: LLVM then
+//! optimises one function per kind of layer, whatever the depth.
 
 use super::*;
-use inkwell::values::AsValueRef;
+use inkwell::llvm_sys::core as c;
+use inkwell::llvm_sys::prelude::LLVMValueRef;
+use inkwell::values::{AsValueRef, InstructionOpcode as Op};
+use std::fmt::Write as _;
+
+/// Outlined functions by their [`fingerprint`], and the string table of the body
+/// being generated.
+#[derive(Default)]
+pub(super) struct Outlines<'ctx> {
+    done: HashMap<String, FunctionValue<'ctx>>,
+    table: Option<StrTable<'ctx>>,
+    /// The strings of every call site's table, in one array that
+    /// [`Gen::finish_outlines`] creates: created as they come, thousands of
+    /// string globals would make each print in `dedupe` (which walks the
+    /// module's globals) slower than the last.
+    pending: Vec<String>,
+    /// Stands for that array until then.
+    placeholder: Option<GlobalValue<'ctx>>,
+}
+
+/// The strings an outlined body uses, in first-use order: loaded (in the
+/// entry block) from the array its last parameter points to.
+struct StrTable<'ctx> {
+    param: PointerValue<'ctx>,
+    entry: Builder<'ctx>,
+    strs: Vec<String>,
+    loaded: HashMap<String, PointerValue<'ctx>>,
+}
+
+/// Name of an outlined function until it is known to be new.
+const TEMP_NAME: &str = "__reformc_outlined";
 
 /// The caller's run-time values an outlined body reads, deduplicated, in
 /// parameter order.
@@ -100,6 +136,95 @@ impl<'ctx> FnState<'ctx> {
     }
 }
 
+/// A text that equals another function's exactly when the two have the same
+/// code: per instruction its opcode, type, flags and operands, where an
+/// operand is a parameter, an instruction or a block of the function by
+/// position, or a constant or global by identity (LLVM uniques constants in
+/// a context). Unlike printing the function, this does not walk the rest of
+/// the module, whose size grows with the depth.
+fn fingerprint(f: FunctionValue<'_>) -> String {
+    let mut local: HashMap<LLVMValueRef, usize> = HashMap::new();
+    for p in f.get_param_iter() {
+        let n = local.len();
+        local.insert(p.as_value_ref(), n);
+    }
+    let blocks = f.get_basic_blocks();
+    for b in &blocks {
+        // SAFETY: `b` is a block of a live function.
+        let n = local.len();
+        local.insert(unsafe { c::LLVMBasicBlockAsValue(b.as_mut_ptr()) }, n);
+        for i in b.get_instructions() {
+            let n = local.len();
+            local.insert(i.as_value_ref(), n);
+        }
+    }
+    let mut out = String::new();
+    for b in &blocks {
+        out.push('|');
+        for i in b.get_instructions() {
+            instruction(&mut out, i, &local);
+        }
+    }
+    out
+}
+
+/// Appends one instruction of [`fingerprint`] to `out`.
+fn instruction(
+    out: &mut String,
+    i: inkwell::values::InstructionValue<'_>,
+    local: &HashMap<LLVMValueRef, usize>,
+) {
+    let r = i.as_value_ref();
+    let op = i.get_opcode();
+    // SAFETY: `r` is a live instruction; each query below is valid for its opcode.
+    unsafe {
+        let _ = write!(out, ";{op:?}:{:?}", c::LLVMTypeOf(r));
+        let flags = match op {
+            Op::Add | Op::Sub | Op::Mul | Op::Shl => (c::LLVMGetNSW(r), c::LLVMGetNUW(r)),
+            Op::UDiv | Op::SDiv | Op::LShr | Op::AShr => (c::LLVMGetExact(r), 0),
+            Op::Or => (c::LLVMGetIsDisjoint(r), 0),
+            Op::ZExt | Op::UIToFP => (c::LLVMGetNNeg(r), 0),
+            Op::GetElementPtr => (c::LLVMIsInBounds(r), 0),
+            Op::Load | Op::Store => (c::LLVMGetVolatile(r), c::LLVMGetAlignment(r) as i32),
+            Op::ICmp => (c::LLVMGetICmpPredicate(r) as i32, 0),
+            Op::FCmp => (c::LLVMGetFCmpPredicate(r) as i32, 0),
+            Op::Call => (
+                c::LLVMIsTailCall(r),
+                c::LLVMGetInstructionCallConv(r) as i32,
+            ),
+            _ => (0, 0),
+        };
+        let _ = write!(out, ":{}.{}", flags.0, flags.1);
+        if c::LLVMCanValueUseFastMathFlags(r) != 0 {
+            let _ = write!(out, ":fm{}", c::LLVMGetFastMathFlags(r));
+        }
+        if op == Op::GetElementPtr || op == Op::Alloca {
+            let t = match op {
+                Op::Alloca => c::LLVMGetAllocatedType(r),
+                _ => c::LLVMGetGEPSourceElementType(r),
+            };
+            let _ = write!(out, ":{:?}", t);
+        }
+        for k in 0..c::LLVMGetNumOperands(r) as u32 {
+            let v = c::LLVMGetOperand(r, k);
+            match local.get(&v) {
+                Some(n) => {
+                    let _ = write!(out, " %{n}");
+                }
+                None => {
+                    let _ = write!(out, " @{:?}", v);
+                }
+            }
+        }
+        if op == Op::Phi {
+            for k in 0..c::LLVMCountIncoming(r) {
+                let b = c::LLVMBasicBlockAsValue(c::LLVMGetIncomingBlock(r, k));
+                let _ = write!(out, " <{}", local.get(&b).copied().unwrap_or(usize::MAX));
+            }
+        }
+    }
+}
+
 /// Values defined outside `v`'s regions that ops inside them read.
 fn captures(g: &Graph, fusion: &Fusion, v: ValueId, out: &mut Vec<ValueId>) {
     for r in &g.node(v).regions {
@@ -147,26 +272,41 @@ impl<'ctx> Gen<'ctx> {
             .b
             .get_insert_block()
             .ok_or_else(|| BackendError::Internal("builder is not positioned".into()))?;
-        let f = self.outlined_fn(fs, v, &p.args)?;
+        let f = self.outlined_fn(&p.args)?;
+        let mut params: Vec<BasicValueEnum<'ctx>> = f.get_param_iter().collect();
+        let table = params
+            .pop()
+            .ok_or_else(|| BackendError::Internal("outlined string table".into()))?;
         let remap = Remap {
             index: p.index,
-            params: f.get_param_iter().collect(),
+            params,
         };
         let (mut st, start) = self.open_body(f)?;
-        st.syms = syms.iter().map(|(k, x)| (k.clone(), remap.int(*x))).collect();
+        st.syms = syms
+            .iter()
+            .map(|(k, x)| (k.clone(), remap.int(*x)))
+            .collect();
         st.vals = vals.iter().map(|(id, b)| (*id, remap.buf(b))).collect();
         let inner_bufs = bufs.iter().map(|b| remap.buf(b)).collect();
         let inner_ints = ints.iter().map(|x| remap.int(*x)).collect();
+        let outer_table = self.open_table(f, table.into_pointer_value())?;
         st.swap(fs);
         let r = body(self, fs, inner_bufs, inner_ints).and_then(|()| self.close_body(fs, start));
         st.swap(fs);
+        let strs = std::mem::replace(&mut self.outline.borrow_mut().table, outer_table)
+            .map(|t| t.strs)
+            .unwrap_or_default();
         r?;
+        let f = self.dedupe(f, fs, v, caller)?;
         self.b.position_at_end(caller);
-        let args: Vec<BasicMetadataValueEnum> = p.args.iter().map(|a| (*a).into()).collect();
+        let mut args: Vec<BasicMetadataValueEnum> = p.args.iter().map(|a| (*a).into()).collect();
+        args.push(self.str_array(&strs).into());
         let inkwell::values::ValueKind::Basic(code) =
             self.b.build_call(f, &args, "code")?.try_as_basic_value()
         else {
-            return Err(BackendError::Internal("outlined function returns nothing".into()));
+            return Err(BackendError::Internal(
+                "outlined function returns nothing".into(),
+            ));
         };
         let code = code.into_int_value();
         let failed = self
@@ -175,27 +315,134 @@ impl<'ctx> Gen<'ctx> {
         self.fail_if(fs.exit, failed, |_| Ok(code))
     }
 
-    /// Declares `<caller>.block%<n>(args...) -> i32`, internal and `noinline`
-    /// (the inliner would otherwise merge it back: it has one call site).
-    fn outlined_fn(
-        &self,
-        fs: &Fs<'ctx, '_>,
-        v: ValueId,
-        args: &[BasicValueEnum<'ctx>],
-    ) -> Result<FunctionValue<'ctx>> {
-        let caller = self.cur_fn()?;
-        let name = format!(
-            "{}.block%{}",
-            caller.get_name().to_string_lossy(),
-            fs.numbering.get(&v).copied().unwrap_or(usize::MAX)
+    /// Declares `TEMP_NAME(args..., strings) -> i32`, internal and
+    /// `noinline` (the inliner would otherwise merge it back into its caller).
+    fn outlined_fn(&self, args: &[BasicValueEnum<'ctx>]) -> Result<FunctionValue<'ctx>> {
+        let mut tys: Vec<BasicMetadataTypeEnum> =
+            args.iter().map(|a| a.get_type().into()).collect();
+        tys.push(self.t.ptr.into());
+        let f = self.define(
+            TEMP_NAME,
+            self.t.i32.fn_type(&tys, false),
+            Linkage::Internal,
         );
-        let tys: Vec<BasicMetadataTypeEnum> = args.iter().map(|a| a.get_type().into()).collect();
-        let f = self.define(&name, self.t.i32.fn_type(&tys, false), Linkage::Internal);
         let noinline = inkwell::attributes::Attribute::get_named_enum_kind_id("noinline");
         f.add_attribute(
             AttributeLoc::Function,
             self.ctx.create_enum_attribute(noinline, 0),
         );
+        Ok(f)
+    }
+
+    /// Starts collecting the strings of `f`'s body; returns the table of an
+    /// enclosing outlined body, to be put back when this one is done.
+    fn open_table(
+        &self,
+        f: FunctionValue<'ctx>,
+        param: PointerValue<'ctx>,
+    ) -> Result<Option<StrTable<'ctx>>> {
+        let entry = f
+            .get_first_basic_block()
+            .ok_or_else(|| BackendError::Internal("entry".into()))?;
+        let b = self.ctx.create_builder();
+        b.position_at_end(entry);
+        let table = StrTable {
+            param,
+            entry: b,
+            strs: Vec::new(),
+            loaded: HashMap::new(),
+        };
+        Ok(self.outline.borrow_mut().table.replace(table))
+    }
+
+    /// `s` loaded from the string table of the outlined body being generated
+    /// (None outside one).
+    pub(super) fn outlined_str(&self, s: &str) -> Option<PointerValue<'ctx>> {
+        let mut o = self.outline.borrow_mut();
+        let t = o.table.as_mut()?;
+        if let Some(p) = t.loaded.get(s) {
+            return Some(*p);
+        }
+        let i = self.i64c(t.strs.len() as i64);
+        // SAFETY: building a GEP only creates an instruction; the caller's
+        // array has an entry per string of the table.
+        let q = unsafe { t.entry.build_in_bounds_gep(self.t.ptr, t.param, &[i], "s") }.ok()?;
+        let p = t.entry.build_load(self.t.ptr, q, "str").ok()?;
+        let p = p.into_pointer_value();
+        t.strs.push(s.to_string());
+        t.loaded.insert(s.to_string(), p);
+        Some(p)
+    }
+
+    /// Where `strs` will be in the string array (NULL when empty).
+    fn str_array(&self, strs: &[String]) -> PointerValue<'ctx> {
+        if strs.is_empty() {
+            return self.null();
+        }
+        let mut o = self.outline.borrow_mut();
+        let base = self.i64c(o.pending.len() as i64);
+        o.pending.extend(strs.iter().cloned());
+        let ty = self.t.ptr.array_type(0);
+        let table = *o.placeholder.get_or_insert_with(|| {
+            self.module
+                .add_global(ty, None, "__reformc_outlined_strings")
+        });
+        // SAFETY: a constant GEP only creates a constant expression; the
+        // array gets an element per pending string.
+        unsafe { table.as_pointer_value().const_gep(self.t.ptr, &[base]) }
+    }
+
+    /// Creates the string array of the outlined call sites (call once, after
+    /// the last variant).
+    pub(crate) fn finish_outlines(&self) {
+        let (pending, placeholder) = {
+            let mut o = self.outline.borrow_mut();
+            (std::mem::take(&mut o.pending), o.placeholder.take())
+        };
+        let Some(placeholder) = placeholder else {
+            return;
+        };
+        let ptrs: Vec<PointerValue> = pending.iter().map(|s| self.cstr(s)).collect();
+        let arr = self.t.ptr.const_array(&ptrs);
+        let g = self
+            .module
+            .add_global(arr.get_type(), None, ".outlined_strings");
+        g.set_linkage(Linkage::Private);
+        g.set_constant(true);
+        g.set_unnamed_addr(true);
+        g.set_initializer(&arr);
+        placeholder
+            .as_pointer_value()
+            .replace_all_uses_with(g.as_pointer_value());
+        // SAFETY: nothing refers to the placeholder any more.
+        unsafe { placeholder.delete() };
+    }
+
+    /// `f`, named `<caller>.block%<n>`, or the earlier outlined function with
+    /// the same code (then `f` is deleted).
+    fn dedupe(
+        &self,
+        f: FunctionValue<'ctx>,
+        fs: &Fs<'ctx, '_>,
+        v: ValueId,
+        caller: BasicBlock<'ctx>,
+    ) -> Result<FunctionValue<'ctx>> {
+        let text = fingerprint(f);
+        if let Some(&same) = self.outline.borrow().done.get(&text) {
+            // SAFETY: `f` was created by `outlined` and nothing refers to it yet.
+            unsafe { f.delete() };
+            return Ok(same);
+        }
+        let caller = caller
+            .get_parent()
+            .ok_or_else(|| BackendError::Internal("caller block has no function".into()))?;
+        let name = format!(
+            "{}.block%{}",
+            caller.get_name().to_string_lossy(),
+            fs.numbering.get(&v).copied().unwrap_or(usize::MAX)
+        );
+        f.as_global_value().set_name(&name);
+        self.outline.borrow_mut().done.insert(text, f);
         Ok(f)
     }
 
