@@ -5,7 +5,8 @@ Model: examples/tiny-reformer (hidden 64, 2 heads, d_ff 128, vocab 64) with its
 layers repeated to N layers (alternating local / LSH attention, the weights of
 its layers 0 and 1 copied), so that only depth changes. Each point is the
 median wall time of `reformc compile --emit exe` (the release build) over
---repeats runs; the process is timed whole (frontend, passes, LLVM, link).
+--repeats runs (wall and CPU time); the process is timed whole (frontend,
+passes, LLVM, link).
 
 Usage: python3 bench/compile_depth.py [--layers 50,100,200,400,1000] [--repeats 3]
 Writes bench/out/depth/ (models, executables) and bench/compile_depth.md.
@@ -74,14 +75,18 @@ def make_model(layers):
 
 
 def compile_once(d):
+    """Wall and CPU (user + system) seconds of one `reformc compile`."""
     cmd = [REFORMC, "compile", "-q", os.path.join(d, "config.json"),
            "--weights", os.path.join(d, "model.safetensors"), "-o", os.path.join(d, "model")]
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    dt = time.perf_counter() - t0
-    if r.returncode != 0:
-        sys.exit(f"compile failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr}")
-    return dt
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    err = p.stderr.read().decode(errors="replace")
+    p.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"compile failed: {' '.join(cmd)}\n{err}")
+    return wall, usage.ru_utime + usage.ru_stime
 
 
 def cpu_name():
@@ -95,20 +100,25 @@ def cpu_name():
 
 
 def report(rows, repeats):
-    t = dict(rows)
+    """rows: (layers, median wall s, median CPU s)."""
+    wall = {n: w for n, w, _ in rows}
+    cpu = {n: c for n, _, c in rows}
     lines = [
         "# Compile time against depth",
         "",
         f"`python3 bench/compile_depth.py` on {cpu_name()}, {os.cpu_count()} cores: "
         f"median of {repeats} runs of `reformc compile` (release build, exe with mmap weights) of "
-        "examples/tiny-reformer repeated to N layers (hidden 64, alternating local/LSH).",
+        "examples/tiny-reformer repeated to N layers (hidden 64, alternating local/LSH, "
+        "3 hashing variants). CPU is user + system time of the process (steadier than wall "
+        "time on a shared machine).",
         "",
-        "| layers | compile s | s per layer |",
-        "|---:|---:|---:|",
+        "| layers | wall s | CPU s | CPU ms per layer |",
+        "|---:|---:|---:|---:|",
     ]
-    lines += [f"| {n} | {s:.2f} | {s / n * 1000:.1f} ms |" for n, s in rows]
-    if 50 in t and 400 in t:
-        lines += ["", f"Ratio 400/50 layers: {t[400] / t[50]:.2f} (8 would be exactly linear)."]
+    lines += [f"| {n} | {w:.2f} | {c:.2f} | {c / n * 1000:.1f} |" for n, w, c in rows]
+    if 50 in wall and 400 in wall:
+        lines += ["", f"Ratio 400/50 layers: {wall[400] / wall[50]:.2f} wall, "
+                      f"{cpu[400] / cpu[50]:.2f} CPU (8 would be exactly linear)."]
     return "\n".join(lines) + "\n"
 
 
@@ -123,9 +133,11 @@ def main():
     rows = []
     for n in [int(x) for x in a.layers.split(",")]:
         d = make_model(n)
-        times = [compile_once(d) for _ in range(a.repeats)]
-        rows.append((n, statistics.median(times)))
-        print(f"{n} layers: {rows[-1][1]:.2f} s ({', '.join(f'{x:.2f}' for x in times)})", flush=True)
+        runs = [compile_once(d) for _ in range(a.repeats)]
+        wall = statistics.median(w for w, _ in runs)
+        cpu = statistics.median(c for _, c in runs)
+        rows.append((n, wall, cpu))
+        print(f"{n} layers: {wall:.2f} s wall, {cpu:.2f} s CPU", flush=True)
     text = report(rows, a.repeats)
     open(a.output, "w").write(text)
     print(text)
