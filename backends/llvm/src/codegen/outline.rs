@@ -176,51 +176,76 @@ fn instruction(
 ) {
     let r = i.as_value_ref();
     let op = i.get_opcode();
-    // SAFETY: `r` is a live instruction; each query below is valid for its opcode.
+    // SAFETY: `r` is a live instruction; each query is valid for its opcode.
     unsafe {
-        let _ = write!(out, ";{op:?}:{:?}", c::LLVMTypeOf(r));
-        let flags = match op {
-            Op::Add | Op::Sub | Op::Mul | Op::Shl => (c::LLVMGetNSW(r), c::LLVMGetNUW(r)),
-            Op::UDiv | Op::SDiv | Op::LShr | Op::AShr => (c::LLVMGetExact(r), 0),
-            Op::Or => (c::LLVMGetIsDisjoint(r), 0),
-            Op::ZExt | Op::UIToFP => (c::LLVMGetNNeg(r), 0),
-            Op::GetElementPtr => (c::LLVMIsInBounds(r), 0),
-            Op::Load | Op::Store => (c::LLVMGetVolatile(r), c::LLVMGetAlignment(r) as i32),
-            Op::ICmp => (c::LLVMGetICmpPredicate(r) as i32, 0),
-            Op::FCmp => (c::LLVMGetFCmpPredicate(r) as i32, 0),
-            Op::Call => (
-                c::LLVMIsTailCall(r),
-                c::LLVMGetInstructionCallConv(r) as i32,
-            ),
-            _ => (0, 0),
-        };
-        let _ = write!(out, ":{}.{}", flags.0, flags.1);
+        let _ = write!(out, ";{op:?}:{:?}:{:?}", c::LLVMTypeOf(r), flags(op, r));
         if c::LLVMCanValueUseFastMathFlags(r) != 0 {
             let _ = write!(out, ":fm{}", c::LLVMGetFastMathFlags(r));
         }
-        if op == Op::GetElementPtr || op == Op::Alloca {
-            let t = match op {
-                Op::Alloca => c::LLVMGetAllocatedType(r),
-                _ => c::LLVMGetGEPSourceElementType(r),
-            };
-            let _ = write!(out, ":{:?}", t);
+        if matches!(op, Op::ExtractValue | Op::InsertValue) {
+            let n = c::LLVMGetNumIndices(r) as usize;
+            let idx = std::slice::from_raw_parts(c::LLVMGetIndices(r), n);
+            let _ = write!(out, ":{idx:?}");
         }
         for k in 0..c::LLVMGetNumOperands(r) as u32 {
             let v = c::LLVMGetOperand(r, k);
-            match local.get(&v) {
-                Some(n) => {
-                    let _ = write!(out, " %{n}");
-                }
-                None => {
-                    let _ = write!(out, " @{:?}", v);
-                }
-            }
+            let _ = match local.get(&v) {
+                Some(n) => write!(out, " %{n}"),
+                None => write!(out, " @{v:?}"),
+            };
         }
         if op == Op::Phi {
             for k in 0..c::LLVMCountIncoming(r) {
                 let b = c::LLVMBasicBlockAsValue(c::LLVMGetIncomingBlock(r, k));
-                let _ = write!(out, " <{}", local.get(&b).copied().unwrap_or(usize::MAX));
+                let _ = write!(out, " <{:?}", local.get(&b));
             }
+        }
+    }
+}
+
+/// What an instruction of opcode `op` has besides its type and operands:
+/// wrap and exactness flags, predicates, volatility, alignment, the element
+/// type of a GEP or alloca, the call's tail marker and convention.
+///
+/// # Safety
+/// `r` must be a live instruction of opcode `op`.
+unsafe fn flags(op: Op, r: LLVMValueRef) -> (i64, i64, usize) {
+    // SAFETY: the caller's contract; each query matches its opcode.
+    unsafe {
+        match op {
+            Op::Add | Op::Sub | Op::Mul | Op::Shl | Op::Trunc => {
+                (c::LLVMGetNSW(r) as i64, c::LLVMGetNUW(r) as i64, 0)
+            }
+            Op::UDiv | Op::SDiv | Op::LShr | Op::AShr => (c::LLVMGetExact(r) as i64, 0, 0),
+            Op::Or => (c::LLVMGetIsDisjoint(r) as i64, 0, 0),
+            Op::ZExt | Op::UIToFP => (c::LLVMGetNNeg(r) as i64, 0, 0),
+            Op::GetElementPtr => (
+                c::LLVMGEPGetNoWrapFlags(r) as i64,
+                0,
+                c::LLVMGetGEPSourceElementType(r) as usize,
+            ),
+            Op::Alloca => (
+                0,
+                c::LLVMGetAlignment(r) as i64,
+                c::LLVMGetAllocatedType(r) as usize,
+            ),
+            Op::Load | Op::Store => (
+                c::LLVMGetVolatile(r) as i64,
+                c::LLVMGetAlignment(r) as i64,
+                0,
+            ),
+            Op::ICmp => (
+                c::LLVMGetICmpPredicate(r) as i64,
+                c::LLVMGetICmpSameSign(r) as i64,
+                0,
+            ),
+            Op::FCmp => (c::LLVMGetFCmpPredicate(r) as i64, 0, 0),
+            Op::Call => (
+                c::LLVMIsTailCall(r) as i64,
+                c::LLVMGetInstructionCallConv(r) as i64,
+                0,
+            ),
+            _ => (0, 0, 0),
         }
     }
 }
