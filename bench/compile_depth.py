@@ -10,6 +10,7 @@ passes, LLVM, link).
 
 Usage: python3 bench/compile_depth.py [--layers 50,100,200,400,1000] [--repeats 3]
 Writes bench/out/depth/ (models, executables) and bench/compile_depth.md.
+REFORMC=path/to/reformc times another build (e.g. an older one, for a comparison).
 No Python package beyond the standard library is needed.
 """
 import argparse
@@ -25,7 +26,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 OUT = os.path.join(HERE, "out", "depth")
-REFORMC = os.path.join(REPO, "target", "release", "reformc")
+REFORMC = os.environ.get("REFORMC", os.path.join(REPO, "target", "release", "reformc"))
 BASE = os.path.join(REPO, "examples", "tiny-reformer")
 
 
