@@ -242,6 +242,7 @@ pub fn build_module<'ctx>(
         funcs.push((f, types));
         plans.push((v.name.clone(), MemoryPlan::new(&v.graph)));
     }
+    g.finish_outlines();
     let expected = signature::expected_inputs(variants);
     g.dispatcher(
         &funcs,

@@ -92,6 +92,31 @@ impl<'ctx> Gen<'ctx> {
                 out
             }
         };
+        // The updates go into a function of their own (see outline.rs).
+        let view = Buf {
+            slot: None,
+            ..state.clone()
+        };
+        self.outlined(fs, v, &[view], &[width, half, rows], |g, fs, bufs, ints| {
+            let (Some(state), &[width, half, rows]) = (bufs.first(), &ints[..]) else {
+                return Err(BackendError::Internal("outlined arguments".into()));
+            };
+            g.half_updates(fs, v, state, width, half, rows)
+        })?;
+        Ok(state)
+    }
+
+    /// y1 = x1 + f(x2) into the low half of `state`, then y2 = x2 + g(y1) into the high.
+    fn half_updates(
+        &self,
+        fs: &mut Fs<'ctx, '_>,
+        v: ValueId,
+        state: &Buf<'ctx>,
+        width: IntValue<'ctx>,
+        half: IntValue<'ctx>,
+        rows: IntValue<'ctx>,
+    ) -> Result<()> {
+        let dt = DType::F32;
         let mut hdims = state.dims.clone();
         if let Some(l) = hdims.last_mut() {
             *l = half;
@@ -104,10 +129,8 @@ impl<'ctx> Gen<'ctx> {
             ld: Some(width),
         };
         let (lo, hi) = (view(state.ptr), view(self.gep(dt, state.ptr, half)?));
-        // y1 = x1 + f(x2) into the low half, then y2 = x2 + g(y1) into the high.
         self.half_update(fs, v, 0, hi.clone(), &lo, rows)?;
-        self.half_update(fs, v, 1, lo, &hi, rows)?;
-        Ok(state)
+        self.half_update(fs, v, 1, lo, &hi, rows)
     }
 
     /// `target += region ri of v (arg)`: the region's last linear accumulates

@@ -29,6 +29,7 @@ mod entries;
 mod fused;
 mod layout;
 mod nn;
+mod outline;
 mod scalar;
 mod tensor;
 
@@ -148,6 +149,10 @@ pub(crate) struct Gen<'ctx> {
     limits: Vec<DimLimit>,
     /// Time every leaf op (`rc_prof_now` / `rc_prof_add`; `--profile`).
     profile: bool,
+    /// Outlined block functions and the string table of the one being generated.
+    outline: RefCell<outline::Outlines<'ctx>>,
+    /// `.ints` constant arrays by content.
+    int_arrays: RefCell<HashMap<Vec<i64>, PointerValue<'ctx>>>,
 }
 
 fn volatile(i: inkwell::values::InstructionValue) -> Result<()> {
@@ -199,6 +204,8 @@ impl<'ctx> Gen<'ctx> {
                 .collect(),
             limits,
             profile,
+            outline: RefCell::default(),
+            int_arrays: RefCell::default(),
         }
     }
 
@@ -218,6 +225,9 @@ impl<'ctx> Gen<'ctx> {
 
     /// A private NUL-terminated string constant.
     pub(crate) fn cstr(&self, s: &str) -> PointerValue<'ctx> {
+        if let Some(p) = self.outlined_str(s) {
+            return p;
+        }
         if let Some(p) = self.strings.borrow().get(s) {
             return *p;
         }
@@ -1558,13 +1568,18 @@ impl<'ctx> Gen<'ctx> {
     }
 
     fn const_i64_array(&self, xs: &[i64]) -> PointerValue<'ctx> {
+        if let Some(p) = self.int_arrays.borrow().get(xs) {
+            return *p;
+        }
         let vals: Vec<IntValue> = xs.iter().map(|&x| self.i64c(x)).collect();
         let arr = self.t.i64.const_array(&vals);
         let g = self.module.add_global(arr.get_type(), None, ".ints");
         g.set_linkage(Linkage::Private);
         g.set_constant(true);
         g.set_initializer(&arr);
-        g.as_pointer_value()
+        let p = g.as_pointer_value();
+        self.int_arrays.borrow_mut().insert(xs.to_vec(), p);
+        p
     }
 
     fn constant(&self, d: DType, a: Option<&Attr>) -> Result<BasicValueEnum<'ctx>> {
