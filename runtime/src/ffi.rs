@@ -713,6 +713,30 @@ pub unsafe extern "C" fn rc_random_normal_f32(
     })
 }
 
+/// Checks replayed LSH bucket ids `[rows, rounds, len]` against the range rule
+/// of [`attention::check_bucket_range`] with `nb` buckets per round (or `nb + 1`
+/// with the padding bucket): code 2 names the first id outside it.
+///
+/// # Safety
+/// `ids` must point to `rows * rounds * len` readable int64 values.
+#[no_mangle]
+pub unsafe extern "C" fn rc_check_lsh_buckets(
+    ids: *const i64,
+    rows: i64,
+    rounds: i64,
+    len: i64,
+    nb: i64,
+) -> i32 {
+    guard(|| {
+        let [rows, rounds, len, nb] =
+            sizes([(rows, "rows"), (rounds, "rounds"), (len, "len"), (nb, "nb")])?;
+        let si = span(ids, count(&[rows, rounds, len], "ids")?, "ids")?;
+        // SAFETY: span checked above; size is the ABI's contract with the caller.
+        let ids = unsafe { view(ids, si) };
+        attention::check_bucket_range(ids, rounds, len, nb as u64)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

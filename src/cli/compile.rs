@@ -183,6 +183,7 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
         },
         default_weights: (!embed).then(|| weights_path.clone()),
         profile: args.profile,
+        lsh_buckets_per_round: (n_lsh > 0).then(|| factors.iter().product()),
     };
     let (pad_multiple, pad_min_len) = match spec.min_chunk() {
         Some(min) => (spec.chunk_lcm() as i64, min as i64),

@@ -141,6 +141,7 @@ pub(crate) const EXTERNS: &[(&str, CTy, &[CTy])] = &[
         ],
     ),
     ("rc_random_normal_f32", I32, &[I64, I64, I64, Ptr]),
+    ("rc_check_lsh_buckets", I32, &[Ptr, I64, I64, I64, I64]),
     // Model runtime (runtime/src/model_rt.rs).
     ("rc_model_clear_error", Void, &[]),
     ("rc_model_last_error", Ptr, &[]),

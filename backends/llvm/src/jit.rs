@@ -48,6 +48,7 @@ fn symbol_table() -> Vec<(&'static str, usize)> {
         ffi::rc_lsh_hash_f32,
         ffi::rc_lsh_attention_f32,
         ffi::rc_random_normal_f32,
+        ffi::rc_check_lsh_buckets,
         ffi::rc_softmax_f32,
         ffi::rc_reduce_f32,
         ffi::rc_arg_f32,

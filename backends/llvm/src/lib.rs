@@ -113,6 +113,10 @@ pub struct CompileOptions {
     /// Time every op; executables print the table after a run, and
     /// [`reformc_runtime::profile::report`] reads it in-process.
     pub profile: bool,
+    /// LSH buckets per round without the padding bucket: when set, the
+    /// generated entry checks the ids of an `lsh_buckets` input against the
+    /// range rule (`rc_check_lsh_buckets`) before any kernel sees them.
+    pub lsh_buckets_per_round: Option<u64>,
 }
 
 impl Default for CompileOptions {
@@ -124,6 +128,7 @@ impl Default for CompileOptions {
             allowed_extra_weights: vec![],
             default_weights: None,
             profile: false,
+            lsh_buckets_per_round: None,
         }
     }
 }
@@ -228,6 +233,7 @@ pub fn build_module<'ctx>(
         opts.target.function_attributes(),
         opts.limits.clone(),
         opts.profile,
+        opts.lsh_buckets_per_round,
     );
     let mut funcs = Vec::new();
     let mut plans = Vec::new();

@@ -184,3 +184,66 @@ fn jit_matches_interpreter_after_the_pass_pipeline() {
         "seq_chunk in {chunked} graphs, kv_chunk in {streamed}"
     );
 }
+
+/// The generated entry (what the .so exports as `reformc_model_run`) checks the
+/// range of replayed bucket ids itself: HF's recorded buckets pass on every
+/// fixture (padded and masked ones included), and a negative id, a huge id and
+/// another round's id are each refused with the value error code.
+#[test]
+fn generated_entry_checks_the_range_of_replayed_buckets() {
+    use reformc_backend_llvm::{BackendError, CompileOptions};
+    use reformc_frontend::lower::{lower, LowerOptions, LshSource};
+    let mut checked = 0;
+    for dir in fixtures() {
+        let case = Case::load(&dir);
+        if !case.has_buckets() {
+            continue;
+        }
+        let lowered = lower(
+            &case.spec,
+            &LowerOptions {
+                dtype: DType::F32,
+                lsh_source: LshSource::Buckets,
+                seq_len: Some(case.seq_len() as u64),
+            },
+        )
+        .unwrap();
+        let opts = CompileOptions {
+            lsh_buckets_per_round: Some(lowered.bucket_factors.iter().product()),
+            ..CompileOptions::default()
+        };
+        let ctx = Context::create();
+        let g = &lowered.graph;
+        let model = JitModel::with_options(&ctx, g, &case.weight_map(g), &opts).unwrap();
+        let inputs = case.inputs(LshSource::Buckets);
+        model
+            .run(&inputs)
+            .unwrap_or_else(|e| panic!("{}: recorded buckets refused: {e}", case.name));
+        let reformc_interp::Tensor::I64(good) = &inputs["lsh_buckets"] else {
+            panic!("{}: buckets are not i64", case.name);
+        };
+        let last = good.len() - 1;
+        let mut bads = vec![-1, 1 << 62];
+        if case.spec.lsh.n_hashes > 1 {
+            // A round-0 id placed in the last round.
+            bads.push(*good.iter().next().unwrap());
+        }
+        for bad in bads {
+            let mut b = good.clone();
+            *b.iter_mut().nth(last).unwrap() = bad;
+            let mut poked = inputs.clone();
+            poked.insert("lsh_buckets".into(), reformc_interp::Tensor::I64(b));
+            match model.run(&poked) {
+                Err(BackendError::Run { code: 5, message }) => {
+                    assert!(message.contains("flat index"), "{}: {message}", case.name)
+                }
+                other => panic!("{}: bucket id {bad}: {other:?}", case.name),
+            }
+        }
+        checked += 1;
+    }
+    assert!(
+        checked >= 5,
+        "only {checked} fixtures with recorded buckets"
+    );
+}

@@ -9,11 +9,13 @@
 //! at any thread count. Only per-tile buffers (a query block, the packed keys
 //! and values of its window, its logits) exist at any time.
 
+mod bucket_range;
 mod full;
 mod hash;
 mod local;
 mod lsh;
 
+pub use bucket_range::check_bucket_range;
 pub use full::attention;
 pub use hash::lsh_hash;
 pub use local::local_attention;

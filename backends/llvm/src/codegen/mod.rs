@@ -147,6 +147,8 @@ pub(crate) struct Gen<'ctx> {
     ready: GlobalValue<'ctx>,
     weight_index: HashMap<String, usize>,
     limits: Vec<DimLimit>,
+    /// Buckets per round for the range check of an `lsh_buckets` input.
+    lsh_buckets_per_round: Option<u64>,
     /// Time every leaf op (`rc_prof_now` / `rc_prof_add`; `--profile`).
     profile: bool,
     /// Outlined block functions and the string table of the one being generated.
@@ -177,6 +179,7 @@ impl<'ctx> Gen<'ctx> {
         fn_attrs: Vec<(String, String)>,
         limits: Vec<DimLimit>,
         profile: bool,
+        lsh_buckets_per_round: Option<u64>,
     ) -> Self {
         let module = ctx.create_module(name);
         let t = Types::new(ctx);
@@ -204,6 +207,7 @@ impl<'ctx> Gen<'ctx> {
                 .collect(),
             limits,
             profile,
+            lsh_buckets_per_round,
             outline: RefCell::default(),
             int_arrays: RefCell::default(),
         }
@@ -996,6 +1000,9 @@ impl<'ctx> Gen<'ctx> {
                 })?;
                 data
             };
+            if name == "lsh_buckets" {
+                self.check_buckets(fs, ptr, &dims)?;
+            }
             fs.vals.insert(
                 v,
                 Buf {
@@ -1008,6 +1015,42 @@ impl<'ctx> Gen<'ctx> {
             );
         }
         Ok(())
+    }
+
+    /// Replayed buckets `[n_lsh, B, H, r, P]` index the attention kernels'
+    /// sort: their range is checked at the C ABI, not only by the CLI.
+    fn check_buckets(
+        &self,
+        fs: &Fs<'ctx, '_>,
+        ids: PointerValue<'ctx>,
+        dims: &[IntValue<'ctx>],
+    ) -> Result<()> {
+        let (Some(nb), [a, b, h, r, p]) = (self.lsh_buckets_per_round, dims) else {
+            return Ok(());
+        };
+        let rows = self.prod(&[*a, *b, *h])?;
+        let nb = i64::try_from(nb)
+            .map_err(|_| BackendError::Input(format!("{nb} LSH buckets per round")))?;
+        let rc = self.call_i32(
+            "rc_check_lsh_buckets",
+            &[
+                ids.into(),
+                rows.into(),
+                (*r).into(),
+                (*p).into(),
+                self.i64c(nb).into(),
+            ],
+        )?;
+        let bad = self
+            .b
+            .build_int_compare(IntPredicate::NE, rc, self.i32c(0), "bad")?;
+        let what = self.cstr("input `lsh_buckets`");
+        self.fail_if(fs.exit, bad, |g| {
+            g.call_i32(
+                "rc_model_error_kernel",
+                &[g.i32c(err::VALUE).into(), what.into(), rc.into()],
+            )
+        })
     }
 
     fn write_outputs(&self, fs: &mut Fs<'ctx, '_>, outputs: PointerValue<'ctx>) -> Result<()> {
