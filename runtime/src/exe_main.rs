@@ -115,6 +115,17 @@ fn usage(prog: &str, model: &str, output: &str) -> String {
     s
 }
 
+/// An argument as shown in a message: control characters escaped, so that a
+/// hostile argument cannot break the one-line error.
+fn shown(arg: &str) -> String {
+    arg.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_debug().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
+}
+
 fn parse_args(argv: &[String]) -> Result<Args, Fail> {
     let mut a = Args::default();
     let mut i = 1;
@@ -131,7 +142,7 @@ fn parse_args(argv: &[String]) -> Result<Args, Fail> {
             *i += 1;
             argv.get(*i)
                 .cloned()
-                .ok_or_else(|| input_err(format!("{flag} needs a value")))
+                .ok_or_else(|| input_err(format!("{} needs a value", shown(&flag))))
         };
         match flag.as_str() {
             "--input" => a.input = Some(value(&mut i)?.into()),
@@ -143,7 +154,10 @@ fn parse_args(argv: &[String]) -> Result<Args, Fail> {
             "--threads" => {
                 let v = value(&mut i)?;
                 let n: i64 = v.parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
-                    input_err(format!("--threads: `{v}` is not a non-negative integer"))
+                    input_err(format!(
+                        "--threads: `{}` is not a non-negative integer",
+                        shown(&v)
+                    ))
                 })?;
                 a.threads = Some(n);
             }
@@ -151,14 +165,15 @@ fn parse_args(argv: &[String]) -> Result<Args, Fail> {
                 let v = value(&mut i)?;
                 a.seed = v
                     .parse()
-                    .map_err(|_| input_err(format!("--seed: `{v}` is not an integer")))?;
+                    .map_err(|_| input_err(format!("--seed: `{}` is not an integer", shown(&v))))?;
             }
             "--time" => a.time = true,
             "--signature" => a.signature = true,
             "--help" | "-h" => a.help = true,
             other => {
                 return Err(input_err(format!(
-                    "unknown argument `{other}` (see --help)"
+                    "unknown argument `{}` (see --help)",
+                    shown(other)
                 )))
             }
         }
@@ -170,6 +185,13 @@ fn parse_args(argv: &[String]) -> Result<Args, Fail> {
         ));
     }
     Ok(a)
+}
+
+/// Parses an executable's command line (`argv[0]` is the program) without
+/// acting on it: the entry for fuzzing. On error returns the message and the
+/// exit status the executable would give.
+pub fn check_args(argv: &[String]) -> Result<(), (String, i32)> {
+    parse_args(argv).map(|_| ()).map_err(|Fail(m, c)| (m, c))
 }
 
 fn read_int(path: &Path, rank: usize, what: &str) -> Result<(Vec<usize>, Vec<i64>), Fail> {

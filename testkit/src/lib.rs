@@ -3,6 +3,8 @@
 //! and bound to graphs the way every engine's tests need them, and the small
 //! generic helpers around them (`.npy` files, differences, interpreter runs).
 
+pub mod mutate;
+
 use ndarray::{ArrayD, IxDyn};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use reformc_frontend::config::load_model_config;
