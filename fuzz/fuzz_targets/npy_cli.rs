@@ -2,13 +2,13 @@
 //! crate): errors name the file, never a panic or an abort.
 #![no_main]
 
+// Siblings at the crate root, so that npy.rs's `super::error` resolves.
 #[allow(dead_code)]
-mod cli {
-    #[path = "../../../src/cli/error.rs"]
-    pub mod error;
-    #[path = "../../../src/cli/npy.rs"]
-    pub mod npy;
-}
+#[path = "../../src/cli/error.rs"]
+mod error;
+#[allow(dead_code)]
+#[path = "../../src/cli/npy.rs"]
+mod npy;
 
 use libfuzzer_sys::fuzz_target;
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ fn scratch() -> PathBuf {
     std::env::temp_dir().join(format!("reformc-fuzz-npy-cli-{}.npy", std::process::id()))
 }
 
-fn check<T>(r: Result<T, cli::error::CliError>, path: &str) {
+fn check<T>(r: Result<T, error::CliError>, path: &str) {
     if let Err(e) = r {
         assert!(e.message.starts_with(path), "{}", e.message);
         assert!(!e.message.contains('\n'), "{}", e.message);
@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
     let path = scratch();
     std::fs::write(&path, data).unwrap();
     let shown = path.display().to_string();
-    check(cli::npy::read_int(&path, 2, "input ids"), &shown);
-    check(cli::npy::read_f32(&path, &[1, 2, 3], "rotations"), &shown);
-    check(cli::npy::read_float_any(&path), &shown);
+    check(npy::read_int(&path, 2, "input ids"), &shown);
+    check(npy::read_f32(&path, &[1, 2, 3], "rotations"), &shown);
+    check(npy::read_float_any(&path), &shown);
 });
