@@ -7,7 +7,10 @@ use reformc_runtime::exe_main::check_args;
 
 fuzz_target!(|data: &[u8]| {
     let mut argv = vec!["model".to_string()];
-    argv.extend(data.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()));
+    argv.extend(
+        data.split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned()),
+    );
     if let Err((m, c)) = check_args(&argv) {
         assert_eq!(c, 2, "{m}");
         assert!(!m.is_empty() && !m.contains('\n'), "{m}");

@@ -12,7 +12,10 @@ fuzz_target!(|data: &[u8]| {
                 NpyData::F64(v) => v.len(),
                 NpyData::Int(v) => v.len(),
             };
-            assert_eq!(Some(n), a.shape.iter().try_fold(1usize, |p, &d| p.checked_mul(d)));
+            assert_eq!(
+                Some(n),
+                a.shape.iter().try_fold(1usize, |p, &d| p.checked_mul(d))
+            );
         }
         Err(e) => assert!(!e.is_empty() && !e.contains('\n'), "{e}"),
     }

@@ -6,7 +6,10 @@ use libfuzzer_sys::fuzz_target;
 use reformc_frontend::weights::WeightFile;
 
 fuzz_target!(|data: &[u8]| {
-    let path = std::env::temp_dir().join(format!("reformc-fuzz-st-{}.safetensors", std::process::id()));
+    let path = std::env::temp_dir().join(format!(
+        "reformc-fuzz-st-{}.safetensors",
+        std::process::id()
+    ));
     std::fs::write(&path, data).unwrap();
     let shown = path.display().to_string();
     match WeightFile::open(&path) {

@@ -88,7 +88,12 @@ fn softmax_along_each_axis() {
     let e = 1.0f64.exp();
     close(
         &softmax::<f64>(&x, 0),
-        &[1.0 / (1.0 + e), 2.0 / (2.0 + e), e / (1.0 + e), e / (2.0 + e)],
+        &[
+            1.0 / (1.0 + e),
+            2.0 / (2.0 + e),
+            e / (1.0 + e),
+            e / (2.0 + e),
+        ],
     );
     // Large inputs must not overflow: the maximum is subtracted first.
     let big = a(&[2], &[1000.0, 1000.0]);

@@ -40,7 +40,8 @@ fn ty(dtype: &str, shape: &[usize]) -> String {
 impl Builder {
     fn push(&mut self, rhs: String, dtype: &'static str, shape: Vec<usize>, exact: bool) -> Val {
         let id = self.vals.len();
-        self.lines.push(format!("  %{id} = {rhs} : {}", ty(dtype, &shape)));
+        self.lines
+            .push(format!("  %{id} = {rhs} : {}", ty(dtype, &shape)));
         let v = Val {
             id,
             dtype,
@@ -119,7 +120,13 @@ fn unary(b: &mut Builder, rng: &mut Rng) -> bool {
     let Some(x) = b.pick(rng, is_f32) else {
         return false;
     };
-    let op = ["exp", "tanh", "neg", "act {fn=\"relu\"}", "act {fn=\"gelu\"}"][rng.below(5)];
+    let op = [
+        "exp",
+        "tanh",
+        "neg",
+        "act {fn=\"relu\"}",
+        "act {fn=\"gelu\"}",
+    ][rng.below(5)];
     let (kind, attrs) = op.split_once(' ').unwrap_or((op, ""));
     let exact = x.exact && (kind == "neg" || op.contains("relu"));
     let rhs = format!("{kind} %{} {attrs}", x.id);
@@ -181,7 +188,11 @@ fn reduce(b: &mut Builder, rng: &mut Rng) -> bool {
         .collect();
     let list: Vec<String> = axes.iter().map(|a| a.to_string()).collect();
     let keep = if keep { ", keepdim" } else { "" };
-    let rhs = format!("reduce %{} {{axes=[{}]{keep}, kind=\"{kind}\"}}", x.id, list.join(","));
+    let rhs = format!(
+        "reduce %{} {{axes=[{}]{keep}, kind=\"{kind}\"}}",
+        x.id,
+        list.join(",")
+    );
     let exact = x.exact && kind == "max";
     b.push(rhs, "f32", out, exact);
     true
@@ -192,7 +203,12 @@ fn softmax(b: &mut Builder, rng: &mut Rng) -> bool {
         return false;
     };
     let axis = rng.below(x.shape.len());
-    b.push(format!("softmax %{} {{axis={axis}}}", x.id), "f32", x.shape, false);
+    b.push(
+        format!("softmax %{} {{axis={axis}}}", x.id),
+        "f32",
+        x.shape,
+        false,
+    );
     true
 }
 
@@ -201,7 +217,12 @@ fn argsort_gather(b: &mut Builder, rng: &mut Rng) -> bool {
         return false;
     };
     let axis = rng.below(x.shape.len());
-    let p = b.push(format!("argsort %{} {{axis={axis}}}", x.id), "i64", x.shape.clone(), true);
+    let p = b.push(
+        format!("argsort %{} {{axis={axis}}}", x.id),
+        "i64",
+        x.shape.clone(),
+        true,
+    );
     let rhs = format!("gather %{}, %{} {{axis={axis}}}", x.id, p.id);
     b.push(rhs, "f32", x.shape, true);
     true
@@ -214,7 +235,12 @@ fn argmax(b: &mut Builder, rng: &mut Rng) -> bool {
     let axis = rng.below(x.shape.len());
     let mut out = x.shape.clone();
     out.remove(axis);
-    b.push(format!("argmax %{} {{axis={axis}}}", x.id), "i64", out, true);
+    b.push(
+        format!("argmax %{} {{axis={axis}}}", x.id),
+        "i64",
+        out,
+        true,
+    );
     true
 }
 
@@ -236,8 +262,15 @@ fn select(b: &mut Builder, rng: &mut Rng) -> bool {
         return false;
     };
     let y = b.input_f32(x.shape.clone(), rng);
-    let c = b.push(format!("lt %{}, %{}", x.id, y.id), "bool", x.shape.clone(), true);
-    let z = b.pick(rng, |v| v.dtype == "f32" && v.shape == x.shape).unwrap();
+    let c = b.push(
+        format!("lt %{}, %{}", x.id, y.id),
+        "bool",
+        x.shape.clone(),
+        true,
+    );
+    let z = b
+        .pick(rng, |v| v.dtype == "f32" && v.shape == x.shape)
+        .unwrap();
     let rhs = format!("select %{}, %{}, %{}", c.id, z.id, x.id);
     b.push(rhs, "f32", x.shape, z.exact);
     true
@@ -327,7 +360,11 @@ fn compare(seed: u64) -> String {
         .unwrap_or_else(|e| panic!("{ctx}jit: {e}"));
     for (name, w) in &want {
         let x = &got[name];
-        assert_eq!((x.dtype(), x.shape()), (w.dtype(), w.shape()), "{ctx}{name}");
+        assert_eq!(
+            (x.dtype(), x.shape()),
+            (w.dtype(), w.shape()),
+            "{ctx}{name}"
+        );
         if matches!(w, Tensor::F32(_)) {
             let (a, r) = (x.to_f64(), w.to_f64());
             let d = a
@@ -348,8 +385,19 @@ fn random_graphs_agree_between_interpreter_and_jit() {
     let texts: String = (0..CASES).map(compare).collect();
     // The generator must keep covering the ops this test exists for.
     for op in [
-        "= matmul", "= gather", "= argsort", "= argmax", "= select", "= reduce", "= softmax",
-        "= transpose", "= concat", "= slice", "= lt", "logsumexp", "keepdim",
+        "= matmul",
+        "= gather",
+        "= argsort",
+        "= argmax",
+        "= select",
+        "= reduce",
+        "= softmax",
+        "= transpose",
+        "= concat",
+        "= slice",
+        "= lt",
+        "logsumexp",
+        "keepdim",
     ] {
         assert!(texts.matches(op).count() >= 3, "`{op}` rarely generated");
     }
