@@ -4,6 +4,7 @@
 //! generic helpers around them (`.npy` files, differences, interpreter runs).
 
 pub mod mutate;
+pub mod random_model;
 
 use ndarray::{ArrayD, IxDyn};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
