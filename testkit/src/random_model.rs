@@ -16,7 +16,7 @@ pub struct Lcg(pub u64);
 
 impl Lcg {
     /// The next 31 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u31(&mut self) -> u64 {
         self.0 = self
             .0
             .wrapping_mul(6364136223846793005)
@@ -26,12 +26,12 @@ impl Lcg {
 
     /// A value in `0..n`.
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u31() % n
     }
 
     /// A value in `[-1, 1)`.
     pub fn unit(&mut self) -> f32 {
-        (self.next() % (1 << 24)) as f32 / (1 << 24) as f32 * 2.0 - 1.0
+        (self.next_u31() % (1 << 24)) as f32 / (1 << 24) as f32 * 2.0 - 1.0
     }
 
     /// One of `xs`.
