@@ -31,7 +31,8 @@ mkdir -p fuzz/logs
 for t in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
     for s in $(seed "$t"); do
-        if [ -d "$s" ]; then cp -n "$s"/* "fuzz/corpus/$t/"; else cp -n "$s" "fuzz/corpus/$t/$(echo "$s" | tr / _)"; fi
+        # Existing corpus files are kept (cp -n), whatever cp's exit status says about them.
+        if [ -d "$s" ]; then cp -n "$s"/* "fuzz/corpus/$t/" || true; else cp -n "$s" "fuzz/corpus/$t/$(echo "$s" | tr / _)" || true; fi
     done
     log=fuzz/logs/$t.log
     # Allocation limits turn "memory allocation of N bytes failed" into a reported crash.
