@@ -133,3 +133,26 @@ fn corpus_files_replay() {
 fn corpus_crash_files_replay() {
     replay(true);
 }
+
+#[test]
+fn control_characters_in_keys_and_values_stay_on_one_line() {
+    let texts = [
+        r#"{"a\nb": 1}"#,
+        r#"{"model_type": "reformer", "a\nb": 1}"#,
+        r#"{"model_type": "reformer", "hidden_act": "re\nlu"}"#,
+        r#"{"model_type": "reformer", "attn_layers": ["lo\ncal"]}"#,
+        r#"{"format": "reformc-model", "version": 1, "a\nb": 1}"#,
+        r#"{"format": "reformc-model", "version": 1, "architecture": "re\nsidual"}"#,
+        r#"{"format": "reformc-mo\ndel"}"#,
+    ];
+    for text in texts {
+        match parse_model_config(text, Path::new("fuzz.json")) {
+            Ok((_, warnings, _)) => {
+                for w in warnings {
+                    assert!(!w.contains('\n'), "{text}: {w}");
+                }
+            }
+            Err(e) => assert_names(&e.to_string(), "fuzz.json"),
+        }
+    }
+}
