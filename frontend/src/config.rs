@@ -18,7 +18,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::FrontendError;
-use crate::hf_config::{json_kind, parse_hf_config, short_json};
+use crate::hf_config::{json_kind, parse_hf_config, short_json, shown};
 use crate::schema::{parse_schema, SCHEMA_FORMAT};
 use crate::spec::ModelSpec;
 
@@ -149,9 +149,9 @@ pub fn detect_format(text: &str, path: &Path) -> Result<ConfigFormat, FrontendEr
     if object.contains_key("model_type") {
         return Ok(ConfigFormat::HuggingFace);
     }
-    let mut keys: Vec<&str> = object.keys().map(String::as_str).take(8).collect();
+    let mut keys: Vec<String> = object.keys().map(|k| shown(k)).take(8).collect();
     if object.len() > keys.len() {
-        keys.push("...");
+        keys.push("...".into());
     }
     Err(FrontendError::UnknownFormat {
         path: path.to_path_buf(),

@@ -254,10 +254,11 @@ pub(crate) fn from_json_error(
             if field.is_empty() {
                 field.push_str("(top level)");
             }
+            // serde quotes unknown keys and variants verbatim.
             FrontendError::Field {
                 path: path.to_path_buf(),
-                field,
-                message,
+                field: crate::hf_config::shown(&field),
+                message: crate::hf_config::shown(&message),
             }
         }
     }

@@ -307,7 +307,11 @@ pub fn parse_hf_config(text: &str, path: &Path) -> Result<(ModelSpec, Vec<String
             && !IGNORED_KEYS.contains(&key.as_str())
             && !key.starts_with('_')
         {
-            warnings.push(format!("{}: ignoring unknown key `{key}`", path.display()));
+            warnings.push(format!(
+                "{}: ignoring unknown key `{}`",
+                path.display(),
+                shown(key)
+            ));
         }
     }
     let spec = build(raw, path, &mut warnings)?;
@@ -635,6 +639,17 @@ fn two_positive(path: &Path, field: &str, v: &[u64]) -> Result<[u64; 2], Fronten
         check_range(path, &format!("{field}[{i}]"), x, 1)?;
     }
     Ok([v[0], v[1]])
+}
+
+/// A key or string from the file as shown in a message: control characters
+/// escaped, so that a hostile key cannot break the one-line message.
+pub(crate) fn shown(s: &str) -> String {
+    s.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_debug().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
 }
 
 /// A JSON value rendered compactly for an error message (truncated when long).

@@ -5,6 +5,9 @@ use crate::{DType, Dim, Graph, Node, Op, OpKind, Region, TensorType, ValueId};
 use std::collections::HashMap;
 use std::fmt;
 
+/// Deepest region nesting the parser accepts (the frontend emits 2).
+const MAX_REGION_DEPTH: usize = 64;
+
 /// A parse error with its 1-based line and column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
@@ -370,6 +373,12 @@ impl Parser {
     }
 
     fn region(&mut self) -> Result<Region, ParseError> {
+        // Regions parse recursively: a hostile nesting depth would overflow the stack.
+        if self.scopes.len() > MAX_REGION_DEPTH {
+            return self.error(format!(
+                "regions nested deeper than {MAX_REGION_DEPTH} levels"
+            ));
+        }
         self.ident()?;
         self.expect_punct('(')?;
         let mut arg_names = Vec::new();

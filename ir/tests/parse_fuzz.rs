@@ -47,3 +47,16 @@ proptest! {
         check(&s.into_iter().collect::<String>());
     }
 }
+
+#[test]
+fn deep_region_nesting_is_an_error_not_a_stack_overflow() {
+    let mut text = String::from("graph {\n %0 = input {name=\"x\"} : f32[8]\n");
+    for i in 0..5_000 {
+        text += &format!(
+            " %{} = reversible_block %0 : f32[8] {{ f(%a{i}: f32[4]) {{\n",
+            i + 1
+        );
+    }
+    let e = parse(&text).unwrap_err();
+    assert!(e.message.contains("nested deeper than"), "{e}");
+}

@@ -124,6 +124,17 @@ fn usage(prog: &str, model: &str, output: &str) -> String {
     s
 }
 
+/// An argument as shown in a message: control characters escaped, so that a
+/// hostile argument cannot break the one-line error.
+fn shown(arg: &str) -> String {
+    arg.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_debug().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
+}
+
 fn parse_args(argv: &[String]) -> Result<Args, Fail> {
     let mut a = Args::default();
     let mut i = 1;
@@ -140,7 +151,7 @@ fn parse_args(argv: &[String]) -> Result<Args, Fail> {
             *i += 1;
             argv.get(*i)
                 .cloned()
-                .ok_or_else(|| input_err(format!("{flag} needs a value")))
+                .ok_or_else(|| input_err(format!("{} needs a value", shown(&flag))))
         };
         match flag.as_str() {
             "--input" => a.input = Some(value(&mut i)?.into()),
@@ -158,7 +169,8 @@ fn parse_args(argv: &[String]) -> Result<Args, Fail> {
                     .filter(|n| (0..=max).contains(n))
                     .ok_or_else(|| {
                         input_err(format!(
-                            "--threads: `{v}` is not a thread count (expected 0..={max}; 0 = all cores)"
+                            "--threads: `{}` is not a thread count (expected 0..={max}; 0 = all cores)",
+                            shown(&v)
                         ))
                     })?;
                 a.threads = Some(n);
@@ -167,7 +179,7 @@ fn parse_args(argv: &[String]) -> Result<Args, Fail> {
                 let v = value(&mut i)?;
                 a.seed = v
                     .parse()
-                    .map_err(|_| input_err(format!("--seed: `{v}` is not an integer")))?;
+                    .map_err(|_| input_err(format!("--seed: `{}` is not an integer", shown(&v))))?;
             }
             "--allow-nonfinite-weights" => a.allow_nonfinite = true,
             "--weights-mode" => {
@@ -177,7 +189,8 @@ fn parse_args(argv: &[String]) -> Result<Args, Fail> {
                     "mmap" => false,
                     _ => {
                         return Err(input_err(format!(
-                            "--weights-mode: `{v}` is not a mode (expected mmap or read)"
+                            "--weights-mode: `{}` is not a mode (expected mmap or read)",
+                            shown(&v)
                         )))
                     }
                 };
@@ -187,7 +200,8 @@ fn parse_args(argv: &[String]) -> Result<Args, Fail> {
             "--help" | "-h" => a.help = true,
             other => {
                 return Err(input_err(format!(
-                    "unknown argument `{other}` (see --help)"
+                    "unknown argument `{}` (see --help)",
+                    shown(other)
                 )))
             }
         }
@@ -199,6 +213,13 @@ fn parse_args(argv: &[String]) -> Result<Args, Fail> {
         ));
     }
     Ok(a)
+}
+
+/// Parses an executable's command line (`argv[0]` is the program) without
+/// acting on it: the entry for fuzzing. On error returns the message and the
+/// exit status the executable would give.
+pub fn check_args(argv: &[String]) -> Result<(), (String, i32)> {
+    parse_args(argv).map(|_| ()).map_err(|Fail(m, c)| (m, c))
 }
 
 fn read_int(path: &Path, rank: usize, what: &str) -> Result<(Vec<usize>, Vec<i64>), Fail> {

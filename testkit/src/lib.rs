@@ -3,6 +3,9 @@
 //! and bound to graphs the way every engine's tests need them, and the small
 //! generic helpers around them (`.npy` files, differences, interpreter runs).
 
+pub mod mutate;
+pub mod random_model;
+
 use ndarray::{ArrayD, IxDyn};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use reformc_frontend::config::load_model_config;

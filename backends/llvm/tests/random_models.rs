@@ -4,166 +4,12 @@
 //! (padded lengths, lengths up to one chunk): the JIT equals the interpreter.
 
 use inkwell::context::Context;
-use ndarray::{ArrayD, IxDyn};
 use reformc_backend_llvm::JitModel;
 use reformc_frontend::config::parse_model_config;
-use reformc_frontend::lower::{expected_weights, lower, LowerOptions, LshSource};
-use reformc_frontend::spec::ModelSpec;
-use reformc_interp::Tensor;
+use reformc_frontend::lower::{lower, LowerOptions, LshSource};
 use reformc_ir::DType;
-use std::collections::BTreeMap;
+use reformc_testkit::random_model::{random_config, random_inputs, random_weights, Lcg as Rng};
 use std::path::Path;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn unit(&mut self) -> f32 {
-        (self.next() % (1 << 24)) as f32 / (1 << 24) as f32 * 2.0 - 1.0
-    }
-    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[self.below(xs.len() as u64) as usize]
-    }
-}
-
-fn random_config(rng: &mut Rng) -> String {
-    let reversible = rng.below(2) == 0;
-    let heads = 1 + rng.below(3);
-    let head_dim = *rng.pick(&[4u64, 8, 16]);
-    let hidden = *rng.pick(&[8u64, 16, 24]);
-    let n_layers = 1 + rng.below(3);
-    let lsh_chunk = *rng.pick(&[2u64, 4, 8]);
-    let local_chunk = *rng.pick(&[2u64, 4, 8]);
-    let kinds = [
-        r#""local""#,
-        r#""lsh""#,
-        r#""full""#,
-        r#"{"type": "full", "shared_qk": true}"#,
-    ];
-    let layers: Vec<&str> = (0..n_layers).map(|_| *rng.pick(&kinds)).collect();
-    let act = *rng.pick(&["relu", "gelu", "gelu_new", "silu"]);
-    let position = if rng.below(2) == 0 {
-        let d0 = hidden / 2;
-        format!(
-            r#"{{"type": "axial", "shape": [8, 8], "dims": [{d0}, {}]}}"#,
-            hidden - d0
-        )
-    } else {
-        r#"{"type": "learned"}"#.to_string()
-    };
-    let buckets = *rng.pick(&["4", "8", "[2, 4]"]);
-    format!(
-        r#"{{
-  "format": "reformc-model",
-  "version": 1,
-  "architecture": "{}",
-  "vocab_size": {},
-  "hidden_size": {hidden},
-  "num_heads": {heads},
-  "head_dim": {head_dim},
-  "feed_forward_size": {},
-  "activation": "{act}",
-  "layer_norm_eps": 1e-5,
-  "causal": {},
-  "layers": [{}],
-  "lsh": {{"chunk": {lsh_chunk}, "before": 1, "after": {}, "n_hashes": {}, "buckets": {buckets}}},
-  "local": {{"chunk": {local_chunk}, "before": {}, "after": {}}},
-  "position": {position},
-  "max_position_embeddings": 64,
-  "pad_token_id": 0,
-  "head": {{"type": "lm_head", "bias": {}}},
-  "weight_prefix": ""
-}}"#,
-        if reversible { "reversible" } else { "residual" },
-        10 + rng.below(30),
-        8 * (1 + rng.below(4)),
-        rng.below(2) == 0,
-        layers.join(", "),
-        rng.below(2),
-        1 + rng.below(3),
-        1 + rng.below(2),
-        rng.below(2),
-        rng.below(2) == 0,
-    )
-}
-
-fn weights(g: &reformc_ir::Graph, rng: &mut Rng) -> BTreeMap<String, Tensor> {
-    expected_weights(g)
-        .into_iter()
-        .map(|(n, s)| {
-            let shape: Vec<usize> = s.iter().map(|&d| d as usize).collect();
-            let count = shape.iter().product();
-            let scale = if n.contains("layer_norm.weight") {
-                0.0
-            } else {
-                0.5
-            };
-            let v: Vec<f32> = (0..count)
-                .map(|_| scale * rng.unit() + if scale == 0.0 { 1.0 } else { 0.0 })
-                .collect();
-            (
-                n,
-                Tensor::F32(ArrayD::from_shape_vec(IxDyn(&shape), v).unwrap()),
-            )
-        })
-        .collect()
-}
-
-fn inputs(
-    spec: &ModelSpec,
-    b: usize,
-    l: usize,
-    rng: &mut Rng,
-    source: LshSource,
-    factors: &[u64],
-) -> BTreeMap<String, Tensor> {
-    let ids: Vec<i64> = (0..b * l)
-        .map(|_| rng.below(spec.vocab_size) as i64)
-        .collect();
-    // Padding at the end of some rows (never a whole row).
-    let mask: Vec<i64> = (0..b * l)
-        .map(|i| i64::from(!(i / l == 1 && i % l >= l / 2 && l > 1)))
-        .collect();
-    let mut m = BTreeMap::new();
-    m.insert(
-        "input_ids".into(),
-        Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[b, l]), ids).unwrap()),
-    );
-    m.insert(
-        "attention_mask".into(),
-        Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[b, l]), mask).unwrap()),
-    );
-    m.insert(
-        "seed".into(),
-        Tensor::I64(ArrayD::from_elem(IxDyn(&[]), rng.below(1000) as i64)),
-    );
-    if source == LshSource::Buckets {
-        let p = spec.padded_len(l as u64) as usize;
-        let n = spec.num_lsh_layers();
-        let (h, r) = (spec.num_heads as usize, spec.lsh.n_hashes as usize);
-        let nb: u64 = factors.iter().product();
-        let v: Vec<i64> = (0..n * b * h * r * p)
-            .map(|i| {
-                let round = (i / p) % r;
-                (rng.below(nb) + round as u64 * nb) as i64
-            })
-            .collect();
-        m.insert(
-            "lsh_buckets".into(),
-            Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[n, b, h, r, p]), v).unwrap()),
-        );
-    }
-    m
-}
 
 #[test]
 fn random_models_match_the_interpreter() {
@@ -191,7 +37,7 @@ fn random_models_match_the_interpreter() {
             )
             .unwrap();
             let g = &lowered.graph;
-            let w = weights(g, &mut rng);
+            let w = random_weights(g, &mut rng);
             let ctx = Context::create();
             let jit =
                 JitModel::new(&ctx, g, &w).unwrap_or_else(|e| panic!("model {model}: {e}\n{text}"));
@@ -200,7 +46,7 @@ fn random_models_match_the_interpreter() {
                     continue;
                 }
                 for b in [1usize, 2, 3] {
-                    let inp = inputs(&spec, b, l, &mut rng, source, &lowered.bucket_factors);
+                    let inp = random_inputs(&spec, b, l, &mut rng, source, &lowered.bucket_factors);
                     let want = reformc_interp::run(g, &inp, &w).unwrap_or_else(|e| {
                         panic!("model {model} B={b} L={l}: interp: {e}\n{text}")
                     });
