@@ -40,7 +40,9 @@ fn main() {
         }
     };
     if let Err(e) = result {
-        eprintln!("error: {e}");
+        // Names and text taken from user files may hold control characters:
+        // escaped, every error stays one line.
+        eprintln!("error: {}", reformc_runtime::error::shown(&e.to_string()));
         std::process::exit(e.code);
     }
 }

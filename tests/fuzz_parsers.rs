@@ -175,7 +175,6 @@ fn run_with_mutated_and_corpus_weights_is_exit_0_or_2() {
 }
 
 #[test]
-#[ignore = "enable after readers fix: huge npy shapes abort, Fortran order panics (issue #8)"]
 fn run_with_mutated_and_corpus_npy_is_exit_0_or_2() {
     let dir = scratch("npy");
     let out = dir.join("out.npy");
@@ -212,7 +211,6 @@ fn run_with_mutated_and_corpus_npy_is_exit_0_or_2() {
 }
 
 #[test]
-#[ignore = "enable after readers fix: a tensor name with a newline breaks the one-line error"]
 fn run_with_corpus_crash_weights_is_exit_0_or_2() {
     let dir = scratch("crash-weights");
     let ids = short_ids(&dir);

@@ -24,6 +24,7 @@ use reformc_runtime::model_rt::parse_safetensors;
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors};
 
 use crate::error::FrontendError;
+use crate::hf_config::shown;
 use crate::spec::{AttentionKind, HeadSpec, ModelSpec, PositionSpec};
 
 /// One tensor's header entry.
@@ -57,7 +58,7 @@ impl WeightFile {
     pub fn open(path: &Path) -> Result<Self, FrontendError> {
         let bad = |message: String| FrontendError::WeightFile {
             path: path.to_path_buf(),
-            message,
+            message: shown(&message),
         };
         let not_a_file =
             || bad("not a regular file (weights must be a safetensors file of known size)".into());
@@ -167,7 +168,7 @@ impl WeightFile {
                 let hint = self.prefix_hint(name);
                 problems.push(Box::new(move |more| FrontendError::MissingTensor {
                     path: self.path.clone(),
-                    tensor: name.clone(),
+                    tensor: shown(&name),
                     expected: shape.clone(),
                     hint: hint.clone(),
                     more,
@@ -179,7 +180,7 @@ impl WeightFile {
                 if &e.shape != shape {
                     problems.push(Box::new(move |more| FrontendError::TensorShape {
                         path: self.path.clone(),
-                        tensor: name.clone(),
+                        tensor: shown(&name),
                         expected: shape.clone(),
                         found: e.shape.clone(),
                         more,
@@ -192,7 +193,7 @@ impl WeightFile {
                 if e.dtype != Dtype::F32 {
                     problems.push(Box::new(move |more| FrontendError::TensorDtype {
                         path: self.path.clone(),
-                        tensor: name.clone(),
+                        tensor: shown(&name),
                         found: dtype_name(e.dtype),
                         more,
                     }));
@@ -208,7 +209,7 @@ impl WeightFile {
             if !known.contains(name.as_str()) {
                 problems.push(Box::new(move |more| FrontendError::UnexpectedTensor {
                     path: self.path.clone(),
-                    tensor: name.clone(),
+                    tensor: shown(&name),
                     more,
                 }));
             }
@@ -244,13 +245,13 @@ impl WeightFile {
             .get(name)
             .ok_or_else(|| FrontendError::NoSuchTensor {
                 path: self.path.clone(),
-                tensor: name.to_string(),
+                tensor: shown(name),
                 count: self.tensors.len(),
             })?;
         if e.dtype != Dtype::F32 {
             return Err(FrontendError::TensorDtype {
                 path: self.path.clone(),
-                tensor: name.to_string(),
+                tensor: shown(name),
                 found: dtype_name(e.dtype),
                 more: 0,
             });

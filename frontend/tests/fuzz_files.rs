@@ -129,7 +129,6 @@ fn corpus_files_replay() {
 }
 
 #[test]
-#[ignore = "enable after readers fix: a tensor name with a newline breaks the one-line error"]
 fn corpus_crash_files_replay() {
     replay(true);
 }

@@ -8,6 +8,7 @@
 //! and input checks as `reformc run`. Exit status: 0 success, 2 bad input
 //! (files, flags, shapes, weights), 1 internal failure.
 
+use crate::error::shown;
 use crate::model_rt::{self, ReformcTensor};
 use crate::npy::{self, NpyData};
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -122,17 +123,6 @@ fn usage(prog: &str, model: &str, output: &str) -> String {
     let mut s = lines.join("\n");
     s.push('\n');
     s
-}
-
-/// An argument as shown in a message: control characters escaped, so that a
-/// hostile argument cannot break the one-line error.
-fn shown(arg: &str) -> String {
-    arg.chars()
-        .map(|c| match c.is_control() {
-            true => c.escape_debug().to_string(),
-            false => c.to_string(),
-        })
-        .collect()
 }
 
 fn parse_args(argv: &[String]) -> Result<Args, Fail> {

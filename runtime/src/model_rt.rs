@@ -121,7 +121,8 @@ thread_local! {
 
 /// Sets this thread's model error message and returns `code`.
 pub fn set_error(code: i32, msg: &str) -> i32 {
-    let text = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+    // Escaped control characters keep the message one line and NUL-free.
+    let text = CString::new(crate::error::shown(msg)).unwrap_or_default();
     MODEL_ERROR.with(|e| *e.borrow_mut() = text);
     code
 }
@@ -472,6 +473,11 @@ pub fn parse_safetensors(
     bytes: &[u8],
     file_len: u64,
 ) -> Result<(Vec<StEntry>, u64), (i32, String)> {
+    // Tensor names are the file's text: escaped, the message stays one line.
+    parse_safetensors_raw(bytes, file_len).map_err(|(c, m)| (c, crate::error::shown(&m)))
+}
+
+fn parse_safetensors_raw(bytes: &[u8], file_len: u64) -> Result<(Vec<StEntry>, u64), StError> {
     let fmt = |m: String| (code::WEIGHTS_FORMAT, m);
     let (items, data_start) = st_header(bytes, file_len)?;
     let mut entries: Vec<StEntry> = Vec::new();
@@ -1180,6 +1186,13 @@ pub mod json {
                             }
                             _ => return Err(format!("bad escape at byte {}", self.i)),
                         }
+                    }
+                    // JSON forbids raw control characters in strings (RFC 8259 7).
+                    c if c < 0x20 => {
+                        return Err(format!(
+                            "raw control character {c:#04x} in a string at byte {}",
+                            self.i - 1
+                        ))
                     }
                     c => out.push(c),
                 }

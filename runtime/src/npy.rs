@@ -8,6 +8,7 @@
 //! (checked multiplication) is compared with the file's real size before
 //! anything is allocated. Errors are messages, never panics.
 
+use crate::error::shown;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -177,7 +178,7 @@ fn parse_shape(header: &str) -> Result<Vec<usize>, String> {
         let d: usize = p
             .trim_end_matches('L')
             .parse()
-            .map_err(|_| format!("bad dimension `{p}` in the .npy header"))?;
+            .map_err(|_| format!("bad dimension `{}` in the .npy header", shown(p)))?;
         shape.push(d);
     }
     Ok(shape)
@@ -199,7 +200,10 @@ fn parse_header(bytes: &[u8]) -> Result<Header, String> {
         "|i1" | "<i1" => (1, 'i'),
         "|u1" | "<u1" => (1, 'u'),
         "|b1" => (1, 'u'),
-        other => return Err(format!("unsupported dtype `{other}` (little-endian float32/64, int8-64, uint8 or bool expected)")),
+        other => return Err(format!(
+            "unsupported dtype `{}` (little-endian float32/64, int8-64, uint8 or bool expected)",
+            shown(other)
+        )),
     };
     let need = shape
         .iter()

@@ -146,7 +146,6 @@ fn corpus_files_replay() {
 }
 
 #[test]
-#[ignore = "enable after readers fix: runtime/src/npy.rs echoes header bytes with newlines"]
 fn corpus_crash_files_replay() {
     replay(true);
 }
