@@ -200,10 +200,12 @@ fn parse_header(bytes: &[u8]) -> Result<Header, String> {
         "|i1" | "<i1" => (1, 'i'),
         "|u1" | "<u1" => (1, 'u'),
         "|b1" => (1, 'u'),
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "unsupported dtype `{}` (little-endian float32/64, int8-64, uint8 or bool expected)",
             shown(other)
-        )),
+        ))
+        }
     };
     let need = shape
         .iter()
