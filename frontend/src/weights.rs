@@ -168,7 +168,7 @@ impl WeightFile {
                 let hint = self.prefix_hint(name);
                 problems.push(Box::new(move |more| FrontendError::MissingTensor {
                     path: self.path.clone(),
-                    tensor: shown(&name),
+                    tensor: shown(name),
                     expected: shape.clone(),
                     hint: hint.clone(),
                     more,
@@ -180,7 +180,7 @@ impl WeightFile {
                 if &e.shape != shape {
                     problems.push(Box::new(move |more| FrontendError::TensorShape {
                         path: self.path.clone(),
-                        tensor: shown(&name),
+                        tensor: shown(name),
                         expected: shape.clone(),
                         found: e.shape.clone(),
                         more,
@@ -193,7 +193,7 @@ impl WeightFile {
                 if e.dtype != Dtype::F32 {
                     problems.push(Box::new(move |more| FrontendError::TensorDtype {
                         path: self.path.clone(),
-                        tensor: shown(&name),
+                        tensor: shown(name),
                         found: dtype_name(e.dtype),
                         more,
                     }));
@@ -209,7 +209,7 @@ impl WeightFile {
             if !known.contains(name.as_str()) {
                 problems.push(Box::new(move |more| FrontendError::UnexpectedTensor {
                     path: self.path.clone(),
-                    tensor: shown(&name),
+                    tensor: shown(name),
                     more,
                 }));
             }
