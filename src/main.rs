@@ -28,7 +28,10 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => exit_on_bad_arguments(e),
+    };
     let result = match &cli.command {
         Command::Dump(a) => cli::dump::run(a),
         Command::Run(a) => cli::run::run(a),
@@ -45,4 +48,29 @@ fn main() {
         eprintln!("error: {}", reformc_runtime::error::shown(&e.to_string()));
         std::process::exit(e.code);
     }
+}
+
+/// Help and version go to stdout as clap prints them; an argument error is one
+/// line (clap's first, which names the flag and the accepted values), exit 2.
+fn exit_on_bad_arguments(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+        || matches!(
+            e.kind(),
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        )
+    {
+        e.exit();
+    }
+    // clap's message may continue on indented lines (the missing arguments);
+    // the usage and "For more information" lines after it are dropped.
+    let text = e.render().to_string();
+    let line: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    eprintln!("{}", reformc_runtime::error::shown(&line.join(" ")));
+    std::process::exit(2);
 }
