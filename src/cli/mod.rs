@@ -6,6 +6,7 @@ pub mod error;
 pub mod explain;
 pub mod model;
 pub mod npy;
+pub mod opt;
 pub mod outputs;
 pub mod passes;
 pub mod run;

@@ -85,14 +85,24 @@ impl PassArgs {
 
     /// Options every pass sees; chunk sizes default to the model's config.
     pub fn options(&self, spec: &ModelSpec) -> PassOptions {
+        let opts = self.options_without_model();
+        PassOptions {
+            chunk_size_feed_forward: opts.chunk_size_feed_forward.or(spec.chunk_size_feed_forward),
+            chunk_size_lm_head: opts.chunk_size_lm_head.or(spec.chunk_size_lm_head),
+            ..opts
+        }
+    }
+
+    /// Options every pass sees, from the flags alone (for IR read from text).
+    pub fn options_without_model(&self) -> PassOptions {
         PassOptions {
             seq_len: self.seq_len,
             batch: self.batch,
             memory_budget: self.memory_budget,
             attention: self.attention.clone(),
             kv_chunk: self.kv_chunk,
-            chunk_size_feed_forward: self.chunk_ff.or(spec.chunk_size_feed_forward),
-            chunk_size_lm_head: self.chunk_lm_head.or(spec.chunk_size_lm_head),
+            chunk_size_feed_forward: self.chunk_ff,
+            chunk_size_lm_head: self.chunk_lm_head,
             ..PassOptions::default()
         }
     }
@@ -126,10 +136,16 @@ impl PassArgs {
         spec: &ModelSpec,
         seq_len: Option<u64>,
     ) -> CliResult<PipelineReport> {
-        let pm = PassManager::new(self.pipeline()?, self.instrumentation())
-            .map_err(|e| CliError::input(e.to_string()))?;
         let mut opts = self.options(spec);
         opts.seq_len = opts.seq_len.or(seq_len);
+        self.run_pipeline(g, &opts)
+    }
+
+    /// Runs the pipeline on `g` with `opts` as given (no model config to
+    /// default from, as for `reformc opt`); output as [`PassArgs::optimize`].
+    pub fn run_pipeline(&self, g: &mut Graph, opts: &PassOptions) -> CliResult<PipelineReport> {
+        let pm = PassManager::new(self.pipeline()?, self.instrumentation())
+            .map_err(|e| CliError::input(e.to_string()))?;
         let mut stderr = std::io::stderr();
         let mut progress = |p: &reformc_passes::Progress<'_>| {
             eprintln!("{p}");
@@ -137,7 +153,7 @@ impl PassArgs {
                 eprintln!("    {n}");
             }
         };
-        pm.run_with(g, &opts, &mut stderr, &mut progress, &mut |_| {})
+        pm.run_with(g, opts, &mut stderr, &mut progress, &mut |_| {})
             .map_err(|e| CliError::internal(e.to_string()))
     }
 }
