@@ -4,7 +4,9 @@ use super::error::{CliError, CliResult};
 use clap::Args;
 use reformc_frontend::spec::ModelSpec;
 use reformc_ir::Graph;
-use reformc_passes::{Instrumentation, PassManager, PassOptions, Pipeline, PipelineReport};
+use reformc_passes::{
+    Instrumentation, PassManager, PassOptions, Pipeline, PipelineError, PipelineReport,
+};
 use std::path::PathBuf;
 
 /// Largest `--seq-len`, and of the chunk flags (a chunk longer than the
@@ -138,12 +140,20 @@ impl PassArgs {
     ) -> CliResult<PipelineReport> {
         let mut opts = self.options(spec);
         opts.seq_len = opts.seq_len.or(seq_len);
-        self.run_pipeline(g, &opts)
+        self.run_pipeline(g, &opts, None)
     }
 
     /// Runs the pipeline on `g` with `opts` as given (no model config to
     /// default from, as for `reformc opt`); output as [`PassArgs::optimize`].
-    pub fn run_pipeline(&self, g: &mut Graph, opts: &PassOptions) -> CliResult<PipelineReport> {
+    /// When the graph is the user's IR file `user_ir`, a pass refusing it is
+    /// the user's error (exit 2, naming the file); IR that stops verifying
+    /// after a pass stays a bug in reformc.
+    pub fn run_pipeline(
+        &self,
+        g: &mut Graph,
+        opts: &PassOptions,
+        user_ir: Option<&std::path::Path>,
+    ) -> CliResult<PipelineReport> {
         let pm = PassManager::new(self.pipeline()?, self.instrumentation())
             .map_err(|e| CliError::input(e.to_string()))?;
         let mut stderr = std::io::stderr();
@@ -154,6 +164,13 @@ impl PassArgs {
             }
         };
         pm.run_with(g, opts, &mut stderr, &mut progress, &mut |_| {})
-            .map_err(|e| CliError::internal(e.to_string()))
+            .map_err(|e| match (&e, user_ir) {
+                (PipelineError::Pass(p), Some(file))
+                    if !p.message.contains("does not verify after this pass") =>
+                {
+                    CliError::input(format!("{}: {e}", file.display()))
+                }
+                _ => CliError::internal(e.to_string()),
+            })
     }
 }

@@ -1,0 +1,144 @@
+//! `reformc opt` on hand-written IR files: output, instrumentation, and bad
+//! input (exit 2, one line naming the file and where).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+const GRAPH: &str = "graph {
+  %0 = input {name=\"x\"} : f32[B,L,8]
+  %1 = transpose %0 {perm=[0,2,1]} : f32[B,8,L]
+  %2 = transpose %1 {perm=[0,2,1]} : f32[B,L,8]
+  %3 = exp %2 : f32[B,L,8]
+  output \"y\" = %3
+}
+";
+
+const FOLDED: &str = "graph {
+  %0 = input {name=\"x\"} : f32[B,L,8]
+  %1 = exp %0 : f32[B,L,8]
+  output \"y\" = %1
+}
+";
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("reformc-opt-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn file(&self, name: &str, contents: &[u8]) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, contents).unwrap();
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn opt(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_reformc"))
+        .arg("opt")
+        .args(args.iter().map(|a| a.as_ref()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "reformc panicked: {stderr}");
+    out
+}
+
+/// Asserts exit 2 and a single `error:` line containing every one of `needles`.
+fn assert_user_error(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "not one line: {stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "`{n}` missing from: {stderr}");
+    }
+}
+
+#[test]
+fn runs_the_named_passes_and_prints_ir() {
+    let s = Scratch::new("print");
+    let input = s.file("g.ir", GRAPH.as_bytes());
+    let out = opt(&[&input, &"--passes", &"simplify", &"-q"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), FOLDED);
+    let none = opt(&[&input, &"--passes", &"none", &"-q"]);
+    assert_eq!(String::from_utf8_lossy(&none.stdout), GRAPH);
+}
+
+#[test]
+fn output_file_and_print_after_all() {
+    let s = Scratch::new("out");
+    let input = s.file("g.ir", GRAPH.as_bytes());
+    let output = s.0.join("out.ir");
+    let out = opt(&[&input, &"--passes", &"simplify,dce", &"--print-after-all", &"-o", &output]);
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty());
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), FOLDED);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("IR Dump After simplify (1/2)"), "{stderr}");
+    assert!(stderr.contains("IR Dump After dce (2/2)"), "{stderr}");
+}
+
+#[test]
+fn dot_output() {
+    let s = Scratch::new("dot");
+    let input = s.file("g.ir", GRAPH.as_bytes());
+    let out = opt(&[&input, &"--passes", &"none", &"--format", &"dot"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("digraph"));
+}
+
+#[test]
+fn parse_error_names_file_line_and_column() {
+    let s = Scratch::new("parse");
+    let input = s.file("bad.ir", b"graph {\n  %0 = frobnicate\n}\n");
+    let out = opt(&[&input]);
+    assert_user_error(&out, &["bad.ir:2:", "frobnicate"]);
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn ir_that_does_not_verify_is_the_users_error() {
+    let s = Scratch::new("verify");
+    let text = "graph {\n  %0 = input {name=\"x\"} : i64[N]\n  %1 = exp %0 : i64[N]\n  output \"y\" = %1\n}\n";
+    let input = s.file("v.ir", text.as_bytes());
+    assert_user_error(&opt(&[&input]), &["v.ir", "does not verify", "%1 = exp"]);
+}
+
+#[test]
+fn a_pass_refusing_the_ir_is_the_users_error() {
+    let s = Scratch::new("refuse");
+    let text = "graph {\n  %0 = input {name=\"x\"} : f32[N]\n  %1 = exp %0 : f32[N]\n  output \"y\" = %1\n}\n";
+    let input = s.file("m.ir", text.as_bytes());
+    let out = opt(&[&input, &"--passes", &"memory-plan", &"-q"]);
+    assert_user_error(&out, &["m.ir", "memory-plan", "unbound"]);
+}
+
+#[test]
+fn bad_flags_and_files() {
+    let s = Scratch::new("flags");
+    let input = s.file("g.ir", GRAPH.as_bytes());
+    assert_user_error(
+        &opt(&[&input, &"--passes", &"simplify,bogus"]),
+        &["--passes", "bogus", "known passes"],
+    );
+    assert_user_error(
+        &opt(&[&input, &"-o", &input]),
+        &["--output", "g.ir", "same file"],
+    );
+    assert_eq!(std::fs::read_to_string(&input).unwrap(), GRAPH);
+    let binary = s.file("b.ir", &[0x67, 0xff, 0xfe, 0x00]);
+    assert_user_error(&opt(&[&binary]), &["b.ir", "UTF-8"]);
+    assert_user_error(&opt(&[&s.0.join("missing.ir")]), &["missing.ir", "cannot read"]);
+}
