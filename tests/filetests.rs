@@ -9,7 +9,9 @@
 //!
 //! `REFORMC_BLESS=1 cargo test --test filetests` rewrites every file's
 //! directives from the actual output (a `// CHECK:` for the first line, a
-//! `// CHECK-NEXT:` for each later one), keeping the RUN line and the input.
+//! `// CHECK-NEXT:` for each later one), keeping the RUN line and the input;
+//! a file with a `// NO-BLESS` line keeps its hand-written directives and is
+//! checked as usual.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -211,7 +213,7 @@ fn run_one(path: &Path, bless: bool) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    if bless {
+    if bless && !text.lines().any(|l| l.trim() == "// NO-BLESS") {
         std::fs::write(path, blessed(&text, &stdout)).map_err(|e| format!("{shown}: {e}"))?;
         return Ok(());
     }
