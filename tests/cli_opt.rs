@@ -59,7 +59,11 @@ fn opt(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
 fn assert_user_error(out: &Output, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "not one line: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "not one line: {stderr}"
+    );
     for n in needles {
         assert!(stderr.contains(n), "`{n}` missing from: {stderr}");
     }
@@ -81,7 +85,14 @@ fn output_file_and_print_after_all() {
     let s = Scratch::new("out");
     let input = s.file("g.ir", GRAPH.as_bytes());
     let output = s.0.join("out.ir");
-    let out = opt(&[&input, &"--passes", &"simplify,dce", &"--print-after-all", &"-o", &output]);
+    let out = opt(&[
+        &input,
+        &"--passes",
+        &"simplify,dce",
+        &"--print-after-all",
+        &"-o",
+        &output,
+    ]);
     assert!(out.status.success());
     assert!(out.stdout.is_empty());
     assert_eq!(std::fs::read_to_string(&output).unwrap(), FOLDED);
@@ -140,5 +151,8 @@ fn bad_flags_and_files() {
     assert_eq!(std::fs::read_to_string(&input).unwrap(), GRAPH);
     let binary = s.file("b.ir", &[0x67, 0xff, 0xfe, 0x00]);
     assert_user_error(&opt(&[&binary]), &["b.ir", "UTF-8"]);
-    assert_user_error(&opt(&[&s.0.join("missing.ir")]), &["missing.ir", "cannot read"]);
+    assert_user_error(
+        &opt(&[&s.0.join("missing.ir")]),
+        &["missing.ir", "cannot read"],
+    );
 }

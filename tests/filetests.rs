@@ -127,7 +127,12 @@ fn check(directives: &[Directive], output: &str) -> Result<(), Mismatch> {
 }
 
 /// Fails when a CHECK-NOT pattern occurs on output lines `from..to`.
-fn no_forbidden(nots: &[&Directive], lines: &[&str], from: usize, to: usize) -> Result<(), Mismatch> {
+fn no_forbidden(
+    nots: &[&Directive],
+    lines: &[&str],
+    from: usize,
+    to: usize,
+) -> Result<(), Mismatch> {
     for d in nots {
         if let Some(i) = (from..to).find(|&i| lines[i].contains(&d.pattern)) {
             return Err(Mismatch {
@@ -146,10 +151,7 @@ fn no_forbidden(nots: &[&Directive], lines: &[&str], from: usize, to: usize) -> 
 
 /// The file with its directives replaced by ones that match `output` exactly.
 fn blessed(text: &str, output: &str) -> String {
-    let kept: Vec<&str> = text
-        .lines()
-        .filter(|l| directive(l, 0).is_none())
-        .collect();
+    let kept: Vec<&str> = text.lines().filter(|l| directive(l, 0).is_none()).collect();
     let mut out = kept.join("\n").trim_end().to_string();
     out.push('\n');
     for (i, l) in output.lines().enumerate() {
@@ -183,7 +185,11 @@ fn ir_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Runs one filetest; returns a failure report, or blesses when asked.
 fn run_one(path: &Path, bless: bool) -> Result<(), String> {
-    let shown = path.strip_prefix(root()).unwrap_or(path).display().to_string();
+    let shown = path
+        .strip_prefix(root())
+        .unwrap_or(path)
+        .display()
+        .to_string();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
     let test = match parse_test(Path::new(&shown), &text) {
         Ok(t) => t,
@@ -217,8 +223,12 @@ fn run_one(path: &Path, bless: bool) -> Result<(), String> {
         std::fs::write(path, blessed(&text, &stdout)).map_err(|e| format!("{shown}: {e}"))?;
         return Ok(());
     }
-    check(&test.directives, &stdout)
-        .map_err(|m| format!("{shown}:{}: {}\n--- output ---\n{stdout}", m.line, m.message))
+    check(&test.directives, &stdout).map_err(|m| {
+        format!(
+            "{shown}:{}: {}\n--- output ---\n{stdout}",
+            m.line, m.message
+        )
+    })
 }
 
 #[test]

@@ -30,7 +30,13 @@ pub fn to_dot(g: &Graph) -> String {
     };
     d.block(&g.body, 1);
     for (i, (name, v)) in g.outputs.iter().enumerate() {
-        d.line(1, &format!("out{i} [label={}, shape=ellipse];", quoted(&format!("output {name}"))));
+        d.line(
+            1,
+            &format!(
+                "out{i} [label={}, shape=ellipse];",
+                quoted(&format!("output {name}"))
+            ),
+        );
         d.edge(&format!("n{} -> out{i};", number[v]));
     }
     let DotWriter { mut out, edges, .. } = d;
@@ -66,7 +72,10 @@ impl DotWriter<'_> {
         for &v in body {
             let n = self.number[&v];
             let node = self.g.node(v);
-            self.line(depth, &format!("n{n} [label={}];", quoted(&label(self.g, v, n))));
+            self.line(
+                depth,
+                &format!("n{n} [label={}];", quoted(&label(self.g, v, n))),
+            );
             for i in &node.inputs {
                 if let Some(a) = self.number.get(i) {
                     self.edge(&format!("n{a} -> n{n};"));
@@ -85,11 +94,17 @@ impl DotWriter<'_> {
     fn region(&mut self, owner: usize, i: usize, name: &str, r: &Region, depth: usize) {
         let cluster = format!("cluster_n{owner}_{i}");
         self.line(depth, &format!("subgraph {cluster} {{"));
-        self.line(depth + 1, &format!("label={};", quoted(&format!("%{owner} {name}"))));
+        self.line(
+            depth + 1,
+            &format!("label={};", quoted(&format!("%{owner} {name}"))),
+        );
         self.line(depth + 1, "style=rounded;");
         for &a in &r.args {
             let n = self.number[&a];
-            self.line(depth + 1, &format!("n{n} [label={}];", quoted(&label(self.g, a, n))));
+            self.line(
+                depth + 1,
+                &format!("n{n} [label={}];", quoted(&label(self.g, a, n))),
+            );
         }
         self.block(&r.body, depth + 1);
         let y = format!("y{owner}_{i}");
@@ -168,9 +183,18 @@ mod tests {
     #[test]
     fn regions_are_clusters_with_an_edge_from_their_block() {
         let dot = to_dot(&crate::parse(BLOCK).unwrap());
-        assert!(dot.contains("subgraph cluster_n1_0 {\n    label=\"%1 f\";"), "{dot}");
-        assert!(dot.contains("subgraph cluster_n1_1 {\n    label=\"%1 g\";"), "{dot}");
-        assert!(dot.contains("n1 -> y1_0 [style=dashed, lhead=cluster_n1_0];"), "{dot}");
+        assert!(
+            dot.contains("subgraph cluster_n1_0 {\n    label=\"%1 f\";"),
+            "{dot}"
+        );
+        assert!(
+            dot.contains("subgraph cluster_n1_1 {\n    label=\"%1 g\";"),
+            "{dot}"
+        );
+        assert!(
+            dot.contains("n1 -> y1_0 [style=dashed, lhead=cluster_n1_0];"),
+            "{dot}"
+        );
         assert!(dot.contains("n3 -> y1_0;"), "{dot}");
         // The region's ops are declared inside its cluster, not at the top level.
         let cluster = dot.find("subgraph cluster_n1_0").unwrap();
@@ -181,8 +205,14 @@ mod tests {
     fn labels_escape_quotes_once() {
         let text = "graph {\n  %0 = input {name=\"x\"} : f32[N,4]\n  %1 = weight {name=\"w\"} : f32[6,4]\n  %2 = linear %0, %1 {activation=\"relu\"} : f32[N,6]\n  output \"y\" = %2\n}\n";
         let dot = to_dot(&crate::parse(text).unwrap());
-        assert!(dot.contains(r#"n2 [label="%2 linear {activation=\"relu\"}\nf32[N,6]"];"#), "{dot}");
+        assert!(
+            dot.contains(r#"n2 [label="%2 linear {activation=\"relu\"}\nf32[N,6]"];"#),
+            "{dot}"
+        );
         assert!(!dot.contains(r#"\\"#), "doubly escaped: {dot}");
-        assert!(dot.contains(r#"n1 [label="%1 weight w\nf32[6,4]"];"#), "{dot}");
+        assert!(
+            dot.contains(r#"n1 [label="%1 weight w\nf32[6,4]"];"#),
+            "{dot}"
+        );
     }
 }

@@ -42,7 +42,11 @@ pub fn run(args: &OptArgs) -> CliResult<()> {
             .pipeline()
             .map_err(|e| CliError::input(e.message.replacen("--pipeline", "--passes", 1)))?;
     }
-    pass_args.run_pipeline(&mut g, &pass_args.options_without_model(), Some(&args.input))?;
+    pass_args.run_pipeline(
+        &mut g,
+        &pass_args.options_without_model(),
+        Some(&args.input),
+    )?;
     let text = match args.format.as_str() {
         "dot" => reformc_ir::to_dot(&g),
         _ => reformc_ir::print(&g),

@@ -89,7 +89,9 @@ impl PassArgs {
     pub fn options(&self, spec: &ModelSpec) -> PassOptions {
         let opts = self.options_without_model();
         PassOptions {
-            chunk_size_feed_forward: opts.chunk_size_feed_forward.or(spec.chunk_size_feed_forward),
+            chunk_size_feed_forward: opts
+                .chunk_size_feed_forward
+                .or(spec.chunk_size_feed_forward),
             chunk_size_lm_head: opts.chunk_size_lm_head.or(spec.chunk_size_lm_head),
             ..opts
         }
