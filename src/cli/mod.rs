@@ -10,3 +10,4 @@ pub mod opt;
 pub mod outputs;
 pub mod passes;
 pub mod run;
+pub mod run_ir;

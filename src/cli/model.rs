@@ -54,23 +54,32 @@ impl Model {
                 "this command needs the model's weights: pass --weights model.safetensors",
             ));
         };
-        let expected = expected_weights(&lowered.graph);
-        // HF 5.x checkpoints carry lm_head.bias without using it.
-        let extra: Vec<String> = ["lm_head.bias".to_string()]
-            .into_iter()
-            .filter(|n| !expected.iter().any(|(e, _)| e == n))
-            .collect();
-        file.check(&expected, &extra)?;
-        let mut out = BTreeMap::new();
-        for (name, shape) in expected {
-            let data = file.tensor_f32(&name)?;
-            let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-            let array = ArrayD::from_shape_vec(IxDyn(&shape), data)
-                .map_err(|e| CliError::internal(format!("{name}: {e}")))?;
-            out.insert(name, Tensor::F32(array));
-        }
-        Ok(out)
+        graph_weights(file, &lowered.graph)
     }
+}
+
+/// Checks `file` against the weights `graph` reads (names, shapes, F32) and
+/// loads each of them.
+pub fn graph_weights(
+    file: &WeightFile,
+    graph: &reformc_ir::Graph,
+) -> CliResult<BTreeMap<String, Tensor>> {
+    let expected = expected_weights(graph);
+    // HF 5.x checkpoints carry lm_head.bias without using it.
+    let extra: Vec<String> = ["lm_head.bias".to_string()]
+        .into_iter()
+        .filter(|n| !expected.iter().any(|(e, _)| e == n))
+        .collect();
+    file.check(&expected, &extra)?;
+    let mut out = BTreeMap::new();
+    for (name, shape) in expected {
+        let data = file.tensor_f32(&name)?;
+        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        let array = ArrayD::from_shape_vec(IxDyn(&shape), data)
+            .map_err(|e| CliError::internal(format!("{name}: {e}")))?;
+        out.insert(name, Tensor::F32(array));
+    }
+    Ok(out)
 }
 
 /// Refuses a NaN or infinite weight (exit 2, naming the tensor, the first bad

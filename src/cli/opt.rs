@@ -78,3 +78,8 @@ pub fn read_ir(path: &Path) -> CliResult<Graph> {
         .map_err(|e| CliError::input(format!("{shown}: the IR does not verify: {e}")))?;
     Ok(g)
 }
+
+/// Whether `path` names IR text (`.ir`) rather than a model config.
+pub fn is_ir(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("ir"))
+}

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 /// Arguments of `reformc run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Model description: a Hugging Face config.json or a reformc model file.
+    /// Model description: a Hugging Face config.json, a reformc model file, or IR text (`.ir`).
     pub config: PathBuf,
     /// Weights (.safetensors, Hugging Face tensor names).
     #[arg(long)]
@@ -64,6 +64,9 @@ pub struct RunArgs {
 
 /// Runs the command.
 pub fn run(args: &RunArgs) -> CliResult<()> {
+    if super::opt::is_ir(&args.config) {
+        return super::run_ir::run(args);
+    }
     let inputs = inputs(args);
     outputs::guard("--output", &args.output, &inputs)?;
     args.passes.guard_outputs(&inputs)?;
@@ -139,6 +142,22 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
         &inputs,
         &weights,
     )?;
+    let what = if matches!(spec.head, HeadSpec::None) {
+        "last hidden state"
+    } else {
+        "logits"
+    };
+    write_outputs(args, outputs, engine, what)
+}
+
+/// Writes the first output to `--output`, says what was written, and reports
+/// the difference to each `--compare` reference.
+pub(super) fn write_outputs(
+    args: &RunArgs,
+    outputs: BTreeMap<String, Tensor>,
+    engine: &str,
+    what: &str,
+) -> CliResult<()> {
     let (name, out) = outputs
         .into_iter()
         .next()
@@ -153,11 +172,6 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
             )))
         }
     }
-    let what = if matches!(spec.head, HeadSpec::None) {
-        "last hidden state"
-    } else {
-        "logits"
-    };
     println!(
         "reformc: wrote {what} `{name}` {:?} {} to {} ({engine})",
         out.shape(),
@@ -185,7 +199,7 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
 }
 
 /// Every file `run` reads, by flag: no output may be one of them.
-fn inputs(args: &RunArgs) -> outputs::Inputs<'_> {
+pub(super) fn inputs(args: &RunArgs) -> outputs::Inputs<'_> {
     let mut v: outputs::Inputs<'_> = vec![
         ("the config", args.config.as_path()),
         ("--weights", args.weights.as_path()),
@@ -292,7 +306,7 @@ fn check_bucket_range(
 
 /// The engine switch: the LLVM JIT by default, the reference interpreter with
 /// `--interp` or for f64 graphs (the runtime kernels are f32 only).
-fn run_engine(
+pub(super) fn run_engine(
     (interp, profile): (bool, bool),
     graph: &reformc_ir::Graph,
     inputs: &BTreeMap<String, Tensor>,
