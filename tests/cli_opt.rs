@@ -1,7 +1,7 @@
 //! `reformc opt` on hand-written IR files: output, instrumentation, and bad
 //! input (exit 2, one line naming the file and where).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const GRAPH: &str = "graph {
@@ -155,4 +155,112 @@ fn bad_flags_and_files() {
         &opt(&[&s.0.join("missing.ir")]),
         &["missing.ir", "cannot read"],
     );
+}
+
+const FIXTURE: &str = "tests/fixtures/causal_mixed_r2";
+
+fn fixture(f: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(FIXTURE)
+        .join(f)
+}
+
+fn reformc(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_reformc"))
+        .args(args.iter().map(|a| a.as_ref()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "reformc panicked: {stderr}");
+    out
+}
+
+/// The fixture's IR as `dump` writes it before any pass, in `s`.
+fn dumped(s: &Scratch) -> PathBuf {
+    let ir = s.0.join("model.ir");
+    let out = reformc(&[
+        &"dump",
+        &fixture("config.json"),
+        &"--weights",
+        &fixture("model.safetensors"),
+        &"--pipeline",
+        &"none",
+        &"-q",
+        &"-o",
+        &ir,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ir
+}
+
+fn run_model(model: &Path, ids: &Path, out: &Path) -> Output {
+    reformc(&[
+        &"run",
+        &model,
+        &"--weights",
+        &fixture("model.safetensors"),
+        &"--input",
+        &ids,
+        &"--output",
+        &out,
+        &"--interp",
+        &"-q",
+    ])
+}
+
+#[test]
+fn run_on_dumped_ir_matches_run_on_the_config() {
+    let s = Scratch::new("run-ir");
+    let ir = dumped(&s);
+    let (a, b) = (s.0.join("a.npy"), s.0.join("b.npy"));
+    let ids = fixture("input_ids.npy");
+    let from_ir = run_model(&ir, &ids, &a);
+    assert!(
+        from_ir.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_ir.stderr)
+    );
+    assert!(run_model(&fixture("config.json"), &ids, &b)
+        .status
+        .success());
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+}
+
+#[test]
+fn run_on_ir_refuses_bad_ids_and_unfeedable_inputs() {
+    let s = Scratch::new("run-ir-bad");
+    let ir = dumped(&s);
+    let out = s.0.join("out.npy");
+    let big = s.0.join("big.npy");
+    let ids = ndarray::ArrayD::<i64>::from_elem(ndarray::IxDyn(&[1, 64]), 1000);
+    ndarray_npy::WriteNpyExt::write_npy(&ids, std::fs::File::create(&big).unwrap()).unwrap();
+    assert_user_error(
+        &run_model(&ir, &big, &out),
+        &["big.npy", "token id 1000 at [0, 0]", "48 rows"],
+    );
+    let x = s.file("x.ir", b"graph {\n  %0 = input {name=\"x\"} : f32[N]\n  %1 = exp %0 : f32[N]\n  output \"y\" = %1\n}\n");
+    assert_user_error(
+        &run_model(&x, &fixture("input_ids.npy"), &out),
+        &["x.ir", "graph input `x`", "input_ids (--input)"],
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn compile_refuses_ir_in_one_line() {
+    let s = Scratch::new("compile-ir");
+    let ir = s.file("m.ir", GRAPH.as_bytes());
+    let out = reformc(&[
+        &"compile",
+        &ir,
+        &"--weights",
+        &fixture("model.safetensors"),
+        &"-o",
+        &s.0.join("m"),
+    ]);
+    assert_user_error(&out, &["m.ir", "compile needs a model config"]);
 }

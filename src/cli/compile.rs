@@ -88,6 +88,13 @@ fn to_bytes(t: &Tensor) -> Vec<u8> {
 /// Runs the command.
 pub fn run(args: &CompileArgs) -> CliResult<()> {
     let t0 = Instant::now();
+    if super::opt::is_ir(&args.config) {
+        // The executable's ABI (vocabulary, padding, length variants) comes from the model config.
+        return Err(CliError::input(format!(
+            "{}: compile needs a model config (Hugging Face config.json or a reformc model file); IR text is accepted by `run` and `opt`",
+            args.config.display()
+        )));
+    }
     let emit: Emit = args.emit.parse().map_err(CliError::input)?;
     guard_outputs(args, emit)?;
     let m = model::load(&args.config, Some(&args.weights), args.lm_head_bias)?;

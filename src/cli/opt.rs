@@ -81,5 +81,6 @@ pub fn read_ir(path: &Path) -> CliResult<Graph> {
 
 /// Whether `path` names IR text (`.ir`) rather than a model config.
 pub fn is_ir(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("ir"))
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("ir"))
 }

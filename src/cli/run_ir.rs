@@ -14,7 +14,8 @@ use reformc_ir::{DType, Graph, OpKind, ValueId};
 use std::collections::BTreeMap;
 
 /// Graph inputs `run` can feed from an `.ir` file, and the flag behind each.
-const FED: &str = "input_ids (--input), attention_mask (--attention-mask, default all ones), seed (--seed)";
+const FED: &str =
+    "input_ids (--input), attention_mask (--attention-mask, default all ones), seed (--seed)";
 
 /// Runs the command on an IR file.
 pub fn run(args: &RunArgs) -> CliResult<()> {
