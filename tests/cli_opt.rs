@@ -1,6 +1,9 @@
 //! `reformc opt` on hand-written IR files: output, instrumentation, and bad
 //! input (exit 2, one line naming the file and where).
 
+mod common;
+
+use common::Scratch;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -19,30 +22,6 @@ const FOLDED: &str = "graph {
   output \"y\" = %1
 }
 ";
-
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("reformc-opt-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn file(&self, name: &str, contents: &[u8]) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, contents).unwrap();
-        p
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn opt(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_reformc"))
@@ -72,7 +51,7 @@ fn assert_user_error(out: &Output, needles: &[&str]) {
 #[test]
 fn runs_the_named_passes_and_prints_ir() {
     let s = Scratch::new("print");
-    let input = s.file("g.ir", GRAPH.as_bytes());
+    let input = s.write("g.ir", GRAPH.as_bytes());
     let out = opt(&[&input, &"--passes", &"simplify", &"-q"]);
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), FOLDED);
@@ -83,8 +62,8 @@ fn runs_the_named_passes_and_prints_ir() {
 #[test]
 fn output_file_and_print_after_all() {
     let s = Scratch::new("out");
-    let input = s.file("g.ir", GRAPH.as_bytes());
-    let output = s.0.join("out.ir");
+    let input = s.write("g.ir", GRAPH.as_bytes());
+    let output = s.path("out.ir");
     let out = opt(&[
         &input,
         &"--passes",
@@ -104,7 +83,7 @@ fn output_file_and_print_after_all() {
 #[test]
 fn dot_output() {
     let s = Scratch::new("dot");
-    let input = s.file("g.ir", GRAPH.as_bytes());
+    let input = s.write("g.ir", GRAPH.as_bytes());
     let out = opt(&[&input, &"--passes", &"none", &"--format", &"dot"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("digraph"));
@@ -113,7 +92,7 @@ fn dot_output() {
 #[test]
 fn parse_error_names_file_line_and_column() {
     let s = Scratch::new("parse");
-    let input = s.file("bad.ir", b"graph {\n  %0 = frobnicate\n}\n");
+    let input = s.write("bad.ir", b"graph {\n  %0 = frobnicate\n}\n");
     let out = opt(&[&input]);
     assert_user_error(&out, &["bad.ir:2:", "frobnicate"]);
     assert!(out.stdout.is_empty());
@@ -123,7 +102,7 @@ fn parse_error_names_file_line_and_column() {
 fn ir_that_does_not_verify_is_the_users_error() {
     let s = Scratch::new("verify");
     let text = "graph {\n  %0 = input {name=\"x\"} : i64[N]\n  %1 = exp %0 : i64[N]\n  output \"y\" = %1\n}\n";
-    let input = s.file("v.ir", text.as_bytes());
+    let input = s.write("v.ir", text.as_bytes());
     assert_user_error(&opt(&[&input]), &["v.ir", "does not verify", "%1 = exp"]);
 }
 
@@ -131,7 +110,7 @@ fn ir_that_does_not_verify_is_the_users_error() {
 fn a_pass_refusing_the_ir_is_the_users_error() {
     let s = Scratch::new("refuse");
     let text = "graph {\n  %0 = input {name=\"x\"} : f32[N]\n  %1 = exp %0 : f32[N]\n  output \"y\" = %1\n}\n";
-    let input = s.file("m.ir", text.as_bytes());
+    let input = s.write("m.ir", text.as_bytes());
     let out = opt(&[&input, &"--passes", &"memory-plan", &"-q"]);
     assert_user_error(&out, &["m.ir", "memory-plan", "unbound"]);
 }
@@ -139,7 +118,7 @@ fn a_pass_refusing_the_ir_is_the_users_error() {
 #[test]
 fn bad_flags_and_files() {
     let s = Scratch::new("flags");
-    let input = s.file("g.ir", GRAPH.as_bytes());
+    let input = s.write("g.ir", GRAPH.as_bytes());
     assert_user_error(
         &opt(&[&input, &"--passes", &"simplify,bogus"]),
         &["--passes", "bogus", "known passes"],
@@ -149,10 +128,10 @@ fn bad_flags_and_files() {
         &["--output", "g.ir", "same file"],
     );
     assert_eq!(std::fs::read_to_string(&input).unwrap(), GRAPH);
-    let binary = s.file("b.ir", &[0x67, 0xff, 0xfe, 0x00]);
+    let binary = s.write("b.ir", &[0x67, 0xff, 0xfe, 0x00]);
     assert_user_error(&opt(&[&binary]), &["b.ir", "UTF-8"]);
     assert_user_error(
-        &opt(&[&s.0.join("missing.ir")]),
+        &opt(&[&s.path("missing.ir")]),
         &["missing.ir", "cannot read"],
     );
 }
@@ -177,7 +156,7 @@ fn reformc(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
 
 /// The fixture's IR as `dump` writes it before any pass, in `s`.
 fn dumped(s: &Scratch) -> PathBuf {
-    let ir = s.0.join("model.ir");
+    let ir = s.path("model.ir");
     let out = reformc(&[
         &"dump",
         &fixture("config.json"),
@@ -216,7 +195,7 @@ fn run_model(model: &Path, ids: &Path, out: &Path) -> Output {
 fn run_on_dumped_ir_matches_run_on_the_config() {
     let s = Scratch::new("run-ir");
     let ir = dumped(&s);
-    let (a, b) = (s.0.join("a.npy"), s.0.join("b.npy"));
+    let (a, b) = (s.path("a.npy"), s.path("b.npy"));
     let ids = fixture("input_ids.npy");
     let from_ir = run_model(&ir, &ids, &a);
     assert!(
@@ -234,15 +213,15 @@ fn run_on_dumped_ir_matches_run_on_the_config() {
 fn run_on_ir_refuses_bad_ids_and_unfeedable_inputs() {
     let s = Scratch::new("run-ir-bad");
     let ir = dumped(&s);
-    let out = s.0.join("out.npy");
-    let big = s.0.join("big.npy");
+    let out = s.path("out.npy");
+    let big = s.path("big.npy");
     let ids = ndarray::ArrayD::<i64>::from_elem(ndarray::IxDyn(&[1, 64]), 1000);
     ndarray_npy::WriteNpyExt::write_npy(&ids, std::fs::File::create(&big).unwrap()).unwrap();
     assert_user_error(
         &run_model(&ir, &big, &out),
         &["big.npy", "token id 1000 at [0, 0]", "48 rows"],
     );
-    let x = s.file("x.ir", b"graph {\n  %0 = input {name=\"x\"} : f32[N]\n  %1 = exp %0 : f32[N]\n  output \"y\" = %1\n}\n");
+    let x = s.write("x.ir", b"graph {\n  %0 = input {name=\"x\"} : f32[N]\n  %1 = exp %0 : f32[N]\n  output \"y\" = %1\n}\n");
     assert_user_error(
         &run_model(&x, &fixture("input_ids.npy"), &out),
         &["x.ir", "graph input `x`", "input_ids (--input)"],
@@ -253,14 +232,14 @@ fn run_on_ir_refuses_bad_ids_and_unfeedable_inputs() {
 #[test]
 fn compile_refuses_ir_in_one_line() {
     let s = Scratch::new("compile-ir");
-    let ir = s.file("m.ir", GRAPH.as_bytes());
+    let ir = s.write("m.ir", GRAPH.as_bytes());
     let out = reformc(&[
         &"compile",
         &ir,
         &"--weights",
         &fixture("model.safetensors"),
         &"-o",
-        &s.0.join("m"),
+        &s.path("m"),
     ]);
     assert_user_error(&out, &["m.ir", "compile needs a model config"]);
 }

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::Scratch;
+
 use reformc_runtime::npy::{self, NpyData};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -16,34 +18,6 @@ const CASE: &str = "tests/fixtures/noncausal_mask_b2";
 
 fn fixture(f: &str) -> PathBuf {
     common::root().join(CASE).join(f)
-}
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir =
-            std::env::temp_dir().join(format!("reformc-readers-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-
-    fn write(&self, f: &str, bytes: &[u8]) -> PathBuf {
-        let p = self.path(f);
-        std::fs::write(&p, bytes).unwrap();
-        p
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Runs `cmd`, killing it if it has not finished after a generous while: a
@@ -196,7 +170,7 @@ fn fortran_order_reads_as_c_order_in_run() {
     fortran_inputs(&s);
     for hashing in ["rotations", "buckets"] {
         let c = run_cli(&s.path("c.npy"), &input_flags(&fixture(""), hashing));
-        let f = run_cli(&s.path("f.npy"), &input_flags(&s.0, hashing));
+        let f = run_cli(&s.path("f.npy"), &input_flags(s.dir(), hashing));
         assert!(
             c == f,
             "{hashing}: Fortran-ordered inputs changed the output"
@@ -393,7 +367,7 @@ fn executable_reads_fortran_order_and_weights_in_both_modes() {
     fortran_inputs(&s);
     for hashing in ["rotations", "buckets"] {
         let c = exe_output(&s.path("c.npy"), &input_flags(&fixture(""), hashing));
-        let f = exe_output(&s.path("f.npy"), &input_flags(&s.0, hashing));
+        let f = exe_output(&s.path("f.npy"), &input_flags(s.dir(), hashing));
         assert!(
             c == f,
             "{hashing}: Fortran-ordered inputs changed the output"

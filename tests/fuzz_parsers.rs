@@ -18,22 +18,8 @@ fn fixture(f: &str) -> PathBuf {
     common::root().join(CASE).join(f)
 }
 
-/// The files of tests/corpus/<dir>, sorted: `crash-*` files (open bugs
-/// found by fuzzing) when `crashes`, the others otherwise.
 fn corpus_of(dir: &str, crashes: bool) -> Vec<PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(common::root().join("tests/corpus").join(dir))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("crash-")
-                == crashes
-        })
-        .collect();
-    v.sort();
-    v
+    common::mutate::corpus_files(&common::root(), dir, crashes)
 }
 
 fn corpus(dir: &str) -> Vec<PathBuf> {

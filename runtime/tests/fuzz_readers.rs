@@ -6,7 +6,7 @@
 #[path = "../../testkit/src/mutate.rs"]
 mod mutate;
 
-use mutate::{mutate, mutate_args, Rng};
+use mutate::{corpus_files, mutate, mutate_args, Rng};
 use reformc_runtime::exe_main::check_args;
 use reformc_runtime::model_rt::{code, parse_safetensors};
 use reformc_runtime::npy::{self, NpyData};
@@ -20,26 +20,15 @@ fn seed(rel: &str) -> Vec<u8> {
     std::fs::read(root().join(rel)).unwrap()
 }
 
-/// The files of tests/corpus/<dir>, sorted: `crash-*` files (open bugs
-/// found by fuzzing) when `crashes`, the others otherwise.
+/// The files of tests/corpus/<dir> with their bytes (see `corpus_files`).
 fn corpus(dir: &str, crashes: bool) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut v: Vec<_> = std::fs::read_dir(root().join("tests/corpus").join(dir))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("crash-")
-                == crashes
-        })
+    corpus_files(&root(), dir, crashes)
+        .into_iter()
         .map(|p| {
             let b = std::fs::read(&p).unwrap();
             (p, b)
         })
-        .collect();
-    v.sort();
-    v
+        .collect()
 }
 
 fn check_npy(bytes: &[u8]) {

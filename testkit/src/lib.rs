@@ -5,6 +5,8 @@
 
 pub mod mutate;
 pub mod random_model;
+mod scratch;
+pub use scratch::Scratch;
 
 use ndarray::{ArrayD, IxDyn};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};

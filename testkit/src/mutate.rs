@@ -5,6 +5,25 @@
 //! Dependency-free so that crates below the testkit (runtime, frontend) can
 //! include it with `#[path]`.
 
+/// The files of `root/tests/corpus/<dir>`, sorted: the `crash-*` files
+/// (inputs fuzzing found to break a rule, kept as regression cases) when
+/// `crashes`, the others otherwise.
+pub fn corpus_files(root: &std::path::Path, dir: &str, crashes: bool) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(root.join("tests/corpus").join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("crash-")
+                == crashes
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// A small splitmix64 generator: reproducible runs without a dependency.
 pub struct Rng(u64);
 
