@@ -93,14 +93,29 @@ impl ReformcTensor {
     }
 }
 
+/// The `reformc_tensor.dtype` codes (`REFORMC_F32`...): the one definition,
+/// which the LLVM backend's `abi::dtype_code` and `model.h` use.
+pub mod dtype {
+    /// 32-bit float.
+    pub const F32: i32 = 1;
+    /// 64-bit float.
+    pub const F64: i32 = 2;
+    /// 64-bit signed integer.
+    pub const I64: i32 = 3;
+    /// 32-bit signed integer.
+    pub const I32: i32 = 4;
+    /// One byte, 0 or 1.
+    pub const BOOL: i32 = 5;
+}
+
 /// Name of an element type code.
 pub fn dtype_name(code: i32) -> &'static str {
     match code {
-        1 => "f32",
-        2 => "f64",
-        3 => "i64",
-        4 => "i32",
-        5 => "bool",
+        dtype::F32 => "f32",
+        dtype::F64 => "f64",
+        dtype::I64 => "i64",
+        dtype::I32 => "i32",
+        dtype::BOOL => "bool",
         _ => "unknown-dtype",
     }
 }
@@ -108,9 +123,9 @@ pub fn dtype_name(code: i32) -> &'static str {
 /// Size in bytes of an element type code (0 if unknown).
 pub fn dtype_size(code: i32) -> usize {
     match code {
-        1 | 4 => 4,
-        2 | 3 => 8,
-        5 => 1,
+        dtype::F32 | dtype::I32 => 4,
+        dtype::F64 | dtype::I64 => 8,
+        dtype::BOOL => 1,
         _ => 0,
     }
 }

@@ -3,9 +3,11 @@
 //! layout and the external functions generated code calls.
 
 use reformc_ir::DType;
+use reformc_runtime::model_rt::dtype;
 
-/// Largest tensor rank the `reformc_tensor` struct can describe.
-pub const MAX_RANK: usize = 8;
+/// Largest tensor rank the `reformc_tensor` struct can describe (the
+/// runtime's definition: generated code and the runtime share the struct).
+pub const MAX_RANK: usize = reformc_runtime::model_rt::MAX_RANK;
 
 /// Version of the generated model ABI (bumped on incompatible changes).
 pub const ABI_VERSION: i32 = 1;
@@ -19,11 +21,11 @@ pub const ABI_VERSION: i32 = 1;
 /// ```
 pub fn dtype_code(d: DType) -> i32 {
     match d {
-        DType::F32 => 1,
-        DType::F64 => 2,
-        DType::I64 => 3,
-        DType::I32 => 4,
-        DType::Bool => 5,
+        DType::F32 => dtype::F32,
+        DType::F64 => dtype::F64,
+        DType::I64 => dtype::I64,
+        DType::I32 => dtype::I32,
+        DType::Bool => dtype::BOOL,
     }
 }
 
@@ -222,3 +224,22 @@ typedef struct reformc_tensor {
   int32_t owns_data;                 /* 1: release with reformc_tensor_release */
   int32_t reserved;                  /* 0 */
 } reformc_tensor;"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reformc_runtime::model_rt::{dtype_name, dtype_size};
+
+    /// Generated code, `model.h` and the runtime name and size every dtype
+    /// code alike, and every code maps back to its dtype.
+    #[test]
+    fn dtype_codes_agree_with_the_runtime() {
+        for d in DType::ALL {
+            let code = dtype_code(d);
+            assert_eq!(dtype_name(code), d.name(), "{d}");
+            assert_eq!(dtype_size(code) as u64, d.size_bytes(), "{d}");
+            assert_eq!(dtype_of_code(code), Some(d));
+        }
+        assert_eq!(dtype_of_code(0), None);
+    }
+}
