@@ -641,16 +641,8 @@ fn two_positive(path: &Path, field: &str, v: &[u64]) -> Result<[u64; 2], Fronten
     Ok([v[0], v[1]])
 }
 
-/// A key or string from the file as shown in a message: control characters
-/// escaped, so that a hostile key cannot break the one-line message.
-pub(crate) fn shown(s: &str) -> String {
-    s.chars()
-        .map(|c| match c.is_control() {
-            true => c.escape_debug().to_string(),
-            false => c.to_string(),
-        })
-        .collect()
-}
+/// Text from a user's file with control characters escaped (one-line errors).
+pub(crate) use reformc_runtime::error::shown;
 
 /// A JSON value rendered compactly for an error message (truncated when long).
 pub(crate) fn short_json(v: &Value) -> String {

@@ -234,28 +234,6 @@ fn read_int(path: &Path, rank: usize, what: &str) -> Result<(Vec<usize>, Vec<i64
     Ok((a.shape, data))
 }
 
-/// Round `rho` of the last axis (`r` rounds of `padded` slots) holds ids in
-/// `[rho*nb, (rho+1)*nb)` (REFORMER.md 1.3-1.4), as `reformc run` checks.
-fn check_bucket_range(
-    path: &Path,
-    ids: &[i64],
-    (rounds, padded): (usize, usize),
-    nb: i64,
-) -> Result<(), Fail> {
-    let span = (rounds * padded).max(1);
-    for (i, &b) in ids.iter().enumerate() {
-        let round = ((i % span) / padded.max(1)) as i128;
-        let (lo, hi) = (round * i128::from(nb), (round + 1) * i128::from(nb));
-        if !(lo..hi).contains(&i128::from(b)) {
-            return Err(input_err(format!(
-                "{}: LSH buckets: bucket id {b} at flat index {i} is out of range: round {round} expects {lo} <= id < {hi} ({nb} buckets per round)",
-                path.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
 fn tensor(dtype: i32, shape: &[usize], data: *const c_void) -> ReformcTensor {
     let mut t = ReformcTensor::empty();
     t.dtype = dtype;
@@ -289,8 +267,7 @@ fn model_error(info: &ExeInfo) -> String {
 /// Refuses `--output` before any work when its directory cannot take it or
 /// it is one of the inputs (`weights`: the file that will be loaded).
 fn guard_output(output: &Path, args: &Args, weights: Option<&Path>) -> Result<(), Fail> {
-    crate::outfile::check_dir(output)
-        .map_err(|e| input_err(format!("--output `{}`: {e}", output.display())))?;
+    crate::outfile::check_dir("--output", output).map_err(input_err)?;
     let weights_flag = if args.weights.is_some() {
         "--weights"
     } else {
@@ -495,7 +472,8 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
         let pads = padded > len as i64 || mask.as_ref().is_some_and(|m| m.contains(&0));
         if info.n_buckets > 0 {
             let nb = i64::from(info.n_buckets) + i64::from(pads);
-            check_bucket_range(p, &b, (r, padded as usize), nb)?;
+            crate::attention::check_bucket_ids(&b, r, padded as usize, nb as u64)
+                .map_err(|e| input_err(format!("{}: LSH buckets: {e}", p.display())))?;
         }
         Hash::Buckets(b, vec![n_lsh, batch, h, r, padded as usize])
     } else if let Some(p) = &args.rotations {

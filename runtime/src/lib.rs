@@ -29,6 +29,9 @@ pub mod tensor_ops;
 pub mod exe_main;
 pub mod model_rt;
 pub mod npy;
+/// Safe output files: the one implementation of `reformc_ir::outfile`, compiled
+/// in here too because generated executables link only this std-only crate.
+#[path = "../../ir/src/outfile.rs"]
 pub mod outfile;
 
 pub use act::Activation;

@@ -276,32 +276,12 @@ fn read_buckets(
     if b.shape() != want {
         return Err(CliError::input(format!("{}: LSH buckets: expected shape {want:?} ([n_lsh_layers, B, H, r*L_padded] with L_padded={padded}), found {:?}", path.display(), b.shape())));
     }
-    check_bucket_range(path, b.iter().copied(), (r, padded), n_buckets)?;
+    let ids = b.as_standard_layout();
+    let ids = ids.as_slice().unwrap_or_default();
+    reformc_runtime::attention::check_bucket_ids(ids, r, padded, n_buckets)
+        .map_err(|e| CliError::input(format!("{}: LSH buckets: {e}", path.display())))?;
     b.into_shape_with_order(IxDyn(&[n, batch, h, r, padded]))
         .map_err(|e| CliError::internal(format!("{}: LSH buckets: {e}", path.display())))
-}
-
-/// Round `rho` of the last axis (`r` rounds of `padded` slots) holds ids in
-/// `[rho*nb, (rho+1)*nb)`: REFORMER.md 1.3-1.4, round offsets included;
-/// `nb` counts the padding bucket when there is one.
-fn check_bucket_range(
-    path: &Path,
-    ids: impl Iterator<Item = i64>,
-    (rounds, padded): (usize, usize),
-    nb: u64,
-) -> CliResult<()> {
-    let nb = i128::from(nb);
-    for (i, b) in ids.enumerate() {
-        let round = ((i % (rounds * padded)) / padded) as i128;
-        let (lo, hi) = (round * nb, (round + 1) * nb);
-        if !(lo..hi).contains(&i128::from(b)) {
-            return Err(CliError::input(format!(
-                "{}: LSH buckets: bucket id {b} at flat index {i} is out of range: round {round} expects {lo} <= id < {hi} ({nb} buckets per round)",
-                path.display()
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// The engine switch: the LLVM JIT by default, the reference interpreter with

@@ -6,10 +6,35 @@
 use crate::error::{Error, Result};
 
 /// Checks ids laid out as rows of `rounds` x `len` (the last two axes of
-/// `[n_lsh_layers, B, H, r, P]`): round `rho` must hold ids in
-/// `[rho*nb', (rho+1)*nb')`, where `nb'` is `nb` or, when the sequence is
-/// padded, `nb + 1` (the padding bucket). Which one applies depends on the
-/// attention mask, so the whole tensor must fit one of the two.
+/// `[n_lsh_layers, B, H, r, P]`) against one bucket count: round `rho` must
+/// hold ids in `[rho*nb, (rho+1)*nb)`, `nb` counting the padding bucket when
+/// the caller knows the sequence is padded. The message names the first id
+/// outside, its flat index and its round's range.
+///
+/// ```
+/// use reformc_runtime::attention::check_bucket_ids;
+/// assert!(check_bucket_ids(&[0, 3, 5, 4], 2, 2, 4).is_ok());
+/// let e = check_bucket_ids(&[0, 3, 1, 4], 2, 2, 4).unwrap_err();
+/// assert!(e.contains("flat index 2"), "{e}");
+/// ```
+pub fn check_bucket_ids(
+    ids: &[i64],
+    rounds: usize,
+    len: usize,
+    nb: u64,
+) -> std::result::Result<(), String> {
+    match first_outside(ids, rounds, len, nb) {
+        Some(i) => Err(format!(
+            "{} ({nb} buckets per round)",
+            out_of_range(ids, i, rounds, len, nb)
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Like [`check_bucket_ids`] where the padding is not known (the C ABI, before
+/// the run): `nb'` is `nb` or, when the sequence is padded, `nb + 1` (the
+/// padding bucket), and the whole tensor must fit one of the two.
 ///
 /// ```
 /// use reformc_runtime::attention::check_bucket_range;
@@ -27,11 +52,9 @@ pub fn check_bucket_range(ids: &[i64], rounds: usize, len: usize, nb: u64) -> Re
         (Some(a), Some(b)) => {
             // Report against the rule that held longer: the likelier intent.
             let (i, nbp) = if b > a { (b, nb + 1) } else { (a, nb) };
-            let round = round_of(i, rounds, len) as i128;
-            let (lo, hi) = (round * i128::from(nbp), (round + 1) * i128::from(nbp));
             Err(Error::OutOfRange(format!(
-                "bucket id {} at flat index {i} is out of range: round {round} expects {lo} <= id < {hi} ({nb} buckets per round, {} with the padding bucket)",
-                ids[i],
+                "{} ({nb} buckets per round, {} with the padding bucket)",
+                out_of_range(ids, i, rounds, len, nbp),
                 nb + 1
             )))
         }
@@ -39,8 +62,18 @@ pub fn check_bucket_range(ids: &[i64], rounds: usize, len: usize, nb: u64) -> Re
     }
 }
 
+/// The id at `i` and its round's range under `nb` buckets per round.
+fn out_of_range(ids: &[i64], i: usize, rounds: usize, len: usize, nb: u64) -> String {
+    let round = round_of(i, rounds, len) as i128;
+    let (lo, hi) = (round * i128::from(nb), (round + 1) * i128::from(nb));
+    format!(
+        "bucket id {} at flat index {i} is out of range: round {round} expects {lo} <= id < {hi}",
+        ids[i]
+    )
+}
+
 fn round_of(i: usize, rounds: usize, len: usize) -> usize {
-    (i % (rounds * len)) / len
+    (i % (rounds * len).max(1)) / len.max(1)
 }
 
 fn first_outside(ids: &[i64], rounds: usize, len: usize, nb: u64) -> Option<usize> {

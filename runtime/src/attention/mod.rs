@@ -15,7 +15,7 @@ mod hash;
 mod local;
 mod lsh;
 
-pub use bucket_range::check_bucket_range;
+pub use bucket_range::{check_bucket_ids, check_bucket_range};
 pub use full::attention;
 pub use hash::lsh_hash;
 pub use local::local_attention;
