@@ -91,13 +91,19 @@ def compile_once(d):
 
 
 def cpu_name():
+    """The CPU's model name plus family/model and AVX-512 support: VM model
+    names are often just the vendor's brand, and machines differ."""
+    fields = {}
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor() or "unknown"
+        return platform.processor() or "unknown"
+    name = fields.get("model name", platform.processor() or "unknown")
+    avx512 = "avx512f" in fields.get("flags", "").split()
+    return (f"{name} (CPU family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, "
+            f"{'AVX-512' if avx512 else 'no AVX-512'})")
 
 
 def report(rows, repeats):
