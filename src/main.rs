@@ -48,7 +48,7 @@ fn main() {
     if let Err(e) = result {
         // Names and text taken from user files may hold control characters:
         // escaped, every error stays one line.
-        eprintln!("error: {}", reformc_runtime::error::shown(&e.to_string()));
+        eprintln!("error: {}", reformc_tensor::shown(&e.to_string()));
         std::process::exit(e.code);
     }
 }
@@ -74,6 +74,6 @@ fn exit_on_bad_arguments(e: clap::Error) -> ! {
         .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
         .filter(|l| !l.is_empty())
         .collect();
-    eprintln!("{}", reformc_runtime::error::shown(&line.join(" ")));
+    eprintln!("{}", reformc_tensor::shown(&line.join(" ")));
     std::process::exit(2);
 }

@@ -8,7 +8,7 @@ mod common;
 
 use common::Scratch;
 
-use reformc_runtime::npy::{self, NpyData};
+use reformc_tensor::npy::{self, NpyData};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};

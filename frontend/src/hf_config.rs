@@ -642,7 +642,7 @@ fn two_positive(path: &Path, field: &str, v: &[u64]) -> Result<[u64; 2], Fronten
 }
 
 /// Text from a user's file with control characters escaped (one-line errors).
-pub(crate) use reformc_runtime::error::shown;
+pub(crate) use reformc_tensor::shown;
 
 /// A JSON value rendered compactly for an error message (truncated when long).
 pub(crate) fn short_json(v: &Value) -> String {

@@ -20,7 +20,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use reformc_runtime::model_rt::parse_safetensors;
+use reformc_tensor::safetensors::parse as check_header;
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors};
 
 use crate::error::FrontendError;
@@ -85,7 +85,7 @@ impl WeightFile {
             SafeTensors::read_metadata(&mmap).map_err(|e| bad(describe(&e, &mmap)))?;
         // The runtime's rules too (duplicate names, exact tiling, metadata),
         // so that a file `reformc run` accepts loads in executables and the .so.
-        parse_safetensors(&mmap, len).map_err(|(_, m)| bad(m))?;
+        check_header(&mmap, len).map_err(bad)?;
         let data_start = header_len + 8;
         let mut tensors = BTreeMap::new();
         for (name, info) in metadata.tensors() {

@@ -1,9 +1,9 @@
-//! The compiled executable's argument parser (runtime/src/exe_main.rs):
+//! The compiled executable's argument parser (exe-runtime/src/exe_main.rs):
 //! NUL-separated arguments; every error is exit 2 with one line.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use reformc_runtime::exe_main::check_args;
+use reformc_exe_runtime::exe_main::check_args;
 
 fuzz_target!(|data: &[u8]| {
     let mut argv = vec!["model".to_string()];

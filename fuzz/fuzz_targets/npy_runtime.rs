@@ -1,8 +1,8 @@
-//! The executable's `.npy` reader (runtime/src/npy.rs): no panic, no abort.
+//! The `.npy` reader of executables and `reformc run` (tensor/src/npy.rs): no panic, no abort.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use reformc_runtime::npy::{parse, NpyData};
+use reformc_tensor::npy::{parse, NpyData};
 
 fuzz_target!(|data: &[u8]| {
     match parse(data) {

@@ -368,29 +368,3 @@ pub fn pad_to_multiple(
     let fill = Tensor::F64(ArrayD::from_elem(IxDyn(&shape), value)).cast(x.dtype());
     concat(&[x, &fill], axis).expect("same dtype and rank")
 }
-
-impl From<ArrayD<f32>> for Tensor {
-    fn from(a: ArrayD<f32>) -> Tensor {
-        Tensor::F32(a)
-    }
-}
-impl From<ArrayD<f64>> for Tensor {
-    fn from(a: ArrayD<f64>) -> Tensor {
-        Tensor::F64(a)
-    }
-}
-impl From<ArrayD<i64>> for Tensor {
-    fn from(a: ArrayD<i64>) -> Tensor {
-        Tensor::I64(a)
-    }
-}
-impl From<ArrayD<i32>> for Tensor {
-    fn from(a: ArrayD<i32>) -> Tensor {
-        Tensor::I32(a)
-    }
-}
-impl From<ArrayD<bool>> for Tensor {
-    fn from(a: ArrayD<bool>) -> Tensor {
-        Tensor::Bool(a)
-    }
-}

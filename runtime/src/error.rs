@@ -105,21 +105,6 @@ pub(crate) fn try_zeroed<T: Clone + Default>(n: usize, what: &str) -> Result<Vec
     Ok(v)
 }
 
-/// `s` with control characters escaped (`\n`, `\u{1b}`), so that text taken
-/// from a user's file or argument keeps an error message on one line.
-///
-/// ```
-/// assert_eq!(reformc_runtime::error::shown("a\nb"), "a\\nb");
-/// ```
-pub fn shown(s: &str) -> String {
-    s.chars()
-        .map(|c| match c.is_control() {
-            true => c.escape_debug().to_string(),
-            false => c.to_string(),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,10 @@
-//! reformc's CPU kernel runtime.
+//! reformc's CPU kernel library.
 //!
 //! Generated code (the LLVM backend) calls these kernels through the C ABI of
-//! `runtime/ABI.md` (see [`ffi`]); Rust callers and the tests use the safe
-//! wrappers re-exported here. Semantics are the reference interpreter's
+//! `runtime/ABI.md` (see [`ffi`]); the executable runtime
+//! (`reformc-exe-runtime`: model loading, argument parsing, `.npy` I/O) is
+//! the static library generated programs link, and it re-links this one.
+//! Rust callers and the tests use the safe wrappers re-exported here. Semantics are the reference interpreter's
 //! (`reformc_interp::attention`, `reformc_interp::nn`); speed comes from
 //! register-blocked SIMD GEMM chosen at run time ([`gemm`]), fused chunked
 //! attention that only ever holds per-chunk tiles ([`attention`]) and a thread
@@ -24,15 +26,6 @@ pub mod pool;
 pub mod profile;
 mod simd;
 pub mod tensor_ops;
-
-// Model runtime, .npy I/O and executables' command line: owned by the LLVM backend.
-pub mod exe_main;
-pub mod model_rt;
-pub mod npy;
-/// Safe output files: the one implementation of `reformc_ir::outfile`, compiled
-/// in here too because generated executables link only this std-only crate.
-#[path = "../../ir/src/outfile.rs"]
-pub mod outfile;
 
 pub use act::Activation;
 pub use error::{last_error, Error, Result};

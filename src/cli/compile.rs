@@ -11,9 +11,9 @@ use reformc_backend_llvm::target::TargetSpec;
 use reformc_backend_llvm::{CompileOptions, DimLimit, ExeInfo, Variant, WeightsMode};
 use reformc_frontend::lower::{LowerOptions, LshSource};
 use reformc_frontend::spec::{HeadSpec, ModelSpec, PositionSpec};
-use reformc_interp::Tensor;
 use reformc_ir::DType;
 use reformc_passes::{Instrumentation, PassManager};
+use reformc_tensor::Tensor;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

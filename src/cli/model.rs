@@ -6,7 +6,7 @@ use reformc_frontend::config::{parse_model_config, read_config_text, ConfigForma
 use reformc_frontend::lower::{expected_weights, lower, LowerOptions, Lowered};
 use reformc_frontend::spec::{HeadSpec, ModelSpec};
 use reformc_frontend::weights::WeightFile;
-use reformc_interp::Tensor;
+use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
 use std::path::Path;
 

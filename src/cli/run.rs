@@ -7,8 +7,8 @@ use clap::Args;
 use ndarray::{ArrayD, IxDyn};
 use reformc_frontend::lower::{LowerOptions, LshSource};
 use reformc_frontend::spec::{AttentionKind, HeadSpec, ModelSpec};
-use reformc_interp::Tensor;
 use reformc_ir::DType;
+use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

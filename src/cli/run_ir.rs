@@ -9,8 +9,8 @@ use super::run::RunArgs;
 use super::{model, npy, opt, outputs, run};
 use ndarray::{ArrayD, IxDyn};
 use reformc_frontend::weights::WeightFile;
-use reformc_interp::Tensor;
 use reformc_ir::{DType, Graph, OpKind, ValueId};
+use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
 
 /// Graph inputs `run` can feed from an `.ir` file, and the flag behind each.

@@ -2,12 +2,12 @@
 //! produced artifacts (`model.h`): dtype codes, error codes, the tensor struct
 //! layout and the external functions generated code calls.
 
+use reformc_exe_runtime::model_rt::dtype;
 use reformc_ir::DType;
-use reformc_runtime::model_rt::dtype;
 
 /// Largest tensor rank the `reformc_tensor` struct can describe (the
 /// runtime's definition: generated code and the runtime share the struct).
-pub const MAX_RANK: usize = reformc_runtime::model_rt::MAX_RANK;
+pub const MAX_RANK: usize = reformc_exe_runtime::model_rt::MAX_RANK;
 
 /// Version of the generated model ABI (bumped on incompatible changes).
 pub const ABI_VERSION: i32 = 1;
@@ -36,7 +36,7 @@ pub fn dtype_of_code(code: i32) -> Option<DType> {
 
 /// Status codes returned by `reformc_model_run` and friends (0 = success):
 /// the runtime's, which generated code and the runtime report alike.
-pub use reformc_runtime::model_rt::code as err;
+pub use reformc_exe_runtime::model_rt::code as err;
 
 /// Activation code of `rc_linear_f32` for a `linear {activation}` name.
 ///
@@ -236,8 +236,8 @@ mod signature_tests {
 
     const RUST: [&str; 5] = [
         include_str!("../../../runtime/src/ffi.rs"),
-        include_str!("../../../runtime/src/exe_main.rs"),
-        include_str!("../../../runtime/src/model_rt.rs"),
+        include_str!("../../../exe-runtime/src/exe_main.rs"),
+        include_str!("../../../exe-runtime/src/model_rt.rs"),
         include_str!("../../../runtime/src/alloc.rs"),
         include_str!("../../../runtime/src/profile.rs"),
     ];
@@ -389,7 +389,7 @@ mod signature_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reformc_runtime::model_rt::{dtype_name, dtype_size};
+    use reformc_exe_runtime::model_rt::{dtype_name, dtype_size};
 
     /// Generated code, `model.h` and the runtime name and size every dtype
     /// code alike, and every code maps back to its dtype.

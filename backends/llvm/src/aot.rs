@@ -308,7 +308,7 @@ fn newest_matching(dir: &Path, prefix: &str, suffix: &str) -> Option<PathBuf> {
     best.map(|(_, p)| p)
 }
 
-/// Locates `libreformc_runtime.a`: `$REFORMC_RUNTIME_LIB`, then beside the
+/// Locates `libreformc_exe_runtime.a` (the executable runtime with the kernels): `$REFORMC_RUNTIME_LIB`, then beside the
 /// running executable (and its `deps/`, where cargo puts the static library
 /// of a dependency), then the build tree this crate was compiled in.
 pub fn find_runtime_staticlib() -> Result<PathBuf> {
@@ -340,12 +340,12 @@ pub fn find_runtime_staticlib() -> Result<PathBuf> {
         // The newest candidate of the first directory that has any: cargo
         // leaves one static library per build configuration in deps/.
         let mut found: Vec<PathBuf> = Vec::new();
-        let direct = d.join("libreformc_runtime.a");
+        let direct = d.join("libreformc_exe_runtime.a");
         if direct.is_file() {
             found.push(direct);
         }
         for sub in [d.clone(), d.join("deps")] {
-            if let Some(p) = newest_matching(&sub, "libreformc_runtime-", ".a") {
+            if let Some(p) = newest_matching(&sub, "libreformc_exe_runtime-", ".a") {
                 found.push(p);
             }
         }
@@ -358,7 +358,7 @@ pub fn find_runtime_staticlib() -> Result<PathBuf> {
         }
     }
     Err(BackendError::Io(format!(
-        "cannot find the runtime library libreformc_runtime.a (looked in {}); build it with `cargo build -p reformc-runtime` or set REFORMC_RUNTIME_LIB",
+        "cannot find the runtime library libreformc_exe_runtime.a (looked in {}); build it with `cargo build -p reformc-exe-runtime` or set REFORMC_RUNTIME_LIB",
         dirs.iter()
             .map(|d| d.display().to_string())
             .collect::<Vec<_>>()

@@ -7,9 +7,9 @@ use inkwell::context::Context;
 use inkwell::execution_engine::{ExecutionEngine, JitFunction};
 use inkwell::OptimizationLevel;
 use ndarray::{ArrayD, IxDyn};
-use reformc_interp::Tensor;
+use reformc_exe_runtime::model_rt::{self, ReformcTensor};
 use reformc_ir::{DType, Graph, TensorType};
-use reformc_runtime::model_rt::{self, ReformcTensor};
+use reformc_tensor::Tensor;
 use std::ffi::{c_char, c_void, CStr};
 use std::time::{Duration, Instant};
 

@@ -291,7 +291,7 @@ pub fn build_module<'ctx>(
 }
 
 /// Named tensors, as the interpreter and the JIT take and return them.
-pub type Tensors = BTreeMap<String, reformc_interp::Tensor>;
+pub type Tensors = BTreeMap<String, reformc_tensor::Tensor>;
 
 #[cfg(test)]
 mod tests {
@@ -418,7 +418,7 @@ mod tests {
 
     #[test]
     fn tensor_struct_layout_matches_the_runtime() {
-        use reformc_runtime::model_rt::ReformcTensor;
+        use reformc_exe_runtime::model_rt::ReformcTensor;
         assert_eq!(std::mem::size_of::<ReformcTensor>(), 152);
         let ctx = Context::create();
         target::init();

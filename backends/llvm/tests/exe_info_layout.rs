@@ -10,7 +10,7 @@ use common::{fixture, Case, CompileCase};
 use inkwell::context::Context;
 use inkwell::types::AnyTypeEnum;
 use reformc_backend_llvm::{build_module, target, WeightsMode};
-use reformc_runtime::exe_main::ExeInfo as RtInfo;
+use reformc_exe_runtime::exe_main::ExeInfo as RtInfo;
 use std::mem::{offset_of, size_of};
 
 #[test]

@@ -219,7 +219,7 @@ fn generated_entry_checks_the_range_of_replayed_buckets() {
         model
             .run(&inputs)
             .unwrap_or_else(|e| panic!("{}: recorded buckets refused: {e}", case.name));
-        let reformc_interp::Tensor::I64(good) = &inputs["lsh_buckets"] else {
+        let reformc_tensor::Tensor::I64(good) = &inputs["lsh_buckets"] else {
             panic!("{}: buckets are not i64", case.name);
         };
         let last = good.len() - 1;
@@ -232,7 +232,7 @@ fn generated_entry_checks_the_range_of_replayed_buckets() {
             let mut b = good.clone();
             *b.iter_mut().nth(last).unwrap() = bad;
             let mut poked = inputs.clone();
-            poked.insert("lsh_buckets".into(), reformc_interp::Tensor::I64(b));
+            poked.insert("lsh_buckets".into(), reformc_tensor::Tensor::I64(b));
             match model.run(&poked) {
                 Err(BackendError::Run { code: 5, message }) => {
                     assert!(message.contains("flat index"), "{}: {message}", case.name)

@@ -6,7 +6,7 @@
 use inkwell::context::Context;
 use ndarray::{ArrayD, IxDyn};
 use reformc_backend_llvm::{abi::err, BackendError, CompileOptions, DimLimit, JitModel, Tensors};
-use reformc_interp::Tensor;
+use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
 
 /// Deterministic values in [-1, 1).

@@ -7,8 +7,8 @@ use ndarray::{ArrayD, IxDyn};
 use reformc_backend_llvm::{build_module, CompileOptions, JitModel, Variant, WeightsMode};
 use reformc_frontend::config::parse_model_config;
 use reformc_frontend::lower::{expected_weights, lower, LowerOptions, LshSource};
-use reformc_interp::Tensor;
 use reformc_ir::{DType, Graph};
+use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
 use std::path::Path;
 

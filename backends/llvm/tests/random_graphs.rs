@@ -9,7 +9,7 @@
 //! a sum cannot flip a permutation and fail the test for no bug.
 
 use ndarray::{ArrayD, IxDyn};
-use reformc_interp::Tensor;
+use reformc_tensor::Tensor;
 use reformc_testkit::mutate::Rng;
 use std::collections::BTreeMap;
 

@@ -1,4 +1,4 @@
-//! Element types of IR values.
+//! Element types of tensors and IR values (re-exported as `reformc_ir::DType`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -6,7 +6,7 @@ use std::str::FromStr;
 /// The element type of a tensor value.
 ///
 /// ```
-/// use reformc_ir::DType;
+/// use reformc_tensor::DType;
 /// assert_eq!("f32".parse::<DType>().unwrap(), DType::F32);
 /// assert_eq!(DType::I64.to_string(), "i64");
 /// assert!(DType::F64.is_float());

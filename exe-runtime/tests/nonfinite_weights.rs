@@ -4,7 +4,7 @@
 //! successful load with the same text as a warning. One test: the setting is
 //! process-wide.
 
-use reformc_runtime::model_rt::{
+use reformc_exe_runtime::model_rt::{
     code, last_error, rc_model_load_safetensors, rc_model_unload_weights,
     reformc_model_allow_nonfinite_weights,
 };
@@ -36,7 +36,7 @@ fn load(bytes: &[u8], name: &str) -> (i32, String) {
     let shapes = [4i64];
     let mut ptrs = [std::ptr::null::<c_void>()];
     let mut handle: *mut c_void = null_mut();
-    reformc_runtime::model_rt::set_error(0, "");
+    reformc_exe_runtime::model_rt::set_error(0, "");
     // SAFETY: every array holds what the arguments promise.
     let rc = unsafe {
         rc_model_load_safetensors(

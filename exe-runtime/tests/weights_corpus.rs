@@ -4,7 +4,7 @@
 //! with a message naming the file and the tensor; weights read into memory
 //! survive the file being truncated.
 
-use reformc_runtime::model_rt::{
+use reformc_exe_runtime::model_rt::{
     code, last_error, rc_model_load_safetensors, rc_model_unload_weights, reformc_set_weights_mode,
     WEIGHTS_MMAP, WEIGHTS_READ,
 };

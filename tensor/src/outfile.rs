@@ -1,7 +1,8 @@
 //! Safe output files, shared by every part of reformc that writes one (the
-//! CLI, the pass manager's dumps, the LLVM backend's artifacts, and generated
-//! executables, through `reformc_runtime::outfile`, which compiles this file:
-//! std only, so that the runtime needs no compiler crate).
+//! CLI, the pass manager's dumps and the LLVM backend's artifacts, through
+//! its re-export `reformc_ir::outfile`, and generated executables, through
+//! the executable runtime): std only, so that the runtime needs no compiler
+//! crate.
 //!
 //! Three rules, so that no command loses data:
 //! - an output is written to a temporary file in its own directory and

@@ -8,9 +8,9 @@
 //! and input checks as `reformc run`. Exit status: 0 success, 2 bad input
 //! (files, flags, shapes, weights), 1 internal failure.
 
-use crate::error::shown;
 use crate::model_rt::{self, ReformcTensor};
-use crate::npy::{self, NpyData};
+use reformc_tensor::npy::{self, NpyData};
+use reformc_tensor::{outfile, shown};
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -152,7 +152,7 @@ fn parse_args(argv: &[String]) -> Result<Args, Fail> {
             "--weights" => a.weights = Some(value(&mut i)?.into()),
             "--threads" => {
                 let v = value(&mut i)?;
-                let max = crate::pool::MAX_THREADS;
+                let max = reformc_runtime::pool::MAX_THREADS;
                 let n: i64 = v
                     .parse()
                     .ok()
@@ -267,7 +267,7 @@ fn model_error(info: &ExeInfo) -> String {
 /// Refuses `--output` before any work when its directory cannot take it or
 /// it is one of the inputs (`weights`: the file that will be loaded).
 fn guard_output(output: &Path, args: &Args, weights: Option<&Path>) -> Result<(), Fail> {
-    crate::outfile::check_dir("--output", output).map_err(input_err)?;
+    outfile::check_dir("--output", output).map_err(input_err)?;
     let weights_flag = if args.weights.is_some() {
         "--weights"
     } else {
@@ -281,7 +281,7 @@ fn guard_output(output: &Path, args: &Args, weights: Option<&Path>) -> Result<()
         (weights_flag, weights),
     ];
     for (flag, path) in inputs {
-        if let Some(p) = path.filter(|p| crate::outfile::same_file(output, p)) {
+        if let Some(p) = path.filter(|p| outfile::same_file(output, p)) {
             return Err(input_err(format!(
                 "--output `{}` is the same file as {flag} `{}`: refusing to overwrite an input",
                 output.display(),
@@ -472,7 +472,7 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
         let pads = padded > len as i64 || mask.as_ref().is_some_and(|m| m.contains(&0));
         if info.n_buckets > 0 {
             let nb = i64::from(info.n_buckets) + i64::from(pads);
-            crate::attention::check_bucket_ids(&b, r, padded as usize, nb as u64)
+            reformc_runtime::attention::check_bucket_ids(&b, r, padded as usize, nb as u64)
                 .map_err(|e| input_err(format!("{}: LSH buckets: {e}", p.display())))?;
         }
         Hash::Buckets(b, vec![n_lsh, batch, h, r, padded as usize])
@@ -590,7 +590,7 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
         );
     }
     // Compiled with `reformc compile --profile`: the per-op table.
-    if let Some(table) = crate::profile::report(25) {
+    if let Some(table) = reformc_runtime::profile::report(25) {
         eprint!("{table}");
     }
     Ok(())

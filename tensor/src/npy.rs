@@ -1,5 +1,6 @@
-//! A small, careful `.npy` reader and writer for executables produced by the
-//! LLVM backend (owned by the backend; see `exe_main`) and for `reformc run`.
+//! A small, careful `.npy` reader and writer, std only: the one reader of
+//! `reformc run` (through [`crate::array`]) and of executables produced by
+//! the LLVM backend (`reformc_exe_runtime::exe_main`).
 //!
 //! Reads format versions 1-3, little-endian `f4`, `f8`, `i8`, `i4`, `i2`,
 //! `i1`, `u1` and `b1`, in C or Fortran order (Fortran arrays come back in C
@@ -8,7 +9,7 @@
 //! (checked multiplication) is compared with the file's real size before
 //! anything is allocated. Errors are messages, never panics.
 
-use crate::error::shown;
+use crate::shown;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -84,7 +85,7 @@ pub fn read(path: &Path) -> Result<NpyArray, String> {
 /// Parses the bytes of an `.npy` file.
 ///
 /// ```
-/// use reformc_runtime::npy::{parse, to_bytes_f32, NpyData};
+/// use reformc_tensor::npy::{parse, to_bytes_f32, NpyData};
 /// let bytes = to_bytes_f32(&[2, 1], &[1.5, -2.0]);
 /// let a = parse(&bytes).unwrap();
 /// assert_eq!(a.shape, vec![2, 1]);
@@ -350,12 +351,12 @@ pub fn to_bytes_i64(shape: &[usize], data: &[i64]) -> Vec<u8> {
 ///
 /// ```
 /// let p = std::env::temp_dir().join(format!("rc_npy_doc_{}.npy", std::process::id()));
-/// reformc_runtime::npy::write_streamed(&p, "<f4", &[2], &[1.5f32, -2.0], |x, o| {
+/// reformc_tensor::npy::write_streamed(&p, "<f4", &[2], &[1.5f32, -2.0], |x, o| {
 ///     o.extend_from_slice(&x.to_le_bytes())
 /// })
 /// .unwrap();
 /// let bytes = std::fs::read(&p).unwrap();
-/// assert_eq!(bytes, reformc_runtime::npy::to_bytes_f32(&[2], &[1.5, -2.0]));
+/// assert_eq!(bytes, reformc_tensor::npy::to_bytes_f32(&[2], &[1.5, -2.0]));
 /// # std::fs::remove_file(p).ok();
 /// ```
 pub fn write_streamed<T: Copy>(
