@@ -15,6 +15,13 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// In C signatures: `void` (only generated code builds an [`ExeInfo`]).
+impl reformc_runtime::abi::CPointee for ExeInfo {
+    fn c_name() -> String {
+        "void".into()
+    }
+}
+
 /// What the generated code tells the command line about the model
 /// (mirrors the `__reformc_exe_info` constant the LLVM backend emits).
 #[repr(C)]
@@ -596,43 +603,46 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
     Ok(())
 }
 
-/// Entry point of generated executables: parses the command line, loads
-/// weights, reads and checks the `.npy` inputs, runs the model, writes the
-/// output. Returns the process exit status; never panics across the C boundary.
-///
-/// # Safety
-/// `argv` holds `argc` NUL-terminated strings; `info` points to the model's
-/// constant description.
-#[no_mangle]
-pub unsafe extern "C" fn reformc_exe_main(
-    argc: i32,
-    argv: *const *const c_char,
-    info: *const ExeInfo,
-) -> i32 {
-    let mut args = Vec::new();
-    if !argv.is_null() {
-        for i in 0..argc.max(0) as usize {
-            // SAFETY: argv holds argc pointers.
-            let p = unsafe { *argv.add(i) };
-            args.push(c_text(p));
+reformc_runtime::c_abi! {
+    section = "Executables (exe-runtime/src/exe_main.rs)";
+
+    /// Entry point of generated executables: parses the command line, loads
+    /// weights, reads and checks the `.npy` inputs, runs the model, writes the
+    /// output. Returns the process exit status; never panics across the C boundary.
+    ///
+    /// # Safety
+    /// `argv` holds `argc` NUL-terminated strings; `info` points to the model's
+    /// constant description.
+    unsafe fn reformc_exe_main(
+        argc: i32,
+        argv: *const *const c_char,
+        info: *const ExeInfo,
+    ) -> i32 {
+        let mut args = Vec::new();
+        if !argv.is_null() {
+            for i in 0..argc.max(0) as usize {
+                // SAFETY: argv holds argc pointers.
+                let p = unsafe { *argv.add(i) };
+                args.push(c_text(p));
+            }
         }
-    }
-    if info.is_null() {
-        eprintln!("error: no model description");
-        return 1;
-    }
-    // SAFETY: `info` points to the generated constant.
-    let info = unsafe { &*info };
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&args, info)));
-    match result {
-        Ok(Ok(())) => 0,
-        Ok(Err(Fail(msg, status))) => {
-            eprintln!("error: {msg}");
-            status
+        if info.is_null() {
+            eprintln!("error: no model description");
+            return 1;
         }
-        Err(_) => {
-            eprintln!("error: internal failure (panic) in the model runtime");
-            1
+        // SAFETY: `info` points to the generated constant.
+        let info = unsafe { &*info };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&args, info)));
+        match result {
+            Ok(Ok(())) => 0,
+            Ok(Err(Fail(msg, status))) => {
+                eprintln!("error: {msg}");
+                status
+            }
+            Err(_) => {
+                eprintln!("error: internal failure (panic) in the model runtime");
+                1
+            }
         }
     }
 }

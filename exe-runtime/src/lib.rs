@@ -20,3 +20,23 @@ pub mod model_rt;
 
 /// The kernel library, linked into the static library with this crate.
 pub use reformc_runtime as kernels;
+use reformc_runtime::abi::Section;
+
+/// Every C function of the static library, one [`Section`] per declaring
+/// module: the kernel library's, then the model runtime's and the
+/// executable's. The LLVM backend declares and binds externs from this list.
+pub const SECTIONS: &[Section] = &[
+    reformc_runtime::ffi::SECTION,
+    reformc_runtime::alloc::SECTION,
+    reformc_runtime::profile::SECTION,
+    model_rt::SECTION,
+    exe_main::SECTION,
+];
+
+/// The signature part of `runtime/ABI.md`: every function of [`SECTIONS`]
+/// as a C prototype under its documentation, in one C code block. A test
+/// (`exe-runtime/tests/abi_doc.rs`) keeps the file equal to it.
+pub fn abi_signatures_markdown() -> String {
+    let blocks: Vec<String> = SECTIONS.iter().map(Section::c_block).collect();
+    format!("```c\n{}```\n", blocks.join("\n"))
+}

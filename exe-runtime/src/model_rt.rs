@@ -78,6 +78,13 @@ pub struct ReformcTensor {
     pub reserved: i32,
 }
 
+/// In C signatures: `reformc_tensor` (the struct of `model.h`).
+impl reformc_runtime::abi::CPointee for ReformcTensor {
+    fn c_name() -> String {
+        "reformc_tensor".into()
+    }
+}
+
 impl ReformcTensor {
     /// An empty descriptor (rank 0, no data).
     pub fn empty() -> Self {
@@ -179,223 +186,349 @@ unsafe fn describe(t: *const ReformcTensor) -> String {
     format!("{}[{}]", dtype_name(t.dtype), dims.join(","))
 }
 
-/// Clears this thread's model error.
-#[no_mangle]
-pub extern "C" fn rc_model_clear_error() {
-    MODEL_ERROR.with(|e| *e.borrow_mut() = CString::default());
-}
+reformc_runtime::c_abi! {
+    section = "Model runtime (exe-runtime/src/model_rt.rs)";
 
-/// This thread's model error message; never NULL.
-#[no_mangle]
-pub extern "C" fn rc_model_last_error() -> *const c_char {
-    MODEL_ERROR.with(|e| e.borrow().as_ptr())
-}
+    /// Clears this thread's model error.
+    safe fn rc_model_clear_error() {
+        MODEL_ERROR.with(|e| *e.borrow_mut() = CString::default());
+    }
 
-/// Sets the message `msg` verbatim; returns `code`.
-///
-/// # Safety
-/// `msg` is NULL or NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn rc_model_error(code: i32, msg: *const c_char) -> i32 {
-    // SAFETY: forwarded contract.
-    let m = unsafe { cstr(msg) };
-    set_error(code, &m)
-}
+    /// This thread's model error message; never NULL.
+    safe fn rc_model_last_error() -> *const c_char {
+        MODEL_ERROR.with(|e| e.borrow().as_ptr())
+    }
 
-/// An input that does not match its declared type. `axis` -1: dtype/rank;
-/// -2: strides (`note` explains); >= 0: that dim should be `want` (-1: see `note`).
-///
-/// # Safety
-/// Strings are NULL or NUL-terminated; `t` is NULL or a readable tensor.
-#[no_mangle]
-pub unsafe extern "C" fn rc_model_error_input(
-    code: i32,
-    name: *const c_char,
-    expected: *const c_char,
-    t: *const ReformcTensor,
-    axis: i64,
-    want: i64,
-    note: *const c_char,
-) -> i32 {
-    // SAFETY: forwarded contract.
-    let (name, expected, note, found) =
-        unsafe { (cstr(name), cstr(expected), cstr(note), describe(t)) };
-    let mut m = format!("input `{name}`: expected {expected}, found {found}");
-    if axis >= 0 {
-        if want >= 0 {
-            let _ = write!(m, ": axis {axis} must be {want}");
-            if !note.is_empty() {
-                let _ = write!(m, " ({note})");
+    /// Sets the message `msg` verbatim; returns `code`.
+    ///
+    /// # Safety
+    /// `msg` is NULL or NUL-terminated.
+    unsafe fn rc_model_error(code: i32, msg: *const c_char) -> i32 {
+        // SAFETY: forwarded contract.
+        let m = unsafe { cstr(msg) };
+        set_error(code, &m)
+    }
+
+    /// An input that does not match its declared type. `axis` -1: dtype/rank;
+    /// -2: strides (`note` explains); >= 0: that dim should be `want` (-1: see `note`).
+    ///
+    /// # Safety
+    /// Strings are NULL or NUL-terminated; `t` is NULL or a readable tensor.
+    unsafe fn rc_model_error_input(
+        code: i32,
+        name: *const c_char,
+        expected: *const c_char,
+        t: *const ReformcTensor,
+        axis: i64,
+        want: i64,
+        note: *const c_char,
+    ) -> i32 {
+        // SAFETY: forwarded contract.
+        let (name, expected, note, found) =
+            unsafe { (cstr(name), cstr(expected), cstr(note), describe(t)) };
+        let mut m = format!("input `{name}`: expected {expected}, found {found}");
+        if axis >= 0 {
+            if want >= 0 {
+                let _ = write!(m, ": axis {axis} must be {want}");
+                if !note.is_empty() {
+                    let _ = write!(m, " ({note})");
+                }
+            } else {
+                let _ = write!(m, ": axis {axis}: {note}");
             }
-        } else {
-            let _ = write!(m, ": axis {axis}: {note}");
+        } else if axis == -2 {
+            let _ = write!(m, ": {note}");
+            if !t.is_null() {
+                // SAFETY: `t` is readable (checked non-NULL).
+                let t = unsafe { &*t };
+                let r = (t.rank.max(0) as usize).min(MAX_RANK);
+                let _ = write!(m, " (strides {:?})", &t.strides[..r]);
+            }
         }
-    } else if axis == -2 {
-        let _ = write!(m, ": {note}");
-        if !t.is_null() {
-            // SAFETY: `t` is readable (checked non-NULL).
-            let t = unsafe { &*t };
-            let r = (t.rank.max(0) as usize).min(MAX_RANK);
-            let _ = write!(m, " (strides {:?})", &t.strides[..r]);
+        set_error(code, &m)
+    }
+
+    /// A symbol above its compiled maximum.
+    ///
+    /// # Safety
+    /// `what` is NULL or NUL-terminated.
+    unsafe fn rc_model_error_limit(
+        code: i32,
+        what: *const c_char,
+        value: i64,
+        max: i64,
+    ) -> i32 {
+        // SAFETY: forwarded contract.
+        let what = unsafe { cstr(what) };
+        set_error(
+            code,
+            &format!("{what}: {value} exceeds the compiled maximum {max}"),
+        )
+    }
+
+    /// A computed dim disagrees with the value its symbol already has.
+    ///
+    /// # Safety
+    /// `what` is NULL or NUL-terminated.
+    unsafe fn rc_model_error_mismatch(
+        code: i32,
+        what: *const c_char,
+        got: i64,
+        want: i64,
+    ) -> i32 {
+        // SAFETY: forwarded contract.
+        let what = unsafe { cstr(what) };
+        set_error(
+            code,
+            &format!("{what}: computed {got}, but the inputs say {want}"),
+        )
+    }
+
+    /// A kernel returned `kernel_code`: the message names the op and the kernel's reason.
+    ///
+    /// # Safety
+    /// `what` is NULL or NUL-terminated.
+    unsafe fn rc_model_error_kernel(
+        code: i32,
+        what: *const c_char,
+        kernel_code: i32,
+    ) -> i32 {
+        // SAFETY: forwarded contract; rc_last_error never returns a dangling pointer.
+        let (what, reason) = unsafe { (cstr(what), cstr(rc_last_error())) };
+        let code = if kernel_code == 2 {
+            self::code::VALUE
+        } else {
+            code
+        };
+        set_error(
+            code,
+            &format!("{what} failed (kernel code {kernel_code}): {reason}"),
+        )
+    }
+
+    /// An allocation failed (`bytes` < 0: the size overflowed).
+    ///
+    /// # Safety
+    /// `what` is NULL or NUL-terminated.
+    unsafe fn rc_model_error_alloc(code: i32, what: *const c_char, bytes: i64) -> i32 {
+        // SAFETY: forwarded contract.
+        let what = unsafe { cstr(what) };
+        let m = if bytes < 0 {
+            format!("out of memory: the buffer of {what} would exceed the address space")
+        } else {
+            format!("out of memory: cannot allocate {bytes} bytes for {what}")
+        };
+        set_error(code, &m)
+    }
+
+    /// The inputs match no compiled variant: `expected` plus what was passed.
+    /// The generated dispatcher passes `inputs` = NULL when `n` exceeds every
+    /// signature's count, so that no tensor past the caller's array is read.
+    ///
+    /// # Safety
+    /// `expected` is NULL or NUL-terminated; `inputs` is NULL or holds `n` tensors.
+    unsafe fn rc_model_error_signature(
+        code: i32,
+        expected: *const c_char,
+        inputs: *const ReformcTensor,
+        n: i64,
+    ) -> i32 {
+        // SAFETY: forwarded contract.
+        let expected = unsafe { cstr(expected) };
+        let mut found = Vec::new();
+        if !inputs.is_null() {
+            for i in 0..n.clamp(0, 64) as usize {
+                // SAFETY: the caller passes `n` readable tensors.
+                found.push(unsafe { describe(inputs.add(i)) });
+            }
+        }
+        let found = if inputs.is_null() && n > 0 {
+            "more than any compiled signature takes".to_string()
+        } else {
+            found.join(", ")
+        };
+        set_error(code, &format!("{expected}; found {n} inputs ({found})"))
+    }
+
+    /// Fills `t` for row-major contiguous `data` (not copied; `owns_data` = 0).
+    ///
+    /// # Safety
+    /// `t` is NULL or writable; `shape` holds `rank` dims when `rank > 0`.
+    unsafe fn reformc_tensor_init(
+        t: *mut ReformcTensor,
+        dtype: i32,
+        rank: i32,
+        shape: *const i64,
+        data: *mut c_void,
+    ) -> i32 {
+        if t.is_null() || rank < 0 || rank as usize > MAX_RANK || (rank > 0 && shape.is_null()) {
+            return set_error(
+                code::ARGUMENT,
+                "reformc_tensor_init: NULL tensor or shape, or rank outside 0..8",
+            );
+        }
+        if dtype_size(dtype) == 0 {
+            return set_error(
+                code::DTYPE,
+                &format!("reformc_tensor_init: unknown dtype code {dtype} (1 f32, 2 f64, 3 i64, 4 i32, 5 bool)"),
+            );
+        }
+        let mut r = ReformcTensor::empty();
+        r.dtype = dtype;
+        r.rank = rank;
+        let mut stride = 1i64;
+        for a in (0..rank as usize).rev() {
+            // SAFETY: `shape` holds `rank` entries.
+            let d = unsafe { *shape.add(a) };
+            if d < 0 {
+                return set_error(code::ARGUMENT, "reformc_tensor_init: negative dimension");
+            }
+            r.shape[a] = d;
+            r.strides[a] = stride;
+            stride = stride.saturating_mul(d);
+        }
+        r.data = data;
+        // SAFETY: `t` is writable.
+        unsafe { *t = r };
+        0
+    }
+
+    /// Frees an output's data if it owns it (allocated with `aligned_alloc`) and clears it.
+    ///
+    /// # Safety
+    /// `t` is NULL or a tensor filled by `reformc_model_run` (or `reformc_tensor_init`).
+    unsafe fn reformc_tensor_release(t: *mut ReformcTensor) {
+        if t.is_null() {
+            return;
+        }
+        // SAFETY: `t` is a valid tensor struct.
+        let r = unsafe { &mut *t };
+        if r.owns_data != 0 && !r.data.is_null() {
+            // SAFETY: owned data was allocated with aligned_alloc by the model.
+            unsafe { free(r.data) };
+        }
+        *r = ReformcTensor::empty();
+    }
+
+    /// Chooses how later weight loads bring the file into memory, for the whole
+    /// process: [`WEIGHTS_MMAP`] (0, the default: no copy, but truncating the
+    /// file while it is mapped kills the process with SIGBUS) or [`WEIGHTS_READ`]
+    /// (1: one copy in memory, immune to later changes of the file). Returns 0,
+    /// or `REFORMC_ERR_ARGUMENT` for any other value.
+    safe fn reformc_set_weights_mode(mode: i32) -> i32 {
+        if mode != WEIGHTS_MMAP && mode != WEIGHTS_READ {
+            return set_error(
+                code::ARGUMENT,
+                &format!("reformc_set_weights_mode: unknown mode {mode} (0 = mmap, 1 = read)"),
+            );
+        }
+        WEIGHTS_MODE.store(mode, std::sync::atomic::Ordering::Relaxed);
+        0
+    }
+
+    /// Memory-maps `path`, checks it against the compiled weights (`n` names,
+    /// ranks and concatenated dims; `n_extra` allowed extra names) and writes
+    /// one data pointer per weight to `out_ptrs` and the mapping to `handle`
+    /// (release it with [`rc_model_unload_weights`]). Returns 0 or a code with
+    /// the message set; on failure nothing is kept mapped.
+    ///
+    /// # Safety
+    /// `path` is NUL-terminated; `names`, `ranks` hold `n` entries, `shapes` the
+    /// sum of the ranks, `extra` `n_extra` strings; `out_ptrs` has room for `n`
+    /// pointers; `handle` is writable.
+    unsafe fn rc_model_load_safetensors(
+        path: *const c_char,
+        n: i64,
+        names: *const *const c_char,
+        ranks: *const i64,
+        shapes: *const i64,
+        n_extra: i64,
+        extra: *const *const c_char,
+        out_ptrs: *mut *const c_void,
+        handle: *mut *mut c_void,
+    ) -> i32 {
+        if path.is_null()
+            || handle.is_null()
+            || n < 0
+            || (n > 0 && (names.is_null() || ranks.is_null() || out_ptrs.is_null()))
+        {
+            return set_error(code::ARGUMENT, "reformc_model_load_weights: NULL argument");
+        }
+        // SAFETY: forwarded contract (path is NUL-terminated).
+        let path_s = unsafe { cstr(path) }.into_owned();
+        let mut exp = Expected {
+            names: Vec::new(),
+            shapes: Vec::new(),
+            extra: Vec::new(),
+        };
+        let mut k = 0usize;
+        for i in 0..n as usize {
+            // SAFETY: `names`/`ranks` hold n entries, `shapes` the sum of ranks.
+            unsafe {
+                exp.names.push(cstr(*names.add(i)));
+                let r = (*ranks.add(i)).max(0) as usize;
+                let mut dims = Vec::with_capacity(r);
+                for _ in 0..r {
+                    dims.push((*shapes.add(k)).max(0) as u64);
+                    k += 1;
+                }
+                exp.shapes.push(dims);
+            }
+        }
+        if !extra.is_null() {
+            for i in 0..n_extra.max(0) as usize {
+                // SAFETY: `extra` holds n_extra strings.
+                exp.extra.push(unsafe { cstr(*extra.add(i)) });
+            }
+        }
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(&path_s, &exp)));
+        match result {
+            Ok(Ok((h, ptrs, warning))) => {
+                if let Some(w) = warning {
+                    set_error(code::OK, &format!("{path_s}: {w}"));
+                }
+                for (i, p) in ptrs.iter().enumerate() {
+                    // SAFETY: out_ptrs has room for n pointers; ptrs.len() == n.
+                    unsafe { *out_ptrs.add(i) = *p };
+                }
+                // SAFETY: `handle` is writable.
+                unsafe { *handle = Box::into_raw(h) as *mut c_void };
+                0
+            }
+            Ok(Err((c, m))) => set_error(c, &format!("{path_s}: {m}")),
+            Err(_) => set_error(
+                code::WEIGHTS_FORMAT,
+                &format!("{path_s}: internal error while reading the weights"),
+            ),
         }
     }
-    set_error(code, &m)
-}
 
-/// A symbol above its compiled maximum.
-///
-/// # Safety
-/// `what` is NULL or NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn rc_model_error_limit(
-    code: i32,
-    what: *const c_char,
-    value: i64,
-    max: i64,
-) -> i32 {
-    // SAFETY: forwarded contract.
-    let what = unsafe { cstr(what) };
-    set_error(
-        code,
-        &format!("{what}: {value} exceeds the compiled maximum {max}"),
-    )
-}
+    /// Whether `reformc_model_load_weights` accepts NaN or infinite weights
+    /// (`allow` != 0): then the load succeeds and `reformc_model_last_error()`
+    /// names the first such value. By default (0) such a file is refused with
+    /// `REFORMC_ERR_VALUE`. Process-wide; set it before loading.
+    safe fn reformc_model_allow_nonfinite_weights(allow: i32) {
+        ALLOW_NONFINITE.store(allow != 0, Ordering::Relaxed);
+    }
 
-/// A computed dim disagrees with the value its symbol already has.
-///
-/// # Safety
-/// `what` is NULL or NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn rc_model_error_mismatch(
-    code: i32,
-    what: *const c_char,
-    got: i64,
-    want: i64,
-) -> i32 {
-    // SAFETY: forwarded contract.
-    let what = unsafe { cstr(what) };
-    set_error(
-        code,
-        &format!("{what}: computed {got}, but the inputs say {want}"),
-    )
+    /// Releases weights from [`rc_model_load_safetensors`]; NULL is ignored.
+    /// Also frees the buffers cached by [`reformc_runtime::alloc::rc_alloc`].
+    ///
+    /// # Safety
+    /// `handle` is NULL or a handle not released before.
+    unsafe fn rc_model_unload_weights(handle: *mut c_void) {
+        if !handle.is_null() {
+            // SAFETY: the handle came from Box::into_raw in rc_model_load_safetensors.
+            drop(unsafe { Box::from_raw(handle as *mut WeightsHandle) });
+        }
+        // Intermediate buffers cached for the next run go back to the OS too.
+        reformc_runtime::alloc::rc_release_cache();
+    }
 }
 
 extern "C" {
     /// The kernels' per-thread error message (runtime/ABI.md).
     fn rc_last_error() -> *const c_char;
-}
-
-/// A kernel returned `kernel_code`: the message names the op and the kernel's reason.
-///
-/// # Safety
-/// `what` is NULL or NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn rc_model_error_kernel(
-    code: i32,
-    what: *const c_char,
-    kernel_code: i32,
-) -> i32 {
-    // SAFETY: forwarded contract; rc_last_error never returns a dangling pointer.
-    let (what, reason) = unsafe { (cstr(what), cstr(rc_last_error())) };
-    let code = if kernel_code == 2 {
-        self::code::VALUE
-    } else {
-        code
-    };
-    set_error(
-        code,
-        &format!("{what} failed (kernel code {kernel_code}): {reason}"),
-    )
-}
-
-/// An allocation failed (`bytes` < 0: the size overflowed).
-///
-/// # Safety
-/// `what` is NULL or NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn rc_model_error_alloc(code: i32, what: *const c_char, bytes: i64) -> i32 {
-    // SAFETY: forwarded contract.
-    let what = unsafe { cstr(what) };
-    let m = if bytes < 0 {
-        format!("out of memory: the buffer of {what} would exceed the address space")
-    } else {
-        format!("out of memory: cannot allocate {bytes} bytes for {what}")
-    };
-    set_error(code, &m)
-}
-
-/// The inputs match no compiled variant: `expected` plus what was passed.
-/// The generated dispatcher passes `inputs` = NULL when `n` exceeds every
-/// signature's count, so that no tensor past the caller's array is read.
-///
-/// # Safety
-/// `expected` is NULL or NUL-terminated; `inputs` is NULL or holds `n` tensors.
-#[no_mangle]
-pub unsafe extern "C" fn rc_model_error_signature(
-    code: i32,
-    expected: *const c_char,
-    inputs: *const ReformcTensor,
-    n: i64,
-) -> i32 {
-    // SAFETY: forwarded contract.
-    let expected = unsafe { cstr(expected) };
-    let mut found = Vec::new();
-    if !inputs.is_null() {
-        for i in 0..n.clamp(0, 64) as usize {
-            // SAFETY: the caller passes `n` readable tensors.
-            found.push(unsafe { describe(inputs.add(i)) });
-        }
-    }
-    let found = if inputs.is_null() && n > 0 {
-        "more than any compiled signature takes".to_string()
-    } else {
-        found.join(", ")
-    };
-    set_error(code, &format!("{expected}; found {n} inputs ({found})"))
-}
-
-/// Fills `t` for row-major contiguous `data` (not copied; `owns_data` = 0).
-///
-/// # Safety
-/// `t` is NULL or writable; `shape` holds `rank` dims when `rank > 0`.
-#[no_mangle]
-pub unsafe extern "C" fn reformc_tensor_init(
-    t: *mut ReformcTensor,
-    dtype: i32,
-    rank: i32,
-    shape: *const i64,
-    data: *mut c_void,
-) -> i32 {
-    if t.is_null() || rank < 0 || rank as usize > MAX_RANK || (rank > 0 && shape.is_null()) {
-        return set_error(
-            code::ARGUMENT,
-            "reformc_tensor_init: NULL tensor or shape, or rank outside 0..8",
-        );
-    }
-    if dtype_size(dtype) == 0 {
-        return set_error(
-            code::DTYPE,
-            &format!("reformc_tensor_init: unknown dtype code {dtype} (1 f32, 2 f64, 3 i64, 4 i32, 5 bool)"),
-        );
-    }
-    let mut r = ReformcTensor::empty();
-    r.dtype = dtype;
-    r.rank = rank;
-    let mut stride = 1i64;
-    for a in (0..rank as usize).rev() {
-        // SAFETY: `shape` holds `rank` entries.
-        let d = unsafe { *shape.add(a) };
-        if d < 0 {
-            return set_error(code::ARGUMENT, "reformc_tensor_init: negative dimension");
-        }
-        r.shape[a] = d;
-        r.strides[a] = stride;
-        stride = stride.saturating_mul(d);
-    }
-    r.data = data;
-    // SAFETY: `t` is writable.
-    unsafe { *t = r };
-    0
 }
 
 extern "C" {
@@ -409,24 +542,6 @@ extern "C" {
         off: i64,
     ) -> *mut c_void;
     fn munmap(addr: *mut c_void, len: usize) -> c_int;
-}
-
-/// Frees an output's data if it owns it (allocated with `aligned_alloc`) and clears it.
-///
-/// # Safety
-/// `t` is NULL or a tensor filled by `reformc_model_run` (or `reformc_tensor_init`).
-#[no_mangle]
-pub unsafe extern "C" fn reformc_tensor_release(t: *mut ReformcTensor) {
-    if t.is_null() {
-        return;
-    }
-    // SAFETY: `t` is a valid tensor struct.
-    let r = unsafe { &mut *t };
-    if r.owns_data != 0 && !r.data.is_null() {
-        // SAFETY: owned data was allocated with aligned_alloc by the model.
-        unsafe { free(r.data) };
-    }
-    *r = ReformcTensor::empty();
 }
 
 // ------------------------------------------------------------ safetensors
@@ -466,23 +581,6 @@ pub const WEIGHTS_MMAP: i32 = 0;
 pub const WEIGHTS_READ: i32 = 1;
 
 static WEIGHTS_MODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(WEIGHTS_MMAP);
-
-/// Chooses how later weight loads bring the file into memory, for the whole
-/// process: [`WEIGHTS_MMAP`] (0, the default: no copy, but truncating the
-/// file while it is mapped kills the process with SIGBUS) or [`WEIGHTS_READ`]
-/// (1: one copy in memory, immune to later changes of the file). Returns 0,
-/// or `REFORMC_ERR_ARGUMENT` for any other value.
-#[no_mangle]
-pub extern "C" fn reformc_set_weights_mode(mode: i32) -> i32 {
-    if mode != WEIGHTS_MMAP && mode != WEIGHTS_READ {
-        return set_error(
-            code::ARGUMENT,
-            &format!("reformc_set_weights_mode: unknown mode {mode} (0 = mmap, 1 = read)"),
-        );
-    }
-    WEIGHTS_MODE.store(mode, std::sync::atomic::Ordering::Relaxed);
-    0
-}
 
 /// What the compiled model expects: names, ranks and dims of its f32 weights.
 pub struct Expected<'a> {
@@ -534,98 +632,11 @@ pub fn check_weights<'e>(
     Ok(out)
 }
 
-/// Memory-maps `path`, checks it against the compiled weights (`n` names,
-/// ranks and concatenated dims; `n_extra` allowed extra names) and writes
-/// one data pointer per weight to `out_ptrs` and the mapping to `handle`
-/// (release it with [`rc_model_unload_weights`]). Returns 0 or a code with
-/// the message set; on failure nothing is kept mapped.
-///
-/// # Safety
-/// `path` is NUL-terminated; `names`, `ranks` hold `n` entries, `shapes` the
-/// sum of the ranks, `extra` `n_extra` strings; `out_ptrs` has room for `n`
-/// pointers; `handle` is writable.
-#[no_mangle]
-pub unsafe extern "C" fn rc_model_load_safetensors(
-    path: *const c_char,
-    n: i64,
-    names: *const *const c_char,
-    ranks: *const i64,
-    shapes: *const i64,
-    n_extra: i64,
-    extra: *const *const c_char,
-    out_ptrs: *mut *const c_void,
-    handle: *mut *mut c_void,
-) -> i32 {
-    if path.is_null()
-        || handle.is_null()
-        || n < 0
-        || (n > 0 && (names.is_null() || ranks.is_null() || out_ptrs.is_null()))
-    {
-        return set_error(code::ARGUMENT, "reformc_model_load_weights: NULL argument");
-    }
-    // SAFETY: forwarded contract (path is NUL-terminated).
-    let path_s = unsafe { cstr(path) }.into_owned();
-    let mut exp = Expected {
-        names: Vec::new(),
-        shapes: Vec::new(),
-        extra: Vec::new(),
-    };
-    let mut k = 0usize;
-    for i in 0..n as usize {
-        // SAFETY: `names`/`ranks` hold n entries, `shapes` the sum of ranks.
-        unsafe {
-            exp.names.push(cstr(*names.add(i)));
-            let r = (*ranks.add(i)).max(0) as usize;
-            let mut dims = Vec::with_capacity(r);
-            for _ in 0..r {
-                dims.push((*shapes.add(k)).max(0) as u64);
-                k += 1;
-            }
-            exp.shapes.push(dims);
-        }
-    }
-    if !extra.is_null() {
-        for i in 0..n_extra.max(0) as usize {
-            // SAFETY: `extra` holds n_extra strings.
-            exp.extra.push(unsafe { cstr(*extra.add(i)) });
-        }
-    }
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(&path_s, &exp)));
-    match result {
-        Ok(Ok((h, ptrs, warning))) => {
-            if let Some(w) = warning {
-                set_error(code::OK, &format!("{path_s}: {w}"));
-            }
-            for (i, p) in ptrs.iter().enumerate() {
-                // SAFETY: out_ptrs has room for n pointers; ptrs.len() == n.
-                unsafe { *out_ptrs.add(i) = *p };
-            }
-            // SAFETY: `handle` is writable.
-            unsafe { *handle = Box::into_raw(h) as *mut c_void };
-            0
-        }
-        Ok(Err((c, m))) => set_error(c, &format!("{path_s}: {m}")),
-        Err(_) => set_error(
-            code::WEIGHTS_FORMAT,
-            &format!("{path_s}: internal error while reading the weights"),
-        ),
-    }
-}
-
 /// Mapped weights, one data pointer per expected weight and a warning (a
 /// non-finite weight, allowed), or a code and message.
 type Loaded = Result<(Box<WeightsHandle>, Vec<*const c_void>, Option<String>), (i32, String)>;
 
 static ALLOW_NONFINITE: AtomicBool = AtomicBool::new(false);
-
-/// Whether `reformc_model_load_weights` accepts NaN or infinite weights
-/// (`allow` != 0): then the load succeeds and `reformc_model_last_error()`
-/// names the first such value. By default (0) such a file is refused with
-/// `REFORMC_ERR_VALUE`. Process-wide; set it before loading.
-#[no_mangle]
-pub extern "C" fn reformc_model_allow_nonfinite_weights(allow: i32) {
-    ALLOW_NONFINITE.store(allow != 0, Ordering::Relaxed);
-}
 
 /// The first NaN or infinity among little-endian f32 `bytes`: flat index and value.
 fn first_nonfinite(bytes: &[u8]) -> Option<(usize, f32)> {
@@ -783,21 +794,6 @@ fn read_whole(mut file: std::fs::File, len: usize) -> Result<Box<WeightsHandle>,
         _owned: owned,
         _copies: Vec::new(),
     }))
-}
-
-/// Releases weights from [`rc_model_load_safetensors`]; NULL is ignored.
-/// Also frees the buffers cached by [`reformc_runtime::alloc::rc_alloc`].
-///
-/// # Safety
-/// `handle` is NULL or a handle not released before.
-#[no_mangle]
-pub unsafe extern "C" fn rc_model_unload_weights(handle: *mut c_void) {
-    if !handle.is_null() {
-        // SAFETY: the handle came from Box::into_raw in rc_model_load_safetensors.
-        drop(unsafe { Box::from_raw(handle as *mut WeightsHandle) });
-    }
-    // Intermediate buffers cached for the next run go back to the OS too.
-    reformc_runtime::alloc::rc_release_cache();
 }
 
 #[cfg(test)]

@@ -95,188 +95,186 @@ fn block_size(bytes: usize) -> Option<usize> {
         .map(|b| b & !(MIN_ALIGN - 1))
 }
 
-/// Allocates `bytes` bytes aligned to `align` (0 or a power of two; values
-/// below 64 mean 64), reusing a cached block of the same size when there is one.
-/// Returns NULL on failure (bad alignment, too large, out of memory).
-///
-/// # Safety
-/// Always safe to call; the block must be released with [`rc_free`] (same
-/// `bytes`) or `free`.
-#[no_mangle]
-pub unsafe extern "C" fn rc_alloc(bytes: i64, align: i64) -> *mut u8 {
-    let (Ok(bytes), Ok(align)) = (usize::try_from(bytes), usize::try_from(align)) else {
-        return std::ptr::null_mut();
-    };
-    if align != 0 && !align.is_power_of_two() {
-        return std::ptr::null_mut();
-    }
-    let align = align.max(MIN_ALIGN);
-    if bytes > isize::MAX as usize - align {
-        return std::ptr::null_mut();
-    }
-    let Some(size) = block_size(bytes) else {
-        return std::ptr::null_mut();
-    };
-    let mut evicted = Vec::new();
-    {
-        let mut c = lock();
-        if let Some(list) = c.free.get_mut(&size) {
-            if let Some(i) = list.iter().rposition(|&p| p % align == 0) {
-                let p = list.swap_remove(i);
-                c.bytes -= size;
-                c.live += size;
-                return p as *mut u8;
-            }
+crate::c_abi! {
+    section = "Buffer cache and row helpers (runtime/src/alloc.rs)";
+
+    /// Allocates `bytes` bytes aligned to `align` (0 or a power of two; values
+    /// below 64 mean 64), reusing a cached block of the same size when there is one.
+    /// Returns NULL on failure (bad alignment, too large, out of memory).
+    ///
+    /// # Safety
+    /// Always safe to call; the block must be released with [`rc_free`] (same
+    /// `bytes`) or `free`.
+    unsafe fn rc_alloc(bytes: i64, align: i64) -> *mut u8 {
+        let (Ok(bytes), Ok(align)) = (usize::try_from(bytes), usize::try_from(align)) else {
+            return std::ptr::null_mut();
+        };
+        if align != 0 && !align.is_power_of_two() {
+            return std::ptr::null_mut();
         }
-        c.evict_for(size, &mut evicted);
-        c.live += size;
+        let align = align.max(MIN_ALIGN);
+        if bytes > isize::MAX as usize - align {
+            return std::ptr::null_mut();
+        }
+        let Some(size) = block_size(bytes) else {
+            return std::ptr::null_mut();
+        };
+        let mut evicted = Vec::new();
+        {
+            let mut c = lock();
+            if let Some(list) = c.free.get_mut(&size) {
+                if let Some(i) = list.iter().rposition(|&p| p % align == 0) {
+                    let p = list.swap_remove(i);
+                    c.bytes -= size;
+                    c.live += size;
+                    return p as *mut u8;
+                }
+            }
+            c.evict_for(size, &mut evicted);
+            c.live += size;
+        }
+        for p in evicted {
+            // SAFETY: cached blocks came from aligned_alloc and are not in use.
+            unsafe { free(p as *mut c_void) };
+        }
+        // aligned_alloc wants the size to be a multiple of the alignment.
+        let Some(asize) = size.checked_add(align - 1).map(|s| s & !(align - 1)) else {
+            return std::ptr::null_mut();
+        };
+        // SAFETY: align is a power of two and asize a multiple of it.
+        let mut p = unsafe { aligned_alloc(align, asize) } as *mut u8;
+        if p.is_null() {
+            // Out of memory: give the cache back and try once more.
+            rc_release_cache();
+            // SAFETY: as above.
+            p = unsafe { aligned_alloc(align, asize) } as *mut u8;
+        }
+        if p.is_null() {
+            let mut c = lock();
+            c.live = c.live.saturating_sub(size);
+        }
+        p
     }
-    for p in evicted {
-        // SAFETY: cached blocks came from aligned_alloc and are not in use.
-        unsafe { free(p as *mut c_void) };
-    }
-    // aligned_alloc wants the size to be a multiple of the alignment.
-    let Some(asize) = size.checked_add(align - 1).map(|s| s & !(align - 1)) else {
-        return std::ptr::null_mut();
-    };
-    // SAFETY: align is a power of two and asize a multiple of it.
-    let mut p = unsafe { aligned_alloc(align, asize) } as *mut u8;
-    if p.is_null() {
-        // Out of memory: give the cache back and try once more.
-        rc_release_cache();
-        // SAFETY: as above.
-        p = unsafe { aligned_alloc(align, asize) } as *mut u8;
-    }
-    if p.is_null() {
+
+    /// Returns a block from [`rc_alloc`] to the cache; `bytes` is the size it was
+    /// requested with. NULL is ignored.
+    ///
+    /// # Safety
+    /// `p` is NULL or a live block from `rc_alloc(bytes, _)`, not released before.
+    unsafe fn rc_free(p: *mut u8, bytes: i64) {
+        if p.is_null() {
+            return;
+        }
+        let size = usize::try_from(bytes).ok().and_then(block_size);
+        let Some(size) = size else {
+            // SAFETY: p came from aligned_alloc (see rc_alloc).
+            unsafe { free(p as *mut c_void) };
+            return;
+        };
         let mut c = lock();
         c.live = c.live.saturating_sub(size);
+        c.free.entry(size).or_default().push(p as usize);
+        c.bytes += size;
     }
-    p
-}
 
-/// Returns a block from [`rc_alloc`] to the cache; `bytes` is the size it was
-/// requested with. NULL is ignored.
-///
-/// # Safety
-/// `p` is NULL or a live block from `rc_alloc(bytes, _)`, not released before.
-#[no_mangle]
-pub unsafe extern "C" fn rc_free(p: *mut u8, bytes: i64) {
-    if p.is_null() {
-        return;
-    }
-    let size = usize::try_from(bytes).ok().and_then(block_size);
-    let Some(size) = size else {
-        // SAFETY: p came from aligned_alloc (see rc_alloc).
+    /// Releases a block to the system instead of caching it: generated code
+    /// calls this for a buffer whose size no later allocation of the model asks
+    /// for (the static plan knows), so that a cached block never sits unused.
+    ///
+    /// # Safety
+    /// As [`rc_free`].
+    unsafe fn rc_free_release(p: *mut u8, bytes: i64) {
+        if p.is_null() {
+            return;
+        }
+        if let Some(size) = usize::try_from(bytes).ok().and_then(block_size) {
+            let mut c = lock();
+            c.live = c.live.saturating_sub(size);
+        }
+        // SAFETY: p came from aligned_alloc (see rc_alloc) and is no longer used.
         unsafe { free(p as *mut c_void) };
-        return;
-    };
-    let mut c = lock();
-    c.live = c.live.saturating_sub(size);
-    c.free.entry(size).or_default().push(p as usize);
-    c.bytes += size;
-}
-
-/// Releases a block to the system instead of caching it: generated code
-/// calls this for a buffer whose size no later allocation of the model asks
-/// for (the static plan knows), so that a cached block never sits unused.
-///
-/// # Safety
-/// As [`rc_free`].
-#[no_mangle]
-pub unsafe extern "C" fn rc_free_release(p: *mut u8, bytes: i64) {
-    if p.is_null() {
-        return;
     }
-    if let Some(size) = usize::try_from(bytes).ok().and_then(block_size) {
-        let mut c = lock();
-        c.live = c.live.saturating_sub(size);
-    }
-    // SAFETY: p came from aligned_alloc (see rc_alloc) and is no longer used.
-    unsafe { free(p as *mut c_void) };
-}
 
-/// Frees every cached block (blocks in use are not affected).
-#[no_mangle]
-pub extern "C" fn rc_release_cache() {
-    let taken = {
-        let mut c = lock();
-        c.bytes = 0;
-        c.peak = c.live;
-        std::mem::take(&mut c.free)
-    };
-    for p in taken.into_values().flatten() {
-        // SAFETY: cached blocks came from aligned_alloc and are not in use.
-        unsafe { free(p as *mut c_void) };
+    /// Frees every cached block (blocks in use are not affected).
+    safe fn rc_release_cache() {
+        let taken = {
+            let mut c = lock();
+            c.bytes = 0;
+            c.peak = c.live;
+            std::mem::take(&mut c.free)
+        };
+        for p in taken.into_values().flatten() {
+            // SAFETY: cached blocks came from aligned_alloc and are not in use.
+            unsafe { free(p as *mut c_void) };
+        }
+    }
+
+    /// `out[r*os + i] = a[r*as + i] + b[r*bs + i]` (or `= a[..]` when `b` is
+    /// NULL) for `r < rows`, `i < cols`: the row-strided f32 adds and copies of
+    /// generated code (reversible residuals), split over the runtime's thread
+    /// pool in blocks of rows (a lone loop would leave the other cores idle).
+    ///
+    /// # Safety
+    /// Every addressed element is valid; `out` rows do not overlap `a`/`b` rows
+    /// of other rows, nor `b`'s own row; `a` may be `out` itself (same stride). Nothing is done when `rows` or `cols` is not positive or a
+    /// needed pointer is NULL.
+    unsafe fn rc_add_rows_f32(
+        out: *mut f32,
+        os: i64,
+        a: *const f32,
+        a_s: i64,
+        b: *const f32,
+        bs: i64,
+        rows: i64,
+        cols: i64,
+    ) {
+        if rows <= 0 || cols <= 0 || out.is_null() || a.is_null() {
+            return;
+        }
+        let (rows, cols) = (rows as usize, cols as usize);
+        let (o, a, b) = (out as usize, a as usize, b as usize);
+        let (os, a_s, bs) = (os as isize, a_s as isize, bs as isize);
+        // ~256 KiB of output per task.
+        let per = ((1usize << 16) / cols).max(1);
+        let tasks = rows.div_ceil(per);
+        let one = move |t: usize| {
+            for r in t * per..rows.min((t + 1) * per) {
+                let r = r as isize;
+                // SAFETY: row r of each buffer is valid (caller's contract) and
+                // only this task writes output row r.
+                unsafe {
+                    let dst = std::slice::from_raw_parts_mut((o as *mut f32).offset(r * os), cols);
+                    if o == a && os == a_s {
+                        // In place (`out += b`): only `dst` may reference these rows.
+                        if b != 0 {
+                            let y = std::slice::from_raw_parts((b as *const f32).offset(r * bs), cols);
+                            for (d, y) in dst.iter_mut().zip(y) {
+                                *d += y;
+                            }
+                        }
+                        continue;
+                    }
+                    let x = std::slice::from_raw_parts((a as *const f32).offset(r * a_s), cols);
+                    if b == 0 {
+                        dst.copy_from_slice(x);
+                    } else {
+                        let y = std::slice::from_raw_parts((b as *const f32).offset(r * bs), cols);
+                        for ((d, x), y) in dst.iter_mut().zip(x).zip(y) {
+                            *d = x + y;
+                        }
+                    }
+                }
+            }
+        };
+        if tasks < 2 || crate::pool::par_for(tasks, one).is_err() {
+            (0..tasks).for_each(one);
+        }
     }
 }
 
 /// Bytes currently held by the cache (not in use).
 pub fn cached_bytes() -> usize {
     lock().bytes
-}
-
-/// `out[r*os + i] = a[r*as + i] + b[r*bs + i]` (or `= a[..]` when `b` is
-/// NULL) for `r < rows`, `i < cols`: the row-strided f32 adds and copies of
-/// generated code (reversible residuals), split over the runtime's thread
-/// pool in blocks of rows (a lone loop would leave the other cores idle).
-///
-/// # Safety
-/// Every addressed element is valid; `out` rows do not overlap `a`/`b` rows
-/// of other rows, nor `b`'s own row; `a` may be `out` itself (same stride). Nothing is done when `rows` or `cols` is not positive or a
-/// needed pointer is NULL.
-#[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn rc_add_rows_f32(
-    out: *mut f32,
-    os: i64,
-    a: *const f32,
-    a_s: i64,
-    b: *const f32,
-    bs: i64,
-    rows: i64,
-    cols: i64,
-) {
-    if rows <= 0 || cols <= 0 || out.is_null() || a.is_null() {
-        return;
-    }
-    let (rows, cols) = (rows as usize, cols as usize);
-    let (o, a, b) = (out as usize, a as usize, b as usize);
-    let (os, a_s, bs) = (os as isize, a_s as isize, bs as isize);
-    // ~256 KiB of output per task.
-    let per = ((1usize << 16) / cols).max(1);
-    let tasks = rows.div_ceil(per);
-    let one = move |t: usize| {
-        for r in t * per..rows.min((t + 1) * per) {
-            let r = r as isize;
-            // SAFETY: row r of each buffer is valid (caller's contract) and
-            // only this task writes output row r.
-            unsafe {
-                let dst = std::slice::from_raw_parts_mut((o as *mut f32).offset(r * os), cols);
-                if o == a && os == a_s {
-                    // In place (`out += b`): only `dst` may reference these rows.
-                    if b != 0 {
-                        let y = std::slice::from_raw_parts((b as *const f32).offset(r * bs), cols);
-                        for (d, y) in dst.iter_mut().zip(y) {
-                            *d += y;
-                        }
-                    }
-                    continue;
-                }
-                let x = std::slice::from_raw_parts((a as *const f32).offset(r * a_s), cols);
-                if b == 0 {
-                    dst.copy_from_slice(x);
-                } else {
-                    let y = std::slice::from_raw_parts((b as *const f32).offset(r * bs), cols);
-                    for ((d, x), y) in dst.iter_mut().zip(x).zip(y) {
-                        *d = x + y;
-                    }
-                }
-            }
-        }
-    };
-    if tasks < 2 || crate::pool::par_for(tasks, one).is_err() {
-        (0..tasks).for_each(one);
-    }
 }
 
 #[cfg(test)]

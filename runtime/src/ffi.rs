@@ -124,617 +124,609 @@ unsafe fn view_mut<'a, T>(p: *mut T, s: Span) -> &'a mut [T] {
     unsafe { std::slice::from_raw_parts_mut(p, s.bytes / std::mem::size_of::<T>()) }
 }
 
-/// Sets the number of worker threads (`n = 0`: all cores). Idempotent.
-///
-/// # Safety
-/// Always safe to call; `unsafe` only for uniformity with the other entry points.
-#[no_mangle]
-pub unsafe extern "C" fn rc_set_threads(n: i64) -> i32 {
-    guard(|| crate::pool::set_threads(n))
-}
+crate::c_abi! {
+    section = "Kernels (runtime/src/ffi.rs): 0 = ok, else a status code and the message in rc_last_error()";
 
-/// The message of this thread's most recent failed call (empty if none):
-/// NUL-terminated, never NULL, valid until the next failing call on this thread.
-///
-/// # Safety
-/// Always safe to call.
-#[no_mangle]
-pub unsafe extern "C" fn rc_last_error() -> *const c_char {
-    last_error_ptr()
-}
+    /// Sets the number of worker threads (`n = 0`: all cores). Idempotent.
+    ///
+    /// # Safety
+    /// Always safe to call; `unsafe` only for uniformity with the other entry points.
+    unsafe fn rc_set_threads(n: i64) -> i32 {
+        guard(|| crate::pool::set_threads(n))
+    }
 
-/// `y[rows, out] = act(x[rows, in] · w[out, in]ᵀ + b[out])`; `b` may be NULL.
-///
-/// # Safety
-/// Pointers must reference buffers of the sizes in runtime/ABI.md; `y` must not
-/// overlap the inputs (checked).
-#[no_mangle]
-pub unsafe extern "C" fn rc_linear_f32(
-    x: *const f32,
-    rows: i64,
-    in_: i64,
-    w: *const f32,
-    out: i64,
-    b: *const f32,
-    act: i32,
-    y: *mut f32,
-) -> i32 {
-    guard(|| {
-        let [rows, inp, out] = sizes([(rows, "rows"), (in_, "in"), (out, "out")])?;
-        let act = Activation::from_code(act)?;
-        let sx = span(x, count(&[rows, inp], "x")?, "x")?;
-        let sw = span(w, count(&[out, inp], "w")?, "w")?;
-        let sb = span(b, if b.is_null() { 0 } else { out }, "b")?;
-        let sy = span(y, count(&[rows, out], "y")?, "y")?;
-        no_overlap(sy, &[sx, sw, sb])?;
-        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
-        let (x, w, y) = unsafe { (view(x, sx), view(w, sw), view_mut(y, sy)) };
-        // SAFETY: as above (NULL bias means no bias).
-        let b = (!b.is_null()).then(|| unsafe { view(b, sb) });
-        crate::linear(x, rows, inp, w, out, b, act, y)
-    })
-}
+    /// The message of this thread's most recent failed call (empty if none):
+    /// NUL-terminated, never NULL, valid until the next failing call on this thread.
+    ///
+    /// # Safety
+    /// Always safe to call.
+    unsafe fn rc_last_error() -> *const c_char {
+        last_error_ptr()
+    }
 
-/// The fused dense stack of [`crate::dense`]: `y (+)= L2(L1(LN(x)))` on
-/// strided rows. `ln_w`/`ln_b` NULL: no layer norm; `w2` NULL: one linear
-/// (`out` must equal `hidden`); `b1`/`b2` may be NULL. Row `r` of `x` is
-/// `x[r*ldx ..][..in]`, of `y` is `y[r*ldy ..][..out]`; `accumulate` nonzero
-/// adds to `y` (the last activation must then be 0). `y`'s rows may interleave
-/// with `x`'s (two halves of one buffer) but must share no element with them.
-///
-/// # Safety
-/// As [`rc_linear_f32`], with the strided extents above.
-#[no_mangle]
-pub unsafe extern "C" fn rc_dense_f32(
-    x: *const f32,
-    ldx: i64,
-    rows: i64,
-    in_: i64,
-    ln_w: *const f32,
-    ln_b: *const f32,
-    eps: f32,
-    w1: *const f32,
-    b1: *const f32,
-    hidden: i64,
-    act1: i32,
-    w2: *const f32,
-    b2: *const f32,
-    out: i64,
-    act2: i32,
-    y: *mut f32,
-    ldy: i64,
-    accumulate: i32,
-) -> i32 {
-    guard(|| {
-        let [rows, inp] = sizes([(rows, "rows"), (in_, "in")])?;
-        let [hidden, out] = sizes([(hidden, "hidden"), (out, "out")])?;
-        let [ldx, ldy] = sizes([(ldx, "ldx"), (ldy, "ldy")])?;
-        if ldx < inp || ldy < out {
-            return Err(invalid(format!(
-                "row strides ldx = {ldx}, ldy = {ldy} are below the row lengths {inp}, {out}"
-            )));
-        }
-        if w2.is_null() && out != hidden {
-            return Err(invalid(format!(
-                "one linear: out ({out}) must equal hidden ({hidden})"
-            )));
-        }
-        let extent = |ld: usize, cols: usize, name| match rows {
-            0 => Ok(0),
-            _ => count(&[rows - 1, ld], name)?
-                .checked_add(cols)
-                .ok_or_else(|| invalid(format!("{name} is too large"))),
-        };
-        let sx = span(x, extent(ldx, inp, "x")?, "x")?;
-        let sy = span(y, extent(ldy, out, "y")?, "y")?;
-        let has_ln = !ln_w.is_null() || !ln_b.is_null();
-        let sg = span(ln_w, if has_ln { inp } else { 0 }, "ln_w")?;
-        let sbeta = span(ln_b, if has_ln { inp } else { 0 }, "ln_b")?;
-        let sw1 = span(w1, count(&[hidden, inp], "w1")?, "w1")?;
-        let sb1 = span(b1, if b1.is_null() { 0 } else { hidden }, "b1")?;
-        let two = !w2.is_null();
-        let sw2 = span(w2, if two { count(&[out, hidden], "w2")? } else { 0 }, "w2")?;
-        let sb2 = span(b2, if two && !b2.is_null() { out } else { 0 }, "b2")?;
-        no_overlap(sy, &[sg, sbeta, sw1, sb1, sw2, sb2])?;
-        // Element offsets from the lower of the two (`span` checked f32 alignment).
-        let base = sx.start.min(sy.start);
-        let at = |s: Span| (s.start - base) / std::mem::size_of::<f32>();
-        if !crate::dense::rows_disjoint((at(sx), ldx, inp), (at(sy), ldy, out), rows) {
-            return Err(invalid("y overlaps x".to_string()));
-        }
-        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
-        let (g, beta, w1s) = unsafe { (view(ln_w, sg), view(ln_b, sbeta), view(w1, sw1)) };
-        // SAFETY: as above (NULL means absent).
-        let (b1s, w2s, b2s) = unsafe { (view(b1, sb1), view(w2, sw2), view(b2, sb2)) };
-        let opt = |s: &'static [f32], present: bool| present.then_some(s);
-        let stack = crate::dense::Stack {
-            norm: has_ln.then_some(crate::dense::Norm { w: g, b: beta, eps }),
-            first: crate::dense::Layer {
-                w: w1s,
-                out: hidden,
-                b: opt(b1s, !b1.is_null()),
-                act: Activation::from_code(act1)?,
-            },
-            second: if two {
-                Some(crate::dense::Layer {
-                    w: w2s,
-                    out,
-                    b: opt(b2s, !b2.is_null()),
-                    act: Activation::from_code(act2)?,
-                })
+    /// `y[rows, out] = act(x[rows, in] · w[out, in]ᵀ + b[out])`; `b` may be NULL.
+    ///
+    /// # Safety
+    /// Pointers must reference buffers of the sizes in runtime/ABI.md; `y` must not
+    /// overlap the inputs (checked).
+    unsafe fn rc_linear_f32(
+        x: *const f32,
+        rows: i64,
+        in_: i64,
+        w: *const f32,
+        out: i64,
+        b: *const f32,
+        act: i32,
+        y: *mut f32,
+    ) -> i32 {
+        guard(|| {
+            let [rows, inp, out] = sizes([(rows, "rows"), (in_, "in"), (out, "out")])?;
+            let act = Activation::from_code(act)?;
+            let sx = span(x, count(&[rows, inp], "x")?, "x")?;
+            let sw = span(w, count(&[out, inp], "w")?, "w")?;
+            let sb = span(b, if b.is_null() { 0 } else { out }, "b")?;
+            let sy = span(y, count(&[rows, out], "y")?, "y")?;
+            no_overlap(sy, &[sx, sw, sb])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (x, w, y) = unsafe { (view(x, sx), view(w, sw), view_mut(y, sy)) };
+            // SAFETY: as above (NULL bias means no bias).
+            let b = (!b.is_null()).then(|| unsafe { view(b, sb) });
+            crate::linear(x, rows, inp, w, out, b, act, y)
+        })
+    }
+
+    /// The fused dense stack of [`crate::dense`]: `y (+)= L2(L1(LN(x)))` on
+    /// strided rows. `ln_w`/`ln_b` NULL: no layer norm; `w2` NULL: one linear
+    /// (`out` must equal `hidden`); `b1`/`b2` may be NULL. Row `r` of `x` is
+    /// `x[r*ldx ..][..in]`, of `y` is `y[r*ldy ..][..out]`; `accumulate` nonzero
+    /// adds to `y` (the last activation must then be 0). `y`'s rows may interleave
+    /// with `x`'s (two halves of one buffer) but must share no element with them.
+    ///
+    /// # Safety
+    /// As [`rc_linear_f32`], with the strided extents above.
+    unsafe fn rc_dense_f32(
+        x: *const f32,
+        ldx: i64,
+        rows: i64,
+        in_: i64,
+        ln_w: *const f32,
+        ln_b: *const f32,
+        eps: f32,
+        w1: *const f32,
+        b1: *const f32,
+        hidden: i64,
+        act1: i32,
+        w2: *const f32,
+        b2: *const f32,
+        out: i64,
+        act2: i32,
+        y: *mut f32,
+        ldy: i64,
+        accumulate: i32,
+    ) -> i32 {
+        guard(|| {
+            let [rows, inp] = sizes([(rows, "rows"), (in_, "in")])?;
+            let [hidden, out] = sizes([(hidden, "hidden"), (out, "out")])?;
+            let [ldx, ldy] = sizes([(ldx, "ldx"), (ldy, "ldy")])?;
+            if ldx < inp || ldy < out {
+                return Err(invalid(format!(
+                    "row strides ldx = {ldx}, ldy = {ldy} are below the row lengths {inp}, {out}"
+                )));
+            }
+            if w2.is_null() && out != hidden {
+                return Err(invalid(format!(
+                    "one linear: out ({out}) must equal hidden ({hidden})"
+                )));
+            }
+            let extent = |ld: usize, cols: usize, name| match rows {
+                0 => Ok(0),
+                _ => count(&[rows - 1, ld], name)?
+                    .checked_add(cols)
+                    .ok_or_else(|| invalid(format!("{name} is too large"))),
+            };
+            let sx = span(x, extent(ldx, inp, "x")?, "x")?;
+            let sy = span(y, extent(ldy, out, "y")?, "y")?;
+            let has_ln = !ln_w.is_null() || !ln_b.is_null();
+            let sg = span(ln_w, if has_ln { inp } else { 0 }, "ln_w")?;
+            let sbeta = span(ln_b, if has_ln { inp } else { 0 }, "ln_b")?;
+            let sw1 = span(w1, count(&[hidden, inp], "w1")?, "w1")?;
+            let sb1 = span(b1, if b1.is_null() { 0 } else { hidden }, "b1")?;
+            let two = !w2.is_null();
+            let sw2 = span(w2, if two { count(&[out, hidden], "w2")? } else { 0 }, "w2")?;
+            let sb2 = span(b2, if two && !b2.is_null() { out } else { 0 }, "b2")?;
+            no_overlap(sy, &[sg, sbeta, sw1, sb1, sw2, sb2])?;
+            // Element offsets from the lower of the two (`span` checked f32 alignment).
+            let base = sx.start.min(sy.start);
+            let at = |s: Span| (s.start - base) / std::mem::size_of::<f32>();
+            if !crate::dense::rows_disjoint((at(sx), ldx, inp), (at(sy), ldy, out), rows) {
+                return Err(invalid("y overlaps x".to_string()));
+            }
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (g, beta, w1s) = unsafe { (view(ln_w, sg), view(ln_b, sbeta), view(w1, sw1)) };
+            // SAFETY: as above (NULL means absent).
+            let (b1s, w2s, b2s) = unsafe { (view(b1, sb1), view(w2, sw2), view(b2, sb2)) };
+            let opt = |s: &'static [f32], present: bool| present.then_some(s);
+            let stack = crate::dense::Stack {
+                norm: has_ln.then_some(crate::dense::Norm { w: g, b: beta, eps }),
+                first: crate::dense::Layer {
+                    w: w1s,
+                    out: hidden,
+                    b: opt(b1s, !b1.is_null()),
+                    act: Activation::from_code(act1)?,
+                },
+                second: if two {
+                    Some(crate::dense::Layer {
+                        w: w2s,
+                        out,
+                        b: opt(b2s, !b2.is_null()),
+                        act: Activation::from_code(act2)?,
+                    })
+                } else {
+                    None
+                },
+            };
+            let mode = if accumulate != 0 {
+                crate::dense::Mode::Accumulate
             } else {
-                None
-            },
-        };
-        let mode = if accumulate != 0 {
-            crate::dense::Mode::Accumulate
-        } else {
-            crate::dense::Mode::Store
-        };
-        crate::dense::check(&stack, inp, mode)?;
-        // SAFETY: extents checked by `span`; rows of y share no element with rows of
-        // x (checked just above) nor with the parameters (no_overlap).
-        unsafe { crate::dense::dense_raw(&stack, x, ldx, rows, inp, y, ldy, mode) }
-    })
-}
+                crate::dense::Mode::Store
+            };
+            crate::dense::check(&stack, inp, mode)?;
+            // SAFETY: extents checked by `span`; rows of y share no element with rows of
+            // x (checked just above) nor with the parameters (no_overlap).
+            unsafe { crate::dense::dense_raw(&stack, x, ldx, rows, inp, y, ldy, mode) }
+        })
+    }
 
-/// `y = LN(x)` over rows of `width` (biased variance), `w`, `b` of `[width]`.
-///
-/// # Safety
-/// As [`rc_linear_f32`].
-#[no_mangle]
-pub unsafe extern "C" fn rc_layer_norm_f32(
-    x: *const f32,
-    rows: i64,
-    width: i64,
-    w: *const f32,
-    b: *const f32,
-    eps: f32,
-    y: *mut f32,
-) -> i32 {
-    guard(|| {
-        let [rows, width] = sizes([(rows, "rows"), (width, "width")])?;
-        let sx = span(x, count(&[rows, width], "x")?, "x")?;
-        let sw = span(w, width, "w")?;
-        let sb = span(b, width, "b")?;
-        let sy = span(y, count(&[rows, width], "y")?, "y")?;
-        no_overlap(sy, &[sx, sw, sb])?;
-        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
-        let (x, w, b, y) = unsafe { (view(x, sx), view(w, sw), view(b, sb), view_mut(y, sy)) };
-        crate::layer_norm(x, rows, width, w, b, eps, y)
-    })
-}
+    /// `y = LN(x)` over rows of `width` (biased variance), `w`, `b` of `[width]`.
+    ///
+    /// # Safety
+    /// As [`rc_linear_f32`].
+    unsafe fn rc_layer_norm_f32(
+        x: *const f32,
+        rows: i64,
+        width: i64,
+        w: *const f32,
+        b: *const f32,
+        eps: f32,
+        y: *mut f32,
+    ) -> i32 {
+        guard(|| {
+            let [rows, width] = sizes([(rows, "rows"), (width, "width")])?;
+            let sx = span(x, count(&[rows, width], "x")?, "x")?;
+            let sw = span(w, width, "w")?;
+            let sb = span(b, width, "b")?;
+            let sy = span(y, count(&[rows, width], "y")?, "y")?;
+            no_overlap(sy, &[sx, sw, sb])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (x, w, b, y) = unsafe { (view(x, sx), view(w, sw), view(b, sb), view_mut(y, sy)) };
+            crate::layer_norm(x, rows, width, w, b, eps, y)
+        })
+    }
 
-/// `y[n, width] = table[ids[i]]`; status 2 if an id is outside `[0, vocab)`.
-///
-/// # Safety
-/// As [`rc_linear_f32`].
-#[no_mangle]
-pub unsafe extern "C" fn rc_embedding_f32(
-    ids: *const i64,
-    n: i64,
-    table: *const f32,
-    vocab: i64,
-    width: i64,
-    y: *mut f32,
-) -> i32 {
-    guard(|| {
-        let [n, vocab, width] = sizes([(n, "n"), (vocab, "vocab"), (width, "width")])?;
-        let si = span(ids, n, "ids")?;
-        let st = span(table, count(&[vocab, width], "table")?, "table")?;
-        let sy = span(y, count(&[n, width], "y")?, "y")?;
-        no_overlap(sy, &[si, st])?;
-        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
-        let (ids, table, y) = unsafe { (view(ids, si), view(table, st), view_mut(y, sy)) };
-        crate::embedding(ids, table, vocab, width, y)
-    })
-}
+    /// `y[n, width] = table[ids[i]]`; status 2 if an id is outside `[0, vocab)`.
+    ///
+    /// # Safety
+    /// As [`rc_linear_f32`].
+    unsafe fn rc_embedding_f32(
+        ids: *const i64,
+        n: i64,
+        table: *const f32,
+        vocab: i64,
+        width: i64,
+        y: *mut f32,
+    ) -> i32 {
+        guard(|| {
+            let [n, vocab, width] = sizes([(n, "n"), (vocab, "vocab"), (width, "width")])?;
+            let si = span(ids, n, "ids")?;
+            let st = span(table, count(&[vocab, width], "table")?, "table")?;
+            let sy = span(y, count(&[n, width], "y")?, "y")?;
+            no_overlap(sy, &[si, st])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (ids, table, y) = unsafe { (view(ids, si), view(table, st), view_mut(y, sy)) };
+            crate::embedding(ids, table, vocab, width, y)
+        })
+    }
 
-/// `y[n, d0+d1] = concat(w0[p / n1, 0, :], w1[0, p % n1, :])` for `p = pos[i]`.
-///
-/// # Safety
-/// As [`rc_linear_f32`].
-#[no_mangle]
-pub unsafe extern "C" fn rc_axial_pos_f32(
-    pos: *const i64,
-    n: i64,
-    w0: *const f32,
-    n0: i64,
-    d0: i64,
-    w1: *const f32,
-    n1: i64,
-    d1: i64,
-    y: *mut f32,
-) -> i32 {
-    guard(|| {
-        let n = size(n, "n")?;
-        let [n0, d0, n1, d1] = sizes([(n0, "n0"), (d0, "d0"), (n1, "n1"), (d1, "d1")])?;
-        let width = d0
-            .checked_add(d1)
-            .ok_or_else(|| invalid("d0 + d1 overflows"))?;
-        let sp = span(pos, n, "pos")?;
-        let s0 = span(w0, count(&[n0, d0], "w0")?, "w0")?;
-        let s1 = span(w1, count(&[n1, d1], "w1")?, "w1")?;
-        let sy = span(y, count(&[n, width], "y")?, "y")?;
-        no_overlap(sy, &[sp, s0, s1])?;
-        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
-        let (pos, w0, w1, y) =
-            unsafe { (view(pos, sp), view(w0, s0), view(w1, s1), view_mut(y, sy)) };
-        crate::axial_pos(pos, w0, n0, d0, w1, n1, d1, y)
-    })
-}
+    /// `y[n, d0+d1] = concat(w0[p / n1, 0, :], w1[0, p % n1, :])` for `p = pos[i]`.
+    ///
+    /// # Safety
+    /// As [`rc_linear_f32`].
+    unsafe fn rc_axial_pos_f32(
+        pos: *const i64,
+        n: i64,
+        w0: *const f32,
+        n0: i64,
+        d0: i64,
+        w1: *const f32,
+        n1: i64,
+        d1: i64,
+        y: *mut f32,
+    ) -> i32 {
+        guard(|| {
+            let n = size(n, "n")?;
+            let [n0, d0, n1, d1] = sizes([(n0, "n0"), (d0, "d0"), (n1, "n1"), (d1, "d1")])?;
+            let width = d0
+                .checked_add(d1)
+                .ok_or_else(|| invalid("d0 + d1 overflows"))?;
+            let sp = span(pos, n, "pos")?;
+            let s0 = span(w0, count(&[n0, d0], "w0")?, "w0")?;
+            let s1 = span(w1, count(&[n1, d1], "w1")?, "w1")?;
+            let sy = span(y, count(&[n, width], "y")?, "y")?;
+            no_overlap(sy, &[sp, s0, s1])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (pos, w0, w1, y) =
+                unsafe { (view(pos, sp), view(w0, s0), view(w1, s1), view_mut(y, sy)) };
+            crate::axial_pos(pos, w0, n0, d0, w1, n1, d1, y)
+        })
+    }
 
-/// Full attention over `[B, L, H·d]` tensors (see [`attention::attention`]).
-///
-/// # Safety
-/// As [`rc_linear_f32`]; `mask` may be NULL.
-#[no_mangle]
-pub unsafe extern "C" fn rc_attention_f32(
-    q: *const f32,
-    k: *const f32,
-    v: *const f32,
-    mask: *const i64,
-    batch: i64,
-    lq: i64,
-    lk: i64,
-    heads: i64,
-    dqk: i64,
-    dv: i64,
-    scale: f32,
-    flags: i32,
-    kv_chunk: i64,
-    out: *mut f32,
-) -> i32 {
-    guard(|| {
-        let [b, lq, lk] = sizes([(batch, "batch"), (lq, "lq"), (lk, "lk")])?;
-        let [h, dqk, dv] = sizes([(heads, "heads"), (dqk, "dqk"), (dv, "dv")])?;
-        let kv_chunk = size(kv_chunk, "kv_chunk")?;
-        let sq = span(q, count(&[b, lq, h, dqk], "q")?, "q")?;
-        let sk = span(k, count(&[b, lk, h, dqk], "k")?, "k")?;
-        let sv = span(v, count(&[b, lk, h, dv], "v")?, "v")?;
-        let sm = opt_span(mask, &[b, lk], "mask")?;
-        let so = span(out, count(&[b, lq, h, dv], "out")?, "out")?;
-        no_overlap(so, &[sq, sk, sv, sm])?;
-        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
-        let (q, k, v, o) = unsafe { (view(q, sq), view(k, sk), view(v, sv), view_mut(out, so)) };
-        // SAFETY: as above.
-        let m = unsafe { opt_view(mask, sm) };
-        attention::attention(q, k, v, m, b, lq, lk, h, dqk, dv, scale, flags, kv_chunk, o)
-    })
-}
+    /// Full attention over `[B, L, H·d]` tensors (see [`attention::attention`]);
+    /// `mask[B, Lk]` (nonzero keeps a key) or NULL. `kv_chunk` 0: materialized
+    /// softmax; > 0: streaming over key chunks of that size (exact).
+    ///
+    /// # Safety
+    /// As [`rc_linear_f32`]; `mask` may be NULL.
+    unsafe fn rc_attention_f32(
+        q: *const f32,
+        k: *const f32,
+        v: *const f32,
+        mask: *const i64,
+        batch: i64,
+        lq: i64,
+        lk: i64,
+        heads: i64,
+        dqk: i64,
+        dv: i64,
+        scale: f32,
+        flags: i32,
+        kv_chunk: i64,
+        out: *mut f32,
+    ) -> i32 {
+        guard(|| {
+            let [b, lq, lk] = sizes([(batch, "batch"), (lq, "lq"), (lk, "lk")])?;
+            let [h, dqk, dv] = sizes([(heads, "heads"), (dqk, "dqk"), (dv, "dv")])?;
+            let kv_chunk = size(kv_chunk, "kv_chunk")?;
+            let sq = span(q, count(&[b, lq, h, dqk], "q")?, "q")?;
+            let sk = span(k, count(&[b, lk, h, dqk], "k")?, "k")?;
+            let sv = span(v, count(&[b, lk, h, dv], "v")?, "v")?;
+            let sm = opt_span(mask, &[b, lk], "mask")?;
+            let so = span(out, count(&[b, lq, h, dv], "out")?, "out")?;
+            no_overlap(so, &[sq, sk, sv, sm])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (q, k, v, o) = unsafe { (view(q, sq), view(k, sk), view(v, sv), view_mut(out, so)) };
+            // SAFETY: as above.
+            let m = unsafe { opt_view(mask, sm) };
+            attention::attention(q, k, v, m, b, lq, lk, h, dqk, dv, scale, flags, kv_chunk, o)
+        })
+    }
 
-/// Chunked local attention (see [`attention::local_attention`]).
-///
-/// # Safety
-/// As [`rc_linear_f32`]; `mask` may be NULL.
-#[no_mangle]
-pub unsafe extern "C" fn rc_local_attention_f32(
-    q: *const f32,
-    k: *const f32,
-    v: *const f32,
-    mask: *const i64,
-    batch: i64,
-    len: i64,
-    heads: i64,
-    dqk: i64,
-    dv: i64,
-    scale: f32,
-    chunk: i64,
-    before: i64,
-    after: i64,
-    causal: i32,
-    out: *mut f32,
-) -> i32 {
-    guard(|| {
-        let [b, l, h] = sizes([(batch, "batch"), (len, "len"), (heads, "heads")])?;
-        let [dqk, dv] = sizes([(dqk, "dqk"), (dv, "dv")])?;
-        let [c, nb, na] = sizes([(chunk, "chunk"), (before, "before"), (after, "after")])?;
-        let sq = span(q, count(&[b, l, h, dqk], "q")?, "q")?;
-        let sk = span(k, count(&[b, l, h, dqk], "k")?, "k")?;
-        let sv = span(v, count(&[b, l, h, dv], "v")?, "v")?;
-        let sm = opt_span(mask, &[b, l], "mask")?;
-        let so = span(out, count(&[b, l, h, dv], "out")?, "out")?;
-        no_overlap(so, &[sq, sk, sv, sm])?;
-        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
-        let (q, k, v, o) = unsafe { (view(q, sq), view(k, sk), view(v, sv), view_mut(out, so)) };
-        // SAFETY: as above.
-        let m = unsafe { opt_view(mask, sm) };
-        attention::local_attention(
-            q,
-            k,
-            v,
-            m,
-            b,
-            l,
-            h,
-            dqk,
-            dv,
-            scale,
-            c,
-            nb,
-            na,
-            causal != 0,
-            o,
-        )
-    })
-}
-
-/// LSH bucket ids with round offsets, `out[B, H, r, L]` (see [`attention::lsh_hash`]).
-///
-/// # Safety
-/// As [`rc_linear_f32`]; `mask` may be NULL.
-#[no_mangle]
-pub unsafe extern "C" fn rc_lsh_hash_f32(
-    qk: *const f32,
-    rot: *const f32,
-    mask: *const i64,
-    batch: i64,
-    len: i64,
-    heads: i64,
-    d: i64,
-    rounds: i64,
-    factors: *const i64,
-    nfactors: i64,
-    out: *mut i64,
-) -> i32 {
-    guard(|| {
-        let [b, l, h] = sizes([(batch, "batch"), (len, "len"), (heads, "heads")])?;
-        let [d, r, nf] = sizes([(d, "d"), (rounds, "rounds"), (nfactors, "nfactors")])?;
-        let sf = span(factors, nf, "factors")?;
-        // SAFETY: span checked; the caller passes nfactors values.
-        let fs: Vec<usize> = unsafe { view(factors, sf) }
-            .iter()
-            .map(|&f| size(f, "bucket factor"))
-            .collect::<Result<_>>()?;
-        let half = fs.iter().try_fold(0usize, |a, f| a.checked_add(f / 2));
-        let half = half.ok_or_else(|| invalid("rotation width overflows"))?;
-        let sq = span(qk, count(&[b, l, h, d], "qk")?, "qk")?;
-        let sr = span(rot, count(&[h, d, r, half], "rot")?, "rot")?;
-        let sm = opt_span(mask, &[b, l], "mask")?;
-        let so = span(out, count(&[b, h, r, l], "out")?, "out")?;
-        no_overlap(so, &[sq, sr, sm, sf])?;
-        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
-        let (qk, rot, o) = unsafe { (view(qk, sq), view(rot, sr), view_mut(out, so)) };
-        // SAFETY: as above.
-        let m = unsafe { opt_view(mask, sm) };
-        attention::lsh_hash(qk, rot, m, b, l, h, d, r, &fs, o)
-    })
-}
-
-/// Fused LSH attention given buckets `[B, H, r, L]` (see [`attention::lsh_attention`]).
-///
-/// # Safety
-/// As [`rc_linear_f32`]; `mask` may be NULL.
-#[no_mangle]
-pub unsafe extern "C" fn rc_lsh_attention_f32(
-    qk: *const f32,
-    v: *const f32,
-    buckets: *const i64,
-    mask: *const i64,
-    batch: i64,
-    len: i64,
-    heads: i64,
-    d: i64,
-    rounds: i64,
-    chunk: i64,
-    before: i64,
-    after: i64,
-    causal: i32,
-    out: *mut f32,
-) -> i32 {
-    guard(|| {
-        let [b, l, h] = sizes([(batch, "batch"), (len, "len"), (heads, "heads")])?;
-        let [d, r, c] = sizes([(d, "d"), (rounds, "rounds"), (chunk, "chunk")])?;
-        let [nb, na] = sizes([(before, "before"), (after, "after")])?;
-        let sq = span(qk, count(&[b, l, h, d], "qk")?, "qk")?;
-        let sv = span(v, count(&[b, l, h, d], "v")?, "v")?;
-        let sb = span(buckets, count(&[b, h, r, l], "buckets")?, "buckets")?;
-        let sm = opt_span(mask, &[b, l], "mask")?;
-        let so = span(out, count(&[b, l, h, d], "out")?, "out")?;
-        no_overlap(so, &[sq, sv, sb, sm])?;
-        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
-        let (qk, v, bk, o) = unsafe {
-            (
-                view(qk, sq),
-                view(v, sv),
-                view(buckets, sb),
-                view_mut(out, so),
+    /// Chunked local attention, Hugging Face `LocalSelfAttention` semantics
+    /// (`len <= chunk`: full attention; see [`attention::local_attention`]).
+    ///
+    /// # Safety
+    /// As [`rc_linear_f32`]; `mask` may be NULL.
+    unsafe fn rc_local_attention_f32(
+        q: *const f32,
+        k: *const f32,
+        v: *const f32,
+        mask: *const i64,
+        batch: i64,
+        len: i64,
+        heads: i64,
+        dqk: i64,
+        dv: i64,
+        scale: f32,
+        chunk: i64,
+        before: i64,
+        after: i64,
+        causal: i32,
+        out: *mut f32,
+    ) -> i32 {
+        guard(|| {
+            let [b, l, h] = sizes([(batch, "batch"), (len, "len"), (heads, "heads")])?;
+            let [dqk, dv] = sizes([(dqk, "dqk"), (dv, "dv")])?;
+            let [c, nb, na] = sizes([(chunk, "chunk"), (before, "before"), (after, "after")])?;
+            let sq = span(q, count(&[b, l, h, dqk], "q")?, "q")?;
+            let sk = span(k, count(&[b, l, h, dqk], "k")?, "k")?;
+            let sv = span(v, count(&[b, l, h, dv], "v")?, "v")?;
+            let sm = opt_span(mask, &[b, l], "mask")?;
+            let so = span(out, count(&[b, l, h, dv], "out")?, "out")?;
+            no_overlap(so, &[sq, sk, sv, sm])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (q, k, v, o) = unsafe { (view(q, sq), view(k, sk), view(v, sv), view_mut(out, so)) };
+            // SAFETY: as above.
+            let m = unsafe { opt_view(mask, sm) };
+            attention::local_attention(
+                q,
+                k,
+                v,
+                m,
+                b,
+                l,
+                h,
+                dqk,
+                dv,
+                scale,
+                c,
+                nb,
+                na,
+                causal != 0,
+                o,
             )
-        };
-        // SAFETY: as above.
-        let m = unsafe { opt_view(mask, sm) };
-        attention::lsh_attention(qk, v, bk, m, b, l, h, d, r, c, nb, na, causal != 0, o)
-    })
-}
+        })
+    }
 
-/// Softmax along the middle axis of `x[outer, n, inner]` into `y` (same shape).
-///
-/// # Safety
-/// As [`rc_linear_f32`].
-#[no_mangle]
-pub unsafe extern "C" fn rc_softmax_f32(
-    x: *const f32,
-    outer: i64,
-    n: i64,
-    inner: i64,
-    y: *mut f32,
-) -> i32 {
-    guard(|| {
-        let [o, n, i] = sizes([(outer, "outer"), (n, "n"), (inner, "inner")])?;
-        let sx = span(x, count(&[o, n, i], "x")?, "x")?;
-        let sy = span(y, count(&[o, n, i], "y")?, "y")?;
-        no_overlap(sy, &[sx])?;
-        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
-        let (x, y) = unsafe { (view(x, sx), view_mut(y, sy)) };
-        crate::tensor_ops::softmax(x, o, n, i, y)
-    })
-}
+    /// LSH bucket ids with round offsets, `out[B, H, r, L]`, from rotations
+    /// `rot[H, d, r, S/2]` and `nfactors` bucket factors (see [`attention::lsh_hash`]).
+    ///
+    /// # Safety
+    /// As [`rc_linear_f32`]; `mask` may be NULL.
+    unsafe fn rc_lsh_hash_f32(
+        qk: *const f32,
+        rot: *const f32,
+        mask: *const i64,
+        batch: i64,
+        len: i64,
+        heads: i64,
+        d: i64,
+        rounds: i64,
+        factors: *const i64,
+        nfactors: i64,
+        out: *mut i64,
+    ) -> i32 {
+        guard(|| {
+            let [b, l, h] = sizes([(batch, "batch"), (len, "len"), (heads, "heads")])?;
+            let [d, r, nf] = sizes([(d, "d"), (rounds, "rounds"), (nfactors, "nfactors")])?;
+            let sf = span(factors, nf, "factors")?;
+            // SAFETY: span checked; the caller passes nfactors values.
+            let fs: Vec<usize> = unsafe { view(factors, sf) }
+                .iter()
+                .map(|&f| size(f, "bucket factor"))
+                .collect::<Result<_>>()?;
+            let half = fs.iter().try_fold(0usize, |a, f| a.checked_add(f / 2));
+            let half = half.ok_or_else(|| invalid("rotation width overflows"))?;
+            let sq = span(qk, count(&[b, l, h, d], "qk")?, "qk")?;
+            let sr = span(rot, count(&[h, d, r, half], "rot")?, "rot")?;
+            let sm = opt_span(mask, &[b, l], "mask")?;
+            let so = span(out, count(&[b, h, r, l], "out")?, "out")?;
+            no_overlap(so, &[sq, sr, sm, sf])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (qk, rot, o) = unsafe { (view(qk, sq), view(rot, sr), view_mut(out, so)) };
+            // SAFETY: as above.
+            let m = unsafe { opt_view(mask, sm) };
+            attention::lsh_hash(qk, rot, m, b, l, h, d, r, &fs, o)
+        })
+    }
 
-/// Reduces the middle axis of `x[outer, n, inner]` into `y[outer, inner]`;
-/// `kind` 0 sum, 1 mean, 2 max, 3 logsumexp.
-///
-/// # Safety
-/// As [`rc_linear_f32`].
-#[no_mangle]
-pub unsafe extern "C" fn rc_reduce_f32(
-    x: *const f32,
-    outer: i64,
-    n: i64,
-    inner: i64,
-    kind: i32,
-    y: *mut f32,
-) -> i32 {
-    guard(|| {
-        let [o, n, i] = sizes([(outer, "outer"), (n, "n"), (inner, "inner")])?;
-        let kind = crate::tensor_ops::ReduceKind::from_code(kind)?;
-        let sx = span(x, count(&[o, n, i], "x")?, "x")?;
-        let sy = span(y, count(&[o, i], "y")?, "y")?;
-        no_overlap(sy, &[sx])?;
-        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
-        let (x, y) = unsafe { (view(x, sx), view_mut(y, sy)) };
-        crate::tensor_ops::reduce(x, o, n, i, kind, y)
-    })
-}
+    /// Fused LSH attention given buckets `[B, H, r, L]`: sort, chunked attention
+    /// with neighbours, unsort, round combination, never materializing
+    /// `(B, H, r·L, c_kv)`; `len <= chunk`: the full shared-QK path (see
+    /// [`attention::lsh_attention`]).
+    ///
+    /// # Safety
+    /// As [`rc_linear_f32`]; `mask` may be NULL.
+    unsafe fn rc_lsh_attention_f32(
+        qk: *const f32,
+        v: *const f32,
+        buckets: *const i64,
+        mask: *const i64,
+        batch: i64,
+        len: i64,
+        heads: i64,
+        d: i64,
+        rounds: i64,
+        chunk: i64,
+        before: i64,
+        after: i64,
+        causal: i32,
+        out: *mut f32,
+    ) -> i32 {
+        guard(|| {
+            let [b, l, h] = sizes([(batch, "batch"), (len, "len"), (heads, "heads")])?;
+            let [d, r, c] = sizes([(d, "d"), (rounds, "rounds"), (chunk, "chunk")])?;
+            let [nb, na] = sizes([(before, "before"), (after, "after")])?;
+            let sq = span(qk, count(&[b, l, h, d], "qk")?, "qk")?;
+            let sv = span(v, count(&[b, l, h, d], "v")?, "v")?;
+            let sb = span(buckets, count(&[b, h, r, l], "buckets")?, "buckets")?;
+            let sm = opt_span(mask, &[b, l], "mask")?;
+            let so = span(out, count(&[b, l, h, d], "out")?, "out")?;
+            no_overlap(so, &[sq, sv, sb, sm])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (qk, v, bk, o) = unsafe {
+                (
+                    view(qk, sq),
+                    view(v, sv),
+                    view(buckets, sb),
+                    view_mut(out, so),
+                )
+            };
+            // SAFETY: as above.
+            let m = unsafe { opt_view(mask, sm) };
+            attention::lsh_attention(qk, v, bk, m, b, l, h, d, r, c, nb, na, causal != 0, o)
+        })
+    }
 
-/// Argmax (`sort` = 0, into `y[outer, inner]`) or stable argsort (`sort` = 1,
-/// into `y[outer, n, inner]`) along the middle axis of `x[outer, n, inner]`.
-///
-/// # Safety
-/// As [`rc_linear_f32`].
-#[no_mangle]
-pub unsafe extern "C" fn rc_arg_f32(
-    x: *const f32,
-    outer: i64,
-    n: i64,
-    inner: i64,
-    sort: i32,
-    y: *mut i64,
-) -> i32 {
-    guard(|| {
-        let [o, n, i] = sizes([(outer, "outer"), (n, "n"), (inner, "inner")])?;
-        let sx = span(x, count(&[o, n, i], "x")?, "x")?;
-        let ny = if sort != 0 {
-            count(&[o, n, i], "y")?
-        } else {
-            count(&[o, i], "y")?
-        };
-        let sy = span(y, ny, "y")?;
-        no_overlap(sy, &[sx])?;
-        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
-        let (x, y) = unsafe { (view(x, sx), view_mut(y, sy)) };
-        if sort != 0 {
-            crate::tensor_ops::argsort(x, o, n, i, y)
-        } else {
-            crate::tensor_ops::argmax(x, o, n, i, y)
-        }
-    })
-}
+    /// Softmax along the middle axis of `x[outer, n, inner]` into `y` (same shape).
+    ///
+    /// # Safety
+    /// As [`rc_linear_f32`].
+    unsafe fn rc_softmax_f32(
+        x: *const f32,
+        outer: i64,
+        n: i64,
+        inner: i64,
+        y: *mut f32,
+    ) -> i32 {
+        guard(|| {
+            let [o, n, i] = sizes([(outer, "outer"), (n, "n"), (inner, "inner")])?;
+            let sx = span(x, count(&[o, n, i], "x")?, "x")?;
+            let sy = span(y, count(&[o, n, i], "y")?, "y")?;
+            no_overlap(sy, &[sx])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (x, y) = unsafe { (view(x, sx), view_mut(y, sy)) };
+            crate::tensor_ops::softmax(x, o, n, i, y)
+        })
+    }
 
-/// `y[o, j, i] = x[o, idx[o, j, i], i]` (`take_along_axis`) for elements of
-/// `elem` bytes; `x` is `[outer, n, inner]`, `idx` and `y` are `[outer, m,
-/// inner]`. Status 2 if an index is outside `[0, n)`.
-///
-/// # Safety
-/// As [`rc_linear_f32`].
-#[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn rc_gather(
-    x: *const u8,
-    elem: i64,
-    outer: i64,
-    n: i64,
-    inner: i64,
-    idx: *const i64,
-    m: i64,
-    y: *mut u8,
-) -> i32 {
-    guard(|| {
-        let [e, o, n, i, m] = sizes([
-            (elem, "elem"),
-            (outer, "outer"),
-            (n, "n"),
-            (inner, "inner"),
-            (m, "m"),
-        ])?;
-        let sx = span(x, count(&[o, n, i, e], "x")?, "x")?;
-        let si = span(idx, count(&[o, m, i], "idx")?, "idx")?;
-        let sy = span(y, count(&[o, m, i, e], "y")?, "y")?;
-        no_overlap(sy, &[sx, si])?;
-        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
-        let (x, idx, y) = unsafe { (view(x, sx), view(idx, si), view_mut(y, sy)) };
-        crate::tensor_ops::gather(x, e, o, n, i, idx, m, y)
-    })
-}
+    /// Reduces the middle axis of `x[outer, n, inner]` into `y[outer, inner]`;
+    /// `kind` 0 sum, 1 mean, 2 max, 3 logsumexp.
+    ///
+    /// # Safety
+    /// As [`rc_linear_f32`].
+    unsafe fn rc_reduce_f32(
+        x: *const f32,
+        outer: i64,
+        n: i64,
+        inner: i64,
+        kind: i32,
+        y: *mut f32,
+    ) -> i32 {
+        guard(|| {
+            let [o, n, i] = sizes([(outer, "outer"), (n, "n"), (inner, "inner")])?;
+            let kind = crate::tensor_ops::ReduceKind::from_code(kind)?;
+            let sx = span(x, count(&[o, n, i], "x")?, "x")?;
+            let sy = span(y, count(&[o, i], "y")?, "y")?;
+            no_overlap(sy, &[sx])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (x, y) = unsafe { (view(x, sx), view_mut(y, sy)) };
+            crate::tensor_ops::reduce(x, o, n, i, kind, y)
+        })
+    }
 
-/// `y[m, n] = a[m, k] · b[k, n]`, row-major.
-///
-/// # Safety
-/// As [`rc_linear_f32`].
-#[no_mangle]
-pub unsafe extern "C" fn rc_matmul_f32(
-    a: *const f32,
-    b: *const f32,
-    m: i64,
-    k: i64,
-    n: i64,
-    y: *mut f32,
-) -> i32 {
-    guard(|| {
-        let [m, k, n] = sizes([(m, "m"), (k, "k"), (n, "n")])?;
-        let sa = span(a, count(&[m, k], "a")?, "a")?;
-        let sb = span(b, count(&[k, n], "b")?, "b")?;
-        let sy = span(y, count(&[m, n], "y")?, "y")?;
-        no_overlap(sy, &[sa, sb])?;
-        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
-        let (a, b, y) = unsafe { (view(a, sa), view(b, sb), view_mut(y, sy)) };
-        crate::tensor_ops::matmul(a, b, m, k, n, y)
-    })
-}
+    /// Argmax (`sort` = 0, into `y[outer, inner]`) or stable argsort (`sort` = 1,
+    /// into `y[outer, n, inner]`) along the middle axis of `x[outer, n, inner]`.
+    ///
+    /// # Safety
+    /// As [`rc_linear_f32`].
+    unsafe fn rc_arg_f32(
+        x: *const f32,
+        outer: i64,
+        n: i64,
+        inner: i64,
+        sort: i32,
+        y: *mut i64,
+    ) -> i32 {
+        guard(|| {
+            let [o, n, i] = sizes([(outer, "outer"), (n, "n"), (inner, "inner")])?;
+            let sx = span(x, count(&[o, n, i], "x")?, "x")?;
+            let ny = if sort != 0 {
+                count(&[o, n, i], "y")?
+            } else {
+                count(&[o, i], "y")?
+            };
+            let sy = span(y, ny, "y")?;
+            no_overlap(sy, &[sx])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (x, y) = unsafe { (view(x, sx), view_mut(y, sy)) };
+            if sort != 0 {
+                crate::tensor_ops::argsort(x, o, n, i, y)
+            } else {
+                crate::tensor_ops::argmax(x, o, n, i, y)
+            }
+        })
+    }
 
-/// `n` standard normals from Philox4x32-10 keyed by (seed, stream), the
-/// interpreter's `philox::normals` rounded to f32 (seed and stream are taken
-/// as their 64-bit patterns).
-///
-/// # Safety
-/// `out` must point to `n` writable floats.
-#[no_mangle]
-pub unsafe extern "C" fn rc_random_normal_f32(
-    seed: i64,
-    stream: i64,
-    n: i64,
-    out: *mut f32,
-) -> i32 {
-    guard(|| {
-        let n = size(n, "n")?;
-        let so = span(out, n, "out")?;
-        // SAFETY: span checked above; size is the ABI's contract with the caller.
-        let o = unsafe { view_mut(out, so) };
-        crate::random_normal(seed as u64, stream as u64, o)
-    })
-}
+    /// `y[o, j, i] = x[o, idx[o, j, i], i]` (`take_along_axis`) for elements of
+    /// `elem` bytes; `x` is `[outer, n, inner]`, `idx` and `y` are `[outer, m,
+    /// inner]`. Status 2 if an index is outside `[0, n)`.
+    ///
+    /// # Safety
+    /// As [`rc_linear_f32`].
+    unsafe fn rc_gather(
+        x: *const u8,
+        elem: i64,
+        outer: i64,
+        n: i64,
+        inner: i64,
+        idx: *const i64,
+        m: i64,
+        y: *mut u8,
+    ) -> i32 {
+        guard(|| {
+            let [e, o, n, i, m] = sizes([
+                (elem, "elem"),
+                (outer, "outer"),
+                (n, "n"),
+                (inner, "inner"),
+                (m, "m"),
+            ])?;
+            let sx = span(x, count(&[o, n, i, e], "x")?, "x")?;
+            let si = span(idx, count(&[o, m, i], "idx")?, "idx")?;
+            let sy = span(y, count(&[o, m, i, e], "y")?, "y")?;
+            no_overlap(sy, &[sx, si])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (x, idx, y) = unsafe { (view(x, sx), view(idx, si), view_mut(y, sy)) };
+            crate::tensor_ops::gather(x, e, o, n, i, idx, m, y)
+        })
+    }
 
-/// Checks replayed LSH bucket ids `[rows, rounds, len]` against the range rule
-/// of [`attention::check_bucket_range`] with `nb` buckets per round (or `nb + 1`
-/// with the padding bucket): code 2 names the first id outside it.
-///
-/// # Safety
-/// `ids` must point to `rows * rounds * len` readable int64 values.
-#[no_mangle]
-pub unsafe extern "C" fn rc_check_lsh_buckets(
-    ids: *const i64,
-    rows: i64,
-    rounds: i64,
-    len: i64,
-    nb: i64,
-) -> i32 {
-    guard(|| {
-        let [rows, rounds, len, nb] =
-            sizes([(rows, "rows"), (rounds, "rounds"), (len, "len"), (nb, "nb")])?;
-        let si = span(ids, count(&[rows, rounds, len], "ids")?, "ids")?;
-        // SAFETY: span checked above; size is the ABI's contract with the caller.
-        let ids = unsafe { view(ids, si) };
-        attention::check_bucket_range(ids, rounds, len, nb as u64)
-    })
+    /// `y[m, n] = a[m, k] · b[k, n]`, row-major.
+    ///
+    /// # Safety
+    /// As [`rc_linear_f32`].
+    unsafe fn rc_matmul_f32(
+        a: *const f32,
+        b: *const f32,
+        m: i64,
+        k: i64,
+        n: i64,
+        y: *mut f32,
+    ) -> i32 {
+        guard(|| {
+            let [m, k, n] = sizes([(m, "m"), (k, "k"), (n, "n")])?;
+            let sa = span(a, count(&[m, k], "a")?, "a")?;
+            let sb = span(b, count(&[k, n], "b")?, "b")?;
+            let sy = span(y, count(&[m, n], "y")?, "y")?;
+            no_overlap(sy, &[sa, sb])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (a, b, y) = unsafe { (view(a, sa), view(b, sb), view_mut(y, sy)) };
+            crate::tensor_ops::matmul(a, b, m, k, n, y)
+        })
+    }
+
+    /// `n` standard normals from Philox4x32-10 keyed by (seed, stream), the
+    /// interpreter's `philox::normals` rounded to f32 (seed and stream are taken
+    /// as their 64-bit patterns).
+    ///
+    /// # Safety
+    /// `out` must point to `n` writable floats.
+    unsafe fn rc_random_normal_f32(
+        seed: i64,
+        stream: i64,
+        n: i64,
+        out: *mut f32,
+    ) -> i32 {
+        guard(|| {
+            let n = size(n, "n")?;
+            let so = span(out, n, "out")?;
+            // SAFETY: span checked above; size is the ABI's contract with the caller.
+            let o = unsafe { view_mut(out, so) };
+            crate::random_normal(seed as u64, stream as u64, o)
+        })
+    }
+
+    /// Checks replayed LSH bucket ids `[rows, rounds, len]` against the range rule
+    /// of [`attention::check_bucket_range`] with `nb` buckets per round (or `nb + 1`
+    /// with the padding bucket): code 2 names the first id outside it.
+    ///
+    /// # Safety
+    /// `ids` must point to `rows * rounds * len` readable int64 values.
+    unsafe fn rc_check_lsh_buckets(
+        ids: *const i64,
+        rows: i64,
+        rounds: i64,
+        len: i64,
+        nb: i64,
+    ) -> i32 {
+        guard(|| {
+            let [rows, rounds, len, nb] =
+                sizes([(rows, "rows"), (rounds, "rounds"), (len, "len"), (nb, "nb")])?;
+            let si = span(ids, count(&[rows, rounds, len], "ids")?, "ids")?;
+            // SAFETY: span checked above; size is the ABI's contract with the caller.
+            let ids = unsafe { view(ids, si) };
+            attention::check_bucket_range(ids, rounds, len, nb as u64)
+        })
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(missing_docs)]
 
-// Kernels and their C ABI (runtime/ABI.md).
+// Kernels and their C ABI (runtime/ABI.md), declared once each (abi::c_abi!).
+pub mod abi;
 pub mod act;
 pub mod alloc;
 pub mod attention;

@@ -21,35 +21,37 @@ fn epoch() -> Instant {
     *START.get_or_init(Instant::now)
 }
 
-/// Nanoseconds on a monotonic clock (the start of an op).
-#[no_mangle]
-pub extern "C" fn rc_prof_now() -> i64 {
-    epoch().elapsed().as_nanos() as i64
-}
+crate::c_abi! {
+    section = "Per-op timing of --profile code (runtime/src/profile.rs)";
 
-/// Adds the time since `start` (from [`rc_prof_now`]) to `label`'s total.
-///
-/// # Safety
-/// `label` is a NUL-terminated string that stays at its address while code
-/// that records under it runs (generated code passes its constant strings);
-/// NULL is ignored. The text is copied at the first record.
-#[no_mangle]
-pub unsafe extern "C" fn rc_prof_add(label: *const c_char, start: i64) {
-    if label.is_null() {
-        return;
+    /// Nanoseconds on a monotonic clock (the start of an op).
+    safe fn rc_prof_now() -> i64 {
+        epoch().elapsed().as_nanos() as i64
     }
-    let ns = (rc_prof_now() - start).max(0) as u64;
-    let mut t = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
-    let e = t
-        .get_or_insert_with(HashMap::new)
-        .entry(label as usize)
-        .or_insert_with(|| {
-            // SAFETY: the caller passes a NUL-terminated string (checked non-NULL).
-            let s = unsafe { CStr::from_ptr(label) };
-            (s.to_string_lossy().into_owned(), 0, 0)
-        });
-    e.1 += 1;
-    e.2 += ns;
+
+    /// Adds the time since `start` (from [`rc_prof_now`]) to `label`'s total.
+    ///
+    /// # Safety
+    /// `label` is a NUL-terminated string that stays at its address while code
+    /// that records under it runs (generated code passes its constant strings);
+    /// NULL is ignored. The text is copied at the first record.
+    unsafe fn rc_prof_add(label: *const c_char, start: i64) {
+        if label.is_null() {
+            return;
+        }
+        let ns = (rc_prof_now() - start).max(0) as u64;
+        let mut t = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+        let e = t
+            .get_or_insert_with(HashMap::new)
+            .entry(label as usize)
+            .or_insert_with(|| {
+                // SAFETY: the caller passes a NUL-terminated string (checked non-NULL).
+                let s = unsafe { CStr::from_ptr(label) };
+                (s.to_string_lossy().into_owned(), 0, 0)
+            });
+        e.1 += 1;
+        e.2 += ns;
+    }
 }
 
 /// Forgets every total.

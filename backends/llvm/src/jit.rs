@@ -1,5 +1,6 @@
 //! In-process execution with MCJIT: the generated module's external calls are
-//! mapped to the `reformc-runtime` functions linked into this process.
+//! mapped to the runtime functions linked into this process (the addresses
+//! come from the runtime's `c_abi!` tables).
 
 use crate::error::{BackendError, Result};
 use crate::{abi, build_module, target, CompileOptions, Tensors, Variant, WeightsMode};
@@ -26,59 +27,24 @@ mod libc {
     }
 }
 
-/// `(name, address)` of each `module::function`, named by the function.
+/// `(name, address)` of each `libc::function`, named by the function.
 macro_rules! symbols {
-    ($($m:ident :: $f:ident),* $(,)?) => {
-        vec![$((stringify!($f), $m::$f as *const () as usize)),*]
+    ($($f:ident),* $(,)?) => {
+        vec![$((stringify!($f), libc::$f as *const () as usize)),*]
     };
 }
 
-/// Addresses of every external function generated code may call
-/// (`abi::EXTERNS` lists their signatures; a test checks the two agree).
+/// Addresses of every external function generated code may call: the
+/// runtime's from its `c_abi!` tables (the declarations that also give
+/// generated code their signatures), then the C library's (`abi::LIBC`).
 fn symbol_table() -> Vec<(&'static str, usize)> {
-    use reformc_runtime::{alloc, ffi, profile};
-    symbols![
-        ffi::rc_linear_f32,
-        ffi::rc_layer_norm_f32,
-        ffi::rc_dense_f32,
-        ffi::rc_embedding_f32,
-        ffi::rc_axial_pos_f32,
-        ffi::rc_attention_f32,
-        ffi::rc_local_attention_f32,
-        ffi::rc_lsh_hash_f32,
-        ffi::rc_lsh_attention_f32,
-        ffi::rc_random_normal_f32,
-        ffi::rc_check_lsh_buckets,
-        ffi::rc_softmax_f32,
-        ffi::rc_reduce_f32,
-        ffi::rc_arg_f32,
-        ffi::rc_gather,
-        ffi::rc_matmul_f32,
-        model_rt::rc_model_clear_error,
-        model_rt::rc_model_last_error,
-        model_rt::rc_model_error,
-        model_rt::rc_model_error_input,
-        model_rt::rc_model_error_limit,
-        model_rt::rc_model_error_mismatch,
-        model_rt::rc_model_error_kernel,
-        model_rt::rc_model_error_alloc,
-        model_rt::rc_model_error_signature,
-        model_rt::rc_model_load_safetensors,
-        model_rt::rc_model_unload_weights,
-        alloc::rc_alloc,
-        alloc::rc_free,
-        alloc::rc_free_release,
-        alloc::rc_release_cache,
-        alloc::rc_add_rows_f32,
-        profile::rc_prof_now,
-        profile::rc_prof_add,
-        libc::aligned_alloc,
-        libc::free,
-        libc::tanhf,
-        libc::tanh,
-        libc::erf,
-        libc::exp,
-    ]
+    let mut table: Vec<(&'static str, usize)> = reformc_exe_runtime::SECTIONS
+        .iter()
+        .flat_map(|s| s.kernels)
+        .map(|k| (k.name, k.address()))
+        .collect();
+    table.extend(symbols![aligned_alloc, free, tanhf, tanh, erf, exp]);
+    table
 }
 
 /// Sets the runtime's worker thread count (0 = all cores).
@@ -385,12 +351,17 @@ pub fn jit_run_with(
 #[cfg(test)]
 mod tests {
     #[test]
-    fn every_external_but_the_executable_main_has_an_address() {
+    fn every_external_has_exactly_one_address() {
         let table = super::symbol_table();
-        for (name, _, _) in crate::abi::EXTERNS {
-            let has = table.iter().any(|(n, _)| n == name);
-            assert_eq!(has, *name != "reformc_exe_main", "`{name}`");
+        let runtime = reformc_exe_runtime::SECTIONS.iter().flat_map(|s| s.kernels);
+        let names: Vec<&str> = runtime
+            .map(|k| k.name)
+            .chain(crate::abi::LIBC.iter().map(|(n, _, _)| *n))
+            .collect();
+        for name in &names {
+            let n = table.iter().filter(|(t, a)| t == name && *a != 0).count();
+            assert_eq!(n, 1, "`{name}`");
         }
-        assert_eq!(table.len(), crate::abi::EXTERNS.len() - 1, "no extra names");
+        assert_eq!(table.len(), names.len(), "no extra names");
     }
 }

@@ -343,6 +343,44 @@ mod tests {
         );
     }
 
+    /// The LLVM spelling of a C ABI type.
+    fn llvm_name(t: abi::CTy) -> &'static str {
+        match t {
+            abi::CTy::Void => "void",
+            abi::CTy::I32 => "i32",
+            abi::CTy::I64 => "i64",
+            abi::CTy::F32 => "float",
+            abi::CTy::F64 => "double",
+            abi::CTy::Ptr => "ptr",
+        }
+    }
+
+    /// Every function a generated module declares has exactly the type of its
+    /// one declaration (the runtime's `c_abi!` blocks, or `abi::LIBC`), and
+    /// the module, every call included, passes the LLVM verifier: a call whose
+    /// arguments disagree with the declaration cannot be generated.
+    #[test]
+    fn declared_externals_are_typed_by_the_runtime_declarations() {
+        let text = "graph {\n  %0 = input {name=\"x\"} : f32[B,4]\n  %1 = weight {name=\"w\"} : f32[3,4]\n  %2 = linear %0, %1 {activation=\"gelu\"} : f32[B,3]\n  %3 = softmax %2 {axis=1} : f32[B,3]\n  %4 = tanh %3 : f32[B,3]\n  output \"y\" = %4\n}\n";
+        let ctx = Context::create();
+        let opts = CompileOptions::default();
+        let cm = build_module(&ctx, &[variant(text)], &opts, &WeightsMode::Runtime, None).unwrap();
+        cm.module.verify().unwrap();
+        let mut runtime = 0;
+        for f in cm.module.get_functions() {
+            let name = f.get_name().to_string_lossy().into_owned();
+            if f.count_basic_blocks() > 0 || name.starts_with("llvm.") {
+                continue;
+            }
+            let (ret, params) = abi::extern_sig(&name).unwrap_or_else(|| panic!("`{name}`"));
+            let params: Vec<&str> = params.into_iter().map(llvm_name).collect();
+            let want = format!("{} ({})", llvm_name(ret), params.join(", "));
+            assert_eq!(f.get_type().print_to_string().to_string(), want, "`{name}`");
+            runtime += usize::from(abi::runtime_fn(&name).is_some());
+        }
+        assert!(runtime >= 5, "only {runtime} runtime functions declared");
+    }
+
     #[test]
     fn embedded_weights_and_exe_main() {
         let ctx = Context::create();

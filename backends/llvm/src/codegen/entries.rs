@@ -444,7 +444,7 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// `int main(int argc, char** argv)` calling the runtime's `reformc_exe_main`
-    /// with a description of this model (see `runtime/src/exe_main.rs`).
+    /// with a description of this model (see `exe-runtime/src/exe_main.rs`).
     pub(crate) fn exe_main(&self, info: &crate::ExeInfo, weights_embedded: bool) -> Result<()> {
         let fp = |name: &str| -> Result<BasicValueEnum<'ctx>> {
             Ok(self

@@ -258,7 +258,8 @@ impl<'ctx> Gen<'ctx> {
         })
     }
 
-    /// The declaration of an external function of [`abi::EXTERNS`].
+    /// The declaration of an external function: a runtime function as its
+    /// `c_abi!` declaration types it ([`abi::runtime_fn`]), or a libc one ([`abi::LIBC`]).
     pub(crate) fn external(&self, name: &str) -> Result<FunctionValue<'ctx>> {
         if let Some(f) = self.module.get_function(name) {
             return Ok(f);
