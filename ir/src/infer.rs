@@ -3,7 +3,8 @@
 //! result types with [`infer_type`].
 
 use crate::attr::Attr;
-use crate::op::{AttrType, ACTIVATIONS, REDUCTIONS};
+use crate::activation::Activation;
+use crate::op::{AttrType, REDUCTIONS};
 use crate::{DType, Dim, Op, OpKind, TensorType};
 use std::collections::HashSet;
 
@@ -108,14 +109,7 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<Option<TensorType
                     ));
                 }
             }
-            if let Some(a) = op.str("activation") {
-                if !ACTIVATIONS.contains(&a) {
-                    return Err(format!(
-                        "unknown activation `{a}` (known: {})",
-                        ACTIVATIONS.join(", ")
-                    ));
-                }
-            }
+            op.activation()?;
             let mut shape = x.shape.clone();
             *shape.last_mut().expect("rank checked") = w.shape[0].clone();
             TensorType::new(x.dtype, shape)
@@ -277,11 +271,10 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<Option<TensorType
         }
         Act => {
             float(0, t[0])?;
-            let f = op.str("fn").unwrap_or("");
-            if !ACTIVATIONS.contains(&f) {
+            if op.activation()? == Activation::None {
                 return Err(format!(
-                    "unknown activation `{f}` (known: {})",
-                    ACTIVATIONS.join(", ")
+                    "unknown activation `` (known: {})",
+                    Activation::names()
                 ));
             }
             t[0].clone()

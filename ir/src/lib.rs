@@ -15,10 +15,12 @@
 
 #![deny(missing_docs)]
 
+mod activation;
 mod attr;
 mod dim;
 mod dot;
 mod dtype;
+mod facts;
 mod graph;
 mod infer;
 mod op;
@@ -28,13 +30,15 @@ mod print;
 mod types;
 mod verify;
 
+pub use activation::Activation;
 pub use attr::{Attr, Attrs};
 pub use dim::{Dim, DimEnv};
 pub use dot::{to_dot, to_petgraph};
 pub use dtype::DType;
+pub use facts::{BinaryFn, Buffer, CostClass, Elementwise, OpFacts, Rows, UnaryFn};
 pub use graph::{Graph, Node, Region, ValueId};
 pub use infer::{check_type, infer_type};
-pub use op::{AttrSpec, AttrType, Op, OpKind, OpLevel, OpSchema, ACTIVATIONS, REDUCTIONS};
+pub use op::{AttrSpec, AttrType, Op, OpKind, OpLevel, OpSchema, REDUCTIONS};
 pub use parse::{parse, ParseError};
 pub use print::print;
 pub use types::TensorType;
