@@ -64,14 +64,15 @@ pub enum Rows {
 
 /// What becomes of the result's buffer (the memory plans).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Buffer {
+pub enum ResultBuffer {
     /// A buffer of its own.
     Fresh,
     /// A view of the first operand's buffer (`reshape`).
     View,
-    /// May take over the first operand's buffer when that dies here: same
-    /// dtype and size (same-dtype elementwise ops, `reversible_block`).
-    ReuseFirst,
+    /// May take over the buffer of an operand that dies here and has the
+    /// result's dtype and size (same-dtype elementwise ops,
+    /// `reversible_block`).
+    ReuseOperand,
 }
 
 /// The scalar function of an elementwise op of one operand.
@@ -163,7 +164,7 @@ pub struct OpFacts {
     /// Positions along the sequence axis (the `chunk` pass).
     pub rows: Rows,
     /// The result's buffer.
-    pub buffer: Buffer,
+    pub buffer: ResultBuffer,
     /// The scalar function, for elementwise ops.
     pub elementwise: Option<Elementwise>,
 }
@@ -173,7 +174,7 @@ const fn other(cost: CostClass, extract_weight: f64) -> OpFacts {
         cost,
         extract_weight,
         rows: Rows::Mixed,
-        buffer: Buffer::Fresh,
+        buffer: ResultBuffer::Fresh,
         elementwise: None,
     }
 }
@@ -183,7 +184,7 @@ const fn with_rows(f: OpFacts, rows: Rows) -> OpFacts {
 }
 
 /// An elementwise op: `flops` per element, weight 1, chunkable.
-const fn pointwise(e: Elementwise, flops: u8, buffer: Buffer) -> OpFacts {
+const fn pointwise(e: Elementwise, flops: u8, buffer: ResultBuffer) -> OpFacts {
     OpFacts {
         cost: CostClass::PerElement(flops),
         extract_weight: 1.0,
@@ -195,20 +196,20 @@ const fn pointwise(e: Elementwise, flops: u8, buffer: Buffer) -> OpFacts {
 
 /// A same-dtype elementwise op of one operand.
 const fn unary(u: UnaryFn, flops: u8) -> OpFacts {
-    pointwise(Elementwise::Unary(u), flops, Buffer::ReuseFirst)
+    pointwise(Elementwise::Unary(u), flops, ResultBuffer::ReuseOperand)
 }
 
 /// An elementwise op of two operands, one FLOP per element.
-const fn binary(b: BinaryFn, buffer: Buffer) -> OpFacts {
+const fn binary(b: BinaryFn, buffer: ResultBuffer) -> OpFacts {
     pointwise(Elementwise::Binary(b), 1, buffer)
 }
 
 impl OpKind {
     /// The facts of this kind (see [`OpFacts`]).
     pub const fn facts(self) -> OpFacts {
-        use Buffer::{Fresh, ReuseFirst};
         use CostClass as C;
         use OpKind::*;
+        use ResultBuffer::{Fresh, ReuseOperand};
         match self {
             Arg | Input | Weight | Constant => other(C::Free, 0.0),
             RandomNormal => other(C::Generate(20), 2.0),
@@ -220,19 +221,19 @@ impl OpKind {
             LshHash => other(C::LshHash, 5.0),
             LshAttention => other(C::LshAttention, 20.0),
             ReversibleBlock => OpFacts {
-                buffer: ReuseFirst,
+                buffer: ReuseOperand,
                 ..other(C::PerElement(1), 5.0)
             },
             SeqChunk => other(C::Generate(0), 5.0),
             PadToMultiple => other(C::Copy, 2.0),
             Truncate | Index | Slice => other(C::Copy, 1.0),
             Iota => other(C::Generate(0), 1.0),
-            Add => binary(BinaryFn::Add, ReuseFirst),
-            Sub => binary(BinaryFn::Sub, ReuseFirst),
-            Mul => binary(BinaryFn::Mul, ReuseFirst),
-            Div => binary(BinaryFn::Div, ReuseFirst),
-            Max => binary(BinaryFn::Max, ReuseFirst),
-            Min => binary(BinaryFn::Min, ReuseFirst),
+            Add => binary(BinaryFn::Add, ReuseOperand),
+            Sub => binary(BinaryFn::Sub, ReuseOperand),
+            Mul => binary(BinaryFn::Mul, ReuseOperand),
+            Div => binary(BinaryFn::Div, ReuseOperand),
+            Max => binary(BinaryFn::Max, ReuseOperand),
+            Min => binary(BinaryFn::Min, ReuseOperand),
             // A bool result is not the operand's dtype: no reuse.
             Lt => binary(BinaryFn::Lt, Fresh),
             Eq => binary(BinaryFn::Eq, Fresh),
@@ -252,7 +253,7 @@ impl OpKind {
             Gather => other(C::Lookup, 2.0),
             Argsort => other(C::Sort, 2.0),
             Reshape => OpFacts {
-                buffer: Buffer::View,
+                buffer: ResultBuffer::View,
                 ..other(C::Free, 1.0)
             },
             Transpose | Concat => other(C::Copy, 1.0),
@@ -285,7 +286,10 @@ mod tests {
     fn facts_are_consistent() {
         for &k in OpKind::ALL {
             let f = k.facts();
-            assert!(f.extract_weight.is_finite() && f.extract_weight >= 0.0, "{k}");
+            assert!(
+                f.extract_weight.is_finite() && f.extract_weight >= 0.0,
+                "{k}"
+            );
             if k.level() == OpLevel::Source {
                 assert!(
                     matches!(f.cost, CostClass::Free | CostClass::Generate(_)),
@@ -294,7 +298,11 @@ mod tests {
             }
             if f.extract_weight == 0.0 {
                 assert_eq!(k.level(), OpLevel::Source, "{k}: only sources are free");
-                assert_eq!(f.cost, CostClass::Free, "{k}: a free extraction costs nothing");
+                assert_eq!(
+                    f.cost,
+                    CostClass::Free,
+                    "{k}: a free extraction costs nothing"
+                );
             }
             if let Some(e) = f.elementwise {
                 assert_eq!(f.rows, Rows::Pointwise, "{k}: elementwise ops chunk");
@@ -306,19 +314,23 @@ mod tests {
                     Elementwise::Select => 3,
                 };
                 let s = k.schema();
-                assert_eq!((s.min_operands, s.max_operands), (arity, Some(arity)), "{k}");
+                assert_eq!(
+                    (s.min_operands, s.max_operands),
+                    (arity, Some(arity)),
+                    "{k}"
+                );
                 assert!(s.regions.is_empty(), "{k}");
             } else {
                 assert_ne!(f.rows, Rows::Pointwise, "{k}: pointwise means elementwise");
             }
-            if f.buffer == Buffer::ReuseFirst {
+            if f.buffer == ResultBuffer::ReuseOperand {
                 assert!(k.schema().min_operands >= 1, "{k}: reuses an operand");
                 assert!(
                     !matches!(f.elementwise, Some(Elementwise::Binary(b)) if b.is_comparison()),
                     "{k}: a bool result cannot reuse its operand"
                 );
             }
-            if f.buffer == Buffer::View {
+            if f.buffer == ResultBuffer::View {
                 assert_eq!(f.cost, CostClass::Free, "{k}: a view costs nothing");
             }
         }
@@ -330,7 +342,10 @@ mod tests {
         assert_eq!(OpKind::Exp.binary_fn(), None);
         assert_eq!(OpKind::Lt.binary_fn(), Some(BinaryFn::Lt));
         assert_eq!(OpKind::Cast.unary_fn(), None);
-        let unaries = OpKind::ALL.iter().filter(|k| k.unary_fn().is_some()).count();
+        let unaries = OpKind::ALL
+            .iter()
+            .filter(|k| k.unary_fn().is_some())
+            .count();
         assert_eq!(unaries, 7);
     }
 }

@@ -2,8 +2,8 @@
 //! declared result type with [`check_type`], and the e-graph analysis derives
 //! result types with [`infer_type`].
 
-use crate::attr::Attr;
 use crate::activation::Activation;
+use crate::attr::Attr;
 use crate::op::{AttrType, REDUCTIONS};
 use crate::{DType, Dim, Op, OpKind, TensorType};
 use std::collections::HashSet;

@@ -35,7 +35,7 @@ pub use attr::{Attr, Attrs};
 pub use dim::{Dim, DimEnv};
 pub use dot::{to_dot, to_petgraph};
 pub use dtype::DType;
-pub use facts::{BinaryFn, Buffer, CostClass, Elementwise, OpFacts, Rows, UnaryFn};
+pub use facts::{BinaryFn, CostClass, Elementwise, OpFacts, ResultBuffer, Rows, UnaryFn};
 pub use graph::{Graph, Node, Region, ValueId};
 pub use infer::{check_type, infer_type};
 pub use op::{AttrSpec, AttrType, Op, OpKind, OpLevel, OpSchema, REDUCTIONS};
