@@ -166,7 +166,7 @@ mod tests {
     fn linear_with_one_input_feature() {
         let x = ArrayD::from_shape_vec(IxDyn(&[3, 1]), vec![1.0f64, 2.0, 3.0]).unwrap();
         let w = ArrayD::from_shape_vec(IxDyn(&[2, 1]), vec![10.0f64, 100.0]).unwrap();
-        let y = linear(&x, &w, None, None).unwrap();
+        let y = linear(&x, &w, None, Activation::None).unwrap();
         assert_eq!(y.shape(), &[3, 2]);
         assert_eq!(
             y.iter().copied().collect::<Vec<_>>(),
