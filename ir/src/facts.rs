@@ -342,10 +342,14 @@ mod tests {
         assert_eq!(OpKind::Exp.binary_fn(), None);
         assert_eq!(OpKind::Lt.binary_fn(), Some(BinaryFn::Lt));
         assert_eq!(OpKind::Cast.unary_fn(), None);
-        let unaries = OpKind::ALL
-            .iter()
-            .filter(|k| k.unary_fn().is_some())
-            .count();
-        assert_eq!(unaries, 7);
+        // Each scalar function belongs to exactly one kind.
+        for &k in OpKind::ALL {
+            let same_fn = |j: &&OpKind| {
+                (k.unary_fn().is_some() && j.unary_fn() == k.unary_fn())
+                    || (k.binary_fn().is_some() && j.binary_fn() == k.binary_fn())
+            };
+            let kinds: Vec<&OpKind> = OpKind::ALL.iter().filter(same_fn).collect();
+            assert!(kinds.len() <= 1, "{k}: {kinds:?}");
+        }
     }
 }

@@ -455,7 +455,13 @@ pub fn check_type(op: &Op, operands: &[&TensorType], result: &TensorType) -> Res
         }
         // Sources take any type; `seq_chunk`'s is checked with its body.
         Arg | Input | Weight | SeqChunk => Ok(()),
-        _ => unreachable!("`{op}` derives its result type"),
+        // These derive their result type in `infer_type`, which answered above.
+        Embedding | AxialPosEmbedding | LayerNorm | Linear | Attention | LocalAttention
+        | LshHash | LshAttention | ReversibleBlock | Truncate | Iota | Index | Slice | Add
+        | Sub | Mul | Div | Max | Min | Lt | Eq | Neg | Exp | Log | Sqrt | Rsqrt | Tanh | Act
+        | Matmul | Reduce | Softmax | Gather | Argmax | Argsort | Select | Transpose => Err(
+            format!("`{op}` derives its result type, but none was derived"),
+        ),
     }
 }
 
