@@ -31,7 +31,7 @@ pub enum CostClass {
     Linear,
     /// A batched matrix product.
     Matmul,
-    /// A reduction over whole input (`reduce`, `argmax`).
+    /// A reduction reading every input element once (`reduce`, `argmax`).
     Reduce,
     /// A sort along one axis (`argsort`).
     Sort,
@@ -169,6 +169,7 @@ pub struct OpFacts {
     pub elementwise: Option<Elementwise>,
 }
 
+/// A non-elementwise op: positions mixed, a fresh buffer (the safe defaults).
 const fn other(cost: CostClass, extract_weight: f64) -> OpFacts {
     OpFacts {
         cost,
@@ -179,6 +180,7 @@ const fn other(cost: CostClass, extract_weight: f64) -> OpFacts {
     }
 }
 
+/// `f` with its sequence-position behaviour replaced.
 const fn with_rows(f: OpFacts, rows: Rows) -> OpFacts {
     OpFacts { rows, ..f }
 }
