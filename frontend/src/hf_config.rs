@@ -24,33 +24,35 @@ use serde_json::Value;
 
 use crate::error::{check_range, from_json_error, FrontendError, MAX_SIZE};
 use crate::spec::{
-    Architecture, AttentionKind, BucketSpec, HeadSpec, LocalSpec, LshSpec, ModelSpec, PositionSpec,
+    Activation, Architecture, AttentionKind, BucketSpec, HeadSpec, LocalSpec, LshSpec, ModelSpec,
+    PositionSpec,
 };
 
-/// Activation names accepted in `hidden_act`, with the [`reformc_ir::ACTIVATIONS`]
-/// name each maps to. `swish` is `silu`; `gelu_python` is the exact (erf) GELU
-/// and `gelu_pytorch_tanh` the tanh approximation, which is `gelu_new`.
-pub const HF_ACTIVATIONS: &[(&str, &str)] = &[
-    ("relu", "relu"),
-    ("gelu", "gelu"),
-    ("gelu_new", "gelu_new"),
-    ("gelu_fast", "gelu_fast"),
-    ("silu", "silu"),
-    ("swish", "silu"),
-    ("tanh", "tanh"),
-    ("sigmoid", "sigmoid"),
-    ("gelu_python", "gelu"),
-    ("gelu_pytorch_tanh", "gelu_new"),
+/// Activation names accepted in `hidden_act`, with the [`Activation`] each
+/// maps to. `swish` is `silu`; `gelu_python` is the exact (erf) GELU and
+/// `gelu_pytorch_tanh` the tanh approximation, which is `gelu_new`.
+pub const HF_ACTIVATIONS: &[(&str, Activation)] = &[
+    ("relu", Activation::Relu),
+    ("gelu", Activation::Gelu),
+    ("gelu_new", Activation::GeluNew),
+    ("gelu_fast", Activation::GeluFast),
+    ("silu", Activation::Silu),
+    ("swish", Activation::Silu),
+    ("tanh", Activation::Tanh),
+    ("sigmoid", Activation::Sigmoid),
+    ("gelu_python", Activation::Gelu),
+    ("gelu_pytorch_tanh", Activation::GeluNew),
 ];
 
-/// Maps a Hugging Face `hidden_act` name to the IR's activation name.
+/// Maps a Hugging Face `hidden_act` name to the IR's activation.
 ///
 /// ```
 /// use reformc_frontend::hf_config::activation_from_hf;
-/// assert_eq!(activation_from_hf("swish"), Some("silu"));
+/// use reformc_ir::Activation;
+/// assert_eq!(activation_from_hf("swish"), Some(Activation::Silu));
 /// assert_eq!(activation_from_hf("mish"), None);
 /// ```
-pub fn activation_from_hf(name: &str) -> Option<&'static str> {
+pub fn activation_from_hf(name: &str) -> Option<Activation> {
     HF_ACTIVATIONS
         .iter()
         .find(|(hf, _)| *hf == name)
@@ -547,7 +549,7 @@ fn build(raw: RawHf, path: &Path, warnings: &mut Vec<String>) -> Result<ModelSpe
         num_heads: raw.num_attention_heads,
         head_dim: raw.attention_head_size,
         feed_forward_size: raw.feed_forward_size,
-        activation: activation.to_string(),
+        activation,
         layer_norm_eps: raw.layer_norm_eps,
         causal: raw.is_decoder,
         layers,
@@ -703,7 +705,7 @@ mod tests {
                 num_heads: 12,
                 head_dim: 64,
                 feed_forward_size: 512,
-                activation: "relu".into(),
+                activation: Activation::Relu,
                 layer_norm_eps: 1e-12,
                 causal: false,
                 layers: vec![Local, Lsh, Local, Lsh, Local, Lsh],
@@ -770,7 +772,7 @@ mod tests {
         assert_eq!(spec.head_dim, 8);
         assert_eq!(spec.hidden_size, 32);
         assert_eq!(spec.feed_forward_size, 64);
-        assert_eq!(spec.activation, "silu");
+        assert_eq!(spec.activation, Activation::Silu);
         assert!(spec.causal);
         assert_eq!(spec.layer_norm_eps, 1e-5);
         assert_eq!(
@@ -913,7 +915,7 @@ mod tests {
         let e = err(&with(r#""hidden_act": "mish""#));
         assert_eq!(e, "tests/x/config.json: field `hidden_act`: expected one of relu, gelu, gelu_new, gelu_fast, silu, swish, tanh, sigmoid, gelu_python, gelu_pytorch_tanh, found \"mish\"");
         for (hf, ir) in HF_ACTIVATIONS {
-            assert!(reformc_ir::ACTIVATIONS.contains(ir), "{ir}");
+            assert_ne!(*ir, Activation::None, "{hf}");
             let (spec, _) = parse(&with(&format!(r#""hidden_act": "{hf}""#))).unwrap();
             assert_eq!(spec.activation, *ir);
         }

@@ -4,7 +4,9 @@
 //! (REFORMER.md §6.3), embed, duplicate into two halves, one
 //! `reversible_block` per layer, final LayerNorm, LM head, cut back to `L`.
 
-use crate::spec::{Architecture, AttentionKind, BucketSpec, HeadSpec, ModelSpec, PositionSpec};
+use crate::spec::{
+    Activation, Architecture, AttentionKind, BucketSpec, HeadSpec, ModelSpec, PositionSpec,
+};
 use reformc_ir::{Attr, DType, Dim, Graph, Op, OpKind, TensorType, ValueId};
 
 /// Where LSH layers get their hashing decisions from.
@@ -163,13 +165,14 @@ impl Builder<'_> {
         x: ValueId,
         w: ValueId,
         bias: Option<ValueId>,
-        activation: Option<&str>,
+        activation: Activation,
     ) -> ValueId {
         let out = self.g.ty(w).shape[0].clone();
         let mut shape = self.g.ty(x).shape.clone();
         *shape.last_mut().expect("rank >= 1") = out;
         let mut op = Op::new(OpKind::Linear);
-        if let Some(a) = activation {
+        // The text format keeps the name; the identity has none.
+        if let Some(a) = activation.name() {
             op = op.with("activation", Attr::Str(a.into()));
         }
         let mut inputs = vec![x, w];
@@ -211,7 +214,7 @@ impl Builder<'_> {
             HeadSpec::LmHead { bias } => {
                 let w = self.weight("lm_head.decoder.weight", &[spec.vocab_size, width]);
                 let bias = bias.then(|| self.weight("lm_head.bias", &[spec.vocab_size]));
-                let logits = self.linear(h, w, bias, None);
+                let logits = self.linear(h, w, bias, Activation::None);
                 let out = self.truncate(logits, ids, spec.vocab_size);
                 self.g.set_output("logits", out);
             }
@@ -412,7 +415,7 @@ impl Builder<'_> {
         let ln = self.layer_norm(x, &format!("{p}.layer_norm"), d);
         let proj = |b: &mut Self, name: &str| {
             let w = b.body_weight(&format!("{p}.self_attention.{name}.weight"), &[all, d]);
-            b.linear(ln, w, None, None)
+            b.linear(ln, w, None, Activation::None)
         };
         let scale = Attr::Float(1.0 / (hd as f64).sqrt());
         let causal = spec.causal;
@@ -474,7 +477,7 @@ impl Builder<'_> {
             }
         };
         let wo = self.body_weight(&format!("{p}.output.dense.weight"), &[d, all]);
-        self.linear(out, wo, None, None)
+        self.linear(out, wo, None, Activation::None)
     }
 
     /// LN -> Linear(D -> F) + activation -> Linear(F -> D).
@@ -484,11 +487,10 @@ impl Builder<'_> {
         let ln = self.layer_norm(x, &format!("{p}.layer_norm"), d);
         let w1 = self.body_weight(&format!("{p}.dense.dense.weight"), &[f, d]);
         let b1 = self.body_weight(&format!("{p}.dense.dense.bias"), &[f]);
-        let act = self.spec.activation.clone();
-        let hdn = self.linear(ln, w1, Some(b1), Some(&act));
+        let hdn = self.linear(ln, w1, Some(b1), self.spec.activation);
         let w2 = self.body_weight(&format!("{p}.output.dense.weight"), &[d, f]);
         let b2 = self.body_weight(&format!("{p}.output.dense.bias"), &[d]);
-        self.linear(hdn, w2, Some(b2), None)
+        self.linear(hdn, w2, Some(b2), Activation::None)
     }
 }
 

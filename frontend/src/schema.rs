@@ -31,7 +31,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{check_range, from_json_error, FrontendError, MAX_SIZE};
 use crate::spec::{
-    Architecture, AttentionKind, BucketSpec, HeadSpec, LocalSpec, LshSpec, ModelSpec, PositionSpec,
+    Activation, Architecture, AttentionKind, BucketSpec, HeadSpec, LocalSpec, LshSpec, ModelSpec,
+    PositionSpec,
 };
 
 /// The value of the `format` field that marks a reformc model file.
@@ -387,17 +388,17 @@ fn build(
     check_range(path, "local.before", raw.local.before, 0)?;
     check_range(path, "local.after", raw.local.after, 0)?;
 
-    if !reformc_ir::ACTIVATIONS.contains(&raw.activation.as_str()) {
+    let Some(activation) = Activation::from_name(&raw.activation) else {
         return Err(FrontendError::field(
             path,
             "activation",
             format!(
                 "expected one of {}, found {:?}",
-                reformc_ir::ACTIVATIONS.join(", "),
+                Activation::names(),
                 raw.activation
             ),
         ));
-    }
+    };
     if !(raw.layer_norm_eps.is_finite() && raw.layer_norm_eps >= 0.0) {
         return Err(FrontendError::field(
             path,
@@ -545,7 +546,7 @@ fn build(
         num_heads: raw.num_heads,
         head_dim: raw.head_dim,
         feed_forward_size: raw.feed_forward_size,
-        activation: raw.activation,
+        activation,
         layer_norm_eps: raw.layer_norm_eps,
         causal: raw.causal,
         layers: raw.layers.into_iter().map(|l| l.0).collect(),
@@ -616,7 +617,7 @@ pub fn to_schema_json(spec: &ModelSpec) -> String {
         num_heads: spec.num_heads,
         head_dim: spec.head_dim,
         feed_forward_size: spec.feed_forward_size,
-        activation: spec.activation.clone(),
+        activation: spec.activation.name().unwrap_or("none").to_string(),
         layer_norm_eps: spec.layer_norm_eps,
         causal: spec.causal,
         layers: spec.layers.iter().cloned().map(RawLayer).collect(),
@@ -698,7 +699,7 @@ mod tests {
     fn defaults() {
         let spec = parse(&with("")).unwrap();
         assert_eq!(spec.architecture, Architecture::Reversible);
-        assert_eq!(spec.activation, "relu");
+        assert_eq!(spec.activation, Activation::Relu);
         assert_eq!(spec.layer_norm_eps, 1e-12);
         assert!(!spec.causal);
         assert_eq!(
@@ -739,7 +740,7 @@ mod tests {
             AttentionKind::Local,
         ];
         s.causal = true;
-        s.activation = "gelu_new".into();
+        s.activation = Activation::GeluNew;
         s.layer_norm_eps = 1e-5;
         s.lsh = LshSpec {
             chunk: 32,

@@ -4,6 +4,8 @@
 //! own schema ([`crate::schema`]) produce a `ModelSpec`; [`crate::lower`] turns
 //! it into IR. Everything here is resolved: no defaults are left to apply.
 
+pub use reformc_ir::Activation;
+
 /// Which residual structure the layers use.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Architecture {
@@ -128,8 +130,9 @@ pub struct ModelSpec {
     /// F, the inner width of each layer's feed-forward block, D -> F -> D
     /// (HF `feed_forward_size`, default 512).
     pub feed_forward_size: u64,
-    /// Activation name as in [`reformc_ir::ACTIVATIONS`].
-    pub activation: String,
+    /// The feed-forward activation (never [`Activation::None`]: a
+    /// checked spec names one).
+    pub activation: Activation,
     /// The epsilon added to the variance in every LayerNorm (HF
     /// `layer_norm_eps`, default 1e-12).
     pub layer_norm_eps: f64,
@@ -283,7 +286,7 @@ pub mod tests_support {
             num_heads: 2,
             head_dim: 16,
             feed_forward_size: 64,
-            activation: "relu".into(),
+            activation: Activation::Relu,
             layer_norm_eps: 1e-12,
             causal: true,
             layers: vec![AttentionKind::Local, AttentionKind::Lsh],

@@ -5,7 +5,9 @@ use crate::attention::{self, MaskRules};
 use crate::tensor::{FloatTensor, Real, Tensor};
 use crate::{nn, philox, tensor_ops as ops};
 use ndarray::{ArrayD, IxDyn};
-use reformc_ir::{DType, Dim, DimEnv, Graph, Node, OpKind, TensorType, ValueId};
+use reformc_ir::{
+    Activation, DType, Dim, DimEnv, Graph, Node, OpKind, TensorType, UnaryFn, ValueId,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
@@ -136,15 +138,16 @@ struct Evaluator<'a> {
 impl Evaluator<'_> {
     fn err(&self, v: ValueId, message: String) -> InterpError {
         let node = self.g.node(v);
-        let at = match node.op.kind {
-            OpKind::Input | OpKind::Weight => {
-                format!("{} {:?}", node.op.kind, node.op.str("name").unwrap_or(""))
-            }
-            _ => format!("%{}", self.numbering.get(&v).copied().unwrap_or(usize::MAX)),
+        // Values bound by name are named by it; the others by their number.
+        let named = matches!(node.op.kind, OpKind::Input | OpKind::Weight);
+        let at = if named {
+            format!("{} {:?}", node.op.kind, node.op.str("name").unwrap_or(""))
+        } else {
+            format!("%{}", self.numbering.get(&v).copied().unwrap_or(usize::MAX))
         };
         InterpError {
             at,
-            op: if matches!(node.op.kind, OpKind::Input | OpKind::Weight) {
+            op: if named {
                 String::new()
             } else {
                 node.op.kind.name().into()
@@ -179,11 +182,11 @@ impl Evaluator<'_> {
     /// Float weights and inputs are converted to the declared float dtype first.
     fn conform(&mut self, node: &Node, t: Tensor) -> Result<Tensor, String> {
         let ty = &node.ty;
-        let t = match node.op.kind {
-            OpKind::Weight | OpKind::Input if t.dtype().is_float() && ty.dtype.is_float() => {
-                t.cast(ty.dtype)
-            }
-            _ => t,
+        let bound = matches!(node.op.kind, OpKind::Weight | OpKind::Input);
+        let t = if bound && t.dtype().is_float() && ty.dtype.is_float() {
+            t.cast(ty.dtype)
+        } else {
+            t
         };
         check_type(ty, &t, &mut self.env)?;
         Ok(t)
@@ -282,7 +285,7 @@ impl Evaluator<'_> {
                     self.float::<T>(node, 0)?,
                     self.float::<T>(node, 1)?,
                     bias,
-                    op.str("activation"),
+                    op.activation()?,
                 )?)
             }
             Attention => {
@@ -391,22 +394,23 @@ impl Evaluator<'_> {
                 attr("start"),
                 attr("end"),
             )?,
-            Add | Sub | Mul | Div | Max | Min => {
-                ops::binary(op.kind.name(), self.operand(node, 0), self.operand(node, 1))?
+            Add | Sub | Mul | Div | Max | Min | Lt | Eq => {
+                let f = op.kind.binary_fn().ok_or("not a binary elementwise op")?;
+                ops::binary(f, self.operand(node, 0), self.operand(node, 1))?
             }
-            Lt | Eq => ops::compare(op.kind.name(), self.operand(node, 0), self.operand(node, 1))?,
             Neg => match self.operand(node, 0) {
                 Tensor::I64(a) => Tensor::I64(a.mapv(|x| -x)),
                 Tensor::I32(a) => Tensor::I32(a.mapv(|x| -x)),
-                _ => T::wrap(ops::unary("neg", self.float::<T>(node, 0)?)),
+                _ => T::wrap(ops::unary(
+                    UnaryFn::Neg,
+                    Activation::None,
+                    self.float::<T>(node, 0)?,
+                )),
             },
-            Exp | Log | Sqrt | Rsqrt | Tanh => {
-                T::wrap(ops::unary(op.kind.name(), self.float::<T>(node, 0)?))
+            Exp | Log | Sqrt | Rsqrt | Tanh | Act => {
+                let f = op.kind.unary_fn().ok_or("not a unary elementwise op")?;
+                T::wrap(ops::unary(f, op.activation()?, self.float::<T>(node, 0)?))
             }
-            Act => T::wrap(
-                self.float::<T>(node, 0)?
-                    .mapv(|x| nn::activate(op.str("fn").unwrap_or(""), x)),
-            ),
             Cast => self.operand(node, 0).cast(node.ty.dtype),
             Matmul => T::wrap(ops::matmul(
                 self.float::<T>(node, 0)?,

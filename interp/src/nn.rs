@@ -2,6 +2,7 @@
 
 use crate::tensor::Real;
 use ndarray::{s, Array2, ArrayD, ArrayView2, Axis, Dimension, Ix2, IxDyn};
+pub use reformc_ir::Activation;
 
 /// Rows of `table` [V, D] selected by `ids` (any shape); result `ids.shape + [D]`.
 ///
@@ -85,7 +86,7 @@ pub fn linear<T: Real>(
     x: &ArrayD<T>,
     w: &ArrayD<T>,
     b: Option<&ArrayD<T>>,
-    activation: Option<&str>,
+    activation: Activation,
 ) -> Result<ArrayD<T>, String> {
     let shape = x.shape().to_vec();
     let k = *shape.last().expect("rank >= 1");
@@ -106,8 +107,8 @@ pub fn linear<T: Real>(
             .into_dimensionality::<ndarray::Ix1>()
             .map_err(|_| "bias must be 1-D".to_string())?;
     }
-    if let Some(f) = activation {
-        y.mapv_inplace(|v| activate(f, v));
+    if activation != Activation::None {
+        y.mapv_inplace(|v| activate(activation, v));
     }
     let mut out_shape = shape;
     *out_shape.last_mut().expect("rank >= 1") = w2.dim().0;
@@ -117,30 +118,31 @@ pub fn linear<T: Real>(
         .expect("rows * out elements"))
 }
 
-/// One activation function, by the name `linear {activation}` and `act {fn}` use.
+/// One activation function (relu and tanh in `T`, the others computed in
+/// f64 and rounded).
 ///
 /// ```
-/// use reformc_interp::nn::activate;
-/// assert_eq!(activate("relu", -1.0f64), 0.0);
-/// assert!((activate("gelu", 1.0f64) - 0.8413447460685429).abs() < 1e-12);
+/// use reformc_interp::nn::{activate, Activation};
+/// assert_eq!(activate(Activation::Relu, -1.0f64), 0.0);
+/// assert!((activate(Activation::Gelu, 1.0f64) - 0.8413447460685429).abs() < 1e-12);
 /// ```
-pub fn activate<T: Real>(f: &str, x: T) -> T {
+pub fn activate<T: Real>(f: Activation, x: T) -> T {
     let xf = x.to_f64().expect("float");
     let y = match f {
-        "relu" => return if x > T::zero() { x } else { T::zero() },
-        "gelu" => 0.5 * xf * (1.0 + libm::erf(xf / std::f64::consts::SQRT_2)),
-        "gelu_new" => {
+        Activation::None => return x,
+        Activation::Relu => return if x > T::zero() { x } else { T::zero() },
+        Activation::Gelu => 0.5 * xf * (1.0 + libm::erf(xf / std::f64::consts::SQRT_2)),
+        Activation::GeluNew => {
             0.5 * xf
                 * (1.0
                     + ((2.0 / std::f64::consts::PI).sqrt() * (xf + 0.044715 * xf.powi(3))).tanh())
         }
-        "gelu_fast" => {
+        Activation::GeluFast => {
             0.5 * xf * (1.0 + (xf * 0.797_884_560_8 * (1.0 + 0.044715 * xf * xf)).tanh())
         }
-        "silu" => xf / (1.0 + (-xf).exp()),
-        "tanh" => return x.tanh(),
-        "sigmoid" => 1.0 / (1.0 + (-xf).exp()),
-        other => unreachable!("the verifier rejects activation `{other}`"),
+        Activation::Silu => xf / (1.0 + (-xf).exp()),
+        Activation::Tanh => return x.tanh(),
+        Activation::Sigmoid => 1.0 / (1.0 + (-xf).exp()),
     };
     T::of(y)
 }
@@ -164,7 +166,7 @@ mod tests {
     fn linear_with_one_input_feature() {
         let x = ArrayD::from_shape_vec(IxDyn(&[3, 1]), vec![1.0f64, 2.0, 3.0]).unwrap();
         let w = ArrayD::from_shape_vec(IxDyn(&[2, 1]), vec![10.0f64, 100.0]).unwrap();
-        let y = linear(&x, &w, None, None).unwrap();
+        let y = linear(&x, &w, None, Activation::None).unwrap();
         assert_eq!(y.shape(), &[3, 2]);
         assert_eq!(
             y.iter().copied().collect::<Vec<_>>(),

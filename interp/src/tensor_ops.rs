@@ -2,6 +2,7 @@
 
 use crate::tensor::{each, Real, Tensor};
 use ndarray::{concatenate, ArrayD, Axis, IxDyn, Slice, Zip};
+use reformc_ir::{Activation, BinaryFn, OpKind, UnaryFn};
 
 /// numpy broadcast of two shapes.
 pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
@@ -41,71 +42,92 @@ fn zip_with<A: Clone, B: Clone, C>(
         .map_collect(|x, y| f(x.clone(), y.clone())))
 }
 
-/// Elementwise binary arithmetic: `add`, `sub`, `mul`, `div`, `max`, `min`.
-pub fn binary(op: &str, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
+/// An elementwise binary op: arithmetic keeps the dtype, comparisons give
+/// `bool` (see [`compare`]).
+pub fn binary(op: BinaryFn, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
     macro_rules! arith {
         ($x:expr, $y:expr, $wrap:path, $max:expr, $min:expr) => {
             Ok($wrap(match op {
-                "add" => zip_with($x, $y, |p, q| p + q)?,
-                "sub" => zip_with($x, $y, |p, q| p - q)?,
-                "mul" => zip_with($x, $y, |p, q| p * q)?,
-                "div" => zip_with($x, $y, |p, q| p / q)?,
-                "max" => zip_with($x, $y, $max)?,
-                "min" => zip_with($x, $y, $min)?,
-                other => return Err(format!("`{other}` is not a binary arithmetic op")),
+                BinaryFn::Add => zip_with($x, $y, |p, q| p + q)?,
+                BinaryFn::Sub => zip_with($x, $y, |p, q| p - q)?,
+                BinaryFn::Mul => zip_with($x, $y, |p, q| p * q)?,
+                BinaryFn::Div => zip_with($x, $y, |p, q| p / q)?,
+                BinaryFn::Max => zip_with($x, $y, $max)?,
+                BinaryFn::Min => zip_with($x, $y, $min)?,
+                BinaryFn::Lt | BinaryFn::Eq => return compare(op, a, b),
             }))
         };
     }
+    let name = op_name(op);
     match (a, b) {
         (Tensor::F32(x), Tensor::F32(y)) => arith!(x, y, Tensor::F32, f32::max, f32::min),
         (Tensor::F64(x), Tensor::F64(y)) => arith!(x, y, Tensor::F64, f64::max, f64::min),
         (Tensor::I64(x), Tensor::I64(y)) => {
-            if op == "div" && y.iter().any(|&v| v == 0) {
+            if op == BinaryFn::Div && y.iter().any(|&v| v == 0) {
                 return Err("integer division by zero".into());
             }
             arith!(x, y, Tensor::I64, i64::max, i64::min)
         }
         (Tensor::I32(x), Tensor::I32(y)) => {
-            if op == "div" && y.iter().any(|&v| v == 0) {
+            if op == BinaryFn::Div && y.iter().any(|&v| v == 0) {
                 return Err("integer division by zero".into());
             }
             arith!(x, y, Tensor::I32, i32::max, i32::min)
         }
+        _ if op.is_comparison() => compare(op, a, b),
         _ => Err(format!(
-            "`{op}` needs two numeric operands of one dtype, found {} and {}",
+            "`{name}` needs two numeric operands of one dtype, found {} and {}",
             a.dtype(),
             b.dtype()
         )),
     }
 }
 
+/// The op keyword of a binary function (for messages).
+fn op_name(op: BinaryFn) -> &'static str {
+    OpKind::ALL
+        .iter()
+        .find(|k| k.binary_fn() == Some(op))
+        .map_or("binary", |k| k.name())
+}
+
 /// Elementwise comparison `lt` or `eq`, bool result.
-pub fn compare(op: &str, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
+pub fn compare(op: BinaryFn, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
     let (x, y) = (a.to_f64(), b.to_f64());
     if a.dtype() != b.dtype() {
         return Err(format!(
-            "`{op}` needs operands of one dtype, found {} and {}",
+            "`{}` needs operands of one dtype, found {} and {}",
+            op_name(op),
             a.dtype(),
             b.dtype()
         ));
     }
     // Integers up to 2^53 compare exactly as f64; larger ids do not occur in models.
     Ok(Tensor::Bool(match op {
-        "lt" => zip_with(&x, &y, |p, q| p < q)?,
-        _ => zip_with(&x, &y, |p, q| p == q)?,
+        BinaryFn::Lt => zip_with(&x, &y, |p, q| p < q)?,
+        BinaryFn::Eq => zip_with(&x, &y, |p, q| p == q)?,
+        BinaryFn::Add
+        | BinaryFn::Sub
+        | BinaryFn::Mul
+        | BinaryFn::Div
+        | BinaryFn::Max
+        | BinaryFn::Min => {
+            return Err(format!("`{}` is not a comparison", op_name(op)));
+        }
     }))
 }
 
-/// Elementwise float function by op name.
-pub fn unary<T: Real>(op: &str, x: &ArrayD<T>) -> ArrayD<T> {
+/// An elementwise float function; `act` is the activation of
+/// [`UnaryFn::Act`] (ignored by the others).
+pub fn unary<T: Real>(op: UnaryFn, act: Activation, x: &ArrayD<T>) -> ArrayD<T> {
     match op {
-        "neg" => x.mapv(|v| -v),
-        "exp" => x.mapv(T::exp),
-        "log" => x.mapv(T::ln),
-        "sqrt" => x.mapv(T::sqrt),
-        "rsqrt" => x.mapv(|v| T::one() / v.sqrt()),
-        "tanh" => x.mapv(T::tanh),
-        other => unreachable!("`{other}` is not a unary float op"),
+        UnaryFn::Neg => x.mapv(|v| -v),
+        UnaryFn::Exp => x.mapv(T::exp),
+        UnaryFn::Log => x.mapv(T::ln),
+        UnaryFn::Sqrt => x.mapv(T::sqrt),
+        UnaryFn::Rsqrt => x.mapv(|v| T::one() / v.sqrt()),
+        UnaryFn::Tanh => x.mapv(T::tanh),
+        UnaryFn::Act => x.mapv(|v| crate::nn::activate(act, v)),
     }
 }
 

@@ -2,8 +2,9 @@
 //! declared result type with [`check_type`], and the e-graph analysis derives
 //! result types with [`infer_type`].
 
+use crate::activation::Activation;
 use crate::attr::Attr;
-use crate::op::{AttrType, ACTIVATIONS, REDUCTIONS};
+use crate::op::{AttrType, REDUCTIONS};
 use crate::{DType, Dim, Op, OpKind, TensorType};
 use std::collections::HashSet;
 
@@ -108,14 +109,7 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<Option<TensorType
                     ));
                 }
             }
-            if let Some(a) = op.str("activation") {
-                if !ACTIVATIONS.contains(&a) {
-                    return Err(format!(
-                        "unknown activation `{a}` (known: {})",
-                        ACTIVATIONS.join(", ")
-                    ));
-                }
-            }
+            op.activation()?;
             let mut shape = x.shape.clone();
             *shape.last_mut().expect("rank checked") = w.shape[0].clone();
             TensorType::new(x.dtype, shape)
@@ -277,11 +271,10 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<Option<TensorType
         }
         Act => {
             float(0, t[0])?;
-            let f = op.str("fn").unwrap_or("");
-            if !ACTIVATIONS.contains(&f) {
+            if op.activation()? == Activation::None {
                 return Err(format!(
-                    "unknown activation `{f}` (known: {})",
-                    ACTIVATIONS.join(", ")
+                    "unknown activation `` (known: {})",
+                    Activation::names()
                 ));
             }
             t[0].clone()
@@ -462,7 +455,13 @@ pub fn check_type(op: &Op, operands: &[&TensorType], result: &TensorType) -> Res
         }
         // Sources take any type; `seq_chunk`'s is checked with its body.
         Arg | Input | Weight | SeqChunk => Ok(()),
-        _ => unreachable!("`{op}` derives its result type"),
+        // These derive their result type in `infer_type`, which answered above.
+        Embedding | AxialPosEmbedding | LayerNorm | Linear | Attention | LocalAttention
+        | LshHash | LshAttention | ReversibleBlock | Truncate | Iota | Index | Slice | Add
+        | Sub | Mul | Div | Max | Min | Lt | Eq | Neg | Exp | Log | Sqrt | Rsqrt | Tanh | Act
+        | Matmul | Reduce | Softmax | Gather | Argmax | Argsort | Select | Transpose => Err(
+            format!("`{op}` derives its result type, but none was derived"),
+        ),
     }
 }
 

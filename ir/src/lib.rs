@@ -15,9 +15,11 @@
 
 #![deny(missing_docs)]
 
+mod activation;
 mod attr;
 mod dim;
 mod dot;
+mod facts;
 mod graph;
 mod infer;
 mod op;
@@ -26,12 +28,14 @@ mod print;
 mod types;
 mod verify;
 
+pub use activation::Activation;
 pub use attr::{Attr, Attrs};
 pub use dim::{Dim, DimEnv};
 pub use dot::{to_dot, to_petgraph};
+pub use facts::{BinaryFn, CostClass, Elementwise, OpFacts, ResultBuffer, Rows, UnaryFn};
 pub use graph::{Graph, Node, Region, ValueId};
 pub use infer::{check_type, infer_type};
-pub use op::{AttrSpec, AttrType, Op, OpKind, OpLevel, OpSchema, ACTIVATIONS, REDUCTIONS};
+pub use op::{AttrSpec, AttrType, Op, OpKind, OpLevel, OpSchema, REDUCTIONS};
 pub use parse::{parse, ParseError};
 pub use print::print;
 pub use reformc_tensor::{outfile, DType};

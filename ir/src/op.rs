@@ -1,5 +1,6 @@
 //! Op kinds, their schemas (operands, attributes, regions) and the `Op` value.
 
+use crate::activation::Activation;
 use crate::attr::{Attr, Attrs};
 use std::fmt;
 
@@ -88,7 +89,7 @@ op_kinds! {
     LayerNorm => "layer_norm", Model, "layer normalisation over the last axis with weight and bias";
     /// `linear(x, w[, b]) {activation?}`: `x @ w^T (+ b)` for `x` `[...,in]`,
     /// `w` `[out,in]` and `b` `[out]`, giving `[...,out]`, followed by the named
-    /// activation from [`ACTIVATIONS`] if given (torch `nn.Linear`).
+    /// [`crate::Activation`] if given (torch `nn.Linear`).
     Linear => "linear", Model, "x * w^T (+ b), optionally followed by an activation";
     /// `attention(q, k, v[, mask]) {heads, scale, causal?, key_norm?, self_mask?,
     /// kv_chunk?}`: multi-head `softmax(q k^T * scale) v` over `[B,L,H*d]` tensors,
@@ -178,7 +179,7 @@ op_kinds! {
     Rsqrt => "rsqrt", Tensor, "elementwise 1/sqrt(x)";
     /// Elementwise hyperbolic tangent of a float tensor.
     Tanh => "tanh", Tensor, "elementwise tanh";
-    /// `act(x) {fn}`: the activation named `fn` (one of [`ACTIVATIONS`]) applied
+    /// `act(x) {fn}`: the [`crate::Activation`] named `fn` applied
     /// elementwise to a float tensor: `gelu` is the exact erf form, `gelu_new` and
     /// `gelu_fast` its tanh approximations, `silu` is `x * sigmoid(x)`.
     Act => "act", Tensor, "an activation function by name (relu, gelu, gelu_new, silu, tanh, sigmoid)";
@@ -425,17 +426,6 @@ impl OpKind {
     }
 }
 
-/// Activation functions understood by `linear {activation}` and `act {fn}`.
-pub const ACTIVATIONS: &[&str] = &[
-    "relu",
-    "gelu",
-    "gelu_new",
-    "gelu_fast",
-    "silu",
-    "tanh",
-    "sigmoid",
-];
-
 /// Reductions understood by `reduce {kind}`.
 pub const REDUCTIONS: &[&str] = &["sum", "max", "mean", "logsumexp"];
 
@@ -520,6 +510,36 @@ impl Op {
     /// Whether a flag is present.
     pub fn flag(&self, name: &str) -> bool {
         matches!(self.attrs.get(name), Some(Attr::Unit))
+    }
+
+    /// The activation of a `linear` (its `activation` attribute, the
+    /// identity when absent) or an `act` (its `fn`); the identity for other
+    /// ops. The text keeps names; this is where they become the enum.
+    ///
+    /// ```
+    /// use reformc_ir::{Activation, Attr, Op, OpKind};
+    /// let op = Op::new(OpKind::Act).with("fn", Attr::Str("silu".into()));
+    /// assert_eq!(op.activation(), Ok(Activation::Silu));
+    /// assert_eq!(Op::new(OpKind::Linear).activation(), Ok(Activation::None));
+    /// let bad = Op::new(OpKind::Linear).with("activation", Attr::Str("mish".into()));
+    /// assert!(bad.activation().unwrap_err().contains("mish"));
+    /// ```
+    pub fn activation(&self) -> Result<Activation, String> {
+        let key = match self.kind {
+            OpKind::Linear => "activation",
+            OpKind::Act => "fn",
+            _ => return Ok(Activation::None),
+        };
+        match self.attrs.get(key) {
+            None => Ok(Activation::None),
+            Some(Attr::Str(name)) => Activation::from_name(name).ok_or_else(|| {
+                format!(
+                    "unknown activation `{name}` (known: {})",
+                    Activation::names()
+                )
+            }),
+            Some(other) => Err(format!("`{key}` must be a string, found {other}")),
+        }
     }
 }
 

@@ -30,7 +30,9 @@
 use crate::cost::{self, fmt_bytes, fmt_flops, AttentionShape, LshShape, OpCost};
 use crate::memory_plan::{stages, Stage};
 use crate::pass::{Pass, PassError, PassOptions};
-use reformc_ir::{Attr, DType, Dim, DimEnv, Graph, Node, Op, OpKind, TensorType, ValueId};
+use reformc_ir::{
+    Attr, CostClass, DType, Dim, DimEnv, Graph, Node, Op, OpKind, TensorType, ValueId,
+};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
@@ -233,22 +235,21 @@ pub fn hf_auto_buckets(len: u64, chunk: u64, max_positions: u64) -> Vec<u64> {
 pub fn max_positions(g: &Graph) -> Option<u64> {
     for v in g.walk() {
         let node = g.node(v);
-        match node.op.kind {
-            OpKind::AxialPosEmbedding if node.inputs.len() == 3 => {
-                let n0 = g.ty(node.inputs[1]).shape.first().and_then(Dim::as_const);
-                let n1 = g.ty(node.inputs[2]).shape.get(1).and_then(Dim::as_const);
-                if let (Some(a), Some(b)) = (n0, n1) {
-                    return Some(a * b);
-                }
+        if node.op.kind == OpKind::AxialPosEmbedding && node.inputs.len() == 3 {
+            let n0 = g.ty(node.inputs[1]).shape.first().and_then(Dim::as_const);
+            let n1 = g.ty(node.inputs[2]).shape.get(1).and_then(Dim::as_const);
+            if let (Some(a), Some(b)) = (n0, n1) {
+                return Some(a * b);
             }
-            OpKind::Embedding
-                if node.inputs.len() == 2 && g.node(node.inputs[0]).op.kind == OpKind::Iota =>
-            {
-                if let Some(rows) = g.ty(node.inputs[1]).shape.first().and_then(Dim::as_const) {
-                    return Some(rows);
-                }
+        }
+        // A learned table read at positions `iota` has one row per position.
+        if node.op.kind == OpKind::Embedding
+            && node.inputs.len() == 2
+            && g.node(node.inputs[0]).op.kind == OpKind::Iota
+        {
+            if let Some(rows) = g.ty(node.inputs[1]).shape.first().and_then(Dim::as_const) {
+                return Some(rows);
             }
-            _ => {}
         }
     }
     None
@@ -280,12 +281,22 @@ pub fn sites(g: &Graph) -> Vec<AttentionSite> {
     let mut out = Vec::new();
     for v in g.walk() {
         let node = g.node(v);
-        let kind = match node.op.kind {
-            OpKind::Attention if node.op.int("kv_chunk").is_some() => AttentionKind::Exact,
-            OpKind::Attention => AttentionKind::Full,
-            OpKind::LshAttention => AttentionKind::Lsh,
-            OpKind::LocalAttention => AttentionKind::Local,
-            _ => continue,
+        // The attention ops are the kinds with an attention cost formula.
+        let kind = match node.op.kind.facts().cost {
+            CostClass::Attention if node.op.int("kv_chunk").is_some() => AttentionKind::Exact,
+            CostClass::Attention => AttentionKind::Full,
+            CostClass::LshAttention => AttentionKind::Lsh,
+            CostClass::LocalAttention => AttentionKind::Local,
+            CostClass::LshHash
+            | CostClass::Free
+            | CostClass::Generate(_)
+            | CostClass::PerElement(_)
+            | CostClass::Copy
+            | CostClass::Lookup
+            | CostClass::Linear
+            | CostClass::Matmul
+            | CostClass::Reduce
+            | CostClass::Sort => continue,
         };
         let ordinal = out.len();
         let layer = match stage.get(&v) {
@@ -293,10 +304,10 @@ pub fn sites(g: &Graph) -> Vec<AttentionSite> {
             _ => ordinal,
         };
         let heads = int_attr(node, "heads").max(1);
-        let shared_qk = match node.op.kind {
-            OpKind::Attention => node.inputs.first() == node.inputs.get(1),
-            OpKind::LshAttention => true,
-            _ => false,
+        let shared_qk = match kind {
+            AttentionKind::Full | AttentionKind::Exact => node.inputs.first() == node.inputs.get(1),
+            AttentionKind::Lsh => true,
+            AttentionKind::Local => false,
         };
         let scale_ok = node
             .inputs

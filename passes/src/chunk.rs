@@ -38,7 +38,7 @@
 
 use crate::pass::{Pass, PassError, PassOptions};
 use crate::scoped::{map_node_refs, Body, BodyNode, Capture, Program, Ref};
-use reformc_ir::{Attr, Dim, Graph, Op, OpKind, TensorType};
+use reformc_ir::{Attr, Dim, Graph, Op, OpKind, Rows, TensorType};
 use std::collections::{BTreeSet, HashMap};
 
 /// The sequence axis of `[B, P, D]` activations, the axis the pass chunks.
@@ -91,21 +91,19 @@ fn row_wise(body: &Body, i: usize, dep: &[bool], axis: usize, len: &Dim) -> bool
         return false;
     }
     let chunked_ok = |r: &Ref| body.ty(*r).rank() == rank && body.ty(*r).shape[axis] == *len;
-    use OpKind::*;
-    match n.op.kind {
-        LayerNorm | Linear => {
+    match n.op.kind.facts().rows {
+        Rows::RowsOfFirst => {
             is_dep(&n.inputs[0]) && chunked_ok(&n.inputs[0]) && !n.inputs[1..].iter().any(is_dep)
         }
-        Act | Neg | Exp | Log | Sqrt | Rsqrt | Tanh | Cast => chunked_ok(&n.inputs[0]),
-        Softmax => chunked_ok(&n.inputs[0]) && n.op.usize("axis") != Some(axis),
-        Add | Sub | Mul | Div | Max | Min => n.inputs.iter().all(|r| {
+        Rows::AlongAxisAttr => chunked_ok(&n.inputs[0]) && n.op.usize("axis") != Some(axis),
+        Rows::Pointwise => n.inputs.iter().all(|r| {
             if is_dep(r) {
                 chunked_ok(r)
             } else {
                 broadcast_safe(body.ty(*r), rank, axis)
             }
         }),
-        _ => false,
+        Rows::Mixed => false,
     }
 }
 

@@ -29,7 +29,9 @@
 //! assert!(c.flops >= 4 * 4 * 1024 * 1024 * 64);
 //! ```
 
-use reformc_ir::{DType, Dim, DimEnv, Graph, Node, OpKind, TensorType, ValueId};
+use reformc_ir::{
+    Activation, CostClass, DType, Dim, DimEnv, Graph, Node, OpKind, TensorType, ValueId,
+};
 use std::fmt;
 
 /// Cost of one op at concrete dims.
@@ -402,13 +404,21 @@ pub fn local_attention_cost(s: &AttentionShape, chunk: u64, before: u64, after: 
 pub fn attention_shape(g: &Graph, node: &Node, env: &DimEnv) -> Option<AttentionShape> {
     let heads = node.op.int("heads")?.max(1) as u64;
     let q = g.ty(*node.inputs.first()?);
-    let (k, v) = match node.op.kind {
-        OpKind::Attention | OpKind::LocalAttention => {
+    let (k, v) = match node.op.kind.facts().cost {
+        CostClass::Attention | CostClass::LocalAttention => {
             (g.ty(*node.inputs.get(1)?), g.ty(*node.inputs.get(2)?))
         }
-        OpKind::LshAttention => (q, g.ty(*node.inputs.get(1)?)),
-        OpKind::LshHash => (q, q),
-        _ => return None,
+        CostClass::LshAttention => (q, g.ty(*node.inputs.get(1)?)),
+        CostClass::LshHash => (q, q),
+        CostClass::Free
+        | CostClass::Generate(_)
+        | CostClass::PerElement(_)
+        | CostClass::Copy
+        | CostClass::Lookup
+        | CostClass::Linear
+        | CostClass::Matmul
+        | CostClass::Reduce
+        | CostClass::Sort => return None,
     };
     let dim = |t: &TensorType, i: usize| t.shape.get(i).and_then(|d| d.eval(env));
     Some(AttentionShape {
@@ -483,19 +493,20 @@ pub fn op_cost(g: &Graph, v: ValueId, env: &DimEnv) -> Result<OpCost, CostError>
             message: "cannot read the attention shape (heads or dims)".into(),
         })
     };
-    use OpKind::*;
-    Ok(match node.op.kind {
-        Arg | Input | Weight | Constant => OpCost {
+    Ok(match node.op.kind.facts().cost {
+        CostClass::Free => OpCost {
             output_bytes: out_bytes,
             ..OpCost::default()
         },
-        RandomNormal => OpCost {
-            flops: out_elems.saturating_mul(20),
+        CostClass::Generate(per) => OpCost {
+            flops: out_elems.saturating_mul(u64::from(per)),
             bytes_moved: out_bytes,
             output_bytes: out_bytes,
             temp_bytes: 0,
         },
-        Embedding | AxialPosEmbedding | Gather => {
+        CostClass::PerElement(per) => simple(u64::from(per)),
+        CostClass::Copy => copy,
+        CostClass::Lookup => {
             let idx = node
                 .inputs
                 .first()
@@ -509,8 +520,7 @@ pub fn op_cost(g: &Graph, v: ValueId, env: &DimEnv) -> Result<OpCost, CostError>
                 temp_bytes: 0,
             }
         }
-        LayerNorm => simple(8),
-        Linear => {
+        CostClass::Linear => {
             let w = g.ty(node.inputs[1]);
             let (o, i) = match (
                 w.shape.first().and_then(|d| d.eval(env)),
@@ -526,7 +536,7 @@ pub fn op_cost(g: &Graph, v: ValueId, env: &DimEnv) -> Result<OpCost, CostError>
             };
             let rows = out_elems / o.max(1);
             let extra = u64::from(node.inputs.len() > 2)
-                + if node.op.str("activation").is_some() {
+                + if node.op.activation() != Ok(Activation::None) {
                     4
                 } else {
                     0
@@ -538,7 +548,7 @@ pub fn op_cost(g: &Graph, v: ValueId, env: &DimEnv) -> Result<OpCost, CostError>
                 temp_bytes: 0,
             }
         }
-        Attention => {
+        CostClass::Attention => {
             let s = attn_shape()?;
             match node.op.int("kv_chunk") {
                 Some(kv) if kv >= 1 => {
@@ -547,12 +557,12 @@ pub fn op_cost(g: &Graph, v: ValueId, env: &DimEnv) -> Result<OpCost, CostError>
                 _ => full_attention_cost(&s, node.op.flag("key_norm")),
             }
         }
-        LocalAttention => {
+        CostClass::LocalAttention => {
             let s = attn_shape()?;
             let a = |n: &str| node.op.int(n).unwrap_or(0).max(0) as u64;
             local_attention_cost(&s, a("chunk").max(1), a("before"), a("after"))
         }
-        LshAttention => {
+        CostClass::LshAttention => {
             let s = attn_shape()?;
             let a = |n: &str| node.op.int(n).unwrap_or(0).max(0) as u64;
             let rounds = g
@@ -571,7 +581,7 @@ pub fn op_cost(g: &Graph, v: ValueId, env: &DimEnv) -> Result<OpCost, CostError>
                 },
             )
         }
-        LshHash => {
+        CostClass::LshHash => {
             let s = attn_shape()?;
             let half = node
                 .op
@@ -583,22 +593,7 @@ pub fn op_cost(g: &Graph, v: ValueId, env: &DimEnv) -> Result<OpCost, CostError>
                 / 2;
             lsh_hash_cost(&s, node.op.int("n_hashes").unwrap_or(1).max(1) as u64, half)
         }
-        ReversibleBlock => simple(1),
-        PadToMultiple | Truncate | Slice | Index | Concat | Transpose => copy,
-        Iota => OpCost {
-            flops: 0,
-            bytes_moved: out_bytes,
-            output_bytes: out_bytes,
-            temp_bytes: 0,
-        },
-        Reshape => OpCost {
-            output_bytes: out_bytes,
-            ..OpCost::default()
-        },
-        Add | Sub | Mul | Div | Max | Min | Lt | Eq | Neg | Cast | Select => simple(1),
-        Exp | Log | Sqrt | Rsqrt | Tanh | Act => simple(4),
-        Softmax => simple(5),
-        Matmul => {
+        CostClass::Matmul => {
             let a = g.ty(node.inputs[0]);
             let k = a.shape.last().and_then(|d| d.eval(env)).unwrap_or(1);
             OpCost {
@@ -608,7 +603,7 @@ pub fn op_cost(g: &Graph, v: ValueId, env: &DimEnv) -> Result<OpCost, CostError>
                 temp_bytes: 0,
             }
         }
-        Reduce | Argmax => {
+        CostClass::Reduce => {
             let n = elements(g.ty(node.inputs[0]), env).unwrap_or(0);
             let per = if node.op.str("kind") == Some("logsumexp") {
                 3
@@ -622,7 +617,7 @@ pub fn op_cost(g: &Graph, v: ValueId, env: &DimEnv) -> Result<OpCost, CostError>
                 temp_bytes: 0,
             }
         }
-        Argsort => {
+        CostClass::Sort => {
             let axis = node.op.usize("axis").unwrap_or(0);
             let n = g
                 .ty(node.inputs[0])
@@ -637,16 +632,6 @@ pub fn op_cost(g: &Graph, v: ValueId, env: &DimEnv) -> Result<OpCost, CostError>
                 temp_bytes: out_bytes,
             }
         }
-        // The body's results are written into the output chunk by chunk.
-        SeqChunk => OpCost {
-            flops: 0,
-            bytes_moved: out_bytes,
-            output_bytes: out_bytes,
-            temp_bytes: 0,
-        },
-        // Ops added to the IR after this model: one FLOP per output element.
-        #[allow(unreachable_patterns)]
-        _ => simple(1),
     })
 }
 

@@ -34,7 +34,7 @@
 
 use crate::cost::{bytes_of, op_cost, CostError, OpCost, Sizing};
 use crate::pass::{Pass, PassError, PassOptions};
-use reformc_ir::{DimEnv, Graph, OpKind, ValueId};
+use reformc_ir::{DimEnv, Graph, OpKind, OpLevel, ResultBuffer, ValueId};
 use std::collections::HashMap;
 use std::fmt;
 
@@ -120,16 +120,17 @@ fn stage_block(
         let Some(node) = g.nodes.get(v.index()) else {
             continue;
         };
-        let mut s = match node.op.kind {
-            OpKind::Weight => stage_of_weight(node.op.str("name").unwrap_or("")),
-            OpKind::Input | OpKind::Constant | OpKind::RandomNormal | OpKind::Arg => Stage::Inputs,
-            _ => node
-                .inputs
+        let mut s = if node.op.kind == OpKind::Weight {
+            stage_of_weight(node.op.str("name").unwrap_or(""))
+        } else if node.op.kind.level() == OpLevel::Source {
+            Stage::Inputs
+        } else {
+            node.inputs
                 .iter()
                 .filter_map(|i| out.get(i))
                 .copied()
                 .max()
-                .unwrap_or(Stage::Inputs),
+                .unwrap_or(Stage::Inputs)
         };
         let input_stage = s;
         for r in &node.regions {
@@ -266,23 +267,6 @@ impl UnionFind {
     }
 }
 
-const IN_PLACE: &[OpKind] = &[
-    OpKind::Add,
-    OpKind::Sub,
-    OpKind::Mul,
-    OpKind::Div,
-    OpKind::Max,
-    OpKind::Min,
-    OpKind::Neg,
-    OpKind::Exp,
-    OpKind::Log,
-    OpKind::Sqrt,
-    OpKind::Rsqrt,
-    OpKind::Tanh,
-    OpKind::Act,
-    OpKind::ReversibleBlock,
-];
-
 /// Plans memory for `g` at the dims in `env` (see [`crate::cost::dim_env`]).
 ///
 /// Errors when a size cannot be evaluated (an unbound symbol).
@@ -322,18 +306,16 @@ pub fn plan_memory(g: &Graph, env: &DimEnv) -> Result<MemoryPlan, CostError> {
             at: format!("%{} = {}", v.0, node.op.kind),
             message: format!("cannot size {}: a dimension symbol is unbound", node.ty),
         })?;
-        match node.op.kind {
-            OpKind::Weight => {
-                weight_bytes = weight_bytes.saturating_add(b);
-                *stage_weights
-                    .entry(stage_of.get(&v).copied().unwrap_or(Stage::Head))
-                    .or_default() += b;
-            }
-            OpKind::Input => input_bytes = input_bytes.saturating_add(b),
-            _ => {
-                size.insert(v, b);
-                arena_values.push(v);
-            }
+        if node.op.kind == OpKind::Weight {
+            weight_bytes = weight_bytes.saturating_add(b);
+            *stage_weights
+                .entry(stage_of.get(&v).copied().unwrap_or(Stage::Head))
+                .or_default() += b;
+        } else if node.op.kind == OpKind::Input {
+            input_bytes = input_bytes.saturating_add(b);
+        } else {
+            size.insert(v, b);
+            arena_values.push(v);
         }
     }
     arena_values.sort();
@@ -360,7 +342,7 @@ pub fn plan_memory(g: &Graph, env: &DimEnv) -> Result<MemoryPlan, CostError> {
     }
     for (step, &v) in order.iter().enumerate() {
         let node = g.node(v);
-        if !IN_PLACE.contains(&node.op.kind) || !index.contains_key(&v) {
+        if node.op.kind.facts().buffer != ResultBuffer::ReuseOperand || !index.contains_key(&v) {
             continue;
         }
         for &input in &node.inputs {
@@ -582,7 +564,7 @@ impl Scheduler<'_> {
                     self.use_at(a, step);
                 }
             }
-            if node.op.kind == OpKind::Reshape {
+            if node.op.kind.facts().buffer == ResultBuffer::View {
                 if let Some(&src) = node.inputs.first() {
                     self.views.push((v, src));
                 }

@@ -91,10 +91,12 @@ pub fn random_bindings(
     let (mut inputs, mut weights) = (BTreeMap::new(), BTreeMap::new());
     for v in g.walk() {
         let n = g.node(v);
-        let map = match n.op.kind {
-            OpKind::Input => &mut inputs,
-            OpKind::Weight => &mut weights,
-            _ => continue,
+        let map = if n.op.kind == OpKind::Input {
+            &mut inputs
+        } else if n.op.kind == OpKind::Weight {
+            &mut weights
+        } else {
+            continue;
         };
         let shape: Vec<usize> =
             n.ty.eval_shape(env)

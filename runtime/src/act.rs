@@ -2,68 +2,31 @@
 
 use crate::error::{invalid, Result};
 
-/// An activation applied after bias in `linear`; the discriminant is the ABI code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Activation {
-    /// 0: identity.
-    None = 0,
-    /// 1: max(x, 0).
-    Relu = 1,
-    /// 2: x·Φ(x) with the exact erf.
-    Gelu = 2,
-    /// 3: tanh approximation of gelu (HF `gelu_new`).
-    GeluNew = 3,
-    /// 4: HF `gelu_fast`.
-    GeluFast = 4,
-    /// 5: x·sigmoid(x).
-    Silu = 5,
-    /// 6: tanh.
-    Tanh = 6,
-    /// 7: 1 / (1 + e^-x).
-    Sigmoid = 7,
+/// The activation enum, names and ABI codes: the one definition in
+/// ir/src/activation.rs, compiled in here too because generated executables
+/// link only this std-only crate (as with `outfile`).
+#[path = "../../ir/src/activation.rs"]
+mod shared;
+
+pub use shared::Activation;
+
+/// The activation with ABI code `code`, or the runtime's error.
+///
+/// ```
+/// use reformc_runtime::{act::from_code, Activation};
+/// assert_eq!(from_code(2).unwrap(), Activation::Gelu);
+/// assert!(from_code(8).is_err());
+/// ```
+pub fn from_code(code: i32) -> Result<Activation> {
+    Activation::from_code(code).ok_or_else(|| {
+        invalid(format!(
+            "unknown activation code {code} (0..={})",
+            Activation::ALL.len() - 1
+        ))
+    })
 }
 
 impl Activation {
-    /// Every activation, in code order.
-    pub const ALL: [Activation; 8] = [
-        Activation::None,
-        Activation::Relu,
-        Activation::Gelu,
-        Activation::GeluNew,
-        Activation::GeluFast,
-        Activation::Silu,
-        Activation::Tanh,
-        Activation::Sigmoid,
-    ];
-
-    /// The activation with ABI code `code`.
-    ///
-    /// ```
-    /// use reformc_runtime::Activation;
-    /// assert_eq!(Activation::from_code(2).unwrap(), Activation::Gelu);
-    /// assert!(Activation::from_code(8).is_err());
-    /// ```
-    pub fn from_code(code: i32) -> Result<Self> {
-        usize::try_from(code)
-            .ok()
-            .and_then(|i| Self::ALL.get(i).copied())
-            .ok_or_else(|| invalid(format!("unknown activation code {code} (0..=7)")))
-    }
-
-    /// The interpreter's name for this activation (`None` for the identity).
-    pub fn name(self) -> Option<&'static str> {
-        match self {
-            Activation::None => None,
-            Activation::Relu => Some("relu"),
-            Activation::Gelu => Some("gelu"),
-            Activation::GeluNew => Some("gelu_new"),
-            Activation::GeluFast => Some("gelu_fast"),
-            Activation::Silu => Some("silu"),
-            Activation::Tanh => Some("tanh"),
-            Activation::Sigmoid => Some("sigmoid"),
-        }
-    }
-
     /// Applies the activation to one value, with the interpreter's formulas
     /// (computed in f64 and rounded, except relu and tanh which stay in f32).
     ///
@@ -117,13 +80,19 @@ impl Activation {
 mod tests {
     use super::*;
 
+    /// The interpreter's (reformc_ir's) activation of the same code.
+    pub(crate) fn ir_twin(a: Activation) -> reformc_ir::Activation {
+        reformc_ir::Activation::from_code(a.code()).expect("one definition")
+    }
+
     #[test]
     fn codes_round_trip() {
         for (i, a) in Activation::ALL.iter().enumerate() {
             assert_eq!(*a as i32, i as i32);
-            assert_eq!(Activation::from_code(i as i32).unwrap(), *a);
+            assert_eq!(from_code(i as i32).unwrap(), *a);
+            assert_eq!(ir_twin(*a).name(), a.name());
         }
-        assert!(Activation::from_code(-1).is_err());
+        assert!(from_code(-1).is_err());
     }
 
     #[test]
@@ -131,10 +100,7 @@ mod tests {
         for a in Activation::ALL {
             for i in -40..40 {
                 let x = i as f32 * 0.173;
-                let want = match a.name() {
-                    None => x,
-                    Some(n) => reformc_interp::nn::activate(n, x),
-                };
+                let want = reformc_interp::nn::activate(ir_twin(a), x);
                 assert_eq!(a.apply(x).to_bits(), want.to_bits(), "{a:?}({x})");
             }
         }

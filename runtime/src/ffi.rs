@@ -6,7 +6,6 @@
 //! with the message kept for [`rc_last_error`]. Panics are caught: nothing
 //! unwinds into C and nothing aborts.
 
-use crate::act::Activation;
 use crate::attention;
 use crate::error::{invalid, last_error_ptr, set_last_error, Error, Result};
 use std::ffi::c_char;
@@ -161,7 +160,7 @@ crate::c_abi! {
     ) -> i32 {
         guard(|| {
             let [rows, inp, out] = sizes([(rows, "rows"), (in_, "in"), (out, "out")])?;
-            let act = Activation::from_code(act)?;
+        let act = crate::act::from_code(act)?;
             let sx = span(x, count(&[rows, inp], "x")?, "x")?;
             let sw = span(w, count(&[out, inp], "w")?, "w")?;
             let sb = span(b, if b.is_null() { 0 } else { out }, "b")?;
@@ -252,14 +251,14 @@ crate::c_abi! {
                     w: w1s,
                     out: hidden,
                     b: opt(b1s, !b1.is_null()),
-                    act: Activation::from_code(act1)?,
+                act: crate::act::from_code(act1)?,
                 },
                 second: if two {
                     Some(crate::dense::Layer {
                         w: w2s,
                         out,
                         b: opt(b2s, !b2.is_null()),
-                        act: Activation::from_code(act2)?,
+                    act: crate::act::from_code(act2)?,
                     })
                 } else {
                     None

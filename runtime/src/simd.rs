@@ -339,7 +339,8 @@ mod tests {
             let mut got = xs.clone();
             act.apply_slice(&mut got);
             for (&x, &g) in xs.iter().zip(&got) {
-                let want = reformc_interp::nn::activate(act.name().unwrap(), f64::from(x));
+                let ir_act = reformc_ir::Activation::from_code(act.code()).expect("one definition");
+                let want = reformc_interp::nn::activate(ir_act, f64::from(x));
                 let err = (f64::from(g) - want).abs();
                 // Relative 2e-6, and 1e-12 absolute for the far negative tail, where the
                 // reference's f64 `1 + erf` cancels and an f32 argument of σ(-20..) carries

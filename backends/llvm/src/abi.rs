@@ -3,7 +3,7 @@
 //! layout and the external functions generated code calls.
 
 use reformc_exe_runtime::model_rt::dtype;
-use reformc_ir::DType;
+use reformc_ir::{Activation, DType};
 
 /// Largest tensor rank the `reformc_tensor` struct can describe (the
 /// runtime's definition: generated code and the runtime share the struct).
@@ -38,25 +38,17 @@ pub fn dtype_of_code(code: i32) -> Option<DType> {
 /// the runtime's, which generated code and the runtime report alike.
 pub use reformc_exe_runtime::model_rt::code as err;
 
-/// Activation code of `rc_linear_f32` for a `linear {activation}` name.
+/// Activation code of `rc_linear_f32`/`rc_dense_f32`: [`Activation::code`],
+/// the one definition the runtime compiles too (ir/src/activation.rs).
 ///
 /// ```
-/// assert_eq!(reformc_backend_llvm::abi::activation_code(None), Some(0));
-/// assert_eq!(reformc_backend_llvm::abi::activation_code(Some("gelu")), Some(2));
-/// assert_eq!(reformc_backend_llvm::abi::activation_code(Some("swish")), None);
+/// use reformc_backend_llvm::abi::activation_code;
+/// use reformc_ir::Activation;
+/// assert_eq!(activation_code(Activation::None), 0);
+/// assert_eq!(activation_code(Activation::Gelu), 2);
 /// ```
-pub fn activation_code(name: Option<&str>) -> Option<i32> {
-    Some(match name {
-        None => 0,
-        Some("relu") => 1,
-        Some("gelu") => 2,
-        Some("gelu_new") => 3,
-        Some("gelu_fast") => 4,
-        Some("silu") => 5,
-        Some("tanh") => 6,
-        Some("sigmoid") => 7,
-        Some(_) => return None,
-    })
+pub fn activation_code(a: Activation) -> i32 {
+    a.code()
 }
 
 /// Attention flag bits of `rc_attention_f32`.

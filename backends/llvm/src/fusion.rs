@@ -24,7 +24,7 @@
 //! %9 = linear %8, %w2          // emitted as one rc_dense_f32 call
 //! ```
 
-use reformc_ir::{DType, Graph, OpKind, ValueId};
+use reformc_ir::{Activation, DType, Graph, OpKind, ValueId};
 use std::collections::{HashMap, HashSet};
 
 /// One reader of a value.
@@ -104,43 +104,44 @@ impl Fusion {
                     if *block == key && g.node(*user).op.kind == OpKind::Linear)
             };
             let f32 = node.ty.dtype == DType::F32;
-            match node.op.kind {
-                OpKind::LayerNorm
-                    if f32 && !us.is_empty() && us.iter().all(read_by_linear_in_block) =>
-                {
-                    self.prologue.insert(v);
+            // Each pattern is about one kind; every other op is emitted on its own.
+            let kind = node.op.kind;
+            if kind == OpKind::LayerNorm
+                && f32
+                && !us.is_empty()
+                && us.iter().all(read_by_linear_in_block)
+            {
+                self.prologue.insert(v);
+            }
+            if kind == OpKind::Linear
+                && f32
+                && us.len() == 1
+                && read_by_linear_in_block(&us[0])
+                && !node.inputs.first().is_some_and(|x| self.inner.contains(x))
+            {
+                self.inner.insert(v);
+            }
+            if kind == OpKind::Truncate && sole_reader(g, uses, v) {
+                self.take_input.insert(v);
+            }
+            if kind == OpKind::ReversibleBlock {
+                if sole_reader(g, uses, v) && f32 {
+                    self.in_place.insert(v);
                 }
-                OpKind::Linear
-                    if f32
-                        && us.len() == 1
-                        && read_by_linear_in_block(&us[0])
-                        && !node.inputs.first().is_some_and(|x| self.inner.contains(x)) =>
-                {
-                    self.inner.insert(v);
-                }
-                OpKind::Truncate if sole_reader(g, uses, v) => {
-                    self.take_input.insert(v);
-                }
-                OpKind::ReversibleBlock => {
-                    if sole_reader(g, uses, v) && f32 {
-                        self.in_place.insert(v);
-                    }
-                    for r in &node.regions {
-                        for &res in &r.results {
-                            let ru = uses.get(&res).unwrap_or(&none);
-                            let rn = g.node(res);
-                            if r.body.contains(&res)
-                                && rn.op.kind == OpKind::Linear
-                                && rn.op.str("activation").is_none()
-                                && rn.ty.dtype == DType::F32
-                                && ru.as_slice() == [Use::RegionResult { owner: v }]
-                            {
-                                self.accumulated.insert(res);
-                            }
+                for r in &node.regions {
+                    for &res in &r.results {
+                        let ru = uses.get(&res).unwrap_or(&none);
+                        let rn = g.node(res);
+                        if r.body.contains(&res)
+                            && rn.op.kind == OpKind::Linear
+                            && rn.op.activation() == Ok(Activation::None)
+                            && rn.ty.dtype == DType::F32
+                            && ru.as_slice() == [Use::RegionResult { owner: v }]
+                        {
+                            self.accumulated.insert(res);
                         }
                     }
                 }
-                _ => {}
             }
             for (ri, r) in node.regions.iter().enumerate() {
                 self.block(g, Some((v, ri)), &r.body, uses);

@@ -359,32 +359,30 @@ impl PlanBuilder<'_> {
             let node = self.g.node(v);
             let first = self.step;
             let temps_from = self.plan.buffers.len();
-            match node.op.kind {
+            // The region ops allocate before their regions run.
+            if node.op.kind == OpKind::ReversibleBlock && !self.fusion.in_place.contains(&v) {
                 // The state is the input's buffer (in place) or the result's,
                 // allocated before the regions run; the halves are views of it.
-                OpKind::ReversibleBlock if !self.fusion.in_place.contains(&v) => {
-                    self.pending.insert(v, self.plan.buffers.len());
-                    self.temp(self.name(v), "reversible_block", v, first);
-                }
-                OpKind::SeqChunk => {
-                    if let (Some(r), Some(size)) = (node.regions.first(), node.op.int("size")) {
-                        if let Some(&a) = r.args.first() {
-                            for d in &self.g.ty(a).shape {
-                                if let Dim::Sym(s) = d {
-                                    if !self.plan.chunk_syms.iter().any(|(n, _)| n == s)
-                                        && !matches!(s.as_str(), "B" | "L" | "P")
-                                    {
-                                        self.plan.chunk_syms.push((s.clone(), size as u64));
-                                    }
+                self.pending.insert(v, self.plan.buffers.len());
+                self.temp(self.name(v), "reversible_block", v, first);
+            }
+            if node.op.kind == OpKind::SeqChunk {
+                if let (Some(r), Some(size)) = (node.regions.first(), node.op.int("size")) {
+                    if let Some(&a) = r.args.first() {
+                        for d in &self.g.ty(a).shape {
+                            if let Dim::Sym(s) = d {
+                                if !self.plan.chunk_syms.iter().any(|(n, _)| n == s)
+                                    && !matches!(s.as_str(), "B" | "L" | "P")
+                                {
+                                    self.plan.chunk_syms.push((s.clone(), size as u64));
                                 }
                             }
-                            if node.op.int("axis") != Some(0) {
-                                self.temp(format!("{} chunk", self.name(v)), "seq_chunk", a, first);
-                            }
+                        }
+                        if node.op.int("axis") != Some(0) {
+                            self.temp(format!("{} chunk", self.name(v)), "seq_chunk", a, first);
                         }
                     }
                 }
-                _ => {}
             }
             for (ri, r) in node.regions.iter().enumerate() {
                 self.block(Some((v, ri)), &r.body);

@@ -52,11 +52,11 @@ impl<F: Fn(&IrNode, &TensorType, &[&TensorType]) -> f64> CostFunction for F {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OpCountCost;
 
-/// Weight of one op of `kind` in [`OpCountCost`]: sources and region
-/// arguments 0; views and data movement (`reshape`, `transpose`, `slice`,
-/// `concat`, ...) 1; elementwise ops 1; reductions and softmax 2; `linear`
-/// and `matmul` 10 (an epilogue fused into `linear` is free, so fusing always
-/// pays); attention 20; other model ops 5.
+/// Weight of one op of `kind` in [`OpCountCost`]: the kind's
+/// [`reformc_ir::OpFacts::extract_weight`] (sources and region arguments 0;
+/// views, data movement and elementwise ops 1; reductions and softmax 2;
+/// `linear` and `matmul` 10, so that an epilogue fused into `linear` always
+/// pays; attention 20; other model ops 5).
 ///
 /// ```
 /// use reformc_passes::eqsat::extract::op_weight;
@@ -65,17 +65,7 @@ pub struct OpCountCost;
 /// assert_eq!(op_weight(OpKind::Weight), 0.0);
 /// ```
 pub fn op_weight(kind: OpKind) -> f64 {
-    use OpKind::*;
-    match kind {
-        Arg | Input | Weight | Constant => 0.0,
-        Reshape | Transpose | Slice | Concat | Index | Truncate | Iota | Cast => 1.0,
-        Add | Sub | Mul | Div | Max | Min | Lt | Eq | Neg | Exp | Log | Sqrt | Rsqrt | Tanh
-        | Act | Select => 1.0,
-        Reduce | Softmax | Argmax | Argsort | Gather | PadToMultiple | RandomNormal => 2.0,
-        Linear | Matmul => 10.0,
-        Attention | LocalAttention | LshAttention => 20.0,
-        _ => 5.0,
-    }
+    kind.facts().extract_weight
 }
 
 impl CostFunction for OpCountCost {

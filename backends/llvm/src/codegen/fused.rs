@@ -313,13 +313,10 @@ impl<'ctx> Gen<'ctx> {
         } else {
             self.null()
         };
-        let name = node.op.str("activation");
-        let act = abi::activation_code(name).ok_or_else(|| {
-            BackendError::Unsupported(format!(
-                "{}: activation {name:?}",
-                at(fs.g, &fs.numbering, v)
-            ))
+        let act = node.op.activation().map_err(|e| {
+            BackendError::Unsupported(format!("{}: {e}", at(fs.g, &fs.numbering, v)))
         })?;
+        let act = abi::activation_code(act);
         Ok(LayerArgs {
             w: w.ptr,
             b,

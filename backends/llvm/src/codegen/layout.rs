@@ -26,7 +26,12 @@ impl<'ctx> Gen<'ctx> {
                 let e = self.node_attr_int(fs, v, "end")?;
                 (self.i64c(s), self.i64c(e - s))
             }
-            _ => (self.i64c(self.node_attr_int(fs, v, "index")?), self.i64c(1)),
+            OpKind::Index => (self.i64c(self.node_attr_int(fs, v, "index")?), self.i64c(1)),
+            other => {
+                return Err(BackendError::Internal(format!(
+                    "{what}: `{other}` is not a slice-like op"
+                )))
+            }
         };
         let end = self.add(start, len)?;
         let bad = self.b.build_or(

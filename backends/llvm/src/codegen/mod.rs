@@ -20,7 +20,9 @@ use inkwell::values::{
     IntValue, PointerValue,
 };
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
-use reformc_ir::{Attr, DType, Dim, Graph, Node, OpKind, TensorType, ValueId};
+use reformc_ir::{
+    Activation, Attr, BinaryFn, DType, Dim, Graph, Node, OpKind, TensorType, UnaryFn, ValueId,
+};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
@@ -1543,16 +1545,18 @@ impl<'ctx> Gen<'ctx> {
             Neg | Exp | Log | Sqrt | Rsqrt | Tanh | Act => {
                 let x = self.operand(fs, v, 0)?;
                 let dt = x.dtype;
-                let kind = op.kind;
-                let act = op.str("fn").map(str::to_string);
-                if kind != Neg && !dt.is_float() {
+                let f = op.kind.unary_fn().ok_or_else(|| {
+                    BackendError::Internal(format!("{what}: not a unary elementwise op"))
+                })?;
+                let act = op
+                    .activation()
+                    .map_err(|e| BackendError::Unsupported(format!("{what}: {e}")))?;
+                if f != UnaryFn::Neg && !dt.is_float() {
                     return Err(BackendError::Unsupported(format!(
                         "{what}: float operand expected"
                     )));
                 }
-                self.elementwise(fs, v, &[x], dt, &|_, vals| {
-                    self.unary(kind, act.as_deref(), dt, vals[0])
-                })?
+                self.elementwise(fs, v, &[x], dt, &|_, vals| self.unary(f, act, dt, vals[0]))?
             }
             Add if self.row_add_shape(fs, v) => self.row_add(fs, v)?,
             Add | Sub | Mul | Div | Max | Min | Lt | Eq => {
@@ -1564,12 +1568,14 @@ impl<'ctx> Gen<'ctx> {
                         "{what}: operand dtypes differ"
                     )));
                 }
-                let kind = op.kind;
+                let f = op.kind.binary_fn().ok_or_else(|| {
+                    BackendError::Internal(format!("{what}: not a binary elementwise op"))
+                })?;
                 let out_dt = node.ty.dtype;
                 let exit = fs.exit;
                 let msg = self.cstr(&format!("{what}: integer division by zero"));
                 self.elementwise(fs, v, &[a, bb], out_dt, &|_, vals| {
-                    self.binary(kind, dt, vals[0], vals[1], exit, msg)
+                    self.binary(f, dt, vals[0], vals[1], exit, msg)
                 })?
             }
             Select => {

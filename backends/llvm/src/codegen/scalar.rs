@@ -108,10 +108,12 @@ impl<'ctx> Gen<'ctx> {
         }
     }
 
+    /// One element of a unary op; `act` is the activation of
+    /// [`UnaryFn::Act`] (ignored by the others).
     pub(super) fn unary(
         &self,
-        kind: OpKind,
-        act: Option<&str>,
+        f: UnaryFn,
+        act: Activation,
         dt: DType,
         v: BasicValueEnum<'ctx>,
     ) -> Result<BasicValueEnum<'ctx>> {
@@ -123,17 +125,17 @@ impl<'ctx> Gen<'ctx> {
         let x = v.into_float_value();
         let ft = x.get_type();
         let one = ft.const_float(1.0);
-        Ok(match kind {
-            OpKind::Neg => b.build_float_neg(x, "neg")?.into(),
-            OpKind::Exp => self.float_intrinsic("llvm.exp", x)?.into(),
-            OpKind::Log => self.float_intrinsic("llvm.log", x)?.into(),
-            OpKind::Sqrt => self.float_intrinsic("llvm.sqrt", x)?.into(),
-            OpKind::Rsqrt => {
+        Ok(match f {
+            UnaryFn::Neg => b.build_float_neg(x, "neg")?.into(),
+            UnaryFn::Exp => self.float_intrinsic("llvm.exp", x)?.into(),
+            UnaryFn::Log => self.float_intrinsic("llvm.log", x)?.into(),
+            UnaryFn::Sqrt => self.float_intrinsic("llvm.sqrt", x)?.into(),
+            UnaryFn::Rsqrt => {
                 let s = self.float_intrinsic("llvm.sqrt", x)?;
                 b.build_float_div(one, s, "rs")?.into()
             }
-            OpKind::Tanh => self.tanh(dt, x)?.into(),
-            _ => self.activation(act.unwrap_or(""), dt, x)?.into(),
+            UnaryFn::Tanh => self.tanh(dt, x)?.into(),
+            UnaryFn::Act => self.activation(act, dt, x)?.into(),
         })
     }
 
@@ -149,21 +151,26 @@ impl<'ctx> Gen<'ctx> {
     /// the others computed in f64 and rounded.
     pub(super) fn activation(
         &self,
-        f: &str,
+        f: Activation,
         dt: DType,
         x: FloatValue<'ctx>,
     ) -> Result<FloatValue<'ctx>> {
         let b = &self.b;
         let ft = x.get_type();
         match f {
-            "relu" => {
+            Activation::None => return Ok(x),
+            Activation::Relu => {
                 let pos = b.build_float_compare(FloatPredicate::OGT, x, ft.const_zero(), "pos")?;
                 return Ok(b
                     .build_select(pos, x, ft.const_zero(), "relu")?
                     .into_float_value());
             }
-            "tanh" => return self.tanh(dt, x),
-            _ => {}
+            Activation::Tanh => return self.tanh(dt, x),
+            Activation::Gelu
+            | Activation::GeluNew
+            | Activation::GeluFast
+            | Activation::Silu
+            | Activation::Sigmoid => {}
         }
         let d = if dt == DType::F32 {
             b.build_float_ext(x, self.t.f64, "d")?
@@ -173,21 +180,21 @@ impl<'ctx> Gen<'ctx> {
         let c = |v: f64| self.t.f64.const_float(v);
         let half_x = b.build_float_mul(c(0.5), d, "hx")?;
         let y = match f {
-            "gelu" => {
+            Activation::Gelu => {
                 let e = self.libm(
                     "erf",
                     b.build_float_div(d, c(std::f64::consts::SQRT_2), "s")?,
                 )?;
                 b.build_float_mul(half_x, b.build_float_add(c(1.0), e, "e1")?, "g")?
             }
-            "gelu_new" => {
+            Activation::GeluNew => {
                 let x3 = b.build_float_mul(b.build_float_mul(d, d, "x2")?, d, "x3")?;
                 let inner = b.build_float_add(d, b.build_float_mul(c(0.044715), x3, "t")?, "in")?;
                 let k = (2.0 / std::f64::consts::PI).sqrt();
                 let t = self.libm("tanh", b.build_float_mul(c(k), inner, "k")?)?;
                 b.build_float_mul(half_x, b.build_float_add(c(1.0), t, "t1")?, "g")?
             }
-            "gelu_fast" => {
+            Activation::GeluFast => {
                 let x2 = b.build_float_mul(d, d, "x2")?;
                 let p = b.build_float_add(c(1.0), b.build_float_mul(c(0.044715), x2, "a")?, "p")?;
                 let arg =
@@ -195,13 +202,16 @@ impl<'ctx> Gen<'ctx> {
                 let t = self.libm("tanh", arg)?;
                 b.build_float_mul(half_x, b.build_float_add(c(1.0), t, "t1")?, "g")?
             }
-            "silu" | "sigmoid" => {
+            Activation::Silu | Activation::Sigmoid => {
                 let e = self.libm("exp", b.build_float_neg(d, "n")?)?;
                 let den = b.build_float_add(c(1.0), e, "den")?;
-                let num = if f == "silu" { d } else { c(1.0) };
+                let num = if f == Activation::Silu { d } else { c(1.0) };
                 b.build_float_div(num, den, "s")?
             }
-            other => return Err(BackendError::Unsupported(format!("activation `{other}`"))),
+            // Returned above, in the element type.
+            Activation::None | Activation::Relu | Activation::Tanh => {
+                return Err(BackendError::Internal(format!("activation {f:?}")))
+            }
         };
         Ok(if dt == DType::F32 {
             b.build_float_trunc(y, self.t.f32, "r")?
@@ -212,7 +222,7 @@ impl<'ctx> Gen<'ctx> {
 
     pub(super) fn binary(
         &self,
-        kind: OpKind,
+        f: BinaryFn,
         dt: DType,
         a: BasicValueEnum<'ctx>,
         bv: BasicValueEnum<'ctx>,
@@ -226,13 +236,13 @@ impl<'ctx> Gen<'ctx> {
                 let c = b.build_float_compare(p, x, y, "c")?;
                 Ok(b.build_int_z_extend(c, self.t.i8, "b")?.into())
             };
-            return Ok(match kind {
-                OpKind::Add => b.build_float_add(x, y, "s")?.into(),
-                OpKind::Sub => b.build_float_sub(x, y, "s")?.into(),
-                OpKind::Mul => b.build_float_mul(x, y, "s")?.into(),
-                OpKind::Div => b.build_float_div(x, y, "s")?.into(),
-                OpKind::Max | OpKind::Min => {
-                    let name = if kind == OpKind::Max {
+            return Ok(match f {
+                BinaryFn::Add => b.build_float_add(x, y, "s")?.into(),
+                BinaryFn::Sub => b.build_float_sub(x, y, "s")?.into(),
+                BinaryFn::Mul => b.build_float_mul(x, y, "s")?.into(),
+                BinaryFn::Div => b.build_float_div(x, y, "s")?.into(),
+                BinaryFn::Max | BinaryFn::Min => {
+                    let name = if f == BinaryFn::Max {
                         "llvm.maxnum"
                     } else {
                         "llvm.minnum"
@@ -248,8 +258,8 @@ impl<'ctx> Gen<'ctx> {
                         }
                     }
                 }
-                OpKind::Lt => cmp(FloatPredicate::OLT)?,
-                _ => cmp(FloatPredicate::OEQ)?,
+                BinaryFn::Lt => cmp(FloatPredicate::OLT)?,
+                BinaryFn::Eq => cmp(FloatPredicate::OEQ)?,
             });
         }
         let (x, y) = (a.into_int_value(), bv.into_int_value());
@@ -258,11 +268,11 @@ impl<'ctx> Gen<'ctx> {
             Ok(b.build_int_z_extend(c, self.t.i8, "b")?.into())
         };
         let signed = dt != DType::Bool;
-        Ok(match kind {
-            OpKind::Add => b.build_int_add(x, y, "s")?.into(),
-            OpKind::Sub => b.build_int_sub(x, y, "s")?.into(),
-            OpKind::Mul => b.build_int_mul(x, y, "s")?.into(),
-            OpKind::Div => {
+        Ok(match f {
+            BinaryFn::Add => b.build_int_add(x, y, "s")?.into(),
+            BinaryFn::Sub => b.build_int_sub(x, y, "s")?.into(),
+            BinaryFn::Mul => b.build_int_mul(x, y, "s")?.into(),
+            BinaryFn::Div => {
                 let z = b.build_int_compare(IntPredicate::EQ, y, y.get_type().const_zero(), "z")?;
                 self.fail_if(exit, z, |g| {
                     g.call_i32(
@@ -272,8 +282,8 @@ impl<'ctx> Gen<'ctx> {
                 })?;
                 b.build_int_signed_div(x, y, "q")?.into()
             }
-            OpKind::Max | OpKind::Min => {
-                let p = match (kind == OpKind::Max, signed) {
+            BinaryFn::Max | BinaryFn::Min => {
+                let p = match (f == BinaryFn::Max, signed) {
                     (true, true) => IntPredicate::SGT,
                     (true, false) => IntPredicate::UGT,
                     (false, true) => IntPredicate::SLT,
@@ -282,12 +292,12 @@ impl<'ctx> Gen<'ctx> {
                 let c = b.build_int_compare(p, x, y, "c")?;
                 b.build_select(c, x, y, "m")?
             }
-            OpKind::Lt => cmp(if signed {
+            BinaryFn::Lt => cmp(if signed {
                 IntPredicate::SLT
             } else {
                 IntPredicate::ULT
             })?,
-            _ => cmp(IntPredicate::EQ)?,
+            BinaryFn::Eq => cmp(IntPredicate::EQ)?,
         })
     }
 

@@ -1,0 +1,119 @@
+//! The activation functions: the one definition of their names (the IR's
+//! `linear {activation}` and `act {fn}`) and their ABI codes (the
+//! `rc_linear_f32`/`rc_dense_f32` epilogue argument, runtime/ABI.md).
+//!
+//! This file uses nothing outside `std`: the runtime compiles it too (as
+//! `reformc_runtime::Activation`, with the kernels' `apply` added there), so
+//! the compiler, the interpreter and the runtime agree on every name and code
+//! by construction. Adding an activation here is a compile error in every
+//! exhaustive `match` over it (interpreter, LLVM scalar code, runtime kernels)
+//! until each has a formula.
+
+/// An activation function; the discriminant is its ABI code.
+///
+/// `None` (code 0) is the identity: a `linear` without an activation.
+///
+/// ```
+/// use reformc_ir::Activation;
+/// assert_eq!(Activation::from_name("gelu_new"), Some(Activation::GeluNew));
+/// assert_eq!(Activation::GeluNew.name(), Some("gelu_new"));
+/// assert_eq!(Activation::GeluNew.code(), 3);
+/// assert_eq!(Activation::from_code(2), Some(Activation::Gelu));
+/// assert_eq!(Activation::from_code(8), None);
+/// assert_eq!(Activation::from_name("swish"), None);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Activation {
+    /// 0: the identity (no activation).
+    None = 0,
+    /// 1: `relu`, max(x, 0).
+    Relu = 1,
+    /// 2: `gelu`, x·Φ(x) with the exact erf.
+    Gelu = 2,
+    /// 3: `gelu_new`, the tanh approximation of gelu.
+    GeluNew = 3,
+    /// 4: `gelu_fast`, HF's faster tanh approximation.
+    GeluFast = 4,
+    /// 5: `silu`, x·sigmoid(x).
+    Silu = 5,
+    /// 6: `tanh`.
+    Tanh = 6,
+    /// 7: `sigmoid`, 1 / (1 + e^-x).
+    Sigmoid = 7,
+}
+
+impl Activation {
+    /// Every activation, in code order (`ALL[c]` has code `c`).
+    pub const ALL: [Activation; 8] = [
+        Activation::None,
+        Activation::Relu,
+        Activation::Gelu,
+        Activation::GeluNew,
+        Activation::GeluFast,
+        Activation::Silu,
+        Activation::Tanh,
+        Activation::Sigmoid,
+    ];
+
+    /// The name in the IR's text format; `None` for the identity, which has
+    /// no name (a `linear` without the attribute).
+    pub const fn name(self) -> Option<&'static str> {
+        match self {
+            Activation::None => None,
+            Activation::Relu => Some("relu"),
+            Activation::Gelu => Some("gelu"),
+            Activation::GeluNew => Some("gelu_new"),
+            Activation::GeluFast => Some("gelu_fast"),
+            Activation::Silu => Some("silu"),
+            Activation::Tanh => Some("tanh"),
+            Activation::Sigmoid => Some("sigmoid"),
+        }
+    }
+
+    /// The activation named `name` in the text format (never the identity).
+    pub fn from_name(name: &str) -> Option<Activation> {
+        Self::ALL.into_iter().find(|a| a.name() == Some(name))
+    }
+
+    /// The ABI code passed to the runtime's linear kernels.
+    pub const fn code(self) -> i32 {
+        self as i32
+    }
+
+    /// The activation with ABI code `code`.
+    pub fn from_code(code: i32) -> Option<Activation> {
+        usize::try_from(code)
+            .ok()
+            .and_then(|i| Self::ALL.get(i).copied())
+    }
+
+    /// The named activations, comma-separated (for error messages).
+    ///
+    /// ```
+    /// assert!(reformc_ir::Activation::names().starts_with("relu, gelu, "));
+    /// ```
+    pub fn names() -> String {
+        let names: Vec<&str> = Self::ALL.iter().filter_map(|a| a.name()).collect();
+        names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Activation;
+
+    #[test]
+    fn names_and_codes_round_trip() {
+        for (i, a) in Activation::ALL.into_iter().enumerate() {
+            assert_eq!(a.code(), i as i32);
+            assert_eq!(Activation::from_code(a.code()), Some(a));
+            match a.name() {
+                Some(n) => assert_eq!(Activation::from_name(n), Some(a)),
+                None => assert_eq!(a, Activation::None),
+            }
+        }
+        assert_eq!(Activation::from_code(-1), None);
+        assert_eq!(Activation::from_code(Activation::ALL.len() as i32), None);
+        assert_eq!(Activation::from_name(""), None);
+    }
+}
