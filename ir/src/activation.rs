@@ -2,8 +2,8 @@
 //! `linear {activation}` and `act {fn}`) and their ABI codes (the
 //! `rc_linear_f32`/`rc_dense_f32` epilogue argument, runtime/ABI.md).
 //!
-//! This file uses nothing outside `std`: the runtime compiles it too (as
-//! `reformc_runtime::Activation`, with the kernels' `apply` added there), so
+//! The runtime kernels use this enum too (`reformc_runtime::Activation` is a
+//! re-export; the kernels add their formulas with the `act::Apply` trait), so
 //! the compiler, the interpreter and the runtime agree on every name and code
 //! by construction. Adding an activation here is a compile error in every
 //! exhaustive `match` over it (interpreter, LLVM scalar code, runtime kernels)

@@ -2,13 +2,9 @@
 
 use crate::error::{invalid, Result};
 
-/// The activation enum, names and ABI codes: the one definition in
-/// ir/src/activation.rs, compiled in here too because generated executables
-/// link only this std-only crate (as with `outfile`).
-#[path = "../../ir/src/activation.rs"]
-mod shared;
-
-pub use shared::Activation;
+/// The activation enum, names and ABI codes: the one definition, the IR's
+/// (`reformc_ir::Activation`); the kernels add their formulas through [`Apply`].
+pub use reformc_ir::Activation;
 
 /// The activation with ABI code `code`, or the runtime's error.
 ///
@@ -26,17 +22,28 @@ pub fn from_code(code: i32) -> Result<Activation> {
     })
 }
 
-impl Activation {
+/// The kernels' formulas for an [`Activation`]: a trait because the enum is
+/// the IR's, and the formulas (f32 kernels, SIMD forms) belong to the runtime.
+pub trait Apply {
+    /// Applies the activation to one value, with the interpreter's formulas
+    /// (computed in f64 and rounded, except relu and tanh which stay in f32).
+    fn apply(self, x: f32) -> f32;
+    /// Applies the activation in place to every element of `xs`: vectorized
+    /// f32 forms, within 2e-6 relative of [`Apply::apply`] (relu exactly).
+    fn apply_slice(self, xs: &mut [f32]);
+}
+
+impl Apply for Activation {
     /// Applies the activation to one value, with the interpreter's formulas
     /// (computed in f64 and rounded, except relu and tanh which stay in f32).
     ///
     /// ```
-    /// use reformc_runtime::Activation;
+    /// use reformc_runtime::{act::Apply, Activation};
     /// assert_eq!(Activation::Relu.apply(-2.0), 0.0);
     /// assert!((Activation::Gelu.apply(1.0) - 0.841_344_7).abs() < 1e-6);
     /// ```
     #[inline]
-    pub fn apply(self, x: f32) -> f32 {
+    fn apply(self, x: f32) -> f32 {
         let xf = f64::from(x);
         let y = match self {
             Activation::None => return x,
@@ -58,9 +65,7 @@ impl Activation {
         y as f32
     }
 
-    /// Applies the activation in place to every element of `xs`: vectorized
-    /// f32 forms, within 2e-6 relative of [`Activation::apply`] (relu exactly).
-    pub fn apply_slice(self, xs: &mut [f32]) {
+    fn apply_slice(self, xs: &mut [f32]) {
         match self {
             Activation::None => {}
             Activation::Relu => xs

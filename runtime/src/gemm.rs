@@ -6,7 +6,7 @@
 //! order (a partial result stored to C and loaded back continues the same
 //! chain), so results do not depend on blocking, tiling or the thread count.
 
-use crate::act::Activation;
+use crate::act::{Activation, Apply};
 use crate::error::{invalid, try_zeroed, Result};
 use crate::pool::{par_for, SharedMut};
 use std::sync::OnceLock;
