@@ -6,8 +6,8 @@
 
 use crate::abi::{self, err, field, CTy};
 use crate::error::{BackendError, Result};
-use crate::fusion::Fusion;
-use crate::plan::{owned, BlockKey, Liveness};
+use reformc_passes::buffer_plan::{owned, BlockKey, Liveness};
+use reformc_passes::fusion::Fusion;
 use inkwell::attributes::AttributeLoc;
 use inkwell::basic_block::BasicBlock;
 use inkwell::builder::Builder;
@@ -127,7 +127,7 @@ struct Fs<'ctx, 'g> {
     syms: HashMap<String, IntValue<'ctx>>,
     sym_note: HashMap<String, String>,
     vals: HashMap<ValueId, Buf<'ctx>>,
-    /// What generated code fuses (crate::fusion).
+    /// What generated code fuses (reformc_passes::fusion).
     fusion: Fusion,
     /// Linears that accumulate onto a reversible state half: (rows, stride).
     dest: HashMap<ValueId, (PointerValue<'ctx>, IntValue<'ctx>)>,
@@ -1463,7 +1463,7 @@ impl<'ctx> Gen<'ctx> {
         let what = at(g, &fs.numbering, v);
         use OpKind::*;
         if fs.fusion.absorbed(v) {
-            return Ok(()); // computed by its reader (crate::fusion)
+            return Ok(()); // computed by its reader (reformc_passes::fusion)
         }
         self.contiguous_operands(fs, v)?;
         let result: Buf<'ctx> = match op.kind {
