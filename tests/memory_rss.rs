@@ -76,18 +76,37 @@ fn explain_and_measure(len: u64) -> (u64, u64) {
     };
     let g = lower(&spec, &opts).unwrap().graph;
     let w = random_weights(&g, &mut Lcg(len));
-    let (st, exe, ids) = (dir.join("w.safetensors"), dir.join("m"), dir.join("ids.npy"));
+    let (st, exe, ids) = (
+        dir.join("w.safetensors"),
+        dir.join("m"),
+        dir.join("ids.npy"),
+    );
     write_safetensors(&st, &w);
     let seq = len.to_string();
     reformc(&[
-        &"compile", &cfg, &"--weights", &st, &"-o", &exe, &"--seq-len", &seq, &"-q",
+        &"compile",
+        &cfg,
+        &"--weights",
+        &st,
+        &"-o",
+        &exe,
+        &"--seq-len",
+        &seq,
+        &"-q",
     ]);
     let mut rng = Lcg(len + 1);
     let v: Vec<i64> = (0..len).map(|_| rng.below(258) as i64).collect();
     let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[1, len as usize]), v).unwrap();
     common::write(&ids, &a);
     let json = reformc(&[
-        &"explain", &cfg, &"--seq-len", &seq, &"--threads", &THREADS, &"--json", &"-q",
+        &"explain",
+        &cfg,
+        &"--seq-len",
+        &seq,
+        &"--threads",
+        &THREADS,
+        &"--json",
+        &"-q",
     ]);
     let e: serde_json::Value = serde_json::from_str(&json).unwrap();
     let predicted = e["peak_bytes"].as_u64().expect("peak_bytes");

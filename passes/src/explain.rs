@@ -261,8 +261,7 @@ pub fn explain_on(
             ..
         } => {
             let env = dim_env(graph, batch, seq);
-            match plan_memory(graph, &env).and_then(|p| Ok((p, footprint(graph, &env, threads)?)))
-            {
+            match plan_memory(graph, &env).and_then(|p| Ok((p, footprint(graph, &env, threads)?))) {
                 Ok((p, fp)) => passes.push(PassExplain {
                     name: name.into(),
                     skipped: record.skipped,

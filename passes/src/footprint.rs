@@ -7,8 +7,9 @@
 //! stay resident. To that come the parts the plan does not hold:
 //! - the weights, memory-mapped and every page read once per forward;
 //! - the graph inputs (the ids the executable reads);
-//! - the runtime kernels' scratch: LSH attention's per-head sort state and
-//!   each worker thread's dense-stack block scratch;
+//! - the runtime kernels' scratch: full attention's logit blocks, LSH
+//!   attention's per-head sort state, and each worker thread's dense-stack
+//!   block scratch;
 //! - the executable's fixed resident set (libc, runtime, code, stacks).
 //!
 //! ```
@@ -103,14 +104,16 @@ pub fn footprint_of(
     let (mut weights, mut inputs, mut kernel_scratch) = (0u64, 0u64, 0u64);
     for v in g.walk() {
         let node = g.node(v);
-        let bytes = || {
-            bytes_of(&node.ty, env).ok_or_else(|| unbound(&format!("%{}", v.0), &node.ty))
-        };
+        let bytes =
+            || bytes_of(&node.ty, env).ok_or_else(|| unbound(&format!("%{}", v.0), &node.ty));
         match node.op.kind {
             OpKind::Weight => weights = weights.saturating_add(bytes()?),
             OpKind::Input => inputs = inputs.saturating_add(bytes()?),
             OpKind::LshAttention => {
                 kernel_scratch = kernel_scratch.max(lsh_scratch(g, v, env, threads))
+            }
+            OpKind::Attention => {
+                kernel_scratch = kernel_scratch.max(full_scratch(g, v, env, threads))
             }
             _ => {}
         }
@@ -138,15 +141,18 @@ fn block(plan: &BufferPlan, b: &PlannedBuffer, env: &DimEnv) -> Result<u64, Cost
         at: b.name.clone(),
         message: "cannot size a planned buffer: a dimension symbol is unbound".into(),
     })?;
-    Ok(bytes.max(1).div_ceil(BLOCK_ALIGN).saturating_mul(BLOCK_ALIGN))
+    Ok(bytes
+        .max(1)
+        .div_ceil(BLOCK_ALIGN)
+        .saturating_mul(BLOCK_ALIGN))
 }
 
 /// Replays the plan's allocations and frees, step by step (an op's result is
 /// allocated, then the buffers dying there are freed), through the caching
 /// allocator's policy: a freed block is cached by exact size unless the plan
-/// releases it; a miss first evicts cached blocks, largest first, until live
-/// + cached + the new block fit in 1.25× the live peak. Returns (live peak,
-/// how far the peak of live + cached bytes exceeds it).
+/// releases it; a miss first evicts cached blocks, largest first, until the
+/// live, cached and new blocks fit in 1.25× the live peak. Returns (live
+/// peak, how far the peak of live and cached bytes together exceeds it).
 fn replay(plan: &BufferPlan, env: &DimEnv) -> Result<(u64, u64), CostError> {
     let mut allocs: Vec<Vec<usize>> = vec![Vec::new(); plan.steps + 1];
     let mut frees: Vec<Vec<usize>> = vec![Vec::new(); plan.steps + 1];
@@ -193,6 +199,47 @@ fn replay(plan: &BufferPlan, env: &DimEnv) -> Result<(u64, u64), CostError> {
     Ok((live_peak, resident.saturating_sub(live_peak)))
 }
 
+/// Scratch of one `attention` call (runtime/src/attention/full.rs): key
+/// norms, key positions and valid-key lists, and per thread in flight a
+/// block of logit rows (up to 2^20 logits) unless keys stream in `kv_chunk`s.
+fn full_scratch(g: &Graph, v: reformc_ir::ValueId, env: &DimEnv, threads: u64) -> u64 {
+    let node = g.node(v);
+    let heads = node.op.int("heads").unwrap_or(1).max(1) as u64;
+    let dim = |x: Option<&reformc_ir::ValueId>, i: usize| {
+        x.and_then(|&x| g.ty(x).shape.get(i))
+            .and_then(|d| d.eval(env))
+    };
+    let (Some(b), Some(lq), Some(lk)) = (
+        dim(node.inputs.first(), 0),
+        dim(node.inputs.first(), 1),
+        dim(node.inputs.get(1), 1),
+    ) else {
+        return 0;
+    };
+    let norms = if node.op.flag("key_norm") {
+        b.saturating_mul(heads).saturating_mul(lk)
+    } else {
+        0
+    };
+    let lists = lk.saturating_add(b.saturating_mul(lk));
+    let block = match node.op.int("kv_chunk").unwrap_or(0) {
+        0 => ((1u64 << 20) / lk.max(1)).clamp(1, 64).min(lq),
+        _ => 0,
+    };
+    let tasks = b
+        .saturating_mul(heads)
+        .saturating_mul(lq.div_ceil(64).max(1));
+    let logits = threads
+        .max(1)
+        .min(tasks)
+        .saturating_mul(block)
+        .saturating_mul(lk);
+    norms
+        .saturating_add(lists)
+        .saturating_add(logits)
+        .saturating_mul(4)
+}
+
 /// Scratch of one `lsh_attention` call (runtime/src/attention/lsh.rs): the
 /// valid-position lists, per (batch, head) the key norms and sorted
 /// positions, then either the sort permutations in flight (one per thread)
@@ -217,8 +264,14 @@ fn lsh_scratch(g: &Graph, v: reformc_ir::ValueId, env: &DimEnv, threads: u64) ->
         .unwrap_or(len);
     let bh = b.saturating_mul(heads);
     let valid = b.saturating_mul(len).saturating_mul(4);
-    let prep = bh.saturating_mul(len.saturating_add(total)).saturating_mul(4);
-    let perm = threads.max(1).min(bh).saturating_mul(total).saturating_mul(4);
+    let prep = bh
+        .saturating_mul(len.saturating_add(total))
+        .saturating_mul(4);
+    let perm = threads
+        .max(1)
+        .min(bh)
+        .saturating_mul(total)
+        .saturating_mul(4);
     let state = bh.saturating_mul(len).saturating_mul(8);
     valid.saturating_add(prep).saturating_add(perm.max(state))
 }
@@ -278,7 +331,10 @@ mod tests {
         let g = reformc_ir::parse("graph {\n %0 = input {name=\"x\"} : f32[N]\n %1 = weight {name=\"w\"} : f32[N]\n %2 = mul %0, %1 : f32[N]\n output \"y\" = %2\n}").unwrap();
         let env: DimEnv = [("N".to_string(), 256u64)].into_iter().collect();
         let one = footprint(&g, &env, 1).unwrap();
-        assert_eq!((one.weights, one.inputs, one.activations), (1024, 1024, 1024));
+        assert_eq!(
+            (one.weights, one.inputs, one.activations),
+            (1024, 1024, 1024)
+        );
         let four = footprint(&g, &env, 4).unwrap();
         assert_eq!(four.total() - one.total(), 3 * THREAD_BYTES);
         assert!(footprint(&g, &DimEnv::new(), 1).is_err());

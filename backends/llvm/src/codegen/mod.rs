@@ -6,8 +6,6 @@
 
 use crate::abi::{self, err, field, CTy};
 use crate::error::{BackendError, Result};
-use reformc_passes::buffer_plan::{owned, BlockKey, Liveness};
-use reformc_passes::fusion::Fusion;
 use inkwell::attributes::AttributeLoc;
 use inkwell::basic_block::BasicBlock;
 use inkwell::builder::Builder;
@@ -21,6 +19,8 @@ use inkwell::values::{
 };
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
 use reformc_ir::{Attr, DType, Dim, Graph, Node, OpKind, TensorType, ValueId};
+use reformc_passes::buffer_plan::{owned, BlockKey, Liveness};
+use reformc_passes::fusion::Fusion;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
