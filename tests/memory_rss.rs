@@ -132,6 +132,7 @@ fn explain_and_measure(len: u64) -> (u64, u64) {
         kib as f64 / 1024.0,
         t.elapsed().as_secs_f64()
     );
+    let _ = std::fs::remove_dir_all(&dir);
     (predicted, kib * 1024)
 }
 
