@@ -175,6 +175,22 @@ fn compile_memory_plan_reports_the_fusion() {
             "9 layer-norm prologues, 4 two-layer stacks, 4 reversible blocks in place, 8 accumulations"
         ), "{line}");
     assert!(!text.contains("x2 copy"), "{text}");
+    // Each variant's table ends with its static peak by part, the figure
+    // `reformc explain` reports for the same length and threads.
+    let peaks: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("static peak at B=1, L="))
+        .collect();
+    assert_eq!(peaks.len(), 3, "{text}");
+    for part in [
+        "activations",
+        "allocator cache",
+        "weights",
+        "kernel scratch",
+        "executable",
+    ] {
+        assert!(peaks[0].contains(part), "{}", peaks[0]);
+    }
 }
 
 /// An executable compiled with `--profile` prints the per-op table after its run.

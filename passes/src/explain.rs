@@ -17,6 +17,7 @@
 
 use crate::attention::{self, AttentionKind, AttentionSite, LayerDecision};
 use crate::cost::{dim_env, fmt_bytes, fmt_flops, op_cost, CostError};
+use crate::footprint::{footprint, Footprint};
 use crate::manager::{Instrumentation, PassEvent, PassManager, Pipeline, PipelineError};
 use crate::memory_plan::{plan_memory, MemoryPlan, Stage, DEFAULT_SEQ_LEN};
 use crate::pass::PassOptions;
@@ -100,9 +101,11 @@ pub struct LayerExplain {
     pub attention_flops: u64,
     /// Peak temporary bytes of the attention op alone, after the passes.
     pub attention_temp_bytes: u64,
-    /// Peak live arena bytes while the layer runs, after the passes.
+    /// Peak live bytes while the layer runs, after the passes, in the
+    /// unfused liveness model ([`crate::memory_plan`]): a per-layer view,
+    /// not what the executable holds (see [`Explanation::footprint`]).
     pub peak_bytes: u64,
-    /// Peak live arena bytes while the layer runs, before the passes.
+    /// The same before the passes.
     pub peak_bytes_before: u64,
 }
 
@@ -115,9 +118,10 @@ pub struct StageExplain {
     pub flops: u64,
     /// FLOPs of the stage before the passes.
     pub flops_before: u64,
-    /// Peak live arena bytes during the stage, after the passes.
+    /// Peak live bytes during the stage, after the passes, in the unfused
+    /// liveness model ([`crate::memory_plan`]).
     pub peak_bytes: u64,
-    /// Peak live arena bytes during the stage, before the passes.
+    /// The same before the passes.
     pub peak_bytes_before: u64,
 }
 
@@ -130,7 +134,7 @@ pub struct PassExplain {
     pub skipped: bool,
     /// Whether the pass changed the IR.
     pub changed: bool,
-    /// Static peak (arena + weights + inputs) after the pass.
+    /// Static peak of the compiled plan ([`Footprint::total`]) after the pass.
     pub peak_bytes: u64,
     /// FLOPs of the whole graph after the pass.
     pub flops: u64,
@@ -159,13 +163,19 @@ pub struct Explanation {
     pub stages: Vec<StageExplain>,
     /// The state after each pass that ran or was skipped, in order.
     pub passes: Vec<PassExplain>,
-    /// Static peak (activations arena + weights + inputs) after the passes.
+    /// Worker threads the footprint assumes.
+    pub threads: u64,
+    /// The resident memory of the compiled executable after the passes, by
+    /// part: the backend's buffer plan (fusion included) and what the
+    /// runtime adds ([`crate::footprint`]).
+    pub footprint: Footprint,
+    /// Static peak after the passes: [`Footprint::total`] of `footprint`.
     pub peak_bytes: u64,
-    /// Static peak (activations arena + weights + inputs) before the passes.
+    /// Static peak of the same plan for the graph before the passes.
     pub peak_bytes_before: u64,
-    /// Arena bytes (activations and temporaries) after the passes.
+    /// Planned activation bytes (live peak) after the passes.
     pub activation_peak_bytes: u64,
-    /// Arena bytes (activations and temporaries) before the passes.
+    /// Planned activation bytes (live peak) before the passes.
     pub activation_peak_bytes_before: u64,
     /// Resident weight bytes after the passes.
     pub weight_bytes: u64,
@@ -188,11 +198,23 @@ fn stage_peak(plan: &MemoryPlan, stage: Stage) -> (u64, u64) {
 }
 
 /// Runs `pipeline` on a copy of `g` at the target dims of `opts` (a missing
-/// `seq_len` means [`DEFAULT_SEQ_LEN`], with a note) and explains the result.
+/// `seq_len` means [`DEFAULT_SEQ_LEN`], with a note) and explains the result,
+/// for an executable running on one thread.
 pub fn explain(
     g: &Graph,
     opts: &PassOptions,
     pipeline: &Pipeline,
+) -> Result<Explanation, ExplainError> {
+    explain_on(g, opts, pipeline, 1)
+}
+
+/// [`explain`] for an executable running on `threads` worker threads (the
+/// runtime's per-thread scratch is part of the footprint).
+pub fn explain_on(
+    g: &Graph,
+    opts: &PassOptions,
+    pipeline: &Pipeline,
+    threads: u64,
 ) -> Result<Explanation, ExplainError> {
     let mut notes = Vec::new();
     let mut opts = opts.clone();
@@ -208,6 +230,7 @@ pub fn explain(
     );
     let env_before = dim_env(g, batch, seq);
     let before = plan_memory(g, &env_before)?;
+    let fp_before = footprint(g, &env_before, threads)?;
     let sites_before = attention::sites(g);
 
     let pm = PassManager::new(
@@ -236,17 +259,20 @@ pub fn explain(
             graph,
             record,
             ..
-        } => match plan_memory(graph, &dim_env(graph, batch, seq)) {
-            Ok(p) => passes.push(PassExplain {
-                name: name.into(),
-                skipped: record.skipped,
-                changed: record.changed,
-                peak_bytes: p.peak_bytes(),
-                flops: p.flops,
-                notes: record.notes.clone(),
-            }),
-            Err(e) => failure = failure.take().or(Some(e.into())),
-        },
+        } => {
+            let env = dim_env(graph, batch, seq);
+            match plan_memory(graph, &env).and_then(|p| Ok((p, footprint(graph, &env, threads)?))) {
+                Ok((p, fp)) => passes.push(PassExplain {
+                    name: name.into(),
+                    skipped: record.skipped,
+                    changed: record.changed,
+                    peak_bytes: fp.total(),
+                    flops: p.flops,
+                    notes: record.notes.clone(),
+                }),
+                Err(e) => failure = failure.take().or(Some(e.into())),
+            }
+        }
     };
     pm.run_with(
         &mut work,
@@ -260,6 +286,7 @@ pub fn explain(
     }
     let env_after = dim_env(&work, batch, seq);
     let after = plan_memory(&work, &env_after)?;
+    let fp = footprint(&work, &env_after, threads)?;
     let sites_after = attention::sites(&work);
     let ran_attention = passes.iter().any(|p| p.name == "attention" && !p.skipped);
 
@@ -368,11 +395,13 @@ pub fn explain(
         layers,
         stages,
         passes,
-        peak_bytes: after.peak_bytes(),
-        peak_bytes_before: before.peak_bytes(),
-        activation_peak_bytes: after.arena_bytes,
-        activation_peak_bytes_before: before.arena_bytes,
-        weight_bytes: after.weight_bytes,
+        threads,
+        footprint: fp,
+        peak_bytes: fp.total(),
+        peak_bytes_before: fp_before.total(),
+        activation_peak_bytes: fp.activations,
+        activation_peak_bytes_before: fp_before.activations,
+        weight_bytes: fp.weights,
         flops: after.flops,
         flops_before: before.flops,
         notes,
@@ -506,8 +535,8 @@ impl Explanation {
             "was".into(),
             "chunks".into(),
             "FLOPs".into(),
-            "peak before".into(),
-            "peak after".into(),
+            "unfused peak before".into(),
+            "unfused peak after".into(),
             "why".into(),
         ]];
         for l in &self.layers {
@@ -528,8 +557,8 @@ impl Explanation {
             "stage".to_string(),
             "FLOPs before".into(),
             "FLOPs after".into(),
-            "peak before".into(),
-            "peak after".into(),
+            "unfused peak before".into(),
+            "unfused peak after".into(),
         ]];
         for st in &self.stages {
             rows.push(vec![
@@ -564,15 +593,26 @@ impl Explanation {
             ]);
         }
         s.push_str(&table(&rows));
+        let f = &self.footprint;
         s.push_str(&format!(
-            "\nstatic peak: {} -> {} (activations {} -> {}, weights {}); FLOPs: {} -> {}\n",
+            "\nstatic peak of the compiled plan on {} thread{}: {} -> {}; FLOPs: {} -> {}\n",
+            self.threads,
+            if self.threads == 1 { "" } else { "s" },
             fmt_bytes(self.peak_bytes_before),
             fmt_bytes(self.peak_bytes),
-            fmt_bytes(self.activation_peak_bytes_before),
-            fmt_bytes(self.activation_peak_bytes),
-            fmt_bytes(self.weight_bytes),
             fmt_flops(self.flops_before),
             fmt_flops(self.flops)
+        ));
+        s.push_str(&format!(
+            "  activations {} (before the passes {}), allocator cache {}, weights {}, inputs {}, kernel scratch {}, thread scratch {}, executable {}\n",
+            fmt_bytes(f.activations),
+            fmt_bytes(self.activation_peak_bytes_before),
+            fmt_bytes(f.allocator_cache),
+            fmt_bytes(f.weights),
+            fmt_bytes(f.inputs),
+            fmt_bytes(f.kernel_scratch),
+            fmt_bytes(f.thread_scratch),
+            fmt_bytes(f.fixed),
         ));
         for n in &self.notes {
             s.push_str(&format!("note: {n}\n"));
@@ -612,6 +652,13 @@ impl Explanation {
             "peak_bytes": self.peak_bytes, "peak_bytes_before": self.peak_bytes_before,
             "activation_peak_bytes": self.activation_peak_bytes, "activation_peak_bytes_before": self.activation_peak_bytes_before,
             "weight_bytes": self.weight_bytes, "flops": self.flops, "flops_before": self.flops_before,
+            "threads": self.threads,
+            "footprint": {
+                "activations": self.footprint.activations, "allocator_cache": self.footprint.allocator_cache,
+                "weights": self.footprint.weights, "inputs": self.footprint.inputs,
+                "kernel_scratch": self.footprint.kernel_scratch, "thread_scratch": self.footprint.thread_scratch,
+                "executable": self.footprint.fixed,
+            },
             "layers": layers, "stages": stages, "passes": passes, "notes": self.notes,
         })
     }

@@ -4,8 +4,11 @@
 #![deny(missing_docs)]
 
 pub mod attention;
+pub mod buffer_plan;
 pub mod cost;
 pub mod explain;
+pub mod footprint;
+pub mod fusion;
 pub mod manager;
 pub mod memory_plan;
 mod pass;

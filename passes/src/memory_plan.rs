@@ -1,5 +1,11 @@
-//! The memory planner: liveness over the graph (regions included), in-place
-//! reuse, and buffer placement greedy by size, giving a static peak estimate.
+//! The *unfused* memory view: liveness over the graph's ops one at a time
+//! (regions included), in-place reuse, and buffer placement greedy by size.
+//!
+//! This is not what generated code does: that is [`crate::buffer_plan`]
+//! (fusion included), whose resident total [`crate::footprint`] gives and
+//! `reformc explain` reports as the static peak. This module stays as the
+//! per-stage and per-layer view of `explain` (FLOPs and "unfused peak"
+//! columns), where attributing bytes to the ops of a layer is the point.
 //!
 //! Schedule: ops run in body order; an op with regions runs its regions' ops
 //! first (region arguments appear when the region starts) and finishes at its
@@ -574,8 +580,9 @@ impl Scheduler<'_> {
     }
 }
 
-/// The `memory-plan` pass: plans memory at the target dims and reports the
-/// static peak; the IR is not changed.
+/// The `memory-plan` pass: reports the static peak of the plan generated
+/// code follows ([`crate::footprint`]) and, beside it, this module's unfused
+/// liveness view; the IR is not changed.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MemoryPlanPass;
 
@@ -588,7 +595,7 @@ impl Pass for MemoryPlanPass {
     }
 
     fn summary(&self) -> &'static str {
-        "liveness, in-place reuse and greedy-by-size buffer placement; reports the static peak memory (IR unchanged)"
+        "reports the static peak of the compiled buffer plan (fusion included) and the unfused liveness view (IR unchanged)"
     }
 
     fn run(&self, g: &mut Graph, opts: &PassOptions) -> Result<Vec<String>, PassError> {
@@ -598,15 +605,25 @@ impl Pass for MemoryPlanPass {
             pass: self.name().into(),
             message: e.to_string(),
         })?;
+        let fp = crate::footprint::footprint(g, &env, 1).map_err(|e| PassError {
+            pass: self.name().into(),
+            message: e.to_string(),
+        })?;
+        let b = crate::cost::fmt_bytes;
         let mut notes = vec![format!(
-            "static peak {} at B={}, L={seq}{} (activations {} [lower bound {}], weights {}, inputs {}){}",
-            crate::cost::fmt_bytes(plan.peak_bytes()),
+            "static peak of the compiled plan {} at B={}, L={seq}{} on 1 thread (activations {}, allocator cache {}, weights {}, inputs {}, kernel scratch {}, thread scratch {}, executable {}); unfused liveness: activations {} [lower bound {}]{}",
+            b(fp.total()),
             opts.batch_or_default(),
             env.get("P").filter(|p| **p != seq).map(|p| format!(" (P={p})")).unwrap_or_default(),
-            crate::cost::fmt_bytes(plan.arena_bytes),
-            crate::cost::fmt_bytes(plan.live_peak_bytes),
-            crate::cost::fmt_bytes(plan.weight_bytes),
-            crate::cost::fmt_bytes(plan.input_bytes),
+            b(fp.activations),
+            b(fp.allocator_cache),
+            b(fp.weights),
+            b(fp.inputs),
+            b(fp.kernel_scratch),
+            b(fp.thread_scratch),
+            b(fp.fixed),
+            b(plan.arena_bytes),
+            b(plan.live_peak_bytes),
             if opts.seq_len.is_none() { format!("; no target length given, assumed L={DEFAULT_SEQ_LEN}") } else { String::new() },
         )];
         if let Some(s) = plan.peak_op() {

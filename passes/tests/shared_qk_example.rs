@@ -45,12 +45,21 @@ fn explain_auto_picks_full_at_512_and_lsh_at_65536() {
         assert_eq!(l.buckets, vec![32, 64]);
         assert_eq!(l.chunk, Some(64));
     }
-    assert!(
-        long.peak_bytes < long.peak_bytes_before / 50,
-        "{} vs {}",
-        long.peak_bytes,
-        long.peak_bytes_before
-    );
+    // Unfused liveness: full attention's [B,H,L,L] logits are gone per layer.
+    for l in &long.layers {
+        assert!(
+            l.peak_bytes < l.peak_bytes_before / 50,
+            "layer {}: {} vs {}",
+            l.index,
+            l.peak_bytes,
+            l.peak_bytes_before
+        );
+    }
+    // The compiled plan streams full attention in blocks of logit rows, so
+    // there LSH saves no memory (its buckets and sort state even cost a
+    // little): the headline is that plan, not the unfused view.
+    assert_eq!(long.peak_bytes, long.footprint.total());
+    assert!(long.peak_bytes.abs_diff(long.peak_bytes_before) < long.peak_bytes / 10);
     let json = long.to_json();
     assert_eq!(json["seq_len"], 65536);
     assert_eq!(json["batch"], 1);

@@ -85,6 +85,33 @@ fn to_bytes(t: &Tensor) -> Vec<u8> {
     }
 }
 
+/// The static peak of one variant at B=1 and length `len` on `threads`
+/// threads, by part (what `reformc explain` reports for the same length).
+fn footprint_line(
+    g: &reformc_ir::Graph,
+    plan: &reformc_backend_llvm::MemoryPlan,
+    len: u64,
+    threads: u64,
+) -> String {
+    use reformc_passes::cost::fmt_bytes;
+    let env = reformc_passes::cost::dim_env(g, 1, len);
+    match reformc_passes::footprint::footprint_of(g, plan, &env, threads) {
+        Ok(f) => format!(
+            "static peak at B=1, L={len} on {threads} thread{}: {} (activations {}, allocator cache {}, weights {}, inputs {}, kernel scratch {}, thread scratch {}, executable {})",
+            if threads == 1 { "" } else { "s" },
+            fmt_bytes(f.total()),
+            fmt_bytes(f.activations),
+            fmt_bytes(f.allocator_cache),
+            fmt_bytes(f.weights),
+            fmt_bytes(f.inputs),
+            fmt_bytes(f.kernel_scratch),
+            fmt_bytes(f.thread_scratch),
+            fmt_bytes(f.fixed),
+        ),
+        Err(e) => format!("static peak at B=1, L={len}: not computed ({e})"),
+    }
+}
+
 /// Runs the command.
 pub fn run(args: &CompileArgs) -> CliResult<()> {
     let t0 = Instant::now();
@@ -225,13 +252,19 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
         },
     )?;
     if args.memory_plan {
-        for (name, plan) in &report.plans {
+        let len = seq_len.unwrap_or(max);
+        let threads = match args.threads {
+            t if t > 0 => t as u64,
+            _ => std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+        };
+        for ((name, plan), v) in report.plans.iter().zip(&graphs) {
             println!(
                 "memory plan of variant `{name}` ({} buffers; fused: {}):",
                 plan.buffers.len(),
                 plan.fusion
             );
             print!("{}", plan.to_text());
+            println!("{}", footprint_line(&v.graph, plan, len, threads));
         }
     }
     if !args.passes.quiet {

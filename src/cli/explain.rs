@@ -16,6 +16,10 @@ pub struct ExplainArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Worker threads of the executable the static peak is for (its
+    /// per-thread scratch counts); 0 = all cores, as the executable's default.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=4096))]
+    pub threads: u64,
     #[command(flatten)]
     pub passes: PassArgs,
 }
@@ -28,9 +32,17 @@ pub fn run(args: &ExplainArgs) -> CliResult<()> {
         ..LowerOptions::default()
     })?;
     let pipeline = args.passes.pipeline()?;
-    let e =
-        reformc_passes::explain::explain(&lowered.graph, &args.passes.options(&m.spec), &pipeline)
-            .map_err(|e| CliError::input(e.to_string()))?;
+    let threads = match args.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+        n => n,
+    };
+    let e = reformc_passes::explain::explain_on(
+        &lowered.graph,
+        &args.passes.options(&m.spec),
+        &pipeline,
+        threads,
+    )
+    .map_err(|e| CliError::input(e.to_string()))?;
     if args.json {
         let text = serde_json::to_string_pretty(&e.to_json())
             .map_err(|e| CliError::internal(e.to_string()))?;

@@ -19,16 +19,16 @@ pub mod abi;
 pub mod aot;
 mod codegen;
 mod error;
-mod fusion;
 pub mod jit;
-mod plan;
 mod signature;
 pub mod target;
 
 pub use codegen::DimLimit;
 pub use error::{BackendError, Result};
 pub use jit::{jit_run, jit_run_with, set_threads, JitModel};
-pub use plan::{FusionSummary, MemoryPlan, PlannedBuffer};
+/// The static buffer plan generated code follows; planned by `reformc_passes::buffer_plan`
+/// (one planner, shared with `reformc explain`).
+pub use reformc_passes::buffer_plan::{BufferPlan as MemoryPlan, FusionSummary, PlannedBuffer};
 /// Largest thread count the compiled runtime accepts (`--threads`).
 pub use reformc_runtime::pool::MAX_THREADS;
 

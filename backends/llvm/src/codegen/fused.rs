@@ -1,4 +1,4 @@
-//! Ops that generated code fuses or runs in place (crate::fusion): dense
+//! Ops that generated code fuses or runs in place (reformc_passes::fusion): dense
 //! stacks through `rc_dense_f32`, reversible blocks updating their state
 //! halves, `seq_chunk` bodies, and buffers taken over from a dying input.
 

@@ -6,8 +6,6 @@
 
 use crate::abi::{self, err, field, CTy};
 use crate::error::{BackendError, Result};
-use crate::fusion::Fusion;
-use crate::plan::{owned, BlockKey, Liveness};
 use inkwell::attributes::AttributeLoc;
 use inkwell::basic_block::BasicBlock;
 use inkwell::builder::Builder;
@@ -23,6 +21,8 @@ use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
 use reformc_ir::{
     Activation, Attr, BinaryFn, DType, Dim, Graph, Node, OpKind, TensorType, UnaryFn, ValueId,
 };
+use reformc_passes::buffer_plan::{owned, BlockKey, Liveness};
+use reformc_passes::fusion::Fusion;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
@@ -129,7 +129,7 @@ struct Fs<'ctx, 'g> {
     syms: HashMap<String, IntValue<'ctx>>,
     sym_note: HashMap<String, String>,
     vals: HashMap<ValueId, Buf<'ctx>>,
-    /// What generated code fuses (crate::fusion).
+    /// What generated code fuses (reformc_passes::fusion).
     fusion: Fusion,
     /// Linears that accumulate onto a reversible state half: (rows, stride).
     dest: HashMap<ValueId, (PointerValue<'ctx>, IntValue<'ctx>)>,
@@ -1466,7 +1466,7 @@ impl<'ctx> Gen<'ctx> {
         let what = at(g, &fs.numbering, v);
         use OpKind::*;
         if fs.fusion.absorbed(v) {
-            return Ok(()); // computed by its reader (crate::fusion)
+            return Ok(()); // computed by its reader (reformc_passes::fusion)
         }
         self.contiguous_operands(fs, v)?;
         let result: Buf<'ctx> = match op.kind {

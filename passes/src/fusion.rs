@@ -2,7 +2,8 @@
 //! ops write into a neighbour's buffer instead of a fresh one.
 //!
 //! The IR keeps every op separate (passes and the interpreter reason about
-//! them one at a time); this plan decides how the LLVM backend emits them:
+//! them one at a time); this plan decides how a backend emits them (the LLVM backend
+//! consumes it; [`crate::buffer_plan`] and `reformc explain` report it):
 //!
 //! - a `layer_norm` read only by `linear`s (as their input) is a *prologue*:
 //!   each linear normalizes its rows block by block, and the `[rows, width]`
@@ -16,7 +17,8 @@
 //! - a region result that is a `linear` with no activation and no other
 //!   reader is *accumulated* straight onto the reversible state half.
 //!
-//! All four keep the interpreter's rounding (runtime/src/dense.rs).
+//! All four keep the interpreter's rounding (runtime/src/dense.rs). This is
+//! the one fusion planner: the backend does not recompute it.
 //!
 //! ```text
 //! %7 = layer_norm %6, ...      // prologue of %8
@@ -44,23 +46,23 @@ enum Use {
 
 /// The fusion decisions for one graph (see the module doc).
 #[derive(Debug, Default)]
-pub(crate) struct Fusion {
+pub struct Fusion {
     /// `layer_norm`s computed as the prologue of each reading `linear`.
-    pub(crate) prologue: HashSet<ValueId>,
+    pub prologue: HashSet<ValueId>,
     /// `linear`s computed as the first layer of their reader's stack.
-    pub(crate) inner: HashSet<ValueId>,
+    pub inner: HashSet<ValueId>,
     /// `reversible_block`s that take their input's buffer as their state.
-    pub(crate) in_place: HashSet<ValueId>,
+    pub in_place: HashSet<ValueId>,
     /// Region results accumulated onto the owning reversible block's state.
-    pub(crate) accumulated: HashSet<ValueId>,
+    pub accumulated: HashSet<ValueId>,
     /// `truncate`s that take over their dying input's buffer when they cut
     /// nothing (decided at run time).
-    pub(crate) take_input: HashSet<ValueId>,
+    pub take_input: HashSet<ValueId>,
 }
 
 impl Fusion {
     /// Plans `g` (deterministic: depends only on the graph).
-    pub(crate) fn new(g: &Graph) -> Fusion {
+    pub fn new(g: &Graph) -> Fusion {
         let mut uses: HashMap<ValueId, Vec<Use>> = HashMap::new();
         collect(g, None, &g.body, &mut uses);
         for (_, v) in &g.outputs {
@@ -72,13 +74,13 @@ impl Fusion {
     }
 
     /// True when `v` is never stored (its reader computes it).
-    pub(crate) fn absorbed(&self, v: ValueId) -> bool {
+    pub fn absorbed(&self, v: ValueId) -> bool {
         self.prologue.contains(&v) || self.inner.contains(&v)
     }
 
     /// `v`'s operands as generated code reads them: an absorbed operand is
     /// replaced by what it reads (recursively).
-    pub(crate) fn effective_inputs(&self, g: &Graph, v: ValueId, out: &mut Vec<ValueId>) {
+    pub fn effective_inputs(&self, g: &Graph, v: ValueId, out: &mut Vec<ValueId>) {
         for &u in &g.node(v).inputs {
             if self.absorbed(u) {
                 self.effective_inputs(g, u, out);

@@ -2,7 +2,7 @@
 //! after which op it is freed (last use within its block, a use inside a
 //! region counting as a use by the region's owner).
 //!
-//! Generated code follows this plan exactly; [`MemoryPlan`] reports it with
+//! Generated code follows this plan exactly; [`BufferPlan`] reports it with
 //! symbolic sizes and a peak estimate for concrete dims.
 
 use crate::fusion::Fusion;
@@ -11,10 +11,10 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 /// Identifies a block: the top level (`None`) or region `i` of an op.
-pub(crate) type BlockKey = Option<(ValueId, usize)>;
+pub type BlockKey = Option<(ValueId, usize)>;
 
 /// True for values whose buffer generated code allocates (and so must free).
-pub(crate) fn owned(g: &Graph, v: ValueId) -> bool {
+pub fn owned(g: &Graph, v: ValueId) -> bool {
     !matches!(
         g.node(v).op.kind,
         OpKind::Input | OpKind::Weight | OpKind::Arg
@@ -25,7 +25,7 @@ pub(crate) fn owned(g: &Graph, v: ValueId) -> bool {
 /// regions' ops read and yield.
 /// Fused-away operands (see [`Fusion`]) count through what they read: a
 /// linear with a layer-norm prologue keeps the norm's input alive.
-pub(crate) fn deep_uses(g: &Graph, fusion: &Fusion, v: ValueId, out: &mut Vec<ValueId>) {
+pub fn deep_uses(g: &Graph, fusion: &Fusion, v: ValueId, out: &mut Vec<ValueId>) {
     let node = g.node(v);
     fusion.effective_inputs(g, v, out);
     for r in &node.regions {
@@ -37,12 +37,13 @@ pub(crate) fn deep_uses(g: &Graph, fusion: &Fusion, v: ValueId, out: &mut Vec<Va
 }
 
 /// Per block: the values to free after each op of the block.
-pub(crate) struct Liveness {
-    pub(crate) free_after: HashMap<BlockKey, Vec<Vec<ValueId>>>,
+pub struct Liveness {
+    /// Per block, per op index: the values freed after that op.
+    pub free_after: HashMap<BlockKey, Vec<Vec<ValueId>>>,
     /// Buffers to return to the system when freed rather than keep cached:
     /// no allocation after theirs has their type, so a cached block would
     /// only add to the footprint (see runtime/src/alloc.rs).
-    pub(crate) release: HashSet<ValueId>,
+    pub release: HashSet<ValueId>,
 }
 
 /// Steps of one walk over the blocks in execution order: when each buffer is
@@ -113,7 +114,7 @@ fn release_set(g: &Graph, fusion: &Fusion, live: &Liveness) -> HashSet<ValueId> 
 
 impl Liveness {
     /// Computes the plan of every block of `g`.
-    pub(crate) fn new(g: &Graph, fusion: &Fusion) -> Liveness {
+    pub fn new(g: &Graph, fusion: &Fusion) -> Liveness {
         let mut l = Liveness {
             free_after: HashMap::new(),
             release: HashSet::new(),
@@ -156,7 +157,7 @@ impl Liveness {
     }
 
     /// The values to free after op `index` of block `key`.
-    pub(crate) fn after(&self, key: BlockKey, index: usize) -> &[ValueId] {
+    pub fn after(&self, key: BlockKey, index: usize) -> &[ValueId] {
         self.free_after
             .get(&key)
             .and_then(|v| v.get(index))
@@ -180,18 +181,21 @@ pub struct PlannedBuffer {
     pub alloc_step: usize,
     /// Step after which it is freed; `None` for graph outputs (handed to the caller).
     pub free_step: Option<usize>,
+    /// Freed back to the system rather than into the allocator's cache
+    /// (see [`Liveness::release`]).
+    pub released: bool,
 }
 
 /// The static allocation plan of one graph.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct MemoryPlan {
+pub struct BufferPlan {
     /// Every buffer generated code allocates, in allocation order.
     pub buffers: Vec<PlannedBuffer>,
     /// Number of steps (ops executed once each; `seq_chunk` bodies repeat).
     pub steps: usize,
     /// Values for symbols that only exist inside `seq_chunk` bodies (the chunk size).
     pub chunk_syms: Vec<(String, u64)>,
-    /// What generated code fuses (crate::fusion), counted.
+    /// What generated code fuses ([`crate::fusion`]), counted.
     pub fusion: FusionSummary,
 }
 
@@ -199,7 +203,7 @@ pub struct MemoryPlan {
 ///
 /// ```
 /// let g = reformc_ir::parse("graph {\n %0 = input {name=\"x\"} : f32[N,4]\n %1 = weight {name=\"w\"} : f32[4,4]\n %2 = linear %0, %1 : f32[N,4]\n %3 = linear %2, %1 : f32[N,4]\n output \"y\" = %3\n}").unwrap();
-/// let plan = reformc_backend_llvm::MemoryPlan::new(&g);
+/// let plan = reformc_passes::buffer_plan::BufferPlan::new(&g);
 /// assert_eq!(plan.fusion.stacks, 1);
 /// assert_eq!(plan.fusion.to_string(), "0 layer-norm prologues, 1 two-layer stacks, 0 reversible blocks in place, 0 accumulations onto a state half, 0 truncates reusing their input");
 /// ```
@@ -227,9 +231,9 @@ impl std::fmt::Display for FusionSummary {
     }
 }
 
-impl MemoryPlan {
+impl BufferPlan {
     /// Builds the plan report of `g` (the same liveness generated code follows).
-    pub fn new(g: &Graph) -> MemoryPlan {
+    pub fn new(g: &Graph) -> BufferPlan {
         let fusion = Fusion::new(g);
         let live = Liveness::new(g, &fusion);
         let numbering: HashMap<ValueId, usize> = g
@@ -244,7 +248,7 @@ impl MemoryPlan {
             live: &live,
             numbering: &numbering,
             step: 0,
-            plan: MemoryPlan::default(),
+            plan: BufferPlan::default(),
             pending: HashMap::new(),
         };
         b.block(None, &g.body);
@@ -284,7 +288,7 @@ impl MemoryPlan {
     ///
     /// ```
     /// let g = reformc_ir::parse("graph {\n %0 = input {name=\"x\"} : f32[N]\n %1 = exp %0 : f32[N]\n %2 = exp %1 : f32[N]\n output \"y\" = %2\n}").unwrap();
-    /// let plan = reformc_backend_llvm::MemoryPlan::new(&g);
+    /// let plan = reformc_passes::buffer_plan::BufferPlan::new(&g);
     /// let env = [("N".to_string(), 10u64)].into_iter().collect();
     /// assert_eq!(plan.peak_bytes(&env), Some(80));
     /// ```
@@ -332,7 +336,7 @@ struct PlanBuilder<'a> {
     live: &'a Liveness,
     numbering: &'a HashMap<ValueId, usize>,
     step: usize,
-    plan: MemoryPlan,
+    plan: BufferPlan,
     /// Owned values allocated but not yet freed -> index in `plan.buffers`.
     pending: HashMap<ValueId, usize>,
 }
@@ -351,6 +355,7 @@ impl PlanBuilder<'_> {
             shape: ty.shape,
             alloc_step: start,
             free_step: None,
+            released: self.live.release.contains(&v),
         });
     }
 
@@ -413,6 +418,7 @@ impl PlanBuilder<'_> {
                     shape: ty.shape,
                     alloc_step: step,
                     free_step: None,
+                    released: self.live.release.contains(&v),
                 });
             }
             for dead in self.live.after(key, i) {
@@ -449,7 +455,7 @@ mod tests {
         let mut freed = live.after(None, 3).to_vec();
         freed.sort();
         assert_eq!(freed, vec![ValueId(1), ValueId(2)]);
-        let plan = MemoryPlan::new(&g);
+        let plan = BufferPlan::new(&g);
         assert_eq!(plan.buffers.len(), 3);
         assert_eq!(plan.buffers[2].free_step, None);
         let env: DimEnv = [("N".to_string(), 4)].into_iter().collect();
@@ -468,7 +474,7 @@ mod tests {
         let owner = g.body[3];
         // The region result escapes its block: the owner frees it.
         assert!(live.after(Some((owner, 0)), 0).is_empty());
-        let plan = MemoryPlan::new(&g);
+        let plan = BufferPlan::new(&g);
         let names: Vec<&str> = plan.buffers.iter().map(|b| b.name.as_str()).collect();
         assert_eq!(names, vec!["%2", "%3", "%5"]);
         let env: DimEnv = [("B".to_string(), 1)].into_iter().collect();
