@@ -25,6 +25,7 @@ mod op;
 pub mod outfile;
 mod parse;
 mod print;
+mod rewriter;
 mod types;
 mod verify;
 
@@ -37,5 +38,6 @@ pub use infer::{check_type, infer_type};
 pub use op::{AttrSpec, AttrType, Op, OpKind, OpLevel, OpSchema, ACTIVATIONS, REDUCTIONS};
 pub use parse::{parse, ParseError};
 pub use print::print;
+pub use rewriter::{BlockId, RewriteError, Rewriter, Use, UseLists};
 pub use types::TensorType;
 pub use verify::{verify, VerifyError};
