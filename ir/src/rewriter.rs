@@ -152,8 +152,11 @@ impl UseLists {
     /// Records `v` as placed in `block`, with the uses it and its regions make.
     fn attach(&mut self, g: &Graph, v: ValueId, block: BlockId) {
         self.grow(g.len());
+        // A body naming a missing node is the verifier's to report.
+        let Some(node) = g.nodes.get(v.index()) else {
+            return;
+        };
         self.place[v.index()] = Some(block);
-        let node = g.node(v);
         for (index, i) in node.inputs.iter().enumerate() {
             self.add(*i, Use::Operand { user: v, index });
         }
@@ -177,8 +180,10 @@ impl UseLists {
 
     /// Undoes [`UseLists::attach`].
     fn detach(&mut self, g: &Graph, v: ValueId) {
+        let Some(node) = g.nodes.get(v.index()) else {
+            return;
+        };
         self.place[v.index()] = None;
-        let node = g.node(v);
         for (index, i) in node.inputs.iter().enumerate() {
             self.remove(*i, Use::Operand { user: v, index });
         }
@@ -305,6 +310,13 @@ impl<'g> Rewriter<'g> {
         self.block_vec_mut(b)?.insert(pos, v);
         self.uses.attach(self.g, v, b);
         Ok(v)
+    }
+
+    /// Puts `node` in the arena only, for instance as an op of a region
+    /// body being built; it is placed (and its uses counted) when the op
+    /// owning the region is inserted.
+    pub fn push_detached(&mut self, node: Node) -> ValueId {
+        self.g.push_detached(node)
     }
 
     /// Adds `node` right before the placed op `anchor`, in its block.

@@ -48,7 +48,9 @@
 
 use crate::pass::{Pass, PassError, PassOptions};
 use crate::scoped::{map_node_refs, Body, BodyNode, Capture, Program, Ref};
-use reformc_ir::{Attr, Dim, Graph, Node, Op, OpKind, Region, TensorType, ValueId};
+use reformc_ir::{
+    Attr, BlockId, Dim, Graph, Node, Op, OpKind, Region, Rewriter, TensorType, ValueId,
+};
 use std::collections::HashMap;
 
 /// The `reversible` pass (see the module docs).
@@ -700,15 +702,18 @@ pub fn fold_reversible(g: &mut Graph) -> Result<usize, String> {
 // ---------------------------------------------------------------- invert
 
 /// Deep-copies `block` (ops of one body) into new nodes, mapping operands
-/// through `map` (values not in it are kept); returns the new ids in order.
+/// through `map` (values not in it are kept); the copies are appended to
+/// `dest`, or only put in the arena (for the body of a copied region) when
+/// `dest` is `None`. Returns the new ids in order.
 fn clone_block(
-    g: &mut Graph,
+    rw: &mut Rewriter<'_>,
     block: &[ValueId],
     map: &mut HashMap<ValueId, ValueId>,
-) -> Vec<ValueId> {
+    dest: Option<BlockId>,
+) -> Result<Vec<ValueId>, String> {
     let mut out = Vec::with_capacity(block.len());
     for &v in block {
-        let node = g.node(v).clone();
+        let node = rw.graph().node(v).clone();
         let inputs = node
             .inputs
             .iter()
@@ -720,18 +725,13 @@ fn clone_block(
                 .args
                 .iter()
                 .map(|a| {
-                    let ty = g.ty(*a).clone();
-                    let new = g.push_detached(Node {
-                        op: Op::new(OpKind::Arg),
-                        inputs: vec![],
-                        ty,
-                        regions: vec![],
-                    });
+                    let ty = rw.graph().ty(*a).clone();
+                    let new = rw.push_detached(Node::new(Op::new(OpKind::Arg), vec![], ty));
                     map.insert(*a, new);
                     new
                 })
                 .collect();
-            let body = clone_block(g, &r.body, map);
+            let body = clone_block(rw, &r.body, map, None)?;
             let results = r.results.iter().map(|x| *map.get(x).unwrap_or(x)).collect();
             regions.push(Region {
                 args,
@@ -739,33 +739,18 @@ fn clone_block(
                 results,
             });
         }
-        let new = g.push_detached(Node {
-            op: node.op.clone(),
-            inputs,
-            ty: node.ty.clone(),
+        let copy = Node {
             regions,
-        });
+            ..Node::new(node.op.clone(), inputs, node.ty.clone())
+        };
+        let new = match dest {
+            Some(b) => rw.append(b, copy).map_err(|e| e.to_string())?,
+            None => rw.push_detached(copy),
+        };
         map.insert(v, new);
         out.push(new);
     }
-    out
-}
-
-/// The node owning the region whose body holds `target` (`None` at the top level).
-fn owner_of(g: &Graph, body: &[ValueId], target: ValueId) -> Option<Option<(ValueId, usize)>> {
-    for &v in body {
-        if v == target {
-            return Some(None);
-        }
-        for (ri, r) in g.node(v).regions.iter().enumerate() {
-            match owner_of(g, &r.body, target) {
-                Some(None) => return Some(Some((v, ri))),
-                Some(found) => return Some(found),
-                None => {}
-            }
-        }
-    }
-    None
+    Ok(out)
 }
 
 /// Builds the inverse of the reversible block `block` applied to its own
@@ -812,46 +797,31 @@ pub fn invert_reversible_from(
         ));
     }
     let (half, a, d) = half_type(&node.ty).ok_or("the block's last axis is not even")?;
-    let owner =
-        owner_of(g, &g.body.clone(), block).ok_or("the block is not in the graph's body")?;
-    let mut new: Vec<ValueId> = Vec::new();
-    let add =
-        |g: &mut Graph, new: &mut Vec<ValueId>, op: Op, inputs: Vec<ValueId>, ty: &TensorType| {
-            let v = g.push_detached(Node {
-                op,
-                inputs,
-                ty: ty.clone(),
-                regions: vec![],
-            });
-            new.push(v);
-            v
-        };
-    let y1 = add(g, &mut new, slice(a, 0, d), vec![y], &half);
-    let y2 = add(g, &mut new, slice(a, d, 2 * d), vec![y], &half);
-    let branch = |g: &mut Graph,
-                  new: &mut Vec<ValueId>,
-                  r: &Region,
-                  arg: ValueId|
-     -> Result<ValueId, String> {
+    let mut rw = Rewriter::new(g);
+    let dest = rw
+        .block_of(block)
+        .ok_or("the block is not in the graph's body")?;
+    let add = |rw: &mut Rewriter<'_>, op: Op, inputs: Vec<ValueId>, ty: &TensorType| {
+        rw.append(dest, Node::new(op, inputs, ty.clone()))
+            .map_err(|e| e.to_string())
+    };
+    let y1 = add(&mut rw, slice(a, 0, d), vec![y], &half)?;
+    let y2 = add(&mut rw, slice(a, d, 2 * d), vec![y], &half)?;
+    let branch = |rw: &mut Rewriter<'_>, r: &Region, arg: ValueId| -> Result<ValueId, String> {
         let (&a0, &res) = r
             .args
             .first()
             .zip(r.results.first())
             .ok_or("a region needs one argument and one result")?;
         let mut map = HashMap::from([(a0, arg)]);
-        new.extend(clone_block(g, &r.body, &mut map));
+        clone_block(rw, &r.body, &mut map, Some(dest))?;
         Ok(*map.get(&res).unwrap_or(&res))
     };
-    let go = branch(g, &mut new, &node.regions[1], y1)?;
-    let x2 = add(g, &mut new, Op::new(OpKind::Sub), vec![y2, go], &half);
-    let fo = branch(g, &mut new, &node.regions[0], x2)?;
-    let x1 = add(g, &mut new, Op::new(OpKind::Sub), vec![y1, fo], &half);
-    let x = add(g, &mut new, concat(a), vec![x1, x2], &node.ty);
-    match owner {
-        None => g.body.extend(new),
-        Some((owner, ri)) => g.node_mut(owner).regions[ri].body.extend(new),
-    }
-    Ok(x)
+    let go = branch(&mut rw, &node.regions[1], y1)?;
+    let x2 = add(&mut rw, Op::new(OpKind::Sub), vec![y2, go], &half)?;
+    let fo = branch(&mut rw, &node.regions[0], x2)?;
+    let x1 = add(&mut rw, Op::new(OpKind::Sub), vec![y1, fo], &half)?;
+    add(&mut rw, concat(a), vec![x1, x2], &node.ty)
 }
 
 #[cfg(test)]
