@@ -86,12 +86,13 @@ mod tests {
 
     #[test]
     fn buckets_match_hf() {
-        // Values of HF's `_set_num_buckets` (transformers 4.x).
+        // Worked by hand from HF's `_set_num_buckets`: 2^(bit_length(2·chunks) - 1),
+        // split into two factors above 2·max(sqrt(max_pos/chunk), chunk).
         assert_eq!(auto_buckets(128, 8, 4096), vec![32]);
         assert_eq!(auto_buckets(512, 64, 65536), vec![16]);
         assert_eq!(auto_buckets(65536, 64, 65536), vec![32, 64]);
         assert_eq!(auto_buckets(32, 64, 4096), vec![2]);
-        assert_eq!(auto_buckets(1000, 64, 4096), vec![32]);
+        assert_eq!(auto_buckets(1000, 64, 4096), vec![16]);
     }
 
     #[test]

@@ -440,6 +440,13 @@ fn extract_region(
     }
 }
 
+/// The layer a folded block belongs to: that of its branches' ops (the
+/// unfolded coupling's slices, adds and concat carry none, so that algebraic
+/// rewrites see one residual stream).
+fn branch_layer(body: &Body, f: &[usize], g: &[usize]) -> Option<u64> {
+    f.iter().chain(g).find_map(|i| body.nodes[*i].op.layer())
+}
+
 fn apply_coupling(body: &mut Body, c: &Coupling) {
     let before = body.clone();
     let n = before.nodes.len();
@@ -462,8 +469,9 @@ fn apply_coupling(body: &mut Body, c: &Coupling) {
             let outer = |r: Ref| fix(&remap, r);
             let f = extract_region(&before, &c.f, Ref::Node(c.x2 as u32), c.fo, &outer);
             let g = extract_region(&before, &c.g, Ref::Node(c.y1 as u32), c.go, &outer);
+            let layer = branch_layer(&before, &c.f, &c.g);
             let block = BodyNode {
-                op: Op::new(OpKind::ReversibleBlock),
+                op: Op::new(OpKind::ReversibleBlock).with_layer(layer),
                 ty: node.ty.clone(),
                 inputs: vec![fix(&remap, c.x)],
                 regions: vec![f, g],
@@ -673,7 +681,9 @@ fn apply_stream_coupling(body: &mut Body, c: &StreamCoupling) {
                 vec![fix(&remap, c.a), fix(&remap, c.b)],
                 vec![],
             );
-            let y = push(Op::new(OpKind::ReversibleBlock), &x_ty, vec![x], vec![f, g]);
+            let layer = branch_layer(&before, &c.f, &c.g);
+            let block = Op::new(OpKind::ReversibleBlock).with_layer(layer);
+            let y = push(block, &x_ty, vec![x], vec![f, g]);
             remap[c.y1] = Some(push(slice(a, 0, d), &t, vec![y], vec![]));
             remap[c.y2] = Some(push(slice(a, d, 2 * d), &t, vec![y], vec![]));
         } else if !removed[i] {
