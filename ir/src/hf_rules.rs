@@ -30,9 +30,7 @@ pub fn lcm(a: u64, b: u64) -> u64 {
 /// smallest chunk length are padded to a multiple of the lcm of all chunk
 /// lengths in use (REFORMER.md §6.3). `(1, 0)` (never pad) without chunks.
 pub fn padding_rule(chunks: impl IntoIterator<Item = u64>) -> (u64, u64) {
-    chunks
-        .into_iter()
-        .fold((1, 0), |rule, c| with_chunk(rule, c))
+    chunks.into_iter().fold((1, 0), with_chunk)
 }
 
 /// The padding rule once one more chunked layer of chunk length `chunk`
@@ -43,7 +41,11 @@ pub fn with_chunk((multiple, min_len): (u64, u64), chunk: u64) -> (u64, u64) {
     } else {
         (
             lcm(multiple.max(1), chunk),
-            if min_len == 0 { chunk } else { min_len.min(chunk) },
+            if min_len == 0 {
+                chunk
+            } else {
+                min_len.min(chunk)
+            },
         )
     }
 }

@@ -488,7 +488,9 @@ pub(crate) fn check_attrs(op: &Op) -> Result<(), String> {
         // Every op may record its model layer (see `reformc_ir::LAYER`).
         if key == crate::LAYER {
             if !matches!(value, Attr::Int(i) if *i >= 0) {
-                return Err(format!("attribute `{key}` must be an Int >= 0, found `{value}`"));
+                return Err(format!(
+                    "attribute `{key}` must be an Int >= 0, found `{value}`"
+                ));
             }
             continue;
         }

@@ -67,7 +67,10 @@ mod tests {
         for bad in ["layer=-1", "layer=\"3\"", "layer=1.5"] {
             let text = format!("graph {{\n  %0 = input {{name=\"x\"}} : f32[N]\n  %1 = exp %0 {{{bad}}} : f32[N]\n  output \"y\" = %1\n}}\n");
             let e = verify(&parse(&text).unwrap()).unwrap_err().to_string();
-            assert!(e.contains("attribute `layer` must be an Int >= 0"), "{bad}: {e}");
+            assert!(
+                e.contains("attribute `layer` must be an Int >= 0"),
+                "{bad}: {e}"
+            );
         }
     }
 }

@@ -161,7 +161,10 @@ impl UseLists {
             self.add(*i, Use::Operand { user: v, index });
         }
         for (ri, r) in node.regions.iter().enumerate() {
-            let inner = BlockId::Region { owner: v, index: ri };
+            let inner = BlockId::Region {
+                owner: v,
+                index: ri,
+            };
             for &x in &r.body {
                 self.attach(g, x, inner);
             }
@@ -295,7 +298,12 @@ impl<'g> Rewriter<'g> {
     /// Adds `node` to the arena and places it at `pos` of block `b`; its
     /// region bodies (arena nodes made with [`Graph::push_detached`]) are
     /// placed with it.
-    pub fn insert_at(&mut self, b: BlockId, pos: usize, node: Node) -> Result<ValueId, RewriteError> {
+    pub fn insert_at(
+        &mut self,
+        b: BlockId,
+        pos: usize,
+        node: Node,
+    ) -> Result<ValueId, RewriteError> {
         for i in &node.inputs {
             self.check_exists(*i)?;
         }
@@ -403,9 +411,10 @@ impl<'g> Rewriter<'g> {
         let mut work: Vec<ValueId> = candidates.into_iter().collect();
         let mut erased = 0;
         while let Some(c) = work.pop() {
-            let keep = self.g.nodes.get(c.index()).is_none_or(|n| {
-                matches!(n.op.kind, OpKind::Input | OpKind::Weight | OpKind::Arg)
-            });
+            let keep =
+                self.g.nodes.get(c.index()).is_none_or(|n| {
+                    matches!(n.op.kind, OpKind::Input | OpKind::Weight | OpKind::Arg)
+                });
             if keep || !self.users(c).is_empty() || self.block_of(c).is_none() {
                 continue;
             }
@@ -499,7 +508,13 @@ mod tests {
         let u = UseLists::new(&g);
         let (w, block) = (g.body[1], g.body[2]);
         let lin = g.node(block).regions[0].body[0];
-        assert_eq!(u.users(w), &[Use::Operand { user: lin, index: 1 }]);
+        assert_eq!(
+            u.users(w),
+            &[Use::Operand {
+                user: lin,
+                index: 1
+            }]
+        );
         assert_eq!(
             u.users(lin),
             &[Use::Yield {
@@ -509,7 +524,13 @@ mod tests {
             }]
         );
         assert_eq!(u.users(block), &[Use::Output(0)]);
-        assert_eq!(u.block_of(lin), Some(BlockId::Region { owner: block, index: 0 }));
+        assert_eq!(
+            u.block_of(lin),
+            Some(BlockId::Region {
+                owner: block,
+                index: 0
+            })
+        );
         // Region arguments are values but not ops of a block.
         assert_eq!(u.block_of(g.node(block).regions[0].args[0]), None);
     }
@@ -556,12 +577,39 @@ mod tests {
             .unwrap();
         rw.set_inputs(exp, vec![b]).unwrap();
         assert_eq!(rw.users(arg), &[Use::Operand { user: a, index: 0 }]);
-        assert_eq!(rw.locate(exp), Some((BlockId::Region { owner: block, index: 1 }, 2)));
+        assert_eq!(
+            rw.locate(exp),
+            Some((
+                BlockId::Region {
+                    owner: block,
+                    index: 1
+                },
+                2
+            ))
+        );
         let end = rw
-            .append(BlockId::Region { owner: block, index: 1 }, Node::new(Op::new(OpKind::Exp), vec![exp], ty))
+            .append(
+                BlockId::Region {
+                    owner: block,
+                    index: 1,
+                },
+                Node::new(Op::new(OpKind::Exp), vec![exp], ty),
+            )
             .unwrap();
-        assert_eq!(rw.block_of(end), Some(BlockId::Region { owner: block, index: 1 }));
-        assert!(rw.insert_at(BlockId::Top, 99, Node::new(Op::new(OpKind::Exp), vec![], t())).is_err());
+        assert_eq!(
+            rw.block_of(end),
+            Some(BlockId::Region {
+                owner: block,
+                index: 1
+            })
+        );
+        assert!(rw
+            .insert_at(
+                BlockId::Top,
+                99,
+                Node::new(Op::new(OpKind::Exp), vec![], t())
+            )
+            .is_err());
         assert_eq!(rw.remove_unused(), 1);
         verify(&g).unwrap();
         let text = print(&g);
@@ -588,7 +636,11 @@ mod tests {
         let mut g = Graph::new();
         let mut vals = vec![];
         for name in ["a", "b"] {
-            vals.push(g.add(Op::new(OpKind::Input).with("name", crate::Attr::Str(name.into())), vec![], t()));
+            vals.push(g.add(
+                Op::new(OpKind::Input).with("name", crate::Attr::Str(name.into())),
+                vec![],
+                t(),
+            ));
         }
         for &(k, i, j) in ops {
             let (x, y) = (vals[i % vals.len()], vals[j % vals.len()]);

@@ -662,7 +662,10 @@ pub fn apply(g: &mut Graph, decisions: &[LayerDecision]) -> Result<Vec<String>, 
         match (d.from, d.to) {
             (a, b) if a == b && a != AttentionKind::Lsh && a != AttentionKind::Local => {
                 // full <-> full, exact <-> exact with possibly another kv_chunk.
-                set_kv_chunk(rw.op_mut(v), d.kv_chunk.filter(|_| b == AttentionKind::Exact));
+                set_kv_chunk(
+                    rw.op_mut(v),
+                    d.kv_chunk.filter(|_| b == AttentionKind::Exact),
+                );
             }
             (
                 AttentionKind::Full | AttentionKind::Exact,
@@ -725,7 +728,10 @@ pub fn apply(g: &mut Graph, decisions: &[LayerDecision]) -> Result<Vec<String>, 
                     ],
                 );
                 let not_placed = |e: reformc_ir::RewriteError| {
-                    err(format!("layer {}: the attention op is in no block ({e})", d.layer))
+                    err(format!(
+                        "layer {}: the attention op is in no block ({e})",
+                        d.layer
+                    ))
                 };
                 let rot_op = Op::new(OpKind::RandomNormal).with("stream", Attr::Int(next_stream));
                 let rot = rw

@@ -216,13 +216,6 @@ struct Coupling {
     g: Vec<usize>,
 }
 
-fn node_of(r: Ref) -> Option<usize> {
-    match r {
-        Ref::Node(i) => Some(i as usize),
-        _ => None,
-    }
-}
-
 /// `(x, which)` when node `i` is `slice{last axis}` of half `which` (0 or 1) of a 2D-wide `x`.
 fn half_slice(body: &Body, i: usize) -> Option<(Ref, u8)> {
     let n = &body.nodes[i];
@@ -249,7 +242,7 @@ fn add_of_half(body: &Body, i: usize, which: u8) -> Vec<(usize, Ref, Ref)> {
     }
     let mut out = Vec::new();
     for (p, q) in [(n.inputs[0], n.inputs[1]), (n.inputs[1], n.inputs[0])] {
-        if let Some(s) = node_of(p) {
+        if let Some(s) = p.node() {
             if let Some((x, w)) = half_slice(body, s) {
                 if w == which {
                     out.push((s, x, q));
@@ -263,14 +256,14 @@ fn add_of_half(body: &Body, i: usize, which: u8) -> Vec<(usize, Ref, Ref)> {
 /// Nodes that depend on `root` (itself included), transitively, within the body.
 fn dependents(body: &Body, root: Ref) -> Vec<bool> {
     let mut dep = vec![false; body.nodes.len()];
-    if let Some(i) = node_of(root) {
+    if let Some(i) = root.node() {
         dep[i] = true;
     }
     for i in 0..body.nodes.len() {
         if !dep[i]
             && body
                 .node_uses(i)
-                .any(|r| r == root || node_of(r).is_some_and(|j| dep[j]))
+                .any(|r| r == root || r.node().is_some_and(|j| dep[j]))
         {
             dep[i] = true;
         }
@@ -281,12 +274,12 @@ fn dependents(body: &Body, root: Ref) -> Vec<bool> {
 /// Nodes `root` depends on (itself included).
 fn ancestors(body: &Body, root: Ref) -> Vec<bool> {
     let mut anc = vec![false; body.nodes.len()];
-    let mut stack: Vec<usize> = node_of(root).into_iter().collect();
+    let mut stack: Vec<usize> = root.node().into_iter().collect();
     while let Some(i) = stack.pop() {
         if std::mem::replace(&mut anc[i], true) {
             continue;
         }
-        stack.extend(body.node_uses(i).filter_map(node_of));
+        stack.extend(body.node_uses(i).filter_map(|r| r.node()));
     }
     anc
 }
@@ -297,7 +290,7 @@ fn find_coupling(body: &Body, users: &[Vec<usize>], is_result: &[bool]) -> Optio
         if n.op.kind != OpKind::Concat || n.inputs.len() != 2 {
             continue;
         }
-        let (Some(y1), Some(y2)) = (node_of(n.inputs[0]), node_of(n.inputs[1])) else {
+        let (Some(y1), Some(y2)) = (n.inputs[0].node(), n.inputs[1].node()) else {
             continue;
         };
         for (x2, x, go) in add_of_half(body, y2, 1) {
@@ -365,7 +358,7 @@ fn check_coupling(
         return None;
     }
     // The branch results: computed inside the branch, or independent of x.
-    let outside_ok = |r: Ref, inside: &[bool]| node_of(r).is_none_or(|j| inside[j] || !dep_x[j]);
+    let outside_ok = |r: Ref, inside: &[bool]| r.node().is_none_or(|j| inside[j] || !dep_x[j]);
     if !outside_ok(c.fo, &in_f) && c.fo != Ref::Node(c.x2 as u32)
         || !outside_ok(c.go, &in_g) && c.go != Ref::Node(c.y1 as u32)
     {
@@ -412,7 +405,7 @@ fn extract_region(
         if r == arg {
             return Ref::Arg(0);
         }
-        if let Some(j) = node_of(r).filter(|j| local.contains_key(j)) {
+        if let Some(j) = r.node().filter(|j| local.contains_key(j)) {
             return Ref::Node(local[&j]);
         }
         let k = *cap_index.entry(r).or_insert_with(|| {
@@ -543,7 +536,7 @@ fn find_stream_coupling(
             continue;
         }
         for (b, go) in orders {
-            let Some(go_node) = node_of(go) else { continue };
+            let Some(go_node) = go.node() else { continue };
             let anc_go = ancestors(body, go);
             // The nearest additions first: G is usually a few ops.
             for y1 in (0..go_node + 1).rev().filter(|&i| anc_go[i]) {
@@ -600,19 +593,19 @@ fn check_stream(
     let mut in_g = vec![false; n];
     c.g.iter().for_each(|&i| in_g[i] = true);
     // Values the branches may capture: independent of both streams.
-    let free = |r: Ref| node_of(r).is_none_or(|j| !dep_a[j] && !dep_b[j]) && r != c.a && r != c.b;
+    let free = |r: Ref| r.node().is_none_or(|j| !dep_a[j] && !dep_b[j]) && r != c.a && r != c.b;
     // F really reads b (a branch that ignores its argument is not a coupling).
-    let fo_ok = c.fo == c.b || node_of(c.fo).is_some_and(|j| in_f[j]);
-    let go_ok = c.go == Ref::Node(c.y1 as u32) || node_of(c.go).is_some_and(|j| in_g[j]);
+    let fo_ok = c.fo == c.b || c.fo.node().is_some_and(|j| in_f[j]);
+    let go_ok = c.go == Ref::Node(c.y1 as u32) || c.go.node().is_some_and(|j| in_g[j]);
     // The first stream must stay outside the branch that computes its partner.
-    let a_outside = node_of(c.a).is_none_or(|j| !in_f[j]);
+    let a_outside = c.a.node().is_none_or(|j| !in_f[j]);
     if !fo_ok || !go_ok || !a_outside {
         return None;
     }
     for &i in &c.f {
         if !body
             .node_uses(i)
-            .all(|r| r == c.b || node_of(r).is_some_and(|j| in_f[j]) || free(r))
+            .all(|r| r == c.b || r.node().is_some_and(|j| in_f[j]) || free(r))
         {
             return None;
         }
@@ -620,8 +613,8 @@ fn check_stream(
     for &i in &c.g {
         let ok = |r: Ref| {
             r == Ref::Node(c.y1 as u32)
-                || node_of(r).is_some_and(|j| in_g[j])
-                || (free(r) && node_of(r).is_none_or(|j| !dep_y1[j]))
+                || r.node().is_some_and(|j| in_g[j])
+                || (free(r) && r.node().is_none_or(|j| !dep_y1[j]))
         };
         if !body.node_uses(i).all(ok) {
             return None;

@@ -27,16 +27,16 @@ pub mod tensor_ops;
 
 // Model runtime, .npy I/O and executables' command line: owned by the LLVM backend.
 pub mod exe_main;
+/// Hugging Face's length rules (padding, automatic buckets): the one
+/// implementation of `reformc_ir::hf_rules`, compiled in here for the same reason.
+#[path = "../../ir/src/hf_rules.rs"]
+pub mod hf_rules;
 pub mod model_rt;
 pub mod npy;
 /// Safe output files: the one implementation of `reformc_ir::outfile`, compiled
 /// in here too because generated executables link only this std-only crate.
 #[path = "../../ir/src/outfile.rs"]
 pub mod outfile;
-/// Hugging Face's length rules (padding, automatic buckets): the one
-/// implementation of `reformc_ir::hf_rules`, compiled in here for the same reason.
-#[path = "../../ir/src/hf_rules.rs"]
-pub mod hf_rules;
 
 pub use act::Activation;
 pub use error::{last_error, Error, Result};

@@ -193,7 +193,7 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
         lsh_buckets_per_round: (n_lsh > 0).then(|| factors.iter().product()),
     };
     let (pad_multiple, pad_min_len) = spec.padding();
-        let (pad_multiple, pad_min_len) = (pad_multiple as i64, pad_min_len as i64);
+    let (pad_multiple, pad_min_len) = (pad_multiple as i64, pad_min_len as i64);
     let info = ExeInfo {
         model_name: model_name.clone(),
         output_name: match spec.head {
