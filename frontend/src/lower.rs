@@ -503,3 +503,49 @@ pub fn expected_weights(g: &Graph) -> Vec<(String, Vec<u64>)> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::tests_support::tiny;
+
+    #[test]
+    fn every_layer_op_records_its_layer() {
+        let spec = tiny();
+        let g = lower(&spec, &LowerOptions::default()).unwrap().graph;
+        let mut per_layer = vec![0usize; spec.layers.len()];
+        let mut unlabelled = vec![];
+        for v in g.walk() {
+            let node = g.node(v);
+            let layer = reformc_ir::layer_of(node);
+            // Weight names are HF's; the attribute must agree with them.
+            if let Some(name) = node.op.str("name") {
+                let from_name = name
+                    .split("layers.")
+                    .nth(1)
+                    .and_then(|r| r.split('.').next())
+                    .and_then(|i| i.parse::<u64>().ok());
+                assert_eq!(layer, from_name, "{name}");
+            }
+            if let Some(i) = layer {
+                per_layer[i as usize] += 1;
+            }
+            let model_op = matches!(
+                node.op.kind,
+                OpKind::ReversibleBlock
+                    | OpKind::LshHash
+                    | OpKind::LshAttention
+                    | OpKind::LocalAttention
+                    | OpKind::Attention
+                    | OpKind::LayerNorm
+                    | OpKind::Linear
+            );
+            if model_op && layer.is_none() {
+                unlabelled.push(node.op.kind);
+            }
+        }
+        // Only the final layer norm and the LM head belong to no layer.
+        assert_eq!(unlabelled, vec![OpKind::LayerNorm, OpKind::Linear]);
+        assert!(per_layer.iter().all(|n| *n > 10), "{per_layer:?}");
+    }
+}

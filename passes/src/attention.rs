@@ -900,6 +900,39 @@ mod tests {
     }
 
     #[test]
+    fn rewritten_attention_keeps_its_layer() {
+        let text = "graph {\n  %0 = input {name=\"x\"} : f32[B,L,8]\n  %1 = attention %0, %0, %0 {heads=2, key_norm, layer=5, scale=0.5, self_mask} : f32[B,L,8]\n  output \"y\" = %1\n}\n";
+        let mut g = reformc_ir::parse(text).unwrap();
+        let to = |mode: &str| PassOptions {
+            attention: Some(mode.into()),
+            seq_len: Some(1024),
+            ..Default::default()
+        };
+        let notes = AttentionPass.run(&mut g, &to("lsh")).unwrap();
+        assert!(notes[0].starts_with("layer 5: lsh"), "{notes:?}");
+        reformc_ir::verify(&g).unwrap();
+        let layers: Vec<(OpKind, Option<u64>)> = g
+            .walk()
+            .into_iter()
+            .map(|v| (g.node(v).op.kind, g.node(v).op.layer()))
+            .filter(|(k, _)| matches!(k, OpKind::LshHash | OpKind::LshAttention))
+            .collect();
+        assert_eq!(
+            layers,
+            vec![(OpKind::LshHash, Some(5)), (OpKind::LshAttention, Some(5))]
+        );
+        AttentionPass.run(&mut g, &to("full")).unwrap();
+        reformc_ir::verify(&g).unwrap();
+        let printed = reformc_ir::print(&g);
+        // Back to full: the hash and its rotations are gone, the layer stays.
+        assert!(
+            !printed.contains("lsh_hash") && !printed.contains("random_normal"),
+            "{printed}"
+        );
+        assert!(printed.contains("layer=5"), "{printed}");
+    }
+
+    #[test]
     fn choose_prefers_lsh_only_when_much_cheaper() {
         let c = |flops, temp_bytes| OpCost {
             flops,
