@@ -406,14 +406,12 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
             )));
         }
     }
-    let padded = if info.pad_multiple > 1
-        && len as i64 > info.pad_min_len
-        && len as i64 % info.pad_multiple != 0
-    {
-        (len as i64 / info.pad_multiple + 1) * info.pad_multiple
-    } else {
-        len as i64
-    };
+    let padded = reformc_ir::hf_rules::padded_len(
+        len as u64,
+        info.pad_multiple.max(1) as u64,
+        info.pad_min_len.max(0) as u64,
+    )
+    .min(i64::MAX as u64) as i64;
     if info.max_len > 0 && padded > info.max_len {
         let p = if padded != len as i64 {
             format!(" (padded to {padded})")

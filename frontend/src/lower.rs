@@ -55,28 +55,15 @@ pub struct Lowered {
     pub bucket_factors: Vec<u64>,
 }
 
-/// Resolves `num_buckets` exactly as HF's `_set_num_buckets` does for padded length `len`.
+/// Resolves `num_buckets` exactly as HF's `_set_num_buckets` does for padded
+/// length `len` (the one statement of the rule lives in `reformc_ir::hf_rules`).
 ///
 /// ```
 /// use reformc_frontend::lower::auto_buckets;
 /// assert_eq!(auto_buckets(128, 8, 4096), vec![32]);
 /// assert_eq!(auto_buckets(65536, 64, 65536), vec![32, 64]);
 /// ```
-pub fn auto_buckets(len: u64, chunk: u64, max_position_embeddings: u64) -> Vec<u64> {
-    let chunks = len / chunk;
-    if chunks == 0 {
-        // HF never hashes at this length; any valid count will do.
-        return vec![2];
-    }
-    let p = 64 - (2 * chunks).leading_zeros() - 1;
-    let nb = 1u64 << p;
-    let limit = 2 * (((max_position_embeddings / chunk) as f64).sqrt() as u64).max(chunk);
-    if nb > limit {
-        vec![1 << (p / 2), 1 << (p - p / 2)]
-    } else {
-        vec![nb]
-    }
-}
+pub use reformc_ir::hf_rules::auto_buckets;
 
 /// Lowers `spec` to a verified graph.
 pub fn lower(spec: &ModelSpec, opts: &LowerOptions) -> Result<Lowered, String> {
@@ -94,6 +81,7 @@ pub fn lower(spec: &ModelSpec, opts: &LowerOptions) -> Result<Lowered, String> {
         opts,
         dtype: opts.dtype,
         factors: factors.clone(),
+        layer: None,
     };
     b.build()?;
     reformc_ir::verify(&b.g)
@@ -110,6 +98,10 @@ struct Builder<'a> {
     opts: &'a LowerOptions,
     dtype: DType,
     factors: Vec<u64>,
+    /// The layer being lowered: recorded as the `layer` attribute of every op
+    /// (weights included) emitted for it, so that passes need not parse
+    /// weight names.
+    layer: Option<u64>,
 }
 
 fn sym(s: &str) -> Dim {
@@ -140,7 +132,9 @@ impl Builder<'_> {
     fn weight(&mut self, name: &str, shape: &[u64]) -> ValueId {
         let ty = self.ty(shape.iter().map(|&n| c(n)).collect());
         self.g.add_top(
-            Op::new(OpKind::Weight).with("name", Attr::Str(name.into())),
+            Op::new(OpKind::Weight)
+                .with("name", Attr::Str(name.into()))
+                .with_layer(self.layer),
             vec![],
             ty,
         )
@@ -152,7 +146,7 @@ impl Builder<'_> {
     }
 
     fn op(&mut self, op: Op, inputs: Vec<ValueId>, ty: TensorType) -> ValueId {
-        self.g.add(op, inputs, ty)
+        self.g.add(op.with_layer(self.layer), inputs, ty)
     }
 
     /// [B, P, width] in the model dtype.
@@ -238,10 +232,7 @@ impl Builder<'_> {
     /// HF's eval padding of ids (pad token) and mask (zeros) to the chunk multiple.
     fn pad(&mut self, ids: ValueId, mask: ValueId) -> (ValueId, ValueId) {
         // Without a chunked layer nothing is padded (multiple 1): P is L.
-        let (multiple, min_len) = match self.spec.min_chunk() {
-            Some(min_chunk) => (self.spec.chunk_lcm(), min_chunk),
-            None => (1, 0),
-        };
+        let (multiple, min_len) = self.spec.padding();
         let pad = |value: i64| {
             Op::new(OpKind::PadToMultiple)
                 .with("axis", int(1))
@@ -363,6 +354,7 @@ impl Builder<'_> {
         );
         let mut lsh_index = 0;
         for (i, kind) in self.spec.layers.clone().iter().enumerate() {
+            self.layer = Some(i as u64);
             let args = self.g.begin_region(&[self.act(d)]);
             let attn =
                 self.attention_branch(i, kind, args[0], mask, hashing.get(lsh_index).copied());
@@ -371,7 +363,7 @@ impl Builder<'_> {
             let ff = self.feed_forward_branch(i, args[0]);
             let g = self.g.end_region(vec![ff]);
             let node = reformc_ir::Node {
-                op: Op::new(OpKind::ReversibleBlock),
+                op: Op::new(OpKind::ReversibleBlock).with_layer(self.layer),
                 inputs: vec![h],
                 ty: self.act(2 * d),
                 regions: vec![f, g],
@@ -381,6 +373,7 @@ impl Builder<'_> {
                 lsh_index += 1;
             }
         }
+        self.layer = None;
         h
     }
 
@@ -388,6 +381,7 @@ impl Builder<'_> {
         let d = self.spec.hidden_size;
         let mut lsh_index = 0;
         for (i, kind) in self.spec.layers.clone().iter().enumerate() {
+            self.layer = Some(i as u64);
             let a = self.attention_branch(i, kind, x, mask, hashing.get(lsh_index).copied());
             x = self.op(Op::new(OpKind::Add), vec![x, a], self.act(d));
             let f = self.feed_forward_branch(i, x);
@@ -396,6 +390,7 @@ impl Builder<'_> {
                 lsh_index += 1;
             }
         }
+        self.layer = None;
         x
     }
 
@@ -509,4 +504,50 @@ pub fn expected_weights(g: &Graph) -> Vec<(String, Vec<u64>)> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::tests_support::tiny;
+
+    #[test]
+    fn every_layer_op_records_its_layer() {
+        let spec = tiny();
+        let g = lower(&spec, &LowerOptions::default()).unwrap().graph;
+        let mut per_layer = vec![0usize; spec.layers.len()];
+        let mut unlabelled = vec![];
+        for v in g.walk() {
+            let node = g.node(v);
+            let layer = reformc_ir::layer_of(node);
+            // Weight names are HF's; the attribute must agree with them.
+            if let Some(name) = node.op.str("name") {
+                let from_name = name
+                    .split("layers.")
+                    .nth(1)
+                    .and_then(|r| r.split('.').next())
+                    .and_then(|i| i.parse::<u64>().ok());
+                assert_eq!(layer, from_name, "{name}");
+            }
+            if let Some(i) = layer {
+                per_layer[i as usize] += 1;
+            }
+            let model_op = matches!(
+                node.op.kind,
+                OpKind::ReversibleBlock
+                    | OpKind::LshHash
+                    | OpKind::LshAttention
+                    | OpKind::LocalAttention
+                    | OpKind::Attention
+                    | OpKind::LayerNorm
+                    | OpKind::Linear
+            );
+            if model_op && layer.is_none() {
+                unlabelled.push(node.op.kind);
+            }
+        }
+        // Only the final layer norm and the LM head belong to no layer.
+        assert_eq!(unlabelled, vec![OpKind::LayerNorm, OpKind::Linear]);
+        assert!(per_layer.iter().all(|n| *n > 10), "{per_layer:?}");
+    }
 }

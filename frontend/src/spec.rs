@@ -176,30 +176,29 @@ impl ModelSpec {
             .count()
     }
 
-    /// Least common multiple of the chunk lengths in use (HF pads to it).
-    pub fn chunk_lcm(&self) -> u64 {
-        let mut m = 1;
-        for l in &self.layers {
-            let c = match l {
-                AttentionKind::Lsh => self.lsh.chunk,
-                AttentionKind::Local => self.local.chunk,
-                AttentionKind::Full { .. } => 1,
-            };
-            m = lcm(m, c);
-        }
-        m
-    }
-
-    /// Smallest chunk length in use, or `None` when no layer is chunked.
-    pub fn min_chunk(&self) -> Option<u64> {
-        self.layers
-            .iter()
-            .filter_map(|l| match l {
+    /// Chunk lengths of the chunked (LSH and local) layers, in layer order.
+    pub fn chunk_lengths(&self) -> impl Iterator<Item = u64> + '_ {
+        self.layers.iter().filter_map(|l| match l {
                 AttentionKind::Lsh => Some(self.lsh.chunk),
                 AttentionKind::Local => Some(self.local.chunk),
                 AttentionKind::Full { .. } => None,
             })
-            .min()
+    }
+
+    /// HF's eval padding rule `(multiple, min_len)` for this model
+    /// ([`reformc_ir::hf_rules::padding_rule`] of its chunk lengths).
+    pub fn padding(&self) -> (u64, u64) {
+        reformc_ir::hf_rules::padding_rule(self.chunk_lengths())
+    }
+
+    /// Least common multiple of the chunk lengths in use (HF pads to it).
+    pub fn chunk_lcm(&self) -> u64 {
+        self.padding().0
+    }
+
+    /// Smallest chunk length in use, or `None` when no layer is chunked.
+    pub fn min_chunk(&self) -> Option<u64> {
+        self.chunk_lengths().min()
     }
 
     /// Width of the final hidden state: 2D for reversible models, D otherwise.
@@ -209,18 +208,6 @@ impl ModelSpec {
             Architecture::Residual => self.hidden_size,
         }
     }
-}
-
-fn gcd(a: u64, b: u64) -> u64 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
-}
-
-fn lcm(a: u64, b: u64) -> u64 {
-    a / gcd(a, b) * b
 }
 
 impl ModelSpec {
@@ -236,12 +223,8 @@ impl ModelSpec {
     /// assert_eq!(spec.padded_len(6), 6); // not longer than the smallest chunk (8)
     /// ```
     pub fn padded_len(&self, len: u64) -> u64 {
-        match self.min_chunk() {
-            Some(min) if len > min && !len.is_multiple_of(self.chunk_lcm()) => {
-                len.div_ceil(self.chunk_lcm()) * self.chunk_lcm()
-            }
-            _ => len,
-        }
+        let (multiple, min_len) = self.padding();
+        reformc_ir::hf_rules::padded_len(len, multiple, min_len)
     }
 
     /// Checks that an input of length `len` fits the position embeddings once

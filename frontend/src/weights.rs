@@ -279,6 +279,20 @@ impl WeightFile {
             self.tensors.contains_key("lm_head.decoder.weight"),
         )
     }
+
+    /// Makes `spec` (read from an HF `config.json`, which does not say) use
+    /// this file's layout ([`WeightFile::detect_layout`]): its weight prefix,
+    /// and an LM head (with a bias when `lm_head_bias`) exactly when the file
+    /// has one. The CLI and the test kit both load HF checkpoints this way.
+    pub fn apply_layout(&self, spec: &mut ModelSpec, lm_head_bias: bool) {
+        let (prefix, has_head) = self.detect_layout();
+        spec.weight_prefix = prefix;
+        spec.head = if has_head {
+            HeadSpec::LmHead { bias: lm_head_bias }
+        } else {
+            HeadSpec::None
+        };
+    }
 }
 
 /// The tensors a model needs, as (name, shape) pairs in a stable order, and the

@@ -104,25 +104,16 @@ pub fn run(
     Ok(out)
 }
 
-/// How many times each value is used (operands, region results, graph outputs),
-/// so that intermediate tensors are freed after their last use.
+/// How many times each value is used (operands, region results, graph outputs:
+/// the IR's use lists), so that intermediate tensors are freed after their last use.
 fn use_counts(g: &Graph) -> HashMap<ValueId, usize> {
-    let mut uses: HashMap<ValueId, usize> = HashMap::new();
-    for v in g.walk() {
-        let node = g.node(v);
-        for i in &node.inputs {
-            *uses.entry(*i).or_default() += 1;
-        }
-        for r in &node.regions {
-            for res in &r.results {
-                *uses.entry(*res).or_default() += 1;
-            }
-        }
-    }
-    for (_, v) in &g.outputs {
-        *uses.entry(*v).or_default() += 1;
-    }
-    uses
+    let uses = reformc_ir::UseLists::new(g);
+    g.walk()
+        .into_iter()
+        .chain(g.outputs.iter().map(|(_, v)| *v))
+        .map(|v| (v, uses.count(v)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
 
 struct Evaluator<'a> {

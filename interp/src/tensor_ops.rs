@@ -381,10 +381,11 @@ pub fn pad_to_multiple(
     value: f64,
 ) -> Tensor {
     let n = x.shape()[axis];
-    if n <= min_len || n.is_multiple_of(multiple) {
+    let padded = reformc_ir::hf_rules::padded_len(n as u64, multiple as u64, min_len as u64);
+    if padded <= n as u64 {
         return x.clone();
     }
-    let extra = multiple - n % multiple;
+    let extra = padded as usize - n;
     let mut shape = x.shape().to_vec();
     shape[axis] = extra;
     let fill = Tensor::F64(ArrayD::from_elem(IxDyn(&shape), value)).cast(x.dtype());

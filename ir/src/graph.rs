@@ -33,6 +33,24 @@ pub struct Node {
     pub regions: Vec<Region>,
 }
 
+impl Node {
+    /// A node without regions.
+    ///
+    /// ```
+    /// use reformc_ir::{DType, Node, Op, OpKind, TensorType};
+    /// let n = Node::new(Op::new(OpKind::Exp), vec![], TensorType::scalar(DType::F32));
+    /// assert!(n.regions.is_empty());
+    /// ```
+    pub fn new(op: Op, inputs: Vec<ValueId>, ty: TensorType) -> Node {
+        Node {
+            op,
+            inputs,
+            ty,
+            regions: vec![],
+        }
+    }
+}
+
 /// A nested body: arguments, ops in order, results.
 ///
 /// Ops inside a region may use values defined before the op that owns the

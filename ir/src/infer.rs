@@ -483,7 +483,16 @@ pub(crate) fn check_operand_count(kind: OpKind, n: usize) -> Result<(), String> 
 /// each of its kind and at least its minimum.
 pub(crate) fn check_attrs(op: &Op) -> Result<(), String> {
     let s = op.kind.schema();
-    for key in op.attrs.keys() {
+    for (key, value) in &op.attrs {
+        // Every op may record its model layer (see `reformc_ir::LAYER`).
+        if key == crate::LAYER {
+            if !matches!(value, Attr::Int(i) if *i >= 0) {
+                return Err(format!(
+                    "attribute `{key}` must be an Int >= 0, found `{value}`"
+                ));
+            }
+            continue;
+        }
         if !s.attrs.iter().any(|a| a.name == key) {
             let known: Vec<_> = s.attrs.iter().map(|a| a.name).collect();
             return Err(format!(

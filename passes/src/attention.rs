@@ -31,9 +31,9 @@ use crate::cost::{self, fmt_bytes, fmt_flops, AttentionShape, LshShape, OpCost};
 use crate::memory_plan::{stages, Stage};
 use crate::pass::{Pass, PassError, PassOptions};
 use reformc_ir::{
-    Attr, CostClass, DType, Dim, DimEnv, Graph, Node, Op, OpKind, TensorType, ValueId,
+    hf_rules, Attr, BlockId, CostClass, DType, Dim, DimEnv, Graph, Node, Op, OpKind, Rewriter,
+    TensorType, ValueId,
 };
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -151,7 +151,8 @@ pub struct LshParams {
 /// One attention in the graph.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AttentionSite {
-    /// Layer index (from weight names, else the order of appearance).
+    /// Layer index (the op's `layer` attribute, else its weights', else the
+    /// order of appearance).
     pub layer: usize,
     /// The `attention`, `lsh_attention` or `local_attention` op.
     pub value: ValueId,
@@ -201,32 +202,6 @@ impl LayerDecision {
     /// `layer 3: lsh (why)`.
     pub fn note(&self) -> String {
         format!("layer {}: {} ({})", self.layer, self.to, self.reason)
-    }
-}
-
-/// HF's automatic bucket count (`num_buckets: null`) for padded length `len`,
-/// restated here so that passes do not depend on the frontend: `nb = 2^p` with
-/// `p = bit_length(2·(len/chunk)) - 1`, factorised into two powers of two when
-/// `nb > 2·max(floor(sqrt(max_positions/chunk)), chunk)` (REFORMER.md §1.3).
-///
-/// ```
-/// use reformc_passes::attention::hf_auto_buckets;
-/// assert_eq!(hf_auto_buckets(512, 64, 65536), vec![16]);
-/// assert_eq!(hf_auto_buckets(65536, 64, 65536), vec![32, 64]);
-/// assert_eq!(hf_auto_buckets(32, 64, 4096), vec![2]);
-/// ```
-pub fn hf_auto_buckets(len: u64, chunk: u64, max_positions: u64) -> Vec<u64> {
-    let chunks = len / chunk.max(1);
-    if chunks == 0 {
-        return vec![2];
-    }
-    let p = 63 - (2 * chunks).leading_zeros();
-    let nb = 1u64 << p;
-    let limit = 2 * (((max_positions / chunk.max(1)) as f64).sqrt() as u64).max(chunk);
-    if nb > limit {
-        vec![1 << (p / 2), 1 << (p - p / 2)]
-    } else {
-        vec![nb]
     }
 }
 
@@ -299,8 +274,11 @@ pub fn sites(g: &Graph) -> Vec<AttentionSite> {
             | CostClass::Sort => continue,
         };
         let ordinal = out.len();
-        let layer = match stage.get(&v) {
-            Some(Stage::Layer(i)) => *i as usize,
+        // The frontend's `layer` attribute, else the layer of the weights the
+        // op depends on, else the order of appearance.
+        let layer = match (node.op.layer(), stage.get(&v)) {
+            (Some(i), _) => usize::try_from(i).unwrap_or(usize::MAX),
+            (None, Some(Stage::Layer(i))) => *i as usize,
             _ => ordinal,
         };
         let heads = int_attr(node, "heads").max(1);
@@ -370,7 +348,7 @@ fn target_env(g: &Graph, opts: &PassOptions, lsh_chunk: Option<u64>) -> Option<D
     let mut env = cost::dim_env(g, opts.batch_or_default(), seq);
     if let Some(c) = lsh_chunk {
         let (multiple, min_len) = padding_rule(g);
-        let (m, min) = lsh_padding(multiple, min_len, c);
+        let (m, min) = hf_rules::with_chunk((multiple, min_len), c);
         env.insert("P".into(), cost::pad_len(seq, m, min));
     }
     Some(env)
@@ -389,27 +367,6 @@ fn padding_rule(g: &Graph) -> (u64, u64) {
             )
         })
         .unwrap_or((1, 0))
-}
-
-fn gcd(a: u64, b: u64) -> u64 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
-}
-
-/// HF's padding once an LSH layer of chunk `c` exists: pad to the lcm of the
-/// chunk lengths when longer than the smallest chunk.
-fn lsh_padding(multiple: u64, min_len: u64, c: u64) -> (u64, u64) {
-    if multiple <= 1 {
-        (c, c)
-    } else {
-        (
-            multiple / gcd(multiple, c) * c,
-            if min_len == 0 { c } else { min_len.min(c) },
-        )
-    }
 }
 
 struct Ctx {
@@ -473,7 +430,7 @@ impl Ctx {
         let p = self.env.as_ref().and_then(|e| e.get("P").copied()).ok_or_else(|| {
             err("turning attention into LSH needs a target sequence length (--seq-len) to choose the bucket count, or explicit bucket factors".into())
         })?;
-        Ok(hf_auto_buckets(
+        Ok(hf_rules::auto_buckets(
             p,
             self.lsh.chunk,
             self.max_pos.unwrap_or(p),
@@ -705,22 +662,31 @@ pub fn apply(g: &mut Graph, decisions: &[LayerDecision]) -> Result<Vec<String>, 
         .max()
         .map_or(0, |s| s + 1);
     let mut lsh_chunks = Vec::new();
+    let mut rw = Rewriter::new(g);
     for d in decisions {
         let v = d.value;
-        let node = g.node(v).clone();
+        let node = rw.graph().node(v).clone();
+        // The rewritten op stays in its layer.
+        let layer = node.op.layer();
         match (d.from, d.to) {
             (a, b) if a == b && a != AttentionKind::Lsh && a != AttentionKind::Local => {
                 // full <-> full, exact <-> exact with possibly another kv_chunk.
-                set_kv_chunk(g, v, d.kv_chunk.filter(|_| b == AttentionKind::Exact));
+                set_kv_chunk(
+                    rw.op_mut(v),
+                    d.kv_chunk.filter(|_| b == AttentionKind::Exact),
+                );
             }
             (
                 AttentionKind::Full | AttentionKind::Exact,
                 AttentionKind::Full | AttentionKind::Exact,
-            ) => set_kv_chunk(g, v, d.kv_chunk.filter(|_| d.to == AttentionKind::Exact)),
+            ) => set_kv_chunk(
+                rw.op_mut(v),
+                d.kv_chunk.filter(|_| d.to == AttentionKind::Exact),
+            ),
             (AttentionKind::Lsh, AttentionKind::Full | AttentionKind::Exact) => {
                 let heads = int_attr(&node, "heads").max(1);
                 let qk = node.inputs[0];
-                let hd = head_dim(g, qk, heads).ok_or_else(|| {
+                let hd = head_dim(rw.graph(), qk, heads).ok_or_else(|| {
                     err(format!(
                         "layer {}: query/key width is not a constant multiple of heads={heads}",
                         d.layer
@@ -731,7 +697,8 @@ pub fn apply(g: &mut Graph, decisions: &[LayerDecision]) -> Result<Vec<String>, 
                     .with("scale", Attr::Float(1.0 / (hd as f64).sqrt()))
                     .with_flag("causal", node.op.flag("causal"))
                     .with_flag("key_norm", true)
-                    .with_flag("self_mask", true);
+                    .with_flag("self_mask", true)
+                    .with_layer(layer);
                 if d.to == AttentionKind::Exact {
                     op = op.with(
                         "kv_chunk",
@@ -741,9 +708,8 @@ pub fn apply(g: &mut Graph, decisions: &[LayerDecision]) -> Result<Vec<String>, 
                 let mut inputs = vec![qk, qk, node.inputs[1]];
                 inputs.extend(node.inputs.get(3).copied());
                 orphans.push(node.inputs[2]);
-                let n = g.node_mut(v);
-                n.op = op;
-                n.inputs = inputs;
+                *rw.op_mut(v) = op;
+                rw.set_inputs(v, inputs).map_err(|e| err(e.to_string()))?;
             }
             (AttentionKind::Full | AttentionKind::Exact, AttentionKind::Lsh) => {
                 let p = d
@@ -752,14 +718,14 @@ pub fn apply(g: &mut Graph, decisions: &[LayerDecision]) -> Result<Vec<String>, 
                     .ok_or_else(|| err(format!("layer {}: no LSH parameters", d.layer)))?;
                 let heads = int_attr(&node, "heads").max(1);
                 let qk = node.inputs[0];
-                let qty = g.ty(qk).clone();
-                let hd = head_dim(g, qk, heads).ok_or_else(|| {
+                let qty = rw.graph().ty(qk).clone();
+                let hd = head_dim(rw.graph(), qk, heads).ok_or_else(|| {
                     err(format!(
                         "layer {}: query/key width is not a constant multiple of heads={heads}",
                         d.layer
                     ))
                 })?;
-                let seed = seed_input(g, &mut notes)?;
+                let seed = seed_input(&mut rw, &mut notes)?;
                 let half = p.buckets.iter().sum::<u64>() / 2;
                 let rot_ty = TensorType::new(
                     qty.dtype,
@@ -770,12 +736,16 @@ pub fn apply(g: &mut Graph, decisions: &[LayerDecision]) -> Result<Vec<String>, 
                         Dim::Const(half),
                     ],
                 );
-                let rot = g.push_detached(Node {
-                    op: Op::new(OpKind::RandomNormal).with("stream", Attr::Int(next_stream)),
-                    inputs: vec![seed],
-                    ty: rot_ty,
-                    regions: vec![],
-                });
+                let not_placed = |e: reformc_ir::RewriteError| {
+                    err(format!(
+                        "layer {}: the attention op is in no block ({e})",
+                        d.layer
+                    ))
+                };
+                let rot_op = Op::new(OpKind::RandomNormal).with("stream", Attr::Int(next_stream));
+                let rot = rw
+                    .insert_before(v, Node::new(rot_op, vec![seed], rot_ty))
+                    .map_err(not_placed)?;
                 next_stream += 1;
                 let mask = node.inputs.get(3).copied();
                 let mut hash_inputs = vec![qk, rot];
@@ -786,7 +756,8 @@ pub fn apply(g: &mut Graph, decisions: &[LayerDecision]) -> Result<Vec<String>, 
                     .with(
                         "buckets",
                         Attr::Ints(p.buckets.iter().map(|f| *f as i64).collect()),
-                    );
+                    )
+                    .with_layer(layer);
                 let bty = TensorType::new(
                     DType::I64,
                     vec![
@@ -796,57 +767,48 @@ pub fn apply(g: &mut Graph, decisions: &[LayerDecision]) -> Result<Vec<String>, 
                         qty.shape[1].clone(),
                     ],
                 );
-                let hash = g.push_detached(Node {
-                    op: hash_op,
-                    inputs: hash_inputs,
-                    ty: bty,
-                    regions: vec![],
-                });
-                insert_before(g, v, &[rot, hash]).ok_or_else(|| {
-                    err(format!(
-                        "layer {}: the attention op is in no block",
-                        d.layer
-                    ))
-                })?;
+                let hash = rw
+                    .insert_before(v, Node::new(hash_op, hash_inputs, bty))
+                    .map_err(not_placed)?;
                 let op = Op::new(OpKind::LshAttention)
                     .with("heads", Attr::Int(heads as i64))
                     .with("chunk", Attr::Int(p.chunk as i64))
                     .with("before", Attr::Int(p.before as i64))
                     .with("after", Attr::Int(p.after as i64))
-                    .with_flag("causal", node.op.flag("causal"));
+                    .with_flag("causal", node.op.flag("causal"))
+                    .with_layer(layer);
                 let mut inputs = vec![qk, node.inputs[2], hash];
                 inputs.extend(mask);
-                let n = g.node_mut(v);
-                n.op = op;
-                n.inputs = inputs;
+                *rw.op_mut(v) = op;
+                rw.set_inputs(v, inputs).map_err(|e| err(e.to_string()))?;
                 lsh_chunks.push(p.chunk);
             }
             _ => {}
         }
     }
-    remove_orphans(g, orphans);
+    rw.remove_dead(orphans);
     for c in lsh_chunks {
-        if let Some(n) = update_padding(g, c) {
+        if let Some(n) = update_padding(&mut rw, c) {
             notes.push(n);
         }
     }
     Ok(notes)
 }
 
-fn set_kv_chunk(g: &mut Graph, v: ValueId, kv: Option<u64>) {
-    let attrs = &mut g.node_mut(v).op.attrs;
+fn set_kv_chunk(op: &mut Op, kv: Option<u64>) {
     match kv {
         Some(k) => {
-            attrs.insert("kv_chunk".into(), Attr::Int(k as i64));
+            op.attrs.insert("kv_chunk".into(), Attr::Int(k as i64));
         }
         None => {
-            attrs.remove("kv_chunk");
+            op.attrs.remove("kv_chunk");
         }
     }
 }
 
 /// The `seed` input (i64[]), added at the top of the graph when missing.
-fn seed_input(g: &mut Graph, notes: &mut Vec<String>) -> Result<ValueId, PassError> {
+fn seed_input(rw: &mut Rewriter<'_>, notes: &mut Vec<String>) -> Result<ValueId, PassError> {
+    let g = rw.graph();
     if let Some((_, v)) = g.inputs().into_iter().find(|(n, _)| *n == "seed") {
         if *g.ty(v) != TensorType::scalar(DType::I64) {
             return Err(err(format!(
@@ -856,114 +818,25 @@ fn seed_input(g: &mut Graph, notes: &mut Vec<String>) -> Result<ValueId, PassErr
         }
         return Ok(v);
     }
-    let v = g.push_detached(Node {
-        op: Op::new(OpKind::Input).with("name", Attr::Str("seed".into())),
-        inputs: vec![],
-        ty: TensorType::scalar(DType::I64),
-        regions: vec![],
-    });
-    g.body.insert(0, v);
+    let seed = Node::new(
+        Op::new(OpKind::Input).with("name", Attr::Str("seed".into())),
+        vec![],
+        TensorType::scalar(DType::I64),
+    );
+    let v = rw
+        .insert_at(BlockId::Top, 0, seed)
+        .map_err(|e| err(e.to_string()))?;
     notes.push(
         "added input `seed` (i64[]): LSH rotations are drawn by random_normal keyed by it".into(),
     );
     Ok(v)
 }
 
-type BlockPath = Option<(ValueId, usize)>;
-
-fn locate(
-    g: &Graph,
-    block: &[ValueId],
-    owner: BlockPath,
-    v: ValueId,
-) -> Option<(BlockPath, usize)> {
-    for (i, &x) in block.iter().enumerate() {
-        if x == v {
-            return Some((owner, i));
-        }
-        for (ri, r) in g.node(x).regions.iter().enumerate() {
-            if let Some(found) = locate(g, &r.body, Some((x, ri)), v) {
-                return Some(found);
-            }
-        }
-    }
-    None
-}
-
-fn block_mut(g: &mut Graph, owner: BlockPath) -> &mut Vec<ValueId> {
-    match owner {
-        None => &mut g.body,
-        Some((o, ri)) => &mut g.node_mut(o).regions[ri].body,
-    }
-}
-
-/// Inserts detached nodes right before `anchor` in its block.
-fn insert_before(g: &mut Graph, anchor: ValueId, new: &[ValueId]) -> Option<()> {
-    let (owner, pos) = locate(g, &g.body, None, anchor)?;
-    let block = block_mut(g, owner);
-    for (k, v) in new.iter().enumerate() {
-        block.insert(pos + k, *v);
-    }
-    Some(())
-}
-
-/// Removes `candidates` that lost their last use, and their operands in turn
-/// (graph inputs and weights stay: they are the signature).
-fn remove_orphans(g: &mut Graph, mut candidates: Vec<ValueId>) {
-    if candidates.is_empty() {
-        return;
-    }
-    let mut uses: HashMap<ValueId, usize> = HashMap::new();
-    for v in g.walk() {
-        let node = g.node(v);
-        for i in &node.inputs {
-            *uses.entry(*i).or_default() += 1;
-        }
-        for r in &node.regions {
-            for x in &r.results {
-                *uses.entry(*x).or_default() += 1;
-            }
-        }
-    }
-    for (_, v) in &g.outputs {
-        *uses.entry(*v).or_default() += 1;
-    }
-    let mut dead = HashSet::new();
-    while let Some(c) = candidates.pop() {
-        let node = g.node(c);
-        if dead.contains(&c)
-            || uses.get(&c).copied().unwrap_or(0) > 0
-            || matches!(node.op.kind, OpKind::Input | OpKind::Weight | OpKind::Arg)
-            || !node.regions.is_empty()
-        {
-            continue;
-        }
-        dead.insert(c);
-        for i in node.inputs.clone() {
-            if let Some(n) = uses.get_mut(&i) {
-                *n = n.saturating_sub(1);
-            }
-            candidates.push(i);
-        }
-    }
-    if !dead.is_empty() {
-        retain_all(g, &dead);
-    }
-}
-
-fn retain_all(g: &mut Graph, dead: &HashSet<ValueId>) {
-    g.body.retain(|v| !dead.contains(v));
-    for i in 0..g.nodes.len() {
-        for r in &mut g.nodes[i].regions {
-            r.body.retain(|v| !dead.contains(v));
-        }
-    }
-}
-
 /// Makes every `pad_to_multiple` pad to a multiple of `chunk` too (HF pads to
 /// the lcm of the chunk lengths when longer than the smallest chunk). Returns
 /// a note when the rule changed.
-fn update_padding(g: &mut Graph, chunk: u64) -> Option<String> {
+fn update_padding(rw: &mut Rewriter<'_>, chunk: u64) -> Option<String> {
+    let g = rw.graph();
     let pads: Vec<ValueId> = g
         .walk()
         .into_iter()
@@ -971,12 +844,12 @@ fn update_padding(g: &mut Graph, chunk: u64) -> Option<String> {
         .collect();
     let mut note = None;
     for v in pads {
-        let op = &mut g.node_mut(v).op;
+        let op = rw.op_mut(v);
         let (m, min) = (
             op.int("multiple").unwrap_or(1).max(1) as u64,
             op.int("min_len").unwrap_or(0).max(0) as u64,
         );
-        let (m2, min2) = lsh_padding(m, min, chunk);
+        let (m2, min2) = hf_rules::with_chunk((m, min), chunk);
         if m % chunk == 0 && (m > 1) {
             continue;
         }
@@ -1030,9 +903,42 @@ mod tests {
 
     #[test]
     fn padding_rule_follows_hf() {
-        assert_eq!(lsh_padding(1, 0, 64), (64, 64));
-        assert_eq!(lsh_padding(16, 8, 64), (64, 8));
-        assert_eq!(lsh_padding(48, 16, 32), (96, 16));
+        assert_eq!(hf_rules::with_chunk((1, 0), 64), (64, 64));
+        assert_eq!(hf_rules::with_chunk((16, 8), 64), (64, 8));
+        assert_eq!(hf_rules::with_chunk((48, 16), 32), (96, 16));
+    }
+
+    #[test]
+    fn rewritten_attention_keeps_its_layer() {
+        let text = "graph {\n  %0 = input {name=\"x\"} : f32[B,L,8]\n  %1 = attention %0, %0, %0 {heads=2, key_norm, layer=5, scale=0.5, self_mask} : f32[B,L,8]\n  output \"y\" = %1\n}\n";
+        let mut g = reformc_ir::parse(text).unwrap();
+        let to = |mode: &str| PassOptions {
+            attention: Some(mode.into()),
+            seq_len: Some(1024),
+            ..Default::default()
+        };
+        let notes = AttentionPass.run(&mut g, &to("lsh")).unwrap();
+        assert!(notes[0].starts_with("layer 5: lsh"), "{notes:?}");
+        reformc_ir::verify(&g).unwrap();
+        let layers: Vec<(OpKind, Option<u64>)> = g
+            .walk()
+            .into_iter()
+            .map(|v| (g.node(v).op.kind, g.node(v).op.layer()))
+            .filter(|(k, _)| matches!(k, OpKind::LshHash | OpKind::LshAttention))
+            .collect();
+        assert_eq!(
+            layers,
+            vec![(OpKind::LshHash, Some(5)), (OpKind::LshAttention, Some(5))]
+        );
+        AttentionPass.run(&mut g, &to("full")).unwrap();
+        reformc_ir::verify(&g).unwrap();
+        let printed = reformc_ir::print(&g);
+        // Back to full: the hash and its rotations are gone, the layer stays.
+        assert!(
+            !printed.contains("lsh_hash") && !printed.contains("random_normal"),
+            "{printed}"
+        );
+        assert!(printed.contains("layer=5"), "{printed}");
     }
 
     #[test]

@@ -48,13 +48,6 @@ pub const SEQ_AXIS: usize = 1;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ChunkPass;
 
-fn node_of(r: Ref) -> Option<usize> {
-    match r {
-        Ref::Node(i) => Some(i as usize),
-        _ => None,
-    }
-}
-
 fn seq_chunk_op(axis: usize, size: u64) -> Op {
     Op::new(OpKind::SeqChunk)
         .with("axis", Attr::Int(axis as i64))
@@ -113,7 +106,7 @@ fn arg_dependents(body: &Body) -> Vec<bool> {
     for i in 0..body.nodes.len() {
         dep[i] = body
             .node_uses(i)
-            .any(|r| matches!(r, Ref::Arg(_)) || node_of(r).is_some_and(|j| dep[j]));
+            .any(|r| matches!(r, Ref::Arg(_)) || r.node().is_some_and(|j| dep[j]));
     }
     dep
 }
@@ -167,7 +160,7 @@ fn chunk_region(body: &Body, axis: usize, size: u64, sym: &str) -> Option<Body> 
     }
     let len = arg_ty.shape[axis].clone();
     let dep = arg_dependents(body);
-    let result = node_of(body.results[0]).filter(|&r| dep[r])?;
+    let result = body.results[0].node().filter(|&r| dep[r])?;
     if !(0..body.nodes.len())
         .filter(|&i| dep[i])
         .all(|i| row_wise(body, i, &dep, axis, &len))
@@ -308,9 +301,9 @@ pub fn chunk_feed_forward(g: &mut Graph, size: u64) -> Result<usize, String> {
 fn head_linears(body: &Body) -> Vec<usize> {
     let mut out = Vec::new();
     for r in &body.results {
-        let mut i = node_of(*r);
+        let mut i = r.node();
         if let Some(t) = i.filter(|&t| body.nodes[t].op.kind == OpKind::Truncate) {
-            i = node_of(body.nodes[t].inputs[0]);
+            i = body.nodes[t].inputs[0].node();
         }
         if let Some(l) = i.filter(|&l| {
             body.nodes[l].op.kind == OpKind::Linear && body.nodes[l].ty.rank() > SEQ_AXIS + 1

@@ -92,19 +92,14 @@ fn log2_ceil(n: u64) -> u64 {
 }
 
 /// The length a `pad_to_multiple {multiple, min_len}` produces from `len`
-/// (the interpreter's rule: no padding at or below `min_len`).
+/// (no padding at or below `min_len`): HF's rule, stated once in
+/// `reformc_ir::hf_rules`.
 ///
 /// ```
 /// assert_eq!(reformc_passes::cost::pad_len(50, 16, 8), 64);
 /// assert_eq!(reformc_passes::cost::pad_len(8, 16, 8), 8);
 /// ```
-pub fn pad_len(len: u64, multiple: u64, min_len: u64) -> u64 {
-    if multiple <= 1 || len <= min_len || len.is_multiple_of(multiple) {
-        len
-    } else {
-        len.div_ceil(multiple).saturating_mul(multiple)
-    }
-}
+pub use reformc_ir::hf_rules::padded_len as pad_len;
 
 /// Binds `B` and `L` and every symbol a `pad_to_multiple` op defines (`P`) by
 /// applying the graph's padding rules, so that the whole graph can be sized.

@@ -40,7 +40,7 @@
 
 use crate::cost::{bytes_of, op_cost, CostError, OpCost, Sizing};
 use crate::pass::{Pass, PassError, PassOptions};
-use reformc_ir::{DimEnv, Graph, OpKind, OpLevel, ResultBuffer, ValueId};
+use reformc_ir::{layer_of, DimEnv, Graph, Node, OpKind, OpLevel, ResultBuffer, ValueId};
 use std::collections::HashMap;
 use std::fmt;
 
@@ -51,7 +51,7 @@ pub enum Stage {
     Inputs,
     /// Word and position embeddings.
     Embeddings,
-    /// Layer `i` (weights named `...layers.{i}....`).
+    /// Layer `i` (ops with the attribute `layer = i`).
     Layer(u32),
     /// Final layer norm, LM head and output cut.
     Head,
@@ -68,21 +68,22 @@ impl fmt::Display for Stage {
     }
 }
 
-/// The stage a weight name belongs to (`encoder.layers.3.…` is layer 3).
+/// The stage a weight belongs to: its `layer` attribute (recorded by the
+/// frontend) when it has one, else embeddings or head by its name.
 ///
 /// ```
 /// use reformc_passes::memory_plan::{stage_of_weight, Stage};
-/// assert_eq!(stage_of_weight("reformer.encoder.layers.3.attention.layer_norm.weight"), Stage::Layer(3));
-/// assert_eq!(stage_of_weight("reformer.embeddings.word_embeddings.weight"), Stage::Embeddings);
-/// assert_eq!(stage_of_weight("lm_head.decoder.weight"), Stage::Head);
+/// let g = reformc_ir::parse("graph {\n  %0 = weight {layer=3, name=\"a\"} : f32[4]\n  %1 = weight {name=\"reformer.embeddings.word_embeddings.weight\"} : f32[4]\n  %2 = weight {name=\"lm_head.decoder.weight\"} : f32[4]\n  output \"y\" = %0\n}\n").unwrap();
+/// let stage = |i: usize| stage_of_weight(g.node(g.body[i]));
+/// assert_eq!(stage(0), Stage::Layer(3));
+/// assert_eq!(stage(1), Stage::Embeddings);
+/// assert_eq!(stage(2), Stage::Head);
 /// ```
-pub fn stage_of_weight(name: &str) -> Stage {
-    if let Some(rest) = name.split("layers.").nth(1) {
-        if let Ok(i) = rest.split('.').next().unwrap_or("").parse::<u32>() {
-            return Stage::Layer(i);
-        }
+pub fn stage_of_weight(node: &Node) -> Stage {
+    if let Some(i) = layer_of(node).and_then(|i| u32::try_from(i).ok()) {
+        return Stage::Layer(i);
     }
-    if name.contains("embeddings") {
+    if node.op.str("name").unwrap_or("").contains("embeddings") {
         Stage::Embeddings
     } else {
         Stage::Head
@@ -127,7 +128,7 @@ fn stage_block(
             continue;
         };
         let mut s = if node.op.kind == OpKind::Weight {
-            stage_of_weight(node.op.str("name").unwrap_or(""))
+            stage_of_weight(node)
         } else if node.op.kind.level() == OpLevel::Source {
             Stage::Inputs
         } else {

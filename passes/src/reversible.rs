@@ -48,7 +48,9 @@
 
 use crate::pass::{Pass, PassError, PassOptions};
 use crate::scoped::{map_node_refs, Body, BodyNode, Capture, Program, Ref};
-use reformc_ir::{Attr, Dim, Graph, Node, Op, OpKind, Region, TensorType, ValueId};
+use reformc_ir::{
+    Attr, BlockId, Dim, Graph, Node, Op, OpKind, Region, Rewriter, TensorType, ValueId,
+};
 use std::collections::HashMap;
 
 /// The `reversible` pass (see the module docs).
@@ -214,13 +216,6 @@ struct Coupling {
     g: Vec<usize>,
 }
 
-fn node_of(r: Ref) -> Option<usize> {
-    match r {
-        Ref::Node(i) => Some(i as usize),
-        _ => None,
-    }
-}
-
 /// `(x, which)` when node `i` is `slice{last axis}` of half `which` (0 or 1) of a 2D-wide `x`.
 fn half_slice(body: &Body, i: usize) -> Option<(Ref, u8)> {
     let n = &body.nodes[i];
@@ -247,7 +242,7 @@ fn add_of_half(body: &Body, i: usize, which: u8) -> Vec<(usize, Ref, Ref)> {
     }
     let mut out = Vec::new();
     for (p, q) in [(n.inputs[0], n.inputs[1]), (n.inputs[1], n.inputs[0])] {
-        if let Some(s) = node_of(p) {
+        if let Some(s) = p.node() {
             if let Some((x, w)) = half_slice(body, s) {
                 if w == which {
                     out.push((s, x, q));
@@ -261,14 +256,14 @@ fn add_of_half(body: &Body, i: usize, which: u8) -> Vec<(usize, Ref, Ref)> {
 /// Nodes that depend on `root` (itself included), transitively, within the body.
 fn dependents(body: &Body, root: Ref) -> Vec<bool> {
     let mut dep = vec![false; body.nodes.len()];
-    if let Some(i) = node_of(root) {
+    if let Some(i) = root.node() {
         dep[i] = true;
     }
     for i in 0..body.nodes.len() {
         if !dep[i]
             && body
                 .node_uses(i)
-                .any(|r| r == root || node_of(r).is_some_and(|j| dep[j]))
+                .any(|r| r == root || r.node().is_some_and(|j| dep[j]))
         {
             dep[i] = true;
         }
@@ -279,12 +274,12 @@ fn dependents(body: &Body, root: Ref) -> Vec<bool> {
 /// Nodes `root` depends on (itself included).
 fn ancestors(body: &Body, root: Ref) -> Vec<bool> {
     let mut anc = vec![false; body.nodes.len()];
-    let mut stack: Vec<usize> = node_of(root).into_iter().collect();
+    let mut stack: Vec<usize> = root.node().into_iter().collect();
     while let Some(i) = stack.pop() {
         if std::mem::replace(&mut anc[i], true) {
             continue;
         }
-        stack.extend(body.node_uses(i).filter_map(node_of));
+        stack.extend(body.node_uses(i).filter_map(|r| r.node()));
     }
     anc
 }
@@ -295,7 +290,7 @@ fn find_coupling(body: &Body, users: &[Vec<usize>], is_result: &[bool]) -> Optio
         if n.op.kind != OpKind::Concat || n.inputs.len() != 2 {
             continue;
         }
-        let (Some(y1), Some(y2)) = (node_of(n.inputs[0]), node_of(n.inputs[1])) else {
+        let (Some(y1), Some(y2)) = (n.inputs[0].node(), n.inputs[1].node()) else {
             continue;
         };
         for (x2, x, go) in add_of_half(body, y2, 1) {
@@ -363,7 +358,7 @@ fn check_coupling(
         return None;
     }
     // The branch results: computed inside the branch, or independent of x.
-    let outside_ok = |r: Ref, inside: &[bool]| node_of(r).is_none_or(|j| inside[j] || !dep_x[j]);
+    let outside_ok = |r: Ref, inside: &[bool]| r.node().is_none_or(|j| inside[j] || !dep_x[j]);
     if !outside_ok(c.fo, &in_f) && c.fo != Ref::Node(c.x2 as u32)
         || !outside_ok(c.go, &in_g) && c.go != Ref::Node(c.y1 as u32)
     {
@@ -410,7 +405,7 @@ fn extract_region(
         if r == arg {
             return Ref::Arg(0);
         }
-        if let Some(j) = node_of(r).filter(|j| local.contains_key(j)) {
+        if let Some(j) = r.node().filter(|j| local.contains_key(j)) {
             return Ref::Node(local[&j]);
         }
         let k = *cap_index.entry(r).or_insert_with(|| {
@@ -438,6 +433,13 @@ fn extract_region(
     }
 }
 
+/// The layer a folded block belongs to: that of its branches' ops (the
+/// unfolded coupling's slices, adds and concat carry none, so that algebraic
+/// rewrites see one residual stream).
+fn branch_layer(body: &Body, f: &[usize], g: &[usize]) -> Option<u64> {
+    f.iter().chain(g).find_map(|i| body.nodes[*i].op.layer())
+}
+
 fn apply_coupling(body: &mut Body, c: &Coupling) {
     let before = body.clone();
     let n = before.nodes.len();
@@ -460,8 +462,9 @@ fn apply_coupling(body: &mut Body, c: &Coupling) {
             let outer = |r: Ref| fix(&remap, r);
             let f = extract_region(&before, &c.f, Ref::Node(c.x2 as u32), c.fo, &outer);
             let g = extract_region(&before, &c.g, Ref::Node(c.y1 as u32), c.go, &outer);
+            let layer = branch_layer(&before, &c.f, &c.g);
             let block = BodyNode {
-                op: Op::new(OpKind::ReversibleBlock),
+                op: Op::new(OpKind::ReversibleBlock).with_layer(layer),
                 ty: node.ty.clone(),
                 inputs: vec![fix(&remap, c.x)],
                 regions: vec![f, g],
@@ -533,7 +536,7 @@ fn find_stream_coupling(
             continue;
         }
         for (b, go) in orders {
-            let Some(go_node) = node_of(go) else { continue };
+            let Some(go_node) = go.node() else { continue };
             let anc_go = ancestors(body, go);
             // The nearest additions first: G is usually a few ops.
             for y1 in (0..go_node + 1).rev().filter(|&i| anc_go[i]) {
@@ -590,19 +593,19 @@ fn check_stream(
     let mut in_g = vec![false; n];
     c.g.iter().for_each(|&i| in_g[i] = true);
     // Values the branches may capture: independent of both streams.
-    let free = |r: Ref| node_of(r).is_none_or(|j| !dep_a[j] && !dep_b[j]) && r != c.a && r != c.b;
+    let free = |r: Ref| r.node().is_none_or(|j| !dep_a[j] && !dep_b[j]) && r != c.a && r != c.b;
     // F really reads b (a branch that ignores its argument is not a coupling).
-    let fo_ok = c.fo == c.b || node_of(c.fo).is_some_and(|j| in_f[j]);
-    let go_ok = c.go == Ref::Node(c.y1 as u32) || node_of(c.go).is_some_and(|j| in_g[j]);
+    let fo_ok = c.fo == c.b || c.fo.node().is_some_and(|j| in_f[j]);
+    let go_ok = c.go == Ref::Node(c.y1 as u32) || c.go.node().is_some_and(|j| in_g[j]);
     // The first stream must stay outside the branch that computes its partner.
-    let a_outside = node_of(c.a).is_none_or(|j| !in_f[j]);
+    let a_outside = c.a.node().is_none_or(|j| !in_f[j]);
     if !fo_ok || !go_ok || !a_outside {
         return None;
     }
     for &i in &c.f {
         if !body
             .node_uses(i)
-            .all(|r| r == c.b || node_of(r).is_some_and(|j| in_f[j]) || free(r))
+            .all(|r| r == c.b || r.node().is_some_and(|j| in_f[j]) || free(r))
         {
             return None;
         }
@@ -610,8 +613,8 @@ fn check_stream(
     for &i in &c.g {
         let ok = |r: Ref| {
             r == Ref::Node(c.y1 as u32)
-                || node_of(r).is_some_and(|j| in_g[j])
-                || (free(r) && node_of(r).is_none_or(|j| !dep_y1[j]))
+                || r.node().is_some_and(|j| in_g[j])
+                || (free(r) && r.node().is_none_or(|j| !dep_y1[j]))
         };
         if !body.node_uses(i).all(ok) {
             return None;
@@ -671,7 +674,9 @@ fn apply_stream_coupling(body: &mut Body, c: &StreamCoupling) {
                 vec![fix(&remap, c.a), fix(&remap, c.b)],
                 vec![],
             );
-            let y = push(Op::new(OpKind::ReversibleBlock), &x_ty, vec![x], vec![f, g]);
+            let layer = branch_layer(&before, &c.f, &c.g);
+            let block = Op::new(OpKind::ReversibleBlock).with_layer(layer);
+            let y = push(block, &x_ty, vec![x], vec![f, g]);
             remap[c.y1] = Some(push(slice(a, 0, d), &t, vec![y], vec![]));
             remap[c.y2] = Some(push(slice(a, d, 2 * d), &t, vec![y], vec![]));
         } else if !removed[i] {
@@ -700,15 +705,18 @@ pub fn fold_reversible(g: &mut Graph) -> Result<usize, String> {
 // ---------------------------------------------------------------- invert
 
 /// Deep-copies `block` (ops of one body) into new nodes, mapping operands
-/// through `map` (values not in it are kept); returns the new ids in order.
+/// through `map` (values not in it are kept); the copies are appended to
+/// `dest`, or only put in the arena (for the body of a copied region) when
+/// `dest` is `None`. Returns the new ids in order.
 fn clone_block(
-    g: &mut Graph,
+    rw: &mut Rewriter<'_>,
     block: &[ValueId],
     map: &mut HashMap<ValueId, ValueId>,
-) -> Vec<ValueId> {
+    dest: Option<BlockId>,
+) -> Result<Vec<ValueId>, String> {
     let mut out = Vec::with_capacity(block.len());
     for &v in block {
-        let node = g.node(v).clone();
+        let node = rw.graph().node(v).clone();
         let inputs = node
             .inputs
             .iter()
@@ -720,18 +728,13 @@ fn clone_block(
                 .args
                 .iter()
                 .map(|a| {
-                    let ty = g.ty(*a).clone();
-                    let new = g.push_detached(Node {
-                        op: Op::new(OpKind::Arg),
-                        inputs: vec![],
-                        ty,
-                        regions: vec![],
-                    });
+                    let ty = rw.graph().ty(*a).clone();
+                    let new = rw.push_detached(Node::new(Op::new(OpKind::Arg), vec![], ty));
                     map.insert(*a, new);
                     new
                 })
                 .collect();
-            let body = clone_block(g, &r.body, map);
+            let body = clone_block(rw, &r.body, map, None)?;
             let results = r.results.iter().map(|x| *map.get(x).unwrap_or(x)).collect();
             regions.push(Region {
                 args,
@@ -739,33 +742,18 @@ fn clone_block(
                 results,
             });
         }
-        let new = g.push_detached(Node {
-            op: node.op.clone(),
-            inputs,
-            ty: node.ty.clone(),
+        let copy = Node {
             regions,
-        });
+            ..Node::new(node.op.clone(), inputs, node.ty.clone())
+        };
+        let new = match dest {
+            Some(b) => rw.append(b, copy).map_err(|e| e.to_string())?,
+            None => rw.push_detached(copy),
+        };
         map.insert(v, new);
         out.push(new);
     }
-    out
-}
-
-/// The node owning the region whose body holds `target` (`None` at the top level).
-fn owner_of(g: &Graph, body: &[ValueId], target: ValueId) -> Option<Option<(ValueId, usize)>> {
-    for &v in body {
-        if v == target {
-            return Some(None);
-        }
-        for (ri, r) in g.node(v).regions.iter().enumerate() {
-            match owner_of(g, &r.body, target) {
-                Some(None) => return Some(Some((v, ri))),
-                Some(found) => return Some(found),
-                None => {}
-            }
-        }
-    }
-    None
+    Ok(out)
 }
 
 /// Builds the inverse of the reversible block `block` applied to its own
@@ -812,46 +800,31 @@ pub fn invert_reversible_from(
         ));
     }
     let (half, a, d) = half_type(&node.ty).ok_or("the block's last axis is not even")?;
-    let owner =
-        owner_of(g, &g.body.clone(), block).ok_or("the block is not in the graph's body")?;
-    let mut new: Vec<ValueId> = Vec::new();
-    let add =
-        |g: &mut Graph, new: &mut Vec<ValueId>, op: Op, inputs: Vec<ValueId>, ty: &TensorType| {
-            let v = g.push_detached(Node {
-                op,
-                inputs,
-                ty: ty.clone(),
-                regions: vec![],
-            });
-            new.push(v);
-            v
-        };
-    let y1 = add(g, &mut new, slice(a, 0, d), vec![y], &half);
-    let y2 = add(g, &mut new, slice(a, d, 2 * d), vec![y], &half);
-    let branch = |g: &mut Graph,
-                  new: &mut Vec<ValueId>,
-                  r: &Region,
-                  arg: ValueId|
-     -> Result<ValueId, String> {
+    let mut rw = Rewriter::new(g);
+    let dest = rw
+        .block_of(block)
+        .ok_or("the block is not in the graph's body")?;
+    let add = |rw: &mut Rewriter<'_>, op: Op, inputs: Vec<ValueId>, ty: &TensorType| {
+        rw.append(dest, Node::new(op, inputs, ty.clone()))
+            .map_err(|e| e.to_string())
+    };
+    let y1 = add(&mut rw, slice(a, 0, d), vec![y], &half)?;
+    let y2 = add(&mut rw, slice(a, d, 2 * d), vec![y], &half)?;
+    let branch = |rw: &mut Rewriter<'_>, r: &Region, arg: ValueId| -> Result<ValueId, String> {
         let (&a0, &res) = r
             .args
             .first()
             .zip(r.results.first())
             .ok_or("a region needs one argument and one result")?;
         let mut map = HashMap::from([(a0, arg)]);
-        new.extend(clone_block(g, &r.body, &mut map));
+        clone_block(rw, &r.body, &mut map, Some(dest))?;
         Ok(*map.get(&res).unwrap_or(&res))
     };
-    let go = branch(g, &mut new, &node.regions[1], y1)?;
-    let x2 = add(g, &mut new, Op::new(OpKind::Sub), vec![y2, go], &half);
-    let fo = branch(g, &mut new, &node.regions[0], x2)?;
-    let x1 = add(g, &mut new, Op::new(OpKind::Sub), vec![y1, fo], &half);
-    let x = add(g, &mut new, concat(a), vec![x1, x2], &node.ty);
-    match owner {
-        None => g.body.extend(new),
-        Some((owner, ri)) => g.node_mut(owner).regions[ri].body.extend(new),
-    }
-    Ok(x)
+    let go = branch(&mut rw, &node.regions[1], y1)?;
+    let x2 = add(&mut rw, Op::new(OpKind::Sub), vec![y2, go], &half)?;
+    let fo = branch(&mut rw, &node.regions[0], x2)?;
+    let x1 = add(&mut rw, Op::new(OpKind::Sub), vec![y1, fo], &half)?;
+    add(&mut rw, concat(a), vec![x1, x2], &node.ty)
 }
 
 #[cfg(test)]

@@ -34,6 +34,22 @@ pub enum Ref {
     Node(u32),
 }
 
+impl Ref {
+    /// The index of the node this refers to, when it is a node of the body.
+    ///
+    /// ```
+    /// use reformc_passes::scoped::Ref;
+    /// assert_eq!(Ref::Node(3).node(), Some(3));
+    /// assert_eq!(Ref::Arg(0).node(), None);
+    /// ```
+    pub fn node(self) -> Option<usize> {
+        match self {
+            Ref::Node(i) => Some(i as usize),
+            Ref::Arg(_) | Ref::Capture(_) => None,
+        }
+    }
+}
+
 /// A value of an enclosing body that a body uses.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Capture {

@@ -255,21 +255,6 @@ fn full_to_lsh_above_one_chunk_runs_and_uses_hf_buckets() {
 }
 
 #[test]
-fn auto_buckets_match_the_frontend_rule() {
-    for len in [1u64, 7, 8, 63, 64, 65, 128, 1000, 4096, 65536, 1 << 20] {
-        for chunk in [8u64, 32, 64, 128] {
-            for max_pos in [64u64, 4096, 65536] {
-                assert_eq!(
-                    reformc_passes::attention::hf_auto_buckets(len, chunk, max_pos),
-                    reformc_frontend::lower::auto_buckets(len, chunk, max_pos),
-                    "len={len} chunk={chunk} max_pos={max_pos}"
-                );
-            }
-        }
-    }
-}
-
-#[test]
 fn kv_chunk_must_be_positive() {
     let g = reformc_ir::parse("graph {\n %0 = input {name=\"x\"} : f32[B,L,8]\n %1 = attention %0, %0, %0 {heads=2, kv_chunk=0, scale=0.5} : f32[B,L,8]\n output \"y\" = %1\n}").unwrap();
     let e = reformc_ir::verify(&g).unwrap_err();

@@ -219,10 +219,8 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
         profile: args.profile,
         lsh_buckets_per_round: (n_lsh > 0).then(|| factors.iter().product()),
     };
-    let (pad_multiple, pad_min_len) = match spec.min_chunk() {
-        Some(min) => (spec.chunk_lcm() as i64, min as i64),
-        None => (1, 0),
-    };
+    let (pad_multiple, pad_min_len) = spec.padding();
+    let (pad_multiple, pad_min_len) = (pad_multiple as i64, pad_min_len as i64);
     let info = ExeInfo {
         model_name: model_name.clone(),
         output_name: match spec.head {

@@ -28,13 +28,7 @@ pub fn load(config: &Path, weights: Option<&Path>, lm_head_bias: bool) -> CliRes
     }
     let weights = weights.map(WeightFile::open).transpose()?;
     if let (Some(w), ConfigFormat::HuggingFace) = (&weights, format) {
-        let (prefix, has_head) = w.detect_layout();
-        spec.weight_prefix = prefix;
-        spec.head = if has_head {
-            HeadSpec::LmHead { bias: lm_head_bias }
-        } else {
-            HeadSpec::None
-        };
+        w.apply_layout(&mut spec, lm_head_bias);
     } else if let HeadSpec::LmHead { bias } = &mut spec.head {
         *bias |= lm_head_bias;
     }

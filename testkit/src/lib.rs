@@ -12,7 +12,7 @@ use ndarray::{ArrayD, IxDyn};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use reformc_frontend::config::load_model_config;
 use reformc_frontend::lower::{expected_weights, lower, LowerOptions, LshSource};
-use reformc_frontend::spec::{HeadSpec, ModelSpec};
+use reformc_frontend::spec::ModelSpec;
 use reformc_frontend::weights::WeightFile;
 use reformc_interp::Tensor;
 use reformc_ir::{DType, Graph};
@@ -78,13 +78,7 @@ impl Case {
         let mut spec =
             load_model_config(&dir.join("config.json")).unwrap_or_else(|e| panic!("{e}"));
         let weights = WeightFile::open(&dir.join("model.safetensors")).unwrap();
-        let (prefix, head) = weights.detect_layout();
-        spec.weight_prefix = prefix;
-        spec.head = if head {
-            HeadSpec::LmHead { bias: false }
-        } else {
-            HeadSpec::None
-        };
+        weights.apply_layout(&mut spec, false);
         let ids: ArrayD<i64> = read(&dir.join("input_ids.npy"));
         let has_mask = dir.join("attention_mask.npy").exists();
         let mask = if has_mask {

@@ -99,10 +99,8 @@ impl CompileCase for Case {
 
     fn exe_info(&self, default_weights: Option<String>) -> ExeInfo {
         let spec = &self.spec;
-        let (pad_multiple, pad_min_len) = match spec.min_chunk() {
-            Some(min) => (spec.chunk_lcm() as i64, min as i64),
-            None => (1, 0),
-        };
+        let (pad_multiple, pad_min_len) = spec.padding();
+        let (pad_multiple, pad_min_len) = (pad_multiple as i64, pad_min_len as i64);
         let n_lsh = spec.num_lsh_layers() as i64;
         ExeInfo {
             model_name: self.name.clone(),
