@@ -179,10 +179,10 @@ impl ModelSpec {
     /// Chunk lengths of the chunked (LSH and local) layers, in layer order.
     pub fn chunk_lengths(&self) -> impl Iterator<Item = u64> + '_ {
         self.layers.iter().filter_map(|l| match l {
-                AttentionKind::Lsh => Some(self.lsh.chunk),
-                AttentionKind::Local => Some(self.local.chunk),
-                AttentionKind::Full { .. } => None,
-            })
+            AttentionKind::Lsh => Some(self.lsh.chunk),
+            AttentionKind::Local => Some(self.local.chunk),
+            AttentionKind::Full { .. } => None,
+        })
     }
 
     /// HF's eval padding rule `(multiple, min_len)` for this model
