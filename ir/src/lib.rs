@@ -28,6 +28,7 @@ mod op;
 mod parse;
 mod print;
 mod rewriter;
+pub mod scoped;
 mod types;
 mod verify;
 

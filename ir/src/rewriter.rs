@@ -6,6 +6,13 @@
 //! across every edit it makes, so that a pass never recounts uses or
 //! searches for an op's block by hand.
 //!
+//! Passes edit graphs in one of two ways, both owned by this crate: in place
+//! through a [`Rewriter`] (the attention pass, inverting a reversible block:
+//! a few ops inserted or replaced in a large graph), or by rebuilding through
+//! [`crate::scoped::Program`] (chunking, reversible folding, cleanup,
+//! simplification and eqsat extraction: whole bodies renumbered or moved
+//! between regions). No pass keeps private graph-edit helpers.
+//!
 //! ```
 //! use reformc_ir::{parse, print, verify, Node, Op, OpKind, Rewriter};
 //! let mut g = parse("graph {\n  %0 = input {name=\"x\"} : f32[N]\n  %1 = exp %0 : f32[N]\n  %2 = neg %1 : f32[N]\n  output \"y\" = %2\n}\n").unwrap();

@@ -19,7 +19,8 @@ pub mod cleanup;
 pub mod eqsat;
 pub mod registry;
 pub mod reversible;
-pub mod scoped;
+/// The rebuild form of graph editing, now in the IR crate beside [`reformc_ir::Rewriter`].
+pub use reformc_ir::scoped;
 pub mod simplify;
 #[cfg(test)]
 mod testing;

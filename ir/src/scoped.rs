@@ -11,8 +11,12 @@
 //!
 //! `Program::from_graph(g).to_graph()` prints exactly like `g`.
 //!
+//! This is the rebuild half of graph editing; small in-place edits go through
+//! [`crate::Rewriter`] instead (see the `rewriter` module for which passes use
+//! which).
+//!
 //! ```
-//! use reformc_passes::scoped::Program;
+//! use reformc_ir::scoped::Program;
 //! let text = "graph {\n  %0 = input {name=\"x\"} : f32[N]\n  %1 = exp %0 : f32[N]\n  output \"y\" = %1\n}\n";
 //! let g = reformc_ir::parse(text).unwrap();
 //! let p = Program::from_graph(&g).unwrap();
@@ -20,7 +24,7 @@
 //! assert_eq!(reformc_ir::print(&p.to_graph()), text);
 //! ```
 
-use reformc_ir::{Graph, Node, Op, OpKind, Region, TensorType, ValueId};
+use crate::{Graph, Node, Op, OpKind, Region, TensorType, ValueId};
 use std::collections::HashMap;
 
 /// An operand, relative to the body it appears in.
@@ -38,7 +42,7 @@ impl Ref {
     /// The index of the node this refers to, when it is a node of the body.
     ///
     /// ```
-    /// use reformc_passes::scoped::Ref;
+    /// use reformc_ir::scoped::Ref;
     /// assert_eq!(Ref::Node(3).node(), Some(3));
     /// assert_eq!(Ref::Arg(0).node(), None);
     /// ```
@@ -357,8 +361,8 @@ mod tests {
   output \"y\" = %2
 }
 ";
-        let g = reformc_ir::parse(text).unwrap();
-        reformc_ir::verify(&g).unwrap();
+        let g = crate::parse(text).unwrap();
+        crate::verify(&g).unwrap();
         let p = Program::from_graph(&g).unwrap();
         let block = &p.body.nodes[2];
         assert_eq!(
@@ -376,8 +380,8 @@ mod tests {
             Ref::Capture(0)
         );
         let back = p.to_graph();
-        reformc_ir::verify(&back).unwrap();
-        assert_eq!(reformc_ir::print(&back), text);
+        crate::verify(&back).unwrap();
+        assert_eq!(crate::print(&back), text);
         assert_eq!(p.body.op_count(), 6);
         let (users, result) = p.body.users();
         assert_eq!(users[1], vec![2]);
@@ -387,7 +391,7 @@ mod tests {
     #[test]
     fn rejects_out_of_scope_uses() {
         let mut g = Graph::new();
-        let t = TensorType::new(reformc_ir::DType::F32, vec![]);
+        let t = TensorType::new(crate::DType::F32, vec![]);
         let x = g.add(Op::new(OpKind::Exp), vec![ValueId(7)], t);
         g.set_output("y", x);
         assert!(Program::from_graph(&g).is_err());
