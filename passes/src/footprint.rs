@@ -106,16 +106,17 @@ pub fn footprint_of(
         let node = g.node(v);
         let bytes =
             || bytes_of(&node.ty, env).ok_or_else(|| unbound(&format!("%{}", v.0), &node.ty));
-        match node.op.kind {
-            OpKind::Weight => weights = weights.saturating_add(bytes()?),
-            OpKind::Input => inputs = inputs.saturating_add(bytes()?),
-            OpKind::LshAttention => {
-                kernel_scratch = kernel_scratch.max(lsh_scratch(g, v, env, threads))
-            }
-            OpKind::Attention => {
-                kernel_scratch = kernel_scratch.max(full_scratch(g, v, env, threads))
-            }
-            _ => {}
+        // Four particular kinds, not a per-op property: `==` tests rather than a
+        // match with a fallback arm ("no fallback arm", docs/architecture.md).
+        let kind = node.op.kind;
+        if kind == OpKind::Weight {
+            weights = weights.saturating_add(bytes()?);
+        } else if kind == OpKind::Input {
+            inputs = inputs.saturating_add(bytes()?);
+        } else if kind == OpKind::LshAttention {
+            kernel_scratch = kernel_scratch.max(lsh_scratch(g, v, env, threads));
+        } else if kind == OpKind::Attention {
+            kernel_scratch = kernel_scratch.max(full_scratch(g, v, env, threads));
         }
     }
     Ok(Footprint {
