@@ -416,7 +416,7 @@ impl Evaluator<'_> {
                     .collect();
                 T::wrap(ops::reduce(
                     self.float::<T>(node, 0)?,
-                    op.str("kind").unwrap_or("sum"),
+                    op.reduction()?,
                     &axes,
                     op.flag("keepdim"),
                 ))

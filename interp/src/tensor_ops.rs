@@ -2,7 +2,7 @@
 
 use crate::tensor::{each, Real, Tensor};
 use ndarray::{concatenate, ArrayD, Axis, IxDyn, Slice, Zip};
-use reformc_ir::{Activation, BinaryFn, OpKind, UnaryFn};
+use reformc_ir::{Activation, BinaryFn, OpKind, Reduction, UnaryFn};
 
 /// numpy broadcast of two shapes.
 pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
@@ -173,16 +173,16 @@ pub fn matmul<T: Real>(a: &ArrayD<T>, b: &ArrayD<T>) -> Result<ArrayD<T>, String
 }
 
 /// `sum`, `max`, `mean` or `logsumexp` over `axes`.
-pub fn reduce<T: Real>(x: &ArrayD<T>, kind: &str, axes: &[usize], keepdim: bool) -> ArrayD<T> {
+pub fn reduce<T: Real>(x: &ArrayD<T>, kind: Reduction, axes: &[usize], keepdim: bool) -> ArrayD<T> {
     let mut sorted = axes.to_vec();
     sorted.sort_unstable_by(|a, b| b.cmp(a));
     let mut out = x.clone();
     for &a in &sorted {
         out = match kind {
-            "sum" => out.sum_axis(Axis(a)),
-            "mean" => out.mean_axis(Axis(a)).expect("non-empty axis"),
-            "max" => out.fold_axis(Axis(a), T::neg_infinity(), |m, &v| m.max(v)),
-            _ => {
+            Reduction::Sum => out.sum_axis(Axis(a)),
+            Reduction::Mean => out.mean_axis(Axis(a)).expect("non-empty axis"),
+            Reduction::Max => out.fold_axis(Axis(a), T::neg_infinity(), |m, &v| m.max(v)),
+            Reduction::LogSumExp => {
                 let m = out.fold_axis(Axis(a), T::neg_infinity(), |m, &v| m.max(v));
                 let mut s = ArrayD::zeros(m.raw_dim());
                 for (lane, (mv, sv)) in out

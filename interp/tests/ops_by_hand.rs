@@ -5,6 +5,7 @@
 use ndarray::{ArrayD, IxDyn};
 use reformc_interp::tensor_ops::{argmax, argsort, gather, matmul, reduce, select, softmax};
 use reformc_interp::Tensor;
+use reformc_ir::Reduction;
 
 fn a<T: Clone>(shape: &[usize], v: &[T]) -> ArrayD<T> {
     ArrayD::from_shape_vec(IxDyn(shape), v.to_vec()).unwrap()
@@ -69,15 +70,21 @@ fn select_broadcasts_condition_and_operands() {
 #[test]
 fn reduce_kinds_axes_and_keepdim() {
     let x = a(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-    close(&reduce::<f64>(&x, "sum", &[1], false), &[6.0, 15.0]);
-    close(&reduce::<f64>(&x, "max", &[0], false), &[4.0, 5.0, 6.0]);
-    close(&reduce::<f64>(&x, "mean", &[0, 1], false), &[3.5]);
-    let k = reduce::<f64>(&x, "sum", &[0], true);
+    close(
+        &reduce::<f64>(&x, Reduction::Sum, &[1], false),
+        &[6.0, 15.0],
+    );
+    close(
+        &reduce::<f64>(&x, Reduction::Max, &[0], false),
+        &[4.0, 5.0, 6.0],
+    );
+    close(&reduce::<f64>(&x, Reduction::Mean, &[0, 1], false), &[3.5]);
+    let k = reduce::<f64>(&x, Reduction::Sum, &[0], true);
     assert_eq!(k.shape(), &[1, 3]);
     close(&k, &[5.0, 7.0, 9.0]);
     // logsumexp(1, 2, 3) = 3 + ln(1 + e^-1 + e^-2).
     let lse = 3.0 + (1.0 + (-1.0f64).exp() + (-2.0f64).exp()).ln();
-    let got = reduce::<f64>(&x, "logsumexp", &[1], false);
+    let got = reduce::<f64>(&x, Reduction::LogSumExp, &[1], false);
     assert!((got[[0]] - lse).abs() <= 1e-12, "{got:?} vs {lse}");
 }
 

@@ -4,7 +4,7 @@
 
 use crate::activation::Activation;
 use crate::attr::Attr;
-use crate::op::{AttrType, REDUCTIONS};
+use crate::op::AttrType;
 use crate::{DType, Dim, Op, OpKind, TensorType};
 use std::collections::HashSet;
 
@@ -297,13 +297,7 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<Option<TensorType
             TensorType::new(a.dtype, shape)
         }
         Reduce => {
-            let kind = op.str("kind").unwrap_or("");
-            if !REDUCTIONS.contains(&kind) {
-                return Err(format!(
-                    "unknown reduction `{kind}` (known: {})",
-                    REDUCTIONS.join(", ")
-                ));
-            }
+            op.reduction()?;
             let axes = op.ints("axes").unwrap_or(&[]);
             let mut seen = HashSet::new();
             for &a in axes {

@@ -2,6 +2,7 @@
 
 use crate::activation::Activation;
 use crate::attr::{Attr, Attrs};
+use crate::reduction::Reduction;
 use std::fmt;
 
 macro_rules! op_kinds {
@@ -426,9 +427,6 @@ impl OpKind {
     }
 }
 
-/// Reductions understood by `reduce {kind}`.
-pub const REDUCTIONS: &[&str] = &["sum", "max", "mean", "logsumexp"];
-
 /// An op: its kind and attributes.
 ///
 /// ```
@@ -539,6 +537,30 @@ impl Op {
                 )
             }),
             Some(other) => Err(format!("`{key}` must be a string, found {other}")),
+        }
+    }
+
+    /// The reduction of a `reduce` (its `kind` attribute). The text keeps
+    /// names; this is where they become the enum.
+    ///
+    /// ```
+    /// use reformc_ir::{Attr, Op, OpKind, Reduction};
+    /// let op = Op::new(OpKind::Reduce).with("kind", Attr::Str("mean".into()));
+    /// assert_eq!(op.reduction(), Ok(Reduction::Mean));
+    /// let bad = Op::new(OpKind::Reduce).with("kind", Attr::Str("prod".into()));
+    /// assert!(bad.reduction().unwrap_err().contains("prod"));
+    /// ```
+    pub fn reduction(&self) -> Result<Reduction, String> {
+        match self.attrs.get("kind") {
+            Some(Attr::Str(name)) => Reduction::from_name(name).ok_or_else(|| {
+                format!("unknown reduction `{name}` (known: {})", Reduction::names())
+            }),
+            None => Err(format!(
+                "`{}` needs a `kind` ({})",
+                self.kind,
+                Reduction::names()
+            )),
+            Some(other) => Err(format!("`kind` must be a string, found {other}")),
         }
     }
 }

@@ -30,7 +30,7 @@
 //! ```
 
 use reformc_ir::{
-    Activation, CostClass, DType, Dim, DimEnv, Graph, Node, OpKind, TensorType, ValueId,
+    Activation, CostClass, DType, Dim, DimEnv, Graph, Node, OpKind, Reduction, TensorType, ValueId,
 };
 use std::fmt;
 
@@ -600,10 +600,10 @@ pub fn op_cost(g: &Graph, v: ValueId, env: &DimEnv) -> Result<OpCost, CostError>
         }
         CostClass::Reduce => {
             let n = elements(g.ty(node.inputs[0]), env).unwrap_or(0);
-            let per = if node.op.str("kind") == Some("logsumexp") {
-                3
-            } else {
-                1
+            // Operations per input element of each reduction.
+            let per = match node.op.reduction() {
+                Ok(Reduction::LogSumExp) => 3,
+                Ok(Reduction::Sum | Reduction::Mean | Reduction::Max) | Err(_) => 1,
             };
             OpCost {
                 flops: n.saturating_mul(per),

@@ -582,7 +582,7 @@ crate::c_abi! {
     ) -> i32 {
         guard(|| {
             let [o, n, i] = sizes([(outer, "outer"), (n, "n"), (inner, "inner")])?;
-            let kind = crate::tensor_ops::ReduceKind::from_code(kind)?;
+            let kind = crate::tensor_ops::reduction_of_code(kind)?;
             let sx = span(x, count(&[o, n, i], "x")?, "x")?;
             let sy = span(y, count(&[o, i], "y")?, "y")?;
             no_overlap(sy, &[sx])?;

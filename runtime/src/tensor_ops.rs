@@ -9,30 +9,24 @@ use crate::error::{invalid, Error, Result};
 use crate::gemm::{check_len, gemm_rows, kernel, Epilogue, PackedB};
 use crate::pool::{par_for, SharedMut};
 
-/// A reduction of `reduce {kind}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReduceKind {
-    /// Sum of the lane.
-    Sum = 0,
-    /// Arithmetic mean.
-    Mean = 1,
-    /// Maximum (`-inf` for an empty lane).
-    Max = 2,
-    /// `max + ln Σ exp(x - max)`.
-    LogSumExp = 3,
-}
+/// A reduction of `reduce {kind}`: the IR's enum, whose discriminants are
+/// the ABI codes (0 sum, 1 mean, 2 max, 3 logsumexp).
+pub use reformc_ir::Reduction;
 
-impl ReduceKind {
-    /// The kind with ABI code `code` (0 sum, 1 mean, 2 max, 3 logsumexp).
-    pub fn from_code(code: i32) -> Result<Self> {
-        Ok(match code {
-            0 => ReduceKind::Sum,
-            1 => ReduceKind::Mean,
-            2 => ReduceKind::Max,
-            3 => ReduceKind::LogSumExp,
-            _ => return Err(invalid(format!("unknown reduce kind {code} (0..=3)"))),
-        })
-    }
+/// The reduction with ABI code `code`, or the runtime's error.
+///
+/// ```
+/// use reformc_runtime::tensor_ops::{reduction_of_code, Reduction};
+/// assert_eq!(reduction_of_code(3).unwrap(), Reduction::LogSumExp);
+/// assert!(reduction_of_code(4).is_err());
+/// ```
+pub fn reduction_of_code(code: i32) -> Result<Reduction> {
+    Reduction::from_code(code).ok_or_else(|| {
+        invalid(format!(
+            "unknown reduce kind {code} (0..={})",
+            Reduction::ALL.len() - 1
+        ))
+    })
 }
 
 /// Lanes of an `[outer, n, inner]` view: `f(lane index, element offsets)`.
@@ -92,9 +86,9 @@ pub fn softmax(x: &[f32], outer: usize, n: usize, inner: usize, y: &mut [f32]) -
 /// One reduction per lane into `y[outer, inner]` (`rc_reduce_f32`).
 ///
 /// ```
-/// use reformc_runtime::tensor_ops::{reduce, ReduceKind};
+/// use reformc_runtime::tensor_ops::{reduce, Reduction};
 /// let mut y = [0.0f32; 2];
-/// reduce(&[1.0, 2.0, 3.0, 4.0], 1, 2, 2, ReduceKind::Sum, &mut y).unwrap();
+/// reduce(&[1.0, 2.0, 3.0, 4.0], 1, 2, 2, Reduction::Sum, &mut y).unwrap();
 /// assert_eq!(y, [4.0, 6.0]);
 /// ```
 pub fn reduce(
@@ -102,12 +96,12 @@ pub fn reduce(
     outer: usize,
     n: usize,
     inner: usize,
-    kind: ReduceKind,
+    kind: Reduction,
     y: &mut [f32],
 ) -> Result<()> {
     check(x.len(), outer, n, inner, "x")?;
     check(y.len(), outer, 1, inner, "y")?;
-    if kind == ReduceKind::Mean && n == 0 {
+    if kind == Reduction::Mean && n == 0 {
         return Err(invalid("mean over an empty axis".to_string()));
     }
     let out = SharedMut::new(y);
@@ -115,10 +109,10 @@ pub fn reduce(
         let max = || (0..n).fold(f32::NEG_INFINITY, |m, j| m.max(x[at(j)]));
         let sum = || (0..n).fold(0.0f32, |s, j| s + x[at(j)]);
         let r = match kind {
-            ReduceKind::Sum => sum(),
-            ReduceKind::Mean => sum() / n as f32,
-            ReduceKind::Max => max(),
-            ReduceKind::LogSumExp => {
+            Reduction::Sum => sum(),
+            Reduction::Mean => sum() / n as f32,
+            Reduction::Max => max(),
+            Reduction::LogSumExp => {
                 let m = max();
                 m + (0..n).fold(0.0f32, |s, j| s + (x[at(j)] - m).exp()).ln()
             }
@@ -245,14 +239,14 @@ mod tests {
         // x[2, 3, 2]
         let x: Vec<f32> = (0..12).map(|v| v as f32).collect();
         let mut y = [0.0f32; 4];
-        reduce(&x, 2, 3, 2, ReduceKind::Max, &mut y).unwrap();
+        reduce(&x, 2, 3, 2, Reduction::Max, &mut y).unwrap();
         assert_eq!(y, [4.0, 5.0, 10.0, 11.0]);
-        reduce(&x, 2, 3, 2, ReduceKind::Mean, &mut y).unwrap();
+        reduce(&x, 2, 3, 2, Reduction::Mean, &mut y).unwrap();
         assert_eq!(y, [2.0, 3.0, 8.0, 9.0]);
-        reduce(&x, 2, 3, 2, ReduceKind::LogSumExp, &mut y).unwrap();
+        reduce(&x, 2, 3, 2, Reduction::LogSumExp, &mut y).unwrap();
         let want = 4.0 + (1.0f32 + (-2.0f32).exp() + (-4.0f32).exp()).ln();
         assert!((y[0] - want).abs() < 1e-6);
-        assert!(ReduceKind::from_code(4).is_err());
+        assert!(reduction_of_code(4).is_err());
     }
 
     #[test]

@@ -92,17 +92,10 @@ impl<'ctx> Gen<'ctx> {
     pub(super) fn reduce(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
         let op = &fs.g.node(v).op;
         let what = at(fs.g, &fs.numbering, v);
-        let kind = match op.str("kind").unwrap_or("sum") {
-            "sum" => 0,
-            "mean" => 1,
-            "max" => 2,
-            "logsumexp" => 3,
-            k => {
-                return Err(BackendError::Unsupported(format!(
-                    "{what}: reduce kind `{k}`"
-                )))
-            }
-        };
+        let kind = op
+            .reduction()
+            .map_err(|e| BackendError::Unsupported(format!("{what}: {e}")))?
+            .code();
         let mut axes: Vec<usize> = op
             .ints("axes")
             .unwrap_or(&[])
