@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::random_model::{random_config, random_inputs, random_weights, Lcg};
+use common::random_model::{random_config, random_inputs, random_weights, write_safetensors, Lcg};
 use reformc_frontend::config::parse_model_config;
 use reformc_frontend::lower::{lower, LowerOptions, LshSource};
 use reformc_interp::Tensor;
@@ -19,27 +19,6 @@ fn scratch() -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn write_safetensors(path: &Path, w: &BTreeMap<String, Tensor>) {
-    let mut header = serde_json::Map::new();
-    let mut data = Vec::new();
-    for (name, t) in w {
-        let Tensor::F32(a) = t else {
-            panic!("{name}: weights are f32")
-        };
-        let begin = data.len();
-        data.extend(a.iter().flat_map(|x| x.to_le_bytes()));
-        header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": "F32", "shape": a.shape(), "data_offsets": [begin, data.len()]}),
-        );
-    }
-    let h = serde_json::Value::Object(header).to_string();
-    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
-    bytes.extend(h.as_bytes());
-    bytes.extend(data);
-    std::fs::write(path, bytes).unwrap();
 }
 
 fn reformc(args: &[&dyn AsRef<std::ffi::OsStr>]) {

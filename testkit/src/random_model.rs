@@ -173,3 +173,40 @@ pub fn random_inputs(
     }
     m
 }
+
+/// Writes f32 weights as a safetensors file (names sorted, data in that
+/// order), for tests that compile and run executables.
+///
+/// ```
+/// use reformc_testkit::random_model::write_safetensors;
+/// use reformc_interp::Tensor;
+/// let dir = std::env::temp_dir().join(format!("reformc-doc-st-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let w = [("a".to_string(), Tensor::F32(ndarray::ArrayD::zeros(ndarray::IxDyn(&[2, 3]))))].into();
+/// write_safetensors(&dir.join("w.safetensors"), &w);
+/// let bytes = std::fs::read(dir.join("w.safetensors")).unwrap();
+/// assert_eq!(bytes.len() as u64, 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) + 24);
+/// std::fs::remove_dir_all(&dir).unwrap();
+/// ```
+pub fn write_safetensors(path: &std::path::Path, w: &BTreeMap<String, Tensor>) {
+    let mut entries = Vec::new();
+    let mut data = Vec::new();
+    for (name, t) in w {
+        let Tensor::F32(a) = t else {
+            panic!("{name}: weights are f32")
+        };
+        let begin = data.len();
+        data.extend(a.iter().flat_map(|x| x.to_le_bytes()));
+        let shape: Vec<String> = a.shape().iter().map(|d| d.to_string()).collect();
+        entries.push(format!(
+            "{name:?}:{{\"dtype\":\"F32\",\"shape\":[{}],\"data_offsets\":[{begin},{}]}}",
+            shape.join(","),
+            data.len()
+        ));
+    }
+    let header = format!("{{{}}}", entries.join(","));
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend(data);
+    std::fs::write(path, bytes).unwrap();
+}
