@@ -44,6 +44,9 @@ pub(crate) struct Emitter<'g> {
     counter: usize,
     /// SSA `index` value of each symbolic dimension, read from an argument.
     syms: BTreeMap<String, String>,
+    /// Marks `@forward` with `llvm.emit_c_interface` (for the JIT only: the
+    /// emitted module stays free of the `llvm` dialect).
+    c_interface: bool,
 }
 
 impl<'g> Emitter<'g> {
@@ -53,7 +56,14 @@ impl<'g> Emitter<'g> {
             lines: Vec::new(),
             counter: 0,
             syms: BTreeMap::new(),
+            c_interface: false,
         }
+    }
+
+    /// Asks for the C interface wrapper the ExecutionEngine calls.
+    pub(crate) fn with_c_interface(mut self) -> Self {
+        self.c_interface = true;
+        self
     }
 
     fn fresh(&mut self) -> String {
@@ -99,9 +109,14 @@ impl<'g> Emitter<'g> {
         }
         let mut out = String::from("module {\n");
         out.push_str(&format!(
-            "  func.func @forward({}) -> ({}) {{\n",
+            "  func.func @forward({}) -> ({}){} {{\n",
             params.join(", "),
-            res.join(", ")
+            res.join(", "),
+            if self.c_interface {
+                " attributes {llvm.emit_c_interface}"
+            } else {
+                ""
+            }
         ));
         for l in &self.lines {
             out.push_str(l);
@@ -697,32 +712,59 @@ impl<'g> Emitter<'g> {
         Ok(self.alias(&r, &tensor_ty(&node.ty)))
     }
 
-    /// `tensor.reshape` to the result shape (a shape tensor of sizes); a
-    /// rank-0 result takes the single element.
+    /// A reshape as `tensor.collapse_shape` to one axis, then
+    /// `tensor.expand_shape` to the result's sizes (the form bufferization and
+    /// IREE handle best); a rank-0 result takes the single element.
     fn reshape(&mut self, v: ValueId) -> Result<String, MlirError> {
         let node = self.g.node(v);
         let x = node.inputs[0];
-        let x_ty = tensor_ty(self.g.ty(x));
+        let x_ty = self.g.ty(x).clone();
         let out_ty = node.ty.clone();
+        let d = out_ty.dtype;
+        let (xt, ot) = (tensor_ty(&x_ty), tensor_ty(&out_ty));
         if out_ty.shape.is_empty() {
             let zero = self.def("arith.constant 0 : index".into());
-            let idx = vec![zero; self.g.ty(x).rank()].join(", ");
-            let e = self.def(format!("tensor.extract %v{}[{idx}] : {x_ty}", x.0));
-            return Ok(format!("tensor.from_elements {e} : {}", tensor_ty(&out_ty)));
+            let idx = vec![zero; x_ty.rank()].join(", ");
+            let e = self.def(format!("tensor.extract %v{}[{idx}] : {xt}", x.0));
+            return Ok(format!("tensor.from_elements {e} : {ot}"));
         }
+        let flat_dyn = tensor_of(&[Dim::sym("n")], d);
+        let mut flat = format!("%v{}", x.0);
+        if x_ty.rank() == 0 {
+            flat = self.def(format!(
+                "tensor.expand_shape {flat} [] output_shape [1] : {xt} into {}",
+                tensor_of(&[Dim::Const(1)], d)
+            ));
+            flat = self.def(format!(
+                "tensor.cast {flat} : {} to {flat_dyn}",
+                tensor_of(&[Dim::Const(1)], d)
+            ));
+        } else {
+            let all = (0..x_ty.rank())
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let static_n: Option<u64> = x_ty.shape.iter().map(Dim::as_const).product();
+            let collapsed = match static_n {
+                Some(n) => tensor_of(&[Dim::Const(n)], d),
+                None => flat_dyn.clone(),
+            };
+            flat = self.def(format!(
+                "tensor.collapse_shape {flat} [[{all}]] : {xt} into {collapsed}"
+            ));
+            flat = self.def(format!("tensor.cast {flat} : {collapsed} to {flat_dyn}"));
+        }
+        let all = (0..out_ty.rank())
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         let mut sizes = Vec::new();
         for dim in &out_ty.shape {
-            sizes.push(self.size(v, dim)?);
+            sizes.push(self.mixed(v, dim)?);
         }
-        let shape_ty = format!("tensor<{}xindex>", sizes.len());
-        let s = self.def(format!(
-            "tensor.from_elements {} : {shape_ty}",
-            sizes.join(", ")
-        ));
         Ok(format!(
-            "tensor.reshape %v{}({s}) : ({x_ty}, {shape_ty}) -> {}",
-            x.0,
-            tensor_ty(&out_ty)
+            "tensor.expand_shape {flat} [[{all}]] output_shape [{}] : {flat_dyn} into {ot}",
+            sizes.join(", ")
         ))
     }
 

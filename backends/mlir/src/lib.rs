@@ -19,7 +19,10 @@
 #![deny(missing_docs)]
 
 mod emit;
+mod jit;
 mod scalar;
+
+pub use jit::{jit_run_f32, F32Tensor, CPU_PIPELINE};
 
 use melior::{
     dialect::DialectRegistry,
