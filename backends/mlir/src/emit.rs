@@ -728,6 +728,9 @@ impl<'g> Emitter<'g> {
             let e = self.def(format!("tensor.extract %v{}[{idx}] : {xt}", x.0));
             return Ok(format!("tensor.from_elements {e} : {ot}"));
         }
+        if let Some(groups) = reassociation(&x_ty.shape, &out_ty.shape) {
+            return self.grouped_reshape(v, x, &x_ty, &out_ty, &groups);
+        }
         let flat_dyn = tensor_of(&[Dim::sym("n")], d);
         let mut flat = format!("%v{}", x.0);
         if x_ty.rank() == 0 {
@@ -764,6 +767,69 @@ impl<'g> Emitter<'g> {
         }
         Ok(format!(
             "tensor.expand_shape {flat} [[{all}]] output_shape [{}] : {flat_dyn} into {ot}",
+            sizes.join(", ")
+        ))
+    }
+
+    /// A reshape by matched groups of axes: `collapse_shape` each input group
+    /// to one axis, then `expand_shape` each to its output axes. Every group
+    /// has at most one dynamic axis per side, which MLIR 22's
+    /// `expand-strided-metadata` lowers (a fully flattened dynamic
+    /// `expand_shape` crashes it).
+    fn grouped_reshape(
+        &mut self,
+        v: ValueId,
+        x: ValueId,
+        x_ty: &TensorType,
+        out_ty: &TensorType,
+        groups: &[(Vec<usize>, Vec<usize>)],
+    ) -> Result<String, MlirError> {
+        let d = out_ty.dtype;
+        let mid: Vec<Dim> = groups
+            .iter()
+            .map(|(i, _)| match i.as_slice() {
+                [one] => x_ty.shape[*one].clone(),
+                many => Dim::Const(
+                    many.iter()
+                        .filter_map(|&a| x_ty.shape[a].as_const())
+                        .product(),
+                ),
+            })
+            .collect();
+        let list = |g: Vec<&Vec<usize>>| {
+            g.iter()
+                .map(|v| {
+                    format!(
+                        "[{}]",
+                        v.iter()
+                            .map(|a| a.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mid_ty = tensor_of(&mid, d);
+        let mut cur = format!("%v{}", x.0);
+        if groups.iter().any(|(i, _)| i.len() > 1) {
+            let re = list(groups.iter().map(|(i, _)| i).collect());
+            cur = self.def(format!(
+                "tensor.collapse_shape {cur} [{re}] : {} into {mid_ty}",
+                tensor_ty(x_ty)
+            ));
+        }
+        let ot = tensor_ty(out_ty);
+        if groups.iter().all(|(_, o)| o.len() == 1) {
+            return Ok(format!("tensor.cast {cur} : {mid_ty} to {ot}"));
+        }
+        let re = list(groups.iter().map(|(_, o)| o).collect());
+        let mut sizes = Vec::new();
+        for dim in &out_ty.shape {
+            sizes.push(self.mixed(v, dim)?);
+        }
+        Ok(format!(
+            "tensor.expand_shape {cur} [{re}] output_shape [{}] : {mid_ty} into {ot}",
             sizes.join(", ")
         ))
     }
@@ -918,6 +984,40 @@ impl<'g> Emitter<'g> {
             })
             .collect()
     }
+}
+
+/// Groups of input and output axes of a reshape that hold the same elements:
+/// equal dimensions pair one to one, runs of constant dimensions with equal
+/// products pair as a group. `None` when the shapes do not match that way
+/// (symbols that differ, or a run that never balances).
+fn reassociation(a: &[Dim], b: &[Dim]) -> Option<Vec<(Vec<usize>, Vec<usize>)>> {
+    let (mut i, mut j) = (0, 0);
+    let mut groups = Vec::new();
+    while i < a.len() && j < b.len() {
+        if a[i] == b[j] {
+            groups.push((vec![i], vec![j]));
+            i += 1;
+            j += 1;
+            continue;
+        }
+        let (mut gi, mut gj) = (vec![i], vec![j]);
+        let (mut pa, mut pb) = (a[i].as_const()?, b[j].as_const()?);
+        while pa != pb {
+            if pa < pb {
+                i += 1;
+                pa *= a.get(i)?.as_const()?;
+                gi.push(i);
+            } else {
+                j += 1;
+                pb *= b.get(j)?.as_const()?;
+                gj.push(j);
+            }
+        }
+        groups.push((gi, gj));
+        i += 1;
+        j += 1;
+    }
+    (i == a.len() && j == b.len() && !groups.is_empty()).then_some(groups)
 }
 
 /// The element type of a tensor type string (`tensor<?x8xf32>` -> `f32`).

@@ -161,10 +161,12 @@ fn shape_ops() {
   %4 = slice %3 {axis=2, end=12, start=4} : f32[B,L,8]
   %5 = index %2 {axis=1, index=1} : f32[B,L,4]
   %6 = iota %0 {axis=1} : i64[L]
+  %7 = reshape %2 : f32[B,2,4,L]
   output \"t\" = %2
   output \"s\" = %4
   output \"i\" = %5
   output \"p\" = %6
+  output \"r\" = %7
 }
 ",
     );
