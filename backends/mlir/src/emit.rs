@@ -1,0 +1,1042 @@
+//! The graph-to-text lowering: one exhaustive `match` over [`OpKind`].
+
+use crate::scalar::{elt, literal, Body};
+use crate::MlirError;
+use reformc_ir::{
+    Activation, Attr, BinaryFn, DType, Dim, Elementwise, Graph, OpKind, Reduction, TensorType,
+    UnaryFn, ValueId,
+};
+use std::collections::BTreeMap;
+
+const IND: &str = "    ";
+const BODY_IND: &str = "      ";
+
+/// The MLIR type of a tensor type: `tensor<?x8xf32>`, symbols dynamic.
+pub(crate) fn tensor_ty(t: &TensorType) -> String {
+    tensor_of(&t.shape, t.dtype)
+}
+
+fn tensor_of(shape: &[Dim], d: DType) -> String {
+    let mut s = String::from("tensor<");
+    for dim in shape {
+        match dim {
+            Dim::Const(c) => s.push_str(&c.to_string()),
+            Dim::Sym(_) => s.push('?'),
+        }
+        s.push('x');
+    }
+    s.push_str(elt(d));
+    s.push('>');
+    s
+}
+
+/// An operand of a `linalg.generic`: SSA name, tensor type, indexing map results.
+struct Operand {
+    name: String,
+    ty: String,
+    map: Vec<String>,
+}
+
+/// Builds the function body line by line.
+pub(crate) struct Emitter<'g> {
+    g: &'g Graph,
+    lines: Vec<String>,
+    counter: usize,
+    /// SSA `index` value of each symbolic dimension, read from an argument.
+    syms: BTreeMap<String, String>,
+    /// Marks `@forward` with `llvm.emit_c_interface` (for the JIT only: the
+    /// emitted module stays free of the `llvm` dialect).
+    c_interface: bool,
+}
+
+impl<'g> Emitter<'g> {
+    pub(crate) fn new(g: &'g Graph) -> Self {
+        Emitter {
+            g,
+            lines: Vec::new(),
+            counter: 0,
+            syms: BTreeMap::new(),
+            c_interface: false,
+        }
+    }
+
+    /// Asks for the C interface wrapper the ExecutionEngine calls.
+    pub(crate) fn with_c_interface(mut self) -> Self {
+        self.c_interface = true;
+        self
+    }
+
+    fn fresh(&mut self) -> String {
+        let n = format!("%t{}", self.counter);
+        self.counter += 1;
+        n
+    }
+
+    fn def(&mut self, rhs: String) -> String {
+        let n = self.fresh();
+        self.lines.push(format!("{IND}{n} = {rhs}"));
+        n
+    }
+
+    /// The whole module.
+    pub(crate) fn module(mut self) -> Result<String, MlirError> {
+        let g = self.g;
+        let args: Vec<(&str, ValueId)> = g.weights().into_iter().chain(g.inputs()).collect();
+        let mut params = Vec::new();
+        for (name, v) in &args {
+            params.push(format!(
+                "%v{}: {} {{reformc.name = {}}}",
+                v.0,
+                tensor_ty(g.ty(*v)),
+                quote(name)
+            ));
+        }
+        for (_, v) in &args {
+            self.bind_syms(*v);
+        }
+        for &v in &g.body {
+            self.op(v)?;
+        }
+        let (mut names, mut tys, mut res) = (Vec::new(), Vec::new(), Vec::new());
+        for (name, v) in &g.outputs {
+            names.push(format!("%v{}", v.0));
+            tys.push(tensor_ty(g.ty(*v)));
+            res.push(format!(
+                "{} {{reformc.name = {}}}",
+                tensor_ty(g.ty(*v)),
+                quote(name)
+            ));
+        }
+        let mut out = String::from("module {\n");
+        out.push_str(&format!(
+            "  func.func @forward({}) -> ({}){} {{\n",
+            params.join(", "),
+            res.join(", "),
+            if self.c_interface {
+                " attributes {llvm.emit_c_interface}"
+            } else {
+                ""
+            }
+        ));
+        for l in &self.lines {
+            out.push_str(l);
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "{IND}func.return {} : {}\n  }}\n}}\n",
+            names.join(", "),
+            tys.join(", ")
+        ));
+        Ok(out)
+    }
+
+    /// Reads each not yet bound symbolic dimension of argument `v` with `tensor.dim`.
+    fn bind_syms(&mut self, v: ValueId) {
+        let t = self.g.ty(v).clone();
+        for (i, d) in t.shape.iter().enumerate() {
+            if let Dim::Sym(s) = d {
+                if !self.syms.contains_key(s) {
+                    let c = self.def(format!("arith.constant {i} : index"));
+                    let n = self.def(format!("tensor.dim %v{}, {c} : {}", v.0, tensor_ty(&t)));
+                    self.syms.insert(s.clone(), n);
+                }
+            }
+        }
+    }
+
+    /// The SSA `index` values of the dynamic dimensions of `shape`, in order.
+    fn dyn_sizes(&self, v: ValueId, shape: &[Dim]) -> Result<Vec<String>, MlirError> {
+        shape
+            .iter()
+            .filter_map(|d| match d {
+                Dim::Const(_) => None,
+                Dim::Sym(s) => Some(self.syms.get(s).cloned().ok_or_else(|| {
+                    MlirError::invalid(self.g, v, format!("dimension `{s}` is not an argument's"))
+                })),
+            })
+            .collect()
+    }
+
+    /// One size as an `index` value (a constant or a symbol's value).
+    fn size(&mut self, v: ValueId, d: &Dim) -> Result<String, MlirError> {
+        match d {
+            Dim::Const(c) => Ok(self.def(format!("arith.constant {c} : index"))),
+            Dim::Sym(s) => self.syms.get(s).cloned().ok_or_else(|| {
+                MlirError::invalid(self.g, v, format!("dimension `{s}` is not an argument's"))
+            }),
+        }
+    }
+
+    /// A size as it appears in a mixed static/dynamic list.
+    fn mixed(&self, v: ValueId, d: &Dim) -> Result<String, MlirError> {
+        match d {
+            Dim::Const(c) => Ok(c.to_string()),
+            Dim::Sym(_) => Ok(self.dyn_sizes(v, std::slice::from_ref(d))?.remove(0)),
+        }
+    }
+
+    /// `tensor.empty` of `shape`, filled with `fill` when given.
+    fn init(
+        &mut self,
+        v: ValueId,
+        shape: &[Dim],
+        d: DType,
+        fill: Option<f64>,
+    ) -> Result<String, MlirError> {
+        let ty = tensor_of(shape, d);
+        let sizes = self.dyn_sizes(v, shape)?.join(", ");
+        let e = self.def(format!("tensor.empty({sizes}) : {ty}"));
+        let Some(x) = fill else { return Ok(e) };
+        let c = self.def(format!("arith.constant {} : {}", literal(d, x), elt(d)));
+        Ok(self.def(format!(
+            "linalg.fill ins({c} : {}) outs({e} : {ty}) -> {ty}",
+            elt(d)
+        )))
+    }
+
+    /// A `linalg.generic` over `iters` loops; `body` gets the block arguments
+    /// (inputs then the output) and returns the value to yield.
+    fn generic(
+        &mut self,
+        ins: &[Operand],
+        out: Operand,
+        iters: &[&str],
+        out_elt: &str,
+        body: impl FnOnce(&mut Body, &[String]) -> String,
+    ) -> String {
+        let dims: Vec<String> = (0..iters.len()).map(|i| format!("d{i}")).collect();
+        let dims = dims.join(", ");
+        let maps: Vec<String> = ins
+            .iter()
+            .chain(std::iter::once(&out))
+            .map(|o| format!("affine_map<({dims}) -> ({})>", o.map.join(", ")))
+            .collect();
+        let iters: Vec<String> = iters.iter().map(|i| format!("\"{i}\"")).collect();
+        let r = self.fresh();
+        let in_names: Vec<&str> = ins.iter().map(|o| o.name.as_str()).collect();
+        let in_tys: Vec<&str> = ins.iter().map(|o| o.ty.as_str()).collect();
+        let ins_clause = if ins.is_empty() {
+            String::new()
+        } else {
+            format!("ins({} : {}) ", in_names.join(", "), in_tys.join(", "))
+        };
+        self.lines.push(format!(
+            "{IND}{r} = linalg.generic {{indexing_maps = [{}], iterator_types = [{}]}} {ins_clause}outs({} : {}) {{",
+            maps.join(", "),
+            iters.join(", "),
+            out.name,
+            out.ty
+        ));
+        let mut args = Vec::new();
+        let mut decl = Vec::new();
+        for o in ins.iter().chain(std::iter::once(&out)) {
+            let a = self.fresh();
+            decl.push(format!("{a}: {}", elt_of_ty(&o.ty)));
+            args.push(a);
+        }
+        self.lines.push(format!("{IND}^bb0({}):", decl.join(", ")));
+        let mut b = Body {
+            lines: &mut self.lines,
+            counter: &mut self.counter,
+            indent: BODY_IND,
+        };
+        let y = body(&mut b, &args);
+        self.lines
+            .push(format!("{BODY_IND}linalg.yield {y} : {out_elt}"));
+        self.lines.push(format!("{IND}}} -> {}", out.ty));
+        r
+    }
+
+    /// Lowers the op defining `v`, binding `%v<id>`.
+    fn op(&mut self, v: ValueId) -> Result<(), MlirError> {
+        let node = self.g.node(v);
+        let kind = node.op.kind;
+        let unsupported = || MlirError::Unsupported {
+            op: kind,
+            value: v.0,
+        };
+        let result = match kind {
+            // Function arguments, named `%v<id>` already.
+            OpKind::Input | OpKind::Weight => return Ok(()),
+            OpKind::Constant => self.constant(v),
+            OpKind::Add
+            | OpKind::Sub
+            | OpKind::Mul
+            | OpKind::Div
+            | OpKind::Max
+            | OpKind::Min
+            | OpKind::Lt
+            | OpKind::Eq
+            | OpKind::Neg
+            | OpKind::Exp
+            | OpKind::Log
+            | OpKind::Sqrt
+            | OpKind::Rsqrt
+            | OpKind::Tanh
+            | OpKind::Act
+            | OpKind::Cast
+            | OpKind::Select => self.elementwise(v),
+            OpKind::Matmul => self.matmul(v),
+            OpKind::Reduce => self.reduce(v),
+            OpKind::Softmax => self.softmax(v),
+            OpKind::Reshape => self.reshape(v),
+            OpKind::Transpose => self.transpose(v),
+            OpKind::Concat => self.concat(v),
+            OpKind::Slice => self.slice(v, false),
+            OpKind::Index => self.slice(v, true),
+            OpKind::Iota => self.iota(v),
+            // Not lowered yet (issue 10): each is an error naming the op.
+            OpKind::Arg
+            | OpKind::RandomNormal
+            | OpKind::Embedding
+            | OpKind::AxialPosEmbedding
+            | OpKind::LayerNorm
+            | OpKind::Linear
+            | OpKind::Attention
+            | OpKind::LocalAttention
+            | OpKind::LshHash
+            | OpKind::LshAttention
+            | OpKind::ReversibleBlock
+            | OpKind::SeqChunk
+            | OpKind::PadToMultiple
+            | OpKind::Truncate
+            | OpKind::Gather
+            | OpKind::Argmax
+            | OpKind::Argsort => Err(unsupported()),
+        }?;
+        self.lines.push(format!("{IND}%v{} = {result}", v.0));
+        // A symbol first seen on this result (a padded length) is read from it.
+        self.bind_syms(v);
+        Ok(())
+    }
+
+    /// The value `x` under another name: a cast to its own type is a no-op
+    /// that keeps one `%v<id> = ...` line per value.
+    fn alias(&self, x: &str, ty: &str) -> String {
+        format!("tensor.cast {x} : {ty} to {ty}")
+    }
+
+    fn constant(&mut self, v: ValueId) -> Result<String, MlirError> {
+        let node = self.g.node(v);
+        let d = node.ty.dtype;
+        let value = node.op.float("value").unwrap_or(0.0);
+        if !node.ty.shape.is_empty() {
+            return Err(MlirError::invalid(self.g, v, "a constant must be rank 0"));
+        }
+        Ok(format!(
+            "arith.constant dense<{}> : {}",
+            literal(d, value),
+            tensor_ty(&node.ty)
+        ))
+    }
+
+    /// An operand broadcast (numpy rules) to the `rank` loops of the result
+    /// `out`: axes of length 1 where the result is not read index 0.
+    fn broadcast_operand(&self, x: ValueId, out: &[Dim]) -> Operand {
+        let t = self.g.ty(x);
+        let lead = out.len() - t.rank();
+        let map = t
+            .shape
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                if *d == Dim::Const(1) && out[lead + i] != Dim::Const(1) {
+                    "0".to_string()
+                } else {
+                    format!("d{}", lead + i)
+                }
+            })
+            .collect();
+        Operand {
+            name: format!("%v{}", x.0),
+            ty: tensor_ty(t),
+            map,
+        }
+    }
+
+    fn identity(rank: usize) -> Vec<String> {
+        (0..rank).map(|i| format!("d{i}")).collect()
+    }
+
+    fn elementwise(&mut self, v: ValueId) -> Result<String, MlirError> {
+        let node = self.g.node(v);
+        let out_ty = node.ty.clone();
+        let Some(ew) = node.op.kind.facts().elementwise else {
+            return Err(MlirError::invalid(self.g, v, "not elementwise"));
+        };
+        if node
+            .inputs
+            .iter()
+            .any(|&x| self.g.ty(x).rank() > out_ty.rank())
+        {
+            return Err(MlirError::invalid(
+                self.g,
+                v,
+                "operand of higher rank than result",
+            ));
+        }
+        let act = match ew {
+            Elementwise::Unary(UnaryFn::Act) => node
+                .op
+                .activation()
+                .map_err(|e| MlirError::invalid(self.g, v, e))?,
+            _ => Activation::None,
+        };
+        let in_dtype = node.inputs.last().map(|&x| self.g.ty(x).dtype);
+        let in_dtype = in_dtype.unwrap_or(out_ty.dtype);
+        let ins: Vec<Operand> = node
+            .inputs
+            .iter()
+            .map(|&x| self.broadcast_operand(x, &out_ty.shape))
+            .collect();
+        let init = self.init(v, &out_ty.shape, out_ty.dtype, None)?;
+        let out = Operand {
+            name: init,
+            ty: tensor_ty(&out_ty),
+            map: Self::identity(out_ty.rank()),
+        };
+        let iters = vec!["parallel"; out_ty.rank()];
+        let out_dtype = out_ty.dtype;
+        let r = self.generic(&ins, out, &iters, elt(out_dtype), |b, a| match ew {
+            Elementwise::Unary(f) => b.unary(f, act, &a[0], in_dtype),
+            Elementwise::Binary(f) => b.binary(f, &a[0], &a[1], in_dtype),
+            Elementwise::Select => b.def(format!(
+                "arith.select {}, {}, {} : {}",
+                a[0],
+                a[1],
+                a[2],
+                elt(out_dtype)
+            )),
+            Elementwise::Cast => b.cast(&a[0], in_dtype, out_dtype),
+        });
+        Ok(self.alias(&r, &tensor_ty(&out_ty)))
+    }
+
+    fn matmul(&mut self, v: ValueId) -> Result<String, MlirError> {
+        let node = self.g.node(v);
+        let out_ty = node.ty.clone();
+        let (a, b) = (node.inputs[0], node.inputs[1]);
+        let r = out_ty.rank();
+        if r < 2 || self.g.ty(a).rank() != r || self.g.ty(b).rank() != r {
+            return Err(MlirError::invalid(
+                self.g,
+                v,
+                "matmul needs operands of the result's rank >= 2",
+            ));
+        }
+        // Loops: batch.., m, n (parallel), k (reduction) = d<r>.
+        let batch = |x: ValueId| -> Vec<String> {
+            let t = self.g.ty(x);
+            (0..r - 2)
+                .map(|i| {
+                    if t.shape[i] == Dim::Const(1) && out_ty.shape[i] != Dim::Const(1) {
+                        "0".to_string()
+                    } else {
+                        format!("d{i}")
+                    }
+                })
+                .collect()
+        };
+        let mut am = batch(a);
+        am.extend([format!("d{}", r - 2), format!("d{r}")]);
+        let mut bm = batch(b);
+        bm.extend([format!("d{r}"), format!("d{}", r - 1)]);
+        let ins = [
+            Operand {
+                name: format!("%v{}", a.0),
+                ty: tensor_ty(self.g.ty(a)),
+                map: am,
+            },
+            Operand {
+                name: format!("%v{}", b.0),
+                ty: tensor_ty(self.g.ty(b)),
+                map: bm,
+            },
+        ];
+        let d = out_ty.dtype;
+        let init = self.init(v, &out_ty.shape, d, Some(0.0))?;
+        let out = Operand {
+            name: init,
+            ty: tensor_ty(&out_ty),
+            map: Self::identity(r),
+        };
+        let mut iters = vec!["parallel"; r];
+        iters.push("reduction");
+        let res = self.generic(&ins, out, &iters, elt(d), |body, x| {
+            let p = body.binary(BinaryFn::Mul, &x[0], &x[1], d);
+            body.binary(BinaryFn::Add, &x[2], &p, d)
+        });
+        Ok(self.alias(&res, &tensor_ty(&out_ty)))
+    }
+
+    /// A reduction of `x` over `axes` with `f` (add or max) into a tensor of
+    /// `shape` (the axes dropped, or kept as 1 under `keep`); returns the value
+    /// and the map of the reduced tensor in `x`'s loops.
+    #[allow(clippy::too_many_arguments)]
+    fn reduce_into(
+        &mut self,
+        v: ValueId,
+        x: &str,
+        x_ty: &TensorType,
+        axes: &[usize],
+        keep: bool,
+        f: BinaryFn,
+        pre: impl FnOnce(&mut Body, &str) -> String,
+    ) -> Result<(String, Vec<String>, Vec<Dim>), MlirError> {
+        let d = x_ty.dtype;
+        let mut shape = Vec::new();
+        let mut map = Vec::new();
+        for (i, dim) in x_ty.shape.iter().enumerate() {
+            if axes.contains(&i) {
+                if keep {
+                    shape.push(Dim::Const(1));
+                    map.push("0".to_string());
+                }
+            } else {
+                shape.push(dim.clone());
+                map.push(format!("d{i}"));
+            }
+        }
+        let start = if f == BinaryFn::Max {
+            f64::NEG_INFINITY
+        } else {
+            0.0
+        };
+        let init = self.init(v, &shape, d, Some(start))?;
+        let ins = [Operand {
+            name: x.to_string(),
+            ty: tensor_ty(x_ty),
+            map: Self::identity(x_ty.rank()),
+        }];
+        let out = Operand {
+            name: init,
+            ty: tensor_of(&shape, d),
+            map: map.clone(),
+        };
+        let iters: Vec<&str> = (0..x_ty.rank())
+            .map(|i| {
+                if axes.contains(&i) {
+                    "reduction"
+                } else {
+                    "parallel"
+                }
+            })
+            .collect();
+        let r = self.generic(&ins, out, &iters, elt(d), |b, a| {
+            let e = pre(b, &a[0]);
+            b.binary(f, &a[1], &e, d)
+        });
+        Ok((r, map, shape))
+    }
+
+    fn reduce(&mut self, v: ValueId) -> Result<String, MlirError> {
+        let node = self.g.node(v);
+        let x = node.inputs[0];
+        let x_ty = self.g.ty(x).clone();
+        let out_ty = node.ty.clone();
+        let kind = node
+            .op
+            .reduction()
+            .map_err(|e| MlirError::invalid(self.g, v, e))?;
+        let keep = node.op.flag("keepdim");
+        let axes = self.axes(v, "axes", x_ty.rank())?;
+        let d = x_ty.dtype;
+        let xn = format!("%v{}", x.0);
+        let id = |_: &mut Body, a: &str| a.to_string();
+        let r = match kind {
+            Reduction::Sum => {
+                self.reduce_into(v, &xn, &x_ty, &axes, keep, BinaryFn::Add, id)?
+                    .0
+            }
+            Reduction::Max => {
+                self.reduce_into(v, &xn, &x_ty, &axes, keep, BinaryFn::Max, id)?
+                    .0
+            }
+            Reduction::Mean => {
+                let (s, _, shape) =
+                    self.reduce_into(v, &xn, &x_ty, &axes, keep, BinaryFn::Add, id)?;
+                let mut n = self.def("arith.constant 1 : index".into());
+                for &a in &axes {
+                    let sz = self.size(v, &x_ty.shape[a])?;
+                    n = self.def(format!("arith.muli {n}, {sz} : index"));
+                }
+                let n = self.def(format!("arith.index_cast {n} : index to i64"));
+                let n = self.def(format!("arith.sitofp {n} : i64 to {}", elt(d)));
+                self.map_unary(v, &s, &shape, d, |b, a| b.binary(BinaryFn::Div, a, &n, d))?
+            }
+            Reduction::LogSumExp => {
+                let (m, map, shape) =
+                    self.reduce_into(v, &xn, &x_ty, &axes, keep, BinaryFn::Max, id)?;
+                let s = self.sum_exp_minus(v, &xn, &x_ty, &m, &map, &shape, &axes)?;
+                let ins = [
+                    Operand {
+                        name: s,
+                        ty: tensor_of(&shape, d),
+                        map: Self::identity(shape.len()),
+                    },
+                    Operand {
+                        name: m,
+                        ty: tensor_of(&shape, d),
+                        map: Self::identity(shape.len()),
+                    },
+                ];
+                let init = self.init(v, &shape, d, None)?;
+                let out = Operand {
+                    name: init,
+                    ty: tensor_of(&shape, d),
+                    map: Self::identity(shape.len()),
+                };
+                let iters = vec!["parallel"; shape.len()];
+                self.generic(&ins, out, &iters, elt(d), |b, a| {
+                    let l = b.unary(UnaryFn::Log, Activation::None, &a[0], d);
+                    b.binary(BinaryFn::Add, &l, &a[1], d)
+                })
+            }
+        };
+        Ok(self.alias(&r, &tensor_ty(&out_ty)))
+    }
+
+    /// `sum(exp(x - m))` over `axes`, `m` read through `map`.
+    #[allow(clippy::too_many_arguments)]
+    fn sum_exp_minus(
+        &mut self,
+        v: ValueId,
+        x: &str,
+        x_ty: &TensorType,
+        m: &str,
+        map: &[String],
+        shape: &[Dim],
+        axes: &[usize],
+    ) -> Result<String, MlirError> {
+        let d = x_ty.dtype;
+        let init = self.init(v, shape, d, Some(0.0))?;
+        let ins = [
+            Operand {
+                name: x.to_string(),
+                ty: tensor_ty(x_ty),
+                map: Self::identity(x_ty.rank()),
+            },
+            Operand {
+                name: m.to_string(),
+                ty: tensor_of(shape, d),
+                map: map.to_vec(),
+            },
+        ];
+        let out = Operand {
+            name: init,
+            ty: tensor_of(shape, d),
+            map: map.to_vec(),
+        };
+        let iters: Vec<&str> = (0..x_ty.rank())
+            .map(|i| {
+                if axes.contains(&i) {
+                    "reduction"
+                } else {
+                    "parallel"
+                }
+            })
+            .collect();
+        Ok(self.generic(&ins, out, &iters, elt(d), |b, a| {
+            let t = b.binary(BinaryFn::Sub, &a[0], &a[1], d);
+            let e = b.unary(UnaryFn::Exp, Activation::None, &t, d);
+            b.binary(BinaryFn::Add, &a[2], &e, d)
+        }))
+    }
+
+    /// `f` applied to every element of `x` of `shape`.
+    fn map_unary(
+        &mut self,
+        v: ValueId,
+        x: &str,
+        shape: &[Dim],
+        d: DType,
+        f: impl FnOnce(&mut Body, &str) -> String,
+    ) -> Result<String, MlirError> {
+        let ty = tensor_of(shape, d);
+        let init = self.init(v, shape, d, None)?;
+        let ins = [Operand {
+            name: x.to_string(),
+            ty: ty.clone(),
+            map: Self::identity(shape.len()),
+        }];
+        let out = Operand {
+            name: init,
+            ty,
+            map: Self::identity(shape.len()),
+        };
+        let iters = vec!["parallel"; shape.len()];
+        Ok(self.generic(&ins, out, &iters, elt(d), |b, a| f(b, &a[0])))
+    }
+
+    /// Softmax decomposed: max, `exp(x - max)` summed, then divided.
+    fn softmax(&mut self, v: ValueId) -> Result<String, MlirError> {
+        let node = self.g.node(v);
+        let x = node.inputs[0];
+        let x_ty = self.g.ty(x).clone();
+        let axis = self.axis(v, "axis", x_ty.rank())?;
+        let d = x_ty.dtype;
+        let xn = format!("%v{}", x.0);
+        let id = |_: &mut Body, a: &str| a.to_string();
+        let (m, map, shape) = self.reduce_into(v, &xn, &x_ty, &[axis], false, BinaryFn::Max, id)?;
+        let s = self.sum_exp_minus(v, &xn, &x_ty, &m, &map, &shape, &[axis])?;
+        let rank = x_ty.rank();
+        let ins = [
+            Operand {
+                name: xn,
+                ty: tensor_ty(&x_ty),
+                map: Self::identity(rank),
+            },
+            Operand {
+                name: m,
+                ty: tensor_of(&shape, d),
+                map: map.clone(),
+            },
+            Operand {
+                name: s,
+                ty: tensor_of(&shape, d),
+                map,
+            },
+        ];
+        let init = self.init(v, &x_ty.shape, d, None)?;
+        let out = Operand {
+            name: init,
+            ty: tensor_ty(&x_ty),
+            map: Self::identity(rank),
+        };
+        let iters = vec!["parallel"; rank];
+        let r = self.generic(&ins, out, &iters, elt(d), |b, a| {
+            let t = b.binary(BinaryFn::Sub, &a[0], &a[1], d);
+            let e = b.unary(UnaryFn::Exp, Activation::None, &t, d);
+            b.binary(BinaryFn::Div, &e, &a[2], d)
+        });
+        Ok(self.alias(&r, &tensor_ty(&node.ty)))
+    }
+
+    /// A reshape as `tensor.collapse_shape` to one axis, then
+    /// `tensor.expand_shape` to the result's sizes (the form bufferization and
+    /// IREE handle best); a rank-0 result takes the single element.
+    fn reshape(&mut self, v: ValueId) -> Result<String, MlirError> {
+        let node = self.g.node(v);
+        let x = node.inputs[0];
+        let x_ty = self.g.ty(x).clone();
+        let out_ty = node.ty.clone();
+        let d = out_ty.dtype;
+        let (xt, ot) = (tensor_ty(&x_ty), tensor_ty(&out_ty));
+        if out_ty.shape.is_empty() {
+            let zero = self.def("arith.constant 0 : index".into());
+            let idx = vec![zero; x_ty.rank()].join(", ");
+            let e = self.def(format!("tensor.extract %v{}[{idx}] : {xt}", x.0));
+            return Ok(format!("tensor.from_elements {e} : {ot}"));
+        }
+        if let Some(groups) = reassociation(&x_ty.shape, &out_ty.shape) {
+            return self.grouped_reshape(v, x, &x_ty, &out_ty, &groups);
+        }
+        let flat_dyn = tensor_of(&[Dim::sym("n")], d);
+        let mut flat = format!("%v{}", x.0);
+        if x_ty.rank() == 0 {
+            flat = self.def(format!(
+                "tensor.expand_shape {flat} [] output_shape [1] : {xt} into {}",
+                tensor_of(&[Dim::Const(1)], d)
+            ));
+            flat = self.def(format!(
+                "tensor.cast {flat} : {} to {flat_dyn}",
+                tensor_of(&[Dim::Const(1)], d)
+            ));
+        } else {
+            let all = (0..x_ty.rank())
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let static_n: Option<u64> = x_ty.shape.iter().map(Dim::as_const).product();
+            let collapsed = match static_n {
+                Some(n) => tensor_of(&[Dim::Const(n)], d),
+                None => flat_dyn.clone(),
+            };
+            flat = self.def(format!(
+                "tensor.collapse_shape {flat} [[{all}]] : {xt} into {collapsed}"
+            ));
+            flat = self.def(format!("tensor.cast {flat} : {collapsed} to {flat_dyn}"));
+        }
+        let all = (0..out_ty.rank())
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut sizes = Vec::new();
+        for dim in &out_ty.shape {
+            sizes.push(self.mixed(v, dim)?);
+        }
+        Ok(format!(
+            "tensor.expand_shape {flat} [[{all}]] output_shape [{}] : {flat_dyn} into {ot}",
+            sizes.join(", ")
+        ))
+    }
+
+    /// A reshape by matched groups of axes: `collapse_shape` each input group
+    /// to one axis, then `expand_shape` each to its output axes. Every group
+    /// has at most one dynamic axis per side, which MLIR 22's
+    /// `expand-strided-metadata` lowers (a fully flattened dynamic
+    /// `expand_shape` crashes it).
+    fn grouped_reshape(
+        &mut self,
+        v: ValueId,
+        x: ValueId,
+        x_ty: &TensorType,
+        out_ty: &TensorType,
+        groups: &[(Vec<usize>, Vec<usize>)],
+    ) -> Result<String, MlirError> {
+        let d = out_ty.dtype;
+        let mid: Vec<Dim> = groups
+            .iter()
+            .map(|(i, _)| match i.as_slice() {
+                [one] => x_ty.shape[*one].clone(),
+                many => Dim::Const(
+                    many.iter()
+                        .filter_map(|&a| x_ty.shape[a].as_const())
+                        .product(),
+                ),
+            })
+            .collect();
+        let list = |g: Vec<&Vec<usize>>| {
+            g.iter()
+                .map(|v| {
+                    format!(
+                        "[{}]",
+                        v.iter()
+                            .map(|a| a.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mid_ty = tensor_of(&mid, d);
+        let mut cur = format!("%v{}", x.0);
+        if groups.iter().any(|(i, _)| i.len() > 1) {
+            let re = list(groups.iter().map(|(i, _)| i).collect());
+            cur = self.def(format!(
+                "tensor.collapse_shape {cur} [{re}] : {} into {mid_ty}",
+                tensor_ty(x_ty)
+            ));
+        }
+        let ot = tensor_ty(out_ty);
+        if groups.iter().all(|(_, o)| o.len() == 1) {
+            return Ok(format!("tensor.cast {cur} : {mid_ty} to {ot}"));
+        }
+        let re = list(groups.iter().map(|(_, o)| o).collect());
+        let mut sizes = Vec::new();
+        for dim in &out_ty.shape {
+            sizes.push(self.mixed(v, dim)?);
+        }
+        Ok(format!(
+            "tensor.expand_shape {cur} [{re}] output_shape [{}] : {mid_ty} into {ot}",
+            sizes.join(", ")
+        ))
+    }
+
+    fn transpose(&mut self, v: ValueId) -> Result<String, MlirError> {
+        let node = self.g.node(v);
+        let x = node.inputs[0];
+        let out_ty = node.ty.clone();
+        let perm = node
+            .op
+            .ints("perm")
+            .ok_or_else(|| MlirError::invalid(self.g, v, "missing `perm`"))?;
+        let perm: Vec<String> = perm.iter().map(|p| p.to_string()).collect();
+        let init = self.init(v, &out_ty.shape, out_ty.dtype, None)?;
+        let ty = tensor_ty(&out_ty);
+        let r = self.def(format!(
+            "linalg.transpose ins(%v{} : {}) outs({init} : {ty}) permutation = [{}]",
+            x.0,
+            tensor_ty(self.g.ty(x)),
+            perm.join(", ")
+        ));
+        Ok(self.alias(&r, &ty))
+    }
+
+    fn concat(&mut self, v: ValueId) -> Result<String, MlirError> {
+        let node = self.g.node(v);
+        let axis = self.axis(v, "axis", node.ty.rank())?;
+        let names: Vec<String> = node.inputs.iter().map(|x| format!("%v{}", x.0)).collect();
+        let tys: Vec<String> = node
+            .inputs
+            .iter()
+            .map(|&x| tensor_ty(self.g.ty(x)))
+            .collect();
+        let ty = tensor_ty(&node.ty);
+        if names.len() == 1 {
+            return Ok(format!("tensor.cast {} : {} to {ty}", names[0], tys[0]));
+        }
+        Ok(format!(
+            "tensor.concat dim({axis}) {} : ({}) -> {ty}",
+            names.join(", "),
+            tys.join(", ")
+        ))
+    }
+
+    /// `slice` (`start..end` of an axis) or, with `drop`, `index` (one
+    /// position, the axis removed by a rank-reducing `tensor.extract_slice`).
+    fn slice(&mut self, v: ValueId, drop: bool) -> Result<String, MlirError> {
+        let node = self.g.node(v);
+        let x = node.inputs[0];
+        let x_ty = self.g.ty(x).clone();
+        let axis = self.axis(v, "axis", x_ty.rank())?;
+        let (start, len) = if drop {
+            (self.nonneg(v, "index")?, 1)
+        } else {
+            let (s, e) = (self.nonneg(v, "start")?, self.nonneg(v, "end")?);
+            if e < s {
+                return Err(MlirError::invalid(self.g, v, "`end` before `start`"));
+            }
+            (s, e - s)
+        };
+        let mut offsets = Vec::new();
+        let mut sizes = Vec::new();
+        for (i, dim) in x_ty.shape.iter().enumerate() {
+            if i == axis {
+                offsets.push(start.to_string());
+                sizes.push(len.to_string());
+            } else {
+                offsets.push("0".into());
+                sizes.push(self.mixed(v, dim)?);
+            }
+        }
+        let ones = vec!["1"; x_ty.rank()].join(", ");
+        Ok(format!(
+            "tensor.extract_slice %v{}[{}] [{}] [{ones}] : {} to {}",
+            x.0,
+            offsets.join(", "),
+            sizes.join(", "),
+            tensor_ty(&x_ty),
+            tensor_ty(&node.ty)
+        ))
+    }
+
+    fn iota(&mut self, v: ValueId) -> Result<String, MlirError> {
+        let node = self.g.node(v);
+        let out_ty = node.ty.clone();
+        let r = node.inputs[0];
+        let r_ty = self.g.ty(r).clone();
+        let axis = self.axis(v, "axis", r_ty.rank())?;
+        if out_ty.rank() != 1 || out_ty.dtype != DType::I64 {
+            return Err(MlirError::invalid(self.g, v, "iota must be i64 of rank 1"));
+        }
+        // The length is read from the reference operand, whose dimension may
+        // be a symbol no argument carries.
+        let c = self.def(format!("arith.constant {axis} : index"));
+        let n = self.def(format!("tensor.dim %v{}, {c} : {}", r.0, tensor_ty(&r_ty)));
+        let sizes = if out_ty.shape[0].as_const().is_some() {
+            String::new()
+        } else {
+            n
+        };
+        let init = self.def(format!("tensor.empty({sizes}) : {}", tensor_ty(&out_ty)));
+        let ty = tensor_ty(&out_ty);
+        let out = Operand {
+            name: init,
+            ty: ty.clone(),
+            map: Self::identity(1),
+        };
+        let r = self.generic(&[], out, &["parallel"], "i64", |b, _| {
+            let i = b.def("linalg.index 0 : index".into());
+            b.def(format!("arith.index_cast {i} : index to i64"))
+        });
+        Ok(self.alias(&r, &ty))
+    }
+
+    fn nonneg(&self, v: ValueId, key: &str) -> Result<u64, MlirError> {
+        let op = &self.g.node(v).op;
+        match op.attrs.get(key) {
+            Some(Attr::Int(i)) if *i >= 0 => Ok(*i as u64),
+            _ => Err(MlirError::invalid(
+                self.g,
+                v,
+                format!("`{key}` must be a non-negative integer"),
+            )),
+        }
+    }
+
+    fn axis(&self, v: ValueId, key: &str, rank: usize) -> Result<usize, MlirError> {
+        let a = self.nonneg(v, key)? as usize;
+        if a >= rank {
+            return Err(MlirError::invalid(
+                self.g,
+                v,
+                format!("`{key}` {a} out of range"),
+            ));
+        }
+        Ok(a)
+    }
+
+    fn axes(&self, v: ValueId, key: &str, rank: usize) -> Result<Vec<usize>, MlirError> {
+        let op = &self.g.node(v).op;
+        let Some(list) = op.ints(key) else {
+            return Err(MlirError::invalid(self.g, v, format!("missing `{key}`")));
+        };
+        list.iter()
+            .map(|&a| match usize::try_from(a) {
+                Ok(a) if a < rank => Ok(a),
+                _ => Err(MlirError::invalid(
+                    self.g,
+                    v,
+                    format!("axis {a} out of range"),
+                )),
+            })
+            .collect()
+    }
+}
+
+/// Groups of input and output axes of a reshape that hold the same elements:
+/// equal dimensions pair one to one, runs of constant dimensions with equal
+/// products pair as a group. `None` when the shapes do not match that way
+/// (symbols that differ, or a run that never balances).
+fn reassociation(a: &[Dim], b: &[Dim]) -> Option<Vec<(Vec<usize>, Vec<usize>)>> {
+    let (mut i, mut j) = (0, 0);
+    let mut groups = Vec::new();
+    while i < a.len() && j < b.len() {
+        if a[i] == b[j] {
+            groups.push((vec![i], vec![j]));
+            i += 1;
+            j += 1;
+            continue;
+        }
+        let (mut gi, mut gj) = (vec![i], vec![j]);
+        let (mut pa, mut pb) = (a[i].as_const()?, b[j].as_const()?);
+        while pa != pb {
+            if pa < pb {
+                i += 1;
+                pa *= a.get(i)?.as_const()?;
+                gi.push(i);
+            } else {
+                j += 1;
+                pb *= b.get(j)?.as_const()?;
+                gj.push(j);
+            }
+        }
+        groups.push((gi, gj));
+        i += 1;
+        j += 1;
+    }
+    (i == a.len() && j == b.len() && !groups.is_empty()).then_some(groups)
+}
+
+/// The element type of a tensor type string (`tensor<?x8xf32>` -> `f32`).
+fn elt_of_ty(ty: &str) -> &str {
+    let inner = ty.trim_start_matches("tensor<").trim_end_matches('>');
+    inner.rsplit('x').next().unwrap_or(inner)
+}
+
+/// A string as an MLIR string literal.
+fn quote(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}

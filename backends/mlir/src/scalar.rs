@@ -1,0 +1,197 @@
+//! Scalar code inside `linalg.generic` bodies: element types, constants and
+//! the arithmetic of elementwise ops, activations and casts.
+
+use reformc_ir::{Activation, BinaryFn, DType, UnaryFn};
+
+/// The MLIR element type of a dtype.
+pub(crate) fn elt(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::F64 => "f64",
+        DType::I64 => "i64",
+        DType::I32 => "i32",
+        DType::Bool => "i1",
+    }
+}
+
+/// A scalar literal of type `d` holding `v`: floats as hexadecimal bit
+/// patterns, so that every value (inf, NaN, -0.0) is exact.
+pub(crate) fn literal(d: DType, v: f64) -> String {
+    match d {
+        DType::F32 => format!("0x{:08X}", (v as f32).to_bits()),
+        DType::F64 => format!("0x{:016X}", v.to_bits()),
+        DType::I64 | DType::I32 => format!("{}", v as i64),
+        DType::Bool => (if v != 0.0 { "true" } else { "false" }).to_string(),
+    }
+}
+
+/// Lines of scalar SSA code, with fresh names from a shared counter.
+pub(crate) struct Body<'a> {
+    pub(crate) lines: &'a mut Vec<String>,
+    pub(crate) counter: &'a mut usize,
+    pub(crate) indent: &'a str,
+}
+
+impl Body<'_> {
+    /// Emits `%tN = rhs` and returns `%tN`.
+    pub(crate) fn def(&mut self, rhs: String) -> String {
+        let name = format!("%t{}", *self.counter);
+        *self.counter += 1;
+        self.lines.push(format!("{}{name} = {rhs}", self.indent));
+        name
+    }
+
+    /// A constant of dtype `d`.
+    pub(crate) fn constant(&mut self, d: DType, v: f64) -> String {
+        self.def(format!("arith.constant {} : {}", literal(d, v), elt(d)))
+    }
+
+    fn bin(&mut self, op: &str, a: &str, b: &str, d: DType) -> String {
+        self.def(format!("{op} {a}, {b} : {}", elt(d)))
+    }
+
+    /// `f(a, b)` for operands of dtype `d`.
+    pub(crate) fn binary(&mut self, f: BinaryFn, a: &str, b: &str, d: DType) -> String {
+        let float = d.is_float();
+        let op = match (f, float) {
+            (BinaryFn::Add, true) => "arith.addf",
+            (BinaryFn::Add, false) => "arith.addi",
+            (BinaryFn::Sub, true) => "arith.subf",
+            (BinaryFn::Sub, false) => "arith.subi",
+            (BinaryFn::Mul, true) => "arith.mulf",
+            (BinaryFn::Mul, false) => "arith.muli",
+            (BinaryFn::Div, true) => "arith.divf",
+            (BinaryFn::Div, false) => "arith.divsi",
+            (BinaryFn::Max, true) => "arith.maximumf",
+            (BinaryFn::Max, false) => "arith.maxsi",
+            (BinaryFn::Min, true) => "arith.minimumf",
+            (BinaryFn::Min, false) => "arith.minsi",
+            (BinaryFn::Lt, true) => "arith.cmpf olt,",
+            (BinaryFn::Lt, false) => "arith.cmpi slt,",
+            (BinaryFn::Eq, true) => "arith.cmpf oeq,",
+            (BinaryFn::Eq, false) => "arith.cmpi eq,",
+        };
+        self.bin(op, a, b, d)
+    }
+
+    /// `f(x)` for an operand of dtype `d`; `act` is the activation of an `act` op.
+    pub(crate) fn unary(&mut self, f: UnaryFn, act: Activation, x: &str, d: DType) -> String {
+        let t = elt(d);
+        match f {
+            UnaryFn::Neg if d.is_float() => self.def(format!("arith.negf {x} : {t}")),
+            UnaryFn::Neg => {
+                let zero = self.constant(d, 0.0);
+                self.bin("arith.subi", &zero, x, d)
+            }
+            UnaryFn::Exp => self.def(format!("math.exp {x} : {t}")),
+            UnaryFn::Log => self.def(format!("math.log {x} : {t}")),
+            UnaryFn::Sqrt => self.def(format!("math.sqrt {x} : {t}")),
+            UnaryFn::Rsqrt => self.def(format!("math.rsqrt {x} : {t}")),
+            UnaryFn::Tanh => self.def(format!("math.tanh {x} : {t}")),
+            UnaryFn::Act => self.activation(act, x, d),
+        }
+    }
+
+    /// `1 + tanh(x)` times `0.5 * v`: the common tail of the tanh gelus.
+    fn half_times_one_plus(&mut self, v: &str, inner: &str, d: DType) -> String {
+        let one = self.constant(d, 1.0);
+        let half = self.constant(d, 0.5);
+        let s = self.bin("arith.addf", &one, inner, d);
+        let hv = self.bin("arith.mulf", &half, v, d);
+        self.bin("arith.mulf", &hv, &s, d)
+    }
+
+    /// `1 / (1 + e^-x)`.
+    fn sigmoid(&mut self, x: &str, d: DType) -> String {
+        let t = elt(d);
+        let one = self.constant(d, 1.0);
+        let n = self.def(format!("arith.negf {x} : {t}"));
+        let e = self.def(format!("math.exp {n} : {t}"));
+        let den = self.bin("arith.addf", &one, &e, d);
+        self.bin("arith.divf", &one, &den, d)
+    }
+
+    /// The activation `f` of a float `x`, with the interpreter's formulas.
+    pub(crate) fn activation(&mut self, f: Activation, x: &str, d: DType) -> String {
+        let t = elt(d);
+        match f {
+            Activation::None => x.to_string(),
+            Activation::Relu => {
+                let zero = self.constant(d, 0.0);
+                let gt = self.def(format!("arith.cmpf ogt, {x}, {zero} : {t}"));
+                self.def(format!("arith.select {gt}, {x}, {zero} : {t}"))
+            }
+            Activation::Gelu => {
+                let r = self.constant(d, std::f64::consts::FRAC_1_SQRT_2);
+                let s = self.bin("arith.mulf", x, &r, d);
+                let e = self.def(format!("math.erf {s} : {t}"));
+                self.half_times_one_plus(x, &e, d)
+            }
+            Activation::GeluNew => {
+                let c = self.constant(d, (2.0 / std::f64::consts::PI).sqrt());
+                let k = self.constant(d, 0.044715);
+                let x2 = self.bin("arith.mulf", x, x, d);
+                let x3 = self.bin("arith.mulf", &x2, x, d);
+                let kx3 = self.bin("arith.mulf", &k, &x3, d);
+                let s = self.bin("arith.addf", x, &kx3, d);
+                let a = self.bin("arith.mulf", &c, &s, d);
+                let th = self.def(format!("math.tanh {a} : {t}"));
+                self.half_times_one_plus(x, &th, d)
+            }
+            Activation::GeluFast => {
+                let c = self.constant(d, 0.797_884_560_8);
+                let k = self.constant(d, 0.044715);
+                let one = self.constant(d, 1.0);
+                let x2 = self.bin("arith.mulf", x, x, d);
+                let kx2 = self.bin("arith.mulf", &k, &x2, d);
+                let p = self.bin("arith.addf", &one, &kx2, d);
+                let xc = self.bin("arith.mulf", x, &c, d);
+                let a = self.bin("arith.mulf", &xc, &p, d);
+                let th = self.def(format!("math.tanh {a} : {t}"));
+                self.half_times_one_plus(x, &th, d)
+            }
+            Activation::Silu => {
+                let s = self.sigmoid(x, d);
+                self.bin("arith.mulf", x, &s, d)
+            }
+            Activation::Tanh => self.def(format!("math.tanh {x} : {t}")),
+            Activation::Sigmoid => self.sigmoid(x, d),
+        }
+    }
+
+    /// `x` of dtype `from` converted to `to` (numpy `astype`).
+    pub(crate) fn cast(&mut self, x: &str, from: DType, to: DType) -> String {
+        let (a, b) = (elt(from), elt(to));
+        if from == to {
+            return x.to_string();
+        }
+        if to == DType::Bool {
+            let zero = self.constant(from, 0.0);
+            return if from.is_float() {
+                self.def(format!("arith.cmpf une, {x}, {zero} : {a}"))
+            } else {
+                self.def(format!("arith.cmpi ne, {x}, {zero} : {a}"))
+            };
+        }
+        let op = match (from.is_float(), to.is_float()) {
+            (true, true) if width(from) < width(to) => "arith.extf",
+            (true, true) => "arith.truncf",
+            (true, false) => "arith.fptosi",
+            (false, true) if from == DType::Bool => "arith.uitofp",
+            (false, true) => "arith.sitofp",
+            (false, false) if from == DType::Bool => "arith.extui",
+            (false, false) if width(from) < width(to) => "arith.extsi",
+            (false, false) => "arith.trunci",
+        };
+        self.def(format!("{op} {x} : {a} to {b}"))
+    }
+}
+
+/// Bits of a dtype's element.
+fn width(d: DType) -> u32 {
+    match d {
+        DType::F64 | DType::I64 => 64,
+        DType::F32 | DType::I32 => 32,
+        DType::Bool => 1,
+    }
+}
