@@ -807,23 +807,17 @@ mod tests {
         f
     }
 
+    /// The header checks themselves are tested beside the parser
+    /// (`reformc_tensor::safetensors`); here: the runtime's status code on a
+    /// parse error, and the checks against the compiled signature.
     #[test]
     fn header_checks() {
         let h = r#"{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"b":{"dtype":"F16","shape":[2],"data_offsets":[16,20]}}"#;
         let f = file(h, 20);
-        let (e, start) = parse_safetensors(&f, f.len() as u64).unwrap();
-        assert_eq!(e.len(), 2);
-        assert_eq!(start, 8 + h.len() as u64);
-        // Truncated data section.
+        let (e, _) = parse_safetensors(&f, f.len() as u64).unwrap();
         let short = &f[..f.len() - 3];
         let err = parse_safetensors(short, short.len() as u64).unwrap_err();
-        assert!(err.1.contains("truncated"), "{}", err.1);
-        // Size mismatch of an entry.
-        let bad = file(
-            r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
-            8,
-        );
-        assert!(parse_safetensors(&bad, bad.len() as u64).is_err());
+        assert_eq!(err.0, code::WEIGHTS_FORMAT, "{}", err.1);
         let exp = Expected {
             names: vec!["a".into()],
             shapes: vec![vec![2, 2]],
