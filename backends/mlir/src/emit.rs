@@ -513,15 +513,7 @@ impl<'g> Emitter<'g> {
             ty: tensor_of(&shape, d),
             map: map.clone(),
         };
-        let iters: Vec<&str> = (0..x_ty.rank())
-            .map(|i| {
-                if axes.contains(&i) {
-                    "reduction"
-                } else {
-                    "parallel"
-                }
-            })
-            .collect();
+        let iters = reduction_iterators(x_ty.rank(), axes);
         let r = self.generic(&ins, out, &iters, elt(d), |b, a| {
             let e = pre(b, &a[0]);
             b.binary(f, &a[1], &e, d)
@@ -627,15 +619,7 @@ impl<'g> Emitter<'g> {
             ty: tensor_of(shape, d),
             map: map.to_vec(),
         };
-        let iters: Vec<&str> = (0..x_ty.rank())
-            .map(|i| {
-                if axes.contains(&i) {
-                    "reduction"
-                } else {
-                    "parallel"
-                }
-            })
-            .collect();
+        let iters = reduction_iterators(x_ty.rank(), axes);
         Ok(self.generic(&ins, out, &iters, elt(d), |b, a| {
             let t = b.binary(BinaryFn::Sub, &a[0], &a[1], d);
             let e = b.unary(UnaryFn::Exp, Activation::None, &t, d);
@@ -1039,4 +1023,18 @@ fn quote(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// The `iterator_types` of a `linalg.generic` that reduces `axes` of a
+/// rank-`rank` operand: "reduction" on those axes, "parallel" elsewhere.
+fn reduction_iterators(rank: usize, axes: &[usize]) -> Vec<&'static str> {
+    (0..rank)
+        .map(|i| {
+            if axes.contains(&i) {
+                "reduction"
+            } else {
+                "parallel"
+            }
+        })
+        .collect()
 }
