@@ -1,6 +1,6 @@
 //! reformc's own MLIR CPU pipeline: the emitted module bufferized, lowered to
 //! loops and the LLVM dialect by melior's pass manager, and run by MLIR's
-//! ExecutionEngine. For now the runner takes and returns `f32` tensors only.
+//! ExecutionEngine.
 
 use crate::{emit, scalar, MlirError};
 use melior::{
@@ -9,7 +9,9 @@ use melior::{
     utility::{parse_pass_pipeline, register_all_llvm_translations, register_all_passes},
     ExecutionEngine,
 };
+use ndarray::{ArrayD, IxDyn};
 use reformc_ir::{DType, Graph};
+use reformc_tensor::Tensor;
 use std::sync::{Arc, Mutex, Once};
 
 /// The lowering from upstream dialects on tensors to the LLVM dialect
@@ -25,59 +27,50 @@ const RUNNER_UTILS: &[&str] = &[
     "/usr/lib/llvm-22/lib/libmlir_c_runner_utils.so.22.1\0",
 ];
 
-/// A dense row-major `f32` tensor passed to or returned by [`jit_run_f32`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct F32Tensor {
-    /// Length of each axis.
-    pub shape: Vec<usize>,
-    /// The elements in row-major order (`shape.iter().product()` of them).
-    pub data: Vec<f32>,
-}
-
 /// Compiles `graph` through [`CPU_PIPELINE`] and runs `@forward` on `args`
 /// (weights then inputs, in the order of the function's arguments), returning
-/// the outputs in graph order. Every argument and output must be `f32`.
+/// the outputs in graph order. Arguments and outputs may be `f32`, `f64`,
+/// `i64`, `i32` or `bool`; each argument must have its argument's dtype and rank.
 ///
 /// ```
-/// use reformc_backend_mlir::{jit_run_f32, F32Tensor};
+/// use ndarray::{arr1, IxDyn};
+/// use reformc_tensor::Tensor;
 /// let g = reformc_ir::parse(
 ///     "graph {\n  %0 = input {name=\"x\"} : f32[N]\n  %1 = add %0, %0 : f32[N]\n  output \"y\" = %1\n}\n",
 /// )
 /// .unwrap();
-/// let x = F32Tensor { shape: vec![3], data: vec![1.0, 2.0, 3.0] };
-/// let y = jit_run_f32(&g, &[x]).unwrap();
-/// assert_eq!(y[0].data, vec![2.0, 4.0, 6.0]);
+/// let x = Tensor::F32(arr1(&[1.0f32, 2.0, 3.0]).into_dyn());
+/// let y = reformc_backend_mlir::jit_run(&g, &[x]).unwrap();
+/// assert_eq!(y[0], Tensor::F32(arr1(&[2.0f32, 4.0, 6.0]).into_dyn()));
 /// ```
-pub fn jit_run_f32(graph: &Graph, args: &[F32Tensor]) -> Result<Vec<F32Tensor>, MlirError> {
+pub fn jit_run(graph: &Graph, args: &[Tensor]) -> Result<Vec<Tensor>, MlirError> {
     let arg_values: Vec<_> = graph.weights().into_iter().chain(graph.inputs()).collect();
     if arg_values.len() != args.len() {
         return Err(MlirError::NotImplemented(format!(
-            "jit_run_f32: {} arguments given, the graph takes {}",
+            "jit_run: {} arguments given, the graph takes {}",
             args.len(),
             arg_values.len()
         )));
     }
-    for ((name, v), a) in arg_values.iter().zip(args) {
+    // Standard layout, so that a descriptor's strides are the row-major ones.
+    let args: Vec<Tensor> = args.iter().map(standard).collect();
+    for ((name, v), a) in arg_values.iter().zip(&args) {
         let t = graph.ty(*v);
-        let n: usize = a.shape.iter().product();
-        if t.dtype != DType::F32 || t.rank() != a.shape.len() || n != a.data.len() {
+        if t.dtype != a.dtype() || t.rank() != a.shape().len() {
             return Err(MlirError::NotImplemented(format!(
-                "jit_run_f32: argument `{name}` must be f32 of rank {} with as many elements as its shape",
-                t.rank()
+                "jit_run: argument `{name}` must be {} of rank {}, found {} of rank {}",
+                scalar::elt(t.dtype),
+                t.rank(),
+                scalar::elt(a.dtype()),
+                a.shape().len()
             )));
         }
     }
-    let ranks = graph
+    let outs: Vec<(DType, usize)> = graph
         .outputs
         .iter()
-        .map(|(name, v)| match graph.ty(*v).dtype {
-            DType::F32 => Ok(graph.ty(*v).rank()),
-            d => Err(MlirError::NotImplemented(format!(
-                "jit_run_f32: output `{name}` is {}",
-                scalar::elt(d)
-            ))),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|(_, v)| (graph.ty(*v).dtype, graph.ty(*v).rank()))
+        .collect();
     let text = emit::Emitter::new(graph).with_c_interface().module()?;
     let context = crate::context();
     register_all_llvm_translations(&context);
@@ -110,20 +103,44 @@ pub fn jit_run_f32(graph: &Graph, args: &[F32Tensor]) -> Result<Vec<F32Tensor>, 
         .take(1)
         .collect();
     let engine = ExecutionEngine::new(&module, 2, &libs, false, false);
-    let out = invoke(&engine, args, &ranks).map_err(|e| diag("run", &e));
+    let out = invoke(&engine, &args, &outs).map_err(|e| diag("run", &e));
     context.detach_diagnostic_handler(handler);
     out
 }
 
+/// `t` in row-major standard layout.
+fn standard(t: &Tensor) -> Tensor {
+    match t {
+        Tensor::F32(a) => Tensor::F32(a.as_standard_layout().into_owned()),
+        Tensor::F64(a) => Tensor::F64(a.as_standard_layout().into_owned()),
+        Tensor::I64(a) => Tensor::I64(a.as_standard_layout().into_owned()),
+        Tensor::I32(a) => Tensor::I32(a.as_standard_layout().into_owned()),
+        Tensor::Bool(a) => Tensor::Bool(a.as_standard_layout().into_owned()),
+    }
+}
+
+/// The address of a standard-layout tensor's first element.
+fn data_ptr(t: &Tensor) -> i64 {
+    match t {
+        Tensor::F32(a) => a.as_ptr() as i64,
+        Tensor::F64(a) => a.as_ptr() as i64,
+        Tensor::I64(a) => a.as_ptr() as i64,
+        Tensor::I32(a) => a.as_ptr() as i64,
+        // `bool` is one byte holding 0 or 1, as an `i1` memref element is stored.
+        Tensor::Bool(a) => a.as_ptr() as i64,
+    }
+}
+
 /// A memref descriptor as the C interface lays it out, all fields 8 bytes:
 /// allocated pointer, aligned pointer, offset, sizes, strides.
-fn descriptor(t: &F32Tensor) -> Vec<i64> {
-    let ptr = t.data.as_ptr() as i64;
+fn descriptor(t: &Tensor) -> Vec<i64> {
+    let ptr = data_ptr(t);
+    let shape = t.shape();
     let mut d = vec![ptr, ptr, 0];
-    d.extend(t.shape.iter().map(|&s| s as i64));
-    let mut strides = vec![1i64; t.shape.len()];
-    for i in (0..t.shape.len().saturating_sub(1)).rev() {
-        strides[i] = strides[i + 1] * t.shape[i + 1] as i64;
+    d.extend(shape.iter().map(|&s| s as i64));
+    let mut strides = vec![1i64; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1] as i64;
     }
     d.extend(strides);
     d
@@ -133,11 +150,11 @@ fn descriptor(t: &F32Tensor) -> Vec<i64> {
 /// `_mlir_ciface_` prefix) and copies the results out.
 fn invoke(
     engine: &ExecutionEngine,
-    args: &[F32Tensor],
-    ranks: &[usize],
-) -> Result<Vec<F32Tensor>, melior::Error> {
+    args: &[Tensor],
+    outs: &[(DType, usize)],
+) -> Result<Vec<Tensor>, melior::Error> {
     let mut descs: Vec<Vec<i64>> = args.iter().map(descriptor).collect();
-    let mut result = vec![0i64; ranks.iter().map(|r| 3 + 2 * r).sum()];
+    let mut result = vec![0i64; outs.iter().map(|(_, r)| 3 + 2 * r).sum()];
     let mut ptrs: Vec<*mut i64> = std::iter::once(result.as_mut_ptr())
         .chain(descs.iter_mut().map(|d| d.as_mut_ptr()))
         .collect();
@@ -148,22 +165,28 @@ fn invoke(
     // SAFETY: `_mlir_ciface_forward` takes a pointer to its result struct (the
     // output descriptors, laid out like `result`) and one pointer to each
     // argument's descriptor; `packed` points at those pointers, and every
-    // descriptor's data (`args`) outlives the call. The function only reads
-    // the arguments' data.
+    // descriptor's data (`args`, standard layout) outlives the call. The
+    // function only reads the arguments' data.
     unsafe { engine.invoke_packed("forward", &mut packed)? };
     let mut out = Vec::new();
     let mut at = 0;
-    for &r in ranks {
+    for &(dtype, r) in outs {
         let d = &result[at..at + 3 + 2 * r];
         at += 3 + 2 * r;
-        out.push(read(d, r));
+        out.push(match dtype {
+            DType::F32 => Tensor::F32(read::<f32>(d, r)),
+            DType::F64 => Tensor::F64(read::<f64>(d, r)),
+            DType::I64 => Tensor::I64(read::<i64>(d, r)),
+            DType::I32 => Tensor::I32(read::<i32>(d, r)),
+            DType::Bool => Tensor::Bool(read::<u8>(d, r).mapv(|b| b & 1 != 0)),
+        });
     }
     Ok(out)
 }
 
-/// Copies a strided `f32` memref out of a returned descriptor.
-fn read(d: &[i64], rank: usize) -> F32Tensor {
-    let base = d[1] as *const f32;
+/// Copies a strided memref of `T` out of a returned descriptor.
+fn read<T: Copy>(d: &[i64], rank: usize) -> ArrayD<T> {
+    let base = d[1] as *const T;
     let offset = d[2] as isize;
     let shape: Vec<usize> = d[3..3 + rank].iter().map(|&s| s as usize).collect();
     let strides = &d[3 + rank..3 + 2 * rank];
@@ -177,9 +200,9 @@ fn read(d: &[i64], rank: usize) -> F32Tensor {
             .map(|(&i, &s)| i as isize * s as isize)
             .sum();
         // SAFETY: the memref returned by the compiled function holds `shape`
-        // elements at `offset + sum(index * stride)` from its aligned pointer;
-        // its buffer is never freed (the JIT's malloc'd results leak by design
-        // in this test runner, since a result may alias an argument).
+        // elements of `T` at `offset + sum(index * stride)` from its aligned
+        // pointer; its buffer is never freed (the JIT's malloc'd results leak
+        // by design in this runner, since a result may alias an argument).
         data.push(unsafe { *base.offset(offset + lin) });
         for k in (0..rank).rev() {
             idx[k] += 1;
@@ -189,5 +212,5 @@ fn read(d: &[i64], rank: usize) -> F32Tensor {
             idx[k] = 0;
         }
     }
-    F32Tensor { shape, data }
+    ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape and element count agree")
 }

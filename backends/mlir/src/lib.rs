@@ -22,7 +22,7 @@ mod emit;
 mod jit;
 mod scalar;
 
-pub use jit::{jit_run_f32, F32Tensor, CPU_PIPELINE};
+pub use jit::{jit_run, CPU_PIPELINE};
 
 use melior::{
     dialect::DialectRegistry,

@@ -1,71 +1,9 @@
 //! Differential tests: reformc's MLIR CPU pipeline (melior pass manager +
 //! ExecutionEngine) against the reference interpreter on the same inputs.
 
-use ndarray::{ArrayD, IxDyn};
-use reformc_backend_mlir::{jit_run_f32, F32Tensor};
-use reformc_interp::Tensor;
-use std::collections::BTreeMap;
+mod common;
 
-/// Deterministic pseudo-random values in [-1, 1).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-/// Runs `text` on random arguments of the given shapes (weights then inputs,
-/// in graph order) in the interpreter and the MLIR JIT, and compares every
-/// output within `tol` (relative to max(|reference|, 1)).
-fn compare(text: &str, shapes: &[&[usize]], tol: f64) {
-    let g = reformc_ir::parse(text).unwrap_or_else(|e| panic!("{e}"));
-    reformc_ir::verify(&g).unwrap_or_else(|e| panic!("{e}"));
-    let names: Vec<(String, bool)> = g
-        .weights()
-        .into_iter()
-        .map(|(n, _)| (n.to_string(), true))
-        .chain(g.inputs().into_iter().map(|(n, _)| (n.to_string(), false)))
-        .collect();
-    assert_eq!(names.len(), shapes.len(), "one shape per argument");
-    let (mut inputs, mut weights) = (BTreeMap::new(), BTreeMap::new());
-    let mut args = Vec::new();
-    for (i, ((name, is_weight), shape)) in names.iter().zip(shapes).enumerate() {
-        let data = values(shape.iter().product(), i as u64 + 1);
-        let t = Tensor::F32(ArrayD::from_shape_vec(IxDyn(shape), data.clone()).unwrap());
-        if *is_weight {
-            weights.insert(name.clone(), t);
-        } else {
-            inputs.insert(name.clone(), t);
-        }
-        args.push(F32Tensor {
-            shape: shape.to_vec(),
-            data,
-        });
-    }
-    let want = reformc_interp::run(&g, &inputs, &weights).unwrap_or_else(|e| panic!("{e}"));
-    let got = jit_run_f32(&g, &args).unwrap_or_else(|e| panic!("jit: {e}"));
-    assert_eq!(got.len(), g.outputs.len());
-    for ((name, _), x) in g.outputs.iter().zip(&got) {
-        let w = &want[name];
-        assert_eq!(x.shape, w.shape(), "output {name}");
-        let w = w.to_f64();
-        let d = x
-            .data
-            .iter()
-            .zip(w.iter())
-            .map(|(&a, &b)| (a as f64 - b).abs() / b.abs().max(1.0))
-            .fold(0.0f64, f64::max);
-        assert!(
-            d <= tol,
-            "output {name}: MLIR differs from the interpreter by {d:e}"
-        );
-    }
-}
+use common::compare;
 
 #[test]
 fn elementwise_broadcast_and_activations_match_the_interpreter() {

@@ -1,5 +1,13 @@
 //! The graph-to-text lowering: one exhaustive `match` over [`OpKind`].
 
+mod attention;
+mod indexing;
+mod lsh;
+mod model;
+mod philox;
+mod regions;
+mod sort;
+
 use crate::scalar::{elt, literal, Body};
 use crate::MlirError;
 use reformc_ir::{
@@ -247,14 +255,18 @@ impl<'g> Emitter<'g> {
         r
     }
 
+    /// The error for an op without a lowering.
+    pub(crate) fn unsupported(&self, v: ValueId) -> MlirError {
+        MlirError::Unsupported {
+            op: self.g.node(v).op.kind,
+            value: v.0,
+        }
+    }
+
     /// Lowers the op defining `v`, binding `%v<id>`.
     fn op(&mut self, v: ValueId) -> Result<(), MlirError> {
         let node = self.g.node(v);
         let kind = node.op.kind;
-        let unsupported = || MlirError::Unsupported {
-            op: kind,
-            value: v.0,
-        };
         let result = match kind {
             // Function arguments, named `%v<id>` already.
             OpKind::Input | OpKind::Weight => return Ok(()),
@@ -286,23 +298,24 @@ impl<'g> Emitter<'g> {
             OpKind::Index => self.slice(v, true),
             OpKind::Iota => self.iota(v),
             // Not lowered yet (issue 10): each is an error naming the op.
-            OpKind::Arg
-            | OpKind::RandomNormal
-            | OpKind::Embedding
-            | OpKind::AxialPosEmbedding
-            | OpKind::LayerNorm
-            | OpKind::Linear
-            | OpKind::Attention
-            | OpKind::LocalAttention
-            | OpKind::LshHash
-            | OpKind::LshAttention
-            | OpKind::ReversibleBlock
-            | OpKind::SeqChunk
-            | OpKind::PadToMultiple
-            | OpKind::Truncate
-            | OpKind::Gather
-            | OpKind::Argmax
-            | OpKind::Argsort => Err(unsupported()),
+            // Region arguments are bound by the op that owns the region.
+            OpKind::Arg => Err(self.unsupported(v)),
+            OpKind::Embedding => self.embedding(v),
+            OpKind::AxialPosEmbedding => self.axial_pos_embedding(v),
+            OpKind::LayerNorm => self.layer_norm(v),
+            OpKind::Linear => self.linear(v),
+            OpKind::Attention => self.attention(v),
+            OpKind::LocalAttention => self.local_attention(v),
+            OpKind::LshHash => self.lsh_hash(v),
+            OpKind::LshAttention => self.lsh_attention(v),
+            OpKind::Argsort => self.argsort(v),
+            OpKind::RandomNormal => self.random_normal(v),
+            OpKind::ReversibleBlock => self.reversible_block(v),
+            OpKind::SeqChunk => self.seq_chunk(v),
+            OpKind::PadToMultiple => self.pad_to_multiple(v),
+            OpKind::Truncate => self.truncate(v),
+            OpKind::Gather => self.gather(v),
+            OpKind::Argmax => self.argmax(v),
         }?;
         self.lines.push(format!("{IND}%v{} = {result}", v.0));
         // A symbol first seen on this result (a padded length) is read from it.

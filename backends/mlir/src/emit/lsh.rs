@@ -1,0 +1,15 @@
+//! LSH hashing and LSH attention: sort by bucket, chunked attention, unsort, round combination.
+
+use super::Emitter;
+use crate::MlirError;
+use reformc_ir::ValueId;
+
+impl Emitter<'_> {
+    pub(super) fn lsh_hash(&mut self, v: ValueId) -> Result<String, MlirError> {
+        Err(self.unsupported(v))
+    }
+
+    pub(super) fn lsh_attention(&mut self, v: ValueId) -> Result<String, MlirError> {
+        Err(self.unsupported(v))
+    }
+}
