@@ -4,6 +4,7 @@
 //! generic helpers around them (`.npy` files, differences, interpreter runs).
 
 pub mod mutate;
+pub mod random_graph;
 pub mod random_model;
 mod scratch;
 pub use scratch::Scratch;

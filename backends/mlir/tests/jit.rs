@@ -31,9 +31,6 @@ fn elementwise_broadcast_and_activations_match_the_interpreter() {
     );
 }
 
-// Reshapes whose axes do not pair up in groups (`[B,2,L,3]` to `[B,6,L]`) are
-// left out: their flattened `expand_shape` crashes MLIR 22's
-// `expand-strided-metadata` (NOTES-mlir.md).
 #[test]
 fn matmul_softmax_reductions_and_shapes_match_the_interpreter() {
     compare(
@@ -65,5 +62,30 @@ fn matmul_softmax_reductions_and_shapes_match_the_interpreter() {
 ",
         &[&[1, 8, 6], &[3, 7, 8]],
         1e-5,
+    );
+}
+
+/// Reshapes whose axes do not pair up in groups, with several dynamic axes
+/// (lowered as a gather, since the flattened `expand_shape` crashes MLIR 22's
+/// `expand-strided-metadata`), and static ones (flattened).
+#[test]
+fn ungrouped_reshapes_match_the_interpreter() {
+    compare(
+        "graph {
+  %0 = input {name=\"x\"} : f32[B,2,L,3]
+  %1 = reshape %0 : f32[B,6,L]
+  %2 = reshape %1 : f32[B,L,6]
+  %3 = reshape %2 : f32[B,3,L,2]
+  %4 = input {name=\"y\"} : f32[2,6]
+  %5 = reshape %4 : f32[3,4]
+  %6 = reshape %4 : f32[12]
+  output \"a\" = %1
+  output \"b\" = %3
+  output \"c\" = %5
+  output \"d\" = %6
+}
+",
+        &[&[2, 2, 5, 3], &[2, 6]],
+        0.0,
     );
 }

@@ -728,6 +728,14 @@ impl<'g> Emitter<'g> {
         if let Some(groups) = reassociation(&x_ty.shape, &out_ty.shape) {
             return self.grouped_reshape(v, x, &x_ty, &out_ty, &groups);
         }
+        let dynamic_out = out_ty
+            .shape
+            .iter()
+            .filter(|d| d.as_const().is_none())
+            .count();
+        if dynamic_out > 1 {
+            return self.reshape_by_index(v, x, &x_ty, &out_ty);
+        }
         let flat_dyn = tensor_of(&[Dim::sym("n")], d);
         let mut flat = format!("%v{}", x.0);
         if x_ty.rank() == 0 {
@@ -766,6 +774,51 @@ impl<'g> Emitter<'g> {
             "tensor.expand_shape {flat} [[{all}]] output_shape [{}] : {flat_dyn} into {ot}",
             sizes.join(", ")
         ))
+    }
+
+    /// A reshape as a gather: each output element reads the input element at
+    /// the same row-major position. Used where the output has several dynamic
+    /// axes that do not pair up with the input's, since the flattened
+    /// `expand_shape` crashes MLIR 22's `expand-strided-metadata` there.
+    fn reshape_by_index(
+        &mut self,
+        v: ValueId,
+        x: ValueId,
+        x_ty: &TensorType,
+        out_ty: &TensorType,
+    ) -> Result<String, MlirError> {
+        let mut out_sizes = Vec::new();
+        for dim in &out_ty.shape {
+            out_sizes.push(self.size(v, dim)?);
+        }
+        let mut in_sizes = Vec::new();
+        for dim in &x_ty.shape {
+            in_sizes.push(self.size(v, dim)?);
+        }
+        let init = self.init(v, &out_ty.shape, out_ty.dtype, None)?;
+        let (xt, ot) = (tensor_ty(x_ty), tensor_ty(out_ty));
+        let out = Operand {
+            name: init,
+            ty: ot.clone(),
+            map: Self::identity(out_ty.rank()),
+        };
+        let iters = vec!["parallel"; out_ty.rank()];
+        let src = format!("%v{}", x.0);
+        let r = self.generic(&[], out, &iters, elt(out_ty.dtype), |b, _| {
+            let mut lin = b.def("arith.constant 0 : index".into());
+            for (k, size) in out_sizes.iter().enumerate() {
+                let i = b.def(format!("linalg.index {k} : index"));
+                let m = b.def(format!("arith.muli {lin}, {size} : index"));
+                lin = b.def(format!("arith.addi {m}, {i} : index"));
+            }
+            let mut idx = vec![String::new(); in_sizes.len()];
+            for (k, size) in in_sizes.iter().enumerate().rev() {
+                idx[k] = b.def(format!("arith.remui {lin}, {size} : index"));
+                lin = b.def(format!("arith.divui {lin}, {size} : index"));
+            }
+            b.def(format!("tensor.extract {src}[{}] : {xt}", idx.join(", ")))
+        });
+        Ok(self.alias(&r, &ot))
     }
 
     /// A reshape by matched groups of axes: `collapse_shape` each input group
