@@ -43,7 +43,11 @@ impl Body<'_> {
 
     /// A constant of dtype `d`.
     pub(crate) fn constant(&mut self, d: DType, v: f64) -> String {
-        self.def(format!("arith.constant {} : {}", literal(d, v), elt(d)))
+        match d {
+            // `true`/`false` are typed `i1` already; a type after them does not parse.
+            DType::Bool => self.def(format!("arith.constant {}", literal(d, v))),
+            _ => self.def(format!("arith.constant {} : {}", literal(d, v), elt(d))),
+        }
     }
 
     fn bin(&mut self, op: &str, a: &str, b: &str, d: DType) -> String {

@@ -195,7 +195,11 @@ impl<'g> Emitter<'g> {
         let sizes = self.dyn_sizes(v, shape)?.join(", ");
         let e = self.def(format!("tensor.empty({sizes}) : {ty}"));
         let Some(x) = fill else { return Ok(e) };
-        let c = self.def(format!("arith.constant {} : {}", literal(d, x), elt(d)));
+        let c = match d {
+            // `true`/`false` are typed `i1` already; a type after them does not parse.
+            DType::Bool => self.def(format!("arith.constant {}", literal(d, x))),
+            _ => self.def(format!("arith.constant {} : {}", literal(d, x), elt(d))),
+        };
         Ok(self.def(format!(
             "linalg.fill ins({c} : {}) outs({e} : {ty}) -> {ty}",
             elt(d)
