@@ -134,3 +134,195 @@ fn mlir_opt(module: &str) -> Option<Result<(), String>> {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     })
 }
+
+/// One `lsh_hash` case: shapes, attributes and how the mask looks.
+struct Hash {
+    batch: usize,
+    len: usize,
+    heads: usize,
+    dim: usize,
+    rounds: usize,
+    buckets: &'static [usize],
+    mask: Mask,
+}
+
+/// The mask operand of a case.
+#[derive(Clone, Copy, PartialEq)]
+enum Mask {
+    /// No mask operand.
+    None,
+    /// An `i64` mask of ones only: no padding bucket.
+    Ones,
+    /// An `i64` mask with zeros at random places.
+    Random,
+    /// A `bool` mask with `false` at random places.
+    Bool,
+}
+
+impl Hash {
+    /// The graph text: inputs `qk`, `rot`, `mask`; output the bucket ids.
+    fn graph(&self) -> String {
+        let half: usize = self.buckets.iter().sum::<usize>() / 2;
+        let list: Vec<String> = self.buckets.iter().map(|b| b.to_string()).collect();
+        let (mask_in, mask_op) = match self.mask {
+            Mask::None => (String::new(), ""),
+            Mask::Bool => ("  %2 = input {name=\"mask\"} : bool[B,L]\n".into(), ", %2"),
+            _ => ("  %2 = input {name=\"mask\"} : i64[B,L]\n".into(), ", %2"),
+        };
+        format!(
+            "graph {{
+  %0 = input {{name=\"qk\"}} : f32[B,L,{w}]
+  %1 = input {{name=\"rot\"}} : f32[{h},{d},{r},{half}]
+{mask_in}  %3 = lsh_hash %0, %1{mask_op} {{buckets=[{b}], heads={h}, n_hashes={r}}} : i64[B,{h},{r},L]
+  output \"buckets\" = %3
+}}
+",
+            w = self.heads * self.dim,
+            h = self.heads,
+            d = self.dim,
+            r = self.rounds,
+            b = list.join(",")
+        )
+    }
+
+    /// The mask tensor of the case, if any.
+    fn mask_tensor(&self, seed: u64) -> Option<Tensor> {
+        let shape = [self.batch, self.len];
+        match self.mask {
+            Mask::None => None,
+            Mask::Ones => Some(Tensor::I64(ArrayD::from_elem(IxDyn(&shape), 1))),
+            Mask::Random => Some(random_i64(&shape, 2, seed)),
+            Mask::Bool => {
+                let Tensor::I64(m) = random_i64(&shape, 2, seed) else {
+                    unreachable!()
+                };
+                Some(Tensor::Bool(m.mapv(|x| x != 0)))
+            }
+        }
+    }
+
+    /// Compares MLIR and interpreter on random query/keys and rotations.
+    fn check_random(&self, seed: u64) {
+        let half: usize = self.buckets.iter().sum::<usize>() / 2;
+        let mut args = vec![
+            random_f32(&[self.batch, self.len, self.heads * self.dim], seed),
+            random_f32(&[self.heads, self.dim, self.rounds, half], seed + 100),
+        ];
+        args.extend(self.mask_tensor(seed + 200));
+        compare_args(&self.graph(), args, 0.0);
+    }
+}
+
+#[test]
+fn lsh_hash_single_bucket_factor_matches_exactly() {
+    for (batch, len, heads, dim, rounds, buckets, mask) in [
+        (1, 5, 1, 4, 1, &[8][..], Mask::None),
+        (2, 37, 2, 4, 2, &[8][..], Mask::Random),
+        (2, 300, 2, 8, 4, &[16][..], Mask::Random),
+        (1, 129, 1, 16, 1, &[64][..], Mask::Ones),
+        (2, 64, 2, 6, 2, &[2][..], Mask::Bool),
+    ] {
+        let case = Hash {
+            batch,
+            len,
+            heads,
+            dim,
+            rounds,
+            buckets,
+            mask,
+        };
+        case.check_random(len as u64);
+    }
+}
+
+#[test]
+fn lsh_hash_factorized_buckets_match_exactly() {
+    for (batch, len, heads, dim, rounds, buckets, mask) in [
+        (1, 16, 2, 8, 4, &[2, 4][..], Mask::None),
+        (2, 131, 2, 4, 4, &[2, 4][..], Mask::Random),
+        (2, 40, 1, 8, 2, &[4, 6][..], Mask::Ones),
+        (1, 257, 2, 8, 1, &[8, 16][..], Mask::Random),
+        (2, 9, 2, 4, 2, &[4, 2, 6][..], Mask::Bool),
+    ] {
+        let case = Hash {
+            batch,
+            len,
+            heads,
+            dim,
+            rounds,
+            buckets,
+            mask,
+        };
+        case.check_random(len as u64 + 7);
+    }
+}
+
+/// Small integers make exact ties common: between rotated coordinates, and
+/// between `y` and `-y` (zero vectors), where the first maximum must win.
+#[test]
+fn lsh_hash_ties_take_the_first_maximum() {
+    let ints = |t: Tensor| match t {
+        Tensor::I64(a) => Tensor::F32(a.mapv(|x| (x - 1) as f32)),
+        _ => unreachable!(),
+    };
+    for buckets in [&[8][..], &[2, 4][..], &[6, 4][..]] {
+        let case = Hash {
+            batch: 2,
+            len: 150,
+            heads: 2,
+            dim: 4,
+            rounds: 2,
+            buckets,
+            mask: Mask::Random,
+        };
+        let half: usize = buckets.iter().sum::<usize>() / 2;
+        let mut args = vec![
+            ints(random_i64(&[2, 150, 8], 3, 5)),
+            ints(random_i64(&[2, 4, 2, half], 3, 6)),
+        ];
+        args.extend(case.mask_tensor(7));
+        compare_args(&case.graph(), args, 0.0);
+    }
+}
+
+#[test]
+fn lsh_hash_verifies_with_mlir_opt() {
+    let case = Hash {
+        batch: 1,
+        len: 1,
+        heads: 2,
+        dim: 4,
+        rounds: 2,
+        buckets: &[2, 4],
+        mask: Mask::Random,
+    };
+    let module = check(&case.graph());
+    assert!(module.contains("scf.for"), "tiled over the length");
+}
+
+/// `--lsh-source seeded`: the rotations are drawn in the module from the
+/// seed input, then hash the (padded) query/keys under the padded mask.
+#[test]
+fn seeded_rotations_feed_lsh_hash() {
+    let g = "graph {
+  %0 = input {name=\"seed\"} : i64[]
+  %1 = input {name=\"qk\"} : f32[B,L,16]
+  %2 = input {name=\"mask\"} : i64[B,L]
+  %3 = random_normal %0 {stream=0} : f32[2,8,4,3]
+  %4 = random_normal %0 {stream=1} : f32[2,8,1,32]
+  %5 = lsh_hash %1, %3, %2 {buckets=[2,4], heads=2, n_hashes=4} : i64[B,2,4,L]
+  %6 = lsh_hash %1, %4, %2 {buckets=[64], heads=2, n_hashes=1} : i64[B,2,1,L]
+  output \"b0\" = %5
+  output \"b1\" = %6
+}
+";
+    check(g);
+    for (s, b, l) in [(0, 1, 8), (11, 2, 24), (-5, 2, 136)] {
+        let args = vec![
+            seed(s),
+            random_f32(&[b, l, 16], s as u64),
+            random_i64(&[b, l], 2, s as u64 + 1),
+        ];
+        compare_args(g, args, 0.0);
+    }
+}
