@@ -7,18 +7,20 @@
 //!    `math.fma` in the order of the head dimension, which is how the
 //!    interpreter's matrix product (matrixmultiply's FMA kernel) rounds, so
 //!    that the argmax sees the same values;
-//! 2. per bucket factor `f`, one reduction over its `f/2` rotated coordinates
-//!    keeping the maximum of `y` and of `-y` with their first index (ties go to
-//!    the lower index inside the body, so the result does not depend on the
-//!    order a compiler visits the reduction in);
-//! 3. a parallel kernel combining the factors' digits (first factor least
-//!    significant), the padding bucket of masked positions, and the round
-//!    offset `round * (n + padding)`.
+//! 2. one parallel kernel over `[B,H,r,T]` whose body walks, per bucket
+//!    factor `f`, the `2 * f/2` values of `concat(y, -y)` in an `scf.for`
+//!    (reading `rotated` with `tensor.extract`) and keeps the first maximum
+//!    with a strict `>` exactly as the interpreter does; the digits combine
+//!    first factor least significant, masked positions take the padding
+//!    bucket, and round `i` adds `i * (n + padding)`. A kernel rather than a
+//!    `linalg` reduction: no reduction order can change which of equal values
+//!    wins, and IREE's Vulkan path rejected a multi-result argmax reduction
+//!    with dynamic sizes.
 //!
 //! Whether there is a padding bucket depends on the mask's data (any zero in
 //! the whole batch, as in HF), so it is one reduction before the loop.
 
-use super::{tensor_of, tensor_ty, Emitter, Operand, BODY_IND, IND};
+use super::{tensor_of, tensor_ty, Emitter, Operand, IND};
 use crate::scalar::{elt, Body};
 use crate::MlirError;
 use reformc_ir::{DType, Dim, ValueId};
@@ -101,7 +103,10 @@ impl Emitter<'_> {
         let node = self.g.node(v);
         let bad = |r: &str| MlirError::invalid(self.g, v, r.to_string());
         let op = &node.op;
-        let heads = op.int("heads").filter(|&h| h > 0).ok_or_else(|| bad("bad `heads`"))? as u64;
+        let heads = op
+            .int("heads")
+            .filter(|&h| h > 0)
+            .ok_or_else(|| bad("bad `heads`"))? as u64;
         let rounds = op
             .int("n_hashes")
             .filter(|&r| r > 0)
@@ -117,7 +122,9 @@ impl Emitter<'_> {
         let qk = self.g.ty(node.inputs[0]);
         let rot = self.g.ty(node.inputs[1]);
         if qk.rank() != 3 || !qk.dtype.is_float() || rot.dtype != qk.dtype {
-            return Err(bad("query/keys must be a float [B,L,H*d] of the rotations' dtype"));
+            return Err(bad(
+                "query/keys must be a float [B,L,H*d] of the rotations' dtype",
+            ));
         }
         let Some(width) = qk.shape[2].as_const().filter(|w| w % heads == 0) else {
             return Err(bad("the width must be a constant multiple of `heads`"));
@@ -246,25 +253,6 @@ impl Emitter<'_> {
             b.def(format!("math.fma {}, {}, {} : {ft}", a[0], a[1], a[2]))
         });
         let bk_shape = [s.batch.clone(), h, r, tile.clone()];
-        let mut digits = Vec::new();
-        let mut offset = 0;
-        for &fac in &s.factors {
-            let half = fac / 2;
-            let piece_shape = [
-                s.batch.clone(),
-                Dim::Const(s.heads),
-                Dim::Const(s.rounds),
-                tile.clone(),
-                Dim::Const(half),
-            ];
-            let piece_ty = tensor_of(&piece_shape, f);
-            let piece = self.def(format!(
-                "tensor.extract_slice {rotated}[0, 0, 0, 0, {offset}] [{b}, {}, {}, {tl}, {half}] [1, 1, 1, 1, 1] : {rot_ty} to {piece_ty}",
-                s.heads, s.rounds
-            ));
-            digits.push((self.first_max_both(v, &piece, &piece_ty, &bk_shape, f)?, half));
-            offset += half;
-        }
         let m = match mask {
             Some(m) => {
                 let mt = self.g.ty(m).clone();
@@ -279,152 +267,121 @@ impl Emitter<'_> {
             }
             None => None,
         };
-        let bk = self.combine_digits(v, &digits, m, &bk_shape, f, t)?;
+        let bk = self.bucket_ids(v, s, (&rotated, &rot_ty), m, &bk_shape, t)?;
         Ok((bk, tensor_of(&bk_shape, DType::I64)))
     }
 
-    /// The maxima of `y` and of `-y` over the last axis of `piece`, each with
-    /// the lowest index holding it: four tensors of `shape` (max y, its
-    /// index, max -y, its index).
-    fn first_max_both(
+    /// The bucket ids `[B,H,r,T]` from the rotated tile: per position, for
+    /// each factor, an `scf.for` over `concat(y, -y)` keeping the first
+    /// maximum (strict `>`, as the interpreter), the digits combined first
+    /// factor least significant; masked positions take bucket `nb`; round `i`
+    /// adds `i * nb_total`. A parallel kernel reading `rotated` with
+    /// `tensor.extract`, so that no reduction order can change which of equal
+    /// values wins.
+    fn bucket_ids(
         &mut self,
         v: ValueId,
-        piece: &str,
-        piece_ty: &str,
-        shape: &[Dim],
-        f: DType,
-    ) -> Result<[String; 4], MlirError> {
-        let mut outs = Vec::new();
-        for (d, fill) in [
-            (f, f64::NEG_INFINITY),
-            (DType::I64, 0.0),
-            (f, f64::NEG_INFINITY),
-            (DType::I64, 0.0),
-        ] {
-            outs.push((self.init(v, shape, d, Some(fill))?, tensor_of(shape, d)));
-        }
-        let ft = elt(f);
-        let map4 = "affine_map<(d0, d1, d2, d3, d4) -> (d0, d1, d2, d3)>";
-        let map5 = "affine_map<(d0, d1, d2, d3, d4) -> (d0, d1, d2, d3, d4)>";
-        let r = self.fresh();
-        let names: Vec<&str> = outs.iter().map(|o| o.0.as_str()).collect();
-        let tys: Vec<&str> = outs.iter().map(|o| o.1.as_str()).collect();
-        self.lines.push(format!(
-            "{IND}{r}:4 = linalg.generic {{indexing_maps = [{map5}, {map4}, {map4}, {map4}, {map4}], iterator_types = [\"parallel\", \"parallel\", \"parallel\", \"parallel\", \"reduction\"]}} ins({piece} : {piece_ty}) outs({} : {}) {{",
-            names.join(", "),
-            tys.join(", ")
-        ));
-        let a: Vec<String> = (0..5).map(|_| self.fresh()).collect();
-        self.lines.push(format!(
-            "{IND}^bb0({}: {ft}, {}: {ft}, {}: i64, {}: {ft}, {}: i64):",
-            a[0], a[1], a[2], a[3], a[4]
-        ));
-        let mut b = Body {
-            lines: &mut self.lines,
-            counter: &mut self.counter,
-            indent: BODY_IND,
-        };
-        let j = b.def("linalg.index 4 : index".into());
-        let j = b.def(format!("arith.index_cast {j} : index to i64"));
-        let (m1, i1) = first_max_step(&mut b, &a[0], &j, &a[1], &a[2], ft);
-        let neg = b.def(format!("arith.negf {} : {ft}", a[0]));
-        let (m2, i2) = first_max_step(&mut b, &neg, &j, &a[3], &a[4], ft);
-        self.lines.push(format!(
-            "{BODY_IND}linalg.yield {m1}, {i1}, {m2}, {i2} : {ft}, i64, {ft}, i64"
-        ));
-        self.lines
-            .push(format!("{IND}}} -> ({})", tys.join(", ")));
-        Ok([0, 1, 2, 3].map(|i| format!("{r}#{i}")))
-    }
-
-    /// The bucket ids of a tile from its factors' maxima: digit `ix` when
-    /// `max y >= max -y` (the `y` half comes first in `concat(y, -y)`), else
-    /// `f/2 + ix'`; masked positions take bucket `nb`; round `i` adds `i *
-    /// nb_total`.
-    fn combine_digits(
-        &mut self,
-        v: ValueId,
-        digits: &[([String; 4], u64)],
+        s: &HashShape,
+        (rotated, rot_ty): (&str, &str),
         mask: Option<(String, String, DType)>,
         shape: &[Dim],
-        f: DType,
         t: &Tile,
     ) -> Result<String, MlirError> {
-        let mut ins = Vec::new();
-        for (d, _) in digits {
-            for (i, name) in d.iter().enumerate() {
-                let dt = if i % 2 == 0 { f } else { DType::I64 };
-                ins.push(Operand {
-                    name: name.clone(),
-                    ty: tensor_of(shape, dt),
-                    map: Self::identity(4),
-                });
-            }
-        }
         let md = mask.as_ref().map(|m| m.2);
-        if let Some((name, ty, _)) = mask {
-            ins.push(Operand {
+        let ins: Vec<Operand> = mask
+            .into_iter()
+            .map(|(name, ty, _)| Operand {
                 name,
                 ty,
                 map: vec!["d0".into(), "d3".into()],
-            });
-        }
+            })
+            .collect();
         let init = self.init(v, shape, DType::I64, None)?;
-        let ty = tensor_of(shape, DType::I64);
         let out = Operand {
             name: init,
-            ty,
+            ty: tensor_of(shape, DType::I64),
             map: Self::identity(4),
         };
-        let halves: Vec<u64> = digits.iter().map(|d| d.1).collect();
-        let ft = elt(f);
-        let nb_total = t.nb_total.to_string();
-        let nb = t.nb;
+        let ft = elt(s.float);
+        let (factors, nb, nb_total) = (s.factors.clone(), t.nb, t.nb_total.to_string());
+        let (rotated, rot_ty) = (rotated.to_string(), rot_ty.to_string());
         Ok(self.generic(&ins, out, &["parallel"; 4], "i64", |b, a| {
+            let idx: Vec<String> = (0..4)
+                .map(|i| b.def(format!("linalg.index {i} : index")))
+                .collect();
             let mut bucket = b.def("arith.constant 0 : i64".into());
-            let mut place = 1u64;
-            for (k, half) in halves.iter().enumerate() {
-                let x = &a[4 * k..4 * k + 4];
-                let pos = b.def(format!("arith.cmpf oge, {}, {} : {ft}", x[0], x[2]));
-                let hc = b.def(format!("arith.constant {half} : i64"));
-                let neg = b.def(format!("arith.addi {}, {hc} : i64", x[3]));
-                let digit = b.def(format!("arith.select {pos}, {}, {neg} : i64", x[1]));
+            let (mut place, mut offset) = (1u64, 0u64);
+            for &f in &factors {
+                let at = first_max(b, &rotated, &rot_ty, &idx, offset, f, ft);
                 let pc = b.def(format!("arith.constant {place} : i64"));
-                let term = b.def(format!("arith.muli {digit}, {pc} : i64"));
+                let term = b.def(format!("arith.muli {at}, {pc} : i64"));
                 bucket = b.def(format!("arith.addi {bucket}, {term} : i64"));
-                place *= 2 * half;
+                place *= f;
+                offset += f / 2;
             }
             if let Some(md) = md {
-                let m = &a[4 * halves.len()];
                 let z = b.def(format!("arith.constant 0 : {}", elt(md)));
-                let masked = b.def(format!("arith.cmpi eq, {m}, {z} : {}", elt(md)));
+                let masked = b.def(format!("arith.cmpi eq, {}, {z} : {}", a[0], elt(md)));
                 let pad = b.def(format!("arith.constant {nb} : i64"));
                 bucket = b.def(format!("arith.select {masked}, {pad}, {bucket} : i64"));
             }
-            let round = b.def("linalg.index 2 : index".into());
-            let round = b.def(format!("arith.index_cast {round} : index to i64"));
+            let round = b.def(format!("arith.index_cast {} : index to i64", idx[2]));
             let off = b.def(format!("arith.muli {round}, {nb_total} : i64"));
             b.def(format!("arith.addi {bucket}, {off} : i64"))
         }))
     }
 }
 
-/// One step of a first-maximum reduction: `(y, j)` replaces `(best, at)`
-/// when `y > best`, or `y == best` at a lower index.
-fn first_max_step(
+/// The index (`i64`) of the first maximum of `concat(y, -y)`, `y` the `f/2`
+/// rotated coordinates from `offset` at position `idx` (an `scf.for` in a
+/// kernel body; a NaN never wins, and index 0 wins when nothing beats -inf).
+/// The loop carries an `index`, not an `i64`: IREE's Vulkan target emulates
+/// `i64` but not in `scf.for` iteration arguments.
+fn first_max(
     b: &mut Body,
-    y: &str,
-    j: &str,
-    best: &str,
-    at: &str,
+    rotated: &str,
+    rot_ty: &str,
+    idx: &[String],
+    offset: u64,
+    f: u64,
     ft: &str,
-) -> (String, String) {
-    let gt = b.def(format!("arith.cmpf ogt, {y}, {best} : {ft}"));
-    let eq = b.def(format!("arith.cmpf oeq, {y}, {best} : {ft}"));
-    let lower = b.def(format!("arith.cmpi slt, {j}, {at} : i64"));
-    let tie = b.def(format!("arith.andi {eq}, {lower} : i1"));
-    let take = b.def(format!("arith.ori {gt}, {tie} : i1"));
-    let m = b.def(format!("arith.select {take}, {y}, {best} : {ft}"));
-    let i = b.def(format!("arith.select {take}, {j}, {at} : i64"));
-    (m, i)
+) -> String {
+    let lit = |x: f64| match ft {
+        "f64" => format!("0x{:016X}", x.to_bits()),
+        _ => format!("0x{:08X}", (x as f32).to_bits()),
+    };
+    let c0 = b.def("arith.constant 0 : index".into());
+    let c1 = b.def("arith.constant 1 : index".into());
+    let cf = b.def(format!("arith.constant {f} : index"));
+    let ch = b.def(format!("arith.constant {} : index", f / 2));
+    let co = b.def(format!("arith.constant {offset} : index"));
+    let ninf = b.def(format!("arith.constant {} : {ft}", lit(f64::NEG_INFINITY)));
+    let r = format!("%t{}", *b.counter);
+    let (i, best, at) = (
+        format!("%t{}", *b.counter + 1),
+        format!("%t{}", *b.counter + 2),
+        format!("%t{}", *b.counter + 3),
+    );
+    *b.counter += 4;
+    b.lines.push(format!(
+        "{}{r}:2 = scf.for {i} = {c0} to {cf} step {c1} iter_args({best} = {ninf}, {at} = {c0}) -> ({ft}, index) {{",
+        b.indent
+    ));
+    let lower = b.def(format!("arith.cmpi ult, {i}, {ch} : index"));
+    let back = b.def(format!("arith.subi {i}, {ch} : index"));
+    let j = b.def(format!("arith.select {lower}, {i}, {back} : index"));
+    let col = b.def(format!("arith.addi {j}, {co} : index"));
+    let y = b.def(format!(
+        "tensor.extract {rotated}[{}, {}, {}, {}, {col}] : {rot_ty}",
+        idx[0], idx[1], idx[2], idx[3]
+    ));
+    let ny = b.def(format!("arith.negf {y} : {ft}"));
+    let x = b.def(format!("arith.select {lower}, {y}, {ny} : {ft}"));
+    let gt = b.def(format!("arith.cmpf ogt, {x}, {best} : {ft}"));
+    let nb = b.def(format!("arith.select {gt}, {x}, {best} : {ft}"));
+    let na = b.def(format!("arith.select {gt}, {i}, {at} : index"));
+    b.lines
+        .push(format!("{}  scf.yield {nb}, {na} : {ft}, index", b.indent));
+    b.lines.push(format!("{}}}", b.indent));
+    b.def(format!("arith.index_cast {r}#1 : index to i64"))
 }

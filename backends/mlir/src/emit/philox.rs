@@ -51,6 +51,9 @@ impl Emitter<'_> {
         else {
             return Err(MlirError::invalid(self.g, v, "result shape must be static"));
         };
+        if dims.iter().product::<u64>() > 1 << 32 {
+            return Err(MlirError::invalid(self.g, v, "more than 2^32 samples"));
+        }
         if self.g.ty(seed).dtype != DType::I64 || self.g.ty(seed).rank() != 0 {
             return Err(MlirError::invalid(self.g, v, "seed must be i64[]"));
         }
@@ -94,16 +97,16 @@ impl Emitter<'_> {
     }
 }
 
-/// The row-major flat index (`i64`) of the current element of a generic
-/// with loops of the given strides.
+/// The row-major flat index (`i32`, the result has at most 2^32 elements)
+/// of the current element of a generic with loops of the given strides.
 fn flat_index(b: &mut Body, strides: &[u64]) -> String {
-    let mut flat = b.def("arith.constant 0 : i64".into());
+    let mut flat = b.def("arith.constant 0 : i32".into());
     for (i, &s) in strides.iter().enumerate() {
         let x = b.def(format!("linalg.index {i} : index"));
-        let x = b.def(format!("arith.index_cast {x} : index to i64"));
-        let c = b.def(format!("arith.constant {s} : i64"));
-        let t = b.def(format!("arith.muli {x}, {c} : i64"));
-        flat = b.def(format!("arith.addi {flat}, {t} : i64"));
+        let x = b.def(format!("arith.index_cast {x} : index to i32"));
+        let c = b.def(i32_lit(s as u32));
+        let t = b.def(format!("arith.muli {x}, {c} : i32"));
+        flat = b.def(format!("arith.addi {flat}, {t} : i32"));
     }
     flat
 }
@@ -111,13 +114,11 @@ fn flat_index(b: &mut Body, strides: &[u64]) -> String {
 /// The four output words of Philox4x32-10 for the block of sample `flat`
 /// (counter `(flat / 4, stream)` as four 32-bit words, low word first).
 fn philox_block(b: &mut Body, flat: &str, stream: u64, keys: &[(String, String)]) -> [String; 4] {
-    let c2 = b.def("arith.constant 2 : i64".into());
-    let c32 = b.def("arith.constant 32 : i64".into());
-    let block = b.def(format!("arith.shrui {flat}, {c2} : i64"));
-    let block_hi = b.def(format!("arith.shrui {block}, {c32} : i64"));
+    let c2 = b.def("arith.constant 2 : i32".into());
+    let block = b.def(format!("arith.shrui {flat}, {c2} : i32"));
     let mut ctr = [
-        b.def(format!("arith.trunci {block} : i64 to i32")),
-        b.def(format!("arith.trunci {block_hi} : i64 to i32")),
+        block,
+        b.def("arith.constant 0 : i32".into()),
         b.def(i32_lit(stream as u32)),
         b.def(i32_lit((stream >> 32) as u32)),
     ];
@@ -148,39 +149,88 @@ fn mul_extended(b: &mut Body, x: &str, y: &str) -> String {
     name
 }
 
-/// Sample `flat` from its block's words: `u1 = (w + 1) / 2^32`, `u2 = w' /
-/// 2^32`, `sqrt(-2 ln u1)` times `cos(2 pi u2)` (even `flat`) or `sin` (odd),
-/// in `f64`, then converted to `d`.
+/// Sample `flat` from its block's words `(w, w')` (words 0, 1 for the first
+/// two samples of a block, 2, 3 for the others): `sqrt(-2 ln u1)` times
+/// `cos(2 pi u2)` (even `flat`) or `sin` (odd), `u1 = (w + 1) / 2^32`,
+/// `u2 = w' / 2^32`, in `f64`, then converted to `d`.
+///
+/// In `f64` this is the interpreter's arithmetic. It is also written to stay
+/// accurate where a compiler demotes `f64` to `f32` (IREE does by default):
+/// `ln u1` for `u1 > 1/2` is `log1p(-(2^32 - 1 - w) / 2^32)`, whose argument
+/// converts exactly, and the angle is split into its quadrant (top two bits of
+/// `w'`) and an angle below pi/2 from the other 30 bits.
 fn box_muller(b: &mut Body, flat: &str, w: &[String; 4], d: DType) -> String {
-    let c1 = b.def("arith.constant 1 : i64".into());
-    let c3 = b.def("arith.constant 3 : i64".into());
-    let c2 = b.def("arith.constant 2 : i64".into());
-    let zero = b.def("arith.constant 0 : i64".into());
-    let lane = b.def(format!("arith.andi {flat}, {c3} : i64"));
-    let first = b.def(format!("arith.cmpi ult, {lane}, {c2} : i64"));
-    let odd = b.def(format!("arith.andi {flat}, {c1} : i64"));
-    let even = b.def(format!("arith.cmpi eq, {odd}, {zero} : i64"));
+    let c1 = b.def("arith.constant 1 : i32".into());
+    let c2 = b.def("arith.constant 2 : i32".into());
+    let c3 = b.def("arith.constant 3 : i32".into());
+    let zero = b.def("arith.constant 0 : i32".into());
+    let lane = b.def(format!("arith.andi {flat}, {c3} : i32"));
+    let first = b.def(format!("arith.cmpi ult, {lane}, {c2} : i32"));
+    let odd = b.def(format!("arith.andi {flat}, {c1} : i32"));
+    let even = b.def(format!("arith.cmpi eq, {odd}, {zero} : i32"));
     let a = b.def(format!("arith.select {first}, {}, {} : i32", w[0], w[2]));
     let c = b.def(format!("arith.select {first}, {}, {} : i32", w[1], w[3]));
-    let fa = b.def(format!("arith.uitofp {a} : i32 to f64"));
-    let fc = b.def(format!("arith.uitofp {c} : i32 to f64"));
-    let one = b.constant(DType::F64, 1.0);
-    let scale = b.constant(DType::F64, 4_294_967_296.0);
-    let a1 = b.def(format!("arith.addf {fa}, {one} : f64"));
-    let u1 = b.def(format!("arith.divf {a1}, {scale} : f64"));
-    let u2 = b.def(format!("arith.divf {fc}, {scale} : f64"));
-    let ln = b.def(format!("math.log {u1} : f64"));
-    let m2 = b.constant(DType::F64, -2.0);
-    let t = b.def(format!("arith.mulf {m2}, {ln} : f64"));
-    let radius = b.def(format!("math.sqrt {t} : f64"));
-    let tau = b.constant(DType::F64, 2.0 * std::f64::consts::PI);
-    let angle = b.def(format!("arith.mulf {tau}, {u2} : f64"));
-    let cos = b.def(format!("math.cos {angle} : f64"));
-    let sin = b.def(format!("math.sin {angle} : f64"));
+    let radius = radius(b, &a);
+    let (cos, sin) = cos_sin_turn(b, &c);
     let trig = b.def(format!("arith.select {even}, {cos}, {sin} : f64"));
     let x = b.def(format!("arith.mulf {radius}, {trig} : f64"));
     match d {
         DType::F64 => x,
         _ => b.def(format!("arith.truncf {x} : f64 to {}", elt(d))),
     }
+}
+
+/// `sqrt(-2 ln u1)` for `u1 = (a + 1) / 2^32`, `a` an unsigned word.
+fn radius(b: &mut Body, a: &str) -> String {
+    let scale = b.constant(DType::F64, 1.0 / 4_294_967_296.0);
+    let one = b.constant(DType::F64, 1.0);
+    let fa = b.def(format!("arith.uitofp {a} : i32 to f64"));
+    let a1 = b.def(format!("arith.addf {fa}, {one} : f64"));
+    let u1 = b.def(format!("arith.mulf {a1}, {scale} : f64"));
+    let ln_small = b.def(format!("math.log {u1} : f64"));
+    let ones = b.def(i32_lit(u32::MAX));
+    let rest = b.def(format!("arith.xori {a}, {ones} : i32"));
+    let fr = b.def(format!("arith.uitofp {rest} : i32 to f64"));
+    let neg = b.constant(DType::F64, -1.0 / 4_294_967_296.0);
+    let x = b.def(format!("arith.mulf {fr}, {neg} : f64"));
+    let ln_big = b.def(format!("math.log1p {x} : f64"));
+    let zero = b.def("arith.constant 0 : i32".into());
+    let high = b.def(format!("arith.cmpi slt, {a}, {zero} : i32"));
+    let ln = b.def(format!("arith.select {high}, {ln_big}, {ln_small} : f64"));
+    let m2 = b.constant(DType::F64, -2.0);
+    let t = b.def(format!("arith.mulf {m2}, {ln} : f64"));
+    b.def(format!("math.sqrt {t} : f64"))
+}
+
+/// `(cos, sin)` of `2 pi c / 2^32`, `c` an unsigned word: quadrant `c >> 30`
+/// and `theta = (pi/2) (c mod 2^30) / 2^30`, then the quadrant's swap and signs.
+fn cos_sin_turn(b: &mut Body, c: &str) -> (String, String) {
+    let c30 = b.def("arith.constant 30 : i32".into());
+    let q = b.def(format!("arith.shrui {c}, {c30} : i32"));
+    let low = b.def(i32_lit((1 << 30) - 1));
+    let fr = b.def(format!("arith.andi {c}, {low} : i32"));
+    let ff = b.def(format!("arith.uitofp {fr} : i32 to f64"));
+    let k = b.constant(
+        DType::F64,
+        std::f64::consts::FRAC_PI_2 / f64::from(1u32 << 30),
+    );
+    let theta = b.def(format!("arith.mulf {ff}, {k} : f64"));
+    let ct = b.def(format!("math.cos {theta} : f64"));
+    let st = b.def(format!("math.sin {theta} : f64"));
+    let one = b.def("arith.constant 1 : i32".into());
+    let two = b.def("arith.constant 2 : i32".into());
+    let q_odd = b.def(format!("arith.andi {q}, {one} : i32"));
+    let swap = b.def(format!("arith.cmpi eq, {q_odd}, {one} : i32"));
+    let cos = b.def(format!("arith.select {swap}, {st}, {ct} : f64"));
+    let sin = b.def(format!("arith.select {swap}, {ct}, {st} : f64"));
+    // cos is negative in quadrants 1 and 2, sin in quadrants 2 and 3.
+    let qp1 = b.def(format!("arith.addi {q}, {one} : i32"));
+    let cneg = b.def(format!("arith.andi {qp1}, {two} : i32"));
+    let cneg = b.def(format!("arith.cmpi eq, {cneg}, {two} : i32"));
+    let sneg = b.def(format!("arith.cmpi uge, {q}, {two} : i32"));
+    let ncos = b.def(format!("arith.negf {cos} : f64"));
+    let nsin = b.def(format!("arith.negf {sin} : f64"));
+    let cos = b.def(format!("arith.select {cneg}, {ncos}, {cos} : f64"));
+    let sin = b.def(format!("arith.select {sneg}, {nsin}, {sin} : f64"));
+    (cos, sin)
 }
