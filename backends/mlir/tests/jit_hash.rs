@@ -221,6 +221,8 @@ fn lsh_hash_single_bucket_factor_matches_exactly() {
         (2, 300, 2, 8, 4, &[16][..], Mask::Random),
         (1, 129, 1, 16, 1, &[64][..], Mask::Ones),
         (2, 64, 2, 6, 2, &[2][..], Mask::Bool),
+        // Longer than one tile (at most 1024 positions), the last one partial.
+        (2, 1100, 2, 4, 2, &[8][..], Mask::Random),
     ] {
         let case = Hash {
             batch,
@@ -243,6 +245,7 @@ fn lsh_hash_factorized_buckets_match_exactly() {
         (2, 40, 1, 8, 2, &[4, 6][..], Mask::Ones),
         (1, 257, 2, 8, 1, &[8, 16][..], Mask::Random),
         (2, 9, 2, 4, 2, &[4, 2, 6][..], Mask::Bool),
+        (1, 2085, 1, 4, 1, &[2, 4][..], Mask::Random),
     ] {
         let case = Hash {
             batch,
@@ -325,4 +328,48 @@ fn seeded_rotations_feed_lsh_hash() {
         ];
         compare_args(g, args, 0.0);
     }
+}
+
+/// Static batch and length, and `f64` query/keys and rotations.
+#[test]
+fn lsh_hash_static_shapes_and_f64() {
+    let g = "graph {
+  %0 = input {name=\"qk\"} : f64[2,45,8]
+  %1 = input {name=\"rot\"} : f64[2,4,2,5]
+  %2 = input {name=\"mask\"} : i32[2,45]
+  %3 = lsh_hash %0, %1, %2 {buckets=[4,6], heads=2, n_hashes=2} : i64[2,2,2,45]
+  output \"b\" = %3
+}
+";
+    check(g);
+    let f64s = |t: Tensor| Tensor::F64(t.to_f64());
+    let Tensor::I64(m) = random_i64(&[2, 45], 2, 3) else {
+        unreachable!()
+    };
+    let args = vec![
+        f64s(random_f32(&[2, 45, 8], 1)),
+        f64s(random_f32(&[2, 4, 2, 5], 2)),
+        Tensor::I32(m.mapv(|x| x as i32)),
+    ];
+    compare_args(g, args, 0.0);
+}
+
+/// Attributes or types the lowering cannot take are `Invalid` errors.
+#[test]
+fn unsupported_attributes_are_errors() {
+    let too_many = "graph {
+  %0 = input {name=\"seed\"} : i64[]
+  %1 = random_normal %0 {stream=0} : f32[65536,65537]
+  output \"n\" = %1
+}
+";
+    let g = reformc_ir::parse(too_many).unwrap();
+    let err = emit_module(&g, &EmitOptions::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            reformc_backend_mlir::MlirError::Invalid { value: 1, .. }
+        ),
+        "{err:?}"
+    );
 }

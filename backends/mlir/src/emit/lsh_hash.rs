@@ -25,9 +25,19 @@ use crate::scalar::{elt, Body};
 use crate::MlirError;
 use reformc_ir::{DType, Dim, ValueId};
 
-/// Positions hashed per loop iteration: bounds the rotated intermediate to
-/// `B*H*r*TILE*S/2` values.
-const TILE: u64 = 128;
+/// Rotated values per batch row and loop iteration that the tile length
+/// aims at (16 MiB of `f32`): large tiles keep the loop's trip count (one
+/// round of dispatches per iteration in IREE) low, the bound keeps the
+/// intermediate far below the quadratic whole.
+const TILE_VALUES: u64 = 1 << 22;
+
+/// The tile length: a power of two in `[32, 1024]` near
+/// `TILE_VALUES / (H * r * S/2)`.
+fn tile_len(heads: u64, rounds: u64, half: u64) -> u64 {
+    let per_pos = (heads * rounds * half).max(1);
+    let t = (TILE_VALUES / per_pos).clamp(32, 1024);
+    1 << (63 - t.leading_zeros())
+}
 
 /// The symbol under which the current tile length is bound in `syms`.
 const TILE_SYM: &str = "__lsh_hash_tile";
@@ -72,7 +82,8 @@ impl Emitter<'_> {
         let acc0 = self.init(v, &out_shape, DType::I64, None)?;
         let len = self.size(v, &len_dim)?;
         let c0 = self.def("arith.constant 0 : index".into());
-        let step = self.def(format!("arith.constant {TILE} : index"));
+        let step = tile_len(s.heads, s.rounds, s.half);
+        let step = self.def(format!("arith.constant {step} : index"));
         let (start, acc, res) = (self.fresh(), self.fresh(), self.fresh());
         self.lines.push(format!(
             "{IND}{res} = scf.for {start} = {c0} to {len} step {step} iter_args({acc} = {acc0}) -> ({out_ty}) {{"
@@ -219,7 +230,10 @@ impl Emitter<'_> {
             "tensor.expand_shape {x} [[0], [1], [2, 3]] output_shape [{b}, {tl}, {}, {}] : {x_ty} into {x4_ty}",
             s.heads, s.head_dim
         ));
-        // rotated[b, h, r, t, j] = sum_k x[b, t, h, k] * R[h, k, r, j].
+        // rotated[b, h, r, t, j] = sum_k x[b, t, h, k] * R[h, k, r, j], loops
+        // (b, h, r, t, k, j): the reduction before the innermost `j`, so that
+        // loop lowering gives contiguous, independent accumulations that
+        // vectorize while each output still sums over k in order.
         let rot_shape = [
             s.batch.clone(),
             h.clone(),
@@ -233,21 +247,21 @@ impl Emitter<'_> {
             Operand {
                 name: x4,
                 ty: x4_ty,
-                map: ["d0", "d3", "d1", "d5"].map(String::from).to_vec(),
+                map: ["d0", "d3", "d1", "d4"].map(String::from).to_vec(),
             },
             Operand {
                 name: format!("%v{}", rot.0),
                 ty: tensor_ty(self.g.ty(rot)),
-                map: ["d1", "d5", "d2", "d4"].map(String::from).to_vec(),
+                map: ["d1", "d4", "d2", "d5"].map(String::from).to_vec(),
             },
         ];
         let out = Operand {
             name: zero,
             ty: rot_ty.clone(),
-            map: Self::identity(5),
+            map: ["d0", "d1", "d2", "d3", "d5"].map(String::from).to_vec(),
         };
-        let mut iters = vec!["parallel"; 5];
-        iters.push("reduction");
+        let mut iters = vec!["parallel"; 6];
+        iters[4] = "reduction";
         let ft = elt(f);
         let rotated = self.generic(&ins, out, &iters, ft, |b, a| {
             b.def(format!("math.fma {}, {}, {} : {ft}", a[0], a[1], a[2]))
