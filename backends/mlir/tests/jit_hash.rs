@@ -373,3 +373,27 @@ fn unsupported_attributes_are_errors() {
         "{err:?}"
     );
 }
+
+/// The rotated coordinates round as the interpreter's matrix product: a
+/// fused multiply-add per step of the head dimension, in order, from zero.
+/// Column 0 is `-1 + (1 + 2^-12)^2 = 2^-11 + 2^-24` with one rounding (a
+/// separate multiply would round the square to `1 + 2^-11` first), column 1
+/// is `2^-11 + 2^-24` exactly: a tie that the first column wins only when
+/// both round alike.
+#[test]
+fn lsh_hash_rounds_the_rotation_like_the_interpreter() {
+    let g = "graph {
+  %0 = input {name=\"qk\"} : f32[B,L,3]
+  %1 = input {name=\"rot\"} : f32[1,3,1,2]
+  %3 = lsh_hash %0, %1 {buckets=[4], heads=1, n_hashes=1} : i64[B,1,1,L]
+  output \"b\" = %3
+}
+";
+    let e = 1.0 + 2f32.powi(-12);
+    let v = 2f32.powi(-11) + 2f32.powi(-24);
+    let qk = Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[1, 1, 3]), vec![1.0, e, 1.0]).unwrap());
+    // rot[0, k, 0, j]: column j = 0 is (-1, e, 0), column 1 is (0, 0, v).
+    let rot = vec![-1.0, 0.0, e, 0.0, 0.0, v];
+    let rot = Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[1, 3, 1, 2]), rot).unwrap());
+    compare_args(g, vec![qk, rot], 0.0);
+}

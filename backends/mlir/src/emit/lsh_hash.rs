@@ -3,10 +3,13 @@
 //! Per tile of positions (an `scf.for` over the length, so that the rotated
 //! vectors `[B,H,r,T,S/2]` never exist for the whole sequence: with the
 //! usual `S ~ 2L/chunk` buckets they would be quadratic in L):
-//! 1. `rotated = x . R` as a `linalg.generic` contraction accumulated with
-//!    `math.fma` in the order of the head dimension, which is how the
-//!    interpreter's matrix product (matrixmultiply's FMA kernel) rounds, so
-//!    that the argmax sees the same values;
+//! 1. `rotated = x . R` as a `linalg.generic` contraction whose body is
+//!    `mulf` + `addf` with `fastmath<contract>`: IREE recognises only that
+//!    body as a contraction (with `math.fma` its llvm-cpu code was 10x
+//!    slower), and LLVM fuses the pair into one FMA where the host has it,
+//!    which is how the interpreter's matrix product (matrixmultiply's FMA
+//!    kernel, accumulating over the head dimension in order from zero)
+//!    rounds, so that the argmax sees the same values;
 //! 2. one parallel kernel over `[B,H,r,T]` whose body walks, per bucket
 //!    factor `f`, the `2 * f/2` values of `concat(y, -y)` in an `scf.for`
 //!    (reading `rotated` with `tensor.extract`) and keeps the first maximum
@@ -264,7 +267,14 @@ impl Emitter<'_> {
         iters[4] = "reduction";
         let ft = elt(f);
         let rotated = self.generic(&ins, out, &iters, ft, |b, a| {
-            b.def(format!("math.fma {}, {}, {} : {ft}", a[0], a[1], a[2]))
+            let p = b.def(format!(
+                "arith.mulf {}, {} fastmath<contract> : {ft}",
+                a[0], a[1]
+            ));
+            b.def(format!(
+                "arith.addf {}, {p} fastmath<contract> : {ft}",
+                a[2]
+            ))
         });
         let bk_shape = [s.batch.clone(), h, r, tile.clone()];
         let m = match mask {
