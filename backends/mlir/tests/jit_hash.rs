@@ -75,7 +75,16 @@ fn random_normal_is_not_constant() {
 
 #[test]
 fn random_normal_verifies_with_mlir_opt() {
-    check(&normals_graph("2,3,5", &[9]));
+    let module = check(&normals_graph("2,3,5", &[9]));
+    // Ten Philox rounds of two 32x32->64-bit products each, no i64 multiply.
+    assert_eq!(module.matches("arith.mului_extended").count(), 20);
+    assert!(
+        !module
+            .lines()
+            .any(|l| l.contains("arith.muli") && l.ends_with(": i64")),
+        "{module}"
+    );
+    assert!(module.contains("math.log1p"), "{module}");
 }
 
 /// Parses, verifies (melior and `mlir-opt-22` when present) and checks the
@@ -301,6 +310,9 @@ fn lsh_hash_verifies_with_mlir_opt() {
     };
     let module = check(&case.graph());
     assert!(module.contains("scf.for"), "tiled over the length");
+    // The rotation is a contraction IREE recognises: mulf + addf, fusable.
+    assert_eq!(module.matches("fastmath<contract>").count(), 2);
+    assert!(module.contains("tensor.insert_slice"), "{module}");
 }
 
 /// `--lsh-source seeded`: the rotations are drawn in the module from the
