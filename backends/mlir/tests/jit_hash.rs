@@ -409,3 +409,145 @@ fn lsh_hash_rounds_the_rotation_like_the_interpreter() {
     let rot = Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[1, 3, 1, 2]), rot).unwrap());
     compare_args(g, vec![qk, rot], 0.0);
 }
+
+/// The IREE tools: `$REFORMC_IREE_BIN/iree-compile` or `iree-compile` on the
+/// PATH; `None` (with the reason printed) when neither runs.
+fn iree_bin() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("REFORMC_IREE_BIN").map(std::path::PathBuf::from);
+    let tool = |name: &str| match &dir {
+        Some(d) => d.join(name),
+        None => name.into(),
+    };
+    match Command::new(tool("iree-compile")).arg("--version").output() {
+        Ok(o) if o.status.success() => Some(tool("")),
+        _ => {
+            eprintln!("skipping the IREE check: no iree-compile (set REFORMC_IREE_BIN)");
+            None
+        }
+    }
+}
+
+/// Raw little-endian bytes of an `f32` or `i64` tensor, and its IREE type
+/// string (`2x300xi64`).
+fn raw(t: &Tensor) -> (Vec<u8>, String) {
+    let (bytes, elt): (Vec<u8>, &str) = match t {
+        Tensor::F32(a) => (a.iter().flat_map(|x| x.to_le_bytes()).collect(), "f32"),
+        Tensor::I64(a) => (a.iter().flat_map(|x| x.to_le_bytes()).collect(), "i64"),
+        _ => panic!("raw: f32 or i64 only"),
+    };
+    let mut ty: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
+    ty.push(elt.into());
+    (bytes, ty.join("x"))
+}
+
+/// The seeded graph through IREE (llvm-cpu, and Vulkan when `vulkaninfo`
+/// finds a device): bucket ids equal to the interpreter's, samples within
+/// 1e-6. Skipped without IREE.
+#[test]
+fn seeded_hash_runs_on_iree() {
+    let Some(bin) = iree_bin() else { return };
+    let g = "graph {
+  %0 = input {name=\"seed\"} : i64[]
+  %1 = input {name=\"qk\"} : f32[B,L,16]
+  %2 = input {name=\"mask\"} : i64[B,L]
+  %3 = random_normal %0 {stream=0} : f32[2,8,4,3]
+  %4 = lsh_hash %1, %3, %2 {buckets=[2,4], heads=2, n_hashes=4} : i64[B,2,4,L]
+  output \"b\" = %4
+  output \"r\" = %3
+}
+";
+    let graph = reformc_ir::parse(g).unwrap();
+    let dir = std::env::temp_dir().join(format!("reformc-jit-hash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("m.mlir"), check(g)).unwrap();
+    let inputs = [
+        ("seed", seed(99)),
+        ("qk", random_f32(&[2, 300, 16], 5)),
+        ("mask", random_i64(&[2, 300], 2, 6)),
+    ];
+    let mut flags = Vec::new();
+    for (name, t) in &inputs {
+        let (bytes, ty) = raw(t);
+        std::fs::write(dir.join(format!("{name}.bin")), bytes).unwrap();
+        flags.push(format!(
+            "--input={ty}=@{}",
+            dir.join(format!("{name}.bin")).display()
+        ));
+    }
+    let map: std::collections::BTreeMap<String, Tensor> = inputs
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.clone()))
+        .collect();
+    let none = std::collections::BTreeMap::new();
+    let want = reformc_interp::run(&graph, &map, &none).unwrap();
+    let vulkan = Command::new("vulkaninfo")
+        .arg("--summary")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let mut targets = vec![(
+        "local-task",
+        vec![
+            "--iree-hal-target-device=local",
+            "--iree-hal-local-target-device-backends=llvm-cpu",
+            "--iree-llvmcpu-target-cpu=host",
+        ],
+    )];
+    if vulkan {
+        targets.push((
+            "vulkan",
+            vec![
+                "--iree-hal-target-device=vulkan",
+                "--iree-vulkan-target=vp_android_baseline_2022",
+            ],
+        ));
+    }
+    for (device, target) in targets {
+        let vmfb = dir.join(format!("{device}.vmfb"));
+        let out = Command::new(bin.join("iree-compile"))
+            .arg(dir.join("m.mlir"))
+            .args(&target)
+            .arg("-o")
+            .arg(&vmfb)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (ob, or) = (dir.join("b.bin"), dir.join("r.bin"));
+        let out = Command::new(bin.join("iree-run-module"))
+            .arg(format!("--device={device}"))
+            .arg(format!("--module={}", vmfb.display()))
+            .arg("--function=forward")
+            .args(&flags)
+            .arg(format!("--output=@{}", ob.display()))
+            .arg(format!("--output=@{}", or.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read(&ob).unwrap(),
+            raw(&want["b"]).0,
+            "{device}: bucket ids"
+        );
+        let got: Vec<f32> = std::fs::read(&or)
+            .unwrap()
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let w = want["r"].to_f64();
+        assert_eq!(got.len(), w.len());
+        for (g, w) in got.iter().zip(w.iter()) {
+            assert!(
+                (f64::from(*g) - w).abs() <= 1e-6 * w.abs().max(1.0),
+                "{device}: {g} vs {w}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
