@@ -551,3 +551,18 @@ fn seeded_hash_runs_on_iree() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Bucket counts whose ids would not fit an `i64` are `Invalid`, not a panic.
+#[test]
+fn huge_bucket_counts_are_errors() {
+    let g = "graph {
+  %0 = input {name=\"qk\"} : f32[B,L,4]
+  %1 = input {name=\"rot\"} : f32[1,4,1,2147483648]
+  %2 = lsh_hash %0, %1 {buckets=[2147483648,2147483648], heads=1, n_hashes=1} : i64[B,1,1,L]
+  output \"b\" = %2
+}
+";
+    let g = reformc_ir::parse(g).unwrap();
+    let err = emit_module(&g, &EmitOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("too many buckets"), "{err}");
+}

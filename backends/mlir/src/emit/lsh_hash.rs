@@ -37,7 +37,7 @@ const TILE_VALUES: u64 = 1 << 22;
 /// The tile length: a power of two in `[32, 1024]` near
 /// `TILE_VALUES / (H * r * S/2)`.
 fn tile_len(heads: u64, rounds: u64, half: u64) -> u64 {
-    let per_pos = (heads * rounds * half).max(1);
+    let per_pos = heads.saturating_mul(rounds).saturating_mul(half).max(1);
     let t = (TILE_VALUES / per_pos).clamp(32, 1024);
     1 << (63 - t.leading_zeros())
 }
@@ -144,6 +144,15 @@ impl Emitter<'_> {
             return Err(bad("the width must be a constant multiple of `heads`"));
         };
         let head_dim = width / heads;
+        // Bucket ids up to `rounds * (nb + 1)` must fit an i64 (and then the
+        // sum of the factors cannot overflow either: each factor is >= 2).
+        let ids = factors
+            .iter()
+            .try_fold(1u64, |a, &f| a.checked_mul(f))
+            .and_then(|nb| nb.checked_add(1)?.checked_mul(rounds));
+        if ids.is_none_or(|n| n >= 1 << 62) {
+            return Err(bad("too many buckets"));
+        }
         let half: u64 = factors.iter().sum::<u64>() / 2;
         let want = [heads, head_dim, rounds, half].map(Dim::Const);
         if rot.shape != want {
