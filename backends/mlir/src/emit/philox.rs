@@ -34,11 +34,8 @@ impl Emitter<'_> {
         let node = self.g.node(v);
         let out_ty = node.ty.clone();
         let seed = node.inputs[0];
-        let stream = node
-            .op
-            .int("stream")
-            .ok_or_else(|| MlirError::invalid(self.g, v, "missing `stream`"))?
-            as u64;
+        // A non-negative integer, as the interpreter reads it.
+        let stream = self.nonneg(v, "stream")?;
         let d = out_ty.dtype;
         if !d.is_float() {
             return Err(MlirError::invalid(self.g, v, "result must be a float"));
