@@ -5,8 +5,9 @@ use crate::MlirError;
 use reformc_ir::ValueId;
 
 impl Emitter<'_> {
+    /// Bucket ids: see `lsh_hash.rs`.
     pub(super) fn lsh_hash(&mut self, v: ValueId) -> Result<String, MlirError> {
-        Err(self.unsupported(v))
+        self.lsh_hash_tiled(v)
     }
 
     pub(super) fn lsh_attention(&mut self, v: ValueId) -> Result<String, MlirError> {
