@@ -444,3 +444,154 @@ fn reversible_blocks_with_chunked_feed_forward_match_the_interpreter() {
         .collect();
     run_cases(REVERSIBLE, cases);
 }
+
+/// One reversible layer of the hand-built model below: `f` is a
+/// pre-norm projection pair (standing in for attention), `g` a pre-norm
+/// feed-forward, chunked along the sequence when `chunk` is given.
+fn model_layer(i: usize, input: usize, first: usize, chunk: Option<usize>) -> (String, usize) {
+    let n = |k: usize| first + k;
+    let w = |k: usize, name: &str, shape: &str| {
+        format!("  %{} = weight {{name=\"l{i}.{name}\"}} : f32[{shape}]\n", n(k))
+    };
+    let mut s = String::new();
+    s += &w(0, "ln_w", "8");
+    s += &w(1, "ln_b", "8");
+    s += &w(2, "q", "8,8");
+    s += &w(3, "o", "8,8");
+    s += &w(4, "ff_ln_w", "8");
+    s += &w(5, "ff_ln_b", "8");
+    s += &w(6, "d1", "12,8");
+    s += &w(7, "b1", "12");
+    s += &w(8, "d2", "8,12");
+    s += &w(9, "b2", "8");
+    let ff = |x: usize, len: &str, at: usize| {
+        format!(
+            "      %{a} = layer_norm %{x}, %{lw}, %{lb} {{eps=1e-12}} : f32[B,{len},8]
+      %{h} = linear %{a}, %{d1}, %{b1} {{activation=\"gelu_new\"}} : f32[B,{len},12]
+      %{o} = linear %{h}, %{d2}, %{b2} : f32[B,{len},8]\n",
+            a = at,
+            h = at + 1,
+            o = at + 2,
+            lw = n(4),
+            lb = n(5),
+            d1 = n(6),
+            b1 = n(7),
+            d2 = n(8),
+            b2 = n(9)
+        )
+    };
+    let (r, fa, ga) = (n(10), n(11), n(15));
+    s += &format!(
+        "  %{r} = reversible_block %{input} : f32[B,P,16] {{
+    f(%{fa}: f32[B,P,8]) {{
+      %{a} = layer_norm %{fa}, %{lw}, %{lb} {{eps=1e-12}} : f32[B,P,8]
+      %{b} = linear %{a}, %{q} {{activation=\"tanh\"}} : f32[B,P,8]
+      %{c} = linear %{b}, %{o} : f32[B,P,8]
+      yield %{c}
+    }}
+    g(%{ga}: f32[B,P,8]) {{\n",
+        a = n(12),
+        b = n(13),
+        c = n(14),
+        lw = n(0),
+        lb = n(1),
+        q = n(2),
+        o = n(3)
+    );
+    match chunk {
+        Some(size) => {
+            let (sc, arg) = (n(16), n(17));
+            s += &format!(
+                "      %{sc} = seq_chunk %{ga} {{axis=1, size={size}}} : f32[B,P,8] {{
+        body(%{arg}: f32[B,C{i},8]) {{\n"
+            );
+            s += &ff(arg, &format!("C{i}"), n(18));
+            s += &format!("          yield %{}\n        }}\n      }}\n      yield %{sc}\n", n(20));
+        }
+        None => {
+            s += &ff(ga, "P", n(18));
+            s += &format!("      yield %{}\n", n(20));
+        }
+    }
+    s += "    }\n  }\n";
+    (s, r)
+}
+
+/// A small Reformer-shaped model whose layers use only the ops above:
+/// padded ids, token + axial position embeddings, three reversible layers
+/// (two with a chunked feed-forward), the final norm, a chunked LM head,
+/// truncation to the input length and the argmax prediction.
+fn model_graph() -> String {
+    let mut s = String::from(
+        "graph {
+  %0 = input {name=\"input_ids\"} : i64[B,L]
+  %1 = pad_to_multiple %0 {axis=1, min_len=4, multiple=4, value=0} : i64[B,P]
+  %2 = weight {name=\"emb\"} : f32[13,8]
+  %3 = embedding %1, %2 : f32[B,P,8]
+  %4 = iota %1 {axis=1} : i64[P]
+  %5 = weight {name=\"pos0\"} : f32[4,1,3]
+  %6 = weight {name=\"pos1\"} : f32[1,4,5]
+  %7 = axial_pos_embedding %4, %5, %6 : f32[P,8]
+  %8 = add %3, %7 : f32[B,P,8]
+  %9 = concat %8, %8 {axis=2} : f32[B,P,16]
+",
+    );
+    let mut x = 9;
+    for (i, chunk) in [Some(3), None, Some(2)].into_iter().enumerate() {
+        let (text, out) = model_layer(i, x, 100 + 30 * i, chunk);
+        s += &text;
+        x = out;
+    }
+    s += &format!(
+        "  %200 = weight {{name=\"norm_w\"}} : f32[16]
+  %201 = weight {{name=\"norm_b\"}} : f32[16]
+  %202 = layer_norm %{x}, %200, %201 {{eps=1e-12}} : f32[B,P,16]
+  %203 = weight {{name=\"head_w\"}} : f32[13,16]
+  %204 = weight {{name=\"head_b\"}} : f32[13]
+  %205 = seq_chunk %202 {{axis=1, size=5}} : f32[B,P,13] {{
+    body(%206: f32[B,H,16]) {{
+      %207 = linear %206, %203, %204 : f32[B,H,13]
+      yield %207
+    }}
+  }}
+  %208 = truncate %205, %0 {{axis=1}} : f32[B,L,13]
+  %209 = argmax %208 {{axis=2}} : i64[B,L]
+  output \"logits\" = %208
+  output \"predictions\" = %209
+}}
+"
+    );
+    s
+}
+
+/// The whole model, interpreter against the MLIR JIT, at lengths that pad
+/// (5, 13) and do not (1, 3 at or below `min_len`, 8 a multiple), batch 1 to 3.
+#[test]
+fn end_to_end_model_matches_the_interpreter() {
+    let text = model_graph();
+    let g = reformc_ir::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let weights: Vec<Tensor> = g
+        .weights()
+        .iter()
+        .enumerate()
+        .map(|(k, (_, v))| {
+            let shape: Vec<usize> = g
+                .ty(*v)
+                .shape
+                .iter()
+                .map(|d| d.as_const().expect("static weights") as usize)
+                .collect();
+            random_f32(&shape, 1000 + k as u64)
+        })
+        .collect();
+    let cases = [(1, 1), (2, 3), (2, 5), (1, 8), (3, 13)]
+        .iter()
+        .enumerate()
+        .map(|(i, &(b, l))| {
+            let mut args = weights.clone();
+            args.push(random_i64(&[b, l], 13, 77 + i as u64));
+            args
+        })
+        .collect();
+    run_cases(&text, cases);
+}
