@@ -67,7 +67,10 @@ fn check_module(text: &str) -> String {
         let word = op.split([' ', '(', '{', '<']).next().unwrap_or("");
         if let Some((dialect, _)) = word.split_once('.') {
             if !dialect.is_empty() && dialect.chars().all(|c| c.is_ascii_lowercase()) {
-                assert!(UPSTREAM.contains(&dialect), "dialect `{dialect}` in\n{module}");
+                assert!(
+                    UPSTREAM.contains(&dialect),
+                    "dialect `{dialect}` in\n{module}"
+                );
             }
         }
     }
@@ -105,7 +108,10 @@ const EMBEDDING: &str = "graph {
 #[test]
 fn embedding_matches_the_interpreter() {
     let m = check_module(EMBEDDING);
-    assert!(m.contains("tensor.extract"), "a gather from the table:\n{m}");
+    assert!(
+        m.contains("tensor.extract"),
+        "a gather from the table:\n{m}"
+    );
     let cases = [(1, 1, 1), (2, 7, 3), (3, 5, 8)]
         .iter()
         .enumerate()
@@ -296,7 +302,10 @@ fn argmax_matches_the_interpreter_with_ties_and_nans() {
         .enumerate()
         .map(|(i, &(b, l))| {
             let s = i as u64 * 10;
-            vec![random_f32(&[b, l, 7], s + 1), random_i64(&[b, l, 7], 3, s + 2)]
+            vec![
+                random_f32(&[b, l, 7], s + 1),
+                random_i64(&[b, l, 7], 3, s + 2),
+            ]
         })
         .collect();
     run_cases(ARGMAX, cases);
@@ -326,7 +335,10 @@ fn pad_to_multiple_and_truncate_match_the_interpreter() {
         .enumerate()
         .map(|(i, &(b, l))| {
             let s = i as u64 * 10;
-            vec![random_i64(&[b, l], 100, s + 1), random_f32(&[b, l, 3], s + 2)]
+            vec![
+                random_i64(&[b, l], 100, s + 1),
+                random_f32(&[b, l, 3], s + 2),
+            ]
         })
         .collect();
     run_cases(PAD, cases);
@@ -359,7 +371,10 @@ const SEQ_CHUNK: &str = "graph {
 #[test]
 fn seq_chunk_matches_the_interpreter() {
     let m = check_module(SEQ_CHUNK);
-    assert!(m.contains("scf.for") && m.contains("tensor.insert_slice"), "{m}");
+    assert!(
+        m.contains("scf.for") && m.contains("tensor.insert_slice"),
+        "{m}"
+    );
     let cases = [(1, 1), (2, 3), (2, 7), (3, 2)]
         .iter()
         .enumerate()
@@ -451,7 +466,10 @@ fn reversible_blocks_with_chunked_feed_forward_match_the_interpreter() {
 fn model_layer(i: usize, input: usize, first: usize, chunk: Option<usize>) -> (String, usize) {
     let n = |k: usize| first + k;
     let w = |k: usize, name: &str, shape: &str| {
-        format!("  %{} = weight {{name=\"l{i}.{name}\"}} : f32[{shape}]\n", n(k))
+        format!(
+            "  %{} = weight {{name=\"l{i}.{name}\"}} : f32[{shape}]\n",
+            n(k)
+        )
     };
     let mut s = String::new();
     s += &w(0, "ln_w", "8");
@@ -506,7 +524,10 @@ fn model_layer(i: usize, input: usize, first: usize, chunk: Option<usize>) -> (S
         body(%{arg}: f32[B,C{i},8]) {{\n"
             );
             s += &ff(arg, &format!("C{i}"), n(18));
-            s += &format!("          yield %{}\n        }}\n      }}\n      yield %{sc}\n", n(20));
+            s += &format!(
+                "          yield %{}\n        }}\n      }}\n      yield %{sc}\n",
+                n(20)
+            );
         }
         None => {
             s += &ff(ga, "P", n(18));
@@ -594,4 +615,37 @@ fn end_to_end_model_matches_the_interpreter() {
         })
         .collect();
     run_cases(&text, cases);
+}
+
+const F64_OPS: &str = "graph {
+  %0 = weight {name=\"table\"} : f64[9,4]
+  %1 = weight {name=\"w\"} : f64[4]
+  %2 = weight {name=\"b\"} : f64[4]
+  %3 = weight {name=\"d\"} : f64[4,4]
+  %4 = input {name=\"ids\"} : i64[B,L]
+  %5 = embedding %4, %0 : f64[B,L,4]
+  %6 = layer_norm %5, %1, %2 {eps=1e-12} : f64[B,L,4]
+  %7 = linear %6, %3, %1 {activation=\"gelu\"} : f64[B,L,4]
+  %8 = argmax %7 {axis=2} : i64[B,L]
+  output \"y\" = %7
+  output \"i\" = %8
+}
+";
+
+/// The lowerings follow the element type: an `f64` graph agrees to 1e-12.
+#[test]
+fn f64_model_ops_match_the_interpreter() {
+    let f64s = |shape: &[usize], seed: u64| Tensor::F64(random_f32(shape, seed).to_f64());
+    check_module(F64_OPS);
+    for (i, &(b, l)) in [(1, 1), (2, 7)].iter().enumerate() {
+        let s = i as u64 * 10;
+        let args = vec![
+            f64s(&[9, 4], s + 1),
+            f64s(&[4], s + 2),
+            f64s(&[4], s + 3),
+            f64s(&[4, 4], s + 4),
+            random_i64(&[b, l], 9, s + 5),
+        ];
+        compare_args(F64_OPS, args, 1e-12);
+    }
 }

@@ -12,11 +12,19 @@ impl Emitter<'_> {
     pub(super) fn gather(&mut self, v: ValueId) -> Result<String, MlirError> {
         let node = self.g.node(v);
         let (x, idx) = (node.inputs[0], node.inputs[1]);
-        let (x_ty, i_ty, out_ty) = (self.g.ty(x).clone(), self.g.ty(idx).clone(), node.ty.clone());
+        let (x_ty, i_ty, out_ty) = (
+            self.g.ty(x).clone(),
+            self.g.ty(idx).clone(),
+            node.ty.clone(),
+        );
         let rank = x_ty.rank();
         let axis = self.axis(v, "axis", rank)?;
         if i_ty.rank() != rank || !i_ty.dtype.is_int() {
-            return Err(MlirError::invalid(self.g, v, "gather takes integer indices of the operand's rank"));
+            return Err(MlirError::invalid(
+                self.g,
+                v,
+                "gather takes integer indices of the operand's rank",
+            ));
         }
         let xn = format!("%v{}", x.0);
         let n = self.dim_value(&xn, &x_ty, axis);
@@ -29,15 +37,31 @@ impl Emitter<'_> {
         }];
         let init = self.init(v, &out_ty.shape, out_ty.dtype, None)?;
         let ty = tensor_ty(&out_ty);
-        let out = Operand { name: init, ty: ty.clone(), map: Self::identity(rank) };
+        let out = Operand {
+            name: init,
+            ty: ty.clone(),
+            map: Self::identity(rank),
+        };
         let (xt, id) = (tensor_ty(&x_ty), i_ty.dtype);
-        let res = self.generic(&ins, out, &vec!["parallel"; rank], elt(out_ty.dtype), |b, a| {
-            let at = Self::clamped_index(b, &a[0], id, &hi);
-            let coords: Vec<String> = (0..rank)
-                .map(|i| if i == axis { at.clone() } else { b.def(format!("linalg.index {i} : index")) })
-                .collect();
-            b.def(format!("tensor.extract {xn}[{}] : {xt}", coords.join(", ")))
-        });
+        let res = self.generic(
+            &ins,
+            out,
+            &vec!["parallel"; rank],
+            elt(out_ty.dtype),
+            |b, a| {
+                let at = Self::clamped_index(b, &a[0], id, &hi);
+                let coords: Vec<String> = (0..rank)
+                    .map(|i| {
+                        if i == axis {
+                            at.clone()
+                        } else {
+                            b.def(format!("linalg.index {i} : index"))
+                        }
+                    })
+                    .collect();
+                b.def(format!("tensor.extract {xn}[{}] : {xt}", coords.join(", ")))
+            },
+        );
         Ok(self.alias(&res, &ty))
     }
 
@@ -53,31 +77,68 @@ impl Emitter<'_> {
         let axis = self.axis(v, "axis", rank)?;
         let d = x_ty.dtype;
         let (max_op, eq_op, lowest) = match d {
-            DType::F32 | DType::F64 => ("arith.maxnumf", "arith.cmpf oeq,", format!("{}", crate::scalar::literal(d, f64::NEG_INFINITY))),
+            DType::F32 | DType::F64 => (
+                "arith.maxnumf",
+                "arith.cmpf oeq,",
+                crate::scalar::literal(d, f64::NEG_INFINITY),
+            ),
             DType::I64 => ("arith.maxsi", "arith.cmpi eq,", i64::MIN.to_string()),
             DType::I32 => ("arith.maxsi", "arith.cmpi eq,", i32::MIN.to_string()),
             DType::Bool => ("arith.maxui", "arith.cmpi eq,", "false".to_string()),
         };
-        let red: Vec<Dim> = x_ty.shape.iter().enumerate().filter(|(i, _)| *i != axis).map(|(_, s)| s.clone()).collect();
-        let map: Vec<String> = (0..rank).filter(|&i| i != axis).map(|i| format!("d{i}")).collect();
+        let red: Vec<Dim> = x_ty
+            .shape
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != axis)
+            .map(|(_, s)| s.clone())
+            .collect();
+        let map: Vec<String> = (0..rank)
+            .filter(|&i| i != axis)
+            .map(|i| format!("d{i}"))
+            .collect();
         let (xt, rt, e) = (tensor_ty(&x_ty), tensor_of(&red, d), elt(d));
         let iters = super::reduction_iterators(rank, &[axis]);
         let xn = format!("%v{}", x.0);
         // Pass 1: the maximum over non-NaN elements.
         let m0 = self.init(v, &red, d, None)?;
         let low = self.def(format!("arith.constant {lowest} : {e}"));
-        let m0 = self.def(format!("linalg.fill ins({low} : {e}) outs({m0} : {rt}) -> {rt}"));
-        let ins = [Operand { name: xn.clone(), ty: xt.clone(), map: Self::identity(rank) }];
-        let out = Operand { name: m0, ty: rt.clone(), map: map.clone() };
-        let m = self.generic(&ins, out, &iters, e, |b, a| b.def(format!("{max_op} {}, {} : {e}", a[1], a[0])));
+        let m0 = self.def(format!(
+            "linalg.fill ins({low} : {e}) outs({m0} : {rt}) -> {rt}"
+        ));
+        let ins = [Operand {
+            name: xn.clone(),
+            ty: xt.clone(),
+            map: Self::identity(rank),
+        }];
+        let out = Operand {
+            name: m0,
+            ty: rt.clone(),
+            map: map.clone(),
+        };
+        let m = self.generic(&ins, out, &iters, e, |b, a| {
+            b.def(format!("{max_op} {}, {} : {e}", a[1], a[0]))
+        });
         // Pass 2: the first index holding the maximum.
         let it = tensor_of(&red, DType::I64);
         let i0 = self.init(v, &red, DType::I64, Some(i64::MAX as f64))?;
         let ins = [
-            Operand { name: xn, ty: xt, map: Self::identity(rank) },
-            Operand { name: m, ty: rt, map: map.clone() },
+            Operand {
+                name: xn,
+                ty: xt,
+                map: Self::identity(rank),
+            },
+            Operand {
+                name: m,
+                ty: rt,
+                map: map.clone(),
+            },
         ];
-        let out = Operand { name: i0, ty: it, map };
+        let out = Operand {
+            name: i0,
+            ty: it,
+            map,
+        };
         let float = d.is_float();
         let found = self.generic(&ins, out, &iters, "i64", |b, a| {
             let i = b.def(format!("linalg.index {axis} : index"));
@@ -117,9 +178,16 @@ impl Emitter<'_> {
         let axis = self.axis(v, "axis", x_ty.rank())?;
         let multiple = self.nonneg(v, "multiple")?;
         let min_len = self.nonneg(v, "min_len")?;
-        let value = node.op.float("value").ok_or_else(|| MlirError::invalid(self.g, v, "missing `value`"))?;
+        let value = node
+            .op
+            .float("value")
+            .ok_or_else(|| MlirError::invalid(self.g, v, "missing `value`"))?;
         if out_ty.rank() != x_ty.rank() || out_ty.dtype != x_ty.dtype {
-            return Err(MlirError::invalid(self.g, v, "the result must have the operand's rank and dtype"));
+            return Err(MlirError::invalid(
+                self.g,
+                v,
+                "the result must have the operand's rank and dtype",
+            ));
         }
         let (xn, xt, ty) = (format!("%v{}", x.0), tensor_ty(&x_ty), tensor_ty(&out_ty));
         if multiple <= 1 {
@@ -146,7 +214,9 @@ impl Emitter<'_> {
         let e = self.def(format!("tensor.empty({}) : {ty}", sizes.join(", ")));
         let fill = self.scalar_const(out_ty.dtype, value);
         let d = elt(out_ty.dtype);
-        let filled = self.def(format!("linalg.fill ins({fill} : {d}) outs({e} : {ty}) -> {ty}"));
+        let filled = self.def(format!(
+            "linalg.fill ins({fill} : {d}) outs({e} : {ty}) -> {ty}"
+        ));
         let src = self.mixed_sizes(&xn, &x_ty);
         let offs = vec!["0"; x_ty.rank()].join(", ");
         let ones = vec!["1"; x_ty.rank()].join(", ");
@@ -164,7 +234,11 @@ impl Emitter<'_> {
         let (x_ty, r_ty, out_ty) = (self.g.ty(x).clone(), self.g.ty(r).clone(), node.ty.clone());
         let axis = self.axis(v, "axis", x_ty.rank())?;
         if axis >= r_ty.rank() || out_ty.rank() != x_ty.rank() {
-            return Err(MlirError::invalid(self.g, v, "axis out of range for the reference"));
+            return Err(MlirError::invalid(
+                self.g,
+                v,
+                "axis out of range for the reference",
+            ));
         }
         let xn = format!("%v{}", x.0);
         let mut sizes = Vec::new();

@@ -8,13 +8,21 @@ use reformc_ir::{Activation, BinaryFn, DType, Dim, TensorType, UnaryFn, ValueId}
 impl Emitter<'_> {
     /// The constant length of axis `i` of operand `x` of `v`, or an error
     /// naming `what` (weights have static shapes; a symbolic one cannot index).
-    pub(super) fn const_dim(&self, v: ValueId, x: ValueId, i: usize, what: &str) -> Result<u64, MlirError> {
+    pub(super) fn const_dim(
+        &self,
+        v: ValueId,
+        x: ValueId,
+        i: usize,
+        what: &str,
+    ) -> Result<u64, MlirError> {
         self.g
             .ty(x)
             .shape
             .get(i)
             .and_then(Dim::as_const)
-            .ok_or_else(|| MlirError::invalid(self.g, v, format!("{what} must have a constant size")))
+            .ok_or_else(|| {
+                MlirError::invalid(self.g, v, format!("{what} must have a constant size"))
+            })
     }
 
     /// An integer scalar `x` of dtype `d` as an `index` clamped to
@@ -32,12 +40,23 @@ impl Emitter<'_> {
     pub(super) fn embedding(&mut self, v: ValueId) -> Result<String, MlirError> {
         let node = self.g.node(v);
         let (ids, table) = (node.inputs[0], node.inputs[1]);
-        let (ids_ty, t_ty, out_ty) = (self.g.ty(ids).clone(), self.g.ty(table).clone(), node.ty.clone());
+        let (ids_ty, t_ty, out_ty) = (
+            self.g.ty(ids).clone(),
+            self.g.ty(table).clone(),
+            node.ty.clone(),
+        );
         if t_ty.rank() != 2 || !ids_ty.dtype.is_int() || out_ty.rank() != ids_ty.rank() + 1 {
-            return Err(MlirError::invalid(self.g, v, "embedding takes integer ids and a [V,D] table"));
+            return Err(MlirError::invalid(
+                self.g,
+                v,
+                "embedding takes integer ids and a [V,D] table",
+            ));
         }
         let vocab = self.const_dim(v, table, 0, "the table")?;
-        let hi = self.def(format!("arith.constant {} : index", vocab.saturating_sub(1)));
+        let hi = self.def(format!(
+            "arith.constant {} : index",
+            vocab.saturating_sub(1)
+        ));
         let r = ids_ty.rank();
         let ins = [Operand {
             name: format!("%v{}", ids.0),
@@ -46,7 +65,11 @@ impl Emitter<'_> {
         }];
         let init = self.init(v, &out_ty.shape, out_ty.dtype, None)?;
         let ty = tensor_ty(&out_ty);
-        let out = Operand { name: init, ty: ty.clone(), map: Self::identity(r + 1) };
+        let out = Operand {
+            name: init,
+            ty: ty.clone(),
+            map: Self::identity(r + 1),
+        };
         let iters = vec!["parallel"; r + 1];
         let (tn, tt, idd) = (format!("%v{}", table.0), tensor_ty(&t_ty), ids_ty.dtype);
         let res = self.generic(&ins, out, &iters, elt(out_ty.dtype), |b, a| {
@@ -65,9 +88,22 @@ impl Emitter<'_> {
         let node = self.g.node(v);
         let (pos, w0, w1) = (node.inputs[0], node.inputs[1], node.inputs[2]);
         let out_ty = node.ty.clone();
-        let (p_ty, t0, t1) = (self.g.ty(pos).clone(), self.g.ty(w0).clone(), self.g.ty(w1).clone());
-        if p_ty.rank() != 1 || !p_ty.dtype.is_int() || t0.rank() != 3 || t1.rank() != 3 || out_ty.rank() != 2 {
-            return Err(MlirError::invalid(self.g, v, "axial_pos_embedding takes pos [N], w0 [n0,1,d0], w1 [1,n1,d1]"));
+        let (p_ty, t0, t1) = (
+            self.g.ty(pos).clone(),
+            self.g.ty(w0).clone(),
+            self.g.ty(w1).clone(),
+        );
+        if p_ty.rank() != 1
+            || !p_ty.dtype.is_int()
+            || t0.rank() != 3
+            || t1.rank() != 3
+            || out_ty.rank() != 2
+        {
+            return Err(MlirError::invalid(
+                self.g,
+                v,
+                "axial_pos_embedding takes pos [N], w0 [n0,1,d0], w1 [1,n1,d1]",
+            ));
         }
         let n0 = self.const_dim(v, w0, 0, "w0")?;
         let d0 = self.const_dim(v, w0, 2, "w0")?;
@@ -77,7 +113,13 @@ impl Emitter<'_> {
             return Err(MlirError::invalid(self.g, v, "empty axial weights"));
         }
         let c = |e: &mut Self, x: u64| e.def(format!("arith.constant {x} : index"));
-        let (hi, cn1, cd0, cd0m, cd1m) = (c(self, n0 * n1 - 1), c(self, n1), c(self, d0), c(self, d0 - 1), c(self, d1 - 1));
+        let (hi, cn1, cd0, cd0m, cd1m) = (
+            c(self, n0 * n1 - 1),
+            c(self, n1),
+            c(self, d0),
+            c(self, d0 - 1),
+            c(self, d1 - 1),
+        );
         let ins = [Operand {
             name: format!("%v{}", pos.0),
             ty: tensor_ty(&p_ty),
@@ -85,9 +127,18 @@ impl Emitter<'_> {
         }];
         let init = self.init(v, &out_ty.shape, out_ty.dtype, None)?;
         let ty = tensor_ty(&out_ty);
-        let out = Operand { name: init, ty: ty.clone(), map: Self::identity(2) };
+        let out = Operand {
+            name: init,
+            ty: ty.clone(),
+            map: Self::identity(2),
+        };
         let (a0, a1) = (format!("%v{}", w0.0), format!("%v{}", w1.0));
-        let (ty0, ty1, pd, od) = (tensor_ty(&t0), tensor_ty(&t1), p_ty.dtype, elt(out_ty.dtype));
+        let (ty0, ty1, pd, od) = (
+            tensor_ty(&t0),
+            tensor_ty(&t1),
+            p_ty.dtype,
+            elt(out_ty.dtype),
+        );
         let res = self.generic(&ins, out, &["parallel", "parallel"], od, |b, a| {
             let p = Self::clamped_index(b, &a[0], pd, &hi);
             let j = b.def("linalg.index 1 : index".into());
@@ -114,15 +165,27 @@ impl Emitter<'_> {
         let (x, w, bias) = (node.inputs[0], node.inputs[1], node.inputs[2]);
         let x_ty = self.g.ty(x).clone();
         let d = x_ty.dtype;
-        if x_ty.rank() == 0 || !d.is_float() || self.g.ty(w).rank() != 1 || self.g.ty(bias).rank() != 1 {
-            return Err(MlirError::invalid(self.g, v, "layer_norm takes a float x and 1-D weight and bias"));
+        if x_ty.rank() == 0
+            || !d.is_float()
+            || self.g.ty(w).rank() != 1
+            || self.g.ty(bias).rank() != 1
+        {
+            return Err(MlirError::invalid(
+                self.g,
+                v,
+                "layer_norm takes a float x and 1-D weight and bias",
+            ));
         }
-        let eps = node.op.float("eps").ok_or_else(|| MlirError::invalid(self.g, v, "missing `eps`"))?;
+        let eps = node
+            .op
+            .float("eps")
+            .ok_or_else(|| MlirError::invalid(self.g, v, "missing `eps`"))?;
         let rank = x_ty.rank();
         let last = rank - 1;
         let xn = format!("%v{}", x.0);
         let id = |_: &mut Body, a: &str| a.to_string();
-        let (sum, map, shape) = self.reduce_into(v, &xn, &x_ty, &[last], false, BinaryFn::Add, id)?;
+        let (sum, map, shape) =
+            self.reduce_into(v, &xn, &x_ty, &[last], false, BinaryFn::Add, id)?;
         let n = self.size(v, &x_ty.shape[last])?;
         let n = self.def(format!("arith.index_cast {n} : index to i64"));
         let n = self.def(format!("arith.sitofp {n} : i64 to {}", elt(d)));
@@ -131,10 +194,22 @@ impl Emitter<'_> {
         // Second pass: the sum of squared deviations.
         let zero = self.init(v, &shape, d, Some(0.0))?;
         let ins = [
-            Operand { name: xn.clone(), ty: tensor_ty(&x_ty), map: Self::identity(rank) },
-            Operand { name: mean.clone(), ty: red_ty.clone(), map: map.clone() },
+            Operand {
+                name: xn.clone(),
+                ty: tensor_ty(&x_ty),
+                map: Self::identity(rank),
+            },
+            Operand {
+                name: mean.clone(),
+                ty: red_ty.clone(),
+                map: map.clone(),
+            },
         ];
-        let out = Operand { name: zero, ty: red_ty.clone(), map: map.clone() };
+        let out = Operand {
+            name: zero,
+            ty: red_ty.clone(),
+            map: map.clone(),
+        };
         let iters = super::reduction_iterators(rank, &[last]);
         let sq = self.generic(&ins, out, &iters, elt(d), |b, a| {
             let t = b.binary(BinaryFn::Sub, &a[0], &a[1], d);
@@ -151,15 +226,39 @@ impl Emitter<'_> {
         })?;
         let lastd = format!("d{last}");
         let ins = [
-            Operand { name: xn, ty: tensor_ty(&x_ty), map: Self::identity(rank) },
-            Operand { name: mean, ty: red_ty.clone(), map: map.clone() },
-            Operand { name: inv, ty: red_ty, map },
-            Operand { name: format!("%v{}", w.0), ty: tensor_ty(self.g.ty(w)), map: vec![lastd.clone()] },
-            Operand { name: format!("%v{}", bias.0), ty: tensor_ty(self.g.ty(bias)), map: vec![lastd] },
+            Operand {
+                name: xn,
+                ty: tensor_ty(&x_ty),
+                map: Self::identity(rank),
+            },
+            Operand {
+                name: mean,
+                ty: red_ty.clone(),
+                map: map.clone(),
+            },
+            Operand {
+                name: inv,
+                ty: red_ty,
+                map,
+            },
+            Operand {
+                name: format!("%v{}", w.0),
+                ty: tensor_ty(self.g.ty(w)),
+                map: vec![lastd.clone()],
+            },
+            Operand {
+                name: format!("%v{}", bias.0),
+                ty: tensor_ty(self.g.ty(bias)),
+                map: vec![lastd],
+            },
         ];
         let init = self.init(v, &x_ty.shape, d, None)?;
         let ty = tensor_ty(&node.ty);
-        let out = Operand { name: init, ty: tensor_ty(&x_ty), map: Self::identity(rank) };
+        let out = Operand {
+            name: init,
+            ty: tensor_ty(&x_ty),
+            map: Self::identity(rank),
+        };
         let r = self.generic(&ins, out, &vec!["parallel"; rank], elt(d), |b, a| {
             let c = b.binary(BinaryFn::Sub, &a[0], &a[1], d);
             let s = b.binary(BinaryFn::Mul, &c, &a[2], d);
@@ -181,17 +280,28 @@ impl Emitter<'_> {
         let d = out_ty.dtype;
         let r = x_ty.rank();
         if r == 0 || w_ty.rank() != 2 || out_ty.rank() != r || !d.is_float() {
-            return Err(MlirError::invalid(self.g, v, "linear takes x [..,K] and w [N,K]"));
+            return Err(MlirError::invalid(
+                self.g,
+                v,
+                "linear takes x [..,K] and w [N,K]",
+            ));
         }
         if bias.is_some_and(|b| self.g.ty(b).rank() != 1) {
             return Err(MlirError::invalid(self.g, v, "the bias must be 1-D"));
         }
-        let act = node.op.activation().map_err(|e| MlirError::invalid(self.g, v, e))?;
+        let act = node
+            .op
+            .activation()
+            .map_err(|e| MlirError::invalid(self.g, v, e))?;
         // Loops d0..d(r-1) index the result (d(r-1) = n), d(r) is k.
         let mut xm: Vec<String> = (0..r - 1).map(|i| format!("d{i}")).collect();
         xm.push(format!("d{r}"));
         let ins = [
-            Operand { name: format!("%v{}", x.0), ty: tensor_ty(&x_ty), map: xm },
+            Operand {
+                name: format!("%v{}", x.0),
+                ty: tensor_ty(&x_ty),
+                map: xm,
+            },
             Operand {
                 name: format!("%v{}", w.0),
                 ty: tensor_ty(&w_ty),
@@ -200,7 +310,11 @@ impl Emitter<'_> {
         ];
         let init = self.init(v, &out_ty.shape, d, Some(0.0))?;
         let ty = tensor_ty(&out_ty);
-        let out = Operand { name: init, ty: ty.clone(), map: Self::identity(r) };
+        let out = Operand {
+            name: init,
+            ty: ty.clone(),
+            map: Self::identity(r),
+        };
         let mut iters = vec!["parallel"; r];
         iters.push("reduction");
         let mut y = self.generic(&ins, out, &iters, elt(d), |b, a| {
@@ -224,7 +338,11 @@ impl Emitter<'_> {
     ) -> Result<String, MlirError> {
         let (r, d) = (out_ty.rank(), out_ty.dtype);
         let ty = tensor_ty(out_ty);
-        let mut ins = vec![Operand { name: y.to_string(), ty: ty.clone(), map: Self::identity(r) }];
+        let mut ins = vec![Operand {
+            name: y.to_string(),
+            ty: ty.clone(),
+            map: Self::identity(r),
+        }];
         if let Some(b) = bias {
             ins.push(Operand {
                 name: format!("%v{}", b.0),
@@ -233,12 +351,22 @@ impl Emitter<'_> {
             });
         }
         let init = self.init(v, &out_ty.shape, d, None)?;
-        let out = Operand { name: init, ty, map: Self::identity(r) };
+        let out = Operand {
+            name: init,
+            ty,
+            map: Self::identity(r),
+        };
         let has_bias = bias.is_some();
-        Ok(self.generic(&ins, out, &vec!["parallel"; r], elt(d), |b, a| {
-            let s = if has_bias { b.binary(BinaryFn::Add, &a[0], &a[1], d) } else { a[0].clone() };
-            b.activation(act, &s, d)
-        }))
+        Ok(
+            self.generic(&ins, out, &vec!["parallel"; r], elt(d), |b, a| {
+                let s = if has_bias {
+                    b.binary(BinaryFn::Add, &a[0], &a[1], d)
+                } else {
+                    a[0].clone()
+                };
+                b.activation(act, &s, d)
+            }),
+        )
     }
 
     /// The mixed (static or SSA) sizes of the value `x` of type `ty`: a

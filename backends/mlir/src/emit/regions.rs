@@ -24,7 +24,11 @@ impl Emitter<'_> {
             .ok_or_else(|| MlirError::invalid(self.g, v, "missing region"))?;
         match (r.args.as_slice(), r.results.as_slice()) {
             ([a], [y]) => Ok((*a, *y)),
-            _ => Err(MlirError::invalid(self.g, v, "a region must take and yield one value")),
+            _ => Err(MlirError::invalid(
+                self.g,
+                v,
+                "a region must take and yield one value",
+            )),
         }
     }
 
@@ -32,23 +36,44 @@ impl Emitter<'_> {
     /// reading any symbol its type introduces.
     fn bind_arg(&mut self, arg: ValueId, x: &str, xt: &str) {
         let at = tensor_ty(self.g.ty(arg));
-        self.lines.push(format!("{IND}%v{} = tensor.cast {x} : {xt} to {at}", arg.0));
+        self.lines
+            .push(format!("{IND}%v{} = tensor.cast {x} : {xt} to {at}", arg.0));
         self.bind_syms(arg);
     }
 
     /// `a + b` for two tensors of type `ty` (the residual additions).
-    fn add_same(&mut self, v: ValueId, a: &str, b: &str, ty: &TensorType) -> Result<String, MlirError> {
+    fn add_same(
+        &mut self,
+        v: ValueId,
+        a: &str,
+        b: &str,
+        ty: &TensorType,
+    ) -> Result<String, MlirError> {
         let (r, d) = (ty.rank(), ty.dtype);
         let t = tensor_ty(ty);
         let ins = [
-            Operand { name: a.to_string(), ty: t.clone(), map: Self::identity(r) },
-            Operand { name: b.to_string(), ty: t.clone(), map: Self::identity(r) },
+            Operand {
+                name: a.to_string(),
+                ty: t.clone(),
+                map: Self::identity(r),
+            },
+            Operand {
+                name: b.to_string(),
+                ty: t.clone(),
+                map: Self::identity(r),
+            },
         ];
         let init = self.init(v, &ty.shape, d, None)?;
-        let out = Operand { name: init, ty: t, map: Self::identity(r) };
-        Ok(self.generic(&ins, out, &vec!["parallel"; r], elt(d), |body, x| {
-            body.binary(BinaryFn::Add, &x[0], &x[1], d)
-        }))
+        let out = Operand {
+            name: init,
+            ty: t,
+            map: Self::identity(r),
+        };
+        Ok(
+            self.generic(&ins, out, &vec!["parallel"; r], elt(d), |body, x| {
+                body.binary(BinaryFn::Add, &x[0], &x[1], d)
+            }),
+        )
     }
 
     /// `reversible_block(x)`, inlined: `x1`, `x2` are the halves of the last
@@ -60,14 +85,24 @@ impl Emitter<'_> {
         let rank = x_ty.rank();
         let d = x_ty.dtype;
         if rank == 0 || !d.is_float() {
-            return Err(MlirError::invalid(self.g, v, "reversible_block takes a float tensor"));
+            return Err(MlirError::invalid(
+                self.g,
+                v,
+                "reversible_block takes a float tensor",
+            ));
         }
         let last = rank - 1;
         let (fa, fy) = self.region_io(v, 0)?;
         let (ga, gy) = self.region_io(v, 1)?;
         let half = match x_ty.shape[last] {
             Dim::Const(n) if n % 2 == 0 => Dim::Const(n / 2),
-            _ => return Err(MlirError::invalid(self.g, v, "the last axis must have an even constant length")),
+            _ => {
+                return Err(MlirError::invalid(
+                    self.g,
+                    v,
+                    "the last axis must have an even constant length",
+                ))
+            }
         };
         let mut h_ty = x_ty.clone();
         h_ty.shape[last] = half.clone();
@@ -123,7 +158,11 @@ impl Emitter<'_> {
         let axis = self.axis(v, "axis", rank)?;
         let size = self.nonneg(v, "size")?.max(1);
         if out_ty.rank() != rank {
-            return Err(MlirError::invalid(self.g, v, "the result must have the operand's rank"));
+            return Err(MlirError::invalid(
+                self.g,
+                v,
+                "the result must have the operand's rank",
+            ));
         }
         let (arg, res) = self.region_io(v, 0)?;
         let body = node.regions[0].body.clone();
