@@ -362,12 +362,28 @@ const SEQ_CHUNK: &str = "graph {
       yield %10
     }
   }
+  %11 = seq_chunk %2 {axis=1, size=4} : f32[B,L,5] {
+    body(%12: f32[B,E,4]) {
+      %13 = seq_chunk %12 {axis=0, size=2} : f32[B,E,5] {
+        body(%14: f32[F,E,4]) {
+          %15 = linear %14, %0, %1 : f32[F,E,5]
+          %16 = softmax %15 {axis=1} : f32[F,E,5]
+          yield %16
+        }
+      }
+      %17 = reduce %13 {axes=[1], keepdim, kind=\"max\"} : f32[B,1,5]
+      %18 = sub %13, %17 : f32[B,E,5]
+      yield %18
+    }
+  }
   output \"y\" = %3
   output \"z\" = %7
+  output \"nested\" = %11
 }
 ";
 
-/// The softmax along the chunked axis makes every chunk boundary visible.
+/// The softmax along the chunked axis makes every chunk boundary visible;
+/// the third result nests a chunking of the batch inside one of the sequence.
 #[test]
 fn seq_chunk_matches_the_interpreter() {
     let m = check_module(SEQ_CHUNK);
