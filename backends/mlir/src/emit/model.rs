@@ -293,9 +293,27 @@ impl Emitter<'_> {
             .op
             .activation()
             .map_err(|e| MlirError::invalid(self.g, v, e))?;
-        // Loops d0..d(r-1) index the result (d(r-1) = n), d(r) is k.
-        let mut xm: Vec<String> = (0..r - 1).map(|i| format!("d{i}")).collect();
-        xm.push(format!("d{r}"));
+        // The weight transposed once to [K,N], so that the innermost loop
+        // runs over n: every output element still sums its k in order (the
+        // interpreter's association), but the inner loop has independent
+        // lanes, contiguous in `w^T` and in the result, which loop
+        // vectorizers take without reassociating the sum.
+        let (n_dim, k_dim) = (w_ty.shape[0].clone(), w_ty.shape[1].clone());
+        let wt_shape = [k_dim, n_dim];
+        let wt_ty = tensor_of(&wt_shape, w_ty.dtype);
+        let wt0 = self.init(v, &wt_shape, w_ty.dtype, None)?;
+        let wt = self.def(format!(
+            "linalg.transpose ins(%v{} : {}) outs({wt0} : {wt_ty}) permutation = [1, 0]",
+            w.0,
+            tensor_ty(&w_ty)
+        ));
+        // Loops d0..d(r-2) index the rows, d(r-1) is k, d(r) is n.
+        let rows: Vec<String> = (0..r - 1).map(|i| format!("d{i}")).collect();
+        let (kd, nd) = (format!("d{}", r - 1), format!("d{r}"));
+        let mut xm = rows.clone();
+        xm.push(kd.clone());
+        let mut om = rows;
+        om.push(nd.clone());
         let ins = [
             Operand {
                 name: format!("%v{}", x.0),
@@ -303,9 +321,9 @@ impl Emitter<'_> {
                 map: xm,
             },
             Operand {
-                name: format!("%v{}", w.0),
-                ty: tensor_ty(&w_ty),
-                map: vec![format!("d{}", r - 1), format!("d{r}")],
+                name: wt,
+                ty: wt_ty,
+                map: vec![kd, nd],
             },
         ];
         let init = self.init(v, &out_ty.shape, d, Some(0.0))?;
@@ -313,10 +331,10 @@ impl Emitter<'_> {
         let out = Operand {
             name: init,
             ty: ty.clone(),
-            map: Self::identity(r),
+            map: om,
         };
-        let mut iters = vec!["parallel"; r];
-        iters.push("reduction");
+        let mut iters = vec!["parallel"; r - 1];
+        iters.extend(["reduction", "parallel"]);
         let mut y = self.generic(&ins, out, &iters, elt(d), |b, a| {
             let p = b.binary(BinaryFn::Mul, &a[0], &a[1], d);
             b.binary(BinaryFn::Add, &a[2], &p, d)
