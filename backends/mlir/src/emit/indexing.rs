@@ -27,7 +27,7 @@ impl Emitter<'_> {
             ));
         }
         let xn = format!("%v{}", x.0);
-        let n = self.dim_value(&xn, &x_ty, axis);
+        let n = self.axis_len(&xn, &x_ty, axis);
         let one = self.def("arith.constant 1 : index".into());
         let hi = self.def(format!("arith.subi {n}, {one} : index"));
         let ins = [Operand {
@@ -49,7 +49,7 @@ impl Emitter<'_> {
             &vec!["parallel"; rank],
             elt(out_ty.dtype),
             |b, a| {
-                let at = Self::clamped_index(b, &a[0], id, &hi);
+                let at = Self::clamp_to_index(b, &a[0], id, &hi);
                 let coords: Vec<String> = (0..rank)
                     .map(|i| {
                         if i == axis {
@@ -193,7 +193,7 @@ impl Emitter<'_> {
         if multiple <= 1 {
             return Ok(format!("tensor.cast {xn} : {xt} to {ty}"));
         }
-        let n = self.dim_value(&xn, &x_ty, axis);
+        let n = self.axis_len(&xn, &x_ty, axis);
         let c = |e: &mut Self, k: u64| e.def(format!("arith.constant {k} : index"));
         let (cm, cmin, zero) = (c(self, multiple), c(self, min_len), c(self, 0));
         let rem = self.def(format!("arith.remui {n}, {cm} : index"));
@@ -208,16 +208,16 @@ impl Emitter<'_> {
             match dim {
                 Dim::Const(_) => {}
                 Dim::Sym(_) if i == axis => sizes.push(p.clone()),
-                Dim::Sym(_) => sizes.push(self.dim_value(&xn, &x_ty, i)),
+                Dim::Sym(_) => sizes.push(self.axis_len(&xn, &x_ty, i)),
             }
         }
         let e = self.def(format!("tensor.empty({}) : {ty}", sizes.join(", ")));
-        let fill = self.scalar_const(out_ty.dtype, value);
+        let fill = self.fill_scalar(out_ty.dtype, value);
         let d = elt(out_ty.dtype);
         let filled = self.def(format!(
             "linalg.fill ins({fill} : {d}) outs({e} : {ty}) -> {ty}"
         ));
-        let src = self.mixed_sizes(&xn, &x_ty);
+        let src = self.value_sizes(&xn, &x_ty);
         let offs = vec!["0"; x_ty.rank()].join(", ");
         let ones = vec!["1"; x_ty.rank()].join(", ");
         Ok(format!(
@@ -245,8 +245,8 @@ impl Emitter<'_> {
         for (i, dim) in out_ty.shape.iter().enumerate() {
             sizes.push(match dim {
                 Dim::Const(c) => c.to_string(),
-                Dim::Sym(_) if i == axis => self.dim_value(&format!("%v{}", r.0), &r_ty, axis),
-                Dim::Sym(_) => self.dim_value(&xn, &x_ty, i),
+                Dim::Sym(_) if i == axis => self.axis_len(&format!("%v{}", r.0), &r_ty, axis),
+                Dim::Sym(_) => self.axis_len(&xn, &x_ty, i),
             });
         }
         let offs = vec!["0"; x_ty.rank()].join(", ");

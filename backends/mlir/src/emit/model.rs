@@ -8,7 +8,7 @@ use reformc_ir::{Activation, BinaryFn, DType, Dim, TensorType, UnaryFn, ValueId}
 impl Emitter<'_> {
     /// The constant length of axis `i` of operand `x` of `v`, or an error
     /// naming `what` (weights have static shapes; a symbolic one cannot index).
-    pub(super) fn const_dim(
+    pub(super) fn weight_dim(
         &self,
         v: ValueId,
         x: ValueId,
@@ -28,7 +28,7 @@ impl Emitter<'_> {
     /// An integer scalar `x` of dtype `d` as an `index` clamped to
     /// `[0, hi]`: out-of-range ids read the nearest row instead of memory
     /// outside the table (the interpreter rejects them).
-    pub(super) fn clamped_index(b: &mut Body, x: &str, d: DType, hi: &str) -> String {
+    pub(super) fn clamp_to_index(b: &mut Body, x: &str, d: DType, hi: &str) -> String {
         let i = b.def(format!("arith.index_cast {x} : {} to index", elt(d)));
         let zero = b.def("arith.constant 0 : index".into());
         let lo = b.def(format!("arith.maxsi {i}, {zero} : index"));
@@ -52,7 +52,7 @@ impl Emitter<'_> {
                 "embedding takes integer ids and a [V,D] table",
             ));
         }
-        let vocab = self.const_dim(v, table, 0, "the table")?;
+        let vocab = self.weight_dim(v, table, 0, "the table")?;
         let hi = self.def(format!(
             "arith.constant {} : index",
             vocab.saturating_sub(1)
@@ -73,7 +73,7 @@ impl Emitter<'_> {
         let iters = vec!["parallel"; r + 1];
         let (tn, tt, idd) = (format!("%v{}", table.0), tensor_ty(&t_ty), ids_ty.dtype);
         let res = self.generic(&ins, out, &iters, elt(out_ty.dtype), |b, a| {
-            let row = Self::clamped_index(b, &a[0], idd, &hi);
+            let row = Self::clamp_to_index(b, &a[0], idd, &hi);
             let col = b.def(format!("linalg.index {r} : index"));
             b.def(format!("tensor.extract {tn}[{row}, {col}] : {tt}"))
         });
@@ -105,10 +105,10 @@ impl Emitter<'_> {
                 "axial_pos_embedding takes pos [N], w0 [n0,1,d0], w1 [1,n1,d1]",
             ));
         }
-        let n0 = self.const_dim(v, w0, 0, "w0")?;
-        let d0 = self.const_dim(v, w0, 2, "w0")?;
-        let n1 = self.const_dim(v, w1, 1, "w1")?;
-        let d1 = self.const_dim(v, w1, 2, "w1")?;
+        let n0 = self.weight_dim(v, w0, 0, "w0")?;
+        let d0 = self.weight_dim(v, w0, 2, "w0")?;
+        let n1 = self.weight_dim(v, w1, 1, "w1")?;
+        let d1 = self.weight_dim(v, w1, 2, "w1")?;
         if n0 == 0 || n1 == 0 || d0 == 0 || d1 == 0 {
             return Err(MlirError::invalid(self.g, v, "empty axial weights"));
         }
@@ -140,7 +140,7 @@ impl Emitter<'_> {
             elt(out_ty.dtype),
         );
         let res = self.generic(&ins, out, &["parallel", "parallel"], od, |b, a| {
-            let p = Self::clamped_index(b, &a[0], pd, &hi);
+            let p = Self::clamp_to_index(b, &a[0], pd, &hi);
             let j = b.def("linalg.index 1 : index".into());
             let zero = b.def("arith.constant 0 : index".into());
             let row0 = b.def(format!("arith.divui {p}, {cn1} : index"));
@@ -390,7 +390,7 @@ impl Emitter<'_> {
     /// The mixed (static or SSA) sizes of the value `x` of type `ty`: a
     /// constant dim as its number, a symbol as its bound value or else read
     /// with `tensor.dim`.
-    pub(super) fn mixed_sizes(&mut self, x: &str, ty: &TensorType) -> Vec<String> {
+    pub(super) fn value_sizes(&mut self, x: &str, ty: &TensorType) -> Vec<String> {
         let t = tensor_ty(ty);
         let mut out = Vec::new();
         for (i, dim) in ty.shape.iter().enumerate() {
@@ -409,7 +409,7 @@ impl Emitter<'_> {
     }
 
     /// The `index` value of axis `i` of the value `x` of type `ty`.
-    pub(super) fn dim_value(&mut self, x: &str, ty: &TensorType, i: usize) -> String {
+    pub(super) fn axis_len(&mut self, x: &str, ty: &TensorType, i: usize) -> String {
         match &ty.shape[i] {
             Dim::Const(c) => self.def(format!("arith.constant {c} : index")),
             Dim::Sym(_) => {
@@ -420,7 +420,7 @@ impl Emitter<'_> {
     }
 
     /// A scalar constant of dtype `d` as an SSA value.
-    pub(super) fn scalar_const(&mut self, d: DType, x: f64) -> String {
+    pub(super) fn fill_scalar(&mut self, d: DType, x: f64) -> String {
         self.def(format!("arith.constant {} : {}", literal(d, x), elt(d)))
     }
 }

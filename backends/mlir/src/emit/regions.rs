@@ -7,7 +7,7 @@ use reformc_ir::{BinaryFn, Dim, TensorType, ValueId};
 
 impl Emitter<'_> {
     /// Emits every op of `body` (a region's ops) in place.
-    fn region_body(&mut self, body: &[ValueId]) -> Result<(), MlirError> {
+    fn emit_region_ops(&mut self, body: &[ValueId]) -> Result<(), MlirError> {
         for &x in body {
             self.op(x)?;
         }
@@ -15,7 +15,7 @@ impl Emitter<'_> {
     }
 
     /// The single argument and result of region `i` of `v`.
-    fn region_io(&self, v: ValueId, i: usize) -> Result<(ValueId, ValueId), MlirError> {
+    fn region_arg_result(&self, v: ValueId, i: usize) -> Result<(ValueId, ValueId), MlirError> {
         let r = self
             .g
             .node(v)
@@ -34,7 +34,7 @@ impl Emitter<'_> {
 
     /// Binds the region argument `arg` to the value `x` (of MLIR type `xt`),
     /// reading any symbol its type introduces.
-    fn bind_arg(&mut self, arg: ValueId, x: &str, xt: &str) {
+    fn bind_region_arg(&mut self, arg: ValueId, x: &str, xt: &str) {
         let at = tensor_ty(self.g.ty(arg));
         self.lines
             .push(format!("{IND}%v{} = tensor.cast {x} : {xt} to {at}", arg.0));
@@ -42,7 +42,7 @@ impl Emitter<'_> {
     }
 
     /// `a + b` for two tensors of type `ty` (the residual additions).
-    fn add_same(
+    fn residual_add(
         &mut self,
         v: ValueId,
         a: &str,
@@ -92,8 +92,8 @@ impl Emitter<'_> {
             ));
         }
         let last = rank - 1;
-        let (fa, fy) = self.region_io(v, 0)?;
-        let (ga, gy) = self.region_io(v, 1)?;
+        let (fa, fy) = self.region_arg_result(v, 0)?;
+        let (ga, gy) = self.region_arg_result(v, 1)?;
         let half = match x_ty.shape[last] {
             Dim::Const(n) if n % 2 == 0 => Dim::Const(n / 2),
             _ => {
@@ -108,7 +108,7 @@ impl Emitter<'_> {
         h_ty.shape[last] = half.clone();
         let hn = half.as_const().unwrap_or(0);
         let xn = format!("%v{}", x.0);
-        let mut sizes = self.mixed_sizes(&xn, &x_ty);
+        let mut sizes = self.value_sizes(&xn, &x_ty);
         sizes[last] = hn.to_string();
         let (xt, ht) = (tensor_ty(&x_ty), tensor_ty(&h_ty));
         let ones = vec!["1"; rank].join(", ");
@@ -123,15 +123,15 @@ impl Emitter<'_> {
         };
         let x1 = slice(self, 0);
         let x2 = slice(self, hn);
-        self.bind_arg(fa, &x2, &ht);
+        self.bind_region_arg(fa, &x2, &ht);
         let (f_body, g_body) = (node.regions[0].body.clone(), node.regions[1].body.clone());
-        self.region_body(&f_body)?;
-        let fyn = self.cast_to(fy, &ht);
-        let y1 = self.add_same(v, &x1, &fyn, &h_ty)?;
-        self.bind_arg(ga, &y1, &ht);
-        self.region_body(&g_body)?;
-        let gyn = self.cast_to(gy, &ht);
-        let y2 = self.add_same(v, &x2, &gyn, &h_ty)?;
+        self.emit_region_ops(&f_body)?;
+        let fyn = self.cast_result(fy, &ht);
+        let y1 = self.residual_add(v, &x1, &fyn, &h_ty)?;
+        self.bind_region_arg(ga, &y1, &ht);
+        self.emit_region_ops(&g_body)?;
+        let gyn = self.cast_result(gy, &ht);
+        let y2 = self.residual_add(v, &x2, &gyn, &h_ty)?;
         Ok(format!(
             "tensor.concat dim({last}) {y1}, {y2} : ({ht}, {ht}) -> {}",
             tensor_ty(&node.ty)
@@ -140,7 +140,7 @@ impl Emitter<'_> {
 
     /// The value `y` cast to the MLIR type `to` (a region result whose
     /// declared type may name other symbols than the slot it fills).
-    fn cast_to(&mut self, y: ValueId, to: &str) -> String {
+    fn cast_result(&mut self, y: ValueId, to: &str) -> String {
         let yt = tensor_ty(self.g.ty(y));
         self.def(format!("tensor.cast %v{} : {yt} to {to}", y.0))
     }
@@ -164,11 +164,11 @@ impl Emitter<'_> {
                 "the result must have the operand's rank",
             ));
         }
-        let (arg, res) = self.region_io(v, 0)?;
+        let (arg, res) = self.region_arg_result(v, 0)?;
         let body = node.regions[0].body.clone();
         let xn = format!("%v{}", x.0);
         let (xt, ot) = (tensor_ty(&x_ty), tensor_ty(&out_ty));
-        let n = self.dim_value(&xn, &x_ty, axis);
+        let n = self.axis_len(&xn, &x_ty, axis);
         let zero = self.def("arith.constant 0 : index".into());
         let step = self.def(format!("arith.constant {size} : index"));
         let mut out_sizes = Vec::new();
@@ -182,7 +182,7 @@ impl Emitter<'_> {
             }
         }
         let init = self.def(format!("tensor.empty({}) : {ot}", out_sizes.join(", ")));
-        let x_sizes = self.mixed_sizes(&xn, &x_ty);
+        let x_sizes = self.value_sizes(&xn, &x_ty);
         let (loop_v, start, acc) = (self.fresh(), self.fresh(), self.fresh());
         self.lines.push(format!(
             "{IND}{loop_v} = scf.for {start} = {zero} to {n} step {step} iter_args({acc} = {init}) -> ({ot}) {{"
@@ -206,12 +206,12 @@ impl Emitter<'_> {
         if let Dim::Sym(s) = &self.g.ty(arg).shape[axis] {
             self.syms.insert(s.clone(), len.clone());
         }
-        self.bind_arg(arg, &chunk, &ct);
-        let emitted = self.region_body(&body);
+        self.bind_region_arg(arg, &chunk, &ct);
+        let emitted = self.emit_region_ops(&body);
         let result = emitted.map(|()| {
             let r_ty = self.g.ty(res).clone();
             let rn = format!("%v{}", res.0);
-            let r_sizes = self.mixed_sizes(&rn, &r_ty);
+            let r_sizes = self.value_sizes(&rn, &r_ty);
             let ins = self.fresh();
             self.lines.push(format!(
                 "{IND}{ins} = tensor.insert_slice {rn} into {acc}[{}] [{}] [{ones}] : {} into {ot}",
