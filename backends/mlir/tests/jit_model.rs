@@ -6,9 +6,10 @@
 
 mod common;
 
-use common::{compare_args, random_f32, random_i64};
-use reformc_backend_mlir::{emit_module, verify_module, EmitOptions};
+use common::{random_f32, random_i64};
+use reformc_backend_mlir::{emit_module, jit_run, verify_module, EmitOptions};
 use reformc_interp::Tensor;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -82,7 +83,42 @@ fn check_module(text: &str) -> String {
 fn run_cases(text: &str, cases: Vec<Vec<Tensor>>) {
     check_module(text);
     for args in cases {
-        compare_args(text, args, 1e-5);
+        compare_strict(text, &args, 1e-5);
+    }
+}
+
+/// `common::compare_args` that also fails on NaNs in different places
+/// (that helper folds differences with `f64::max`, which skips NaNs):
+/// floats within `tol` relative to max(|reference|, 1), integers exactly.
+fn compare_strict(text: &str, args: &[Tensor], tol: f64) {
+    let g = reformc_ir::parse(text).unwrap_or_else(|e| panic!("{e}"));
+    reformc_ir::verify(&g).unwrap_or_else(|e| panic!("{e}"));
+    let (mut inputs, mut weights) = (BTreeMap::new(), BTreeMap::new());
+    let names = g.weights().into_iter().map(|(n, _)| (n, true));
+    let names = names.chain(g.inputs().into_iter().map(|(n, _)| (n, false)));
+    for ((name, is_weight), t) in names.zip(args) {
+        let map = if is_weight { &mut weights } else { &mut inputs };
+        map.insert(name.to_string(), t.clone());
+    }
+    let want = reformc_interp::run(&g, &inputs, &weights).unwrap_or_else(|e| panic!("{e}"));
+    let got = jit_run(&g, args).unwrap_or_else(|e| panic!("jit: {e}"));
+    assert_eq!(got.len(), g.outputs.len());
+    for ((name, _), x) in g.outputs.iter().zip(&got) {
+        let w = &want[name];
+        assert_eq!(
+            (x.shape(), x.dtype()),
+            (w.shape(), w.dtype()),
+            "output {name}"
+        );
+        let tol = if w.dtype().is_float() { tol } else { 0.0 };
+        for (a, b) in x.to_f64().iter().zip(w.to_f64().iter()) {
+            let ok = if a.is_nan() || b.is_nan() {
+                a.is_nan() && b.is_nan()
+            } else {
+                (a - b).abs() / b.abs().max(1.0) <= tol
+            };
+            assert!(ok, "output {name}: MLIR gives {a}, the interpreter {b}");
+        }
     }
 }
 
@@ -292,6 +328,7 @@ const ARGMAX: &str = "graph {
   output \"nan\" = %8
   output \"nan1\" = %9
   output \"int\" = %10
+  output \"log\" = %7
 }
 ";
 
@@ -662,6 +699,6 @@ fn f64_model_ops_match_the_interpreter() {
             f64s(&[4, 4], s + 4),
             random_i64(&[b, l], 9, s + 5),
         ];
-        compare_args(F64_OPS, args, 1e-12);
+        compare_strict(F64_OPS, &args, 1e-12);
     }
 }
