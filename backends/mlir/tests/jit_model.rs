@@ -7,7 +7,7 @@
 mod common;
 
 use common::{random_f32, random_i64};
-use reformc_backend_mlir::{emit_module, jit_run, verify_module, EmitOptions};
+use reformc_backend_mlir::{emit_module, jit_run, verify_module, EmitOptions, MlirError};
 use reformc_interp::Tensor;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -700,5 +700,27 @@ fn f64_model_ops_match_the_interpreter() {
             random_i64(&[b, l], 9, s + 5),
         ];
         compare_strict(F64_OPS, &args, 1e-12);
+    }
+}
+
+/// A table without a constant row count cannot bound its ids: the lowering
+/// answers with an error naming the op, never with invalid MLIR.
+#[test]
+fn symbolic_table_sizes_are_rejected_with_the_op_named() {
+    let text = "graph {
+  %0 = input {name=\"table\"} : f32[V,4]
+  %1 = input {name=\"ids\"} : i64[B,L]
+  %2 = embedding %1, %0 : f32[B,L,4]
+  output \"e\" = %2
+}
+";
+    let g = reformc_ir::parse(text).unwrap_or_else(|e| panic!("{e}"));
+    reformc_ir::verify(&g).unwrap_or_else(|e| panic!("{e}"));
+    match emit_module(&g, &EmitOptions::default()) {
+        Err(MlirError::Invalid { op, reason, .. }) => {
+            assert_eq!(op, reformc_ir::OpKind::Embedding);
+            assert!(reason.contains("constant"), "{reason}");
+        }
+        other => panic!("expected an Invalid error, got {other:?}"),
     }
 }
