@@ -9,7 +9,8 @@ impl Emitter<'_> {
         Err(self.unsupported(v))
     }
 
+    /// `lsh_attention`: see `lsh_attention.rs`.
     pub(super) fn lsh_attention(&mut self, v: ValueId) -> Result<String, MlirError> {
-        Err(self.unsupported(v))
+        self.lower_lsh_attention(v)
     }
 }

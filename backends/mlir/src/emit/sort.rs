@@ -109,7 +109,7 @@ pub(super) fn loop_indices(b: &mut crate::scalar::Body, rank: usize) -> Vec<Stri
 impl Emitter<'_> {
     /// The shape of value `x` with its symbolic sizes as SSA values (read with
     /// `tensor.dim` when no argument bound the symbol).
-    pub(super) fn shp(&mut self, x: ValueId) -> Shp {
+    pub(super) fn shp_of(&mut self, x: ValueId) -> Shp {
         let t = self.g.ty(x).clone();
         let mut dims = Vec::new();
         for (i, d) in t.shape.iter().enumerate() {
@@ -129,26 +129,26 @@ impl Emitter<'_> {
     }
 
     /// An `index` constant.
-    pub(super) fn cidx(&mut self, n: u64) -> String {
+    pub(super) fn idx_const(&mut self, n: u64) -> String {
         self.def(format!("arith.constant {n} : index"))
     }
 
     /// A size as an SSA `index` value.
-    pub(super) fn sz_value(&mut self, s: &Sz) -> String {
+    pub(super) fn sz_val(&mut self, s: &Sz) -> String {
         match s {
-            Sz::Const(c) => self.cidx(*c),
+            Sz::Const(c) => self.idx_const(*c),
             Sz::Dyn(n) => n.clone(),
         }
     }
 
     /// `tensor.empty` of shape `s` and element type `e`.
-    pub(super) fn empty(&mut self, s: &Shp, e: &str) -> String {
+    pub(super) fn shp_empty(&mut self, s: &Shp, e: &str) -> String {
         self.def(format!("tensor.empty({}) : {}", s.dyn_list(), s.ty(e)))
     }
 
     /// `tensor.empty` of shape `s` filled with the literal `x` of type `e`.
-    pub(super) fn filled(&mut self, s: &Shp, e: &str, x: &str) -> String {
-        let init = self.empty(s, e);
+    pub(super) fn shp_filled(&mut self, s: &Shp, e: &str, x: &str) -> String {
+        let init = self.shp_empty(s, e);
         let c = self.def(format!("arith.constant {x} : {e}"));
         let ty = s.ty(e);
         self.def(format!(
@@ -163,7 +163,7 @@ impl Emitter<'_> {
         let x = node.inputs[0];
         let x_ty = self.g.ty(x).clone();
         let axis = self.axis(v, "axis", x_ty.rank())?;
-        let s = self.shp(x);
+        let s = self.shp_of(x);
         let keys = self.sortable_keys(&format!("%v{}", x.0), &s, x_ty.dtype);
         let perm = self.sort_perm(&keys, &s, axis);
         Ok(self.alias(&perm, &super::tensor_ty(&node.ty)))
@@ -177,7 +177,7 @@ impl Emitter<'_> {
             return x.to_string();
         }
         let rank = s.rank();
-        let init = self.empty(s, "i64");
+        let init = self.shp_empty(s, "i64");
         let ins = [operand(x, &s.ty(elt(d)), &ident(rank))];
         let out = operand(&init, &s.ty("i64"), &ident(rank));
         let iters = vec!["parallel"; rank];
@@ -209,16 +209,16 @@ impl Emitter<'_> {
     /// The permutation (`i64`, shape `s`) that sorts the `i64` tensor `keys`
     /// (shape `s`) ascending along `axis`, equal keys in position order.
     pub(super) fn sort_perm(&mut self, keys: &str, s: &Shp, axis: usize) -> String {
-        let n = self.sz_value(&s.0[axis]);
+        let n = self.sz_val(&s.0[axis]);
         let p = match &s.0[axis] {
             Sz::Const(c) => Sz::Const(c.next_power_of_two().max(1)),
-            Sz::Dyn(_) => Sz::Dyn(self.next_pow2(&n)),
+            Sz::Dyn(_) => Sz::Dyn(self.sort_pow2(&n)),
         };
         let ps = s.with(axis, p.clone());
-        let p = self.sz_value(&p);
+        let p = self.sz_val(&p);
         let rank = s.rank();
         let pty = ps.ty("i64");
-        let init = self.empty(&ps, "i64");
+        let init = self.shp_empty(&ps, "i64");
         let out = operand(&init, &pty, &ident(rank));
         let iters = vec!["parallel"; rank];
         let iota = self.generic(&[], out, &iters, "i64", |b, _| {
@@ -226,11 +226,11 @@ impl Emitter<'_> {
             b.def(format!("arith.index_cast {i} : index to i64"))
         });
         let n64 = self.def(format!("arith.index_cast {n} : index to i64"));
-        let one = self.cidx(1);
-        let two = self.cidx(2);
-        let zero = self.cidx(0);
+        let one = self.idx_const(1);
+        let two = self.idx_const(2);
+        let zero = self.idx_const(0);
         let last = self.def(format!("arith.subi {n}, {one} : index"));
-        let empty = self.empty(&ps, "i64");
+        let empty = self.shp_empty(&ps, "i64");
         // Two stages per iteration, ping-ponging between two buffers, so that
         // each yielded tensor is the one its iteration argument held (what
         // one-shot bufferization accepts without loop-carried allocations).
@@ -264,12 +264,12 @@ impl Emitter<'_> {
             axis,
         };
         let s1 = self.bitonic_stage(&ps, &cmp, &bb, &bk, &bj, &zero);
-        let (k1, j1) = self.next_stage(&bk, &bj, &one, &zero);
+        let (k1, j1) = self.sort_next_stage(&bk, &bj, &one, &zero);
         let live = self.def(format!("arith.cmpi ule, {k1}, {p} : index"));
         let j1c = self.def(format!("arith.select {live}, {j1}, {zero} : index"));
         cmp.perm = s1.clone();
         let s2 = self.bitonic_stage(&ps, &cmp, &ba, &k1, &j1c, &zero);
-        let (k2, j2) = self.next_stage(&k1, &j1, &one, &zero);
+        let (k2, j2) = self.sort_next_stage(&k1, &j1, &one, &zero);
         self.lines.push(format!(
             "    scf.yield {k2}, {j2}, {s2}, {s1} : index, index, {pty}, {pty}\n    }}"
         ));
@@ -285,7 +285,7 @@ impl Emitter<'_> {
 
     /// The stage after `(k, j)`: `j` halves, and after `j = 1` the next
     /// block size `2k` starts at `j = k`.
-    fn next_stage(&mut self, k: &str, j: &str, one: &str, zero: &str) -> (String, String) {
+    fn sort_next_stage(&mut self, k: &str, j: &str, one: &str, zero: &str) -> (String, String) {
         let jh = self.def(format!("arith.shrui {j}, {one} : index"));
         let done = self.def(format!("arith.cmpi eq, {jh}, {zero} : index"));
         let k2 = self.def(format!("arith.shli {k}, {one} : index"));
@@ -295,8 +295,8 @@ impl Emitter<'_> {
     }
 
     /// The least power of two `>= n` (1 for `n <= 1`), by doubling in an `scf.while`.
-    fn next_pow2(&mut self, n: &str) -> String {
-        let one = self.cidx(1);
+    fn sort_pow2(&mut self, n: &str) -> String {
+        let one = self.idx_const(1);
         let (p, q, q2) = (self.fresh(), self.fresh(), self.fresh());
         self.lines.push(format!(
             "    {p} = scf.while ({q} = {one}) : (index) -> index {{"

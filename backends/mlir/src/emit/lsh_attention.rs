@@ -1,0 +1,556 @@
+//! LSH attention (`lsh_attention`, shared query/keys) in upstream ops,
+//! following `interp/src/attention.rs` step for step.
+//!
+//! Per (batch, head), with `r` rounds and `N = r L` hashed positions:
+//! 1. the bucket ids `[B, H, r, L]` are viewed as `[B, H, N]` (round-major,
+//!    HF's order) and sorted by (bucket, index) with the bitonic network of
+//!    `sort.rs`, giving the permutation `perm`; `spos = perm mod L` are the
+//!    original positions of the sorted slots;
+//! 2. queries, length-normalised scaled keys and values are gathered into
+//!    sorted order (`[B, H, N, d]`);
+//! 3. each slot `s` in chunk `c = s / chunk` attends to the `W = (before + 1 +
+//!    after) chunk` slots of chunks `c - before ..= c + after` (mod the chunk
+//!    count): logits `[B, H, N, W]`, the padding, causal and self masks by
+//!    original positions, then max / sum of exponentials / weighted values;
+//! 4. `inv = argsort(perm)` undoes the sort, and the rounds of each position
+//!    combine weighted by the softmax of their log-sum-exps, written straight
+//!    into the `[B, L, H d]` result.
+//!
+//! Everything is O(N W d) work and O(N W) memory; nothing is `[L, L]`. A
+//! length up to `chunk` takes the interpreter's other branch, full attention
+//! over the whole (short) sequence, chosen at run time with `scf.if`.
+
+use super::sort::{ident, loop_indices, operand, Shp, Sz};
+use super::{tensor_ty, Emitter};
+use crate::scalar::{elt, literal, Body};
+use crate::MlirError;
+use reformc_ir::{DType, ValueId};
+
+/// Logit of masked (padding or causal) keys, the interpreter's `MASK_VALUE`.
+const MASK_VALUE: f64 = -1e9;
+/// Logit of a query's own position, the interpreter's `SELF_MASK_VALUE`.
+const SELF_MASK_VALUE: f64 = -1e5;
+
+/// What the lowering of one `lsh_attention` op needs everywhere.
+struct Lsh {
+    /// Float dtype of the activations.
+    dt: DType,
+    heads: u64,
+    /// Head width.
+    d: u64,
+    chunk: u64,
+    before: u64,
+    after: u64,
+    causal: bool,
+    rounds: u64,
+    /// Batch and length sizes.
+    b: Sz,
+    l: Sz,
+    /// `qk` and `v` viewed as `[B, L, H, d]`.
+    qk4: String,
+    v4: String,
+    /// Length-normalised keys divided by sqrt(d), `[B, L, H, d]`.
+    keys4: String,
+    /// The padding mask `[B, L]` and its element type, when given.
+    mask: Option<(String, String, &'static str)>,
+}
+
+impl Lsh {
+    fn e(&self) -> &'static str {
+        elt(self.dt)
+    }
+
+    /// `[B, L, H, d]`.
+    fn split_shape(&self) -> Shp {
+        Shp(vec![
+            self.b.clone(),
+            self.l.clone(),
+            Sz::Const(self.heads),
+            Sz::Const(self.d),
+        ])
+    }
+
+    /// `[B, H, n]`.
+    fn rows(&self, n: &Sz) -> Shp {
+        Shp(vec![self.b.clone(), Sz::Const(self.heads), n.clone()])
+    }
+
+    /// `[B, H, n, last]`.
+    fn rows_by(&self, n: &Sz, last: &Sz) -> Shp {
+        Shp(vec![
+            self.b.clone(),
+            Sz::Const(self.heads),
+            n.clone(),
+            last.clone(),
+        ])
+    }
+}
+
+/// Which sorted slots a query slot attends to.
+enum Window {
+    /// All `W` slots, in order (full attention).
+    All,
+    /// The chunks around the query's own: slot `w` of the window of query
+    /// slot `s` is `((s / chunk + w / chunk + off) mod n_chunks) chunk + w mod chunk`
+    /// with `off = n_chunks (before + 1) - before` (never negative).
+    Chunks {
+        chunk: String,
+        n_chunks: String,
+        off: String,
+    },
+}
+
+impl Window {
+    /// The key slot of window entry `w` for query slot `s` (both `index`).
+    fn slot(&self, b: &mut Body, s: &str, w: &str) -> String {
+        match self {
+            Window::All => w.to_string(),
+            Window::Chunks {
+                chunk,
+                n_chunks,
+                off,
+            } => {
+                let qc = b.def(format!("arith.divui {s}, {chunk} : index"));
+                let wc = b.def(format!("arith.divui {w}, {chunk} : index"));
+                let wi = b.def(format!("arith.remui {w}, {chunk} : index"));
+                let c = b.def(format!("arith.addi {qc}, {wc} : index"));
+                let c = b.def(format!("arith.addi {c}, {off} : index"));
+                let c = b.def(format!("arith.remui {c}, {n_chunks} : index"));
+                let c = b.def(format!("arith.muli {c}, {chunk} : index"));
+                b.def(format!("arith.addi {c}, {wi} : index"))
+            }
+        }
+    }
+}
+
+/// Sorted operands of the block attention, `[B, H, N, d]`, and the original
+/// position (`i64`) of each slot, `[B, H, N]`.
+struct Sorted {
+    q: String,
+    k: String,
+    v: String,
+    pos: String,
+    n: Sz,
+}
+
+/// Outputs of the block attention: per slot, the normalised output
+/// `[B, H, N, d]` and its log-sum-exp as (max, sum of exponentials) `[B, H, N]`.
+struct Attended {
+    o: String,
+    max: String,
+    sum: String,
+}
+
+impl Emitter<'_> {
+    /// Lowers `lsh_attention(qk, v, buckets[, mask])`.
+    pub(super) fn lower_lsh_attention(&mut self, v: ValueId) -> Result<String, MlirError> {
+        let ctx = self.lsh_context(v)?;
+        let node = self.g.node(v);
+        let out_ty = tensor_ty(&node.ty);
+        let buckets = node.inputs[2];
+        let l = self.sz_val(&ctx.l);
+        let chunk = self.idx_const(ctx.chunk);
+        let short = self.def(format!("arith.cmpi ule, {l}, {chunk} : index"));
+        let r = self.fresh();
+        self.lines
+            .push(format!("    {r} = scf.if {short} -> ({out_ty}) {{"));
+        let full = self.lsh_full_branch(&ctx)?;
+        let full = self.def(format!("tensor.cast {full} : {out_ty} to {out_ty}"));
+        self.lines
+            .push(format!("    scf.yield {full} : {out_ty}\n    }} else {{"));
+        let lsh = self.lsh_sorted_branch(&ctx, buckets)?;
+        let lsh = self.def(format!("tensor.cast {lsh} : {out_ty} to {out_ty}"));
+        self.lines
+            .push(format!("    scf.yield {lsh} : {out_ty}\n    }}"));
+        Ok(self.alias(&r, &out_ty))
+    }
+
+    /// Checks the operands and attributes and builds the shared values.
+    fn lsh_context(&mut self, v: ValueId) -> Result<Lsh, MlirError> {
+        let node = self.g.node(v);
+        let (qk, vv, bk) = (node.inputs[0], node.inputs[1], node.inputs[2]);
+        let q_ty = self.g.ty(qk).clone();
+        let b_ty = self.g.ty(bk).clone();
+        let dt = q_ty.dtype;
+        if !matches!(dt, DType::F32 | DType::F64) || q_ty.rank() != 3 {
+            return Err(MlirError::invalid(self.g, v, "needs f32/f64 [B,L,H*d] operands"));
+        }
+        if b_ty.rank() != 4 || !b_ty.dtype.is_int() {
+            return Err(MlirError::invalid(self.g, v, "buckets must be integer [B,H,r,L]"));
+        }
+        let heads = self.nonneg(v, "heads")?;
+        let chunk = self.nonneg(v, "chunk")?;
+        let width = q_ty.shape[2].as_const();
+        let rounds = b_ty.shape[2].as_const();
+        let (Some(width), Some(rounds)) = (width, rounds) else {
+            return Err(MlirError::invalid(
+                self.g,
+                v,
+                "the width and the round count must be constants",
+            ));
+        };
+        if heads == 0 || chunk == 0 || width % heads != 0 {
+            return Err(MlirError::invalid(
+                self.g,
+                v,
+                "heads and chunk must be positive, heads dividing the width",
+            ));
+        }
+        let s = self.shp_of(qk);
+        let mut ctx = Lsh {
+            dt,
+            heads,
+            d: width / heads,
+            chunk,
+            before: self.nonneg(v, "before")?,
+            after: self.nonneg(v, "after")?,
+            causal: node.op.flag("causal"),
+            rounds,
+            b: s.0[0].clone(),
+            l: s.0[1].clone(),
+            qk4: String::new(),
+            v4: String::new(),
+            keys4: String::new(),
+            mask: None,
+        };
+        if let Some(&m) = node.inputs.get(3) {
+            let m_ty = self.g.ty(m);
+            ctx.mask = Some((format!("%v{}", m.0), tensor_ty(m_ty), elt(m_ty.dtype)));
+        }
+        let e = ctx.e();
+        let split = ctx.split_shape();
+        let from = s.ty(e);
+        let to = split.ty(e);
+        let sizes = split.mixed_list();
+        ctx.qk4 = self.def(format!(
+            "tensor.expand_shape %v{}[[0], [1], [2, 3]] output_shape [{sizes}] : {from} into {to}",
+            qk.0
+        ));
+        ctx.v4 = self.def(format!(
+            "tensor.expand_shape %v{}[[0], [1], [2, 3]] output_shape [{sizes}] : {from} into {to}",
+            vv.0
+        ));
+        ctx.keys4 = self.lsh_norm_keys(&ctx);
+        Ok(ctx)
+    }
+
+    /// HF's `_len_norm` then division by sqrt(d), as `scaled_keys`:
+    /// `x / sqrt(mean(x^2) + 1e-6) / sqrt(d)` per (b, l, h).
+    fn lsh_norm_keys(&mut self, c: &Lsh) -> String {
+        let (dt, e) = (c.dt, c.e());
+        let split = c.split_shape();
+        let rows = Shp(split.0[..3].to_vec());
+        let zero = literal(dt, 0.0);
+        let init = self.shp_filled(&rows, e, &zero);
+        let ins = [operand(&c.qk4, &split.ty(e), &ident(4))];
+        let out = operand(&init, &rows.ty(e), &["d0", "d1", "d2"]);
+        let iters = ["parallel", "parallel", "parallel", "reduction"];
+        let ss = self.generic(&ins, out, &iters, e, |b, a| {
+            let sq = b.def(format!("arith.mulf {}, {} : {e}", a[0], a[0]));
+            b.def(format!("arith.addf {}, {sq} : {e}", a[1]))
+        });
+        let init = self.shp_empty(&split, e);
+        let ins = [
+            operand(&c.qk4, &split.ty(e), &ident(4)),
+            operand(&ss, &rows.ty(e), &["d0", "d1", "d2"]),
+        ];
+        let out = operand(&init, &split.ty(e), &ident(4));
+        let width = c.d as f64;
+        let div = 1.0 / (1.0 / width.sqrt());
+        self.generic(&ins, out, &["parallel"; 4], e, |b, a| {
+            let n = b.constant(dt, width);
+            let eps = b.constant(dt, 1e-6);
+            let one = b.constant(dt, 1.0);
+            let div = b.constant(dt, div);
+            let ms = b.def(format!("arith.divf {}, {n} : {e}", a[1]));
+            let ms = b.def(format!("arith.addf {ms}, {eps} : {e}"));
+            let rt = b.def(format!("math.sqrt {ms} : {e}"));
+            let inv = b.def(format!("arith.divf {one}, {rt} : {e}"));
+            let x = b.def(format!("arith.mulf {}, {inv} : {e}", a[0]));
+            b.def(format!("arith.divf {x}, {div} : {e}"))
+        })
+    }
+
+    /// `L <= chunk`: full attention over the sequence (the interpreter's
+    /// `attention` with key normalisation and the self mask).
+    fn lsh_full_branch(&mut self, c: &Lsh) -> Result<String, MlirError> {
+        let rows = c.rows(&c.l);
+        let init = self.shp_empty(&rows, "i64");
+        let out = operand(&init, &rows.ty("i64"), &ident(3));
+        let pos = self.generic(&[], out, &["parallel"; 3], "i64", |b, _| {
+            let i = b.def("linalg.index 2 : index".into());
+            b.def(format!("arith.index_cast {i} : index to i64"))
+        });
+        let sorted = self.lsh_gather_all(c, &pos, c.l.clone());
+        let att = self.lsh_attend(c, &sorted, &c.l, &Window::All);
+        Ok(self.lsh_merge_heads(c, &att.o))
+    }
+
+    /// `L > chunk`: sort by bucket, chunked attention, unsort, combine rounds.
+    fn lsh_sorted_branch(&mut self, c: &Lsh, buckets: ValueId) -> Result<String, MlirError> {
+        let n = match &c.l {
+            Sz::Const(l) => Sz::Const(l * c.rounds),
+            Sz::Dyn(l) => {
+                let r = self.idx_const(c.rounds);
+                Sz::Dyn(self.def(format!("arith.muli {l}, {r} : index")))
+            }
+        };
+        let b_ty = self.g.ty(buckets).clone();
+        let rows = c.rows(&n);
+        let bk = self.def(format!(
+            "tensor.collapse_shape %v{}[[0], [1], [2, 3]] : {} into {}",
+            buckets.0,
+            tensor_ty(&b_ty),
+            rows.ty(elt(b_ty.dtype))
+        ));
+        let keys = self.sortable_keys(&bk, &rows, b_ty.dtype);
+        let perm = self.sort_perm(&keys, &rows, 2);
+        let l = self.sz_val(&c.l);
+        let l64 = self.def(format!("arith.index_cast {l} : index to i64"));
+        let init = self.shp_empty(&rows, "i64");
+        let ins = [operand(&perm, &rows.ty("i64"), &ident(3))];
+        let out = operand(&init, &rows.ty("i64"), &ident(3));
+        let spos = self.generic(&ins, out, &["parallel"; 3], "i64", |b, a| {
+            b.def(format!("arith.remsi {}, {l64} : i64", a[0]))
+        });
+        let sorted = self.lsh_gather_all(c, &spos, n.clone());
+        let window = self.lsh_chunk_window(c, &n);
+        let w = Sz::Const((c.before + 1 + c.after) * c.chunk);
+        let att = self.lsh_attend(c, &sorted, &w, &window);
+        let inv = self.sort_perm(&perm, &rows, 2);
+        Ok(self.lsh_combine_rounds(c, &att, &inv, &n))
+    }
+
+    /// The chunk window over `n` sorted slots.
+    fn lsh_chunk_window(&mut self, c: &Lsh, n: &Sz) -> Window {
+        let n = self.sz_val(n);
+        let chunk = self.idx_const(c.chunk);
+        let n_chunks = self.def(format!("arith.divui {n}, {chunk} : index"));
+        let bp = self.idx_const(c.before + 1);
+        let before = self.idx_const(c.before);
+        let off = self.def(format!("arith.muli {n_chunks}, {bp} : index"));
+        let off = self.def(format!("arith.subi {off}, {before} : index"));
+        Window::Chunks {
+            chunk,
+            n_chunks,
+            off,
+        }
+    }
+
+    /// Queries, keys and values gathered at positions `pos` (`[B, H, n]`).
+    fn lsh_gather_all(&mut self, c: &Lsh, pos: &str, n: Sz) -> Sorted {
+        Sorted {
+            q: self.lsh_gather(c, &c.qk4, pos, &n),
+            k: self.lsh_gather(c, &c.keys4, pos, &n),
+            v: self.lsh_gather(c, &c.v4, pos, &n),
+            pos: pos.to_string(),
+            n,
+        }
+    }
+
+    /// `out[b, h, s, e] = src[b, pos[b, h, s], h, e]` for `src` `[B, L, H, d]`.
+    fn lsh_gather(&mut self, c: &Lsh, src: &str, pos: &str, n: &Sz) -> String {
+        let e = c.e();
+        let shape = c.rows_by(n, &Sz::Const(c.d));
+        let src_ty = c.split_shape().ty(e);
+        let init = self.shp_empty(&shape, e);
+        let ins = [operand(pos, &c.rows(n).ty("i64"), &["d0", "d1", "d2"])];
+        let out = operand(&init, &shape.ty(e), &ident(4));
+        self.generic(&ins, out, &["parallel"; 4], e, |b, a| {
+            let ix = loop_indices(b, 4);
+            let p = b.def(format!("arith.index_cast {} : i64 to index", a[0]));
+            b.def(format!(
+                "tensor.extract {src}[{}, {p}, {}, {}] : {src_ty}",
+                ix[0], ix[1], ix[3]
+            ))
+        })
+    }
+
+    /// Softmax attention of every sorted slot over its window of `w` slots,
+    /// as the interpreter's `attend_block`.
+    fn lsh_attend(&mut self, c: &Lsh, s: &Sorted, w: &Sz, win: &Window) -> Attended {
+        let (dt, e) = (c.dt, c.e());
+        let lg = c.rows_by(&s.n, w);
+        let qty = c.rows_by(&s.n, &Sz::Const(c.d)).ty(e);
+        let zero = literal(dt, 0.0);
+        // logits[b, h, s, w] = q[s] . k[slot(s, w)]
+        let init = self.shp_filled(&lg, e, &zero);
+        let ins = [operand(&s.q, &qty, &["d0", "d1", "d2", "d4"])];
+        let out = operand(&init, &lg.ty(e), &ident(4));
+        let iters = ["parallel", "parallel", "parallel", "parallel", "reduction"];
+        let k = s.k.clone();
+        let logits = self.generic(&ins, out, &iters, e, |b, a| {
+            let ix = loop_indices(b, 5);
+            let slot = win.slot(b, &ix[2], &ix[3]);
+            let kv = b.def(format!(
+                "tensor.extract {k}[{}, {}, {slot}, {}] : {qty}",
+                ix[0], ix[1], ix[4]
+            ));
+            let p = b.def(format!("arith.mulf {}, {kv} : {e}", a[0]));
+            b.def(format!("arith.addf {}, {p} : {e}", a[1]))
+        });
+        let masked = self.lsh_mask_logits(c, s, &lg, &logits, win);
+        let rows = c.rows(&s.n);
+        let rmap = ["d0", "d1", "d2"];
+        let red = ["parallel", "parallel", "parallel", "reduction"];
+        let init = self.shp_filled(&rows, e, &literal(dt, f64::NEG_INFINITY));
+        let ins = [operand(&masked, &lg.ty(e), &ident(4))];
+        let out = operand(&init, &rows.ty(e), &rmap);
+        let max = self.generic(&ins, out, &red, e, |b, a| {
+            b.def(format!("arith.maximumf {}, {} : {e}", a[1], a[0]))
+        });
+        let init = self.shp_filled(&rows, e, &zero);
+        let ins = [
+            operand(&masked, &lg.ty(e), &ident(4)),
+            operand(&max, &rows.ty(e), &rmap),
+        ];
+        let out = operand(&init, &rows.ty(e), &rmap);
+        let sum = self.generic(&ins, out, &red, e, |b, a| {
+            let t = b.def(format!("arith.subf {}, {} : {e}", a[0], a[1]));
+            let x = b.def(format!("math.exp {t} : {e}"));
+            b.def(format!("arith.addf {}, {x} : {e}", a[2]))
+        });
+        // o[b, h, s, e] = sum_w softmax(logits)[s, w] v[slot(s, w), e]
+        let init = self.shp_filled(&c.rows_by(&s.n, &Sz::Const(c.d)), e, &zero);
+        let ins = [
+            operand(&masked, &lg.ty(e), &["d0", "d1", "d2", "d4"]),
+            operand(&max, &rows.ty(e), &rmap),
+            operand(&sum, &rows.ty(e), &rmap),
+        ];
+        let out = operand(&init, &qty, &ident(4));
+        let vv = s.v.clone();
+        let o = self.generic(&ins, out, &iters, e, |b, a| {
+            let ix = loop_indices(b, 5);
+            let slot = win.slot(b, &ix[2], &ix[4]);
+            let t = b.def(format!("arith.subf {}, {} : {e}", a[0], a[1]));
+            let x = b.def(format!("math.exp {t} : {e}"));
+            let p = b.def(format!("arith.divf {x}, {} : {e}", a[2]));
+            let val = b.def(format!(
+                "tensor.extract {vv}[{}, {}, {slot}, {}] : {qty}",
+                ix[0], ix[1], ix[3]
+            ));
+            let pv = b.def(format!("arith.mulf {p}, {val} : {e}"));
+            b.def(format!("arith.addf {}, {pv} : {e}", a[3]))
+        });
+        Attended { o, max, sum }
+    }
+
+    /// The masks of `mask_row`, by original positions: padding keys and (when
+    /// causal) later keys get -1e9, then the query's own position -1e5.
+    fn lsh_mask_logits(&mut self, c: &Lsh, s: &Sorted, lg: &Shp, logits: &str, win: &Window) -> String {
+        let (dt, e) = (c.dt, c.e());
+        let init = self.shp_empty(lg, e);
+        let ins = [operand(logits, &lg.ty(e), &ident(4))];
+        let out = operand(&init, &lg.ty(e), &ident(4));
+        let pos = s.pos.clone();
+        let pty = c.rows(&s.n).ty("i64");
+        self.generic(&ins, out, &["parallel"; 4], e, |b, a| {
+            let ix = loop_indices(b, 4);
+            let slot = win.slot(b, &ix[2], &ix[3]);
+            let qp = b.def(format!(
+                "tensor.extract {pos}[{}, {}, {}] : {pty}",
+                ix[0], ix[1], ix[2]
+            ));
+            let kp = b.def(format!(
+                "tensor.extract {pos}[{}, {}, {slot}] : {pty}",
+                ix[0], ix[1]
+            ));
+            let mut masked = b.def("arith.constant false".into());
+            if let Some((m, mty, me)) = &c.mask {
+                let ki = b.def(format!("arith.index_cast {kp} : i64 to index"));
+                let mv = b.def(format!("tensor.extract {m}[{}, {ki}] : {mty}", ix[0]));
+                let zero = if *me == "i1" { "false" } else { "0" };
+                let z = b.def(format!("arith.constant {zero} : {me}"));
+                masked = b.def(format!("arith.cmpi eq, {mv}, {z} : {me}"));
+            }
+            if c.causal {
+                let later = b.def(format!("arith.cmpi slt, {qp}, {kp} : i64"));
+                masked = b.def(format!("arith.ori {masked}, {later} : i1"));
+            }
+            let mval = b.constant(dt, MASK_VALUE);
+            let x = b.def(format!("arith.select {masked}, {mval}, {} : {e}", a[0]));
+            let own = b.def(format!("arith.cmpi eq, {qp}, {kp} : i64"));
+            let sval = b.constant(dt, SELF_MASK_VALUE);
+            b.def(format!("arith.select {own}, {sval}, {x} : {e}"))
+        })
+    }
+
+    /// `[B, H, L, d]` -> `[B, L, H d]`.
+    fn lsh_merge_heads(&mut self, c: &Lsh, o: &str) -> String {
+        let e = c.e();
+        let from = c.rows_by(&c.l, &Sz::Const(c.d));
+        let split = c.split_shape();
+        let init = self.shp_empty(&split, e);
+        let t = self.def(format!(
+            "linalg.transpose ins({o} : {}) outs({init} : {}) permutation = [0, 2, 1, 3]",
+            from.ty(e),
+            split.ty(e)
+        ));
+        let merged = Shp(vec![c.b.clone(), c.l.clone(), Sz::Const(c.heads * c.d)]);
+        self.def(format!(
+            "tensor.collapse_shape {t}[[0], [1], [2, 3]] : {} into {}",
+            split.ty(e),
+            merged.ty(e)
+        ))
+    }
+
+    /// Unsorts and combines the rounds: `out[b, i, h d + e]` sums over rounds
+    /// `r` the output of slot `inv[b, h, r L + i]` weighted by
+    /// `exp(max_r - M) sum_r / Z` (the softmax of the rounds' log-sum-exps).
+    fn lsh_combine_rounds(&mut self, c: &Lsh, att: &Attended, inv: &str, n: &Sz) -> String {
+        let (dt, e) = (c.dt, c.e());
+        let out_shape = Shp(vec![c.b.clone(), c.l.clone(), Sz::Const(c.heads * c.d)]);
+        let init = self.shp_empty(&out_shape, e);
+        let out = operand(&init, &out_shape.ty(e), &ident(3));
+        let l = self.sz_val(&c.l);
+        let d = self.idx_const(c.d);
+        let rty = c.rows(n).ty("i64");
+        let fty = c.rows(n).ty(e);
+        let oty = c.rows_by(n, &Sz::Const(c.d)).ty(e);
+        self.generic(&[], out, &["parallel"; 3], e, |b, _| {
+            let ix = loop_indices(b, 3);
+            let h = b.def(format!("arith.divui {}, {d} : index", ix[2]));
+            let ei = b.def(format!("arith.remui {}, {d} : index", ix[2]));
+            let mut parts = Vec::new();
+            for r in 0..c.rounds {
+                let t = if r == 0 {
+                    ix[1].clone()
+                } else {
+                    let rl = b.def(format!("arith.constant {r} : index"));
+                    let rl = b.def(format!("arith.muli {rl}, {l} : index"));
+                    b.def(format!("arith.addi {rl}, {} : index", ix[1]))
+                };
+                let slot = b.def(format!("tensor.extract {inv}[{}, {h}, {t}] : {rty}", ix[0]));
+                let slot = b.def(format!("arith.index_cast {slot} : i64 to index"));
+                let at = |name: &str| format!("{name}[{}, {h}, {slot}]", ix[0]);
+                let m = b.def(format!("tensor.extract {} : {fty}", at(&att.max)));
+                let s = b.def(format!("tensor.extract {} : {fty}", at(&att.sum)));
+                let o = b.def(format!(
+                    "tensor.extract {}[{}, {h}, {slot}, {ei}] : {oty}",
+                    att.o, ix[0]
+                ));
+                parts.push((m, s, o));
+            }
+            let mut big = b.constant(dt, f64::NEG_INFINITY);
+            for (m, _, _) in &parts {
+                big = b.def(format!("arith.maximumf {big}, {m} : {e}"));
+            }
+            let mut ws = Vec::new();
+            let mut z = b.constant(dt, 0.0);
+            for (m, s, _) in &parts {
+                let t = b.def(format!("arith.subf {m}, {big} : {e}"));
+                let x = b.def(format!("math.exp {t} : {e}"));
+                let w = b.def(format!("arith.mulf {x}, {s} : {e}"));
+                z = b.def(format!("arith.addf {z}, {w} : {e}"));
+                ws.push(w);
+            }
+            let mut acc = b.constant(dt, 0.0);
+            for ((_, _, o), w) in parts.iter().zip(&ws) {
+                let f = b.def(format!("arith.divf {w}, {z} : {e}"));
+                let x = b.def(format!("arith.mulf {o}, {f} : {e}"));
+                acc = b.def(format!("arith.addf {acc}, {x} : {e}"));
+            }
+            acc
+        })
+    }
+}
