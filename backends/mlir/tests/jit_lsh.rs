@@ -4,7 +4,10 @@
 mod common;
 
 use common::{compare_args, random_f32, random_i64};
+use reformc_backend_mlir::{emit_module, verify_module, EmitOptions};
 use reformc_interp::Tensor;
+use std::io::Write;
+use std::process::{Command, Stdio};
 
 /// A graph sorting an `i64[B,N]` input along axis 1.
 fn argsort_graph(dtype: &str, axis: usize) -> String {
@@ -106,10 +109,88 @@ fn lsh_attention_matches_the_interpreter() {
         (1, 21, 2, 4, 7, 0, 0, true, true),
         (2, 3, 2, 2, 4, 1, 0, true, true),
         (1, 4, 1, 1, 4, 1, 1, false, true),
+        (2, 64, 2, 2, 8, 1, 1, true, true),
     ];
     for (i, &(b, l, h, r, chunk, before, after, causal, mask)) in cases.iter().enumerate() {
         let g = lsh_graph(h, r, chunk, before, after, causal, mask);
         let args = lsh_args(b, l, h, r, 4, mask, 10 * i as u64);
         compare_args(&g, args, 1e-5);
     }
+}
+
+#[test]
+fn lsh_attention_in_f64_with_a_bool_mask_matches_the_interpreter() {
+    let g = lsh_graph(2, 2, 4, 1, 0, true, true)
+        .replace("f32[", "f64[")
+        .replace("i64[B,L]", "bool[B,L]");
+    let mut args = lsh_args(2, 12, 2, 2, 3, true, 7);
+    for a in &mut args[..2] {
+        *a = Tensor::F64(a.to_f64());
+    }
+    let Tensor::I64(m) = &args[3] else {
+        unreachable!()
+    };
+    args[3] = Tensor::Bool(m.mapv(|x| x != 0));
+    compare_args(&g, args, 1e-12);
+}
+
+/// Dialects the issue allows in an emitted module.
+const UPSTREAM: &[&str] = &[
+    "func", "arith", "math", "tensor", "linalg", "scf", "index", "affine", "cf", "bufferization",
+];
+
+/// Emits `text` as a module; checks it with melior's verifier and, when the
+/// tool is installed, `mlir-opt-22`, and that every op is upstream. Saves it
+/// under `$REFORMC_MLIR_DUMP/<name>.mlir` when that variable is set.
+fn check_module(name: &str, text: &str) -> String {
+    let g = reformc_ir::parse(text).expect("test graph parses");
+    let module = emit_module(&g, &EmitOptions::default()).expect("graph lowers");
+    verify_module(&module).unwrap_or_else(|e| panic!("melior rejects the module: {e}"));
+    for line in module.lines() {
+        let op = match line.trim().split_once(" = ") {
+            Some((lhs, rhs)) if lhs.starts_with('%') => rhs,
+            _ => line.trim(),
+        };
+        let word = op.split([' ', '(', '{', '<']).next().unwrap_or("");
+        if let Some((dialect, _)) = word.split_once('.') {
+            if !dialect.is_empty() && dialect.chars().all(|c| c.is_ascii_lowercase()) {
+                assert!(UPSTREAM.contains(&dialect), "dialect `{dialect}` in {line}");
+            }
+        }
+    }
+    match Command::new("mlir-opt-22")
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            let mut stdin = child.stdin.take().expect("piped stdin");
+            stdin.write_all(module.as_bytes()).expect("write to mlir-opt");
+            drop(stdin);
+            let out = child.wait_with_output().expect("mlir-opt runs");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "mlir-opt-22 rejects {name}: {err}");
+        }
+        Err(e) => eprintln!("skipping the mlir-opt-22 check: {e}"),
+    }
+    if let Ok(dir) = std::env::var("REFORMC_MLIR_DUMP") {
+        std::fs::write(format!("{dir}/{name}.mlir"), &module).expect("dump writable");
+    }
+    module
+}
+
+#[test]
+fn sort_and_lsh_attention_modules_verify_with_upstream_dialects_only() {
+    let m = check_module("argsort", &argsort_graph("f32", 1));
+    assert!(m.contains("scf.while") && m.contains("arith.xori"), "bitonic network:\n{m}");
+    let m = check_module("lsh_r2_causal_mask", &lsh_graph(2, 2, 4, 1, 0, true, true));
+    // Two sorts (by bucket, then the inverse permutation), a short-sequence
+    // branch, and no [L, L] tensor: every logits tensor is [B, H, N, W] with
+    // W = (before + 1 + after) chunk = 8 in the sorted branch.
+    assert_eq!(m.matches("arith.xori").count(), 4, "two sorts, two stages each");
+    assert!(m.contains("scf.if"));
+    assert!(m.contains("tensor<?x2x?x8xf32>"), "windowed logits:\n{m}");
+    check_module("lsh_r1", &lsh_graph(1, 1, 8, 0, 0, false, false));
 }

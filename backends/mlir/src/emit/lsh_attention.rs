@@ -459,8 +459,11 @@ impl Emitter<'_> {
             if let Some((m, mty, me)) = &c.mask {
                 let ki = b.def(format!("arith.index_cast {kp} : i64 to index"));
                 let mv = b.def(format!("tensor.extract {m}[{}, {ki}] : {mty}", ix[0]));
-                let zero = if *me == "i1" { "false" } else { "0" };
-                let z = b.def(format!("arith.constant {zero} : {me}"));
+                let z = if *me == "i1" {
+                    b.def("arith.constant false".into())
+                } else {
+                    b.def(format!("arith.constant 0 : {me}"))
+                };
                 masked = b.def(format!("arith.cmpi eq, {mv}, {z} : {me}"));
             }
             if c.causal {
