@@ -194,3 +194,59 @@ fn sort_and_lsh_attention_modules_verify_with_upstream_dialects_only() {
     assert!(m.contains("tensor<?x2x?x8xf32>"), "windowed logits:\n{m}");
     check_module("lsh_r1", &lsh_graph(1, 1, 8, 0, 0, false, false));
 }
+
+/// A tensor as `.npy` bytes (format 1.0, little endian, C order).
+fn npy(t: &Tensor) -> Vec<u8> {
+    let (descr, data): (&str, Vec<u8>) = match t {
+        Tensor::F32(a) => ("<f4", a.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Tensor::F64(a) => ("<f8", a.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Tensor::I64(a) => ("<i8", a.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Tensor::I32(a) => ("<i4", a.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Tensor::Bool(a) => ("|b1", a.iter().map(|&x| u8::from(x)).collect()),
+    };
+    let dims: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
+    let comma = if dims.len() == 1 { "," } else { "" };
+    let mut header = format!(
+        "{{'descr': '{descr}', 'fortran_order': False, 'shape': ({}{comma}), }}",
+        dims.join(", ")
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(data);
+    out
+}
+
+/// For a manual IREE run: with `$REFORMC_MLIR_DUMP` set, writes the module of
+/// `text`, its arguments (`<name>.in<i>.npy`) and the interpreter's first
+/// output (`<name>.want.npy`) there.
+fn dump_case(name: &str, text: &str, args: &[Tensor]) {
+    let Ok(dir) = std::env::var("REFORMC_MLIR_DUMP") else {
+        return;
+    };
+    check_module(name, text);
+    let g = reformc_ir::parse(text).expect("test graph parses");
+    let mut inputs = std::collections::BTreeMap::new();
+    for ((n, _), t) in g.inputs().into_iter().zip(args) {
+        inputs.insert(n.to_string(), t.clone());
+    }
+    let weights = std::collections::BTreeMap::new();
+    let want = reformc_interp::run(&g, &inputs, &weights).expect("interpreter runs");
+    for (i, t) in args.iter().enumerate() {
+        std::fs::write(format!("{dir}/{name}.in{i}.npy"), npy(t)).expect("dump writable");
+    }
+    let first = &want[&g.outputs[0].0];
+    std::fs::write(format!("{dir}/{name}.want.npy"), npy(first)).expect("dump writable");
+}
+
+#[test]
+fn dump_cases_for_iree() {
+    dump_case("sort", &argsort_graph("i64", 1), &[random_i64(&[2, 37], 9, 5)]);
+    let g = lsh_graph(2, 2, 4, 1, 1, true, true);
+    dump_case("lsh", &g, &lsh_args(2, 20, 2, 2, 4, true, 3));
+    dump_case("lsh_short", &g, &lsh_args(2, 3, 2, 2, 4, true, 4));
+}

@@ -306,12 +306,14 @@ impl Emitter<'_> {
         let keys = self.sortable_keys(&bk, &rows, b_ty.dtype);
         let perm = self.sort_perm(&keys, &rows, 2);
         let l = self.sz_val(&c.l);
-        let l64 = self.def(format!("arith.index_cast {l} : index to i64"));
         let init = self.shp_empty(&rows, "i64");
         let ins = [operand(&perm, &rows.ty("i64"), &ident(3))];
         let out = operand(&init, &rows.ty("i64"), &ident(3));
+        // In `index`: IREE's SPIR-V path has no 64-bit remainder.
         let spos = self.generic(&ins, out, &["parallel"; 3], "i64", |b, a| {
-            b.def(format!("arith.remsi {}, {l64} : i64", a[0]))
+            let t = b.def(format!("arith.index_cast {} : i64 to index", a[0]));
+            let p = b.def(format!("arith.remui {t}, {l} : index"));
+            b.def(format!("arith.index_cast {p} : index to i64"))
         });
         let sorted = self.lsh_gather_all(c, &spos, n.clone());
         let window = self.lsh_chunk_window(c, &n);
