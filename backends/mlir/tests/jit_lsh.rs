@@ -187,11 +187,11 @@ fn sort_and_lsh_attention_modules_verify_with_upstream_dialects_only() {
     assert!(m.contains("scf.while") && m.contains("arith.xori"), "bitonic network:\n{m}");
     let m = check_module("lsh_r2_causal_mask", &lsh_graph(2, 2, 4, 1, 0, true, true));
     // Two sorts (by bucket, then the inverse permutation), a short-sequence
-    // branch, and no [L, L] tensor: every logits tensor is [B, H, N, W] with
-    // W = (before + 1 + after) chunk = 8 in the sorted branch.
+    // branch, and no [L, L] tensor in the sorted branch: its logits are
+    // [B, H, N / chunk, chunk, W] with W = (before + 1 + after) chunk = 8.
     assert_eq!(m.matches("arith.xori").count(), 4, "two sorts, two stages each");
     assert!(m.contains("scf.if"));
-    assert!(m.contains("tensor<?x2x?x8xf32>"), "windowed logits:\n{m}");
+    assert!(m.contains("tensor<?x2x?x4x8xf32>"), "windowed logits:\n{m}");
     check_module("lsh_r1", &lsh_graph(1, 1, 8, 0, 0, false, false));
 }
 

@@ -86,13 +86,13 @@ impl Lsh {
     }
 }
 
-/// Which sorted slots a query slot attends to.
+/// Which sorted slots the queries of a block attend to.
 enum Window {
-    /// All `W` slots, in order (full attention).
+    /// All `W` slots, in order (full attention: one block).
     All,
-    /// The chunks around the query's own: slot `w` of the window of query
-    /// slot `s` is `((s / chunk + w / chunk + off) mod n_chunks) chunk + w mod chunk`
-    /// with `off = n_chunks (before + 1) - before` (never negative).
+    /// The chunks around the block's own: slot `w` of the window of block
+    /// `c` is `((c + w / chunk + off) mod n_chunks) chunk + w mod chunk` with
+    /// `off = n_chunks (before + 1) - before` (never negative).
     Chunks {
         chunk: String,
         n_chunks: String,
@@ -101,8 +101,8 @@ enum Window {
 }
 
 impl Window {
-    /// The key slot of window entry `w` for query slot `s` (both `index`).
-    fn slot(&self, b: &mut Body, s: &str, w: &str) -> String {
+    /// The key slot of window entry `w` of block `c` (both `index`).
+    fn slot(&self, b: &mut Body, c: &str, w: &str) -> String {
         match self {
             Window::All => w.to_string(),
             Window::Chunks {
@@ -110,27 +110,30 @@ impl Window {
                 n_chunks,
                 off,
             } => {
-                let qc = b.def(format!("arith.divui {s}, {chunk} : index"));
                 let wc = b.def(format!("arith.divui {w}, {chunk} : index"));
                 let wi = b.def(format!("arith.remui {w}, {chunk} : index"));
-                let c = b.def(format!("arith.addi {qc}, {wc} : index"));
-                let c = b.def(format!("arith.addi {c}, {off} : index"));
-                let c = b.def(format!("arith.remui {c}, {n_chunks} : index"));
-                let c = b.def(format!("arith.muli {c}, {chunk} : index"));
-                b.def(format!("arith.addi {c}, {wi} : index"))
+                let k = b.def(format!("arith.addi {c}, {wc} : index"));
+                let k = b.def(format!("arith.addi {k}, {off} : index"));
+                let k = b.def(format!("arith.remui {k}, {n_chunks} : index"));
+                let k = b.def(format!("arith.muli {k}, {chunk} : index"));
+                b.def(format!("arith.addi {k}, {wi} : index"))
             }
         }
     }
 }
 
-/// Sorted operands of the block attention, `[B, H, N, d]`, and the original
-/// position (`i64`) of each slot, `[B, H, N]`.
-struct Sorted {
+/// The blocking of the sorted slots: `n = nc qc` slots in `nc` blocks of
+/// `qc` queries, each attending to the `w` slots of its window.
+struct Blocks {
+    /// Sorted queries, `[B, H, n, d]`.
     q: String,
-    k: String,
-    v: String,
+    /// The original position (`i64`) of each slot, `[B, H, n]`.
     pos: String,
     n: Sz,
+    nc: Sz,
+    qc: Sz,
+    w: Sz,
+    window: Window,
 }
 
 /// Outputs of the block attention: per slot, the normalised output
@@ -148,17 +151,26 @@ impl Emitter<'_> {
         let node = self.g.node(v);
         let out_ty = tensor_ty(&node.ty);
         let buckets = node.inputs[2];
+        if let Sz::Const(l) = ctx.l {
+            if l > ctx.chunk && (l * ctx.rounds) % ctx.chunk != 0 {
+                return Err(MlirError::invalid(
+                    self.g,
+                    v,
+                    "rounds x length is not a multiple of the chunk length",
+                ));
+            }
+        }
         let l = self.sz_val(&ctx.l);
         let chunk = self.idx_const(ctx.chunk);
         let short = self.def(format!("arith.cmpi ule, {l}, {chunk} : index"));
         let r = self.fresh();
         self.lines
             .push(format!("    {r} = scf.if {short} -> ({out_ty}) {{"));
-        let full = self.lsh_full_branch(&ctx)?;
+        let full = self.lsh_full_branch(&ctx);
         let full = self.def(format!("tensor.cast {full} : {out_ty} to {out_ty}"));
         self.lines
             .push(format!("    scf.yield {full} : {out_ty}\n    }} else {{"));
-        let lsh = self.lsh_sorted_branch(&ctx, buckets)?;
+        let lsh = self.lsh_sorted_branch(&ctx, buckets);
         let lsh = self.def(format!("tensor.cast {lsh} : {out_ty} to {out_ty}"));
         self.lines
             .push(format!("    scf.yield {lsh} : {out_ty}\n    }}"));
@@ -173,10 +185,18 @@ impl Emitter<'_> {
         let b_ty = self.g.ty(bk).clone();
         let dt = q_ty.dtype;
         if !matches!(dt, DType::F32 | DType::F64) || q_ty.rank() != 3 {
-            return Err(MlirError::invalid(self.g, v, "needs f32/f64 [B,L,H*d] operands"));
+            return Err(MlirError::invalid(
+                self.g,
+                v,
+                "needs f32/f64 [B,L,H*d] operands",
+            ));
         }
         if b_ty.rank() != 4 || !b_ty.dtype.is_int() {
-            return Err(MlirError::invalid(self.g, v, "buckets must be integer [B,H,r,L]"));
+            return Err(MlirError::invalid(
+                self.g,
+                v,
+                "buckets must be integer [B,H,r,L]",
+            ));
         }
         let heads = self.nonneg(v, "heads")?;
         let chunk = self.nonneg(v, "chunk")?;
@@ -189,11 +209,11 @@ impl Emitter<'_> {
                 "the width and the round count must be constants",
             ));
         };
-        if heads == 0 || chunk == 0 || width % heads != 0 {
+        if heads == 0 || chunk == 0 || rounds == 0 || width % heads != 0 {
             return Err(MlirError::invalid(
                 self.g,
                 v,
-                "heads and chunk must be positive, heads dividing the width",
+                "heads, chunk and rounds must be positive, heads dividing the width",
             ));
         }
         let s = self.shp_of(qk);
@@ -272,8 +292,8 @@ impl Emitter<'_> {
     }
 
     /// `L <= chunk`: full attention over the sequence (the interpreter's
-    /// `attention` with key normalisation and the self mask).
-    fn lsh_full_branch(&mut self, c: &Lsh) -> Result<String, MlirError> {
+    /// `attention` with key normalisation and the self mask), as one block.
+    fn lsh_full_branch(&mut self, c: &Lsh) -> String {
         let rows = c.rows(&c.l);
         let init = self.shp_empty(&rows, "i64");
         let out = operand(&init, &rows.ty("i64"), &ident(3));
@@ -281,13 +301,21 @@ impl Emitter<'_> {
             let i = b.def("linalg.index 2 : index".into());
             b.def(format!("arith.index_cast {i} : index to i64"))
         });
-        let sorted = self.lsh_gather_all(c, &pos, c.l.clone());
-        let att = self.lsh_attend(c, &sorted, &c.l, &Window::All);
-        Ok(self.lsh_merge_heads(c, &att.o))
+        let blocks = Blocks {
+            q: self.lsh_gather(c, &c.qk4, &pos, &c.l),
+            pos,
+            n: c.l.clone(),
+            nc: Sz::Const(1),
+            qc: c.l.clone(),
+            w: c.l.clone(),
+            window: Window::All,
+        };
+        let att = self.lsh_attend(c, &blocks);
+        self.lsh_merge_heads(c, &att.o)
     }
 
     /// `L > chunk`: sort by bucket, chunked attention, unsort, combine rounds.
-    fn lsh_sorted_branch(&mut self, c: &Lsh, buckets: ValueId) -> Result<String, MlirError> {
+    fn lsh_sorted_branch(&mut self, c: &Lsh, buckets: ValueId) -> String {
         let n = match &c.l {
             Sz::Const(l) => Sz::Const(l * c.rounds),
             Sz::Dyn(l) => {
@@ -315,39 +343,41 @@ impl Emitter<'_> {
             let p = b.def(format!("arith.remui {t}, {l} : index"));
             b.def(format!("arith.index_cast {p} : index to i64"))
         });
-        let sorted = self.lsh_gather_all(c, &spos, n.clone());
-        let window = self.lsh_chunk_window(c, &n);
-        let w = Sz::Const((c.before + 1 + c.after) * c.chunk);
-        let att = self.lsh_attend(c, &sorted, &w, &window);
+        let q = self.lsh_gather(c, &c.qk4, &spos, &n);
+        let (nc, window) = self.lsh_chunk_window(c, &n);
+        let blocks = Blocks {
+            q,
+            pos: spos,
+            n: n.clone(),
+            nc,
+            qc: Sz::Const(c.chunk),
+            w: Sz::Const((c.before + 1 + c.after) * c.chunk),
+            window,
+        };
+        let att = self.lsh_attend(c, &blocks);
         let inv = self.sort_perm(&perm, &rows, 2);
-        Ok(self.lsh_combine_rounds(c, &att, &inv, &n))
+        self.lsh_combine_rounds(c, &att, &inv, &n)
     }
 
-    /// The chunk window over `n` sorted slots.
-    fn lsh_chunk_window(&mut self, c: &Lsh, n: &Sz) -> Window {
-        let n = self.sz_val(n);
+    /// The chunk count and the chunk window over `n` sorted slots.
+    fn lsh_chunk_window(&mut self, c: &Lsh, n: &Sz) -> (Sz, Window) {
+        let nv = self.sz_val(n);
         let chunk = self.idx_const(c.chunk);
-        let n_chunks = self.def(format!("arith.divui {n}, {chunk} : index"));
+        let n_chunks = self.def(format!("arith.divui {nv}, {chunk} : index"));
         let bp = self.idx_const(c.before + 1);
         let before = self.idx_const(c.before);
         let off = self.def(format!("arith.muli {n_chunks}, {bp} : index"));
         let off = self.def(format!("arith.subi {off}, {before} : index"));
-        Window::Chunks {
+        let nc = match n {
+            Sz::Const(n) => Sz::Const(n / c.chunk),
+            Sz::Dyn(_) => Sz::Dyn(n_chunks.clone()),
+        };
+        let window = Window::Chunks {
             chunk,
             n_chunks,
             off,
-        }
-    }
-
-    /// Queries, keys and values gathered at positions `pos` (`[B, H, n]`).
-    fn lsh_gather_all(&mut self, c: &Lsh, pos: &str, n: Sz) -> Sorted {
-        Sorted {
-            q: self.lsh_gather(c, &c.qk4, pos, &n),
-            k: self.lsh_gather(c, &c.keys4, pos, &n),
-            v: self.lsh_gather(c, &c.v4, pos, &n),
-            pos: pos.to_string(),
-            n,
-        }
+        };
+        (nc, window)
     }
 
     /// `out[b, h, s, e] = src[b, pos[b, h, s], h, e]` for `src` `[B, L, H, d]`.
@@ -368,90 +398,147 @@ impl Emitter<'_> {
         })
     }
 
-    /// Softmax attention of every sorted slot over its window of `w` slots,
-    /// as the interpreter's `attend_block`.
-    fn lsh_attend(&mut self, c: &Lsh, s: &Sorted, w: &Sz, win: &Window) -> Attended {
-        let (dt, e) = (c.dt, c.e());
-        let lg = c.rows_by(&s.n, w);
-        let qty = c.rows_by(&s.n, &Sz::Const(c.d)).ty(e);
-        let zero = literal(dt, 0.0);
-        // logits[b, h, s, w] = q[s] . k[slot(s, w)]
-        let init = self.shp_filled(&lg, e, &zero);
-        let ins = [operand(&s.q, &qty, &["d0", "d1", "d2", "d4"])];
-        let out = operand(&init, &lg.ty(e), &ident(4));
-        let iters = ["parallel", "parallel", "parallel", "parallel", "reduction"];
-        let k = s.k.clone();
-        let logits = self.generic(&ins, out, &iters, e, |b, a| {
+    /// The keys or values of every block's window, `[B, H, nc, W, d]`:
+    /// `src[b, pos[b, h, slot(c, w)], h, e]` for `src` `[B, L, H, d]`.
+    fn lsh_gather_window(&mut self, c: &Lsh, bl: &Blocks, src: &str) -> String {
+        let e = c.e();
+        let shape = Shp(vec![
+            c.b.clone(),
+            Sz::Const(c.heads),
+            bl.nc.clone(),
+            bl.w.clone(),
+            Sz::Const(c.d),
+        ]);
+        let src_ty = c.split_shape().ty(e);
+        let pty = c.rows(&bl.n).ty("i64");
+        let init = self.shp_empty(&shape, e);
+        let out = operand(&init, &shape.ty(e), &ident(5));
+        let pos = bl.pos.clone();
+        self.generic(&[], out, &["parallel"; 5], e, |b, _| {
             let ix = loop_indices(b, 5);
-            let slot = win.slot(b, &ix[2], &ix[3]);
-            let kv = b.def(format!(
-                "tensor.extract {k}[{}, {}, {slot}, {}] : {qty}",
-                ix[0], ix[1], ix[4]
+            let slot = bl.window.slot(b, &ix[2], &ix[3]);
+            let p = b.def(format!(
+                "tensor.extract {pos}[{}, {}, {slot}] : {pty}",
+                ix[0], ix[1]
             ));
-            let p = b.def(format!("arith.mulf {}, {kv} : {e}", a[0]));
-            b.def(format!("arith.addf {}, {p} : {e}", a[1]))
+            let p = b.def(format!("arith.index_cast {p} : i64 to index"));
+            b.def(format!(
+                "tensor.extract {src}[{}, {p}, {}, {}] : {src_ty}",
+                ix[0], ix[1], ix[4]
+            ))
+        })
+    }
+
+    /// Softmax attention of every block of sorted queries over its window,
+    /// as the interpreter's `attend_block`: two contractions (`q k^T` and
+    /// `p v`, batched over blocks, no gathers inside) around the masks and
+    /// the row softmax.
+    fn lsh_attend(&mut self, c: &Lsh, bl: &Blocks) -> Attended {
+        let (dt, e) = (c.dt, c.e());
+        let kwin = self.lsh_gather_window(c, bl, &c.keys4.clone());
+        let vwin = self.lsh_gather_window(c, bl, &c.v4.clone());
+        let dsz = Sz::Const(c.d);
+        let hsz = Sz::Const(c.heads);
+        let q5 = Shp(vec![c.b.clone(), hsz.clone(), bl.nc.clone(), bl.qc.clone(), dsz.clone()]);
+        let win5 = Shp(vec![c.b.clone(), hsz.clone(), bl.nc.clone(), bl.w.clone(), dsz.clone()]);
+        let lg = Shp(vec![c.b.clone(), hsz.clone(), bl.nc.clone(), bl.qc.clone(), bl.w.clone()]);
+        let rows4 = Shp(lg.0[..4].to_vec());
+        let flat = c.rows_by(&bl.n, &dsz);
+        let q = self.def(format!(
+            "tensor.expand_shape {}[[0], [1], [2, 3], [4]] output_shape [{}] : {} into {}",
+            bl.q,
+            q5.mixed_list(),
+            flat.ty(e),
+            q5.ty(e)
+        ));
+        let zero = literal(dt, 0.0);
+        let contraction = ["parallel", "parallel", "parallel", "parallel", "parallel", "reduction"];
+        // logits[b, h, c, i, w] = q[c, i] . k_window[c, w]
+        let init = self.shp_filled(&lg, e, &zero);
+        let ins = [
+            operand(&q, &q5.ty(e), &["d0", "d1", "d2", "d3", "d5"]),
+            operand(&kwin, &win5.ty(e), &["d0", "d1", "d2", "d4", "d5"]),
+        ];
+        let out = operand(&init, &lg.ty(e), &ident(5));
+        let logits = self.generic(&ins, out, &contraction, e, |b, a| {
+            let p = b.def(format!("arith.mulf {}, {} : {e}", a[0], a[1]));
+            b.def(format!("arith.addf {}, {p} : {e}", a[2]))
         });
-        let masked = self.lsh_mask_logits(c, s, &lg, &logits, win);
-        let rows = c.rows(&s.n);
-        let rmap = ["d0", "d1", "d2"];
-        let red = ["parallel", "parallel", "parallel", "reduction"];
-        let init = self.shp_filled(&rows, e, &literal(dt, f64::NEG_INFINITY));
-        let ins = [operand(&masked, &lg.ty(e), &ident(4))];
-        let out = operand(&init, &rows.ty(e), &rmap);
+        let masked = self.lsh_mask_logits(c, bl, &lg, &logits);
+        let rmap = ["d0", "d1", "d2", "d3"];
+        let red = ["parallel", "parallel", "parallel", "parallel", "reduction"];
+        let init = self.shp_filled(&rows4, e, &literal(dt, f64::NEG_INFINITY));
+        let ins = [operand(&masked, &lg.ty(e), &ident(5))];
+        let out = operand(&init, &rows4.ty(e), &rmap);
         let max = self.generic(&ins, out, &red, e, |b, a| {
             b.def(format!("arith.maximumf {}, {} : {e}", a[1], a[0]))
         });
-        let init = self.shp_filled(&rows, e, &zero);
+        let init = self.shp_filled(&rows4, e, &zero);
         let ins = [
-            operand(&masked, &lg.ty(e), &ident(4)),
-            operand(&max, &rows.ty(e), &rmap),
+            operand(&masked, &lg.ty(e), &ident(5)),
+            operand(&max, &rows4.ty(e), &rmap),
         ];
-        let out = operand(&init, &rows.ty(e), &rmap);
+        let out = operand(&init, &rows4.ty(e), &rmap);
         let sum = self.generic(&ins, out, &red, e, |b, a| {
             let t = b.def(format!("arith.subf {}, {} : {e}", a[0], a[1]));
             let x = b.def(format!("math.exp {t} : {e}"));
             b.def(format!("arith.addf {}, {x} : {e}", a[2]))
         });
-        // o[b, h, s, e] = sum_w softmax(logits)[s, w] v[slot(s, w), e]
-        let init = self.shp_filled(&c.rows_by(&s.n, &Sz::Const(c.d)), e, &zero);
+        let init = self.shp_empty(&lg, e);
         let ins = [
-            operand(&masked, &lg.ty(e), &["d0", "d1", "d2", "d4"]),
-            operand(&max, &rows.ty(e), &rmap),
-            operand(&sum, &rows.ty(e), &rmap),
+            operand(&masked, &lg.ty(e), &ident(5)),
+            operand(&max, &rows4.ty(e), &rmap),
+            operand(&sum, &rows4.ty(e), &rmap),
         ];
-        let out = operand(&init, &qty, &ident(4));
-        let vv = s.v.clone();
-        let o = self.generic(&ins, out, &iters, e, |b, a| {
-            let ix = loop_indices(b, 5);
-            let slot = win.slot(b, &ix[2], &ix[4]);
+        let out = operand(&init, &lg.ty(e), &ident(5));
+        let probs = self.generic(&ins, out, &["parallel"; 5], e, |b, a| {
             let t = b.def(format!("arith.subf {}, {} : {e}", a[0], a[1]));
             let x = b.def(format!("math.exp {t} : {e}"));
-            let p = b.def(format!("arith.divf {x}, {} : {e}", a[2]));
-            let val = b.def(format!(
-                "tensor.extract {vv}[{}, {}, {slot}, {}] : {qty}",
-                ix[0], ix[1], ix[3]
-            ));
-            let pv = b.def(format!("arith.mulf {p}, {val} : {e}"));
-            b.def(format!("arith.addf {}, {pv} : {e}", a[3]))
+            b.def(format!("arith.divf {x}, {} : {e}", a[2]))
         });
+        // o[b, h, c, i, e] = sum_w probs[c, i, w] v_window[c, w, e]
+        let init = self.shp_filled(&q5, e, &zero);
+        let ins = [
+            operand(&probs, &lg.ty(e), &["d0", "d1", "d2", "d3", "d5"]),
+            operand(&vwin, &win5.ty(e), &["d0", "d1", "d2", "d5", "d4"]),
+        ];
+        let out = operand(&init, &q5.ty(e), &ident(5));
+        let o = self.generic(&ins, out, &contraction, e, |b, a| {
+            let p = b.def(format!("arith.mulf {}, {} : {e}", a[0], a[1]));
+            b.def(format!("arith.addf {}, {p} : {e}", a[2]))
+        });
+        let rows = c.rows(&bl.n);
+        let collapse = |x: &str, from: &Shp, to: &Shp, groups: &str| {
+            format!(
+                "tensor.collapse_shape {x}[{groups}] : {} into {}",
+                from.ty(e),
+                to.ty(e)
+            )
+        };
+        let o = self.def(collapse(&o, &q5, &flat, "[0], [1], [2, 3], [4]"));
+        let max = self.def(collapse(&max, &rows4, &rows, "[0], [1], [2, 3]"));
+        let sum = self.def(collapse(&sum, &rows4, &rows, "[0], [1], [2, 3]"));
         Attended { o, max, sum }
     }
 
     /// The masks of `mask_row`, by original positions: padding keys and (when
     /// causal) later keys get -1e9, then the query's own position -1e5.
-    fn lsh_mask_logits(&mut self, c: &Lsh, s: &Sorted, lg: &Shp, logits: &str, win: &Window) -> String {
+    fn lsh_mask_logits(&mut self, c: &Lsh, bl: &Blocks, lg: &Shp, logits: &str) -> String {
         let (dt, e) = (c.dt, c.e());
         let init = self.shp_empty(lg, e);
-        let ins = [operand(logits, &lg.ty(e), &ident(4))];
-        let out = operand(&init, &lg.ty(e), &ident(4));
-        let pos = s.pos.clone();
-        let pty = c.rows(&s.n).ty("i64");
-        self.generic(&ins, out, &["parallel"; 4], e, |b, a| {
-            let ix = loop_indices(b, 4);
-            let slot = win.slot(b, &ix[2], &ix[3]);
+        let ins = [operand(logits, &lg.ty(e), &ident(5))];
+        let out = operand(&init, &lg.ty(e), &ident(5));
+        let pos = bl.pos.clone();
+        let pty = c.rows(&bl.n).ty("i64");
+        let qc = self.sz_val(&bl.qc);
+        self.generic(&ins, out, &["parallel"; 5], e, |b, a| {
+            let ix = loop_indices(b, 5);
+            let qs = b.def(format!("arith.muli {}, {qc} : index", ix[2]));
+            let qs = b.def(format!("arith.addi {qs}, {} : index", ix[3]));
+            let slot = bl.window.slot(b, &ix[2], &ix[4]);
             let qp = b.def(format!(
-                "tensor.extract {pos}[{}, {}, {}] : {pty}",
-                ix[0], ix[1], ix[2]
+                "tensor.extract {pos}[{}, {}, {qs}] : {pty}",
+                ix[0], ix[1]
             ));
             let kp = b.def(format!(
                 "tensor.extract {pos}[{}, {}, {slot}] : {pty}",
