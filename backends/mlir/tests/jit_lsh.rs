@@ -23,7 +23,14 @@ fn argsort_graph(dtype: &str, axis: usize) -> String {
 
 #[test]
 fn argsort_with_ties_matches_the_interpreter() {
-    for (b, n, hi) in [(2, 1, 3), (2, 5, 3), (1, 8, 4), (2, 13, 5), (3, 64, 1000), (2, 100, 7)] {
+    for (b, n, hi) in [
+        (2, 1, 3),
+        (2, 5, 3),
+        (1, 8, 4),
+        (2, 13, 5),
+        (3, 64, 1000),
+        (2, 100, 7),
+    ] {
         let x = random_i64(&[b, n], hi, (b * 1000 + n) as u64);
         compare_args(&argsort_graph("i64", 1), vec![x], 0.0);
     }
@@ -52,7 +59,15 @@ fn argsort_of_floats_and_inner_axes_matches_the_interpreter() {
 
 /// A graph with one `lsh_attention` of `heads` heads of width 4 over
 /// `rounds` rounds, with a mask operand when `mask`.
-fn lsh_graph(heads: usize, rounds: usize, chunk: usize, before: usize, after: usize, causal: bool, mask: bool) -> String {
+fn lsh_graph(
+    heads: usize,
+    rounds: usize,
+    chunk: usize,
+    before: usize,
+    after: usize,
+    causal: bool,
+    mask: bool,
+) -> String {
     let w = heads * 4;
     let (m_in, m_arg) = if mask {
         ("  %3 = input {name=\"mask\"} : i64[B,L]\n", ", %3")
@@ -74,12 +89,23 @@ fn lsh_graph(heads: usize, rounds: usize, chunk: usize, before: usize, after: us
 
 /// Random arguments of [`lsh_graph`]: buckets in `0..nb` plus round offsets
 /// `r nb`, a mask keeping about three positions in four.
-fn lsh_args(b: usize, l: usize, heads: usize, rounds: usize, nb: i64, mask: bool, seed: u64) -> Vec<Tensor> {
+fn lsh_args(
+    b: usize,
+    l: usize,
+    heads: usize,
+    rounds: usize,
+    nb: i64,
+    mask: bool,
+    seed: u64,
+) -> Vec<Tensor> {
     let w = heads * 4;
     let Tensor::I64(mut bk) = random_i64(&[b, heads, rounds, l], nb, seed + 2) else {
         unreachable!()
     };
-    for ((_, _, r, _), x) in bk.indexed_iter_mut().map(|(i, x)| ((i[0], i[1], i[2], i[3]), x)) {
+    for ((_, _, r, _), x) in bk
+        .indexed_iter_mut()
+        .map(|(i, x)| ((i[0], i[1], i[2], i[3]), x))
+    {
         *x += r as i64 * nb;
     }
     let mut args = vec![
@@ -136,7 +162,16 @@ fn lsh_attention_in_f64_with_a_bool_mask_matches_the_interpreter() {
 
 /// Dialects the issue allows in an emitted module.
 const UPSTREAM: &[&str] = &[
-    "func", "arith", "math", "tensor", "linalg", "scf", "index", "affine", "cf", "bufferization",
+    "func",
+    "arith",
+    "math",
+    "tensor",
+    "linalg",
+    "scf",
+    "index",
+    "affine",
+    "cf",
+    "bufferization",
 ];
 
 /// Emits `text` as a module; checks it with melior's verifier and, when the
@@ -167,7 +202,9 @@ fn check_module(name: &str, text: &str) -> String {
     {
         Ok(mut child) => {
             let mut stdin = child.stdin.take().expect("piped stdin");
-            stdin.write_all(module.as_bytes()).expect("write to mlir-opt");
+            stdin
+                .write_all(module.as_bytes())
+                .expect("write to mlir-opt");
             drop(stdin);
             let out = child.wait_with_output().expect("mlir-opt runs");
             let err = String::from_utf8_lossy(&out.stderr);
@@ -184,12 +221,19 @@ fn check_module(name: &str, text: &str) -> String {
 #[test]
 fn sort_and_lsh_attention_modules_verify_with_upstream_dialects_only() {
     let m = check_module("argsort", &argsort_graph("f32", 1));
-    assert!(m.contains("scf.while") && m.contains("arith.xori"), "bitonic network:\n{m}");
+    assert!(
+        m.contains("scf.while") && m.contains("arith.xori"),
+        "bitonic network:\n{m}"
+    );
     let m = check_module("lsh_r2_causal_mask", &lsh_graph(2, 2, 4, 1, 0, true, true));
     // Two sorts (by bucket, then the inverse permutation), a short-sequence
     // branch, and no [L, L] tensor in the sorted branch: its logits are
     // [B, H, N / chunk, chunk, W] with W = (before + 1 + after) chunk = 8.
-    assert_eq!(m.matches("arith.xori").count(), 4, "two sorts, two stages each");
+    assert_eq!(
+        m.matches("arith.xori").count(),
+        4,
+        "two sorts, two stages each"
+    );
     assert!(m.contains("scf.if"));
     assert!(m.contains("tensor<?x2x?x4x8xf32>"), "windowed logits:\n{m}");
     check_module("lsh_r1", &lsh_graph(1, 1, 8, 0, 0, false, false));
@@ -245,7 +289,11 @@ fn dump_case(name: &str, text: &str, args: &[Tensor]) {
 
 #[test]
 fn dump_cases_for_iree() {
-    dump_case("sort", &argsort_graph("i64", 1), &[random_i64(&[2, 37], 9, 5)]);
+    dump_case(
+        "sort",
+        &argsort_graph("i64", 1),
+        &[random_i64(&[2, 37], 9, 5)],
+    );
     let g = lsh_graph(2, 2, 4, 1, 1, true, true);
     dump_case("lsh", &g, &lsh_args(2, 20, 2, 2, 4, true, 3));
     dump_case("lsh_short", &g, &lsh_args(2, 3, 2, 2, 4, true, 4));

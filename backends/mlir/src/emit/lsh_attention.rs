@@ -439,9 +439,27 @@ impl Emitter<'_> {
         let vwin = self.lsh_gather_window(c, bl, &c.v4.clone());
         let dsz = Sz::Const(c.d);
         let hsz = Sz::Const(c.heads);
-        let q5 = Shp(vec![c.b.clone(), hsz.clone(), bl.nc.clone(), bl.qc.clone(), dsz.clone()]);
-        let win5 = Shp(vec![c.b.clone(), hsz.clone(), bl.nc.clone(), bl.w.clone(), dsz.clone()]);
-        let lg = Shp(vec![c.b.clone(), hsz.clone(), bl.nc.clone(), bl.qc.clone(), bl.w.clone()]);
+        let q5 = Shp(vec![
+            c.b.clone(),
+            hsz.clone(),
+            bl.nc.clone(),
+            bl.qc.clone(),
+            dsz.clone(),
+        ]);
+        let win5 = Shp(vec![
+            c.b.clone(),
+            hsz.clone(),
+            bl.nc.clone(),
+            bl.w.clone(),
+            dsz.clone(),
+        ]);
+        let lg = Shp(vec![
+            c.b.clone(),
+            hsz.clone(),
+            bl.nc.clone(),
+            bl.qc.clone(),
+            bl.w.clone(),
+        ]);
         let rows4 = Shp(lg.0[..4].to_vec());
         let flat = c.rows_by(&bl.n, &dsz);
         let q = self.def(format!(
@@ -452,7 +470,14 @@ impl Emitter<'_> {
             q5.ty(e)
         ));
         let zero = literal(dt, 0.0);
-        let contraction = ["parallel", "parallel", "parallel", "parallel", "parallel", "reduction"];
+        let contraction = [
+            "parallel",
+            "parallel",
+            "parallel",
+            "parallel",
+            "parallel",
+            "reduction",
+        ];
         // logits[b, h, c, i, w] = q[c, i] . k_window[c, w]
         let init = self.shp_filled(&lg, e, &zero);
         let ins = [

@@ -306,7 +306,8 @@ impl Emitter<'_> {
             .push(format!("    scf.condition({lt}) {q} : index\n    }} do {{"));
         self.lines.push(format!("    ^bb0({q2}: index):"));
         let d = self.def(format!("arith.shli {q2}, {one} : index"));
-        self.lines.push(format!("    scf.yield {d} : index\n    }}"));
+        self.lines
+            .push(format!("    scf.yield {d} : index\n    }}"));
         p
     }
 
@@ -332,8 +333,18 @@ impl Emitter<'_> {
             let l = b.def(format!("arith.xori {i}, {j} : index"));
             let mut pidx = idx.clone();
             pidx[c.axis] = l.clone();
-            let a = b.def(format!("tensor.extract {}[{}] : {}", c.perm, idx.join(", "), c.pty));
-            let p = b.def(format!("tensor.extract {}[{}] : {}", c.perm, pidx.join(", "), c.pty));
+            let a = b.def(format!(
+                "tensor.extract {}[{}] : {}",
+                c.perm,
+                idx.join(", "),
+                c.pty
+            ));
+            let p = b.def(format!(
+                "tensor.extract {}[{}] : {}",
+                c.perm,
+                pidx.join(", "),
+                c.pty
+            ));
             let lt = c.less(b, &idx, &a, &p);
             let upper = b.def(format!("arith.cmpi ugt, {l}, {i} : index"));
             let ik = b.def(format!("arith.andi {i}, {k} : index"));
