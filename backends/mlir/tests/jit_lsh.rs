@@ -142,6 +142,9 @@ fn lsh_attention_matches_the_interpreter() {
         let args = lsh_args(b, l, h, r, 4, mask, 10 * i as u64);
         compare_args(&g, args, 1e-5);
     }
+    // One bucket per round: every key ties, the order is the index order.
+    let g = lsh_graph(2, 2, 4, 1, 1, true, true);
+    compare_args(&g, lsh_args(2, 16, 2, 2, 1, true, 99), 1e-5);
 }
 
 #[test]
@@ -297,4 +300,20 @@ fn dump_cases_for_iree() {
     let g = lsh_graph(2, 2, 4, 1, 1, true, true);
     dump_case("lsh", &g, &lsh_args(2, 20, 2, 2, 4, true, 3));
     dump_case("lsh_short", &g, &lsh_args(2, 3, 2, 2, 4, true, 4));
+}
+
+#[test]
+fn lsh_attention_with_a_static_length_off_the_chunk_grid_is_an_error() {
+    // L = 10 > chunk = 4 and r L = 10 is not a multiple of 4: the interpreter
+    // rejects it at run time, the lowering when the length is known.
+    let g = "graph {
+  %0 = input {name=\"qk\"} : f32[1,10,8]
+  %1 = input {name=\"buckets\"} : i64[1,2,1,10]
+  %2 = lsh_attention %0, %0, %1 {after=0, before=1, chunk=4, heads=2} : f32[1,10,8]
+  output \"y\" = %2
+}
+";
+    let g = reformc_ir::parse(g).expect("test graph parses");
+    let err = emit_module(&g, &EmitOptions::default()).expect_err("no module");
+    assert!(err.to_string().contains("multiple of the chunk"), "{err}");
 }
