@@ -102,12 +102,12 @@ impl MlirError {
 /// ```
 /// use reformc_backend_mlir::{emit_module, EmitOptions, MlirError};
 /// let g = reformc_ir::parse(
-///     "graph {\n  %0 = input {name=\"x\"} : f32[B,L]\n  %1 = argsort %0 {axis=1} : i64[B,L]\n  output \"y\" = %1\n}\n",
+///     "graph {\n  %0 = input {name=\"seed\"} : i64[]\n  %1 = random_normal %0 {stream=0} : f32[2,4]\n  output \"y\" = %1\n}\n",
 /// )
 /// .unwrap();
 /// let err = emit_module(&g, &EmitOptions::default()).unwrap_err();
 /// assert!(matches!(err, MlirError::Unsupported { .. }));
-/// assert!(err.to_string().contains("argsort"));
+/// assert!(err.to_string().contains("random_normal"));
 /// ```
 pub fn emit_module(graph: &Graph, opts: &EmitOptions) -> Result<String, MlirError> {
     match opts.weights_mode {

@@ -176,9 +176,9 @@ fn shape_ops() {
 fn an_op_without_lowering_is_an_error_naming_it() {
     let g = reformc_ir::parse(
         "graph {
-  %0 = input {name=\"qk\"} : f32[B,L,8]
-  %1 = input {name=\"b\"} : i64[B,2,1,L]
-  %2 = lsh_attention %0, %0, %1 {after=0, before=1, chunk=4, heads=2} : f32[B,L,8]
+  %0 = input {name=\"seed\"} : i64[]
+  %1 = input {name=\"x\"} : f32[B,L,8]
+  %2 = random_normal %0 {stream=0} : f32[2,4]
   output \"y\" = %2
 }
 ",
@@ -189,13 +189,13 @@ fn an_op_without_lowering_is_an_error_naming_it() {
         matches!(
             err,
             MlirError::Unsupported {
-                op: reformc_ir::OpKind::LshAttention,
+                op: reformc_ir::OpKind::RandomNormal,
                 value: 2
             }
         ),
         "{err:?}"
     );
-    assert!(err.to_string().contains("lsh_attention"), "{err}");
+    assert!(err.to_string().contains("random_normal"), "{err}");
 }
 
 #[test]
