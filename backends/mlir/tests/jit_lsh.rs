@@ -138,6 +138,8 @@ fn lsh_attention_matches_the_interpreter() {
         (2, 64, 2, 2, 8, 1, 1, true, true),
         // Two chunks, one before and one after: the window holds a chunk twice.
         (1, 8, 1, 1, 4, 1, 1, true, true),
+        // A deep network: N = 1920 slots padded to 2048, 15 chunks per round.
+        (1, 960, 2, 2, 64, 1, 0, true, true),
     ];
     for (i, &(b, l, h, r, chunk, before, after, causal, mask)) in cases.iter().enumerate() {
         let g = lsh_graph(h, r, chunk, before, after, causal, mask);
