@@ -30,6 +30,9 @@ fn argsort_with_ties_matches_the_interpreter() {
         (2, 13, 5),
         (3, 64, 1000),
         (2, 100, 7),
+        // All keys equal: the identity permutation.
+        (2, 9, 1),
+        (2, 1000, 50),
     ] {
         let x = random_i64(&[b, n], hi, (b * 1000 + n) as u64);
         compare_args(&argsort_graph("i64", 1), vec![x], 0.0);
