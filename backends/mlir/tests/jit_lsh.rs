@@ -324,3 +324,19 @@ fn lsh_attention_with_a_static_length_off_the_chunk_grid_is_an_error() {
     let err = emit_module(&g, &EmitOptions::default()).expect_err("no module");
     assert!(err.to_string().contains("multiple of the chunk"), "{err}");
 }
+
+#[test]
+fn lsh_attention_with_static_shapes_matches_the_interpreter() {
+    // A known length picks the branch when the module is emitted.
+    for (b, l, r) in [(2, 12, 2), (1, 3, 2), (2, 4, 1)] {
+        let g = lsh_graph(2, r, 4, 1, 0, true, true)
+            .replace("[B,L,", &format!("[{b},{l},"))
+            .replace("[B,L]", &format!("[{b},{l}]"))
+            .replace(",L]", &format!(",{l}]"))
+            .replace("[B,", &format!("[{b},"));
+        assert!(!g.contains('B') && !g.contains(",L"), "static: {g}");
+        let m = check_module("lsh_static", &g);
+        assert!(!m.contains("scf.if"), "one branch only");
+        compare_args(&g, lsh_args(b, l, 2, r, 4, true, 5), 1e-5);
+    }
+}

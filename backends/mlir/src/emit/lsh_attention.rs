@@ -152,13 +152,21 @@ impl Emitter<'_> {
         let out_ty = tensor_ty(&node.ty);
         let buckets = node.inputs[2];
         if let Sz::Const(l) = ctx.l {
-            if l > ctx.chunk && (l * ctx.rounds) % ctx.chunk != 0 {
+            // A known length takes one branch at emit time (no dead `[L, L]`
+            // types in the module).
+            if l <= ctx.chunk {
+                let full = self.lsh_full_branch(&ctx);
+                return Ok(self.alias(&full, &out_ty));
+            }
+            if (l * ctx.rounds) % ctx.chunk != 0 {
                 return Err(MlirError::invalid(
                     self.g,
                     v,
                     "rounds x length is not a multiple of the chunk length",
                 ));
             }
+            let lsh = self.lsh_sorted_branch(&ctx, buckets);
+            return Ok(self.alias(&lsh, &out_ty));
         }
         let l = self.sz_val(&ctx.l);
         let chunk = self.idx_const(ctx.chunk);
