@@ -307,6 +307,8 @@ fn dump_cases_for_iree() {
     let g = lsh_graph(2, 2, 4, 1, 1, true, true);
     dump_case("lsh", &g, &lsh_args(2, 20, 2, 2, 4, true, 3));
     dump_case("lsh_short", &g, &lsh_args(2, 3, 2, 2, 4, true, 4));
+    let g = lsh_graph(2, 4, 16, 1, 1, false, true);
+    dump_case("lsh_big", &g, &lsh_args(2, 240, 2, 4, 8, true, 6));
 }
 
 #[test]
