@@ -6,19 +6,23 @@
 //!    HF's order) and sorted by (bucket, index) with the bitonic network of
 //!    `sort.rs`, giving the permutation `perm`; `spos = perm mod L` are the
 //!    original positions of the sorted slots;
-//! 2. queries, length-normalised scaled keys and values are gathered into
-//!    sorted order (`[B, H, N, d]`);
-//! 3. each slot `s` in chunk `c = s / chunk` attends to the `W = (before + 1 +
-//!    after) chunk` slots of chunks `c - before ..= c + after` (mod the chunk
-//!    count): logits `[B, H, N, W]`, the padding, causal and self masks by
-//!    original positions, then max / sum of exponentials / weighted values;
+//! 2. queries are gathered into sorted order (`[B, H, N, d]`, viewed as
+//!    `[B, H, N / chunk, chunk, d]` blocks); for each block, the
+//!    length-normalised scaled keys and the values of its window, the
+//!    `W = (before + 1 + after) chunk` slots of chunks `c - before ..= c + after`
+//!    (mod the chunk count), are gathered once into `[B, H, N / chunk, W, d]`;
+//! 3. logits `[B, H, N / chunk, chunk, W]` as a batched contraction, the
+//!    padding, causal and self masks by original positions, the row max, sum
+//!    of exponentials and probabilities, and the outputs as a second
+//!    contraction with the window values;
 //! 4. `inv = argsort(perm)` undoes the sort, and the rounds of each position
 //!    combine weighted by the softmax of their log-sum-exps, written straight
 //!    into the `[B, L, H d]` result.
 //!
 //! Everything is O(N W d) work and O(N W) memory; nothing is `[L, L]`. A
 //! length up to `chunk` takes the interpreter's other branch, full attention
-//! over the whole (short) sequence, chosen at run time with `scf.if`.
+//! over the whole (short) sequence as one block, chosen at run time with
+//! `scf.if` (at emit time when the length is a constant).
 
 use super::sort::{ident, loop_indices, operand, Shp, Sz};
 use super::{tensor_ty, Emitter};
