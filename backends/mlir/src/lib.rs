@@ -96,18 +96,22 @@ impl MlirError {
 /// whose results are the graph's outputs. Symbolic dimensions become dynamic
 /// (`?`) dimensions, read from the arguments with `tensor.dim`.
 ///
-/// Every op kind is handled by one exhaustive `match`; an op without a lowering
-/// gives [`MlirError::Unsupported`] naming it.
+/// Every op kind is handled by one exhaustive `match`. An op the lowering
+/// cannot take as given (attributes or types it does not handle) gives
+/// [`MlirError::Invalid`] naming it, and an op without a lowering (today only
+/// a region argument outside its region) [`MlirError::Unsupported`]: never
+/// invalid MLIR.
 ///
 /// ```
 /// use reformc_backend_mlir::{emit_module, EmitOptions, MlirError};
+/// // An embedding table whose row count is only known at run time.
 /// let g = reformc_ir::parse(
-///     "graph {\n  %0 = input {name=\"x\"} : f32[B,L]\n  %1 = argsort %0 {axis=1} : i64[B,L]\n  output \"y\" = %1\n}\n",
+///     "graph {\n  %0 = input {name=\"ids\"} : i64[B,L]\n  %1 = input {name=\"table\"} : f32[V,8]\n  %2 = embedding %0, %1 : f32[B,L,8]\n  output \"y\" = %2\n}\n",
 /// )
 /// .unwrap();
 /// let err = emit_module(&g, &EmitOptions::default()).unwrap_err();
-/// assert!(matches!(err, MlirError::Unsupported { .. }));
-/// assert!(err.to_string().contains("argsort"));
+/// assert!(matches!(err, MlirError::Invalid { .. }));
+/// assert!(err.to_string().contains("embedding"));
 /// ```
 pub fn emit_module(graph: &Graph, opts: &EmitOptions) -> Result<String, MlirError> {
     match opts.weights_mode {

@@ -3,6 +3,7 @@
 mod attention;
 mod indexing;
 mod lsh;
+mod lsh_attention;
 mod lsh_hash;
 mod model;
 mod philox;
