@@ -742,7 +742,13 @@ impl<'g> Emitter<'g> {
         if dynamic_out > 1 {
             return self.reshape_by_index(v, x, &x_ty, &out_ty);
         }
-        let flat_dyn = tensor_of(&[Dim::sym("n")], d);
+        // `expand_shape` wants a static source where the output is all
+        // static, and a dynamic one where an output axis is dynamic.
+        let out_n: Option<u64> = out_ty.shape.iter().map(Dim::as_const).product();
+        let flat_dyn = match out_n {
+            Some(n) => tensor_of(&[Dim::Const(n)], d),
+            None => tensor_of(&[Dim::sym("n")], d),
+        };
         let mut flat = format!("%v{}", x.0);
         if x_ty.rank() == 0 {
             flat = self.def(format!(
