@@ -426,14 +426,14 @@ impl Emitter<'_> {
         ))
     }
 
-    /// Logits `x` of `shape` with the masks applied in the interpreter's
-    /// order; `pos` computes each element's positions from `linalg.index`.
+    /// Logits `x` of `(shape, dtype)` with the masks applied in the
+    /// interpreter's order; `pos` computes each element's positions from
+    /// `linalg.index`.
     fn masked(
         &mut self,
         v: ValueId,
         x: &str,
-        shape: &[Dim],
-        dt: DType,
+        (shape, dt): (&[Dim], DType),
         mask: Option<&Mask>,
         rules: Rules,
         pos: impl FnOnce(&mut Body) -> Pos,
@@ -562,7 +562,7 @@ impl Emitter<'_> {
     ) -> Result<String, MlirError> {
         let x = self.logits(v, s, q4, kn, &s.lk)?;
         let shape = [s.b.clone(), Dim::Const(s.h), s.lq.clone(), s.lk.clone()];
-        let x = self.masked(v, &x, &shape, s.dt, mask, rules, |b| {
+        let x = self.masked(v, &x, (&shape, s.dt), mask, rules, |b| {
             let (qpos, kpos) = (index(b, 2), index(b, 3));
             Pos {
                 qpos,
@@ -660,7 +660,7 @@ impl Emitter<'_> {
         ));
         let x = self.logits(v, s, q4, &kc, &cdim)?;
         let shape = [s.b.clone(), Dim::Const(s.h), s.lq.clone(), cdim.clone()];
-        let x = self.masked(v, &x, &shape, dt, mask, rules, |b| {
+        let x = self.masked(v, &x, (&shape, dt), mask, rules, |b| {
             let qpos = index(b, 2);
             let j = index(b, 3);
             let kpos = iop(b, "addi", &iv, &j);
@@ -767,7 +767,8 @@ impl Emitter<'_> {
     }
 
     /// Keys or values `x` (`[B, L, H, w]`) gathered into the window of each
-    /// query chunk: `[B, n, K, H, w]` with `K = (before+1+after)·chunk`.
+    /// query chunk: `[B, n, K, H, w]` with `K = (before+1+after)·chunk`;
+    /// `n` is the number of chunks as a dimension and as an `index` value.
     fn gather_windows(
         &mut self,
         v: ValueId,
@@ -775,8 +776,7 @@ impl Emitter<'_> {
         x: &str,
         w: u64,
         win: Window,
-        n: &Dim,
-        n_val: &str,
+        (n, n_val): (&Dim, &str),
     ) -> Result<String, MlirError> {
         let shape = [
             s.b.clone(),
@@ -838,8 +838,8 @@ impl Emitter<'_> {
             s.d,
             s.ty(&s.split(&s.lq, s.d))
         ));
-        let kg = self.gather_windows(v, s, kn, s.d, win, n, &n_val)?;
-        let vg = self.gather_windows(v, s, v4, s.dv, win, n, &n_val)?;
+        let kg = self.gather_windows(v, s, kn, s.d, win, (n, &n_val))?;
+        let vg = self.gather_windows(v, s, v4, s.dv, win, (n, &n_val))?;
         let kk = Dim::Const(win.keys());
         let win_shape = |w: u64| {
             [
@@ -873,7 +873,7 @@ impl Emitter<'_> {
                 b.binary(BinaryFn::Add, &a[2], &p, dt)
             },
         );
-        let x = self.masked(v, &x, &shape, dt, mask, rules, |b| {
+        let x = self.masked(v, &x, (&shape, dt), mask, rules, |b| {
             let j = index(b, 2);
             let t = index(b, 3);
             let slot = index(b, 4);
