@@ -192,6 +192,9 @@ fn static_shapes_match_the_interpreter() {
     ];
     let text = graph("f32", ("2", "8", "8"), 8, 6, true, &ops);
     compare_args(&text, scaled(args(2, 8, 8, 8, 6, true, 3), 2.0), TOL);
+    // A static batch with a dynamic length.
+    let text = graph("f32", ("1", "L", "L"), 8, 6, true, &ops);
+    compare_args(&text, scaled(args(1, 8, 8, 8, 6, true, 4), 2.0), TOL);
     // A length no longer than the chunk is full attention.
     let short = vec![
         "local_attention {heads=1, scale=0.5, chunk=8, before=1, after=0, causal}".to_string(),
