@@ -625,8 +625,15 @@ impl Emitter<'_> {
                 self.synthetic(&np)
             }
         };
-        let kp = self.pad_len(v, s, kn, s.d, &np)?;
-        let vp = self.pad_len(v, s, v4, s.dv, &np)?;
+        // A static length that `c` divides needs no padded copy.
+        let (kp, vp) = if np == s.lk {
+            (kn.to_string(), v4.to_string())
+        } else {
+            (
+                self.pad_len(v, s, kn, s.d, &np)?,
+                self.pad_len(v, s, v4, s.dv, &np)?,
+            )
+        };
         let one = self.def("arith.constant 1 : index".into());
         let last = self.def(format!("arith.subi {lk}, {one} : index"));
         let rows = [s.b.clone(), Dim::Const(s.h), s.lq.clone()];
