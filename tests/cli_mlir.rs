@@ -63,7 +63,11 @@ fn reformc(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (i32, String, String) {
 fn assert_one_line_error(got: (i32, String, String), needles: &[&str]) {
     let (code, _, stderr) = got;
     assert_eq!(code, 2, "expected exit 2, got {code}: {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "not one line: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "not one line: {stderr}"
+    );
     for n in needles {
         assert!(stderr.contains(n), "`{n}` not in: {stderr}");
     }
@@ -149,13 +153,24 @@ fn compile_emits_an_embedded_module_and_its_signature() {
     let s = setup("embed");
     let out = s.dir.path("model.mlir");
     let (code, stdout, stderr) = reformc(&[
-        &"compile", &s.ir, &"--weights", &s.weights, &"--emit", &"mlir", &"-o", &out, &"-q",
+        &"compile",
+        &s.ir,
+        &"--weights",
+        &s.weights,
+        &"--emit",
+        &"mlir",
+        &"-o",
+        &out,
+        &"-q",
     ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.is_empty(), "-q prints nothing: {stdout}");
     let module = std::fs::read_to_string(&out).unwrap();
     // Only the runtime input is an argument; the weights are blobs.
-    let head = module.lines().find(|l| l.contains("func.func @forward")).unwrap();
+    let head = module
+        .lines()
+        .find(|l| l.contains("func.func @forward"))
+        .unwrap();
     assert!(head.contains("reformc.name = \"input_ids\""), "{head}");
     assert!(!head.contains("proj."), "weights are not arguments: {head}");
     assert!(module.contains("arith.constant dense_resource<proj.weight> : tensor<8x6xf32>"));
@@ -203,7 +218,10 @@ fn compile_with_weights_as_arguments_names_them() {
     assert!(stdout.contains("m.mlir.json"), "{stdout}");
     let module = std::fs::read_to_string(&out).unwrap();
     assert!(!module.contains("dense_resource"));
-    let head = module.lines().find(|l| l.contains("func.func @forward")).unwrap();
+    let head = module
+        .lines()
+        .find(|l| l.contains("func.func @forward"))
+        .unwrap();
     let w = head.find("\"proj.weight\"").unwrap();
     let b = head.find("\"proj.bias\"").unwrap();
     let ids = head.find("\"input_ids\"").unwrap();
@@ -254,7 +272,9 @@ fn run_on_the_mlir_backend_matches_the_interpreter_and_the_llvm_jit() {
     }
     assert_eq!(outs[0].shape(), [3, 6]);
     for other in &outs[1..] {
-        let d = (&outs[0] - other).mapv(f32::abs).fold(0.0f32, |m, &x| m.max(x));
+        let d = (&outs[0] - other)
+            .mapv(f32::abs)
+            .fold(0.0f32, |m, &x| m.max(x));
         assert!(d <= 1e-5, "MLIR differs by {d}");
     }
 }
@@ -269,16 +289,50 @@ fn weights_that_do_not_match_are_one_line_naming_the_tensor() {
     write_safetensors(&bad, &w);
     let out = s.dir.path("m.mlir");
     let got = reformc(&[
-        &"compile", &s.ir, &"--weights", &bad, &"--emit", &"mlir", &"-o", &out,
+        &"compile",
+        &s.ir,
+        &"--weights",
+        &bad,
+        &"--emit",
+        &"mlir",
+        &"-o",
+        &out,
     ]);
     assert_one_line_error(got, &["proj.weight", "[8, 6]"]);
     assert!(!out.exists());
     w.remove("proj.bias");
     write_safetensors(&bad, &w);
     let got = reformc(&[
-        &"compile", &s.ir, &"--weights", &bad, &"--emit", &"mlir", &"-o", &out,
+        &"compile",
+        &s.ir,
+        &"--weights",
+        &bad,
+        &"--emit",
+        &"mlir",
+        &"-o",
+        &out,
     ]);
     assert_one_line_error(got, &["proj.bias"]);
+}
+
+#[test]
+fn a_model_with_another_models_weights_is_one_line() {
+    let s = setup("model-mismatch");
+    let fixtures = common::root().join("tests/fixtures");
+    let out = s.dir.path("m.mlir");
+    let got = reformc(&[
+        &"compile",
+        &fixtures.join("causal_lsh_r1/config.json"),
+        &"--weights",
+        &fixtures.join("noncausal_local_only/model.safetensors"),
+        &"--emit",
+        &"mlir",
+        &"-o",
+        &out,
+        &"-q",
+    ]);
+    assert_one_line_error(got, &["noncausal_local_only/model.safetensors", "tensor `"]);
+    assert!(!out.exists());
 }
 
 #[test]
@@ -286,7 +340,14 @@ fn an_unwritable_output_is_one_line() {
     let s = setup("unwritable");
     let out = s.dir.path("no/such/dir/m.mlir");
     let got = reformc(&[
-        &"compile", &s.ir, &"--weights", &s.weights, &"--emit", &"mlir", &"-o", &out,
+        &"compile",
+        &s.ir,
+        &"--weights",
+        &s.weights,
+        &"--emit",
+        &"mlir",
+        &"-o",
+        &out,
     ]);
     assert_one_line_error(got, &["--output", "m.mlir"]);
     // The signature file may not overwrite an input either.
@@ -312,9 +373,18 @@ fn flags_of_the_other_backend_are_refused_in_one_line() {
     let base: Vec<&dyn AsRef<std::ffi::OsStr>> =
         vec![&"compile", &s.ir, &"--weights", &s.weights, &"-o", &out];
     let cases: [(&[&str], &[&str]); 4] = [
-        (&["--emit", "mlir", "--weights-mode", "mmap"], &["--weights-mode mmap"]),
-        (&["--emit", "exe", "--weights-mode", "args"], &["--weights-mode args"]),
-        (&["--emit", "obj", "--lsh-source", "buckets"], &["--lsh-source"]),
+        (
+            &["--emit", "mlir", "--weights-mode", "mmap"],
+            &["--weights-mode mmap"],
+        ),
+        (
+            &["--emit", "exe", "--weights-mode", "args"],
+            &["--weights-mode args"],
+        ),
+        (
+            &["--emit", "obj", "--lsh-source", "buckets"],
+            &["--lsh-source"],
+        ),
         (&["--emit", "mlir", "--memory-plan"], &["--memory-plan"]),
     ];
     for (extra, needles) in cases {
@@ -325,8 +395,17 @@ fn flags_of_the_other_backend_are_refused_in_one_line() {
         assert_one_line_error(reformc(&args), needles);
     }
     let got = reformc(&[
-        &"run", &s.ir, &"--weights", &s.weights, &"--input", &s.ids, &"--output", &out,
-        &"--backend", &"mlir", &"--interp",
+        &"run",
+        &s.ir,
+        &"--weights",
+        &s.weights,
+        &"--input",
+        &s.ids,
+        &"--output",
+        &out,
+        &"--backend",
+        &"mlir",
+        &"--interp",
     ]);
     assert_one_line_error(got, &["--interp"]);
 }
@@ -352,8 +431,17 @@ fn an_op_without_a_lowering_is_one_line_naming_it() {
         let ir = s.dir.write(&format!("{op}.ir"), text.as_bytes());
         let out = s.dir.path(&format!("{op}.mlir"));
         let got = reformc(&[
-            &"compile", &ir, &"--weights", &none, &"--emit", &"mlir", &"-o", &out, &"-q",
-            &"--pipeline", &"none",
+            &"compile",
+            &ir,
+            &"--weights",
+            &none,
+            &"--emit",
+            &"mlir",
+            &"-o",
+            &out,
+            &"-q",
+            &"--pipeline",
+            &"none",
         ]);
         match lowered {
             Err(reformc_backend_mlir::MlirError::Unsupported { .. }) => {

@@ -138,14 +138,24 @@ fn elementwise_on_iree_cpu_and_vulkan() {
 #[test]
 fn matmul_softmax_and_reductions_on_iree_cpu_and_vulkan() {
     for device in [Device::Cpu, Device::Vulkan] {
-        check(MATMUL_SOFTMAX, &[&[1, 8, 6], &[3, 7, 8]], device, WeightsMode::Args);
+        check(
+            MATMUL_SOFTMAX,
+            &[&[1, 8, 6], &[3, 7, 8]],
+            device,
+            WeightsMode::Args,
+        );
     }
 }
 
 #[test]
 fn concat_slice_transpose_on_iree_cpu_and_vulkan() {
     for device in [Device::Cpu, Device::Vulkan] {
-        check(CONCAT_SLICE, &[&[2, 9, 4], &[2, 9, 6]], device, WeightsMode::Args);
+        check(
+            CONCAT_SLICE,
+            &[&[2, 9, 4], &[2, 9, 6]],
+            device,
+            WeightsMode::Args,
+        );
     }
 }
 
@@ -153,6 +163,11 @@ fn concat_slice_transpose_on_iree_cpu_and_vulkan() {
 fn embedded_weights_run_on_iree_cpu_and_vulkan() {
     for device in [Device::Cpu, Device::Vulkan] {
         check(ELEMENTWISE, &[&[8], &[1, 3, 8]], device, WeightsMode::Embed);
-        check(MATMUL_SOFTMAX, &[&[1, 8, 6], &[2, 33, 8]], device, WeightsMode::Embed);
+        check(
+            MATMUL_SOFTMAX,
+            &[&[1, 8, 6], &[2, 33, 8]],
+            device,
+            WeightsMode::Embed,
+        );
     }
 }

@@ -4,8 +4,8 @@ use super::error::{CliError, CliResult};
 use super::passes::PassArgs;
 use super::{model, outputs};
 use clap::Args;
-use reformc_frontend::lower::{LowerOptions, LshSource};
 use reformc_backend_mlir::WeightsMode;
+use reformc_frontend::lower::{LowerOptions, LshSource};
 use reformc_ir::DType;
 use std::path::PathBuf;
 

@@ -108,12 +108,7 @@ pub fn run_engine(
         .collect();
     let out = jit_run_with_weights(g, &as_graph_dtypes(g, weights), &args?)
         .map_err(|e| cli_error(what, e))?;
-    let named = g
-        .outputs
-        .iter()
-        .map(|(n, _)| n.clone())
-        .zip(out)
-        .collect();
+    let named = g.outputs.iter().map(|(n, _)| n.clone()).zip(out).collect();
     Ok((named, "MLIR CPU pipeline"))
 }
 

@@ -126,7 +126,9 @@ impl Iree {
             Ok(())
         } else {
             let hint = if device == Device::Vulkan {
-                format!(" (no Vulkan device? {INSTALL}; `vulkaninfo --summary` should list llvmpipe)")
+                format!(
+                    " (no Vulkan device? {INSTALL}; `vulkaninfo --summary` should list llvmpipe)"
+                )
             } else {
                 String::new()
             };
@@ -176,7 +178,9 @@ pub fn write_tensor(p: &Path, t: &Tensor) -> Result<(), String> {
         Tensor::F64(a) => ("<f8", a.iter().flat_map(|x| x.to_le_bytes()).collect()),
         Tensor::I64(a) => ("<i8", a.iter().flat_map(|x| x.to_le_bytes()).collect()),
         Tensor::I32(a) => ("<i4", a.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        Tensor::Bool(_) => return Err(format!("{}: boolean inputs are not supported", p.display())),
+        Tensor::Bool(_) => {
+            return Err(format!("{}: boolean inputs are not supported", p.display()))
+        }
     };
     let dims: Vec<String> = t.shape().iter().map(usize::to_string).collect();
     let shape = match dims.len() {

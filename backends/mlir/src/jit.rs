@@ -96,7 +96,11 @@ pub fn jit_run_emitted(
 
 /// `args` in standard layout, once checked against the arguments of
 /// `@forward` in `mode` (count, dtype and rank of each).
-fn checked_args(graph: &Graph, mode: WeightsMode, args: &[Tensor]) -> Result<Vec<Tensor>, MlirError> {
+fn checked_args(
+    graph: &Graph,
+    mode: WeightsMode,
+    args: &[Tensor],
+) -> Result<Vec<Tensor>, MlirError> {
     let arg_values: Vec<_> = match mode {
         WeightsMode::Args => graph.weights().into_iter().chain(graph.inputs()).collect(),
         WeightsMode::Embed => graph.inputs(),

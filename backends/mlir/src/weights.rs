@@ -195,7 +195,10 @@ mod tests {
     #[test]
     fn keys_are_bare_identifiers_and_unique() {
         let mut taken = BTreeMap::new();
-        assert_eq!(key_for("reformer.lm_head.weight", &taken), "reformer.lm_head.weight");
+        assert_eq!(
+            key_for("reformer.lm_head.weight", &taken),
+            "reformer.lm_head.weight"
+        );
         assert_eq!(key_for("0-w/x", &taken), "w_0_w_x");
         taken.insert("a-b".to_string(), "a_b".to_string());
         assert_eq!(key_for("a/b", &taken), "a_b_1");

@@ -10,11 +10,11 @@ mod sort;
 
 use crate::scalar::{elt, literal, Body};
 use crate::MlirError;
-use reformc_tensor::Tensor;
 use reformc_ir::{
     Activation, Attr, BinaryFn, DType, Dim, Elementwise, Graph, OpKind, Reduction, TensorType,
     UnaryFn, ValueId,
 };
+use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
 
 const IND: &str = "    ";
