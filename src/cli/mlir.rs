@@ -9,6 +9,7 @@ use reformc_backend_mlir::{
 };
 use reformc_ir::{DType, Graph};
 use reformc_tensor::Tensor;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -46,17 +47,37 @@ fn cli_error(what: &Path, e: MlirError) -> CliError {
 }
 
 /// The weights as the graph declares them: the safetensors loader reads f32,
-/// an f64 graph embeds f64 blobs.
-fn as_graph_dtypes(g: &Graph, weights: &BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
-    let mut out = weights.clone();
-    for (name, v) in g.weights() {
-        if g.ty(v).dtype == DType::F64 {
-            if let Some(t @ Tensor::F32(_)) = weights.get(name) {
-                out.insert(name.to_string(), Tensor::F64(t.to_f64()));
-            }
-        }
+/// an f64 graph embeds f64 blobs. Borrowed unchanged when nothing converts
+/// (the weights of a large model are not copied).
+fn as_graph_dtypes<'w>(
+    g: &Graph,
+    weights: &'w BTreeMap<String, Tensor>,
+) -> Cow<'w, BTreeMap<String, Tensor>> {
+    let f64_names: std::collections::BTreeSet<&str> = g
+        .weights()
+        .into_iter()
+        .filter(|(_, v)| g.ty(*v).dtype == DType::F64)
+        .map(|(n, _)| n)
+        .collect();
+    let converts = |(name, t): (&String, &Tensor)| {
+        matches!(t, Tensor::F32(_)) && f64_names.contains(name.as_str())
+    };
+    if !weights.iter().any(converts) {
+        return Cow::Borrowed(weights);
     }
-    out
+    Cow::Owned(
+        weights
+            .iter()
+            .map(|(name, t)| {
+                let t = if converts((name, t)) {
+                    Tensor::F64(t.to_f64())
+                } else {
+                    t.clone()
+                };
+                (name.clone(), t)
+            })
+            .collect(),
+    )
 }
 
 /// The module text of `g`, checked by MLIR's verifier (a module that fails
