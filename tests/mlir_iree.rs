@@ -128,6 +128,51 @@ const CONCAT_SLICE: &str = "graph {
 }
 ";
 
+/// Integer token ids and a rank-0 input, as the models' `input_ids` and `seed`.
+const INTEGER_AND_SCALAR: &str = "graph {
+  %0 = input {name=\"input_ids\"} : i64[B,L]
+  %1 = input {name=\"seed\"} : i64[]
+  %2 = add %0, %1 : i64[B,L]
+  %3 = cast %2 : f32[B,L]
+  %4 = weight {name=\"scale\"} : f32[]
+  %5 = mul %3, %4 : f32[B,L]
+  output \"y\" = %5
+  output \"ids\" = %2
+}
+";
+
+#[test]
+fn integer_and_rank_0_inputs_on_iree_cpu_and_vulkan() {
+    let g = reformc_ir::parse(INTEGER_AND_SCALAR).unwrap();
+    let ids = Tensor::I64(ArrayD::from_shape_fn(IxDyn(&[2, 5]), |ix| {
+        (ix[0] * 7 + ix[1] * 3) as i64 - 4
+    }));
+    let seed = Tensor::I64(ArrayD::from_elem(IxDyn(&[]), 1_000_000_007));
+    let scale = Tensor::F32(ArrayD::from_elem(IxDyn(&[]), 0.5f32));
+    let weights: BTreeMap<String, Tensor> = [("scale".to_string(), scale)].into();
+    let inputs: BTreeMap<String, Tensor> = [
+        ("input_ids".to_string(), ids.clone()),
+        ("seed".to_string(), seed.clone()),
+    ]
+    .into();
+    let want = reformc_interp::run(&g, &inputs, &weights).unwrap();
+    let module = emit_module_with_weights(
+        &g,
+        &EmitOptions {
+            weights_mode: WeightsMode::Embed,
+        },
+        &weights,
+    )
+    .unwrap();
+    for device in [Device::Cpu, Device::Vulkan] {
+        let got = Iree::find()
+            .run_module(&module, device, &[ids.clone(), seed.clone()], 2)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got[0], want["y"], "{device:?}");
+        assert_eq!(got[1], want["ids"], "{device:?}");
+    }
+}
+
 #[test]
 fn elementwise_on_iree_cpu_and_vulkan() {
     for device in [Device::Cpu, Device::Vulkan] {

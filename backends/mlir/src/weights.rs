@@ -13,12 +13,47 @@ use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-/// One embedded weight: the resource key that names its blob.
+/// The embedded weights: the resource key that names each blob.
 pub(crate) struct Embedded<'w> {
+    /// The weights' data, by name.
+    weights: &'w BTreeMap<String, Tensor>,
     /// Resource key of each weight name (names read twice share one blob).
-    pub keys: BTreeMap<String, String>,
+    keys: BTreeMap<String, String>,
     /// The blobs in key order: (key, tensor).
     pub blobs: Vec<(String, &'w Tensor)>,
+}
+
+impl Embedded<'_> {
+    /// The `arith.constant` defining weight `name` (value `v`): a
+    /// `dense_resource` reading its blob, or, for a rank-0 weight, the value
+    /// inline: IREE 3.13 crashes on a rank-0 `dense_resource` read by a
+    /// `linalg.generic` ("ElementsAttr does not provide iteration facilities").
+    pub(crate) fn constant(&self, g: &Graph, v: ValueId, name: &str) -> String {
+        let ty = crate::emit::tensor_ty(g.ty(v));
+        match (
+            self.weights.get(name).and_then(scalar_literal),
+            self.keys.get(name),
+        ) {
+            (Some(x), _) => format!("arith.constant dense<{x}> : {ty}"),
+            (None, Some(key)) => format!("arith.constant dense_resource<{key}> : {ty}"),
+            // `embed` named every weight of the graph.
+            (None, None) => format!("arith.constant dense_resource<{name}> : {ty}"),
+        }
+    }
+}
+
+/// The exact MLIR literal of a rank-0 tensor's value (floats as their bits).
+fn scalar_literal(t: &Tensor) -> Option<String> {
+    if !t.shape().is_empty() {
+        return None;
+    }
+    match t {
+        Tensor::F32(a) => a.first().map(|x| format!("0x{:08X}", x.to_bits())),
+        Tensor::F64(a) => a.first().map(|x| format!("0x{:016X}", x.to_bits())),
+        Tensor::I64(a) => a.first().map(i64::to_string),
+        Tensor::I32(a) => a.first().map(i32::to_string),
+        Tensor::Bool(_) => None,
+    }
 }
 
 /// `"f32[4, 8]"`: a tensor's dtype and shape as the error messages show them.
@@ -107,25 +142,22 @@ pub(crate) fn embed<'w>(
     let mut keys = BTreeMap::new();
     let mut blobs = Vec::new();
     for (name, _) in graph.weights() {
-        if keys.contains_key(name) {
+        if keys.contains_key(name) || !weights.contains_key(name) {
             continue;
         }
+        // `check` saw every weight; a rank-0 weight is written inline.
+        let Some(t) = weights.get(name).filter(|t| scalar_literal(t).is_none()) else {
+            continue;
+        };
         let key = key_for(name, &keys);
         keys.insert(name.to_string(), key.clone());
-        // `check` saw every weight.
-        if let Some(t) = weights.get(name) {
-            blobs.push((key, t));
-        }
+        blobs.push((key, t));
     }
-    Ok(Embedded { keys, blobs })
-}
-
-/// The `arith.constant` that reads weight `v`'s blob.
-pub(crate) fn constant(g: &Graph, v: ValueId, key: &str) -> String {
-    format!(
-        "arith.constant dense_resource<{key}> : {}",
-        crate::emit::tensor_ty(g.ty(v))
-    )
+    Ok(Embedded {
+        weights,
+        keys,
+        blobs,
+    })
 }
 
 /// Element bytes (little-endian) and alignment of a weight tensor.

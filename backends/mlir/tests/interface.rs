@@ -32,7 +32,9 @@ const GRAPH: &str = "graph {
   %10 = weight {name=\"offsets\"} : i64[5]
   %11 = input {name=\"ids\"} : i64[B,5]
   %12 = add %11, %10 : i64[B,5]
-  output \"y\" = %9
+  %13 = weight {name=\"temperature\"} : f64[]
+  %14 = mul %9, %13 : f64[B,L,5]
+  output \"y\" = %14
   output \"z\" = %12
 }
 ";
@@ -50,6 +52,10 @@ fn weights() -> BTreeMap<String, Tensor> {
     let s = random_f32(&[5], 3).to_f64().mapv(|x| x * 3.0 + 0.125);
     w.insert("scale64".to_string(), Tensor::F64(s));
     w.insert("offsets".to_string(), random_i64(&[5], 1000, 4));
+    w.insert(
+        "temperature".to_string(),
+        Tensor::F64(ndarray::ArrayD::from_elem(ndarray::IxDyn(&[]), 1.5)),
+    );
     w
 }
 
@@ -91,6 +97,9 @@ fn the_embedded_module_verifies_and_names_one_blob_per_weight() {
         "i64: alignment 8"
     );
     assert_eq!(text.matches("      bias: \"0x04000000").count(), 1);
+    // A rank-0 weight is inline (IREE crashes on a rank-0 dense_resource).
+    assert!(text.contains("arith.constant dense<0x3FF8000000000000> : tensor<f64>"));
+    assert!(!text.contains("temperature"));
     let head = text.lines().find(|l| l.contains("@forward")).unwrap();
     assert_eq!(
         head.matches("reformc.name").count(),
@@ -200,15 +209,16 @@ fn the_signature_lists_arguments_in_order_with_symbolic_dims() {
             "bias",
             "scale64",
             "offsets",
+            "temperature",
             "x",
             "ids"
         ]
     );
     assert_eq!(args["inputs"][0]["kind"], "weight");
-    assert_eq!(args["inputs"][5]["kind"], "input");
+    assert_eq!(args["inputs"][6]["kind"], "input");
     // The argument count matches the function's.
     let text = emit_module(&g, &EmitOptions::default()).unwrap();
     let head = text.lines().find(|l| l.contains("@forward")).unwrap();
     let params = head.split("->").next().unwrap();
-    assert_eq!(params.matches("reformc.name").count(), 7);
+    assert_eq!(params.matches("reformc.name").count(), 8);
 }

@@ -120,7 +120,7 @@ impl<'g> Emitter<'g> {
         }
         if let Some(e) = &embedded {
             for (name, v) in g.weights() {
-                let c = crate::weights::constant(g, v, &e.keys[name]);
+                let c = e.constant(g, v, name);
                 self.lines.push(format!("{IND}%v{} = {c}", v.0));
             }
         }
