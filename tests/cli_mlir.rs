@@ -456,3 +456,55 @@ fn an_op_without_a_lowering_is_one_line_naming_it() {
         }
     }
 }
+
+/// The module `compile` writes runs on IREE (CPU and Vulkan) with the inputs
+/// its signature names, and gives the interpreter's output.
+#[test]
+fn the_compiled_module_runs_on_iree_like_the_interpreter() {
+    let s = setup("iree");
+    let (module, want) = (s.dir.path("m.mlir"), s.dir.path("want.npy"));
+    let (code, _, stderr) = reformc(&[
+        &"compile",
+        &s.ir,
+        &"--weights",
+        &s.weights,
+        &"--emit",
+        &"mlir",
+        &"-o",
+        &module,
+        &"-q",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = reformc(&[
+        &"run",
+        &s.ir,
+        &"--weights",
+        &s.weights,
+        &"--input",
+        &s.ids,
+        &"--output",
+        &want,
+        &"--interp",
+        &"-q",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let sig = signature(&s.dir.path("m.mlir.json"));
+    assert_eq!(sig["inputs"][0]["name"], "input_ids");
+    let ids = Tensor::I64(common::read::<i64>(&s.ids));
+    let want = common::read::<f32>(&want);
+    let text = std::fs::read_to_string(&module).unwrap();
+    let iree = common::iree::Iree::find();
+    for device in [common::iree::Device::Cpu, common::iree::Device::Vulkan] {
+        let got = iree
+            .run_module(&text, device, std::slice::from_ref(&ids), 1)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let Tensor::F32(got) = &got[0] else {
+            panic!("{device:?}: not f32")
+        };
+        let d = (got - &want).mapv(f32::abs).fold(0.0f32, |m, &x| m.max(x));
+        assert!(
+            d <= 1e-5,
+            "{device:?}: IREE differs from the interpreter by {d}"
+        );
+    }
+}
