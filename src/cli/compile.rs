@@ -20,7 +20,8 @@ use std::time::Instant;
 /// Arguments of `reformc compile`.
 #[derive(Args, Debug)]
 pub struct CompileArgs {
-    /// Model description: a Hugging Face config.json or a reformc model file.
+    /// Model description: a Hugging Face config.json or a reformc model file
+    /// (with --emit mlir, also IR text: a `.ir` file).
     pub config: PathBuf,
     /// Weights (.safetensors, Hugging Face tensor names): checked now; memory-mapped
     /// from this path at run time (overridable with the executable's --weights), or
