@@ -265,3 +265,57 @@ fn every_fixture_runs_on_iree_llvm_cpu() {
 fn lsh_rounds_padding_and_local_fixtures_run_on_iree_vulkan() {
     through_iree(Some(VULKAN_CASES), Device::Vulkan);
 }
+
+/// The hashing sources other than replayed buckets: rotations given as an
+/// input, and rotations drawn inside the module by the Philox generator
+/// (keyed like the CPU backend, so the same `--seed` gives the interpreter's
+/// draws). `run --backend mlir` must match `run --interp` with the same flags.
+#[test]
+fn rotations_and_seeded_hashing_match_the_interpreter() {
+    for_cases(
+        Some(&["causal_mixed_r2", "noncausal_lsh_r2_after1"]),
+        |case, dir| {
+            let (config, weights, ids, rotations) = (
+                case.dir.join("config.json"),
+                case.dir.join("model.safetensors"),
+                case.dir.join("input_ids.npy"),
+                case.dir.join("lsh_rotations.npy"),
+            );
+            for source in ["rotations", "seeded"] {
+                let mut outs = Vec::new();
+                for engine in [&["--backend", "mlir"][..], &["--interp"]] {
+                    let out = dir.path(&format!("{source}-{}.npy", outs.len()));
+                    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+                        &"run",
+                        &config,
+                        &"--weights",
+                        &weights,
+                        &"--input",
+                        &ids,
+                        &"--output",
+                        &out,
+                        &"--seed",
+                        &"7",
+                        &"-q",
+                    ];
+                    args.extend(engine.iter().map(|e| e as &dyn AsRef<std::ffi::OsStr>));
+                    if source == "rotations" {
+                        args.extend([
+                            &"--lsh-rotations" as &dyn AsRef<std::ffi::OsStr>,
+                            &rotations,
+                        ]);
+                    }
+                    reformc(&args).map_err(|e| format!("{source}, {engine:?}: {e}"))?;
+                    outs.push(common::read::<f32>(&out).mapv(f64::from));
+                }
+                let d = max_abs_diff(&outs[0], &outs[1]);
+                if d > 1e-4 {
+                    return Err(format!(
+                        "{source}: MLIR differs from the interpreter by {d:.2e}"
+                    ));
+                }
+            }
+            Ok(())
+        },
+    );
+}
