@@ -16,6 +16,7 @@ use reformc_ir::{
     Activation, Attr, BinaryFn, DType, Dim, Elementwise, Graph, OpKind, Reduction, TensorType,
     UnaryFn, ValueId,
 };
+use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
 
 const IND: &str = "    ";
@@ -57,6 +58,9 @@ pub(crate) struct Emitter<'g> {
     /// Marks `@forward` with `llvm.emit_c_interface` (for the JIT only: the
     /// emitted module stays free of the `llvm` dialect).
     c_interface: bool,
+    /// The weights' data when they are embedded (`dense_resource` blobs)
+    /// rather than leading arguments.
+    weights: Option<&'g BTreeMap<String, Tensor>>,
 }
 
 impl<'g> Emitter<'g> {
@@ -67,7 +71,15 @@ impl<'g> Emitter<'g> {
             counter: 0,
             syms: BTreeMap::new(),
             c_interface: false,
+            weights: None,
         }
+    }
+
+    /// Embeds `weights` as `dense_resource` constants: `@forward` then takes
+    /// only the runtime inputs.
+    pub(crate) fn with_weights(mut self, weights: &'g BTreeMap<String, Tensor>) -> Self {
+        self.weights = Some(weights);
+        self
     }
 
     /// Asks for the C interface wrapper the ExecutionEngine calls.
@@ -91,7 +103,14 @@ impl<'g> Emitter<'g> {
     /// The whole module.
     pub(crate) fn module(mut self) -> Result<String, MlirError> {
         let g = self.g;
-        let args: Vec<(&str, ValueId)> = g.weights().into_iter().chain(g.inputs()).collect();
+        let embedded = match self.weights {
+            Some(w) => Some(crate::weights::embed(g, w)?),
+            None => None,
+        };
+        let args: Vec<(&str, ValueId)> = match &embedded {
+            Some(_) => g.inputs(),
+            None => g.weights().into_iter().chain(g.inputs()).collect(),
+        };
         let mut params = Vec::new();
         for (name, v) in &args {
             params.push(format!(
@@ -100,6 +119,12 @@ impl<'g> Emitter<'g> {
                 tensor_ty(g.ty(*v)),
                 quote(name)
             ));
+        }
+        if let Some(e) = &embedded {
+            for (name, v) in g.weights() {
+                let c = e.constant(g, v, name);
+                self.lines.push(format!("{IND}%v{} = {c}", v.0));
+            }
         }
         for (_, v) in &args {
             self.bind_syms(*v);
@@ -137,6 +162,9 @@ impl<'g> Emitter<'g> {
             names.join(", "),
             tys.join(", ")
         ));
+        if let Some(e) = &embedded {
+            crate::weights::push_resources(&mut out, &e.blobs);
+        }
         Ok(out)
     }
 
