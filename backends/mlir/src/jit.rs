@@ -14,18 +14,7 @@ use reformc_ir::{DType, Graph};
 use reformc_tensor::Tensor;
 use std::sync::{Arc, Mutex, Once};
 
-/// The lowering from upstream dialects on tensors to the LLVM dialect
-/// (DESIGN.md §8, with `math` functions that have no LLVM intrinsic, such as
-/// `erf`, becoming libm calls).
-pub const CPU_PIPELINE: &str = "builtin.module(one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map},convert-linalg-to-loops,convert-scf-to-cf,expand-strided-metadata,lower-affine,convert-math-to-libm,convert-to-llvm,reconcile-unrealized-casts)";
-
-/// Where Debian's `libmlir-22-dev` puts the C runner utilities.
-/// Each ends in NUL: the C API reads the path as a C string, past the slice's
-/// length otherwise.
-const RUNNER_UTILS: &[&str] = &[
-    "/usr/lib/llvm-22/lib/libmlir_c_runner_utils.so\0",
-    "/usr/lib/llvm-22/lib/libmlir_c_runner_utils.so.22.1\0",
-];
+pub use crate::pipeline::CPU_PIPELINE;
 
 /// Compiles `graph` through [`CPU_PIPELINE`] and runs `@forward` on `args`
 /// (weights then inputs, in the order of the function's arguments), returning
@@ -94,15 +83,7 @@ pub fn jit_run(graph: &Graph, args: &[Tensor]) -> Result<Vec<Tensor>, MlirError>
     parse_pass_pipeline(pm.as_operation_pass_manager(), CPU_PIPELINE)
         .map_err(|e| diag("pipeline", &e))?;
     pm.run(&mut module).map_err(|e| diag("lowering", &e))?;
-    // Strided copies (`memref.copy` of a slice) call `memrefCopy` from MLIR's
-    // C runner utilities; load them when MLIR's library directory has them.
-    let libs: Vec<&str> = RUNNER_UTILS
-        .iter()
-        .copied()
-        .filter(|p| std::path::Path::new(p.trim_end_matches('\0')).exists())
-        .take(1)
-        .collect();
-    let engine = ExecutionEngine::new(&module, 2, &libs, false, false);
+    let engine = crate::pipeline::engine(&module);
     let out = invoke(&engine, &args, &outs).map_err(|e| diag("run", &e));
     context.detach_diagnostic_handler(handler);
     out
@@ -181,6 +162,17 @@ fn invoke(
             DType::Bool => Tensor::Bool(read::<u8>(d, r).mapv(|b| b & 1 != 0)),
         });
     }
+    let descs: Vec<&[i64]> = outs
+        .iter()
+        .scan(0, |at, &(_, r)| {
+            let d = &result[*at..*at + 3 + 2 * r];
+            *at += 3 + 2 * r;
+            Some(d)
+        })
+        .collect();
+    // SAFETY: `@forward`'s results are buffers it hands to the caller
+    // (CPU_PIPELINE's deallocation makes them owned), all copied out above.
+    unsafe { crate::pipeline::free_results(&descs) };
     Ok(out)
 }
 
@@ -201,8 +193,7 @@ fn read<T: Copy>(d: &[i64], rank: usize) -> ArrayD<T> {
             .sum();
         // SAFETY: the memref returned by the compiled function holds `shape`
         // elements of `T` at `offset + sum(index * stride)` from its aligned
-        // pointer; its buffer is never freed (the JIT's malloc'd results leak
-        // by design in this runner, since a result may alias an argument).
+        // pointer (freed by `invoke` only after this copy).
         data.push(unsafe { *base.offset(offset + lin) });
         for k in (0..rank).rev() {
             idx[k] += 1;

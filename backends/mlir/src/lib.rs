@@ -20,6 +20,7 @@
 
 mod emit;
 mod jit;
+mod pipeline;
 mod scalar;
 
 pub use jit::{jit_run, CPU_PIPELINE};
