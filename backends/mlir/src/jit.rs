@@ -33,6 +33,28 @@ pub use crate::pipeline::CPU_PIPELINE;
 /// assert_eq!(y[0], Tensor::F32(arr1(&[2.0f32, 4.0, 6.0]).into_dyn()));
 /// ```
 pub fn jit_run(graph: &Graph, args: &[Tensor]) -> Result<Vec<Tensor>, MlirError> {
+    jit_run_timed(graph, args, 1).map(|(out, _)| out)
+}
+
+/// Times of [`jit_run_timed`]: compilation (emission, pass pipeline,
+/// ExecutionEngine), then each call of `@forward` (copying results out
+/// included).
+#[derive(Clone, Debug)]
+pub struct JitTimes {
+    /// From the graph to a callable `@forward`.
+    pub compile: std::time::Duration,
+    /// One per run.
+    pub runs: Vec<std::time::Duration>,
+}
+
+/// [`jit_run`] that compiles once and runs `runs` (at least one) times,
+/// returning the last run's outputs and the times (for benchmarks).
+pub fn jit_run_timed(
+    graph: &Graph,
+    args: &[Tensor],
+    runs: usize,
+) -> Result<(Vec<Tensor>, JitTimes), MlirError> {
+    let start = std::time::Instant::now();
     let arg_values: Vec<_> = graph.weights().into_iter().chain(graph.inputs()).collect();
     if arg_values.len() != args.len() {
         return Err(MlirError::NotImplemented(format!(
@@ -78,15 +100,26 @@ pub fn jit_run(graph: &Graph, args: &[Tensor]) -> Result<Vec<Tensor>, MlirError>
         let m = messages.lock().map(|m| m.join("; ")).unwrap_or_default();
         MlirError::Verify(format!("{what}: {e} {m}"))
     };
+    let pipeline = crate::pipeline::pipeline();
+    let text = crate::pipeline::prepare(text, &pipeline);
     let mut module = Module::parse(&context, &text).ok_or_else(|| diag("parse", &"failed"))?;
     let pm = PassManager::new(&context);
-    parse_pass_pipeline(pm.as_operation_pass_manager(), CPU_PIPELINE)
+    parse_pass_pipeline(pm.as_operation_pass_manager(), &pipeline)
         .map_err(|e| diag("pipeline", &e))?;
     pm.run(&mut module).map_err(|e| diag("lowering", &e))?;
-    let engine = crate::pipeline::engine(&module);
-    let out = invoke(&engine, &args, &outs).map_err(|e| diag("run", &e));
+    let engine = crate::pipeline::engine(&module, &pipeline);
+    let mut times = JitTimes {
+        compile: start.elapsed(),
+        runs: Vec::new(),
+    };
+    let mut out = Ok(Vec::new());
+    for _ in 0..runs.max(1) {
+        let t = std::time::Instant::now();
+        out = invoke(&engine, &args, &outs).map_err(|e| diag("run", &e));
+        times.runs.push(t.elapsed());
+    }
     context.detach_diagnostic_handler(handler);
-    out
+    out.map(|o| (o, times))
 }
 
 /// `t` in row-major standard layout.

@@ -23,7 +23,7 @@ mod jit;
 mod pipeline;
 mod scalar;
 
-pub use jit::{jit_run, CPU_PIPELINE};
+pub use jit::{jit_run, jit_run_timed, JitTimes, CPU_PIPELINE};
 
 use melior::{
     dialect::DialectRegistry,
