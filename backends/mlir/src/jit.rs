@@ -107,7 +107,8 @@ pub fn jit_run_timed(
     parse_pass_pipeline(pm.as_operation_pass_manager(), &pipeline)
         .map_err(|e| diag("pipeline", &e))?;
     pm.run(&mut module).map_err(|e| diag("lowering", &e))?;
-    let engine = crate::pipeline::engine(&module, &pipeline);
+    let engine = crate::pipeline::engine(&module, &pipeline)
+        .ok_or_else(|| diag("ExecutionEngine", &"creation failed"))?;
     let mut times = JitTimes {
         compile: start.elapsed(),
         runs: Vec::new(),

@@ -40,46 +40,19 @@ pub(crate) fn pipeline() -> String {
     std::env::var("REFORMC_MLIR_PIPELINE").unwrap_or_else(|_| CPU_PIPELINE.to_string())
 }
 
-/// A transform-dialect script that [`prepare`] appends to the module the JIT
-/// compiles (never to the module users get): every contraction generic whose
-/// loops are (batch, m, reduction k, n), as `linear` emits them, is tiled by
-/// 8 rows of m and its loops interchanged to (batch, k, m, n), so that each
-/// row of the right operand is read once per 8 output rows from the L1 cache
-/// instead of once per row. The script is a private nested module, erased
-/// after interpretation by `symbol-dce`.
-const TRANSFORMS: &str = r#"
-  module @reformc_transforms attributes {sym_visibility = "private", transform.with_named_sequence} {
-    transform.named_sequence @match_c4(%op: !transform.any_op {transform.readonly}) -> !transform.any_op {
-      %0 = transform.match.structured failures(propagate) %op : (!transform.any_op) -> !transform.any_op {
-      ^bb0(%s: !transform.any_op):
-        %r = transform.match.structured.rank %s : (!transform.any_op) -> !transform.param<i64>
-        %c = transform.param.constant 4 : i64 -> !transform.param<i64>
-        transform.match.param.cmpi eq %r, %c : !transform.param<i64>
-        transform.match.structured.dim %s[2] {reduction} : !transform.any_op
-        transform.match.structured.dim %s[0, 1, 3] {parallel} : !transform.any_op
-        transform.match.structured.body %s {contraction = ["arith.mulf", "arith.addf"]} : !transform.any_op
-        transform.match.structured.yield %s : !transform.any_op
-      }
-      transform.yield %0 : !transform.any_op
-    }
-    transform.named_sequence @tile_c4(%op: !transform.any_op {transform.consumed}) {
-      %t, %l0, %l1 = transform.structured.tile_using_for %op tile_sizes [1, 8] : (!transform.any_op) -> (!transform.any_op, !transform.any_op, !transform.any_op)
-      %i = transform.structured.interchange %t iterator_interchange = [0, 2, 1, 3] : (!transform.any_op) -> !transform.any_op
-      transform.yield
-    }
-    transform.named_sequence @__transform_main(%root: !transform.any_op {transform.consumed}) {
-      %r = transform.foreach_match in %root @match_c4 -> @tile_c4 : (!transform.any_op) -> !transform.any_op
-      transform.yield
-    }
-  }
-"#;
-
-/// The module text the JIT compiles with `pipeline`: `text` with
-/// [`TRANSFORMS`] appended inside it when the pipeline interprets transforms.
+/// The module text the JIT compiles with `pipeline`: `text`, with the
+/// transform-dialect script of the file named by `REFORMC_MLIR_TRANSFORMS`
+/// appended inside the module when the pipeline interprets transforms (for
+/// experiments, like `REFORMC_MLIR_PIPELINE`; the scripts tried are in
+/// `examples/pipelines/`, each a private nested module that `symbol-dce`
+/// erases after interpretation). The module users get never holds a script.
 pub(crate) fn prepare(text: String, pipeline: &str) -> String {
-    match text.rfind('}') {
-        Some(end) if pipeline.contains("transform-interpreter") => {
-            format!("{}{TRANSFORMS}{}", &text[..end], &text[end..])
+    let script = std::env::var("REFORMC_MLIR_TRANSFORMS")
+        .ok()
+        .and_then(|p| std::fs::read_to_string(p).ok());
+    match (text.rfind('}'), script) {
+        (Some(end), Some(script)) if pipeline.contains("transform-interpreter") => {
+            format!("{}{script}{}", &text[..end], &text[end..])
         }
         _ => text,
     }
@@ -106,7 +79,11 @@ const ASYNC_RUNTIME: &[&str] = &[
 /// An ExecutionEngine for a module lowered by [`CPU_PIPELINE`]. Strided
 /// copies (`memref.copy` of a slice) call `memrefCopy` from MLIR's C runner
 /// utilities; they are loaded when MLIR's library directory has them.
-pub(crate) fn engine(module: &Module, pipeline: &str) -> ExecutionEngine {
+///
+/// `None` when MLIR could not create the engine (the lowered module does not
+/// translate to LLVM IR, e.g. an op a custom pipeline left unlowered): melior
+/// hands back a null engine then, which would crash on the first call.
+pub(crate) fn engine(module: &Module, pipeline: &str) -> Option<ExecutionEngine> {
     let first = |paths: &[&'static str]| {
         paths
             .iter()
@@ -115,6 +92,14 @@ pub(crate) fn engine(module: &Module, pipeline: &str) -> ExecutionEngine {
     };
     let libs: Vec<&str> = first(RUNNER_UTILS).into_iter().collect();
     let engine = ExecutionEngine::new(module, OPT_LEVEL, &libs, false, false);
+    // SAFETY: melior 0.27.8 (pinned) wraps exactly one `MlirExecutionEngine`,
+    // a pointer (checked by the size assertion below); copying it out only
+    // reads it.
+    let raw: *const std::ffi::c_void = unsafe { std::mem::transmute_copy(&engine) };
+    if raw.is_null() {
+        // Dropping a null engine is a no-op in MLIR's C API (`delete nullptr`).
+        return None;
+    }
     if pipeline.contains("async") {
         if let Some(handle) = first(ASYNC_RUNTIME).and_then(async_runtime) {
             for name in ASYNC_SYMBOLS {
@@ -130,8 +115,12 @@ pub(crate) fn engine(module: &Module, pipeline: &str) -> ExecutionEngine {
             }
         }
     }
-    engine
+    Some(engine)
 }
+
+const _: () = assert!(
+    std::mem::size_of::<ExecutionEngine>() == std::mem::size_of::<*const std::ffi::c_void>()
+);
 
 /// The functions of MLIR's async runtime that lowered `async` ops call.
 const ASYNC_SYMBOLS: &[&str] = &[

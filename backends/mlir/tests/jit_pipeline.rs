@@ -89,4 +89,14 @@ fn chunked_loop_and_results_do_not_leak() {
     // loop needs, or the 32 MB that four leaked results would add.
     eprintln!("peak resident set grew by {grown_mb} MB");
     assert!(grown_mb < 96, "peak resident set grew by {grown_mb} MB");
+    // A pipeline that leaves ops LLVM cannot translate: an error, not a crash
+    // on a null ExecutionEngine.
+    // The only test of this binary: nothing else reads the environment.
+    std::env::set_var(
+        "REFORMC_MLIR_PIPELINE",
+        "builtin.module(one-shot-bufferize{bufferize-function-boundaries})",
+    );
+    let err = jit_run(&g, &args(4)).unwrap_err();
+    std::env::remove_var("REFORMC_MLIR_PIPELINE");
+    assert!(err.to_string().contains("ExecutionEngine"), "{err}");
 }
