@@ -34,3 +34,27 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}"
 fi
+# The MLIR backend's tests run emitted modules through IREE (CPU and Vulkan):
+# Mesa's software Vulkan device (llvmpipe), its loader and vulkaninfo from apt,
+# and python3 with venv for IREE's PyPI packages ...
+iree_venv="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.venv-iree"
+extra=()
+dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || extra+=(mesa-vulkan-drivers)
+dpkg -s libvulkan1 >/dev/null 2>&1 || extra+=(libvulkan1)
+command -v vulkaninfo >/dev/null 2>&1 || extra+=(vulkan-tools)
+if [ ! -x "$iree_venv/bin/iree-compile" ] || [ ! -x "$iree_venv/bin/iree-run-module" ]; then
+  command -v python3 >/dev/null 2>&1 || extra+=(python3)
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || extra+=(python3-venv)
+fi
+if [ ${#extra[@]} -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${extra[@]}"
+fi
+# ... and IREE's compiler and runtime 3.13 from PyPI in a project-local venv
+# (git-ignored; the tests find the tools in .venv-iree/bin).
+if [ ! -x "$iree_venv/bin/iree-compile" ] || [ ! -x "$iree_venv/bin/iree-run-module" ]; then
+  python3 -m venv "$iree_venv"
+  "$iree_venv/bin/pip" install --quiet "iree-base-compiler==3.13.*" "iree-base-runtime==3.13.*"
+fi

@@ -19,7 +19,7 @@ enum Command {
     Dump(cli::dump::DumpArgs),
     /// Run a model on token ids and write its output (.npy).
     Run(cli::run::RunArgs),
-    /// Compile a model to an executable, object, shared library, LLVM IR or assembly.
+    /// Compile a model to an executable, object, shared library, LLVM IR, assembly or MLIR.
     Compile(cli::compile::CompileArgs),
     /// Per layer: attention chosen and why, chunk sizes, FLOPs, static peak memory.
     Explain(cli::explain::ExplainArgs),

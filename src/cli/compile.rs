@@ -20,7 +20,8 @@ use std::time::Instant;
 /// Arguments of `reformc compile`.
 #[derive(Args, Debug)]
 pub struct CompileArgs {
-    /// Model description: a Hugging Face config.json or a reformc model file.
+    /// Model description: a Hugging Face config.json or a reformc model file
+    /// (with --emit mlir, also IR text: a `.ir` file).
     pub config: PathBuf,
     /// Weights (.safetensors, Hugging Face tensor names): checked now; memory-mapped
     /// from this path at run time (overridable with the executable's --weights), or
@@ -30,13 +31,21 @@ pub struct CompileArgs {
     /// Output path (for `lib`, the .so; model.h is written beside it).
     #[arg(short, long)]
     pub output: PathBuf,
-    /// What to produce.
-    #[arg(long, value_parser = ["exe", "obj", "lib", "llvm", "asm"], default_value = "exe")]
+    /// What to produce (`mlir`: one module in upstream MLIR dialects, with its
+    /// signature in `<output>.json`).
+    #[arg(long, value_parser = ["exe", "obj", "lib", "llvm", "asm", "mlir"], default_value = "exe")]
     pub emit: String,
     /// How weights reach the model: `mmap` (loaded from the safetensors file at run
-    /// time) or `embed` (compiled into the artifact as constants).
-    #[arg(long, value_parser = ["mmap", "embed"], default_value = "mmap")]
-    pub weights_mode: String,
+    /// time; the default) or `embed` (compiled into the artifact as constants).
+    /// For --emit mlir: `embed` (dense_resource blobs; the default) or `args`
+    /// (leading arguments of @forward, by safetensors name).
+    #[arg(long, value_parser = ["mmap", "embed", "args"])]
+    pub weights_mode: Option<String>,
+    /// For --emit mlir: where LSH hashing decisions come from (inputs
+    /// `lsh_rotations` or `lsh_buckets`, or drawn inside the module).
+    /// Executables carry all three variants.
+    #[arg(long, value_parser = ["seeded", "rotations", "buckets"])]
+    pub lsh_source: Option<String>,
     /// CPU to generate code for (`host`: this machine, with all its features).
     #[arg(long, default_value = "host")]
     pub target_cpu: String,
@@ -115,6 +124,25 @@ fn footprint_line(
 /// Runs the command.
 pub fn run(args: &CompileArgs) -> CliResult<()> {
     let t0 = Instant::now();
+    if args.emit == "mlir" {
+        return super::mlir::compile(args, t0);
+    }
+    let weights_mode = match args.weights_mode.as_deref() {
+        None | Some("mmap") => "mmap",
+        Some("embed") => "embed",
+        Some(other) => {
+            return Err(CliError::input(format!(
+                "--weights-mode {other} applies to --emit mlir; --emit {} takes mmap or embed",
+                args.emit
+            )))
+        }
+    };
+    if args.lsh_source.is_some() {
+        return Err(CliError::input(format!(
+            "--lsh-source applies to --emit mlir; --emit {} carries all three LSH sources (seeded, rotations, buckets), chosen at run time",
+            args.emit
+        )));
+    }
     if super::opt::is_ir(&args.config) {
         // The executable's ABI (vocabulary, padding, length variants) comes from the model config.
         return Err(CliError::input(format!(
@@ -180,7 +208,7 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
         .collect();
     let table = reformc_backend_llvm::weight_table(&graphs)
         .map_err(|e| CliError::internal(e.to_string()))?;
-    let embed = args.weights_mode == "embed";
+    let embed = weights_mode == "embed";
     let mode = if embed {
         let data: CliResult<Vec<Vec<u8>>> = table
             .iter()

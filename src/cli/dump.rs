@@ -4,6 +4,7 @@ use super::error::{CliError, CliResult};
 use super::passes::PassArgs;
 use super::{model, outputs};
 use clap::Args;
+use reformc_backend_mlir::WeightsMode;
 use reformc_frontend::lower::{LowerOptions, LshSource};
 use reformc_ir::DType;
 use std::path::PathBuf;
@@ -16,9 +17,16 @@ pub struct DumpArgs {
     /// Weights (.safetensors): checked against the graph, and their layout (prefix, head) used.
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// Output format.
+    /// Output format of the IR.
     #[arg(long, value_parser = ["text", "dot"], default_value = "text")]
     pub format: String,
+    /// What to print: reformc's IR, or the module `compile --emit mlir` writes.
+    #[arg(long, value_parser = ["ir", "mlir"], default_value = "ir")]
+    pub emit: String,
+    /// For --emit mlir: `embed` (weights as dense_resource blobs, needs
+    /// --weights; the default) or `args` (weights as leading arguments).
+    #[arg(long, value_parser = ["embed", "args"])]
+    pub weights_mode: Option<String>,
     /// Write to this file instead of standard output.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
@@ -45,6 +53,21 @@ pub fn run(args: &DumpArgs) -> CliResult<()> {
         outputs::guard("--output", out, &inputs)?;
     }
     args.passes.guard_outputs(&inputs)?;
+    let mlir = args.emit == "mlir";
+    let mode = super::mlir::weights_mode(args.weights_mode.as_deref())?;
+    if !mlir && args.weights_mode.is_some() {
+        return Err(CliError::input("--weights-mode applies to --emit mlir"));
+    }
+    if mlir && args.format != "text" {
+        return Err(CliError::input(
+            "--format applies to --emit ir; --emit mlir prints MLIR text",
+        ));
+    }
+    if mlir && mode == WeightsMode::Embed && args.weights.is_none() {
+        return Err(CliError::input(
+            "--emit mlir embeds the weights: pass --weights model.safetensors, or --weights-mode args",
+        ));
+    }
     let m = model::load(&args.config, args.weights.as_deref(), args.lm_head_bias)?;
     let lsh_source = match args.lsh_source.as_str() {
         "rotations" => LshSource::Rotations,
@@ -62,11 +85,13 @@ pub fn run(args: &DumpArgs) -> CliResult<()> {
         lsh_source,
         seq_len,
     })?;
-    if m.weights.is_some() {
-        m.weight_tensors(&lowered)?;
-    }
+    let weights = match m.weights {
+        Some(_) => m.weight_tensors(&lowered)?,
+        None => Default::default(),
+    };
     args.passes.optimize(&mut lowered.graph, &m.spec, seq_len)?;
     let text = match args.format.as_str() {
+        _ if mlir => super::mlir::module_text(&lowered.graph, mode, &weights, &args.config)?,
         "dot" => reformc_ir::to_dot(&lowered.graph),
         _ => reformc_ir::print(&lowered.graph),
     };

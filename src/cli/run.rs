@@ -40,8 +40,13 @@ pub struct RunArgs {
     pub seed: i64,
     /// Use the reference interpreter instead of the LLVM JIT (the default engine;
     /// f64 runs always use the interpreter: the runtime kernels are f32).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "backend")]
     pub interp: bool,
+    /// The compiled engine: `llvm` (reformc's LLVM JIT, the default) or `mlir`
+    /// (the module `compile --emit mlir` writes, weights embedded, through
+    /// reformc's MLIR CPU pipeline and MLIR's ExecutionEngine).
+    #[arg(long, value_parser = ["llvm", "mlir"])]
+    pub backend: Option<String>,
     /// Time every op of the JIT-compiled model and print a table by op kind and
     /// the slowest ops to stderr.
     #[arg(long)]
@@ -136,12 +141,7 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
     }
     // Passes run once every input is read and checked, so bad input fails fast and alone.
     args.passes.optimize(&mut lowered.graph, spec, seq_len)?;
-    let (outputs, engine) = run_engine(
-        (args.interp, args.profile),
-        &lowered.graph,
-        &inputs,
-        &weights,
-    )?;
+    let (outputs, engine) = engine(args, &lowered.graph, &inputs, &weights)?;
     let what = if matches!(spec.head, HeadSpec::None) {
         "last hidden state"
     } else {
@@ -282,6 +282,23 @@ fn read_buckets(
         .map_err(|e| CliError::input(format!("{}: LSH buckets: {e}", path.display())))?;
     b.into_shape_with_order(IxDyn(&[n, batch, h, r, padded]))
         .map_err(|e| CliError::internal(format!("{}: LSH buckets: {e}", path.display())))
+}
+
+/// The engine `--backend` names: the MLIR CPU pipeline for `mlir`, otherwise
+/// [`run_engine`]'s choice.
+pub(super) fn engine(
+    args: &RunArgs,
+    graph: &reformc_ir::Graph,
+    inputs: &BTreeMap<String, Tensor>,
+    weights: &BTreeMap<String, Tensor>,
+) -> CliResult<(BTreeMap<String, Tensor>, &'static str)> {
+    if args.backend.as_deref() != Some("mlir") {
+        return run_engine((args.interp, args.profile), graph, inputs, weights);
+    }
+    if args.profile {
+        eprintln!("warning: --profile times the LLVM JIT only; the MLIR pipeline is not profiled");
+    }
+    super::mlir::run_engine(graph, inputs, weights, &args.config)
 }
 
 /// The engine switch: the LLVM JIT by default, the reference interpreter with

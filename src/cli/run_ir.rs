@@ -39,7 +39,7 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
     let mut opts = args.passes.options_without_model();
     opts.seq_len = opts.seq_len.or(Some(seq_len(&feeds)));
     args.passes.run_pipeline(&mut g, &opts, Some(file))?;
-    let (outputs, engine) = run::run_engine((args.interp, args.profile), &g, &feeds, &weights)?;
+    let (outputs, engine) = run::engine(args, &g, &feeds, &weights)?;
     run::write_outputs(args, outputs, engine, "output")
 }
 

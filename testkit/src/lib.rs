@@ -3,6 +3,7 @@
 //! and bound to graphs the way every engine's tests need them, and the small
 //! generic helpers around them (`.npy` files, differences, interpreter runs).
 
+pub mod iree;
 pub mod mutate;
 pub mod random_graph;
 pub mod random_model;

@@ -2,7 +2,7 @@
 //! loops and the LLVM dialect by melior's pass manager, and run by MLIR's
 //! ExecutionEngine.
 
-use crate::{emit, scalar, MlirError};
+use crate::{emit, scalar, MlirError, WeightsMode};
 use melior::{
     ir::Module,
     pass::PassManager,
@@ -12,7 +12,9 @@ use melior::{
 use ndarray::{ArrayD, IxDyn};
 use reformc_ir::{DType, Graph};
 use reformc_tensor::Tensor;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Once};
+use std::time::Instant;
 
 pub use crate::pipeline::CPU_PIPELINE;
 
@@ -55,7 +57,74 @@ pub fn jit_run_timed(
     runs: usize,
 ) -> Result<(Vec<Tensor>, JitTimes), MlirError> {
     let start = std::time::Instant::now();
-    let arg_values: Vec<_> = graph.weights().into_iter().chain(graph.inputs()).collect();
+    let args = checked_args(graph, WeightsMode::Args, args)?;
+    let text = emit::Emitter::new(graph).with_c_interface().module()?;
+    run_text(&text, &args, &result_types(graph), false, runs, start)
+}
+
+/// [`jit_run`] with the weights embedded in the module (`--weights-mode
+/// embed`): `inputs` are the runtime inputs only, in graph order.
+///
+/// ```
+/// use ndarray::arr1;
+/// use reformc_tensor::Tensor;
+/// let g = reformc_ir::parse(
+///     "graph {\n  %0 = input {name=\"x\"} : f32[N]\n  %1 = weight {name=\"w\"} : f32[3]\n  %2 = mul %0, %1 : f32[N]\n  output \"y\" = %2\n}\n",
+/// )
+/// .unwrap();
+/// let mut w = std::collections::BTreeMap::new();
+/// w.insert("w".to_string(), Tensor::F32(arr1(&[1.0f32, 2.0, 3.0]).into_dyn()));
+/// let x = Tensor::F32(arr1(&[1.0f32, 1.0, 2.0]).into_dyn());
+/// let y = reformc_backend_mlir::jit_run_with_weights(&g, &w, &[x]).unwrap();
+/// assert_eq!(y[0], Tensor::F32(arr1(&[1.0f32, 2.0, 6.0]).into_dyn()));
+/// ```
+pub fn jit_run_with_weights(
+    graph: &Graph,
+    weights: &BTreeMap<String, Tensor>,
+    inputs: &[Tensor],
+) -> Result<Vec<Tensor>, MlirError> {
+    let inputs = checked_args(graph, WeightsMode::Embed, inputs)?;
+    let text = emit::Emitter::new(graph)
+        .with_weights(weights)
+        .with_c_interface()
+        .module()?;
+    run_text(
+        &text,
+        &inputs,
+        &result_types(graph),
+        false,
+        1,
+        Instant::now(),
+    )
+    .map(|(o, _)| o)
+}
+
+/// Runs a module already emitted for `graph` in `mode` (the text
+/// [`crate::emit_module_with_weights`] returned, possibly saved and read
+/// back): `args` are the weights then the inputs with `args`, the inputs
+/// alone with `embed`. The C interface the engine calls is requested here
+/// (`llvm-request-c-wrappers`), so the text needs no `llvm` attribute.
+pub fn jit_run_emitted(
+    graph: &Graph,
+    mode: WeightsMode,
+    text: &str,
+    args: &[Tensor],
+) -> Result<Vec<Tensor>, MlirError> {
+    let args = checked_args(graph, mode, args)?;
+    run_text(text, &args, &result_types(graph), true, 1, Instant::now()).map(|(o, _)| o)
+}
+
+/// `args` in standard layout, once checked against the arguments of
+/// `@forward` in `mode` (count, dtype and rank of each).
+fn checked_args(
+    graph: &Graph,
+    mode: WeightsMode,
+    args: &[Tensor],
+) -> Result<Vec<Tensor>, MlirError> {
+    let arg_values: Vec<_> = match mode {
+        WeightsMode::Args => graph.weights().into_iter().chain(graph.inputs()).collect(),
+        WeightsMode::Embed => graph.inputs(),
+    };
     if arg_values.len() != args.len() {
         return Err(MlirError::NotImplemented(format!(
             "jit_run: {} arguments given, the graph takes {}",
@@ -77,12 +146,29 @@ pub fn jit_run_timed(
             )));
         }
     }
-    let outs: Vec<(DType, usize)> = graph
+    Ok(args)
+}
+
+/// Dtype and rank of each result of `@forward`.
+fn result_types(graph: &Graph) -> Vec<(DType, usize)> {
+    graph
         .outputs
         .iter()
         .map(|(_, v)| (graph.ty(*v).dtype, graph.ty(*v).rank()))
-        .collect();
-    let text = emit::Emitter::new(graph).with_c_interface().module()?;
+        .collect()
+}
+
+/// Lowers module `text` through [`CPU_PIPELINE`] (after
+/// `llvm-request-c-wrappers` when `request_wrappers`) and calls `@forward`
+/// `runs` times (at least once); compilation is timed from `start`.
+fn run_text(
+    text: &str,
+    args: &[Tensor],
+    outs: &[(DType, usize)],
+    request_wrappers: bool,
+    runs: usize,
+    start: Instant,
+) -> Result<(Vec<Tensor>, JitTimes), MlirError> {
     let context = crate::context();
     register_all_llvm_translations(&context);
     static PASSES: Once = Once::new();
@@ -101,8 +187,17 @@ pub fn jit_run_timed(
         MlirError::Verify(format!("{what}: {e} {m}"))
     };
     let pipeline = crate::pipeline::pipeline();
-    let text = crate::pipeline::prepare(text, &pipeline);
+    let text = crate::pipeline::prepare(text.to_string(), &pipeline);
     let mut module = Module::parse(&context, &text).ok_or_else(|| diag("parse", &"failed"))?;
+    if request_wrappers {
+        let pm = PassManager::new(&context);
+        parse_pass_pipeline(
+            pm.as_operation_pass_manager(),
+            "builtin.module(func.func(llvm-request-c-wrappers))",
+        )
+        .map_err(|e| diag("pipeline", &e))?;
+        pm.run(&mut module).map_err(|e| diag("c wrappers", &e))?;
+    }
     let pm = PassManager::new(&context);
     parse_pass_pipeline(pm.as_operation_pass_manager(), &pipeline)
         .map_err(|e| diag("pipeline", &e))?;
@@ -115,8 +210,8 @@ pub fn jit_run_timed(
     };
     let mut out = Ok(Vec::new());
     for _ in 0..runs.max(1) {
-        let t = std::time::Instant::now();
-        out = invoke(&engine, &args, &outs).map_err(|e| diag("run", &e));
+        let t = Instant::now();
+        out = invoke(&engine, args, outs).map_err(|e| diag("run", &e));
         times.runs.push(t.elapsed());
     }
     context.detach_diagnostic_handler(handler);

@@ -22,8 +22,13 @@ mod emit;
 mod jit;
 mod pipeline;
 mod scalar;
+mod signature;
+mod weights;
 
-pub use jit::{jit_run, jit_run_timed, JitTimes, CPU_PIPELINE};
+pub use jit::{
+    jit_run, jit_run_emitted, jit_run_timed, jit_run_with_weights, JitTimes, CPU_PIPELINE,
+};
+pub use signature::signature_json;
 
 use melior::{
     dialect::DialectRegistry,
@@ -32,6 +37,8 @@ use melior::{
     Context,
 };
 use reformc_ir::{Graph, OpKind, ValueId};
+use reformc_tensor::Tensor;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 /// How weights reach the module.
@@ -41,8 +48,9 @@ pub enum WeightsMode {
     /// `reformc.name` argument attribute) by its safetensors name.
     #[default]
     Args,
-    /// Weights inside the module as `dense_resource` blobs (not implemented yet:
-    /// [`emit_module`] returns [`MlirError::NotImplemented`]).
+    /// Weights inside the module: each an `arith.constant dense_resource<key>`
+    /// whose bytes are in the module's `dialect_resources` section, so that
+    /// `@forward` takes only the runtime inputs ([`emit_module_with_weights`]).
     Embed,
 }
 
@@ -77,6 +85,10 @@ pub enum MlirError {
     /// A feature of the interface that this backend does not have yet.
     #[error("not implemented in the MLIR backend: {0}")]
     NotImplemented(String),
+    /// The weights given to embed do not match the graph's (a missing tensor,
+    /// or another dtype or shape): the message names the tensor.
+    #[error("{0}")]
+    Weights(String),
     /// The emitted text did not parse or verify (a bug in the lowering).
     #[error("MLIR module does not verify: {0}")]
     Verify(String),
@@ -97,25 +109,64 @@ impl MlirError {
 /// whose results are the graph's outputs. Symbolic dimensions become dynamic
 /// (`?`) dimensions, read from the arguments with `tensor.dim`.
 ///
-/// Every op kind is handled by one exhaustive `match`; an op without a lowering
-/// gives [`MlirError::Unsupported`] naming it.
+/// Every op kind is handled by one exhaustive `match`. An op the lowering
+/// cannot take as given (attributes or types it does not handle) gives
+/// [`MlirError::Invalid`] naming it, and an op without a lowering (today only
+/// a region argument outside its region) [`MlirError::Unsupported`]: never
+/// invalid MLIR.
 ///
 /// ```
 /// use reformc_backend_mlir::{emit_module, EmitOptions, MlirError};
+/// // An embedding table whose row count is only known at run time.
 /// let g = reformc_ir::parse(
-///     "graph {\n  %0 = input {name=\"x\"} : f32[B,L]\n  %1 = argsort %0 {axis=1} : i64[B,L]\n  output \"y\" = %1\n}\n",
+///     "graph {\n  %0 = input {name=\"ids\"} : i64[B,L]\n  %1 = input {name=\"table\"} : f32[V,8]\n  %2 = embedding %0, %1 : f32[B,L,8]\n  output \"y\" = %2\n}\n",
 /// )
 /// .unwrap();
 /// let err = emit_module(&g, &EmitOptions::default()).unwrap_err();
-/// assert!(matches!(err, MlirError::Unsupported { .. }));
-/// assert!(err.to_string().contains("argsort"));
+/// assert!(matches!(err, MlirError::Invalid { .. }));
+/// assert!(err.to_string().contains("embedding"));
 /// ```
 pub fn emit_module(graph: &Graph, opts: &EmitOptions) -> Result<String, MlirError> {
+    emit_module_with_weights(graph, opts, &BTreeMap::new())
+}
+
+/// [`emit_module`] with the weights' data, which `embed` mode puts into the
+/// module as `dense_resource` blobs (`args` mode only checks them). Every
+/// weight of `graph` must be in `weights` with the graph's dtype and shape;
+/// otherwise [`MlirError::Weights`] names the tensor, expected against found.
+///
+/// ```
+/// use ndarray::arr1;
+/// use reformc_backend_mlir::{emit_module_with_weights, verify_module, EmitOptions, WeightsMode};
+/// use reformc_tensor::Tensor;
+/// let g = reformc_ir::parse(
+///     "graph {\n  %0 = input {name=\"x\"} : f32[N,2]\n  %1 = weight {name=\"b\"} : f32[2]\n  %2 = add %0, %1 : f32[N,2]\n  output \"y\" = %2\n}\n",
+/// )
+/// .unwrap();
+/// let opts = EmitOptions { weights_mode: WeightsMode::Embed };
+/// let mut w = std::collections::BTreeMap::new();
+/// w.insert("b".to_string(), Tensor::F32(arr1(&[1.0f32, 2.0]).into_dyn()));
+/// let text = emit_module_with_weights(&g, &opts, &w).unwrap();
+/// assert!(text.contains("dense_resource<b>"));
+/// assert!(text.contains("b: \"0x040000000000803F00000040\""));
+/// verify_module(&text).unwrap();
+/// w.insert("b".to_string(), Tensor::F32(arr1(&[1.0f32]).into_dyn()));
+/// let err = emit_module_with_weights(&g, &opts, &w).unwrap_err();
+/// assert_eq!(err.to_string(), "weight `b`: expected f32[2], found f32[1]");
+/// ```
+pub fn emit_module_with_weights(
+    graph: &Graph,
+    opts: &EmitOptions,
+    weights: &BTreeMap<String, Tensor>,
+) -> Result<String, MlirError> {
     match opts.weights_mode {
-        WeightsMode::Args => emit::Emitter::new(graph).module(),
-        WeightsMode::Embed => Err(MlirError::NotImplemented(
-            "--weights-mode embed (use args)".into(),
-        )),
+        WeightsMode::Args => {
+            if !weights.is_empty() {
+                weights::check(graph, weights)?;
+            }
+            emit::Emitter::new(graph).module()
+        }
+        WeightsMode::Embed => emit::Emitter::new(graph).with_weights(weights).module(),
     }
 }
 

@@ -10,7 +10,8 @@ impl Emitter<'_> {
         self.lsh_hash_tiled(v)
     }
 
+    /// `lsh_attention`: see `lsh_attention.rs`.
     pub(super) fn lsh_attention(&mut self, v: ValueId) -> Result<String, MlirError> {
-        Err(self.unsupported(v))
+        self.lower_lsh_attention(v)
     }
 }

@@ -3,6 +3,7 @@
 mod attention;
 mod indexing;
 mod lsh;
+mod lsh_attention;
 mod lsh_hash;
 mod model;
 mod philox;
@@ -15,6 +16,7 @@ use reformc_ir::{
     Activation, Attr, BinaryFn, DType, Dim, Elementwise, Graph, OpKind, Reduction, TensorType,
     UnaryFn, ValueId,
 };
+use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
 
 const IND: &str = "    ";
@@ -56,6 +58,9 @@ pub(crate) struct Emitter<'g> {
     /// Marks `@forward` with `llvm.emit_c_interface` (for the JIT only: the
     /// emitted module stays free of the `llvm` dialect).
     c_interface: bool,
+    /// The weights' data when they are embedded (`dense_resource` blobs)
+    /// rather than leading arguments.
+    weights: Option<&'g BTreeMap<String, Tensor>>,
 }
 
 impl<'g> Emitter<'g> {
@@ -66,7 +71,15 @@ impl<'g> Emitter<'g> {
             counter: 0,
             syms: BTreeMap::new(),
             c_interface: false,
+            weights: None,
         }
+    }
+
+    /// Embeds `weights` as `dense_resource` constants: `@forward` then takes
+    /// only the runtime inputs.
+    pub(crate) fn with_weights(mut self, weights: &'g BTreeMap<String, Tensor>) -> Self {
+        self.weights = Some(weights);
+        self
     }
 
     /// Asks for the C interface wrapper the ExecutionEngine calls.
@@ -90,7 +103,14 @@ impl<'g> Emitter<'g> {
     /// The whole module.
     pub(crate) fn module(mut self) -> Result<String, MlirError> {
         let g = self.g;
-        let args: Vec<(&str, ValueId)> = g.weights().into_iter().chain(g.inputs()).collect();
+        let embedded = match self.weights {
+            Some(w) => Some(crate::weights::embed(g, w)?),
+            None => None,
+        };
+        let args: Vec<(&str, ValueId)> = match &embedded {
+            Some(_) => g.inputs(),
+            None => g.weights().into_iter().chain(g.inputs()).collect(),
+        };
         let mut params = Vec::new();
         for (name, v) in &args {
             params.push(format!(
@@ -99,6 +119,12 @@ impl<'g> Emitter<'g> {
                 tensor_ty(g.ty(*v)),
                 quote(name)
             ));
+        }
+        if let Some(e) = &embedded {
+            for (name, v) in g.weights() {
+                let c = e.constant(g, v, name);
+                self.lines.push(format!("{IND}%v{} = {c}", v.0));
+            }
         }
         for (_, v) in &args {
             self.bind_syms(*v);
@@ -136,6 +162,9 @@ impl<'g> Emitter<'g> {
             names.join(", "),
             tys.join(", ")
         ));
+        if let Some(e) = &embedded {
+            crate::weights::push_resources(&mut out, &e.blobs);
+        }
         Ok(out)
     }
 
@@ -741,7 +770,13 @@ impl<'g> Emitter<'g> {
         if dynamic_out > 1 {
             return self.reshape_by_index(v, x, &x_ty, &out_ty);
         }
-        let flat_dyn = tensor_of(&[Dim::sym("n")], d);
+        // `expand_shape` wants a static source where the output is all
+        // static, and a dynamic one where an output axis is dynamic.
+        let out_n: Option<u64> = out_ty.shape.iter().map(Dim::as_const).product();
+        let flat_dyn = match out_n {
+            Some(n) => tensor_of(&[Dim::Const(n)], d),
+            None => tensor_of(&[Dim::sym("n")], d),
+        };
         let mut flat = format!("%v{}", x.0);
         if x_ty.rank() == 0 {
             flat = self.def(format!(

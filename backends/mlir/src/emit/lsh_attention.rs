@@ -1,0 +1,685 @@
+//! LSH attention (`lsh_attention`, shared query/keys) in upstream ops,
+//! following `interp/src/attention.rs` step for step.
+//!
+//! Per (batch, head), with `r` rounds and `N = r L` hashed positions:
+//! 1. the bucket ids `[B, H, r, L]` are viewed as `[B, H, N]` (round-major,
+//!    HF's order) and sorted by (bucket, index) with the bitonic network of
+//!    `sort.rs`, giving the permutation `perm`; `spos = perm mod L` are the
+//!    original positions of the sorted slots;
+//! 2. queries are gathered into sorted order (`[B, H, N, d]`, viewed as
+//!    `[B, H, N / chunk, chunk, d]` blocks); for each block, the
+//!    length-normalised scaled keys and the values of its window, the
+//!    `W = (before + 1 + after) chunk` slots of chunks `c - before ..= c + after`
+//!    (mod the chunk count), are gathered once into `[B, H, N / chunk, W, d]`;
+//! 3. logits `[B, H, N / chunk, chunk, W]` as a batched contraction, the
+//!    padding, causal and self masks by original positions, the row max, sum
+//!    of exponentials and probabilities, and the outputs as a second
+//!    contraction with the window values;
+//! 4. `inv = argsort(perm)` undoes the sort, and the rounds of each position
+//!    combine weighted by the softmax of their log-sum-exps, written straight
+//!    into the `[B, L, H d]` result.
+//!
+//! Everything is O(N W d) work and O(N W) memory; nothing is `[L, L]`. A
+//! length up to `chunk` takes the interpreter's other branch, full attention
+//! over the whole (short) sequence as one block, chosen at run time with
+//! `scf.if` (at emit time when the length is a constant).
+
+use super::sort::{ident, loop_indices, operand, Shp, Sz};
+use super::{tensor_ty, Emitter};
+use crate::scalar::{elt, literal, Body};
+use crate::MlirError;
+use reformc_ir::{DType, ValueId};
+
+/// Logit of masked (padding or causal) keys, the interpreter's `MASK_VALUE`.
+const MASK_VALUE: f64 = -1e9;
+/// Logit of a query's own position, the interpreter's `SELF_MASK_VALUE`.
+const SELF_MASK_VALUE: f64 = -1e5;
+
+/// What the lowering of one `lsh_attention` op needs everywhere.
+struct Lsh {
+    /// Float dtype of the activations.
+    dt: DType,
+    heads: u64,
+    /// Head width.
+    d: u64,
+    chunk: u64,
+    before: u64,
+    after: u64,
+    causal: bool,
+    rounds: u64,
+    /// Batch and length sizes.
+    b: Sz,
+    l: Sz,
+    /// `qk` and `v` viewed as `[B, L, H, d]`.
+    qk4: String,
+    v4: String,
+    /// Length-normalised keys divided by sqrt(d), `[B, L, H, d]`.
+    keys4: String,
+    /// The padding mask `[B, L]` and its element type, when given.
+    mask: Option<(String, String, &'static str)>,
+}
+
+impl Lsh {
+    fn e(&self) -> &'static str {
+        elt(self.dt)
+    }
+
+    /// `[B, L, H, d]`.
+    fn split_shape(&self) -> Shp {
+        Shp(vec![
+            self.b.clone(),
+            self.l.clone(),
+            Sz::Const(self.heads),
+            Sz::Const(self.d),
+        ])
+    }
+
+    /// `[B, H, n]`.
+    fn rows(&self, n: &Sz) -> Shp {
+        Shp(vec![self.b.clone(), Sz::Const(self.heads), n.clone()])
+    }
+
+    /// `[B, H, n, last]`.
+    fn rows_by(&self, n: &Sz, last: &Sz) -> Shp {
+        Shp(vec![
+            self.b.clone(),
+            Sz::Const(self.heads),
+            n.clone(),
+            last.clone(),
+        ])
+    }
+}
+
+/// Which sorted slots the queries of a block attend to.
+enum Window {
+    /// All `W` slots, in order (full attention: one block).
+    All,
+    /// The chunks around the block's own: slot `w` of the window of block
+    /// `c` is `((c + w / chunk + off) mod n_chunks) chunk + w mod chunk` with
+    /// `off = n_chunks (before + 1) - before` (never negative).
+    Chunks {
+        chunk: String,
+        n_chunks: String,
+        off: String,
+    },
+}
+
+impl Window {
+    /// The key slot of window entry `w` of block `c` (both `index`).
+    fn slot(&self, b: &mut Body, c: &str, w: &str) -> String {
+        match self {
+            Window::All => w.to_string(),
+            Window::Chunks {
+                chunk,
+                n_chunks,
+                off,
+            } => {
+                let wc = b.def(format!("arith.divui {w}, {chunk} : index"));
+                let wi = b.def(format!("arith.remui {w}, {chunk} : index"));
+                let k = b.def(format!("arith.addi {c}, {wc} : index"));
+                let k = b.def(format!("arith.addi {k}, {off} : index"));
+                let k = b.def(format!("arith.remui {k}, {n_chunks} : index"));
+                let k = b.def(format!("arith.muli {k}, {chunk} : index"));
+                b.def(format!("arith.addi {k}, {wi} : index"))
+            }
+        }
+    }
+}
+
+/// The blocking of the sorted slots: `n = nc qc` slots in `nc` blocks of
+/// `qc` queries, each attending to the `w` slots of its window.
+struct Blocks {
+    /// Sorted queries, `[B, H, n, d]`.
+    q: String,
+    /// The original position (`i64`) of each slot, `[B, H, n]`.
+    pos: String,
+    n: Sz,
+    nc: Sz,
+    qc: Sz,
+    w: Sz,
+    window: Window,
+}
+
+/// Outputs of the block attention: per slot, the normalised output
+/// `[B, H, N, d]` and its log-sum-exp as (max, sum of exponentials) `[B, H, N]`.
+struct Attended {
+    o: String,
+    max: String,
+    sum: String,
+}
+
+impl Emitter<'_> {
+    /// Lowers `lsh_attention(qk, v, buckets[, mask])`.
+    pub(super) fn lower_lsh_attention(&mut self, v: ValueId) -> Result<String, MlirError> {
+        let ctx = self.lsh_context(v)?;
+        let node = self.g.node(v);
+        let out_ty = tensor_ty(&node.ty);
+        let buckets = node.inputs[2];
+        if let Sz::Const(l) = ctx.l {
+            // A known length takes one branch at emit time (no dead `[L, L]`
+            // types in the module).
+            if l <= ctx.chunk {
+                let full = self.lsh_full_branch(&ctx);
+                return Ok(self.alias(&full, &out_ty));
+            }
+            if (l * ctx.rounds) % ctx.chunk != 0 {
+                return Err(MlirError::invalid(
+                    self.g,
+                    v,
+                    "rounds x length is not a multiple of the chunk length",
+                ));
+            }
+            let lsh = self.lsh_sorted_branch(&ctx, buckets);
+            return Ok(self.alias(&lsh, &out_ty));
+        }
+        let l = self.sz_val(&ctx.l);
+        let chunk = self.idx_const(ctx.chunk);
+        let short = self.def(format!("arith.cmpi ule, {l}, {chunk} : index"));
+        let r = self.fresh();
+        self.lines
+            .push(format!("    {r} = scf.if {short} -> ({out_ty}) {{"));
+        let full = self.lsh_full_branch(&ctx);
+        let full = self.def(format!("tensor.cast {full} : {out_ty} to {out_ty}"));
+        self.lines
+            .push(format!("    scf.yield {full} : {out_ty}\n    }} else {{"));
+        let lsh = self.lsh_sorted_branch(&ctx, buckets);
+        let lsh = self.def(format!("tensor.cast {lsh} : {out_ty} to {out_ty}"));
+        self.lines
+            .push(format!("    scf.yield {lsh} : {out_ty}\n    }}"));
+        Ok(self.alias(&r, &out_ty))
+    }
+
+    /// Checks the operands and attributes and builds the shared values.
+    fn lsh_context(&mut self, v: ValueId) -> Result<Lsh, MlirError> {
+        let node = self.g.node(v);
+        let (qk, vv, bk) = (node.inputs[0], node.inputs[1], node.inputs[2]);
+        let q_ty = self.g.ty(qk).clone();
+        let b_ty = self.g.ty(bk).clone();
+        let dt = q_ty.dtype;
+        if !matches!(dt, DType::F32 | DType::F64) || q_ty.rank() != 3 {
+            return Err(MlirError::invalid(
+                self.g,
+                v,
+                "needs f32/f64 [B,L,H*d] operands",
+            ));
+        }
+        if b_ty.rank() != 4 || !b_ty.dtype.is_int() {
+            return Err(MlirError::invalid(
+                self.g,
+                v,
+                "buckets must be integer [B,H,r,L]",
+            ));
+        }
+        let heads = self.nonneg(v, "heads")?;
+        let chunk = self.nonneg(v, "chunk")?;
+        let width = q_ty.shape[2].as_const();
+        let rounds = b_ty.shape[2].as_const();
+        let (Some(width), Some(rounds)) = (width, rounds) else {
+            return Err(MlirError::invalid(
+                self.g,
+                v,
+                "the width and the round count must be constants",
+            ));
+        };
+        if heads == 0 || chunk == 0 || rounds == 0 || width % heads != 0 {
+            return Err(MlirError::invalid(
+                self.g,
+                v,
+                "heads, chunk and rounds must be positive, heads dividing the width",
+            ));
+        }
+        let s = self.shp_of(qk);
+        let mut ctx = Lsh {
+            dt,
+            heads,
+            d: width / heads,
+            chunk,
+            before: self.nonneg(v, "before")?,
+            after: self.nonneg(v, "after")?,
+            causal: node.op.flag("causal"),
+            rounds,
+            b: s.0[0].clone(),
+            l: s.0[1].clone(),
+            qk4: String::new(),
+            v4: String::new(),
+            keys4: String::new(),
+            mask: None,
+        };
+        if let Some(&m) = node.inputs.get(3) {
+            let m_ty = self.g.ty(m);
+            ctx.mask = Some((format!("%v{}", m.0), tensor_ty(m_ty), elt(m_ty.dtype)));
+        }
+        let e = ctx.e();
+        let split = ctx.split_shape();
+        let from = s.ty(e);
+        let to = split.ty(e);
+        let sizes = split.mixed_list();
+        ctx.qk4 = self.def(format!(
+            "tensor.expand_shape %v{}[[0], [1], [2, 3]] output_shape [{sizes}] : {from} into {to}",
+            qk.0
+        ));
+        ctx.v4 = self.def(format!(
+            "tensor.expand_shape %v{}[[0], [1], [2, 3]] output_shape [{sizes}] : {from} into {to}",
+            vv.0
+        ));
+        ctx.keys4 = self.lsh_norm_keys(&ctx);
+        Ok(ctx)
+    }
+
+    /// HF's `_len_norm` then division by sqrt(d), as `scaled_keys`:
+    /// `x / sqrt(mean(x^2) + 1e-6) / sqrt(d)` per (b, l, h).
+    fn lsh_norm_keys(&mut self, c: &Lsh) -> String {
+        let (dt, e) = (c.dt, c.e());
+        let split = c.split_shape();
+        let rows = Shp(split.0[..3].to_vec());
+        let zero = literal(dt, 0.0);
+        let init = self.shp_filled(&rows, e, &zero);
+        let ins = [operand(&c.qk4, &split.ty(e), &ident(4))];
+        let out = operand(&init, &rows.ty(e), &["d0", "d1", "d2"]);
+        let iters = ["parallel", "parallel", "parallel", "reduction"];
+        let ss = self.generic(&ins, out, &iters, e, |b, a| {
+            let sq = b.def(format!("arith.mulf {}, {} : {e}", a[0], a[0]));
+            b.def(format!("arith.addf {}, {sq} : {e}", a[1]))
+        });
+        let init = self.shp_empty(&split, e);
+        let ins = [
+            operand(&c.qk4, &split.ty(e), &ident(4)),
+            operand(&ss, &rows.ty(e), &["d0", "d1", "d2"]),
+        ];
+        let out = operand(&init, &split.ty(e), &ident(4));
+        let width = c.d as f64;
+        let div = 1.0 / (1.0 / width.sqrt());
+        self.generic(&ins, out, &["parallel"; 4], e, |b, a| {
+            let n = b.constant(dt, width);
+            let eps = b.constant(dt, 1e-6);
+            let one = b.constant(dt, 1.0);
+            let div = b.constant(dt, div);
+            let ms = b.def(format!("arith.divf {}, {n} : {e}", a[1]));
+            let ms = b.def(format!("arith.addf {ms}, {eps} : {e}"));
+            let rt = b.def(format!("math.sqrt {ms} : {e}"));
+            let inv = b.def(format!("arith.divf {one}, {rt} : {e}"));
+            let x = b.def(format!("arith.mulf {}, {inv} : {e}", a[0]));
+            b.def(format!("arith.divf {x}, {div} : {e}"))
+        })
+    }
+
+    /// `L <= chunk`: full attention over the sequence (the interpreter's
+    /// `attention` with key normalisation and the self mask), as one block.
+    fn lsh_full_branch(&mut self, c: &Lsh) -> String {
+        let rows = c.rows(&c.l);
+        let init = self.shp_empty(&rows, "i64");
+        let out = operand(&init, &rows.ty("i64"), &ident(3));
+        let pos = self.generic(&[], out, &["parallel"; 3], "i64", |b, _| {
+            let i = b.def("linalg.index 2 : index".into());
+            b.def(format!("arith.index_cast {i} : index to i64"))
+        });
+        let blocks = Blocks {
+            q: self.lsh_gather(c, &c.qk4, &pos, &c.l),
+            pos,
+            n: c.l.clone(),
+            nc: Sz::Const(1),
+            qc: c.l.clone(),
+            w: c.l.clone(),
+            window: Window::All,
+        };
+        let att = self.lsh_attend(c, &blocks);
+        self.lsh_merge_heads(c, &att.o)
+    }
+
+    /// `L > chunk`: sort by bucket, chunked attention, unsort, combine rounds.
+    fn lsh_sorted_branch(&mut self, c: &Lsh, buckets: ValueId) -> String {
+        let n = match &c.l {
+            Sz::Const(l) => Sz::Const(l * c.rounds),
+            Sz::Dyn(l) => {
+                let r = self.idx_const(c.rounds);
+                Sz::Dyn(self.def(format!("arith.muli {l}, {r} : index")))
+            }
+        };
+        let b_ty = self.g.ty(buckets).clone();
+        let rows = c.rows(&n);
+        let bk = self.def(format!(
+            "tensor.collapse_shape %v{}[[0], [1], [2, 3]] : {} into {}",
+            buckets.0,
+            tensor_ty(&b_ty),
+            rows.ty(elt(b_ty.dtype))
+        ));
+        let keys = self.sortable_keys(&bk, &rows, b_ty.dtype);
+        let perm = self.sort_perm(&keys, &rows, 2);
+        let l = self.sz_val(&c.l);
+        let init = self.shp_empty(&rows, "i64");
+        let ins = [operand(&perm, &rows.ty("i64"), &ident(3))];
+        let out = operand(&init, &rows.ty("i64"), &ident(3));
+        // In `index`: IREE's SPIR-V path has no 64-bit remainder.
+        let spos = self.generic(&ins, out, &["parallel"; 3], "i64", |b, a| {
+            let t = b.def(format!("arith.index_cast {} : i64 to index", a[0]));
+            let p = b.def(format!("arith.remui {t}, {l} : index"));
+            b.def(format!("arith.index_cast {p} : index to i64"))
+        });
+        let q = self.lsh_gather(c, &c.qk4, &spos, &n);
+        let (nc, window) = self.lsh_chunk_window(c, &n);
+        let blocks = Blocks {
+            q,
+            pos: spos,
+            n: n.clone(),
+            nc,
+            qc: Sz::Const(c.chunk),
+            w: Sz::Const((c.before + 1 + c.after) * c.chunk),
+            window,
+        };
+        let att = self.lsh_attend(c, &blocks);
+        let inv = self.sort_perm(&perm, &rows, 2);
+        self.lsh_combine_rounds(c, &att, &inv, &n)
+    }
+
+    /// The chunk count and the chunk window over `n` sorted slots.
+    fn lsh_chunk_window(&mut self, c: &Lsh, n: &Sz) -> (Sz, Window) {
+        let nv = self.sz_val(n);
+        let chunk = self.idx_const(c.chunk);
+        let n_chunks = self.def(format!("arith.divui {nv}, {chunk} : index"));
+        let bp = self.idx_const(c.before + 1);
+        let before = self.idx_const(c.before);
+        let off = self.def(format!("arith.muli {n_chunks}, {bp} : index"));
+        let off = self.def(format!("arith.subi {off}, {before} : index"));
+        let nc = match n {
+            Sz::Const(n) => Sz::Const(n / c.chunk),
+            Sz::Dyn(_) => Sz::Dyn(n_chunks.clone()),
+        };
+        let window = Window::Chunks {
+            chunk,
+            n_chunks,
+            off,
+        };
+        (nc, window)
+    }
+
+    /// `out[b, h, s, e] = src[b, pos[b, h, s], h, e]` for `src` `[B, L, H, d]`.
+    fn lsh_gather(&mut self, c: &Lsh, src: &str, pos: &str, n: &Sz) -> String {
+        let e = c.e();
+        let shape = c.rows_by(n, &Sz::Const(c.d));
+        let src_ty = c.split_shape().ty(e);
+        let init = self.shp_empty(&shape, e);
+        let ins = [operand(pos, &c.rows(n).ty("i64"), &["d0", "d1", "d2"])];
+        let out = operand(&init, &shape.ty(e), &ident(4));
+        self.generic(&ins, out, &["parallel"; 4], e, |b, a| {
+            let ix = loop_indices(b, 4);
+            let p = b.def(format!("arith.index_cast {} : i64 to index", a[0]));
+            b.def(format!(
+                "tensor.extract {src}[{}, {p}, {}, {}] : {src_ty}",
+                ix[0], ix[1], ix[3]
+            ))
+        })
+    }
+
+    /// The keys or values of every block's window, `[B, H, nc, W, d]`:
+    /// `src[b, pos[b, h, slot(c, w)], h, e]` for `src` `[B, L, H, d]`.
+    fn lsh_gather_window(&mut self, c: &Lsh, bl: &Blocks, src: &str) -> String {
+        let e = c.e();
+        let shape = Shp(vec![
+            c.b.clone(),
+            Sz::Const(c.heads),
+            bl.nc.clone(),
+            bl.w.clone(),
+            Sz::Const(c.d),
+        ]);
+        let src_ty = c.split_shape().ty(e);
+        let pty = c.rows(&bl.n).ty("i64");
+        let init = self.shp_empty(&shape, e);
+        let out = operand(&init, &shape.ty(e), &ident(5));
+        let pos = bl.pos.clone();
+        self.generic(&[], out, &["parallel"; 5], e, |b, _| {
+            let ix = loop_indices(b, 5);
+            let slot = bl.window.slot(b, &ix[2], &ix[3]);
+            let p = b.def(format!(
+                "tensor.extract {pos}[{}, {}, {slot}] : {pty}",
+                ix[0], ix[1]
+            ));
+            let p = b.def(format!("arith.index_cast {p} : i64 to index"));
+            b.def(format!(
+                "tensor.extract {src}[{}, {p}, {}, {}] : {src_ty}",
+                ix[0], ix[1], ix[4]
+            ))
+        })
+    }
+
+    /// Softmax attention of every block of sorted queries over its window,
+    /// as the interpreter's `attend_block`: two contractions (`q k^T` and
+    /// `p v`, batched over blocks, no gathers inside) around the masks and
+    /// the row softmax.
+    fn lsh_attend(&mut self, c: &Lsh, bl: &Blocks) -> Attended {
+        let (dt, e) = (c.dt, c.e());
+        let kwin = self.lsh_gather_window(c, bl, &c.keys4.clone());
+        let vwin = self.lsh_gather_window(c, bl, &c.v4.clone());
+        let dsz = Sz::Const(c.d);
+        let hsz = Sz::Const(c.heads);
+        let q5 = Shp(vec![
+            c.b.clone(),
+            hsz.clone(),
+            bl.nc.clone(),
+            bl.qc.clone(),
+            dsz.clone(),
+        ]);
+        let win5 = Shp(vec![
+            c.b.clone(),
+            hsz.clone(),
+            bl.nc.clone(),
+            bl.w.clone(),
+            dsz.clone(),
+        ]);
+        let lg = Shp(vec![
+            c.b.clone(),
+            hsz.clone(),
+            bl.nc.clone(),
+            bl.qc.clone(),
+            bl.w.clone(),
+        ]);
+        let rows4 = Shp(lg.0[..4].to_vec());
+        let flat = c.rows_by(&bl.n, &dsz);
+        let q = self.def(format!(
+            "tensor.expand_shape {}[[0], [1], [2, 3], [4]] output_shape [{}] : {} into {}",
+            bl.q,
+            q5.mixed_list(),
+            flat.ty(e),
+            q5.ty(e)
+        ));
+        let zero = literal(dt, 0.0);
+        let contraction = [
+            "parallel",
+            "parallel",
+            "parallel",
+            "parallel",
+            "parallel",
+            "reduction",
+        ];
+        // logits[b, h, c, i, w] = q[c, i] . k_window[c, w]
+        let init = self.shp_filled(&lg, e, &zero);
+        let ins = [
+            operand(&q, &q5.ty(e), &["d0", "d1", "d2", "d3", "d5"]),
+            operand(&kwin, &win5.ty(e), &["d0", "d1", "d2", "d4", "d5"]),
+        ];
+        let out = operand(&init, &lg.ty(e), &ident(5));
+        let logits = self.generic(&ins, out, &contraction, e, |b, a| {
+            let p = b.def(format!("arith.mulf {}, {} : {e}", a[0], a[1]));
+            b.def(format!("arith.addf {}, {p} : {e}", a[2]))
+        });
+        let masked = self.lsh_mask_logits(c, bl, &lg, &logits);
+        let rmap = ["d0", "d1", "d2", "d3"];
+        let red = ["parallel", "parallel", "parallel", "parallel", "reduction"];
+        let init = self.shp_filled(&rows4, e, &literal(dt, f64::NEG_INFINITY));
+        let ins = [operand(&masked, &lg.ty(e), &ident(5))];
+        let out = operand(&init, &rows4.ty(e), &rmap);
+        let max = self.generic(&ins, out, &red, e, |b, a| {
+            b.def(format!("arith.maximumf {}, {} : {e}", a[1], a[0]))
+        });
+        let init = self.shp_filled(&rows4, e, &zero);
+        let ins = [
+            operand(&masked, &lg.ty(e), &ident(5)),
+            operand(&max, &rows4.ty(e), &rmap),
+        ];
+        let out = operand(&init, &rows4.ty(e), &rmap);
+        let sum = self.generic(&ins, out, &red, e, |b, a| {
+            let t = b.def(format!("arith.subf {}, {} : {e}", a[0], a[1]));
+            let x = b.def(format!("math.exp {t} : {e}"));
+            b.def(format!("arith.addf {}, {x} : {e}", a[2]))
+        });
+        let init = self.shp_empty(&lg, e);
+        let ins = [
+            operand(&masked, &lg.ty(e), &ident(5)),
+            operand(&max, &rows4.ty(e), &rmap),
+            operand(&sum, &rows4.ty(e), &rmap),
+        ];
+        let out = operand(&init, &lg.ty(e), &ident(5));
+        let probs = self.generic(&ins, out, &["parallel"; 5], e, |b, a| {
+            let t = b.def(format!("arith.subf {}, {} : {e}", a[0], a[1]));
+            let x = b.def(format!("math.exp {t} : {e}"));
+            b.def(format!("arith.divf {x}, {} : {e}", a[2]))
+        });
+        // o[b, h, c, i, e] = sum_w probs[c, i, w] v_window[c, w, e]
+        let init = self.shp_filled(&q5, e, &zero);
+        let ins = [
+            operand(&probs, &lg.ty(e), &["d0", "d1", "d2", "d3", "d5"]),
+            operand(&vwin, &win5.ty(e), &["d0", "d1", "d2", "d5", "d4"]),
+        ];
+        let out = operand(&init, &q5.ty(e), &ident(5));
+        let o = self.generic(&ins, out, &contraction, e, |b, a| {
+            let p = b.def(format!("arith.mulf {}, {} : {e}", a[0], a[1]));
+            b.def(format!("arith.addf {}, {p} : {e}", a[2]))
+        });
+        let rows = c.rows(&bl.n);
+        let collapse = |x: &str, from: &Shp, to: &Shp, groups: &str| {
+            format!(
+                "tensor.collapse_shape {x}[{groups}] : {} into {}",
+                from.ty(e),
+                to.ty(e)
+            )
+        };
+        let o = self.def(collapse(&o, &q5, &flat, "[0], [1], [2, 3], [4]"));
+        let max = self.def(collapse(&max, &rows4, &rows, "[0], [1], [2, 3]"));
+        let sum = self.def(collapse(&sum, &rows4, &rows, "[0], [1], [2, 3]"));
+        Attended { o, max, sum }
+    }
+
+    /// The masks of `mask_row`, by original positions: padding keys and (when
+    /// causal) later keys get -1e9, then the query's own position -1e5.
+    fn lsh_mask_logits(&mut self, c: &Lsh, bl: &Blocks, lg: &Shp, logits: &str) -> String {
+        let (dt, e) = (c.dt, c.e());
+        let init = self.shp_empty(lg, e);
+        let ins = [operand(logits, &lg.ty(e), &ident(5))];
+        let out = operand(&init, &lg.ty(e), &ident(5));
+        let pos = bl.pos.clone();
+        let pty = c.rows(&bl.n).ty("i64");
+        let qc = self.sz_val(&bl.qc);
+        self.generic(&ins, out, &["parallel"; 5], e, |b, a| {
+            let ix = loop_indices(b, 5);
+            let qs = b.def(format!("arith.muli {}, {qc} : index", ix[2]));
+            let qs = b.def(format!("arith.addi {qs}, {} : index", ix[3]));
+            let slot = bl.window.slot(b, &ix[2], &ix[4]);
+            let qp = b.def(format!(
+                "tensor.extract {pos}[{}, {}, {qs}] : {pty}",
+                ix[0], ix[1]
+            ));
+            let kp = b.def(format!(
+                "tensor.extract {pos}[{}, {}, {slot}] : {pty}",
+                ix[0], ix[1]
+            ));
+            let mut masked = b.def("arith.constant false".into());
+            if let Some((m, mty, me)) = &c.mask {
+                let ki = b.def(format!("arith.index_cast {kp} : i64 to index"));
+                let mv = b.def(format!("tensor.extract {m}[{}, {ki}] : {mty}", ix[0]));
+                let z = if *me == "i1" {
+                    b.def("arith.constant false".into())
+                } else {
+                    b.def(format!("arith.constant 0 : {me}"))
+                };
+                masked = b.def(format!("arith.cmpi eq, {mv}, {z} : {me}"));
+            }
+            if c.causal {
+                let later = b.def(format!("arith.cmpi slt, {qp}, {kp} : i64"));
+                masked = b.def(format!("arith.ori {masked}, {later} : i1"));
+            }
+            let mval = b.constant(dt, MASK_VALUE);
+            let x = b.def(format!("arith.select {masked}, {mval}, {} : {e}", a[0]));
+            let own = b.def(format!("arith.cmpi eq, {qp}, {kp} : i64"));
+            let sval = b.constant(dt, SELF_MASK_VALUE);
+            b.def(format!("arith.select {own}, {sval}, {x} : {e}"))
+        })
+    }
+
+    /// `[B, H, L, d]` -> `[B, L, H d]`.
+    fn lsh_merge_heads(&mut self, c: &Lsh, o: &str) -> String {
+        let e = c.e();
+        let from = c.rows_by(&c.l, &Sz::Const(c.d));
+        let split = c.split_shape();
+        let init = self.shp_empty(&split, e);
+        let t = self.def(format!(
+            "linalg.transpose ins({o} : {}) outs({init} : {}) permutation = [0, 2, 1, 3]",
+            from.ty(e),
+            split.ty(e)
+        ));
+        let merged = Shp(vec![c.b.clone(), c.l.clone(), Sz::Const(c.heads * c.d)]);
+        self.def(format!(
+            "tensor.collapse_shape {t}[[0], [1], [2, 3]] : {} into {}",
+            split.ty(e),
+            merged.ty(e)
+        ))
+    }
+
+    /// Unsorts and combines the rounds: `out[b, i, h d + e]` sums over rounds
+    /// `r` the output of slot `inv[b, h, r L + i]` weighted by
+    /// `exp(max_r - M) sum_r / Z` (the softmax of the rounds' log-sum-exps).
+    fn lsh_combine_rounds(&mut self, c: &Lsh, att: &Attended, inv: &str, n: &Sz) -> String {
+        let (dt, e) = (c.dt, c.e());
+        let out_shape = Shp(vec![c.b.clone(), c.l.clone(), Sz::Const(c.heads * c.d)]);
+        let init = self.shp_empty(&out_shape, e);
+        let out = operand(&init, &out_shape.ty(e), &ident(3));
+        let l = self.sz_val(&c.l);
+        let d = self.idx_const(c.d);
+        let rty = c.rows(n).ty("i64");
+        let fty = c.rows(n).ty(e);
+        let oty = c.rows_by(n, &Sz::Const(c.d)).ty(e);
+        self.generic(&[], out, &["parallel"; 3], e, |b, _| {
+            let ix = loop_indices(b, 3);
+            let h = b.def(format!("arith.divui {}, {d} : index", ix[2]));
+            let ei = b.def(format!("arith.remui {}, {d} : index", ix[2]));
+            let mut parts = Vec::new();
+            for r in 0..c.rounds {
+                let t = if r == 0 {
+                    ix[1].clone()
+                } else {
+                    let rl = b.def(format!("arith.constant {r} : index"));
+                    let rl = b.def(format!("arith.muli {rl}, {l} : index"));
+                    b.def(format!("arith.addi {rl}, {} : index", ix[1]))
+                };
+                let slot = b.def(format!("tensor.extract {inv}[{}, {h}, {t}] : {rty}", ix[0]));
+                let slot = b.def(format!("arith.index_cast {slot} : i64 to index"));
+                let at = |name: &str| format!("{name}[{}, {h}, {slot}]", ix[0]);
+                let m = b.def(format!("tensor.extract {} : {fty}", at(&att.max)));
+                let s = b.def(format!("tensor.extract {} : {fty}", at(&att.sum)));
+                let o = b.def(format!(
+                    "tensor.extract {}[{}, {h}, {slot}, {ei}] : {oty}",
+                    att.o, ix[0]
+                ));
+                parts.push((m, s, o));
+            }
+            let mut big = b.constant(dt, f64::NEG_INFINITY);
+            for (m, _, _) in &parts {
+                big = b.def(format!("arith.maximumf {big}, {m} : {e}"));
+            }
+            let mut ws = Vec::new();
+            let mut z = b.constant(dt, 0.0);
+            for (m, s, _) in &parts {
+                let t = b.def(format!("arith.subf {m}, {big} : {e}"));
+                let x = b.def(format!("math.exp {t} : {e}"));
+                let w = b.def(format!("arith.mulf {x}, {s} : {e}"));
+                z = b.def(format!("arith.addf {z}, {w} : {e}"));
+                ws.push(w);
+            }
+            let mut acc = b.constant(dt, 0.0);
+            for ((_, _, o), w) in parts.iter().zip(&ws) {
+                let f = b.def(format!("arith.divf {w}, {z} : {e}"));
+                let x = b.def(format!("arith.mulf {o}, {f} : {e}"));
+                acc = b.def(format!("arith.addf {acc}, {x} : {e}"));
+            }
+            acc
+        })
+    }
+}
