@@ -5,7 +5,9 @@
 //! Without a graph file it runs a feed-forward chain (layer norm, linear
 //! 256->512 with ReLU, linear 512->256, residual) on `[1, L, 256]`, L = 16384
 //! by default. Each backend compiles once, then runs REPEATS times (median).
-//! Weights are the graph's weights (first arguments), inputs `f32` in [-1, 1).
+//! Weights are random (the graph's weights, first arguments), inputs as
+//! [`input`] makes them. A model's optimised graph comes from `reformc dump
+//! CONFIG --weights W --seq-len L > model.ir`.
 //! `REFORMC_MLIR_PIPELINE` replaces the MLIR pass pipeline (to compare).
 
 use ndarray::{ArrayD, IxDyn};
@@ -42,6 +44,27 @@ fn random(shape: &[usize], seed: u64) -> Tensor {
         })
         .collect();
     Tensor::F32(ArrayD::from_shape_vec(IxDyn(shape), data).unwrap())
+}
+
+/// A value for input `name`: random f32 in [-1, 1); for `i64` inputs, an
+/// all-ones `attention_mask`, a zero `seed`, else token ids in [0, 64) (below
+/// any vocabulary the bench models have).
+fn input(g: &Graph, name: &str, v: reformc_ir::ValueId, l: usize, seed: u64) -> Tensor {
+    let sh = shape(g, v, l);
+    match g.ty(v).dtype {
+        DType::F32 => random(&sh, 100 + seed),
+        DType::I64 => {
+            let Tensor::F32(r) = random(&sh, 200 + seed) else {
+                unreachable!("random is f32")
+            };
+            Tensor::I64(match name {
+                "attention_mask" => r.mapv(|_| 1),
+                "seed" => r.mapv(|_| 0),
+                _ => r.mapv(|x| ((x + 1.0) * 32.0) as i64),
+            })
+        }
+        d => panic!("input `{name}`: {d:?} inputs are not generated"),
+    }
 }
 
 /// A concrete shape for `v`'s type: `B` is 1, every other symbol `l`.
@@ -81,10 +104,7 @@ fn main() {
         g.inputs()
             .into_iter()
             .enumerate()
-            .map(|(i, (name, v))| {
-                assert_eq!(g.ty(v).dtype, DType::F32, "f32 inputs only");
-                (name.to_string(), random(&shape(&g, v, l), 100 + i as u64))
-            })
+            .map(|(i, (name, v))| (name.to_string(), input(&g, name, v, l, i as u64)))
             .collect()
     };
     let args = |l: usize| -> Vec<Tensor> {
