@@ -14,19 +14,9 @@ use reformc_ir::{DType, Graph};
 use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Once};
+use std::time::Instant;
 
-/// The lowering from upstream dialects on tensors to the LLVM dialect
-/// (DESIGN.md §8, with `math` functions that have no LLVM intrinsic, such as
-/// `erf`, becoming libm calls).
-pub const CPU_PIPELINE: &str = "builtin.module(one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map},convert-linalg-to-loops,convert-scf-to-cf,expand-strided-metadata,lower-affine,convert-math-to-libm,convert-to-llvm,reconcile-unrealized-casts)";
-
-/// Where Debian's `libmlir-22-dev` puts the C runner utilities.
-/// Each ends in NUL: the C API reads the path as a C string, past the slice's
-/// length otherwise.
-const RUNNER_UTILS: &[&str] = &[
-    "/usr/lib/llvm-22/lib/libmlir_c_runner_utils.so\0",
-    "/usr/lib/llvm-22/lib/libmlir_c_runner_utils.so.22.1\0",
-];
+pub use crate::pipeline::CPU_PIPELINE;
 
 /// Compiles `graph` through [`CPU_PIPELINE`] and runs `@forward` on `args`
 /// (weights then inputs, in the order of the function's arguments), returning
@@ -45,9 +35,31 @@ const RUNNER_UTILS: &[&str] = &[
 /// assert_eq!(y[0], Tensor::F32(arr1(&[2.0f32, 4.0, 6.0]).into_dyn()));
 /// ```
 pub fn jit_run(graph: &Graph, args: &[Tensor]) -> Result<Vec<Tensor>, MlirError> {
+    jit_run_timed(graph, args, 1).map(|(out, _)| out)
+}
+
+/// Times of [`jit_run_timed`]: compilation (emission, pass pipeline,
+/// ExecutionEngine), then each call of `@forward` (copying results out
+/// included).
+#[derive(Clone, Debug)]
+pub struct JitTimes {
+    /// From the graph to a callable `@forward`.
+    pub compile: std::time::Duration,
+    /// One per run.
+    pub runs: Vec<std::time::Duration>,
+}
+
+/// [`jit_run`] that compiles once and runs `runs` (at least one) times,
+/// returning the last run's outputs and the times (for benchmarks).
+pub fn jit_run_timed(
+    graph: &Graph,
+    args: &[Tensor],
+    runs: usize,
+) -> Result<(Vec<Tensor>, JitTimes), MlirError> {
+    let start = std::time::Instant::now();
     let args = checked_args(graph, WeightsMode::Args, args)?;
     let text = emit::Emitter::new(graph).with_c_interface().module()?;
-    run_text(&text, &args, &result_types(graph), false)
+    run_text(&text, &args, &result_types(graph), false, runs, start)
 }
 
 /// [`jit_run`] with the weights embedded in the module (`--weights-mode
@@ -76,7 +88,15 @@ pub fn jit_run_with_weights(
         .with_weights(weights)
         .with_c_interface()
         .module()?;
-    run_text(&text, &inputs, &result_types(graph), false)
+    run_text(
+        &text,
+        &inputs,
+        &result_types(graph),
+        false,
+        1,
+        Instant::now(),
+    )
+    .map(|(o, _)| o)
 }
 
 /// Runs a module already emitted for `graph` in `mode` (the text
@@ -91,7 +111,7 @@ pub fn jit_run_emitted(
     args: &[Tensor],
 ) -> Result<Vec<Tensor>, MlirError> {
     let args = checked_args(graph, mode, args)?;
-    run_text(text, &args, &result_types(graph), true)
+    run_text(text, &args, &result_types(graph), true, 1, Instant::now()).map(|(o, _)| o)
 }
 
 /// `args` in standard layout, once checked against the arguments of
@@ -139,13 +159,16 @@ fn result_types(graph: &Graph) -> Vec<(DType, usize)> {
 }
 
 /// Lowers module `text` through [`CPU_PIPELINE`] (after
-/// `llvm-request-c-wrappers` when `request_wrappers`) and calls `@forward`.
+/// `llvm-request-c-wrappers` when `request_wrappers`) and calls `@forward`
+/// `runs` times (at least once); compilation is timed from `start`.
 fn run_text(
     text: &str,
     args: &[Tensor],
     outs: &[(DType, usize)],
     request_wrappers: bool,
-) -> Result<Vec<Tensor>, MlirError> {
+    runs: usize,
+    start: Instant,
+) -> Result<(Vec<Tensor>, JitTimes), MlirError> {
     let context = crate::context();
     register_all_llvm_translations(&context);
     static PASSES: Once = Once::new();
@@ -163,7 +186,9 @@ fn run_text(
         let m = messages.lock().map(|m| m.join("; ")).unwrap_or_default();
         MlirError::Verify(format!("{what}: {e} {m}"))
     };
-    let mut module = Module::parse(&context, text).ok_or_else(|| diag("parse", &"failed"))?;
+    let pipeline = crate::pipeline::pipeline();
+    let text = crate::pipeline::prepare(text.to_string(), &pipeline);
+    let mut module = Module::parse(&context, &text).ok_or_else(|| diag("parse", &"failed"))?;
     if request_wrappers {
         let pm = PassManager::new(&context);
         parse_pass_pipeline(
@@ -174,21 +199,23 @@ fn run_text(
         pm.run(&mut module).map_err(|e| diag("c wrappers", &e))?;
     }
     let pm = PassManager::new(&context);
-    parse_pass_pipeline(pm.as_operation_pass_manager(), CPU_PIPELINE)
+    parse_pass_pipeline(pm.as_operation_pass_manager(), &pipeline)
         .map_err(|e| diag("pipeline", &e))?;
     pm.run(&mut module).map_err(|e| diag("lowering", &e))?;
-    // Strided copies (`memref.copy` of a slice) call `memrefCopy` from MLIR's
-    // C runner utilities; load them when MLIR's library directory has them.
-    let libs: Vec<&str> = RUNNER_UTILS
-        .iter()
-        .copied()
-        .filter(|p| std::path::Path::new(p.trim_end_matches('\0')).exists())
-        .take(1)
-        .collect();
-    let engine = ExecutionEngine::new(&module, 2, &libs, false, false);
-    let out = invoke(&engine, args, outs).map_err(|e| diag("run", &e));
+    let engine = crate::pipeline::engine(&module, &pipeline)
+        .ok_or_else(|| diag("ExecutionEngine", &"creation failed"))?;
+    let mut times = JitTimes {
+        compile: start.elapsed(),
+        runs: Vec::new(),
+    };
+    let mut out = Ok(Vec::new());
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        out = invoke(&engine, args, outs).map_err(|e| diag("run", &e));
+        times.runs.push(t.elapsed());
+    }
     context.detach_diagnostic_handler(handler);
-    out
+    out.map(|o| (o, times))
 }
 
 /// `t` in row-major standard layout.
@@ -264,6 +291,17 @@ fn invoke(
             DType::Bool => Tensor::Bool(read::<u8>(d, r).mapv(|b| b & 1 != 0)),
         });
     }
+    let descs: Vec<&[i64]> = outs
+        .iter()
+        .scan(0, |at, &(_, r)| {
+            let d = &result[*at..*at + 3 + 2 * r];
+            *at += 3 + 2 * r;
+            Some(d)
+        })
+        .collect();
+    // SAFETY: `@forward`'s results are buffers it hands to the caller
+    // (CPU_PIPELINE's deallocation makes them owned), all copied out above.
+    unsafe { crate::pipeline::free_results(&descs) };
     Ok(out)
 }
 
@@ -284,8 +322,7 @@ fn read<T: Copy>(d: &[i64], rank: usize) -> ArrayD<T> {
             .sum();
         // SAFETY: the memref returned by the compiled function holds `shape`
         // elements of `T` at `offset + sum(index * stride)` from its aligned
-        // pointer; its buffer is never freed (the JIT's malloc'd results leak
-        // by design in this runner, since a result may alias an argument).
+        // pointer (freed by `invoke` only after this copy).
         data.push(unsafe { *base.offset(offset + lin) });
         for k in (0..rank).rev() {
             idx[k] += 1;

@@ -20,11 +20,14 @@
 
 mod emit;
 mod jit;
+mod pipeline;
 mod scalar;
 mod signature;
 mod weights;
 
-pub use jit::{jit_run, jit_run_emitted, jit_run_with_weights, CPU_PIPELINE};
+pub use jit::{
+    jit_run, jit_run_emitted, jit_run_timed, jit_run_with_weights, JitTimes, CPU_PIPELINE,
+};
 pub use signature::signature_json;
 
 use melior::{

@@ -1,0 +1,195 @@
+//! The pass pipeline and ExecutionEngine set-up of reformc's own MLIR CPU
+//! pipeline ([`crate::jit_run`]), and the freeing of the buffers the compiled
+//! `@forward` hands back.
+
+use melior::{ir::Module, ExecutionEngine};
+
+/// The lowering from upstream dialects on tensors to the LLVM dialect
+/// (DESIGN.md §8, with `math` functions that have no LLVM intrinsic, such as
+/// `erf`, becoming libm calls).
+///
+/// After bufferization, `ownership-based-buffer-deallocation` frees every
+/// buffer at its last use (each `tensor.empty` is a `memref.alloc`, also once
+/// per `scf.for` iteration of a `seq_chunk`), and makes every result of the
+/// public `@forward` a buffer that the caller owns (a result that would alias
+/// an argument or another result is cloned), so that the runner can free it
+/// after copying it out ([`free_results`]).
+pub const CPU_PIPELINE: &str = concat!(
+    "builtin.module(",
+    "one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map},",
+    "func.func(ownership-based-buffer-deallocation),",
+    "canonicalize,",
+    "func.func(buffer-deallocation-simplification),",
+    "bufferization-lower-deallocations,",
+    "canonicalize,",
+    "convert-bufferization-to-memref,",
+    "convert-linalg-to-loops,",
+    "convert-scf-to-cf,",
+    "expand-strided-metadata,",
+    "lower-affine,",
+    "convert-math-to-libm,",
+    "convert-to-llvm,",
+    "reconcile-unrealized-casts)"
+);
+
+/// The pipeline [`crate::jit_run`] runs: [`CPU_PIPELINE`], or for experiments
+/// the text of the environment variable `REFORMC_MLIR_PIPELINE` when set (as
+/// `examples/pipeline_bench.rs` uses it to compare pipelines without
+/// rebuilding).
+pub(crate) fn pipeline() -> String {
+    std::env::var("REFORMC_MLIR_PIPELINE").unwrap_or_else(|_| CPU_PIPELINE.to_string())
+}
+
+/// The module text the JIT compiles with `pipeline`: `text`, with the
+/// transform-dialect script of the file named by `REFORMC_MLIR_TRANSFORMS`
+/// appended inside the module when the pipeline interprets transforms (for
+/// experiments, like `REFORMC_MLIR_PIPELINE`; the scripts tried are in
+/// `examples/pipelines/`, each a private nested module that `symbol-dce`
+/// erases after interpretation). The module users get never holds a script.
+pub(crate) fn prepare(text: String, pipeline: &str) -> String {
+    let script = std::env::var("REFORMC_MLIR_TRANSFORMS")
+        .ok()
+        .and_then(|p| std::fs::read_to_string(p).ok());
+    match (text.rfind('}'), script) {
+        (Some(end), Some(script)) if pipeline.contains("transform-interpreter") => {
+            format!("{}{script}{}", &text[..end], &text[end..])
+        }
+        _ => text,
+    }
+}
+
+/// LLVM's optimisation level for the JIT-compiled code.
+const OPT_LEVEL: usize = 3;
+
+/// Where Debian's `libmlir-22-dev` puts the C runner utilities.
+/// Each ends in NUL: the C API reads the path as a C string, past the slice's
+/// length otherwise.
+const RUNNER_UTILS: &[&str] = &[
+    "/usr/lib/llvm-22/lib/libmlir_c_runner_utils.so\0",
+    "/usr/lib/llvm-22/lib/libmlir_c_runner_utils.so.22.1\0",
+];
+
+/// MLIR's async runtime (thread pool, tokens, groups), which `async` ops
+/// lowered to the LLVM dialect call.
+const ASYNC_RUNTIME: &[&str] = &[
+    "/usr/lib/llvm-22/lib/libmlir_async_runtime.so\0",
+    "/usr/lib/llvm-22/lib/libmlir_async_runtime.so.22.1\0",
+];
+
+/// An ExecutionEngine for a module lowered by [`CPU_PIPELINE`]. Strided
+/// copies (`memref.copy` of a slice) call `memrefCopy` from MLIR's C runner
+/// utilities; they are loaded when MLIR's library directory has them.
+///
+/// `None` when MLIR could not create the engine (the lowered module does not
+/// translate to LLVM IR, e.g. an op a custom pipeline left unlowered): melior
+/// hands back a null engine then, which would crash on the first call.
+pub(crate) fn engine(module: &Module, pipeline: &str) -> Option<ExecutionEngine> {
+    let first = |paths: &[&'static str]| {
+        paths
+            .iter()
+            .copied()
+            .find(|p| std::path::Path::new(p.trim_end_matches('\0')).exists())
+    };
+    let libs: Vec<&str> = first(RUNNER_UTILS).into_iter().collect();
+    let engine = ExecutionEngine::new(module, OPT_LEVEL, &libs, false, false);
+    // SAFETY: melior 0.27.8 (pinned) wraps exactly one `MlirExecutionEngine`,
+    // a pointer (checked by the size assertion below); copying it out only
+    // reads it.
+    let raw: *const std::ffi::c_void = unsafe { std::mem::transmute_copy(&engine) };
+    if raw.is_null() {
+        // Dropping a null engine is a no-op in MLIR's C API (`delete nullptr`).
+        return None;
+    }
+    if pipeline.contains("async") {
+        if let Some(handle) = first(ASYNC_RUNTIME).and_then(async_runtime) {
+            for name in ASYNC_SYMBOLS {
+                // SAFETY: `handle` is a library that stays loaded; `name` ends
+                // in NUL.
+                let f = unsafe { dlsym(handle as *mut _, name.as_ptr().cast()) };
+                if !f.is_null() {
+                    // SAFETY: the symbol is the runtime's function of that
+                    // name, which the lowered async ops call with its C
+                    // signature.
+                    unsafe { engine.register_symbol(name.trim_end_matches('\0'), f.cast()) };
+                }
+            }
+        }
+    }
+    Some(engine)
+}
+
+const _: () = assert!(
+    std::mem::size_of::<ExecutionEngine>() == std::mem::size_of::<*const std::ffi::c_void>()
+);
+
+/// The functions of MLIR's async runtime that lowered `async` ops call.
+const ASYNC_SYMBOLS: &[&str] = &[
+    "mlirAsyncRuntimeAddRef\0",
+    "mlirAsyncRuntimeDropRef\0",
+    "mlirAsyncRuntimeCreateToken\0",
+    "mlirAsyncRuntimeCreateValue\0",
+    "mlirAsyncRuntimeCreateGroup\0",
+    "mlirAsyncRuntimeEmplaceToken\0",
+    "mlirAsyncRuntimeEmplaceValue\0",
+    "mlirAsyncRuntimeSetTokenError\0",
+    "mlirAsyncRuntimeSetValueError\0",
+    "mlirAsyncRuntimeIsTokenError\0",
+    "mlirAsyncRuntimeIsValueError\0",
+    "mlirAsyncRuntimeIsGroupError\0",
+    "mlirAsyncRuntimeAwaitToken\0",
+    "mlirAsyncRuntimeAwaitValue\0",
+    "mlirAsyncRuntimeAwaitAllInGroup\0",
+    "mlirAsyncRuntimeExecute\0",
+    "mlirAsyncRuntimeGetValueStorage\0",
+    "mlirAsyncRuntimeAddTokenToGroup\0",
+    "mlirAsyncRuntimeAwaitTokenAndExecute\0",
+    "mlirAsyncRuntimeAwaitValueAndExecute\0",
+    "mlirAsyncRuntimeAwaitAllInGroupAndExecute\0",
+    // Spelled so in MLIR's runtime.
+    "mlirAsyncRuntimGetNumWorkerThreads\0",
+    "mlirAsyncRuntimePrintCurrentThreadId\0",
+];
+
+extern "C" {
+    fn dlopen(file: *const std::ffi::c_char, mode: i32) -> *mut std::ffi::c_void;
+    fn dlsym(handle: *mut std::ffi::c_void, name: *const std::ffi::c_char)
+        -> *mut std::ffi::c_void;
+}
+
+/// MLIR's async runtime, loaded once for the process and never unloaded, as
+/// an address. Not through the ExecutionEngine's shared libraries: each
+/// engine's destruction calls the library's `__mlir_execution_engine_destroy`,
+/// which resets the runtime's default instance, and the next engine's first
+/// `async` op then dereferences null.
+fn async_runtime(path: &'static str) -> Option<usize> {
+    static HANDLE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // RTLD_NOW.
+    // SAFETY: `path` ends in NUL.
+    let h = *HANDLE.get_or_init(|| unsafe { dlopen(path.as_ptr().cast(), 2) } as usize);
+    (h != 0).then_some(h)
+}
+
+extern "C" {
+    /// The C library's `free`, which `memref.dealloc` lowers to.
+    fn free(ptr: *mut std::ffi::c_void);
+}
+
+/// Frees the buffers of the result descriptors of one call of `@forward`
+/// (each `[allocated, aligned, offset, sizes.., strides..]`), once per
+/// distinct allocated pointer.
+///
+/// # Safety
+/// Every descriptor must come from a call of a function lowered by
+/// [`CPU_PIPELINE`], whose results the caller owns (allocated by `malloc`),
+/// and must not be read afterwards.
+pub(crate) unsafe fn free_results(descs: &[&[i64]]) {
+    let mut seen: Vec<i64> = Vec::new();
+    for d in descs {
+        let p = d[0];
+        if p != 0 && !seen.contains(&p) {
+            seen.push(p);
+            // SAFETY: see the function's contract.
+            unsafe { free(p as *mut std::ffi::c_void) };
+        }
+    }
+}
