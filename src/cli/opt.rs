@@ -16,8 +16,10 @@ pub struct OptArgs {
     /// Comma-separated passes to run (default: reformc's default pipeline; `none` runs no pass).
     #[arg(long, value_name = "PASSES", conflicts_with = "pipeline")]
     pub passes: Option<String>,
-    /// Output format.
-    #[arg(long, value_parser = ["text", "dot"], default_value = "text")]
+    /// Output format: reformc IR text, Graphviz dot, or the MLIR module the
+    /// MLIR backend emits for the graph (weights as leading arguments, since
+    /// IR text carries no weight data).
+    #[arg(long, value_parser = ["text", "dot", "mlir"], default_value = "text")]
     pub format: String,
     /// Write to this file instead of standard output.
     #[arg(short, long)]
@@ -49,6 +51,7 @@ pub fn run(args: &OptArgs) -> CliResult<()> {
     )?;
     let text = match args.format.as_str() {
         "dot" => reformc_ir::to_dot(&g),
+        "mlir" => mlir_text(&g, &args.input)?,
         _ => reformc_ir::print(&g),
     };
     match &args.output {
@@ -59,6 +62,16 @@ pub fn run(args: &OptArgs) -> CliResult<()> {
             Ok(())
         }
     }
+}
+
+/// The MLIR module of `g` with weights as arguments; an op the backend
+/// rejects is the user's error, naming the file.
+fn mlir_text(g: &Graph, input: &Path) -> CliResult<String> {
+    let opts = reformc_backend_mlir::EmitOptions {
+        weights_mode: reformc_backend_mlir::WeightsMode::Args,
+    };
+    reformc_backend_mlir::emit_module(g, &opts)
+        .map_err(|e| CliError::input(format!("{}: {e}", input.display())))
 }
 
 /// Reads, parses and verifies an IR file; every failure is the user's and
