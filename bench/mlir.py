@@ -99,9 +99,31 @@ def run_llvm(exe, ids, threads, out):
     return float(m.group(1)) / 1e3, rss
 
 
+def iree_inputs(signature, ids):
+    """`--input` flags in the signature's order: the ids, a mask of ones, seed 0."""
+    import json
+
+    import numpy as np
+    flags = []
+    for x in json.load(open(signature))["inputs"]:
+        if x["name"] == "input_ids":
+            flags.append(f"--input=@{ids}")
+        elif x["name"] == "attention_mask":
+            mask = ids.replace(".npy", "_mask.npy")
+            if not os.path.exists(mask):
+                np.save(mask, np.ones(np.load(ids).shape, np.int64))
+            flags.append(f"--input=@{mask}")
+        elif x["name"] == "seed":
+            flags.append("--input=i64=0")
+        else:
+            raise RuntimeError(f"{signature}: unexpected input {x['name']}")
+    return flags
+
+
 def run_iree(vmfb, ids, threads, out):
-    common = [f"--device=local-task", f"--module={vmfb}", "--function=forward", f"--input=@{ids}",
-              f"--task_topology_max_group_count={threads}"]
+    signature = vmfb.replace(".vmfb", ".mlir.json")
+    common = [f"--device=local-task", f"--module={vmfb}", "--function=forward",
+              f"--task_topology_max_group_count={threads}"] + iree_inputs(signature, ids)
     _, _, rss = timed([os.path.join(IREE, "iree-run-module")] + common + [f"--output=@{out}"])
     p = subprocess.run([os.path.join(IREE, "iree-benchmark-module")] + common + ["--benchmark_repetitions=1"],
                        capture_output=True, text=True)
@@ -113,7 +135,7 @@ def run_iree(vmfb, ids, threads, out):
 
 def run_mlir_jit(cfg, w, ids, out):
     _, err, rss = timed([REFORMC, "run", cfg, "--weights", w, "--input", ids, "--output", out,
-                         "--backend", "mlir", "--time"])
+                         "--backend", "mlir"])
     m = re.search(r"forward ([0-9.]+) ms", err)
     if not m:
         raise RuntimeError(f"run --backend mlir: no forward time in {err[-400:]}")

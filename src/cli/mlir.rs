@@ -4,8 +4,8 @@
 
 use super::error::{CliError, CliResult};
 use reformc_backend_mlir::{
-    emit_module_with_weights, jit_run_with_weights, signature_json, verify_module, EmitOptions,
-    MlirError, WeightsMode,
+    emit_module_with_weights, jit_run_with_weights_timed, signature_json, verify_module,
+    EmitOptions, MlirError, WeightsMode,
 };
 use reformc_ir::{DType, Graph};
 use reformc_tensor::Tensor;
@@ -114,6 +114,7 @@ pub fn run_engine(
     inputs: &BTreeMap<String, Tensor>,
     weights: &BTreeMap<String, Tensor>,
     what: &Path,
+    quiet: bool,
 ) -> CliResult<(BTreeMap<String, Tensor>, &'static str)> {
     let args: CliResult<Vec<Tensor>> = g
         .inputs()
@@ -127,8 +128,16 @@ pub fn run_engine(
             })
         })
         .collect();
-    let out = jit_run_with_weights(g, &as_graph_dtypes(g, weights), &args?)
+    let (out, times) = jit_run_with_weights_timed(g, &as_graph_dtypes(g, weights), &args?)
         .map_err(|e| cli_error(what, e))?;
+    if !quiet {
+        let run = times.runs.first().copied().unwrap_or_default();
+        eprintln!(
+            "reformc: MLIR CPU pipeline: compile {:.2} s, forward {:.1} ms",
+            times.compile.as_secs_f64(),
+            run.as_secs_f64() * 1e3
+        );
+    }
     let named = g.outputs.iter().map(|(n, _)| n.clone()).zip(out).collect();
     Ok((named, "MLIR CPU pipeline"))
 }

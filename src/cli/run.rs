@@ -298,7 +298,7 @@ pub(super) fn engine(
     if args.profile {
         eprintln!("warning: --profile times the LLVM JIT only; the MLIR pipeline is not profiled");
     }
-    super::mlir::run_engine(graph, inputs, weights, &args.config)
+    super::mlir::run_engine(graph, inputs, weights, &args.config, args.passes.quiet)
 }
 
 /// The engine switch: the LLVM JIT by default, the reference interpreter with

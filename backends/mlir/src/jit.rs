@@ -83,20 +83,23 @@ pub fn jit_run_with_weights(
     weights: &BTreeMap<String, Tensor>,
     inputs: &[Tensor],
 ) -> Result<Vec<Tensor>, MlirError> {
+    jit_run_with_weights_timed(graph, weights, inputs).map(|(o, _)| o)
+}
+
+/// [`jit_run_with_weights`] that also returns how long compiling (emission,
+/// the pipeline and the ExecutionEngine) and the one run took.
+pub fn jit_run_with_weights_timed(
+    graph: &Graph,
+    weights: &BTreeMap<String, Tensor>,
+    inputs: &[Tensor],
+) -> Result<(Vec<Tensor>, JitTimes), MlirError> {
+    let start = Instant::now();
     let inputs = checked_args(graph, WeightsMode::Embed, inputs)?;
     let text = emit::Emitter::new(graph)
         .with_weights(weights)
         .with_c_interface()
         .module()?;
-    run_text(
-        &text,
-        &inputs,
-        &result_types(graph),
-        false,
-        1,
-        Instant::now(),
-    )
-    .map(|(o, _)| o)
+    run_text(&text, &inputs, &result_types(graph), false, 1, start)
 }
 
 /// Runs a module already emitted for `graph` in `mode` (the text
