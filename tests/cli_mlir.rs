@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::mlir_module::{op_dialects, UPSTREAM};
 use common::random_model::write_safetensors;
 use common::Scratch;
 use ndarray::{ArrayD, IxDyn};
@@ -28,20 +29,6 @@ const GRAPH: &str = "graph {
   output \"logits\" = %6
 }
 ";
-
-/// Dialects the issue allows in an emitted module.
-const UPSTREAM: &[&str] = &[
-    "func",
-    "arith",
-    "math",
-    "tensor",
-    "linalg",
-    "scf",
-    "index",
-    "affine",
-    "cf",
-    "bufferization",
-];
 
 /// Runs reformc in the workspace root; returns (exit code, stdout, stderr).
 fn reformc(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (i32, String, String) {
@@ -106,27 +93,6 @@ fn setup(name: &str) -> Setup {
         weights,
         ids,
     }
-}
-
-/// The dialect prefix of every op in `module`.
-fn op_dialects(module: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for line in module.lines().map(str::trim) {
-        if line.starts_with("{-#") {
-            break;
-        }
-        let op = match line.split_once(" = ") {
-            Some((lhs, rhs)) if lhs.starts_with('%') => rhs,
-            _ => line,
-        };
-        let word = op.split([' ', '(', '{', '<']).next().unwrap_or("");
-        if let Some((d, _)) = word.split_once('.') {
-            if !d.is_empty() && d.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-                out.push(d.to_string());
-            }
-        }
-    }
-    out
 }
 
 /// `mlir-opt-22` accepts the module file (the tool is part of the set-up: a

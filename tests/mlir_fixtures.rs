@@ -11,26 +11,13 @@
 mod common;
 
 use common::iree::{Device, Iree};
+use common::mlir_module::{op_dialects, UPSTREAM};
 use common::{fixtures, max_abs_diff, Case, Scratch};
 use reformc_frontend::lower::LshSource;
 use reformc_interp::Tensor;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// Dialects the issue allows in an emitted module.
-const UPSTREAM: &[&str] = &[
-    "func",
-    "arith",
-    "math",
-    "tensor",
-    "linalg",
-    "scf",
-    "index",
-    "affine",
-    "cf",
-    "bufferization",
-];
 
 /// The fixtures that also run on IREE's Vulkan backend.
 const VULKAN_CASES: &[&str] = &[
@@ -51,27 +38,6 @@ fn reformc(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Result<String, String> {
     } else {
         Err(format!("exit {:?}: {}", out.status.code(), stderr.trim()))
     }
-}
-
-/// The dialect prefix of every op in `module` (the resource section excluded).
-fn op_dialects(module: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for line in module.lines().map(str::trim) {
-        if line.starts_with("{-#") {
-            break;
-        }
-        let op = match line.split_once(" = ") {
-            Some((lhs, rhs)) if lhs.starts_with('%') => rhs,
-            _ => line,
-        };
-        let word = op.split([' ', '(', '{', '<']).next().unwrap_or("");
-        if let Some((d, _)) = word.split_once('.') {
-            if !d.is_empty() && d.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-                out.push(d.to_string());
-            }
-        }
-    }
-    out
 }
 
 /// `reformc compile --emit mlir` of `case` into `dir`, checked by

@@ -4,6 +4,7 @@
 //! generic helpers around them (`.npy` files, differences, interpreter runs).
 
 pub mod iree;
+pub mod mlir_module;
 pub mod mutate;
 pub mod random_graph;
 pub mod random_model;

@@ -2,76 +2,12 @@
 //! `mlir-opt-22` and for upstream dialects only.
 
 use reformc_backend_mlir::{emit_module, verify_module, EmitOptions, MlirError};
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-/// Dialects the issue allows in an emitted module.
-const UPSTREAM: &[&str] = &[
-    "func",
-    "arith",
-    "math",
-    "tensor",
-    "linalg",
-    "scf",
-    "index",
-    "affine",
-    "cf",
-    "bufferization",
-];
+use reformc_testkit::mlir_module::check_module_text;
 
 fn emit(text: &str) -> String {
     let g = reformc_ir::parse(text).expect("test graph parses");
     reformc_ir::verify(&g).expect("test graph verifies");
     emit_module(&g, &EmitOptions::default()).expect("graph lowers")
-}
-
-/// The dialect prefix of every op in `module` (`%x = dialect.op` or a line
-/// starting with `dialect.op`).
-fn op_dialects(module: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for line in module.lines() {
-        let line = line.trim();
-        let op = match line.split_once(" = ") {
-            Some((lhs, rhs)) if lhs.starts_with('%') => rhs,
-            _ => line,
-        };
-        let word = op.split([' ', '(', '{', '<']).next().unwrap_or("");
-        if let Some((dialect, _)) = word.split_once('.') {
-            if dialect.chars().all(|c| c.is_ascii_lowercase() || c == '_') && !dialect.is_empty() {
-                out.push(dialect.to_string());
-            }
-        }
-    }
-    out
-}
-
-/// Runs `mlir-opt-22` on `module`; `None` (with a printed reason) when the tool is absent.
-fn mlir_opt(module: &str) -> Option<Result<(), String>> {
-    let child = Command::new("mlir-opt-22")
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("skipping the mlir-opt-22 check: cannot run it ({e})");
-            return None;
-        }
-    };
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(module.as_bytes())
-        .expect("write to mlir-opt");
-    let out = child.wait_with_output().expect("mlir-opt runs");
-    Some(if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    })
 }
 
 /// Every check an emitted module must pass.
@@ -80,14 +16,7 @@ fn check(text: &str) -> String {
     if let Err(e) = verify_module(&module) {
         panic!("melior rejects the module: {e}\n{module}");
     }
-    if let Some(Err(e)) = mlir_opt(&module) {
-        panic!("mlir-opt-22 rejects the module: {e}\n{module}");
-    }
-    let dialects = op_dialects(&module);
-    assert!(!dialects.is_empty(), "no ops found in\n{module}");
-    for d in &dialects {
-        assert!(UPSTREAM.contains(&d.as_str()), "dialect `{d}` in\n{module}");
-    }
+    check_module_text(&module);
     module
 }
 

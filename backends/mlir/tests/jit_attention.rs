@@ -9,8 +9,7 @@ use common::{compare_args, random_f32, random_i64};
 use ndarray::{ArrayD, IxDyn};
 use reformc_backend_mlir::{emit_module, verify_module, EmitOptions};
 use reformc_interp::Tensor;
-use std::io::Write;
-use std::process::{Command, Stdio};
+use reformc_testkit::mlir_module::check_module_text;
 
 /// Relative tolerance of the f32 comparisons (the bound).
 const TOL: f64 = 1e-5;
@@ -299,34 +298,6 @@ fn a_static_length_that_is_not_a_multiple_of_the_chunk_is_an_error() {
     assert!(e.to_string().contains("multiple"), "{e}");
 }
 
-/// Runs `mlir-opt-22` on `module`; `None` when the tool is absent.
-fn mlir_opt(module: &str) -> Option<Result<(), String>> {
-    let mut child = match Command::new("mlir-opt-22")
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("skipping the mlir-opt-22 check: cannot run it ({e})");
-            return None;
-        }
-    };
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    stdin
-        .write_all(module.as_bytes())
-        .expect("write to mlir-opt");
-    drop(stdin);
-    let out = child.wait_with_output().expect("mlir-opt runs");
-    Some(if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    })
-}
-
 /// Every form (dense, streamed, local with and without `scf.if`) verifies
 /// with melior and with `mlir-opt-22`, uses upstream dialects only, and
 /// the streamed and local forms hold no `[L, L]`-sized tensor type.
@@ -341,27 +312,7 @@ fn emitted_attention_verifies_with_mlir_opt_and_stays_linear() {
     let g = reformc_ir::parse(&text).unwrap();
     let module = emit_module(&g, &EmitOptions::default()).unwrap();
     verify_module(&module).unwrap_or_else(|e| panic!("{e}\n{module}"));
-    if let Some(r) = mlir_opt(&module) {
-        r.unwrap_or_else(|e| panic!("mlir-opt-22 rejected the module: {e}\n{module}"));
-    }
-    for word in module.split(|c: char| c.is_whitespace() || c == '(') {
-        if let Some((dialect, _)) = word.split_once('.') {
-            if word.contains(' ') || dialect.starts_with('%') || dialect.is_empty() {
-                continue;
-            }
-            if dialect.chars().all(|c| c.is_ascii_lowercase())
-                && word
-                    .chars()
-                    .nth(dialect.len() + 1)
-                    .is_some_and(|c| c.is_ascii_lowercase())
-            {
-                assert!(
-                    ["func", "arith", "math", "tensor", "linalg", "scf"].contains(&dialect),
-                    "op outside the upstream dialects: {word}"
-                );
-            }
-        }
-    }
+    check_module_text(&module);
     // Only the dense op may build a tensor with two dynamic length axes.
     for kept in [&ops[1..2], &ops[2..3]] {
         let text = graph("f32", ("B", "L", "L"), 8, 6, true, kept);

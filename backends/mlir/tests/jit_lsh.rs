@@ -6,8 +6,7 @@ mod common;
 use common::{compare_args, random_f32, random_i64};
 use reformc_backend_mlir::{emit_module, verify_module, EmitOptions};
 use reformc_interp::Tensor;
-use std::io::Write;
-use std::process::{Command, Stdio};
+use reformc_testkit::mlir_module::check_module_text;
 
 /// A graph sorting an `i64[B,N]` input along axis 1.
 fn argsort_graph(dtype: &str, axis: usize) -> String {
@@ -170,58 +169,14 @@ fn lsh_attention_in_f64_with_a_bool_mask_matches_the_interpreter() {
     compare_args(&g, args, 1e-12);
 }
 
-/// Dialects the issue allows in an emitted module.
-const UPSTREAM: &[&str] = &[
-    "func",
-    "arith",
-    "math",
-    "tensor",
-    "linalg",
-    "scf",
-    "index",
-    "affine",
-    "cf",
-    "bufferization",
-];
-
 /// Emits `text` as a module; checks it with melior's verifier and, when the
-/// tool is installed, `mlir-opt-22`, and that every op is upstream. Saves it
+/// `mlir-opt-22`, and that every op is upstream. Saves it
 /// under `$REFORMC_MLIR_DUMP/<name>.mlir` when that variable is set.
 fn check_module(name: &str, text: &str) -> String {
     let g = reformc_ir::parse(text).expect("test graph parses");
     let module = emit_module(&g, &EmitOptions::default()).expect("graph lowers");
     verify_module(&module).unwrap_or_else(|e| panic!("melior rejects the module: {e}"));
-    for line in module.lines() {
-        let op = match line.trim().split_once(" = ") {
-            Some((lhs, rhs)) if lhs.starts_with('%') => rhs,
-            _ => line.trim(),
-        };
-        let word = op.split([' ', '(', '{', '<']).next().unwrap_or("");
-        if let Some((dialect, _)) = word.split_once('.') {
-            if !dialect.is_empty() && dialect.chars().all(|c| c.is_ascii_lowercase()) {
-                assert!(UPSTREAM.contains(&dialect), "dialect `{dialect}` in {line}");
-            }
-        }
-    }
-    match Command::new("mlir-opt-22")
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(mut child) => {
-            let mut stdin = child.stdin.take().expect("piped stdin");
-            stdin
-                .write_all(module.as_bytes())
-                .expect("write to mlir-opt");
-            drop(stdin);
-            let out = child.wait_with_output().expect("mlir-opt runs");
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert!(out.status.success(), "mlir-opt-22 rejects {name}: {err}");
-        }
-        Err(e) => eprintln!("skipping the mlir-opt-22 check: {e}"),
-    }
+    check_module_text(&module);
     if let Ok(dir) = std::env::var("REFORMC_MLIR_DUMP") {
         std::fs::write(format!("{dir}/{name}.mlir"), &module).expect("dump writable");
     }

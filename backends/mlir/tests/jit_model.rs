@@ -9,23 +9,8 @@ mod common;
 use common::{random_f32, random_i64};
 use reformc_backend_mlir::{emit_module, jit_run, verify_module, EmitOptions, MlirError};
 use reformc_interp::Tensor;
+use reformc_testkit::mlir_module::check_module_text;
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-/// Dialects the issue allows in an emitted module.
-const UPSTREAM: &[&str] = &[
-    "func",
-    "arith",
-    "math",
-    "tensor",
-    "linalg",
-    "scf",
-    "index",
-    "affine",
-    "cf",
-    "bufferization",
-];
 
 /// Emits `text`, verifies the module with melior and (when installed)
 /// `mlir-opt-22`, and checks that every op is in an upstream dialect.
@@ -36,45 +21,7 @@ fn check_module(text: &str) -> String {
     if let Err(e) = verify_module(&module) {
         panic!("melior rejects the module: {e}\n{module}");
     }
-    match Command::new("mlir-opt-22")
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(mut child) => {
-            child
-                .stdin
-                .take()
-                .expect("piped stdin")
-                .write_all(module.as_bytes())
-                .expect("write to mlir-opt-22");
-            let out = child.wait_with_output().expect("mlir-opt-22 runs");
-            assert!(
-                out.status.success(),
-                "mlir-opt-22 rejects the module: {}\n{module}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Err(e) => eprintln!("skipping the mlir-opt-22 check: {e}"),
-    }
-    for line in module.lines() {
-        let line = line.trim();
-        let op = match line.split_once(" = ") {
-            Some((lhs, rhs)) if lhs.starts_with('%') => rhs,
-            _ => line,
-        };
-        let word = op.split([' ', '(', '{', '<']).next().unwrap_or("");
-        if let Some((dialect, _)) = word.split_once('.') {
-            if !dialect.is_empty() && dialect.chars().all(|c| c.is_ascii_lowercase()) {
-                assert!(
-                    UPSTREAM.contains(&dialect),
-                    "dialect `{dialect}` in\n{module}"
-                );
-            }
-        }
-    }
+    check_module_text(&module);
     module
 }
 
