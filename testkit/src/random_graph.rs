@@ -364,3 +364,35 @@ pub fn random_graph(seed: u64) -> Builder {
     }
     b
 }
+
+/// Relative difference, 0 where both are the same infinity or both NaN
+/// (chained `exp` may overflow in both engines alike).
+fn rel_diff(a: f64, r: f64) -> f64 {
+    if a == r || (a.is_nan() && r.is_nan()) {
+        0.0
+    } else {
+        (a - r).abs() / r.abs().max(1.0)
+    }
+}
+
+/// Panics (naming `ctx` and output `name`) unless an engine's output `got`
+/// agrees with the interpreter's `want`: same dtype and shape, f32 within
+/// 1e-5 relative, integers and booleans exactly.
+pub fn assert_agrees(ctx: &str, name: &str, got: &Tensor, want: &Tensor) {
+    assert_eq!(
+        (got.dtype(), got.shape()),
+        (want.dtype(), want.shape()),
+        "{ctx}{name}"
+    );
+    if matches!(want, Tensor::F32(_)) {
+        let (a, r) = (got.to_f64(), want.to_f64());
+        let d = a
+            .iter()
+            .zip(r.iter())
+            .map(|(d, r)| rel_diff(*d, *r))
+            .fold(0.0f64, f64::max);
+        assert!(d <= 1e-5, "{ctx}{name}: differs by {d:e}");
+    } else {
+        assert_eq!(got.to_i64(), want.to_i64(), "{ctx}{name}");
+    }
+}
