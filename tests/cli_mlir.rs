@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::mlir_module::{op_dialects, UPSTREAM};
+use common::mlir_module::check_upstream;
 use common::random_model::write_safetensors;
 use common::Scratch;
 use ndarray::{ArrayD, IxDyn};
@@ -148,9 +148,7 @@ fn compile_emits_an_embedded_module_and_its_signature() {
         .unwrap();
     assert!(bias.starts_with("0x04000000"), "{bias}");
     assert_eq!(bias.trim_end_matches(['"', ',']).len(), 2 + 8 + 6 * 8);
-    for d in op_dialects(&module) {
-        assert!(UPSTREAM.contains(&d.as_str()), "dialect `{d}` in\n{module}");
-    }
+    check_upstream(&module);
     mlir_opt_verifies(&out);
     let sig = signature(&s.dir.path("model.mlir.json"));
     assert_eq!(sig["entry"], "forward");

@@ -25,6 +25,15 @@ pub(crate) fn literal(d: DType, v: f64) -> String {
     }
 }
 
+/// The `arith.constant` op holding `v` as a scalar of dtype `d`.
+pub(crate) fn constant_op(d: DType, v: f64) -> String {
+    match d {
+        // `true`/`false` are typed `i1` already; a type after them does not parse.
+        DType::Bool => format!("arith.constant {}", literal(d, v)),
+        _ => format!("arith.constant {} : {}", literal(d, v), elt(d)),
+    }
+}
+
 /// Lines of scalar SSA code, with fresh names from a shared counter.
 pub(crate) struct Body<'a> {
     pub(crate) lines: &'a mut Vec<String>,
@@ -43,11 +52,7 @@ impl Body<'_> {
 
     /// A constant of dtype `d`.
     pub(crate) fn constant(&mut self, d: DType, v: f64) -> String {
-        match d {
-            // `true`/`false` are typed `i1` already; a type after them does not parse.
-            DType::Bool => self.def(format!("arith.constant {}", literal(d, v))),
-            _ => self.def(format!("arith.constant {} : {}", literal(d, v), elt(d))),
-        }
+        self.def(constant_op(d, v))
     }
 
     fn bin(&mut self, op: &str, a: &str, b: &str, d: DType) -> String {

@@ -10,7 +10,7 @@ mod philox;
 mod regions;
 mod sort;
 
-use crate::scalar::{elt, literal, Body};
+use crate::scalar::{constant_op, elt, literal, Body};
 use crate::MlirError;
 use reformc_ir::{
     Activation, Attr, BinaryFn, DType, Dim, Elementwise, Graph, OpKind, Reduction, TensorType,
@@ -225,11 +225,7 @@ impl<'g> Emitter<'g> {
         let sizes = self.dyn_sizes(v, shape)?.join(", ");
         let e = self.def(format!("tensor.empty({sizes}) : {ty}"));
         let Some(x) = fill else { return Ok(e) };
-        let c = match d {
-            // `true`/`false` are typed `i1` already; a type after them does not parse.
-            DType::Bool => self.def(format!("arith.constant {}", literal(d, x))),
-            _ => self.def(format!("arith.constant {} : {}", literal(d, x), elt(d))),
-        };
+        let c = self.def(constant_op(d, x));
         Ok(self.def(format!(
             "linalg.fill ins({c} : {}) outs({e} : {ty}) -> {ty}",
             elt(d)

@@ -1,7 +1,7 @@
 //! Model-level ops over activations: embeddings, layer norm, linear layers.
 
 use super::{tensor_of, tensor_ty, Emitter, Operand};
-use crate::scalar::{elt, literal, Body};
+use crate::scalar::{constant_op, elt, Body};
 use crate::MlirError;
 use reformc_ir::{Activation, BinaryFn, DType, Dim, TensorType, UnaryFn, ValueId};
 
@@ -421,6 +421,6 @@ impl Emitter<'_> {
 
     /// A scalar constant of dtype `d` as an SSA value.
     pub(super) fn fill_scalar(&mut self, d: DType, x: f64) -> String {
-        self.def(format!("arith.constant {} : {}", literal(d, x), elt(d)))
+        self.def(constant_op(d, x))
     }
 }
