@@ -59,7 +59,9 @@ pub fn jit_run_timed(
     let start = std::time::Instant::now();
     let args = checked_args(graph, WeightsMode::Args, args)?;
     let text = emit::Emitter::new(graph).with_c_interface().module()?;
-    run_text(&text, &args, &result_types(graph), false, runs, start)
+    let sets = vec![&args[..]; runs.max(1)];
+    let (mut outs, times) = run_text(&text, &sets, &result_types(graph), false, start)?;
+    Ok((outs.pop().unwrap_or_default(), times))
 }
 
 /// [`jit_run`] with the weights embedded in the module (`--weights-mode
@@ -93,13 +95,29 @@ pub fn jit_run_with_weights_timed(
     weights: &BTreeMap<String, Tensor>,
     inputs: &[Tensor],
 ) -> Result<(Vec<Tensor>, JitTimes), MlirError> {
+    let (mut outs, times) = jit_run_with_weights_each(graph, weights, &[inputs.to_vec()])?;
+    Ok((outs.pop().unwrap_or_default(), times))
+}
+
+/// [`jit_run_with_weights`] on several input lists (each may have other
+/// batch and length values), compiling the module once: the outputs of each
+/// list in order, and the times (one run per list).
+pub fn jit_run_with_weights_each(
+    graph: &Graph,
+    weights: &BTreeMap<String, Tensor>,
+    input_sets: &[Vec<Tensor>],
+) -> Result<(Vec<Vec<Tensor>>, JitTimes), MlirError> {
     let start = Instant::now();
-    let inputs = checked_args(graph, WeightsMode::Embed, inputs)?;
+    let sets = input_sets
+        .iter()
+        .map(|inputs| checked_args(graph, WeightsMode::Embed, inputs))
+        .collect::<Result<Vec<_>, _>>()?;
     let text = emit::Emitter::new(graph)
         .with_weights(weights)
         .with_c_interface()
         .module()?;
-    run_text(&text, &inputs, &result_types(graph), false, 1, start)
+    let sets: Vec<&[Tensor]> = sets.iter().map(|s| &s[..]).collect();
+    run_text(&text, &sets, &result_types(graph), false, start)
 }
 
 /// Runs a module already emitted for `graph` in `mode` (the text
@@ -114,7 +132,8 @@ pub fn jit_run_emitted(
     args: &[Tensor],
 ) -> Result<Vec<Tensor>, MlirError> {
     let args = checked_args(graph, mode, args)?;
-    run_text(text, &args, &result_types(graph), true, 1, Instant::now()).map(|(o, _)| o)
+    let (mut outs, _) = run_text(text, &[&args], &result_types(graph), true, Instant::now())?;
+    Ok(outs.pop().unwrap_or_default())
 }
 
 /// `args` in standard layout, once checked against the arguments of
@@ -162,16 +181,16 @@ fn result_types(graph: &Graph) -> Vec<(DType, usize)> {
 }
 
 /// Lowers module `text` through [`CPU_PIPELINE`] (after
-/// `llvm-request-c-wrappers` when `request_wrappers`) and calls `@forward`
-/// `runs` times (at least once); compilation is timed from `start`.
+/// `llvm-request-c-wrappers` when `request_wrappers`) once and calls
+/// `@forward` on each argument list, returning each call's outputs;
+/// compilation is timed from `start`.
 fn run_text(
     text: &str,
-    args: &[Tensor],
+    arg_sets: &[&[Tensor]],
     outs: &[(DType, usize)],
     request_wrappers: bool,
-    runs: usize,
     start: Instant,
-) -> Result<(Vec<Tensor>, JitTimes), MlirError> {
+) -> Result<(Vec<Vec<Tensor>>, JitTimes), MlirError> {
     let context = crate::context();
     register_all_llvm_translations(&context);
     static PASSES: Once = Once::new();
@@ -211,14 +230,24 @@ fn run_text(
         compile: start.elapsed(),
         runs: Vec::new(),
     };
-    let mut out = Ok(Vec::new());
-    for _ in 0..runs.max(1) {
+    let mut results = Vec::with_capacity(arg_sets.len());
+    let mut failed = None;
+    for args in arg_sets {
         let t = Instant::now();
-        out = invoke(&engine, args, outs).map_err(|e| diag("run", &e));
+        match invoke(&engine, args, outs) {
+            Ok(o) => results.push(o),
+            Err(e) => {
+                failed = Some(diag("run", &e));
+                break;
+            }
+        }
         times.runs.push(t.elapsed());
     }
     context.detach_diagnostic_handler(handler);
-    out.map(|o| (o, times))
+    match failed {
+        Some(e) => Err(e),
+        None => Ok((results, times)),
+    }
 }
 
 /// `t` in row-major standard layout.

@@ -26,8 +26,8 @@ mod signature;
 mod weights;
 
 pub use jit::{
-    jit_run, jit_run_emitted, jit_run_timed, jit_run_with_weights, jit_run_with_weights_timed,
-    JitTimes, CPU_PIPELINE,
+    jit_run, jit_run_emitted, jit_run_timed, jit_run_with_weights, jit_run_with_weights_each,
+    jit_run_with_weights_timed, JitTimes, CPU_PIPELINE,
 };
 pub use signature::signature_json;
 

@@ -5,7 +5,7 @@
 //! reversible blocks are in the graph): the MLIR CPU pipeline equals the
 //! interpreter at several batch sizes and lengths.
 
-use reformc_backend_mlir::jit_run_with_weights;
+use reformc_backend_mlir::jit_run_with_weights_each;
 use reformc_frontend::config::parse_model_config;
 use reformc_frontend::lower::{lower, LowerOptions, LshSource};
 use reformc_ir::DType;
@@ -56,32 +56,38 @@ fn random_models_match_the_interpreter_on_the_mlir_pipeline() {
         let g = &lowered.graph;
         let w = random_weights(g, &mut rng);
         // Lengths: one token, one chunk plus one (padded), a longer padded one.
+        let mut runs = Vec::new();
         for &l in &[1usize, chunk + 1, 2 * chunk + 3] {
             if spec.check_length(l as u64).is_err() {
                 continue;
             }
             for b in [1usize, 2] {
                 let inp = random_inputs(&spec, b, l, &mut rng, source, &lowered.bucket_factors);
-                let want = reformc_interp::run(g, &inp, &w)
-                    .unwrap_or_else(|e| panic!("model {model} B={b} L={l}: interp: {e}\n{text}"));
                 let args: Vec<Tensor> = g
                     .inputs()
                     .into_iter()
                     .map(|(name, _)| inp[name].clone())
                     .collect();
-                let got = jit_run_with_weights(g, &w, &args)
-                    .unwrap_or_else(|e| panic!("model {model} B={b} L={l}: mlir: {e}\n{text}"));
-                let at = g.outputs.iter().position(|(n, _)| n == "logits").unwrap();
-                let (a, c) = (want["logits"].to_f64(), got[at].to_f64());
-                assert_eq!(a.shape(), c.shape());
-                let d = (&a - &c).mapv(f64::abs).fold(0.0f64, |m, &x| m.max(x));
-                assert!(
-                    d <= 1e-4,
-                    "model {model} {source:?} B={b} L={l}: MLIR vs interpreter {d:e}\n{text}"
-                );
-                cases += 1;
-                report.push(format!("model {model} {source:?} B={b} L={l:2}: {d:.1e}"));
+                runs.push((b, l, inp, args));
             }
+        }
+        // One compiled module (dynamic batch and length) for every run.
+        let sets: Vec<Vec<Tensor>> = runs.iter().map(|r| r.3.clone()).collect();
+        let (got, _) = jit_run_with_weights_each(g, &w, &sets)
+            .unwrap_or_else(|e| panic!("model {model}: mlir: {e}\n{text}"));
+        let at = g.outputs.iter().position(|(n, _)| n == "logits").unwrap();
+        for ((b, l, inp, _), got) in runs.iter().zip(&got) {
+            let want = reformc_interp::run(g, inp, &w)
+                .unwrap_or_else(|e| panic!("model {model} B={b} L={l}: interp: {e}\n{text}"));
+            let (a, c) = (want["logits"].to_f64(), got[at].to_f64());
+            assert_eq!(a.shape(), c.shape());
+            let d = (&a - &c).mapv(f64::abs).fold(0.0f64, |m, &x| m.max(x));
+            assert!(
+                d <= 1e-4,
+                "model {model} {source:?} B={b} L={l}: MLIR vs interpreter {d:e}\n{text}"
+            );
+            cases += 1;
+            report.push(format!("model {model} {source:?} B={b} L={l:2}: {d:.1e}"));
         }
     }
     println!("{}", report.join("\n"));
