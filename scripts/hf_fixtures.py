@@ -16,7 +16,19 @@ runs it in eval mode on CPU with all dropouts 0 and records:
   logits.npy           float32 [B, L, V], HF float32 logits
   logits_f64.npy       float64 [B, L, V], the same model in float64 with the float32
                        run's buckets replayed (exact-arithmetic reference)
-  meta.json            parameters, resolved values, diffs and file shapes
+  labels.npy           int64 [B, L], the input ids with -100 (ignored) at t % 7 == 3 of
+                       row 0 and wherever attention_mask is 0
+  loss_f64.npy         0-d float64, mean cross-entropy over labelled positions computed
+                       here in float64 (causal models shift: logits[:, :-1] vs labels[:, 1:])
+  grads_f64.safetensors  F64 gradient of that loss for every weight that gets one, names as
+                       in model.safetensors (lm_head.bias, unused by HF, is absent): HF in
+                       float64 train mode, buckets replayed, backward through HF's
+                       reversible recomputation; checked against plain autograd and finite
+                       differences. Only where HF accepts the shape in train mode; otherwise
+                       meta.json's grad_reference says "none: <HF's reason>"
+  meta.json            parameters, resolved values, diffs, gradient checks and file shapes
+
+The example (examples/tiny-reformer) gets no labels, loss or gradients.
 
 Usage:
   /work/hfvenv/bin/python scripts/hf_fixtures.py --out tests/fixtures --examples examples
@@ -52,8 +64,13 @@ FILES = [
     "lsh_buckets.npy",
     "logits.npy",
     "logits_f64.npy",
+    "labels.npy",
+    "loss_f64.npy",
+    "grads_f64.safetensors",
     "meta.json",
 ]
+
+IGNORE_INDEX = -100  # label value that the loss skips (HF's CrossEntropyLoss ignore_index)
 
 # --------------------------------------------------------------------------------------
 # Cases
@@ -86,11 +103,13 @@ BASE = dict(
 )
 
 
-def case(name, description, seed, B, L, mask_keep=None, **cfg):
-    """mask_keep: None (no attention_mask) or a list of per-row numbers of kept tokens."""
+def case(name, description, seed, B, L, mask_keep=None, grads=True, **cfg):
+    """mask_keep: None (no attention_mask) or a list of per-row numbers of kept tokens.
+    grads: also write labels.npy, loss_f64.npy and grads_f64.safetensors."""
     c = dict(BASE)
     c.update(cfg)
-    return dict(name=name, description=description, seed=seed, B=B, L=L, mask_keep=mask_keep, cfg=c)
+    return dict(name=name, description=description, seed=seed, B=B, L=L, mask_keep=mask_keep,
+                grads=grads, cfg=c)
 
 
 CASES = [
@@ -200,7 +219,7 @@ EXAMPLE = case(
     "tiny-reformer",
     "README demo: causal, hidden 64, 2 heads of 32, layers [local,lsh,local,lsh], 2 rounds, "
     "16 buckets, chunks 32, L=256, axial (16,16)",
-    seed=201, B=1, L=256,
+    seed=201, B=1, L=256, grads=False,  # F64 gradients would double the folder (1.1 MB)
     is_decoder=True, attn_layers=["local", "lsh", "local", "lsh"], num_hashes=2, num_buckets=16,
     hidden_size=64, attention_head_size=32, feed_forward_size=128, vocab_size=64,
     axial_pos_shape=[16, 16], axial_pos_embds_dim=[32, 32], max_position_embeddings=256,
@@ -352,7 +371,12 @@ def run_model(model, ids, mask, causal):
 
 
 def npy_save(path, arr):
-    np.save(path, np.ascontiguousarray(arr), allow_pickle=False)
+    np.save(path, np.ascontiguousarray(arr) if arr.ndim else arr, allow_pickle=False)
+
+
+def save_scalar_f64(path, t):
+    """A 0-d float64 .npy (np.ascontiguousarray would make it 1-d)."""
+    np.save(path, np.array(t.detach().item(), dtype=np.float64), allow_pickle=False)
 
 
 def file_info(path):
@@ -360,6 +384,200 @@ def file_info(path):
         a = np.load(path, mmap_mode="r")
         return dict(dtype=str(a.dtype), shape=list(a.shape))
     return dict(bytes=os.path.getsize(path))
+
+
+# --------------------------------------------------------------------------------------
+# Gradient reference (HF float64, train mode, recorded buckets replayed)
+# --------------------------------------------------------------------------------------
+
+LM_HEAD_BIAS_REASON = ("HF 5.23.0 keeps the parameter but ReformerOnlyLMHead.forward_chunk applies only "
+                       "lm_head.decoder (bias=False), so lm_head.bias gets no gradient")
+FD_STEP = 1e-5  # finite-difference step: rounding error ~1e-10, and ReLU kinks are hardly ever crossed
+FD_ENTRIES = 3
+
+
+def make_labels(ids, mask):
+    """The input ids, with IGNORE_INDEX at t % 7 == 3 in row 0 (so the ignore rule is exercised
+    in causal and masked-LM cases alike) and wherever the attention mask is 0."""
+    labels = ids.clone()
+    labels[0, 3::7] = IGNORE_INDEX
+    if mask is not None:
+        labels[mask == 0] = IGNORE_INDEX
+    return labels
+
+
+def cross_entropy_f64(logits, labels, causal):
+    """Mean cross-entropy over labelled positions, in float64 throughout. Causal (LM head) models
+    shift as HF does: position t predicts label t+1."""
+    if causal:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    keep = labels != IGNORE_INDEX
+    logp = torch.log_softmax(logits.to(torch.float64), dim=-1)
+    picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return -picked[keep].sum() / keep.sum()
+
+
+def train_loss(model, ids, mask, labels, causal, buckets):
+    """Train-mode forward with `buckets` replayed; returns (loss, logits). The replay stays
+    patched through the caller's backward via the returned context, so a re-hash there raises."""
+    queue, counter = list(buckets), [0]
+    kwargs = dict(input_ids=ids)
+    if mask is not None:
+        kwargs["attention_mask"] = mask
+    if causal:
+        kwargs["use_cache"] = False
+    with patched_hash_vectors(replaying_hash(queue, counter)):
+        logits = model(**kwargs).logits
+    if counter[0] != len(buckets) or queue:
+        raise RuntimeError("train-mode forward did not consume exactly the recorded buckets")
+    return cross_entropy_f64(logits, labels, causal), logits
+
+
+def plain_reversible_apply(hidden_states, layers, attention_mask, num_hashes, all_hidden_states,
+                           all_attentions, past_buckets_states, use_cache, orig_sequence_length,
+                           output_hidden_states, output_attentions):
+    """Stand-in for `_ReversibleFunction.apply` that runs the same layer maths under ordinary
+    autograd (activations stored, no recomputation): the non-reversible reference."""
+    hidden, attn = torch.chunk(hidden_states, 2, dim=-1)
+    for layer in layers:
+        out = layer.attention(hidden_states=hidden, attention_mask=attention_mask, num_hashes=num_hashes,
+                              orig_sequence_length=orig_sequence_length)
+        attn = attn + out.hidden_states  # Y1 = X1 + f(X2)
+        hidden = hidden + layer.feed_forward(attn)  # Y2 = X2 + g(Y1)
+    return torch.cat([attn, hidden], dim=-1)
+
+
+@contextmanager
+def plain_reversible():
+    orig = mr._ReversibleFunction.apply
+    mr._ReversibleFunction.apply = plain_reversible_apply
+    try:
+        yield
+    finally:
+        mr._ReversibleFunction.apply = orig
+
+
+def backward_grads(model, loss, buckets):
+    """loss.backward() with the bucket replay patched to an empty queue (HF's reversible backward
+    must reuse the forward's buckets; a re-hash would raise), then the gradients by name."""
+    model.zero_grad(set_to_none=True)
+    with patched_hash_vectors(replaying_hash([], [0])):
+        loss.backward()
+    return {n: p.grad for n, p in model.named_parameters(remove_duplicate=False)}
+
+
+def max_rel_err(got, want):
+    """Largest |got - want| over tensors, each relative to that tensor's max |want| (at least 1e-300)."""
+    worst = 0.0
+    for n, w in want.items():
+        scale = max(float(w.abs().max()), 1e-300)
+        worst = max(worst, float((got[n] - w).abs().max()) / scale)
+    return worst
+
+
+def finite_difference_check(model, ids, mask, labels, causal, buckets, grads, seed):
+    """Fourth-order central differences of the f64 loss at FD_ENTRIES weight entries (random
+    tensors, random entries with |grad| >= 0.1 max|grad| of their tensor). Returns the entries
+    with both values and their relative error."""
+    g = torch.Generator().manual_seed(seed * 13 + 3)
+    names = sorted(grads)
+    params = dict(model.named_parameters())
+    checks = []
+    for k in torch.randperm(len(names), generator=g)[:FD_ENTRIES].tolist():
+        name = names[k]
+        gr = grads[name].reshape(-1)
+        big = torch.nonzero(gr.abs() >= 0.1 * gr.abs().max()).reshape(-1)
+        flat = int(big[torch.randint(len(big), (1,), generator=g)].item())
+        p = params[name].data.reshape(-1)
+        orig = p[flat].item()
+        f = {}
+        with torch.no_grad():
+            for m in (-2, -1, 1, 2):
+                p[flat] = orig + m * FD_STEP
+                f[m] = train_loss(model, ids, mask, labels, causal, buckets)[0].item()
+            p[flat] = orig
+        fd = (8 * (f[1] - f[-1]) - (f[2] - f[-2])) / (12 * FD_STEP)
+        an = float(gr[flat])
+        checks.append(dict(tensor=name, flat_index=flat, analytic=an, finite_difference=fd,
+                           rel_err=abs(fd - an) / abs(an)))
+    return checks
+
+
+def gradient_reference(c, model64, ids, mask, records, causal, logits64, out_dir):
+    """Writes labels.npy, loss_f64.npy and (where HF trains this shape) grads_f64.safetensors;
+    returns the meta.json entries that describe them."""
+    from safetensors.torch import save_file
+
+    labels = make_labels(ids, mask)
+    npy_save(os.path.join(out_dir, "labels.npy"), labels.numpy().astype(np.int64))
+    buckets = [r["buckets"] for r in records]
+    info = dict(labels_rule=("input_ids, with -100 at positions t % 7 == 3 of row 0 and wherever "
+                             "attention_mask is 0"),
+                labelled_positions=int((labels[:, 1:] if causal else labels).ne(IGNORE_INDEX).sum()),
+                loss_rule=("mean cross-entropy over labels != -100, log_softmax in float64, computed "
+                           "by this script (not transformers' loss); " +
+                           ("causal: logits[:, :-1] vs labels[:, 1:]" if causal else "masked LM: no shift")))
+
+    model_t = copy.deepcopy(model64).train()
+    for name, m in model_t.named_modules():
+        if hasattr(m, "dropout") and isinstance(m.dropout, float) and m.dropout != 0.0:
+            raise RuntimeError(f"{name}.dropout = {m.dropout}; the gradient reference needs 0")
+    try:
+        loss, logits_t = train_loss(model_t, ids, mask, labels, causal, buckets)
+    except ValueError as e:  # HF refuses this shape in train mode
+        advice = ("Please", "You might")  # keep HF's diagnosis, drop its suggestions
+        reason = ". ".join(x for x in str(e).split(". ") if not x.startswith(advice)).rstrip(". ")
+        loss = cross_entropy_f64(logits64, labels, causal)
+        save_scalar_f64(os.path.join(out_dir, "loss_f64.npy"), loss)
+        info.update(grad_reference=f"none: {reason}",
+                    loss_source="eval-mode float64 logits (logits_f64.npy); HF refuses train mode here")
+        return info
+
+    train_vs_eval = float((logits_t.detach() - logits64).abs().max())
+    if train_vs_eval > 1e-10:
+        raise RuntimeError(f"train-mode f64 logits differ from logits_f64 by {train_vs_eval:.3e}")
+    grads = backward_grads(model_t, loss, buckets)
+    names = list(model64.state_dict().keys())
+    present = {n: grads[n].detach().contiguous().clone() for n in names if grads.get(n) is not None}
+    absent = {n: (LM_HEAD_BIAS_REASON if n == "lm_head.bias" else
+                  "no gradient (not a parameter, or unused by the forward)")
+              for n in names if n not in present}
+    save_scalar_f64(os.path.join(out_dir, "loss_f64.npy"), loss)
+    save_file(present, os.path.join(out_dir, "grads_f64.safetensors"), metadata={"format": "pt"})
+
+    # non-reversible reference: the same maths under plain autograd (activations stored)
+    model_p = copy.deepcopy(model64).train()
+    with plain_reversible():
+        loss_p, _ = train_loss(model_p, ids, mask, labels, causal, buckets)
+    grads_p = backward_grads(model_p, loss_p, buckets)
+    if set(n for n in names if grads_p.get(n) is not None) != set(present):
+        raise RuntimeError("plain autograd and reversible backward give gradients for different tensors")
+    plain_err = max_rel_err({n: grads_p[n] for n in present}, present)
+    loss_plain_diff = abs(loss_p.item() - loss.item())
+
+    fd = finite_difference_check(model_t, ids, mask, labels, causal, buckets, present, c["seed"])
+    fd_worst = max(x["rel_err"] for x in fd)
+    if plain_err > 1e-10 or fd_worst > 1e-6:
+        raise RuntimeError(f"gradient checks failed: plain autograd {plain_err:.3e}, "
+                           f"finite differences {fd_worst:.3e}")
+    info.update(
+        grad_reference="hf_f64_train",
+        loss_source="train-mode float64 forward (the loss whose gradient grads_f64.safetensors holds)",
+        grad_reference_note=(
+            "HF model .double().train(), every dropout 0 (checked), float32 run's buckets replayed in "
+            "the forward (consumed exactly once per LSH call; the reversible backward reuses them and "
+            "never re-hashes, checked), loss by this script in float64, loss.backward() through HF's "
+            "_ReversibleFunction (recomputation). Checked: train-mode logits vs logits_f64.npy; every "
+            "gradient against plain autograd on the same maths without recomputation; finite "
+            "differences (4th-order, step 1e-5) at 3 entries."),
+        grad_tensors=sorted(present),
+        grad_tensors_absent=absent,
+        max_abs_diff_train_logits_vs_logits_f64=train_vs_eval,
+        max_rel_err_grads_reversible_vs_plain_autograd=plain_err,
+        abs_diff_loss_reversible_vs_plain_autograd=loss_plain_diff,
+        finite_difference_checks=fd,
+    )
+    return info
 
 
 # --------------------------------------------------------------------------------------
@@ -531,6 +749,8 @@ def generate(c, out_dir):
                       numpy=np.__version__),
         files={},
     )
+    if c["grads"]:  # after every other output: HF's train mode reseeds the global RNG
+        meta.update(gradient_reference(c, model64, ids, mask, records, causal, logits64, out_dir))
     for f in FILES[:-1]:
         p = os.path.join(out_dir, f)
         if os.path.exists(p):
@@ -589,6 +809,12 @@ def main():
               f"flips={m.get('hash_flips_f64_vs_f32', '-')} "
               f"maxdiff={m['max_abs_diff_logits_f32_vs_f64']:.3e} "
               f"kept={m['max_abs_diff_logits_f32_vs_f64_kept_positions']:.3e} size={size / 1024:.0f}KiB")
+        if m.get("grad_reference") == "hf_f64_train":
+            print(f"  grads: train-vs-eval logits {m['max_abs_diff_train_logits_vs_logits_f64']:.1e}, "
+                  f"reversible vs plain autograd {m['max_rel_err_grads_reversible_vs_plain_autograd']:.1e}, "
+                  f"finite differences {max(x['rel_err'] for x in m['finite_difference_checks']):.1e}")
+        elif "grad_reference" in m:
+            print(f"  grads: {m['grad_reference']}")
         if size > 2 * 1024 * 1024:
             raise RuntimeError(f"{d} is larger than 2 MiB")
     return 0
