@@ -21,6 +21,8 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Compile a model to an executable, object, shared library, LLVM IR, assembly or MLIR.
     Compile(cli::compile::CompileArgs),
+    /// One training step: the loss and the gradient of every weight (.safetensors).
+    Grad(cli::grad::GradArgs),
     /// Per layer: attention chosen and why, chunk sizes, FLOPs, static peak memory.
     Explain(cli::explain::ExplainArgs),
     /// Run passes on IR text (a file `reformc dump` wrote, or one written by hand) and print the IR.
@@ -39,6 +41,7 @@ fn main() {
         Command::Run(a) => cli::run::run(a),
         Command::Compile(a) => cli::compile::run(a),
         Command::Explain(a) => cli::explain::run(a),
+        Command::Grad(a) => cli::grad::run(a),
         Command::Opt(a) => cli::opt::run(a),
         Command::ListPasses => {
             println!("{}", reformc_passes::list_passes().trim_end());

@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod attention;
+pub mod autodiff;
 pub mod buffer_plan;
 pub mod cost;
 pub mod explain;

@@ -35,6 +35,7 @@ pub const DEFAULT_PIPELINE: &[&str] = &[
 /// | `chunk` | `chunk.rs` | registered |
 /// | `cse`, `dce` | `cleanup.rs` | registered (not in the default pipeline: `simplify` does both) |
 /// | `memory-plan` | `memory_plan.rs` | registered |
+/// | `autodiff` | `autodiff/` | registered (training only: `grad`, `train`, `dump --train`) |
 ///
 /// Epilogue fusion (bias, activation into `linear`) is part of `simplify`.
 pub fn registry() -> Vec<Box<dyn Pass>> {
@@ -46,6 +47,7 @@ pub fn registry() -> Vec<Box<dyn Pass>> {
         Box::new(crate::cleanup::CsePass),
         Box::new(crate::cleanup::DcePass),
         Box::new(crate::memory_plan::MemoryPlanPass),
+        Box::new(crate::autodiff::AutodiffPass),
     ]
 }
 

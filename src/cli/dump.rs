@@ -39,6 +39,11 @@ pub struct DumpArgs {
     /// Add `lm_head.bias` to the logits (HF 4.x behaviour).
     #[arg(long)]
     pub lm_head_bias: bool,
+    /// Print the training step instead of the forward pass: the pipeline gains
+    /// `lower-model` and `autodiff` (loss, labels input, one `grad:<weight>`
+    /// output per weight).
+    #[arg(long)]
+    pub train: bool,
     #[command(flatten)]
     pub passes: PassArgs,
 }
@@ -89,7 +94,9 @@ pub fn run(args: &DumpArgs) -> CliResult<()> {
         Some(_) => m.weight_tensors(&lowered)?,
         None => Default::default(),
     };
-    args.passes.optimize(&mut lowered.graph, &m.spec, seq_len)?;
+    let mut passes = args.passes.clone();
+    passes.train = args.train;
+    passes.optimize(&mut lowered.graph, &m.spec, seq_len)?;
     let text = match args.format.as_str() {
         _ if mlir => super::mlir::module_text(&lowered.graph, mode, &weights, &args.config)?,
         "dot" => reformc_ir::to_dot(&lowered.graph),

@@ -69,11 +69,34 @@ pub struct PassArgs {
     /// No progress lines or pass notes on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Set by `grad` and `dump --train`: the pipeline gains the training
+    /// passes (`lower-model`, `autodiff`) before `memory-plan`.
+    #[arg(skip)]
+    pub train: bool,
 }
+
+/// The passes that turn a forward graph into a training step, in order.
+pub const TRAIN_PASSES: &[&str] = &["lower-model", "autodiff"];
 
 impl PassArgs {
     /// The pipeline these flags name.
     pub fn pipeline(&self) -> CliResult<Pipeline> {
+        let mut p = self.forward_pipeline()?;
+        if self.train {
+            let at = p
+                .passes
+                .iter()
+                .position(|n| n == "memory-plan")
+                .unwrap_or(p.passes.len());
+            for (i, name) in TRAIN_PASSES.iter().enumerate() {
+                p.passes.insert(at + i, name.to_string());
+            }
+        }
+        Ok(p)
+    }
+
+    /// The pipeline `--pipeline` names (or the default one), without the training passes.
+    fn forward_pipeline(&self) -> CliResult<Pipeline> {
         match self.pipeline.as_deref() {
             None => Ok(Pipeline::default_pipeline()),
             Some("none") | Some("") => {

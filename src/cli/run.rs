@@ -220,7 +220,7 @@ pub(super) fn inputs(args: &RunArgs) -> outputs::Inputs<'_> {
 }
 
 /// Token ids: int [B, L], every id in [0, vocab_size).
-fn read_ids(path: &Path, spec: &ModelSpec) -> CliResult<ArrayD<i64>> {
+pub(super) fn read_ids(path: &Path, spec: &ModelSpec) -> CliResult<ArrayD<i64>> {
     let ids = npy::read_int(path, 2, "token ids [B, L]")?;
     if ids.is_empty() {
         return Err(CliError::input(format!(
@@ -245,7 +245,7 @@ fn read_ids(path: &Path, spec: &ModelSpec) -> CliResult<ArrayD<i64>> {
     Ok(ids)
 }
 
-fn read_mask(path: &Path, shape: &[usize]) -> CliResult<ArrayD<i64>> {
+pub(super) fn read_mask(path: &Path, shape: &[usize]) -> CliResult<ArrayD<i64>> {
     let m = npy::read_int(path, 2, "attention mask [B, L]")?;
     if m.shape() != shape {
         return Err(CliError::input(format!(
@@ -258,7 +258,7 @@ fn read_mask(path: &Path, shape: &[usize]) -> CliResult<ArrayD<i64>> {
 }
 
 /// HF's bucket layout [n, B, H, r*P] reshaped to the IR's [n, B, H, r, P].
-fn read_buckets(
+pub(super) fn read_buckets(
     path: &Path,
     spec: &ModelSpec,
     batch: usize,

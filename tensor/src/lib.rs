@@ -19,6 +19,7 @@ mod dtype;
 pub mod npy;
 pub mod outfile;
 pub mod safetensors;
+pub mod safetensors_write;
 mod text;
 
 #[cfg(feature = "ndarray")]

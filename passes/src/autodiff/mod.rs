@@ -1,0 +1,114 @@
+//! The `autodiff` pass: reverse-mode differentiation of a graph's scalar
+//! `loss` output with respect to every float weight.
+//!
+//! The input is a tensor-op graph (`lower-model` expresses model ops in
+//! tensor ops) in which `reversible_block`s may remain. The pass
+//! 1. flattens each reversible block into the top-level body, remembering
+//!    its structure ([`unfold`]);
+//! 2. sweeps the body backwards from `d loss = 1`, applying one rule per op
+//!    kind ([`rules`], an exhaustive table);
+//! 3. differentiates each reversible block by recomputing its input from its
+//!    output (`x2 = y2 - g(y1)`, `x1 = y1 - f(x2)`, REFORMER.md §3.3), so no
+//!    activation inside a reversible stack is kept for the backward pass;
+//!    LSH buckets and random draws are reused from the forward pass, never
+//!    recomputed;
+//! 4. names each weight's gradient `grad:<weight name>` (zeros for a weight
+//!    the loss does not depend on) and keeps `loss` as the only other output.
+//!
+//! ```
+//! use reformc_passes::autodiff::differentiate;
+//! let text = "graph {\n  %0 = weight {name=\"w\"} : f32[4]\n  %1 = input {name=\"x\"} : f32[4]\n  %2 = mul %0, %1 : f32[4]\n  %3 = reduce %2 {axes=[0], kind=\"sum\"} : f32[]\n  output \"loss\" = %3\n}\n";
+//! let g = reformc_ir::parse(text).unwrap();
+//! let d = differentiate(&g, "loss").unwrap();
+//! assert!(d.outputs.iter().any(|(n, _)| n == "grad:w"));
+//! ```
+
+mod builder;
+mod loss;
+mod rules;
+mod sweep;
+mod unfold;
+
+pub use builder::{Builder, Built};
+pub use loss::{append_loss, LABELS, LOSS};
+pub use rules::{is_differentiable, rule_of, vjp, Rule};
+pub use sweep::{active_values, Sweep};
+pub use unfold::{unfold, Branch, Coupling};
+
+use crate::pass::{Pass, PassError, PassOptions};
+use reformc_ir::{Graph, OpKind};
+
+/// Prefix of the output that holds a weight's gradient.
+pub const GRAD_PREFIX: &str = "grad:";
+
+/// The graph computing `loss` and the gradient of every float weight.
+pub fn differentiate(g: &Graph, loss: &str) -> Result<Graph, String> {
+    let &(_, loss_v) = g
+        .outputs
+        .iter()
+        .find(|(n, _)| n == loss)
+        .ok_or_else(|| format!("the graph has no output `{loss}` to differentiate"))?;
+    let lt = g.ty(loss_v);
+    if lt.rank() != 0 || !lt.dtype.is_float() {
+        return Err(format!("`{loss}` must be a float scalar, found {lt}"));
+    }
+    let (mut h, couplings) = unfold(g)?;
+    let loss_v = h.outputs.iter().find(|(n, _)| n == loss).map(|o| o.1).expect("kept by unfold");
+    let order = h.body.clone();
+    let weights: Vec<(String, reformc_ir::ValueId)> =
+        h.weights().into_iter().map(|(n, v)| (n.to_string(), v)).collect();
+    let mut sweep = Sweep::new(&mut h, couplings);
+    if !sweep.active.contains(&loss_v) {
+        return Err(format!("`{loss}` does not depend on any float weight"));
+    }
+    let seed = sweep.b.constant(1.0, lt.dtype);
+    sweep.ct.insert(loss_v, seed);
+    sweep.run(&order)?;
+    let mut grads = Vec::new();
+    for (name, w) in weights {
+        if !sweep.b.ty(w).dtype.is_float() {
+            continue;
+        }
+        let d = match sweep.ct.get(&w) {
+            Some(&d) => d,
+            None => sweep.b.zeros_like(w)?,
+        };
+        grads.push((format!("{GRAD_PREFIX}{name}"), d));
+    }
+    h.outputs = vec![(loss.to_string(), loss_v)];
+    h.outputs.extend(grads);
+    reformc_ir::verify(&h).map_err(|e| format!("the differentiated graph does not verify: {e}"))?;
+    Ok(h)
+}
+
+/// Whether `g` still holds an op autodiff cannot take (a model op other than
+/// `reversible_block`, `lsh_hash`).
+pub fn needs_lowering(g: &Graph) -> bool {
+    g.walk().iter().any(|v| rule_of(g.node(*v).op.kind) == Rule::LowerFirst)
+        || g.walk().iter().any(|v| {
+            g.node(*v).op.kind == OpKind::ReversibleBlock
+                && g.node(*v).regions.iter().any(|r| r.body.iter().any(|b| !g.node(*b).regions.is_empty()))
+        })
+}
+
+/// The `autodiff` pass (see the module docs): differentiates the output
+/// `loss` (append one with [`append_loss`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AutodiffPass;
+
+impl Pass for AutodiffPass {
+    fn name(&self) -> &'static str {
+        "autodiff"
+    }
+
+    fn summary(&self) -> &'static str {
+        "reverse mode: the gradient of the `loss` output with respect to every weight, reversible blocks recomputed"
+    }
+
+    fn run(&self, g: &mut Graph, _: &PassOptions) -> Result<Vec<String>, PassError> {
+        let d = differentiate(g, LOSS).map_err(|message| PassError { pass: String::new(), message })?;
+        let n = d.outputs.len() - 1;
+        *g = d;
+        Ok(vec![format!("{n} weight gradients")])
+    }
+}

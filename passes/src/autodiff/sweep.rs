@@ -1,0 +1,191 @@
+//! The reverse sweep: cotangents flow from the loss back to the weights.
+
+use super::builder::Builder;
+use super::rules::{is_differentiable, rule_of, vjp, Rule};
+use super::unfold::{Branch, Coupling};
+use reformc_ir::{Graph, OpKind, ValueId};
+use std::collections::{HashMap, HashSet};
+
+/// State of one reverse sweep over a flattened graph.
+pub struct Sweep<'g> {
+    /// The graph the backward ops are appended to.
+    pub b: Builder<'g>,
+    /// Cotangent of each value that has one so far.
+    pub ct: HashMap<ValueId, ValueId>,
+    /// Values that depend on a weight through differentiable ops.
+    pub active: HashSet<ValueId>,
+    /// Forward values replaced by their recomputation (block inputs).
+    pub recomputed: HashMap<ValueId, ValueId>,
+    /// Couplings by their output value.
+    couplings: HashMap<ValueId, Coupling>,
+    /// Values inside couplings, which only their coupling's rule visits.
+    inside: HashSet<ValueId>,
+}
+
+impl<'g> Sweep<'g> {
+    /// A sweep over `g` (flattened) whose couplings are `couplings`.
+    pub fn new(g: &'g mut Graph, couplings: Vec<Coupling>) -> Self {
+        let active = active_values(g, &g.body);
+        let inside = couplings
+            .iter()
+            .flat_map(|c| c.values.iter().copied())
+            .filter(|v| !couplings.iter().any(|c| c.y == *v))
+            .collect();
+        let couplings = couplings.into_iter().map(|c| (c.y, c)).collect();
+        Sweep { b: Builder::new(g), ct: HashMap::new(), active, recomputed: HashMap::new(), couplings, inside }
+    }
+
+    /// Adds `d` to the cotangent of `v`.
+    pub fn accumulate(&mut self, v: ValueId, d: ValueId) -> Result<(), String> {
+        let sum = match self.ct.get(&v) {
+            Some(&old) => self.b.add(old, d)?,
+            None => d,
+        };
+        self.ct.insert(v, sum);
+        Ok(())
+    }
+
+    /// Visits `order` backwards, applying each op's rule.
+    pub fn run(&mut self, order: &[ValueId]) -> Result<(), String> {
+        for &v in order.iter().rev() {
+            if self.inside.contains(&v) {
+                continue;
+            }
+            let Some(&dy) = self.ct.get(&v) else { continue };
+            if self.couplings.contains_key(&v) {
+                self.coupling(v, dy)?;
+            } else {
+                self.op(v, dy)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `v`'s rule with cotangent `dy`.
+    fn op(&mut self, v: ValueId, dy: ValueId) -> Result<(), String> {
+        let node = self.b.g.node(v).clone();
+        match rule_of(node.op.kind) {
+            Rule::Constant => return Ok(()),
+            Rule::Vjp => {}
+            Rule::Reversible => return Err("a reversible_block was not flattened".into()),
+            Rule::LowerFirst => {
+                return Err(format!("%{} = {} is a model op: run lower-model before autodiff", v.0, node.op.kind))
+            }
+            Rule::Missing(why) => return Err(format!("%{}: no derivative for {why}", v.0)),
+        }
+        let y = self.recomputed.get(&v).copied().unwrap_or(v);
+        let ds = vjp(&mut self.b, &node, y, dy).map_err(|e| format!("%{} = {}: {e}", v.0, node.op.kind))?;
+        for (x, d) in node.inputs.iter().zip(ds) {
+            if let Some(d) = d {
+                if self.active.contains(x) {
+                    self.accumulate(*x, d)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The reversible rule (REFORMER.md §3.3): recompute the block's input
+    /// from its output, then back-propagate through `g` and `f`.
+    fn coupling(&mut self, y: ValueId, dy: ValueId) -> Result<(), String> {
+        let c = self.couplings[&y].clone();
+        let yv = self.recomputed.get(&y).copied().unwrap_or(y);
+        let last = self.b.ty(yv).rank() - 1;
+        let (h, w) = (c.half, 2 * c.half);
+        let y1 = self.b.slice(yv, last, 0, h)?;
+        let y2 = self.b.slice(yv, last, h, w)?;
+        let dy1 = self.b.slice(dy, last, 0, h)?;
+        let dy2 = self.b.slice(dy, last, h, w)?;
+        // x2 = y2 - g(y1), then g's vector-Jacobian product at y1.
+        let (g_out, g_ops) = self.replay(&c.g, y1)?;
+        let x2 = self.b.sub(y2, g_out)?;
+        let d_y1 = self.through(g_ops, g_out, dy2, y1)?;
+        let dy1t = match d_y1 {
+            Some(d) => self.b.add(dy1, d)?,
+            None => dy1,
+        };
+        // x1 = y1 - f(x2), then f's vector-Jacobian product at x2.
+        let (f_out, f_ops) = self.replay(&c.f, x2)?;
+        let x1 = self.b.sub(y1, f_out)?;
+        let d_x2 = self.through(f_ops, f_out, dy1t, x2)?;
+        let dx2 = match d_x2 {
+            Some(d) => self.b.add(dy2, d)?,
+            None => dy2,
+        };
+        let x = self.b.concat(&[x1, x2], last)?;
+        self.recomputed.insert(c.x, x);
+        if self.active.contains(&c.x) {
+            let dx = self.b.concat(&[dy1t, dx2], last)?;
+            self.accumulate(c.x, dx)?;
+        }
+        Ok(())
+    }
+
+    /// Back-propagates `d_out` through the replayed ops `ops` (result `out`)
+    /// and returns the cotangent of the replay's argument `arg`.
+    fn through(&mut self, ops: Vec<ValueId>, out: ValueId, d_out: ValueId, arg: ValueId) -> Result<Option<ValueId>, String> {
+        // The replay's values are new: mark the ones gradients flow through.
+        self.active.insert(arg);
+        for &v in &ops {
+            let node = self.b.g.node(v);
+            if is_differentiable(&node.ty)
+                && rule_of(node.op.kind) != Rule::Constant
+                && node.inputs.iter().any(|i| self.active.contains(i))
+            {
+                self.active.insert(v);
+            }
+        }
+        if !self.active.contains(&out) {
+            return Ok(None);
+        }
+        self.accumulate(out, d_out)?;
+        self.run(&ops)?;
+        Ok(self.ct.get(&arg).copied())
+    }
+
+    /// Re-emits `branch` with its argument bound to `arg`: ops that depend on
+    /// the argument or on a weight are recomputed; the others (masks, LSH
+    /// buckets and what is computed from them, random draws) reuse the
+    /// forward values, so hashing is never recomputed from an inexact inverse.
+    fn replay(&mut self, branch: &Branch, arg: ValueId) -> Result<(ValueId, Vec<ValueId>), String> {
+        let mut map: HashMap<ValueId, ValueId> = HashMap::from([(branch.arg, arg)]);
+        let mut ops = Vec::new();
+        let mut fresh: HashSet<ValueId> = HashSet::from([branch.arg]);
+        for &v in &branch.body {
+            let node = self.b.g.node(v).clone();
+            let keep = matches!(node.op.kind, OpKind::LshHash | OpKind::RandomNormal);
+            let depends = node.inputs.iter().any(|i| fresh.contains(i));
+            if keep || !(depends || self.active.contains(&v)) {
+                continue;
+            }
+            fresh.insert(v);
+            let inputs = node.inputs.iter().map(|i| map.get(i).copied().unwrap_or(*i)).collect();
+            let nv = self.b.g.add(node.op.clone(), inputs, node.ty.clone());
+            map.insert(v, nv);
+            ops.push(nv);
+        }
+        let out = map.get(&branch.result).copied().unwrap_or(branch.result);
+        Ok((out, ops))
+    }
+}
+
+/// Values among `order` (and the weights they read) that depend on a float
+/// weight through ops with a derivative.
+pub fn active_values(g: &Graph, order: &[ValueId]) -> HashSet<ValueId> {
+    let mut active = HashSet::new();
+    for &v in order {
+        let node = g.node(v);
+        let on = match node.op.kind {
+            OpKind::Weight => is_differentiable(&node.ty),
+            kind => {
+                is_differentiable(&node.ty)
+                    && !matches!(rule_of(kind), Rule::Constant)
+                    && node.inputs.iter().any(|i| active.contains(i) || (g.node(*i).op.kind == OpKind::Weight && is_differentiable(g.ty(*i))))
+            }
+        };
+        if on {
+            active.insert(v);
+        }
+    }
+    active
+}

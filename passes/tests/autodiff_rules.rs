@@ -1,0 +1,125 @@
+//! Every derivative rule against central finite differences, in f64 through
+//! the interpreter: one small graph per op kind (and per variant: broadcasting,
+//! keepdim, axes).
+
+mod autodiff_support;
+
+use autodiff_support::{check_gradients, random, random_weights, with_probe_loss};
+use reformc_tensor::Tensor;
+use std::collections::BTreeMap;
+
+/// Checks the graph `body` (lines of IR text, weights `w*` f64, output "y").
+fn case_with(body: &str, extra: BTreeMap<String, Tensor>, lo: f64, hi: f64) {
+    let text = format!("graph {{\n{body}\n}}\n");
+    let g = with_probe_loss(&text);
+    let y = g.outputs[0].1;
+    let _ = y;
+    let probe_v = g.inputs().into_iter().find(|(n, _)| *n == "probe").unwrap().1;
+    let shape: Vec<usize> = g.ty(probe_v).shape.iter().map(|d| d.as_const().unwrap() as usize).collect();
+    let mut inputs = extra;
+    inputs.insert("probe".into(), Tensor::F64(random(&shape, 99, -1.0, 1.0)));
+    for seed in [1u64, 7] {
+        let weights = random_weights(&g, seed, lo, hi);
+        check_gradients(&g, &inputs, &weights, 1e-6);
+    }
+}
+
+fn case(body: &str) {
+    case_with(body, BTreeMap::new(), -1.0, 1.0)
+}
+
+fn positive(body: &str) {
+    case_with(body, BTreeMap::new(), 0.5, 2.0)
+}
+
+#[test]
+fn binary_ops_with_broadcasting() {
+    for op in ["add", "sub", "mul", "max", "min"] {
+        case(&format!(
+            "%0 = weight {{name=\"a\"}} : f64[3,4]\n%1 = weight {{name=\"b\"}} : f64[4]\n%2 = {op} %0, %1 : f64[3,4]\noutput \"y\" = %2"
+        ));
+        case(&format!(
+            "%0 = weight {{name=\"a\"}} : f64[3,1]\n%1 = weight {{name=\"b\"}} : f64[2,3,4]\n%2 = {op} %0, %1 : f64[2,3,4]\noutput \"y\" = %2"
+        ));
+    }
+    positive("%0 = weight {name=\"a\"} : f64[3,4]\n%1 = weight {name=\"b\"} : f64[3,1]\n%2 = div %0, %1 : f64[3,4]\noutput \"y\" = %2");
+}
+
+#[test]
+fn unary_ops() {
+    for op in ["neg", "exp", "tanh"] {
+        case(&format!("%0 = weight {{name=\"a\"}} : f64[2,5]\n%1 = {op} %0 : f64[2,5]\noutput \"y\" = %1"));
+    }
+    for op in ["log", "sqrt", "rsqrt"] {
+        positive(&format!("%0 = weight {{name=\"a\"}} : f64[2,5]\n%1 = {op} %0 : f64[2,5]\noutput \"y\" = %1"));
+    }
+}
+
+#[test]
+fn activations() {
+    for f in ["relu", "gelu", "gelu_new", "silu", "tanh", "sigmoid"] {
+        case(&format!(
+            "%0 = weight {{name=\"a\"}} : f64[3,7]\n%1 = act %0 {{fn=\"{f}\"}} : f64[3,7]\noutput \"y\" = %1"
+        ));
+    }
+}
+
+#[test]
+fn matmul_with_batch_broadcast() {
+    case("%0 = weight {name=\"a\"} : f64[2,3,4]\n%1 = weight {name=\"b\"} : f64[2,4,5]\n%2 = matmul %0, %1 : f64[2,3,5]\noutput \"y\" = %2");
+    case("%0 = weight {name=\"a\"} : f64[2,3,4]\n%1 = weight {name=\"b\"} : f64[1,4,5]\n%2 = matmul %0, %1 : f64[2,3,5]\noutput \"y\" = %2");
+}
+
+#[test]
+fn reductions() {
+    for kind in ["sum", "mean", "max", "logsumexp"] {
+        case(&format!(
+            "%0 = weight {{name=\"a\"}} : f64[2,3,4]\n%1 = reduce %0 {{axes=[2], kind=\"{kind}\"}} : f64[2,3]\noutput \"y\" = %1"
+        ));
+        case(&format!(
+            "%0 = weight {{name=\"a\"}} : f64[2,3,4]\n%1 = reduce %0 {{axes=[0,2], keepdim, kind=\"{kind}\"}} : f64[1,3,1]\noutput \"y\" = %1"
+        ));
+    }
+}
+
+#[test]
+fn softmax() {
+    case("%0 = weight {name=\"a\"} : f64[2,3,4]\n%1 = softmax %0 {axis=1} : f64[2,3,4]\noutput \"y\" = %1");
+}
+
+#[test]
+fn shape_ops() {
+    case("%0 = weight {name=\"a\"} : f64[2,6]\n%1 = reshape %0 : f64[3,4]\noutput \"y\" = %1");
+    case("%0 = weight {name=\"a\"} : f64[2,3,4]\n%1 = transpose %0 {perm=[2,0,1]} : f64[4,2,3]\noutput \"y\" = %1");
+    case("%0 = weight {name=\"a\"} : f64[2,3]\n%1 = weight {name=\"b\"} : f64[2,2]\n%2 = concat %0, %1, %0 {axis=1} : f64[2,8]\noutput \"y\" = %2");
+    case("%0 = weight {name=\"a\"} : f64[2,7]\n%1 = slice %0 {axis=1, end=6, start=2} : f64[2,4]\noutput \"y\" = %1");
+    case("%0 = weight {name=\"a\"} : f64[3,4]\n%1 = index %0 {axis=0, index=1} : f64[4]\noutput \"y\" = %1");
+    case("%0 = weight {name=\"a\"} : f64[2,5]\n%1 = pad_to_multiple %0 {axis=1, min_len=0, multiple=4, value=0.0} : f64[2,8]\noutput \"y\" = %1");
+    case("%0 = weight {name=\"a\"} : f64[2,5]\n%1 = weight {name=\"r\"} : f64[2,3]\n%2 = truncate %0, %1 {axis=1} : f64[2,3]\noutput \"y\" = %2");
+    case("%0 = weight {name=\"a\"} : f64[4]\n%1 = weight {name=\"r\"} : f64[3,4]\n%2 = broadcast %0, %1 : f64[3,4]\noutput \"y\" = %2");
+}
+
+#[test]
+fn indexing_ops() {
+    let idx = |shape: &[usize], vals: Vec<i64>| Tensor::I64(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), vals).unwrap());
+    let extra = BTreeMap::from([("i".to_string(), idx(&[2, 3], vec![0, 3, 3, 1, 2, 0]))]);
+    case_with(
+        "%0 = weight {name=\"a\"} : f64[2,4]\n%1 = input {name=\"i\"} : i64[2,3]\n%2 = gather %0, %1 {axis=1} : f64[2,3]\noutput \"y\" = %2",
+        extra.clone(),
+        -1.0,
+        1.0,
+    );
+    case_with(
+        "%0 = weight {name=\"r\"} : f64[2,4]\n%1 = input {name=\"i\"} : i64[2,3]\n%2 = weight {name=\"s\"} : f64[2,3]\n%3 = scatter_add %0, %1, %2 {axis=1} : f64[2,4]\noutput \"y\" = %3",
+        extra,
+        -1.0,
+        1.0,
+    );
+    case("%0 = weight {name=\"a\"} : f64[2,3]\n%1 = weight {name=\"b\"} : f64[2,3]\n%2 = weight {name=\"c\"} : f64[3]\n%3 = lt %0, %2 : bool[2,3]\n%4 = select %3, %0, %1 : f64[2,3]\noutput \"y\" = %4");
+}
+
+#[test]
+fn chains_share_and_accumulate() {
+    // One weight used three times: cotangents from every use add up.
+    case("%0 = weight {name=\"a\"} : f64[3,4]\n%1 = mul %0, %0 : f64[3,4]\n%2 = tanh %1 : f64[3,4]\n%3 = add %2, %0 : f64[3,4]\n%4 = softmax %3 {axis=1} : f64[3,4]\noutput \"y\" = %4");
+}

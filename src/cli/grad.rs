@@ -1,0 +1,221 @@
+//! `reformc grad`: one training step — the loss and the gradient of every weight.
+//!
+//! The forward graph goes through the usual passes, then `lower-model`
+//! (model ops as tensor ops) and `autodiff` (the loss and reverse mode,
+//! reversible blocks recomputed); the step graph runs on the reference
+//! interpreter.
+
+use super::error::{CliError, CliResult};
+use super::passes::PassArgs;
+use super::run::{read_buckets, read_ids, read_mask};
+use super::{model, npy, outputs};
+use clap::Args;
+use ndarray::{ArrayD, IxDyn};
+use reformc_frontend::lower::{LowerOptions, LshSource};
+use reformc_frontend::spec::{HeadSpec, ModelSpec};
+use reformc_ir::DType;
+use reformc_passes::autodiff::{GRAD_PREFIX, LABELS, LOSS};
+use reformc_tensor::safetensors_write::{blob, write};
+use reformc_tensor::Tensor;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Label value that marks a position without a loss term (PyTorch's `ignore_index`).
+pub const IGNORE: i64 = -100;
+
+/// Arguments of `reformc grad`.
+#[derive(Args, Debug)]
+pub struct GradArgs {
+    /// Model description: a Hugging Face config.json or a reformc model file.
+    pub config: PathBuf,
+    /// Weights (.safetensors, Hugging Face tensor names).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Token ids: int64 or int32 .npy of shape [B, L].
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Labels: int .npy [B, L] (default: the token ids); -100 marks an ignored
+    /// position. A causal LM (ReformerModelWithLMHead) predicts label t+1 at
+    /// position t, a masked LM label t.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Where to write the gradients (.safetensors, the weights' names).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Also write the loss as a 0-d float64 .npy.
+    #[arg(long)]
+    pub loss_output: Option<PathBuf>,
+    /// Attention mask: int .npy [B, L], 0 = padding (HF semantics).
+    #[arg(long)]
+    pub attention_mask: Option<PathBuf>,
+    /// LSH rotations: float32 .npy [n_lsh_layers, H, d, r, S/2] in layer order.
+    #[arg(long, conflicts_with = "lsh_buckets")]
+    pub lsh_rotations: Option<PathBuf>,
+    /// Recorded LSH buckets: int64 .npy [n_lsh_layers, B, H, r*L_padded] (replayed exactly).
+    #[arg(long)]
+    pub lsh_buckets: Option<PathBuf>,
+    /// Seed of the counter-based generator drawing LSH rotations when no file is given.
+    #[arg(long, default_value_t = 0)]
+    pub seed: i64,
+    /// Run the step on the reference interpreter (today the only engine for
+    /// training steps; accepted for symmetry with `run`).
+    #[arg(long)]
+    pub interp: bool,
+    /// Arithmetic precision; the gradients are written in this dtype.
+    #[arg(long, value_parser = ["f32", "f64"], default_value = "f32")]
+    pub precision: String,
+    /// Add `lm_head.bias` to the logits (HF 4.x behaviour; HF 5.x ignores it).
+    #[arg(long)]
+    pub lm_head_bias: bool,
+    #[command(flatten)]
+    pub passes: PassArgs,
+}
+
+/// Runs the command.
+pub fn run(args: &GradArgs) -> CliResult<()> {
+    let inputs = inputs(args);
+    outputs::guard("--output", &args.output, &inputs)?;
+    if let Some(p) = &args.loss_output {
+        outputs::guard("--loss-output", p, &inputs)?;
+    }
+    let m = model::load(&args.config, Some(&args.weights), args.lm_head_bias)?;
+    let spec = &m.spec;
+    if matches!(spec.head, HeadSpec::None) {
+        return Err(CliError::input(format!(
+            "{}: the model has no LM head, so there is no loss to differentiate (expected ReformerModelWithLMHead or ReformerForMaskedLM weights)",
+            args.weights.display()
+        )));
+    }
+    let ids = read_ids(&args.input, spec)?;
+    let (batch, len) = (ids.shape()[0], ids.shape()[1]);
+    let padded = spec
+        .check_length(len as u64)
+        .map_err(|e| CliError::input(format!("{}: {e}", args.input.display())))? as usize;
+    let labels = match &args.labels {
+        Some(p) => read_labels(p, &[batch, len], spec.vocab_size)?,
+        None => ids.clone(),
+    };
+    let mask = match &args.attention_mask {
+        Some(p) => read_mask(p, &[batch, len])?,
+        None => ArrayD::from_elem(IxDyn(&[batch, len]), 1),
+    };
+    let source = match (&args.lsh_rotations, &args.lsh_buckets) {
+        (_, Some(_)) => LshSource::Buckets,
+        (Some(_), None) => LshSource::Rotations,
+        (None, None) => LshSource::Seeded,
+    };
+    let dtype = if args.precision == "f64" { DType::F64 } else { DType::F32 };
+    let seq_len = Some(len as u64);
+    let mut lowered = m.lower(&LowerOptions { dtype, lsh_source: source, seq_len })?;
+    let pads = padded > len || mask.iter().any(|&v| v == 0);
+    let n_buckets = lowered.bucket_factors.iter().product::<u64>() + u64::from(pads);
+    let weights = m.weight_tensors(&lowered)?;
+    model::check_finite(&weights, &args.weights, false)?;
+    let mut feed = BTreeMap::new();
+    feed.insert("input_ids".to_string(), Tensor::I64(ids));
+    feed.insert("attention_mask".to_string(), Tensor::I64(mask));
+    feed.insert(LABELS.to_string(), Tensor::I64(aligned_labels(&labels, spec.causal)));
+    feed.insert("seed".to_string(), Tensor::I64(ArrayD::from_elem(IxDyn(&[]), args.seed)));
+    if let Some(p) = &args.lsh_rotations {
+        let half_width = lowered.bucket_factors.iter().sum::<u64>() as usize / 2;
+        let shape = [
+            spec.num_lsh_layers(),
+            spec.num_heads as usize,
+            spec.head_dim as usize,
+            spec.lsh.n_hashes as usize,
+            half_width,
+        ];
+        let rotations = npy::read_f32(p, &shape, "LSH rotations [n_lsh_layers, H, d, r, S/2]")?;
+        feed.insert("lsh_rotations".to_string(), Tensor::F32(rotations));
+    }
+    if let Some(p) = &args.lsh_buckets {
+        let b = read_buckets(p, spec, batch, padded, n_buckets)?;
+        feed.insert("lsh_buckets".to_string(), Tensor::I64(b));
+    }
+    let mut passes = args.passes.clone();
+    passes.train = true;
+    passes.optimize(&mut lowered.graph, spec, seq_len)?;
+    let out = reformc_interp::run(&lowered.graph, &feed, &weights)
+        .map_err(|e| CliError::internal(format!("interpreter: {e}")))?;
+    write_results(args, out)
+}
+
+/// Labels as the loss graph takes them, aligned with the logits' positions:
+/// shifted left by one for a causal LM (the last position has no target).
+pub fn aligned_labels(labels: &ArrayD<i64>, causal: bool) -> ArrayD<i64> {
+    if !causal {
+        return labels.clone();
+    }
+    let (b, l) = (labels.shape()[0], labels.shape()[1]);
+    ArrayD::from_shape_fn(IxDyn(&[b, l]), |ix| {
+        if ix[1] + 1 < l {
+            labels[[ix[0], ix[1] + 1]]
+        } else {
+            IGNORE
+        }
+    })
+}
+
+/// Labels: int [B, L] like the ids, each -100 or a token id.
+fn read_labels(path: &Path, shape: &[usize], vocab: u64) -> CliResult<ArrayD<i64>> {
+    let l = npy::read_int(path, 2, "labels [B, L]")?;
+    if l.shape() != shape {
+        return Err(CliError::input(format!(
+            "{}: labels: expected shape {shape:?} (that of the token ids), found {:?}",
+            path.display(),
+            l.shape()
+        )));
+    }
+    if let Some((ix, &v)) = l
+        .indexed_iter()
+        .find(|(_, &v)| v != IGNORE && (v < 0 || v as u64 >= vocab))
+    {
+        return Err(CliError::input(format!(
+            "{}: label {v} at [{}, {}] is out of range (expected -100 or 0 <= label < {vocab})",
+            path.display(),
+            ix[0],
+            ix[1]
+        )));
+    }
+    Ok(l)
+}
+
+/// Writes the gradients and the loss, and prints the loss.
+fn write_results(args: &GradArgs, mut out: BTreeMap<String, Tensor>) -> CliResult<()> {
+    let loss = out
+        .remove(LOSS)
+        .ok_or_else(|| CliError::internal("the step graph has no loss output"))?
+        .to_f64();
+    let loss = loss.iter().next().copied().unwrap_or(f64::NAN);
+    let grads: BTreeMap<String, _> = out
+        .into_iter()
+        .filter_map(|(n, t)| Some((n.strip_prefix(GRAD_PREFIX)?.to_string(), blob(&t))))
+        .collect();
+    write(&args.output, &grads, &BTreeMap::new()).map_err(CliError::internal)?;
+    if let Some(p) = &args.loss_output {
+        npy::write(p, &ArrayD::from_elem(IxDyn(&[]), loss))?;
+    }
+    println!(
+        "reformc: loss {loss:.10} ; wrote {} gradients to {} (interpreter)",
+        grads.len(),
+        args.output.display()
+    );
+    Ok(())
+}
+
+/// Every file `grad` reads, by flag: no output may be one of them.
+fn inputs(args: &GradArgs) -> outputs::Inputs<'_> {
+    let mut v: outputs::Inputs<'_> = vec![
+        ("the config", args.config.as_path()),
+        ("--weights", args.weights.as_path()),
+        ("--input", args.input.as_path()),
+    ];
+    let optional = [
+        ("--labels", &args.labels),
+        ("--attention-mask", &args.attention_mask),
+        ("--lsh-rotations", &args.lsh_rotations),
+        ("--lsh-buckets", &args.lsh_buckets),
+    ];
+    v.extend(optional.iter().filter_map(|(f, p)| Some((*f, p.as_deref()?))));
+    v
+}
