@@ -437,7 +437,7 @@ fn pipeline_then_lower(g: &Graph, opts: &PassOptions) -> Result<(Graph, Graph), 
         .run(&mut passed, opts, &mut std::io::sink())
         .map_err(|e| e.to_string())?;
     let mut lowered = passed.clone();
-    PassManager::new(Pipeline::parse("lower-model").unwrap(), quiet)
+    PassManager::new(Pipeline::parse("lower-model,memory-plan").unwrap(), quiet)
         .unwrap()
         .run(&mut lowered, opts, &mut std::io::sink())
         .map_err(|e| e.to_string())?;

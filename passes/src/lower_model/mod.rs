@@ -87,6 +87,7 @@ pub fn lower_model(g: &Graph) -> Result<Graph, String> {
         new: Graph::new(),
         map: HashMap::new(),
         subst: BTreeMap::new(),
+        numbering: g.walk().into_iter().enumerate().map(|(i, v)| (v, i)).collect(),
     };
     build::with_reserved_symbols(reserved, || cx.block(&g.body))?;
     for (name, v) in &g.outputs {
@@ -118,6 +119,8 @@ struct Lowering<'a> {
     /// Chunk symbols of inlined `seq_chunk` bodies, replaced by the dim of
     /// the whole operand.
     subst: BTreeMap<String, Dim>,
+    /// The printer's number of every old value (for messages).
+    numbering: HashMap<ValueId, usize>,
 }
 
 impl Lowering<'_> {
@@ -125,7 +128,12 @@ impl Lowering<'_> {
         self.map
             .get(&v)
             .copied()
-            .ok_or_else(|| format!("%{} is used before it is defined", v.0))
+            .ok_or_else(|| format!("{} is used before it is defined", self.name(v)))
+    }
+
+    /// `%n` as the printer numbers the old value `v`.
+    fn name(&self, v: ValueId) -> String {
+        format!("%{}", self.numbering.get(&v).copied().unwrap_or(v.index()))
     }
 
     /// `ty` with the chunk symbols of inlined bodies replaced.
@@ -152,7 +160,7 @@ impl Lowering<'_> {
                 if e.starts_with('%') {
                     e
                 } else {
-                    format!("%{} ({}{layer}): {e}", v.0, node.op.kind)
+                    format!("{} ({}{layer}): {e}", self.name(v), node.op.kind)
                 }
             })?;
             self.map.insert(v, nv);
@@ -314,16 +322,15 @@ pub fn check_position_wise(g: &Graph, body: &Region, axis: usize) -> Result<(), 
         let kind = n.op.kind;
         if !position_wise(kind) {
             return Err(format!(
-                "seq_chunk body op %{} `{kind}` is not known to be position-wise along axis {axis}; \
-                 lower-model inlines only position-wise bodies (feed-forward branches, LM heads)",
-                v.0
+                "the seq_chunk body's `{kind}` is not known to be position-wise along axis {axis}; \
+                 lower-model inlines only position-wise bodies (feed-forward branches, LM heads)"
             ));
         }
         let last = n.ty.rank().checked_sub(1);
         if matches!(kind, OpKind::Linear | OpKind::LayerNorm) && last == Some(axis) {
             return Err(format!(
-                "seq_chunk body op %{} `{kind}` mixes positions along the chunked axis {axis}",
-                v.0
+                "the seq_chunk body's `{kind}` mixes positions along the chunked axis {axis} \
+                 (its last axis)"
             ));
         }
     }
