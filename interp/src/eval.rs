@@ -104,6 +104,36 @@ pub fn run(
     Ok(out)
 }
 
+/// The shape a `reshape` to `ty` of `count` elements gives: every dim
+/// bound, except at most one new symbol, which the element count determines
+/// (as the LLVM backend infers it); the result check then binds it.
+fn reshape_dims(ty: &TensorType, count: usize, env: &DimEnv) -> Result<Vec<usize>, String> {
+    let mut unknown = None;
+    let mut known = 1usize;
+    let mut dims = Vec::with_capacity(ty.rank());
+    for (axis, d) in ty.shape.iter().enumerate() {
+        match d.eval(env) {
+            Some(n) => {
+                known = known.saturating_mul(n as usize);
+                dims.push(n as usize);
+            }
+            None if unknown.is_none() => {
+                unknown = Some(axis);
+                dims.push(0);
+            }
+            None => return Err(format!("{ty} has more than one unbound symbol")),
+        }
+    }
+    if let Some(axis) = unknown {
+        dims[axis] = match (count, known) {
+            (0, 0) => 0,
+            (c, k) if k > 0 && c % k == 0 => c / k,
+            _ => return Err(format!("{count} elements do not reshape to {ty}")),
+        };
+    }
+    Ok(dims)
+}
+
 /// How many times each value is used (operands, region results, graph outputs:
 /// the IR's use lists), so that intermediate tensors are freed after their last use.
 fn use_counts(g: &Graph) -> HashMap<ValueId, usize> {
@@ -434,7 +464,8 @@ impl Evaluator<'_> {
                 other => return Err(format!("condition must be bool, found {}", other.dtype())),
             },
             Reshape => {
-                let shape = self.concrete_shape(&node.ty)?;
+                let x = self.operand(node, 0);
+                let shape = reshape_dims(&node.ty, x.shape().iter().product(), &self.env)?;
                 ops::reshape(self.operand(node, 0), &shape)?
             }
             Transpose => {

@@ -151,13 +151,17 @@ pub fn matmul<T: Real>(a: &ArrayD<T>, b: &ArrayD<T>) -> Result<ArrayD<T>, String
     let av = a
         .broadcast(IxDyn(&sa))
         .ok_or("batch dims do not broadcast")?
-        .to_owned()
+        // Standard layout: an operand in column-major order (a broadcast
+        // elementwise result can be) would not reshape row-major.
+        .as_standard_layout()
+        .into_owned()
         .into_shape_with_order((count, m, k))
         .map_err(|e| e.to_string())?;
     let bv = b
         .broadcast(IxDyn(&sb))
         .ok_or("batch dims do not broadcast")?
-        .to_owned()
+        .as_standard_layout()
+        .into_owned()
         .into_shape_with_order((count, k, n))
         .map_err(|e| e.to_string())?;
     let mut out = ndarray::Array3::<T>::zeros((count, m, n));

@@ -115,6 +115,10 @@ pub fn dim_env(g: &Graph, batch: u64, seq_len: u64) -> DimEnv {
     env.insert("L".into(), seq_len);
     for v in g.walk() {
         let node = g.node(v);
+        if node.op.kind == OpKind::Reshape {
+            bind_reshape_symbol(g, node, &mut env);
+            continue;
+        }
         if node.op.kind != OpKind::PadToMultiple || node.inputs.is_empty() {
             continue;
         }
@@ -139,6 +143,41 @@ pub fn dim_env(g: &Graph, batch: u64, seq_len: u64) -> DimEnv {
     }
     env.entry("P".into()).or_insert(seq_len);
     env
+}
+
+/// Binds the one new symbol a `reshape` result may introduce (as
+/// `lower-model`'s flattening does) to what the operand's element count
+/// leaves for it, when every other dim is known.
+///
+/// ```
+/// let g = reformc_ir::parse("graph {\n %0 = input {name=\"ids\"} : i64[B,L]\n %1 = reshape %0 : i64[N]\n output \"n\" = %1\n}").unwrap();
+/// let env = reformc_passes::cost::dim_env(&g, 2, 50);
+/// assert_eq!(env["N"], 100);
+/// ```
+fn bind_reshape_symbol(g: &Graph, node: &Node, env: &mut DimEnv) {
+    let Some(x) = node.inputs.first() else { return };
+    let Some(count) = g.ty(*x).num_elements(env) else {
+        return;
+    };
+    let unbound: Vec<&String> = node
+        .ty
+        .shape
+        .iter()
+        .filter_map(|d| match d {
+            Dim::Sym(s) if !env.contains_key(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    let [sym] = unbound[..] else { return };
+    let known: u64 = node
+        .ty
+        .shape
+        .iter()
+        .filter_map(|d| d.eval(env))
+        .product();
+    if known > 0 && count % known == 0 {
+        env.insert(sym.clone(), count / known);
+    }
 }
 
 /// Per-op sizing environments: ops inside a `seq_chunk` body see its chunk

@@ -33,6 +33,7 @@ pub const DEFAULT_PIPELINE: &[&str] = &[
 /// | `attention` | `attention.rs` | registered |
 /// | `reversible` | `reversible.rs` | registered |
 /// | `chunk` | `chunk.rs` | registered |
+/// | `lower-model` | `lower_model/` | registered (not in the default pipeline: training runs it after the default passes) |
 /// | `cse`, `dce` | `cleanup.rs` | registered (not in the default pipeline: `simplify` does both) |
 /// | `memory-plan` | `memory_plan.rs` | registered |
 /// | `autodiff` | `autodiff/` | registered (training only: `grad`, `train`, `dump --train`) |
@@ -44,6 +45,7 @@ pub fn registry() -> Vec<Box<dyn Pass>> {
         Box::new(crate::attention::AttentionPass),
         Box::new(crate::reversible::ReversiblePass),
         Box::new(crate::chunk::ChunkPass),
+        Box::new(crate::lower_model::LowerModelPass),
         Box::new(crate::cleanup::CsePass),
         Box::new(crate::cleanup::DcePass),
         Box::new(crate::memory_plan::MemoryPlanPass),

@@ -1,0 +1,351 @@
+//! The `lower-model` pass: every model op rewritten into IR tensor ops with
+//! exactly the interpreter's semantics (interp/src/nn.rs and attention.rs are
+//! the reference), so that autodiff needs one derivative rule per tensor op.
+//!
+//! [`lower_model`] builds a new graph by walking the old one in order and
+//! mapping old values to new ones:
+//! - model ops are replaced by a decomposition (one file per op group:
+//!   [`basic`] for embeddings, layer norm and linear, [`attention`] for full
+//!   attention, `local` and `lsh` for the chunked attentions), each with the
+//!   signature `lower(g, node, inputs) -> Result<ValueId, String>`;
+//! - `reversible_block` is kept, its regions' bodies lowered recursively;
+//! - `seq_chunk` is inlined: its body is applied once to the whole operand.
+//!   This relies on the body being position-wise along the chunked axis
+//!   (what the `chunk` pass creates: feed-forward branches and the LM head),
+//!   which [`check_position_wise`] verifies before inlining;
+//! - every other node (tensor ops, sources, `lsh_hash`, `random_normal`) is
+//!   copied.
+//!
+//! The pass is registered but not in the default pipeline: training appends
+//! it after the default passes.
+//!
+//! ```
+//! use reformc_passes::lower_model::lower_model;
+//! let text = "graph {\n  %0 = input {name=\"x\"} : f32[B,L,4]\n  %1 = weight {name=\"w\"} : f32[3,4]\n  %2 = linear %0, %1 : f32[B,L,3]\n  output \"y\" = %2\n}\n";
+//! let g = reformc_ir::parse(text).unwrap();
+//! let lowered = lower_model(&g).unwrap();
+//! let printed = reformc_ir::print(&lowered);
+//! assert!(printed.contains("matmul"));
+//! assert!(!printed.contains("linear"));
+//! ```
+
+pub(crate) mod attention;
+pub(crate) mod basic;
+mod build;
+pub(crate) mod local;
+pub(crate) mod lsh;
+
+use crate::pass::{Pass, PassError, PassOptions};
+use reformc_ir::{verify, Dim, Graph, Node, OpKind, OpLevel, Region, TensorType, ValueId, LAYER};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// The `lower-model` pass (see the module docs).
+pub struct LowerModelPass;
+
+impl Pass for LowerModelPass {
+    fn name(&self) -> &'static str {
+        "lower-model"
+    }
+
+    fn summary(&self) -> &'static str {
+        "rewrites model ops (embedding, layer_norm, linear, attention, ...) into tensor ops; inlines seq_chunk"
+    }
+
+    fn run(&self, g: &mut Graph, _opts: &PassOptions) -> Result<Vec<String>, PassError> {
+        let before = count_model_ops(g);
+        let lowered = lower_model(g).map_err(|message| PassError {
+            pass: self.name().into(),
+            message,
+        })?;
+        *g = lowered;
+        Ok(vec![format!(
+            "lowered {before} model op(s) to tensor ops ({} node(s) now)",
+            g.len()
+        )])
+    }
+}
+
+/// Model ops that `lower-model` rewrites (those it keeps, `reversible_block`
+/// and `lsh_hash`, excluded), anywhere in the graph.
+fn count_model_ops(g: &Graph) -> usize {
+    g.walk()
+        .into_iter()
+        .filter(|v| {
+            let k = g.node(*v).op.kind;
+            k.level() == OpLevel::Model && !matches!(k, OpKind::ReversibleBlock | OpKind::LshHash)
+        })
+        .count()
+}
+
+/// Returns `g` with every model op expressed with tensor ops (see the module
+/// docs). The result verifies; an op without a lowering, or a `seq_chunk`
+/// whose body is not position-wise, is an error naming the node.
+pub fn lower_model(g: &Graph) -> Result<Graph, String> {
+    let reserved = all_symbols(g);
+    let mut cx = Lowering {
+        old: g,
+        new: Graph::new(),
+        map: HashMap::new(),
+        subst: BTreeMap::new(),
+        numbering: g.walk().into_iter().enumerate().map(|(i, v)| (v, i)).collect(),
+    };
+    build::with_reserved_symbols(reserved, || cx.block(&g.body))?;
+    for (name, v) in &g.outputs {
+        let nv = cx.mapped(*v)?;
+        cx.new.set_output(name, nv);
+    }
+    verify(&cx.new).map_err(|e| format!("the lowered graph does not verify: {e}"))?;
+    Ok(cx.new)
+}
+
+/// Every symbol that appears in a type of `g`.
+fn all_symbols(g: &Graph) -> BTreeSet<String> {
+    g.nodes
+        .iter()
+        .flat_map(|n| n.ty.shape.iter())
+        .filter_map(|d| match d {
+            Dim::Sym(s) => Some(s.clone()),
+            Dim::Const(_) => None,
+        })
+        .collect()
+}
+
+/// The state of one lowering: the old graph, the new one being built, the
+/// value map and the symbol substitution of inlined `seq_chunk` bodies.
+struct Lowering<'a> {
+    old: &'a Graph,
+    new: Graph,
+    map: HashMap<ValueId, ValueId>,
+    /// Chunk symbols of inlined `seq_chunk` bodies, replaced by the dim of
+    /// the whole operand.
+    subst: BTreeMap<String, Dim>,
+    /// The printer's number of every old value (for messages).
+    numbering: HashMap<ValueId, usize>,
+}
+
+impl Lowering<'_> {
+    fn mapped(&self, v: ValueId) -> Result<ValueId, String> {
+        self.map
+            .get(&v)
+            .copied()
+            .ok_or_else(|| format!("{} is used before it is defined", self.name(v)))
+    }
+
+    /// `%n` as the printer numbers the old value `v`.
+    fn name(&self, v: ValueId) -> String {
+        format!("%{}", self.numbering.get(&v).copied().unwrap_or(v.index()))
+    }
+
+    /// `ty` with the chunk symbols of inlined bodies replaced.
+    fn ty(&self, ty: &TensorType) -> TensorType {
+        let shape = ty
+            .shape
+            .iter()
+            .map(|d| match d {
+                Dim::Sym(s) => self.subst.get(s).cloned().unwrap_or_else(|| d.clone()),
+                Dim::Const(_) => d.clone(),
+            })
+            .collect();
+        TensorType::new(ty.dtype, shape)
+    }
+
+    fn block(&mut self, body: &[ValueId]) -> Result<(), String> {
+        for &v in body {
+            let node = self.old.node(v);
+            let nv = self.node(node).map_err(|e| {
+                let layer = node
+                    .op
+                    .int(LAYER)
+                    .map_or(String::new(), |l| format!(", layer {l}"));
+                if e.starts_with('%') {
+                    e
+                } else {
+                    format!("{} ({}{layer}): {e}", self.name(v), node.op.kind)
+                }
+            })?;
+            self.map.insert(v, nv);
+        }
+        Ok(())
+    }
+
+    /// Lowers or copies one node, returning the value that replaces it.
+    fn node(&mut self, old: &Node) -> Result<ValueId, String> {
+        let inputs = old
+            .inputs
+            .iter()
+            .map(|v| self.mapped(*v))
+            .collect::<Result<Vec<_>, _>>()?;
+        let node = Node {
+            op: old.op.clone(),
+            inputs: old.inputs.clone(),
+            ty: self.ty(&old.ty),
+            regions: vec![],
+        };
+        let first = self.new.len();
+        let out = match old.op.kind {
+            OpKind::ReversibleBlock => return self.reversible(old, &node, inputs),
+            OpKind::SeqChunk => return self.seq_chunk(old, inputs[0]),
+            OpKind::Embedding | OpKind::AxialPosEmbedding | OpKind::LayerNorm | OpKind::Linear => {
+                basic::lower(&mut self.new, &node, &inputs)?
+            }
+            OpKind::Attention => attention::lower(&mut self.new, &node, &inputs)?,
+            OpKind::LocalAttention => local::lower(&mut self.new, &node, &inputs)?,
+            OpKind::LshAttention => lsh::lower(&mut self.new, &node, &inputs)?,
+            _ if !old.regions.is_empty() => {
+                return Err(format!(
+                    "`{}` has regions that lower-model does not know how to lower",
+                    old.op.kind
+                ))
+            }
+            _ => return Ok(self.new.add(node.op, inputs, node.ty)),
+        };
+        self.check_result(&node, out)?;
+        keep_layer(&mut self.new, &node, first);
+        Ok(out)
+    }
+
+    /// A decomposition must give exactly the type the model op declared.
+    fn check_result(&self, node: &Node, out: ValueId) -> Result<(), String> {
+        let got = self.new.ty(out);
+        if *got != node.ty {
+            return Err(format!(
+                "the decomposition yields {got}, but the op declares {} (a bug in lower-model)",
+                node.ty
+            ));
+        }
+        Ok(())
+    }
+
+    /// Copies a `reversible_block`, lowering its regions' bodies in place.
+    fn reversible(
+        &mut self,
+        old: &Node,
+        node: &Node,
+        inputs: Vec<ValueId>,
+    ) -> Result<ValueId, String> {
+        let regions = old
+            .regions
+            .iter()
+            .map(|r| self.region(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.new.add_node(Node {
+            op: node.op.clone(),
+            inputs,
+            ty: node.ty.clone(),
+            regions,
+        }))
+    }
+
+    fn region(&mut self, r: &Region) -> Result<Region, String> {
+        let arg_types: Vec<TensorType> = r.args.iter().map(|a| self.ty(self.old.ty(*a))).collect();
+        let args = self.new.begin_region(&arg_types);
+        for (old, new) in r.args.iter().zip(&args) {
+            self.map.insert(*old, *new);
+        }
+        let lowered = self.block(&r.body);
+        let results = lowered.and_then(|()| {
+            r.results
+                .iter()
+                .map(|v| self.mapped(*v))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        // Close the region even on error, so the builder's stack stays balanced.
+        let region = self.new.end_region(results.clone().unwrap_or_default());
+        results.map(|_| region)
+    }
+
+    /// Inlines a position-wise `seq_chunk`: its body applied to the whole
+    /// operand, the chunk symbol replaced by the operand's dim.
+    fn seq_chunk(&mut self, old: &Node, x: ValueId) -> Result<ValueId, String> {
+        let axis = old.op.usize("axis").unwrap_or(0);
+        let body = old
+            .regions
+            .first()
+            .ok_or("seq_chunk has no body region")?;
+        check_position_wise(self.old, body, axis)?;
+        let arg = *body.args.first().ok_or("seq_chunk's body has no argument")?;
+        let result = *body.results.first().ok_or("seq_chunk's body yields nothing")?;
+        let chunk_dim = self.old.ty(arg).shape.get(axis).cloned();
+        let whole = self.new.ty(x).shape.get(axis).cloned();
+        let (Some(Dim::Sym(sym)), Some(whole)) = (chunk_dim, whole) else {
+            return Err(format!(
+                "seq_chunk's body argument {} has no chunk symbol on axis {axis}",
+                self.old.ty(arg)
+            ));
+        };
+        self.subst.insert(sym.clone(), whole);
+        self.map.insert(arg, x);
+        let lowered = self.block(&body.body);
+        self.subst.remove(&sym);
+        lowered?;
+        self.mapped(result)
+    }
+}
+
+/// Ops a `seq_chunk` body may hold for inlining to be exact: each output
+/// position depends only on the same input position along the chunked axis.
+fn position_wise(kind: OpKind) -> bool {
+    use OpKind::*;
+    matches!(
+        kind,
+        Linear
+            | LayerNorm
+            | Add
+            | Sub
+            | Mul
+            | Div
+            | Max
+            | Min
+            | Lt
+            | Eq
+            | Neg
+            | Exp
+            | Log
+            | Sqrt
+            | Rsqrt
+            | Tanh
+            | Act
+            | Cast
+            | Select
+            | Constant
+            | Weight
+    )
+}
+
+/// Checks that a `seq_chunk` body computes each position along `axis` from
+/// the same position only, so that applying it once to the whole operand
+/// gives what the chunked loop gives. `linear` and `layer_norm` act on the
+/// last axis, so `axis` must not be the last one.
+pub fn check_position_wise(g: &Graph, body: &Region, axis: usize) -> Result<(), String> {
+    for &v in &body.body {
+        let n = g.node(v);
+        let kind = n.op.kind;
+        if !position_wise(kind) {
+            return Err(format!(
+                "the seq_chunk body's `{kind}` is not known to be position-wise along axis {axis}; \
+                 lower-model inlines only position-wise bodies (feed-forward branches, LM heads)"
+            ));
+        }
+        let last = n.ty.rank().checked_sub(1);
+        if matches!(kind, OpKind::Linear | OpKind::LayerNorm) && last == Some(axis) {
+            return Err(format!(
+                "the seq_chunk body's `{kind}` mixes positions along the chunked axis {axis} \
+                 (its last axis)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Gives every node a decomposition added (from arena index `first` on) the
+/// model op's `layer` attribute, so per-layer reports keep working.
+fn keep_layer(g: &mut Graph, node: &Node, first: usize) {
+    let Some(layer) = node.op.attrs.get(LAYER).cloned() else {
+        return;
+    };
+    for n in &mut g.nodes[first..] {
+        if n.op.kind != OpKind::Arg {
+            n.op.attrs.insert(LAYER.to_string(), layer.clone());
+        }
+    }
+}
