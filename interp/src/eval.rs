@@ -434,8 +434,10 @@ impl Evaluator<'_> {
                 other => return Err(format!("condition must be bool, found {}", other.dtype())),
             },
             Reshape => {
-                let shape = self.concrete_shape(&node.ty)?;
-                ops::reshape(self.operand(node, 0), &shape)?
+                let x = self.operand(node, 0);
+                let count = x.shape().iter().product();
+                let shape = self.reshape_target(&node.ty, count)?;
+                ops::reshape(x, &shape)?
             }
             Transpose => {
                 let perm: Vec<usize> = op
@@ -477,6 +479,33 @@ impl Evaluator<'_> {
                     .ok_or_else(|| format!("dimension {d} of {ty} is not bound yet"))
             })
             .collect()
+    }
+
+    /// The shape a `reshape` of `count` elements to `ty` produces. One
+    /// symbol of `ty` may still be unbound (a fresh symbol such as a number
+    /// of chunks): its value is what the element count leaves for it, and
+    /// checking the result then binds it.
+    fn reshape_target(&self, ty: &TensorType, count: usize) -> Result<Vec<usize>, String> {
+        let mut unbound = ty.shape.iter().filter(|d| d.eval(&self.env).is_none());
+        let (Some(free), None) = (unbound.next(), unbound.next()) else {
+            return self.concrete_shape(ty);
+        };
+        let known: usize = ty
+            .shape
+            .iter()
+            .filter_map(|d| d.eval(&self.env))
+            .map(|x| x as usize)
+            .product();
+        if known == 0 || count % known != 0 {
+            return Err(format!(
+                "cannot reshape {count} elements to {ty}: {count} is not a multiple of {known}, so {free} has no value"
+            ));
+        }
+        Ok(ty
+            .shape
+            .iter()
+            .map(|d| d.eval(&self.env).map_or(count / known, |x| x as usize))
+            .collect())
     }
 
     /// y1 = x1 + f(x2); y2 = x2 + g(y1) on the halves of the last axis.

@@ -9,6 +9,7 @@ pub mod cost;
 pub mod explain;
 pub mod footprint;
 pub mod fusion;
+pub mod lower_model;
 pub mod manager;
 pub mod memory_plan;
 mod pass;
