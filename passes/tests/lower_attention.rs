@@ -91,7 +91,10 @@ fn random_mask(rng: &mut Rng, c: &Case, all_dropped: bool) -> Tensor {
         m[[c.batch - 1, i]] = 0;
     }
     for _ in 0..c.len / 5 {
-        let (b, i) = (rng.below(c.batch as u64) as usize, rng.below(c.len as u64) as usize);
+        let (b, i) = (
+            rng.below(c.batch as u64) as usize,
+            rng.below(c.len as u64) as usize,
+        );
         m[[b, i]] = 0;
     }
     if all_dropped {
@@ -224,7 +227,10 @@ fn check_lsh(c: Case, dtype: DType, seed: u64, hashed: bool) {
             rot_shape.iter().map(|&d| Dim::Const(d as u64)).collect(),
         );
         let rot = input(&mut g, "rot", rot_ty);
-        inputs.insert("rot".into(), random_tensor(&mut rng, dtype, &rot_shape, 1.0));
+        inputs.insert(
+            "rot".into(),
+            random_tensor(&mut rng, dtype, &rot_shape, 1.0),
+        );
         let op = Op::new(OpKind::LshHash)
             .with("heads", Attr::Int(c.heads as i64))
             .with("n_hashes", Attr::Int(c.rounds as i64))
@@ -374,9 +380,15 @@ fn lowering_rejects_a_constant_length_that_is_not_whole_chunks() {
         .with("scale", Attr::Float(0.5));
     let y = g.add(op, vec![q, q, q], ty);
     let err = lower_attention_node(&mut g, y).unwrap_err();
-    assert!(err.contains("length 10 is not a multiple of the chunk length 4"), "{err}");
+    assert!(
+        err.contains("length 10 is not a multiple of the chunk length 4"),
+        "{err}"
+    );
     let not_attention = lower_attention_node(&mut g, q).unwrap_err();
-    assert!(not_attention.contains("not local or LSH attention"), "{not_attention}");
+    assert!(
+        not_attention.contains("not local or LSH attention"),
+        "{not_attention}"
+    );
 }
 
 /// Every `local_attention` and `lsh_attention` of `g`, regions included.
@@ -412,10 +424,18 @@ fn hf_fixtures_agree_with_their_attention_layers_lowered() {
             }
             verify(&lowered).unwrap_or_else(|e| panic!("{}: {e}", case.name));
             assert!(attention_nodes(&lowered).is_empty());
-            let got = case.run(&lowered, source).remove("logits").unwrap().to_f64();
+            let got = case
+                .run(&lowered, source)
+                .remove("logits")
+                .unwrap()
+                .to_f64();
             let err = common::max_abs_diff(&got, &want);
             let tol = if dtype == DType::F64 { 1e-10 } else { 1e-4 };
-            assert!(err <= tol, "{} {dtype}: lowered logits differ by {err:e}", case.name);
+            assert!(
+                err <= tol,
+                "{} {dtype}: lowered logits differ by {err:e}",
+                case.name
+            );
             if dtype == DType::F64 {
                 let hf = common::max_abs_diff(&got, &case.reference_f64());
                 assert!(hf <= 1e-9, "{}: {hf:e} from HF float64", case.name);
@@ -424,4 +444,85 @@ fn hf_fixtures_agree_with_their_attention_layers_lowered() {
         }
     }
     assert!(checked > 0, "no fixture has local or LSH layers");
+}
+
+/// The lowered graph of a multi-round, masked, causal LSH layer and of a local
+/// layer, each lowered and verified.
+fn lowered_examples() -> Vec<Graph> {
+    let mut out = vec![];
+    for kind in [OpKind::LshAttention, OpKind::LocalAttention] {
+        let c = Case {
+            rounds: 2,
+            mask: true,
+            causal: true,
+            ..BASE
+        };
+        let mut g = Graph::new();
+        let w = c.heads * c.head_dim;
+        let x = input(&mut g, "x", sym_type(DType::F32, Some(w)));
+        let mask = input(&mut g, "mask", sym_type(DType::I64, None));
+        let op = attention_attrs(Op::new(kind), &c);
+        let (op, operands) = if kind == OpKind::LshAttention {
+            let ty = TensorType::new(
+                DType::I64,
+                vec![Dim::sym("B"), Dim::Const(2), Dim::Const(2), Dim::sym("L")],
+            );
+            let buckets = input(&mut g, "buckets", ty);
+            (op, vec![x, x, buckets, mask])
+        } else {
+            (op.with("scale", Attr::Float(0.5)), vec![x, x, x, mask])
+        };
+        let y = g.add(op, operands, sym_type(DType::F32, Some(w)));
+        g.set_output("y", y);
+        lower_attention_node(&mut g, y).unwrap();
+        verify(&g).unwrap();
+        out.push(g);
+    }
+    out
+}
+
+/// O(L * chunk) memory: no value of the lowered graphs has two sequence-like
+/// (symbolic, other than the batch) dimensions, so no [L, L] tensor exists.
+#[test]
+fn lowered_attention_never_has_two_length_dims() {
+    for g in lowered_examples() {
+        for v in g.walk() {
+            let ty = g.ty(v);
+            let long = ty
+                .shape
+                .iter()
+                .filter(|d| matches!(d, Dim::Sym(s) if s != "B"))
+                .count();
+            assert!(long <= 1, "{v}: {ty}\n{}", reformc_ir::print(&g));
+        }
+    }
+}
+
+/// Float values come only from ops with standard derivative rules (gather ->
+/// scatter_add, ...), and no float value is turned into an integer one: the
+/// integer index paths (sort, positions, masks) carry no gradient.
+#[test]
+fn lowered_attention_uses_differentiable_ops_on_float_paths() {
+    use OpKind::*;
+    let float_ops = [
+        Input, Constant, Gather, Reshape, Transpose, Mul, Add, Div, Reduce, Rsqrt, Matmul, Select,
+        Softmax,
+    ];
+    for g in lowered_examples() {
+        for v in g.walk() {
+            let n = g.node(v);
+            if n.ty.dtype.is_float() {
+                assert!(float_ops.contains(&n.op.kind), "float {v} from `{}`", n.op);
+            } else if n.op.kind != Iota {
+                // iota reads only its operand's shape.
+                for i in &n.inputs {
+                    assert!(
+                        !g.ty(*i).dtype.is_float(),
+                        "{v} = `{}` reads float {i}",
+                        n.op
+                    );
+                }
+            }
+        }
+    }
 }

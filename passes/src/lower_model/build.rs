@@ -138,7 +138,12 @@ impl<'g> Builder<'g> {
     }
 
     /// An op whose only attribute is `axis`.
-    pub fn on_axis(&mut self, kind: OpKind, inputs: Vec<ValueId>, axis: usize) -> Result<ValueId, String> {
+    pub fn on_axis(
+        &mut self,
+        kind: OpKind,
+        inputs: Vec<ValueId>,
+        axis: usize,
+    ) -> Result<ValueId, String> {
         self.op(Op::new(kind).with("axis", Attr::Int(axis as i64)), inputs)
     }
 
@@ -153,7 +158,13 @@ impl<'g> Builder<'g> {
     }
 
     /// `reduce(x) {kind, axes=[axis], keepdim}`.
-    pub fn reduce(&mut self, x: ValueId, kind: &str, axis: usize, keepdim: bool) -> Result<ValueId, String> {
+    pub fn reduce(
+        &mut self,
+        x: ValueId,
+        kind: &str,
+        axis: usize,
+        keepdim: bool,
+    ) -> Result<ValueId, String> {
         let op = Op::new(OpKind::Reduce)
             .with("kind", Attr::Str(kind.into()))
             .with("axes", Attr::Ints(vec![axis as i64]))
@@ -181,9 +192,25 @@ impl<'g> Builder<'g> {
         self.declared(op, vec![x], ty)
     }
 
-    /// The first entries of `x`'s `axis`, as many as `reference` has there.
-    pub fn truncate(&mut self, x: ValueId, reference: ValueId, axis: usize) -> Result<ValueId, String> {
-        self.on_axis(OpKind::Truncate, vec![x, reference], axis)
+    /// `x` `[B, L, ..]` padded along axis 1 to `padded` = `L` rounded up to
+    /// a multiple of `chunk` (unchanged when it is one already), as a `gather`
+    /// (whose gradient is a `scatter_add`): padded rows repeat row 0. The
+    /// decompositions mask padded key slots with [`PAD_VALUE`], whose weight
+    /// is exactly 0, and drop padded query rows, so the rows' contents never
+    /// reach the result (nor, in the backward, receive a gradient).
+    pub fn pad_rows(&mut self, x: ValueId, chunk: u64, padded: &Dim) -> Result<ValueId, String> {
+        let pos = self.iota(x, 1)?;
+        let pos = self.pad_seq(pos, 0, chunk, 0.0, padded)?;
+        let idx = self.broadcast_index(pos, x, 1)?;
+        self.gather(x, idx, 1)
+    }
+
+    /// The first rows of `x` `[B, P, ..]` along axis 1, as many as
+    /// `reference` `[B, L, ..]` has: undoes [`Builder::pad_rows`], as a `gather`.
+    pub fn take_prefix(&mut self, x: ValueId, reference: ValueId) -> Result<ValueId, String> {
+        let pos = self.iota(reference, 1)?;
+        let idx = self.broadcast_index(pos, x, 1)?;
+        self.gather(x, idx, 1)
     }
 
     /// `[..., n]` integer indices repeated along a new last axis of the
@@ -202,7 +229,12 @@ impl<'g> Builder<'g> {
     /// like `x` (whose `axis` length becomes `n`), repeated along every other
     /// axis: the index operand of a `gather` that takes the same entries of
     /// every row.
-    pub fn broadcast_index(&mut self, idx: ValueId, x: ValueId, axis: usize) -> Result<ValueId, String> {
+    pub fn broadcast_index(
+        &mut self,
+        idx: ValueId,
+        x: ValueId,
+        axis: usize,
+    ) -> Result<ValueId, String> {
         let dims = self.dims(x);
         let ones = |i: usize, d: Dim| {
             let mut s = vec![Dim::Const(1); dims.len()];
@@ -242,7 +274,12 @@ impl<'g> Builder<'g> {
             .ok_or_else(|| format!("width {} is not a constant multiple of {heads} heads", s[2]))?;
         let split = self.reshape(
             x,
-            vec![s[0].clone(), s[1].clone(), Dim::Const(heads), Dim::Const(width / heads)],
+            vec![
+                s[0].clone(),
+                s[1].clone(),
+                Dim::Const(heads),
+                Dim::Const(width / heads),
+            ],
         )?;
         self.transpose(split, &[0, 2, 1, 3])
     }
@@ -251,7 +288,10 @@ impl<'g> Builder<'g> {
     pub fn merge_heads(&mut self, x: ValueId) -> Result<ValueId, String> {
         let s = self.dims(x);
         let (h, d) = (s[1].as_const(), s[3].as_const());
-        let width = h.zip(d).map(|(h, d)| h * d).ok_or("heads and head width must be constants")?;
+        let width = h
+            .zip(d)
+            .map(|(h, d)| h * d)
+            .ok_or("heads and head width must be constants")?;
         let t = self.transpose(x, &[0, 2, 1, 3])?;
         self.reshape(t, vec![s[0].clone(), s[2].clone(), Dim::Const(width)])
     }

@@ -33,7 +33,9 @@ impl Local {
         let get = |name: &str| {
             op.int(name)
                 .and_then(|v| u64::try_from(v).ok())
-                .ok_or_else(|| format!("local_attention: attribute `{name}` is missing or negative"))
+                .ok_or_else(|| {
+                    format!("local_attention: attribute `{name}` is missing or negative")
+                })
         };
         Ok(Local {
             heads: get("heads")?,
@@ -59,7 +61,10 @@ impl Local {
 pub(crate) fn lower(g: &mut Graph, node: &Node, inputs: &[ValueId]) -> Result<ValueId, String> {
     let a = Local::of(node)?;
     if inputs.len() < 3 {
-        return Err(format!("local_attention takes q, k, v[, mask], found {} operands", inputs.len()));
+        return Err(format!(
+            "local_attention takes q, k, v[, mask], found {} operands",
+            inputs.len()
+        ));
     }
     let (q, k, v, mask) = (inputs[0], inputs[1], inputs[2], inputs.get(3).copied());
     let mut b = Builder::new(g, node);
@@ -68,7 +73,7 @@ pub(crate) fn lower(g: &mut Graph, node: &Node, inputs: &[ValueId]) -> Result<Va
     let padded = b.sym("Pad");
     let mut heads = Vec::new();
     for x in [q, k, v] {
-        let p = b.pad_seq(x, 1, a.chunk, 0.0, &padded)?;
+        let p = b.pad_rows(x, a.chunk, &padded)?;
         heads.push(b.split_heads(p, a.heads)?);
     }
     let (q4, k4, v4) = (heads[0], heads[1], heads[2]);
@@ -101,7 +106,13 @@ pub(crate) fn lower(g: &mut Graph, node: &Node, inputs: &[ValueId]) -> Result<Va
     let bm = b.dims(kflag)[0].clone();
     let kflag = b.reshape(
         kflag,
-        vec![bm, Dim::Const(1), n.clone(), Dim::Const(1), Dim::Const(width)],
+        vec![
+            bm,
+            Dim::Const(1),
+            n.clone(),
+            Dim::Const(1),
+            Dim::Const(width),
+        ],
     )?;
     let logits = mask_logits(&mut b, logits, qpos, kpos, kflag, a.causal, false)?;
 
@@ -110,7 +121,7 @@ pub(crate) fn lower(g: &mut Graph, node: &Node, inputs: &[ValueId]) -> Result<Va
     let d = b.dims(out);
     let out = b.reshape(out, vec![d[0].clone(), d[1].clone(), padded, d[4].clone()])?;
     let merged = b.merge_heads(out)?;
-    let result = b.truncate(merged, q, 1)?;
+    let result = b.take_prefix(merged, q)?;
     expect_type(&b, result, node)?;
     Ok(result)
 }
@@ -120,7 +131,13 @@ pub(super) fn chunked(b: &mut Builder, x: ValueId, n: &Dim, c: u64) -> Result<Va
     let s = b.dims(x);
     b.reshape(
         x,
-        vec![s[0].clone(), s[1].clone(), n.clone(), Dim::Const(c), s[3].clone()],
+        vec![
+            s[0].clone(),
+            s[1].clone(),
+            n.clone(),
+            Dim::Const(c),
+            s[3].clone(),
+        ],
     )
 }
 
@@ -138,7 +155,13 @@ fn adjacent_rows(
     let s = b.dims(x);
     b.reshape(
         rows,
-        vec![s[0].clone(), s[1].clone(), n.clone(), Dim::Const(width), s[3].clone()],
+        vec![
+            s[0].clone(),
+            s[1].clone(),
+            n.clone(),
+            Dim::Const(width),
+            s[3].clone(),
+        ],
     )
 }
 

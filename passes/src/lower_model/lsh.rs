@@ -81,13 +81,16 @@ pub(crate) fn lower(g: &mut Graph, node: &Node, inputs: &[ValueId]) -> Result<Va
     let (qk, v, buckets, mask) = (inputs[0], inputs[1], inputs[2], inputs.get(3).copied());
     let mut b = Builder::new(g, node);
     check_length(&b.dims(qk)[1], a.chunk)?;
-    let rounds = b.dims(buckets)[2]
-        .as_const()
-        .ok_or_else(|| format!("lsh_attention: the number of rounds of {} must be a constant", b.ty(buckets)))?;
+    let rounds = b.dims(buckets)[2].as_const().ok_or_else(|| {
+        format!(
+            "lsh_attention: the number of rounds of {} must be a constant",
+            b.ty(buckets)
+        )
+    })?;
     let padded = b.sym("Pad");
-    let qp = b.pad_seq(qk, 1, a.chunk, 0.0, &padded)?;
+    let qp = b.pad_rows(qk, a.chunk, &padded)?;
     let x4 = b.split_heads(qp, a.heads)?;
-    let vp = b.pad_seq(v, 1, a.chunk, 0.0, &padded)?;
+    let vp = b.pad_rows(v, a.chunk, &padded)?;
     let v4 = b.split_heads(vp, a.heads)?;
     let keys = normalized_keys(&mut b, x4)?;
 
@@ -132,7 +135,7 @@ pub(crate) fn lower(g: &mut Graph, node: &Node, inputs: &[ValueId]) -> Result<Va
         combine_rounds(&mut b, out, lse, sorted.inv, rounds, &padded)?
     };
     let merged = b.merge_heads(out)?;
-    let result = b.truncate(merged, qk, 1)?;
+    let result = b.take_prefix(merged, qk)?;
     expect_type(&b, result, node)?;
     Ok(result)
 }
@@ -141,7 +144,9 @@ pub(crate) fn lower(g: &mut Graph, node: &Node, inputs: &[ValueId]) -> Result<Va
 /// `x * rsqrt(mean(x^2) + 1e-6) / sqrt(d)` per row of `x` `[B, H, P, d]`.
 fn normalized_keys(b: &mut Builder, x: ValueId) -> Result<ValueId, String> {
     let dtype = b.ty(x).dtype;
-    let d = b.dims(x)[3].as_const().ok_or("the head width must be a constant")?;
+    let d = b.dims(x)[3]
+        .as_const()
+        .ok_or("the head width must be a constant")?;
     let sq = b.bin(OpKind::Mul, x, x)?;
     let ms = b.reduce(sq, "mean", 3, true)?;
     let eps = b.constant(dtype, 1e-6)?;
@@ -172,11 +177,23 @@ fn sort_slots(
     let c = b.int(a.chunk as i64)?;
     let short = b.bin(OpKind::Lt, last, c)?;
     let round = b.iota(bp, 2)?;
-    let round = b.reshape(round, vec![Dim::Const(1), Dim::Const(1), Dim::Const(rounds), Dim::Const(1)])?;
+    let round = b.reshape(
+        round,
+        vec![
+            Dim::Const(1),
+            Dim::Const(1),
+            Dim::Const(rounds),
+            Dim::Const(1),
+        ],
+    )?;
     let bucket = b.select(short, round, bp)?;
 
     let d = b.dims(bp);
-    let total = if rounds == 1 { padded.clone() } else { b.sym("Rp") };
+    let total = if rounds == 1 {
+        padded.clone()
+    } else {
+        b.sym("Rp")
+    };
     let flat_shape = vec![d[0].clone(), d[1].clone(), total];
     let flat = b.reshape(bucket, flat_shape.clone())?;
     let perm = b.on_axis(OpKind::Argsort, vec![flat], 2)?;
@@ -185,12 +202,18 @@ fn sort_slots(
     // Position and key flag of every round-major slot, then in sorted order.
     let zeros = b.bin(OpKind::Sub, bp, bp)?;
     let pos = b.iota(bp, 3)?;
-    let pos = b.reshape(pos, vec![Dim::Const(1), Dim::Const(1), Dim::Const(1), padded.clone()])?;
+    let pos = b.reshape(
+        pos,
+        vec![Dim::Const(1), Dim::Const(1), Dim::Const(1), padded.clone()],
+    )?;
     let pos = b.bin(OpKind::Add, zeros, pos)?;
     let pos = b.reshape(pos, flat_shape.clone())?;
     let flags = key_flags(b, qk, mask, a.chunk, padded)?;
     let bm = b.dims(flags)[0].clone();
-    let flags = b.reshape(flags, vec![bm, Dim::Const(1), Dim::Const(1), padded.clone()])?;
+    let flags = b.reshape(
+        flags,
+        vec![bm, Dim::Const(1), Dim::Const(1), padded.clone()],
+    )?;
     let flags = b.bin(OpKind::Add, zeros, flags)?;
     let flags = b.reshape(flags, flat_shape)?;
     Ok(Sorted {
@@ -211,7 +234,13 @@ fn chunked_as(b: &mut Builder, x: ValueId, n: &Dim, width: u64) -> Result<ValueI
     let s = b.dims(x);
     b.reshape(
         x,
-        vec![s[0].clone(), s[1].clone(), n.clone(), Dim::Const(width), s[3].clone()],
+        vec![
+            s[0].clone(),
+            s[1].clone(),
+            n.clone(),
+            Dim::Const(width),
+            s[3].clone(),
+        ],
     )
 }
 
@@ -229,7 +258,10 @@ fn combine_rounds(
     let s = b.dims(out);
     let (bd, hd, dd) = (s[0].clone(), s[1].clone(), s[3].clone());
     let r = Dim::Const(rounds);
-    let per_round = b.reshape(out, vec![bd.clone(), hd.clone(), r.clone(), padded.clone(), dd])?;
+    let per_round = b.reshape(
+        out,
+        vec![bd.clone(), hd.clone(), r.clone(), padded.clone(), dd],
+    )?;
     let lse = b.reshape(lse, b.dims(inv))?;
     let lse = b.gather(lse, inv, 2)?;
     let lse = b.reshape(lse, vec![bd.clone(), hd.clone(), r.clone(), padded.clone()])?;
