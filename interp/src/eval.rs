@@ -496,7 +496,7 @@ impl Evaluator<'_> {
             .filter_map(|d| d.eval(&self.env))
             .map(|x| x as usize)
             .product();
-        if known == 0 || count % known != 0 {
+        if known == 0 || !count.is_multiple_of(known) {
             return Err(format!(
                 "cannot reshape {count} elements to {ty}: {count} is not a multiple of {known}, so {free} has no value"
             ));
