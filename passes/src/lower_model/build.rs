@@ -36,6 +36,9 @@ pub(crate) struct Builder<'g> {
     tag: usize,
     /// The `layer` of the op being decomposed, copied onto every new op.
     layer: Option<u64>,
+    /// Index operands of [`Builder::pad_rows`] by the shape they pad, so
+    /// that operands of one shape share one.
+    pad_index: Vec<(Vec<Dim>, ValueId)>,
 }
 
 impl<'g> Builder<'g> {
@@ -46,6 +49,7 @@ impl<'g> Builder<'g> {
             g,
             tag,
             layer: node.op.layer(),
+            pad_index: Vec::new(),
         }
     }
 
@@ -199,9 +203,18 @@ impl<'g> Builder<'g> {
     /// is exactly 0, and drop padded query rows, so the rows' contents never
     /// reach the result (nor, in the backward, receive a gradient).
     pub fn pad_rows(&mut self, x: ValueId, chunk: u64, padded: &Dim) -> Result<ValueId, String> {
-        let pos = self.iota(x, 1)?;
-        let pos = self.pad_seq(pos, 0, chunk, 0.0, padded)?;
-        let idx = self.broadcast_index(pos, x, 1)?;
+        let shape = self.dims(x);
+        let cached = self.pad_index.iter().find(|(s, _)| *s == shape);
+        let idx = match cached {
+            Some((_, idx)) => *idx,
+            None => {
+                let pos = self.iota(x, 1)?;
+                let pos = self.pad_seq(pos, 0, chunk, 0.0, padded)?;
+                let idx = self.broadcast_index(pos, x, 1)?;
+                self.pad_index.push((shape, idx));
+                idx
+            }
+        };
         self.gather(x, idx, 1)
     }
 

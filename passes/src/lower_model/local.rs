@@ -85,8 +85,14 @@ pub(crate) fn lower(g: &mut Graph, node: &Node, inputs: &[ValueId]) -> Result<Va
     let qc = chunked(&mut b, q4, &n, a.chunk)?;
     let slots = b.adjacent_slots(qc, 2, a.chunk, a.before, a.after)?;
     let width = a.chunk * (a.before + 1 + a.after);
-    let kadj = adjacent_rows(&mut b, keys, slots, &n, width)?;
-    let vadj = adjacent_rows(&mut b, v4, slots, &n, width)?;
+    let kidx = b.broadcast_index(slots, keys, 2)?;
+    let kadj = adjacent_rows(&mut b, keys, kidx, &n, width)?;
+    let vidx = if b.dims(v4) == b.dims(keys) {
+        kidx
+    } else {
+        b.broadcast_index(slots, v4, 2)?
+    };
+    let vadj = adjacent_rows(&mut b, v4, vidx, &n, width)?;
     let kt = b.transpose(kadj, &[0, 1, 2, 4, 3])?;
     let logits = b.op(Op::new(OpKind::Matmul), vec![qc, kt])?;
 
@@ -141,16 +147,15 @@ pub(super) fn chunked(b: &mut Builder, x: ValueId, n: &Dim, c: u64) -> Result<Va
     )
 }
 
-/// The rows of `x` `[B, H, P, d]` at the flat key slots `slots` `[M]`,
-/// chunked as `[B, H, n, width, d]`.
+/// The rows of `x` `[B, H, P, d]` at the key slots of `idx` `[B, H, M, d]`
+/// (see [`Builder::broadcast_index`]), chunked as `[B, H, n, width, d]`.
 fn adjacent_rows(
     b: &mut Builder,
     x: ValueId,
-    slots: ValueId,
+    idx: ValueId,
     n: &Dim,
     width: u64,
 ) -> Result<ValueId, String> {
-    let idx = b.broadcast_index(slots, x, 2)?;
     let rows = b.gather(x, idx, 2)?;
     let s = b.dims(x);
     b.reshape(

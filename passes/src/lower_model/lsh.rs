@@ -103,9 +103,11 @@ pub(crate) fn lower(g: &mut Graph, node: &Node, inputs: &[ValueId]) -> Result<Va
     let kpos = b.gather(sorted.spos, slot_idx, 2)?;
     let kflag = b.gather(sorted.sflag, slot_idx, 2)?;
     let width = a.chunk * (a.before + 1 + a.after);
-    let kadj = gather_rows(&mut b, keys, kpos)?;
+    // Keys and values have one shape: one index operand serves both.
+    let kidx = b.rows_index(kpos, keys)?;
+    let kadj = b.gather(keys, kidx, 2)?;
     let kadj = chunked_as(&mut b, kadj, &n, width)?;
-    let vadj = gather_rows(&mut b, v4, kpos)?;
+    let vadj = b.gather(v4, kidx, 2)?;
     let vadj = chunked_as(&mut b, vadj, &n, width)?;
     let kt = b.transpose(kadj, &[0, 1, 2, 4, 3])?;
     let logits = b.op(Op::new(OpKind::Matmul), vec![sqc, kt])?;
