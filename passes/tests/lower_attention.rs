@@ -526,3 +526,42 @@ fn lowered_attention_uses_differentiable_ops_on_float_paths() {
         }
     }
 }
+
+/// The order the training plan uses: the default pipeline first, then the
+/// attention nodes it leaves lowered; f32 logits stay within 1e-4 of HF's
+/// float64 ones.
+#[test]
+fn hf_fixtures_after_the_default_pipeline_agree_when_lowered() {
+    use reformc_passes::{Instrumentation, PassManager, PassOptions, Pipeline};
+    let mut lowered = 0;
+    for dir in common::fixtures() {
+        let case = common::Case::load(&dir);
+        let source = case.replay_source();
+        let mut g = case.graph(DType::F32, source);
+        let opts = PassOptions {
+            seq_len: Some(case.seq_len() as u64),
+            batch: Some(case.ids.shape()[0] as u64),
+            ..Default::default()
+        };
+        let quiet = Instrumentation {
+            quiet: true,
+            ..Default::default()
+        };
+        let pm = PassManager::new(Pipeline::default_pipeline(), quiet).unwrap();
+        pm.run(&mut g, &opts, &mut Vec::new())
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        for v in attention_nodes(&g) {
+            lower_attention_node(&mut g, v).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            lowered += 1;
+        }
+        verify(&g).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let got = case.run(&g, source).remove("logits").unwrap().to_f64();
+        let err = common::max_abs_diff(&got, &case.reference_f64());
+        assert!(err <= 1e-4, "{}: {err:e} from HF float64", case.name);
+    }
+    println!("{lowered} attention nodes lowered");
+    assert!(
+        lowered > 0,
+        "the default pipeline left no local or LSH attention"
+    );
+}
