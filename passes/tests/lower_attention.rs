@@ -46,6 +46,8 @@ struct Case {
     after: usize,
     causal: bool,
     mask: bool,
+    /// The mask operand is `bool` rather than `i64`.
+    bool_mask: bool,
     rounds: usize,
 }
 
@@ -59,6 +61,7 @@ const BASE: Case = Case {
     after: 0,
     causal: false,
     mask: false,
+    bool_mask: false,
     rounds: 1,
 };
 
@@ -102,7 +105,16 @@ fn random_mask(rng: &mut Rng, c: &Case, all_dropped: bool) -> Tensor {
             m[[0, i]] = 0;
         }
     }
-    Tensor::I64(m)
+    let m = Tensor::I64(m);
+    if c.bool_mask {
+        m.cast(DType::Bool)
+    } else {
+        m
+    }
+}
+
+fn mask_type(c: &Case) -> TensorType {
+    sym_type(if c.bool_mask { DType::Bool } else { DType::I64 }, None)
 }
 
 /// Runs `g` before and after lowering its single attention node; returns the
@@ -167,7 +179,7 @@ fn check_local(c: Case, dtype: DType, seed: u64, all_dropped: bool) {
         inputs.insert(name.to_string(), t);
     }
     if c.mask {
-        operands.push(input(&mut g, "mask", sym_type(DType::I64, None)));
+        operands.push(input(&mut g, "mask", mask_type(&c)));
         inputs.insert("mask".into(), random_mask(&mut rng, &c, all_dropped));
     }
     let op = attention_attrs(Op::new(OpKind::LocalAttention), &c)
@@ -209,7 +221,7 @@ fn check_lsh(c: Case, dtype: DType, seed: u64, hashed: bool) {
     );
     let mask = c.mask.then(|| {
         inputs.insert("mask".into(), random_mask(&mut rng, &c, false));
-        input(&mut g, "mask", sym_type(DType::I64, None))
+        input(&mut g, "mask", mask_type(&c))
     });
     let bucket_ty = TensorType::new(
         DType::I64,
@@ -365,6 +377,23 @@ fn lsh_attention_matches_with_wide_windows_over_few_chunks() {
         };
         check_lsh(c, DType::F64, 11, true);
         check_lsh(c, DType::F32, 12, false);
+    }
+}
+
+#[test]
+fn bool_masks_are_lowered_like_integer_ones() {
+    for len in [3, 12] {
+        let c = Case {
+            len,
+            mask: true,
+            bool_mask: true,
+            causal: true,
+            rounds: 2,
+            ..BASE
+        };
+        check_local(c, DType::F64, 21, false);
+        check_lsh(c, DType::F64, 22, true);
+        check_lsh(c, DType::F32, 23, false);
     }
 }
 
