@@ -104,6 +104,36 @@ pub fn run(
     Ok(out)
 }
 
+/// The shape a `reshape` to `ty` of `count` elements gives: every dim
+/// bound, except at most one new symbol, which the element count determines
+/// (as the LLVM backend infers it); the result check then binds it.
+fn reshape_dims(ty: &TensorType, count: usize, env: &DimEnv) -> Result<Vec<usize>, String> {
+    let mut unknown = None;
+    let mut known = 1usize;
+    let mut dims = Vec::with_capacity(ty.rank());
+    for (axis, d) in ty.shape.iter().enumerate() {
+        match d.eval(env) {
+            Some(n) => {
+                known = known.saturating_mul(n as usize);
+                dims.push(n as usize);
+            }
+            None if unknown.is_none() => {
+                unknown = Some(axis);
+                dims.push(0);
+            }
+            None => return Err(format!("{ty} has more than one unbound symbol")),
+        }
+    }
+    if let Some(axis) = unknown {
+        dims[axis] = match (count, known) {
+            (0, 0) => 0,
+            (c, k) if k > 0 && c % k == 0 => c / k,
+            _ => return Err(format!("{count} elements do not reshape to {ty}")),
+        };
+    }
+    Ok(dims)
+}
+
 /// How many times each value is used (operands, region results, graph outputs:
 /// the IR's use lists), so that intermediate tensors are freed after their last use.
 fn use_counts(g: &Graph) -> HashMap<ValueId, usize> {
@@ -435,9 +465,8 @@ impl Evaluator<'_> {
             },
             Reshape => {
                 let x = self.operand(node, 0);
-                let count = x.shape().iter().product();
-                let shape = self.reshape_target(&node.ty, count)?;
-                ops::reshape(x, &shape)?
+                let shape = reshape_dims(&node.ty, x.shape().iter().product(), &self.env)?;
+                ops::reshape(self.operand(node, 0), &shape)?
             }
             Transpose => {
                 let perm: Vec<usize> = op
@@ -479,33 +508,6 @@ impl Evaluator<'_> {
                     .ok_or_else(|| format!("dimension {d} of {ty} is not bound yet"))
             })
             .collect()
-    }
-
-    /// The shape a `reshape` of `count` elements to `ty` produces. One
-    /// symbol of `ty` may still be unbound (a fresh symbol such as a number
-    /// of chunks): its value is what the element count leaves for it, and
-    /// checking the result then binds it.
-    fn reshape_target(&self, ty: &TensorType, count: usize) -> Result<Vec<usize>, String> {
-        let mut unbound = ty.shape.iter().filter(|d| d.eval(&self.env).is_none());
-        let (Some(free), None) = (unbound.next(), unbound.next()) else {
-            return self.concrete_shape(ty);
-        };
-        let known: usize = ty
-            .shape
-            .iter()
-            .filter_map(|d| d.eval(&self.env))
-            .map(|x| x as usize)
-            .product();
-        if known == 0 || !count.is_multiple_of(known) {
-            return Err(format!(
-                "cannot reshape {count} elements to {ty}: {count} is not a multiple of {known}, so {free} has no value"
-            ));
-        }
-        Ok(ty
-            .shape
-            .iter()
-            .map(|d| d.eval(&self.env).map_or(count / known, |x| x as usize))
-            .collect())
     }
 
     /// y1 = x1 + f(x2); y2 = x2 + g(y1) on the halves of the last axis.

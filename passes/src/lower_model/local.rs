@@ -7,14 +7,14 @@
 //! chunk attends to the keys of its own chunk and of `before`/`after`
 //! neighbours (gathered by a flat key-slot index, wrapping around), with the
 //! causal and padding masks of the interpreter; padded key slots get
-//! [`PAD_VALUE`](super::build::PAD_VALUE) and padded query rows are cut off
+//! [`PAD_VALUE`](super::chunked::PAD_VALUE) and padded query rows are cut off
 //! at the end. Memory is O(L * chunk): the logits are `[B, H, n, c, c_kv]`.
 //!
 //! A sequence of at most one chunk is full attention in the interpreter; here
 //! it is the single chunk attending to itself `1 + before + after` times,
 //! which weighs every key equally often and so gives the same softmax.
 
-use super::build::{key_flags, mask_logits, Builder};
+use super::chunked::{key_flags, mask_logits, Builder};
 use reformc_ir::{Dim, Graph, Node, Op, OpKind, ValueId};
 
 /// The attributes of a `local_attention` node.

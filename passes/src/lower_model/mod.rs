@@ -2,8 +2,8 @@
 //! placeholder of the `lshdec` branch, which holds the attention
 //! decompositions only).
 
-mod build;
+mod chunked;
 pub(crate) mod local;
 pub(crate) mod lsh;
 
-pub use build::lower_attention_node;
+pub use chunked::lower_attention_node;

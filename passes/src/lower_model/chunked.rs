@@ -1,5 +1,6 @@
-//! Small builders for the attention decompositions: typed tensor ops appended
-//! to a graph, the index helpers both decompositions share, and
+//! What the chunked attention decompositions (`local_attention`,
+//! `lsh_attention`) share: a builder of typed tensor ops, the index helpers
+//! (padding to whole chunks, window slots, key flags, masks), and
 //! [`lower_attention_node`], which replaces one attention node in place.
 //!
 //! Every op built here has its result type derived by the IR's own type rules
@@ -54,9 +55,22 @@ impl<'g> Builder<'g> {
     }
 
     /// A fresh symbol `{base}{tag}` (a length the decomposition introduces,
-    /// bound by the interpreter when the first value carrying it is checked).
+    /// bound by the interpreter when the first value carrying it is checked),
+    /// with `_` appended while the graph already uses the name.
     pub fn sym(&self, base: &str) -> Dim {
-        Dim::Sym(format!("{base}{}", self.tag))
+        let mut name = format!("{base}{}", self.tag);
+        let taken = |n: &str| {
+            self.g.nodes.iter().any(|node| {
+                node.ty
+                    .shape
+                    .iter()
+                    .any(|d| matches!(d, Dim::Sym(s) if s == n))
+            })
+        };
+        while taken(&name) {
+            name.push('_');
+        }
+        Dim::Sym(name)
     }
 
     /// The type of `v`.
