@@ -106,3 +106,24 @@ fn softmax_along_each_axis() {
     let big = a(&[2], &[1000.0, 1000.0]);
     close(&softmax::<f64>(&big, 0), &[0.5, 0.5]);
 }
+
+/// A reshape may introduce one fresh symbol (a number of chunks): the element
+/// count gives its value, later uses see it bound, and a count that leaves no
+/// whole value is an error that names the symbol.
+#[test]
+fn reshape_binds_one_fresh_symbol_from_the_element_count() {
+    let text = "graph {\n  %0 = input {name=\"x\"} : f64[L,2]\n  %1 = reshape %0 : f64[N,4]\n  %2 = reshape %1 : f64[N,2,2]\n  output \"y\" = %2\n}\n";
+    let g = reformc_ir::parse(text).unwrap();
+    reformc_ir::verify(&g).unwrap();
+    let run = |len: usize| {
+        let x: Vec<f64> = (0..len * 2).map(|i| i as f64).collect();
+        let mut inputs = std::collections::BTreeMap::new();
+        inputs.insert("x".to_string(), Tensor::F64(a(&[len, 2], &x)));
+        reformc_interp::run(&g, &inputs, &std::collections::BTreeMap::new())
+    };
+    let y = run(6).unwrap()["y"].to_f64();
+    assert_eq!(y.shape(), &[3, 2, 2]);
+    close(&y, &(0..12).map(|i| i as f64).collect::<Vec<_>>());
+    let err = run(3).unwrap_err().to_string();
+    assert!(err.contains("do not reshape to f64[N,4]"), "{err}");
+}

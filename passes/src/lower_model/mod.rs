@@ -32,8 +32,11 @@
 pub(crate) mod attention;
 pub(crate) mod basic;
 mod build;
+mod chunked;
 pub(crate) mod local;
 pub(crate) mod lsh;
+
+pub use chunked::lower_attention_node;
 
 use crate::pass::{Pass, PassError, PassOptions};
 use reformc_ir::{verify, Dim, Graph, Node, OpKind, OpLevel, Region, TensorType, ValueId, LAYER};
