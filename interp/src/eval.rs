@@ -483,6 +483,24 @@ impl Evaluator<'_> {
                     .collect();
                 ops::concat(&xs, attr("axis"))?
             }
+            Broadcast => {
+                let shape = self.operand(node, 1).shape().to_vec();
+                ops::broadcast_to(self.operand(node, 0), &shape)?
+            }
+            ScatterAdd => {
+                let shape = self.operand(node, 0).shape().to_vec();
+                T::wrap(ops::scatter_add(
+                    &shape,
+                    &self.operand(node, 1).to_i64(),
+                    self.float::<T>(node, 2)?,
+                    attr("axis"),
+                )?)
+            }
+            ActGrad => T::wrap(ops::act_grad(
+                op.activation()?,
+                self.float::<T>(node, 0)?,
+                self.float::<T>(node, 1)?,
+            )?),
         })
     }
 

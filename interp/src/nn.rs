@@ -147,6 +147,67 @@ pub fn activate<T: Real>(f: Activation, x: T) -> T {
     T::of(y)
 }
 
+/// The derivative `act'(x)` of one activation function, computed in f64 and
+/// rounded like [`activate`]. At the kinks it takes PyTorch autograd's value
+/// (`relu'(0) = 0`); `gelu` is differentiated in its erf form, `gelu_new`
+/// and `gelu_fast` in their tanh forms, the identity has derivative 1.
+///
+/// ```
+/// use reformc_interp::nn::{activate_grad, Activation};
+/// assert_eq!(activate_grad(Activation::Relu, 0.0f64), 0.0);
+/// assert_eq!(activate_grad(Activation::Relu, 2.0f64), 1.0);
+/// assert_eq!(activate_grad(Activation::Sigmoid, 0.0f64), 0.25);
+/// // gelu'(0) = Φ(0) = 1/2.
+/// assert_eq!(activate_grad(Activation::Gelu, 0.0f64), 0.5);
+/// ```
+pub fn activate_grad<T: Real>(f: Activation, x: T) -> T {
+    T::of(activation_derivative(f, x.to_f64().expect("float")))
+}
+
+/// `act'(x)` in f64 (see [`activate_grad`]).
+fn activation_derivative(f: Activation, x: f64) -> f64 {
+    use std::f64::consts::{PI, SQRT_2};
+    let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+    // d/dx of 0.5 x (1 + tanh(c (x + k x^3))).
+    let tanh_gelu = |c: f64| {
+        let k = 0.044715;
+        let t = (c * (x + k * x * x * x)).tanh();
+        0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * k * x * x)
+    };
+    match f {
+        Activation::None => 1.0,
+        Activation::Relu => {
+            if x > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        // Φ(x) + x φ(x).
+        Activation::Gelu => {
+            let cdf = 0.5 * (1.0 + libm::erf(x / SQRT_2));
+            let pdf = (-0.5 * x * x).exp() / (2.0 * PI).sqrt();
+            cdf + x * pdf
+        }
+        Activation::GeluNew => tanh_gelu((2.0 / PI).sqrt()),
+        // `activate` writes gelu_fast as tanh(x c (1 + k x^2)): the same
+        // function with its rounded constant.
+        Activation::GeluFast => tanh_gelu(0.797_884_560_8),
+        Activation::Silu => {
+            let s = sigmoid(x);
+            s * (1.0 + x * (1.0 - s))
+        }
+        Activation::Tanh => {
+            let t = x.tanh();
+            1.0 - t * t
+        }
+        Activation::Sigmoid => {
+            let s = sigmoid(x);
+            s * (1.0 - s)
+        }
+    }
+}
+
 /// Splits the last axis of `x` into halves.
 pub fn split_halves<T: Real>(x: &ArrayD<T>) -> (ArrayD<T>, ArrayD<T>) {
     let last = Axis(x.ndim() - 1);

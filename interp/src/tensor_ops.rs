@@ -1,7 +1,7 @@
 //! Semantics of the primitive tensor ops (elementwise, reductions, indexing, layout).
 
 use crate::tensor::{each, Real, Tensor};
-use ndarray::{concatenate, ArrayD, Axis, IxDyn, Slice, Zip};
+use ndarray::{concatenate, ArrayD, Axis, Dimension, IxDyn, Slice, Zip};
 use reformc_ir::{Activation, BinaryFn, OpKind, Reduction, UnaryFn};
 
 /// numpy broadcast of two shapes.
@@ -237,6 +237,97 @@ pub fn gather(x: &Tensor, idx: &ArrayD<i64>, axis: usize) -> Result<Tensor, Stri
             a[src]
         });
         Tensor::from(out)
+    }))
+}
+
+/// The transpose of [`gather`]: zeros of `shape` in `src`'s dtype, then for
+/// every position `i` of `src` in row-major order `out[i with i[axis]
+/// replaced by idx[i]] += src[i]`. The fixed order makes the sums
+/// deterministic. An index outside `[0, shape[axis])` is an error naming its
+/// position and value.
+///
+/// ```
+/// use reformc_interp::tensor_ops::scatter_add;
+/// use ndarray::{arr1, arr2};
+/// let idx = arr1(&[2i64, 0, 2]).into_dyn();
+/// let src = arr1(&[1.0f64, 2.0, 3.0]).into_dyn();
+/// let out = scatter_add(&[4], &idx, &src, 0).unwrap();
+/// assert_eq!(out.into_raw_vec_and_offset().0, vec![2.0, 0.0, 4.0, 0.0]);
+/// assert!(scatter_add(&[2], &idx, &src, 0).unwrap_err().contains("[0]"));
+/// ```
+pub fn scatter_add<T: Real>(
+    shape: &[usize],
+    idx: &ArrayD<i64>,
+    src: &ArrayD<T>,
+    axis: usize,
+) -> Result<ArrayD<T>, String> {
+    if idx.shape() != src.shape() {
+        return Err(format!(
+            "indices {:?} must have the shape of the source {:?}",
+            idx.shape(),
+            src.shape()
+        ));
+    }
+    let fits = src.ndim() == shape.len()
+        && axis < shape.len()
+        && (0..shape.len()).all(|a| a == axis || src.shape()[a] == shape[a]);
+    if !fits {
+        return Err(format!(
+            "source {:?} must match the result {shape:?} on every axis but {axis}",
+            src.shape()
+        ));
+    }
+    let n = shape[axis];
+    let mut out = ArrayD::<T>::zeros(IxDyn(shape));
+    // `indexed_iter` walks in logical row-major order whatever the layout.
+    for ((pos, &s), &i) in src.indexed_iter().zip(idx.iter()) {
+        if i < 0 || i as usize >= n {
+            return Err(format!(
+                "scatter_add index {i} at position {:?} is out of range for axis {axis} of length {n}",
+                pos.slice()
+            ));
+        }
+        let mut dst = pos.clone();
+        dst[axis] = i as usize;
+        out[dst] += s;
+    }
+    Ok(out)
+}
+
+/// `x` broadcast (numpy rules) to `shape`, materialised.
+///
+/// ```
+/// use reformc_interp::{tensor_ops::broadcast_to, Tensor};
+/// use ndarray::arr2;
+/// let x = Tensor::I64(arr2(&[[1i64], [2]]).into_dyn());
+/// let y = broadcast_to(&x, &[2, 3]).unwrap();
+/// assert_eq!(y.to_i64().into_raw_vec_and_offset().0, vec![1, 1, 1, 2, 2, 2]);
+/// assert!(broadcast_to(&x, &[3, 3]).is_err());
+/// ```
+pub fn broadcast_to(x: &Tensor, shape: &[usize]) -> Result<Tensor, String> {
+    let bad = || format!("{:?} does not broadcast to {shape:?}", x.shape());
+    Ok(each!(x, a => Tensor::from(
+        a.broadcast(IxDyn(shape)).ok_or_else(bad)?.as_standard_layout().into_owned()
+    )))
+}
+
+/// `dy * act'(x)` elementwise (see [`crate::nn::activate_grad`]), the
+/// product taken in f64 and rounded once.
+pub fn act_grad<T: Real>(
+    act: Activation,
+    x: &ArrayD<T>,
+    dy: &ArrayD<T>,
+) -> Result<ArrayD<T>, String> {
+    if x.shape() != dy.shape() {
+        return Err(format!(
+            "dy {:?} must have the shape of x {:?}",
+            dy.shape(),
+            x.shape()
+        ));
+    }
+    Ok(Zip::from(x).and(dy).map_collect(|&xv, &g| {
+        let d = crate::nn::activate_grad::<f64>(act, xv.to_f64().expect("float"));
+        T::of(g.to_f64().expect("float") * d)
     }))
 }
 

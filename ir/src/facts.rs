@@ -27,6 +27,10 @@ pub enum CostClass {
     Copy,
     /// Rows picked by the integer first operand (`embedding`, `gather`).
     Lookup,
+    /// Zero-fills the result, then adds every element of the last operand
+    /// into a result position read from the integer middle operand
+    /// (`scatter_add`): one FLOP and a read-modify-write per source element.
+    Scatter,
     /// `x @ w^T (+ b)` with an optional activation.
     Linear,
     /// A batched matrix product.
@@ -141,6 +145,9 @@ pub enum Elementwise {
     Select,
     /// A dtype conversion.
     Cast,
+    /// `dy * act'(x)` of two operands of one float dtype, the activation
+    /// named by the op's `fn` attribute (`act_grad`).
+    ActGrad,
 }
 
 /// Everything passes and backends need to know about an op kind.
@@ -259,6 +266,10 @@ impl OpKind {
                 ..other(C::Free, 1.0)
             },
             Transpose | Concat => other(C::Copy, 1.0),
+            // Reads `x` with repeats; the reference contributes its shape only.
+            Broadcast => other(C::Copy, 1.0),
+            ScatterAdd => other(C::Scatter, 2.0),
+            ActGrad => pointwise(Elementwise::ActGrad, 8, ReuseOperand),
         }
     }
 
@@ -266,7 +277,13 @@ impl OpKind {
     pub const fn unary_fn(self) -> Option<UnaryFn> {
         match self.facts().elementwise {
             Some(Elementwise::Unary(u)) => Some(u),
-            Some(Elementwise::Binary(_) | Elementwise::Select | Elementwise::Cast) | None => None,
+            Some(
+                Elementwise::Binary(_)
+                | Elementwise::Select
+                | Elementwise::Cast
+                | Elementwise::ActGrad,
+            )
+            | None => None,
         }
     }
 
@@ -274,7 +291,13 @@ impl OpKind {
     pub const fn binary_fn(self) -> Option<BinaryFn> {
         match self.facts().elementwise {
             Some(Elementwise::Binary(b)) => Some(b),
-            Some(Elementwise::Unary(_) | Elementwise::Select | Elementwise::Cast) | None => None,
+            Some(
+                Elementwise::Unary(_)
+                | Elementwise::Select
+                | Elementwise::Cast
+                | Elementwise::ActGrad,
+            )
+            | None => None,
         }
     }
 }
@@ -312,7 +335,7 @@ mod tests {
                 assert!(matches!(f.cost, CostClass::PerElement(_)), "{k}");
                 let arity = match e {
                     Elementwise::Unary(_) | Elementwise::Cast => 1,
-                    Elementwise::Binary(_) => 2,
+                    Elementwise::Binary(_) | Elementwise::ActGrad => 2,
                     Elementwise::Select => 3,
                 };
                 let s = k.schema();

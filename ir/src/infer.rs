@@ -390,6 +390,30 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<Option<TensorType
             want.shape[a] = Dim::Const(n);
             want
         }
+        Broadcast => {
+            broadcasts_to(t[0], t[1])?;
+            TensorType::new(t[0].dtype, t[1].shape.clone())
+        }
+        ScatterAdd => {
+            check_scatter_operands(op, t)?;
+            TensorType::new(t[2].dtype, t[0].shape.clone())
+        }
+        ActGrad => {
+            float(0, t[0])?;
+            if t[1] != t[0] {
+                return Err(format!(
+                    "operand 1 (dy) must have the type of x {}, found {}",
+                    t[0], t[1]
+                ));
+            }
+            if op.activation()? == Activation::None {
+                return Err(format!(
+                    "unknown activation `` (known: {})",
+                    Activation::names()
+                ));
+            }
+            t[0].clone()
+        }
     }))
 }
 
@@ -453,9 +477,10 @@ pub fn check_type(op: &Op, operands: &[&TensorType], result: &TensorType) -> Res
         Embedding | AxialPosEmbedding | LayerNorm | Linear | Attention | LocalAttention
         | LshHash | LshAttention | ReversibleBlock | Truncate | Iota | Index | Slice | Add
         | Sub | Mul | Div | Max | Min | Lt | Eq | Neg | Exp | Log | Sqrt | Rsqrt | Tanh | Act
-        | Matmul | Reduce | Softmax | Gather | Argmax | Argsort | Select | Transpose => Err(
-            format!("`{op}` derives its result type, but none was derived"),
-        ),
+        | Matmul | Reduce | Softmax | Gather | Argmax | Argsort | Select | Transpose
+        | Broadcast | ScatterAdd | ActGrad => Err(format!(
+            "`{op}` derives its result type, but none was derived"
+        )),
     }
 }
 
@@ -606,6 +631,47 @@ fn broadcast(a: &[Dim], b: &[Dim]) -> Option<Vec<Dim>> {
         });
     }
     Some(out)
+}
+
+/// `x` broadcasts to `target`'s shape (numpy rules, one direction): `x` has
+/// no more axes, and each of its axes, aligned on the right, has length 1 or
+/// the target's length.
+fn broadcasts_to(x: &TensorType, target: &TensorType) -> Result<(), String> {
+    let lead = target
+        .rank()
+        .checked_sub(x.rank())
+        .ok_or_else(|| format!("{x} has more axes than the reference {target} it broadcasts to"))?;
+    for (i, d) in x.shape.iter().enumerate() {
+        let want = &target.shape[lead + i];
+        if d != want && *d != Dim::Const(1) {
+            return Err(format!(
+                "{x} does not broadcast to {target}: axis {i} has length {d}, \
+                 expected 1 or {want}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `scatter_add(ref, idx, src) {axis}`: a float `src` of `ref`'s rank that
+/// matches `ref` on every axis but `axis`, and integer indices of exactly
+/// `src`'s shape.
+fn check_scatter_operands(op: &Op, t: &[&TensorType]) -> Result<(), String> {
+    let (r, idx, src) = (t[0], t[1], t[2]);
+    let a = axis_of(op, r, "axis")?;
+    int(1, idx)?;
+    float(2, src)?;
+    if src.rank() != r.rank() || (0..r.rank()).any(|i| i != a && src.shape[i] != r.shape[i]) {
+        return Err(format!(
+            "operand 2 (src) {src} must match the reference {r} on every axis but {a}"
+        ));
+    }
+    if idx.shape != src.shape {
+        return Err(format!(
+            "operand 1 (indices) {idx} must have the shape of operand 2 (src) {src}"
+        ));
+    }
+    Ok(())
 }
 
 /// `heads` divides a constant width.

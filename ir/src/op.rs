@@ -220,6 +220,23 @@ op_kinds! {
     /// `concat(x0, x1, ..) {axis}`: joins one or more operands of one dtype that
     /// agree on every other axis along `axis` (numpy `concatenate`).
     Concat => "concat", Tensor, "joins operands along an axis";
+    /// `broadcast(x, ref)`: `x` repeated to `ref`'s shape by numpy broadcasting
+    /// (axes aligned on the right; each axis of `x` has length 1 or `ref`'s
+    /// length there), keeping `x`'s dtype; only `ref`'s shape is read (torch
+    /// `x.expand_as(ref)`, materialised). The backward of a reduction.
+    Broadcast => "broadcast", Tensor, "numpy-broadcasts x to the shape of a reference operand";
+    /// `scatter_add(ref, idx, src) {axis}`: zeros of `ref`'s shape and `src`'s
+    /// float dtype, then for every position `i` of `src` in row-major order
+    /// `out[i with i[axis] replaced by idx[i]] += src[i]`; `idx` is an integer
+    /// tensor of `src`'s shape and `src` matches `ref` on every axis but `axis`
+    /// (torch `zeros_like(ref).scatter_add_(axis, idx, src)`). The transpose of
+    /// `gather`; the sequential order makes the sums deterministic.
+    ScatterAdd => "scatter_add", Tensor, "transpose of gather: zeros of ref's shape, out[..idx[i]..] += src[i]";
+    /// `act_grad(x, dy) {fn}`: `dy * act'(x)` elementwise for the
+    /// [`crate::Activation`] named `fn` (the derivative PyTorch's autograd
+    /// takes: `relu'(0) = 0`, `gelu` of the erf form, `gelu_new`/`gelu_fast` of
+    /// their tanh formulas); `dy` has `x`'s type.
+    ActGrad => "act_grad", Tensor, "dy * act'(x) for an activation by name";
 }
 
 impl fmt::Display for OpKind {
@@ -423,6 +440,9 @@ impl OpKind {
             Reshape => schema(1, Some(1), &[]),
             Transpose => schema(1, Some(1), const { &[req("perm", T::Ints, 0)] }),
             Concat => schema(1, None, const { &[req("axis", T::Int, 0)] }),
+            Broadcast => schema(2, Some(2), &[]),
+            ScatterAdd => schema(3, Some(3), const { &[req("axis", T::Int, 0)] }),
+            ActGrad => schema(2, Some(2), const { &[req("fn", T::Str, ANY)] }),
         }
     }
 }
@@ -511,8 +531,8 @@ impl Op {
     }
 
     /// The activation of a `linear` (its `activation` attribute, the
-    /// identity when absent) or an `act` (its `fn`); the identity for other
-    /// ops. The text keeps names; this is where they become the enum.
+    /// identity when absent) or an `act` or `act_grad` (its `fn`); the
+    /// identity for other ops. The text keeps names; this is where they become the enum.
     ///
     /// ```
     /// use reformc_ir::{Activation, Attr, Op, OpKind};
@@ -525,7 +545,7 @@ impl Op {
     pub fn activation(&self) -> Result<Activation, String> {
         let key = match self.kind {
             OpKind::Linear => "activation",
-            OpKind::Act => "fn",
+            OpKind::Act | OpKind::ActGrad => "fn",
             _ => return Ok(Activation::None),
         };
         match self.attrs.get(key) {

@@ -268,6 +268,7 @@ pub fn sites(g: &Graph) -> Vec<AttentionSite> {
             | CostClass::PerElement(_)
             | CostClass::Copy
             | CostClass::Lookup
+            | CostClass::Scatter
             | CostClass::Linear
             | CostClass::Matmul
             | CostClass::Reduce

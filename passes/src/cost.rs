@@ -449,6 +449,7 @@ pub fn attention_shape(g: &Graph, node: &Node, env: &DimEnv) -> Option<Attention
         | CostClass::PerElement(_)
         | CostClass::Copy
         | CostClass::Lookup
+        | CostClass::Scatter
         | CostClass::Linear
         | CostClass::Matmul
         | CostClass::Reduce
@@ -550,6 +551,23 @@ pub fn op_cost(g: &Graph, v: ValueId, env: &DimEnv) -> Result<OpCost, CostError>
             OpCost {
                 flops: 0,
                 bytes_moved: idx.saturating_add(out_bytes.saturating_mul(2)),
+                output_bytes: out_bytes,
+                temp_bytes: 0,
+            }
+        }
+        CostClass::Scatter => {
+            // Zero-fill the result, read indices and sources, and
+            // read-modify-write one result element per source element.
+            let (idx, src) = match node.inputs.get(1..3) {
+                Some([i, s]) => (size(g.ty(*i))?, size(g.ty(*s))?),
+                _ => (0, 0),
+            };
+            let src_elems = src / node.ty.dtype.size_bytes().max(1);
+            OpCost {
+                flops: src_elems,
+                bytes_moved: out_bytes
+                    .saturating_add(idx)
+                    .saturating_add(src.saturating_mul(3)),
                 output_bytes: out_bytes,
                 temp_bytes: 0,
             }

@@ -1604,6 +1604,11 @@ impl<'ctx> Gen<'ctx> {
             Gather => self.gather(fs, v)?,
             Argmax => self.arg(fs, v, false)?,
             Argsort => self.arg(fs, v, true)?,
+            Broadcast | ScatterAdd | ActGrad => {
+                return Err(BackendError::Unsupported(format!(
+                    "{what}: not lowered yet"
+                )))
+            }
         };
         fs.vals.insert(v, result);
         Ok(())

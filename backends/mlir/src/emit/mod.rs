@@ -346,6 +346,7 @@ impl<'g> Emitter<'g> {
             OpKind::Truncate => self.truncate(v),
             OpKind::Gather => self.gather(v),
             OpKind::Argmax => self.argmax(v),
+            OpKind::Broadcast | OpKind::ScatterAdd | OpKind::ActGrad => Err(self.unsupported(v)),
         }?;
         self.lines.push(format!("{IND}%v{} = {result}", v.0));
         // A symbol first seen on this result (a padded length) is read from it.
@@ -451,6 +452,8 @@ impl<'g> Emitter<'g> {
                 elt(out_dtype)
             )),
             Elementwise::Cast => b.cast(&a[0], in_dtype, out_dtype),
+            // Routed to `unsupported` by `op` until it is lowered.
+            Elementwise::ActGrad => a[1].clone(),
         });
         Ok(self.alias(&r, &tensor_ty(&out_ty)))
     }
