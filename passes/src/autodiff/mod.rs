@@ -92,7 +92,8 @@ pub fn needs_lowering(g: &Graph) -> bool {
 }
 
 /// The `autodiff` pass (see the module docs): differentiates the output
-/// `loss` (append one with [`append_loss`]).
+/// `loss`, appending the cross-entropy of `logits` ([`append_loss`]) when the
+/// graph has no `loss` output.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AutodiffPass;
 
@@ -106,9 +107,16 @@ impl Pass for AutodiffPass {
     }
 
     fn run(&self, g: &mut Graph, _: &PassOptions) -> Result<Vec<String>, PassError> {
-        let d = differentiate(g, LOSS).map_err(|message| PassError { pass: String::new(), message })?;
+        let err = |message| PassError { pass: String::new(), message };
+        let mut notes = vec![];
+        if !g.outputs.iter().any(|(n, _)| n == LOSS) {
+            append_loss(g, "logits").map_err(err)?;
+            notes.push("loss: mean cross-entropy of `logits` against the `labels` input".to_string());
+        }
+        let d = differentiate(g, LOSS).map_err(err)?;
         let n = d.outputs.len() - 1;
         *g = d;
-        Ok(vec![format!("{n} weight gradients")])
+        notes.push(format!("{n} weight gradients"));
+        Ok(notes)
     }
 }
