@@ -672,3 +672,45 @@ fn full_attention_schema_models_give_the_same_logits_after_lowering() {
         }
     }
 }
+
+/// The HF fixtures with `--attention full` (LSH layers become exact shared-QK
+/// attention): real weights, axial embeddings, padding masks and reversible
+/// stacks through `lower-model`, lowered vs unlowered logits in f64. Fixtures
+/// with local layers are skipped while local attention has no lowering.
+#[test]
+fn hf_fixtures_with_full_attention_give_the_same_logits_after_lowering() {
+    let mut ran = vec![];
+    for case in common::Case::all() {
+        let source = case.replay_source();
+        let g = case.graph(DType::F64, source);
+        let opts = PassOptions {
+            seq_len: Some(case.seq_len() as u64),
+            attention: Some("full".into()),
+            chunk_size_feed_forward: Some(5),
+            chunk_size_lm_head: Some(7),
+            ..Default::default()
+        };
+        let (passed, lowered) = match pipeline_then_lower(&g, &opts) {
+            Ok(p) => p,
+            Err(e) if e.contains(NOT_YET) => {
+                println!("skipped {}: {e}", case.name);
+                continue;
+            }
+            Err(e) => panic!("{}: {e}", case.name),
+        };
+        let weights = case.weight_map(&passed);
+        let inputs = case.inputs(source);
+        let want = common::interp_output(&passed, &inputs, &weights, "logits");
+        let got = common::interp_output(&lowered, &inputs, &weights, "logits");
+        let scale = want.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+        let err = common::max_abs_diff(&got, &want) / scale;
+        assert!(
+            err <= 1e-12,
+            "{}: lowered logits differ by {err:e}",
+            case.name
+        );
+        ran.push(case.name.clone());
+    }
+    println!("checked {ran:?}");
+    assert!(ran.len() >= 3, "only {ran:?} have no local layer");
+}
