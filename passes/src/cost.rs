@@ -169,12 +169,7 @@ fn bind_reshape_symbol(g: &Graph, node: &Node, env: &mut DimEnv) {
         })
         .collect();
     let [sym] = unbound[..] else { return };
-    let known: u64 = node
-        .ty
-        .shape
-        .iter()
-        .filter_map(|d| d.eval(env))
-        .product();
+    let known: u64 = node.ty.shape.iter().filter_map(|d| d.eval(env)).product();
     if known > 0 && count % known == 0 {
         env.insert(sym.clone(), count / known);
     }

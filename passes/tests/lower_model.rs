@@ -62,13 +62,17 @@ fn check(ctx: &str, text: &str, b: &Bindings, dtype: DType) {
     assert_lowered(ctx, &low);
     let printed = print(&low);
     assert_eq!(print(&parse(&printed).unwrap()), printed, "{ctx}");
-    let want = reformc_interp::run(&g, &b.inputs, &b.weights).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+    let want =
+        reformc_interp::run(&g, &b.inputs, &b.weights).unwrap_or_else(|e| panic!("{ctx}: {e}"));
     let got = reformc_interp::run(&low, &b.inputs, &b.weights)
         .unwrap_or_else(|e| panic!("{ctx}: {e}\n{printed}"));
     for (name, w) in &want {
         assert_eq!(got[name].dtype(), w.dtype(), "{ctx}: {name}");
         let err = rel_err(&got[name], w);
-        assert!(err <= tolerance(dtype), "{ctx}: output {name} differs by {err:e}");
+        assert!(
+            err <= tolerance(dtype),
+            "{ctx}: output {name} differs by {err:e}"
+        );
     }
 }
 
@@ -109,7 +113,11 @@ fn embedding_matches_the_interpreter() {
                     ("flat".to_string(), ints(&mut rng, &[l + 2], 11)),
                 ]
                 .into(),
-                weights: [("table".to_string(), floats(&mut rng, &[11, 6], 1.0, DType::F32))].into(),
+                weights: [(
+                    "table".to_string(),
+                    floats(&mut rng, &[11, 6], 1.0, DType::F32),
+                )]
+                .into(),
             };
             check(&format!("embedding {t} B={b} L={l}"), &text, &bind, dtype);
         }
@@ -120,10 +128,17 @@ fn embedding_matches_the_interpreter() {
 fn embedding_is_a_gather_of_the_table() {
     let text = "graph {\n  %0 = input {name=\"ids\"} : i64[B,L]\n  %1 = weight {name=\"table\"} : f32[11,6]\n  %2 = embedding %0, %1 : f32[B,L,6]\n  output \"y\" = %2\n}\n";
     let low = lower_model(&parse(text).unwrap()).unwrap();
-    let gathers: Vec<_> = low.walk().into_iter().filter(|v| low.node(*v).op.kind == OpKind::Gather).collect();
+    let gathers: Vec<_> = low
+        .walk()
+        .into_iter()
+        .filter(|v| low.node(*v).op.kind == OpKind::Gather)
+        .collect();
     assert_eq!(gathers.len(), 1);
     // The table itself is gathered (so its gradient is a scatter_add).
-    assert_eq!(low.node(low.node(gathers[0]).inputs[0]).op.kind, OpKind::Weight);
+    assert_eq!(
+        low.node(low.node(gathers[0]).inputs[0]).op.kind,
+        OpKind::Weight
+    );
 }
 
 #[test]
@@ -131,9 +146,16 @@ fn out_of_range_ids_fail_in_the_lowered_graph_too() {
     let text = "graph {\n  %0 = input {name=\"ids\"} : i64[B,L]\n  %1 = weight {name=\"table\"} : f64[4,2]\n  %2 = embedding %0, %1 : f64[B,L,2]\n  output \"y\" = %2\n}\n";
     let low = lower_model(&parse(text).unwrap()).unwrap();
     let mut rng = Lcg(5);
-    let inputs: BTreeMap<String, Tensor> =
-        [("ids".to_string(), Tensor::I64(ArrayD::from_elem(IxDyn(&[1, 3]), 4)))].into();
-    let weights: BTreeMap<String, Tensor> = [("table".to_string(), floats(&mut rng, &[4, 2], 1.0, DType::F64))].into();
+    let inputs: BTreeMap<String, Tensor> = [(
+        "ids".to_string(),
+        Tensor::I64(ArrayD::from_elem(IxDyn(&[1, 3]), 4)),
+    )]
+    .into();
+    let weights: BTreeMap<String, Tensor> = [(
+        "table".to_string(),
+        floats(&mut rng, &[4, 2], 1.0, DType::F64),
+    )]
+    .into();
     let err = reformc_interp::run(&low, &inputs, &weights).unwrap_err();
     assert!(err.to_string().contains("out of range"), "{err}");
 }
@@ -154,8 +176,14 @@ fn axial_pos_embedding_matches_the_interpreter() {
                 ]
                 .into(),
                 weights: [
-                    ("w0".to_string(), floats(&mut rng, &[3, 1, 4], 1.0, DType::F32)),
-                    ("w1".to_string(), floats(&mut rng, &[1, 5, 2], 1.0, DType::F32)),
+                    (
+                        "w0".to_string(),
+                        floats(&mut rng, &[3, 1, 4], 1.0, DType::F32),
+                    ),
+                    (
+                        "w1".to_string(),
+                        floats(&mut rng, &[1, 5, 2], 1.0, DType::F32),
+                    ),
                 ]
                 .into(),
             };
@@ -176,7 +204,10 @@ fn layer_norm_matches_the_interpreter() {
                 );
                 let bind = Bindings {
                     inputs: [
-                        ("x".to_string(), floats(&mut rng, &[b, l, width], 3.0, dtype)),
+                        (
+                            "x".to_string(),
+                            floats(&mut rng, &[b, l, width], 3.0, dtype),
+                        ),
                         ("v".to_string(), floats(&mut rng, &[width], 3.0, dtype)),
                     ]
                     .into(),
@@ -186,7 +217,12 @@ fn layer_norm_matches_the_interpreter() {
                     ]
                     .into(),
                 };
-                check(&format!("layer_norm {t} B={b} L={l} eps={eps}"), &text, &bind, dtype);
+                check(
+                    &format!("layer_norm {t} B={b} L={l} eps={eps}"),
+                    &text,
+                    &bind,
+                    dtype,
+                );
             }
         }
     }
@@ -195,12 +231,25 @@ fn layer_norm_matches_the_interpreter() {
 #[test]
 fn linear_with_bias_and_every_activation_matches_the_interpreter() {
     let mut rng = Lcg(4);
-    let acts = ["", "relu", "gelu", "gelu_new", "gelu_fast", "silu", "tanh", "sigmoid"];
+    let acts = [
+        "",
+        "relu",
+        "gelu",
+        "gelu_new",
+        "gelu_fast",
+        "silu",
+        "tanh",
+        "sigmoid",
+    ];
     for dtype in DTYPES {
         for (b, l) in SHAPES {
             for (i, act) in acts.iter().enumerate() {
                 let t = ty(dtype);
-                let attr = if act.is_empty() { String::new() } else { format!(" {{activation=\"{act}\"}}") };
+                let attr = if act.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {{activation=\"{act}\"}}")
+                };
                 // Every other case has a bias; each also runs on a matrix and a vector.
                 let (bias, bias_op) = if i % 2 == 0 {
                     (format!("  %2 = weight {{name=\"b\"}} : {t}[5]\n"), ", %2")
@@ -223,7 +272,12 @@ fn linear_with_bias_and_every_activation_matches_the_interpreter() {
                     ]
                     .into(),
                 };
-                check(&format!("linear {t} B={b} L={l} act={act:?}"), &text, &bind, dtype);
+                check(
+                    &format!("linear {t} B={b} L={l} act={act:?}"),
+                    &text,
+                    &bind,
+                    dtype,
+                );
             }
         }
     }
@@ -255,7 +309,9 @@ fn attention_attrs(heads: u64, scale: f64, f: (bool, bool, bool, bool, Option<u6
 
 /// A `[b, l]` mask with some keys dropped (a whole row in one case).
 fn mask(rng: &mut Lcg, b: usize, l: usize, dtype: DType) -> Tensor {
-    let v: Vec<i64> = (0..b * l).map(|i| i64::from(i % l == 0 || rng.below(3) != 0)).collect();
+    let v: Vec<i64> = (0..b * l)
+        .map(|i| i64::from(i % l == 0 || rng.below(3) != 0))
+        .collect();
     Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[b, l]), v).unwrap()).cast(dtype)
 }
 
@@ -269,22 +325,40 @@ fn self_attention_with_every_flag_matches_the_interpreter() {
                     let t = ty(dtype);
                     let attrs = attention_attrs(heads, 1.0 / (d as f64).sqrt(), f);
                     let (w, wv) = (heads * d, heads * dv);
-                    let (m, mop) = if f.3 { ("  %3 = input {name=\"mask\"} : i64[B,L]\n", ", %3") } else { ("", "") };
+                    let (m, mop) = if f.3 {
+                        ("  %3 = input {name=\"mask\"} : i64[B,L]\n", ", %3")
+                    } else {
+                        ("", "")
+                    };
                     let text = format!(
                         "graph {{\n  %0 = input {{name=\"q\"}} : {t}[B,L,{w}]\n  %1 = input {{name=\"k\"}} : {t}[B,L,{w}]\n  %2 = input {{name=\"v\"}} : {t}[B,L,{wv}]\n{m}  %4 = attention %0, %1, %2{mop} {{{attrs}}} : {t}[B,L,{wv}]\n  %5 = attention %0, %0, %2{mop} {{{attrs}}} : {t}[B,L,{wv}]\n  output \"y\" = %4\n  output \"shared\" = %5\n}}\n"
                     );
                     let (bu, lu) = (b, l);
                     let bind = Bindings {
                         inputs: [
-                            ("q".to_string(), floats(&mut rng, &[bu, lu, w as usize], 2.0, dtype)),
-                            ("k".to_string(), floats(&mut rng, &[bu, lu, w as usize], 2.0, dtype)),
-                            ("v".to_string(), floats(&mut rng, &[bu, lu, wv as usize], 1.0, dtype)),
+                            (
+                                "q".to_string(),
+                                floats(&mut rng, &[bu, lu, w as usize], 2.0, dtype),
+                            ),
+                            (
+                                "k".to_string(),
+                                floats(&mut rng, &[bu, lu, w as usize], 2.0, dtype),
+                            ),
+                            (
+                                "v".to_string(),
+                                floats(&mut rng, &[bu, lu, wv as usize], 1.0, dtype),
+                            ),
                             ("mask".to_string(), mask(&mut rng, bu, lu, DType::I64)),
                         ]
                         .into(),
                         weights: BTreeMap::new(),
                     };
-                    check(&format!("attention {t} B={b} L={l} H={heads} {attrs} mask={}", f.3), &text, &bind, dtype);
+                    check(
+                        &format!("attention {t} B={b} L={l} H={heads} {attrs} mask={}", f.3),
+                        &text,
+                        &bind,
+                        dtype,
+                    );
                 }
             }
         }
@@ -299,7 +373,11 @@ fn cross_attention_and_bool_masks_match_the_interpreter() {
             for f in FLAGS {
                 let t = ty(dtype);
                 let attrs = attention_attrs(2, 0.3, f);
-                let (m, mop) = if f.3 { ("  %3 = input {name=\"mask\"} : bool[B,K]\n", ", %3") } else { ("", "") };
+                let (m, mop) = if f.3 {
+                    ("  %3 = input {name=\"mask\"} : bool[B,K]\n", ", %3")
+                } else {
+                    ("", "")
+                };
                 let text = format!(
                     "graph {{\n  %0 = input {{name=\"q\"}} : {t}[B,Q,6]\n  %1 = input {{name=\"k\"}} : {t}[B,K,6]\n  %2 = input {{name=\"v\"}} : {t}[B,K,4]\n{m}  %4 = attention %0, %1, %2{mop} {{{attrs}}} : {t}[B,Q,4]\n  output \"y\" = %4\n}}\n"
                 );
@@ -313,7 +391,12 @@ fn cross_attention_and_bool_masks_match_the_interpreter() {
                     .into(),
                     weights: BTreeMap::new(),
                 };
-                check(&format!("cross attention {t} B={b} Lq={lq} Lk={lk} {attrs}"), &text, &bind, dtype);
+                check(
+                    &format!("cross attention {t} B={b} Lq={lq} Lk={lk} {attrs}"),
+                    &text,
+                    &bind,
+                    dtype,
+                );
             }
         }
     }
@@ -364,18 +447,35 @@ fn reversible_regions_are_lowered_and_seq_chunk_is_inlined() {
 }}
 "
             );
-            let weights = [("ln.w", vec![4]), ("ln.b", vec![4]), ("w1", vec![6, 4]), ("b1", vec![6]), ("w2", vec![4, 6]), ("head", vec![3, 8])]
-                .into_iter()
-                .map(|(n, s)| (n.to_string(), floats(&mut rng, &s, 1.0, DType::F32)))
-                .collect();
+            let weights = [
+                ("ln.w", vec![4]),
+                ("ln.b", vec![4]),
+                ("w1", vec![6, 4]),
+                ("b1", vec![6]),
+                ("w2", vec![4, 6]),
+                ("head", vec![3, 8]),
+            ]
+            .into_iter()
+            .map(|(n, s)| (n.to_string(), floats(&mut rng, &s, 1.0, DType::F32)))
+            .collect();
             let bind = Bindings {
                 inputs: [("x".to_string(), floats(&mut rng, &[b, l, 8], 2.0, dtype))].into(),
                 weights,
             };
             check(&format!("reversible {t} B={b} L={l}"), &text, &bind, dtype);
             let low = lower_model(&parse(&text).unwrap()).unwrap();
-            let kinds: Vec<OpKind> = low.walk().into_iter().map(|v| low.node(v).op.kind).collect();
-            assert_eq!(kinds.iter().filter(|k| **k == OpKind::ReversibleBlock).count(), 1);
+            let kinds: Vec<OpKind> = low
+                .walk()
+                .into_iter()
+                .map(|v| low.node(v).op.kind)
+                .collect();
+            assert_eq!(
+                kinds
+                    .iter()
+                    .filter(|k| **k == OpKind::ReversibleBlock)
+                    .count(),
+                1
+            );
             assert!(!kinds.contains(&OpKind::SeqChunk));
         }
     }
@@ -405,7 +505,10 @@ fn local_and_lsh_attention_report_a_missing_lowering_or_lower() {
     match lower_model(&parse(text).unwrap()) {
         Err(e) => {
             assert!(e.contains(NOT_YET), "{e}");
-            assert!(e.contains("local_attention") && e.contains("layer 3"), "{e}");
+            assert!(
+                e.contains("local_attention") && e.contains("layer 3"),
+                "{e}"
+            );
         }
         Ok(g) => assert_lowered("local_attention", &g),
     }
@@ -430,7 +533,10 @@ fn the_pass_is_registered_and_keeps_layers() {
 /// Runs the default pipeline on `g`, then `lower-model` through the pass
 /// manager (as `--pipeline ...,lower-model` does).
 fn pipeline_then_lower(g: &Graph, opts: &PassOptions) -> Result<(Graph, Graph), String> {
-    let quiet = reformc_passes::Instrumentation { quiet: true, ..Default::default() };
+    let quiet = reformc_passes::Instrumentation {
+        quiet: true,
+        ..Default::default()
+    };
     let mut passed = g.clone();
     PassManager::new(Pipeline::default_pipeline(), quiet.clone())
         .unwrap()
@@ -474,12 +580,23 @@ fn hf_fixtures_give_the_same_logits_after_lowering() {
         let want = common::interp_output(&passed, &inputs, &weights, "logits");
         let got = common::interp_output(&lowered, &inputs, &weights, "logits");
         let err = common::max_abs_diff(&got, &want);
-        assert!(err <= 1e-12, "{}: lowered logits differ by {err:e}", case.name);
+        assert!(
+            err <= 1e-12,
+            "{}: lowered logits differ by {err:e}",
+            case.name
+        );
         let hf = common::max_abs_diff(&got, &case.reference_f64());
-        assert!(hf <= 1e-9, "{}: lowered logits differ from HF by {hf:e}", case.name);
+        assert!(
+            hf <= 1e-9,
+            "{}: lowered logits differ from HF by {hf:e}",
+            case.name
+        );
         ran += 1;
     }
-    println!("{ran} fixture(s) checked, {} skipped: {skipped:?}", skipped.len());
+    println!(
+        "{ran} fixture(s) checked, {} skipped: {skipped:?}",
+        skipped.len()
+    );
 }
 
 /// A schema model with full attention only (shared and separate QK),
@@ -489,10 +606,18 @@ fn hf_fixtures_give_the_same_logits_after_lowering() {
 fn full_attention_schema_models_give_the_same_logits_after_lowering() {
     let mut rng = Lcg(9);
     for (arch, position, causal) in [
-        ("reversible", r#"{"type": "axial", "shape": [4, 8], "dims": [6, 10]}"#, true),
+        (
+            "reversible",
+            r#"{"type": "axial", "shape": [4, 8], "dims": [6, 10]}"#,
+            true,
+        ),
         ("residual", r#"{"type": "learned"}"#, false),
         ("reversible", r#"{"type": "learned"}"#, false),
-        ("residual", r#"{"type": "axial", "shape": [8, 4], "dims": [8, 8]}"#, true),
+        (
+            "residual",
+            r#"{"type": "axial", "shape": [8, 4], "dims": [8, 8]}"#,
+            true,
+        ),
     ] {
         let text = format!(
             r#"{{"format": "reformc-model", "version": 1, "architecture": "{arch}",
@@ -502,29 +627,90 @@ fn full_attention_schema_models_give_the_same_logits_after_lowering() {
   "position": {position}, "max_position_embeddings": 32,
   "head": {{"type": "lm_head", "bias": true}}, "weight_prefix": ""}}"#
         );
-        let (spec, _) = reformc_frontend::schema::parse_schema(&text, std::path::Path::new("model.json")).unwrap();
+        let (spec, _) =
+            reformc_frontend::schema::parse_schema(&text, std::path::Path::new("model.json"))
+                .unwrap();
         for dtype in DTYPES {
             for (b, l) in [(1usize, 1usize), (2, 7), (3, 12)] {
-                let ctx = format!("{arch} {position} causal={causal} {} B={b} L={l}", ty(dtype));
-                let g = lower(&spec, &LowerOptions { dtype, lsh_source: LshSource::Seeded, seq_len: Some(l as u64) })
-                    .unwrap()
-                    .graph;
+                let ctx = format!(
+                    "{arch} {position} causal={causal} {} B={b} L={l}",
+                    ty(dtype)
+                );
+                let g = lower(
+                    &spec,
+                    &LowerOptions {
+                        dtype,
+                        lsh_source: LshSource::Seeded,
+                        seq_len: Some(l as u64),
+                    },
+                )
+                .unwrap()
+                .graph;
                 let opts = PassOptions {
                     seq_len: Some(l as u64),
                     chunk_size_feed_forward: Some(3),
                     chunk_size_lm_head: Some(4),
                     ..Default::default()
                 };
-                let (passed, lowered) = pipeline_then_lower(&g, &opts).unwrap_or_else(|e| panic!("{ctx}: {e}"));
-                assert!(print(&passed).contains("seq_chunk"), "{ctx}: the test wants chunked bodies");
+                let (passed, lowered) =
+                    pipeline_then_lower(&g, &opts).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                assert!(
+                    print(&passed).contains("seq_chunk"),
+                    "{ctx}: the test wants chunked bodies"
+                );
                 let weights = random_weights(&passed, &mut rng);
                 let inputs = random_inputs(&spec, b, l, &mut rng, LshSource::Seeded, &[]);
                 let want = common::interp_output(&passed, &inputs, &weights, "logits");
                 let got = common::interp_output(&lowered, &inputs, &weights, "logits");
                 let scale = want.iter().fold(1.0f64, |m, x| m.max(x.abs()));
                 let err = common::max_abs_diff(&got, &want) / scale;
-                assert!(err <= tolerance(dtype), "{ctx}: lowered logits differ by {err:e}");
+                assert!(
+                    err <= tolerance(dtype),
+                    "{ctx}: lowered logits differ by {err:e}"
+                );
             }
         }
     }
+}
+
+/// The HF fixtures with `--attention full` (LSH layers become exact shared-QK
+/// attention): real weights, axial embeddings, padding masks and reversible
+/// stacks through `lower-model`, lowered vs unlowered logits in f64. Fixtures
+/// with local layers are skipped while local attention has no lowering.
+#[test]
+fn hf_fixtures_with_full_attention_give_the_same_logits_after_lowering() {
+    let mut ran = vec![];
+    for case in common::Case::all() {
+        let source = case.replay_source();
+        let g = case.graph(DType::F64, source);
+        let opts = PassOptions {
+            seq_len: Some(case.seq_len() as u64),
+            attention: Some("full".into()),
+            chunk_size_feed_forward: Some(5),
+            chunk_size_lm_head: Some(7),
+            ..Default::default()
+        };
+        let (passed, lowered) = match pipeline_then_lower(&g, &opts) {
+            Ok(p) => p,
+            Err(e) if e.contains(NOT_YET) => {
+                println!("skipped {}: {e}", case.name);
+                continue;
+            }
+            Err(e) => panic!("{}: {e}", case.name),
+        };
+        let weights = case.weight_map(&passed);
+        let inputs = case.inputs(source);
+        let want = common::interp_output(&passed, &inputs, &weights, "logits");
+        let got = common::interp_output(&lowered, &inputs, &weights, "logits");
+        let scale = want.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+        let err = common::max_abs_diff(&got, &want) / scale;
+        assert!(
+            err <= 1e-12,
+            "{}: lowered logits differ by {err:e}",
+            case.name
+        );
+        ran.push(case.name.clone());
+    }
+    println!("checked {ran:?}");
+    assert!(ran.len() >= 3, "only {ran:?} have no local layer");
 }

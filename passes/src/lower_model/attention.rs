@@ -61,7 +61,12 @@ pub(crate) fn split_heads(g: &mut Graph, x: ValueId, heads: usize) -> Result<Val
     if h == 0 || width % h != 0 {
         return Err(format!("width {width} is not divisible by {heads} heads"));
     }
-    let shape = vec![s[0].clone(), s[1].clone(), Dim::Const(h), Dim::Const(width / h)];
+    let shape = vec![
+        s[0].clone(),
+        s[1].clone(),
+        Dim::Const(h),
+        Dim::Const(width / h),
+    ];
     let x4 = reshape(g, x, shape);
     transpose(g, x4, &[0, 2, 1, 3])
 }

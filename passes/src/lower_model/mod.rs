@@ -90,7 +90,12 @@ pub fn lower_model(g: &Graph) -> Result<Graph, String> {
         new: Graph::new(),
         map: HashMap::new(),
         subst: BTreeMap::new(),
-        numbering: g.walk().into_iter().enumerate().map(|(i, v)| (v, i)).collect(),
+        numbering: g
+            .walk()
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (v, i))
+            .collect(),
     };
     build::with_reserved_symbols(reserved, || cx.block(&g.body))?;
     for (name, v) in &g.outputs {
@@ -261,13 +266,16 @@ impl Lowering<'_> {
     /// operand, the chunk symbol replaced by the operand's dim.
     fn seq_chunk(&mut self, old: &Node, x: ValueId) -> Result<ValueId, String> {
         let axis = old.op.usize("axis").unwrap_or(0);
-        let body = old
-            .regions
-            .first()
-            .ok_or("seq_chunk has no body region")?;
+        let body = old.regions.first().ok_or("seq_chunk has no body region")?;
         check_position_wise(self.old, body, axis)?;
-        let arg = *body.args.first().ok_or("seq_chunk's body has no argument")?;
-        let result = *body.results.first().ok_or("seq_chunk's body yields nothing")?;
+        let arg = *body
+            .args
+            .first()
+            .ok_or("seq_chunk's body has no argument")?;
+        let result = *body
+            .results
+            .first()
+            .ok_or("seq_chunk's body yields nothing")?;
         let chunk_dim = self.old.ty(arg).shape.get(axis).cloned();
         let whole = self.new.ty(x).shape.get(axis).cloned();
         let (Some(Dim::Sym(sym)), Some(whole)) = (chunk_dim, whole) else {
