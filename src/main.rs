@@ -23,6 +23,8 @@ enum Command {
     Compile(cli::compile::CompileArgs),
     /// Per layer: attention chosen and why, chunk sizes, FLOPs, static peak memory.
     Explain(cli::explain::ExplainArgs),
+    /// Train a model on a token stream (optimizer, checkpoints, exact resume).
+    Train(cli::train::TrainArgs),
     /// Run passes on IR text (a file `reformc dump` wrote, or one written by hand) and print the IR.
     Opt(cli::opt::OptArgs),
     /// List the registered passes with their one-line summaries.
@@ -40,6 +42,7 @@ fn main() {
         Command::Compile(a) => cli::compile::run(a),
         Command::Explain(a) => cli::explain::run(a),
         Command::Opt(a) => cli::opt::run(a),
+        Command::Train(a) => cli::train::run(a),
         Command::ListPasses => {
             println!("{}", reformc_passes::list_passes().trim_end());
             Ok(())

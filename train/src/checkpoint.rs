@@ -48,6 +48,19 @@ impl ModelId {
         }
     }
 
+    /// The identity of a model with `config` and weights of these names and
+    /// shapes (in any order).
+    pub fn from_shapes(
+        config: impl Into<String>,
+        mut weights: Vec<(String, Vec<usize>)>,
+    ) -> ModelId {
+        weights.sort();
+        ModelId {
+            config: config.into(),
+            weights,
+        }
+    }
+
     /// A 64-bit FNV-1a hash of the weight list and the config, in hex.
     ///
     /// ```
@@ -316,9 +329,10 @@ fn read_parts(
         meta.get(k)
             .ok_or_else(|| format!("not a reformc checkpoint: metadata `{k}` is missing"))
     };
-    if get("format")? != FORMAT {
+    let format = get("format")?;
+    if format != FORMAT {
         return Err(format!(
-            "not a reformc checkpoint: metadata `format` is not `{FORMAT}`"
+            "not a reformc checkpoint: metadata `format` is `{format}`, expected `{FORMAT}`"
         ));
     }
     let version = get("format_version")?;

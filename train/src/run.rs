@@ -106,7 +106,7 @@ pub fn train(
     model: &ModelId,
     log: &mut dyn Write,
 ) -> Result<Summary, TrainError> {
-    check(opts, state, data)?;
+    check_start(opts, state, data)?;
     let run = RunInfo {
         seed: opts.seed,
         seq_len: opts.seq_len as u64,
@@ -160,7 +160,11 @@ pub fn train(
 
 /// Refuses a run that cannot start: no window fits the data, empty
 /// batches, or a state already at (or past) the last step.
-fn check(opts: &TrainOptions, state: &TrainState, data: &TokenStream) -> Result<(), TrainError> {
+pub fn check_start(
+    opts: &TrainOptions,
+    state: &TrainState,
+    data: &TokenStream,
+) -> Result<(), TrainError> {
     data.check_window(opts.seq_len)
         .map_err(|e| TrainError::Input(format!("--data: {e}")))?;
     if opts.batch == 0 {
