@@ -383,7 +383,7 @@ fn rms(x: &[f64]) -> f64 {
 /// Means of `sq` (row-major `[lead, r, c]`) over its last dim (`[lead, r]`)
 /// and over its second-last dim (`[lead, c]`).
 fn factored_means(sq: &[f64], r: usize, c: usize) -> (Vec<f64>, Vec<f64>) {
-    let lead = if r * c == 0 { 0 } else { sq.len() / (r * c) };
+    let lead = sq.len().checked_div(r * c).unwrap_or(0);
     let mut row = vec![0.0; lead * r];
     let mut col = vec![0.0; lead * c];
     for (k, x) in sq.iter().enumerate() {
@@ -396,7 +396,7 @@ fn factored_means(sq: &[f64], r: usize, c: usize) -> (Vec<f64>, Vec<f64>) {
 
 /// g / √v̂ with the factored estimate v̂_ij = row_i·col_j / mean_i(row), per leading index.
 fn factored_scale(g: &[f64], row: &[f64], col: &[f64], r: usize, c: usize) -> Vec<f64> {
-    let lead = if r * c == 0 { 0 } else { g.len() / (r * c) };
+    let lead = g.len().checked_div(r * c).unwrap_or(0);
     let row_means: Vec<f64> = (0..lead)
         .map(|l| row[l * r..(l + 1) * r].iter().sum::<f64>() / r as f64)
         .collect();

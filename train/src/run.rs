@@ -134,14 +134,14 @@ pub fn train(
         summary.losses.push(loss);
         meter.add(loss, (opts.batch * opts.seq_len) as u64);
         let last = state.step == opts.steps;
-        if last || (opts.log_every > 0 && state.step % opts.log_every == 0) {
+        if last || (opts.log_every > 0 && state.step.is_multiple_of(opts.log_every)) {
             let line = meter.line(state.step, opts.steps);
             writeln!(log, "{line}").map_err(|e| TrainError::Internal(format!("progress: {e}")))?;
         }
         if last
             || opts
                 .checkpoint_every
-                .is_some_and(|n| n > 0 && state.step % n == 0)
+                .is_some_and(|n| n > 0 && state.step.is_multiple_of(n))
         {
             checkpoint::write(
                 &opts.out,

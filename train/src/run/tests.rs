@@ -82,7 +82,7 @@ fn data() -> TokenStream {
             x = x
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            t = if (x >> 33) % 10 == 0 {
+            t = if (x >> 33).is_multiple_of(10) {
                 ((x >> 40) % V as u64) as i64
             } else {
                 (t + 1) % V as i64
