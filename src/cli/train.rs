@@ -201,6 +201,12 @@ fn resumed(
     data_len: usize,
 ) -> CliResult<(TrainState, u64)> {
     let ck = checkpoint::read(path).map_err(CliError::input)?;
+    if let Some(w) = &args.weights {
+        eprintln!(
+            "warning: --weights {} is not read: with --resume the weights come from the checkpoint",
+            w.display()
+        );
+    }
     ck.check_model(path, model_id).map_err(CliError::input)?;
     let kind = ck.optimizer.kind();
     if let Some(flag) = args.optimizer.as_deref().filter(|f| *f != kind) {
