@@ -340,6 +340,13 @@ fn resume_with_another_optimizer_or_from_a_plain_weight_file() {
         &["--resume", &ck_flag, "--steps", "3", "--seq-len", "32"],
         "nothing to do: 3 steps are done and --steps is 3",
     );
+    let missing = s.path("missing.safetensors").display().to_string();
+    refused(
+        &data,
+        &s.path("c.safetensors"),
+        &["--resume", &missing, "--steps", "5", "--seq-len", "32"],
+        "missing.safetensors",
+    );
     let w = weights_flag();
     refused(&data, &s.path("c.safetensors"), &["--resume", &w, "--steps", "5", "--seq-len", "32"],
         "model.safetensors: not a reformc checkpoint: metadata `format` is `pt`, expected `reformc-train-checkpoint`");
