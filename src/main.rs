@@ -25,6 +25,8 @@ enum Command {
     Grad(cli::grad::GradArgs),
     /// Per layer: attention chosen and why, chunk sizes, FLOPs, static peak memory.
     Explain(cli::explain::ExplainArgs),
+    /// Train a model on a token stream (optimizer, checkpoints, exact resume).
+    Train(cli::train::TrainArgs),
     /// Run passes on IR text (a file `reformc dump` wrote, or one written by hand) and print the IR.
     Opt(cli::opt::OptArgs),
     /// List the registered passes with their one-line summaries.
@@ -43,6 +45,7 @@ fn main() {
         Command::Explain(a) => cli::explain::run(a),
         Command::Grad(a) => cli::grad::run(a),
         Command::Opt(a) => cli::opt::run(a),
+        Command::Train(a) => cli::train::run(a),
         Command::ListPasses => {
             println!("{}", reformc_passes::list_passes().trim_end());
             Ok(())

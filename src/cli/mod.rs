@@ -13,3 +13,4 @@ pub mod outputs;
 pub mod passes;
 pub mod run;
 pub mod run_ir;
+pub mod train;

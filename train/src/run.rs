@@ -1,0 +1,252 @@
+//! The training loop: sample windows, take a step, check the loss, update,
+//! report, checkpoint.
+
+use crate::checkpoint::{self, Checkpoint, ModelId, RunInfo};
+use crate::data::TokenStream;
+use crate::optim::{Optimizer, OptimizerConfig};
+use crate::step::StepFn;
+use reformc_tensor::Tensor;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// How to run: lengths, counts, where checkpoints go.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainOptions {
+    /// Total number of steps of the run; a resumed run continues to it.
+    pub steps: u64,
+    /// Window length L.
+    pub seq_len: usize,
+    /// Windows per step B.
+    pub batch: usize,
+    /// The run seed (windows and hashing are keyed by (seed, step)).
+    pub seed: u64,
+    /// A progress line every this many steps (0: none; the last step always has one).
+    pub log_every: u64,
+    /// A checkpoint every this many steps (the last step always has one).
+    pub checkpoint_every: Option<u64>,
+    /// The checkpoint file.
+    pub out: PathBuf,
+}
+
+/// What the loop changes: the weights, the optimizer and the step count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainState {
+    /// The weights by name (F32).
+    pub weights: BTreeMap<String, Tensor>,
+    /// The optimizer and its state.
+    pub optimizer: Optimizer,
+    /// Steps completed: the next step to run, 0-based.
+    pub step: u64,
+}
+
+impl TrainState {
+    /// The start of a run: `weights` and a fresh optimizer.
+    pub fn fresh(weights: BTreeMap<String, Tensor>, optimizer: OptimizerConfig) -> TrainState {
+        let optimizer = Optimizer::new(optimizer, &weights);
+        TrainState {
+            weights,
+            optimizer,
+            step: 0,
+        }
+    }
+
+    /// The state a checkpoint (read from `path`) holds, refused (naming the
+    /// file and the difference) when it belongs to another model than `model`.
+    pub fn resume(ck: Checkpoint, path: &Path, model: &ModelId) -> Result<TrainState, String> {
+        ck.check_model(path, model)?;
+        let optimizer = ck
+            .restore_optimizer()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(TrainState {
+            weights: ck.weights,
+            optimizer,
+            step: ck.step,
+        })
+    }
+}
+
+/// A failure of the loop, classified for the exit code.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TrainError {
+    /// The user's input: data, flags, a diverging run (exit 2).
+    Input(String),
+    /// reformc's own failure: the engine, writing a checkpoint (exit 1).
+    Internal(String),
+}
+
+impl std::fmt::Display for TrainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrainError::Input(m) | TrainError::Internal(m) => f.write_str(m),
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    /// The loss of each step run, in order.
+    pub losses: Vec<f64>,
+    /// The steps (counts completed) at which checkpoints were written.
+    pub checkpoints: Vec<u64>,
+}
+
+/// Runs steps `state.step .. opts.steps` on `data` with `engine`, writing
+/// progress lines to `log` and checkpoints of `model` to `opts.out`.
+///
+/// A non-finite loss or gradient stops the run with an error naming the
+/// step; the checkpoint file then still holds the last good checkpoint.
+pub fn train(
+    opts: &TrainOptions,
+    state: &mut TrainState,
+    data: &TokenStream,
+    engine: &mut dyn StepFn,
+    model: &ModelId,
+    log: &mut dyn Write,
+) -> Result<Summary, TrainError> {
+    check_start(opts, state, data)?;
+    let run = RunInfo {
+        seed: opts.seed,
+        seq_len: opts.seq_len as u64,
+        batch: opts.batch as u64,
+        data_len: data.len() as u64,
+    };
+    let mut summary = Summary {
+        losses: Vec::new(),
+        checkpoints: Vec::new(),
+    };
+    let mut meter = Meter::new();
+    for s in state.step..opts.steps {
+        let ids = data.batch(opts.seed, s, opts.batch, opts.seq_len);
+        let (loss, grads) = engine
+            .step(&state.weights, &ids, s)
+            .map_err(|e| TrainError::Internal(format!("step {}: {e}", s + 1)))?;
+        if let Some(what) = non_finite(loss, &grads) {
+            return Err(TrainError::Input(diverged(opts, s + 1, &what, &summary)));
+        }
+        state
+            .optimizer
+            .update(&mut state.weights, &grads, s + 1)
+            .map_err(|e| TrainError::Internal(format!("step {}: {e}", s + 1)))?;
+        state.step = s + 1;
+        summary.losses.push(loss);
+        meter.add(loss, (opts.batch * opts.seq_len) as u64);
+        let last = state.step == opts.steps;
+        if last || (opts.log_every > 0 && state.step.is_multiple_of(opts.log_every)) {
+            let line = meter.line(state.step, opts.steps);
+            writeln!(log, "{line}").map_err(|e| TrainError::Internal(format!("progress: {e}")))?;
+        }
+        if last
+            || opts
+                .checkpoint_every
+                .is_some_and(|n| n > 0 && state.step.is_multiple_of(n))
+        {
+            checkpoint::write(
+                &opts.out,
+                state.step,
+                &run,
+                model,
+                &state.weights,
+                &state.optimizer,
+            )
+            .map_err(TrainError::Internal)?;
+            summary.checkpoints.push(state.step);
+        }
+    }
+    Ok(summary)
+}
+
+/// Refuses a run that cannot start: no window fits the data, empty
+/// batches, or a state already at (or past) the last step.
+pub fn check_start(
+    opts: &TrainOptions,
+    state: &TrainState,
+    data: &TokenStream,
+) -> Result<(), TrainError> {
+    data.check_window(opts.seq_len)
+        .map_err(|e| TrainError::Input(format!("--data: {e}")))?;
+    if opts.batch == 0 {
+        return Err(TrainError::Input("--batch must be at least 1".into()));
+    }
+    if state.step >= opts.steps {
+        return Err(TrainError::Input(format!(
+            "nothing to do: {} steps are done and --steps is {}",
+            state.step, opts.steps
+        )));
+    }
+    Ok(())
+}
+
+/// Says why a loss or gradient is unusable: `the loss is NaN`, or the first
+/// non-finite gradient element.
+fn non_finite(loss: f64, grads: &BTreeMap<String, Tensor>) -> Option<String> {
+    if !loss.is_finite() {
+        return Some(format!("the loss is {loss}"));
+    }
+    grads.iter().find_map(|(name, g)| {
+        let v = g.to_f64();
+        let (i, x) = v.iter().enumerate().find(|(_, x)| !x.is_finite())?;
+        Some(format!("the gradient of `{name}` is {x} at flat index {i}"))
+    })
+}
+
+/// The one-line error of a diverged run, saying what the checkpoint holds.
+fn diverged(opts: &TrainOptions, step: u64, what: &str, summary: &Summary) -> String {
+    let kept = match summary.checkpoints.last() {
+        Some(k) => format!("{} keeps the checkpoint of step {k}", opts.out.display()),
+        None => "no checkpoint was written".to_string(),
+    };
+    format!(
+        "step {step}/{}: {what}; training stopped ({kept}; try a lower --lr or more --warmup)",
+        opts.steps
+    )
+}
+
+/// Accumulates the losses and tokens between two progress lines.
+struct Meter {
+    since: Instant,
+    loss_sum: f64,
+    steps: u64,
+    tokens: u64,
+}
+
+impl Meter {
+    fn new() -> Meter {
+        Meter {
+            since: Instant::now(),
+            loss_sum: 0.0,
+            steps: 0,
+            tokens: 0,
+        }
+    }
+
+    fn add(&mut self, loss: f64, tokens: u64) {
+        self.loss_sum += loss;
+        self.steps += 1;
+        self.tokens += tokens;
+    }
+
+    /// `step 12/100  loss 3.4512  tokens/s 812  peak 143 MiB`: the mean loss
+    /// and the throughput since the previous line; then starts over.
+    fn line(&mut self, step: u64, steps: u64) -> String {
+        let secs = self.since.elapsed().as_secs_f64().max(1e-9);
+        let rate = self.tokens as f64 / secs;
+        let loss = self.loss_sum / self.steps.max(1) as f64;
+        let peak = peak_mib().map_or("?".to_string(), |m| m.to_string());
+        *self = Meter::new();
+        format!("step {step}/{steps}  loss {loss:.4}  tokens/s {rate:.0}  peak {peak} MiB")
+    }
+}
+
+/// The process's peak resident memory (VmHWM of /proc/self/status) in MiB.
+pub fn peak_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+#[cfg(test)]
+mod tests;
