@@ -22,12 +22,26 @@ use std::collections::BTreeMap;
 fn step_graph(case: &Case, dtype: DType) -> Graph {
     let mut g = case.graph(dtype, case.replay_source());
     let mut names = Pipeline::default_pipeline().passes;
-    let at = names.iter().position(|n| n == "memory-plan").unwrap_or(names.len());
+    let at = names
+        .iter()
+        .position(|n| n == "memory-plan")
+        .unwrap_or(names.len());
     names.insert(at, "autodiff".into());
     names.insert(at, "lower-model".into());
-    let pm = PassManager::new(Pipeline::new(&names).unwrap(), Instrumentation { quiet: true, ..Default::default() }).unwrap();
-    let opts = PassOptions { seq_len: Some(case.seq_len() as u64), ..Default::default() };
-    pm.run(&mut g, &opts, &mut std::io::sink()).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    let pm = PassManager::new(
+        Pipeline::new(&names).unwrap(),
+        Instrumentation {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let opts = PassOptions {
+        seq_len: Some(case.seq_len() as u64),
+        ..Default::default()
+    };
+    pm.run(&mut g, &opts, &mut std::io::sink())
+        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
     g
 }
 
@@ -38,7 +52,8 @@ fn step(case: &Case, dtype: DType) -> (f64, BTreeMap<String, ArrayD<f64>>) {
     let labels: ArrayD<i64> = read(&case.dir.join("labels.npy"));
     let aligned = reformc_train::labels::aligned(&labels, case.spec.causal);
     inputs.insert(LABELS.into(), Tensor::I64(aligned));
-    let out = reformc_interp::run(&g, &inputs, &case.weight_map(&g)).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    let out = reformc_interp::run(&g, &inputs, &case.weight_map(&g))
+        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
     let loss = out[LOSS].to_f64().iter().next().copied().unwrap();
     let grads = out
         .iter()
@@ -49,28 +64,46 @@ fn step(case: &Case, dtype: DType) -> (f64, BTreeMap<String, ArrayD<f64>>) {
 
 /// The reference gradients (F64 safetensors), by name.
 fn reference_grads(case: &Case) -> BTreeMap<String, ArrayD<f64>> {
-    let file = reformc_frontend::weights::WeightFile::open(&case.dir.join("grads_f64.safetensors")).unwrap();
+    let file = reformc_frontend::weights::WeightFile::open(&case.dir.join("grads_f64.safetensors"))
+        .unwrap();
     file.names()
         .into_iter()
         .map(|n| {
             let (dtype, shape) = file.info(n).unwrap();
             assert_eq!(dtype, "F64", "{n}");
-            let data: Vec<f64> = file.bytes(n).unwrap().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
+            let data: Vec<f64> = file
+                .bytes(n)
+                .unwrap()
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect();
             let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-            (n.to_string(), ArrayD::from_shape_vec(IxDyn(&shape), data).unwrap())
+            (
+                n.to_string(),
+                ArrayD::from_shape_vec(IxDyn(&shape), data).unwrap(),
+            )
         })
         .collect()
 }
 
 /// Worst per-tensor error of `got` against `want` under the metric.
-fn grad_error(case: &str, got: &BTreeMap<String, ArrayD<f64>>, want: &BTreeMap<String, ArrayD<f64>>) -> (f64, String) {
+fn grad_error(
+    case: &str,
+    got: &BTreeMap<String, ArrayD<f64>>,
+    want: &BTreeMap<String, ArrayD<f64>>,
+) -> (f64, String) {
     let max_abs = |a: &ArrayD<f64>| a.iter().fold(0.0f64, |m, &x| m.max(x.abs()));
     let largest = want.values().map(max_abs).fold(0.0f64, f64::max);
     let mut worst = (0.0, String::new());
     for (name, w) in want {
-        let g = got.get(name).unwrap_or_else(|| panic!("{case}: no gradient for {name}"));
+        let g = got
+            .get(name)
+            .unwrap_or_else(|| panic!("{case}: no gradient for {name}"));
         assert_eq!(g.shape(), w.shape(), "{case}: {name}");
-        let err = g.iter().zip(w.iter()).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        let err = g
+            .iter()
+            .zip(w.iter())
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
         let rel = err / max_abs(w).max(1e-3 * largest);
         if rel >= worst.0 {
             worst = (rel, name.clone());
@@ -91,11 +124,19 @@ fn check_all(dtype: DType, loss_tol: f64, grad_tol: f64) {
         let want: ArrayD<f64> = read(&case.dir.join("loss_f64.npy"));
         let want = want.iter().next().copied().unwrap();
         let loss_err = (loss - want).abs() / want.abs();
-        assert!(loss_err <= loss_tol, "{}: loss {loss} vs HF {want} (rel {loss_err:e})", case.name);
+        assert!(
+            loss_err <= loss_tol,
+            "{}: loss {loss} vs HF {want} (rel {loss_err:e})",
+            case.name
+        );
         let mut line = format!("{:34} loss rel {loss_err:.1e}", case.name);
         if case.has("grads_f64.safetensors") {
             let (err, name) = grad_error(&case.name, &grads, &reference_grads(&case));
-            assert!(err <= grad_tol, "{}: gradient of {name} off by {err:e} (relative)", case.name);
+            assert!(
+                err <= grad_tol,
+                "{}: gradient of {name} off by {err:e} (relative)",
+                case.name
+            );
             line += &format!("  grads worst {err:.1e} ({name})");
             checked += 1;
         } else {
@@ -104,7 +145,10 @@ fn check_all(dtype: DType, loss_tol: f64, grad_tol: f64) {
         report.push(line);
     }
     println!("{}", report.join("\n"));
-    assert!(checked >= 10, "only {checked} fixtures had gradient references");
+    assert!(
+        checked >= 10,
+        "only {checked} fixtures had gradient references"
+    );
 }
 
 #[test]

@@ -235,7 +235,6 @@ fn the_copy_model_and_data_are_valid() {
 }
 
 #[test]
-#[ignore = "needs the autodiff engine (lead merges it)"]
 fn training_reduces_the_copy_loss() {
     let s = Scratch::new("loss");
     let (config, _) = tiny_model(&s);
@@ -253,7 +252,6 @@ fn training_reduces_the_copy_loss() {
 }
 
 #[test]
-#[ignore = "needs the autodiff engine (lead merges it)"]
 fn resume_reproduces_the_uninterrupted_run() {
     let s = Scratch::new("resume");
     let (config, _) = tiny_model(&s);

@@ -45,7 +45,10 @@ const STACK: &str = r#"graph {
 "#;
 
 fn probe() -> BTreeMap<String, Tensor> {
-    BTreeMap::from([("probe".to_string(), Tensor::F64(random(&[2, 3, 8], 5, -1.0, 1.0)))])
+    BTreeMap::from([(
+        "probe".to_string(),
+        Tensor::F64(random(&[2, 3, 8], 5, -1.0, 1.0)),
+    )])
 }
 
 #[test]
@@ -76,11 +79,18 @@ fn backward_reads_no_activation_inside_a_block() {
             }
         }
     }
-    assert!(reads.is_empty(), "the backward pass reads block activations: {reads:?}");
+    assert!(
+        reads.is_empty(),
+        "the backward pass reads block activations: {reads:?}"
+    );
     // Only the last block's output (and the loss's own values) survive.
     let used_outputs: Vec<_> = outputs
         .iter()
         .filter(|y| d.nodes.iter().skip(forward).any(|n| n.inputs.contains(y)))
         .collect();
-    assert_eq!(used_outputs.len(), 1, "only the top block's output may be read");
+    assert_eq!(
+        used_outputs.len(),
+        1,
+        "only the top block's output may be read"
+    );
 }

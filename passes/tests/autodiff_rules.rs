@@ -14,8 +14,18 @@ fn case_with(body: &str, extra: BTreeMap<String, Tensor>, lo: f64, hi: f64) {
     let g = with_probe_loss(&text);
     let y = g.outputs[0].1;
     let _ = y;
-    let probe_v = g.inputs().into_iter().find(|(n, _)| *n == "probe").unwrap().1;
-    let shape: Vec<usize> = g.ty(probe_v).shape.iter().map(|d| d.as_const().unwrap() as usize).collect();
+    let probe_v = g
+        .inputs()
+        .into_iter()
+        .find(|(n, _)| *n == "probe")
+        .unwrap()
+        .1;
+    let shape: Vec<usize> = g
+        .ty(probe_v)
+        .shape
+        .iter()
+        .map(|d| d.as_const().unwrap() as usize)
+        .collect();
     let mut inputs = extra;
     inputs.insert("probe".into(), Tensor::F64(random(&shape, 99, -1.0, 1.0)));
     for seed in [1u64, 7] {
@@ -48,10 +58,14 @@ fn binary_ops_with_broadcasting() {
 #[test]
 fn unary_ops() {
     for op in ["neg", "exp", "tanh"] {
-        case(&format!("%0 = weight {{name=\"a\"}} : f64[2,5]\n%1 = {op} %0 : f64[2,5]\noutput \"y\" = %1"));
+        case(&format!(
+            "%0 = weight {{name=\"a\"}} : f64[2,5]\n%1 = {op} %0 : f64[2,5]\noutput \"y\" = %1"
+        ));
     }
     for op in ["log", "sqrt", "rsqrt"] {
-        positive(&format!("%0 = weight {{name=\"a\"}} : f64[2,5]\n%1 = {op} %0 : f64[2,5]\noutput \"y\" = %1"));
+        positive(&format!(
+            "%0 = weight {{name=\"a\"}} : f64[2,5]\n%1 = {op} %0 : f64[2,5]\noutput \"y\" = %1"
+        ));
     }
 }
 
@@ -101,7 +115,9 @@ fn shape_ops() {
 
 #[test]
 fn indexing_ops() {
-    let idx = |shape: &[usize], vals: Vec<i64>| Tensor::I64(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), vals).unwrap());
+    let idx = |shape: &[usize], vals: Vec<i64>| {
+        Tensor::I64(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), vals).unwrap())
+    };
     let extra = BTreeMap::from([("i".to_string(), idx(&[2, 3], vec![0, 3, 3, 1, 2, 0]))]);
     case_with(
         "%0 = weight {name=\"a\"} : f64[2,4]\n%1 = input {name=\"i\"} : i64[2,3]\n%2 = gather %0, %1 {axis=1} : f64[2,3]\noutput \"y\" = %2",

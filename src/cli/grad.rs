@@ -12,16 +12,14 @@ use super::{model, npy, outputs};
 use clap::Args;
 use ndarray::{ArrayD, IxDyn};
 use reformc_frontend::lower::{LowerOptions, LshSource};
-use reformc_frontend::spec::{HeadSpec, ModelSpec};
+use reformc_frontend::spec::HeadSpec;
 use reformc_ir::DType;
 use reformc_passes::autodiff::{GRAD_PREFIX, LABELS, LOSS};
 use reformc_tensor::safetensors_write::{blob, write};
 use reformc_tensor::Tensor;
+use reformc_train::labels::{aligned, IGNORE};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// Label value that marks a position without a loss term (PyTorch's `ignore_index`).
-pub const IGNORE: i64 = -100;
 
 /// Arguments of `reformc grad`.
 #[derive(Args, Debug)]
@@ -90,7 +88,8 @@ pub fn run(args: &GradArgs) -> CliResult<()> {
     let (batch, len) = (ids.shape()[0], ids.shape()[1]);
     let padded = spec
         .check_length(len as u64)
-        .map_err(|e| CliError::input(format!("{}: {e}", args.input.display())))? as usize;
+        .map_err(|e| CliError::input(format!("{}: {e}", args.input.display())))?
+        as usize;
     let labels = match &args.labels {
         Some(p) => read_labels(p, &[batch, len], spec.vocab_size)?,
         None => ids.clone(),
@@ -104,9 +103,17 @@ pub fn run(args: &GradArgs) -> CliResult<()> {
         (Some(_), None) => LshSource::Rotations,
         (None, None) => LshSource::Seeded,
     };
-    let dtype = if args.precision == "f64" { DType::F64 } else { DType::F32 };
+    let dtype = if args.precision == "f64" {
+        DType::F64
+    } else {
+        DType::F32
+    };
     let seq_len = Some(len as u64);
-    let mut lowered = m.lower(&LowerOptions { dtype, lsh_source: source, seq_len })?;
+    let mut lowered = m.lower(&LowerOptions {
+        dtype,
+        lsh_source: source,
+        seq_len,
+    })?;
     let pads = padded > len || mask.iter().any(|&v| v == 0);
     let n_buckets = lowered.bucket_factors.iter().product::<u64>() + u64::from(pads);
     let weights = m.weight_tensors(&lowered)?;
@@ -114,8 +121,14 @@ pub fn run(args: &GradArgs) -> CliResult<()> {
     let mut feed = BTreeMap::new();
     feed.insert("input_ids".to_string(), Tensor::I64(ids));
     feed.insert("attention_mask".to_string(), Tensor::I64(mask));
-    feed.insert(LABELS.to_string(), Tensor::I64(aligned_labels(&labels, spec.causal)));
-    feed.insert("seed".to_string(), Tensor::I64(ArrayD::from_elem(IxDyn(&[]), args.seed)));
+    feed.insert(
+        LABELS.to_string(),
+        Tensor::I64(aligned(&labels, spec.causal)),
+    );
+    feed.insert(
+        "seed".to_string(),
+        Tensor::I64(ArrayD::from_elem(IxDyn(&[]), args.seed)),
+    );
     if let Some(p) = &args.lsh_rotations {
         let half_width = lowered.bucket_factors.iter().sum::<u64>() as usize / 2;
         let shape = [
@@ -138,22 +151,6 @@ pub fn run(args: &GradArgs) -> CliResult<()> {
     let out = reformc_interp::run(&lowered.graph, &feed, &weights)
         .map_err(|e| CliError::internal(format!("interpreter: {e}")))?;
     write_results(args, out)
-}
-
-/// Labels as the loss graph takes them, aligned with the logits' positions:
-/// shifted left by one for a causal LM (the last position has no target).
-pub fn aligned_labels(labels: &ArrayD<i64>, causal: bool) -> ArrayD<i64> {
-    if !causal {
-        return labels.clone();
-    }
-    let (b, l) = (labels.shape()[0], labels.shape()[1]);
-    ArrayD::from_shape_fn(IxDyn(&[b, l]), |ix| {
-        if ix[1] + 1 < l {
-            labels[[ix[0], ix[1] + 1]]
-        } else {
-            IGNORE
-        }
-    })
 }
 
 /// Labels: int [B, L] like the ids, each -100 or a token id.
@@ -216,6 +213,10 @@ fn inputs(args: &GradArgs) -> outputs::Inputs<'_> {
         ("--lsh-rotations", &args.lsh_rotations),
         ("--lsh-buckets", &args.lsh_buckets),
     ];
-    v.extend(optional.iter().filter_map(|(f, p)| Some((*f, p.as_deref()?))));
+    v.extend(
+        optional
+            .iter()
+            .filter_map(|(f, p)| Some((*f, p.as_deref()?))),
+    );
     v
 }

@@ -75,24 +75,15 @@ pub struct PassArgs {
     pub train: bool,
 }
 
-/// The passes that turn a forward graph into a training step, in order.
-pub const TRAIN_PASSES: &[&str] = &["lower-model", "autodiff"];
-
 impl PassArgs {
     /// The pipeline these flags name.
     pub fn pipeline(&self) -> CliResult<Pipeline> {
-        let mut p = self.forward_pipeline()?;
-        if self.train {
-            let at = p
-                .passes
-                .iter()
-                .position(|n| n == "memory-plan")
-                .unwrap_or(p.passes.len());
-            for (i, name) in TRAIN_PASSES.iter().enumerate() {
-                p.passes.insert(at + i, name.to_string());
-            }
-        }
-        Ok(p)
+        let p = self.forward_pipeline()?;
+        Ok(if self.train {
+            reformc_train::grad::with_train_passes(p)
+        } else {
+            p
+        })
     }
 
     /// The pipeline `--pipeline` names (or the default one), without the training passes.

@@ -67,7 +67,11 @@ pub fn encode(tensors: &BTreeMap<String, Blob>, metadata: &BTreeMap<String, Stri
 
 /// Writes [`encode`]'s bytes to `path` atomically (a complete new file, or
 /// the old one untouched).
-pub fn write(path: &Path, tensors: &BTreeMap<String, Blob>, metadata: &BTreeMap<String, String>) -> Result<(), String> {
+pub fn write(
+    path: &Path,
+    tensors: &BTreeMap<String, Blob>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), String> {
     let bytes = encode(tensors, metadata);
     crate::outfile::write_atomic(path, |w| w.write_all(&bytes))
         .map_err(|e| format!("{}: cannot write: {e}", path.display()))
@@ -104,7 +108,11 @@ pub fn blob(t: &crate::Tensor) -> Blob {
         Tensor::I32(a) => ("I32", le(a, i32::to_le_bytes)),
         Tensor::Bool(a) => ("BOOL", a.iter().map(|&b| u8::from(b)).collect()),
     };
-    Blob { dtype, shape, bytes }
+    Blob {
+        dtype,
+        shape,
+        bytes,
+    }
 }
 
 #[cfg(test)]
@@ -114,8 +122,22 @@ mod tests {
     #[test]
     fn header_is_aligned_and_parses_back() {
         let mut t = BTreeMap::new();
-        t.insert("b".to_string(), Blob { dtype: "F64", shape: vec![1, 3], bytes: vec![1; 24] });
-        t.insert("a\"q".to_string(), Blob { dtype: "I64", shape: vec![], bytes: vec![2; 8] });
+        t.insert(
+            "b".to_string(),
+            Blob {
+                dtype: "F64",
+                shape: vec![1, 3],
+                bytes: vec![1; 24],
+            },
+        );
+        t.insert(
+            "a\"q".to_string(),
+            Blob {
+                dtype: "I64",
+                shape: vec![],
+                bytes: vec![2; 8],
+            },
+        );
         let meta = BTreeMap::from([("step".to_string(), "7".to_string())]);
         let bytes = encode(&t, &meta);
         let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;

@@ -1,35 +1,147 @@
-//! The gradient engine behind `reformc train`: a placeholder until the
-//! autodiff pass lands (the lead replaces this file at merge).
+//! The gradient engine behind `reformc train`: the model's training-step
+//! graph (forward, loss, reverse mode with reversible recomputation) run on
+//! the reference interpreter.
 
+use crate::labels::aligned;
 use crate::step::StepFn;
+use ndarray::{ArrayD, IxDyn};
+use reformc_frontend::lower::{lower, LowerOptions, LshSource};
 use reformc_frontend::spec::ModelSpec;
+use reformc_ir::{DType, Graph};
+use reformc_passes::autodiff::{GRAD_PREFIX, LABELS, LOSS};
+use reformc_passes::{Instrumentation, PassManager, PassOptions, Pipeline};
 use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
 
+/// The passes of a training step after the default pipeline, in order.
+pub const TRAIN_PASSES: &[&str] = &["lower-model", "autodiff"];
+
+/// The default pipeline with [`TRAIN_PASSES`] inserted before `memory-plan`.
+///
+/// ```
+/// let p = reformc_train::grad::train_pipeline();
+/// let at = |n: &str| p.passes.iter().position(|x| x == n).unwrap();
+/// assert!(at("lower-model") < at("autodiff") && at("autodiff") < at("memory-plan"));
+/// ```
+pub fn train_pipeline() -> Pipeline {
+    with_train_passes(Pipeline::default_pipeline())
+}
+
+/// `p` with [`TRAIN_PASSES`] inserted before its `memory-plan` (or at its end).
+pub fn with_train_passes(mut p: Pipeline) -> Pipeline {
+    let at = p
+        .passes
+        .iter()
+        .position(|n| n == "memory-plan")
+        .unwrap_or(p.passes.len());
+    for (i, name) in TRAIN_PASSES.iter().enumerate() {
+        p.passes.insert(at + i, name.to_string());
+    }
+    p
+}
+
 /// One training step of a model: forward, loss and backward.
 #[derive(Debug)]
-pub struct ModelStep;
+pub struct ModelStep {
+    graph: Graph,
+    causal: bool,
+    seed: u64,
+    shape: [usize; 2],
+}
 
 impl ModelStep {
-    /// Prepares the step of `spec` for batches `[batch, seq_len]`, hashing
-    /// with seeds derived from (`seed`, step). Not built yet: always an error.
-    pub fn new(
-        _spec: &ModelSpec,
-        _seq_len: u64,
-        _batch: u64,
-        _seed: u64,
-    ) -> Result<ModelStep, String> {
-        Err("the gradient engine is not built yet".into())
+    /// Prepares the step of `spec` for batches `[batch, seq_len]` in f32,
+    /// hashing with seeds derived from (`seed`, step).
+    pub fn new(spec: &ModelSpec, seq_len: u64, batch: u64, seed: u64) -> Result<ModelStep, String> {
+        let opts = LowerOptions {
+            dtype: DType::F32,
+            lsh_source: LshSource::Seeded,
+            seq_len: Some(seq_len),
+        };
+        let mut graph = lower(spec, &opts)?.graph;
+        let pass_opts = PassOptions {
+            seq_len: Some(seq_len),
+            batch: Some(batch),
+            chunk_size_feed_forward: spec.chunk_size_feed_forward,
+            chunk_size_lm_head: spec.chunk_size_lm_head,
+            ..Default::default()
+        };
+        let quiet = Instrumentation {
+            quiet: true,
+            ..Default::default()
+        };
+        let pm = PassManager::new(train_pipeline(), quiet).map_err(|e| e.to_string())?;
+        pm.run(&mut graph, &pass_opts, &mut std::io::sink())
+            .map_err(|e| e.to_string())?;
+        Ok(ModelStep {
+            graph,
+            causal: spec.causal,
+            seed,
+            shape: [batch as usize, seq_len as usize],
+        })
     }
+
+    /// The training-step graph this engine runs.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+}
+
+/// The LSH seed of step `step` of a run seeded `seed` (SplitMix64 of both):
+/// a resumed run hashes exactly as the uninterrupted one.
+///
+/// ```
+/// use reformc_train::grad::step_seed;
+/// assert_eq!(step_seed(1, 5), step_seed(1, 5));
+/// assert_ne!(step_seed(1, 5), step_seed(1, 6));
+/// ```
+pub fn step_seed(seed: u64, step: u64) -> i64 {
+    let mut z = seed ^ step.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 1) as i64
 }
 
 impl StepFn for ModelStep {
     fn step(
         &mut self,
-        _weights: &BTreeMap<String, Tensor>,
-        _ids: &Tensor,
-        _step: u64,
+        weights: &BTreeMap<String, Tensor>,
+        ids: &Tensor,
+        step: u64,
     ) -> Result<(f64, BTreeMap<String, Tensor>), String> {
-        Err("the gradient engine is not built yet".into())
+        let Tensor::I64(ids) = ids else {
+            return Err("token ids must be i64".into());
+        };
+        if ids.shape() != self.shape {
+            return Err(format!(
+                "token ids have shape {:?}, the step was built for {:?}",
+                ids.shape(),
+                self.shape
+            ));
+        }
+        let mut inputs = BTreeMap::new();
+        inputs.insert(LABELS.to_string(), Tensor::I64(aligned(ids, self.causal)));
+        inputs.insert("input_ids".to_string(), Tensor::I64(ids.clone()));
+        inputs.insert(
+            "attention_mask".to_string(),
+            Tensor::I64(ArrayD::from_elem(IxDyn(&self.shape), 1)),
+        );
+        let seed = step_seed(self.seed, step);
+        inputs.insert(
+            "seed".to_string(),
+            Tensor::I64(ArrayD::from_elem(IxDyn(&[]), seed)),
+        );
+        let mut out =
+            reformc_interp::run(&self.graph, &inputs, weights).map_err(|e| e.to_string())?;
+        let loss = out
+            .remove(LOSS)
+            .ok_or("the step graph has no loss")?
+            .to_f64();
+        let loss = loss.iter().next().copied().unwrap_or(f64::NAN);
+        let grads = out
+            .into_iter()
+            .filter_map(|(n, t)| Some((n.strip_prefix(GRAD_PREFIX)?.to_string(), t)))
+            .collect();
+        Ok((loss, grads))
     }
 }

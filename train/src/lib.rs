@@ -12,6 +12,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod grad;
+pub mod labels;
 pub mod optim;
 pub mod run;
 pub mod step;

@@ -173,7 +173,10 @@ impl<'g> Builder<'g> {
             format!("cannot sum a gradient {gt} back to the larger type {target}")
         })?;
         let axes: Vec<usize> = (0..gt.rank())
-            .filter(|&i| i < lead || (target.shape[i - lead] == Dim::Const(1) && gt.shape[i] != Dim::Const(1)))
+            .filter(|&i| {
+                i < lead
+                    || (target.shape[i - lead] == Dim::Const(1) && gt.shape[i] != Dim::Const(1))
+            })
             .collect();
         let summed = if axes.is_empty() {
             g

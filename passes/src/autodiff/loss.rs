@@ -33,10 +33,16 @@ pub fn append_loss(g: &mut Graph, logits_name: &str) -> Result<(), String> {
         .ok_or_else(|| format!("the graph has no output `{logits_name}`"))?;
     let lt = g.ty(logits).clone();
     if lt.rank() != 3 || !lt.dtype.is_float() {
-        return Err(format!("`{logits_name}` must be float [B, L, V], found {lt}"));
+        return Err(format!(
+            "`{logits_name}` must be float [B, L, V], found {lt}"
+        ));
     }
     let input = Op::new(OpKind::Input).with("name", Attr::Str(LABELS.into()));
-    let labels = g.add(input, vec![], TensorType::new(DType::I64, lt.shape[..2].to_vec()));
+    let labels = g.add(
+        input,
+        vec![],
+        TensorType::new(DType::I64, lt.shape[..2].to_vec()),
+    );
     let mut b = Builder::new(g);
     let ignore = b.constant(-100.0, DType::I64);
     let ignored = b.op(Op::new(OpKind::Eq), &[labels, ignore])?;
@@ -45,7 +51,10 @@ pub fn append_loss(g: &mut Graph, logits_name: &str) -> Result<(), String> {
     let mut col = lt.shape[..2].to_vec();
     col.push(reformc_ir::Dim::Const(1));
     let safe = b.reshape(safe, col);
-    let picked = b.op(Op::new(OpKind::Gather).with("axis", Attr::Int(2)), &[logits, safe])?;
+    let picked = b.op(
+        Op::new(OpKind::Gather).with("axis", Attr::Int(2)),
+        &[logits, safe],
+    )?;
     let lse = b.reduce(logits, "logsumexp", &[2], true)?;
     let nll = b.sub(lse, picked)?;
     let nll = b.reshape(nll, lt.shape[..2].to_vec());

@@ -53,10 +53,18 @@ pub fn differentiate(g: &Graph, loss: &str) -> Result<Graph, String> {
         return Err(format!("`{loss}` must be a float scalar, found {lt}"));
     }
     let (mut h, couplings) = unfold(g)?;
-    let loss_v = h.outputs.iter().find(|(n, _)| n == loss).map(|o| o.1).expect("kept by unfold");
+    let loss_v = h
+        .outputs
+        .iter()
+        .find(|(n, _)| n == loss)
+        .map(|o| o.1)
+        .expect("kept by unfold");
     let order = h.body.clone();
-    let weights: Vec<(String, reformc_ir::ValueId)> =
-        h.weights().into_iter().map(|(n, v)| (n.to_string(), v)).collect();
+    let weights: Vec<(String, reformc_ir::ValueId)> = h
+        .weights()
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v))
+        .collect();
     let mut sweep = Sweep::new(&mut h, couplings);
     if !sweep.active.contains(&loss_v) {
         return Err(format!("`{loss}` does not depend on any float weight"));
@@ -84,10 +92,15 @@ pub fn differentiate(g: &Graph, loss: &str) -> Result<Graph, String> {
 /// Whether `g` still holds an op autodiff cannot take (a model op other than
 /// `reversible_block`, `lsh_hash`).
 pub fn needs_lowering(g: &Graph) -> bool {
-    g.walk().iter().any(|v| rule_of(g.node(*v).op.kind) == Rule::LowerFirst)
+    g.walk()
+        .iter()
+        .any(|v| rule_of(g.node(*v).op.kind) == Rule::LowerFirst)
         || g.walk().iter().any(|v| {
             g.node(*v).op.kind == OpKind::ReversibleBlock
-                && g.node(*v).regions.iter().any(|r| r.body.iter().any(|b| !g.node(*b).regions.is_empty()))
+                && g.node(*v)
+                    .regions
+                    .iter()
+                    .any(|r| r.body.iter().any(|b| !g.node(*b).regions.is_empty()))
         })
 }
 
@@ -107,11 +120,16 @@ impl Pass for AutodiffPass {
     }
 
     fn run(&self, g: &mut Graph, _: &PassOptions) -> Result<Vec<String>, PassError> {
-        let err = |message| PassError { pass: String::new(), message };
+        let err = |message| PassError {
+            pass: String::new(),
+            message,
+        };
         let mut notes = vec![];
         if !g.outputs.iter().any(|(n, _)| n == LOSS) {
             append_loss(g, "logits").map_err(err)?;
-            notes.push("loss: mean cross-entropy of `logits` against the `labels` input".to_string());
+            notes.push(
+                "loss: mean cross-entropy of `logits` against the `labels` input".to_string(),
+            );
         }
         let d = differentiate(g, LOSS).map_err(err)?;
         let n = d.outputs.len() - 1;

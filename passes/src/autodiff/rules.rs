@@ -50,7 +50,12 @@ pub fn rule_of(kind: OpKind) -> Rule {
 
 /// Cotangents of `node`'s operands (`None` where no gradient flows) given
 /// the cotangent `dy` of its result `y`.
-pub fn vjp(b: &mut Builder, node: &Node, y: ValueId, dy: ValueId) -> Result<Vec<Option<ValueId>>, String> {
+pub fn vjp(
+    b: &mut Builder,
+    node: &Node,
+    y: ValueId,
+    dy: ValueId,
+) -> Result<Vec<Option<ValueId>>, String> {
     use OpKind::*;
     let x = &node.inputs;
     let t = |b: &Builder, i: usize| b.ty(x[i]);
@@ -58,18 +63,27 @@ pub fn vjp(b: &mut Builder, node: &Node, y: ValueId, dy: ValueId) -> Result<Vec<
     match node.op.kind {
         Add => {
             let (ta, tb) = (t(b, 0), t(b, 1));
-            Ok(vec![Some(b.unbroadcast(dy, &ta)?), Some(b.unbroadcast(dy, &tb)?)])
+            Ok(vec![
+                Some(b.unbroadcast(dy, &ta)?),
+                Some(b.unbroadcast(dy, &tb)?),
+            ])
         }
         Sub => {
             let (ta, tb) = (t(b, 0), t(b, 1));
             let n = b.neg(dy)?;
-            Ok(vec![Some(b.unbroadcast(dy, &ta)?), Some(b.unbroadcast(n, &tb)?)])
+            Ok(vec![
+                Some(b.unbroadcast(dy, &ta)?),
+                Some(b.unbroadcast(n, &tb)?),
+            ])
         }
         Mul => {
             let (ta, tb) = (t(b, 0), t(b, 1));
             let da = b.mul(dy, x[1])?;
             let db = b.mul(dy, x[0])?;
-            Ok(vec![Some(b.unbroadcast(da, &ta)?), Some(b.unbroadcast(db, &tb)?)])
+            Ok(vec![
+                Some(b.unbroadcast(da, &ta)?),
+                Some(b.unbroadcast(db, &tb)?),
+            ])
         }
         Div => {
             // d(a/b)/db = -(a/b)/b.
@@ -77,7 +91,10 @@ pub fn vjp(b: &mut Builder, node: &Node, y: ValueId, dy: ValueId) -> Result<Vec<
             let da = b.div(dy, x[1])?;
             let q = b.mul(da, y)?;
             let db = b.neg(q)?;
-            Ok(vec![Some(b.unbroadcast(da, &ta)?), Some(b.unbroadcast(db, &tb)?)])
+            Ok(vec![
+                Some(b.unbroadcast(da, &ta)?),
+                Some(b.unbroadcast(db, &tb)?),
+            ])
         }
         Max | Min => min_max(b, node, dy),
         Neg => one(b.neg(dy)),
@@ -113,7 +130,10 @@ pub fn vjp(b: &mut Builder, node: &Node, y: ValueId, dy: ValueId) -> Result<Vec<
             let da = b.op(Op::new(Matmul), &[dy, bt])?;
             let at = b.transpose_last2(x[0])?;
             let db = b.op(Op::new(Matmul), &[at, dy])?;
-            Ok(vec![Some(b.unbroadcast(da, &ta)?), Some(b.unbroadcast(db, &tb)?)])
+            Ok(vec![
+                Some(b.unbroadcast(da, &ta)?),
+                Some(b.unbroadcast(db, &tb)?),
+            ])
         }
         Reduce => reduce(b, node, y, dy),
         Softmax => {
@@ -141,7 +161,11 @@ pub fn vjp(b: &mut Builder, node: &Node, y: ValueId, dy: ValueId) -> Result<Vec<
             let z = b.constant(0.0, b.ty(dy).dtype);
             let da = b.select(x[0], dy, z)?;
             let db = b.select(x[0], z, dy)?;
-            Ok(vec![None, Some(b.unbroadcast(da, &ta)?), Some(b.unbroadcast(db, &tb)?)])
+            Ok(vec![
+                None,
+                Some(b.unbroadcast(da, &ta)?),
+                Some(b.unbroadcast(db, &tb)?),
+            ])
         }
         Reshape => Ok(vec![Some(b.reshape(dy, t(b, 0).shape))]),
         Transpose => {
@@ -170,7 +194,10 @@ pub fn vjp(b: &mut Builder, node: &Node, y: ValueId, dy: ValueId) -> Result<Vec<
             one(b.op(op, &[dy, x[0]]))
         }
         Index => index(b, node, dy),
-        kind => Err(format!("{kind} has no vector-Jacobian product ({:?})", rule_of(kind))),
+        kind => Err(format!(
+            "{kind} has no vector-Jacobian product ({:?})",
+            rule_of(kind)
+        )),
     }
 }
 
@@ -180,22 +207,46 @@ fn min_max(b: &mut Builder, node: &Node, dy: ValueId) -> Result<Vec<Option<Value
     let x = &node.inputs;
     let (ta, tb) = (b.ty(x[0]), b.ty(x[1]));
     // `max` picks b where a < b; `min` picks b where b < a.
-    let (l, r) = if node.op.kind == OpKind::Max { (x[0], x[1]) } else { (x[1], x[0]) };
+    let (l, r) = if node.op.kind == OpKind::Max {
+        (x[0], x[1])
+    } else {
+        (x[1], x[0])
+    };
     let b_wins = b.op(Op::new(OpKind::Lt), &[l, r])?;
     let z = b.constant(0.0, b.ty(dy).dtype);
     let da = b.select(b_wins, z, dy)?;
     let db = b.select(b_wins, dy, z)?;
-    Ok(vec![Some(b.unbroadcast(da, &ta)?), Some(b.unbroadcast(db, &tb)?)])
+    Ok(vec![
+        Some(b.unbroadcast(da, &ta)?),
+        Some(b.unbroadcast(db, &tb)?),
+    ])
 }
 
 /// `reduce`: the cotangent broadcast back over the reduced axes, weighted
 /// by the reduction's derivative.
-fn reduce(b: &mut Builder, node: &Node, y: ValueId, dy: ValueId) -> Result<Vec<Option<ValueId>>, String> {
+fn reduce(
+    b: &mut Builder,
+    node: &Node,
+    y: ValueId,
+    dy: ValueId,
+) -> Result<Vec<Option<ValueId>>, String> {
     let x = node.inputs[0];
     let tx = b.ty(x);
-    let axes: Vec<usize> = node.op.ints("axes").unwrap_or(&[]).iter().map(|&a| a as usize).collect();
+    let axes: Vec<usize> = node
+        .op
+        .ints("axes")
+        .unwrap_or(&[])
+        .iter()
+        .map(|&a| a as usize)
+        .collect();
     let kept: Vec<Dim> = (0..tx.rank())
-        .map(|i| if axes.contains(&i) { Dim::Const(1) } else { tx.shape[i].clone() })
+        .map(|i| {
+            if axes.contains(&i) {
+                Dim::Const(1)
+            } else {
+                tx.shape[i].clone()
+            }
+        })
         .collect();
     let dyk = b.reshape(dy, kept.clone());
     let spread = b.broadcast(dyk, x)?;
@@ -231,7 +282,10 @@ fn concat(b: &mut Builder, node: &Node, dy: ValueId) -> Result<Vec<Option<ValueI
     let mut out = Vec::with_capacity(node.inputs.len());
     for &x in &node.inputs {
         let len = b.ty(x).shape[axis].as_const().ok_or_else(|| {
-            format!("concat along axis {axis} of an operand of symbolic length {} has no gradient rule", b.ty(x))
+            format!(
+                "concat along axis {axis} of an operand of symbolic length {} has no gradient rule",
+                b.ty(x)
+            )
         })?;
         out.push(Some(b.slice(dy, axis, start, start + len)?));
         start += len;

@@ -32,7 +32,14 @@ impl<'g> Sweep<'g> {
             .filter(|v| !couplings.iter().any(|c| c.y == *v))
             .collect();
         let couplings = couplings.into_iter().map(|c| (c.y, c)).collect();
-        Sweep { b: Builder::new(g), ct: HashMap::new(), active, recomputed: HashMap::new(), couplings, inside }
+        Sweep {
+            b: Builder::new(g),
+            ct: HashMap::new(),
+            active,
+            recomputed: HashMap::new(),
+            couplings,
+            inside,
+        }
     }
 
     /// Adds `d` to the cotangent of `v`.
@@ -69,12 +76,16 @@ impl<'g> Sweep<'g> {
             Rule::Vjp => {}
             Rule::Reversible => return Err("a reversible_block was not flattened".into()),
             Rule::LowerFirst => {
-                return Err(format!("%{} = {} is a model op: run lower-model before autodiff", v.0, node.op.kind))
+                return Err(format!(
+                    "%{} = {} is a model op: run lower-model before autodiff",
+                    v.0, node.op.kind
+                ))
             }
             Rule::Missing(why) => return Err(format!("%{}: no derivative for {why}", v.0)),
         }
         let y = self.recomputed.get(&v).copied().unwrap_or(v);
-        let ds = vjp(&mut self.b, &node, y, dy).map_err(|e| format!("%{} = {}: {e}", v.0, node.op.kind))?;
+        let ds = vjp(&mut self.b, &node, y, dy)
+            .map_err(|e| format!("%{} = {}: {e}", v.0, node.op.kind))?;
         for (x, d) in node.inputs.iter().zip(ds) {
             if let Some(d) = d {
                 if self.active.contains(x) {
@@ -123,7 +134,13 @@ impl<'g> Sweep<'g> {
 
     /// Back-propagates `d_out` through the replayed ops `ops` (result `out`)
     /// and returns the cotangent of the replay's argument `arg`.
-    fn through(&mut self, ops: Vec<ValueId>, out: ValueId, d_out: ValueId, arg: ValueId) -> Result<Option<ValueId>, String> {
+    fn through(
+        &mut self,
+        ops: Vec<ValueId>,
+        out: ValueId,
+        d_out: ValueId,
+        arg: ValueId,
+    ) -> Result<Option<ValueId>, String> {
         // The replay's values are new: mark the ones gradients flow through.
         self.active.insert(arg);
         for &v in &ops {
@@ -159,7 +176,11 @@ impl<'g> Sweep<'g> {
                 continue;
             }
             fresh.insert(v);
-            let inputs = node.inputs.iter().map(|i| map.get(i).copied().unwrap_or(*i)).collect();
+            let inputs = node
+                .inputs
+                .iter()
+                .map(|i| map.get(i).copied().unwrap_or(*i))
+                .collect();
             let nv = self.b.g.add(node.op.clone(), inputs, node.ty.clone());
             map.insert(v, nv);
             ops.push(nv);
@@ -180,7 +201,10 @@ pub fn active_values(g: &Graph, order: &[ValueId]) -> HashSet<ValueId> {
             kind => {
                 is_differentiable(&node.ty)
                     && !matches!(rule_of(kind), Rule::Constant)
-                    && node.inputs.iter().any(|i| active.contains(i) || (g.node(*i).op.kind == OpKind::Weight && is_differentiable(g.ty(*i))))
+                    && node.inputs.iter().any(|i| {
+                        active.contains(i)
+                            || (g.node(*i).op.kind == OpKind::Weight && is_differentiable(g.ty(*i)))
+                    })
             }
         };
         if on {

@@ -60,7 +60,12 @@ pub fn unfold(g: &Graph) -> Result<(Graph, Vec<Coupling>), String> {
 }
 
 /// Copies `v`'s node into `out` with mapped inputs (regions must be absent).
-fn copy_node(g: &Graph, v: ValueId, out: &mut Graph, map: &mut HashMap<ValueId, ValueId>) -> Result<ValueId, String> {
+fn copy_node(
+    g: &Graph,
+    v: ValueId,
+    out: &mut Graph,
+    map: &mut HashMap<ValueId, ValueId>,
+) -> Result<ValueId, String> {
     let node = g.node(v);
     if !node.regions.is_empty() {
         return Err(format!(
@@ -71,19 +76,39 @@ fn copy_node(g: &Graph, v: ValueId, out: &mut Graph, map: &mut HashMap<ValueId, 
     let inputs = node
         .inputs
         .iter()
-        .map(|i| map.get(i).copied().ok_or_else(|| format!("%{} uses %{} before it is defined", v.0, i.0)))
+        .map(|i| {
+            map.get(i)
+                .copied()
+                .ok_or_else(|| format!("%{} uses %{} before it is defined", v.0, i.0))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(out.add(node.op.clone(), inputs, node.ty.clone()))
 }
 
 /// Flattens one block.
-fn unfold_block(g: &Graph, node: &Node, out: &mut Graph, map: &mut HashMap<ValueId, ValueId>) -> Result<Coupling, String> {
-    let x = *map.get(&node.inputs[0]).ok_or("a reversible block's input is undefined")?;
-    let last = node.ty.rank().checked_sub(1).ok_or("a reversible block needs rank >= 1")?;
+fn unfold_block(
+    g: &Graph,
+    node: &Node,
+    out: &mut Graph,
+    map: &mut HashMap<ValueId, ValueId>,
+) -> Result<Coupling, String> {
+    let x = *map
+        .get(&node.inputs[0])
+        .ok_or("a reversible block's input is undefined")?;
+    let last = node
+        .ty
+        .rank()
+        .checked_sub(1)
+        .ok_or("a reversible block needs rank >= 1")?;
     let width = node.ty.shape[last]
         .as_const()
         .filter(|w| w % 2 == 0)
-        .ok_or_else(|| format!("a reversible block's last axis must be an even constant, found {}", node.ty))?;
+        .ok_or_else(|| {
+            format!(
+                "a reversible block's last axis must be an even constant, found {}",
+                node.ty
+            )
+        })?;
     let half = width / 2;
     let first = out.len();
     let mut b = Builder::new(out);
@@ -97,11 +122,24 @@ fn unfold_block(g: &Graph, node: &Node, out: &mut Graph, map: &mut HashMap<Value
     let y2 = b.add(x2, gb.result)?;
     let y = b.concat(&[y1, y2], last)?;
     let values = (first..out.len()).map(|i| ValueId(i as u32)).collect();
-    Ok(Coupling { x, y, half, f, g: gb, values })
+    Ok(Coupling {
+        x,
+        y,
+        half,
+        f,
+        g: gb,
+        values,
+    })
 }
 
 /// Flattens a one-argument, one-result region with its argument bound to `arg`.
-fn flatten_region(g: &Graph, r: &Region, arg: ValueId, out: &mut Graph, map: &mut HashMap<ValueId, ValueId>) -> Result<Branch, String> {
+fn flatten_region(
+    g: &Graph,
+    r: &Region,
+    arg: ValueId,
+    out: &mut Graph,
+    map: &mut HashMap<ValueId, ValueId>,
+) -> Result<Branch, String> {
     let (&a, &res) = r
         .args
         .first()

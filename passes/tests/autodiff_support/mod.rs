@@ -8,9 +8,13 @@ use std::collections::BTreeMap;
 
 /// A deterministic pseudo-random f64 array in [lo, hi).
 pub fn random(shape: &[usize], seed: u64, lo: f64, hi: f64) -> ArrayD<f64> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     ArrayD::from_shape_fn(IxDyn(shape), |_| {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         lo + (hi - lo) * ((s >> 11) as f64 / (1u64 << 53) as f64)
     })
 }
@@ -19,10 +23,16 @@ pub fn random(shape: &[usize], seed: u64, lo: f64, hi: f64) -> ArrayD<f64> {
 /// `loss = sum(y * probe)` appended, `probe` an f64 input of y's shape.
 pub fn with_probe_loss(text: &str) -> Graph {
     let mut g = parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let (_, y) = g.outputs.iter().find(|(n, _)| n == "y").cloned().expect("output y");
+    let (_, y) = g
+        .outputs
+        .iter()
+        .find(|(n, _)| n == "y")
+        .cloned()
+        .expect("output y");
     let ty = g.ty(y).clone();
     let probe = g.add(
-        reformc_ir::Op::new(reformc_ir::OpKind::Input).with("name", reformc_ir::Attr::Str("probe".into())),
+        reformc_ir::Op::new(reformc_ir::OpKind::Input)
+            .with("name", reformc_ir::Attr::Str("probe".into())),
         vec![],
         ty.clone(),
     );
@@ -36,19 +46,32 @@ pub fn with_probe_loss(text: &str) -> Graph {
 }
 
 /// Runs `g`, returning the scalar loss.
-fn loss_of(g: &Graph, inputs: &BTreeMap<String, Tensor>, weights: &BTreeMap<String, Tensor>) -> f64 {
+fn loss_of(
+    g: &Graph,
+    inputs: &BTreeMap<String, Tensor>,
+    weights: &BTreeMap<String, Tensor>,
+) -> f64 {
     let out = reformc_interp::run(g, inputs, weights).unwrap_or_else(|e| panic!("{e}"));
     out["loss"].to_f64().iter().next().copied().unwrap()
 }
 
 /// Checks every weight's gradient from `differentiate` against central
 /// differences (step `h`), relative to the largest gradient entry, within `tol`.
-pub fn check_gradients(g: &Graph, inputs: &BTreeMap<String, Tensor>, weights: &BTreeMap<String, Tensor>, tol: f64) {
+pub fn check_gradients(
+    g: &Graph,
+    inputs: &BTreeMap<String, Tensor>,
+    weights: &BTreeMap<String, Tensor>,
+    tol: f64,
+) {
     let d = differentiate(g, "loss").unwrap_or_else(|e| panic!("{e}\n{}", reformc_ir::print(g)));
-    let out = reformc_interp::run(&d, inputs, weights).unwrap_or_else(|e| panic!("{e}\n{}", reformc_ir::print(&d)));
+    let out = reformc_interp::run(&d, inputs, weights)
+        .unwrap_or_else(|e| panic!("{e}\n{}", reformc_ir::print(&d)));
     let l0 = loss_of(g, inputs, weights);
     let l1 = out["loss"].to_f64().iter().next().copied().unwrap();
-    assert!((l0 - l1).abs() <= 1e-12 * l0.abs().max(1.0), "loss changed: {l0} vs {l1}");
+    assert!(
+        (l0 - l1).abs() <= 1e-12 * l0.abs().max(1.0),
+        "loss changed: {l0} vs {l1}"
+    );
     let h = 1e-6;
     for (name, w) in weights {
         let got = out[&format!("{GRAD_PREFIX}{name}")].to_f64();
@@ -68,7 +91,10 @@ pub fn check_gradients(g: &Graph, inputs: &BTreeMap<String, Tensor>, weights: &B
             want.as_slice_mut().unwrap()[i] = (lp - lm) / (2.0 * h);
         }
         let scale = want.iter().fold(1e-3f64, |a, &b| a.max(b.abs()));
-        let err = got.iter().zip(want.iter()).fold(0.0f64, |a, (x, y)| a.max((x - y).abs()));
+        let err = got
+            .iter()
+            .zip(want.iter())
+            .fold(0.0f64, |a, (x, y)| a.max((x - y).abs()));
         assert!(
             err <= tol * scale,
             "gradient of {name}: max error {err:.3e} (scale {scale:.3e})\ngot  {got}\nwant {want}\n{}",
@@ -81,8 +107,16 @@ pub fn check_gradients(g: &Graph, inputs: &BTreeMap<String, Tensor>, weights: &B
 pub fn random_weights(g: &Graph, seed: u64, lo: f64, hi: f64) -> BTreeMap<String, Tensor> {
     let mut out = BTreeMap::new();
     for (i, (name, v)) in g.weights().into_iter().enumerate() {
-        let shape: Vec<usize> = g.ty(v).shape.iter().map(|d| d.as_const().expect("constant weight shapes") as usize).collect();
-        out.insert(name.to_string(), Tensor::F64(random(&shape, seed + i as u64, lo, hi)));
+        let shape: Vec<usize> = g
+            .ty(v)
+            .shape
+            .iter()
+            .map(|d| d.as_const().expect("constant weight shapes") as usize)
+            .collect();
+        out.insert(
+            name.to_string(),
+            Tensor::F64(random(&shape, seed + i as u64, lo, hi)),
+        );
     }
     out
 }
