@@ -1,0 +1,181 @@
+//! `reformc grad` and `reformc dump --train` end to end: the files they write,
+//! and the bad input they refuse (exit 2, one line, nothing written).
+
+mod common;
+
+use common::read;
+use ndarray::{ArrayD, IxDyn};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const CASE: &str = "tests/fixtures/causal_mixed_r2";
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("reformc-cli-grad-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn reformc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_reformc"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn f(name: &str) -> String {
+    format!("{CASE}/{name}")
+}
+
+fn grad(out: &Path, extra: &[&str]) -> Output {
+    let (config, weights, input) = (f("config.json"), f("model.safetensors"), f("input_ids.npy"));
+    let mut args = vec![
+        "grad",
+        &config,
+        "--weights",
+        &weights,
+        "--input",
+        &input,
+        "-q",
+    ];
+    let out_s = out.to_str().unwrap();
+    args.extend(["--output", out_s]);
+    args.extend(extra);
+    reformc(&args)
+}
+
+#[test]
+fn writes_the_loss_and_one_gradient_per_weight() {
+    let dir = scratch("ok");
+    let (out, loss) = (dir.join("g.safetensors"), dir.join("loss.npy"));
+    let (labels, buckets) = (f("labels.npy"), f("lsh_buckets.npy"));
+    let r = grad(
+        &out,
+        &[
+            "--labels",
+            &labels,
+            "--lsh-buckets",
+            &buckets,
+            "--precision",
+            "f64",
+            "--loss-output",
+            loss.to_str().unwrap(),
+        ],
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains("loss 4."),
+        "{}",
+        String::from_utf8_lossy(&r.stdout)
+    );
+    let got: ArrayD<f64> = read(&loss);
+    let want: ArrayD<f64> = read(Path::new(&f("loss_f64.npy")));
+    assert_eq!(got.ndim(), 0);
+    assert!((got[IxDyn(&[])] - want[IxDyn(&[])]).abs() < 1e-9 * want[IxDyn(&[])].abs());
+    let grads = reformc_frontend::weights::WeightFile::open(&out).unwrap();
+    let weights =
+        reformc_frontend::weights::WeightFile::open(Path::new(&f("model.safetensors"))).unwrap();
+    for name in weights.names() {
+        if name == "lm_head.bias" {
+            continue; // HF 5.x never reads it, and neither does the graph.
+        }
+        let (dtype, shape) = grads
+            .info(name)
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        assert_eq!(
+            (dtype.as_str(), shape),
+            ("F64", weights.info(name).unwrap().1),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn seeded_hashing_gives_finite_f32_gradients() {
+    let dir = scratch("seeded");
+    let out = dir.join("g.safetensors");
+    let r = grad(&out, &["--seed", "3"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let grads = reformc_frontend::weights::WeightFile::open(&out).unwrap();
+    let mut nonzero = 0;
+    for name in grads.names() {
+        let v = grads.tensor_f32(name).unwrap();
+        assert!(v.iter().all(|x| x.is_finite()), "{name}");
+        nonzero += usize::from(v.iter().any(|&x| x != 0.0));
+    }
+    assert!(
+        nonzero >= grads.len() - 1,
+        "{nonzero} of {} gradients are non-zero",
+        grads.len()
+    );
+}
+
+fn refused(r: &Output, needle: &str, out: &Path) {
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains(needle), "expected `{needle}` in: {err}");
+    assert!(!out.exists(), "{} was written", out.display());
+}
+
+#[test]
+fn refuses_labels_out_of_range_or_misshapen() {
+    let dir = scratch("bad");
+    let out = dir.join("g.safetensors");
+    let ids: ArrayD<i64> = read(Path::new(&f("input_ids.npy")));
+    let mut bad = ids.clone();
+    bad[[0, 5]] = 48;
+    let p = dir.join("labels.npy");
+    common::write(&p, &bad);
+    refused(
+        &grad(&out, &["--labels", p.to_str().unwrap()]),
+        "label 48 at [0, 5] is out of range",
+        &out,
+    );
+    bad[[0, 5]] = -7;
+    common::write(&p, &bad);
+    refused(
+        &grad(&out, &["--labels", p.to_str().unwrap()]),
+        "expected -100 or 0 <= label < 48",
+        &out,
+    );
+    let short = ArrayD::from_elem(IxDyn(&[1, 3]), 1i64);
+    common::write(&p, &short);
+    refused(
+        &grad(&out, &["--labels", p.to_str().unwrap()]),
+        "labels: expected shape",
+        &out,
+    );
+    refused(
+        &grad(Path::new(&f("input_ids.npy")), &[]),
+        "--output",
+        Path::new("/nonexistent"),
+    );
+}
+
+#[test]
+fn dump_train_prints_the_step_graph() {
+    let r = reformc(&[
+        "dump",
+        &f("config.json"),
+        "--train",
+        "-q",
+        "--lsh-source",
+        "buckets",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let text = String::from_utf8_lossy(&r.stdout);
+    assert!(text.contains("input {name=\"labels\"}"), "no labels input");
+    assert!(text.contains("output \"loss\""));
+    assert!(text.contains("output \"grad:reformer.embeddings.word_embeddings.weight\""));
+    assert!(
+        text.contains("scatter_add"),
+        "the embedding's backward is a scatter_add"
+    );
+    assert!(
+        !text.contains("reversible_block"),
+        "blocks are flattened for the recompute"
+    );
+    assert!(!text.contains("lsh_attention"), "model ops are lowered");
+}
