@@ -262,6 +262,11 @@ impl Body<'_> {
         let k3x2 = self.bin("arith.mulf", &k3x, x, d);
         let poly = self.bin("arith.addf", &one, &k3x2, d);
         let right = self.bin("arith.mulf", &b, &poly, d);
+        // Where tanh saturates the right term is 0, also when x^2 overflowed
+        // the element type (0 * inf would be NaN; the f64 interpreter gives 0).
+        let zero = self.constant(d, 0.0);
+        let flat = self.def(format!("arith.cmpf oeq, {sech2}, {zero} : {t}"));
+        let right = self.def(format!("arith.select {flat}, {zero}, {right} : {t}"));
         self.bin("arith.addf", &left, &right, d)
     }
 
