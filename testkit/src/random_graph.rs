@@ -1,6 +1,7 @@
 //! Differential fuzzing of the op set: random small IR graphs (matmul with
 //! broadcast batch dims, gather, argsort, argmax, select, reduce, softmax,
-//! elementwise, layout ops) with random static shapes and their input
+//! elementwise, layout ops, and the backward-pass ops broadcast, scatter_add
+//! and act_grad) with random static shapes and their input
 //! tensors, shared by the backends' differential tests (interpreter vs LLVM
 //! JIT in backends/llvm/tests/random_graphs.rs, vs the MLIR CPU pipeline in
 //! backends/mlir/tests/random_graphs.rs).
@@ -37,6 +38,9 @@ pub const COVERED: &[&str] = &[
     "= lt",
     "logsumexp",
     "keepdim",
+    "= broadcast",
+    "= scatter_add",
+    "= act_grad",
 ];
 
 /// A value of the graph being built.
@@ -362,7 +366,72 @@ pub fn random_graph(seed: u64) -> Builder {
             added += 1;
         }
     }
+    // Drawn after the loop, so the graphs above stay what they were.
+    backward_op(&mut b, &mut rng);
     b
+}
+
+/// Appends one of the backward-pass ops (or none, one time in four).
+fn backward_op(b: &mut Builder, rng: &mut Rng) -> bool {
+    match rng.below(4) {
+        0 => broadcast(b, rng),
+        1 => scatter_add(b, rng),
+        2 => act_grad(b, rng),
+        _ => false,
+    }
+}
+
+/// `broadcast` of a value to a random shape it broadcasts to (extra
+/// leading axes, unit axes stretched).
+fn broadcast(b: &mut Builder, rng: &mut Rng) -> bool {
+    let Some(x) = b.pick(rng, is_f32) else {
+        return false;
+    };
+    let mut shape: Vec<usize> = (0..rng.below(2)).map(|_| 1 + rng.below(3)).collect();
+    shape.extend(
+        x.shape
+            .iter()
+            .map(|&d| if d == 1 { 1 + rng.below(3) } else { d }),
+    );
+    let r = b.input_f32(shape.clone(), rng);
+    let rhs = format!("broadcast %{}, %{}", x.id, r.id);
+    b.push(rhs, "f32", shape, x.exact);
+    true
+}
+
+/// `scatter_add` of a value into a fresh reference along a random axis.
+fn scatter_add(b: &mut Builder, rng: &mut Rng) -> bool {
+    let Some(src) = b.pick(rng, is_f32) else {
+        return false;
+    };
+    let axis = rng.below(src.shape.len());
+    let mut shape = src.shape.clone();
+    shape[axis] = 1 + rng.below(5);
+    let r = b.input_f32(shape.clone(), rng);
+    let idx = b.input_idx(src.shape.clone(), shape[axis], rng);
+    let rhs = format!(
+        "scatter_add %{}, %{}, %{} {{axis={axis}}}",
+        r.id, idx.id, src.id
+    );
+    b.push(rhs, "f32", shape, false);
+    true
+}
+
+/// `act_grad` of a finite value (an input or a layout of one: an infinite
+/// `x` makes some derivatives NaN in one engine and saturate in another).
+fn act_grad(b: &mut Builder, rng: &mut Rng) -> bool {
+    let Some(x) = b.pick(rng, |v| is_f32(v) && v.exact) else {
+        return false;
+    };
+    let dy = b.input_f32(x.shape.clone(), rng);
+    let names: Vec<&str> = reformc_ir::Activation::ALL
+        .iter()
+        .filter_map(|a| a.name())
+        .collect();
+    let name = names[rng.below(names.len())];
+    let rhs = format!("act_grad %{}, %{} {{fn=\"{name}\"}}", x.id, dy.id);
+    b.push(rhs, "f32", x.shape, false);
+    true
 }
 
 /// Relative difference, 0 where both are the same infinity or both NaN

@@ -168,6 +168,108 @@ impl Body<'_> {
         }
     }
 
+    /// `dy * act'(x)` for float `x` and `dy` of dtype `d` (`act_grad`), with
+    /// the interpreter's derivative formulas (`nn::activate_grad`).
+    pub(crate) fn act_grad(&mut self, f: Activation, x: &str, dy: &str, d: DType) -> String {
+        let deriv = self.act_derivative(f, x, d);
+        self.bin("arith.mulf", dy, &deriv, d)
+    }
+
+    /// `act'(x)`: relu'(0) = 0; gelu in its erf form; gelu_new and
+    /// gelu_fast in their tanh forms.
+    fn act_derivative(&mut self, f: Activation, x: &str, d: DType) -> String {
+        let t = elt(d);
+        match f {
+            Activation::None => self.constant(d, 1.0),
+            Activation::Relu => {
+                let (zero, one) = (self.constant(d, 0.0), self.constant(d, 1.0));
+                let gt = self.def(format!("arith.cmpf ogt, {x}, {zero} : {t}"));
+                self.def(format!("arith.select {gt}, {one}, {zero} : {t}"))
+            }
+            // Φ(x) + x φ(x).
+            Activation::Gelu => {
+                let r = self.constant(d, std::f64::consts::FRAC_1_SQRT_2);
+                let s = self.bin("arith.mulf", x, &r, d);
+                let e = self.def(format!("math.erf {s} : {t}"));
+                let cdf = self.half_times_one_plus_value(&e, d);
+                let mhalf = self.constant(d, -0.5);
+                let hx = self.bin("arith.mulf", &mhalf, x, d);
+                let q = self.bin("arith.mulf", &hx, x, d);
+                let g = self.def(format!("math.exp {q} : {t}"));
+                let inv = self.constant(d, 1.0 / (2.0 * std::f64::consts::PI).sqrt());
+                let pdf = self.bin("arith.mulf", &g, &inv, d);
+                let xpdf = self.bin("arith.mulf", x, &pdf, d);
+                self.bin("arith.addf", &cdf, &xpdf, d)
+            }
+            Activation::GeluNew => {
+                self.tanh_gelu_derivative(x, (2.0 / std::f64::consts::PI).sqrt(), d)
+            }
+            Activation::GeluFast => self.tanh_gelu_derivative(x, 0.797_884_560_8, d),
+            Activation::Silu => {
+                let s = self.sigmoid(x, d);
+                let one = self.constant(d, 1.0);
+                let oms = self.bin("arith.subf", &one, &s, d);
+                let xo = self.bin("arith.mulf", x, &oms, d);
+                let p = self.bin("arith.addf", &one, &xo, d);
+                self.bin("arith.mulf", &s, &p, d)
+            }
+            Activation::Tanh => {
+                let th = self.def(format!("math.tanh {x} : {t}"));
+                self.one_minus_square(&th, d)
+            }
+            Activation::Sigmoid => {
+                let s = self.sigmoid(x, d);
+                let one = self.constant(d, 1.0);
+                let oms = self.bin("arith.subf", &one, &s, d);
+                self.bin("arith.mulf", &s, &oms, d)
+            }
+        }
+    }
+
+    /// `0.5 (1 + v)`.
+    fn half_times_one_plus_value(&mut self, v: &str, d: DType) -> String {
+        let (one, half) = (self.constant(d, 1.0), self.constant(d, 0.5));
+        let s = self.bin("arith.addf", &one, v, d);
+        self.bin("arith.mulf", &half, &s, d)
+    }
+
+    /// `1 - v^2`.
+    fn one_minus_square(&mut self, v: &str, d: DType) -> String {
+        let one = self.constant(d, 1.0);
+        let sq = self.bin("arith.mulf", v, v, d);
+        self.bin("arith.subf", &one, &sq, d)
+    }
+
+    /// d/dx of `0.5 x (1 + tanh(c (x + 0.044715 x^3)))`:
+    /// `0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 * 0.044715 x^2)`.
+    fn tanh_gelu_derivative(&mut self, x: &str, c: f64, d: DType) -> String {
+        let t = elt(d);
+        let (k, cc) = (self.constant(d, 0.044715), self.constant(d, c));
+        let kx = self.bin("arith.mulf", &k, x, d);
+        let kx2 = self.bin("arith.mulf", &kx, x, d);
+        let kx3 = self.bin("arith.mulf", &kx2, x, d);
+        let inner = self.bin("arith.addf", x, &kx3, d);
+        let arg = self.bin("arith.mulf", &cc, &inner, d);
+        let th = self.def(format!("math.tanh {arg} : {t}"));
+        let left = self.half_times_one_plus_value(&th, d);
+        let sech2 = self.one_minus_square(&th, d);
+        let (half, one) = (self.constant(d, 0.5), self.constant(d, 1.0));
+        let k3 = self.constant(d, 3.0 * 0.044715);
+        let hx = self.bin("arith.mulf", &half, x, d);
+        let a = self.bin("arith.mulf", &hx, &sech2, d);
+        let b = self.bin("arith.mulf", &a, &cc, d);
+        let k3x = self.bin("arith.mulf", &k3, x, d);
+        let k3x2 = self.bin("arith.mulf", &k3x, x, d);
+        let poly = self.bin("arith.addf", &one, &k3x2, d);
+        let right = self.bin("arith.mulf", &b, &poly, d);
+        // Where tanh saturates the right term is 0, also when x^2 overflowed
+        // the element type (0 * inf would be NaN; the f64 interpreter gives 0).
+        let zero = self.constant(d, 0.0);
+        let flat = self.def(format!("arith.cmpf oeq, {sech2}, {zero} : {t}"));
+        let right = self.def(format!("arith.select {flat}, {zero}, {right} : {t}"));
+        self.bin("arith.addf", &left, &right, d)
+    }
+
     /// `x` of dtype `from` converted to `to` (numpy `astype`).
     pub(crate) fn cast(&mut self, x: &str, from: DType, to: DType) -> String {
         let (a, b) = (elt(from), elt(to));

@@ -27,6 +27,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
 mod attention;
+mod backward;
 mod entries;
 mod fused;
 mod layout;
@@ -1604,11 +1605,9 @@ impl<'ctx> Gen<'ctx> {
             Gather => self.gather(fs, v)?,
             Argmax => self.arg(fs, v, false)?,
             Argsort => self.arg(fs, v, true)?,
-            Broadcast | ScatterAdd | ActGrad => {
-                return Err(BackendError::Unsupported(format!(
-                    "{what}: not lowered yet"
-                )))
-            }
+            Broadcast => self.broadcast(fs, v)?,
+            ScatterAdd => self.scatter_add(fs, v)?,
+            ActGrad => self.act_grad(fs, v)?,
         };
         fs.vals.insert(v, result);
         Ok(())

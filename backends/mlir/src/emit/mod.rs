@@ -1,6 +1,7 @@
 //! The graph-to-text lowering: one exhaustive `match` over [`OpKind`].
 
 mod attention;
+mod backward;
 mod indexing;
 mod lsh;
 mod lsh_attention;
@@ -317,7 +318,8 @@ impl<'g> Emitter<'g> {
             | OpKind::Tanh
             | OpKind::Act
             | OpKind::Cast
-            | OpKind::Select => self.elementwise(v),
+            | OpKind::Select
+            | OpKind::ActGrad => self.elementwise(v),
             OpKind::Matmul => self.matmul(v),
             OpKind::Reduce => self.reduce(v),
             OpKind::Softmax => self.softmax(v),
@@ -346,7 +348,8 @@ impl<'g> Emitter<'g> {
             OpKind::Truncate => self.truncate(v),
             OpKind::Gather => self.gather(v),
             OpKind::Argmax => self.argmax(v),
-            OpKind::Broadcast | OpKind::ScatterAdd | OpKind::ActGrad => Err(self.unsupported(v)),
+            OpKind::Broadcast => self.broadcast(v),
+            OpKind::ScatterAdd => self.scatter_add(v),
         }?;
         self.lines.push(format!("{IND}%v{} = {result}", v.0));
         // A symbol first seen on this result (a padded length) is read from it.
@@ -420,7 +423,7 @@ impl<'g> Emitter<'g> {
             ));
         }
         let act = match ew {
-            Elementwise::Unary(UnaryFn::Act) => node
+            Elementwise::Unary(UnaryFn::Act) | Elementwise::ActGrad => node
                 .op
                 .activation()
                 .map_err(|e| MlirError::invalid(self.g, v, e))?,
@@ -452,8 +455,7 @@ impl<'g> Emitter<'g> {
                 elt(out_dtype)
             )),
             Elementwise::Cast => b.cast(&a[0], in_dtype, out_dtype),
-            // Routed to `unsupported` by `op` until it is lowered.
-            Elementwise::ActGrad => a[1].clone(),
+            Elementwise::ActGrad => b.act_grad(act, &a[0], &a[1], in_dtype),
         });
         Ok(self.alias(&r, &tensor_ty(&out_ty)))
     }

@@ -1,0 +1,170 @@
+//! The backward-pass ops (`broadcast`, `scatter_add`, `act_grad`) in the
+//! JIT against the interpreter, on random data of several shapes.
+
+use ndarray::{ArrayD, IxDyn};
+use reformc_backend_llvm::{abi::err, BackendError, Tensors};
+use reformc_ir::Activation;
+use reformc_tensor::Tensor;
+use std::collections::BTreeMap;
+
+/// Deterministic values in [lo, hi).
+fn values(n: usize, seed: u64, lo: f64, hi: f64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            lo + (hi - lo) * ((s >> 11) as f64 / (1u64 << 53) as f64)
+        })
+        .collect()
+}
+
+fn f32t(shape: &[usize], seed: u64, lo: f64, hi: f64) -> Tensor {
+    let v: Vec<f32> = values(shape.iter().product(), seed, lo, hi)
+        .into_iter()
+        .map(|x| x as f32)
+        .collect();
+    Tensor::F32(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap())
+}
+
+fn ids(shape: &[usize], seed: u64, bound: usize) -> Tensor {
+    let v: Vec<i64> = values(shape.iter().product(), seed, 0.0, bound as f64)
+        .into_iter()
+        .map(|x| x as i64)
+        .collect();
+    Tensor::I64(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap())
+}
+
+/// Runs `text` in the interpreter and the JIT; the largest difference
+/// relative to max(1, |reference|) over every output must be <= `tol`.
+fn compare(text: &str, inputs: &Tensors, tol: f64) {
+    let g = reformc_ir::parse(text).unwrap_or_else(|e| panic!("{e}"));
+    reformc_ir::verify(&g).unwrap_or_else(|e| panic!("{e}"));
+    let none = BTreeMap::new();
+    let want = reformc_interp::run(&g, inputs, &none).unwrap_or_else(|e| panic!("interp: {e}"));
+    let got =
+        reformc_backend_llvm::jit_run(&g, inputs, &none).unwrap_or_else(|e| panic!("jit: {e}"));
+    for (name, w) in &want {
+        let x = &got[name];
+        assert_eq!(x.dtype(), w.dtype(), "{name}");
+        assert_eq!(x.shape(), w.shape(), "{name}");
+        let (a, b) = (x.to_f64(), w.to_f64());
+        let d = a
+            .iter()
+            .zip(b.iter())
+            .map(|(p, q)| (p - q).abs() / q.abs().max(1.0))
+            .fold(0.0f64, f64::max);
+        assert!(
+            d <= tol,
+            "{name}: JIT differs from the interpreter by {d:e}\n{text}"
+        );
+    }
+}
+
+fn inputs(list: Vec<(&str, Tensor)>) -> Tensors {
+    list.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+const BROADCAST: &str = r#"graph {
+  %0 = input {name="x"} : f32[1,L,1]
+  %1 = input {name="r"} : f32[B,L,4]
+  %2 = input {name="i"} : i64[4]
+  %3 = broadcast %0, %1 : f32[B,L,4]
+  %4 = broadcast %2, %1 : i64[B,L,4]
+  %5 = broadcast %1, %1 : f32[B,L,4]
+  output "a" = %3
+  output "b" = %4
+  output "c" = %5
+}"#;
+
+#[test]
+fn broadcast_matches_the_interpreter() {
+    for (b, l) in [(1, 1), (2, 3), (3, 17)] {
+        let ins = inputs(vec![
+            ("x", f32t(&[1, l, 1], 1, -1.0, 1.0)),
+            ("r", f32t(&[b, l, 4], 2, -1.0, 1.0)),
+            ("i", ids(&[4], 3, 100)),
+        ]);
+        compare(BROADCAST, &ins, 0.0);
+    }
+}
+
+#[test]
+fn act_grad_matches_the_interpreter_for_every_activation() {
+    for act in Activation::ALL.into_iter().filter_map(|a| a.name()) {
+        let text = format!(
+            "graph {{\n  %0 = input {{name=\"x\"}} : f32[B,N]\n  %1 = input {{name=\"dy\"}} : f32[B,N]\n  \
+             %2 = act_grad %0, %1 {{fn=\"{act}\"}} : f32[B,N]\n  output \"y\" = %2\n}}"
+        );
+        for (b, n) in [(1, 1), (3, 50)] {
+            let ins = inputs(vec![
+                ("x", f32t(&[b, n], 4, -5.0, 5.0)),
+                ("dy", f32t(&[b, n], 5, -2.0, 2.0)),
+            ]);
+            // The same f64 formulas, rounded once; libm may differ in the last bit.
+            compare(&text, &ins, 1e-6);
+        }
+    }
+}
+
+const EMBEDDING_GRAD: &str = r#"graph {
+  %0 = input {name="table"} : f32[V,D]
+  %1 = input {name="ids"} : i64[N,1]
+  %2 = input {name="dy"} : f32[N,D]
+  %3 = broadcast %1, %2 : i64[N,D]
+  %4 = scatter_add %0, %3, %2 {axis=0} : f32[V,D]
+  output "y" = %4
+}"#;
+
+const SCATTER_INNER: &str = r#"graph {
+  %0 = input {name="r"} : f32[A,M,C]
+  %1 = input {name="i"} : i64[A,K,C]
+  %2 = input {name="s"} : f32[A,K,C]
+  %3 = scatter_add %0, %1, %2 {axis=1} : f32[A,M,C]
+  output "y" = %3
+}"#;
+
+#[test]
+fn scatter_add_matches_the_interpreter_bit_for_bit() {
+    for (v, d, n) in [(1, 1, 1), (5, 3, 12), (40, 8, 200)] {
+        let ins = inputs(vec![
+            ("table", f32t(&[v, d], 6, -1.0, 1.0)),
+            ("ids", ids(&[n, 1], 7, v)),
+            ("dy", f32t(&[n, d], 8, -1.0, 1.0)),
+        ]);
+        // The same additions in the same order.
+        compare(EMBEDDING_GRAD, &ins, 0.0);
+    }
+    for (a, m, k, c) in [(1, 1, 1, 1), (2, 3, 5, 4), (3, 7, 2, 1)] {
+        let ins = inputs(vec![
+            ("r", f32t(&[a, m, c], 9, -1.0, 1.0)),
+            ("i", ids(&[a, k, c], 10, m)),
+            ("s", f32t(&[a, k, c], 11, -1.0, 1.0)),
+        ]);
+        compare(SCATTER_INNER, &ins, 0.0);
+    }
+}
+
+#[test]
+fn scatter_add_index_out_of_range_is_a_value_error() {
+    let g = reformc_ir::parse(EMBEDDING_GRAD).unwrap();
+    for bad in [3i64, -1] {
+        let ids = ArrayD::from_shape_vec(IxDyn(&[2, 1]), vec![0, bad]).unwrap();
+        let ins = inputs(vec![
+            ("table", f32t(&[3, 2], 12, -1.0, 1.0)),
+            ("ids", Tensor::I64(ids)),
+            ("dy", f32t(&[2, 2], 13, -1.0, 1.0)),
+        ]);
+        match reformc_backend_llvm::jit_run(&g, &ins, &BTreeMap::new()) {
+            Err(BackendError::Run { code, message }) => {
+                assert_eq!(code, err::VALUE, "{message}");
+                assert!(
+                    message.contains("scatter_add index out of range"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected a run error, got {other:?}"),
+        }
+    }
+}
