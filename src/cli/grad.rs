@@ -55,8 +55,8 @@ pub struct GradArgs {
     /// Seed of the counter-based generator drawing LSH rotations when no file is given.
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
-    /// Run the step on the reference interpreter (today the only engine for
-    /// training steps; accepted for symmetry with `run`).
+    /// Run the step on the reference interpreter instead of the LLVM JIT
+    /// (f64 steps always use the interpreter).
     #[arg(long)]
     pub interp: bool,
     /// Arithmetic precision; the gradients are written in this dtype.
@@ -148,9 +148,9 @@ pub fn run(args: &GradArgs) -> CliResult<()> {
     let mut passes = args.passes.clone();
     passes.train = true;
     passes.optimize(&mut lowered.graph, spec, seq_len)?;
-    let out = reformc_interp::run(&lowered.graph, &feed, &weights)
-        .map_err(|e| CliError::internal(format!("interpreter: {e}")))?;
-    write_results(args, out)
+    let (out, engine) =
+        super::run::run_engine((args.interp, false), &lowered.graph, &feed, &weights)?;
+    write_results(args, out, engine)
 }
 
 /// Labels: int [B, L] like the ids, each -100 or a token id.
@@ -178,7 +178,11 @@ fn read_labels(path: &Path, shape: &[usize], vocab: u64) -> CliResult<ArrayD<i64
 }
 
 /// Writes the gradients and the loss, and prints the loss.
-fn write_results(args: &GradArgs, mut out: BTreeMap<String, Tensor>) -> CliResult<()> {
+fn write_results(
+    args: &GradArgs,
+    mut out: BTreeMap<String, Tensor>,
+    engine: &str,
+) -> CliResult<()> {
     let loss = out
         .remove(LOSS)
         .ok_or_else(|| CliError::internal("the step graph has no loss output"))?
@@ -193,7 +197,7 @@ fn write_results(args: &GradArgs, mut out: BTreeMap<String, Tensor>) -> CliResul
         npy::write(p, &ArrayD::from_elem(IxDyn(&[]), loss))?;
     }
     println!(
-        "reformc: loss {loss:.10} ; wrote {} gradients to {} (interpreter)",
+        "reformc: loss {loss:.10} ; wrote {} gradients to {} ({engine})",
         grads.len(),
         args.output.display()
     );
