@@ -179,3 +179,24 @@ fn dump_train_prints_the_step_graph() {
     );
     assert!(!text.contains("lsh_attention"), "model ops are lowered");
 }
+
+#[test]
+fn explain_train_reports_the_step_plan() {
+    let r = reformc(&["explain", &f("config.json"), "--seq-len", "64", "--train"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let text = String::from_utf8_lossy(&r.stdout);
+    let flops = |pass: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(pass)).unwrap_or_else(|| panic!("no `{pass}` row in:\n{text}"));
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let (v, unit) = (cols[3].parse::<f64>().unwrap(), cols[4]);
+        v * match unit {
+            "kFLOP" => 1e3,
+            "MFLOP" => 1e6,
+            "GFLOP" => 1e9,
+            _ => 1.0,
+        }
+    };
+    // Forward + recompute + backward: about 3-5x the forward's FLOPs.
+    let ratio = flops("autodiff") / flops("chunk");
+    assert!((3.0..5.0).contains(&ratio), "step/forward FLOPs {ratio}\n{text}");
+}

@@ -20,6 +20,10 @@ pub struct ExplainArgs {
     /// per-thread scratch counts); 0 = all cores, as the executable's default.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=4096))]
     pub threads: u64,
+    /// Explain the training step (the pipeline gains `lower-model` and
+    /// `autodiff`): its FLOPs and static peak, reversible blocks recomputed.
+    #[arg(long)]
+    pub train: bool,
     #[command(flatten)]
     pub passes: PassArgs,
 }
@@ -31,7 +35,9 @@ pub fn run(args: &ExplainArgs) -> CliResult<()> {
         seq_len: args.passes.seq_len,
         ..LowerOptions::default()
     })?;
-    let pipeline = args.passes.pipeline()?;
+    let mut passes = args.passes.clone();
+    passes.train = args.train;
+    let pipeline = passes.pipeline()?;
     let threads = match args.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
         n => n,
