@@ -186,7 +186,10 @@ fn explain_train_reports_the_step_plan() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let text = String::from_utf8_lossy(&r.stdout);
     let flops = |pass: &str| -> f64 {
-        let line = text.lines().find(|l| l.starts_with(pass)).unwrap_or_else(|| panic!("no `{pass}` row in:\n{text}"));
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(pass))
+            .unwrap_or_else(|| panic!("no `{pass}` row in:\n{text}"));
         let cols: Vec<&str> = line.split_whitespace().collect();
         let (v, unit) = (cols[3].parse::<f64>().unwrap(), cols[4]);
         v * match unit {
@@ -198,5 +201,8 @@ fn explain_train_reports_the_step_plan() {
     };
     // Forward + recompute + backward: about 3-5x the forward's FLOPs.
     let ratio = flops("autodiff") / flops("chunk");
-    assert!((3.0..5.0).contains(&ratio), "step/forward FLOPs {ratio}\n{text}");
+    assert!(
+        (3.0..5.0).contains(&ratio),
+        "step/forward FLOPs {ratio}\n{text}"
+    );
 }
