@@ -6,14 +6,12 @@
 //! interpreter.
 
 use super::error::{CliError, CliResult};
+use super::feed::{self, FeedArgs};
 use super::passes::PassArgs;
-use super::run::{read_buckets, read_ids, read_mask};
-use super::{model, npy, outputs};
+use super::{npy, outputs};
 use clap::Args;
 use ndarray::{ArrayD, IxDyn};
-use reformc_frontend::lower::{LowerOptions, LshSource};
 use reformc_frontend::spec::HeadSpec;
-use reformc_ir::DType;
 use reformc_passes::autodiff::{GRAD_PREFIX, LABELS, LOSS};
 use reformc_tensor::safetensors_write::{blob, write};
 use reformc_tensor::Tensor;
@@ -76,80 +74,44 @@ pub fn run(args: &GradArgs) -> CliResult<()> {
     if let Some(p) = &args.loss_output {
         outputs::guard("--loss-output", p, &inputs)?;
     }
-    let m = model::load(&args.config, Some(&args.weights), args.lm_head_bias)?;
-    let spec = &m.spec;
+    let mut feed = feed::prepare(&FeedArgs {
+        config: &args.config,
+        weights: &args.weights,
+        input: &args.input,
+        attention_mask: args.attention_mask.as_deref(),
+        lsh_rotations: args.lsh_rotations.as_deref(),
+        lsh_buckets: args.lsh_buckets.as_deref(),
+        seed: args.seed,
+        precision: &args.precision,
+        lm_head_bias: args.lm_head_bias,
+        allow_nonfinite_weights: false,
+    })?;
+    let spec = &feed.model.spec;
     if matches!(spec.head, HeadSpec::None) {
         return Err(CliError::input(format!(
             "{}: the model has no LM head, so there is no loss to differentiate (expected ReformerModelWithLMHead or ReformerForMaskedLM weights)",
             args.weights.display()
         )));
     }
-    let ids = read_ids(&args.input, spec)?;
-    let (batch, len) = (ids.shape()[0], ids.shape()[1]);
-    let padded = spec
-        .check_length(len as u64)
-        .map_err(|e| CliError::input(format!("{}: {e}", args.input.display())))?
-        as usize;
     let labels = match &args.labels {
-        Some(p) => read_labels(p, &[batch, len], spec.vocab_size)?,
-        None => ids.clone(),
+        Some(p) => read_labels(p, &feed.shape, spec.vocab_size)?,
+        None => match &feed.inputs["input_ids"] {
+            Tensor::I64(ids) => ids.clone(),
+            _ => return Err(CliError::internal("token ids are not i64")),
+        },
     };
-    let mask = match &args.attention_mask {
-        Some(p) => read_mask(p, &[batch, len])?,
-        None => ArrayD::from_elem(IxDyn(&[batch, len]), 1),
-    };
-    let source = match (&args.lsh_rotations, &args.lsh_buckets) {
-        (_, Some(_)) => LshSource::Buckets,
-        (Some(_), None) => LshSource::Rotations,
-        (None, None) => LshSource::Seeded,
-    };
-    let dtype = if args.precision == "f64" {
-        DType::F64
-    } else {
-        DType::F32
-    };
-    let seq_len = Some(len as u64);
-    let mut lowered = m.lower(&LowerOptions {
-        dtype,
-        lsh_source: source,
-        seq_len,
-    })?;
-    let pads = padded > len || mask.iter().any(|&v| v == 0);
-    let n_buckets = lowered.bucket_factors.iter().product::<u64>() + u64::from(pads);
-    let weights = m.weight_tensors(&lowered)?;
-    model::check_finite(&weights, &args.weights, false)?;
-    let mut feed = BTreeMap::new();
-    feed.insert("input_ids".to_string(), Tensor::I64(ids));
-    feed.insert("attention_mask".to_string(), Tensor::I64(mask));
-    feed.insert(
-        LABELS.to_string(),
-        Tensor::I64(aligned(&labels, spec.causal)),
-    );
-    feed.insert(
-        "seed".to_string(),
-        Tensor::I64(ArrayD::from_elem(IxDyn(&[]), args.seed)),
-    );
-    if let Some(p) = &args.lsh_rotations {
-        let half_width = lowered.bucket_factors.iter().sum::<u64>() as usize / 2;
-        let shape = [
-            spec.num_lsh_layers(),
-            spec.num_heads as usize,
-            spec.head_dim as usize,
-            spec.lsh.n_hashes as usize,
-            half_width,
-        ];
-        let rotations = npy::read_f32(p, &shape, "LSH rotations [n_lsh_layers, H, d, r, S/2]")?;
-        feed.insert("lsh_rotations".to_string(), Tensor::F32(rotations));
-    }
-    if let Some(p) = &args.lsh_buckets {
-        let b = read_buckets(p, spec, batch, padded, n_buckets)?;
-        feed.insert("lsh_buckets".to_string(), Tensor::I64(b));
-    }
+    let labels = Tensor::I64(aligned(&labels, spec.causal));
+    feed.inputs.insert(LABELS.to_string(), labels);
+    let seq_len = Some(feed.shape[1] as u64);
     let mut passes = args.passes.clone();
     passes.train = true;
-    passes.optimize(&mut lowered.graph, spec, seq_len)?;
-    let (out, engine) =
-        super::run::run_engine((args.interp, false), &lowered.graph, &feed, &weights)?;
+    passes.optimize(&mut feed.lowered.graph, spec, seq_len)?;
+    let (out, engine) = super::run::run_engine(
+        (args.interp, false),
+        &feed.lowered.graph,
+        &feed.inputs,
+        &feed.weights,
+    )?;
     write_results(args, out, engine)
 }
 

@@ -4,6 +4,7 @@ pub mod compile;
 pub mod dump;
 pub mod error;
 pub mod explain;
+pub mod feed;
 pub mod grad;
 pub mod mlir;
 pub mod model;

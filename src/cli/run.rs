@@ -1,16 +1,15 @@
 //! `reformc run`: run a model on token ids and write its output as `.npy`.
 
 use super::error::{CliError, CliResult};
+use super::feed::{self, FeedArgs};
 use super::passes::PassArgs;
-use super::{model, npy, outputs};
+use super::{npy, outputs};
 use clap::Args;
-use ndarray::{ArrayD, IxDyn};
-use reformc_frontend::lower::{LowerOptions, LshSource};
-use reformc_frontend::spec::{AttentionKind, HeadSpec, ModelSpec};
+use reformc_frontend::spec::HeadSpec;
 use reformc_ir::DType;
 use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Arguments of `reformc run`.
 #[derive(Args, Debug)]
@@ -75,73 +74,24 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
     let inputs = inputs(args);
     outputs::guard("--output", &args.output, &inputs)?;
     args.passes.guard_outputs(&inputs)?;
-    let m = model::load(&args.config, Some(&args.weights), args.lm_head_bias)?;
-    let spec = &m.spec;
-    let ids = read_ids(&args.input, spec)?;
-    let (batch, len) = (ids.shape()[0], ids.shape()[1]);
-    let padded = spec
-        .check_length(len as u64)
-        .map_err(|e| CliError::input(format!("{}: {e}", args.input.display())))?
-        as usize;
-    let mask = match &args.attention_mask {
-        Some(p) => read_mask(p, &[batch, len])?,
-        None => ArrayD::from_elem(IxDyn(&[batch, len]), 1),
-    };
-    let source = match (&args.lsh_rotations, &args.lsh_buckets) {
-        (_, Some(_)) => LshSource::Buckets,
-        (Some(_), None) => LshSource::Rotations,
-        (None, None) => LshSource::Seeded,
-    };
-    let dtype = if args.precision == "f64" {
-        DType::F64
-    } else {
-        DType::F32
-    };
-    let seq_len = Some(len as u64);
-    let mut lowered = m.lower(&LowerOptions {
-        dtype,
-        lsh_source: source,
-        seq_len,
+    let mut feed = feed::prepare(&FeedArgs {
+        config: &args.config,
+        weights: &args.weights,
+        input: &args.input,
+        attention_mask: args.attention_mask.as_deref(),
+        lsh_rotations: args.lsh_rotations.as_deref(),
+        lsh_buckets: args.lsh_buckets.as_deref(),
+        seed: args.seed,
+        precision: &args.precision,
+        lm_head_bias: args.lm_head_bias,
+        allow_nonfinite_weights: args.allow_nonfinite_weights,
     })?;
-    // HF adds a padding bucket when the mask (given, or made by padding to the chunk multiple) pads.
-    let pads = padded > len || mask.iter().any(|&m| m == 0);
-    let n_buckets = lowered.bucket_factors.iter().product::<u64>() + u64::from(pads);
-    let weights = m.weight_tensors(&lowered)?;
-    model::check_finite(&weights, &args.weights, args.allow_nonfinite_weights)?;
-    let mut inputs = BTreeMap::new();
-    inputs.insert("input_ids".to_string(), Tensor::I64(ids));
-    inputs.insert("attention_mask".to_string(), Tensor::I64(mask));
-    inputs.insert(
-        "seed".to_string(),
-        Tensor::I64(ArrayD::from_elem(IxDyn(&[]), args.seed)),
-    );
-    let half_width = lowered.bucket_factors.iter().sum::<u64>() as usize / 2;
-    if let Some(p) = &args.lsh_rotations {
-        let shape = [
-            spec.num_lsh_layers(),
-            spec.num_heads as usize,
-            spec.head_dim as usize,
-            spec.lsh.n_hashes as usize,
-            half_width,
-        ];
-        let rotations = npy::read_f32(p, &shape, "LSH rotations [n_lsh_layers, H, d, r, S/2]")?;
-        if let Some((i, x)) = rotations.iter().enumerate().find(|(_, x)| !x.is_finite()) {
-            return Err(CliError::input(format!(
-                "{}: LSH rotations: non-finite value {x} at flat index {i} (expected finite float32 values)",
-                p.display()
-            )));
-        }
-        inputs.insert("lsh_rotations".to_string(), Tensor::F32(rotations));
-    }
-    if let Some(p) = &args.lsh_buckets {
-        inputs.insert(
-            "lsh_buckets".to_string(),
-            Tensor::I64(read_buckets(p, spec, batch, padded, n_buckets)?),
-        );
-    }
+    let (spec, seq_len) = (&feed.model.spec, Some(feed.shape[1] as u64));
+    let (inputs, weights) = (&feed.inputs, &feed.weights);
     // Passes run once every input is read and checked, so bad input fails fast and alone.
-    args.passes.optimize(&mut lowered.graph, spec, seq_len)?;
-    let (outputs, engine) = engine(args, &lowered.graph, &inputs, &weights)?;
+    args.passes
+        .optimize(&mut feed.lowered.graph, spec, seq_len)?;
+    let (outputs, engine) = engine(args, &feed.lowered.graph, inputs, weights)?;
     let what = if matches!(spec.head, HeadSpec::None) {
         "last hidden state"
     } else {
@@ -217,71 +167,6 @@ pub(super) fn inputs(args: &RunArgs) -> outputs::Inputs<'_> {
     );
     v.extend(args.compare.iter().map(|p| ("--compare", p.as_path())));
     v
-}
-
-/// Token ids: int [B, L], every id in [0, vocab_size).
-pub(super) fn read_ids(path: &Path, spec: &ModelSpec) -> CliResult<ArrayD<i64>> {
-    let ids = npy::read_int(path, 2, "token ids [B, L]")?;
-    if ids.is_empty() {
-        return Err(CliError::input(format!(
-            "{}: token ids: expected a non-empty [B, L] array, found shape {:?}",
-            path.display(),
-            ids.shape()
-        )));
-    }
-    if let Some((ix, &id)) = ids
-        .indexed_iter()
-        .find(|(_, &v)| v < 0 || v as u64 >= spec.vocab_size)
-    {
-        return Err(CliError::input(format!(
-            "{}: token id {id} at [{}, {}] is out of range: the vocabulary has {} entries (expected 0 <= id < {})",
-            path.display(),
-            ix[0],
-            ix[1],
-            spec.vocab_size,
-            spec.vocab_size
-        )));
-    }
-    Ok(ids)
-}
-
-pub(super) fn read_mask(path: &Path, shape: &[usize]) -> CliResult<ArrayD<i64>> {
-    let m = npy::read_int(path, 2, "attention mask [B, L]")?;
-    if m.shape() != shape {
-        return Err(CliError::input(format!(
-            "{}: attention mask: expected shape {shape:?} (that of the token ids), found {:?}",
-            path.display(),
-            m.shape()
-        )));
-    }
-    Ok(m)
-}
-
-/// HF's bucket layout [n, B, H, r*P] reshaped to the IR's [n, B, H, r, P].
-pub(super) fn read_buckets(
-    path: &Path,
-    spec: &ModelSpec,
-    batch: usize,
-    padded: usize,
-    n_buckets: u64,
-) -> CliResult<ArrayD<i64>> {
-    let n = spec
-        .layers
-        .iter()
-        .filter(|l| **l == AttentionKind::Lsh)
-        .count();
-    let (h, r) = (spec.num_heads as usize, spec.lsh.n_hashes as usize);
-    let want = [n, batch, h, r * padded];
-    let b = npy::read_int(path, 4, "LSH buckets [n_lsh_layers, B, H, r*L_padded]")?;
-    if b.shape() != want {
-        return Err(CliError::input(format!("{}: LSH buckets: expected shape {want:?} ([n_lsh_layers, B, H, r*L_padded] with L_padded={padded}), found {:?}", path.display(), b.shape())));
-    }
-    let ids = b.as_standard_layout();
-    let ids = ids.as_slice().unwrap_or_default();
-    reformc_runtime::attention::check_bucket_ids(ids, r, padded, n_buckets)
-        .map_err(|e| CliError::input(format!("{}: LSH buckets: {e}", path.display())))?;
-    b.into_shape_with_order(IxDyn(&[n, batch, h, r, padded]))
-        .map_err(|e| CliError::internal(format!("{}: LSH buckets: {e}", path.display())))
 }
 
 /// The engine `--backend` names: the MLIR CPU pipeline for `mlir`, otherwise
