@@ -50,6 +50,22 @@ pub struct Feed {
     pub shape: [usize; 2],
 }
 
+/// The files a run reads, by flag (the config, `--weights`, `--input` and
+/// each optional file given), for the guard that no output overwrites one.
+pub fn input_files<'a>(
+    a: (&'a Path, &'a Path, &'a Path),
+    optional: &[(&'static str, &'a Option<std::path::PathBuf>)],
+) -> super::outputs::Inputs<'a> {
+    let mut v: super::outputs::Inputs<'a> =
+        vec![("the config", a.0), ("--weights", a.1), ("--input", a.2)];
+    v.extend(
+        optional
+            .iter()
+            .filter_map(|(f, p)| Some((*f, p.as_deref()?))),
+    );
+    v
+}
+
 /// Reads and checks every input of a run; bad input is exit 2 naming the file.
 pub fn prepare(a: &FeedArgs<'_>) -> CliResult<Feed> {
     let m = model::load(a.config, Some(a.weights), a.lm_head_bias)?;

@@ -168,21 +168,11 @@ fn write_results(
 
 /// Every file `grad` reads, by flag: no output may be one of them.
 fn inputs(args: &GradArgs) -> outputs::Inputs<'_> {
-    let mut v: outputs::Inputs<'_> = vec![
-        ("the config", args.config.as_path()),
-        ("--weights", args.weights.as_path()),
-        ("--input", args.input.as_path()),
-    ];
     let optional = [
         ("--labels", &args.labels),
         ("--attention-mask", &args.attention_mask),
         ("--lsh-rotations", &args.lsh_rotations),
         ("--lsh-buckets", &args.lsh_buckets),
     ];
-    v.extend(
-        optional
-            .iter()
-            .filter_map(|(f, p)| Some((*f, p.as_deref()?))),
-    );
-    v
+    feed::input_files((&args.config, &args.weights, &args.input), &optional)
 }

@@ -150,21 +150,12 @@ pub(super) fn write_outputs(
 
 /// Every file `run` reads, by flag: no output may be one of them.
 pub(super) fn inputs(args: &RunArgs) -> outputs::Inputs<'_> {
-    let mut v: outputs::Inputs<'_> = vec![
-        ("the config", args.config.as_path()),
-        ("--weights", args.weights.as_path()),
-        ("--input", args.input.as_path()),
-    ];
     let optional = [
         ("--attention-mask", &args.attention_mask),
         ("--lsh-rotations", &args.lsh_rotations),
         ("--lsh-buckets", &args.lsh_buckets),
     ];
-    v.extend(
-        optional
-            .iter()
-            .filter_map(|(f, p)| Some((*f, p.as_deref()?))),
-    );
+    let mut v = feed::input_files((&args.config, &args.weights, &args.input), &optional);
     v.extend(args.compare.iter().map(|p| ("--compare", p.as_path())));
     v
 }

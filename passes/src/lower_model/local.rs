@@ -132,7 +132,7 @@ pub(crate) fn lower(g: &mut Graph, node: &Node, inputs: &[ValueId]) -> Result<Va
     Ok(result)
 }
 
-/// `[B, H, P, d]` -> `[B, H, n, c, d]`.
+/// `[B, H, P, d]` -> `[B, H, n, c, d]` (also `[B, H, M, d]` -> `[B, H, n, width, d]`).
 pub(super) fn chunked(b: &mut Builder, x: ValueId, n: &Dim, c: u64) -> Result<ValueId, String> {
     let s = b.dims(x);
     b.reshape(

@@ -106,9 +106,9 @@ pub(crate) fn lower(g: &mut Graph, node: &Node, inputs: &[ValueId]) -> Result<Va
     // Keys and values have one shape: one index operand serves both.
     let kidx = b.rows_index(kpos, keys)?;
     let kadj = b.gather(keys, kidx, 2)?;
-    let kadj = chunked_as(&mut b, kadj, &n, width)?;
+    let kadj = chunked(&mut b, kadj, &n, width)?;
     let vadj = b.gather(v4, kidx, 2)?;
-    let vadj = chunked_as(&mut b, vadj, &n, width)?;
+    let vadj = chunked(&mut b, vadj, &n, width)?;
     let kt = b.transpose(kadj, &[0, 1, 2, 4, 3])?;
     let logits = b.op(Op::new(OpKind::Matmul), vec![sqc, kt])?;
 
@@ -229,21 +229,6 @@ fn sort_slots(
 fn gather_rows(b: &mut Builder, x: ValueId, idx: ValueId) -> Result<ValueId, String> {
     let rows = b.rows_index(idx, x)?;
     b.gather(x, rows, 2)
-}
-
-/// `[B, H, M, d]` -> `[B, H, n, width, d]`.
-fn chunked_as(b: &mut Builder, x: ValueId, n: &Dim, width: u64) -> Result<ValueId, String> {
-    let s = b.dims(x);
-    b.reshape(
-        x,
-        vec![
-            s[0].clone(),
-            s[1].clone(),
-            n.clone(),
-            Dim::Const(width),
-            s[3].clone(),
-        ],
-    )
 }
 
 /// REFORMER.md §1.8: the unsorted outputs `out` `[B, H, r*P, d]` weighed by
