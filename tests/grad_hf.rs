@@ -14,22 +14,15 @@ use common::{fixtures, read, Case};
 use ndarray::{ArrayD, IxDyn};
 use reformc_ir::{DType, Graph};
 use reformc_passes::autodiff::{GRAD_PREFIX, LABELS, LOSS};
-use reformc_passes::{Instrumentation, PassManager, PassOptions, Pipeline};
+use reformc_passes::{Instrumentation, PassManager, PassOptions};
 use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
 
 /// The case's training-step graph, through the same pipeline as `reformc grad`.
 fn step_graph(case: &Case, dtype: DType) -> Graph {
     let mut g = case.graph(dtype, case.replay_source());
-    let mut names = Pipeline::default_pipeline().passes;
-    let at = names
-        .iter()
-        .position(|n| n == "memory-plan")
-        .unwrap_or(names.len());
-    names.insert(at, "autodiff".into());
-    names.insert(at, "lower-model".into());
     let pm = PassManager::new(
-        Pipeline::new(&names).unwrap(),
+        reformc_train::grad::train_pipeline(),
         Instrumentation {
             quiet: true,
             ..Default::default()

@@ -64,7 +64,17 @@ pub fn graph_weights(
         .into_iter()
         .filter(|n| !expected.iter().any(|(e, _)| e == n))
         .collect();
-    file.check(&expected, &extra)?;
+    load_checked(file, expected, &extra)
+}
+
+/// Checks `file` against `expected` (names, shapes, F32; `extra` tensors
+/// may be present unused) and loads every expected tensor.
+pub fn load_checked(
+    file: &WeightFile,
+    expected: Vec<(String, Vec<u64>)>,
+    extra: &[String],
+) -> CliResult<BTreeMap<String, Tensor>> {
+    file.check(&expected, extra)?;
     let mut out = BTreeMap::new();
     for (name, shape) in expected {
         let data = file.tensor_f32(&name)?;

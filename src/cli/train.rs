@@ -4,7 +4,6 @@
 use super::error::{CliError, CliResult};
 use super::{model, outputs};
 use clap::Args;
-use ndarray::{ArrayD, IxDyn};
 use reformc_frontend::spec::ModelSpec;
 use reformc_frontend::weights::{expected_tensors, WeightFile};
 use reformc_tensor::Tensor;
@@ -179,16 +178,7 @@ fn fresh(
 /// Checks `file` against the tensors `spec` needs (names, shapes, F32) and loads them.
 fn load_weights(file: &WeightFile, spec: &ModelSpec) -> CliResult<BTreeMap<String, Tensor>> {
     let (expected, extra) = expected_tensors(spec);
-    file.check(&expected, &extra)?;
-    let mut out = BTreeMap::new();
-    for (name, shape) in expected {
-        let data = file.tensor_f32(&name)?;
-        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-        let array = ArrayD::from_shape_vec(IxDyn(&shape), data)
-            .map_err(|e| CliError::internal(format!("{name}: {e}")))?;
-        out.insert(name, Tensor::F32(array));
-    }
-    Ok(out)
+    super::model::load_checked(file, expected, &extra)
 }
 
 /// The run a checkpoint holds, continued with the flags: the optimizer must
