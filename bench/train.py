@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Training step: reformc vs Hugging Face, side by side (issue 12's bench model).
+
+Model: HF ReformerModelWithLMHead, all-LSH, D=256, 2 heads x 64, d_ff 512, LSH chunk 64, 1 hash,
+vocab 320, batch 1, num_buckets automatic, dropout 0; 2 and 12 layers; random HF-initialised weights.
+  - hf: transformers 5.23.0 eager, model.train(), loss = mean cross-entropy (shifted), backward()
+    through HF's reversible layers; the step time is the median of `--steps` steps after one warm-up
+    step, inside one process; peak RSS is that process's (/usr/bin/time %M).
+  - reformc: `reformc grad` (frontend, default passes, lower-model, autodiff, then the engine:
+    the LLVM JIT when it supports the step graph, the interpreter otherwise - the engine is
+    printed); the time is the whole process (parsing, passes, weights, one step), peak RSS the
+    process's.
+Each measurement is its own process; the systems alternate within each repeat; medians reported.
+torch runs with set_num_threads = --threads.
+
+Usage: /work/hfvenv/bin/python bench/train.py [--lengths 1024,4096] [--layers 2,12] [--repeats 3]
+       [--threads 2] [--reformc target/release/reformc]
+Writes bench/out/train_* and prints a markdown table (copy it into bench/train_results.md).
+"""
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+OUT = os.path.join(HERE, "out")
+
+
+def config(layers, length):
+    side = 1 << ((length.bit_length() - 1) // 2)
+    return dict(model_type="reformer", architectures=["ReformerModelWithLMHead"], is_decoder=True,
+                vocab_size=320, hidden_size=256, num_attention_heads=2, attention_head_size=64,
+                feed_forward_size=512, hidden_act="relu", num_hidden_layers=layers,
+                attn_layers=["lsh"] * layers, num_hashes=1, num_buckets=None, lsh_attn_chunk_length=64,
+                local_attn_chunk_length=64, lsh_num_chunks_before=1, lsh_num_chunks_after=0,
+                axial_pos_embds=True, axial_pos_shape=[side, length // side], axial_pos_embds_dim=[64, 192],
+                max_position_embeddings=length, hidden_dropout_prob=0.0,
+                lsh_attention_probs_dropout_prob=0.0, local_attention_probs_dropout_prob=0.0,
+                pad_token_id=0)
+
+
+def make_model(layers, length):
+    d = os.path.join(OUT, f"train_l{layers}_n{length}")
+    os.makedirs(d, exist_ok=True)
+    cfg = config(layers, length)
+    json.dump(cfg, open(os.path.join(d, "config.json"), "w"), indent=1)
+    w = os.path.join(d, "model.safetensors")
+    ids = os.path.join(d, "ids.npy")
+    if not os.path.exists(w):
+        import numpy as np
+        import torch
+        from safetensors.torch import save_file
+        from transformers import ReformerConfig, ReformerModelWithLMHead
+        torch.manual_seed(layers)
+        c = dict(cfg)
+        c.pop("model_type"), c.pop("architectures")
+        m = ReformerModelWithLMHead(ReformerConfig(**c))
+        save_file({k: v.contiguous() for k, v in m.state_dict().items()}, w)
+        np.save(ids, np.random.default_rng(0).integers(0, 320, (1, length)).astype(np.int64))
+    return d
+
+
+HF_STEP = r"""
+import json, statistics, sys, time, torch
+from transformers import ReformerConfig, ReformerModelWithLMHead
+from safetensors.torch import load_file
+import numpy as np
+d, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+torch.set_num_threads(threads)
+c = json.load(open(d + "/config.json")); c.pop("model_type"); c.pop("architectures")
+m = ReformerModelWithLMHead(ReformerConfig(**c)); m.load_state_dict(load_file(d + "/model.safetensors"), strict=False)
+m.train()
+ids = torch.from_numpy(np.load(d + "/ids.npy"))
+def step():
+    m.zero_grad(set_to_none=True)
+    logits = m(input_ids=ids).logits
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    loss.backward()
+    return loss.item()
+step()
+times = []
+for _ in range(steps):
+    t = time.perf_counter(); step(); times.append(time.perf_counter() - t)
+print("STEP", statistics.median(times))
+"""
+
+
+def timed(cmd):
+    r = subprocess.run(["/usr/bin/time", "-f", "WALL %e RSS %M"] + cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr[-2000:]}")
+    wall = float(re.search(r"WALL ([0-9.]+)", r.stderr).group(1))
+    rss = int(re.search(r"RSS (\d+)", r.stderr).group(1)) / 1024
+    return wall, rss, r.stdout + r.stderr
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lengths", default="1024,4096")
+    ap.add_argument("--layers", default="2,12")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reformc", default=os.path.join(REPO, "target", "release", "reformc"))
+    a = ap.parse_args()
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    print(f"machine: {cpu}, {os.cpu_count()} cores; threads {a.threads}; reformc {a.reformc}\n")
+    print("| layers | L | HF step (s) | HF peak (MiB) | reformc grad process (s) | reformc peak (MiB) | engine | reformc/HF time | reformc/HF peak |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for length in map(int, a.lengths.split(",")):
+        for layers in map(int, a.layers.split(",")):
+            d = make_model(layers, length)
+            hf, rc = [], []
+            engine = "?"
+            for _ in range(a.repeats):
+                _, rss, out = timed([sys.executable, "-c", HF_STEP, d, str(a.steps), str(a.threads)])
+                hf.append((float(re.search(r"STEP ([0-9.e-]+)", out).group(1)), rss))
+                wall, rss, out = timed([a.reformc, "grad", d + "/config.json", "--weights", d + "/model.safetensors",
+                                        "--input", d + "/ids.npy", "--output", d + "/grads.safetensors", "-q"])
+                engine = re.search(r"gradients to \S+ \(([^)]*)\)", out).group(1)
+                rc.append((wall, rss))
+            ht, hm = statistics.median(t for t, _ in hf), statistics.median(m for _, m in hf)
+            rt, rm = statistics.median(t for t, _ in rc), statistics.median(m for _, m in rc)
+            print(f"| {layers} | {length} | {ht:.2f} | {hm:.0f} | {rt:.2f} | {rm:.0f} | {engine} | {rt / ht:.1f}x | {rm / hm:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
