@@ -75,12 +75,17 @@ fn grad_error(
     worst
 }
 
-#[test]
-fn jit_step_matches_the_interpreter_on_every_hf_fixture() {
+/// Fixtures of the default test: one with LSH layers (the integer argsort,
+/// argmax and gather of the LSH lowering), one with local attention only.
+const QUICK: &[&str] = &["causal_lsh_r1", "noncausal_local_only"];
+
+/// Compares the JIT with the interpreter on the fixtures `keep` selects;
+/// returns how many ran.
+fn check(keep: &dyn Fn(&str) -> bool) -> usize {
     let mut report = vec![];
     for dir in fixtures() {
         let case = Case::load(&dir);
-        if !case.has("labels.npy") {
+        if !case.has("labels.npy") || !keep(&case.name) {
             continue;
         }
         let g = step_graph(&case);
@@ -112,5 +117,18 @@ fn jit_step_matches_the_interpreter_on_every_hf_fixture() {
         ));
     }
     println!("{}", report.join("\n"));
-    assert!(report.len() >= 10, "only {} fixtures ran", report.len());
+    report.len()
+}
+
+#[test]
+fn jit_step_matches_the_interpreter_on_lsh_and_local_fixtures() {
+    assert_eq!(check(&|name| QUICK.contains(&name)), QUICK.len());
+}
+
+/// Every fixture: about 2-3 minutes each today, nearly all of it LLVM
+/// compiling the step graph's one large function (see NOTES-jit.md).
+#[test]
+#[ignore = "slow: LLVM compiles each step graph for minutes; run with --ignored"]
+fn jit_step_matches_the_interpreter_on_every_hf_fixture() {
+    assert!(check(&|_| true) >= 10);
 }
