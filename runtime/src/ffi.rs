@@ -625,6 +625,41 @@ crate::c_abi! {
         })
     }
 
+    /// As [`rc_arg_f32`] on i64 keys (the LSH lowering's bucket and sort keys).
+    ///
+    /// Argmax (`sort` = 0, into `y[outer, inner]`) or stable argsort (`sort` = 1,
+    /// into `y[outer, n, inner]`) along the middle axis of `x[outer, n, inner]`.
+    ///
+    /// # Safety
+    /// As [`rc_linear_f32`].
+    unsafe fn rc_arg_i64(
+        x: *const i64,
+        outer: i64,
+        n: i64,
+        inner: i64,
+        sort: i32,
+        y: *mut i64,
+    ) -> i32 {
+        guard(|| {
+            let [o, n, i] = sizes([(outer, "outer"), (n, "n"), (inner, "inner")])?;
+            let sx = span(x, count(&[o, n, i], "x")?, "x")?;
+            let ny = if sort != 0 {
+                count(&[o, n, i], "y")?
+            } else {
+                count(&[o, i], "y")?
+            };
+            let sy = span(y, ny, "y")?;
+            no_overlap(sy, &[sx])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (x, y) = unsafe { (view(x, sx), view_mut(y, sy)) };
+            if sort != 0 {
+                crate::tensor_ops::argsort(x, o, n, i, y)
+            } else {
+                crate::tensor_ops::argmax(x, o, n, i, y)
+            }
+        })
+    }
+
     /// `y[o, j, i] = x[o, idx[o, j, i], i]` (`take_along_axis`) for elements of
     /// `elem` bytes; `x` is `[outer, n, inner]`, `idx` and `y` are `[outer, m,
     /// inner]`. Status 2 if an index is outside `[0, n)`.

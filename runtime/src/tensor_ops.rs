@@ -122,46 +122,96 @@ pub fn reduce(
     })
 }
 
+/// An element type argmax and argsort order: f32 by IEEE total order (NaNs
+/// last), integers by value; the interpreter compares in f64, which orders
+/// every index-sized integer the same way.
+pub trait SortKey: Copy + Send + Sync {
+    /// Total order used by argsort.
+    fn order(&self, other: &Self) -> std::cmp::Ordering;
+    /// Whether `self` replaces `best`, the running maximum of argmax (None
+    /// before the lane's first element).
+    fn beats(&self, best: Option<&Self>) -> bool;
+}
+
+impl SortKey for f32 {
+    fn order(&self, other: &Self) -> std::cmp::Ordering {
+        self.total_cmp(other)
+    }
+    fn beats(&self, best: Option<&Self>) -> bool {
+        match best {
+            // A NaN first element wins, as in the interpreter.
+            None => true,
+            Some(b) => *self > *b,
+        }
+    }
+}
+
+impl SortKey for i64 {
+    fn order(&self, other: &Self) -> std::cmp::Ordering {
+        self.cmp(other)
+    }
+    fn beats(&self, best: Option<&Self>) -> bool {
+        best.is_none_or(|b| self > b)
+    }
+}
+
 /// Index of the first maximum of each lane into `y[outer, inner]`
-/// (`rc_argmax_f32`; a NaN first element wins, as in the interpreter).
+/// (`rc_arg_f32` / `rc_arg_i64`; a NaN first element wins, as in the interpreter).
 ///
 /// ```
 /// let mut y = [0i64; 1];
-/// reformc_runtime::tensor_ops::argmax(&[1.0, 3.0, 3.0], 1, 3, 1, &mut y).unwrap();
+/// reformc_runtime::tensor_ops::argmax(&[1.0f32, 3.0, 3.0], 1, 3, 1, &mut y).unwrap();
 /// assert_eq!(y, [1]);
+/// reformc_runtime::tensor_ops::argmax(&[5i64, -2, 7, 7], 1, 4, 1, &mut y).unwrap();
+/// assert_eq!(y, [2]);
 /// ```
-pub fn argmax(x: &[f32], outer: usize, n: usize, inner: usize, y: &mut [i64]) -> Result<()> {
+pub fn argmax<T: SortKey>(
+    x: &[T],
+    outer: usize,
+    n: usize,
+    inner: usize,
+    y: &mut [i64],
+) -> Result<()> {
     check(x.len(), outer, n, inner, "x")?;
     check(y.len(), outer, 1, inner, "y")?;
     let out = SharedMut::new(y);
     lanes(outer, n, inner, |lane, at| {
-        let mut best = (0usize, f32::NEG_INFINITY);
+        let mut best: Option<(usize, T)> = None;
         for j in 0..n {
             let e = x[at(j)];
-            if e > best.1 || (j == 0 && e.is_nan()) {
-                best = (j, e);
+            if e.beats(best.as_ref().map(|b| &b.1)) {
+                best = Some((j, e));
             }
         }
+        let arg = best.map_or(0, |b| b.0) as i64;
         // SAFETY: output element `lane` belongs to this lane only.
-        unsafe { out.slice(lane, 1)[0] = best.0 as i64 };
+        unsafe { out.slice(lane, 1)[0] = arg };
     })
 }
 
-/// Stable ascending sort permutation of each lane (`rc_argsort_f32`; total
-/// order, so NaNs sort last and -0 before +0).
+/// Stable ascending sort permutation of each lane (`rc_arg_f32` /
+/// `rc_arg_i64`; f32 in total order, so NaNs sort last and -0 before +0).
 ///
 /// ```
 /// let mut y = [0i64; 3];
-/// reformc_runtime::tensor_ops::argsort(&[2.0, 1.0, 2.0], 1, 3, 1, &mut y).unwrap();
+/// reformc_runtime::tensor_ops::argsort(&[2.0f32, 1.0, 2.0], 1, 3, 1, &mut y).unwrap();
+/// assert_eq!(y, [1, 0, 2]);
+/// reformc_runtime::tensor_ops::argsort(&[4i64, -1, 4], 1, 3, 1, &mut y).unwrap();
 /// assert_eq!(y, [1, 0, 2]);
 /// ```
-pub fn argsort(x: &[f32], outer: usize, n: usize, inner: usize, y: &mut [i64]) -> Result<()> {
+pub fn argsort<T: SortKey>(
+    x: &[T],
+    outer: usize,
+    n: usize,
+    inner: usize,
+    y: &mut [i64],
+) -> Result<()> {
     check(x.len(), outer, n, inner, "x")?;
     check(y.len(), outer, n, inner, "y")?;
     let out = SharedMut::new(y);
     lanes(outer, n, inner, |_, at| {
         let mut idx: Vec<usize> = (0..n).collect();
-        idx.sort_by(|&a, &b| x[at(a)].total_cmp(&x[at(b)]));
+        idx.sort_by(|&a, &b| x[at(a)].order(&x[at(b)]));
         for (j, i) in idx.into_iter().enumerate() {
             // SAFETY: element at(j) belongs to this lane only.
             unsafe { out.slice(at(j), 1)[0] = i as i64 };

@@ -36,9 +36,17 @@ impl<'ctx> Gen<'ctx> {
         Ok(out)
     }
 
-    /// Argmax (`sort` false) or argsort (`sort` true) along `axis`.
+    /// Argmax (`sort` false) or argsort (`sort` true) along `axis`, of f32
+    /// or i64 keys (the LSH lowering sorts integer bucket keys).
     pub(super) fn arg(&self, fs: &mut Fs<'ctx, '_>, v: ValueId, sort: bool) -> Result<Buf<'ctx>> {
-        let x = self.f32_operand(fs, v, 0)?;
+        let x = match self.operand(fs, v, 0)?.dtype {
+            DType::I64 => self.i64_operand(fs, v, 0)?,
+            _ => self.f32_operand(fs, v, 0)?,
+        };
+        let kernel = match x.dtype {
+            DType::I64 => "rc_arg_i64",
+            _ => "rc_arg_f32",
+        };
         let axis = self.axis(fs, v, x.dims.len())?;
         let (outer, n, inner) = self.around(&x.dims, axis)?;
         let mut dims = x.dims.clone();
@@ -55,7 +63,7 @@ impl<'ctx> Gen<'ctx> {
             self.i32c(sort as i32).into(),
             out.ptr.into(),
         ];
-        self.kernel(fs, v, "rc_arg_f32", &args)?;
+        self.kernel(fs, v, kernel, &args)?;
         Ok(out)
     }
 
