@@ -53,10 +53,15 @@ pub struct GradArgs {
     /// Seed of the counter-based generator drawing LSH rotations when no file is given.
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
-    /// Run the step on the reference interpreter instead of the LLVM JIT
-    /// (f64 steps always use the interpreter).
-    #[arg(long)]
+    /// Run the step on the reference interpreter (the default; accepted for
+    /// symmetry with `run`).
+    #[arg(long, conflicts_with = "backend")]
     pub interp: bool,
+    /// `llvm`: run the step on the LLVM JIT instead of the interpreter. It
+    /// matches the interpreter, but compiling the step graph (one function)
+    /// takes minutes today, so the interpreter is the default.
+    #[arg(long, value_parser = ["llvm"])]
+    pub backend: Option<String>,
     /// Arithmetic precision; the gradients are written in this dtype.
     #[arg(long, value_parser = ["f32", "f64"], default_value = "f32")]
     pub precision: String,
@@ -107,7 +112,7 @@ pub fn run(args: &GradArgs) -> CliResult<()> {
     passes.train = true;
     passes.optimize(&mut feed.lowered.graph, spec, seq_len)?;
     let (out, engine) = super::run::run_engine(
-        (args.interp, false),
+        (args.backend.is_none(), false),
         &feed.lowered.graph,
         &feed.inputs,
         &feed.weights,
