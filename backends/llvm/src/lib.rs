@@ -429,8 +429,8 @@ mod tests {
     #[test]
     fn unsupported_ops_and_dtypes_are_errors() {
         let ctx = Context::create();
-        // argmax has a lowering for f32 data only.
-        let text = "graph {\n  %0 = input {name=\"x\"} : i64[B,4]\n  %1 = argmax %0 {axis=1} : i64[B]\n  output \"y\" = %1\n}\n";
+        // argmax has lowerings for f32 and i64 keys only.
+        let text = "graph {\n  %0 = input {name=\"x\"} : i32[B,4]\n  %1 = argmax %0 {axis=1} : i64[B]\n  output \"y\" = %1\n}\n";
         let err = build_module(
             &ctx,
             &[variant(text)],
