@@ -14,27 +14,18 @@ use common::{fixtures, read, Case};
 use ndarray::{ArrayD, IxDyn};
 use reformc_ir::{DType, Graph};
 use reformc_passes::autodiff::{GRAD_PREFIX, LABELS, LOSS};
-use reformc_passes::{Instrumentation, PassManager, PassOptions};
+use reformc_passes::PassOptions;
 use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
 
 /// The case's training-step graph, through the same pipeline as `reformc grad`.
 fn step_graph(case: &Case, dtype: DType) -> Graph {
     let mut g = case.graph(dtype, case.replay_source());
-    let pm = PassManager::new(
-        reformc_train::grad::train_pipeline(),
-        Instrumentation {
-            quiet: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
     let opts = PassOptions {
         seq_len: Some(case.seq_len() as u64),
         ..Default::default()
     };
-    pm.run(&mut g, &opts, &mut std::io::sink())
-        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    reformc_train::grad::build_step(&mut g, &opts).unwrap_or_else(|e| panic!("{}: {e}", case.name));
     g
 }
 

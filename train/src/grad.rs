@@ -40,6 +40,20 @@ pub fn with_train_passes(mut p: Pipeline) -> Pipeline {
     p
 }
 
+/// Turns a forward graph into its training step in place: the
+/// [`train_pipeline`] (default passes, `lower-model`, `autodiff`,
+/// `memory-plan`), quietly.
+pub fn build_step(graph: &mut Graph, opts: &PassOptions) -> Result<(), String> {
+    let quiet = Instrumentation {
+        quiet: true,
+        ..Default::default()
+    };
+    let pm = PassManager::new(train_pipeline(), quiet).map_err(|e| e.to_string())?;
+    pm.run(graph, opts, &mut std::io::sink())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// One training step of a model: forward, loss and backward.
 #[derive(Debug)]
 pub struct ModelStep {
@@ -66,13 +80,7 @@ impl ModelStep {
             chunk_size_lm_head: spec.chunk_size_lm_head,
             ..Default::default()
         };
-        let quiet = Instrumentation {
-            quiet: true,
-            ..Default::default()
-        };
-        let pm = PassManager::new(train_pipeline(), quiet).map_err(|e| e.to_string())?;
-        pm.run(&mut graph, &pass_opts, &mut std::io::sink())
-            .map_err(|e| e.to_string())?;
+        build_step(&mut graph, &pass_opts)?;
         Ok(ModelStep {
             graph,
             causal: spec.causal,
