@@ -123,6 +123,41 @@ unsafe fn view_mut<'a, T>(p: *mut T, s: Span) -> &'a mut [T] {
     unsafe { std::slice::from_raw_parts_mut(p, s.bytes / std::mem::size_of::<T>()) }
 }
 
+/// The body of `rc_arg_f32` / `rc_arg_i64`: argmax (`sort` = 0, into
+/// `y[outer, inner]`) or stable argsort (`sort` = 1, into `y[outer, n, inner]`)
+/// along the middle axis of `x[outer, n, inner]`, for any key type.
+///
+/// # Safety
+/// `x` and `y` must point to that many readable / writable elements (the
+/// spans are checked for null, size overflow and overlap, not for validity).
+unsafe fn arg_keys<T: crate::tensor_ops::SortKey>(
+    x: *const T,
+    outer: i64,
+    n: i64,
+    inner: i64,
+    sort: i32,
+    y: *mut i64,
+) -> i32 {
+    guard(|| {
+        let [o, n, i] = sizes([(outer, "outer"), (n, "n"), (inner, "inner")])?;
+        let sx = span(x, count(&[o, n, i], "x")?, "x")?;
+        let ny = if sort != 0 {
+            count(&[o, n, i], "y")?
+        } else {
+            count(&[o, i], "y")?
+        };
+        let sy = span(y, ny, "y")?;
+        no_overlap(sy, &[sx])?;
+        // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+        let (x, y) = unsafe { (view(x, sx), view_mut(y, sy)) };
+        if sort != 0 {
+            crate::tensor_ops::argsort(x, o, n, i, y)
+        } else {
+            crate::tensor_ops::argmax(x, o, n, i, y)
+        }
+    })
+}
+
 crate::c_abi! {
     section = "Kernels (runtime/src/ffi.rs): 0 = ok, else a status code and the message in rc_last_error()";
 
@@ -605,24 +640,8 @@ crate::c_abi! {
         sort: i32,
         y: *mut i64,
     ) -> i32 {
-        guard(|| {
-            let [o, n, i] = sizes([(outer, "outer"), (n, "n"), (inner, "inner")])?;
-            let sx = span(x, count(&[o, n, i], "x")?, "x")?;
-            let ny = if sort != 0 {
-                count(&[o, n, i], "y")?
-            } else {
-                count(&[o, i], "y")?
-            };
-            let sy = span(y, ny, "y")?;
-            no_overlap(sy, &[sx])?;
-            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
-            let (x, y) = unsafe { (view(x, sx), view_mut(y, sy)) };
-            if sort != 0 {
-                crate::tensor_ops::argsort(x, o, n, i, y)
-            } else {
-                crate::tensor_ops::argmax(x, o, n, i, y)
-            }
-        })
+        // SAFETY: the caller upholds this function's contract, which is arg_keys'.
+        unsafe { arg_keys(x, outer, n, inner, sort, y) }
     }
 
     /// As [`rc_arg_f32`] on i64 keys (the LSH lowering's bucket and sort keys).
@@ -640,24 +659,8 @@ crate::c_abi! {
         sort: i32,
         y: *mut i64,
     ) -> i32 {
-        guard(|| {
-            let [o, n, i] = sizes([(outer, "outer"), (n, "n"), (inner, "inner")])?;
-            let sx = span(x, count(&[o, n, i], "x")?, "x")?;
-            let ny = if sort != 0 {
-                count(&[o, n, i], "y")?
-            } else {
-                count(&[o, i], "y")?
-            };
-            let sy = span(y, ny, "y")?;
-            no_overlap(sy, &[sx])?;
-            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
-            let (x, y) = unsafe { (view(x, sx), view_mut(y, sy)) };
-            if sort != 0 {
-                crate::tensor_ops::argsort(x, o, n, i, y)
-            } else {
-                crate::tensor_ops::argmax(x, o, n, i, y)
-            }
-        })
+        // SAFETY: the caller upholds this function's contract, which is arg_keys'.
+        unsafe { arg_keys(x, outer, n, inner, sort, y) }
     }
 
     /// `y[o, j, i] = x[o, idx[o, j, i], i]` (`take_along_axis`) for elements of
