@@ -9,25 +9,15 @@
 //! largest gradient of the case, within 1e-4 in f32 and 1e-9 in f64.
 
 mod common;
+mod step_support;
 
 use common::{fixtures, read, Case};
 use ndarray::{ArrayD, IxDyn};
-use reformc_ir::{DType, Graph};
-use reformc_passes::autodiff::{GRAD_PREFIX, LABELS, LOSS};
-use reformc_passes::PassOptions;
+use reformc_ir::DType;
+use reformc_passes::autodiff::LABELS;
 use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
-
-/// The case's training-step graph, through the same pipeline as `reformc grad`.
-fn step_graph(case: &Case, dtype: DType) -> Graph {
-    let mut g = case.graph(dtype, case.replay_source());
-    let opts = PassOptions {
-        seq_len: Some(case.seq_len() as u64),
-        ..Default::default()
-    };
-    reformc_train::grad::build_step(&mut g, &opts).unwrap_or_else(|e| panic!("{}: {e}", case.name));
-    g
-}
+use step_support::{grad_error, split, step_graph};
 
 /// Runs the step; returns the loss and the gradients by weight name.
 fn step(case: &Case, dtype: DType) -> (f64, BTreeMap<String, ArrayD<f64>>) {
@@ -38,12 +28,7 @@ fn step(case: &Case, dtype: DType) -> (f64, BTreeMap<String, ArrayD<f64>>) {
     inputs.insert(LABELS.into(), Tensor::I64(aligned));
     let out = reformc_interp::run(&g, &inputs, &case.weight_map(&g))
         .unwrap_or_else(|e| panic!("{}: {e}", case.name));
-    let loss = out[LOSS].to_f64().iter().next().copied().unwrap();
-    let grads = out
-        .iter()
-        .filter_map(|(n, t)| Some((n.strip_prefix(GRAD_PREFIX)?.to_string(), t.to_f64())))
-        .collect();
-    (loss, grads)
+    split(&out)
 }
 
 /// The reference gradients (F64 safetensors), by name.
@@ -68,32 +53,6 @@ fn reference_grads(case: &Case) -> BTreeMap<String, ArrayD<f64>> {
             )
         })
         .collect()
-}
-
-/// Worst per-tensor error of `got` against `want` under the metric.
-fn grad_error(
-    case: &str,
-    got: &BTreeMap<String, ArrayD<f64>>,
-    want: &BTreeMap<String, ArrayD<f64>>,
-) -> (f64, String) {
-    let max_abs = |a: &ArrayD<f64>| a.iter().fold(0.0f64, |m, &x| m.max(x.abs()));
-    let largest = want.values().map(max_abs).fold(0.0f64, f64::max);
-    let mut worst = (0.0, String::new());
-    for (name, w) in want {
-        let g = got
-            .get(name)
-            .unwrap_or_else(|| panic!("{case}: no gradient for {name}"));
-        assert_eq!(g.shape(), w.shape(), "{case}: {name}");
-        let err = g
-            .iter()
-            .zip(w.iter())
-            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-        let rel = err / max_abs(w).max(1e-3 * largest);
-        if rel >= worst.0 {
-            worst = (rel, name.clone());
-        }
-    }
-    worst
 }
 
 fn check_all(dtype: DType, loss_tol: f64, grad_tol: f64) {

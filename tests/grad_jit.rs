@@ -8,63 +8,14 @@
 //! largest gradient of the case) within 1e-5.
 
 mod common;
+mod step_support;
 
 use common::{fixtures, read, Case};
 use ndarray::ArrayD;
-use reformc_ir::{DType, Graph};
-use reformc_passes::autodiff::{GRAD_PREFIX, LABELS, LOSS};
-use reformc_passes::PassOptions;
+use reformc_ir::DType;
+use reformc_passes::autodiff::LABELS;
 use reformc_tensor::Tensor;
-use std::collections::BTreeMap;
-
-/// The case's f32 training-step graph, through `reformc grad`'s pipeline.
-fn step_graph(case: &Case) -> Graph {
-    let mut g = case.graph(DType::F32, case.replay_source());
-    let opts = PassOptions {
-        seq_len: Some(case.seq_len() as u64),
-        ..Default::default()
-    };
-    reformc_train::grad::build_step(&mut g, &opts).unwrap_or_else(|e| panic!("{}: {e}", case.name));
-    g
-}
-
-/// The loss and the gradients by weight name of one run's outputs.
-fn split(out: &BTreeMap<String, Tensor>) -> (f64, BTreeMap<String, ArrayD<f64>>) {
-    let loss = out[LOSS].to_f64().iter().next().copied().unwrap();
-    let grads = out
-        .iter()
-        .filter_map(|(n, t)| Some((n.strip_prefix(GRAD_PREFIX)?.to_string(), t.to_f64())))
-        .collect();
-    (loss, grads)
-}
-
-/// Worst per-tensor error of `got` against `want`: (error, tensor name).
-fn grad_error(
-    case: &str,
-    got: &BTreeMap<String, ArrayD<f64>>,
-    want: &BTreeMap<String, ArrayD<f64>>,
-) -> (f64, String) {
-    let max_abs = |a: &ArrayD<f64>| a.iter().fold(0.0f64, |m, &x| m.max(x.abs()));
-    let largest = want.values().map(max_abs).fold(0.0f64, f64::max);
-    assert_eq!(got.len(), want.len(), "{case}: gradient count");
-    let mut worst = (0.0, String::new());
-    for (name, w) in want {
-        let g = got
-            .get(name)
-            .unwrap_or_else(|| panic!("{case}: the JIT gave no gradient for {name}"));
-        assert_eq!(g.shape(), w.shape(), "{case}: {name}");
-        let err = g
-            .iter()
-            .zip(w.iter())
-            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-        let rel = err / max_abs(w).max(1e-3 * largest);
-        // NaN compares false: count it as the worst.
-        if rel.is_nan() || rel >= worst.0 {
-            worst = (if rel.is_nan() { f64::INFINITY } else { rel }, name.clone());
-        }
-    }
-    worst
-}
+use step_support::{grad_error, split, step_graph};
 
 /// Fixtures of the default test: one with LSH layers (the integer argsort,
 /// argmax and gather of the LSH lowering), one with local attention only.
@@ -79,7 +30,7 @@ fn check(keep: &dyn Fn(&str) -> bool) -> usize {
         if !case.has("labels.npy") || !keep(&case.name) {
             continue;
         }
-        let g = step_graph(&case);
+        let g = step_graph(&case, DType::F32);
         let mut inputs = case.inputs(case.replay_source());
         let labels: ArrayD<i64> = read(&case.dir.join("labels.npy"));
         let aligned = reformc_train::labels::aligned(&labels, case.spec.causal);
@@ -94,6 +45,12 @@ fn check(keep: &dyn Fn(&str) -> bool) -> usize {
         assert!(
             loss_err <= 1e-6,
             "{}: JIT loss {loss_g} vs interpreter {loss_w} (rel {loss_err:e})",
+            case.name
+        );
+        assert_eq!(
+            grads_g.len(),
+            grads_w.len(),
+            "{}: gradient count",
             case.name
         );
         let (err, name) = grad_error(&case.name, &grads_g, &grads_w);

@@ -1,0 +1,60 @@
+//! Shared by the training-step tests (`grad_hf`, `grad_jit`): the step graph
+//! of a fixture, splitting a step's outputs, and the gradient metric.
+
+use crate::common::Case;
+use ndarray::ArrayD;
+use reformc_ir::{DType, Graph};
+use reformc_passes::autodiff::{GRAD_PREFIX, LOSS};
+use reformc_passes::PassOptions;
+use reformc_tensor::Tensor;
+use std::collections::BTreeMap;
+
+/// The case's training-step graph in `dtype`, through `reformc grad`'s pipeline
+/// (recorded buckets replayed where HF hashed).
+pub fn step_graph(case: &Case, dtype: DType) -> Graph {
+    let mut g = case.graph(dtype, case.replay_source());
+    let opts = PassOptions {
+        seq_len: Some(case.seq_len() as u64),
+        ..Default::default()
+    };
+    reformc_train::grad::build_step(&mut g, &opts).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    g
+}
+
+/// The loss and the gradients by weight name of one step's outputs.
+pub fn split(out: &BTreeMap<String, Tensor>) -> (f64, BTreeMap<String, ArrayD<f64>>) {
+    let loss = out[LOSS].to_f64().iter().next().copied().unwrap();
+    let grads = out
+        .iter()
+        .filter_map(|(n, t)| Some((n.strip_prefix(GRAD_PREFIX)?.to_string(), t.to_f64())))
+        .collect();
+    (loss, grads)
+}
+
+/// Worst per-tensor error of `got` against `want` (issue 12's metric: max abs
+/// error relative to the tensor's max abs, floored at 1e-3 of the largest
+/// gradient), with the tensor's name; a NaN counts as infinite.
+pub fn grad_error(
+    case: &str,
+    got: &BTreeMap<String, ArrayD<f64>>,
+    want: &BTreeMap<String, ArrayD<f64>>,
+) -> (f64, String) {
+    let max_abs = |a: &ArrayD<f64>| a.iter().fold(0.0f64, |m, &x| m.max(x.abs()));
+    let largest = want.values().map(max_abs).fold(0.0f64, f64::max);
+    let mut worst = (0.0, String::new());
+    for (name, w) in want {
+        let g = got
+            .get(name)
+            .unwrap_or_else(|| panic!("{case}: no gradient for {name}"));
+        assert_eq!(g.shape(), w.shape(), "{case}: {name}");
+        let err = g
+            .iter()
+            .zip(w.iter())
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        let rel = err / max_abs(w).max(1e-3 * largest);
+        if rel.is_nan() || rel >= worst.0 {
+            worst = (if rel.is_nan() { f64::INFINITY } else { rel }, name.clone());
+        }
+    }
+    worst
+}
