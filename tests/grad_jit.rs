@@ -73,10 +73,76 @@ fn jit_step_matches_the_interpreter_on_lsh_and_local_fixtures() {
     assert_eq!(check(&|name| QUICK.contains(&name)), QUICK.len());
 }
 
-/// Every fixture: about 2-3 minutes each today, nearly all of it LLVM
-/// compiling the step graph's one large function (see NOTES-jit.md).
+/// The step graph of a two-layer model has over a thousand top-level ops:
+/// the backend generates it as segments, each op in a function of its own,
+/// and ops with the same code share one. No function may grow with the
+/// graph but the variant's own, which only calls the segments (one function
+/// of the whole step took LLVM minutes to compile).
 #[test]
-#[ignore = "slow: LLVM compiles each step graph for minutes; run with --ignored"]
+fn a_step_graph_compiles_as_small_shared_functions() {
+    let case = Case::load(
+        &fixtures()
+            .into_iter()
+            .find(|d| d.ends_with("causal_lsh_r1"))
+            .unwrap(),
+    );
+    let g = step_graph(&case, DType::F32);
+    let ops = g.body.len();
+    let ctx = reformc_backend_llvm::Context::create();
+    let variants = [reformc_backend_llvm::Variant {
+        name: "main".into(),
+        graph: g,
+    }];
+    let cm = reformc_backend_llvm::build_module(
+        &ctx,
+        &variants,
+        &Default::default(),
+        &reformc_backend_llvm::WeightsMode::Runtime,
+        None,
+    )
+    .expect("the step graph compiles");
+    let defined: Vec<_> = cm
+        .module
+        .get_functions()
+        .filter(|f| f.count_basic_blocks() > 0)
+        .collect();
+    let size = |f: &reformc_backend_llvm::FunctionValue| {
+        f.get_basic_block_iter()
+            .map(|b| b.get_instructions().count())
+            .sum::<usize>()
+    };
+    let is_variant =
+        |f: &reformc_backend_llvm::FunctionValue| f.get_name().to_bytes().ends_with(b"_main");
+    let variant = defined.iter().find(|f| is_variant(f)).map(size).unwrap();
+    let largest = defined
+        .iter()
+        .filter(|f| !is_variant(f))
+        .map(size)
+        .max()
+        .unwrap();
+    let outlined = defined
+        .iter()
+        .filter(|f| f.get_name().to_string_lossy().contains(".block%"))
+        .count();
+    assert!(ops > 1000, "the fixture's step has {ops} top-level ops");
+    assert!(
+        largest < 3000,
+        "largest outlined function: {largest} instructions for {ops} ops"
+    );
+    // The variant's own function only calls segments and moves their results.
+    assert!(
+        variant < 8 * ops,
+        "the variant's function: {variant} instructions for {ops} ops"
+    );
+    assert!(
+        outlined > 20 && outlined < ops / 2,
+        "{outlined} outlined functions for {ops} ops: expected shared per-op functions"
+    );
+}
+
+/// Every fixture: about 8 s each (compiling the step is most of it).
+#[test]
+#[ignore = "slow: 2-3 minutes for all fixtures; run with --ignored"]
 fn jit_step_matches_the_interpreter_on_every_hf_fixture() {
     assert!(check(&|_| true) >= 10);
 }

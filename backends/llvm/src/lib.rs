@@ -32,8 +32,11 @@ pub use reformc_passes::buffer_plan::{BufferPlan as MemoryPlan, FusionSummary, P
 /// Largest thread count the compiled runtime accepts (`--threads`).
 pub use reformc_runtime::pool::MAX_THREADS;
 
-use inkwell::context::Context;
+/// The LLVM context a [`build_module`] or [`JitModel`] lives in.
+pub use inkwell::context::Context;
 use inkwell::module::Module;
+/// A function of a [`CompiledModule`]'s module.
+pub use inkwell::values::FunctionValue;
 use reformc_ir::{Graph, TensorType};
 use std::collections::BTreeMap;
 

@@ -33,6 +33,7 @@ mod fused;
 mod layout;
 mod nn;
 mod outline;
+mod range;
 mod scalar;
 mod tensor;
 
@@ -134,6 +135,8 @@ struct Fs<'ctx, 'g> {
     fusion: Fusion,
     /// Linears that accumulate onto a reversible state half: (rows, stride).
     dest: HashMap<ValueId, (PointerValue<'ctx>, IntValue<'ctx>)>,
+    /// Generate each top-level leaf op in a function of its own (outline.rs).
+    outline_ops: bool,
 }
 
 /// Builds one LLVM module from graph variants.
@@ -756,8 +759,14 @@ impl<'ctx> Gen<'ctx> {
             .map(|(i, v)| (v, i))
             .collect();
         let fusion = Fusion::new(g);
+        let outlinable = g
+            .body
+            .iter()
+            .filter(|v| range::outlinable(g, &fusion, **v))
+            .count();
         let mut fs = Fs {
             g,
+            outline_ops: outlinable >= range::OUTLINE_OPS_FROM,
             live: Liveness::new(g, &fusion),
             fusion,
             dest: HashMap::new(),
@@ -777,8 +786,14 @@ impl<'ctx> Gen<'ctx> {
             .get_nth_param(2)
             .ok_or_else(|| BackendError::Internal("param".into()))?
             .into_pointer_value();
+        if fs.outline_ops {
+            self.glue(f);
+        }
         self.bind_inputs(&mut fs, inputs)?;
-        self.run_block(&mut fs, None, &g.body)?;
+        match fs.outline_ops {
+            true => self.run_segments(&mut fs, &g.body)?,
+            false => self.run_block(&mut fs, None, &g.body)?,
+        }
         self.write_outputs(&mut fs, outputs)?;
         self.b.build_store(errp, self.i32c(0))?;
         self.b.build_unconditional_branch(cleanup)?;
@@ -1114,7 +1129,20 @@ impl<'ctx> Gen<'ctx> {
     // --------------------------------------------------------------- blocks
 
     fn run_block(&self, fs: &mut Fs<'ctx, '_>, key: BlockKey, body: &[ValueId]) -> Result<()> {
-        for (i, &v) in body.iter().enumerate() {
+        self.run_ops(fs, key, body, 0)
+    }
+
+    /// Generates `ops`, ops `base..` of block `key`, freeing each value after
+    /// its last use.
+    fn run_ops(
+        &self,
+        fs: &mut Fs<'ctx, '_>,
+        key: BlockKey,
+        ops: &[ValueId],
+        base: usize,
+    ) -> Result<()> {
+        for (j, &v) in ops.iter().enumerate() {
+            let i = base + j;
             let node = fs.g.node(v);
             // Leaf ops only: a region op's time is its body's.
             let timed = self.profile
@@ -1128,7 +1156,10 @@ impl<'ctx> Gen<'ctx> {
                 true => self.call("rc_prof_now", &[])?,
                 false => None,
             };
-            self.op(fs, v)?;
+            match key.is_none() && fs.outline_ops && range::outlinable(fs.g, &fs.fusion, v) {
+                true => self.outlined_range(fs, &[v], i, false)?,
+                false => self.op(fs, v)?,
+            }
             if let Some(t0) = t0 {
                 let n = fs.numbering.get(&v).copied().unwrap_or(usize::MAX);
                 let label = self.cstr(&format!("{} %{n}", node.op.kind.name()));

@@ -39,7 +39,7 @@ pub(super) struct Outlines<'ctx> {
 
 /// The strings an outlined body uses, in first-use order: loaded (in the
 /// entry block) from the array its last parameter points to.
-struct StrTable<'ctx> {
+pub(super) struct StrTable<'ctx> {
     param: PointerValue<'ctx>,
     entry: Builder<'ctx>,
     strs: Vec<String>,
@@ -52,9 +52,9 @@ const TEMP_NAME: &str = "__reformc_outlined";
 /// The caller's run-time values an outlined body reads, deduplicated, in
 /// parameter order.
 #[derive(Default)]
-struct Params<'ctx> {
-    args: Vec<BasicValueEnum<'ctx>>,
-    index: HashMap<usize, usize>,
+pub(super) struct Params<'ctx> {
+    pub(super) args: Vec<BasicValueEnum<'ctx>>,
+    pub(super) index: HashMap<usize, usize>,
 }
 
 impl<'ctx> Params<'ctx> {
@@ -62,7 +62,7 @@ impl<'ctx> Params<'ctx> {
         v.as_value_ref() as usize
     }
 
-    fn add(&mut self, v: BasicValueEnum<'ctx>) {
+    pub(super) fn add(&mut self, v: BasicValueEnum<'ctx>) {
         let constant = match v {
             BasicValueEnum::IntValue(i) => i.is_const(),
             BasicValueEnum::PointerValue(p) => p.is_const(),
@@ -74,7 +74,7 @@ impl<'ctx> Params<'ctx> {
         }
     }
 
-    fn add_buf(&mut self, b: &Buf<'ctx>) {
+    pub(super) fn add_buf(&mut self, b: &Buf<'ctx>) {
         self.add(b.ptr.into());
         b.dims.iter().for_each(|d| self.add((*d).into()));
         b.ld.into_iter().for_each(|d| self.add(d.into()));
@@ -83,9 +83,9 @@ impl<'ctx> Params<'ctx> {
 }
 
 /// Maps the caller's values to the outlined function's parameters.
-struct Remap<'ctx> {
-    index: HashMap<usize, usize>,
-    params: Vec<BasicValueEnum<'ctx>>,
+pub(super) struct Remap<'ctx> {
+    pub(super) index: HashMap<usize, usize>,
+    pub(super) params: Vec<BasicValueEnum<'ctx>>,
 }
 
 impl<'ctx> Remap<'ctx> {
@@ -96,15 +96,15 @@ impl<'ctx> Remap<'ctx> {
         }
     }
 
-    fn int(&self, v: IntValue<'ctx>) -> IntValue<'ctx> {
+    pub(super) fn int(&self, v: IntValue<'ctx>) -> IntValue<'ctx> {
         self.get(v.into()).into_int_value()
     }
 
-    fn ptr(&self, v: PointerValue<'ctx>) -> PointerValue<'ctx> {
+    pub(super) fn ptr(&self, v: PointerValue<'ctx>) -> PointerValue<'ctx> {
         self.get(v.into()).into_pointer_value()
     }
 
-    fn buf(&self, b: &Buf<'ctx>) -> Buf<'ctx> {
+    pub(super) fn buf(&self, b: &Buf<'ctx>) -> Buf<'ctx> {
         Buf {
             ptr: self.ptr(b.ptr),
             dims: b.dims.iter().map(|d| self.int(*d)).collect(),
@@ -116,17 +116,17 @@ impl<'ctx> Remap<'ctx> {
 }
 
 /// The per-function part of [`Fs`], swapped out while an outlined body is generated.
-struct FnState<'ctx> {
+pub(super) struct FnState<'ctx> {
     entry_b: Builder<'ctx>,
     exit: Exit<'ctx>,
     slots: Vec<PointerValue<'ctx>>,
-    syms: HashMap<String, IntValue<'ctx>>,
-    vals: HashMap<ValueId, Buf<'ctx>>,
+    pub(super) syms: HashMap<String, IntValue<'ctx>>,
+    pub(super) vals: HashMap<ValueId, Buf<'ctx>>,
     dest: HashMap<ValueId, (PointerValue<'ctx>, IntValue<'ctx>)>,
 }
 
 impl<'ctx> FnState<'ctx> {
-    fn swap(&mut self, fs: &mut Fs<'ctx, '_>) {
+    pub(super) fn swap(&mut self, fs: &mut Fs<'ctx, '_>) {
         std::mem::swap(&mut self.entry_b, &mut fs.entry_b);
         std::mem::swap(&mut self.exit, &mut fs.exit);
         std::mem::swap(&mut self.slots, &mut fs.slots);
@@ -158,7 +158,8 @@ fn fingerprint(f: FunctionValue<'_>) -> String {
             local.insert(i.as_value_ref(), n);
         }
     }
-    let mut out = String::new();
+    // The signature too: a parameter the body never reads shows nowhere else.
+    let mut out = f.get_type().print_to_string().to_string();
     for b in &blocks {
         out.push('|');
         for i in b.get_instructions() {
@@ -297,7 +298,7 @@ impl<'ctx> Gen<'ctx> {
             .b
             .get_insert_block()
             .ok_or_else(|| BackendError::Internal("builder is not positioned".into()))?;
-        let f = self.outlined_fn(&p.args)?;
+        let f = self.outlined_fn(&p.args, 0)?;
         let mut params: Vec<BasicValueEnum<'ctx>> = f.get_param_iter().collect();
         let table = params
             .pop()
@@ -318,9 +319,7 @@ impl<'ctx> Gen<'ctx> {
         st.swap(fs);
         let r = body(self, fs, inner_bufs, inner_ints).and_then(|()| self.close_body(fs, start));
         st.swap(fs);
-        let strs = std::mem::replace(&mut self.outline.borrow_mut().table, outer_table)
-            .map(|t| t.strs)
-            .unwrap_or_default();
+        let strs = self.close_table(outer_table);
         r?;
         let f = self.dedupe(f, fs, v, caller)?;
         self.b.position_at_end(caller);
@@ -342,10 +341,15 @@ impl<'ctx> Gen<'ctx> {
 
     /// Declares `TEMP_NAME(args..., strings) -> i32`, internal and
     /// `noinline` (the inliner would otherwise merge it back into its caller).
-    fn outlined_fn(&self, args: &[BasicValueEnum<'ctx>]) -> Result<FunctionValue<'ctx>> {
+    /// `extra_ptrs` pointer parameters follow `args` (a segment's frame).
+    pub(super) fn outlined_fn(
+        &self,
+        args: &[BasicValueEnum<'ctx>],
+        extra_ptrs: usize,
+    ) -> Result<FunctionValue<'ctx>> {
         let mut tys: Vec<BasicMetadataTypeEnum> =
             args.iter().map(|a| a.get_type().into()).collect();
-        tys.push(self.t.ptr.into());
+        tys.extend((0..=extra_ptrs).map(|_| BasicMetadataTypeEnum::from(self.t.ptr)));
         let f = self.define(
             TEMP_NAME,
             self.t.i32.fn_type(&tys, false),
@@ -361,7 +365,7 @@ impl<'ctx> Gen<'ctx> {
 
     /// Starts collecting the strings of `f`'s body; returns the table of an
     /// enclosing outlined body, to be put back when this one is done.
-    fn open_table(
+    pub(super) fn open_table(
         &self,
         f: FunctionValue<'ctx>,
         param: PointerValue<'ctx>,
@@ -378,6 +382,14 @@ impl<'ctx> Gen<'ctx> {
             loaded: HashMap::new(),
         };
         Ok(self.outline.borrow_mut().table.replace(table))
+    }
+
+    /// Ends the string table of a body, putting back `outer` (what
+    /// [`Self::open_table`] returned); returns the body's strings.
+    pub(super) fn close_table(&self, outer: Option<StrTable<'ctx>>) -> Vec<String> {
+        std::mem::replace(&mut self.outline.borrow_mut().table, outer)
+            .map(|t| t.strs)
+            .unwrap_or_default()
     }
 
     /// `s` loaded from the string table of the outlined body being generated
@@ -400,7 +412,7 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// Where `strs` will be in the string array (NULL when empty).
-    fn str_array(&self, strs: &[String]) -> PointerValue<'ctx> {
+    pub(super) fn str_array(&self, strs: &[String]) -> PointerValue<'ctx> {
         if strs.is_empty() {
             return self.null();
         }
@@ -445,7 +457,7 @@ impl<'ctx> Gen<'ctx> {
 
     /// `f`, named `<caller>.block%<n>`, or the earlier outlined function with
     /// the same code (then `f` is deleted).
-    fn dedupe(
+    pub(super) fn dedupe(
         &self,
         f: FunctionValue<'ctx>,
         fs: &Fs<'ctx, '_>,
@@ -473,7 +485,10 @@ impl<'ctx> Gen<'ctx> {
 
     /// The entry (allocas, error code), cleanup and body blocks of `f`, as in
     /// [`Self::variant`]; the builder is left in the body.
-    fn open_body(&self, f: FunctionValue<'ctx>) -> Result<(FnState<'ctx>, BasicBlock<'ctx>)> {
+    pub(super) fn open_body(
+        &self,
+        f: FunctionValue<'ctx>,
+    ) -> Result<(FnState<'ctx>, BasicBlock<'ctx>)> {
         let entry = f
             .get_first_basic_block()
             .ok_or_else(|| BackendError::Internal("entry".into()))?;
@@ -497,7 +512,7 @@ impl<'ctx> Gen<'ctx> {
 
     /// Ends the outlined function: success returns 0; the cleanup block frees
     /// whatever its slots still hold (everything on a failure).
-    fn close_body(&self, fs: &mut Fs<'ctx, '_>, start: BasicBlock<'ctx>) -> Result<()> {
+    pub(super) fn close_body(&self, fs: &mut Fs<'ctx, '_>, start: BasicBlock<'ctx>) -> Result<()> {
         let Exit { err, cleanup } = fs.exit;
         self.b.build_store(err, self.i32c(0))?;
         self.b.build_unconditional_branch(cleanup)?;
