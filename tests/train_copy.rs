@@ -155,6 +155,18 @@ fn reformc(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (i32, String, String) {
 
 /// `reformc train` with Adam on the copy task; returns the loss of each progress line.
 fn train(config: &Path, data: &Path, out: &Path, steps: u64, from: Option<&Path>) -> Vec<f64> {
+    train_with(config, data, out, steps, from, &[])
+}
+
+/// [`train`] with `extra` flags.
+fn train_with(
+    config: &Path,
+    data: &Path,
+    out: &Path,
+    steps: u64,
+    from: Option<&Path>,
+    extra: &[&str],
+) -> Vec<f64> {
     let steps = steps.to_string();
     let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
         &"train",
@@ -190,6 +202,7 @@ fn train(config: &Path, data: &Path, out: &Path, steps: u64, from: Option<&Path>
             args.push(&init);
         }
     }
+    args.extend(extra.iter().map(|x| x as &dyn AsRef<std::ffi::OsStr>));
     let (code, stdout, stderr) = reformc(&args);
     assert_eq!(code, 0, "{stderr}");
     stdout
@@ -267,4 +280,30 @@ fn resume_reproduces_the_uninterrupted_run() {
         std::fs::read(&part).unwrap(),
         "checkpoints"
     );
+}
+
+#[test]
+fn the_compiled_step_trains_like_the_interpreter() {
+    // The default engine (the step compiled once by the LLVM JIT, weights
+    // rebound each step) against `--interp`, step by step: f32 sums in
+    // different orders, so close, not equal.
+    let s = Scratch::new("engines");
+    let (config, _) = tiny_model(&s);
+    let data = copy_task(&s);
+    let jit = train(&config, &data, &s.path("jit.safetensors"), 8, None);
+    let interp = train_with(
+        &config,
+        &data,
+        &s.path("interp.safetensors"),
+        8,
+        None,
+        &["--interp"],
+    );
+    assert_eq!(jit.len(), interp.len());
+    for (step, (a, b)) in jit.iter().zip(&interp).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-4 * b.abs(),
+            "step {step}: JIT loss {a} vs interpreter {b}"
+        );
+    }
 }

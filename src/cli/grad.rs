@@ -2,8 +2,8 @@
 //!
 //! The forward graph goes through the usual passes, then `lower-model`
 //! (model ops as tensor ops) and `autodiff` (the loss and reverse mode,
-//! reversible blocks recomputed); the step graph runs on the reference
-//! interpreter.
+//! reversible blocks recomputed); the step graph runs on the LLVM JIT (f32)
+//! or the reference interpreter (`--interp`, and every f64 step).
 
 use super::error::{CliError, CliResult};
 use super::feed::{self, FeedArgs};
@@ -53,13 +53,11 @@ pub struct GradArgs {
     /// Seed of the counter-based generator drawing LSH rotations when no file is given.
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
-    /// Run the step on the reference interpreter (the default; accepted for
-    /// symmetry with `run`).
+    /// Run the step on the reference interpreter instead of the LLVM JIT
+    /// (f64 steps always run there).
     #[arg(long, conflicts_with = "backend")]
     pub interp: bool,
-    /// `llvm`: run the step on the LLVM JIT instead of the interpreter. It
-    /// matches the interpreter, but compiling the step graph (one function)
-    /// takes minutes today, so the interpreter is the default.
+    /// `llvm` (the default for f32): the step compiled by the LLVM JIT.
     #[arg(long, value_parser = ["llvm"])]
     pub backend: Option<String>,
     /// Arithmetic precision; the gradients are written in this dtype.
@@ -112,7 +110,7 @@ pub fn run(args: &GradArgs) -> CliResult<()> {
     passes.train = true;
     passes.optimize(&mut feed.lowered.graph, spec, seq_len)?;
     let (out, engine) = super::run::run_engine(
-        (args.backend.is_none(), false),
+        (args.interp, false),
         &feed.lowered.graph,
         &feed.inputs,
         &feed.weights,

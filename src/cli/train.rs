@@ -66,6 +66,13 @@ pub struct TrainArgs {
     /// Add `lm_head.bias` to the logits (HF 4.x behaviour; HF 5.x ignores it).
     #[arg(long)]
     pub lm_head_bias: bool,
+    /// Run the steps on the reference interpreter instead of compiling the
+    /// step once with the LLVM JIT (the default).
+    #[arg(long)]
+    pub interp: bool,
+    /// Worker threads of the compiled step (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 /// Runs the command.
@@ -105,8 +112,22 @@ pub fn run(args: &TrainArgs) -> CliResult<()> {
     };
     // Every refusal comes before the engine is built (which may take a while).
     check_start(&opts, &state, &data).map_err(|e| CliError::input(e.to_string()))?;
+    let ctx = reformc_backend_llvm::Context::create();
     let mut engine = ModelStep::new(spec, args.seq_len, args.batch, seed)
         .map_err(|e| CliError::internal(format!("cannot build the training step: {e}")))?;
+    if !args.interp {
+        if args.threads > 0 {
+            reformc_backend_llvm::set_threads(args.threads)
+                .map_err(|e| CliError::input(format!("--threads {}: {e}", args.threads)))?;
+        }
+        let t = engine
+            .compile(&ctx, &state.weights)
+            .map_err(|e| CliError::internal(format!("cannot compile the training step: {e}")))?;
+        println!(
+            "reformc: training step compiled by the LLVM JIT in {:.1} s",
+            t.as_secs_f64()
+        );
+    }
     let mut log = std::io::stdout();
     let summary =
         train(&opts, &mut state, &data, &mut engine, &model_id, &mut log).map_err(|e| match e {

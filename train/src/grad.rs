@@ -1,10 +1,12 @@
 //! The gradient engine behind `reformc train`: the model's training-step
-//! graph (forward, loss, reverse mode with reversible recomputation) run on
-//! the reference interpreter.
+//! graph (forward, loss, reverse mode with reversible recomputation), run on
+//! the reference interpreter or compiled once by the LLVM JIT, with the
+//! updated weights rebound before each step.
 
 use crate::labels::aligned;
 use crate::step::StepFn;
 use ndarray::{ArrayD, IxDyn};
+use reformc_backend_llvm::{Context, JitModel};
 use reformc_frontend::lower::{lower, LowerOptions, LshSource};
 use reformc_frontend::spec::ModelSpec;
 use reformc_ir::{DType, Graph};
@@ -12,6 +14,7 @@ use reformc_passes::autodiff::{GRAD_PREFIX, LABELS, LOSS};
 use reformc_passes::{Instrumentation, PassManager, PassOptions, Pipeline};
 use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// The passes of a training step after the default pipeline, in order.
 pub const TRAIN_PASSES: &[&str] = &["lower-model", "autodiff"];
@@ -54,19 +57,43 @@ pub fn build_step(graph: &mut Graph, opts: &PassOptions) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// What runs a [`ModelStep`].
+enum Engine<'ctx> {
+    /// The reference interpreter (`reformc_interp`).
+    Interp,
+    /// The step compiled by the LLVM JIT.
+    Jit(Box<JitModel<'ctx>>),
+}
+
 /// One training step of a model: forward, loss and backward.
-#[derive(Debug)]
-pub struct ModelStep {
+pub struct ModelStep<'ctx> {
     graph: Graph,
     causal: bool,
     seed: u64,
     shape: [usize; 2],
+    engine: Engine<'ctx>,
 }
 
-impl ModelStep {
+impl std::fmt::Debug for ModelStep<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelStep")
+            .field("ops", &self.graph.body.len())
+            .field("shape", &self.shape)
+            .field("engine", &self.engine_name())
+            .finish()
+    }
+}
+
+impl<'ctx> ModelStep<'ctx> {
     /// Prepares the step of `spec` for batches `[batch, seq_len]` in f32,
-    /// hashing with seeds derived from (`seed`, step).
-    pub fn new(spec: &ModelSpec, seq_len: u64, batch: u64, seed: u64) -> Result<ModelStep, String> {
+    /// hashing with seeds derived from (`seed`, step); it runs on the
+    /// interpreter until [`ModelStep::compile`].
+    pub fn new(
+        spec: &ModelSpec,
+        seq_len: u64,
+        batch: u64,
+        seed: u64,
+    ) -> Result<ModelStep<'ctx>, String> {
         let opts = LowerOptions {
             dtype: DType::F32,
             lsh_source: LshSource::Seeded,
@@ -86,7 +113,30 @@ impl ModelStep {
             causal: spec.causal,
             seed,
             shape: [batch as usize, seq_len as usize],
+            engine: Engine::Interp,
         })
+    }
+
+    /// Compiles the step with the LLVM JIT in `ctx` (weights of the model's
+    /// names and shapes are needed to bind; each step rebinds its own) and
+    /// runs every later step on it; returns the compile time.
+    pub fn compile(
+        &mut self,
+        ctx: &'ctx Context,
+        weights: &BTreeMap<String, Tensor>,
+    ) -> Result<Duration, String> {
+        let jit = JitModel::new(ctx, &self.graph, weights).map_err(|e| e.to_string())?;
+        let t = jit.compile_time;
+        self.engine = Engine::Jit(Box::new(jit));
+        Ok(t)
+    }
+
+    /// `interpreter` or `LLVM JIT`.
+    pub fn engine_name(&self) -> &'static str {
+        match self.engine {
+            Engine::Interp => "interpreter",
+            Engine::Jit(_) => "LLVM JIT",
+        }
     }
 
     /// The training-step graph this engine runs.
@@ -110,7 +160,7 @@ pub fn step_seed(seed: u64, step: u64) -> i64 {
     ((z ^ (z >> 31)) >> 1) as i64
 }
 
-impl StepFn for ModelStep {
+impl StepFn for ModelStep<'_> {
     fn step(
         &mut self,
         weights: &BTreeMap<String, Tensor>,
@@ -139,8 +189,15 @@ impl StepFn for ModelStep {
             "seed".to_string(),
             Tensor::I64(ArrayD::from_elem(IxDyn(&[]), seed)),
         );
-        let mut out =
-            reformc_interp::run(&self.graph, &inputs, weights).map_err(|e| e.to_string())?;
+        let mut out = match &mut self.engine {
+            Engine::Interp => {
+                reformc_interp::run(&self.graph, &inputs, weights).map_err(|e| e.to_string())
+            }
+            Engine::Jit(jit) => jit
+                .set_weights(weights)
+                .and_then(|()| jit.run(&inputs))
+                .map_err(|e| e.to_string()),
+        }?;
         let loss = out
             .remove(LOSS)
             .ok_or("the step graph has no loss")?

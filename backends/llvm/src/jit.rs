@@ -68,8 +68,11 @@ pub struct JitModel<'ctx> {
     run_fn: JitFunction<'ctx, RunFn>,
     inputs: Vec<(String, TensorType)>,
     outputs: Vec<(String, TensorType)>,
+    set_weights_fn: JitFunction<'ctx, SetWeightsFn>,
+    /// The compiled weights by name and type, in binding order.
+    weight_table: Vec<(String, TensorType)>,
     /// Weight data, kept alive while the model may run.
-    _weights: Vec<Vec<f32>>,
+    weights: Vec<Vec<f32>>,
     /// The model's JSON signature.
     pub signature: String,
     /// Time to generate, optimise and JIT-compile the module.
@@ -98,34 +101,6 @@ impl<'ctx> JitModel<'ctx> {
         let cm = build_module(ctx, &variants, opts, &WeightsMode::Runtime, None)?;
         let tm = target::machine(&opts.target)?;
         target::optimize(&cm.module, &tm)?;
-        let mut data: Vec<Vec<f32>> = Vec::new();
-        for (name, ty) in &cm.weights {
-            let t = weights
-                .get(name)
-                .ok_or_else(|| BackendError::Input(format!("no weight named `{name}`")))?;
-            let want: Vec<usize> = ty
-                .shape
-                .iter()
-                .map(|d| d.as_const().unwrap_or(0) as usize)
-                .collect();
-            if t.shape() != want.as_slice() {
-                return Err(BackendError::Input(format!(
-                    "weight `{name}`: expected shape {want:?}, found {:?}",
-                    t.shape()
-                )));
-            }
-            let v: Vec<f32> = match t {
-                Tensor::F32(a) => a.iter().copied().collect(),
-                Tensor::F64(a) => a.iter().map(|&x| x as f32).collect(),
-                other => {
-                    return Err(BackendError::Input(format!(
-                        "weight `{name}` is {}, expected a float tensor",
-                        other.dtype()
-                    )))
-                }
-            };
-            data.push(v);
-        }
         let ee = cm
             .module
             .create_jit_execution_engine(OptimizationLevel::Aggressive)
@@ -158,16 +133,6 @@ impl<'ctx> JitModel<'ctx> {
                     .map_err(|e| BackendError::Llvm(format!("reformc_model_set_weights: {e}")))?,
             )
         };
-        let ptrs: Vec<*const c_void> = data.iter().map(|v| v.as_ptr() as *const c_void).collect();
-        // SAFETY: `ptrs` holds one f32 array per weight in table order; the
-        // arrays live in `data`, which the model keeps as long as it can run.
-        let rc = unsafe { set_w.call(ptrs.as_ptr(), ptrs.len() as i64) };
-        if rc != 0 {
-            return Err(BackendError::Run {
-                code: rc,
-                message: last_error(),
-            });
-        }
         let inputs = graph
             .inputs()
             .into_iter()
@@ -178,15 +143,42 @@ impl<'ctx> JitModel<'ctx> {
             .iter()
             .map(|(n, id)| (n.clone(), graph.ty(*id).clone()))
             .collect();
-        Ok(JitModel {
+        let mut model = JitModel {
             ee,
             run_fn,
+            set_weights_fn: set_w,
+            weight_table: cm.weights,
             inputs,
             outputs,
-            _weights: data,
+            weights: Vec::new(),
             signature: cm.signature,
             compile_time: t0.elapsed(),
-        })
+        };
+        model.set_weights(weights)?;
+        Ok(model)
+    }
+
+    /// Binds new weight values (by name, float tensors of the compiled
+    /// shapes; f64 rounded to f32): a training loop compiles its step once
+    /// and rebinds the updated weights before each run.
+    pub fn set_weights(&mut self, weights: &Tensors) -> Result<()> {
+        let mut data: Vec<Vec<f32>> = Vec::with_capacity(self.weight_table.len());
+        for (name, ty) in &self.weight_table {
+            data.push(weight_data(name, ty, weights)?);
+        }
+        let ptrs: Vec<*const c_void> = data.iter().map(|v| v.as_ptr() as *const c_void).collect();
+        // SAFETY: `ptrs` holds one f32 array per weight in table order; the
+        // arrays move into `self.weights` below (a Vec's heap buffer does not
+        // move with it), which the model keeps until the next binding.
+        let rc = unsafe { self.set_weights_fn.call(ptrs.as_ptr(), ptrs.len() as i64) };
+        self.weights = data;
+        if rc != 0 {
+            return Err(BackendError::Run {
+                code: rc,
+                message: last_error(),
+            });
+        }
+        Ok(())
     }
 
     /// The underlying execution engine.
@@ -239,6 +231,32 @@ impl<'ctx> JitModel<'ctx> {
             result.insert(name.clone(), t?);
         }
         Ok(result)
+    }
+}
+
+/// The f32 data of weight `name`, checked against its compiled type.
+fn weight_data(name: &str, ty: &TensorType, weights: &Tensors) -> Result<Vec<f32>> {
+    let t = weights
+        .get(name)
+        .ok_or_else(|| BackendError::Input(format!("no weight named `{name}`")))?;
+    let want: Vec<usize> = ty
+        .shape
+        .iter()
+        .map(|d| d.as_const().unwrap_or(0) as usize)
+        .collect();
+    if t.shape() != want.as_slice() {
+        return Err(BackendError::Input(format!(
+            "weight `{name}`: expected shape {want:?}, found {:?}",
+            t.shape()
+        )));
+    }
+    match t {
+        Tensor::F32(a) => Ok(a.iter().copied().collect()),
+        Tensor::F64(a) => Ok(a.iter().map(|&x| x as f32).collect()),
+        other => Err(BackendError::Input(format!(
+            "weight `{name}` is {}, expected a float tensor",
+            other.dtype()
+        ))),
     }
 }
 
