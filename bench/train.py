@@ -6,9 +6,10 @@ vocab 320, batch 1, num_buckets automatic, dropout 0; 2 and 12 layers; random HF
   - hf: transformers 5.23.0 eager, model.train(), loss = mean cross-entropy (shifted), backward()
     through HF's reversible layers; the step time is the median of `--steps` steps after one warm-up
     step, inside one process; peak RSS is that process's (/usr/bin/time %M).
-  - reformc: `reformc grad` (frontend, default passes, lower-model, autodiff, then the engine:
-    the LLVM JIT when it supports the step graph, the interpreter otherwise - the engine is
-    printed); the time is the whole process (parsing, passes, weights, one step), peak RSS the
+  - reformc: `reformc train` on the same ids (as a 1-D token stream of exactly one window, Adam), the
+    step compiled once by the LLVM JIT; the step time is the median over `--steps` steps of L / the
+    progress line's tokens/s (forward + loss + backward with reversible recomputation + the Adam
+    update); the process time includes parsing, passes and the JIT compile, and peak RSS is the
     process's.
 Each measurement is its own process; the systems alternate within each repeat; medians reported.
 torch runs with set_num_threads = --threads.
@@ -16,6 +17,7 @@ torch runs with set_num_threads = --threads.
 Usage: /work/hfvenv/bin/python bench/train.py [--lengths 1024,4096] [--layers 2,12] [--repeats 3]
        [--threads 2] [--reformc target/release/reformc]
 Writes bench/out/train_* and prints a markdown table (copy it into bench/train_results.md).
+The 1-D token stream has exactly L tokens, so every step trains on the same window as HF's.
 """
 import argparse
 import json
@@ -61,6 +63,10 @@ def make_model(layers, length):
         m = ReformerModelWithLMHead(ReformerConfig(**c))
         save_file({k: v.contiguous() for k, v in m.state_dict().items()}, w)
         np.save(ids, np.random.default_rng(0).integers(0, 320, (1, length)).astype(np.int64))
+    tokens = os.path.join(d, "tokens.npy")
+    if not os.path.exists(tokens):
+        import numpy as np
+        np.save(tokens, np.load(ids).reshape(-1))
     return d
 
 
@@ -109,8 +115,8 @@ def main():
     a = ap.parse_args()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     print(f"machine: {cpu}, {os.cpu_count()} cores; threads {a.threads}; reformc {a.reformc}\n")
-    print("| layers | L | HF step (s) | HF peak (MiB) | reformc grad process (s) | reformc peak (MiB) | engine | reformc/HF time | reformc/HF peak |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| layers | L | HF step (s) | HF peak (MiB) | reformc step (s) | reformc peak (MiB) | reformc process (JIT compile) (s) | engine | speed-up (HF/reformc step) | reformc/HF peak |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for length in map(int, a.lengths.split(",")):
         for layers in map(int, a.layers.split(",")):
             d = make_model(layers, length)
@@ -119,14 +125,19 @@ def main():
             for _ in range(a.repeats):
                 _, rss, out = timed([sys.executable, "-c", HF_STEP, d, str(a.steps), str(a.threads)])
                 hf.append((float(re.search(r"STEP ([0-9.e-]+)", out).group(1)), rss))
-                wall, rss, out = timed([a.reformc, "grad", d + "/config.json", "--weights", d + "/model.safetensors",
-                                        "--input", d + "/ids.npy", "--output", d + "/grads.safetensors", "-q"])
-                engine = re.search(r"gradients to \S+ \(([^)]*)\)", out).group(1)
-                rc.append((wall, rss))
+                wall, rss, out = timed([a.reformc, "train", d + "/config.json", "--weights", d + "/model.safetensors",
+                                        "--data", d + "/tokens.npy", "--steps", str(a.steps), "--seq-len", str(length),
+                                        "--out", d + "/ckpt.safetensors", "--threads", str(a.threads)])
+                rates = [float(x) for x in re.findall(r"tokens/s (\d+)", out)]
+                engine = "LLVM JIT" if "LLVM JIT" in out else "interpreter"
+                compile_s = float(re.search(r"in ([0-9.]+) s", out).group(1)) if "compiled" in out else 0.0
+                rc.append((statistics.median(length / r for r in rates), rss, wall, compile_s))
             ht, hm = statistics.median(t for t, _ in hf), statistics.median(m for _, m in hf)
-            rt, rm = statistics.median(t for t, _ in rc), statistics.median(m for _, m in rc)
-            print(f"| {layers} | {length} | {ht:.2f} | {hm:.0f} | {rt:.2f} | {rm:.0f} | {engine} | {rt / ht:.1f}x | {rm / hm:.2f}x |")
-
+            rt = statistics.median(x[0] for x in rc)
+            rm = statistics.median(x[1] for x in rc)
+            rw = statistics.median(x[2] for x in rc)
+            rcomp = statistics.median(x[3] for x in rc)
+            print(f"| {layers} | {length} | {ht:.2f} | {hm:.0f} | {rt:.2f} | {rm:.0f} | {rw:.1f} ({rcomp:.1f}) | {engine} | {ht / rt:.2f}x | {rm / hm:.2f}x |", flush=True)
 
 if __name__ == "__main__":
     main()

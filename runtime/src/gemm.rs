@@ -497,6 +497,20 @@ pub(crate) fn gemm_rows(
     y: &mut [f32],
     epi: Epilogue,
 ) -> Result<()> {
+    gemm_rows_lda(kern, rows, x, b.k, b, y, epi)
+}
+
+/// [`gemm_rows`] with the rows of `x` `lda` elements apart (`lda >= k`):
+/// a block of columns of a wider matrix.
+pub(crate) fn gemm_rows_lda(
+    kern: &Kernel,
+    rows: usize,
+    x: &[f32],
+    lda: usize,
+    b: &PackedB,
+    y: &mut [f32],
+    epi: Epilogue,
+) -> Result<()> {
     let (k, n) = (b.k, b.n);
     if rows == 0 {
         return Ok(());
@@ -511,8 +525,8 @@ pub(crate) fn gemm_rows(
         gemm(
             kern,
             n_rows,
-            &x[r0 * k..(r0 + n_rows) * k],
-            k,
+            &x[r0 * lda..(r0 + n_rows - 1) * lda + k],
+            lda,
             b,
             yt,
             n,

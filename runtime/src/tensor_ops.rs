@@ -6,7 +6,7 @@
 //! with the interpreter's arithmetic (`interp/src/tensor_ops.rs`).
 
 use crate::error::{invalid, Error, Result};
-use crate::gemm::{check_len, gemm_rows, kernel, Epilogue, PackedB};
+use crate::gemm::{check_len, gemm_rows, gemm_rows_lda, kernel, Epilogue, PackedB};
 use crate::pool::{par_for, SharedMut};
 
 /// A reduction of `reduce {kind}`: the IR's enum, whose discriminants are
@@ -276,13 +276,51 @@ pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, y: &mut [f32])
         return Ok(());
     }
     let kern = kernel();
-    let packed = PackedB::from_kn(b, k, n, n, kern.nr)?;
-    gemm_rows(kern, m, a, &packed, y, Epilogue::STORE)
+    if k <= 2 * MATMUL_KC {
+        let packed = PackedB::from_kn(b, k, n, n, kern.nr)?;
+        return gemm_rows(kern, m, a, &packed, y, Epilogue::STORE);
+    }
+    // A long sum (a weight gradient sums over every position) in blocks of
+    // MATMUL_KC: each block's packed B stays in cache while every row of A
+    // passes over it, instead of all of B streaming from memory per row tile.
+    for (i, k0) in (0..k).step_by(MATMUL_KC).enumerate() {
+        let kc = MATMUL_KC.min(k - k0);
+        let packed = PackedB::from_kn(&b[k0 * n..(k0 + kc) * n], kc, n, n, kern.nr)?;
+        let epi = match i {
+            0 => Epilogue::STORE,
+            _ => Epilogue::ACCUMULATE,
+        };
+        gemm_rows_lda(kern, m, &a[k0..], k, &packed, y, epi)?;
+    }
+    Ok(())
 }
+
+/// The block of the summed dimension in [`matmul`] when it is long: 256
+/// rows of a B 512 wide are 512 KiB packed.
+const MATMUL_KC: usize = 256;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_sum_in_blocks_matches_the_plain_product() {
+        // k spans three blocks (the last one partial), m and n not multiples of a tile.
+        let (m, k, n) = (13, 2 * MATMUL_KC + 77, 21);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 23) as f32 - 11.0) / 8.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 19) as f32 - 9.0) / 4.0).collect();
+        let mut y = vec![0.0f32; m * n];
+        matmul(&a, &b, m, k, n, &mut y).unwrap();
+        for i in 0..m {
+            for j in 0..n {
+                let want: f64 = (0..k)
+                    .map(|t| f64::from(a[i * k + t]) * f64::from(b[t * n + j]))
+                    .sum();
+                let got = f64::from(y[i * n + j]);
+                assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "[{i},{j}] {got} vs {want}");
+            }
+        }
+    }
 
     #[test]
     fn reductions_along_a_middle_axis() {

@@ -60,6 +60,10 @@ pub struct GradArgs {
     /// `llvm` (the default for f32): the step compiled by the LLVM JIT.
     #[arg(long, value_parser = ["llvm"])]
     pub backend: Option<String>,
+    /// Time every op of the compiled step and print a table (stderr) by op
+    /// kind and by op, as `run --profile` does.
+    #[arg(long)]
+    pub profile: bool,
     /// Arithmetic precision; the gradients are written in this dtype.
     #[arg(long, value_parser = ["f32", "f64"], default_value = "f32")]
     pub precision: String,
@@ -110,7 +114,7 @@ pub fn run(args: &GradArgs) -> CliResult<()> {
     passes.train = true;
     passes.optimize(&mut feed.lowered.graph, spec, seq_len)?;
     let (out, engine) = super::run::run_engine(
-        (args.interp, false),
+        (args.interp, args.profile),
         &feed.lowered.graph,
         &feed.inputs,
         &feed.weights,
