@@ -30,7 +30,11 @@ fn exec(prog: &Path, args: &[&dyn AsRef<OsStr>]) -> (i32, String, String) {
         .output()
         .unwrap_or_else(|e| panic!("{}: {e}", prog.display()));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "{} panicked: {stderr}", prog.display());
+    assert!(
+        !stderr.contains("panicked"),
+        "{} panicked: {stderr}",
+        prog.display()
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -128,7 +132,14 @@ fn check_case(name: &str) {
         &case,
         &step,
         &grads,
-        &[&"--labels", &labels, &"--loss-output", &loss_out, &"--threads", &"1"],
+        &[
+            &"--labels",
+            &labels,
+            &"--loss-output",
+            &loss_out,
+            &"--threads",
+            &"1",
+        ],
     );
     assert_eq!(code, 0, "{name}: step: {err}");
     let loss: ArrayD<f64> = read(&loss_out);
@@ -137,10 +148,16 @@ fn check_case(name: &str) {
     let got = read_grads(&grads);
     let (want_loss, want) = interpreter_step(&case);
     let rel = (loss - want_loss).abs() / want_loss.abs();
-    assert!(rel <= 1e-6, "{name}: loss {loss} vs interpreter {want_loss} ({rel:e})");
+    assert!(
+        rel <= 1e-6,
+        "{name}: loss {loss} vs interpreter {want_loss} ({rel:e})"
+    );
     assert_eq!(got.len(), want.len(), "{name}: gradient count");
     let (err, worst) = grad_error(name, &got, &want);
-    assert!(err <= 1e-5, "{name}: gradient of {worst} off the interpreter's by {err:e}");
+    assert!(
+        err <= 1e-5,
+        "{name}: gradient of {worst} off the interpreter's by {err:e}"
+    );
     if case.has("grads_f64.safetensors") {
         let hf_loss: ArrayD<f64> = read(&case.dir.join("loss_f64.npy"));
         let hf_loss = hf_loss.iter().next().copied().unwrap();
@@ -148,11 +165,19 @@ fn check_case(name: &str) {
         assert!(rel <= 1e-5, "{name}: loss {loss} vs HF {hf_loss} ({rel:e})");
         let hf = read_grads(&case.dir.join("grads_f64.safetensors"));
         let (err, worst) = grad_error(name, &got, &hf);
-        assert!(err <= 1e-4, "{name}: gradient of {worst} off HF's by {err:e}");
+        assert!(
+            err <= 1e-4,
+            "{name}: gradient of {worst} off HF's by {err:e}"
+        );
     }
     // More threads: the same bytes (deterministic reductions and scatter-adds).
     let grads3 = s.path("grads3.safetensors");
-    let (code, err) = run_step(&case, &step, &grads3, &[&"--labels", &labels, &"--threads", &"3"]);
+    let (code, err) = run_step(
+        &case,
+        &step,
+        &grads3,
+        &[&"--labels", &labels, &"--threads", &"3"],
+    );
     assert_eq!(code, 0, "{name}: step on 3 threads: {err}");
     assert!(
         std::fs::read(&grads).unwrap() == std::fs::read(&grads3).unwrap(),
@@ -192,26 +217,43 @@ fn bad_labels_are_refused_and_nothing_is_written() {
     out_of_range[[0, 3]] = vocab;
     let mut negative = ids.clone();
     negative[[0, 1]] = -1;
-    let flat = ids.clone().into_shape_with_order(IxDyn(&[ids.len()])).unwrap();
+    let flat = ids
+        .clone()
+        .into_shape_with_order(IxDyn(&[ids.len()]))
+        .unwrap();
     let floats = ids.mapv(|x| x as f32);
     let short = ids.slice(ndarray::s![.., 1..]).to_owned().into_dyn();
-    let bad: [(&str, Box<dyn Fn(&Path)>, &[&str]); 5] = [
-        ("range.npy", Box::new(|p| common::write(p, &out_of_range)), &["range.npy", &format!("label {vocab} at [0, 3] is out of range")]),
-        ("neg.npy", Box::new(|p| common::write(p, &negative)), &["neg.npy", "label -1 at [0, 1]"]),
-        ("rank.npy", Box::new(|p| common::write(p, &flat)), &["rank.npy", "rank-2"]),
-        ("dtype.npy", Box::new(|p| common::write(p, &floats)), &["dtype.npy", "int64 or int32"]),
-        ("shape.npy", Box::new(|p| common::write(p, &short)), &["shape.npy", "expected shape"]),
+    common::write(&s.path("range.npy"), &out_of_range);
+    common::write(&s.path("neg.npy"), &negative);
+    common::write(&s.path("rank.npy"), &flat);
+    common::write(&s.path("dtype.npy"), &floats);
+    common::write(&s.path("shape.npy"), &short);
+    let range = format!("label {vocab} at [0, 3] is out of range");
+    let bad: [(&str, &[&str]); 5] = [
+        ("range.npy", &["range.npy", &range]),
+        ("neg.npy", &["neg.npy", "label -1 at [0, 1]"]),
+        ("rank.npy", &["rank.npy", "rank-2"]),
+        ("dtype.npy", &["dtype.npy", "int64 or int32"]),
+        ("shape.npy", &["shape.npy", "expected shape"]),
     ];
     let grads = s.path("grads.safetensors");
     let loss = s.path("loss.npy");
     std::fs::write(&loss, b"previous").unwrap();
-    for (file, write, needles) in &bad {
+    for (file, needles) in &bad {
         let p = s.path(file);
-        write(&p);
-        let r = run_step(&case, &step, &grads, &[&"--labels", &p, &"--loss-output", &loss]);
+        let r = run_step(
+            &case,
+            &step,
+            &grads,
+            &[&"--labels", &p, &"--loss-output", &loss],
+        );
         assert_refused(r, needles);
         assert!(!grads.exists(), "{file}: gradients written");
-        assert_eq!(std::fs::read(&loss).unwrap(), b"previous", "{file}: loss overwritten");
+        assert_eq!(
+            std::fs::read(&loss).unwrap(),
+            b"previous",
+            "{file}: loss overwritten"
+        );
     }
     // Outputs that are inputs or each other.
     // (A copy: a bug here must not overwrite the fixture.)
@@ -220,7 +262,11 @@ fn bad_labels_are_refused_and_nothing_is_written() {
     let before = std::fs::read(&labels).unwrap();
     let r = run_step(&case, &step, &labels, &[&"--labels", &labels]);
     assert_refused(r, &["--output", "same file as --labels"]);
-    assert_eq!(std::fs::read(&labels).unwrap(), before, "labels overwritten");
+    assert_eq!(
+        std::fs::read(&labels).unwrap(),
+        before,
+        "labels overwritten"
+    );
     let r = run_step(&case, &step, &grads, &[&"--loss-output", &grads]);
     assert_refused(r, &["--loss-output", "same file as --output"]);
 }
@@ -233,11 +279,18 @@ fn train_flags_that_cannot_apply_are_refused() {
     let weights = case.dir.join("model.safetensors");
     let out = s.path("out");
     for (extra, needle) in [
-        (&["--train", "--emit", "mlir"][..], "--train with --emit mlir"),
-        (&["--train", "--emit", "llvm"][..], "--train with --emit llvm"),
+        (
+            &["--train", "--emit", "mlir"][..],
+            "--train with --emit mlir",
+        ),
+        (
+            &["--train", "--emit", "llvm"][..],
+            "--train with --emit llvm",
+        ),
         (&["--train", "--precision", "f64"][..], "--precision f64"),
     ] {
-        let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"compile", &config, &"--weights", &weights, &"-o", &out];
+        let mut args: Vec<&dyn AsRef<OsStr>> =
+            vec![&"compile", &config, &"--weights", &weights, &"-o", &out];
         args.extend(extra.iter().map(|a| a as &dyn AsRef<OsStr>));
         let (code, _, err) = exec(&reformc(), &args);
         assert_refused((code, err), &[needle]);
@@ -304,16 +357,29 @@ fn step_library_header_signature_and_a_c_program() {
     let so = s.path("libstep.so");
     compile_step(&case, &so, &[&"--emit", &"lib"]);
     let header = std::fs::read_to_string(s.path("model.h")).unwrap();
-    let weights = reformc_frontend::weights::WeightFile::open(&case.dir.join("model.safetensors")).unwrap();
-    assert!(header.contains("seeded     input_ids i64[B,L], attention_mask i64[B,L], seed i64[], labels i64[B,L]"), "{header}");
+    let weights =
+        reformc_frontend::weights::WeightFile::open(&case.dir.join("model.safetensors")).unwrap();
+    assert!(
+        header.contains(
+            "seeded     input_ids i64[B,L], attention_mask i64[B,L], seed i64[], labels i64[B,L]"
+        ),
+        "{header}"
+    );
     assert!(header.contains("labels i64[B,L]\n *   buckets"), "{header}");
     assert!(header.contains(" *   loss f32[]\n"), "{header}");
     let n_grads = header.matches(" *   grad:").count();
     let names = weights.names();
-    let used: Vec<&str> = names.iter().copied().filter(|n| *n != "lm_head.bias" || header.contains("grad:lm_head.bias")).collect();
+    let used: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| *n != "lm_head.bias" || header.contains("grad:lm_head.bias"))
+        .collect();
     assert_eq!(n_grads, used.len(), "{header}");
     for n in &used {
-        assert!(header.contains(&format!(" *   grad:{n} f32[")), "no gradient of {n} in model.h");
+        assert!(
+            header.contains(&format!(" *   grad:{n} f32[")),
+            "no gradient of {n} in model.h"
+        );
     }
     // The C program, linked to the library.
     let src = s.path("main.c");
@@ -328,7 +394,11 @@ fn step_library_header_signature_and_a_c_program() {
         .arg(format!("-Wl,-rpath,{}", s.dir().display()))
         .output()
         .unwrap();
-    assert!(cc.status.success(), "{}", String::from_utf8_lossy(&cc.stderr));
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
     let ids: ArrayD<i64> = read(&case.dir.join("input_ids.npy"));
     let labels: ArrayD<i64> = read(&case.dir.join("labels.npy"));
     // The library takes labels aligned with the logits: the caller shifts.
@@ -350,7 +420,18 @@ fn step_library_header_signature_and_a_c_program() {
     let labels_path = case.dir.join("labels.npy");
     let (code, _, err) = exec(
         &step,
-        &[&"--input", &ids_path, &"--labels", &labels_path, &"--seed", &"0", &"--output", &grads, &"--loss-output", &loss],
+        &[
+            &"--input",
+            &ids_path,
+            &"--labels",
+            &labels_path,
+            &"--seed",
+            &"0",
+            &"--output",
+            &grads,
+            &"--loss-output",
+            &loss,
+        ],
     );
     assert_eq!(code, 0, "{err}");
     let exe_loss: ArrayD<f64> = read(&loss);
@@ -364,7 +445,12 @@ fn step_library_header_signature_and_a_c_program() {
     assert_eq!(code, 0);
     let sig: serde_json::Value = serde_json::from_str(&sig).unwrap();
     for v in sig["variants"].as_array().unwrap() {
-        let names: Vec<&str> = v["inputs"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = v["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap())
+            .collect();
         assert_eq!(names.last(), Some(&"labels"), "{v}");
     }
     assert_eq!(sig["outputs"][0]["name"], "loss");

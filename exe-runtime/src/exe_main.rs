@@ -234,7 +234,11 @@ pub fn check_args(argv: &[String]) -> Result<(), (String, i32)> {
     parse_args(argv).map(|_| ()).map_err(|Fail(m, c)| (m, c))
 }
 
-pub(crate) fn read_int(path: &Path, rank: usize, what: &str) -> Result<(Vec<usize>, Vec<i64>), Fail> {
+pub(crate) fn read_int(
+    path: &Path,
+    rank: usize,
+    what: &str,
+) -> Result<(Vec<usize>, Vec<i64>), Fail> {
     let a = npy::read(path).map_err(|e| input_err(format!("{}: {what}: {e}", path.display())))?;
     let data = match a.data {
         NpyData::Int(v) if matches!(a.descr.as_str(), "<i8" | "<i4") => v,
@@ -289,7 +293,12 @@ fn model_error(info: &ExeInfo) -> String {
 /// Refuses the output `path` of `flag` before any work when its directory
 /// cannot take it or it is one of the inputs (`weights`: the file that will
 /// be loaded).
-fn guard_output(flag: &str, output: &Path, args: &Args, weights: Option<&Path>) -> Result<(), Fail> {
+fn guard_output(
+    flag: &str,
+    output: &Path,
+    args: &Args,
+    weights: Option<&Path>,
+) -> Result<(), Fail> {
     outfile::check_dir(flag, output).map_err(input_err)?;
     let weights_flag = if args.weights.is_some() {
         "--weights"
@@ -382,7 +391,10 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
     let step = info.train != 0;
     if args.help {
         if step {
-            print!("{}", crate::exe_step::usage(&prog, &c_text(info.model_name)));
+            print!(
+                "{}",
+                crate::exe_step::usage(&prog, &c_text(info.model_name))
+            );
         } else {
             print!("{}", usage(&prog, &c_text(info.model_name), &output_name));
         }

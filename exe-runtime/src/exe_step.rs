@@ -10,8 +10,8 @@
 //! predicts label t+1) before the step graph sees them.
 
 use crate::exe_main::{
-    input_err, out_shape, prepare, print_profile, read_int, report_times, run_model, tensor,
-    Args, ExeInfo, Fail, Prepared,
+    input_err, out_shape, prepare, print_profile, read_int, report_times, run_model, tensor, Args,
+    ExeInfo, Fail, Prepared,
 };
 use crate::model_rt::{self, ReformcTensor};
 use reformc_tensor::safetensors_write::{self, Blob};
@@ -169,7 +169,10 @@ fn step_inputs(p: &Prepared, labels: &[i64], info: &ExeInfo) -> Result<Vec<Refor
         .filter(|&i| i <= inputs.len())
         .ok_or_else(|| {
             Fail(
-                format!("bad labels position {} in the step description", info.labels_index),
+                format!(
+                    "bad labels position {} in the step description",
+                    info.labels_index
+                ),
                 1,
             )
         })?;
@@ -259,7 +262,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("reformc_exe_step_{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("labels.npy");
-        std::fs::write(&p, reformc_tensor::npy::to_bytes_i64(&[1, 3], &[0, -100, 9])).unwrap();
+        std::fs::write(
+            &p,
+            reformc_tensor::npy::to_bytes_i64(&[1, 3], &[0, -100, 9]),
+        )
+        .unwrap();
         assert!(read_labels(&p, &[1, 3], 10).is_ok());
         let Fail(m, code) = read_labels(&p, &[1, 3], 9).err().unwrap();
         assert_eq!(code, 2);
