@@ -347,6 +347,9 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
         for w in &report.written {
             println!("reformc: wrote {}", w.display());
         }
+        if let Some(note) = train_step::labels_note(args, emit, spec.causal) {
+            println!("reformc: {note}");
+        }
     }
     Ok(())
 }

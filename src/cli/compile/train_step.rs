@@ -3,6 +3,7 @@
 
 use super::CompileArgs;
 use crate::cli::error::{CliError, CliResult};
+use reformc_backend_llvm::aot::Emit;
 use reformc_backend_llvm::{StepInfo, Variant};
 use reformc_frontend::spec::{HeadSpec, ModelSpec};
 use reformc_passes::autodiff::LABELS;
@@ -33,6 +34,16 @@ pub fn check_model(spec: &ModelSpec, weights: &Path) -> CliResult<()> {
         )));
     }
     Ok(())
+}
+
+/// For a step library or object of a causal LM: its callers must shift the
+/// labels themselves (the executable does it for its `--labels`).
+pub fn labels_note(args: &CompileArgs, emit: Emit, causal: bool) -> Option<String> {
+    (args.train && causal && emit != Emit::Exe).then(|| {
+        format!(
+            "the step's `{LABELS}` input is aligned with the logits: for this causal LM pass labels[:, 1:] followed by -100 (position t predicts token t+1), as `reformc grad` does"
+        )
+    })
 }
 
 /// The forward inputs of a variant in the order the executable passes them.
