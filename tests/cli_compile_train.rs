@@ -481,3 +481,47 @@ fn step_library_header_signature_and_a_c_program() {
     assert_eq!(sig["outputs"][0]["name"], "loss");
     assert_eq!(sig["outputs"].as_array().unwrap().len(), 1 + n_grads);
 }
+
+/// The forward executable keeps its command line: it runs, and refuses the
+/// step's flags; the step executable's `--help` documents them.
+#[test]
+fn forward_executable_refuses_step_flags_and_step_help_names_them() {
+    let case = Case::load(&fixture("noncausal_local_only"));
+    let s = Scratch::new("forward");
+    let exe = s.path("model");
+    let config = case.dir.join("config.json");
+    let weights = case.dir.join("model.safetensors");
+    let (code, _, err) = exec(
+        &reformc(),
+        &[
+            &"compile",
+            &config,
+            &"--weights",
+            &weights,
+            &"-o",
+            &exe,
+            &"-q",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let ids = case.dir.join("input_ids.npy");
+    let labels = case.dir.join("labels.npy");
+    let out = s.path("logits.npy");
+    let (code, _, err) = exec(&exe, &[&"--input", &ids, &"--output", &out]);
+    assert_eq!(code, 0, "{err}");
+    let logits: ArrayD<f32> = read(&out);
+    assert_eq!(logits.ndim(), 3);
+    std::fs::remove_file(&out).unwrap();
+    let (code, _, err) = exec(
+        &exe,
+        &[&"--input", &ids, &"--labels", &labels, &"--output", &out],
+    );
+    assert_refused((code, err), &["--labels", "training-step executables"]);
+    assert!(!out.exists());
+    let step = shared_step("noncausal_local_only");
+    let (code, help, _) = exec(&step, &[&"--help"]);
+    assert_eq!(code, 0);
+    for flag in ["--labels", "--loss-output", "--threads", ".safetensors"] {
+        assert!(help.contains(flag), "step --help lacks {flag}: {help}");
+    }
+}
