@@ -69,6 +69,14 @@ pub struct ExeInfo {
     pub variants: i32,
     /// LSH buckets per round, without the padding bucket (<= 0: unchecked).
     pub n_buckets: i32,
+    /// 1 for a training step (`reformc compile --train`): see [`crate::exe_step`].
+    pub train: i32,
+    /// Training step of a causal LM: labels are shifted (position t predicts t+1).
+    pub causal: i32,
+    /// Training step: position of the `labels` input (-1: none).
+    pub labels_index: i32,
+    /// Training step: the output names, newline-separated (NULL otherwise).
+    pub output_names: *const c_char,
 }
 
 extern "C" {
@@ -77,16 +85,21 @@ extern "C" {
 }
 
 /// A failure: message and exit status.
-struct Fail(String, i32);
+pub(crate) struct Fail(pub(crate) String, pub(crate) i32);
 
-fn input_err(m: impl Into<String>) -> Fail {
+pub(crate) fn input_err(m: impl Into<String>) -> Fail {
     Fail(m.into(), 2)
 }
 
+/// The parsed command line (forward and step executables share it).
 #[derive(Default)]
-struct Args {
-    input: Option<PathBuf>,
-    output: Option<PathBuf>,
+pub(crate) struct Args {
+    pub(crate) input: Option<PathBuf>,
+    pub(crate) output: Option<PathBuf>,
+    /// Step executables: `--labels`.
+    pub(crate) labels: Option<PathBuf>,
+    /// Step executables: `--loss-output`.
+    pub(crate) loss_output: Option<PathBuf>,
     mask: Option<PathBuf>,
     threads: Option<i64>,
     rotations: Option<PathBuf>,
@@ -96,7 +109,7 @@ struct Args {
     allow_nonfinite: bool,
     /// Read the weights into memory instead of mapping them.
     weights_read: bool,
-    time: bool,
+    pub(crate) time: bool,
     signature: bool,
     help: bool,
 }
@@ -153,6 +166,8 @@ fn parse_args(argv: &[String]) -> Result<Args, Fail> {
         match flag.as_str() {
             "--input" => a.input = Some(value(&mut i)?.into()),
             "--output" => a.output = Some(value(&mut i)?.into()),
+            "--labels" => a.labels = Some(value(&mut i)?.into()),
+            "--loss-output" => a.loss_output = Some(value(&mut i)?.into()),
             "--attention-mask" => a.mask = Some(value(&mut i)?.into()),
             "--lsh-rotations" => a.rotations = Some(value(&mut i)?.into()),
             "--lsh-buckets" => a.buckets = Some(value(&mut i)?.into()),
@@ -219,7 +234,11 @@ pub fn check_args(argv: &[String]) -> Result<(), (String, i32)> {
     parse_args(argv).map(|_| ()).map_err(|Fail(m, c)| (m, c))
 }
 
-fn read_int(path: &Path, rank: usize, what: &str) -> Result<(Vec<usize>, Vec<i64>), Fail> {
+pub(crate) fn read_int(
+    path: &Path,
+    rank: usize,
+    what: &str,
+) -> Result<(Vec<usize>, Vec<i64>), Fail> {
     let a = npy::read(path).map_err(|e| input_err(format!("{}: {what}: {e}", path.display())))?;
     let data = match a.data {
         NpyData::Int(v) if matches!(a.descr.as_str(), "<i8" | "<i4") => v,
@@ -241,7 +260,7 @@ fn read_int(path: &Path, rank: usize, what: &str) -> Result<(Vec<usize>, Vec<i64
     Ok((a.shape, data))
 }
 
-fn tensor(dtype: i32, shape: &[usize], data: *const c_void) -> ReformcTensor {
+pub(crate) fn tensor(dtype: i32, shape: &[usize], data: *const c_void) -> ReformcTensor {
     let mut t = ReformcTensor::empty();
     t.dtype = dtype;
     t.rank = shape.len() as i32;
@@ -255,7 +274,7 @@ fn tensor(dtype: i32, shape: &[usize], data: *const c_void) -> ReformcTensor {
     t
 }
 
-fn c_text(p: *const c_char) -> String {
+pub(crate) fn c_text(p: *const c_char) -> String {
     if p.is_null() {
         return String::new();
     }
@@ -271,10 +290,16 @@ fn model_error(info: &ExeInfo) -> String {
     }
 }
 
-/// Refuses `--output` before any work when its directory cannot take it or
-/// it is one of the inputs (`weights`: the file that will be loaded).
-fn guard_output(output: &Path, args: &Args, weights: Option<&Path>) -> Result<(), Fail> {
-    outfile::check_dir("--output", output).map_err(input_err)?;
+/// Refuses the output `path` of `flag` before any work when its directory
+/// cannot take it or it is one of the inputs (`weights`: the file that will
+/// be loaded).
+fn guard_output(
+    flag: &str,
+    output: &Path,
+    args: &Args,
+    weights: Option<&Path>,
+) -> Result<(), Fail> {
+    outfile::check_dir(flag, output).map_err(input_err)?;
     let weights_flag = if args.weights.is_some() {
         "--weights"
     } else {
@@ -285,18 +310,73 @@ fn guard_output(output: &Path, args: &Args, weights: Option<&Path>) -> Result<()
         ("--attention-mask", args.mask.as_deref()),
         ("--lsh-rotations", args.rotations.as_deref()),
         ("--lsh-buckets", args.buckets.as_deref()),
+        ("--labels", args.labels.as_deref()),
         (weights_flag, weights),
     ];
-    for (flag, path) in inputs {
+    for (input_flag, path) in inputs {
         if let Some(p) = path.filter(|p| outfile::same_file(output, p)) {
             return Err(input_err(format!(
-                "--output `{}` is the same file as {flag} `{}`: refusing to overwrite an input",
+                "{flag} `{}` is the same file as {input_flag} `{}`: refusing to overwrite an input",
                 output.display(),
                 p.display()
             )));
         }
     }
     Ok(())
+}
+
+/// The hashing input of a run.
+pub(crate) enum Hash {
+    /// No LSH layer.
+    None,
+    /// Rotations drawn from `--seed`.
+    Seed,
+    /// `--lsh-rotations` data and shape.
+    Rot(Vec<f32>, Vec<usize>),
+    /// `--lsh-buckets` data and shape.
+    Buckets(Vec<i64>, Vec<usize>),
+}
+
+/// Everything read and checked before a run: the weights are loaded, the
+/// inputs in memory.
+pub(crate) struct Prepared {
+    /// `[B, L]` of the token ids.
+    pub ishape: Vec<usize>,
+    /// Token ids.
+    pub ids: Vec<i64>,
+    /// Attention mask (None: all ones).
+    pub mask: Option<Vec<i64>>,
+    /// `--seed`, as the seeded variant takes it.
+    pub seed: [i64; 1],
+    /// The hashing input.
+    pub hashing: Hash,
+    /// Time to load the weights.
+    pub load_time: std::time::Duration,
+    /// Time to read the inputs.
+    pub read_time: std::time::Duration,
+}
+
+impl Prepared {
+    /// The model's positional inputs: ids, mask, then the hashing input.
+    pub(crate) fn tensors(&self) -> Vec<ReformcTensor> {
+        let mut inputs = vec![
+            tensor(3, &self.ishape, self.ids.as_ptr() as *const c_void),
+            tensor(
+                3,
+                &self.ishape,
+                self.mask
+                    .as_ref()
+                    .map_or(std::ptr::null(), |m| m.as_ptr() as *const c_void),
+            ),
+        ];
+        match &self.hashing {
+            Hash::None => {}
+            Hash::Seed => inputs.push(tensor(3, &[], self.seed.as_ptr() as *const c_void)),
+            Hash::Rot(v, s) => inputs.push(tensor(1, s, v.as_ptr() as *const c_void)),
+            Hash::Buckets(v, s) => inputs.push(tensor(3, s, v.as_ptr() as *const c_void)),
+        }
+        inputs
+    }
 }
 
 fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
@@ -308,8 +388,16 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
         .to_string();
     let output_name = c_text(info.output_name);
     let args = parse_args(argv)?;
+    let step = info.train != 0;
     if args.help {
-        print!("{}", usage(&prog, &c_text(info.model_name), &output_name));
+        if step {
+            print!(
+                "{}",
+                crate::exe_step::usage(&prog, &c_text(info.model_name))
+            );
+        } else {
+            print!("{}", usage(&prog, &c_text(info.model_name), &output_name));
+        }
         return Ok(());
     }
     if args.signature {
@@ -325,17 +413,141 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
             1,
         ));
     }
-    let (Some(run_fn), Some(load)) = (info.run, info.load_weights) else {
+    if step {
+        return crate::exe_step::run(&prog, &args, info, t_start);
+    }
+    if args.labels.is_some() || args.loss_output.is_some() {
+        return Err(input_err(
+            "--labels and --loss-output apply to training-step executables (`reformc compile --train`); this one runs the forward pass",
+        ));
+    }
+    let output = args
+        .output
+        .clone()
+        .ok_or_else(|| input_err("--output OUT.npy is required (see --help)"))?;
+    let p = prepare(&args, info, &[("--output", &output)])?;
+    let inputs = p.tensors();
+    let mut out = ReformcTensor::empty();
+    let t_run = Instant::now();
+    run_model(info, &inputs, std::slice::from_mut(&mut out))?;
+    let run_time = t_run.elapsed();
+    let t_write = Instant::now();
+    let shape = out_shape(&out);
+    let n: usize = shape.iter().product();
+    let written = match out.dtype {
+        1 => {
+            // SAFETY: the model wrote n f32 values at out.data.
+            let s = unsafe { std::slice::from_raw_parts(out.data as *const f32, n) };
+            npy::write_streamed(&output, "<f4", &shape, s, |x, o| {
+                o.extend_from_slice(&x.to_le_bytes())
+            })
+        }
+        2 => {
+            // SAFETY: the model wrote n f64 values at out.data.
+            let s = unsafe { std::slice::from_raw_parts(out.data as *const f64, n) };
+            npy::write_streamed(&output, "<f8", &shape, s, |x, o| {
+                o.extend_from_slice(&x.to_le_bytes())
+            })
+        }
+        3 => {
+            // SAFETY: the model wrote n i64 values at out.data.
+            let s = unsafe { std::slice::from_raw_parts(out.data as *const i64, n) };
+            npy::write_streamed(&output, "<i8", &shape, s, |x, o| {
+                o.extend_from_slice(&x.to_le_bytes())
+            })
+        }
+        other => Err(format!("unexpected output dtype code {other}")),
+    };
+    // SAFETY: `out` was filled by reformc_model_run; released once.
+    unsafe { model_rt::reformc_tensor_release(&mut out) };
+    written.map_err(|e| Fail(format!("{}: {e}", output.display()), 1))?;
+    let write_time = t_write.elapsed();
+    println!(
+        "{prog}: wrote {output_name} {shape:?} f32 to {}",
+        output.display()
+    );
+    if args.time {
+        report_times(&p, run_time, write_time, t_start);
+    }
+    print_profile();
+    Ok(())
+}
+
+/// Compiled with `reformc compile --profile`: the per-op table, to stderr.
+pub(crate) fn print_profile() {
+    if let Some(table) = reformc_runtime::profile::report(25) {
+        eprint!("{table}");
+    }
+}
+
+/// The `--time` line, then (compiled with `reformc compile --profile`) the per-op table.
+pub(crate) fn report_times(
+    p: &Prepared,
+    run_time: std::time::Duration,
+    write_time: std::time::Duration,
+    t_start: Instant,
+) {
+    eprintln!(
+        "time: load weights {:.3} ms, read inputs {:.3} ms, run {:.3} ms, write output {:.3} ms, total {:.3} ms",
+        p.load_time.as_secs_f64() * 1e3,
+        p.read_time.as_secs_f64() * 1e3,
+        run_time.as_secs_f64() * 1e3,
+        write_time.as_secs_f64() * 1e3,
+        t_start.elapsed().as_secs_f64() * 1e3
+    );
+}
+
+/// The shape of an output the model filled.
+pub(crate) fn out_shape(out: &ReformcTensor) -> Vec<usize> {
+    let rank = (out.rank.max(0) as usize).min(model_rt::MAX_RANK);
+    out.shape[..rank]
+        .iter()
+        .map(|&x| x.max(0) as usize)
+        .collect()
+}
+
+/// Calls `reformc_model_run`; a failure carries the model's message (exit 2
+/// for bad input, codes 1-9).
+pub(crate) fn run_model(
+    info: &ExeInfo,
+    inputs: &[ReformcTensor],
+    outputs: &mut [ReformcTensor],
+) -> Result<(), Fail> {
+    let Some(run_fn) = info.run else {
+        return Err(Fail("the model has no entry points".into(), 1));
+    };
+    // SAFETY: `inputs` describe live, contiguous arrays of the stated types;
+    // `outputs` are writable slots.
+    let rc = unsafe {
+        run_fn(
+            inputs.as_ptr(),
+            inputs.len() as i64,
+            outputs.as_mut_ptr(),
+            outputs.len() as i64,
+        )
+    };
+    if rc != 0 {
+        let status = if (1..=9).contains(&rc) { 2 } else { 1 };
+        return Err(Fail(model_error(info), status));
+    }
+    Ok(())
+}
+
+/// Sets the threads, loads the weights, then reads and checks the token ids,
+/// the mask and the hashing input, as `reformc run` does. `outputs` (flag,
+/// path) are refused first when they are inputs or cannot be written.
+pub(crate) fn prepare(
+    args: &Args,
+    info: &ExeInfo,
+    outputs: &[(&str, &Path)],
+) -> Result<Prepared, Fail> {
+    let Some(load) = info.load_weights else {
         return Err(Fail("the model has no entry points".into(), 1));
     };
     let input = args
         .input
         .clone()
         .ok_or_else(|| input_err("--input IDS.npy is required (see --help)"))?;
-    let output = args
-        .output
-        .clone()
-        .ok_or_else(|| input_err("--output OUT.npy is required (see --help)"))?;
     let threads = args.threads.unwrap_or(info.default_threads);
     // SAFETY: rc_set_threads takes a plain integer.
     if unsafe { rc_set_threads(threads) } != 0 {
@@ -349,7 +561,9 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
         (!info.default_weights.is_null() && info.weights_embedded == 0)
             .then(|| PathBuf::from(c_text(info.default_weights)))
     });
-    guard_output(&output, &args, weights.as_deref())?;
+    for (flag, path) in outputs {
+        guard_output(flag, path, args, weights.as_deref())?;
+    }
     model_rt::reformc_model_allow_nonfinite_weights(i32::from(args.allow_nonfinite));
     if args.weights_read {
         model_rt::reformc_set_weights_mode(model_rt::WEIGHTS_READ);
@@ -380,7 +594,6 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
         None => return Err(input_err("no weights: pass --weights model.safetensors")),
     }
     let load_time = t_w.elapsed();
-    // Token ids.
     let t_r = Instant::now();
     let (ishape, ids) = read_int(&input, 2, "token ids [B, L]")?;
     if ids.is_empty() {
@@ -445,13 +658,6 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
         info.rounds.max(0) as usize,
         info.rot_half.max(0) as usize,
     );
-    let seed = [args.seed];
-    enum Hash {
-        None,
-        Seed,
-        Rot(Vec<f32>, Vec<usize>),
-        Buckets(Vec<i64>, Vec<usize>),
-    }
     let hashing = if n_lsh == 0 {
         if args.rotations.is_some() || args.buckets.is_some() {
             return Err(input_err(
@@ -520,85 +726,15 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
         Hash::Seed
     };
     let read_time = t_r.elapsed();
-    let mut inputs = vec![
-        tensor(3, &ishape, ids.as_ptr() as *const c_void),
-        tensor(
-            3,
-            &ishape,
-            mask.as_ref()
-                .map_or(std::ptr::null(), |m| m.as_ptr() as *const c_void),
-        ),
-    ];
-    match &hashing {
-        Hash::None => {}
-        Hash::Seed => inputs.push(tensor(3, &[], seed.as_ptr() as *const c_void)),
-        Hash::Rot(v, s) => inputs.push(tensor(1, s, v.as_ptr() as *const c_void)),
-        Hash::Buckets(v, s) => inputs.push(tensor(3, s, v.as_ptr() as *const c_void)),
-    }
-    let mut out = ReformcTensor::empty();
-    let t_run = Instant::now();
-    // SAFETY: `inputs` describe live, contiguous arrays of the stated types;
-    // `out` is one writable output slot.
-    let rc = unsafe { run_fn(inputs.as_ptr(), inputs.len() as i64, &mut out, 1) };
-    let run_time = t_run.elapsed();
-    if rc != 0 {
-        let status = if (1..=9).contains(&rc) { 2 } else { 1 };
-        return Err(Fail(model_error(info), status));
-    }
-    let t_write = Instant::now();
-    let rank = (out.rank.max(0) as usize).min(model_rt::MAX_RANK);
-    let shape: Vec<usize> = out.shape[..rank]
-        .iter()
-        .map(|&x| x.max(0) as usize)
-        .collect();
-    let n: usize = shape.iter().product();
-    let written = match out.dtype {
-        1 => {
-            // SAFETY: the model wrote n f32 values at out.data.
-            let s = unsafe { std::slice::from_raw_parts(out.data as *const f32, n) };
-            npy::write_streamed(&output, "<f4", &shape, s, |x, o| {
-                o.extend_from_slice(&x.to_le_bytes())
-            })
-        }
-        2 => {
-            // SAFETY: the model wrote n f64 values at out.data.
-            let s = unsafe { std::slice::from_raw_parts(out.data as *const f64, n) };
-            npy::write_streamed(&output, "<f8", &shape, s, |x, o| {
-                o.extend_from_slice(&x.to_le_bytes())
-            })
-        }
-        3 => {
-            // SAFETY: the model wrote n i64 values at out.data.
-            let s = unsafe { std::slice::from_raw_parts(out.data as *const i64, n) };
-            npy::write_streamed(&output, "<i8", &shape, s, |x, o| {
-                o.extend_from_slice(&x.to_le_bytes())
-            })
-        }
-        other => Err(format!("unexpected output dtype code {other}")),
-    };
-    // SAFETY: `out` was filled by reformc_model_run; released once.
-    unsafe { model_rt::reformc_tensor_release(&mut out) };
-    written.map_err(|e| Fail(format!("{}: {e}", output.display()), 1))?;
-    let write_time = t_write.elapsed();
-    println!(
-        "{prog}: wrote {output_name} {shape:?} f32 to {}",
-        output.display()
-    );
-    if args.time {
-        eprintln!(
-            "time: load weights {:.3} ms, read inputs {:.3} ms, run {:.3} ms, write output {:.3} ms, total {:.3} ms",
-            load_time.as_secs_f64() * 1e3,
-            read_time.as_secs_f64() * 1e3,
-            run_time.as_secs_f64() * 1e3,
-            write_time.as_secs_f64() * 1e3,
-            t_start.elapsed().as_secs_f64() * 1e3
-        );
-    }
-    // Compiled with `reformc compile --profile`: the per-op table.
-    if let Some(table) = reformc_runtime::profile::report(25) {
-        eprint!("{table}");
-    }
-    Ok(())
+    Ok(Prepared {
+        ishape,
+        ids,
+        mask,
+        seed: [args.seed],
+        hashing,
+        load_time,
+        read_time,
+    })
 }
 
 reformc_runtime::c_abi! {

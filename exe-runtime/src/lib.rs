@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod exe_main;
+pub mod exe_step;
 pub mod model_rt;
 
 /// The kernel library, linked into the static library with this crate.

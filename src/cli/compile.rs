@@ -17,6 +17,8 @@ use reformc_tensor::Tensor;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+mod train_step;
+
 /// Arguments of `reformc compile`.
 #[derive(Args, Debug)]
 pub struct CompileArgs {
@@ -64,6 +66,14 @@ pub struct CompileArgs {
     /// Print the static buffer plan (every intermediate buffer, when it is freed).
     #[arg(long)]
     pub memory_plan: bool,
+    /// Compile the training step instead of the forward pass: the graph
+    /// `reformc grad` runs (forward, loss, backward). The executable takes
+    /// `--labels` and writes the gradients as safetensors (exe, lib or obj only).
+    #[arg(long)]
+    pub train: bool,
+    /// Arithmetic precision of the compiled code (the LLVM backend compiles f32 only).
+    #[arg(long, value_parser = ["f32", "f64"], default_value = "f32")]
+    pub precision: String,
     /// Time every op: the executable prints a table by op kind and the slowest
     /// ops to stderr after each run.
     #[arg(long)]
@@ -124,6 +134,7 @@ fn footprint_line(
 /// Runs the command.
 pub fn run(args: &CompileArgs) -> CliResult<()> {
     let t0 = Instant::now();
+    train_step::check_flags(args)?;
     if args.emit == "mlir" {
         return super::mlir::compile(args, t0);
     }
@@ -154,6 +165,12 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
     guard_outputs(args, emit)?;
     let m = model::load(&args.config, Some(&args.weights), args.lm_head_bias)?;
     let spec = &m.spec;
+    if args.train {
+        train_step::check_model(spec, &args.weights)?;
+    }
+    // `--train`: the pipeline gains `lower-model` and `autodiff`, as for `reformc grad`.
+    let mut passes = args.passes.clone();
+    passes.train = args.train;
     let n_lsh = spec.num_lsh_layers();
     let sources: &[(&str, LshSource)] = if n_lsh > 0 {
         &[
@@ -180,11 +197,11 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
             let w = m.weight_tensors(&lowered)?;
             model::check_finite(&w, &args.weights, args.allow_nonfinite_weights)?;
             weights = Some(w);
-            args.passes.optimize(&mut lowered.graph, spec, seq_len)?;
+            passes.optimize(&mut lowered.graph, spec, seq_len)?;
         } else {
             // The other variants get the same pipeline, silently.
             let pm = PassManager::new(
-                args.passes.pipeline()?,
+                passes.pipeline()?,
                 Instrumentation {
                     quiet: true,
                     ..Instrumentation::default()
@@ -252,6 +269,7 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
     let info = ExeInfo {
         model_name: model_name.clone(),
         output_name: match spec.head {
+            _ if args.train => "loss and gradients".into(),
             HeadSpec::None => "last_hidden_state".into(),
             _ => "logits".into(),
         },
@@ -268,6 +286,11 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
         rot_half: factors.iter().sum::<u64>() as i64 / 2,
         variants: if n_lsh > 0 { 0b111 } else { 0b001 },
         n_buckets: i32::try_from(factors.iter().product::<u64>()).unwrap_or(0),
+        step: if args.train {
+            Some(train_step::step_info(&graphs, spec.causal)?)
+        } else {
+            None
+        },
     };
     let prep = t0.elapsed();
     let report = aot::compile(&graphs, &opts, &mode, emit, &args.output, Some(&info)).map_err(
@@ -323,6 +346,9 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
         );
         for w in &report.written {
             println!("reformc: wrote {}", w.display());
+        }
+        if let Some(note) = train_step::labels_note(args, emit, spec.causal) {
+            println!("reformc: {note}");
         }
     }
     Ok(())

@@ -87,6 +87,21 @@ pub struct ExeInfo {
     /// LSH buckets per round without the padding bucket, for the range check
     /// of `--lsh-buckets` (<= 0: unchecked).
     pub n_buckets: i32,
+    /// Set when the graphs are a training step (`reformc compile --train`):
+    /// the executable then takes labels and writes gradients.
+    pub step: Option<StepInfo>,
+}
+
+/// What a training-step executable needs beyond [`ExeInfo`]: where the
+/// labels go among the inputs, how they are aligned, and the output names.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepInfo {
+    /// Causal LM: position t predicts label t+1 (the executable shifts the labels).
+    pub causal: bool,
+    /// Position of the `labels` input in every variant's inputs.
+    pub labels_index: i32,
+    /// The step's outputs in order (`loss`, then `grad:<weight>` ...).
+    pub output_names: Vec<String>,
 }
 
 /// How weights reach the compiled model.

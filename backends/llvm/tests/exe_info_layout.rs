@@ -54,6 +54,10 @@ fn generated_exe_info_has_the_runtime_struct_layout() {
         offset_of!(RtInfo, rot_half),
         offset_of!(RtInfo, variants),
         offset_of!(RtInfo, n_buckets),
+        offset_of!(RtInfo, train),
+        offset_of!(RtInfo, causal),
+        offset_of!(RtInfo, labels_index),
+        offset_of!(RtInfo, output_names),
     ];
     assert_eq!(
         st.count_fields() as usize,

@@ -484,6 +484,17 @@ impl<'ctx> Gen<'ctx> {
             i(info.rot_half),
             self.i32c(info.variants).into(),
             self.i32c(info.n_buckets).into(),
+            // The step fields (exe-runtime's ExeInfo, after n_buckets).
+            self.i32c(i32::from(info.step.is_some())).into(),
+            self.i32c(i32::from(info.step.as_ref().is_some_and(|s| s.causal)))
+                .into(),
+            self.i32c(info.step.as_ref().map_or(-1, |s| s.labels_index))
+                .into(),
+            match &info.step {
+                // Newline-separated: output names never hold a newline (IR names are quoted strings without one).
+                Some(s) => self.cstr(&s.output_names.join("\n")).into(),
+                None => self.null().into(),
+            },
         ];
         let st = self.ctx.struct_type(
             &fields.iter().map(|f| f.get_type()).collect::<Vec<_>>(),

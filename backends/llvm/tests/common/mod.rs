@@ -118,6 +118,7 @@ impl CompileCase for Case {
             rot_half: self.factors().iter().sum::<u64>() as i64 / 2,
             variants: if n_lsh > 0 { 7 } else { 1 },
             n_buckets: i32::try_from(self.factors().iter().product::<u64>()).unwrap_or(0),
+            step: None,
         }
     }
 
