@@ -104,6 +104,9 @@ pub fn reduce(
     if kind == Reduction::Mean && n == 0 {
         return Err(invalid("mean over an empty axis".to_string()));
     }
+    if inner >= REDUCE_ROWWISE_FROM {
+        return reduce_rows(x, outer, n, inner, kind, y);
+    }
     let out = SharedMut::new(y);
     lanes(outer, n, inner, |lane, at| {
         let max = || (0..n).fold(f32::NEG_INFINITY, |m, j| m.max(x[at(j)]));
@@ -119,6 +122,57 @@ pub fn reduce(
         };
         // SAFETY: output element `lane` belongs to this lane only.
         unsafe { out.slice(lane, 1)[0] = r };
+    })
+}
+
+/// Lanes from which [`reduce`] walks whole rows: a lane per column reads
+/// one element per cache line, a row at a time reads them in order.
+const REDUCE_ROWWISE_FROM: usize = 8;
+
+/// Columns per task of [`reduce_rows`].
+const REDUCE_BLOCK: usize = 256;
+
+/// [`reduce`] for `inner >= REDUCE_ROWWISE_FROM`: each task keeps a block of
+/// lanes' accumulators and adds the rows in order, so every lane sums its
+/// elements in the same order as the lane-wise loop (the same bits).
+fn reduce_rows(
+    x: &[f32],
+    outer: usize,
+    n: usize,
+    inner: usize,
+    kind: Reduction,
+    y: &mut [f32],
+) -> Result<()> {
+    let blocks = inner.div_ceil(REDUCE_BLOCK);
+    let out = SharedMut::new(y);
+    par_for(outer * blocks, |t| {
+        let (o, b) = (t / blocks, t % blocks);
+        let (c0, c1) = (b * REDUCE_BLOCK, ((b + 1) * REDUCE_BLOCK).min(inner));
+        let row = |j: usize| &x[(o * n + j) * inner + c0..(o * n + j) * inner + c1];
+        let fold = |init: f32, f: &dyn Fn(f32, f32, usize) -> f32| {
+            let mut acc = vec![init; c1 - c0];
+            for j in 0..n {
+                for (i, (a, &v)) in acc.iter_mut().zip(row(j)).enumerate() {
+                    *a = f(*a, v, i);
+                }
+            }
+            acc
+        };
+        let r: Vec<f32> = match kind {
+            Reduction::Sum => fold(0.0, &|a, v, _| a + v),
+            Reduction::Mean => fold(0.0, &|a, v, _| a + v)
+                .into_iter()
+                .map(|s| s / n as f32)
+                .collect(),
+            Reduction::Max => fold(f32::NEG_INFINITY, &|a, v, _| a.max(v)),
+            Reduction::LogSumExp => {
+                let m = fold(f32::NEG_INFINITY, &|a, v, _| a.max(v));
+                let s = fold(0.0, &|a, v, i| a + (v - m[i]).exp());
+                m.iter().zip(&s).map(|(m, s)| m + s.ln()).collect()
+            }
+        };
+        // SAFETY: task t alone writes lanes c0..c1 of outer row o.
+        unsafe { out.slice(o * inner + c0, c1 - c0) }.copy_from_slice(&r);
     })
 }
 
@@ -249,12 +303,34 @@ pub fn gather(
             "gather index {bad} is out of range for an axis of length {n}"
         )));
     }
-    for (t, &i) in idx.iter().enumerate() {
-        let (o, rest) = (t / (m * inner), t % (m * inner));
-        let src = (o * n + i as usize) * inner + rest % inner;
-        y[t * elem..(t + 1) * elem].copy_from_slice(&x[src * elem..(src + 1) * elem]);
+    if m == 0 || inner == 0 || elem == 0 {
+        return Ok(());
     }
-    Ok(())
+    // Tasks of whole output rows (`inner` elements); a row whose indices are
+    // all equal (an index broadcast over the features) is one copy.
+    let row = inner * elem;
+    let per = (65536 / row).max(1);
+    let shared = SharedMut::new(y);
+    par_for(outer * m.div_ceil(per), |t| {
+        let (o, j0) = (t / m.div_ceil(per), (t % m.div_ceil(per)) * per);
+        let j1 = (j0 + per).min(m);
+        let xo = &x[o * n * row..(o + 1) * n * row];
+        // SAFETY: task t alone writes rows j0..j1 of outer block o.
+        let yo = unsafe { shared.slice((o * m + j0) * row, (j1 - j0) * row) };
+        for j in j0..j1 {
+            let ids = &idx[(o * m + j) * inner..(o * m + j + 1) * inner];
+            let yj = &mut yo[(j - j0) * row..(j - j0 + 1) * row];
+            let first = ids[0] as usize;
+            if ids.iter().all(|&i| i as usize == first) {
+                yj.copy_from_slice(&xo[first * row..(first + 1) * row]);
+                continue;
+            }
+            for (r, &i) in ids.iter().enumerate() {
+                let src = (i as usize * inner + r) * elem;
+                yj[r * elem..(r + 1) * elem].copy_from_slice(&xo[src..src + elem]);
+            }
+        }
+    })
 }
 
 /// `y[m, n] = a[m, k] · b[k, n]` (`rc_matmul_f32`), all row-major.
@@ -303,12 +379,83 @@ const MATMUL_KC: usize = 256;
 mod tests {
     use super::*;
 
+    /// The lane-wise reduction (the loop before the row-wise path).
+    fn lane_reduce(x: &[f32], outer: usize, n: usize, inner: usize, kind: Reduction) -> Vec<f32> {
+        let mut y = vec![0.0f32; outer * inner];
+        for o in 0..outer {
+            for i in 0..inner {
+                let at = |j: usize| x[(o * n + j) * inner + i];
+                let max = (0..n).fold(f32::NEG_INFINITY, |m, j| m.max(at(j)));
+                let sum = (0..n).fold(0.0f32, |s, j| s + at(j));
+                y[o * inner + i] = match kind {
+                    Reduction::Sum => sum,
+                    Reduction::Mean => sum / n as f32,
+                    Reduction::Max => max,
+                    Reduction::LogSumExp => {
+                        max + (0..n).fold(0.0f32, |s, j| s + (at(j) - max).exp()).ln()
+                    }
+                };
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn row_wise_reductions_give_the_lane_wise_bits() {
+        // inner spans two blocks of columns (the second partial).
+        let (outer, n, inner) = (3, 37, REDUCE_BLOCK + 9);
+        let x: Vec<f32> = (0..outer * n * inner)
+            .map(|i| ((i * 13 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        for kind in [
+            Reduction::Sum,
+            Reduction::Mean,
+            Reduction::Max,
+            Reduction::LogSumExp,
+        ] {
+            let mut y = vec![0.0f32; outer * inner];
+            reduce(&x, outer, n, inner, kind, &mut y).unwrap();
+            let want = lane_reduce(&x, outer, n, inner, kind);
+            assert!(
+                y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn gather_copies_rows_and_single_elements() {
+        // x[2, 3, 4] (i32 elements), gather along the middle axis: row 0 of
+        // each outer block uses one index for the whole row, row 1 mixes.
+        let x: Vec<u8> = (0..24i32).flat_map(|v| v.to_le_bytes()).collect();
+        let idx = [2, 2, 2, 2, 0, 1, 2, 0, 1, 1, 1, 1, 2, 0, 0, 1];
+        let mut y = vec![0u8; 16 * 4];
+        gather(&x, 4, 2, 3, 4, &idx, 2, &mut y).unwrap();
+        let got: Vec<i32> = y
+            .chunks(4)
+            .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        // y[o, j, i] = x[o, idx[o, j, i], i]
+        let want: Vec<i32> = (0..16)
+            .map(|t| {
+                let (o, i) = (t / 8, t % 4);
+                (o * 12 + idx[t] as usize * 4 + i) as i32
+            })
+            .collect();
+        assert_eq!(got, want);
+        assert!(gather(&x, 4, 2, 3, 4, &[3; 16], 2, &mut y).is_err());
+    }
+
     #[test]
     fn a_long_sum_in_blocks_matches_the_plain_product() {
         // k spans three blocks (the last one partial), m and n not multiples of a tile.
         let (m, k, n) = (13, 2 * MATMUL_KC + 77, 21);
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 23) as f32 - 11.0) / 8.0).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 19) as f32 - 9.0) / 4.0).collect();
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 23) as f32 - 11.0) / 8.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 5 % 19) as f32 - 9.0) / 4.0)
+            .collect();
         let mut y = vec![0.0f32; m * n];
         matmul(&a, &b, m, k, n, &mut y).unwrap();
         for i in 0..m {
@@ -317,7 +464,10 @@ mod tests {
                     .map(|t| f64::from(a[i * k + t]) * f64::from(b[t * n + j]))
                     .sum();
                 let got = f64::from(y[i * n + j]);
-                assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "[{i},{j}] {got} vs {want}");
+                assert!(
+                    (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                    "[{i},{j}] {got} vs {want}"
+                );
             }
         }
     }

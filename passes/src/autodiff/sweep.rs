@@ -160,22 +160,21 @@ impl<'g> Sweep<'g> {
         Ok(self.ct.get(&arg).copied())
     }
 
-    /// Re-emits `branch` with its argument bound to `arg`: ops that depend on
-    /// the argument or on a weight are recomputed; the others (masks, LSH
-    /// buckets and what is computed from them, random draws) reuse the
-    /// forward values, so hashing is never recomputed from an inexact inverse.
+    /// Re-emits `branch` with its argument bound to `arg`. Every op is
+    /// recomputed except the LSH hashing and the random draws, whose forward
+    /// values are reused: hashing is never recomputed from an inexact
+    /// inverse, and what is computed from the buckets (sort permutations,
+    /// gather indices, masks) is recomputed exactly from them. Reusing those
+    /// too would keep index tensors of every layer alive from the forward
+    /// pass to the backward pass, so memory would grow with depth.
     fn replay(&mut self, branch: &Branch, arg: ValueId) -> Result<(ValueId, Vec<ValueId>), String> {
         let mut map: HashMap<ValueId, ValueId> = HashMap::from([(branch.arg, arg)]);
         let mut ops = Vec::new();
-        let mut fresh: HashSet<ValueId> = HashSet::from([branch.arg]);
         for &v in &branch.body {
             let node = self.b.g.node(v).clone();
-            let keep = matches!(node.op.kind, OpKind::LshHash | OpKind::RandomNormal);
-            let depends = node.inputs.iter().any(|i| fresh.contains(i));
-            if keep || !(depends || self.active.contains(&v)) {
+            if matches!(node.op.kind, OpKind::LshHash | OpKind::RandomNormal) {
                 continue;
             }
-            fresh.insert(v);
             let inputs = node
                 .inputs
                 .iter()
