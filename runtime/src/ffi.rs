@@ -697,6 +697,33 @@ crate::c_abi! {
         })
     }
 
+    /// `y[i] = a[i] · b[i]` for `nb` pairs of row-major matrices `a[i]`
+    /// `[m, k]` and `b[i]` `[k, n]` stored one after the other, the pairs
+    /// spread over the threads (attention over many small chunks).
+    ///
+    /// # Safety
+    /// As [`rc_linear_f32`], with `nb` matrices in each buffer.
+    unsafe fn rc_matmul_batch_f32(
+        a: *const f32,
+        b: *const f32,
+        nb: i64,
+        m: i64,
+        k: i64,
+        n: i64,
+        y: *mut f32,
+    ) -> i32 {
+        guard(|| {
+            let [nb, m, k, n] = sizes([(nb, "nb"), (m, "m"), (k, "k"), (n, "n")])?;
+            let sa = span(a, count(&[nb, m, k], "a")?, "a")?;
+            let sb = span(b, count(&[nb, k, n], "b")?, "b")?;
+            let sy = span(y, count(&[nb, m, n], "y")?, "y")?;
+            no_overlap(sy, &[sa, sb])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (a, b, y) = unsafe { (view(a, sa), view(b, sb), view_mut(y, sy)) };
+            crate::tensor_ops::matmul_batch(a, b, nb, m, k, n, y)
+        })
+    }
+
     /// `y[m, n] = a[m, k] · b[k, n]`, row-major.
     ///
     /// # Safety

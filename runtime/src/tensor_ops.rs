@@ -371,6 +371,71 @@ pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, y: &mut [f32])
     Ok(())
 }
 
+/// `y[i] = a[i] · b[i]` for `nb` pairs of contiguous row-major matrices
+/// (`rc_matmul_batch_f32`): pairs in parallel, each product on one thread,
+/// with the same bits as [`matmul`] on each pair when `k` is one block.
+///
+/// ```
+/// // Two pairs of [1, 2] · [2, 1].
+/// let (a, b) = ([1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]);
+/// let mut y = [0.0f32; 2];
+/// reformc_runtime::tensor_ops::matmul_batch(&a, &b, 2, 1, 2, 1, &mut y).unwrap();
+/// assert_eq!(y, [1.0 * 5.0 + 2.0 * 6.0, 3.0 * 7.0 + 4.0 * 8.0]);
+/// ```
+pub fn matmul_batch(
+    a: &[f32],
+    b: &[f32],
+    nb: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    y: &mut [f32],
+) -> Result<()> {
+    let (mk, kn, mn) = (m * k, k * n, m * n);
+    check_len("a", a.len(), nb.checked_mul(mk))?;
+    check_len("b", b.len(), nb.checked_mul(kn))?;
+    check_len("y", y.len(), nb.checked_mul(mn))?;
+    if nb <= 1 || k > 2 * MATMUL_KC || mn == 0 || k == 0 {
+        for i in 0..nb {
+            matmul(
+                &a[i * mk..(i + 1) * mk],
+                &b[i * kn..(i + 1) * kn],
+                m,
+                k,
+                n,
+                &mut y[i * mn..(i + 1) * mn],
+            )?;
+        }
+        return Ok(());
+    }
+    let kern = kernel();
+    let failed = std::sync::Mutex::new(None);
+    let shared = SharedMut::new(y);
+    par_for(nb, |i| {
+        match PackedB::from_kn(&b[i * kn..(i + 1) * kn], k, n, n, kern.nr) {
+            Ok(packed) => {
+                // SAFETY: task i alone writes matrix i of y.
+                let yi = unsafe { shared.slice(i * mn, mn) };
+                crate::gemm::gemm(
+                    kern,
+                    m,
+                    &a[i * mk..(i + 1) * mk],
+                    k,
+                    &packed,
+                    yi,
+                    n,
+                    Epilogue::STORE,
+                );
+            }
+            Err(e) => *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e),
+        }
+    })?;
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// The block of the summed dimension in [`matmul`] when it is long: 256
 /// rows of a B 512 wide are 512 KiB packed.
 const MATMUL_KC: usize = 256;
@@ -444,6 +509,32 @@ mod tests {
             .collect();
         assert_eq!(got, want);
         assert!(gather(&x, 4, 2, 3, 4, &[3; 16], 2, &mut y).is_err());
+    }
+
+    #[test]
+    fn a_batch_of_products_gives_each_product_s_bits() {
+        let (nb, m, k, n) = (7, 9, 33, 17);
+        let a: Vec<f32> = (0..nb * m * k)
+            .map(|i| ((i * 7 % 23) as f32 - 11.0) / 8.0)
+            .collect();
+        let b: Vec<f32> = (0..nb * k * n)
+            .map(|i| ((i * 5 % 19) as f32 - 9.0) / 4.0)
+            .collect();
+        let mut y = vec![0.0f32; nb * m * n];
+        matmul_batch(&a, &b, nb, m, k, n, &mut y).unwrap();
+        for i in 0..nb {
+            let mut want = vec![0.0f32; m * n];
+            matmul(
+                &a[i * m * k..][..m * k],
+                &b[i * k * n..][..k * n],
+                m,
+                k,
+                n,
+                &mut want,
+            )
+            .unwrap();
+            assert_eq!(y[i * m * n..][..m * n], want[..], "pair {i}");
+        }
     }
 
     #[test]

@@ -150,7 +150,8 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// `[..., m, k] x [..., k, n]` with numpy-style broadcast batch dims: one
-    /// `rc_matmul_f32` per batch index.
+    /// `rc_matmul_f32` per batch index, or `rc_matmul_batch_f32` when both
+    /// operands have the result's batch dims.
     pub(super) fn matmul(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
         let g = fs.g;
         let what = at(g, &fs.numbering, v);
@@ -180,6 +181,25 @@ impl<'ctx> Gen<'ctx> {
             }
             Ok(s)
         };
+        let full = |u: usize| {
+            let t = g.ty(g.node(v).inputs[u]);
+            t.rank() == dims.len() && t.shape[..batch.len()] == g.ty(v).shape[..batch.len()]
+        };
+        if !batch.is_empty() && full(0) && full(1) {
+            // No operand broadcasts: the runtime spreads the pairs over the threads.
+            let nb = self.prod(batch)?;
+            let args = [
+                a.ptr.into(),
+                b.ptr.into(),
+                nb.into(),
+                m.into(),
+                k.into(),
+                n.into(),
+                out.ptr.into(),
+            ];
+            self.kernel(fs, v, "rc_matmul_batch_f32", &args)?;
+            return Ok(out);
+        }
         let (sa, sb) = (strides(&a, 0)?, strides(&b, 1)?);
         let (mk, kn, mn) = (self.mul(m, k)?, self.mul(k, n)?, self.mul(m, n)?);
         self.for_nd(batch, &mut |idx| {
