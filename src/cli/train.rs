@@ -73,6 +73,9 @@ pub struct TrainArgs {
     /// Worker threads of the compiled step (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Train without dropout even when the config asks for it.
+    #[arg(long)]
+    pub no_dropout: bool,
 }
 
 /// Runs the command.
@@ -90,7 +93,10 @@ pub fn run(args: &TrainArgs) -> CliResult<()> {
         layout.map(PathBuf::as_path),
         args.lm_head_bias,
     )?;
-    let spec = &m.spec;
+    let spec = &m
+        .spec
+        .for_training(args.no_dropout)
+        .map_err(|e| CliError::input(format!("{}: {e}", args.config.display())))?;
     spec.check_length(args.seq_len)
         .map_err(|e| CliError::input(format!("--seq-len: {e}")))?;
     let data = TokenStream::read(&args.data, spec.vocab_size).map_err(CliError::input)?;
