@@ -24,8 +24,8 @@ use serde_json::Value;
 
 use crate::error::{check_range, from_json_error, FrontendError, MAX_SIZE};
 use crate::spec::{
-    Activation, Architecture, AttentionKind, BucketSpec, DropoutSpec, HeadSpec, LocalSpec, LshSpec, ModelSpec,
-    PositionSpec,
+    Activation, Architecture, AttentionKind, BucketSpec, DropoutSpec, HeadSpec, LocalSpec, LshSpec,
+    ModelSpec, PositionSpec,
 };
 
 /// Activation names accepted in `hidden_act`, with the [`Activation`] each

@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{check_range, from_json_error, FrontendError, MAX_SIZE};
 use crate::spec::{
-    Activation, Architecture, AttentionKind, BucketSpec, DropoutSpec, HeadSpec, LocalSpec, LshSpec, ModelSpec,
-    PositionSpec,
+    Activation, Architecture, AttentionKind, BucketSpec, DropoutSpec, HeadSpec, LocalSpec, LshSpec,
+    ModelSpec, PositionSpec,
 };
 
 /// The value of the `format` field that marks a reformc model file.
@@ -422,8 +422,14 @@ fn build(
     }
     for (field, p) in [
         ("hidden_dropout_prob", raw.hidden_dropout_prob),
-        ("lsh_attention_probs_dropout_prob", raw.lsh_attention_probs_dropout_prob),
-        ("local_attention_probs_dropout_prob", raw.local_attention_probs_dropout_prob),
+        (
+            "lsh_attention_probs_dropout_prob",
+            raw.lsh_attention_probs_dropout_prob,
+        ),
+        (
+            "local_attention_probs_dropout_prob",
+            raw.local_attention_probs_dropout_prob,
+        ),
     ] {
         if !(0.0..=1.0).contains(&p) {
             return Err(FrontendError::field(

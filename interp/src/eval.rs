@@ -291,7 +291,8 @@ impl Evaluator<'_> {
                     .unwrap_or(0) as u64;
                 let shape = self.operand(node, 1).shape().to_vec();
                 let p = op.float("p").unwrap_or(0.0);
-                let data = philox::dropout_mask(seed, attr("stream") as u64, p, shape.iter().product());
+                let data =
+                    philox::dropout_mask(seed, attr("stream") as u64, p, shape.iter().product());
                 Tensor::F64(ArrayD::from_shape_vec(IxDyn(&shape), data).expect("count"))
                     .cast(node.ty.dtype)
             }

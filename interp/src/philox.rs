@@ -140,6 +140,37 @@ pub fn dropout_mask(seed: u64, stream: u64, p: f64, n: usize) -> Vec<f64> {
             )
         })
         .take(n)
-        .map(|w| if u64::from(w) >= threshold { scale } else { 0.0 })
+        .map(|w| {
+            if u64::from(w) >= threshold {
+                scale
+            } else {
+                0.0
+            }
+        })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{dropout_mask, keep_scale};
+
+    /// The fraction of zeros is p within 4 standard deviations, every kept
+    /// value is 1/(1-p), and p = 0 keeps everything unscaled.
+    #[test]
+    fn dropout_mask_drops_a_fraction_p() {
+        let n = 100_000;
+        for (seed, p) in [(1u64, 0.1), (2, 0.5), (3, 0.9)] {
+            let m = dropout_mask(seed, 1 << 32, p, n);
+            let zeros = m.iter().filter(|&&x| x == 0.0).count() as f64 / n as f64;
+            let sd = (p * (1.0 - p) / n as f64).sqrt();
+            assert!((zeros - p).abs() < 4.0 * sd, "p {p}: zeros {zeros}");
+            assert!(m.iter().all(|&x| x == 0.0 || x == keep_scale(p)));
+            let mean = m.iter().sum::<f64>() / n as f64;
+            assert!((mean - 1.0).abs() < 0.05, "p {p}: mean {mean}");
+        }
+        assert!(dropout_mask(4, 0, 0.0, 1000).iter().all(|&x| x == 1.0));
+        assert!(dropout_mask(4, 0, 1.0, 1000).iter().all(|&x| x == 0.0));
+        assert_ne!(dropout_mask(4, 0, 0.5, 64), dropout_mask(4, 1, 0.5, 64));
+        assert_ne!(dropout_mask(4, 0, 0.5, 64), dropout_mask(5, 0, 0.5, 64));
+    }
 }

@@ -58,7 +58,9 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<Option<TensorType
             float(1, t[1])?;
             let p = op.float("p").unwrap_or(f64::NAN);
             if !(0.0..=1.0).contains(&p) {
-                return Err(format!("attribute p must be a probability in [0, 1], found {p}"));
+                return Err(format!(
+                    "attribute p must be a probability in [0, 1], found {p}"
+                ));
             }
             t[1].clone()
         }

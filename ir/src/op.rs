@@ -79,7 +79,7 @@ op_kinds! {
     /// seed, `stream`, row-major index) is `>= p`, else 0 (all 0 when
     /// `p = 1`). Only `like`'s shape is read, so a recomputation (the
     /// reversible backward) replays the forward's mask bit for bit.
-    DropoutMask => "dropout_mask", Source, "dropout keep-mask scaled by 1/(1-p), keyed by (seed operand, stream, index)";
+    DropoutMask => "dropout_mask", Tensor, "dropout keep-mask scaled by 1/(1-p), keyed by (seed operand, stream, index)";
     /// `embedding(ids, table)`: the rows of the float `table` `[V,D]` selected by
     /// the integer `ids` of any shape, giving `ids.shape + [D]` (torch
     /// `F.embedding`).

@@ -90,7 +90,11 @@ pub fn dropout_mask(seed: u64, stream: u64, p: f64, out: &mut [f32]) -> Result<(
     const PER: usize = 16384; // values per task, a multiple of 4
     let p = p.clamp(0.0, 1.0);
     let threshold = (p * 4_294_967_296.0).ceil() as u64;
-    let scale = if p >= 1.0 { 0.0 } else { (1.0 / (1.0 - p)) as f32 };
+    let scale = if p >= 1.0 {
+        0.0
+    } else {
+        (1.0 / (1.0 - p)) as f32
+    };
     let key = [seed as u32, (seed >> 32) as u32];
     let n = out.len();
     let shared = SharedMut::new(out);
@@ -107,7 +111,11 @@ pub fn dropout_mask(seed: u64, stream: u64, p: f64, out: &mut [f32]) -> Result<(
                 (stream >> 32) as u32,
             ];
             for (o, w) in quad.iter_mut().zip(philox4x32(ctr, key)) {
-                *o = if u64::from(w) >= threshold { scale } else { 0.0 };
+                *o = if u64::from(w) >= threshold {
+                    scale
+                } else {
+                    0.0
+                };
             }
         }
     })

@@ -14,8 +14,8 @@
 //! it is the single chunk attending to itself `1 + before + after` times,
 //! which weighs every key equally often and so gives the same softmax.
 
-use super::dropout::Mask;
 use super::chunked::{key_flags, mask_logits, Builder};
+use super::dropout::Mask;
 use reformc_ir::{Dim, Graph, Node, Op, OpKind, ValueId};
 
 /// The attributes of a `local_attention` node.

@@ -23,8 +23,8 @@
 //! position once, and each chunk sees every key `1 + before + after` times:
 //! the same softmax, and every round the same output.
 
-use super::dropout::Mask;
 use super::chunked::{key_flags, mask_logits, Builder};
+use super::dropout::Mask;
 use super::local::{check_length, chunked, expect_type};
 use reformc_ir::{Dim, Graph, Node, Op, OpKind, ValueId};
 

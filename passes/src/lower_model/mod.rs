@@ -195,10 +195,14 @@ impl Lowering<'_> {
         let ty = TensorType::scalar(reformc_ir::DType::I64);
         if let Some(v) = old {
             if *self.old.ty(v) != ty {
-                return Err(format!("the input `seed` is {}, dropout needs i64[]", self.old.ty(v)));
+                return Err(format!(
+                    "the input `seed` is {}, dropout needs i64[]",
+                    self.old.ty(v)
+                ));
             }
         }
-        let op = reformc_ir::Op::new(OpKind::Input).with("name", reformc_ir::Attr::Str("seed".into()));
+        let op =
+            reformc_ir::Op::new(OpKind::Input).with("name", reformc_ir::Attr::Str("seed".into()));
         let seed = self.new.add(op, vec![], ty);
         if let Some(v) = old {
             self.map.insert(v, seed);

@@ -118,9 +118,10 @@ impl<'ctx> Gen<'ctx> {
         if node.ty.dtype != DType::F32 {
             return Err(BackendError::Unsupported(format!("{what}: f32 only")));
         }
-        let p = node.op.float("p").ok_or_else(|| {
-            BackendError::Internal(format!("{what}: missing attribute `p`"))
-        })?;
+        let p = node
+            .op
+            .float("p")
+            .ok_or_else(|| BackendError::Internal(format!("{what}: missing attribute `p`")))?;
         let seed = self.i64_operand(fs, v, 0)?;
         let dims = self.type_dims(fs, v)?;
         let out = self.alloc_buf(fs, DType::F32, dims, &what)?;
