@@ -102,7 +102,7 @@ pub fn run(args: &TrainArgs) -> CliResult<()> {
     let data = TokenStream::read(&args.data, spec.vocab_size).map_err(CliError::input)?;
     data.check_window(args.seq_len as usize)
         .map_err(|e| CliError::input(format!("{}: --data: {e}", args.data.display())))?;
-    let model_id = model_identity(spec);
+    let model_id = model_identity(&m.spec);
     let (mut state, seed) = match &args.resume {
         Some(path) => resumed(args, path, &model_id, data.len())?,
         None => fresh(args, spec, m.weights.as_ref())?,
