@@ -88,6 +88,17 @@ fn jit_step_with_dropout_matches_the_interpreter() {
     let mut interp = ModelStep::new(&spec, 32, 1, 9).unwrap();
     let mut jit = ModelStep::new(&spec, 32, 1, 9).unwrap();
     let weights = weights_of(jit.graph());
+    // Every site survives the whole training pipeline: words, positions and
+    // final LayerNorm, plus 4 per layer (probabilities, attention output,
+    // feed-forward inner and output).
+    let g = jit.graph();
+    let streams: std::collections::BTreeSet<i64> = g
+        .walk()
+        .into_iter()
+        .filter(|v| g.node(*v).op.kind == reformc_ir::OpKind::DropoutMask)
+        .filter_map(|v| g.node(v).op.int("stream"))
+        .collect();
+    assert_eq!(streams.len(), 3 + 4 * spec.layers.len(), "{streams:?}");
     jit.compile(&ctx, &weights).unwrap();
     let ids = Tensor::I64(ArrayD::from_shape_fn(IxDyn(&[1, 32]), |i| {
         ((i[1] * 5 + 1) % 48) as i64

@@ -41,7 +41,8 @@ impl DropoutRates {
 pub enum Site {
     /// The word embeddings (before the positions are added).
     Words = 0,
-    /// The position embeddings (axial or learned).
+    /// The position embeddings (axial or learned), masked `[B, P, D]` where
+    /// they are added to the word embeddings.
     Positions = 1,
     /// After the final LayerNorm.
     Final = 2,
@@ -84,10 +85,20 @@ pub(crate) struct Mask {
 impl Mask {
     /// `x * dropout_mask(seed, x)`.
     pub(crate) fn apply(&self, g: &mut Graph, x: ValueId) -> Result<ValueId, String> {
+        self.apply_like(g, x, x)
+    }
+
+    /// `x * dropout_mask(seed, like)`: `x` broadcast to `like`'s shape.
+    pub(crate) fn apply_like(
+        &self,
+        g: &mut Graph,
+        x: ValueId,
+        like: ValueId,
+    ) -> Result<ValueId, String> {
         let op = Op::new(OpKind::DropoutMask)
             .with("p", Attr::Float(self.p))
             .with("stream", Attr::Int(self.stream));
-        let mask = emit(g, op, &[self.seed, x])?;
+        let mask = emit(g, op, &[self.seed, like])?;
         emit(g, Op::new(OpKind::Mul), &[x, mask])
     }
 }

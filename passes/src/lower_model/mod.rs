@@ -219,6 +219,19 @@ impl Lowering<'_> {
         (p > 0.0).then_some((site, dropout::Mask { seed, p, stream }))
     }
 
+    /// The mask of the position embeddings and their operand index when
+    /// `old` is `words + positions` (HF drops the position embeddings,
+    /// `[B, P, D]`, before the sum; the mask takes the words' shape).
+    fn positions_mask(&self, old: &Node) -> Option<(dropout::Mask, usize)> {
+        if old.inputs.len() != 2 {
+            return None;
+        }
+        (0..2).find_map(|at| match self.mask_of(self.old.node(old.inputs[at]))? {
+            (DropoutSite::Positions, m) => Some((m, at)),
+            _ => None,
+        })
+    }
+
     fn block(&mut self, body: &[ValueId]) -> Result<(), String> {
         for &v in body {
             if self.map.contains_key(&v) {
@@ -268,9 +281,18 @@ impl Lowering<'_> {
             OpKind::Embedding | OpKind::AxialPosEmbedding | OpKind::LayerNorm | OpKind::Linear => {
                 let y = basic::lower(&mut self.new, &node, &inputs)?;
                 match mask {
+                    // Masked where they are added to the words (one mask per batch row).
+                    Some((DropoutSite::Positions, _)) | None => y,
                     Some((_, m)) => m.apply(&mut self.new, y)?,
-                    None => y,
                 }
+            }
+            OpKind::Add if self.positions_mask(old).is_some() => {
+                let (m, at) = self.positions_mask(old).expect("matched");
+                let (pe, words) = (inputs[at], inputs[1 - at]);
+                let pe = m.apply_like(&mut self.new, pe, words)?;
+                let mut sum = [words, pe];
+                sum.swap(0, 1 - at); // operands in their old order
+                build::emit(&mut self.new, reformc_ir::Op::new(OpKind::Add), &sum)?
             }
             OpKind::Attention => attention::lower(&mut self.new, &node, &inputs)?,
             OpKind::LocalAttention => local::lower(&mut self.new, &node, &inputs, probs)?,
