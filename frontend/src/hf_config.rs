@@ -24,8 +24,8 @@ use serde_json::Value;
 
 use crate::error::{check_range, from_json_error, FrontendError, MAX_SIZE};
 use crate::spec::{
-    Activation, Architecture, AttentionKind, BucketSpec, HeadSpec, LocalSpec, LshSpec, ModelSpec,
-    PositionSpec,
+    Activation, Architecture, AttentionKind, BucketSpec, DropoutSpec, HeadSpec, LocalSpec, LshSpec,
+    ModelSpec, PositionSpec,
 };
 
 /// Activation names accepted in `hidden_act`, with the [`Activation`] each
@@ -572,6 +572,11 @@ fn build(raw: RawHf, path: &Path, warnings: &mut Vec<String>) -> Result<ModelSpe
         weight_prefix,
         chunk_size_feed_forward: raw.chunk_size_feed_forward.filter(|&c| c > 0),
         chunk_size_lm_head: raw.chunk_size_lm_head.filter(|&c| c > 0),
+        dropout: DropoutSpec {
+            hidden: raw.hidden_dropout_prob.unwrap_or(0.0),
+            lsh_attention: raw.lsh_attention_probs_dropout_prob.unwrap_or(0.0),
+            local_attention: raw.local_attention_probs_dropout_prob.unwrap_or(0.0),
+        },
     })
 }
 
@@ -731,6 +736,11 @@ mod tests {
                 weight_prefix: "reformer.".into(),
                 chunk_size_feed_forward: None,
                 chunk_size_lm_head: None,
+                dropout: DropoutSpec {
+                    hidden: 0.05,
+                    lsh_attention: 0.0,
+                    local_attention: 0.05,
+                },
             }
         );
     }

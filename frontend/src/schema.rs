@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{check_range, from_json_error, FrontendError, MAX_SIZE};
 use crate::spec::{
-    Activation, Architecture, AttentionKind, BucketSpec, HeadSpec, LocalSpec, LshSpec, ModelSpec,
-    PositionSpec,
+    Activation, Architecture, AttentionKind, BucketSpec, DropoutSpec, HeadSpec, LocalSpec, LshSpec,
+    ModelSpec, PositionSpec,
 };
 
 /// The value of the `format` field that marks a reformc model file.
@@ -74,6 +74,17 @@ struct RawModel {
     head: RawHead,
     #[serde(default = "default_prefix")]
     weight_prefix: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    hidden_dropout_prob: f64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    lsh_attention_probs_dropout_prob: f64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    local_attention_probs_dropout_prob: f64,
+}
+
+/// Whether a probability is 0 (left out of written schema files).
+fn is_zero(p: &f64) -> bool {
+    *p == 0.0
 }
 
 fn default_architecture() -> RawArchitecture {
@@ -409,6 +420,25 @@ fn build(
             ),
         ));
     }
+    for (field, p) in [
+        ("hidden_dropout_prob", raw.hidden_dropout_prob),
+        (
+            "lsh_attention_probs_dropout_prob",
+            raw.lsh_attention_probs_dropout_prob,
+        ),
+        (
+            "local_attention_probs_dropout_prob",
+            raw.local_attention_probs_dropout_prob,
+        ),
+    ] {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(FrontendError::field(
+                path,
+                field,
+                format!("expected a probability in [0, 1], found {p}"),
+            ));
+        }
+    }
     if raw.layers.is_empty() {
         return Err(FrontendError::field(
             path,
@@ -569,6 +599,11 @@ fn build(
         weight_prefix: raw.weight_prefix,
         chunk_size_feed_forward: None,
         chunk_size_lm_head: None,
+        dropout: DropoutSpec {
+            hidden: raw.hidden_dropout_prob,
+            lsh_attention: raw.lsh_attention_probs_dropout_prob,
+            local_attention: raw.local_attention_probs_dropout_prob,
+        },
     })
 }
 
@@ -643,6 +678,9 @@ pub fn to_schema_json(spec: &ModelSpec) -> String {
         },
         max_position_embeddings: spec.max_position_embeddings,
         pad_token_id: spec.pad_token_id,
+        hidden_dropout_prob: spec.dropout.hidden,
+        lsh_attention_probs_dropout_prob: spec.dropout.lsh_attention,
+        local_attention_probs_dropout_prob: spec.dropout.local_attention,
         head: match spec.head {
             HeadSpec::LmHead { bias } => RawHead {
                 kind: HeadType::LmHead,

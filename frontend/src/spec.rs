@@ -109,6 +109,48 @@ pub enum HeadSpec {
     None,
 }
 
+/// Dropout probabilities of training (HF names in brackets). Inference never
+/// applies dropout (eval mode); a training step applies it unless asked not to
+/// (`--no-dropout`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DropoutSpec {
+    /// Dropout after the embeddings, the attention output projection, the
+    /// feed-forward activation and output, and the final LayerNorm
+    /// (`hidden_dropout_prob`; HF's default 0.05, the schema's 0).
+    pub hidden: f64,
+    /// Dropout of the LSH attention probabilities
+    /// (`lsh_attention_probs_dropout_prob`).
+    pub lsh_attention: f64,
+    /// Dropout of the local attention probabilities
+    /// (`local_attention_probs_dropout_prob`).
+    pub local_attention: f64,
+}
+
+impl DropoutSpec {
+    /// The nonzero probabilities with their config field names, in a fixed order.
+    ///
+    /// ```
+    /// use reformc_frontend::spec::DropoutSpec;
+    /// let d = DropoutSpec { hidden: 0.1, ..Default::default() };
+    /// assert_eq!(d.nonzero(), vec![("hidden_dropout_prob", 0.1)]);
+    /// ```
+    pub fn nonzero(&self) -> Vec<(&'static str, f64)> {
+        [
+            ("hidden_dropout_prob", self.hidden),
+            ("lsh_attention_probs_dropout_prob", self.lsh_attention),
+            ("local_attention_probs_dropout_prob", self.local_attention),
+        ]
+        .into_iter()
+        .filter(|(_, p)| *p != 0.0)
+        .collect()
+    }
+
+    /// Whether every probability is 0 (a training step is then deterministic).
+    pub fn is_zero(&self) -> bool {
+        self.nonzero().is_empty()
+    }
+}
+
 /// A fully resolved model description.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelSpec {
@@ -165,6 +207,8 @@ pub struct ModelSpec {
     pub chunk_size_feed_forward: Option<u64>,
     /// HF `chunk_size_lm_head` when nonzero: the LM head chunk length.
     pub chunk_size_lm_head: Option<u64>,
+    /// Dropout probabilities applied by training steps only.
+    pub dropout: DropoutSpec,
 }
 
 impl ModelSpec {
@@ -211,6 +255,37 @@ impl ModelSpec {
 }
 
 impl ModelSpec {
+    /// The spec a training step uses: with `no_dropout` (the `--no-dropout`
+    /// flag) every dropout probability is 0, otherwise the config's apply.
+    /// The result is an error only for a probability outside [0, 1] (a spec
+    /// built by hand; parsed configs are checked), naming its field.
+    ///
+    /// ```
+    /// # let mut spec = reformc_frontend::spec::tests_support::tiny();
+    /// spec.dropout.hidden = 0.1;
+    /// assert!(spec.for_training(true).unwrap().dropout.is_zero());
+    /// assert_eq!(spec.for_training(false).unwrap().dropout.hidden, 0.1);
+    /// spec.dropout.hidden = 1.5;
+    /// assert!(spec.for_training(false).unwrap_err().contains("hidden_dropout_prob"));
+    /// ```
+    pub fn for_training(&self, no_dropout: bool) -> Result<ModelSpec, String> {
+        let mut spec = self.clone();
+        if no_dropout {
+            spec.dropout = DropoutSpec::default();
+        }
+        if let Some((field, p)) = spec
+            .dropout
+            .nonzero()
+            .into_iter()
+            .find(|(_, p)| !(0.0..=1.0).contains(p))
+        {
+            return Err(format!(
+                "field `{field}` = {p}: expected a probability in [0, 1]"
+            ));
+        }
+        Ok(spec)
+    }
+
     /// The length HF runs at for an input of length `len` (REFORMER.md §6.3):
     /// padded to the lcm of the chunk lengths when longer than the smallest chunk.
     ///
@@ -295,6 +370,7 @@ pub mod tests_support {
             weight_prefix: "reformer.".into(),
             chunk_size_feed_forward: None,
             chunk_size_lm_head: None,
+            dropout: DropoutSpec::default(),
         }
     }
 }

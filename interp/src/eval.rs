@@ -281,6 +281,21 @@ impl Evaluator<'_> {
                 Tensor::F64(ArrayD::from_shape_vec(IxDyn(&shape), data).expect("count"))
                     .cast(node.ty.dtype)
             }
+            DropoutMask => {
+                let seed = self
+                    .operand(node, 0)
+                    .to_i64()
+                    .iter()
+                    .next()
+                    .copied()
+                    .unwrap_or(0) as u64;
+                let shape = self.operand(node, 1).shape().to_vec();
+                let p = op.float("p").unwrap_or(0.0);
+                let data =
+                    philox::dropout_mask(seed, attr("stream") as u64, p, shape.iter().product());
+                Tensor::F64(ArrayD::from_shape_vec(IxDyn(&shape), data).expect("count"))
+                    .cast(node.ty.dtype)
+            }
             Embedding => T::wrap(nn::embedding(
                 &self.operand(node, 0).to_i64(),
                 self.float::<T>(node, 1)?,

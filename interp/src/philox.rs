@@ -86,3 +86,91 @@ pub fn normals(seed: u64, stream: u64, n: usize) -> Vec<f64> {
     out.truncate(n);
     out
 }
+
+/// The integer threshold of a keep decision with drop probability `p`: a
+/// Philox word `w` (uniform `w / 2^32`) is kept iff `w >= keep_threshold(p)`,
+/// i.e. iff the uniform is `>= p` (rounded up to the 2^-32 grid). Integer
+/// compares make every backend decide alike.
+///
+/// ```
+/// use reformc_interp::philox::keep_threshold;
+/// assert_eq!(keep_threshold(0.0), 0);
+/// assert_eq!(keep_threshold(0.5), 1 << 31);
+/// assert_eq!(keep_threshold(1.0), 1 << 32);
+/// ```
+pub fn keep_threshold(p: f64) -> u64 {
+    (p.clamp(0.0, 1.0) * 4_294_967_296.0).ceil() as u64
+}
+
+/// The value of a kept element: `1/(1-p)`, or 0 when `p >= 1` (nothing is kept).
+pub fn keep_scale(p: f64) -> f64 {
+    if p >= 1.0 {
+        0.0
+    } else {
+        1.0 / (1.0 - p)
+    }
+}
+
+/// A dropout mask of `n` elements for (seed, stream): element `i` is word
+/// `i % 4` of the Philox block `i / 4` (counter `[block, stream]`, key
+/// `seed`), kept (value [`keep_scale`]) iff it is `>= keep_threshold(p)`,
+/// else 0.
+///
+/// ```
+/// use reformc_interp::philox::dropout_mask;
+/// let m = dropout_mask(7, 3, 0.25, 4000);
+/// assert_eq!(m, dropout_mask(7, 3, 0.25, 4000));
+/// let zeros = m.iter().filter(|&&x| x == 0.0).count() as f64 / 4000.0;
+/// assert!((zeros - 0.25).abs() < 0.03);
+/// assert!(m.iter().all(|&x| x == 0.0 || x == 1.0 / 0.75));
+/// ```
+pub fn dropout_mask(seed: u64, stream: u64, p: f64, n: usize) -> Vec<f64> {
+    let key = [seed as u32, (seed >> 32) as u32];
+    let (threshold, scale) = (keep_threshold(p), keep_scale(p));
+    (0..n.div_ceil(4) as u64)
+        .flat_map(|block| {
+            philox4x32(
+                [
+                    block as u32,
+                    (block >> 32) as u32,
+                    stream as u32,
+                    (stream >> 32) as u32,
+                ],
+                key,
+            )
+        })
+        .take(n)
+        .map(|w| {
+            if u64::from(w) >= threshold {
+                scale
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{dropout_mask, keep_scale};
+
+    /// The fraction of zeros is p within 4 standard deviations, every kept
+    /// value is 1/(1-p), and p = 0 keeps everything unscaled.
+    #[test]
+    fn dropout_mask_drops_a_fraction_p() {
+        let n = 100_000;
+        for (seed, p) in [(1u64, 0.1), (2, 0.5), (3, 0.9)] {
+            let m = dropout_mask(seed, 1 << 32, p, n);
+            let zeros = m.iter().filter(|&&x| x == 0.0).count() as f64 / n as f64;
+            let sd = (p * (1.0 - p) / n as f64).sqrt();
+            assert!((zeros - p).abs() < 4.0 * sd, "p {p}: zeros {zeros}");
+            assert!(m.iter().all(|&x| x == 0.0 || x == keep_scale(p)));
+            let mean = m.iter().sum::<f64>() / n as f64;
+            assert!((mean - 1.0).abs() < 0.05, "p {p}: mean {mean}");
+        }
+        assert!(dropout_mask(4, 0, 0.0, 1000).iter().all(|&x| x == 1.0));
+        assert!(dropout_mask(4, 0, 1.0, 1000).iter().all(|&x| x == 0.0));
+        assert_ne!(dropout_mask(4, 0, 0.5, 64), dropout_mask(4, 1, 0.5, 64));
+        assert_ne!(dropout_mask(4, 0, 0.5, 64), dropout_mask(5, 0, 0.5, 64));
+    }
+}

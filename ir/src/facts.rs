@@ -222,6 +222,8 @@ impl OpKind {
         match self {
             Arg | Input | Weight | Constant => other(C::Free, 0.0),
             RandomNormal => other(C::Generate(20), 2.0),
+            // One Philox block (10 rounds) per four elements, one compare each.
+            DropoutMask => other(C::Generate(12), 2.0),
             Embedding | AxialPosEmbedding => other(C::Lookup, 5.0),
             LayerNorm => with_rows(other(C::PerElement(8), 5.0), Rows::RowsOfFirst),
             Linear => with_rows(other(C::Linear, 10.0), Rows::RowsOfFirst),

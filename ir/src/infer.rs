@@ -51,6 +51,19 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<Option<TensorType
             }
             return Ok(None);
         }
+        DropoutMask => {
+            if t[0].dtype != DType::I64 || t[0].rank() != 0 {
+                return Err(format!("operand 0 (seed) must be i64[], found {}", t[0]));
+            }
+            float(1, t[1])?;
+            let p = op.float("p").unwrap_or(f64::NAN);
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!(
+                    "attribute p must be a probability in [0, 1], found {p}"
+                ));
+            }
+            t[1].clone()
+        }
         Embedding => {
             int(0, t[0])?;
             float(1, t[1])?;
@@ -478,7 +491,7 @@ pub fn check_type(op: &Op, operands: &[&TensorType], result: &TensorType) -> Res
         | LshHash | LshAttention | ReversibleBlock | Truncate | Iota | Index | Slice | Add
         | Sub | Mul | Div | Max | Min | Lt | Eq | Neg | Exp | Log | Sqrt | Rsqrt | Tanh | Act
         | Matmul | Reduce | Softmax | Gather | Argmax | Argsort | Select | Transpose
-        | Broadcast | ScatterAdd | ActGrad => Err(format!(
+        | Broadcast | ScatterAdd | ActGrad | DropoutMask => Err(format!(
             "`{op}` derives its result type, but none was derived"
         )),
     }

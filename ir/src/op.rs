@@ -74,6 +74,12 @@ op_kinds! {
     /// the `stream` attribute and its row-major index (Philox4x32-10), so a
     /// recomputation replays the same numbers.
     RandomNormal => "random_normal", Source, "N(0,1) samples from a counter-based generator keyed by (seed operand, stream)";
+    /// `dropout_mask(seed, like) {p, stream}`: a float tensor of `like`'s type
+    /// holding `1/(1-p)` where a Philox4x32-10 uniform keyed by (the `i64[]`
+    /// seed, `stream`, row-major index) is `>= p`, else 0 (all 0 when
+    /// `p = 1`). Only `like`'s shape is read, so a recomputation (the
+    /// reversible backward) replays the forward's mask bit for bit.
+    DropoutMask => "dropout_mask", Tensor, "dropout keep-mask scaled by 1/(1-p), keyed by (seed operand, stream, index)";
     /// `embedding(ids, table)`: the rows of the float `table` `[V,D]` selected by
     /// the integer `ids` of any shape, giving `ids.shape + [D]` (torch
     /// `F.embedding`).
@@ -356,6 +362,11 @@ impl OpKind {
             Input | Weight => schema(0, Some(0), const { &[req("name", T::Str, ANY)] }),
             Constant => schema(0, Some(0), const { &[req("value", T::Number, ANY)] }),
             RandomNormal => schema(1, Some(1), const { &[req("stream", T::Int, 0)] }),
+            DropoutMask => schema(
+                2,
+                Some(2),
+                const { &[req("p", T::Float, ANY), req("stream", T::Int, 0)] },
+            ),
             Embedding => schema(2, Some(2), &[]),
             AxialPosEmbedding => schema(3, Some(3), &[]),
             LayerNorm => schema(3, Some(3), const { &[req("eps", T::Float, ANY)] }),

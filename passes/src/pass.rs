@@ -36,6 +36,9 @@ pub struct PassOptions {
     pub kv_chunk: Option<u64>,
     /// Parameters of LSH layers the `attention` pass creates (defaults: HF's).
     pub lsh: LshOverrides,
+    /// Dropout probabilities of a training step, applied by `lower-model`
+    /// (`None` or all 0: no dropout; inference pipelines never set it).
+    pub dropout: Option<crate::lower_model::DropoutRates>,
 }
 
 impl PassOptions {

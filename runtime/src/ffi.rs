@@ -769,6 +769,33 @@ crate::c_abi! {
         })
     }
 
+    /// A dropout mask of `n` floats keyed by (seed, stream) with drop
+    /// probability `p` in [0, 1]: `1/(1-p)` where kept, else 0; the
+    /// interpreter's `philox::dropout_mask` rounded to f32.
+    ///
+    /// # Safety
+    /// `out` must point to `n` writable floats.
+    unsafe fn rc_dropout_mask_f32(
+        seed: i64,
+        stream: i64,
+        p: f64,
+        n: i64,
+        out: *mut f32,
+    ) -> i32 {
+        guard(|| {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(invalid(format!(
+                    "dropout probability p = {p} is not in [0, 1]"
+                )));
+            }
+            let n = size(n, "n")?;
+            let so = span(out, n, "out")?;
+            // SAFETY: span checked above; size is the ABI's contract with the caller.
+            let o = unsafe { view_mut(out, so) };
+            crate::dropout_mask(seed as u64, stream as u64, p, o)
+        })
+    }
+
     /// Checks replayed LSH bucket ids `[rows, rounds, len]` against the range rule
     /// of [`attention::check_bucket_range`] with `nb` buckets per round (or `nb + 1`
     /// with the padding bucket): code 2 names the first id outside it.

@@ -32,5 +32,5 @@ pub use act::Activation;
 pub use error::{last_error, Error, Result};
 pub use gemm::linear;
 pub use nn::{axial_pos, embedding, layer_norm};
-pub use philox::random_normal;
+pub use philox::{dropout_mask, random_normal};
 pub use pool::{set_threads, threads};

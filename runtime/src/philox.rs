@@ -75,6 +75,52 @@ pub fn random_normal(seed: u64, stream: u64, out: &mut [f32]) -> Result<()> {
     })
 }
 
+/// Fills `out` with a dropout mask for (seed, stream) and drop probability
+/// `p` (`rc_dropout_mask_f32`): element `i` is `1/(1-p)` (rounded to f32)
+/// when word `i % 4` of Philox block `i / 4` is `>= ceil(p * 2^32)`, else 0;
+/// the same values as `reformc_interp::philox::dropout_mask`, in parallel.
+///
+/// ```
+/// let mut a = [0.0f32; 10];
+/// reformc_runtime::dropout_mask(7, 3, 0.5, &mut a).unwrap();
+/// let want: Vec<f32> = reformc_interp::philox::dropout_mask(7, 3, 0.5, 10).iter().map(|&x| x as f32).collect();
+/// assert_eq!(a.to_vec(), want);
+/// ```
+pub fn dropout_mask(seed: u64, stream: u64, p: f64, out: &mut [f32]) -> Result<()> {
+    const PER: usize = 16384; // values per task, a multiple of 4
+    let p = p.clamp(0.0, 1.0);
+    let threshold = (p * 4_294_967_296.0).ceil() as u64;
+    let scale = if p >= 1.0 {
+        0.0
+    } else {
+        (1.0 / (1.0 - p)) as f32
+    };
+    let key = [seed as u32, (seed >> 32) as u32];
+    let n = out.len();
+    let shared = SharedMut::new(out);
+    par_for(n.div_ceil(PER), |t| {
+        let start = t * PER;
+        // SAFETY: task t alone writes values start..start+len.
+        let dst = unsafe { shared.slice(start, PER.min(n - start)) };
+        for (i, quad) in dst.chunks_mut(4).enumerate() {
+            let block = ((start / 4) + i) as u64;
+            let ctr = [
+                block as u32,
+                (block >> 32) as u32,
+                stream as u32,
+                (stream >> 32) as u32,
+            ];
+            for (o, w) in quad.iter_mut().zip(philox4x32(ctr, key)) {
+                *o = if u64::from(w) >= threshold {
+                    scale
+                } else {
+                    0.0
+                };
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::philox4x32;

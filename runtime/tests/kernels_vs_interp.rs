@@ -104,6 +104,16 @@ proptest! {
     }
 
     #[test]
+    fn dropout_mask_is_bit_compatible(seed in any::<i64>(), stream in any::<i64>(), n in 0usize..40000,
+                                      p in prop_oneof![Just(0.0), Just(1.0), 0.0f64..1.0]) {
+        let mut y = vec![0.0f32; n];
+        reformc_runtime::dropout_mask(seed as u64, stream as u64, p, &mut y).unwrap();
+        let want: Vec<f32> = reformc_interp::philox::dropout_mask(seed as u64, stream as u64, p, n)
+            .iter().map(|&x| x as f32).collect();
+        prop_assert_eq!(bits(&y), bits(&want));
+    }
+
+    #[test]
     fn attention_matches(b in 1usize..3, lq in 1usize..20, lk in 0usize..20, h in 1usize..3,
                          dqk in 1usize..9, dv in 1usize..9, masked in any::<bool>(),
                          fl in 0i32..8, kv in 0usize..24, scale in 0.05f32..1.0,

@@ -70,6 +70,10 @@ pub struct GradArgs {
     /// Add `lm_head.bias` to the logits (HF 4.x behaviour; HF 5.x ignores it).
     #[arg(long)]
     pub lm_head_bias: bool,
+    /// Train without dropout even when the config asks for it (e.g. to
+    /// compare with Hugging Face, which cannot be matched under dropout).
+    #[arg(long)]
+    pub no_dropout: bool,
     #[command(flatten)]
     pub passes: PassArgs,
 }
@@ -109,10 +113,15 @@ pub fn run(args: &GradArgs) -> CliResult<()> {
     };
     let labels = Tensor::I64(aligned(&labels, spec.causal));
     feed.inputs.insert(LABELS.to_string(), labels);
-    let seq_len = Some(feed.shape[1] as u64);
+    let train_spec = spec
+        .for_training(args.no_dropout)
+        .map_err(|e| CliError::input(format!("{}: {e}", args.config.display())))?;
     let mut passes = args.passes.clone();
     passes.train = true;
-    passes.optimize(&mut feed.lowered.graph, spec, seq_len)?;
+    let mut opts = passes.options(spec);
+    opts.seq_len = opts.seq_len.or(Some(feed.shape[1] as u64));
+    opts.dropout = reformc_train::grad::dropout_rates(&train_spec);
+    passes.run_pipeline(&mut feed.lowered.graph, &opts, None)?;
     let (out, engine) = super::run::run_engine(
         (args.interp, args.profile),
         &feed.lowered.graph,

@@ -73,6 +73,9 @@ pub struct TrainArgs {
     /// Worker threads of the compiled step (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Train without dropout even when the config asks for it.
+    #[arg(long)]
+    pub no_dropout: bool,
 }
 
 /// Runs the command.
@@ -90,13 +93,16 @@ pub fn run(args: &TrainArgs) -> CliResult<()> {
         layout.map(PathBuf::as_path),
         args.lm_head_bias,
     )?;
-    let spec = &m.spec;
+    let spec = &m
+        .spec
+        .for_training(args.no_dropout)
+        .map_err(|e| CliError::input(format!("{}: {e}", args.config.display())))?;
     spec.check_length(args.seq_len)
         .map_err(|e| CliError::input(format!("--seq-len: {e}")))?;
     let data = TokenStream::read(&args.data, spec.vocab_size).map_err(CliError::input)?;
     data.check_window(args.seq_len as usize)
         .map_err(|e| CliError::input(format!("{}: --data: {e}", args.data.display())))?;
-    let model_id = model_identity(spec);
+    let model_id = model_identity(&m.spec);
     let (mut state, seed) = match &args.resume {
         Some(path) => resumed(args, path, &model_id, data.len())?,
         None => fresh(args, spec, m.weights.as_ref())?,

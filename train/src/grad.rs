@@ -11,6 +11,7 @@ use reformc_frontend::lower::{lower, LowerOptions, LshSource};
 use reformc_frontend::spec::ModelSpec;
 use reformc_ir::{DType, Graph};
 use reformc_passes::autodiff::{GRAD_PREFIX, LABELS, LOSS};
+use reformc_passes::lower_model::DropoutRates;
 use reformc_passes::{Instrumentation, PassManager, PassOptions, Pipeline};
 use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
@@ -55,6 +56,18 @@ pub fn build_step(graph: &mut Graph, opts: &PassOptions) -> Result<(), String> {
     pm.run(graph, opts, &mut std::io::sink())
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// The dropout a training step of `spec` applies (`None` when all its
+/// probabilities are 0; see [`ModelSpec::for_training`] for `--no-dropout`).
+pub fn dropout_rates(spec: &ModelSpec) -> Option<DropoutRates> {
+    let d = &spec.dropout;
+    let rates = DropoutRates {
+        hidden: d.hidden,
+        lsh_attention: d.lsh_attention,
+        local_attention: d.local_attention,
+    };
+    (!rates.is_zero()).then_some(rates)
 }
 
 /// What runs a [`ModelStep`].
@@ -105,6 +118,7 @@ impl<'ctx> ModelStep<'ctx> {
             batch: Some(batch),
             chunk_size_feed_forward: spec.chunk_size_feed_forward,
             chunk_size_lm_head: spec.chunk_size_lm_head,
+            dropout: dropout_rates(spec),
             ..Default::default()
         };
         build_step(&mut graph, &pass_opts)?;

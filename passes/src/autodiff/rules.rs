@@ -36,8 +36,9 @@ pub enum Rule {
 pub fn rule_of(kind: OpKind) -> Rule {
     use OpKind::*;
     match kind {
-        Arg | Input | Weight | Constant | RandomNormal | LshHash | Iota | Lt | Eq | Argmax
-        | Argsort => Rule::Constant,
+        // A dropout mask depends on its `like` operand's shape only.
+        Arg | Input | Weight | Constant | RandomNormal | DropoutMask | LshHash | Iota | Lt | Eq
+        | Argmax | Argsort => Rule::Constant,
         Embedding | AxialPosEmbedding | LayerNorm | Linear | Attention | LocalAttention
         | LshAttention | SeqChunk => Rule::LowerFirst,
         ReversibleBlock => Rule::Reversible,

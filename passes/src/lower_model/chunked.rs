@@ -9,6 +9,7 @@
 //! [`reformc_ir::check_type`], so a decomposition cannot emit an ill-typed
 //! node without an error that names the op.
 
+use super::dropout::Mask;
 use reformc_ir::{
     check_type, infer_type, Attr, DType, Dim, Graph, Node, Op, OpKind, TensorType, ValueId,
 };
@@ -91,6 +92,15 @@ impl<'g> Builder<'g> {
             .map_err(|e| format!("`{op}`: {e}"))?
             .ok_or_else(|| format!("`{op}` needs a declared result type"))?;
         Ok(self.g.add(op, inputs, ty))
+    }
+
+    /// `x * dropout_mask(seed, x)` for the mask `m` (training steps only).
+    pub(crate) fn masked(&mut self, x: ValueId, m: &Mask) -> Result<ValueId, String> {
+        let op = Op::new(OpKind::DropoutMask)
+            .with("p", reformc_ir::Attr::Float(m.p))
+            .with("stream", reformc_ir::Attr::Int(m.stream));
+        let mask = self.op(op, vec![m.seed, x])?;
+        self.bin(OpKind::Mul, x, mask)
     }
 
     /// An op with a declared result type, checked against the op.
@@ -388,8 +398,8 @@ pub fn lower_attention_node(g: &mut Graph, v: ValueId) -> Result<ValueId, String
     let node = g.node(v).clone();
     let start = g.body.len();
     let new = match node.op.kind {
-        OpKind::LocalAttention => super::local::lower(g, &node, &node.inputs)?,
-        OpKind::LshAttention => super::lsh::lower(g, &node, &node.inputs)?,
+        OpKind::LocalAttention => super::local::lower(g, &node, &node.inputs, None)?,
+        OpKind::LshAttention => super::lsh::lower(g, &node, &node.inputs, None)?,
         other => return Err(format!("{v} is a `{other}`, not local or LSH attention")),
     };
     let added: Vec<ValueId> = g.body.drain(start..).collect();

@@ -15,6 +15,7 @@
 //! which weighs every key equally often and so gives the same softmax.
 
 use super::chunked::{key_flags, mask_logits, Builder};
+use super::dropout::Mask;
 use reformc_ir::{Dim, Graph, Node, Op, OpKind, ValueId};
 
 /// The attributes of a `local_attention` node.
@@ -58,7 +59,12 @@ impl Local {
 /// an error here, as it is in the interpreter; a symbolic one is assumed to
 /// be at most one chunk or a multiple of the chunk length (what the
 /// frontend's padding guarantees) and is padded up otherwise.
-pub(crate) fn lower(g: &mut Graph, node: &Node, inputs: &[ValueId]) -> Result<ValueId, String> {
+pub(crate) fn lower(
+    g: &mut Graph,
+    node: &Node,
+    inputs: &[ValueId],
+    dropout: Option<Mask>,
+) -> Result<ValueId, String> {
     let a = Local::of(node)?;
     if inputs.len() < 3 {
         return Err(format!(
@@ -123,6 +129,11 @@ pub(crate) fn lower(g: &mut Graph, node: &Node, inputs: &[ValueId]) -> Result<Va
     let logits = mask_logits(&mut b, logits, qpos, kpos, kflag, a.causal, false)?;
 
     let probs = b.on_axis(OpKind::Softmax, vec![logits], 4)?;
+    // Train mode: HF drops attention probabilities before weighing the values.
+    let probs = match dropout {
+        Some(m) => b.masked(probs, &m)?,
+        None => probs,
+    };
     let out = b.op(Op::new(OpKind::Matmul), vec![probs, vadj])?;
     let d = b.dims(out);
     let out = b.reshape(out, vec![d[0].clone(), d[1].clone(), padded, d[4].clone()])?;

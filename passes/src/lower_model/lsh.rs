@@ -24,6 +24,7 @@
 //! the same softmax, and every round the same output.
 
 use super::chunked::{key_flags, mask_logits, Builder};
+use super::dropout::Mask;
 use super::local::{check_length, chunked, expect_type};
 use reformc_ir::{Dim, Graph, Node, Op, OpKind, ValueId};
 
@@ -70,7 +71,12 @@ struct Sorted {
 ///
 /// Lengths: as for `local_attention` (see [`super::local::lower`]), a
 /// constant length above the chunk length must be a multiple of it.
-pub(crate) fn lower(g: &mut Graph, node: &Node, inputs: &[ValueId]) -> Result<ValueId, String> {
+pub(crate) fn lower(
+    g: &mut Graph,
+    node: &Node,
+    inputs: &[ValueId],
+    dropout: Option<Mask>,
+) -> Result<ValueId, String> {
     let a = Lsh::of(node)?;
     if inputs.len() < 3 {
         return Err(format!(
@@ -126,6 +132,11 @@ pub(crate) fn lower(g: &mut Graph, node: &Node, inputs: &[ValueId]) -> Result<Va
     let logits = mask_logits(&mut b, logits, qpos, kpos, kflag, a.causal, true)?;
 
     let probs = b.on_axis(OpKind::Softmax, vec![logits], 4)?;
+    // Train mode: HF drops attention probabilities before weighing the values.
+    let probs = match dropout {
+        Some(m) => b.masked(probs, &m)?,
+        None => probs,
+    };
     let out = b.op(Op::new(OpKind::Matmul), vec![probs, vadj])?;
     let slot_dims = b.dims(sq);
     let out = b.reshape(out, slot_dims)?;

@@ -33,10 +33,12 @@ pub(crate) mod attention;
 pub(crate) mod basic;
 mod build;
 mod chunked;
+mod dropout;
 pub(crate) mod local;
 pub(crate) mod lsh;
 
 pub use chunked::lower_attention_node;
+pub use dropout::{stream as dropout_stream, DropoutRates, Site as DropoutSite};
 
 use crate::pass::{Pass, PassError, PassOptions};
 use reformc_ir::{verify, Dim, Graph, Node, OpKind, OpLevel, Region, TensorType, ValueId, LAYER};
@@ -54,17 +56,29 @@ impl Pass for LowerModelPass {
         "rewrites model ops (embedding, layer_norm, linear, attention, ...) into tensor ops; inlines seq_chunk"
     }
 
-    fn run(&self, g: &mut Graph, _opts: &PassOptions) -> Result<Vec<String>, PassError> {
+    fn run(&self, g: &mut Graph, opts: &PassOptions) -> Result<Vec<String>, PassError> {
         let before = count_model_ops(g);
-        let lowered = lower_model(g).map_err(|message| PassError {
+        let lowered = lower_model_with(g, opts.dropout).map_err(|message| PassError {
             pass: self.name().into(),
             message,
         })?;
         *g = lowered;
-        Ok(vec![format!(
+        let mut notes = vec![format!(
             "lowered {before} model op(s) to tensor ops ({} node(s) now)",
             g.len()
-        )])
+        )];
+        if let Some(rates) = opts.dropout.filter(|r| !r.is_zero()) {
+            let masks = g
+                .walk()
+                .into_iter()
+                .filter(|v| g.node(*v).op.kind == OpKind::DropoutMask)
+                .count();
+            notes.push(format!(
+                "dropout: {masks} mask(s) keyed by the `seed` input (hidden {}, lsh {}, local {})",
+                rates.hidden, rates.lsh_attention, rates.local_attention
+            ));
+        }
+        Ok(notes)
     }
 }
 
@@ -84,6 +98,14 @@ fn count_model_ops(g: &Graph) -> usize {
 /// docs). The result verifies; an op without a lowering, or a `seq_chunk`
 /// whose body is not position-wise, is an error naming the node.
 pub fn lower_model(g: &Graph) -> Result<Graph, String> {
+    lower_model_with(g, None)
+}
+
+/// [`lower_model`] for a training step: with nonzero `dropout` rates, each
+/// dropout site of Hugging Face's Reformer (see [`DropoutSite`]) multiplies
+/// its value by a `dropout_mask` keyed by the `seed` input (added when the
+/// graph has none) and the site's [`dropout_stream`].
+pub fn lower_model_with(g: &Graph, dropout: Option<DropoutRates>) -> Result<Graph, String> {
     let reserved = all_symbols(g);
     let mut cx = Lowering {
         old: g,
@@ -96,7 +118,11 @@ pub fn lower_model(g: &Graph) -> Result<Graph, String> {
             .enumerate()
             .map(|(i, v)| (v, i))
             .collect(),
+        dropout: None,
     };
+    if let Some(rates) = dropout.filter(|r| !r.is_zero()) {
+        cx.dropout = Some((rates, cx.seed_input()?));
+    }
     build::with_reserved_symbols(reserved, || cx.block(&g.body))?;
     for (name, v) in &g.outputs {
         let nv = cx.mapped(*v)?;
@@ -129,6 +155,8 @@ struct Lowering<'a> {
     subst: BTreeMap<String, Dim>,
     /// The printer's number of every old value (for messages).
     numbering: HashMap<ValueId, usize>,
+    /// Dropout rates and the new graph's `seed` input, in a training step.
+    dropout: Option<(DropoutRates, ValueId)>,
 }
 
 impl Lowering<'_> {
@@ -157,8 +185,58 @@ impl Lowering<'_> {
         TensorType::new(ty.dtype, shape)
     }
 
+    /// The new graph's `i64[]` input `seed`, created first: the old graph's
+    /// (then mapped to it) or a new one.
+    fn seed_input(&mut self) -> Result<ValueId, String> {
+        let old = self.old.body.iter().copied().find(|v| {
+            let n = self.old.node(*v);
+            n.op.kind == OpKind::Input && n.op.str("name") == Some("seed")
+        });
+        let ty = TensorType::scalar(reformc_ir::DType::I64);
+        if let Some(v) = old {
+            if *self.old.ty(v) != ty {
+                return Err(format!(
+                    "the input `seed` is {}, dropout needs i64[]",
+                    self.old.ty(v)
+                ));
+            }
+        }
+        let op =
+            reformc_ir::Op::new(OpKind::Input).with("name", reformc_ir::Attr::Str("seed".into()));
+        let seed = self.new.add(op, vec![], ty);
+        if let Some(v) = old {
+            self.map.insert(v, seed);
+        }
+        Ok(seed)
+    }
+
+    /// The dropout mask of a model op of the old graph, if one applies.
+    fn mask_of(&self, old: &Node) -> Option<(DropoutSite, dropout::Mask)> {
+        let (rates, seed) = self.dropout?;
+        let (site, layer) = dropout::site_of(self.old, old)?;
+        let p = rates.of(site, old.op.kind);
+        let stream = dropout::stream(layer, site);
+        (p > 0.0).then_some((site, dropout::Mask { seed, p, stream }))
+    }
+
+    /// The mask of the position embeddings and their operand index when
+    /// `old` is `words + positions` (HF drops the position embeddings,
+    /// `[B, P, D]`, before the sum; the mask takes the words' shape).
+    fn positions_mask(&self, old: &Node) -> Option<(dropout::Mask, usize)> {
+        if old.inputs.len() != 2 {
+            return None;
+        }
+        (0..2).find_map(|at| match self.mask_of(self.old.node(old.inputs[at]))? {
+            (DropoutSite::Positions, m) => Some((m, at)),
+            _ => None,
+        })
+    }
+
     fn block(&mut self, body: &[ValueId]) -> Result<(), String> {
         for &v in body {
+            if self.map.contains_key(&v) {
+                continue; // the `seed` input, created first
+            }
             let node = self.old.node(v);
             let nv = self.node(node).map_err(|e| {
                 let layer = node
@@ -190,15 +268,35 @@ impl Lowering<'_> {
             regions: vec![],
         };
         let first = self.new.len();
+        let mask = self.mask_of(old);
+        let probs = mask.filter(|(s, _)| *s == DropoutSite::AttentionProbs);
+        let probs = probs.map(|(_, m)| m);
         let out = match old.op.kind {
             OpKind::ReversibleBlock => return self.reversible(old, &node, inputs),
             OpKind::SeqChunk => return self.seq_chunk(old, inputs[0]),
+            OpKind::Linear if matches!(mask, Some((DropoutSite::FeedForwardInner, _))) => {
+                let m = mask.map(|(_, m)| m).expect("matched");
+                dropout_before_activation(&mut self.new, &node, &inputs, &m)?
+            }
             OpKind::Embedding | OpKind::AxialPosEmbedding | OpKind::LayerNorm | OpKind::Linear => {
-                basic::lower(&mut self.new, &node, &inputs)?
+                let y = basic::lower(&mut self.new, &node, &inputs)?;
+                match mask {
+                    // Masked where they are added to the words (one mask per batch row).
+                    Some((DropoutSite::Positions, _)) | None => y,
+                    Some((_, m)) => m.apply(&mut self.new, y)?,
+                }
+            }
+            OpKind::Add if self.positions_mask(old).is_some() => {
+                let (m, at) = self.positions_mask(old).expect("matched");
+                let (pe, words) = (inputs[at], inputs[1 - at]);
+                let pe = m.apply_like(&mut self.new, pe, words)?;
+                let mut sum = [words, pe];
+                sum.swap(0, 1 - at); // operands in their old order
+                build::emit(&mut self.new, reformc_ir::Op::new(OpKind::Add), &sum)?
             }
             OpKind::Attention => attention::lower(&mut self.new, &node, &inputs)?,
-            OpKind::LocalAttention => local::lower(&mut self.new, &node, &inputs)?,
-            OpKind::LshAttention => lsh::lower(&mut self.new, &node, &inputs)?,
+            OpKind::LocalAttention => local::lower(&mut self.new, &node, &inputs, probs)?,
+            OpKind::LshAttention => lsh::lower(&mut self.new, &node, &inputs, probs)?,
             _ if !old.regions.is_empty() => {
                 return Err(format!(
                     "`{}` has regions that lower-model does not know how to lower",
@@ -290,6 +388,24 @@ impl Lowering<'_> {
         self.subst.remove(&sym);
         lowered?;
         self.mapped(result)
+    }
+}
+
+/// HF's feed-forward dense layer in train mode: dense, dropout, then the
+/// activation (`linear {activation}` lowered without it, masked, activated).
+fn dropout_before_activation(
+    g: &mut Graph,
+    node: &Node,
+    inputs: &[ValueId],
+    mask: &dropout::Mask,
+) -> Result<ValueId, String> {
+    let mut plain = node.clone();
+    let activation = plain.op.attrs.remove("activation");
+    let y = basic::lower(g, &plain, inputs)?;
+    let y = mask.apply(g, y)?;
+    match activation {
+        Some(name) => build::emit(g, reformc_ir::Op::new(OpKind::Act).with("fn", name), &[y]),
+        None => Ok(y),
     }
 }
 

@@ -1553,6 +1553,7 @@ impl<'ctx> Gen<'ctx> {
                 out
             }
             RandomNormal => self.random_normal(fs, v)?,
+            DropoutMask => self.dropout_mask(fs, v)?,
             Embedding => self.embedding(fs, v)?,
             AxialPosEmbedding => self.axial_pos_embedding(fs, v)?,
             LayerNorm => self.layer_norm(fs, v)?,

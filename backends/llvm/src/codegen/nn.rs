@@ -109,4 +109,37 @@ impl<'ctx> Gen<'ctx> {
         )?;
         Ok(out)
     }
+
+    /// `dropout_mask seed, like {p, stream}`: the runtime's Philox mask,
+    /// bit-identical to the interpreter's.
+    pub(super) fn dropout_mask(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
+        let node = fs.g.node(v);
+        let what = at(fs.g, &fs.numbering, v);
+        if node.ty.dtype != DType::F32 {
+            return Err(BackendError::Unsupported(format!("{what}: f32 only")));
+        }
+        let p = node
+            .op
+            .float("p")
+            .ok_or_else(|| BackendError::Internal(format!("{what}: missing attribute `p`")))?;
+        let seed = self.i64_operand(fs, v, 0)?;
+        let dims = self.type_dims(fs, v)?;
+        let out = self.alloc_buf(fs, DType::F32, dims, &what)?;
+        let s = self.load(DType::I64, seed.ptr, self.i64c(0))?;
+        let n = self.prod(&out.dims)?;
+        let stream = self.node_attr_int(fs, v, "stream")?;
+        self.kernel(
+            fs,
+            v,
+            "rc_dropout_mask_f32",
+            &[
+                s.into(),
+                self.i64c(stream).into(),
+                self.t.f64.const_float(p).into(),
+                n.into(),
+                out.ptr.into(),
+            ],
+        )?;
+        Ok(out)
+    }
 }

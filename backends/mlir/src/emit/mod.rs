@@ -332,6 +332,8 @@ impl<'g> Emitter<'g> {
             // Not lowered yet (issue 10): each is an error naming the op.
             // Region arguments are bound by the op that owns the region.
             OpKind::Arg => Err(self.unsupported(v)),
+            // Training-only (dropout of a step graph); steps run on the LLVM JIT.
+            OpKind::DropoutMask => Err(self.unsupported(v)),
             OpKind::Embedding => self.embedding(v),
             OpKind::AxialPosEmbedding => self.axial_pos_embedding(v),
             OpKind::LayerNorm => self.layer_norm(v),
