@@ -197,3 +197,33 @@ fn grad_applies_the_configs_dropout_unless_told_not_to() {
     assert_ne!(other, on, "another seed draws other masks");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn every_training_step_command_applies_the_configs_dropout() {
+    // dump --train builds the step as compile --train and explain --train do
+    // (PassArgs::options): masks with the config's dropout, none with
+    // --no-dropout, none in the inference graph.
+    let dir = scratch("dump");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{CASE}/config.json")).unwrap())
+            .unwrap();
+    cfg["hidden_dropout_prob"] = serde_json::json!(0.1);
+    let config = dir.join("config.json");
+    std::fs::write(&config, cfg.to_string()).unwrap();
+    let masks = |extra: &[&str]| {
+        let r = Command::new(env!("CARGO_BIN_EXE_reformc"))
+            .arg("dump")
+            .arg(&config)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        String::from_utf8_lossy(&r.stdout)
+            .matches("dropout_mask")
+            .count()
+    };
+    assert!(masks(&["--train"]) > 0, "no mask in the training step");
+    assert_eq!(masks(&["--train", "--no-dropout"]), 0);
+    assert_eq!(masks(&[]), 0, "inference has no dropout");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -70,10 +70,6 @@ pub struct GradArgs {
     /// Add `lm_head.bias` to the logits (HF 4.x behaviour; HF 5.x ignores it).
     #[arg(long)]
     pub lm_head_bias: bool,
-    /// Train without dropout even when the config asks for it (e.g. to
-    /// compare with Hugging Face, which cannot be matched under dropout).
-    #[arg(long)]
-    pub no_dropout: bool,
     #[command(flatten)]
     pub passes: PassArgs,
 }
@@ -114,7 +110,7 @@ pub fn run(args: &GradArgs) -> CliResult<()> {
     let labels = Tensor::I64(aligned(&labels, spec.causal));
     feed.inputs.insert(LABELS.to_string(), labels);
     let train_spec = spec
-        .for_training(args.no_dropout)
+        .for_training(args.passes.no_dropout)
         .map_err(|e| CliError::input(format!("{}: {e}", args.config.display())))?;
     let mut passes = args.passes.clone();
     passes.train = true;

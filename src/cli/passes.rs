@@ -73,6 +73,10 @@ pub struct PassArgs {
     /// passes (`lower-model`, `autodiff`) before `memory-plan`.
     #[arg(skip)]
     pub train: bool,
+    /// Training step only: leave out the dropout the config asks for (e.g.
+    /// to compare with Hugging Face, which cannot be matched under dropout).
+    #[arg(long)]
+    pub no_dropout: bool,
 }
 
 impl PassArgs {
@@ -102,11 +106,17 @@ impl PassArgs {
     /// Options every pass sees; chunk sizes default to the model's config.
     pub fn options(&self, spec: &ModelSpec) -> PassOptions {
         let opts = self.options_without_model();
+        // A training step applies the config's dropout (never inference).
+        let dropout = match self.train && !self.no_dropout {
+            true => reformc_train::grad::dropout_rates(spec),
+            false => None,
+        };
         PassOptions {
             chunk_size_feed_forward: opts
                 .chunk_size_feed_forward
                 .or(spec.chunk_size_feed_forward),
             chunk_size_lm_head: opts.chunk_size_lm_head.or(spec.chunk_size_lm_head),
+            dropout,
             ..opts
         }
     }
