@@ -157,16 +157,28 @@ fn grad(config: &Path, dir: &Path, extra: &[&str]) -> (Output, f64) {
     (r, value)
 }
 
+/// The fixture's config with the given dropout probabilities, in `dir`.
+fn with_dropout(dir: &Path, rates: &[(&str, f64)]) -> PathBuf {
+    let text = std::fs::read_to_string(format!("{CASE}/config.json")).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for (field, p) in rates {
+        cfg[*field] = serde_json::json!(p);
+    }
+    let config = dir.join("config.json");
+    std::fs::write(&config, cfg.to_string()).unwrap();
+    config
+}
+
 #[test]
 fn grad_applies_the_configs_dropout_unless_told_not_to() {
     let dir = scratch("grad");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{CASE}/config.json")).unwrap())
-            .unwrap();
-    cfg["hidden_dropout_prob"] = serde_json::json!(0.1);
-    cfg["lsh_attention_probs_dropout_prob"] = serde_json::json!(0.1);
-    let config = dir.join("config.json");
-    std::fs::write(&config, cfg.to_string()).unwrap();
+    let config = with_dropout(
+        &dir,
+        &[
+            ("hidden_dropout_prob", 0.1),
+            ("lsh_attention_probs_dropout_prob", 0.1),
+        ],
+    );
     let original = PathBuf::from(format!("{CASE}/config.json"));
     let (r0, base) = grad(&original, &dir, &[]);
     assert!(
@@ -204,12 +216,7 @@ fn every_training_step_command_applies_the_configs_dropout() {
     // (PassArgs::options): masks with the config's dropout, none with
     // --no-dropout, none in the inference graph.
     let dir = scratch("dump");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{CASE}/config.json")).unwrap())
-            .unwrap();
-    cfg["hidden_dropout_prob"] = serde_json::json!(0.1);
-    let config = dir.join("config.json");
-    std::fs::write(&config, cfg.to_string()).unwrap();
+    let config = with_dropout(&dir, &[("hidden_dropout_prob", 0.1)]);
     let masks = |extra: &[&str]| {
         let r = Command::new(env!("CARGO_BIN_EXE_reformc"))
             .arg("dump")

@@ -323,10 +323,25 @@ impl<'ctx> Gen<'ctx> {
         r?;
         let f = self.dedupe(f, fs, v, caller)?;
         self.b.position_at_end(caller);
-        let mut args: Vec<BasicMetadataValueEnum> = p.args.iter().map(|a| (*a).into()).collect();
-        args.push(self.str_array(&strs).into());
+        self.call_outlined(fs, f, &p.args, &[], &strs)
+    }
+
+    /// Calls outlined `f` with the caller's `args`, the `extra` pointers and
+    /// the table of `strs`; a failure inside returns its error code, which
+    /// goes to the caller's cleanup.
+    pub(super) fn call_outlined(
+        &self,
+        fs: &Fs<'ctx, '_>,
+        f: FunctionValue<'ctx>,
+        args: &[BasicValueEnum<'ctx>],
+        extra: &[PointerValue<'ctx>],
+        strs: &[String],
+    ) -> Result<()> {
+        let mut all: Vec<BasicMetadataValueEnum> = args.iter().map(|a| (*a).into()).collect();
+        all.extend(extra.iter().map(|p| BasicMetadataValueEnum::from(*p)));
+        all.push(self.str_array(strs).into());
         let inkwell::values::ValueKind::Basic(code) =
-            self.b.build_call(f, &args, "code")?.try_as_basic_value()
+            self.b.build_call(f, &all, "code")?.try_as_basic_value()
         else {
             return Err(BackendError::Internal(
                 "outlined function returns nothing".into(),

@@ -143,21 +143,7 @@ impl<'ctx> Gen<'ctx> {
         self.b.position_at_end(caller);
         let frame_ty = self.t.i64.array_type(outcome.words.max(1) as u32);
         let frame = fs.entry_b.build_alloca(frame_ty, "frame")?;
-        let mut args: Vec<BasicMetadataValueEnum> = p.args.iter().map(|a| (*a).into()).collect();
-        args.push(frame.into());
-        args.push(self.str_array(&strs).into());
-        let inkwell::values::ValueKind::Basic(code) =
-            self.b.build_call(f, &args, "code")?.try_as_basic_value()
-        else {
-            return Err(BackendError::Internal(
-                "outlined function returns nothing".into(),
-            ));
-        };
-        let code = code.into_int_value();
-        let failed = self
-            .b
-            .build_int_compare(IntPredicate::NE, code, self.i32c(0), "failed")?;
-        self.fail_if(fs.exit, failed, |_| Ok(code))?;
+        self.call_outlined(fs, f, &p.args, &[frame], &strs)?;
         self.import(fs, &p.args, outcome, frame)
     }
 
