@@ -663,6 +663,38 @@ crate::c_abi! {
         unsafe { arg_keys(x, outer, n, inner, sort, y) }
     }
 
+    /// `y[o, j, i, :] = x[o, i, j, :]`: swaps two adjacent axes of an
+    /// `[outer, r, c, inner]` array of `elem`-byte elements (a transpose).
+    ///
+    /// # Safety
+    /// As [`rc_linear_f32`].
+    unsafe fn rc_swap_axes(
+        x: *const u8,
+        elem: i64,
+        outer: i64,
+        r: i64,
+        c: i64,
+        inner: i64,
+        y: *mut u8,
+    ) -> i32 {
+        guard(|| {
+            let [e, o, r, c, i] = sizes([
+                (elem, "elem"),
+                (outer, "outer"),
+                (r, "r"),
+                (c, "c"),
+                (inner, "inner"),
+            ])?;
+            let n = count(&[o, r, c, i, e], "x")?;
+            let sx = span(x, n, "x")?;
+            let sy = span(y, n, "y")?;
+            no_overlap(sy, &[sx])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (x, y) = unsafe { (view(x, sx), view_mut(y, sy)) };
+            crate::tensor_ops::swap_axes(x, e, o, r, c, i, y)
+        })
+    }
+
     /// `y[o, j, i] = x[o, idx[o, j, i], i]` (`take_along_axis`) for elements of
     /// `elem` bytes; `x` is `[outer, n, inner]`, `idx` and `y` are `[outer, m,
     /// inner]`. Status 2 if an index is outside `[0, n)`.

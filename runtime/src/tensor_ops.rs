@@ -333,6 +333,77 @@ pub fn gather(
     })
 }
 
+/// `y[o, j, i, :] = x[o, i, j, :]` (`rc_swap_axes`): swaps two adjacent
+/// axes of an `[outer, r, c, inner]` array of `elem`-byte elements, in
+/// tiles of 32 × 32 blocks of `inner` elements, output rows spread over the
+/// threads. A transpose that swaps two neighbouring axes is this.
+///
+/// ```
+/// // [2, 3] -> [3, 2] of one-byte elements.
+/// let mut y = [0u8; 6];
+/// reformc_runtime::tensor_ops::swap_axes(&[1, 2, 3, 4, 5, 6], 1, 1, 2, 3, 1, &mut y).unwrap();
+/// assert_eq!(y, [1, 4, 2, 5, 3, 6]);
+/// ```
+pub fn swap_axes(
+    x: &[u8],
+    elem: usize,
+    outer: usize,
+    r: usize,
+    c: usize,
+    inner: usize,
+    y: &mut [u8],
+) -> Result<()> {
+    let w = inner.checked_mul(elem);
+    let total = outer
+        .checked_mul(r)
+        .and_then(|v| v.checked_mul(c))
+        .and_then(|v| v.checked_mul(w?));
+    check_len("x", x.len(), total)?;
+    check_len("y", y.len(), total)?;
+    let w = inner * elem;
+    if x.is_empty() {
+        return Ok(());
+    }
+    let tiles = c.div_ceil(SWAP_TILE);
+    let shared = SharedMut::new(y);
+    par_for(outer * tiles, |t| {
+        let (o, j0) = (t / tiles, (t % tiles) * SWAP_TILE);
+        let j1 = (j0 + SWAP_TILE).min(c);
+        let xo = &x[o * r * c * w..(o + 1) * r * c * w];
+        // SAFETY: task t alone writes output rows j0..j1 of block o.
+        let yo = unsafe { shared.slice((o * c + j0) * r * w, (j1 - j0) * r * w) };
+        match w {
+            4 => swap_tiles::<4>(xo, yo, r, c, j0..j1, 4),
+            8 => swap_tiles::<8>(xo, yo, r, c, j0..j1, 8),
+            _ => swap_tiles::<0>(xo, yo, r, c, j0..j1, w),
+        }
+    })
+}
+
+/// Rows and columns of a tile of [`swap_axes`].
+const SWAP_TILE: usize = 32;
+
+/// Output rows `js` of one block of [`swap_axes`]: blocks of `W` bytes (a
+/// constant, so each copy is one move) or, with `W = 0`, of `w` bytes.
+fn swap_tiles<const W: usize>(
+    xo: &[u8],
+    yo: &mut [u8],
+    r: usize,
+    c: usize,
+    js: std::ops::Range<usize>,
+    w: usize,
+) {
+    let w = if W == 0 { w } else { W };
+    for i0 in (0..r).step_by(SWAP_TILE) {
+        for j in js.clone() {
+            for i in i0..(i0 + SWAP_TILE).min(r) {
+                let (s, d) = ((i * c + j) * w, ((j - js.start) * r + i) * w);
+                yo[d..d + w].copy_from_slice(&xo[s..s + w]);
+            }
+        }
+    }
+}
+
 /// `y[m, n] = a[m, k] · b[k, n]` (`rc_matmul_f32`), all row-major.
 ///
 /// ```
@@ -535,6 +606,30 @@ mod tests {
             .unwrap();
             assert_eq!(y[i * m * n..][..m * n], want[..], "pair {i}");
         }
+    }
+
+    #[test]
+    fn swapping_axes_moves_every_block() {
+        // [outer, r, c, inner] with r and c across tile edges; 4-, 8- and 12-byte blocks.
+        for (elem, inner) in [(4, 1), (8, 1), (4, 3)] {
+            let (outer, r, c) = (2, SWAP_TILE + 3, SWAP_TILE * 2 + 1);
+            let w = elem * inner;
+            let x: Vec<u8> = (0..outer * r * c * w)
+                .map(|i| (i * 31 % 251) as u8)
+                .collect();
+            let mut y = vec![0u8; x.len()];
+            swap_axes(&x, elem, outer, r, c, inner, &mut y).unwrap();
+            for o in 0..outer {
+                for i in 0..r {
+                    for j in 0..c {
+                        let s = ((o * r + i) * c + j) * w;
+                        let d = ((o * c + j) * r + i) * w;
+                        assert_eq!(y[d..d + w], x[s..s + w], "[{o}, {i}, {j}] w={w}");
+                    }
+                }
+            }
+        }
+        assert!(swap_axes(&[0; 5], 1, 1, 2, 3, 1, &mut [0; 6]).is_err());
     }
 
     #[test]

@@ -168,6 +168,20 @@ impl<'ctx> Gen<'ctx> {
         let strides = self.strides(&x.dims)?;
         let dims: Vec<IntValue> = perm.iter().map(|&p| x.dims[p]).collect();
         let out = self.alloc_buf(fs, x.dtype, dims.clone(), &what)?;
+        if let Some(a) = adjacent_swap(&perm) {
+            // Tiled and threaded in the runtime.
+            let args = [
+                x.ptr.into(),
+                self.i64c(x.dtype.size_bytes() as i64).into(),
+                self.prod(&x.dims[..a])?.into(),
+                x.dims[a].into(),
+                x.dims[a + 1].into(),
+                self.prod(&x.dims[a + 2..])?.into(),
+                out.ptr.into(),
+            ];
+            self.kernel(fs, v, "rc_swap_axes", &args)?;
+            return Ok(out);
+        }
         let ostrides = self.strides(&dims)?;
         let dt = x.dtype;
         self.for_nd(&dims, &mut |idx| {
@@ -234,5 +248,29 @@ impl<'ctx> Gen<'ctx> {
             self.store(dt, out.ptr, i, x)
         })?;
         Ok(out)
+    }
+}
+
+/// `Some(a)` when `perm` swaps axes `a` and `a + 1` and keeps the others.
+fn adjacent_swap(perm: &[usize]) -> Option<usize> {
+    let a = perm.iter().enumerate().position(|(i, &p)| p != i)?;
+    let swapped = perm.get(a + 1) == Some(&a) && perm[a] == a + 1;
+    let rest = perm.iter().enumerate().skip(a + 2).all(|(i, &p)| p == i);
+    (swapped && rest).then_some(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::adjacent_swap;
+
+    #[test]
+    fn adjacent_swaps_are_recognised() {
+        assert_eq!(adjacent_swap(&[1, 0]), Some(0));
+        assert_eq!(adjacent_swap(&[0, 2, 1]), Some(1));
+        assert_eq!(adjacent_swap(&[0, 2, 1, 3]), Some(1));
+        assert_eq!(adjacent_swap(&[0, 1, 2, 4, 3]), Some(3));
+        assert_eq!(adjacent_swap(&[0, 1, 2]), None);
+        assert_eq!(adjacent_swap(&[2, 0, 1]), None);
+        assert_eq!(adjacent_swap(&[1, 0, 3, 2]), None);
     }
 }
