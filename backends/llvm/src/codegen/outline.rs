@@ -46,6 +46,20 @@ pub(super) struct StrTable<'ctx> {
     loaded: HashMap<String, PointerValue<'ctx>>,
 }
 
+/// An outlined body just opened by [`Gen::open_outlined`].
+pub(super) struct Opened<'ctx> {
+    /// The caller's values as the function's parameters.
+    pub(super) remap: Remap<'ctx>,
+    /// The extra pointer parameters after the caller's values.
+    pub(super) extra: Vec<BasicValueEnum<'ctx>>,
+    /// The body's state, to swap into the generator.
+    pub(super) st: FnState<'ctx>,
+    /// The block the body starts in.
+    pub(super) start: BasicBlock<'ctx>,
+    /// The enclosing body's string table, to put back when this one closes.
+    pub(super) outer_table: Option<StrTable<'ctx>>,
+}
+
 /// Name of an outlined function until it is known to be new.
 const TEMP_NAME: &str = "__reformc_outlined";
 
@@ -299,23 +313,15 @@ impl<'ctx> Gen<'ctx> {
             .get_insert_block()
             .ok_or_else(|| BackendError::Internal("builder is not positioned".into()))?;
         let f = self.outlined_fn(&p.args, 0)?;
-        let mut params: Vec<BasicValueEnum<'ctx>> = f.get_param_iter().collect();
-        let table = params
-            .pop()
-            .ok_or_else(|| BackendError::Internal("outlined string table".into()))?;
-        let remap = Remap {
-            index: p.index,
-            params,
-        };
-        let (mut st, start) = self.open_body(f)?;
-        st.syms = syms
-            .iter()
-            .map(|(k, x)| (k.clone(), remap.int(*x)))
-            .collect();
-        st.vals = vals.iter().map(|(id, b)| (*id, remap.buf(b))).collect();
+        let Opened {
+            remap,
+            mut st,
+            start,
+            outer_table,
+            ..
+        } = self.open_outlined(f, &p, 0, &syms, &vals)?;
         let inner_bufs = bufs.iter().map(|b| remap.buf(b)).collect();
         let inner_ints = ints.iter().map(|x| remap.int(*x)).collect();
-        let outer_table = self.open_table(f, table.into_pointer_value())?;
         st.swap(fs);
         let r = body(self, fs, inner_bufs, inner_ints).and_then(|()| self.close_body(fs, start));
         st.swap(fs);
@@ -352,6 +358,47 @@ impl<'ctx> Gen<'ctx> {
             .b
             .build_int_compare(IntPredicate::NE, code, self.i32c(0), "failed")?;
         self.fail_if(fs.exit, failed, |_| Ok(code))
+    }
+
+    /// Starts the body of outlined `f` (declared by [`Self::outlined_fn`]
+    /// for `p`'s arguments and `extra` pointers): its parameters mapped from
+    /// the caller's values, its entry and cleanup blocks, its state holding
+    /// the caller's symbols `syms` and buffers `vals` as parameters, and its
+    /// string table.
+    pub(super) fn open_outlined(
+        &self,
+        f: FunctionValue<'ctx>,
+        p: &Params<'ctx>,
+        extra: usize,
+        syms: &[(String, IntValue<'ctx>)],
+        vals: &[(ValueId, Buf<'ctx>)],
+    ) -> Result<Opened<'ctx>> {
+        let mut params: Vec<BasicValueEnum<'ctx>> = f.get_param_iter().collect();
+        let table = params
+            .pop()
+            .ok_or_else(|| BackendError::Internal("outlined string table".into()))?;
+        let at = params.len().checked_sub(extra).ok_or_else(|| {
+            BackendError::Internal("outlined function lacks its extra parameters".into())
+        })?;
+        let extra = params.split_off(at);
+        let remap = Remap {
+            index: p.index.clone(),
+            params,
+        };
+        let (mut st, start) = self.open_body(f)?;
+        st.syms = syms
+            .iter()
+            .map(|(k, x)| (k.clone(), remap.int(*x)))
+            .collect();
+        st.vals = vals.iter().map(|(id, b)| (*id, remap.buf(b))).collect();
+        let outer_table = self.open_table(f, table.into_pointer_value())?;
+        Ok(Opened {
+            remap,
+            extra,
+            st,
+            start,
+            outer_table,
+        })
     }
 
     /// Declares `TEMP_NAME(args..., strings) -> i32`, internal and

@@ -13,7 +13,7 @@
 //! caller allocates: each exported value's pointer and dims, a buffer
 //! allocated inside moved out of the range's slot, and symbols bound inside.
 
-use super::outline::{Params, Remap};
+use super::outline::{Opened, Params, Remap};
 use super::*;
 
 /// Top-level ops (that [`outlinable`] accepts) from which a variant is
@@ -114,21 +114,14 @@ impl<'ctx> Gen<'ctx> {
         if free_inside {
             self.glue(f);
         }
-        let mut params: Vec<BasicValueEnum<'ctx>> = f.get_param_iter().collect();
-        let (Some(table), Some(frame)) = (params.pop(), params.pop()) else {
-            return Err(BackendError::Internal("outlined range parameters".into()));
-        };
-        let remap = Remap {
-            index: p.index.clone(),
-            params,
-        };
-        let (mut st, start) = self.open_body(f)?;
-        st.syms = syms
-            .iter()
-            .map(|(k, x)| (k.clone(), remap.int(*x)))
-            .collect();
-        st.vals = vals.iter().map(|(id, b)| (*id, remap.buf(b))).collect();
-        let outer_table = self.open_table(f, table.into_pointer_value())?;
+        let Opened {
+            remap,
+            extra,
+            mut st,
+            start,
+            outer_table,
+        } = self.open_outlined(f, &p, 1, &syms, &vals)?;
+        let frame = extra[0];
         st.swap(fs);
         let r = match free_inside {
             true => self.run_ops(fs, None, ops, base),
