@@ -222,18 +222,37 @@ pub fn softmax<T: Real>(x: &ArrayD<T>, axis: usize) -> ArrayD<T> {
     out
 }
 
-/// `take_along_axis(x, idx, axis)`.
+/// `take_along_axis(x, idx, axis)`; an `idx` of rank `k` below `x`'s takes
+/// `x`'s axes from `k` on whole: the result is `idx.shape ++ x.shape[k..]`.
+///
+/// ```
+/// use reformc_interp::{tensor_ops::gather, Tensor};
+/// use ndarray::{arr1, arr2};
+/// let x = Tensor::from(arr2(&[[1.0f32, 2.0], [3.0, 4.0], [5.0, 6.0]]).into_dyn());
+/// let rows = gather(&x, &arr1(&[2i64, 0]).into_dyn(), 0).unwrap();
+/// assert_eq!(rows.shape(), &[2, 2]);
+/// assert_eq!(rows.to_f64().into_raw_vec_and_offset().0, vec![5.0, 6.0, 1.0, 2.0]);
+/// ```
 pub fn gather(x: &Tensor, idx: &ArrayD<i64>, axis: usize) -> Result<Tensor, String> {
     let n = x.shape()[axis];
+    let k = idx.ndim();
+    if axis >= k || k > x.shape().len() {
+        return Err(format!(
+            "gather indices of rank {k} do not fit axis {axis} of a rank-{} operand",
+            x.shape().len()
+        ));
+    }
     if let Some(bad) = idx.iter().find(|&&i| i < 0 || i as usize >= n) {
         return Err(format!(
             "gather index {bad} is out of range for axis {axis} of length {n}"
         ));
     }
+    let mut shape = idx.shape().to_vec();
+    shape.extend_from_slice(&x.shape()[k..]);
     Ok(each!(x, a => {
-        let out = ArrayD::from_shape_fn(idx.raw_dim(), |ix| {
+        let out = ArrayD::from_shape_fn(IxDyn(&shape), |ix| {
             let mut src = ix.clone();
-            src[axis] = idx[&ix] as usize;
+            src[axis] = idx[&ix.slice()[..k]] as usize;
             a[src]
         });
         Tensor::from(out)
@@ -242,7 +261,8 @@ pub fn gather(x: &Tensor, idx: &ArrayD<i64>, axis: usize) -> Result<Tensor, Stri
 
 /// The transpose of [`gather`]: zeros of `shape` in `src`'s dtype, then for
 /// every position `i` of `src` in row-major order `out[i with i[axis]
-/// replaced by idx[i]] += src[i]`. The fixed order makes the sums
+/// replaced by idx[i[..k]]] += src[i]`, `k` the rank of `idx` (`src` is
+/// `idx.shape ++ shape[k..]`: a lower-rank index moves whole rows). The fixed order makes the sums
 /// deterministic. An index outside `[0, shape[axis])` is an error naming its
 /// position and value.
 ///
@@ -261,15 +281,16 @@ pub fn scatter_add<T: Real>(
     src: &ArrayD<T>,
     axis: usize,
 ) -> Result<ArrayD<T>, String> {
-    if idx.shape() != src.shape() {
+    let k = idx.ndim();
+    if src.shape().get(..k) != Some(idx.shape()) {
         return Err(format!(
-            "indices {:?} must have the shape of the source {:?}",
+            "indices {:?} must be the leading axes of the source {:?}",
             idx.shape(),
             src.shape()
         ));
     }
     let fits = src.ndim() == shape.len()
-        && axis < shape.len()
+        && axis < k
         && (0..shape.len()).all(|a| a == axis || src.shape()[a] == shape[a]);
     if !fits {
         return Err(format!(
@@ -279,8 +300,10 @@ pub fn scatter_add<T: Real>(
     }
     let n = shape[axis];
     let mut out = ArrayD::<T>::zeros(IxDyn(shape));
-    // `indexed_iter` walks in logical row-major order whatever the layout.
-    for ((pos, &s), &i) in src.indexed_iter().zip(idx.iter()) {
+    // `indexed_iter` walks in logical row-major order whatever the layout;
+    // an index of rank k serves the src elements sharing its k coordinates.
+    for (pos, &s) in src.indexed_iter() {
+        let i = idx[&pos.slice()[..k]];
         if i < 0 || i as usize >= n {
             return Err(format!(
                 "scatter_add index {i} at position {:?} is out of range for axis {axis} of length {n}",

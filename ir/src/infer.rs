@@ -334,15 +334,10 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<Option<TensorType
         Gather => {
             let a = axis_of(op, t[0], "axis")?;
             int(1, t[1])?;
-            if t[1].rank() != t[0].rank()
-                || (0..t[0].rank()).any(|i| i != a && t[0].shape[i] != t[1].shape[i])
-            {
-                return Err(format!(
-                    "indices {} must match {} on every axis but {a}",
-                    t[1], t[0]
-                ));
-            }
-            TensorType::new(t[0].dtype, t[1].shape.clone())
+            index_fits(t[1], t[0], a, "operand 0 (data)")?;
+            let mut shape = t[1].shape.clone();
+            shape.extend_from_slice(&t[0].shape[t[1].rank()..]);
+            TensorType::new(t[0].dtype, shape)
         }
         Argmax => {
             let a = axis_of(op, t[0], "axis")?;
@@ -674,14 +669,34 @@ fn check_scatter_operands(op: &Op, t: &[&TensorType]) -> Result<(), String> {
     let a = axis_of(op, r, "axis")?;
     int(1, idx)?;
     float(2, src)?;
-    if src.rank() != r.rank() || (0..r.rank()).any(|i| i != a && src.shape[i] != r.shape[i]) {
+    index_fits(idx, r, a, "operand 0 (reference)")?;
+    let mut want = idx.shape.clone();
+    want.extend_from_slice(&r.shape[idx.rank()..]);
+    if src.shape != want {
         return Err(format!(
-            "operand 2 (src) {src} must match the reference {r} on every axis but {a}"
+            "operand 2 (src) {src} must be shaped like the indices {idx} followed by the reference {r}'s trailing axes, {}",
+            TensorType::new(src.dtype, want)
         ));
     }
-    if idx.shape != src.shape {
+    Ok(())
+}
+
+/// Indices `idx` of a `gather`/`scatter_add` along `axis` of `data`: of rank
+/// `k` with `axis < k <= rank(data)`, and matching `data` on every axis
+/// below `k` but `axis`. Axes of `data` from `k` on are taken whole (a
+/// `k = rank - 1` index picks rows), so the index need not repeat per element.
+fn index_fits(idx: &TensorType, data: &TensorType, axis: usize, what: &str) -> Result<(), String> {
+    let k = idx.rank();
+    if k <= axis || k > data.rank() {
         return Err(format!(
-            "operand 1 (indices) {idx} must have the shape of operand 2 (src) {src}"
+            "indices {idx} must have rank {}..={} (above the axis {axis}, at most that of {what} {data})",
+            axis + 1,
+            data.rank()
+        ));
+    }
+    if (0..k).any(|i| i != axis && idx.shape[i] != data.shape[i]) {
+        return Err(format!(
+            "indices {idx} must match {what} {data} on its first {k} axes but {axis}"
         ));
     }
     Ok(())

@@ -207,7 +207,7 @@ op_kinds! {
     /// `gather(x, idx) {axis}`: `out[i] = x[i with i[axis] replaced by idx[i]]`,
     /// for integer `idx` of `x`'s rank matching `x` on every other axis; the
     /// result has `idx`'s shape (numpy `take_along_axis`, torch `gather`).
-    Gather => "gather", Tensor, "take_along_axis: out[..i..] = x[..idx[..i..]..]";
+    Gather => "gather", Tensor, "take_along_axis: out[..i..] = x[..idx[..i..]..]; an index of lower rank takes x's trailing axes whole";
     /// `argmax(x) {axis}`: the `i64` index of the first maximum along `axis`, which
     /// is removed (numpy `argmax`).
     Argmax => "argmax", Tensor, "index of the first maximum along an axis, axis removed";

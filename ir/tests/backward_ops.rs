@@ -81,8 +81,24 @@ fn rejects_indices_not_of_the_source_shape() {
     ));
     assert_eq!(
         e,
-        "%3 = scatter_add: operand 1 (indices) i64[N,1] must have the shape of operand 2 (src) f32[N,8]"
+        "%3 = scatter_add: indices i64[N,1] must match operand 0 (reference) f32[V,8] on its first 2 axes but 0"
     );
+    let body = SCATTER_IN.replace("i64[N,8]", "i64[N,8,1]");
+    let e = error_of(&format!(
+        "{body}\n%o = scatter_add %r, %i, %s {{axis=0}} : f32[V,8]\noutput \"o\" = %o"
+    ));
+    assert!(e.contains("must have rank 1..=2"), "{e}");
+}
+
+#[test]
+fn row_indices_move_whole_rows() {
+    // A rank-1 index along axis 0 of a [V,8] reference: src rows of 8.
+    let body = SCATTER_IN.replace("i64[N,8]", "i64[N]");
+    let text = format!(
+        "graph {{\n{body}\n%o = scatter_add %r, %i, %s {{axis=0}} : f32[V,8]\n%g = gather %r, %i {{axis=0}} : f32[N,8]\noutput \"o\" = %o\noutput \"g\" = %g\n}}\n"
+    );
+    let g = parse(&text).unwrap();
+    verify(&g).unwrap();
 }
 
 #[test]
@@ -103,13 +119,13 @@ fn rejects_float_indices_and_integer_sources() {
 fn rejects_a_source_that_does_not_fit_the_reference() {
     let body = SCATTER_IN
         .replace("f32[N,8]", "f32[N,4]")
-        .replace("i64[N,8]", "i64[N,4]");
+        .replace("i64[N,8]", "i64[N]");
     let e = error_of(&format!(
         "{body}\n%o = scatter_add %r, %i, %s {{axis=0}} : f32[V,8]\noutput \"o\" = %o"
     ));
     assert!(
         e.contains(
-            "operand 2 (src) f32[N,4] must match the reference f32[V,8] on every axis but 0"
+            "operand 2 (src) f32[N,4] must be shaped like the indices i64[N] followed by the reference f32[V,8]'s trailing axes, f32[N,8]"
         ),
         "{e}"
     );
@@ -117,7 +133,7 @@ fn rejects_a_source_that_does_not_fit_the_reference() {
     let e = error_of(&format!(
         "{SCATTER_IN}\n%o = scatter_add %r, %i, %s {{axis=1}} : f32[V,8]\noutput \"o\" = %o"
     ));
-    assert!(e.contains("on every axis but 1"), "{e}");
+    assert!(e.contains("on its first 2 axes but 1"), "{e}");
     let e = error_of(&format!(
         "{SCATTER_IN}\n%o = scatter_add %r, %i, %s {{axis=2}} : f32[V,8]\noutput \"o\" = %o"
     ));

@@ -581,6 +581,45 @@ impl Scheduler<'_> {
     }
 }
 
+/// One line naming the `top` largest buffers live at the plan's peak step:
+/// value (or the op a temporary belongs to), op kind, stage and size.
+fn live_at_peak(g: &Graph, plan: &MemoryPlan, top: usize) -> String {
+    let stages = stages(g);
+    let live: Vec<&Buffer> = plan
+        .buffers
+        .iter()
+        .filter(|b| b.start <= plan.peak_step && plan.peak_step <= b.end)
+        .collect();
+    let total = live.iter().fold(0u64, |s, b| s.saturating_add(b.size));
+    let shown: Vec<String> = live
+        .iter()
+        .take(top)
+        .map(|b| {
+            let (v, temp) = match (b.values.first(), b.temp_of) {
+                (Some(&v), _) => (Some(v), ""),
+                (None, Some(t)) => (Some(t), " scratch"),
+                (None, None) => (None, ""),
+            };
+            let Some(v) = v else {
+                return crate::cost::fmt_bytes(b.size);
+            };
+            let stage = stages.get(&v).map(|s| s.to_string()).unwrap_or_default();
+            format!(
+                "{} {}{temp} in {stage} {}",
+                crate::cost::fmt_bytes(b.size),
+                g.node(v).op.kind,
+                g.ty(v)
+            )
+        })
+        .collect();
+    format!(
+        "live at the peak: {} buffer(s), {}; largest: {}",
+        live.len(),
+        crate::cost::fmt_bytes(total),
+        shown.join("; ")
+    )
+}
+
 /// The `memory-plan` pass: reports the static peak of the plan generated
 /// code follows ([`crate::footprint`]) and, beside it, this module's unfused
 /// liveness view; the IR is not changed.
@@ -629,6 +668,7 @@ impl Pass for MemoryPlanPass {
         )];
         if let Some(s) = plan.peak_op() {
             notes.push(format!("peak while running {} in {}", s.kind, s.stage));
+            notes.push(live_at_peak(g, &plan, 8));
         }
         Ok(notes)
     }

@@ -695,6 +695,42 @@ crate::c_abi! {
         })
     }
 
+    /// `y[o, idx[o, j, i], i, :] += x[o, j, i, :]` over zeros (the transpose
+    /// of `rc_gather` for f32 rows of `row` elements); `x` is `[outer, m,
+    /// inner, row]`, `idx` `[outer, m, inner]`, `y` `[outer, n, inner, row]`.
+    /// Sums are taken in source order whatever the thread count. Status 2 if
+    /// an index is outside `[0, n)`.
+    ///
+    /// # Safety
+    /// As [`rc_linear_f32`].
+    unsafe fn rc_scatter_add_f32(
+        x: *const f32,
+        outer: i64,
+        m: i64,
+        inner: i64,
+        row: i64,
+        idx: *const i64,
+        n: i64,
+        y: *mut f32,
+    ) -> i32 {
+        guard(|| {
+            let [o, m, i, r, n] = sizes([
+                (outer, "outer"),
+                (m, "m"),
+                (inner, "inner"),
+                (row, "row"),
+                (n, "n"),
+            ])?;
+            let sx = span(x, count(&[o, m, i, r], "x")?, "x")?;
+            let si = span(idx, count(&[o, m, i], "idx")?, "idx")?;
+            let sy = span(y, count(&[o, n, i, r], "y")?, "y")?;
+            no_overlap(sy, &[sx, si])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (x, idx, y) = unsafe { (view(x, sx), view(idx, si), view_mut(y, sy)) };
+            crate::tensor_ops::scatter_add_f32(x, o, m, i, r, idx, n, y)
+        })
+    }
+
     /// `y[o, j, i] = x[o, idx[o, j, i], i]` (`take_along_axis`) for elements of
     /// `elem` bytes; `x` is `[outer, n, inner]`, `idx` and `y` are `[outer, m,
     /// inner]`. Status 2 if an index is outside `[0, n)`.

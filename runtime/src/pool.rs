@@ -120,6 +120,17 @@ impl<T> SharedMut<T> {
         }
     }
 
+    /// `*self[i] = f(*self[i])` for one element, through the raw pointer
+    /// (no slice is formed, so tasks may own interleaved elements).
+    ///
+    /// # Safety
+    /// No other thread may access element `i` meanwhile.
+    pub(crate) unsafe fn update(&self, i: usize, f: impl FnOnce(&mut T)) {
+        assert!(i < self.len, "index in bounds");
+        // SAFETY: in bounds (checked above); exclusivity is the caller's contract.
+        f(unsafe { &mut *self.ptr.add(i) })
+    }
+
     /// The sub-slice `start..start + len`.
     ///
     /// # Safety

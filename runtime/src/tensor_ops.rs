@@ -333,6 +333,73 @@ pub fn gather(
     })
 }
 
+/// `y[o, idx[o, j, i], i, :] += x[o, j, i, :]` over zeros (`rc_scatter_add_f32`):
+/// the transpose of [`gather`], `x` `[outer, m, inner, row]`, `idx` `[outer,
+/// m, inner]`, `y` `[outer, n, inner, row]`. Tasks own stripes of the
+/// `inner * row` columns of one outer block and walk the sources in order,
+/// so every sum is taken in row-major source order whatever the threads.
+///
+/// ```
+/// // Rows of 2 added into 3 rows: row 1 receives source rows 0 and 2.
+/// let mut y = [9.0f32; 6];
+/// let x = [1.0, 2.0, 10.0, 20.0, 100.0, 200.0];
+/// reformc_runtime::tensor_ops::scatter_add_f32(&x, 1, 3, 1, 2, &[1, 0, 1], 3, &mut y).unwrap();
+/// assert_eq!(y, [10.0, 20.0, 101.0, 202.0, 0.0, 0.0]);
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn scatter_add_f32(
+    x: &[f32],
+    outer: usize,
+    m: usize,
+    inner: usize,
+    row: usize,
+    idx: &[i64],
+    n: usize,
+    y: &mut [f32],
+) -> Result<()> {
+    let width = inner * row;
+    check_len(
+        "x",
+        x.len(),
+        outer.checked_mul(m).and_then(|v| v.checked_mul(width)),
+    )?;
+    check_len(
+        "idx",
+        idx.len(),
+        outer.checked_mul(m).and_then(|v| v.checked_mul(inner)),
+    )?;
+    check_len(
+        "y",
+        y.len(),
+        outer.checked_mul(n).and_then(|v| v.checked_mul(width)),
+    )?;
+    if let Some(bad) = idx.iter().find(|&&i| i < 0 || i as usize >= n) {
+        return Err(Error::OutOfRange(format!(
+            "scatter_add index {bad} is out of range for an axis of length {n}"
+        )));
+    }
+    y.fill(0.0);
+    if width == 0 || m == 0 {
+        return Ok(());
+    }
+    const STRIPE: usize = 64;
+    let stripes = width.div_ceil(STRIPE);
+    let shared = SharedMut::new(y);
+    par_for(outer * stripes, |t| {
+        let (o, c0) = (t / stripes, (t % stripes) * STRIPE);
+        let c1 = (c0 + STRIPE).min(width);
+        for j in 0..m {
+            let src = &x[(o * m + j) * width..][..width];
+            let ids = &idx[(o * m + j) * inner..][..inner];
+            for c in c0..c1 {
+                let dst = (o * n + ids[c / row] as usize) * width + c;
+                // SAFETY: task t alone touches columns c0..c1 of outer block o.
+                unsafe { shared.update(dst, |v| *v += src[c]) };
+            }
+        }
+    })
+}
+
 /// `y[o, j, i, :] = x[o, i, j, :]` (`rc_swap_axes`): swaps two adjacent
 /// axes of an `[outer, r, c, inner]` array of `elem`-byte elements, in
 /// tiles of 32 × 32 blocks of `inner` elements, output rows spread over the

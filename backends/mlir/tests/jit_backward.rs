@@ -73,6 +73,29 @@ const SCATTER_INNER: &str = "graph {
   output \"y\" = %3
 }";
 
+/// Row indices (rank below the data's): whole rows move, both ways.
+const ROWS: &str = "graph {
+  %0 = input {name=\"r\"} : f32[A,M,R,C]
+  %1 = input {name=\"i\"} : i64[A,K]
+  %2 = input {name=\"s\"} : f32[A,K,R,C]
+  %3 = scatter_add %0, %1, %2 {axis=1} : f32[A,M,R,C]
+  %4 = gather %0, %1 {axis=1} : f32[A,K,R,C]
+  output \"y\" = %3
+  output \"g\" = %4
+}";
+
+#[test]
+fn row_indices_gather_and_scatter_whole_rows_as_the_interpreter() {
+    for (a, m, k, r, c) in [(1, 1, 1, 1, 1), (2, 3, 5, 2, 4)] {
+        let args = vec![
+            random_f32(&[a, m, r, c], 12),
+            random_i64(&[a, k], m as i64, 13),
+            random_f32(&[a, k, r, c], 14),
+        ];
+        compare_args(ROWS, args, 0.0);
+    }
+}
+
 #[test]
 fn scatter_add_matches_the_interpreter_bit_for_bit() {
     for (v, d, n) in [(1, 1, 1), (5, 3, 12), (40, 8, 200)] {

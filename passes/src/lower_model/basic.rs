@@ -3,8 +3,7 @@
 //! order interp/src/nn.rs computes them.
 
 use super::build::{
-    const_dim, emit, fresh_sym, op, reduce_keep, reshape, spread_rows, to_i64, transpose,
-    with_scalar,
+    const_dim, emit, fresh_sym, op, reduce_keep, reshape, to_i64, transpose, with_scalar,
 };
 use reformc_ir::{Activation, Attr, Dim, Graph, Node, Op, OpKind, ValueId};
 
@@ -21,9 +20,10 @@ pub(crate) fn lower(g: &mut Graph, node: &Node, inputs: &[ValueId]) -> Result<Va
 }
 
 /// `embedding(ids, table)`: the ids flattened to `[N]` (a fresh symbol when
-/// they have rank > 1), spread over the table's columns and gathered along
-/// axis 0, so that the derivative is a `scatter_add` into the table; the
-/// rows are then reshaped to `ids.shape + [D]`.
+/// they have rank > 1), whose rows of the table are gathered along axis 0
+/// (a rank-1 index takes whole rows), so that the derivative is a
+/// `scatter_add` into the table; the rows are then reshaped to
+/// `ids.shape + [D]`.
 fn embedding(g: &mut Graph, node: &Node, ids: ValueId, table: ValueId) -> Result<ValueId, String> {
     let ids = to_i64(g, ids);
     let flat = match g.ty(ids).rank() {
@@ -33,8 +33,7 @@ fn embedding(g: &mut Graph, node: &Node, ids: ValueId, table: ValueId) -> Result
             reshape(g, ids, vec![n])
         }
     };
-    let idx = spread_rows(g, flat, table, 1)?;
-    let rows = gather0(g, table, idx)?;
+    let rows = gather0(g, table, flat)?;
     Ok(reshape(g, rows, node.ty.shape.clone()))
 }
 
@@ -60,10 +59,8 @@ fn axial(g: &mut Graph, pos: ValueId, w0: ValueId, w1: ValueId) -> Result<ValueI
     let row = with_scalar(g, OpKind::Div, pos, n1 as f64)?;
     let back = with_scalar(g, OpKind::Mul, row, n1 as f64)?;
     let col = op(g, OpKind::Sub, &[pos, back])?;
-    let i0 = spread_rows(g, row, t0, 1)?;
-    let i1 = spread_rows(g, col, t1, 1)?;
-    let e0 = gather0(g, t0, i0)?;
-    let e1 = gather0(g, t1, i1)?;
+    let e0 = gather0(g, t0, row)?;
+    let e1 = gather0(g, t1, col)?;
     emit(
         g,
         Op::new(OpKind::Concat).with("axis", Attr::Int(1)),

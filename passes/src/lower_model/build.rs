@@ -121,25 +121,6 @@ pub(crate) fn to_i64(g: &mut Graph, x: ValueId) -> ValueId {
     g.add(Op::new(OpKind::Cast), vec![x], ty.with_dtype(DType::I64))
 }
 
-/// Row indices `ids` `i64[N]` spread over `width` columns, `i64[N,width]`,
-/// for `gather` along axis 0 of a `[rows, width]` table: `ids[:, None] +
-/// zeros[width]` (broadcast by `add`; `like` is a value with `width` on
-/// axis `axis`, from which the zeros are made with `iota * 0`).
-pub(crate) fn spread_rows(
-    g: &mut Graph,
-    ids: ValueId,
-    like: ValueId,
-    axis: usize,
-) -> Result<ValueId, String> {
-    let n = g.ty(ids).shape[0].clone();
-    let col = reshape(g, ids, vec![n, Dim::Const(1)]);
-    let cols = iota(g, like, axis)?;
-    let width = g.ty(cols).shape[0].clone();
-    let zeros = with_scalar(g, OpKind::Mul, cols, 0.0)?;
-    let row = reshape(g, zeros, vec![Dim::Const(1), width]);
-    op(g, OpKind::Add, &[col, row])
-}
-
 /// The constant value of a dim, or an error naming `what`.
 pub(crate) fn const_dim(d: &Dim, what: &str) -> Result<u64, String> {
     d.as_const()

@@ -250,22 +250,12 @@ impl<'g> Builder<'g> {
         self.gather(x, idx, 1)
     }
 
-    /// `[..., n]` integer indices repeated along a new last axis of the
-    /// length of `like`'s last axis: `[..., n, w]`, the index form `gather`
-    /// takes for rows of width `w`.
-    pub fn rows_index(&mut self, idx: ValueId, like: ValueId) -> Result<ValueId, String> {
-        let last = self.ty(like).rank() - 1;
-        let zeros = self.zeros_along(like, last)?;
-        let mut shape = self.dims(idx);
-        shape.push(Dim::Const(1));
-        let col = self.reshape(idx, shape)?;
-        self.bin(OpKind::Add, col, zeros)
-    }
-
     /// The `[n]` integer vector `idx` placed along `axis` of a tensor shaped
-    /// like `x` (whose `axis` length becomes `n`), repeated along every other
-    /// axis: the index operand of a `gather` that takes the same entries of
-    /// every row.
+    /// like `x`'s axes up to `axis` (whose `axis` length becomes `n`),
+    /// repeated along the axes before it: the index operand of a `gather`
+    /// that takes the same rows of every leading index, `[.., n]` of rank
+    /// `axis + 1` (the axes after `axis` travel whole, so the index does
+    /// not repeat per element).
     pub fn broadcast_index(
         &mut self,
         idx: ValueId,
@@ -274,13 +264,13 @@ impl<'g> Builder<'g> {
     ) -> Result<ValueId, String> {
         let dims = self.dims(x);
         let ones = |i: usize, d: Dim| {
-            let mut s = vec![Dim::Const(1); dims.len()];
+            let mut s = vec![Dim::Const(1); axis + 1];
             s[i] = d;
             s
         };
         let n = self.dims(idx)[0].clone();
         let mut zeros: Option<ValueId> = None;
-        for (i, d) in dims.iter().enumerate().filter(|(i, _)| *i != axis) {
+        for (i, d) in dims.iter().enumerate().take(axis) {
             let z = self.zeros_along(x, i)?;
             let z = self.reshape(z, ones(i, d.clone()))?;
             zeros = Some(match zeros {

@@ -93,12 +93,8 @@ pub(crate) fn lower(
     let width = a.chunk * (a.before + 1 + a.after);
     let kidx = b.broadcast_index(slots, keys, 2)?;
     let kadj = adjacent_rows(&mut b, keys, kidx, &n, width)?;
-    let vidx = if b.dims(v4) == b.dims(keys) {
-        kidx
-    } else {
-        b.broadcast_index(slots, v4, 2)?
-    };
-    let vadj = adjacent_rows(&mut b, v4, vidx, &n, width)?;
+    // Keys and values share their leading axes: one row index serves both.
+    let vadj = adjacent_rows(&mut b, v4, kidx, &n, width)?;
     let kt = b.transpose(kadj, &[0, 1, 2, 4, 3])?;
     let logits = b.op(Op::new(OpKind::Matmul), vec![qc, kt])?;
 
@@ -158,7 +154,7 @@ pub(super) fn chunked(b: &mut Builder, x: ValueId, n: &Dim, c: u64) -> Result<Va
     )
 }
 
-/// The rows of `x` `[B, H, P, d]` at the key slots of `idx` `[B, H, M, d]`
+/// The rows of `x` `[B, H, P, d]` at the key slots of `idx` `[B, H, M]`
 /// (see [`Builder::broadcast_index`]), chunked as `[B, H, n, width, d]`.
 fn adjacent_rows(
     b: &mut Builder,

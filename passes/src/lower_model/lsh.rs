@@ -110,10 +110,9 @@ pub(crate) fn lower(
     let kflag = b.gather(sorted.sflag, slot_idx, 2)?;
     let width = a.chunk * (a.before + 1 + a.after);
     // Keys and values have one shape: one index operand serves both.
-    let kidx = b.rows_index(kpos, keys)?;
-    let kadj = b.gather(keys, kidx, 2)?;
+    let kadj = b.gather(keys, kpos, 2)?;
     let kadj = chunked(&mut b, kadj, &n, width)?;
-    let vadj = b.gather(v4, kidx, 2)?;
+    let vadj = b.gather(v4, kpos, 2)?;
     let vadj = chunked(&mut b, vadj, &n, width)?;
     let kt = b.transpose(kadj, &[0, 1, 2, 4, 3])?;
     let logits = b.op(Op::new(OpKind::Matmul), vec![sqc, kt])?;
@@ -238,8 +237,7 @@ fn sort_slots(
 
 /// Rows `idx` `[B, H, N]` of `x` `[B, H, P, d]`: `[B, H, N, d]`.
 fn gather_rows(b: &mut Builder, x: ValueId, idx: ValueId) -> Result<ValueId, String> {
-    let rows = b.rows_index(idx, x)?;
-    b.gather(x, rows, 2)
+    b.gather(x, idx, 2)
 }
 
 /// REFORMER.md §1.8: the unsorted outputs `out` `[B, H, r*P, d]` weighed by

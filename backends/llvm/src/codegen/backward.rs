@@ -115,36 +115,55 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// `scatter_add(ref, idx, src) {axis}`: zeros of `ref`'s shape, then
-    /// `out[o, idx[k], i] += src[k]` for every source position `k = (o, j, i)`
-    /// in row-major order around `axis`; an index outside `[0, n)` stops the
-    /// model with a value error.
+    /// `out[o, idx[o, j, i], i, :] += src[o, j, i, :]` around `axis`, in
+    /// row-major source order, the trailing `[..]` being the reference axes
+    /// past the index's rank (a row). f32 runs the runtime's threaded
+    /// `rc_scatter_add_f32` (i64 indices); other cases a generated loop. An index outside `[0, n)`
+    /// stops the model with a value error.
     pub(super) fn scatter_add(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
         let what = at(fs.g, &fs.numbering, v);
         let r = self.operand(fs, v, 0)?;
-        let idx = self.operand(fs, v, 1)?;
         let src = self.operand(fs, v, 2)?;
-        let axis = self.axis(fs, v, r.dims.len())?;
         let dt = src.dtype;
-        if !dt.is_float() || !matches!(idx.dtype, DType::I64 | DType::I32) {
+        let idx = self.operand(fs, v, 1)?;
+        let axis = self.axis(fs, v, r.dims.len())?;
+        let k = idx.dims.len();
+        if !dt.is_float() || !matches!(idx.dtype, DType::I64 | DType::I32) || k <= axis {
             return Err(BackendError::Internal(format!(
-                "{what}: needs integer indices and a float source"
+                "{what}: needs integer indices above the axis and a float source"
             )));
         }
         let out = self.alloc_buf(fs, dt, r.dims.clone(), &what)?;
+        let (outer, n, inner) = self.around(&r.dims[..k], axis)?;
+        let row = self.prod(&r.dims[k..])?;
+        let m = src.dims[axis];
+        if dt == DType::F32 && idx.dtype == DType::I64 {
+            let args = [
+                src.ptr.into(),
+                outer.into(),
+                m.into(),
+                inner.into(),
+                row.into(),
+                idx.ptr.into(),
+                n.into(),
+                out.ptr.into(),
+            ];
+            self.kernel(fs, v, "rc_scatter_add_f32", &args)?;
+            return Ok(out);
+        }
         let zero = self.zero_of(dt);
         self.for_range(self.prod(&r.dims)?, &mut |i| {
             self.store(dt, out.ptr, i, zero)
         })?;
-        let n = r.dims[axis];
-        let inner = self.prod(&src.dims[axis + 1..])?;
-        let m = src.dims[axis];
         let msg = self.cstr(&format!(
             "{what}: scatter_add index out of range for axis {axis}"
         ));
         let exit = fs.exit;
-        self.for_range(self.prod(&src.dims)?, &mut |k| {
+        let width = self.mul(inner, row)?;
+        self.for_range(self.prod(&src.dims)?, &mut |s| {
             let b = &self.b;
-            let raw = self.load(idx.dtype, idx.ptr, k)?.into_int_value();
+            let q = b.build_int_signed_div(s, row, "q")?;
+            let raw = self.load(idx.dtype, idx.ptr, q)?.into_int_value();
             let j = if idx.dtype == DType::I32 {
                 b.build_int_s_extend(raw, self.t.i64, "j")?
             } else {
@@ -156,13 +175,13 @@ impl<'ctx> Gen<'ctx> {
             self.fail_if(exit, bad, |g| {
                 g.call_i32("rc_model_error", &[g.i32c(err::VALUE).into(), msg.into()])
             })?;
-            // k = (o * m + jj) * inner + i  ->  dst = (o * n + j) * inner + i.
-            let i = b.build_int_signed_rem(k, inner, "i")?;
-            let o = b.build_int_signed_div(k, self.mul(m, inner)?, "o")?;
-            let dst = self.add(self.mul(self.add(self.mul(o, n)?, j)?, inner)?, i)?;
+            // s = (o * m + jj) * width + c  ->  dst = (o * n + j) * width + c.
+            let c = b.build_int_signed_rem(s, width, "c")?;
+            let o = b.build_int_signed_div(s, self.mul(m, width)?, "o")?;
+            let dst = self.add(self.mul(self.add(self.mul(o, n)?, j)?, width)?, c)?;
             let cur = self.load(dt, out.ptr, dst)?.into_float_value();
-            let s = self.load(dt, src.ptr, k)?.into_float_value();
-            let sum = b.build_float_add(cur, s, "acc")?;
+            let x = self.load(dt, src.ptr, s)?.into_float_value();
+            let sum = b.build_float_add(cur, x, "acc")?;
             self.store(dt, out.ptr, dst, sum.into())
         })?;
         Ok(out)

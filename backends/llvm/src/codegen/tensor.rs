@@ -7,7 +7,7 @@ use super::*;
 
 impl<'ctx> Gen<'ctx> {
     /// `(outer, n, inner)` of `dims` around `axis`.
-    fn around(
+    pub(super) fn around(
         &self,
         dims: &[IntValue<'ctx>],
         axis: usize,
@@ -67,23 +67,29 @@ impl<'ctx> Gen<'ctx> {
         Ok(out)
     }
 
-    /// `take_along_axis`: any element type, i64 indices shaped like the result.
+    /// `take_along_axis`: any element type, i64 indices of rank `k`; the data
+    /// axes from `k` on travel whole, as one `rc_gather` element (a row).
     pub(super) fn gather(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
         let x = self.operand(fs, v, 0)?;
         let idx = self.i64_operand(fs, v, 1)?;
         let axis = self.axis(fs, v, x.dims.len())?;
-        if idx.dims.len() != x.dims.len() {
+        let k = idx.dims.len();
+        if k <= axis || k > x.dims.len() {
             return Err(BackendError::Internal(format!(
-                "{}: indices must have the rank of the data",
+                "{}: indices of rank {k} do not fit axis {axis}",
                 at(fs.g, &fs.numbering, v)
             )));
         }
-        let (outer, n, inner) = self.around(&x.dims, axis)?;
+        let (outer, n, inner) = self.around(&x.dims[..k], axis)?;
+        let row = self.prod(&x.dims[k..])?;
+        let elem = self.mul(self.i64c(x.dtype.size_bytes() as i64), row)?;
         let what = at(fs.g, &fs.numbering, v);
-        let out = self.alloc_buf(fs, x.dtype, idx.dims.clone(), &what)?;
+        let mut dims = idx.dims.clone();
+        dims.extend_from_slice(&x.dims[k..]);
+        let out = self.alloc_buf(fs, x.dtype, dims, &what)?;
         let args = [
             x.ptr.into(),
-            self.i64c(x.dtype.size_bytes() as i64).into(),
+            elem.into(),
             outer.into(),
             n.into(),
             inner.into(),

@@ -47,11 +47,12 @@ impl Emitter<'_> {
         let (i_ty, s_ty) = (self.g.ty(idx).clone(), self.g.ty(src).clone());
         let rank = out_ty.rank();
         let axis = self.axis(v, "axis", rank)?;
-        if i_ty.rank() != rank || s_ty.rank() != rank || !i_ty.dtype.is_int() {
+        let k = i_ty.rank();
+        if k <= axis || k > rank || s_ty.rank() != rank || !i_ty.dtype.is_int() {
             return Err(MlirError::invalid(
                 self.g,
                 v,
-                "scatter_add takes integer indices and a source of the result's rank",
+                "scatter_add takes integer indices of a rank above the axis and a source of the result's rank",
             ));
         }
         // Loops d0..d<rank-1> over the result, d<rank> over the source axis.
@@ -61,10 +62,11 @@ impl Emitter<'_> {
                 format!("d{d}")
             })
             .collect();
+        // The index's map is the source's first k coordinates.
         let operand = |x: ValueId, t: &reformc_ir::TensorType| Operand {
             name: format!("%v{}", x.0),
             ty: tensor_ty(t),
-            map: src_map.clone(),
+            map: src_map[..t.rank()].to_vec(),
         };
         let ins = [operand(idx, &i_ty), operand(src, &s_ty)];
         let init = self.init(v, &out_ty.shape, out_ty.dtype, Some(0.0))?;

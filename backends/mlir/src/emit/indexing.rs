@@ -6,7 +6,7 @@ use crate::MlirError;
 use reformc_ir::{DType, Dim, ValueId};
 
 impl Emitter<'_> {
-    /// `gather(x, idx)`: a parallel loop nest over `idx`'s shape whose body
+    /// `gather(x, idx)`: a parallel loop nest over the result's shape whose body
     /// reads `x` at the loop's coordinates with the `axis` one replaced by the
     /// (clamped) index.
     pub(super) fn gather(&mut self, v: ValueId) -> Result<String, MlirError> {
@@ -19,11 +19,12 @@ impl Emitter<'_> {
         );
         let rank = x_ty.rank();
         let axis = self.axis(v, "axis", rank)?;
-        if i_ty.rank() != rank || !i_ty.dtype.is_int() {
+        let k = i_ty.rank();
+        if k <= axis || k > rank || !i_ty.dtype.is_int() {
             return Err(MlirError::invalid(
                 self.g,
                 v,
-                "gather takes integer indices of the operand's rank",
+                "gather takes integer indices of a rank above the axis and at most the operand's",
             ));
         }
         let xn = format!("%v{}", x.0);
@@ -33,7 +34,8 @@ impl Emitter<'_> {
         let ins = [Operand {
             name: format!("%v{}", idx.0),
             ty: tensor_ty(&i_ty),
-            map: Self::identity(rank),
+            // A lower-rank index serves every element of the trailing axes.
+            map: Self::identity(k),
         }];
         let init = self.init(v, &out_ty.shape, out_ty.dtype, None)?;
         let ty = tensor_ty(&out_ty);
