@@ -6,7 +6,10 @@ vocab 320, batch 1, num_buckets automatic, dropout 0; 2 and 12 layers; random HF
   - hf: transformers 5.23.0 eager, model.train(), loss = mean cross-entropy (shifted), backward()
     through HF's reversible layers; the step time is the median of `--steps` steps after one warm-up
     step, inside one process; peak RSS is that process's (/usr/bin/time %M).
-  - reformc: `reformc train` on the same ids (as a 1-D token stream of exactly one window, Adam), the
+  - reformc step exe: `reformc compile --train` (weights embedded, no LLVM in the process) run on the
+    same ids with `--time`; the step time is its `run` figure (forward + loss + backward with
+    reversible recomputation, gradients to memory), peak RSS the process's.
+  - reformc train: `reformc train` on the same ids (as a 1-D token stream of exactly one window, Adam), the
     step compiled once by the LLVM JIT; the step time is the median over `--steps` steps of L / the
     progress line's tokens/s (forward + loss + backward with reversible recomputation + the Adam
     update); the process time includes parsing, passes and the JIT compile, and peak RSS is the
@@ -115,14 +118,20 @@ def main():
     a = ap.parse_args()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     print(f"machine: {cpu}, {os.cpu_count()} cores; threads {a.threads}; reformc {a.reformc}\n")
-    print("| layers | L | HF step (s) | HF peak (MiB) | reformc step (s) | reformc peak (MiB) | reformc process (JIT compile) (s) | engine | speed-up (HF/reformc step) | reformc/HF peak |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| layers | L | HF step (s) | HF peak (MiB) | step exe (s) | step exe peak (MiB) | train step (s) | train peak (MiB) | train process (JIT compile) (s) | engine | speed-up (HF/step exe) | step exe/HF peak |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for length in map(int, a.lengths.split(",")):
         for layers in map(int, a.layers.split(",")):
             d = make_model(layers, length)
-            hf, rc = [], []
+            hf, rc, ex = [], [], []
             engine = "?"
+            exe = os.path.join(d, "step")
+            subprocess.run([a.reformc, "compile", "--train", d + "/config.json", "--weights", d + "/model.safetensors",
+                            "--seq-len", str(length), "-o", exe, "-q"], check=True)
             for _ in range(a.repeats):
+                _, rss, out = timed([exe, "--input", d + "/ids.npy", "--output", d + "/grads.safetensors",
+                                     "--threads", str(a.threads), "--time"])
+                ex.append((float(re.search(r"run ([0-9.]+) ms", out).group(1)) / 1000, rss))
                 _, rss, out = timed([sys.executable, "-c", HF_STEP, d, str(a.steps), str(a.threads)])
                 hf.append((float(re.search(r"STEP ([0-9.e-]+)", out).group(1)), rss))
                 wall, rss, out = timed([a.reformc, "train", d + "/config.json", "--weights", d + "/model.safetensors",
@@ -137,7 +146,9 @@ def main():
             rm = statistics.median(x[1] for x in rc)
             rw = statistics.median(x[2] for x in rc)
             rcomp = statistics.median(x[3] for x in rc)
-            print(f"| {layers} | {length} | {ht:.2f} | {hm:.0f} | {rt:.2f} | {rm:.0f} | {rw:.1f} ({rcomp:.1f}) | {engine} | {ht / rt:.2f}x | {rm / hm:.2f}x |", flush=True)
+            et = statistics.median(t for t, _ in ex)
+            em = statistics.median(m for _, m in ex)
+            print(f"| {layers} | {length} | {ht:.2f} | {hm:.0f} | {et:.2f} | {em:.0f} | {rt:.2f} | {rm:.0f} | {rw:.1f} ({rcomp:.1f}) | {engine} | {ht / et:.2f}x | {em / hm:.2f}x |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -324,10 +324,10 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
                 .iter()
                 .map(|(p, d)| format!("{p} {:.2}s", d.as_secs_f64())),
         );
-        let mut env = reformc_ir::DimEnv::new();
-        env.insert("B".into(), 1);
-        env.insert("L".into(), max);
-        env.insert("P".into(), max);
+        // Every symbol sized from B and L (padding, chunk counts), as `explain` does.
+        let env = graphs.first().map_or_else(reformc_ir::DimEnv::new, |v| {
+            reformc_passes::cost::dim_env(&v.graph, 1, max)
+        });
         let peak = report
             .plans
             .first()
