@@ -8,7 +8,7 @@
 
 use crate::attention;
 use crate::error::{invalid, last_error_ptr, set_last_error, Error, Result};
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Runs `f`, mapping its error (or a panic) to a status code and the message.
@@ -28,6 +28,16 @@ fn guard(f: impl FnOnce() -> Result<()>) -> i32 {
     set_last_error(&err);
     err.code()
 }
+
+/// The context pointer of [`rc_parallel_for`], shared by its tasks.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut c_void);
+// SAFETY: the generated body only reads the context (its captured values)
+// and writes disjoint ranges of the buffers it points to; the context
+// outlives the parallel loop (rc_parallel_for returns after every task).
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
 
 fn size(n: i64, name: &str) -> Result<usize> {
     usize::try_from(n).map_err(|_| invalid(format!("{name} = {n} is negative")))
@@ -167,6 +177,31 @@ crate::c_abi! {
     /// Always safe to call; `unsafe` only for uniformity with the other entry points.
     unsafe fn rc_set_threads(n: i64) -> i32 {
         guard(|| crate::pool::set_threads(n))
+    }
+
+    /// Runs `body(ctx, lo, hi)` for consecutive ranges `[lo, hi)` covering
+    /// `0..n`, each at least `grain` long (but the last), spread over the
+    /// pool's threads: the parallel loops of generated code, whose body is an
+    /// outlined function of type `void (void* ctx, int64_t lo, int64_t hi)`
+    /// reading its captured values from `ctx`. Ranges are disjoint, so a body
+    /// that writes only the elements of its own range is race-free.
+    ///
+    /// # Safety
+    /// `body` must be such a function, callable from any thread at once for
+    /// disjoint ranges with this `ctx`, which must stay valid for the call.
+    unsafe fn rc_parallel_for(body: *const c_void, ctx: *mut c_void, n: i64, grain: i64) -> i32 {
+        guard(|| {
+            let n = size(n, "n")?;
+            let grain = size(grain, "grain")?.max(1);
+            if body.is_null() {
+                return Err(invalid("body is NULL"));
+            }
+            // SAFETY: the caller passes a function of exactly this type (above).
+            let f: extern "C" fn(*mut c_void, i64, i64) = unsafe { std::mem::transmute(body) };
+            crate::pool::par_ranges(n, grain, SendPtr(ctx), move |c, lo, hi| {
+                f(c.0, lo as i64, hi as i64)
+            })
+        })
     }
 
     /// The message of this thread's most recent failed call (empty if none):

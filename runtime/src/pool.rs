@@ -78,6 +78,22 @@ where
     Ok(())
 }
 
+/// Runs `f(ctx, lo, hi)` over ranges of at least `grain` covering `0..n`,
+/// about four per thread (serially when there is one range).
+pub(crate) fn par_ranges<C, F>(n: usize, grain: usize, ctx: C, f: F) -> Result<()>
+where
+    C: Copy + Send + Sync,
+    F: Fn(C, usize, usize) + Send + Sync,
+{
+    if n == 0 {
+        return Ok(());
+    }
+    let threads = threads();
+    let per = n.div_ceil(threads * 4).max(grain);
+    let tasks = n.div_ceil(per);
+    par_for(tasks, |t| f(ctx, t * per, ((t + 1) * per).min(n)))
+}
+
 /// Like [`par_for`] for tasks that can fail: every task runs, and the error of
 /// the lowest-numbered failing task is returned (so the reported error does
 /// not depend on scheduling).

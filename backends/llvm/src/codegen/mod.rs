@@ -33,6 +33,7 @@ mod fused;
 mod layout;
 mod nn;
 mod outline;
+mod parallel;
 mod range;
 mod scalar;
 mod tensor;

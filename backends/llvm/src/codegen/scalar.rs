@@ -363,8 +363,29 @@ impl<'ctx> Gen<'ctx> {
             .iter()
             .map(|u| g.ty(*u).shape.iter().all(|d| *d == Dim::Const(1)))
             .collect();
+        // Integer division may stop the model (division by zero): its loop
+        // branches to this function's exit, so it stays here, serial.
+        let parallel = node.op.kind != OpKind::Div || out_dt.is_float();
         if same.iter().zip(&scalar).all(|(s, c)| *s || *c) {
             let total = self.prod(&dims)?;
+            if parallel {
+                let mut caps: Vec<BasicValueEnum> = vec![out.ptr.into()];
+                caps.extend(xs.iter().map(|x| BasicValueEnum::from(x.ptr)));
+                self.par_range(fs, v, total, &caps, &mut |c, i| {
+                    let vals: Vec<BasicValueEnum> = xs
+                        .iter()
+                        .zip(&same)
+                        .zip(&c[1..])
+                        .map(|((x, s), p)| {
+                            let at = if *s { i } else { self.i64c(0) };
+                            self.load(x.dtype, p.into_pointer_value(), at)
+                        })
+                        .collect::<Result<_>>()?;
+                    let r = f(self, &vals)?;
+                    self.store(out_dt, c[0].into_pointer_value(), i, r)
+                })?;
+                return Ok(out);
+            }
             self.for_range(total, &mut |i| {
                 let vals: Vec<BasicValueEnum> = xs
                     .iter()
@@ -414,6 +435,9 @@ impl<'ctx> Gen<'ctx> {
             strides.push(s);
         }
         let ostr = self.strides(&dims)?;
+        if parallel && n >= 2 {
+            return self.broadcast_rows(fs, v, xs, &strides, out, f);
+        }
         self.for_nd(&dims, &mut |idx| {
             let mut vals = Vec::new();
             for (x, s) in xs.iter().zip(&strides) {
@@ -429,6 +453,65 @@ impl<'ctx> Gen<'ctx> {
             }
             let r = f(self, &vals)?;
             self.store(out_dt, out.ptr, o, r)
+        })?;
+        Ok(out)
+    }
+
+    /// The broadcasting loop of [`Self::elementwise`] on the runtime's
+    /// threads: one task index per row of `out` (every axis but the last,
+    /// recovered by division), the last axis an inner loop.
+    fn broadcast_rows(
+        &self,
+        fs: &Fs<'ctx, '_>,
+        v: ValueId,
+        xs: &[Buf<'ctx>],
+        strides: &[Vec<IntValue<'ctx>>],
+        out: Buf<'ctx>,
+        f: &dyn Fn(&Self, &[BasicValueEnum<'ctx>]) -> Result<BasicValueEnum<'ctx>>,
+    ) -> Result<Buf<'ctx>> {
+        let n = out.dims.len();
+        let rows = self.prod(&out.dims[..n - 1])?;
+        let ostr = self.strides(&out.dims)?;
+        // Captures: out, each operand, the dims, each operand's strides, out's strides.
+        let mut caps: Vec<BasicValueEnum> = vec![out.ptr.into()];
+        caps.extend(xs.iter().map(|x| BasicValueEnum::from(x.ptr)));
+        caps.extend(out.dims.iter().map(|d| BasicValueEnum::from(*d)));
+        for s in strides.iter().chain(std::iter::once(&ostr)) {
+            caps.extend(s.iter().map(|d| BasicValueEnum::from(*d)));
+        }
+        let out_dt = out.dtype;
+        self.par_range(fs, v, rows, &caps, &mut |c, r| {
+            let int = |k: usize| c[k].into_int_value();
+            let (k_dims, k_strides) = (1 + xs.len(), 1 + xs.len() + n);
+            // r -> (i_0, .., i_{n-2}), row-major.
+            let mut idx = vec![self.i64c(0); n - 1];
+            let mut rest = r;
+            for a in (0..n - 1).rev() {
+                idx[a] = self.b.build_int_signed_rem(rest, int(k_dims + a), "i")?;
+                rest = self.b.build_int_signed_div(rest, int(k_dims + a), "r")?;
+            }
+            let base = |which: usize| -> Result<IntValue<'ctx>> {
+                let mut off = self.i64c(0);
+                for (a, i) in idx.iter().enumerate() {
+                    off = self.add(off, self.mul(*i, int(k_strides + which * n + a))?)?;
+                }
+                Ok(off)
+            };
+            let bases: Vec<IntValue> = (0..=xs.len()).map(base).collect::<Result<_>>()?;
+            self.for_range(int(k_dims + n - 1), &mut |j| {
+                let mut vals = Vec::with_capacity(xs.len());
+                for (w, x) in xs.iter().enumerate() {
+                    let step = self.mul(j, int(k_strides + w * n + n - 1))?;
+                    let off = self.add(bases[w], step)?;
+                    vals.push(self.load(x.dtype, c[1 + w].into_pointer_value(), off)?);
+                }
+                let o = self.add(
+                    bases[xs.len()],
+                    self.mul(j, int(k_strides + xs.len() * n + n - 1))?,
+                )?;
+                let r = f(self, &vals)?;
+                self.store(out_dt, c[0].into_pointer_value(), o, r)
+            })
         })?;
         Ok(out)
     }
