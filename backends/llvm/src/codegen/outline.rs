@@ -517,6 +517,21 @@ impl<'ctx> Gen<'ctx> {
         unsafe { placeholder.delete() };
     }
 
+    /// `f`, or an earlier function with the same code (then `f` is deleted):
+    /// for helper functions that keep their own name (the bodies of parallel
+    /// loops), so that ops calling equal helpers stay equal and share one
+    /// outlined function.
+    pub(super) fn share_equal(&self, f: FunctionValue<'ctx>) -> FunctionValue<'ctx> {
+        let text = fingerprint(f);
+        if let Some(&same) = self.outline.borrow().done.get(&text) {
+            // SAFETY: `f` was just built by the caller and nothing refers to it yet.
+            unsafe { f.delete() };
+            return same;
+        }
+        self.outline.borrow_mut().done.insert(text, f);
+        f
+    }
+
     /// `f`, named `<caller>.block%<n>`, or the earlier outlined function with
     /// the same code (then `f` is deleted).
     pub(super) fn dedupe(

@@ -55,6 +55,7 @@ impl<'ctx> Gen<'ctx> {
         let len = self.b.build_int_sub(hi, lo, "len")?;
         self.for_range(len, &mut |j| body(&inner, self.add(lo, j)?))?;
         self.b.build_return(None)?;
+        let f = self.share_equal(f);
         self.b.position_at_end(caller);
         let ctx = fs.entry_b.build_alloca(ctx_ty, "par.ctx")?;
         for (i, c) in caps.iter().enumerate() {
