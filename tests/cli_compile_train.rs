@@ -393,6 +393,11 @@ fn step_library_header_signature_and_a_c_program() {
     );
     assert!(header.contains("labels i64[B,L]\n *   buckets"), "{header}");
     assert!(header.contains(" *   loss f32[]\n"), "{header}");
+    // A causal LM's labels are pre-shifted by the caller of the C ABI.
+    assert!(
+        header.contains("labels[:, t] = ids[:, t+1] and -100 at the last position"),
+        "{header}"
+    );
     let n_grads = header.matches(" *   grad:").count();
     let names = weights.names();
     let used: Vec<&str> = names

@@ -161,7 +161,11 @@ pub fn compile(
                 link_shared(&obj, &rt, linked.path(), &tmp.path)?;
                 let header = header_path(out);
                 let h = AtomicOutput::new(&header);
-                std::fs::write(h.path(), &cm.header)
+                let text = match exe.and_then(|e| e.step.as_ref()) {
+                    Some(step) => crate::signature::with_step_note(&cm.header, step),
+                    None => cm.header.clone(),
+                };
+                std::fs::write(h.path(), text)
                     .map_err(|e| BackendError::Io(format!("{}: {e}", header.display())))?;
                 commit(linked, out)?;
                 commit(h, &header)?;

@@ -2,7 +2,7 @@
 //! and the C header (`model.h`) shipped with shared libraries.
 
 use crate::abi;
-use crate::{ExeInfo, MemoryPlan, Variant};
+use crate::{ExeInfo, MemoryPlan, StepInfo, Variant};
 use reformc_ir::{Dim, DimEnv, TensorType};
 use serde_json::{json, Value};
 
@@ -145,6 +145,29 @@ pub(crate) fn signature_json(p: &SignatureParts) -> String {
         "memory_plan": plans,
     });
     v.to_string()
+}
+
+/// `header` (a [`model_h`] text) with the training step's outputs and label
+/// alignment described at the end of its leading comment.
+pub(crate) fn with_step_note(header: &str, step: &StepInfo) -> String {
+    let mut note = String::from(
+        " * Training step: outputs the mean cross-entropy `loss` and one `grad:<weight>`\n * per weight. `labels` (i64 [B, L], -100 = ignored) is aligned with the logits:\n",
+    );
+    if step.causal {
+        note.push_str(
+            " * this causal LM predicts token t+1 at position t, so pass the ids shifted,\n",
+        );
+        note.push_str(" * labels[:, t] = ids[:, t+1] and -100 at the last position (the step\n");
+        note.push_str(
+            " * executable's --labels and `reformc grad` shift for you; this ABI does not).\n",
+        );
+    } else {
+        note.push_str(" * labels[:, t] is the target at position t (no shift).\n");
+    }
+    match header.find(" *\n * Thread safety") {
+        Some(at) => format!("{}{note}{}", &header[..at], &header[at..]),
+        None => header.to_string(),
+    }
 }
 
 /// The C header documenting the ABI of a compiled model (`model.h`).
