@@ -460,7 +460,22 @@ fn swap_tiles<const W: usize>(
     js: std::ops::Range<usize>,
     w: usize,
 ) {
-    let w = if W == 0 { w } else { W };
+    if W > 0 {
+        // Whole elements as `[u8; W]` values: each copy is one load and one
+        // store, and a tile's output row is one contiguous run.
+        let (xc, _) = xo.as_chunks::<W>();
+        let (yc, _) = yo.as_chunks_mut::<W>();
+        for i0 in (0..r).step_by(SWAP_TILE) {
+            let i1 = (i0 + SWAP_TILE).min(r);
+            for j in js.clone() {
+                let base = (j - js.start) * r;
+                for (i, d) in (i0..i1).zip(&mut yc[base + i0..base + i1]) {
+                    *d = xc[i * c + j];
+                }
+            }
+        }
+        return;
+    }
     for i0 in (0..r).step_by(SWAP_TILE) {
         for j in js.clone() {
             for i in i0..(i0 + SWAP_TILE).min(r) {
