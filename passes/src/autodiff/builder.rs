@@ -186,7 +186,10 @@ impl<'g> Builder<'g> {
         Ok(self.reshape(summed, target.shape.clone()))
     }
 
-    /// Indices `start, start+1, ..` along `axis` of `like`, broadcast to `like`'s shape (i64).
+    /// Indices `start, start+1, ..` along `axis` of `like`, repeated along
+    /// the axes before it: an i64 index of rank `axis + 1` (`like`'s shape up
+    /// to `axis`), which `gather`/`scatter_add` apply to whole trailing rows,
+    /// so no index element exists per element of `like`.
     pub fn axis_positions(&mut self, like: ValueId, axis: usize, start: u64) -> Built {
         let t = self.ty(like);
         let iota = self.op(
@@ -199,10 +202,22 @@ impl<'g> Builder<'g> {
             let s = self.constant(start as f64, DType::I64);
             self.add(iota, s)?
         };
-        let mut shape = vec![Dim::Const(1); t.rank()];
-        shape[axis] = t.shape[axis].clone();
-        let column = self.reshape(shifted, shape);
-        self.broadcast(column, like)
+        let along = |i: usize, d: &Dim| {
+            let mut shape = vec![Dim::Const(1); axis + 1];
+            shape[i] = d.clone();
+            shape
+        };
+        let mut idx = self.reshape(shifted, along(axis, &t.shape[axis]));
+        for i in (0..axis).filter(|&i| t.shape[i] != Dim::Const(1)) {
+            let io = self.op(
+                Op::new(OpKind::Iota).with("axis", Attr::Int(i as i64)),
+                &[like],
+            )?;
+            let zeros = self.sub(io, io)?;
+            let zeros = self.reshape(zeros, along(i, &t.shape[i]));
+            idx = self.add(idx, zeros)?;
+        }
+        Ok(idx)
     }
 
     /// `scatter_add` of `src` into zeros of `like`'s shape along `axis`.
