@@ -64,3 +64,26 @@ fn i64_argmax_and_stable_argsort_match_the_interpreter() {
         same_as_interpreter(ARG_I64, &inputs);
     }
 }
+
+/// Integer division with broadcasting: the one element-wise loop that stays
+/// serial (a zero divisor stops the model from inside the loop).
+const DIV_BROADCAST: &str = r#"graph {
+  %0 = input {name="a"} : i64[B,L,5]
+  %1 = input {name="d"} : i64[L,1]
+  %2 = div %0, %1 : i64[B,L,5]
+  output "q" = %2
+}"#;
+
+#[test]
+fn broadcast_integer_division_matches_the_interpreter_and_stops_on_zero() {
+    let a = ints(&[2, 9, 5], 11, -50, 50);
+    let d = ints(&[9, 1], 12, 1, 7);
+    let ins: Tensors = [("a".to_string(), a.clone()), ("d".to_string(), d)].into();
+    same_as_interpreter(DIV_BROADCAST, &ins);
+    let mut zero = ints(&[9, 1], 13, 1, 7).to_i64();
+    zero[[4, 0]] = 0;
+    let ins: Tensors = [("a".to_string(), a), ("d".to_string(), Tensor::I64(zero))].into();
+    let g = reformc_ir::parse(DIV_BROADCAST).unwrap();
+    let err = reformc_backend_llvm::jit_run(&g, &ins, &BTreeMap::new()).unwrap_err();
+    assert!(err.to_string().contains("division by zero"), "{err}");
+}

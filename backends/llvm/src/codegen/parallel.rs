@@ -13,15 +13,21 @@ impl<'ctx> Gen<'ctx> {
     /// `for i in 0..n { body(caps, i) }` on the runtime's threads. `body`
     /// sees `caps` as values of the outlined function (it must not use any
     /// other value of the enclosing function, nor branch to its blocks), and
-    /// must write only elements owned by index `i`.
+    /// must write only elements owned by index `i`. Without `parallel` the
+    /// loop runs here, serially, on `caps` themselves (then `body` may
+    /// branch to this function's exit).
     pub(super) fn par_range(
         &self,
         fs: &Fs<'ctx, '_>,
         v: ValueId,
         n: IntValue<'ctx>,
         caps: &[BasicValueEnum<'ctx>],
+        parallel: bool,
         body: &mut dyn FnMut(&[BasicValueEnum<'ctx>], IntValue<'ctx>) -> Result<()>,
     ) -> Result<()> {
+        if !parallel {
+            return self.for_range(n, &mut |i| body(caps, i));
+        }
         let caller = self
             .b
             .get_insert_block()

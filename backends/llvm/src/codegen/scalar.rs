@@ -368,32 +368,20 @@ impl<'ctx> Gen<'ctx> {
         let parallel = node.op.kind != OpKind::Div || out_dt.is_float();
         if same.iter().zip(&scalar).all(|(s, c)| *s || *c) {
             let total = self.prod(&dims)?;
-            if parallel {
-                let mut caps: Vec<BasicValueEnum> = vec![out.ptr.into()];
-                caps.extend(xs.iter().map(|x| BasicValueEnum::from(x.ptr)));
-                self.par_range(fs, v, total, &caps, &mut |c, i| {
-                    let vals: Vec<BasicValueEnum> = xs
-                        .iter()
-                        .zip(&same)
-                        .zip(&c[1..])
-                        .map(|((x, s), p)| {
-                            let at = if *s { i } else { self.i64c(0) };
-                            self.load(x.dtype, p.into_pointer_value(), at)
-                        })
-                        .collect::<Result<_>>()?;
-                    let r = f(self, &vals)?;
-                    self.store(out_dt, c[0].into_pointer_value(), i, r)
-                })?;
-                return Ok(out);
-            }
-            self.for_range(total, &mut |i| {
+            let mut caps: Vec<BasicValueEnum> = vec![out.ptr.into()];
+            caps.extend(xs.iter().map(|x| BasicValueEnum::from(x.ptr)));
+            self.par_range(fs, v, total, &caps, parallel, &mut |c, i| {
                 let vals: Vec<BasicValueEnum> = xs
                     .iter()
                     .zip(&same)
-                    .map(|(x, s)| self.load(x.dtype, x.ptr, if *s { i } else { self.i64c(0) }))
+                    .zip(&c[1..])
+                    .map(|((x, s), p)| {
+                        let at = if *s { i } else { self.i64c(0) };
+                        self.load(x.dtype, p.into_pointer_value(), at)
+                    })
                     .collect::<Result<_>>()?;
                 let r = f(self, &vals)?;
-                self.store(out_dt, out.ptr, i, r)
+                self.store(out_dt, c[0].into_pointer_value(), i, r)
             })?;
             return Ok(out);
         }
@@ -434,32 +422,13 @@ impl<'ctx> Gen<'ctx> {
             }
             strides.push(s);
         }
-        let ostr = self.strides(&dims)?;
-        if parallel && n >= 2 {
-            return self.broadcast_rows(fs, v, xs, &strides, out, f);
-        }
-        self.for_nd(&dims, &mut |idx| {
-            let mut vals = Vec::new();
-            for (x, s) in xs.iter().zip(&strides) {
-                let mut off = self.i64c(0);
-                for (i, st) in idx.iter().zip(s) {
-                    off = self.add(off, self.mul(*i, *st)?)?;
-                }
-                vals.push(self.load(x.dtype, x.ptr, off)?);
-            }
-            let mut o = self.i64c(0);
-            for (i, st) in idx.iter().zip(&ostr) {
-                o = self.add(o, self.mul(*i, *st)?)?;
-            }
-            let r = f(self, &vals)?;
-            self.store(out_dt, out.ptr, o, r)
-        })?;
-        Ok(out)
+        self.broadcast_rows(fs, v, xs, &strides, out, parallel, f)
     }
 
-    /// The broadcasting loop of [`Self::elementwise`] on the runtime's
-    /// threads: one task index per row of `out` (every axis but the last,
-    /// recovered by division), the last axis an inner loop.
+    /// The broadcasting loop of [`Self::elementwise`] (on the runtime's
+    /// threads when `parallel`): one index per row of `out` (every axis but
+    /// the last, recovered by division), the last axis an inner loop.
+    #[allow(clippy::too_many_arguments)]
     fn broadcast_rows(
         &self,
         fs: &Fs<'ctx, '_>,
@@ -467,6 +436,7 @@ impl<'ctx> Gen<'ctx> {
         xs: &[Buf<'ctx>],
         strides: &[Vec<IntValue<'ctx>>],
         out: Buf<'ctx>,
+        parallel: bool,
         f: &dyn Fn(&Self, &[BasicValueEnum<'ctx>]) -> Result<BasicValueEnum<'ctx>>,
     ) -> Result<Buf<'ctx>> {
         let n = out.dims.len();
@@ -480,7 +450,7 @@ impl<'ctx> Gen<'ctx> {
             caps.extend(s.iter().map(|d| BasicValueEnum::from(*d)));
         }
         let out_dt = out.dtype;
-        self.par_range(fs, v, rows, &caps, &mut |c, r| {
+        self.par_range(fs, v, rows, &caps, parallel, &mut |c, r| {
             let int = |k: usize| c[k].into_int_value();
             let (k_dims, k_strides) = (1 + xs.len(), 1 + xs.len() + n);
             // r -> (i_0, .., i_{n-2}), row-major.
