@@ -34,11 +34,50 @@ enum Command {
 }
 
 fn main() {
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse_from(help_help_as_help(std::env::args_os())) {
         Ok(cli) => cli,
         Err(e) => exit_on_bad_arguments(e),
     };
-    let result = match &cli.command {
+    let result = resolve_model_paths(&mut cli.command).and_then(|()| dispatch(&cli.command));
+    if let Err(e) = result {
+        // Names and text taken from user files may hold control characters:
+        // escaped, every error stays one line.
+        eprintln!("error: {}", reformc_tensor::shown(&e.to_string()));
+        std::process::exit(e.code);
+    }
+}
+
+/// `reformc help --help` (or `-h`) asks how to get help: clap's generated
+/// `help` subcommand takes no flags and would refuse it, so it is read as
+/// `reformc --help`.
+fn help_help_as_help(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<_> = args.collect();
+    let is_help_flag = |a: &std::ffi::OsString| a == "--help" || a == "-h";
+    if args.len() == 3 && args[1] == "help" && is_help_flag(&args[2]) {
+        args.remove(1);
+    }
+    args
+}
+
+/// Hugging Face folders given as the model become their config and weights.
+fn resolve_model_paths(command: &mut Command) -> cli::error::CliResult<()> {
+    use cli::model::{resolve_paths, resolve_required_paths};
+    match command {
+        Command::Run(a) => resolve_required_paths(&mut a.config, &a.weights_flag, &mut a.weights),
+        Command::Compile(a) => {
+            resolve_required_paths(&mut a.config, &a.weights_flag, &mut a.weights)
+        }
+        Command::Grad(a) => resolve_required_paths(&mut a.config, &a.weights_flag, &mut a.weights),
+        Command::Dump(a) => resolve_paths(&mut a.config, &mut a.weights),
+        Command::Train(a) => resolve_paths(&mut a.config, &mut a.weights),
+        Command::Explain(a) => resolve_paths(&mut a.config, &mut None),
+        Command::Opt(_) | Command::ListPasses => Ok(()),
+    }
+}
+
+/// Runs the command.
+fn dispatch(command: &Command) -> cli::error::CliResult<()> {
+    match command {
         Command::Dump(a) => cli::dump::run(a),
         Command::Run(a) => cli::run::run(a),
         Command::Compile(a) => cli::compile::run(a),
@@ -50,12 +89,6 @@ fn main() {
             println!("{}", reformc_passes::list_passes().trim_end());
             Ok(())
         }
-    };
-    if let Err(e) = result {
-        // Names and text taken from user files may hold control characters:
-        // escaped, every error stays one line.
-        eprintln!("error: {}", reformc_tensor::shown(&e.to_string()));
-        std::process::exit(e.code);
     }
 }
 

@@ -70,6 +70,16 @@ pub enum FrontendError {
         message: String,
     },
 
+    /// A checkpoint's files cannot be found or do not agree: a folder without
+    /// weights, a PyTorch pickle, shards that disagree with their index.
+    #[error("{path}: {message}")]
+    Checkpoint {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is wrong, and how to fix it.
+        message: String,
+    },
+
     /// A tensor the model needs is absent from the weight file.
     #[error("{path}: tensor `{tensor}`: missing (expected F32 of shape {expected:?}){hint}{}", more_suffix(*more))]
     MissingTensor {
@@ -100,8 +110,9 @@ pub enum FrontendError {
         more: usize,
     },
 
-    /// A tensor is stored with an element type other than F32.
-    #[error("{path}: tensor `{tensor}`: expected dtype F32, found {found}{}", more_suffix(*more))]
+    /// A tensor is stored with an element type reformc cannot load as a float
+    /// weight (F32, or F16, BF16 and F64, converted at load).
+    #[error("{path}: tensor `{tensor}`: expected dtype F32 (or F16, BF16, F64, converted at load), found {found}{}", more_suffix(*more))]
     TensorDtype {
         /// The weight file.
         path: PathBuf,
@@ -180,6 +191,7 @@ impl FrontendError {
             | FrontendError::UnknownFormat { path, .. }
             | FrontendError::Field { path, .. }
             | FrontendError::WeightFile { path, .. }
+            | FrontendError::Checkpoint { path, .. }
             | FrontendError::MissingTensor { path, .. }
             | FrontendError::TensorShape { path, .. }
             | FrontendError::TensorDtype { path, .. }
@@ -295,6 +307,10 @@ mod tests {
                 path: p.clone(),
                 message: "truncated".into(),
             },
+            FrontendError::Checkpoint {
+                path: p.clone(),
+                message: "a PyTorch pickle".into(),
+            },
             FrontendError::MissingTensor {
                 path: p.clone(),
                 tensor: "t".into(),
@@ -333,11 +349,11 @@ mod tests {
             assert_eq!(e.path(), p.as_path());
         }
         assert_eq!(
-            errors[5].to_string(),
+            errors[6].to_string(),
             "dir/f.json: tensor `t`: missing (expected F32 of shape [2, 3]) (and 2 more problems)"
         );
         assert_eq!(
-            errors[6].to_string(),
+            errors[7].to_string(),
             "dir/f.json: tensor `t`: expected shape [2], found [3] (and 1 more problem)"
         );
     }

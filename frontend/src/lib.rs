@@ -9,8 +9,10 @@
 //! named graph inputs. Every failure is a one-line [`error::FrontendError`].
 #![deny(missing_docs)]
 
+pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod half;
 pub mod hf_config;
 pub mod limits;
 pub mod lower;

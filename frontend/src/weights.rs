@@ -23,7 +23,9 @@ use memmap2::Mmap;
 use reformc_tensor::safetensors::parse as check_header;
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors};
 
+use crate::checkpoint::{locate_weights, read_shard_index, WeightSource};
 use crate::error::FrontendError;
+use crate::half::{bf16_to_f32, f16_to_f32};
 use crate::hf_config::shown;
 use crate::spec::{AttentionKind, HeadSpec, ModelSpec, PositionSpec};
 
@@ -32,84 +34,110 @@ use crate::spec::{AttentionKind, HeadSpec, ModelSpec, PositionSpec};
 struct Entry {
     dtype: Dtype,
     shape: Vec<u64>,
-    /// Byte range in the file (already offset by the header).
+    /// Which of the checkpoint's files holds it.
+    shard: usize,
+    /// Byte range in that file (already offset by the header).
     start: usize,
     end: usize,
 }
 
-/// An open `.safetensors` file: its header parsed and validated, its data
-/// memory-mapped.
+/// One memory-mapped `.safetensors` file of a checkpoint.
+#[derive(Debug)]
+struct Shard {
+    path: PathBuf,
+    mmap: Mmap,
+}
+
+/// The dtypes a weight may be stored in: F32 as is, the others widened or
+/// narrowed to F32 at load ([`WeightFile::tensor_f32`]).
+const LOADABLE: [Dtype; 4] = [Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::F64];
+
+/// An open checkpoint: one `.safetensors` file, or the shards a
+/// `model.safetensors.index.json` names, with headers parsed and validated
+/// and data memory-mapped.
 #[derive(Debug)]
 pub struct WeightFile {
     path: PathBuf,
-    mmap: Mmap,
+    shards: Vec<Shard>,
     tensors: BTreeMap<String, Entry>,
 }
 
 impl WeightFile {
-    /// Opens and validates a safetensors file.
+    /// Opens and validates a checkpoint: a safetensors file, a shard index
+    /// (`model.safetensors.index.json`) or a Hugging Face folder holding
+    /// either ([`crate::checkpoint::locate_weights`]).
     ///
-    /// Fails with [`FrontendError::Io`] if the file cannot be read, and with
-    /// [`FrontendError::WeightFile`] if its header is malformed or its data
-    /// section is truncated or does not match the header.
+    /// Fails with [`FrontendError::Io`] if a file cannot be read, and with
+    /// [`FrontendError::WeightFile`] if a header is malformed, data is
+    /// truncated or does not match the header, or the shards disagree with
+    /// their index.
     ///
-    /// The file is memory-mapped: it must not be modified while the
+    /// The files are memory-mapped: they must not be modified while the
     /// `WeightFile` is alive.
     pub fn open(path: &Path) -> Result<Self, FrontendError> {
-        let bad = |message: String| FrontendError::WeightFile {
-            path: path.to_path_buf(),
-            message: shown(&message),
-        };
-        let not_a_file =
-            || bad("not a regular file (weights must be a safetensors file of known size)".into());
-        // Checked before opening too: opening a FIFO blocks until a writer comes.
-        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
-            return Err(not_a_file());
+        match locate_weights(path)? {
+            WeightSource::File(file) => {
+                let mut tensors = BTreeMap::new();
+                let shard = open_shard(&file, 0, &mut tensors)?;
+                Ok(WeightFile {
+                    path: file,
+                    shards: vec![shard],
+                    tensors,
+                })
+            }
+            WeightSource::Sharded(index) => Self::open_sharded(&index),
         }
-        let file = File::open(path).map_err(|e| FrontendError::io(path, e))?;
-        let meta = file.metadata().map_err(|e| FrontendError::io(path, e))?;
-        if !meta.is_file() {
-            return Err(not_a_file());
+    }
+
+    /// Opens the shards of an index, checking that each holds exactly the
+    /// tensors the index assigns to it.
+    fn open_sharded(index: &Path) -> Result<Self, FrontendError> {
+        let map = read_shard_index(index)?;
+        let files: BTreeSet<&PathBuf> = map.values().collect();
+        let (mut shards, mut tensors) = (Vec::new(), BTreeMap::new());
+        for (i, file) in files.into_iter().enumerate() {
+            let mut own = BTreeMap::new();
+            shards.push(open_shard(file, i, &mut own)?);
+            for (name, entry) in own {
+                if map.get(&name) != Some(file) {
+                    return Err(FrontendError::Checkpoint {
+                        path: file.clone(),
+                        message: format!(
+                            "tensor `{}` is not assigned to this shard by {}",
+                            shown(&name),
+                            index.display()
+                        ),
+                    });
+                }
+                tensors.insert(name, entry);
+            }
         }
-        let len = meta.len();
-        if len < 8 {
-            return Err(bad(format!(
-                "the file is {len} bytes, too short for the 8-byte header length"
-            )));
-        }
-        // SAFETY: the map is only read. The file may be changed by another
-        // process while mapped; as every mmap-based reader (safetensors' own
-        // included), we document that the file must not be modified meanwhile.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| FrontendError::io(path, e))?;
-        let (header_len, metadata) =
-            SafeTensors::read_metadata(&mmap).map_err(|e| bad(describe(&e, &mmap)))?;
-        // The runtime's rules too (duplicate names, exact tiling, metadata),
-        // so that a file `reformc run` accepts loads in executables and the .so.
-        check_header(&mmap, len).map_err(bad)?;
-        let data_start = header_len + 8;
-        let mut tensors = BTreeMap::new();
-        for (name, info) in metadata.tensors() {
-            let (s, e) = info.data_offsets;
-            tensors.insert(
-                name,
-                Entry {
-                    dtype: info.dtype,
-                    shape: info.shape.iter().map(|&d| d as u64).collect(),
-                    start: data_start + s,
-                    end: data_start + e,
-                },
-            );
+        if let Some((name, file)) = map.iter().find(|(n, _)| !tensors.contains_key(*n)) {
+            return Err(FrontendError::Checkpoint {
+                path: file.clone(),
+                message: format!(
+                    "has no tensor `{}`, which {} assigns to it",
+                    shown(name),
+                    index.display()
+                ),
+            });
         }
         Ok(WeightFile {
-            path: path.to_path_buf(),
-            mmap,
+            path: index.to_path_buf(),
+            shards,
             tensors,
         })
     }
 
-    /// The path the file was opened from.
+    /// The checkpoint's path: the safetensors file, or the shard index.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the checkpoint is one file with every tensor in F32: what a
+    /// compiled executable can memory-map and use as is.
+    pub fn is_plain_f32(&self) -> bool {
+        self.shards.len() == 1 && self.tensors.values().all(|e| e.dtype == Dtype::F32)
     }
 
     /// Tensor names, sorted.
@@ -138,12 +166,23 @@ impl WeightFile {
     /// The raw little-endian bytes of a tensor (no alignment guarantee), or
     /// `None` if the file has no tensor of that name.
     pub fn bytes(&self, name: &str) -> Option<&[u8]> {
-        self.tensors.get(name).map(|e| &self.mmap[e.start..e.end])
+        self.tensors.get(name).map(|e| self.data(e))
+    }
+
+    /// An entry's bytes in its shard.
+    fn data(&self, e: &Entry) -> &[u8] {
+        &self.shards[e.shard].mmap[e.start..e.end]
+    }
+
+    /// The file that holds an entry (the shard, for a sharded checkpoint).
+    fn file_of(&self, e: &Entry) -> PathBuf {
+        self.shards[e.shard].path.clone()
     }
 
     /// Checks the file against the tensors a model needs.
     ///
-    /// `expected` lists (name, shape) pairs, all F32; `allowed_extra` names
+    /// `expected` lists (name, shape) pairs, F32 (or F16, BF16, F64: converted
+    /// at load); `allowed_extra` names
     /// tensors the file may hold that the model does not use (e.g. HF's unused
     /// `lm_head.bias`). Problems are looked for in this order: missing tensors,
     /// wrongly shaped tensors, non-F32 tensors, unexpected tensors (each group in
@@ -179,7 +218,7 @@ impl WeightFile {
             if let Some(e) = self.tensors.get(name) {
                 if &e.shape != shape {
                     problems.push(Box::new(move |more| FrontendError::TensorShape {
-                        path: self.path.clone(),
+                        path: self.file_of(e),
                         tensor: shown(name),
                         expected: shape.clone(),
                         found: e.shape.clone(),
@@ -190,9 +229,9 @@ impl WeightFile {
         }
         for (name, _) in expected {
             if let Some(e) = self.tensors.get(name) {
-                if e.dtype != Dtype::F32 {
+                if !LOADABLE.contains(&e.dtype) {
                     problems.push(Box::new(move |more| FrontendError::TensorDtype {
-                        path: self.path.clone(),
+                        path: self.file_of(e),
                         tensor: shown(name),
                         found: dtype_name(e.dtype),
                         more,
@@ -234,11 +273,12 @@ impl WeightFile {
         }
     }
 
-    /// Decodes an F32 tensor (little-endian, any alignment) into a vector in
-    /// row-major order.
+    /// Decodes a tensor (little-endian, any alignment) into `f32` values in
+    /// row-major order: F32 as is, F16 and BF16 widened exactly, F64 rounded
+    /// to nearest.
     ///
     /// Fails with [`FrontendError::NoSuchTensor`] for an unknown name and
-    /// [`FrontendError::TensorDtype`] for a tensor that is not F32.
+    /// [`FrontendError::TensorDtype`] for a tensor of another dtype.
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>, FrontendError> {
         let e = self
             .tensors
@@ -248,18 +288,30 @@ impl WeightFile {
                 tensor: shown(name),
                 count: self.tensors.len(),
             })?;
-        if e.dtype != Dtype::F32 {
-            return Err(FrontendError::TensorDtype {
-                path: self.path.clone(),
-                tensor: shown(name),
-                found: dtype_name(e.dtype),
-                more: 0,
-            });
-        }
-        Ok(self.mmap[e.start..e.end]
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
+        let bytes = self.data(e);
+        let words = |n: usize| bytes.chunks_exact(n);
+        Ok(match e.dtype {
+            Dtype::F32 => words(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => words(2)
+                .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+                .collect(),
+            Dtype::BF16 => words(2)
+                .map(|b| bf16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+                .collect(),
+            Dtype::F64 => words(8)
+                .map(|b| f64::from_le_bytes(b.try_into().expect("8-byte chunk")) as f32)
+                .collect(),
+            other => {
+                return Err(FrontendError::TensorDtype {
+                    path: self.file_of(e),
+                    tensor: shown(name),
+                    found: dtype_name(other),
+                    more: 0,
+                })
+            }
+        })
     }
 
     /// Recognises the layout of a Hugging Face Reformer checkpoint.
@@ -293,6 +345,63 @@ impl WeightFile {
             HeadSpec::None
         };
     }
+}
+
+/// Maps and validates one safetensors file, adding its tensors (tagged with
+/// `index`) to `tensors`.
+fn open_shard(
+    path: &Path,
+    index: usize,
+    tensors: &mut BTreeMap<String, Entry>,
+) -> Result<Shard, FrontendError> {
+    let bad = |message: String| FrontendError::WeightFile {
+        path: path.to_path_buf(),
+        message: shown(&message),
+    };
+    let not_a_file =
+        || bad("not a regular file (weights must be a safetensors file of known size)".into());
+    // Checked before opening too: opening a FIFO blocks until a writer comes.
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(not_a_file());
+    }
+    let file = File::open(path).map_err(|e| FrontendError::io(path, e))?;
+    let meta = file.metadata().map_err(|e| FrontendError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(not_a_file());
+    }
+    let len = meta.len();
+    if len < 8 {
+        return Err(bad(format!(
+            "the file is {len} bytes, too short for the 8-byte header length"
+        )));
+    }
+    // SAFETY: the map is only read. The file may be changed by another
+    // process while mapped; as every mmap-based reader (safetensors' own
+    // included), we document that the file must not be modified meanwhile.
+    let mmap = unsafe { Mmap::map(&file) }.map_err(|e| FrontendError::io(path, e))?;
+    let (header_len, metadata) =
+        SafeTensors::read_metadata(&mmap).map_err(|e| bad(describe(&e, &mmap)))?;
+    // The runtime's rules too (duplicate names, exact tiling, metadata),
+    // so that a file `reformc run` accepts loads in executables and the .so.
+    check_header(&mmap, len).map_err(bad)?;
+    let data_start = header_len + 8;
+    for (name, info) in metadata.tensors() {
+        let (s, e) = info.data_offsets;
+        tensors.insert(
+            name,
+            Entry {
+                dtype: info.dtype,
+                shape: info.shape.iter().map(|&d| d as u64).collect(),
+                shard: index,
+                start: data_start + s,
+                end: data_start + e,
+            },
+        );
+    }
+    Ok(Shard {
+        path: path.to_path_buf(),
+        mmap,
+    })
 }
 
 /// The tensors a model needs, as (name, shape) pairs in a stable order, and the
@@ -592,7 +701,7 @@ pub(crate) mod tests {
                 f32s(&[1.0, 2.0, 3.0, 4.0, 5.0, -6.5]),
             ),
             ("b", "F32", vec![2], f32s(&[0.25, 1e-30])),
-            ("c", "F16", vec![2], vec![0, 60, 0, 60]),
+            ("c", "I16", vec![2], vec![0, 60, 0, 60]),
             ("extra", "F32", vec![1], f32s(&[9.0])),
         ]
     }
@@ -611,7 +720,7 @@ pub(crate) mod tests {
         assert_eq!(w.names(), vec!["a", "b", "c", "extra"]);
         assert_eq!(w.len(), 4);
         assert_eq!(w.info("a"), Some(("F32".to_string(), vec![2, 3])));
-        assert_eq!(w.info("c"), Some(("F16".to_string(), vec![2])));
+        assert_eq!(w.info("c"), Some(("I16".to_string(), vec![2])));
         assert_eq!(w.info("zz"), None);
         assert_eq!(
             w.tensor_f32("a").unwrap(),
@@ -621,7 +730,7 @@ pub(crate) mod tests {
         assert_eq!(w.bytes("c"), Some(&[0u8, 60, 0, 60][..]));
         let e = w.tensor_f32("c").unwrap_err().to_string();
         assert!(
-            e.ends_with("w.safetensors: tensor `c`: expected dtype F32, found F16"),
+            e.ends_with("w.safetensors: tensor `c`: expected dtype F32 (or F16, BF16, F64, converted at load), found I16"),
             "{e}"
         );
         let e = w.tensor_f32("nope").unwrap_err().to_string();
@@ -630,6 +739,86 @@ pub(crate) mod tests {
             "{e}"
         );
         assert_eq!(w.detect_layout(), (String::new(), false));
+    }
+
+    #[test]
+    fn half_and_double_weights_load_as_f32() {
+        let dir = temp_dir("halves");
+        let t = vec![
+            ("h", "F16", vec![2], vec![0, 0x3c, 0, 0xc0]),
+            ("b", "BF16", vec![2], vec![0x80, 0x3f, 0xa0, 0xc0]),
+            ("d", "F64", vec![1], 0.1f64.to_le_bytes().to_vec()),
+        ];
+        let p = write(&dir, "w.safetensors", &safetensors_bytes(&t));
+        let w = WeightFile::open(&p).unwrap();
+        assert!(!w.is_plain_f32());
+        assert_eq!(w.tensor_f32("h").unwrap(), vec![1.0, -2.0]);
+        assert_eq!(w.tensor_f32("b").unwrap(), vec![1.0, -5.0]);
+        assert_eq!(w.tensor_f32("d").unwrap(), vec![0.1f32]);
+        let e = exp(&[("h", &[2]), ("b", &[2]), ("d", &[1])]);
+        assert_eq!(w.check(&e, &[]).map_err(|e| e.to_string()), Ok(()));
+    }
+
+    #[test]
+    fn sharded_checkpoints_open_as_one() {
+        let dir = temp_dir("shards");
+        let s1 = vec![("a", "F32", vec![2], f32s(&[1.0, 2.0]))];
+        let s2 = vec![("b", "F16", vec![1], vec![0, 0x3c])];
+        write(&dir, "m-1.safetensors", &safetensors_bytes(&s1));
+        write(&dir, "m-2.safetensors", &safetensors_bytes(&s2));
+        let index = r#"{"metadata": {"total_size": 10}, "weight_map": {"a": "m-1.safetensors", "b": "m-2.safetensors"}}"#;
+        let idx = write(&dir, "model.safetensors.index.json", index.as_bytes());
+        // The folder finds its index; the index opens directly too.
+        for p in [dir.to_path_buf(), idx.clone()] {
+            let w = WeightFile::open(&p).unwrap();
+            assert_eq!(w.path(), idx.as_path());
+            assert_eq!(w.names(), vec!["a", "b"]);
+            assert_eq!(w.tensor_f32("a").unwrap(), vec![1.0, 2.0]);
+            assert_eq!(w.tensor_f32("b").unwrap(), vec![1.0]);
+            assert!(!w.is_plain_f32());
+            let e = w.check(&exp(&[("a", &[3]), ("b", &[1])]), &[]).unwrap_err();
+            assert!(
+                e.to_string().starts_with(&format!(
+                    "{}: tensor `a`",
+                    dir.join("m-1.safetensors").display()
+                )),
+                "the shard is named: {e}"
+            );
+        }
+        // A tensor the index puts elsewhere, or one the shard lacks.
+        let index = r#"{"weight_map": {"a": "m-2.safetensors", "b": "m-2.safetensors"}}"#;
+        write(&dir, "model.safetensors.index.json", index.as_bytes());
+        let e = WeightFile::open(&idx).unwrap_err().to_string();
+        let want = format!("has no tensor `a`, which {} assigns to it", idx.display());
+        assert!(e.ends_with(&want), "{e}");
+        let index = r#"{"weight_map": {"a": "m-1.safetensors"}}"#;
+        write(&dir, "model.safetensors.index.json", index.as_bytes());
+        let w = WeightFile::open(&idx).unwrap();
+        assert_eq!(
+            w.names(),
+            vec!["a"],
+            "only the shards the index lists are opened"
+        );
+        let index = r#"{"weight_map": {"a": "m-1.safetensors", "b": "m-1.safetensors"}}"#;
+        write(&dir, "model.safetensors.index.json", index.as_bytes());
+        let e = WeightFile::open(&idx).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{}: has no tensor `b`",
+                dir.join("m-1.safetensors").display()
+            )),
+            "{e}"
+        );
+        let missing = r#"{"weight_map": {"a": "gone.safetensors"}}"#;
+        write(&dir, "model.safetensors.index.json", missing.as_bytes());
+        let e = WeightFile::open(&idx).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{}: cannot read file",
+                dir.join("gone.safetensors").display()
+            )),
+            "{e}"
+        );
     }
 
     #[test]
@@ -677,7 +866,7 @@ pub(crate) mod tests {
         );
         assert_eq!(
             check(&exp(&[("a", &[2, 3]), ("b", &[2]), ("c", &[2])]), &[]).unwrap_err(),
-            format!("{path}: tensor `c`: expected dtype F32, found F16 (and 1 more problem)")
+            format!("{path}: tensor `c`: expected dtype F32 (or F16, BF16, F64, converted at load), found I16 (and 1 more problem)")
         );
         assert_eq!(
             check(&exp(&[("a", &[2, 3]), ("b", &[2])]), &["c"]).unwrap_err(),

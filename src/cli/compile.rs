@@ -10,7 +10,7 @@ use reformc_backend_llvm::aot::{self, Emit};
 use reformc_backend_llvm::target::TargetSpec;
 use reformc_backend_llvm::{CompileOptions, DimLimit, ExeInfo, Variant, WeightsMode};
 use reformc_frontend::lower::{LowerOptions, LshSource};
-use reformc_frontend::spec::{HeadSpec, ModelSpec, PositionSpec};
+use reformc_frontend::spec::HeadSpec;
 use reformc_ir::DType;
 use reformc_passes::{Instrumentation, PassManager};
 use reformc_tensor::Tensor;
@@ -22,13 +22,20 @@ mod train_step;
 /// Arguments of `reformc compile`.
 #[derive(Args, Debug)]
 pub struct CompileArgs {
-    /// Model description: a Hugging Face config.json or a reformc model file
+    /// Model description: a Hugging Face config.json or a reformc model file,
+    /// or a Hugging Face model folder as save_pretrained writes it
     /// (with --emit mlir, also IR text: a `.ir` file).
     pub config: PathBuf,
     /// Weights (.safetensors, Hugging Face tensor names): checked now; memory-mapped
     /// from this path at run time (overridable with the executable's --weights), or
-    /// baked in with --weights-mode=embed.
-    #[arg(long)]
+    /// baked in with --weights-mode=embed. F16, BF16, F64 and sharded checkpoints
+    /// are converted: the executable then maps `<output>.safetensors` (F32).
+    /// Defaults to the model folder's weights.
+    #[arg(long = "weights", value_name = "WEIGHTS")]
+    pub weights_flag: Option<PathBuf>,
+    /// The weights path after resolution (`--weights`, or the model folder):
+    /// set by [`super::model::resolve_required_paths`] before the command runs.
+    #[arg(skip)]
     pub weights: PathBuf,
     /// Output path (for `lib`, the .so; model.h is written beside it).
     #[arg(short, long)]
@@ -82,15 +89,6 @@ pub struct CompileArgs {
     /// `--seq-len` also resolves `num_buckets: null`, `-q` silences progress.
     #[command(flatten)]
     pub passes: PassArgs,
-}
-
-/// Largest padded length the model's position embeddings allow.
-fn max_len(spec: &ModelSpec) -> u64 {
-    let mut m = spec.max_position_embeddings;
-    if let PositionSpec::Axial { shape, .. } = &spec.position {
-        m = m.min(shape[0] * shape[1]);
-    }
-    m
 }
 
 fn to_bytes(t: &Tensor) -> Vec<u8> {
@@ -240,11 +238,15 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
     } else {
         WeightsMode::Runtime
     };
-    let weights_path = std::fs::canonicalize(&args.weights)
-        .unwrap_or_else(|_| args.weights.clone())
+    let mapped = match (&m.weights, embed) {
+        (Some(file), false) if !file.is_plain_f32() => converted_weights(args, file, &weights)?,
+        _ => args.weights.clone(),
+    };
+    let weights_path = std::fs::canonicalize(&mapped)
+        .unwrap_or(mapped)
         .display()
         .to_string();
-    let max = max_len(spec);
+    let max = model::max_len(spec);
     let model_name = model_name(&args.config);
     let uses_bias = table.iter().any(|(n, _)| n == "lm_head.bias");
     let opts = CompileOptions {
@@ -352,6 +354,41 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
         }
     }
     Ok(())
+}
+
+/// Where a converted copy of the weights goes: beside the output, named after it.
+pub(super) fn converted_weights_path(output: &Path) -> PathBuf {
+    if output.extension().is_some_and(|e| e == "safetensors") {
+        output.with_extension("weights.safetensors")
+    } else {
+        output.with_extension("safetensors")
+    }
+}
+
+/// Compiled code maps one F32 safetensors file at run time: a sharded, F16,
+/// BF16 or F64 checkpoint is written once, converted, beside the output, and
+/// that file becomes the artifact's default weights.
+fn converted_weights(
+    args: &CompileArgs,
+    file: &reformc_frontend::weights::WeightFile,
+    weights: &std::collections::BTreeMap<String, Tensor>,
+) -> CliResult<PathBuf> {
+    use reformc_tensor::safetensors_write::{blob, write};
+    let path = converted_weights_path(&args.output);
+    let inputs: outputs::Inputs<'_> = vec![
+        ("the config", args.config.as_path()),
+        ("--weights", args.weights.as_path()),
+        ("--weights (resolved)", file.path()),
+    ];
+    outputs::guard("the converted weights", &path, &inputs)?;
+    let blobs = weights.iter().map(|(n, t)| (n.clone(), blob(t))).collect();
+    write(&path, &blobs, &std::collections::BTreeMap::new()).map_err(CliError::internal)?;
+    println!(
+        "reformc: {} is not one F32 safetensors file: wrote its weights as F32 to {} (the artifact's default --weights)",
+        file.path().display(),
+        path.display()
+    );
+    Ok(path)
 }
 
 /// The output, and the `model.h` written beside a library, overwrite no input.

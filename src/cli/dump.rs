@@ -12,9 +12,12 @@ use std::path::PathBuf;
 /// Arguments of `reformc dump`.
 #[derive(Args, Debug)]
 pub struct DumpArgs {
-    /// Model description: a Hugging Face config.json or a reformc model file.
+    /// Model description: a Hugging Face config.json or a reformc model file,
+    /// or a Hugging Face model folder (config.json + model.safetensors, or a
+    /// sharded model.safetensors.index.json), as save_pretrained writes it.
     pub config: PathBuf,
-    /// Weights (.safetensors): checked against the graph, and their layout (prefix, head) used.
+    /// Weights (.safetensors, a shard index or a folder): checked against the
+    /// graph, and their layout (prefix, head) used. Defaults to the model folder's.
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Output format of the IR.

@@ -11,7 +11,9 @@ use std::path::PathBuf;
 /// Arguments of `reformc explain`.
 #[derive(Args, Debug)]
 pub struct ExplainArgs {
-    /// Model description: a Hugging Face config.json or a reformc model file.
+    /// Model description: a Hugging Face config.json or a reformc model file,
+    /// or a Hugging Face model folder (config.json + model.safetensors, or a
+    /// sharded model.safetensors.index.json), as save_pretrained writes it.
     pub config: PathBuf,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -31,8 +33,22 @@ pub struct ExplainArgs {
 /// Runs the command.
 pub fn run(args: &ExplainArgs) -> CliResult<()> {
     let m = model::load(&args.config, None, false)?;
+    let max = model::max_len(&m.spec);
+    let note = match args.passes.seq_len {
+        None => Some(format!(
+            "no --seq-len given: explained at L={max}, the longest input the model's position embeddings allow"
+        )),
+        Some(l) if m.spec.padded_len(l) > max => {
+            eprintln!(
+                "warning: --seq-len {l} exceeds the longest input the model takes ({max}, its position embeddings): a run at this length is refused"
+            );
+            None
+        }
+        Some(_) => None,
+    };
+    let seq_len = args.passes.seq_len.unwrap_or(max);
     let lowered = m.lower(&LowerOptions {
-        seq_len: args.passes.seq_len,
+        seq_len: Some(seq_len),
         ..LowerOptions::default()
     })?;
     let mut passes = args.passes.clone();
@@ -42,13 +58,11 @@ pub fn run(args: &ExplainArgs) -> CliResult<()> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
         n => n,
     };
-    let e = reformc_passes::explain::explain_on(
-        &lowered.graph,
-        &args.passes.options(&m.spec),
-        &pipeline,
-        threads,
-    )
-    .map_err(|e| CliError::input(e.to_string()))?;
+    let mut opts = args.passes.options(&m.spec);
+    opts.seq_len = Some(seq_len);
+    let mut e = reformc_passes::explain::explain_on(&lowered.graph, &opts, &pipeline, threads)
+        .map_err(|e| CliError::input(e.to_string()))?;
+    e.notes.extend(note);
     if args.json {
         let text = serde_json::to_string_pretty(&e.to_json())
             .map_err(|e| CliError::internal(e.to_string()))?;

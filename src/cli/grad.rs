@@ -22,10 +22,18 @@ use std::path::{Path, PathBuf};
 /// Arguments of `reformc grad`.
 #[derive(Args, Debug)]
 pub struct GradArgs {
-    /// Model description: a Hugging Face config.json or a reformc model file.
+    /// Model description: a Hugging Face config.json or a reformc model file,
+    /// or a Hugging Face model folder (config.json + model.safetensors, or a
+    /// sharded model.safetensors.index.json), as save_pretrained writes it.
     pub config: PathBuf,
-    /// Weights (.safetensors, Hugging Face tensor names).
-    #[arg(long)]
+    /// Weights: .safetensors (F32, F16, BF16 or F64), a sharded checkpoint's
+    /// model.safetensors.index.json, or a folder holding either; Hugging Face
+    /// tensor names. Defaults to the model folder's weights.
+    #[arg(long = "weights", value_name = "WEIGHTS")]
+    pub weights_flag: Option<PathBuf>,
+    /// The weights path after resolution (`--weights`, or the model folder):
+    /// set by [`super::model::resolve_required_paths`] before the command runs.
+    #[arg(skip)]
     pub weights: PathBuf,
     /// Token ids: int64 or int32 .npy of shape [B, L].
     #[arg(long)]

@@ -2,13 +2,55 @@
 
 use super::error::{CliError, CliResult};
 use ndarray::{ArrayD, IxDyn};
+use reformc_frontend::checkpoint::model_paths;
 use reformc_frontend::config::{parse_model_config, read_config_text, ConfigFormat};
 use reformc_frontend::lower::{expected_weights, lower, LowerOptions, Lowered};
-use reformc_frontend::spec::{HeadSpec, ModelSpec};
+use reformc_frontend::spec::{HeadSpec, ModelSpec, PositionSpec};
 use reformc_frontend::weights::WeightFile;
 use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Resolves a command's model arguments in place: a Hugging Face folder as
+/// `config` becomes its `config.json`, and its weights (if any) fill in an
+/// absent `weights`. Optional weights stay `None` when there are none.
+pub fn resolve_paths(config: &mut PathBuf, weights: &mut Option<PathBuf>) -> CliResult<()> {
+    let (c, w) = model_paths(config, weights.as_deref())?;
+    (*config, *weights) = (c, w);
+    Ok(())
+}
+
+/// [`resolve_paths`] for a command that needs weights: `flag` is
+/// `--weights` as given, `weights` receives the resolved path.
+pub fn resolve_required_paths(
+    config: &mut PathBuf,
+    flag: &Option<PathBuf>,
+    weights: &mut PathBuf,
+) -> CliResult<()> {
+    let mut given = flag.clone();
+    let folder = config.is_dir();
+    resolve_paths(config, &mut given)?;
+    *weights = given.ok_or_else(|| {
+        CliError::input(if folder {
+            format!(
+                "{}: the model folder has no weights (model.safetensors or model.safetensors.index.json); pass --weights",
+                config.parent().unwrap_or(Path::new(".")).display()
+            )
+        } else {
+            "this command needs the model's weights: pass --weights model.safetensors (or give a Hugging Face model folder instead of the config)".to_string()
+        })
+    })?;
+    Ok(())
+}
+
+/// Largest padded length the model's position embeddings allow.
+pub fn max_len(spec: &ModelSpec) -> u64 {
+    let mut m = spec.max_position_embeddings;
+    if let PositionSpec::Axial { shape, .. } = &spec.position {
+        m = m.min(shape[0] * shape[1]);
+    }
+    m
+}
 
 /// A parsed model description, adapted to the layout of its weight file.
 pub struct Model {

@@ -14,16 +14,25 @@ use std::path::PathBuf;
 /// Arguments of `reformc run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Model description: a Hugging Face config.json, a reformc model file, or IR text (`.ir`).
+    /// Model description: a Hugging Face config.json or a reformc model file,
+    /// or a Hugging Face model folder (config.json + model.safetensors, or a
+    /// sharded model.safetensors.index.json), as save_pretrained writes it,
+    /// or IR text (`.ir`).
     pub config: PathBuf,
-    /// Weights (.safetensors, Hugging Face tensor names).
-    #[arg(long)]
+    /// Weights: .safetensors (F32, F16, BF16 or F64), a sharded checkpoint's
+    /// model.safetensors.index.json, or a folder holding either; Hugging Face
+    /// tensor names. Defaults to the model folder's weights.
+    #[arg(long = "weights", value_name = "WEIGHTS")]
+    pub weights_flag: Option<PathBuf>,
+    /// The weights path after resolution (`--weights`, or the model folder):
+    /// set by [`super::model::resolve_required_paths`] before the command runs.
+    #[arg(skip)]
     pub weights: PathBuf,
     /// Token ids: int64 or int32 .npy of shape [B, L].
     #[arg(long)]
     pub input: PathBuf,
     /// Where to write the output (.npy): logits [B, L, V], or the last hidden state [B, L, 2D] of a bare model.
-    #[arg(long)]
+    #[arg(short, long)]
     pub output: PathBuf,
     /// Attention mask: int .npy [B, L], 0 = padding (HF semantics).
     #[arg(long)]
@@ -50,6 +59,11 @@ pub struct RunArgs {
     /// the slowest ops to stderr.
     #[arg(long)]
     pub profile: bool,
+    /// Print how long each phase took to stderr (load and check the model and
+    /// inputs, passes, JIT compile, run, write the output), as the compiled
+    /// executable's --time does.
+    #[arg(long)]
+    pub time: bool,
     /// Arithmetic precision of the run; the output .npy has this dtype.
     #[arg(long, value_parser = ["f32", "f64"], default_value = "f32")]
     pub precision: String,
@@ -71,6 +85,7 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
     if super::opt::is_ir(&args.config) {
         return super::run_ir::run(args);
     }
+    let mut clock = PhaseClock::new(args.time);
     let inputs = inputs(args);
     outputs::guard("--output", &args.output, &inputs)?;
     args.passes.guard_outputs(&inputs)?;
@@ -86,18 +101,68 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
         lm_head_bias: args.lm_head_bias,
         allow_nonfinite_weights: args.allow_nonfinite_weights,
     })?;
+    clock.lap("load");
     let (spec, seq_len) = (&feed.model.spec, Some(feed.shape[1] as u64));
     let (inputs, weights) = (&feed.inputs, &feed.weights);
     // Passes run once every input is read and checked, so bad input fails fast and alone.
     args.passes
         .optimize(&mut feed.lowered.graph, spec, seq_len)?;
-    let (outputs, engine) = engine(args, &feed.lowered.graph, inputs, weights)?;
+    clock.lap("passes");
+    let (outputs, engine) = engine(args, &feed.lowered.graph, inputs, weights, &mut clock)?;
     let what = if matches!(spec.head, HeadSpec::None) {
         "last hidden state"
     } else {
         "logits"
     };
-    write_outputs(args, outputs, engine, what)
+    write_outputs(args, outputs, engine, what)?;
+    clock.lap("write output");
+    clock.report();
+    Ok(())
+}
+
+/// Wall-clock time per phase of a command, printed by `--time` as one line.
+pub(super) struct PhaseClock {
+    /// `None` when timing is off: laps are then free and nothing is printed.
+    start: Option<std::time::Instant>,
+    last: std::time::Instant,
+    laps: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl PhaseClock {
+    /// A clock that records laps when `on`.
+    pub(super) fn new(on: bool) -> Self {
+        let now = std::time::Instant::now();
+        PhaseClock {
+            start: on.then_some(now),
+            last: now,
+            laps: Vec::new(),
+        }
+    }
+
+    /// Ends the phase `name`: the time since the previous lap.
+    pub(super) fn lap(&mut self, name: &'static str) {
+        if self.start.is_some() {
+            let now = std::time::Instant::now();
+            self.laps.push((name, now - self.last));
+            self.last = now;
+        }
+    }
+
+    /// Prints `time: load 1.2 ms, ..., total 9.9 ms` to stderr, if timing is on.
+    pub(super) fn report(&self) {
+        let Some(start) = self.start else { return };
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let parts: Vec<String> = self
+            .laps
+            .iter()
+            .map(|(n, d)| format!("{n} {:.3} ms", ms(*d)))
+            .collect();
+        eprintln!(
+            "time: {}, total {:.3} ms",
+            parts.join(", "),
+            ms(start.elapsed())
+        );
+    }
 }
 
 /// Writes the first output to `--output`, says what was written, and reports
@@ -167,23 +232,43 @@ pub(super) fn engine(
     graph: &reformc_ir::Graph,
     inputs: &BTreeMap<String, Tensor>,
     weights: &BTreeMap<String, Tensor>,
+    clock: &mut PhaseClock,
 ) -> CliResult<(BTreeMap<String, Tensor>, &'static str)> {
     if args.backend.as_deref() != Some("mlir") {
-        return run_engine((args.interp, args.profile), graph, inputs, weights);
+        return run_engine_timed((args.interp, args.profile), graph, inputs, weights, clock);
+    }
+    if args.time {
+        eprintln!(
+            "warning: --time with --backend mlir counts compiling and running as one phase, `run`"
+        );
     }
     if args.profile {
         eprintln!("warning: --profile times the LLVM JIT only; the MLIR pipeline is not profiled");
     }
-    super::mlir::run_engine(graph, inputs, weights, &args.config, args.passes.quiet)
+    let out = super::mlir::run_engine(graph, inputs, weights, &args.config, args.passes.quiet);
+    clock.lap("run");
+    out
 }
 
 /// The engine switch: the LLVM JIT by default, the reference interpreter with
 /// `--interp` or for f64 graphs (the runtime kernels are f32 only).
 pub(super) fn run_engine(
+    flags: (bool, bool),
+    graph: &reformc_ir::Graph,
+    inputs: &BTreeMap<String, Tensor>,
+    weights: &BTreeMap<String, Tensor>,
+) -> CliResult<(BTreeMap<String, Tensor>, &'static str)> {
+    run_engine_timed(flags, graph, inputs, weights, &mut PhaseClock::new(false))
+}
+
+/// [`run_engine`], recording the JIT's `compile` and `run` phases (or the
+/// interpreter's `run`) on `clock`.
+fn run_engine_timed(
     (interp, profile): (bool, bool),
     graph: &reformc_ir::Graph,
     inputs: &BTreeMap<String, Tensor>,
     weights: &BTreeMap<String, Tensor>,
+    clock: &mut PhaseClock,
 ) -> CliResult<(BTreeMap<String, Tensor>, &'static str)> {
     let f64_graph = graph
         .outputs
@@ -197,15 +282,27 @@ pub(super) fn run_engine(
         }
         let out = reformc_interp::run(graph, inputs, weights)
             .map_err(|e| CliError::internal(format!("interpreter: {e}")))?;
+        clock.lap("run");
         return Ok((out, "interpreter"));
     }
-    let jit = || {
+    let mut jit = || {
         let opts = reformc_backend_llvm::CompileOptions {
             profile,
             ..Default::default()
         };
-        let (out, table) = reformc_backend_llvm::jit_run_with(graph, inputs, weights, &opts)?;
-        if let Some(table) = table {
+        let ctx = reformc_backend_llvm::Context::create();
+        if profile {
+            // The totals are per process: concurrent profiled runs share them.
+            reformc_runtime::profile::reset();
+        }
+        let model = reformc_backend_llvm::JitModel::with_options(&ctx, graph, weights, &opts)?;
+        clock.lap("compile");
+        let out = model.run(inputs)?;
+        clock.lap("run");
+        if let Some(table) = profile
+            .then(|| reformc_runtime::profile::report(25))
+            .flatten()
+        {
             eprint!("{table}");
         }
         Ok::<_, reformc_backend_llvm::BackendError>(out)

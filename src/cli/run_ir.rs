@@ -19,6 +19,7 @@ const FED: &str =
 
 /// Runs the command on an IR file.
 pub fn run(args: &RunArgs) -> CliResult<()> {
+    let mut clock = run::PhaseClock::new(args.time);
     let inputs = run::inputs(args);
     outputs::guard("--output", &args.output, &inputs)?;
     args.passes.guard_outputs(&inputs)?;
@@ -36,11 +37,16 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
     let feeds = feed(&g, file, ids, args)?;
     let weights = model::graph_weights(&WeightFile::open(&args.weights)?, &g)?;
     model::check_finite(&weights, &args.weights, args.allow_nonfinite_weights)?;
+    clock.lap("load");
     let mut opts = args.passes.options_without_model();
     opts.seq_len = opts.seq_len.or(Some(seq_len(&feeds)));
     args.passes.run_pipeline(&mut g, &opts, Some(file))?;
-    let (outputs, engine) = run::engine(args, &g, &feeds, &weights)?;
-    run::write_outputs(args, outputs, engine, "output")
+    clock.lap("passes");
+    let (outputs, engine) = run::engine(args, &g, &feeds, &weights, &mut clock)?;
+    run::write_outputs(args, outputs, engine, "output")?;
+    clock.lap("write output");
+    clock.report();
+    Ok(())
 }
 
 /// Weights are read from safetensors as F32 at their declared shape, so the

@@ -18,11 +18,14 @@ use std::path::PathBuf;
 /// Arguments of `reformc train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Model description: a Hugging Face config.json or a reformc model file.
+    /// Model description: a Hugging Face config.json or a reformc model file,
+    /// or a Hugging Face model folder (config.json + model.safetensors, or a
+    /// sharded model.safetensors.index.json), as save_pretrained writes it.
     pub config: PathBuf,
-    /// Initial weights (.safetensors, Hugging Face tensor names); with
-    /// --resume the weights come from the checkpoint and this may be omitted.
-    #[arg(long, required_unless_present = "resume")]
+    /// Initial weights (.safetensors, a shard index or a folder; Hugging Face
+    /// tensor names), by default the model folder's; with --resume the weights
+    /// come from the checkpoint and this may be omitted.
+    #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Token stream: a 1-D integer .npy (int64, int32, int16, int8 or uint8), ids in [0, vocab).
     #[arg(long)]
@@ -160,6 +163,11 @@ fn check_flags(args: &TrainArgs) -> CliResult<()> {
     ];
     if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {
         return Err(CliError::input(format!("{flag} must be at least 1")));
+    }
+    if args.weights.is_none() && args.resume.is_none() {
+        return Err(CliError::input(
+            "train needs initial weights: pass --weights model.safetensors (or a Hugging Face model folder as the model), or --resume a checkpoint",
+        ));
     }
     if let Some(lr) = args.lr.filter(|x| !(x.is_finite() && *x > 0.0)) {
         return Err(CliError::input(format!(

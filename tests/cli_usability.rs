@@ -1,0 +1,85 @@
+//! Command-line conveniences: `run --time` and `-o`, `help --help`, and
+//! `explain`'s default length (the model's longest input, not a guess).
+
+mod common;
+
+use std::process::{Command, Output};
+
+const CASE: &str = "tests/fixtures/causal_mixed_r2";
+
+fn reformc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_reformc"))
+        .args(args)
+        .current_dir(common::root())
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn run_time_reports_every_phase() {
+    let out = std::env::temp_dir().join(format!("reformc-usability-{}.npy", std::process::id()));
+    let ids = format!("{CASE}/input_ids.npy");
+    let o = reformc(&[
+        "run",
+        CASE,
+        "--input",
+        &ids,
+        "-o",
+        out.to_str().unwrap(),
+        "--time",
+        "-q",
+    ]);
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("time: "))
+        .expect("a time line");
+    let phases: Vec<&str> = line["time: ".len()..]
+        .split(", ")
+        .map(|p| p.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        ["load", "passes", "compile", "run", "write", "total"],
+        "{line}"
+    );
+    let _ = std::fs::remove_file(out);
+}
+
+#[test]
+fn help_help_prints_the_help() {
+    for flag in ["--help", "-h"] {
+        let o = reformc(&["help", flag]);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{err}");
+        assert!(out.contains("Usage: reformc <COMMAND>"), "{out}");
+    }
+}
+
+#[test]
+fn explain_defaults_to_the_longest_input_and_warns_beyond_it() {
+    let o = reformc(&["explain", CASE]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains(" L=64 "), "{out}");
+    assert!(
+        out.contains("note: no --seq-len given: explained at L=64, the longest input the model's position embeddings allow"),
+        "{out}"
+    );
+    let o = reformc(&["explain", CASE, "--seq-len", "128"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains(" L=128 "), "{out}");
+    assert_eq!(
+        err.trim(),
+        "warning: --seq-len 128 exceeds the longest input the model takes (64, its position embeddings): a run at this length is refused"
+    );
+}
