@@ -42,7 +42,10 @@ pub struct CompileArgs {
     pub output: PathBuf,
     /// What to produce (`mlir`: one module in upstream MLIR dialects, with its
     /// signature in `<output>.json`).
-    #[arg(long, value_parser = ["exe", "obj", "lib", "llvm", "asm", "mlir"], default_value = "exe")]
+    /// `staticlib`: one self-contained `.a` (model and runtime) with model.h;
+    /// `obj`: the object, with the runtime archive libreformc_runtime.a and
+    /// model.h beside it.
+    #[arg(long, value_parser = ["exe", "obj", "lib", "staticlib", "llvm", "asm", "mlir"], default_value = "exe")]
     pub emit: String,
     /// How weights reach the model: `mmap` (loaded from the safetensors file at run
     /// time; the default) or `embed` (compiled into the artifact as constants).
@@ -352,8 +355,32 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
         if let Some(note) = train_step::labels_note(args, emit, spec.causal) {
             println!("reformc: {note}");
         }
+        if let Some(line) = link_hint(emit, &args.output) {
+            println!("reformc: link a C program with: {line}");
+        }
     }
     Ok(())
+}
+
+/// How to link a static artifact into a C program (`-I` names model.h's folder).
+fn link_hint(emit: Emit, out: &Path) -> Option<String> {
+    let dir = out
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let include = format!("-I{}", dir.display());
+    let line = match emit {
+        Emit::Staticlib => aot::link_line(&[&include, &out.display().to_string()]),
+        Emit::Obj => aot::link_line(&[
+            &include,
+            &out.display().to_string(),
+            &out.with_file_name(aot::RUNTIME_ARCHIVE)
+                .display()
+                .to_string(),
+        ]),
+        _ => return None,
+    };
+    Some(line)
 }
 
 /// Where a converted copy of the weights goes: beside the output, named after it.
@@ -398,16 +425,26 @@ fn guard_outputs(args: &CompileArgs, emit: Emit) -> CliResult<()> {
         ("--weights", args.weights.as_path()),
     ];
     outputs::guard("--output", &args.output, &inputs)?;
-    if emit == Emit::Lib {
-        let header = aot::header_path(&args.output);
-        if args.output.file_name() == header.file_name() {
+    let mut beside = Vec::new();
+    if matches!(emit, Emit::Lib | Emit::Staticlib | Emit::Obj) {
+        beside.push(("the header", aot::header_path(&args.output)));
+    }
+    if emit == Emit::Obj {
+        beside.push((
+            "the runtime archive",
+            args.output.with_file_name(aot::RUNTIME_ARCHIVE),
+        ));
+    }
+    for (what, path) in beside {
+        if args.output.file_name() == path.file_name() {
             return Err(CliError::input(format!(
-                "--output `{}`: --emit lib writes the header `{}` beside the library: name the library otherwise",
+                "--output `{}`: --emit {} writes {what} `{}` beside it: name the output otherwise",
                 args.output.display(),
-                header.display()
+                args.emit,
+                path.display()
             )));
         }
-        outputs::guard("the header of --output", &header, &inputs)?;
+        outputs::guard(&format!("{what} beside --output"), &path, &inputs)?;
     }
     args.passes.guard_outputs(&inputs)
 }

@@ -18,8 +18,13 @@ use std::time::{Duration, Instant};
 pub enum Emit {
     /// A standalone executable (`./model --input ids.npy --output logits.npy`).
     Exe,
-    /// A relocatable object file defining the `reformc_model_*` functions.
+    /// A relocatable object file defining the `reformc_model_*` functions,
+    /// with the runtime archive it links against ([`RUNTIME_ARCHIVE`]) and
+    /// `model.h` beside it.
     Obj,
+    /// One self-contained static archive (model code and runtime kernels)
+    /// plus `model.h` beside it.
+    Staticlib,
     /// A shared library plus `model.h` beside it.
     Lib,
     /// Optimised LLVM IR text.
@@ -35,11 +40,12 @@ impl std::str::FromStr for Emit {
             "exe" => Emit::Exe,
             "obj" => Emit::Obj,
             "lib" => Emit::Lib,
+            "staticlib" => Emit::Staticlib,
             "llvm" => Emit::Llvm,
             "asm" => Emit::Asm,
             other => {
                 return Err(format!(
-                    "unknown artifact `{other}` (expected exe, obj, lib, llvm or asm)"
+                    "unknown artifact `{other}` (expected exe, obj, lib, staticlib, llvm or asm)"
                 ))
             }
         })
@@ -141,7 +147,35 @@ pub fn compile(
                 .map_err(|e| BackendError::Io(format!("{}: {e}", out.display())))?;
             commit(tmp, out)?;
             written.push(out.to_path_buf());
+            if emit == Emit::Obj {
+                // An object alone cannot link: its kernels live in the runtime.
+                let rt = find_runtime_staticlib()?;
+                let beside = out.with_file_name(RUNTIME_ARCHIVE);
+                copy_atomically(&rt, &beside)?;
+                written.push(beside);
+                written.push(write_header(&cm.header, header_path(out), exe)?);
+                runtime_lib = Some(rt);
+            }
             phases.push(("emit", t2.elapsed()));
+        }
+        Emit::Staticlib => {
+            let tmp = TempDir::new()?;
+            let obj = tmp.path.join("reformc_model.o");
+            tm.write_to_file(&cm.module, FileType::Object, &obj)
+                .map_err(|e| BackendError::Io(format!("{}: {e}", obj.display())))?;
+            phases.push(("emit", t2.elapsed()));
+            let t3 = Instant::now();
+            let rt = find_runtime_staticlib()?;
+            let archive = AtomicOutput::new(out);
+            std::fs::copy(&rt, archive.path())
+                .map_err(|e| BackendError::Io(format!("{}: {e}", rt.display())))?;
+            append_to_archive(archive.path(), &obj)?;
+            let header = write_header(&cm.header, header_path(out), exe)?;
+            commit(archive, out)?;
+            written.push(out.to_path_buf());
+            written.push(header);
+            runtime_lib = Some(rt);
+            phases.push(("archive", t3.elapsed()));
         }
         Emit::Exe | Emit::Lib => {
             let tmp = TempDir::new()?;
@@ -159,16 +193,8 @@ pub fn compile(
                 written.push(out.to_path_buf());
             } else {
                 link_shared(&obj, &rt, linked.path(), &tmp.path)?;
-                let header = header_path(out);
-                let h = AtomicOutput::new(&header);
-                let text = match exe.and_then(|e| e.step.as_ref()) {
-                    Some(step) => crate::signature::with_step_note(&cm.header, step),
-                    None => cm.header.clone(),
-                };
-                std::fs::write(h.path(), text)
-                    .map_err(|e| BackendError::Io(format!("{}: {e}", header.display())))?;
+                let header = write_header(&cm.header, header_path(out), exe)?;
                 commit(linked, out)?;
-                commit(h, &header)?;
                 written.push(out.to_path_buf());
                 written.push(header);
             }
@@ -183,6 +209,82 @@ pub fn compile(
         signature: cm.signature.clone(),
         runtime_lib,
     })
+}
+
+/// Writes `model.h` (with the training step's note for a `--train` artifact)
+/// atomically; returns its path.
+fn write_header(header: &str, path: PathBuf, exe: Option<&ExeInfo>) -> Result<PathBuf> {
+    let h = AtomicOutput::new(&path);
+    let text = match exe.and_then(|e| e.step.as_ref()) {
+        Some(step) => crate::signature::with_step_note(header, step),
+        None => header.to_string(),
+    };
+    std::fs::write(h.path(), text)
+        .map_err(|e| BackendError::Io(format!("{}: {e}", path.display())))?;
+    commit(h, &path)?;
+    Ok(path)
+}
+
+/// The name of the runtime archive `--emit obj` writes beside the object.
+pub const RUNTIME_ARCHIVE: &str = "libreformc_runtime.a";
+
+/// Copies `from` to `to` through a temporary beside `to`.
+fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
+    let tmp = AtomicOutput::new(to);
+    std::fs::copy(from, tmp.path())
+        .map_err(|e| BackendError::Io(format!("{}: {e}", from.display())))?;
+    commit(tmp, to)
+}
+
+/// The archiver: `$AR`, else the first of `llvm-ar-22`, `llvm-ar`, `ar` on
+/// the PATH. LLVM's comes first: GNU ar rebuilds the symbol index of rustc's
+/// archive members incompletely (a third of the runtime's symbols go missing).
+pub fn ar() -> String {
+    if let Some(a) = std::env::var("AR").ok().filter(|s| !s.is_empty()) {
+        return a;
+    }
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+    };
+    ["llvm-ar-22", "llvm-ar", "ar"]
+        .into_iter()
+        .find(|n| on_path(n))
+        .unwrap_or("ar")
+        .to_string()
+}
+
+/// Adds `obj` to the archive `archive` and rebuilds its symbol index.
+fn append_to_archive(archive: &Path, obj: &Path) -> Result<()> {
+    let ar = ar();
+    let out = Command::new(&ar)
+        .arg("rs")
+        .arg(archive)
+        .arg(obj)
+        .output()
+        .map_err(|e| BackendError::Io(format!("cannot run the archiver `{ar}`: {e}")))?;
+    if !out.status.success() {
+        return Err(BackendError::Io(format!(
+            "{ar} rs {} {} failed: {}",
+            archive.display(),
+            obj.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// The command line that links a C program against a static artifact.
+///
+/// ```
+/// use reformc_backend_llvm::aot::link_line;
+/// assert!(link_line(&["libtiny.a"]).starts_with("cc main.c libtiny.a -lgcc_s"));
+/// ```
+pub fn link_line(archives: &[&str]) -> String {
+    let mut parts = vec!["cc".to_string(), "main.c".to_string()];
+    parts.extend(archives.iter().map(|s| s.to_string()));
+    parts.extend(NATIVE_LIBS.iter().map(|s| s.to_string()));
+    parts.join(" ")
 }
 
 /// Where `--emit lib` writes the C header of the library `out`: `model.h` beside it.
