@@ -248,6 +248,38 @@ reformc_runtime::c_abi! {
         set_error(code, &m)
     }
 
+    /// Hugging Face's bucket layout `[n, B, H, r·P]` (what `_hash_vectors`
+    /// returns, and what the CLI and executables read) seen as the compiled
+    /// `[n, B, H, r, P]`: the same bytes. Writes the rank-5 view of a rank-4
+    /// `src` whose last axis `rounds` divides into `dst` and returns `dst`;
+    /// returns `src` unchanged otherwise (the type check then reports it).
+    ///
+    /// # Safety
+    /// `src` is NULL or a readable tensor; `dst` is NULL or writable.
+    unsafe fn rc_model_buckets_view(
+        src: *const ReformcTensor,
+        dst: *mut ReformcTensor,
+        rounds: i64,
+    ) -> *const ReformcTensor {
+        if src.is_null() || dst.is_null() || rounds < 1 {
+            return src;
+        }
+        // SAFETY: `src` is readable (checked non-NULL).
+        let s = unsafe { *src };
+        if s.rank != 4 || s.shape[3] % rounds != 0 {
+            return src;
+        }
+        let per_round = s.shape[3] / rounds;
+        let mut v = s;
+        v.rank = 5;
+        (v.shape[3], v.shape[4]) = (rounds, per_round);
+        // All-zero strides (contiguous) stay all zero.
+        (v.strides[3], v.strides[4]) = (s.strides[3] * per_round, s.strides[3]);
+        // SAFETY: `dst` is writable (checked non-NULL).
+        unsafe { *dst = v };
+        dst
+    }
+
     /// A symbol above its compiled maximum.
     ///
     /// # Safety

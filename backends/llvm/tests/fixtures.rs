@@ -222,6 +222,27 @@ fn generated_entry_checks_the_range_of_replayed_buckets() {
         let reformc_tensor::Tensor::I64(good) = &inputs["lsh_buckets"] else {
             panic!("{}: buckets are not i64", case.name);
         };
+        // HF's layout [n, B, H, r·P] gives the same numbers as [n, B, H, r, P];
+        // one element short is refused.
+        let want = model.run(&inputs).unwrap();
+        let s = good.shape();
+        for (rp, ok) in [(s[3] * s[4], true), (s[3] * s[4] - 1, false)] {
+            let flat = good.iter().copied().take(s[0] * s[1] * s[2] * rp).collect();
+            let hf = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[s[0], s[1], s[2], rp]), flat);
+            let mut hf_inputs = inputs.clone();
+            hf_inputs.insert(
+                "lsh_buckets".into(),
+                reformc_tensor::Tensor::I64(hf.unwrap()),
+            );
+            match (model.run(&hf_inputs), ok) {
+                (Ok(got), true) => assert_eq!(got, want, "{}: HF layout", case.name),
+                (Err(BackendError::Run { message, .. }), false) => {
+                    // r > 1: not divisible, a rank error; r = 1: a length error.
+                    assert!(message.contains("lsh_buckets"), "{message}")
+                }
+                (other, _) => panic!("{}: HF layout with r·P={rp}: {other:?}", case.name),
+            }
+        }
         let last = good.len() - 1;
         let mut bads = vec![-1, 1 << 62];
         if case.spec.lsh.n_hashes > 1 {

@@ -850,7 +850,18 @@ impl<'ctx> Gen<'ctx> {
                     abi::MAX_RANK
                 )));
             }
-            let t = self.nth_tensor(inputs, self.i64c(k as i64))?;
+            let mut t = self.nth_tensor(inputs, self.i64c(k as i64))?;
+            if let ("lsh_buckets", [.., Dim::Const(rounds), _]) = (&name[..], &ty.shape[..]) {
+                // HF's [n, B, H, r·P] is accepted too: viewed as [n, B, H, r, P].
+                let view = self.b.build_alloca(self.t.tensor, "buckets_view")?;
+                t = self
+                    .call(
+                        "rc_model_buckets_view",
+                        &[t.into(), view.into(), self.i64c(*rounds as i64).into()],
+                    )?
+                    .ok_or_else(|| BackendError::Internal("buckets view".into()))?
+                    .into_pointer_value();
+            }
             let name_s = self.cstr(name);
             let expected = self.cstr(&ty.to_string());
             let report = |g: &Self, code: i32, axis: i64, want: IntValue<'ctx>, note: &str| {
