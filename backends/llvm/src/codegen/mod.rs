@@ -851,7 +851,7 @@ impl<'ctx> Gen<'ctx> {
                 )));
             }
             let mut t = self.nth_tensor(inputs, self.i64c(k as i64))?;
-            if let ("lsh_buckets", [.., Dim::Const(rounds), _]) = (&name[..], &ty.shape[..]) {
+            if let ("lsh_buckets", [.., Dim::Const(rounds), _]) = (name, &ty.shape[..]) {
                 // HF's [n, B, H, r·P] is accepted too: viewed as [n, B, H, r, P].
                 let view = self.b.build_alloca(self.t.tensor, "buckets_view")?;
                 t = self
