@@ -83,3 +83,28 @@ fn explain_defaults_to_the_longest_input_and_warns_beyond_it() {
         "warning: --seq-len 128 exceeds the longest input the model takes (64, its position embeddings): a run at this length is refused"
     );
 }
+
+#[test]
+fn compile_name_must_be_a_c_prefix_on_a_linkable_artifact() {
+    let out = std::env::temp_dir().join(format!("reformc-usability-{}.so", std::process::id()));
+    let o = out.to_str().unwrap();
+    let cases = [
+        (
+            vec!["--emit", "lib", "--name", "2x"],
+            "--name \"2x\": expected a C identifier prefix",
+        ),
+        (
+            vec!["--name", "tiny"],
+            "--name applies to --emit lib, staticlib, obj, llvm and asm",
+        ),
+    ];
+    for (extra, want) in cases {
+        let mut args = vec!["compile", CASE, "-o", o];
+        args.extend(extra);
+        let r = reformc(&args);
+        let (_, err) = text(&r);
+        assert_eq!(r.status.code(), Some(2), "{err}");
+        assert!(err.starts_with(&format!("error: {want}")), "{err}");
+        assert!(!out.exists());
+    }
+}

@@ -68,6 +68,11 @@ pub struct CompileArgs {
     /// Add `lm_head.bias` to the logits (HF 4.x behaviour; HF 5.x ignores it).
     #[arg(long)]
     pub lm_head_bias: bool,
+    /// Export every C function as `PREFIX_*` instead of `reformc_*` (and
+    /// declare them so in model.h), so that several models' libraries link
+    /// into one program. For lib, staticlib, obj, llvm and asm.
+    #[arg(long, value_name = "PREFIX")]
+    pub name: Option<String>,
     /// Compile even when a weight is NaN or infinite (a warning instead of an
     /// error). Not baked into the artifact: the executable checks the weights
     /// it loads and has its own --allow-nonfinite-weights.
@@ -137,6 +142,11 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
     let t0 = Instant::now();
     train_step::check_flags(args)?;
     if args.emit == "mlir" {
+        if args.name.is_some() {
+            return Err(CliError::input(
+                "--name applies to --emit lib, staticlib, obj, llvm and asm; an MLIR module's functions are named in its signature",
+            ));
+        }
         return super::mlir::compile(args, t0);
     }
     let weights_mode = match args.weights_mode.as_deref() {
@@ -163,6 +173,7 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
         )));
     }
     let emit: Emit = args.emit.parse().map_err(CliError::input)?;
+    check_name(args.name.as_deref(), emit)?;
     guard_outputs(args, emit)?;
     let m = model::load(&args.config, Some(&args.weights), args.lm_head_bias)?;
     let spec = &m.spec;
@@ -268,6 +279,7 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
         default_weights: (!embed).then(|| weights_path.clone()),
         profile: args.profile,
         lsh_buckets_per_round: (n_lsh > 0).then(|| factors.iter().product()),
+        symbol_prefix: args.name.clone(),
     };
     let (pad_multiple, pad_min_len) = spec.padding();
     let (pad_multiple, pad_min_len) = (pad_multiple as i64, pad_min_len as i64);
@@ -358,6 +370,22 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
         if let Some(line) = link_hint(emit, &args.output) {
             println!("reformc: link a C program with: {line}");
         }
+    }
+    Ok(())
+}
+
+/// `--name` must make C identifiers, and applies to linkable artifacts only.
+fn check_name(name: Option<&str>, emit: Emit) -> CliResult<()> {
+    let Some(name) = name else { return Ok(()) };
+    if !reformc_backend_llvm::abi::valid_prefix(name) {
+        return Err(CliError::input(format!(
+            "--name {name:?}: expected a C identifier prefix (a letter or `_`, then letters, digits or `_`; at most 64)"
+        )));
+    }
+    if emit == Emit::Exe {
+        return Err(CliError::input(
+            "--name applies to --emit lib, staticlib, obj, llvm and asm (an executable exports nothing)",
+        ));
     }
     Ok(())
 }

@@ -126,6 +126,8 @@ pub const TENSOR_STRUCT_C: &str = r#"/* A dense tensor: element type, shape, str
  *    On failure every output has data = NULL and owns_data = 0.
  * Strides count elements (not bytes); inputs must be row-major contiguous
  * (strides all 0 is accepted as "contiguous"); outputs are row-major contiguous. */
+#ifndef REFORMC_TENSOR_DEFINED
+#define REFORMC_TENSOR_DEFINED
 typedef struct reformc_tensor {
   int32_t dtype;                     /* REFORMC_F32, REFORMC_I64, ... */
   int32_t rank;                      /* 0 .. REFORMC_MAX_RANK */
@@ -134,7 +136,40 @@ typedef struct reformc_tensor {
   void* data;                        /* row-major elements */
   int32_t owns_data;                 /* 1: release with reformc_tensor_release */
   int32_t reserved;                  /* 0 */
-} reformc_tensor;"#;
+} reformc_tensor;
+#endif"#;
+
+/// The exported name `name` (one of [`crate::aot::EXPORTS`]) with its
+/// `reformc_` replaced by `prefix_`.
+///
+/// ```
+/// use reformc_backend_llvm::abi::prefixed;
+/// assert_eq!(prefixed("reformc_model_run", "tiny"), "tiny_model_run");
+/// assert_eq!(prefixed("reformc_tensor_init", "tiny"), "tiny_tensor_init");
+/// ```
+pub fn prefixed(name: &str, prefix: &str) -> String {
+    match name.strip_prefix("reformc_") {
+        Some(rest) => format!("{prefix}_{rest}"),
+        None => name.to_string(),
+    }
+}
+
+/// Whether `prefix` can start C identifiers: an ASCII letter or `_`, then
+/// letters, digits and `_`, at most 64 characters.
+///
+/// ```
+/// use reformc_backend_llvm::abi::valid_prefix;
+/// assert!(valid_prefix("tiny_v2"));
+/// assert!(!valid_prefix("2tiny") && !valid_prefix("a-b") && !valid_prefix(""));
+/// ```
+pub fn valid_prefix(prefix: &str) -> bool {
+    let mut chars = prefix.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && prefix.len() <= 64
+}
 
 #[cfg(test)]
 mod tests {

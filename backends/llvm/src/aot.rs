@@ -192,7 +192,14 @@ pub fn compile(
                 commit(linked, out)?;
                 written.push(out.to_path_buf());
             } else {
-                link_shared(&obj, &rt, linked.path(), &tmp.path)?;
+                let exports: Vec<String> = EXPORTS
+                    .iter()
+                    .map(|e| match &opts.symbol_prefix {
+                        Some(p) => crate::abi::prefixed(e, p),
+                        None => e.to_string(),
+                    })
+                    .collect();
+                link_shared(&obj, &rt, linked.path(), &tmp.path, &exports)?;
                 let header = write_header(&cm.header, header_path(out), exe)?;
                 commit(linked, out)?;
                 written.push(out.to_path_buf());
@@ -374,11 +381,18 @@ pub fn link_exe(obj: &Path, runtime: &Path, out: &Path) -> Result<()> {
     run_cc(&args, &out.display().to_string())
 }
 
-/// Links a shared library exporting only [`EXPORTS`].
-pub fn link_shared(obj: &Path, runtime: &Path, out: &Path, tmp: &Path) -> Result<()> {
+/// Links a shared library exporting only `exports` ([`EXPORTS`], prefixed
+/// or not).
+pub fn link_shared(
+    obj: &Path,
+    runtime: &Path,
+    out: &Path,
+    tmp: &Path,
+    exports: &[String],
+) -> Result<()> {
     let script = tmp.join("exports.map");
     let mut text = String::from("{\n  global:\n");
-    for e in EXPORTS {
+    for e in exports {
         text.push_str(&format!("    {e};\n"));
     }
     text.push_str("  local: *;\n};\n");

@@ -135,6 +135,10 @@ pub struct CompileOptions {
     /// generated entry checks the ids of an `lsh_buckets` input against the
     /// range rule (`rc_check_lsh_buckets`) before any kernel sees them.
     pub lsh_buckets_per_round: Option<u64>,
+    /// Replaces the `reformc_` of every exported function (and `model.h`'s
+    /// declarations) with `PREFIX_`, so that several models link into one
+    /// program; `None` keeps the `reformc_*` names.
+    pub symbol_prefix: Option<String>,
 }
 
 impl Default for CompileOptions {
@@ -147,6 +151,7 @@ impl Default for CompileOptions {
             default_weights: None,
             profile: false,
             lsh_buckets_per_round: None,
+            symbol_prefix: None,
         }
     }
 }
@@ -291,10 +296,14 @@ pub fn build_module<'ctx>(
         target_cpu: &opts.target.cpu,
     };
     let signature = signature::signature_json(&parts);
-    let header = signature::model_h(&parts);
+    let mut header = signature::model_h(&parts);
     g.info_entries(&signature)?;
     if let Some(info) = exe {
         g.exe_main(info, embedded.is_some())?;
+    }
+    if let Some(prefix) = &opts.symbol_prefix {
+        g.prefix_exports(prefix)?;
+        header = signature::with_prefix(&header, prefix);
     }
     g.module
         .verify()

@@ -149,6 +149,24 @@ pub(crate) fn signature_json(p: &SignatureParts) -> String {
 
 /// `header` (a [`model_h`] text) with the training step's outputs and label
 /// alignment described at the end of its leading comment.
+/// `model.h` for exports renamed by [`crate::abi::prefixed`]: every
+/// exported name and the include guard carry the prefix; the shared
+/// definitions (`reformc_tensor`, `REFORMC_*` constants) stay, guarded, so
+/// that several models' headers can be included together.
+pub(crate) fn with_prefix(header: &str, prefix: &str) -> String {
+    let mut names: Vec<&str> = crate::aot::EXPORTS.to_vec();
+    // Longer names first: none is then rewritten inside another.
+    names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    let mut out = header.replace(
+        "REFORMC_MODEL_H",
+        &format!("{}_MODEL_H", prefix.to_uppercase()),
+    );
+    for n in names {
+        out = out.replace(n, &crate::abi::prefixed(n, prefix));
+    }
+    out
+}
+
 pub(crate) fn with_step_note(header: &str, step: &StepInfo) -> String {
     let mut note = String::from(
         " * Training step: outputs the mean cross-entropy `loss` and one `grad:<weight>`\n * per weight. `labels` (i64 [B, L], -100 = ignored) is aligned with the logits:\n",

@@ -259,6 +259,97 @@ fn c_programs_link_the_static_archive_or_the_object_and_its_runtime() {
     );
 }
 
+/// Two prefixed models in one C program: each answers for itself.
+const TWO_MODELS: &str = r#"#include <stdio.h>
+#include "a/model.h"
+#include "b/model.h"
+
+int main(void) {
+  int64_t shape[2] = {1, 3};
+  int64_t data[3] = {0, 1, 2};
+  reformc_tensor t;
+  if (alpha_tensor_init(&t, REFORMC_I64, 2, shape, data) != 0 || t.strides[0] != 3) return 3;
+  if (beta_set_weights_mode(7) != REFORMC_ERR_ARGUMENT) return 4;
+  printf("%s\n%s\n", alpha_model_signature(), beta_model_signature());
+  return 0;
+}
+"#;
+
+#[test]
+fn prefixed_libraries_link_together() {
+    let dir = scratch("two_models");
+    let mut link = Vec::new();
+    for (prefix, fixture) in [("alpha", "noncausal_local_only"), ("beta", "causal_lsh_r1")] {
+        let case = case(fixture);
+        let sub = dir.join(if prefix == "alpha" { "a" } else { "b" });
+        std::fs::create_dir_all(&sub).unwrap();
+        let so = sub.join(format!("lib{prefix}.so"));
+        let mut opts = case.options(None);
+        opts.symbol_prefix = Some(prefix.into());
+        aot::compile(
+            &case.variants(),
+            &opts,
+            &WeightsMode::Runtime,
+            Emit::Lib,
+            &so,
+            None,
+        )
+        .unwrap();
+        let header = std::fs::read_to_string(sub.join("model.h")).unwrap();
+        assert!(
+            header.contains(&format!("int32_t {prefix}_model_run(")),
+            "{header}"
+        );
+        assert!(
+            !header.contains("reformc_model_run"),
+            "every export is renamed"
+        );
+        let nm = Command::new("nm")
+            .args(["-D", "--defined-only"])
+            .arg(&so)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&nm.stdout);
+        let exported: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(2))
+            .collect();
+        for e in aot::EXPORTS {
+            let want = reformc_backend_llvm::abi::prefixed(e, prefix);
+            assert!(
+                exported.contains(&want.as_str()),
+                "{want} not exported: {text}"
+            );
+            assert!(!exported.contains(e), "{e} still exported");
+        }
+        link.push(so.display().to_string());
+        link.push(format!("-Wl,-rpath,{}", sub.display()));
+    }
+    // Both headers define the shared `reformc_tensor` once.
+    let src = dir.join("main.c");
+    std::fs::write(&src, TWO_MODELS).unwrap();
+    let prog = dir.join("prog");
+    let cc = Command::new(aot::cc())
+        .args(["-std=c99", "-Wall", "-Werror", "-o"])
+        .arg(&prog)
+        .arg(&src)
+        .arg(format!("-I{}", dir.display()))
+        .args(&link)
+        .output()
+        .unwrap();
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let res = run(&prog, &[]);
+    assert!(res.status.success(), "exit {:?}", res.status.code());
+    let out = String::from_utf8_lossy(&res.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].contains("noncausal_local_only"), "{}", lines[0]);
+    assert!(lines[1].contains("causal_lsh_r1"), "{}", lines[1]);
+}
+
 #[test]
 fn executable_with_embedded_weights_needs_no_weights_file() {
     let dir = scratch("embed");

@@ -29,6 +29,7 @@ use std::collections::{HashMap, HashSet};
 mod attention;
 mod backward;
 mod entries;
+mod exports;
 mod fused;
 mod layout;
 mod nn;
