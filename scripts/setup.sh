@@ -42,6 +42,8 @@ extra=()
 dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || extra+=(mesa-vulkan-drivers)
 dpkg -s libvulkan1 >/dev/null 2>&1 || extra+=(libvulkan1)
 command -v vulkaninfo >/dev/null 2>&1 || extra+=(vulkan-tools)
+# Graphviz: tests render `--format dot` output with `dot`.
+command -v dot >/dev/null 2>&1 || extra+=(graphviz)
 if [ ! -x "$iree_venv/bin/iree-compile" ] || [ ! -x "$iree_venv/bin/iree-run-module" ]; then
   command -v python3 >/dev/null 2>&1 || extra+=(python3)
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || extra+=(python3-venv)

@@ -31,16 +31,11 @@ fn the_c_example_matches_reformc_run() {
     let model = root.join("examples/tiny-reformer");
     let so = dir.join("libtiny.so");
     let reformc = env!("CARGO_BIN_EXE_reformc");
-    let compile = [
+    let compile = ["compile", s(&model), "--emit", "lib", "-o", s(&so), "-q"];
+    check(
         "compile",
-        s(&model),
-        "--emit",
-        "lib",
-        "-o",
-        s(&so),
-        "-q",
-    ];
-    check("compile", Command::new(reformc).args(compile).output().unwrap());
+        Command::new(reformc).args(compile).output().unwrap(),
+    );
     let prog = dir.join("tiny");
     let cc = Command::new(reformc_backend_llvm::aot::cc())
         .args(["-std=c99", "-Wall", "-Werror", "-O2", "-o", s(&prog)])
@@ -54,10 +49,16 @@ fn the_c_example_matches_reformc_run() {
     let (bin, weights) = (dir.join("logits.bin"), model.join("model.safetensors"));
     let said = check(
         "the example",
-        Command::new(&prog).args([s(&weights), s(&bin)]).output().unwrap(),
+        Command::new(&prog)
+            .args([s(&weights), s(&bin)])
+            .output()
+            .unwrap(),
     );
     assert!(said.starts_with("logits: [1, 32, 64] f32\n"), "{said}");
-    assert!(said.contains("most likely token after the last position: "), "{said}");
+    assert!(
+        said.contains("most likely token after the last position: "),
+        "{said}"
+    );
 
     // The same ids and seed through `reformc run`.
     let ids = Array2::from_shape_fn((1, 32), |(_, i)| ((7 * i + 3) % 64) as i64);

@@ -108,3 +108,46 @@ fn compile_name_must_be_a_c_prefix_on_a_linkable_artifact() {
         assert!(!out.exists());
     }
 }
+
+#[test]
+fn dot_output_renders_with_graphviz_and_draws_regions_as_clusters() {
+    // scripts/setup.sh installs graphviz; a missing `dot` fails, never skips.
+    let o = reformc(&[
+        "dump",
+        "examples/tiny-reformer",
+        "--format",
+        "dot",
+        "--chunk-ff",
+        "16",
+        "-q",
+    ]);
+    let (dot_text, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        dot_text.contains("subgraph cluster_"),
+        "regions are clusters"
+    );
+    let mut child = Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("graphviz `dot` (scripts/setup.sh installs it)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(dot_text.as_bytes())
+        .unwrap();
+    let r = child.wait_with_output().unwrap();
+    let (svg, err) = text(&r);
+    assert!(r.status.success(), "dot: {err}");
+    assert!(err.is_empty(), "dot warned: {err}");
+    assert!(
+        svg.contains("<svg") && svg.contains("class=\"cluster\""),
+        "{}",
+        &svg[..svg.len().min(300)]
+    );
+}
