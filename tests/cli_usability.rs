@@ -151,3 +151,53 @@ fn dot_output_renders_with_graphviz_and_draws_regions_as_clusters() {
         &svg[..svg.len().min(300)]
     );
 }
+
+#[test]
+fn progress_shows_on_a_terminal_only_and_q_silences_it() {
+    let out = std::env::temp_dir().join(format!("reformc-progress-{}.npy", std::process::id()));
+    let bin = env!("CARGO_BIN_EXE_reformc");
+    let run = format!(
+        "{bin} run {CASE} --input {CASE}/input_ids.npy -o {} --pipeline none",
+        out.display()
+    );
+    // `script` runs the command on a pseudo-terminal (util-linux, in every Debian).
+    let on_tty = |cmd: &str| {
+        let o = Command::new("script")
+            .args(["-qec", cmd, "/dev/null"])
+            .current_dir(common::root())
+            .env("TERM", "xterm")
+            .output()
+            .expect("script(1) from util-linux");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let shown = on_tty(&run);
+    for phase in [
+        "reformc: loading the model",
+        "reformc: JIT compiling",
+        "reformc: running...",
+    ] {
+        assert!(shown.contains(phase), "{phase}: {shown:?}");
+    }
+    assert!(
+        !on_tty(&format!("{run} -q")).contains("\x1b[2K"),
+        "-q silences it"
+    );
+    let piped = reformc(&[
+        "run",
+        CASE,
+        "--input",
+        &format!("{CASE}/input_ids.npy"),
+        "-o",
+        out.to_str().unwrap(),
+        "--pipeline",
+        "none",
+    ]);
+    let (_, err) = text(&piped);
+    assert!(piped.status.success(), "{err}");
+    assert!(
+        !err.contains("\x1b[2K") && !err.contains("JIT compiling"),
+        "quiet in pipes: {err:?}"
+    );
+    let _ = std::fs::remove_file(out);
+}

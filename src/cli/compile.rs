@@ -310,13 +310,18 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
         },
     };
     let prep = t0.elapsed();
-    let report = aot::compile(&graphs, &opts, &mode, emit, &args.output, Some(&info)).map_err(
-        |e| match e {
-            reformc_backend_llvm::BackendError::Unsupported(_)
-            | reformc_backend_llvm::BackendError::Input(_) => CliError::input(e.to_string()),
-            other => CliError::internal(other.to_string()),
-        },
-    )?;
+    let progress = super::progress::Progress::new(args.passes.quiet);
+    progress.phase(&format!(
+        "reformc: generating code for {} variant(s) (codegen, LLVM -O3, emit, link)",
+        graphs.len()
+    ));
+    let report = aot::compile(&graphs, &opts, &mode, emit, &args.output, Some(&info));
+    progress.clear();
+    let report = report.map_err(|e| match e {
+        reformc_backend_llvm::BackendError::Unsupported(_)
+        | reformc_backend_llvm::BackendError::Input(_) => CliError::input(e.to_string()),
+        other => CliError::internal(other.to_string()),
+    })?;
     if args.memory_plan {
         let len = seq_len.unwrap_or(max);
         let threads = match args.threads {

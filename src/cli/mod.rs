@@ -12,6 +12,7 @@ pub mod npy;
 pub mod opt;
 pub mod outputs;
 pub mod passes;
+pub mod progress;
 pub mod run;
 pub mod run_ir;
 pub mod train;

@@ -85,7 +85,8 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
     if super::opt::is_ir(&args.config) {
         return super::run_ir::run(args);
     }
-    let mut clock = PhaseClock::new(args.time);
+    let mut clock = PhaseClock::new(args.time, args.passes.quiet);
+    clock.show("reformc: loading the model, weights and inputs");
     let inputs = inputs(args);
     outputs::guard("--output", &args.output, &inputs)?;
     args.passes.guard_outputs(&inputs)?;
@@ -102,6 +103,8 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
         allow_nonfinite_weights: args.allow_nonfinite_weights,
     })?;
     clock.lap("load");
+    // Pass notes go to stderr line by line: no status line over them.
+    clock.progress.clear();
     let (spec, seq_len) = (&feed.model.spec, Some(feed.shape[1] as u64));
     let (inputs, weights) = (&feed.inputs, &feed.weights);
     // Passes run once every input is read and checked, so bad input fails fast and alone.
@@ -114,29 +117,39 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
     } else {
         "logits"
     };
+    clock.progress.clear();
     write_outputs(args, outputs, engine, what)?;
     clock.lap("write output");
     clock.report();
     Ok(())
 }
 
-/// Wall-clock time per phase of a command, printed by `--time` as one line.
+/// Wall-clock time per phase of a command, printed by `--time` as one line,
+/// and the terminal status line naming the phase under way.
 pub(super) struct PhaseClock {
     /// `None` when timing is off: laps are then free and nothing is printed.
     start: Option<std::time::Instant>,
     last: std::time::Instant,
     laps: Vec<(&'static str, std::time::Duration)>,
+    /// The status line (silent off a terminal and with `-q`).
+    pub(super) progress: super::progress::Progress,
 }
 
 impl PhaseClock {
-    /// A clock that records laps when `on`.
-    pub(super) fn new(on: bool) -> Self {
+    /// A clock that records laps when `on`, with a status line unless `quiet`.
+    pub(super) fn new(on: bool, quiet: bool) -> Self {
         let now = std::time::Instant::now();
         PhaseClock {
             start: on.then_some(now),
             last: now,
             laps: Vec::new(),
+            progress: super::progress::Progress::new(quiet),
         }
+    }
+
+    /// Shows `what` on the status line (the phase now starting).
+    pub(super) fn show(&self, what: &str) {
+        self.progress.phase(what);
     }
 
     /// Ends the phase `name`: the time since the previous lap.
@@ -150,6 +163,7 @@ impl PhaseClock {
 
     /// Prints `time: load 1.2 ms, ..., total 9.9 ms` to stderr, if timing is on.
     pub(super) fn report(&self) {
+        self.progress.clear();
         let Some(start) = self.start else { return };
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         let parts: Vec<String> = self
@@ -258,7 +272,13 @@ pub(super) fn run_engine(
     inputs: &BTreeMap<String, Tensor>,
     weights: &BTreeMap<String, Tensor>,
 ) -> CliResult<(BTreeMap<String, Tensor>, &'static str)> {
-    run_engine_timed(flags, graph, inputs, weights, &mut PhaseClock::new(false))
+    run_engine_timed(
+        flags,
+        graph,
+        inputs,
+        weights,
+        &mut PhaseClock::new(false, true),
+    )
 }
 
 /// [`run_engine`], recording the JIT's `compile` and `run` phases (or the
@@ -280,6 +300,7 @@ fn run_engine_timed(
                 "warning: --profile times the LLVM JIT only; the interpreter is not profiled"
             );
         }
+        clock.show("reformc: running (interpreter)");
         let out = reformc_interp::run(graph, inputs, weights)
             .map_err(|e| CliError::internal(format!("interpreter: {e}")))?;
         clock.lap("run");
@@ -295,10 +316,13 @@ fn run_engine_timed(
             // The totals are per process: concurrent profiled runs share them.
             reformc_runtime::profile::reset();
         }
+        clock.show("reformc: JIT compiling");
         let model = reformc_backend_llvm::JitModel::with_options(&ctx, graph, weights, &opts)?;
         clock.lap("compile");
+        clock.show("reformc: running");
         let out = model.run(inputs)?;
         clock.lap("run");
+        clock.progress.clear();
         if let Some(table) = profile
             .then(|| reformc_runtime::profile::report(25))
             .flatten()

@@ -19,7 +19,7 @@ const FED: &str =
 
 /// Runs the command on an IR file.
 pub fn run(args: &RunArgs) -> CliResult<()> {
-    let mut clock = run::PhaseClock::new(args.time);
+    let mut clock = run::PhaseClock::new(args.time, args.passes.quiet);
     let inputs = run::inputs(args);
     outputs::guard("--output", &args.output, &inputs)?;
     args.passes.guard_outputs(&inputs)?;
