@@ -82,7 +82,7 @@ def build(cfg, w, length):
     exe = os.path.join(OUT, f"mlir_llvm_L{length}")
     mlir = os.path.join(OUT, f"mlir_L{length}.mlir")
     vmfb = os.path.join(OUT, f"mlir_L{length}.vmfb")
-    seconds([REFORMC, "compile", cfg, "--weights", w, "-o", exe, "--seq-len", str(length), "-q"])
+    seconds([REFORMC, "compile", cfg, "--weights", w, "-o", exe, "--seq-len", str(length), "--target-cpu", "host", "-q"])
     emit_s = seconds([REFORMC, "compile", cfg, "--weights", w, "--emit", "mlir", "-o", mlir,
                       "--seq-len", str(length), "--lsh-source", "seeded", "-q"])
     iree_s = seconds([os.path.join(IREE, "iree-compile"), mlir, "--iree-hal-target-device=local",

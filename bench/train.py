@@ -127,7 +127,7 @@ def main():
             engine = "?"
             exe = os.path.join(d, "step")
             subprocess.run([a.reformc, "compile", "--train", d + "/config.json", "--weights", d + "/model.safetensors",
-                            "--seq-len", str(length), "-o", exe, "-q"], check=True)
+                            "--seq-len", str(length), "-o", exe, "--target-cpu", "host", "-q"], check=True)
             for _ in range(a.repeats):
                 _, rss, out = timed([exe, "--input", d + "/ids.npy", "--output", d + "/grads.safetensors",
                                      "--threads", str(a.threads), "--time"])

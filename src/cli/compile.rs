@@ -58,8 +58,11 @@ pub struct CompileArgs {
     /// Executables carry all three variants.
     #[arg(long, value_parser = ["seeded", "rotations", "buckets"])]
     pub lsh_source: Option<String>,
-    /// CPU to generate code for (`host`: this machine, with all its features).
-    #[arg(long, default_value = "host")]
+    /// CPU to generate code for: `portable` (the default: x86-64-v3, i.e. AVX2
+    /// and FMA, so that artifacts run on any x86 machine of the last decade;
+    /// the runtime's GEMM kernels still pick AVX-512 at run time where present),
+    /// `host` (this machine, with all its features), or an LLVM CPU name.
+    #[arg(long, default_value = "portable")]
     pub target_cpu: String,
     /// Default worker threads of the executable (0 = all cores; `--threads` overrides at run time).
     #[arg(long, default_value_t = 0,
@@ -265,7 +268,7 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
     let uses_bias = table.iter().any(|(n, _)| n == "lm_head.bias");
     let opts = CompileOptions {
         model_name: model_name.clone(),
-        target: TargetSpec::named(&args.target_cpu),
+        target: target_spec(&args.target_cpu),
         limits: vec![DimLimit {
             symbol: "P".into(),
             max,
@@ -377,6 +380,16 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
         }
     }
     Ok(())
+}
+
+/// `--target-cpu`: `portable` is x86-64-v3 on x86-64 (AVX2, FMA; Haswell,
+/// Zen 1 and later), and the host elsewhere.
+fn target_spec(cpu: &str) -> TargetSpec {
+    match cpu {
+        "portable" if cfg!(target_arch = "x86_64") => TargetSpec::named("x86-64-v3"),
+        "portable" => TargetSpec::host(),
+        other => TargetSpec::named(other),
+    }
 }
 
 /// `--name` must make C identifiers, and applies to linkable artifacts only.
