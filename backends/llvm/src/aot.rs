@@ -7,7 +7,8 @@ use crate::{
     build_module, target, CompileOptions, CompiledModule, ExeInfo, MemoryPlan, Variant, WeightsMode,
 };
 use inkwell::context::Context;
-use inkwell::targets::FileType;
+use inkwell::module::Module;
+use inkwell::targets::{FileType, TargetMachine};
 use reformc_ir::outfile::{self, AtomicOutput};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -159,10 +160,7 @@ pub fn compile(
             phases.push(("emit", t2.elapsed()));
         }
         Emit::Staticlib => {
-            let tmp = TempDir::new()?;
-            let obj = tmp.path.join("reformc_model.o");
-            tm.write_to_file(&cm.module, FileType::Object, &obj)
-                .map_err(|e| BackendError::Io(format!("{}: {e}", obj.display())))?;
+            let (_tmp, obj) = temp_object(&tm, &cm.module, "reformc_model.o")?;
             phases.push(("emit", t2.elapsed()));
             let t3 = Instant::now();
             let rt = find_runtime_staticlib()?;
@@ -178,10 +176,7 @@ pub fn compile(
             phases.push(("archive", t3.elapsed()));
         }
         Emit::Exe | Emit::Lib => {
-            let tmp = TempDir::new()?;
-            let obj = tmp.path.join("model.o");
-            tm.write_to_file(&cm.module, FileType::Object, &obj)
-                .map_err(|e| BackendError::Io(format!("{}: {e}", obj.display())))?;
+            let (tmp, obj) = temp_object(&tm, &cm.module, "model.o")?;
             phases.push(("emit", t2.elapsed()));
             let t3 = Instant::now();
             let rt = find_runtime_staticlib()?;
@@ -216,6 +211,16 @@ pub fn compile(
         signature: cm.signature.clone(),
         runtime_lib,
     })
+}
+
+/// Writes `module` as an object file `name` in a fresh temporary directory
+/// (removed when the returned guard drops).
+fn temp_object(tm: &TargetMachine, module: &Module, name: &str) -> Result<(TempDir, PathBuf)> {
+    let tmp = TempDir::new()?;
+    let obj = tmp.path.join(name);
+    tm.write_to_file(module, FileType::Object, &obj)
+        .map_err(|e| BackendError::Io(format!("{}: {e}", obj.display())))?;
+    Ok((tmp, obj))
 }
 
 /// Writes `model.h` (with the training step's note for a `--train` artifact)

@@ -123,61 +123,17 @@ fn c_program_against_model_h_and_the_shared_library() {
         }
         assert!(exported.contains(&"reformc_model_run"));
     }
-    let src = dir.join("main.c");
-    std::fs::write(&src, C_PROGRAM).unwrap();
-    let prog = dir.join("prog");
-    let cc = Command::new(aot::cc())
-        .arg("-std=c99")
-        .arg("-Wall")
-        .arg("-Werror")
-        .arg("-o")
-        .arg(&prog)
-        .arg(&src)
-        .arg(format!("-I{}", dir.display()))
-        .arg(&so)
-        .arg(format!("-Wl,-rpath,{}", dir.display()))
-        .output()
-        .unwrap();
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
-    let ids_bin = dir.join("ids.bin");
-    let bytes: Vec<u8> = case.ids.iter().flat_map(|x| x.to_le_bytes()).collect();
-    std::fs::write(&ids_bin, bytes).unwrap();
-    let out_bin = dir.join("out.bin");
-    let (b, l) = (case.ids.shape()[0], case.ids.shape()[1]);
-    let res = run(
-        &prog,
-        &[
-            case.dir.join("model.safetensors").display().to_string(),
-            ids_bin.display().to_string(),
-            b.to_string(),
-            l.to_string(),
-            out_bin.display().to_string(),
-        ],
-    );
-    assert!(
-        res.status.success(),
-        "exit {:?}: {}",
-        res.status.code(),
-        String::from_utf8_lossy(&res.stderr)
-    );
-    let floats: Vec<f64> = std::fs::read(&out_bin)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-        .collect();
-    let reference = case.reference_f64();
-    let got = ArrayD::from_shape_vec(IxDyn(reference.shape()), floats).unwrap();
-    assert!(max_abs_diff(&got, &reference) <= 1e-4);
+    let link = [
+        so.display().to_string(),
+        format!("-Wl,-rpath,{}", dir.display()),
+    ];
+    let got = c_program_matches(&dir, &case, &link);
     assert!(max_abs_diff(&got, &case.interp(LshSource::Seeded)) <= 1e-4);
 }
 
 /// Builds `C_PROGRAM` with `link` (after the source), runs it on `case`'s
-/// ids and checks the logits against the reference.
-fn c_program_matches(dir: &Path, case: &Case, link: &[String]) {
+/// ids, checks the logits against the reference and returns them.
+fn c_program_matches(dir: &Path, case: &Case, link: &[String]) -> ArrayD<f64> {
     let src = dir.join("main.c");
     std::fs::write(&src, C_PROGRAM).unwrap();
     let prog = dir.join("prog");
@@ -221,6 +177,7 @@ fn c_program_matches(dir: &Path, case: &Case, link: &[String]) {
     let reference = case.reference_f64();
     let got = ArrayD::from_shape_vec(IxDyn(reference.shape()), floats).unwrap();
     assert!(max_abs_diff(&got, &reference) <= 1e-4);
+    got
 }
 
 #[test]
@@ -245,7 +202,7 @@ fn c_programs_link_the_static_archive_or_the_object_and_its_runtime() {
         compile(Emit::Staticlib, &lib),
         [lib.clone(), dir.join("model.h")]
     );
-    c_program_matches(&dir, &case, &[lib.display().to_string()]);
+    let _ = c_program_matches(&dir, &case, &[lib.display().to_string()]);
     let obj = dir.join("tiny.o");
     let rt = dir.join(aot::RUNTIME_ARCHIVE);
     assert_eq!(
