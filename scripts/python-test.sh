@@ -26,9 +26,6 @@ need=()
 if [ ${#need[@]} -gt 0 ]; then
   "$py" -m pip install --quiet "${need[@]}"
 fi
-# The CLI tests compare against target/debug/reformc: build it if a partial
-# build left it out (a no-op after `cargo test --workspace`).
-cargo build --quiet --bin reformc
 # `maturin develop` builds with python/pyproject.toml's settings (dev
 # profile, extension-module) and installs into the venv; the same build
 # `pip install ./python` runs, without pip's isolated build environment.
