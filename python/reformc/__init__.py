@@ -158,11 +158,14 @@ def _seed(seed):
     if seed is None:
         return None
     try:
-        return int(seed.__index__())
+        s = int(seed.__index__())
     except (AttributeError, TypeError) as e:
         raise ReformcError(
             f"seed: expected an integer, found {type(seed).__name__}"
         ) from e
+    if not -(2**63) <= s < 2**63:
+        raise ReformcError(f"seed: {s} does not fit in int64")
+    return s
 
 
 def _torch(a):

@@ -14,6 +14,7 @@ import shutil
 import struct
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -216,32 +217,43 @@ def test_torch_tensors_in_and_out(model):
 
 
 def test_the_gil_is_released_while_running(model):
-    """Two threads run at once and agree; a third Python thread keeps running."""
+    """A Python thread keeps counting while the main thread is inside a call
+    (with the GIL held it would stand still), and two threads running one
+    model at once get the same answer."""
     ids = load(CASE, "input_ids.npy")
-    want = model(ids, seed=8)
-    results, ticks, done = [], [0], threading.Event()
+    count, stop = [0], threading.Event()
 
     def tick():
-        while not done.is_set():
-            ticks[0] += 1
+        while not stop.is_set():
+            count[0] += 1
+
+    t = threading.Thread(target=tick)
+    t.start()
+    try:
+        time.sleep(0.02)
+        before = count[0]
+        start = time.perf_counter()
+        want = model(ids, seed=8)
+        during, seconds = count[0] - before, time.perf_counter() - start
+    finally:
+        stop.set()
+        t.join()
+    assert during > 1000, f"only {during} ticks in a {seconds:.3f} s call: the GIL was held"
+
+    results = []
 
     def work():
         for _ in range(3):
             results.append(model(ids, seed=8))
 
-    t = threading.Thread(target=tick)
-    t.start()
     workers = [threading.Thread(target=work) for _ in range(2)]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    done.set()
-    t.join()
     assert len(results) == 6
     for r in results:
         np.testing.assert_array_equal(r, want)
-    assert ticks[0] > 0
 
 
 # --- explain, dump, signature -------------------------------------------------
@@ -327,6 +339,7 @@ def test_out_of_range_ids_buckets_and_nonfinite_rotations(model):
         model, ids, lsh_rotations=load(CASE, "lsh_rotations.npy"), lsh_buckets=load(CASE, "lsh_buckets.npy")
     )
     assert "seed: expected an integer, found float" in error(model, ids, seed=1.5)
+    assert "seed: 18446744073709551616 does not fit in int64" == error(model, ids, seed=2**64)
 
 
 def test_too_long_input(model):
