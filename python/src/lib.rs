@@ -337,7 +337,9 @@ where
     let ro = typed.try_readonly().ok()?;
     let view = ro.as_array();
     let data: Option<Vec<U>> = view.iter().map(|&x| f(x)).collect();
-    Some(data.map(|d| ArrayD::from_shape_vec(IxDyn(view.shape()), d).expect("logical order")))
+    // One element per position of the shape, in logical order: the shape
+    // always fits; a failure would read as a value out of range.
+    Some(data.and_then(|d| ArrayD::from_shape_vec(IxDyn(view.shape()), d).ok()))
 }
 
 /// An integer array of any integer dtype as int64.
