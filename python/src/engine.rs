@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use ndarray::{ArrayD, IxDyn};
 use reformc_frontend::config::{parse_model_config, read_config_text, ConfigFormat};
 use reformc_frontend::lower::{expected_weights, lower, LowerOptions, LshSource};
-use reformc_frontend::spec::{AttentionKind, HeadSpec, ModelSpec};
+use reformc_frontend::spec::{AttentionKind, HeadSpec, ModelSpec, PositionSpec};
 use reformc_frontend::weights::WeightFile;
 use reformc_ir::{DType, Graph};
 use reformc_passes::autodiff::{GRAD_PREFIX, LABELS, LOSS};
@@ -290,35 +290,68 @@ impl Model {
         })
     }
 
-    /// The JSON signature of the forward graph at `seq_len` (or the
-    /// compile-time length), as compiled code reports it
-    /// (`reformc_model_signature()`, `<output>.json` of `reformc compile`).
-    pub fn signature(&self, seq_len: Option<u64>) -> Result<String> {
-        let seq_len = seq_len.or(self.opts.seq_len);
-        let mut g = lower(
-            &self.spec,
-            &LowerOptions {
-                dtype: DType::F32,
-                lsh_source: LshSource::Seeded,
-                seq_len,
+    /// The JSON signature `reformc compile` gives this model (`<output>.json`
+    /// of `--emit lib`, `reformc_model_signature()` of the compiled code):
+    /// one variant per hashing source (`seeded`, `rotations`, `buckets`; one
+    /// `main` without LSH layers), the padded-length limit, the weights.
+    pub fn signature(&self) -> Result<String> {
+        use reformc_backend_llvm::{CompileOptions, DimLimit, Variant, WeightsMode};
+        let seq_len = self.opts.seq_len;
+        let n_lsh = self.spec.num_lsh_layers();
+        let sources: &[(&str, LshSource)] = match n_lsh {
+            0 => &[("main", LshSource::Seeded)],
+            _ => &[
+                ("seeded", LshSource::Seeded),
+                ("rotations", LshSource::Rotations),
+                ("buckets", LshSource::Buckets),
+            ],
+        };
+        let mut variants = Vec::new();
+        let mut factors = Vec::new();
+        for (name, source) in sources {
+            let mut lowered = lower(
+                &self.spec,
+                &LowerOptions {
+                    dtype: DType::F32,
+                    lsh_source: *source,
+                    seq_len,
+                },
+            )
+            .map_err(Error::input)?;
+            factors = lowered.bucket_factors.clone();
+            self.run_passes(&mut lowered.graph, false, seq_len)?;
+            variants.push(Variant {
+                name: name.to_string(),
+                graph: lowered.graph,
+            });
+        }
+        let table = reformc_backend_llvm::weight_table(&variants)
+            .map_err(|e| Error::internal(e.to_string()))?;
+        let uses_bias = table.iter().any(|(n, _)| n == "lm_head.bias");
+        let weights = std::fs::canonicalize(&self.weights_path)
+            .unwrap_or_else(|_| self.weights_path.clone())
+            .display()
+            .to_string();
+        let opts = CompileOptions {
+            model_name: model_name(&self.config),
+            limits: vec![DimLimit {
+                symbol: "P".into(),
+                max: max_len(&self.spec),
+                what: "padded sequence length (max_position_embeddings / axial position grid)"
+                    .into(),
+            }],
+            allowed_extra_weights: match uses_bias {
+                true => vec![],
+                false => vec!["lm_head.bias".into()],
             },
-        )
-        .map_err(Error::input)?
-        .graph;
-        self.run_passes(&mut g, false, seq_len)?;
+            default_weights: Some(weights),
+            lsh_buckets_per_round: (n_lsh > 0).then(|| factors.iter().product()),
+            ..CompileOptions::default()
+        };
         let ctx = reformc_backend_llvm::Context::create();
-        let variants = [reformc_backend_llvm::Variant {
-            name: "main".into(),
-            graph: g,
-        }];
-        let cm = reformc_backend_llvm::build_module(
-            &ctx,
-            &variants,
-            &reformc_backend_llvm::CompileOptions::default(),
-            &reformc_backend_llvm::WeightsMode::Runtime,
-            None,
-        )
-        .map_err(|e| Error::internal(format!("LLVM: {e}")))?;
+        let cm =
+            reformc_backend_llvm::build_module(&ctx, &variants, &opts, &WeightsMode::Runtime, None)
+                .map_err(|e| Error::internal(format!("LLVM: {e}")))?;
         Ok(cm.signature)
     }
 
@@ -508,6 +541,28 @@ impl Model {
             }
             Err(e) => Err(Error::internal(format!("LLVM JIT: {e}"))),
         }
+    }
+}
+
+/// The model's name in the signature, as `reformc compile` picks it: the
+/// config's file stem, or its folder's name for a `config.json`.
+fn model_name(config: &Path) -> String {
+    let stem = config.file_stem().map(|s| s.to_string_lossy().into_owned());
+    match stem.as_deref() {
+        Some("config") | None => config
+            .parent()
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".into()),
+        Some(s) => s.to_string(),
+    }
+}
+
+/// The longest padded length the position embeddings cover.
+fn max_len(spec: &ModelSpec) -> u64 {
+    match &spec.position {
+        PositionSpec::Axial { shape, .. } => spec.max_position_embeddings.min(shape[0] * shape[1]),
+        _ => spec.max_position_embeddings,
     }
 }
 

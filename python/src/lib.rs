@@ -237,11 +237,12 @@ impl Model {
         Ok(py.detach(|| self.inner.dump(source, seq_len, train, dot))?)
     }
 
-    /// The model's JSON signature (inputs, outputs, weights, limits), as
-    /// compiled code returns it from `reformc_model_signature()`.
+    /// The model's JSON signature (variants and their inputs, outputs,
+    /// weights, limits), as `reformc compile --emit lib` writes it and the
+    /// compiled code's `reformc_model_signature()` returns it.
     #[getter]
     fn signature(&self, py: Python<'_>) -> PyResult<String> {
-        Ok(py.detach(|| self.inner.signature(None))?)
+        Ok(py.detach(|| self.inner.signature())?)
     }
 
     /// The config file the model was read from.

@@ -8,6 +8,7 @@ within 1e-9; losses within 1e-5 relative, gradients within 1e-4 of each
 tensor's largest value (floored at 1e-3 of the case's largest gradient).
 """
 
+import ctypes
 import json
 import re
 import shutil
@@ -297,6 +298,26 @@ def test_explain_dump_signature_match_the_cli(model):
         check=True, capture_output=True, text=True,
     ).stdout
     assert ir == cli_ir
+
+
+def test_signature_is_the_compiled_librarys(model, tmp_path):
+    """`m.signature` equals what `reformc compile --emit lib` builds into the
+    library (its `reformc_model_signature()`), read back through ctypes."""
+    exe = ROOT / "target" / "debug" / "reformc"
+    if not exe.exists():
+        pytest.skip(f"no CLI binary at {exe} (cargo build builds it)")
+    lib = tmp_path / "model.so"
+    subprocess.run(
+        [exe, "compile", CASE / "config.json", "--weights", CASE / "model.safetensors",
+         "--emit", "lib", "-o", lib, "-q"],
+        check=True, capture_output=True,
+    )
+    f = ctypes.CDLL(str(lib)).reformc_model_signature
+    f.restype = ctypes.c_char_p
+    want = json.loads(f().decode())
+    got = json.loads(model.signature)
+    assert [v["name"] for v in got["variants"]] == ["seeded", "rotations", "buckets"]
+    assert got == want
 
 
 def untimed(text):
