@@ -123,6 +123,21 @@ def test_seed_and_rotations_choose_the_hashing(model):
     assert max_diff(rot, load(CASE, "logits_f64.npy")) <= 1e-4
 
 
+def test_options_of_run():
+    """threads (runs are deterministic across thread counts), the interpreter,
+    a pipeline of no pass, and forced full attention all give HF's logits."""
+    ids, kw = replay(CASE)
+    want = load(CASE, "logits_f64.npy")
+    base = reformc.compile(CASE)(ids, **kw)
+    np.testing.assert_array_equal(reformc.compile(CASE, threads=1)(ids, **kw), base)
+    for options in [dict(interp=True), dict(pipeline="none"), dict(seq_len=64, batch=1)]:
+        out = reformc.compile(CASE, **options)(ids, **kw)
+        assert max_diff(out, want) <= 1e-4, options
+    # Full attention is another model than LSH: it must change the logits.
+    full = reformc.compile(CASE, attention="full")(ids, **kw)
+    assert full.shape == base.shape and max_diff(full, base) > 1e-3
+
+
 def test_grad_matches_hf_loss_and_gradients():
     case = FIXTURES / "causal_mixed_r2"
     m = reformc.compile(case, no_dropout=True)
