@@ -257,6 +257,7 @@ impl Model {
         self.inner.weights_path.clone()
     }
 
+    /// `reformc.Model("config.json", weights="model.safetensors")`.
     fn __repr__(&self) -> String {
         format!(
             "reformc.Model({:?}, weights={:?})",
