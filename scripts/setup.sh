@@ -44,6 +44,9 @@ dpkg -s libvulkan1 >/dev/null 2>&1 || extra+=(libvulkan1)
 command -v vulkaninfo >/dev/null 2>&1 || extra+=(vulkan-tools)
 # Graphviz: tests render `--format dot` output with `dot`.
 command -v dot >/dev/null 2>&1 || extra+=(graphviz)
+# The Python package (python/, a workspace member) links libpython when cargo
+# builds it outside maturin: python3-dev has the library to link.
+dpkg -s python3-dev >/dev/null 2>&1 || extra+=(python3-dev python3-venv)
 if [ ! -x "$iree_venv/bin/iree-compile" ] || [ ! -x "$iree_venv/bin/iree-run-module" ]; then
   command -v python3 >/dev/null 2>&1 || extra+=(python3)
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || extra+=(python3-venv)

@@ -1,0 +1,177 @@
+"""reformc: compile a Reformer model and run it in this process.
+
+    import numpy as np, reformc
+    m = reformc.compile("tests/fixtures/causal_lsh_r1")   # config.json + model.safetensors
+    logits = m(np.load("input_ids.npy"))                  # [B, L, V] float32
+
+The engine is reformc's LLVM JIT, as `reformc run` uses it; the arrays and
+options mean what `reformc run`'s flags of the same names mean. Failures
+raise `ReformcError` with the message the CLI prints after ``error:``.
+"""
+
+import os
+
+import numpy as np
+
+from ._reformc import Model as _Model
+from ._reformc import ReformcError
+from ._reformc import compile as _compile
+
+__all__ = ["compile", "Model", "ReformcError"]
+
+
+def compile(path_or_config, weights=None, **options):
+    """Reads a model and returns it ready to run.
+
+    ``path_or_config`` is a config.json (Hugging Face or reformc's schema) or a
+    folder holding ``config.json`` and ``model.safetensors``; ``weights`` is the
+    ``.safetensors`` file (default: ``model.safetensors`` beside the config).
+
+    Options (keywords), as `reformc run`'s flags: ``seq_len``, ``precision``
+    ("f32" or "f64"), ``lm_head_bias``, ``allow_nonfinite_weights``,
+    ``interp`` (the reference interpreter instead of the JIT), ``threads``
+    (kernel worker threads, 0 = all cores), ``pipeline``, ``attention``,
+    ``kv_chunk``, ``batch``, ``memory_budget``, ``chunk_ff``,
+    ``chunk_lm_head``, ``no_dropout`` (training steps), ``quiet`` (default
+    True: no pass progress on stderr).
+    """
+    path = os.fspath(path_or_config)
+    if weights is not None:
+        weights = os.fspath(weights)
+    return Model(_compile(path, weights, **options))
+
+
+class Model:
+    """A compiled model: call it with token ids."""
+
+    def __init__(self, compiled):
+        self._m = compiled
+
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        lsh_rotations=None,
+        lsh_buckets=None,
+        seed=None,
+        *,
+        as_torch=False,
+    ):
+        """Logits ``[B, L, V]`` (or a bare model's last hidden state) for token
+        ids ``[B, L]`` of any integer dtype, as a numpy array (a torch tensor
+        with ``as_torch=True``).
+
+        ``attention_mask`` ``[B, L]`` (0 = padding), ``lsh_rotations``
+        ``[n_lsh_layers, H, d, r, S/2]``, ``lsh_buckets``
+        ``[n_lsh_layers, B, H, r*L_padded]`` and ``seed`` are `reformc run`'s
+        ``--attention-mask``, ``--lsh-rotations``, ``--lsh-buckets`` and
+        ``--seed``. Arrays may be numpy arrays or objects with ``__array__`` or
+        ``__dlpack__`` (torch tensors on the CPU).
+        """
+        out = self._m.run(
+            _array(input_ids, "input_ids"),
+            _array(attention_mask, "attention_mask"),
+            _array(lsh_rotations, "lsh_rotations"),
+            _array(lsh_buckets, "lsh_buckets"),
+            _seed(seed),
+        )
+        return _torch(out) if as_torch else out
+
+    def grad(
+        self,
+        input_ids,
+        labels=None,
+        attention_mask=None,
+        lsh_rotations=None,
+        lsh_buckets=None,
+        seed=None,
+        *,
+        as_torch=False,
+    ):
+        """One training step, as `reformc grad`: ``(loss, {weight name: gradient})``.
+
+        ``labels`` ``[B, L]`` default to the token ids; -100 marks an ignored
+        position (a causal LM predicts label t+1 at position t).
+        """
+        loss, grads = self._m.grad(
+            _array(input_ids, "input_ids"),
+            _array(labels, "labels"),
+            _array(attention_mask, "attention_mask"),
+            _array(lsh_rotations, "lsh_rotations"),
+            _array(lsh_buckets, "lsh_buckets"),
+            _seed(seed),
+        )
+        if as_torch:
+            grads = {k: _torch(v) for k, v in grads.items()}
+        return loss, grads
+
+    def explain(self, seq_len=None, *, threads=0, train=False, json=False):
+        """The table `reformc explain` prints (JSON text with ``json=True``)."""
+        return self._m.explain(seq_len, threads=threads, train=train, json=json)
+
+    def dump(self, *, format="text", lsh_source="seeded", seq_len=None, train=False):
+        """The IR `reformc dump` prints after the pass pipeline."""
+        return self._m.dump(
+            format=format, lsh_source=lsh_source, seq_len=seq_len, train=train
+        )
+
+    @property
+    def signature(self):
+        """The JSON signature compiled code reports (``reformc_model_signature()``)."""
+        return self._m.signature
+
+    @property
+    def config(self):
+        """The config file the model was read from."""
+        return self._m.config
+
+    @property
+    def weights(self):
+        """The weight file the model was read from."""
+        return self._m.weights
+
+    def __repr__(self):
+        return repr(self._m)
+
+
+def _array(x, name):
+    """A numpy array for argument ``name``: numpy arrays as they are, other
+    objects through ``__dlpack__`` (zero-copy, e.g. torch CPU tensors) or
+    ``__array__`` / sequences (``np.asarray``)."""
+    if x is None or isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "__dlpack__") and hasattr(np, "from_dlpack"):
+        try:
+            return np.from_dlpack(x)
+        except (TypeError, ValueError, RuntimeError, BufferError):
+            pass  # e.g. a tensor that needs grad, or on a device: try __array__
+    try:
+        return np.asarray(x)
+    except Exception as e:  # what an object's __array__ raises is its own
+        raise ReformcError(
+            f"{name}: cannot read a {type(x).__name__} as an array: {e}"
+        ) from e
+
+
+def _seed(seed):
+    """The seed as an int (numpy and torch integer scalars too)."""
+    if seed is None:
+        return None
+    try:
+        s = int(seed.__index__())
+    except (AttributeError, TypeError) as e:
+        raise ReformcError(
+            f"seed: expected an integer, found {type(seed).__name__}"
+        ) from e
+    if not -(2**63) <= s < 2**63:
+        raise ReformcError(f"seed: {s} does not fit in int64")
+    return s
+
+
+def _torch(a):
+    """A torch tensor sharing ``a``'s memory (torch imported only now)."""
+    try:
+        import torch
+    except ImportError as e:
+        raise ReformcError("as_torch=True needs torch: pip install torch") from e
+    return torch.from_numpy(a)

@@ -1,0 +1,442 @@
+"""The Python package against the Hugging Face fixtures (tests/fixtures, made
+by scripts/hf_fixtures.py) and the CLI: parity of logits, losses and
+gradients, array conversions, and the messages of bad input.
+
+Tolerances are those of the Rust golden tests (tests/golden_hf.rs,
+tests/grad_hf.rs): f32 logits within 1e-4 of HF's float64 logits, f64 ones
+within 1e-9; losses within 1e-5 relative, gradients within 1e-4 of each
+tensor's largest value (floored at 1e-3 of the case's largest gradient).
+"""
+
+import ctypes
+import json
+import re
+import shutil
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import reformc
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures"
+CASE = FIXTURES / "causal_lsh_r1"
+MASKED = FIXTURES / "noncausal_mask_b2"
+# Every fixture a replayed-bucket run can be compared on.
+ALL = sorted(p.name for p in FIXTURES.iterdir() if (p / "logits_f64.npy").exists())
+
+
+def load(case, name):
+    return np.load(case / name)
+
+
+def replay(case):
+    """The call arguments that replay HF's run: ids, mask, recorded buckets."""
+    kw = {}
+    if (case / "attention_mask.npy").exists():
+        kw["attention_mask"] = load(case, "attention_mask.npy")
+    if (case / "lsh_buckets.npy").exists():
+        kw["lsh_buckets"] = load(case, "lsh_buckets.npy")
+    return load(case, "input_ids.npy"), kw
+
+
+def max_diff(a, b):
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def read_safetensors_f64(path):
+    """The F64 tensors of a safetensors file (8-byte header length, JSON
+    header, little-endian data), without the safetensors package."""
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        assert info["dtype"] == "F64", name
+        start, end = info["data_offsets"]
+        data = np.frombuffer(raw[8 + n + start : 8 + n + end], dtype="<f8")
+        out[name] = data.reshape(info["shape"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def model():
+    return reformc.compile(CASE)
+
+
+# --- parity -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_replayed_buckets_match_hf_float64_in_f32(name):
+    case = FIXTURES / name
+    m = reformc.compile(case)
+    ids, kw = replay(case)
+    out = m(ids, **kw)
+    assert out.dtype == np.float32
+    want = load(case, "logits_f64.npy")
+    assert out.shape == want.shape
+    err = max_diff(out, want)
+    assert err <= 1e-4, f"{name}: f32 logits differ from HF float64 by {err:e}"
+
+
+@pytest.mark.parametrize("name", ["causal_lsh_r1", "noncausal_mask_b2", "causal_mixed_padded"])
+def test_f64_precision_matches_hf_within_1e_9(name):
+    case = FIXTURES / name
+    m = reformc.compile(case / "config.json", weights=case / "model.safetensors", precision="f64")
+    ids, kw = replay(case)
+    out = m(ids, **kw)
+    assert out.dtype == np.float64
+    err = max_diff(out, load(case, "logits_f64.npy"))
+    assert err <= 1e-9, f"{name}: f64 logits differ from HF by {err:e}"
+
+
+def test_same_output_as_the_cli(model, tmp_path):
+    """`reformc run` with the same flags writes the same array (the engine is the same)."""
+    exe = ROOT / "target" / "debug" / "reformc"
+    if not exe.exists():
+        pytest.skip(f"no CLI binary at {exe} (cargo build builds it)")
+    ids = load(CASE, "input_ids.npy")
+    out = tmp_path / "out.npy"
+    subprocess.run(
+        [exe, "run", CASE / "config.json", "--weights", CASE / "model.safetensors",
+         "--input", CASE / "input_ids.npy", "--output", out, "--seed", "7", "-q"],
+        check=True, capture_output=True,
+    )
+    np.testing.assert_array_equal(model(ids, seed=7), np.load(out))
+
+
+def test_seed_and_rotations_choose_the_hashing(model):
+    ids = load(CASE, "input_ids.npy")
+    a, b = model(ids, seed=1), model(ids, seed=1)
+    np.testing.assert_array_equal(a, b)
+    assert max_diff(a, model(ids, seed=2)) > 0, "another seed draws other rotations"
+    # HF's rotations reproduce HF's bucket decisions, so its logits.
+    rot = model(ids, lsh_rotations=load(CASE, "lsh_rotations.npy"))
+    assert max_diff(rot, load(CASE, "logits_f64.npy")) <= 1e-4
+
+
+def test_options_of_run():
+    """threads (runs are deterministic across thread counts), the interpreter,
+    a pipeline of no pass, and forced full attention all give HF's logits."""
+    ids, kw = replay(CASE)
+    want = load(CASE, "logits_f64.npy")
+    base = reformc.compile(CASE)(ids, **kw)
+    np.testing.assert_array_equal(reformc.compile(CASE, threads=1)(ids, **kw), base)
+    for options in [dict(interp=True), dict(pipeline="none"), dict(seq_len=64, batch=1)]:
+        out = reformc.compile(CASE, **options)(ids, **kw)
+        assert max_diff(out, want) <= 1e-4, options
+    # Full attention is another model than LSH: it must change the logits.
+    full = reformc.compile(CASE, attention="full")(ids, **kw)
+    assert full.shape == base.shape and max_diff(full, base) > 1e-3
+
+
+def test_grad_matches_hf_loss_and_gradients():
+    case = FIXTURES / "causal_mixed_r2"
+    m = reformc.compile(case, no_dropout=True)
+    ids, kw = replay(case)
+    loss, grads = m.grad(ids, labels=load(case, "labels.npy"), **kw)
+    want = float(load(case, "loss_f64.npy"))
+    assert abs(loss - want) / abs(want) <= 1e-5, (loss, want)
+    ref = read_safetensors_f64(case / "grads_f64.safetensors")
+    assert set(grads) == set(ref)
+    floor = 1e-3 * max(float(np.max(np.abs(r))) for r in ref.values())
+    for name, r in ref.items():
+        g = grads[name]
+        assert g.shape == r.shape, name
+        scale = max(float(np.max(np.abs(r))), floor)
+        err = max_diff(g, r) / scale
+        assert err <= 1e-4, f"gradient of {name} off by {err:e} (relative)"
+
+
+# --- arrays -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.int16, np.uint8, np.uint16, np.uint64])
+def test_any_integer_dtype(model, dtype):
+    ids = load(CASE, "input_ids.npy")
+    want = model(ids, seed=3)
+    np.testing.assert_array_equal(model(ids.astype(dtype), seed=3), want)
+
+
+def test_fortran_order_and_strided_views():
+    case = FIXTURES / "noncausal_mask_b2"
+    m = reformc.compile(case)
+    ids, kw = replay(case)
+    want = m(ids, **kw)
+    fortran = {k: np.asfortranarray(v) for k, v in kw.items()}
+    assert not np.asfortranarray(ids).flags.c_contiguous
+    np.testing.assert_array_equal(m(np.asfortranarray(ids), **fortran), want)
+    # A view with a step: every other column of a wider array.
+    wide = np.repeat(ids, 2, axis=1)
+    np.testing.assert_array_equal(m(wide[:, ::2], **kw), want)
+
+
+def test_lists_are_arrays(model):
+    ids = load(CASE, "input_ids.npy")
+    np.testing.assert_array_equal(model(ids.tolist(), seed=4), model(ids, seed=4))
+
+
+class ArrayOnly:
+    """An object that is an array only through __array__ (as torch tensors are)."""
+
+    def __init__(self, a):
+        self._a = a
+
+    def __array__(self, dtype=None, copy=None):
+        return self._a if dtype is None else self._a.astype(dtype)
+
+
+class DlpackOnly:
+    """An object that is an array only through __dlpack__ (numpy arrays implement it)."""
+
+    def __init__(self, a):
+        self._a = a
+
+    def __dlpack__(self, **kw):
+        return self._a.__dlpack__(**kw)
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()
+
+
+def test_array_and_dlpack_objects(model):
+    ids = load(CASE, "input_ids.npy")
+    want = model(ids, seed=5)
+    np.testing.assert_array_equal(model(ArrayOnly(ids), seed=5), want)
+    if not hasattr(np, "from_dlpack"):
+        pytest.skip(f"numpy {np.__version__} has no from_dlpack (numpy >= 1.22 has)")
+    np.testing.assert_array_equal(model(DlpackOnly(ids), seed=5), want)
+
+
+def test_torch_tensors_in_and_out(model):
+    ids = load(CASE, "input_ids.npy")
+    want = model(ids, seed=6)
+    try:
+        import torch
+    except ImportError:
+        pytest.skip(
+            "torch is not installed in this venv: test_array_and_dlpack_objects covers "
+            "__array__/__dlpack__ with stand-ins, test_as_torch_needs_torch the error"
+        )
+    out = model(torch.from_numpy(ids), seed=6, as_torch=True)
+    assert isinstance(out, torch.Tensor)
+    np.testing.assert_array_equal(out.numpy(), want)
+
+
+def test_as_torch_needs_torch(model, monkeypatch):
+    """Without torch, as_torch=True is a ReformcError naming the package (torch
+    is imported only then: hiding it from the import system shows that)."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kw):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("No module named 'torch'")
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    ids = load(CASE, "input_ids.npy")
+    assert "as_torch=True needs torch" in error(model, ids, seed=6, as_torch=True)
+
+
+def test_the_gil_is_released_while_running(model):
+    """A Python thread keeps counting while the main thread is inside a call
+    (with the GIL held it would stand still), and two threads running one
+    model at once get the same answer."""
+    ids = load(CASE, "input_ids.npy")
+    count, stop = [0], threading.Event()
+
+    def tick():
+        while not stop.is_set():
+            count[0] += 1
+
+    t = threading.Thread(target=tick)
+    t.start()
+    try:
+        time.sleep(0.02)
+        before = count[0]
+        start = time.perf_counter()
+        want = model(ids, seed=8)
+        during, seconds = count[0] - before, time.perf_counter() - start
+    finally:
+        stop.set()
+        t.join()
+    assert during > 1000, f"only {during} ticks in a {seconds:.3f} s call: the GIL was held"
+
+    results = []
+
+    def work():
+        for _ in range(3):
+            results.append(model(ids, seed=8))
+
+    workers = [threading.Thread(target=work) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(results) == 6
+    for r in results:
+        np.testing.assert_array_equal(r, want)
+
+
+# --- explain, dump, signature -------------------------------------------------
+
+
+def test_explain_dump_signature_match_the_cli(model):
+    text = model.explain(64, threads=1)
+    assert "lsh" in text.lower()
+    ir = model.dump()
+    assert "input_ids" in ir
+    assert "digraph" in model.dump(format="dot")
+    sig = json.loads(model.signature)
+    assert isinstance(sig, dict) and sig
+    assert "input_ids" in model.signature
+    exe = ROOT / "target" / "debug" / "reformc"
+    if not exe.exists():
+        pytest.skip(f"no CLI binary at {exe} (cargo build builds it)")
+    cli = subprocess.run(
+        [exe, "explain", CASE / "config.json", "--seq-len", "64", "--threads", "1", "-q"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    assert untimed(text) == untimed(cli)
+    cli_ir = subprocess.run(
+        [exe, "dump", CASE / "config.json", "--weights", CASE / "model.safetensors", "-q"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    assert ir == cli_ir
+
+
+def test_signature_is_the_compiled_librarys(model, tmp_path):
+    """`m.signature` equals what `reformc compile --emit lib` builds into the
+    library (its `reformc_model_signature()`), read back through ctypes."""
+    exe = ROOT / "target" / "debug" / "reformc"
+    if not exe.exists():
+        pytest.skip(f"no CLI binary at {exe} (cargo build builds it)")
+    lib = tmp_path / "model.so"
+    subprocess.run(
+        [exe, "compile", CASE / "config.json", "--weights", CASE / "model.safetensors",
+         "--emit", "lib", "-o", lib, "-q"],
+        check=True, capture_output=True,
+    )
+    f = ctypes.CDLL(str(lib)).reformc_model_signature
+    f.restype = ctypes.c_char_p
+    want = json.loads(f().decode())
+    got = json.loads(model.signature)
+    assert [v["name"] for v in got["variants"]] == ["seeded", "rotations", "buckets"]
+    assert got == want
+
+
+def untimed(text):
+    """`text` with its wall times (e.g. `25.3µs`, `1.6ms`) replaced: they differ run to run."""
+    return re.sub(r"\d+(\.\d+)?(µs|ns|ms|s)\b", "T", text)
+
+
+# --- errors -----------------------------------------------------------------
+
+
+def test_error_class():
+    assert issubclass(reformc.ReformcError, ValueError)
+    assert issubclass(reformc.ReformcError, Exception)
+
+
+def error(fn, *args, **kw):
+    with pytest.raises(reformc.ReformcError) as e:
+        fn(*args, **kw)
+    message = str(e.value)
+    assert "\n" not in message
+    return message
+
+
+def test_float_input_is_refused(model):
+    ids = load(CASE, "input_ids.npy")
+    m = error(model, ids.astype(np.float32))
+    assert m == "input_ids: token ids [B, L]: expected an integer array (int64, int32, ...), found dtype float32"
+
+
+def test_wrong_rank_and_shape(model):
+    ids = load(CASE, "input_ids.npy")
+    assert "expected a rank-2 array, found shape [64]" in error(model, ids[0])
+    mask = np.ones((1, 32), np.int64)
+    assert "attention mask: expected shape [1, 64] (that of the token ids), found [1, 32]" in error(
+        model, ids, attention_mask=mask
+    )
+    rot = load(CASE, "lsh_rotations.npy")
+    assert "LSH rotations [n_lsh_layers, H, d, r, S/2]: expected shape" in error(
+        model, ids, lsh_rotations=rot[:1]
+    )
+    assert "expected a non-empty [B, L] array" in error(model, np.zeros((1, 0), np.int64))
+
+
+def test_out_of_range_ids_buckets_and_nonfinite_rotations(model):
+    ids = load(CASE, "input_ids.npy").copy()
+    ids[0, 3] = 999
+    assert "token id 999 at [0, 3] is out of range: the vocabulary has 48 entries" in error(model, ids)
+    ids = load(CASE, "input_ids.npy")
+    b = load(CASE, "lsh_buckets.npy").copy()
+    b.reshape(-1)[4] = -1
+    assert "bucket id -1 at flat index 4" in error(model, ids, lsh_buckets=b)
+    rot = load(CASE, "lsh_rotations.npy").copy()
+    rot.reshape(-1)[11] = np.nan
+    assert "non-finite value NaN at flat index 11" in error(model, ids, lsh_rotations=rot)
+    assert "not both" in error(
+        model, ids, lsh_rotations=load(CASE, "lsh_rotations.npy"), lsh_buckets=load(CASE, "lsh_buckets.npy")
+    )
+    assert "seed: expected an integer, found float" in error(model, ids, seed=1.5)
+    assert "seed: 18446744073709551616 does not fit in int64" == error(model, ids, seed=2**64)
+
+
+def test_too_long_input(model):
+    ids = np.zeros((1, 100000), np.int64)
+    assert "exceeds max_position_embeddings" in error(model, ids)
+
+
+def test_missing_files_and_bad_options(tmp_path):
+    assert "no such file" in error(reformc.compile, tmp_path / "nope")
+    shutil.copy(CASE / "config.json", tmp_path / "config.json")
+    assert "model.safetensors: no such file" in error(reformc.compile, tmp_path)
+    missing = error(reformc.compile, CASE, weights=tmp_path / "w.safetensors")
+    assert "w.safetensors" in missing
+    assert "precision: invalid value 'f16' (possible values: f32, f64)" == error(
+        reformc.compile, CASE, precision="f16"
+    )
+    assert "seq_len: 0 is not in 1..=4294967296" == error(reformc.compile, CASE, seq_len=0)
+    assert "pipeline:" in error(reformc.compile(CASE, pipeline="no-such-pass"), load(CASE, "input_ids.npy"))
+    (tmp_path / "config.json").write_text("{not json")
+    assert "config.json" in error(reformc.compile, tmp_path / "config.json", weights=CASE / "model.safetensors")
+
+
+def test_messages_are_the_clis(tmp_path):
+    """A bad config reads the same through the CLI and the package."""
+    exe = ROOT / "target" / "debug" / "reformc"
+    if not exe.exists():
+        pytest.skip(f"no CLI binary at {exe} (cargo build builds it)")
+    cfg = json.loads((CASE / "config.json").read_text())
+    cfg["num_attention_heads"] = 0
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(cfg))
+    mine = error(reformc.compile, p, weights=CASE / "model.safetensors")
+    r = subprocess.run(
+        [exe, "run", p, "--weights", CASE / "model.safetensors", "--input", CASE / "input_ids.npy",
+         "--output", tmp_path / "o.npy"],
+        capture_output=True, text=True,
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: {mine}"
+
+
+def test_grad_needs_an_lm_head_and_valid_labels():
+    case = FIXTURES / "causal_mixed_r2"
+    m = reformc.compile(case, no_dropout=True)
+    ids, kw = replay(case)
+    labels = load(case, "labels.npy").copy()
+    labels[0, 1] = 10_000
+    assert "label 10000 at [0, 1] is out of range" in error(m.grad, ids, labels=labels, **kw)
