@@ -237,3 +237,20 @@ fn pickles_and_empty_folders_are_explained() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(!out.exists());
 }
+
+#[test]
+fn an_executable_compiled_from_a_folder_maps_the_folders_file() {
+    let dir = scratch("folder-exe");
+    let exe = dir.join("model");
+    ok(&reformc(&["compile", s(&case("")), "-o", s(&exe), "-q"]));
+    let sig = Command::new(&exe).arg("--signature").output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&sig.stdout).unwrap();
+    let want = std::fs::canonicalize(case("model.safetensors")).unwrap();
+    assert_eq!(json["weights"]["default_path"], want.to_str().unwrap());
+    let (ids, out) = (case("input_ids.npy"), dir.join("o.npy"));
+    let o = Command::new(&exe)
+        .args(["--input", s(&ids), "--output", s(&out)])
+        .output()
+        .unwrap();
+    ok(&o);
+}

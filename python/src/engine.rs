@@ -105,8 +105,12 @@ pub fn locate(path: &Path, weights: Option<&Path>) -> Result<(PathBuf, PathBuf)>
             config.display()
         )));
     }
+    use reformc_frontend::checkpoint::{locate_weights, WeightSource};
     let weights = match found {
-        Some(w) => w,
+        // A folder names its file: the signature reports the file's path.
+        Some(w) => match locate_weights(&w)? {
+            WeightSource::File(f) | WeightSource::Sharded(f) => f,
+        },
         None if path.is_dir() => {
             return Err(Error::input(format!(
                 "{}: the model folder has no weights (model.safetensors or model.safetensors.index.json): pass weights=",

@@ -316,15 +316,16 @@ def test_explain_dump_signature_match_the_cli(model):
 
 
 def test_signature_is_the_compiled_librarys(model, tmp_path):
-    """`m.signature` equals what `reformc compile --emit lib` builds into the
-    library (its `reformc_model_signature()`), read back through ctypes."""
+    """`m.signature` equals what `reformc compile --emit lib --target-cpu host`
+    builds into the library (its `reformc_model_signature()`), read back
+    through ctypes: the JIT always targets the host."""
     exe = ROOT / "target" / "debug" / "reformc"
     if not exe.exists():
         pytest.skip(f"no CLI binary at {exe} (cargo build builds it)")
     lib = tmp_path / "model.so"
     subprocess.run(
         [exe, "compile", CASE / "config.json", "--weights", CASE / "model.safetensors",
-         "--emit", "lib", "-o", lib, "-q"],
+         "--emit", "lib", "--target-cpu", "host", "-o", lib, "-q"],
         check=True, capture_output=True,
     )
     f = ctypes.CDLL(str(lib)).reformc_model_signature
@@ -402,7 +403,9 @@ def test_too_long_input(model):
 def test_missing_files_and_bad_options(tmp_path):
     assert "no such file" in error(reformc.compile, tmp_path / "nope")
     shutil.copy(CASE / "config.json", tmp_path / "config.json")
-    assert "model.safetensors: no such file" in error(reformc.compile, tmp_path)
+    assert "the model folder has no weights" in error(reformc.compile, tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"PK")
+    assert "a PyTorch pickle" in error(reformc.compile, tmp_path)
     missing = error(reformc.compile, CASE, weights=tmp_path / "w.safetensors")
     assert "w.safetensors" in missing
     assert "precision: invalid value 'f16' (possible values: f32, f64)" == error(

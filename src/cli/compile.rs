@@ -255,9 +255,11 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
     } else {
         WeightsMode::Runtime
     };
+    // The file itself: `--weights` (or the model) may name a folder.
     let mapped = match (&m.weights, embed) {
         (Some(file), false) if !file.is_plain_f32() => converted_weights(args, file, &weights)?,
-        _ => args.weights.clone(),
+        (Some(file), _) => file.path().to_path_buf(),
+        (None, _) => args.weights.clone(),
     };
     let weights_path = std::fs::canonicalize(&mapped)
         .unwrap_or(mapped)
