@@ -130,6 +130,26 @@ fn folder_has_weights(dir: &Path) -> bool {
         .any(|f| dir.join(f).exists())
 }
 
+/// The model's name (in signatures and headers): the config's file stem, or
+/// its folder's name for a `config.json`.
+///
+/// ```
+/// use std::path::Path;
+/// use reformc_frontend::checkpoint::model_name;
+/// assert_eq!(model_name(Path::new("models/tiny.json")), "tiny");
+/// ```
+pub fn model_name(config: &Path) -> String {
+    let stem = config.file_stem().map(|s| s.to_string_lossy().into_owned());
+    match stem.as_deref() {
+        Some("config") | None => config
+            .parent()
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".into()),
+        Some(s) => s.to_string(),
+    }
+}
+
 /// Reads a shard index: each tensor's shard file, resolved beside the index.
 ///
 /// The index is JSON with a `weight_map` object from tensor name to shard

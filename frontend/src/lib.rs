@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod half;
 pub mod hf_config;
+pub mod inputs;
 pub mod limits;
 pub mod lower;
 pub mod schema;

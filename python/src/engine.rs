@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use ndarray::{ArrayD, IxDyn};
 use reformc_frontend::config::{parse_model_config, read_config_text, ConfigFormat};
 use reformc_frontend::lower::{expected_weights, lower, LowerOptions, LshSource};
-use reformc_frontend::spec::{AttentionKind, HeadSpec, ModelSpec, PositionSpec};
+use reformc_frontend::spec::{AttentionKind, HeadSpec, ModelSpec};
 use reformc_frontend::weights::WeightFile;
 use reformc_ir::{DType, Graph};
 use reformc_passes::autodiff::{GRAD_PREFIX, LABELS, LOSS};
@@ -339,10 +339,10 @@ impl Model {
             .display()
             .to_string();
         let opts = CompileOptions {
-            model_name: model_name(&self.config),
+            model_name: reformc_frontend::checkpoint::model_name(&self.config),
             limits: vec![DimLimit {
                 symbol: "P".into(),
-                max: max_len(&self.spec),
+                max: reformc_frontend::inputs::max_len(&self.spec),
                 what: "padded sequence length (max_position_embeddings / axial position grid)"
                     .into(),
             }],
@@ -550,28 +550,6 @@ impl Model {
     }
 }
 
-/// The model's name in the signature, as `reformc compile` picks it: the
-/// config's file stem, or its folder's name for a `config.json`.
-fn model_name(config: &Path) -> String {
-    let stem = config.file_stem().map(|s| s.to_string_lossy().into_owned());
-    match stem.as_deref() {
-        Some("config") | None => config
-            .parent()
-            .and_then(|p| std::fs::canonicalize(p).ok())
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "model".into()),
-        Some(s) => s.to_string(),
-    }
-}
-
-/// The longest padded length the position embeddings cover.
-fn max_len(spec: &ModelSpec) -> u64 {
-    match &spec.position {
-        PositionSpec::Axial { shape, .. } => spec.max_position_embeddings.min(shape[0] * shape[1]),
-        _ => spec.max_position_embeddings,
-    }
-}
-
 /// The activation dtype the options ask for.
 fn dtype(opts: &Options) -> DType {
     match opts.f64 {
@@ -632,14 +610,10 @@ fn check_ids<'a>(ids: &'a ArrayD<i64>, spec: &ModelSpec) -> Result<&'a ArrayD<i6
             ids.shape()
         )));
     }
-    if let Some((ix, &id)) = ids
-        .indexed_iter()
-        .find(|(_, &v)| v < 0 || v as u64 >= spec.vocab_size)
-    {
-        return Err(Error::input(format!(
-            "input_ids: token id {id} at [{}, {}] is out of range: the vocabulary has {} entries (expected 0 <= id < {})",
-            ix[0], ix[1], spec.vocab_size, spec.vocab_size
-        )));
+    let len = ids.shape()[1];
+    let bad = reformc_frontend::inputs::token_id_error(ids.iter().copied(), len, spec.vocab_size);
+    if let Some(m) = bad {
+        return Err(Error::input(format!("input_ids: {m}")));
     }
     Ok(ids)
 }

@@ -266,7 +266,7 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
         .display()
         .to_string();
     let max = model::max_len(spec);
-    let model_name = model_name(&args.config);
+    let model_name = reformc_frontend::checkpoint::model_name(&args.config);
     let uses_bias = table.iter().any(|(n, _)| n == "lm_head.bias");
     let opts = CompileOptions {
         model_name: model_name.clone(),
@@ -495,16 +495,4 @@ fn guard_outputs(args: &CompileArgs, emit: Emit) -> CliResult<()> {
         outputs::guard(&format!("{what} beside --output"), &path, &inputs)?;
     }
     args.passes.guard_outputs(&inputs)
-}
-
-fn model_name(config: &Path) -> String {
-    let stem = config.file_stem().map(|s| s.to_string_lossy().into_owned());
-    match stem.as_deref() {
-        Some("config") | None => config
-            .parent()
-            .and_then(|p| std::fs::canonicalize(p).ok())
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "model".into()),
-        Some(s) => s.to_string(),
-    }
 }

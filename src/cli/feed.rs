@@ -5,6 +5,7 @@
 use super::error::{CliError, CliResult};
 use super::{model, npy};
 use ndarray::{ArrayD, IxDyn};
+use reformc_frontend::inputs::token_id_error;
 use reformc_frontend::lower::{LowerOptions, Lowered, LshSource};
 use reformc_frontend::spec::{AttentionKind, ModelSpec};
 use reformc_ir::DType;
@@ -151,18 +152,9 @@ pub fn read_ids(path: &Path, spec: &ModelSpec) -> CliResult<ArrayD<i64>> {
             ids.shape()
         )));
     }
-    if let Some((ix, &id)) = ids
-        .indexed_iter()
-        .find(|(_, &v)| v < 0 || v as u64 >= spec.vocab_size)
-    {
-        return Err(CliError::input(format!(
-            "{}: token id {id} at [{}, {}] is out of range: the vocabulary has {} entries (expected 0 <= id < {})",
-            path.display(),
-            ix[0],
-            ix[1],
-            spec.vocab_size,
-            spec.vocab_size
-        )));
+    let len = ids.shape()[1];
+    if let Some(m) = token_id_error(ids.iter().copied(), len, spec.vocab_size) {
+        return Err(CliError::input(format!("{}: {m}", path.display())));
     }
     Ok(ids)
 }

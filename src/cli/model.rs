@@ -5,7 +5,7 @@ use ndarray::{ArrayD, IxDyn};
 use reformc_frontend::checkpoint::model_paths;
 use reformc_frontend::config::{parse_model_config, read_config_text, ConfigFormat};
 use reformc_frontend::lower::{expected_weights, lower, LowerOptions, Lowered};
-use reformc_frontend::spec::{HeadSpec, ModelSpec, PositionSpec};
+use reformc_frontend::spec::{HeadSpec, ModelSpec};
 use reformc_frontend::weights::WeightFile;
 use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
@@ -43,14 +43,7 @@ pub fn resolve_required_paths(
     Ok(())
 }
 
-/// Largest padded length the model's position embeddings allow.
-pub fn max_len(spec: &ModelSpec) -> u64 {
-    let mut m = spec.max_position_embeddings;
-    if let PositionSpec::Axial { shape, .. } = &spec.position {
-        m = m.min(shape[0] * shape[1]);
-    }
-    m
-}
+pub use reformc_frontend::inputs::max_len;
 
 /// A parsed model description, adapted to the layout of its weight file.
 pub struct Model {
