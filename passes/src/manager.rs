@@ -298,6 +298,17 @@ impl PipelineReport {
     }
 }
 
+impl Progress<'_> {
+    /// Prints the line and each of the pass's notes (indented) to stderr, as
+    /// the CLI shows a pipeline's progress.
+    pub fn eprint(&self) {
+        eprintln!("{self}");
+        for n in &self.record.notes {
+            eprintln!("    {n}");
+        }
+    }
+}
+
 /// One progress line: `[3/7] simplify 1.2s: 14,003 nodes, saturated`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Progress<'a> {

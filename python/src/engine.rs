@@ -11,7 +11,7 @@ use reformc_frontend::lower::{expected_weights, lower, LowerOptions, LshSource};
 use reformc_frontend::spec::{AttentionKind, HeadSpec, ModelSpec};
 use reformc_frontend::weights::WeightFile;
 use reformc_ir::{DType, Graph};
-use reformc_passes::autodiff::{GRAD_PREFIX, LABELS, LOSS};
+use reformc_passes::autodiff::LABELS;
 use reformc_passes::{Instrumentation, PassManager, PassOptions, Pipeline, PipelineError};
 use reformc_tensor::Tensor;
 use reformc_train::labels::{aligned, IGNORE};
@@ -222,16 +222,7 @@ impl Model {
         opts.dropout = reformc_train::grad::dropout_rates(&train_spec);
         self.pipeline_run(&mut g, &opts, true)?;
         let (mut out, _) = self.engine(&g, &inputs)?;
-        let loss = out
-            .remove(LOSS)
-            .ok_or_else(|| Error::internal("the step graph has no loss output"))?
-            .to_f64();
-        let loss = loss.iter().next().copied().unwrap_or(f64::NAN);
-        let grads = out
-            .into_iter()
-            .filter_map(|(n, t)| Some((n.strip_prefix(GRAD_PREFIX)?.to_string(), t)))
-            .collect();
-        Ok((loss, grads))
+        reformc_train::grad::split_step_outputs(&mut out).map_err(Error::internal)
     }
 
     /// `reformc explain`'s table (or JSON) at `seq_len` for `threads` workers.
@@ -500,12 +491,7 @@ impl Model {
         let pm = PassManager::new(self.pipeline(train)?, instr)
             .map_err(|e| Error::input(e.to_string()))?;
         let mut stderr = std::io::stderr();
-        let mut progress = |p: &reformc_passes::Progress<'_>| {
-            eprintln!("{p}");
-            for n in &p.record.notes {
-                eprintln!("    {n}");
-            }
-        };
+        let mut progress = |p: &reformc_passes::Progress<'_>| p.eprint();
         pm.run_with(g, opts, &mut stderr, &mut progress, &mut |_| {})
             .map(|_| ())
             .map_err(|e| match &e {

@@ -183,12 +183,7 @@ impl PassArgs {
         let pm = PassManager::new(self.pipeline()?, self.instrumentation())
             .map_err(|e| CliError::input(e.to_string()))?;
         let mut stderr = std::io::stderr();
-        let mut progress = |p: &reformc_passes::Progress<'_>| {
-            eprintln!("{p}");
-            for n in &p.record.notes {
-                eprintln!("    {n}");
-            }
-        };
+        let mut progress = |p: &reformc_passes::Progress<'_>| p.eprint();
         pm.run_with(g, opts, &mut stderr, &mut progress, &mut |_| {})
             .map_err(|e| match (&e, user_ir) {
                 (PipelineError::Pass(p), Some(file))

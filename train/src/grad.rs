@@ -212,15 +212,31 @@ impl StepFn for ModelStep<'_> {
                 .and_then(|()| jit.run(&inputs))
                 .map_err(|e| e.to_string()),
         }?;
-        let loss = out
-            .remove(LOSS)
-            .ok_or("the step graph has no loss")?
-            .to_f64();
-        let loss = loss.iter().next().copied().unwrap_or(f64::NAN);
-        let grads = out
-            .into_iter()
-            .filter_map(|(n, t)| Some((n.strip_prefix(GRAD_PREFIX)?.to_string(), t)))
-            .collect();
-        Ok((loss, grads))
+        split_step_outputs(&mut out)
     }
+}
+
+/// A step graph's outputs as (loss, gradient by weight name): `loss` and
+/// each `grad:<weight>`; other outputs are left in `out`.
+pub fn split_step_outputs(
+    out: &mut BTreeMap<String, Tensor>,
+) -> Result<(f64, BTreeMap<String, Tensor>), String> {
+    let loss = out
+        .remove(LOSS)
+        .ok_or("the step graph has no loss output")?
+        .to_f64();
+    let loss = loss.iter().next().copied().unwrap_or(f64::NAN);
+    let names: Vec<String> = out
+        .keys()
+        .filter(|n| n.starts_with(GRAD_PREFIX))
+        .cloned()
+        .collect();
+    let grads = names
+        .into_iter()
+        .filter_map(|n| {
+            let t = out.remove(&n)?;
+            Some((n[GRAD_PREFIX.len()..].to_string(), t))
+        })
+        .collect();
+    Ok((loss, grads))
 }
