@@ -92,11 +92,7 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
     args.passes
         .optimize(&mut feed.lowered.graph, spec, seq_len)?;
     let (outputs, engine) = engine(args, &feed.lowered.graph, inputs, weights)?;
-    let what = if matches!(spec.head, HeadSpec::None) {
-        "last hidden state"
-    } else {
-        "logits"
-    };
+    let what = spec.head.output_description();
     write_outputs(args, outputs, engine, what)
 }
 
