@@ -636,8 +636,14 @@ fn build(
     };
 
     if let Some(seed) = raw.hash_seed {
+        // HF calls torch.manual_seed(hash_seed) before each LSH layer's
+        // torch.randn: CPU Mersenne Twister plus a Box-Muller fill whose
+        // vectorised form depends on the CPU. Reproducing that bit for bit is
+        // out of scope; the draw itself is two lines of torch, so the message
+        // says how to hand it to reformc.
         warnings.push(format!(
-            "{}: hash_seed={seed} is ignored: reformc draws LSH rotations from its own counter-based generator",
+            "{}: hash_seed={seed} is not reproduced: HF seeds torch's CPU generator with it before every LSH layer's rotation draw (so every LSH layer gets torch.manual_seed({seed}); torch.randn((H, d, r, S/2))), and reformc does not implement torch's generator; without --lsh-rotations or --lsh-buckets its rotations come from its own Philox generator (--seed) and buckets differ from HF's. To match HF, write the rotations with `python scripts/hf_hash_seed_rotations.py {} -o R.npy` and pass --lsh-rotations R.npy",
+            path.display(),
             path.display()
         ));
     }
@@ -1240,7 +1246,14 @@ mod tests {
         assert!(w
             .iter()
             .any(|s| s.contains("ignoring unknown key `hiden_size`")));
-        assert!(w.iter().any(|s| s.contains("hash_seed=7 is ignored")));
+        let seed = w.iter().find(|s| s.contains("hash_seed=7")).unwrap();
+        assert!(
+            seed.contains("hash_seed=7 is not reproduced")
+                && seed.contains("torch.manual_seed(7)")
+                && seed.contains("scripts/hf_hash_seed_rotations.py tests/x/config.json")
+                && seed.ends_with("pass --lsh-rotations R.npy"),
+            "{seed}"
+        );
         assert!(w.iter().any(|s| s.contains("pad_token_id is null")));
         assert!(w.iter().all(|s| s.starts_with("tests/x/config.json: ")));
     }

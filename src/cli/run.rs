@@ -5,7 +5,6 @@ use super::feed::{self, FeedArgs};
 use super::passes::PassArgs;
 use super::{npy, outputs};
 use clap::Args;
-use reformc_frontend::spec::HeadSpec;
 use reformc_ir::DType;
 use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
