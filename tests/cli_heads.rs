@@ -1,6 +1,7 @@
 //! The task heads through the command line (tests/fixtures_heads): `reformc
 //! run` writes HF's classification logits [B, num_labels] and question
-//! answering logits [B, L, 2] (start, end) with the JIT and the interpreter,
+//! answering logits [B, L, 2] (start, end) with the JIT, the interpreter and
+//! the MLIR CPU pipeline,
 //! `reformc compile` builds an executable that does too, and the training
 //! commands refuse a task head with one line naming the head (exit 2).
 
@@ -44,13 +45,14 @@ fn inputs(case: &Path) -> Vec<String> {
 }
 
 #[test]
-fn run_writes_hf_head_outputs_with_the_jit_and_the_interpreter() {
+fn run_writes_hf_head_outputs_with_the_jit_the_interpreter_and_mlir() {
     let dir = scratch("run");
     for case in head_fixtures() {
         let name = case.file_name().unwrap().to_string_lossy().into_owned();
         let want: ndarray::ArrayD<f64> = read(&case.join("logits_f64.npy"));
-        for engine in [None, Some("--interp")] {
-            let out = dir.join(format!("{name}-{}.npy", engine.is_some()));
+        let engines: [&[&str]; 3] = [&[], &["--interp"], &["--backend", "mlir"]];
+        for (i, engine) in engines.into_iter().enumerate() {
+            let out = dir.join(format!("{name}-{i}.npy"));
             let mut args = vec![
                 "run".to_string(),
                 s(&case.join("config.json")),
@@ -60,7 +62,7 @@ fn run_writes_hf_head_outputs_with_the_jit_and_the_interpreter() {
                 s(&out),
             ];
             args.extend(inputs(&case));
-            args.extend(engine.map(str::to_string));
+            args.extend(engine.iter().map(|a| a.to_string()));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let r = reformc(&args);
             let stdout = String::from_utf8_lossy(&r.stdout);
