@@ -157,5 +157,23 @@ fn training_commands_refuse_a_task_head() {
         );
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(!dir.join("g.safetensors").exists());
+        let r = reformc(&[
+            "dump",
+            &s(&case.join("config.json")),
+            "--weights",
+            &weights,
+            "--train",
+            "--seq-len",
+            "32",
+            "-q",
+        ]);
+        assert_eq!(r.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            err.starts_with(&format!(
+                "error: {weights}: dump --train: the model has {head}"
+            )),
+            "{err}"
+        );
     }
 }
