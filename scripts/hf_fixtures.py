@@ -30,8 +30,17 @@ runs it in eval mode on CPU with all dropouts 0 and records:
 
 The example (examples/tiny-reformer) gets no labels, loss or gradients.
 
+Head cases (written under --heads-out, default tests/fixtures_heads) build
+`ReformerForSequenceClassification` or `ReformerForQuestionAnswering` instead and
+get no labels, loss or gradients. Their logits files hold the head's output:
+  classification   logits.npy / logits_f64.npy  [B, num_labels]
+  question answer  logits.npy / logits_f64.npy  [B, L, 2]: HF's start_logits at
+                   [..., 0] and end_logits at [..., 1] (reformc's one-output form)
+The activation cases (act_*) cover the `hidden_act` values beyond relu and gelu.
+
 Usage:
-  /work/hfvenv/bin/python scripts/hf_fixtures.py --out tests/fixtures --examples examples
+  /work/hfvenv/bin/python scripts/hf_fixtures.py --out tests/fixtures --examples examples \
+      --heads-out tests/fixtures_heads
 
 Deterministic: fixed seeds per case, one CPU thread.
 """
@@ -49,7 +58,8 @@ import numpy as np
 import torch
 
 import transformers
-from transformers import ReformerConfig, ReformerForMaskedLM, ReformerModelWithLMHead
+from transformers import (ReformerConfig, ReformerForMaskedLM, ReformerForQuestionAnswering,
+                          ReformerForSequenceClassification, ReformerModelWithLMHead)
 from transformers.models.reformer import modeling_reformer as mr
 
 EXPECTED_TORCH = "2.15.0"
@@ -103,13 +113,20 @@ BASE = dict(
 )
 
 
-def case(name, description, seed, B, L, mask_keep=None, grads=True, **cfg):
+def case(name, description, seed, B, L, mask_keep=None, grads=True, head="lm", ff_dense_scale=1.0,
+         **cfg):
     """mask_keep: None (no attention_mask) or a list of per-row numbers of kept tokens.
-    grads: also write labels.npy, loss_f64.npy and grads_f64.safetensors."""
+    grads: also write labels.npy, loss_f64.npy and grads_f64.safetensors.
+    head: "lm" (ReformerModelWithLMHead when causal, else ReformerForMaskedLM), "cls"
+    (ReformerForSequenceClassification) or "qa" (ReformerForQuestionAnswering).
+    ff_dense_scale: multiplies every feed-forward first dense weight after the init, so that
+    the pre-activations reach an activation's far regions (relu6's clamp at 6)."""
     c = dict(BASE)
     c.update(cfg)
+    if head != "lm":
+        grads = False  # the gradient reference is the LM loss's
     return dict(name=name, description=description, seed=seed, B=B, L=L, mask_keep=mask_keep,
-                grads=grads, cfg=c)
+                grads=grads, head=head, ff_dense_scale=ff_dense_scale, cfg=c)
 
 
 CASES = [
@@ -215,6 +232,66 @@ CASES = [
          max_position_embeddings=80),
 ]
 
+# Axial grid of exactly L=32 positions: HF's train mode (the gradient reference) needs it.
+AXIAL_32 = dict(axial_pos_shape=[4, 8], max_position_embeddings=32)
+
+# One small model per `hidden_act` that the cases above do not cover (relu and gelu are).
+ACTIVATION_CASES = [
+    case("act_mish",
+         "non-causal, [local,lsh], hidden_act mish, 2 rounds, 4 buckets, L=32",
+         seed=121, B=1, L=32,
+         is_decoder=False, attn_layers=["local", "lsh"], num_hashes=2, num_buckets=4,
+         hidden_act="mish", **AXIAL_32),
+    case("act_relu6",
+         "causal, [lsh,local], hidden_act relu6, feed-forward first dense x4 (pre-activations "
+         "past the clamp at 6), L=32",
+         seed=122, B=1, L=32, ff_dense_scale=4.0,
+         is_decoder=True, attn_layers=["lsh", "local"], num_hashes=1, num_buckets=4,
+         hidden_act="relu6", **AXIAL_32),
+    case("act_quick_gelu",
+         "causal, [local,lsh], hidden_act quick_gelu, 2 rounds, 4 buckets, L=32, batch 2",
+         seed=123, B=2, L=32,
+         is_decoder=True, attn_layers=["local", "lsh"], num_hashes=2, num_buckets=4,
+         hidden_act="quick_gelu", **AXIAL_32),
+    case("act_leaky_relu",
+         "non-causal, [lsh,local], hidden_act leaky_relu (slope 0.01), L=32",
+         seed=124, B=1, L=32,
+         is_decoder=False, attn_layers=["lsh", "local"], num_hashes=1, num_buckets=4,
+         hidden_act="leaky_relu", **AXIAL_32),
+    case("act_linear",
+         "causal, [local,lsh], hidden_act linear (identity), 2 rounds, 4 buckets, L=32",
+         seed=125, B=1, L=32,
+         is_decoder=True, attn_layers=["local", "lsh"], num_hashes=2, num_buckets=4,
+         hidden_act="linear", **AXIAL_32),
+]
+CASES += ACTIVATION_CASES
+
+# Task heads (written under --heads-out).
+HEAD_CASES = [
+    case("cls_noncausal_mask_b2",
+         "ReformerForSequenceClassification, 3 labels, non-causal, [local,lsh], 2 rounds, "
+         "4 buckets, attention_mask (row 1 keeps 21), L=32, batch 2",
+         seed=131, B=2, L=32, mask_keep=[32, 21], head="cls",
+         is_decoder=False, attn_layers=["local", "lsh"], num_hashes=2, num_buckets=4,
+         num_labels=3),
+    case("cls_causal_padded_gelu",
+         "ReformerForSequenceClassification, 1 label (regression), causal, [lsh,local], gelu, "
+         "L=28 padded by HF to 32, classifier_dropout set (unused in eval)",
+         seed=132, B=1, L=28, head="cls",
+         is_decoder=True, attn_layers=["lsh", "local"], num_hashes=1, num_buckets=4,
+         hidden_act="gelu", num_labels=1, classifier_dropout=0.1, problem_type="regression"),
+    case("qa_noncausal_b2",
+         "ReformerForQuestionAnswering, non-causal, [local,lsh], 2 rounds, 4 buckets, L=32, "
+         "batch 2",
+         seed=133, B=2, L=32, head="qa",
+         is_decoder=False, attn_layers=["local", "lsh"], num_hashes=2, num_buckets=4),
+    case("qa_causal_padded_mask",
+         "ReformerForQuestionAnswering, causal, [lsh,local], L=30 padded by HF to 32, "
+         "attention_mask (row 1 keeps 19), batch 2",
+         seed=134, B=2, L=30, mask_keep=[30, 19], head="qa",
+         is_decoder=True, attn_layers=["lsh", "local"], num_hashes=1, num_buckets=4),
+]
+
 EXAMPLE = case(
     "tiny-reformer",
     "README demo: causal, hidden 64, 2 heads of 32, layers [local,lsh,local,lsh], 2 rounds, "
@@ -273,6 +350,8 @@ def reinit_(model, seed):
                 v = torch.randn(shape, generator=g)
             elif name == "lm_head.bias":
                 v = 0.5 * torch.randn(shape, generator=g)
+            elif name.endswith("out_proj.bias") or name == "qa_outputs.bias":
+                v = 0.5 * torch.randn(shape, generator=g)  # non-zero: a head without it shows
             elif name.endswith(".weight") and p.dim() == 2:
                 v = torch.randn(shape, generator=g) / math.sqrt(shape[1])
             elif name.endswith(".bias"):
@@ -360,14 +439,18 @@ def hash_like_hf(vectors, rotations, num_buckets, attention_mask, num_hashes):
     return (buckets + offsets).flatten(start_dim=2, end_dim=3), nb
 
 
-def run_model(model, ids, mask, causal):
+def run_model(model, ids, mask, causal, head="lm"):
+    """The model's logits; for question answering [B, L, 2] = stack(start, end)."""
     kwargs = dict(input_ids=ids)
     if mask is not None:
         kwargs["attention_mask"] = mask
-    if causal:
+    if causal and head != "qa":  # QA passes use_cache=False itself and takes no such argument
         kwargs["use_cache"] = False
     with torch.no_grad():
-        return model(**kwargs).logits
+        out = model(**kwargs)
+    if head == "qa":
+        return torch.stack([out.start_logits, out.end_logits], dim=-1)
+    return out.logits
 
 
 def npy_save(path, arr):
@@ -597,12 +680,23 @@ def generate(c, out_dir):
         if os.path.exists(p):
             os.remove(p)
 
+    head = c["head"]
     torch.manual_seed(seed)
     config = ReformerConfig(**cfgd)
-    cls = ReformerModelWithLMHead if causal else ReformerForMaskedLM
+    if head == "cls":
+        cls = ReformerForSequenceClassification
+    elif head == "qa":
+        cls = ReformerForQuestionAnswering
+    else:
+        cls = ReformerModelWithLMHead if causal else ReformerForMaskedLM
     model = cls(config)
     model.eval()
     reinit_(model, seed)
+    if c["ff_dense_scale"] != 1.0:
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                if pname.endswith("feed_forward.dense.dense.weight"):
+                    p.mul_(c["ff_dense_scale"])
     model.config.architectures = [cls.__name__]
 
     # config.json before any forward (num_buckets=None stays null)
@@ -610,7 +704,7 @@ def generate(c, out_dir):
 
     # weights
     sd = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in model.state_dict().items()}
-    assert "lm_head.bias" in sd
+    assert ("lm_head.bias" in sd) == (head == "lm")
     save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
 
     # inputs
@@ -632,8 +726,9 @@ def generate(c, out_dir):
     records = []
     with patched_hash_vectors(recording_hash(records)):
         torch.manual_seed(rotation_seed)
-        logits = run_model(model, ids, mask, causal)
-    assert logits.dtype == torch.float32 and tuple(logits.shape) == (B, L, cfgd["vocab_size"])
+        logits = run_model(model, ids, mask, causal, head)
+    out_shape = {"lm": (B, L, cfgd["vocab_size"]), "cls": (B, config.num_labels), "qa": (B, L, 2)}[head]
+    assert logits.dtype == torch.float32 and tuple(logits.shape) == out_shape, logits.shape
 
     n_calls = len(records)
     n_lsh_layers = sum(1 for t in cfgd["attn_layers"] if t == "lsh")
@@ -683,7 +778,7 @@ def generate(c, out_dir):
     counter = [0]
     with patched_hash_vectors(replaying_hash(queue, counter)):
         torch.manual_seed(rotation_seed + 1)  # different RNG state on purpose
-        logits_replay = run_model(model, ids, mask, causal)
+        logits_replay = run_model(model, ids, mask, causal, head)
     assert counter[0] == n_calls and not queue
     assert torch.equal(logits_replay, logits), "f32 bucket replay does not reproduce HF logits"
 
@@ -693,7 +788,7 @@ def generate(c, out_dir):
     counter = [0]
     with patched_hash_vectors(replaying_hash(queue, counter)):
         torch.manual_seed(rotation_seed + 2)
-        logits64 = run_model(model64, ids, mask, causal)
+        logits64 = run_model(model64, ids, mask, causal, head)
     assert counter[0] == n_calls and not queue, "f64 run did not consume exactly the recorded buckets"
     assert logits64.dtype == torch.float64
 
@@ -701,7 +796,10 @@ def generate(c, out_dir):
     npy_save(os.path.join(out_dir, "logits_f64.npy"), logits64.numpy().astype(np.float64))
     diff = (logits.double() - logits64).abs()
     max_diff = float(diff.max())
-    max_diff_kept = max_diff if mask is None else float(diff[mask.bool()].max())
+    if mask is None or head == "cls":  # a classification output has no position axis
+        max_diff_kept = max_diff
+    else:
+        max_diff_kept = float(diff[mask.bool()].max())
 
     nb_cfg = cfgd["num_buckets"]
     if resolved_nb is None:
@@ -714,6 +812,11 @@ def generate(c, out_dir):
         name=name,
         description=c["description"],
         model_class=cls.__name__,
+        head=head,
+        num_labels=config.num_labels if head != "lm" else None,
+        output_note={"lm": "logits [B, L, V]", "cls": "logits [B, num_labels]",
+                     "qa": "logits [B, L, 2] = stack(start_logits, end_logits, dim=-1)"}[head],
+        ff_dense_scale=c["ff_dense_scale"],
         causal=causal,
         seed=seed,
         rotation_seed=rotation_seed,
@@ -772,6 +875,8 @@ def main():
                     help="fixture root (one folder per case); default <repo>/tests/fixtures")
     ap.add_argument("--examples", default=os.path.join(repo, "examples"),
                     help="examples root (writes <dir>/tiny-reformer); default <repo>/examples")
+    ap.add_argument("--heads-out", default=os.path.join(repo, "tests", "fixtures_heads"),
+                    help="root of the task-head cases; default <repo>/tests/fixtures_heads")
     ap.add_argument("--skip-fixtures", action="store_true")
     ap.add_argument("--skip-examples", action="store_true")
     ap.add_argument("--case", action="append", help="only these case names (repeatable)")
@@ -779,7 +884,7 @@ def main():
     args = ap.parse_args()
 
     if args.list:
-        for c in CASES + [EXAMPLE]:
+        for c in CASES + HEAD_CASES + [EXAMPLE]:
             print(f"{c['name']}: {c['description']}")
         return 0
 
@@ -793,6 +898,7 @@ def main():
     jobs = []
     if not args.skip_fixtures:
         jobs += [(c, os.path.join(args.out, c["name"])) for c in CASES]
+        jobs += [(c, os.path.join(args.heads_out, c["name"])) for c in HEAD_CASES]
     if not args.skip_examples:
         jobs.append((EXAMPLE, os.path.join(args.examples, EXAMPLE["name"])))
     if args.case:

@@ -30,7 +30,10 @@ use crate::spec::{
 
 /// Activation names accepted in `hidden_act`, with the [`Activation`] each
 /// maps to. `swish` is `silu`; `gelu_python` is the exact (erf) GELU and
-/// `gelu_pytorch_tanh` the tanh approximation, which is `gelu_new`.
+/// `gelu_pytorch_tanh` the tanh approximation, which is `gelu_new`; `linear`
+/// is HF's identity (`LinearActivation`), the IR's [`Activation::None`].
+/// `leaky_relu` is PyTorch's `nn.LeakyReLU()` with its default slope 0.01,
+/// which is what HF's `ACT2FN` builds.
 pub const HF_ACTIVATIONS: &[(&str, Activation)] = &[
     ("relu", Activation::Relu),
     ("gelu", Activation::Gelu),
@@ -42,6 +45,25 @@ pub const HF_ACTIVATIONS: &[(&str, Activation)] = &[
     ("sigmoid", Activation::Sigmoid),
     ("gelu_python", Activation::Gelu),
     ("gelu_pytorch_tanh", Activation::GeluNew),
+    ("mish", Activation::Mish),
+    ("relu6", Activation::Relu6),
+    ("quick_gelu", Activation::QuickGelu),
+    ("leaky_relu", Activation::LeakyRelu),
+    ("linear", Activation::None),
+];
+
+/// Names in transformers 5.23's `ACT2FN` that reformc does not implement: an
+/// error names them as such, so that a reader knows the config is valid HF.
+const HF_UNSUPPORTED_ACTIVATIONS: &[&str] = &[
+    "gelu_10",
+    "gelu_accurate",
+    "gelu_python_tanh",
+    "hardswish",
+    "laplace",
+    "relu2",
+    "sqrtsoftplus",
+    "prelu",
+    "xielu",
 ];
 
 /// Maps a Hugging Face `hidden_act` name to the IR's activation.
@@ -50,7 +72,9 @@ pub const HF_ACTIVATIONS: &[(&str, Activation)] = &[
 /// use reformc_frontend::hf_config::activation_from_hf;
 /// use reformc_ir::Activation;
 /// assert_eq!(activation_from_hf("swish"), Some(Activation::Silu));
-/// assert_eq!(activation_from_hf("mish"), None);
+/// assert_eq!(activation_from_hf("mish"), Some(Activation::Mish));
+/// assert_eq!(activation_from_hf("linear"), Some(Activation::None));
+/// assert_eq!(activation_from_hf("relu2"), None);
 /// ```
 pub fn activation_from_hf(name: &str) -> Option<Activation> {
     HF_ACTIVATIONS
@@ -247,6 +271,56 @@ impl Default for RawHf {
 /// Architectures whose checkpoints carry `reformer.`-prefixed body weights and an LM head.
 const LM_HEAD_ARCHITECTURES: &[&str] = &["ReformerModelWithLMHead", "ReformerForMaskedLM"];
 
+/// The class of HF's sequence-classification head.
+const CLASSIFICATION_ARCHITECTURE: &str = "ReformerForSequenceClassification";
+
+/// The class of HF's question-answering head.
+const QA_ARCHITECTURE: &str = "ReformerForQuestionAnswering";
+
+/// HF's `num_labels`: the `num_labels` key when present, else the size of
+/// `id2label` (what `save_pretrained` writes: `num_labels` is a property of
+/// `PretrainedConfig` computed from it), else HF's default 2.
+fn hf_num_labels(
+    object: &serde_json::Map<String, Value>,
+    path: &Path,
+) -> Result<u64, FrontendError> {
+    let n = if let Some(v) = object.get("num_labels") {
+        v.as_u64().ok_or_else(|| {
+            FrontendError::field(
+                path,
+                "num_labels",
+                format!("expected a positive integer, found {}", short_json(v)),
+            )
+        })?
+    } else if let Some(v) = object.get("id2label") {
+        v.as_object().map(|m| m.len() as u64).ok_or_else(|| {
+            FrontendError::field(
+                path,
+                "id2label",
+                format!(
+                    "expected an object mapping label ids to names, found {}",
+                    short_json(v)
+                ),
+            )
+        })?
+    } else {
+        2
+    };
+    if n == 0 {
+        let field = if object.contains_key("num_labels") {
+            "num_labels"
+        } else {
+            "id2label"
+        };
+        return Err(FrontendError::field(
+            path,
+            field,
+            "expected at least 1 label, found 0",
+        ));
+    }
+    Ok(n)
+}
+
 /// Parses the text of a Hugging Face Reformer `config.json`.
 ///
 /// `path` is used only in error messages. Returns the resolved [`ModelSpec`]
@@ -255,13 +329,17 @@ const LM_HEAD_ARCHITECTURES: &[&str] = &["ReformerModelWithLMHead", "ReformerFor
 /// The head and weight prefix follow `architectures[0]`: `ReformerModelWithLMHead`
 /// and `ReformerForMaskedLM` (or no `architectures`) give
 /// `HeadSpec::LmHead { bias: false }` with prefix `reformer.`; `ReformerModel`
-/// gives `HeadSpec::None` with prefix `""`; any other `Reformer*` class gives the
-/// body only (`HeadSpec::None`, prefix `reformer.`) and a warning.
+/// gives `HeadSpec::None` with prefix `""`; `ReformerForSequenceClassification`
+/// gives `HeadSpec::Classification` (with HF's `num_labels`, from `id2label`
+/// when the key is absent) and `ReformerForQuestionAnswering`
+/// `HeadSpec::QuestionAnswering` (which needs 2 labels), both with prefix
+/// `reformer.`; any other `Reformer*` class gives the body only
+/// (`HeadSpec::None`, prefix `reformer.`) and a warning.
 ///
 /// ```
 /// use std::path::Path;
 /// use reformc_frontend::hf_config::parse_hf_config;
-/// let err = parse_hf_config(r#"{"model_type": "reformer", "hidden_act": "mish"}"#, Path::new("c.json"))
+/// let err = parse_hf_config(r#"{"model_type": "reformer", "hidden_act": "relu2"}"#, Path::new("c.json"))
 ///     .unwrap_err();
 /// assert!(err.to_string().starts_with("c.json: field `hidden_act`: expected one of relu, gelu"));
 /// ```
@@ -316,12 +394,18 @@ pub fn parse_hf_config(text: &str, path: &Path) -> Result<(ModelSpec, Vec<String
             ));
         }
     }
-    let spec = build(raw, path, &mut warnings)?;
+    let num_labels = hf_num_labels(object, path)?;
+    let spec = build(raw, path, num_labels, &mut warnings)?;
     Ok((spec, warnings))
 }
 
 /// Validates the typed config and resolves it into a [`ModelSpec`].
-fn build(raw: RawHf, path: &Path, warnings: &mut Vec<String>) -> Result<ModelSpec, FrontendError> {
+fn build(
+    raw: RawHf,
+    path: &Path,
+    num_labels: u64,
+    warnings: &mut Vec<String>,
+) -> Result<ModelSpec, FrontendError> {
     check_range(path, "vocab_size", raw.vocab_size, 1)?;
     check_range(path, "hidden_size", raw.hidden_size, 1)?;
     check_range(path, "num_attention_heads", raw.num_attention_heads, 1)?;
@@ -426,11 +510,16 @@ fn build(raw: RawHf, path: &Path, warnings: &mut Vec<String>) -> Result<ModelSpe
     // Activation.
     let Some(activation) = activation_from_hf(&raw.hidden_act) else {
         let names: Vec<&str> = HF_ACTIVATIONS.iter().map(|(hf, _)| *hf).collect();
+        let note = if HF_UNSUPPORTED_ACTIVATIONS.contains(&raw.hidden_act.as_str()) {
+            " (transformers accepts it, reformc does not implement it)"
+        } else {
+            ""
+        };
         return Err(FrontendError::field(
             path,
             "hidden_act",
             format!(
-                "expected one of {}, found {:?}",
+                "expected one of {}, found {:?}{note}",
                 names.join(", "),
                 raw.hidden_act
             ),
@@ -510,6 +599,24 @@ fn build(raw: RawHf, path: &Path, warnings: &mut Vec<String>) -> Result<ModelSpe
                 (HeadSpec::LmHead { bias: false }, "reformer.".to_string())
             } else if a == "ReformerModel" {
                 (HeadSpec::None, String::new())
+            } else if a == CLASSIFICATION_ARCHITECTURE {
+                (
+                    HeadSpec::Classification { num_labels },
+                    "reformer.".to_string(),
+                )
+            } else if a == QA_ARCHITECTURE {
+                // HF splits qa_outputs' last axis into exactly (start, end):
+                // any other width fails in its forward.
+                if num_labels != 2 {
+                    return Err(FrontendError::field(
+                        path,
+                        "num_labels",
+                        format!(
+                            "{QA_ARCHITECTURE} splits qa_outputs into start and end logits, so it needs 2 labels, found {num_labels}"
+                        ),
+                    ));
+                }
+                (HeadSpec::QuestionAnswering, "reformer.".to_string())
             } else if a.starts_with("Reformer") {
                 warnings.push(format!(
                     "{}: architectures[0] {a:?} has a head reformc does not compile; compiling the body only (output: last hidden state)",
@@ -521,7 +628,7 @@ fn build(raw: RawHf, path: &Path, warnings: &mut Vec<String>) -> Result<ModelSpe
                     path,
                     "architectures[0]",
                     format!(
-                        "expected a Reformer class (ReformerModelWithLMHead, ReformerForMaskedLM or ReformerModel), found {a:?}"
+                        "expected a Reformer class (ReformerModelWithLMHead, ReformerForMaskedLM, ReformerModel, {CLASSIFICATION_ARCHITECTURE} or {QA_ARCHITECTURE}), found {a:?}"
                     ),
                 ));
             }
@@ -529,8 +636,14 @@ fn build(raw: RawHf, path: &Path, warnings: &mut Vec<String>) -> Result<ModelSpe
     };
 
     if let Some(seed) = raw.hash_seed {
+        // HF calls torch.manual_seed(hash_seed) before each LSH layer's
+        // torch.randn: CPU Mersenne Twister plus a Box-Muller fill whose
+        // vectorised form depends on the CPU. Reproducing that bit for bit is
+        // out of scope; the draw itself is two lines of torch, so the message
+        // says how to hand it to reformc.
         warnings.push(format!(
-            "{}: hash_seed={seed} is ignored: reformc draws LSH rotations from its own counter-based generator",
+            "{}: hash_seed={seed} is not reproduced: HF seeds torch's CPU generator with it before every LSH layer's rotation draw (so every LSH layer gets torch.manual_seed({seed}); torch.randn((H, d, r, S/2))), and reformc does not implement torch's generator; without --lsh-rotations or --lsh-buckets its rotations come from its own Philox generator (--seed) and buckets differ from HF's. To match HF, write the rotations with `python scripts/hf_hash_seed_rotations.py {} -o R.npy` and pass --lsh-rotations R.npy",
+            path.display(),
             path.display()
         ));
     }
@@ -922,12 +1035,22 @@ mod tests {
 
     #[test]
     fn activations() {
-        let e = err(&with(r#""hidden_act": "mish""#));
-        assert_eq!(e, "tests/x/config.json: field `hidden_act`: expected one of relu, gelu, gelu_new, gelu_fast, silu, swish, tanh, sigmoid, gelu_python, gelu_pytorch_tanh, found \"mish\"");
+        let e = err(&with(r#""hidden_act": "relu2""#));
+        assert_eq!(e, "tests/x/config.json: field `hidden_act`: expected one of relu, gelu, gelu_new, gelu_fast, silu, swish, tanh, sigmoid, gelu_python, gelu_pytorch_tanh, mish, relu6, quick_gelu, leaky_relu, linear, found \"relu2\" (transformers accepts it, reformc does not implement it)");
+        let e = err(&with(r#""hidden_act": "mishh""#));
+        assert!(e.ends_with("found \"mishh\""), "{e}");
         for (hf, ir) in HF_ACTIVATIONS {
-            assert_ne!(*ir, Activation::None, "{hf}");
+            // Only HF's `linear` is the identity.
+            assert_eq!(*ir == Activation::None, *hf == "linear", "{hf}");
             let (spec, _) = parse(&with(&format!(r#""hidden_act": "{hf}""#))).unwrap();
             assert_eq!(spec.activation, *ir);
+        }
+        // Every IR activation but the identity is reachable under its own name.
+        for a in Activation::ALL
+            .into_iter()
+            .filter(|a| *a != Activation::None)
+        {
+            assert_eq!(activation_from_hf(a.name().unwrap()), Some(a));
         }
         let e = err(&with(r#""hidden_act": 3"#));
         assert!(
@@ -1048,11 +1171,69 @@ mod tests {
         );
         assert_eq!(
             head("ReformerForSequenceClassification").unwrap(),
+            (
+                HeadSpec::Classification { num_labels: 2 },
+                "reformer.".into(),
+                0
+            )
+        );
+        assert_eq!(
+            head("ReformerForQuestionAnswering").unwrap(),
+            (HeadSpec::QuestionAnswering, "reformer.".into(), 0)
+        );
+        // A Reformer class reformc has no head for: the body, with a warning.
+        assert_eq!(
+            head("ReformerForTokenClassification").unwrap(),
             (HeadSpec::None, "reformer.".into(), 1)
         );
         assert!(head("BertModel")
             .unwrap_err()
             .contains("field `architectures[0]`"));
+    }
+
+    #[test]
+    fn num_labels_from_the_key_or_id2label() {
+        let labels = |extra: &str| {
+            parse(&with(&format!(
+                r#""architectures": ["ReformerForSequenceClassification"]{extra}"#
+            )))
+            .map(|(s, _)| s.head)
+        };
+        let cls = |n| HeadSpec::Classification { num_labels: n };
+        assert_eq!(labels("").unwrap(), cls(2));
+        assert_eq!(
+            labels(r#", "id2label": {"0": "a", "1": "b", "2": "c"}"#).unwrap(),
+            cls(3)
+        );
+        assert_eq!(
+            labels(r#", "num_labels": 1, "id2label": {"0": "a", "1": "b"}"#).unwrap(),
+            cls(1)
+        );
+        assert_eq!(
+            labels(r#", "num_labels": 0"#).unwrap_err(),
+            "tests/x/config.json: field `num_labels`: expected at least 1 label, found 0"
+        );
+        assert_eq!(
+            labels(r#", "num_labels": "3""#).unwrap_err(),
+            "tests/x/config.json: field `num_labels`: expected a positive integer, found \"3\""
+        );
+        assert!(labels(r#", "id2label": [1]"#)
+            .unwrap_err()
+            .starts_with("tests/x/config.json: field `id2label`: expected an object"));
+        let qa = |extra: &str| {
+            parse(&with(&format!(
+                r#""architectures": ["ReformerForQuestionAnswering"]{extra}"#
+            )))
+            .map(|(s, _)| s.head)
+        };
+        assert_eq!(
+            qa(r#", "id2label": {"0": "a", "1": "b"}"#).unwrap(),
+            HeadSpec::QuestionAnswering
+        );
+        assert_eq!(
+            qa(r#", "num_labels": 3"#).unwrap_err(),
+            "tests/x/config.json: field `num_labels`: ReformerForQuestionAnswering splits qa_outputs into start and end logits, so it needs 2 labels, found 3"
+        );
     }
 
     #[test]
@@ -1065,7 +1246,14 @@ mod tests {
         assert!(w
             .iter()
             .any(|s| s.contains("ignoring unknown key `hiden_size`")));
-        assert!(w.iter().any(|s| s.contains("hash_seed=7 is ignored")));
+        let seed = w.iter().find(|s| s.contains("hash_seed=7")).unwrap();
+        assert!(
+            seed.contains("hash_seed=7 is not reproduced")
+                && seed.contains("torch.manual_seed(7)")
+                && seed.contains("scripts/hf_hash_seed_rotations.py tests/x/config.json")
+                && seed.ends_with("pass --lsh-rotations R.npy"),
+            "{seed}"
+        );
         assert!(w.iter().any(|s| s.contains("pad_token_id is null")));
         assert!(w.iter().all(|s| s.starts_with("tests/x/config.json: ")));
     }

@@ -49,7 +49,9 @@ pub struct Lowered {
     /// The verified graph: inputs `input_ids` and `attention_mask` `[B, L]`
     /// (plus the hashing input of [`LowerOptions::lsh_source`] when the model
     /// has LSH layers), one `weight` op per tensor, and the output `logits`
-    /// (with an LM head) or `last_hidden_state`.
+    /// (with an LM head: `[B, L, V]`; a classification head: `[B, num_labels]`;
+    /// a question-answering head: `[B, L, 2]`, start and end) or
+    /// `last_hidden_state`.
     pub graph: Graph,
     /// Resolved LSH bucket factors (empty when the model has no LSH layer).
     pub bucket_factors: Vec<u64>,
@@ -215,6 +217,35 @@ impl Builder<'_> {
             HeadSpec::None => {
                 let out = self.truncate(h, ids, width);
                 self.g.set_output("last_hidden_state", out);
+            }
+            HeadSpec::Classification { num_labels } => {
+                // HF's ReformerClassificationHead: the first token (padding
+                // is appended, so position 0 of P is position 0 of L), dense
+                // + tanh, out_proj; its dropouts are the identity in eval.
+                let d = spec.hidden_size;
+                let first = self.op(
+                    Op::new(OpKind::Index)
+                        .with("axis", int(1))
+                        .with("index", int(0)),
+                    vec![h],
+                    self.ty(vec![sym("B"), c(width)]),
+                );
+                let w1 = self.weight("classifier.dense.weight", &[d, width]);
+                let b1 = self.weight("classifier.dense.bias", &[d]);
+                let hidden = self.linear(first, w1, Some(b1), Activation::Tanh);
+                let w2 = self.weight("classifier.out_proj.weight", &[num_labels, d]);
+                let b2 = self.weight("classifier.out_proj.bias", &[num_labels]);
+                let logits = self.linear(hidden, w2, Some(b2), Activation::None);
+                self.g.set_output("logits", logits);
+            }
+            HeadSpec::QuestionAnswering => {
+                // One [B, L, 2] output: HF's start_logits at [..., 0], its
+                // end_logits at [..., 1] (HeadSpec::QuestionAnswering).
+                let w = self.weight("qa_outputs.weight", &[2, width]);
+                let b = self.weight("qa_outputs.bias", &[2]);
+                let logits = self.linear(h, w, Some(b), Activation::None);
+                let out = self.truncate(logits, ids, 2);
+                self.g.set_output("logits", out);
             }
         }
         Ok(())

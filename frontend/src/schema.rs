@@ -183,6 +183,8 @@ impl Default for RawPosition {
 enum HeadType {
     LmHead,
     None,
+    Classification,
+    QuestionAnswering,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -192,6 +194,8 @@ struct RawHead {
     kind: HeadType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     bias: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    num_labels: Option<u64>,
 }
 
 impl Default for RawHead {
@@ -199,6 +203,7 @@ impl Default for RawHead {
         RawHead {
             kind: HeadType::LmHead,
             bias: None,
+            num_labels: None,
         }
     }
 }
@@ -399,16 +404,21 @@ fn build(
     check_range(path, "local.before", raw.local.before, 0)?;
     check_range(path, "local.after", raw.local.after, 0)?;
 
-    let Some(activation) = Activation::from_name(&raw.activation) else {
-        return Err(FrontendError::field(
-            path,
-            "activation",
-            format!(
-                "expected one of {}, found {:?}",
-                Activation::names(),
-                raw.activation
-            ),
-        ));
+    // `linear` is the identity, which has no IR name (a `linear` op without
+    // the attribute); HF spells it the same way.
+    let activation = match raw.activation.as_str() {
+        "linear" => Activation::None,
+        name => Activation::from_name(name).ok_or_else(|| {
+            FrontendError::field(
+                path,
+                "activation",
+                format!(
+                    "expected one of {}, linear, found {:?}",
+                    Activation::names(),
+                    raw.activation
+                ),
+            )
+        })?,
     };
     if !(raw.layer_norm_eps.is_finite() && raw.layer_norm_eps >= 0.0) {
         return Err(FrontendError::field(
@@ -543,18 +553,31 @@ fn build(
         ));
     }
 
+    if raw.head.num_labels.is_some() && raw.head.kind != HeadType::Classification {
+        return Err(FrontendError::field(
+            path,
+            "head.num_labels",
+            "applies only to \"type\": \"classification\"",
+        ));
+    }
+    if raw.head.bias.is_some() && raw.head.kind != HeadType::LmHead {
+        return Err(FrontendError::field(
+            path,
+            "head.bias",
+            "applies only to \"type\": \"lm_head\"",
+        ));
+    }
     let head = match (raw.head.kind, raw.head.bias) {
         (HeadType::LmHead, bias) => HeadSpec::LmHead {
             bias: bias.unwrap_or(false),
         },
-        (HeadType::None, None) => HeadSpec::None,
-        (HeadType::None, Some(_)) => {
-            return Err(FrontendError::field(
-                path,
-                "head.bias",
-                "applies only to \"type\": \"lm_head\"",
-            ))
+        (HeadType::None, _) => HeadSpec::None,
+        (HeadType::Classification, _) => {
+            let n = raw.head.num_labels.unwrap_or(2);
+            check_range(path, "head.num_labels", n, 1)?;
+            HeadSpec::Classification { num_labels: n }
         }
+        (HeadType::QuestionAnswering, _) => HeadSpec::QuestionAnswering,
     };
 
     if !raw.weight_prefix.is_empty() && !raw.weight_prefix.ends_with('.') {
@@ -652,7 +675,7 @@ pub fn to_schema_json(spec: &ModelSpec) -> String {
         num_heads: spec.num_heads,
         head_dim: spec.head_dim,
         feed_forward_size: spec.feed_forward_size,
-        activation: spec.activation.name().unwrap_or("none").to_string(),
+        activation: spec.activation.name().unwrap_or("linear").to_string(),
         layer_norm_eps: spec.layer_norm_eps,
         causal: spec.causal,
         layers: spec.layers.iter().cloned().map(RawLayer).collect(),
@@ -685,10 +708,22 @@ pub fn to_schema_json(spec: &ModelSpec) -> String {
             HeadSpec::LmHead { bias } => RawHead {
                 kind: HeadType::LmHead,
                 bias: Some(bias),
+                num_labels: None,
             },
             HeadSpec::None => RawHead {
                 kind: HeadType::None,
                 bias: None,
+                num_labels: None,
+            },
+            HeadSpec::Classification { num_labels } => RawHead {
+                kind: HeadType::Classification,
+                bias: None,
+                num_labels: Some(num_labels),
+            },
+            HeadSpec::QuestionAnswering => RawHead {
+                kind: HeadType::QuestionAnswering,
+                bias: None,
+                num_labels: None,
             },
         },
         weight_prefix: spec.weight_prefix.clone(),
@@ -803,6 +838,13 @@ mod tests {
         s.lsh.buckets = BucketSpec::Factors(vec![32]);
         s.head = HeadSpec::LmHead { bias: true };
         round_trip(&s);
+        s.head = HeadSpec::Classification { num_labels: 5 };
+        round_trip(&s);
+        s.head = HeadSpec::QuestionAnswering;
+        s.activation = Activation::None; // HF's `linear`
+        round_trip(&s);
+        s.activation = Activation::Mish;
+        round_trip(&s);
         for eps in [1e-12, 1e-6, 1e-5, 0.1, 3e-7] {
             s.layer_norm_eps = eps;
             round_trip(&s);
@@ -902,7 +944,7 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             (r#""hidden_size": 0"#, "m.json: field `hidden_size`: must be at least 1, found 0"),
             (r#""architecture": "recurrent""#, "m.json: field `architecture`: unknown variant `recurrent`, expected `reversible` or `residual`"),
-            (r#""activation": "swish""#, "m.json: field `activation`: expected one of relu, gelu, gelu_new, gelu_fast, silu, tanh, sigmoid, found \"swish\""),
+            (r#""activation": "swish""#, "m.json: field `activation`: expected one of relu, gelu, gelu_new, gelu_fast, silu, tanh, sigmoid, mish, relu6, quick_gelu, leaky_relu, linear, found \"swish\""),
             (r#""lsh": {"chunk": 0}"#, "m.json: field `lsh.chunk`: must be at least 1, found 0"),
             (r#""local": {"chunk": "8"}"#, "m.json: field `local.chunk`: invalid type: string \"8\", expected a non-negative integer"),
             (r#""position": {"type": "axial", "shape": [8, 8], "dims": [32, 16]}"#, "m.json: field `position.dims`: entries must sum to hidden_size=64, found [32, 16] (sum 48)"),
@@ -911,7 +953,10 @@ mod tests {
             (r#""position": {"type": "learned", "dims": [32, 32]}"#, "m.json: field `position.dims`: applies only to \"type\": \"axial\" position embeddings"),
             (r#""position": {"type": "rotary"}"#, "m.json: field `position.type`: unknown variant `rotary`, expected `axial` or `learned`"),
             (r#""head": {"type": "none", "bias": true}"#, "m.json: field `head.bias`: applies only to \"type\": \"lm_head\""),
-            (r#""head": {"type": "lm_head", "bias": true, "tied": false}"#, "m.json: field `head.tied`: unknown field `tied`, expected `type` or `bias`"),
+            (r#""head": {"type": "lm_head", "bias": true, "tied": false}"#, "m.json: field `head.tied`: unknown field `tied`, expected one of `type`, `bias`, `num_labels`"),
+            (r#""head": {"type": "none", "num_labels": 3}"#, "m.json: field `head.num_labels`: applies only to \"type\": \"classification\""),
+            (r#""head": {"type": "classification", "num_labels": 0}"#, "m.json: field `head.num_labels`: must be at least 1, found 0"),
+            (r#""head": {"type": "question_answering", "bias": true}"#, "m.json: field `head.bias`: applies only to \"type\": \"lm_head\""),
             (r#""num_heads": 2147483649"#, "m.json: field `num_heads`: must be at most 2147483648, found 2147483649"),
             (r#""local": {"after": 2147483649}"#, "m.json: field `local.after`: must be at most 2147483648, found 2147483649"),
             (r#""lsh": {"buckets": [65536, 65536]}"#, "m.json: field `lsh.buckets`: the product of the factors must be at most 2147483648, found [65536, 65536]"),

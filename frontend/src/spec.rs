@@ -107,6 +107,44 @@ pub enum HeadSpec {
     },
     /// A bare model: the output is the last hidden state.
     None,
+    /// HF `ReformerForSequenceClassification`'s `ReformerClassificationHead`
+    /// on the first token's final hidden state (width W):
+    /// `classifier.dense` Linear(W -> D) with bias, tanh,
+    /// `classifier.out_proj` Linear(D -> num_labels) with bias; its dropouts
+    /// are the identity in eval. The output `logits` is `[B, num_labels]`.
+    Classification {
+        /// The number of outputs (HF `num_labels`, which HF derives from
+        /// `id2label`; default 2).
+        num_labels: u64,
+    },
+    /// HF `ReformerForQuestionAnswering`: `qa_outputs` Linear(W -> 2) with
+    /// bias at every position. The output `logits` is `[B, L, 2]`: HF's
+    /// `start_logits` are `[..., 0]`, its `end_logits` `[..., 1]` (one output
+    /// rather than two, so that every engine and the executable's one-output
+    /// ABI carry it unchanged).
+    QuestionAnswering,
+}
+
+impl HeadSpec {
+    /// Whether the head is a task head (classification or question
+    /// answering): no LM loss exists for it, so `grad`/`train` refuse it.
+    pub fn is_task_head(&self) -> bool {
+        matches!(
+            self,
+            HeadSpec::Classification { .. } | HeadSpec::QuestionAnswering
+        )
+    }
+
+    /// What the model's output holds, for messages: "logits", "last hidden
+    /// state", "classification logits", "start/end logits".
+    pub fn output_description(&self) -> &'static str {
+        match self {
+            HeadSpec::LmHead { .. } => "logits",
+            HeadSpec::None => "last hidden state",
+            HeadSpec::Classification { .. } => "classification logits",
+            HeadSpec::QuestionAnswering => "start/end logits",
+        }
+    }
 }
 
 /// Dropout probabilities of training (HF names in brackets). Inference never
@@ -172,8 +210,8 @@ pub struct ModelSpec {
     /// F, the inner width of each layer's feed-forward block, D -> F -> D
     /// (HF `feed_forward_size`, default 512).
     pub feed_forward_size: u64,
-    /// The feed-forward activation (never [`Activation::None`]: a
-    /// checked spec names one).
+    /// The feed-forward activation; [`Activation::None`] is the identity
+    /// (HF `hidden_act: "linear"`, schema `"linear"`).
     pub activation: Activation,
     /// The epsilon added to the variance in every LayerNorm (HF
     /// `layer_norm_eps`, default 1e-12).

@@ -332,20 +332,45 @@ impl WeightFile {
         )
     }
 
-    /// Makes `spec` (read from an HF `config.json`, which does not say) use
-    /// this file's layout ([`WeightFile::detect_layout`]): its weight prefix,
-    /// and an LM head (with a bias when `lm_head_bias`) exactly when the file
-    /// has one. The CLI and the test kit both load HF checkpoints this way.
+    /// Makes `spec` (read from an HF `config.json`) use this file's layout
+    /// ([`WeightFile::detect_layout`]): its weight prefix, and the head the
+    /// file holds. An LM head (with a bias when `lm_head_bias`) when it has
+    /// `lm_head.decoder.weight`; a classification head when it has
+    /// `classifier.out_proj.weight` (with the config's `num_labels` when the
+    /// config names that head, so that a disagreeing tensor is reported by
+    /// the weight check, else the tensor's row count); a question-answering
+    /// head when it has `qa_outputs.weight`; otherwise none (the body). The
+    /// CLI and the test kit both load HF checkpoints this way.
     pub fn apply_layout(&self, spec: &mut ModelSpec, lm_head_bias: bool) {
-        let (prefix, has_head) = self.detect_layout();
+        let (prefix, has_lm_head) = self.detect_layout();
         spec.weight_prefix = prefix;
-        spec.head = if has_head {
+        let has = |n: &str| self.tensors.contains_key(n);
+        spec.head = if has_lm_head {
             HeadSpec::LmHead { bias: lm_head_bias }
+        } else if has(CLASSIFIER_OUT) {
+            match spec.head {
+                HeadSpec::Classification { num_labels } => HeadSpec::Classification { num_labels },
+                _ => HeadSpec::Classification {
+                    num_labels: self.tensors[CLASSIFIER_OUT]
+                        .shape
+                        .first()
+                        .copied()
+                        .unwrap_or(0),
+                },
+            }
+        } else if has(QA_OUTPUTS) {
+            HeadSpec::QuestionAnswering
         } else {
             HeadSpec::None
         };
     }
 }
+
+/// The output projection of HF's classification head (`[num_labels, D]`).
+const CLASSIFIER_OUT: &str = "classifier.out_proj.weight";
+
+/// The projection of HF's question-answering head (`[2, W]`).
+const QA_OUTPUTS: &str = "qa_outputs.weight";
 
 /// Maps and validates one safetensors file, adding its tensors (tagged with
 /// `index`) to `tensors`.
@@ -482,6 +507,17 @@ pub fn expected_tensors(spec: &ModelSpec) -> (Vec<(String, Vec<u64>)>, Vec<Strin
             }
         }
         HeadSpec::None => {}
+        // HF's names: the heads sit beside `reformer.`, never under it.
+        HeadSpec::Classification { num_labels } => {
+            add("classifier.dense.weight".to_string(), vec![d, w]);
+            add("classifier.dense.bias".to_string(), vec![d]);
+            add(CLASSIFIER_OUT.to_string(), vec![num_labels, d]);
+            add("classifier.out_proj.bias".to_string(), vec![num_labels]);
+        }
+        HeadSpec::QuestionAnswering => {
+            add(QA_OUTPUTS.to_string(), vec![2, w]);
+            add("qa_outputs.bias".to_string(), vec![2]);
+        }
     }
     (t, extra)
 }

@@ -118,8 +118,8 @@ pub fn linear<T: Real>(
         .expect("rows * out elements"))
 }
 
-/// One activation function (relu and tanh in `T`, the others computed in
-/// f64 and rounded).
+/// One activation function (relu, relu6, leaky_relu and tanh in `T`, the
+/// others computed in f64 and rounded).
 ///
 /// ```
 /// use reformc_interp::nn::{activate, Activation};
@@ -143,13 +143,45 @@ pub fn activate<T: Real>(f: Activation, x: T) -> T {
         Activation::Silu => xf / (1.0 + (-xf).exp()),
         Activation::Tanh => return x.tanh(),
         Activation::Sigmoid => 1.0 / (1.0 + (-xf).exp()),
+        Activation::Mish => xf * softplus(xf).tanh(),
+        // Clamps stay in `T`, as PyTorch's hardtanh does.
+        Activation::Relu6 => {
+            let top = T::of(Activation::RELU6_MAX);
+            return if x > top {
+                top
+            } else if x > T::zero() {
+                x
+            } else {
+                T::zero()
+            };
+        }
+        Activation::QuickGelu => xf / (1.0 + (-Activation::QUICK_GELU_SCALE * xf).exp()),
+        // PyTorch multiplies in the element type by the slope rounded to it.
+        Activation::LeakyRelu => {
+            return if x > T::zero() {
+                x
+            } else {
+                x * T::of(Activation::LEAKY_RELU_SLOPE)
+            }
+        }
     };
     T::of(y)
 }
 
+/// `ln(1 + e^x)` without overflow: `max(x, 0) + ln(1 + e^-|x|)`.
+///
+/// ```
+/// assert_eq!(reformc_interp::nn::softplus(0.0), std::f64::consts::LN_2);
+/// assert_eq!(reformc_interp::nn::softplus(1000.0), 1000.0);
+/// ```
+pub fn softplus(x: f64) -> f64 {
+    x.max(0.0) + (-x.abs()).exp().ln_1p()
+}
+
 /// The derivative `act'(x)` of one activation function, computed in f64 and
 /// rounded like [`activate`]. At the kinks it takes PyTorch autograd's value
-/// (`relu'(0) = 0`); `gelu` is differentiated in its erf form, `gelu_new`
+/// (`relu'(0) = 0`, `relu6'` is 0 at 0 and at 6, `leaky_relu'(0)` is the
+/// slope); `gelu` is differentiated in its erf form, `gelu_new`
 /// and `gelu_fast` in their tanh forms, the identity has derivative 1.
 ///
 /// ```
@@ -204,6 +236,30 @@ fn activation_derivative(f: Activation, x: f64) -> f64 {
         Activation::Sigmoid => {
             let s = sigmoid(x);
             s * (1.0 - s)
+        }
+        // d/dx x tanh(sp(x)) = tanh(sp) + x sigmoid(x) (1 - tanh(sp)^2).
+        Activation::Mish => {
+            let t = softplus(x).tanh();
+            t + x * sigmoid(x) * (1.0 - t * t)
+        }
+        Activation::Relu6 => {
+            if x > 0.0 && x < Activation::RELU6_MAX {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        Activation::QuickGelu => {
+            let k = Activation::QUICK_GELU_SCALE;
+            let s = sigmoid(k * x);
+            s + k * x * s * (1.0 - s)
+        }
+        Activation::LeakyRelu => {
+            if x > 0.0 {
+                1.0
+            } else {
+                Activation::LEAKY_RELU_SLOPE
+            }
         }
     }
 }

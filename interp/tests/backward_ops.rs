@@ -270,6 +270,34 @@ fn act_grad_by_hand() {
     assert_eq!(flat(&act_grad(Relu, &x, &dy).unwrap()), [0.0, 0.0, 3.0]);
     assert_eq!(flat(&act_grad(Sigmoid, &x, &dy).unwrap())[1], 7.0 * 0.25);
     assert!(act_grad(Relu, &x, &a(&[2], &[1.0, 1.0])).is_err());
+    // PyTorch's choices at the kinks: hardtanh passes no gradient at either
+    // bound, leaky_relu takes the slope at 0.
+    assert_eq!(d(Relu6, 0.0), 0.0);
+    assert_eq!(d(Relu6, 6.0), 0.0);
+    assert_eq!(d(Relu6, 3.0), 1.0);
+    assert_eq!(d(LeakyRelu, 0.0), 0.01);
+    assert_eq!(d(LeakyRelu, 2.0), 1.0);
+    // mish'(0) = tanh(ln 2) = 0.6; quick_gelu'(0) = 1/2.
+    assert!((d(Mish, 0.0) - 0.6).abs() < 1e-15);
+    assert_eq!(d(QuickGelu, 0.0), 0.5);
+}
+
+#[test]
+fn new_activations_by_hand() {
+    use Activation::*;
+    let f = |g, x: f64| activate(g, x);
+    assert_eq!(f(Relu6, 7.5), 6.0);
+    assert_eq!(f(Relu6, -1.0), 0.0);
+    assert_eq!(f(Relu6, 2.5), 2.5);
+    assert_eq!(f(LeakyRelu, -3.0), -0.03);
+    assert_eq!(f(LeakyRelu, 3.0), 3.0);
+    assert_eq!(activate(LeakyRelu, -3.0f32), -3.0f32 * 0.01f32);
+    // mish(1) = tanh(ln(1 + e)), quick_gelu(1) = sigmoid(1.702).
+    assert!((f(Mish, 1.0) - 0.865_098_388_267_310_3).abs() < 1e-12);
+    assert!((f(QuickGelu, 1.0) - 1.0 / (1.0 + (-1.702f64).exp())).abs() < 1e-15);
+    // Far out mish is the identity (no overflow to NaN) or zero.
+    assert_eq!(f(Mish, 1000.0), 1000.0);
+    assert!(f(Mish, -1000.0).abs() < 1e-300);
 }
 
 #[test]
@@ -280,8 +308,13 @@ fn act_grad_matches_central_differences_in_f64() {
     let h = 1e-5;
     for f in named() {
         for &x in &points {
-            // relu has a kink at 0: stay off it by more than the step.
-            if f == Activation::Relu && x.abs() < 4.0 * h {
+            // relu, relu6 and leaky_relu have kinks (at 0, and relu6 at 6): stay
+            // off them by more than the step.
+            let kinked = matches!(
+                f,
+                Activation::Relu | Activation::Relu6 | Activation::LeakyRelu
+            );
+            if kinked && (x.abs() < 4.0 * h || (x - 6.0).abs() < 4.0 * h) {
                 continue;
             }
             let fd = (activate(f, x + h) - activate(f, x - h)) / (2.0 * h);

@@ -19,7 +19,8 @@
 /// assert_eq!(Activation::GeluNew.name(), Some("gelu_new"));
 /// assert_eq!(Activation::GeluNew.code(), 3);
 /// assert_eq!(Activation::from_code(2), Some(Activation::Gelu));
-/// assert_eq!(Activation::from_code(8), None);
+/// assert_eq!(Activation::from_code(11), Some(Activation::LeakyRelu));
+/// assert_eq!(Activation::from_code(12), None);
 /// assert_eq!(Activation::from_name("swish"), None);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,11 +41,21 @@ pub enum Activation {
     Tanh = 6,
     /// 7: `sigmoid`, 1 / (1 + e^-x).
     Sigmoid = 7,
+    /// 8: `mish`, x·tanh(softplus(x)) with softplus(x) = ln(1 + e^x)
+    /// (PyTorch's `nn.functional.mish`, HF `hidden_act: "mish"`).
+    Mish = 8,
+    /// 9: `relu6`, min(max(x, 0), 6) (PyTorch's `nn.ReLU6`).
+    Relu6 = 9,
+    /// 10: `quick_gelu`, x·sigmoid(1.702·x) (HF's `QuickGELUActivation`).
+    QuickGelu = 10,
+    /// 11: `leaky_relu`, x for x > 0, else 0.01·x (PyTorch's `nn.LeakyReLU`
+    /// with its default `negative_slope`, which HF's `ACT2FN` keeps).
+    LeakyRelu = 11,
 }
 
 impl Activation {
     /// Every activation, in code order (`ALL[c]` has code `c`).
-    pub const ALL: [Activation; 8] = [
+    pub const ALL: [Activation; 12] = [
         Activation::None,
         Activation::Relu,
         Activation::Gelu,
@@ -53,6 +64,10 @@ impl Activation {
         Activation::Silu,
         Activation::Tanh,
         Activation::Sigmoid,
+        Activation::Mish,
+        Activation::Relu6,
+        Activation::QuickGelu,
+        Activation::LeakyRelu,
     ];
 
     /// The name in the IR's text format; `None` for the identity, which has
@@ -67,6 +82,10 @@ impl Activation {
             Activation::Silu => Some("silu"),
             Activation::Tanh => Some("tanh"),
             Activation::Sigmoid => Some("sigmoid"),
+            Activation::Mish => Some("mish"),
+            Activation::Relu6 => Some("relu6"),
+            Activation::QuickGelu => Some("quick_gelu"),
+            Activation::LeakyRelu => Some("leaky_relu"),
         }
     }
 
@@ -74,6 +93,17 @@ impl Activation {
     pub fn from_name(name: &str) -> Option<Activation> {
         Self::ALL.into_iter().find(|a| a.name() == Some(name))
     }
+
+    /// The slope of [`Activation::LeakyRelu`] below zero: PyTorch's default
+    /// `negative_slope`, the value HF's `ACT2FN["leaky_relu"]` uses (it builds
+    /// `nn.LeakyReLU()` with no argument).
+    pub const LEAKY_RELU_SLOPE: f64 = 0.01;
+
+    /// The upper clamp of [`Activation::Relu6`].
+    pub const RELU6_MAX: f64 = 6.0;
+
+    /// The factor inside [`Activation::QuickGelu`]'s sigmoid.
+    pub const QUICK_GELU_SCALE: f64 = 1.702;
 
     /// The ABI code passed to the runtime's linear kernels.
     pub const fn code(self) -> i32 {

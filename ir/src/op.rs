@@ -550,8 +550,10 @@ impl Op {
     /// let op = Op::new(OpKind::Act).with("fn", Attr::Str("silu".into()));
     /// assert_eq!(op.activation(), Ok(Activation::Silu));
     /// assert_eq!(Op::new(OpKind::Linear).activation(), Ok(Activation::None));
-    /// let bad = Op::new(OpKind::Linear).with("activation", Attr::Str("mish".into()));
-    /// assert!(bad.activation().unwrap_err().contains("mish"));
+    /// let mish = Op::new(OpKind::Linear).with("activation", Attr::Str("mish".into()));
+    /// assert_eq!(mish.activation(), Ok(Activation::Mish));
+    /// let bad = Op::new(OpKind::Linear).with("activation", Attr::Str("relu2".into()));
+    /// assert!(bad.activation().unwrap_err().contains("relu2"));
     /// ```
     pub fn activation(&self) -> Result<Activation, String> {
         let key = match self.kind {

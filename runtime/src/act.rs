@@ -11,7 +11,7 @@ pub use reformc_ir::Activation;
 /// ```
 /// use reformc_runtime::{act::from_code, Activation};
 /// assert_eq!(from_code(2).unwrap(), Activation::Gelu);
-/// assert!(from_code(8).is_err());
+/// assert!(from_code(12).is_err());
 /// ```
 pub fn from_code(code: i32) -> Result<Activation> {
     Activation::from_code(code).ok_or_else(|| {
@@ -26,7 +26,8 @@ pub fn from_code(code: i32) -> Result<Activation> {
 /// the IR's, and the formulas (f32 kernels, SIMD forms) belong to the runtime.
 pub trait Apply {
     /// Applies the activation to one value, with the interpreter's formulas
-    /// (computed in f64 and rounded, except relu and tanh which stay in f32).
+    /// (computed in f64 and rounded, except relu, relu6, leaky_relu and tanh
+    /// which stay in f32).
     fn apply(self, x: f32) -> f32;
     /// Applies the activation in place to every element of `xs`: vectorized
     /// f32 forms, within 2e-6 relative of [`Apply::apply`] (relu exactly).
@@ -35,7 +36,8 @@ pub trait Apply {
 
 impl Apply for Activation {
     /// Applies the activation to one value, with the interpreter's formulas
-    /// (computed in f64 and rounded, except relu and tanh which stay in f32).
+    /// (computed in f64 and rounded, except relu, relu6, leaky_relu and tanh
+    /// which stay in f32).
     ///
     /// ```
     /// use reformc_runtime::{act::Apply, Activation};
@@ -61,6 +63,13 @@ impl Apply for Activation {
             }
             Activation::Silu => xf / (1.0 + (-xf).exp()),
             Activation::Sigmoid => 1.0 / (1.0 + (-xf).exp()),
+            Activation::Mish => {
+                let sp = xf.max(0.0) + (-xf.abs()).exp().ln_1p();
+                xf * sp.tanh()
+            }
+            Activation::Relu6 => return relu6(x),
+            Activation::QuickGelu => xf / (1.0 + (-Activation::QUICK_GELU_SCALE * xf).exp()),
+            Activation::LeakyRelu => return leaky_relu(x),
         };
         y as f32
     }
@@ -77,7 +86,34 @@ impl Apply for Activation {
             Activation::Silu => crate::simd::silu(xs),
             Activation::Sigmoid => crate::simd::sigmoid(xs),
             Activation::Tanh => crate::simd::tanh(xs),
+            Activation::Mish => crate::simd::mish(xs),
+            Activation::Relu6 => xs.iter_mut().for_each(|x| *x = relu6(*x)),
+            Activation::QuickGelu => crate::simd::quick_gelu(xs),
+            Activation::LeakyRelu => xs.iter_mut().for_each(|x| *x = leaky_relu(*x)),
         }
+    }
+}
+
+/// `relu6` in f32, exactly the interpreter's (a NaN gives 0, as `relu`).
+#[inline]
+fn relu6(x: f32) -> f32 {
+    let top = Activation::RELU6_MAX as f32;
+    if x > top {
+        top
+    } else if x > 0.0 {
+        x
+    } else {
+        0.0
+    }
+}
+
+/// `leaky_relu` in f32: PyTorch multiplies by the slope rounded to f32.
+#[inline]
+fn leaky_relu(x: f32) -> f32 {
+    if x > 0.0 {
+        x
+    } else {
+        x * Activation::LEAKY_RELU_SLOPE as f32
     }
 }
 

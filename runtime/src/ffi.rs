@@ -955,7 +955,7 @@ mod tests {
         assert!(last().contains("x is NULL"), "{}", last());
         assert_eq!(linear(x.as_ptr(), -2, 0), 1);
         assert!(last().contains("negative"), "{}", last());
-        assert_eq!(linear(x.as_ptr(), 2, 9), 1);
+        assert_eq!(linear(x.as_ptr(), 2, 12), 1);
         assert!(last().contains("activation"));
         // SAFETY: takes a plain integer.
         assert_eq!(unsafe { rc_set_threads(-3) }, 1);

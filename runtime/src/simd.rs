@@ -196,6 +196,33 @@ fn silu_body(xs: &mut [f32]) {
 }
 
 #[inline(always)]
+fn quick_gelu_body(xs: &mut [f32]) {
+    const K: f32 = 1.702; // Activation::QUICK_GELU_SCALE
+    for x in xs {
+        *x *= sigmoid_f32(K * *x);
+    }
+}
+
+#[inline(always)]
+fn mish_body(xs: &mut [f32]) {
+    // tanh(ln(1 + e^x)) = n / (n + 2) with n = e^x (e^x + 2); written with
+    // e = e^-|x| so that nothing overflows: for x >= 0 it is
+    // (1 + 2e) / (1 + 2e + 2e²), below zero (e² + 2e) / (e² + 2e + 2).
+    for x in xs {
+        let v = *x;
+        let e = exp_f32(-v.abs());
+        let t = if v >= 0.0 {
+            let n = 1.0 + 2.0 * e;
+            n / (n + 2.0 * e * e)
+        } else {
+            let n = e * (e + 2.0);
+            n / (n + 2.0)
+        };
+        *x = v * t;
+    }
+}
+
+#[inline(always)]
 fn tanh_body(xs: &mut [f32]) {
     for x in xs {
         let v = *x;
@@ -286,6 +313,14 @@ dispatch!(
     silu, silu_body, (xs: &mut [f32]) -> ()
 );
 dispatch!(
+    /// quick_gelu, x·σ(1.702·x), in place.
+    quick_gelu, quick_gelu_body, (xs: &mut [f32]) -> ()
+);
+dispatch!(
+    /// mish, x·tanh(softplus(x)), in place.
+    mish, mish_body, (xs: &mut [f32]) -> ()
+);
+dispatch!(
     /// tanh in place.
     tanh, tanh_body, (xs: &mut [f32]) -> ()
 );
@@ -335,6 +370,10 @@ mod tests {
             Activation::Silu,
             Activation::Sigmoid,
             Activation::Tanh,
+            Activation::Mish,
+            Activation::QuickGelu,
+            Activation::Relu6,
+            Activation::LeakyRelu,
         ] {
             let mut got = xs.clone();
             act.apply_slice(&mut got);

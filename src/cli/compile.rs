@@ -17,7 +17,7 @@ use reformc_tensor::Tensor;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-mod train_step;
+pub(crate) mod train_step;
 
 /// Arguments of `reformc compile`.
 #[derive(Args, Debug)]
@@ -293,7 +293,9 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
         output_name: match spec.head {
             _ if args.train => "loss and gradients".into(),
             HeadSpec::None => "last_hidden_state".into(),
-            _ => "logits".into(),
+            HeadSpec::Classification { .. } => "classification logits".into(),
+            HeadSpec::QuestionAnswering => "start/end logits".into(),
+            HeadSpec::LmHead { .. } => "logits".into(),
         },
         default_weights: (!embed).then_some(weights_path),
         default_threads: args.threads,

@@ -77,6 +77,11 @@ pub fn run(args: &DumpArgs) -> CliResult<()> {
         ));
     }
     let m = model::load(&args.config, args.weights.as_deref(), args.lm_head_bias)?;
+    if args.train {
+        // The step's loss is the LM cross-entropy: a task head has none.
+        let file = args.weights.as_deref().unwrap_or(&args.config);
+        super::compile::train_step::require_lm_head(&m.spec, file, "dump --train")?;
+    }
     let lsh_source = match args.lsh_source.as_str() {
         "rotations" => LshSource::Rotations,
         "buckets" => LshSource::Buckets,

@@ -108,6 +108,7 @@ pub fn run(args: &GradArgs) -> CliResult<()> {
             args.weights.display()
         )));
     }
+    super::compile::train_step::require_lm_head(spec, &args.weights, "grad")?;
     let labels = match &args.labels {
         Some(p) => read_labels(p, &feed.shape, spec.vocab_size)?,
         None => match &feed.inputs["input_ids"] {

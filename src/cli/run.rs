@@ -5,7 +5,6 @@ use super::feed::{self, FeedArgs};
 use super::passes::PassArgs;
 use super::{npy, outputs};
 use clap::Args;
-use reformc_frontend::spec::HeadSpec;
 use reformc_ir::DType;
 use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
@@ -112,11 +111,7 @@ pub fn run(args: &RunArgs) -> CliResult<()> {
         .optimize(&mut feed.lowered.graph, spec, seq_len)?;
     clock.lap("passes");
     let (outputs, engine) = engine(args, &feed.lowered.graph, inputs, weights, &mut clock)?;
-    let what = if matches!(spec.head, HeadSpec::None) {
-        "last hidden state"
-    } else {
-        "logits"
-    };
+    let what = spec.head.output_description();
     clock.progress.clear();
     write_outputs(args, outputs, engine, what)?;
     clock.lap("write output");

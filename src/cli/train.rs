@@ -100,6 +100,12 @@ pub fn run(args: &TrainArgs) -> CliResult<()> {
         .spec
         .for_training(args.no_dropout)
         .map_err(|e| CliError::input(format!("{}: {e}", args.config.display())))?;
+    // A head only matters once weights say which (an HF config follows its file).
+    super::compile::train_step::require_lm_head(
+        spec,
+        layout.map(PathBuf::as_path).unwrap_or(&args.config),
+        "train",
+    )?;
     spec.check_length(args.seq_len)
         .map_err(|e| CliError::input(format!("--seq-len: {e}")))?;
     let data = TokenStream::read(&args.data, spec.vocab_size).map_err(CliError::input)?;

@@ -49,6 +49,25 @@ pub fn fixtures() -> Vec<PathBuf> {
     v
 }
 
+/// Every task-head fixture directory under tests/fixtures_heads, sorted
+/// (`ReformerForSequenceClassification` and `ReformerForQuestionAnswering`
+/// cases of `scripts/hf_fixtures.py`; their `logits_f64.npy` is the head's
+/// output, [B, num_labels] or [B, L, 2]).
+pub fn head_fixtures() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("tests/fixtures_heads"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("config.json").exists())
+        .collect();
+    v.sort();
+    assert!(
+        v.len() >= 4,
+        "expected at least 4 head fixture cases, found {}",
+        v.len()
+    );
+    v
+}
+
 /// Reads a `.npy` file (panics naming the file).
 pub fn read<T: ndarray_npy::ReadableElement>(p: &Path) -> ArrayD<T> {
     ArrayD::<T>::read_npy(File::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))

@@ -77,6 +77,8 @@ pub(crate) const LIBC: &[(&str, CTy, &[CTy])] = &[
     ("tanh", F64, &[F64]),
     ("erf", F64, &[F64]),
     ("exp", F64, &[F64]),
+    // mish's softplus, as Rust's `f64::ln_1p` (the interpreter's) computes it.
+    ("log1p", F64, &[F64]),
 ];
 
 /// The runtime function named `name`: kernels, buffer cache, profiler, model

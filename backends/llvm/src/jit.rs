@@ -24,6 +24,7 @@ mod libc {
         pub fn tanh(x: f64) -> f64;
         pub fn erf(x: f64) -> f64;
         pub fn exp(x: f64) -> f64;
+        pub fn log1p(x: f64) -> f64;
     }
 }
 
@@ -43,7 +44,7 @@ fn symbol_table() -> Vec<(&'static str, usize)> {
         .flat_map(|s| s.kernels)
         .map(|k| (k.name, k.address()))
         .collect();
-    table.extend(symbols![aligned_alloc, free, tanhf, tanh, erf, exp]);
+    table.extend(symbols![aligned_alloc, free, tanhf, tanh, erf, exp, log1p]);
     table
 }
 

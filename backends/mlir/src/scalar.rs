@@ -165,7 +165,51 @@ impl Body<'_> {
             }
             Activation::Tanh => self.def(format!("math.tanh {x} : {t}")),
             Activation::Sigmoid => self.sigmoid(x, d),
+            Activation::Mish => {
+                let sp = self.softplus(x, d);
+                let th = self.def(format!("math.tanh {sp} : {t}"));
+                self.bin("arith.mulf", x, &th, d)
+            }
+            Activation::Relu6 => {
+                // x > 6 ? 6 : (x > 0 ? x : 0), the interpreter's order.
+                let zero = self.constant(d, 0.0);
+                let top = self.constant(d, Activation::RELU6_MAX);
+                let gt = self.def(format!("arith.cmpf ogt, {x}, {zero} : {t}"));
+                let r = self.def(format!("arith.select {gt}, {x}, {zero} : {t}"));
+                let over = self.def(format!("arith.cmpf ogt, {x}, {top} : {t}"));
+                self.def(format!("arith.select {over}, {top}, {r} : {t}"))
+            }
+            Activation::QuickGelu => {
+                let k = self.constant(d, Activation::QUICK_GELU_SCALE);
+                let kx = self.bin("arith.mulf", &k, x, d);
+                let s = self.sigmoid(&kx, d);
+                self.bin("arith.mulf", x, &s, d)
+            }
+            Activation::LeakyRelu => {
+                let zero = self.constant(d, 0.0);
+                let slope = self.constant(d, Activation::LEAKY_RELU_SLOPE);
+                let gt = self.def(format!("arith.cmpf ogt, {x}, {zero} : {t}"));
+                let neg = self.bin("arith.mulf", x, &slope, d);
+                self.def(format!("arith.select {gt}, {x}, {neg} : {t}"))
+            }
         }
+    }
+
+    /// `softplus(x) = max(x, 0) + log(1 + e^-|x|)`: no overflow. `math.log`
+    /// of `1 + e` rather than `math.log1p`, which not every pipeline lowers;
+    /// the absolute error stays at one rounding of a value at most ln 2.
+    fn softplus(&mut self, x: &str, d: DType) -> String {
+        let t = elt(d);
+        let zero = self.constant(d, 0.0);
+        let one = self.constant(d, 1.0);
+        let gt = self.def(format!("arith.cmpf ogt, {x}, {zero} : {t}"));
+        let relu = self.def(format!("arith.select {gt}, {x}, {zero} : {t}"));
+        let abs = self.def(format!("math.absf {x} : {t}"));
+        let n = self.def(format!("arith.negf {abs} : {t}"));
+        let e = self.def(format!("math.exp {n} : {t}"));
+        let onep = self.bin("arith.addf", &one, &e, d);
+        let l = self.def(format!("math.log {onep} : {t}"));
+        self.bin("arith.addf", &relu, &l, d)
     }
 
     /// `dy * act'(x)` for float `x` and `dy` of dtype `d` (`act_grad`), with
@@ -222,6 +266,43 @@ impl Body<'_> {
                 let one = self.constant(d, 1.0);
                 let oms = self.bin("arith.subf", &one, &s, d);
                 self.bin("arith.mulf", &s, &oms, d)
+            }
+            // tanh(sp) + x sigmoid(x) (1 - tanh(sp)^2).
+            Activation::Mish => {
+                let sp = self.softplus(x, d);
+                let th = self.def(format!("math.tanh {sp} : {t}"));
+                let sech2 = self.one_minus_square(&th, d);
+                let s = self.sigmoid(x, d);
+                let xs = self.bin("arith.mulf", x, &s, d);
+                let r = self.bin("arith.mulf", &xs, &sech2, d);
+                self.bin("arith.addf", &th, &r, d)
+            }
+            // 1 inside (0, 6), else 0 (PyTorch's hardtanh backward).
+            Activation::Relu6 => {
+                let (zero, one) = (self.constant(d, 0.0), self.constant(d, 1.0));
+                let top = self.constant(d, Activation::RELU6_MAX);
+                let gt = self.def(format!("arith.cmpf ogt, {x}, {zero} : {t}"));
+                let lt = self.def(format!("arith.cmpf olt, {x}, {top} : {t}"));
+                let inside = self.def(format!("arith.andi {gt}, {lt} : i1"));
+                self.def(format!("arith.select {inside}, {one}, {zero} : {t}"))
+            }
+            // s + k x s (1 - s) with s = sigmoid(k x).
+            Activation::QuickGelu => {
+                let k = self.constant(d, Activation::QUICK_GELU_SCALE);
+                let kx = self.bin("arith.mulf", &k, x, d);
+                let s = self.sigmoid(&kx, d);
+                let one = self.constant(d, 1.0);
+                let oms = self.bin("arith.subf", &one, &s, d);
+                let kxs = self.bin("arith.mulf", &kx, &s, d);
+                let r = self.bin("arith.mulf", &kxs, &oms, d);
+                self.bin("arith.addf", &s, &r, d)
+            }
+            Activation::LeakyRelu => {
+                let zero = self.constant(d, 0.0);
+                let one = self.constant(d, 1.0);
+                let slope = self.constant(d, Activation::LEAKY_RELU_SLOPE);
+                let gt = self.def(format!("arith.cmpf ogt, {x}, {zero} : {t}"));
+                self.def(format!("arith.select {gt}, {one}, {slope} : {t}"))
             }
         }
     }

@@ -27,13 +27,28 @@ pub fn check_flags(args: &CompileArgs) -> CliResult<()> {
 
 /// A training step needs a loss: the model must have an LM head.
 pub fn check_model(spec: &ModelSpec, weights: &Path) -> CliResult<()> {
-    if matches!(spec.head, HeadSpec::None) {
-        return Err(CliError::input(format!(
-            "{}: --train: the model has no LM head, so there is no loss to differentiate (expected ReformerModelWithLMHead or ReformerForMaskedLM weights)",
-            weights.display()
-        )));
-    }
-    Ok(())
+    require_lm_head(spec, weights, "--train")
+}
+
+/// The error of a training command (`what`: `grad`, `train`, `--train`) for a
+/// model without an LM head: reformc's only loss is the LM cross-entropy, so
+/// a bare model has nothing to differentiate and a task head (sequence
+/// classification, question answering) has a loss reformc does not build.
+pub fn require_lm_head(spec: &ModelSpec, weights: &Path, what: &str) -> CliResult<()> {
+    let why = match spec.head {
+        HeadSpec::LmHead { .. } => return Ok(()),
+        HeadSpec::None => "the model has no LM head, so there is no loss to differentiate",
+        HeadSpec::Classification { .. } => {
+            "the model has a sequence-classification head (ReformerForSequenceClassification); reformc trains LM heads only (its loss is the LM cross-entropy), task heads run for inference (`reformc run`, `reformc compile`)"
+        }
+        HeadSpec::QuestionAnswering => {
+            "the model has a question-answering head (ReformerForQuestionAnswering); reformc trains LM heads only (its loss is the LM cross-entropy), task heads run for inference (`reformc run`, `reformc compile`)"
+        }
+    };
+    Err(CliError::input(format!(
+        "{}: {what}: {why} (expected ReformerModelWithLMHead or ReformerForMaskedLM weights)",
+        weights.display()
+    )))
 }
 
 /// For a step library or object of a causal LM: its callers must shift the

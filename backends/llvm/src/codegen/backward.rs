@@ -111,6 +111,33 @@ impl<'ctx> Gen<'ctx> {
                 let s = sigmoid()?;
                 mul(s, sub(c(1.0), s)?)?
             }
+            Activation::Mish => {
+                // tanh(sp) + x sigmoid(x) (1 - tanh(sp)^2).
+                let t = self.libm("tanh", self.softplus_f64(x)?)?;
+                let s = sigmoid()?;
+                let sech2 = sub(c(1.0), mul(t, t)?)?;
+                add(t, mul(mul(x, s)?, sech2)?)?
+            }
+            Activation::Relu6 => {
+                let pos = b.build_float_compare(FloatPredicate::OGT, x, c(0.0), "pos")?;
+                let low =
+                    b.build_float_compare(FloatPredicate::OLT, x, c(Activation::RELU6_MAX), "low")?;
+                let inside = b.build_and(pos, low, "in")?;
+                b.build_select(inside, c(1.0), c(0.0), "drelu6")?
+                    .into_float_value()
+            }
+            Activation::QuickGelu => {
+                // s + k x s (1 - s) with s = sigmoid(k x).
+                let k = Activation::QUICK_GELU_SCALE;
+                let e = self.libm("exp", mul(c(-k), x)?)?;
+                let s = b.build_float_div(c(1.0), add(c(1.0), e)?, "sig")?;
+                add(s, mul(mul(mul(c(k), x)?, s)?, sub(c(1.0), s)?)?)?
+            }
+            Activation::LeakyRelu => {
+                let pos = b.build_float_compare(FloatPredicate::OGT, x, c(0.0), "pos")?;
+                b.build_select(pos, c(1.0), c(Activation::LEAKY_RELU_SLOPE), "dleaky")?
+                    .into_float_value()
+            }
         })
     }
 

@@ -147,8 +147,8 @@ impl<'ctx> Gen<'ctx> {
         }
     }
 
-    /// `nn::activate` of the interpreter: relu and tanh in the element type,
-    /// the others computed in f64 and rounded.
+    /// `nn::activate` of the interpreter: relu, relu6, leaky_relu and tanh in
+    /// the element type, the others computed in f64 and rounded.
     pub(super) fn activation(
         &self,
         f: Activation,
@@ -166,11 +166,34 @@ impl<'ctx> Gen<'ctx> {
                     .into_float_value());
             }
             Activation::Tanh => return self.tanh(dt, x),
+            Activation::Relu6 => {
+                // x > 6 ? 6 : (x > 0 ? x : 0), the interpreter's order (NaN gives 0).
+                let top = ft.const_float(Activation::RELU6_MAX);
+                let pos = b.build_float_compare(FloatPredicate::OGT, x, ft.const_zero(), "pos")?;
+                let r = b
+                    .build_select(pos, x, ft.const_zero(), "relu")?
+                    .into_float_value();
+                let over = b.build_float_compare(FloatPredicate::OGT, x, top, "over")?;
+                return Ok(b.build_select(over, top, r, "relu6")?.into_float_value());
+            }
+            Activation::LeakyRelu => {
+                // The slope rounded to the element type, as PyTorch multiplies.
+                let slope = ft.const_float(if dt == DType::F32 {
+                    f64::from(Activation::LEAKY_RELU_SLOPE as f32)
+                } else {
+                    Activation::LEAKY_RELU_SLOPE
+                });
+                let pos = b.build_float_compare(FloatPredicate::OGT, x, ft.const_zero(), "pos")?;
+                let neg = b.build_float_mul(x, slope, "neg")?;
+                return Ok(b.build_select(pos, x, neg, "leaky")?.into_float_value());
+            }
             Activation::Gelu
             | Activation::GeluNew
             | Activation::GeluFast
             | Activation::Silu
-            | Activation::Sigmoid => {}
+            | Activation::Sigmoid
+            | Activation::Mish
+            | Activation::QuickGelu => {}
         }
         let d = if dt == DType::F32 {
             b.build_float_ext(x, self.t.f64, "d")?
@@ -208,8 +231,22 @@ impl<'ctx> Gen<'ctx> {
                 let num = if f == Activation::Silu { d } else { c(1.0) };
                 b.build_float_div(num, den, "s")?
             }
+            Activation::QuickGelu => {
+                let arg = b.build_float_mul(c(-Activation::QUICK_GELU_SCALE), d, "n")?;
+                let e = self.libm("exp", arg)?;
+                let den = b.build_float_add(c(1.0), e, "den")?;
+                b.build_float_div(d, den, "s")?
+            }
+            Activation::Mish => {
+                let t = self.libm("tanh", self.softplus_f64(d)?)?;
+                b.build_float_mul(d, t, "mish")?
+            }
             // Returned above, in the element type.
-            Activation::None | Activation::Relu | Activation::Tanh => {
+            Activation::None
+            | Activation::Relu
+            | Activation::Tanh
+            | Activation::Relu6
+            | Activation::LeakyRelu => {
                 return Err(BackendError::Internal(format!("activation {f:?}")))
             }
         };
@@ -218,6 +255,19 @@ impl<'ctx> Gen<'ctx> {
         } else {
             y
         })
+    }
+
+    /// `softplus(x) = max(x, 0) + log1p(exp(-|x|))` on an f64 value, the
+    /// interpreter's `nn::softplus` operation for operation.
+    pub(super) fn softplus_f64(&self, d: FloatValue<'ctx>) -> Result<FloatValue<'ctx>> {
+        let b = &self.b;
+        let zero = self.t.f64.const_zero();
+        let pos = b.build_float_compare(FloatPredicate::OGT, d, zero, "pos")?;
+        let relu = b.build_select(pos, d, zero, "mx")?.into_float_value();
+        let abs = self.float_intrinsic("llvm.fabs", d)?;
+        let e = self.libm("exp", b.build_float_neg(abs, "na")?)?;
+        let l = self.libm("log1p", e)?;
+        Ok(b.build_float_add(relu, l, "sp")?)
     }
 
     pub(super) fn binary(
