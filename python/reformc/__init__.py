@@ -121,6 +121,12 @@ class Model:
         return self._m.signature
 
     @property
+    def jit_compilations(self):
+        """How many modules the LLVM JIT has compiled for this model: one per
+        (hashing source, length) it has run at; later calls reuse them."""
+        return self._m.jit_compilations
+
+    @property
     def config(self):
         """The config file the model was read from."""
         return self._m.config

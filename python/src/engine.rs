@@ -5,6 +5,7 @@
 //! names the Python argument where the CLI names the file.
 
 use crate::error::{Error, Result};
+use crate::jit_cache::JitCache;
 use ndarray::{ArrayD, IxDyn};
 use reformc_frontend::config::{parse_model_config, read_config_text, ConfigFormat};
 use reformc_frontend::lower::{expected_weights, lower, LowerOptions, LshSource};
@@ -83,14 +84,16 @@ pub struct Model {
     pub weights_path: PathBuf,
     /// The parsed model, adapted to the weight file's layout.
     pub spec: ModelSpec,
-    /// Every weight the model reads, by name.
-    pub weights: Tensors,
+    /// Every weight the model reads, by name (shared with the JIT worker).
+    pub weights: Arc<Tensors>,
     /// The options of `compile`.
     pub opts: Options,
     /// Optimised forward graphs: lowering and the pipeline depend on the
     /// hashing source and the length only, so a second call at the same
     /// length skips them.
     graphs: Mutex<HashMap<(u8, usize), Arc<Graph>>>,
+    /// The JIT-compiled module of each cached graph, kept across calls.
+    jit: JitCache,
 }
 
 /// Finds the config and the weights: a Hugging Face folder holds
@@ -160,10 +163,12 @@ impl Model {
         .map_err(Error::input)?;
         let weights = load_weights(&file, &lowered.graph)?;
         check_finite(&weights, weights_path, opts.allow_nonfinite_weights)?;
+        let weights = Arc::new(weights);
         Ok(Model {
             config: config.to_path_buf(),
             weights_path: weights_path.to_path_buf(),
             spec,
+            jit: JitCache::new(weights.clone()),
             weights,
             opts,
             graphs: Mutex::new(HashMap::new()),
@@ -186,7 +191,7 @@ impl Model {
                 g
             }
         };
-        let (out, engine) = self.engine(&graph, &inputs)?;
+        let (out, engine) = self.engine(&graph, true, &inputs)?;
         let (_, first) = out
             .into_iter()
             .next()
@@ -221,7 +226,8 @@ impl Model {
         opts.seq_len = opts.seq_len.or(Some(len as u64));
         opts.dropout = reformc_train::grad::dropout_rates(&train_spec);
         self.pipeline_run(&mut g, &opts, true)?;
-        let (mut out, _) = self.engine(&g, &inputs)?;
+        // A step graph is built per call: compiled for this run only.
+        let (mut out, _) = self.engine(&Arc::new(g), false, &inputs)?;
         reformc_train::grad::split_step_outputs(&mut out).map_err(Error::internal)
     }
 
@@ -503,14 +509,25 @@ impl Model {
             })
     }
 
-    /// The engine switch of `reformc run`: the LLVM JIT, or the reference
-    /// interpreter (`interp`, f64 graphs, ops the JIT does not support).
-    fn engine(&self, graph: &Graph, inputs: &Tensors) -> Result<(Tensors, &'static str)> {
+    /// How many modules the JIT has compiled and kept for this model.
+    pub fn jit_compilations(&self) -> usize {
+        self.jit.compilations()
+    }
+
+    /// The engine switch of `reformc run`: the LLVM JIT (its module kept for
+    /// the next call when `keep`), or the reference interpreter (`interp`, f64
+    /// graphs, ops the JIT does not support).
+    fn engine(
+        &self,
+        graph: &Arc<Graph>,
+        keep: bool,
+        inputs: &Tensors,
+    ) -> Result<(Tensors, &'static str)> {
         if let Some(n) = self.opts.threads {
             reformc_backend_llvm::set_threads(n).map_err(|e| Error::input(e.to_string()))?;
         }
         let interp = || {
-            reformc_interp::run(graph, inputs, &self.weights)
+            reformc_interp::run(graph, inputs, &*self.weights)
                 .map_err(|e| Error::internal(format!("interpreter: {e}")))
         };
         let f64_graph = graph
@@ -521,7 +538,11 @@ impl Model {
             return Ok((interp()?, "interpreter"));
         }
         use reformc_backend_llvm::BackendError;
-        match reformc_backend_llvm::jit_run(graph, inputs, &self.weights) {
+        let out = match keep {
+            true => self.jit.run(graph, inputs.clone()),
+            false => reformc_backend_llvm::jit_run(graph, inputs, &self.weights),
+        };
+        match out {
             Ok(out) => Ok((out, "LLVM JIT")),
             Err(BackendError::Unsupported(m)) => {
                 eprintln!("warning: LLVM JIT: {m}; running the interpreter instead");

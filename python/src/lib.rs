@@ -8,6 +8,7 @@
 
 mod engine;
 mod error;
+mod jit_cache;
 
 use engine::{Call, Options};
 use error::Error;
@@ -243,6 +244,13 @@ impl Model {
     #[getter]
     fn signature(&self, py: Python<'_>) -> PyResult<String> {
         Ok(py.detach(|| self.inner.signature())?)
+    }
+
+    /// How many modules the LLVM JIT has compiled for this model: one per
+    /// (hashing source, length) it has run at, kept for later calls.
+    #[getter]
+    fn jit_compilations(&self) -> usize {
+        self.inner.jit_compilations()
     }
 
     /// The config file the model was read from.

@@ -253,6 +253,8 @@ def test_the_gil_is_released_while_running(model):
     (with the GIL held it would stand still), and two threads running one
     model at once get the same answer."""
     ids = load(CASE, "input_ids.npy")
+    # A fresh model: its first call JIT-compiles, long enough to count ticks.
+    fresh = reformc.compile(CASE)
     count, stop = [0], threading.Event()
 
     def tick():
@@ -265,7 +267,7 @@ def test_the_gil_is_released_while_running(model):
         time.sleep(0.02)
         before = count[0]
         start = time.perf_counter()
-        want = model(ids, seed=8)
+        want = fresh(ids, seed=8)
         during, seconds = count[0] - before, time.perf_counter() - start
     finally:
         stop.set()
@@ -286,6 +288,27 @@ def test_the_gil_is_released_while_running(model):
     assert len(results) == 6
     for r in results:
         np.testing.assert_array_equal(r, want)
+
+
+def test_jit_modules_are_kept_across_calls():
+    """The first call at a (hashing source, length) JIT-compiles; later calls
+    reuse the module, and give the same numbers; a new length compiles once
+    more; the interpreter compiles nothing."""
+    m = reformc.compile(CASE)
+    ids = load(CASE, "input_ids.npy")
+    first = m(ids, seed=3)
+    assert m.jit_compilations == 1
+    for _ in range(3):
+        np.testing.assert_array_equal(m(ids, seed=3), first)
+    np.testing.assert_array_equal(m(ids, seed=4), m(ids, seed=4))
+    assert m.jit_compilations == 1, "the seed is an input, not a new module"
+    m(ids[:, : ids.shape[1] // 2], seed=3)
+    assert m.jit_compilations == 2
+    m(ids, lsh_buckets=load(CASE, "lsh_buckets.npy"))
+    assert m.jit_compilations == 3
+    interp = reformc.compile(CASE, interp=True)
+    interp(ids, seed=3)
+    assert interp.jit_compilations == 0
 
 
 # --- explain, dump, signature -------------------------------------------------
