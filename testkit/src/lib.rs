@@ -35,18 +35,7 @@ pub fn fixture(name: &str) -> PathBuf {
 
 /// Every fixture directory under tests/fixtures, sorted.
 pub fn fixtures() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("tests/fixtures"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("config.json").exists())
-        .collect();
-    v.sort();
-    assert!(
-        v.len() >= 10,
-        "expected at least 10 fixture cases, found {}",
-        v.len()
-    );
-    v
+    cases_in("tests/fixtures", 10)
 }
 
 /// Every task-head fixture directory under tests/fixtures_heads, sorted
@@ -54,15 +43,21 @@ pub fn fixtures() -> Vec<PathBuf> {
 /// cases of `scripts/hf_fixtures.py`; their `logits_f64.npy` is the head's
 /// output, [B, num_labels] or [B, L, 2]).
 pub fn head_fixtures() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("tests/fixtures_heads"))
+    cases_in("tests/fixtures_heads", 4)
+}
+
+/// The case folders (those with a `config.json`) under `dir`, sorted; at
+/// least `at_least` of them, or the fixtures are missing.
+fn cases_in(dir: &str, at_least: usize) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join(dir))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.join("config.json").exists())
         .collect();
     v.sort();
     assert!(
-        v.len() >= 4,
-        "expected at least 4 head fixture cases, found {}",
+        v.len() >= at_least,
+        "expected at least {at_least} cases in {dir}, found {}",
         v.len()
     );
     v
