@@ -11,6 +11,20 @@ pub fn max_len(spec: &ModelSpec) -> u64 {
     }
 }
 
+/// The shapes of recorded LSH buckets for `batch` sequences padded to
+/// `padded`: HF's `[n_lsh_layers, B, H, r·P]` (what `_hash_vectors` returns,
+/// what users pass) and the IR's `[n_lsh_layers, B, H, r, P]`, the same
+/// elements in the same order.
+pub fn lsh_bucket_shapes(
+    spec: &ModelSpec,
+    batch: usize,
+    padded: usize,
+) -> ([usize; 4], [usize; 5]) {
+    let n = spec.num_lsh_layers();
+    let (h, r) = (spec.num_heads as usize, spec.lsh.n_hashes as usize);
+    ([n, batch, h, r * padded], [n, batch, h, r, padded])
+}
+
 /// The message for the first token id outside `[0, vocab)` in `ids`, given
 /// in row-major order for a `[B, len]` array, or `None` when all are in range.
 /// Callers prefix it with the file or argument the ids came from.

@@ -9,7 +9,7 @@ use crate::jit_cache::JitCache;
 use ndarray::{ArrayD, IxDyn};
 use reformc_frontend::config::{parse_model_config, read_config_text, ConfigFormat};
 use reformc_frontend::lower::{expected_weights, lower, LowerOptions, LshSource};
-use reformc_frontend::spec::{AttentionKind, HeadSpec, ModelSpec};
+use reformc_frontend::spec::{HeadSpec, ModelSpec};
 use reformc_frontend::weights::WeightFile;
 use reformc_ir::{DType, Graph};
 use reformc_passes::autodiff::LABELS;
@@ -663,13 +663,8 @@ fn check_buckets(
 ) -> Result<ArrayD<i64>> {
     let what = "LSH buckets [n_lsh_layers, B, H, r*L_padded]";
     rank("lsh_buckets", what, b.shape(), 4)?;
-    let n = spec
-        .layers
-        .iter()
-        .filter(|l| **l == AttentionKind::Lsh)
-        .count();
-    let (h, r) = (spec.num_heads as usize, spec.lsh.n_hashes as usize);
-    let want = [n, batch, h, r * padded];
+    let (want, ir) = reformc_frontend::inputs::lsh_bucket_shapes(spec, batch, padded);
+    let r = ir[3];
     if b.shape() != want {
         return Err(Error::input(format!(
             "lsh_buckets: LSH buckets: expected shape {want:?} ([n_lsh_layers, B, H, r*L_padded] with L_padded={padded}), found {:?}",
@@ -682,7 +677,7 @@ fn check_buckets(
         .map_err(|e| Error::input(format!("lsh_buckets: LSH buckets: {e}")))?;
     b.as_standard_layout()
         .into_owned()
-        .into_shape_with_order(IxDyn(&[n, batch, h, r, padded]))
+        .into_shape_with_order(IxDyn(&ir))
         .map_err(|e| Error::internal(format!("lsh_buckets: {e}")))
 }
 

@@ -5,9 +5,9 @@
 use super::error::{CliError, CliResult};
 use super::{model, npy};
 use ndarray::{ArrayD, IxDyn};
-use reformc_frontend::inputs::token_id_error;
+use reformc_frontend::inputs::{lsh_bucket_shapes, token_id_error};
 use reformc_frontend::lower::{LowerOptions, Lowered, LshSource};
-use reformc_frontend::spec::{AttentionKind, ModelSpec};
+use reformc_frontend::spec::ModelSpec;
 use reformc_ir::DType;
 use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
@@ -179,13 +179,8 @@ pub fn read_buckets(
     padded: usize,
     n_buckets: u64,
 ) -> CliResult<ArrayD<i64>> {
-    let n = spec
-        .layers
-        .iter()
-        .filter(|l| **l == AttentionKind::Lsh)
-        .count();
-    let (h, r) = (spec.num_heads as usize, spec.lsh.n_hashes as usize);
-    let want = [n, batch, h, r * padded];
+    let (want, ir) = lsh_bucket_shapes(spec, batch, padded);
+    let r = ir[3];
     let b = npy::read_int(path, 4, "LSH buckets [n_lsh_layers, B, H, r*L_padded]")?;
     if b.shape() != want {
         return Err(CliError::input(format!("{}: LSH buckets: expected shape {want:?} ([n_lsh_layers, B, H, r*L_padded] with L_padded={padded}), found {:?}", path.display(), b.shape())));
@@ -194,6 +189,6 @@ pub fn read_buckets(
     let ids = ids.as_slice().unwrap_or_default();
     reformc_runtime::attention::check_bucket_ids(ids, r, padded, n_buckets)
         .map_err(|e| CliError::input(format!("{}: LSH buckets: {e}", path.display())))?;
-    b.into_shape_with_order(IxDyn(&[n, batch, h, r, padded]))
+    b.into_shape_with_order(IxDyn(&ir))
         .map_err(|e| CliError::internal(format!("{}: LSH buckets: {e}", path.display())))
 }

@@ -131,11 +131,11 @@ fn c_program_against_model_h_and_the_shared_library() {
     assert!(max_abs_diff(&got, &case.interp(LshSource::Seeded)) <= 1e-4);
 }
 
-/// Builds `C_PROGRAM` with `link` (after the source), runs it on `case`'s
-/// ids, checks the logits against the reference and returns them.
-fn c_program_matches(dir: &Path, case: &Case, link: &[String]) -> ArrayD<f64> {
+/// Compiles the C `source` (warnings are errors, `-I dir` for model.h) into
+/// `dir/prog`, linking `link` and the runtime's native libraries.
+fn build_c(dir: &Path, source: &str, link: &[String]) -> std::path::PathBuf {
     let src = dir.join("main.c");
-    std::fs::write(&src, C_PROGRAM).unwrap();
+    std::fs::write(&src, source).unwrap();
     let prog = dir.join("prog");
     let cc = Command::new(aot::cc())
         .args(["-std=c99", "-Wall", "-Werror", "-o"])
@@ -151,6 +151,13 @@ fn c_program_matches(dir: &Path, case: &Case, link: &[String]) -> ArrayD<f64> {
         "{}",
         String::from_utf8_lossy(&cc.stderr)
     );
+    prog
+}
+
+/// Builds `C_PROGRAM` with `link` (after the source), runs it on `case`'s
+/// ids, checks the logits against the reference and returns them.
+fn c_program_matches(dir: &Path, case: &Case, link: &[String]) -> ArrayD<f64> {
+    let prog = build_c(dir, C_PROGRAM, link);
     let ids_bin = dir.join("ids.bin");
     let bytes: Vec<u8> = case.ids.iter().flat_map(|x| x.to_le_bytes()).collect();
     std::fs::write(&ids_bin, bytes).unwrap();
@@ -283,22 +290,7 @@ fn prefixed_libraries_link_together() {
         link.push(format!("-Wl,-rpath,{}", sub.display()));
     }
     // Both headers define the shared `reformc_tensor` once.
-    let src = dir.join("main.c");
-    std::fs::write(&src, TWO_MODELS).unwrap();
-    let prog = dir.join("prog");
-    let cc = Command::new(aot::cc())
-        .args(["-std=c99", "-Wall", "-Werror", "-o"])
-        .arg(&prog)
-        .arg(&src)
-        .arg(format!("-I{}", dir.display()))
-        .args(&link)
-        .output()
-        .unwrap();
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
+    let prog = build_c(&dir, TWO_MODELS, &link);
     let res = run(&prog, &[]);
     assert!(res.status.success(), "exit {:?}", res.status.code());
     let out = String::from_utf8_lossy(&res.stdout);
