@@ -273,8 +273,9 @@ reformc_runtime::c_abi! {
         let mut v = s;
         v.rank = 5;
         (v.shape[3], v.shape[4]) = (rounds, per_round);
-        // All-zero strides (contiguous) stay all zero.
-        (v.strides[3], v.strides[4]) = (s.strides[3] * per_round, s.strides[3]);
+        // All-zero strides (contiguous) stay all zero; a caller's absurd stride
+        // saturates and is refused by the stride check, never overflows.
+        (v.strides[3], v.strides[4]) = (s.strides[3].saturating_mul(per_round), s.strides[3]);
         // SAFETY: `dst` is writable (checked non-NULL).
         unsafe { *dst = v };
         dst
