@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 /// reformc compiles Reformer and transformer models (Hugging Face config.json
 /// or reformc's model schema + safetensors weights) through a typed tensor IR.
 #[derive(Parser, Debug)]
-#[command(name = "reformc", version, about)]
+#[command(name = "reformc", version, long_version = LONG_VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,7 +33,36 @@ enum Command {
     ListPasses,
 }
 
+/// `--version`: the version and where artifacts' runtime archive comes from.
+#[cfg(reformc_embedded_runtime)]
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\nruntime archive: embedded (",
+    env!("REFORMC_EMBEDDED_RUNTIME_HASH"),
+    ")"
+);
+#[cfg(not(reformc_embedded_runtime))]
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\nruntime archive: not embedded (searched beside the binary and in its build tree; REFORMC_RUNTIME_LIB overrides)"
+);
+
+/// Hands the runtime archive the build script embedded (release builds) to
+/// the backend, which links artifacts against it.
+fn embed_runtime() {
+    #[cfg(reformc_embedded_runtime)]
+    {
+        use reformc_backend_llvm::runtime_lib::{embed, EmbeddedRuntime};
+        static BYTES: &[u8] = include_bytes!(env!("REFORMC_EMBEDDED_RUNTIME"));
+        embed(EmbeddedRuntime {
+            bytes: BYTES,
+            hash: env!("REFORMC_EMBEDDED_RUNTIME_HASH"),
+        });
+    }
+}
+
 fn main() {
+    embed_runtime();
     let mut cli = match Cli::try_parse_from(help_help_as_help(std::env::args_os())) {
         Ok(cli) => cli,
         Err(e) => exit_on_bad_arguments(e),

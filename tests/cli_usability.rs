@@ -214,3 +214,16 @@ fn artifacts_target_a_portable_cpu_by_default() {
     assert_eq!(json["target_cpu"], "x86-64-v3");
     let _ = std::fs::remove_file(exe);
 }
+
+#[test]
+fn version_says_where_the_runtime_archive_comes_from() {
+    let out = reformc(&["--version"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("reformc "), "{text}");
+    // Test builds do not embed it, release builds do (README "Installing").
+    let embedded = text.contains("runtime archive: embedded (");
+    let searched =
+        text.contains("runtime archive: not embedded") && text.contains("REFORMC_RUNTIME_LIB");
+    assert!(embedded != searched, "{text}");
+}

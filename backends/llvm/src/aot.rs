@@ -4,7 +4,8 @@
 
 use crate::error::{BackendError, Result};
 use crate::{
-    build_module, target, CompileOptions, CompiledModule, ExeInfo, MemoryPlan, Variant, WeightsMode,
+    build_module, runtime_lib, target, CompileOptions, CompiledModule, ExeInfo, MemoryPlan,
+    Variant, WeightsMode,
 };
 use inkwell::context::Context;
 use inkwell::module::Module;
@@ -150,7 +151,7 @@ pub fn compile(
             written.push(out.to_path_buf());
             if emit == Emit::Obj {
                 // An object alone cannot link: its kernels live in the runtime.
-                let rt = find_runtime_staticlib()?;
+                let rt = runtime_lib::find()?;
                 let beside = out.with_file_name(RUNTIME_ARCHIVE);
                 copy_atomically(&rt, &beside)?;
                 written.push(beside);
@@ -163,7 +164,7 @@ pub fn compile(
             let (_tmp, obj) = temp_object(&tm, &cm.module, "reformc_model.o")?;
             phases.push(("emit", t2.elapsed()));
             let t3 = Instant::now();
-            let rt = find_runtime_staticlib()?;
+            let rt = runtime_lib::find()?;
             let archive = AtomicOutput::new(out);
             std::fs::copy(&rt, archive.path())
                 .map_err(|e| BackendError::Io(format!("{}: {e}", rt.display())))?;
@@ -179,7 +180,7 @@ pub fn compile(
             let (tmp, obj) = temp_object(&tm, &cm.module, "model.o")?;
             phases.push(("emit", t2.elapsed()));
             let t3 = Instant::now();
-            let rt = find_runtime_staticlib()?;
+            let rt = runtime_lib::find()?;
             // Linked to a temporary beside `out`, renamed only once complete.
             let linked = AtomicOutput::new(out);
             if emit == Emit::Exe {
@@ -416,79 +417,6 @@ pub fn link_shared(
     ];
     args.extend(NATIVE_LIBS.iter().map(|s| s.to_string()));
     run_cc(&args, &out.display().to_string())
-}
-
-fn newest_matching(dir: &Path, prefix: &str, suffix: &str) -> Option<PathBuf> {
-    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(prefix) && name.ends_with(suffix) {
-            if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
-                if best.as_ref().is_none_or(|(b, _)| t > *b) {
-                    best = Some((t, e.path()));
-                }
-            }
-        }
-    }
-    best.map(|(_, p)| p)
-}
-
-/// Locates `libreformc_exe_runtime.a` (the executable runtime with the kernels): `$REFORMC_RUNTIME_LIB`, then beside the
-/// running executable (and its `deps/`, where cargo puts the static library
-/// of a dependency), then the build tree this crate was compiled in.
-pub fn find_runtime_staticlib() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("REFORMC_RUNTIME_LIB") {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
-        return Err(BackendError::Io(format!(
-            "REFORMC_RUNTIME_LIB={} is not a file",
-            p.display()
-        )));
-    }
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(d) = exe.parent() {
-            dirs.push(d.to_path_buf());
-            if let Some(up) = d.parent() {
-                dirs.push(up.to_path_buf());
-            }
-            dirs.push(d.join("../lib/reformc"));
-        }
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
-    for profile in ["release", "debug"] {
-        dirs.push(root.join(profile));
-    }
-    for d in &dirs {
-        // The newest candidate of the first directory that has any: cargo
-        // leaves one static library per build configuration in deps/.
-        let mut found: Vec<PathBuf> = Vec::new();
-        let direct = d.join("libreformc_exe_runtime.a");
-        if direct.is_file() {
-            found.push(direct);
-        }
-        for sub in [d.clone(), d.join("deps")] {
-            if let Some(p) = newest_matching(&sub, "libreformc_exe_runtime-", ".a") {
-                found.push(p);
-            }
-        }
-        let newest = found
-            .into_iter()
-            .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
-            .max_by_key(|(t, _)| *t);
-        if let Some((_, p)) = newest {
-            return Ok(p);
-        }
-    }
-    Err(BackendError::Io(format!(
-        "cannot find the runtime library libreformc_exe_runtime.a (looked in {}); build it with `cargo build -p reformc-exe-runtime` or set REFORMC_RUNTIME_LIB",
-        dirs.iter()
-            .map(|d| d.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    )))
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub mod aot;
 mod codegen;
 mod error;
 pub mod jit;
+pub mod runtime_lib;
 mod signature;
 pub mod target;
 
