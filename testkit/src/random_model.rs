@@ -8,6 +8,7 @@ use ndarray::{ArrayD, IxDyn};
 use reformc_frontend::lower::{expected_weights, LshSource};
 use reformc_frontend::spec::ModelSpec;
 use reformc_interp::Tensor;
+use reformc_ir::Activation;
 use std::collections::BTreeMap;
 
 /// The linear congruential generator the random-model tests draw from (kept
@@ -56,7 +57,8 @@ pub fn random_config(rng: &mut Lcg) -> String {
         r#"{"type": "full", "shared_qk": true}"#,
     ];
     let layers: Vec<&str> = (0..n_layers).map(|_| *rng.pick(&kinds)).collect();
-    let act = *rng.pick(&["relu", "gelu", "gelu_new", "silu"]);
+    // Every activation the IR has; the identity is the schema's `linear`.
+    let act = rng.pick(&Activation::ALL).name().unwrap_or("linear");
     let position = if rng.below(2) == 0 {
         let d0 = hidden / 2;
         format!(
@@ -209,4 +211,27 @@ pub fn write_safetensors(path: &std::path::Path, w: &BTreeMap<String, Tensor>) {
     bytes.extend(header.as_bytes());
     bytes.extend(data);
     std::fs::write(path, bytes).unwrap();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_draw_every_activation_and_parse() {
+        let mut rng = Lcg(7);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..300 {
+            let text = random_config(&mut rng);
+            let path = std::path::Path::new("random.json");
+            let (spec, _) = reformc_frontend::schema::parse_schema(&text, path)
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            seen.insert(spec.activation.name().unwrap_or("linear").to_string());
+        }
+        let all: std::collections::BTreeSet<String> = Activation::ALL
+            .iter()
+            .map(|a| a.name().unwrap_or("linear").to_string())
+            .collect();
+        assert_eq!(seen, all);
+    }
 }
