@@ -39,6 +39,10 @@ pub struct PassOptions {
     /// Dropout probabilities of a training step, applied by `lower-model`
     /// (`None` or all 0: no dropout; inference pipelines never set it).
     pub dropout: Option<crate::lower_model::DropoutRates>,
+    /// Which layers that are not reversible the `autodiff` pass recomputes
+    /// in the backward pass instead of keeping their activations (default
+    /// `Auto`: as few as fit `memory_budget`; none without a budget).
+    pub recompute: crate::autodiff::checkpoint::LayerRecompute,
 }
 
 impl PassOptions {

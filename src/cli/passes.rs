@@ -77,6 +77,9 @@ pub struct PassArgs {
     /// to compare with Hugging Face, which cannot be matched under dropout).
     #[arg(long)]
     pub no_dropout: bool,
+    /// Training step only: layers that are not reversible recomputed in the backward pass instead of keeping their activations (auto: the fewest leading layers that fit --memory-budget at --seq-len, none without a budget; reversible layers always recompute).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "none", "all"])]
+    pub recompute_layers: String,
 }
 
 impl PassArgs {
@@ -131,6 +134,7 @@ impl PassArgs {
             kv_chunk: self.kv_chunk,
             chunk_size_feed_forward: self.chunk_ff,
             chunk_size_lm_head: self.chunk_lm_head,
+            recompute: self.recompute_layers.parse().unwrap_or_default(),
             ..PassOptions::default()
         }
     }

@@ -24,6 +24,7 @@
 //! ```
 
 mod builder;
+pub mod checkpoint;
 mod loss;
 mod rules;
 mod sweep;
@@ -36,13 +37,26 @@ pub use sweep::{active_values, Sweep};
 pub use unfold::{unfold, Branch, Coupling};
 
 use crate::pass::{Pass, PassError, PassOptions};
-use reformc_ir::{Graph, OpKind};
+use checkpoint::{Checkpointing, Segment};
+use reformc_ir::{Graph, OpKind, ValueId};
+use std::collections::HashSet;
 
 /// Prefix of the output that holds a weight's gradient.
 pub const GRAD_PREFIX: &str = "grad:";
 
 /// The graph computing `loss` and the gradient of every float weight.
 pub fn differentiate(g: &Graph, loss: &str) -> Result<Graph, String> {
+    differentiate_with(g, loss, &Checkpointing::None).map(|(d, _)| d)
+}
+
+/// [`differentiate`], recomputing the layers `checkpointing` names in the
+/// backward pass instead of keeping their activations ([`checkpoint`]);
+/// also returns the layers it recomputes.
+pub fn differentiate_with(
+    g: &Graph,
+    loss: &str,
+    checkpointing: &Checkpointing,
+) -> Result<(Graph, Vec<u64>), String> {
     let &(_, loss_v) = g
         .outputs
         .iter()
@@ -65,7 +79,16 @@ pub fn differentiate(g: &Graph, loss: &str) -> Result<Graph, String> {
         .into_iter()
         .map(|(n, v)| (n.to_string(), v))
         .collect();
-    let mut sweep = Sweep::new(&mut h, couplings);
+    let coupled: HashSet<ValueId> = couplings
+        .iter()
+        .flat_map(|c| c.values.iter().copied())
+        .collect();
+    let segments: Vec<Segment> = checkpoint::segments(&h, &coupled)
+        .into_iter()
+        .filter(|s| checkpointing.covers(s.layer))
+        .collect();
+    let recomputed_layers = segments.iter().map(|s| s.layer).collect();
+    let mut sweep = Sweep::new(&mut h, couplings, segments);
     if !sweep.active.contains(&loss_v) {
         return Err(format!("`{loss}` does not depend on any float weight"));
     }
@@ -86,7 +109,7 @@ pub fn differentiate(g: &Graph, loss: &str) -> Result<Graph, String> {
     h.outputs = vec![(loss.to_string(), loss_v)];
     h.outputs.extend(grads);
     reformc_ir::verify(&h).map_err(|e| format!("the differentiated graph does not verify: {e}"))?;
-    Ok(h)
+    Ok((h, recomputed_layers))
 }
 
 /// Whether `g` still holds an op autodiff cannot take (a model op other than
@@ -116,10 +139,10 @@ impl Pass for AutodiffPass {
     }
 
     fn summary(&self) -> &'static str {
-        "reverse mode: the gradient of the `loss` output with respect to every weight, reversible blocks recomputed"
+        "reverse mode: the gradient of the `loss` output with respect to every weight, reversible blocks recomputed, other layers recomputed to fit the memory budget"
     }
 
-    fn run(&self, g: &mut Graph, _: &PassOptions) -> Result<Vec<String>, PassError> {
+    fn run(&self, g: &mut Graph, opts: &PassOptions) -> Result<Vec<String>, PassError> {
         let err = |message| PassError {
             pass: String::new(),
             message,
@@ -131,10 +154,11 @@ impl Pass for AutodiffPass {
                 "loss: mean cross-entropy of `logits` against the `labels` input".to_string(),
             );
         }
-        let d = differentiate(g, LOSS).map_err(err)?;
-        let n = d.outputs.len() - 1;
-        *g = d;
+        let choice = checkpoint::choose(g, LOSS, opts).map_err(err)?;
+        let n = choice.graph.outputs.len() - 1;
+        *g = choice.graph;
         notes.push(format!("{n} weight gradients"));
+        notes.extend(choice.note);
         Ok(notes)
     }
 }

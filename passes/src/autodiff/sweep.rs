@@ -1,6 +1,7 @@
 //! The reverse sweep: cotangents flow from the loss back to the weights.
 
 use super::builder::Builder;
+use super::checkpoint::Segment;
 use super::rules::{is_differentiable, rule_of, vjp, Rule};
 use super::unfold::{Branch, Coupling};
 use reformc_ir::{Graph, OpKind, ValueId};
@@ -18,26 +19,36 @@ pub struct Sweep<'g> {
     pub recomputed: HashMap<ValueId, ValueId>,
     /// Couplings by their output value.
     couplings: HashMap<ValueId, Coupling>,
-    /// Values inside couplings, which only their coupling's rule visits.
+    /// Checkpointed layers by their result.
+    segments: HashMap<ValueId, Segment>,
+    /// Values inside couplings and checkpointed layers, which only their
+    /// coupling's or layer's rule visits.
     inside: HashSet<ValueId>,
 }
 
 impl<'g> Sweep<'g> {
-    /// A sweep over `g` (flattened) whose couplings are `couplings`.
-    pub fn new(g: &'g mut Graph, couplings: Vec<Coupling>) -> Self {
+    /// A sweep over `g` (flattened) whose couplings are `couplings` and
+    /// whose checkpointed layers are `segments`.
+    pub fn new(g: &'g mut Graph, couplings: Vec<Coupling>, segments: Vec<Segment>) -> Self {
         let active = active_values(g, &g.body);
-        let inside = couplings
+        let coupled = couplings.iter().flat_map(|c| c.values.iter().copied());
+        let layered = segments.iter().flat_map(|s| s.body.iter().copied());
+        let results: HashSet<ValueId> = couplings
             .iter()
-            .flat_map(|c| c.values.iter().copied())
-            .filter(|v| !couplings.iter().any(|c| c.y == *v))
+            .map(|c| c.y)
+            .chain(segments.iter().map(|s| s.result))
             .collect();
-        let couplings = couplings.into_iter().map(|c| (c.y, c)).collect();
+        let inside = coupled
+            .chain(layered)
+            .filter(|v| !results.contains(v))
+            .collect();
         Sweep {
             b: Builder::new(g),
             ct: HashMap::new(),
             active,
             recomputed: HashMap::new(),
-            couplings,
+            couplings: couplings.into_iter().map(|c| (c.y, c)).collect(),
+            segments: segments.into_iter().map(|s| (s.result, s)).collect(),
             inside,
         }
     }
@@ -61,6 +72,8 @@ impl<'g> Sweep<'g> {
             let Some(&dy) = self.ct.get(&v) else { continue };
             if self.couplings.contains_key(&v) {
                 self.coupling(v, dy)?;
+            } else if self.segments.contains_key(&v) {
+                self.segment(v, dy)?;
             } else {
                 self.op(v, dy)?;
             }
@@ -132,6 +145,33 @@ impl<'g> Sweep<'g> {
         Ok(())
     }
 
+    /// A checkpointed layer: recompute its ops from the values it reads
+    /// (kept from the forward pass), then back-propagate `dy` through the
+    /// recomputed ops; cotangents reach the layer's inputs and weights.
+    fn segment(&mut self, y: ValueId, dy: ValueId) -> Result<(), String> {
+        let seg = self.segments[&y].clone();
+        let (out, ops) = self.replay_ops(&seg.body, seg.result, HashMap::new());
+        self.mark_active(&ops);
+        if self.active.contains(&out) {
+            self.accumulate(out, dy)?;
+            self.run(&ops)?;
+        }
+        Ok(())
+    }
+
+    /// Marks the replayed `ops` that gradients flow through.
+    fn mark_active(&mut self, ops: &[ValueId]) {
+        for &v in ops {
+            let node = self.b.g.node(v);
+            if is_differentiable(&node.ty)
+                && rule_of(node.op.kind) != Rule::Constant
+                && node.inputs.iter().any(|i| self.active.contains(i))
+            {
+                self.active.insert(v);
+            }
+        }
+    }
+
     /// Back-propagates `d_out` through the replayed ops `ops` (result `out`)
     /// and returns the cotangent of the replay's argument `arg`.
     fn through(
@@ -143,15 +183,7 @@ impl<'g> Sweep<'g> {
     ) -> Result<Option<ValueId>, String> {
         // The replay's values are new: mark the ones gradients flow through.
         self.active.insert(arg);
-        for &v in &ops {
-            let node = self.b.g.node(v);
-            if is_differentiable(&node.ty)
-                && rule_of(node.op.kind) != Rule::Constant
-                && node.inputs.iter().any(|i| self.active.contains(i))
-            {
-                self.active.insert(v);
-            }
-        }
+        self.mark_active(&ops);
         if !self.active.contains(&out) {
             return Ok(None);
         }
@@ -168,9 +200,21 @@ impl<'g> Sweep<'g> {
     /// too would keep index tensors of every layer alive from the forward
     /// pass to the backward pass, so memory would grow with depth.
     fn replay(&mut self, branch: &Branch, arg: ValueId) -> Result<(ValueId, Vec<ValueId>), String> {
-        let mut map: HashMap<ValueId, ValueId> = HashMap::from([(branch.arg, arg)]);
+        let map = HashMap::from([(branch.arg, arg)]);
+        Ok(self.replay_ops(&branch.body, branch.result, map))
+    }
+
+    /// Re-emits `body` with inputs renamed by `map` (and by earlier
+    /// recomputations), skipping hashing and random draws (see [`Self::replay`]);
+    /// returns the replayed `result` and the new ops.
+    fn replay_ops(
+        &mut self,
+        body: &[ValueId],
+        result: ValueId,
+        mut map: HashMap<ValueId, ValueId>,
+    ) -> (ValueId, Vec<ValueId>) {
         let mut ops = Vec::new();
-        for &v in &branch.body {
+        for &v in body {
             let node = self.b.g.node(v).clone();
             if matches!(node.op.kind, OpKind::LshHash | OpKind::RandomNormal) {
                 continue;
@@ -178,14 +222,13 @@ impl<'g> Sweep<'g> {
             let inputs = node
                 .inputs
                 .iter()
-                .map(|i| map.get(i).copied().unwrap_or(*i))
+                .map(|i| *map.get(i).or(self.recomputed.get(i)).unwrap_or(i))
                 .collect();
             let nv = self.b.g.add(node.op.clone(), inputs, node.ty.clone());
             map.insert(v, nv);
             ops.push(nv);
         }
-        let out = map.get(&branch.result).copied().unwrap_or(branch.result);
-        Ok((out, ops))
+        (map.get(&result).copied().unwrap_or(result), ops)
     }
 }
 
