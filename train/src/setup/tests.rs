@@ -59,7 +59,8 @@ fn same_run(path: &Path) -> RunSettings {
 
 #[test]
 fn counts_must_be_positive() {
-    let cases: [(&str, fn(&mut RunSettings)); 4] = [
+    type Zero = fn(&mut RunSettings);
+    let cases: [(&str, Zero); 4] = [
         ("steps", |s| s.steps = 0),
         ("seq-len", |s| s.seq_len = 0),
         ("batch", |s| s.batch = 0),
