@@ -7,6 +7,12 @@
 The engine is reformc's LLVM JIT, as `reformc run` uses it; the arrays and
 options mean what `reformc run`'s flags of the same names mean. Failures
 raise `ReformcError` with the message the CLI prints after ``error:``.
+
+`train` runs `reformc train`'s loop in this process:
+
+    r = reformc.train("tests/fixtures/causal_mixed_r2", np.load("tokens.npy"),
+                      steps=100, seq_len=32, out="ckpt.safetensors", lr=1e-3)
+    r["losses"]                                            # one per step
 """
 
 import os
@@ -16,8 +22,9 @@ import numpy as np
 from ._reformc import Model as _Model
 from ._reformc import ReformcError
 from ._reformc import compile as _compile
+from ._reformc import train as _train
 
-__all__ = ["compile", "Model", "ReformcError"]
+__all__ = ["compile", "train", "Model", "ReformcError"]
 
 
 def compile(path_or_config, weights=None, **options):
@@ -39,6 +46,83 @@ def compile(path_or_config, weights=None, **options):
     if weights is not None:
         weights = os.fspath(weights)
     return Model(_compile(path, weights, **options))
+
+
+def train(
+    model,
+    data,
+    *,
+    steps,
+    seq_len,
+    out,
+    weights=None,
+    batch=1,
+    optimizer=None,
+    lr=None,
+    warmup=None,
+    weight_decay=None,
+    seed=None,
+    checkpoint_every=None,
+    log_every=1,
+    resume=None,
+    interp=False,
+    threads=0,
+    dropout=True,
+    lm_head_bias=False,
+    log=None,
+):
+    """Trains a model on a token stream, as `reformc train`: the same windows,
+    steps, optimizers and checkpoints, so the same settings give the same
+    losses and checkpoint files.
+
+    ``model`` is a config.json or a Hugging Face model folder, as
+    `compile` takes; ``weights`` the initial weights (default: the folder's,
+    or ``model.safetensors`` beside the config). ``data`` is a 1-D integer
+    array of token ids (anything with ``__array__``) or the path of a 1-D
+    integer ``.npy`` file.
+
+    Each step trains on ``batch`` windows of ``seq_len`` tokens; the run stops
+    after ``steps`` steps in all and writes its checkpoint to ``out`` every
+    ``checkpoint_every`` steps and after the last. ``resume`` continues the run
+    a checkpoint holds (weights, optimizer state, step, seed; it may be
+    ``out``). ``optimizer`` ("adam" or "adafactor"), ``lr``, ``warmup``,
+    ``weight_decay``, ``seed``, ``interp``, ``threads`` and ``lm_head_bias``
+    are `reformc train`'s flags; ``dropout=False`` is ``--no-dropout``.
+
+    Progress lines (every ``log_every`` steps and after the last) go to
+    ``log(line)``, by default ``print``; ``log_every=0`` prints none.
+    Settings that differ from a resumed checkpoint's run are ``UserWarning``s.
+    Ctrl-C stops the run between steps with ``KeyboardInterrupt``; ``out``
+    then holds the last checkpoint written.
+
+    Returns ``{"losses": float64 array (one per step run), "checkpoints":
+    [steps at which checkpoints were written], "step": steps done in all,
+    "out": the checkpoint path}``.
+    """
+    if not isinstance(data, (str, os.PathLike)):
+        data = _array(data, "data")
+    return _train(
+        os.fspath(model),
+        data,
+        steps=_count(steps, "steps"),
+        seq_len=_count(seq_len, "seq_len"),
+        out=os.fspath(out),
+        weights=None if weights is None else os.fspath(weights),
+        batch=_count(batch, "batch"),
+        optimizer=optimizer,
+        lr=_rate(lr, "lr"),
+        warmup=_count(warmup, "warmup"),
+        weight_decay=_rate(weight_decay, "weight_decay"),
+        seed=_count(seed, "seed"),
+        checkpoint_every=_count(checkpoint_every, "checkpoint_every"),
+        log_every=_count(log_every, "log_every"),
+        resume=None if resume is None else os.fspath(resume),
+        interp=bool(interp),
+        threads=_count(threads, "threads"),
+        dropout=bool(dropout),
+        lm_head_bias=bool(lm_head_bias),
+        log=log,
+    )
 
 
 class Model:
@@ -172,6 +256,31 @@ def _seed(seed):
     if not -(2**63) <= s < 2**63:
         raise ReformcError(f"seed: {s} does not fit in int64")
     return s
+
+
+def _count(x, name):
+    """A non-negative integer argument as an int (None stays None)."""
+    if x is None:
+        return None
+    try:
+        n = int(x.__index__())
+    except (AttributeError, TypeError) as e:
+        raise ReformcError(
+            f"{name}: expected an integer, found {type(x).__name__}"
+        ) from e
+    if not 0 <= n < 2**64:
+        raise ReformcError(f"{name}: {n} is not in 0..2**64")
+    return n
+
+
+def _rate(x, name):
+    """A float argument (None stays None); its range is checked by reformc."""
+    if x is None:
+        return None
+    try:
+        return float(x)
+    except (TypeError, ValueError) as e:
+        raise ReformcError(f"{name}: expected a number, found {type(x).__name__}") from e
 
 
 def _torch(a):

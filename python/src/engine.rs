@@ -134,21 +134,34 @@ pub fn locate(path: &Path, weights: Option<&Path>) -> Result<(PathBuf, PathBuf)>
     Ok((config, weights))
 }
 
+/// Reads `config` (HF `config.json` or reformc schema) and opens `weights`,
+/// if given, as `reformc run` does: for an HF config the weight file decides
+/// the layout (a `reformer.` prefix, the head). Also the config's warnings.
+pub fn read_spec(
+    config: &Path,
+    weights: Option<&Path>,
+    lm_head_bias: bool,
+) -> Result<(ModelSpec, Option<WeightFile>, Vec<String>)> {
+    let text = read_config_text(config)?;
+    let (mut spec, warnings, format) = parse_model_config(&text, config)?;
+    let file = weights.map(WeightFile::open).transpose()?;
+    if let (Some(f), ConfigFormat::HuggingFace) = (&file, format) {
+        f.apply_layout(&mut spec, lm_head_bias);
+    } else if let HeadSpec::LmHead { bias } = &mut spec.head {
+        *bias |= lm_head_bias;
+    }
+    Ok((spec, file, warnings))
+}
+
 impl Model {
     /// Reads the config and the weights and checks them against the graph,
     /// as `reformc run` does before it reads any input.
     pub fn load(config: &Path, weights_path: &Path, opts: Options) -> Result<Model> {
-        let text = read_config_text(config)?;
-        let (mut spec, warnings, format) = parse_model_config(&text, config)?;
+        let (spec, file, warnings) = read_spec(config, Some(weights_path), opts.lm_head_bias)?;
         for w in warnings {
             eprintln!("warning: {w}");
         }
-        let file = WeightFile::open(weights_path)?;
-        if let ConfigFormat::HuggingFace = format {
-            file.apply_layout(&mut spec, opts.lm_head_bias);
-        } else if let HeadSpec::LmHead { bias } = &mut spec.head {
-            *bias |= opts.lm_head_bias;
-        }
+        let file = file.ok_or_else(|| Error::internal("the weight file was not opened"))?;
         // The weights a graph reads do not depend on the length; automatic
         // buckets (`num_buckets: null`) need one to lower, so the largest.
         let seq_len = opts.seq_len.or(Some(spec.max_position_embeddings));
@@ -573,7 +586,17 @@ fn load_weights(file: &WeightFile, graph: &Graph) -> Result<Tensors> {
         .into_iter()
         .filter(|n| !expected.iter().any(|(e, _)| e == n))
         .collect();
-    file.check(&expected, &extra)?;
+    load_expected(file, expected, &extra)
+}
+
+/// Checks `file` against `expected` (names, shapes, F32; `extra` tensors
+/// may be present unused) and loads every expected tensor.
+pub fn load_expected(
+    file: &WeightFile,
+    expected: Vec<(String, Vec<u64>)>,
+    extra: &[String],
+) -> Result<Tensors> {
+    file.check(&expected, extra)?;
     let mut out = Tensors::new();
     for (name, shape) in expected {
         let data = file.tensor_f32(&name)?;
@@ -589,15 +612,9 @@ fn load_weights(file: &WeightFile, graph: &Graph) -> Result<Tensors> {
 /// `allow_nonfinite_weights`).
 fn check_finite(weights: &Tensors, file: &Path, allow: bool) -> Result<()> {
     for (name, t) in weights {
-        let Tensor::F32(a) = t else { continue };
-        let Some((index, value)) = a.iter().enumerate().find(|(_, x)| !x.is_finite()) else {
+        let Some(message) = nonfinite(name, t, file) else {
             continue;
         };
-        let message = format!(
-            "{}: tensor `{name}`: non-finite value {value} at flat index {index} (shape {:?})",
-            file.display(),
-            t.shape()
-        );
         if !allow {
             return Err(Error::input(format!(
                 "{message}; pass allow_nonfinite_weights=True to run it anyway"
@@ -606,6 +623,18 @@ fn check_finite(weights: &Tensors, file: &Path, allow: bool) -> Result<()> {
         eprintln!("warning: {message} (allowed by allow_nonfinite_weights)");
     }
     Ok(())
+}
+
+/// The first NaN or infinity of weight `name` (read from `file`), said in
+/// one phrase: the tensor, the flat index, the value and the shape.
+pub fn nonfinite(name: &str, t: &Tensor, file: &Path) -> Option<String> {
+    let Tensor::F32(a) = t else { return None };
+    let (index, value) = a.iter().enumerate().find(|(_, x)| !x.is_finite())?;
+    Some(format!(
+        "{}: tensor `{name}`: non-finite value {value} at flat index {index} (shape {:?})",
+        file.display(),
+        t.shape()
+    ))
 }
 
 /// Token ids: `[B, L]`, non-empty, every id in `[0, vocab_size)`.
@@ -703,7 +732,7 @@ fn check_labels(l: &ArrayD<i64>, shape: &[usize], vocab: u64) -> Result<ArrayD<i
 }
 
 /// Refuses an array of the wrong rank, in the words of the `.npy` readers.
-fn rank(arg: &str, what: &str, shape: &[usize], want: usize) -> Result<()> {
+pub fn rank(arg: &str, what: &str, shape: &[usize], want: usize) -> Result<()> {
     if shape.len() != want {
         return Err(Error::input(format!(
             "{arg}: {what}: expected a rank-{want} array, found shape {shape:?}"

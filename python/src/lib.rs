@@ -3,12 +3,14 @@
 //!
 //! A model is compiled once (`compile`: config and weights read and checked)
 //! and run many times; each run releases the GIL while the LLVM JIT (or the
-//! interpreter) works. Errors are `reformc.ReformcError` with the CLI's
-//! one-line message; pyo3 turns a panic into a Python exception, never an abort.
+//! interpreter) works. `train` runs `reformc train`'s loop (train.rs).
+//! Errors are `reformc.ReformcError` with the CLI's one-line message; pyo3
+//! turns a panic into a Python exception, never an abort.
 
 mod engine;
 mod error;
 mod jit_cache;
+mod train;
 
 use engine::{Call, Options};
 use error::Error;
@@ -423,10 +425,11 @@ fn in_range(arg: &str, value: Option<u64>, max: u64) -> PyResult<()> {
     }
 }
 
-/// The module: `compile`, `Model` and `ReformcError`.
+/// The module: `compile`, `Model`, `train` and `ReformcError`.
 #[pymodule]
 fn _reformc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compile, m)?)?;
+    m.add_function(wrap_pyfunction!(train::train, m)?)?;
     m.add_class::<Model>()?;
     m.add("ReformcError", m.py().get_type::<ReformcError>())?;
     Ok(())

@@ -466,3 +466,179 @@ def test_grad_needs_an_lm_head_and_valid_labels():
     labels = load(case, "labels.npy").copy()
     labels[0, 1] = 10_000
     assert "label 10000 at [0, 1] is out of range" in error(m.grad, ids, labels=labels, **kw)
+
+
+# --- training ---------------------------------------------------------------
+
+TRAIN = FIXTURES / "causal_mixed_r2"  # an LM head, vocab 48, up to 64 tokens
+# A short run: 3 steps of 2 windows of 32 tokens, on the interpreter (the
+# JIT takes seconds to compile a step; test_progress_lines_... uses it).
+RUN = dict(steps=3, seq_len=32, batch=2, lr=0.01, seed=5, interp=True)
+
+
+def train_tokens(n=300):
+    """A learnable stream of ids in [0, 48)."""
+    return (np.arange(n) * 7 % 48).astype(np.int64)
+
+
+def cli():
+    exe = ROOT / "target" / "debug" / "reformc"
+    if not exe.exists():
+        pytest.skip(f"no CLI binary at {exe} (cargo build builds it)")
+    return exe
+
+
+def cli_train(data, out, **run):
+    """`reformc train` with `run` as flags; the loss of each progress line (4 decimals)."""
+    flags = []
+    for k, v in run.items():
+        flag = f"--{k.replace('_', '-')}"
+        flags += [flag] if v is True else [flag, str(v)]
+    r = subprocess.run(
+        [cli(), "train", TRAIN, "--data", data, "--out", out, *flags],
+        capture_output=True, text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    return [float(l.split()[3]) for l in r.stdout.splitlines() if l.startswith("step ")]
+
+
+def checkpoint_step(path):
+    """The `step` a checkpoint's safetensors metadata records."""
+    raw = Path(path).read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return int(json.loads(raw[8 : 8 + n])["__metadata__"]["step"])
+
+
+def test_train_matches_the_cli(tmp_path):
+    """Same settings, same engine: the same checkpoint file, byte for byte,
+    and the losses the CLI prints."""
+    data = tmp_path / "tokens.npy"
+    np.save(data, train_tokens())
+    cli_losses = cli_train(data, tmp_path / "cli.safetensors", **RUN)
+    r = reformc.train(TRAIN, train_tokens(), out=tmp_path / "py.safetensors", log_every=0, **RUN)
+    assert set(r) == {"losses", "checkpoints", "step", "out"}
+    assert r["losses"].dtype == np.float64 and r["losses"].shape == (3,)
+    assert (r["checkpoints"], r["step"], r["out"]) == ([3], 3, str(tmp_path / "py.safetensors"))
+    np.testing.assert_allclose(r["losses"], cli_losses, atol=5.01e-5)
+    cli_bytes = (tmp_path / "cli.safetensors").read_bytes()
+    assert (tmp_path / "py.safetensors").read_bytes() == cli_bytes
+    # The same stream from the .npy file trains the same.
+    again = reformc.train(TRAIN, data, out=tmp_path / "file.safetensors", log_every=0, **RUN)
+    np.testing.assert_array_equal(again["losses"], r["losses"])
+    assert (tmp_path / "file.safetensors").read_bytes() == cli_bytes
+
+
+def test_resume_continues_the_run_exactly(tmp_path):
+    run = dict(RUN, steps=4, log_every=0)
+    whole = reformc.train(TRAIN, train_tokens(), out=tmp_path / "whole.safetensors", **run)
+    part = tmp_path / "part.safetensors"
+    first = reformc.train(TRAIN, train_tokens(), out=part, **dict(run, steps=2))
+    assert (first["checkpoints"], checkpoint_step(part)) == ([2], 2)
+    rest = reformc.train(TRAIN, train_tokens(), out=part, resume=part, **run)
+    assert (rest["checkpoints"], rest["step"]) == ([4], 4)
+    np.testing.assert_array_equal(np.concatenate([first["losses"], rest["losses"]]), whole["losses"])
+    assert part.read_bytes() == (tmp_path / "whole.safetensors").read_bytes()
+
+
+def test_changed_settings_on_resume_are_warnings(tmp_path):
+    out = tmp_path / "c.safetensors"
+    reformc.train(TRAIN, train_tokens(), out=out, log_every=0, **dict(RUN, steps=1))
+    with pytest.warns(UserWarning, match=r"seed differs from the checkpoint's \(5 there, 6 now\)"):
+        reformc.train(TRAIN, train_tokens(), out=out, resume=out, log_every=0, **dict(RUN, seed=6))
+    assert checkpoint_step(out) == 3
+
+
+def test_progress_lines_go_to_the_log_function(tmp_path, capsys):
+    lines = []
+    jit = dict(RUN, interp=False)
+    r = reformc.train(TRAIN, train_tokens(), out=tmp_path / "c.safetensors", log=lines.append, **jit)
+    steps = [l for l in lines if l.startswith("step ")]
+    assert [l.split()[1] for l in steps] == ["1/3", "2/3", "3/3"]
+    np.testing.assert_allclose([float(l.split()[3]) for l in steps], r["losses"], atol=5.01e-5)
+    assert any(l.startswith("reformc: training step compiled by the LLVM JIT") for l in lines)
+    assert capsys.readouterr().out == ""
+    # By default they are printed (Jupyter shows them); log_every=0 prints none.
+    reformc.train(TRAIN, train_tokens(), out=tmp_path / "c.safetensors", **dict(RUN, steps=1))
+    assert "step 1/1  loss " in capsys.readouterr().out
+    quiet = []
+    reformc.train(TRAIN, train_tokens(), out=tmp_path / "c.safetensors", log=quiet.append,
+                  log_every=0, **dict(RUN, steps=1))
+    assert quiet == []
+
+
+def test_an_exception_in_the_log_function_stops_the_run(tmp_path):
+    out = tmp_path / "c.safetensors"
+
+    def log(line):
+        if line.startswith("step 2/"):
+            raise RuntimeError("enough")
+
+    with pytest.raises(RuntimeError, match="enough"):
+        reformc.train(TRAIN, train_tokens(), out=out, log=log, checkpoint_every=1, **RUN)
+    assert checkpoint_step(out) == 1, "the checkpoint of the last step before"
+
+
+def test_ctrl_c_stops_the_run_between_steps(tmp_path):
+    """SIGINT while the loop runs with the GIL released, and no progress
+    line to notice it: KeyboardInterrupt before the next step, and the
+    checkpoint file holds the last checkpoint."""
+    import os
+    import signal
+
+    out = tmp_path / "c.safetensors"
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            reformc.train(TRAIN, train_tokens(), out=out, log_every=0, checkpoint_every=1,
+                          **dict(RUN, steps=100_000))
+    finally:
+        timer.cancel()
+    assert 1 <= checkpoint_step(out) < 100_000
+
+
+def test_bad_training_input(tmp_path):
+    out = tmp_path / "c.safetensors"
+    ids = train_tokens()
+
+    def refused(*args, **kw):
+        message = error(reformc.train, *args, **{"out": out, **RUN, **kw})
+        assert not out.exists()
+        return message
+
+    assert refused(TRAIN, ids, steps=0) == "steps must be at least 1"
+    assert refused(TRAIN, ids, steps=-1) == "steps: -1 is not in 0..2**64"
+    assert refused(TRAIN, ids, batch=0) == "batch must be at least 1"
+    assert refused(TRAIN, ids, lr=0) == "lr=0: the learning rate must be a positive finite number"
+    assert refused(TRAIN, ids, optimizer="sgd") == "optimizer: invalid value 'sgd' (possible values: adam, adafactor)"
+    assert refused(TRAIN, ids.reshape(2, 150)) == "data: token ids [N]: expected a rank-1 array, found shape [2, 150]"
+    assert refused(TRAIN, ids.astype(np.float32)).startswith("data: token ids [N]: expected an integer array")
+    bad = ids.copy()
+    bad[41] = 48
+    assert refused(TRAIN, bad) == "data: token id 48 at index 41 is outside [0, 48) (the model's vocab_size)"
+    assert refused(TRAIN, ids[:5]) == "data: 5 tokens is shorter than one window of --seq-len 32"
+    assert "seq_len: sequence length 1000" in refused(TRAIN, ids, seq_len=1000)
+    data = tmp_path / "t.npy"
+    np.save(data, ids.reshape(2, 150))
+    assert refused(TRAIN, data) == f"{data}: data: expected a 1-D array of token ids, found shape [2, 150]"
+    assert "is the same file as data" in error(reformc.train, TRAIN, data, **dict(RUN, out=data))
+    # No weights: a config alone, or a weight file that is not there.
+    shutil.copy(TRAIN / "config.json", tmp_path / "config.json")
+    assert "no such file: pass weights=" in refused(tmp_path / "config.json", ids)
+    missing = refused(TRAIN, ids, weights=tmp_path / "w.safetensors")
+    assert "w.safetensors" in missing
+    qa = ROOT / "tests" / "fixtures_heads" / "qa_noncausal_b2"
+    assert refused(qa, ids).startswith(
+        f"{qa / 'model.safetensors'}: train: the model has a question-answering head"
+    )
+
+
+def test_resume_refusals(tmp_path):
+    out = tmp_path / "c.safetensors"
+    reformc.train(TRAIN, train_tokens(), out=out, log_every=0, **dict(RUN, steps=2))
+    assert error(reformc.train, TRAIN, train_tokens(), resume=out, out=out, log_every=0,
+                 **dict(RUN, steps=2)) == "nothing to do: 2 steps are done and --steps is 2"
+    m = error(reformc.train, TRAIN, train_tokens(), resume=out, out=out, optimizer="adafactor", **RUN)
+    assert m.endswith("the checkpoint's optimizer is adam; optimizer=adafactor cannot continue its state (omit optimizer, or start a new run from weights)")
+    m = error(reformc.train, TRAIN, train_tokens(), resume=TRAIN / "model.safetensors", out=out, **RUN)
+    assert "not a reformc checkpoint" in m

@@ -25,7 +25,13 @@ impl TokenStream {
     /// (`int64`, `int32`, `int16`, `int8`, `uint8`), checking every id
     /// against `vocab`.
     pub fn read(path: &Path, vocab: u64) -> Result<TokenStream, String> {
-        let fail = |m: String| format!("{}: --data: {m}", path.display());
+        TokenStream::read_as(path, vocab, "--data")
+    }
+
+    /// [`TokenStream::read`], naming the file's argument `arg` in messages
+    /// (`path: --data: ...` on the command line, `path: data: ...` in Python).
+    pub fn read_as(path: &Path, vocab: u64, arg: &str) -> Result<TokenStream, String> {
+        let fail = |m: String| format!("{}: {arg}: {m}", path.display());
         let a = npy::read(path).map_err(fail)?;
         let NpyData::Int(tokens) = a.data else {
             return Err(fail(format!(

@@ -67,7 +67,7 @@ impl TrainState {
     }
 }
 
-/// A failure of the loop, classified for the exit code.
+/// A failure of a run (its set-up or the loop), classified for the exit code.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TrainError {
     /// The user's input: data, flags, a diverging run (exit 2).

@@ -5,7 +5,7 @@ use super::CompileArgs;
 use crate::cli::error::{CliError, CliResult};
 use reformc_backend_llvm::aot::Emit;
 use reformc_backend_llvm::{StepInfo, Variant};
-use reformc_frontend::spec::{HeadSpec, ModelSpec};
+use reformc_frontend::spec::ModelSpec;
 use reformc_passes::autodiff::LABELS;
 use std::path::Path;
 
@@ -35,20 +35,7 @@ pub fn check_model(spec: &ModelSpec, weights: &Path) -> CliResult<()> {
 /// a bare model has nothing to differentiate and a task head (sequence
 /// classification, question answering) has a loss reformc does not build.
 pub fn require_lm_head(spec: &ModelSpec, weights: &Path, what: &str) -> CliResult<()> {
-    let why = match spec.head {
-        HeadSpec::LmHead { .. } => return Ok(()),
-        HeadSpec::None => "the model has no LM head, so there is no loss to differentiate",
-        HeadSpec::Classification { .. } => {
-            "the model has a sequence-classification head (ReformerForSequenceClassification); reformc trains LM heads only (its loss is the LM cross-entropy), task heads run for inference (`reformc run`, `reformc compile`)"
-        }
-        HeadSpec::QuestionAnswering => {
-            "the model has a question-answering head (ReformerForQuestionAnswering); reformc trains LM heads only (its loss is the LM cross-entropy), task heads run for inference (`reformc run`, `reformc compile`)"
-        }
-    };
-    Err(CliError::input(format!(
-        "{}: {what}: {why} (expected ReformerModelWithLMHead or ReformerForMaskedLM weights)",
-        weights.display()
-    )))
+    reformc_train::setup::require_lm_head(spec, weights, what).map_err(CliError::input)
 }
 
 /// For a step library or object of a causal LM: its callers must shift the
