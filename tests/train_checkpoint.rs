@@ -97,7 +97,9 @@ fn step_peak(layers: usize, checkpointing: &Checkpointing) -> u64 {
 }
 
 fn peak(d: &Graph) -> u64 {
-    plan_memory(d, &dim_env(d, 1, 1024)).unwrap().live_peak_bytes
+    plan_memory(d, &dim_env(d, 1, 1024))
+        .unwrap()
+        .live_peak_bytes
 }
 
 /// The forward graph of a residual all-LSH model with `layers` layers at length 1024.
@@ -161,9 +163,15 @@ fn the_budget_picks_the_fewest_leading_layers_that_fit() {
     assert_eq!(c.layers, (0..k as u64).collect::<Vec<_>>());
     assert!(peak(&c.graph) <= budget);
     let fewer = Checkpointing::Layers((0..k as u64 - 1).collect());
-    assert!(step_peak(6, &fewer) > budget, "{k} layers is not the fewest");
+    assert!(
+        step_peak(6, &fewer) > budget,
+        "{k} layers is not the fewest"
+    );
     let note = c.note.unwrap();
-    assert!(note.contains(&format!("recomputing {k} of 6 layer(s)")), "{note}");
+    assert!(
+        note.contains(&format!("recomputing {k} of 6 layer(s)")),
+        "{note}"
+    );
     // A budget every activation fits keeps them all; none recomputes nothing.
     let roomy = PassOptions {
         memory_budget: Some(stored),
@@ -191,15 +199,28 @@ fn explain_train_reports_the_recomputed_layers() {
     std::fs::write(&cfg, v.to_string()).unwrap();
     let explain = |extra: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_reformc"))
-            .args(["explain", cfg.to_str().unwrap(), "--train", "--seq-len", "1024"])
+            .args([
+                "explain",
+                cfg.to_str().unwrap(),
+                "--train",
+                "--seq-len",
+                "1024",
+            ])
             .args(extra)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
     };
     let all = explain(&["--recompute-layers", "all"]);
-    assert!(all.contains("recomputing all 6 layer(s) in the backward pass"), "{all}");
+    assert!(
+        all.contains("recomputing all 6 layer(s) in the backward pass"),
+        "{all}"
+    );
     let tight = explain(&["--memory-budget", "1"]);
     assert!(
         tight.contains("recomputing 6 of 6 layer(s) in the backward pass (layers 0-5) and the step is still above the memory budget"),
