@@ -230,3 +230,56 @@ fn explain_train_reports_the_recomputed_layers() {
     assert!(!none.contains("recomputing"), "{none}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn reformc_train_recomputing_layers_writes_the_same_checkpoint() {
+    let dir = std::env::temp_dir().join(format!("rc-recompute-train-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut rng = Lcg(20_261_207);
+    let (spec, text) = residual_model(&mut rng);
+    let cfg = dir.join("model.json");
+    std::fs::write(&cfg, &text).unwrap();
+    let (g, _) = forward(&spec, LshSource::Seeded, 16);
+    let weights = dir.join("model.safetensors");
+    reformc_testkit::random_model::write_safetensors(&weights, &random_weights(&g, &mut rng));
+    let tokens: Vec<i64> = (0..200).map(|i| i * 7 % spec.vocab_size as i64).collect();
+    let data = dir.join("tokens.npy");
+    reformc_testkit::write(
+        &data,
+        &ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[200]), tokens).unwrap(),
+    );
+    let train = |policy: &str| {
+        let out = dir.join(format!("{policy}.safetensors"));
+        let res = std::process::Command::new(env!("CARGO_BIN_EXE_reformc"))
+            .args([
+                "train",
+                cfg.to_str().unwrap(),
+                "--weights",
+                weights.to_str().unwrap(),
+            ])
+            .args([
+                "--data",
+                data.to_str().unwrap(),
+                "--steps",
+                "2",
+                "--seq-len",
+                "16",
+            ])
+            .args(["--out", out.to_str().unwrap(), "--recompute-layers", policy])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&res.stdout).to_string();
+        assert!(
+            res.status.success(),
+            "{stdout}{}\n{text}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        (std::fs::read(out).unwrap(), stdout)
+    };
+    let (kept, quiet) = train("none");
+    let (redone, said) = train("all");
+    assert!(!quiet.contains("recomputing"), "{quiet}");
+    assert!(said.contains("reformc: recomputing all"), "{said}");
+    assert!(kept == redone, "the checkpoints differ\n{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -70,6 +70,8 @@ def train(
     dropout=True,
     lm_head_bias=False,
     log=None,
+    memory_budget=None,
+    recompute_layers="auto",
 ):
     """Trains a model on a token stream, as `reformc train`: the same windows,
     steps, optimizers and checkpoints, so the same settings give the same
@@ -88,6 +90,10 @@ def train(
     ``out``). ``optimizer`` ("adam" or "adafactor"), ``lr``, ``warmup``,
     ``weight_decay``, ``seed``, ``interp``, ``threads`` and ``lm_head_bias``
     are `reformc train`'s flags; ``dropout=False`` is ``--no-dropout``.
+    ``memory_budget`` (bytes) and ``recompute_layers`` ("auto", "none" or
+    "all") choose which layers that are not reversible the step recomputes in
+    the backward pass instead of keeping their activations; the choice is
+    logged as a line before the steps.
 
     Progress lines (every ``log_every`` steps and after the last) go to
     ``log(line)``, by default ``print``; ``log_every=0`` prints none.
@@ -122,6 +128,8 @@ def train(
         dropout=bool(dropout),
         lm_head_bias=bool(lm_head_bias),
         log=log,
+        memory_budget=_count(memory_budget, "memory_budget"),
+        recompute_layers=str(recompute_layers),
     )
 
 

@@ -19,6 +19,7 @@ use reformc_frontend::weights::{expected_tensors, WeightFile};
 use reformc_tensor::Tensor;
 use reformc_train::checkpoint::{self, ModelId};
 use reformc_train::data::TokenStream;
+use reformc_train::grad::StepMemory;
 use reformc_train::run::{check_start, train as train_loop, TrainError, TrainState};
 use reformc_train::setup::{self, Naming, RunSettings};
 use reformc_train::StepFn;
@@ -34,7 +35,7 @@ use std::path::{Path, PathBuf};
     model, data, *, steps, seq_len, out, weights=None, batch=1, optimizer=None,
     lr=None, warmup=None, weight_decay=None, seed=None, checkpoint_every=None,
     log_every=1, resume=None, interp=false, threads=0, dropout=true,
-    lm_head_bias=false, log=None
+    lm_head_bias=false, log=None, memory_budget=None, recompute_layers="auto"
 ))]
 #[allow(clippy::too_many_arguments)] // One keyword per flag of `reformc train`.
 pub fn train<'py>(
@@ -59,7 +60,15 @@ pub fn train<'py>(
     dropout: bool,
     lm_head_bias: bool,
     log: Option<Py<PyAny>>,
+    memory_budget: Option<u64>,
+    recompute_layers: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
+    if memory_budget == Some(0) {
+        return Err(Error::input("memory_budget must be at least 1 (bytes)").into());
+    }
+    let recompute = recompute_layers
+        .parse()
+        .map_err(|e| Error::input(format!("recompute_layers: {e}")))?;
     if threads > MAX_THREADS {
         return Err(Error::input(format!(
             "threads: {threads} is not in 0..={MAX_THREADS} (0 = all cores)"
@@ -83,6 +92,10 @@ pub fn train<'py>(
             resume,
             interp,
             threads,
+            memory: StepMemory {
+                budget: memory_budget,
+                recompute,
+            },
             naming: Naming::Keywords,
         },
         model,
@@ -178,6 +191,10 @@ fn run(mut job: Job) -> PyResult<Done> {
     let (mut step, compiled) =
         setup::engine(&train_spec, s, seed, &ctx, &state.weights).map_err(train_error)?;
     let mut log = PyLog::new(job.log, s.log_every == 0);
+    for note in step.memory_notes() {
+        log.emit(format!("reformc: {note}"))
+            .map_err(|_| log.take_error())?;
+    }
     if let Some(t) = compiled {
         let line = format!(
             "reformc: training step compiled by the LLVM JIT in {:.1} s",

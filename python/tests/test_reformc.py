@@ -611,6 +611,8 @@ def test_bad_training_input(tmp_path):
     assert refused(TRAIN, ids, batch=0) == "batch must be at least 1"
     assert refused(TRAIN, ids, lr=0) == "lr=0: the learning rate must be a positive finite number"
     assert refused(TRAIN, ids, optimizer="sgd") == "optimizer: invalid value 'sgd' (possible values: adam, adafactor)"
+    assert refused(TRAIN, ids, recompute_layers="some") == "recompute_layers: expected auto, none or all, found `some`"
+    assert refused(TRAIN, ids, memory_budget=0) == "memory_budget must be at least 1 (bytes)"
     assert refused(TRAIN, ids.reshape(2, 150)) == "data: token ids [N]: expected a rank-1 array, found shape [2, 150]"
     assert refused(TRAIN, ids.astype(np.float32)).startswith("data: token ids [N]: expected an integer array")
     bad = ids.copy()

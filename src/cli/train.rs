@@ -8,6 +8,7 @@ use reformc_frontend::spec::ModelSpec;
 use reformc_frontend::weights::{expected_tensors, WeightFile};
 use reformc_train::checkpoint::{self, ModelId};
 use reformc_train::data::TokenStream;
+use reformc_train::grad::StepMemory;
 use reformc_train::run::{check_start, train, TrainError, TrainState};
 use reformc_train::setup::{self, RunSettings};
 use std::path::{Path, PathBuf};
@@ -73,6 +74,14 @@ pub struct TrainArgs {
     /// Worker threads of the compiled step (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Bytes the step's static activation peak should stay under: layers
+    /// that are not reversible are recomputed in the backward pass to fit
+    /// (with --recompute-layers auto).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub memory_budget: Option<u64>,
+    /// Layers that are not reversible recomputed in the backward pass instead of keeping their activations (auto: the fewest leading layers that fit --memory-budget, none without one; reversible layers always recompute).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "none", "all"])]
+    pub recompute_layers: String,
     /// Train without dropout even when the config asks for it.
     #[arg(long)]
     pub no_dropout: bool,
@@ -119,6 +128,9 @@ pub fn run(args: &TrainArgs) -> CliResult<()> {
     let ctx = reformc_backend_llvm::Context::create();
     let (mut engine, compiled) =
         setup::engine(spec, &s, seed, &ctx, &state.weights).map_err(cli_error)?;
+    for note in engine.memory_notes() {
+        println!("reformc: {note}");
+    }
     if let Some(t) = compiled {
         println!(
             "reformc: training step compiled by the LLVM JIT in {:.1} s",
@@ -156,6 +168,10 @@ fn settings(args: &TrainArgs) -> RunSettings {
         resume: args.resume.clone(),
         interp: args.interp,
         threads: args.threads,
+        memory: StepMemory {
+            budget: args.memory_budget,
+            recompute: args.recompute_layers.parse().unwrap_or_default(),
+        },
         naming: setup::Naming::Flags,
     }
 }

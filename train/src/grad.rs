@@ -10,6 +10,7 @@ use reformc_backend_llvm::{Context, JitModel};
 use reformc_frontend::lower::{lower, LowerOptions, LshSource};
 use reformc_frontend::spec::ModelSpec;
 use reformc_ir::{DType, Graph};
+use reformc_passes::autodiff::checkpoint::LayerRecompute;
 use reformc_passes::autodiff::{GRAD_PREFIX, LABELS, LOSS};
 use reformc_passes::lower_model::DropoutRates;
 use reformc_passes::{Instrumentation, PassManager, PassOptions, Pipeline};
@@ -46,16 +47,35 @@ pub fn with_train_passes(mut p: Pipeline) -> Pipeline {
 
 /// Turns a forward graph into its training step in place: the
 /// [`train_pipeline`] (default passes, `lower-model`, `autodiff`,
-/// `memory-plan`), quietly.
-pub fn build_step(graph: &mut Graph, opts: &PassOptions) -> Result<(), String> {
+/// `memory-plan`), quietly. Returns what `autodiff` decided about
+/// recomputing layers (empty when there was nothing to decide).
+pub fn build_step(graph: &mut Graph, opts: &PassOptions) -> Result<Vec<String>, String> {
     let quiet = Instrumentation {
         quiet: true,
         ..Default::default()
     };
     let pm = PassManager::new(train_pipeline(), quiet).map_err(|e| e.to_string())?;
-    pm.run(graph, opts, &mut std::io::sink())
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    let report = pm
+        .run(graph, opts, &mut std::io::sink())
+        .map_err(|e| e.to_string())?;
+    Ok(report
+        .records
+        .into_iter()
+        .filter(|r| r.name == "autodiff")
+        .flat_map(|r| r.notes)
+        .filter(|n| n.contains("recomput"))
+        .collect())
+}
+
+/// How much activation memory a step may keep: the budget and the policy
+/// for recomputing layers that are not reversible (`--memory-budget`,
+/// `--recompute-layers`; see `reformc_passes::autodiff::checkpoint`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepMemory {
+    /// Bytes the step's static activation peak should stay under.
+    pub budget: Option<u64>,
+    /// Which layers to recompute.
+    pub recompute: LayerRecompute,
 }
 
 /// The dropout a training step of `spec` applies (`None` when all its
@@ -85,6 +105,7 @@ pub struct ModelStep<'ctx> {
     seed: u64,
     shape: [usize; 2],
     engine: Engine<'ctx>,
+    notes: Vec<String>,
 }
 
 impl std::fmt::Debug for ModelStep<'_> {
@@ -107,6 +128,17 @@ impl<'ctx> ModelStep<'ctx> {
         batch: u64,
         seed: u64,
     ) -> Result<ModelStep<'ctx>, String> {
+        Self::with_memory(spec, seq_len, batch, seed, StepMemory::default())
+    }
+
+    /// [`ModelStep::new`] under `memory`'s budget and recompute policy.
+    pub fn with_memory(
+        spec: &ModelSpec,
+        seq_len: u64,
+        batch: u64,
+        seed: u64,
+        memory: StepMemory,
+    ) -> Result<ModelStep<'ctx>, String> {
         let opts = LowerOptions {
             dtype: DType::F32,
             lsh_source: LshSource::Seeded,
@@ -119,15 +151,18 @@ impl<'ctx> ModelStep<'ctx> {
             chunk_size_feed_forward: spec.chunk_size_feed_forward,
             chunk_size_lm_head: spec.chunk_size_lm_head,
             dropout: dropout_rates(spec),
+            memory_budget: memory.budget,
+            recompute: memory.recompute,
             ..Default::default()
         };
-        build_step(&mut graph, &pass_opts)?;
+        let notes = build_step(&mut graph, &pass_opts)?;
         Ok(ModelStep {
             graph,
             causal: spec.causal,
             seed,
             shape: [batch as usize, seq_len as usize],
             engine: Engine::Interp,
+            notes,
         })
     }
 
@@ -143,6 +178,12 @@ impl<'ctx> ModelStep<'ctx> {
         let t = jit.compile_time;
         self.engine = Engine::Jit(Box::new(jit));
         Ok(t)
+    }
+
+    /// What the `autodiff` pass decided about recomputing layers (see
+    /// [`StepMemory`]); empty for reversible models and without a budget.
+    pub fn memory_notes(&self) -> &[String] {
+        &self.notes
     }
 
     /// `interpreter` or `LLVM JIT`.

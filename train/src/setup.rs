@@ -7,7 +7,7 @@
 //! ([`Naming`]): `--seq-len` on the command line, `seq_len` in Python.
 
 use crate::checkpoint::{Checkpoint, ModelId};
-use crate::grad::ModelStep;
+use crate::grad::{ModelStep, StepMemory};
 use crate::optim::{AdafactorConfig, AdamConfig, Optimizer, OptimizerConfig};
 use crate::run::{TrainError, TrainOptions, TrainState};
 use reformc_frontend::spec::{HeadSpec, ModelSpec};
@@ -93,6 +93,8 @@ pub struct RunSettings {
     pub interp: bool,
     /// Worker threads of the compiled step (0: all cores).
     pub threads: usize,
+    /// Activation memory of the step: budget and layer recomputation.
+    pub memory: StepMemory,
     /// How messages name the settings.
     pub naming: Naming,
 }
@@ -116,6 +118,7 @@ impl Default for RunSettings {
             resume: None,
             interp: false,
             threads: 0,
+            memory: StepMemory::default(),
             naming: Naming::Flags,
         }
     }
@@ -403,7 +406,7 @@ pub fn engine<'ctx>(
     ctx: &'ctx reformc_backend_llvm::Context,
     weights: &BTreeMap<String, Tensor>,
 ) -> Result<(ModelStep<'ctx>, Option<Duration>), TrainError> {
-    let mut step = ModelStep::new(spec, s.seq_len, s.batch, seed)
+    let mut step = ModelStep::with_memory(spec, s.seq_len, s.batch, seed, s.memory)
         .map_err(|e| TrainError::Internal(format!("cannot build the training step: {e}")))?;
     if s.interp {
         return Ok((step, None));
