@@ -234,3 +234,81 @@ fn every_training_step_command_applies_the_configs_dropout() {
     assert_eq!(masks(&[]), 0, "inference has no dropout");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Hugging Face drops axial position embeddings with `dropout2d` over the
+/// `[B, ax1, ax0, D]` transpose: one draw per batch row and axial column
+/// `j = p mod ax1` keeps or drops every position of that column in every
+/// channel. The interpreter and the JIT agree bit for bit.
+#[test]
+fn axial_position_dropout_drops_whole_axial_columns() {
+    let text = r#"graph {
+  %0 = input {name="input_ids"} : i64[B,L]
+  %1 = weight {name="reformer.embeddings.word_embeddings.weight"} : f32[8,6]
+  %2 = embedding %0, %1 : f32[B,L,6]
+  %3 = iota %0 {axis=1} : i64[L]
+  %4 = weight {name="reformer.embeddings.position_embeddings.weights.0"} : f32[4,1,2]
+  %5 = weight {name="reformer.embeddings.position_embeddings.weights.1"} : f32[1,8,4]
+  %6 = axial_pos_embedding %3, %4, %5 : f32[L,6]
+  %7 = add %2, %6 : f32[B,L,6]
+  output "e" = %7
+}
+"#;
+    let old = reformc_ir::parse(text).unwrap();
+    let rates = reformc_passes::lower_model::DropoutRates {
+        hidden: 0.5,
+        ..Default::default()
+    };
+    let g = reformc_passes::lower_model::lower_model_with(&old, Some(rates)).unwrap();
+    // Words are zeros, positions ones: the output is the positions' mask.
+    let weights = BTreeMap::from([
+        (
+            "reformer.embeddings.word_embeddings.weight".to_string(),
+            Tensor::F32(ArrayD::zeros(IxDyn(&[8, 6]))),
+        ),
+        (
+            "reformer.embeddings.position_embeddings.weights.0".to_string(),
+            Tensor::F32(ArrayD::ones(IxDyn(&[4, 1, 2]))),
+        ),
+        (
+            "reformer.embeddings.position_embeddings.weights.1".to_string(),
+            Tensor::F32(ArrayD::ones(IxDyn(&[1, 8, 4]))),
+        ),
+    ]);
+    let (mut kept, mut dropped) = (0, 0);
+    for (len, seed) in [(32usize, 3i64), (20, 11), (32, 12)] {
+        let inputs = BTreeMap::from([
+            ("seed".to_string(), scalar(seed)),
+            (
+                "input_ids".to_string(),
+                Tensor::I64(ArrayD::from_elem(IxDyn(&[3, len]), 1)),
+            ),
+        ]);
+        let want = reformc_interp::run(&g, &inputs, &weights).unwrap()["e"].to_f64();
+        let got = reformc_backend_llvm::jit_run(&g, &inputs, &weights).unwrap()["e"].to_f64();
+        assert_eq!(want, got, "JIT vs interpreter at L={len}");
+        for b in 0..3 {
+            for p in 0..len {
+                let x = want[[b, p, 0]];
+                assert!(x == 0.0 || x == 2.0, "{x} at [{b}, {p}]");
+                assert!(
+                    (0..6).all(|d| want[[b, p, d]] == x),
+                    "a channel differs at [{b}, {p}]"
+                );
+                assert_eq!(
+                    x,
+                    want[[b, p % 8, 0]],
+                    "column {} differs at [{b}, {p}]",
+                    p % 8
+                );
+                if p < 8 {
+                    if x == 0.0 {
+                        dropped += 1
+                    } else {
+                        kept += 1
+                    }
+                }
+            }
+        }
+    }
+    assert!(kept > 10 && dropped > 10, "kept {kept}, dropped {dropped}");
+}

@@ -2,8 +2,8 @@
 //! sites it finds (Hugging Face's `ReformerModelWithLMHead` in train mode)
 //! and the Philox streams their masks are keyed by.
 
-use super::build::emit;
-use reformc_ir::{Attr, Graph, Node, Op, OpKind, ValueId, LAYER};
+use super::build::{const_dim, emit, op, reshape};
+use reformc_ir::{Attr, Dim, Graph, Node, Op, OpKind, ValueId, LAYER};
 
 /// Dropout probabilities of a training step (the model config's, named as in
 /// Hugging Face's Reformer config).
@@ -95,12 +95,64 @@ impl Mask {
         x: ValueId,
         like: ValueId,
     ) -> Result<ValueId, String> {
+        let mask = self.mask(g, like)?;
+        emit(g, Op::new(OpKind::Mul), &[x, mask])
+    }
+
+    /// Hugging Face's `dropout2d` of axial position embeddings in train
+    /// mode: the embeddings, as `[B, ax0, ax1, D]` transposed to
+    /// `[B, ax1, ax0, D]`, lose whole `(b, j)` planes. So one keep-draw per
+    /// batch row and axial column `j = p mod ax1` scales every position of
+    /// that column in every channel. `pe` is `[P, D]`, `words` `[B, P, D]`,
+    /// `w0` `[ax0, 1, d0]` and `w1` `[1, ax1, d1]` (the axial weights).
+    pub(crate) fn apply_axial(
+        &self,
+        g: &mut Graph,
+        pe: ValueId,
+        words: ValueId,
+        w0: ValueId,
+        w1: ValueId,
+    ) -> Result<ValueId, String> {
+        let ax0 = const_dim(&g.ty(w0).shape[0], "the first axial size")?;
+        let ax1 = const_dim(&g.ty(w1).shape[1], "the second axial size")?;
+        let batch = g.ty(words).shape[0].clone();
+        let one = || Dim::Const(1);
+        // Shape carriers only (dropout_mask and broadcast never read their values).
+        let b = first(g, words, &[1, 2])?;
+        let b = reshape(g, b, vec![batch.clone(), one(), one(), one()]);
+        let c0 = first(g, w0, &[2])?;
+        let c0 = reshape(g, c0, vec![one(), Dim::Const(ax0), one(), one()]);
+        let c1 = first(g, w1, &[2])?;
+        let c1 = reshape(g, c1, vec![one(), one(), Dim::Const(ax1), one()]);
+        let columns = op(g, OpKind::Add, &[b, c1])?;
+        let grid = op(g, OpKind::Add, &[columns, c0])?;
+        let keep = self.mask(g, columns)?;
+        let keep = op(g, OpKind::Broadcast, &[keep, grid])?;
+        let keep = reshape(g, keep, vec![batch, Dim::Const(ax0 * ax1), one()]);
+        let truncate = Op::new(OpKind::Truncate).with("axis", Attr::Int(1));
+        let keep = emit(g, truncate, &[keep, words])?;
+        op(g, OpKind::Mul, &[pe, keep])
+    }
+
+    /// `dropout_mask(seed, like)`.
+    fn mask(&self, g: &mut Graph, like: ValueId) -> Result<ValueId, String> {
         let op = Op::new(OpKind::DropoutMask)
             .with("p", Attr::Float(self.p))
             .with("stream", Attr::Int(self.stream));
-        let mask = emit(g, op, &[self.seed, like])?;
-        emit(g, Op::new(OpKind::Mul), &[x, mask])
+        emit(g, op, &[self.seed, like])
     }
+}
+
+/// `x` sliced to its first entry along each of `axes`.
+fn first(g: &mut Graph, mut x: ValueId, axes: &[i64]) -> Result<ValueId, String> {
+    for &axis in axes {
+        let slice = Op::new(OpKind::Slice)
+            .with("axis", Attr::Int(axis))
+            .with("start", Attr::Int(0))
+            .with("end", Attr::Int(1));
+        x = emit(g, slice, &[x])?;
+    }
+    Ok(x)
 }
 
 /// The site of a model op of the old graph `g` (found by its weights'

@@ -289,7 +289,14 @@ impl Lowering<'_> {
             OpKind::Add if self.positions_mask(old).is_some() => {
                 let (m, at) = self.positions_mask(old).expect("matched");
                 let (pe, words) = (inputs[at], inputs[1 - at]);
-                let pe = m.apply_like(&mut self.new, pe, words)?;
+                let source = self.old.node(old.inputs[at]);
+                let pe = if source.op.kind == OpKind::AxialPosEmbedding {
+                    let w0 = self.mapped(source.inputs[1])?;
+                    let w1 = self.mapped(source.inputs[2])?;
+                    m.apply_axial(&mut self.new, pe, words, w0, w1)?
+                } else {
+                    m.apply_like(&mut self.new, pe, words)?
+                };
                 let mut sum = [words, pe];
                 sum.swap(0, 1 - at); // operands in their old order
                 build::emit(&mut self.new, reformc_ir::Op::new(OpKind::Add), &sum)?
