@@ -197,24 +197,11 @@ fn explain_train_reports_the_recomputed_layers() {
     v["max_position_embeddings"] = serde_json::json!(1024);
     v["position"] = serde_json::json!({"type": "axial", "shape": [32, 32], "dims": [128, 128]});
     std::fs::write(&cfg, v.to_string()).unwrap();
+    let c = cfg.to_str().unwrap();
     let explain = |extra: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_reformc"))
-            .args([
-                "explain",
-                cfg.to_str().unwrap(),
-                "--train",
-                "--seq-len",
-                "1024",
-            ])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+        let base = ["explain", c, "--train", "--seq-len", "1024"];
+        let (stdout, stderr) = reformc(&[&base[..], extra].concat());
+        stdout + &stderr
     };
     let all = explain(&["--recompute-layers", "all"]);
     assert!(
@@ -250,31 +237,24 @@ fn reformc_train_recomputing_layers_writes_the_same_checkpoint() {
     );
     let train = |policy: &str| {
         let out = dir.join(format!("{policy}.safetensors"));
-        let res = std::process::Command::new(env!("CARGO_BIN_EXE_reformc"))
-            .args([
-                "train",
-                cfg.to_str().unwrap(),
-                "--weights",
-                weights.to_str().unwrap(),
-            ])
-            .args([
-                "--data",
-                data.to_str().unwrap(),
-                "--steps",
-                "2",
-                "--seq-len",
-                "16",
-            ])
-            .args(["--out", out.to_str().unwrap(), "--recompute-layers", policy])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&res.stdout).to_string();
-        assert!(
-            res.status.success(),
-            "{stdout}{}\n{text}",
-            String::from_utf8_lossy(&res.stderr)
-        );
-        (std::fs::read(out).unwrap(), stdout)
+        let [c, w, d, o] = [&cfg, &weights, &data, &out].map(|p| p.to_str().unwrap());
+        let (stdout, _) = reformc(&[
+            "train",
+            c,
+            "--weights",
+            w,
+            "--data",
+            d,
+            "--steps",
+            "2",
+            "--seq-len",
+            "16",
+            "--out",
+            o,
+            "--recompute-layers",
+            policy,
+        ]);
+        (std::fs::read(&out).unwrap(), stdout)
     };
     let (kept, quiet) = train("none");
     let (redone, said) = train("all");
@@ -282,4 +262,16 @@ fn reformc_train_recomputing_layers_writes_the_same_checkpoint() {
     assert!(said.contains("reformc: recomputing all"), "{said}");
     assert!(kept == redone, "the checkpoints differ\n{text}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Runs `reformc args`, which must succeed; its stdout and stderr.
+fn reformc(args: &[&str]) -> (String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reformc"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "reformc {args:?}: {stdout}{stderr}");
+    (stdout, stderr)
 }

@@ -314,21 +314,12 @@ fn executable_with_embedded_weights_needs_no_weights_file() {
         Some(&case.exe_info(None)),
     )
     .unwrap();
-    let out = dir.join("out.npy");
-    let mut args = case.exe_args(&dir);
-    args.extend(["--output".into(), out.display().to_string()]);
-    let res = run(&exe, &args);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    let got = read::<f32>(&out).mapv(f64::from);
+    let got = case.run_exe(&exe, &dir, &[]);
     assert!(max_abs_diff(&got, &case.reference_f64()) <= 1e-4);
     // --weights still overrides the embedded ones (and is checked).
-    let mut args2 = args.clone();
-    args2.extend(["--weights".into(), "/nonexistent.safetensors".into()]);
-    let res = run(&exe, &args2);
+    let mut args = case.exe_args(&dir);
+    args.extend(["--weights".into(), "/nonexistent.safetensors".into()]);
+    let res = run(&exe, &args);
     assert_eq!(res.status.code(), Some(2));
 }
 

@@ -5,8 +5,7 @@
 
 mod common;
 
-use common::{fixture, max_abs_diff, read, run, scratch, Case, CompileCase};
-use reformc_backend_llvm::aot::{self, Emit};
+use common::{fixture, max_abs_diff, scratch, Case, CompileCase};
 use reformc_backend_llvm::runtime_lib::{self, EmbeddedRuntime, RuntimeSource};
 
 #[test]
@@ -26,29 +25,10 @@ fn executable_links_against_the_embedded_archive_from_the_cache() {
         RuntimeSource::Embedded(bytes.len(), "embedded-test")
     );
     let case = Case::load(&fixture("causal_mixed_r2"));
-    let variants = case.variants();
-    let exe = dir.join("model");
-    aot::compile(
-        &variants,
-        &case.options(None),
-        &case.embedded(&variants),
-        Emit::Exe,
-        &exe,
-        Some(&case.exe_info(None)),
-    )
-    .unwrap();
+    let exe = case.compile_exe(&dir);
     let cached = dir.join("cache/reformc/libreformc_exe_runtime-embedded-test.a");
     assert_eq!(std::fs::read(&cached).unwrap(), bytes);
-    let out = dir.join("out.npy");
-    let mut args = case.exe_args(&dir);
-    args.extend(["--output".into(), out.display().to_string()]);
-    let res = run(&exe, &args);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    let got = read::<f32>(&out).mapv(f64::from);
+    let got = case.run_exe(&exe, &dir, &[]);
     assert!(max_abs_diff(&got, &case.reference_f64()) <= 1e-4);
     assert_eq!(
         runtime_lib::find().unwrap(),

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{head_fixtures, max_abs_diff, read, run, scratch, Case, CompileCase};
+use common::{head_fixtures, max_abs_diff, scratch, Case, CompileCase};
 use reformc_backend_llvm::{jit_run, set_threads};
 use reformc_frontend::spec::HeadSpec;
 use reformc_ir::DType;
@@ -131,17 +131,7 @@ fn aot_executable_matches_hf_float64() {
     for fixture in head_fixtures() {
         let case = Case::load(&fixture);
         let exe = case.compile_exe(&dir);
-        let out = dir.join(format!("{}.npy", case.name));
-        let mut args = case.exe_args(&dir);
-        args.extend(["--output".into(), out.display().to_string()]);
-        let res = run(&exe, &args);
-        assert!(
-            res.status.success(),
-            "{}: {}",
-            case.name,
-            String::from_utf8_lossy(&res.stderr)
-        );
-        let got = read::<f32>(&out).mapv(f64::from);
+        let got = case.run_exe(&exe, &dir, &[]);
         let d = max_abs_diff(&got, &case.reference_f64());
         assert!(d <= TOL, "{}: exe vs HF float64 {d:e}", case.name);
     }

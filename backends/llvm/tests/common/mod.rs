@@ -40,6 +40,9 @@ pub trait CompileCase {
     fn compile_exe(&self, dir: &Path) -> PathBuf;
     /// Command-line arguments that replay HF (buckets, mask).
     fn exe_args(&self, dir: &Path) -> Vec<String>;
+    /// Runs `exe` on the case (its [`CompileCase::exe_args`] and `extra`),
+    /// asserts that it succeeded and returns its output, written in `dir`.
+    fn run_exe(&self, exe: &Path, dir: &Path, extra: &[String]) -> ndarray::ArrayD<f64>;
 }
 
 impl CompileCase for Case {
@@ -170,6 +173,21 @@ impl CompileCase for Case {
         }
         let _ = dir;
         args
+    }
+
+    fn run_exe(&self, exe: &Path, dir: &Path, extra: &[String]) -> ndarray::ArrayD<f64> {
+        let out = dir.join(format!("{}.out.npy", self.name));
+        let mut args = self.exe_args(dir);
+        args.extend(["--output".into(), out.display().to_string()]);
+        args.extend(extra.iter().cloned());
+        let res = run(exe, &args);
+        assert!(
+            res.status.success(),
+            "{}: {}",
+            self.name,
+            String::from_utf8_lossy(&res.stderr)
+        );
+        read::<f32>(&out).mapv(f64::from)
     }
 }
 
