@@ -39,7 +39,8 @@ def compile(path_or_config, weights=None, **options):
     ``interp`` (the reference interpreter instead of the JIT), ``threads``
     (kernel worker threads, 0 = all cores), ``pipeline``, ``attention``,
     ``kv_chunk``, ``batch``, ``memory_budget``, ``chunk_ff``,
-    ``chunk_lm_head``, ``no_dropout`` (training steps), ``quiet`` (default
+    ``chunk_lm_head``, ``no_dropout`` and ``recompute_layers`` ("auto", "none" or
+    "all"; training steps), ``quiet`` (default
     True: no pass progress on stderr).
     """
     path = os.fspath(path_or_config)

@@ -57,6 +57,8 @@ pub struct Options {
     pub no_dropout: bool,
     /// `-q`: no progress lines or pass notes on stderr.
     pub quiet: bool,
+    /// `--recompute-layers` (training steps only).
+    pub recompute: reformc_passes::autodiff::checkpoint::LayerRecompute,
 }
 
 /// The arrays of one call, converted to the CLI's element types.
@@ -488,6 +490,7 @@ impl Model {
             kv_chunk: o.kv_chunk,
             chunk_size_feed_forward: o.chunk_ff.or(self.spec.chunk_size_feed_forward),
             chunk_size_lm_head: o.chunk_lm_head.or(self.spec.chunk_size_lm_head),
+            recompute: o.recompute,
             dropout,
             ..PassOptions::default()
         }

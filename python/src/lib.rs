@@ -61,7 +61,7 @@ pub struct Model {
     path, weights=None, *, seq_len=None, precision="f32", lm_head_bias=false,
     allow_nonfinite_weights=false, interp=false, threads=None, pipeline=None,
     attention=None, kv_chunk=None, batch=None, memory_budget=None, chunk_ff=None,
-    chunk_lm_head=None, no_dropout=false, quiet=true
+    chunk_lm_head=None, no_dropout=false, quiet=true, recompute_layers="auto"
 ))]
 #[allow(clippy::too_many_arguments)] // One keyword per CLI flag.
 fn compile(
@@ -83,7 +83,15 @@ fn compile(
     chunk_lm_head: Option<u64>,
     no_dropout: bool,
     quiet: bool,
+    recompute_layers: &str,
 ) -> PyResult<Model> {
+    let recompute = recompute_layers.parse().map_err(|_| {
+        invalid(
+            "recompute_layers",
+            recompute_layers,
+            &["auto", "none", "all"],
+        )
+    })?;
     let f64 = match precision {
         "f32" => false,
         "f64" => true,
@@ -122,6 +130,7 @@ fn compile(
         chunk_lm_head,
         no_dropout,
         quiet,
+        recompute,
     };
     let (config, weights) = engine::locate(&path, weights.as_deref())?;
     // Reading and checking the weights may take a while: other threads run meanwhile.

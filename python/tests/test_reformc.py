@@ -468,6 +468,18 @@ def test_grad_needs_an_lm_head_and_valid_labels():
     assert "label 10000 at [0, 1] is out of range" in error(m.grad, ids, labels=labels, **kw)
 
 
+def test_recompute_layers_option():
+    # Reversible layers recompute anyway: "all" changes nothing here, and a
+    # bad value is refused before anything is read.
+    case = FIXTURES / "causal_mixed_r2"
+    ids, kw = replay(case)
+    _, kept = reformc.compile(case, no_dropout=True, recompute_layers="none").grad(ids, **kw)
+    _, redone = reformc.compile(case, no_dropout=True, recompute_layers="all").grad(ids, **kw)
+    assert all(np.array_equal(kept[n], redone[n]) for n in kept)
+    message = error(reformc.compile, case, recompute_layers="some")
+    assert "recompute_layers" in message and "auto, none, all" in message, message
+
+
 # --- training ---------------------------------------------------------------
 
 TRAIN = FIXTURES / "causal_mixed_r2"  # an LM head, vocab 48, up to 64 tokens
