@@ -3,7 +3,7 @@
 
 use crate::attention::{self, MaskRules};
 use crate::tensor::{FloatTensor, Real, Tensor};
-use crate::{nn, philox, tensor_ops as ops};
+use crate::{lm_loss, nn, philox, tensor_ops as ops};
 use ndarray::{ArrayD, IxDyn};
 use reformc_ir::{
     Activation, DType, Dim, DimEnv, Graph, Node, OpKind, TensorType, UnaryFn, ValueId,
@@ -516,6 +516,21 @@ impl Evaluator<'_> {
                 self.float::<T>(node, 0)?,
                 self.float::<T>(node, 1)?,
             )?),
+            LmLoss => T::wrap(lm_loss::lm_loss(
+                self.float::<T>(node, 0)?,
+                self.float::<T>(node, 1)?,
+                &self.operand(node, 2).to_i64(),
+            )?),
+            LmLossGrad => {
+                let dy = self.float::<T>(node, 3)?.iter().next().copied();
+                T::wrap(lm_loss::lm_loss_grad(
+                    self.float::<T>(node, 0)?,
+                    self.float::<T>(node, 1)?,
+                    &self.operand(node, 2).to_i64(),
+                    dy.unwrap_or_else(T::zero),
+                    op.str("wrt") == Some("h"),
+                )?)
+            }
         })
     }
 

@@ -8,6 +8,7 @@
 
 pub mod attention;
 mod eval;
+pub mod lm_loss;
 pub mod nn;
 pub mod philox;
 mod tensor;

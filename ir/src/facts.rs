@@ -47,6 +47,10 @@ pub enum CostClass {
     LshAttention,
     /// LSH bucketing.
     LshHash,
+    /// The fused LM head and cross-entropy (`lm_loss`), or its gradient
+    /// (`lm_loss_grad`): a `[rows, D] x [D, V]` product and a softmax over V
+    /// per chunk of rows.
+    LmLoss,
 }
 
 /// How an op relates positions along the sequence axis: whether the `chunk`
@@ -259,6 +263,7 @@ impl OpKind {
             Cast => pointwise(Elementwise::Cast, 1, Fresh),
             Select => pointwise(Elementwise::Select, 1, Fresh),
             Matmul => other(C::Matmul, 10.0),
+            LmLoss | LmLossGrad => other(C::LmLoss, 10.0),
             Reduce | Argmax => other(C::Reduce, 2.0),
             Softmax => with_rows(other(C::PerElement(5), 2.0), Rows::AlongAxisAttr),
             Gather => other(C::Lookup, 2.0),

@@ -406,6 +406,29 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<Option<TensorType
             check_scatter_operands(op, t)?;
             TensorType::new(t[2].dtype, t[0].shape.clone())
         }
+        LmLoss => {
+            lm_loss_operands(t)?;
+            TensorType::scalar(t[0].dtype)
+        }
+        LmLossGrad => {
+            lm_loss_operands(t)?;
+            if t[3].rank() != 0 || t[3].dtype != t[0].dtype {
+                return Err(format!(
+                    "operand 3 (dy) must be a {} scalar, found {}",
+                    t[0].dtype, t[3]
+                ));
+            }
+            match op.str("wrt") {
+                Some("h") => t[0].clone(),
+                Some("w") => t[1].clone(),
+                other => {
+                    return Err(format!(
+                        "wrt must be \"h\" or \"w\", found {}",
+                        other.unwrap_or("nothing")
+                    ))
+                }
+            }
+        }
         ActGrad => {
             float(0, t[0])?;
             if t[1] != t[0] {
@@ -486,7 +509,7 @@ pub fn check_type(op: &Op, operands: &[&TensorType], result: &TensorType) -> Res
         | LshHash | LshAttention | ReversibleBlock | Truncate | Iota | Index | Slice | Add
         | Sub | Mul | Div | Max | Min | Lt | Eq | Neg | Exp | Log | Sqrt | Rsqrt | Tanh | Act
         | Matmul | Reduce | Softmax | Gather | Argmax | Argsort | Select | Transpose
-        | Broadcast | ScatterAdd | ActGrad | DropoutMask => Err(format!(
+        | Broadcast | ScatterAdd | ActGrad | DropoutMask | LmLoss | LmLossGrad => Err(format!(
             "`{op}` derives its result type, but none was derived"
         )),
     }
@@ -580,6 +603,35 @@ pub(crate) fn half_of_last(x: &TensorType) -> Result<TensorType, String> {
         }
     }
     Ok(half)
+}
+
+/// `lm_loss`'s operands: `h` float `[.., D]`, `w` `[V, D]` of its dtype,
+/// integer `labels` of `h`'s shape without the last axis.
+fn lm_loss_operands(t: &[&TensorType]) -> Result<(), String> {
+    let (h, w, labels) = (t[0], t[1], t[2]);
+    float(0, h)?;
+    let d = h
+        .shape
+        .last()
+        .ok_or_else(|| format!("operand 0 (h) must have rank >= 1, found {h}"))?;
+    if w.rank() != 2 || w.dtype != h.dtype || &w.shape[1] != d {
+        return Err(format!(
+            "operand 1 (w) must be {}[V,{d}] (the head's weight), found {w}",
+            h.dtype
+        ));
+    }
+    int(2, labels)?;
+    if labels.shape[..] != h.shape[..h.rank() - 1] {
+        return Err(format!(
+            "operand 2 (labels) must have h's shape without its last axis, [{}], found {labels}",
+            h.shape[..h.rank() - 1]
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    Ok(())
 }
 
 fn float(i: usize, t: &TensorType) -> Result<(), String> {

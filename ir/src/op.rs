@@ -243,6 +243,18 @@ op_kinds! {
     /// takes: `relu'(0) = 0`, `gelu` of the erf form, `gelu_new`/`gelu_fast` of
     /// their tanh formulas); `dy` has `x`'s type.
     ActGrad => "act_grad", Tensor, "dy * act'(x) for an activation by name";
+    /// `lm_loss(h, w, labels) {chunk}`: the LM head and the cross-entropy
+    /// fused, `sum over rows r with labels[r] != -100 of logsumexp(z_r) -
+    /// z_r[labels[r]]` where `z_r = w @ h_r` (`h` `[.., D]`, `w` `[V, D]`,
+    /// `labels` integer of `h`'s shape without its last axis), computed
+    /// `chunk` rows at a time so that the `[rows, V]` logits never exist
+    /// whole. A label outside `[0, V)` other than -100 is an error.
+    LmLoss => "lm_loss", Tensor, "LM head + cross-entropy summed over labelled rows, chunked over rows";
+    /// `lm_loss_grad(h, w, labels, dy) {wrt, chunk}`: `dy` (a scalar) times
+    /// the gradient of [`OpKind::LmLoss`] with respect to `h` (`wrt="h"`,
+    /// `h`'s type) or `w` (`wrt="w"`, `w`'s type), recomputing the logits
+    /// `chunk` rows at a time.
+    LmLossGrad => "lm_loss_grad", Tensor, "gradient of lm_loss with respect to h or w, chunked over rows";
 }
 
 impl fmt::Display for OpKind {
@@ -454,6 +466,12 @@ impl OpKind {
             Broadcast => schema(2, Some(2), &[]),
             ScatterAdd => schema(3, Some(3), const { &[req("axis", T::Int, 0)] }),
             ActGrad => schema(2, Some(2), const { &[req("fn", T::Str, ANY)] }),
+            LmLoss => schema(3, Some(3), const { &[req("chunk", T::Int, 1)] }),
+            LmLossGrad => schema(
+                4,
+                Some(4),
+                const { &[req("wrt", T::Str, ANY), req("chunk", T::Int, 1)] },
+            ),
         }
     }
 }

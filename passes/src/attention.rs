@@ -271,6 +271,7 @@ pub fn sites(g: &Graph) -> Vec<AttentionSite> {
             | CostClass::Scatter
             | CostClass::Linear
             | CostClass::Matmul
+            | CostClass::LmLoss
             | CostClass::Reduce
             | CostClass::Sort => continue,
         };

@@ -447,6 +447,7 @@ pub fn attention_shape(g: &Graph, node: &Node, env: &DimEnv) -> Option<Attention
         | CostClass::Scatter
         | CostClass::Linear
         | CostClass::Matmul
+        | CostClass::LmLoss
         | CostClass::Reduce
         | CostClass::Sort => return None,
     };
@@ -640,6 +641,7 @@ pub fn op_cost(g: &Graph, v: ValueId, env: &DimEnv) -> Result<OpCost, CostError>
                 / 2;
             lsh_hash_cost(&s, node.op.int("n_hashes").unwrap_or(1).max(1) as u64, half)
         }
+        CostClass::LmLoss => lm_loss_cost(g, node, env, in_bytes, out_bytes),
         CostClass::Matmul => {
             let a = g.ty(node.inputs[0]);
             let k = a.shape.last().and_then(|d| d.eval(env)).unwrap_or(1);
@@ -770,6 +772,31 @@ pub fn fmt_flops(n: u64) -> String {
 /// Bytes per element of a dtype (re-exported for callers that only have a dtype).
 pub fn elem_bytes(d: DType) -> u64 {
     d.size_bytes()
+}
+
+/// `lm_loss` and `lm_loss_grad`: per row, the `D x V` product, a softmax over
+/// V, and for the gradient a second `V x D` product; the kernel keeps one
+/// chunk of `[chunk, V]` logits (and its transpose for `wrt="w"`) as scratch.
+fn lm_loss_cost(g: &Graph, node: &Node, env: &DimEnv, in_bytes: u64, out_bytes: u64) -> OpCost {
+    let h = g.ty(node.inputs[0]);
+    let w = g.ty(node.inputs[1]);
+    let dim = |t: &TensorType, i: usize| t.shape.get(i).and_then(|d| d.eval(env)).unwrap_or(1);
+    let d = dim(h, h.rank().saturating_sub(1));
+    let rows = elements(h, env).unwrap_or(0) / d.max(1);
+    let v = dim(w, 0);
+    let products: u64 = if node.op.kind == OpKind::LmLossGrad {
+        2
+    } else {
+        1
+    };
+    let chunk = (node.op.int("chunk").unwrap_or(1).max(1) as u64).min(rows.max(1));
+    let scratch = prod(&[2, chunk, v, h.dtype.size_bytes()]);
+    OpCost {
+        flops: prod(&[2, products, rows, d, v]).saturating_add(prod(&[5, rows, v])),
+        bytes_moved: in_bytes.saturating_add(out_bytes),
+        output_bytes: out_bytes,
+        temp_bytes: scratch,
+    }
 }
 
 #[cfg(test)]

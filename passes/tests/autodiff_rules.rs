@@ -139,3 +139,19 @@ fn chains_share_and_accumulate() {
     // One weight used three times: cotangents from every use add up.
     case("%0 = weight {name=\"a\"} : f64[3,4]\n%1 = mul %0, %0 : f64[3,4]\n%2 = tanh %1 : f64[3,4]\n%3 = add %2, %0 : f64[3,4]\n%4 = softmax %3 {axis=1} : f64[3,4]\noutput \"y\" = %4");
 }
+
+#[test]
+fn fused_lm_loss_in_chunks() {
+    // Rows 0 and 3 ignored (-100); chunks of 2 rows over 5 rows.
+    let labels = Tensor::I64(
+        ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[1, 5]), vec![-100, 4, 0, -100, 2])
+            .unwrap(),
+    );
+    let extra = BTreeMap::from([("l".to_string(), labels)]);
+    case_with(
+        "%0 = weight {name=\"h\"} : f64[1,5,3]\n%1 = weight {name=\"w\"} : f64[6,3]\n%2 = input {name=\"l\"} : i64[1,5]\n%3 = lm_loss %0, %1, %2 {chunk=2} : f64[]\noutput \"y\" = %3",
+        extra,
+        -1.0,
+        1.0,
+    );
+}

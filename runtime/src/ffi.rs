@@ -766,6 +766,80 @@ crate::c_abi! {
         })
     }
 
+    /// The LM head fused with the cross-entropy (`lm_loss`): `*total` = the
+    /// sum over rows `r` with `labels[r] != -100` of `logsumexp(z_r) -
+    /// z_r[labels[r]]`, `z_r = w · h_r`, computed `chunk` rows at a time
+    /// (`h` `[rows, d]`, `w` `[v, d]`, `labels` `[rows]`). Status 2 if a label
+    /// is outside `[0, v)` and not -100.
+    ///
+    /// # Safety
+    /// As [`rc_linear_f32`]; `total` points to one writable float.
+    unsafe fn rc_lm_loss_f32(
+        h: *const f32,
+        rows: i64,
+        d: i64,
+        w: *const f32,
+        v: i64,
+        labels: *const i64,
+        chunk: i64,
+        total: *mut f32,
+    ) -> i32 {
+        guard(|| {
+            let [rows, d, v, chunk] = sizes([(rows, "rows"), (d, "d"), (v, "v"), (chunk, "chunk")])?;
+            let sh = span(h, count(&[rows, d], "h")?, "h")?;
+            let sw = span(w, count(&[v, d], "w")?, "w")?;
+            let sl = span(labels, rows, "labels")?;
+            let st = span(total, 1, "total")?;
+            no_overlap(st, &[sh, sw, sl])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (h, w, labels, total) =
+                unsafe { (view(h, sh), view(w, sw), view(labels, sl), view_mut(total, st)) };
+            let shape = crate::lm_loss::Shape { rows, d, v, chunk };
+            total[0] = crate::lm_loss::lm_loss(h, w, labels, shape)?;
+            Ok(())
+        })
+    }
+
+    /// `*dy` times the gradient of `rc_lm_loss_f32`'s total with respect to
+    /// `h` (`wrt_w` 0: `out` `[rows, d]`) or `w` (`wrt_w` 1: `out` `[v, d]`),
+    /// recomputing the logits `chunk` rows at a time. Status 2 as there.
+    ///
+    /// # Safety
+    /// As [`rc_lm_loss_f32`]; `dy` points to one float.
+    unsafe fn rc_lm_loss_grad_f32(
+        h: *const f32,
+        rows: i64,
+        d: i64,
+        w: *const f32,
+        v: i64,
+        labels: *const i64,
+        chunk: i64,
+        dy: *const f32,
+        wrt_w: i32,
+        out: *mut f32,
+    ) -> i32 {
+        guard(|| {
+            let [rows, d, v, chunk] = sizes([(rows, "rows"), (d, "d"), (v, "v"), (chunk, "chunk")])?;
+            let wrt_h = match wrt_w {
+                0 => true,
+                1 => false,
+                _ => return Err(Error::InvalidArgument(format!("wrt_w must be 0 or 1, found {wrt_w}"))),
+            };
+            let sh = span(h, count(&[rows, d], "h")?, "h")?;
+            let sw = span(w, count(&[v, d], "w")?, "w")?;
+            let sl = span(labels, rows, "labels")?;
+            let sd = span(dy, 1, "dy")?;
+            let so = span(out, count(&[if wrt_h { rows } else { v }, d], "out")?, "out")?;
+            no_overlap(so, &[sh, sw, sl, sd])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (h, w, labels, dy, out) = unsafe {
+                (view(h, sh), view(w, sw), view(labels, sl), view(dy, sd), view_mut(out, so))
+            };
+            let shape = crate::lm_loss::Shape { rows, d, v, chunk };
+            crate::lm_loss::lm_loss_grad(h, w, labels, shape, dy[0], wrt_h, out)
+        })
+    }
+
     /// `y[o, j, i] = x[o, idx[o, j, i], i]` (`take_along_axis`) for elements of
     /// `elem` bytes; `x` is `[outer, n, inner]`, `idx` and `y` are `[outer, m,
     /// inner]`. Status 2 if an index is outside `[0, n)`.

@@ -21,6 +21,7 @@ pub mod dense;
 pub mod error;
 pub mod ffi;
 pub mod gemm;
+pub mod lm_loss;
 pub mod nn;
 pub mod philox;
 pub mod pool;

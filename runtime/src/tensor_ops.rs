@@ -494,6 +494,19 @@ fn swap_tiles<const W: usize>(
 /// assert_eq!(y, [11.0]);
 /// ```
 pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, y: &mut [f32]) -> Result<()> {
+    matmul_into(a, b, m, k, n, y, false)
+}
+
+/// [`matmul`], adding the product to `y` when `accumulate`.
+pub(crate) fn matmul_into(
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    y: &mut [f32],
+    accumulate: bool,
+) -> Result<()> {
     check_len("a", a.len(), m.checked_mul(k))?;
     check_len("b", b.len(), k.checked_mul(n))?;
     check_len("y", y.len(), m.checked_mul(n))?;
@@ -501,13 +514,19 @@ pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, y: &mut [f32])
         return Ok(());
     }
     if k == 0 {
-        y.iter_mut().for_each(|v| *v = 0.0);
+        if !accumulate {
+            y.iter_mut().for_each(|v| *v = 0.0);
+        }
         return Ok(());
     }
     let kern = kernel();
+    let first = match accumulate {
+        true => Epilogue::ACCUMULATE,
+        false => Epilogue::STORE,
+    };
     if k <= 2 * MATMUL_KC {
         let packed = PackedB::from_kn(b, k, n, n, kern.nr)?;
-        return gemm_rows(kern, m, a, &packed, y, Epilogue::STORE);
+        return gemm_rows(kern, m, a, &packed, y, first);
     }
     // A long sum (a weight gradient sums over every position) in blocks of
     // MATMUL_KC: each block's packed B stays in cache while every row of A
@@ -516,7 +535,7 @@ pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, y: &mut [f32])
         let kc = MATMUL_KC.min(k - k0);
         let packed = PackedB::from_kn(&b[k0 * n..(k0 + kc) * n], kc, n, n, kern.nr)?;
         let epi = match i {
-            0 => Epilogue::STORE,
+            0 => first,
             _ => Epilogue::ACCUMULATE,
         };
         gemm_rows_lda(kern, m, &a[k0..], k, &packed, y, epi)?;

@@ -192,3 +192,49 @@ fn scatter_add_index_out_of_range_is_a_value_error() {
         }
     }
 }
+
+const LM_LOSS: &str = r#"graph {
+  %0 = input {name="h"} : f32[B,L,5]
+  %1 = input {name="w"} : f32[9,5]
+  %2 = input {name="labels"} : i64[B,L]
+  %3 = input {name="dy"} : f32[]
+  %4 = lm_loss %0, %1, %2 {chunk=3} : f32[]
+  %5 = lm_loss_grad %0, %1, %2, %3 {chunk=3, wrt="h"} : f32[B,L,5]
+  %6 = lm_loss_grad %0, %1, %2, %3 {chunk=3, wrt="w"} : f32[9,5]
+  output "total" = %4
+  output "dh" = %5
+  output "dw" = %6
+}"#;
+
+fn lm_loss_inputs(labels: Vec<i64>) -> Tensors {
+    let n = labels.len();
+    inputs(vec![
+        ("h", f32t(&[1, n, 5], 21, -1.0, 1.0)),
+        ("w", f32t(&[9, 5], 22, -1.0, 1.0)),
+        (
+            "labels",
+            Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[1, n]), labels).unwrap()),
+        ),
+        ("dy", Tensor::F32(ArrayD::from_elem(IxDyn(&[]), 0.5))),
+    ])
+}
+
+#[test]
+fn fused_lm_loss_and_its_gradients_match_the_interpreter() {
+    // 7 rows in chunks of 3 (the last one short), two rows ignored.
+    let ins = lm_loss_inputs(vec![8, -100, 0, 4, 4, -100, 1]);
+    compare(LM_LOSS, &ins, 1e-5);
+}
+
+#[test]
+fn fused_lm_loss_label_out_of_range_is_a_value_error() {
+    let g = reformc_ir::parse(LM_LOSS).unwrap();
+    let ins = lm_loss_inputs(vec![0, 9]);
+    match reformc_backend_llvm::jit_run(&g, &ins, &BTreeMap::new()) {
+        Err(BackendError::Run { code, message }) => {
+            assert_ne!(code, 0);
+            assert!(message.contains("label 9 of row 1"), "{message}");
+        }
+        other => panic!("expected a run error, got {other:?}"),
+    }
+}

@@ -413,3 +413,23 @@ fn huge_bucket_counts_are_errors() {
     let err = emit_module(&g, &EmitOptions::default()).unwrap_err();
     assert!(err.to_string().contains("too many buckets"), "{err}");
 }
+
+/// The training-only fused loss has no lowering: an error naming the op,
+/// never invalid MLIR.
+#[test]
+fn the_fused_lm_loss_is_refused_by_name() {
+    let g = "graph {
+  %0 = input {name=\"h\"} : f32[B,L,4]
+  %1 = input {name=\"w\"} : f32[6,4]
+  %2 = input {name=\"labels\"} : i64[B,L]
+  %3 = lm_loss %0, %1, %2 {chunk=8} : f32[]
+  output \"loss\" = %3
+}
+";
+    let err = emit_module(&reformc_ir::parse(g).unwrap(), &EmitOptions::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the MLIR backend has no lowering for op `lm_loss` (value %3)"),
+        "{err}"
+    );
+}

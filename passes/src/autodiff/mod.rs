@@ -31,7 +31,7 @@ mod sweep;
 mod unfold;
 
 pub use builder::{Builder, Built};
-pub use loss::{append_loss, LABELS, LOSS};
+pub use loss::{append_fused_loss, append_loss, default_chunk, LABELS, LOSS};
 pub use rules::{is_differentiable, rule_of, vjp, Rule};
 pub use sweep::{active_values, Sweep};
 pub use unfold::{unfold, Branch, Coupling};
@@ -112,6 +112,16 @@ pub fn differentiate_with(
     Ok((h, recomputed_layers))
 }
 
+/// The `chunk` of the graph's `lm_loss`.
+fn fused_chunk(g: &Graph) -> i64 {
+    g.body
+        .iter()
+        .map(|&v| g.node(v))
+        .find(|n| n.op.kind == OpKind::LmLoss)
+        .and_then(|n| n.op.int("chunk"))
+        .unwrap_or(0)
+}
+
 /// Whether `g` still holds an op autodiff cannot take (a model op other than
 /// `reversible_block`, `lsh_hash`).
 pub fn needs_lowering(g: &Graph) -> bool {
@@ -149,10 +159,18 @@ impl Pass for AutodiffPass {
         };
         let mut notes = vec![];
         if !g.outputs.iter().any(|(n, _)| n == LOSS) {
-            append_loss(g, "logits").map_err(err)?;
-            notes.push(
-                "loss: mean cross-entropy of `logits` against the `labels` input".to_string(),
-            );
+            let chunk = opts.chunk_size_lm_head;
+            if append_fused_loss(g, "logits", chunk).map_err(err)? {
+                notes.push(format!(
+                    "loss: mean cross-entropy against the `labels` input, fused with the LM head (`lm_loss`, {} rows at a time: the [B, L, V] logits never exist whole)",
+                    fused_chunk(g)
+                ));
+            } else {
+                append_loss(g, "logits").map_err(err)?;
+                notes.push(
+                    "loss: mean cross-entropy of `logits` against the `labels` input".to_string(),
+                );
+            }
         }
         let choice = checkpoint::choose(g, LOSS, opts).map_err(err)?;
         let n = choice.graph.outputs.len() - 1;

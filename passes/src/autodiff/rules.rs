@@ -44,8 +44,9 @@ pub fn rule_of(kind: OpKind) -> Rule {
         ReversibleBlock => Rule::Reversible,
         PadToMultiple | Truncate | Index | Slice | Add | Sub | Mul | Div | Max | Min | Neg
         | Exp | Log | Sqrt | Rsqrt | Tanh | Act | Cast | Matmul | Reduce | Softmax | Gather
-        | Select | Reshape | Transpose | Concat | Broadcast | ScatterAdd => Rule::Vjp,
+        | Select | Reshape | Transpose | Concat | Broadcast | ScatterAdd | LmLoss => Rule::Vjp,
         ActGrad => Rule::Missing("act_grad (second derivatives are not supported)"),
+        LmLossGrad => Rule::Missing("lm_loss_grad (second derivatives are not supported)"),
     }
 }
 
@@ -122,6 +123,15 @@ pub fn vjp(
             let f = node.op.str("fn").unwrap_or_default().to_string();
             let op = Op::new(ActGrad).with("fn", Attr::Str(f));
             one(b.op(op, &[x[0], dy]))
+        }
+        LmLoss => {
+            let grad = |b: &mut Builder, wrt: &str| {
+                let op = Op::new(LmLossGrad)
+                    .with("wrt", Attr::Str(wrt.into()))
+                    .with("chunk", Attr::Int(node.op.int("chunk").unwrap_or(1)));
+                b.op(op, &[x[0], x[1], x[2], dy])
+            };
+            Ok(vec![Some(grad(b, "h")?), Some(grad(b, "w")?), None])
         }
         Cast if t(b, 0).dtype.is_float() => Ok(vec![Some(b.cast(dy, t(b, 0).dtype))]),
         Cast => Ok(vec![None]),

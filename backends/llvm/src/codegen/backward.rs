@@ -5,6 +5,54 @@
 use super::*;
 
 impl<'ctx> Gen<'ctx> {
+    /// `lm_loss(h, w, labels) {chunk}` and `lm_loss_grad(h, w, labels, dy)
+    /// {wrt, chunk}`: the runtime's chunked kernels (`h` as `[rows, D]`).
+    pub(super) fn lm_loss(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
+        let what = at(fs.g, &fs.numbering, v);
+        let op = fs.g.node(v).op.clone();
+        let (h, w) = (self.f32_operand(fs, v, 0)?, self.f32_ranked(fs, v, 1, 2)?);
+        let labels = self.i64_operand(fs, v, 2)?;
+        let (d, rest) = h
+            .dims
+            .split_last()
+            .ok_or_else(|| BackendError::Internal(format!("{what}: h needs rank >= 1")))?;
+        let rows = self.prod(rest)?;
+        let chunk = self.i64c(op.int("chunk").unwrap_or(1).max(1));
+        let common: [BasicMetadataValueEnum<'ctx>; 7] = [
+            h.ptr.into(),
+            rows.into(),
+            (*d).into(),
+            w.ptr.into(),
+            w.dims[0].into(),
+            labels.ptr.into(),
+            chunk.into(),
+        ];
+        if op.kind == OpKind::LmLoss {
+            let out = self.alloc_buf(fs, DType::F32, vec![], &what)?;
+            let mut args = common.to_vec();
+            args.push(out.ptr.into());
+            self.kernel(fs, v, "rc_lm_loss_f32", &args)?;
+            return Ok(out);
+        }
+        let dy = self.f32_ranked(fs, v, 3, 0)?;
+        let wrt_w = op.str("wrt") == Some("w");
+        let dims = if wrt_w {
+            w.dims.clone()
+        } else {
+            h.dims.clone()
+        };
+        let out = self.alloc_buf(fs, DType::F32, dims, &what)?;
+        let mut args = common.to_vec();
+        let tail: [BasicMetadataValueEnum<'ctx>; 3] = [
+            dy.ptr.into(),
+            self.i32c(i32::from(wrt_w)).into(),
+            out.ptr.into(),
+        ];
+        args.extend(tail);
+        self.kernel(fs, v, "rc_lm_loss_grad_f32", &args)?;
+        Ok(out)
+    }
+
     /// `broadcast(x, ref)`: the elementwise copy of `x` to the declared
     /// (reference) shape; the general elementwise loop broadcasts operands.
     pub(super) fn broadcast(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {

@@ -1653,6 +1653,7 @@ impl<'ctx> Gen<'ctx> {
             Broadcast => self.broadcast(fs, v)?,
             ScatterAdd => self.scatter_add(fs, v)?,
             ActGrad => self.act_grad(fs, v)?,
+            LmLoss | LmLossGrad => self.lm_loss(fs, v)?,
         };
         fs.vals.insert(v, result);
         Ok(())
