@@ -106,7 +106,7 @@ pub fn footprint_of(
         let node = g.node(v);
         let bytes =
             || bytes_of(&node.ty, env).ok_or_else(|| unbound(&format!("%{}", v.0), &node.ty));
-        // Four particular kinds, not a per-op property: `==` tests rather than a
+        // Particular kinds, not a per-op property: `==` tests rather than a
         // match with a fallback arm ("no fallback arm", docs/architecture.md).
         let kind = node.op.kind;
         if kind == OpKind::Weight {
@@ -117,6 +117,8 @@ pub fn footprint_of(
             kernel_scratch = kernel_scratch.max(lsh_scratch(g, v, env, threads));
         } else if kind == OpKind::Attention {
             kernel_scratch = kernel_scratch.max(full_scratch(g, v, env, threads));
+        } else if kind == OpKind::LmLoss || kind == OpKind::LmLossGrad {
+            kernel_scratch = kernel_scratch.max(lm_loss_scratch(g, v, env));
         }
     }
     Ok(Footprint {
@@ -203,6 +205,33 @@ fn replay(plan: &BufferPlan, env: &DimEnv) -> Result<(u64, u64), CostError> {
 /// Scratch of one `attention` call (runtime/src/attention/full.rs): key
 /// norms, key positions and valid-key lists, and per thread in flight a
 /// block of logit rows (up to 2^20 logits) unless keys stream in `kv_chunk`s.
+/// The fused loss's kernels: one `[chunk, V]` block of f32 logits, and its
+/// transpose for the weight gradient.
+fn lm_loss_scratch(g: &Graph, v: reformc_ir::ValueId, env: &DimEnv) -> u64 {
+    let node = g.node(v);
+    let rows = node.inputs.get(2).and_then(|&l| {
+        g.ty(l)
+            .shape
+            .iter()
+            .map(|d| d.eval(env))
+            .product::<Option<u64>>()
+    });
+    let vocab = node
+        .inputs
+        .get(1)
+        .and_then(|&w| g.ty(w).shape.first()?.eval(env));
+    let (Some(rows), Some(vocab)) = (rows, vocab) else {
+        return 0;
+    };
+    let chunk = (node.op.int("chunk").unwrap_or(1).max(1) as u64).min(rows.max(1));
+    let blocks = if node.op.str("wrt") == Some("w") {
+        2
+    } else {
+        1
+    };
+    chunk.saturating_mul(vocab).saturating_mul(4 * blocks)
+}
+
 fn full_scratch(g: &Graph, v: reformc_ir::ValueId, env: &DimEnv, threads: u64) -> u64 {
     let node = g.node(v);
     let heads = node.op.int("heads").unwrap_or(1).max(1) as u64;
