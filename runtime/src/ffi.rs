@@ -785,7 +785,8 @@ crate::c_abi! {
         total: *mut f32,
     ) -> i32 {
         guard(|| {
-            let [rows, d, v, chunk] = sizes([(rows, "rows"), (d, "d"), (v, "v"), (chunk, "chunk")])?;
+            let [rows, d, v, chunk] =
+                sizes([(rows, "rows"), (d, "d"), (v, "v"), (chunk, "chunk")])?;
             let sh = span(h, count(&[rows, d], "h")?, "h")?;
             let sw = span(w, count(&[v, d], "w")?, "w")?;
             let sl = span(labels, rows, "labels")?;
@@ -819,11 +820,15 @@ crate::c_abi! {
         out: *mut f32,
     ) -> i32 {
         guard(|| {
-            let [rows, d, v, chunk] = sizes([(rows, "rows"), (d, "d"), (v, "v"), (chunk, "chunk")])?;
+            let [rows, d, v, chunk] =
+                sizes([(rows, "rows"), (d, "d"), (v, "v"), (chunk, "chunk")])?;
             let wrt_h = match wrt_w {
                 0 => true,
                 1 => false,
-                _ => return Err(Error::InvalidArgument(format!("wrt_w must be 0 or 1, found {wrt_w}"))),
+                _ => {
+                    let why = format!("wrt_w must be 0 or 1, found {wrt_w}");
+                    return Err(Error::InvalidArgument(why));
+                }
             };
             let sh = span(h, count(&[rows, d], "h")?, "h")?;
             let sw = span(w, count(&[v, d], "w")?, "w")?;
