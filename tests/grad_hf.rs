@@ -17,11 +17,12 @@ use reformc_ir::DType;
 use reformc_passes::autodiff::LABELS;
 use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
-use step_support::{grad_error, split, step_graph};
+use step_support::{grad_error, split, step_graph_with};
 
-/// Runs the step; returns the loss and the gradients by weight name.
-fn step(case: &Case, dtype: DType) -> (f64, BTreeMap<String, ArrayD<f64>>) {
-    let g = step_graph(case, dtype);
+/// Runs the step (the LM head fused into the loss in blocks of `chunk` rows
+/// when given); returns the loss and the gradients by weight name.
+fn step(case: &Case, dtype: DType, chunk: Option<u64>) -> (f64, BTreeMap<String, ArrayD<f64>>) {
+    let g = step_graph_with(case, dtype, chunk);
     let mut inputs = case.inputs(case.replay_source());
     let labels: ArrayD<i64> = read(&case.dir.join("labels.npy"));
     let aligned = reformc_train::labels::aligned(&labels, case.spec.causal);
@@ -55,7 +56,7 @@ fn reference_grads(case: &Case) -> BTreeMap<String, ArrayD<f64>> {
         .collect()
 }
 
-fn check_all(dtype: DType, loss_tol: f64, grad_tol: f64) {
+fn check_all(dtype: DType, loss_tol: f64, grad_tol: f64, chunk: Option<u64>) {
     let mut report = vec![];
     let mut checked = 0;
     for dir in fixtures() {
@@ -63,7 +64,7 @@ fn check_all(dtype: DType, loss_tol: f64, grad_tol: f64) {
         if !case.has("loss_f64.npy") {
             continue;
         }
-        let (loss, grads) = step(&case, dtype);
+        let (loss, grads) = step(&case, dtype, chunk);
         let want: ArrayD<f64> = read(&case.dir.join("loss_f64.npy"));
         let want = want.iter().next().copied().unwrap();
         let loss_err = (loss - want).abs() / want.abs();
@@ -96,10 +97,18 @@ fn check_all(dtype: DType, loss_tol: f64, grad_tol: f64) {
 
 #[test]
 fn f32_step_matches_hf_float64_gradients() {
-    check_all(DType::F32, 1e-5, 1e-4);
+    check_all(DType::F32, 1e-5, 1e-4, None);
 }
 
 #[test]
 fn f64_step_matches_hf_float64_gradients_within_1e_9() {
-    check_all(DType::F64, 1e-9, 1e-9);
+    check_all(DType::F64, 1e-9, 1e-9, None);
+}
+
+/// The same with the LM head fused into the loss (`lm_loss`), in blocks of
+/// 5 rows so that every fixture's sequence spans several blocks.
+#[test]
+fn the_fused_lm_head_loss_matches_hf_float64_gradients() {
+    check_all(DType::F32, 1e-5, 1e-4, Some(5));
+    check_all(DType::F64, 1e-9, 1e-9, Some(5));
 }

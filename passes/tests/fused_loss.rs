@@ -135,3 +135,29 @@ fn a_large_vocabulary_step_never_holds_the_logits() {
         "fused peak {fused} vs one [L, V] logits {logits}"
     );
 }
+
+#[test]
+fn the_pass_fuses_wide_heads_or_when_asked() {
+    use reformc_passes::autodiff::AutodiffPass;
+    use reformc_passes::{Pass, PassOptions};
+    let fused = |vocab: usize, chunk: Option<u64>| {
+        let mut g = model(vocab, true);
+        let opts = PassOptions {
+            chunk_size_lm_head: chunk,
+            ..Default::default()
+        };
+        let notes = AutodiffPass.run(&mut g, &opts).unwrap();
+        let has = g.body.iter().any(|&v| g.node(v).op.kind == OpKind::LmLoss);
+        assert_eq!(
+            has,
+            notes[0].contains("fused with the LM head"),
+            "{notes:?}"
+        );
+        has
+    };
+    // The head's input is 4 wide: fused from V = 9 on, or with a chunk.
+    assert!(!fused(8, None));
+    assert!(fused(9, None));
+    assert!(fused(8, Some(2)));
+    assert!(!fused(8, Some(0)), "a chunk of 0 means unset");
+}

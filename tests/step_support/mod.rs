@@ -1,6 +1,9 @@
 //! Shared by the training-step tests (`grad_hf`, `grad_jit`): the step graph
 //! of a fixture, splitting a step's outputs, and the gradient metric.
 
+// Each test binary uses a subset of these helpers.
+#![allow(dead_code)]
+
 use crate::common::Case;
 use ndarray::ArrayD;
 use reformc_ir::{DType, Graph};
@@ -12,9 +15,15 @@ use std::collections::BTreeMap;
 /// The case's training-step graph in `dtype`, through `reformc grad`'s pipeline
 /// (recorded buckets replayed where HF hashed).
 pub fn step_graph(case: &Case, dtype: DType) -> Graph {
+    step_graph_with(case, dtype, None)
+}
+
+/// [`step_graph`] with `--chunk-lm-head` (which fuses the LM head into the loss).
+pub fn step_graph_with(case: &Case, dtype: DType, chunk_lm_head: Option<u64>) -> Graph {
     let mut g = case.graph(dtype, case.replay_source());
     let opts = PassOptions {
         seq_len: Some(case.seq_len() as u64),
+        chunk_size_lm_head: chunk_lm_head,
         ..Default::default()
     };
     reformc_train::grad::build_step(&mut g, &opts).unwrap_or_else(|e| panic!("{}: {e}", case.name));

@@ -70,12 +70,7 @@ pub fn append_fused_loss(
 ) -> Result<bool, String> {
     let (logits, lt) = logits_output(g, logits_name)?;
     // The logits of a padded model are truncated back to L: truncate h instead.
-    let (logits, truncated) = match g.node(logits) {
-        n if n.op.kind == OpKind::Truncate && n.op.int("axis") == Some(1) => {
-            (n.inputs[0], Some((n.op.clone(), n.inputs[1])))
-        }
-        _ => (logits, None),
-    };
+    let (logits, truncated) = untruncated(g, logits);
     let Some((h, w)) = head_operands(g, logits) else {
         return Ok(false);
     };
@@ -95,10 +90,30 @@ pub fn append_fused_loss(
     Ok(true)
 }
 
+/// `(V, D)` of the LM head weight when the output `logits_name` has the
+/// form [`append_fused_loss`] fuses.
+pub fn head_shape(g: &Graph, logits_name: &str) -> Option<(u64, u64)> {
+    let (logits, _) = logits_output(g, logits_name).ok()?;
+    let (_, w) = head_operands(g, untruncated(g, logits).0)?;
+    let shape = &g.ty(w).shape;
+    Some((shape[0].as_const()?, shape[1].as_const()?))
+}
+
 /// Rows per chunk of the fused loss by default: about 2^20 logits (4 MiB in
 /// f32) at a time, and at least 16 rows.
 pub fn default_chunk(vocab: u64) -> u64 {
     ((1u64 << 20) / vocab.max(1)).max(16)
+}
+
+/// The logits before a truncation from the padded length to L, and that
+/// truncation (its op and reference operand) when there is one.
+fn untruncated(g: &Graph, logits: ValueId) -> (ValueId, Option<(Op, ValueId)>) {
+    match g.node(logits) {
+        n if n.op.kind == OpKind::Truncate && n.op.int("axis") == Some(1) => {
+            (n.inputs[0], Some((n.op.clone(), n.inputs[1])))
+        }
+        _ => (logits, None),
+    }
 }
 
 /// `h` and `w` when `logits` is `matmul(h, reshape(transpose(w, [1,0])))`

@@ -112,6 +112,27 @@ pub fn differentiate_with(
     Ok((h, recomputed_layers))
 }
 
+/// Appends the loss: fused with the LM head when `--chunk-lm-head` asks for
+/// it or when the head's logits are wide (V > 2 D: fusing costs two more
+/// head-sized products per step, worth it only where the `[B, L, V]` logits
+/// outweigh the head's input); returns the note saying which.
+fn add_loss(g: &mut Graph, opts: &PassOptions) -> Result<String, String> {
+    let chunk = opts.chunk_size_lm_head.filter(|&c| c > 0);
+    let shape = loss::head_shape(g, "logits");
+    let wide = shape.is_some_and(|(v, d)| v > 2 * d);
+    if (chunk.is_some() || wide) && append_fused_loss(g, "logits", chunk)? {
+        return Ok(format!(
+            "loss: mean cross-entropy against the `labels` input, fused with the LM head (`lm_loss`, {} rows at a time: the [B, L, V] logits never exist whole)",
+            fused_chunk(g)
+        ));
+    }
+    append_loss(g, "logits")?;
+    Ok(match shape {
+        Some((v, d)) => format!("loss: mean cross-entropy of `logits` against the `labels` input (the LM head is not fused: V = {v} <= 2 x its input width {d}, so its logits are small; --chunk-lm-head N fuses it)"),
+        None => "loss: mean cross-entropy of `logits` against the `labels` input".to_string(),
+    })
+}
+
 /// The `chunk` of the graph's `lm_loss`.
 fn fused_chunk(g: &Graph) -> i64 {
     g.body
@@ -159,18 +180,7 @@ impl Pass for AutodiffPass {
         };
         let mut notes = vec![];
         if !g.outputs.iter().any(|(n, _)| n == LOSS) {
-            let chunk = opts.chunk_size_lm_head;
-            if append_fused_loss(g, "logits", chunk).map_err(err)? {
-                notes.push(format!(
-                    "loss: mean cross-entropy against the `labels` input, fused with the LM head (`lm_loss`, {} rows at a time: the [B, L, V] logits never exist whole)",
-                    fused_chunk(g)
-                ));
-            } else {
-                append_loss(g, "logits").map_err(err)?;
-                notes.push(
-                    "loss: mean cross-entropy of `logits` against the `labels` input".to_string(),
-                );
-            }
+            notes.push(add_loss(g, opts).map_err(err)?);
         }
         let choice = checkpoint::choose(g, LOSS, opts).map_err(err)?;
         let n = choice.graph.outputs.len() - 1;
