@@ -67,7 +67,10 @@ pub fn lm_loss_grad(
             out.len()
         )));
     }
-    out.iter_mut().for_each(|x| *x = 0.0);
+    if !wrt_h {
+        // dw accumulates over the chunks; dh is written chunk by chunk.
+        out.iter_mut().for_each(|x| *x = 0.0);
+    }
     let mut transposed: Vec<f32> = match wrt_h {
         true => Vec::new(),
         false => try_zeroed(s.chunk.min(s.rows.max(1)) * s.v, "lm_loss_grad scratch")?,

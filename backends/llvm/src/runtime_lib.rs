@@ -130,8 +130,12 @@ pub fn materialize(rt: &EmbeddedRuntime, dirs: &[PathBuf]) -> Result<PathBuf> {
 fn materialize_in(rt: &EmbeddedRuntime, dir: &Path) -> std::io::Result<PathBuf> {
     private_dir(dir)?;
     let path = dir.join(rt.file_name());
-    // A copy left by an interrupted or foreign writer is replaced, not trusted.
-    if std::fs::read(&path).is_ok_and(|b| b == rt.bytes) {
+    // A copy left by an interrupted or foreign writer is replaced, not trusted
+    // (its size is checked first, so a stale copy is not read whole).
+    let same_size = path
+        .metadata()
+        .is_ok_and(|m| m.len() == rt.bytes.len() as u64);
+    if same_size && std::fs::read(&path).is_ok_and(|b| b == rt.bytes) {
         return Ok(path);
     }
     let tmp = dir.join(format!("{}.tmp-{}", rt.file_name(), std::process::id()));

@@ -190,10 +190,7 @@ fn by_budget(
 /// The layers of `g` (before flattening) that may be recomputed, in order.
 fn candidates(g: &Graph) -> Result<Vec<u64>, String> {
     let (h, couplings) = super::unfold::unfold(g)?;
-    let coupled: HashSet<ValueId> = couplings
-        .iter()
-        .flat_map(|c| c.values.iter().copied())
-        .collect();
+    let coupled = super::unfold::coupled_values(&couplings);
     Ok(segments(&h, &coupled).iter().map(|s| s.layer).collect())
 }
 

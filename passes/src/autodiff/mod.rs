@@ -34,12 +34,11 @@ pub use builder::{Builder, Built};
 pub use loss::{append_fused_loss, append_loss, default_chunk, LABELS, LOSS};
 pub use rules::{is_differentiable, rule_of, vjp, Rule};
 pub use sweep::{active_values, Sweep};
-pub use unfold::{unfold, Branch, Coupling};
+pub use unfold::{coupled_values, unfold, Branch, Coupling};
 
 use crate::pass::{Pass, PassError, PassOptions};
 use checkpoint::{Checkpointing, Segment};
-use reformc_ir::{Graph, OpKind, ValueId};
-use std::collections::HashSet;
+use reformc_ir::{Graph, OpKind};
 
 /// Prefix of the output that holds a weight's gradient.
 pub const GRAD_PREFIX: &str = "grad:";
@@ -79,11 +78,7 @@ pub fn differentiate_with(
         .into_iter()
         .map(|(n, v)| (n.to_string(), v))
         .collect();
-    let coupled: HashSet<ValueId> = couplings
-        .iter()
-        .flat_map(|c| c.values.iter().copied())
-        .collect();
-    let segments: Vec<Segment> = checkpoint::segments(&h, &coupled)
+    let segments: Vec<Segment> = checkpoint::segments(&h, &coupled_values(&couplings))
         .into_iter()
         .filter(|s| checkpointing.covers(s.layer))
         .collect();

@@ -31,7 +31,7 @@ impl<'g> Sweep<'g> {
     /// whose checkpointed layers are `segments`.
     pub fn new(g: &'g mut Graph, couplings: Vec<Coupling>, segments: Vec<Segment>) -> Self {
         let active = active_values(g, &g.body);
-        let coupled = couplings.iter().flat_map(|c| c.values.iter().copied());
+        let coupled = super::unfold::coupled_values(&couplings);
         let layered = segments.iter().flat_map(|s| s.body.iter().copied());
         let results: HashSet<ValueId> = couplings
             .iter()
@@ -39,6 +39,7 @@ impl<'g> Sweep<'g> {
             .chain(segments.iter().map(|s| s.result))
             .collect();
         let inside = coupled
+            .into_iter()
             .chain(layered)
             .filter(|v| !results.contains(v))
             .collect();

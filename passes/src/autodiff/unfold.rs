@@ -7,7 +7,7 @@
 
 use super::builder::Builder;
 use reformc_ir::{Graph, Node, Region, ValueId};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// One flattened reversible block: `y = concat(x1 + f(x2), x2 + g(y1))`.
 #[derive(Clone, Debug)]
@@ -24,6 +24,15 @@ pub struct Coupling {
     pub g: Branch,
     /// Every value the flattened block defines (slices, branches, adds, concat).
     pub values: Vec<ValueId>,
+}
+
+/// Every value the flattened `couplings` define (which only their reversible
+/// rule visits).
+pub fn coupled_values(couplings: &[Coupling]) -> HashSet<ValueId> {
+    couplings
+        .iter()
+        .flat_map(|c| c.values.iter().copied())
+        .collect()
 }
 
 /// A flattened region: the value that stood for its argument, its ops, its result.
