@@ -205,7 +205,7 @@ pub struct BufferPlan {
 /// let g = reformc_ir::parse("graph {\n %0 = input {name=\"x\"} : f32[N,4]\n %1 = weight {name=\"w\"} : f32[4,4]\n %2 = linear %0, %1 : f32[N,4]\n %3 = linear %2, %1 : f32[N,4]\n output \"y\" = %3\n}").unwrap();
 /// let plan = reformc_passes::buffer_plan::BufferPlan::new(&g);
 /// assert_eq!(plan.fusion.stacks, 1);
-/// assert_eq!(plan.fusion.to_string(), "0 layer-norm prologues, 1 two-layer stacks, 0 reversible blocks in place, 0 accumulations onto a state half, 0 truncates reusing their input");
+/// assert_eq!(plan.fusion.to_string(), "0 layer-norm prologues, 1 two-layer stacks, 0 reversible blocks in place, 0 accumulations onto a state half, 0 truncates and reshapes reusing their input, 0 elementwise ops inlined into their reader");
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FusionSummary {
@@ -217,16 +217,18 @@ pub struct FusionSummary {
     pub in_place: usize,
     /// Linears accumulating straight onto a reversible state half.
     pub accumulated: usize,
-    /// Truncates that may take over their input's buffer.
+    /// Truncates and reshapes that may take over their input's buffer.
     pub take_input: usize,
+    /// Elementwise ops computed inside their reader's loop.
+    pub inlined: usize,
 }
 
 impl std::fmt::Display for FusionSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} layer-norm prologues, {} two-layer stacks, {} reversible blocks in place, {} accumulations onto a state half, {} truncates reusing their input",
-            self.prologues, self.stacks, self.in_place, self.accumulated, self.take_input
+            "{} layer-norm prologues, {} two-layer stacks, {} reversible blocks in place, {} accumulations onto a state half, {} truncates and reshapes reusing their input, {} elementwise ops inlined into their reader",
+            self.prologues, self.stacks, self.in_place, self.accumulated, self.take_input, self.inlined
         )
     }
 }
@@ -263,6 +265,7 @@ impl BufferPlan {
             in_place: fusion.in_place.len(),
             accumulated: fusion.accumulated.len(),
             take_input: fusion.take_input.len(),
+            inlined: fusion.inlined.len(),
         };
         b.plan
     }
@@ -287,7 +290,7 @@ impl BufferPlan {
     /// included), or `None` if a symbol is unbound.
     ///
     /// ```
-    /// let g = reformc_ir::parse("graph {\n %0 = input {name=\"x\"} : f32[N]\n %1 = exp %0 : f32[N]\n %2 = exp %1 : f32[N]\n output \"y\" = %2\n}").unwrap();
+    /// let g = reformc_ir::parse("graph {\n %0 = input {name=\"x\"} : f32[N]\n %1 = exp %0 : f32[N]\n %2 = softmax %1 {axis=0} : f32[N]\n output \"y\" = %2\n}").unwrap();
     /// let plan = reformc_passes::buffer_plan::BufferPlan::new(&g);
     /// let env = [("N".to_string(), 10u64)].into_iter().collect();
     /// assert_eq!(plan.peak_bytes(&env), Some(80));
@@ -445,7 +448,7 @@ mod tests {
     #[test]
     fn frees_after_last_use_and_keeps_outputs() {
         let g = reformc_ir::parse(
-            "graph {\n %0 = input {name=\"x\"} : f32[N]\n %1 = exp %0 : f32[N]\n %2 = exp %1 : f32[N]\n %3 = add %1, %2 : f32[N]\n output \"y\" = %3\n}",
+            "graph {\n %0 = input {name=\"x\"} : f32[N]\n %1 = exp %0 : f32[N]\n %2 = softmax %1 {axis=0} : f32[N]\n %3 = add %1, %2 : f32[N]\n output \"y\" = %3\n}",
         )
         .unwrap();
         let live = Liveness::new(&g, &Fusion::new(&g));

@@ -14,11 +14,11 @@
 //!
 //! ```
 //! use reformc_passes::footprint::footprint;
-//! let g = reformc_ir::parse("graph {\n %0 = input {name=\"x\"} : f32[N]\n %1 = exp %0 : f32[N]\n %2 = exp %1 : f32[N]\n output \"y\" = %2\n}").unwrap();
+//! let g = reformc_ir::parse("graph {\n %0 = input {name=\"x\"} : f32[N]\n %1 = exp %0 : f32[N]\n %2 = softmax %1 {axis=0} : f32[N]\n output \"y\" = %2\n}").unwrap();
 //! let env = [("N".to_string(), 1024u64)].into_iter().collect();
 //! let f = footprint(&g, &env, 1).unwrap();
 //! assert_eq!(f.inputs, 4096);
-//! assert_eq!(f.activations, 8192); // %1 and %2 live together at the second exp
+//! assert_eq!(f.activations, 8192); // %1 and %2 live together at the softmax
 //! assert_eq!(f.total(), f.activations + f.allocator_cache + f.inputs + f.kernel_scratch + f.thread_scratch + f.fixed);
 //! ```
 

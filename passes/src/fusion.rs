@@ -17,8 +17,24 @@
 //! - a region result that is a `linear` with no activation and no other
 //!   reader is *accumulated* straight onto the reversible state half.
 //!
-//! All four keep the interpreter's rounding (runtime/src/dense.rs). This is
-//! the one fusion planner: the backend does not recompute it.
+//! - an elementwise op (arithmetic, comparison, `select`, `cast`, unary
+//!   functions and activations) whose only reader is an elementwise op of
+//!   the same shape in the same block is *inlined* into that reader's loop:
+//!   a chain like `sub`, `mul`, `add` in a backward pass is one loop over
+//!   the elements with no intermediate buffer. A few cheap arithmetic ops
+//!   read by up to four such loops are computed again in each (memory
+//!   traffic costs more than the arithmetic).
+//!
+//! - a `transpose` of the last two axes read only by a `matmul` (with no
+//!   broadcast batch axes) is *read transposed* by the product: B's panels
+//!   are packed from the untransposed buffer (as `linear` packs its weight),
+//!   and the micro-kernel walks a transposed A with swapped strides (a weight
+//!   gradient `xᵀ · dy` reads `x` where it lies).
+//!
+//! All six keep the interpreter's rounding (runtime/src/dense.rs; an
+//! inlined op computes the same f32 operation on the same operands, it only
+//! skips storing the result). This is the one fusion planner: the backend
+//! does not recompute it.
 //!
 //! ```text
 //! %7 = layer_norm %6, ...      // prologue of %8
@@ -56,8 +72,12 @@ pub struct Fusion {
     /// Region results accumulated onto the owning reversible block's state.
     pub accumulated: HashSet<ValueId>,
     /// `truncate`s that take over their dying input's buffer when they cut
-    /// nothing (decided at run time).
+    /// nothing (decided at run time), and `reshape`s that take it over always.
     pub take_input: HashSet<ValueId>,
+    /// Elementwise ops computed inside their elementwise reader's loop.
+    pub inlined: HashSet<ValueId>,
+    /// Transposes of the last two axes that their `matmul` reads in place.
+    pub transposed: HashSet<ValueId>,
 }
 
 impl Fusion {
@@ -75,7 +95,10 @@ impl Fusion {
 
     /// True when `v` is never stored (its reader computes it).
     pub fn absorbed(&self, v: ValueId) -> bool {
-        self.prologue.contains(&v) || self.inner.contains(&v)
+        self.prologue.contains(&v)
+            || self.inner.contains(&v)
+            || self.inlined.contains(&v)
+            || self.transposed.contains(&v)
     }
 
     /// `v`'s operands as generated code reads them: an absorbed operand is
@@ -98,6 +121,7 @@ impl Fusion {
         uses: &HashMap<ValueId, Vec<Use>>,
     ) {
         let none = Vec::new();
+        let here: HashSet<ValueId> = body.iter().copied().collect();
         for &v in body {
             let node = g.node(v);
             let us = uses.get(&v).unwrap_or(&none);
@@ -123,11 +147,22 @@ impl Fusion {
             {
                 self.inner.insert(v);
             }
-            if kind == OpKind::Truncate && sole_reader(g, uses, v) {
+            if pointwise(g, v) && self.inlinable(g, v, key, us) {
+                self.inlined.insert(v);
+            }
+            if kind == OpKind::Transpose && f32 && swaps_last_two(node) {
+                if let [Use::Operand { user, index, block }] = us.as_slice() {
+                    if *block == key && *index < 2 && unbroadcast_matmul(g, *user) {
+                        self.transposed.insert(v);
+                    }
+                }
+            }
+            if matches!(kind, OpKind::Truncate | OpKind::Reshape) && sole_reader(g, uses, v, &here)
+            {
                 self.take_input.insert(v);
             }
             if kind == OpKind::ReversibleBlock {
-                if sole_reader(g, uses, v) && f32 {
+                if sole_reader(g, uses, v, &here) && f32 {
                     self.in_place.insert(v);
                 }
                 for r in &node.regions {
@@ -152,12 +187,110 @@ impl Fusion {
     }
 }
 
+impl Fusion {
+    /// Whether pointwise `v` may be computed inside its readers' loops: every
+    /// reader is a pointwise op of `v`'s shape in `v`'s block, and when there
+    /// are several (each computes `v` again), `v` with what it inlines is a
+    /// few cheap arithmetic ops ([`MAX_DUPLICATED`]), never a transcendental
+    /// function or a division.
+    fn inlinable(&self, g: &Graph, v: ValueId, key: Option<(ValueId, usize)>, us: &[Use]) -> bool {
+        let shape = &g.ty(v).shape;
+        let in_loop = |u: &Use| {
+            matches!(u, Use::Operand { user, block, .. }
+                if *block == key && pointwise(g, *user) && g.ty(*user).shape == *shape)
+        };
+        match us.len() {
+            0 => false,
+            1 => in_loop(&us[0]),
+            n => {
+                n <= MAX_READERS && us.iter().all(in_loop) && self.cheap_ops(g, v) <= MAX_DUPLICATED
+            }
+        }
+    }
+
+    /// The ops `v` computes in its reader's loop (itself and what it
+    /// inlines), or more than [`MAX_DUPLICATED`] when one is not cheap.
+    fn cheap_ops(&self, g: &Graph, v: ValueId) -> usize {
+        use OpKind::*;
+        let node = g.node(v);
+        if !matches!(
+            node.op.kind,
+            Add | Sub | Mul | Neg | Max | Min | Lt | Eq | Select | Cast
+        ) {
+            return MAX_DUPLICATED + 1;
+        }
+        1 + node
+            .inputs
+            .iter()
+            .filter(|u| self.inlined.contains(u))
+            .map(|&u| self.cheap_ops(g, u))
+            .sum::<usize>()
+    }
+}
+
+/// Readers of one value that may each compute it again.
+const MAX_READERS: usize = 4;
+
+/// Ops a value read by several loops may cost each of them.
+const MAX_DUPLICATED: usize = 3;
+
+/// True when `v` computes each element from the same element of its
+/// (broadcast) operands, with no way to fail: integer division stops the
+/// model on a zero divisor, so it is never inlined nor given inlined operands.
+pub fn pointwise(g: &Graph, v: ValueId) -> bool {
+    use OpKind::*;
+    let node = g.node(v);
+    match node.op.kind {
+        Cast | Neg | Exp | Log | Sqrt | Rsqrt | Tanh | Act | Add | Sub | Mul | Max | Min | Lt
+        | Eq | Select => true,
+        Div => node.ty.dtype.is_float(),
+        _ => false,
+    }
+}
+
+/// True for a transpose whose `perm` swaps the last two axes only.
+fn swaps_last_two(node: &reformc_ir::Node) -> bool {
+    let Some(perm) = node.op.ints("perm") else {
+        return false;
+    };
+    let r = perm.len();
+    r >= 2
+        && perm[..r - 2]
+            .iter()
+            .enumerate()
+            .all(|(i, &p)| p == i as i64)
+        && perm[r - 2] == (r - 1) as i64
+        && perm[r - 1] == (r - 2) as i64
+}
+
+/// True for an f32 `matmul` whose operands have its rank and its batch dims
+/// (the product runs as one batch of matrix pairs).
+fn unbroadcast_matmul(g: &Graph, v: ValueId) -> bool {
+    let node = g.node(v);
+    let out = &node.ty;
+    let r = out.rank();
+    node.op.kind == OpKind::Matmul
+        && out.dtype == DType::F32
+        && r >= 2
+        && node.inputs.iter().all(|u| {
+            let t = g.ty(*u);
+            t.rank() == r && t.shape[..r - 2] == out.shape[..r - 2]
+        })
+}
+
 /// True when `v`'s first operand is an op's own buffer (not an input,
-/// weight or region argument) and `v` is its only reader.
-fn sole_reader(g: &Graph, uses: &HashMap<ValueId, Vec<Use>>, v: ValueId) -> bool {
+/// weight or region argument) defined in `v`'s block (`here`: a region body
+/// runs many times, an outer value must survive it) and `v` is its only reader.
+fn sole_reader(
+    g: &Graph,
+    uses: &HashMap<ValueId, Vec<Use>>,
+    v: ValueId,
+    here: &HashSet<ValueId>,
+) -> bool {
     g.node(v).inputs.first().is_some_and(|&x| {
         let xu = uses.get(&x).map_or(&[][..], Vec::as_slice);
-        xu.len() == 1
+        here.contains(&x)
+            && xu.len() == 1
             && matches!(xu[0], Use::Operand { user, index: 0, .. } if user == v)
             && !matches!(
                 g.node(x).op.kind,
@@ -290,5 +423,103 @@ mod tests {
         // The graph input itself is never overwritten.
         let g2 = graph(&src.replace("reversible_block %2", "reversible_block %0"));
         assert!(Fusion::new(&g2).in_place.is_empty());
+    }
+
+    #[test]
+    fn elementwise_chains_are_one_loop() {
+        let src = "graph {
+  %0 = input {name=\"x\"} : f32[N,4]
+  %1 = input {name=\"b\"} : f32[4]
+  %2 = sub %0, %1 : f32[N,4]
+  %3 = mul %2, %2 : f32[N,4]
+  %4 = exp %0 : f32[N,4]
+  %5 = add %4, %1 : f32[N,4]
+  %6 = mul %5, %0 : f32[N,4]
+  %7 = add %6, %3 : f32[N,4]
+  %8 = reduce %7 {axes=[1], kind=\"sum\"} : f32[N]
+  output \"y\" = %8
+}";
+        let (f, ids) = plan(src);
+        let id = |n: usize| ids[n];
+        assert!(f.inlined.contains(&id(2)), "a cheap op, computed twice");
+        assert!(f.inlined.contains(&id(3)));
+        assert!(f.inlined.contains(&id(4)));
+        assert!(f.inlined.contains(&id(5)));
+        assert!(f.inlined.contains(&id(6)));
+        assert!(!f.inlined.contains(&id(7)), "read by a reduce");
+        assert!(f.absorbed(id(6)));
+    }
+
+    #[test]
+    fn broadcasting_or_failing_ops_keep_their_buffer() {
+        let src = "graph {
+  %0 = input {name=\"x\"} : f32[N,4]
+  %1 = input {name=\"b\"} : f32[4]
+  %2 = input {name=\"i\"} : i64[N,4]
+  %3 = input {name=\"j\"} : i64[N,4]
+  %4 = exp %1 : f32[4]
+  %5 = add %0, %4 : f32[N,4]
+  %6 = div %2, %3 : i64[N,4]
+  %7 = add %6, %3 : i64[N,4]
+  %8 = exp %0 : f32[N,4]
+  %9 = mul %8, %8 : f32[N,4]
+  output \"y\" = %5
+  output \"z\" = %7
+  output \"w\" = %9
+}";
+        let (f, ids) = plan(src);
+        assert!(!f.inlined.contains(&ids[8]), "an exp is not computed twice");
+        assert!(!f.inlined.contains(&ids[4]), "[4] broadcast into [N,4]");
+        assert!(!f.inlined.contains(&ids[6]), "integer division may fail");
+    }
+
+    #[test]
+    fn a_matmul_reads_a_transpose_of_its_last_two_axes() {
+        let src = "graph {
+  %0 = input {name=\"x\"} : f32[B,P,4]
+  %1 = input {name=\"d\"} : f32[B,6,4]
+  %2 = transpose %1 {perm=[0,2,1]} : f32[B,4,6]
+  %3 = matmul %0, %2 : f32[B,P,6]
+  %4 = transpose %0 {perm=[0,2,1]} : f32[B,4,P]
+  %5 = matmul %4, %0 : f32[B,4,4]
+  %6 = transpose %1 {perm=[1,0,2]} : f32[6,B,4]
+  %7 = input {name=\"w\"} : f32[6,4]
+  %8 = transpose %7 {perm=[1,0]} : f32[4,6]
+  %9 = matmul %0, %8 : f32[B,P,6]
+  output \"y\" = %3
+  output \"z\" = %5
+  output \"u\" = %6
+  output \"v\" = %9
+}";
+        let (f, ids) = plan(src);
+        assert!(f.transposed.contains(&ids[2]));
+        assert!(f.transposed.contains(&ids[4]), "a first operand too");
+        assert!(!f.transposed.contains(&ids[6]), "not the last two axes");
+        assert!(!f.transposed.contains(&ids[8]), "[4,6] broadcasts over B");
+    }
+
+    #[test]
+    fn a_region_never_takes_an_outer_buffer() {
+        let src = "graph {
+  %0 = input {name=\"x\"} : f32[B,P,4]
+  %1 = exp %0 : f32[B,P,4]
+  %2 = reshape %1 : f32[B,P,2,2]
+  %3 = exp %0 : f32[B,P,4]
+  %4 = seq_chunk %0 {axis=1, size=2} : f32[B,P,4] {
+    body(%5: f32[B,C,4]) {
+      %6 = reshape %3 : f32[B,P,2,2]
+      %7 = reshape %6 : f32[B,P,4]
+      %8 = slice %7 {axis=1, start=0, end=1} : f32[B,1,4]
+      %9 = add %5, %8 : f32[B,C,4]
+      yield %9
+    }
+  }
+  output \"y\" = %2
+  output \"z\" = %4
+}";
+        let (f, ids) = plan(src);
+        assert!(f.take_input.contains(&ids[2]), "a dying op result");
+        assert!(!f.take_input.contains(&ids[6]), "%3 is read on every chunk");
+        assert!(f.take_input.contains(&ids[7]), "defined in the body");
     }
 }

@@ -906,6 +906,36 @@ crate::c_abi! {
         })
     }
 
+    /// [`rc_matmul_batch_f32`] with either operand stored transposed: when
+    /// `ta` is nonzero each `a[i]` is `[k, m]`, when `tb` is nonzero each
+    /// `b[i]` is `[n, k]` (a transpose the product reads in place).
+    ///
+    /// # Safety
+    /// As [`rc_matmul_batch_f32`].
+    unsafe fn rc_matmul_batch_t_f32(
+        a: *const f32,
+        b: *const f32,
+        nb: i64,
+        m: i64,
+        k: i64,
+        n: i64,
+        ta: i32,
+        tb: i32,
+        y: *mut f32,
+    ) -> i32 {
+        guard(|| {
+            let [nb, m, k, n] = sizes([(nb, "nb"), (m, "m"), (k, "k"), (n, "n")])?;
+            let sa = span(a, count(&[nb, m, k], "a")?, "a")?;
+            let sb = span(b, count(&[nb, k, n], "b")?, "b")?;
+            let sy = span(y, count(&[nb, m, n], "y")?, "y")?;
+            no_overlap(sy, &[sa, sb])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (a, b, y) = unsafe { (view(a, sa), view(b, sb), view_mut(y, sy)) };
+            let t = crate::tensor_ops::Transposed { a: ta != 0, b: tb != 0 };
+            crate::tensor_ops::matmul_batch_t(a, b, nb, m, k, n, t, y)
+        })
+    }
+
     /// `y[m, n] = a[m, k] · b[k, n]`, row-major.
     ///
     /// # Safety

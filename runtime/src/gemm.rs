@@ -13,13 +13,15 @@ use std::sync::OnceLock;
 
 /// Arguments of one micro-kernel call: `C[R×NR] (+)= A[R×k]·B[k×NR]` for the
 /// kernel's row count `R` (1..=MR), then
-/// `+ bias` and relu if asked. `a` is row-major with row stride `lda`; `b` is a
+/// `+ bias` and relu if asked. `a` has row stride `lda` and column stride
+/// `a_ks` (1 for row-major, the stored row length for a transposed A); `b` is a
 /// packed panel (`k` rows of `NR` contiguous values); `c` has row stride `ldc`.
 #[derive(Clone, Copy)]
 pub(crate) struct Micro {
     pub k: usize,
     pub a: *const f32,
     pub lda: usize,
+    pub a_ks: usize,
     pub b: *const f32,
     pub c: *mut f32,
     pub ldc: usize,
@@ -68,8 +70,8 @@ unsafe fn scalar_kernel<const MR: usize, const NR: usize>(p: &Micro) {
         // SAFETY: the packed panel holds k rows of NR values.
         let b: &[f32] = unsafe { std::slice::from_raw_parts(p.b.add(kk * NR), NR) };
         for (i, row) in acc.iter_mut().enumerate() {
-            // SAFETY: A holds MR rows of at least k values at stride lda.
-            let a = unsafe { *p.a.add(i * p.lda + kk) };
+            // SAFETY: A holds MR rows of at least k values at strides lda, a_ks.
+            let a = unsafe { *p.a.add(i * p.lda + kk * p.a_ks) };
             for (x, &bj) in row.iter_mut().zip(b) {
                 *x += a * bj;
             }
@@ -123,7 +125,7 @@ mod x86 {
                         *x = unsafe { $load(b.add($w * v)) };
                     }
                     for (i, row) in acc.iter_mut().enumerate() {
-                        // SAFETY: A holds MR rows of k values at stride lda; a walks the columns.
+                        // SAFETY: A holds MR rows of k values at strides lda, a_ks; a walks the columns.
                         let av = $set1(unsafe { *a.add(i * p.lda) });
                         for (x, &bj) in row.iter_mut().zip(&bv) {
                             *x = $fmadd(av, bj, *x);
@@ -131,7 +133,7 @@ mod x86 {
                     }
                     // SAFETY: stays within (or one past) the A rows and the panel.
                     unsafe {
-                        a = a.add(1);
+                        a = a.add(p.a_ks);
                         b = b.add($w * NV);
                     }
                 }
@@ -349,12 +351,40 @@ pub(crate) fn gemm(
     ldc: usize,
     epi: Epilogue,
 ) {
+    gemm_a(kern, m, a, AStrides { row: lda, k: 1 }, b, c, ldc, epi)
+}
+
+/// How A's elements lie: `a[i, kk]` is at `i * row + kk * k`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AStrides {
+    /// From one row of A to the next (`lda`; 1 for a transposed A).
+    pub row: usize,
+    /// From one column of A to the next (1; the stored row length for a
+    /// transposed A).
+    pub k: usize,
+}
+
+/// [`gemm`] with A laid out as `sa` says: a transposed A (stored `[k, m]`)
+/// is read in place, with the same bits as its row-major copy.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_a(
+    kern: &Kernel,
+    m: usize,
+    a: &[f32],
+    sa: AStrides,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    epi: Epilogue,
+) {
     let (n, k, mr, nr) = (b.n, b.k, kern.mr, kern.nr);
     if m == 0 || n == 0 {
         return;
     }
+    let lda = sa.row;
     assert_eq!(b.nr, nr, "B packed for this kernel");
-    assert!(a.len() >= (m - 1) * lda + k && c.len() >= (m - 1) * ldc + n);
+    let a_need = (m - 1) * lda + k.saturating_sub(1) * sa.k + usize::from(k > 0);
+    assert!(a.len() >= a_need && c.len() >= (m - 1) * ldc + n);
     if let Some(bias) = epi.bias {
         assert!(bias.len() >= b.panels() * nr);
     }
@@ -385,6 +415,7 @@ pub(crate) fn gemm(
                 k,
                 a: a[i0 * lda..].as_ptr(),
                 lda,
+                a_ks: sa.k,
                 b: bp.as_ptr(),
                 c: cp,
                 ldc: ldc_t,
@@ -511,6 +542,19 @@ pub(crate) fn gemm_rows_lda(
     y: &mut [f32],
     epi: Epilogue,
 ) -> Result<()> {
+    gemm_rows_a(kern, rows, x, AStrides { row: lda, k: 1 }, b, y, epi)
+}
+
+/// [`gemm_rows_lda`] with A laid out as `sa` says (see [`gemm_a`]).
+pub(crate) fn gemm_rows_a(
+    kern: &Kernel,
+    rows: usize,
+    x: &[f32],
+    sa: AStrides,
+    b: &PackedB,
+    y: &mut [f32],
+    epi: Epilogue,
+) -> Result<()> {
     let (k, n) = (b.k, b.n);
     if rows == 0 {
         return Ok(());
@@ -522,16 +566,7 @@ pub(crate) fn gemm_rows_lda(
         let n_rows = block.min(rows - r0);
         // SAFETY: task t alone writes rows r0..r0+n_rows of y.
         let yt = unsafe { shared.slice(r0 * n, n_rows * n) };
-        gemm(
-            kern,
-            n_rows,
-            &x[r0 * lda..(r0 + n_rows - 1) * lda + k],
-            lda,
-            b,
-            yt,
-            n,
-            epi,
-        );
+        gemm_a(kern, n_rows, &x[r0 * sa.row..], sa, b, yt, n, epi);
     })
 }
 

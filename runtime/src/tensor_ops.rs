@@ -6,7 +6,7 @@
 //! with the interpreter's arithmetic (`interp/src/tensor_ops.rs`).
 
 use crate::error::{invalid, Error, Result};
-use crate::gemm::{check_len, gemm_rows, gemm_rows_lda, kernel, Epilogue, PackedB};
+use crate::gemm::{check_len, gemm_rows_a, kernel, AStrides, Epilogue, PackedB};
 use crate::pool::{par_for, SharedMut};
 
 /// A reduction of `reduce {kind}`: the IR's enum, whose discriminants are
@@ -66,6 +66,9 @@ fn check(len: usize, outer: usize, n: usize, inner: usize, name: &str) -> Result
 pub fn softmax(x: &[f32], outer: usize, n: usize, inner: usize, y: &mut [f32]) -> Result<()> {
     check(x.len(), outer, n, inner, "x")?;
     check(y.len(), outer, n, inner, "y")?;
+    if inner == 1 {
+        return softmax_rows(x, outer, n, y);
+    }
     let out = SharedMut::new(y);
     lanes(outer, n, inner, |_, at| {
         let m = (0..n).fold(f32::NEG_INFINITY, |m, j| m.max(x[at(j)]));
@@ -79,6 +82,27 @@ pub fn softmax(x: &[f32], outer: usize, n: usize, inner: usize, y: &mut [f32]) -
         for j in 0..n {
             // SAFETY: as above.
             unsafe { out.slice(at(j), 1)[0] /= s };
+        }
+    })
+}
+
+/// [`softmax`] along contiguous rows (the last axis): the vectorized row
+/// helpers of the attention kernels (`exp` about 1 ulp, a fixed summation
+/// order), a block of rows per task.
+fn softmax_rows(x: &[f32], rows: usize, n: usize, y: &mut [f32]) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let per = (16384 / n).max(1);
+    let out = SharedMut::new(y);
+    par_for(rows.div_ceil(per), |t| {
+        for r in t * per..((t + 1) * per).min(rows) {
+            // SAFETY: row r of y belongs to this task only.
+            let yr = unsafe { out.slice(r * n, n) };
+            yr.copy_from_slice(&x[r * n..(r + 1) * n]);
+            let m = crate::simd::max(yr);
+            let s = crate::simd::exp_sub_sum(yr, m);
+            crate::simd::div(yr, s);
         }
     })
 }
@@ -391,6 +415,14 @@ pub fn scatter_add_f32(
         for j in 0..m {
             let src = &x[(o * m + j) * width..][..width];
             let ids = &idx[(o * m + j) * inner..][..inner];
+            if inner == 1 {
+                // One destination row per source row: a vector add of the stripe.
+                let at = (o * n + ids[0] as usize) * width;
+                // SAFETY: task t alone touches columns c0..c1 of outer block o.
+                let dst = unsafe { shared.slice(at + c0, c1 - c0) };
+                dst.iter_mut().zip(&src[c0..c1]).for_each(|(d, s)| *d += s);
+                continue;
+            }
             for c in c0..c1 {
                 let dst = (o * n + ids[c / row] as usize) * width + c;
                 // SAFETY: task t alone touches columns c0..c1 of outer block o.
@@ -507,6 +539,62 @@ pub(crate) fn matmul_into(
     y: &mut [f32],
     accumulate: bool,
 ) -> Result<()> {
+    matmul_into_t(a, b, m, k, n, Transposed::NONE, y, accumulate)
+}
+
+/// Which operands of a matrix product are stored transposed: `a` as
+/// `[k, m]` instead of `[m, k]`, `b` as `[n, k]` instead of `[k, n]`. The
+/// product reads them in place of a separate transpose, with the same bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transposed {
+    /// `a` is stored `[k, m]`.
+    pub a: bool,
+    /// `b` is stored `[n, k]`.
+    pub b: bool,
+}
+
+impl Transposed {
+    /// Both operands in their plain layout.
+    pub const NONE: Transposed = Transposed { a: false, b: false };
+}
+
+/// B's rows `k0..k0 + kc`, packed, from its plain or transposed layout.
+fn pack_b_block(
+    b: &[f32],
+    k0: usize,
+    kc: usize,
+    k: usize,
+    n: usize,
+    tb: bool,
+    nr: usize,
+) -> Result<PackedB> {
+    match tb {
+        true => PackedB::from_nt(&b[k0..], n, kc, k, nr),
+        false => PackedB::from_kn(&b[k0 * n..(k0 + kc) * n], kc, n, n, nr),
+    }
+}
+
+/// A's columns `k0..k0 + kc` and their layout: read in place from a plain
+/// `a` (`[m, k]`) or a transposed one (`[k, m]`).
+fn a_block(a: &[f32], k0: usize, k: usize, m: usize, ta: bool) -> (&[f32], AStrides) {
+    match ta {
+        true => (&a[k0 * m..], AStrides { row: 1, k: m }),
+        false => (&a[k0..], AStrides { row: k, k: 1 }),
+    }
+}
+
+/// [`matmul_into`] with operands stored as `t` says.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_into_t(
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    t: Transposed,
+    y: &mut [f32],
+    accumulate: bool,
+) -> Result<()> {
     check_len("a", a.len(), m.checked_mul(k))?;
     check_len("b", b.len(), k.checked_mul(n))?;
     check_len("y", y.len(), m.checked_mul(n))?;
@@ -524,21 +612,22 @@ pub(crate) fn matmul_into(
         true => Epilogue::ACCUMULATE,
         false => Epilogue::STORE,
     };
-    if k <= 2 * MATMUL_KC {
-        let packed = PackedB::from_kn(b, k, n, n, kern.nr)?;
-        return gemm_rows(kern, m, a, &packed, y, first);
-    }
     // A long sum (a weight gradient sums over every position) in blocks of
     // MATMUL_KC: each block's packed B stays in cache while every row of A
     // passes over it, instead of all of B streaming from memory per row tile.
-    for (i, k0) in (0..k).step_by(MATMUL_KC).enumerate() {
-        let kc = MATMUL_KC.min(k - k0);
-        let packed = PackedB::from_kn(&b[k0 * n..(k0 + kc) * n], kc, n, n, kern.nr)?;
+    let kc_max = match k <= 2 * MATMUL_KC {
+        true => k,
+        false => MATMUL_KC,
+    };
+    for (i, k0) in (0..k).step_by(kc_max).enumerate() {
+        let kc = kc_max.min(k - k0);
+        let packed = pack_b_block(b, k0, kc, k, n, t.b, kern.nr)?;
+        let (ab, sa) = a_block(a, k0, k, m, t.a);
         let epi = match i {
             0 => first,
             _ => Epilogue::ACCUMULATE,
         };
-        gemm_rows_lda(kern, m, &a[k0..], k, &packed, y, epi)?;
+        gemm_rows_a(kern, m, ab, sa, &packed, y, epi)?;
     }
     Ok(())
 }
@@ -563,19 +652,47 @@ pub fn matmul_batch(
     n: usize,
     y: &mut [f32],
 ) -> Result<()> {
+    matmul_batch_t(a, b, nb, m, k, n, Transposed::NONE, y)
+}
+
+/// [`matmul_batch`] with operands stored as `t` says
+/// (`rc_matmul_batch_t_f32`): the same bits as a transpose followed by
+/// [`matmul_batch`].
+///
+/// ```
+/// use reformc_runtime::tensor_ops::{matmul_batch_t, Transposed};
+/// // [1, 2]ᵀ stored as a column: aᵀ = [[1], [2]] is [k=2, m=1].
+/// let mut y = [0.0f32; 1];
+/// let t = Transposed { a: true, b: false };
+/// matmul_batch_t(&[1.0, 2.0], &[5.0, 6.0], 1, 1, 2, 1, t, &mut y).unwrap();
+/// assert_eq!(y, [17.0]);
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_batch_t(
+    a: &[f32],
+    b: &[f32],
+    nb: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    t: Transposed,
+    y: &mut [f32],
+) -> Result<()> {
     let (mk, kn, mn) = (m * k, k * n, m * n);
     check_len("a", a.len(), nb.checked_mul(mk))?;
     check_len("b", b.len(), nb.checked_mul(kn))?;
     check_len("y", y.len(), nb.checked_mul(mn))?;
     if nb <= 1 || k > 2 * MATMUL_KC || mn == 0 || k == 0 {
         for i in 0..nb {
-            matmul(
+            matmul_into_t(
                 &a[i * mk..(i + 1) * mk],
                 &b[i * kn..(i + 1) * kn],
                 m,
                 k,
                 n,
+                t,
                 &mut y[i * mn..(i + 1) * mn],
+                false,
             )?;
         }
         return Ok(());
@@ -584,20 +701,13 @@ pub fn matmul_batch(
     let failed = std::sync::Mutex::new(None);
     let shared = SharedMut::new(y);
     par_for(nb, |i| {
-        match PackedB::from_kn(&b[i * kn..(i + 1) * kn], k, n, n, kern.nr) {
+        let (ai, bi) = (&a[i * mk..(i + 1) * mk], &b[i * kn..(i + 1) * kn]);
+        match pack_b_block(bi, 0, k, k, n, t.b, kern.nr) {
             Ok(packed) => {
+                let (ab, sa) = a_block(ai, 0, k, m, t.a);
                 // SAFETY: task i alone writes matrix i of y.
                 let yi = unsafe { shared.slice(i * mn, mn) };
-                crate::gemm::gemm(
-                    kern,
-                    m,
-                    &a[i * mk..(i + 1) * mk],
-                    k,
-                    &packed,
-                    yi,
-                    n,
-                    Epilogue::STORE,
-                );
+                crate::gemm::gemm_a(kern, m, ab, sa, &packed, yi, n, Epilogue::STORE);
             }
             Err(e) => *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e),
         }
@@ -615,6 +725,75 @@ const MATMUL_KC: usize = 256;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `nb` matrices `[r, c]` transposed to `[c, r]`.
+    fn transpose_each(x: &[f32], nb: usize, r: usize, c: usize) -> Vec<f32> {
+        let mut y = vec![0.0f32; x.len()];
+        for b in 0..nb {
+            for i in 0..r {
+                for j in 0..c {
+                    y[b * r * c + j * r + i] = x[b * r * c + i * c + j];
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn softmax_along_rows_matches_f64_to_a_few_ulps() {
+        let (rows, n) = (37, 130);
+        let x: Vec<f32> = (0..rows * n)
+            .map(|i| ((i * 29 % 113) as f32 - 56.0) / 3.0)
+            .collect();
+        let mut y = vec![0.0f32; rows * n];
+        softmax(&x, rows, n, 1, &mut y).unwrap();
+        for r in 0..rows {
+            let row = &x[r * n..(r + 1) * n];
+            let m = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+            let s: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
+            for (j, &v) in row.iter().enumerate() {
+                let want = (v as f64 - m).exp() / s;
+                let got = y[r * n + j] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-6 * want + 1e-12,
+                    "row {r} col {j}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn transposed_operands_give_the_bits_of_a_transpose_then_a_product() {
+        // k both within one block and over several (the weight-gradient case),
+        // one pair and several (the parallel path).
+        for &(nb, m, k, n) in &[
+            (1, 5, 7, 3),
+            (3, 9, 33, 17),
+            (1, 20, 700, 24),
+            (2, 6, 530, 10),
+        ] {
+            let a: Vec<f32> = (0..nb * m * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                .collect();
+            let b: Vec<f32> = (0..nb * k * n)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 5.0)
+                .collect();
+            let mut want = vec![0.0f32; nb * m * n];
+            matmul_batch(&a, &b, nb, m, k, n, &mut want).unwrap();
+            let (at, bt) = (transpose_each(&a, nb, m, k), transpose_each(&b, nb, k, n));
+            for (ta, tb) in [(true, false), (false, true), (true, true)] {
+                let t = Transposed { a: ta, b: tb };
+                let (xa, xb) = (if ta { &at } else { &a }, if tb { &bt } else { &b });
+                let mut got = vec![f32::NAN; nb * m * n];
+                matmul_batch_t(xa, xb, nb, m, k, n, t, &mut got).unwrap();
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{t:?} nb={nb} m={m} k={k} n={n}");
+            }
+        }
+    }
 
     /// The lane-wise reduction (the loop before the row-wise path).
     fn lane_reduce(x: &[f32], outer: usize, n: usize, inner: usize, kind: Reduction) -> Vec<f32> {

@@ -103,6 +103,9 @@ pub fn differentiate_with(
     }
     h.outputs = vec![(loss.to_string(), loss_v)];
     h.outputs.extend(grads);
+    // Rules differentiate every float operand, constants included (a mask
+    // value, a scale): what no gradient needs goes, so no backend computes it.
+    crate::cleanup::dce(&mut h)?;
     reformc_ir::verify(&h).map_err(|e| format!("the differentiated graph does not verify: {e}"))?;
     Ok((h, recomputed_layers))
 }

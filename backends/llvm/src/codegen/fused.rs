@@ -189,27 +189,33 @@ impl<'ctx> Gen<'ctx> {
             if node.op.kind == OpKind::Linear && i == 0 {
                 continue;
             }
-            let Some(b) = fs.vals.get(u).cloned() else {
-                continue;
-            };
-            let Some(ld) = b.ld else { continue };
-            let what = format!("{} (contiguous copy)", at(fs.g, &fs.numbering, *u));
-            let c = self.alloc_buf(fs, b.dtype, b.dims.clone(), &what)?;
-            let cols = self.last(&b);
-            let rows = self.rows(&b)?;
-            self.copy_blocks(
-                b.dtype,
-                c.ptr,
-                self.i64c(0),
-                cols,
-                b.ptr,
-                self.i64c(0),
-                ld,
-                rows,
-                cols,
-            )?;
-            fs.vals.insert(*u, c);
+            self.contiguous_value(fs, *u)?;
         }
+        Ok(())
+    }
+
+    /// Replaces a strided view `u` by a contiguous copy (nothing otherwise).
+    pub(super) fn contiguous_value(&self, fs: &mut Fs<'ctx, '_>, u: ValueId) -> Result<()> {
+        let Some(b) = fs.vals.get(&u).cloned() else {
+            return Ok(());
+        };
+        let Some(ld) = b.ld else { return Ok(()) };
+        let what = format!("{} (contiguous copy)", at(fs.g, &fs.numbering, u));
+        let c = self.alloc_buf(fs, b.dtype, b.dims.clone(), &what)?;
+        let cols = self.last(&b);
+        let rows = self.rows(&b)?;
+        self.copy_blocks(
+            b.dtype,
+            c.ptr,
+            self.i64c(0),
+            cols,
+            b.ptr,
+            self.i64c(0),
+            ld,
+            rows,
+            cols,
+        )?;
+        fs.vals.insert(u, c);
         Ok(())
     }
 

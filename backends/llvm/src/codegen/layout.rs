@@ -147,8 +147,16 @@ impl<'ctx> Gen<'ctx> {
         self.fail_if(fs.exit, bad, |g| {
             g.call_i32("rc_model_error", &[g.i32c(err::SHAPE).into(), msg.into()])
         })?;
+        let copy = |g: &Self, dst: PointerValue<'ctx>| {
+            g.copy_elems(x.dtype, dst, g.i64c(0), x.ptr, g.i64c(0), n)
+        };
+        if fs.fusion.take_input.contains(&v) && x.slot.is_some() && x.ld.is_none() {
+            // The input dies here: its buffer, already in row-major order, is the result.
+            let always = self.ctx.bool_type().const_int(1, false);
+            return self.take_or_copy(fs, &x, always, dims, &what, copy);
+        }
         let out = self.alloc_buf(fs, x.dtype, dims, &what)?;
-        self.copy_elems(x.dtype, out.ptr, self.i64c(0), x.ptr, self.i64c(0), n)?;
+        copy(self, out.ptr)?;
         Ok(out)
     }
 

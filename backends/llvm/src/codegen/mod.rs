@@ -35,6 +35,7 @@ mod layout;
 mod nn;
 mod outline;
 mod parallel;
+mod pointwise;
 mod range;
 mod scalar;
 mod tensor;
@@ -1583,67 +1584,11 @@ impl<'ctx> Gen<'ctx> {
             Concat => self.concat(fs, v)?,
             Reshape => self.reshape(fs, v)?,
             Transpose => self.transpose(fs, v)?,
-            Cast => {
-                let x = self.operand(fs, v, 0)?;
-                let (from, to) = (x.dtype, node.ty.dtype);
-                self.elementwise(fs, v, &[x], to, &|_, vals| self.convert(vals[0], from, to))?
+            Add if self.row_add_shape(fs, v) && !self.has_inlined_operand(fs, v) => {
+                self.row_add(fs, v)?
             }
-            Neg | Exp | Log | Sqrt | Rsqrt | Tanh | Act => {
-                let x = self.operand(fs, v, 0)?;
-                let dt = x.dtype;
-                let f = op.kind.unary_fn().ok_or_else(|| {
-                    BackendError::Internal(format!("{what}: not a unary elementwise op"))
-                })?;
-                let act = op
-                    .activation()
-                    .map_err(|e| BackendError::Unsupported(format!("{what}: {e}")))?;
-                if f != UnaryFn::Neg && !dt.is_float() {
-                    return Err(BackendError::Unsupported(format!(
-                        "{what}: float operand expected"
-                    )));
-                }
-                self.elementwise(fs, v, &[x], dt, &|_, vals| self.unary(f, act, dt, vals[0]))?
-            }
-            Add if self.row_add_shape(fs, v) => self.row_add(fs, v)?,
-            Add | Sub | Mul | Div | Max | Min | Lt | Eq => {
-                let a = self.operand(fs, v, 0)?;
-                let bb = self.operand(fs, v, 1)?;
-                let dt = a.dtype;
-                if bb.dtype != dt {
-                    return Err(BackendError::Internal(format!(
-                        "{what}: operand dtypes differ"
-                    )));
-                }
-                let f = op.kind.binary_fn().ok_or_else(|| {
-                    BackendError::Internal(format!("{what}: not a binary elementwise op"))
-                })?;
-                let out_dt = node.ty.dtype;
-                let exit = fs.exit;
-                let msg = self.cstr(&format!("{what}: integer division by zero"));
-                self.elementwise(fs, v, &[a, bb], out_dt, &|_, vals| {
-                    self.binary(f, dt, vals[0], vals[1], exit, msg)
-                })?
-            }
-            Select => {
-                let c = self.operand(fs, v, 0)?;
-                let a = self.operand(fs, v, 1)?;
-                let bb = self.operand(fs, v, 2)?;
-                if c.dtype != DType::Bool {
-                    return Err(BackendError::Internal(format!(
-                        "{what}: condition must be bool"
-                    )));
-                }
-                let dt = a.dtype;
-                self.elementwise(fs, v, &[c, a, bb], dt, &|_, vals| {
-                    let cond = self.b.build_int_compare(
-                        IntPredicate::NE,
-                        vals[0].into_int_value(),
-                        self.t.i8.const_zero(),
-                        "c",
-                    )?;
-                    Ok(self.b.build_select(cond, vals[1], vals[2], "sel")?)
-                })?
-            }
+            Cast | Neg | Exp | Log | Sqrt | Rsqrt | Tanh | Act | Add | Sub | Mul | Div | Max
+            | Min | Lt | Eq | Select => self.pointwise(fs, v)?,
             Matmul => self.matmul(fs, v)?,
             Reduce => self.reduce(fs, v)?,
             Softmax => self.softmax(fs, v)?,

@@ -396,6 +396,28 @@ impl<'ctx> Gen<'ctx> {
         out_dt: DType,
         f: &dyn Fn(&Self, &[BasicValueEnum<'ctx>]) -> Result<BasicValueEnum<'ctx>>,
     ) -> Result<Buf<'ctx>> {
+        let node = fs.g.node(v);
+        // Integer division may stop the model (division by zero): its loop
+        // branches to this function's exit, so it stays here, serial.
+        let parallel = node.op.kind != OpKind::Div || out_dt.is_float();
+        let leaves = node.inputs.clone();
+        self.elementwise_over(fs, v, &leaves, xs, out_dt, parallel, f)
+    }
+
+    /// [`Self::elementwise`] over `leaves` (the values `xs` hold, each
+    /// broadcast to `v`'s shape) rather than `v`'s own operands: `f` may
+    /// compute a whole inlined tree from them ([`Self::pointwise`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn elementwise_over(
+        &self,
+        fs: &mut Fs<'ctx, '_>,
+        v: ValueId,
+        leaves: &[ValueId],
+        xs: &[Buf<'ctx>],
+        out_dt: DType,
+        parallel: bool,
+        f: &dyn Fn(&Self, &[BasicValueEnum<'ctx>]) -> Result<BasicValueEnum<'ctx>>,
+    ) -> Result<Buf<'ctx>> {
         let g = fs.g;
         let node = g.node(v);
         let what = at(g, &fs.numbering, v);
@@ -403,19 +425,11 @@ impl<'ctx> Gen<'ctx> {
         let dims = self.type_dims(fs, v)?;
         let out = self.alloc_buf(fs, out_dt, dims.clone(), &what)?;
         let n = rty.rank();
-        let same: Vec<bool> = node
-            .inputs
-            .iter()
-            .map(|u| g.ty(*u).shape == rty.shape)
-            .collect();
-        let scalar: Vec<bool> = node
-            .inputs
+        let same: Vec<bool> = leaves.iter().map(|u| g.ty(*u).shape == rty.shape).collect();
+        let scalar: Vec<bool> = leaves
             .iter()
             .map(|u| g.ty(*u).shape.iter().all(|d| *d == Dim::Const(1)))
             .collect();
-        // Integer division may stop the model (division by zero): its loop
-        // branches to this function's exit, so it stays here, serial.
-        let parallel = node.op.kind != OpKind::Div || out_dt.is_float();
         if same.iter().zip(&scalar).all(|(s, c)| *s || *c) {
             let total = self.prod(&dims)?;
             let mut caps: Vec<BasicValueEnum> = vec![out.ptr.into()];
@@ -437,7 +451,7 @@ impl<'ctx> Gen<'ctx> {
         }
         // General broadcasting: per-operand strides (0 on broadcast axes).
         let mut strides: Vec<Vec<IntValue>> = Vec::new();
-        for (x, u) in xs.iter().zip(&node.inputs) {
+        for (x, u) in xs.iter().zip(leaves) {
             let shape = &g.ty(*u).shape;
             let m = shape.len();
             if m > n {

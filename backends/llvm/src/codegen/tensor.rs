@@ -161,6 +161,10 @@ impl<'ctx> Gen<'ctx> {
     pub(super) fn matmul(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
         let g = fs.g;
         let what = at(g, &fs.numbering, v);
+        let inputs = &g.node(v).inputs;
+        if inputs.iter().any(|u| fs.fusion.transposed.contains(u)) {
+            return self.matmul_transposed(fs, v);
+        }
         let (a, b) = (self.f32_operand(fs, v, 0)?, self.f32_operand(fs, v, 1)?);
         let (ra, rb) = (a.dims.len(), b.dims.len());
         if ra < 2 || rb < 2 {
@@ -228,6 +232,61 @@ impl<'ctx> Gen<'ctx> {
             ];
             self.kernel(fs, v, "rc_matmul_f32", &args)
         })?;
+        Ok(out)
+    }
+
+    /// A `matmul` reading one or both operands through a transpose of their
+    /// last two axes that the fusion plan folded into it: the runtime packs
+    /// tiles from the untransposed buffers (`rc_matmul_batch_t_f32`).
+    fn matmul_transposed(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
+        let g = fs.g;
+        let what = at(g, &fs.numbering, v);
+        let mut stored = Vec::with_capacity(2);
+        let mut flags = Vec::with_capacity(2);
+        for &u in &g.node(v).inputs {
+            let t = fs.fusion.transposed.contains(&u);
+            let src = if t { g.node(u).inputs[0] } else { u };
+            self.contiguous_value(fs, src)?;
+            let buf = fs.vals.get(&src).cloned().ok_or_else(|| {
+                BackendError::Internal(format!(
+                    "{what}: operand {} is not available",
+                    at(g, &fs.numbering, src)
+                ))
+            })?;
+            if buf.dtype != DType::F32 || buf.dims.len() < 2 {
+                return Err(BackendError::Internal(format!(
+                    "{what}: f32 matrices expected"
+                )));
+            }
+            stored.push(buf);
+            flags.push(t);
+        }
+        let (a, b) = (&stored[0], &stored[1]);
+        let (ra, rb) = (a.dims.len(), b.dims.len());
+        // Logical a: [m, k] (stored [k, m] when transposed); b: [k, n] ([n, k]).
+        let (m, k) = match flags[0] {
+            true => (a.dims[ra - 1], a.dims[ra - 2]),
+            false => (a.dims[ra - 2], a.dims[ra - 1]),
+        };
+        let n = match flags[1] {
+            true => b.dims[rb - 2],
+            false => b.dims[rb - 1],
+        };
+        let dims = self.type_dims(fs, v)?;
+        let nb = self.prod(&dims[..dims.len() - 2])?;
+        let out = self.alloc_buf(fs, DType::F32, dims, &what)?;
+        let args = [
+            a.ptr.into(),
+            b.ptr.into(),
+            nb.into(),
+            m.into(),
+            k.into(),
+            n.into(),
+            self.i32c(flags[0] as i32).into(),
+            self.i32c(flags[1] as i32).into(),
+            out.ptr.into(),
+        ];
+        self.kernel(fs, v, "rc_matmul_batch_t_f32", &args)?;
         Ok(out)
     }
 }
