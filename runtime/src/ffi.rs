@@ -936,6 +936,17 @@ crate::c_abi! {
         })
     }
 
+    /// Sets the calling thread's GEMM precision: `on` nonzero multiplies
+    /// bf16-rounded operands with f32 accumulation (`--precision bf16`; see
+    /// the runtime's `bf16` module), zero restores fp32. Returns the previous
+    /// setting (1 or 0). The work the thread hands to the pool inherits it.
+    ///
+    /// # Safety
+    /// None beyond the C ABI: no pointers.
+    unsafe fn rc_set_gemm_bf16(on: i32) -> i32 {
+        i32::from(crate::bf16::set(on != 0))
+    }
+
     /// `y[m, n] = a[m, k] · b[k, n]`, row-major.
     ///
     /// # Safety

@@ -7,6 +7,7 @@
 //! chain), so results do not depend on blocking, tiling or the thread count.
 
 use crate::act::{Activation, Apply};
+use crate::bf16::{self, Packing};
 use crate::error::{invalid, try_zeroed, Result};
 use crate::pool::{par_for, SharedMut};
 use std::sync::OnceLock;
@@ -161,6 +162,74 @@ mod x86 {
         };
     }
 
+    /// The 32 bf16 values in the bits of `x`.
+    #[inline(always)]
+    fn bh(x: __m512i) -> __m512bh {
+        // SAFETY: both are 512-bit vectors with no invalid bit patterns.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(x) }
+    }
+
+    /// AVX-512 BF16 kernel: `MR` rows × `NV` vectors of 16 columns; A's
+    /// words and the panel's hold bf16 pairs along k (`p.k` counts pairs),
+    /// each `vdpbf16ps` adds two products per lane to the f32 accumulators.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F and AVX-512 BF16, and `p` must describe a
+    /// full tile of pairs.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn avx512bf16<const MR: usize, const NV: usize>(p: &Micro) {
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        if p.accumulate {
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (v, x) in row.iter_mut().enumerate() {
+                    // SAFETY: C holds MR rows of 16·NV values at stride ldc.
+                    *x = unsafe { _mm512_loadu_ps(p.c.add(i * p.ldc + 16 * v)) };
+                }
+            }
+        }
+        let (mut a, mut b) = (p.a.cast::<i32>(), p.b.cast::<__m512i>());
+        for _ in 0..p.k {
+            let mut bv = [_mm512_setzero_si512(); NV];
+            for (v, x) in bv.iter_mut().enumerate() {
+                // SAFETY: the packed panel holds k rows of 16·NV words; b walks them.
+                *x = unsafe { _mm512_loadu_si512(b.add(v)) };
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                // SAFETY: A holds MR rows of k words at strides lda, a_ks.
+                let av = bh(_mm512_set1_epi32(unsafe { *a.add(i * p.lda) }));
+                for (x, &bj) in row.iter_mut().zip(&bv) {
+                    *x = _mm512_dpbf16_ps(*x, av, bh(bj));
+                }
+            }
+            // SAFETY: stays within (or one past) the A rows and the panel.
+            unsafe {
+                a = a.add(p.a_ks);
+                b = b.add(NV);
+            }
+        }
+        if !p.bias.is_null() {
+            for v in 0..NV {
+                // SAFETY: a non-null bias holds 16·NV values.
+                let bias = unsafe { _mm512_loadu_ps(p.bias.add(16 * v)) };
+                for row in acc.iter_mut() {
+                    row[v] = _mm512_add_ps(row[v], bias);
+                }
+            }
+        }
+        if p.relu {
+            let zero = _mm512_setzero_ps();
+            acc.iter_mut()
+                .flatten()
+                .for_each(|x| *x = _mm512_max_ps(*x, zero));
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (v, x) in row.iter().enumerate() {
+                // SAFETY: C holds MR rows of 16·NV values at stride ldc.
+                unsafe { _mm512_storeu_ps(p.c.add(i * p.ldc + 16 * v), *x) };
+            }
+        }
+    }
+
     micro_kernel!(
         /// AVX-512 kernel: `MR` rows × `NV` vectors of 16 columns.
         avx512, "avx512f", 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps,
@@ -261,12 +330,15 @@ pub fn kernel() -> &'static Kernel {
 }
 
 /// A right-hand side packed for a kernel: `ceil(n/NR)` panels of `k × NR`
-/// values (zero-padded past column `n`).
+/// values (zero-padded past column `n`), or with bf16 [`Packing::Pairs`],
+/// of `ceil(k/2) × NR` words each holding two rows' bf16 values.
 pub(crate) struct PackedB {
     pub data: Vec<f32>,
     pub n: usize,
     pub k: usize,
     pub nr: usize,
+    /// How `data` holds the values (the packing thread's precision).
+    pub packing: Packing,
 }
 
 impl PackedB {
@@ -275,15 +347,33 @@ impl PackedB {
         self.n.div_ceil(self.nr)
     }
 
-    /// A zeroed packed matrix for `k × n`.
+    /// Rows of one panel as stored: `k`, or `ceil(k/2)` pairs.
+    pub fn stored_k(&self) -> usize {
+        match self.packing {
+            Packing::Pairs => self.k.div_ceil(2),
+            _ => self.k,
+        }
+    }
+
+    /// A zeroed packed matrix for `k × n` (f32: the caller fills it).
     pub fn zeroed(k: usize, n: usize, nr: usize) -> Result<Self> {
         let data = try_zeroed(n.div_ceil(nr) * nr * k, "packed matrix")?;
-        Ok(PackedB { data, n, k, nr })
+        Ok(PackedB {
+            data,
+            n,
+            k,
+            nr,
+            packing: Packing::F32,
+        })
     }
 
     /// Packs `wᵀ` where `w` is `[n, k]` row-major with row stride `ldw`
     /// (the `linear` weight layout).
     pub fn from_nt(w: &[f32], n: usize, k: usize, ldw: usize, nr: usize) -> Result<Self> {
+        let packing = bf16::packing(kernel().isa);
+        if packing != Packing::F32 {
+            return Self::from_fn(k, n, nr, packing, |kk, j| w[j * ldw + kk]);
+        }
         let mut p = Self::zeroed(k, n, nr)?;
         for (panel, dst) in p.data.chunks_exact_mut(k * nr).enumerate() {
             for jj in 0..nr.min(n - panel * nr) {
@@ -298,6 +388,10 @@ impl PackedB {
 
     /// Packs `b` given as `[k, n]` row-major with row stride `ldb`.
     pub fn from_kn(b: &[f32], k: usize, n: usize, ldb: usize, nr: usize) -> Result<Self> {
+        let packing = bf16::packing(kernel().isa);
+        if packing != Packing::F32 {
+            return Self::from_fn(k, n, nr, packing, |kk, j| b[kk * ldb + j]);
+        }
         let mut p = Self::zeroed(k, n, nr)?;
         for (panel, dst) in p.data.chunks_exact_mut(k * nr).enumerate() {
             let cols = nr.min(n - panel * nr);
@@ -306,6 +400,43 @@ impl PackedB {
             }
         }
         Ok(p)
+    }
+
+    /// Packs element `(kk, j) = at(kk, j)` of a `k × n` matrix as `packing`
+    /// says (the bf16 layouts).
+    pub(crate) fn from_fn(
+        k: usize,
+        n: usize,
+        nr: usize,
+        packing: Packing,
+        at: impl Fn(usize, usize) -> f32,
+    ) -> Result<Self> {
+        let rows = match packing {
+            Packing::Pairs => k.div_ceil(2),
+            _ => k,
+        };
+        let mut data = try_zeroed(n.div_ceil(nr) * nr * rows, "packed matrix")?;
+        for (panel, dst) in data.chunks_exact_mut(rows * nr).enumerate() {
+            for jj in 0..nr.min(n - panel * nr) {
+                let j = panel * nr + jj;
+                for r in 0..rows {
+                    dst[r * nr + jj] = match packing {
+                        Packing::Pairs => {
+                            let hi = if 2 * r + 1 < k { at(2 * r + 1, j) } else { 0.0 };
+                            f32::from_bits(bf16::pair(at(2 * r, j), hi))
+                        }
+                        _ => bf16::round(at(r, j)),
+                    };
+                }
+            }
+        }
+        Ok(PackedB {
+            data,
+            n,
+            k,
+            nr,
+            packing,
+        })
     }
 }
 
@@ -377,21 +508,118 @@ pub(crate) fn gemm_a(
     ldc: usize,
     epi: Epilogue,
 ) {
-    let (n, k, mr, nr) = (b.n, b.k, kern.mr, kern.nr);
+    let (n, k) = (b.n, b.k);
     if m == 0 || n == 0 {
         return;
     }
-    let lda = sa.row;
-    assert_eq!(b.nr, nr, "B packed for this kernel");
-    let a_need = (m - 1) * lda + k.saturating_sub(1) * sa.k + usize::from(k > 0);
+    assert_eq!(b.nr, kern.nr, "B packed for this kernel");
+    let a_need = (m - 1) * sa.row + k.saturating_sub(1) * sa.k + usize::from(k > 0);
     assert!(a.len() >= a_need && c.len() >= (m - 1) * ldc + n);
     if let Some(bias) = epi.bias {
-        assert!(bias.len() >= b.panels() * nr);
+        assert!(bias.len() >= b.panels() * kern.nr);
     }
+    match b.packing {
+        Packing::F32 => tiles(kern.f, m, a, sa, b, c, ldc, epi),
+        Packing::Rounded => {
+            let ar = a_rows(m, k, |i, kk| bf16::round(a[i * sa.row + kk * sa.k]));
+            tiles(kern.f, m, &ar, AStrides { row: k, k: 1 }, b, c, ldc, epi);
+        }
+        Packing::Pairs => {
+            let k2 = k.div_ceil(2);
+            let ap = match sa.k {
+                1 => a_pair_rows(m, k, &a[..(m - 1) * sa.row + k], sa.row),
+                _ => a_rows(m, k2, |i, p| {
+                    let lo = a[i * sa.row + 2 * p * sa.k];
+                    let hi = if 2 * p + 1 < k {
+                        a[i * sa.row + (2 * p + 1) * sa.k]
+                    } else {
+                        0.0
+                    };
+                    f32::from_bits(bf16::pair(lo, hi))
+                }),
+            };
+            tiles(
+                bf16_kernels(kern),
+                m,
+                &ap,
+                AStrides { row: k2, k: 1 },
+                b,
+                c,
+                ldc,
+                epi,
+            );
+        }
+    }
+}
+
+/// A row-major `[m, k]` copy of A computed element by element (the bf16
+/// conversions of [`gemm_a`]; a block of rows, so it stays in cache).
+fn a_rows(m: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(m * k);
+    for i in 0..m {
+        out.extend((0..k).map(|kk| at(i, kk)));
+    }
+    out
+}
+
+/// Row-major A (`m` rows of `k`, `lda` apart) as bf16 pairs: each row's
+/// values converted in order, since a pair word is two consecutive bf16
+/// values (the first in the low half); an odd `k` ends in a zero half.
+fn a_pair_rows(m: usize, k: usize, a: &[f32], lda: usize) -> Vec<f32> {
+    let k2 = k.div_ceil(2);
+    let mut half = vec![0u16; m * 2 * k2];
+    for (i, row) in half.chunks_exact_mut(2 * k2).enumerate() {
+        bf16::to_bits_row(&a[i * lda..i * lda + k], &mut row[..k]);
+    }
+    half.chunks_exact(2)
+        .map(|p| f32::from_bits(p[0] as u32 | (p[1] as u32) << 16))
+        .collect()
+}
+
+/// The AVX-512 BF16 micro-kernels with the same tile as `kern` (the panels
+/// were packed for its `NR`).
+fn bf16_kernels(kern: &Kernel) -> &'static [MicroFn] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use x86::avx512bf16 as k;
+        match (kern.mr, kern.nr) {
+            (6, 64) => {
+                return &[
+                    k::<1, 4>, k::<2, 4>, k::<3, 4>, k::<4, 4>, k::<5, 4>, k::<6, 4>,
+                ]
+            }
+            (12, 32) => {
+                return &[
+                    k::<1, 2>, k::<2, 2>, k::<3, 2>, k::<4, 2>, k::<5, 2>, k::<6, 2>, k::<7, 2>,
+                    k::<8, 2>, k::<9, 2>, k::<10, 2>, k::<11, 2>, k::<12, 2>,
+                ]
+            }
+            _ => {}
+        }
+    }
+    unreachable!("bf16 pairs are packed only for the AVX-512 kernels ({kern:?})")
+}
+
+/// The register-tile loop of [`gemm_a`]: `fns[r - 1]` computes a tile of
+/// `r` rows; A's values (f32, or bf16 pairs) lie as `sa` says and B's panels
+/// hold `b.stored_k()` rows.
+#[allow(clippy::too_many_arguments)]
+fn tiles(
+    fns: &[MicroFn],
+    m: usize,
+    a: &[f32],
+    sa: AStrides,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    epi: Epilogue,
+) {
+    let (n, k, mr, nr) = (b.n, b.stored_k(), fns.len(), b.nr);
+    let lda = sa.row;
     let relu = epi.act == Activation::Relu;
     // Scratch C tile for column edges (rows edges use a kernel with fewer rows).
     let mut c_edge = [0.0f32; MAX_TILE];
-    debug_assert!(mr * nr <= MAX_TILE && kern.f.len() == mr);
+    debug_assert!(mr * nr <= MAX_TILE);
     for panel in 0..b.panels() {
         let j0 = panel * nr;
         let cols = nr.min(n - j0);
@@ -425,8 +653,8 @@ pub(crate) fn gemm_a(
             };
             // SAFETY: the kernel was detected on this CPU; it touches `rows` rows of A
             // (k values each) and of C (NR values each, or the NR-wide scratch), all
-            // within the slices per the asserts above; B and bias hold whole panels.
-            unsafe { (kern.f[rows - 1])(&p) };
+            // within the slices per the caller's asserts; B and bias hold whole panels.
+            unsafe { (fns[rows - 1])(&p) };
             if !direct {
                 for i in 0..rows {
                     c[(i0 + i) * ldc + j0..][..cols]

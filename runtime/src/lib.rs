@@ -17,6 +17,7 @@ pub mod abi;
 pub mod act;
 pub mod alloc;
 pub mod attention;
+pub mod bf16;
 pub mod dense;
 pub mod error;
 pub mod ffi;

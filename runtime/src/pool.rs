@@ -74,7 +74,13 @@ where
         (0..n).for_each(f);
         return Ok(());
     }
-    pool()?.install(|| (0..n).into_par_iter().for_each(f));
+    // The caller's GEMM precision holds in every task (see `crate::bf16`).
+    let bf16 = crate::bf16::enabled();
+    pool()?.install(|| {
+        (0..n)
+            .into_par_iter()
+            .for_each(|i| crate::bf16::with(bf16, || f(i)))
+    });
     Ok(())
 }
 
@@ -101,10 +107,11 @@ pub(crate) fn try_par_for<F>(n: usize, f: F) -> Result<()>
 where
     F: Fn(usize) -> Result<()> + Send + Sync,
 {
+    let bf16 = crate::bf16::enabled();
     let run = || -> Vec<(usize, Error)> {
         (0..n)
             .into_par_iter()
-            .filter_map(|i| f(i).err().map(|e| (i, e)))
+            .filter_map(|i| crate::bf16::with(bf16, || f(i)).err().map(|e| (i, e)))
             .collect()
     };
     let errors = if n <= 1 { run() } else { pool()?.install(run) };

@@ -89,8 +89,11 @@ pub struct CompileArgs {
     /// `--labels` and writes the gradients as safetensors (exe, lib or obj only).
     #[arg(long)]
     pub train: bool,
-    /// Arithmetic precision of the compiled code (the LLVM backend compiles f32 only).
-    #[arg(long, value_parser = ["f32", "f64"], default_value = "f32")]
+    /// Arithmetic precision of the compiled code: f32, or bf16 (matrix
+    /// products of bf16-rounded weights and activations, accumulated in f32:
+    /// AVX-512 BF16 `vdpbf16ps` where the CPU has it, rounded f32 operands
+    /// elsewhere; everything else f32). The LLVM backend has no f64 code.
+    #[arg(long, value_parser = ["f32", "f64", "bf16"], default_value = "f32")]
     pub precision: String,
     /// Time every op: the executable prints a table by op kind and the slowest
     /// ops to stderr after each run.
@@ -285,6 +288,7 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
         profile: args.profile,
         lsh_buckets_per_round: (n_lsh > 0).then(|| factors.iter().product()),
         symbol_prefix: args.name.clone(),
+        bf16: args.precision == "bf16",
     };
     let (pad_multiple, pad_min_len) = spec.padding();
     let (pad_multiple, pad_min_len) = (pad_multiple as i64, pad_min_len as i64);

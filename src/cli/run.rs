@@ -63,8 +63,10 @@ pub struct RunArgs {
     /// executable's --time does.
     #[arg(long)]
     pub time: bool,
-    /// Arithmetic precision of the run; the output .npy has this dtype.
-    #[arg(long, value_parser = ["f32", "f64"], default_value = "f32")]
+    /// Arithmetic precision of the run; the output .npy has this dtype
+    /// (f32 for bf16: matrix products of bf16-rounded operands, accumulated
+    /// and stored in f32; LLVM JIT only).
+    #[arg(long, value_parser = ["f32", "f64", "bf16"], default_value = "f32")]
     pub precision: String,
     /// Add `lm_head.bias` to the logits (HF 4.x behaviour; HF 5.x ignores it).
     #[arg(long)]
@@ -243,6 +245,19 @@ pub(super) fn engine(
     weights: &BTreeMap<String, Tensor>,
     clock: &mut PhaseClock,
 ) -> CliResult<(BTreeMap<String, Tensor>, &'static str)> {
+    if args.precision == "bf16" {
+        if args.interp || args.backend.as_deref() == Some("mlir") {
+            return Err(CliError::input(
+                "--precision bf16 runs on the LLVM JIT only (the interpreter and the MLIR backend compute in f32 or f64); drop --interp / --backend mlir",
+            ));
+        }
+        // The JIT runs the model on this thread: its GEMMs (and the pool
+        // tasks they start) take bf16 operands until the run returns.
+        let before = reformc_runtime::bf16::set(true);
+        let out = run_engine_timed((false, args.profile), graph, inputs, weights, clock);
+        reformc_runtime::bf16::set(before);
+        return out;
+    }
     if args.backend.as_deref() != Some("mlir") {
         return run_engine_timed((args.interp, args.profile), graph, inputs, weights, clock);
     }

@@ -140,6 +140,10 @@ pub struct CompileOptions {
     /// declarations) with `PREFIX_`, so that several models link into one
     /// program; `None` keeps the `reformc_*` names.
     pub symbol_prefix: Option<String>,
+    /// `--precision bf16`: every run multiplies GEMM operands rounded to bf16
+    /// with f32 accumulation (the runtime's `rc_set_gemm_bf16` around the
+    /// model's work); everything else stays f32.
+    pub bf16: bool,
 }
 
 impl Default for CompileOptions {
@@ -153,6 +157,7 @@ impl Default for CompileOptions {
             profile: false,
             lsh_buckets_per_round: None,
             symbol_prefix: None,
+            bf16: false,
         }
     }
 }
@@ -258,6 +263,7 @@ pub fn build_module<'ctx>(
         opts.limits.clone(),
         opts.profile,
         opts.lsh_buckets_per_round,
+        opts.bf16,
     );
     let mut funcs = Vec::new();
     let mut plans = Vec::new();

@@ -16,6 +16,12 @@ pub fn check_flags(args: &CompileArgs) -> CliResult<()> {
             "--precision f64: the LLVM backend compiles f32 code only; for an f64 step use `reformc grad --precision f64` (the interpreter)",
         ));
     }
+    if args.precision == "bf16" && (args.train || args.emit == "mlir") {
+        return Err(CliError::input(format!(
+            "--precision bf16 with {}: bf16 matrix products are an inference option of the LLVM backend (--emit exe|lib|obj|staticlib|llvm|asm, without --train)",
+            if args.train { "--train" } else { "--emit mlir" }
+        )));
+    }
     if args.train && !matches!(args.emit.as_str(), "exe" | "lib" | "obj") {
         return Err(CliError::input(format!(
             "--train with --emit {}: a training step compiles to an executable, a shared library or an object file (--emit exe|lib|obj)",

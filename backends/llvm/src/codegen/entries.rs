@@ -13,10 +13,21 @@ impl<'ctx> Gen<'ctx> {
         func: FunctionValue<'ctx>,
         args: &[BasicMetadataValueEnum<'ctx>],
     ) -> Result<()> {
+        // bf16 GEMMs for this run on this thread (and the pool's tasks it
+        // starts), then the caller's setting back.
+        let before = match self.bf16 {
+            true => self
+                .call("rc_set_gemm_bf16", &[self.i32c(1).into()])?
+                .map(|v| v.into_int_value()),
+            false => None,
+        };
         let rc = self.b.build_call(func, args, "rc")?.try_as_basic_value();
         let inkwell::values::ValueKind::Basic(rc) = rc else {
             return Err(BackendError::Internal("variant call".into()));
         };
+        if let Some(before) = before {
+            self.call("rc_set_gemm_bf16", &[before.into()])?;
+        }
         self.b.build_return(Some(&rc))?;
         Ok(())
     }

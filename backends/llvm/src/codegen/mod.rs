@@ -160,6 +160,8 @@ pub(crate) struct Gen<'ctx> {
     lsh_buckets_per_round: Option<u64>,
     /// Time every leaf op (`rc_prof_now` / `rc_prof_add`; `--profile`).
     profile: bool,
+    /// Runs set bf16 GEMM operands for their duration (`--precision bf16`).
+    bf16: bool,
     /// Outlined block functions and the string table of the one being generated.
     outline: RefCell<outline::Outlines<'ctx>>,
     /// `.ints` constant arrays by content.
@@ -181,6 +183,7 @@ fn at(g: &Graph, numbering: &HashMap<ValueId, usize>, v: ValueId) -> String {
 
 impl<'ctx> Gen<'ctx> {
     /// A module with the weight table for `weights` (name, type) declared.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         ctx: &'ctx Context,
         name: &str,
@@ -189,6 +192,7 @@ impl<'ctx> Gen<'ctx> {
         limits: Vec<DimLimit>,
         profile: bool,
         lsh_buckets_per_round: Option<u64>,
+        bf16: bool,
     ) -> Self {
         let module = ctx.create_module(name);
         let t = Types::new(ctx);
@@ -216,6 +220,7 @@ impl<'ctx> Gen<'ctx> {
                 .collect(),
             limits,
             profile,
+            bf16,
             lsh_buckets_per_round,
             outline: RefCell::default(),
             int_arrays: RefCell::default(),

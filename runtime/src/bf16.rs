@@ -1,0 +1,312 @@
+//! bf16 GEMM operands (`--precision bf16`): products of bf16-rounded
+//! operands accumulated in f32, everything else in f32.
+//!
+//! The precision belongs to the calling thread (a compiled model's entry sets
+//! it for the run with `rc_set_gemm_bf16`) and travels with the work it
+//! hands to the pool ([`crate::pool`]). It is read when a right-hand side
+//! is packed ([`crate::gemm::PackedB`]), so a packed operand carries its own
+//! precision into whatever thread multiplies with it:
+//! - on CPUs with AVX-512 BF16 the panel holds bf16 pairs and the
+//!   micro-kernel is `vdpbf16ps` (two products per lane per instruction);
+//! - elsewhere (or with `REFORMC_RT_BF16=emulate`) both operands are rounded
+//!   to bf16 and multiplied by the f32 kernels: the same rounding of the
+//!   operands, no speed-up.
+//!
+//! Kernels that pack their own operands (the attention tiles, the hashing
+//! projection) stay f32.
+//!
+//! ```
+//! use reformc_runtime::bf16;
+//! assert_eq!(bf16::round(1.0 + 1.0 / 512.0), 1.0); // 8 bits of mantissa: ties to even
+//! assert_eq!(bf16::round(1.0 + 3.0 / 256.0), 1.0 + 1.0 / 64.0);
+//! assert!(!bf16::enabled());
+//! ```
+
+use std::cell::Cell;
+
+thread_local! {
+    static BF16: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether GEMMs packed on this thread use bf16 operands.
+pub fn enabled() -> bool {
+    BF16.with(Cell::get)
+}
+
+/// Sets this thread's GEMM precision; returns the previous setting.
+pub fn set(on: bool) -> bool {
+    BF16.with(|c| c.replace(on))
+}
+
+/// Runs `f` with this thread's GEMM precision set to `on`, then restores it.
+pub(crate) fn with<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    let before = set(on);
+    let r = f();
+    set(before);
+    r
+}
+
+/// The bf16 nearest to `x` (ties to even), as its 16 bits; NaN stays NaN.
+#[inline(always)]
+pub fn bits(x: f32) -> u16 {
+    let u = x.to_bits();
+    if x.is_nan() {
+        return ((u >> 16) | 0x40) as u16;
+    }
+    (u.wrapping_add(0x7FFF + ((u >> 16) & 1)) >> 16) as u16
+}
+
+/// `x` rounded to bf16 (ties to even), as an f32.
+#[inline(always)]
+pub fn round(x: f32) -> f32 {
+    f32::from_bits((bits(x) as u32) << 16)
+}
+
+/// Two bf16 values in one 32-bit word, `lo` in the low half (the order
+/// `vdpbf16ps` pairs them in).
+#[inline(always)]
+pub(crate) fn pair(lo: f32, hi: f32) -> u32 {
+    bits(lo) as u32 | (bits(hi) as u32) << 16
+}
+
+/// `dst[i] = bits(src[i])`: with AVX-512 BF16, 16 values per
+/// `vcvtneps2bf16` (the same rounding, except that it flushes subnormals).
+pub(crate) fn to_bits_row(src: &[f32], dst: &mut [u16]) {
+    assert_eq!(src.len(), dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if hardware() {
+        // SAFETY: `hardware()` checked the CPU features the function needs.
+        unsafe { to_bits_row_avx512(src, dst) };
+        return;
+    }
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = bits(x);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+unsafe fn to_bits_row_avx512(src: &[f32], dst: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let mut s = src.chunks_exact(16);
+    let mut d = dst.chunks_exact_mut(16);
+    for (sc, dc) in (&mut s).zip(&mut d) {
+        // SAFETY: both chunks hold 16 elements.
+        unsafe {
+            let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(sc.as_ptr()));
+            _mm256_storeu_si256(
+                dc.as_mut_ptr().cast(),
+                std::mem::transmute::<__m256bh, __m256i>(v),
+            );
+        }
+    }
+    for (o, &x) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *o = bits(x);
+    }
+}
+
+/// How a packed right-hand side holds its values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Packing {
+    /// f32 values: the plain fp32 GEMM.
+    F32,
+    /// f32 values rounded to bf16; A is rounded when multiplied.
+    Rounded,
+    /// bf16 pairs along k (one 32-bit word per column and pair of rows) for
+    /// the AVX-512 BF16 kernel; A is converted to pairs when multiplied.
+    Pairs,
+}
+
+/// The packing this thread's precision asks for, with a kernel of
+/// `isa` (pairs need AVX-512 BF16 and the AVX-512 kernels' panels).
+pub(crate) fn packing(isa: &str) -> Packing {
+    if !enabled() {
+        return Packing::F32;
+    }
+    match hardware() && isa == "avx512" {
+        true => Packing::Pairs,
+        false => Packing::Rounded,
+    }
+}
+
+/// True when the CPU has AVX-512 BF16 and `REFORMC_RT_BF16` is not `emulate`.
+pub fn hardware() -> bool {
+    static HW: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HW.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        let cpu = std::arch::is_x86_feature_detected!("avx512bf16")
+            && std::arch::is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        let cpu = false;
+        cpu && std::env::var("REFORMC_RT_BF16").as_deref() != Ok("emulate")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_is_to_nearest_even_and_keeps_specials() {
+        assert_eq!(round(0.0), 0.0);
+        assert_eq!(round(-2.5), -2.5);
+        assert_eq!(round(f32::INFINITY), f32::INFINITY);
+        assert!(round(f32::NAN).is_nan());
+        assert_eq!(round(f32::MAX), f32::INFINITY, "past the largest bf16");
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: even (1) wins.
+        assert_eq!(round(1.0 + 1.0 / 256.0), 1.0);
+        assert_eq!(round(1.0 + 3.0 / 256.0), 1.0 + 1.0 / 64.0);
+        for i in 0..10_000u32 {
+            let x = f32::from_bits(0x3f80_0000 + i * 977);
+            let r = round(x);
+            assert!((r - x).abs() <= x.abs() / 256.0, "{x} -> {r}");
+        }
+    }
+
+    #[test]
+    fn the_setting_is_per_thread() {
+        assert!(!enabled());
+        with(true, || {
+            assert!(enabled());
+            std::thread::spawn(|| assert!(!enabled())).join().unwrap();
+        });
+        assert!(!enabled());
+    }
+
+    /// `act(x·wᵀ + b)` in f64 from the bf16-rounded operands, and the sum of
+    /// |products| per element (the scale of f32 accumulation error).
+    fn reference(
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        rows: usize,
+        k: usize,
+        out: usize,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let mut y = vec![0.0; rows * out];
+        let mut mag = vec![0.0; rows * out];
+        for i in 0..rows {
+            for j in 0..out {
+                for kk in 0..k {
+                    let p = round(x[i * k + kk]) as f64 * round(w[j * k + kk]) as f64;
+                    y[i * out + j] += p;
+                    mag[i * out + j] += p.abs();
+                }
+                y[i * out + j] += b[j] as f64;
+            }
+        }
+        (y, mag)
+    }
+
+    fn check(got: &[f32], want: &[f64], mag: &[f64], what: &str) {
+        for (i, ((&g, &w), &m)) in got.iter().zip(want).zip(mag).enumerate() {
+            assert!(
+                (g as f64 - w).abs() <= 1e-5 * m + 1e-6,
+                "{what}[{i}]: {g} vs {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn bf16_products_are_sums_of_rounded_operands_in_f32() {
+        use crate::gemm::{gemm_a, kernel, AStrides, Epilogue, PackedB};
+        // Odd k (a half pair), rows and columns that are not whole tiles.
+        let (rows, k, out) = (37, 75, 70);
+        let x: Vec<f32> = (0..rows * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0)
+            .collect();
+        let w: Vec<f32> = (0..out * k)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 11.0)
+            .collect();
+        let bias: Vec<f32> = (0..out).map(|j| j as f32 / 7.0).collect();
+        let (want, mag) = reference(&x, &w, &bias, rows, k, out);
+        // Through `linear`, with this thread's precision set: pairs on
+        // AVX-512 BF16 hardware, rounded f32 operands elsewhere.
+        let mut y = vec![0.0f32; rows * out];
+        with(true, || {
+            crate::linear(
+                &x,
+                rows,
+                k,
+                &w,
+                out,
+                Some(&bias),
+                crate::Activation::None,
+                &mut y,
+            )
+        })
+        .unwrap();
+        check(&y, &want, &mag, "linear");
+        let f32_bits: Vec<f32> = {
+            let mut y = vec![0.0f32; rows * out];
+            crate::linear(
+                &x,
+                rows,
+                k,
+                &w,
+                out,
+                Some(&bias),
+                crate::Activation::None,
+                &mut y,
+            )
+            .unwrap();
+            y
+        };
+        assert_ne!(y, f32_bits, "bf16 operands change the result");
+        // Each packing explicitly, where the CPU has it.
+        let kern = kernel();
+        let mut kinds = vec![Packing::Rounded];
+        match hardware() && kern.isa == "avx512" {
+            true => kinds.push(Packing::Pairs),
+            false => eprintln!(
+                "bf16 pairs not checked: this CPU has no AVX-512 BF16 (or REFORMC_RT_BF16=emulate)"
+            ),
+        }
+        for packing in kinds {
+            let b = PackedB::from_fn(k, out, kern.nr, packing, |kk, j| w[j * k + kk]).unwrap();
+            let mut padded = bias.clone();
+            padded.resize(b.panels() * kern.nr, 0.0);
+            let epi = Epilogue {
+                accumulate: false,
+                bias: Some(&padded),
+                act: crate::Activation::None,
+            };
+            let mut y = vec![0.0f32; rows * out];
+            gemm_a(
+                kern,
+                rows,
+                &x,
+                AStrides { row: k, k: 1 },
+                &b,
+                &mut y,
+                out,
+                epi,
+            );
+            check(&y, &want, &mag, &format!("{packing:?}"));
+        }
+    }
+
+    /// Timing, not a check: `cargo test --release -p reformc-runtime --lib
+    /// -- --ignored linear_timing --nocapture`.
+    #[test]
+    #[ignore]
+    fn linear_timing() {
+        let (rows, k, out) = (4096, 1024, 1024);
+        let x: Vec<f32> = (0..rows * k).map(|i| (i % 13) as f32 / 13.0).collect();
+        let w: Vec<f32> = (0..out * k).map(|i| (i % 7) as f32 / 7.0).collect();
+        let mut y = vec![0.0f32; rows * out];
+        for on in [false, true, false, true] {
+            let t = std::time::Instant::now();
+            with(on, || {
+                crate::linear(&x, rows, k, &w, out, None, crate::Activation::None, &mut y)
+            })
+            .unwrap();
+            let s = t.elapsed().as_secs_f64();
+            eprintln!(
+                "bf16 {on}: {:.1} ms, {:.0} GFLOP/s",
+                s * 1e3,
+                2.0 * (rows * k * out) as f64 / s / 1e9
+            );
+        }
+    }
+}
