@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""One measurement of one peer system in a fresh process (called by bench/run.py).
+"""One measurement of one peer system in a fresh process (called by bench/run.py); `hf-bf16` is\nHF under torch.autocast(bfloat16), `torch-gemm-bf16` torch.mm of bf16 matrices.
 
 Prints one JSON line: {"system", "length", "hashes", "times_s": [...], "max_rss_kib"}.
 Times cover the forward pass only (inference, torch.no_grad), after one warm-up run.
@@ -61,13 +61,30 @@ def sdpa_model(args):
     return fwd
 
 
+def hf_bf16_model(args):
+    """HF eager under CPU bf16 autocast (what a torch user reaches for first)."""
+    fwd = hf_model(args)
+
+    def run(ids):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return fwd(ids)
+    return run
+
+
 def gemm_ceiling(args):
     n = 4096
     a, b = torch.randn(n, n), torch.randn(n, n)
     return lambda _ids: torch.mm(a, b)
 
 
-SYSTEMS = {"hf": hf_model, "reformer-pytorch": reformer_pytorch_model, "sdpa-full": sdpa_model, "torch-gemm": gemm_ceiling}
+def gemm_ceiling_bf16(args):
+    n = 4096
+    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    return lambda _ids: torch.mm(a, b)
+
+
+SYSTEMS = {"hf": hf_model, "hf-bf16": hf_bf16_model, "reformer-pytorch": reformer_pytorch_model,
+           "sdpa-full": sdpa_model, "torch-gemm": gemm_ceiling, "torch-gemm-bf16": gemm_ceiling_bf16}
 
 
 def main():

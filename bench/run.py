@@ -15,6 +15,7 @@ same thread count as reformc. The fp32 GEMM ceiling is torch.mm of 4096x4096 mat
 
 Usage: /work/hfvenv/bin/python bench/run.py [--lengths 1024,4096,16384,65536] [--hashes 1,4]
        [--threads 2] [--repeats 3] [--systems reformc,hf,reformer-pytorch,sdpa-full]
+       (also reformc-bf16: `compile --precision bf16`; hf-bf16: HF under torch.autocast(bfloat16))
 Writes bench/out/ (models, binaries) and bench/results.md, bench/results.json, bench/plot.png.
 """
 import argparse
@@ -119,13 +120,16 @@ def main():
     if not os.path.exists(REFORMC):
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
 
-    # GEMM ceiling
+    # GEMM ceilings
     gemm = []
     for _ in range(3):
         t, _ = measure_peer("torch-gemm", 4096, 1, args.threads, "", "")
         gemm.append(2 * 4096 ** 3 / t / 1e9)
     ceiling = statistics.median(gemm)
     print(f"fp32 GEMM ceiling (torch.mm 4096^2, {args.threads} threads): {ceiling:.0f} GFLOP/s (median of {gemm})")
+    if any(s.endswith("bf16") for s in systems):
+        t, _ = measure_peer("torch-gemm-bf16", 4096, 1, args.threads, "", "")
+        print(f"bf16 GEMM rate (torch.mm 4096^2 bf16, {args.threads} threads): {2 * 4096 ** 3 / t / 1e9:.0f} GFLOP/s")
 
     results = []
     for r in hashes:
@@ -136,6 +140,9 @@ def main():
             t0 = time.perf_counter()
             subprocess.run([REFORMC, "compile", cfg, "--weights", w, "-o", exe, "--seq-len", str(L), "--target-cpu", "host", "-q"], check=True)
             compile_s = time.perf_counter() - t0
+            if "reformc-bf16" in systems:
+                subprocess.run([REFORMC, "compile", cfg, "--weights", w, "-o", exe + "_bf16", "--seq-len", str(L),
+                                "--target-cpu", "host", "--precision", "bf16", "-q"], check=True)
             flops = flops_of(cfg, L)
             runs = {s: [] for s in systems}
             for rep in range(args.repeats):
@@ -146,7 +153,10 @@ def main():
                     if prev:
                         continue
                     try:
-                        t, rss = measure_reformc(exe, ids, args.threads) if s == "reformc" else measure_peer(s, L, r, args.threads, cfg, ids)
+                        if s in ("reformc", "reformc-bf16"):
+                            t, rss = measure_reformc(exe + ("_bf16" if s == "reformc-bf16" else ""), ids, args.threads)
+                        else:
+                            t, rss = measure_peer(s, L, r, args.threads, cfg, ids)
                         runs[s].append((t, rss))
                         print(f"r={r} L={L} {s:17s} repeat {rep}: {t:8.3f} s, peak RSS {rss / 1024:7.0f} MiB", flush=True)
                     except Exception as e:  # a peer may run out of memory or time
@@ -167,7 +177,10 @@ def main():
 
 
 def write_markdown(results, ceiling, args):
-    lines = [f"# reformc benchmark\n", f"6 layers, D=256, 2 heads x 64, d_ff=512, chunk 64, causal, batch 1, {args.threads} threads; "
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
+    isa = ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
+    lines = [f"# reformc benchmark\n", f"Machine: {cpu} ({isa}), {os.cpu_count()} cores.\n", f"6 layers, D=256, 2 heads x 64, d_ff=512, chunk 64, causal, batch 1, {args.threads} threads; "
              f"median of {args.repeats} interleaved runs; fp32 GEMM ceiling (torch.mm 4096^2) {ceiling:.0f} GFLOP/s.\n",
              "| hashes | L | system | forward time | peak RSS | time / reformc | reformc GFLOP/s (% of GEMM ceiling) |",
              "|---|---|---|---|---|---|---|"]
@@ -185,7 +198,11 @@ def write_markdown(results, ceiling, args):
 
 
 def plot(results, hashes):
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("no plot: matplotlib is not installed (pip install matplotlib)")
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(hashes), figsize=(6 * len(hashes), 4.5), squeeze=False)
