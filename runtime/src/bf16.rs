@@ -222,36 +222,17 @@ mod tests {
         let (want, mag) = reference(&x, &w, &bias, rows, k, out);
         // Through `linear`, with this thread's precision set: pairs on
         // AVX-512 BF16 hardware, rounded f32 operands elsewhere.
-        let mut y = vec![0.0f32; rows * out];
-        with(true, || {
-            crate::linear(
-                &x,
-                rows,
-                k,
-                &w,
-                out,
-                Some(&bias),
-                crate::Activation::None,
-                &mut y,
-            )
-        })
-        .unwrap();
-        check(&y, &want, &mag, "linear");
-        let f32_bits: Vec<f32> = {
+        let linear = |on: bool| {
             let mut y = vec![0.0f32; rows * out];
-            crate::linear(
-                &x,
-                rows,
-                k,
-                &w,
-                out,
-                Some(&bias),
-                crate::Activation::None,
-                &mut y,
-            )
+            let act = crate::Activation::None;
+            with(on, || {
+                crate::linear(&x, rows, k, &w, out, Some(&bias), act, &mut y)
+            })
             .unwrap();
             y
         };
+        let (y, f32_bits) = (linear(true), linear(false));
+        check(&y, &want, &mag, "linear");
         assert_ne!(y, f32_bits, "bf16 operands change the result");
         // Each packing explicitly, where the CPU has it.
         let kern = kernel();
@@ -284,6 +265,35 @@ mod tests {
             );
             check(&y, &want, &mag, &format!("{packing:?}"));
         }
+    }
+
+    #[test]
+    fn hashing_stays_f32_under_bf16() {
+        // B 1, L 300, H 2, d 24, 2 rounds, factors [4, 8]: S/2 = 6 per round.
+        let (len, heads, d, rounds, half) = (300, 2, 24, 2, 6);
+        let noise = |i: usize| ((i as u64 * 2_654_435_761) % 10_007) as f32 / 10_007.0 - 0.5;
+        let qk: Vec<f32> = (0..len * heads * d).map(noise).collect();
+        let rot: Vec<f32> = (0..heads * d * rounds * half)
+            .map(|i| noise(i + 77))
+            .collect();
+        let hash = || {
+            let mut out = vec![0i64; heads * rounds * len];
+            crate::attention::lsh_hash(
+                &qk,
+                &rot,
+                None,
+                1,
+                len,
+                heads,
+                d,
+                rounds,
+                &[4, 8],
+                &mut out,
+            )
+            .unwrap();
+            out
+        };
+        assert_eq!(with(true, hash), hash());
     }
 
     /// Timing, not a check: `cargo test --release -p reformc-runtime --lib

@@ -894,16 +894,8 @@ crate::c_abi! {
         n: i64,
         y: *mut f32,
     ) -> i32 {
-        guard(|| {
-            let [nb, m, k, n] = sizes([(nb, "nb"), (m, "m"), (k, "k"), (n, "n")])?;
-            let sa = span(a, count(&[nb, m, k], "a")?, "a")?;
-            let sb = span(b, count(&[nb, k, n], "b")?, "b")?;
-            let sy = span(y, count(&[nb, m, n], "y")?, "y")?;
-            no_overlap(sy, &[sa, sb])?;
-            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
-            let (a, b, y) = unsafe { (view(a, sa), view(b, sb), view_mut(y, sy)) };
-            crate::tensor_ops::matmul_batch(a, b, nb, m, k, n, y)
-        })
+        // SAFETY: the same contract, with neither operand transposed.
+        unsafe { rc_matmul_batch_t_f32(a, b, nb, m, k, n, 0, 0, y) }
     }
 
     /// [`rc_matmul_batch_f32`] with either operand stored transposed: when

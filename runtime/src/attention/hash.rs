@@ -75,18 +75,22 @@ pub fn lsh_hash(
     }
     let kern = kernel();
     let width = product(&[rounds, half], "rotation width")?;
-    // Per head, the rotations [d, r·S/2] packed as the right-hand side.
-    let packed: Vec<PackedB> = (0..heads)
-        .map(|h| {
-            PackedB::from_kn(
-                &rot[h * d * width..(h + 1) * d * width],
-                d,
-                width,
-                width,
-                kern.nr,
-            )
-        })
-        .collect::<Result<_>>()?;
+    // Per head, the rotations [d, r·S/2] packed as the right-hand side,
+    // always in f32: bucket decisions must not depend on `--precision bf16`
+    // beyond near-ties (see `crate::bf16`).
+    let packed: Vec<PackedB> = crate::bf16::with(false, || {
+        (0..heads)
+            .map(|h| {
+                PackedB::from_kn(
+                    &rot[h * d * width..(h + 1) * d * width],
+                    d,
+                    width,
+                    width,
+                    kern.nr,
+                )
+            })
+            .collect::<Result<_>>()
+    })?;
     let blocks = len.div_ceil(BLOCK);
     let shared = SharedMut::new(out);
     try_par_for(batch * heads * blocks, |task| {
