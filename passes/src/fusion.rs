@@ -42,7 +42,7 @@
 //! %9 = linear %8, %w2          // emitted as one rc_dense_f32 call
 //! ```
 
-use reformc_ir::{Activation, DType, Graph, OpKind, ValueId};
+use reformc_ir::{Activation, BinaryFn, CostClass, DType, Elementwise, Graph, OpKind, ValueId};
 use std::collections::{HashMap, HashSet};
 
 /// One reader of a value.
@@ -209,14 +209,12 @@ impl Fusion {
     }
 
     /// The ops `v` computes in its reader's loop (itself and what it
-    /// inlines), or more than [`MAX_DUPLICATED`] when one is not cheap.
+    /// inlines), or more than [`MAX_DUPLICATED`] when one is not cheap (one
+    /// FLOP per element in the IR's facts, and not a division).
     fn cheap_ops(&self, g: &Graph, v: ValueId) -> usize {
-        use OpKind::*;
         let node = g.node(v);
-        if !matches!(
-            node.op.kind,
-            Add | Sub | Mul | Neg | Max | Min | Lt | Eq | Select | Cast
-        ) {
+        let kind = node.op.kind;
+        if kind.facts().cost != CostClass::PerElement(1) || kind == OpKind::Div {
             return MAX_DUPLICATED + 1;
         }
         1 + node
@@ -238,13 +236,17 @@ const MAX_DUPLICATED: usize = 3;
 /// (broadcast) operands, with no way to fail: integer division stops the
 /// model on a zero divisor, so it is never inlined nor given inlined operands.
 pub fn pointwise(g: &Graph, v: ValueId) -> bool {
-    use OpKind::*;
     let node = g.node(v);
-    match node.op.kind {
-        Cast | Neg | Exp | Log | Sqrt | Rsqrt | Tanh | Act | Add | Sub | Mul | Max | Min | Lt
-        | Eq | Select => true,
-        Div => node.ty.dtype.is_float(),
-        _ => false,
+    match node.op.kind.facts().elementwise {
+        Some(Elementwise::Binary(BinaryFn::Div)) => node.ty.dtype.is_float(),
+        Some(
+            Elementwise::Unary(_)
+            | Elementwise::Binary(_)
+            | Elementwise::Select
+            | Elementwise::Cast,
+        ) => true,
+        // `act_grad` has its own kernel.
+        Some(Elementwise::ActGrad) | None => false,
     }
 }
 

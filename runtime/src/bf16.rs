@@ -117,6 +117,16 @@ pub(crate) enum Packing {
     Pairs,
 }
 
+impl Packing {
+    /// Rows of a panel packed from `k` rows of B: `k`, or `ceil(k/2)` pairs.
+    pub(crate) fn stored_rows(self, k: usize) -> usize {
+        match self {
+            Packing::Pairs => k.div_ceil(2),
+            Packing::F32 | Packing::Rounded => k,
+        }
+    }
+}
+
 /// The packing this thread's precision asks for, with a kernel of
 /// `isa` (pairs need AVX-512 BF16 and the AVX-512 kernels' panels).
 pub(crate) fn packing(isa: &str) -> Packing {

@@ -349,10 +349,7 @@ impl PackedB {
 
     /// Rows of one panel as stored: `k`, or `ceil(k/2)` pairs.
     pub fn stored_k(&self) -> usize {
-        match self.packing {
-            Packing::Pairs => self.k.div_ceil(2),
-            _ => self.k,
-        }
+        self.packing.stored_rows(self.k)
     }
 
     /// A zeroed packed matrix for `k × n` (f32: the caller fills it).
@@ -411,10 +408,7 @@ impl PackedB {
         packing: Packing,
         at: impl Fn(usize, usize) -> f32,
     ) -> Result<Self> {
-        let rows = match packing {
-            Packing::Pairs => k.div_ceil(2),
-            _ => k,
-        };
+        let rows = packing.stored_rows(k);
         let mut data = try_zeroed(n.div_ceil(nr) * nr * rows, "packed matrix")?;
         for (panel, dst) in data.chunks_exact_mut(rows * nr).enumerate() {
             for jj in 0..nr.min(n - panel * nr) {
@@ -567,13 +561,16 @@ fn a_rows(m: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> Vec<f32> {
 /// values (the first in the low half); an odd `k` ends in a zero half.
 fn a_pair_rows(m: usize, k: usize, a: &[f32], lda: usize) -> Vec<f32> {
     let k2 = k.div_ceil(2);
-    let mut half = vec![0u16; m * 2 * k2];
-    for (i, row) in half.chunks_exact_mut(2 * k2).enumerate() {
-        bf16::to_bits_row(&a[i * lda..i * lda + k], &mut row[..k]);
+    let mut half = vec![0u16; 2 * k2];
+    let mut out = Vec::with_capacity(m * k2);
+    for i in 0..m {
+        bf16::to_bits_row(&a[i * lda..i * lda + k], &mut half[..k]);
+        out.extend(
+            half.chunks_exact(2)
+                .map(|p| f32::from_bits(p[0] as u32 | (p[1] as u32) << 16)),
+        );
     }
-    half.chunks_exact(2)
-        .map(|p| f32::from_bits(p[0] as u32 | (p[1] as u32) << 16))
-        .collect()
+    out
 }
 
 /// The AVX-512 BF16 micro-kernels with the same tile as `kern` (the panels

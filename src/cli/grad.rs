@@ -128,7 +128,11 @@ pub fn run(args: &GradArgs) -> CliResult<()> {
     opts.dropout = reformc_train::grad::dropout_rates(&train_spec);
     passes.run_pipeline(&mut feed.lowered.graph, &opts, None)?;
     let (out, engine) = super::run::run_engine(
-        (args.interp, args.profile),
+        super::run::EngineFlags {
+            interp: args.interp,
+            profile: args.profile,
+            bf16: false,
+        },
         &feed.lowered.graph,
         &feed.inputs,
         &feed.weights,

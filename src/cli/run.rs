@@ -245,21 +245,18 @@ pub(super) fn engine(
     weights: &BTreeMap<String, Tensor>,
     clock: &mut PhaseClock,
 ) -> CliResult<(BTreeMap<String, Tensor>, &'static str)> {
-    if args.precision == "bf16" {
-        if args.interp || args.backend.as_deref() == Some("mlir") {
-            return Err(CliError::input(
-                "--precision bf16 runs on the LLVM JIT only (the interpreter and the MLIR backend compute in f32 or f64); drop --interp / --backend mlir",
-            ));
-        }
-        // The JIT runs the model on this thread: its GEMMs (and the pool
-        // tasks they start) take bf16 operands until the run returns.
-        let before = reformc_runtime::bf16::set(true);
-        let out = run_engine_timed((false, args.profile), graph, inputs, weights, clock);
-        reformc_runtime::bf16::set(before);
-        return out;
+    if args.precision == "bf16" && (args.interp || args.backend.as_deref() == Some("mlir")) {
+        return Err(CliError::input(
+            "--precision bf16 runs on the LLVM JIT only (the interpreter and the MLIR backend compute in f32 or f64); drop --interp / --backend mlir",
+        ));
     }
     if args.backend.as_deref() != Some("mlir") {
-        return run_engine_timed((args.interp, args.profile), graph, inputs, weights, clock);
+        let flags = EngineFlags {
+            interp: args.interp,
+            profile: args.profile,
+            bf16: args.precision == "bf16",
+        };
+        return run_engine_timed(flags, graph, inputs, weights, clock);
     }
     if args.time {
         eprintln!(
@@ -274,10 +271,21 @@ pub(super) fn engine(
     out
 }
 
+/// How [`run_engine`] runs a graph.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct EngineFlags {
+    /// The reference interpreter instead of the LLVM JIT.
+    pub interp: bool,
+    /// Time every op of the JIT-compiled graph.
+    pub profile: bool,
+    /// bf16 matrix products (`--precision bf16`; the JIT only).
+    pub bf16: bool,
+}
+
 /// The engine switch: the LLVM JIT by default, the reference interpreter with
 /// `--interp` or for f64 graphs (the runtime kernels are f32 only).
 pub(super) fn run_engine(
-    flags: (bool, bool),
+    flags: EngineFlags,
     graph: &reformc_ir::Graph,
     inputs: &BTreeMap<String, Tensor>,
     weights: &BTreeMap<String, Tensor>,
@@ -294,7 +302,11 @@ pub(super) fn run_engine(
 /// [`run_engine`], recording the JIT's `compile` and `run` phases (or the
 /// interpreter's `run`) on `clock`.
 fn run_engine_timed(
-    (interp, profile): (bool, bool),
+    EngineFlags {
+        interp,
+        profile,
+        bf16,
+    }: EngineFlags,
     graph: &reformc_ir::Graph,
     inputs: &BTreeMap<String, Tensor>,
     weights: &BTreeMap<String, Tensor>,
@@ -319,6 +331,7 @@ fn run_engine_timed(
     let mut jit = || {
         let opts = reformc_backend_llvm::CompileOptions {
             profile,
+            bf16,
             ..Default::default()
         };
         let ctx = reformc_backend_llvm::Context::create();
@@ -344,7 +357,12 @@ fn run_engine_timed(
     match jit() {
         Ok(out) => Ok((out, "LLVM JIT")),
         Err(reformc_backend_llvm::BackendError::Unsupported(m)) => {
-            eprintln!("warning: LLVM JIT: {m}; running the interpreter instead");
+            let precision = if bf16 {
+                " (in f32: the interpreter has no bf16)"
+            } else {
+                ""
+            };
+            eprintln!("warning: LLVM JIT: {m}; running the interpreter instead{precision}");
             let out = reformc_interp::run(graph, inputs, weights)
                 .map_err(|e| CliError::internal(format!("interpreter: {e}")))?;
             Ok((out, "interpreter"))

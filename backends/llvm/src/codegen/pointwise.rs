@@ -7,6 +7,7 @@
 //! own, so results are bit-identical to unfused code.
 
 use super::*;
+use reformc_ir::Elementwise;
 
 /// One scalar operation of a tree, with what its kind needs.
 #[derive(Clone, Copy)]
@@ -111,16 +112,12 @@ impl<'ctx> Gen<'ctx> {
         let what = at(g, &fs.numbering, v);
         let in_dt = |i: usize| node.inputs.get(i).map(|u| g.ty(*u).dtype);
         let dt = in_dt(0).ok_or_else(|| BackendError::Internal(format!("{what}: no operand")))?;
-        use OpKind::*;
-        Ok(match node.op.kind {
-            Cast => Scalar::Convert {
+        Ok(match node.op.kind.facts().elementwise {
+            Some(Elementwise::Cast) => Scalar::Convert {
                 from: dt,
                 to: node.ty.dtype,
             },
-            Neg | Exp | Log | Sqrt | Rsqrt | Tanh | Act => {
-                let f = node.op.kind.unary_fn().ok_or_else(|| {
-                    BackendError::Internal(format!("{what}: not a unary elementwise op"))
-                })?;
+            Some(Elementwise::Unary(f)) => {
                 let act = node
                     .op
                     .activation()
@@ -132,19 +129,16 @@ impl<'ctx> Gen<'ctx> {
                 }
                 Scalar::Unary { f, act, dt }
             }
-            Add | Sub | Mul | Div | Max | Min | Lt | Eq => {
+            Some(Elementwise::Binary(f)) => {
                 if in_dt(1) != Some(dt) {
                     return Err(BackendError::Internal(format!(
                         "{what}: operand dtypes differ"
                     )));
                 }
-                let f = node.op.kind.binary_fn().ok_or_else(|| {
-                    BackendError::Internal(format!("{what}: not a binary elementwise op"))
-                })?;
                 let msg = self.cstr(&format!("{what}: integer division by zero"));
                 Scalar::Binary { f, dt, msg }
             }
-            Select => {
+            Some(Elementwise::Select) => {
                 if dt != DType::Bool {
                     return Err(BackendError::Internal(format!(
                         "{what}: condition must be bool"
@@ -152,9 +146,10 @@ impl<'ctx> Gen<'ctx> {
                 }
                 Scalar::Select
             }
-            other => {
+            Some(Elementwise::ActGrad) | None => {
                 return Err(BackendError::Internal(format!(
-                    "{what}: `{other:?}` is not elementwise"
+                    "{what}: `{}` is not computed in an elementwise loop",
+                    node.op.kind
                 )))
             }
         })
