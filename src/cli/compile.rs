@@ -45,8 +45,16 @@ pub struct CompileArgs {
     /// `staticlib`: one self-contained `.a` (model and runtime) with model.h;
     /// `obj`: the object, with the runtime archive libreformc_runtime.a and
     /// model.h beside it.
-    #[arg(long, value_parser = ["exe", "obj", "lib", "staticlib", "llvm", "asm", "mlir"], default_value = "exe")]
+    /// `ptx` (with --target gpu): the GPU kernels, one PTX module with one
+    /// `.entry` per kernel.
+    #[arg(long, value_parser = ["exe", "obj", "lib", "staticlib", "llvm", "asm", "mlir", "ptx"], default_value = "exe")]
     pub emit: String,
+    /// Where the code runs: `cpu` (the LLVM backend) or `gpu` (NVIDIA PTX
+    /// from the MLIR backend's module; --emit ptx).
+    #[arg(long, value_parser = ["cpu", "gpu"], default_value = "cpu")]
+    pub target: String,
+    #[command(flatten)]
+    pub gpu: super::gpu::GpuFlags,
     /// How weights reach the model: `mmap` (loaded from the safetensors file at run
     /// time; the default) or `embed` (compiled into the artifact as constants).
     /// For --emit mlir: `embed` (dense_resource blobs; the default) or `args`
@@ -146,6 +154,12 @@ fn footprint_line(
 /// Runs the command.
 pub fn run(args: &CompileArgs) -> CliResult<()> {
     let t0 = Instant::now();
+    if args.target == "gpu" {
+        return super::gpu::compile(args, t0);
+    }
+    if args.emit == "ptx" {
+        return Err(CliError::input("--emit ptx is GPU code: add --target gpu"));
+    }
     train_step::check_flags(args)?;
     if args.emit == "mlir" {
         if args.name.is_some() {

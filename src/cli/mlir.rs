@@ -49,7 +49,7 @@ fn cli_error(what: &Path, e: MlirError) -> CliError {
 /// The weights as the graph declares them: the safetensors loader reads f32,
 /// an f64 graph embeds f64 blobs. Borrowed unchanged when nothing converts
 /// (the weights of a large model are not copied).
-fn as_graph_dtypes<'w>(
+pub(super) fn as_graph_dtypes<'w>(
     g: &Graph,
     weights: &'w BTreeMap<String, Tensor>,
 ) -> Cow<'w, BTreeMap<String, Tensor>> {
@@ -191,7 +191,7 @@ pub fn compile(args: &super::compile::CompileArgs, t0: std::time::Instant) -> Cl
 /// The graph `compile` emits (lowered from a config with `--lsh-source` and
 /// `--seq-len`, or read from IR text) after the pass pipeline, and its
 /// weights, checked against the weight file.
-fn graph_and_weights(
+pub(super) fn graph_and_weights(
     args: &super::compile::CompileArgs,
 ) -> CliResult<(Graph, BTreeMap<String, Tensor>)> {
     use reformc_frontend::lower::{LowerOptions, LshSource};

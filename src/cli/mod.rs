@@ -5,6 +5,7 @@ pub mod dump;
 pub mod error;
 pub mod explain;
 pub mod feed;
+pub mod gpu;
 pub mod grad;
 pub mod mlir;
 pub mod model;

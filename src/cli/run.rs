@@ -52,8 +52,15 @@ pub struct RunArgs {
     /// The compiled engine: `llvm` (reformc's LLVM JIT, the default) or `mlir`
     /// (the module `compile --emit mlir` writes, weights embedded, through
     /// reformc's MLIR CPU pipeline and MLIR's ExecutionEngine).
-    #[arg(long, value_parser = ["llvm", "mlir"])]
+    /// `gpu`: the MLIR module's kernels on an NVIDIA GPU (PTX for
+    /// --gpu-arch, loaded by the CUDA driver at run time).
+    #[arg(long, value_parser = ["llvm", "mlir", "gpu"])]
     pub backend: Option<String>,
+    /// With --backend gpu: the CUDA device index.
+    #[arg(long, default_value_t = 0)]
+    pub device: i32,
+    #[command(flatten)]
+    pub gpu: super::gpu::GpuFlags,
     /// Time every op of the JIT-compiled model and print a table by op kind and
     /// the slowest ops to stderr.
     #[arg(long)]
@@ -245,12 +252,29 @@ pub(super) fn engine(
     weights: &BTreeMap<String, Tensor>,
     clock: &mut PhaseClock,
 ) -> CliResult<(BTreeMap<String, Tensor>, &'static str)> {
-    if args.precision == "bf16" && (args.interp || args.backend.as_deref() == Some("mlir")) {
+    let backend = args.backend.as_deref();
+    if args.precision == "bf16" && (args.interp || matches!(backend, Some("mlir" | "gpu"))) {
         return Err(CliError::input(
-            "--precision bf16 runs on the LLVM JIT only (the interpreter and the MLIR backend compute in f32 or f64); drop --interp / --backend mlir",
+            "--precision bf16 runs on the LLVM JIT only (the interpreter and the MLIR and GPU backends compute in f32 or f64); drop --interp / --backend",
         ));
     }
-    if args.backend.as_deref() != Some("mlir") {
+    if backend == Some("gpu") {
+        if args.profile {
+            eprintln!("warning: --profile times the LLVM JIT only; the GPU run is not profiled");
+        }
+        let out = super::gpu::run_engine(
+            graph,
+            inputs,
+            weights,
+            &args.config,
+            &args.gpu,
+            args.device,
+            args.passes.quiet,
+        );
+        clock.lap("run");
+        return out;
+    }
+    if backend != Some("mlir") {
         let flags = EngineFlags {
             interp: args.interp,
             profile: args.profile,

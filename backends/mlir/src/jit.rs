@@ -6,14 +6,13 @@ use crate::{emit, scalar, MlirError, WeightsMode};
 use melior::{
     ir::Module,
     pass::PassManager,
-    utility::{parse_pass_pipeline, register_all_llvm_translations, register_all_passes},
+    utility::{parse_pass_pipeline, register_all_llvm_translations},
     ExecutionEngine,
 };
-use ndarray::{ArrayD, IxDyn};
 use reformc_ir::{DType, Graph};
 use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub use crate::pipeline::CPU_PIPELINE;
@@ -155,7 +154,7 @@ fn checked_args(
         )));
     }
     // Standard layout, so that a descriptor's strides are the row-major ones.
-    let args: Vec<Tensor> = args.iter().map(standard).collect();
+    let args: Vec<Tensor> = args.iter().map(crate::memref::standard).collect();
     for ((name, v), a) in arg_values.iter().zip(&args) {
         let t = graph.ty(*v);
         if t.dtype != a.dtype() || t.rank() != a.shape().len() {
@@ -193,9 +192,7 @@ fn run_text(
 ) -> Result<(Vec<Vec<Tensor>>, JitTimes), MlirError> {
     let context = crate::context();
     register_all_llvm_translations(&context);
-    static PASSES: Once = Once::new();
-    // Registering twice double-frees inside MLIR (DESIGN.md §8).
-    PASSES.call_once(register_all_passes);
+    crate::register_passes();
     let messages = Arc::new(Mutex::new(Vec::<String>::new()));
     let sink = Arc::clone(&messages);
     let handler = context.attach_diagnostic_handler(move |d| {
@@ -250,44 +247,6 @@ fn run_text(
     }
 }
 
-/// `t` in row-major standard layout.
-fn standard(t: &Tensor) -> Tensor {
-    match t {
-        Tensor::F32(a) => Tensor::F32(a.as_standard_layout().into_owned()),
-        Tensor::F64(a) => Tensor::F64(a.as_standard_layout().into_owned()),
-        Tensor::I64(a) => Tensor::I64(a.as_standard_layout().into_owned()),
-        Tensor::I32(a) => Tensor::I32(a.as_standard_layout().into_owned()),
-        Tensor::Bool(a) => Tensor::Bool(a.as_standard_layout().into_owned()),
-    }
-}
-
-/// The address of a standard-layout tensor's first element.
-fn data_ptr(t: &Tensor) -> i64 {
-    match t {
-        Tensor::F32(a) => a.as_ptr() as i64,
-        Tensor::F64(a) => a.as_ptr() as i64,
-        Tensor::I64(a) => a.as_ptr() as i64,
-        Tensor::I32(a) => a.as_ptr() as i64,
-        // `bool` is one byte holding 0 or 1, as an `i1` memref element is stored.
-        Tensor::Bool(a) => a.as_ptr() as i64,
-    }
-}
-
-/// A memref descriptor as the C interface lays it out, all fields 8 bytes:
-/// allocated pointer, aligned pointer, offset, sizes, strides.
-fn descriptor(t: &Tensor) -> Vec<i64> {
-    let ptr = data_ptr(t);
-    let shape = t.shape();
-    let mut d = vec![ptr, ptr, 0];
-    d.extend(shape.iter().map(|&s| s as i64));
-    let mut strides = vec![1i64; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        strides[i] = strides[i + 1] * shape[i + 1] as i64;
-    }
-    d.extend(strides);
-    d
-}
-
 /// Calls `_mlir_ciface_forward(results*, args*...)` (the C API adds the
 /// `_mlir_ciface_` prefix) and copies the results out.
 fn invoke(
@@ -295,7 +254,7 @@ fn invoke(
     args: &[Tensor],
     outs: &[(DType, usize)],
 ) -> Result<Vec<Tensor>, melior::Error> {
-    let mut descs: Vec<Vec<i64>> = args.iter().map(descriptor).collect();
+    let mut descs: Vec<Vec<i64>> = args.iter().map(crate::memref::descriptor).collect();
     let mut result = vec![0i64; outs.iter().map(|(_, r)| 3 + 2 * r).sum()];
     let mut ptrs: Vec<*mut i64> = std::iter::once(result.as_mut_ptr())
         .chain(descs.iter_mut().map(|d| d.as_mut_ptr()))
@@ -310,59 +269,16 @@ fn invoke(
     // descriptor's data (`args`, standard layout) outlives the call. The
     // function only reads the arguments' data.
     unsafe { engine.invoke_packed("forward", &mut packed)? };
-    let mut out = Vec::new();
-    let mut at = 0;
-    for &(dtype, r) in outs {
-        let d = &result[at..at + 3 + 2 * r];
-        at += 3 + 2 * r;
-        out.push(match dtype {
-            DType::F32 => Tensor::F32(read::<f32>(d, r)),
-            DType::F64 => Tensor::F64(read::<f64>(d, r)),
-            DType::I64 => Tensor::I64(read::<i64>(d, r)),
-            DType::I32 => Tensor::I32(read::<i32>(d, r)),
-            DType::Bool => Tensor::Bool(read::<u8>(d, r).mapv(|b| b & 1 != 0)),
-        });
-    }
-    let descs: Vec<&[i64]> = outs
+    let descs = crate::memref::split_results(&result, outs);
+    // SAFETY: each descriptor is a result of the call just made, which the
+    // caller owns and nothing has freed.
+    let out = descs
         .iter()
-        .scan(0, |at, &(_, r)| {
-            let d = &result[*at..*at + 3 + 2 * r];
-            *at += 3 + 2 * r;
-            Some(d)
-        })
+        .zip(outs)
+        .map(|(d, &(dtype, r))| unsafe { crate::memref::read_tensor(d, dtype, r) })
         .collect();
     // SAFETY: `@forward`'s results are buffers it hands to the caller
     // (CPU_PIPELINE's deallocation makes them owned), all copied out above.
     unsafe { crate::pipeline::free_results(&descs) };
     Ok(out)
-}
-
-/// Copies a strided memref of `T` out of a returned descriptor.
-fn read<T: Copy>(d: &[i64], rank: usize) -> ArrayD<T> {
-    let base = d[1] as *const T;
-    let offset = d[2] as isize;
-    let shape: Vec<usize> = d[3..3 + rank].iter().map(|&s| s as usize).collect();
-    let strides = &d[3 + rank..3 + 2 * rank];
-    let n: usize = shape.iter().product();
-    let mut data = Vec::with_capacity(n);
-    let mut idx = vec![0usize; rank];
-    for _ in 0..n {
-        let lin: isize = idx
-            .iter()
-            .zip(strides)
-            .map(|(&i, &s)| i as isize * s as isize)
-            .sum();
-        // SAFETY: the memref returned by the compiled function holds `shape`
-        // elements of `T` at `offset + sum(index * stride)` from its aligned
-        // pointer (freed by `invoke` only after this copy).
-        data.push(unsafe { *base.offset(offset + lin) });
-        for k in (0..rank).rev() {
-            idx[k] += 1;
-            if idx[k] < shape[k] {
-                break;
-            }
-            idx[k] = 0;
-        }
-    }
-    ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape and element count agree")
 }

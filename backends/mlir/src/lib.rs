@@ -20,6 +20,7 @@
 
 mod emit;
 mod jit;
+pub mod memref;
 mod pipeline;
 mod scalar;
 mod signature;
@@ -169,6 +170,14 @@ pub fn emit_module_with_weights(
         }
         WeightsMode::Embed => emit::Emitter::new(graph).with_weights(weights).module(),
     }
+}
+
+/// Registers MLIR's passes for pipeline parsing, once per process:
+/// registering twice double-frees inside MLIR (DESIGN.md §8), so every
+/// pipeline of reformc goes through this.
+pub fn register_passes() {
+    static PASSES: std::sync::Once = std::sync::Once::new();
+    PASSES.call_once(melior::utility::register_all_passes);
 }
 
 /// Creates an MLIR context with every upstream dialect registered and loaded.

@@ -1,0 +1,149 @@
+//! Running a module on the GPU: the lowered host code compiled by MLIR's
+//! ExecutionEngine, its runtime calls resolved to `reformc-gpu-runtime`.
+
+use crate::{lower, GpuError, GpuOptions};
+use melior::ExecutionEngine;
+use reformc_backend_mlir::memref;
+use reformc_gpu_runtime as rt;
+use reformc_ir::DType;
+use reformc_tensor::Tensor;
+use std::time::{Duration, Instant};
+
+/// What [`jit_run`] returns.
+#[derive(Debug)]
+pub struct GpuRun {
+    /// `@forward`'s results, in order.
+    pub outputs: Vec<Tensor>,
+    /// The device that ran them.
+    pub device: rt::DeviceInfo,
+    /// Lowering and compiling the host code.
+    pub compile: Duration,
+    /// The call of `@forward`, copies in and out included (the first call
+    /// also loads the kernels, which the driver compiles from PTX).
+    pub run: Duration,
+}
+
+/// Compiles `module_text` (weights as arguments) for `opts.arch` and runs
+/// `@forward` on device `device` with `args` (weights then inputs, each of
+/// its argument's dtype and rank); `outs` are the results' dtypes and ranks.
+///
+/// Fails with [`GpuError::Driver`] where there is no CUDA driver or no such
+/// device, after compiling (so a machine without a GPU still checks that the
+/// module lowers).
+pub fn jit_run(
+    module_text: &str,
+    opts: &GpuOptions,
+    device: i32,
+    args: &[Tensor],
+    outs: &[(DType, usize)],
+) -> Result<GpuRun, GpuError> {
+    let t0 = Instant::now();
+    let context = reformc_backend_mlir::context();
+    let (module, kernels) = lower(&context, module_text, opts)?;
+    let engine = ExecutionEngine::new(&module, 3, &[], false, false);
+    for (name, f) in rt::symbols() {
+        // SAFETY: each symbol is the runtime's C function of that name, with
+        // the signature the lowered code calls it with.
+        unsafe { engine.register_symbol(name, f.cast()) };
+    }
+    let compile = t0.elapsed();
+    let info = rt::select_device(device)?;
+    let (need, have) = (kernels.arch.capability(), info.capability);
+    if have < need {
+        return Err(GpuError::Arch {
+            arch: kernels.arch,
+            index: info.index,
+            name: info.name,
+            major: have.0,
+            minor: have.1,
+        });
+    }
+    let t1 = Instant::now();
+    let outputs = call(&engine, args, outs)?;
+    Ok(GpuRun {
+        outputs,
+        device: info,
+        compile,
+        run: t1.elapsed(),
+    })
+}
+
+/// A tensor's bytes copied into a managed buffer, freed on drop.
+struct Staged {
+    ptr: *mut std::ffi::c_void,
+    desc: Vec<i64>,
+}
+
+impl Staged {
+    fn new(t: &Tensor) -> Staged {
+        let t = memref::standard(t);
+        let bytes = t.shape().iter().product::<usize>() * t.dtype().size_bytes() as usize;
+        let ptr = rt::alloc_managed(bytes);
+        // SAFETY: `t` is standard layout with `bytes` bytes at its data
+        // pointer; `ptr` holds at least `bytes` (alloc_managed never returns
+        // less, and a null is only possible when the C heap is exhausted).
+        if !ptr.is_null() {
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    memref::data_ptr(&t) as *const u8,
+                    ptr.cast::<u8>(),
+                    bytes,
+                )
+            };
+        }
+        let desc = memref::descriptor_at(ptr as i64, t.shape());
+        Staged { ptr, desc }
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        rt::free_managed(self.ptr);
+    }
+}
+
+/// Calls `@forward` through its C interface and copies the results out.
+fn call(
+    engine: &ExecutionEngine,
+    args: &[Tensor],
+    outs: &[(DType, usize)],
+) -> Result<Vec<Tensor>, GpuError> {
+    let mut staged: Vec<Staged> = args.iter().map(Staged::new).collect();
+    if let Some(e) = rt::take_error() {
+        return Err(GpuError::Run(e));
+    }
+    let mut result = vec![0i64; outs.iter().map(|(_, r)| 3 + 2 * r).sum()];
+    let mut ptrs: Vec<*mut i64> = std::iter::once(result.as_mut_ptr())
+        .chain(staged.iter_mut().map(|s| s.desc.as_mut_ptr()))
+        .collect();
+    let mut packed: Vec<*mut ()> = ptrs
+        .iter_mut()
+        .map(|p| p as *mut *mut i64 as *mut ())
+        .collect();
+    // SAFETY: `_mlir_ciface_forward` takes its result struct and one
+    // descriptor per argument; every descriptor points at a live managed
+    // buffer of its shape (`staged`), which the call only reads.
+    unsafe { engine.invoke_packed("forward", &mut packed) }
+        .map_err(|e| GpuError::Lowering(format!("calling @forward: {e}")))?;
+    let descs = memref::split_results(&result, outs);
+    let failed = rt::take_error();
+    let mut out = Vec::new();
+    if failed.is_none() {
+        for (d, &(dtype, r)) in descs.iter().zip(outs) {
+            // SAFETY: a result of the call just made, synchronised (every
+            // launch waits for its stream), owned by the caller.
+            out.push(unsafe { memref::read_tensor(d, dtype, r) });
+        }
+    }
+    let mut seen = Vec::new();
+    for d in descs {
+        if d[0] != 0 && !seen.contains(&d[0]) {
+            seen.push(d[0]);
+            rt::free_managed(d[0] as *mut std::ffi::c_void);
+        }
+    }
+    match failed.or_else(rt::take_error) {
+        Some(e) => Err(GpuError::Run(e)),
+        None => Ok(out),
+    }
+}

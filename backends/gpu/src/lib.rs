@@ -1,0 +1,174 @@
+//! reformc's GPU backend: the MLIR backend's tensor module, weights as
+//! arguments, mapped to GPU kernels and lowered through NVVM to PTX.
+//!
+//! Two pass pipelines ([`pipeline`]) run on the module: the first bufferizes
+//! it, turns every `linalg` op into parallel loops, tiles and maps them to
+//! blocks and threads and outlines each as a kernel; the second lowers the
+//! kernels through NVVM to PTX for one architecture ([`GpuArch`]) and the host
+//! code to the LLVM dialect, with every launch a call of MLIR's GPU runtime
+//! interface. Between them the kernels are merged into one module, so the PTX
+//! is one file with one `.entry` per kernel ([`compile_ptx`]).
+//!
+//! [`jit_run`] compiles the host code with MLIR's ExecutionEngine and runs it
+//! on the CUDA driver through `reformc-gpu-runtime`, which loads
+//! `libcuda.so.1` at run time: no CUDA library is linked.
+//!
+//! ```
+//! use reformc_backend_gpu::{compile_ptx, GpuOptions};
+//! let g = reformc_ir::parse(
+//!     "graph {\n  %0 = input {name=\"x\"} : f32[N]\n  %1 = add %0, %0 : f32[N]\n  output \"y\" = %1\n}\n",
+//! )
+//! .unwrap();
+//! let text = reformc_backend_mlir::emit_module(&g, &Default::default()).unwrap();
+//! let k = compile_ptx(&text, &GpuOptions::default()).unwrap();
+//! assert!(k.ptx.contains(".target sm_90"));
+//! assert_eq!(k.entries.len(), 1);
+//! ```
+
+#![deny(missing_docs)]
+
+mod arch;
+mod jit;
+mod libdevice;
+mod merge;
+pub mod pipeline;
+mod ptx;
+
+pub use arch::GpuArch;
+pub use jit::{jit_run, GpuRun};
+pub use libdevice::find_libdevice;
+pub use merge::KERNELS;
+pub use ptx::entries;
+pub use reformc_gpu_runtime::{DeviceInfo, DriverError};
+
+use melior::{ir::Module, pass::PassManager, utility::parse_pass_pipeline, Context};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Options of the GPU backend.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// The architecture the PTX is for.
+    pub arch: GpuArch,
+    /// NVIDIA's `libdevice.10.bc`, linked into the kernels for `math`
+    /// functions ([`find_libdevice`]); without it, a module whose kernels
+    /// need one is refused ([`GpuError::Libdevice`]).
+    pub libdevice: Option<PathBuf>,
+}
+
+/// The kernels of one module, as PTX.
+#[derive(Clone, Debug)]
+pub struct Kernels {
+    /// The architecture they are for.
+    pub arch: GpuArch,
+    /// One PTX module, one `.entry` per kernel.
+    pub ptx: String,
+    /// The `.entry` names, in order.
+    pub entries: Vec<String>,
+}
+
+/// Why the GPU backend could not compile or run a module.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    /// A pass pipeline failed, or its result is not what the backend expects
+    /// (a bug in reformc; MLIR's diagnostics are in the message).
+    #[error("GPU lowering: {0}")]
+    Lowering(String),
+    /// The kernels call libdevice functions and no libdevice was found.
+    #[error("{0}")]
+    Libdevice(String),
+    /// The CUDA driver is missing, or refused the device.
+    #[error("{0}")]
+    Driver(#[from] DriverError),
+    /// The PTX's architecture is newer than the device's.
+    #[error("the kernels were compiled for {arch} but device {index} ({name}) is sm_{major}{minor}; compile with --gpu-arch sm_{major}{minor} or older")]
+    Arch {
+        /// The PTX's architecture.
+        arch: GpuArch,
+        /// The device's index.
+        index: i32,
+        /// The device's name.
+        name: String,
+        /// Its compute capability.
+        major: i32,
+        /// Its compute capability.
+        minor: i32,
+    },
+    /// The arguments do not match `@forward`.
+    #[error("{0}")]
+    Args(String),
+    /// The run failed on the device (the driver's message).
+    #[error("GPU run failed: {0}")]
+    Run(String),
+}
+
+/// Lowers `module_text` (from `reformc_backend_mlir::emit_module`, weights as
+/// arguments) to PTX for `opts.arch`.
+pub fn compile_ptx(module_text: &str, opts: &GpuOptions) -> Result<Kernels, GpuError> {
+    let context = reformc_backend_mlir::context();
+    let (_, kernels) = lower(&context, module_text, opts)?;
+    Ok(kernels)
+}
+
+/// Both pipelines on `text`, in `context`: the lowered module (LLVM dialect
+/// host code and one `gpu.binary`) and its kernels.
+pub(crate) fn lower<'c>(
+    context: &'c Context,
+    text: &str,
+    opts: &GpuOptions,
+) -> Result<(Module<'c>, Kernels), GpuError> {
+    if let Some(p) = &opts.libdevice {
+        if !pipeline::option_safe(p) {
+            return Err(GpuError::Libdevice(format!(
+                "libdevice path {}: a path with spaces, commas, quotes or braces cannot be passed to MLIR's pass options; copy the file elsewhere",
+                p.display()
+            )));
+        }
+    }
+    melior::utility::register_all_llvm_translations(context);
+    reformc_backend_mlir::register_passes();
+    let messages = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = Arc::clone(&messages);
+    let handler = context.attach_diagnostic_handler(move |d| {
+        if let Ok(mut m) = sink.lock() {
+            m.push(d.to_string());
+        }
+        true
+    });
+    let result = (|| {
+        let diag = |what: &str| {
+            let m = messages.lock().map(|m| m.join("; ")).unwrap_or_default();
+            GpuError::Lowering(format!("{what}: {m}"))
+        };
+        let mut module = Module::parse(context, text).ok_or_else(|| diag("parsing the module"))?;
+        run(context, &mut module, &pipeline::kernels()).map_err(|_| diag("mapping to kernels"))?;
+        merge::merge_kernels(context, &mut module)?;
+        let nvvm = pipeline::nvvm(opts.arch, opts.libdevice.as_deref());
+        run(context, &mut module, &nvvm).map_err(|_| diag("lowering to NVVM and PTX"))?;
+        let ptx = ptx::extract(&module)?;
+        let missing = ptx::unresolved_math(&ptx);
+        if !missing.is_empty() {
+            return Err(GpuError::Libdevice(format!(
+                "the kernels call libdevice's {}, and no libdevice.10.bc was found: run scripts/setup-gpu.sh (installs it into .venv-gpu), or pass --libdevice PATH / set REFORMC_LIBDEVICE",
+                missing.join(", ")
+            )));
+        }
+        let entries = ptx::entries(&ptx);
+        Ok((
+            module,
+            Kernels {
+                arch: opts.arch,
+                ptx,
+                entries,
+            },
+        ))
+    })();
+    context.detach_diagnostic_handler(handler);
+    result
+}
+
+fn run(context: &Context, module: &mut Module, pipeline: &str) -> Result<(), ()> {
+    let pm = PassManager::new(context);
+    parse_pass_pipeline(pm.as_operation_pass_manager(), pipeline).map_err(|_| ())?;
+    pm.run(module).map_err(|_| ())
+}

@@ -1,0 +1,79 @@
+//! The two pass pipelines of the GPU backend. Between them the kernels that
+//! outlining made, one `gpu.module` each, are merged into one
+//! ([`crate::merge`]).
+
+use crate::GpuArch;
+use std::path::Path;
+
+/// Threads per block along the loop dimension mapped to threads: each
+/// parallel loop's first dimension is tiled by this, the tile's points become
+/// a block's threads and the tiles the grid.
+pub const BLOCK_THREADS: usize = 128;
+
+/// From the MLIR backend's tensor module to host code launching outlined GPU
+/// kernels: bufferization with buffers freed at their last use (as the CPU
+/// pipeline), linalg to parallel loops, each parallel loop tiled and mapped to
+/// blocks and threads, and kernel outlining. What does not map (sequential
+/// `scf.for`/`scf.while` loops, reductions, strided copies) stays on the host
+/// and reads the same managed buffers.
+pub fn kernels() -> String {
+    [
+        "builtin.module(",
+        "func.func(llvm-request-c-wrappers),",
+        "one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map},",
+        "func.func(ownership-based-buffer-deallocation),",
+        "canonicalize,",
+        "func.func(buffer-deallocation-simplification),",
+        "bufferization-lower-deallocations,",
+        "canonicalize,",
+        "convert-bufferization-to-memref,",
+        "convert-linalg-to-parallel-loops,",
+        &format!("func.func(scf-parallel-loop-tiling{{parallel-loop-tile-sizes={BLOCK_THREADS}}}),"),
+        "func.func(gpu-map-parallel-loops),",
+        "func.func(convert-parallel-loops-to-gpu),",
+        "canonicalize,",
+        "gpu-kernel-outlining)",
+    ]
+    .concat()
+}
+
+/// From outlined kernels to the LLVM dialect: kernels through NVVM to PTX for
+/// `arch` (math functions linked from `libdevice` when given), host code with
+/// every `memref.alloc` a call of the runtime's generic allocator (managed
+/// memory) and launches as calls of MLIR's GPU runtime interface.
+pub fn nvvm(arch: GpuArch, libdevice: Option<&Path>) -> String {
+    let link = libdevice.map_or(String::new(), |p| format!(" l={}", p.display()));
+    [
+        "builtin.module(",
+        "convert-scf-to-cf,",
+        "convert-func-to-llvm,",
+        "expand-strided-metadata,",
+        &format!(
+            "nvvm-attach-target{{chip={} features={} O=3{link}}},",
+            arch.chip(),
+            arch.ptx_features()
+        ),
+        "lower-affine,",
+        "convert-arith-to-llvm,",
+        "convert-index-to-llvm,",
+        "finalize-memref-to-llvm{use-generic-functions},",
+        "canonicalize,",
+        "cse,",
+        "gpu.module(convert-gpu-to-nvvm,canonicalize,cse,reconcile-unrealized-casts),",
+        "gpu-to-llvm,",
+        "gpu-module-to-binary{format=isa},",
+        // After the kernels are compiled: their math went to libdevice.
+        "convert-math-to-llvm,",
+        "canonicalize,",
+        "cse,",
+        "reconcile-unrealized-casts)",
+    ]
+    .concat()
+}
+
+/// Whether `path` can stand in a pass option (MLIR's option parser splits on
+/// spaces, commas and braces).
+pub(crate) fn option_safe(path: &Path) -> bool {
+    path.to_str()
+        .is_some_and(|s| !s.contains([' ', ',', '{', '}', '"', '\'']))
+}

@@ -1,0 +1,120 @@
+//! Memref descriptors as the C interface of a lowered `@forward` passes them:
+//! building one for a tensor, and copying a returned one out. Shared by the
+//! CPU and GPU pipelines' runners.
+
+use ndarray::{ArrayD, IxDyn};
+use reformc_ir::DType;
+use reformc_tensor::Tensor;
+
+/// `t` in row-major standard layout.
+pub fn standard(t: &Tensor) -> Tensor {
+    match t {
+        Tensor::F32(a) => Tensor::F32(a.as_standard_layout().into_owned()),
+        Tensor::F64(a) => Tensor::F64(a.as_standard_layout().into_owned()),
+        Tensor::I64(a) => Tensor::I64(a.as_standard_layout().into_owned()),
+        Tensor::I32(a) => Tensor::I32(a.as_standard_layout().into_owned()),
+        Tensor::Bool(a) => Tensor::Bool(a.as_standard_layout().into_owned()),
+    }
+}
+
+/// The address of a standard-layout tensor's first element.
+pub fn data_ptr(t: &Tensor) -> i64 {
+    match t {
+        Tensor::F32(a) => a.as_ptr() as i64,
+        Tensor::F64(a) => a.as_ptr() as i64,
+        Tensor::I64(a) => a.as_ptr() as i64,
+        Tensor::I32(a) => a.as_ptr() as i64,
+        // `bool` is one byte holding 0 or 1, as an `i1` memref element is stored.
+        Tensor::Bool(a) => a.as_ptr() as i64,
+    }
+}
+
+/// A memref descriptor of a standard-layout tensor, as the C interface lays
+/// it out, all fields 8 bytes: allocated pointer, aligned pointer, offset,
+/// sizes, strides.
+///
+/// ```
+/// use reformc_tensor::Tensor;
+/// let t = Tensor::F32(ndarray::ArrayD::zeros(ndarray::IxDyn(&[2, 3])));
+/// let d = reformc_backend_mlir::memref::descriptor(&t);
+/// assert_eq!(&d[2..], &[0, 2, 3, 3, 1]);
+/// ```
+pub fn descriptor(t: &Tensor) -> Vec<i64> {
+    descriptor_at(data_ptr(t), t.shape())
+}
+
+/// [`descriptor`] of a row-major buffer of `shape` at address `ptr`.
+pub fn descriptor_at(ptr: i64, shape: &[usize]) -> Vec<i64> {
+    let mut d = vec![ptr, ptr, 0];
+    d.extend(shape.iter().map(|&s| s as i64));
+    let mut strides = vec![1i64; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1] as i64;
+    }
+    d.extend(strides);
+    d
+}
+
+/// Copies a strided memref of `T` out of a returned descriptor.
+///
+/// # Safety
+/// `d` is a descriptor of rank `rank` whose buffer holds `T`s at every index
+/// of its sizes and strides, alive for the call.
+pub unsafe fn read<T: Copy>(d: &[i64], rank: usize) -> ArrayD<T> {
+    let base = d[1] as *const T;
+    let offset = d[2] as isize;
+    let shape: Vec<usize> = d[3..3 + rank].iter().map(|&s| s as usize).collect();
+    let strides = &d[3 + rank..3 + 2 * rank];
+    let n: usize = shape.iter().product();
+    let mut data = Vec::with_capacity(n);
+    let mut idx = vec![0usize; rank];
+    for _ in 0..n {
+        let lin: isize = idx
+            .iter()
+            .zip(strides)
+            .map(|(&i, &s)| i as isize * s as isize)
+            .sum();
+        // SAFETY: the memref returned by the compiled function holds `shape`
+        // elements of `T` at `offset + sum(index * stride)` from its aligned
+        // pointer (freed by `invoke` only after this copy).
+        data.push(unsafe { *base.offset(offset + lin) });
+        for k in (0..rank).rev() {
+            idx[k] += 1;
+            if idx[k] < shape[k] {
+                break;
+            }
+            idx[k] = 0;
+        }
+    }
+    ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape and element count agree")
+}
+
+/// The result descriptors a call wrote into `result`, one per output of
+/// `(dtype, rank)`.
+pub fn split_results<'r>(result: &'r [i64], outs: &[(DType, usize)]) -> Vec<&'r [i64]> {
+    let mut at = 0;
+    outs.iter()
+        .map(|&(_, r)| {
+            let d = &result[at..at + 3 + 2 * r];
+            at += 3 + 2 * r;
+            d
+        })
+        .collect()
+}
+
+/// A returned descriptor copied out as a tensor of `dtype`.
+///
+/// # Safety
+/// As [`read`], for the element type of `dtype` (`bool` stored one byte each).
+pub unsafe fn read_tensor(d: &[i64], dtype: DType, rank: usize) -> Tensor {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match dtype {
+            DType::F32 => Tensor::F32(read::<f32>(d, rank)),
+            DType::F64 => Tensor::F64(read::<f64>(d, rank)),
+            DType::I64 => Tensor::I64(read::<i64>(d, rank)),
+            DType::I32 => Tensor::I32(read::<i32>(d, rank)),
+            DType::Bool => Tensor::Bool(read::<u8>(d, rank).mapv(|b| b & 1 != 0)),
+        }
+    }
+}
