@@ -63,3 +63,12 @@ if [ ! -x "$iree_venv/bin/iree-compile" ] || [ ! -x "$iree_venv/bin/iree-run-mod
   python3 -m venv "$iree_venv"
   "$iree_venv/bin/pip" install --quiet "iree-base-compiler==3.13.*" "iree-base-runtime==3.13.*"
 fi
+# The GPU backend's tools from PyPI, in a project-local venv (git-ignored):
+# NVIDIA's nvcc wheel has `ptxas`, which the tests assemble every emitted PTX
+# with, and `libdevice.10.bc`, which `--target gpu` links math functions from
+# (found in .venv-gpu without flags). No CUDA driver or GPU is needed.
+gpu_venv="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.venv-gpu"
+if ! ls "$gpu_venv"/lib/python3*/site-packages/nvidia/cuda_nvcc/bin/ptxas >/dev/null 2>&1; then
+  python3 -m venv "$gpu_venv"
+  "$gpu_venv/bin/pip" install --quiet "nvidia-cuda-nvcc-cu12==12.9.*"
+fi

@@ -19,7 +19,7 @@ pub struct GpuFlags {
     pub gpu_arch: String,
     /// For the GPU: NVIDIA's libdevice.10.bc, linked into kernels that call
     /// math functions (default: REFORMC_LIBDEVICE, the project's .venv-gpu
-    /// that scripts/setup-gpu.sh fills, or a CUDA toolkit's).
+    /// that scripts/setup.sh fills, or a CUDA toolkit's).
     #[arg(long)]
     pub libdevice: Option<PathBuf>,
 }

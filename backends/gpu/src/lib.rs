@@ -39,7 +39,7 @@ pub use jit::{jit_run, GpuRun};
 pub use libdevice::find_libdevice;
 pub use merge::KERNELS;
 pub use ptx::entries;
-pub use reformc_gpu_runtime::{DeviceInfo, DriverError};
+pub use reformc_gpu_runtime::{driver_path, DeviceInfo, DriverError};
 
 use melior::{ir::Module, pass::PassManager, utility::parse_pass_pipeline, Context};
 use std::path::PathBuf;
@@ -149,7 +149,7 @@ pub(crate) fn lower<'c>(
         let missing = ptx::unresolved_math(&ptx);
         if !missing.is_empty() {
             return Err(GpuError::Libdevice(format!(
-                "the kernels call libdevice's {}, and no libdevice.10.bc was found: run scripts/setup-gpu.sh (installs it into .venv-gpu), or pass --libdevice PATH / set REFORMC_LIBDEVICE",
+                "the kernels call libdevice's {}, and no libdevice.10.bc was found: run scripts/setup.sh (installs it into .venv-gpu), or pass --libdevice PATH / set REFORMC_LIBDEVICE",
                 missing.join(", ")
             )));
         }

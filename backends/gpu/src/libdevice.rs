@@ -1,27 +1,28 @@
 //! Finding NVIDIA's libdevice (`libdevice.10.bc`), the bitcode library of
 //! math functions (`__nv_expf`, `__nv_log`, ...) that NVVM lowers `math` ops
 //! to. It ships with the CUDA toolkit and in PyPI's `nvidia-cuda-nvcc-cu12`
-//! wheel, which `scripts/setup-gpu.sh` installs into the project's `.venv-gpu`.
+//! wheel, which `scripts/setup.sh` installs into the project's `.venv-gpu`.
 
 use std::path::{Path, PathBuf};
 
 /// Where libdevice is looked for when neither `--libdevice` nor
-/// `REFORMC_LIBDEVICE` names it: the project's GPU venv (relative to the
-/// working directory and to the reformc executable's checkout), then the
-/// usual CUDA toolkit places.
+/// `REFORMC_LIBDEVICE` names it: a `.venv-gpu` (as `scripts/setup.sh` makes)
+/// in the working directory, beside the reformc executable or the crate being
+/// tested, or in any folder above them; then the usual CUDA toolkit places.
 fn candidates() -> Vec<PathBuf> {
-    let mut roots: Vec<PathBuf> = vec![PathBuf::from(".")];
-    if let Ok(exe) = std::env::current_exe() {
-        // target/release/reformc → the checkout.
-        roots.extend(exe.ancestors().nth(3).map(Path::to_path_buf));
-    }
-    roots.extend(std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from));
+    let mut starts: Vec<PathBuf> = std::env::current_dir().into_iter().collect();
+    starts.extend(std::env::current_exe().ok());
+    starts.extend(std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from));
     let mut v = Vec::new();
-    for r in roots {
-        for py in ["python3.11", "python3.12", "python3.13", "python3.10"] {
-            v.push(r.join(format!(
-                ".venv-gpu/lib/{py}/site-packages/nvidia/cuda_nvcc/nvvm/libdevice/libdevice.10.bc"
-            )));
+    for start in &starts {
+        for dir in start.ancestors() {
+            let lib = dir.join(".venv-gpu/lib");
+            let Ok(pythons) = std::fs::read_dir(&lib) else {
+                continue;
+            };
+            for py in pythons.flatten() {
+                v.push(py.path().join("site-packages/nvidia/cuda_nvcc/nvvm/libdevice/libdevice.10.bc"));
+            }
         }
     }
     v.push("/usr/local/cuda/nvvm/libdevice/libdevice.10.bc".into());

@@ -1,0 +1,301 @@
+//! The GPU backend on every Hugging Face fixture:
+//! - `reformc compile --target gpu --emit ptx` for sm_80 and sm_90, each PTX
+//!   assembled by NVIDIA's `ptxas` (from `.venv-gpu`, which scripts/setup.sh
+//!   installs; CI sets `REFORMC_REQUIRE_PTXAS=1` so that a missing one fails);
+//! - `reformc run --backend gpu` against HF's float64 logits (1e-4) where a
+//!   CUDA driver is present (`scripts/gpu-check.sh` sets
+//!   `REFORMC_REQUIRE_GPU=1`); elsewhere the test prints why it skips;
+//! - the run's errors without a driver, and with a stand-in driver
+//!   (`tests/gpu/fake_libcuda.c`) that reports no such device, an older
+//!   device, no memory or PTX it cannot load.
+//!
+//! Each fixture test runs every case and then reports all the failures.
+
+mod common;
+
+use common::{fixtures, max_abs_diff, Case, Scratch};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn reformc(args: &[&dyn AsRef<std::ffi::OsStr>], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_reformc"));
+    cmd.args(args.iter().map(|a| a.as_ref()))
+        .current_dir(common::root());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("reformc runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `ptxas`: `REFORMC_PTXAS`, else the project's `.venv-gpu`.
+fn ptxas() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("REFORMC_PTXAS") {
+        return Some(p.into());
+    }
+    let lib = common::root().join(".venv-gpu/lib");
+    std::fs::read_dir(lib).ok()?.flatten().find_map(|py| {
+        let p = py.path().join("site-packages/nvidia/cuda_nvcc/bin/ptxas");
+        p.is_file().then_some(p)
+    })
+}
+
+/// Runs `check` on every fixture and fails listing every failure.
+fn for_cases(check: impl Fn(&Case, &Scratch) -> Result<(), String>) {
+    let mut failures = Vec::new();
+    let cases = fixtures();
+    for dir in &cases {
+        let case = Case::load(dir);
+        let scratch = Scratch::new(&format!("gpu-{}", case.name));
+        if let Err(e) = check(&case, &scratch) {
+            failures.push(format!("{}: {e}", case.name));
+        }
+    }
+    assert!(!cases.is_empty(), "no fixture");
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures fail:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+/// The model flags of `case`: config, weights and the replayed LSH source.
+fn compile_ptx(case: &Case, arch: &str, out: &Path) -> Result<(), String> {
+    let source = if case.has_buckets() { "buckets" } else { "seeded" };
+    let len = case.seq_len().to_string();
+    let (code, _, err) = reformc(
+        &[
+            &"compile",
+            &case.dir.join("config.json"),
+            &"--weights",
+            &case.dir.join("model.safetensors"),
+            &"--target",
+            &"gpu",
+            &"--emit",
+            &"ptx",
+            &"--gpu-arch",
+            &arch,
+            &"--lsh-source",
+            &source,
+            &"--seq-len",
+            &len,
+            &"-o",
+            &out,
+            &"-q",
+        ],
+        &[],
+    );
+    if code != 0 {
+        return Err(format!("compile --gpu-arch {arch}: exit {code}: {}", err.trim()));
+    }
+    Ok(())
+}
+
+#[test]
+fn every_fixture_compiles_to_ptx_that_ptxas_assembles_for_sm_80_and_sm_90() {
+    let ptxas = ptxas();
+    if ptxas.is_none() {
+        assert!(
+            std::env::var_os("REFORMC_REQUIRE_PTXAS").is_none(),
+            "REFORMC_REQUIRE_PTXAS is set and no ptxas was found: run scripts/setup.sh"
+        );
+        eprintln!("skipping ptxas (the PTX is still emitted and checked): no .venv-gpu/.../ptxas and no REFORMC_PTXAS; scripts/setup.sh installs it");
+    }
+    for_cases(|case, dir| {
+        for arch in ["sm_80", "sm_90"] {
+            let ptx = dir.path(&format!("kernels-{arch}.ptx"));
+            compile_ptx(case, arch, &ptx)?;
+            let text = std::fs::read_to_string(&ptx).map_err(|e| e.to_string())?;
+            if !text.contains(&format!(".target {arch}")) {
+                return Err(format!("{arch}: the PTX has no `.target {arch}`"));
+            }
+            let entries = reformc_backend_gpu::entries(&text);
+            if entries.is_empty() || text.contains(".extern .func") {
+                return Err(format!(
+                    "{arch}: {} entries, unresolved functions: {}",
+                    entries.len(),
+                    text.contains(".extern .func")
+                ));
+            }
+            if let Some(ptxas) = &ptxas {
+                let out = Command::new(ptxas)
+                    .arg(format!("-arch={arch}"))
+                    .arg(&ptx)
+                    .arg("-o")
+                    .arg(dir.path(&format!("kernels-{arch}.cubin")))
+                    .output()
+                    .map_err(|e| format!("ptxas: {e}"))?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "ptxas -arch={arch} rejects the PTX: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    });
+}
+
+/// `run --backend gpu` on `case` with `extra` flags and environment.
+fn run_gpu(
+    case: &Case,
+    dir: &Scratch,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String, PathBuf) {
+    let out = dir.path("logits.npy");
+    let (config, weights, ids) = (
+        case.dir.join("config.json"),
+        case.dir.join("model.safetensors"),
+        case.dir.join("input_ids.npy"),
+    );
+    let (mask, buckets) = (
+        case.dir.join("attention_mask.npy"),
+        case.dir.join("lsh_buckets.npy"),
+    );
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+        &"run", &config, &"--weights", &weights, &"--input", &ids, &"--output", &out,
+        &"--backend", &"gpu", &"-q",
+    ];
+    if case.has_mask {
+        args.extend([&"--attention-mask" as &dyn AsRef<std::ffi::OsStr>, &mask]);
+    }
+    if case.has_buckets() {
+        args.extend([&"--lsh-buckets" as &dyn AsRef<std::ffi::OsStr>, &buckets]);
+    }
+    args.extend(extra.iter().map(|s| s as &dyn AsRef<std::ffi::OsStr>));
+    let (code, o, e) = reformc(&args, env);
+    (code, o, e, out)
+}
+
+#[test]
+fn every_fixture_runs_on_the_gpu_like_hf() {
+    if reformc_backend_gpu::driver_path().is_none() {
+        assert!(
+            std::env::var_os("REFORMC_REQUIRE_GPU").is_none(),
+            "REFORMC_REQUIRE_GPU is set and no CUDA driver (libcuda.so.1) loads"
+        );
+        eprintln!("skipping the GPU runs: no CUDA driver (libcuda.so.1) on this machine; scripts/gpu-check.sh runs them where there is one");
+        return;
+    }
+    for_cases(|case, dir| {
+        let (code, _, err, out) = run_gpu(case, dir, &[], &[]);
+        if code != 0 {
+            return Err(format!("run --backend gpu: exit {code}: {}", err.trim()));
+        }
+        let got: ndarray::ArrayD<f32> = common::read(&out);
+        let want = case.reference_f64();
+        if got.shape() != want.shape() {
+            return Err(format!("shape {:?}, expected {:?}", got.shape(), want.shape()));
+        }
+        let err = max_abs_diff(&got.mapv(f64::from), &want);
+        eprintln!("{}: max |err| {err:.2e} against HF float64", case.name);
+        if err > 1e-4 {
+            return Err(format!("max |err| {err:.2e} against HF float64"));
+        }
+        Ok(())
+    });
+}
+
+/// The first fixture, for the error paths.
+fn one_case() -> Case {
+    Case::load(&common::fixture("causal_lsh_r1"))
+}
+
+/// A one-line error on stderr, exit 2, containing every needle.
+fn assert_error(got: (i32, String, String, PathBuf), needles: &[&str]) {
+    let (code, _, err, _) = got;
+    let last = err.trim().lines().last().unwrap_or("").to_string();
+    assert_eq!(code, 2, "stderr: {err}");
+    for n in needles {
+        assert!(last.contains(n), "`{n}` not in the error line: {last}");
+    }
+}
+
+#[test]
+fn without_a_driver_run_backend_gpu_exits_2_saying_so() {
+    let case = one_case();
+    let dir = Scratch::new("gpu-no-driver");
+    // A library that does not exist stands for a machine without a driver.
+    let missing = dir.path("no-such-libcuda.so");
+    let env = [("REFORMC_LIBCUDA", missing.to_str().unwrap())];
+    if reformc_backend_gpu::driver_path().is_some() {
+        eprintln!("skipping: this machine has a CUDA driver, which the loader would find after REFORMC_LIBCUDA");
+        return;
+    }
+    assert_error(run_gpu(&case, &dir, &[], &env), &["no CUDA driver found"]);
+}
+
+/// Builds the stand-in driver with the C compiler; `None` (with the reason
+/// printed) when there is none.
+fn fake_driver(dir: &Scratch) -> Option<PathBuf> {
+    let so = dir.path("libfakecuda.so");
+    let src = common::root().join("tests/gpu/fake_libcuda.c");
+    let built = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .status();
+    match built {
+        Ok(s) if s.success() => Some(so),
+        other => panic!("cc could not build {}: {other:?}", src.display()),
+    }
+}
+
+#[test]
+fn a_stand_in_driver_s_refusals_are_one_line_errors() {
+    let case = one_case();
+    let dir = Scratch::new("gpu-fake-driver");
+    let Some(so) = fake_driver(&dir) else { return };
+    let lib = so.to_str().unwrap();
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut env = vec![("REFORMC_LIBCUDA", lib)];
+        env.extend_from_slice(extra);
+        env
+    };
+    assert_error(
+        run_gpu(&case, &dir, &["--device", "3"], &with(&[])),
+        &["device 3 not present", "reports 1 device(s)"],
+    );
+    assert_error(
+        run_gpu(&case, &dir, &[], &with(&[("FAKE_CUDA_CC", "80")])),
+        &["compiled for sm_90", "Fake GPU", "sm_80", "--gpu-arch"],
+    );
+    assert_error(
+        run_gpu(&case, &dir, &[], &with(&[("FAKE_CUDA_OOM", "1")])),
+        &["out of device memory allocating"],
+    );
+    assert_error(
+        run_gpu(&case, &dir, &[], &with(&[("FAKE_CUDA_BAD_PTX", "1")])),
+        &["loading the kernels", "CUDA_ERROR_INVALID_PTX"],
+    );
+}
+
+#[test]
+fn gpu_flags_that_do_not_apply_are_refused() {
+    let case = one_case();
+    let dir = Scratch::new("gpu-flags");
+    let out = dir.path("k.ptx");
+    let (config, weights) = (case.dir.join("config.json"), case.dir.join("model.safetensors"));
+    for (flags, needle) in [
+        (&["--target", "gpu", "--emit", "exe"][..], "not built yet"),
+        (&["--emit", "ptx"][..], "add --target gpu"),
+        (&["--target", "gpu", "--emit", "ptx", "--gpu-arch", "sm_75"][..], "sm_80, sm_90"),
+        (&["--target", "gpu", "--emit", "ptx", "--train"][..], "--train"),
+        (&["--target", "gpu", "--emit", "ptx", "--libdevice", "/nonexistent.bc"][..], "/nonexistent.bc"),
+    ] {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            vec![&"compile", &config, &"--weights", &weights, &"-o", &out, &"-q"];
+        args.extend(flags.iter().map(|s| s as &dyn AsRef<std::ffi::OsStr>));
+        let (code, _, err) = reformc(&args, &[]);
+        assert_eq!(code, 2, "{flags:?}: {err}");
+        assert!(err.contains(needle), "{flags:?}: `{needle}` not in {err}");
+    }
+}
