@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-cargo test --workspace --quiet 2>&1 | tee "${TMPDIR:-/tmp}/reformc-test.log"
+REFORMC_REQUIRE_PTXAS=1 cargo test --workspace --quiet 2>&1 | tee "${TMPDIR:-/tmp}/reformc-test.log"
 # setup.sh installed rustfmt and clippy; a missing one is a failure, never a silent skip.
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings

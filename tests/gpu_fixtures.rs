@@ -67,7 +67,11 @@ fn for_cases(check: impl Fn(&Case, &Scratch) -> Result<(), String>) {
 
 /// The model flags of `case`: config, weights and the replayed LSH source.
 fn compile_ptx(case: &Case, arch: &str, out: &Path) -> Result<(), String> {
-    let source = if case.has_buckets() { "buckets" } else { "seeded" };
+    let source = if case.has_buckets() {
+        "buckets"
+    } else {
+        "seeded"
+    };
     let len = case.seq_len().to_string();
     let (code, _, err) = reformc(
         &[
@@ -92,7 +96,10 @@ fn compile_ptx(case: &Case, arch: &str, out: &Path) -> Result<(), String> {
         &[],
     );
     if code != 0 {
-        return Err(format!("compile --gpu-arch {arch}: exit {code}: {}", err.trim()));
+        return Err(format!(
+            "compile --gpu-arch {arch}: exit {code}: {}",
+            err.trim()
+        ));
     }
     Ok(())
 }
@@ -161,8 +168,17 @@ fn run_gpu(
         case.dir.join("lsh_buckets.npy"),
     );
     let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
-        &"run", &config, &"--weights", &weights, &"--input", &ids, &"--output", &out,
-        &"--backend", &"gpu", &"-q",
+        &"run",
+        &config,
+        &"--weights",
+        &weights,
+        &"--input",
+        &ids,
+        &"--output",
+        &out,
+        &"--backend",
+        &"gpu",
+        &"-q",
     ];
     if case.has_mask {
         args.extend([&"--attention-mask" as &dyn AsRef<std::ffi::OsStr>, &mask]);
@@ -193,7 +209,11 @@ fn every_fixture_runs_on_the_gpu_like_hf() {
         let got: ndarray::ArrayD<f32> = common::read(&out);
         let want = case.reference_f64();
         if got.shape() != want.shape() {
-            return Err(format!("shape {:?}, expected {:?}", got.shape(), want.shape()));
+            return Err(format!(
+                "shape {:?}, expected {:?}",
+                got.shape(),
+                want.shape()
+            ));
         }
         let err = max_abs_diff(&got.mapv(f64::from), &want);
         eprintln!("{}: max |err| {err:.2e} against HF float64", case.name);
@@ -283,16 +303,42 @@ fn gpu_flags_that_do_not_apply_are_refused() {
     let case = one_case();
     let dir = Scratch::new("gpu-flags");
     let out = dir.path("k.ptx");
-    let (config, weights) = (case.dir.join("config.json"), case.dir.join("model.safetensors"));
+    let (config, weights) = (
+        case.dir.join("config.json"),
+        case.dir.join("model.safetensors"),
+    );
     for (flags, needle) in [
         (&["--target", "gpu", "--emit", "exe"][..], "not built yet"),
         (&["--emit", "ptx"][..], "add --target gpu"),
-        (&["--target", "gpu", "--emit", "ptx", "--gpu-arch", "sm_75"][..], "sm_80, sm_90"),
-        (&["--target", "gpu", "--emit", "ptx", "--train"][..], "--train"),
-        (&["--target", "gpu", "--emit", "ptx", "--libdevice", "/nonexistent.bc"][..], "/nonexistent.bc"),
+        (
+            &["--target", "gpu", "--emit", "ptx", "--gpu-arch", "sm_75"][..],
+            "sm_80, sm_90",
+        ),
+        (
+            &["--target", "gpu", "--emit", "ptx", "--train"][..],
+            "--train",
+        ),
+        (
+            &[
+                "--target",
+                "gpu",
+                "--emit",
+                "ptx",
+                "--libdevice",
+                "/nonexistent.bc",
+            ][..],
+            "/nonexistent.bc",
+        ),
     ] {
-        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
-            vec![&"compile", &config, &"--weights", &weights, &"-o", &out, &"-q"];
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+            &"compile",
+            &config,
+            &"--weights",
+            &weights,
+            &"-o",
+            &out,
+            &"-q",
+        ];
         args.extend(flags.iter().map(|s| s as &dyn AsRef<std::ffi::OsStr>));
         let (code, _, err) = reformc(&args, &[]);
         assert_eq!(code, 2, "{flags:?}: {err}");

@@ -153,6 +153,8 @@ impl Driver {
         Err(DriverError::NoDriver(last))
     }
 
+    // Each transmute's target is the type of the field it initialises.
+    #[allow(clippy::missing_transmute_annotations)]
     fn resolve(h: *mut c_void, path: &str) -> Result<Driver, DriverError> {
         let sym = |name: &str| -> Result<*mut c_void, DriverError> {
             let c = std::ffi::CString::new(name).expect("entry point names have no NUL");

@@ -208,7 +208,9 @@ pub extern "C" fn _mlir_memref_to_llvm_aligned_alloc(_alignment: u64, size: u64)
 /// `memref.dealloc` on the host.
 #[no_mangle]
 pub extern "C" fn _mlir_memref_to_llvm_free(ptr: *mut c_void) {
-    free_managed(ptr)
+    // SAFETY: the lowered code frees each buffer from
+    // `_mlir_memref_to_llvm_alloc` once, at its last use.
+    unsafe { free_managed(ptr) }
 }
 
 /// A strided `memref.copy` on the host, with MLIR's C runner utilities'

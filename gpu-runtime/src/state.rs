@@ -199,7 +199,11 @@ pub fn alloc_managed(size: usize) -> *mut c_void {
 }
 
 /// Frees a buffer from [`alloc_managed`].
-pub fn free_managed(p: *mut c_void) {
+///
+/// # Safety
+/// `p` is null or came from [`alloc_managed`], is freed once and not used
+/// afterwards.
+pub unsafe fn free_managed(p: *mut c_void) {
     if p.is_null() {
         return;
     }

@@ -98,7 +98,8 @@ impl Staged {
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        rt::free_managed(self.ptr);
+        // SAFETY: `ptr` came from `alloc_managed` and is freed only here.
+        unsafe { rt::free_managed(self.ptr) };
     }
 }
 
@@ -139,7 +140,9 @@ fn call(
     for d in descs {
         if d[0] != 0 && !seen.contains(&d[0]) {
             seen.push(d[0]);
-            rt::free_managed(d[0] as *mut std::ffi::c_void);
+            // SAFETY: a result buffer the call handed over (allocated by
+            // the runtime), freed once (`seen`) after being copied out.
+            unsafe { rt::free_managed(d[0] as *mut std::ffi::c_void) };
         }
     }
     match failed.or_else(rt::take_error) {

@@ -21,7 +21,10 @@ fn candidates() -> Vec<PathBuf> {
                 continue;
             };
             for py in pythons.flatten() {
-                v.push(py.path().join("site-packages/nvidia/cuda_nvcc/nvvm/libdevice/libdevice.10.bc"));
+                v.push(
+                    py.path()
+                        .join("site-packages/nvidia/cuda_nvcc/nvvm/libdevice/libdevice.10.bc"),
+                );
             }
         }
     }
@@ -42,7 +45,11 @@ fn candidates() -> Vec<PathBuf> {
 pub fn find_libdevice(explicit: Option<&Path>) -> Result<Option<PathBuf>, String> {
     let given = explicit
         .map(|p| (p.to_path_buf(), "--libdevice"))
-        .or_else(|| std::env::var_os("REFORMC_LIBDEVICE").map(|p| (p.into(), "REFORMC_LIBDEVICE")));
+        .or_else(|| {
+            std::env::var_os("REFORMC_LIBDEVICE")
+                .filter(|p| !p.is_empty())
+                .map(|p| (p.into(), "REFORMC_LIBDEVICE"))
+        });
     if let Some((p, from)) = given {
         if !p.is_file() {
             return Err(format!(

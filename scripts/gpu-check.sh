@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The GPU check: every Hugging Face fixture run on the GPU by
+# `reformc run --backend gpu` against HF's float64 logits (max |err| <= 1e-4),
+# then a timing of the forward pass at a long length, with a summary at the
+# end. Needs an NVIDIA driver (libcuda.so.1); no CUDA toolkit.
+#
+# On a machine with this project's toolchain (or network to install it), it
+# builds reformc first. On a machine with neither (the lent GPU machines have
+# no network), give it a prebuilt binary: REFORMC_BIN=path/to/reformc, and
+# libdevice with REFORMC_LIBDEVICE (or the .venv-gpu that scripts/setup.sh
+# makes, carried along).
+#   usage: scripts/gpu-check.sh [--device N] [--gpu-arch sm_90] [--len 65536]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+device=0 arch=sm_90 len=65536
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --device) device=$2; shift 2 ;;
+    --gpu-arch) arch=$2; shift 2 ;;
+    --len) len=$2; shift 2 ;;
+    *) echo "gpu-check: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+bin=${REFORMC_BIN:-target/release/reformc}
+if [ ! -x "$bin" ]; then
+  source scripts/setup.sh
+  cargo build --release --quiet || exit 1
+  bin=target/release/reformc
+fi
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+gpu=(--backend gpu --device "$device" --gpu-arch "$arch")
+pass=0 fail=0 failures=()
+for dir in tests/fixtures/*/; do
+  name=$(basename "$dir")
+  args=(run "$dir/config.json" --weights "$dir/model.safetensors" --input "$dir/input_ids.npy"
+        --output "/tmp/gpu-check-$name.npy" --compare "$dir/logits_f64.npy" -q "${gpu[@]}")
+  [ -f "$dir/attention_mask.npy" ] && args+=(--attention-mask "$dir/attention_mask.npy")
+  [ -f "$dir/lsh_buckets.npy" ] && args+=(--lsh-buckets "$dir/lsh_buckets.npy")
+  out=$("$bin" "${args[@]}" 2>&1)
+  err=$(printf '%s\n' "$out" | sed -n 's/.*max |output - .*| = \([0-9.eE+-]*\).*/\1/p' | tail -1)
+  if [ -n "$err" ] && awk -v e="$err" 'BEGIN { exit !(e <= 1e-4) }'; then
+    pass=$((pass + 1)); echo "ok   $name  max|err| $err"
+  else
+    fail=$((fail + 1)); failures+=("$name"); echo "FAIL $name: $(printf '%s\n' "$out" | tail -2)"
+  fi
+done
+# Timing: the largest fixture model's forward at --len tokens (random ids),
+# the second of two runs (the first also loads the kernels).
+timing="not run"
+if python3 -c 'import numpy' 2>/dev/null; then
+  python3 - "$len" <<'PY'
+import sys, numpy as np
+np.save("/tmp/gpu-check-ids.npy", np.random.default_rng(0).integers(0, 40, size=(1, int(sys.argv[1]))).astype(np.int64))
+PY
+  model=tests/fixtures/causal_lsh_r4_factorized
+  for i in 1 2; do
+    timing=$("$bin" run "$model/config.json" --weights "$model/model.safetensors" \
+      --input /tmp/gpu-check-ids.npy --output /tmp/gpu-check-long.npy "${gpu[@]}" 2>&1 |
+      grep -o 'forward [0-9.]* ms' | tail -1)
+  done
+fi
+echo "gpu-check: $pass fixtures within 1e-4 of HF float64, $fail failed${failures:+ (${failures[*]})}; $arch on device $device; L=$len forward: ${timing:-failed}"
+[ "$fail" -eq 0 ]
