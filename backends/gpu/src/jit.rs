@@ -150,3 +150,56 @@ fn call(
         None => Ok(out),
     }
 }
+
+extern "C" {
+    /// The C library's `free`, which `memref.dealloc` lowers to on the CPU.
+    fn free(ptr: *mut std::ffi::c_void);
+}
+
+/// Calls `@forward` of a module lowered for the CPU ([`crate::host_check`]):
+/// arguments in place, results copied out and freed.
+pub(crate) fn host_call(
+    module: &melior::ir::Module,
+    args: &[Tensor],
+    outs: &[(DType, usize)],
+) -> Result<Vec<Tensor>, GpuError> {
+    let engine = ExecutionEngine::new(module, 2, &[], false, false);
+    // The strided copies call `memrefCopy`, which the GPU runtime has.
+    for (name, f) in rt::symbols()
+        .into_iter()
+        .filter(|(n, _)| *n == "memrefCopy")
+    {
+        // SAFETY: the runtime's `memrefCopy`, with the C runner utilities'
+        // signature that the lowered code calls.
+        unsafe { engine.register_symbol(name, f.cast()) };
+    }
+    let args: Vec<Tensor> = args.iter().map(memref::standard).collect();
+    let mut descs: Vec<Vec<i64>> = args.iter().map(memref::descriptor).collect();
+    let mut result = vec![0i64; outs.iter().map(|(_, r)| 3 + 2 * r).sum()];
+    let mut ptrs: Vec<*mut i64> = std::iter::once(result.as_mut_ptr())
+        .chain(descs.iter_mut().map(|d| d.as_mut_ptr()))
+        .collect();
+    let mut packed: Vec<*mut ()> = ptrs
+        .iter_mut()
+        .map(|p| p as *mut *mut i64 as *mut ())
+        .collect();
+    // SAFETY: as in `call`, with the arguments' own (standard-layout) data.
+    unsafe { engine.invoke_packed("forward", &mut packed) }
+        .map_err(|e| GpuError::Lowering(format!("calling @forward: {e}")))?;
+    let descs = memref::split_results(&result, outs);
+    let mut out = Vec::new();
+    let mut seen = Vec::new();
+    for (d, &(dtype, r)) in descs.iter().zip(outs) {
+        // SAFETY: a result of the call, owned by the caller.
+        out.push(unsafe { memref::read_tensor(d, dtype, r) });
+    }
+    for d in descs {
+        if d[0] != 0 && !seen.contains(&d[0]) {
+            seen.push(d[0]);
+            // SAFETY: a `malloc`ed result buffer handed over by the call,
+            // freed once after being copied out.
+            unsafe { free(d[0] as *mut std::ffi::c_void) };
+        }
+    }
+    Ok(out)
+}

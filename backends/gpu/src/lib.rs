@@ -28,6 +28,8 @@
 #![deny(missing_docs)]
 
 mod arch;
+mod collapse;
+mod interchange;
 mod jit;
 mod libdevice;
 mod merge;
@@ -41,7 +43,13 @@ pub use merge::KERNELS;
 pub use ptx::entries;
 pub use reformc_gpu_runtime::{driver_path, DeviceInfo, DriverError};
 
-use melior::{ir::Module, pass::PassManager, utility::parse_pass_pipeline, Context};
+use melior::{
+    ir::{operation::OperationLike, Module},
+    pass::PassManager,
+    utility::parse_pass_pipeline,
+    Context,
+};
+use std::ops::Not;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -141,10 +149,14 @@ pub(crate) fn lower<'c>(
             GpuError::Lowering(format!("{what}: {m}"))
         };
         let mut module = Module::parse(context, text).ok_or_else(|| diag("parsing the module"))?;
+        to_loops(context, &mut module).map_err(&diag)?;
         run(context, &mut module, &pipeline::kernels()).map_err(|_| diag("mapping to kernels"))?;
+        dump(&module, "3-kernels");
         merge::merge_kernels(context, &mut module)?;
+        dump(&module, "4-merged");
         let nvvm = pipeline::nvvm(opts.arch, opts.libdevice.as_deref());
         run(context, &mut module, &nvvm).map_err(|_| diag("lowering to NVVM and PTX"))?;
+        dump(&module, "5-nvvm");
         let ptx = ptx::extract(&module)?;
         let missing = ptx::unresolved_math(&ptx);
         if !missing.is_empty() {
@@ -165,6 +177,55 @@ pub(crate) fn lower<'c>(
     })();
     context.detach_diagnostic_handler(handler);
     result
+}
+
+/// The module's `linalg` ops as buffers and one-dimensional parallel loops
+/// ([`pipeline::loops`], then [`collapse`] and [`interchange`]): the stages
+/// that [`host_check`] also runs. `Err` names the stage that failed.
+fn to_loops(context: &Context, module: &mut Module) -> Result<(), &'static str> {
+    run(context, module, &pipeline::loops()).map_err(|_| "lowering to loops")?;
+    dump(module, "1-loops");
+    collapse::collapse_parallel_loops(context, module);
+    if module.as_operation().verify().not() {
+        return Err("collapsing parallel loops");
+    }
+    dump(module, "2-collapsed");
+    Ok(())
+}
+
+/// Runs `module_text` (weights as arguments) through the GPU backend's loop
+/// stages (bufferization, parallel loops, their collapse and interchange) and
+/// then on the CPU, each parallel loop a sequential one: a check, on a machine
+/// without a GPU, that the rewrites the kernels are built from keep the
+/// model's numbers. `args` and `outs` as for [`jit_run`].
+pub fn host_check(
+    module_text: &str,
+    args: &[reformc_tensor::Tensor],
+    outs: &[(reformc_ir::DType, usize)],
+) -> Result<Vec<reformc_tensor::Tensor>, GpuError> {
+    let context = reformc_backend_mlir::context();
+    melior::utility::register_all_llvm_translations(&context);
+    reformc_backend_mlir::register_passes();
+    let mut module = Module::parse(&context, module_text)
+        .ok_or_else(|| GpuError::Lowering("parsing the module".into()))?;
+    to_loops(&context, &mut module).map_err(|w| GpuError::Lowering(w.into()))?;
+    run(&context, &mut module, &pipeline::host_loops_to_llvm())
+        .map_err(|_| GpuError::Lowering("lowering the loops for the CPU".into()))?;
+    jit::host_call(&module, args, outs)
+}
+
+/// With `REFORMC_GPU_DUMP_DIR` set, writes the module after each stage of
+/// [`lower`] there as `<stage>.mlir` (for looking at what a model became).
+fn dump(module: &Module, stage: &str) {
+    if let Some(dir) = std::env::var_os("REFORMC_GPU_DUMP_DIR") {
+        let path = std::path::Path::new(&dir).join(format!("{stage}.mlir"));
+        if let Err(e) = std::fs::write(&path, module.as_operation().to_string()) {
+            eprintln!(
+                "warning: REFORMC_GPU_DUMP_DIR: cannot write {}: {e}",
+                path.display()
+            );
+        }
+    }
 }
 
 fn run(context: &Context, module: &mut Module, pipeline: &str) -> Result<(), ()> {

@@ -10,13 +10,12 @@ use std::path::Path;
 /// a block's threads and the tiles the grid.
 pub const BLOCK_THREADS: usize = 128;
 
-/// From the MLIR backend's tensor module to host code launching outlined GPU
-/// kernels: bufferization with buffers freed at their last use (as the CPU
-/// pipeline), linalg to parallel loops, each parallel loop tiled and mapped to
-/// blocks and threads, and kernel outlining. What does not map (sequential
-/// `scf.for`/`scf.while` loops, reductions, strided copies) stays on the host
-/// and reads the same managed buffers.
-pub fn kernels() -> String {
+/// From the MLIR backend's tensor module to buffers and parallel loops:
+/// bufferization with buffers freed at their last use (as the CPU pipeline),
+/// then every linalg op a `scf.parallel` over its parallel dimensions (its
+/// reduction dimensions `scf.for` loops inside). [`crate::collapse`] then
+/// makes each parallel loop one-dimensional.
+pub fn loops() -> String {
     [
         "builtin.module(",
         "func.func(llvm-request-c-wrappers),",
@@ -27,8 +26,20 @@ pub fn kernels() -> String {
         "bufferization-lower-deallocations,",
         "canonicalize,",
         "convert-bufferization-to-memref,",
-        "convert-linalg-to-parallel-loops,",
-        &format!("func.func(scf-parallel-loop-tiling{{parallel-loop-tile-sizes={BLOCK_THREADS}}}),"),
+        "convert-linalg-to-parallel-loops)",
+    ]
+    .concat()
+}
+
+/// From parallel loops to host code launching outlined GPU kernels: each
+/// parallel loop tiled by [`BLOCK_THREADS`] and mapped to blocks and threads,
+/// then outlined. What does not map (sequential `scf.for`/`scf.while` loops,
+/// loops with reduction results, strided copies) stays on the host and reads
+/// the same managed buffers.
+pub fn kernels() -> String {
+    [
+        "builtin.module(",
+        &format!("func.func(scf-parallel-loop-tiling{{parallel-loop-tile-sizes={BLOCK_THREADS} no-min-max-bounds}}),"),
         "func.func(gpu-map-parallel-loops),",
         "func.func(convert-parallel-loops-to-gpu),",
         "canonicalize,",
@@ -76,4 +87,20 @@ pub fn nvvm(arch: GpuArch, libdevice: Option<&Path>) -> String {
 pub(crate) fn option_safe(path: &Path) -> bool {
     path.to_str()
         .is_some_and(|s| !s.contains([' ', ',', '{', '}', '"', '\'']))
+}
+
+/// The CPU lowering of [`host_check`](crate::host_check)'s module, after
+/// [`loops`] and the GPU backend's loop rewrites: the parallel loops run as
+/// sequential loops, buffers from the C heap.
+pub fn host_loops_to_llvm() -> String {
+    [
+        "builtin.module(",
+        "convert-scf-to-cf,",
+        "expand-strided-metadata,",
+        "lower-affine,",
+        "convert-math-to-libm,",
+        "convert-to-llvm,",
+        "reconcile-unrealized-casts)",
+    ]
+    .concat()
 }
