@@ -29,6 +29,7 @@
 
 mod arch;
 mod collapse;
+mod copies;
 mod interchange;
 mod jit;
 mod libdevice;
@@ -180,9 +181,15 @@ pub(crate) fn lower<'c>(
 }
 
 /// The module's `linalg` ops as buffers and one-dimensional parallel loops
-/// ([`pipeline::loops`], then [`collapse`] and [`interchange`]): the stages
+/// ([`pipeline::buffers`], [`copies`], [`pipeline::loops`], then [`collapse`]
+/// and [`interchange`]): the stages
 /// that [`host_check`] also runs. `Err` names the stage that failed.
 fn to_loops(context: &Context, module: &mut Module) -> Result<(), &'static str> {
+    run(context, module, &pipeline::buffers()).map_err(|_| "bufferizing")?;
+    copies::copies_to_generics(context, module);
+    if module.as_operation().verify().not() {
+        return Err("turning copies into linalg.generic");
+    }
     run(context, module, &pipeline::loops()).map_err(|_| "lowering to loops")?;
     dump(module, "1-loops");
     collapse::collapse_parallel_loops(context, module);

@@ -10,12 +10,10 @@ use std::path::Path;
 /// a block's threads and the tiles the grid.
 pub const BLOCK_THREADS: usize = 128;
 
-/// From the MLIR backend's tensor module to buffers and parallel loops:
-/// bufferization with buffers freed at their last use (as the CPU pipeline),
-/// then every linalg op a `scf.parallel` over its parallel dimensions (its
-/// reduction dimensions `scf.for` loops inside). [`crate::collapse`] then
-/// makes each parallel loop one-dimensional.
-pub fn loops() -> String {
+/// From the MLIR backend's tensor module to buffers: bufferization with
+/// buffers freed at their last use (as the CPU pipeline). [`crate::copies`]
+/// then makes every `memref.copy` a `linalg.generic`.
+pub fn buffers() -> String {
     [
         "builtin.module(",
         "func.func(llvm-request-c-wrappers),",
@@ -25,10 +23,16 @@ pub fn loops() -> String {
         "func.func(buffer-deallocation-simplification),",
         "bufferization-lower-deallocations,",
         "canonicalize,",
-        "convert-bufferization-to-memref,",
-        "convert-linalg-to-parallel-loops)",
+        "convert-bufferization-to-memref)",
     ]
     .concat()
+}
+
+/// Every linalg op a `scf.parallel` over its parallel dimensions (its
+/// reduction dimensions `scf.for` loops inside). [`crate::collapse`] then
+/// makes each parallel loop one-dimensional.
+pub fn loops() -> String {
+    ["builtin.module(", "convert-linalg-to-parallel-loops)"].concat()
 }
 
 /// From parallel loops to host code launching outlined GPU kernels: each
