@@ -25,7 +25,7 @@ fn main() {
         return;
     }
     let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    for dep in ["exe-runtime", "runtime", "ir", "tensor"] {
+    for dep in ["exe-runtime", "gpu-runtime", "runtime", "ir", "tensor"] {
         println!("cargo:rerun-if-changed={}", root.join(dep).display());
     }
     println!(

@@ -206,22 +206,38 @@ fn every_fixture_runs_on_the_gpu_like_hf() {
         if code != 0 {
             return Err(format!("run --backend gpu: exit {code}: {}", err.trim()));
         }
-        let got: ndarray::ArrayD<f32> = common::read(&out);
-        let want = case.reference_f64();
-        if got.shape() != want.shape() {
-            return Err(format!(
-                "shape {:?}, expected {:?}",
-                got.shape(),
-                want.shape()
-            ));
+        check_against_hf(case, &out, "run --backend gpu")?;
+        // The compiled executable, on the same inputs.
+        let exe = compile_exe(case, dir, &[]);
+        let out = dir.path("exe-logits.npy");
+        let (code, _, err) = run_exe(&exe, case, &out, &[], &[]);
+        if code != 0 {
+            return Err(format!("GPU executable: exit {code}: {}", err.trim()));
         }
-        let err = max_abs_diff(&got.mapv(f64::from), &want);
-        eprintln!("{}: max |err| {err:.2e} against HF float64", case.name);
-        if err > 1e-4 {
-            return Err(format!("max |err| {err:.2e} against HF float64"));
-        }
-        Ok(())
+        check_against_hf(case, &out, "GPU executable")
     });
+}
+
+/// The logits in `out` against HF's float64 ones (1e-4).
+fn check_against_hf(case: &Case, out: &Path, what: &str) -> Result<(), String> {
+    let got: ndarray::ArrayD<f32> = common::read(out);
+    let want = case.reference_f64();
+    if got.shape() != want.shape() {
+        return Err(format!(
+            "{what}: shape {:?}, expected {:?}",
+            got.shape(),
+            want.shape()
+        ));
+    }
+    let err = max_abs_diff(&got.mapv(f64::from), &want);
+    eprintln!(
+        "{}: {what}: max |err| {err:.2e} against HF float64",
+        case.name
+    );
+    if err > 1e-4 {
+        return Err(format!("{what}: max |err| {err:.2e} against HF float64"));
+    }
+    Ok(())
 }
 
 /// The first fixture, for the error paths.
@@ -308,7 +324,10 @@ fn gpu_flags_that_do_not_apply_are_refused() {
         case.dir.join("model.safetensors"),
     );
     for (flags, needle) in [
-        (&["--target", "gpu", "--emit", "exe"][..], "not built yet"),
+        (
+            &["--target", "gpu", "--emit", "lib"][..],
+            "a GPU library is not built yet",
+        ),
         (&["--emit", "ptx"][..], "add --target gpu"),
         (
             &["--target", "gpu", "--emit", "ptx", "--gpu-arch", "sm_75"][..],
@@ -344,4 +363,157 @@ fn gpu_flags_that_do_not_apply_are_refused() {
         assert_eq!(code, 2, "{flags:?}: {err}");
         assert!(err.contains(needle), "{flags:?}: `{needle}` not in {err}");
     }
+}
+
+/// `compile --target gpu --emit exe` of `case` into `dir`.
+fn compile_exe(case: &Case, dir: &Scratch, extra: &[&str]) -> PathBuf {
+    let exe = dir.path("model-gpu");
+    let source = if case.has_buckets() {
+        "buckets"
+    } else {
+        "seeded"
+    };
+    let (config, weights) = (
+        case.dir.join("config.json"),
+        case.dir.join("model.safetensors"),
+    );
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+        &"compile",
+        &config,
+        &"--weights",
+        &weights,
+        &"--target",
+        &"gpu",
+        &"--emit",
+        &"exe",
+        &"--lsh-source",
+        &source,
+        &"-o",
+        &exe,
+        &"-q",
+    ];
+    args.extend(extra.iter().map(|s| s as &dyn AsRef<std::ffi::OsStr>));
+    let (code, _, err) = reformc(&args, &[]);
+    assert_eq!(code, 0, "compile --target gpu --emit exe: {err}");
+    exe
+}
+
+/// Runs a GPU executable on `case`'s inputs with `extra` flags and `env`.
+fn run_exe(
+    exe: &Path,
+    case: &Case,
+    out: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    let mut cmd = Command::new(exe);
+    cmd.arg("--input")
+        .arg(case.dir.join("input_ids.npy"))
+        .arg("--output")
+        .arg(out);
+    if case.has_mask {
+        cmd.arg("--attention-mask")
+            .arg(case.dir.join("attention_mask.npy"));
+    }
+    if case.has_buckets() {
+        cmd.arg("--lsh-buckets")
+            .arg(case.dir.join("lsh_buckets.npy"));
+    }
+    cmd.args(extra);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().expect("the executable runs");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A GPU executable's command line, end to end, on a machine without a GPU:
+/// `--help`; no driver; the stand-in driver, which runs no kernel (so the
+/// output's values mean nothing, and only its shape is checked) but answers
+/// every driver call, so that loading the weights into managed memory,
+/// staging the inputs, calling `@forward` and writing the output all run;
+/// then the refusals (no such device, an older device, a token id out of
+/// range, another model's weights), each exit 2 and one line.
+#[test]
+fn a_gpu_executable_runs_its_command_line_on_a_stand_in_driver() {
+    let case = one_case();
+    let dir = Scratch::new("gpu-exe");
+    let exe = compile_exe(&case, &dir, &[]);
+    let help = Command::new(&exe).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.status.success() && text.contains("--device N") && text.contains("--input"),
+        "{text}"
+    );
+    let out = dir.path("logits.npy");
+    let missing = dir.path("no-such-libcuda.so");
+    if reformc_backend_gpu::driver_path().is_none() {
+        let (code, _, err) = run_exe(
+            &exe,
+            &case,
+            &out,
+            &[],
+            &[("REFORMC_LIBCUDA", missing.to_str().unwrap())],
+        );
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("no CUDA driver found"), "{err}");
+    }
+    let Some(so) = fake_driver(&dir) else { return };
+    let lib = so.to_str().unwrap();
+    let (code, stdout, err) = run_exe(&exe, &case, &out, &["--time"], &[("REFORMC_LIBCUDA", lib)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("wrote logits [1, 64, 48]"), "{stdout}");
+    assert!(err.contains("load weights"), "{err}");
+    let got: ndarray::ArrayD<f32> = common::read(&out);
+    assert_eq!(got.shape(), case.reference_f64().shape());
+    for (extra, env, needle) in [
+        (&["--device", "2"][..], vec![], "device 2 not present"),
+        (&[][..], vec![("FAKE_CUDA_CC", "80")], "sm_80"),
+        (
+            &[][..],
+            vec![("FAKE_CUDA_OOM", "1")],
+            "out of device memory",
+        ),
+    ] {
+        let mut env = env;
+        env.push(("REFORMC_LIBCUDA", lib));
+        let (code, _, err) = run_exe(&exe, &case, &out, extra, &env);
+        assert_eq!(code, 2, "{extra:?} {env:?}: {err}");
+        assert!(
+            err.trim().lines().count() == 1 && err.contains(needle),
+            "{extra:?}: {err}"
+        );
+    }
+    // A token id past the vocabulary: the shared input checks refuse it.
+    let mut ids = case.ids.clone();
+    ids[[0, 3]] = 10_000;
+    let bad = dir.path("bad_ids.npy");
+    common::write(&bad, &ids);
+    let (code, _, err) = run_exe(
+        &exe,
+        &case,
+        &out,
+        &["--input", bad.to_str().unwrap()],
+        &[("REFORMC_LIBCUDA", lib)],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("token id 10000"), "{err}");
+    // Another model's weights: named tensor, expected against found.
+    let other = common::fixture("act_relu6").join("model.safetensors");
+    let (code, _, err) = run_exe(
+        &exe,
+        &case,
+        &out,
+        &["--weights", other.to_str().unwrap()],
+        &[("REFORMC_LIBCUDA", lib)],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("cannot load weights") && err.contains("tensor"),
+        "{err}"
+    );
 }

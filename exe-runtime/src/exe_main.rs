@@ -765,18 +765,24 @@ reformc_runtime::c_abi! {
             return 1;
         }
         // SAFETY: `info` points to the generated constant.
-        let info = unsafe { &*info };
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&args, info)));
-        match result {
-            Ok(Ok(())) => 0,
-            Ok(Err(Fail(msg, status))) => {
-                eprintln!("error: {msg}");
-                status
-            }
-            Err(_) => {
-                eprintln!("error: internal failure (panic) in the model runtime");
-                1
-            }
+        main_with(&args, unsafe { &*info })
+    }
+}
+
+/// Runs the command line `args` over the model `info` describes, printing
+/// the error; returns the exit status (also for GPU executables, whose
+/// [`ExeInfo`] [`crate::gpu_main`] makes).
+pub(crate) fn main_with(args: &[String], info: &ExeInfo) -> i32 {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(args, info)));
+    match result {
+        Ok(Ok(())) => 0,
+        Ok(Err(Fail(msg, status))) => {
+            eprintln!("error: {msg}");
+            status
+        }
+        Err(_) => {
+            eprintln!("error: internal failure (panic) in the model runtime");
+            1
         }
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod exe_main;
 pub mod exe_step;
+pub mod gpu_main;
 pub mod model_rt;
 
 /// The kernel library, linked into the static library with this crate.
@@ -32,6 +33,7 @@ pub const SECTIONS: &[Section] = &[
     reformc_runtime::profile::SECTION,
     model_rt::SECTION,
     exe_main::SECTION,
+    gpu_main::SECTION,
 ];
 
 /// The signature part of `runtime/ABI.md`: every function of [`SECTIONS`]

@@ -25,11 +25,13 @@
 
 #![deny(missing_docs)]
 
+mod buffer;
 mod copy;
 mod driver;
 mod entry;
 mod state;
 
+pub use buffer::{call_packed, descriptor, Managed};
 pub use driver::{driver_path, DriverError};
 pub use entry::symbols;
 pub use state::{alloc_managed, device_info, free_managed, select_device, take_error, DeviceInfo};

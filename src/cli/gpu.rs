@@ -36,7 +36,7 @@ impl GpuFlags {
 /// A backend error as the CLI reports it: what the machine lacks (driver,
 /// device, libdevice) or the device refused is exit 2 with its message; a
 /// lowering failure is a bug in reformc.
-fn cli_error(what: &Path, e: GpuError) -> CliError {
+pub(super) fn cli_error(what: &Path, e: GpuError) -> CliError {
     match e {
         GpuError::Lowering(_) => {
             CliError::internal(format!("GPU backend ({}): {e}", what.display()))
@@ -45,9 +45,13 @@ fn cli_error(what: &Path, e: GpuError) -> CliError {
     }
 }
 
-/// `reformc compile --target gpu`: the kernels of the model as one PTX file.
+/// `reformc compile --target gpu`: the kernels of the model as one PTX file
+/// (`--emit ptx`), or an executable that runs it on the CUDA driver (`exe`).
 pub fn compile(args: &super::compile::CompileArgs, t0: std::time::Instant) -> CliResult<()> {
     check_compile_flags(args)?;
+    if args.emit == "exe" {
+        return super::gpu_exe::compile(args, t0);
+    }
     let opts = args.gpu.options()?;
     let inputs: super::outputs::Inputs<'_> = vec![
         ("the config", args.config.as_path()),
@@ -78,9 +82,9 @@ pub fn compile(args: &super::compile::CompileArgs, t0: std::time::Instant) -> Cl
 
 /// Flags of `compile` that have no meaning for the GPU, refused by name.
 fn check_compile_flags(args: &super::compile::CompileArgs) -> CliResult<()> {
-    if args.emit != "ptx" {
+    if !matches!(args.emit.as_str(), "ptx" | "exe") {
         return Err(CliError::input(format!(
-            "--target gpu --emit {}: the GPU backend writes --emit ptx (the kernels); a GPU executable or library is not built yet: run the model on the GPU with `reformc run --backend gpu`",
+            "--target gpu --emit {}: the GPU backend writes --emit ptx (the kernels) or exe; a GPU library is not built yet",
             args.emit
         )));
     }

@@ -6,6 +6,7 @@ pub mod error;
 pub mod explain;
 pub mod feed;
 pub mod gpu;
+pub mod gpu_exe;
 pub mod grad;
 pub mod mlir;
 pub mod model;

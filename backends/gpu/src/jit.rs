@@ -68,39 +68,13 @@ pub fn jit_run(
     })
 }
 
-/// A tensor's bytes copied into a managed buffer, freed on drop.
-struct Staged {
-    ptr: *mut std::ffi::c_void,
-    desc: Vec<i64>,
-}
-
-impl Staged {
-    fn new(t: &Tensor) -> Staged {
-        let t = memref::standard(t);
-        let bytes = t.shape().iter().product::<usize>() * t.dtype().size_bytes() as usize;
-        let ptr = rt::alloc_managed(bytes);
-        // SAFETY: `t` is standard layout with `bytes` bytes at its data
-        // pointer; `ptr` holds at least `bytes` (alloc_managed never returns
-        // less, and a null is only possible when the C heap is exhausted).
-        if !ptr.is_null() {
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    memref::data_ptr(&t) as *const u8,
-                    ptr.cast::<u8>(),
-                    bytes,
-                )
-            };
-        }
-        let desc = memref::descriptor_at(ptr as i64, t.shape());
-        Staged { ptr, desc }
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        // SAFETY: `ptr` came from `alloc_managed` and is freed only here.
-        unsafe { rt::free_managed(self.ptr) };
-    }
+/// A tensor's bytes in a managed buffer (freed on drop), and its shape.
+fn staged(t: &Tensor) -> (rt::Managed, Vec<usize>) {
+    let t = memref::standard(t);
+    let bytes = t.shape().iter().product::<usize>() * t.dtype().size_bytes() as usize;
+    // SAFETY: `t` is standard layout with `bytes` bytes at its data pointer.
+    let data = unsafe { std::slice::from_raw_parts(memref::data_ptr(&t) as *const u8, bytes) };
+    (rt::Managed::from_bytes(data), t.shape().to_vec())
 }
 
 /// Calls `@forward` through its C interface and copies the results out.
@@ -109,23 +83,23 @@ fn call(
     args: &[Tensor],
     outs: &[(DType, usize)],
 ) -> Result<Vec<Tensor>, GpuError> {
-    let mut staged: Vec<Staged> = args.iter().map(Staged::new).collect();
+    let staged: Vec<(rt::Managed, Vec<usize>)> = args.iter().map(staged).collect();
     if let Some(e) = rt::take_error() {
         return Err(GpuError::Run(e));
     }
+    let mut descs: Vec<Vec<i64>> = staged.iter().map(|(b, s)| b.descriptor(s)).collect();
     let mut result = vec![0i64; outs.iter().map(|(_, r)| 3 + 2 * r).sum()];
-    let mut ptrs: Vec<*mut i64> = std::iter::once(result.as_mut_ptr())
-        .chain(staged.iter_mut().map(|s| s.desc.as_mut_ptr()))
-        .collect();
-    let mut packed: Vec<*mut ()> = ptrs
-        .iter_mut()
-        .map(|p| p as *mut *mut i64 as *mut ())
-        .collect();
-    // SAFETY: `_mlir_ciface_forward` takes its result struct and one
-    // descriptor per argument; every descriptor points at a live managed
-    // buffer of its shape (`staged`), which the call only reads.
-    unsafe { engine.invoke_packed("forward", &mut packed) }
-        .map_err(|e| GpuError::Lowering(format!("calling @forward: {e}")))?;
+    let forward = engine.lookup("_mlir__mlir_ciface_forward");
+    if forward.is_null() {
+        return Err(GpuError::Lowering("the host code has no packed @forward".into()));
+    }
+    // SAFETY: the engine's packed `@forward` (a C function taking the packed
+    // argument array); every descriptor points at a live managed buffer of
+    // its shape (`staged`), which the call only reads.
+    unsafe {
+        let forward: unsafe extern "C" fn(*mut *mut std::ffi::c_void) = std::mem::transmute(forward);
+        rt::call_packed(forward, &mut result, &mut descs);
+    }
     let descs = memref::split_results(&result, outs);
     let failed = rt::take_error();
     let mut out = Vec::new();

@@ -27,6 +27,7 @@
 
 #![deny(missing_docs)]
 
+pub mod aot;
 mod arch;
 mod collapse;
 mod copies;

@@ -374,15 +374,20 @@ fn run_cc(args: &[String], what: &str) -> Result<()> {
 
 /// Links an executable: generated object (with `main`) + runtime static library.
 pub fn link_exe(obj: &Path, runtime: &Path, out: &Path) -> Result<()> {
-    let mut args: Vec<String> = vec![
-        "-o".into(),
-        out.display().to_string(),
-        obj.display().to_string(),
+    link_exe_objects(&[obj], runtime, out)
+}
+
+/// Links an executable from several inputs the C compiler takes (objects or
+/// C sources, one with `main`) and the runtime static library.
+pub fn link_exe_objects(inputs: &[&Path], runtime: &Path, out: &Path) -> Result<()> {
+    let mut args: Vec<String> = vec!["-o".into(), out.display().to_string()];
+    args.extend(inputs.iter().map(|p| p.display().to_string()));
+    args.extend([
         runtime.display().to_string(),
         "-Wl,--gc-sections".into(),
         "-Wl,--as-needed".into(),
         "-Wl,--strip-debug".into(),
-    ];
+    ]);
     args.extend(NATIVE_LIBS.iter().map(|s| s.to_string()));
     run_cc(&args, &out.display().to_string())
 }

@@ -1,0 +1,443 @@
+//! The command line of GPU executables (`reformc compile --target gpu
+//! --emit exe`): the CPU executables' command line ([`crate::exe_main`]: the
+//! same flags, input checks, output and exit statuses) over a model that runs
+//! on the CUDA driver. The generated `main` passes a [`GpuExe`]; this module
+//! makes the model functions the command line calls (load the weights into
+//! managed memory once, run `@forward`) from it, plus `--device N`.
+
+use crate::exe_main::{self, c_text, ExeInfo};
+use crate::model_rt::{self, ReformcTensor};
+use reformc_gpu_runtime as rt;
+use std::ffi::{c_char, c_void};
+use std::sync::{Mutex, OnceLock};
+
+/// In C signatures: `void` (only generated code builds a [`GpuExe`]).
+impl reformc_runtime::abi::CPointee for GpuExe {
+    fn c_name() -> String {
+        "void".into()
+    }
+}
+
+/// What the generated `main` of a GPU executable describes (every integer
+/// 8 bytes, so the C and Rust layouts agree without padding rules).
+#[repr(C)]
+pub struct GpuExe {
+    /// Layout version (1).
+    pub abi_version: i64,
+    /// The packed `@forward` (`_mlir__mlir_ciface_forward`).
+    pub forward: Option<unsafe extern "C" fn(*mut *mut c_void)>,
+    /// The host code's static initialiser (loads the kernel module), or null.
+    pub init: Option<unsafe extern "C" fn()>,
+    /// Its finaliser, or null.
+    pub deinit: Option<unsafe extern "C" fn()>,
+    /// The weights in argument order, a line each: `name<TAB>d0,d1,...` (f32).
+    pub weights: *const c_char,
+    /// The runtime inputs in argument order, a line each: their names.
+    pub inputs: *const c_char,
+    /// Rank of the one f32 output.
+    pub output_rank: i64,
+    /// The PTX architecture (`sm_90`).
+    pub gpu_arch: *const c_char,
+    /// What [`ExeInfo`] of a CPU executable holds, field for field.
+    pub model_name: *const c_char,
+    /// See [`ExeInfo::output_name`].
+    pub output_name: *const c_char,
+    /// See [`ExeInfo::default_weights`].
+    pub default_weights: *const c_char,
+    /// The JSON signature `--signature` prints.
+    pub signature: *const c_char,
+    /// See [`ExeInfo::vocab_size`].
+    pub vocab_size: i64,
+    /// See [`ExeInfo::max_len`].
+    pub max_len: i64,
+    /// See [`ExeInfo::pad_multiple`].
+    pub pad_multiple: i64,
+    /// See [`ExeInfo::pad_min_len`].
+    pub pad_min_len: i64,
+    /// See [`ExeInfo::n_lsh`].
+    pub n_lsh: i64,
+    /// See [`ExeInfo::heads`].
+    pub heads: i64,
+    /// See [`ExeInfo::head_dim`].
+    pub head_dim: i64,
+    /// See [`ExeInfo::rounds`].
+    pub rounds: i64,
+    /// See [`ExeInfo::rot_half`].
+    pub rot_half: i64,
+    /// See [`ExeInfo::variants`] (one bit: the LSH source compiled in).
+    pub variants: i64,
+    /// See [`ExeInfo::n_buckets`].
+    pub n_buckets: i64,
+}
+
+/// The model's description and its weights on the device, for the model
+/// functions below (the command line calls them without context).
+struct Model {
+    forward: unsafe extern "C" fn(*mut *mut c_void),
+    init: Option<unsafe extern "C" fn()>,
+    weights: Vec<(String, Vec<usize>)>,
+    inputs: Vec<String>,
+    output_rank: usize,
+    signature: String,
+}
+
+static MODEL: OnceLock<Model> = OnceLock::new();
+/// The weights in managed memory, in argument order.
+static WEIGHTS: Mutex<Vec<(rt::Managed, Vec<usize>)>> = Mutex::new(Vec::new());
+
+fn model() -> &'static Model {
+    MODEL
+        .get()
+        .expect("reformc_gpu_exe_main sets the model first")
+}
+
+/// `--device N`, taken out of `argv` (the shared parser does not know it).
+fn take_device(argv: &mut Vec<String>) -> Result<i32, String> {
+    let Some(at) = argv
+        .iter()
+        .position(|a| a == "--device" || a.starts_with("--device="))
+    else {
+        return Ok(0);
+    };
+    let flag = argv.remove(at);
+    let value = match flag.split_once('=') {
+        Some((_, v)) => v.to_string(),
+        None if at < argv.len() => argv.remove(at),
+        None => return Err("--device needs a value".into()),
+    };
+    value
+        .parse::<i32>()
+        .ok()
+        .filter(|d| *d >= 0)
+        .ok_or_else(|| {
+            format!(
+                "--device: `{}` is not a device index",
+                reformc_tensor::shown(&value)
+            )
+        })
+}
+
+/// Loads the driver and selects `device`, checking its architecture.
+fn open_device(device: i32, arch: &str) -> Result<(), String> {
+    let info = rt::select_device(device).map_err(|e| e.to_string())?;
+    let need: (i32, i32) = match arch {
+        "sm_80" => (8, 0),
+        _ => (9, 0),
+    };
+    if info.capability < need {
+        return Err(format!(
+            "this executable's kernels are for {arch} but device {device} ({}) is sm_{}{}; compile with --gpu-arch sm_{}{} or older",
+            info.name, info.capability.0, info.capability.1, info.capability.0, info.capability.1
+        ));
+    }
+    Ok(())
+}
+
+/// `reformc_model_load_weights` of a GPU model: every weight of the file,
+/// checked against the compiled list (f32, shape), copied to managed memory.
+unsafe extern "C" fn gpu_load_weights(path: *const c_char) -> i32 {
+    let path = c_text(path);
+    match load_weights(std::path::Path::new(&path)) {
+        Ok(w) => {
+            *WEIGHTS.lock().unwrap_or_else(|p| p.into_inner()) = w;
+            model_rt::set_error(0, "")
+        }
+        Err(e) => model_rt::set_error(2, &format!("{path}: {e}")),
+    }
+}
+
+fn load_weights(path: &std::path::Path) -> Result<Vec<(rt::Managed, Vec<usize>)>, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let (entries, start) = reformc_tensor::safetensors::parse(&bytes, bytes.len() as u64)?;
+    let mut out = Vec::new();
+    for (name, shape) in &model().weights {
+        let e = entries
+            .iter()
+            .find(|e| &e.name == name)
+            .ok_or_else(|| format!("no tensor `{name}` (the model needs it)"))?;
+        let dims: Vec<usize> = e.shape.iter().map(|&d| d as usize).collect();
+        if e.dtype != "F32" || &dims != shape {
+            return Err(format!(
+                "tensor `{name}`: expected F32 {shape:?}, found {} {dims:?}",
+                e.dtype
+            ));
+        }
+        let (b, n) = ((start + e.begin) as usize, (start + e.end) as usize);
+        out.push((rt::Managed::from_bytes(&bytes[b..n]), dims));
+    }
+    match rt::take_error() {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+/// The bytes and shape of a command-line tensor (`data` may be null for an
+/// absent mask: all ones of the ids' shape).
+///
+/// # Safety
+/// `t` describes a live contiguous array of its dtype and shape, or has null data.
+unsafe fn tensor_bytes(t: &ReformcTensor, ones_like: &[usize]) -> (Vec<u8>, Vec<usize>) {
+    let rank = t.rank.clamp(0, model_rt::MAX_RANK as i32) as usize;
+    let shape: Vec<usize> = t.shape[..rank].iter().map(|&d| d.max(0) as usize).collect();
+    if t.data.is_null() {
+        let n: usize = ones_like.iter().product();
+        let ones: Vec<u8> = (0..n).flat_map(|_| 1i64.to_le_bytes()).collect();
+        return (ones, ones_like.to_vec());
+    }
+    let n = shape.iter().product::<usize>() * model_rt::dtype_size(t.dtype);
+    // SAFETY: the caller promises `n` readable bytes at `data`.
+    let bytes = unsafe { std::slice::from_raw_parts(t.data as *const u8, n) }.to_vec();
+    (bytes, shape)
+}
+
+/// `reformc_model_run` of a GPU model: inputs `[ids, mask, hashing]` as the
+/// command line passes them, mapped by name onto `@forward`'s inputs; one
+/// f32 output, copied to host memory the caller owns.
+unsafe extern "C" fn gpu_run(
+    inputs: *const ReformcTensor,
+    n_inputs: i64,
+    outputs: *mut ReformcTensor,
+    n_outputs: i64,
+) -> i32 {
+    if inputs.is_null() || outputs.is_null() || n_inputs < 2 || n_outputs < 1 {
+        return model_rt::set_error(1, "gpu model: bad call");
+    }
+    // SAFETY: the command line passes `n_inputs` tensors and one output slot.
+    let given = unsafe { std::slice::from_raw_parts(inputs, n_inputs as usize) };
+    let m = model();
+    let ids_shape: Vec<usize> = given[0].shape[..2].iter().map(|&d| d as usize).collect();
+    let mut staged = Vec::new();
+    for name in &m.inputs {
+        let t = match name.as_str() {
+            "input_ids" => &given[0],
+            "attention_mask" => &given[1],
+            _ if given.len() > 2 => &given[2],
+            other => return model_rt::set_error(2, &format!("no value for input `{other}`")),
+        };
+        // SAFETY: the command line's tensors are live arrays (or a null mask).
+        let (bytes, shape) = unsafe { tensor_bytes(t, &ids_shape) };
+        staged.push((rt::Managed::from_bytes(&bytes), shape));
+    }
+    static INIT: std::sync::Once = std::sync::Once::new();
+    if let Some(init) = m.init {
+        // SAFETY: the host code's initialiser, run once before `@forward`.
+        INIT.call_once(|| unsafe { init() });
+    }
+    let weights = WEIGHTS.lock().unwrap_or_else(|p| p.into_inner());
+    let mut descs: Vec<Vec<i64>> = weights
+        .iter()
+        .chain(staged.iter())
+        .map(|(b, s)| b.descriptor(s))
+        .collect();
+    let mut result = vec![0i64; 3 + 2 * m.output_rank];
+    // SAFETY: `forward` is the module's packed entry; the descriptors match
+    // its arguments (weights then inputs, as compiled) over live buffers.
+    unsafe { rt::call_packed(m.forward, &mut result, &mut descs) };
+    drop(weights);
+    let failed = rt::take_error();
+    let out = if failed.is_none() {
+        // SAFETY: the result descriptor the call filled, synchronised.
+        Some(unsafe { copy_out(&result, m.output_rank) })
+    } else {
+        None
+    };
+    if result[0] != 0 {
+        // SAFETY: the result buffer the call handed over, freed once.
+        unsafe { rt::free_managed(result[0] as *mut c_void) };
+    }
+    match (failed, out) {
+        (Some(e), _) | (None, Some(Err(e))) => model_rt::set_error(2, &e),
+        (None, Some(Ok(t))) => {
+            // SAFETY: one writable output slot.
+            unsafe { *outputs = t };
+            model_rt::set_error(0, "")
+        }
+        (None, None) => model_rt::set_error(1, "no output"),
+    }
+}
+
+extern "C" {
+    fn malloc(size: usize) -> *mut c_void;
+}
+
+/// The f32 result of descriptor `d` as a contiguous tensor in C heap memory
+/// (released by `reformc_tensor_release`).
+///
+/// # Safety
+/// `d` describes a live f32 buffer of rank `rank`.
+unsafe fn copy_out(d: &[i64], rank: usize) -> Result<ReformcTensor, String> {
+    // SAFETY: forwarded contract.
+    let data = unsafe { reformc_gpu_runtime_read_f32(d, rank) };
+    let shape: Vec<usize> = d[3..3 + rank].iter().map(|&s| s as usize).collect();
+    let bytes = data.len() * 4;
+    // SAFETY: plain allocation, checked below.
+    let p = unsafe { malloc(bytes.max(1)) };
+    if p.is_null() {
+        return Err(format!("out of host memory for the output ({bytes} bytes)"));
+    }
+    // SAFETY: `p` holds `bytes` bytes.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p.cast::<f32>(), data.len()) };
+    let mut t = exe_main::tensor(model_rt::dtype::F32, &shape, p);
+    t.owns_data = 1;
+    Ok(t)
+}
+
+/// The elements of a strided f32 memref, in row-major order.
+///
+/// # Safety
+/// As [`copy_out`].
+unsafe fn reformc_gpu_runtime_read_f32(d: &[i64], rank: usize) -> Vec<f32> {
+    let base = d[1] as *const f32;
+    let shape = &d[3..3 + rank];
+    let strides = &d[3 + rank..3 + 2 * rank];
+    let n: i64 = shape.iter().product();
+    let mut out = Vec::with_capacity(n.max(0) as usize);
+    let mut idx = vec![0i64; rank];
+    for _ in 0..n.max(0) {
+        let at = d[2] + idx.iter().zip(strides).map(|(i, s)| i * s).sum::<i64>();
+        // SAFETY: the index is within the memref's sizes.
+        out.push(unsafe { *base.offset(at as isize) });
+        for k in (0..rank).rev() {
+            idx[k] += 1;
+            if idx[k] < shape[k] {
+                break;
+            }
+            idx[k] = 0;
+        }
+    }
+    out
+}
+
+unsafe extern "C" fn gpu_signature() -> *const c_char {
+    static TEXT: OnceLock<std::ffi::CString> = OnceLock::new();
+    TEXT.get_or_init(|| std::ffi::CString::new(model().signature.clone()).unwrap_or_default())
+        .as_ptr()
+}
+
+unsafe extern "C" fn gpu_last_error() -> *const c_char {
+    static TEXT: Mutex<Option<std::ffi::CString>> = Mutex::new(None);
+    let mut slot = TEXT.lock().unwrap_or_else(|p| p.into_inner());
+    let text = std::ffi::CString::new(model_rt::last_error()).unwrap_or_default();
+    slot.insert(text).as_ptr()
+}
+
+/// The [`ExeInfo`] the shared command line runs, from `g`.
+fn exe_info(g: &GpuExe) -> ExeInfo {
+    ExeInfo {
+        abi_version: 1,
+        weights_embedded: 0,
+        run: Some(gpu_run),
+        load_weights: Some(gpu_load_weights),
+        signature: Some(gpu_signature),
+        last_error: Some(gpu_last_error),
+        default_weights: g.default_weights,
+        model_name: g.model_name,
+        output_name: g.output_name,
+        default_threads: 0,
+        vocab_size: g.vocab_size,
+        max_len: g.max_len,
+        pad_multiple: g.pad_multiple,
+        pad_min_len: g.pad_min_len,
+        n_lsh: g.n_lsh,
+        heads: g.heads,
+        head_dim: g.head_dim,
+        rounds: g.rounds,
+        rot_half: g.rot_half,
+        variants: g.variants as i32,
+        n_buckets: g.n_buckets as i32,
+        train: 0,
+        causal: 0,
+        labels_index: -1,
+        output_names: std::ptr::null(),
+    }
+}
+
+/// The compiled model from `g`'s text fields.
+fn describe(g: &GpuExe) -> Result<Model, String> {
+    let forward = g.forward.ok_or("the executable has no @forward")?;
+    let weights = c_text(g.weights)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (name, dims) = l.split_once('\t').ok_or("bad weight list")?;
+            let dims = dims
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(|d| d.parse::<usize>().map_err(|_| "bad weight list"))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((name.to_string(), dims))
+        })
+        .collect::<Result<Vec<_>, &str>>()?;
+    Ok(Model {
+        forward,
+        init: g.init,
+        weights,
+        inputs: c_text(g.inputs).lines().map(str::to_string).collect(),
+        output_rank: g.output_rank.max(0) as usize,
+        signature: c_text(g.signature),
+    })
+}
+
+reformc_runtime::c_abi! {
+    section = "GPU executables (exe-runtime/src/gpu_main.rs)";
+
+    /// Entry point of GPU executables: `--device N` (default 0) then the
+    /// command line of CPU executables, with the weights loaded into CUDA
+    /// managed memory once and `@forward` run on the selected device.
+    /// Returns the process exit status; never panics across the C boundary.
+    ///
+    /// # Safety
+    /// `argv` holds `argc` NUL-terminated strings; `exe` points to the
+    /// generated constant description.
+    unsafe fn reformc_gpu_exe_main(
+        argc: i32,
+        argv: *const *const c_char,
+        exe: *const GpuExe,
+    ) -> i32 {
+        let mut args = Vec::new();
+        if !argv.is_null() {
+            for i in 0..argc.max(0) as usize {
+                // SAFETY: argv holds argc pointers.
+                args.push(c_text(unsafe { *argv.add(i) }));
+            }
+        }
+        if exe.is_null() {
+            eprintln!("error: no model description");
+            return 1;
+        }
+        // SAFETY: `exe` points to the generated constant.
+        let g = unsafe { &*exe };
+        let device = match take_device(&mut args) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        };
+        let model = match describe(g) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 1;
+            }
+        };
+        let _ = MODEL.set(model);
+        let info = exe_info(g);
+        let asks_only = args.iter().any(|a| matches!(a.as_str(), "--help" | "-h" | "--signature"));
+        if !asks_only {
+            if let Err(e) = open_device(device, &c_text(g.gpu_arch)) {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        }
+        let status = exe_main::main_with(&args, &info);
+        if args.iter().any(|a| a == "--help" || a == "-h") {
+            println!("  --device N              the CUDA device to run on (default 0)");
+        }
+        if let (Some(deinit), false) = (g.deinit, asks_only) {
+            // SAFETY: the host code's finaliser, after the last run.
+            unsafe { deinit() };
+        }
+        status
+    }
+}
