@@ -89,17 +89,20 @@ fn call(
     }
     let mut descs: Vec<Vec<i64>> = staged.iter().map(|(b, s)| b.descriptor(s)).collect();
     let mut result = vec![0i64; outs.iter().map(|(_, r)| 3 + 2 * r).sum()];
-    let forward = engine.lookup("_mlir__mlir_ciface_forward");
-    if forward.is_null() {
-        return Err(GpuError::Lowering("the host code has no packed @forward".into()));
-    }
-    // SAFETY: the engine's packed `@forward` (a C function taking the packed
-    // argument array); every descriptor points at a live managed buffer of
-    // its shape (`staged`), which the call only reads.
-    unsafe {
-        let forward: unsafe extern "C" fn(*mut *mut std::ffi::c_void) = std::mem::transmute(forward);
-        rt::call_packed(forward, &mut result, &mut descs);
-    }
+    let mut ptrs: Vec<*mut i64> = std::iter::once(result.as_mut_ptr())
+        .chain(descs.iter_mut().map(|d| d.as_mut_ptr()))
+        .collect();
+    let mut packed: Vec<*mut ()> = ptrs
+        .iter_mut()
+        .map(|p| p as *mut *mut i64 as *mut ())
+        .collect();
+    // SAFETY: `_mlir_ciface_forward` takes its result struct and one
+    // descriptor per argument; every descriptor points at a live managed
+    // buffer of its shape (`staged`), which the call only reads. Invoking
+    // through the engine (not a looked-up pointer) runs the module's static
+    // initialiser first, which registers the kernels.
+    unsafe { engine.invoke_packed("forward", &mut packed) }
+        .map_err(|e| GpuError::Lowering(format!("calling @forward: {e}")))?;
     let descs = memref::split_results(&result, outs);
     let failed = rt::take_error();
     let mut out = Vec::new();
