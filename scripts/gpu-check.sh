@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: every Hugging Face fixture run on the GPU by
-# `reformc run --backend gpu` against HF's float64 logits (max |err| <= 1e-4),
-# then a timing of the forward pass at a long length, with a summary at the
+# `reformc run --backend gpu` against HF's float64 logits (max |err| <= 1e-4)
+# and as a GPU executable (`compile --target gpu --emit exe`) against the
+# interpreter on the same inputs (1e-4), then a timing of the forward pass at a long length, with a summary at the
 # end. Needs an NVIDIA driver (libcuda.so.1); no CUDA toolkit.
 #
 # On a machine with this project's toolchain (or network to install it), it
@@ -38,10 +39,25 @@ for dir in tests/fixtures/*/; do
   [ -f "$dir/lsh_buckets.npy" ] && args+=(--lsh-buckets "$dir/lsh_buckets.npy")
   out=$("$bin" "${args[@]}" 2>&1)
   err=$(printf '%s\n' "$out" | sed -n 's/.*max |output - .*| = \([0-9.eE+-]*\).*/\1/p' | tail -1)
-  if [ -n "$err" ] && awk -v e="$err" 'BEGIN { exit !(e <= 1e-4) }'; then
-    pass=$((pass + 1)); echo "ok   $name  max|err| $err"
+  # The same model as a GPU executable, on the same inputs.
+  source=seeded; [ -f "$dir/lsh_buckets.npy" ] && source=buckets
+  exe_err=""
+  if "$bin" compile "$dir/config.json" --weights "$dir/model.safetensors" --target gpu --emit exe \
+       --gpu-arch "$arch" --lsh-source "$source" -o "/tmp/gpu-check-$name" -q >/dev/null 2>&1; then
+    exe_args=(--input "$dir/input_ids.npy" --output "/tmp/gpu-check-$name-exe.npy" --device "$device")
+    [ -f "$dir/attention_mask.npy" ] && exe_args+=(--attention-mask "$dir/attention_mask.npy")
+    [ -f "$dir/lsh_buckets.npy" ] && exe_args+=(--lsh-buckets "$dir/lsh_buckets.npy")
+    if "/tmp/gpu-check-$name" "${exe_args[@]}" >/dev/null 2>&1; then
+      exe_err=$("$bin" run "$dir/config.json" --weights "$dir/model.safetensors" --input "$dir/input_ids.npy" \
+        --output /tmp/gpu-check-ref.npy --compare "/tmp/gpu-check-$name-exe.npy" --interp -q \
+        "${exe_args[@]:6}" 2>&1 | sed -n 's/.*max |output - .*| = \([0-9.eE+-]*\).*/\1/p' | tail -1)
+    fi
+  fi
+  if [ -n "$err" ] && awk -v e="$err" 'BEGIN { exit !(e <= 1e-4) }' &&
+     [ -n "$exe_err" ] && awk -v e="$exe_err" 'BEGIN { exit !(e <= 1e-4) }'; then
+    pass=$((pass + 1)); echo "ok   $name  max|err| $err (run), $exe_err (executable vs interpreter)"
   else
-    fail=$((fail + 1)); failures+=("$name"); echo "FAIL $name: $(printf '%s\n' "$out" | tail -2)"
+    fail=$((fail + 1)); failures+=("$name"); echo "FAIL $name: run ${err:-failed}, executable ${exe_err:-failed}: $(printf '%s\n' "$out" | tail -1)"
   fi
 done
 # Timing: the largest fixture model's forward at --len tokens (random ids),
