@@ -752,14 +752,8 @@ reformc_runtime::c_abi! {
         argv: *const *const c_char,
         info: *const ExeInfo,
     ) -> i32 {
-        let mut args = Vec::new();
-        if !argv.is_null() {
-            for i in 0..argc.max(0) as usize {
-                // SAFETY: argv holds argc pointers.
-                let p = unsafe { *argv.add(i) };
-                args.push(c_text(p));
-            }
-        }
+        // SAFETY: forwarded contract.
+        let args = unsafe { argv_strings(argc, argv) };
         if info.is_null() {
             eprintln!("error: no model description");
             return 1;
@@ -767,6 +761,20 @@ reformc_runtime::c_abi! {
         // SAFETY: `info` points to the generated constant.
         main_with(&args, unsafe { &*info })
     }
+}
+
+/// The `argc` strings of `argv`.
+///
+/// # Safety
+/// `argv` is null or holds `argc` NUL-terminated strings.
+pub(crate) unsafe fn argv_strings(argc: i32, argv: *const *const c_char) -> Vec<String> {
+    if argv.is_null() {
+        return Vec::new();
+    }
+    (0..argc.max(0) as usize)
+        // SAFETY: argv holds argc pointers to C strings.
+        .map(|i| c_text(unsafe { *argv.add(i) }))
+        .collect()
 }
 
 /// Runs the command line `args` over the model `info` describes, printing

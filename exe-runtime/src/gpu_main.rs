@@ -394,13 +394,8 @@ reformc_runtime::c_abi! {
         argv: *const *const c_char,
         exe: *const GpuExe,
     ) -> i32 {
-        let mut args = Vec::new();
-        if !argv.is_null() {
-            for i in 0..argc.max(0) as usize {
-                // SAFETY: argv holds argc pointers.
-                args.push(c_text(unsafe { *argv.add(i) }));
-            }
-        }
+        // SAFETY: forwarded contract.
+        let mut args = unsafe { exe_main::argv_strings(argc, argv) };
         if exe.is_null() {
             eprintln!("error: no model description");
             return 1;

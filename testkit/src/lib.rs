@@ -449,3 +449,25 @@ pub fn malformed_safetensors_corpus() -> Vec<(PathBuf, String)> {
         .map(|(f, n)| (dir.join(f), n.to_string()))
         .collect()
 }
+
+/// The arguments of a module's `@forward` with weights as arguments: the
+/// graph's weights, then its inputs, each taken by name.
+pub fn forward_args(
+    g: &Graph,
+    weights: &BTreeMap<String, Tensor>,
+    inputs: &BTreeMap<String, Tensor>,
+) -> Vec<Tensor> {
+    g.weights()
+        .into_iter()
+        .map(|(n, _)| weights[n].clone())
+        .chain(g.inputs().into_iter().map(|(n, _)| inputs[n].clone()))
+        .collect()
+}
+
+/// Dtype and rank of each output of `g`, in order.
+pub fn output_types(g: &Graph) -> Vec<(DType, usize)> {
+    g.outputs
+        .iter()
+        .map(|(_, v)| (g.ty(*v).dtype, g.ty(*v).rank()))
+        .collect()
+}

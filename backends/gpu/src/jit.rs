@@ -88,40 +88,20 @@ fn call(
         return Err(GpuError::Run(e));
     }
     let mut descs: Vec<Vec<i64>> = staged.iter().map(|(b, s)| b.descriptor(s)).collect();
-    let mut result = vec![0i64; outs.iter().map(|(_, r)| 3 + 2 * r).sum()];
-    let mut ptrs: Vec<*mut i64> = std::iter::once(result.as_mut_ptr())
-        .chain(descs.iter_mut().map(|d| d.as_mut_ptr()))
-        .collect();
-    let mut packed: Vec<*mut ()> = ptrs
-        .iter_mut()
-        .map(|p| p as *mut *mut i64 as *mut ())
-        .collect();
-    // SAFETY: `_mlir_ciface_forward` takes its result struct and one
-    // descriptor per argument; every descriptor points at a live managed
-    // buffer of its shape (`staged`), which the call only reads. Invoking
-    // through the engine (not a looked-up pointer) runs the module's static
-    // initialiser first, which registers the kernels.
-    unsafe { engine.invoke_packed("forward", &mut packed) }
+    // SAFETY: every descriptor points at a live managed buffer of its shape
+    // (`staged`), which the call only reads. Invoking through the engine runs
+    // the module's static initialiser first, which registers the kernels.
+    let result = unsafe { memref::invoke(engine, &mut descs, outs) }
         .map_err(|e| GpuError::Lowering(format!("calling @forward: {e}")))?;
-    let descs = memref::split_results(&result, outs);
     let failed = rt::take_error();
-    let mut out = Vec::new();
-    if failed.is_none() {
-        for (d, &(dtype, r)) in descs.iter().zip(outs) {
-            // SAFETY: a result of the call just made, synchronised (every
-            // launch waits for its stream), owned by the caller.
-            out.push(unsafe { memref::read_tensor(d, dtype, r) });
-        }
-    }
-    let mut seen = Vec::new();
-    for d in descs {
-        if d[0] != 0 && !seen.contains(&d[0]) {
-            seen.push(d[0]);
-            // SAFETY: a result buffer the call handed over (allocated by
-            // the runtime), freed once (`seen`) after being copied out.
-            unsafe { rt::free_managed(d[0] as *mut std::ffi::c_void) };
-        }
-    }
+    // SAFETY: the results of that call, synchronised (every launch waits for
+    // its stream), owned by the caller, allocated by the runtime; read (when
+    // the run succeeded) before they are freed.
+    let out = match failed {
+        None => unsafe { memref::read_results(&result, outs) },
+        Some(_) => Vec::new(),
+    };
+    unsafe { memref::free_results(&result, outs, |p| rt::free_managed(p)) };
     match failed.or_else(rt::take_error) {
         Some(e) => Err(GpuError::Run(e)),
         None => Ok(out),
@@ -152,31 +132,12 @@ pub(crate) fn host_call(
     }
     let args: Vec<Tensor> = args.iter().map(memref::standard).collect();
     let mut descs: Vec<Vec<i64>> = args.iter().map(memref::descriptor).collect();
-    let mut result = vec![0i64; outs.iter().map(|(_, r)| 3 + 2 * r).sum()];
-    let mut ptrs: Vec<*mut i64> = std::iter::once(result.as_mut_ptr())
-        .chain(descs.iter_mut().map(|d| d.as_mut_ptr()))
-        .collect();
-    let mut packed: Vec<*mut ()> = ptrs
-        .iter_mut()
-        .map(|p| p as *mut *mut i64 as *mut ())
-        .collect();
     // SAFETY: as in `call`, with the arguments' own (standard-layout) data.
-    unsafe { engine.invoke_packed("forward", &mut packed) }
+    let result = unsafe { memref::invoke(&engine, &mut descs, outs) }
         .map_err(|e| GpuError::Lowering(format!("calling @forward: {e}")))?;
-    let descs = memref::split_results(&result, outs);
-    let mut out = Vec::new();
-    let mut seen = Vec::new();
-    for (d, &(dtype, r)) in descs.iter().zip(outs) {
-        // SAFETY: a result of the call, owned by the caller.
-        out.push(unsafe { memref::read_tensor(d, dtype, r) });
-    }
-    for d in descs {
-        if d[0] != 0 && !seen.contains(&d[0]) {
-            seen.push(d[0]);
-            // SAFETY: a `malloc`ed result buffer handed over by the call,
-            // freed once after being copied out.
-            unsafe { free(d[0] as *mut std::ffi::c_void) };
-        }
-    }
+    // SAFETY: the call's results, owned by the caller, `malloc`ed (this
+    // module was lowered with the C heap), read once and then freed.
+    let out = unsafe { memref::read_results(&result, outs) };
+    unsafe { memref::free_results(&result, outs, |p| free(p)) };
     Ok(out)
 }

@@ -6,7 +6,7 @@
 
 use reformc_backend_gpu::host_check;
 use reformc_backend_mlir::{emit_module, EmitOptions};
-use reformc_testkit::{fixtures, max_abs_diff, Case};
+use reformc_testkit::{fixtures, forward_args, max_abs_diff, output_types, Case};
 
 #[test]
 fn every_fixture_through_the_gpu_loop_stages_matches_hf() {
@@ -18,18 +18,8 @@ fn every_fixture_through_the_gpu_loop_stages_matches_hf() {
         let text = emit_module(&g, &EmitOptions::default()).unwrap();
         let weights = case.weight_map(&g);
         let inputs = case.inputs(source);
-        let args: Vec<_> = g
-            .weights()
-            .into_iter()
-            .map(|(n, _)| weights[n].clone())
-            .chain(g.inputs().into_iter().map(|(n, _)| inputs[n].clone()))
-            .collect();
-        let outs: Vec<_> = g
-            .outputs
-            .iter()
-            .map(|(_, v)| (g.ty(*v).dtype, g.ty(*v).rank()))
-            .collect();
-        match host_check(&text, &args, &outs) {
+        let args = forward_args(&g, &weights, &inputs);
+        match host_check(&text, &args, &output_types(&g)) {
             Ok(out) => {
                 let err = max_abs_diff(&out[0].to_f64(), &case.reference_f64());
                 if err > 1e-4 {

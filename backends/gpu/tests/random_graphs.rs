@@ -7,8 +7,8 @@
 
 use reformc_backend_gpu::{compile_ptx, host_check, GpuOptions};
 use reformc_backend_mlir::{emit_module, EmitOptions};
-use reformc_tensor::Tensor;
 use reformc_testkit::random_graph::{assert_agrees, random_graph, COVERED};
+use reformc_testkit::{forward_args, output_types};
 use std::collections::BTreeMap;
 
 const CASES: u64 = 48;
@@ -22,16 +22,8 @@ fn compare(seed: u64, ptx: Option<&GpuOptions>) -> String {
     let g = reformc_ir::parse(&text).unwrap_or_else(|e| panic!("{ctx}{e}"));
     let none = BTreeMap::new();
     let want = reformc_interp::run(&g, &b.inputs, &none).unwrap_or_else(|e| panic!("{ctx}{e}"));
-    let args: Vec<Tensor> = g
-        .inputs()
-        .into_iter()
-        .map(|(name, _)| b.inputs[name].clone())
-        .collect();
-    let outs: Vec<_> = g
-        .outputs
-        .iter()
-        .map(|(_, v)| (g.ty(*v).dtype, g.ty(*v).rank()))
-        .collect();
+    let args = forward_args(&g, &none, &b.inputs);
+    let outs = output_types(&g);
     let module = emit_module(&g, &EmitOptions::default()).unwrap_or_else(|e| panic!("{ctx}{e}"));
     let got = host_check(&module, &args, &outs).unwrap_or_else(|e| panic!("{ctx}host: {e}"));
     for ((name, _), x) in g.outputs.iter().zip(&got) {

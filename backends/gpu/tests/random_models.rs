@@ -12,8 +12,8 @@ use reformc_frontend::config::parse_model_config;
 use reformc_frontend::lower::{lower, LowerOptions, LshSource};
 use reformc_ir::DType;
 use reformc_passes::{Instrumentation, PassManager, PassOptions, Pipeline};
-use reformc_tensor::Tensor;
 use reformc_testkit::random_model::{random_config, random_inputs, random_weights, Lcg as Rng};
+use reformc_testkit::{forward_args, output_types};
 use std::path::Path;
 
 #[test]
@@ -59,11 +59,7 @@ fn random_models_through_the_gpu_loop_stages_match_the_interpreter() {
             };
             compile_ptx(&module, &gpu).unwrap_or_else(|e| panic!("model {model}: ptx: {e}"));
         }
-        let outs: Vec<_> = g
-            .outputs
-            .iter()
-            .map(|(_, v)| (g.ty(*v).dtype, g.ty(*v).rank()))
-            .collect();
+        let outs = output_types(g);
         let at = g.outputs.iter().position(|(n, _)| n == "logits").unwrap();
         for &l in &[1usize, chunk + 1, 2 * chunk + 3] {
             if spec.check_length(l as u64).is_err() {
@@ -71,12 +67,7 @@ fn random_models_through_the_gpu_loop_stages_match_the_interpreter() {
             }
             for b in [1usize, 2] {
                 let inp = random_inputs(&spec, b, l, &mut rng, source, &lowered.bucket_factors);
-                let args: Vec<Tensor> = g
-                    .weights()
-                    .into_iter()
-                    .map(|(n, _)| w[n].clone())
-                    .chain(g.inputs().into_iter().map(|(n, _)| inp[n].clone()))
-                    .collect();
+                let args = forward_args(g, &w, &inp);
                 let got = host_check(&module, &args, &outs)
                     .unwrap_or_else(|e| panic!("model {model} B={b} L={l}: {e}\n{text}"));
                 let want = reformc_interp::run(g, &inp, &w)

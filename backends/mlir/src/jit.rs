@@ -255,30 +255,13 @@ fn invoke(
     outs: &[(DType, usize)],
 ) -> Result<Vec<Tensor>, melior::Error> {
     let mut descs: Vec<Vec<i64>> = args.iter().map(crate::memref::descriptor).collect();
-    let mut result = vec![0i64; outs.iter().map(|(_, r)| 3 + 2 * r).sum()];
-    let mut ptrs: Vec<*mut i64> = std::iter::once(result.as_mut_ptr())
-        .chain(descs.iter_mut().map(|d| d.as_mut_ptr()))
-        .collect();
-    let mut packed: Vec<*mut ()> = ptrs
-        .iter_mut()
-        .map(|p| p as *mut *mut i64 as *mut ())
-        .collect();
-    // SAFETY: `_mlir_ciface_forward` takes a pointer to its result struct (the
-    // output descriptors, laid out like `result`) and one pointer to each
-    // argument's descriptor; `packed` points at those pointers, and every
-    // descriptor's data (`args`, standard layout) outlives the call. The
-    // function only reads the arguments' data.
-    unsafe { engine.invoke_packed("forward", &mut packed)? };
-    let descs = crate::memref::split_results(&result, outs);
-    // SAFETY: each descriptor is a result of the call just made, which the
-    // caller owns and nothing has freed.
-    let out = descs
-        .iter()
-        .zip(outs)
-        .map(|(d, &(dtype, r))| unsafe { crate::memref::read_tensor(d, dtype, r) })
-        .collect();
-    // SAFETY: `@forward`'s results are buffers it hands to the caller
-    // (CPU_PIPELINE's deallocation makes them owned), all copied out above.
-    unsafe { crate::pipeline::free_results(&descs) };
+    // SAFETY: the engine's `@forward` takes `args` (standard layout, alive
+    // for the call; it only reads them) and returns `outs`.
+    let result = unsafe { crate::memref::invoke(engine, &mut descs, outs)? };
+    // SAFETY: the results of that call, owned by the caller (CPU_PIPELINE's
+    // deallocation makes them so), read once and then freed with `free`,
+    // which `memref.alloc` pairs with.
+    let out = unsafe { crate::memref::read_results(&result, outs) };
+    unsafe { crate::memref::free_results(&result, outs, |p| crate::pipeline::free(p)) };
     Ok(out)
 }

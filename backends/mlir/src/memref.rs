@@ -118,3 +118,66 @@ pub unsafe fn read_tensor(d: &[i64], dtype: DType, rank: usize) -> Tensor {
         }
     }
 }
+
+/// Calls `@forward` of `engine` through its C interface
+/// (`_mlir_ciface_forward`, with the module's static initialiser run first)
+/// on argument descriptors `args`; returns the result descriptors, laid out
+/// as [`split_results`] reads them for `outs`.
+///
+/// # Safety
+/// The engine's `@forward` has results of `outs`' dtypes and ranks and
+/// arguments described by `args`, each over a live buffer of its shape that
+/// stays alive for the call.
+pub unsafe fn invoke(
+    engine: &melior::ExecutionEngine,
+    args: &mut [Vec<i64>],
+    outs: &[(DType, usize)],
+) -> Result<Vec<i64>, melior::Error> {
+    let mut result = vec![0i64; outs.iter().map(|(_, r)| 3 + 2 * r).sum()];
+    let mut ptrs: Vec<*mut i64> = std::iter::once(result.as_mut_ptr())
+        .chain(args.iter_mut().map(|d| d.as_mut_ptr()))
+        .collect();
+    let mut packed: Vec<*mut ()> = ptrs
+        .iter_mut()
+        .map(|p| p as *mut *mut i64 as *mut ())
+        .collect();
+    // SAFETY: `_mlir_ciface_forward` takes a pointer to its result struct
+    // (laid out like `result`) and one pointer to each argument's
+    // descriptor; `packed` points at those pointers (see the contract).
+    unsafe { engine.invoke_packed("forward", &mut packed)? };
+    Ok(result)
+}
+
+/// The results of one call ([`invoke`]) copied out as tensors.
+///
+/// # Safety
+/// `result` was filled by a call whose results have `outs`' dtypes and ranks,
+/// and none of their buffers was freed.
+pub unsafe fn read_results(result: &[i64], outs: &[(DType, usize)]) -> Vec<Tensor> {
+    split_results(result, outs)
+        .iter()
+        .zip(outs)
+        // SAFETY: forwarded contract.
+        .map(|(d, &(dtype, r))| unsafe { read_tensor(d, dtype, r) })
+        .collect()
+}
+
+/// Frees the buffers of the results of one call with `free`, once per
+/// distinct allocation (two results may share one).
+///
+/// # Safety
+/// The results' buffers were handed to the caller (allocated by the
+/// allocator `free` releases) and are not used afterwards.
+pub unsafe fn free_results(
+    result: &[i64],
+    outs: &[(DType, usize)],
+    mut free: impl FnMut(*mut std::ffi::c_void),
+) {
+    let mut seen: Vec<i64> = Vec::new();
+    for d in split_results(result, outs) {
+        if d[0] != 0 && !seen.contains(&d[0]) {
+            seen.push(d[0]);
+            free(d[0] as *mut std::ffi::c_void);
+        }
+    }
+}

@@ -13,7 +13,7 @@ use melior::{ir::Module, ExecutionEngine};
 /// per `scf.for` iteration of a `seq_chunk`), and makes every result of the
 /// public `@forward` a buffer that the caller owns (a result that would alias
 /// an argument or another result is cloned), so that the runner can free it
-/// after copying it out ([`free_results`]).
+/// after copying it out (`memref::free_results`).
 pub const CPU_PIPELINE: &str = concat!(
     "builtin.module(",
     "one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map},",
@@ -170,26 +170,7 @@ fn async_runtime(path: &'static str) -> Option<usize> {
 }
 
 extern "C" {
-    /// The C library's `free`, which `memref.dealloc` lowers to.
-    fn free(ptr: *mut std::ffi::c_void);
-}
-
-/// Frees the buffers of the result descriptors of one call of `@forward`
-/// (each `[allocated, aligned, offset, sizes.., strides..]`), once per
-/// distinct allocated pointer.
-///
-/// # Safety
-/// Every descriptor must come from a call of a function lowered by
-/// [`CPU_PIPELINE`], whose results the caller owns (allocated by `malloc`),
-/// and must not be read afterwards.
-pub(crate) unsafe fn free_results(descs: &[&[i64]]) {
-    let mut seen: Vec<i64> = Vec::new();
-    for d in descs {
-        let p = d[0];
-        if p != 0 && !seen.contains(&p) {
-            seen.push(p);
-            // SAFETY: see the function's contract.
-            unsafe { free(p as *mut std::ffi::c_void) };
-        }
-    }
+    /// The C library's `free`, which `memref.dealloc` lowers to (results of
+    /// `@forward` are freed with it).
+    pub(crate) fn free(ptr: *mut std::ffi::c_void);
 }
