@@ -27,6 +27,52 @@ use std::sync::Mutex;
 extern "C" {
     fn aligned_alloc(align: usize, size: usize) -> *mut c_void;
     fn free(p: *mut c_void);
+    fn mallopt(param: i32, value: i32) -> i32;
+    fn madvise(addr: *mut c_void, len: usize, advice: i32) -> i32;
+}
+
+/// glibc's `M_MMAP_THRESHOLD`.
+const M_MMAP_THRESHOLD: i32 = -3;
+/// Linux's `MADV_HUGEPAGE`.
+const MADV_HUGEPAGE: i32 = 14;
+/// Blocks at least this large come from `mmap` and go back to the system
+/// when the cache evicts them. glibc's default threshold grows with every
+/// large block freed (up to 32 MiB), after which such blocks come from the
+/// heap, whose holes the next layer's other sizes cannot always reuse. The
+/// 16K-token training step of the bench model peaked at 465 MiB RSS with 12
+/// layers against 383 MiB with 2 (1.21×; the static plan says 382 and 355);
+/// with this threshold 435 and 378 MiB (1.15×), and 5% faster with the huge
+/// pages below. 8 MiB gave 398 and 366 MiB (1.09×) but an 8% slower step.
+const MMAP_THRESHOLD: i32 = 16 << 20;
+
+/// The process's allocator policy, set once before the first block.
+pub(crate) fn allocator_policy() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: mallopt only changes glibc's allocation policy; a refusal
+        // (another libc) leaves the default.
+        unsafe { mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
+    });
+}
+
+/// Asks for transparent huge pages under the page-aligned interior of a
+/// fresh block from `mmap` (at least [`MMAP_THRESHOLD`]), where the kernel
+/// offers them on request (`madvise` mode): 512 times fewer page faults when
+/// the block is first written. Smaller blocks live in the heap, where a huge
+/// page would also cover its neighbours.
+fn advise_huge(p: *mut u8, size: usize) {
+    if size < MMAP_THRESHOLD as usize {
+        return;
+    }
+    let page = 4096usize;
+    let start = (p as usize + page - 1) & !(page - 1);
+    let end = (p as usize + size) & !(page - 1);
+    if end > start {
+        // SAFETY: the range lies inside the block just allocated; madvise
+        // changes only how its pages are backed, never their contents, and
+        // failing (no THP support) is harmless.
+        unsafe { madvise(start as *mut c_void, end - start, MADV_HUGEPAGE) };
+    }
 }
 
 /// The cache may hold up to 1/SLACK_DIV more than the live peak: the sizes
@@ -119,6 +165,7 @@ crate::c_abi! {
         let Some(size) = block_size(bytes) else {
             return std::ptr::null_mut();
         };
+        allocator_policy();
         let mut evicted = Vec::new();
         {
             let mut c = lock();
@@ -152,6 +199,8 @@ crate::c_abi! {
         if p.is_null() {
             let mut c = lock();
             c.live = c.live.saturating_sub(size);
+        } else {
+            advise_huge(p, asize);
         }
         p
     }

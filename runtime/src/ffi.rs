@@ -176,6 +176,9 @@ crate::c_abi! {
     /// # Safety
     /// Always safe to call; `unsafe` only for uniformity with the other entry points.
     unsafe fn rc_set_threads(n: i64) -> i32 {
+        // Executables set their threads first: the allocator policy then
+        // holds for every allocation of the run.
+        crate::alloc::allocator_policy();
         guard(|| crate::pool::set_threads(n))
     }
 
