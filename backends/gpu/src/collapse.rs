@@ -238,3 +238,62 @@ unsafe fn collapse(ctx: MlirContext, op: MlirOperation) {
     mlirOperationRemoveFromParent(op);
     mlirOperationDestroy(op);
 }
+
+#[cfg(test)]
+mod tests {
+    /// The module `text` (tensor-level linalg) after the GPU backend's loop
+    /// stages, printed.
+    pub(crate) fn loops(text: &str) -> String {
+        let context = reformc_backend_mlir::context();
+        reformc_backend_mlir::register_passes();
+        let mut module = melior::ir::Module::parse(&context, text).expect("test module parses");
+        crate::to_loops(&context, &mut module).expect("loop stages run");
+        module.as_operation().to_string()
+    }
+
+    const ELEMENTWISE_3D: &str = "module {\n  func.func @forward(%a: tensor<?x?x8xf32>) -> tensor<?x?x8xf32> {\n    %c0 = arith.constant 0 : index\n    %c1 = arith.constant 1 : index\n    %d0 = tensor.dim %a, %c0 : tensor<?x?x8xf32>\n    %d1 = tensor.dim %a, %c1 : tensor<?x?x8xf32>\n    %e = tensor.empty(%d0, %d1) : tensor<?x?x8xf32>\n    %r = linalg.generic {indexing_maps = [affine_map<(i, j, k) -> (i, j, k)>, affine_map<(i, j, k) -> (i, j, k)>], iterator_types = [\"parallel\", \"parallel\", \"parallel\"]} ins(%a : tensor<?x?x8xf32>) outs(%e : tensor<?x?x8xf32>) {\n    ^bb0(%x: f32, %y: f32):\n      %z = arith.addf %x, %x : f32\n      linalg.yield %z : f32\n    } -> tensor<?x?x8xf32>\n    return %r : tensor<?x?x8xf32>\n  }\n}\n";
+
+    #[test]
+    fn a_three_dimensional_loop_becomes_one_dimension_indexed_by_division() {
+        let out = loops(ELEMENTWISE_3D);
+        let parallels: Vec<&str> = out.lines().filter(|l| l.contains("scf.parallel")).collect();
+        assert_eq!(parallels.len(), 1, "{out}");
+        // One induction variable, over the product of the three extents.
+        assert_eq!(parallels[0].matches("%arg").count(), 1, "{out}");
+        assert!(out.contains("arith.muli"), "{out}");
+        // Row-major: the last extent (8) is the fastest index.
+        assert_eq!(out.matches("arith.remui").count(), 2, "{out}");
+        assert_eq!(out.matches("arith.divui").count(), 2, "{out}");
+    }
+
+    #[test]
+    fn a_reduction_loop_with_an_inner_parallel_loop_is_interchanged_then_collapsed() {
+        // y[i, n] += x[i, k] * w[k, n], with k before n (as `linear` is emitted).
+        let text = "module {\n  func.func @forward(%x: tensor<?x4xf32>, %w: tensor<4x3xf32>, %o: tensor<?x3xf32>) -> tensor<?x3xf32> {\n    %r = linalg.generic {indexing_maps = [affine_map<(i, k, n) -> (i, k)>, affine_map<(i, k, n) -> (k, n)>, affine_map<(i, k, n) -> (i, n)>], iterator_types = [\"parallel\", \"reduction\", \"parallel\"]} ins(%x, %w : tensor<?x4xf32>, tensor<4x3xf32>) outs(%o : tensor<?x3xf32>) {\n    ^bb0(%a: f32, %b: f32, %c: f32):\n      %p = arith.mulf %a, %b : f32\n      %s = arith.addf %c, %p : f32\n      linalg.yield %s : f32\n    } -> tensor<?x3xf32>\n    return %r : tensor<?x3xf32>\n  }\n}\n";
+        let out = loops(text);
+        let (p, f) = (
+            out.find("scf.parallel").unwrap(),
+            out.find("scf.for").unwrap(),
+        );
+        assert!(
+            p < f,
+            "the reduction loop is inside the parallel one: {out}"
+        );
+        // Nothing parallel is left inside the reduction loop (the one other
+        // parallel loop, after it, copies the output bufferization made).
+        let inside_for = &out[f..f + out[f..].find("scf.reduce").unwrap()];
+        assert!(!inside_for.contains("scf.parallel"), "{out}");
+        assert!(
+            out[p..f].contains("arith.remui"),
+            "collapsed to one dimension: {out}"
+        );
+    }
+
+    #[test]
+    fn copies_become_generics_then_loops() {
+        let text = "module {\n  func.func @forward(%a: tensor<?x8xf32>) -> tensor<?x16xf32> {\n    %c0 = arith.constant 0 : index\n    %d0 = tensor.dim %a, %c0 : tensor<?x8xf32>\n    %e = tensor.empty(%d0) : tensor<?x16xf32>\n    %r = tensor.insert_slice %a into %e[0, 4] [%d0, 8] [1, 1] : tensor<?x8xf32> into tensor<?x16xf32>\n    return %r : tensor<?x16xf32>\n  }\n}\n";
+        let out = loops(text);
+        assert!(!out.contains("memref.copy"), "{out}");
+        assert!(out.contains("scf.parallel"), "{out}");
+    }
+}

@@ -128,3 +128,29 @@ fn retarget_launches(context: &Context, module: &mut Module) -> Result<(), GpuEr
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{compile_ptx, find_libdevice, GpuOptions};
+
+    #[test]
+    fn every_kernel_lands_in_one_ptx_module() {
+        // Three element-wise ops with a consumer each: three kernels.
+        let g = reformc_ir::parse(
+            "graph {\n  %0 = input {name=\"x\"} : f32[N,4]\n  %1 = add %0, %0 : f32[N,4]\n  %2 = mul %1, %0 : f32[N,4]\n  %3 = sub %2, %1 : f32[N,4]\n  output \"y\" = %3\n}\n",
+        )
+        .unwrap();
+        let text = reformc_backend_mlir::emit_module(&g, &Default::default()).unwrap();
+        let opts = GpuOptions {
+            libdevice: find_libdevice(None).unwrap(),
+            ..GpuOptions::default()
+        };
+        let k = compile_ptx(&text, &opts).unwrap();
+        assert_eq!(k.ptx.matches(".version").count(), 1, "{}", k.ptx);
+        assert!(k.entries.len() >= 3, "{:?}", k.entries);
+        let mut names = k.entries.clone();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), k.entries.len(), "entry names are distinct");
+    }
+}
