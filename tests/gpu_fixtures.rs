@@ -325,8 +325,8 @@ fn gpu_flags_that_do_not_apply_are_refused() {
     );
     for (flags, needle) in [
         (
-            &["--target", "gpu", "--emit", "lib"][..],
-            "a GPU library is not built yet",
+            &["--target", "gpu", "--emit", "staticlib"][..],
+            "ptx (the kernels), exe or lib",
         ),
         (&["--emit", "ptx"][..], "add --target gpu"),
         (
@@ -516,4 +516,97 @@ fn a_gpu_executable_runs_its_command_line_on_a_stand_in_driver() {
         err.contains("cannot load weights") && err.contains("tensor"),
         "{err}"
     );
+}
+
+/// The user guide's C example (`examples/c-abi/main.c`), unchanged, against
+/// a GPU library (`compile --target gpu --emit lib`): without a driver the
+/// weights load fails with the driver's message; on the stand-in driver
+/// the program runs to the end and prints the output's shape (its values
+/// mean nothing: the stand-in runs no kernel). The library exports exactly
+/// the CPU library's functions plus `reformc_model_set_device`.
+#[test]
+fn a_gpu_library_serves_the_c_example_on_a_stand_in_driver() {
+    let dir = Scratch::new("gpu-lib");
+    let root = common::root();
+    let model = root.join("examples/tiny-reformer");
+    let so = dir.path("libtiny.so");
+    let (code, _, err) = reformc(
+        &[
+            &"compile",
+            &model,
+            &"--target",
+            &"gpu",
+            &"--emit",
+            &"lib",
+            &"-o",
+            &so,
+            &"-q",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let header = std::fs::read_to_string(dir.path("model.h")).unwrap();
+    assert!(
+        header.contains("int32_t reformc_model_set_device(int32_t device);"),
+        "{header}"
+    );
+    let prog = dir.path("tiny");
+    let cc = Command::new(reformc_backend_llvm::aot::cc())
+        .args(["-std=c99", "-Wall", "-Werror", "-O2", "-o"])
+        .arg(&prog)
+        .arg(root.join("examples/c-abi/main.c"))
+        .arg(format!("-I{}", dir.dir().display()))
+        .arg(&so)
+        .arg(format!("-Wl,-rpath,{}", dir.dir().display()))
+        .output()
+        .unwrap();
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let weights = model.join("model.safetensors");
+    let run = |env: &[(&str, &str)]| {
+        let mut c = Command::new(&prog);
+        c.arg(&weights);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    if reformc_backend_gpu::driver_path().is_none() {
+        let missing = dir.path("no-such-libcuda.so");
+        let o = run(&[("REFORMC_LIBCUDA", missing.to_str().unwrap())]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{err}");
+        assert!(
+            err.contains("loading the weights failed") && err.contains("no CUDA driver found"),
+            "{err}"
+        );
+    }
+    let Some(fake) = fake_driver(&dir) else {
+        return;
+    };
+    let o = run(&[("REFORMC_LIBCUDA", fake.to_str().unwrap())]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.starts_with("logits: [1, 32, 64] f32\n"), "{out}");
+    let nm = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(&so)
+        .output()
+        .unwrap();
+    let mut exported: Vec<String> = String::from_utf8_lossy(&nm.stdout)
+        .lines()
+        .filter(|l| l.contains(" T "))
+        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+        .collect();
+    exported.sort();
+    let mut want: Vec<String> = reformc_backend_llvm::aot::EXPORTS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    want.push("reformc_model_set_device".into());
+    want.sort();
+    assert_eq!(exported, want);
 }

@@ -32,7 +32,8 @@ pub struct GpuExe {
     pub deinit: Option<unsafe extern "C" fn()>,
     /// The weights in argument order, a line each: `name<TAB>d0,d1,...` (f32).
     pub weights: *const c_char,
-    /// The runtime inputs in argument order, a line each: their names.
+    /// The runtime inputs in argument order, a line each:
+    /// `name<TAB>dtype code<TAB>rank`.
     pub inputs: *const c_char,
     /// Rank of the one f32 output.
     pub output_rank: i64,
@@ -76,7 +77,10 @@ struct Model {
     forward: unsafe extern "C" fn(*mut *mut c_void),
     init: Option<unsafe extern "C" fn()>,
     weights: Vec<(String, Vec<usize>)>,
-    inputs: Vec<String>,
+    /// Name, dtype code and rank of each runtime input.
+    inputs: Vec<(String, i32, usize)>,
+    /// The input checks of [`GpuExe`], in its order.
+    checks: [i64; 11],
     output_rank: usize,
     signature: String,
 }
@@ -142,7 +146,7 @@ unsafe extern "C" fn gpu_load_weights(path: *const c_char) -> i32 {
             *WEIGHTS.lock().unwrap_or_else(|p| p.into_inner()) = w;
             model_rt::set_error(0, "")
         }
-        Err(e) => model_rt::set_error(2, &format!("{path}: {e}")),
+        Err(e) => model_rt::set_error(model_rt::code::WEIGHTS_MISMATCH, &format!("{path}: {e}")),
     }
 }
 
@@ -169,6 +173,122 @@ fn load_weights(path: &std::path::Path) -> Result<Vec<(rt::Managed, Vec<usize>)>
         Some(e) => Err(e),
         None => Ok(out),
     }
+}
+
+/// Checks the caller's tensors against the model, as the CPU library's
+/// generated checks do: dtypes, ranks, the mask's and the hashing input's
+/// shapes, token ids within the vocabulary, the length limit, bucket ids in
+/// range. `Err` is a status code and a message.
+///
+/// # Safety
+/// Each tensor is readable and its data (when not null) holds its shape's
+/// elements.
+unsafe fn check_inputs(m: &Model, given: &[ReformcTensor]) -> Result<(), (i32, String)> {
+    use model_rt::code;
+    let shape = |t: &ReformcTensor| -> Vec<usize> {
+        let r = t.rank.clamp(0, model_rt::MAX_RANK as i32) as usize;
+        t.shape[..r].iter().map(|&d| d.max(0) as usize).collect()
+    };
+    let by_name = |name: &str| match name {
+        "input_ids" => 0,
+        "attention_mask" => 1,
+        _ => 2,
+    };
+    for (name, dtype, rank) in &m.inputs {
+        let t = &given[by_name(name)];
+        if t.dtype != *dtype {
+            return Err((
+                code::DTYPE,
+                format!(
+                    "input `{name}`: expected dtype code {dtype}, found {}",
+                    t.dtype
+                ),
+            ));
+        }
+        if t.rank as usize != *rank {
+            return Err((
+                code::RANK,
+                format!("input `{name}`: expected rank {rank}, found {}", t.rank),
+            ));
+        }
+        if t.data.is_null() && name != "attention_mask" {
+            return Err((code::ARGUMENT, format!("input `{name}`: data is NULL")));
+        }
+    }
+    let ids_shape = shape(&given[0]);
+    let (batch, len) = (ids_shape[0], ids_shape[1]);
+    if batch == 0 || len == 0 {
+        return Err((code::SHAPE, format!("input_ids: empty shape {ids_shape:?}")));
+    }
+    let [vocab, max_len, pad_multiple, pad_min_len, n_lsh, heads, head_dim, rounds, rot_half, _, n_buckets] =
+        m.checks;
+    // SAFETY: ids hold batch*len i64 values (checked dtype and rank).
+    let ids = unsafe { std::slice::from_raw_parts(given[0].data as *const i64, batch * len) };
+    if let Some(&id) = ids.iter().find(|&&v| v < 0 || (vocab > 0 && v >= vocab)) {
+        return Err((
+            code::VALUE,
+            format!("input_ids: token id {id} is out of range (0 <= id < {vocab})"),
+        ));
+    }
+    let padded = reformc_ir::hf_rules::padded_len(
+        len as u64,
+        pad_multiple.max(1) as u64,
+        pad_min_len.max(0) as u64,
+    ) as usize;
+    if max_len > 0 && padded as i64 > max_len {
+        return Err((
+            code::SHAPE,
+            format!(
+                "sequence length {len} (padded {padded}) exceeds the compiled maximum {max_len}"
+            ),
+        ));
+    }
+    if !given[1].data.is_null() && shape(&given[1]) != ids_shape {
+        return Err((
+            code::SHAPE,
+            format!(
+                "attention_mask: expected shape {ids_shape:?}, found {:?}",
+                shape(&given[1])
+            ),
+        ));
+    }
+    let (l, h, d, r, half) = (
+        n_lsh as usize,
+        heads as usize,
+        head_dim as usize,
+        rounds as usize,
+        rot_half as usize,
+    );
+    if let Some((name, _, _)) = m.inputs.iter().find(|(n, _, _)| by_name(n) == 2) {
+        let want = match name.as_str() {
+            "lsh_rotations" => vec![l, h, d, r, half],
+            "lsh_buckets" => vec![l, batch, h, r, padded],
+            _ => vec![],
+        };
+        if shape(&given[2]) != want {
+            return Err((
+                code::SHAPE,
+                format!(
+                    "{name}: expected shape {want:?}, found {:?}",
+                    shape(&given[2])
+                ),
+            ));
+        }
+        if name == "lsh_buckets" && n_buckets > 0 {
+            let n: usize = want.iter().product();
+            // SAFETY: the buckets hold `n` i64 values (checked shape and dtype).
+            let b = unsafe { std::slice::from_raw_parts(given[2].data as *const i64, n) };
+            // The padding bucket counts when the sequence is padded or masked.
+            let nb = n_buckets + 1;
+            if let Some(&v) = b.iter().find(|&&v| v < 0 || v >= nb) {
+                return Err((
+                    code::VALUE,
+                    format!("lsh_buckets: bucket id {v} is out of range (0 <= id < {nb})"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The bytes and shape of a command-line tensor (`data` may be null for an
@@ -199,20 +319,34 @@ unsafe extern "C" fn gpu_run(
     outputs: *mut ReformcTensor,
     n_outputs: i64,
 ) -> i32 {
-    if inputs.is_null() || outputs.is_null() || n_inputs < 2 || n_outputs < 1 {
-        return model_rt::set_error(1, "gpu model: bad call");
+    let m = model();
+    if inputs.is_null()
+        || outputs.is_null()
+        || n_inputs != m.inputs.len().max(2) as i64
+        || n_outputs != 1
+    {
+        return model_rt::set_error(
+            model_rt::code::ARGUMENT,
+            &format!(
+                "the model takes {} inputs (input_ids, attention_mask{}) and 1 output; got {n_inputs} and {n_outputs}",
+                m.inputs.len().max(2),
+                if m.inputs.len() > 2 { ", the hashing input" } else { "" }
+            ),
+        );
     }
     // SAFETY: the command line passes `n_inputs` tensors and one output slot.
     let given = unsafe { std::slice::from_raw_parts(inputs, n_inputs as usize) };
-    let m = model();
+    // SAFETY: the caller's tensors are readable (the ABI's contract).
+    if let Err((code, e)) = unsafe { check_inputs(m, given) } {
+        return model_rt::set_error(code, &e);
+    }
     let ids_shape: Vec<usize> = given[0].shape[..2].iter().map(|&d| d as usize).collect();
     let mut staged = Vec::new();
-    for name in &m.inputs {
+    for (name, _, _) in &m.inputs {
         let t = match name.as_str() {
             "input_ids" => &given[0],
             "attention_mask" => &given[1],
-            _ if given.len() > 2 => &given[2],
-            other => return model_rt::set_error(2, &format!("no value for input `{other}`")),
+            _ => &given[2],
         };
         // SAFETY: the command line's tensors are live arrays (or a null mask).
         let (bytes, shape) = unsafe { tensor_bytes(t, &ids_shape) };
@@ -246,13 +380,20 @@ unsafe extern "C" fn gpu_run(
         unsafe { rt::free_managed(result[0] as *mut c_void) };
     }
     match (failed, out) {
-        (Some(e), _) | (None, Some(Err(e))) => model_rt::set_error(2, &e),
+        (Some(e), _) | (None, Some(Err(e))) => {
+            let code = if e.contains("out of") {
+                model_rt::code::OUT_OF_MEMORY
+            } else {
+                model_rt::code::KERNEL
+            };
+            model_rt::set_error(code, &e)
+        }
         (None, Some(Ok(t))) => {
             // SAFETY: one writable output slot.
             unsafe { *outputs = t };
             model_rt::set_error(0, "")
         }
-        (None, None) => model_rt::set_error(1, "no output"),
+        (None, None) => model_rt::set_error(model_rt::code::KERNEL, "no output"),
     }
 }
 
@@ -321,6 +462,41 @@ unsafe extern "C" fn gpu_last_error() -> *const c_char {
     slot.insert(text).as_ptr()
 }
 
+/// Sets the model from `exe` (once per process) for the library entries.
+///
+/// # Safety
+/// `exe` is null or points to the generated description.
+unsafe fn ensure_model(exe: *const GpuExe) -> Result<(), i32> {
+    if MODEL.get().is_some() {
+        return Ok(());
+    }
+    if exe.is_null() {
+        return Err(model_rt::set_error(
+            model_rt::code::ARGUMENT,
+            "no model description",
+        ));
+    }
+    // SAFETY: see the contract.
+    let g = unsafe { &*exe };
+    let m = describe(g).map_err(|e| model_rt::set_error(model_rt::code::ARGUMENT, &e))?;
+    let _ = MODEL.set(m);
+    let _ = ARCH.set(c_text(g.gpu_arch));
+    Ok(())
+}
+
+/// The kernels' architecture, for the library's device checks.
+static ARCH: OnceLock<String> = OnceLock::new();
+
+/// Device 0 (checked against the kernels' architecture) unless the library's
+/// caller selected one.
+fn ensure_device() -> Result<(), i32> {
+    if rt::device_info().is_some() {
+        return Ok(());
+    }
+    let arch = ARCH.get().map_or("sm_90", String::as_str);
+    open_device(0, arch).map_err(|e| model_rt::set_error(model_rt::code::KERNEL, &e))
+}
+
 /// The [`ExeInfo`] the shared command line runs, from `g`.
 fn exe_info(g: &GpuExe) -> ExeInfo {
     ExeInfo {
@@ -368,18 +544,126 @@ fn describe(g: &GpuExe) -> Result<Model, String> {
             Ok((name.to_string(), dims))
         })
         .collect::<Result<Vec<_>, &str>>()?;
+    let inputs = c_text(g.inputs)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            match f[..] {
+                [name, dtype, rank] => Ok((
+                    name.to_string(),
+                    dtype.parse().map_err(|_| "bad input list")?,
+                    rank.parse().map_err(|_| "bad input list")?,
+                )),
+                _ => Err("bad input list"),
+            }
+        })
+        .collect::<Result<Vec<_>, &str>>()?;
     Ok(Model {
         forward,
         init: g.init,
         weights,
-        inputs: c_text(g.inputs).lines().map(str::to_string).collect(),
+        inputs,
+        checks: [
+            g.vocab_size,
+            g.max_len,
+            g.pad_multiple,
+            g.pad_min_len,
+            g.n_lsh,
+            g.heads,
+            g.head_dim,
+            g.rounds,
+            g.rot_half,
+            g.variants,
+            g.n_buckets,
+        ],
         output_rank: g.output_rank.max(0) as usize,
         signature: c_text(g.signature),
     })
 }
 
 reformc_runtime::c_abi! {
-    section = "GPU executables (exe-runtime/src/gpu_main.rs)";
+    section = "GPU executables and libraries (exe-runtime/src/gpu_main.rs)";
+
+    /// `reformc_model_load_weights` of a GPU library (its generated C file
+    /// passes the model description): the F32 safetensors file, checked
+    /// against the model's weights, copied once into managed memory on the
+    /// selected device (device 0 unless `reformc_gpu_model_set_device` chose).
+    ///
+    /// # Safety
+    /// `exe` points to the generated description; `path` is a C string.
+    unsafe fn reformc_gpu_model_load_weights(exe: *const GpuExe, path: *const c_char) -> i32 {
+        // SAFETY: forwarded contract.
+        if let Err(code) = unsafe { ensure_model(exe) }.and_then(|_| ensure_device()) {
+            return code;
+        }
+        // SAFETY: forwarded contract.
+        unsafe { gpu_load_weights(path) }
+    }
+
+    /// `reformc_model_run` of a GPU library: inputs (input_ids, attention_mask,
+    /// then the hashing input the library was compiled with) checked as the
+    /// CPU library checks them, run on the device, one owned f32 output.
+    ///
+    /// # Safety
+    /// As `reformc_model_run`; `exe` points to the generated description.
+    unsafe fn reformc_gpu_model_run(
+        exe: *const GpuExe,
+        inputs: *const ReformcTensor,
+        n_inputs: i64,
+        outputs: *mut ReformcTensor,
+        n_outputs: i64,
+    ) -> i32 {
+        // SAFETY: forwarded contract.
+        if let Err(code) = unsafe { ensure_model(exe) }.and_then(|_| ensure_device()) {
+            return code;
+        }
+        if WEIGHTS.lock().unwrap_or_else(|p| p.into_inner()).is_empty() && !model().weights.is_empty() {
+            return model_rt::set_error(model_rt::code::NO_WEIGHTS, "no weights loaded: call reformc_model_load_weights first");
+        }
+        // SAFETY: forwarded contract.
+        unsafe { gpu_run(inputs, n_inputs, outputs, n_outputs) }
+    }
+
+    /// Frees the weights in device memory.
+    ///
+    /// # Safety
+    /// No run may be in progress.
+    unsafe fn reformc_gpu_model_unload_weights() {
+        WEIGHTS.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// The model's JSON signature (the MLIR backend's, weights as arguments).
+    ///
+    /// # Safety
+    /// `exe` points to the generated description.
+    unsafe fn reformc_gpu_model_signature(exe: *const GpuExe) -> *const c_char {
+        // SAFETY: forwarded contract.
+        if unsafe { ensure_model(exe) }.is_err() {
+            return c"".as_ptr();
+        }
+        // SAFETY: no precondition.
+        unsafe { gpu_signature() }
+    }
+
+    /// Selects the CUDA device later loads and runs use (before the first
+    /// load; a process uses one device). Returns 0, or a status code with the
+    /// reason in `reformc_model_last_error` (no driver, no such device, a
+    /// device older than the kernels' architecture).
+    ///
+    /// # Safety
+    /// `exe` points to the generated description.
+    unsafe fn reformc_gpu_model_set_device(exe: *const GpuExe, device: i32) -> i32 {
+        // SAFETY: forwarded contract.
+        if let Err(code) = unsafe { ensure_model(exe) } {
+            return code;
+        }
+        let arch = ARCH.get().map_or("sm_90", String::as_str);
+        match open_device(device, arch) {
+            Ok(()) => model_rt::set_error(0, ""),
+            Err(e) => model_rt::set_error(model_rt::code::ARGUMENT, &e),
+        }
+    }
 
     /// Entry point of GPU executables: `--device N` (default 0) then the
     /// command line of CPU executables, with the weights loaded into CUDA

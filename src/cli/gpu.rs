@@ -49,7 +49,7 @@ pub(super) fn cli_error(what: &Path, e: GpuError) -> CliError {
 /// (`--emit ptx`), or an executable that runs it on the CUDA driver (`exe`).
 pub fn compile(args: &super::compile::CompileArgs, t0: std::time::Instant) -> CliResult<()> {
     check_compile_flags(args)?;
-    if args.emit == "exe" {
+    if matches!(args.emit.as_str(), "exe" | "lib") {
         return super::gpu_exe::compile(args, t0);
     }
     let opts = args.gpu.options()?;
@@ -82,9 +82,9 @@ pub fn compile(args: &super::compile::CompileArgs, t0: std::time::Instant) -> Cl
 
 /// Flags of `compile` that have no meaning for the GPU, refused by name.
 fn check_compile_flags(args: &super::compile::CompileArgs) -> CliResult<()> {
-    if !matches!(args.emit.as_str(), "ptx" | "exe") {
+    if !matches!(args.emit.as_str(), "ptx" | "exe" | "lib") {
         return Err(CliError::input(format!(
-            "--target gpu --emit {}: the GPU backend writes --emit ptx (the kernels) or exe; a GPU library is not built yet",
+            "--target gpu --emit {}: the GPU backend writes --emit ptx (the kernels), exe or lib",
             args.emit
         )));
     }

@@ -1,11 +1,13 @@
-//! `reformc compile --target gpu --emit exe`: a standalone executable that
-//! runs the model on the CUDA driver. The host code (with the PTX inside) is
-//! compiled to an object by the GPU backend, a generated C `main` describes
-//! the model to the executable runtime (`reformc_gpu_exe_main`), and the C
-//! compiler links both with the runtime archive CPU executables link.
+//! `reformc compile --target gpu --emit exe|lib`: a standalone executable, or
+//! a shared library with `model.h`, that runs the model on the CUDA driver.
+//! The host code (with the PTX inside) is compiled to an object by the GPU
+//! backend; a generated C file describes the model to the runtime (a `main`
+//! calling `reformc_gpu_exe_main`, or the library's exported functions
+//! calling the `reformc_gpu_model_*` entries), and the C compiler links both
+//! with the runtime archive CPU artifacts link.
 
 use super::error::{CliError, CliResult};
-use reformc_backend_gpu::aot::{exe_main_c, host_object, ExeMeta};
+use reformc_backend_gpu::aot::{exe_main_c, host_object, lib_c, ExeMeta};
 use reformc_backend_mlir::{signature_json, EmitOptions, WeightsMode};
 use reformc_frontend::lower::{LowerOptions, LshSource};
 use reformc_frontend::spec::HeadSpec;
@@ -83,7 +85,18 @@ pub fn compile(args: &super::compile::CompileArgs, t0: std::time::Instant) -> Cl
     let (pad_multiple, pad_min_len) = spec.padding();
     let meta = ExeMeta {
         weights: weight_list(g)?,
-        inputs: g.inputs().into_iter().map(|(n, _)| n.to_string()).collect(),
+        inputs: g
+            .inputs()
+            .into_iter()
+            .map(|(n, v)| {
+                let t = g.ty(v);
+                (
+                    n.to_string(),
+                    reformc_backend_llvm::abi::dtype_code(t.dtype),
+                    t.rank(),
+                )
+            })
+            .collect(),
         output_rank: output_rank(g)?,
         arch: opts.arch,
         model_name: reformc_frontend::checkpoint::model_name(&args.config),
@@ -120,26 +133,84 @@ pub fn compile(args: &super::compile::CompileArgs, t0: std::time::Instant) -> Cl
         ],
     };
     let scratch = Scratch::new()?;
-    let (obj, main_c) = (scratch.0.join("host.o"), scratch.0.join("main.c"));
+    let (obj, src) = (scratch.0.join("host.o"), scratch.0.join("model.c"));
     let host =
         host_object(&text, &opts, &obj).map_err(|e| super::gpu::cli_error(&args.config, e))?;
-    std::fs::write(&main_c, exe_main_c(&meta, host.has_init))
-        .map_err(|e| CliError::internal(format!("{}: {e}", main_c.display())))?;
+    let lib = args.emit == "lib";
+    let c = if lib {
+        lib_c(&meta, host.has_init)
+    } else {
+        exe_main_c(&meta, host.has_init)
+    };
+    std::fs::write(&src, c).map_err(|e| CliError::internal(format!("{}: {e}", src.display())))?;
     let runtime =
         reformc_backend_llvm::runtime_lib::find().map_err(|e| CliError::internal(e.to_string()))?;
-    reformc_backend_llvm::aot::link_exe_objects(&[&main_c, &obj], &runtime, &args.output)
+    let mut written = vec![args.output.clone()];
+    if lib {
+        let mut exports: Vec<String> = reformc_backend_llvm::aot::EXPORTS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        exports.push("reformc_model_set_device".into());
+        reformc_backend_llvm::aot::link_shared_objects(
+            &[&src, &obj],
+            &runtime,
+            &args.output,
+            &scratch.0,
+            &exports,
+        )
         .map_err(|e| CliError::internal(e.to_string()))?;
+        let header = reformc_backend_llvm::aot::header_path(&args.output);
+        let variant = reformc_backend_llvm::Variant {
+            name: args.lsh_source.clone().unwrap_or_else(|| "seeded".into()),
+            graph: g.clone(),
+        };
+        let limits = [reformc_backend_llvm::DimLimit {
+            symbol: "P".into(),
+            max: super::model::max_len(spec),
+            what: "padded sequence length (max_position_embeddings / axial position grid)".into(),
+        }];
+        let text = reformc_backend_llvm::signature::foreign_model_h(
+            &meta.model_name,
+            std::slice::from_ref(&variant),
+            &limits,
+            GPU_DECLARATIONS,
+        )
+        .map_err(|e| CliError::internal(e.to_string()))?;
+        reformc_tensor::outfile::write_atomic(&header, |w| w.write_all(text.as_bytes()))
+            .map_err(|e| CliError::input(format!("{}: cannot write: {e}", header.display())))?;
+        written.push(header);
+    } else {
+        reformc_backend_llvm::aot::link_exe_objects(&[&src, &obj], &runtime, &args.output)
+            .map_err(|e| CliError::internal(e.to_string()))?;
+    }
     if !args.passes.quiet {
         println!(
-            "reformc: GPU executable with {} kernels for {} in {:.2}s (host code compiled for this machine's CPU)",
+            "reformc: GPU {} with {} kernels for {} in {:.2}s (host code compiled for this machine's CPU)",
+            if lib { "library" } else { "executable" },
             host.kernels.entries.len(),
             opts.arch,
             t0.elapsed().as_secs_f64()
         );
-        println!("reformc: wrote {}", args.output.display());
+        for w in written {
+            println!("reformc: wrote {}", w.display());
+        }
     }
     Ok(())
 }
+
+/// What a GPU library's `model.h` adds to the CPU library's ABI.
+const GPU_DECLARATIONS: &str = r#"/* GPU library: the model runs on an NVIDIA GPU through the CUDA driver,
+ * loaded at run time (libcuda.so.1; no CUDA library is linked). Weights are
+ * read from the file once and copied into device (managed) memory;
+ * reformc_model_set_weights is refused. Inputs: input_ids, attention_mask,
+ * then the one hashing input the library was compiled with.
+ *
+ * Selects the CUDA device (default 0) before the first load. Returns 0, or a
+ * REFORMC_ERR_* code with the reason in reformc_model_last_error(): no
+ * driver, no such device, or a device older than the kernels' architecture. */
+int32_t reformc_model_set_device(int32_t device);
+"#;
 
 /// The weights in argument order with their (static) shapes.
 fn weight_list(g: &Graph) -> CliResult<Vec<(String, Vec<usize>)>> {

@@ -401,6 +401,18 @@ pub fn link_shared(
     tmp: &Path,
     exports: &[String],
 ) -> Result<()> {
+    link_shared_objects(&[obj], runtime, out, tmp, exports)
+}
+
+/// [`link_shared`] of several inputs the C compiler takes (objects or C
+/// sources compiled position-independent).
+pub fn link_shared_objects(
+    inputs: &[&Path],
+    runtime: &Path,
+    out: &Path,
+    tmp: &Path,
+    exports: &[String],
+) -> Result<()> {
     let script = tmp.join("exports.map");
     let mut text = String::from("{\n  global:\n");
     for e in exports {
@@ -411,15 +423,18 @@ pub fn link_shared(
         .map_err(|e| BackendError::Io(format!("{}: {e}", script.display())))?;
     let mut args: Vec<String> = vec![
         "-shared".into(),
+        "-fPIC".into(),
         "-o".into(),
         out.display().to_string(),
-        obj.display().to_string(),
+    ];
+    args.extend(inputs.iter().map(|p| p.display().to_string()));
+    args.extend([
         runtime.display().to_string(),
         format!("-Wl,--version-script={}", script.display()),
         "-Wl,--gc-sections".into(),
         "-Wl,--as-needed".into(),
         "-Wl,--strip-debug".into(),
-    ];
+    ]);
     args.extend(NATIVE_LIBS.iter().map(|s| s.to_string()));
     run_cc(&args, &out.display().to_string())
 }

@@ -21,7 +21,7 @@ mod codegen;
 mod error;
 pub mod jit;
 pub mod runtime_lib;
-mod signature;
+pub mod signature;
 pub mod target;
 
 pub use codegen::DimLimit;

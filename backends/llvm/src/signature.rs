@@ -318,3 +318,34 @@ void reformc_tensor_release(reformc_tensor* t);
     );
     s
 }
+
+/// `model.h` for a library whose model functions come from elsewhere (the
+/// GPU backend's): the same ABI text for `variants` (inputs and outputs),
+/// their weights (loaded from a file, not embedded) and `limits`, with
+/// `extra` declarations added before the header's end.
+pub fn foreign_model_h(
+    model_name: &str,
+    variants: &[Variant],
+    limits: &[crate::DimLimit],
+    extra: &str,
+) -> crate::Result<String> {
+    let weights = crate::weight_table(variants)?;
+    let parts = SignatureParts {
+        model_name,
+        variants,
+        weights: &weights,
+        allowed_extra: &[],
+        embedded: false,
+        default_weights: None,
+        limits,
+        plans: &[],
+        exe: None,
+        target_cpu: "",
+    };
+    let h = model_h(&parts);
+    let end = "#ifdef __cplusplus\n}\n#endif";
+    Ok(match h.rfind(end) {
+        Some(at) => format!("{}{extra}\n{}", &h[..at], &h[at..]),
+        None => h,
+    })
+}
