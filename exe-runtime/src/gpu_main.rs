@@ -83,11 +83,15 @@ struct Model {
     checks: [i64; 11],
     output_rank: usize,
     signature: String,
+    /// The kernels' architecture (`sm_90`), checked against the device's.
+    arch: String,
 }
 
 static MODEL: OnceLock<Model> = OnceLock::new();
+/// A tensor in managed memory and its shape.
+type Staged = (rt::Managed, Vec<usize>);
 /// The weights in managed memory, in argument order.
-static WEIGHTS: Mutex<Vec<(rt::Managed, Vec<usize>)>> = Mutex::new(Vec::new());
+static WEIGHTS: Mutex<Vec<Staged>> = Mutex::new(Vec::new());
 
 fn model() -> &'static Model {
     MODEL
@@ -121,12 +125,23 @@ fn take_device(argv: &mut Vec<String>) -> Result<i32, String> {
         })
 }
 
-/// Loads the driver and selects `device`, checking its architecture.
-fn open_device(device: i32, arch: &str) -> Result<(), String> {
+/// Loads the driver and selects `device`, checking it against the kernels'
+/// architecture (`sm_XY` needs compute capability X.Y or newer).
+fn open_device(device: i32) -> Result<(), String> {
+    let arch = model().arch.as_str();
     let info = rt::select_device(device).map_err(|e| e.to_string())?;
-    let need: (i32, i32) = match arch {
-        "sm_80" => (8, 0),
-        _ => (9, 0),
+    let digits: Vec<i32> = arch
+        .trim_start_matches("sm_")
+        .chars()
+        .filter_map(|c| c.to_digit(10).map(|d| d as i32))
+        .collect();
+    let need = match digits[..] {
+        [major, minor] => (major, minor),
+        _ => {
+            return Err(format!(
+                "this executable names an unknown architecture `{arch}`"
+            ))
+        }
     };
     if info.capability < need {
         return Err(format!(
@@ -146,32 +161,50 @@ unsafe extern "C" fn gpu_load_weights(path: *const c_char) -> i32 {
             *WEIGHTS.lock().unwrap_or_else(|p| p.into_inner()) = w;
             model_rt::set_error(0, "")
         }
-        Err(e) => model_rt::set_error(model_rt::code::WEIGHTS_MISMATCH, &format!("{path}: {e}")),
+        Err((code, e)) => model_rt::set_error(code, &format!("{path}: {e}")),
     }
 }
 
-fn load_weights(path: &std::path::Path) -> Result<Vec<(rt::Managed, Vec<usize>)>, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let (entries, start) = reformc_tensor::safetensors::parse(&bytes, bytes.len() as u64)?;
+/// The weights of the file at `path` in managed memory; `Err` is a status
+/// code and a message.
+fn load_weights(path: &std::path::Path) -> Result<Vec<Staged>, (i32, String)> {
+    use model_rt::code;
+    let bytes = std::fs::read(path).map_err(|e| (code::WEIGHTS_IO, e.to_string()))?;
+    let (entries, start) = reformc_tensor::safetensors::parse(&bytes, bytes.len() as u64)
+        .map_err(|e| (code::WEIGHTS_FORMAT, e))?;
     let mut out = Vec::new();
     for (name, shape) in &model().weights {
-        let e = entries
-            .iter()
-            .find(|e| &e.name == name)
-            .ok_or_else(|| format!("no tensor `{name}` (the model needs it)"))?;
+        let e = entries.iter().find(|e| &e.name == name).ok_or_else(|| {
+            (
+                code::WEIGHTS_MISMATCH,
+                format!("no tensor `{name}` (the model needs it)"),
+            )
+        })?;
         let dims: Vec<usize> = e.shape.iter().map(|&d| d as usize).collect();
         if e.dtype != "F32" || &dims != shape {
-            return Err(format!(
-                "tensor `{name}`: expected F32 {shape:?}, found {} {dims:?}",
-                e.dtype
+            return Err((
+                code::WEIGHTS_MISMATCH,
+                format!(
+                    "tensor `{name}`: expected F32 {shape:?}, found {} {dims:?}",
+                    e.dtype
+                ),
             ));
         }
         let (b, n) = ((start + e.begin) as usize, (start + e.end) as usize);
         out.push((rt::Managed::from_bytes(&bytes[b..n]), dims));
     }
     match rt::take_error() {
-        Some(e) => Err(e),
+        Some(e) => Err((run_error_code(&e), e.message)),
         None => Ok(out),
+    }
+}
+
+/// The status code of a failure on the device.
+fn run_error_code(e: &rt::RunError) -> i32 {
+    if e.out_of_memory {
+        model_rt::code::OUT_OF_MEMORY
+    } else {
+        model_rt::code::KERNEL
     }
 }
 
@@ -296,18 +329,22 @@ unsafe fn check_inputs(m: &Model, given: &[ReformcTensor]) -> Result<(), (i32, S
 ///
 /// # Safety
 /// `t` describes a live contiguous array of its dtype and shape, or has null data.
-unsafe fn tensor_bytes(t: &ReformcTensor, ones_like: &[usize]) -> (Vec<u8>, Vec<usize>) {
+unsafe fn tensor_bytes<'t>(
+    t: &'t ReformcTensor,
+    ones_like: &[usize],
+) -> (std::borrow::Cow<'t, [u8]>, Vec<usize>) {
     let rank = t.rank.clamp(0, model_rt::MAX_RANK as i32) as usize;
     let shape: Vec<usize> = t.shape[..rank].iter().map(|&d| d.max(0) as usize).collect();
     if t.data.is_null() {
         let n: usize = ones_like.iter().product();
         let ones: Vec<u8> = (0..n).flat_map(|_| 1i64.to_le_bytes()).collect();
-        return (ones, ones_like.to_vec());
+        return (ones.into(), ones_like.to_vec());
     }
     let n = shape.iter().product::<usize>() * model_rt::dtype_size(t.dtype);
-    // SAFETY: the caller promises `n` readable bytes at `data`.
-    let bytes = unsafe { std::slice::from_raw_parts(t.data as *const u8, n) }.to_vec();
-    (bytes, shape)
+    // SAFETY: the caller promises `n` readable bytes at `data`, alive while
+    // `t` is borrowed.
+    let bytes = unsafe { std::slice::from_raw_parts(t.data as *const u8, n) };
+    (bytes.into(), shape)
 }
 
 /// `reformc_model_run` of a GPU model: inputs `[ids, mask, hashing]` as the
@@ -380,14 +417,8 @@ unsafe extern "C" fn gpu_run(
         unsafe { rt::free_managed(result[0] as *mut c_void) };
     }
     match (failed, out) {
-        (Some(e), _) | (None, Some(Err(e))) => {
-            let code = if e.contains("out of") {
-                model_rt::code::OUT_OF_MEMORY
-            } else {
-                model_rt::code::KERNEL
-            };
-            model_rt::set_error(code, &e)
-        }
+        (Some(e), _) => model_rt::set_error(run_error_code(&e), &e.message),
+        (None, Some(Err(e))) => model_rt::set_error(model_rt::code::OUT_OF_MEMORY, &e),
         (None, Some(Ok(t))) => {
             // SAFETY: one writable output slot.
             unsafe { *outputs = t };
@@ -407,59 +438,25 @@ extern "C" {
 /// # Safety
 /// `d` describes a live f32 buffer of rank `rank`.
 unsafe fn copy_out(d: &[i64], rank: usize) -> Result<ReformcTensor, String> {
-    // SAFETY: forwarded contract.
-    let data = unsafe { reformc_gpu_runtime_read_f32(d, rank) };
-    let shape: Vec<usize> = d[3..3 + rank].iter().map(|&s| s as usize).collect();
-    let bytes = data.len() * 4;
+    let shape: Vec<usize> = d[3..3 + rank].iter().map(|&s| s.max(0) as usize).collect();
+    let bytes = shape.iter().product::<usize>() * 4;
     // SAFETY: plain allocation, checked below.
     let p = unsafe { malloc(bytes.max(1)) };
     if p.is_null() {
         return Err(format!("out of host memory for the output ({bytes} bytes)"));
     }
-    // SAFETY: `p` holds `bytes` bytes.
-    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p.cast::<f32>(), data.len()) };
+    // SAFETY: `d` is a live f32 memref of `shape` (the contract) and `p` a
+    // dense buffer of the same shape.
+    unsafe { rt::copy_strided(4, d, &rt::descriptor(p as i64, &shape)) };
     let mut t = exe_main::tensor(model_rt::dtype::F32, &shape, p);
     t.owns_data = 1;
     Ok(t)
-}
-
-/// The elements of a strided f32 memref, in row-major order.
-///
-/// # Safety
-/// As [`copy_out`].
-unsafe fn reformc_gpu_runtime_read_f32(d: &[i64], rank: usize) -> Vec<f32> {
-    let base = d[1] as *const f32;
-    let shape = &d[3..3 + rank];
-    let strides = &d[3 + rank..3 + 2 * rank];
-    let n: i64 = shape.iter().product();
-    let mut out = Vec::with_capacity(n.max(0) as usize);
-    let mut idx = vec![0i64; rank];
-    for _ in 0..n.max(0) {
-        let at = d[2] + idx.iter().zip(strides).map(|(i, s)| i * s).sum::<i64>();
-        // SAFETY: the index is within the memref's sizes.
-        out.push(unsafe { *base.offset(at as isize) });
-        for k in (0..rank).rev() {
-            idx[k] += 1;
-            if idx[k] < shape[k] {
-                break;
-            }
-            idx[k] = 0;
-        }
-    }
-    out
 }
 
 unsafe extern "C" fn gpu_signature() -> *const c_char {
     static TEXT: OnceLock<std::ffi::CString> = OnceLock::new();
     TEXT.get_or_init(|| std::ffi::CString::new(model().signature.clone()).unwrap_or_default())
         .as_ptr()
-}
-
-unsafe extern "C" fn gpu_last_error() -> *const c_char {
-    static TEXT: Mutex<Option<std::ffi::CString>> = Mutex::new(None);
-    let mut slot = TEXT.lock().unwrap_or_else(|p| p.into_inner());
-    let text = std::ffi::CString::new(model_rt::last_error()).unwrap_or_default();
-    slot.insert(text).as_ptr()
 }
 
 /// Sets the model from `exe` (once per process) for the library entries.
@@ -480,12 +477,8 @@ unsafe fn ensure_model(exe: *const GpuExe) -> Result<(), i32> {
     let g = unsafe { &*exe };
     let m = describe(g).map_err(|e| model_rt::set_error(model_rt::code::ARGUMENT, &e))?;
     let _ = MODEL.set(m);
-    let _ = ARCH.set(c_text(g.gpu_arch));
     Ok(())
 }
-
-/// The kernels' architecture, for the library's device checks.
-static ARCH: OnceLock<String> = OnceLock::new();
 
 /// Device 0 (checked against the kernels' architecture) unless the library's
 /// caller selected one.
@@ -493,8 +486,7 @@ fn ensure_device() -> Result<(), i32> {
     if rt::device_info().is_some() {
         return Ok(());
     }
-    let arch = ARCH.get().map_or("sm_90", String::as_str);
-    open_device(0, arch).map_err(|e| model_rt::set_error(model_rt::code::KERNEL, &e))
+    open_device(0).map_err(|e| model_rt::set_error(model_rt::code::KERNEL, &e))
 }
 
 /// The [`ExeInfo`] the shared command line runs, from `g`.
@@ -505,7 +497,7 @@ fn exe_info(g: &GpuExe) -> ExeInfo {
         run: Some(gpu_run),
         load_weights: Some(gpu_load_weights),
         signature: Some(gpu_signature),
-        last_error: Some(gpu_last_error),
+        last_error: Some(model_rt::rc_model_last_error),
         default_weights: g.default_weights,
         model_name: g.model_name,
         output_name: g.output_name,
@@ -579,6 +571,7 @@ fn describe(g: &GpuExe) -> Result<Model, String> {
         ],
         output_rank: g.output_rank.max(0) as usize,
         signature: c_text(g.signature),
+        arch: c_text(g.gpu_arch),
     })
 }
 
@@ -658,8 +651,7 @@ reformc_runtime::c_abi! {
         if let Err(code) = unsafe { ensure_model(exe) } {
             return code;
         }
-        let arch = ARCH.get().map_or("sm_90", String::as_str);
-        match open_device(device, arch) {
+        match open_device(device) {
             Ok(()) => model_rt::set_error(0, ""),
             Err(e) => model_rt::set_error(model_rt::code::ARGUMENT, &e),
         }
@@ -693,18 +685,15 @@ reformc_runtime::c_abi! {
                 return 2;
             }
         };
-        let model = match describe(g) {
-            Ok(m) => m,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return 1;
-            }
-        };
-        let _ = MODEL.set(model);
+        // SAFETY: `exe` points to the generated constant.
+        if unsafe { ensure_model(exe) }.is_err() {
+            eprintln!("error: {}", model_rt::last_error());
+            return 1;
+        }
         let info = exe_info(g);
         let asks_only = args.iter().any(|a| matches!(a.as_str(), "--help" | "-h" | "--signature"));
         if !asks_only {
-            if let Err(e) = open_device(device, &c_text(g.gpu_arch)) {
+            if let Err(e) = open_device(device) {
                 eprintln!("error: {e}");
                 return 2;
             }

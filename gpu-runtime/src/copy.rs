@@ -39,7 +39,30 @@ unsafe fn view(u: &Unranked) -> View<'_> {
 /// See [`crate::entry::memrefCopy`].
 pub(crate) unsafe fn copy(elem: usize, src: &Unranked, dst: &Unranked) {
     // SAFETY: forwarded contract.
-    let (s, d) = unsafe { (view(src), view(dst)) };
+    unsafe { copy_views(elem, &view(src), &view(dst)) }
+}
+
+/// [`copy`] between two ranked descriptors (`{allocated, aligned, offset,
+/// sizes, strides}`, as [`crate::descriptor`] builds them): how a host
+/// program copies a strided result into a dense buffer.
+///
+/// # Safety
+/// Both descriptors have one rank and describe valid buffers of
+/// `elem`-byte elements of `src`'s sizes.
+pub unsafe fn copy_strided(elem: usize, src: &[i64], dst: &[i64]) {
+    let ranked = |d: &[i64]| Unranked {
+        rank: ((d.len().max(3) - 3) / 2) as i64,
+        descriptor: d.as_ptr(),
+    };
+    // SAFETY: forwarded contract.
+    unsafe { copy(elem, &ranked(src), &ranked(dst)) }
+}
+
+/// Copies every element of view `s` to the same index of `d`.
+///
+/// # Safety
+/// As [`copy`].
+unsafe fn copy_views(elem: usize, s: &View, d: &View) {
     let n: i64 = s.sizes.iter().product();
     if n <= 0 || s.sizes.len() != d.sizes.len() {
         return;
@@ -53,9 +76,7 @@ pub(crate) unsafe fn copy(elem: usize, src: &Unranked, dst: &Unranked) {
         };
         // SAFETY: both views describe valid buffers of their sizes, and the
         // index is within them.
-        unsafe {
-            std::ptr::copy_nonoverlapping(s.base.offset(at(&s)), d.base.offset(at(&d)), elem)
-        };
+        unsafe { std::ptr::copy_nonoverlapping(s.base.offset(at(s)), d.base.offset(at(d)), elem) };
         for k in (0..rank).rev() {
             idx[k] += 1;
             if idx[k] < s.sizes[k] {

@@ -27,6 +27,7 @@
 
 mod buffer;
 mod copy;
+pub use copy::copy_strided;
 mod driver;
 mod entry;
 mod state;
@@ -34,4 +35,6 @@ mod state;
 pub use buffer::{call_packed, descriptor, Managed};
 pub use driver::{driver_path, DriverError};
 pub use entry::symbols;
-pub use state::{alloc_managed, device_info, free_managed, select_device, take_error, DeviceInfo};
+pub use state::{
+    alloc_managed, device_info, free_managed, select_device, take_error, DeviceInfo, RunError,
+};

@@ -28,7 +28,7 @@ struct Device {
 
 static DRIVER: OnceLock<Result<Driver, DriverError>> = OnceLock::new();
 static DEVICE: Mutex<Option<Device>> = Mutex::new(None);
-static ERROR: Mutex<Option<String>> = Mutex::new(None);
+static ERROR: Mutex<Option<RunError>> = Mutex::new(None);
 /// Buffers that came from the C heap because managed memory was refused
 /// (their run fails with the latched error; this keeps their `free` right).
 static HOST_FALLBACK: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
@@ -143,11 +143,33 @@ pub fn device_info() -> Option<DeviceInfo> {
     slot.as_ref().map(|d| d.info.clone())
 }
 
+/// The first failure of a run on the GPU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunError {
+    /// What failed, in the driver's words where it had some.
+    pub message: String,
+    /// Whether the device ran out of memory (callers report it as such).
+    pub out_of_memory: bool,
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// Records `message` as the run's error unless one is already recorded (the
 /// first error is the cause; later ones are its consequences).
 pub(crate) fn latch(message: String) {
+    latch_error(RunError {
+        message,
+        out_of_memory: false,
+    });
+}
+
+fn latch_error(error: RunError) {
     let mut e = ERROR.lock().unwrap_or_else(|p| p.into_inner());
-    e.get_or_insert(message);
+    e.get_or_insert(error);
 }
 
 /// Whether an error is latched (launches are then skipped).
@@ -156,7 +178,7 @@ pub(crate) fn failed() -> bool {
 }
 
 /// The first error since the last call, clearing it.
-pub fn take_error() -> Option<String> {
+pub fn take_error() -> Option<RunError> {
     ERROR.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
@@ -179,17 +201,23 @@ pub fn alloc_managed(size: usize) -> *mut c_void {
             if code == 0 {
                 return p as *mut c_void;
             }
-            if code == ERROR_OUT_OF_MEMORY {
-                format!("out of device memory allocating {size} bytes")
-            } else {
-                d.check(code, &format!("cuMemAllocManaged({size} bytes)"))
-                    .err()
-                    .map_or_else(String::new, |e| e.to_string())
+            RunError {
+                message: if code == ERROR_OUT_OF_MEMORY {
+                    format!("out of device memory allocating {size} bytes")
+                } else {
+                    d.check(code, &format!("cuMemAllocManaged({size} bytes)"))
+                        .err()
+                        .map_or_else(String::new, |e| e.to_string())
+                },
+                out_of_memory: code == ERROR_OUT_OF_MEMORY,
             }
         }
-        Err(e) => e.to_string(),
+        Err(e) => RunError {
+            message: e.to_string(),
+            out_of_memory: false,
+        },
     };
-    latch(refused);
+    latch_error(refused);
     // SAFETY: plain C allocation; null is handled by the caller's code like
     // any failed allocation.
     let p = unsafe { malloc(size) };

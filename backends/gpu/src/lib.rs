@@ -107,9 +107,10 @@ pub enum GpuError {
     /// The arguments do not match `@forward`.
     #[error("{0}")]
     Args(String),
-    /// The run failed on the device (the driver's message).
+    /// The run failed on the device (the driver's message; whether it ran
+    /// out of memory).
     #[error("GPU run failed: {0}")]
-    Run(String),
+    Run(reformc_gpu_runtime::RunError),
 }
 
 /// Lowers `module_text` (from `reformc_backend_mlir::emit_module`, weights as
