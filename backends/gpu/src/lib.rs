@@ -53,7 +53,6 @@ use melior::{
 };
 use std::ops::Not;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
 /// Options of the GPU backend.
 #[derive(Clone, Debug, Default)]
@@ -138,19 +137,8 @@ pub(crate) fn lower<'c>(
     }
     melior::utility::register_all_llvm_translations(context);
     reformc_backend_mlir::register_passes();
-    let messages = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink = Arc::clone(&messages);
-    let handler = context.attach_diagnostic_handler(move |d| {
-        if let Ok(mut m) = sink.lock() {
-            m.push(d.to_string());
-        }
-        true
-    });
-    let result = (|| {
-        let diag = |what: &str| {
-            let m = messages.lock().map(|m| m.join("; ")).unwrap_or_default();
-            GpuError::Lowering(format!("{what}: {m}"))
-        };
+    reformc_backend_mlir::with_diagnostics(context, false, |said| {
+        let diag = |what: &str| GpuError::Lowering(format!("{what}: {}", said()));
         let mut module = Module::parse(context, text).ok_or_else(|| diag("parsing the module"))?;
         to_loops(context, &mut module).map_err(&diag)?;
         run(context, &mut module, &pipeline::kernels()).map_err(|_| diag("mapping to kernels"))?;
@@ -177,9 +165,8 @@ pub(crate) fn lower<'c>(
                 entries,
             },
         ))
-    })();
-    context.detach_diagnostic_handler(handler);
-    result
+    })
+    .0
 }
 
 /// The module's `linalg` ops as buffers and one-dimensional parallel loops
@@ -215,12 +202,16 @@ pub fn host_check(
     let context = reformc_backend_mlir::context();
     melior::utility::register_all_llvm_translations(&context);
     reformc_backend_mlir::register_passes();
-    let mut module = Module::parse(&context, module_text)
-        .ok_or_else(|| GpuError::Lowering("parsing the module".into()))?;
-    to_loops(&context, &mut module).map_err(|w| GpuError::Lowering(w.into()))?;
-    run(&context, &mut module, &pipeline::host_loops_to_llvm())
-        .map_err(|_| GpuError::Lowering("lowering the loops for the CPU".into()))?;
-    jit::host_call(&module, args, outs)
+    reformc_backend_mlir::with_diagnostics(&context, false, |said| {
+        let diag = |what: &str| GpuError::Lowering(format!("{what}: {}", said()));
+        let mut module =
+            Module::parse(&context, module_text).ok_or_else(|| diag("parsing the module"))?;
+        to_loops(&context, &mut module).map_err(&diag)?;
+        run(&context, &mut module, &pipeline::host_loops_to_llvm())
+            .map_err(|_| diag("lowering the loops for the CPU"))?;
+        jit::host_call(&module, args, outs)
+    })
+    .0
 }
 
 /// With `REFORMC_GPU_DUMP_DIR` set, writes the module after each stage of

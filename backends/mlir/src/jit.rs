@@ -12,7 +12,6 @@ use melior::{
 use reformc_ir::{DType, Graph};
 use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub use crate::pipeline::CPU_PIPELINE;
@@ -193,58 +192,41 @@ fn run_text(
     let context = crate::context();
     register_all_llvm_translations(&context);
     crate::register_passes();
-    let messages = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink = Arc::clone(&messages);
-    let handler = context.attach_diagnostic_handler(move |d| {
-        if let Ok(mut m) = sink.lock() {
-            m.push(d.to_string());
+    crate::with_diagnostics(&context, false, |said| {
+        let diag = |what: &str, e: &dyn std::fmt::Display| {
+            MlirError::Verify(format!("{what}: {e} {}", said()))
+        };
+        let pipeline = crate::pipeline::pipeline();
+        let text = crate::pipeline::prepare(text.to_string(), &pipeline);
+        let mut module = Module::parse(&context, &text).ok_or_else(|| diag("parse", &"failed"))?;
+        if request_wrappers {
+            let pm = PassManager::new(&context);
+            parse_pass_pipeline(
+                pm.as_operation_pass_manager(),
+                "builtin.module(func.func(llvm-request-c-wrappers))",
+            )
+            .map_err(|e| diag("pipeline", &e))?;
+            pm.run(&mut module).map_err(|e| diag("c wrappers", &e))?;
         }
-        true
-    });
-    let diag = |what: &str, e: &dyn std::fmt::Display| {
-        let m = messages.lock().map(|m| m.join("; ")).unwrap_or_default();
-        MlirError::Verify(format!("{what}: {e} {m}"))
-    };
-    let pipeline = crate::pipeline::pipeline();
-    let text = crate::pipeline::prepare(text.to_string(), &pipeline);
-    let mut module = Module::parse(&context, &text).ok_or_else(|| diag("parse", &"failed"))?;
-    if request_wrappers {
         let pm = PassManager::new(&context);
-        parse_pass_pipeline(
-            pm.as_operation_pass_manager(),
-            "builtin.module(func.func(llvm-request-c-wrappers))",
-        )
-        .map_err(|e| diag("pipeline", &e))?;
-        pm.run(&mut module).map_err(|e| diag("c wrappers", &e))?;
-    }
-    let pm = PassManager::new(&context);
-    parse_pass_pipeline(pm.as_operation_pass_manager(), &pipeline)
-        .map_err(|e| diag("pipeline", &e))?;
-    pm.run(&mut module).map_err(|e| diag("lowering", &e))?;
-    let engine = crate::pipeline::engine(&module, &pipeline)
-        .ok_or_else(|| diag("ExecutionEngine", &"creation failed"))?;
-    let mut times = JitTimes {
-        compile: start.elapsed(),
-        runs: Vec::new(),
-    };
-    let mut results = Vec::with_capacity(arg_sets.len());
-    let mut failed = None;
-    for args in arg_sets {
-        let t = Instant::now();
-        match invoke(&engine, args, outs) {
-            Ok(o) => results.push(o),
-            Err(e) => {
-                failed = Some(diag("run", &e));
-                break;
-            }
+        parse_pass_pipeline(pm.as_operation_pass_manager(), &pipeline)
+            .map_err(|e| diag("pipeline", &e))?;
+        pm.run(&mut module).map_err(|e| diag("lowering", &e))?;
+        let engine = crate::pipeline::engine(&module, &pipeline)
+            .ok_or_else(|| diag("ExecutionEngine", &"creation failed"))?;
+        let mut times = JitTimes {
+            compile: start.elapsed(),
+            runs: Vec::new(),
+        };
+        let mut results = Vec::with_capacity(arg_sets.len());
+        for args in arg_sets {
+            let t = Instant::now();
+            results.push(invoke(&engine, args, outs).map_err(|e| diag("run", &e))?);
+            times.runs.push(t.elapsed());
         }
-        times.runs.push(t.elapsed());
-    }
-    context.detach_diagnostic_handler(handler);
-    match failed {
-        Some(e) => Err(e),
-        None => Ok((results, times)),
-    }
+        Ok((results, times))
+    })
+    .0
 }
 
 /// Calls `_mlir_ciface_forward(results*, args*...)` (the C API adds the

@@ -200,26 +200,54 @@ pub fn context() -> Context {
 /// ```
 pub fn verify_module(text: &str) -> Result<(), MlirError> {
     let context = context();
-    let messages = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink = Arc::clone(&messages);
-    let handler = context.attach_diagnostic_handler(move |diagnostic| {
-        if let Ok(mut m) = sink.lock() {
-            m.push(format!("{} {}", diagnostic.location(), diagnostic));
-        }
-        true
-    });
-    let ok = match Module::parse(&context, text) {
-        Some(module) => module.as_operation().verify(),
-        None => false,
-    };
-    context.detach_diagnostic_handler(handler);
+    let (ok, messages) =
+        with_diagnostics(&context, true, |_| match Module::parse(&context, text) {
+            Some(module) => module.as_operation().verify(),
+            None => false,
+        });
     if ok {
         return Ok(());
     }
-    let text = messages.lock().map(|m| m.join("; ")).unwrap_or_default();
-    Err(MlirError::Verify(if text.is_empty() {
+    Err(MlirError::Verify(if messages.is_empty() {
         "no diagnostics".into()
     } else {
-        text
+        messages
     }))
+}
+
+/// Runs `f` with every diagnostic `context` emits meanwhile collected (each
+/// with its location when `locations`), and returns `f`'s result and the
+/// diagnostics joined by `; `. `f` receives a function that returns the
+/// diagnostics collected so far (for an error made inside `f`).
+///
+/// ```
+/// let context = reformc_backend_mlir::context();
+/// let (module, said) = reformc_backend_mlir::with_diagnostics(&context, false, |_| {
+///     melior::ir::Module::parse(&context, "module { %0 = arith.addf }")
+/// });
+/// assert!(module.is_none());
+/// assert!(!said.is_empty());
+/// ```
+pub fn with_diagnostics<T>(
+    context: &Context,
+    locations: bool,
+    f: impl FnOnce(&dyn Fn() -> String) -> T,
+) -> (T, String) {
+    let messages = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = Arc::clone(&messages);
+    let handler = context.attach_diagnostic_handler(move |d| {
+        if let Ok(mut m) = sink.lock() {
+            m.push(if locations {
+                format!("{} {}", d.location(), d)
+            } else {
+                d.to_string()
+            });
+        }
+        true
+    });
+    let said = || messages.lock().map(|m| m.join("; ")).unwrap_or_default();
+    let out = f(&said);
+    context.detach_diagnostic_handler(handler);
+    let text = said();
+    (out, text)
 }
