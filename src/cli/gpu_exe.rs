@@ -9,7 +9,6 @@
 use super::error::{CliError, CliResult};
 use reformc_backend_gpu::aot::{exe_main_c, host_object, lib_c, ExeMeta};
 use reformc_backend_mlir::{signature_json, EmitOptions, WeightsMode};
-use reformc_frontend::lower::{LowerOptions, LshSource};
 use reformc_frontend::spec::HeadSpec;
 use reformc_ir::{DType, Graph};
 use std::path::PathBuf;
@@ -32,16 +31,6 @@ impl Drop for Scratch {
     }
 }
 
-/// The LSH source of `--lsh-source` and its bit in the runtime's variant set
-/// (seeded 1, rotations 2, buckets 4).
-fn lsh_source(flag: Option<&str>) -> (LshSource, i64) {
-    match flag {
-        Some("rotations") => (LshSource::Rotations, 2),
-        Some("buckets") => (LshSource::Buckets, 4),
-        _ => (LshSource::Seeded, 1),
-    }
-}
-
 /// Runs the command (see the module docs).
 pub fn compile(args: &super::compile::CompileArgs, t0: std::time::Instant) -> CliResult<()> {
     if super::opt::is_ir(&args.config) {
@@ -56,7 +45,7 @@ pub fn compile(args: &super::compile::CompileArgs, t0: std::time::Instant) -> Cl
     ];
     super::outputs::guard("--output", &args.output, &inputs)?;
     let opts = args.gpu.options()?;
-    let m = super::model::load(&args.config, Some(&args.weights), args.lm_head_bias)?;
+    let (m, lowered, weights) = super::mlir::lowered_model(args)?;
     let weights_file = match &m.weights {
         Some(f) if f.is_plain_f32() => f.path().to_path_buf(),
         Some(f) => {
@@ -67,16 +56,12 @@ pub fn compile(args: &super::compile::CompileArgs, t0: std::time::Instant) -> Cl
         }
         None => args.weights.clone(),
     };
-    let (source, variant) = lsh_source(args.lsh_source.as_deref());
-    let mut lowered = m.lower(&LowerOptions {
-        dtype: DType::F32,
-        lsh_source: source,
-        seq_len: args.passes.seq_len,
-    })?;
-    let weights = m.weight_tensors(&lowered)?;
-    super::model::check_finite(&weights, &args.weights, args.allow_nonfinite_weights)?;
-    args.passes
-        .optimize(&mut lowered.graph, &m.spec, args.passes.seq_len)?;
+    // The runtime's variant bits: seeded 1, rotations 2, buckets 4.
+    let variant = match args.lsh_source.as_deref() {
+        Some("rotations") => 2,
+        Some("buckets") => 4,
+        _ => 1,
+    };
     let g = &lowered.graph;
     let text = super::mlir::module_text(g, WeightsMode::Args, &weights, &args.config)?;
     let spec = &m.spec;

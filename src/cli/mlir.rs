@@ -194,8 +194,6 @@ pub fn compile(args: &super::compile::CompileArgs, t0: std::time::Instant) -> Cl
 pub(super) fn graph_and_weights(
     args: &super::compile::CompileArgs,
 ) -> CliResult<(Graph, BTreeMap<String, Tensor>)> {
-    use reformc_frontend::lower::{LowerOptions, LshSource};
-    let seq_len = args.passes.seq_len;
     if super::opt::is_ir(&args.config) {
         if args.lsh_source.is_some() {
             return Err(CliError::input(format!(
@@ -212,12 +210,29 @@ pub(super) fn graph_and_weights(
             .run_pipeline(&mut g, &opts, Some(&args.config))?;
         return Ok((g, weights));
     }
+    let (_, lowered, weights) = lowered_model(args)?;
+    Ok((lowered.graph, weights))
+}
+
+/// A model config lowered with `--lsh-source` (seeded by default) and
+/// `--seq-len`, its weights checked against the file (finite unless
+/// allowed), and the pass pipeline run: the model, the lowered graph and the
+/// weights.
+pub(super) fn lowered_model(
+    args: &super::compile::CompileArgs,
+) -> CliResult<(
+    super::model::Model,
+    reformc_frontend::lower::Lowered,
+    BTreeMap<String, Tensor>,
+)> {
+    use reformc_frontend::lower::{LowerOptions, LshSource};
     let m = super::model::load(&args.config, Some(&args.weights), args.lm_head_bias)?;
     let lsh_source = match args.lsh_source.as_deref() {
         Some("rotations") => LshSource::Rotations,
         Some("buckets") => LshSource::Buckets,
         _ => LshSource::Seeded,
     };
+    let seq_len = args.passes.seq_len;
     let mut lowered = m.lower(&LowerOptions {
         dtype: DType::F32,
         lsh_source,
@@ -226,5 +241,5 @@ pub(super) fn graph_and_weights(
     let weights = m.weight_tensors(&lowered)?;
     super::model::check_finite(&weights, &args.weights, args.allow_nonfinite_weights)?;
     args.passes.optimize(&mut lowered.graph, &m.spec, seq_len)?;
-    Ok((lowered.graph, weights))
+    Ok((m, lowered, weights))
 }
