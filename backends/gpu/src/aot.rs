@@ -5,7 +5,6 @@
 //! caller's (the CLI links like the CPU backend does).
 
 use crate::{lower, GpuError, GpuOptions, Kernels};
-use melior::ExecutionEngine;
 use std::path::Path;
 
 /// The host code's static initialiser and finaliser as ORC names them (the
@@ -35,12 +34,8 @@ pub fn host_object(
 ) -> Result<HostObject, GpuError> {
     let context = reformc_backend_mlir::context();
     let (module, kernels) = lower(&context, module_text, opts)?;
-    let engine = ExecutionEngine::new(&module, 3, &[], true, true);
-    for (name, f) in reformc_gpu_runtime::symbols() {
-        // SAFETY: each symbol is the runtime's C function of that name; the
-        // engine only resolves the object's references with them.
-        unsafe { engine.register_symbol(name, f.cast()) };
-    }
+    // Position-independent, for linking into executables and libraries.
+    let engine = crate::jit::engine(&module, true);
     // Looking the entry up compiles the module, which the dump needs.
     if engine.lookup("_mlir__mlir_ciface_forward").is_null() {
         return Err(GpuError::Lowering(

@@ -8,26 +8,18 @@
 //! a block walk the innermost dimension, so that their accesses are
 //! contiguous, and the grid is `total / 128` blocks in x.
 
-use melior::{
-    ir::{operation::OperationLike, Module},
-    Context,
-};
+use crate::raw::{constant, create, name_of, ops_named, ops_of};
+use melior::{ir::Module, Context};
 use mlir_sys::*;
 
 /// Collapses every eligible loop of `module`; returns how many.
 pub(crate) fn collapse_parallel_loops(context: &Context, module: &Module) -> usize {
-    let mut found = Vec::new();
-    module
-        .as_operation()
-        .walk(melior::ir::operation::WalkOrder::PreOrder, |op| {
-            let raw = op.to_raw();
-            // SAFETY: `raw` is a live op of the module during the walk. Only
-            // outermost loops are kept: the rewrites below destroy nested ones.
-            if unsafe { name_of(raw) == "scf.parallel" && !nested(raw) } {
-                found.push(raw);
-            }
-            melior::ir::operation::WalkResult::Advance
-        });
+    // Only outermost loops: the rewrites below destroy nested ones.
+    let found: Vec<MlirOperation> = ops_named(module, "scf.parallel")
+        .into_iter()
+        // SAFETY: nothing has changed since the walk, so every op is live.
+        .filter(|&op| unsafe { !nested(op) })
+        .collect();
     let mut n = 0;
     // SAFETY: as below; an interchange replaces only the op it is given.
     let found: Vec<MlirOperation> = found
@@ -44,31 +36,6 @@ pub(crate) fn collapse_parallel_loops(context: &Context, module: &Module) -> usi
         }
     }
     n
-}
-
-/// The op's name.
-///
-/// # Safety
-/// `op` is a live operation.
-pub(crate) unsafe fn name_of(op: MlirOperation) -> String {
-    let s = mlirIdentifierStr(mlirOperationGetName(op));
-    String::from_utf8_lossy(std::slice::from_raw_parts(s.data.cast::<u8>(), s.length)).into_owned()
-}
-
-/// The integer value of the `arith.constant` defining `v`, if it is one.
-///
-/// # Safety
-/// `v` is a live value.
-pub(crate) unsafe fn constant(v: MlirValue) -> Option<i64> {
-    if !mlirValueIsAOpResult(v) {
-        return None;
-    }
-    let def = mlirOpResultGetOwner(v);
-    if name_of(def) != "arith.constant" {
-        return None;
-    }
-    let a = mlirOperationGetAttributeByName(def, mlirStringRefCreateFromCString(c"value".as_ptr()));
-    (!a.ptr.is_null() && mlirAttributeIsAInteger(a)).then(|| mlirIntegerAttrGetValueInt(a))
 }
 
 /// Rank ≥ 2, no results (reductions), zero lower bounds, unit steps, and not
@@ -102,40 +69,6 @@ unsafe fn nested(op: MlirOperation) -> bool {
         parent = mlirOperationGetParentOperation(parent);
     }
     false
-}
-
-/// A new op `name` of `results` types; the caller inserts it.
-///
-/// # Safety
-/// Operands and attributes belong to `ctx`; `regions` are owned and moved in.
-pub(crate) unsafe fn create(
-    ctx: MlirContext,
-    name: &str,
-    loc: MlirLocation,
-    operands: &[MlirValue],
-    results: &[MlirType],
-    attrs: &[(&std::ffi::CStr, MlirAttribute)],
-    regions: &[MlirRegion],
-) -> MlirOperation {
-    let mut state = mlirOperationStateGet(
-        MlirStringRef {
-            data: name.as_ptr().cast(),
-            length: name.len(),
-        },
-        loc,
-    );
-    mlirOperationStateAddOperands(&mut state, operands.len() as isize, operands.as_ptr());
-    mlirOperationStateAddResults(&mut state, results.len() as isize, results.as_ptr());
-    let named: Vec<MlirNamedAttribute> = attrs
-        .iter()
-        .map(|(n, a)| MlirNamedAttribute {
-            name: mlirIdentifierGet(ctx, mlirStringRefCreateFromCString(n.as_ptr())),
-            attribute: *a,
-        })
-        .collect();
-    mlirOperationStateAddAttributes(&mut state, named.len() as isize, named.as_ptr());
-    mlirOperationStateAddOwnedRegions(&mut state, regions.len() as isize, regions.as_ptr());
-    mlirOperationCreate(&mut state)
 }
 
 /// Rewrites one eligible loop (see the module docs) and erases it.
@@ -214,13 +147,7 @@ unsafe fn collapse(ctx: MlirContext, op: MlirOperation) {
     for (k, iv) in ivs.iter().enumerate() {
         mlirValueReplaceAllUsesOfWith(mlirBlockGetArgument(old_body, k as isize), *iv);
     }
-    let mut ops = Vec::new();
-    let mut o = mlirBlockGetFirstOperation(old_body);
-    while !o.ptr.is_null() {
-        ops.push(o);
-        o = mlirOperationGetNextInBlock(o);
-    }
-    for o in ops {
+    for o in ops_of(old_body) {
         mlirOperationRemoveFromParent(o);
         mlirBlockAppendOwnedOperation(body, o);
     }

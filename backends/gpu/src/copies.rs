@@ -5,26 +5,13 @@
 //! would run on the host and move managed pages between the GPU and the CPU
 //! for every activation they touch.
 
-use crate::collapse::{create, name_of};
-use melior::{
-    ir::{operation::OperationLike, Module},
-    Context,
-};
+use crate::raw::{create, ops_named};
+use melior::{ir::Module, Context};
 use mlir_sys::*;
 
 /// Rewrites every `memref.copy` of `module`; returns how many.
 pub(crate) fn copies_to_generics(context: &Context, module: &Module) -> usize {
-    let mut found = Vec::new();
-    module
-        .as_operation()
-        .walk(melior::ir::operation::WalkOrder::PreOrder, |op| {
-            let raw = op.to_raw();
-            // SAFETY: a live op of the module during the walk.
-            if unsafe { name_of(raw) } == "memref.copy" {
-                found.push(raw);
-            }
-            melior::ir::operation::WalkResult::Advance
-        });
+    let found = ops_named(module, "memref.copy");
     for &op in &found {
         // SAFETY: each op is a live `memref.copy` (a copy holds no other
         // copy, so replacing one leaves the others alive).

@@ -12,30 +12,8 @@
 //! different `j` never touch the same memory and the order of `k` is kept for
 //! each `j`.
 
-use crate::collapse::create;
+use crate::raw::{body, create, name_of, ops_of};
 use mlir_sys::*;
-
-/// The ops of `block`, in order.
-///
-/// # Safety
-/// `block` is live.
-unsafe fn ops_of(block: MlirBlock) -> Vec<MlirOperation> {
-    let mut v = Vec::new();
-    let mut o = mlirBlockGetFirstOperation(block);
-    while !o.ptr.is_null() {
-        v.push(o);
-        o = mlirOperationGetNextInBlock(o);
-    }
-    v
-}
-
-/// The single block of `op`'s first region.
-///
-/// # Safety
-/// `op` is live and has a region with a block.
-unsafe fn body(op: MlirOperation) -> MlirBlock {
-    mlirRegionGetFirstBlock(mlirOperationGetRegion(op, 0))
-}
 
 /// Whether `v` is an argument of `block`.
 ///
@@ -127,7 +105,6 @@ pub(crate) unsafe fn hoist_inner_parallel(ctx: MlirContext, p: MlirOperation) ->
 /// # Safety
 /// `p` is a live `scf.parallel`.
 unsafe fn shape(p: MlirOperation) -> Option<(MlirOperation, MlirOperation)> {
-    use crate::collapse::name_of;
     if mlirOperationGetNumResults(p) != 0 {
         return None;
     }

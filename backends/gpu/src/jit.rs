@@ -40,12 +40,7 @@ pub fn jit_run(
     let t0 = Instant::now();
     let context = reformc_backend_mlir::context();
     let (module, kernels) = lower(&context, module_text, opts)?;
-    let engine = ExecutionEngine::new(&module, 3, &[], false, false);
-    for (name, f) in rt::symbols() {
-        // SAFETY: each symbol is the runtime's C function of that name, with
-        // the signature the lowered code calls it with.
-        unsafe { engine.register_symbol(name, f.cast()) };
-    }
+    let engine = engine(&module, false);
     let compile = t0.elapsed();
     let info = rt::select_device(device)?;
     let (need, have) = (kernels.arch.capability(), info.capability);
@@ -66,6 +61,19 @@ pub fn jit_run(
         compile,
         run: t1.elapsed(),
     })
+}
+
+/// An ExecutionEngine for a module [`lower`] made, its calls of the GPU
+/// runtime resolved to `reformc-gpu-runtime` in this process (`object_dump`:
+/// keep the compiled object for [`crate::aot::host_object`]).
+pub(crate) fn engine(module: &melior::ir::Module, object_dump: bool) -> ExecutionEngine {
+    let engine = ExecutionEngine::new(module, 3, &[], object_dump, object_dump);
+    for (name, f) in rt::symbols() {
+        // SAFETY: each symbol is the runtime's C function of that name, with
+        // the signature the lowered code calls it with.
+        unsafe { engine.register_symbol(name, f.cast()) };
+    }
+    engine
 }
 
 /// A tensor's bytes in a managed buffer (freed on drop), and its shape.

@@ -37,6 +37,7 @@ mod libdevice;
 mod merge;
 pub mod pipeline;
 mod ptx;
+mod raw;
 
 pub use arch::GpuArch;
 pub use jit::{jit_run, GpuRun};
