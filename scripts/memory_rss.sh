@@ -7,4 +7,4 @@
 #   scripts/memory_rss.sh        # prints "L=...: explain ... MiB, measured ... MiB"
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test -p reformc --test memory_rss -- --nocapture --test-threads 1
+cargo test -p reformc --test integration memory_rss:: -- --nocapture --test-threads 1

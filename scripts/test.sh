@@ -15,3 +15,6 @@ passed=$(grep -Eo '[0-9]+ passed' "${TMPDIR:-/tmp}/reformc-test.log" | awk '{s+=
 failed=$(grep -Eo '[0-9]+ failed' "${TMPDIR:-/tmp}/reformc-test.log" | awk '{s+=$1} END {print s+0}')
 py=$(grep -Eo '[0-9]+ passed' "${TMPDIR:-/tmp}/reformc-python-test.log" | tail -1 | awk '{print $1+0}')
 echo "reformc: ${passed} passed, ${failed} failed (cargo); ${py:-0} passed (python)"
+# The build's footprint: CI machines have run out of disk before (20 GB of test
+# executables, when each test file was its own binary).
+echo "reformc: target/ holds $(du -sh target 2>/dev/null | cut -f1)"

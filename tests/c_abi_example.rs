@@ -2,7 +2,7 @@
 //! library `reformc compile --emit lib` wrote, runs, and gives the logits
 //! `reformc run` gives for the same ids and seed.
 
-mod common;
+use crate::common;
 
 use ndarray::{Array2, ArrayD};
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! executable give the same bits, differ from fp32 by bf16's rounding only,
 //! and the commands that cannot honour it refuse it in one line.
 
-mod common;
+use crate::common;
 
 use common::Scratch;
 use ndarray::ArrayD;

@@ -3,7 +3,7 @@
 //! (refused with the conversion command). Each form must give exactly the
 //! numbers of the equivalent single F32 file.
 
-mod common;
+use crate::common;
 
 use reformc_frontend::weights::WeightFile;
 use reformc_tensor::safetensors_write::{write, Blob};

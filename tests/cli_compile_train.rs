@@ -8,8 +8,8 @@
 //! are exit 2 with one line and nothing written; the library's header and
 //! signature describe the step, and a C program runs it.
 
-mod common;
-mod step_support;
+use crate::common;
+use crate::step_support;
 
 use common::{fixture, read, Case, Scratch};
 use ndarray::{ArrayD, IxDyn};

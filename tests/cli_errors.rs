@@ -1,7 +1,7 @@
 //! Bad input to `reformc`: each case gives exit code 2 and one clear line
 //! naming the file and the field or tensor, never a panic.
 
-mod common;
+use crate::common;
 
 use ndarray::{ArrayD, IxDyn};
 use ndarray_npy::WriteNpyExt;

@@ -1,7 +1,7 @@
 //! `reformc grad` and `reformc dump --train` end to end: the files they write,
 //! and the bad input they refuse (exit 2, one line, nothing written).
 
-mod common;
+use crate::common;
 
 use common::read;
 use ndarray::{ArrayD, IxDyn};

@@ -5,7 +5,7 @@
 //! `reformc compile` builds an executable that does too, and the training
 //! commands refuse a task head with one line naming the head (exit 2).
 
-mod common;
+use crate::common;
 
 use common::{head_fixtures, max_abs_diff, read};
 use std::path::{Path, PathBuf};

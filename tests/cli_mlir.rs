@@ -5,7 +5,7 @@
 //! The graphs here are IR files made of ops the backend lowers; whole Hugging
 //! Face models are in `tests/mlir_fixtures.rs`.
 
-mod common;
+use crate::common;
 
 use common::mlir_module::check_upstream;
 use common::random_model::write_safetensors;

@@ -1,7 +1,7 @@
 //! `reformc opt` on hand-written IR files: output, instrumentation, and bad
 //! input (exit 2, one line naming the file and where).
 
-mod common;
+use crate::common;
 
 use common::Scratch;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! missing or unusable output directory is exit 2 before any work, and a run
 //! that fails leaves an existing output as it was, with no temporary behind.
 
-mod common;
+use crate::common;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

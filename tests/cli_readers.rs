@@ -4,7 +4,7 @@
 //! (`/dev/zero`), oversized configs and the malformed safetensors corpus all
 //! give exit code 2 and one line naming the file, never a crash or a hang.
 
-mod common;
+use crate::common;
 
 use common::Scratch;
 

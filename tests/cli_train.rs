@@ -2,7 +2,7 @@
 //! with one line, nothing written). The runs themselves need the gradient
 //! engine: see tests/train_copy.rs.
 
-mod common;
+use crate::common;
 
 use reformc_frontend::config::{parse_model_config, read_config_text};
 use reformc_frontend::weights::{expected_tensors, WeightFile};

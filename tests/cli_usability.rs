@@ -1,7 +1,7 @@
 //! Command-line conveniences: `run --time` and `-o`, `help --help`, and
 //! `explain`'s default length (the model's longest input, not a guess).
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 

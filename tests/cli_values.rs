@@ -3,7 +3,7 @@
 //! errors (exit 2, naming the file or flag), never a wrapped number, an
 //! all-NaN output or a failure later on.
 
-mod common;
+use crate::common;
 
 use common::Scratch;
 

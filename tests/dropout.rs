@@ -3,7 +3,7 @@
 //! the interpreter's, and `reformc grad` applies a config's dropout (or not,
 //! with `--no-dropout`).
 
-mod common;
+use crate::common;
 
 use common::read;
 use ndarray::{ArrayD, IxDyn};

@@ -7,7 +7,7 @@
 //! - `// CHECK-NOT: text`: no line between the previous match and the next one
 //!   (or the end of the output) contains `text`.
 //!
-//! `REFORMC_BLESS=1 cargo test --test filetests` rewrites every file's
+//! `REFORMC_BLESS=1 cargo test -p reformc --test integration filetests::` rewrites every file's
 //! directives from the actual output (a `// CHECK:` for the first line, a
 //! `// CHECK-NEXT:` for each later one), keeping the RUN line and the input;
 //! a file with a `// NO-BLESS` line keeps its hand-written directives and is

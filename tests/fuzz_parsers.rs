@@ -4,7 +4,7 @@
 //! signal. In-process fuzz tests of each parser live in runtime/tests and
 //! frontend/tests; long runs use the cargo-fuzz targets in fuzz/.
 
-mod common;
+use crate::common;
 
 use common::mutate::{mutate, Rng};
 use reformc_frontend::lower::{lower, LowerOptions, LshSource};

@@ -2,7 +2,7 @@
 //! scripts/hf_fixtures.py): frontend -> IR -> interpreter reproduces HF's
 //! float64 logits (REFORMER.md §1.8: HF's own float32 logits are not the target).
 
-mod common;
+use crate::common;
 
 use common::{fixtures, max_abs_diff, Case};
 use reformc_frontend::lower::LshSource;

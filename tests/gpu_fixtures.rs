@@ -11,7 +11,7 @@
 //!
 //! Each fixture test runs every case and then reports all the failures.
 
-mod common;
+use crate::common;
 
 use common::{fixtures, max_abs_diff, Case, Scratch};
 use std::path::{Path, PathBuf};

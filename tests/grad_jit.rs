@@ -7,8 +7,8 @@
 //! error relative to that tensor's max abs value (floored at 1e-3 of the
 //! largest gradient of the case) within 1e-5.
 
-mod common;
-mod step_support;
+use crate::common;
+use crate::step_support;
 
 use common::{fixtures, read, Case};
 use ndarray::ArrayD;

@@ -4,7 +4,7 @@
 //! time bound (no hang) with exit code 2 (no panic, no signal), print exactly
 //! one line naming what was wrong, and leave every file it was given untouched.
 
-mod common;
+use crate::common;
 
 use ndarray::{ArrayD, IxDyn};
 use ndarray_npy::WriteNpyExt;

@@ -1,7 +1,7 @@
 //! The IR text format round-trips every graph the frontend produces, and
 //! the dot export covers every op.
 
-mod common;
+use crate::common;
 
 use reformc_frontend::lower::{lower, LowerOptions, LshSource};
 use reformc_ir::{parse, print, verify, DType};

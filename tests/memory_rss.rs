@@ -8,7 +8,7 @@
 //! EPYC VM, with the runtime optimised in test builds); `scripts/memory_rss.sh`
 //! runs them alone and prints the figures.
 
-mod common;
+use crate::common;
 
 use common::random_model::{random_weights, write_safetensors, Lcg};
 use reformc_frontend::config::parse_model_config;

@@ -8,7 +8,7 @@
 //!
 //! Each test runs every case and then reports all the failures at once.
 
-mod common;
+use crate::common;
 
 use common::iree::{Device, Iree};
 use common::mlir_module::{op_dialects, UPSTREAM};

@@ -7,7 +7,7 @@
 //! IREE comes from `.venv-iree/` (`scripts/setup.sh`); without it these tests
 //! fail saying so.
 
-mod common;
+use crate::common;
 
 use common::iree::{Device, Iree};
 use ndarray::{ArrayD, IxDyn};

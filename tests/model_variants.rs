@@ -1,7 +1,7 @@
 //! The same model in other clothes: a bare `ReformerModel` checkpoint, reformc's
 //! own schema, the LM head bias flag, and the CLI end to end on a masked case.
 
-mod common;
+use crate::common;
 
 use common::{max_abs_diff, Case};
 use ndarray::{ArrayD, Axis, IxDyn};

@@ -3,7 +3,7 @@
 //! compiled by `reformc compile` to an executable, run on random ids, masks
 //! and recorded LSH buckets, against the interpreter.
 
-mod common;
+use crate::common;
 
 use common::random_model::{random_config, random_inputs, random_weights, write_safetensors, Lcg};
 use reformc_frontend::config::parse_model_config;

@@ -3,8 +3,6 @@
 //! the uninterrupted one bit for bit. The training tests need the gradient
 //! engine (the lead enables them when it lands).
 
-mod common;
-
 use reformc_frontend::config::{parse_model_config, read_config_text};
 use reformc_frontend::spec::HeadSpec;
 use reformc_frontend::weights::expected_tensors;

@@ -3,7 +3,7 @@
 //! the gradients equal finite differences of the forward that was run and
 //! the plain reverse-mode gradients of the unfolded blocks.
 
-mod autodiff_support;
+use crate::autodiff_support;
 
 use autodiff_support::{check_gradients, random, random_weights, with_probe_loss};
 use ndarray::{ArrayD, IxDyn};

@@ -2,7 +2,7 @@
 //! finite differences, and the backward pass reads no activation from inside
 //! a block (it recomputes them from the blocks' outputs).
 
-mod autodiff_support;
+use crate::autodiff_support;
 
 use autodiff_support::{check_gradients, random, random_weights, with_probe_loss};
 use reformc_passes::autodiff::{differentiate, unfold};

@@ -2,7 +2,7 @@
 //! the interpreter: one small graph per op kind (and per variant: broadcasting,
 //! keepdim, axes).
 
-mod autodiff_support;
+use crate::autodiff_support;
 
 use autodiff_support::{check_gradients, random, random_weights, with_probe_loss};
 use reformc_tensor::Tensor;

@@ -1,7 +1,7 @@
 //! `chunk` on every HF fixture: chunked graphs compute what the unchunked
 //! ones compute, print and parse back, and survive the other passes.
 
-mod common;
+use crate::common;
 
 use common::{assert_close, Case};
 use reformc_ir::{parse, print, DType};

@@ -1,7 +1,7 @@
 //! Cost model and memory planner on whole graphs: scaling with the sequence
 //! length, and hand graphs with known answers.
 
-mod attn_support;
+use crate::attn_support;
 
 use attn_support::*;
 use reformc_ir::{parse, DType, OpKind};

@@ -1,7 +1,7 @@
 //! IR -> e-graph -> IR on every fixture: lossless when no rule fires, and
 //! `simplify` keeps the interpreter's outputs.
 
-mod common;
+use crate::common;
 
 use common::{assert_close, Case};
 use reformc_frontend::lower::LshSource;

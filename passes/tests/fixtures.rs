@@ -1,7 +1,7 @@
 //! The attention pass and the default pipeline on Hugging Face golden
 //! fixtures, evaluated by the reference interpreter.
 
-mod attn_support;
+use crate::attn_support;
 
 use attn_support::*;
 use reformc_ir::DType;

@@ -4,7 +4,7 @@
 //! static activation peak no longer holds `[B, L, V]` logits.
 
 #[allow(dead_code)] // The shared helpers; this file uses two of them.
-mod autodiff_support;
+use crate::autodiff_support;
 
 use autodiff_support::random_weights;
 use reformc_ir::{parse, Graph, OpKind};

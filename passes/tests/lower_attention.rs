@@ -5,7 +5,7 @@
 //! the Hugging Face fixtures with every attention node of the frontend's
 //! graph replaced.
 
-mod common;
+use crate::common;
 
 use ndarray::{ArrayD, IxDyn};
 use reformc_interp::Tensor;

@@ -3,7 +3,7 @@
 //! odd lengths), computes what the model op computes; whole models (the HF
 //! fixtures, schema models with full attention) give the same logits.
 
-mod common;
+use crate::common;
 
 use common::random_model::{random_inputs, random_weights, Lcg};
 use ndarray::{ArrayD, IxDyn};

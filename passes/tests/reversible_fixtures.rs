@@ -1,7 +1,7 @@
 //! `reversible` on every HF fixture: unfold/fold round trips textually and
 //! numerically, and every block's inverse recovers its input.
 
-mod common;
+use crate::common;
 
 use common::{assert_close, rel_diff, Case};
 use reformc_ir::{print, DType, OpKind};

@@ -2,7 +2,7 @@
 //! after by the reference interpreter on random inputs, and the chunked-exact
 //! attention (`kv_chunk`) against the materialised softmax on random shapes.
 
-mod attn_support;
+use crate::attn_support;
 
 use attn_support::SplitMix;
 use ndarray::{ArrayD, IxDyn};

@@ -2,7 +2,7 @@
 //! `explain --attention=auto` picks at short and long lengths, its weights,
 //! and the attention rewrites evaluated by the interpreter.
 
-mod attn_support;
+use crate::attn_support;
 
 use attn_support::*;
 use reformc_ir::DType;
@@ -152,7 +152,7 @@ fn weights_are_deterministic_and_load_with_reformcs_checks() {
 }
 
 /// Writes `examples/shared-qk-transformer.safetensors` (18.3 MB, not committed):
-/// `cargo test -p reformc-passes --test shared_qk_example -- --ignored write_example_weights`
+/// `cargo test -p reformc-passes --test integration -- --ignored shared_qk_example::write_example_weights`
 #[test]
 #[ignore]
 fn write_example_weights() {

@@ -3,7 +3,7 @@
 //! attention mode. Each snapshot starts with the pass's notes (the saturation
 //! statistics of `simplify` carry timings, so its notes are left out).
 
-mod attn_support;
+use crate::attn_support;
 
 use attn_support::*;
 use reformc_frontend::lower::LshSource;

@@ -3,7 +3,7 @@
 //! bad inputs to executables give a non-zero exit and a message, never a
 //! crash; LLVM IR, assembly and object files.
 
-mod common;
+use crate::common;
 
 use common::{fixture, max_abs_diff, read, run, scratch, write, Case, CompileCase};
 use ndarray::{ArrayD, IxDyn};

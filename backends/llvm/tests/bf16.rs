@@ -4,7 +4,7 @@
 //! and pick the same arg-max token at 99% of all positions or more, at 1 and
 //! 2 threads (the pool's tasks inherit the precision).
 
-mod common;
+use crate::common;
 
 use common::{fixtures, Case};
 use inkwell::context::Context;

@@ -4,7 +4,7 @@
 //! executable reads garbage. This compares the LLVM struct's layout, under the
 //! host target's data layout, with the Rust struct's.
 
-mod common;
+use crate::common;
 
 use common::{fixture, Case, CompileCase};
 use inkwell::context::Context;

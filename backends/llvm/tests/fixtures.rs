@@ -2,7 +2,7 @@
 //! HF's recorded LSH buckets replayed: the JIT and the AOT executable equal
 //! the interpreter and HF's float64 logits within 1e-4, at 1 and 2 threads.
 
-mod common;
+use crate::common;
 
 use common::{fixtures, max_abs_diff, read, run, scratch, Case, CompileCase};
 use inkwell::context::Context;

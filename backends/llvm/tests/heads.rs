@@ -6,7 +6,7 @@
 //! and f64, the JIT at 1 and 2 threads, the JIT after the pass pipeline and
 //! the AOT executable all match HF's float64 outputs.
 
-mod common;
+use crate::common;
 
 use common::{head_fixtures, max_abs_diff, scratch, Case, CompileCase};
 use reformc_backend_llvm::{jit_run, set_threads};

@@ -2,7 +2,7 @@
 //! `dense_resource` blobs (every dtype a weight can have) against weights as
 //! arguments, a saved module run again, the weight checks, and the signature.
 
-mod common;
+use crate::common;
 
 use common::{random_f32, random_i64};
 use reformc_backend_mlir::{

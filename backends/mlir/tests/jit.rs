@@ -1,7 +1,7 @@
 //! Differential tests: reformc's MLIR CPU pipeline (melior pass manager +
 //! ExecutionEngine) against the reference interpreter on the same inputs.
 
-mod common;
+use crate::common;
 
 use common::compare;
 

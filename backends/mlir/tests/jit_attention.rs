@@ -3,7 +3,7 @@
 //! attribute combinations the interpreter accepts, plus `mlir-opt-22`
 //! verification of the emitted text.
 
-mod common;
+use crate::common;
 
 use common::{compare_args, random_f32, random_i64};
 use ndarray::{ArrayD, IxDyn};

@@ -1,7 +1,7 @@
 //! The backward-pass ops (`broadcast`, `scatter_add`, `act_grad`) through
 //! the MLIR CPU pipeline against the reference interpreter.
 
-mod common;
+use crate::common;
 
 use common::{compare_args, random_f32, random_i64};
 use reformc_interp::Tensor;

@@ -2,7 +2,7 @@
 //! the reference interpreter: samples within 1e-6, bucket ids exactly; and
 //! the emitted text through `mlir-opt-22` with upstream dialects only.
 
-mod common;
+use crate::common;
 
 use common::{compare_args, random_f32, random_i64};
 use ndarray::{ArrayD, IxDyn};

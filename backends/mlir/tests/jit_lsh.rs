@@ -1,7 +1,7 @@
 //! Differential tests of the sort and LSH attention lowerings: reformc's MLIR
 //! CPU pipeline against the reference interpreter on the same inputs.
 
-mod common;
+use crate::common;
 
 use common::{compare_args, random_f32, random_i64};
 use reformc_backend_mlir::{emit_module, verify_module, EmitOptions};

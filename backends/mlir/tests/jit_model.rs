@@ -4,7 +4,7 @@
 //! on several shapes each (batch > 1, odd lengths, dynamic dims), and the
 //! emitted text checked by `mlir-opt-22` and for upstream dialects.
 
-mod common;
+use crate::common;
 
 use common::{random_f32, random_i64};
 use reformc_backend_mlir::{emit_module, jit_run, verify_module, EmitOptions, MlirError};
