@@ -1,22 +1,28 @@
 #!/usr/bin/env python3
 """reformc vs PyTorch peers on long sequences: time and whole-process peak memory.
 
-Model (all systems): 6 layers, D=256, 2 heads x 64, d_ff=512, vocab 320, causal, batch 1.
+Model `bench` (the default; all systems): 6 layers, D=256, 2 heads x 64, d_ff=512, vocab 320,
+causal, batch 1.
   - reformc: HF ReformerModelWithLMHead config (all-LSH, chunk 64, num_buckets automatic),
     compiled with `reformc compile --emit exe`, random HF-initialised weights;
   - hf: transformers 5.23.0 ReformerModelWithLMHead eager, same config;
   - reformer-pytorch: lucidrains' ReformerLM 1.4.4 (bucket 64, same sizes, axial positions);
   - sdpa-full: a plain pre-norm transformer of the same sizes with
     torch.nn.functional.scaled_dot_product_attention (full causal attention).
+Model `paper` (`--model paper`; systems reformc, reformc-bf16, hf, hf-bf16): the Reformer paper's
+enwik8 configuration as in HF's google/reformer-enwik8, with random weights: 12 layers
+alternating local/LSH, D=1024, 8 heads x 128, d_ff 4096, chunk 128, 4 hashes, 512 buckets,
+axial [128, 512], vocab 258 (146M parameters); run it at 8192 tokens with --hashes 4.
 Every measurement is its own process (so peak RSS is per process), systems are interleaved
 within each repeat, and the medians are reported. Forward time excludes process start-up and
 weight loading; peak RSS is the whole process (/usr/bin/time %M). torch runs with set_num_threads = the
 same thread count as reformc. The fp32 GEMM ceiling is torch.mm of 4096x4096 matrices.
 
-Usage: /work/hfvenv/bin/python bench/run.py [--lengths 1024,4096,16384,65536] [--hashes 1,4]
+Usage: /work/hfvenv/bin/python bench/run.py [--model bench|paper] [--lengths 1024,4096,16384,65536] [--hashes 1,4]
        [--threads 2] [--repeats 3] [--systems reformc,hf,reformer-pytorch,sdpa-full]
        (also reformc-bf16: `compile --precision bf16`; hf-bf16: HF under torch.autocast(bfloat16))
-Writes bench/out/ (models, binaries) and bench/results.md, bench/results.json, bench/plot.png.
+Writes bench/out/ (models, binaries) and bench/results.md, bench/results.json, bench/plot.png
+(results-paper.* for the paper model).
 """
 import argparse
 import json
@@ -33,7 +39,9 @@ OUT = os.path.join(HERE, "out")
 REFORMC = os.path.join(REPO, "target", "release", "reformc")
 
 
-def config(hashes):
+def config(hashes, model="bench"):
+    if model == "paper":
+        return paper_config(hashes)
     return dict(model_type="reformer", architectures=["ReformerModelWithLMHead"], is_decoder=True,
                 vocab_size=320, hidden_size=256, num_attention_heads=2, attention_head_size=64,
                 feed_forward_size=512, hidden_act="relu", num_hidden_layers=6, attn_layers=["lsh"] * 6,
@@ -44,29 +52,42 @@ def config(hashes):
                 local_attention_probs_dropout_prob=0.0, pad_token_id=0)
 
 
-def make_model(hashes):
-    d = os.path.join(OUT, f"model_r{hashes}")
+def paper_config(hashes):
+    """The Reformer paper's enwik8 model, as HF's google/reformer-enwik8 configures it (dropout off)."""
+    return dict(model_type="reformer", architectures=["ReformerModelWithLMHead"], is_decoder=True,
+                vocab_size=258, hidden_size=1024, num_attention_heads=8, attention_head_size=128,
+                feed_forward_size=4096, hidden_act="relu", num_hidden_layers=12, attn_layers=["local", "lsh"] * 6,
+                num_hashes=hashes, num_buckets=512, lsh_attn_chunk_length=128, local_attn_chunk_length=128,
+                lsh_num_chunks_before=1, lsh_num_chunks_after=0, local_num_chunks_before=1,
+                local_num_chunks_after=0, axial_pos_embds=True, axial_pos_shape=[128, 512],
+                axial_pos_embds_dim=[256, 768], max_position_embeddings=65536, layer_norm_eps=1e-12,
+                hidden_dropout_prob=0.0, lsh_attention_probs_dropout_prob=0.0,
+                local_attention_probs_dropout_prob=0.0, pad_token_id=0, eos_token_id=2)
+
+
+def make_model(hashes, model="bench"):
+    d = os.path.join(OUT, f"model_r{hashes}" if model == "bench" else f"{model}_r{hashes}")
     os.makedirs(d, exist_ok=True)
     cfg_path = os.path.join(d, "config.json")
-    json.dump(config(hashes), open(cfg_path, "w"), indent=1)
+    json.dump(config(hashes, model), open(cfg_path, "w"), indent=1)
     w = os.path.join(d, "model.safetensors")
     if not os.path.exists(w):
         import torch
         from safetensors.torch import save_file
         from transformers import ReformerConfig, ReformerModelWithLMHead
         torch.manual_seed(hashes)
-        c = config(hashes)
+        c = config(hashes, model)
         c.pop("model_type"), c.pop("architectures")
         m = ReformerModelWithLMHead(ReformerConfig(**c))
         save_file({k: v.contiguous() for k, v in m.state_dict().items()}, w)
     return cfg_path, w
 
 
-def ids_file(length):
+def ids_file(length, vocab=320):
     import numpy as np
-    p = os.path.join(OUT, f"ids_{length}.npy")
+    p = os.path.join(OUT, f"ids_{length}.npy" if vocab == 320 else f"ids_{length}_v{vocab}.npy")
     if not os.path.exists(p):
-        np.save(p, np.random.default_rng(length).integers(0, 320, size=(1, length), dtype=np.int64))
+        np.save(p, np.random.default_rng(length).integers(0, vocab, size=(1, length), dtype=np.int64))
     return p
 
 
@@ -106,6 +127,7 @@ def flops_of(cfg, length):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=["bench", "paper"], default="bench")
     ap.add_argument("--lengths", default="1024,4096,16384,65536")
     ap.add_argument("--hashes", default="1,4")
     ap.add_argument("--threads", type=int, default=2)
@@ -116,6 +138,10 @@ def main():
     lengths = [int(x) for x in args.lengths.split(",")]
     hashes = [int(x) for x in args.hashes.split(",")]
     systems = args.systems.split(",")
+    if args.model == "paper":
+        peers = {"reformer-pytorch", "sdpa-full"} & set(systems)
+        if peers:
+            sys.exit(f"--model paper: {', '.join(sorted(peers))} only build the bench model's sizes")
     os.makedirs(OUT, exist_ok=True)
     if not os.path.exists(REFORMC):
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
@@ -133,10 +159,10 @@ def main():
 
     results = []
     for r in hashes:
-        cfg, w = make_model(r)
+        cfg, w = make_model(r, args.model)
         for L in lengths:
-            ids = ids_file(L)
-            exe = os.path.join(OUT, f"reformc_r{r}_L{L}")
+            ids = ids_file(L, config(r, args.model)["vocab_size"])
+            exe = os.path.join(OUT, f"reformc_r{r}_L{L}" if args.model == "bench" else f"reformc_{args.model}_r{r}_L{L}")
             t0 = time.perf_counter()
             subprocess.run([REFORMC, "compile", cfg, "--weights", w, "-o", exe, "--seq-len", str(L), "--target-cpu", "host", "-q"], check=True)
             compile_s = time.perf_counter() - t0
@@ -171,16 +197,20 @@ def main():
                 results.append(dict(system=s, hashes=r, length=L, time_s=statistics.median(ts) if ts else None,
                                     times_s=ts, peak_rss_mib=max((x for _, x in runs[s]), default=0) / 1024,
                                     flops=flops, compile_s=compile_s if s == "reformc" else None))
-    json.dump(dict(gemm_ceiling_gflops=ceiling, threads=args.threads, results=results), open(os.path.join(HERE, "results.json"), "w"), indent=1)
-    write_markdown(results, ceiling, args)
-    plot(results, hashes)
+    suffix = "" if args.model == "bench" else f"-{args.model}"
+    json.dump(dict(model=args.model, gemm_ceiling_gflops=ceiling, threads=args.threads, results=results),
+              open(os.path.join(HERE, f"results{suffix}.json"), "w"), indent=1)
+    write_markdown(results, ceiling, args, suffix)
+    plot(results, hashes, suffix)
 
 
-def write_markdown(results, ceiling, args):
+def write_markdown(results, ceiling, args, suffix):
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
     isa = ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
-    lines = [f"# reformc benchmark\n", f"Machine: {cpu} ({isa}), {os.cpu_count()} cores.\n", f"6 layers, D=256, 2 heads x 64, d_ff=512, chunk 64, causal, batch 1, {args.threads} threads; "
+    sizes = ("12 layers local/LSH, D=1024, 8 heads x 128, d_ff=4096, chunk 128, 512 buckets" if args.model == "paper"
+             else "6 layers, D=256, 2 heads x 64, d_ff=512, chunk 64")
+    lines = [f"# reformc benchmark\n", f"Machine: {cpu} ({isa}), {os.cpu_count()} cores.\n", f"{sizes}, causal, batch 1, {args.threads} threads; "
              f"median of {args.repeats} interleaved runs; fp32 GEMM ceiling (torch.mm 4096^2) {ceiling:.0f} GFLOP/s.\n",
              "| hashes | L | system | forward time | peak RSS | time / reformc | reformc GFLOP/s (% of GEMM ceiling) |",
              "|---|---|---|---|---|---|---|"]
@@ -193,11 +223,11 @@ def write_markdown(results, ceiling, args):
             g = x["flops"] / x["time_s"] / 1e9
             gf = f"{g:.0f} ({100 * g / ceiling:.0f}%)"
         lines.append(f"| {x['hashes']} | {x['length']} | {x['system']} | {t} | {x['peak_rss_mib']:.0f} MiB | {ratio} | {gf} |")
-    open(os.path.join(HERE, "results.md"), "w").write("\n".join(lines) + "\n")
+    open(os.path.join(HERE, f"results{suffix}.md"), "w").write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
-def plot(results, hashes):
+def plot(results, hashes, suffix):
     try:
         import matplotlib
     except ImportError:
@@ -219,7 +249,7 @@ def plot(results, hashes):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(HERE, "plot.png"), dpi=110)
+    fig.savefig(os.path.join(HERE, f"plot{suffix}.png"), dpi=110)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ use crate::act::Activation;
 use crate::error::{invalid, try_zeroed, Result};
 use crate::gemm::{gemm, kernel, Epilogue, Kernel, PackedB};
 use crate::nn::ln_row;
-use crate::pool::par_for;
+use crate::pool::{par_for, threads};
 use std::cell::RefCell;
 
 /// Layer-norm parameters of the prologue (`[in]` each).
@@ -84,6 +84,26 @@ thread_local! {
 
 /// Scratch bytes one block aims at (normalized rows + hidden + output rows).
 const BLOCK_BYTES: usize = 256 * 1024;
+
+/// Weight bytes a block's rows share at most: each block streams every packed
+/// weight once, so a block of a few rows over large weights (the paper
+/// model's 2 × 16 MiB feed-forward stack, 12 rows a block by scratch size
+/// alone) runs at memory bandwidth, not at the GEMM's rate. 128 KiB a row
+/// makes 64 floating-point operations per weight byte.
+const WEIGHT_BYTES_PER_ROW: usize = 128 * 1024;
+
+/// Rows per block of a stack with `per_row` scratch floats a row and
+/// `weights` packed weight floats: enough for [`BLOCK_BYTES`] of scratch or
+/// [`WEIGHT_BYTES_PER_ROW`], whichever is more, a whole number of register
+/// tiles of `mr` rows, and no more than an even share of `rows` over the
+/// pool's threads.
+fn block_rows(rows: usize, per_row: usize, weights: usize, mr: usize, threads: usize) -> usize {
+    let by_scratch = BLOCK_BYTES / 4 / per_row.max(1);
+    let by_weights = (4 * weights).div_ceil(WEIGHT_BYTES_PER_ROW);
+    let share = rows.div_ceil(threads.max(1));
+    let want = by_scratch.max(by_weights).min(share);
+    (want / mr).max(1) * mr
+}
 
 /// `y = stack(x)` (or `y += stack(x)`) for contiguous `x [rows, in]` and
 /// `y [rows, out]`.
@@ -222,7 +242,8 @@ pub(crate) unsafe fn dense_raw(
     };
     let hidden = second.as_ref().map_or(0, |_| stack.first.out);
     let per_row = inp + hidden + out;
-    let block = ((BLOCK_BYTES / 4 / per_row.max(1)) / kern.mr).max(1) * kern.mr;
+    let weights = stack.first.w.len() + stack.second.map_or(0, |l| l.w.len());
+    let block = block_rows(rows, per_row, weights, kern.mr, threads());
     let (xa, ya) = (x as usize, y as usize);
     let task = |t: usize| {
         let r0 = t * block;
@@ -305,6 +326,20 @@ pub(crate) fn rows_disjoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocks_grow_with_the_weights_and_share_the_rows() {
+        // The bench model's feed-forward stack: scratch decides (64 rows).
+        assert_eq!(block_rows(16384, 256 + 512 + 256, 2 * 256 * 512, 6, 2), 60);
+        // The paper model's: 2 x 16 MiB of weights need 256 rows a block.
+        assert_eq!(
+            block_rows(8192, 1024 + 4096 + 1024, 2 * 4096 * 1024, 12, 2),
+            252
+        );
+        // Few rows: an even share per thread, in whole register tiles.
+        assert_eq!(block_rows(50, 1024, 1024, 6, 2), 24);
+        assert_eq!(block_rows(5, 1024, 1024, 6, 2), 6);
+    }
 
     /// Standard normals from the runtime's own Philox stream `seed`.
     fn rand(n: usize, seed: u64) -> Vec<f32> {

@@ -597,9 +597,21 @@ fn bf16_kernels(kern: &Kernel) -> &'static [MicroFn] {
     unreachable!("bf16 pairs are packed only for the AVX-512 kernels ({kern:?})")
 }
 
+/// Rows of B per pass over its panels (stored rows: pairs for bf16). A
+/// pass's slice of a 64-column panel is 64 KiB, so it stays in L2 while every
+/// row tile of A passes over it, and A's `m × KC` block stays there from one
+/// panel to the next. Without the split a `k = 4096` panel is 1 MiB and is
+/// streamed from memory once per row tile.
+const KC: usize = 256;
+
 /// The register-tile loop of [`gemm_a`]: `fns[r - 1]` computes a tile of
 /// `r` rows; A's values (f32, or bf16 pairs) lie as `sa` says and B's panels
 /// hold `b.stored_k()` rows.
+///
+/// The k dimension runs in passes of [`KC`] rows; every pass after the first
+/// accumulates onto C, and the bias and activation come with the last. The
+/// micro-kernels add the products in k order onto a register tile loaded
+/// from C, so a split sum rounds exactly as the unsplit one.
 #[allow(clippy::too_many_arguments)]
 fn tiles(
     fns: &[MicroFn],
@@ -611,21 +623,61 @@ fn tiles(
     ldc: usize,
     epi: Epilogue,
 ) {
+    let k = b.stored_k();
+    // One pass even for k = 0, which writes the bias (or zeros).
+    for k0 in (0..k.max(1)).step_by(KC) {
+        let pass = Pass {
+            k0,
+            kc: KC.min(k - k0.min(k)),
+            accumulate: epi.accumulate || k0 > 0,
+            last: k0 + KC >= k,
+        };
+        tiles_pass(fns, m, a, sa, b, c, ldc, epi, pass);
+    }
+}
+
+/// Which rows of B one pass of [`tiles`] multiplies, and how it writes C.
+#[derive(Clone, Copy)]
+struct Pass {
+    k0: usize,
+    kc: usize,
+    accumulate: bool,
+    last: bool,
+}
+
+/// One pass of [`tiles`]: `C (+)= A[:, k0..k0+kc] · B[k0..k0+kc, :]`, with
+/// the epilogue's bias and activation when it is the last.
+#[allow(clippy::too_many_arguments)]
+fn tiles_pass(
+    fns: &[MicroFn],
+    m: usize,
+    a: &[f32],
+    sa: AStrides,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    epi: Epilogue,
+    pass: Pass,
+) {
     let (n, k, mr, nr) = (b.n, b.stored_k(), fns.len(), b.nr);
     let lda = sa.row;
-    let relu = epi.act == Activation::Relu;
+    let relu = pass.last && epi.act == Activation::Relu;
+    let act_after = pass.last && !matches!(epi.act, Activation::None | Activation::Relu);
     // Scratch C tile for column edges (rows edges use a kernel with fewer rows).
     let mut c_edge = [0.0f32; MAX_TILE];
     debug_assert!(mr * nr <= MAX_TILE);
     for panel in 0..b.panels() {
         let j0 = panel * nr;
         let cols = nr.min(n - j0);
-        let bp = &b.data[panel * k * nr..(panel + 1) * k * nr];
-        let bias = epi.bias.map_or(std::ptr::null(), |s| s[j0..].as_ptr());
+        let bp = &b.data[(panel * k + pass.k0) * nr..(panel + 1) * k * nr];
+        let bias = match epi.bias {
+            Some(s) if pass.last => s[j0..].as_ptr(),
+            _ => std::ptr::null(),
+        };
         for i0 in (0..m).step_by(mr) {
             let rows = mr.min(m - i0);
             let direct = cols == nr;
-            if !direct && epi.accumulate {
+            if !direct && pass.accumulate {
                 for i in 0..rows {
                     c_edge[i * nr..i * nr + cols]
                         .copy_from_slice(&c[(i0 + i) * ldc + j0..][..cols]);
@@ -637,20 +689,21 @@ fn tiles(
                 (c_edge.as_mut_ptr(), nr)
             };
             let p = Micro {
-                k,
-                a: a[i0 * lda..].as_ptr(),
+                k: pass.kc,
+                a: a[i0 * lda + pass.k0 * sa.k..].as_ptr(),
                 lda,
                 a_ks: sa.k,
                 b: bp.as_ptr(),
                 c: cp,
                 ldc: ldc_t,
-                accumulate: epi.accumulate,
+                accumulate: pass.accumulate,
                 bias,
                 relu,
             };
             // SAFETY: the kernel was detected on this CPU; it touches `rows` rows of A
-            // (k values each) and of C (NR values each, or the NR-wide scratch), all
-            // within the slices per the caller's asserts; B and bias hold whole panels.
+            // (kc values each, from column k0) and of C (NR values each, or the NR-wide
+            // scratch), all within the slices per the caller's asserts; B and bias hold
+            // whole panels, and the pass's rows lie within its panel.
             unsafe { (fns[rows - 1])(&p) };
             if !direct {
                 for i in 0..rows {
@@ -658,7 +711,7 @@ fn tiles(
                         .copy_from_slice(&c_edge[i * nr..i * nr + cols]);
                 }
             }
-            if !matches!(epi.act, Activation::None | Activation::Relu) {
+            if act_after {
                 for i in 0..rows {
                     epi.act.apply_slice(&mut c[(i0 + i) * ldc + j0..][..cols]);
                 }
@@ -875,6 +928,43 @@ mod tests {
                 Epilogue::STORE,
             );
             assert_eq!(part[..], whole[start * n..]);
+        }
+    }
+
+    #[test]
+    fn k_passes_round_as_one_sum() {
+        // k spans three passes of KC rows; C starts non-zero and the edge
+        // columns go through the scratch tile. Each kernel must give the bits
+        // of one f32 sum in k order (FMA kernels fused, the scalar one not),
+        // then the bias and relu.
+        for kern in available_kernels() {
+            let (m, n, k) = (kern.mr + 2, kern.nr + 5, 2 * KC + 37);
+            let (a, w, bias) = (data(m * k, 8), data(n * k, 9), data(n, 10));
+            let b = PackedB::from_nt(&w, n, k, k, kern.nr).unwrap();
+            let mut padded = vec![0.0; b.panels() * kern.nr];
+            padded[..n].copy_from_slice(&bias);
+            let c0 = data(m * n, 11);
+            let mut c = c0.clone();
+            let epi = Epilogue {
+                accumulate: true,
+                bias: Some(&padded),
+                act: Activation::Relu,
+            };
+            gemm(&kern, m, &a, k, &b, &mut c, n, epi);
+            for i in 0..m {
+                for j in 0..n {
+                    let mut acc = c0[i * n + j];
+                    for t in 0..k {
+                        let (x, y) = (a[i * k + t], w[j * k + t]);
+                        acc = match kern.isa {
+                            "scalar" => acc + x * y,
+                            _ => x.mul_add(y, acc),
+                        };
+                    }
+                    let want = (acc + bias[j]).max(0.0);
+                    assert_eq!(c[i * n + j], want, "{kern:?} ({i}, {j})");
+                }
+            }
         }
     }
 
