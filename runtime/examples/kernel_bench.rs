@@ -10,7 +10,8 @@
 //!   `mm`: `matrixmultiply::sgemm` at the same shapes (rows split over threads).
 //! - `act`: the fused bias + activation epilogue (65536×256→512).
 //! - `attn`: LSH hashing and LSH attention at L = 16K/64K (B=1, H=2, d=64, r=1/4,
-//!   chunk 64, one chunk before), and local attention for comparison.
+//!   chunk 64, one chunk before) and at the paper model's shape (L = 8192, H=8,
+//!   d=128, r=4, chunk 128, 512 buckets), and local attention for comparison.
 
 use reformc_runtime::attention::{local_attention, lsh_attention, lsh_hash};
 use reformc_runtime::gemm::{available_kernels, kernel, linear_with, Kernel};
@@ -176,72 +177,98 @@ fn bench_activations(reps: usize) {
     }
 }
 
+/// One attention shape of the `attn` section.
+struct AttnCase {
+    what: &'static str,
+    len: usize,
+    heads: usize,
+    d: usize,
+    chunk: usize,
+    factors: Vec<usize>,
+    rounds: &'static [usize],
+}
+
 fn bench_attention(reps: usize) {
-    let (h, d, chunk) = (2usize, 64usize, 64usize);
+    // HF's automatic bucket counts for chunk 64 at these lengths (REFORMER.md §1.3).
+    let bench = |len, factors| AttnCase {
+        what: "bench model",
+        len,
+        heads: 2,
+        d: 64,
+        chunk: 64,
+        factors,
+        rounds: &[1, 4],
+    };
+    let cases = [
+        bench(16384, vec![16, 32]),
+        bench(65536, vec![32, 64]),
+        AttnCase {
+            what: "paper model",
+            len: 8192,
+            heads: 8,
+            d: 128,
+            chunk: 128,
+            factors: vec![512],
+            rounds: &[4],
+        },
+    ];
+    println!("LSH, B=1, before=1 after=0 causal, ms, median (best) of {reps}");
     println!(
-        "LSH, B=1 H={h} d={d} chunk={chunk} before=1 after=0 causal, ms, median (best) of {reps}"
+        "{:>11} {:>6} {:>2} {:>2} {:>3} {:>9} {:>4} {:>14} {:>14}",
+        "model", "L", "H", "r", "d", "buckets", "thr", "hash", "attention"
     );
-    println!(
-        "{:>6} {:>2} {:>9} {:>4} {:>14} {:>14}",
-        "L", "r", "buckets", "thr", "hash", "attention"
-    );
-    for len in [16384usize, 65536] {
-        // HF's automatic bucket count for chunk 64 at this length (REFORMER.md §1.3).
-        let factors: Vec<usize> = if len == 16384 {
-            vec![16, 32]
-        } else {
-            vec![32, 64]
-        };
-        let half: usize = factors.iter().map(|f| f / 2).sum();
-        let (qk, v) = (data(len * h * d, 4), data(len * h * d, 5));
-        let mut out = vec![0.0f32; len * h * d];
-        for rounds in [1usize, 4] {
-            let rot = data(h * d * rounds * half, 6);
-            let mut buckets = vec![0i64; h * rounds * len];
-            for thr in [1i64, 2] {
-                set_threads(thr).unwrap();
-                let th = timed(reps, || {
-                    lsh_hash(
-                        &qk,
-                        &rot,
-                        None,
-                        1,
-                        len,
-                        h,
-                        d,
-                        rounds,
-                        &factors,
-                        &mut buckets,
-                    )
-                    .unwrap()
-                });
-                let ta = timed(reps, || {
-                    lsh_attention(
-                        &qk, &v, &buckets, None, 1, len, h, d, rounds, chunk, 1, 0, true, &mut out,
-                    )
-                    .unwrap()
-                });
-                let f = format!("{factors:?}").replace(' ', "");
-                println!(
-                    "{len:>6} {rounds:>2} {f:>9} {thr:>4} {:>14} {:>14}",
-                    ms(th),
-                    ms(ta)
-                );
-            }
-        }
+    for c in &cases {
+        bench_attention_case(c, reps);
+    }
+}
+
+fn bench_attention_case(c: &AttnCase, reps: usize) {
+    let AttnCase {
+        what,
+        len,
+        heads: h,
+        d,
+        chunk,
+        ref factors,
+        rounds: round_counts,
+    } = *c;
+    let half: usize = factors.iter().map(|f| f / 2).sum();
+    let (qk, v) = (data(len * h * d, 4), data(len * h * d, 5));
+    let mut out = vec![0.0f32; len * h * d];
+    for &rounds in round_counts {
+        let rot = data(h * d * rounds * half, 6);
+        let mut buckets = vec![0i64; h * rounds * len];
         for thr in [1i64, 2] {
             set_threads(thr).unwrap();
-            let t = timed(reps, || {
-                local_attention(
-                    &qk, &qk, &v, None, 1, len, h, d, d, 0.125, chunk, 1, 0, true, &mut out,
+            let th = timed(reps, || {
+                lsh_hash(&qk, &rot, None, 1, len, h, d, rounds, factors, &mut buckets).unwrap()
+            });
+            let ta = timed(reps, || {
+                lsh_attention(
+                    &qk, &v, &buckets, None, 1, len, h, d, rounds, chunk, 1, 0, true, &mut out,
                 )
                 .unwrap()
             });
+            let f = format!("{factors:?}").replace(' ', "");
             println!(
-                "{len:>6}  local attention (same shape)  {thr:>4} {:>14}",
-                ms(t)
+                "{what:>11} {len:>6} {h:>2} {rounds:>2} {d:>3} {f:>9} {thr:>4} {:>14} {:>14}",
+                ms(th),
+                ms(ta)
             );
         }
+    }
+    for thr in [1i64, 2] {
+        set_threads(thr).unwrap();
+        let t = timed(reps, || {
+            local_attention(
+                &qk, &qk, &v, None, 1, len, h, d, d, 0.125, chunk, 1, 0, true, &mut out,
+            )
+            .unwrap()
+        });
+        println!(
+            "{what:>11} {len:>6} {h:>2}  local attention (same shape)  {thr:>4} {:>14}",
+            ms(t)
+        );
     }
 }
 

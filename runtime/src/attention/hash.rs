@@ -4,6 +4,7 @@ use super::product;
 use crate::error::{invalid, Error, Result};
 use crate::gemm::{check_len, gemm, kernel, Epilogue, PackedB};
 use crate::pool::{try_par_for, SharedMut};
+use std::cell::RefCell;
 
 /// Positions per hashing task.
 const BLOCK: usize = 256;
@@ -93,12 +94,13 @@ pub fn lsh_hash(
     })?;
     let blocks = len.div_ceil(BLOCK);
     let shared = SharedMut::new(out);
-    try_par_for(batch * heads * blocks, |task| {
+    // One block of positions of one (batch, head): rotate, then take each
+    // round's argmaxes.
+    let hash_block = |task: usize, rotated: &mut [f32]| {
         let (bh, blk) = (task / blocks, task % blocks);
         let (b, h) = (bh / heads, bh % heads);
         let i0 = blk * BLOCK;
         let m = BLOCK.min(len - i0);
-        let mut rotated = crate::error::try_zeroed(m * width.max(1), "rotated block")?;
         if width > 0 {
             let a = &qk[(b * len + i0) * heads * d + h * d..];
             gemm(
@@ -107,7 +109,7 @@ pub fn lsh_hash(
                 a,
                 heads * d,
                 &packed[h],
-                &mut rotated,
+                rotated,
                 width,
                 Epilogue::STORE,
             );
@@ -125,8 +127,30 @@ pub fn lsh_hash(
                 *o = (bucket + r * nb_total) as i64;
             }
         }
-        Ok(())
+    };
+    try_par_for(batch * heads * blocks, |task| {
+        // The GEMM overwrites every value it reads back, so a reused scratch
+        // needs no clearing; a fresh zeroed megabyte per task cost page
+        // faults and memset in whole models.
+        ROTATED.with(|cell| {
+            let mut rotated = cell.borrow_mut();
+            let need = BLOCK.min(len) * width;
+            if rotated.len() < need {
+                let more = need - rotated.len();
+                rotated.try_reserve(more).map_err(|_| {
+                    Error::OutOfMemory(format!("LSH hashing scratch of {need} values"))
+                })?;
+                rotated.resize(need, 0.0);
+            }
+            hash_block(task, &mut rotated[..need]);
+            Ok(())
+        })
     })
+}
+
+thread_local! {
+    /// Per-thread rotated block (grow-only; hashing tasks never nest).
+    static ROTATED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// argmax(concat(piece, -piece)) per factor (first maximum wins), first factor
@@ -135,22 +159,53 @@ fn bucket_of(rotated: &[f32], factors: &[usize]) -> usize {
     let (mut bucket, mut scale, mut offset) = (0, 1, 0);
     for &f in factors {
         let piece = &rotated[offset..offset + f / 2];
-        let (mut best, mut best_v) = (0, f32::NEG_INFINITY);
-        for (i, &v) in piece.iter().enumerate() {
-            if v > best_v {
-                (best, best_v) = (i, v);
-            }
-        }
-        for (i, &v) in piece.iter().enumerate() {
-            if -v > best_v {
-                (best, best_v) = (piece.len() + i, -v);
-            }
-        }
-        bucket += scale * best;
+        bucket += scale * argmax_signed(piece);
         scale *= f;
         offset += f / 2;
     }
     bucket
+}
+
+/// Lanes of the vectorised maxima in [`argmax_signed`].
+const LANES: usize = 16;
+
+/// The index of the first maximum of `concat(piece, -piece)`, NaN never
+/// winning: what a scan that replaces its best on a strictly greater value
+/// (starting from index 0 at -∞) returns.
+///
+/// Two maxima (of `v` and of `-v`) in independent lanes, which the compiler
+/// turns into vector max instructions, then a scan for the first value equal
+/// to the winner: the first element equal to the maximum is the one the
+/// strict scan keeps, since everything before it is smaller. Signed zeros
+/// compare equal, so which zero a lane keeps does not matter. Hashing does
+/// this for every position, head and round (4 × 8 × 8192 rows of 256 at the
+/// paper model's size), where the one-by-one scan cost more than the rotation
+/// product itself.
+fn argmax_signed(piece: &[f32]) -> usize {
+    let (mut hi, mut lo) = ([f32::NEG_INFINITY; LANES], [f32::NEG_INFINITY; LANES]);
+    let mut chunks = piece.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            hi[l] = if c[l] > hi[l] { c[l] } else { hi[l] };
+            lo[l] = if -c[l] > lo[l] { -c[l] } else { lo[l] };
+        }
+    }
+    for (l, &v) in chunks.remainder().iter().enumerate() {
+        hi[l] = if v > hi[l] { v } else { hi[l] };
+        lo[l] = if -v > lo[l] { -v } else { lo[l] };
+    }
+    let fold = |x: [f32; LANES]| {
+        x.into_iter()
+            .fold(f32::NEG_INFINITY, |m, v| if v > m { v } else { m })
+    };
+    let (max, max_neg) = (fold(hi), fold(lo));
+    if max_neg > max {
+        piece.len() + piece.iter().position(|&v| -v == max_neg).unwrap_or(0)
+    } else if max > f32::NEG_INFINITY {
+        piece.iter().position(|&v| v == max).unwrap_or(0)
+    } else {
+        0
+    }
 }
 
 #[cfg(test)]
@@ -161,6 +216,54 @@ mod tests {
     fn bucket_of_factorised_is_first_factor_least_significant() {
         assert_eq!(bucket_of(&[0.5, -1.0, 0.2], &[2, 4]), 2 * 2);
         assert_eq!(bucket_of(&[-0.5, -1.0, 0.2], &[2, 4]), 1 + 2 * 2);
+    }
+
+    /// The definition: one scan, replacing the best on a strictly greater value.
+    fn argmax_scan(piece: &[f32]) -> usize {
+        let (mut best, mut best_v) = (0, f32::NEG_INFINITY);
+        let signed = piece.iter().copied().chain(piece.iter().map(|&v| -v));
+        for (i, v) in signed.enumerate() {
+            if v > best_v {
+                (best, best_v) = (i, v);
+            }
+        }
+        best
+    }
+
+    #[test]
+    fn vector_argmax_equals_the_scan() {
+        let specials = [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            -f32::MAX,
+        ];
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize
+        };
+        for len in [1, 2, 15, 16, 17, 33, 64, 256] {
+            for _ in 0..400 {
+                // Few distinct values, so ties and specials are common.
+                let piece: Vec<f32> = (0..len)
+                    .map(|_| match next() % 4 {
+                        0 => specials[next() % specials.len()],
+                        _ => (next() % 5) as f32 - 2.0,
+                    })
+                    .collect();
+                assert_eq!(argmax_signed(&piece), argmax_scan(&piece), "{piece:?}");
+            }
+        }
+        assert_eq!(argmax_signed(&[f32::NAN; 20]), 0);
+        assert_eq!(argmax_signed(&[f32::NEG_INFINITY; 3]), 3);
     }
 
     #[test]
