@@ -12,8 +12,11 @@
 //!   to bf16 and multiplied by the f32 kernels: the same rounding of the
 //!   operands, no speed-up.
 //!
-//! Kernels that pack their own operands (the attention tiles, the hashing
-//! projection) stay f32.
+//! The attention tiles (`QKᵀ` and the weighted sum of values) pack their keys
+//! and values the same way ([`crate::attention`]'s `put_key` / `put_value`),
+//! so they follow the precision too; the hashing projection packs in f32
+//! whatever the precision, since bucket decisions must not move beyond
+//! near-ties.
 //!
 //! ```
 //! use reformc_runtime::bf16;

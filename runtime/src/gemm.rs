@@ -354,13 +354,20 @@ impl PackedB {
 
     /// A zeroed packed matrix for `k × n` (f32: the caller fills it).
     pub fn zeroed(k: usize, n: usize, nr: usize) -> Result<Self> {
-        let data = try_zeroed(n.div_ceil(nr) * nr * k, "packed matrix")?;
+        Self::zeroed_as(k, n, nr, Packing::F32)
+    }
+
+    /// A zeroed packed matrix for `k × n` held as `packing` says (the caller
+    /// fills it: the attention tiles, which pack keys and values themselves).
+    pub fn zeroed_as(k: usize, n: usize, nr: usize, packing: Packing) -> Result<Self> {
+        let rows = packing.stored_rows(k);
+        let data = try_zeroed(n.div_ceil(nr) * nr * rows, "packed matrix")?;
         Ok(PackedB {
             data,
             n,
             k,
             nr,
-            packing: Packing::F32,
+            packing,
         })
     }
 

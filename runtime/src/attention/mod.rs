@@ -21,6 +21,7 @@ pub use hash::lsh_hash;
 pub use local::local_attention;
 pub use lsh::lsh_attention;
 
+use crate::bf16::{self, Packing};
 use crate::error::{invalid, try_zeroed, Result};
 use crate::gemm::{gemm, kernel, Epilogue, Kernel, PackedB};
 use crate::simd;
@@ -175,10 +176,11 @@ impl Tile {
     /// Buffers for at most `m` queries and `n` keys.
     pub fn new(m: usize, n: usize, dk: usize, dv: usize) -> Result<Self> {
         let kern = kernel();
+        let packing = bf16::packing(kern.isa);
         Ok(Tile {
             kern,
-            k: PackedB::zeroed(dk, n, kern.nr)?,
-            v: PackedB::zeroed(n, dv, kern.nr)?,
+            k: PackedB::zeroed_as(dk, n, kern.nr, packing)?,
+            v: PackedB::zeroed_as(n, dv, kern.nr, packing)?,
             s: try_zeroed(m * n, "logit tile")?,
             o: try_zeroed(m * dv, "output tile")?,
         })
@@ -219,7 +221,9 @@ impl Tile {
     }
 }
 
-/// Writes key `slot` of a packed keysᵀ matrix: `scale.apply(x, factor)`.
+/// Writes key `slot` of a packed keysᵀ matrix: `scale.apply(x, factor)`, as
+/// the matrix's packing holds values (f32, bf16-rounded, or bf16 pairs of
+/// consecutive key dimensions).
 #[inline]
 pub(crate) fn put_key(
     p: &mut PackedB,
@@ -228,20 +232,58 @@ pub(crate) fn put_key(
     factor: Option<f32>,
     scale: KeyScale,
 ) {
-    let (nr, dk) = (p.nr, p.k);
-    let dst = &mut p.data[(slot / nr) * dk * nr + slot % nr..];
-    for (t, &x) in key.iter().enumerate() {
-        dst[t * nr] = scale.apply(x, factor);
+    let (nr, rows) = (p.nr, p.stored_k());
+    let dst = &mut p.data[(slot / nr) * rows * nr + slot % nr..];
+    let at = |t: usize| key.get(t).map_or(0.0, |&x| scale.apply(x, factor));
+    match p.packing {
+        Packing::F32 => {
+            for (t, &x) in key.iter().enumerate() {
+                dst[t * nr] = scale.apply(x, factor);
+            }
+        }
+        Packing::Rounded => {
+            for (t, &x) in key.iter().enumerate() {
+                dst[t * nr] = bf16::round(scale.apply(x, factor));
+            }
+        }
+        Packing::Pairs => {
+            for r in 0..rows {
+                dst[r * nr] = f32::from_bits(bf16::pair(at(2 * r), at(2 * r + 1)));
+            }
+        }
     }
 }
 
-/// Writes value `slot` of a packed values matrix.
+/// Writes value `slot` of a packed values matrix. With bf16 pairs, slot `2i`
+/// is the low half of word row `i` (and clears the high half, so that an odd
+/// number of keys leaves no stale value behind) and slot `2i + 1` the high
+/// half: slots must be written in increasing order, as every caller does.
 #[inline]
 pub(crate) fn put_value(p: &mut PackedB, slot: usize, value: &[f32]) {
-    let (nr, n) = (p.nr, p.k);
+    let (nr, rows) = (p.nr, p.stored_k());
     for (panel, part) in value.chunks(nr).enumerate() {
-        let at = panel * n * nr + slot * nr;
-        p.data[at..at + part.len()].copy_from_slice(part);
+        match p.packing {
+            Packing::F32 => {
+                let at = panel * rows * nr + slot * nr;
+                p.data[at..at + part.len()].copy_from_slice(part);
+            }
+            Packing::Rounded => {
+                let at = panel * rows * nr + slot * nr;
+                for (d, &x) in p.data[at..at + part.len()].iter_mut().zip(part) {
+                    *d = bf16::round(x);
+                }
+            }
+            Packing::Pairs => {
+                let at = panel * rows * nr + (slot / 2) * nr;
+                for (d, &x) in p.data[at..at + part.len()].iter_mut().zip(part) {
+                    let half = bf16::bits(x) as u32;
+                    *d = f32::from_bits(match slot % 2 {
+                        0 => half,
+                        _ => (d.to_bits() & 0xFFFF) | half << 16,
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -278,13 +320,14 @@ impl Windows {
         dv: usize,
     ) -> Result<Self> {
         let kern = kernel();
+        let packing = bf16::packing(kern.isa);
         let width = before + 1 + after;
         let slots = (0..width)
             .map(|_| {
                 Ok((
                     usize::MAX,
-                    PackedB::zeroed(dk, chunk, kern.nr)?,
-                    PackedB::zeroed(chunk, dv, kern.nr)?,
+                    PackedB::zeroed_as(dk, chunk, kern.nr, packing)?,
+                    PackedB::zeroed_as(chunk, dv, kern.nr, packing)?,
                 ))
             })
             .collect::<Result<_>>()?;
@@ -393,6 +436,71 @@ mod tests {
         assert_eq!(v(2, 4, 2, 1), vec![0, 1, 2, 3]);
         assert_eq!(v(3, 4, 0, 1), vec![3, 0]);
         assert_eq!(v(0, 1, 1, 1), vec![0, 0, 0]);
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as f32 + 0.37) * (1.7 + seed as f32)).sin() * 1.5)
+            .collect()
+    }
+
+    /// `Σ_t round(a[i, t]) · round(b[t, j])` in f64 (`b` given as `[k, n]`).
+    fn rounded_product(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
+        let r = |x: f32| f64::from(bf16::round(x));
+        (0..m * n)
+            .map(|ij| {
+                (0..k)
+                    .map(|t| r(a[ij / n * k + t]) * r(b[t * n + ij % n]))
+                    .sum()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bf16_tiles_multiply_rounded_queries_keys_probabilities_and_values() {
+        // An odd key count after a window of NaN keys: a pair's unused half
+        // must not carry a stale value into the products.
+        let (m, dk, dv, cap, nk) = (5, 9, 20, 8, 7);
+        bf16::with(true, || {
+            let mut tile = Tile::new(m, cap, dk, dv).unwrap();
+            let scale = KeyScale::new(1.0);
+            for j in 0..cap {
+                put_key(&mut tile.k, j, &[f32::NAN; 9], None, scale);
+                put_value(&mut tile.v, j, &[f32::NAN; 20]);
+            }
+            tile.set_keys(nk);
+            let (q, keys, vals) = (values(m * dk, 1), values(nk * dk, 2), values(nk * dv, 3));
+            for j in 0..nk {
+                put_key(&mut tile.k, j, &keys[j * dk..][..dk], None, scale);
+                put_value(&mut tile.v, j, &vals[j * dv..][..dv]);
+            }
+            tile.logits(m, &q, dk);
+            let keys_t: Vec<f32> = (0..dk * nk).map(|i| keys[i % nk * dk + i / nk]).collect();
+            let want = rounded_product(&q, &keys_t, m, dk, nk);
+            let exact: Vec<f64> = (0..m * nk)
+                .map(|ij| {
+                    let (i, j) = (ij / nk, ij % nk);
+                    (0..dk)
+                        .map(|t| f64::from(q[i * dk + t]) * f64::from(keys[j * dk + t]))
+                        .sum()
+                })
+                .collect();
+            let mut off_exact = 0.0f64;
+            for (ij, &w) in want.iter().enumerate() {
+                let got = f64::from(tile.s[ij]); // [m, nk]
+                assert!((got - w).abs() < 1e-5, "logit {ij}: {got} vs {w}");
+                off_exact = off_exact.max((got - exact[ij]).abs());
+            }
+            assert!(off_exact > 1e-4, "the operands were not rounded to bf16");
+            // Probabilities (any values) times values.
+            let probs = values(m * nk, 4);
+            tile.s[..m * nk].copy_from_slice(&probs);
+            tile.weighted_values(m, false);
+            let want = rounded_product(&probs, &vals, m, nk, dv);
+            for (ij, &w) in want.iter().enumerate() {
+                assert!((f64::from(tile.o[ij]) - w).abs() < 1e-5, "output {ij}");
+            }
+        });
     }
 
     #[test]
