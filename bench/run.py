@@ -2,7 +2,7 @@
 """reformc vs PyTorch peers on long sequences: time and whole-process peak memory.
 
 Model `bench` (the default; all systems): 6 layers, D=256, 2 heads x 64, d_ff=512, vocab 320,
-causal, batch 1.
+causal, batch 1 (`--batch B` for more sequences per forward; the table then adds tokens/s).
   - reformc: HF ReformerModelWithLMHead config (all-LSH, chunk 64, num_buckets automatic),
     compiled with `reformc compile --emit exe`, random HF-initialised weights;
   - hf: transformers 5.23.0 ReformerModelWithLMHead eager, same config;
@@ -22,7 +22,7 @@ Usage: /work/hfvenv/bin/python bench/run.py [--model bench|paper] [--lengths 102
        [--threads 2] [--repeats 3] [--systems reformc,hf,reformer-pytorch,sdpa-full]
        (also reformc-bf16: `compile --precision bf16`; hf-bf16: HF under torch.autocast(bfloat16))
 Writes bench/out/ (models, binaries) and bench/results.md, bench/results.json, bench/plot.png
-(results-paper.* for the paper model).
+(results-paper.* for the paper model; -bB and -tN suffixes for other batch sizes and thread counts).
 """
 import argparse
 import json
@@ -83,11 +83,12 @@ def make_model(hashes, model="bench"):
     return cfg_path, w
 
 
-def ids_file(length, vocab=320):
+def ids_file(length, vocab=320, batch=1):
     import numpy as np
-    p = os.path.join(OUT, f"ids_{length}.npy" if vocab == 320 else f"ids_{length}_v{vocab}.npy")
+    name = f"ids_{length}" + ("" if vocab == 320 else f"_v{vocab}") + ("" if batch == 1 else f"_b{batch}")
+    p = os.path.join(OUT, name + ".npy")
     if not os.path.exists(p):
-        np.save(p, np.random.default_rng(length).integers(0, vocab, size=(1, length), dtype=np.int64))
+        np.save(p, np.random.default_rng(length).integers(0, vocab, size=(batch, length), dtype=np.int64))
     return p
 
 
@@ -120,8 +121,9 @@ def measure_peer(system, length, hashes, threads, cfg, ids):
     return r["times_s"][0], rss
 
 
-def flops_of(cfg, length):
-    out = subprocess.run([REFORMC, "explain", cfg, "--seq-len", str(length), "--json", "-q"], capture_output=True, text=True, check=True).stdout
+def flops_of(cfg, length, batch=1):
+    out = subprocess.run([REFORMC, "explain", cfg, "--seq-len", str(length), "--batch", str(batch), "--json", "-q"],
+                         capture_output=True, text=True, check=True).stdout
     return json.loads(out)["flops"]
 
 
@@ -131,6 +133,7 @@ def main():
     ap.add_argument("--lengths", default="1024,4096,16384,65536")
     ap.add_argument("--hashes", default="1,4")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=1, help="sequences per forward (all systems)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--systems", default="reformc,hf,reformer-pytorch,sdpa-full")
     ap.add_argument("--max-seconds", type=float, default=240, help="skip a system at longer lengths once one forward took longer")
@@ -161,15 +164,19 @@ def main():
     for r in hashes:
         cfg, w = make_model(r, args.model)
         for L in lengths:
-            ids = ids_file(L, config(r, args.model)["vocab_size"])
+            ids = ids_file(L, config(r, args.model)["vocab_size"], args.batch)
             exe = os.path.join(OUT, f"reformc_r{r}_L{L}" if args.model == "bench" else f"reformc_{args.model}_r{r}_L{L}")
+            if args.batch > 1:
+                exe += f"_b{args.batch}"
             t0 = time.perf_counter()
-            subprocess.run([REFORMC, "compile", cfg, "--weights", w, "-o", exe, "--seq-len", str(L), "--target-cpu", "host", "-q"], check=True)
+            batch = ["--batch", str(args.batch)]
+            subprocess.run([REFORMC, "compile", cfg, "--weights", w, "-o", exe, "--seq-len", str(L), "--target-cpu", "host", "-q"] + batch,
+                           check=True)
             compile_s = time.perf_counter() - t0
             if "reformc-bf16" in systems:
                 subprocess.run([REFORMC, "compile", cfg, "--weights", w, "-o", exe + "_bf16", "--seq-len", str(L),
-                                "--target-cpu", "host", "--precision", "bf16", "-q"], check=True)
-            flops = flops_of(cfg, L)
+                                "--target-cpu", "host", "--precision", "bf16", "-q"] + batch, check=True)
+            flops = flops_of(cfg, L, args.batch)
             runs = {s: [] for s in systems}
             for rep in range(args.repeats):
                 for s in systems:
@@ -194,10 +201,11 @@ def main():
                     results.append(dict(same, hashes=r))
                     continue
                 ts = [t for t, _ in runs[s]]
-                results.append(dict(system=s, hashes=r, length=L, time_s=statistics.median(ts) if ts else None,
+                results.append(dict(system=s, hashes=r, length=L, batch=args.batch, time_s=statistics.median(ts) if ts else None,
                                     times_s=ts, peak_rss_mib=max((x for _, x in runs[s]), default=0) / 1024,
                                     flops=flops, compile_s=compile_s if s == "reformc" else None))
-    suffix = "" if args.model == "bench" else f"-{args.model}"
+    suffix = ("" if args.model == "bench" else f"-{args.model}") + ("" if args.batch == 1 else f"-b{args.batch}") + (
+        "" if args.threads == 2 else f"-t{args.threads}")
     json.dump(dict(model=args.model, gemm_ceiling_gflops=ceiling, threads=args.threads, results=results),
               open(os.path.join(HERE, f"results{suffix}.json"), "w"), indent=1)
     write_markdown(results, ceiling, args, suffix)
@@ -210,10 +218,10 @@ def write_markdown(results, ceiling, args, suffix):
     isa = ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
     sizes = ("12 layers local/LSH, D=1024, 8 heads x 128, d_ff=4096, chunk 128, 512 buckets" if args.model == "paper"
              else "6 layers, D=256, 2 heads x 64, d_ff=512, chunk 64")
-    lines = [f"# reformc benchmark\n", f"Machine: {cpu} ({isa}), {os.cpu_count()} cores.\n", f"{sizes}, causal, batch 1, {args.threads} threads; "
+    lines = [f"# reformc benchmark\n", f"Machine: {cpu} ({isa}), {os.cpu_count()} cores.\n", f"{sizes}, causal, batch {args.batch}, {args.threads} threads; "
              f"median of {args.repeats} interleaved runs; fp32 GEMM ceiling (torch.mm 4096^2) {ceiling:.0f} GFLOP/s.\n",
-             "| hashes | L | system | forward time | peak RSS | time / reformc | reformc GFLOP/s (% of GEMM ceiling) |",
-             "|---|---|---|---|---|---|---|"]
+             "| hashes | L | system | forward time | tokens/s | peak RSS | time / reformc | reformc GFLOP/s (% of GEMM ceiling) |",
+             "|---|---|---|---|---|---|---|---|"]
     for x in results:
         ref = next(y for y in results if y["system"] == "reformc" and y["hashes"] == x["hashes"] and y["length"] == x["length"])
         t = f"{x['time_s']:.3f} s" if x["time_s"] else "skipped/failed"
@@ -222,7 +230,8 @@ def write_markdown(results, ceiling, args, suffix):
         if x["system"] == "reformc" and x["time_s"]:
             g = x["flops"] / x["time_s"] / 1e9
             gf = f"{g:.0f} ({100 * g / ceiling:.0f}%)"
-        lines.append(f"| {x['hashes']} | {x['length']} | {x['system']} | {t} | {x['peak_rss_mib']:.0f} MiB | {ratio} | {gf} |")
+        tps = f"{x.get('batch', 1) * x['length'] / x['time_s']:.0f}" if x["time_s"] else "-"
+        lines.append(f"| {x['hashes']} | {x['length']} | {x['system']} | {t} | {tps} | {x['peak_rss_mib']:.0f} MiB | {ratio} | {gf} |")
     open(os.path.join(HERE, f"results{suffix}.md"), "w").write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
