@@ -631,6 +631,15 @@ fn tiles(
     epi: Epilogue,
 ) {
     let k = b.stored_k();
+    let problem = Problem {
+        fns,
+        m,
+        a,
+        sa,
+        b,
+        ldc,
+        epi,
+    };
     // One pass even for k = 0, which writes the bias (or zeros).
     for k0 in (0..k.max(1)).step_by(KC) {
         let pass = Pass {
@@ -639,8 +648,19 @@ fn tiles(
             accumulate: epi.accumulate || k0 > 0,
             last: k0 + KC >= k,
         };
-        tiles_pass(fns, m, a, sa, b, c, ldc, epi, pass);
+        tiles_pass(&problem, c, pass);
     }
+}
+
+/// The operands of one [`tiles`] call but C.
+struct Problem<'a> {
+    fns: &'a [MicroFn],
+    m: usize,
+    a: &'a [f32],
+    sa: AStrides,
+    b: &'a PackedB,
+    ldc: usize,
+    epi: Epilogue<'a>,
 }
 
 /// Which rows of B one pass of [`tiles`] multiplies, and how it writes C.
@@ -654,18 +674,16 @@ struct Pass {
 
 /// One pass of [`tiles`]: `C (+)= A[:, k0..k0+kc] · B[k0..k0+kc, :]`, with
 /// the epilogue's bias and activation when it is the last.
-#[allow(clippy::too_many_arguments)]
-fn tiles_pass(
-    fns: &[MicroFn],
-    m: usize,
-    a: &[f32],
-    sa: AStrides,
-    b: &PackedB,
-    c: &mut [f32],
-    ldc: usize,
-    epi: Epilogue,
-    pass: Pass,
-) {
+fn tiles_pass(p: &Problem, c: &mut [f32], pass: Pass) {
+    let Problem {
+        fns,
+        m,
+        a,
+        sa,
+        b,
+        ldc,
+        epi,
+    } = *p;
     let (n, k, mr, nr) = (b.n, b.stored_k(), fns.len(), b.nr);
     let lda = sa.row;
     let relu = pass.last && epi.act == Activation::Relu;
@@ -695,7 +713,7 @@ fn tiles_pass(
             } else {
                 (c_edge.as_mut_ptr(), nr)
             };
-            let p = Micro {
+            let micro = Micro {
                 k: pass.kc,
                 a: a[i0 * lda + pass.k0 * sa.k..].as_ptr(),
                 lda,
@@ -711,7 +729,7 @@ fn tiles_pass(
             // (kc values each, from column k0) and of C (NR values each, or the NR-wide
             // scratch), all within the slices per the caller's asserts; B and bias hold
             // whole panels, and the pass's rows lie within its panel.
-            unsafe { (fns[rows - 1])(&p) };
+            unsafe { (fns[rows - 1])(&micro) };
             if !direct {
                 for i in 0..rows {
                     c[(i0 + i) * ldc + j0..][..cols]
