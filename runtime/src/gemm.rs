@@ -605,11 +605,12 @@ fn bf16_kernels(kern: &Kernel) -> &'static [MicroFn] {
 }
 
 /// Rows of B per pass over its panels (stored rows: pairs for bf16). A
-/// pass's slice of a 64-column panel is 64 KiB, so it stays in L2 while every
-/// row tile of A passes over it, and A's `m × KC` block stays there from one
-/// panel to the next. Without the split a `k = 4096` panel is 1 MiB and is
-/// streamed from memory once per row tile.
-const KC: usize = 256;
+/// pass's slice of a 64-column panel is 128 KiB, so it stays in L2 while every
+/// row tile of A passes over it. Without the split a `k = 4096` panel is
+/// 1 MiB, and a weight gradient's (`k` = the sequence length) 4 MiB at 16K,
+/// streamed from memory once per row tile. On the Zen 5 VM 256 was 2-4%
+/// slower on the paper model at 8K and 1024 no faster than 512.
+const KC: usize = 512;
 
 /// The register-tile loop of [`gemm_a`]: `fns[r - 1]` computes a tile of
 /// `r` rows; A's values (f32, or bf16 pairs) lie as `sa` says and B's panels
