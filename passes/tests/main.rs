@@ -1,8 +1,8 @@
-//! One test binary for this crate's integration tests: each file below is a
-//! module of it, so the suite links LLVM and MLIR once instead of once per
-//! file (a clean build of the workspace's tests was 20 GB of mostly
-//! identical executables). Run one file's tests with a filter:
-//! `cargo test --test integration <file>::`.
+//! One test executable for this crate's integration tests: each file below
+//! is a module of it, so its dependencies are linked once instead of once per
+//! file (with LLVM and MLIR linked statically, one executable per test file
+//! made a clean build of the workspace's tests 20 GB). Run one file's tests
+//! with a filter: `cargo test --test integration <file>::`.
 
 mod attn_support;
 mod autodiff_support;
