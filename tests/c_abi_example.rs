@@ -37,15 +37,7 @@ fn the_c_example_matches_reformc_run() {
         Command::new(reformc).args(compile).output().unwrap(),
     );
     let prog = dir.join("tiny");
-    let cc = Command::new(reformc_backend_llvm::aot::cc())
-        .args(["-std=c99", "-Wall", "-Werror", "-O2", "-o", s(&prog)])
-        .arg(root.join("examples/c-abi/main.c"))
-        .arg(format!("-I{}", dir.display()))
-        .arg(&so)
-        .arg(format!("-Wl,-rpath,{}", dir.display()))
-        .output()
-        .unwrap();
-    check("cc", cc);
+    common::cc_against_library(&root.join("examples/c-abi/main.c"), &dir, &so, &prog);
     let (bin, weights) = (dir.join("logits.bin"), model.join("model.safetensors"));
     let said = check(
         "the example",

@@ -416,20 +416,7 @@ fn step_library_header_signature_and_a_c_program() {
     let src = s.path("main.c");
     std::fs::write(&src, C_PROGRAM).unwrap();
     let prog = s.path("prog");
-    let cc = Command::new(reformc_backend_llvm::aot::cc())
-        .args(["-std=c99", "-Wall", "-Werror", "-o"])
-        .arg(&prog)
-        .arg(&src)
-        .arg(format!("-I{}", s.dir().display()))
-        .arg(&so)
-        .arg(format!("-Wl,-rpath,{}", s.dir().display()))
-        .output()
-        .unwrap();
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
+    common::cc_against_library(&src, s.dir(), &so, &prog);
     let ids: ArrayD<i64> = read(&case.dir.join("input_ids.npy"));
     let labels: ArrayD<i64> = read(&case.dir.join("labels.npy"));
     // The library takes labels aligned with the logits: the caller shifts.

@@ -551,20 +551,7 @@ fn a_gpu_library_serves_the_c_example_on_a_stand_in_driver() {
         "{header}"
     );
     let prog = dir.path("tiny");
-    let cc = Command::new(reformc_backend_llvm::aot::cc())
-        .args(["-std=c99", "-Wall", "-Werror", "-O2", "-o"])
-        .arg(&prog)
-        .arg(root.join("examples/c-abi/main.c"))
-        .arg(format!("-I{}", dir.dir().display()))
-        .arg(&so)
-        .arg(format!("-Wl,-rpath,{}", dir.dir().display()))
-        .output()
-        .unwrap();
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
+    common::cc_against_library(&root.join("examples/c-abi/main.c"), dir.dir(), &so, &prog);
     let weights = model.join("model.safetensors");
     let run = |env: &[(&str, &str)]| {
         let mut c = Command::new(&prog);
