@@ -16,10 +16,10 @@
 //! thread count.
 
 use crate::act::Activation;
-use crate::error::{invalid, try_zeroed, Result};
+use crate::error::{invalid, try_zeroed, with_scratch, Result};
 use crate::gemm::{gemm, kernel, Epilogue, Kernel, PackedB};
 use crate::nn::ln_row;
-use crate::pool::{par_for, threads};
+use crate::pool::{threads, try_par_for};
 use std::cell::RefCell;
 
 /// Layer-norm parameters of the prologue (`[in]` each).
@@ -78,7 +78,7 @@ pub enum Mode {
 }
 
 thread_local! {
-    /// Per-thread block scratch (grow-only; a task never runs nested in another).
+    /// Per-thread block scratch (a task never runs nested in another).
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -248,11 +248,7 @@ pub(crate) unsafe fn dense_raw(
     let task = |t: usize| {
         let r0 = t * block;
         let n = block.min(rows - r0);
-        SCRATCH.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.len() < n * per_row {
-                s.resize(n * per_row, 0.0);
-            }
+        with_scratch(&SCRATCH, n * per_row, "dense block", |s| {
             let (a, rest) = s.split_at_mut(n * inp);
             let (h, z) = rest.split_at_mut(n * hidden);
             let z = &mut z[..n * out];
@@ -289,9 +285,9 @@ pub(crate) unsafe fn dense_raw(
                     }
                 }
             }
-        });
+        })
     };
-    par_for(rows.div_ceil(block), task)
+    try_par_for(rows.div_ceil(block), task)
 }
 
 /// True when rows of two strided matrices share no element: `a` has `ca`

@@ -95,14 +95,43 @@ pub fn last_error() -> String {
 /// aborting the process when the allocation fails.
 pub(crate) fn try_zeroed<T: Clone + Default>(n: usize, what: &str) -> Result<Vec<T>> {
     let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| {
-        Error::OutOfMemory(format!(
-            "cannot allocate {what}: {n} elements of {} bytes",
-            std::mem::size_of::<T>()
-        ))
-    })?;
+    v.try_reserve_exact(n)
+        .map_err(|_| out_of_memory::<T>(n, what))?;
     v.resize(n, T::default());
     Ok(v)
+}
+
+fn out_of_memory<T>(n: usize, what: &str) -> Error {
+    Error::OutOfMemory(format!(
+        "cannot allocate {what}: {n} elements of {} bytes",
+        std::mem::size_of::<T>()
+    ))
+}
+
+/// A per-thread, grow-only f32 scratch of a kernel.
+pub(crate) type Scratch = std::thread::LocalKey<RefCell<Vec<f32>>>;
+
+/// Runs `f` on the first `n` values of this thread's `scratch`, grown (never
+/// shrunk) to at least `n` values; [`Error::OutOfMemory`] when it cannot
+/// grow. Values left by an earlier use are not cleared: `f` must write what
+/// it reads. A kernel's tasks reuse one buffer per thread instead of
+/// allocating (and the system zeroing) a fresh one per task.
+pub(crate) fn with_scratch<R>(
+    scratch: &'static Scratch,
+    n: usize,
+    what: &str,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> Result<R> {
+    scratch.with(|cell| {
+        let mut v = cell.borrow_mut();
+        if v.len() < n {
+            let more = n - v.len();
+            v.try_reserve_exact(more)
+                .map_err(|_| out_of_memory::<f32>(n, what))?;
+            v.resize(n, 0.0);
+        }
+        Ok(f(&mut v[..n]))
+    })
 }
 
 #[cfg(test)]

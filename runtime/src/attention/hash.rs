@@ -1,7 +1,7 @@
 //! Angular LSH bucket ids (`rc_lsh_hash_f32`).
 
 use super::product;
-use crate::error::{invalid, Error, Result};
+use crate::error::{invalid, with_scratch, Error, Result};
 use crate::gemm::{check_len, gemm, kernel, Epilogue, PackedB};
 use crate::pool::{try_par_for, SharedMut};
 use std::cell::RefCell;
@@ -128,28 +128,17 @@ pub fn lsh_hash(
             }
         }
     };
+    // The GEMM overwrites every value it reads back, so a reused scratch
+    // needs no clearing; a fresh zeroed megabyte per task cost page faults
+    // and memset in whole models.
+    let need = BLOCK.min(len) * width;
     try_par_for(batch * heads * blocks, |task| {
-        // The GEMM overwrites every value it reads back, so a reused scratch
-        // needs no clearing; a fresh zeroed megabyte per task cost page
-        // faults and memset in whole models.
-        ROTATED.with(|cell| {
-            let mut rotated = cell.borrow_mut();
-            let need = BLOCK.min(len) * width;
-            if rotated.len() < need {
-                let more = need - rotated.len();
-                rotated.try_reserve(more).map_err(|_| {
-                    Error::OutOfMemory(format!("LSH hashing scratch of {need} values"))
-                })?;
-                rotated.resize(need, 0.0);
-            }
-            hash_block(task, &mut rotated[..need]);
-            Ok(())
-        })
+        with_scratch(&ROTATED, need, "rotated block", |r| hash_block(task, r))
     })
 }
 
 thread_local! {
-    /// Per-thread rotated block (grow-only; hashing tasks never nest).
+    /// Per-thread rotated block (hashing tasks never nest).
     static ROTATED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
