@@ -594,6 +594,9 @@ struct WeightsHandle {
     len: usize,
     /// True when `base` comes from mmap (and must be unmapped).
     mapped: bool,
+    /// True when the mapping is registered with the runtime's packed-weight
+    /// cache ([`reformc_runtime::prepack`]), which must forget it first.
+    registered: bool,
     /// The file's bytes in read mode (u64 words: 8-byte aligned).
     _owned: Vec<u64>,
     _copies: Vec<Vec<f32>>,
@@ -601,6 +604,9 @@ struct WeightsHandle {
 
 impl Drop for WeightsHandle {
     fn drop(&mut self) {
+        if self.registered {
+            reformc_runtime::prepack::unregister(self.base, self.len);
+        }
         if self.mapped && !self.base.is_null() && self.len > 0 {
             // SAFETY: base/len come from a successful mmap, unmapped once.
             unsafe { munmap(self.base, self.len) };
@@ -745,6 +751,16 @@ fn load(path: &str, exp: &Expected) -> Loaded {
     let (entries, data_start) = parse_safetensors(bytes, len)?;
     let chosen = check_weights(&entries, exp)?;
     let warning = check_finite(bytes, data_start, &chosen)?;
+    if handle.mapped {
+        // GEMMs keep each weight packed once (bf16 panels are half its size);
+        // the check above read every page, which would otherwise stay
+        // resident beside the packed copies. The pages are clean copies of the
+        // file: dropping them costs a page-cache fault on the next read.
+        reformc_runtime::prepack::register(base, len_usize, true);
+        handle.registered = true;
+        let data = data_start as usize;
+        reformc_runtime::prepack::drop_pages(base as usize + data, len_usize - data);
+    }
     let mut ptrs = Vec::with_capacity(chosen.len());
     let mut copies = Vec::new();
     for e in chosen {
@@ -795,6 +811,7 @@ fn map_whole(file: &std::fs::File, len: usize) -> Result<Box<WeightsHandle>, (i3
         base,
         len,
         mapped: true,
+        registered: false,
         _owned: Vec::new(),
         _copies: Vec::new(),
     }))
@@ -824,6 +841,7 @@ fn read_whole(mut file: std::fs::File, len: usize) -> Result<Box<WeightsHandle>,
         base: owned.as_mut_ptr() as *mut c_void,
         len,
         mapped: false,
+        registered: false,
         _owned: owned,
         _copies: Vec::new(),
     }))

@@ -109,7 +109,7 @@ unsafe fn to_bits_row_avx512(src: &[f32], dst: &mut [u16]) {
 }
 
 /// How a packed right-hand side holds its values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub(crate) enum Packing {
     /// f32 values: the plain fp32 GEMM.
     F32,

@@ -21,6 +21,7 @@ use crate::gemm::{gemm, kernel, Epilogue, Kernel, PackedB};
 use crate::nn::ln_row;
 use crate::pool::{threads, try_par_for};
 use std::cell::RefCell;
+use std::sync::Arc;
 
 /// Layer-norm parameters of the prologue (`[in]` each).
 #[derive(Clone, Copy)]
@@ -179,14 +180,14 @@ pub(crate) fn check(stack: &Stack, inp: usize, mode: Mode) -> Result<()> {
 
 /// A weight packed for the kernel and its bias padded to whole panels.
 struct Packed {
-    b: PackedB,
+    b: Arc<PackedB>,
     bias: Option<Vec<f32>>,
     act: Activation,
 }
 
 impl Packed {
     fn new(kern: &Kernel, l: &Layer, inp: usize) -> Result<Packed> {
-        let b = PackedB::from_nt(l.w, l.out, inp, inp, kern.nr)?;
+        let b = crate::prepack::from_nt(l.w, l.out, inp, inp, kern.nr)?;
         let bias = match l.b {
             Some(v) => {
                 let mut p = try_zeroed(b.panels() * kern.nr, "bias")?;

@@ -803,7 +803,7 @@ pub fn linear_with(
         }
         return Ok(());
     }
-    let packed = PackedB::from_nt(w, out, inp, inp, kern.nr)?;
+    let packed = crate::prepack::from_nt(w, out, inp, inp, kern.nr)?;
     let bias = match b {
         Some(b) => {
             let mut v = try_zeroed(packed.panels() * kern.nr, "bias")?;

@@ -26,6 +26,7 @@ pub mod lm_loss;
 pub mod nn;
 pub mod philox;
 pub mod pool;
+pub mod prepack;
 pub mod profile;
 mod simd;
 pub mod tensor_ops;

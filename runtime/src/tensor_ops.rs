@@ -8,6 +8,7 @@
 use crate::error::{invalid, Error, Result};
 use crate::gemm::{check_len, gemm_rows_a, kernel, AStrides, Epilogue, PackedB};
 use crate::pool::{par_for, SharedMut};
+use std::sync::Arc;
 
 /// A reduction of `reduce {kind}`: the IR's enum, whose discriminants are
 /// the ABI codes (0 sum, 1 mean, 2 max, 3 logsumexp).
@@ -567,10 +568,10 @@ fn pack_b_block(
     n: usize,
     tb: bool,
     nr: usize,
-) -> Result<PackedB> {
+) -> Result<Arc<PackedB>> {
     match tb {
-        true => PackedB::from_nt(&b[k0..], n, kc, k, nr),
-        false => PackedB::from_kn(&b[k0 * n..(k0 + kc) * n], kc, n, n, nr),
+        true => crate::prepack::from_nt(&b[k0..], n, kc, k, nr),
+        false => crate::prepack::from_kn(&b[k0 * n..(k0 + kc) * n], kc, n, n, nr),
     }
 }
 

@@ -624,3 +624,120 @@ fn garbage_values_to_the_executable_are_refused() {
         "0..=4096",
     );
 }
+
+const RELOAD_PROGRAM: &str = r#"
+#include "model.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int run(reformc_tensor* in, reformc_tensor* out) {
+  int rc = reformc_model_run(in, 2, out, 1);
+  if (rc != REFORMC_OK) fprintf(stderr, "run: %s\n", reformc_model_last_error());
+  return rc;
+}
+
+static int load(const char* path) {
+  int rc = reformc_model_load_weights(path);
+  if (rc != REFORMC_OK) fprintf(stderr, "load: %s\n", reformc_model_last_error());
+  return rc;
+}
+
+/* usage: prog A.safetensors B.safetensors IDS.bin B L OUT.bin
+   Writes the logits of A (first run) then of B. */
+int main(int argc, char** argv) {
+  if (argc != 7) return 90;
+  int64_t b = atoll(argv[4]), l = atoll(argv[5]);
+  int64_t* ids = malloc(sizeof(int64_t) * b * l);
+  FILE* f = fopen(argv[3], "rb");
+  if (!f || fread(ids, sizeof(int64_t), b * l, f) != (size_t)(b * l)) return 91;
+  fclose(f);
+  reformc_tensor in[2], a1, a2, bo, a3;
+  int64_t shape[2] = {b, l};
+  if (reformc_tensor_init(&in[0], REFORMC_I64, 2, shape, ids) != REFORMC_OK) return 92;
+  if (reformc_tensor_init(&in[1], REFORMC_I64, 2, shape, NULL) != REFORMC_OK) return 93;
+  if (load(argv[1]) || run(in, &a1) || run(in, &a2)) return 94;
+  size_t bytes = sizeof(float) * a1.shape[0] * a1.shape[1] * a1.shape[2];
+  /* The second run packs no weight again: the same bits. */
+  if (memcmp(a1.data, a2.data, bytes) != 0) return 120;
+  /* New weights, most likely mapped at the old address: nothing packed
+     from the old ones may be used. */
+  reformc_model_unload_weights();
+  if (load(argv[2]) || run(in, &bo)) return 95;
+  if (memcmp(a1.data, bo.data, bytes) == 0) return 121;
+  /* Loading over loaded weights (no unload) releases them too. */
+  if (load(argv[1]) || run(in, &a3)) return 96;
+  if (memcmp(a1.data, a3.data, bytes) != 0) return 122;
+  f = fopen(argv[6], "wb");
+  if (!f || fwrite(a1.data, 1, bytes, f) != bytes || fwrite(bo.data, 1, bytes, f) != bytes) return 97;
+  fclose(f);
+  reformc_tensor_release(&a1);
+  reformc_tensor_release(&a2);
+  reformc_tensor_release(&bo);
+  reformc_tensor_release(&a3);
+  reformc_model_unload_weights();
+  free(ids);
+  return 0;
+}
+"#;
+
+/// The runtime keeps weights packed across runs (`reformc_runtime::prepack`)
+/// for mapped weights files. Unloading or replacing the weights must drop
+/// those copies: a new file mapped at the old address gets its own results,
+/// the same bits as a process that only ever loaded it.
+#[test]
+fn reloaded_weights_never_reuse_weights_packed_from_the_old_ones() {
+    let dir = scratch("reload_weights");
+    let case = case("noncausal_local_only");
+    let so = dir.join("libmodel.so");
+    aot::compile(
+        &case.variants(),
+        &case.options(None),
+        &WeightsMode::Runtime,
+        Emit::Lib,
+        &so,
+        None,
+    )
+    .unwrap();
+    let link = [
+        so.display().to_string(),
+        format!("-Wl,-rpath,{}", dir.display()),
+    ];
+    let prog = build_c(&dir, RELOAD_PROGRAM, &link);
+    let a = case.dir.join("model.safetensors");
+    let full = std::fs::read(&a).unwrap();
+    let name = "reformer.encoder.layers.0.attention.output.dense.weight";
+    let b = dir.join("b.safetensors");
+    std::fs::write(&b, poke_f32(&full, name, 5, 2.5)).unwrap();
+    let ids_bin = dir.join("ids.bin");
+    let bytes: Vec<u8> = case.ids.iter().flat_map(|x| x.to_le_bytes()).collect();
+    std::fs::write(&ids_bin, bytes).unwrap();
+    let (bs, l) = (case.ids.shape()[0], case.ids.shape()[1]);
+    let outputs = |first: &Path, second: &Path, tag: &str| {
+        let out = dir.join(format!("out_{tag}.bin"));
+        let s = |p: &Path| p.display().to_string();
+        let args = [
+            s(first),
+            s(second),
+            s(&ids_bin),
+            bs.to_string(),
+            l.to_string(),
+            s(&out),
+        ];
+        let res = run(&prog, &args);
+        assert!(
+            res.status.success(),
+            "exit {:?}: {}",
+            res.status.code(),
+            String::from_utf8_lossy(&res.stderr)
+        );
+        let all = std::fs::read(&out).unwrap();
+        let half = all.len() / 2;
+        (all[..half].to_vec(), all[half..].to_vec())
+    };
+    let (a_first, b_after_a) = outputs(&a, &b, "ab");
+    let (b_first, a_after_b) = outputs(&b, &a, "ba");
+    assert_eq!(b_after_a, b_first, "B after A equals B in a fresh process");
+    assert_eq!(a_after_b, a_first, "A after B equals A in a fresh process");
+    assert_ne!(a_first, b_first);
+}
