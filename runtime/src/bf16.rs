@@ -59,6 +59,19 @@ pub fn bits(x: f32) -> u16 {
     (u.wrapping_add(0x7FFF + ((u >> 16) & 1)) >> 16) as u16
 }
 
+/// [`bits`] without a branch, so that loops over it vectorise: the same
+/// result for every input, NaN included.
+#[inline(always)]
+pub(crate) fn bits_select(x: f32) -> u32 {
+    let u = x.to_bits();
+    let nan = (u >> 16) | 0x40;
+    let rounded = u.wrapping_add(0x7FFF + ((u >> 16) & 1)) >> 16;
+    match u & 0x7FFF_FFFF > 0x7F80_0000 {
+        true => nan & 0xFFFF,
+        false => rounded,
+    }
+}
+
 /// `x` rounded to bf16 (ties to even), as an f32.
 #[inline(always)]
 pub fn round(x: f32) -> f32 {
@@ -173,6 +186,33 @@ mod tests {
             let x = f32::from_bits(0x3f80_0000 + i * 977);
             let r = round(x);
             assert!((r - x).abs() <= x.abs() / 256.0, "{x} -> {r}");
+        }
+    }
+
+    #[test]
+    fn the_branchless_rounding_equals_the_plain_one_on_every_class() {
+        let specials = [
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7F80_0001), // signalling NaN
+            f32::from_bits(0x0000_8000), // subnormal, a tie
+            f32::from_bits(0x0001_7FFF),
+            f32::MAX,
+            f32::MIN_POSITIVE,
+        ];
+        for x in specials {
+            assert_eq!(bits_select(x), bits(x) as u32, "{:#x}", x.to_bits());
+        }
+        // Every exponent, and mantissas around each rounding boundary.
+        for hi in (0..=0xFFFFu32).step_by(7) {
+            for lo in [0u32, 1, 0x7FFF, 0x8000, 0x8001, 0xFFFF] {
+                let x = f32::from_bits(hi << 16 | lo);
+                assert_eq!(bits_select(x), bits(x) as u32, "{:#x}", x.to_bits());
+            }
         }
     }
 

@@ -352,11 +352,6 @@ impl PackedB {
         self.packing.stored_rows(self.k)
     }
 
-    /// A zeroed packed matrix for `k × n` (f32: the caller fills it).
-    pub fn zeroed(k: usize, n: usize, nr: usize) -> Result<Self> {
-        Self::zeroed_as(k, n, nr, Packing::F32)
-    }
-
     /// A zeroed packed matrix for `k × n` held as `packing` says (the caller
     /// fills it: the attention tiles, which pack keys and values themselves).
     pub fn zeroed_as(k: usize, n: usize, nr: usize, packing: Packing) -> Result<Self> {
@@ -378,16 +373,21 @@ impl PackedB {
         if packing != Packing::F32 {
             return Self::from_fn(k, n, nr, packing, |kk, j| w[j * ldw + kk]);
         }
-        let mut p = Self::zeroed(k, n, nr)?;
-        for (panel, dst) in p.data.chunks_exact_mut(k * nr).enumerate() {
+        let data = filled_panels(n.div_ceil(nr), k * nr, |panel, dst| {
             for jj in 0..nr.min(n - panel * nr) {
                 let row = &w[(panel * nr + jj) * ldw..][..k];
                 for (kk, &x) in row.iter().enumerate() {
                     dst[kk * nr + jj] = x;
                 }
             }
-        }
-        Ok(p)
+        })?;
+        Ok(PackedB {
+            data,
+            n,
+            k,
+            nr,
+            packing,
+        })
     }
 
     /// Packs `b` given as `[k, n]` row-major with row stride `ldb`.
@@ -396,14 +396,19 @@ impl PackedB {
         if packing != Packing::F32 {
             return Self::from_fn(k, n, nr, packing, |kk, j| b[kk * ldb + j]);
         }
-        let mut p = Self::zeroed(k, n, nr)?;
-        for (panel, dst) in p.data.chunks_exact_mut(k * nr).enumerate() {
+        let data = filled_panels(n.div_ceil(nr), k * nr, |panel, dst| {
             let cols = nr.min(n - panel * nr);
             for kk in 0..k {
                 dst[kk * nr..kk * nr + cols].copy_from_slice(&b[kk * ldb + panel * nr..][..cols]);
             }
-        }
-        Ok(p)
+        })?;
+        Ok(PackedB {
+            data,
+            n,
+            k,
+            nr,
+            packing,
+        })
     }
 
     /// Packs element `(kk, j) = at(kk, j)` of a `k × n` matrix as `packing`
@@ -413,11 +418,10 @@ impl PackedB {
         n: usize,
         nr: usize,
         packing: Packing,
-        at: impl Fn(usize, usize) -> f32,
+        at: impl Fn(usize, usize) -> f32 + Sync,
     ) -> Result<Self> {
         let rows = packing.stored_rows(k);
-        let mut data = try_zeroed(n.div_ceil(nr) * nr * rows, "packed matrix")?;
-        for (panel, dst) in data.chunks_exact_mut(rows * nr).enumerate() {
+        let data = filled_panels(n.div_ceil(nr), rows * nr, |panel, dst| {
             for jj in 0..nr.min(n - panel * nr) {
                 let j = panel * nr + jj;
                 for r in 0..rows {
@@ -430,7 +434,7 @@ impl PackedB {
                     };
                 }
             }
-        }
+        })?;
         Ok(PackedB {
             data,
             n,
@@ -439,6 +443,52 @@ impl PackedB {
             packing,
         })
     }
+}
+
+/// Matrices at least this large (elements) are packed by the pool's threads.
+const PARALLEL_PACK: usize = 1 << 18;
+
+/// `panels` panels of `len` values, each zeroed and then written by
+/// `fill(panel, values)`; for large matrices (a weight) the panels are
+/// packed in parallel, and each task zeroes its own panels, so that the
+/// fresh pages are also first touched (faulted in) on every thread.
+fn filled_panels(
+    panels: usize,
+    len: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) -> Result<Vec<f32>> {
+    let total = panels
+        .checked_mul(len)
+        .ok_or_else(|| invalid("packed matrix: size overflows".to_string()))?;
+    if total < PARALLEL_PACK {
+        let mut data = try_zeroed(total, "packed matrix")?;
+        for (panel, dst) in data.chunks_exact_mut(len.max(1)).enumerate() {
+            fill(panel, dst);
+        }
+        return Ok(data);
+    }
+    let mut data: Vec<f32> = Vec::new();
+    data.try_reserve_exact(total).map_err(|_| {
+        crate::error::Error::OutOfMemory(format!(
+            "cannot allocate a packed matrix of {total} values"
+        ))
+    })?;
+    let spare = SharedMut::new(&mut data.spare_capacity_mut()[..total]);
+    par_for(panels, |panel| {
+        // SAFETY: panel `panel` alone is written by this task.
+        let dst = unsafe { spare.slice(panel * len, len) };
+        for x in dst.iter_mut() {
+            x.write(0.0);
+        }
+        // SAFETY: every element of `dst` was just initialised, and
+        // MaybeUninit<f32> has f32's layout.
+        let dst = unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+        fill(panel, dst);
+    })?;
+    // SAFETY: the tasks initialised every panel, `panels × len = total`
+    // elements within the capacity reserved above, and all have finished.
+    unsafe { data.set_len(total) };
+    Ok(data)
 }
 
 /// What happens to C after the product.

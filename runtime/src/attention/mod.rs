@@ -234,7 +234,6 @@ pub(crate) fn put_key(
 ) {
     let (nr, rows) = (p.nr, p.stored_k());
     let dst = &mut p.data[(slot / nr) * rows * nr + slot % nr..];
-    let at = |t: usize| key.get(t).map_or(0.0, |&x| scale.apply(x, factor));
     match p.packing {
         Packing::F32 => {
             for (t, &x) in key.iter().enumerate() {
@@ -246,10 +245,36 @@ pub(crate) fn put_key(
                 dst[t * nr] = bf16::round(scale.apply(x, factor));
             }
         }
-        Packing::Pairs => {
-            for r in 0..rows {
-                dst[r * nr] = f32::from_bits(bf16::pair(at(2 * r), at(2 * r + 1)));
-            }
+        Packing::Pairs => put_key_pairs(dst, nr, rows, key, factor, scale),
+    }
+}
+
+/// Key dimensions scaled and rounded per block of [`put_key_pairs`].
+const KEY_BLOCK: usize = 64;
+
+/// [`put_key`] for bf16 pairs: each block of dimensions is scaled and
+/// rounded in vector lanes, then stored one word per pair down the panel.
+#[inline]
+fn put_key_pairs(
+    dst: &mut [f32],
+    nr: usize,
+    rows: usize,
+    key: &[f32],
+    factor: Option<f32>,
+    scale: KeyScale,
+) {
+    let mut words = [0u32; KEY_BLOCK / 2];
+    for (b, block) in key.chunks(KEY_BLOCK).enumerate() {
+        let mut halves = [0u32; KEY_BLOCK];
+        for (h, &x) in halves.iter_mut().zip(block) {
+            *h = bf16::bits_select(scale.apply(x, factor));
+        }
+        for (w, pair) in words.iter_mut().zip(halves.chunks_exact(2)) {
+            *w = pair[0] | pair[1] << 16;
+        }
+        let r0 = b * KEY_BLOCK / 2;
+        for (r, &w) in (r0..rows).zip(&words[..block.len().div_ceil(2)]) {
+            dst[r * nr] = f32::from_bits(w);
         }
     }
 }
@@ -275,12 +300,12 @@ pub(crate) fn put_value(p: &mut PackedB, slot: usize, value: &[f32]) {
             }
             Packing::Pairs => {
                 let at = panel * rows * nr + (slot / 2) * nr;
-                for (d, &x) in p.data[at..at + part.len()].iter_mut().zip(part) {
-                    let half = bf16::bits(x) as u32;
-                    *d = f32::from_bits(match slot % 2 {
-                        0 => half,
-                        _ => (d.to_bits() & 0xFFFF) | half << 16,
-                    });
+                let dst = p.data[at..at + part.len()].iter_mut().zip(part);
+                match slot % 2 {
+                    0 => dst.for_each(|(d, &x)| *d = f32::from_bits(bf16::bits_select(x))),
+                    _ => dst.for_each(|(d, &x)| {
+                        *d = f32::from_bits((d.to_bits() & 0xFFFF) | bf16::bits_select(x) << 16)
+                    }),
                 }
             }
         }
