@@ -90,8 +90,27 @@ impl Timeline {
     }
 }
 
-/// Values that are freed outside any repeating body and whose type (dtype
-/// and symbolic shape) no allocation after that asks for.
+/// A buffer's size in bytes as a symbolic product: the constant factor
+/// (element size included) and the sorted names of its symbolic dims. The
+/// runtime's cache reuses blocks by byte size alone, so two types of equal
+/// size (`f32[L, 128]` and `f32[2, L, 64]`, or `i32` and `f32` of one shape)
+/// share blocks; equal keys mean equal sizes for every binding of the dims.
+fn byte_size(g: &Graph, v: ValueId) -> (u64, Vec<&str>) {
+    let ty = g.ty(v);
+    let mut k = ty.dtype.size_bytes();
+    let mut syms = Vec::new();
+    for d in &ty.shape {
+        match d {
+            Dim::Const(n) => k = k.saturating_mul(*n),
+            Dim::Sym(s) => syms.push(s.as_str()),
+        }
+    }
+    syms.sort_unstable();
+    (k, syms)
+}
+
+/// Values that are freed outside any repeating body and whose byte size
+/// ([`byte_size`]) no allocation after that asks for.
 fn release_set(g: &Graph, fusion: &Fusion, live: &Liveness) -> HashSet<ValueId> {
     let mut t = Timeline::default();
     t.walk(g, fusion, live, None, &g.body, false);
@@ -100,11 +119,11 @@ fn release_set(g: &Graph, fusion: &Fusion, live: &Liveness) -> HashSet<ValueId> 
         let Some(&freed) = t.freed.get(&v) else {
             continue;
         };
-        let ty = g.ty(v);
+        let size = byte_size(g, v);
         let reused = t
             .alloc
             .iter()
-            .any(|&(w, at, _)| at > freed && g.ty(w) == ty);
+            .any(|&(w, at, _)| at > freed && byte_size(g, w) == size);
         if !rep && !reused {
             release.insert(v);
         }
@@ -464,6 +483,21 @@ mod tests {
         let env: DimEnv = [("N".to_string(), 4)].into_iter().collect();
         assert_eq!(plan.peak_bytes(&env), Some(48));
         assert!(plan.to_text().contains("output (caller owns)"));
+    }
+
+    #[test]
+    fn a_buffer_is_kept_for_a_later_one_of_the_same_byte_size() {
+        // %1 (f32[N, 4]) dies before %3 (i32[N, 4]: another type, the same
+        // bytes) is made, so the runtime's cache can hand %1's block to %3:
+        // %1 stays cached. %4 (f32[N, 2]) matches nothing later: released.
+        let g = reformc_ir::parse(
+            "graph {\n %0 = input {name=\"x\"} : f32[N,4]\n %1 = exp %0 : f32[N,4]\n %2 = reduce %1 {axes=[1], kind=\"sum\"} : f32[N]\n %3 = cast %0 {dtype=\"i32\"} : i32[N,4]\n %4 = slice %0 {axis=1, start=0, end=2} : f32[N,2]\n %5 = reduce %4 {axes=[1], kind=\"sum\"} : f32[N]\n %6 = add %2, %5 : f32[N]\n output \"y\" = %6\n output \"z\" = %3\n}",
+        )
+        .unwrap();
+        let live = Liveness::new(&g, &Fusion::new(&g));
+        let release = &live.release;
+        assert!(!release.contains(&g.body[1]), "{release:?}");
+        assert!(release.contains(&g.body[4]), "{release:?}");
     }
 
     #[test]
