@@ -152,9 +152,9 @@ impl Cache {
         self.larger.remove(&p).unwrap_or(size)
     }
 
-    /// Frees cached blocks, least recently freed first, until live + cached
-    /// + `want` fits within the live peak (counting `want` as live); returns
-    /// them to free outside the lock.
+    /// Frees cached blocks, least recently freed first, until the live,
+    /// cached and `want` bytes together fit within the live peak (counting
+    /// `want` as live) plus the slack; returns them to free outside the lock.
     fn evict_for(&mut self, want: usize, out: &mut Vec<usize>) {
         self.peak = self.peak.max(self.live + want);
         let limit = self.peak + self.peak / SLACK_DIV;
