@@ -334,12 +334,38 @@ pub fn kernel() -> &'static Kernel {
 /// values (zero-padded past column `n`), or with bf16 [`Packing::Pairs`],
 /// of `ceil(k/2) × NR` words each holding two rows' bf16 values.
 pub(crate) struct PackedB {
-    pub data: Vec<f32>,
+    pub data: Panels,
     pub n: usize,
     pub k: usize,
     pub nr: usize,
     /// How `data` holds the values (the packing thread's precision).
     pub packing: Packing,
+}
+
+/// Where a packed matrix's values live: the heap, or (a weight kept for the
+/// process, [`crate::prepack`]) a mapping of its own.
+pub(crate) enum Panels {
+    Heap(Vec<f32>),
+    Mapped(crate::mapped::MappedF32),
+}
+
+impl std::ops::Deref for Panels {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            Panels::Heap(v) => v,
+            Panels::Mapped(m) => m,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Panels {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        match self {
+            Panels::Heap(v) => v,
+            Panels::Mapped(m) => m,
+        }
+    }
 }
 
 impl PackedB {
@@ -359,7 +385,7 @@ impl PackedB {
         let rows = packing.stored_rows(k);
         let data = try_zeroed(n.div_ceil(nr) * nr * rows, "packed matrix")?;
         Ok(PackedB {
-            data,
+            data: Panels::Heap(data),
             n,
             k,
             nr,
@@ -383,7 +409,7 @@ impl PackedB {
             }
         })?;
         Ok(PackedB {
-            data,
+            data: Panels::Heap(data),
             n,
             k,
             nr,
@@ -404,7 +430,7 @@ impl PackedB {
             }
         })?;
         Ok(PackedB {
-            data,
+            data: Panels::Heap(data),
             n,
             k,
             nr,
@@ -437,7 +463,7 @@ impl PackedB {
             }
         })?;
         Ok(PackedB {
-            data,
+            data: Panels::Heap(data),
             n,
             k,
             nr,

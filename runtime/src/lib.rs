@@ -23,6 +23,7 @@ pub mod error;
 pub mod ffi;
 pub mod gemm;
 pub mod lm_loss;
+pub mod mapped;
 pub mod nn;
 pub mod philox;
 pub mod pool;

@@ -31,7 +31,8 @@
 
 use crate::bf16::{self, Packing};
 use crate::error::Result;
-use crate::gemm::{kernel, PackedB};
+use crate::gemm::{kernel, PackedB, Panels};
+use crate::mapped::MappedF32;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -229,15 +230,20 @@ fn cached_or(
     };
     // Packed outside the lock: other threads' GEMMs go on meanwhile. Two
     // threads packing the same weight both succeed; the first copy is kept.
-    let packed = Arc::new(pack()?);
-    let Some(region) = region else {
-        return Ok(packed);
+    let mut packed = pack()?;
+    let fits = |s: &State, p: &PackedB| s.bytes + packed_bytes(p) <= s.budget();
+    let Some(region) = region.filter(|_| fits(&state(), &packed)) else {
+        return Ok(Arc::new(packed));
     };
+    // Kept for the life of the region: moved out of the malloc heap, where
+    // it would pin the holes that activations reuse (see crate::mapped).
+    packed.data = Panels::Mapped(MappedF32::copy_of(&packed.data)?);
+    let packed = Arc::new(packed);
     let kept = {
         let mut s = state();
         match s.packed.get(&key) {
             Some(p) => p.clone(),
-            None if s.bytes + packed_bytes(&packed) <= s.budget() => {
+            None if fits(&s, &packed) => {
                 s.bytes += packed_bytes(&packed);
                 s.packed.insert(key, packed.clone());
                 packed
@@ -306,10 +312,16 @@ mod tests {
             Arc::ptr_eq(&a, &b),
             "the second use shares the first packing"
         );
-        assert_eq!(a.data, PackedB::from_nt(w, n, k, k, nr).unwrap().data);
+        assert_eq!(
+            a.data[..],
+            PackedB::from_nt(w, n, k, k, nr).unwrap().data[..]
+        );
         // Another layout of the same bytes is its own entry.
         let c = from_kn(w, k, n, n, nr).unwrap();
-        assert_eq!(c.data, PackedB::from_kn(w, k, n, n, nr).unwrap().data);
+        assert_eq!(
+            c.data[..],
+            PackedB::from_kn(w, k, n, n, nr).unwrap().data[..]
+        );
         assert_eq!(entries_in(&all), 2);
         unregister(all.as_ptr().cast(), all.len() * 4);
         assert_eq!(
@@ -358,7 +370,10 @@ mod tests {
         // A second layout of the same bytes would double them: packed for
         // this call only.
         let kn = from_kn(&w, k, n, n, nr).unwrap();
-        assert_eq!(kn.data, PackedB::from_kn(&w, k, n, n, nr).unwrap().data);
+        assert_eq!(
+            kn.data[..],
+            PackedB::from_kn(&w, k, n, n, nr).unwrap().data[..]
+        );
         assert_eq!(entries_in(&w), 1);
         assert!(Arc::ptr_eq(&nt, &from_nt(&w, n, k, k, nr).unwrap()));
         unregister(w.as_ptr().cast(), w.len() * 4);
@@ -391,8 +406,8 @@ mod tests {
         let nr = kernel().nr;
         let packed = from_nt(w, 64, 256, 256, nr).unwrap();
         assert_eq!(
-            packed.data,
-            PackedB::from_nt(&vals, 64, 256, 256, nr).unwrap().data
+            packed.data[..],
+            PackedB::from_nt(&vals, 64, 256, 256, nr).unwrap().data[..]
         );
         assert_eq!(w, &vals[..], "pages read back from the file after the drop");
         unregister(p, len);
