@@ -45,7 +45,7 @@ impl MappedF32 {
                 len: 0,
             });
         }
-        let bytes = len * std::mem::size_of::<f32>();
+        let bytes = std::mem::size_of_val(values);
         // SAFETY: a fresh private anonymous mapping; checked below.
         let p = unsafe {
             mmap(
