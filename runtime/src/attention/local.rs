@@ -1,7 +1,7 @@
 //! Chunked local attention (`rc_local_attention_f32`, HF `LocalSelfAttention`).
 
 use super::full::{attention_impl, Shape};
-use super::{key_divisor, put_key, put_value, softmax_row, KeyScale, Rules, Windows};
+use super::{key_divisor, put_keys, put_values, softmax_row, KeyScale, Rules, Windows};
 use crate::error::{invalid, Error, Result};
 use crate::pool::{try_par_for, SharedMut};
 
@@ -89,17 +89,14 @@ pub fn local_attention(
             win.load(
                 j,
                 |id, kp, vp| {
-                    for t in 0..chunk {
-                        let pos = id * chunk + t;
-                        put_key(
-                            kp,
-                            t,
-                            &k[(b * len + pos) * wq + h * dqk..][..dqk],
-                            None,
-                            scale,
-                        );
-                        put_value(vp, t, &v[(b * len + pos) * wv + h * dv..][..dv]);
-                    }
+                    let row = |t: usize| b * len + id * chunk + t;
+                    put_keys(
+                        kp,
+                        chunk,
+                        |t| (&k[row(t) * wq + h * dqk..][..dqk], None),
+                        scale,
+                    );
+                    put_values(vp, chunk, |t| &v[row(t) * wv + h * dv..][..dv]);
                 },
                 |id, kpos, keep| {
                     for t in 0..chunk {

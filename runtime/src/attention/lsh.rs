@@ -20,7 +20,7 @@
 
 use super::full::{attention_impl, Shape};
 use super::{
-    inv_len_norm, key_divisor, product, put_key, put_value, softmax_row, valid_row, KeyScale,
+    inv_len_norm, key_divisor, product, put_keys, put_values, softmax_row, valid_row, KeyScale,
     Rules, Windows,
 };
 use crate::error::{invalid, Error, Result};
@@ -243,11 +243,17 @@ impl Ctx<'_> {
             win.load(
                 j,
                 |id, kp, vp| {
-                    for t in 0..chunk {
-                        let pos = spos[id * chunk + t] as usize;
-                        put_key(kp, t, &qk[row(pos)], Some(inv[pos]), self.scale);
-                        put_value(vp, t, &v[row(pos)]);
-                    }
+                    let slots = &spos[id * chunk..(id + 1) * chunk];
+                    put_keys(
+                        kp,
+                        chunk,
+                        |t| {
+                            let pos = slots[t] as usize;
+                            (&qk[row(pos)], Some(inv[pos]))
+                        },
+                        self.scale,
+                    );
+                    put_values(vp, chunk, |t| &v[row(slots[t] as usize)]);
                 },
                 |id, kpos, keep| {
                     for t in 0..chunk {
