@@ -91,17 +91,8 @@ int main(int argc, char** argv) {
 fn c_program_against_model_h_and_the_shared_library() {
     let dir = scratch("c_abi");
     let case = case("noncausal_local_only");
-    let variants = case.variants();
+    let (report, link) = shared_library(&dir, &case);
     let so = dir.join("libmodel.so");
-    let report = aot::compile(
-        &variants,
-        &case.options(None),
-        &WeightsMode::Runtime,
-        Emit::Lib,
-        &so,
-        None,
-    )
-    .unwrap();
     assert!(report.written.contains(&dir.join("model.h")));
     let header = std::fs::read_to_string(dir.join("model.h")).unwrap();
     assert!(header.contains("typedef struct reformc_tensor"));
@@ -123,12 +114,28 @@ fn c_program_against_model_h_and_the_shared_library() {
         }
         assert!(exported.contains(&"reformc_model_run"));
     }
+    let got = c_program_matches(&dir, &case, &link);
+    assert!(max_abs_diff(&got, &case.interp(LshSource::Seeded)) <= 1e-4);
+}
+
+/// `case` compiled into `dir/libmodel.so` (weights loaded at run time), and
+/// the arguments that link a program to it.
+fn shared_library(dir: &Path, case: &Case) -> (aot::CompileReport, [String; 2]) {
+    let so = dir.join("libmodel.so");
+    let report = aot::compile(
+        &case.variants(),
+        &case.options(None),
+        &WeightsMode::Runtime,
+        Emit::Lib,
+        &so,
+        None,
+    )
+    .unwrap();
     let link = [
         so.display().to_string(),
         format!("-Wl,-rpath,{}", dir.display()),
     ];
-    let got = c_program_matches(&dir, &case, &link);
-    assert!(max_abs_diff(&got, &case.interp(LshSource::Seeded)) <= 1e-4);
+    (report, link)
 }
 
 /// Compiles the C `source` (warnings are errors, `-I dir` for model.h) into
@@ -689,20 +696,7 @@ int main(int argc, char** argv) {
 fn reloaded_weights_never_reuse_weights_packed_from_the_old_ones() {
     let dir = scratch("reload_weights");
     let case = case("noncausal_local_only");
-    let so = dir.join("libmodel.so");
-    aot::compile(
-        &case.variants(),
-        &case.options(None),
-        &WeightsMode::Runtime,
-        Emit::Lib,
-        &so,
-        None,
-    )
-    .unwrap();
-    let link = [
-        so.display().to_string(),
-        format!("-Wl,-rpath,{}", dir.display()),
-    ];
+    let (_, link) = shared_library(&dir, &case);
     let prog = build_c(&dir, RELOAD_PROGRAM, &link);
     let a = case.dir.join("model.safetensors");
     let full = std::fs::read(&a).unwrap();
