@@ -587,7 +587,7 @@ mod tests {
                 keys[n * dk / 2] = f32::NAN;
                 let vals = values(n * dv, 5);
                 let scale = KeyScale::new(3.0);
-                let factor = |t: usize| (t % 3 != 0).then_some(0.5 + t as f32 / 64.0);
+                let factor = |t: usize| (!t.is_multiple_of(3)).then_some(0.5 + t as f32 / 64.0);
                 let stale = |k, m| {
                     let mut p = PackedB::zeroed_as(k, m, kern.nr, packing).unwrap();
                     p.data.fill(f32::from_bits(0x7FC0_1234));
