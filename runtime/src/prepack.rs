@@ -6,7 +6,8 @@
 //! ([`PackedB`]); for a weight that work is the same on every run, and with
 //! `--precision bf16` the packed panels are half the size of the f32 weight.
 //! So a weight that lies in a [registered](register) region is packed on first
-//! use and kept; later GEMMs on the same bytes, in the same layout and
+//! use and kept when its panels are bf16 (f32 panels would only double the
+//! weight, see [`cached_or`]); later GEMMs on the same bytes, in the same layout and
 //! precision, share the packed copy. Where the region is a private read-only
 //! file mapping (`droppable`), the f32 pages a weight was packed from are then
 //! handed back to the kernel (`MADV_DONTNEED`): they are clean copies of the
@@ -44,6 +45,10 @@ extern "C" {
 
 /// Linux's `MADV_DONTNEED`.
 const MADV_DONTNEED: i32 = 4;
+
+/// Bytes Linux maps around a file page fault (`fault_around_bytes`, 64 KiB
+/// by default).
+const FAULT_AROUND: usize = 64 << 10;
 
 /// A registered byte range `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,7 +216,12 @@ fn cached_or(
     pack: impl FnOnce() -> Result<PackedB>,
 ) -> Result<Arc<PackedB>> {
     let bytes = elems.min(w.len()) * 4;
-    if REGIONS.load(Ordering::Acquire) == 0 {
+    // f32 panels are as large as the weight: keeping them would hold each
+    // weight twice whenever the mapping's pages come back (the page cache
+    // maps whole large folios on a fault, so reading a bias or a layer-norm
+    // scale remaps megabytes of its neighbours). Only bf16 panels, half the
+    // weight, are kept.
+    if REGIONS.load(Ordering::Acquire) == 0 || key.packing == Packing::F32 {
         return Ok(Arc::new(pack()?));
     }
     let region = {
@@ -253,7 +263,13 @@ fn cached_or(
         }
     };
     if region.droppable {
-        drop_pages(key.addr, bytes);
+        // Reading the weight faulted in its neighbours' pages too (the
+        // kernel maps up to 64 KiB around a file fault), also those of
+        // weights packed and dropped before: drop them with it. A neighbour
+        // read later faults its bytes back from the page cache.
+        let start = key.addr.saturating_sub(FAULT_AROUND).max(region.start);
+        let end = (key.addr + bytes + FAULT_AROUND).min(region.end);
+        drop_pages(start, end - start);
     }
     Ok(kept)
 }
@@ -297,6 +313,11 @@ mod tests {
             .count()
     }
 
+    /// `f` with bf16 GEMMs, the precision whose panels are kept.
+    fn bf16<R>(f: impl FnOnce() -> R) -> R {
+        bf16::with(true, f)
+    }
+
     #[test]
     fn registered_weights_are_packed_once_and_equal_a_fresh_packing() {
         let _s = serial();
@@ -306,22 +327,22 @@ mod tests {
         let all: Vec<f32> = (0..8 * n * k).map(|i| (i as f32 * 0.37).sin()).collect();
         let w = &all[..n * k];
         register(all.as_ptr().cast(), all.len() * 4, false);
-        let a = from_nt(w, n, k, k, nr).unwrap();
-        let b = from_nt(w, n, k, k, nr).unwrap();
-        assert!(
-            Arc::ptr_eq(&a, &b),
-            "the second use shares the first packing"
-        );
-        assert_eq!(
-            a.data[..],
-            PackedB::from_nt(w, n, k, k, nr).unwrap().data[..]
-        );
-        // Another layout of the same bytes is its own entry.
-        let c = from_kn(w, k, n, n, nr).unwrap();
-        assert_eq!(
-            c.data[..],
-            PackedB::from_kn(w, k, n, n, nr).unwrap().data[..]
-        );
+        bf16(|| {
+            let a = from_nt(w, n, k, k, nr).unwrap();
+            let b = from_nt(w, n, k, k, nr).unwrap();
+            assert!(
+                Arc::ptr_eq(&a, &b),
+                "the second use shares the first packing"
+            );
+            let fresh = PackedB::from_nt(w, n, k, k, nr).unwrap();
+            assert_eq!(a.data[..], fresh.data[..]);
+            // Another layout of the same bytes is its own entry.
+            let c = from_kn(w, k, n, n, nr).unwrap();
+            assert_eq!(
+                c.data[..],
+                PackedB::from_kn(w, k, n, n, nr).unwrap().data[..]
+            );
+        });
         assert_eq!(entries_in(&all), 2);
         unregister(all.as_ptr().cast(), all.len() * 4);
         assert_eq!(
@@ -335,14 +356,13 @@ mod tests {
     fn unregistered_memory_is_packed_per_call() {
         let nr = kernel().nr;
         let w = vec![0.5f32; 4 * 8];
-        let a = from_nt(&w, 4, 8, 8, nr).unwrap();
-        let b = from_nt(&w, 4, 8, 8, nr).unwrap();
-        assert!(!Arc::ptr_eq(&a, &b));
+        let (a, b) = bf16(|| (from_nt(&w, 4, 8, 8, nr), from_nt(&w, 4, 8, 8, nr)));
+        assert!(!Arc::ptr_eq(&a.unwrap(), &b.unwrap()));
         assert_eq!(entries_in(&w), 0);
     }
 
     #[test]
-    fn precision_is_part_of_the_key() {
+    fn f32_panels_are_never_kept() {
         let _s = serial();
         let nr = kernel().nr;
         let (n, k) = (nr, 10);
@@ -350,10 +370,11 @@ mod tests {
         let w = &all[..n * k];
         register(all.as_ptr().cast(), all.len() * 4, false);
         let f = from_nt(w, n, k, k, nr).unwrap();
-        let h = bf16::with(true, || from_nt(w, n, k, k, nr)).unwrap();
         assert_eq!(f.packing, Packing::F32);
+        assert_eq!(entries_in(&all), 0);
+        let h = bf16(|| from_nt(w, n, k, k, nr)).unwrap();
         assert_ne!(h.packing, Packing::F32);
-        assert_eq!(entries_in(&all), 2);
+        assert_eq!(entries_in(&all), 1);
         unregister(all.as_ptr().cast(), all.len() * 4);
     }
 
@@ -361,22 +382,37 @@ mod tests {
     fn the_cache_never_holds_more_than_the_regions_span() {
         let _s = serial();
         let nr = kernel().nr;
-        // One panel exactly: packed in either layout, as large as the region.
-        let (n, k) = (nr, 16);
+        // Whole panels, so that sizes add up exactly.
+        let (n, k) = (2 * nr, 16);
         let w: Vec<f32> = (0..n * k).map(|i| i as f32).collect();
-        register(w.as_ptr().cast(), w.len() * 4, false);
-        let nt = from_nt(&w, n, k, k, nr).unwrap();
-        assert_eq!(entries_in(&w), 1);
-        // A second layout of the same bytes would double them: packed for
-        // this call only.
-        let kn = from_kn(&w, k, n, n, nr).unwrap();
-        assert_eq!(
-            kn.data[..],
-            PackedB::from_kn(&w, k, n, n, nr).unwrap().data[..]
-        );
-        assert_eq!(entries_in(&w), 1);
-        assert!(Arc::ptr_eq(&nt, &from_nt(&w, n, k, k, nr).unwrap()));
-        unregister(w.as_ptr().cast(), w.len() * 4);
+        let span = w.len() * 4;
+        register(w.as_ptr().cast(), span, false);
+        // Distinct keys of the same bytes: bf16 pairs take half the region
+        // each (two fit), bf16-rounded f32 values all of it (one fits).
+        let (mut held, mut refused) = (0, 0);
+        for variant in 0..4 {
+            let before = entries_in(&w);
+            let p = bf16(|| match variant {
+                0 => from_nt(&w, n, k, k, nr),
+                1 => from_kn(&w, k, n, n, nr),
+                2 => from_nt(&w, n, k - 2, k, nr),
+                _ => from_kn(&w, k - 2, n, n, nr),
+            })
+            .unwrap();
+            let size = p.data.len() * 4;
+            match held + size <= span {
+                true => {
+                    held += size;
+                    assert_eq!(entries_in(&w), before + 1, "variant {variant} kept");
+                }
+                false => {
+                    refused += 1;
+                    assert_eq!(entries_in(&w), before, "variant {variant} over budget");
+                }
+            }
+        }
+        assert!(refused > 0, "the budget was reached");
+        unregister(w.as_ptr().cast(), span);
     }
 
     #[test]
@@ -404,11 +440,12 @@ mod tests {
         let w = unsafe { std::slice::from_raw_parts(p as *const f32, vals.len()) };
         register(p, len, true);
         let nr = kernel().nr;
-        let packed = from_nt(w, 64, 256, 256, nr).unwrap();
-        assert_eq!(
-            packed.data[..],
-            PackedB::from_nt(&vals, 64, 256, 256, nr).unwrap().data[..]
-        );
+        let (packed, fresh) = bf16(|| {
+            let p = from_nt(w, 64, 256, 256, nr).unwrap();
+            (p, PackedB::from_nt(&vals, 64, 256, 256, nr).unwrap())
+        });
+        assert_eq!(entries_in(w), 1);
+        assert_eq!(packed.data[..], fresh.data[..]);
         assert_eq!(w, &vals[..], "pages read back from the file after the drop");
         unregister(p, len);
         // SAFETY: unmapping the mapping made above, once; `w` is not used after.

@@ -91,7 +91,7 @@ int main(int argc, char** argv) {
 fn c_program_against_model_h_and_the_shared_library() {
     let dir = scratch("c_abi");
     let case = case("noncausal_local_only");
-    let (report, link) = shared_library(&dir, &case);
+    let (report, link) = shared_library(&dir, &case, false);
     let so = dir.join("libmodel.so");
     assert!(report.written.contains(&dir.join("model.h")));
     let header = std::fs::read_to_string(dir.join("model.h")).unwrap();
@@ -118,13 +118,15 @@ fn c_program_against_model_h_and_the_shared_library() {
     assert!(max_abs_diff(&got, &case.interp(LshSource::Seeded)) <= 1e-4);
 }
 
-/// `case` compiled into `dir/libmodel.so` (weights loaded at run time), and
-/// the arguments that link a program to it.
-fn shared_library(dir: &Path, case: &Case) -> (aot::CompileReport, [String; 2]) {
+/// `case` compiled into `dir/libmodel.so` (weights loaded at run time; GEMMs
+/// in bf16 when `bf16`), and the arguments that link a program to it.
+fn shared_library(dir: &Path, case: &Case, bf16: bool) -> (aot::CompileReport, [String; 2]) {
     let so = dir.join("libmodel.so");
+    let mut options = case.options(None);
+    options.bf16 = bf16;
     let report = aot::compile(
         &case.variants(),
-        &case.options(None),
+        &options,
         &WeightsMode::Runtime,
         Emit::Lib,
         &so,
@@ -688,15 +690,16 @@ int main(int argc, char** argv) {
 }
 "#;
 
-/// The runtime keeps weights packed across runs (`reformc_runtime::prepack`)
-/// for mapped weights files. Unloading or replacing the weights must drop
-/// those copies: a new file mapped at the old address gets its own results,
-/// the same bits as a process that only ever loaded it.
+/// The runtime keeps bf16 weights packed across runs
+/// (`reformc_runtime::prepack`) for mapped weights files. Unloading or
+/// replacing the weights must drop those copies: a new file mapped at the old
+/// address gets its own results, the same bits as a process that only ever
+/// loaded it.
 #[test]
 fn reloaded_weights_never_reuse_weights_packed_from_the_old_ones() {
     let dir = scratch("reload_weights");
     let case = case("noncausal_local_only");
-    let (_, link) = shared_library(&dir, &case);
+    let (_, link) = shared_library(&dir, &case, true);
     let prog = build_c(&dir, RELOAD_PROGRAM, &link);
     let a = case.dir.join("model.safetensors");
     let full = std::fs::read(&a).unwrap();
