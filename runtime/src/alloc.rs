@@ -89,6 +89,12 @@ const SLACK_DIV: usize = 2;
 /// none of its exact size is free (instead of evicting and making one).
 const FIT: usize = 2;
 
+/// Most blocks lent larger than their request at once. A lent block that
+/// leaves through free() (a model output) leaves its entry behind until its
+/// address is handed out again; the cap bounds what such entries can hold
+/// in a long-running process (lending pauses while it is reached).
+const MAX_LENT: usize = 4096;
+
 /// Alignment of every block (at least this much is always given).
 const MIN_ALIGN: usize = 64;
 
@@ -125,10 +131,14 @@ impl Cache {
     }
 
     /// A cached block for `size` bytes aligned to `align`: one of that size,
-    /// else the smallest up to [`FIT`] times larger. Returns the address and
+    /// else the smallest up to [`FIT`] times larger (while fewer than
+    /// [`MAX_LENT`] blocks are out larger than asked). Returns the address and
     /// the block's own size, now counted live.
     fn take(&mut self, size: usize, align: usize) -> Option<(usize, usize)> {
-        let upper = size.saturating_mul(FIT);
+        let upper = match self.larger.len() < MAX_LENT {
+            true => size.saturating_mul(FIT),
+            false => size,
+        };
         let (&real, list) = self
             .free
             .range_mut(size..=upper)
@@ -461,6 +471,13 @@ mod tests {
         // Freed with the requested size, it returns as the whole block.
         assert_eq!(c.size_of(p, big / 2 + 64), big);
         assert_eq!(c.size_of(p, big / 2 + 64), big / 2 + 64, "entry consumed");
+        // While MAX_LENT blocks are out larger than asked, only exact sizes.
+        c.free.insert(big, vec![(0x20000, 3)]);
+        c.bytes += big;
+        c.larger = (0..MAX_LENT).map(|i| (0x100_0000 + 64 * i, big)).collect();
+        assert_eq!(c.take(big / 2 + 64, 64), None);
+        assert_eq!(c.take(big, 64), Some((0x20000, big)));
+        c.larger.clear();
         // Alignment is honoured.
         c.free.insert(4096, vec![(0x10040, 2)]);
         c.bytes = 4096;
