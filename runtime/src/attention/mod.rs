@@ -249,7 +249,7 @@ pub(crate) fn put_key(
     }
 }
 
-/// Key dimensions scaled and rounded per block of [`put_key_pairs`].
+/// Key dimensions scaled and rounded per block of [`pair_block`].
 const KEY_BLOCK: usize = 64;
 
 /// [`put_key`] for bf16 pairs: each block of dimensions is scaled and
@@ -265,17 +265,25 @@ fn put_key_pairs(
 ) {
     let mut words = [0u32; KEY_BLOCK / 2];
     for (b, block) in key.chunks(KEY_BLOCK).enumerate() {
-        let mut halves = [0u32; KEY_BLOCK];
-        for (h, &x) in halves.iter_mut().zip(block) {
-            *h = bf16::bits_select(scale.apply(x, factor));
-        }
-        for (w, pair) in words.iter_mut().zip(halves.chunks_exact(2)) {
-            *w = pair[0] | pair[1] << 16;
-        }
-        let r0 = b * KEY_BLOCK / 2;
-        for (r, &w) in (r0..rows).zip(&words[..block.len().div_ceil(2)]) {
+        let words = &mut words[..block.len().div_ceil(2)];
+        pair_block(block, factor, scale, words);
+        for (r, &w) in (b * KEY_BLOCK / 2..rows).zip(words.iter()) {
             dst[r * nr] = f32::from_bits(w);
         }
+    }
+}
+
+/// Up to [`KEY_BLOCK`] key values scaled and rounded to bf16 in vector lanes,
+/// as pair words (`words` is `ceil(len / 2)` long; an odd length ends in a
+/// zero half).
+#[inline]
+fn pair_block(block: &[f32], factor: Option<f32>, scale: KeyScale, words: &mut [u32]) {
+    let mut halves = [0u32; KEY_BLOCK];
+    for (h, &x) in halves.iter_mut().zip(block) {
+        *h = bf16::bits_select(scale.apply(x, factor));
+    }
+    for (w, pair) in words.iter_mut().zip(halves.chunks_exact(2)) {
+        *w = pair[0] | pair[1] << 16;
     }
 }
 
@@ -326,16 +334,8 @@ pub(crate) fn put_keys<'a>(
 /// One key's bf16 pair words as [`put_key`] writes them, into `words`
 /// (`ceil(len / 2)` long).
 fn pair_words(key: &[f32], factor: Option<f32>, scale: KeyScale, words: &mut [u32]) {
-    let mut halves = [0u32; KEY_BLOCK];
-    for (b, part) in key.chunks(KEY_BLOCK).enumerate() {
-        halves.fill(0);
-        for (h, &x) in halves.iter_mut().zip(part) {
-            *h = bf16::bits_select(scale.apply(x, factor));
-        }
-        let out = words[b * KEY_BLOCK / 2..].iter_mut();
-        for (w, pair) in out.zip(halves.chunks_exact(2).take(part.len().div_ceil(2))) {
-            *w = pair[0] | pair[1] << 16;
-        }
+    for (block, out) in key.chunks(KEY_BLOCK).zip(words.chunks_mut(KEY_BLOCK / 2)) {
+        pair_block(block, factor, scale, out);
     }
 }
 
