@@ -592,11 +592,11 @@ fn parse_safetensors(bytes: &[u8], file_len: u64) -> Result<(Vec<StEntry>, u64),
 struct WeightsHandle {
     base: *mut c_void,
     len: usize,
-    /// True when `base` comes from mmap (and must be unmapped).
+    /// True when `base` comes from mmap (and must be unmapped). A mapping is
+    /// also registered with the runtime's packed-weight cache
+    /// ([`reformc_runtime::prepack`]) once checked, which must forget it
+    /// first (forgetting a region never registered is a no-op).
     mapped: bool,
-    /// True when the mapping is registered with the runtime's packed-weight
-    /// cache ([`reformc_runtime::prepack`]), which must forget it first.
-    registered: bool,
     /// The file's bytes in read mode (u64 words: 8-byte aligned).
     _owned: Vec<u64>,
     _copies: Vec<Vec<f32>>,
@@ -604,10 +604,8 @@ struct WeightsHandle {
 
 impl Drop for WeightsHandle {
     fn drop(&mut self) {
-        if self.registered {
-            reformc_runtime::prepack::unregister(self.base, self.len);
-        }
         if self.mapped && !self.base.is_null() && self.len > 0 {
+            reformc_runtime::prepack::unregister(self.base, self.len);
             // SAFETY: base/len come from a successful mmap, unmapped once.
             unsafe { munmap(self.base, self.len) };
         }
@@ -757,7 +755,6 @@ fn load(path: &str, exp: &Expected) -> Loaded {
         // resident beside the packed copies. The pages are clean copies of the
         // file: dropping them costs a page-cache fault on the next read.
         reformc_runtime::prepack::register(base, len_usize, true);
-        handle.registered = true;
         let data = data_start as usize;
         reformc_runtime::prepack::drop_pages(base as usize + data, len_usize - data);
     }
@@ -811,7 +808,6 @@ fn map_whole(file: &std::fs::File, len: usize) -> Result<Box<WeightsHandle>, (i3
         base,
         len,
         mapped: true,
-        registered: false,
         _owned: Vec::new(),
         _copies: Vec::new(),
     }))
@@ -841,7 +837,6 @@ fn read_whole(mut file: std::fs::File, len: usize) -> Result<Box<WeightsHandle>,
         base: owned.as_mut_ptr() as *mut c_void,
         len,
         mapped: false,
-        registered: false,
         _owned: owned,
         _copies: Vec::new(),
     }))
