@@ -679,6 +679,47 @@ pub fn matmul_batch_t(
     t: Transposed,
     y: &mut [f32],
 ) -> Result<()> {
+    matmul_batch_into(a, b, nb, m, k, n, t, y, false)
+}
+
+/// [`matmul_batch_t`] adding onto `y`: `y[i] += a[i] · b[i]`, each sum
+/// continuing from `y`'s value in k order (a zeroed `y` gives the same bits
+/// as [`matmul_batch_t`]).
+///
+/// ```
+/// use reformc_runtime::tensor_ops::{matmul_batch_t_acc, Transposed};
+/// let mut y = [1.0f32, 2.0];
+/// // Two pairs of [1, 2] · [2, 1].
+/// matmul_batch_t_acc(&[1.0, 2.0, 3.0, 4.0], &[5.0, 6.0, 7.0, 8.0], 2, 1, 2, 1, Transposed::NONE, &mut y).unwrap();
+/// assert_eq!(y, [18.0, 55.0]);
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_batch_t_acc(
+    a: &[f32],
+    b: &[f32],
+    nb: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    t: Transposed,
+    y: &mut [f32],
+) -> Result<()> {
+    matmul_batch_into(a, b, nb, m, k, n, t, y, true)
+}
+
+/// [`matmul_batch_t`] storing into or adding onto `y`.
+#[allow(clippy::too_many_arguments)]
+fn matmul_batch_into(
+    a: &[f32],
+    b: &[f32],
+    nb: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    t: Transposed,
+    y: &mut [f32],
+    accumulate: bool,
+) -> Result<()> {
     let (mk, kn, mn) = (m * k, k * n, m * n);
     check_len("a", a.len(), nb.checked_mul(mk))?;
     check_len("b", b.len(), nb.checked_mul(kn))?;
@@ -693,7 +734,7 @@ pub fn matmul_batch_t(
                 n,
                 t,
                 &mut y[i * mn..(i + 1) * mn],
-                false,
+                accumulate,
             )?;
         }
         return Ok(());
@@ -708,7 +749,11 @@ pub fn matmul_batch_t(
                 let (ab, sa) = a_block(ai, 0, k, m, t.a);
                 // SAFETY: task i alone writes matrix i of y.
                 let yi = unsafe { shared.slice(i * mn, mn) };
-                crate::gemm::gemm_a(kern, m, ab, sa, &packed, yi, n, Epilogue::STORE);
+                let epi = match accumulate {
+                    true => Epilogue::ACCUMULATE,
+                    false => Epilogue::STORE,
+                };
+                crate::gemm::gemm_a(kern, m, ab, sa, &packed, yi, n, epi);
             }
             Err(e) => *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e),
         }

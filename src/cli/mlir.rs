@@ -4,8 +4,8 @@
 
 use super::error::{CliError, CliResult};
 use reformc_backend_mlir::{
-    emit_module_with_weights, jit_run_with_weights_timed, signature_json, verify_module,
-    EmitOptions, MlirError, WeightsMode,
+    emit_module_with_weights, jit_run_with_weights_opts, signature_json, verify_module,
+    EmitOptions, JitOptions, MlirError, WeightsMode,
 };
 use reformc_ir::{DType, Graph};
 use reformc_tensor::Tensor;
@@ -114,7 +114,7 @@ pub fn run_engine(
     inputs: &BTreeMap<String, Tensor>,
     weights: &BTreeMap<String, Tensor>,
     what: &Path,
-    quiet: bool,
+    flags: RunFlags,
 ) -> CliResult<(BTreeMap<String, Tensor>, &'static str)> {
     let args: CliResult<Vec<Tensor>> = g
         .inputs()
@@ -128,9 +128,14 @@ pub fn run_engine(
             })
         })
         .collect();
-    let (out, times) = jit_run_with_weights_timed(g, &as_graph_dtypes(g, weights), &args?)
-        .map_err(|e| cli_error(what, e))?;
-    if !quiet {
+    let opts = JitOptions {
+        profile: flags.profile,
+    };
+    let (mut outs, times) =
+        jit_run_with_weights_opts(g, &as_graph_dtypes(g, weights), &[args?], opts)
+            .map_err(|e| cli_error(what, e))?;
+    let out = outs.pop().unwrap_or_default();
+    if !flags.quiet {
         let run = times.runs.first().copied().unwrap_or_default();
         eprintln!(
             "reformc: MLIR CPU pipeline: compile {:.2} s, forward {:.1} ms",
@@ -138,8 +143,20 @@ pub fn run_engine(
             run.as_secs_f64() * 1e3
         );
     }
+    if let Some(table) = &times.profile {
+        eprint!("{table}");
+    }
     let named = g.outputs.iter().map(|(n, _)| n.clone()).zip(out).collect();
     Ok((named, "MLIR CPU pipeline"))
+}
+
+/// How [`run_engine`] reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunFlags {
+    /// No timing line.
+    pub quiet: bool,
+    /// Print the per-op table (`--profile`).
+    pub profile: bool,
 }
 
 /// `reformc compile --emit mlir`: the model (a config, or IR text) with the

@@ -287,10 +287,16 @@ pub(super) fn engine(
             "warning: --time with --backend mlir counts compiling and running as one phase, `run`"
         );
     }
-    if args.profile {
-        eprintln!("warning: --profile times the LLVM JIT only; the MLIR pipeline is not profiled");
-    }
-    let out = super::mlir::run_engine(graph, inputs, weights, &args.config, args.passes.quiet);
+    let out = super::mlir::run_engine(
+        graph,
+        inputs,
+        weights,
+        &args.config,
+        super::mlir::RunFlags {
+            quiet: args.passes.quiet,
+            profile: args.profile,
+        },
+    );
     clock.lap("run");
     out
 }

@@ -45,6 +45,17 @@ pub struct JitTimes {
     pub compile: std::time::Duration,
     /// One per run.
     pub runs: Vec<std::time::Duration>,
+    /// With [`JitOptions::profile`], the time of each op over all runs as
+    /// the runtime's profile table (by op kind, then the slowest ops).
+    pub profile: Option<String>,
+}
+
+/// Options of [`jit_run_with_weights_opts`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct JitOptions {
+    /// Time every leaf op (the clock read around it; the calls cost about a
+    /// microsecond an op, which the table includes).
+    pub profile: bool,
 }
 
 /// [`jit_run`] that compiles once and runs `runs` (at least one) times,
@@ -56,9 +67,12 @@ pub fn jit_run_timed(
 ) -> Result<(Vec<Tensor>, JitTimes), MlirError> {
     let start = std::time::Instant::now();
     let args = checked_args(graph, WeightsMode::Args, args)?;
-    let text = emit::Emitter::new(graph).with_c_interface().module()?;
+    let text = emit::Emitter::new(graph)
+        .with_c_interface()
+        .with_library_calls()
+        .module()?;
     let sets = vec![&args[..]; runs.max(1)];
-    let (mut outs, times) = run_text(&text, &sets, &result_types(graph), false, start)?;
+    let (mut outs, times) = run_text(&text, &sets, &result_types(graph), false, None, start)?;
     Ok((outs.pop().unwrap_or_default(), times))
 }
 
@@ -105,17 +119,47 @@ pub fn jit_run_with_weights_each(
     weights: &BTreeMap<String, Tensor>,
     input_sets: &[Vec<Tensor>],
 ) -> Result<(Vec<Vec<Tensor>>, JitTimes), MlirError> {
+    jit_run_with_weights_opts(graph, weights, input_sets, JitOptions::default())
+}
+
+/// [`jit_run_with_weights_each`] with options: with `profile`, the returned
+/// times hold the per-op table.
+///
+/// ```
+/// use ndarray::arr1;
+/// use reformc_backend_mlir::{jit_run_with_weights_opts, JitOptions};
+/// use reformc_tensor::Tensor;
+/// let g = reformc_ir::parse(
+///     "graph {\n  %0 = input {name=\"x\"} : f32[N]\n  %1 = exp %0 : f32[N]\n  output \"y\" = %1\n}\n",
+/// )
+/// .unwrap();
+/// let x = Tensor::F32(arr1(&[0.0f32, 1.0]).into_dyn());
+/// let opts = JitOptions { profile: true };
+/// let (_, times) = jit_run_with_weights_opts(&g, &Default::default(), &[vec![x]], opts).unwrap();
+/// assert!(times.profile.unwrap().contains("exp %1"));
+/// ```
+pub fn jit_run_with_weights_opts(
+    graph: &Graph,
+    weights: &BTreeMap<String, Tensor>,
+    input_sets: &[Vec<Tensor>],
+    opts: JitOptions,
+) -> Result<(Vec<Vec<Tensor>>, JitTimes), MlirError> {
     let start = Instant::now();
     let sets = input_sets
         .iter()
         .map(|inputs| checked_args(graph, WeightsMode::Embed, inputs))
         .collect::<Result<Vec<_>, _>>()?;
-    let text = emit::Emitter::new(graph)
+    let mut emitter = emit::Emitter::new(graph)
         .with_weights(weights)
         .with_c_interface()
-        .module()?;
+        .with_library_calls();
+    if opts.profile {
+        emitter = emitter.with_profile();
+    }
+    let (text, labels) = emitter.module_profiled()?;
+    let labels = opts.profile.then_some(&labels[..]);
     let sets: Vec<&[Tensor]> = sets.iter().map(|s| &s[..]).collect();
-    run_text(&text, &sets, &result_types(graph), false, start)
+    run_text(&text, &sets, &result_types(graph), false, labels, start)
 }
 
 /// Runs a module already emitted for `graph` in `mode` (the text
@@ -130,7 +174,14 @@ pub fn jit_run_emitted(
     args: &[Tensor],
 ) -> Result<Vec<Tensor>, MlirError> {
     let args = checked_args(graph, mode, args)?;
-    let (mut outs, _) = run_text(text, &[&args], &result_types(graph), true, Instant::now())?;
+    let (mut outs, _) = run_text(
+        text,
+        &[&args],
+        &result_types(graph),
+        true,
+        None,
+        Instant::now(),
+    )?;
     Ok(outs.pop().unwrap_or_default())
 }
 
@@ -181,12 +232,14 @@ fn result_types(graph: &Graph) -> Vec<(DType, usize)> {
 /// Lowers module `text` through [`CPU_PIPELINE`] (after
 /// `llvm-request-c-wrappers` when `request_wrappers`) once and calls
 /// `@forward` on each argument list, returning each call's outputs;
-/// compilation is timed from `start`.
+/// compilation is timed from `start`. `labels`: the module is profiled
+/// ([`crate::profile`]) with these op labels.
 fn run_text(
     text: &str,
     arg_sets: &[&[Tensor]],
     outs: &[(DType, usize)],
     request_wrappers: bool,
+    labels: Option<&[String]>,
     start: Instant,
 ) -> Result<(Vec<Vec<Tensor>>, JitTimes), MlirError> {
     let context = crate::context();
@@ -208,21 +261,56 @@ fn run_text(
             .map_err(|e| diag("pipeline", &e))?;
             pm.run(&mut module).map_err(|e| diag("c wrappers", &e))?;
         }
-        let pm = PassManager::new(&context);
-        parse_pass_pipeline(pm.as_operation_pass_manager(), &pipeline)
-            .map_err(|e| diag("pipeline", &e))?;
-        pm.run(&mut module).map_err(|e| diag("lowering", &e))?;
+        let run = |module: &mut Module, pipeline: &str| {
+            let pm = PassManager::new(&context);
+            parse_pass_pipeline(pm.as_operation_pass_manager(), pipeline)
+                .map_err(|e| diag("pipeline", &e))?;
+            pm.run(module).map_err(|e| diag("lowering", &e))
+        };
+        if crate::pipeline::overridden() {
+            run(&mut module, &pipeline)?;
+        } else {
+            run(&mut module, crate::pipeline::CPU_BUFFERIZE)?;
+            crate::library_calls::rewrite(&context, &mut module)
+                .map_err(|e| diag("library calls", &e))?;
+            // SAFETY: the module is live, bufferized, and only this thread
+            // touches it.
+            unsafe { crate::early_free::free_early(module.as_operation().to_raw()) };
+            run(&mut module, crate::pipeline::CPU_LOWER)?;
+        }
         let engine = crate::pipeline::engine(&module, &pipeline)
             .ok_or_else(|| diag("ExecutionEngine", &"creation failed"))?;
+        crate::library_calls::register(&engine);
+        crate::alloc::register(&engine);
+        if let Some(labels) = labels {
+            crate::profile::register(&engine);
+            crate::profile::set_labels(labels);
+        }
+        // The engine generates machine code for the whole module on the
+        // first lookup of any of its symbols, linking it against the symbols
+        // registered above: looking `@forward` up here counts that in
+        // `compile` rather than in the first run.
+        if engine.lookup("forward").is_null() {
+            return Err(diag("ExecutionEngine", &"no `forward` in the module"));
+        }
         let mut times = JitTimes {
             compile: start.elapsed(),
             runs: Vec::new(),
+            profile: None,
         };
         let mut results = Vec::with_capacity(arg_sets.len());
         for args in arg_sets {
             let t = Instant::now();
+            crate::library_calls::take_error();
             results.push(invoke(&engine, args, outs).map_err(|e| diag("run", &e))?);
+            if let Some(e) = crate::library_calls::take_error() {
+                return Err(diag("run", &e));
+            }
             times.runs.push(t.elapsed());
+        }
+        crate::alloc::release_cache();
+        if labels.is_some() {
+            times.profile = reformc_runtime::profile::report(25);
         }
         Ok((results, times))
     })
@@ -240,10 +328,11 @@ fn invoke(
     // SAFETY: the engine's `@forward` takes `args` (standard layout, alive
     // for the call; it only reads them) and returns `outs`.
     let result = unsafe { crate::memref::invoke(engine, &mut descs, outs)? };
-    // SAFETY: the results of that call, owned by the caller (CPU_PIPELINE's
-    // deallocation makes them so), read once and then freed with `free`,
-    // which `memref.alloc` pairs with.
+    // SAFETY: the results of that call, owned by the caller (the pipeline's
+    // deallocation makes them so), read once and then released to the
+    // allocator they came from (the runtime's cache, or `malloc` under a
+    // custom pipeline; `alloc::release` tells which).
     let out = unsafe { crate::memref::read_results(&result, outs) };
-    unsafe { crate::memref::free_results(&result, outs, |p| crate::pipeline::free(p)) };
+    unsafe { crate::memref::free_results(&result, outs, |p| crate::alloc::release(p)) };
     Ok(out)
 }

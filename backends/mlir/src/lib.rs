@@ -18,17 +18,21 @@
 
 #![deny(missing_docs)]
 
+mod alloc;
+mod early_free;
 mod emit;
 mod jit;
+pub mod library_calls;
 pub mod memref;
 mod pipeline;
+mod profile;
 mod scalar;
 mod signature;
 mod weights;
 
 pub use jit::{
     jit_run, jit_run_emitted, jit_run_timed, jit_run_with_weights, jit_run_with_weights_each,
-    jit_run_with_weights_timed, JitTimes, CPU_PIPELINE,
+    jit_run_with_weights_opts, jit_run_with_weights_timed, JitOptions, JitTimes, CPU_PIPELINE,
 };
 pub use signature::signature_json;
 

@@ -4,6 +4,51 @@
 
 use melior::{ir::Module, ExecutionEngine};
 
+/// The passes of [`CPU_BUFFERIZE`], comma-separated.
+macro_rules! bufferize_passes {
+    () => {
+        concat!(
+            "one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map},",
+            "func.func(ownership-based-buffer-deallocation),",
+            "canonicalize,",
+            "func.func(buffer-deallocation-simplification),",
+            "bufferization-lower-deallocations,",
+            "canonicalize,",
+            "convert-bufferization-to-memref"
+        )
+    };
+}
+
+/// The passes of [`CPU_PIPELINE`] after bufferization, comma-separated.
+macro_rules! lower_passes {
+    () => {
+        concat!(lower_to_memref_passes!(), ",", lower_to_llvm_passes!())
+    };
+}
+
+/// Linalg to loops and memref views to plain memrefs.
+macro_rules! lower_to_memref_passes {
+    () => {
+        concat!(
+            "convert-linalg-to-loops,",
+            "convert-scf-to-cf,",
+            "expand-strided-metadata,",
+            "lower-affine"
+        )
+    };
+}
+
+/// Everything left to the LLVM dialect.
+macro_rules! lower_to_llvm_passes {
+    () => {
+        concat!(
+            "convert-math-to-libm,",
+            "convert-to-llvm,",
+            "reconcile-unrealized-casts"
+        )
+    };
+}
+
 /// The lowering from upstream dialects on tensors to the LLVM dialect
 /// (DESIGN.md §8, with `math` functions that have no LLVM intrinsic, such as
 /// `erf`, becoming libm calls).
@@ -16,21 +61,34 @@ use melior::{ir::Module, ExecutionEngine};
 /// after copying it out (`memref::free_results`).
 pub const CPU_PIPELINE: &str = concat!(
     "builtin.module(",
-    "one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map},",
-    "func.func(ownership-based-buffer-deallocation),",
-    "canonicalize,",
-    "func.func(buffer-deallocation-simplification),",
-    "bufferization-lower-deallocations,",
-    "canonicalize,",
-    "convert-bufferization-to-memref,",
-    "convert-linalg-to-loops,",
-    "convert-scf-to-cf,",
-    "expand-strided-metadata,",
-    "lower-affine,",
-    "convert-math-to-libm,",
-    "convert-to-llvm,",
-    "reconcile-unrealized-casts)"
+    bufferize_passes!(),
+    ",",
+    lower_passes!(),
+    ")"
 );
+
+/// The first half of [`CPU_PIPELINE`], up to memrefs: between the two halves
+/// reformc's pipeline turns the contractions marked with a `library_call`
+/// into calls of the runtime's kernels ([`crate::library_calls`]).
+pub const CPU_BUFFERIZE: &str = concat!("builtin.module(", bufferize_passes!(), ")");
+
+/// The second half of the JIT's pipeline: memrefs and linalg to the LLVM
+/// dialect, as [`CPU_PIPELINE`] does but with `memref.alloc` and
+/// `memref.dealloc` calling MLIR's generic allocation functions, which the
+/// JIT binds to the runtime's caching allocator ([`crate::alloc`]).
+pub const CPU_LOWER: &str = concat!(
+    "builtin.module(",
+    lower_to_memref_passes!(),
+    ",finalize-memref-to-llvm{use-generic-functions=true},",
+    lower_to_llvm_passes!(),
+    ")"
+);
+
+/// Whether `REFORMC_MLIR_PIPELINE` replaces [`CPU_PIPELINE`] (then the
+/// pipeline runs in one piece, without library calls).
+pub(crate) fn overridden() -> bool {
+    std::env::var_os("REFORMC_MLIR_PIPELINE").is_some()
+}
 
 /// The pipeline [`crate::jit_run`] runs: [`CPU_PIPELINE`], or for experiments
 /// the text of the environment variable `REFORMC_MLIR_PIPELINE` when set (as

@@ -497,7 +497,8 @@ impl Emitter<'_> {
             operand(&kwin, &win5.ty(e), &["d0", "d1", "d2", "d4", "d5"]),
         ];
         let out = operand(&init, &lg.ty(e), &ident(5));
-        let logits = self.generic(&ins, out, &contraction, e, |b, a| {
+        let nt_call = self.bmm_call(5, true, dt);
+        let logits = self.generic_call(&ins, out, &contraction, e, nt_call.as_deref(), |b, a| {
             let p = b.def(format!("arith.mulf {}, {} : {e}", a[0], a[1]));
             b.def(format!("arith.addf {}, {p} : {e}", a[2]))
         });
@@ -510,28 +511,29 @@ impl Emitter<'_> {
         let max = self.generic(&ins, out, &red, e, |b, a| {
             b.def(format!("arith.maximumf {}, {} : {e}", a[1], a[0]))
         });
-        let init = self.shp_filled(&rows4, e, &zero);
-        let ins = [
-            operand(&masked, &lg.ty(e), &ident(5)),
-            operand(&max, &rows4.ty(e), &rmap),
-        ];
-        let out = operand(&init, &rows4.ty(e), &rmap);
-        let sum = self.generic(&ins, out, &red, e, |b, a| {
-            let t = b.def(format!("arith.subf {}, {} : {e}", a[0], a[1]));
-            let x = b.def(format!("math.exp {t} : {e}"));
-            b.def(format!("arith.addf {}, {x} : {e}", a[2]))
-        });
+        // The exponentials once, then their row sums, then the quotients
+        // (each exponential is the same value the sum and the quotient used
+        // when both computed it: the same bits, half the `exp`s).
         let init = self.shp_empty(&lg, e);
         let ins = [
             operand(&masked, &lg.ty(e), &ident(5)),
             operand(&max, &rows4.ty(e), &rmap),
-            operand(&sum, &rows4.ty(e), &rmap),
         ];
         let out = operand(&init, &lg.ty(e), &ident(5));
-        let probs = self.generic(&ins, out, &["parallel"; 5], e, |b, a| {
+        let exps = self.generic(&ins, out, &["parallel"; 5], e, |b, a| {
             let t = b.def(format!("arith.subf {}, {} : {e}", a[0], a[1]));
-            let x = b.def(format!("math.exp {t} : {e}"));
-            b.def(format!("arith.divf {x}, {} : {e}", a[2]))
+            b.def(format!("math.exp {t} : {e}"))
+        });
+        let init = self.shp_filled(&rows4, e, &zero);
+        let ins = [operand(&exps, &lg.ty(e), &ident(5))];
+        let out = operand(&init, &rows4.ty(e), &rmap);
+        let sum = self.generic(&ins, out, &red, e, |b, a| {
+            b.def(format!("arith.addf {}, {} : {e}", a[1], a[0]))
+        });
+        let ins = [operand(&sum, &rows4.ty(e), &rmap)];
+        let out = operand(&exps, &lg.ty(e), &ident(5));
+        let probs = self.generic(&ins, out, &["parallel"; 5], e, |b, a| {
+            b.def(format!("arith.divf {}, {} : {e}", a[1], a[0]))
         });
         // o[b, h, c, i, e] = sum_w probs[c, i, w] v_window[c, w, e]
         let init = self.shp_filled(&q5, e, &zero);
@@ -540,7 +542,8 @@ impl Emitter<'_> {
             operand(&vwin, &win5.ty(e), &["d0", "d1", "d2", "d5", "d4"]),
         ];
         let out = operand(&init, &q5.ty(e), &ident(5));
-        let o = self.generic(&ins, out, &contraction, e, |b, a| {
+        let nn_call = self.bmm_call(5, false, dt);
+        let o = self.generic_call(&ins, out, &contraction, e, nn_call.as_deref(), |b, a| {
             let p = b.def(format!("arith.mulf {}, {} : {e}", a[0], a[1]));
             b.def(format!("arith.addf {}, {p} : {e}", a[2]))
         });

@@ -62,6 +62,15 @@ pub(crate) struct Emitter<'g> {
     /// The weights' data when they are embedded (`dense_resource` blobs)
     /// rather than leading arguments.
     weights: Option<&'g BTreeMap<String, Tensor>>,
+    /// Marks the contractions the runtime has kernels for with a
+    /// `library_call` (for reformc's own pipeline only; see
+    /// [`crate::library_calls`]). The marked ops keep their full semantics, so
+    /// any pipeline that ignores the attribute still computes the same values.
+    library_calls: bool,
+    /// With `Some`, every leaf op is timed: the clock is read before it and
+    /// the time recorded after it under the op's label, whose index in this
+    /// list the call passes ([`crate::profile`]; for reformc's own pipeline).
+    profile: Option<Vec<String>>,
 }
 
 impl<'g> Emitter<'g> {
@@ -73,6 +82,8 @@ impl<'g> Emitter<'g> {
             syms: BTreeMap::new(),
             c_interface: false,
             weights: None,
+            library_calls: false,
+            profile: None,
         }
     }
 
@@ -89,6 +100,20 @@ impl<'g> Emitter<'g> {
         self
     }
 
+    /// Marks the contractions that reformc's runtime has kernels for with a
+    /// `library_call` attribute ([`crate::library_calls`]).
+    pub(crate) fn with_library_calls(mut self) -> Self {
+        self.library_calls = true;
+        self
+    }
+
+    /// Times every leaf op ([`crate::profile`]); [`Self::module_profiled`]
+    /// returns the labels.
+    pub(crate) fn with_profile(mut self) -> Self {
+        self.profile = Some(Vec::new());
+        self
+    }
+
     fn fresh(&mut self) -> String {
         let n = format!("%t{}", self.counter);
         self.counter += 1;
@@ -102,7 +127,13 @@ impl<'g> Emitter<'g> {
     }
 
     /// The whole module.
-    pub(crate) fn module(mut self) -> Result<String, MlirError> {
+    pub(crate) fn module(self) -> Result<String, MlirError> {
+        self.module_profiled().map(|(text, _)| text)
+    }
+
+    /// The whole module and, when profiling, the label of each op timed
+    /// (by the index its record call passes).
+    pub(crate) fn module_profiled(mut self) -> Result<(String, Vec<String>), MlirError> {
         let g = self.g;
         let embedded = match self.weights {
             Some(w) => Some(crate::weights::embed(g, w)?),
@@ -144,6 +175,9 @@ impl<'g> Emitter<'g> {
             ));
         }
         let mut out = String::from("module {\n");
+        if self.profile.is_some() {
+            out.push_str(crate::profile::DECLARATIONS);
+        }
         out.push_str(&format!(
             "  func.func @forward({}) -> ({}){} {{\n",
             params.join(", "),
@@ -166,7 +200,7 @@ impl<'g> Emitter<'g> {
         if let Some(e) = &embedded {
             crate::weights::push_resources(&mut out, &e.blobs);
         }
-        Ok(out)
+        Ok((out, self.profile.unwrap_or_default()))
     }
 
     /// Reads each not yet bound symbolic dimension of argument `v` with `tensor.dim`.
@@ -243,6 +277,20 @@ impl<'g> Emitter<'g> {
         out_elt: &str,
         body: impl FnOnce(&mut Body, &[String]) -> String,
     ) -> String {
+        self.generic_call(ins, out, iters, out_elt, None, body)
+    }
+
+    /// [`Self::generic`] with an optional `library_call` attribute naming a
+    /// function that computes the same op.
+    fn generic_call(
+        &mut self,
+        ins: &[Operand],
+        out: Operand,
+        iters: &[&str],
+        out_elt: &str,
+        library_call: Option<&str>,
+        body: impl FnOnce(&mut Body, &[String]) -> String,
+    ) -> String {
         let dims: Vec<String> = (0..iters.len()).map(|i| format!("d{i}")).collect();
         let dims = dims.join(", ");
         let maps: Vec<String> = ins
@@ -259,8 +307,9 @@ impl<'g> Emitter<'g> {
         } else {
             format!("ins({} : {}) ", in_names.join(", "), in_tys.join(", "))
         };
+        let call = library_call.map_or(String::new(), |f| format!(", library_call = \"{f}\""));
         self.lines.push(format!(
-            "{IND}{r} = linalg.generic {{indexing_maps = [{}], iterator_types = [{}]}} {ins_clause}outs({} : {}) {{",
+            "{IND}{r} = linalg.generic {{indexing_maps = [{}], iterator_types = [{}]{call}}} {ins_clause}outs({} : {}) {{",
             maps.join(", "),
             iters.join(", "),
             out.name,
@@ -286,6 +335,16 @@ impl<'g> Emitter<'g> {
         r
     }
 
+    /// The `library_call` of a batched product of rank `rank` in dtype `d`
+    /// ([`crate::library_calls::bmm_name`]), when library calls are on and
+    /// the runtime has the kernel (f32 only). The contraction it marks must
+    /// be `y[.., m, n] += a[.., m, k] b[.., n, k]` (`b_transposed`) or
+    /// `a[.., m, k] b[.., k, n]`, all operands with the same batch axes.
+    fn bmm_call(&self, rank: usize, b_transposed: bool, d: DType) -> Option<String> {
+        (self.library_calls && d == DType::F32)
+            .then(|| crate::library_calls::bmm_name(rank, b_transposed))
+    }
+
     /// The error for an op without a lowering.
     pub(crate) fn unsupported(&self, v: ValueId) -> MlirError {
         MlirError::Unsupported {
@@ -294,8 +353,33 @@ impl<'g> Emitter<'g> {
         }
     }
 
-    /// Lowers the op defining `v`, binding `%v<id>`.
+    /// Lowers the op defining `v`, binding `%v<id>`; timed when profiling
+    /// and the op is a leaf (an op with a region is timed by its inner ops).
     fn op(&mut self, v: ValueId) -> Result<(), MlirError> {
+        let kind = self.g.node(v).op.kind;
+        let timed = self.profile.is_some()
+            && !matches!(
+                kind,
+                OpKind::Input
+                    | OpKind::Weight
+                    | OpKind::Constant
+                    | OpKind::ReversibleBlock
+                    | OpKind::SeqChunk
+            );
+        let start = timed.then(|| self.def(crate::profile::now_call()));
+        self.lower_op(v)?;
+        if let (Some(start), Some(labels)) = (start, self.profile.as_mut()) {
+            labels.push(format!("{kind} %{}", v.0));
+            let id = labels.len() - 1;
+            let c = self.def(format!("arith.constant {id} : i64"));
+            self.lines
+                .push(format!("{IND}{}", crate::profile::record_call(&c, &start)));
+        }
+        Ok(())
+    }
+
+    /// [`Self::op`] without the timing.
+    fn lower_op(&mut self, v: ValueId) -> Result<(), MlirError> {
         let node = self.g.node(v);
         let kind = node.op.kind;
         let result = match kind {

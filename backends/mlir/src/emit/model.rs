@@ -293,6 +293,10 @@ impl Emitter<'_> {
             .op
             .activation()
             .map_err(|e| MlirError::invalid(self.g, v, e))?;
+        if self.library_calls && x_ty.dtype == DType::F32 && w_ty.dtype == DType::F32 {
+            let y = self.linear_call(v, &x_ty, w, &out_ty)?;
+            return self.linear_finish(v, y, bias, act, &out_ty);
+        }
         // The weight transposed once to [K,N], so that the innermost loop
         // runs over n: every output element still sums its k in order (the
         // interpreter's association), but the inner loop has independent
@@ -335,14 +339,69 @@ impl Emitter<'_> {
         };
         let mut iters = vec!["parallel"; r - 1];
         iters.extend(["reduction", "parallel"]);
-        let mut y = self.generic(&ins, out, &iters, elt(d), |b, a| {
+        let y = self.generic(&ins, out, &iters, elt(d), |b, a| {
             let p = b.binary(BinaryFn::Mul, &a[0], &a[1], d);
             b.binary(BinaryFn::Add, &a[2], &p, d)
         });
+        self.linear_finish(v, y, bias, act, &out_ty)
+    }
+
+    /// The product `y` of a `linear` with its bias and activation applied.
+    fn linear_finish(
+        &mut self,
+        v: ValueId,
+        mut y: String,
+        bias: Option<ValueId>,
+        act: Activation,
+        out_ty: &TensorType,
+    ) -> Result<String, MlirError> {
         if bias.is_some() || act != Activation::None {
-            y = self.linear_epilogue(v, &y, bias, act, &out_ty)?;
+            y = self.linear_epilogue(v, &y, bias, act, out_ty)?;
         }
-        Ok(self.alias(&y, &ty))
+        Ok(self.alias(&y, &tensor_ty(out_ty)))
+    }
+
+    /// The product `x · wᵀ` of an f32 `linear` as one contraction that reads
+    /// `w [N,K]` in place, marked with the `library_call` of
+    /// [`crate::library_calls::linear_name`]: `out += x · wᵀ` on a zeroed
+    /// `out`, which the runtime's GEMM computes (k summed in order).
+    fn linear_call(
+        &mut self,
+        v: ValueId,
+        x_ty: &TensorType,
+        w: ValueId,
+        out_ty: &TensorType,
+    ) -> Result<String, MlirError> {
+        let (r, d) = (x_ty.rank(), out_ty.dtype);
+        let x = self.g.node(v).inputs[0];
+        let rows: Vec<String> = (0..r - 1).map(|i| format!("d{i}")).collect();
+        let (kd, nd) = (format!("d{}", r - 1), format!("d{r}"));
+        let ins = [
+            Operand {
+                name: format!("%v{}", x.0),
+                ty: tensor_ty(x_ty),
+                map: rows.iter().cloned().chain([kd.clone()]).collect(),
+            },
+            Operand {
+                name: format!("%v{}", w.0),
+                ty: tensor_ty(self.g.ty(w)),
+                map: vec![nd.clone(), kd],
+            },
+        ];
+        let out = Operand {
+            name: self.init(v, &out_ty.shape, d, Some(0.0))?,
+            ty: tensor_ty(out_ty),
+            map: rows.into_iter().chain([nd]).collect(),
+        };
+        let mut iters = vec!["parallel"; r - 1];
+        iters.extend(["reduction", "parallel"]);
+        let name = crate::library_calls::linear_name(r);
+        Ok(
+            self.generic_call(&ins, out, &iters, elt(d), Some(&name), |b, a| {
+                let p = b.binary(BinaryFn::Mul, &a[0], &a[1], d);
+                b.binary(BinaryFn::Add, &a[2], &p, d)
+            }),
+        )
     }
 
     /// `act(y + b)` elementwise over the product `y` of type `out_ty`.

@@ -1,0 +1,730 @@
+//! Library calls: reformc's own MLIR pipeline hands the contractions that the
+//! emitter marked with a `library_call` attribute to reformc's runtime GEMM
+//! (threaded, packed, AVX-512 or AVX2 micro-kernels), as IREE hands matmuls
+//! to its microkernels.
+//!
+//! Upstream `convert-linalg-to-std` does the same rewrite, but for every
+//! linalg op, marked or not (a `linalg.fill` or an unmarked
+//! `linalg.generic` becomes a call to a function nobody provides). This
+//! rewrite, [`rewrite`], runs between bufferization and
+//! `convert-linalg-to-loops` and touches only the marked ops: each becomes
+//! `func.call @name(...)` on its memref operands cast to fully dynamic
+//! strided layouts, declared `llvm.emit_c_interface`, so that the callee is
+//! `_mlir_ciface_name(descriptor*...)`. [`register`] gives the
+//! ExecutionEngine those callees.
+//!
+//! The marks are only attributes: a pipeline that ignores them (mlir-opt,
+//! IREE, `REFORMC_MLIR_PIPELINE`) lowers the same ops to loops and computes
+//! the same values (up to the order of rounding).
+
+use melior::{
+    dialect::{func, memref},
+    ir::{
+        attribute::{FlatSymbolRefAttribute, StringAttribute, TypeAttribute},
+        operation::{OperationLike, OperationMutLike, OperationRef, OperationRefMut},
+        r#type::{FunctionType, MemRefType},
+        Attribute, BlockLike, Identifier, Module, Operation, Type, ValueLike,
+    },
+    Context, ExecutionEngine,
+};
+use mlir_sys::MlirOperation;
+use std::sync::Mutex;
+
+/// The ranks of `x` (and of the result) a `linear` library call exists for.
+const LINEAR_RANKS: std::ops::RangeInclusive<usize> = 2..=5;
+
+/// The `library_call` of an f32 `linear` whose input has rank `rank`:
+/// `y[.., N] += x[.., K] · w[N, K]ᵀ`, one name per rank because the C
+/// interface passes a descriptor whose size depends on it.
+///
+/// ```
+/// assert_eq!(reformc_backend_mlir::library_calls::linear_name(3), "reformc_linear_f32_r3");
+/// ```
+pub fn linear_name(rank: usize) -> String {
+    format!("reformc_linear_f32_r{rank}")
+}
+
+/// The ranks a batched matmul library call exists for.
+const BMM_RANKS: std::ops::RangeInclusive<usize> = 3..=6;
+
+/// The `library_call` of an f32 batched matmul of rank `rank` over
+/// contiguous operands with the same batch axes (all but the last two):
+/// `y[.., m, n] += a[.., m, k] · b[.., n, k]ᵀ` when `b_transposed`, else
+/// `y[.., m, n] += a[.., m, k] · b[.., k, n]`.
+///
+/// ```
+/// use reformc_backend_mlir::library_calls::bmm_name;
+/// assert_eq!(bmm_name(5, true), "reformc_bmm_nt_f32_r5");
+/// ```
+pub fn bmm_name(rank: usize, b_transposed: bool) -> String {
+    let t = if b_transposed { "nt" } else { "nn" };
+    format!("reformc_bmm_{t}_f32_r{rank}")
+}
+
+/// Every name [`register`] provides.
+fn known_names() -> impl Iterator<Item = String> {
+    LINEAR_RANKS
+        .map(linear_name)
+        .chain(BMM_RANKS.flat_map(|r| [bmm_name(r, true), bmm_name(r, false)]))
+}
+
+/// Turns every `linalg.generic` carrying a `library_call` that
+/// [`register`] provides into a call (see the module doc); returns how many.
+/// Run it on a bufferized module (the generics on memrefs, with no results).
+/// A mark this module does not know is left alone: the op is lowered to
+/// loops like any other.
+pub(crate) fn rewrite(context: &Context, module: &mut Module) -> Result<usize, String> {
+    let mut marked = Vec::new();
+    module
+        .as_operation()
+        .walk(melior::ir::operation::WalkOrder::PostOrder, |op| {
+            if op.name().as_string_ref().as_str() == Ok("linalg.generic") {
+                if let Some(name) = known_call(&op) {
+                    marked.push((op.to_raw(), name));
+                }
+            }
+            melior::ir::operation::WalkResult::Advance
+        });
+    let mut declared: Vec<(String, Vec<Type>)> = Vec::new();
+    for (raw, name) in &marked {
+        // SAFETY: `raw` is an op of `module` found by the walk above; nothing
+        // was erased since, except other marked ops, which do not contain it
+        // (a generic's region holds scalar ops only).
+        let types = unsafe { call_in_place(context, *raw, name)? };
+        if !declared.iter().any(|(n, _)| n == name) {
+            declared.push((name.clone(), types));
+        }
+    }
+    for (name, types) in &declared {
+        module
+            .body()
+            .append_operation(declaration(context, name, types));
+    }
+    Ok(marked.len())
+}
+
+/// The op's `library_call` when it is one [`register`] provides.
+fn known_call(op: &melior::ir::OperationRef) -> Option<String> {
+    let attr = op.attribute("library_call").ok()?;
+    let name = StringAttribute::try_from(attr).ok()?.value().to_string();
+    known_names().any(|n| n == name).then_some(name)
+}
+
+/// Replaces the bufferized generic `raw` by a call to `name` on its operands,
+/// each cast to a fully dynamic strided memref; returns those operand types.
+///
+/// # Safety
+/// `raw` is a live op in a block of a module of `context`.
+unsafe fn call_in_place<'c>(
+    context: &'c Context,
+    raw: MlirOperation,
+    name: &str,
+) -> Result<Vec<Type<'c>>, String> {
+    // SAFETY: a live op (the contract); `anchor` is only used as a position
+    // while `op` is alive, before it is detached.
+    let (mut op, anchor) = unsafe { (OperationRefMut::from_raw(raw), OperationRef::from_raw(raw)) };
+    if op.result_count() != 0 {
+        return Err(format!(
+            "library call `{name}`: the marked op still has tensor results (not bufferized)"
+        ));
+    }
+    let block = op
+        .block()
+        .ok_or("library call: the marked op is in no block")?;
+    let location = op.location();
+    let mut args = Vec::new();
+    let mut types = Vec::new();
+    for v in op.operands() {
+        let ty = MemRefType::try_from(v.r#type())
+            .map_err(|_| format!("library call `{name}`: an operand is not a memref"))?;
+        let strided = dynamic_strided(context, &ty)?;
+        let cast = block.insert_operation_before(anchor, memref::cast(v, strided, location));
+        args.push(cast.result(0).map_err(|e| e.to_string())?.into());
+        types.push(strided.into());
+    }
+    let callee = FlatSymbolRefAttribute::new(context, name);
+    block.insert_operation_before(anchor, func::call(context, callee, &args, &[], location));
+    op.remove_from_parent();
+    // SAFETY: the op was just detached from its block, so nothing owns it
+    // and nothing refers to it (it has no results); this drop destroys it.
+    drop(unsafe { Operation::from_raw(raw) });
+    Ok(types)
+}
+
+/// `memref<?x..x?xT, strided<[?, ..], offset: ?>>` of `ty`'s rank and
+/// element type: the layout `convert-linalg-to-std` passes, so that one
+/// callee takes any view.
+fn dynamic_strided<'c>(
+    context: &'c Context,
+    ty: &MemRefType<'c>,
+) -> Result<MemRefType<'c>, String> {
+    use melior::ir::ShapedTypeLike;
+    let rank = ty.rank();
+    let elt = ty.element().to_string();
+    let text = format!(
+        "memref<{}{elt}, strided<[{}], offset: ?>>",
+        "?x".repeat(rank),
+        vec!["?"; rank].join(", ")
+    );
+    Type::parse(context, &text)
+        .and_then(|t| MemRefType::try_from(t).ok())
+        .ok_or_else(|| format!("library call: cannot build the type `{text}`"))
+}
+
+/// `func.func private @name(types) attributes {llvm.emit_c_interface}`.
+fn declaration<'c>(context: &'c Context, name: &str, types: &[Type<'c>]) -> Operation<'c> {
+    let location = melior::ir::Location::unknown(context);
+    let fn_type = FunctionType::new(context, types, &[]);
+    func::func(
+        context,
+        StringAttribute::new(context, name),
+        TypeAttribute::new(fn_type.into()),
+        melior::ir::Region::new(),
+        &[
+            (
+                Identifier::new(context, "sym_visibility"),
+                StringAttribute::new(context, "private").into(),
+            ),
+            (
+                Identifier::new(context, "llvm.emit_c_interface"),
+                Attribute::unit(context),
+            ),
+        ],
+        location,
+    )
+}
+
+/// The first error a callee met in this process since the last
+/// [`take_error`] (the C interface has no way to return one).
+static ERROR: Mutex<Option<String>> = Mutex::new(None);
+
+fn record(message: String) {
+    let mut e = ERROR.lock().unwrap_or_else(|p| p.into_inner());
+    e.get_or_insert(message);
+}
+
+/// The error a library call met during the last run, if any (cleared).
+pub(crate) fn take_error() -> Option<String> {
+    ERROR.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+/// Gives `engine` the callees of every name [`rewrite`] may emit. Call it
+/// before the engine's first lookup (which compiles the module).
+pub(crate) fn register(engine: &ExecutionEngine) {
+    let linear: [(usize, *mut ()); 4] = [
+        (2, linear_call::<2> as *mut ()),
+        (3, linear_call::<3> as *mut ()),
+        (4, linear_call::<4> as *mut ()),
+        (5, linear_call::<5> as *mut ()),
+    ];
+    debug_assert!(linear.iter().map(|(r, _)| *r).eq(LINEAR_RANKS));
+    let bmm: [(usize, *mut (), *mut ()); 4] = [
+        (
+            3,
+            bmm_call::<3, true> as *mut (),
+            bmm_call::<3, false> as *mut (),
+        ),
+        (
+            4,
+            bmm_call::<4, true> as *mut (),
+            bmm_call::<4, false> as *mut (),
+        ),
+        (
+            5,
+            bmm_call::<5, true> as *mut (),
+            bmm_call::<5, false> as *mut (),
+        ),
+        (
+            6,
+            bmm_call::<6, true> as *mut (),
+            bmm_call::<6, false> as *mut (),
+        ),
+    ];
+    debug_assert!(bmm.iter().map(|(r, _, _)| *r).eq(BMM_RANKS));
+    let calls = linear.into_iter().map(|(r, f)| (linear_name(r), f)).chain(
+        bmm.into_iter()
+            .flat_map(|(r, nt, nn)| [(bmm_name(r, true), nt), (bmm_name(r, false), nn)]),
+    );
+    for (name, f) in calls {
+        // SAFETY: `f` is the callee of `name` (`linear_call::<rank>` or
+        // `bmm_call::<rank, nt>`), whose C signature is the one
+        // `llvm.emit_c_interface` gives `_mlir_ciface_<name>`: one pointer
+        // to a memref descriptor per operand.
+        unsafe { engine.register_symbol(&format!("_mlir_ciface_{name}"), f) };
+    }
+}
+
+/// A strided memref descriptor of rank `R` as the C interface passes it:
+/// allocated and aligned pointers, offset, sizes, strides (in elements).
+#[repr(C)]
+struct Descriptor<const R: usize> {
+    allocated: *mut f32,
+    aligned: *mut f32,
+    offset: i64,
+    sizes: [i64; R],
+    strides: [i64; R],
+}
+
+/// A 2-D view of a descriptor's elements: `rows` rows of `cols` contiguous
+/// elements, `ld` apart, starting at `base`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Rows {
+    base: *mut f32,
+    rows: usize,
+    cols: usize,
+    ld: usize,
+}
+
+impl Rows {
+    /// The descriptor as rows (its leading axes merged), when its last axis is
+    /// contiguous and its leading axes merge into one stride.
+    fn of<const R: usize>(d: &Descriptor<R>) -> Option<Rows> {
+        let size = |i: usize| usize::try_from(d.sizes[i]).ok();
+        let stride = |i: usize| usize::try_from(d.strides[i]).ok();
+        let cols = size(R - 1)?;
+        let rows = (0..R - 1).try_fold(1usize, |n, i| n.checked_mul(size(i)?))?;
+        if cols > 1 && stride(R - 1)? != 1 {
+            return None;
+        }
+        // Merge the leading axes from the innermost outwards: an axis of size
+        // 1 never moves; the innermost other one gives the row stride, and
+        // each further one must step over the rows merged so far exactly.
+        let mut ld: Option<usize> = None;
+        let mut span = 1usize;
+        for i in (0..R - 1).rev() {
+            let s = size(i)?;
+            if s == 1 || rows == 0 {
+                continue;
+            }
+            match ld {
+                None => ld = Some(stride(i)?),
+                Some(l) if stride(i)? != l.checked_mul(span)? => return None,
+                Some(_) => {}
+            }
+            span = span.checked_mul(s)?;
+        }
+        let ld = ld.unwrap_or(cols.max(1));
+        if rows > 1 && ld < cols {
+            return None;
+        }
+        let offset = usize::try_from(d.offset).ok()?;
+        // SAFETY (of the arithmetic only): the offset lies inside the
+        // descriptor's buffer, as the memref's contract says.
+        let base = d.aligned.wrapping_add(offset);
+        Some(Rows {
+            base,
+            rows,
+            cols,
+            ld,
+        })
+    }
+
+    /// The address range `[start, end)` of the rows' elements.
+    fn range(&self) -> (usize, usize) {
+        let start = self.base as usize;
+        let len = match self.rows {
+            0 => 0,
+            n => (n - 1) * self.ld + self.cols,
+        };
+        (start, start + len * 4)
+    }
+
+    fn len(&self) -> usize {
+        let (s, e) = self.range();
+        (e - s) / 4
+    }
+}
+
+/// `_mlir_ciface_reformc_linear_f32_r{R}(x, w, y)`:
+/// `y[.., N] += x[.., K] · w[N, K]ᵀ` through the runtime's dense kernel.
+///
+/// # Safety
+/// Each pointer is a valid descriptor of the rank in its type, over a live
+/// f32 buffer that holds every element its sizes and strides reach, as the
+/// lowered `func.call` passes them; `y`'s buffer is not read or written by
+/// anyone else during the call.
+unsafe extern "C" fn linear_call<const R: usize>(
+    x: *const Descriptor<R>,
+    w: *const Descriptor<2>,
+    y: *const Descriptor<R>,
+) {
+    // SAFETY: the caller passes valid descriptors (the contract above).
+    let (x, w, y) = unsafe { (&*x, &*w, &*y) };
+    if let Err(e) = linear_rows(x, w, y) {
+        record(format!("{}: {e}", linear_name(R)));
+    }
+}
+
+/// The body of [`linear_call`]: the runtime kernel on views it accepts,
+/// a plain loop on any other (any layout is correct, some are slow).
+fn linear_rows<const R: usize>(
+    x: &Descriptor<R>,
+    w: &Descriptor<2>,
+    y: &Descriptor<R>,
+) -> Result<(), String> {
+    let (xr, wr, yr) = (Rows::of(x), Rows::of(w), Rows::of(y));
+    let (n, k) = (w.sizes[0].max(0) as usize, w.sizes[1].max(0) as usize);
+    match (xr, wr, yr) {
+        (Some(xr), Some(wr), Some(yr))
+            if wr.ld == k && xr.cols == k && yr.cols == n && xr.rows == yr.rows =>
+        {
+            let (ys, ye) = yr.range();
+            let disjoint = |(s, e): (usize, usize)| e <= ys || s >= ye;
+            if !disjoint(xr.range()) || !disjoint(wr.range()) {
+                return Err("the result overlaps an operand".to_string());
+            }
+            // SAFETY: each view lies inside its live buffer (the caller's
+            // contract), y shares no element with x or w (checked), and no
+            // one else touches y during the call.
+            let (xs, ws, ysl) = unsafe {
+                (
+                    std::slice::from_raw_parts(xr.base, xr.len()),
+                    std::slice::from_raw_parts(wr.base, wr.len()),
+                    std::slice::from_raw_parts_mut(yr.base, yr.len()),
+                )
+            };
+            let stack = reformc_runtime::dense::Stack {
+                norm: None,
+                first: reformc_runtime::dense::Layer {
+                    w: ws,
+                    out: n,
+                    b: None,
+                    act: reformc_runtime::Activation::None,
+                },
+                second: None,
+            };
+            let mode = reformc_runtime::dense::Mode::Accumulate;
+            reformc_runtime::dense::dense_strided(&stack, xs, xr.ld, xr.rows, k, ysl, yr.ld, mode)
+                .map_err(|e| e.to_string())
+        }
+        _ => {
+            // SAFETY: as for the kernel: every index the loop forms is one
+            // the descriptors' sizes allow.
+            unsafe { linear_loop(x, w, y) };
+            Ok(())
+        }
+    }
+}
+
+/// `y += x · wᵀ` element by element through the descriptors' strides.
+///
+/// # Safety
+/// As [`linear_call`].
+unsafe fn linear_loop<const R: usize>(x: &Descriptor<R>, w: &Descriptor<2>, y: &Descriptor<R>) {
+    let at = |sizes: &[i64], strides: &[i64], idx: &[i64]| -> isize {
+        debug_assert_eq!(sizes.len(), idx.len());
+        idx.iter().zip(strides).map(|(i, s)| (i * s) as isize).sum()
+    };
+    let (n, k) = (w.sizes[0], w.sizes[1]);
+    let rows: i64 = y.sizes[..R - 1].iter().product();
+    let mut idx = [0i64; R];
+    for r in 0..rows.max(0) {
+        let mut rem = r;
+        for i in (0..R - 1).rev() {
+            idx[i] = rem % y.sizes[i];
+            rem /= y.sizes[i];
+        }
+        for j in 0..n {
+            idx[R - 1] = j;
+            let yp = y
+                .aligned
+                .wrapping_offset(y.offset as isize + at(&y.sizes, &y.strides, &idx));
+            // SAFETY: an in-range index of y (the contract).
+            let mut acc = unsafe { *yp };
+            for kk in 0..k {
+                idx[R - 1] = kk;
+                let xo = x.offset as isize + at(&x.sizes, &x.strides, &idx);
+                let wo = w.offset as isize
+                    + j as isize * w.strides[0] as isize
+                    + kk as isize * w.strides[1] as isize;
+                // SAFETY: in-range indices of x and w (the contract).
+                acc += unsafe { *x.aligned.wrapping_offset(xo) * *w.aligned.wrapping_offset(wo) };
+            }
+            idx[R - 1] = j;
+            // SAFETY: as the read of `yp` above.
+            unsafe { *yp = acc };
+        }
+    }
+}
+
+/// The address and length of the descriptor's elements when they lie
+/// contiguous in row-major order (axes of size 1 may have any stride).
+fn contiguous<const R: usize>(d: &Descriptor<R>) -> Option<(*mut f32, usize)> {
+    let mut want = 1i64;
+    for i in (0..R).rev() {
+        if d.sizes[i] != 1 && d.strides[i] != want {
+            return None;
+        }
+        want = want.checked_mul(d.sizes[i].max(0))?;
+    }
+    let offset = usize::try_from(d.offset).ok()?;
+    Some((d.aligned.wrapping_add(offset), usize::try_from(want).ok()?))
+}
+
+/// `_mlir_ciface_reformc_bmm_{nt|nn}_f32_r{R}(a, b, y)` ([`bmm_name`]):
+/// batched `y += a · b(ᵀ)` through the runtime's batched GEMM.
+///
+/// # Safety
+/// As [`linear_call`].
+unsafe extern "C" fn bmm_call<const R: usize, const NT: bool>(
+    a: *const Descriptor<R>,
+    b: *const Descriptor<R>,
+    y: *const Descriptor<R>,
+) {
+    // SAFETY: the caller passes valid descriptors (the contract above).
+    let (a, b, y) = unsafe { (&*a, &*b, &*y) };
+    if let Err(e) = bmm_views::<R, NT>(a, b, y) {
+        record(format!("{}: {e}", bmm_name(R, NT)));
+    }
+}
+
+/// The body of [`bmm_call`]: the runtime kernel on contiguous operands, a
+/// plain loop on any other layout.
+fn bmm_views<const R: usize, const NT: bool>(
+    a: &Descriptor<R>,
+    b: &Descriptor<R>,
+    y: &Descriptor<R>,
+) -> Result<(), String> {
+    let batch = R - 2;
+    let (m, k) = (a.sizes[R - 2], a.sizes[R - 1]);
+    let n = y.sizes[R - 1];
+    let b_shape = if NT { [n, k] } else { [k, n] };
+    if a.sizes[..batch] != y.sizes[..batch]
+        || b.sizes[..batch] != y.sizes[..batch]
+        || b.sizes[batch..] != b_shape
+        || y.sizes[R - 2] != m
+    {
+        return Err(format!(
+            "operand shapes {:?}, {:?} -> {:?} do not form a batched product",
+            a.sizes, b.sizes, y.sizes
+        ));
+    }
+    let nb: i64 = y.sizes[..batch].iter().product();
+    let to = |v: i64| usize::try_from(v).map_err(|_| format!("negative size {v}"));
+    match (contiguous(a), contiguous(b), contiguous(y)) {
+        (Some(av), Some(bv), Some(yv)) => {
+            let apart = |(p, len): (*mut f32, usize)| {
+                let (s, e) = (p as usize, p as usize + 4 * len);
+                e <= yv.0 as usize || s >= yv.0 as usize + 4 * yv.1
+            };
+            if !apart(av) || !apart(bv) {
+                return Err("the result overlaps an operand".to_string());
+            }
+            // SAFETY: each view is its descriptor's elements, inside a live
+            // buffer (the caller's contract); y shares no element with a or
+            // b (checked) and no one else touches it during the call.
+            let (av, bv, yv) = unsafe {
+                (
+                    std::slice::from_raw_parts(av.0, av.1),
+                    std::slice::from_raw_parts(bv.0, bv.1),
+                    std::slice::from_raw_parts_mut(yv.0, yv.1),
+                )
+            };
+            let t = reformc_runtime::tensor_ops::Transposed { a: false, b: NT };
+            let (nb, m, k, n) = (to(nb)?, to(m)?, to(k)?, to(n)?);
+            reformc_runtime::tensor_ops::matmul_batch_t_acc(av, bv, nb, m, k, n, t, yv)
+                .map_err(|e| e.to_string())
+        }
+        _ => {
+            // SAFETY: every index the loop forms is one the sizes allow.
+            unsafe { bmm_loop::<R, NT>(a, b, y) };
+            Ok(())
+        }
+    }
+}
+
+/// `y += a · b(ᵀ)` element by element through the descriptors' strides.
+///
+/// # Safety
+/// As [`linear_call`].
+unsafe fn bmm_loop<const R: usize, const NT: bool>(
+    a: &Descriptor<R>,
+    b: &Descriptor<R>,
+    y: &Descriptor<R>,
+) {
+    let at = |d: &Descriptor<R>, idx: &[i64; R]| -> *mut f32 {
+        let off: i64 = idx.iter().zip(&d.strides).map(|(i, s)| i * s).sum();
+        d.aligned.wrapping_offset((d.offset + off) as isize)
+    };
+    let k = a.sizes[R - 1];
+    let total: i64 = y.sizes.iter().product();
+    let mut yi = [0i64; R];
+    for flat in 0..total.max(0) {
+        let mut rem = flat;
+        for i in (0..R).rev() {
+            yi[i] = rem % y.sizes[i];
+            rem /= y.sizes[i];
+        }
+        let (mut ai, mut bi) = (yi, yi);
+        // SAFETY: an in-range index of y (the contract).
+        let mut acc = unsafe { *at(y, &yi) };
+        for kk in 0..k {
+            ai[R - 1] = kk;
+            if NT {
+                (bi[R - 2], bi[R - 1]) = (yi[R - 1], kk);
+            } else {
+                (bi[R - 2], bi[R - 1]) = (kk, yi[R - 1]);
+            }
+            // SAFETY: in-range indices of a and b (the contract).
+            acc += unsafe { *at(a, &ai) * *at(b, &bi) };
+        }
+        // SAFETY: as the read above.
+        unsafe { *at(y, &yi) = acc };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc<const R: usize>(
+        data: &mut [f32],
+        offset: i64,
+        sizes: [i64; R],
+        strides: [i64; R],
+    ) -> Descriptor<R> {
+        Descriptor {
+            allocated: data.as_mut_ptr(),
+            aligned: data.as_mut_ptr(),
+            offset,
+            sizes,
+            strides,
+        }
+    }
+
+    #[test]
+    fn rows_merge_contiguous_leading_axes() {
+        let mut buf = vec![0f32; 64];
+        let d = desc(&mut buf, 4, [2, 3, 5], [15, 5, 1]);
+        let r = Rows::of(&d).unwrap();
+        assert_eq!((r.rows, r.cols, r.ld), (6, 5, 5));
+        // A column block of a wider matrix: rows 8 apart.
+        let d = desc(&mut buf, 0, [2, 3, 5], [24, 8, 1]);
+        assert_eq!(Rows::of(&d).map(|r| (r.rows, r.ld)), Some((6, 8)));
+        // Leading axes that do not merge, or a strided last axis.
+        assert_eq!(Rows::of(&desc(&mut buf, 0, [2, 3, 5], [30, 5, 1])), None);
+        assert_eq!(Rows::of(&desc(&mut buf, 0, [3, 5], [1, 3])), None);
+        // Axes of size 1 never move.
+        let d = desc(&mut buf, 0, [1, 4, 5], [999, 5, 1]);
+        assert_eq!(Rows::of(&d).map(|r| (r.rows, r.ld)), Some((4, 5)));
+    }
+
+    /// The batched product, contiguous (kernel) and with a strided result
+    /// (loop), against a plain sum; both transpositions of b.
+    #[test]
+    fn bmm_call_matches_a_plain_sum() {
+        let (nb, m, k, n) = (3usize, 4usize, 5usize, 6usize);
+        let mut a: Vec<f32> = (0..nb * m * k)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0)
+            .collect();
+        let mut b: Vec<f32> = (0..nb * k * n)
+            .map(|i| ((i * 5 % 13) as f32 - 6.0) / 8.0)
+            .collect();
+        let (a0, b0) = (a.clone(), b.clone());
+        for nt in [true, false] {
+            let bv = |bi: usize, kk: usize, j: usize| match nt {
+                true => b0[bi * n * k + j * k + kk],
+                false => b0[bi * k * n + kk * n + j],
+            };
+            let want = |bi: usize, i: usize, j: usize| -> f64 {
+                0.5 + (0..k)
+                    .map(|kk| a0[bi * m * k + i * k + kk] as f64 * bv(bi, kk, j) as f64)
+                    .sum::<f64>()
+            };
+            let b_sizes = if nt {
+                [nb as i64, n as i64, k as i64]
+            } else {
+                [nb as i64, k as i64, n as i64]
+            };
+            let b_strides = [b_sizes[1] * b_sizes[2], b_sizes[2], 1];
+            let ad = desc(&mut a, 0, [3, 4, 5], [20, 5, 1]);
+            let bd = desc(&mut b, 0, b_sizes, b_strides);
+            let mut y = vec![0.5f32; nb * m * n];
+            let yd = desc(&mut y, 0, [3, 4, 6], [24, 6, 1]);
+            // y stored [nb, n, m]: not contiguous as [nb, m, n].
+            let mut yt = vec![0.5f32; nb * m * n];
+            let ytd = desc(&mut yt, 0, [3, 4, 6], [24, 1, 4]);
+            // SAFETY: descriptors over live buffers of their extents.
+            unsafe {
+                match nt {
+                    true => {
+                        bmm_call::<3, true>(&ad, &bd, &yd);
+                        bmm_call::<3, true>(&ad, &bd, &ytd);
+                    }
+                    false => {
+                        bmm_call::<3, false>(&ad, &bd, &yd);
+                        bmm_call::<3, false>(&ad, &bd, &ytd);
+                    }
+                }
+            }
+            assert_eq!(take_error(), None);
+            for bi in 0..nb {
+                for i in 0..m {
+                    for j in 0..n {
+                        let w = want(bi, i, j);
+                        assert!((y[bi * 24 + i * 6 + j] as f64 - w).abs() < 1e-5, "nt={nt}");
+                        assert!((yt[bi * 24 + j * 4 + i] as f64 - w).abs() < 1e-5, "nt={nt}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A batched product whose shapes do not fit is an error, not a guess.
+    #[test]
+    fn bmm_call_rejects_mismatched_batches() {
+        let mut buf = vec![0f32; 64];
+        let a = desc(&mut buf, 0, [2, 2, 2], [4, 2, 1]);
+        let b = desc(&mut buf, 0, [3, 2, 2], [4, 2, 1]);
+        let y = desc(&mut buf, 0, [2, 2, 2], [4, 2, 1]);
+        assert!(bmm_views::<3, true>(&a, &b, &y).is_err());
+    }
+
+    /// The kernel path and the loop path against a plain f64 sum, on a
+    /// contiguous view and on a transposed (loop-only) one.
+    #[test]
+    fn linear_call_matches_a_plain_sum() {
+        let (b, l, k, n) = (2usize, 3usize, 7usize, 5usize);
+        let mut x: Vec<f32> = (0..b * l * k)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0)
+            .collect();
+        let mut w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 5 % 13) as f32 - 6.0) / 8.0)
+            .collect();
+        let (x0, w0) = (x.clone(), w.clone());
+        let want = |yinit: f32, bi: usize, li: usize, j: usize| -> f64 {
+            let dot: f64 = (0..k)
+                .map(|kk| x0[(bi * l + li) * k + kk] as f64 * w0[j * k + kk] as f64)
+                .sum();
+            yinit as f64 + dot
+        };
+        let expect: Vec<f64> = (0..b * l * n)
+            .map(|i| want(1.0, i / (l * n), i / n % l, i % n))
+            .collect();
+        let mut y = vec![1f32; b * l * n];
+        let (xd, wd) = (
+            desc(&mut x, 0, [2, 3, 7], [21, 7, 1]),
+            desc(&mut w, 0, [5, 7], [7, 1]),
+        );
+        let yd = desc(&mut y, 0, [2, 3, 5], [15, 5, 1]);
+        // SAFETY: descriptors over live buffers of their extents.
+        unsafe { linear_call::<3>(&xd, &wd, &yd) };
+        assert_eq!(take_error(), None);
+        for (g, e) in y.iter().zip(&expect) {
+            assert!((*g as f64 - e).abs() < 1e-5, "{g} vs {e}");
+        }
+        // y transposed in its buffer ([B, N, L] storage): the loop path.
+        let mut yt = vec![1f32; b * l * n];
+        let ytd = desc(&mut yt, 0, [2, 3, 5], [15, 1, 3]);
+        // SAFETY: as above.
+        unsafe { linear_call::<3>(&xd, &wd, &ytd) };
+        for bi in 0..b {
+            for li in 0..l {
+                for j in 0..n {
+                    let g = yt[bi * 15 + j * 3 + li] as f64;
+                    assert!((g - want(1.0, bi, li, j)).abs() < 1e-5);
+                }
+            }
+        }
+    }
+}
