@@ -244,6 +244,36 @@ fn run_on_the_mlir_backend_matches_the_interpreter_and_the_llvm_jit() {
 }
 
 #[test]
+fn profile_on_the_mlir_backend_times_every_leaf_op_without_changing_the_output() {
+    let s = setup("profile");
+    let mut outs = Vec::new();
+    for (i, profile) in [false, true].into_iter().enumerate() {
+        let out = s.dir.path(&format!("out{i}.npy"));
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+            &"run",
+            &s.ir,
+            &"--weights",
+            &s.weights,
+            &"--input",
+            &s.ids,
+            &"--output",
+            &out,
+            &"--backend",
+            &"mlir",
+            &"-q",
+        ];
+        if profile {
+            args.push(&"--profile");
+        }
+        let (code, _, stderr) = reformc(&args);
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(stderr.contains("by op kind"), profile, "{stderr}");
+        outs.push(common::read::<f32>(&out));
+    }
+    assert_eq!(outs[0], outs[1], "timing calls changed the result");
+}
+
+#[test]
 fn weights_that_do_not_match_are_one_line_naming_the_tensor() {
     let s = setup("mismatch");
     let bad = s.dir.path("bad.safetensors");

@@ -359,3 +359,126 @@ fn ancestor_in(facts: &Facts, u: usize, block: Key) -> Option<usize> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use melior::ir::{operation::OperationLike, Module};
+
+    /// The module after [`super::free_early`], and how many deallocs moved.
+    fn rewritten(text: &str) -> (String, usize) {
+        let context = crate::context();
+        let module = Module::parse(&context, text).expect("test module parses");
+        // SAFETY: a live module that only this test touches.
+        let moved = unsafe { super::free_early(module.as_operation().to_raw()) };
+        assert!(
+            module.as_operation().verify(),
+            "the rewritten module verifies"
+        );
+        (module.as_operation().to_string(), moved)
+    }
+
+    /// The line index of the first line containing `what`.
+    fn line_of(text: &str, what: &str) -> usize {
+        text.lines()
+            .position(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("`{what}` not in\n{text}"))
+    }
+
+    #[test]
+    fn a_dealloc_moves_to_just_after_the_last_use_of_any_alias() {
+        let (text, moved) = rewritten(
+            "func.func @f(%n: index) -> f32 {
+  %c0 = arith.constant 0 : index
+  %a = memref.alloc(%n) : memref<?xf32>
+  %v = memref.cast %a : memref<?xf32> to memref<?xf32, strided<[1], offset: ?>>
+  %x = memref.load %v[%c0] : memref<?xf32, strided<[1], offset: ?>>
+  %b = memref.alloc(%n) : memref<?xf32>
+  %y = memref.load %b[%c0] : memref<?xf32>
+  %s = arith.addf %x, %y : f32
+  memref.dealloc %a : memref<?xf32>
+  memref.dealloc %b : memref<?xf32>
+  return %s : f32
+}",
+        );
+        assert_eq!(moved, 2);
+        let load_x = line_of(&text, "memref.load %cast");
+        assert_eq!(line_of(&text, "memref.dealloc %alloc :"), load_x + 1);
+        let load_y = line_of(&text, "memref.load %alloc_0");
+        assert_eq!(line_of(&text, "memref.dealloc %alloc_0"), load_y + 1);
+    }
+
+    #[test]
+    fn a_use_in_a_nested_loop_or_through_a_region_result_keeps_the_buffer() {
+        let (text, _) = rewritten(
+            "func.func @f(%n: index, %c: i1) -> f32 {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %z = arith.constant 0.0 : f32
+  %a = memref.alloc(%n) : memref<?xf32>
+  %b = memref.alloc(%n) : memref<?xf32>
+  %r = scf.for %i = %c0 to %n step %c1 iter_args(%acc = %z) -> (f32) {
+    %x = memref.load %a[%i] : memref<?xf32>
+    %t = arith.addf %acc, %x : f32
+    scf.yield %t : f32
+  }
+  %m = scf.if %c -> (memref<?xf32>) {
+    scf.yield %b : memref<?xf32>
+  } else {
+    scf.yield %b : memref<?xf32>
+  }
+  %w = arith.mulf %r, %r : f32
+  %y = memref.load %m[%c0] : memref<?xf32>
+  %s = arith.addf %w, %y : f32
+  memref.dealloc %a : memref<?xf32>
+  memref.dealloc %b : memref<?xf32>
+  return %s : f32
+}",
+        );
+        // %a: just after the loop that reads it (before the scf.if), not
+        // inside it.
+        let after_loop = line_of(&text, "%1 = scf.if") - 1;
+        assert_eq!(
+            line_of(&text, "memref.dealloc %alloc :"),
+            after_loop,
+            "{text}"
+        );
+        // %b: after the load through the scf.if result that may alias it.
+        let load_m = line_of(&text, "memref.load %1");
+        assert_eq!(line_of(&text, "memref.dealloc %alloc_0"), load_m + 1);
+    }
+
+    #[test]
+    fn a_conditional_dealloc_moves_and_a_returned_alias_holds_nothing_back() {
+        let (text, moved) = rewritten(
+            "func.func @f(%n: index, %c: i1) -> memref<?xf32> {
+  %c0 = arith.constant 0 : index
+  %a = memref.alloc(%n) : memref<?xf32>
+  %b = memref.alloc(%n) : memref<?xf32>
+  %v = memref.cast %a : memref<?xf32> to memref<?xf32>
+  %x = memref.load %b[%c0] : memref<?xf32>
+  memref.store %x, %v[%c0] : memref<?xf32>
+  scf.if %c {
+    memref.dealloc %b : memref<?xf32>
+  }
+  return %v : memref<?xf32>
+}",
+        );
+        assert_eq!(moved, 1, "{text}");
+        let load_b = line_of(&text, "memref.load %alloc_0");
+        assert_eq!(line_of(&text, "scf.if"), load_b + 1, "{text}");
+    }
+
+    #[test]
+    fn a_use_by_the_terminator_keeps_the_dealloc_last() {
+        let (_, moved) = rewritten(
+            "func.func @f(%n: index) -> memref<?xf32> {
+  %a = memref.alloc(%n) : memref<?xf32>
+  %v = memref.cast %a : memref<?xf32> to memref<?xf32>
+  %b = memref.alloc(%n) : memref<?xf32>
+  memref.dealloc %a : memref<?xf32>
+  return %v : memref<?xf32>
+}",
+        );
+        assert_eq!(moved, 0);
+    }
+}
