@@ -140,55 +140,6 @@ pub fn dense(
     unsafe { dense_raw(stack, x.as_ptr(), inp, rows, inp, y.as_mut_ptr(), out, mode) }
 }
 
-/// [`dense`] on strided rows: row `r` of `x` is `x[r*ldx ..][..inp]` and of
-/// `y` is `y[r*ldy ..][..out]` (a block of columns of wider matrices, as a
-/// strided memref view hands them over).
-///
-/// ```
-/// use reformc_runtime::dense::{dense_strided, Layer, Mode, Stack};
-/// use reformc_runtime::Activation;
-/// let layer = Layer { w: &[1.0, 1.0], out: 1, b: None, act: Activation::None };
-/// let stack = Stack { norm: None, first: layer, second: None };
-/// // Two rows of 2 inputs, 3 apart; y's rows 2 apart.
-/// let mut y = [1.0f32, -1.0, 2.0];
-/// dense_strided(&stack, &[1.0, 2.0, 9.0, 3.0, 4.0], 3, 2, 2, &mut y, 2, Mode::Accumulate).unwrap();
-/// assert_eq!(y, [4.0, -1.0, 9.0]);
-/// ```
-#[allow(clippy::too_many_arguments)]
-pub fn dense_strided(
-    stack: &Stack,
-    x: &[f32],
-    ldx: usize,
-    rows: usize,
-    inp: usize,
-    y: &mut [f32],
-    ldy: usize,
-    mode: Mode,
-) -> Result<()> {
-    check(stack, inp, mode)?;
-    let out = stack.out();
-    let extent = |ld: usize, cols: usize| match rows {
-        0 => Some(0),
-        _ => (rows - 1).checked_mul(ld)?.checked_add(cols),
-    };
-    if ldx < inp || ldy < out {
-        return Err(invalid(format!(
-            "row strides {ldx} and {ldy} are below the row lengths {inp} and {out}"
-        )));
-    }
-    if extent(ldx, inp).is_none_or(|e| e > x.len()) || extent(ldy, out).is_none_or(|e| e > y.len())
-    {
-        return Err(invalid(format!(
-            "x has {} and y {} elements, too few for {rows} rows {ldx} and {ldy} apart",
-            x.len(),
-            y.len()
-        )));
-    }
-    // SAFETY: `check` held; x's and y's rows lie inside their slices (checked
-    // above), and the two slices are distinct borrows, so they share no element.
-    unsafe { dense_raw(stack, x.as_ptr(), ldx, rows, inp, y.as_mut_ptr(), ldy, mode) }
-}
-
 /// Validates sizes and the mode of a stack (see [`dense_raw`]).
 pub(crate) fn check(stack: &Stack, inp: usize, mode: Mode) -> Result<()> {
     if let Some(n) = stack.norm {

@@ -975,6 +975,73 @@ pub(crate) fn gemm_rows_a(
     })
 }
 
+/// `y[r] += x[r] · wᵀ` for `rows` rows of `x` (`ldx` apart) and of `y`
+/// (`ldy` apart), `w` `[out, inp]` row-major; threaded over blocks of rows,
+/// each sum continuing from `y`'s value in k order. reformc's MLIR pipeline
+/// calls it for a `linear` contraction (`y` holds zeros or the bias).
+///
+/// ```
+/// // Two rows of 2 inputs, 3 apart; y's rows 2 apart, starting at the bias.
+/// let mut y = [0.5f32, -1.0, 0.5];
+/// reformc_runtime::gemm::linear_accumulate(&[1.0, 2.0, 9.0, 3.0, 4.0], 3, 2, 2, &[1.0, 1.0], 1, &mut y, 2).unwrap();
+/// assert_eq!(y, [3.5, -1.0, 7.5]);
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn linear_accumulate(
+    x: &[f32],
+    ldx: usize,
+    rows: usize,
+    inp: usize,
+    w: &[f32],
+    out: usize,
+    y: &mut [f32],
+    ldy: usize,
+) -> Result<()> {
+    check_len("w", w.len(), out.checked_mul(inp))?;
+    let extent = |ld: usize, cols: usize| match rows {
+        0 => Some(0),
+        _ => (rows - 1).checked_mul(ld)?.checked_add(cols),
+    };
+    if ldx < inp || ldy < out {
+        return Err(crate::error::invalid(format!(
+            "row strides {ldx} and {ldy} are below the row lengths {inp} and {out}"
+        )));
+    }
+    if extent(ldx, inp).is_none_or(|e| e > x.len()) || extent(ldy, out).is_none_or(|e| e > y.len())
+    {
+        return Err(crate::error::invalid(format!(
+            "x has {} and y {} elements, too few for {rows} rows {ldx} and {ldy} apart",
+            x.len(),
+            y.len()
+        )));
+    }
+    if rows == 0 || out == 0 || inp == 0 {
+        return Ok(());
+    }
+    let kern = kernel();
+    let packed = crate::prepack::from_nt(w, out, inp, inp, kern.nr)?;
+    let block = ((192 * 1024 / 4 / inp).max(1).div_ceil(kern.mr) * kern.mr).min(rows);
+    let shared = SharedMut::new(y);
+    par_for(rows.div_ceil(block), |t| {
+        let r0 = t * block;
+        let n = block.min(rows - r0);
+        // SAFETY: task t alone writes rows r0..r0+n of y, which span
+        // [r0 ldy, (r0+n-1) ldy + out): no other task's rows.
+        let yt = unsafe { shared.slice(r0 * ldy, (n - 1) * ldy + out) };
+        let sa = AStrides { row: ldx, k: 1 };
+        gemm_a(
+            kern,
+            n,
+            &x[r0 * ldx..],
+            sa,
+            &packed,
+            yt,
+            ldy,
+            Epilogue::ACCUMULATE,
+        );
+    })
+}
+
 /// Checks a slice length against a size product (None = overflow).
 pub(crate) fn check_len(name: &str, len: usize, want: Option<usize>) -> Result<()> {
     match want {

@@ -234,7 +234,7 @@ fn result_types(graph: &Graph) -> Vec<(DType, usize)> {
 /// `@forward` on each argument list, returning each call's outputs;
 /// compilation is timed from `start`. `labels`: the module is profiled
 /// ([`crate::profile`]) with these op labels.
-fn run_text(
+pub(crate) fn run_text(
     text: &str,
     arg_sets: &[&[Tensor]],
     outs: &[(DType, usize)],
@@ -273,9 +273,6 @@ fn run_text(
             run(&mut module, crate::pipeline::CPU_BUFFERIZE)?;
             crate::library_calls::rewrite(&context, &mut module)
                 .map_err(|e| diag("library calls", &e))?;
-            // SAFETY: the module is live, bufferized, and only this thread
-            // touches it.
-            unsafe { crate::early_free::free_early(module.as_operation().to_raw()) };
             run(&mut module, crate::pipeline::CPU_LOWER)?;
         }
         let engine = crate::pipeline::engine(&module, &pipeline)

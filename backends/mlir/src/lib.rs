@@ -19,7 +19,6 @@
 #![deny(missing_docs)]
 
 mod alloc;
-mod early_free;
 mod emit;
 mod jit;
 pub mod library_calls;

@@ -383,18 +383,7 @@ fn linear_rows<const R: usize>(
                     std::slice::from_raw_parts_mut(yr.base, yr.len()),
                 )
             };
-            let stack = reformc_runtime::dense::Stack {
-                norm: None,
-                first: reformc_runtime::dense::Layer {
-                    w: ws,
-                    out: n,
-                    b: None,
-                    act: reformc_runtime::Activation::None,
-                },
-                second: None,
-            };
-            let mode = reformc_runtime::dense::Mode::Accumulate;
-            reformc_runtime::dense::dense_strided(&stack, xs, xr.ld, xr.rows, k, ysl, yr.ld, mode)
+            reformc_runtime::gemm::linear_accumulate(xs, xr.ld, xr.rows, k, ws, n, ysl, yr.ld)
                 .map_err(|e| e.to_string())
         }
         _ => {

@@ -55,6 +55,71 @@ impl Body<'_> {
         self.def(constant_op(d, v))
     }
 
+    /// `exp(x)` for f32 `x` in arith ops only (no call), so that loop
+    /// vectorisers take the loop around it: `x = n ln 2 + r` with `n` the
+    /// nearest integer to `x / ln 2` and `ln 2` split in two (Cody-Waite),
+    /// `exp(r)` by Cephes' degree-7 polynomial on `|r| <= ln 2 / 2`, times
+    /// `2^n` built in the exponent bits. Within 2 ulp of the correctly
+    /// rounded value; `x < -104` (a masked logit) gives 0, `x > 88.7` infinity,
+    /// NaN stays NaN. reformc's own pipeline uses it for the softmax of the
+    /// attention kernels (the module users get keeps `math.exp`).
+    pub(crate) fn exp_f32_poly(&mut self, x: &str) -> String {
+        let c = |b: &mut Self, v: f64| b.def(format!("arith.constant {v:.9e} : f32"));
+        let (lo, hi) = (c(self, -87.33654), c(self, 88.72284));
+        let floor = c(self, -104.0);
+        let under = self.def(format!("arith.cmpf olt, {x}, {floor} : f32"));
+        let below = self.def(format!("arith.cmpf olt, {x}, {lo} : f32"));
+        let xc = self.def(format!("arith.select {below}, {lo}, {x} : f32"));
+        let above = self.def(format!("arith.cmpf ogt, {xc}, {hi} : f32"));
+        let xc = self.def(format!("arith.select {above}, {hi}, {xc} : f32"));
+        let log2e = c(self, std::f64::consts::LOG2_E);
+        let half = c(self, 0.5);
+        let t = self.def(format!("arith.mulf {xc}, {log2e} : f32"));
+        let t = self.def(format!("arith.addf {t}, {half} : f32"));
+        let n = self.def(format!("math.floor {t} : f32"));
+        let (ln2_hi, ln2_lo) = (c(self, 0.693359375), c(self, -2.12194440e-4));
+        let r = self.def(format!("arith.mulf {n}, {ln2_hi} : f32"));
+        let r = self.def(format!("arith.subf {xc}, {r} : f32"));
+        let r2 = self.def(format!("arith.mulf {n}, {ln2_lo} : f32"));
+        let r = self.def(format!("arith.subf {r}, {r2} : f32"));
+        let mut p = c(self, 1.9875691500e-4);
+        for k in [
+            1.3981999507e-3,
+            8.3334519073e-3,
+            4.1665795894e-2,
+            1.6666665459e-1,
+            5.0000001201e-1,
+        ] {
+            let m = self.def(format!("arith.mulf {p}, {r} : f32"));
+            let k = c(self, k);
+            p = self.def(format!("arith.addf {m}, {k} : f32"));
+        }
+        let rr = self.def(format!("arith.mulf {r}, {r} : f32"));
+        let p = self.def(format!("arith.mulf {p}, {rr} : f32"));
+        let p = self.def(format!("arith.addf {p}, {r} : f32"));
+        let one = c(self, 1.0);
+        let p = self.def(format!("arith.addf {p}, {one} : f32"));
+        // 2^n as 2^(n >> 1) 2^(n - (n >> 1)), each through the exponent field:
+        // n is in [-126, 128], where 2^n itself may not be a normal f32.
+        let ni = self.def(format!("arith.fptosi {n} : f32 to i32"));
+        let one_i = self.def("arith.constant 1 : i32".to_string());
+        let n1 = self.def(format!("arith.shrsi {ni}, {one_i} : i32"));
+        let n2 = self.def(format!("arith.subi {ni}, {n1} : i32"));
+        let mut y = p;
+        for k in [n1, n2] {
+            let bias = self.def("arith.constant 127 : i32".to_string());
+            let e = self.def(format!("arith.addi {k}, {bias} : i32"));
+            let sh = self.def("arith.constant 23 : i32".to_string());
+            let e = self.def(format!("arith.shli {e}, {sh} : i32"));
+            let scale = self.def(format!("arith.bitcast {e} : i32 to f32"));
+            y = self.def(format!("arith.mulf {y}, {scale} : f32"));
+        }
+        let inf = self.def("arith.constant 0x7F800000 : f32".to_string());
+        let y = self.def(format!("arith.select {above}, {inf}, {y} : f32"));
+        let zero = c(self, 0.0);
+        self.def(format!("arith.select {under}, {zero}, {y} : f32"))
+    }
+
     fn bin(&mut self, op: &str, a: &str, b: &str, d: DType) -> String {
         self.def(format!("{op} {a}, {b} : {}", elt(d)))
     }
@@ -385,5 +450,82 @@ fn width(d: DType) -> u32 {
         DType::F64 | DType::I64 => 64,
         DType::F32 | DType::I32 => 32,
         DType::Bool => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Body;
+    use reformc_ir::DType;
+    use reformc_tensor::Tensor;
+
+    /// `exp_f32_poly` on the JIT against f64's `exp`: within 2 ulp where the
+    /// result is a normal f32, 0 below -104, infinity above 88.73, NaN kept.
+    #[test]
+    fn polynomial_exp_is_within_two_ulp() {
+        let mut xs: Vec<f32> = vec![
+            f32::NEG_INFINITY,
+            -1e9,
+            -104.5,
+            -103.9,
+            -90.0,
+            -87.3,
+            -20.0,
+            -1.0,
+            -1e-8,
+            0.0,
+            1e-8,
+            0.3,
+            0.5,
+            1.0,
+            10.0,
+            50.0,
+            88.7,
+            88.8,
+            100.0,
+            f32::INFINITY,
+            f32::NAN,
+        ];
+        xs.extend((0..2000).map(|i| -87.0 + 175.0 * i as f32 / 1999.0));
+        let (mut lines, mut counter) = (Vec::new(), 0usize);
+        let mut b = Body {
+            lines: &mut lines,
+            counter: &mut counter,
+            indent: "      ",
+        };
+        let y = b.exp_f32_poly("%a");
+        let body = lines.join("\n");
+        let text = format!(
+            "module {{\n  func.func @forward(%x: tensor<?xf32>) -> tensor<?xf32> attributes {{llvm.emit_c_interface}} {{\n    %c0 = arith.constant 0 : index\n    %n = tensor.dim %x, %c0 : tensor<?xf32>\n    %e = tensor.empty(%n) : tensor<?xf32>\n    %r = linalg.generic {{indexing_maps = [affine_map<(d0) -> (d0)>, affine_map<(d0) -> (d0)>], iterator_types = [\"parallel\"]}} ins(%x : tensor<?xf32>) outs(%e : tensor<?xf32>) {{\n    ^bb0(%a: f32, %o: f32):\n{body}\n      linalg.yield {y} : f32\n    }} -> tensor<?xf32>\n    return %r : tensor<?xf32>\n  }}\n}}\n"
+        );
+        let x = Tensor::F32(ndarray::Array1::from(xs.clone()).into_dyn());
+        let (outs, _) = crate::jit::run_text(
+            &text,
+            &[&[x]],
+            &[(DType::F32, 1)],
+            false,
+            None,
+            std::time::Instant::now(),
+        )
+        .unwrap();
+        let Tensor::F32(got) = &outs[0][0] else {
+            panic!("f32 result")
+        };
+        for (&x, &g) in xs.iter().zip(got.iter()) {
+            let want = (x as f64).exp();
+            if x.is_nan() {
+                assert!(g.is_nan());
+            } else if x < -104.0 {
+                assert_eq!(g, 0.0, "exp({x})");
+            } else if want > f32::MAX as f64 {
+                assert_eq!(g, f32::INFINITY, "exp({x})");
+            } else if want >= f32::MIN_POSITIVE as f64 {
+                let ulp = (want as f32).to_bits().abs_diff(g.to_bits());
+                assert!(ulp <= 2, "exp({x}) = {g}, want {want} ({ulp} ulp)");
+            } else {
+                // Below f32's normal range: tiny, never negative.
+                assert!((0.0..1e-37).contains(&g), "exp({x}) = {g}");
+            }
+        }
     }
 }

@@ -95,12 +95,13 @@ enum Window {
     /// All `W` slots, in order (full attention: one block).
     All,
     /// The chunks around the block's own: slot `w` of the window of block
-    /// `c` is `((c + w / chunk + off) mod n_chunks) chunk + w mod chunk` with
-    /// `off = n_chunks (before + 1) - before` (never negative).
+    /// `c` is `(c chunk + w + base) mod n` with `base = n before - before
+    /// chunk` (never negative: `n >= chunk`), i.e. `(c - before) chunk + w`
+    /// wrapped around the `n` sorted slots.
     Chunks {
         chunk: String,
-        n_chunks: String,
-        off: String,
+        n: String,
+        base: String,
     },
 }
 
@@ -109,18 +110,11 @@ impl Window {
     fn slot(&self, b: &mut Body, c: &str, w: &str) -> String {
         match self {
             Window::All => w.to_string(),
-            Window::Chunks {
-                chunk,
-                n_chunks,
-                off,
-            } => {
-                let wc = b.def(format!("arith.divui {w}, {chunk} : index"));
-                let wi = b.def(format!("arith.remui {w}, {chunk} : index"));
-                let k = b.def(format!("arith.addi {c}, {wc} : index"));
-                let k = b.def(format!("arith.addi {k}, {off} : index"));
-                let k = b.def(format!("arith.remui {k}, {n_chunks} : index"));
-                let k = b.def(format!("arith.muli {k}, {chunk} : index"));
-                b.def(format!("arith.addi {k}, {wi} : index"))
+            Window::Chunks { chunk, n, base } => {
+                let k = b.def(format!("arith.muli {c}, {chunk} : index"));
+                let k = b.def(format!("arith.addi {k}, {w} : index"));
+                let k = b.def(format!("arith.addi {k}, {base} : index"));
+                b.def(format!("arith.remui {k}, {n} : index"))
             }
         }
     }
@@ -376,19 +370,15 @@ impl Emitter<'_> {
         let nv = self.sz_val(n);
         let chunk = self.idx_const(c.chunk);
         let n_chunks = self.def(format!("arith.divui {nv}, {chunk} : index"));
-        let bp = self.idx_const(c.before + 1);
         let before = self.idx_const(c.before);
-        let off = self.def(format!("arith.muli {n_chunks}, {bp} : index"));
-        let off = self.def(format!("arith.subi {off}, {before} : index"));
+        let before_slots = self.idx_const(c.before * c.chunk);
+        let base = self.def(format!("arith.muli {nv}, {before} : index"));
+        let base = self.def(format!("arith.subi {base}, {before_slots} : index"));
         let nc = match n {
             Sz::Const(n) => Sz::Const(n / c.chunk),
-            Sz::Dyn(_) => Sz::Dyn(n_chunks.clone()),
+            Sz::Dyn(_) => Sz::Dyn(n_chunks),
         };
-        let window = Window::Chunks {
-            chunk,
-            n_chunks,
-            off,
-        };
+        let window = Window::Chunks { chunk, n: nv, base };
         (nc, window)
     }
 
@@ -411,8 +401,10 @@ impl Emitter<'_> {
     }
 
     /// The keys or values of every block's window, `[B, H, nc, W, d]`:
-    /// `src[b, pos[b, h, slot(c, w)], h, e]` for `src` `[B, L, H, d]`.
-    fn lsh_gather_window(&mut self, c: &Lsh, bl: &Blocks, src: &str) -> String {
+    /// `src[b, kpos[b, h, c, w], h, e]` for `src` `[B, L, H, d]` and the
+    /// window keys' original positions `kpos` ([`Self::lsh_window_keys`]),
+    /// read in place.
+    fn lsh_gather_window(&mut self, c: &Lsh, bl: &Blocks, src: &str, kpos: &str) -> String {
         let e = c.e();
         let shape = Shp(vec![
             c.b.clone(),
@@ -421,24 +413,61 @@ impl Emitter<'_> {
             bl.w.clone(),
             Sz::Const(c.d),
         ]);
+        let wins = Shp(shape.0[..4].to_vec());
         let src_ty = c.split_shape().ty(e);
-        let pty = c.rows(&bl.n).ty("i64");
         let init = self.shp_empty(&shape, e);
+        let ins = [operand(kpos, &wins.ty("i64"), &["d0", "d1", "d2", "d3"])];
         let out = operand(&init, &shape.ty(e), &ident(5));
-        let pos = bl.pos.clone();
-        self.generic(&[], out, &["parallel"; 5], e, |b, _| {
+        self.generic(&ins, out, &["parallel"; 5], e, |b, a| {
             let ix = loop_indices(b, 5);
-            let slot = bl.window.slot(b, &ix[2], &ix[3]);
-            let p = b.def(format!(
-                "tensor.extract {pos}[{}, {}, {slot}] : {pty}",
-                ix[0], ix[1]
-            ));
-            let p = b.def(format!("arith.index_cast {p} : i64 to index"));
+            let p = b.def(format!("arith.index_cast {} : i64 to index", a[0]));
             b.def(format!(
                 "tensor.extract {src}[{}, {p}, {}, {}] : {src_ty}",
                 ix[0], ix[1], ix[4]
             ))
         })
+    }
+
+    /// Per window entry `[B, H, nc, W]`: the original position of its key
+    /// (`i64`), and whether the padding mask drops it (`i1`, only with a
+    /// mask). Computed once per key slot, so the logits' mask reads them in
+    /// place instead of recomputing slots for every query.
+    fn lsh_window_keys(&mut self, c: &Lsh, bl: &Blocks) -> (String, Option<String>) {
+        let shape = Shp(vec![
+            c.b.clone(),
+            Sz::Const(c.heads),
+            bl.nc.clone(),
+            bl.w.clone(),
+        ]);
+        let pty = c.rows(&bl.n).ty("i64");
+        let pos = bl.pos.clone();
+        let init = self.shp_empty(&shape, "i64");
+        let out = operand(&init, &shape.ty("i64"), &ident(4));
+        let kpos = self.generic(&[], out, &["parallel"; 4], "i64", |b, _| {
+            let ix = loop_indices(b, 4);
+            let slot = bl.window.slot(b, &ix[2], &ix[3]);
+            b.def(format!(
+                "tensor.extract {pos}[{}, {}, {slot}] : {pty}",
+                ix[0], ix[1]
+            ))
+        });
+        let dropped = c.mask.as_ref().map(|(m, mty, me)| {
+            let init = self.shp_empty(&shape, "i1");
+            let ins = [operand(&kpos, &shape.ty("i64"), &ident(4))];
+            let out = operand(&init, &shape.ty("i1"), &ident(4));
+            self.generic(&ins, out, &["parallel"; 4], "i1", |b, a| {
+                let b0 = b.def("linalg.index 0 : index".into());
+                let ki = b.def(format!("arith.index_cast {} : i64 to index", a[0]));
+                let mv = b.def(format!("tensor.extract {m}[{b0}, {ki}] : {mty}"));
+                let z = if *me == "i1" {
+                    b.def("arith.constant false".into())
+                } else {
+                    b.def(format!("arith.constant 0 : {me}"))
+                };
+                b.def(format!("arith.cmpi eq, {mv}, {z} : {me}"))
+            })
+        });
+        (kpos, dropped)
     }
 
     /// Softmax attention of every block of sorted queries over its window,
@@ -447,8 +476,9 @@ impl Emitter<'_> {
     /// the row softmax.
     fn lsh_attend(&mut self, c: &Lsh, bl: &Blocks) -> Attended {
         let (dt, e) = (c.dt, c.e());
-        let kwin = self.lsh_gather_window(c, bl, &c.keys4.clone());
-        let vwin = self.lsh_gather_window(c, bl, &c.v4.clone());
+        let (kpos, dropped) = self.lsh_window_keys(c, bl);
+        let kwin = self.lsh_gather_window(c, bl, &c.keys4.clone(), &kpos);
+        let vwin = self.lsh_gather_window(c, bl, &c.v4.clone(), &kpos);
         let dsz = Sz::Const(c.d);
         let hsz = Sz::Const(c.heads);
         let q5 = Shp(vec![
@@ -502,7 +532,7 @@ impl Emitter<'_> {
             let p = b.def(format!("arith.mulf {}, {} : {e}", a[0], a[1]));
             b.def(format!("arith.addf {}, {p} : {e}", a[2]))
         });
-        let masked = self.lsh_mask_logits(c, bl, &lg, &logits);
+        let masked = self.lsh_mask_logits(c, bl, &lg, &logits, &kpos, dropped.as_deref());
         let rmap = ["d0", "d1", "d2", "d3"];
         let red = ["parallel", "parallel", "parallel", "parallel", "reduction"];
         let init = self.shp_filled(&rows4, e, &literal(dt, f64::NEG_INFINITY));
@@ -520,9 +550,13 @@ impl Emitter<'_> {
             operand(&max, &rows4.ty(e), &rmap),
         ];
         let out = operand(&init, &lg.ty(e), &ident(5));
+        let poly = self.library_calls && dt == DType::F32;
         let exps = self.generic(&ins, out, &["parallel"; 5], e, |b, a| {
             let t = b.def(format!("arith.subf {}, {} : {e}", a[0], a[1]));
-            b.def(format!("math.exp {t} : {e}"))
+            match poly {
+                true => b.exp_f32_poly(&t),
+                false => b.def(format!("math.exp {t} : {e}")),
+            }
         });
         let init = self.shp_filled(&rows4, e, &zero);
         let ins = [operand(&exps, &lg.ty(e), &ident(5))];
@@ -562,40 +596,57 @@ impl Emitter<'_> {
     }
 
     /// The masks of `mask_row`, by original positions: padding keys and (when
-    /// causal) later keys get -1e9, then the query's own position -1e5.
-    fn lsh_mask_logits(&mut self, c: &Lsh, bl: &Blocks, lg: &Shp, logits: &str) -> String {
+    /// causal) later keys get -1e9, then the query's own position -1e5. The
+    /// positions of queries and window keys and the padding drops are read
+    /// in place (affine maps), no index is computed per logit.
+    fn lsh_mask_logits(
+        &mut self,
+        c: &Lsh,
+        bl: &Blocks,
+        lg: &Shp,
+        logits: &str,
+        kpos: &str,
+        dropped: Option<&str>,
+    ) -> String {
         let (dt, e) = (c.dt, c.e());
+        let rows4 = Shp(vec![
+            c.b.clone(),
+            Sz::Const(c.heads),
+            bl.nc.clone(),
+            bl.qc.clone(),
+        ]);
+        let wins = Shp(vec![
+            c.b.clone(),
+            Sz::Const(c.heads),
+            bl.nc.clone(),
+            bl.w.clone(),
+        ]);
+        let qpos = self.def(format!(
+            "tensor.expand_shape {}[[0], [1], [2, 3]] output_shape [{}] : {} into {}",
+            bl.pos,
+            rows4.mixed_list(),
+            c.rows(&bl.n).ty("i64"),
+            rows4.ty("i64")
+        ));
+        let kmap = ["d0", "d1", "d2", "d4"];
+        let mut ins = vec![
+            operand(logits, &lg.ty(e), &ident(5)),
+            operand(&qpos, &rows4.ty("i64"), &["d0", "d1", "d2", "d3"]),
+            operand(kpos, &wins.ty("i64"), &kmap),
+        ];
+        if let Some(d) = dropped {
+            ins.push(operand(d, &wins.ty("i1"), &kmap));
+        }
         let init = self.shp_empty(lg, e);
-        let ins = [operand(logits, &lg.ty(e), &ident(5))];
         let out = operand(&init, &lg.ty(e), &ident(5));
-        let pos = bl.pos.clone();
-        let pty = c.rows(&bl.n).ty("i64");
-        let qc = self.sz_val(&bl.qc);
+        let causal = c.causal;
         self.generic(&ins, out, &["parallel"; 5], e, |b, a| {
-            let ix = loop_indices(b, 5);
-            let qs = b.def(format!("arith.muli {}, {qc} : index", ix[2]));
-            let qs = b.def(format!("arith.addi {qs}, {} : index", ix[3]));
-            let slot = bl.window.slot(b, &ix[2], &ix[4]);
-            let qp = b.def(format!(
-                "tensor.extract {pos}[{}, {}, {qs}] : {pty}",
-                ix[0], ix[1]
-            ));
-            let kp = b.def(format!(
-                "tensor.extract {pos}[{}, {}, {slot}] : {pty}",
-                ix[0], ix[1]
-            ));
-            let mut masked = b.def("arith.constant false".into());
-            if let Some((m, mty, me)) = &c.mask {
-                let ki = b.def(format!("arith.index_cast {kp} : i64 to index"));
-                let mv = b.def(format!("tensor.extract {m}[{}, {ki}] : {mty}", ix[0]));
-                let z = if *me == "i1" {
-                    b.def("arith.constant false".into())
-                } else {
-                    b.def(format!("arith.constant 0 : {me}"))
-                };
-                masked = b.def(format!("arith.cmpi eq, {mv}, {z} : {me}"));
-            }
-            if c.causal {
+            let (qp, kp) = (&a[1], &a[2]);
+            let mut masked = match dropped {
+                Some(_) => a[3].clone(),
+                None => b.def("arith.constant false".into()),
+            };
+            if causal {
                 let later = b.def(format!("arith.cmpi slt, {qp}, {kp} : i64"));
                 masked = b.def(format!("arith.ori {masked}, {later} : i1"));
             }

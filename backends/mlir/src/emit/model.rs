@@ -294,8 +294,8 @@ impl Emitter<'_> {
             .activation()
             .map_err(|e| MlirError::invalid(self.g, v, e))?;
         if self.library_calls && x_ty.dtype == DType::F32 && w_ty.dtype == DType::F32 {
-            let y = self.linear_call(v, &x_ty, w, &out_ty)?;
-            return self.linear_finish(v, y, bias, act, &out_ty);
+            let y = self.linear_call(v, &x_ty, w, bias, &out_ty)?;
+            return self.linear_finish(v, y, None, act, &out_ty);
         }
         // The weight transposed once to [K,N], so that the innermost loop
         // runs over n: every output element still sums its k in order (the
@@ -361,15 +361,18 @@ impl Emitter<'_> {
         Ok(self.alias(&y, &tensor_ty(out_ty)))
     }
 
-    /// The product `x · wᵀ` of an f32 `linear` as one contraction that reads
-    /// `w [N,K]` in place, marked with the `library_call` of
-    /// [`crate::library_calls::linear_name`]: `out += x · wᵀ` on a zeroed
-    /// `out`, which the runtime's GEMM computes (k summed in order).
+    /// `b + x · wᵀ` of an f32 `linear` (`x · wᵀ` without a bias) as one
+    /// contraction that reads `w [N,K]` in place, marked with the
+    /// `library_call` of [`crate::library_calls::linear_name`]: `out += x ·
+    /// wᵀ` on `out` holding the bias broadcast along the rows (or zeros),
+    /// which the runtime's GEMM computes (each sum continuing from `out` in k
+    /// order), so the bias needs no pass of its own.
     fn linear_call(
         &mut self,
         v: ValueId,
         x_ty: &TensorType,
         w: ValueId,
+        bias: Option<ValueId>,
         out_ty: &TensorType,
     ) -> Result<String, MlirError> {
         let (r, d) = (x_ty.rank(), out_ty.dtype);
@@ -388,8 +391,12 @@ impl Emitter<'_> {
                 map: vec![nd.clone(), kd],
             },
         ];
+        let init = match bias {
+            Some(b) => self.bias_rows(v, b, out_ty)?,
+            None => self.init(v, &out_ty.shape, d, Some(0.0))?,
+        };
         let out = Operand {
-            name: self.init(v, &out_ty.shape, d, Some(0.0))?,
+            name: init,
             ty: tensor_ty(out_ty),
             map: rows.into_iter().chain([nd]).collect(),
         };
@@ -402,6 +409,28 @@ impl Emitter<'_> {
                 b.binary(BinaryFn::Add, &a[2], &p, d)
             }),
         )
+    }
+
+    /// The 1-D bias `b` broadcast along every row of `out_ty`.
+    fn bias_rows(
+        &mut self,
+        v: ValueId,
+        b: ValueId,
+        out_ty: &TensorType,
+    ) -> Result<String, MlirError> {
+        let r = out_ty.rank();
+        let ins = [Operand {
+            name: format!("%v{}", b.0),
+            ty: tensor_ty(self.g.ty(b)),
+            map: vec![format!("d{}", r - 1)],
+        }];
+        let out = Operand {
+            name: self.init(v, &out_ty.shape, out_ty.dtype, None)?,
+            ty: tensor_ty(out_ty),
+            map: Self::identity(r),
+        };
+        let e = elt(out_ty.dtype);
+        Ok(self.generic(&ins, out, &vec!["parallel"; r], e, |_, a| a[0].clone()))
     }
 
     /// `act(y + b)` elementwise over the product `y` of type `out_ty`.
