@@ -66,6 +66,12 @@ pub unsafe fn read<T: Copy>(d: &[i64], rank: usize) -> ArrayD<T> {
     let shape: Vec<usize> = d[3..3 + rank].iter().map(|&s| s as usize).collect();
     let strides = &d[3 + rank..3 + 2 * rank];
     let n: usize = shape.iter().product();
+    if is_row_major(&shape, strides) {
+        // SAFETY: a row-major memref's `n` elements lie contiguous from its
+        // first one (the contract: every index of its sizes is valid).
+        let data = unsafe { std::slice::from_raw_parts(base.offset(offset), n) }.to_vec();
+        return ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape and element count agree");
+    }
     let mut data = Vec::with_capacity(n);
     let mut idx = vec![0usize; rank];
     for _ in 0..n {
@@ -87,6 +93,19 @@ pub unsafe fn read<T: Copy>(d: &[i64], rank: usize) -> ArrayD<T> {
         }
     }
     ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape and element count agree")
+}
+
+/// Whether `strides` are the row-major strides of `shape` (axes of size 1
+/// may have any stride).
+fn is_row_major(shape: &[usize], strides: &[i64]) -> bool {
+    let mut want = 1usize;
+    for (&n, &s) in shape.iter().zip(strides).rev() {
+        if n != 1 && usize::try_from(s) != Ok(want) {
+            return false;
+        }
+        want = want.saturating_mul(n);
+    }
+    true
 }
 
 /// The result descriptors a call wrote into `result`, one per output of
