@@ -69,7 +69,7 @@ pub fn jit_run_timed(
     let args = checked_args(graph, WeightsMode::Args, args)?;
     let text = emit::Emitter::new(graph)
         .with_c_interface()
-        .with_library_calls()
+        .for_own_pipeline()
         .module()?;
     let sets = vec![&args[..]; runs.max(1)];
     let (mut outs, times) = run_text(&text, &sets, &result_types(graph), false, None, start)?;
@@ -152,7 +152,7 @@ pub fn jit_run_with_weights_opts(
     let mut emitter = emit::Emitter::new(graph)
         .with_weights(weights)
         .with_c_interface()
-        .with_library_calls();
+        .for_own_pipeline();
     if opts.profile {
         emitter = emitter.with_profile();
     }

@@ -338,7 +338,17 @@ impl Emitter<'_> {
             rows.ty(elt(b_ty.dtype))
         ));
         let keys = self.sortable_keys(&bk, &rows, b_ty.dtype);
-        let perm = self.sort_perm(&keys, &rows, 2);
+        // Bucket ids fit i32 and positions u32: in reformc's own pipeline,
+        // sorting `bucket << 32 | position` gives the stable order without a
+        // key gathered per comparison, and the inverse permutation is the same
+        // kind of sort. The module users get keeps the gathering network:
+        // IREE 3.13's llvm-cpu computed one HF fixture (`causal_gelu_plainpos`,
+        // 160 slots padded to 256) wrongly with the packed one.
+        let packed = self.own_pipeline;
+        let perm = match packed {
+            true => self.packed_sort_perm(&keys, &rows, 2),
+            false => self.sort_perm(&keys, &rows, 2),
+        };
         let l = self.sz_val(&c.l);
         let init = self.shp_empty(&rows, "i64");
         let ins = [operand(&perm, &rows.ty("i64"), &ident(3))];
@@ -361,7 +371,10 @@ impl Emitter<'_> {
             window,
         };
         let att = self.lsh_attend(c, &blocks);
-        let inv = self.sort_perm(&perm, &rows, 2);
+        let inv = match packed {
+            true => self.packed_sort_perm(&perm, &rows, 2),
+            false => self.sort_perm(&perm, &rows, 2),
+        };
         self.lsh_combine_rounds(c, &att, &inv, &n)
     }
 
@@ -550,7 +563,7 @@ impl Emitter<'_> {
             operand(&max, &rows4.ty(e), &rmap),
         ];
         let out = operand(&init, &lg.ty(e), &ident(5));
-        let poly = self.library_calls && dt == DType::F32;
+        let poly = self.own_pipeline && dt == DType::F32;
         let exps = self.generic(&ins, out, &["parallel"; 5], e, |b, a| {
             let t = b.def(format!("arith.subf {}, {} : {e}", a[0], a[1]));
             match poly {

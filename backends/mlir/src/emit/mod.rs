@@ -62,11 +62,9 @@ pub(crate) struct Emitter<'g> {
     /// The weights' data when they are embedded (`dense_resource` blobs)
     /// rather than leading arguments.
     weights: Option<&'g BTreeMap<String, Tensor>>,
-    /// Marks the contractions the runtime has kernels for with a
-    /// `library_call` (for reformc's own pipeline only; see
-    /// [`crate::library_calls`]). The marked ops keep their full semantics, so
-    /// any pipeline that ignores the attribute still computes the same values.
-    library_calls: bool,
+    /// The module is for reformc's own pipeline (`run --backend mlir`), not
+    /// for users: see [`Self::for_own_pipeline`].
+    own_pipeline: bool,
     /// With `Some`, every leaf op is timed: the clock is read before it and
     /// the time recorded after it under the op's label, whose index in this
     /// list the call passes ([`crate::profile`]; for reformc's own pipeline).
@@ -82,7 +80,7 @@ impl<'g> Emitter<'g> {
             syms: BTreeMap::new(),
             c_interface: false,
             weights: None,
-            library_calls: false,
+            own_pipeline: false,
             profile: None,
         }
     }
@@ -100,10 +98,16 @@ impl<'g> Emitter<'g> {
         self
     }
 
-    /// Marks the contractions that reformc's runtime has kernels for with a
-    /// `library_call` attribute ([`crate::library_calls`]).
-    pub(crate) fn with_library_calls(mut self) -> Self {
-        self.library_calls = true;
+    /// Emits the module for reformc's own pipeline, with three differences
+    /// from the one users get, none of which changes what it computes beyond
+    /// rounding: the contractions the runtime has kernels for carry a
+    /// `library_call` ([`crate::library_calls`]; the marked ops keep their
+    /// semantics); the LSH softmax takes `exp` as arith ops that vectorise
+    /// (`Body::exp_f32_poly`, within 2 ulp); and the LSH sorts order packed
+    /// `key << 32 | position` values instead of gathering keys per comparison
+    /// (the same permutation).
+    pub(crate) fn for_own_pipeline(mut self) -> Self {
+        self.own_pipeline = true;
         self
     }
 
@@ -341,7 +345,7 @@ impl<'g> Emitter<'g> {
     /// be `y[.., m, n] += a[.., m, k] b[.., n, k]` (`b_transposed`) or
     /// `a[.., m, k] b[.., k, n]`, all operands with the same batch axes.
     fn bmm_call(&self, rank: usize, b_transposed: bool, d: DType) -> Option<String> {
-        (self.library_calls && d == DType::F32)
+        (self.own_pipeline && d == DType::F32)
             .then(|| crate::library_calls::bmm_name(rank, b_transposed))
     }
 

@@ -293,7 +293,7 @@ impl Emitter<'_> {
             .op
             .activation()
             .map_err(|e| MlirError::invalid(self.g, v, e))?;
-        if self.library_calls && x_ty.dtype == DType::F32 && w_ty.dtype == DType::F32 {
+        if self.own_pipeline && x_ty.dtype == DType::F32 && w_ty.dtype == DType::F32 {
             let y = self.linear_call(v, &x_ty, w, bias, &out_ty)?;
             return self.linear_finish(v, y, None, act, &out_ty);
         }

@@ -209,6 +209,93 @@ impl Emitter<'_> {
     /// The permutation (`i64`, shape `s`) that sorts the `i64` tensor `keys`
     /// (shape `s`) ascending along `axis`, equal keys in position order.
     pub(super) fn sort_perm(&mut self, keys: &str, s: &Shp, axis: usize) -> String {
+        let net = self.sort_network(s, axis);
+        let rank = s.rank();
+        let init = self.shp_empty(&net.ps, "i64");
+        let out = operand(&init, &net.pty, &ident(rank));
+        let iters = vec!["parallel"; rank];
+        let iota = self.generic(&[], out, &iters, "i64", |b, _| {
+            let i = b.def(format!("linalg.index {axis} : index"));
+            b.def(format!("arith.index_cast {i} : index to i64"))
+        });
+        let n64 = self.def(format!("arith.index_cast {} : index to i64", net.n));
+        let one = self.idx_const(1);
+        let last = self.def(format!("arith.subi {}, {one} : index", net.n));
+        let order = Order::ByKeys(Cmp {
+            keys: keys.to_string(),
+            kty: s.ty("i64"),
+            n64,
+            last,
+        });
+        let sorted = self.bitonic_network(&net, &iota, &order);
+        self.unpadded(&sorted, &net, s)
+    }
+
+    /// The `i64` tensor `x` (shape `s`) sorted ascending along `axis`: the
+    /// same network on the values themselves, so that a stage reads two
+    /// values and compares them, with no key gathered through an index.
+    /// Callers that need a stable argsort pack `key << 32 | position` into
+    /// each value (keys in i32's range, positions below `2^32`) and unpack
+    /// the low half ([`Self::packed_sort_perm`]).
+    pub(super) fn sort_values(&mut self, x: &str, s: &Shp, axis: usize) -> String {
+        let net = self.sort_network(s, axis);
+        let rank = s.rank();
+        let (n, xty) = (net.n.clone(), s.ty("i64"));
+        let init = self.shp_empty(&net.ps, "i64");
+        let out = operand(&init, &net.pty, &ident(rank));
+        let iters = vec!["parallel"; rank];
+        // Padding slots hold the largest i64, so they sort last.
+        let padded = self.generic(&[], out, &iters, "i64", |b, _| {
+            let mut idx = loop_indices(b, rank);
+            let i = idx[axis].clone();
+            let one = b.def("arith.constant 1 : index".into());
+            let last = b.def(format!("arith.subi {n}, {one} : index"));
+            idx[axis] = b.def(format!("arith.minui {i}, {last} : index"));
+            let v = b.def(format!("tensor.extract {x}[{}] : {xty}", idx.join(", ")));
+            let pad = b.def(format!("arith.cmpi uge, {i}, {n} : index"));
+            let max = b.def(format!("arith.constant {} : i64", i64::MAX));
+            b.def(format!("arith.select {pad}, {max}, {v} : i64"))
+        });
+        let sorted = self.bitonic_network(&net, &padded, &Order::Values);
+        self.unpadded(&sorted, &net, s)
+    }
+
+    /// The stable ascending permutation along `axis` of `keys` (`i64`, shape
+    /// `s`, keys in i32's range, the axis shorter than `2^32`), by
+    /// [`Self::sort_values`] on `key << 32 | position`: the order of
+    /// [`Self::sort_perm`] at the cost of a plain sort.
+    pub(super) fn packed_sort_perm(&mut self, keys: &str, s: &Shp, axis: usize) -> String {
+        let rank = s.rank();
+        let ty = s.ty("i64");
+        let init = self.shp_empty(s, "i64");
+        let ins = [operand(keys, &ty, &ident(rank))];
+        let out = operand(&init, &ty, &ident(rank));
+        let iters = vec!["parallel"; rank];
+        let packed = self.generic(&ins, out, &iters, "i64", |b, a| {
+            let i = b.def(format!("linalg.index {axis} : index"));
+            let i = b.def(format!("arith.index_cast {i} : index to i64"));
+            // A key outside i32's range (never a bucket id) is clamped into it.
+            let lo = b.def(format!("arith.constant {} : i64", i32::MIN));
+            let hi = b.def(format!("arith.constant {} : i64", i32::MAX));
+            let k = b.def(format!("arith.maxsi {}, {lo} : i64", a[0]));
+            let k = b.def(format!("arith.minsi {k}, {hi} : i64"));
+            let sh = b.def("arith.constant 32 : i64".into());
+            let hi = b.def(format!("arith.shli {k}, {sh} : i64"));
+            b.def(format!("arith.ori {hi}, {i} : i64"))
+        });
+        let sorted = self.sort_values(&packed, s, axis);
+        let init = self.shp_empty(s, "i64");
+        let ins = [operand(&sorted, &ty, &ident(rank))];
+        let out = operand(&init, &ty, &ident(rank));
+        self.generic(&ins, out, &iters, "i64", |b, a| {
+            let mask = b.def(format!("arith.constant {} : i64", u32::MAX));
+            b.def(format!("arith.andi {}, {mask} : i64", a[0]))
+        })
+    }
+
+    /// The padded shape of a sort of `s` along `axis` (the length rounded up
+    /// to a power of two).
+    fn sort_network(&mut self, s: &Shp, axis: usize) -> Network {
         let n = self.sz_val(&s.0[axis]);
         let p = match &s.0[axis] {
             Sz::Const(c) => Sz::Const(c.next_power_of_two().max(1)),
@@ -216,21 +303,37 @@ impl Emitter<'_> {
         };
         let ps = s.with(axis, p.clone());
         let p = self.sz_val(&p);
-        let rank = s.rank();
         let pty = ps.ty("i64");
-        let init = self.shp_empty(&ps, "i64");
-        let out = operand(&init, &pty, &ident(rank));
-        let iters = vec!["parallel"; rank];
-        let iota = self.generic(&[], out, &iters, "i64", |b, _| {
-            let i = b.def(format!("linalg.index {axis} : index"));
-            b.def(format!("arith.index_cast {i} : index to i64"))
-        });
-        let n64 = self.def(format!("arith.index_cast {n} : index to i64"));
+        Network {
+            ps,
+            pty,
+            p,
+            n,
+            axis,
+        }
+    }
+
+    /// The first `s` entries of a padded sort result.
+    fn unpadded(&mut self, sorted: &str, net: &Network, s: &Shp) -> String {
+        let rank = s.rank();
+        let offsets = vec!["0"; rank].join(", ");
+        let strides = vec!["1"; rank].join(", ");
+        self.def(format!(
+            "tensor.extract_slice {sorted}[{offsets}] [{}] [{strides}] : {} to {}",
+            s.mixed_list(),
+            net.pty,
+            s.ty("i64")
+        ))
+    }
+
+    /// Runs the bitonic network on `init` (shape `net.ps`), each stage
+    /// ordering entries as `order` says; returns the sorted padded tensor.
+    fn bitonic_network(&mut self, net: &Network, init: &str, order: &Order) -> String {
+        let (pty, p) = (net.pty.clone(), net.p.clone());
         let one = self.idx_const(1);
         let two = self.idx_const(2);
         let zero = self.idx_const(0);
-        let last = self.def(format!("arith.subi {n}, {one} : index"));
-        let empty = self.shp_empty(&ps, "i64");
+        let empty = self.shp_empty(&net.ps, "i64");
         // Two stages per iteration, ping-ponging between two buffers, so that
         // each yielded tensor is the one its iteration argument held (what
         // one-shot bufferization accepts without loop-carried allocations).
@@ -244,7 +347,7 @@ impl Emitter<'_> {
         );
         let sig = format!("(index, index, {pty}, {pty})");
         self.lines.push(format!(
-            "    {res}:4 = scf.while ({wk} = {two}, {wj} = {one}, {wa} = {iota}, {wb} = {empty}) : {sig} -> {sig} {{"
+            "    {res}:4 = scf.while ({wk} = {two}, {wj} = {one}, {wa} = {init}, {wb} = {empty}) : {sig} -> {sig} {{"
         ));
         let go = self.def(format!("arith.cmpi ule, {wk}, {p} : index"));
         self.lines.push(format!(
@@ -254,33 +357,16 @@ impl Emitter<'_> {
         self.lines.push(format!(
             "    }} do {{\n    ^bb0({bk}: index, {bj}: index, {ba}: {pty}, {bb}: {pty}):"
         ));
-        let mut cmp = Cmp {
-            perm: ba.clone(),
-            pty: pty.clone(),
-            keys: keys.to_string(),
-            kty: s.ty("i64"),
-            n64,
-            last,
-            axis,
-        };
-        let s1 = self.bitonic_stage(&ps, &cmp, &bb, &bk, &bj, &zero);
+        let s1 = self.bitonic_stage(net, order, &ba, &bb, &bk, &bj, &zero);
         let (k1, j1) = self.sort_next_stage(&bk, &bj, &one, &zero);
         let live = self.def(format!("arith.cmpi ule, {k1}, {p} : index"));
         let j1c = self.def(format!("arith.select {live}, {j1}, {zero} : index"));
-        cmp.perm = s1.clone();
-        let s2 = self.bitonic_stage(&ps, &cmp, &ba, &k1, &j1c, &zero);
+        let s2 = self.bitonic_stage(net, order, &s1, &ba, &k1, &j1c, &zero);
         let (k2, j2) = self.sort_next_stage(&k1, &j1, &one, &zero);
         self.lines.push(format!(
             "    scf.yield {k2}, {j2}, {s2}, {s1} : index, index, {pty}, {pty}\n    }}"
         ));
-        let sorted = format!("{res}#2");
-        let offsets = vec!["0"; rank].join(", ");
-        let strides = vec!["1"; rank].join(", ");
-        self.def(format!(
-            "tensor.extract_slice {sorted}[{offsets}] [{}] [{strides}] : {pty} to {}",
-            s.mixed_list(),
-            s.ty("i64")
-        ))
+        format!("{res}#2")
     }
 
     /// The stage after `(k, j)`: `j` halves, and after `j = 1` the next
@@ -311,41 +397,38 @@ impl Emitter<'_> {
         p
     }
 
-    /// One compare-exchange stage `(k, j)` of the network over the padded
-    /// permutation of shape `ps`: slot `i` and its partner `i xor j` keep the
-    /// smaller entry in the lower slot of an ascending block (`i & k == 0`).
-    /// The stage writes into `dest`, whose contents it does not read.
+    /// One compare-exchange stage `(k, j)` of the network over `src` (shape
+    /// `net.ps`): slot `i` and its partner `i xor j` keep the smaller entry
+    /// (as `order` compares them) in the lower slot of an ascending block
+    /// (`i & k == 0`). The stage writes into `dest`, whose contents it does
+    /// not read.
+    #[allow(clippy::too_many_arguments)]
     fn bitonic_stage(
         &mut self,
-        ps: &Shp,
-        c: &Cmp,
+        net: &Network,
+        order: &Order,
+        src: &str,
         dest: &str,
         k: &str,
         j: &str,
         zero: &str,
     ) -> String {
-        let rank = ps.rank();
-        let out = operand(dest, &c.pty, &ident(rank));
+        let (rank, axis) = (net.ps.rank(), net.axis);
+        let pty = net.pty.clone();
+        let out = operand(dest, &pty, &ident(rank));
         let iters = vec!["parallel"; rank];
         self.generic(&[], out, &iters, "i64", |b, _| {
             let idx = loop_indices(b, rank);
-            let i = &idx[c.axis];
+            let i = &idx[axis];
             let l = b.def(format!("arith.xori {i}, {j} : index"));
             let mut pidx = idx.clone();
-            pidx[c.axis] = l.clone();
-            let a = b.def(format!(
-                "tensor.extract {}[{}] : {}",
-                c.perm,
-                idx.join(", "),
-                c.pty
-            ));
-            let p = b.def(format!(
-                "tensor.extract {}[{}] : {}",
-                c.perm,
-                pidx.join(", "),
-                c.pty
-            ));
-            let lt = c.less(b, &idx, &a, &p);
+            pidx[axis] = l.clone();
+            let a = b.def(format!("tensor.extract {src}[{}] : {pty}", idx.join(", ")));
+            let p = b.def(format!("tensor.extract {src}[{}] : {pty}", pidx.join(", ")));
+            let lt = match order {
+                Order::ByKeys(c) => c.less(b, &idx, axis, &a, &p),
+                Order::Values => b.def(format!("arith.cmpi slt, {a}, {p} : i64")),
+            };
             let upper = b.def(format!("arith.cmpi ugt, {l}, {i} : index"));
             let ik = b.def(format!("arith.andi {i}, {k} : index"));
             let asc = b.def(format!("arith.cmpi eq, {ik}, {zero} : index"));
@@ -357,28 +440,49 @@ impl Emitter<'_> {
     }
 }
 
-/// What a comparison inside a stage reads: the permutation being sorted and
-/// the keys its entries point at.
-struct Cmp {
-    perm: String,
+/// The padded shape of one sort: `ps` (the sorted axis `p`, a power of two,
+/// long), its tensor type, the unpadded length `n` and the axis.
+struct Network {
+    ps: Shp,
     pty: String,
+    p: String,
+    n: String,
+    axis: usize,
+}
+
+/// How a stage orders two entries.
+enum Order {
+    /// Entries are permutation indices compared by the keys they point at.
+    ByKeys(Cmp),
+    /// Entries are the `i64` values themselves.
+    Values,
+}
+
+/// What a permutation entry is compared by: the keys its entries point at.
+struct Cmp {
     keys: String,
     kty: String,
     /// The unpadded length as `i64`: entries `>= n64` are padding.
     n64: String,
     /// `n - 1` as `index`: padding entries read this key (never used).
     last: String,
-    axis: usize,
 }
 
 impl Cmp {
     /// `a < b` for permutation entries `a`, `b` (distinct) at the row `idx`:
     /// by key, then by position; padding above everything.
-    fn less(&self, b: &mut crate::scalar::Body, idx: &[String], a: &str, p: &str) -> String {
+    fn less(
+        &self,
+        b: &mut crate::scalar::Body,
+        idx: &[String],
+        axis: usize,
+        a: &str,
+        p: &str,
+    ) -> String {
         let pa = b.def(format!("arith.cmpi sge, {a}, {} : i64", self.n64));
         let pb = b.def(format!("arith.cmpi sge, {p}, {} : i64", self.n64));
-        let ka = self.key(b, idx, a);
-        let kb = self.key(b, idx, p);
+        let ka = self.key(b, idx, axis, a);
+        let kb = self.key(b, idx, axis, p);
         let klt = b.def(format!("arith.cmpi slt, {ka}, {kb} : i64"));
         let keq = b.def(format!("arith.cmpi eq, {ka}, {kb} : i64"));
         let ilt = b.def(format!("arith.cmpi slt, {a}, {p} : i64"));
@@ -390,11 +494,11 @@ impl Cmp {
     }
 
     /// The key of permutation entry `e`, clamped into range for padding.
-    fn key(&self, b: &mut crate::scalar::Body, idx: &[String], e: &str) -> String {
+    fn key(&self, b: &mut crate::scalar::Body, idx: &[String], axis: usize, e: &str) -> String {
         let i = b.def(format!("arith.index_cast {e} : i64 to index"));
         let i = b.def(format!("arith.minsi {i}, {} : index", self.last));
         let mut kidx = idx.to_vec();
-        kidx[self.axis] = i;
+        kidx[axis] = i;
         b.def(format!(
             "tensor.extract {}[{}] : {}",
             self.keys,
