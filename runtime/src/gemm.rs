@@ -892,13 +892,116 @@ pub fn linear_with(
     if let Some(b) = b {
         check_len("b", b.len(), Some(out))?;
     }
+    strided_linear(kern, x, inp, rows, inp, w, out, b, act, y, out)
+}
+
+/// `y[rows × n] = x[rows × k]·B` with the epilogue, A laid out as `sa` says
+/// (see [`gemm_a`]) and the rows of `y` `ldy` apart (`ldy >= n`), threaded
+/// over blocks of rows: about 192 KiB of A per task (it stays in L2 while B's
+/// panels pass), whole register tiles; any split gives the same bits (see the
+/// module doc).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_rows_a(
+    kern: &Kernel,
+    rows: usize,
+    x: &[f32],
+    sa: AStrides,
+    b: &PackedB,
+    y: &mut [f32],
+    ldy: usize,
+    epi: Epilogue,
+) -> Result<()> {
+    let (k, n) = (b.k, b.n);
+    if rows == 0 {
+        return Ok(());
+    }
+    let block = ((192 * 1024 / 4 / k.max(1)).max(1).div_ceil(kern.mr) * kern.mr).min(rows);
+    let shared = SharedMut::new(y);
+    par_for(rows.div_ceil(block), |t| {
+        let r0 = t * block;
+        let n_rows = block.min(rows - r0);
+        // SAFETY: task t alone writes rows r0..r0+n_rows of y, which span
+        // [r0 ldy, (r0+n_rows-1) ldy + n): no other task's rows.
+        let yt = unsafe { shared.slice(r0 * ldy, (n_rows - 1) * ldy + n) };
+        gemm_a(kern, n_rows, &x[r0 * sa.row..], sa, b, yt, ldy, epi);
+    })
+}
+
+/// `y[r] = act(x[r] · wᵀ + b)` for `rows` rows of `x` (`ldx` apart) and of
+/// `y` (`ldy` apart), `w` `[out, inp]` row-major, `b` `[out]` or none;
+/// threaded over blocks of rows, the bias and activation applied as each
+/// output tile is stored. reformc's MLIR pipeline calls it for a fused
+/// `linear` (one marked contraction whose body adds the bias at the first k
+/// and applies the activation at the last).
+///
+/// ```
+/// use reformc_runtime::Activation;
+/// // Two rows of 2 inputs, 3 apart; y's rows 2 apart.
+/// let mut y = [0.0f32, -1.0, 0.0];
+/// let w = [1.0, 1.0];
+/// reformc_runtime::gemm::linear_strided(&[1.0, 2.0, 9.0, -3.0, -4.0], 3, 2, 2, &w, 1, Some(&[0.5]), Activation::Relu, &mut y, 2).unwrap();
+/// assert_eq!(y, [3.5, -1.0, 0.0]);
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn linear_strided(
+    x: &[f32],
+    ldx: usize,
+    rows: usize,
+    inp: usize,
+    w: &[f32],
+    out: usize,
+    b: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+    ldy: usize,
+) -> Result<()> {
+    strided_linear(kernel(), x, ldx, rows, inp, w, out, b, act, y, ldy)
+}
+
+/// [`linear_strided`] with an explicit micro-kernel (what [`linear_with`]
+/// runs on contiguous rows).
+#[allow(clippy::too_many_arguments)]
+fn strided_linear(
+    kern: &Kernel,
+    x: &[f32],
+    ldx: usize,
+    rows: usize,
+    inp: usize,
+    w: &[f32],
+    out: usize,
+    b: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+    ldy: usize,
+) -> Result<()> {
+    check_len("w", w.len(), out.checked_mul(inp))?;
+    if let Some(b) = b {
+        check_len("b", b.len(), Some(out))?;
+    }
+    let extent = |ld: usize, cols: usize| match rows {
+        0 => Some(0),
+        _ => (rows - 1).checked_mul(ld)?.checked_add(cols),
+    };
+    if ldx < inp || ldy < out {
+        return Err(crate::error::invalid(format!(
+            "row strides {ldx} and {ldy} are below the row lengths {inp} and {out}"
+        )));
+    }
+    if extent(ldx, inp).is_none_or(|e| e > x.len()) || extent(ldy, out).is_none_or(|e| e > y.len())
+    {
+        return Err(crate::error::invalid(format!(
+            "x has {} and y {} elements, too few for {rows} rows {ldx} and {ldy} apart",
+            x.len(),
+            y.len()
+        )));
+    }
     if rows == 0 || out == 0 {
         return Ok(());
     }
     if inp == 0 {
         // Empty sum: y = act(b) (or act(0)).
-        for row in y.chunks_exact_mut(out) {
-            for (j, v) in row.iter_mut().enumerate() {
+        for r in 0..rows {
+            for (j, v) in y[r * ldy..r * ldy + out].iter_mut().enumerate() {
                 *v = act.apply(b.map_or(0.0, |b| 0.0 + b[j]));
             }
         }
@@ -918,128 +1021,8 @@ pub fn linear_with(
         bias: bias.as_deref(),
         act,
     };
-    gemm_rows(kern, rows, x, &packed, y, epi)
-}
-
-/// `y[rows × n] = x[rows × k]·B` (contiguous rows) with the epilogue,
-/// threaded over blocks of rows: about 192 KiB of A per task (it stays in L2
-/// while B's panels pass), whole register tiles; any split gives the same bits
-/// (see the module doc).
-pub(crate) fn gemm_rows(
-    kern: &Kernel,
-    rows: usize,
-    x: &[f32],
-    b: &PackedB,
-    y: &mut [f32],
-    epi: Epilogue,
-) -> Result<()> {
-    gemm_rows_lda(kern, rows, x, b.k, b, y, epi)
-}
-
-/// [`gemm_rows`] with the rows of `x` `lda` elements apart (`lda >= k`):
-/// a block of columns of a wider matrix.
-pub(crate) fn gemm_rows_lda(
-    kern: &Kernel,
-    rows: usize,
-    x: &[f32],
-    lda: usize,
-    b: &PackedB,
-    y: &mut [f32],
-    epi: Epilogue,
-) -> Result<()> {
-    gemm_rows_a(kern, rows, x, AStrides { row: lda, k: 1 }, b, y, epi)
-}
-
-/// [`gemm_rows_lda`] with A laid out as `sa` says (see [`gemm_a`]).
-pub(crate) fn gemm_rows_a(
-    kern: &Kernel,
-    rows: usize,
-    x: &[f32],
-    sa: AStrides,
-    b: &PackedB,
-    y: &mut [f32],
-    epi: Epilogue,
-) -> Result<()> {
-    let (k, n) = (b.k, b.n);
-    if rows == 0 {
-        return Ok(());
-    }
-    let block = ((192 * 1024 / 4 / k.max(1)).max(1).div_ceil(kern.mr) * kern.mr).min(rows);
-    let shared = SharedMut::new(y);
-    par_for(rows.div_ceil(block), |t| {
-        let r0 = t * block;
-        let n_rows = block.min(rows - r0);
-        // SAFETY: task t alone writes rows r0..r0+n_rows of y.
-        let yt = unsafe { shared.slice(r0 * n, n_rows * n) };
-        gemm_a(kern, n_rows, &x[r0 * sa.row..], sa, b, yt, n, epi);
-    })
-}
-
-/// `y[r] += x[r] · wᵀ` for `rows` rows of `x` (`ldx` apart) and of `y`
-/// (`ldy` apart), `w` `[out, inp]` row-major; threaded over blocks of rows,
-/// each sum continuing from `y`'s value in k order. reformc's MLIR pipeline
-/// calls it for a `linear` contraction (`y` holds zeros or the bias).
-///
-/// ```
-/// // Two rows of 2 inputs, 3 apart; y's rows 2 apart, starting at the bias.
-/// let mut y = [0.5f32, -1.0, 0.5];
-/// reformc_runtime::gemm::linear_accumulate(&[1.0, 2.0, 9.0, 3.0, 4.0], 3, 2, 2, &[1.0, 1.0], 1, &mut y, 2).unwrap();
-/// assert_eq!(y, [3.5, -1.0, 7.5]);
-/// ```
-#[allow(clippy::too_many_arguments)]
-pub fn linear_accumulate(
-    x: &[f32],
-    ldx: usize,
-    rows: usize,
-    inp: usize,
-    w: &[f32],
-    out: usize,
-    y: &mut [f32],
-    ldy: usize,
-) -> Result<()> {
-    check_len("w", w.len(), out.checked_mul(inp))?;
-    let extent = |ld: usize, cols: usize| match rows {
-        0 => Some(0),
-        _ => (rows - 1).checked_mul(ld)?.checked_add(cols),
-    };
-    if ldx < inp || ldy < out {
-        return Err(crate::error::invalid(format!(
-            "row strides {ldx} and {ldy} are below the row lengths {inp} and {out}"
-        )));
-    }
-    if extent(ldx, inp).is_none_or(|e| e > x.len()) || extent(ldy, out).is_none_or(|e| e > y.len())
-    {
-        return Err(crate::error::invalid(format!(
-            "x has {} and y {} elements, too few for {rows} rows {ldx} and {ldy} apart",
-            x.len(),
-            y.len()
-        )));
-    }
-    if rows == 0 || out == 0 || inp == 0 {
-        return Ok(());
-    }
-    let kern = kernel();
-    let packed = crate::prepack::from_nt(w, out, inp, inp, kern.nr)?;
-    let block = ((192 * 1024 / 4 / inp).max(1).div_ceil(kern.mr) * kern.mr).min(rows);
-    let shared = SharedMut::new(y);
-    par_for(rows.div_ceil(block), |t| {
-        let r0 = t * block;
-        let n = block.min(rows - r0);
-        // SAFETY: task t alone writes rows r0..r0+n of y, which span
-        // [r0 ldy, (r0+n-1) ldy + out): no other task's rows.
-        let yt = unsafe { shared.slice(r0 * ldy, (n - 1) * ldy + out) };
-        let sa = AStrides { row: ldx, k: 1 };
-        gemm_a(
-            kern,
-            n,
-            &x[r0 * ldx..],
-            sa,
-            &packed,
-            yt,
-            ldy,
-            Epilogue::ACCUMULATE,
-        );
-    })
+    let sa = AStrides { row: ldx, k: 1 };
+    gemm_rows_a(kern, rows, x, sa, &packed, y, ldy, epi)
 }
 
 /// Checks a slice length against a size product (None = overflow).

@@ -628,7 +628,7 @@ pub(crate) fn matmul_into_t(
             0 => first,
             _ => Epilogue::ACCUMULATE,
         };
-        gemm_rows_a(kern, m, ab, sa, &packed, y, epi)?;
+        gemm_rows_a(kern, m, ab, sa, &packed, y, n, epi)?;
     }
     Ok(())
 }

@@ -28,20 +28,26 @@ use melior::{
     Context, ExecutionEngine,
 };
 use mlir_sys::MlirOperation;
+use reformc_ir::Activation;
 use std::sync::Mutex;
 
-/// The ranks of `x` (and of the result) a `linear` library call exists for.
-const LINEAR_RANKS: std::ops::RangeInclusive<usize> = 2..=5;
-
-/// The `library_call` of an f32 `linear` whose input has rank `rank`:
-/// `y[.., N] += x[.., K] · w[N, K]ᵀ`, one name per rank because the C
-/// interface passes a descriptor whose size depends on it.
+/// The `library_call` of an f32 `linear` whose input has rank `rank`, with
+/// or without a bias, and activation `act`: `y[.., N] = act(x[.., K] · w[N,
+/// K]ᵀ + b)`. One name per combination, because the C interface passes a
+/// descriptor whose size depends on the rank and the callee takes no other
+/// argument.
 ///
 /// ```
-/// assert_eq!(reformc_backend_mlir::library_calls::linear_name(3), "reformc_linear_f32_r3");
+/// use reformc_backend_mlir::library_calls::linear_name;
+/// use reformc_ir::Activation;
+/// assert_eq!(linear_name(3, true, Activation::Relu), "reformc_linear_f32_r3_b1_a1");
 /// ```
-pub fn linear_name(rank: usize) -> String {
-    format!("reformc_linear_f32_r{rank}")
+pub fn linear_name(rank: usize, bias: bool, act: Activation) -> String {
+    format!(
+        "reformc_linear_f32_r{rank}_b{}_a{}",
+        u8::from(bias),
+        act.code()
+    )
 }
 
 /// The ranks a batched matmul library call exists for.
@@ -63,8 +69,9 @@ pub fn bmm_name(rank: usize, b_transposed: bool) -> String {
 
 /// Every name [`register`] provides.
 fn known_names() -> impl Iterator<Item = String> {
-    LINEAR_RANKS
-        .map(linear_name)
+    linear_table()
+        .into_iter()
+        .map(|(name, _)| name)
         .chain(BMM_RANKS.flat_map(|r| [bmm_name(r, true), bmm_name(r, false)]))
 }
 
@@ -211,13 +218,6 @@ pub(crate) fn take_error() -> Option<String> {
 /// Gives `engine` the callees of every name [`rewrite`] may emit. Call it
 /// before the engine's first lookup (which compiles the module).
 pub(crate) fn register(engine: &ExecutionEngine) {
-    let linear: [(usize, *mut ()); 4] = [
-        (2, linear_call::<2> as *mut ()),
-        (3, linear_call::<3> as *mut ()),
-        (4, linear_call::<4> as *mut ()),
-        (5, linear_call::<5> as *mut ()),
-    ];
-    debug_assert!(linear.iter().map(|(r, _)| *r).eq(LINEAR_RANKS));
     let bmm: [(usize, *mut (), *mut ()); 4] = [
         (
             3,
@@ -241,13 +241,13 @@ pub(crate) fn register(engine: &ExecutionEngine) {
         ),
     ];
     debug_assert!(bmm.iter().map(|(r, _, _)| *r).eq(BMM_RANKS));
-    let calls = linear.into_iter().map(|(r, f)| (linear_name(r), f)).chain(
+    let calls = linear_table().into_iter().chain(
         bmm.into_iter()
             .flat_map(|(r, nt, nn)| [(bmm_name(r, true), nt), (bmm_name(r, false), nn)]),
     );
     for (name, f) in calls {
-        // SAFETY: `f` is the callee of `name` (`linear_call::<rank>` or
-        // `bmm_call::<rank, nt>`), whose C signature is the one
+        // SAFETY: `f` is the callee of `name` (`linear_nb` / `linear_b` or
+        // `bmm_call` for its rank and variant), whose C signature is the one
         // `llvm.emit_c_interface` gives `_mlir_ciface_<name>`: one pointer
         // to a memref descriptor per operand.
         unsafe { engine.register_symbol(&format!("_mlir_ciface_{name}"), f) };
@@ -335,35 +335,102 @@ impl Rows {
     }
 }
 
-/// `_mlir_ciface_reformc_linear_f32_r{R}(x, w, y)`:
-/// `y[.., N] += x[.., K] · w[N, K]ᵀ` through the runtime's dense kernel.
+/// Every linear callee by name: ranks 2..=5, without and with a bias, every
+/// activation code.
+fn linear_table() -> Vec<(String, *mut ())> {
+    macro_rules! acts {
+        ($r:literal: $($a:literal)*) => {
+            [$(
+                (linear_name($r, false, act_of($a)), linear_nb::<$r, $a> as *mut ()),
+                (linear_name($r, true, act_of($a)), linear_b::<$r, $a> as *mut ()),
+            )*]
+        };
+    }
+    let mut t = Vec::new();
+    t.extend(acts!(2: 0 1 2 3 4 5 6 7 8 9 10 11));
+    t.extend(acts!(3: 0 1 2 3 4 5 6 7 8 9 10 11));
+    t.extend(acts!(4: 0 1 2 3 4 5 6 7 8 9 10 11));
+    t.extend(acts!(5: 0 1 2 3 4 5 6 7 8 9 10 11));
+    debug_assert_eq!(t.len(), 4 * 2 * Activation::ALL.len());
+    t
+}
+
+/// The activation of code `c` (every code the table lists exists).
+fn act_of(c: i32) -> Activation {
+    Activation::from_code(c).expect("a listed activation code")
+}
+
+/// `_mlir_ciface_reformc_linear_f32_r{R}_b0_a{ACT}(x, w, y)`:
+/// `y = act(x · wᵀ)` ([`linear_name`]).
 ///
 /// # Safety
 /// Each pointer is a valid descriptor of the rank in its type, over a live
 /// f32 buffer that holds every element its sizes and strides reach, as the
 /// lowered `func.call` passes them; `y`'s buffer is not read or written by
 /// anyone else during the call.
-unsafe extern "C" fn linear_call<const R: usize>(
+unsafe extern "C" fn linear_nb<const R: usize, const ACT: i32>(
     x: *const Descriptor<R>,
     w: *const Descriptor<2>,
     y: *const Descriptor<R>,
 ) {
     // SAFETY: the caller passes valid descriptors (the contract above).
     let (x, w, y) = unsafe { (&*x, &*w, &*y) };
-    if let Err(e) = linear_rows(x, w, y) {
-        record(format!("{}: {e}", linear_name(R)));
+    if let Err(e) = linear_rows(x, w, None, act_of(ACT), y) {
+        record(format!("{}: {e}", linear_name(R, false, act_of(ACT))));
     }
 }
 
-/// The body of [`linear_call`]: the runtime kernel on views it accepts,
+/// `_mlir_ciface_reformc_linear_f32_r{R}_b1_a{ACT}(x, w, b, y)`:
+/// `y = act(x · wᵀ + b)` ([`linear_name`]).
+///
+/// # Safety
+/// As [`linear_nb`].
+unsafe extern "C" fn linear_b<const R: usize, const ACT: i32>(
+    x: *const Descriptor<R>,
+    w: *const Descriptor<2>,
+    b: *const Descriptor<1>,
+    y: *const Descriptor<R>,
+) {
+    // SAFETY: the caller passes valid descriptors (the contract above).
+    let (x, w, b, y) = unsafe { (&*x, &*w, &*b, &*y) };
+    // SAFETY: `b` is a valid 1-D descriptor (the contract).
+    let bias = unsafe { gather_1d(b) };
+    if let Err(e) = linear_rows(x, w, Some(&bias), act_of(ACT), y) {
+        record(format!("{}: {e}", linear_name(R, true, act_of(ACT))));
+    }
+}
+
+/// A 1-D descriptor's elements, in order.
+///
+/// # Safety
+/// `d` is valid over a live buffer (as [`linear_nb`]'s contract).
+unsafe fn gather_1d(d: &Descriptor<1>) -> Vec<f32> {
+    (0..d.sizes[0].max(0))
+        .map(|i| {
+            let at = d.offset + i * d.strides[0];
+            // SAFETY: an in-range index of the descriptor (the contract).
+            unsafe { *d.aligned.wrapping_offset(at as isize) }
+        })
+        .collect()
+}
+
+/// The body of the linear callees: the runtime kernel on views it accepts,
 /// a plain loop on any other (any layout is correct, some are slow).
 fn linear_rows<const R: usize>(
     x: &Descriptor<R>,
     w: &Descriptor<2>,
+    bias: Option<&[f32]>,
+    act: Activation,
     y: &Descriptor<R>,
 ) -> Result<(), String> {
     let (xr, wr, yr) = (Rows::of(x), Rows::of(w), Rows::of(y));
     let (n, k) = (w.sizes[0].max(0) as usize, w.sizes[1].max(0) as usize);
+    if bias.is_some_and(|b| b.len() != n) {
+        return Err(format!(
+            "the bias has {} values, the weight {n} rows",
+            bias.map_or(0, |b| b.len())
+        ));
+    }
     match (xr, wr, yr) {
         (Some(xr), Some(wr), Some(yr))
             if wr.ld == k && xr.cols == k && yr.cols == n && xr.rows == yr.rows =>
@@ -383,25 +450,34 @@ fn linear_rows<const R: usize>(
                     std::slice::from_raw_parts_mut(yr.base, yr.len()),
                 )
             };
-            reformc_runtime::gemm::linear_accumulate(xs, xr.ld, xr.rows, k, ws, n, ysl, yr.ld)
-                .map_err(|e| e.to_string())
+            reformc_runtime::gemm::linear_strided(
+                xs, xr.ld, xr.rows, k, ws, n, bias, act, ysl, yr.ld,
+            )
+            .map_err(|e| e.to_string())
         }
         _ => {
             // SAFETY: as for the kernel: every index the loop forms is one
             // the descriptors' sizes allow.
-            unsafe { linear_loop(x, w, y) };
+            unsafe { linear_loop(x, w, bias, act, y) };
             Ok(())
         }
     }
 }
 
-/// `y += x · wᵀ` element by element through the descriptors' strides.
+/// `y = act(x · wᵀ + b)` element by element through the descriptors'
+/// strides.
 ///
 /// # Safety
-/// As [`linear_call`].
-unsafe fn linear_loop<const R: usize>(x: &Descriptor<R>, w: &Descriptor<2>, y: &Descriptor<R>) {
-    let at = |sizes: &[i64], strides: &[i64], idx: &[i64]| -> isize {
-        debug_assert_eq!(sizes.len(), idx.len());
+/// As [`linear_nb`].
+unsafe fn linear_loop<const R: usize>(
+    x: &Descriptor<R>,
+    w: &Descriptor<2>,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &Descriptor<R>,
+) {
+    use reformc_runtime::act::Apply;
+    let at = |strides: &[i64], idx: &[i64]| -> isize {
         idx.iter().zip(strides).map(|(i, s)| (i * s) as isize).sum()
     };
     let (n, k) = (w.sizes[0], w.sizes[1]);
@@ -414,15 +490,10 @@ unsafe fn linear_loop<const R: usize>(x: &Descriptor<R>, w: &Descriptor<2>, y: &
             rem /= y.sizes[i];
         }
         for j in 0..n {
-            idx[R - 1] = j;
-            let yp = y
-                .aligned
-                .wrapping_offset(y.offset as isize + at(&y.sizes, &y.strides, &idx));
-            // SAFETY: an in-range index of y (the contract).
-            let mut acc = unsafe { *yp };
+            let mut acc = bias.map_or(0.0, |b| b[j as usize]);
             for kk in 0..k {
                 idx[R - 1] = kk;
-                let xo = x.offset as isize + at(&x.sizes, &x.strides, &idx);
+                let xo = x.offset as isize + at(&x.strides, &idx);
                 let wo = w.offset as isize
                     + j as isize * w.strides[0] as isize
                     + kk as isize * w.strides[1] as isize;
@@ -430,8 +501,9 @@ unsafe fn linear_loop<const R: usize>(x: &Descriptor<R>, w: &Descriptor<2>, y: &
                 acc += unsafe { *x.aligned.wrapping_offset(xo) * *w.aligned.wrapping_offset(wo) };
             }
             idx[R - 1] = j;
-            // SAFETY: as the read of `yp` above.
-            unsafe { *yp = acc };
+            let yo = y.offset as isize + at(&y.strides, &idx);
+            // SAFETY: an in-range index of y (the contract).
+            unsafe { *y.aligned.wrapping_offset(yo) = act.apply(acc) };
         }
     }
 }
@@ -680,39 +752,64 @@ mod tests {
         let mut w: Vec<f32> = (0..n * k)
             .map(|i| ((i * 5 % 13) as f32 - 6.0) / 8.0)
             .collect();
-        let (x0, w0) = (x.clone(), w.clone());
-        let want = |yinit: f32, bi: usize, li: usize, j: usize| -> f64 {
+        let mut bias: Vec<f32> = (0..n).map(|j| j as f32 - 2.0).collect();
+        let (x0, w0, b0) = (x.clone(), w.clone(), bias.clone());
+        // relu(x · wᵀ + b), or without the bias.
+        let want = |with_bias: bool, bi: usize, li: usize, j: usize| -> f64 {
             let dot: f64 = (0..k)
                 .map(|kk| x0[(bi * l + li) * k + kk] as f64 * w0[j * k + kk] as f64)
                 .sum();
-            yinit as f64 + dot
+            let v = dot + if with_bias { b0[j] as f64 } else { 0.0 };
+            v.max(0.0)
         };
-        let expect: Vec<f64> = (0..b * l * n)
-            .map(|i| want(1.0, i / (l * n), i / n % l, i % n))
-            .collect();
-        let mut y = vec![1f32; b * l * n];
         let (xd, wd) = (
             desc(&mut x, 0, [2, 3, 7], [21, 7, 1]),
             desc(&mut w, 0, [5, 7], [7, 1]),
         );
-        let yd = desc(&mut y, 0, [2, 3, 5], [15, 5, 1]);
-        // SAFETY: descriptors over live buffers of their extents.
-        unsafe { linear_call::<3>(&xd, &wd, &yd) };
-        assert_eq!(take_error(), None);
-        for (g, e) in y.iter().zip(&expect) {
-            assert!((*g as f64 - e).abs() < 1e-5, "{g} vs {e}");
-        }
-        // y transposed in its buffer ([B, N, L] storage): the loop path.
-        let mut yt = vec![1f32; b * l * n];
-        let ytd = desc(&mut yt, 0, [2, 3, 5], [15, 1, 3]);
-        // SAFETY: as above.
-        unsafe { linear_call::<3>(&xd, &wd, &ytd) };
-        for bi in 0..b {
-            for li in 0..l {
-                for j in 0..n {
-                    let g = yt[bi * 15 + j * 3 + li] as f64;
-                    assert!((g - want(1.0, bi, li, j)).abs() < 1e-5);
+        let bd = desc(&mut bias, 0, [5], [1]);
+        let relu = Activation::Relu.code();
+        assert_eq!(relu, 1, "the code the calls below name");
+        for with_bias in [false, true] {
+            // Contiguous (the kernel) and y transposed in its buffer ([B, N,
+            // L] storage: the loop); y starts as garbage, which is ignored.
+            let mut y = vec![f32::NAN; b * l * n];
+            let mut yt = vec![f32::NAN; b * l * n];
+            let yd = desc(&mut y, 0, [2, 3, 5], [15, 5, 1]);
+            let ytd = desc(&mut yt, 0, [2, 3, 5], [15, 1, 3]);
+            for out in [&yd, &ytd] {
+                // SAFETY: descriptors over live buffers of their extents.
+                unsafe {
+                    match with_bias {
+                        true => linear_b::<3, 1>(&xd, &wd, &bd, out),
+                        false => linear_nb::<3, 1>(&xd, &wd, out),
+                    }
                 }
+            }
+            assert_eq!(take_error(), None);
+            for bi in 0..b {
+                for li in 0..l {
+                    for j in 0..n {
+                        let e = want(with_bias, bi, li, j);
+                        let (g, gt) = (y[bi * 15 + li * 5 + j], yt[bi * 15 + j * 3 + li]);
+                        assert!((g as f64 - e).abs() < 1e-5, "{g} vs {e}");
+                        assert!((gt as f64 - e).abs() < 1e-5, "{gt} vs {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every (rank, bias, activation) name resolves to a callee, once.
+    #[test]
+    fn the_linear_table_names_every_variant_once() {
+        let t = linear_table();
+        let mut names: Vec<&String> = t.iter().map(|(n, _)| n).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), t.len());
+        for act in Activation::ALL {
+            for rank in 2..=5 {
+                assert!(known_names().any(|n| n == linear_name(rank, true, act)));
             }
         }
     }

@@ -293,9 +293,10 @@ impl Emitter<'_> {
             .op
             .activation()
             .map_err(|e| MlirError::invalid(self.g, v, e))?;
-        if self.own_pipeline && x_ty.dtype == DType::F32 && w_ty.dtype == DType::F32 {
-            let y = self.linear_call(v, &x_ty, w, bias, &out_ty)?;
-            return self.linear_finish(v, y, None, act, &out_ty);
+        let k_positive = matches!(w_ty.shape[1], Dim::Const(k) if k > 0);
+        if self.own_pipeline && k_positive && x_ty.dtype == DType::F32 && w_ty.dtype == DType::F32 {
+            let y = self.linear_fused(v, &x_ty, w, bias, act, &out_ty)?;
+            return Ok(self.alias(&y, &tensor_ty(&out_ty)));
         }
         // The weight transposed once to [K,N], so that the innermost loop
         // runs over n: every output element still sums its k in order (the
@@ -361,25 +362,36 @@ impl Emitter<'_> {
         Ok(self.alias(&y, &tensor_ty(out_ty)))
     }
 
-    /// `b + x · wᵀ` of an f32 `linear` (`x · wᵀ` without a bias) as one
-    /// contraction that reads `w [N,K]` in place, marked with the
-    /// `library_call` of [`crate::library_calls::linear_name`]: `out += x ·
-    /// wᵀ` on `out` holding the bias broadcast along the rows (or zeros),
-    /// which the runtime's GEMM computes (each sum continuing from `out` in k
-    /// order), so the bias needs no pass of its own.
-    fn linear_call(
+    /// An f32 `linear` as one contraction marked with the `library_call` of
+    /// [`crate::library_calls::linear_name`], reading `w [N,K]` in place:
+    /// its body starts each sum from the bias (or zero) at `k = 0`, whatever
+    /// `out` held, and applies the activation after the last `k`, so the
+    /// generic alone is `act(x · wᵀ + b)`, and the runtime's GEMM computes it
+    /// with the bias and activation in its epilogue (no pass of their own).
+    fn linear_fused(
         &mut self,
         v: ValueId,
         x_ty: &TensorType,
         w: ValueId,
         bias: Option<ValueId>,
+        act: Activation,
         out_ty: &TensorType,
     ) -> Result<String, MlirError> {
         let (r, d) = (x_ty.rank(), out_ty.dtype);
         let x = self.g.node(v).inputs[0];
+        let k_len = match self.g.ty(w).shape[1] {
+            Dim::Const(k) => k,
+            Dim::Sym(_) => {
+                return Err(MlirError::invalid(
+                    self.g,
+                    v,
+                    "the weight's K must be known",
+                ))
+            }
+        };
         let rows: Vec<String> = (0..r - 1).map(|i| format!("d{i}")).collect();
         let (kd, nd) = (format!("d{}", r - 1), format!("d{r}"));
-        let ins = [
+        let mut ins = vec![
             Operand {
                 name: format!("%v{}", x.0),
                 ty: tensor_ty(x_ty),
@@ -391,46 +403,50 @@ impl Emitter<'_> {
                 map: vec![nd.clone(), kd],
             },
         ];
-        let init = match bias {
-            Some(b) => self.bias_rows(v, b, out_ty)?,
-            None => self.init(v, &out_ty.shape, d, Some(0.0))?,
-        };
+        if let Some(b) = bias {
+            ins.push(Operand {
+                name: format!("%v{}", b.0),
+                ty: tensor_ty(self.g.ty(b)),
+                map: vec![nd.clone()],
+            });
+        }
         let out = Operand {
-            name: init,
+            name: self.init(v, &out_ty.shape, d, None)?,
             ty: tensor_ty(out_ty),
             map: rows.into_iter().chain([nd]).collect(),
         };
         let mut iters = vec!["parallel"; r - 1];
         iters.extend(["reduction", "parallel"]);
-        let name = crate::library_calls::linear_name(r);
+        let name = crate::library_calls::linear_name(r, bias.is_some(), act);
+        let has_bias = bias.is_some();
         Ok(
             self.generic_call(&ins, out, &iters, elt(d), Some(&name), |b, a| {
+                let k = b.def(format!("linalg.index {} : index", r - 1));
+                let zero_i = b.def("arith.constant 0 : index".to_string());
+                let first = b.def(format!("arith.cmpi eq, {k}, {zero_i} : index"));
+                let start_val = match has_bias {
+                    true => a[2].clone(),
+                    false => b.constant(d, 0.0),
+                };
+                let acc_in = &a[a.len() - 1];
+                let start = b.def(format!(
+                    "arith.select {first}, {start_val}, {acc_in} : {}",
+                    elt(d)
+                ));
                 let p = b.binary(BinaryFn::Mul, &a[0], &a[1], d);
-                b.binary(BinaryFn::Add, &a[2], &p, d)
+                let acc = b.binary(BinaryFn::Add, &start, &p, d);
+                if act == Activation::None {
+                    return acc;
+                }
+                let last_i = b.def(format!(
+                    "arith.constant {} : index",
+                    k_len.saturating_sub(1)
+                ));
+                let last = b.def(format!("arith.cmpi eq, {k}, {last_i} : index"));
+                let acted = b.activation(act, &acc, d);
+                b.def(format!("arith.select {last}, {acted}, {acc} : {}", elt(d)))
             }),
         )
-    }
-
-    /// The 1-D bias `b` broadcast along every row of `out_ty`.
-    fn bias_rows(
-        &mut self,
-        v: ValueId,
-        b: ValueId,
-        out_ty: &TensorType,
-    ) -> Result<String, MlirError> {
-        let r = out_ty.rank();
-        let ins = [Operand {
-            name: format!("%v{}", b.0),
-            ty: tensor_ty(self.g.ty(b)),
-            map: vec![format!("d{}", r - 1)],
-        }];
-        let out = Operand {
-            name: self.init(v, &out_ty.shape, out_ty.dtype, None)?,
-            ty: tensor_ty(out_ty),
-            map: Self::identity(r),
-        };
-        let e = elt(out_ty.dtype);
-        Ok(self.generic(&ins, out, &vec!["parallel"; r], e, |_, a| a[0].clone()))
     }
 
     /// `act(y + b)` elementwise over the product `y` of type `out_ty`.
