@@ -6,11 +6,11 @@
 //! Upstream `convert-linalg-to-std` does the same rewrite, but for every
 //! linalg op, marked or not (a `linalg.fill` or an unmarked
 //! `linalg.generic` becomes a call to a function nobody provides). This
-//! rewrite, [`rewrite`], runs between bufferization and
+//! rewrite (`rewrite`) runs between bufferization and
 //! `convert-linalg-to-loops` and touches only the marked ops: each becomes
 //! `func.call @name(...)` on its memref operands cast to fully dynamic
 //! strided layouts, declared `llvm.emit_c_interface`, so that the callee is
-//! `_mlir_ciface_name(descriptor*...)`. [`register`] gives the
+//! `_mlir_ciface_name(descriptor*...)`. `register` gives the
 //! ExecutionEngine those callees.
 //!
 //! The marks are only attributes: a pipeline that ignores them (mlir-opt,
@@ -526,7 +526,7 @@ fn contiguous<const R: usize>(d: &Descriptor<R>) -> Option<(*mut f32, usize)> {
 /// batched `y += a · b(ᵀ)` through the runtime's batched GEMM.
 ///
 /// # Safety
-/// As [`linear_call`].
+/// As [`linear_nb`].
 unsafe extern "C" fn bmm_call<const R: usize, const NT: bool>(
     a: *const Descriptor<R>,
     b: *const Descriptor<R>,
@@ -597,7 +597,7 @@ fn bmm_views<const R: usize, const NT: bool>(
 /// `y += a · b(ᵀ)` element by element through the descriptors' strides.
 ///
 /// # Safety
-/// As [`linear_call`].
+/// As [`linear_nb`].
 unsafe fn bmm_loop<const R: usize, const NT: bool>(
     a: &Descriptor<R>,
     b: &Descriptor<R>,
