@@ -76,6 +76,28 @@ struct Setup {
     ids: PathBuf,
 }
 
+impl Setup {
+    /// `reformc run` on the set-up's graph, weights and ids into `out`,
+    /// quietly, with `flags` added.
+    fn run(&self, out: &Path, flags: &[&str]) -> (i32, String, String) {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+            &"run",
+            &self.ir,
+            &"--weights",
+            &self.weights,
+            &"--input",
+            &self.ids,
+            &"--output",
+            &out,
+            &"-q",
+        ];
+        for f in flags {
+            args.push(f);
+        }
+        reformc(&args)
+    }
+}
+
 fn setup(name: &str) -> Setup {
     let dir = Scratch::new(name);
     let ir = dir.write("g.ir", GRAPH.as_bytes());
@@ -213,21 +235,7 @@ fn run_on_the_mlir_backend_matches_the_interpreter_and_the_llvm_jit() {
         .enumerate()
     {
         let out = s.dir.path(&format!("out{i}.npy"));
-        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
-            &"run",
-            &s.ir,
-            &"--weights",
-            &s.weights,
-            &"--input",
-            &s.ids,
-            &"--output",
-            &out,
-            &"-q",
-        ];
-        for e in engine.iter() {
-            args.push(e);
-        }
-        let (code, stdout, stderr) = reformc(&args);
+        let (code, stdout, stderr) = s.run(&out, engine);
         assert_eq!(code, 0, "{engine:?}: {stderr}");
         if i == 0 {
             assert!(stdout.contains("(MLIR CPU pipeline)"), "{stdout}");
@@ -249,23 +257,11 @@ fn profile_on_the_mlir_backend_times_every_leaf_op_without_changing_the_output()
     let mut outs = Vec::new();
     for (i, profile) in [false, true].into_iter().enumerate() {
         let out = s.dir.path(&format!("out{i}.npy"));
-        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
-            &"run",
-            &s.ir,
-            &"--weights",
-            &s.weights,
-            &"--input",
-            &s.ids,
-            &"--output",
-            &out,
-            &"--backend",
-            &"mlir",
-            &"-q",
-        ];
-        if profile {
-            args.push(&"--profile");
-        }
-        let (code, _, stderr) = reformc(&args);
+        let flags: &[&str] = match profile {
+            true => &["--backend", "mlir", "--profile"],
+            false => &["--backend", "mlir"],
+        };
+        let (code, _, stderr) = s.run(&out, flags);
         assert_eq!(code, 0, "{stderr}");
         assert_eq!(stderr.contains("by op kind"), profile, "{stderr}");
         outs.push(common::read::<f32>(&out));

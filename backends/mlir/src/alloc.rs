@@ -41,7 +41,6 @@ const MIN_ALIGN: usize = 64;
 
 extern "C" {
     fn aligned_alloc(align: usize, size: usize) -> *mut c_void;
-    fn free(p: *mut c_void);
 }
 
 /// A block of at least `size` bytes aligned to `align` (0 or a power of
@@ -93,28 +92,24 @@ extern "C" fn generic_free(p: *mut c_void) {
         // malloc): libc's.
         None => {
             drop(guard);
-            release_foreign(p);
+            // SAFETY: a block from malloc that the compiled code frees, or NULL.
+            unsafe { crate::pipeline::free(p) };
         }
     }
 }
 
-/// Frees a block the compiled code handed to the caller (a result): back to
-/// the system when it came from the cache, else with `free`.
+/// Frees a block the compiled code handed to the caller (a result) with
+/// `free`: a block of the cache (from `aligned_alloc`) and one a custom
+/// pipeline got from `malloc` alike, the cache first forgetting its own.
 ///
 /// # Safety
 /// `p` is a block the compiled code allocated and no longer uses.
 pub(crate) unsafe fn release(p: *mut c_void) {
-    let ours = blocks().as_mut().and_then(|b| b.live.remove(&(p as usize)));
-    match ours {
-        // SAFETY: a live block from aligned_alloc, released once.
-        Some(_) => unsafe { free(p) },
-        None => release_foreign(p),
+    if let Some(b) = blocks().as_mut() {
+        b.live.remove(&(p as usize));
     }
-}
-
-fn release_foreign(p: *mut c_void) {
-    // SAFETY: the block came from malloc (the default lowering of
-    // `memref.alloc`), or is NULL.
+    // SAFETY: a live block from aligned_alloc or malloc (the contract),
+    // released once.
     unsafe { crate::pipeline::free(p) };
 }
 
@@ -143,7 +138,7 @@ pub(crate) fn release_cache() {
     };
     for p in cached {
         // SAFETY: a cached block from aligned_alloc, not in use.
-        unsafe { free(p as *mut c_void) };
+        unsafe { crate::pipeline::free(p as *mut c_void) };
     }
 }
 

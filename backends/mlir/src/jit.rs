@@ -296,16 +296,22 @@ pub(crate) fn run_text(
             profile: None,
         };
         let mut results = Vec::with_capacity(arg_sets.len());
-        for args in arg_sets {
-            let t = Instant::now();
-            crate::library_calls::take_error();
-            results.push(invoke(&engine, args, outs).map_err(|e| diag("run", &e))?);
-            if let Some(e) = crate::library_calls::take_error() {
-                return Err(diag("run", &e));
+        let mut run_all = || {
+            for args in arg_sets {
+                let t = Instant::now();
+                crate::library_calls::take_error();
+                results.push(invoke(&engine, args, outs).map_err(|e| diag("run", &e))?);
+                if let Some(e) = crate::library_calls::take_error() {
+                    return Err(diag("run", &e));
+                }
+                times.runs.push(t.elapsed());
             }
-            times.runs.push(t.elapsed());
-        }
+            Ok(())
+        };
+        let ran = run_all();
+        // The cached blocks go back whether or not every run succeeded.
         crate::alloc::release_cache();
+        ran?;
         if labels.is_some() {
             times.profile = reformc_runtime::profile::report(25);
         }

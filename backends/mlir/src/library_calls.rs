@@ -81,12 +81,13 @@ fn known_names() -> impl Iterator<Item = String> {
 /// A mark this module does not know is left alone: the op is lowered to
 /// loops like any other.
 pub(crate) fn rewrite(context: &Context, module: &mut Module) -> Result<usize, String> {
+    let known: std::collections::HashSet<String> = known_names().collect();
     let mut marked = Vec::new();
     module
         .as_operation()
         .walk(melior::ir::operation::WalkOrder::PostOrder, |op| {
             if op.name().as_string_ref().as_str() == Ok("linalg.generic") {
-                if let Some(name) = known_call(&op) {
+                if let Some(name) = known_call(&op, &known) {
                     marked.push((op.to_raw(), name));
                 }
             }
@@ -110,11 +111,15 @@ pub(crate) fn rewrite(context: &Context, module: &mut Module) -> Result<usize, S
     Ok(marked.len())
 }
 
-/// The op's `library_call` when it is one [`register`] provides.
-fn known_call(op: &melior::ir::OperationRef) -> Option<String> {
+/// The op's `library_call` when it is one of `known` (what `register`
+/// provides).
+fn known_call(
+    op: &melior::ir::OperationRef,
+    known: &std::collections::HashSet<String>,
+) -> Option<String> {
     let attr = op.attribute("library_call").ok()?;
     let name = StringAttribute::try_from(attr).ok()?.value().to_string();
-    known_names().any(|n| n == name).then_some(name)
+    known.contains(&name).then_some(name)
 }
 
 /// Replaces the bufferized generic `raw` by a call to `name` on its operands,
