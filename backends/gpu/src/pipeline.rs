@@ -11,7 +11,9 @@ use std::path::Path;
 pub const BLOCK_THREADS: usize = 128;
 
 /// From the MLIR backend's tensor module to buffers: bufferization with
-/// buffers freed at their last use (as the CPU pipeline). [`crate::copies`]
+/// buffers freed at the end of the block that owns them (the CPU pipeline
+/// also moves each free up to the buffer's last use, with
+/// `optimize-allocation-liveness`; not tried here without a GPU). [`crate::copies`]
 /// then makes every `memref.copy` a `linalg.generic`.
 pub fn buffers() -> String {
     [
