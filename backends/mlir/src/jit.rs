@@ -270,9 +270,11 @@ pub(crate) fn run_text(
         if crate::pipeline::overridden() {
             run(&mut module, &pipeline)?;
         } else {
+            crate::pipeline::dump("input", &module);
             run(&mut module, crate::pipeline::CPU_BUFFERIZE)?;
             crate::library_calls::rewrite(&context, &mut module)
                 .map_err(|e| diag("library calls", &e))?;
+            crate::pipeline::dump("bufferized", &module);
             run(&mut module, crate::pipeline::CPU_LOWER)?;
         }
         let engine = crate::pipeline::engine(&module, &pipeline)

@@ -10,6 +10,7 @@ macro_rules! bufferize_passes {
         concat!(
             "one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map},",
             "func.func(ownership-based-buffer-deallocation),",
+            "cse,",
             "canonicalize,",
             "func.func(buffer-deallocation-simplification),",
             "bufferization-lower-deallocations,",
@@ -119,6 +120,24 @@ pub(crate) fn prepare(text: String, pipeline: &str) -> String {
             format!("{}{script}{}", &text[..end], &text[end..])
         }
         _ => text,
+    }
+}
+
+/// Writes `module` to `$REFORMC_MLIR_DUMP/forward.{stage}.mlir` when that
+/// variable names a folder (to read what reformc's own pipeline compiles:
+/// `input` as emitted, `bufferized` after bufferization and the library
+/// calls). A write that fails is reported on stderr and the run goes on.
+pub(crate) fn dump(stage: &str, module: &Module) {
+    let Some(dir) = std::env::var_os("REFORMC_MLIR_DUMP") else {
+        return;
+    };
+    let path = std::path::Path::new(&dir).join(format!("forward.{stage}.mlir"));
+    let text = module.as_operation().to_string();
+    if let Err(e) = std::fs::write(&path, text) {
+        eprintln!(
+            "reformc: REFORMC_MLIR_DUMP: cannot write {}: {e}",
+            path.display()
+        );
     }
 }
 

@@ -166,6 +166,7 @@ impl Emitter<'_> {
             let lsh = self.lsh_sorted_branch(&ctx, buckets);
             return Ok(self.alias(&lsh, &out_ty));
         }
+        let timer = self.branch_timer();
         let l = self.sz_val(&ctx.l);
         let chunk = self.idx_const(ctx.chunk);
         let short = self.def(format!("arith.cmpi ule, {l}, {chunk} : index"));
@@ -174,10 +175,13 @@ impl Emitter<'_> {
             .push(format!("    {r} = scf.if {short} -> ({out_ty}) {{"));
         let full = self.lsh_full_branch(&ctx);
         let full = self.def(format!("tensor.cast {full} : {out_ty} to {out_ty}"));
+        self.end_branch();
         self.lines
             .push(format!("    scf.yield {full} : {out_ty}\n    }} else {{"));
+        self.timer = timer;
         let lsh = self.lsh_sorted_branch(&ctx, buckets);
         let lsh = self.def(format!("tensor.cast {lsh} : {out_ty} to {out_ty}"));
+        self.end_branch();
         self.lines
             .push(format!("    scf.yield {lsh} : {out_ty}\n    }}"));
         Ok(self.alias(&r, &out_ty))
@@ -337,6 +341,7 @@ impl Emitter<'_> {
             tensor_ty(&b_ty),
             rows.ty(elt(b_ty.dtype))
         ));
+        self.stage("sort");
         let keys = self.sortable_keys(&bk, &rows, b_ty.dtype);
         // Bucket ids fit i32 and positions u32: in reformc's own pipeline,
         // sorting `bucket << 32 | position` gives the stable order without a
@@ -359,6 +364,7 @@ impl Emitter<'_> {
             let p = b.def(format!("arith.remui {t}, {l} : index"));
             b.def(format!("arith.index_cast {p} : index to i64"))
         });
+        self.stage("gather_q");
         let q = self.lsh_gather(c, &c.qk4, &spos, &n);
         let (nc, window) = self.lsh_chunk_window(c, &n);
         let blocks = Blocks {
@@ -371,10 +377,12 @@ impl Emitter<'_> {
             window,
         };
         let att = self.lsh_attend(c, &blocks);
+        self.stage("unsort");
         let inv = match packed {
             true => self.packed_sort_perm(&perm, &rows, 2),
             false => self.sort_perm(&perm, &rows, 2),
         };
+        self.stage("combine");
         self.lsh_combine_rounds(c, &att, &inv, &n)
     }
 
@@ -489,7 +497,9 @@ impl Emitter<'_> {
     /// the row softmax.
     fn lsh_attend(&mut self, c: &Lsh, bl: &Blocks) -> Attended {
         let (dt, e) = (c.dt, c.e());
+        self.stage("window");
         let (kpos, dropped) = self.lsh_window_keys(c, bl);
+        self.stage("gather_kv");
         let kwin = self.lsh_gather_window(c, bl, &c.keys4.clone(), &kpos);
         let vwin = self.lsh_gather_window(c, bl, &c.v4.clone(), &kpos);
         let dsz = Sz::Const(c.d);
@@ -534,6 +544,7 @@ impl Emitter<'_> {
             "reduction",
         ];
         // logits[b, h, c, i, w] = q[c, i] . k_window[c, w]
+        self.stage("qk");
         let init = self.shp_filled(&lg, e, &zero);
         let ins = [
             operand(&q, &q5.ty(e), &["d0", "d1", "d2", "d3", "d5"]),
@@ -545,9 +556,11 @@ impl Emitter<'_> {
             let p = b.def(format!("arith.mulf {}, {} : {e}", a[0], a[1]));
             b.def(format!("arith.addf {}, {p} : {e}", a[2]))
         });
+        self.stage("mask");
         let masked = self.lsh_mask_logits(c, bl, &lg, &logits, &kpos, dropped.as_deref());
         let rmap = ["d0", "d1", "d2", "d3"];
         let red = ["parallel", "parallel", "parallel", "parallel", "reduction"];
+        self.stage("softmax");
         let init = self.shp_filled(&rows4, e, &literal(dt, f64::NEG_INFINITY));
         let ins = [operand(&masked, &lg.ty(e), &ident(5))];
         let out = operand(&init, &rows4.ty(e), &rmap);
@@ -583,6 +596,7 @@ impl Emitter<'_> {
             b.def(format!("arith.divf {}, {} : {e}", a[1], a[0]))
         });
         // o[b, h, c, i, e] = sum_w probs[c, i, w] v_window[c, w, e]
+        self.stage("pv");
         let init = self.shp_filled(&q5, e, &zero);
         let ins = [
             operand(&probs, &lg.ty(e), &["d0", "d1", "d2", "d3", "d5"]),
@@ -693,60 +707,117 @@ impl Emitter<'_> {
     /// Unsorts and combines the rounds: `out[b, i, h d + e]` sums over rounds
     /// `r` the output of slot `inv[b, h, r L + i]` weighted by
     /// `exp(max_r - M) sum_r / Z` (the softmax of the rounds' log-sum-exps).
+    /// The weights are computed once per (b, h, r, i) ([`Self::lsh_round_weights`]),
+    /// then every output element gathers its rounds' rows. With one round the
+    /// weight is `exp(0) s / s`, exactly 1 (`s >= 1`: the row's largest logit
+    /// contributes `exp(0)`), and is not computed.
     fn lsh_combine_rounds(&mut self, c: &Lsh, att: &Attended, inv: &str, n: &Sz) -> String {
         let (dt, e) = (c.dt, c.e());
-        let out_shape = Shp(vec![c.b.clone(), c.l.clone(), Sz::Const(c.heads * c.d)]);
-        let init = self.shp_empty(&out_shape, e);
-        let out = operand(&init, &out_shape.ty(e), &ident(3));
+        let weights = (c.rounds > 1).then(|| self.lsh_round_weights(c, att, inv, n));
+        let split = c.split_shape();
+        let init = self.shp_empty(&split, e);
+        let out = operand(&init, &split.ty(e), &ident(4));
         let l = self.sz_val(&c.l);
-        let d = self.idx_const(c.d);
         let rty = c.rows(n).ty("i64");
-        let fty = c.rows(n).ty(e);
+        let wty = c.rows_by(&Sz::Const(c.rounds), &c.l).ty(e);
         let oty = c.rows_by(n, &Sz::Const(c.d)).ty(e);
-        self.generic(&[], out, &["parallel"; 3], e, |b, _| {
-            let ix = loop_indices(b, 3);
-            let h = b.def(format!("arith.divui {}, {d} : index", ix[2]));
-            let ei = b.def(format!("arith.remui {}, {d} : index", ix[2]));
-            let mut parts = Vec::new();
+        let combined = self.generic(&[], out, &["parallel"; 4], e, |b, _| {
+            let ix = loop_indices(b, 4);
+            let (bi, i, h, ei) = (&ix[0], &ix[1], &ix[2], &ix[3]);
+            let mut acc = b.constant(dt, 0.0);
             for r in 0..c.rounds {
                 let t = if r == 0 {
-                    ix[1].clone()
+                    i.clone()
                 } else {
                     let rl = b.def(format!("arith.constant {r} : index"));
                     let rl = b.def(format!("arith.muli {rl}, {l} : index"));
-                    b.def(format!("arith.addi {rl}, {} : index", ix[1]))
+                    b.def(format!("arith.addi {rl}, {i} : index"))
                 };
-                let slot = b.def(format!("tensor.extract {inv}[{}, {h}, {t}] : {rty}", ix[0]));
+                let slot = b.def(format!("tensor.extract {inv}[{bi}, {h}, {t}] : {rty}"));
                 let slot = b.def(format!("arith.index_cast {slot} : i64 to index"));
-                let at = |name: &str| format!("{name}[{}, {h}, {slot}]", ix[0]);
+                let o = b.def(format!(
+                    "tensor.extract {}[{bi}, {h}, {slot}, {ei}] : {oty}",
+                    att.o
+                ));
+                let x = match &weights {
+                    Some(w) => {
+                        let rc = b.def(format!("arith.constant {r} : index"));
+                        let f = b.def(format!("tensor.extract {w}[{bi}, {h}, {rc}, {i}] : {wty}"));
+                        b.def(format!("arith.mulf {o}, {f} : {e}"))
+                    }
+                    None => o,
+                };
+                acc = b.def(format!("arith.addf {acc}, {x} : {e}"));
+            }
+            acc
+        });
+        self.lsh_merge_split(c, &combined)
+    }
+
+    /// `[B, L, H, d]` -> `[B, L, H d]`.
+    fn lsh_merge_split(&mut self, c: &Lsh, x: &str) -> String {
+        let e = c.e();
+        let split = c.split_shape();
+        let merged = Shp(vec![c.b.clone(), c.l.clone(), Sz::Const(c.heads * c.d)]);
+        self.def(format!(
+            "tensor.collapse_shape {x}[[0], [1], [2, 3]] : {} into {}",
+            split.ty(e),
+            merged.ty(e)
+        ))
+    }
+
+    /// The weight of round `r` at position `i`, `[B, H, r, L]`:
+    /// `exp(max_r - M) sum_r / Z` with `M` the largest and `Z` the sum of the
+    /// rounds' `exp(max_r - M) sum_r`, each read at slot `inv[b, h, r L + i]`.
+    fn lsh_round_weights(&mut self, c: &Lsh, att: &Attended, inv: &str, n: &Sz) -> String {
+        let (dt, e) = (c.dt, c.e());
+        let shape = c.rows_by(&Sz::Const(c.rounds), &c.l);
+        let init = self.shp_empty(&shape, e);
+        let out = operand(&init, &shape.ty(e), &ident(4));
+        let l = self.sz_val(&c.l);
+        let rty = c.rows(n).ty("i64");
+        let fty = c.rows(n).ty(e);
+        self.generic(&[], out, &["parallel"; 4], e, |b, _| {
+            let ix = loop_indices(b, 4);
+            let (bi, h, me, i) = (&ix[0], &ix[1], &ix[2], &ix[3]);
+            let mut parts = Vec::new();
+            for r in 0..c.rounds {
+                let t = if r == 0 {
+                    i.clone()
+                } else {
+                    let rl = b.def(format!("arith.constant {r} : index"));
+                    let rl = b.def(format!("arith.muli {rl}, {l} : index"));
+                    b.def(format!("arith.addi {rl}, {i} : index"))
+                };
+                let slot = b.def(format!("tensor.extract {inv}[{bi}, {h}, {t}] : {rty}"));
+                let slot = b.def(format!("arith.index_cast {slot} : i64 to index"));
+                let at = |name: &str| format!("{name}[{bi}, {h}, {slot}]");
                 let m = b.def(format!("tensor.extract {} : {fty}", at(&att.max)));
                 let s = b.def(format!("tensor.extract {} : {fty}", at(&att.sum)));
-                let o = b.def(format!(
-                    "tensor.extract {}[{}, {h}, {slot}, {ei}] : {oty}",
-                    att.o, ix[0]
-                ));
-                parts.push((m, s, o));
+                parts.push((m, s));
             }
             let mut big = b.constant(dt, f64::NEG_INFINITY);
-            for (m, _, _) in &parts {
+            for (m, _) in &parts {
                 big = b.def(format!("arith.maximumf {big}, {m} : {e}"));
             }
             let mut ws = Vec::new();
             let mut z = b.constant(dt, 0.0);
-            for (m, s, _) in &parts {
+            for (m, s) in &parts {
                 let t = b.def(format!("arith.subf {m}, {big} : {e}"));
                 let x = b.def(format!("math.exp {t} : {e}"));
                 let w = b.def(format!("arith.mulf {x}, {s} : {e}"));
                 z = b.def(format!("arith.addf {z}, {w} : {e}"));
                 ws.push(w);
             }
-            let mut acc = b.constant(dt, 0.0);
-            for ((_, _, o), w) in parts.iter().zip(&ws) {
+            // This element's round, `me`, picks its weight.
+            let mut mine = b.constant(dt, 0.0);
+            for (r, w) in ws.iter().enumerate() {
                 let f = b.def(format!("arith.divf {w}, {z} : {e}"));
-                let x = b.def(format!("arith.mulf {o}, {f} : {e}"));
-                acc = b.def(format!("arith.addf {acc}, {x} : {e}"));
+                let rc = b.def(format!("arith.constant {r} : index"));
+                let is = b.def(format!("arith.cmpi eq, {me}, {rc} : index"));
+                mine = b.def(format!("arith.select {is}, {f}, {mine} : {e}"));
             }
-            acc
+            mine
         })
     }
 }

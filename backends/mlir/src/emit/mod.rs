@@ -43,6 +43,7 @@ fn tensor_of(shape: &[Dim], d: DType) -> String {
 }
 
 /// An operand of a `linalg.generic`: SSA name, tensor type, indexing map results.
+#[derive(Clone)]
 struct Operand {
     name: String,
     ty: String,
@@ -69,6 +70,21 @@ pub(crate) struct Emitter<'g> {
     /// the time recorded after it under the op's label, whose index in this
     /// list the call passes ([`crate::profile`]; for reformc's own pipeline).
     profile: Option<Vec<String>>,
+    /// The timer of the op being lowered while profiling, which
+    /// [`Self::stage`] splits into named stages.
+    timer: Option<OpTimer>,
+}
+
+/// The clock reading an op's timing started from, and the stage it is in.
+#[derive(Clone)]
+struct OpTimer {
+    /// `kind %id`'s two parts.
+    kind: OpKind,
+    id: u32,
+    /// The `i64` clock reading the current stage started at.
+    start: String,
+    /// The current stage's name (`None` until the first [`Emitter::stage`]).
+    stage: Option<&'static str>,
 }
 
 impl<'g> Emitter<'g> {
@@ -82,6 +98,7 @@ impl<'g> Emitter<'g> {
             weights: None,
             own_pipeline: false,
             profile: None,
+            timer: None,
         }
     }
 
@@ -370,16 +387,71 @@ impl<'g> Emitter<'g> {
                     | OpKind::ReversibleBlock
                     | OpKind::SeqChunk
             );
-        let start = timed.then(|| self.def(crate::profile::now_call()));
-        self.lower_op(v)?;
-        if let (Some(start), Some(labels)) = (start, self.profile.as_mut()) {
-            labels.push(format!("{kind} %{}", v.0));
-            let id = labels.len() - 1;
-            let c = self.def(format!("arith.constant {id} : i64"));
-            self.lines
-                .push(format!("{IND}{}", crate::profile::record_call(&c, &start)));
+        if timed {
+            let start = self.def(crate::profile::now_call());
+            self.timer = Some(OpTimer {
+                kind,
+                id: v.0,
+                start,
+                stage: None,
+            });
         }
-        Ok(())
+        let lowered = self.lower_op(v);
+        if let Some(t) = self.timer.take() {
+            self.record(&t);
+        }
+        lowered
+    }
+
+    /// Records the time since `t.start` under `kind %id`, or `kind.stage %id`
+    /// once the op has stages.
+    fn record(&mut self, t: &OpTimer) {
+        let Some(labels) = self.profile.as_mut() else {
+            return;
+        };
+        labels.push(match t.stage {
+            Some(s) => format!("{}.{s} %{}", t.kind, t.id),
+            None => format!("{} %{}", t.kind, t.id),
+        });
+        let id = labels.len() - 1;
+        let c = self.def(format!("arith.constant {id} : i64"));
+        let call = crate::profile::record_call(&c, &t.start);
+        self.lines.push(format!("{IND}{call}"));
+    }
+
+    /// Starts stage `name` of the op being lowered when profiling (`run
+    /// --backend mlir --profile` then lists `kind.name`): the time since the
+    /// previous stage began is recorded under that stage (the first one under
+    /// `prepare`). Within a region, see [`Self::branch_timer`].
+    fn stage(&mut self, name: &'static str) {
+        let Some(mut t) = self.timer.take() else {
+            return;
+        };
+        let done = OpTimer {
+            stage: Some(t.stage.unwrap_or("prepare")),
+            start: t.start.clone(),
+            ..t
+        };
+        self.record(&done);
+        t.start = self.def(crate::profile::now_call());
+        t.stage = Some(name);
+        self.timer = Some(t);
+    }
+
+    /// The timer to restore at the start of each branch of a region that
+    /// holds stages of the op being lowered ([`Self::end_branch`] ends each).
+    fn branch_timer(&self) -> Option<OpTimer> {
+        self.timer.clone()
+    }
+
+    /// Records the current stage at the end of a branch (before its
+    /// `scf.yield`): a clock reading inside the region does not dominate
+    /// code after it. After the region, set the timer to `None` (each branch
+    /// recorded its own stages; one of them ran).
+    fn end_branch(&mut self) {
+        if let Some(t) = self.timer.take() {
+            self.record(&t);
+        }
     }
 
     /// [`Self::op`] without the timing.

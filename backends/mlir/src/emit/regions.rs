@@ -41,14 +41,9 @@ impl Emitter<'_> {
         self.bind_syms(arg);
     }
 
-    /// `a + b` for two tensors of type `ty` (the residual additions).
-    fn residual_add(
-        &mut self,
-        v: ValueId,
-        a: &str,
-        b: &str,
-        ty: &TensorType,
-    ) -> Result<String, MlirError> {
+    /// `a + b` for two tensors of type `ty` (the residual additions), written
+    /// into `into` (a slice of the block's result).
+    fn residual_add(&mut self, a: &str, b: &str, ty: &TensorType, into: &str) -> String {
         let (r, d) = (ty.rank(), ty.dtype);
         let t = tensor_ty(ty);
         let ins = [
@@ -63,21 +58,23 @@ impl Emitter<'_> {
                 map: Self::identity(r),
             },
         ];
-        let init = self.init(v, &ty.shape, d, None)?;
         let out = Operand {
-            name: init,
+            name: into.to_string(),
             ty: t,
             map: Self::identity(r),
         };
-        Ok(
-            self.generic(&ins, out, &vec!["parallel"; r], elt(d), |body, x| {
-                body.binary(BinaryFn::Add, &x[0], &x[1], d)
-            }),
-        )
+        self.generic(&ins, out, &vec!["parallel"; r], elt(d), |body, x| {
+            body.binary(BinaryFn::Add, &x[0], &x[1], d)
+        })
     }
 
     /// `reversible_block(x)`, inlined: `x1`, `x2` are the halves of the last
     /// axis, `y1 = x1 + f(x2)`, `y2 = x2 + g(y1)`, the result `concat(y1, y2)`.
+    ///
+    /// Each residual addition writes into its half of the result (an
+    /// `extract_slice` of it as the addition's destination, inserted back),
+    /// so bufferization computes `y1` and `y2` in place: a `tensor.concat`
+    /// would copy both halves of the state once per layer.
     pub(super) fn reversible_block(&mut self, v: ValueId) -> Result<String, MlirError> {
         let node = self.g.node(v);
         let x = node.inputs[0];
@@ -112,29 +109,35 @@ impl Emitter<'_> {
         sizes[last] = hn.to_string();
         let (xt, ht) = (tensor_ty(&x_ty), tensor_ty(&h_ty));
         let ones = vec!["1"; rank].join(", ");
-        let slice = |e: &mut Self, start: u64| {
+        let at = |start: u64| {
             let mut offs = vec!["0".to_string(); rank];
             offs[last] = start.to_string();
-            e.def(format!(
-                "tensor.extract_slice {xn}[{}] [{}] [{ones}] : {xt} to {ht}",
-                offs.join(", "),
-                sizes.join(", ")
-            ))
+            format!("[{}] [{}] [{ones}]", offs.join(", "), sizes.join(", "))
         };
-        let x1 = slice(self, 0);
-        let x2 = slice(self, hn);
+        let (lo, hi) = (at(0), at(hn));
+        let x1 = self.def(format!("tensor.extract_slice {xn}{lo} : {xt} to {ht}"));
+        let x2 = self.def(format!("tensor.extract_slice {xn}{hi} : {xt} to {ht}"));
+        let yt = tensor_ty(&node.ty);
+        let y = self.init(v, &node.ty.shape, d, None)?;
+        let y1_dest = self.def(format!("tensor.extract_slice {y}{lo} : {yt} to {ht}"));
         self.bind_region_arg(fa, &x2, &ht);
         let (f_body, g_body) = (node.regions[0].body.clone(), node.regions[1].body.clone());
         self.emit_region_ops(&f_body)?;
         let fyn = self.cast_result(fy, &ht);
-        let y1 = self.residual_add(v, &x1, &fyn, &h_ty)?;
+        let y1 = self.residual_add(&x1, &fyn, &h_ty, &y1_dest);
         self.bind_region_arg(ga, &y1, &ht);
         self.emit_region_ops(&g_body)?;
         let gyn = self.cast_result(gy, &ht);
-        let y2 = self.residual_add(v, &x2, &gyn, &h_ty)?;
+        // Inserted after `g` has read `y1`: inserted before, one-shot
+        // bufferization sees those reads after a write to the whole result
+        // and computes `y1` out of place (a copy per layer).
+        let y = self.def(format!(
+            "tensor.insert_slice {y1} into {y}{lo} : {ht} into {yt}"
+        ));
+        let y2_dest = self.def(format!("tensor.extract_slice {y}{hi} : {yt} to {ht}"));
+        let y2 = self.residual_add(&x2, &gyn, &h_ty, &y2_dest);
         Ok(format!(
-            "tensor.concat dim({last}) {y1}, {y2} : ({ht}, {ht}) -> {}",
-            tensor_ty(&node.ty)
+            "tensor.insert_slice {y2} into {y}{hi} : {ht} into {yt}"
         ))
     }
 
