@@ -137,6 +137,102 @@ pub fn lsh_hash(
     })
 }
 
+/// Where a strided `[B, L, H, d]` operand of [`lsh_rotate`] lies in its
+/// slice: the element strides of its first three axes (the last is
+/// contiguous).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RotateStrides {
+    /// Between batch rows.
+    pub batch: usize,
+    /// Between positions.
+    pub pos: usize,
+    /// Between heads.
+    pub head: usize,
+}
+
+/// The rotation product of [`lsh_hash`] alone:
+/// `out[b, h, r, t, j] = Σ_k x[b, t, h, k] rot[h, k, r, j]`, each sum over
+/// `k` in order from zero with fused multiply-adds, as the hashing computes
+/// it (so bucket decisions from it are the same). `x` is `[B, L, H, d]` at
+/// `strides` (its last axis contiguous), `rot` a contiguous `[H, d, r, half]`,
+/// `out` a contiguous `[B, H, r, L, half]`; one task per (batch, head,
+/// round).
+///
+/// ```
+/// use reformc_runtime::attention::{lsh_rotate, RotateStrides};
+/// // B = 1, L = 2, H = 1, d = 2, r = 1, half = 1: out[t] = x[t] . rot.
+/// let x = [1.0, 2.0, 3.0, 4.0];
+/// let s = RotateStrides { batch: 4, pos: 2, head: 2 };
+/// let mut out = [0.0; 2];
+/// lsh_rotate(&x, s, &[10.0, 1.0], 1, 2, 1, 2, 1, 1, &mut out).unwrap();
+/// assert_eq!(out, [12.0, 34.0]);
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn lsh_rotate(
+    x: &[f32],
+    strides: RotateStrides,
+    rot: &[f32],
+    batch: usize,
+    len: usize,
+    heads: usize,
+    d: usize,
+    rounds: usize,
+    half: usize,
+    out: &mut [f32],
+) -> Result<()> {
+    check_len(
+        "rot",
+        rot.len(),
+        product(&[heads, d, rounds, half], "rot").ok(),
+    )?;
+    check_len(
+        "out",
+        out.len(),
+        product(&[batch, heads, rounds, len, half], "out").ok(),
+    )?;
+    if [batch, len, heads, d, rounds, half].contains(&0) {
+        return Ok(());
+    }
+    let span =
+        (batch - 1) * strides.batch + (len - 1) * strides.pos + (heads - 1) * strides.head + d;
+    if x.len() < span || strides.pos < d {
+        return Err(invalid(format!(
+            "x: {} values at strides {strides:?} cannot hold [{batch}, {len}, {heads}, {d}]",
+            x.len()
+        )));
+    }
+    let kern = kernel();
+    let width = rounds * half;
+    let packed: Vec<PackedB> = crate::bf16::with(false, || {
+        (0..heads * rounds)
+            .map(|hr| {
+                let (h, r) = (hr / rounds, hr % rounds);
+                let b = &rot[h * d * width + r * half..];
+                PackedB::from_kn(b, d, half, width, kern.nr)
+            })
+            .collect::<Result<_>>()
+    })?;
+    let shared = SharedMut::new(out);
+    try_par_for(batch * heads * rounds, |task| {
+        let (b, hr) = (task / (heads * rounds), task % (heads * rounds));
+        let h = hr / rounds;
+        let a = &x[b * strides.batch + h * strides.head..];
+        // SAFETY: task (b, h, r) alone writes out[b, h, r].
+        let c = unsafe { shared.slice(task * len * half, len * half) };
+        gemm(
+            kern,
+            len,
+            a,
+            strides.pos,
+            &packed[hr],
+            c,
+            half,
+            Epilogue::STORE,
+        );
+        Ok(())
+    })
+}
+
 thread_local! {
     /// Per-thread rotated block (hashing tasks never nest).
     static ROTATED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -200,6 +296,63 @@ fn argmax_signed(piece: &[f32]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rotation product on a strided view equals sequential fused
+    /// multiply-adds from zero bit for bit (plain ones under the scalar
+    /// kernel, `REFORMC_RT_KERNEL=scalar`), for every (b, h, r), with several
+    /// rounds (each a column block of the rotations).
+    #[test]
+    fn lsh_rotate_is_sequential_fma_on_strided_views() {
+        let (batch, len, heads, d, rounds, half) = (2, 37, 3, 64, 2, 12);
+        // x lies in a wider [B, L, H, d + 5] buffer: strided rows.
+        let row = heads * (d + 5);
+        let st = RotateStrides {
+            batch: len * row,
+            pos: row,
+            head: d + 5,
+        };
+        let val = |i: usize| ((i * 7919 % 1000) as f32 - 500.0) / 97.0;
+        let x: Vec<f32> = (0..batch * len * row).map(val).collect();
+        let rot: Vec<f32> = (0..heads * d * rounds * half)
+            .map(|i| val(i + 11) / 3.0)
+            .collect();
+        let mut out = vec![f32::NAN; batch * heads * rounds * len * half];
+        let fused = kernel().isa != "scalar";
+        lsh_rotate(&x, st, &rot, batch, len, heads, d, rounds, half, &mut out).unwrap();
+        for b in 0..batch {
+            for h in 0..heads {
+                for r in 0..rounds {
+                    for t in 0..len {
+                        for j in 0..half {
+                            let mut acc = 0.0f32;
+                            for k in 0..d {
+                                let xv = x[b * st.batch + t * st.pos + h * st.head + k];
+                                let rv = rot[((h * d + k) * rounds + r) * half + j];
+                                acc = match fused {
+                                    true => xv.mul_add(rv, acc),
+                                    false => acc + xv * rv,
+                                };
+                            }
+                            let got = out[(((b * heads + h) * rounds + r) * len + t) * half + j];
+                            assert_eq!(got.to_bits(), acc.to_bits(), "b{b} h{h} r{r} t{t} j{j}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lsh_rotate_rejects_a_view_too_short() {
+        let st = RotateStrides {
+            batch: 8,
+            pos: 4,
+            head: 2,
+        };
+        let mut out = [0.0; 2];
+        let e = lsh_rotate(&[0.0; 5], st, &[1.0; 2], 1, 2, 1, 2, 1, 1, &mut out);
+        assert!(e.is_err());
+    }
 
     #[test]
     fn bucket_of_factorised_is_first_factor_least_significant() {

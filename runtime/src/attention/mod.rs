@@ -17,7 +17,7 @@ mod lsh;
 
 pub use bucket_range::{check_bucket_ids, check_bucket_range};
 pub use full::attention;
-pub use hash::lsh_hash;
+pub use hash::{lsh_hash, lsh_rotate, RotateStrides};
 pub use local::local_attention;
 pub use lsh::lsh_attention;
 

@@ -88,9 +88,11 @@ impl Emitter<'_> {
         let step = tile_len(s.heads, s.rounds, s.half);
         let step = self.def(format!("arith.constant {step} : index"));
         let (start, acc, res) = (self.fresh(), self.fresh(), self.fresh());
+        self.stage("tiles");
         self.lines.push(format!(
             "{IND}{res} = scf.for {start} = {c0} to {len} step {step} iter_args({acc} = {acc0}) -> ({out_ty}) {{"
         ));
+        self.restart_stage("rotate");
         let rem = self.def(format!("arith.subi {len}, {start} : index"));
         let tile = self.def(format!("arith.minsi {rem}, {step} : index"));
         self.syms.insert(TILE_SYM.into(), tile.clone());
@@ -107,6 +109,7 @@ impl Emitter<'_> {
             "tensor.insert_slice {bk} into {acc}[0, 0, 0, {start}] [{b}, {}, {}, {tile}] [1, 1, 1, 1] : {bk_ty} into {out_ty}",
             s.heads, s.rounds
         ));
+        self.end_branch();
         self.lines.push(format!("{IND}  scf.yield {up} : {out_ty}"));
         self.lines.push(format!("{IND}}}"));
         Ok(self.alias(&res, &out_ty))
@@ -275,7 +278,9 @@ impl Emitter<'_> {
         let mut iters = vec!["parallel"; 6];
         iters[4] = "reduction";
         let ft = elt(f);
-        let rotated = self.generic(&ins, out, &iters, ft, |b, a| {
+        let call =
+            (self.own_pipeline && f == DType::F32).then_some(crate::library_calls::LSH_ROTATE);
+        let rotated = self.generic_call(&ins, out, &iters, ft, call, |b, a| {
             let p = b.def(format!(
                 "arith.mulf {}, {} fastmath<contract> : {ft}",
                 a[0], a[1]
@@ -285,6 +290,7 @@ impl Emitter<'_> {
                 a[2]
             ))
         });
+        self.stage("argmax");
         let bk_shape = [s.batch.clone(), h, r, tile.clone()];
         let m = match mask {
             Some(m) => {

@@ -438,6 +438,19 @@ impl<'g> Emitter<'g> {
         self.timer = Some(t);
     }
 
+    /// Starts stage `name` inside a loop body: the clock is read again in
+    /// every iteration (a reading from before the loop would count the
+    /// earlier iterations too); end the body with [`Self::end_branch`].
+    fn restart_stage(&mut self, name: &'static str) {
+        if self.timer.is_some() {
+            let start = self.def(crate::profile::now_call());
+            if let Some(t) = self.timer.as_mut() {
+                t.start = start;
+                t.stage = Some(name);
+            }
+        }
+    }
+
     /// The timer to restore at the start of each branch of a region that
     /// holds stages of the op being lowered ([`Self::end_branch`] ends each).
     fn branch_timer(&self) -> Option<OpTimer> {
@@ -1120,11 +1133,55 @@ impl<'g> Emitter<'g> {
         if names.len() == 1 {
             return Ok(format!("tensor.cast {} : {} to {ty}", names[0], tys[0]));
         }
+        if self.own_pipeline {
+            return self.concat_by_copies(v, axis, &names, &tys);
+        }
         Ok(format!(
             "tensor.concat dim({axis}) {} : ({}) -> {ty}",
             names.join(", "),
             tys.join(", ")
         ))
+    }
+
+    /// `concat` for reformc's own pipeline: each input copied by a
+    /// `linalg.copy` into its slice of the result. Bufferized, a
+    /// `tensor.concat` copies through `memref.copy`, which lowers to the C
+    /// runner's element-by-element `memrefCopy` for a strided slice; a
+    /// `linalg.copy` becomes a loop that LLVM vectorises.
+    fn concat_by_copies(
+        &mut self,
+        v: ValueId,
+        axis: usize,
+        names: &[String],
+        tys: &[String],
+    ) -> Result<String, MlirError> {
+        let node = self.g.node(v);
+        let (shape, d) = (node.ty.shape.clone(), node.ty.dtype);
+        let ty = tensor_ty(&node.ty);
+        let inputs = node.inputs.clone();
+        let mut acc = self.init(v, &shape, d, None)?;
+        let mut offset = self.idx_const(0);
+        let ones = vec!["1"; shape.len()].join(", ");
+        for ((x, name), xt) in inputs.iter().zip(names).zip(tys) {
+            let x_ty = self.g.ty(*x).clone();
+            let sizes = self.value_sizes(name, &x_ty);
+            let mut offs = vec!["0".to_string(); shape.len()];
+            offs[axis] = offset.clone();
+            let at = format!("[{}] [{}] [{ones}]", offs.join(", "), sizes.join(", "));
+            let dest = self.def(format!("tensor.extract_slice {acc}{at} : {ty} to {xt}"));
+            let copied = self.def(format!(
+                "linalg.copy ins({name} : {xt}) outs({dest} : {xt}) -> {xt}"
+            ));
+            acc = self.def(format!(
+                "tensor.insert_slice {copied} into {acc}{at} : {xt} into {ty}"
+            ));
+            let len = match sizes[axis].parse::<u64>() {
+                Ok(n) => self.idx_const(n),
+                Err(_) => sizes[axis].clone(),
+            };
+            offset = self.def(format!("arith.addi {offset}, {len} : index"));
+        }
+        Ok(format!("tensor.cast {acc} : {ty} to {ty}"))
     }
 
     /// `slice` (`start..end` of an axis) or, with `drop`, `index` (one

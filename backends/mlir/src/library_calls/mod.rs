@@ -17,6 +17,10 @@
 //! IREE, `REFORMC_MLIR_PIPELINE`) lowers the same ops to loops and computes
 //! the same values (up to the order of rounding).
 
+mod lsh_rotate;
+
+pub use lsh_rotate::NAME as LSH_ROTATE;
+
 use melior::{
     dialect::{func, memref},
     ir::{
@@ -73,6 +77,7 @@ fn known_names() -> impl Iterator<Item = String> {
         .into_iter()
         .map(|(name, _)| name)
         .chain(BMM_RANKS.flat_map(|r| [bmm_name(r, true), bmm_name(r, false)]))
+        .chain(std::iter::once(LSH_ROTATE.to_string()))
 }
 
 /// Turns every `linalg.generic` carrying a `library_call` that
@@ -246,13 +251,16 @@ pub(crate) fn register(engine: &ExecutionEngine) {
         ),
     ];
     debug_assert!(bmm.iter().map(|(r, _, _)| *r).eq(BMM_RANKS));
-    let calls = linear_table().into_iter().chain(
-        bmm.into_iter()
-            .flat_map(|(r, nt, nn)| [(bmm_name(r, true), nt), (bmm_name(r, false), nn)]),
-    );
+    let calls = linear_table()
+        .into_iter()
+        .chain(
+            bmm.into_iter()
+                .flat_map(|(r, nt, nn)| [(bmm_name(r, true), nt), (bmm_name(r, false), nn)]),
+        )
+        .chain([(LSH_ROTATE.to_string(), lsh_rotate::call as *mut ())]);
     for (name, f) in calls {
         // SAFETY: `f` is the callee of `name` (`linear_nb` / `linear_b` or
-        // `bmm_call` for its rank and variant), whose C signature is the one
+        // `bmm_call` for its rank and variant, or `lsh_rotate::call`), whose C signature is the one
         // `llvm.emit_c_interface` gives `_mlir_ciface_<name>`: one pointer
         // to a memref descriptor per operand.
         unsafe { engine.register_symbol(&format!("_mlir_ciface_{name}"), f) };
