@@ -344,12 +344,17 @@ impl<'g> Emitter<'g> {
             args.push(a);
         }
         self.lines.push(format!("{IND}^bb0({}):", decl.join(", ")));
+        let body_start = self.lines.len();
         let mut b = Body {
             lines: &mut self.lines,
             counter: &mut self.counter,
             indent: BODY_IND,
         };
         let y = body(&mut b, &args);
+        if self.own_pipeline && iters.iter().any(|i| i == "\"reduction\"") {
+            let out_arg = args.last().map(String::as_str).unwrap_or("");
+            reassociate_combine(&mut self.lines[body_start..], &y, out_arg);
+        }
         self.lines
             .push(format!("{BODY_IND}linalg.yield {y} : {out_elt}"));
         self.lines.push(format!("{IND}}} -> {}", out.ty));
@@ -1334,6 +1339,31 @@ fn reassociation(a: &[Dim], b: &[Dim]) -> Option<Vec<(Vec<usize>, Vec<usize>)>> 
 fn elt_of_ty(ty: &str) -> &str {
     let inner = ty.trim_start_matches("tensor<").trim_end_matches('>');
     inner.rsplit('x').next().unwrap_or(inner)
+}
+
+/// Marks a reduction's combining op `fastmath<reassoc>`: the line of `body`
+/// that defines the yielded value `y` as an `arith.addf` or
+/// `arith.maximumf` of the output argument `out` and another value. LLVM
+/// then vectorises the reduction loop with partial sums in lanes (an add
+/// chain otherwise runs one element per add latency); a sum's last bits
+/// change with the order, a maximum's do not. Other ops keep strict
+/// semantics. For reformc's own pipeline only.
+fn reassociate_combine(body: &mut [String], y: &str, out: &str) {
+    let def = format!("{BODY_IND}{y} = ");
+    let Some(line) = body.iter_mut().rev().find(|l| l.starts_with(&def)) else {
+        return;
+    };
+    let rhs = &line[def.len()..];
+    let combines = ["arith.addf ", "arith.maximumf "]
+        .iter()
+        .any(|op| rhs.starts_with(op));
+    let operands = rhs.split(" : ").next().unwrap_or("");
+    let reads_out = operands.split([' ', ',']).any(|w| w == out);
+    if combines && reads_out && !rhs.contains("fastmath") {
+        if let Some(colon) = line.rfind(" : ") {
+            line.insert_str(colon, " fastmath<reassoc>");
+        }
+    }
 }
 
 /// A string as an MLIR string literal.
