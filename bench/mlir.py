@@ -11,12 +11,14 @@ Systems, each forward in its own process, interleaved within each repeat:
   - iree-cpu:  `reformc compile --emit mlir` (weights embedded) -> `iree-compile` llvm-cpu
                (host CPU) -> `iree-benchmark-module` (forward time) and `iree-run-module`
                (peak RSS of a whole run);
+  - iree-cpu-dt: the same module compiled with `--iree-opt-data-tiling` as well (IREE's packed
+               matmul layouts and mmt4d kernels);
   - mlir-jit:  `reformc run --backend mlir` (reformc's MLIR CPU pipeline + ExecutionEngine;
                the forward time it prints, compile excluded).
 It also reports `--emit mlir` and `iree-compile` times, and checks that the three outputs agree.
 
 Usage: .venv-iree/bin/python bench/mlir.py [--lengths 16384,65536] [--threads 2] [--repeats 3]
-       [--systems llvm,iree-cpu,mlir-jit] [--reformc target/release/reformc]
+       [--systems llvm,iree-cpu,iree-cpu-dt,mlir-jit] [--reformc target/release/reformc]
 Needs only what scripts/setup.sh installs (IREE and numpy in .venv-iree). Writes bench/out/mlir_*
 and bench/mlir_results.md.
 """
@@ -82,13 +84,15 @@ def build(cfg, w, length):
     exe = os.path.join(OUT, f"mlir_llvm_L{length}")
     mlir = os.path.join(OUT, f"mlir_L{length}.mlir")
     vmfb = os.path.join(OUT, f"mlir_L{length}.vmfb")
+    vmfb_dt = os.path.join(OUT, f"mlir_L{length}_dt.vmfb")
     seconds([REFORMC, "compile", cfg, "--weights", w, "-o", exe, "--seq-len", str(length), "--target-cpu", "host", "-q"])
     emit_s = seconds([REFORMC, "compile", cfg, "--weights", w, "--emit", "mlir", "-o", mlir,
                       "--seq-len", str(length), "--lsh-source", "seeded", "-q"])
-    iree_s = seconds([os.path.join(IREE, "iree-compile"), mlir, "--iree-hal-target-device=local",
-                      "--iree-hal-local-target-device-backends=llvm-cpu", "--iree-llvmcpu-target-cpu=host",
-                      "-o", vmfb])
-    return exe, vmfb, emit_s, iree_s
+    flags = [os.path.join(IREE, "iree-compile"), mlir, "--iree-hal-target-device=local",
+             "--iree-hal-local-target-device-backends=llvm-cpu", "--iree-llvmcpu-target-cpu=host"]
+    iree_s = seconds(flags + ["-o", vmfb])
+    iree_dt_s = seconds(flags + ["--iree-opt-data-tiling", "-o", vmfb_dt])
+    return exe, {"iree-cpu": vmfb, "iree-cpu-dt": vmfb_dt}, emit_s, (iree_s, iree_dt_s)
 
 
 def run_llvm(exe, ids, threads, out):
@@ -121,7 +125,7 @@ def iree_inputs(signature, ids):
 
 
 def run_iree(vmfb, ids, threads, out):
-    signature = vmfb.replace(".vmfb", ".mlir.json")
+    signature = vmfb.replace("_dt.vmfb", ".vmfb").replace(".vmfb", ".mlir.json")
     common = [f"--device=local-task", f"--module={vmfb}", "--function=forward",
               f"--task_topology_max_group_count={threads}"] + iree_inputs(signature, ids)
     _, _, rss = timed([os.path.join(IREE, "iree-run-module")] + common + [f"--output=@{out}"])
@@ -154,7 +158,7 @@ def main():
     ap.add_argument("--lengths", default="16384,65536")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--systems", default="llvm,iree-cpu,mlir-jit")
+    ap.add_argument("--systems", default="llvm,iree-cpu,iree-cpu-dt,mlir-jit")
     ap.add_argument("--reformc", default=None, help="the reformc binary (built in release when missing)")
     args = ap.parse_args()
     REFORMC = args.reformc or REFORMC
@@ -166,8 +170,9 @@ def main():
     rows = []
     for length in [int(x) for x in args.lengths.split(",")]:
         ids = ids_file(length)
-        exe, vmfb, emit_s, iree_s = build(cfg, w, length)
-        print(f"L={length}: --emit mlir {emit_s:.2f} s, iree-compile {iree_s:.1f} s", flush=True)
+        exe, vmfbs, emit_s, (iree_s, iree_dt_s) = build(cfg, w, length)
+        print(f"L={length}: --emit mlir {emit_s:.2f} s, iree-compile {iree_s:.1f} s "
+              f"({iree_dt_s:.1f} s with data tiling)", flush=True)
         runs = {s: [] for s in systems}
         outs = {s: os.path.join(OUT, f"mlir_out_{s}_L{length}.npy") for s in systems}
         for rep in range(args.repeats):
@@ -175,8 +180,8 @@ def main():
                 try:
                     if s == "llvm":
                         r = run_llvm(exe, ids, args.threads, outs[s])
-                    elif s == "iree-cpu":
-                        r = run_iree(vmfb, ids, args.threads, outs[s])
+                    elif s in vmfbs:
+                        r = run_iree(vmfbs[s], ids, args.threads, outs[s])
                     else:
                         r = run_mlir_jit(cfg, w, ids, outs[s])
                     runs[s].append(r)
@@ -192,7 +197,8 @@ def main():
             rss = max(x for _, x in runs[s]) / 1024
             diff = max_rel(outs[s], outs["llvm"]) if "llvm" in systems and runs["llvm"] and s != "llvm" else 0.0
             rows.append((length, s, t, rss, t / base if base else None, f"{diff:.1e}"))
-        rows.append((length, "compile", emit_s, None, None, f"iree-compile {iree_s:.1f} s"))
+        rows.append((length, "compile", emit_s, None, None,
+                     f"iree-compile {iree_s:.1f} s ({iree_dt_s:.1f} s with data tiling)"))
     lines = ["# reformc MLIR benchmark", "",
              f"bench/run.py's model, 1 hash, batch 1, {args.threads} threads, median of {args.repeats}.", "",
              "| L | system | forward time | peak RSS | time / llvm | max rel. diff vs llvm |", "|---|---|---|---|---|---|"]

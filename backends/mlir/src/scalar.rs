@@ -42,6 +42,19 @@ pub(crate) struct Body<'a> {
 }
 
 impl Body<'_> {
+    /// A fresh SSA name, for results of ops with regions written by
+    /// [`Self::line`].
+    pub(crate) fn fresh(&mut self) -> String {
+        let name = format!("%t{}", *self.counter);
+        *self.counter += 1;
+        name
+    }
+
+    /// Emits one line as it is (indented).
+    pub(crate) fn line(&mut self, text: String) {
+        self.lines.push(format!("{}{text}", self.indent));
+    }
+
     /// Emits `%tN = rhs` and returns `%tN`.
     pub(crate) fn def(&mut self, rhs: String) -> String {
         let name = format!("%t{}", *self.counter);

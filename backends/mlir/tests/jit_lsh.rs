@@ -191,16 +191,18 @@ fn sort_and_lsh_attention_modules_verify_with_upstream_dialects_only() {
         "bitonic network:\n{m}"
     );
     let m = check_module("lsh_r2_causal_mask", &lsh_graph(2, 2, 4, 1, 0, true, true));
-    // Two sorts (by bucket, then the inverse permutation), a short-sequence
-    // branch, and no [L, L] tensor in the sorted branch: its logits are
-    // [B, H, N / chunk, chunk, W] with W = (before + 1 + after) chunk = 8.
+    // One sort (by bucket; the inverse permutation is a binary search), a
+    // short-sequence branch, and no [L, L] tensor in the sorted branch: its
+    // logits are one [B, H, N / chunk, chunk, chunk] per window block
+    // (before + 1 + after = 2 blocks), and no window is gathered.
     assert_eq!(
         m.matches("arith.xori").count(),
-        4,
-        "two sorts, two stages each"
+        2,
+        "one sort, two stages per iteration"
     );
     assert!(m.contains("scf.if"));
-    assert!(m.contains("tensor<?x2x?x4x8xf32>"), "windowed logits:\n{m}");
+    assert!(m.contains("tensor<?x2x?x4x4xf32>"), "block logits:\n{m}");
+    assert!(!m.contains("x4x8xf32>"), "no whole-window logits:\n{m}");
     check_module("lsh_r1", &lsh_graph(1, 1, 8, 0, 0, false, false));
 }
 

@@ -30,6 +30,8 @@ use crate::scalar::{elt, literal, Body};
 use crate::MlirError;
 use reformc_ir::{DType, ValueId};
 
+mod window_blocks;
+
 /// Logit of masked (padding or causal) keys, the interpreter's `MASK_VALUE`.
 const MASK_VALUE: f64 = -1e9;
 /// Logit of a query's own position, the interpreter's `SELF_MASK_VALUE`.
@@ -53,8 +55,6 @@ struct Lsh {
     /// `qk` and `v` viewed as `[B, L, H, d]`.
     qk4: String,
     v4: String,
-    /// Length-normalised keys divided by sqrt(d), `[B, L, H, d]`.
-    keys4: String,
     /// The padding mask `[B, L]` and its element type, when given.
     mask: Option<(String, String, &'static str)>,
 }
@@ -240,7 +240,6 @@ impl Emitter<'_> {
             l: s.0[1].clone(),
             qk4: String::new(),
             v4: String::new(),
-            keys4: String::new(),
             mask: None,
         };
         if let Some(&m) = node.inputs.get(3) {
@@ -260,19 +259,20 @@ impl Emitter<'_> {
             "tensor.expand_shape %v{}[[0], [1], [2, 3]] output_shape [{sizes}] : {from} into {to}",
             vv.0
         ));
-        ctx.keys4 = self.lsh_norm_keys(&ctx);
         Ok(ctx)
     }
 
     /// HF's `_len_norm` then division by sqrt(d), as `scaled_keys`:
-    /// `x / sqrt(mean(x^2) + 1e-6) / sqrt(d)` per (b, l, h).
-    fn lsh_norm_keys(&mut self, c: &Lsh) -> String {
+    /// `x / sqrt(mean(x^2) + 1e-6) / sqrt(d)` per row of `x` (`[.., .., .., d]`
+    /// of shape `split`: the keys `[B, L, H, d]`, or sorted `[B, H, n, d]`,
+    /// where each row is the same values, normalised the same way).
+    fn lsh_norm_keys(&mut self, c: &Lsh, x: &str, split: &Shp) -> String {
         let (dt, e) = (c.dt, c.e());
-        let split = c.split_shape();
+        let split = split.clone();
         let rows = Shp(split.0[..3].to_vec());
         let zero = literal(dt, 0.0);
         let init = self.shp_filled(&rows, e, &zero);
-        let ins = [operand(&c.qk4, &split.ty(e), &ident(4))];
+        let ins = [operand(x, &split.ty(e), &ident(4))];
         let out = operand(&init, &rows.ty(e), &["d0", "d1", "d2"]);
         let iters = ["parallel", "parallel", "parallel", "reduction"];
         let ss = self.generic(&ins, out, &iters, e, |b, a| {
@@ -281,7 +281,7 @@ impl Emitter<'_> {
         });
         let init = self.shp_empty(&split, e);
         let ins = [
-            operand(&c.qk4, &split.ty(e), &ident(4)),
+            operand(x, &split.ty(e), &ident(4)),
             operand(&ss, &rows.ty(e), &["d0", "d1", "d2"]),
         ];
         let out = operand(&init, &split.ty(e), &ident(4));
@@ -376,12 +376,9 @@ impl Emitter<'_> {
             w: Sz::Const((c.before + 1 + c.after) * c.chunk),
             window,
         };
-        let att = self.lsh_attend(c, &blocks);
+        let att = self.lsh_attend_blocks(c, &blocks);
         self.stage("unsort");
-        let inv = match packed {
-            true => self.packed_sort_perm(&perm, &rows, 2),
-            false => self.sort_perm(&perm, &rows, 2),
-        };
+        let inv = self.inverse_perm(&keys, &perm, &rows, 2);
         self.stage("combine");
         self.lsh_combine_rounds(c, &att, &inv, &n)
     }
@@ -500,7 +497,8 @@ impl Emitter<'_> {
         self.stage("window");
         let (kpos, dropped) = self.lsh_window_keys(c, bl);
         self.stage("gather_kv");
-        let kwin = self.lsh_gather_window(c, bl, &c.keys4.clone(), &kpos);
+        let keys = self.lsh_norm_keys(c, &c.qk4, &c.split_shape());
+        let kwin = self.lsh_gather_window(c, bl, &keys, &kpos);
         let vwin = self.lsh_gather_window(c, bl, &c.v4.clone(), &kpos);
         let dsz = Sz::Const(c.d);
         let hsz = Sz::Const(c.heads);
@@ -642,11 +640,12 @@ impl Emitter<'_> {
             bl.nc.clone(),
             bl.qc.clone(),
         ]);
+        // The logits' last axis: a whole window or one block of it.
         let wins = Shp(vec![
             c.b.clone(),
             Sz::Const(c.heads),
             bl.nc.clone(),
-            bl.w.clone(),
+            lg.0[4].clone(),
         ]);
         let qpos = self.def(format!(
             "tensor.expand_shape {}[[0], [1], [2, 3]] output_shape [{}] : {} into {}",

@@ -293,6 +293,94 @@ impl Emitter<'_> {
         })
     }
 
+    /// The inverse of the stable permutation `perm` that sorts `keys` (both
+    /// `i64`, shape `s`, along `axis`; keys in i32's range, the axis shorter
+    /// than `2^32`): slot `inv[i]` of entry `i`, found by binary search.
+    /// Sorted by (key, position), the entries' packed values `key << 32 |
+    /// position` are strictly increasing, so entry `i`'s slot is where its
+    /// own packed value lies: `ceil(log2 n)` probes per entry, instead of a
+    /// second sort of the whole permutation.
+    pub(super) fn inverse_perm(&mut self, keys: &str, perm: &str, s: &Shp, axis: usize) -> String {
+        let rank = s.rank();
+        let ty = s.ty("i64");
+        let iters = vec!["parallel"; rank];
+        let pack = |b: &mut crate::scalar::Body, key: &str, pos: &str| {
+            let lo = b.def(format!("arith.constant {} : i64", i32::MIN));
+            let hi = b.def(format!("arith.constant {} : i64", i32::MAX));
+            let k = b.def(format!("arith.maxsi {key}, {lo} : i64"));
+            let k = b.def(format!("arith.minsi {k}, {hi} : i64"));
+            let sh = b.def("arith.constant 32 : i64".into());
+            let k = b.def(format!("arith.shli {k}, {sh} : i64"));
+            b.def(format!("arith.ori {k}, {pos} : i64"))
+        };
+        // The packed values in sorted order.
+        let init = self.shp_empty(s, "i64");
+        let ins = [operand(perm, &ty, &ident(rank))];
+        let out = operand(&init, &ty, &ident(rank));
+        let sorted = self.generic(&ins, out, &iters, "i64", |b, a| {
+            let mut idx = loop_indices(b, rank);
+            idx[axis] = b.def(format!("arith.index_cast {} : i64 to index", a[0]));
+            let key = b.def(format!("tensor.extract {keys}[{}] : {ty}", idx.join(", ")));
+            pack(b, &key, &a[0])
+        });
+        // Probes: ceil(log2 n).
+        let n = self.sz_val(&s.0[axis]);
+        let probes = self.ceil_log2(&n);
+        let init = self.shp_empty(s, "i64");
+        let ins = [operand(keys, &ty, &ident(rank))];
+        let out = operand(&init, &ty, &ident(rank));
+        self.generic(&ins, out, &iters, "i64", |b, a| {
+            let mut idx = loop_indices(b, rank);
+            let i = b.def(format!("arith.index_cast {} : index to i64", idx[axis]));
+            let target = pack(b, &a[0], &i);
+            let (zero, one) = (b.def("arith.constant 0 : index".into()), b.def("arith.constant 1 : index".into()));
+            // Branchless lower bound: `base` stays at the last slot whose value
+            // is <= the target while the range `len` halves.
+            let (it, base, len) = (b.fresh(), b.fresh(), b.fresh());
+            let res = b.fresh();
+            b.line(format!(
+                "{res}:2 = scf.for {it} = {zero} to {probes} step {one} iter_args({base} = {zero}, {len} = {n}) -> (index, index) {{"
+            ));
+            let half = b.def(format!("arith.shrui {len}, {one} : index"));
+            let mid = b.def(format!("arith.addi {base}, {half} : index"));
+            idx[axis] = mid.clone();
+            let v = b.def(format!("tensor.extract {sorted}[{}] : {ty}", idx.join(", ")));
+            let le = b.def(format!("arith.cmpi sle, {v}, {target} : i64"));
+            let nb = b.def(format!("arith.select {le}, {mid}, {base} : index"));
+            let nl = b.def(format!("arith.subi {len}, {half} : index"));
+            b.line(format!("  scf.yield {nb}, {nl} : index, index"));
+            b.line("}".to_string());
+            b.def(format!("arith.index_cast {res}#0 : index to i64"))
+        })
+    }
+
+    /// `ceil(log2 n)` (0 for `n <= 1`) as an `index`, by doubling in an
+    /// `scf.while` (no 64-bit bit counting: IREE's Vulkan path emulates i64).
+    fn ceil_log2(&mut self, n: &str) -> String {
+        let (zero, one) = (self.idx_const(0), self.idx_const(1));
+        let (r, q, c, q2, c2) = (
+            self.fresh(),
+            self.fresh(),
+            self.fresh(),
+            self.fresh(),
+            self.fresh(),
+        );
+        self.lines.push(format!(
+            "    {r}:2 = scf.while ({q} = {one}, {c} = {zero}) : (index, index) -> (index, index) {{"
+        ));
+        let lt = self.def(format!("arith.cmpi ult, {q}, {n} : index"));
+        self.lines.push(format!(
+            "    scf.condition({lt}) {q}, {c} : index, index\n    }} do {{"
+        ));
+        self.lines
+            .push(format!("    ^bb0({q2}: index, {c2}: index):"));
+        let d = self.def(format!("arith.shli {q2}, {one} : index"));
+        let e = self.def(format!("arith.addi {c2}, {one} : index"));
+        self.lines
+            .push(format!("    scf.yield {d}, {e} : index, index\n    }}"));
+        format!("{r}#1")
+    }
+
     /// The padded shape of a sort of `s` along `axis` (the length rounded up
     /// to a power of two).
     fn sort_network(&mut self, s: &Shp, axis: usize) -> Network {

@@ -573,38 +573,68 @@ fn bmm_views<const R: usize, const NT: bool>(
             a.sizes, b.sizes, y.sizes
         ));
     }
-    let nb: i64 = y.sizes[..batch].iter().product();
     let to = |v: i64| usize::try_from(v).map_err(|_| format!("negative size {v}"));
-    match (contiguous(a), contiguous(b), contiguous(y)) {
-        (Some(av), Some(bv), Some(yv)) => {
-            let apart = |(p, len): (*mut f32, usize)| {
-                let (s, e) = (p as usize, p as usize + 4 * len);
-                e <= yv.0 as usize || s >= yv.0 as usize + 4 * yv.1
-            };
-            if !apart(av) || !apart(bv) {
-                return Err("the result overlaps an operand".to_string());
-            }
-            // SAFETY: each view is its descriptor's elements, inside a live
-            // buffer (the caller's contract); y shares no element with a or
-            // b (checked) and no one else touches it during the call.
-            let (av, bv, yv) = unsafe {
-                (
-                    std::slice::from_raw_parts(av.0, av.1),
-                    std::slice::from_raw_parts(bv.0, bv.1),
-                    std::slice::from_raw_parts_mut(yv.0, yv.1),
-                )
-            };
-            let t = reformc_runtime::tensor_ops::Transposed { a: false, b: NT };
-            let (nb, m, k, n) = (to(nb)?, to(m)?, to(k)?, to(n)?);
-            reformc_runtime::tensor_ops::matmul_batch_t_acc(av, bv, nb, m, k, n, t, yv)
-                .map_err(|e| e.to_string())
+    let (m, k, n) = (to(m)?, to(k)?, to(n)?);
+    // The outer batch axes `..p` are walked here; over axes `p..` every
+    // operand is dense, one kernel call per outer index (a window block's
+    // keys are dense per head but not across heads).
+    let Some(p) = (0..=batch).find(|&p| dense_from(a, p) && dense_from(b, p) && dense_from(y, p))
+    else {
+        // SAFETY: every index the loop forms is one the sizes allow.
+        unsafe { bmm_loop::<R, NT>(a, b, y) };
+        return Ok(());
+    };
+    let nb: i64 = y.sizes[p..batch].iter().product();
+    let nb = to(nb)?;
+    let outer: i64 = y.sizes[..p].iter().product();
+    let t = reformc_runtime::tensor_ops::Transposed { a: false, b: NT };
+    let mut idx = [0i64; R];
+    for flat in 0..outer.max(0) {
+        let mut rem = flat;
+        for i in (0..p).rev() {
+            idx[i] = rem % y.sizes[i];
+            rem /= y.sizes[i];
         }
-        _ => {
-            // SAFETY: every index the loop forms is one the sizes allow.
-            unsafe { bmm_loop::<R, NT>(a, b, y) };
-            Ok(())
+        let at = |d: &Descriptor<R>, len: usize| -> (*mut f32, usize) {
+            let off: i64 = idx[..p].iter().zip(&d.strides).map(|(i, s)| i * s).sum();
+            (d.aligned.wrapping_offset((d.offset + off) as isize), len)
+        };
+        let (av, bv, yv) = (at(a, nb * m * k), at(b, nb * k * n), at(y, nb * m * n));
+        let apart = |(p, len): (*mut f32, usize)| {
+            let (s, e) = (p as usize, p as usize + 4 * len);
+            e <= yv.0 as usize || s >= yv.0 as usize + 4 * yv.1
+        };
+        if !apart(av) || !apart(bv) {
+            return Err("the result overlaps an operand".to_string());
         }
+        // SAFETY: each view is elements its descriptor reaches from this
+        // outer index (dense over the inner axes), inside a live buffer (the
+        // caller's contract); y's shares no element with a's or b's (checked)
+        // and no one else touches it during the call.
+        let (av, bv, yv) = unsafe {
+            (
+                std::slice::from_raw_parts(av.0, av.1),
+                std::slice::from_raw_parts(bv.0, bv.1),
+                std::slice::from_raw_parts_mut(yv.0, yv.1),
+            )
+        };
+        reformc_runtime::tensor_ops::matmul_batch_t_acc(av, bv, nb, m, k, n, t, yv)
+            .map_err(|e| e.to_string())?;
     }
+    Ok(())
+}
+
+/// Whether the descriptor's axes `p..` are dense in row-major order (axes
+/// of size 1 may have any stride), its offset and strides non-negative.
+fn dense_from<const R: usize>(d: &Descriptor<R>, p: usize) -> bool {
+    let mut want = 1i64;
+    for i in (p..R).rev() {
+        if d.sizes[i] != 1 && d.strides[i] != want {
+            return false;
+        }
+        want = want.saturating_mul(d.sizes[i].max(0));
+    }
+    d.offset >= 0 && d.strides[..p].iter().all(|&s| s >= 0)
 }
 
 /// `y += a · b(ᵀ)` element by element through the descriptors' strides.
