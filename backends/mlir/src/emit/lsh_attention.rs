@@ -343,17 +343,11 @@ impl Emitter<'_> {
         ));
         self.stage("sort");
         let keys = self.sortable_keys(&bk, &rows, b_ty.dtype);
-        // Bucket ids fit i32 and positions u32: in reformc's own pipeline,
-        // sorting `bucket << 32 | position` gives the stable order without a
-        // key gathered per comparison, and the inverse permutation is the same
-        // kind of sort. The module users get keeps the gathering network:
-        // IREE 3.13's llvm-cpu computed one HF fixture (`causal_gelu_plainpos`,
-        // 160 slots padded to 256) wrongly with the packed one.
-        let packed = self.own_pipeline;
-        let perm = match packed {
-            true => self.packed_sort_perm(&keys, &rows, 2),
-            false => self.sort_perm(&keys, &rows, 2),
-        };
+        // Bucket ids fit i32 and positions u32: sorting `bucket << 32 |
+        // position` gives the stable order without a key gathered per
+        // comparison (the inverse comes from a binary search over the same
+        // packed values, `inverse_perm`).
+        let perm = self.packed_sort_perm(&keys, &rows, 2);
         let l = self.sz_val(&c.l);
         let init = self.shp_empty(&rows, "i64");
         let ins = [operand(&perm, &rows.ty("i64"), &ident(3))];
@@ -402,19 +396,60 @@ impl Emitter<'_> {
 
     /// `out[b, h, s, e] = src[b, pos[b, h, s], h, e]` for `src` `[B, L, H, d]`.
     fn lsh_gather(&mut self, c: &Lsh, src: &str, pos: &str, n: &Sz) -> String {
-        let e = c.e();
-        let shape = c.rows_by(n, &Sz::Const(c.d));
-        let src_ty = c.split_shape().ty(e);
-        let init = self.shp_empty(&shape, e);
-        let ins = [operand(pos, &c.rows(n).ty("i64"), &["d0", "d1", "d2"])];
-        let out = operand(&init, &shape.ty(e), &ident(4));
-        self.generic(&ins, out, &["parallel"; 4], e, |b, a| {
-            let ix = loop_indices(b, 4);
+        // Row `(b L + pos) H + h` of `src` seen as `[B L H, d]`.
+        let rows = c.rows(n);
+        let l = self.sz_val(&c.l);
+        let h = self.idx_const(c.heads);
+        let init = self.shp_empty(&rows, "i64");
+        let ins = [operand(pos, &rows.ty("i64"), &ident(3))];
+        let out = operand(&init, &rows.ty("i64"), &ident(3));
+        let flat = self.generic(&ins, out, &["parallel"; 3], "i64", |b, a| {
+            let ix = loop_indices(b, 3);
             let p = b.def(format!("arith.index_cast {} : i64 to index", a[0]));
-            b.def(format!(
-                "tensor.extract {src}[{}, {p}, {}, {}] : {src_ty}",
-                ix[0], ix[1], ix[3]
-            ))
+            let r = b.def(format!("arith.muli {}, {l} : index", ix[0]));
+            let r = b.def(format!("arith.addi {r}, {p} : index"));
+            let r = b.def(format!("arith.muli {r}, {h} : index"));
+            let r = b.def(format!("arith.addi {r}, {} : index", ix[1]));
+            b.def(format!("arith.index_cast {r} : index to i64"))
+        });
+        let src2 = self.lsh_flat_rows(c, src, &c.split_shape());
+        self.lsh_take_flat(c, &src2, &flat, &rows)
+    }
+
+    /// `x` (`[a, b, c, d]` of shape `s`) as its rows `[a b c, d]` (a view),
+    /// and that type.
+    fn lsh_flat_rows(&mut self, c: &Lsh, x: &str, s: &Shp) -> (String, String) {
+        let e = c.e();
+        let rows = match (&s.0[0], &s.0[1], &s.0[2]) {
+            (Sz::Const(a), Sz::Const(b), Sz::Const(n)) => (a * b * n).to_string(),
+            _ => "?".to_string(),
+        };
+        let ty = format!("tensor<{rows}x{}x{e}>", c.d);
+        let r = self.def(format!(
+            "tensor.collapse_shape {x}[[0, 1, 2], [3]] : {} into {ty}",
+            s.ty(e)
+        ));
+        (r, ty)
+    }
+
+    /// `out[.., e] = rows[flat[..], e]`: rows `[R, d]` picked by the `i64`
+    /// tensor `flat` of shape `at`. The kernel reads only its innermost loop
+    /// index (`e`), so a compiler that merges the outer loops needs no
+    /// division to recover them, and each row is one contiguous read.
+    fn lsh_take_flat(&mut self, c: &Lsh, rows: &(String, String), flat: &str, at: &Shp) -> String {
+        let (rows, rty) = rows;
+        let e = c.e();
+        let rank = at.rank() + 1;
+        let mut shape = at.clone();
+        shape.0.push(Sz::Const(c.d));
+        let init = self.shp_empty(&shape, e);
+        let fmap: Vec<&str> = ident(rank)[..rank - 1].to_vec();
+        let ins = [operand(flat, &at.ty("i64"), &fmap)];
+        let out = operand(&init, &shape.ty(e), &ident(rank));
+        self.generic(&ins, out, &vec!["parallel"; rank], e, |b, a| {
+            let ei = b.def(format!("linalg.index {} : index", rank - 1));
+            let r = b.def(format!("arith.index_cast {} : i64 to index", a[0]));
+            b.def(format!("tensor.extract {rows}[{r}, {ei}] : {rty}"))
         })
     }
 
@@ -714,42 +749,67 @@ impl Emitter<'_> {
         let (dt, e) = (c.dt, c.e());
         let weights = (c.rounds > 1).then(|| self.lsh_round_weights(c, att, inv, n));
         let split = c.split_shape();
-        let init = self.shp_empty(&split, e);
-        let out = operand(&init, &split.ty(e), &ident(4));
+        let pos3 = Shp(split.0[..3].to_vec());
+        // Per round, the row of `o` (as `[B H n, d]`) each (b, i, h) reads:
+        // `(b H + h) n + inv[b, h, r L + i]`.
         let l = self.sz_val(&c.l);
+        let nv = self.sz_val(n);
+        let hc = self.idx_const(c.heads);
         let rty = c.rows(n).ty("i64");
-        let wty = c.rows_by(&Sz::Const(c.rounds), &c.l).ty(e);
-        let oty = c.rows_by(n, &Sz::Const(c.d)).ty(e);
-        let combined = self.generic(&[], out, &["parallel"; 4], e, |b, _| {
-            let ix = loop_indices(b, 4);
-            let (bi, i, h, ei) = (&ix[0], &ix[1], &ix[2], &ix[3]);
-            let mut acc = b.constant(dt, 0.0);
-            for r in 0..c.rounds {
-                let t = if r == 0 {
-                    i.clone()
-                } else {
-                    let rl = b.def(format!("arith.constant {r} : index"));
-                    let rl = b.def(format!("arith.muli {rl}, {l} : index"));
-                    b.def(format!("arith.addi {rl}, {i} : index"))
-                };
+        let mut flats = Vec::new();
+        for r in 0..c.rounds {
+            let init = self.shp_empty(&pos3, "i64");
+            let out = operand(&init, &pos3.ty("i64"), &ident(3));
+            flats.push(self.generic(&[], out, &["parallel"; 3], "i64", |b, _| {
+                let ix = loop_indices(b, 3);
+                let (bi, i, h) = (&ix[0], &ix[1], &ix[2]);
+                let rl = b.def(format!("arith.constant {r} : index"));
+                let rl = b.def(format!("arith.muli {rl}, {l} : index"));
+                let t = b.def(format!("arith.addi {rl}, {i} : index"));
                 let slot = b.def(format!("tensor.extract {inv}[{bi}, {h}, {t}] : {rty}"));
                 let slot = b.def(format!("arith.index_cast {slot} : i64 to index"));
-                let o = b.def(format!(
-                    "tensor.extract {}[{bi}, {h}, {slot}, {ei}] : {oty}",
-                    att.o
-                ));
-                let x = match &weights {
-                    Some(w) => {
-                        let rc = b.def(format!("arith.constant {r} : index"));
-                        let f = b.def(format!("tensor.extract {w}[{bi}, {h}, {rc}, {i}] : {wty}"));
-                        b.def(format!("arith.mulf {o}, {f} : {e}"))
+                let row = b.def(format!("arith.muli {bi}, {hc} : index"));
+                let row = b.def(format!("arith.addi {row}, {h} : index"));
+                let row = b.def(format!("arith.muli {row}, {nv} : index"));
+                let row = b.def(format!("arith.addi {row}, {slot} : index"));
+                b.def(format!("arith.index_cast {row} : index to i64"))
+            }));
+        }
+        let o2 = self.lsh_flat_rows(c, &att.o, &c.rows_by(n, &Sz::Const(c.d)));
+        let combined = match (&weights, flats.as_slice()) {
+            (None, [flat]) => self.lsh_take_flat(c, &o2, flat, &pos3),
+            _ => {
+                let wty = c.rows_by(&Sz::Const(c.rounds), &c.l).ty(e);
+                let mut ins: Vec<_> = flats
+                    .iter()
+                    .map(|f| operand(f, &pos3.ty("i64"), &["d0", "d1", "d2"]))
+                    .collect();
+                let wmaps: Vec<String> = (0..c.rounds).map(|r| r.to_string()).collect();
+                if let Some(w) = &weights {
+                    for m in &wmaps {
+                        ins.push(operand(w, &wty, &["d0", "d2", m, "d1"]));
                     }
-                    None => o,
-                };
-                acc = b.def(format!("arith.addf {acc}, {x} : {e}"));
+                }
+                let init = self.shp_empty(&split, e);
+                let out = operand(&init, &split.ty(e), &ident(4));
+                let rounds = c.rounds as usize;
+                let (o2, o2ty) = (&o2.0, &o2.1);
+                self.generic(&ins, out, &["parallel"; 4], e, |b, a| {
+                    let ei = b.def("linalg.index 3 : index".into());
+                    let mut acc = b.constant(dt, 0.0);
+                    for r in 0..rounds {
+                        let row = b.def(format!("arith.index_cast {} : i64 to index", a[r]));
+                        let o = b.def(format!("tensor.extract {o2}[{row}, {ei}] : {o2ty}"));
+                        let x = match weights.is_some() {
+                            true => b.def(format!("arith.mulf {o}, {} : {e}", a[rounds + r])),
+                            false => o,
+                        };
+                        acc = b.def(format!("arith.addf {acc}, {x} : {e}"));
+                    }
+                    acc
+                })
             }
-            acc
-        });
+        };
         self.lsh_merge_split(c, &combined)
     }
 

@@ -115,14 +115,14 @@ impl<'g> Emitter<'g> {
         self
     }
 
-    /// Emits the module for reformc's own pipeline, with three differences
-    /// from the one users get, none of which changes what it computes beyond
+    /// Emits the module for reformc's own pipeline, with differences from
+    /// the one users get, none of which changes what it computes beyond
     /// rounding: the contractions the runtime has kernels for carry a
     /// `library_call` ([`crate::library_calls`]; the marked ops keep their
-    /// semantics); the LSH softmax takes `exp` as arith ops that vectorise
-    /// (`Body::exp_f32_poly`, within 2 ulp); and the LSH sorts order packed
-    /// `key << 32 | position` values instead of gathering keys per comparison
-    /// (the same permutation).
+    /// semantics), as does the LSH hashing's rotation; the LSH softmax takes
+    /// `exp` as arith ops that vectorise (`Body::exp_f32_poly`, within 2
+    /// ulp); reductions combine with `fastmath<reassoc>` (vectorised sums);
+    /// and copies into slices are `linalg.copy` loops, not `memref.copy`.
     pub(crate) fn for_own_pipeline(mut self) -> Self {
         self.own_pipeline = true;
         self
