@@ -26,7 +26,7 @@
 
 use super::sort::{ident, loop_indices, operand, Shp, Sz};
 use super::{tensor_ty, Emitter};
-use crate::scalar::{elt, literal, Body};
+use crate::scalar::{elt, literal};
 use crate::MlirError;
 use reformc_ir::{DType, ValueId};
 
@@ -98,26 +98,7 @@ enum Window {
     /// `c` is `(c chunk + w + base) mod n` with `base = n before - before
     /// chunk` (never negative: `n >= chunk`), i.e. `(c - before) chunk + w`
     /// wrapped around the `n` sorted slots.
-    Chunks {
-        chunk: String,
-        n: String,
-        base: String,
-    },
-}
-
-impl Window {
-    /// The key slot of window entry `w` of block `c` (both `index`).
-    fn slot(&self, b: &mut Body, c: &str, w: &str) -> String {
-        match self {
-            Window::All => w.to_string(),
-            Window::Chunks { chunk, n, base } => {
-                let k = b.def(format!("arith.muli {c}, {chunk} : index"));
-                let k = b.def(format!("arith.addi {k}, {w} : index"));
-                let k = b.def(format!("arith.addi {k}, {base} : index"));
-                b.def(format!("arith.remui {k}, {n} : index"))
-            }
-        }
-    }
+    Chunks { n: String, base: String },
 }
 
 /// The blocking of the sorted slots: `n = nc qc` slots in `nc` blocks of
@@ -320,7 +301,7 @@ impl Emitter<'_> {
             w: c.l.clone(),
             window: Window::All,
         };
-        let att = self.lsh_attend(c, &blocks);
+        let att = self.lsh_attend_blocks(c, &blocks);
         self.lsh_merge_heads(c, &att.o)
     }
 
@@ -390,7 +371,7 @@ impl Emitter<'_> {
             Sz::Const(n) => Sz::Const(n / c.chunk),
             Sz::Dyn(_) => Sz::Dyn(n_chunks),
         };
-        let window = Window::Chunks { chunk, n: nv, base };
+        let window = Window::Chunks { n: nv, base };
         (nc, window)
     }
 
@@ -451,208 +432,6 @@ impl Emitter<'_> {
             let r = b.def(format!("arith.index_cast {} : i64 to index", a[0]));
             b.def(format!("tensor.extract {rows}[{r}, {ei}] : {rty}"))
         })
-    }
-
-    /// The keys or values of every block's window, `[B, H, nc, W, d]`:
-    /// `src[b, kpos[b, h, c, w], h, e]` for `src` `[B, L, H, d]` and the
-    /// window keys' original positions `kpos` ([`Self::lsh_window_keys`]),
-    /// read in place.
-    fn lsh_gather_window(&mut self, c: &Lsh, bl: &Blocks, src: &str, kpos: &str) -> String {
-        let e = c.e();
-        let shape = Shp(vec![
-            c.b.clone(),
-            Sz::Const(c.heads),
-            bl.nc.clone(),
-            bl.w.clone(),
-            Sz::Const(c.d),
-        ]);
-        let wins = Shp(shape.0[..4].to_vec());
-        let src_ty = c.split_shape().ty(e);
-        let init = self.shp_empty(&shape, e);
-        let ins = [operand(kpos, &wins.ty("i64"), &["d0", "d1", "d2", "d3"])];
-        let out = operand(&init, &shape.ty(e), &ident(5));
-        self.generic(&ins, out, &["parallel"; 5], e, |b, a| {
-            let ix = loop_indices(b, 5);
-            let p = b.def(format!("arith.index_cast {} : i64 to index", a[0]));
-            b.def(format!(
-                "tensor.extract {src}[{}, {p}, {}, {}] : {src_ty}",
-                ix[0], ix[1], ix[4]
-            ))
-        })
-    }
-
-    /// Per window entry `[B, H, nc, W]`: the original position of its key
-    /// (`i64`), and whether the padding mask drops it (`i1`, only with a
-    /// mask). Computed once per key slot, so the logits' mask reads them in
-    /// place instead of recomputing slots for every query.
-    fn lsh_window_keys(&mut self, c: &Lsh, bl: &Blocks) -> (String, Option<String>) {
-        let shape = Shp(vec![
-            c.b.clone(),
-            Sz::Const(c.heads),
-            bl.nc.clone(),
-            bl.w.clone(),
-        ]);
-        let pty = c.rows(&bl.n).ty("i64");
-        let pos = bl.pos.clone();
-        let init = self.shp_empty(&shape, "i64");
-        let out = operand(&init, &shape.ty("i64"), &ident(4));
-        let kpos = self.generic(&[], out, &["parallel"; 4], "i64", |b, _| {
-            let ix = loop_indices(b, 4);
-            let slot = bl.window.slot(b, &ix[2], &ix[3]);
-            b.def(format!(
-                "tensor.extract {pos}[{}, {}, {slot}] : {pty}",
-                ix[0], ix[1]
-            ))
-        });
-        let dropped = c.mask.as_ref().map(|(m, mty, me)| {
-            let init = self.shp_empty(&shape, "i1");
-            let ins = [operand(&kpos, &shape.ty("i64"), &ident(4))];
-            let out = operand(&init, &shape.ty("i1"), &ident(4));
-            self.generic(&ins, out, &["parallel"; 4], "i1", |b, a| {
-                let b0 = b.def("linalg.index 0 : index".into());
-                let ki = b.def(format!("arith.index_cast {} : i64 to index", a[0]));
-                let mv = b.def(format!("tensor.extract {m}[{b0}, {ki}] : {mty}"));
-                let z = if *me == "i1" {
-                    b.def("arith.constant false".into())
-                } else {
-                    b.def(format!("arith.constant 0 : {me}"))
-                };
-                b.def(format!("arith.cmpi eq, {mv}, {z} : {me}"))
-            })
-        });
-        (kpos, dropped)
-    }
-
-    /// Softmax attention of every block of sorted queries over its window,
-    /// as the interpreter's `attend_block`: two contractions (`q k^T` and
-    /// `p v`, batched over blocks, no gathers inside) around the masks and
-    /// the row softmax.
-    fn lsh_attend(&mut self, c: &Lsh, bl: &Blocks) -> Attended {
-        let (dt, e) = (c.dt, c.e());
-        self.stage("window");
-        let (kpos, dropped) = self.lsh_window_keys(c, bl);
-        self.stage("gather_kv");
-        let keys = self.lsh_norm_keys(c, &c.qk4, &c.split_shape());
-        let kwin = self.lsh_gather_window(c, bl, &keys, &kpos);
-        let vwin = self.lsh_gather_window(c, bl, &c.v4.clone(), &kpos);
-        let dsz = Sz::Const(c.d);
-        let hsz = Sz::Const(c.heads);
-        let q5 = Shp(vec![
-            c.b.clone(),
-            hsz.clone(),
-            bl.nc.clone(),
-            bl.qc.clone(),
-            dsz.clone(),
-        ]);
-        let win5 = Shp(vec![
-            c.b.clone(),
-            hsz.clone(),
-            bl.nc.clone(),
-            bl.w.clone(),
-            dsz.clone(),
-        ]);
-        let lg = Shp(vec![
-            c.b.clone(),
-            hsz.clone(),
-            bl.nc.clone(),
-            bl.qc.clone(),
-            bl.w.clone(),
-        ]);
-        let rows4 = Shp(lg.0[..4].to_vec());
-        let flat = c.rows_by(&bl.n, &dsz);
-        let q = self.def(format!(
-            "tensor.expand_shape {}[[0], [1], [2, 3], [4]] output_shape [{}] : {} into {}",
-            bl.q,
-            q5.mixed_list(),
-            flat.ty(e),
-            q5.ty(e)
-        ));
-        let zero = literal(dt, 0.0);
-        let contraction = [
-            "parallel",
-            "parallel",
-            "parallel",
-            "parallel",
-            "parallel",
-            "reduction",
-        ];
-        // logits[b, h, c, i, w] = q[c, i] . k_window[c, w]
-        self.stage("qk");
-        let init = self.shp_filled(&lg, e, &zero);
-        let ins = [
-            operand(&q, &q5.ty(e), &["d0", "d1", "d2", "d3", "d5"]),
-            operand(&kwin, &win5.ty(e), &["d0", "d1", "d2", "d4", "d5"]),
-        ];
-        let out = operand(&init, &lg.ty(e), &ident(5));
-        let nt_call = self.bmm_call(5, true, dt);
-        let logits = self.generic_call(&ins, out, &contraction, e, nt_call.as_deref(), |b, a| {
-            let p = b.def(format!("arith.mulf {}, {} : {e}", a[0], a[1]));
-            b.def(format!("arith.addf {}, {p} : {e}", a[2]))
-        });
-        self.stage("mask");
-        let masked = self.lsh_mask_logits(c, bl, &lg, &logits, &kpos, dropped.as_deref());
-        let rmap = ["d0", "d1", "d2", "d3"];
-        let red = ["parallel", "parallel", "parallel", "parallel", "reduction"];
-        self.stage("softmax");
-        let init = self.shp_filled(&rows4, e, &literal(dt, f64::NEG_INFINITY));
-        let ins = [operand(&masked, &lg.ty(e), &ident(5))];
-        let out = operand(&init, &rows4.ty(e), &rmap);
-        let max = self.generic(&ins, out, &red, e, |b, a| {
-            b.def(format!("arith.maximumf {}, {} : {e}", a[1], a[0]))
-        });
-        // The exponentials once, then their row sums, then the quotients
-        // (each exponential is the same value the sum and the quotient used
-        // when both computed it: the same bits, half the `exp`s).
-        let init = self.shp_empty(&lg, e);
-        let ins = [
-            operand(&masked, &lg.ty(e), &ident(5)),
-            operand(&max, &rows4.ty(e), &rmap),
-        ];
-        let out = operand(&init, &lg.ty(e), &ident(5));
-        let poly = self.own_pipeline && dt == DType::F32;
-        let exps = self.generic(&ins, out, &["parallel"; 5], e, |b, a| {
-            let t = b.def(format!("arith.subf {}, {} : {e}", a[0], a[1]));
-            match poly {
-                true => b.exp_f32_poly(&t),
-                false => b.def(format!("math.exp {t} : {e}")),
-            }
-        });
-        let init = self.shp_filled(&rows4, e, &zero);
-        let ins = [operand(&exps, &lg.ty(e), &ident(5))];
-        let out = operand(&init, &rows4.ty(e), &rmap);
-        let sum = self.generic(&ins, out, &red, e, |b, a| {
-            b.def(format!("arith.addf {}, {} : {e}", a[1], a[0]))
-        });
-        let ins = [operand(&sum, &rows4.ty(e), &rmap)];
-        let out = operand(&exps, &lg.ty(e), &ident(5));
-        let probs = self.generic(&ins, out, &["parallel"; 5], e, |b, a| {
-            b.def(format!("arith.divf {}, {} : {e}", a[1], a[0]))
-        });
-        // o[b, h, c, i, e] = sum_w probs[c, i, w] v_window[c, w, e]
-        self.stage("pv");
-        let init = self.shp_filled(&q5, e, &zero);
-        let ins = [
-            operand(&probs, &lg.ty(e), &["d0", "d1", "d2", "d3", "d5"]),
-            operand(&vwin, &win5.ty(e), &["d0", "d1", "d2", "d5", "d4"]),
-        ];
-        let out = operand(&init, &q5.ty(e), &ident(5));
-        let nn_call = self.bmm_call(5, false, dt);
-        let o = self.generic_call(&ins, out, &contraction, e, nn_call.as_deref(), |b, a| {
-            let p = b.def(format!("arith.mulf {}, {} : {e}", a[0], a[1]));
-            b.def(format!("arith.addf {}, {p} : {e}", a[2]))
-        });
-        let rows = c.rows(&bl.n);
-        let collapse = |x: &str, from: &Shp, to: &Shp, groups: &str| {
-            format!(
-                "tensor.collapse_shape {x}[{groups}] : {} into {}",
-                from.ty(e),
-                to.ty(e)
-            )
-        };
-        let o = self.def(collapse(&o, &q5, &flat, "[0], [1], [2, 3], [4]"));
-        let max = self.def(collapse(&max, &rows4, &rows, "[0], [1], [2, 3]"));
-        let sum = self.def(collapse(&sum, &rows4, &rows, "[0], [1], [2, 3]"));
-        Attended { o, max, sum }
     }
 
     /// The masks of `mask_row`, by original positions: padding keys and (when

@@ -1,4 +1,4 @@
-//! Chunked LSH attention over window blocks, without gathering windows.
+//! LSH attention over window blocks, without gathering windows.
 //!
 //! Block `c` of sorted queries attends to the `before + 1 + after` chunks
 //! around its own. Gathering each block's window would copy every key and
@@ -10,15 +10,16 @@
 //! Each block then has its own contraction and mask; the row maximum and sum
 //! read all blocks in one reduction, and the weighted sum runs over the
 //! blocks in order, each product accumulating onto the previous block's.
+//! Full attention (`L <= chunk`) is the same with one block of every key.
 
 use super::super::sort::{ident, loop_indices, operand, Shp, Sz};
 use super::{Attended, Blocks, Lsh, Window};
 use crate::emit::Emitter;
 use crate::scalar::literal;
 
-/// One window block's keys: the positions `[B, H, nc, chunk]` (and their
-/// padding drops) and the keys and values `[B, H, nc, chunk, d]`, all
-/// slices of the extended rows.
+/// One window block's keys: the positions `[B, H, nc, w]` (and their
+/// padding drops) and the keys and values `[B, H, nc, w, d]`: slices of the
+/// extended rows (chunked windows, `w` the chunk) or every key (`nc = 1`).
 struct Block {
     kpos: String,
     dropped: Option<String>,
@@ -27,23 +28,31 @@ struct Block {
 }
 
 impl Emitter<'_> {
-    /// The attention of every block of sorted queries over its chunked window
-    /// (`bl.window` is [`Window::Chunks`]; `bl.qc` is the chunk).
+    /// The attention of every block of sorted queries over its window: the
+    /// chunks around its own ([`Window::Chunks`], blocks of `chunk` keys),
+    /// or the whole sequence as one block ([`Window::All`], `L <= chunk`).
     pub(super) fn lsh_attend_blocks(&mut self, c: &Lsh, bl: &Blocks) -> Attended {
         let (dt, e) = (c.dt, c.e());
-        let blocks = self.lsh_window_blocks(c, bl);
+        let blocks = match &bl.window {
+            Window::All => vec![self.lsh_whole_block(c, bl)],
+            Window::Chunks { .. } => self.lsh_window_blocks(c, bl),
+        };
+        // Keys per block.
+        let wb = match &bl.window {
+            Window::All => bl.w.clone(),
+            Window::Chunks { .. } => Sz::Const(c.chunk),
+        };
         let dsz = Sz::Const(c.d);
         let hsz = Sz::Const(c.heads);
-        let chunk = Sz::Const(c.chunk);
         let q5 = Shp(vec![
             c.b.clone(),
             hsz.clone(),
             bl.nc.clone(),
-            chunk.clone(),
+            bl.qc.clone(),
             dsz.clone(),
         ]);
-        let k5 = q5.clone();
-        let lg = q5.with(4, chunk.clone());
+        let k5 = q5.with(3, wb.clone());
+        let lg = q5.with(4, wb);
         let rows4 = Shp(lg.0[..4].to_vec());
         let flat = c.rows_by(&bl.n, &dsz);
         let q = self.def(format!(
@@ -171,10 +180,73 @@ impl Emitter<'_> {
         Attended { o, max, sum }
     }
 
+    /// The one block of full attention: every key, in order (`bl.pos` is
+    /// the identity), as `[B, H, 1, L, ..]`.
+    fn lsh_whole_block(&mut self, c: &Lsh, bl: &Blocks) -> Block {
+        self.stage("window");
+        let e = c.e();
+        let one = Shp(vec![
+            c.b.clone(),
+            Sz::Const(c.heads),
+            Sz::Const(1),
+            bl.n.clone(),
+        ]);
+        let mut one5 = one.clone();
+        one5.0.push(Sz::Const(c.d));
+        let kpos = self.def(format!(
+            "tensor.expand_shape {}[[0], [1], [2, 3]] output_shape [{}] : {} into {}",
+            bl.pos,
+            one.mixed_list(),
+            c.rows(&bl.n).ty("i64"),
+            one.ty("i64")
+        ));
+        let dropped = self.lsh_dropped(c, &kpos, &one);
+        self.stage("gather_kv");
+        let flat_d = c.rows_by(&bl.n, &Sz::Const(c.d));
+        let keys = self.lsh_norm_keys(c, &bl.q, &flat_d);
+        let values = self.lsh_gather(c, &c.v4.clone(), &bl.pos, &bl.n);
+        let mut kv = [keys, values].map(|x| {
+            self.def(format!(
+                "tensor.expand_shape {x}[[0], [1], [2, 3], [4]] output_shape [{}] : {} into {}",
+                one5.mixed_list(),
+                flat_d.ty(e),
+                one5.ty(e)
+            ))
+        });
+        Block {
+            kpos,
+            dropped,
+            k: std::mem::take(&mut kv[0]),
+            v: std::mem::take(&mut kv[1]),
+        }
+    }
+
+    /// Whether the padding mask drops each key of `kpos` (`i1`, shape `s`),
+    /// when there is a mask.
+    fn lsh_dropped(&mut self, c: &Lsh, kpos: &str, s: &Shp) -> Option<String> {
+        let (m, mty, me) = c.mask.as_ref()?;
+        let rank = s.rank();
+        let init = self.shp_empty(s, "i1");
+        let ins = [operand(kpos, &s.ty("i64"), &ident(rank))];
+        let out = operand(&init, &s.ty("i1"), &ident(rank));
+        Some(
+            self.generic(&ins, out, &vec!["parallel"; rank], "i1", |b, a| {
+                let b0 = b.def("linalg.index 0 : index".into());
+                let ki = b.def(format!("arith.index_cast {} : i64 to index", a[0]));
+                let mv = b.def(format!("tensor.extract {m}[{b0}, {ki}] : {mty}"));
+                let z = match *me {
+                    "i1" => b.def("arith.constant false".into()),
+                    _ => b.def(format!("arith.constant 0 : {me}")),
+                };
+                b.def(format!("arith.cmpi eq, {mv}, {z} : {me}"))
+            }),
+        )
+    }
+
     /// The extended rows and every window block's slices of them.
     fn lsh_window_blocks(&mut self, c: &Lsh, bl: &Blocks) -> Vec<Block> {
         let Window::Chunks { n, base, .. } = &bl.window else {
-            unreachable!("lsh_attend_blocks takes chunked windows")
+            unreachable!("called for chunked windows")
         };
         let (n, base) = (n.clone(), base.clone());
         self.stage("window");
@@ -222,21 +294,7 @@ impl Emitter<'_> {
             c.rows(&t).ty("i64"),
             ext4.ty("i64")
         ));
-        let ext_drop = c.mask.as_ref().map(|(m, mty, me)| {
-            let init = self.shp_empty(&ext4, "i1");
-            let ins = [operand(&ext_pos, &ext4.ty("i64"), &ident(4))];
-            let out = operand(&init, &ext4.ty("i1"), &ident(4));
-            self.generic(&ins, out, &["parallel"; 4], "i1", |b, a| {
-                let b0 = b.def("linalg.index 0 : index".into());
-                let ki = b.def(format!("arith.index_cast {} : i64 to index", a[0]));
-                let mv = b.def(format!("tensor.extract {m}[{b0}, {ki}] : {mty}"));
-                let z = match *me {
-                    "i1" => b.def("arith.constant false".into()),
-                    _ => b.def(format!("arith.constant 0 : {me}")),
-                };
-                b.def(format!("arith.cmpi eq, {mv}, {z} : {me}"))
-            })
-        });
+        let ext_drop = self.lsh_dropped(c, &ext_pos, &ext4);
         self.stage("gather_kv");
         // The keys: the sorted queries' rows normalised (the keys' rows in
         // sorted order: the same values, without a gather); the values
