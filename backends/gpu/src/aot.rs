@@ -35,7 +35,7 @@ pub fn host_object(
     let context = reformc_backend_mlir::context();
     let (module, kernels) = lower(&context, module_text, opts)?;
     // Position-independent, for linking into executables and libraries.
-    let engine = crate::jit::engine(&module, true);
+    let engine = crate::jit::engine(&module, true)?;
     // Looking the entry up compiles the module, which the dump needs.
     if engine.lookup("_mlir__mlir_ciface_forward").is_null() {
         return Err(GpuError::Lowering(

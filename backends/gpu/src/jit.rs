@@ -40,7 +40,7 @@ pub fn jit_run(
     let t0 = Instant::now();
     let context = reformc_backend_mlir::context();
     let (module, kernels) = lower(&context, module_text, opts)?;
-    let engine = engine(&module, false);
+    let engine = engine(&module, false)?;
     let compile = t0.elapsed();
     let info = rt::select_device(device)?;
     let (need, have) = (kernels.arch.capability(), info.capability);
@@ -66,14 +66,20 @@ pub fn jit_run(
 /// An ExecutionEngine for a module [`lower`] made, its calls of the GPU
 /// runtime resolved to `reformc-gpu-runtime` in this process (`object_dump`:
 /// keep the compiled object for [`crate::aot::host_object`]).
-pub(crate) fn engine(module: &melior::ir::Module, object_dump: bool) -> ExecutionEngine {
-    let engine = ExecutionEngine::new(module, 3, &[], object_dump, object_dump);
+pub(crate) fn engine(
+    module: &melior::ir::Module,
+    object_dump: bool,
+) -> Result<ExecutionEngine, GpuError> {
+    let engine =
+        reformc_backend_mlir::new_engine(module, 3, &[], object_dump).ok_or_else(|| {
+            GpuError::Lowering("the lowered module does not translate to LLVM IR".into())
+        })?;
     for (name, f) in rt::symbols() {
         // SAFETY: each symbol is the runtime's C function of that name, with
         // the signature the lowered code calls it with.
         unsafe { engine.register_symbol(name, f.cast()) };
     }
-    engine
+    Ok(engine)
 }
 
 /// A tensor's bytes in a managed buffer (freed on drop), and its shape.
@@ -128,7 +134,9 @@ pub(crate) fn host_call(
     args: &[Tensor],
     outs: &[(DType, usize)],
 ) -> Result<Vec<Tensor>, GpuError> {
-    let engine = ExecutionEngine::new(module, 2, &[], false, false);
+    let engine = reformc_backend_mlir::new_engine(module, 2, &[], false).ok_or_else(|| {
+        GpuError::Lowering("the host module does not translate to LLVM IR".into())
+    })?;
     // The strided copies call `memrefCopy`, which the GPU runtime has.
     for (name, f) in rt::symbols()
         .into_iter()

@@ -105,6 +105,8 @@ pub fn host_loops_to_llvm() -> String {
         "expand-strided-metadata,",
         "lower-affine,",
         "convert-math-to-libm,",
+        // `convert-to-llvm` leaves a `memref.reshape` unconverted.
+        "finalize-memref-to-llvm,",
         "convert-to-llvm,",
         "reconcile-unrealized-casts)",
     ]

@@ -33,6 +33,7 @@ pub use jit::{
     jit_run, jit_run_emitted, jit_run_timed, jit_run_with_weights, jit_run_with_weights_each,
     jit_run_with_weights_opts, jit_run_with_weights_timed, JitOptions, JitTimes, CPU_PIPELINE,
 };
+pub use pipeline::new_engine;
 pub use signature::signature_json;
 
 use melior::{

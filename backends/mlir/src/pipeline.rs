@@ -45,6 +45,9 @@ macro_rules! lower_to_llvm_passes {
     () => {
         concat!(
             "convert-math-to-libm,",
+            // Before `convert-to-llvm`, which leaves a `memref.reshape` (a
+            // `linear`'s result back to its rows' shape) unconverted.
+            "finalize-memref-to-llvm,",
             "convert-to-llvm,",
             "reconcile-unrealized-casts"
         )
@@ -174,15 +177,7 @@ pub(crate) fn engine(module: &Module, pipeline: &str) -> Option<ExecutionEngine>
             .find(|p| std::path::Path::new(p.trim_end_matches('\0')).exists())
     };
     let libs: Vec<&str> = first(RUNNER_UTILS).into_iter().collect();
-    let engine = ExecutionEngine::new(module, OPT_LEVEL, &libs, false, false);
-    // SAFETY: melior 0.27.8 (pinned) wraps exactly one `MlirExecutionEngine`,
-    // a pointer (checked by the size assertion below); copying it out only
-    // reads it.
-    let raw: *const std::ffi::c_void = unsafe { std::mem::transmute_copy(&engine) };
-    if raw.is_null() {
-        // Dropping a null engine is a no-op in MLIR's C API (`delete nullptr`).
-        return None;
-    }
+    let engine = new_engine(module, OPT_LEVEL, &libs, false)?;
     if pipeline.contains("async") {
         if let Some(handle) = first(ASYNC_RUNTIME).and_then(async_runtime) {
             for name in ASYNC_SYMBOLS {
@@ -199,6 +194,25 @@ pub(crate) fn engine(module: &Module, pipeline: &str) -> Option<ExecutionEngine>
         }
     }
     Some(engine)
+}
+
+/// `ExecutionEngine::new`, or `None` where MLIR could not create the engine
+/// (the module does not translate to LLVM IR, e.g. an op a pipeline left
+/// unlowered): melior hands back a null engine then, whose first use
+/// (registering a symbol, a lookup) crashes. `libs` end in NUL.
+pub fn new_engine(
+    module: &Module,
+    opt_level: usize,
+    libs: &[&str],
+    object_dump: bool,
+) -> Option<ExecutionEngine> {
+    let engine = ExecutionEngine::new(module, opt_level, libs, object_dump, object_dump);
+    // SAFETY: melior 0.27.8 (pinned) wraps exactly one `MlirExecutionEngine`,
+    // a pointer (checked by the size assertion below); copying it out only
+    // reads it.
+    let raw: *const std::ffi::c_void = unsafe { std::mem::transmute_copy(&engine) };
+    // Dropping a null engine is a no-op in MLIR's C API (`delete nullptr`).
+    (!raw.is_null()).then_some(engine)
 }
 
 const _: () = assert!(
