@@ -509,12 +509,7 @@ impl Emitter<'_> {
             from.ty(e),
             split.ty(e)
         ));
-        let merged = Shp(vec![c.b.clone(), c.l.clone(), Sz::Const(c.heads * c.d)]);
-        self.def(format!(
-            "tensor.collapse_shape {t}[[0], [1], [2, 3]] : {} into {}",
-            split.ty(e),
-            merged.ty(e)
-        ))
+        self.lsh_merge_split(c, &t)
     }
 
     /// Unsorts and combines the rounds: `out[b, i, h d + e]` sums over rounds
