@@ -57,8 +57,7 @@ impl Body<'_> {
 
     /// Emits `%tN = rhs` and returns `%tN`.
     pub(crate) fn def(&mut self, rhs: String) -> String {
-        let name = format!("%t{}", *self.counter);
-        *self.counter += 1;
+        let name = self.fresh();
         self.lines.push(format!("{}{name} = {rhs}", self.indent));
         name
     }

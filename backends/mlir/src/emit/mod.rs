@@ -42,6 +42,14 @@ fn tensor_of(shape: &[Dim], d: DType) -> String {
     s
 }
 
+/// One input of [`Emitter::concat_parts`]: its SSA name, tensor type and
+/// sizes (constants or `index` values; only the copies read them).
+struct ConcatPart {
+    name: String,
+    ty: String,
+    sizes: Vec<String>,
+}
+
 /// An operand of a `linalg.generic`: SSA name, tensor type, indexing map results.
 #[derive(Clone)]
 struct Operand {
@@ -447,13 +455,12 @@ impl<'g> Emitter<'g> {
     /// every iteration (a reading from before the loop would count the
     /// earlier iterations too); end the body with [`Self::end_branch`].
     fn restart_stage(&mut self, name: &'static str) {
-        if self.timer.is_some() {
-            let start = self.def(crate::profile::now_call());
-            if let Some(t) = self.timer.as_mut() {
-                t.start = start;
-                t.stage = Some(name);
-            }
-        }
+        let Some(mut t) = self.timer.take() else {
+            return;
+        };
+        t.start = self.def(crate::profile::now_call());
+        t.stage = Some(name);
+        self.timer = Some(t);
     }
 
     /// The timer to restore at the start of each branch of a region that
@@ -1138,55 +1145,77 @@ impl<'g> Emitter<'g> {
         if names.len() == 1 {
             return Ok(format!("tensor.cast {} : {} to {ty}", names[0], tys[0]));
         }
-        if self.own_pipeline {
-            return self.concat_by_copies(v, axis, &names, &tys);
-        }
-        Ok(format!(
-            "tensor.concat dim({axis}) {} : ({}) -> {ty}",
-            names.join(", "),
-            tys.join(", ")
-        ))
-    }
-
-    /// `concat` for reformc's own pipeline: each input copied by a
-    /// `linalg.copy` into its slice of the result. Bufferized, a
-    /// `tensor.concat` copies through `memref.copy`, which lowers to the C
-    /// runner's element-by-element `memrefCopy` for a strided slice; a
-    /// `linalg.copy` becomes a loop that LLVM vectorises.
-    fn concat_by_copies(
-        &mut self,
-        v: ValueId,
-        axis: usize,
-        names: &[String],
-        tys: &[String],
-    ) -> Result<String, MlirError> {
-        let node = self.g.node(v);
-        let (shape, d) = (node.ty.shape.clone(), node.ty.dtype);
-        let ty = tensor_ty(&node.ty);
         let inputs = node.inputs.clone();
-        let mut acc = self.init(v, &shape, d, None)?;
-        let mut offset = self.idx_const(0);
-        let ones = vec!["1"; shape.len()].join(", ");
+        let shape = node.ty.shape.clone();
+        // Only the copies (reformc's pipeline) need the sizes.
+        let copies = self.own_pipeline;
+        let sizes = match copies {
+            true => self.dyn_sizes(v, &shape)?.join(", "),
+            false => String::new(),
+        };
+        let empty = |e: &mut Self| e.def(format!("tensor.empty({sizes}) : {ty}"));
+        let mut parts = Vec::new();
         for ((x, name), xt) in inputs.iter().zip(names).zip(tys) {
             let x_ty = self.g.ty(*x).clone();
-            let sizes = self.value_sizes(name, &x_ty);
-            let mut offs = vec!["0".to_string(); shape.len()];
+            let sizes = match copies {
+                true => self.value_sizes(&name, &x_ty),
+                false => Vec::new(),
+            };
+            parts.push(ConcatPart {
+                name,
+                ty: xt,
+                sizes,
+            });
+        }
+        let r = self.concat_parts(axis, &parts, &ty, empty);
+        Ok(format!("tensor.cast {r} : {ty} to {ty}"))
+    }
+
+    /// `parts` joined along `axis` into a tensor of type `ty`: a
+    /// `tensor.concat`, or in reformc's own pipeline each part copied by a
+    /// `linalg.copy` into its slice of `empty()` (a fresh result). Bufferized,
+    /// a `tensor.concat` copies through `memref.copy`, which lowers to the C
+    /// runner's element-by-element `memrefCopy` for a strided slice; a
+    /// `linalg.copy` becomes a loop that LLVM vectorises.
+    fn concat_parts(
+        &mut self,
+        axis: usize,
+        parts: &[ConcatPart],
+        ty: &str,
+        empty: impl FnOnce(&mut Self) -> String,
+    ) -> String {
+        if !self.own_pipeline {
+            let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+            let tys: Vec<&str> = parts.iter().map(|p| p.ty.as_str()).collect();
+            return self.def(format!(
+                "tensor.concat dim({axis}) {} : ({}) -> {ty}",
+                names.join(", "),
+                tys.join(", ")
+            ));
+        }
+        let mut acc = empty(self);
+        let mut offset = self.def("arith.constant 0 : index".into());
+        for p in parts {
+            let rank = p.sizes.len();
+            let mut offs = vec!["0".to_string(); rank];
             offs[axis] = offset.clone();
-            let at = format!("[{}] [{}] [{ones}]", offs.join(", "), sizes.join(", "));
-            let dest = self.def(format!("tensor.extract_slice {acc}{at} : {ty} to {xt}"));
+            let ones = vec!["1"; rank].join(", ");
+            let at = format!("[{}] [{}] [{ones}]", offs.join(", "), p.sizes.join(", "));
+            let (name, pty) = (&p.name, &p.ty);
+            let dest = self.def(format!("tensor.extract_slice {acc}{at} : {ty} to {pty}"));
             let copied = self.def(format!(
-                "linalg.copy ins({name} : {xt}) outs({dest} : {xt}) -> {xt}"
+                "linalg.copy ins({name} : {pty}) outs({dest} : {pty}) -> {pty}"
             ));
             acc = self.def(format!(
-                "tensor.insert_slice {copied} into {acc}{at} : {xt} into {ty}"
+                "tensor.insert_slice {copied} into {acc}{at} : {pty} into {ty}"
             ));
-            let len = match sizes[axis].parse::<u64>() {
-                Ok(n) => self.idx_const(n),
-                Err(_) => sizes[axis].clone(),
+            let len = match p.sizes[axis].parse::<u64>() {
+                Ok(n) => self.def(format!("arith.constant {n} : index")),
+                Err(_) => p.sizes[axis].clone(),
             };
             offset = self.def(format!("arith.addi {offset}, {len} : index"));
         }
-        Ok(format!("tensor.cast {acc} : {ty} to {ty}"))
+        acc
     }
 
     /// `slice` (`start..end` of an axis) or, with `drop`, `index` (one

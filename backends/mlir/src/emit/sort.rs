@@ -61,15 +61,18 @@ impl Shp {
 
     /// Every size as it appears in a mixed static/dynamic list.
     pub(super) fn mixed_list(&self) -> String {
-        let all: Vec<String> = self
-            .0
+        self.mixed().join(", ")
+    }
+
+    /// Every size: a constant, or the SSA name of its `index` value.
+    pub(super) fn mixed(&self) -> Vec<String> {
+        self.0
             .iter()
             .map(|d| match d {
                 Sz::Const(c) => c.to_string(),
                 Sz::Dyn(s) => s.clone(),
             })
-            .collect();
-        all.join(", ")
+            .collect()
     }
 
     /// This shape with axis `axis` replaced by `sz`.
@@ -274,14 +277,7 @@ impl Emitter<'_> {
         let packed = self.generic(&ins, out, &iters, "i64", |b, a| {
             let i = b.def(format!("linalg.index {axis} : index"));
             let i = b.def(format!("arith.index_cast {i} : index to i64"));
-            // A key outside i32's range (never a bucket id) is clamped into it.
-            let lo = b.def(format!("arith.constant {} : i64", i32::MIN));
-            let hi = b.def(format!("arith.constant {} : i64", i32::MAX));
-            let k = b.def(format!("arith.maxsi {}, {lo} : i64", a[0]));
-            let k = b.def(format!("arith.minsi {k}, {hi} : i64"));
-            let sh = b.def("arith.constant 32 : i64".into());
-            let hi = b.def(format!("arith.shli {k}, {sh} : i64"));
-            b.def(format!("arith.ori {hi}, {i} : i64"))
+            pack_key(b, &a[0], &i)
         });
         let sorted = self.sort_values(&packed, s, axis);
         let init = self.shp_empty(s, "i64");
@@ -304,15 +300,6 @@ impl Emitter<'_> {
         let rank = s.rank();
         let ty = s.ty("i64");
         let iters = vec!["parallel"; rank];
-        let pack = |b: &mut crate::scalar::Body, key: &str, pos: &str| {
-            let lo = b.def(format!("arith.constant {} : i64", i32::MIN));
-            let hi = b.def(format!("arith.constant {} : i64", i32::MAX));
-            let k = b.def(format!("arith.maxsi {key}, {lo} : i64"));
-            let k = b.def(format!("arith.minsi {k}, {hi} : i64"));
-            let sh = b.def("arith.constant 32 : i64".into());
-            let k = b.def(format!("arith.shli {k}, {sh} : i64"));
-            b.def(format!("arith.ori {k}, {pos} : i64"))
-        };
         // The packed values in sorted order.
         let init = self.shp_empty(s, "i64");
         let ins = [operand(perm, &ty, &ident(rank))];
@@ -321,18 +308,18 @@ impl Emitter<'_> {
             let mut idx = loop_indices(b, rank);
             idx[axis] = b.def(format!("arith.index_cast {} : i64 to index", a[0]));
             let key = b.def(format!("tensor.extract {keys}[{}] : {ty}", idx.join(", ")));
-            pack(b, &key, &a[0])
+            pack_key(b, &key, &a[0])
         });
         // Probes: ceil(log2 n).
         let n = self.sz_val(&s.0[axis]);
-        let probes = self.ceil_log2(&n);
+        let (_, probes) = self.pow2_steps(&n);
         let init = self.shp_empty(s, "i64");
         let ins = [operand(keys, &ty, &ident(rank))];
         let out = operand(&init, &ty, &ident(rank));
         self.generic(&ins, out, &iters, "i64", |b, a| {
             let mut idx = loop_indices(b, rank);
             let i = b.def(format!("arith.index_cast {} : index to i64", idx[axis]));
-            let target = pack(b, &a[0], &i);
+            let target = pack_key(b, &a[0], &i);
             let (zero, one) = (b.def("arith.constant 0 : index".into()), b.def("arith.constant 1 : index".into()));
             // Branchless lower bound: `base` stays at the last slot whose value
             // is <= the target while the range `len` halves.
@@ -354,40 +341,13 @@ impl Emitter<'_> {
         })
     }
 
-    /// `ceil(log2 n)` (0 for `n <= 1`) as an `index`, by doubling in an
-    /// `scf.while` (no 64-bit bit counting: IREE's Vulkan path emulates i64).
-    fn ceil_log2(&mut self, n: &str) -> String {
-        let (zero, one) = (self.idx_const(0), self.idx_const(1));
-        let (r, q, c, q2, c2) = (
-            self.fresh(),
-            self.fresh(),
-            self.fresh(),
-            self.fresh(),
-            self.fresh(),
-        );
-        self.lines.push(format!(
-            "    {r}:2 = scf.while ({q} = {one}, {c} = {zero}) : (index, index) -> (index, index) {{"
-        ));
-        let lt = self.def(format!("arith.cmpi ult, {q}, {n} : index"));
-        self.lines.push(format!(
-            "    scf.condition({lt}) {q}, {c} : index, index\n    }} do {{"
-        ));
-        self.lines
-            .push(format!("    ^bb0({q2}: index, {c2}: index):"));
-        let d = self.def(format!("arith.shli {q2}, {one} : index"));
-        let e = self.def(format!("arith.addi {c2}, {one} : index"));
-        self.lines
-            .push(format!("    scf.yield {d}, {e} : index, index\n    }}"));
-        format!("{r}#1")
-    }
-
     /// The padded shape of a sort of `s` along `axis` (the length rounded up
     /// to a power of two).
     fn sort_network(&mut self, s: &Shp, axis: usize) -> Network {
         let n = self.sz_val(&s.0[axis]);
         let p = match &s.0[axis] {
             Sz::Const(c) => Sz::Const(c.next_power_of_two().max(1)),
-            Sz::Dyn(_) => Sz::Dyn(self.sort_pow2(&n)),
+            Sz::Dyn(_) => Sz::Dyn(self.pow2_steps(&n).0),
         };
         let ps = s.with(axis, p.clone());
         let p = self.sz_val(&p);
@@ -468,21 +428,32 @@ impl Emitter<'_> {
         (kn, jn)
     }
 
-    /// The least power of two `>= n` (1 for `n <= 1`), by doubling in an `scf.while`.
-    fn sort_pow2(&mut self, n: &str) -> String {
-        let one = self.idx_const(1);
-        let (p, q, q2) = (self.fresh(), self.fresh(), self.fresh());
+    /// The least power of two `>= n` and its exponent `ceil(log2 n)` (1 and 0
+    /// for `n <= 1`), both `index`, by doubling in an `scf.while` (no 64-bit
+    /// bit counting: IREE's Vulkan path emulates i64).
+    fn pow2_steps(&mut self, n: &str) -> (String, String) {
+        let (zero, one) = (self.idx_const(0), self.idx_const(1));
+        let (r, q, c, q2, c2) = (
+            self.fresh(),
+            self.fresh(),
+            self.fresh(),
+            self.fresh(),
+            self.fresh(),
+        );
         self.lines.push(format!(
-            "    {p} = scf.while ({q} = {one}) : (index) -> index {{"
+            "    {r}:2 = scf.while ({q} = {one}, {c} = {zero}) : (index, index) -> (index, index) {{"
         ));
         let lt = self.def(format!("arith.cmpi ult, {q}, {n} : index"));
+        self.lines.push(format!(
+            "    scf.condition({lt}) {q}, {c} : index, index\n    }} do {{"
+        ));
         self.lines
-            .push(format!("    scf.condition({lt}) {q} : index\n    }} do {{"));
-        self.lines.push(format!("    ^bb0({q2}: index):"));
+            .push(format!("    ^bb0({q2}: index, {c2}: index):"));
         let d = self.def(format!("arith.shli {q2}, {one} : index"));
+        let e = self.def(format!("arith.addi {c2}, {one} : index"));
         self.lines
-            .push(format!("    scf.yield {d} : index\n    }}"));
-        p
+            .push(format!("    scf.yield {d}, {e} : index, index\n    }}"));
+        (format!("{r}#0"), format!("{r}#1"))
     }
 
     /// One compare-exchange stage `(k, j)` of the network over `src` (shape
@@ -526,6 +497,18 @@ impl Emitter<'_> {
             b.def(format!("arith.select {take_min}, {mn}, {mx} : i64"))
         })
     }
+}
+
+/// `key << 32 | pos` (`i64`), the key clamped into i32's range (a bucket
+/// id always is): packed values order as (key, position) do.
+fn pack_key(b: &mut crate::scalar::Body, key: &str, pos: &str) -> String {
+    let lo = b.def(format!("arith.constant {} : i64", i32::MIN));
+    let hi = b.def(format!("arith.constant {} : i64", i32::MAX));
+    let k = b.def(format!("arith.maxsi {key}, {lo} : i64"));
+    let k = b.def(format!("arith.minsi {k}, {hi} : i64"));
+    let sh = b.def("arith.constant 32 : i64".into());
+    let k = b.def(format!("arith.shli {k}, {sh} : i64"));
+    b.def(format!("arith.ori {k}, {pos} : i64"))
 }
 
 /// The padded shape of one sort: `ps` (the sorted axis `p`, a power of two,

@@ -5,7 +5,7 @@
 //! same order with the same fused multiply-adds as the loops would: the
 //! bucket decisions do not change.
 
-use super::{contiguous, record, Descriptor};
+use super::{contiguous, record, unflatten, Descriptor};
 use reformc_runtime::attention::{lsh_rotate, RotateStrides};
 
 /// The `library_call` of the rotation contraction (f32).
@@ -95,40 +95,22 @@ fn rotate(x: &Descriptor<4>, rot: &Descriptor<4>, y: &Descriptor<5>) -> Result<(
 /// # Safety
 /// As [`call`].
 unsafe fn rotate_loop(x: &Descriptor<4>, rot: &Descriptor<4>, y: &Descriptor<5>) {
-    fn at<const R: usize>(d: &Descriptor<R>, idx: [i64; R]) -> *mut f32 {
-        let off: i64 = idx.iter().zip(&d.strides).map(|(i, s)| i * s).sum();
-        d.aligned.wrapping_offset((d.offset + off) as isize)
-    }
-    let [b, h, r, t, half] = y.sizes;
     let d = x.sizes[3];
-    for (bi, hi, ri, ti, j) in box_indices(b, h, r, t, half) {
-        let yp = at(y, [bi, hi, ri, ti, j]);
+    let total: i64 = y.sizes.iter().product();
+    let mut yi = [0i64; 5];
+    for flat in 0..total.max(0) {
+        unflatten(flat, &y.sizes, &mut yi);
+        let [bi, hi, ri, ti, j] = yi;
+        let yp = y.at(&yi);
         // SAFETY: in-range indices of y, x and rot (the contract).
         let mut acc = unsafe { *yp };
         for k in 0..d {
-            let xv = unsafe { *at(x, [bi, ti, hi, k]) };
-            let rv = unsafe { *at(rot, [hi, k, ri, j]) };
+            let xv = unsafe { *x.at(&[bi, ti, hi, k]) };
+            let rv = unsafe { *rot.at(&[hi, k, ri, j]) };
             acc = xv.mul_add(rv, acc);
         }
         unsafe { *yp = acc };
     }
-}
-
-/// Every index of a `[b, h, r, t, half]` box in row-major order.
-fn box_indices(
-    b: i64,
-    h: i64,
-    r: i64,
-    t: i64,
-    half: i64,
-) -> impl Iterator<Item = (i64, i64, i64, i64, i64)> {
-    (0..b).flat_map(move |bi| {
-        (0..h).flat_map(move |hi| {
-            (0..r).flat_map(move |ri| {
-                (0..t).flat_map(move |ti| (0..half).map(move |j| (bi, hi, ri, ti, j)))
-            })
-        })
-    })
 }
 
 #[cfg(test)]

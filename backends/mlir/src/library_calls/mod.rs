@@ -278,6 +278,25 @@ struct Descriptor<const R: usize> {
     strides: [i64; R],
 }
 
+impl<const R: usize> Descriptor<R> {
+    /// The address of the element at `idx` (its leading axes; fewer indices
+    /// address the start of a sub-box). Only the arithmetic: reading it is
+    /// sound where `idx` is in range (the callees' contract).
+    fn at(&self, idx: &[i64]) -> *mut f32 {
+        let off: i64 = idx.iter().zip(&self.strides).map(|(i, s)| i * s).sum();
+        self.aligned.wrapping_offset((self.offset + off) as isize)
+    }
+}
+
+/// The index of row-major position `flat` in a box of `sizes`, written to
+/// the leading `sizes.len()` entries of `idx`.
+fn unflatten(mut flat: i64, sizes: &[i64], idx: &mut [i64]) {
+    for i in (0..sizes.len()).rev() {
+        idx[i] = flat % sizes[i];
+        flat /= sizes[i];
+    }
+}
+
 /// A 2-D view of a descriptor's elements: `rows` rows of `cols` contiguous
 /// elements, `ld` apart, starting at `base`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -419,11 +438,8 @@ unsafe extern "C" fn linear_b<const R: usize, const ACT: i32>(
 /// `d` is valid over a live buffer (as [`linear_nb`]'s contract).
 unsafe fn gather_1d(d: &Descriptor<1>) -> Vec<f32> {
     (0..d.sizes[0].max(0))
-        .map(|i| {
-            let at = d.offset + i * d.strides[0];
-            // SAFETY: an in-range index of the descriptor (the contract).
-            unsafe { *d.aligned.wrapping_offset(at as isize) }
-        })
+        // SAFETY: an in-range index of the descriptor (the contract).
+        .map(|i| unsafe { *d.at(&[i]) })
         .collect()
 }
 
@@ -490,33 +506,21 @@ unsafe fn linear_loop<const R: usize>(
     y: &Descriptor<R>,
 ) {
     use reformc_runtime::act::Apply;
-    let at = |strides: &[i64], idx: &[i64]| -> isize {
-        idx.iter().zip(strides).map(|(i, s)| (i * s) as isize).sum()
-    };
     let (n, k) = (w.sizes[0], w.sizes[1]);
     let rows: i64 = y.sizes[..R - 1].iter().product();
     let mut idx = [0i64; R];
     for r in 0..rows.max(0) {
-        let mut rem = r;
-        for i in (0..R - 1).rev() {
-            idx[i] = rem % y.sizes[i];
-            rem /= y.sizes[i];
-        }
+        unflatten(r, &y.sizes[..R - 1], &mut idx);
         for j in 0..n {
             let mut acc = bias.map_or(0.0, |b| b[j as usize]);
             for kk in 0..k {
                 idx[R - 1] = kk;
-                let xo = x.offset as isize + at(&x.strides, &idx);
-                let wo = w.offset as isize
-                    + j as isize * w.strides[0] as isize
-                    + kk as isize * w.strides[1] as isize;
                 // SAFETY: in-range indices of x and w (the contract).
-                acc += unsafe { *x.aligned.wrapping_offset(xo) * *w.aligned.wrapping_offset(wo) };
+                acc += unsafe { *x.at(&idx) * *w.at(&[j, kk]) };
             }
             idx[R - 1] = j;
-            let yo = y.offset as isize + at(&y.strides, &idx);
             // SAFETY: an in-range index of y (the contract).
-            unsafe { *y.aligned.wrapping_offset(yo) = act.apply(acc) };
+            unsafe { *y.at(&idx) = act.apply(acc) };
         }
     }
 }
@@ -524,15 +528,14 @@ unsafe fn linear_loop<const R: usize>(
 /// The address and length of the descriptor's elements when they lie
 /// contiguous in row-major order (axes of size 1 may have any stride).
 fn contiguous<const R: usize>(d: &Descriptor<R>) -> Option<(*mut f32, usize)> {
-    let mut want = 1i64;
-    for i in (0..R).rev() {
-        if d.sizes[i] != 1 && d.strides[i] != want {
-            return None;
-        }
-        want = want.checked_mul(d.sizes[i].max(0))?;
+    if !dense_from(d, 0) {
+        return None;
     }
-    let offset = usize::try_from(d.offset).ok()?;
-    Some((d.aligned.wrapping_add(offset), usize::try_from(want).ok()?))
+    let len = d
+        .sizes
+        .iter()
+        .try_fold(1usize, |n, &s| n.checked_mul(usize::try_from(s).ok()?))?;
+    Some((d.at(&[]), len))
 }
 
 /// `_mlir_ciface_reformc_bmm_{nt|nn}_f32_r{R}(a, b, y)` ([`bmm_name`]):
@@ -590,15 +593,8 @@ fn bmm_views<const R: usize, const NT: bool>(
     let t = reformc_runtime::tensor_ops::Transposed { a: false, b: NT };
     let mut idx = [0i64; R];
     for flat in 0..outer.max(0) {
-        let mut rem = flat;
-        for i in (0..p).rev() {
-            idx[i] = rem % y.sizes[i];
-            rem /= y.sizes[i];
-        }
-        let at = |d: &Descriptor<R>, len: usize| -> (*mut f32, usize) {
-            let off: i64 = idx[..p].iter().zip(&d.strides).map(|(i, s)| i * s).sum();
-            (d.aligned.wrapping_offset((d.offset + off) as isize), len)
-        };
+        unflatten(flat, &y.sizes[..p], &mut idx);
+        let at = |d: &Descriptor<R>, len: usize| (d.at(&idx[..p]), len);
         let (av, bv, yv) = (at(a, nb * m * k), at(b, nb * k * n), at(y, nb * m * n));
         let apart = |(p, len): (*mut f32, usize)| {
             let (s, e) = (p as usize, p as usize + 4 * len);
@@ -646,22 +642,14 @@ unsafe fn bmm_loop<const R: usize, const NT: bool>(
     b: &Descriptor<R>,
     y: &Descriptor<R>,
 ) {
-    let at = |d: &Descriptor<R>, idx: &[i64; R]| -> *mut f32 {
-        let off: i64 = idx.iter().zip(&d.strides).map(|(i, s)| i * s).sum();
-        d.aligned.wrapping_offset((d.offset + off) as isize)
-    };
     let k = a.sizes[R - 1];
     let total: i64 = y.sizes.iter().product();
     let mut yi = [0i64; R];
     for flat in 0..total.max(0) {
-        let mut rem = flat;
-        for i in (0..R).rev() {
-            yi[i] = rem % y.sizes[i];
-            rem /= y.sizes[i];
-        }
+        unflatten(flat, &y.sizes, &mut yi);
         let (mut ai, mut bi) = (yi, yi);
         // SAFETY: an in-range index of y (the contract).
-        let mut acc = unsafe { *at(y, &yi) };
+        let mut acc = unsafe { *y.at(&yi) };
         for kk in 0..k {
             ai[R - 1] = kk;
             if NT {
@@ -670,10 +658,10 @@ unsafe fn bmm_loop<const R: usize, const NT: bool>(
                 (bi[R - 2], bi[R - 1]) = (kk, yi[R - 1]);
             }
             // SAFETY: in-range indices of a and b (the contract).
-            acc += unsafe { *at(a, &ai) * *at(b, &bi) };
+            acc += unsafe { *a.at(&ai) * *b.at(&bi) };
         }
         // SAFETY: as the read above.
-        unsafe { *at(y, &yi) = acc };
+        unsafe { *y.at(&yi) = acc };
     }
 }
 

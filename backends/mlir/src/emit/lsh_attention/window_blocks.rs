@@ -14,7 +14,7 @@
 
 use super::super::sort::{ident, loop_indices, operand, Shp, Sz};
 use super::{Attended, Blocks, Lsh, Window};
-use crate::emit::Emitter;
+use crate::emit::{ConcatPart, Emitter};
 use crate::scalar::literal;
 
 /// One window block's keys: the positions `[B, H, nc, w]` (and their
@@ -343,7 +343,8 @@ impl Emitter<'_> {
 
     /// `x` (`[B, H, n, ..]` of shape `from`) extended to `to` (`T = n +
     /// (before + after) chunk` rows): its last `before` chunks, all its rows,
-    /// then its first `after` chunks, by slices and one `tensor.concat`.
+    /// then its first `after` chunks, by slices joined with
+    /// [`Emitter::concat_parts`].
     /// Needs `n >= before chunk` and `n >= after chunk` (`n` the `index`).
     fn lsh_wrap_rows(
         &mut self,
@@ -387,41 +388,15 @@ impl Emitter<'_> {
             ));
             parts.push((tail, shape));
         }
-        let ty = to.ty(et);
-        if !self.own_pipeline {
-            let names: Vec<&str> = parts.iter().map(|p| p.0.as_str()).collect();
-            let tys: Vec<String> = parts.iter().map(|p| p.1.ty(et)).collect();
-            return self.def(format!(
-                "tensor.concat dim(2) {} : ({}) -> {ty}",
-                names.join(", "),
-                tys.join(", ")
-            ));
-        }
-        // reformc's pipeline: `linalg.copy`s into slices of the result (a
-        // bufferized `tensor.concat` copies element by element through the C
-        // runner's `memrefCopy`).
-        let mut acc = self.shp_empty(to, et);
-        let mut at = self.idx_const(0);
-        for (part, shape) in &parts {
-            let pty = shape.ty(et);
-            let dest = self.def(format!(
-                "tensor.extract_slice {acc}{} : {ty} to {pty}",
-                place(&at, shape)
-            ));
-            let copied = self.def(format!(
-                "linalg.copy ins({part} : {pty}) outs({dest} : {pty}) -> {pty}"
-            ));
-            acc = self.def(format!(
-                "tensor.insert_slice {copied} into {acc}{} : {pty} into {ty}",
-                place(&at, shape)
-            ));
-            let len = match &shape.0[2] {
-                Sz::Const(k) => self.idx_const(*k),
-                Sz::Dyn(k) => k.clone(),
-            };
-            at = self.def(format!("arith.addi {at}, {len} : index"));
-        }
-        acc
+        let parts: Vec<ConcatPart> = parts
+            .into_iter()
+            .map(|(name, shape)| ConcatPart {
+                name,
+                ty: shape.ty(et),
+                sizes: shape.mixed(),
+            })
+            .collect();
+        self.concat_parts(2, &parts, &to.ty(et), |em| em.shp_empty(to, et))
     }
 
     /// The sorted slot of every extended row `[B, H, T]` (`i64`): `(t + base)
