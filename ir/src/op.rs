@@ -255,6 +255,13 @@ op_kinds! {
     /// `h`'s type) or `w` (`wrt="w"`, `w`'s type), recomputing the logits
     /// `chunk` rows at a time.
     LmLossGrad => "lm_loss_grad", Tensor, "gradient of lm_loss with respect to h or w, chunked over rows";
+    /// `layer_norm_grad(x, weight, dy) {eps, wrt}`: the gradient of
+    /// `sum(dy * layer_norm(x, weight, bias))` with respect to `x`
+    /// (`wrt="x"`, `x`'s type: `r (g - mean(g) - x̂ mean(g x̂))` per row with
+    /// `g = dy weight`, `x̂` the normalised row and `r` its inverse standard
+    /// deviation) or `weight` (`wrt="w"`, `[D]`: `sum over rows of dy x̂`),
+    /// recomputing each row's statistics; the bias does not enter either.
+    LayerNormGrad => "layer_norm_grad", Tensor, "gradient of layer_norm with respect to x or its weight, one pass over the rows";
 }
 
 impl fmt::Display for OpKind {
@@ -471,6 +478,11 @@ impl OpKind {
                 4,
                 Some(4),
                 const { &[req("wrt", T::Str, ANY), req("chunk", T::Int, 1)] },
+            ),
+            LayerNormGrad => schema(
+                3,
+                Some(3),
+                const { &[req("eps", T::Float, ANY), req("wrt", T::Str, ANY)] },
             ),
         }
     }

@@ -43,6 +43,11 @@ pub struct PassOptions {
     /// in the backward pass instead of keeping their activations (default
     /// `Auto`: as few as fit `memory_budget`; none without a budget).
     pub recompute: crate::autodiff::checkpoint::LayerRecompute,
+    /// `lower-model` lowers every model op, so that `autodiff` differentiates
+    /// their tensor-op decompositions (`--lowered-grads`; the reference the
+    /// fused derivative kernels are tested against). By default it keeps the
+    /// ops with a fused derivative ([`crate::lower_model::keeps_for_grad`]).
+    pub lowered_grads: bool,
 }
 
 impl PassOptions {

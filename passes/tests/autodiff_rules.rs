@@ -155,3 +155,11 @@ fn fused_lm_loss_in_chunks() {
         1.0,
     );
 }
+
+#[test]
+fn layer_norm_through_its_fused_derivative() {
+    // x, weight and bias all carry gradients; rows of 5 over a [2, 3] batch.
+    case("%0 = weight {name=\"x\"} : f64[2,3,5]\n%1 = weight {name=\"g\"} : f64[5]\n%2 = weight {name=\"b\"} : f64[5]\n%3 = layer_norm %0, %1, %2 {eps=1e-5} : f64[2,3,5]\noutput \"y\" = %3");
+    // A row of one value normalises to 0: only the bias has a gradient.
+    case("%0 = weight {name=\"x\"} : f64[4,1]\n%1 = weight {name=\"g\"} : f64[1]\n%2 = weight {name=\"b\"} : f64[1]\n%3 = layer_norm %0, %1, %2 {eps=1e-5} : f64[4,1]\noutput \"y\" = %3");
+}

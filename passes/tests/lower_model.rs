@@ -543,9 +543,15 @@ fn pipeline_then_lower(g: &Graph, opts: &PassOptions) -> Result<(Graph, Graph), 
         .run(&mut passed, opts, &mut std::io::sink())
         .map_err(|e| e.to_string())?;
     let mut lowered = passed.clone();
+    // Every model op lowered, layer norms too (a training pipeline keeps
+    // those for their fused derivative).
+    let all = PassOptions {
+        lowered_grads: true,
+        ..opts.clone()
+    };
     PassManager::new(Pipeline::parse("lower-model,memory-plan").unwrap(), quiet)
         .unwrap()
-        .run(&mut lowered, opts, &mut std::io::sink())
+        .run(&mut lowered, &all, &mut std::io::sink())
         .map_err(|e| e.to_string())?;
     assert_lowered("pipeline", &lowered);
     Ok((passed, lowered))

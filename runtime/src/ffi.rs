@@ -375,6 +375,46 @@ crate::c_abi! {
         })
     }
 
+    /// The gradient of `sum(dy * LN(x))` over rows of `width`: with respect to
+    /// `x` (`wrt_w` 0: `out` `[rows, width]`) or `w` (`wrt_w` 1: `out` `[width]`,
+    /// summed over rows in blocks of a fixed size, so the bits do not depend on
+    /// the thread count).
+    ///
+    /// # Safety
+    /// As [`rc_linear_f32`].
+    unsafe fn rc_layer_norm_grad_f32(
+        x: *const f32,
+        rows: i64,
+        width: i64,
+        w: *const f32,
+        dy: *const f32,
+        eps: f32,
+        wrt_w: i32,
+        out: *mut f32,
+    ) -> i32 {
+        guard(|| {
+            let [rows, width] = sizes([(rows, "rows"), (width, "width")])?;
+            let wrt_x = match wrt_w {
+                0 => true,
+                1 => false,
+                _ => {
+                    let why = format!("wrt_w must be 0 or 1, found {wrt_w}");
+                    return Err(Error::InvalidArgument(why));
+                }
+            };
+            let n = count(&[rows, width], "x")?;
+            let sx = span(x, n, "x")?;
+            let sw = span(w, width, "w")?;
+            let sd = span(dy, n, "dy")?;
+            let so = span(out, if wrt_x { n } else { width }, "out")?;
+            no_overlap(so, &[sx, sw, sd])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (x, w, dy, out) =
+                unsafe { (view(x, sx), view(w, sw), view(dy, sd), view_mut(out, so)) };
+            crate::layer_norm_grad(x, rows, width, w, dy, eps, wrt_x, out)
+        })
+    }
+
     /// `y[n, width] = table[ids[i]]`; status 2 if an id is outside `[0, vocab)`.
     ///
     /// # Safety

@@ -35,6 +35,6 @@ pub mod tensor_ops;
 pub use act::Activation;
 pub use error::{last_error, Error, Result};
 pub use gemm::linear;
-pub use nn::{axial_pos, embedding, layer_norm};
+pub use nn::{axial_pos, embedding, layer_norm, layer_norm_grad};
 pub use philox::{dropout_mask, random_normal};
 pub use pool::{set_threads, threads};

@@ -59,6 +59,20 @@ pub fn reset() {
     *TOTALS.lock().unwrap_or_else(|e| e.into_inner()) = None;
 }
 
+/// How many of the slowest ops a `--profile` table lists:
+/// `REFORMC_PROFILE_TOP` when it is a number, else 25.
+///
+/// ```
+/// assert!(reformc_runtime::profile::top_from_env() > 0);
+/// ```
+pub fn top_from_env() -> usize {
+    std::env::var("REFORMC_PROFILE_TOP")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(25)
+}
+
 /// The totals as a table (by op kind, then the `top` slowest ops), or None
 /// when nothing was recorded (code compiled without `--profile`).
 ///

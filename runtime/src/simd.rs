@@ -5,7 +5,7 @@
 
 use crate::attention::{MASK_VALUE, SELF_MASK_VALUE};
 use crate::gemm::kernel;
-use crate::nn::ln_row_body;
+use crate::nn::{ln_grad_row_body, ln_grad_w_row_body, ln_row_body};
 
 /// `exp(x)` for f32 by Cody-Waite reduction and a degree-6 polynomial (Cephes
 /// `expf` coefficients, about 1 ulp); 0 below -87.3 (where f32 goes subnormal).
@@ -280,6 +280,14 @@ macro_rules! dispatch {
 dispatch!(
     /// One layer-norm row, `yr = (xr - mean) / sqrt(var + eps) * w + b`.
     ln_row, ln_row_body, (xr: &[f32], w: &[f32], b: &[f32], eps: f32, yr: &mut [f32]) -> ()
+);
+dispatch!(
+    /// One row of the layer norm's gradient with respect to its input.
+    ln_grad_row, ln_grad_row_body, (xr: &[f32], w: &[f32], dyr: &[f32], eps: f32, dxr: &mut [f32]) -> ()
+);
+dispatch!(
+    /// One row's `acc += dy x̂` towards the layer norm's weight gradient.
+    ln_grad_w_row, ln_grad_w_row_body, (xr: &[f32], dyr: &[f32], eps: f32, acc: &mut [f32]) -> ()
 );
 dispatch!(
     /// The maximum of `xs` (-inf for an empty slice; NaNs are skipped).

@@ -80,6 +80,9 @@ pub struct PassArgs {
     /// Training step only: layers that are not reversible recomputed in the backward pass instead of keeping their activations (auto: the fewest leading layers that fit --memory-budget at --seq-len, none without a budget; reversible layers always recompute).
     #[arg(long, default_value = "auto", value_parser = ["auto", "none", "all"])]
     pub recompute_layers: String,
+    /// Training step only: differentiate the tensor-op decomposition of every model op instead of using the fused derivative kernels (`layer_norm_grad`); slower, the reference the fused kernels are tested against.
+    #[arg(long)]
+    pub lowered_grads: bool,
 }
 
 impl PassArgs {
@@ -135,6 +138,7 @@ impl PassArgs {
             chunk_size_feed_forward: self.chunk_ff,
             chunk_size_lm_head: self.chunk_lm_head,
             recompute: self.recompute_layers.parse().unwrap_or_default(),
+            lowered_grads: self.lowered_grads,
             ..PassOptions::default()
         }
     }

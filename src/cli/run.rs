@@ -377,7 +377,7 @@ fn run_engine_timed(
         clock.lap("run");
         clock.progress.clear();
         if let Some(table) = profile
-            .then(|| reformc_runtime::profile::report(25))
+            .then(|| reformc_runtime::profile::report(reformc_runtime::profile::top_from_env()))
             .flatten()
         {
             eprint!("{table}");

@@ -362,7 +362,7 @@ pub fn jit_run_with(
     let out = model.run(inputs)?;
     let table = opts
         .profile
-        .then(|| reformc_runtime::profile::report(25))
+        .then(|| reformc_runtime::profile::report(reformc_runtime::profile::top_from_env()))
         .flatten();
     Ok((out, table))
 }

@@ -315,7 +315,8 @@ pub(crate) fn run_text(
         crate::alloc::release_cache();
         ran?;
         if labels.is_some() {
-            times.profile = reformc_runtime::profile::report(25);
+            times.profile =
+                reformc_runtime::profile::report(reformc_runtime::profile::top_from_env());
         }
         Ok((results, times))
     })

@@ -32,6 +32,7 @@ pub enum Rule {
 /// assert_eq!(rule_of(OpKind::Matmul), Rule::Vjp);
 /// assert_eq!(rule_of(OpKind::LshHash), Rule::Constant);
 /// assert_eq!(rule_of(OpKind::LshAttention), Rule::LowerFirst);
+/// assert_eq!(rule_of(OpKind::LayerNorm), Rule::Vjp);
 /// ```
 pub fn rule_of(kind: OpKind) -> Rule {
     use OpKind::*;
@@ -39,14 +40,20 @@ pub fn rule_of(kind: OpKind) -> Rule {
         // A dropout mask depends on its `like` operand's shape only.
         Arg | Input | Weight | Constant | RandomNormal | DropoutMask | LshHash | Iota | Lt | Eq
         | Argmax | Argsort => Rule::Constant,
-        Embedding | AxialPosEmbedding | LayerNorm | Linear | Attention | LocalAttention
-        | LshAttention | SeqChunk => Rule::LowerFirst,
+        Embedding | AxialPosEmbedding | Linear | Attention | LocalAttention | LshAttention
+        | SeqChunk => Rule::LowerFirst,
         ReversibleBlock => Rule::Reversible,
         PadToMultiple | Truncate | Index | Slice | Add | Sub | Mul | Div | Max | Min | Neg
         | Exp | Log | Sqrt | Rsqrt | Tanh | Act | Cast | Matmul | Reduce | Softmax | Gather
-        | Select | Reshape | Transpose | Concat | Broadcast | ScatterAdd | LmLoss => Rule::Vjp,
+        | Select | Reshape | Transpose | Concat | Broadcast | ScatterAdd | LmLoss
+        // `lower-model` keeps layer norms for their fused derivative unless
+        // told to lower them (`PassOptions::fused_grads`).
+        | LayerNorm => Rule::Vjp,
         ActGrad => Rule::Missing("act_grad (second derivatives are not supported)"),
         LmLossGrad => Rule::Missing("lm_loss_grad (second derivatives are not supported)"),
+        LayerNormGrad => {
+            Rule::Missing("layer_norm_grad (second derivatives are not supported)")
+        }
     }
 }
 
@@ -132,6 +139,20 @@ pub fn vjp(
                 b.op(op, &[x[0], x[1], x[2], dy])
             };
             Ok(vec![Some(grad(b, "h")?), Some(grad(b, "w")?), None])
+        }
+        LayerNorm => {
+            let grad = |b: &mut Builder, wrt: &str| {
+                let op = Op::new(LayerNormGrad)
+                    .with("eps", Attr::Float(node.op.float("eps").unwrap_or(1e-12)))
+                    .with("wrt", Attr::Str(wrt.into()));
+                b.op(op, &[x[0], x[1], dy])
+            };
+            let tb = t(b, 2);
+            Ok(vec![
+                Some(grad(b, "x")?),
+                Some(grad(b, "w")?),
+                Some(b.unbroadcast(dy, &tb)?),
+            ])
         }
         Cast if t(b, 0).dtype.is_float() => Ok(vec![Some(b.cast(dy, t(b, 0).dtype))]),
         Cast => Ok(vec![None]),

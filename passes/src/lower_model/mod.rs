@@ -14,7 +14,10 @@
 //!   (what the `chunk` pass creates: feed-forward branches and the LM head),
 //!   which [`check_position_wise`] verifies before inlining;
 //! - every other node (tensor ops, sources, `lsh_hash`, `random_normal`) is
-//!   copied.
+//!   copied;
+//! - in a training pipeline, model ops whose derivative is a fused kernel
+//!   ([`keeps_for_grad`]: `layer_norm`) are copied too, unless
+//!   `--lowered-grads` asks for their decompositions.
 //!
 //! The pass is registered but not in the default pipeline: training appends
 //! it after the default passes.
@@ -58,15 +61,27 @@ impl Pass for LowerModelPass {
 
     fn run(&self, g: &mut Graph, opts: &PassOptions) -> Result<Vec<String>, PassError> {
         let before = count_model_ops(g);
-        let lowered = lower_model_with(g, opts.dropout).map_err(|message| PassError {
+        let keep = if opts.lowered_grads {
+            Keep::Nothing
+        } else {
+            Keep::FusedGrads
+        };
+        let lowered = lower_model_keeping(g, opts.dropout, keep).map_err(|message| PassError {
             pass: self.name().into(),
             message,
         })?;
         *g = lowered;
+        let kept = count_model_ops(g);
         let mut notes = vec![format!(
-            "lowered {before} model op(s) to tensor ops ({} node(s) now)",
+            "lowered {} model op(s) to tensor ops ({} node(s) now)",
+            before - kept,
             g.len()
         )];
+        if kept > 0 {
+            notes.push(format!(
+                "kept {kept} layer_norm op(s) for their fused derivative (--lowered-grads lowers them too)"
+            ));
+        }
         if let Some(rates) = opts.dropout.filter(|r| !r.is_zero()) {
             let masks = g
                 .walk()
@@ -106,6 +121,42 @@ pub fn lower_model(g: &Graph) -> Result<Graph, String> {
 /// its value by a `dropout_mask` keyed by the `seed` input (added when the
 /// graph has none) and the site's [`dropout_stream`].
 pub fn lower_model_with(g: &Graph, dropout: Option<DropoutRates>) -> Result<Graph, String> {
+    lower_model_keeping(g, dropout, Keep::Nothing)
+}
+
+/// Which model ops [`lower_model_keeping`] copies instead of lowering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// Lower every model op (the decomposition is the reference semantics).
+    Nothing,
+    /// Keep those with a fused derivative kernel ([`keeps_for_grad`]).
+    FusedGrads,
+}
+
+/// Whether a training pipeline keeps `node` as it is for `autodiff`'s fused
+/// derivative rule: `layer_norm`, which no dropout site touches.
+///
+/// ```
+/// use reformc_ir::{Attr, Node, Op, OpKind, TensorType, DType};
+/// use reformc_passes::lower_model::keeps_for_grad;
+/// let ln = Node {
+///     op: Op::new(OpKind::LayerNorm).with("eps", Attr::Float(1e-12)),
+///     inputs: vec![],
+///     ty: TensorType::new(DType::F32, vec![]),
+///     regions: vec![],
+/// };
+/// assert!(keeps_for_grad(&ln));
+/// ```
+pub fn keeps_for_grad(node: &Node) -> bool {
+    node.op.kind == OpKind::LayerNorm
+}
+
+/// [`lower_model_with`], copying the model ops `keep` names unchanged.
+pub fn lower_model_keeping(
+    g: &Graph,
+    dropout: Option<DropoutRates>,
+    keep: Keep,
+) -> Result<Graph, String> {
     let reserved = all_symbols(g);
     let mut cx = Lowering {
         old: g,
@@ -119,6 +170,7 @@ pub fn lower_model_with(g: &Graph, dropout: Option<DropoutRates>) -> Result<Grap
             .map(|(i, v)| (v, i))
             .collect(),
         dropout: None,
+        keep,
     };
     if let Some(rates) = dropout.filter(|r| !r.is_zero()) {
         cx.dropout = Some((rates, cx.seed_input()?));
@@ -157,6 +209,8 @@ struct Lowering<'a> {
     numbering: HashMap<ValueId, usize>,
     /// Dropout rates and the new graph's `seed` input, in a training step.
     dropout: Option<(DropoutRates, ValueId)>,
+    /// Model ops copied instead of lowered.
+    keep: Keep,
 }
 
 impl Lowering<'_> {
@@ -273,6 +327,9 @@ impl Lowering<'_> {
         let probs = probs.map(|(_, m)| m);
         let out = match old.op.kind {
             OpKind::ReversibleBlock => return self.reversible(old, &node, inputs),
+            _ if self.keep == Keep::FusedGrads && mask.is_none() && keeps_for_grad(old) => {
+                return Ok(self.new.add(node.op, inputs, node.ty))
+            }
             OpKind::SeqChunk => return self.seq_chunk(old, inputs[0]),
             OpKind::Linear if matches!(mask, Some((DropoutSite::FeedForwardInner, _))) => {
                 let m = mask.map(|(_, m)| m).expect("matched");

@@ -1576,6 +1576,7 @@ impl<'ctx> Gen<'ctx> {
             Embedding => self.embedding(fs, v)?,
             AxialPosEmbedding => self.axial_pos_embedding(fs, v)?,
             LayerNorm => self.layer_norm(fs, v)?,
+            LayerNormGrad => self.layer_norm_grad(fs, v)?,
             Linear => self.dense(fs, v)?,
             Attention => self.attention(fs, v)?,
             LocalAttention => self.local_attention(fs, v)?,

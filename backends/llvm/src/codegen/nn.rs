@@ -89,6 +89,40 @@ impl<'ctx> Gen<'ctx> {
         Ok(out)
     }
 
+    /// `layer_norm_grad(x, w, dy) {eps, wrt}`: the runtime's row kernel.
+    pub(super) fn layer_norm_grad(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
+        let op = &fs.g.node(v).op;
+        let what = at(fs.g, &fs.numbering, v);
+        let x = self.f32_operand(fs, v, 0)?;
+        let w = self.f32_operand(fs, v, 1)?;
+        let dy = self.f32_operand(fs, v, 2)?;
+        let eps = self.t.f32.const_float(op.float("eps").unwrap_or(1e-12));
+        let wrt_w = op.str("wrt") == Some("w");
+        let dims = if wrt_w {
+            w.dims.clone()
+        } else {
+            x.dims.clone()
+        };
+        let out = self.alloc_buf(fs, DType::F32, dims, &what)?;
+        let (rows, width) = (self.rows(&x)?, self.last(&x));
+        self.kernel(
+            fs,
+            v,
+            "rc_layer_norm_grad_f32",
+            &[
+                x.ptr.into(),
+                rows.into(),
+                width.into(),
+                w.ptr.into(),
+                dy.ptr.into(),
+                eps.into(),
+                self.i32c(i32::from(wrt_w)).into(),
+                out.ptr.into(),
+            ],
+        )?;
+        Ok(out)
+    }
+
     pub(super) fn random_normal(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
         let node = fs.g.node(v);
         let what = at(fs.g, &fs.numbering, v);
