@@ -177,7 +177,11 @@ fn dump_train_prints_the_step_graph() {
         !text.contains("reversible_block"),
         "blocks are flattened for the recompute"
     );
-    assert!(!text.contains("lsh_attention"), "model ops are lowered");
+    assert!(!text.contains("= linear "), "model ops are lowered");
+    assert!(
+        text.contains("lsh_attention_grad"),
+        "LSH attention is differentiated by its fused kernel"
+    );
 }
 
 #[test]

@@ -15,7 +15,7 @@ use ndarray::ArrayD;
 use reformc_ir::DType;
 use reformc_passes::autodiff::LABELS;
 use reformc_tensor::Tensor;
-use step_support::{grad_error, split, step_graph};
+use step_support::{grad_error, lowered_step_graph, split, step_graph};
 
 /// Fixtures of the default test: one with LSH layers (the integer argsort,
 /// argmax and gather of the LSH lowering), one with local attention only.
@@ -73,7 +73,8 @@ fn jit_step_matches_the_interpreter_on_lsh_and_local_fixtures() {
     assert_eq!(check(&|name| QUICK.contains(&name)), QUICK.len());
 }
 
-/// The step graph of a two-layer model has about a thousand top-level ops:
+/// The step graph of a two-layer model, every model op lowered, has about a
+/// thousand top-level ops:
 /// the backend generates it as segments, each op in a function of its own,
 /// and ops with the same code share one. No function may grow with the
 /// graph but the variant's own, which only calls the segments (one function
@@ -86,7 +87,7 @@ fn a_step_graph_compiles_as_small_shared_functions() {
             .find(|d| d.ends_with("causal_lsh_r1"))
             .unwrap(),
     );
-    let g = step_graph(&case, DType::F32);
+    let g = lowered_step_graph(&case, DType::F32);
     let ops = g.body.len();
     let ctx = reformc_backend_llvm::Context::create();
     let variants = [reformc_backend_llvm::Variant {

@@ -554,6 +554,256 @@ fn lsh_head<T: Real>(
     Ok(out)
 }
 
+/// The gradient of `sum(dy * y)`, `y = lsh_attention(qk, v, buckets, mask)`,
+/// with respect to `qk` and `v`, stacked as `[2, B, L, H·d]`
+/// (`lsh_attention_grad`); `y` is the forward output. Each query slot's
+/// probabilities are recomputed as [`lsh_attention`] computes them; with
+/// round weights `c = softmax_r(lse_r)`, `dS = P ⊙ (c dy Vᵀ - c (dy · y))`
+/// on unmasked logits (masks replace logits by constants, so they pass no
+/// gradient), `dQ = dS K`, `dK = dSᵀ Q`, `dV = Pᵀ (c dy)`, and the key
+/// normalisation passes `dK` on to `qk`.
+///
+/// ```
+/// use ndarray::{ArrayD, IxDyn};
+/// use reformc_interp::attention::{lsh_attention, lsh_attention_grad};
+/// let qk = ArrayD::from_shape_fn(IxDyn(&[1, 4, 2]), |i| (i[1] as f64 + 0.3 * i[2] as f64).sin());
+/// let v = ArrayD::from_shape_fn(IxDyn(&[1, 4, 2]), |i| i[1] as f64 + 0.5 * i[2] as f64);
+/// let buckets = ArrayD::from_shape_vec(IxDyn(&[1, 1, 1, 4]), vec![0i64, 0, 1, 1]).unwrap();
+/// let y = lsh_attention(&qk, &v, &buckets, None, 1, 2, 0, 0, true).unwrap();
+/// let mut dy = ArrayD::zeros(IxDyn(&[1, 4, 2]));
+/// dy[[0, 0, 0]] = 1.0;
+/// let g = lsh_attention_grad(&qk, &v, &buckets, &y, &dy, None, 1, 2, 0, 0, true).unwrap();
+/// assert_eq!(g.shape(), &[2, 1, 4, 2]);
+/// assert_eq!(g[[1, 0, 0, 0]], 1.0); // position 0 sees only its own value
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn lsh_attention_grad<T: Real>(
+    qk: &ArrayD<T>,
+    v: &ArrayD<T>,
+    buckets: &ArrayD<i64>,
+    y: &ArrayD<T>,
+    dy: &ArrayD<T>,
+    mask: Option<&ArrayD<i64>>,
+    heads: usize,
+    chunk: usize,
+    before: usize,
+    after: usize,
+    causal: bool,
+) -> Result<ArrayD<T>, String> {
+    let len = qk.shape()[1];
+    let d = qk.shape()[2] / heads;
+    let scale = 1.0 / (d as f64).sqrt();
+    let rules = MaskRules {
+        causal,
+        self_mask: true,
+    };
+    let full = len <= chunk;
+    let rounds = if full { 1 } else { buckets.shape()[2] };
+    if !full && !(rounds * len).is_multiple_of(chunk) {
+        return Err(format!(
+            "rounds x length = {} is not a multiple of the chunk length {chunk}",
+            rounds * len
+        ));
+    }
+    let x4 = split_heads(qk, heads)?;
+    let (v4, y4, dy4) = (
+        split_heads(v, heads)?,
+        split_heads(y, heads)?,
+        split_heads(dy, heads)?,
+    );
+    let (b, h, _, _) = x4.dim();
+    let mut dq4 = ndarray::Array4::<T>::zeros((b, h, len, d));
+    let mut dv4 = ndarray::Array4::<T>::zeros((b, h, len, d));
+    for bi in 0..b {
+        let valid = valid_row(mask, bi, len);
+        for hi in 0..h {
+            let order: Vec<usize> = match full {
+                true => (0..len).collect(),
+                false => {
+                    let flat: Vec<i64> =
+                        buckets.slice(s![bi, hi, .., ..]).iter().copied().collect();
+                    let mut perm: Vec<usize> = (0..flat.len()).collect();
+                    perm.sort_by_key(|&t| flat[t]);
+                    perm
+                }
+            };
+            let head = LshHead {
+                u: x4.slice(s![bi, hi, .., ..]),
+                keys: scaled_keys(x4.slice(s![bi, hi, .., ..]), scale, true),
+                v: v4.slice(s![bi, hi, .., ..]),
+                y: y4.slice(s![bi, hi, .., ..]),
+                dy: dy4.slice(s![bi, hi, .., ..]),
+                order: &order,
+                valid: &valid,
+                chunk: if full { len } else { chunk },
+                window: if full { (0, 0) } else { (before, after) },
+                rounds,
+                rules,
+            };
+            let (dq, dv) = head.grad();
+            dq4.slice_mut(s![bi, hi, .., ..]).assign(&dq);
+            dv4.slice_mut(s![bi, hi, .., ..]).assign(&dv);
+        }
+    }
+    let (dq, dv) = (merge_heads(dq4), merge_heads(dv4));
+    ndarray::stack(Axis(0), &[dq.view(), dv.view()]).map_err(|e| e.to_string())
+}
+
+/// One (batch, head) of [`lsh_attention_grad`]: the sorted slots
+/// (`order[slot] = r·L + pos`) and the rows they read.
+struct LshHead<'a, T> {
+    u: ArrayView2<'a, T>,
+    keys: Array2<T>,
+    v: ArrayView2<'a, T>,
+    y: ArrayView2<'a, T>,
+    dy: ArrayView2<'a, T>,
+    order: &'a [usize],
+    valid: &'a [bool],
+    chunk: usize,
+    window: (usize, usize),
+    rounds: usize,
+    rules: MaskRules,
+}
+
+impl<T: Real> LshHead<'_, T> {
+    fn len(&self) -> usize {
+        self.u.nrows()
+    }
+
+    fn pos(&self, slot: usize) -> usize {
+        self.order[slot] % self.len()
+    }
+
+    /// Chunk `j`'s key slots and its queries' probabilities `[chunk, keys]`,
+    /// with each query's (max, sum) and which logits the masks replaced.
+    #[allow(clippy::type_complexity)]
+    fn probabilities(&self, j: usize) -> (Vec<usize>, Array2<T>, Vec<Lse<T>>, Vec<Vec<bool>>) {
+        let n = self.order.len() / self.chunk;
+        let kslots: Vec<usize> = adjacent_chunks(j, n, self.window.0, self.window.1)
+            .into_iter()
+            .flat_map(|c| c * self.chunk..(c + 1) * self.chunk)
+            .collect();
+        let kpos: Vec<usize> = kslots.iter().map(|&t| self.pos(t)).collect();
+        let kvalid: Vec<bool> = kpos.iter().map(|&p| self.valid[p]).collect();
+        let mut p = Array2::<T>::zeros((self.chunk, kslots.len()));
+        let (mut lse, mut masked) = (vec![], vec![]);
+        for i in 0..self.chunk {
+            let qpos = self.pos(j * self.chunk + i);
+            let mut row = p.row_mut(i);
+            for (jj, &kp) in kpos.iter().enumerate() {
+                row[jj] = self.u.row(qpos).dot(&self.keys.row(kp));
+            }
+            mask_row(row.view_mut(), qpos, &kpos, &kvalid, self.rules);
+            let max = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+            row.mapv_inplace(|x| (x - max).exp());
+            let sum = row.iter().fold(T::zero(), |a, &x| a + x);
+            row.mapv_inplace(|x| x / sum);
+            lse.push(Lse { max, sum });
+            masked.push(
+                kpos.iter()
+                    .zip(&kvalid)
+                    .map(|(&kp, &ok)| {
+                        !ok || (self.rules.causal && qpos < kp)
+                            || (self.rules.self_mask && qpos == kp)
+                    })
+                    .collect(),
+            );
+        }
+        (kslots, p, lse, masked)
+    }
+
+    /// Each slot's round weight `softmax_r(lse_r)` over its position's slots.
+    fn round_weights(&self) -> Vec<T> {
+        let total = self.order.len();
+        if self.rounds == 1 {
+            return vec![T::one(); total];
+        }
+        let mut lse = vec![
+            Lse {
+                max: T::zero(),
+                sum: T::one()
+            };
+            total
+        ];
+        for j in 0..total / self.chunk {
+            let (_, _, l, _) = self.probabilities(j);
+            lse[j * self.chunk..(j + 1) * self.chunk].copy_from_slice(&l);
+        }
+        let mut slots = vec![vec![0usize; self.rounds]; self.len()];
+        for (slot, &t) in self.order.iter().enumerate() {
+            slots[t % self.len()][t / self.len()] = slot;
+        }
+        let mut weight = vec![T::zero(); total];
+        for s in &slots {
+            let m = s.iter().fold(T::neg_infinity(), |a, &t| a.max(lse[t].max));
+            let w: Vec<T> = s
+                .iter()
+                .map(|&t| (lse[t].max - m).exp() * lse[t].sum)
+                .collect();
+            let z = w.iter().fold(T::zero(), |a, &x| a + x);
+            for (&t, &wr) in s.iter().zip(&w) {
+                weight[t] = wr / z;
+            }
+        }
+        weight
+    }
+
+    /// The gradients with respect to the shared query/keys and the values.
+    fn grad(&self) -> (Array2<T>, Array2<T>) {
+        let (len, d) = self.u.dim();
+        let weight = self.round_weights();
+        let (mut dq, mut dk, mut dv) = (
+            Array2::<T>::zeros((len, d)),
+            Array2::<T>::zeros((len, d)),
+            Array2::<T>::zeros((len, d)),
+        );
+        for j in 0..self.order.len() / self.chunk {
+            let (kslots, p, _, masked) = self.probabilities(j);
+            for i in 0..self.chunk {
+                let slot = j * self.chunk + i;
+                let qpos = self.pos(slot);
+                let c = weight[slot];
+                let dout = self.dy.row(qpos).mapv(|x| x * c);
+                let shift = -c * self.dy.row(qpos).dot(&self.y.row(qpos));
+                for (jj, &ks) in kslots.iter().enumerate() {
+                    let kp = self.pos(ks);
+                    let pij = p[[i, jj]];
+                    dv.row_mut(kp).scaled_add(pij, &dout);
+                    if masked[i][jj] {
+                        continue;
+                    }
+                    let ds = pij * (dout.dot(&self.v.row(kp)) + shift);
+                    dq.row_mut(qpos).scaled_add(ds, &self.keys.row(kp));
+                    dk.row_mut(kp).scaled_add(ds, &self.u.row(qpos));
+                }
+            }
+        }
+        (dq + &self.through_norm(&dk), dv)
+    }
+
+    /// A gradient `g` with respect to the keys `k = u · inv / div` (`div =
+    /// 1/scale`, `inv = (mean(u²) + 1e-6)^(-1/2)`) taken back to `u`:
+    /// `du = inv / div · (g - inv² (g · u) u / d)`.
+    fn through_norm(&self, g: &Array2<T>) -> Array2<T> {
+        let d = self.u.ncols();
+        let div = T::of((d as f64).sqrt());
+        let mut out = Array2::<T>::zeros(self.u.dim());
+        for (mut o, (gr, ur)) in out
+            .rows_mut()
+            .into_iter()
+            .zip(g.rows().into_iter().zip(self.u.rows()))
+        {
+            let ms = ur.iter().fold(T::zero(), |a, &x| a + x * x) / T::of(d as f64);
+            let inv = T::one() / (ms + T::of(1e-6)).sqrt();
+            let k = inv * inv * gr.dot(&ur) / T::of(d as f64);
+            for ((o, &g), &u) in o.iter_mut().zip(gr).zip(ur) {
+                *o = inv / div * (g - k * u);
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

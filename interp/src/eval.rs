@@ -406,6 +406,25 @@ impl Evaluator<'_> {
                     op.flag("causal"),
                 )?)
             }
+            LshAttentionGrad => {
+                let (qk, v) = (self.float::<T>(node, 0)?, self.float::<T>(node, 1)?);
+                let buckets = self.operand(node, 2).to_i64();
+                let (y, dy) = (self.float::<T>(node, 3)?, self.float::<T>(node, 4)?);
+                let m = self.mask(node, 5);
+                T::wrap(attention::lsh_attention_grad(
+                    qk,
+                    v,
+                    &buckets,
+                    y,
+                    dy,
+                    m.as_ref(),
+                    attr("heads"),
+                    attr("chunk"),
+                    attr("before"),
+                    attr("after"),
+                    op.flag("causal"),
+                )?)
+            }
             ReversibleBlock => T::wrap(self.reversible::<T>(node)?),
             SeqChunk => self.seq_chunk(node)?,
             PadToMultiple => ops::pad_to_multiple(

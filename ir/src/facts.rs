@@ -266,6 +266,9 @@ impl OpKind {
             LmLoss | LmLossGrad => other(C::LmLoss, 10.0),
             // Two passes over x and dy per row (statistics, then the result).
             LayerNormGrad => other(C::PerElement(12), 5.0),
+            // Costed as the forward (its operands sit where the forward's do);
+            // it runs about three times the forward's products.
+            LshAttentionGrad => other(C::LshAttention, 20.0),
             Reduce | Argmax => other(C::Reduce, 2.0),
             Softmax => with_rows(other(C::PerElement(5), 2.0), Rows::AlongAxisAttr),
             Gather => other(C::Lookup, 2.0),

@@ -410,6 +410,26 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<Option<TensorType
             lm_loss_operands(t)?;
             TensorType::scalar(t[0].dtype)
         }
+        LshAttentionGrad => {
+            let mut fwd: Vec<&TensorType> = t[..3].to_vec();
+            fwd.extend(t.get(5).copied());
+            let ty = infer_type(
+                &Op {
+                    kind: LshAttention,
+                    ..op.clone()
+                },
+                &fwd,
+            )?
+            .ok_or("lsh_attention derives its type")?;
+            for (i, name) in [(3, "y"), (4, "dy")] {
+                if *t[i] != ty {
+                    return Err(format!("operand {i} ({name}) must be {ty}, found {}", t[i]));
+                }
+            }
+            let mut shape = vec![Dim::Const(2)];
+            shape.extend(ty.shape.iter().cloned());
+            TensorType::new(ty.dtype, shape)
+        }
         LayerNormGrad => {
             float(0, t[0])?;
             let last = t[0].shape.last().ok_or("operand 0 must have rank >= 1")?;
@@ -532,11 +552,10 @@ pub fn check_type(op: &Op, operands: &[&TensorType], result: &TensorType) -> Res
         | LshHash | LshAttention | ReversibleBlock | Truncate | Iota | Index | Slice | Add
         | Sub | Mul | Div | Max | Min | Lt | Eq | Neg | Exp | Log | Sqrt | Rsqrt | Tanh | Act
         | Matmul | Reduce | Softmax | Gather | Argmax | Argsort | Select | Transpose
-        | Broadcast | ScatterAdd | ActGrad | DropoutMask | LmLoss | LmLossGrad | LayerNormGrad => {
-            Err(format!(
-                "`{op}` derives its result type, but none was derived"
-            ))
-        }
+        | Broadcast | ScatterAdd | ActGrad | DropoutMask | LmLoss | LmLossGrad | LayerNormGrad
+        | LshAttentionGrad => Err(format!(
+            "`{op}` derives its result type, but none was derived"
+        )),
     }
 }
 

@@ -262,6 +262,13 @@ op_kinds! {
     /// deviation) or `weight` (`wrt="w"`, `[D]`: `sum over rows of dy x̂`),
     /// recomputing each row's statistics; the bias does not enter either.
     LayerNormGrad => "layer_norm_grad", Tensor, "gradient of layer_norm with respect to x or its weight, one pass over the rows";
+    /// `lsh_attention_grad(qk, v, buckets, y, dy[, mask]) {heads, chunk,
+    /// before, after, causal?}`: the gradient of `sum(dy * y)` where `y =
+    /// lsh_attention(qk, v, buckets[, mask])` with the same attributes, with
+    /// respect to `qk` and `v`, stacked as `[2, ..qk's shape]` (`[0]` is
+    /// `d qk`, `[1]` is `d v`). The buckets are constants (no gradient flows
+    /// through hashing); masked logits pass no gradient (masks replace them).
+    LshAttentionGrad => "lsh_attention_grad", Tensor, "gradient of lsh_attention with respect to qk and v, stacked, recomputing the attention chunk by chunk";
 }
 
 impl fmt::Display for OpKind {
@@ -479,6 +486,7 @@ impl OpKind {
                 Some(4),
                 const { &[req("wrt", T::Str, ANY), req("chunk", T::Int, 1)] },
             ),
+            LshAttentionGrad => schema(5, Some(6), LSH_ATTENTION),
             LayerNormGrad => schema(
                 3,
                 Some(3),

@@ -119,6 +119,8 @@ pub fn footprint_of(
             kernel_scratch = kernel_scratch.max(full_scratch(g, v, env, threads));
         } else if kind == OpKind::LmLoss || kind == OpKind::LmLossGrad {
             kernel_scratch = kernel_scratch.max(lm_loss_scratch(g, v, env));
+        } else if kind == OpKind::LshAttentionGrad {
+            kernel_scratch = kernel_scratch.max(lsh_grad_scratch(g, v, env, threads));
         }
     }
     Ok(Footprint {
@@ -230,6 +232,37 @@ fn lm_loss_scratch(g: &Graph, v: reformc_ir::ValueId, env: &DimEnv) -> u64 {
         1
     };
     chunk.saturating_mul(vocab).saturating_mul(4 * blocks)
+}
+
+/// `rc_lsh_attention_grad_f32`'s scratch: per (batch, head), one after
+/// another, three `[r·P, d]` slot arrays and five words per slot; per task,
+/// one chunk's tiles (logits and their gradient, the window packed three
+/// ways, the chunk's queries twice).
+fn lsh_grad_scratch(g: &Graph, v: reformc_ir::ValueId, env: &DimEnv, threads: u64) -> u64 {
+    let node = g.node(v);
+    let heads = node.op.int("heads").unwrap_or(1).max(1) as u64;
+    let attr = |n: &str| node.op.int(n).unwrap_or(0).max(0) as u64;
+    let dim = |i: usize, a: usize| {
+        node.inputs
+            .get(i)
+            .and_then(|&x| g.ty(x).shape.get(a))
+            .and_then(|d| d.eval(env))
+    };
+    let (Some(len), Some(width), Some(rounds)) = (dim(0, 1), dim(0, 2), dim(2, 2)) else {
+        return 0;
+    };
+    let d = width / heads;
+    let (chunk, total) = match len <= attr("chunk") {
+        true => (len, len),
+        false => (attr("chunk").max(1), rounds.saturating_mul(len)),
+    };
+    let keys = chunk.saturating_mul(attr("before") + 1 + attr("after"));
+    let per_head = total.saturating_mul(3 * d + 5).saturating_mul(4);
+    let tile = keys
+        .saturating_mul(2 * chunk + 4 * d)
+        .saturating_add(4 * chunk * d)
+        .saturating_mul(4);
+    per_head.saturating_add(threads.max(1).saturating_mul(tile))
 }
 
 fn full_scratch(g: &Graph, v: reformc_ir::ValueId, env: &DimEnv, threads: u64) -> u64 {

@@ -163,3 +163,61 @@ fn layer_norm_through_its_fused_derivative() {
     // A row of one value normalises to 0: only the bias has a gradient.
     case("%0 = weight {name=\"x\"} : f64[4,1]\n%1 = weight {name=\"g\"} : f64[1]\n%2 = weight {name=\"b\"} : f64[1]\n%3 = layer_norm %0, %1, %2 {eps=1e-5} : f64[4,1]\noutput \"y\" = %3");
 }
+
+/// `[b, h, rounds, len]` bucket ids with round offsets (round `r` in
+/// `[r·nb, (r+1)·nb)`), drawn from `seed`.
+fn lsh_buckets(b: usize, h: usize, rounds: usize, len: usize, nb: i64, seed: u64) -> Tensor {
+    let mut x = seed;
+    let ids = (0..b * h * rounds * len)
+        .map(|i| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let r = (i / len) % rounds;
+            r as i64 * nb + ((x >> 33) as i64).rem_euclid(nb)
+        })
+        .collect();
+    Tensor::I64(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[b, h, rounds, len]), ids).unwrap())
+}
+
+#[test]
+fn lsh_attention_through_its_fused_derivative() {
+    // (len, chunk, before, after, rounds, causal, masked): sorted chunks
+    // with neighbours, rounds combined, windows wider than the chunk count
+    // (duplicated keys), and L <= chunk (full shared-QK attention).
+    let cases = [
+        (8, 4, 1, 0, 2, true, true),
+        (12, 4, 1, 1, 1, false, false),
+        (8, 4, 1, 1, 1, true, false),
+        (6, 3, 0, 0, 3, false, true),
+        (4, 8, 1, 0, 2, true, true),
+    ];
+    for (len, chunk, before, after, rounds, causal, masked) in cases {
+        let flag = if causal { ", causal" } else { "" };
+        let mut extra = BTreeMap::from([(
+            "bk".to_string(),
+            lsh_buckets(2, 2, rounds, len, 3, len as u64 + 10 * rounds as u64),
+        )]);
+        let (mask_in, mask_op) = if masked {
+            let m: Vec<i64> = (0..2 * len).map(|i| i64::from(i % 5 != 3)).collect();
+            extra.insert(
+                "m".to_string(),
+                Tensor::I64(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[2, len]), m).unwrap()),
+            );
+            (
+                format!("%3 = input {{name=\"m\"}} : i64[2,{len}]\n"),
+                ", %3",
+            )
+        } else {
+            (String::new(), "")
+        };
+        case_with(
+            &format!(
+                "%0 = weight {{name=\"qk\"}} : f64[2,{len},6]\n%1 = weight {{name=\"v\"}} : f64[2,{len},6]\n%2 = input {{name=\"bk\"}} : i64[2,2,{rounds},{len}]\n{mask_in}%4 = lsh_attention %0, %1, %2{mask_op} {{after={after}, before={before}{flag}, chunk={chunk}, heads=2}} : f64[2,{len},6]\noutput \"y\" = %4"
+            ),
+            extra,
+            -1.0,
+            1.0,
+        );
+    }
+}

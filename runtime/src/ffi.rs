@@ -658,6 +658,77 @@ crate::c_abi! {
         })
     }
 
+    /// The gradient of `rc_lsh_attention_f32` with respect to `qk` and `v`:
+    /// `out[2, B, L, H·d]` holds `d qk` then `d v`, given the forward output
+    /// `y` and its cotangent `dy` (see [`attention::lsh_attention_grad`]).
+    ///
+    /// # Safety
+    /// As [`rc_linear_f32`]; `mask` may be NULL.
+    unsafe fn rc_lsh_attention_grad_f32(
+        qk: *const f32,
+        v: *const f32,
+        buckets: *const i64,
+        y: *const f32,
+        dy: *const f32,
+        mask: *const i64,
+        batch: i64,
+        len: i64,
+        heads: i64,
+        d: i64,
+        rounds: i64,
+        chunk: i64,
+        before: i64,
+        after: i64,
+        causal: i32,
+        out: *mut f32,
+    ) -> i32 {
+        guard(|| {
+            let [b, l, h] = sizes([(batch, "batch"), (len, "len"), (heads, "heads")])?;
+            let [d, r, c] = sizes([(d, "d"), (rounds, "rounds"), (chunk, "chunk")])?;
+            let [nb, na] = sizes([(before, "before"), (after, "after")])?;
+            let n = count(&[b, l, h, d], "qk")?;
+            let sq = span(qk, n, "qk")?;
+            let sv = span(v, n, "v")?;
+            let sb = span(buckets, count(&[b, h, r, l], "buckets")?, "buckets")?;
+            let sy = span(y, n, "y")?;
+            let sd = span(dy, n, "dy")?;
+            let sm = opt_span(mask, &[b, l], "mask")?;
+            let so = span(out, count(&[2, n], "out")?, "out")?;
+            no_overlap(so, &[sq, sv, sb, sy, sd, sm])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (qk, v, bk, y, dy, o) = unsafe {
+                (
+                    view(qk, sq),
+                    view(v, sv),
+                    view(buckets, sb),
+                    view(y, sy),
+                    view(dy, sd),
+                    view_mut(out, so),
+                )
+            };
+            // SAFETY: as above.
+            let m = unsafe { opt_view(mask, sm) };
+            attention::lsh_attention_grad(
+                qk,
+                v,
+                bk,
+                y,
+                dy,
+                m,
+                b,
+                l,
+                h,
+                d,
+                r,
+                c,
+                nb,
+                na,
+                causal != 0,
+                o,
+            )
+        })
+    }
+
     /// Softmax along the middle axis of `x[outer, n, inner]` into `y` (same shape).
     ///
     /// # Safety

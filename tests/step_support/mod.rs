@@ -30,6 +30,19 @@ pub fn step_graph_with(case: &Case, dtype: DType, chunk_lm_head: Option<u64>) ->
     g
 }
 
+/// [`step_graph`] with every model op lowered before autodiff
+/// (`--lowered-grads`): no fused derivative kernels, about three times the ops.
+pub fn lowered_step_graph(case: &Case, dtype: DType) -> Graph {
+    let mut g = case.graph(dtype, case.replay_source());
+    let opts = PassOptions {
+        seq_len: Some(case.seq_len() as u64),
+        lowered_grads: true,
+        ..Default::default()
+    };
+    reformc_train::grad::build_step(&mut g, &opts).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    g
+}
+
 /// The loss and the gradients by weight name of one step's outputs.
 pub fn split(out: &BTreeMap<String, Tensor>) -> (f64, BTreeMap<String, ArrayD<f64>>) {
     let loss = out[LOSS].to_f64().iter().next().copied().unwrap();

@@ -238,3 +238,71 @@ fn fused_lm_loss_label_out_of_range_is_a_value_error() {
         other => panic!("expected a run error, got {other:?}"),
     }
 }
+
+#[test]
+fn layer_norm_grad_matches_the_interpreter() {
+    for (rows, width) in [(1usize, 1usize), (3, 5), (70, 33)] {
+        let text = format!(
+            "graph {{\n  %0 = input {{name=\"x\"}} : f32[{rows},{width}]\n  %1 = input {{name=\"w\"}} : f32[{width}]\n  %2 = input {{name=\"dy\"}} : f32[{rows},{width}]\n  %3 = layer_norm_grad %0, %1, %2 {{eps=1e-5, wrt=\"x\"}} : f32[{rows},{width}]\n  %4 = layer_norm_grad %0, %1, %2 {{eps=1e-5, wrt=\"w\"}} : f32[{width}]\n  output \"dx\" = %3\n  output \"dw\" = %4\n}}"
+        );
+        let ins = inputs(vec![
+            ("x", f32t(&[rows, width], 1, -3.0, 4.0)),
+            ("w", f32t(&[width], 2, -1.0, 1.0)),
+            ("dy", f32t(&[rows, width], 3, -1.0, 1.0)),
+        ]);
+        compare(&text, &ins, 1e-4);
+    }
+}
+
+/// The fused LSH attention backward in the JIT (the runtime kernel) against
+/// the interpreter: rounds combined, causal and padding masks, windows wider
+/// than the chunk count (duplicated keys), and `L <= chunk`.
+#[test]
+fn lsh_attention_grad_matches_the_interpreter() {
+    // (len, chunk, before, after, rounds, causal, masked)
+    let cases = [
+        (32, 4, 1, 0, 2, true, true),
+        (24, 8, 1, 1, 1, false, false),
+        (8, 4, 1, 1, 1, true, true),
+        (12, 4, 0, 0, 3, false, true),
+        (6, 8, 1, 0, 2, true, true),
+        (64, 8, 2, 0, 1, true, false),
+    ];
+    for (len, chunk, before, after, rounds, causal, masked) in cases {
+        let flag = if causal { ", causal" } else { "" };
+        let attrs = format!("{{after={after}, before={before}{flag}, chunk={chunk}, heads=2}}");
+        let (mask_in, mask_op) = match masked {
+            true => (
+                format!("  %3 = input {{name=\"m\"}} : i64[2,{len}]\n"),
+                ", %3",
+            ),
+            false => (String::new(), ""),
+        };
+        let text = format!(
+            "graph {{\n  %0 = input {{name=\"qk\"}} : f32[2,{len},10]\n  %1 = input {{name=\"v\"}} : f32[2,{len},10]\n  %2 = input {{name=\"bk\"}} : i64[2,2,{rounds},{len}]\n{mask_in}  %4 = input {{name=\"dy\"}} : f32[2,{len},10]\n  %5 = lsh_attention %0, %1, %2{mask_op} {attrs} : f32[2,{len},10]\n  %6 = lsh_attention_grad %0, %1, %2, %5, %4{mask_op} {attrs} : f32[2,2,{len},10]\n  output \"g\" = %6\n}}"
+        );
+        // Buckets with round offsets: round r in [4r, 4r + 4).
+        let bk: Vec<i64> = values(4 * rounds * len, len as u64, 0.0, 4.0)
+            .into_iter()
+            .enumerate()
+            .map(|(i, x)| 4 * ((i / len) % rounds) as i64 + x as i64)
+            .collect();
+        let mut list = vec![
+            ("qk", f32t(&[2, len, 10], 5, -1.0, 1.0)),
+            ("v", f32t(&[2, len, 10], 6, -1.0, 1.0)),
+            ("dy", f32t(&[2, len, 10], 7, -1.0, 1.0)),
+            (
+                "bk",
+                Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[2, 2, rounds, len]), bk).unwrap()),
+            ),
+        ];
+        if masked {
+            let m: Vec<i64> = (0..2 * len).map(|i| i64::from(i % 7 != 2)).collect();
+            list.push((
+                "m",
+                Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[2, len]), m).unwrap()),
+            ));
+        }
+        compare(&text, &inputs(list), 1e-4);
+    }
+}

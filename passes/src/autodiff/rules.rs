@@ -31,7 +31,7 @@ pub enum Rule {
 /// use reformc_passes::autodiff::{rule_of, Rule};
 /// assert_eq!(rule_of(OpKind::Matmul), Rule::Vjp);
 /// assert_eq!(rule_of(OpKind::LshHash), Rule::Constant);
-/// assert_eq!(rule_of(OpKind::LshAttention), Rule::LowerFirst);
+/// assert_eq!(rule_of(OpKind::Linear), Rule::LowerFirst);
 /// assert_eq!(rule_of(OpKind::LayerNorm), Rule::Vjp);
 /// ```
 pub fn rule_of(kind: OpKind) -> Rule {
@@ -40,19 +40,23 @@ pub fn rule_of(kind: OpKind) -> Rule {
         // A dropout mask depends on its `like` operand's shape only.
         Arg | Input | Weight | Constant | RandomNormal | DropoutMask | LshHash | Iota | Lt | Eq
         | Argmax | Argsort => Rule::Constant,
-        Embedding | AxialPosEmbedding | Linear | Attention | LocalAttention | LshAttention
-        | SeqChunk => Rule::LowerFirst,
+        Embedding | AxialPosEmbedding | Linear | Attention | LocalAttention | SeqChunk => {
+            Rule::LowerFirst
+        }
         ReversibleBlock => Rule::Reversible,
         PadToMultiple | Truncate | Index | Slice | Add | Sub | Mul | Div | Max | Min | Neg
         | Exp | Log | Sqrt | Rsqrt | Tanh | Act | Cast | Matmul | Reduce | Softmax | Gather
         | Select | Reshape | Transpose | Concat | Broadcast | ScatterAdd | LmLoss
-        // `lower-model` keeps layer norms for their fused derivative unless
-        // told to lower them (`PassOptions::fused_grads`).
-        | LayerNorm => Rule::Vjp,
+        // `lower-model` keeps these for their fused derivatives unless told
+        // to lower them (`PassOptions::lowered_grads`).
+        | LayerNorm | LshAttention => Rule::Vjp,
         ActGrad => Rule::Missing("act_grad (second derivatives are not supported)"),
         LmLossGrad => Rule::Missing("lm_loss_grad (second derivatives are not supported)"),
         LayerNormGrad => {
             Rule::Missing("layer_norm_grad (second derivatives are not supported)")
+        }
+        LshAttentionGrad => {
+            Rule::Missing("lsh_attention_grad (second derivatives are not supported)")
         }
     }
 }
@@ -153,6 +157,25 @@ pub fn vjp(
                 Some(grad(b, "w")?),
                 Some(b.unbroadcast(dy, &tb)?),
             ])
+        }
+        LshAttention => {
+            // One kernel gives both gradients, stacked along a new axis 0.
+            let mut operands = vec![x[0], x[1], x[2], y, dy];
+            operands.extend(x.get(3).copied());
+            let op = Op {
+                kind: LshAttentionGrad,
+                attrs: node.op.attrs.clone(),
+            };
+            let both = b.op(op, &operands)?;
+            let part = |b: &mut Builder, i: i64| {
+                let op = Op::new(Index)
+                    .with("axis", Attr::Int(0))
+                    .with("index", Attr::Int(i));
+                b.op(op, &[both])
+            };
+            let mut out = vec![Some(part(b, 0)?), Some(part(b, 1)?), None];
+            out.extend(x.get(3).map(|_| None));
+            Ok(out)
         }
         Cast if t(b, 0).dtype.is_float() => Ok(vec![Some(b.cast(dy, t(b, 0).dtype))]),
         Cast => Ok(vec![None]),

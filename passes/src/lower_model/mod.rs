@@ -16,7 +16,8 @@
 //! - every other node (tensor ops, sources, `lsh_hash`, `random_normal`) is
 //!   copied;
 //! - in a training pipeline, model ops whose derivative is a fused kernel
-//!   ([`keeps_for_grad`]: `layer_norm`) are copied too, unless
+//!   ([`keeps_for_grad`]: `layer_norm`, `lsh_attention` without dropout of
+//!   its probabilities) are copied too, unless
 //!   `--lowered-grads` asks for their decompositions.
 //!
 //! The pass is registered but not in the default pipeline: training appends
@@ -79,7 +80,7 @@ impl Pass for LowerModelPass {
         )];
         if kept > 0 {
             notes.push(format!(
-                "kept {kept} layer_norm op(s) for their fused derivative (--lowered-grads lowers them too)"
+                "kept {kept} layer_norm/lsh_attention op(s) for their fused derivatives (--lowered-grads lowers them too)"
             ));
         }
         if let Some(rates) = opts.dropout.filter(|r| !r.is_zero()) {
@@ -134,7 +135,8 @@ pub enum Keep {
 }
 
 /// Whether a training pipeline keeps `node` as it is for `autodiff`'s fused
-/// derivative rule: `layer_norm`, which no dropout site touches.
+/// derivative rule: `layer_norm`, and `lsh_attention` where no dropout of
+/// its probabilities applies (the caller checks that).
 ///
 /// ```
 /// use reformc_ir::{Attr, Node, Op, OpKind, TensorType, DType};
@@ -148,7 +150,7 @@ pub enum Keep {
 /// assert!(keeps_for_grad(&ln));
 /// ```
 pub fn keeps_for_grad(node: &Node) -> bool {
-    node.op.kind == OpKind::LayerNorm
+    matches!(node.op.kind, OpKind::LayerNorm | OpKind::LshAttention)
 }
 
 /// [`lower_model_with`], copying the model ops `keep` names unchanged.

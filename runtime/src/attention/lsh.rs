@@ -307,7 +307,7 @@ impl Ctx<'_> {
     }
 }
 
-fn sort_slots(buckets: &[i64]) -> Result<Vec<u32>> {
+pub(super) fn sort_slots(buckets: &[i64]) -> Result<Vec<u32>> {
     let n = buckets.len();
     let (lo, hi) = buckets
         .iter()

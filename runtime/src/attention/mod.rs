@@ -14,12 +14,14 @@ mod full;
 mod hash;
 mod local;
 mod lsh;
+mod lsh_grad;
 
 pub use bucket_range::{check_bucket_ids, check_bucket_range};
 pub use full::attention;
 pub use hash::{lsh_hash, lsh_rotate, RotateStrides};
 pub use local::local_attention;
 pub use lsh::lsh_attention;
+pub use lsh_grad::lsh_attention_grad;
 
 use crate::bf16::{self, Packing};
 use crate::error::{invalid, try_zeroed, Result};

@@ -211,4 +211,55 @@ impl<'ctx> Gen<'ctx> {
         )?;
         Ok(out)
     }
+
+    /// `lsh_attention_grad(qk, v, buckets, y, dy[, mask])`: the runtime's
+    /// fused backward kernel, into `[2, ..qk's shape]`.
+    pub(super) fn lsh_attention_grad(
+        &self,
+        fs: &mut Fs<'ctx, '_>,
+        v: ValueId,
+    ) -> Result<Buf<'ctx>> {
+        let op = &fs.g.node(v).op;
+        let what = at(fs.g, &fs.numbering, v);
+        let qk = self.f32_ranked(fs, v, 0, 3)?;
+        let val = self.f32_ranked(fs, v, 1, 3)?;
+        let buckets = self.i64_operand(fs, v, 2)?;
+        let y = self.f32_ranked(fs, v, 3, 3)?;
+        let dy = self.f32_ranked(fs, v, 4, 3)?;
+        let mask = self.opt_mask(fs, v, 5)?;
+        let h = self.i64c(self.node_attr_int(fs, v, "heads")?);
+        let d = self.b.build_int_signed_div(self.last(&qk), h, "d")?;
+        if buckets.dims.len() != 4 {
+            return Err(BackendError::Internal(format!(
+                "{what}: buckets must be [B,H,r,L]"
+            )));
+        }
+        let mut dims = vec![self.i64c(2)];
+        dims.extend(qk.dims.iter().copied());
+        let out = self.alloc_buf(fs, DType::F32, dims, &what)?;
+        self.kernel(
+            fs,
+            v,
+            "rc_lsh_attention_grad_f32",
+            &[
+                qk.ptr.into(),
+                val.ptr.into(),
+                buckets.ptr.into(),
+                y.ptr.into(),
+                dy.ptr.into(),
+                mask.into(),
+                qk.dims[0].into(),
+                qk.dims[1].into(),
+                h.into(),
+                d.into(),
+                buckets.dims[2].into(),
+                self.i64c(self.node_attr_int(fs, v, "chunk")?).into(),
+                self.i64c(self.node_attr_int(fs, v, "before")?).into(),
+                self.i64c(self.node_attr_int(fs, v, "after")?).into(),
+                self.i32c(op.flag("causal") as i32).into(),
+                out.ptr.into(),
+            ],
+        )?;
+        Ok(out)
+    }
 }

@@ -1582,6 +1582,7 @@ impl<'ctx> Gen<'ctx> {
             LocalAttention => self.local_attention(fs, v)?,
             LshHash => self.lsh_hash(fs, v)?,
             LshAttention => self.lsh_attention(fs, v)?,
+            LshAttentionGrad => self.lsh_attention_grad(fs, v)?,
             ReversibleBlock => self.reversible(fs, v)?,
             SeqChunk => self.seq_chunk(fs, v)?,
             PadToMultiple => self.pad_to_multiple(fs, v)?,

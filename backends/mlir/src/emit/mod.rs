@@ -518,9 +518,11 @@ impl<'g> Emitter<'g> {
             // Region arguments are bound by the op that owns the region.
             OpKind::Arg => Err(self.unsupported(v)),
             // Training-only (dropout of a step graph); steps run on the LLVM JIT.
-            OpKind::DropoutMask | OpKind::LmLoss | OpKind::LmLossGrad | OpKind::LayerNormGrad => {
-                Err(self.unsupported(v))
-            }
+            OpKind::DropoutMask
+            | OpKind::LmLoss
+            | OpKind::LmLossGrad
+            | OpKind::LayerNormGrad
+            | OpKind::LshAttentionGrad => Err(self.unsupported(v)),
             OpKind::Embedding => self.embedding(v),
             OpKind::AxialPosEmbedding => self.axial_pos_embedding(v),
             OpKind::LayerNorm => self.layer_norm(v),
