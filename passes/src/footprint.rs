@@ -234,10 +234,11 @@ fn lm_loss_scratch(g: &Graph, v: reformc_ir::ValueId, env: &DimEnv) -> u64 {
     chunk.saturating_mul(vocab).saturating_mul(4 * blocks)
 }
 
-/// `rc_lsh_attention_grad_f32`'s scratch: per (batch, head), one after
-/// another, three `[r·P, d]` slot arrays and five words per slot; per task,
-/// one chunk's tiles (logits and their gradient, the window packed three
-/// ways, the chunk's queries twice).
+/// `rc_lsh_attention_grad_f32`'s scratch: seven `[r·P, d]` slot arrays
+/// (sorted queries, keys, values and output gradients; the three
+/// gradients) and four words per slot, reused for every (batch, head); per
+/// task, one chunk's tiles (logits and their gradient, the window packed
+/// three ways, the chunk's queries and output gradients packed).
 fn lsh_grad_scratch(g: &Graph, v: reformc_ir::ValueId, env: &DimEnv, threads: u64) -> u64 {
     let node = g.node(v);
     let heads = node.op.int("heads").unwrap_or(1).max(1) as u64;
@@ -257,12 +258,15 @@ fn lsh_grad_scratch(g: &Graph, v: reformc_ir::ValueId, env: &DimEnv, threads: u6
         false => (attr("chunk").max(1), rounds.saturating_mul(len)),
     };
     let keys = chunk.saturating_mul(attr("before") + 1 + attr("after"));
-    let per_head = total.saturating_mul(3 * d + 5).saturating_mul(4);
-    let tile = keys
-        .saturating_mul(2 * chunk + 4 * d)
-        .saturating_add(4 * chunk * d)
+    let slots = total
+        .saturating_mul(7 * d + 4)
+        .saturating_add(len)
         .saturating_mul(4);
-    per_head.saturating_add(threads.max(1).saturating_mul(tile))
+    let tile = keys
+        .saturating_mul(4 * d + 2 * chunk)
+        .saturating_add(2 * chunk * d)
+        .saturating_mul(4);
+    slots.saturating_add(threads.max(1).saturating_mul(tile))
 }
 
 fn full_scratch(g: &Graph, v: reformc_ir::ValueId, env: &DimEnv, threads: u64) -> u64 {

@@ -384,6 +384,68 @@ crate::c_abi! {
     }
 }
 
+/// A zeroed f32 buffer from the buffer cache ([`rc_alloc`]), given back to it
+/// on drop: a kernel's large scratch reuses blocks that generated code (or an
+/// earlier call) freed, instead of faulting in fresh pages each call.
+pub(crate) struct CachedF32 {
+    ptr: std::ptr::NonNull<f32>,
+    len: usize,
+}
+
+// SAFETY: the buffer is owned uniquely, like a Vec<f32>.
+unsafe impl Send for CachedF32 {}
+// SAFETY: shared access only reads, like &[f32].
+unsafe impl Sync for CachedF32 {}
+
+impl CachedF32 {
+    /// `len` zeros; [`crate::error::Error::OutOfMemory`] naming `what` when
+    /// no block can be had.
+    pub fn zeroed(len: usize, what: &str) -> crate::error::Result<CachedF32> {
+        let oom =
+            || crate::error::Error::OutOfMemory(format!("cannot allocate {what}: {len} floats"));
+        let bytes = len
+            .checked_mul(4)
+            .filter(|&b| b <= i64::MAX as usize)
+            .ok_or_else(oom)?;
+        if len == 0 {
+            return Ok(CachedF32 {
+                ptr: std::ptr::NonNull::dangling(),
+                len,
+            });
+        }
+        // SAFETY: a valid size and a power-of-two alignment.
+        let p = unsafe { rc_alloc(bytes as i64, 64) } as *mut f32;
+        let ptr = std::ptr::NonNull::new(p).ok_or_else(oom)?;
+        // SAFETY: the block holds `bytes` bytes, 64-byte aligned.
+        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, len) };
+        Ok(CachedF32 { ptr, len })
+    }
+}
+
+impl std::ops::Deref for CachedF32 {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        // SAFETY: `len` initialised floats live at `ptr` until drop.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for CachedF32 {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as in `deref`, and `&mut self` makes the access unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for CachedF32 {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: the block came from `rc_alloc` with these bytes and is given back once.
+            unsafe { rc_free(self.ptr.as_ptr() as *mut u8, (self.len * 4) as i64) };
+        }
+    }
+}
+
 /// Bytes currently held by the cache (not in use).
 pub fn cached_bytes() -> usize {
     lock().bytes

@@ -27,6 +27,7 @@
 
 use super::full::Shape;
 use super::{inv_len_norm, key_divisor, product, softmax_row, valid_row, KeyScale, Rules};
+use crate::alloc::CachedF32;
 use crate::bf16::Packing;
 use crate::error::{invalid, try_zeroed, Error, Result};
 use crate::gemm::{check_len, gemm_a, kernel, AStrides, Epilogue, Kernel, PackedB};
@@ -97,8 +98,8 @@ pub fn lsh_attention_grad(
     if chunk == 0 {
         return Err(invalid("chunk length must be positive"));
     }
-    out.iter_mut().for_each(|x| *x = 0.0);
     if batch == 0 || heads == 0 || d == 0 || len == 0 || rounds == 0 {
+        out.iter_mut().for_each(|x| *x = 0.0);
         return Ok(());
     }
     let plan = Plan::new(len, rounds, chunk, before, after)?;
@@ -123,6 +124,7 @@ pub fn lsh_attention_grad(
         kern: kernel(),
     };
     let phases = plan.phases();
+    let mut hd = Head::new(&plan, len, d)?;
     for bh in 0..batch * heads {
         // Each slot's round-major index `r·L + pos`.
         let order = match plan.full {
@@ -132,7 +134,7 @@ pub fn lsh_attention_grad(
                 super::lsh::sort_slots(&buckets[bh * per..(bh + 1) * per])?
             }
         };
-        cx.head(bh, &order, &valid[bh / heads], &phases, dqk, dv)?;
+        cx.head(bh, &order, &valid[bh / heads], &phases, &mut hd, dqk, dv)?;
     }
     Ok(())
 }
@@ -250,29 +252,54 @@ struct Ctx<'a> {
     kern: &'static Kernel,
 }
 
-/// Per-slot state of one (batch, head).
-struct Slots<'a> {
+/// One (batch, head)'s rows in sorted slot order and its per-slot state;
+/// allocated once per call and refilled for every (batch, head).
+struct Head {
     /// Each slot's position.
-    pos: &'a [u32],
+    pos: Vec<u32>,
     /// Each position's slots in round order (`[L, rounds]`).
-    by_pos: &'a [u32],
+    by_pos: Vec<u32>,
     /// Each position's inverse RMS (the key normalisation).
-    inv: &'a [f32],
-    /// Each position's key `qk · inv / div` (`[L, d]`).
-    keys: &'a [f32],
+    inv: Vec<f32>,
+    /// Queries (`qk` rows), normalised scaled keys, values and output
+    /// gradients `c·dy` by slot (`[r·L, d]` each).
+    q: CachedF32,
+    k: CachedF32,
+    v: CachedF32,
+    dout: CachedF32,
     /// Each slot's round weight `c` (1 with one round).
     weight: Vec<f32>,
     /// Each slot's shift `-c (dy · y)`.
     shift: Vec<f32>,
-    /// Key validity by position.
-    valid: &'a [u32],
+    /// Gradients by slot (`[r·L, d]` each).
+    dq: CachedF32,
+    dk: CachedF32,
+    dv: CachedF32,
 }
 
-/// The tiles of one task: a chunk's queries, its window's keys and values
-/// packed three ways, logits and their gradient.
+impl Head {
+    fn new(plan: &Plan, len: usize, d: usize) -> Result<Head> {
+        let rows = |what| CachedF32::zeroed(plan.total * d, what);
+        Ok(Head {
+            pos: vec![0; plan.total],
+            by_pos: vec![0; len * plan.rounds],
+            inv: vec![0.0; len],
+            q: rows("sorted queries")?,
+            k: rows("sorted keys")?,
+            v: rows("sorted values")?,
+            dout: rows("sorted output gradients")?,
+            weight: vec![1.0; plan.total],
+            shift: vec![0.0; plan.total],
+            dq: rows("query gradient slots")?,
+            dk: rows("key gradient slots")?,
+            dv: rows("value gradient slots")?,
+        })
+    }
+}
+
+/// The tiles of one task: logits and their gradient, a window's keys and
+/// values packed three ways, a chunk's queries and output gradients packed.
 struct Tiles {
-    q: Vec<f32>,
-    dout: Vec<f32>,
     kt: PackedB,
     vt: PackedB,
     k: PackedB,
@@ -283,15 +310,12 @@ struct Tiles {
     part: Vec<f32>,
     kpos: Vec<u32>,
     keep: Vec<u32>,
-    slots: Vec<usize>,
 }
 
 impl Tiles {
     fn new(plan: &Plan, d: usize, nr: usize) -> Result<Tiles> {
         let (c, n) = (plan.chunk, plan.keys());
         Ok(Tiles {
-            q: try_zeroed(c * d, "query tile")?,
-            dout: try_zeroed(c * d, "output gradient tile")?,
             kt: PackedB::zeroed_as(d, n, nr, Packing::F32)?,
             vt: PackedB::zeroed_as(d, n, nr, Packing::F32)?,
             k: PackedB::zeroed_as(n, d, nr, Packing::F32)?,
@@ -302,7 +326,6 @@ impl Tiles {
             part: try_zeroed(n * d, "key gradient tile")?,
             kpos: vec![0; n],
             keep: vec![0; n],
-            slots: vec![0; n],
         })
     }
 }
@@ -332,6 +355,34 @@ fn pack_rows<'a>(p: &mut PackedB, row: impl Fn(usize) -> &'a [f32]) {
     }
 }
 
+/// Runs `f(item, tiles)` for every item of `items`, spread over at most
+/// the pool's thread count of tasks, each with its own tiles.
+fn for_each_with_tiles(
+    items: &[usize],
+    plan: &Plan,
+    d: usize,
+    nr: usize,
+    f: impl Fn(usize, &mut Tiles) + Sync,
+) -> Result<()> {
+    let tasks = crate::pool::threads().clamp(1, items.len().max(1));
+    try_par_for(tasks, |task| {
+        let mut t = Tiles::new(plan, d, nr)?;
+        for &item in items.iter().skip(task).step_by(tasks) {
+            f(item, &mut t);
+        }
+        Ok(())
+    })
+}
+
+/// Runs `f(slot range)` over `0..n` in blocks, in parallel.
+fn for_each_block(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) -> Result<()> {
+    const BLOCK: usize = 1024;
+    try_par_for(n.div_ceil(BLOCK), |i| {
+        f(i * BLOCK..((i + 1) * BLOCK).min(n));
+        Ok(())
+    })
+}
+
 impl Ctx<'_> {
     /// Head `h`'s values of position `pos` of batch `b` in a `[B, L, H·d]` tensor.
     fn row(&self, b: usize, h: usize, pos: usize) -> std::ops::Range<usize> {
@@ -339,14 +390,16 @@ impl Ctx<'_> {
         start..start + self.d
     }
 
-    /// The gradient of (batch, head) `bh`, added into `dqk` and `dv`;
-    /// `order` holds each sorted slot's round-major index `r·L + pos`.
+    /// The gradient of (batch, head) `bh`, written into its rows of `dqk`
+    /// and `dv`; `order` holds each sorted slot's round-major index `r·L + pos`.
+    #[allow(clippy::too_many_arguments)]
     fn head(
         &self,
         bh: usize,
         order: &[u32],
         valid: &[u32],
         phases: &[Vec<usize>],
+        hd: &mut Head,
         dqk: &mut [f32],
         dv: &mut [f32],
     ) -> Result<()> {
@@ -357,87 +410,114 @@ impl Ctx<'_> {
             self.plan,
             self.len,
         );
-        let pos: Vec<u32> = order.iter().map(|&t| t % len as u32).collect();
-        // Each position's slots in round order.
-        let mut by_pos = vec![0u32; len * plan.rounds];
         for (slot, &t) in order.iter().enumerate() {
             let (r, p) = (t as usize / len, t as usize % len);
-            by_pos[p * plan.rounds + r.min(plan.rounds - 1)] = slot as u32;
+            hd.pos[slot] = p as u32;
+            hd.by_pos[p * plan.rounds + r.min(plan.rounds - 1)] = slot as u32;
         }
-        let inv: Vec<f32> = (0..len)
-            .map(|i| inv_len_norm(&self.qk[self.row(b, h, i)]))
-            .collect();
-        let mut keys = try_zeroed::<f32>(len * d, "normalised keys")?;
-        for (p, k) in keys.chunks_exact_mut(d).enumerate() {
-            let scale = KeyScale::new(self.div);
-            for (o, &x) in k.iter_mut().zip(&self.qk[self.row(b, h, p)]) {
-                *o = scale.apply(x, Some(inv[p]));
-            }
+        for (p, inv) in hd.inv.iter_mut().enumerate() {
+            *inv = inv_len_norm(&self.qk[self.row(b, h, p)]);
         }
-        let mut st = Slots {
-            pos: &pos,
-            by_pos: &by_pos,
-            inv: &inv,
-            keys: &keys,
-            weight: vec![1.0; plan.total],
-            shift: Vec::new(),
-            valid,
-        };
+        self.gather(b, h, hd)?;
         if plan.rounds > 1 {
-            st.weight = self.round_weights(b, h, &st)?;
+            self.round_weights(hd, valid)?;
         }
-        st.shift = pos
-            .iter()
-            .zip(&st.weight)
-            .map(|(&p, &c)| {
-                let r = self.row(b, h, p as usize);
-                let dot: f32 = self.dy[r.clone()]
-                    .iter()
-                    .zip(&self.y[r])
-                    .map(|(a, b)| a * b)
-                    .sum();
-                -c * dot
-            })
-            .collect();
-        let mut dq = try_zeroed::<f32>(plan.total * d, "query gradient slots")?;
-        let mut dk = try_zeroed::<f32>(plan.total * d, "key gradient slots")?;
-        let mut dvs = try_zeroed::<f32>(plan.total * d, "value gradient slots")?;
-        let (sq, sk, sv) = (
-            SharedMut::new(&mut dq),
-            SharedMut::new(&mut dk),
-            SharedMut::new(&mut dvs),
-        );
+        self.output_gradients(b, h, hd)?;
+        hd.dk.iter_mut().for_each(|x| *x = 0.0);
+        hd.dv.iter_mut().for_each(|x| *x = 0.0);
+        let Head {
+            dq, dk, dv: dvs, ..
+        } = hd;
+        let (sq, sk, sv) = (SharedMut::new(dq), SharedMut::new(dk), SharedMut::new(dvs));
+        let hd = &*hd;
         for phase in phases {
-            try_par_for(phase.len(), |i| {
-                let mut t = Tiles::new(&plan, d, self.kern.nr)?;
-                for j in plan.group(phase[i]) {
-                    self.chunk(b, h, j, &st, &mut t, (&sq, &sk, &sv));
+            let groups: Vec<usize> = phase.clone();
+            for_each_with_tiles(&groups, &plan, d, self.kern.nr, |g, t| {
+                for j in plan.group(g) {
+                    self.chunk(j, hd, valid, t, (&sq, &sk, &sv));
                 }
-                Ok(())
             })?;
         }
-        self.to_positions(b, h, &st, (&dq, &dk, &dvs), dqk, dv)
+        self.to_positions(b, h, hd, dqk, dv)
+    }
+
+    /// Fills the sorted queries, keys and values of (batch `b`, head `h`).
+    fn gather(&self, b: usize, h: usize, hd: &mut Head) -> Result<()> {
+        let d = self.d;
+        let scale = KeyScale::new(self.div);
+        let (pos, inv) = (&hd.pos, &hd.inv);
+        let (q, k, v) = (
+            SharedMut::new(&mut hd.q),
+            SharedMut::new(&mut hd.k),
+            SharedMut::new(&mut hd.v),
+        );
+        for_each_block(pos.len(), |slots| {
+            let n = slots.len();
+            // SAFETY: this block alone writes rows `slots` of the three arrays.
+            let (qs, ks, vs) = unsafe {
+                (
+                    q.slice(slots.start * d, n * d),
+                    k.slice(slots.start * d, n * d),
+                    v.slice(slots.start * d, n * d),
+                )
+            };
+            for (i, slot) in slots.enumerate() {
+                let p = pos[slot] as usize;
+                let r = self.row(b, h, p);
+                qs[i * d..(i + 1) * d].copy_from_slice(&self.qk[r.clone()]);
+                vs[i * d..(i + 1) * d].copy_from_slice(&self.v[r.clone()]);
+                for (o, &x) in ks[i * d..(i + 1) * d].iter_mut().zip(&self.qk[r]) {
+                    *o = scale.apply(x, Some(inv[p]));
+                }
+            }
+        })
+    }
+
+    /// Each slot's output gradient `c·dy` and shift `-c (dy · y)`.
+    fn output_gradients(&self, b: usize, h: usize, hd: &mut Head) -> Result<()> {
+        let d = self.d;
+        let (pos, weight) = (&hd.pos, &hd.weight);
+        let (dout, shift) = (SharedMut::new(&mut hd.dout), SharedMut::new(&mut hd.shift));
+        for_each_block(pos.len(), |slots| {
+            let n = slots.len();
+            // SAFETY: this block alone writes rows `slots`.
+            let (ds, sh) = unsafe {
+                (
+                    dout.slice(slots.start * d, n * d),
+                    shift.slice(slots.start, n),
+                )
+            };
+            for (i, slot) in slots.enumerate() {
+                let r = self.row(b, h, pos[slot] as usize);
+                let c = weight[slot];
+                let dot: f32 = self.dy[r.clone()]
+                    .iter()
+                    .zip(&self.y[r.clone()])
+                    .map(|(a, b)| a * b)
+                    .sum();
+                sh[i] = -c * dot;
+                for (o, &g) in ds[i * d..(i + 1) * d].iter_mut().zip(&self.dy[r]) {
+                    *o = c * g;
+                }
+            }
+        })
     }
 
     /// Each slot's round weight `softmax_r(lse_r)` over its position's
     /// slots, from every chunk's (max, sum) (several rounds only).
-    fn round_weights(&self, b: usize, h: usize, st: &Slots) -> Result<Vec<f32>> {
+    fn round_weights(&self, hd: &mut Head, valid: &[u32]) -> Result<()> {
         let (d, plan) = (self.d, self.plan);
         let mut lse = vec![(0.0f32, 0.0f32); plan.total];
         let shared = SharedMut::new(&mut lse);
-        let groups = plan.n_chunks.div_ceil(GROUP_CHUNKS);
-        try_par_for(groups, |g| {
-            let mut t = Tiles::new(&plan, d, self.kern.nr)?;
-            for j in plan.group(g) {
-                let stats = self.probabilities(b, h, j, st, &mut t);
-                // SAFETY: chunk j's slots belong to this task alone.
-                let dst = unsafe { shared.slice(j * plan.chunk, plan.chunk) };
-                dst.copy_from_slice(&stats);
-            }
-            Ok(())
+        let chunks: Vec<usize> = (0..plan.n_chunks).collect();
+        let view = &*hd;
+        for_each_with_tiles(&chunks, &plan, d, self.kern.nr, |j, t| {
+            let stats = self.probabilities(j, view, valid, t);
+            // SAFETY: chunk j's slots belong to this call of the closure alone.
+            let dst = unsafe { shared.slice(j * plan.chunk, plan.chunk) };
+            dst.copy_from_slice(&stats);
         })?;
-        let mut weight = vec![0.0f32; plan.total];
-        for slots in st.by_pos.chunks_exact(plan.rounds) {
+        for slots in hd.by_pos.chunks_exact(plan.rounds) {
             let m = slots
                 .iter()
                 .fold(f32::NEG_INFINITY, |a, &t| a.max(lse[t as usize].0));
@@ -447,48 +527,42 @@ impl Ctx<'_> {
                 .collect();
             let z: f32 = w.iter().sum();
             for (&t, wr) in slots.iter().zip(w) {
-                weight[t as usize] = wr / z;
+                hd.weight[t as usize] = wr / z;
             }
         }
-        Ok(weight)
+        Ok(())
     }
 
-    /// Chunk `j`'s logits as probabilities in `t.s` (rows of `t.q`'s
-    /// queries), its keys' positions and validity in `t`; returns each
-    /// query's (max, sum).
-    fn probabilities(
-        &self,
-        b: usize,
-        h: usize,
-        j: usize,
-        st: &Slots,
-        t: &mut Tiles,
-    ) -> Vec<(f32, f32)> {
+    /// Chunk `j`'s probabilities in `t.s`, its keys' positions and validity
+    /// in `t`; returns each query's (max, sum).
+    fn probabilities(&self, j: usize, hd: &Head, valid: &[u32], t: &mut Tiles) -> Vec<(f32, f32)> {
         let (d, plan) = (self.d, self.plan);
         let (c, n) = (plan.chunk, plan.keys());
         for o in 0..plan.window {
             let u = plan.window_chunk(j, o);
             for i in 0..c {
-                let slot = u * c + i;
-                let p = st.pos[slot];
-                t.slots[o * c + i] = slot;
+                let p = hd.pos[u * c + i];
                 t.kpos[o * c + i] = p;
-                t.keep[o * c + i] = st.valid[p as usize];
+                t.keep[o * c + i] = valid[p as usize];
             }
         }
-        let (kpos, keys) = (&t.kpos, st.keys);
-        pack_transposed(&mut t.kt, |jj| &keys[kpos[jj] as usize * d..][..d]);
-        for i in 0..c {
-            let p = st.pos[j * c + i] as usize;
-            t.q[i * d..(i + 1) * d].copy_from_slice(&self.qk[self.row(b, h, p)]);
-        }
-        let a = AStrides { row: d, k: 1 };
-        gemm_a(self.kern, c, &t.q, a, &t.kt, &mut t.s, n, Epilogue::STORE);
+        let keys = &hd.k;
+        pack_transposed(&mut t.kt, |jj| window_row(&plan, keys, d, j, jj));
+        let q = &hd.q[j * c * d..(j + 1) * c * d];
+        gemm_a(
+            self.kern,
+            c,
+            q,
+            AStrides { row: d, k: 1 },
+            &t.kt,
+            &mut t.s,
+            n,
+            Epilogue::STORE,
+        );
         (0..c)
             .map(|i| {
-                let qpos = st.pos[j * c + i];
                 let row = &mut t.s[i * n..(i + 1) * n];
-                softmax_row(row, qpos, &t.kpos, &t.keep, self.rules, true)
+                softmax_row(row, hd.pos[j * c + i], &t.kpos, &t.keep, self.rules, true)
             })
             .collect()
     }
@@ -497,40 +571,24 @@ impl Ctx<'_> {
     /// added into its window's slots.
     fn chunk(
         &self,
-        b: usize,
-        h: usize,
         j: usize,
-        st: &Slots,
+        hd: &Head,
+        valid: &[u32],
         t: &mut Tiles,
         (dq, dk, dv): (&SharedMut<f32>, &SharedMut<f32>, &SharedMut<f32>),
     ) {
         let (d, plan) = (self.d, self.plan);
         let (c, n) = (plan.chunk, plan.keys());
-        self.probabilities(b, h, j, st, t);
-        for i in 0..c {
-            let slot = j * c + i;
-            let r = self.row(b, h, st.pos[slot] as usize);
-            let w = st.weight[slot];
-            for (o, &g) in t.dout[i * d..(i + 1) * d].iter_mut().zip(&self.dy[r]) {
-                *o = w * g;
-            }
-        }
-        let (v, kpos) = (self.v, &t.kpos);
-        pack_transposed(&mut t.vt, |jj| &v[self.row(b, h, kpos[jj] as usize)]);
+        self.probabilities(j, hd, valid, t);
+        let rows = j * c * d..(j + 1) * c * d;
+        let (q, dout) = (&hd.q[rows.clone()], &hd.dout[rows]);
         let a = AStrides { row: d, k: 1 };
-        gemm_a(
-            self.kern,
-            c,
-            &t.dout,
-            a,
-            &t.vt,
-            &mut t.ds,
-            n,
-            Epilogue::STORE,
-        );
+        let values = &hd.v;
+        pack_transposed(&mut t.vt, |jj| window_row(&plan, values, d, j, jj));
+        gemm_a(self.kern, c, dout, a, &t.vt, &mut t.ds, n, Epilogue::STORE);
         for i in 0..c {
             let slot = j * c + i;
-            let (qpos, shift) = (st.pos[slot], st.shift[slot]);
+            let (qpos, shift) = (hd.pos[slot], hd.shift[slot]);
             let (p, g) = (&t.s[i * n..(i + 1) * n], &mut t.ds[i * n..(i + 1) * n]);
             for jj in 0..n {
                 let kp = t.kpos[jj];
@@ -540,8 +598,8 @@ impl Ctx<'_> {
                 g[jj] = if masked { 0.0 } else { p[jj] * (g[jj] + shift) };
             }
         }
-        let keys = st.keys;
-        pack_rows(&mut t.k, |kk| &keys[kpos[kk] as usize * d..][..d]);
+        let keys = &hd.k;
+        pack_rows(&mut t.k, |kk| window_row(&plan, keys, d, j, kk));
         // SAFETY: chunk j's slots belong to this task alone (its group).
         let dq_rows = unsafe { dq.slice(j * c * d, c * d) };
         gemm_a(
@@ -554,7 +612,6 @@ impl Ctx<'_> {
             d,
             Epilogue::STORE,
         );
-        let (q, dout) = (&t.q, &t.dout);
         pack_rows(&mut t.qp, |kk| &q[kk * d..(kk + 1) * d]);
         pack_rows(&mut t.dop, |kk| &dout[kk * d..(kk + 1) * d]);
         // dSᵀ and Pᵀ read in place: row i of the transpose is column i.
@@ -569,7 +626,7 @@ impl Ctx<'_> {
             d,
             Epilogue::STORE,
         );
-        add_rows(dk, &t.slots, &t.part, d);
+        add_window(dk, &plan, j, &t.part, d);
         gemm_a(
             self.kern,
             n,
@@ -580,63 +637,71 @@ impl Ctx<'_> {
             d,
             Epilogue::STORE,
         );
-        add_rows(dv, &t.slots, &t.part, d);
+        add_window(dv, &plan, j, &t.part, d);
     }
 
-    /// Adds every slot's gradients to its position's rows, rounds in order;
-    /// the key gradient goes through the normalisation
-    /// `k = u · inv / div` with `inv = (mean(u²) + 1e-6)^(-1/2)`:
+    /// Writes every position's gradients: its slots summed in round order,
+    /// the key gradient taken through the normalisation `k = u · inv / div`
+    /// with `inv = (mean(u²) + 1e-6)^(-1/2)`:
     /// `du = (inv / div) (g - inv² (g · u) u / d)`.
     fn to_positions(
         &self,
         b: usize,
         h: usize,
-        st: &Slots,
-        (dq, dk, dvs): (&[f32], &[f32], &[f32]),
+        hd: &Head,
         dqk: &mut [f32],
         dv: &mut [f32],
     ) -> Result<()> {
-        let (d, plan, len) = (self.d, self.plan, self.len);
-        let per_pos = st.by_pos;
+        let (d, rounds, len) = (self.d, self.plan.rounds, self.len);
         let (oq, ov) = (SharedMut::new(dqk), SharedMut::new(dv));
-        let per = (4096 / d.max(1)).max(1);
-        try_par_for(len.div_ceil(per), |task| {
+        for_each_block(len, |positions| {
             let mut gk = vec![0.0f32; d];
-            for p in task * per..((task + 1) * per).min(len) {
+            for p in positions {
                 let r = self.row(b, h, p);
-                // SAFETY: task `task` alone handles positions p of its range.
+                // SAFETY: this block alone handles position p of this head.
                 let (q_out, v_out) = unsafe { (oq.slice(r.start, d), ov.slice(r.start, d)) };
+                q_out.iter_mut().for_each(|x| *x = 0.0);
+                v_out.iter_mut().for_each(|x| *x = 0.0);
                 gk.iter_mut().for_each(|x| *x = 0.0);
-                for &t in &per_pos[p * plan.rounds..(p + 1) * plan.rounds] {
+                for &t in &hd.by_pos[p * rounds..(p + 1) * rounds] {
                     let s = t as usize * d..(t as usize + 1) * d;
                     q_out
                         .iter_mut()
-                        .zip(&dq[s.clone()])
+                        .zip(&hd.dq[s.clone()])
                         .for_each(|(o, x)| *o += x);
-                    gk.iter_mut().zip(&dk[s.clone()]).for_each(|(o, x)| *o += x);
-                    v_out.iter_mut().zip(&dvs[s]).for_each(|(o, x)| *o += x);
+                    gk.iter_mut()
+                        .zip(&hd.dk[s.clone()])
+                        .for_each(|(o, x)| *o += x);
+                    v_out.iter_mut().zip(&hd.dv[s]).for_each(|(o, x)| *o += x);
                 }
                 let u = &self.qk[r];
-                let inv = st.inv[p];
+                let inv = hd.inv[p];
                 let gu: f32 = gk.iter().zip(u).map(|(a, b)| a * b).sum();
                 let k = inv * inv * gu / d as f32;
                 for ((o, &g), &x) in q_out.iter_mut().zip(&gk).zip(u) {
                     *o += inv / self.div * (g - k * x);
                 }
             }
-            Ok(())
         })
     }
 }
 
-/// Adds row `i` of `part` (`[slots.len(), d]`) to row `slots[i]` of `dst`.
-fn add_rows(dst: &SharedMut<f32>, slots: &[usize], part: &[f32], d: usize) {
-    for (i, &slot) in slots.iter().enumerate() {
+/// Row `jj` of chunk `j`'s window in sorted rows `rows` (`[r·L, d]`).
+fn window_row<'a>(plan: &Plan, rows: &'a [f32], d: usize, j: usize, jj: usize) -> &'a [f32] {
+    let slot = plan.window_chunk(j, jj / plan.chunk) * plan.chunk + jj % plan.chunk;
+    &rows[slot * d..(slot + 1) * d]
+}
+
+/// Adds the window rows `part` (`[keys, d]`) of chunk `j` to their slots' rows of `dst`.
+fn add_window(dst: &SharedMut<f32>, plan: &Plan, j: usize, part: &[f32], d: usize) {
+    let c = plan.chunk;
+    for o in 0..plan.window {
+        let u = plan.window_chunk(j, o);
         // SAFETY: the caller's group owns every slot of this window now.
-        let row = unsafe { dst.slice(slot * d, d) };
-        row.iter_mut()
-            .zip(&part[i * d..(i + 1) * d])
-            .for_each(|(o, x)| *o += x);
+        let rows = unsafe { dst.slice(u * c * d, c * d) };
+        rows.iter_mut()
+            .zip(&part[o * c * d..(o + 1) * c * d])
+            .for_each(|(x, y)| *x += y);
     }
 }
 
