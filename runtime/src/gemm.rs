@@ -915,7 +915,14 @@ pub(crate) fn gemm_rows_a(
     if rows == 0 {
         return Ok(());
     }
-    let block = ((192 * 1024 / 4 / k.max(1)).max(1).div_ceil(kern.mr) * kern.mr).min(rows);
+    // Rows per task: what keeps a task's A rows in L2, but no more than an
+    // even share of two tasks per thread, so that a short A (a weight
+    // gradient's `xᵀ·dy` has as many rows as the layer is wide) still keeps
+    // every thread busy. Whole micro-tiles either way: any split gives the
+    // same bits.
+    let cache_rows = (192 * 1024 / 4 / k.max(1)).max(1);
+    let share = rows.div_ceil(2 * crate::pool::threads().max(1));
+    let block = (cache_rows.min(share).div_ceil(kern.mr) * kern.mr).min(rows);
     let shared = SharedMut::new(y);
     par_for(rows.div_ceil(block), |t| {
         let r0 = t * block;
