@@ -17,7 +17,7 @@
 
 use crate::pass::{Pass, PassError, PassOptions};
 use crate::scoped::{map_node_refs, Body, Program, Ref};
-use reformc_ir::{Graph, Op, OpKind, TensorType};
+use reformc_ir::{Graph, Op, OpKind, TensorType, ValueId};
 use std::collections::HashMap;
 
 fn renumber(r: Ref, map: &[Option<u32>]) -> Ref {
@@ -171,6 +171,73 @@ pub fn dce(g: &mut Graph) -> Result<usize, String> {
         *g = p.to_graph();
     }
     Ok(n)
+}
+
+/// Replaces every top-level `slice` of a top-level `concat` (other than the
+/// concats in `keep`) along the same axis that takes exactly one operand's
+/// range by that operand; returns how many. The backward pass of reversible
+/// blocks concatenates halves only to slice them again one block further;
+/// after this, [`dce`] removes such concats and the copies go. (Autodiff
+/// keeps the forward pass's concats: a block's output is what the backward
+/// may read, its halves are activations inside the block.)
+///
+/// ```
+/// use reformc_passes::cleanup::{dce, fold_slices_of_concats};
+/// let mut g = reformc_ir::parse("graph {\n  %0 = input {name=\"a\"} : f32[N,2]\n  %1 = input {name=\"b\"} : f32[N,3]\n  %2 = concat %0, %1 {axis=1} : f32[N,5]\n  %3 = slice %2 {axis=1, end=5, start=2} : f32[N,3]\n  output \"y\" = %3\n}\n").unwrap();
+/// assert_eq!(fold_slices_of_concats(&mut g, &Default::default()), 1);
+/// dce(&mut g).unwrap();
+/// assert_eq!(reformc_ir::print(&g), "graph {\n  %0 = input {name=\"a\"} : f32[N,2]\n  %1 = input {name=\"b\"} : f32[N,3]\n  output \"y\" = %1\n}\n");
+/// ```
+pub fn fold_slices_of_concats(g: &mut Graph, keep: &std::collections::HashSet<ValueId>) -> usize {
+    let top: std::collections::HashSet<ValueId> = g.body.iter().copied().collect();
+    let mut replace: HashMap<ValueId, ValueId> = HashMap::new();
+    for &v in &g.body {
+        let node = g.node(v);
+        if node.op.kind != OpKind::Slice {
+            continue;
+        }
+        let src = node.inputs[0];
+        let cat = g.node(src);
+        let axis = node.op.int("axis");
+        if cat.op.kind != OpKind::Concat
+            || !top.contains(&src)
+            || keep.contains(&src)
+            || cat.op.int("axis") != axis
+        {
+            continue;
+        }
+        let (Some(axis), Some(start), Some(end)) = (axis, node.op.int("start"), node.op.int("end"))
+        else {
+            continue;
+        };
+        let mut at = 0i64;
+        for &x in &cat.inputs {
+            let Some(len) = g.ty(x).shape.get(axis as usize).and_then(|d| d.as_const()) else {
+                break;
+            };
+            if (at, at + len as i64) == (start, end) && g.ty(x) == g.ty(v) {
+                replace.insert(v, x);
+                break;
+            }
+            at += len as i64;
+        }
+    }
+    if replace.is_empty() {
+        return 0;
+    }
+    for v in g.walk() {
+        for input in g.node_mut(v).inputs.iter_mut() {
+            if let Some(&x) = replace.get(input) {
+                *input = x;
+            }
+        }
+    }
+    for (_, out) in g.outputs.iter_mut() {
+        if let Some(&x) = replace.get(out) {
+            *out = x;
+        }
+    }
+    replace.len()
 }
 
 /// The `cse` pass.

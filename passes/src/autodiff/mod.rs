@@ -103,6 +103,11 @@ pub fn differentiate_with(
     }
     h.outputs = vec![(loss.to_string(), loss_v)];
     h.outputs.extend(grads);
+    // Reversible blocks' backward concatenates halves that the next block
+    // slices apart again: read the halves directly (never the forward's
+    // halves, which are activations inside a block).
+    let forward: std::collections::HashSet<_> = order.iter().copied().collect();
+    crate::cleanup::fold_slices_of_concats(&mut h, &forward);
     // Rules differentiate every float operand, constants included (a mask
     // value, a scale): what no gradient needs goes, so no backend computes it.
     crate::cleanup::dce(&mut h)?;
