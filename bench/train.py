@@ -7,8 +7,9 @@ vocab 320, batch 1, num_buckets automatic, dropout 0; 2 and 12 layers; random HF
     through HF's reversible layers; the step time is the median of `--steps` steps after one warm-up
     step, inside one process; peak RSS is that process's (/usr/bin/time %M).
   - reformc step exe: `reformc compile --train` (weights embedded, no LLVM in the process) run on the
-    same ids with `--time`; the step time is its `run` figure (forward + loss + backward with
-    reversible recomputation, gradients to memory), peak RSS the process's.
+    same ids with `--time --repeat <steps + 1>`, like HF: the step time is its `run` figure, the
+    median of the steps after the first, warm-up one (forward + loss + backward with reversible
+    recomputation, gradients to memory), peak RSS the process's.
   - reformc train: `reformc train` on the same ids (as a 1-D token stream of exactly one window, Adam), the
     step compiled once by the LLVM JIT; the step time is the median over `--steps` steps of L / the
     progress line's tokens/s (forward + loss + backward with reversible recomputation + the Adam
@@ -130,7 +131,7 @@ def main():
                             "--seq-len", str(length), "-o", exe, "--target-cpu", "host", "-q"], check=True)
             for _ in range(a.repeats):
                 _, rss, out = timed([exe, "--input", d + "/ids.npy", "--output", d + "/grads.safetensors",
-                                     "--threads", str(a.threads), "--time"])
+                                     "--threads", str(a.threads), "--time", "--repeat", str(a.steps + 1)])
                 ex.append((float(re.search(r"run ([0-9.]+) ms", out).group(1)) / 1000, rss))
                 _, rss, out = timed([sys.executable, "-c", HF_STEP, d, str(a.steps), str(a.threads)])
                 hf.append((float(re.search(r"STEP ([0-9.e-]+)", out).group(1)), rss))

@@ -517,3 +517,60 @@ fn forward_executable_refuses_step_flags_and_step_help_names_them() {
         assert!(help.contains(flag), "step --help lacks {flag}: {help}");
     }
 }
+
+/// `--repeat N` runs a compiled model N times: the result is the single
+/// run's, byte for byte, and `--time` reports the median of the warm runs
+/// and every run; `--repeat 0` is refused. Forward and step executables.
+#[test]
+fn repeated_runs_give_the_single_run_result_and_their_times() {
+    let case = Case::load(&fixture("noncausal_local_only"));
+    let s = Scratch::new("repeat");
+    let exe = s.path("model");
+    let (config, weights) = (
+        case.dir.join("config.json"),
+        case.dir.join("model.safetensors"),
+    );
+    let (code, _, err) = exec(
+        &reformc(),
+        &[
+            &"compile",
+            &config,
+            &"--weights",
+            &weights,
+            &"-o",
+            &exe,
+            &"-q",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let ids = case.dir.join("input_ids.npy");
+    let step = shared_step("noncausal_local_only");
+    for (prog, name) in [(&exe, "out.npy"), (&step, "grads.safetensors")] {
+        let (once, many) = (
+            s.path(&format!("once-{name}")),
+            s.path(&format!("many-{name}")),
+        );
+        let (code, _, err) = exec(prog, &[&"--input", &ids, &"--output", &once]);
+        assert_eq!(code, 0, "{err}");
+        let args: [&dyn AsRef<OsStr>; 7] = [
+            &"--input",
+            &ids,
+            &"--output",
+            &many,
+            &"--repeat",
+            &"3",
+            &"--time",
+        ];
+        let (code, _, err) = exec(prog, &args);
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains("(median of runs 2-3; runs "), "{err}");
+        assert_eq!(std::fs::read(&once).unwrap(), std::fs::read(&many).unwrap());
+        let bad = s.path(&format!("bad-{name}"));
+        let (code, _, err) = exec(
+            prog,
+            &[&"--input", &ids, &"--output", &bad, &"--repeat", &"0"],
+        );
+        assert_refused((code, err), &["--repeat", "1..="]);
+        assert!(!bad.exists());
+    }
+}

@@ -110,6 +110,8 @@ pub(crate) struct Args {
     /// Read the weights into memory instead of mapping them.
     weights_read: bool,
     pub(crate) time: bool,
+    /// `--repeat N`: run the model N times (0 when not given: once).
+    pub(crate) repeat: usize,
     signature: bool,
     help: bool,
 }
@@ -137,6 +139,8 @@ fn usage(prog: &str, model: &str, output: &str) -> String {
         "                          changing the file meanwhile cannot crash the run (SIGBUS)"
             .into(),
         "  --time                  print timings to stderr".into(),
+        REPEAT_HELP.into(),
+        REPEAT_HELP_MORE.into(),
         "  --signature             print the model's JSON signature and exit".into(),
         "  --help                  this text".into(),
     ];
@@ -208,6 +212,19 @@ fn parse_args(argv: &[String]) -> Result<Args, Fail> {
                 };
             }
             "--time" => a.time = true,
+            "--repeat" => {
+                let v = value(&mut i)?;
+                a.repeat = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_REPEAT).contains(n))
+                    .ok_or_else(|| {
+                        input_err(format!(
+                            "--repeat: `{}` is not a run count (expected 1..={MAX_REPEAT})",
+                            shown(&v)
+                        ))
+                    })?;
+            }
             "--signature" => a.signature = true,
             "--help" | "-h" => a.help = true,
             other => {
@@ -428,9 +445,16 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
     let p = prepare(&args, info, &[("--output", &output)])?;
     let inputs = p.tensors();
     let mut out = ReformcTensor::empty();
-    let t_run = Instant::now();
-    run_model(info, &inputs, std::slice::from_mut(&mut out))?;
-    let run_time = t_run.elapsed();
+    let runs = timed_runs(&args, |last| {
+        if last {
+            return run_model(info, &inputs, std::slice::from_mut(&mut out));
+        }
+        let mut spare = ReformcTensor::empty();
+        run_model(info, &inputs, std::slice::from_mut(&mut spare))?;
+        // SAFETY: `spare` was filled by reformc_model_run; released once.
+        unsafe { model_rt::reformc_tensor_release(&mut spare) };
+        Ok(())
+    })?;
     let t_write = Instant::now();
     let shape = out_shape(&out);
     let n: usize = shape.iter().product();
@@ -467,10 +491,33 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
         output.display()
     );
     if args.time {
-        report_times(&p, run_time, write_time, t_start);
+        report_times(&p, &runs, write_time, t_start);
     }
     print_profile();
     Ok(())
+}
+
+/// The largest `--repeat`.
+const MAX_REPEAT: usize = 100_000;
+pub(crate) const REPEAT_HELP: &str =
+    "  --repeat N              run the model N times, writing the last run's result; with";
+pub(crate) const REPEAT_HELP_MORE: &str =
+    "                          --time, `run` is the median of runs 2..N (run 1 warms up)";
+
+/// Runs `run(last)` `--repeat` times (once by default; `last` on the final
+/// run), timing each; a failing run stops the loop.
+pub(crate) fn timed_runs(
+    args: &Args,
+    mut run: impl FnMut(bool) -> Result<(), Fail>,
+) -> Result<Vec<std::time::Duration>, Fail> {
+    let n = args.repeat.max(1);
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        run(i + 1 == n)?;
+        times.push(t.elapsed());
+    }
+    Ok(times)
 }
 
 /// Compiled with `reformc compile --profile`: the per-op table, to stderr.
@@ -484,15 +531,32 @@ pub(crate) fn print_profile() {
 /// The `--time` line, then (compiled with `reformc compile --profile`) the per-op table.
 pub(crate) fn report_times(
     p: &Prepared,
-    run_time: std::time::Duration,
+    runs: &[std::time::Duration],
     write_time: std::time::Duration,
     t_start: Instant,
 ) {
+    let ms = |d: &std::time::Duration| d.as_secs_f64() * 1e3;
+    let (run, each) = match runs {
+        [one] => (ms(one), String::new()),
+        [_, rest @ ..] => {
+            let mut warm: Vec<f64> = rest.iter().map(ms).collect();
+            warm.sort_by(f64::total_cmp);
+            let all: Vec<String> = runs.iter().map(|d| format!("{:.3}", ms(d))).collect();
+            (
+                warm[warm.len() / 2],
+                format!(
+                    " (median of runs 2-{}; runs {} ms)",
+                    runs.len(),
+                    all.join(", ")
+                ),
+            )
+        }
+        [] => (0.0, String::new()),
+    };
     eprintln!(
-        "time: load weights {:.3} ms, read inputs {:.3} ms, run {:.3} ms, write output {:.3} ms, total {:.3} ms",
+        "time: load weights {:.3} ms, read inputs {:.3} ms, run {run:.3} ms{each}, write output {:.3} ms, total {:.3} ms",
         p.load_time.as_secs_f64() * 1e3,
         p.read_time.as_secs_f64() * 1e3,
-        run_time.as_secs_f64() * 1e3,
         write_time.as_secs_f64() * 1e3,
         t_start.elapsed().as_secs_f64() * 1e3
     );

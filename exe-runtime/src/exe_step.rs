@@ -10,8 +10,8 @@
 //! predicts label t+1) before the step graph sees them.
 
 use crate::exe_main::{
-    input_err, out_shape, prepare, print_profile, read_int, report_times, run_model, tensor, Args,
-    ExeInfo, Fail, Prepared,
+    input_err, out_shape, prepare, print_profile, read_int, report_times, run_model, tensor,
+    timed_runs, Args, ExeInfo, Fail, Prepared,
 };
 use crate::model_rt::{self, ReformcTensor};
 use reformc_tensor::safetensors_write::{self, Blob};
@@ -52,6 +52,8 @@ pub(crate) fn usage(prog: &str, model: &str) -> String {
             .into(),
         "  --weights-mode MODE     mmap (default) or read".into(),
         "  --time                  print timings to stderr".into(),
+        crate::exe_main::REPEAT_HELP.into(),
+        crate::exe_main::REPEAT_HELP_MORE.into(),
         "  --signature             print the step's JSON signature and exit".into(),
         "  --help                  this text".into(),
     ];
@@ -208,10 +210,15 @@ pub(crate) fn run(prog: &str, args: &Args, info: &ExeInfo, t_start: Instant) -> 
         .split('\n')
         .map(str::to_string)
         .collect();
-    let mut out = Outputs((0..names.len()).map(|_| ReformcTensor::empty()).collect());
-    let t_run = Instant::now();
-    run_model(info, &inputs, &mut out.0)?;
-    let run_time = t_run.elapsed();
+    let empty = || Outputs((0..names.len()).map(|_| ReformcTensor::empty()).collect());
+    let mut out = empty();
+    let runs = timed_runs(args, |last| {
+        if last {
+            return run_model(info, &inputs, &mut out.0);
+        }
+        let mut spare = empty();
+        run_model(info, &inputs, &mut spare.0)
+    })?;
     let t_write = Instant::now();
     let mut loss = None;
     let mut grads = BTreeMap::new();
@@ -238,7 +245,7 @@ pub(crate) fn run(prog: &str, args: &Args, info: &ExeInfo, t_start: Instant) -> 
         output.display()
     );
     if args.time {
-        report_times(&p, run_time, write_time, t_start);
+        report_times(&p, &runs, write_time, t_start);
     }
     print_profile();
     Ok(())

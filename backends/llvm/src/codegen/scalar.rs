@@ -514,6 +514,19 @@ impl<'ctx> Gen<'ctx> {
             caps.extend(s.iter().map(|d| BasicValueEnum::from(*d)));
         }
         let out_dt = out.dtype;
+        // Last-axis strides known when compiling (1 for a row-major operand,
+        // 0 for one broadcast along rows) stay constants inside the loop
+        // body, which reads its other captures from memory: the inner loop
+        // then has a unit (or no) stride and vectorises.
+        let inner: Vec<Option<IntValue<'ctx>>> = strides
+            .iter()
+            .chain(std::iter::once(&ostr))
+            .map(|s| {
+                s[n - 1]
+                    .get_zero_extended_constant()
+                    .map(|k| self.i64c(k as i64))
+            })
+            .collect();
         self.par_range(fs, v, rows, &caps, parallel, &mut |c, r| {
             let int = |k: usize| c[k].into_int_value();
             let (k_dims, k_strides) = (1 + xs.len(), 1 + xs.len() + n);
@@ -532,17 +545,14 @@ impl<'ctx> Gen<'ctx> {
                 Ok(off)
             };
             let bases: Vec<IntValue> = (0..=xs.len()).map(base).collect::<Result<_>>()?;
+            let step = |w: usize| inner[w].unwrap_or_else(|| int(k_strides + w * n + n - 1));
             self.for_range(int(k_dims + n - 1), &mut |j| {
                 let mut vals = Vec::with_capacity(xs.len());
                 for (w, x) in xs.iter().enumerate() {
-                    let step = self.mul(j, int(k_strides + w * n + n - 1))?;
-                    let off = self.add(bases[w], step)?;
+                    let off = self.add(bases[w], self.mul(j, step(w))?)?;
                     vals.push(self.load(x.dtype, c[1 + w].into_pointer_value(), off)?);
                 }
-                let o = self.add(
-                    bases[xs.len()],
-                    self.mul(j, int(k_strides + xs.len() * n + n - 1))?,
-                )?;
+                let o = self.add(bases[xs.len()], self.mul(j, step(xs.len()))?)?;
                 let r = f(self, &vals)?;
                 self.store(out_dt, c[0].into_pointer_value(), o, r)
             })
