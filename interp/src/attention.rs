@@ -432,22 +432,15 @@ pub fn lsh_attention<T: Real>(
     after: usize,
     causal: bool,
 ) -> Result<ArrayD<T>, String> {
-    let len = qk.shape()[1];
-    let d = qk.shape()[2] / heads;
-    let scale = 1.0 / (d as f64).sqrt();
-    let rules = MaskRules {
-        causal,
-        self_mask: true,
-    };
+    let LshSetup {
+        len,
+        d,
+        scale,
+        rules,
+        rounds: _,
+    } = LshSetup::new(qk, buckets, heads, chunk, causal)?;
     if len <= chunk {
         return attention(qk, qk, v, mask, heads, scale, true, rules);
-    }
-    let rounds = buckets.shape()[2];
-    if !(rounds * len).is_multiple_of(chunk) {
-        return Err(format!(
-            "rounds x length = {} is not a multiple of the chunk length {chunk}",
-            rounds * len
-        ));
     }
     let (x4, v4) = (split_heads(qk, heads)?, split_heads(v, heads)?);
     let (b, h, _, _) = x4.dim();
@@ -472,6 +465,46 @@ pub fn lsh_attention<T: Real>(
         }
     }
     Ok(merge_heads(out))
+}
+
+/// What [`lsh_attention`] and [`lsh_attention_grad`] derive from their
+/// operands: the length, head width, key scale `1/sqrt(d)`, masks (self mask
+/// always) and rounds, checked (`r·L` a multiple of the chunk when `L > chunk`).
+struct LshSetup {
+    len: usize,
+    d: usize,
+    scale: f64,
+    rules: MaskRules,
+    rounds: usize,
+}
+
+impl LshSetup {
+    fn new<T: Real>(
+        qk: &ArrayD<T>,
+        buckets: &ArrayD<i64>,
+        heads: usize,
+        chunk: usize,
+        causal: bool,
+    ) -> Result<LshSetup, String> {
+        let (len, d) = (qk.shape()[1], qk.shape()[2] / heads);
+        let rounds = buckets.shape()[2];
+        if len > chunk && !(rounds * len).is_multiple_of(chunk) {
+            return Err(format!(
+                "rounds x length = {} is not a multiple of the chunk length {chunk}",
+                rounds * len
+            ));
+        }
+        Ok(LshSetup {
+            len,
+            d,
+            scale: 1.0 / (d as f64).sqrt(),
+            rules: MaskRules {
+                causal,
+                self_mask: true,
+            },
+            rounds,
+        })
+    }
 }
 
 /// LSH attention of one (batch, head): sort by (bucket, round-major index),
@@ -590,21 +623,15 @@ pub fn lsh_attention_grad<T: Real>(
     after: usize,
     causal: bool,
 ) -> Result<ArrayD<T>, String> {
-    let len = qk.shape()[1];
-    let d = qk.shape()[2] / heads;
-    let scale = 1.0 / (d as f64).sqrt();
-    let rules = MaskRules {
-        causal,
-        self_mask: true,
-    };
+    let LshSetup {
+        len,
+        d,
+        scale,
+        rules,
+        rounds,
+    } = LshSetup::new(qk, buckets, heads, chunk, causal)?;
     let full = len <= chunk;
-    let rounds = if full { 1 } else { buckets.shape()[2] };
-    if !full && !(rounds * len).is_multiple_of(chunk) {
-        return Err(format!(
-            "rounds x length = {} is not a multiple of the chunk length {chunk}",
-            rounds * len
-        ));
-    }
+    let rounds = if full { 1 } else { rounds };
     let x4 = split_heads(qk, heads)?;
     let (v4, y4, dy4) = (
         split_heads(v, heads)?,

@@ -70,15 +70,7 @@ pub fn lsh_attention(
         dqk: d,
         dv: d,
     };
-    shape.check(qk, qk, v, mask, out)?;
-    check_len(
-        "buckets",
-        buckets.len(),
-        product(&[batch, heads, rounds, len], "buckets").ok(),
-    )?;
-    if chunk == 0 {
-        return Err(invalid("chunk length must be positive"));
-    }
+    check_operands(shape, qk, v, buckets, mask, out, rounds, chunk)?;
     let rules = Rules {
         causal,
         self_mask: true,
@@ -87,21 +79,7 @@ pub fn lsh_attention(
     if len <= chunk {
         return attention_impl(qk, qk, v, mask, shape, div, true, rules, 0, out);
     }
-    let total = product(&[rounds, len], "rounds x length")?;
-    if !total.is_multiple_of(chunk) {
-        return Err(Error::ChunkMismatch(format!(
-            "rounds x length = {total} is not a multiple of the chunk length {chunk}"
-        )));
-    }
-    if total >= u32::MAX as usize {
-        return Err(invalid("rounds x length must be below 2^32"));
-    }
-    before
-        .checked_add(after)
-        .and_then(|w| w.checked_add(1))
-        .and_then(|w| w.checked_mul(chunk))
-        .filter(|&w| w <= 1 << 24)
-        .ok_or_else(|| invalid(format!("window of {before}+1+{after} chunks is too large")))?;
+    let (total, _) = sorted_slots(len, rounds, chunk, before, after)?;
     if batch == 0 || heads == 0 {
         return Ok(());
     }
@@ -182,6 +160,56 @@ pub fn lsh_attention(
         }
         Ok(())
     })
+}
+
+/// The operand checks both LSH kernels make (the forward's `out`, or the
+/// backward's `y`, has the activations' shape): lengths, `[B, H, r, L]`
+/// buckets, a positive chunk.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn check_operands(
+    shape: Shape,
+    qk: &[f32],
+    v: &[f32],
+    buckets: &[i64],
+    mask: Option<&[i64]>,
+    out: &[f32],
+    rounds: usize,
+    chunk: usize,
+) -> Result<()> {
+    shape.check(qk, qk, v, mask, out)?;
+    let dims = [shape.batch, shape.heads, rounds, shape.lq];
+    check_len("buckets", buckets.len(), product(&dims, "buckets").ok())?;
+    if chunk == 0 {
+        return Err(invalid("chunk length must be positive"));
+    }
+    Ok(())
+}
+
+/// For `L > chunk`: the sorted slots `r·L` (a multiple of `chunk`, below
+/// 2^32) and the window's chunk count `before + 1 + after` (at most 2^24
+/// keys), or the error.
+pub(super) fn sorted_slots(
+    len: usize,
+    rounds: usize,
+    chunk: usize,
+    before: usize,
+    after: usize,
+) -> Result<(usize, usize)> {
+    let total = product(&[rounds, len], "rounds x length")?;
+    if !total.is_multiple_of(chunk) {
+        return Err(Error::ChunkMismatch(format!(
+            "rounds x length = {total} is not a multiple of the chunk length {chunk}"
+        )));
+    }
+    if total >= u32::MAX as usize {
+        return Err(invalid("rounds x length must be below 2^32"));
+    }
+    let window = before
+        .checked_add(after)
+        .and_then(|w| w.checked_add(1))
+        .filter(|&w| w.saturating_mul(chunk) <= 1 << 24)
+        .ok_or_else(|| invalid(format!("window of {before}+1+{after} chunks is too large")))?;
+    Ok((total, window))
 }
 
 /// What every chunk task of one call reads.

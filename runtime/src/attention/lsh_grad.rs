@@ -26,10 +26,10 @@
 //! head), and one set of chunk tiles per task.
 
 use super::full::Shape;
-use super::{inv_len_norm, key_divisor, product, softmax_row, valid_row, KeyScale, Rules};
+use super::{inv_len_norm, key_divisor, softmax_row, valid_row, KeyScale, Rules};
 use crate::alloc::CachedF32;
 use crate::bf16::Packing;
-use crate::error::{invalid, try_zeroed, Error, Result};
+use crate::error::{try_zeroed, Result};
 use crate::gemm::{check_len, gemm_a, kernel, AStrides, Epilogue, Kernel, PackedB};
 use crate::pool::{try_par_for, SharedMut};
 
@@ -87,17 +87,9 @@ pub fn lsh_attention_grad(
         dqk: d,
         dv: d,
     };
-    shape.check(qk, qk, v, mask, y)?;
+    super::lsh::check_operands(shape, qk, v, buckets, mask, y, rounds, chunk)?;
     check_len("dy", dy.len(), Some(y.len()))?;
     check_len("out", out.len(), y.len().checked_mul(2))?;
-    check_len(
-        "buckets",
-        buckets.len(),
-        product(&[batch, heads, rounds, len], "buckets").ok(),
-    )?;
-    if chunk == 0 {
-        return Err(invalid("chunk length must be positive"));
-    }
     if batch == 0 || heads == 0 || d == 0 || len == 0 || rounds == 0 {
         out.iter_mut().for_each(|x| *x = 0.0);
         return Ok(());
@@ -170,20 +162,7 @@ impl Plan {
                 window: 1,
             });
         }
-        let total = product(&[rounds, len], "rounds x length")?;
-        if !total.is_multiple_of(chunk) {
-            return Err(Error::ChunkMismatch(format!(
-                "rounds x length = {total} is not a multiple of the chunk length {chunk}"
-            )));
-        }
-        if total >= u32::MAX as usize {
-            return Err(invalid("rounds x length must be below 2^32"));
-        }
-        let window = before
-            .checked_add(after)
-            .and_then(|w| w.checked_add(1))
-            .filter(|&w| w.saturating_mul(chunk) <= 1 << 24)
-            .ok_or_else(|| invalid(format!("window of {before}+1+{after} chunks is too large")))?;
+        let (total, window) = super::lsh::sorted_slots(len, rounds, chunk, before, after)?;
         Ok(Plan {
             full: false,
             chunk,

@@ -151,64 +151,11 @@ impl<'ctx> Gen<'ctx> {
     }
 
     pub(super) fn lsh_attention(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
-        let op = &fs.g.node(v).op;
         let what = at(fs.g, &fs.numbering, v);
-        let qk = self.f32_ranked(fs, v, 0, 3)?;
-        let val = self.f32_ranked(fs, v, 1, 3)?;
-        let buckets = self.i64_operand(fs, v, 2)?;
-        let mask = self.opt_mask(fs, v, 3)?;
-        let h = self.i64c(self.node_attr_int(fs, v, "heads")?);
-        let d = self.b.build_int_signed_div(self.last(&qk), h, "d")?;
-        if buckets.dims.len() != 4 {
-            return Err(BackendError::Internal(format!(
-                "{what}: buckets must be [B,H,r,L]"
-            )));
-        }
-        // Replayed buckets come from an input: check their shape here.
-        let exit = fs.exit;
-        let what_s = self.cstr(&format!(
-            "{what}: LSH buckets do not match [B, H, r, P] of the activations"
-        ));
-        let b_ok = self
-            .b
-            .build_int_compare(IntPredicate::NE, buckets.dims[0], qk.dims[0], "b")?;
-        let h_ok = self
-            .b
-            .build_int_compare(IntPredicate::NE, buckets.dims[1], h, "h")?;
-        let l_ok = self
-            .b
-            .build_int_compare(IntPredicate::NE, buckets.dims[3], qk.dims[1], "l")?;
-        let bad = self
-            .b
-            .build_or(self.b.build_or(b_ok, h_ok, "bh")?, l_ok, "bad")?;
-        self.fail_if(exit, bad, |g| {
-            g.call_i32(
-                "rc_model_error",
-                &[g.i32c(err::SHAPE).into(), what_s.into()],
-            )
-        })?;
-        let out = self.alloc_buf(fs, DType::F32, val.dims.clone(), &what)?;
-        self.kernel(
-            fs,
-            v,
-            "rc_lsh_attention_f32",
-            &[
-                qk.ptr.into(),
-                val.ptr.into(),
-                buckets.ptr.into(),
-                mask.into(),
-                qk.dims[0].into(),
-                qk.dims[1].into(),
-                h.into(),
-                d.into(),
-                buckets.dims[2].into(),
-                self.i64c(self.node_attr_int(fs, v, "chunk")?).into(),
-                self.i64c(self.node_attr_int(fs, v, "before")?).into(),
-                self.i64c(self.node_attr_int(fs, v, "after")?).into(),
-                self.i32c(op.flag("causal") as i32).into(),
-                out.ptr.into(),
-            ],
-        )?;
+        let (qk, mut args) = self.lsh_args(fs, v, &[])?;
+        let out = self.alloc_buf(fs, DType::F32, qk.dims.clone(), &what)?;
+        args.push(out.ptr.into());
+        self.kernel(fs, v, "rc_lsh_attention_f32", &args)?;
         Ok(out)
     }
 
@@ -219,14 +166,39 @@ impl<'ctx> Gen<'ctx> {
         fs: &mut Fs<'ctx, '_>,
         v: ValueId,
     ) -> Result<Buf<'ctx>> {
+        let what = at(fs.g, &fs.numbering, v);
+        let (qk, mut args) = self.lsh_args(fs, v, &[3, 4])?;
+        let mut dims = vec![self.i64c(2)];
+        dims.extend(qk.dims.iter().copied());
+        let out = self.alloc_buf(fs, DType::F32, dims, &what)?;
+        args.push(out.ptr.into());
+        self.kernel(fs, v, "rc_lsh_attention_grad_f32", &args)?;
+        Ok(out)
+    }
+
+    /// The arguments the LSH attention kernels share, from `v`'s operands:
+    /// `qk`, `v`, the buckets, the operands `extra` names (f32 `[B, P, H·d]`:
+    /// the backward's `y` and `dy`), the optional mask (the operand after
+    /// them), then B, P, H, d, rounds, chunk, before, after and causal; and
+    /// `qk` itself. Replayed buckets come from an input: their shape is
+    /// checked here against the activations' (exit 2 with a message).
+    fn lsh_args(
+        &self,
+        fs: &mut Fs<'ctx, '_>,
+        v: ValueId,
+        extra: &[usize],
+    ) -> Result<(Buf<'ctx>, Vec<BasicMetadataValueEnum<'ctx>>)> {
         let op = &fs.g.node(v).op;
         let what = at(fs.g, &fs.numbering, v);
         let qk = self.f32_ranked(fs, v, 0, 3)?;
         let val = self.f32_ranked(fs, v, 1, 3)?;
         let buckets = self.i64_operand(fs, v, 2)?;
-        let y = self.f32_ranked(fs, v, 3, 3)?;
-        let dy = self.f32_ranked(fs, v, 4, 3)?;
-        let mask = self.opt_mask(fs, v, 5)?;
+        let mut args: Vec<BasicMetadataValueEnum<'ctx>> =
+            vec![qk.ptr.into(), val.ptr.into(), buckets.ptr.into()];
+        for &i in extra {
+            args.push(self.f32_ranked(fs, v, i, 3)?.ptr.into());
+        }
+        let mask = self.opt_mask(fs, v, 3 + extra.len())?;
         let h = self.i64c(self.node_attr_int(fs, v, "heads")?);
         let d = self.b.build_int_signed_div(self.last(&qk), h, "d")?;
         if buckets.dims.len() != 4 {
@@ -234,32 +206,37 @@ impl<'ctx> Gen<'ctx> {
                 "{what}: buckets must be [B,H,r,L]"
             )));
         }
-        let mut dims = vec![self.i64c(2)];
-        dims.extend(qk.dims.iter().copied());
-        let out = self.alloc_buf(fs, DType::F32, dims, &what)?;
-        self.kernel(
-            fs,
-            v,
-            "rc_lsh_attention_grad_f32",
-            &[
-                qk.ptr.into(),
-                val.ptr.into(),
-                buckets.ptr.into(),
-                y.ptr.into(),
-                dy.ptr.into(),
-                mask.into(),
-                qk.dims[0].into(),
-                qk.dims[1].into(),
-                h.into(),
-                d.into(),
-                buckets.dims[2].into(),
-                self.i64c(self.node_attr_int(fs, v, "chunk")?).into(),
-                self.i64c(self.node_attr_int(fs, v, "before")?).into(),
-                self.i64c(self.node_attr_int(fs, v, "after")?).into(),
-                self.i32c(op.flag("causal") as i32).into(),
-                out.ptr.into(),
-            ],
-        )?;
-        Ok(out)
+        let what_s = self.cstr(&format!(
+            "{what}: LSH buckets do not match [B, H, r, P] of the activations"
+        ));
+        let ne = |a, b, name| self.b.build_int_compare(IntPredicate::NE, a, b, name);
+        let b_bad = ne(buckets.dims[0], qk.dims[0], "b")?;
+        let h_bad = ne(buckets.dims[1], h, "h")?;
+        let l_bad = ne(buckets.dims[3], qk.dims[1], "l")?;
+        let bad = self
+            .b
+            .build_or(self.b.build_or(b_bad, h_bad, "bh")?, l_bad, "bad")?;
+        self.fail_if(fs.exit, bad, |g| {
+            g.call_i32(
+                "rc_model_error",
+                &[g.i32c(err::SHAPE).into(), what_s.into()],
+            )
+        })?;
+        let attr = |name| -> Result<BasicMetadataValueEnum<'ctx>> {
+            Ok(self.i64c(self.node_attr_int(fs, v, name)?).into())
+        };
+        args.extend([
+            mask.into(),
+            qk.dims[0].into(),
+            qk.dims[1].into(),
+            h.into(),
+            d.into(),
+            buckets.dims[2].into(),
+            attr("chunk")?,
+            attr("before")?,
+            attr("after")?,
+            self.i32c(op.flag("causal") as i32).into(),
+        ]);
+        Ok((qk, args))
     }
 }
