@@ -51,12 +51,16 @@ fn merge_heads<T: Real>(x: ndarray::Array4<T>) -> ArrayD<T> {
 
 /// HF's `_len_norm`: x * rsqrt(mean(x²) + 1e-6), per row.
 fn len_norm<T: Real>(x: &mut Array2<T>) {
-    let d = T::of(x.ncols() as f64);
     for mut row in x.rows_mut() {
-        let ms = row.iter().fold(T::zero(), |a, &v| a + v * v) / d;
-        let inv = T::one() / (ms + T::of(1e-6)).sqrt();
+        let inv = inv_rms(row.view());
         row.mapv_inplace(|v| v * inv);
     }
+}
+
+/// `(mean(x²) + 1e-6)^(-1/2)`, the key normalisation's factor.
+fn inv_rms<T: Real>(x: ndarray::ArrayView1<T>) -> T {
+    let ms = x.iter().fold(T::zero(), |a, &v| a + v * v) / T::of(x.len() as f64);
+    T::one() / (ms + T::of(1e-6)).sqrt()
 }
 
 /// Key validity per position from an optional `[B, L]` mask row.
@@ -98,14 +102,23 @@ fn mask_row<T: Real>(
     kvalid: &[bool],
     rules: MaskRules,
 ) {
-    let (mask, self_value) = (T::of(MASK_VALUE), T::of(SELF_MASK_VALUE));
     for (j, x) in row.iter_mut().enumerate() {
-        if !kvalid[j] || (rules.causal && qpos < kpos[j]) {
-            *x = mask;
+        if let Some(m) = mask_value(qpos, kpos[j], kvalid[j], rules) {
+            *x = T::of(m);
         }
-        if rules.self_mask && qpos == kpos[j] {
-            *x = self_value;
-        }
+    }
+}
+
+/// The value REFORMER.md §1.6's masks put in place of the logit of query
+/// `qpos` for key `kpos` (its validity `kvalid`), if any: the self value at
+/// the query's own position, else -1e9 for padding and causal keys.
+fn mask_value(qpos: usize, kpos: usize, kvalid: bool, rules: MaskRules) -> Option<f64> {
+    if rules.self_mask && qpos == kpos {
+        Some(SELF_MASK_VALUE)
+    } else if !kvalid || (rules.causal && qpos < kpos) {
+        Some(MASK_VALUE)
+    } else {
+        None
     }
 }
 
@@ -507,6 +520,25 @@ impl LshSetup {
     }
 }
 
+/// The slots' order of one (batch, head)'s buckets `[r, L]`: round-major
+/// indices `r·L + pos` sorted by bucket, stably (ties keep round-major index
+/// order, HF's sort key).
+fn bucket_order(buckets: ndarray::ArrayView2<i64>) -> Vec<usize> {
+    let flat: Vec<i64> = buckets.iter().copied().collect();
+    let mut perm: Vec<usize> = (0..flat.len()).collect();
+    perm.sort_by_key(|&t| flat[t]);
+    perm
+}
+
+/// A position's round weights `softmax_r(lse_r)` = `exp(max_r - M) sum_r / Z`,
+/// without ever forming `lse_r` (see [`Lse`]).
+fn round_weights<T: Real>(lses: &[Lse<T>]) -> Vec<T> {
+    let m = lses.iter().fold(T::neg_infinity(), |a, l| a.max(l.max));
+    let w: Vec<T> = lses.iter().map(|l| (l.max - m).exp() * l.sum).collect();
+    let z = w.iter().fold(T::zero(), |a, &b| a + b);
+    w.iter().map(|&wr| wr / z).collect()
+}
+
 /// LSH attention of one (batch, head): sort by (bucket, round-major index),
 /// chunked attention with neighbours, unsort, combine rounds stably.
 #[allow(clippy::too_many_arguments)]
@@ -523,10 +555,7 @@ fn lsh_head<T: Real>(
 ) -> Result<Array2<T>, String> {
     let (rounds, len) = buckets.dim();
     let total = rounds * len;
-    let flat: Vec<i64> = buckets.iter().copied().collect();
-    let mut perm: Vec<usize> = (0..total).collect();
-    // Stable: ties (same bucket) keep round-major index order, HF's sort key.
-    perm.sort_by_key(|&t| flat[t]);
+    let perm = bucket_order(buckets);
     let mut inv = vec![0; total];
     for (slot, &t) in perm.iter().enumerate() {
         inv[t] = slot;
@@ -573,13 +602,9 @@ fn lsh_head<T: Real>(
             .assign(&o_sorted.row(slot));
     }
     for i in 0..len {
-        // Round weights softmax(lse_r) = exp(max_r - M) * sum_r / Z, without ever forming lse_r.
         let lses: Vec<Lse<T>> = (0..rounds).map(|r| lse_sorted[inv[r * len + i]]).collect();
-        let m = lses.iter().fold(T::neg_infinity(), |a, l| a.max(l.max));
-        let w: Vec<T> = lses.iter().map(|l| (l.max - m).exp() * l.sum).collect();
-        let z = w.iter().fold(T::zero(), |a, &b| a + b);
-        for (r, wr) in w.iter().enumerate() {
-            let scaled = per_round.slice(s![r, i, ..]).mapv(|x| x * (*wr / z));
+        for (r, wr) in round_weights(&lses).iter().enumerate() {
+            let scaled = per_round.slice(s![r, i, ..]).mapv(|x| x * *wr);
             let mut row = out.row_mut(i);
             row += &scaled;
         }
@@ -646,13 +671,7 @@ pub fn lsh_attention_grad<T: Real>(
         for hi in 0..h {
             let order: Vec<usize> = match full {
                 true => (0..len).collect(),
-                false => {
-                    let flat: Vec<i64> =
-                        buckets.slice(s![bi, hi, .., ..]).iter().copied().collect();
-                    let mut perm: Vec<usize> = (0..flat.len()).collect();
-                    perm.sort_by_key(|&t| flat[t]);
-                    perm
-                }
+                false => bucket_order(buckets.slice(s![bi, hi, .., ..])),
             };
             let head = LshHead {
                 u: x4.slice(s![bi, hi, .., ..]),
@@ -729,10 +748,7 @@ impl<T: Real> LshHead<'_, T> {
             masked.push(
                 kpos.iter()
                     .zip(&kvalid)
-                    .map(|(&kp, &ok)| {
-                        !ok || (self.rules.causal && qpos < kp)
-                            || (self.rules.self_mask && qpos == kp)
-                    })
+                    .map(|(&kp, &ok)| mask_value(qpos, kp, ok, self.rules).is_some())
                     .collect(),
             );
         }
@@ -762,14 +778,9 @@ impl<T: Real> LshHead<'_, T> {
         }
         let mut weight = vec![T::zero(); total];
         for s in &slots {
-            let m = s.iter().fold(T::neg_infinity(), |a, &t| a.max(lse[t].max));
-            let w: Vec<T> = s
-                .iter()
-                .map(|&t| (lse[t].max - m).exp() * lse[t].sum)
-                .collect();
-            let z = w.iter().fold(T::zero(), |a, &x| a + x);
-            for (&t, &wr) in s.iter().zip(&w) {
-                weight[t] = wr / z;
+            let lses: Vec<Lse<T>> = s.iter().map(|&t| lse[t]).collect();
+            for (&t, wr) in s.iter().zip(round_weights(&lses)) {
+                weight[t] = wr;
             }
         }
         weight
@@ -820,8 +831,7 @@ impl<T: Real> LshHead<'_, T> {
             .into_iter()
             .zip(g.rows().into_iter().zip(self.u.rows()))
         {
-            let ms = ur.iter().fold(T::zero(), |a, &x| a + x * x) / T::of(d as f64);
-            let inv = T::one() / (ms + T::of(1e-6)).sqrt();
+            let inv = inv_rms(ur);
             let k = inv * inv * gr.dot(&ur) / T::of(d as f64);
             for ((o, &g), &u) in o.iter_mut().zip(gr).zip(ur) {
                 *o = inv / div * (g - k * u);

@@ -253,11 +253,16 @@ fn lsh_grad_scratch(g: &Graph, v: reformc_ir::ValueId, env: &DimEnv, threads: u6
         return 0;
     };
     let d = width / heads;
-    let (chunk, total) = match len <= attr("chunk") {
-        true => (len, len),
-        false => (attr("chunk").max(1), rounds.saturating_mul(len)),
+    // `P ≤ chunk` is one chunk of every position (a window of one chunk).
+    let (chunk, total, window) = match len <= attr("chunk") {
+        true => (len, len, 1),
+        false => (
+            attr("chunk").max(1),
+            rounds.saturating_mul(len),
+            attr("before") + 1 + attr("after"),
+        ),
     };
-    let keys = chunk.saturating_mul(attr("before") + 1 + attr("after"));
+    let keys = chunk.saturating_mul(window);
     let slots = total
         .saturating_mul(7 * d + 4)
         .saturating_add(len)

@@ -9,6 +9,26 @@ fn rows_per_task(width: usize) -> usize {
     (16384 / width.max(1)).max(1)
 }
 
+/// Runs `f(rows, out_rows)` in parallel over blocks of whole rows of `out`
+/// (`n` rows of `width`): `rows` is the block's row range, `out_rows` its
+/// rows of `out`.
+fn par_rows(
+    n: usize,
+    width: usize,
+    out: &mut [f32],
+    f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Send + Sync,
+) -> Result<()> {
+    let per = rows_per_task(width);
+    let shared = SharedMut::new(out);
+    par_for(n.div_ceil(per), |t| {
+        let r0 = t * per;
+        let nr = per.min(n - r0);
+        // SAFETY: task t alone writes rows r0..r0+nr.
+        let ys = unsafe { shared.slice(r0 * width, nr * width) };
+        f(r0..r0 + nr, ys)
+    })
+}
+
 /// Sum with 16 fixed partial sums, combined pairwise: vectorizes on any ISA
 /// and gives the same bits everywhere (the order depends only on the length).
 #[inline(always)]
@@ -51,14 +71,8 @@ pub fn layer_norm(
     if rows == 0 || width == 0 {
         return Ok(());
     }
-    let per = rows_per_task(width);
-    let shared = SharedMut::new(y);
-    par_for(rows.div_ceil(per), |t| {
-        let r0 = t * per;
-        let nr = per.min(rows - r0);
-        // SAFETY: task t alone writes rows r0..r0+nr.
-        let ys = unsafe { shared.slice(r0 * width, nr * width) };
-        for (xr, yr) in x[r0 * width..(r0 + nr) * width]
+    par_rows(rows, width, y, |r, ys| {
+        for (xr, yr) in x[r.start * width..r.end * width]
             .chunks_exact(width)
             .zip(ys.chunks_exact_mut(width))
         {
@@ -77,10 +91,7 @@ pub(crate) fn ln_row(xr: &[f32], w: &[f32], b: &[f32], eps: f32, yr: &mut [f32])
 /// [`ln_row`]'s arithmetic, compiled per instruction set by `simd::ln_row`.
 #[inline(always)]
 pub(crate) fn ln_row_body(xr: &[f32], w: &[f32], b: &[f32], eps: f32, yr: &mut [f32]) {
-    let n = xr.len() as f32;
-    let mean = sum16(xr, |v| v) / n;
-    let var = sum16(xr, |v| (v - mean) * (v - mean)) / n;
-    let inv = 1.0 / (var + eps).sqrt();
+    let (mean, inv) = row_stats(xr, eps);
     for (((o, &v), &wi), &bi) in yr.iter_mut().zip(xr).zip(w).zip(b) {
         *o = (v - mean) * inv * wi + bi;
     }
@@ -130,14 +141,8 @@ pub fn layer_norm_grad(
         return Ok(());
     }
     if wrt_x {
-        let per = rows_per_task(width);
-        let shared = SharedMut::new(out);
-        par_for(rows.div_ceil(per), |t| {
-            let r0 = t * per;
-            let nr = per.min(rows - r0);
-            // SAFETY: task t alone writes rows r0..r0+nr.
-            let dx = unsafe { shared.slice(r0 * width, nr * width) };
-            let span = r0 * width..(r0 + nr) * width;
+        return par_rows(rows, width, out, |r, dx| {
+            let span = r.start * width..r.end * width;
             for ((xr, dyr), dxr) in x[span.clone()]
                 .chunks_exact(width)
                 .zip(dy[span].chunks_exact(width))
@@ -145,8 +150,7 @@ pub fn layer_norm_grad(
             {
                 crate::simd::ln_grad_row(xr, w, dyr, eps, dxr);
             }
-        })?;
-        return Ok(());
+        });
     }
     let blocks = rows.div_ceil(GRAD_BLOCK_ROWS);
     let mut partial =
@@ -172,7 +176,8 @@ pub fn layer_norm_grad(
     Ok(())
 }
 
-/// A row's mean and inverse standard deviation, as [`ln_row_body`] computes them.
+/// A row's mean and inverse standard deviation (biased variance) in f32,
+/// for [`ln_row_body`] and the gradient rows alike.
 #[inline(always)]
 fn row_stats(xr: &[f32], eps: f32) -> (f32, f32) {
     let n = xr.len() as f32;
@@ -219,7 +224,7 @@ pub(crate) fn ln_grad_w_row_body(xr: &[f32], dyr: &[f32], eps: f32, acc: &mut [f
 
 /// The pairwise sum of 16 partial sums (as [`sum16`] combines them).
 #[inline(always)]
-fn fold16(mut acc: [f32; 16]) -> f32 {
+pub(crate) fn fold16(mut acc: [f32; 16]) -> f32 {
     let mut width = 16;
     while width > 1 {
         width /= 2;
@@ -260,14 +265,8 @@ pub fn embedding(
     if width == 0 {
         return Ok(());
     }
-    let per = rows_per_task(width);
-    let shared = SharedMut::new(y);
-    par_for(ids.len().div_ceil(per), |t| {
-        let r0 = t * per;
-        let nr = per.min(ids.len() - r0);
-        // SAFETY: task t alone writes rows r0..r0+nr.
-        let ys = unsafe { shared.slice(r0 * width, nr * width) };
-        for (&id, yr) in ids[r0..r0 + nr].iter().zip(ys.chunks_exact_mut(width)) {
+    par_rows(ids.len(), width, y, |r, ys| {
+        for (&id, yr) in ids[r].iter().zip(ys.chunks_exact_mut(width)) {
             let id = id as usize;
             yr.copy_from_slice(&table[id * width..(id + 1) * width]);
         }
@@ -317,14 +316,8 @@ pub fn axial_pos(
     if width == 0 {
         return Ok(());
     }
-    let per = rows_per_task(width);
-    let shared = SharedMut::new(y);
-    par_for(pos.len().div_ceil(per), |t| {
-        let r0 = t * per;
-        let nr = per.min(pos.len() - r0);
-        // SAFETY: task t alone writes rows r0..r0+nr.
-        let ys = unsafe { shared.slice(r0 * width, nr * width) };
-        for (&p, yr) in pos[r0..r0 + nr].iter().zip(ys.chunks_exact_mut(width)) {
+    par_rows(pos.len(), width, y, |r, ys| {
+        for (&p, yr) in pos[r].iter().zip(ys.chunks_exact_mut(width)) {
             let p = p as usize;
             let (i0, i1) = (p / n1, p % n1);
             yr[..d0].copy_from_slice(&w0[i0 * d0..(i0 + 1) * d0]);

@@ -78,14 +78,7 @@ fn exp_sub_sum_body(xs: &mut [f32], m: f32) -> f32 {
         *x = exp_f32(*x - m);
         *a += *x;
     }
-    let mut width = 16;
-    while width > 1 {
-        width /= 2;
-        for i in 0..width {
-            acc[i] += acc[i + width];
-        }
-    }
-    acc[0]
+    crate::nn::fold16(acc)
 }
 
 #[inline(always)]

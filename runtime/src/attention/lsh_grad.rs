@@ -12,21 +12,26 @@
 //! `dK` back to the shared query/key `u`.
 //!
 //! Per (batch, head), one after another:
-//! 1. with several rounds, the (max, sum) of every slot's logits (one product
+//! 1. the rows gathered once into sorted slot order (queries, normalised
+//!    keys, values, and the output gradients `c·dy`), in scratch from the
+//!    runtime's buffer cache;
+//! 2. with several rounds, the (max, sum) of every slot's logits (one product
 //!    per chunk), then the round weights per position; one round has `c = 1`;
-//! 2. per chunk: logits and probabilities again, then the four products;
-//!    `dQ` goes to the chunk's own slots, `dK` and `dV` are added to the
-//!    slots of its window. Chunks run in groups of a fixed size, even groups
-//!    then odd ones, so that no two concurrent groups share a key slot and
+//! 3. per chunk: logits and probabilities again, then the four products of
+//!    the gradient; `dQ` goes to the chunk's own slots, `dK` and `dV` are
+//!    added to the slots of its window. Chunks run in groups of a fixed
+//!    size, in phases whose groups share no key chunk ([`Plan::phases`]), so
 //!    the sums' order (hence the bits) does not depend on the thread count;
-//! 3. per position, the rounds' slots summed in round order, and the key
+//! 4. per position, the rounds' slots summed in round order, and the key
 //!    gradient taken through the normalisation.
 //!
-//! Scratch: three `[r·L, d]` slot arrays and O(r·L) scalars per (batch,
-//! head), and one set of chunk tiles per task.
+//! Scratch: seven `[r·L, d]` slot arrays and O(r·L) scalars, reused for
+//! every (batch, head), and one set of chunk tiles per task.
 
 use super::full::Shape;
-use super::{inv_len_norm, key_divisor, softmax_row, valid_row, KeyScale, Rules};
+use super::{
+    inv_len_norm, key_divisor, put_keys, put_values, softmax_row, valid_row, KeyScale, Rules,
+};
 use crate::alloc::CachedF32;
 use crate::bf16::Packing;
 use crate::error::{try_zeroed, Result};
@@ -191,8 +196,8 @@ impl Plan {
         let groups = self.n_chunks.div_ceil(GROUP_CHUNKS);
         let mut phases: Vec<(Vec<bool>, Vec<usize>)> = Vec::new();
         for g in 0..groups {
-            let js = g * GROUP_CHUNKS..((g + 1) * GROUP_CHUNKS).min(self.n_chunks);
-            let touched: Vec<usize> = js
+            let touched: Vec<usize> = self
+                .group(g)
                 .flat_map(|j| (0..self.window).map(move |o| self.window_chunk(j, o)))
                 .collect();
             let free = |claimed: &Vec<bool>| touched.iter().all(|&u| !claimed[u]);
@@ -309,31 +314,6 @@ impl Tiles {
     }
 }
 
-/// Packs `Rᵀ` (`k × n`, f32) from the `n` rows `row(j)` of `R`, each of length `k`.
-fn pack_transposed<'a>(p: &mut PackedB, row: impl Fn(usize) -> &'a [f32]) {
-    let (nr, k, n) = (p.nr, p.k, p.n);
-    for panel in 0..n.div_ceil(nr) {
-        let dst = &mut p.data[panel * k * nr..(panel + 1) * k * nr];
-        for jj in 0..nr.min(n - panel * nr) {
-            for (kk, &x) in row(panel * nr + jj)[..k].iter().enumerate() {
-                dst[kk * nr + jj] = x;
-            }
-        }
-    }
-}
-
-/// Packs the `k × n` matrix (f32) whose row `kk` is `row(kk)`.
-fn pack_rows<'a>(p: &mut PackedB, row: impl Fn(usize) -> &'a [f32]) {
-    let (nr, k, n) = (p.nr, p.k, p.n);
-    for kk in 0..k {
-        let r = row(kk);
-        for panel in 0..n.div_ceil(nr) {
-            let w = nr.min(n - panel * nr);
-            p.data[panel * k * nr + kk * nr..][..w].copy_from_slice(&r[panel * nr..panel * nr + w]);
-        }
-    }
-}
-
 /// Runs `f(item, tiles)` for every item of `items`, spread over at most
 /// the pool's thread count of tasks, each with its own tiles.
 fn for_each_with_tiles(
@@ -410,8 +390,7 @@ impl Ctx<'_> {
         let (sq, sk, sv) = (SharedMut::new(dq), SharedMut::new(dk), SharedMut::new(dvs));
         let hd = &*hd;
         for phase in phases {
-            let groups: Vec<usize> = phase.clone();
-            for_each_with_tiles(&groups, &plan, d, self.kern.nr, |g, t| {
+            for_each_with_tiles(phase, &plan, d, self.kern.nr, |g, t| {
                 for j in plan.group(g) {
                     self.chunk(j, hd, valid, t, (&sq, &sk, &sv));
                 }
@@ -491,10 +470,9 @@ impl Ctx<'_> {
         let chunks: Vec<usize> = (0..plan.n_chunks).collect();
         let view = &*hd;
         for_each_with_tiles(&chunks, &plan, d, self.kern.nr, |j, t| {
-            let stats = self.probabilities(j, view, valid, t);
             // SAFETY: chunk j's slots belong to this call of the closure alone.
             let dst = unsafe { shared.slice(j * plan.chunk, plan.chunk) };
-            dst.copy_from_slice(&stats);
+            self.probabilities(j, view, valid, t, Some(dst));
         })?;
         for slots in hd.by_pos.chunks_exact(plan.rounds) {
             let m = slots
@@ -513,8 +491,15 @@ impl Ctx<'_> {
     }
 
     /// Chunk `j`'s probabilities in `t.s`, its keys' positions and validity
-    /// in `t`; returns each query's (max, sum).
-    fn probabilities(&self, j: usize, hd: &Head, valid: &[u32], t: &mut Tiles) -> Vec<(f32, f32)> {
+    /// in `t`; each query's (max, sum) into `stats` when given.
+    fn probabilities(
+        &self,
+        j: usize,
+        hd: &Head,
+        valid: &[u32],
+        t: &mut Tiles,
+        mut stats: Option<&mut [(f32, f32)]>,
+    ) {
         let (d, plan) = (self.d, self.plan);
         let (c, n) = (plan.chunk, plan.keys());
         for o in 0..plan.window {
@@ -526,7 +511,8 @@ impl Ctx<'_> {
             }
         }
         let keys = &hd.k;
-        pack_transposed(&mut t.kt, |jj| window_row(&plan, keys, d, j, jj));
+        let key = |jj| (window_row(&plan, keys, d, j, jj), None);
+        put_keys(&mut t.kt, n, key, KeyScale::new(1.0));
         let q = &hd.q[j * c * d..(j + 1) * c * d];
         gemm_a(
             self.kern,
@@ -538,12 +524,13 @@ impl Ctx<'_> {
             n,
             Epilogue::STORE,
         );
-        (0..c)
-            .map(|i| {
-                let row = &mut t.s[i * n..(i + 1) * n];
-                softmax_row(row, hd.pos[j * c + i], &t.kpos, &t.keep, self.rules, true)
-            })
-            .collect()
+        for i in 0..c {
+            let row = &mut t.s[i * n..(i + 1) * n];
+            let st = softmax_row(row, hd.pos[j * c + i], &t.kpos, &t.keep, self.rules, true);
+            if let Some(out) = stats.as_deref_mut() {
+                out[i] = st;
+            }
+        }
     }
 
     /// Chunk `j`'s contributions: `dQ` into its own slots, `dK` and `dV`
@@ -558,12 +545,13 @@ impl Ctx<'_> {
     ) {
         let (d, plan) = (self.d, self.plan);
         let (c, n) = (plan.chunk, plan.keys());
-        self.probabilities(j, hd, valid, t);
+        self.probabilities(j, hd, valid, t, None);
         let rows = j * c * d..(j + 1) * c * d;
         let (q, dout) = (&hd.q[rows.clone()], &hd.dout[rows]);
         let a = AStrides { row: d, k: 1 };
         let values = &hd.v;
-        pack_transposed(&mut t.vt, |jj| window_row(&plan, values, d, j, jj));
+        let value = |jj| (window_row(&plan, values, d, j, jj), None);
+        put_keys(&mut t.vt, n, value, KeyScale::new(1.0));
         gemm_a(self.kern, c, dout, a, &t.vt, &mut t.ds, n, Epilogue::STORE);
         for i in 0..c {
             let slot = j * c + i;
@@ -578,7 +566,7 @@ impl Ctx<'_> {
             }
         }
         let keys = &hd.k;
-        pack_rows(&mut t.k, |kk| window_row(&plan, keys, d, j, kk));
+        put_values(&mut t.k, n, |kk| window_row(&plan, keys, d, j, kk));
         // SAFETY: chunk j's slots belong to this task alone (its group).
         let dq_rows = unsafe { dq.slice(j * c * d, c * d) };
         gemm_a(
@@ -591,8 +579,8 @@ impl Ctx<'_> {
             d,
             Epilogue::STORE,
         );
-        pack_rows(&mut t.qp, |kk| &q[kk * d..(kk + 1) * d]);
-        pack_rows(&mut t.dop, |kk| &dout[kk * d..(kk + 1) * d]);
+        put_values(&mut t.qp, c, |kk| &q[kk * d..(kk + 1) * d]);
+        put_values(&mut t.dop, c, |kk| &dout[kk * d..(kk + 1) * d]);
         // dSᵀ and Pᵀ read in place: row i of the transpose is column i.
         let at = AStrides { row: 1, k: n };
         gemm_a(

@@ -304,7 +304,10 @@ pub(crate) fn put_keys<'a>(
     scale: KeyScale,
 ) {
     let (nr, rows) = (p.nr, p.stored_k());
-    let mut block = vec![0u32; KEY_GROUP * rows];
+    let mut block = match p.packing {
+        Packing::Pairs => vec![0u32; KEY_GROUP * rows],
+        _ => Vec::new(),
+    };
     for g0 in (0..n).step_by(KEY_GROUP) {
         let gn = KEY_GROUP.min(n - g0);
         let col = g0 % nr;
