@@ -179,8 +179,8 @@ fn dump_train_prints_the_step_graph() {
     );
     assert!(!text.contains("= linear "), "model ops are lowered");
     assert!(
-        text.contains("lsh_attention_grad"),
-        "LSH attention is differentiated by its fused kernel"
+        text.contains("lsh_attention_grad") && text.contains("local_attention_grad"),
+        "LSH and local attention are differentiated by their fused kernels"
     );
 }
 
@@ -211,7 +211,8 @@ fn explain_train_reports_the_step_plan() {
     );
 }
 
-/// The fused derivative kernels (`layer_norm_grad`) against autodiff of the
+/// The fused derivative kernels (layer norm, LSH and local attention; the
+/// fixture mixes both attention kinds) against autodiff of the
 /// model ops' tensor-op decompositions (`--lowered-grads`): f64 steps agree
 /// within 1e-9 of each tensor's largest gradient, and `dump --train` shows
 /// which was differentiated.
@@ -265,7 +266,13 @@ fn fused_derivatives_match_the_lowered_decompositions() {
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
         String::from_utf8_lossy(&r.stdout).into_owned()
     };
-    assert!(dump(&[]).contains("layer_norm_grad"));
+    let fused = dump(&[]);
+    for op in ["layer_norm_grad", "lsh_attention_grad", "local_attention_grad"] {
+        assert!(fused.contains(op), "no {op} in the step");
+    }
     let lowered = dump(&["--lowered-grads"]);
-    assert!(!lowered.contains("layer_norm_grad") && !lowered.contains("layer_norm "));
+    for op in ["layer_norm", "lsh_attention", "local_attention"] {
+        assert!(!lowered.contains(&format!("{op} ")), "{op} kept");
+        assert!(!lowered.contains(&format!("{op}_grad")), "{op}_grad used");
+    }
 }

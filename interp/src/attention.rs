@@ -673,9 +673,10 @@ pub fn lsh_attention_grad<T: Real>(
                 true => (0..len).collect(),
                 false => bucket_order(buckets.slice(s![bi, hi, .., ..])),
             };
-            let head = LshHead {
+            let head = ChunkedHead {
                 u: x4.slice(s![bi, hi, .., ..]),
                 keys: scaled_keys(x4.slice(s![bi, hi, .., ..]), scale, true),
+                form: KeyForm::Normalised,
                 v: v4.slice(s![bi, hi, .., ..]),
                 y: y4.slice(s![bi, hi, .., ..]),
                 dy: dy4.slice(s![bi, hi, .., ..]),
@@ -686,7 +687,7 @@ pub fn lsh_attention_grad<T: Real>(
                 rounds,
                 rules,
             };
-            let (dq, dv) = head.grad();
+            let (dq, _, dv) = head.grad();
             dq4.slice_mut(s![bi, hi, .., ..]).assign(&dq);
             dv4.slice_mut(s![bi, hi, .., ..]).assign(&dv);
         }
@@ -695,11 +696,102 @@ pub fn lsh_attention_grad<T: Real>(
     ndarray::stack(Axis(0), &[dq.view(), dv.view()]).map_err(|e| e.to_string())
 }
 
-/// One (batch, head) of [`lsh_attention_grad`]: the sorted slots
-/// (`order[slot] = r·L + pos`) and the rows they read.
-struct LshHead<'a, T> {
+/// The gradient of `sum(dy * y)`, `y = local_attention(q, k, v, mask)`
+/// (queries, keys and values of one width), with respect to `q`, `k` and
+/// `v`, stacked as `[3, B, L, H·d]` (`local_attention_grad`); `y` is the
+/// forward output. The same computation as [`lsh_attention_grad`] with the
+/// slots in position order and one round: `dS = P ⊙ (dy Vᵀ - dy · y)` on
+/// unmasked logits, `dQ = dS K`, `dK = dSᵀ Q / div` (keys are divided by
+/// `div = 1/scale`), `dV = Pᵀ dy`.
+///
+/// ```
+/// use ndarray::{ArrayD, IxDyn};
+/// use reformc_interp::attention::{local_attention, local_attention_grad};
+/// let x = ArrayD::from_shape_fn(IxDyn(&[1, 4, 2]), |i| (i[1] as f64 + 0.3 * i[2] as f64).sin());
+/// let y = local_attention(&x, &x, &x, None, 1, 0.5, 2, 0, 0, true).unwrap();
+/// let mut dy = ArrayD::zeros(IxDyn(&[1, 4, 2]));
+/// dy[[0, 0, 0]] = 1.0;
+/// let g = local_attention_grad(&x, &x, &x, &y, &dy, None, 1, 0.5, 2, 0, 0, true).unwrap();
+/// assert_eq!(g.shape(), &[3, 1, 4, 2]);
+/// assert_eq!(g[[2, 0, 0, 0]], 1.0); // position 0 sees only its own value
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn local_attention_grad<T: Real>(
+    q: &ArrayD<T>,
+    k: &ArrayD<T>,
+    v: &ArrayD<T>,
+    y: &ArrayD<T>,
+    dy: &ArrayD<T>,
+    mask: Option<&ArrayD<i64>>,
+    heads: usize,
+    scale: f64,
+    chunk: usize,
+    before: usize,
+    after: usize,
+    causal: bool,
+) -> Result<ArrayD<T>, String> {
+    let len = q.shape()[1];
+    let full = len <= chunk;
+    if !full && !len.is_multiple_of(chunk) {
+        return Err(format!(
+            "length {len} is not a multiple of the chunk length {chunk}"
+        ));
+    }
+    let [q4, k4, v4, y4, dy4] = [q, k, v, y, dy].map(|x| split_heads(x, heads));
+    let (q4, k4, v4, y4, dy4) = (q4?, k4?, v4?, y4?, dy4?);
+    let (b, h, _, d) = q4.dim();
+    let order: Vec<usize> = (0..len).collect();
+    let mut grads = [(); 3].map(|_| ndarray::Array4::<T>::zeros((b, h, len, d)));
+    for bi in 0..b {
+        let valid = valid_row(mask, bi, len);
+        for hi in 0..h {
+            let head = ChunkedHead {
+                u: q4.slice(s![bi, hi, .., ..]),
+                keys: scaled_keys(k4.slice(s![bi, hi, .., ..]), scale, false),
+                form: KeyForm::Divided(1.0 / scale),
+                v: v4.slice(s![bi, hi, .., ..]),
+                y: y4.slice(s![bi, hi, .., ..]),
+                dy: dy4.slice(s![bi, hi, .., ..]),
+                order: &order,
+                valid: &valid,
+                chunk: if full { len } else { chunk },
+                window: if full { (0, 0) } else { (before, after) },
+                rounds: 1,
+                rules: MaskRules {
+                    causal,
+                    self_mask: false,
+                },
+            };
+            let (dq, dk, dv) = head.grad();
+            let dk = dk.ok_or("local attention has a key gradient")?;
+            for (g, part) in grads.iter_mut().zip([dq, dk, dv]) {
+                g.slice_mut(s![bi, hi, .., ..]).assign(&part);
+            }
+        }
+    }
+    let merged = grads.map(merge_heads);
+    let views: Vec<_> = merged.iter().map(|g| g.view()).collect();
+    ndarray::stack(Axis(0), &views).map_err(|e| e.to_string())
+}
+
+/// How [`ChunkedHead`]'s keys derive from their input rows, hence how the
+/// key gradient passes back to them.
+#[derive(Clone, Copy)]
+enum KeyForm {
+    /// LSH: the queries `u`, length-normalised and divided by `sqrt(d)`.
+    Normalised,
+    /// Local attention: separate keys divided by `div` (`1/scale`).
+    Divided(f64),
+}
+
+/// One (batch, head) of [`lsh_attention_grad`] or [`local_attention_grad`]:
+/// the sorted slots (`order[slot] = r·L + pos`) and the rows they read.
+struct ChunkedHead<'a, T> {
+    /// Queries (LSH: the shared query/keys).
     u: ArrayView2<'a, T>,
+    /// Keys as the logits use them (scaled, and normalised with LSH).
     keys: Array2<T>,
+    form: KeyForm,
     v: ArrayView2<'a, T>,
     y: ArrayView2<'a, T>,
     dy: ArrayView2<'a, T>,
@@ -711,7 +803,7 @@ struct LshHead<'a, T> {
     rules: MaskRules,
 }
 
-impl<T: Real> LshHead<'_, T> {
+impl<T: Real> ChunkedHead<'_, T> {
     fn len(&self) -> usize {
         self.u.nrows()
     }
@@ -786,8 +878,9 @@ impl<T: Real> LshHead<'_, T> {
         weight
     }
 
-    /// The gradients with respect to the shared query/keys and the values.
-    fn grad(&self) -> (Array2<T>, Array2<T>) {
+    /// The gradients with respect to the queries (LSH: the shared
+    /// query/keys), the keys where they are separate, and the values.
+    fn grad(&self) -> (Array2<T>, Option<Array2<T>>, Array2<T>) {
         let (len, d) = self.u.dim();
         let weight = self.round_weights();
         let (mut dq, mut dk, mut dv) = (
@@ -816,7 +909,10 @@ impl<T: Real> LshHead<'_, T> {
                 }
             }
         }
-        (dq + &self.through_norm(&dk), dv)
+        match self.form {
+            KeyForm::Normalised => (dq + &self.through_norm(&dk), None, dv),
+            KeyForm::Divided(div) => (dq, Some(dk.mapv(|g| g / T::of(div))), dv),
+        }
     }
 
     /// A gradient `g` with respect to the keys `k = u · inv / div` (`div =

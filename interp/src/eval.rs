@@ -406,6 +406,29 @@ impl Evaluator<'_> {
                     op.flag("causal"),
                 )?)
             }
+            LocalAttentionGrad => {
+                let (q, k, v) = (
+                    self.float::<T>(node, 0)?,
+                    self.float::<T>(node, 1)?,
+                    self.float::<T>(node, 2)?,
+                );
+                let (y, dy) = (self.float::<T>(node, 3)?, self.float::<T>(node, 4)?);
+                let m = self.mask(node, 5);
+                T::wrap(attention::local_attention_grad(
+                    q,
+                    k,
+                    v,
+                    y,
+                    dy,
+                    m.as_ref(),
+                    attr("heads"),
+                    op.float("scale").unwrap_or(1.0),
+                    attr("chunk"),
+                    attr("before"),
+                    attr("after"),
+                    op.flag("causal"),
+                )?)
+            }
             LshAttentionGrad => {
                 let (qk, v) = (self.float::<T>(node, 0)?, self.float::<T>(node, 1)?);
                 let buckets = self.operand(node, 2).to_i64();

@@ -269,6 +269,7 @@ impl OpKind {
             // Costed as the forward (its operands sit where the forward's do);
             // it runs about three times the forward's products.
             LshAttentionGrad => other(C::LshAttention, 20.0),
+            LocalAttentionGrad => other(C::LocalAttention, 20.0),
             Reduce | Argmax => other(C::Reduce, 2.0),
             Softmax => with_rows(other(C::PerElement(5), 2.0), Rows::AlongAxisAttr),
             Gather => other(C::Lookup, 2.0),

@@ -430,6 +430,26 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<Option<TensorType
             shape.extend(ty.shape.iter().cloned());
             TensorType::new(ty.dtype, shape)
         }
+        LocalAttentionGrad => {
+            let mut fwd: Vec<&TensorType> = t[..3].to_vec();
+            fwd.extend(t.get(5).copied());
+            let ty = infer_type(
+                &Op {
+                    kind: LocalAttention,
+                    ..op.clone()
+                },
+                &fwd,
+            )?
+            .ok_or("local_attention derives its type")?;
+            for (i, name) in [(0, "q"), (1, "k"), (3, "y"), (4, "dy")] {
+                if *t[i] != ty {
+                    return Err(format!("operand {i} ({name}) must be {ty}, found {}", t[i]));
+                }
+            }
+            let mut shape = vec![Dim::Const(3)];
+            shape.extend(ty.shape.iter().cloned());
+            TensorType::new(ty.dtype, shape)
+        }
         LayerNormGrad => {
             float(0, t[0])?;
             let last = t[0].shape.last().ok_or("operand 0 must have rank >= 1")?;
@@ -553,7 +573,7 @@ pub fn check_type(op: &Op, operands: &[&TensorType], result: &TensorType) -> Res
         | Sub | Mul | Div | Max | Min | Lt | Eq | Neg | Exp | Log | Sqrt | Rsqrt | Tanh | Act
         | Matmul | Reduce | Softmax | Gather | Argmax | Argsort | Select | Transpose
         | Broadcast | ScatterAdd | ActGrad | DropoutMask | LmLoss | LmLossGrad | LayerNormGrad
-        | LshAttentionGrad => Err(format!(
+        | LshAttentionGrad | LocalAttentionGrad => Err(format!(
             "`{op}` derives its result type, but none was derived"
         )),
     }

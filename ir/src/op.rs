@@ -269,6 +269,12 @@ op_kinds! {
     /// `d qk`, `[1]` is `d v`). The buckets are constants (no gradient flows
     /// through hashing); masked logits pass no gradient (masks replace them).
     LshAttentionGrad => "lsh_attention_grad", Tensor, "gradient of lsh_attention with respect to qk and v, stacked, recomputing the attention chunk by chunk";
+    /// `local_attention_grad(q, k, v, y, dy[, mask]) {heads, scale, chunk,
+    /// before, after, causal?}`: the gradient of `sum(dy * y)` where `y =
+    /// local_attention(q, k, v[, mask])` with the same attributes (`q`, `k`
+    /// and `v` of one type), with respect to `q`, `k` and `v`, stacked as
+    /// `[3, ..q's shape]`; masked logits pass no gradient.
+    LocalAttentionGrad => "local_attention_grad", Tensor, "gradient of local_attention with respect to q, k and v, stacked, recomputing the attention chunk by chunk";
 }
 
 impl fmt::Display for OpKind {
@@ -487,6 +493,7 @@ impl OpKind {
                 const { &[req("wrt", T::Str, ANY), req("chunk", T::Int, 1)] },
             ),
             LshAttentionGrad => schema(5, Some(6), LSH_ATTENTION),
+            LocalAttentionGrad => schema(5, Some(6), LOCAL_ATTENTION),
             LayerNormGrad => schema(
                 3,
                 Some(3),

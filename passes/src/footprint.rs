@@ -119,8 +119,8 @@ pub fn footprint_of(
             kernel_scratch = kernel_scratch.max(full_scratch(g, v, env, threads));
         } else if kind == OpKind::LmLoss || kind == OpKind::LmLossGrad {
             kernel_scratch = kernel_scratch.max(lm_loss_scratch(g, v, env));
-        } else if kind == OpKind::LshAttentionGrad {
-            kernel_scratch = kernel_scratch.max(lsh_grad_scratch(g, v, env, threads));
+        } else if kind == OpKind::LshAttentionGrad || kind == OpKind::LocalAttentionGrad {
+            kernel_scratch = kernel_scratch.max(chunked_grad_scratch(g, v, env, threads));
         }
     }
     Ok(Footprint {
@@ -234,12 +234,13 @@ fn lm_loss_scratch(g: &Graph, v: reformc_ir::ValueId, env: &DimEnv) -> u64 {
     chunk.saturating_mul(vocab).saturating_mul(4 * blocks)
 }
 
-/// `rc_lsh_attention_grad_f32`'s scratch: seven `[r·P, d]` slot arrays
+/// The scratch of `rc_lsh_attention_grad_f32` and
+/// `rc_local_attention_grad_f32` (one round): seven `[r·P, d]` slot arrays
 /// (sorted queries, keys, values and output gradients; the three
 /// gradients) and four words per slot, reused for every (batch, head); per
 /// task, one chunk's tiles (logits and their gradient, the window packed
 /// three ways, the chunk's queries and output gradients packed).
-fn lsh_grad_scratch(g: &Graph, v: reformc_ir::ValueId, env: &DimEnv, threads: u64) -> u64 {
+fn chunked_grad_scratch(g: &Graph, v: reformc_ir::ValueId, env: &DimEnv, threads: u64) -> u64 {
     let node = g.node(v);
     let heads = node.op.int("heads").unwrap_or(1).max(1) as u64;
     let attr = |n: &str| node.op.int(n).unwrap_or(0).max(0) as u64;
@@ -249,7 +250,11 @@ fn lsh_grad_scratch(g: &Graph, v: reformc_ir::ValueId, env: &DimEnv, threads: u6
             .and_then(|&x| g.ty(x).shape.get(a))
             .and_then(|d| d.eval(env))
     };
-    let (Some(len), Some(width), Some(rounds)) = (dim(0, 1), dim(0, 2), dim(2, 2)) else {
+    let rounds = match node.op.kind {
+        OpKind::LocalAttentionGrad => Some(1),
+        _ => dim(2, 2),
+    };
+    let (Some(len), Some(width), Some(rounds)) = (dim(0, 1), dim(0, 2), rounds) else {
         return 0;
     };
     let d = width / heads;

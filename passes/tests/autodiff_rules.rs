@@ -221,3 +221,43 @@ fn lsh_attention_through_its_fused_derivative() {
         );
     }
 }
+
+#[test]
+fn local_attention_through_its_fused_derivative() {
+    // (len, chunk, before, after, causal, masked, shared): chunks with
+    // neighbours both ways, windows wider than the chunk count (duplicated
+    // keys), L <= chunk (full attention), and one value as q, k and v.
+    let cases = [
+        (8, 2, 1, 0, true, true, false),
+        (12, 4, 1, 1, false, false, false),
+        (8, 4, 2, 1, true, false, false),
+        (4, 8, 1, 0, false, true, false),
+        (8, 4, 1, 0, true, false, true),
+    ];
+    for (len, chunk, before, after, causal, masked, shared) in cases {
+        let flag = if causal { ", causal" } else { "" };
+        let mut extra = BTreeMap::new();
+        let (mask_in, mask_op) = if masked {
+            let m: Vec<i64> = (0..2 * len).map(|i| i64::from(i % 5 != 3)).collect();
+            extra.insert(
+                "m".to_string(),
+                Tensor::I64(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[2, len]), m).unwrap()),
+            );
+            (
+                format!("%3 = input {{name=\"m\"}} : i64[2,{len}]\n"),
+                ", %3",
+            )
+        } else {
+            (String::new(), "")
+        };
+        let qkv = if shared { "%0, %0, %0" } else { "%0, %1, %2" };
+        case_with(
+            &format!(
+                "%0 = weight {{name=\"q\"}} : f64[2,{len},6]\n%1 = weight {{name=\"k\"}} : f64[2,{len},6]\n%2 = weight {{name=\"v\"}} : f64[2,{len},6]\n{mask_in}%4 = local_attention {qkv}{mask_op} {{after={after}, before={before}{flag}, chunk={chunk}, heads=2, scale=0.4}} : f64[2,{len},6]\noutput \"y\" = %4"
+            ),
+            extra,
+            -1.0,
+            1.0,
+        );
+    }
+}

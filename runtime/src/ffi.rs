@@ -729,6 +729,78 @@ crate::c_abi! {
         })
     }
 
+    /// The gradient of `rc_local_attention_f32` (queries, keys and values of
+    /// one width `d` per head) with respect to `q`, `k` and `v`:
+    /// `out[3, B, L, H·d]` holds `d q`, `d k` then `d v`, given the forward
+    /// output `y` and its cotangent `dy` (see [`attention::local_attention_grad`]).
+    ///
+    /// # Safety
+    /// As [`rc_linear_f32`]; `mask` may be NULL.
+    unsafe fn rc_local_attention_grad_f32(
+        q: *const f32,
+        k: *const f32,
+        v: *const f32,
+        y: *const f32,
+        dy: *const f32,
+        mask: *const i64,
+        batch: i64,
+        len: i64,
+        heads: i64,
+        d: i64,
+        scale: f32,
+        chunk: i64,
+        before: i64,
+        after: i64,
+        causal: i32,
+        out: *mut f32,
+    ) -> i32 {
+        guard(|| {
+            let [b, l, h] = sizes([(batch, "batch"), (len, "len"), (heads, "heads")])?;
+            let [d, c] = sizes([(d, "d"), (chunk, "chunk")])?;
+            let [nb, na] = sizes([(before, "before"), (after, "after")])?;
+            let n = count(&[b, l, h, d], "q")?;
+            let sq = span(q, n, "q")?;
+            let sk = span(k, n, "k")?;
+            let sv = span(v, n, "v")?;
+            let sy = span(y, n, "y")?;
+            let sd = span(dy, n, "dy")?;
+            let sm = opt_span(mask, &[b, l], "mask")?;
+            let so = span(out, count(&[3, n], "out")?, "out")?;
+            no_overlap(so, &[sq, sk, sv, sy, sd, sm])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (q, k, v, y, dy, o) = unsafe {
+                (
+                    view(q, sq),
+                    view(k, sk),
+                    view(v, sv),
+                    view(y, sy),
+                    view(dy, sd),
+                    view_mut(out, so),
+                )
+            };
+            // SAFETY: as above.
+            let m = unsafe { opt_view(mask, sm) };
+            attention::local_attention_grad(
+                q,
+                k,
+                v,
+                y,
+                dy,
+                m,
+                b,
+                l,
+                h,
+                d,
+                scale,
+                c,
+                nb,
+                na,
+                causal != 0,
+                o,
+            )
+        })
+    }
+
     /// Softmax along the middle axis of `x[outer, n, inner]` into `y` (same shape).
     ///
     /// # Safety

@@ -306,3 +306,48 @@ fn lsh_attention_grad_matches_the_interpreter() {
         compare(&text, &inputs(list), 1e-4);
     }
 }
+
+/// The fused local attention backward in the JIT (the runtime kernel)
+/// against the interpreter: neighbours both ways, causal and padding masks,
+/// windows wider than the chunk count, and `L <= chunk`.
+#[test]
+fn local_attention_grad_matches_the_interpreter() {
+    // (len, chunk, before, after, causal, masked)
+    let cases = [
+        (32, 4, 1, 0, true, true),
+        (24, 8, 1, 1, false, false),
+        (8, 4, 2, 1, true, true),
+        (6, 8, 1, 0, false, true),
+        (64, 8, 2, 0, true, false),
+    ];
+    for (len, chunk, before, after, causal, masked) in cases {
+        let flag = if causal { ", causal" } else { "" };
+        let attrs = format!(
+            "{{after={after}, before={before}{flag}, chunk={chunk}, heads=2, scale=0.3}}"
+        );
+        let (mask_in, mask_op) = match masked {
+            true => (
+                format!("  %3 = input {{name=\"m\"}} : i64[2,{len}]\n"),
+                ", %3",
+            ),
+            false => (String::new(), ""),
+        };
+        let text = format!(
+            "graph {{\n  %0 = input {{name=\"q\"}} : f32[2,{len},10]\n  %1 = input {{name=\"k\"}} : f32[2,{len},10]\n  %2 = input {{name=\"v\"}} : f32[2,{len},10]\n{mask_in}  %4 = input {{name=\"dy\"}} : f32[2,{len},10]\n  %5 = local_attention %0, %1, %2{mask_op} {attrs} : f32[2,{len},10]\n  %6 = local_attention_grad %0, %1, %2, %5, %4{mask_op} {attrs} : f32[3,2,{len},10]\n  output \"g\" = %6\n}}"
+        );
+        let mut list = vec![
+            ("q", f32t(&[2, len, 10], 5, -1.0, 1.0)),
+            ("k", f32t(&[2, len, 10], 8, -1.0, 1.0)),
+            ("v", f32t(&[2, len, 10], 6, -1.0, 1.0)),
+            ("dy", f32t(&[2, len, 10], 7, -1.0, 1.0)),
+        ];
+        if masked {
+            let m: Vec<i64> = (0..2 * len).map(|i| i64::from(i % 7 != 2)).collect();
+            list.push((
+                "m",
+                Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[2, len]), m).unwrap()),
+            ));
+        }
+        compare(&text, &inputs(list), 1e-4);
+    }
+}

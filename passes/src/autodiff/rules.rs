@@ -40,16 +40,14 @@ pub fn rule_of(kind: OpKind) -> Rule {
         // A dropout mask depends on its `like` operand's shape only.
         Arg | Input | Weight | Constant | RandomNormal | DropoutMask | LshHash | Iota | Lt | Eq
         | Argmax | Argsort => Rule::Constant,
-        Embedding | AxialPosEmbedding | Linear | Attention | LocalAttention | SeqChunk => {
-            Rule::LowerFirst
-        }
+        Embedding | AxialPosEmbedding | Linear | Attention | SeqChunk => Rule::LowerFirst,
         ReversibleBlock => Rule::Reversible,
         PadToMultiple | Truncate | Index | Slice | Add | Sub | Mul | Div | Max | Min | Neg
         | Exp | Log | Sqrt | Rsqrt | Tanh | Act | Cast | Matmul | Reduce | Softmax | Gather
         | Select | Reshape | Transpose | Concat | Broadcast | ScatterAdd | LmLoss
         // `lower-model` keeps these for their fused derivatives unless told
         // to lower them (`PassOptions::lowered_grads`).
-        | LayerNorm | LshAttention => Rule::Vjp,
+        | LayerNorm | LshAttention | LocalAttention => Rule::Vjp,
         ActGrad => Rule::Missing("act_grad (second derivatives are not supported)"),
         LmLossGrad => Rule::Missing("lm_loss_grad (second derivatives are not supported)"),
         LayerNormGrad => {
@@ -57,6 +55,9 @@ pub fn rule_of(kind: OpKind) -> Rule {
         }
         LshAttentionGrad => {
             Rule::Missing("lsh_attention_grad (second derivatives are not supported)")
+        }
+        LocalAttentionGrad => {
+            Rule::Missing("local_attention_grad (second derivatives are not supported)")
         }
     }
 }
@@ -158,25 +159,10 @@ pub fn vjp(
                 Some(b.unbroadcast(dy, &tb)?),
             ])
         }
-        LshAttention => {
-            // One kernel gives both gradients, stacked along a new axis 0.
-            let mut operands = vec![x[0], x[1], x[2], y, dy];
-            operands.extend(x.get(3).copied());
-            let op = Op {
-                kind: LshAttentionGrad,
-                attrs: node.op.attrs.clone(),
-            };
-            let both = b.op(op, &operands)?;
-            let part = |b: &mut Builder, i: i64| {
-                let op = Op::new(Index)
-                    .with("axis", Attr::Int(0))
-                    .with("index", Attr::Int(i));
-                b.op(op, &[both])
-            };
-            let mut out = vec![Some(part(b, 0)?), Some(part(b, 1)?), None];
-            out.extend(x.get(3).map(|_| None));
-            Ok(out)
-        }
+        // One kernel gives the gradients of qk and v (LSH; the buckets are
+        // constants) or of q, k and v (local).
+        LshAttention => fused_attention_grads(b, node, LshAttentionGrad, x, y, dy, 2),
+        LocalAttention => fused_attention_grads(b, node, LocalAttentionGrad, x, y, dy, 3),
         Cast if t(b, 0).dtype.is_float() => Ok(vec![Some(b.cast(dy, t(b, 0).dtype))]),
         Cast => Ok(vec![None]),
         Matmul => {
@@ -258,6 +244,38 @@ pub fn vjp(
 
 /// `max`/`min`: the gradient goes to the operand that was chosen (the
 /// first one on ties).
+/// The cotangents of a chunked attention op's operands `x` (three, then
+/// the mask if any) from its fused derivative `kind`, which recomputes the
+/// attention from the operands, `y` and `dy` and stacks the gradients of
+/// the first `n` operands along a new axis 0; `index` splits them.
+fn fused_attention_grads(
+    b: &mut Builder,
+    node: &Node,
+    kind: OpKind,
+    x: &[ValueId],
+    y: ValueId,
+    dy: ValueId,
+    n: usize,
+) -> Result<Vec<Option<ValueId>>, String> {
+    let mut operands = x[..3].to_vec();
+    operands.extend([y, dy]);
+    operands.extend(x.get(3).copied());
+    let op = Op {
+        kind,
+        attrs: node.op.attrs.clone(),
+    };
+    let all = b.op(op, &operands)?;
+    let mut out = Vec::with_capacity(x.len());
+    for i in 0..n {
+        let op = Op::new(OpKind::Index)
+            .with("axis", Attr::Int(0))
+            .with("index", Attr::Int(i as i64));
+        out.push(Some(b.op(op, &[all])?));
+    }
+    out.resize(x.len(), None);
+    Ok(out)
+}
+
 fn min_max(b: &mut Builder, node: &Node, dy: ValueId) -> Result<Vec<Option<ValueId>>, String> {
     let x = &node.inputs;
     let (ta, tb) = (b.ty(x[0]), b.ty(x[1]));

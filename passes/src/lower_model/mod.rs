@@ -135,8 +135,9 @@ pub enum Keep {
 }
 
 /// Whether a training pipeline keeps `node` as it is for `autodiff`'s fused
-/// derivative rule: `layer_norm`, and `lsh_attention` where no dropout of
-/// its probabilities applies (the caller checks that).
+/// derivative rule: `layer_norm`, and `lsh_attention` and `local_attention`
+/// where no dropout of their probabilities applies and (local attention)
+/// queries, keys and values have one type (the caller checks those).
 ///
 /// ```
 /// use reformc_ir::{Attr, Node, Op, OpKind, TensorType, DType};
@@ -150,7 +151,10 @@ pub enum Keep {
 /// assert!(keeps_for_grad(&ln));
 /// ```
 pub fn keeps_for_grad(node: &Node) -> bool {
-    matches!(node.op.kind, OpKind::LayerNorm | OpKind::LshAttention)
+    matches!(
+        node.op.kind,
+        OpKind::LayerNorm | OpKind::LshAttention | OpKind::LocalAttention
+    )
 }
 
 /// [`lower_model_with`], copying the model ops `keep` names unchanged.
@@ -310,6 +314,16 @@ impl Lowering<'_> {
         Ok(())
     }
 
+    /// [`keeps_for_grad`], with the operand check it leaves to the caller:
+    /// local attention's fused derivative needs `q`, `k` and `v` of one type.
+    fn keeps(&self, old: &Node) -> bool {
+        let same_qkv = || match old.inputs.get(..3) {
+            Some(qkv) => qkv.iter().all(|&i| self.old.node(i).ty == self.old.node(qkv[0]).ty),
+            None => false,
+        };
+        keeps_for_grad(old) && (old.op.kind != OpKind::LocalAttention || same_qkv())
+    }
+
     /// Lowers or copies one node, returning the value that replaces it.
     fn node(&mut self, old: &Node) -> Result<ValueId, String> {
         let inputs = old
@@ -329,7 +343,7 @@ impl Lowering<'_> {
         let probs = probs.map(|(_, m)| m);
         let out = match old.op.kind {
             OpKind::ReversibleBlock => return self.reversible(old, &node, inputs),
-            _ if self.keep == Keep::FusedGrads && mask.is_none() && keeps_for_grad(old) => {
+            _ if self.keep == Keep::FusedGrads && mask.is_none() && self.keeps(old) => {
                 return Ok(self.new.add(node.op, inputs, node.ty))
             }
             OpKind::SeqChunk => return self.seq_chunk(old, inputs[0]),

@@ -1,5 +1,6 @@
 //! Attention kernels: full (materialized or streaming over key chunks), chunked
-//! local, and fused LSH attention, plus LSH hashing.
+//! local, and fused LSH attention, plus LSH hashing and the chunked kinds'
+//! derivatives.
 //!
 //! Inputs are `[B, L, H·d]` with heads interleaved (HF's `view(B, L, H, d)`),
 //! masks `[B, L]` with nonzero = keep. Semantics, mask constants and their order
@@ -14,14 +15,14 @@ mod full;
 mod hash;
 mod local;
 mod lsh;
-mod lsh_grad;
+mod chunked_grad;
 
 pub use bucket_range::{check_bucket_ids, check_bucket_range};
 pub use full::attention;
 pub use hash::{lsh_hash, lsh_rotate, RotateStrides};
 pub use local::local_attention;
 pub use lsh::lsh_attention;
-pub use lsh_grad::lsh_attention_grad;
+pub use chunked_grad::{local_attention_grad, lsh_attention_grad};
 
 use crate::bf16::{self, Packing};
 use crate::error::{invalid, try_zeroed, Result};

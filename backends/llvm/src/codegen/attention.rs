@@ -176,6 +176,49 @@ impl<'ctx> Gen<'ctx> {
         Ok(out)
     }
 
+    /// `local_attention_grad(q, k, v, y, dy[, mask])`: the runtime's fused
+    /// backward kernel, into `[3, ..q's shape]`.
+    pub(super) fn local_attention_grad(
+        &self,
+        fs: &mut Fs<'ctx, '_>,
+        v: ValueId,
+    ) -> Result<Buf<'ctx>> {
+        let what = at(fs.g, &fs.numbering, v);
+        let op = &fs.g.node(v).op;
+        let causal = op.flag("causal");
+        let scale = self.t.f32.const_float(op.float("scale").unwrap_or(1.0));
+        let attr = |name| self.node_attr_int(fs, v, name).map(|x| self.i64c(x));
+        let (chunk, before, after) = (attr("chunk")?, attr("before")?, attr("after")?);
+        let heads = attr("heads")?;
+        let mut ptrs: Vec<BasicMetadataValueEnum<'ctx>> = Vec::new();
+        let mut q = None;
+        for i in 0..5 {
+            let x = self.f32_ranked(fs, v, i, 3)?;
+            ptrs.push(x.ptr.into());
+            q.get_or_insert(x);
+        }
+        let q = q.expect("five operands");
+        ptrs.push(self.opt_mask(fs, v, 5)?.into());
+        let d = self.b.build_int_signed_div(self.last(&q), heads, "d")?;
+        let mut dims = vec![self.i64c(3)];
+        dims.extend(q.dims.iter().copied());
+        let out = self.alloc_buf(fs, DType::F32, dims, &what)?;
+        ptrs.extend::<[BasicMetadataValueEnum<'ctx>; 10]>([
+            q.dims[0].into(),
+            q.dims[1].into(),
+            heads.into(),
+            d.into(),
+            scale.into(),
+            chunk.into(),
+            before.into(),
+            after.into(),
+            self.i32c(causal as i32).into(),
+            out.ptr.into(),
+        ]);
+        self.kernel(fs, v, "rc_local_attention_grad_f32", &ptrs)?;
+        Ok(out)
+    }
+
     /// The arguments the LSH attention kernels share, from `v`'s operands:
     /// `qk`, `v`, the buckets, the operands `extra` names (f32 `[B, P, H·d]`:
     /// the backward's `y` and `dy`), the optional mask (the operand after

@@ -1583,6 +1583,7 @@ impl<'ctx> Gen<'ctx> {
             LshHash => self.lsh_hash(fs, v)?,
             LshAttention => self.lsh_attention(fs, v)?,
             LshAttentionGrad => self.lsh_attention_grad(fs, v)?,
+            LocalAttentionGrad => self.local_attention_grad(fs, v)?,
             ReversibleBlock => self.reversible(fs, v)?,
             SeqChunk => self.seq_chunk(fs, v)?,
             PadToMultiple => self.pad_to_multiple(fs, v)?,

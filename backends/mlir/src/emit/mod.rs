@@ -522,7 +522,8 @@ impl<'g> Emitter<'g> {
             | OpKind::LmLoss
             | OpKind::LmLossGrad
             | OpKind::LayerNormGrad
-            | OpKind::LshAttentionGrad => Err(self.unsupported(v)),
+            | OpKind::LshAttentionGrad
+            | OpKind::LocalAttentionGrad => Err(self.unsupported(v)),
             OpKind::Embedding => self.embedding(v),
             OpKind::AxialPosEmbedding => self.axial_pos_embedding(v),
             OpKind::LayerNorm => self.layer_norm(v),

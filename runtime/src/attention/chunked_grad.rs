@@ -1,19 +1,25 @@
-//! The derivative of fused LSH attention (`rc_lsh_attention_grad_f32`).
+//! The derivatives of the chunked attention kinds: fused LSH attention
+//! (`rc_lsh_attention_grad_f32`) and local attention
+//! (`rc_local_attention_grad_f32`), one kernel for both.
 //!
-//! The forward pass ([`super::lsh_attention`]) sorts each (batch, head)'s
+//! LSH attention ([`super::lsh_attention`]) sorts each (batch, head)'s
 //! round-offset buckets, attends chunk by chunk over a window of chunks and
-//! combines the rounds with weights `c_r = softmax_r(lse_r)`. Given the
-//! output `y` and its cotangent `dy`, each query slot `t` (position `pos`,
-//! round `r`) sees `dO_t = c_t dy_pos` and, because the round weights move
-//! with the logits too, a per-slot shift `-c_t (dy_pos · y_pos)`:
-//! `dS = P ⊙ (dO Vᵀ - c_t (dy · y))` on unmasked logits, 0 on masked ones
-//! (masks replace logits by constants). Then `dQ = dS K`, `dK = dSᵀ Q`,
-//! `dV = Pᵀ dO`, and the key normalisation `k = u / rms(u) / sqrt(d)` passes
-//! `dK` back to the shared query/key `u`.
+//! combines the rounds with weights `c_r = softmax_r(lse_r)`. Local attention
+//! ([`super::local_attention`]) is the same computation with the slots in
+//! position order, one round, separate queries and keys, no key
+//! normalisation and no self mask. Given the output `y` and its cotangent
+//! `dy`, each query slot `t` (position `pos`, round `r`) sees
+//! `dO_t = c_t dy_pos` and, because the round weights move with the logits
+//! too, a per-slot shift `-c_t (dy_pos · y_pos)` (with `c = 1`, the usual
+//! softmax term `-(dy · y)`): `dS = P ⊙ (dO Vᵀ - c_t (dy · y))` on unmasked
+//! logits, 0 on masked ones (masks replace logits by constants). Then
+//! `dQ = dS K`, `dK = dSᵀ Q`, `dV = Pᵀ dO`; LSH's key normalisation
+//! `k = u / rms(u) / sqrt(d)` passes `dK` back to the shared query/key `u`,
+//! local attention's key scale `k = u / div` passes `dK / div` to the keys.
 //!
 //! Per (batch, head), one after another:
-//! 1. the rows gathered once into sorted slot order (queries, normalised
-//!    keys, values, and the output gradients `c·dy`), in scratch from the
+//! 1. the rows gathered once into sorted slot order (queries, scaled keys,
+//!    values, and the output gradients `c·dy`), in scratch from the
 //!    runtime's buffer cache;
 //! 2. with several rounds, the (max, sum) of every slot's logits (one product
 //!    per chunk), then the round weights per position; one round has `c = 1`;
@@ -23,7 +29,7 @@
 //!    size, in phases whose groups share no key chunk ([`Plan::phases`]), so
 //!    the sums' order (hence the bits) does not depend on the thread count;
 //! 4. per position, the rounds' slots summed in round order, and the key
-//!    gradient taken through the normalisation.
+//!    gradient taken through the key scaling.
 //!
 //! Scratch: seven `[r·L, d]` slot arrays and O(r·L) scalars, reused for
 //! every (batch, head), and one set of chunk tiles per task.
@@ -34,7 +40,7 @@ use super::{
 };
 use crate::alloc::CachedF32;
 use crate::bf16::Packing;
-use crate::error::{try_zeroed, Result};
+use crate::error::{invalid, try_zeroed, Error, Result};
 use crate::gemm::{check_len, gemm_a, kernel, AStrides, Epilogue, Kernel, PackedB};
 use crate::pool::{try_par_for, SharedMut};
 
@@ -99,12 +105,11 @@ pub fn lsh_attention_grad(
         out.iter_mut().for_each(|x| *x = 0.0);
         return Ok(());
     }
-    let plan = Plan::new(len, rounds, chunk, before, after)?;
-    let half = y.len();
-    let (dqk, dv) = out.split_at_mut(half);
-    let valid: Vec<Vec<u32>> = (0..batch).map(|b| valid_row(mask, b, len)).collect();
+    let (dqk, dv) = out.split_at_mut(y.len());
     let cx = Ctx {
-        qk,
+        q: qk,
+        k: qk,
+        norm: true,
         v,
         y,
         dy,
@@ -112,7 +117,7 @@ pub fn lsh_attention_grad(
         width: heads * d,
         d,
         heads,
-        plan,
+        plan: Plan::new(len, rounds, chunk, before, after)?,
         div: key_divisor(1.0 / (d as f64).sqrt()),
         rules: Rules {
             causal,
@@ -120,20 +125,112 @@ pub fn lsh_attention_grad(
         },
         kern: kernel(),
     };
-    let phases = plan.phases();
-    let mut hd = Head::new(&plan, len, d)?;
-    for bh in 0..batch * heads {
-        // Each slot's round-major index `r·L + pos`.
-        let order = match plan.full {
-            true => (0..len as u32).collect(),
-            false => {
-                let per = rounds * len;
-                super::lsh::sort_slots(&buckets[bh * per..(bh + 1) * per])?
-            }
-        };
-        cx.head(bh, &order, &valid[bh / heads], &phases, &mut hd, dqk, dv)?;
+    let grads = Grads {
+        dq: dqk,
+        dk: None,
+        dv,
+    };
+    cx.run(mask, batch, Some(buckets), grads)
+}
+
+/// The gradient of local attention ([`super::local_attention`], the same
+/// attributes; queries, keys and values all `[B, L, H·d]`) with respect to
+/// `q`, `k` and `v` (`rc_local_attention_grad_f32`), given the forward
+/// output `y` and its cotangent `dy`; `out` is `[3, B, L, H·d]`: `d q`,
+/// `d k`, then `d v`. `L ≤ chunk` is full attention; otherwise `L` must be
+/// a multiple of `chunk` ([`Error::ChunkMismatch`], code 3).
+///
+/// ```
+/// use reformc_runtime::attention::{local_attention, local_attention_grad};
+/// // B = 1, L = 4, H = 1, d = 1, chunk 2, causal, no look-back: the first
+/// // position sees only itself, so its value gets all of its cotangent.
+/// let x = [0.5f32, -1.0, 0.25, 2.0];
+/// let mut y = [0.0f32; 4];
+/// local_attention(&x, &x, &x, None, 1, 4, 1, 1, 1, 1.0, 2, 0, 0, true, &mut y).unwrap();
+/// let dy = [1.0f32, 0.0, 0.0, 0.0];
+/// let mut g = [0.0f32; 12];
+/// local_attention_grad(&x, &x, &x, &y, &dy, None, 1, 4, 1, 1, 1.0, 2, 0, 0, true, &mut g).unwrap();
+/// assert_eq!(g[8], 1.0); // d v of position 0
+/// assert_eq!(&g[..8], &[0.0; 8]); // one key alone: no logit gradient
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn local_attention_grad(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    mask: Option<&[i64]>,
+    batch: usize,
+    len: usize,
+    heads: usize,
+    d: usize,
+    scale: f32,
+    chunk: usize,
+    before: usize,
+    after: usize,
+    causal: bool,
+    out: &mut [f32],
+) -> Result<()> {
+    if !(scale.is_finite() && scale != 0.0) {
+        return Err(invalid(format!("scale {scale} must be finite and nonzero")));
     }
-    Ok(())
+    let shape = Shape {
+        batch,
+        lq: len,
+        lk: len,
+        heads,
+        dqk: d,
+        dv: d,
+    };
+    shape.check(q, k, v, mask, y)?;
+    check_len("dy", dy.len(), Some(y.len()))?;
+    check_len("out", out.len(), y.len().checked_mul(3))?;
+    if len > chunk && (chunk == 0 || !len.is_multiple_of(chunk)) {
+        return Err(Error::ChunkMismatch(format!(
+            "length {len} is not a multiple of the chunk length {chunk}"
+        )));
+    }
+    if batch == 0 || heads == 0 || d == 0 || len == 0 {
+        out.iter_mut().for_each(|x| *x = 0.0);
+        return Ok(());
+    }
+    let (dq, rest) = out.split_at_mut(y.len());
+    let (dk, dv) = rest.split_at_mut(y.len());
+    let cx = Ctx {
+        q,
+        k,
+        norm: false,
+        v,
+        y,
+        dy,
+        len,
+        width: heads * d,
+        d,
+        heads,
+        plan: Plan::new(len, 1, chunk, before, after)?,
+        div: key_divisor(f64::from(scale)),
+        rules: Rules {
+            causal,
+            self_mask: false,
+        },
+        kern: kernel(),
+    };
+    let grads = Grads {
+        dq,
+        dk: Some(dk),
+        dv,
+    };
+    cx.run(mask, batch, None, grads)
+}
+
+/// Where [`Ctx::run`] writes, each `[B, L, H·d]`: the query gradient (with
+/// LSH, the shared query/key gradient), the key gradient where keys are
+/// separate, and the value gradient.
+struct Grads<'a> {
+    dq: &'a mut [f32],
+    dk: Option<&'a mut [f32]>,
+    dv: &'a mut [f32],
 }
 
 /// How the sorted slots of one (batch, head) split into chunks and windows.
@@ -222,7 +319,12 @@ impl Plan {
 
 /// What every task of one call reads.
 struct Ctx<'a> {
-    qk: &'a [f32],
+    /// Queries (LSH: the shared query/keys).
+    q: &'a [f32],
+    /// Keys before scaling (LSH: the shared query/keys again).
+    k: &'a [f32],
+    /// Whether keys are length-normalised before scaling (LSH).
+    norm: bool,
     v: &'a [f32],
     y: &'a [f32],
     dy: &'a [f32],
@@ -343,15 +445,41 @@ fn for_each_block(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) -> Result
 }
 
 impl Ctx<'_> {
+    /// Every (batch, head)'s gradient into `g`, with LSH's `buckets` (their
+    /// sort order), or the slots in position order without them.
+    fn run(
+        &self,
+        mask: Option<&[i64]>,
+        batch: usize,
+        buckets: Option<&[i64]>,
+        mut g: Grads,
+    ) -> Result<()> {
+        let (len, rounds) = (self.len, self.plan.rounds);
+        let valid: Vec<Vec<u32>> = (0..batch).map(|b| valid_row(mask, b, len)).collect();
+        let phases = self.plan.phases();
+        let mut hd = Head::new(&self.plan, len, self.d)?;
+        for bh in 0..batch * self.heads {
+            // Each slot's round-major index `r·L + pos`.
+            let order = match (self.plan.full, buckets) {
+                (false, Some(bk)) => {
+                    let per = rounds * len;
+                    super::lsh::sort_slots(&bk[bh * per..(bh + 1) * per])?
+                }
+                _ => (0..len as u32).collect(),
+            };
+            self.head(bh, &order, &valid[bh / self.heads], &phases, &mut hd, &mut g)?;
+        }
+        Ok(())
+    }
+
     /// Head `h`'s values of position `pos` of batch `b` in a `[B, L, H·d]` tensor.
     fn row(&self, b: usize, h: usize, pos: usize) -> std::ops::Range<usize> {
         let start = (b * self.len + pos) * self.width + h * self.d;
         start..start + self.d
     }
 
-    /// The gradient of (batch, head) `bh`, written into its rows of `dqk`
-    /// and `dv`; `order` holds each sorted slot's round-major index `r·L + pos`.
-    #[allow(clippy::too_many_arguments)]
+    /// The gradient of (batch, head) `bh`, written into its rows of `g`;
+    /// `order` holds each sorted slot's round-major index `r·L + pos`.
     fn head(
         &self,
         bh: usize,
@@ -359,8 +487,7 @@ impl Ctx<'_> {
         valid: &[u32],
         phases: &[Vec<usize>],
         hd: &mut Head,
-        dqk: &mut [f32],
-        dv: &mut [f32],
+        g: &mut Grads,
     ) -> Result<()> {
         let (b, h, d, plan, len) = (
             bh / self.heads,
@@ -374,8 +501,10 @@ impl Ctx<'_> {
             hd.pos[slot] = p as u32;
             hd.by_pos[p * plan.rounds + r.min(plan.rounds - 1)] = slot as u32;
         }
-        for (p, inv) in hd.inv.iter_mut().enumerate() {
-            *inv = inv_len_norm(&self.qk[self.row(b, h, p)]);
+        if self.norm {
+            for (p, inv) in hd.inv.iter_mut().enumerate() {
+                *inv = inv_len_norm(&self.k[self.row(b, h, p)]);
+            }
         }
         self.gather(b, h, hd)?;
         if plan.rounds > 1 {
@@ -396,7 +525,7 @@ impl Ctx<'_> {
                 }
             })?;
         }
-        self.to_positions(b, h, hd, dqk, dv)
+        self.to_positions(b, h, hd, g)
     }
 
     /// Fills the sorted queries, keys and values of (batch `b`, head `h`).
@@ -422,10 +551,11 @@ impl Ctx<'_> {
             for (i, slot) in slots.enumerate() {
                 let p = pos[slot] as usize;
                 let r = self.row(b, h, p);
-                qs[i * d..(i + 1) * d].copy_from_slice(&self.qk[r.clone()]);
+                qs[i * d..(i + 1) * d].copy_from_slice(&self.q[r.clone()]);
                 vs[i * d..(i + 1) * d].copy_from_slice(&self.v[r.clone()]);
-                for (o, &x) in ks[i * d..(i + 1) * d].iter_mut().zip(&self.qk[r]) {
-                    *o = scale.apply(x, Some(inv[p]));
+                let factor = self.norm.then(|| inv[p]);
+                for (o, &x) in ks[i * d..(i + 1) * d].iter_mut().zip(&self.k[r]) {
+                    *o = scale.apply(x, factor);
                 }
             }
         })
@@ -608,19 +738,14 @@ impl Ctx<'_> {
     }
 
     /// Writes every position's gradients: its slots summed in round order,
-    /// the key gradient taken through the normalisation `k = u · inv / div`
-    /// with `inv = (mean(u²) + 1e-6)^(-1/2)`:
-    /// `du = (inv / div) (g - inv² (g · u) u / d)`.
-    fn to_positions(
-        &self,
-        b: usize,
-        h: usize,
-        hd: &Head,
-        dqk: &mut [f32],
-        dv: &mut [f32],
-    ) -> Result<()> {
+    /// the key gradient taken through the key scaling. LSH's normalisation
+    /// `k = u · inv / div` with `inv = (mean(u²) + 1e-6)^(-1/2)` adds
+    /// `du = (inv / div) (g - inv² (g · u) u / d)` to the shared query/key's
+    /// gradient; local attention's `k = u / div` gives `du = g / div`.
+    fn to_positions(&self, b: usize, h: usize, hd: &Head, g: &mut Grads) -> Result<()> {
         let (d, rounds, len) = (self.d, self.plan.rounds, self.len);
-        let (oq, ov) = (SharedMut::new(dqk), SharedMut::new(dv));
+        let (oq, ov) = (SharedMut::new(&mut *g.dq), SharedMut::new(&mut *g.dv));
+        let ok = g.dk.as_deref_mut().map(SharedMut::new);
         for_each_block(len, |positions| {
             let mut gk = vec![0.0f32; d];
             for p in positions {
@@ -632,16 +757,19 @@ impl Ctx<'_> {
                 gk.iter_mut().for_each(|x| *x = 0.0);
                 for &t in &hd.by_pos[p * rounds..(p + 1) * rounds] {
                     let s = t as usize * d..(t as usize + 1) * d;
-                    q_out
-                        .iter_mut()
-                        .zip(&hd.dq[s.clone()])
-                        .for_each(|(o, x)| *o += x);
-                    gk.iter_mut()
-                        .zip(&hd.dk[s.clone()])
-                        .for_each(|(o, x)| *o += x);
-                    v_out.iter_mut().zip(&hd.dv[s]).for_each(|(o, x)| *o += x);
+                    add_to(q_out, &hd.dq[s.clone()]);
+                    add_to(&mut gk, &hd.dk[s.clone()]);
+                    add_to(v_out, &hd.dv[s]);
                 }
-                let u = &self.qk[r];
+                if let Some(ok) = &ok {
+                    // SAFETY: as above.
+                    let k_out = unsafe { ok.slice(r.start, d) };
+                    for (o, &x) in k_out.iter_mut().zip(&gk) {
+                        *o = x / self.div;
+                    }
+                    continue;
+                }
+                let u = &self.k[r];
                 let inv = hd.inv[p];
                 let gu: f32 = gk.iter().zip(u).map(|(a, b)| a * b).sum();
                 let k = inv * inv * gu / d as f32;
@@ -651,6 +779,11 @@ impl Ctx<'_> {
             }
         })
     }
+}
+
+/// `dst += src`, element by element.
+fn add_to(dst: &mut [f32], src: &[f32]) {
+    dst.iter_mut().zip(src).for_each(|(o, x)| *o += x);
 }
 
 /// Row `jj` of chunk `j`'s window in sorted rows `rows` (`[r·L, d]`).
@@ -707,6 +840,81 @@ mod tests {
         crate::pool::set_threads(0).unwrap();
         assert_eq!(runs[0], runs[1]);
         assert!(runs[0].iter().all(|x| x.is_finite()) && runs[0].iter().any(|&x| x != 0.0));
+    }
+
+    #[test]
+    fn local_bits_do_not_depend_on_the_thread_count() {
+        // 12 chunks of 4 (2 groups), a window of 3 chunks, a padded key.
+        let (b, l, h, d) = (1usize, 48usize, 2usize, 3usize);
+        let n = b * l * h * d;
+        let (q, k, v, dy) = (data(n, 0.37), data(n, 0.23), data(n, 0.11), data(n, 0.07));
+        let mut mask = vec![1i64; l];
+        mask[5] = 0;
+        let mut y = vec![0.0f32; n];
+        let args = (b, l, h, d, 0.5f32, 4usize, 1usize, 1usize);
+        crate::attention::local_attention(
+            &q, &k, &v, Some(&mask), b, l, h, d, d, 0.5, 4, 1, 1, false, &mut y,
+        )
+        .unwrap();
+        let mut runs = vec![];
+        for threads in [1, 3] {
+            crate::pool::set_threads(threads).unwrap();
+            let mut g = vec![0.0f32; 3 * n];
+            let (b, l, h, d, s, c, nb, na) = args;
+            local_attention_grad(
+                &q, &k, &v, &y, &dy, Some(&mask), b, l, h, d, s, c, nb, na, false, &mut g,
+            )
+            .unwrap();
+            runs.push(g);
+        }
+        crate::pool::set_threads(0).unwrap();
+        assert_eq!(runs[0], runs[1]);
+        // The padded key gets no key gradient (its logits are replaced).
+        for hh in 0..h {
+            let at = n + (5 * h + hh) * d;
+            assert_eq!(&runs[0][at..at + d], &[0.0; 3][..d]);
+        }
+        assert!(runs[0].iter().all(|x| x.is_finite()) && runs[0].iter().any(|&x| x != 0.0));
+    }
+
+    #[test]
+    fn local_gradient_matches_central_differences() {
+        // sum(dy · y) is linear in v and smooth in q and k: compare each
+        // input's gradient with central differences (f32, so loosely).
+        let (l, d) = (8usize, 2usize);
+        let n = l * d;
+        let inputs = [data(n, 0.9), data(n, 0.5), data(n, 0.3)];
+        let dy = data(n, 0.77);
+        let loss = |x: &[Vec<f32>; 3]| -> f64 {
+            let mut y = vec![0.0f32; n];
+            crate::attention::local_attention(
+                &x[0], &x[1], &x[2], None, 1, l, 1, d, d, 0.7, 2, 1, 0, true, &mut y,
+            )
+            .unwrap();
+            y.iter().zip(&dy).map(|(a, b)| f64::from(a * b)).sum()
+        };
+        let mut y = vec![0.0f32; n];
+        crate::attention::local_attention(
+            &inputs[0], &inputs[1], &inputs[2], None, 1, l, 1, d, d, 0.7, 2, 1, 0, true, &mut y,
+        )
+        .unwrap();
+        let mut g = vec![0.0f32; 3 * n];
+        local_attention_grad(
+            &inputs[0], &inputs[1], &inputs[2], &y, &dy, None, 1, l, 1, d, 0.7, 2, 1, 0, true,
+            &mut g,
+        )
+        .unwrap();
+        let eps = 1e-2f32;
+        for (which, input) in inputs.iter().enumerate() {
+            for i in 0..n {
+                let (mut up, mut down) = (inputs.clone(), inputs.clone());
+                up[which][i] = input[i] + eps;
+                down[which][i] = input[i] - eps;
+                let fd = (loss(&up) - loss(&down)) / (2.0 * f64::from(eps));
+                let got = f64::from(g[which * n + i]);
+                assert!((fd - got).abs() < 2e-3, "input {which}[{i}]: {got} vs {fd}");
+            }
+        }
     }
 
     #[test]
