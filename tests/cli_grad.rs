@@ -267,7 +267,11 @@ fn fused_derivatives_match_the_lowered_decompositions() {
         String::from_utf8_lossy(&r.stdout).into_owned()
     };
     let fused = dump(&[]);
-    for op in ["layer_norm_grad", "lsh_attention_grad", "local_attention_grad"] {
+    for op in [
+        "layer_norm_grad",
+        "lsh_attention_grad",
+        "local_attention_grad",
+    ] {
         assert!(fused.contains(op), "no {op} in the step");
     }
     let lowered = dump(&["--lowered-grads"]);

@@ -322,9 +322,8 @@ fn local_attention_grad_matches_the_interpreter() {
     ];
     for (len, chunk, before, after, causal, masked) in cases {
         let flag = if causal { ", causal" } else { "" };
-        let attrs = format!(
-            "{{after={after}, before={before}{flag}, chunk={chunk}, heads=2, scale=0.3}}"
-        );
+        let attrs =
+            format!("{{after={after}, before={before}{flag}, chunk={chunk}, heads=2, scale=0.3}}");
         let (mask_in, mask_op) = match masked {
             true => (
                 format!("  %3 = input {{name=\"m\"}} : i64[2,{len}]\n"),

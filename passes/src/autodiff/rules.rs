@@ -133,8 +133,17 @@ pub fn vjp(
         }
         Act => {
             let f = node.op.str("fn").unwrap_or_default().to_string();
+            // relu's derivative is 1 exactly where its output is positive
+            // (relu6's where its output is strictly between 0 and 6), as
+            // for its input: reading the output lets the pre-activation
+            // die at the activation, a `[rows, d_ff]` buffer less in the
+            // feed-forward's backward.
+            let at = match f.as_str() {
+                "relu" | "relu6" => y,
+                _ => x[0],
+            };
             let op = Op::new(ActGrad).with("fn", Attr::Str(f));
-            one(b.op(op, &[x[0], dy]))
+            one(b.op(op, &[at, dy]))
         }
         LmLoss => {
             let grad = |b: &mut Builder, wrt: &str| {

@@ -318,7 +318,9 @@ impl Lowering<'_> {
     /// local attention's fused derivative needs `q`, `k` and `v` of one type.
     fn keeps(&self, old: &Node) -> bool {
         let same_qkv = || match old.inputs.get(..3) {
-            Some(qkv) => qkv.iter().all(|&i| self.old.node(i).ty == self.old.node(qkv[0]).ty),
+            Some(qkv) => qkv
+                .iter()
+                .all(|&i| self.old.node(i).ty == self.old.node(qkv[0]).ty),
             None => false,
         };
         keeps_for_grad(old) && (old.op.kind != OpKind::LocalAttention || same_qkv())

@@ -467,7 +467,14 @@ impl Ctx<'_> {
                 }
                 _ => (0..len as u32).collect(),
             };
-            self.head(bh, &order, &valid[bh / self.heads], &phases, &mut hd, &mut g)?;
+            self.head(
+                bh,
+                &order,
+                &valid[bh / self.heads],
+                &phases,
+                &mut hd,
+                &mut g,
+            )?;
         }
         Ok(())
     }
@@ -853,7 +860,21 @@ mod tests {
         let mut y = vec![0.0f32; n];
         let args = (b, l, h, d, 0.5f32, 4usize, 1usize, 1usize);
         crate::attention::local_attention(
-            &q, &k, &v, Some(&mask), b, l, h, d, d, 0.5, 4, 1, 1, false, &mut y,
+            &q,
+            &k,
+            &v,
+            Some(&mask),
+            b,
+            l,
+            h,
+            d,
+            d,
+            0.5,
+            4,
+            1,
+            1,
+            false,
+            &mut y,
         )
         .unwrap();
         let mut runs = vec![];
@@ -862,7 +883,22 @@ mod tests {
             let mut g = vec![0.0f32; 3 * n];
             let (b, l, h, d, s, c, nb, na) = args;
             local_attention_grad(
-                &q, &k, &v, &y, &dy, Some(&mask), b, l, h, d, s, c, nb, na, false, &mut g,
+                &q,
+                &k,
+                &v,
+                &y,
+                &dy,
+                Some(&mask),
+                b,
+                l,
+                h,
+                d,
+                s,
+                c,
+                nb,
+                na,
+                false,
+                &mut g,
             )
             .unwrap();
             runs.push(g);

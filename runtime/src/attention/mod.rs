@@ -11,18 +11,18 @@
 //! and values of its window, its logits) exist at any time.
 
 mod bucket_range;
+mod chunked_grad;
 mod full;
 mod hash;
 mod local;
 mod lsh;
-mod chunked_grad;
 
 pub use bucket_range::{check_bucket_ids, check_bucket_range};
+pub use chunked_grad::{local_attention_grad, lsh_attention_grad};
 pub use full::attention;
 pub use hash::{lsh_hash, lsh_rotate, RotateStrides};
 pub use local::local_attention;
 pub use lsh::lsh_attention;
-pub use chunked_grad::{local_attention_grad, lsh_attention_grad};
 
 use crate::bf16::{self, Packing};
 use crate::error::{invalid, try_zeroed, Result};
