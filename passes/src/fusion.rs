@@ -72,7 +72,9 @@ pub struct Fusion {
     /// Region results accumulated onto the owning reversible block's state.
     pub accumulated: HashSet<ValueId>,
     /// `truncate`s that take over their dying input's buffer when they cut
-    /// nothing (decided at run time), and `reshape`s that take it over always.
+    /// nothing (decided at run time), `reshape`s that take it over always,
+    /// and f32 `add`s of a broadcast row block that add in place into their
+    /// dying first operand (of the result's type).
     pub take_input: HashSet<ValueId>,
     /// Elementwise ops computed inside their elementwise reader's loop.
     pub inlined: HashSet<ValueId>,
@@ -158,6 +160,16 @@ impl Fusion {
                 }
             }
             if matches!(kind, OpKind::Truncate | OpKind::Reshape) && sole_reader(g, uses, v, &here)
+            {
+                self.take_input.insert(v);
+            }
+            // An add of a broadcast row block (`x + bias`, the embeddings'
+            // `words + positions`) adds in place into its dying full-shape
+            // operand instead of filling a fresh buffer.
+            if kind == OpKind::Add
+                && f32
+                && node.inputs.first().is_some_and(|&x| g.ty(x) == &node.ty)
+                && sole_reader(g, uses, v, &here)
             {
                 self.take_input.insert(v);
             }
@@ -396,6 +408,30 @@ mod tests {
         assert!(
             !f.take_input.contains(&id(4)),
             "a graph input is the caller's"
+        );
+    }
+
+    #[test]
+    fn a_row_add_takes_over_its_dying_full_shape_operand() {
+        let src = "graph {
+  %0 = input {name=\"x\"} : f32[B,P,4]
+  %1 = weight {name=\"b\"} : f32[4]
+  %2 = exp %0 : f32[B,P,4]
+  %3 = add %2, %1 : f32[B,P,4]
+  %4 = exp %0 : f32[B,P,4]
+  %5 = add %4, %1 : f32[B,P,4]
+  %6 = add %1, %4 : f32[B,P,4]
+  output \"y\" = %3
+  output \"z\" = %5
+  output \"w\" = %6
+}";
+        let (f, ids) = plan(src);
+        let id = |n: usize| ids[n];
+        assert!(f.take_input.contains(&id(3)), "%2 dies at the add");
+        assert!(!f.take_input.contains(&id(5)), "%4 is read twice");
+        assert!(
+            !f.take_input.contains(&id(6)),
+            "the first operand is the row"
         );
     }
 

@@ -372,9 +372,26 @@ impl<'ctx> Gen<'ctx> {
     pub(super) fn row_add(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
         let (a, b) = (self.operand(fs, v, 0)?, self.operand(fs, v, 1)?);
         let what = at(fs.g, &fs.numbering, v);
+        if fs.fusion.take_input.contains(&v) && a.slot.is_some() && a.ld.is_none() {
+            // `a` dies here: its buffer becomes the result, and b's rows are
+            // added in place (the same f32 additions, in the same order).
+            let always = self.ctx.bool_type().const_int(1, false);
+            let n = self.prod(&a.dims)?;
+            let copy = |g: &Self, dst: PointerValue<'ctx>| {
+                g.copy_elems(DType::F32, dst, g.i64c(0), a.ptr, g.i64c(0), n)
+            };
+            let out = self.take_or_copy(fs, &a, always, a.dims.clone(), &what, copy)?;
+            return self.add_row_block(&out, &out, &b);
+        }
         let out = self.alloc_buf(fs, DType::F32, a.dims.clone(), &what)?;
-        let width = self.last(&b);
-        let rows = self.rows(&b)?;
+        self.add_row_block(&out, &a, &b)
+    }
+
+    /// `out = a + b` where b's rows repeat for each index of a's leading
+    /// dims (`out` may be `a`: the add is then in place); returns `out`.
+    fn add_row_block(&self, out: &Buf<'ctx>, a: &Buf<'ctx>, b: &Buf<'ctx>) -> Result<Buf<'ctx>> {
+        let width = self.last(b);
+        let rows = self.rows(b)?;
         let block = self.prod(&b.dims)?;
         let lead = self.prod(&a.dims[..a.dims.len() - b.dims.len()])?;
         self.for_range(lead, &mut |o| {
@@ -385,7 +402,7 @@ impl<'ctx> Gen<'ctx> {
             );
             self.add_rows(to, width, from, width, Some((b.ptr, width)), rows, width)
         })?;
-        Ok(out)
+        Ok(out.clone())
     }
 
     pub(super) fn elementwise(
