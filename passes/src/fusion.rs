@@ -31,7 +31,11 @@
 //!   and the micro-kernel walks a transposed A with swapped strides (a weight
 //!   gradient `xᵀ · dy` reads `x` where it lies).
 //!
-//! All six keep the interpreter's rounding (runtime/src/dense.rs; an
+//! - a `truncate` that cuts nothing, a `reshape`, and an f32 `add` of a
+//!   broadcast row block *take over* their dying first operand's buffer
+//!   (the add then adds the rows in place).
+//!
+//! All seven keep the interpreter's rounding (runtime/src/dense.rs; an
 //! inlined op computes the same f32 operation on the same operands, it only
 //! skips storing the result). This is the one fusion planner: the backend
 //! does not recompute it.
