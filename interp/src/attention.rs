@@ -687,8 +687,9 @@ pub fn lsh_attention_grad<T: Real>(
                 rounds,
                 rules,
             };
-            let (dq, _, dv) = head.grad();
-            dq4.slice_mut(s![bi, hi, .., ..]).assign(&dq);
+            // The shared query/keys' gradient: as queries, then as keys.
+            let (dq, dk, dv) = head.grad();
+            dq4.slice_mut(s![bi, hi, .., ..]).assign(&(dq + &dk));
             dv4.slice_mut(s![bi, hi, .., ..]).assign(&dv);
         }
     }
@@ -763,7 +764,6 @@ pub fn local_attention_grad<T: Real>(
                 },
             };
             let (dq, dk, dv) = head.grad();
-            let dk = dk.ok_or("local attention has a key gradient")?;
             for (g, part) in grads.iter_mut().zip([dq, dk, dv]) {
                 g.slice_mut(s![bi, hi, .., ..]).assign(&part);
             }
@@ -878,9 +878,10 @@ impl<T: Real> ChunkedHead<'_, T> {
         weight
     }
 
-    /// The gradients with respect to the queries (LSH: the shared
-    /// query/keys), the keys where they are separate, and the values.
-    fn grad(&self) -> (Array2<T>, Option<Array2<T>>, Array2<T>) {
+    /// The gradients with respect to the queries, the keys' input rows
+    /// (taken back through [`KeyForm`]; with LSH those rows are the queries
+    /// again, and the caller adds the two) and the values.
+    fn grad(&self) -> (Array2<T>, Array2<T>, Array2<T>) {
         let (len, d) = self.u.dim();
         let weight = self.round_weights();
         let (mut dq, mut dk, mut dv) = (
@@ -910,8 +911,8 @@ impl<T: Real> ChunkedHead<'_, T> {
             }
         }
         match self.form {
-            KeyForm::Normalised => (dq + &self.through_norm(&dk), None, dv),
-            KeyForm::Divided(div) => (dq, Some(dk.mapv(|g| g / T::of(div))), dv),
+            KeyForm::Normalised => (dq, self.through_norm(&dk), dv),
+            KeyForm::Divided(div) => (dq, dk.mapv(|g| g / T::of(div)), dv),
         }
     }
 

@@ -57,7 +57,7 @@ impl Pass for LowerModelPass {
     }
 
     fn summary(&self) -> &'static str {
-        "rewrites model ops (embedding, linear, attention, ...) into tensor ops, keeping those with a derivative of their own (layer_norm, lsh_attention) unless --lowered-grads; inlines seq_chunk"
+        "rewrites model ops (embedding, linear, attention, ...) into tensor ops, keeping those with a derivative of their own (layer_norm, lsh_attention, local_attention) unless --lowered-grads; inlines seq_chunk"
     }
 
     fn run(&self, g: &mut Graph, opts: &PassOptions) -> Result<Vec<String>, PassError> {

@@ -40,7 +40,7 @@ use super::{
 };
 use crate::alloc::CachedF32;
 use crate::bf16::Packing;
-use crate::error::{invalid, try_zeroed, Error, Result};
+use crate::error::{try_zeroed, Result};
 use crate::gemm::{check_len, gemm_a, kernel, AStrides, Epilogue, Kernel, PackedB};
 use crate::pool::{try_par_for, SharedMut};
 
@@ -172,9 +172,6 @@ pub fn local_attention_grad(
     causal: bool,
     out: &mut [f32],
 ) -> Result<()> {
-    if !(scale.is_finite() && scale != 0.0) {
-        return Err(invalid(format!("scale {scale} must be finite and nonzero")));
-    }
     let shape = Shape {
         batch,
         lq: len,
@@ -183,14 +180,9 @@ pub fn local_attention_grad(
         dqk: d,
         dv: d,
     };
-    shape.check(q, k, v, mask, y)?;
+    super::local::check_operands(scale, shape, (q, k, v), mask, y, chunk)?;
     check_len("dy", dy.len(), Some(y.len()))?;
     check_len("out", out.len(), y.len().checked_mul(3))?;
-    if len > chunk && (chunk == 0 || !len.is_multiple_of(chunk)) {
-        return Err(Error::ChunkMismatch(format!(
-            "length {len} is not a multiple of the chunk length {chunk}"
-        )));
-    }
     if batch == 0 || heads == 0 || d == 0 || len == 0 {
         out.iter_mut().for_each(|x| *x = 0.0);
         return Ok(());

@@ -39,9 +39,6 @@ pub fn local_attention(
     causal: bool,
     out: &mut [f32],
 ) -> Result<()> {
-    if !(scale.is_finite() && scale != 0.0) {
-        return Err(invalid(format!("scale {scale} must be finite and nonzero")));
-    }
     let shape = Shape {
         batch,
         lq: len,
@@ -50,7 +47,7 @@ pub fn local_attention(
         dqk,
         dv,
     };
-    shape.check(q, k, v, mask, out)?;
+    check_operands(scale, shape, (q, k, v), mask, out, chunk)?;
     let rules = Rules {
         causal,
         self_mask: false,
@@ -58,11 +55,6 @@ pub fn local_attention(
     let div = key_divisor(f64::from(scale));
     if len <= chunk {
         return attention_impl(q, k, v, mask, shape, div, false, rules, 0, out);
-    }
-    if chunk == 0 || !len.is_multiple_of(chunk) {
-        return Err(Error::ChunkMismatch(format!(
-            "length {len} is not a multiple of the chunk length {chunk}"
-        )));
     }
     before
         .checked_add(after)
@@ -121,4 +113,29 @@ pub fn local_attention(
         }
         Ok(())
     })
+}
+
+/// The operand checks both local attention kernels make (the forward's
+/// `out`, or the backward's `y`, has the output's shape): a finite nonzero
+/// scale, the lengths, and for `L > chunk` a length that is a multiple of
+/// the chunk ([`Error::ChunkMismatch`]).
+pub(super) fn check_operands(
+    scale: f32,
+    shape: Shape,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    mask: Option<&[i64]>,
+    out: &[f32],
+    chunk: usize,
+) -> Result<()> {
+    if !(scale.is_finite() && scale != 0.0) {
+        return Err(invalid(format!("scale {scale} must be finite and nonzero")));
+    }
+    shape.check(q, k, v, mask, out)?;
+    let len = shape.lq;
+    if len > chunk && (chunk == 0 || !len.is_multiple_of(chunk)) {
+        return Err(Error::ChunkMismatch(format!(
+            "length {len} is not a multiple of the chunk length {chunk}"
+        )));
+    }
+    Ok(())
 }

@@ -190,16 +190,14 @@ impl<'ctx> Gen<'ctx> {
         let attr = |name| self.node_attr_int(fs, v, name).map(|x| self.i64c(x));
         let (chunk, before, after) = (attr("chunk")?, attr("before")?, attr("after")?);
         let heads = attr("heads")?;
-        let mut ptrs: Vec<BasicMetadataValueEnum<'ctx>> = Vec::new();
-        let mut q = None;
-        for i in 0..5 {
-            let x = self.f32_ranked(fs, v, i, 3)?;
-            ptrs.push(x.ptr.into());
-            q.get_or_insert(x);
-        }
-        let q = q.expect("five operands");
+        // q, k, v, y, dy: one type, checked by the verifier.
+        let xs = (0..5)
+            .map(|i| self.f32_ranked(fs, v, i, 3))
+            .collect::<Result<Vec<_>>>()?;
+        let q = &xs[0];
+        let mut ptrs: Vec<BasicMetadataValueEnum<'ctx>> = xs.iter().map(|x| x.ptr.into()).collect();
         ptrs.push(self.opt_mask(fs, v, 5)?.into());
-        let d = self.b.build_int_signed_div(self.last(&q), heads, "d")?;
+        let d = self.b.build_int_signed_div(self.last(q), heads, "d")?;
         let mut dims = vec![self.i64c(3)];
         dims.extend(q.dims.iter().copied());
         let out = self.alloc_buf(fs, DType::F32, dims, &what)?;
