@@ -563,6 +563,26 @@ impl Evaluator<'_> {
                 self.float::<T>(node, 1)?,
                 &self.operand(node, 2).to_i64(),
             )?),
+            FeedForward | FeedForwardGrad => {
+                let w: Vec<&ArrayD<T>> = (1..7)
+                    .map(|i| self.float::<T>(node, i))
+                    .collect::<Result<_, _>>()?;
+                let ff = crate::feed_forward::FeedForward {
+                    ln_w: w[0],
+                    ln_b: w[1],
+                    w1: w[2],
+                    b1: w[3],
+                    w2: w[4],
+                    b2: w[5],
+                    eps: op.float("eps").unwrap_or(1e-12),
+                    act: op.activation()?,
+                };
+                let x = self.float::<T>(node, 0)?;
+                T::wrap(match op.kind {
+                    FeedForward => ff.forward(x)?,
+                    _ => ff.grad(x, self.float::<T>(node, 7)?, op.str("wrt").unwrap_or(""))?,
+                })
+            }
             LayerNormGrad => T::wrap(nn::layer_norm_grad(
                 self.float::<T>(node, 0)?,
                 self.float::<T>(node, 1)?,

@@ -8,6 +8,7 @@
 
 pub mod attention;
 mod eval;
+pub mod feed_forward;
 pub mod lm_loss;
 pub mod nn;
 pub mod philox;

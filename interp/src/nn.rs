@@ -248,7 +248,7 @@ pub fn activate<T: Real>(f: Activation, x: T) -> T {
 /// assert_eq!(reformc_interp::nn::softplus(1000.0), 1000.0);
 /// ```
 pub fn softplus(x: f64) -> f64 {
-    x.max(0.0) + (-x.abs()).exp().ln_1p()
+    Activation::softplus(x)
 }
 
 /// The derivative `act'(x)` of one activation function, computed in f64 and
@@ -266,75 +266,7 @@ pub fn softplus(x: f64) -> f64 {
 /// assert_eq!(activate_grad(Activation::Gelu, 0.0f64), 0.5);
 /// ```
 pub fn activate_grad<T: Real>(f: Activation, x: T) -> T {
-    T::of(activation_derivative(f, x.to_f64().expect("float")))
-}
-
-/// `act'(x)` in f64 (see [`activate_grad`]).
-fn activation_derivative(f: Activation, x: f64) -> f64 {
-    use std::f64::consts::{PI, SQRT_2};
-    let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
-    // d/dx of 0.5 x (1 + tanh(c (x + k x^3))).
-    let tanh_gelu = |c: f64| {
-        let k = 0.044715;
-        let t = (c * (x + k * x * x * x)).tanh();
-        0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * k * x * x)
-    };
-    match f {
-        Activation::None => 1.0,
-        Activation::Relu => {
-            if x > 0.0 {
-                1.0
-            } else {
-                0.0
-            }
-        }
-        // Φ(x) + x φ(x).
-        Activation::Gelu => {
-            let cdf = 0.5 * (1.0 + libm::erf(x / SQRT_2));
-            let pdf = (-0.5 * x * x).exp() / (2.0 * PI).sqrt();
-            cdf + x * pdf
-        }
-        Activation::GeluNew => tanh_gelu((2.0 / PI).sqrt()),
-        // `activate` writes gelu_fast as tanh(x c (1 + k x^2)): the same
-        // function with its rounded constant.
-        Activation::GeluFast => tanh_gelu(0.797_884_560_8),
-        Activation::Silu => {
-            let s = sigmoid(x);
-            s * (1.0 + x * (1.0 - s))
-        }
-        Activation::Tanh => {
-            let t = x.tanh();
-            1.0 - t * t
-        }
-        Activation::Sigmoid => {
-            let s = sigmoid(x);
-            s * (1.0 - s)
-        }
-        // d/dx x tanh(sp(x)) = tanh(sp) + x sigmoid(x) (1 - tanh(sp)^2).
-        Activation::Mish => {
-            let t = softplus(x).tanh();
-            t + x * sigmoid(x) * (1.0 - t * t)
-        }
-        Activation::Relu6 => {
-            if x > 0.0 && x < Activation::RELU6_MAX {
-                1.0
-            } else {
-                0.0
-            }
-        }
-        Activation::QuickGelu => {
-            let k = Activation::QUICK_GELU_SCALE;
-            let s = sigmoid(k * x);
-            s + k * x * s * (1.0 - s)
-        }
-        Activation::LeakyRelu => {
-            if x > 0.0 {
-                1.0
-            } else {
-                Activation::LEAKY_RELU_SLOPE
-            }
-        }
-    }
+    T::of(f.derivative(x.to_f64().expect("float")))
 }
 
 /// Splits the last axis of `x` into halves.

@@ -126,6 +126,94 @@ impl Activation {
         let names: Vec<&str> = Self::ALL.iter().filter_map(|a| a.name()).collect();
         names.join(", ")
     }
+
+    /// The derivative `act'(x)` in f64. At the kinks it takes PyTorch
+    /// autograd's value (`relu'(0) = 0`, `relu6'` is 0 at 0 and at 6,
+    /// `leaky_relu'(0)` is the slope); `gelu` is differentiated in its erf
+    /// form, `gelu_new` and `gelu_fast` in their tanh forms, the identity has
+    /// derivative 1.
+    ///
+    /// ```
+    /// use reformc_ir::Activation;
+    /// assert_eq!(Activation::Relu.derivative(0.0), 0.0);
+    /// assert_eq!(Activation::Sigmoid.derivative(0.0), 0.25);
+    /// assert_eq!(Activation::Gelu.derivative(0.0), 0.5);
+    /// ```
+    pub fn derivative(self, x: f64) -> f64 {
+        use std::f64::consts::{PI, SQRT_2};
+        let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+        // d/dx of 0.5 x (1 + tanh(c (x + k x^3))).
+        let tanh_gelu = |c: f64| {
+            let k = 0.044715;
+            let t = (c * (x + k * x * x * x)).tanh();
+            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * k * x * x)
+        };
+        match self {
+            Activation::None => 1.0,
+            Activation::Relu => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            // Φ(x) + x φ(x).
+            Activation::Gelu => {
+                let cdf = 0.5 * (1.0 + libm::erf(x / SQRT_2));
+                let pdf = (-0.5 * x * x).exp() / (2.0 * PI).sqrt();
+                cdf + x * pdf
+            }
+            Activation::GeluNew => tanh_gelu((2.0 / PI).sqrt()),
+            // `activate` writes gelu_fast as tanh(x c (1 + k x^2)): the same
+            // function with its rounded constant.
+            Activation::GeluFast => tanh_gelu(0.797_884_560_8),
+            Activation::Silu => {
+                let s = sigmoid(x);
+                s * (1.0 + x * (1.0 - s))
+            }
+            Activation::Tanh => {
+                let t = x.tanh();
+                1.0 - t * t
+            }
+            Activation::Sigmoid => {
+                let s = sigmoid(x);
+                s * (1.0 - s)
+            }
+            // d/dx x tanh(sp(x)) = tanh(sp) + x sigmoid(x) (1 - tanh(sp)^2).
+            Activation::Mish => {
+                let t = Activation::softplus(x).tanh();
+                t + x * sigmoid(x) * (1.0 - t * t)
+            }
+            Activation::Relu6 => {
+                if x > 0.0 && x < Activation::RELU6_MAX {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Activation::QuickGelu => {
+                let k = Activation::QUICK_GELU_SCALE;
+                let s = sigmoid(k * x);
+                s + k * x * s * (1.0 - s)
+            }
+            Activation::LeakyRelu => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    Activation::LEAKY_RELU_SLOPE
+                }
+            }
+        }
+    }
+
+    /// `ln(1 + e^x)` without overflow.
+    ///
+    /// ```
+    /// assert_eq!(reformc_ir::Activation::softplus(0.0), 2f64.ln());
+    /// ```
+    pub fn softplus(x: f64) -> f64 {
+        x.max(0.0) + (-x.abs()).exp().ln_1p()
+    }
 }
 
 #[cfg(test)]

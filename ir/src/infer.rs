@@ -450,6 +450,24 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<Option<TensorType
             shape.extend(ty.shape.iter().cloned());
             TensorType::new(ty.dtype, shape)
         }
+        FeedForward => feed_forward_type(t, op)?,
+        FeedForwardGrad => {
+            let fwd = feed_forward_type(&t[..7], op)?;
+            if *t[7] != fwd {
+                return Err(format!("operand 7 (dy) must be {fwd}, found {}", t[7]));
+            }
+            let wrt = op.str("wrt").unwrap_or("");
+            let i = FEED_FORWARD_OPERANDS
+                .iter()
+                .position(|n| *n == wrt)
+                .ok_or_else(|| {
+                    format!(
+                        "wrt must name an operand ({}), found \"{wrt}\"",
+                        FEED_FORWARD_OPERANDS.join(", ")
+                    )
+                })?;
+            t[i].clone()
+        }
         LayerNormGrad => {
             float(0, t[0])?;
             let last = t[0].shape.last().ok_or("operand 0 must have rank >= 1")?;
@@ -573,7 +591,7 @@ pub fn check_type(op: &Op, operands: &[&TensorType], result: &TensorType) -> Res
         | Sub | Mul | Div | Max | Min | Lt | Eq | Neg | Exp | Log | Sqrt | Rsqrt | Tanh | Act
         | Matmul | Reduce | Softmax | Gather | Argmax | Argsort | Select | Transpose
         | Broadcast | ScatterAdd | ActGrad | DropoutMask | LmLoss | LmLossGrad | LayerNormGrad
-        | LshAttentionGrad | LocalAttentionGrad => Err(format!(
+        | LshAttentionGrad | LocalAttentionGrad | FeedForward | FeedForwardGrad => Err(format!(
             "`{op}` derives its result type, but none was derived"
         )),
     }
@@ -696,6 +714,50 @@ fn lm_loss_operands(t: &[&TensorType]) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Rows per block of `feed_forward_grad` at least (its `chunk` when larger):
+/// a weight gradient sums over a block's rows, and shorter sums make the
+/// `[F, D]` accumulators' memory traffic dominate. The runtime's kernel and
+/// the memory plan's scratch estimate both read it.
+pub const FEED_FORWARD_MIN_BLOCK_ROWS: u64 = 1024;
+
+/// The operands of `feed_forward`, by the names `feed_forward_grad`'s `wrt` uses.
+pub const FEED_FORWARD_OPERANDS: [&str; 7] = ["x", "ln_w", "ln_b", "w1", "b1", "w2", "b2"];
+
+/// `feed_forward`'s result type: `x` `[..., D]`, `ln_w`/`ln_b` `[D]`, `w1`
+/// `[F, D]`, `b1` `[F]`, `w2` `[D, F]`, `b2` `[D]`, one float dtype.
+fn feed_forward_type(t: &[&TensorType], op: &Op) -> Result<TensorType, String> {
+    float(0, t[0])?;
+    let d = t[0]
+        .shape
+        .last()
+        .ok_or("operand 0 (x) must have rank >= 1")?;
+    rank(3, t[3], 2)?;
+    let f = &t[3].shape[0];
+    let want: [Vec<Dim>; 6] = [
+        vec![d.clone()],
+        vec![d.clone()],
+        vec![f.clone(), d.clone()],
+        vec![f.clone()],
+        vec![d.clone(), f.clone()],
+        vec![d.clone()],
+    ];
+    for (i, shape) in want.iter().enumerate() {
+        let p = t[i + 1];
+        if p.shape != *shape || p.dtype != t[0].dtype {
+            let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();
+            return Err(format!(
+                "operand {} ({}) must be {}[{}], found {p}",
+                i + 1,
+                FEED_FORWARD_OPERANDS[i + 1],
+                t[0].dtype,
+                dims.join(",")
+            ));
+        }
+    }
+    op.activation()?;
+    Ok(t[0].clone())
 }
 
 fn float(i: usize, t: &TensorType) -> Result<(), String> {

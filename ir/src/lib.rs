@@ -39,7 +39,7 @@ pub use dim::{Dim, DimEnv};
 pub use dot::{to_dot, to_petgraph};
 pub use facts::{BinaryFn, CostClass, Elementwise, OpFacts, ResultBuffer, Rows, UnaryFn};
 pub use graph::{Graph, Node, Region, ValueId};
-pub use infer::{check_type, infer_type};
+pub use infer::{check_type, infer_type, FEED_FORWARD_MIN_BLOCK_ROWS, FEED_FORWARD_OPERANDS};
 pub use layer::{layer_of, LAYER};
 pub use op::{AttrSpec, AttrType, Op, OpKind, OpLevel, OpSchema};
 pub use parse::{parse, ParseError};

@@ -98,6 +98,14 @@ op_kinds! {
     /// `w` `[out,in]` and `b` `[out]`, giving `[...,out]`, followed by the named
     /// [`crate::Activation`] if given (torch `nn.Linear`).
     Linear => "linear", Model, "x * w^T (+ b), optionally followed by an activation";
+    /// `feed_forward(x, ln_w, ln_b, w1, b1, w2, b2) {eps, activation?, chunk}`:
+    /// the Reformer feed-forward `linear(act(linear(layer_norm(x, ln_w, ln_b),
+    /// w1, b1)), w2, b2)` on `x` `[..., D]` with `w1` `[F, D]`, `b1` `[F]`, `w2`
+    /// `[D, F]` and `b2` `[D]`, giving `x`'s type. Row by row: `chunk` is the
+    /// sequence chunk it came from (`seq_chunk`), which its derivative keeps, so
+    /// that `[rows, F]` values never exist whole (`lower-model` keeps it in a
+    /// training step for [`OpKind::FeedForwardGrad`]).
+    FeedForward => "feed_forward", Model, "layer norm, linear + activation, linear: a Reformer feed-forward kept whole for its chunked derivative";
     /// `attention(q, k, v[, mask]) {heads, scale, causal?, key_norm?, self_mask?,
     /// kv_chunk?}`: multi-head `softmax(q k^T * scale) v` over `[B,L,H*d]` tensors,
     /// giving `[B,Lq,H*dv]`. `key_norm` length-normalises the keys (shared-QK
@@ -262,6 +270,15 @@ op_kinds! {
     /// deviation) or `weight` (`wrt="w"`, `[D]`: `sum over rows of dy x̂`),
     /// recomputing each row's statistics; the bias does not enter either.
     LayerNormGrad => "layer_norm_grad", Tensor, "gradient of layer_norm with respect to x or its weight, one pass over the rows";
+    /// `feed_forward_grad(x, ln_w, ln_b, w1, b1, w2, b2, dy) {eps, activation?,
+    /// chunk, wrt}`: the gradient of `sum(dy * feed_forward(x, ...))` (same
+    /// attributes) with respect to the operand named by `wrt` (`x`, `ln_w`,
+    /// `ln_b`, `w1`, `b1`, `w2` or `b2`), of that operand's type. Computed on
+    /// blocks of at least `chunk` rows: each block's hidden values are
+    /// recomputed and its weight gradients added to the sums in row order.
+    /// Consecutive `feed_forward_grad`s with the same operands and attributes
+    /// but `wrt` are one kernel call in generated code.
+    FeedForwardGrad => "feed_forward_grad", Tensor, "gradient of feed_forward with respect to x or one of its weights, chunked over rows";
     /// `lsh_attention_grad(qk, v, buckets, y, dy[, mask]) {heads, chunk,
     /// before, after, causal?}`: the gradient of `sum(dy * y)` where `y =
     /// lsh_attention(qk, v, buckets[, mask])` with the same attributes, with
@@ -375,6 +392,19 @@ const LOCAL_ATTENTION: &[AttrSpec] = &[
     req("before", T::Int, 0),
     req("after", T::Int, 0),
     opt("causal", T::Unit, ANY),
+];
+
+const FEED_FORWARD: &[AttrSpec] = &[
+    req("eps", T::Float, ANY),
+    opt("activation", T::Str, ANY),
+    req("chunk", T::Int, 1),
+];
+
+const FEED_FORWARD_GRAD: &[AttrSpec] = &[
+    req("eps", T::Float, ANY),
+    opt("activation", T::Str, ANY),
+    req("chunk", T::Int, 1),
+    req("wrt", T::Str, ANY),
 ];
 
 const LSH_ATTENTION: &[AttrSpec] = &[
@@ -499,6 +529,8 @@ impl OpKind {
                 Some(3),
                 const { &[req("eps", T::Float, ANY), req("wrt", T::Str, ANY)] },
             ),
+            FeedForward => schema(7, Some(7), FEED_FORWARD),
+            FeedForwardGrad => schema(8, Some(8), FEED_FORWARD_GRAD),
         }
     }
 }
@@ -602,7 +634,7 @@ impl Op {
     /// ```
     pub fn activation(&self) -> Result<Activation, String> {
         let key = match self.kind {
-            OpKind::Linear => "activation",
+            OpKind::Linear | OpKind::FeedForward | OpKind::FeedForwardGrad => "activation",
             OpKind::Act | OpKind::ActGrad => "fn",
             _ => return Ok(Activation::None),
         };

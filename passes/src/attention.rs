@@ -270,6 +270,7 @@ pub fn sites(g: &Graph) -> Vec<AttentionSite> {
             | CostClass::Lookup
             | CostClass::Scatter
             | CostClass::Linear
+            | CostClass::FeedForward(_)
             | CostClass::Matmul
             | CostClass::LmLoss
             | CostClass::Reduce

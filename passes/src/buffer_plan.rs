@@ -53,6 +53,8 @@ struct Timeline {
     step: usize,
     alloc: Vec<(ValueId, usize, bool)>,
     freed: HashMap<ValueId, usize>,
+    /// Allocation step of each value (a group's members allocate with their leader's).
+    at: HashMap<ValueId, usize>,
 }
 
 impl Timeline {
@@ -79,8 +81,15 @@ impl Timeline {
                 && !f.absorbed(v)
                 && !f.accumulated.contains(&v)
                 && node.op.kind != OpKind::ReversibleBlock;
+            let step = f
+                .grouped
+                .get(&v)
+                .and_then(|l| self.at.get(l))
+                .copied()
+                .unwrap_or(self.step);
+            self.at.insert(v, step);
             if stored {
-                self.alloc.push((v, self.step, rep));
+                self.alloc.push((v, step, rep));
             }
             let results = node.regions.iter().flat_map(|r| r.results.iter());
             for &d in l.after(key, i).iter().chain(results) {
@@ -271,6 +280,7 @@ impl BufferPlan {
             step: 0,
             plan: BufferPlan::default(),
             pending: HashMap::new(),
+            at: HashMap::new(),
         };
         b.block(None, &g.body);
         // Still pending at the end: outputs, which the caller frees.
@@ -361,6 +371,9 @@ struct PlanBuilder<'a> {
     plan: BufferPlan,
     /// Owned values allocated but not yet freed -> index in `plan.buffers`.
     pending: HashMap<ValueId, usize>,
+    /// Allocation step of each value (a group's members allocate with their
+    /// leader's kernel call, see [`Fusion::grouped`]).
+    at: HashMap<ValueId, usize>,
 }
 
 impl PlanBuilder<'_> {
@@ -430,6 +443,11 @@ impl PlanBuilder<'_> {
                     self.pending.insert(v, idx);
                 }
             }
+            let alloc_step = (self.fusion.grouped.get(&v))
+                .and_then(|l| self.at.get(l))
+                .copied()
+                .unwrap_or(step);
+            self.at.insert(v, alloc_step);
             if owned(self.g, v) && stored {
                 let ty = node.ty.clone();
                 self.pending.insert(v, self.plan.buffers.len());
@@ -438,7 +456,7 @@ impl PlanBuilder<'_> {
                     op: node.op.kind.name().to_string(),
                     dtype: ty.dtype,
                     shape: ty.shape,
-                    alloc_step: step,
+                    alloc_step,
                     free_step: None,
                     released: self.live.release.contains(&v),
                 });

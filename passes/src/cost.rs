@@ -446,6 +446,7 @@ pub fn attention_shape(g: &Graph, node: &Node, env: &DimEnv) -> Option<Attention
         | CostClass::Lookup
         | CostClass::Scatter
         | CostClass::Linear
+        | CostClass::FeedForward(_)
         | CostClass::Matmul
         | CostClass::LmLoss
         | CostClass::Reduce
@@ -642,6 +643,29 @@ pub fn op_cost(g: &Graph, v: ValueId, env: &DimEnv) -> Result<OpCost, CostError>
             lsh_hash_cost(&s, node.op.int("n_hashes").unwrap_or(1).max(1) as u64, half)
         }
         CostClass::LmLoss => lm_loss_cost(g, node, env, in_bytes, out_bytes),
+        CostClass::FeedForward(halves) => {
+            // Operand 3 is w1 `[F, D]`; the forward is two `rows x D x F` products.
+            let w1 = node.inputs.get(3).map(|&w| g.ty(w));
+            let dim = |t: &TensorType, i: usize| t.shape.get(i).and_then(|d| d.eval(env));
+            let (f, d) = match w1.map(|w| (dim(w, 0), dim(w, 1))) {
+                Some((Some(f), Some(d))) => (f, d),
+                _ => {
+                    return Err(CostError {
+                        at: at(),
+                        message: "feed_forward's w1 (operand 3) has no constant [F, D] shape"
+                            .into(),
+                    })
+                }
+            };
+            let x_bytes = size(g.ty(node.inputs[0]))?;
+            let rows = x_bytes / node.ty.dtype.size_bytes().max(1) / d.max(1);
+            OpCost {
+                flops: prod(&[2, rows, d, f, u64::from(halves)]),
+                bytes_moved: in_bytes.saturating_add(out_bytes),
+                output_bytes: out_bytes,
+                temp_bytes: 0,
+            }
+        }
         CostClass::Matmul => {
             let a = g.ty(node.inputs[0]);
             let k = a.shape.last().and_then(|d| d.eval(env)).unwrap_or(1);

@@ -121,6 +121,8 @@ pub fn footprint_of(
             kernel_scratch = kernel_scratch.max(lm_loss_scratch(g, v, env));
         } else if kind == OpKind::LshAttentionGrad || kind == OpKind::LocalAttentionGrad {
             kernel_scratch = kernel_scratch.max(chunked_grad_scratch(g, v, env, threads));
+        } else if kind == OpKind::FeedForwardGrad {
+            kernel_scratch = kernel_scratch.max(feed_forward_scratch(g, v, env));
         }
     }
     Ok(Footprint {
@@ -232,6 +234,37 @@ fn lm_loss_scratch(g: &Graph, v: reformc_ir::ValueId, env: &DimEnv) -> u64 {
         1
     };
     chunk.saturating_mul(vocab).saturating_mul(4 * blocks)
+}
+
+/// The scratch of `rc_feed_forward_grad_f32`: one block's normalised rows,
+/// hidden values, their gradient and the layer norm's output gradient, plus
+/// the largest packed operand of its products (a block's hidden values).
+fn feed_forward_scratch(g: &Graph, v: reformc_ir::ValueId, env: &DimEnv) -> u64 {
+    let node = g.node(v);
+    let dim = |i: usize, a: usize| {
+        let t = g.ty(*node.inputs.get(i)?);
+        t.shape.get(a)?.eval(env)
+    };
+    let rows = node.inputs.first().and_then(|&x| {
+        let s = &g.ty(x).shape;
+        s[..s.len().saturating_sub(1)]
+            .iter()
+            .map(|d| d.eval(env))
+            .product::<Option<u64>>()
+    });
+    let (Some(rows), Some(f), Some(d)) = (rows, dim(3, 0), dim(3, 1)) else {
+        return 0;
+    };
+    let chunk = node.op.int("chunk").unwrap_or(1).max(1) as u64;
+    let c = chunk
+        .max(reformc_ir::FEED_FORWARD_MIN_BLOCK_ROWS)
+        .min(rows)
+        .max(1);
+    let floats = c
+        .saturating_mul(2 * d + 3 * f)
+        .saturating_add(d)
+        .saturating_add(f.saturating_mul(d));
+    floats.saturating_mul(4)
 }
 
 /// The scratch of `rc_lsh_attention_grad_f32` and

@@ -84,6 +84,10 @@ pub struct Fusion {
     pub inlined: HashSet<ValueId>,
     /// Transposes of the last two axes that their `matmul` reads in place.
     pub transposed: HashSet<ValueId>,
+    /// `feed_forward_grad`s that the kernel call of the first of their group
+    /// computes (the value: that first one). A group is a run of consecutive
+    /// ops of one block with the same operands and attributes but `wrt`.
+    pub grouped: HashMap<ValueId, ValueId>,
 }
 
 impl Fusion {
@@ -96,7 +100,27 @@ impl Fusion {
         }
         let mut f = Fusion::default();
         f.block(g, None, &g.body, &uses);
+        for v in g.walk() {
+            for r in &g.node(v).regions {
+                group_feed_forward_grads(g, &r.body, &mut f.grouped);
+            }
+        }
+        group_feed_forward_grads(g, &g.body, &mut f.grouped);
         f
+    }
+
+    /// The values one kernel call computes with `v`, `v` first, when `v`
+    /// leads a group (see [`Fusion::grouped`]); empty otherwise.
+    pub fn group_of(&self, v: ValueId) -> Vec<ValueId> {
+        let mut members: Vec<ValueId> = (self.grouped.iter())
+            .filter(|(_, l)| **l == v)
+            .map(|(m, _)| *m)
+            .collect();
+        if members.is_empty() {
+            return members;
+        }
+        members.sort_unstable();
+        std::iter::once(v).chain(members).collect()
     }
 
     /// True when `v` is never stored (its reader computes it).
@@ -563,5 +587,32 @@ mod tests {
         assert!(f.take_input.contains(&ids[2]), "a dying op result");
         assert!(!f.take_input.contains(&ids[6]), "%3 is read on every chunk");
         assert!(f.take_input.contains(&ids[7]), "defined in the body");
+    }
+}
+
+/// Records the runs of consecutive `feed_forward_grad`s in `body` that share
+/// operands and attributes except `wrt` (see [`Fusion::grouped`]).
+fn group_feed_forward_grads(g: &Graph, body: &[ValueId], grouped: &mut HashMap<ValueId, ValueId>) {
+    let same = |a: &reformc_ir::Node, b: &reformc_ir::Node| {
+        let strip = |n: &reformc_ir::Node| {
+            let mut attrs = n.op.attrs.clone();
+            attrs.remove("wrt");
+            attrs
+        };
+        a.inputs == b.inputs && strip(a) == strip(b)
+    };
+    let mut leader: Option<ValueId> = None;
+    for &v in body {
+        let node = g.node(v);
+        if node.op.kind != OpKind::FeedForwardGrad {
+            leader = None;
+            continue;
+        }
+        match leader {
+            Some(l) if same(g.node(l), node) => {
+                grouped.insert(v, l);
+            }
+            _ => leader = Some(v),
+        }
     }
 }

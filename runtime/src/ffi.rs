@@ -415,6 +415,94 @@ crate::c_abi! {
         })
     }
 
+    /// The gradients of `sum(dy · feed_forward(x))` for `x` and `dy` `[rows,
+    /// d]` (see [`crate::feed_forward`]): `ln_w`, `ln_b` `[d]`, `w1` `[f, d]`,
+    /// `b1` `[f]`, `act1` an activation code, `w2` `[d, f]`, blocks of at least
+    /// `chunk` rows. Each output (`dx` `[rows, d]`, `dln_w`, `dln_b` `[d]`,
+    /// `dw1` `[f, d]`, `db1` `[f]`, `dw2` `[d, f]`, `db2` `[d]`) may be NULL
+    /// (not computed); no two outputs or an output and an input may overlap.
+    ///
+    /// # Safety
+    /// As [`rc_linear_f32`].
+    unsafe fn rc_feed_forward_grad_f32(
+        x: *const f32,
+        dy: *const f32,
+        rows: i64,
+        d: i64,
+        f: i64,
+        ln_w: *const f32,
+        ln_b: *const f32,
+        eps: f32,
+        w1: *const f32,
+        b1: *const f32,
+        act1: i32,
+        w2: *const f32,
+        chunk: i64,
+        dx: *mut f32,
+        dln_w: *mut f32,
+        dln_b: *mut f32,
+        dw1: *mut f32,
+        db1: *mut f32,
+        dw2: *mut f32,
+        db2: *mut f32,
+    ) -> i32 {
+        guard(|| {
+            let [rows, d, f] = sizes([(rows, "rows"), (d, "d"), (f, "f")])?;
+            let [chunk] = sizes([(chunk, "chunk")])?;
+            let act = crate::act::from_code(act1)?;
+            let rd = count(&[rows, d], "x")?;
+            let fd = count(&[f, d], "w1")?;
+            let ins = [
+                span(x, rd, "x")?,
+                span(dy, rd, "dy")?,
+                span(ln_w, d, "ln_w")?,
+                span(ln_b, d, "ln_b")?,
+                span(w1, fd, "w1")?,
+                span(b1, f, "b1")?,
+                span(w2, fd, "w2")?,
+            ];
+            let outs = [
+                opt_span(dx, &[rows, d], "dx")?,
+                opt_span(dln_w, &[d], "dln_w")?,
+                opt_span(dln_b, &[d], "dln_b")?,
+                opt_span(dw1, &[f, d], "dw1")?,
+                opt_span(db1, &[f], "db1")?,
+                opt_span(dw2, &[d, f], "dw2")?,
+                opt_span(db2, &[d], "db2")?,
+            ];
+            for (i, o) in outs.iter().enumerate() {
+                no_overlap(*o, &ins)?;
+                no_overlap(*o, &outs[i + 1..])?;
+            }
+            // SAFETY: spans checked above (the outputs distinct from the inputs
+            // and from each other); sizes are the ABI's contract with the caller.
+            let (p, x, dy, out) = unsafe {
+                let v = |i: usize, p: *const f32| view(p, ins[i]);
+                let o = |i: usize, p: *mut f32| (!p.is_null()).then(|| view_mut(p, outs[i]));
+                let p = crate::feed_forward::Params {
+                    ln_w: v(2, ln_w),
+                    ln_b: v(3, ln_b),
+                    eps,
+                    w1: v(4, w1),
+                    b1: v(5, b1),
+                    act,
+                    w2: v(6, w2),
+                };
+                let out = crate::feed_forward::Grads {
+                    x: o(0, dx),
+                    ln_w: o(1, dln_w),
+                    ln_b: o(2, dln_b),
+                    w1: o(3, dw1),
+                    b1: o(4, db1),
+                    w2: o(5, dw2),
+                    b2: o(6, db2),
+                };
+                (p, v(0, x), v(1, dy), out)
+            };
+            crate::feed_forward::feed_forward_grad(x, dy, rows, d, f, &p, chunk, out)
+        })
+    }
+
     /// `y[n, width] = table[ids[i]]`; status 2 if an id is outside `[0, vocab)`.
     ///
     /// # Safety

@@ -20,6 +20,7 @@ pub mod attention;
 pub mod bf16;
 pub mod dense;
 pub mod error;
+pub mod feed_forward;
 pub mod ffi;
 pub mod gemm;
 pub mod lm_loss;

@@ -47,7 +47,7 @@ pub fn rule_of(kind: OpKind) -> Rule {
         | Select | Reshape | Transpose | Concat | Broadcast | ScatterAdd | LmLoss
         // `lower-model` keeps these for their fused derivatives unless told
         // to lower them (`PassOptions::lowered_grads`).
-        | LayerNorm | LshAttention | LocalAttention => Rule::Vjp,
+        | LayerNorm | LshAttention | LocalAttention | FeedForward => Rule::Vjp,
         ActGrad => Rule::Missing("act_grad (second derivatives are not supported)"),
         LmLossGrad => Rule::Missing("lm_loss_grad (second derivatives are not supported)"),
         LayerNormGrad => {
@@ -58,6 +58,9 @@ pub fn rule_of(kind: OpKind) -> Rule {
         }
         LocalAttentionGrad => {
             Rule::Missing("local_attention_grad (second derivatives are not supported)")
+        }
+        FeedForwardGrad => {
+            Rule::Missing("feed_forward_grad (second derivatives are not supported)")
         }
     }
 }
@@ -168,6 +171,21 @@ pub fn vjp(
                 Some(b.unbroadcast(dy, &tb)?),
             ])
         }
+        // One `feed_forward_grad` per operand, consecutive: generated code
+        // computes them in one kernel call.
+        FeedForward => reformc_ir::FEED_FORWARD_OPERANDS
+            .iter()
+            .map(|wrt| {
+                let mut op = Op {
+                    kind: FeedForwardGrad,
+                    attrs: node.op.attrs.clone(),
+                };
+                op.attrs.insert("wrt".into(), Attr::Str((*wrt).into()));
+                let mut operands = x.to_vec();
+                operands.push(dy);
+                b.op(op, &operands).map(Some)
+            })
+            .collect(),
         // One kernel gives the gradients of qk and v (LSH; the buckets are
         // constants) or of q, k and v (local).
         LshAttention => fused_attention_grads(b, node, LshAttentionGrad, x, y, dy, 2),

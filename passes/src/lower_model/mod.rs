@@ -17,8 +17,9 @@
 //!   copied;
 //! - in a training pipeline, model ops whose derivative is a fused kernel
 //!   ([`keeps_for_grad`]: `layer_norm`, `lsh_attention` without dropout of
-//!   its probabilities) are copied too, unless
-//!   `--lowered-grads` asks for their decompositions.
+//!   its probabilities) are copied too, and a chunked feed-forward becomes
+//!   one `feed_forward` op ([`feed_forward`]), unless `--lowered-grads` asks
+//!   for their decompositions.
 //!
 //! The pass is registered but not in the default pipeline: training appends
 //! it after the default passes.
@@ -38,6 +39,7 @@ pub(crate) mod basic;
 mod build;
 mod chunked;
 mod dropout;
+mod feed_forward;
 pub(crate) mod local;
 pub(crate) mod lsh;
 
@@ -445,6 +447,9 @@ impl Lowering<'_> {
     /// Inlines a position-wise `seq_chunk`: its body applied to the whole
     /// operand, the chunk symbol replaced by the operand's dim.
     fn seq_chunk(&mut self, old: &Node, x: ValueId) -> Result<ValueId, String> {
+        if let Some(y) = self.kept_feed_forward(old, x)? {
+            return Ok(y);
+        }
         let axis = old.op.usize("axis").unwrap_or(0);
         let body = old.regions.first().ok_or("seq_chunk has no body region")?;
         check_position_wise(self.old, body, axis)?;
@@ -470,6 +475,32 @@ impl Lowering<'_> {
         self.subst.remove(&sym);
         lowered?;
         self.mapped(result)
+    }
+}
+
+impl Lowering<'_> {
+    /// A training step's chunked feed-forward as one `feed_forward` op
+    /// (see [`feed_forward`]), when fused derivatives are kept, the body is
+    /// exactly the feed-forward and no dropout applies inside it.
+    fn kept_feed_forward(&mut self, old: &Node, x: ValueId) -> Result<Option<ValueId>, String> {
+        if self.keep != Keep::FusedGrads {
+            return Ok(None);
+        }
+        let Some(m) = feed_forward::match_body(self.old, old) else {
+            return Ok(None);
+        };
+        let body = &old.regions[0].body;
+        if body
+            .iter()
+            .any(|&v| self.mask_of(self.old.node(v)).is_some())
+        {
+            return Ok(None);
+        }
+        let mut weights = [x; 6];
+        for (w, old_w) in weights.iter_mut().zip(m.weights) {
+            *w = self.mapped(old_w)?;
+        }
+        Ok(feed_forward::emit(&mut self.new, m, x, weights))
     }
 }
 

@@ -30,6 +30,7 @@ mod attention;
 mod backward;
 mod entries;
 mod exports;
+mod feed_forward;
 mod fused;
 mod layout;
 mod nn;
@@ -1176,7 +1177,11 @@ impl<'ctx> Gen<'ctx> {
                 false => None,
             };
             match key.is_none() && fs.outline_ops && range::outlinable(fs.g, &fs.fusion, v) {
-                true => self.outlined_range(fs, &[v], i, false)?,
+                // A group's members come back from its leader's function.
+                true => match fs.fusion.group_of(v) {
+                    group if group.is_empty() => self.outlined_range(fs, &[v], i, false)?,
+                    group => self.outlined_range(fs, &group, i, false)?,
+                },
                 false => self.op(fs, v)?,
             }
             if let Some(t0) = t0 {
@@ -1519,6 +1524,9 @@ impl<'ctx> Gen<'ctx> {
         if fs.fusion.absorbed(v) {
             return Ok(()); // computed by its reader (reformc_passes::fusion)
         }
+        if fs.fusion.grouped.contains_key(&v) {
+            return Ok(()); // computed by its group's leader (reformc_passes::fusion)
+        }
         self.contiguous_operands(fs, v)?;
         let result: Buf<'ctx> = match op.kind {
             Input => return Ok(()), // bound at entry
@@ -1577,6 +1585,11 @@ impl<'ctx> Gen<'ctx> {
             AxialPosEmbedding => self.axial_pos_embedding(fs, v)?,
             LayerNorm => self.layer_norm(fs, v)?,
             LayerNormGrad => self.layer_norm_grad(fs, v)?,
+            FeedForward => self.feed_forward(fs, v)?,
+            FeedForwardGrad => {
+                let group = fs.fusion.group_of(v);
+                self.feed_forward_grad(fs, v, &group)?
+            }
             Linear => self.dense(fs, v)?,
             Attention => self.attention(fs, v)?,
             LocalAttention => self.local_attention(fs, v)?,

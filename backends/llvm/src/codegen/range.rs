@@ -31,6 +31,7 @@ pub(super) fn outlinable(g: &Graph, fusion: &Fusion, v: ValueId) -> bool {
     let node = g.node(v);
     node.regions.is_empty()
         && !fusion.absorbed(v)
+        && !fusion.grouped.contains_key(&v)
         && !matches!(
             node.op.kind,
             OpKind::Input | OpKind::Weight | OpKind::Arg | OpKind::Constant

@@ -523,7 +523,9 @@ impl<'g> Emitter<'g> {
             | OpKind::LmLossGrad
             | OpKind::LayerNormGrad
             | OpKind::LshAttentionGrad
-            | OpKind::LocalAttentionGrad => Err(self.unsupported(v)),
+            | OpKind::LocalAttentionGrad
+            | OpKind::FeedForward
+            | OpKind::FeedForwardGrad => Err(self.unsupported(v)),
             OpKind::Embedding => self.embedding(v),
             OpKind::AxialPosEmbedding => self.axial_pos_embedding(v),
             OpKind::LayerNorm => self.layer_norm(v),

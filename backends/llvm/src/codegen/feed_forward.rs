@@ -1,0 +1,124 @@
+//! `feed_forward` as one fused dense stack (`rc_dense_f32`: layer-norm
+//! prologue, two linears) and each group of `feed_forward_grad`s as one call
+//! of the runtime's blocked backward kernel (`rc_feed_forward_grad_f32`),
+//! which writes every gradient the group asks for.
+
+use super::*;
+
+impl<'ctx> Gen<'ctx> {
+    /// `feed_forward(x, ln_w, ln_b, w1, b1, w2, b2)`: rows of `x` through the
+    /// fused stack; `[rows, F]` values exist one block of rows at a time.
+    pub(super) fn feed_forward(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
+        let what = at(fs.g, &fs.numbering, v);
+        let op = &fs.g.node(v).op;
+        let act = op
+            .activation()
+            .map_err(|e| BackendError::Unsupported(format!("{what}: {e}")))?;
+        let x = self.f32_operand(fs, v, 0)?;
+        let p: Vec<Buf<'ctx>> = (1..7)
+            .map(|i| self.f32_operand(fs, v, i))
+            .collect::<Result<_>>()?;
+        let (d, f) = (self.last(&x), p[2].dims[0]);
+        let out = self.alloc_buf(fs, DType::F32, x.dims.clone(), &what)?;
+        let eps = self.t.f32.const_float(op.float("eps").unwrap_or(1e-12));
+        let args: [BasicMetadataValueEnum<'ctx>; 18] = [
+            x.ptr.into(),
+            d.into(),
+            self.rows(&x)?.into(),
+            d.into(),
+            p[0].ptr.into(),
+            p[1].ptr.into(),
+            eps.into(),
+            p[2].ptr.into(),
+            p[3].ptr.into(),
+            f.into(),
+            self.i32c(abi::activation_code(act)).into(),
+            p[4].ptr.into(),
+            p[5].ptr.into(),
+            d.into(),
+            self.i32c(0).into(),
+            out.ptr.into(),
+            d.into(),
+            self.i32c(0).into(),
+        ];
+        self.kernel(fs, v, "rc_dense_f32", &args)?;
+        Ok(out)
+    }
+
+    /// `feed_forward_grad` leading a group ([`Fusion::group_of`]): one
+    /// kernel call writes the gradient of every member; the members' buffers
+    /// are bound here, the leader's returned.
+    pub(super) fn feed_forward_grad(
+        &self,
+        fs: &mut Fs<'ctx, '_>,
+        v: ValueId,
+        group: &[ValueId],
+    ) -> Result<Buf<'ctx>> {
+        let what = at(fs.g, &fs.numbering, v);
+        let op = fs.g.node(v).op.clone();
+        let act = op
+            .activation()
+            .map_err(|e| BackendError::Unsupported(format!("{what}: {e}")))?;
+        let x = self.f32_operand(fs, v, 0)?;
+        let p: Vec<Buf<'ctx>> = (1..8)
+            .map(|i| self.f32_operand(fs, v, i))
+            .collect::<Result<_>>()?;
+        let (d, f) = (self.last(&x), p[2].dims[0]);
+        let members = match group {
+            [] => vec![v],
+            g => g.to_vec(),
+        };
+        let mut outs: [Option<Buf<'ctx>>; 7] = Default::default();
+        for &m in &members {
+            let wrt = fs.g.node(m).op.str("wrt").unwrap_or("");
+            let i = reformc_ir::FEED_FORWARD_OPERANDS
+                .iter()
+                .position(|n| *n == wrt)
+                .ok_or_else(|| BackendError::Internal(format!("{what}: wrt \"{wrt}\"")))?;
+            let dims = match i {
+                0 => x.dims.clone(),
+                _ => p[i - 1].dims.clone(),
+            };
+            let name = at(fs.g, &fs.numbering, m);
+            outs[i] = Some(self.alloc_buf(fs, DType::F32, dims, &name)?);
+        }
+        let ptr = |o: &Option<Buf<'ctx>>| o.as_ref().map_or(self.null(), |b| b.ptr);
+        let eps = self.t.f32.const_float(op.float("eps").unwrap_or(1e-12));
+        let chunk = self.i64c(op.int("chunk").unwrap_or(1).max(1));
+        let mut args: Vec<BasicMetadataValueEnum<'ctx>> = vec![
+            x.ptr.into(),
+            p[6].ptr.into(),
+            self.rows(&x)?.into(),
+            d.into(),
+            f.into(),
+            p[0].ptr.into(),
+            p[1].ptr.into(),
+            eps.into(),
+            p[2].ptr.into(),
+            p[3].ptr.into(),
+            self.i32c(abi::activation_code(act)).into(),
+            p[4].ptr.into(),
+            chunk.into(),
+        ];
+        args.extend(outs.iter().map(|o| BasicMetadataValueEnum::from(ptr(o))));
+        self.kernel(fs, v, "rc_feed_forward_grad_f32", &args)?;
+        let mut mine = None;
+        for (&m, o) in members.iter().zip(members.iter().map(|&m| {
+            let wrt = fs.g.node(m).op.str("wrt").unwrap_or("");
+            reformc_ir::FEED_FORWARD_OPERANDS
+                .iter()
+                .position(|n| *n == wrt)
+        })) {
+            let buf = o.and_then(|i| outs[i].clone()).ok_or_else(|| {
+                BackendError::Internal(format!("{what}: a member's gradient was not computed"))
+            })?;
+            match m == v {
+                true => mine = Some(buf),
+                false => {
+                    fs.vals.insert(m, buf);
+                }
+            }
+        }
+        mine.ok_or_else(|| BackendError::Internal(format!("{what}: no result")))
+    }
+}
