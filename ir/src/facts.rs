@@ -34,9 +34,9 @@ pub enum CostClass {
     /// `x @ w^T (+ b)` with an optional activation.
     Linear,
     /// `feed_forward` (`[rows, D]` through `[F, D]` and `[D, F]` weights,
-    /// operands 3 and 5) or, with the factor 5/2, its gradient: the factor in
-    /// halves of the forward's two products.
-    FeedForward(u8),
+    /// operands 3 and 5: two `rows x D x F` products) or one of its gradients
+    /// (the products a group's kernel call runs, attributed by `wrt`).
+    FeedForward,
     /// A batched matrix product.
     Matmul,
     /// A reduction reading every input element once (`reduce`, `argmax`).
@@ -235,7 +235,7 @@ impl OpKind {
             Embedding | AxialPosEmbedding => other(C::Lookup, 5.0),
             LayerNorm => with_rows(other(C::PerElement(8), 5.0), Rows::RowsOfFirst),
             Linear => with_rows(other(C::Linear, 10.0), Rows::RowsOfFirst),
-            FeedForward => with_rows(other(C::FeedForward(2), 10.0), Rows::RowsOfFirst),
+            FeedForward => with_rows(other(C::FeedForward, 10.0), Rows::RowsOfFirst),
             Attention => other(C::Attention, 20.0),
             LocalAttention => other(C::LocalAttention, 20.0),
             LshHash => other(C::LshHash, 5.0),
@@ -271,8 +271,7 @@ impl OpKind {
             LmLoss | LmLossGrad => other(C::LmLoss, 10.0),
             // Two passes over x and dy per row (statistics, then the result).
             LayerNormGrad => other(C::PerElement(12), 5.0),
-            // Recomputes the hidden values (one product) and runs four more.
-            FeedForwardGrad => other(C::FeedForward(5), 10.0),
+            FeedForwardGrad => other(C::FeedForward, 10.0),
             // Costed as the forward (its operands sit where the forward's do);
             // it runs about three times the forward's products.
             LshAttentionGrad => other(C::LshAttention, 20.0),

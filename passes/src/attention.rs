@@ -270,7 +270,7 @@ pub fn sites(g: &Graph) -> Vec<AttentionSite> {
             | CostClass::Lookup
             | CostClass::Scatter
             | CostClass::Linear
-            | CostClass::FeedForward(_)
+            | CostClass::FeedForward
             | CostClass::Matmul
             | CostClass::LmLoss
             | CostClass::Reduce

@@ -446,7 +446,7 @@ pub fn attention_shape(g: &Graph, node: &Node, env: &DimEnv) -> Option<Attention
         | CostClass::Lookup
         | CostClass::Scatter
         | CostClass::Linear
-        | CostClass::FeedForward(_)
+        | CostClass::FeedForward
         | CostClass::Matmul
         | CostClass::LmLoss
         | CostClass::Reduce
@@ -643,7 +643,7 @@ pub fn op_cost(g: &Graph, v: ValueId, env: &DimEnv) -> Result<OpCost, CostError>
             lsh_hash_cost(&s, node.op.int("n_hashes").unwrap_or(1).max(1) as u64, half)
         }
         CostClass::LmLoss => lm_loss_cost(g, node, env, in_bytes, out_bytes),
-        CostClass::FeedForward(halves) => {
+        CostClass::FeedForward => {
             // Operand 3 is w1 `[F, D]`; the forward is two `rows x D x F` products.
             let w1 = node.inputs.get(3).map(|&w| g.ty(w));
             let dim = |t: &TensorType, i: usize| t.shape.get(i).and_then(|d| d.eval(env));
@@ -659,8 +659,17 @@ pub fn op_cost(g: &Graph, v: ValueId, env: &DimEnv) -> Result<OpCost, CostError>
             };
             let x_bytes = size(g.ty(node.inputs[0]))?;
             let rows = x_bytes / node.ty.dtype.size_bytes().max(1) / d.max(1);
+            // Products of `rows x D x F`: the forward's two; a gradient group's
+            // five (the hidden values and `dy·w2` recomputed, `dn`: with `x`;
+            // `dw1`, `dw2`: with their weights; the sums are not products).
+            let products = match (node.op.kind, node.op.str("wrt")) {
+                (OpKind::FeedForward, _) => 2,
+                (_, Some("x")) => 3,
+                (_, Some("w1" | "w2")) => 1,
+                _ => 0,
+            };
             OpCost {
-                flops: prod(&[2, rows, d, f, u64::from(halves)]),
+                flops: prod(&[2, rows, d, f, products]),
                 bytes_moved: in_bytes.saturating_add(out_bytes),
                 output_bytes: out_bytes,
                 temp_bytes: 0,

@@ -260,10 +260,13 @@ fn feed_forward_scratch(g: &Graph, v: reformc_ir::ValueId, env: &DimEnv) -> u64 
         .max(reformc_ir::FEED_FORWARD_MIN_BLOCK_ROWS)
         .min(rows)
         .max(1);
+    // The kernel's partial column sums: a row of F + D per 256 rows.
+    let partials = c.div_ceil(256).saturating_mul(f + d);
     let floats = c
         .saturating_mul(2 * d + 3 * f)
         .saturating_add(d)
-        .saturating_add(f.saturating_mul(d));
+        .saturating_add(f.saturating_mul(d))
+        .saturating_add(partials);
     floats.saturating_mul(4)
 }
 

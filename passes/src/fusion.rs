@@ -84,9 +84,11 @@ pub struct Fusion {
     pub inlined: HashSet<ValueId>,
     /// Transposes of the last two axes that their `matmul` reads in place.
     pub transposed: HashSet<ValueId>,
-    /// `feed_forward_grad`s that the kernel call of the first of their group
-    /// computes (the value: that first one). A group is a run of consecutive
-    /// ops of one block with the same operands and attributes but `wrt`.
+    /// `feed_forward_grad`s that the kernel call of their group's leader
+    /// computes (the value: the leader). A group is a run of consecutive ops
+    /// of one block with the same operands and attributes but `wrt`, led by
+    /// the first of them or by a `feed_forward` of the same operands and
+    /// attributes just before the run (its output comes from the same call).
     pub grouped: HashMap<ValueId, ValueId>,
 }
 
@@ -591,28 +593,42 @@ mod tests {
 }
 
 /// Records the runs of consecutive `feed_forward_grad`s in `body` that share
-/// operands and attributes except `wrt` (see [`Fusion::grouped`]).
+/// operands and attributes except `wrt`, each led by the first of them or by
+/// the `feed_forward` of the same operands and attributes just before it
+/// (a reversible block's backward recomputes the branch's output there; see
+/// [`Fusion::grouped`]).
 fn group_feed_forward_grads(g: &Graph, body: &[ValueId], grouped: &mut HashMap<ValueId, ValueId>) {
-    let same = |a: &reformc_ir::Node, b: &reformc_ir::Node| {
-        let strip = |n: &reformc_ir::Node| {
-            let mut attrs = n.op.attrs.clone();
-            attrs.remove("wrt");
-            attrs
-        };
-        a.inputs == b.inputs && strip(a) == strip(b)
+    let strip = |n: &reformc_ir::Node| {
+        let mut attrs = n.op.attrs.clone();
+        attrs.remove("wrt");
+        attrs
     };
-    let mut leader: Option<ValueId> = None;
+    let joins = |lead: &reformc_ir::Node, n: &reformc_ir::Node| {
+        let fwd = lead.inputs.len();
+        let same_inputs = match lead.op.kind {
+            OpKind::FeedForward => n.inputs.get(..fwd) == Some(&lead.inputs[..]),
+            _ => n.inputs == lead.inputs,
+        };
+        same_inputs && strip(lead) == strip(n)
+    };
+    // The group's leader, and its first gradient (whose operands the rest share).
+    let mut lead: Option<(ValueId, Option<ValueId>)> = None;
     for &v in body {
         let node = g.node(v);
-        if node.op.kind != OpKind::FeedForwardGrad {
-            leader = None;
-            continue;
-        }
-        match leader {
-            Some(l) if same(g.node(l), node) => {
-                grouped.insert(v, l);
+        lead = match (node.op.kind, lead) {
+            (OpKind::FeedForwardGrad, Some((l, first))) => {
+                let like = g.node(first.unwrap_or(l));
+                match joins(g.node(l), node) && first.is_none_or(|_| joins(like, node)) {
+                    true => {
+                        grouped.insert(v, l);
+                        Some((l, first.or(Some(v))))
+                    }
+                    false => Some((v, Some(v))),
+                }
             }
-            _ => leader = Some(v),
-        }
+            (OpKind::FeedForwardGrad, None) => Some((v, Some(v))),
+            (OpKind::FeedForward, _) => Some((v, None)),
+            _ => None,
+        };
     }
 }

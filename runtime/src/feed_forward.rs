@@ -8,13 +8,17 @@
 //! gradients from `dn`. The weight gradients continue the GEMM's
 //! multiply-add chain block after block (see [`crate::gemm`]), and the
 //! column sums add rows in order, so no result depends on the thread count.
-//! Only the gradients asked for are computed: `dx` alone skips `dw2`, the
-//! biases' sums skip their products.
+//! Only the outputs asked for are computed: `dx` alone skips `dw2`, the
+//! biases' sums skip their products. The forward's output `y = act(h)·w2ᵀ +
+//! b2` may be asked for too: a reversible block's backward recomputes it
+//! from the same rows (`x2 = y2 - g(y1)`), and computing it here shares the
+//! hidden values instead of computing them twice.
 
 use crate::act::{Activation, Apply};
 use crate::error::{invalid, try_zeroed, Result};
 use crate::gemm::check_len;
 use crate::nn::{layer_norm, layer_norm_grad};
+use crate::pool::SharedMut;
 use crate::tensor_ops::{matmul_into_t, Transposed};
 
 /// Rows per block at least (see [`reformc_ir::FEED_FORWARD_MIN_BLOCK_ROWS`]).
@@ -37,11 +41,15 @@ pub struct Params<'a> {
     pub act: Activation,
     /// Second linear `[D, F]`.
     pub w2: &'a [f32],
+    /// Its bias `[D]` (read for the forward's output only).
+    pub b2: &'a [f32],
 }
 
-/// The gradients to compute; `None` skips one.
+/// The gradients (and the forward's output) to compute; `None` skips one.
 #[derive(Default)]
 pub struct Grads<'a> {
+    /// The forward's output `[rows, D]`.
+    pub y: Option<&'a mut [f32]>,
     /// `[rows, D]`.
     pub x: Option<&'a mut [f32]>,
     /// `[D]`.
@@ -88,13 +96,15 @@ pub fn block_rows(chunk: usize, rows: usize) -> usize {
 }
 
 /// Scratch floats of one block of `c` rows: `n`, `h`, `act(h)` or `dh`,
-/// `dn` and the layer-norm weight's block sum (the memory plan's
-/// `feed_forward_scratch` counts the same).
+/// `dn`, the layer-norm weight's block sum and the sub-blocks' partial
+/// column sums (the memory plan's `feed_forward_scratch` counts the same).
 fn scratch_len(c: usize, d: usize, f: usize) -> Option<usize> {
+    let subs = c.div_ceil(SUB_ROWS);
     c.checked_mul(d)?
         .checked_mul(2)?
         .checked_add(c.checked_mul(f)?.checked_mul(2)?)?
-        .checked_add(d)
+        .checked_add(d)?
+        .checked_add(subs.checked_mul(f.checked_add(d)?)?)
 }
 
 /// The gradients of `sum(dy · feed_forward(x))` that `out` asks for, for
@@ -105,7 +115,7 @@ fn scratch_len(c: usize, d: usize, f: usize) -> Option<usize> {
 /// use reformc_runtime::Activation;
 /// let (ones, zeros) = ([1.0f32; 2], [0.0f32; 2]);
 /// let eye = [1.0f32, 0.0, 0.0, 1.0];
-/// let p = Params { ln_w: &ones, ln_b: &zeros, eps: 0.0, w1: &eye, b1: &zeros, act: Activation::None, w2: &eye };
+/// let p = Params { ln_w: &ones, ln_b: &zeros, eps: 0.0, w1: &eye, b1: &zeros, act: Activation::None, w2: &eye, b2: &zeros };
 /// let mut db2 = [0.0f32; 2];
 /// let out = Grads { b2: Some(&mut db2), ..Grads::default() };
 /// feed_forward_grad(&[1.0, 3.0, 5.0, 9.0], &[1.0, 2.0, 3.0, 4.0], 2, 2, 2, &p, 1, out).unwrap();
@@ -127,6 +137,9 @@ pub fn feed_forward_grad(
     if rows == 0 || d == 0 || f == 0 {
         if let Some(dx) = out.x.as_deref_mut() {
             dx.fill(0.0);
+        }
+        if let (Some(y), true) = (out.y.as_deref_mut(), d > 0) {
+            y.chunks_exact_mut(d).for_each(|r| r.copy_from_slice(p.b2));
         }
         return Ok(());
     }
@@ -171,10 +184,12 @@ fn check_sizes(
         ("w1", p.w1.len(), fd),
         ("b1", p.b1.len(), Some(f)),
         ("w2", p.w2.len(), fd),
+        ("b2", p.b2.len(), Some(d)),
     ] {
         check_len(name, len, want)?;
     }
     let outs = [
+        ("y", out.y.as_deref().map(<[f32]>::len), rd),
         ("dx", out.x.as_deref().map(<[f32]>::len), rd),
         ("d ln_w", out.ln_w.as_deref().map(<[f32]>::len), Some(d)),
         ("d ln_b", out.ln_b.as_deref().map(<[f32]>::len), Some(d)),
@@ -215,6 +230,18 @@ fn add_column_sums(acc: &mut [f32], m: &[f32]) {
     }
 }
 
+/// Rows of one task of a block's elementwise passes, and of one partial
+/// column sum: fixed, so that the sums do not depend on the thread count.
+const SUB_ROWS: usize = 256;
+
+/// Runs `f(task, rows)` for the sub-blocks of [`SUB_ROWS`] rows of a block
+/// of `c` rows, in parallel.
+fn par_sub_blocks(c: usize, f: impl Fn(usize, std::ops::Range<usize>) + Send + Sync) -> Result<()> {
+    crate::pool::par_for(c.div_ceil(SUB_ROWS), |i| {
+        f(i, i * SUB_ROWS..((i + 1) * SUB_ROWS).min(c))
+    })
+}
+
 /// One block of `c` rows starting at row `r0`.
 #[allow(clippy::too_many_arguments)]
 fn block(
@@ -228,31 +255,53 @@ fn block(
     out: &mut Grads,
     scratch: &mut [f32],
 ) -> Result<()> {
+    let subs = c.div_ceil(SUB_ROWS);
     let (n, rest) = scratch.split_at_mut(c * d);
     let (h, rest) = rest.split_at_mut(c * f);
     let (t, rest) = rest.split_at_mut(c * f);
     let (dn, rest) = rest.split_at_mut(c * d);
-    let dw_ln = &mut rest[..d];
+    let (dw_ln, rest) = rest.split_at_mut(d);
+    let (parts_f, rest) = rest.split_at_mut(subs * f);
+    let parts_d = &mut rest[..subs * d];
     layer_norm(x, c, d, p.ln_w, p.ln_b, p.eps, n)?;
     crate::gemm::linear(n, c, d, p.w1, f, Some(p.b1), Activation::None, h)?;
     let acc = true; // sums were zeroed: adding to 0 gives the stored bits
+    if out.w2.is_some() || out.y.is_some() {
+        let ts = SharedMut::new(t);
+        par_sub_blocks(c, |_, r| {
+            // SAFETY: task `r` alone writes rows `r` of t.
+            let tr = unsafe { ts.slice(r.start * f, r.len() * f) };
+            tr.copy_from_slice(&h[r.start * f..r.end * f]);
+            p.act.apply_slice(tr);
+        })?;
+    }
+    if let Some(y) = out.y.as_deref_mut() {
+        let rows = &mut y[r0 * d..(r0 + c) * d];
+        crate::gemm::linear(t, c, f, p.w2, d, Some(p.b2), Activation::None, rows)?;
+    }
     if let Some(dw2) = out.w2.as_deref_mut() {
-        t.copy_from_slice(h);
-        p.act.apply_slice(t);
         let ta = Transposed { a: true, b: false };
         matmul_into_t(dy, t, d, c, f, ta, dw2, acc)?;
     }
     if let Some(db2) = out.b2.as_deref_mut() {
-        add_column_sums(db2, dy);
+        column_sums(dy, c, d, parts_d)?;
+        add_column_sums(db2, parts_d);
     }
     if !out.need_dh() {
         return Ok(());
     }
-    // t = dy·w2, then dh = t ⊙ act'(h) in place.
+    // t = dy·w2, then dh = t ⊙ act'(h) in place, with db1's partial sums.
     matmul_into_t(dy, p.w2, c, d, f, Transposed::NONE, t, false)?;
-    act_grad_in_place(p.act, h, t);
+    let (ts, ps) = (SharedMut::new(t), SharedMut::new(parts_f));
+    par_sub_blocks(c, |i, r| {
+        // SAFETY: task `i` alone writes rows `r` of t and partial row i.
+        let (tr, part) = unsafe { (ts.slice(r.start * f, r.len() * f), ps.slice(i * f, f)) };
+        act_grad_in_place(p.act, &h[r.start * f..r.end * f], tr);
+        part.fill(0.0);
+        add_column_sums(part, tr);
+    })?;
     if let Some(db1) = out.b1.as_deref_mut() {
-        add_column_sums(db1, t);
+        add_column_sums(db1, parts_f);
     }
     if let Some(dw1) = out.w1.as_deref_mut() {
         matmul_into_t(t, n, f, c, d, Transposed { a: true, b: false }, dw1, acc)?;
@@ -262,7 +311,8 @@ fn block(
     }
     matmul_into_t(t, p.w1, c, f, d, Transposed::NONE, dn, false)?;
     if let Some(db) = out.ln_b.as_deref_mut() {
-        add_column_sums(db, dn);
+        column_sums(dn, c, d, parts_d)?;
+        add_column_sums(db, parts_d);
     }
     if let Some(dw) = out.ln_w.as_deref_mut() {
         layer_norm_grad(x, c, d, p.ln_w, dn, p.eps, false, dw_ln)?;
@@ -273,6 +323,18 @@ fn block(
         layer_norm_grad(x, c, d, p.ln_w, dn, p.eps, true, rows)?;
     }
     Ok(())
+}
+
+/// The column sums of each sub-block of `m` (`c` rows of `w`) into `parts`
+/// (a row each), in parallel.
+fn column_sums(m: &[f32], c: usize, w: usize, parts: &mut [f32]) -> Result<()> {
+    let ps = SharedMut::new(parts);
+    par_sub_blocks(c, |i, r| {
+        // SAFETY: task `i` alone writes partial row i.
+        let part = unsafe { ps.slice(i * w, w) };
+        part.fill(0.0);
+        add_column_sums(part, &m[r.start * w..r.end * w]);
+    })
 }
 
 /// `g = g · act'(h)` elementwise, the product taken in f64 and rounded once
@@ -346,6 +408,7 @@ mod tests {
                 b1: &self.w[3],
                 act: self.act,
                 w2: &self.w[4],
+                b2: &self.w[5],
             }
         }
 
@@ -361,6 +424,7 @@ mod tests {
                 unreachable!()
             };
             let out = Grads {
+                y: None,
                 x: Some(x),
                 ln_w: Some(lw),
                 ln_b: Some(lb),
@@ -427,6 +491,30 @@ mod tests {
                     "{act:?} d{name}: error {err} (scale {scale})"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn the_forward_output_is_the_fused_dense_stack() {
+        for act in [Activation::Relu, Activation::Gelu] {
+            let case = Case::new(1300, 16, 24, act);
+            let mut y = vec![f32::NAN; 1300 * 16];
+            let out = Grads {
+                y: Some(&mut y),
+                ..Grads::default()
+            };
+            let p = case.params();
+            feed_forward_grad(&case.x, &case.dy, 1300, 16, 24, &p, 64, out).unwrap();
+            let layer = |w, out, b, act| crate::dense::Layer { w, out, b: Some(b), act };
+            let stack = crate::dense::Stack {
+                norm: Some(crate::dense::Norm { w: p.ln_w, b: p.ln_b, eps: p.eps }),
+                first: layer(p.w1, 24, p.b1, act),
+                second: Some(layer(p.w2, 16, p.b2, Activation::None)),
+            };
+            let mut want = vec![0.0f32; 1300 * 16];
+            crate::dense::dense(&stack, &case.x, 1300, 16, &mut want, crate::dense::Mode::Store)
+                .unwrap();
+            assert_eq!(y, want, "{act:?}");
         }
     }
 

@@ -417,10 +417,11 @@ crate::c_abi! {
 
     /// The gradients of `sum(dy · feed_forward(x))` for `x` and `dy` `[rows,
     /// d]` (see [`crate::feed_forward`]): `ln_w`, `ln_b` `[d]`, `w1` `[f, d]`,
-    /// `b1` `[f]`, `act1` an activation code, `w2` `[d, f]`, blocks of at least
-    /// `chunk` rows. Each output (`dx` `[rows, d]`, `dln_w`, `dln_b` `[d]`,
-    /// `dw1` `[f, d]`, `db1` `[f]`, `dw2` `[d, f]`, `db2` `[d]`) may be NULL
-    /// (not computed); no two outputs or an output and an input may overlap.
+    /// `b1` `[f]`, `act1` an activation code, `w2` `[d, f]`, `b2` `[d]`, blocks
+    /// of at least `chunk` rows. Each output (`y`, the forward's output, and
+    /// `dx` `[rows, d]`, `dln_w`, `dln_b` `[d]`, `dw1` `[f, d]`, `db1` `[f]`,
+    /// `dw2` `[d, f]`, `db2` `[d]`) may be NULL (not computed); no two outputs
+    /// or an output and an input may overlap.
     ///
     /// # Safety
     /// As [`rc_linear_f32`].
@@ -437,7 +438,9 @@ crate::c_abi! {
         b1: *const f32,
         act1: i32,
         w2: *const f32,
+        b2: *const f32,
         chunk: i64,
+        y: *mut f32,
         dx: *mut f32,
         dln_w: *mut f32,
         dln_b: *mut f32,
@@ -460,8 +463,10 @@ crate::c_abi! {
                 span(w1, fd, "w1")?,
                 span(b1, f, "b1")?,
                 span(w2, fd, "w2")?,
+                span(b2, d, "b2")?,
             ];
             let outs = [
+                opt_span(y, &[rows, d], "y")?,
                 opt_span(dx, &[rows, d], "dx")?,
                 opt_span(dln_w, &[d], "dln_w")?,
                 opt_span(dln_b, &[d], "dln_b")?,
@@ -487,15 +492,17 @@ crate::c_abi! {
                     b1: v(5, b1),
                     act,
                     w2: v(6, w2),
+                    b2: v(7, b2),
                 };
                 let out = crate::feed_forward::Grads {
-                    x: o(0, dx),
-                    ln_w: o(1, dln_w),
-                    ln_b: o(2, dln_b),
-                    w1: o(3, dw1),
-                    b1: o(4, db1),
-                    w2: o(5, dw2),
-                    b2: o(6, db2),
+                    y: o(0, y),
+                    x: o(1, dx),
+                    ln_w: o(2, dln_w),
+                    ln_b: o(3, dln_b),
+                    w1: o(4, dw1),
+                    b1: o(5, db1),
+                    w2: o(6, dw2),
+                    b2: o(7, db2),
                 };
                 (p, v(0, x), v(1, dy), out)
             };

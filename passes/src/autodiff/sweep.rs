@@ -121,10 +121,22 @@ impl<'g> Sweep<'g> {
         let y2 = self.b.slice(yv, last, h, w)?;
         let dy1 = self.b.slice(dy, last, 0, h)?;
         let dy2 = self.b.slice(dy, last, h, w)?;
-        // x2 = y2 - g(y1), then g's vector-Jacobian product at y1.
+        // x2 = y2 - g(y1), then g's vector-Jacobian product at y1. A
+        // `feed_forward` branch's product comes first instead, so that its
+        // gradients follow it and share its kernel call (see
+        // reformc_passes::fusion::Fusion::grouped); otherwise x2 first, which
+        // frees y2 sooner.
         let (g_out, g_ops) = self.replay(&c.g, y1)?;
-        let x2 = self.b.sub(y2, g_out)?;
-        let d_y1 = self.through(g_ops, g_out, dy2, y1)?;
+        let (x2, d_y1) = match self.b.g.node(g_out).op.kind {
+            OpKind::FeedForward => {
+                let d = self.through(g_ops, g_out, dy2, y1)?;
+                (self.b.sub(y2, g_out)?, d)
+            }
+            _ => {
+                let x2 = self.b.sub(y2, g_out)?;
+                (x2, self.through(g_ops, g_out, dy2, y1)?)
+            }
+        };
         let dy1t = match d_y1 {
             Some(d) => self.b.add(dy1, d)?,
             None => dy1,

@@ -1,7 +1,8 @@
 //! `feed_forward` as one fused dense stack (`rc_dense_f32`: layer-norm
-//! prologue, two linears) and each group of `feed_forward_grad`s as one call
-//! of the runtime's blocked backward kernel (`rc_feed_forward_grad_f32`),
-//! which writes every gradient the group asks for.
+//! prologue, two linears) and each group of `feed_forward_grad`s (with the
+//! `feed_forward` that may lead it) as one call of the runtime's blocked
+//! backward kernel (`rc_feed_forward_grad_f32`), which writes every output
+//! the group asks for.
 
 use super::*;
 
@@ -45,10 +46,11 @@ impl<'ctx> Gen<'ctx> {
         Ok(out)
     }
 
-    /// `feed_forward_grad` leading a group ([`Fusion::group_of`]): one
-    /// kernel call writes the gradient of every member; the members' buffers
-    /// are bound here, the leader's returned.
-    pub(super) fn feed_forward_grad(
+    /// A group's leader ([`Fusion::group_of`]; `group` is empty for a lone
+    /// `feed_forward_grad`): one kernel call writes the output of every
+    /// member (a leading `feed_forward`'s too); the members' buffers are bound
+    /// here, the leader's returned.
+    pub(super) fn feed_forward_group(
         &self,
         fs: &mut Fs<'ctx, '_>,
         v: ValueId,
@@ -59,30 +61,39 @@ impl<'ctx> Gen<'ctx> {
         let act = op
             .activation()
             .map_err(|e| BackendError::Unsupported(format!("{what}: {e}")))?;
-        let x = self.f32_operand(fs, v, 0)?;
-        let p: Vec<Buf<'ctx>> = (1..8)
-            .map(|i| self.f32_operand(fs, v, i))
-            .collect::<Result<_>>()?;
-        let (d, f) = (self.last(&x), p[2].dims[0]);
         let members = match group {
             [] => vec![v],
             g => g.to_vec(),
         };
-        let mut outs: [Option<Buf<'ctx>>; 7] = Default::default();
+        let grad = (members.iter())
+            .find(|&&m| fs.g.node(m).op.kind == OpKind::FeedForwardGrad)
+            .copied()
+            .ok_or_else(|| BackendError::Internal(format!("{what}: a group without gradients")))?;
+        let x = self.f32_operand(fs, v, 0)?;
+        let p: Vec<Buf<'ctx>> = (1..8)
+            .map(|i| self.f32_operand(fs, grad, i))
+            .collect::<Result<_>>()?;
+        let (d, f) = (self.last(&x), p[2].dims[0]);
+        // Kernel output 0 is the forward's, 1 + i the gradient of operand i.
+        let slot = |m: ValueId| {
+            let node = fs.g.node(m);
+            let wrt = node.op.str("wrt").unwrap_or("");
+            match node.op.kind {
+                OpKind::FeedForward => Some(0),
+                _ => (reformc_ir::FEED_FORWARD_OPERANDS.iter())
+                    .position(|n| *n == wrt)
+                    .map(|i| i + 1),
+            }
+        };
+        let mut outs: [Option<Buf<'ctx>>; 8] = Default::default();
         for &m in &members {
-            let wrt = fs.g.node(m).op.str("wrt").unwrap_or("");
-            let i = reformc_ir::FEED_FORWARD_OPERANDS
-                .iter()
-                .position(|n| *n == wrt)
-                .ok_or_else(|| BackendError::Internal(format!("{what}: wrt \"{wrt}\"")))?;
+            let i = slot(m).ok_or_else(|| BackendError::Internal(format!("{what}: wrt")))?;
             let dims = match i {
-                0 => x.dims.clone(),
-                _ => p[i - 1].dims.clone(),
+                0 | 1 => x.dims.clone(),
+                _ => p[i - 2].dims.clone(),
             };
-            let name = at(fs.g, &fs.numbering, m);
-            outs[i] = Some(self.alloc_buf(fs, DType::F32, dims, &name)?);
+            outs[i] = Some(self.alloc_buf(fs, DType::F32, dims, &at(fs.g, &fs.numbering, m))?);
         }
-        let ptr = |o: &Option<Buf<'ctx>>| o.as_ref().map_or(self.null(), |b| b.ptr);
         let eps = self.t.f32.const_float(op.float("eps").unwrap_or(1e-12));
         let chunk = self.i64c(op.int("chunk").unwrap_or(1).max(1));
         let mut args: Vec<BasicMetadataValueEnum<'ctx>> = vec![
@@ -98,19 +109,16 @@ impl<'ctx> Gen<'ctx> {
             p[3].ptr.into(),
             self.i32c(abi::activation_code(act)).into(),
             p[4].ptr.into(),
+            p[5].ptr.into(),
             chunk.into(),
         ];
+        let ptr = |o: &Option<Buf<'ctx>>| o.as_ref().map_or(self.null(), |b| b.ptr);
         args.extend(outs.iter().map(|o| BasicMetadataValueEnum::from(ptr(o))));
         self.kernel(fs, v, "rc_feed_forward_grad_f32", &args)?;
         let mut mine = None;
-        for (&m, o) in members.iter().zip(members.iter().map(|&m| {
-            let wrt = fs.g.node(m).op.str("wrt").unwrap_or("");
-            reformc_ir::FEED_FORWARD_OPERANDS
-                .iter()
-                .position(|n| *n == wrt)
-        })) {
-            let buf = o.and_then(|i| outs[i].clone()).ok_or_else(|| {
-                BackendError::Internal(format!("{what}: a member's gradient was not computed"))
+        for &m in &members {
+            let buf = slot(m).and_then(|i| outs[i].clone()).ok_or_else(|| {
+                BackendError::Internal(format!("{what}: a member's output was not computed"))
             })?;
             match m == v {
                 true => mine = Some(buf),

@@ -1168,6 +1168,7 @@ impl<'ctx> Gen<'ctx> {
             let timed = self.profile
                 && node.regions.is_empty()
                 && !fs.fusion.absorbed(v)
+                && !fs.fusion.grouped.contains_key(&v)
                 && !matches!(
                     node.op.kind,
                     OpKind::Input | OpKind::Weight | OpKind::Arg | OpKind::Constant
@@ -1585,10 +1586,13 @@ impl<'ctx> Gen<'ctx> {
             AxialPosEmbedding => self.axial_pos_embedding(fs, v)?,
             LayerNorm => self.layer_norm(fs, v)?,
             LayerNormGrad => self.layer_norm_grad(fs, v)?,
-            FeedForward => self.feed_forward(fs, v)?,
+            FeedForward => match fs.fusion.group_of(v) {
+                group if group.is_empty() => self.feed_forward(fs, v)?,
+                group => self.feed_forward_group(fs, v, &group)?,
+            },
             FeedForwardGrad => {
                 let group = fs.fusion.group_of(v);
-                self.feed_forward_grad(fs, v, &group)?
+                self.feed_forward_group(fs, v, &group)?
             }
             Linear => self.dense(fs, v)?,
             Attention => self.attention(fs, v)?,

@@ -83,9 +83,17 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// Generates the top-level `body` as segments of outlined ranges.
+    /// A segment never splits a group of `feed_forward_grad`s: its leader
+    /// computes every member, which must be defined in the leader's range.
     pub(super) fn run_segments(&self, fs: &mut Fs<'ctx, '_>, body: &[ValueId]) -> Result<()> {
-        for (k, ops) in body.chunks(SEGMENT_OPS).enumerate() {
-            self.outlined_range(fs, ops, k * SEGMENT_OPS, true)?;
+        let mut start = 0;
+        while start < body.len() {
+            let mut end = (start + SEGMENT_OPS).min(body.len());
+            while end < body.len() && fs.fusion.grouped.contains_key(&body[end]) {
+                end += 1;
+            }
+            self.outlined_range(fs, &body[start..end], start, true)?;
+            start = end;
         }
         Ok(())
     }
