@@ -21,7 +21,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
-use step_support::{grad_error, split, step_graph};
+use step_support::{grad_error, split, step_graph_chunked};
 
 /// Runs `prog` with `args`; returns (exit code, stdout, stderr).
 fn exec(prog: &Path, args: &[&dyn AsRef<OsStr>]) -> (i32, String, String) {
@@ -110,9 +110,10 @@ fn read_grads(path: &Path) -> BTreeMap<String, ArrayD<f64>> {
         .collect()
 }
 
-/// The same step on the interpreter (f32, labels aligned by the train crate).
-fn interpreter_step(case: &Case) -> (f64, BTreeMap<String, ArrayD<f64>>) {
-    let g = step_graph(case, DType::F32);
+/// The same step on the interpreter (f32, labels aligned by the train crate;
+/// the feed-forward chunked by `chunk_ff` when given).
+fn interpreter_step(case: &Case, chunk_ff: Option<u64>) -> (f64, BTreeMap<String, ArrayD<f64>>) {
+    let g = step_graph_chunked(case, DType::F32, None, chunk_ff);
     let mut inputs = case.inputs(case.replay_source());
     let labels: ArrayD<i64> = read(&case.dir.join("labels.npy"));
     let aligned = reformc_train::labels::aligned(&labels, case.spec.causal);
@@ -143,14 +144,19 @@ fn run_step(case: &Case, step: &Path, out: &Path, extra: &[&dyn AsRef<OsStr>]) -
 /// Compiles and runs the step of `name`; checks it against the interpreter
 /// and HF, and that the gradients do not depend on the thread count.
 fn check_case(name: &str) {
+    check_step(name, &shared_step(name), None);
+}
+
+/// [`check_case`] for the step executable `step`, compiled with the
+/// feed-forward chunked by `chunk_ff` when given.
+fn check_step(name: &str, step: &Path, chunk_ff: Option<u64>) {
     let case = Case::load(&fixture(name));
-    let s = Scratch::new(&format!("step-{name}"));
-    let step = shared_step(name);
+    let s = Scratch::new(&format!("step-{name}-{chunk_ff:?}"));
     let labels = case.dir.join("labels.npy");
     let (grads, loss_out) = (s.path("grads.safetensors"), s.path("loss.npy"));
     let (code, err) = run_step(
         &case,
-        &step,
+        step,
         &grads,
         &[
             &"--labels",
@@ -166,7 +172,7 @@ fn check_case(name: &str) {
     assert_eq!(loss.ndim(), 0, "{name}: the loss is a 0-d array");
     let loss = loss.iter().next().copied().unwrap();
     let got = read_grads(&grads);
-    let (want_loss, want) = interpreter_step(&case);
+    let (want_loss, want) = interpreter_step(&case, chunk_ff);
     let rel = (loss - want_loss).abs() / want_loss.abs();
     assert!(
         rel <= 1e-6,
@@ -194,7 +200,7 @@ fn check_case(name: &str) {
     let grads3 = s.path("grads3.safetensors");
     let (code, err) = run_step(
         &case,
-        &step,
+        step,
         &grads3,
         &[&"--labels", &labels, &"--threads", &"3"],
     );
@@ -220,6 +226,18 @@ fn masked_lm_local_step_executable_matches_the_interpreter_and_hf() {
 #[test]
 fn padded_batch_with_a_mask_matches_the_interpreter() {
     check_case("causal_mask_padded_b2");
+}
+
+/// The feed-forward chunked (`--chunk-ff`): one `feed_forward` op, whose
+/// recomputed output and gradients are one kernel call per layer.
+#[test]
+fn chunked_feed_forward_step_executables_match_the_interpreter_and_hf() {
+    for name in ["causal_lsh_r1", "causal_mask_padded_b2"] {
+        let s = Scratch::new(&format!("ff-step-{name}"));
+        let exe = s.path("step");
+        compile_step(&Case::load(&fixture(name)), &exe, &[&"--chunk-ff", &"8"]);
+        check_step(name, &exe, Some(8));
+    }
 }
 
 /// Exit 2 with one `error:` line mentioning every needle.

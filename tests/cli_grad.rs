@@ -212,10 +212,10 @@ fn explain_train_reports_the_step_plan() {
 }
 
 /// The fused derivative kernels (layer norm, LSH and local attention; the
-/// fixture mixes both attention kinds) against autodiff of the
-/// model ops' tensor-op decompositions (`--lowered-grads`): f64 steps agree
-/// within 1e-9 of each tensor's largest gradient, and `dump --train` shows
-/// which was differentiated.
+/// fixture mixes both attention kinds; the feed-forward, chunked) against
+/// autodiff of the model ops' tensor-op decompositions (`--lowered-grads`):
+/// f64 steps agree within 1e-9 of each tensor's largest gradient, and `dump
+/// --train` shows which was differentiated.
 #[test]
 fn fused_derivatives_match_the_lowered_decompositions() {
     let dir = scratch("fused");
@@ -232,10 +232,12 @@ fn fused_derivatives_match_the_lowered_decompositions() {
         dir.join("fused.safetensors"),
         dir.join("lowered.safetensors"),
     );
-    let r = grad(&fused, &common);
+    let mut args = common.to_vec();
+    args.extend(["--chunk-ff", "4"]);
+    let r = grad(&fused, &args);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let mut args = common.to_vec();
-    args.push("--lowered-grads");
+    args.extend(["--chunk-ff", "4", "--lowered-grads"]);
     let r = grad(&lowered, &args);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let a = reformc_frontend::weights::WeightFile::open(&fused).unwrap();
@@ -266,16 +268,22 @@ fn fused_derivatives_match_the_lowered_decompositions() {
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
         String::from_utf8_lossy(&r.stdout).into_owned()
     };
-    let fused = dump(&[]);
+    let fused = dump(&["--chunk-ff", "4"]);
     for op in [
         "layer_norm_grad",
         "lsh_attention_grad",
         "local_attention_grad",
+        "feed_forward_grad",
     ] {
         assert!(fused.contains(op), "no {op} in the step");
     }
-    let lowered = dump(&["--lowered-grads"]);
-    for op in ["layer_norm", "lsh_attention", "local_attention"] {
+    let lowered = dump(&["--chunk-ff", "4", "--lowered-grads"]);
+    for op in [
+        "layer_norm",
+        "lsh_attention",
+        "local_attention",
+        "feed_forward",
+    ] {
         assert!(!lowered.contains(&format!("{op} ")), "{op} kept");
         assert!(!lowered.contains(&format!("{op}_grad")), "{op}_grad used");
     }

@@ -17,12 +17,20 @@ use reformc_ir::DType;
 use reformc_passes::autodiff::LABELS;
 use reformc_tensor::Tensor;
 use std::collections::BTreeMap;
-use step_support::{grad_error, split, step_graph_with};
+use step_support::{grad_error, split, step_graph_chunked};
 
-/// Runs the step (the LM head fused into the loss in blocks of `chunk` rows
-/// when given); returns the loss and the gradients by weight name.
-fn step(case: &Case, dtype: DType, chunk: Option<u64>) -> (f64, BTreeMap<String, ArrayD<f64>>) {
-    let g = step_graph_with(case, dtype, chunk);
+/// How a step is built: the LM head fused into the loss in blocks of
+/// `lm_head` rows, the feed-forward chunked by `ff` (one `feed_forward` op
+/// and its fused derivative), when given.
+#[derive(Clone, Copy, Default)]
+struct Chunks {
+    lm_head: Option<u64>,
+    ff: Option<u64>,
+}
+
+/// Runs the step; returns the loss and the gradients by weight name.
+fn step(case: &Case, dtype: DType, chunk: Chunks) -> (f64, BTreeMap<String, ArrayD<f64>>) {
+    let g = step_graph_chunked(case, dtype, chunk.lm_head, chunk.ff);
     let mut inputs = case.inputs(case.replay_source());
     let labels: ArrayD<i64> = read(&case.dir.join("labels.npy"));
     let aligned = reformc_train::labels::aligned(&labels, case.spec.causal);
@@ -56,7 +64,7 @@ fn reference_grads(case: &Case) -> BTreeMap<String, ArrayD<f64>> {
         .collect()
 }
 
-fn check_all(dtype: DType, loss_tol: f64, grad_tol: f64, chunk: Option<u64>) {
+fn check_all(dtype: DType, loss_tol: f64, grad_tol: f64, chunk: Chunks) {
     let mut report = vec![];
     let mut checked = 0;
     for dir in fixtures() {
@@ -97,18 +105,34 @@ fn check_all(dtype: DType, loss_tol: f64, grad_tol: f64, chunk: Option<u64>) {
 
 #[test]
 fn f32_step_matches_hf_float64_gradients() {
-    check_all(DType::F32, 1e-5, 1e-4, None);
+    check_all(DType::F32, 1e-5, 1e-4, Chunks::default());
 }
 
 #[test]
 fn f64_step_matches_hf_float64_gradients_within_1e_9() {
-    check_all(DType::F64, 1e-9, 1e-9, None);
+    check_all(DType::F64, 1e-9, 1e-9, Chunks::default());
 }
 
 /// The same with the LM head fused into the loss (`lm_loss`), in blocks of
 /// 5 rows so that every fixture's sequence spans several blocks.
 #[test]
 fn the_fused_lm_head_loss_matches_hf_float64_gradients() {
-    check_all(DType::F32, 1e-5, 1e-4, Some(5));
-    check_all(DType::F64, 1e-9, 1e-9, Some(5));
+    let chunk = Chunks {
+        lm_head: Some(5),
+        ff: None,
+    };
+    check_all(DType::F32, 1e-5, 1e-4, chunk);
+    check_all(DType::F64, 1e-9, 1e-9, chunk);
+}
+
+/// The same with the feed-forward chunked (`feed_forward` and its fused
+/// derivative `feed_forward_grad`), in chunks of 3 rows.
+#[test]
+fn the_chunked_feed_forward_matches_hf_float64_gradients() {
+    let chunk = Chunks {
+        lm_head: None,
+        ff: Some(3),
+    };
+    check_all(DType::F32, 1e-5, 1e-4, chunk);
+    check_all(DType::F64, 1e-9, 1e-9, chunk);
 }

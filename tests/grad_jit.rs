@@ -15,22 +15,29 @@ use ndarray::ArrayD;
 use reformc_ir::DType;
 use reformc_passes::autodiff::LABELS;
 use reformc_tensor::Tensor;
-use step_support::{grad_error, lowered_step_graph, split, step_graph};
+use step_support::{grad_error, lowered_step_graph, split, step_graph_chunked};
 
 /// Fixtures of the default test: one with LSH layers (the integer argsort,
 /// argmax and gather of the LSH lowering), one with local attention only.
 const QUICK: &[&str] = &["causal_lsh_r1", "noncausal_local_only"];
 
-/// Compares the JIT with the interpreter on the fixtures `keep` selects;
-/// returns how many ran.
-fn check(keep: &dyn Fn(&str) -> bool) -> usize {
+/// Compares the JIT with the interpreter on the fixtures `keep` selects, the
+/// feed-forward chunked by `chunk_ff` when given; returns how many ran.
+fn check(keep: &dyn Fn(&str) -> bool, chunk_ff: Option<u64>) -> usize {
     let mut report = vec![];
     for dir in fixtures() {
         let case = Case::load(&dir);
         if !case.has("labels.npy") || !keep(&case.name) {
             continue;
         }
-        let g = step_graph(&case, DType::F32);
+        let g = step_graph_chunked(&case, DType::F32, None, chunk_ff);
+        let fused_ff = reformc_ir::print(&g).contains("feed_forward_grad");
+        assert_eq!(
+            fused_ff,
+            chunk_ff.is_some(),
+            "{}: feed_forward_grad",
+            case.name
+        );
         let mut inputs = case.inputs(case.replay_source());
         let labels: ArrayD<i64> = read(&case.dir.join("labels.npy"));
         let aligned = reformc_train::labels::aligned(&labels, case.spec.causal);
@@ -70,7 +77,14 @@ fn check(keep: &dyn Fn(&str) -> bool) -> usize {
 
 #[test]
 fn jit_step_matches_the_interpreter_on_lsh_and_local_fixtures() {
-    assert_eq!(check(&|name| QUICK.contains(&name)), QUICK.len());
+    assert_eq!(check(&|name| QUICK.contains(&name), None), QUICK.len());
+}
+
+/// The same with the feed-forward chunked: one `feed_forward` op, and in the
+/// backward one kernel call for each branch's recomputed output and gradients.
+#[test]
+fn jit_step_with_the_chunked_feed_forward_matches_the_interpreter() {
+    assert_eq!(check(&|name| QUICK.contains(&name), Some(8)), QUICK.len());
 }
 
 /// The step graph of a two-layer model, every model op lowered, has about a
@@ -145,5 +159,6 @@ fn a_step_graph_compiles_as_small_shared_functions() {
 #[test]
 #[ignore = "slow: 2-3 minutes for all fixtures; run with --ignored"]
 fn jit_step_matches_the_interpreter_on_every_hf_fixture() {
-    assert!(check(&|_| true) >= 10);
+    assert!(check(&|_| true, None) >= 10);
+    assert!(check(&|_| true, Some(8)) >= 10);
 }

@@ -164,6 +164,26 @@ fn layer_norm_through_its_fused_derivative() {
     case("%0 = weight {name=\"x\"} : f64[4,1]\n%1 = weight {name=\"g\"} : f64[1]\n%2 = weight {name=\"b\"} : f64[1]\n%3 = layer_norm %0, %1, %2 {eps=1e-5} : f64[4,1]\noutput \"y\" = %3");
 }
 
+#[test]
+fn feed_forward_through_its_fused_derivative() {
+    // Every operand carries a gradient: rows of D = 4 over a [2, 3] batch,
+    // F = 6, for a kinked and a smooth activation and none.
+    for act in ["relu", "gelu", "silu"] {
+        case(&format!(
+            "%0 = weight {{name=\"x\"}} : f64[2,3,4]\n\
+             %1 = weight {{name=\"g\"}} : f64[4]\n\
+             %2 = weight {{name=\"b\"}} : f64[4]\n\
+             %3 = weight {{name=\"w1\"}} : f64[6,4]\n\
+             %4 = weight {{name=\"b1\"}} : f64[6]\n\
+             %5 = weight {{name=\"w2\"}} : f64[4,6]\n\
+             %6 = weight {{name=\"b2\"}} : f64[4]\n\
+             %7 = feed_forward %0, %1, %2, %3, %4, %5, %6 {{activation=\"{act}\", chunk=2, eps=1e-5}} : f64[2,3,4]\n\
+             output \"y\" = %7"
+        ));
+    }
+    case("%0 = weight {name=\"x\"} : f64[5,3]\n%1 = weight {name=\"g\"} : f64[3]\n%2 = weight {name=\"b\"} : f64[3]\n%3 = weight {name=\"w1\"} : f64[2,3]\n%4 = weight {name=\"b1\"} : f64[2]\n%5 = weight {name=\"w2\"} : f64[3,2]\n%6 = weight {name=\"b2\"} : f64[3]\n%7 = feed_forward %0, %1, %2, %3, %4, %5, %6 {chunk=1, eps=1e-5} : f64[5,3]\noutput \"y\" = %7");
+}
+
 /// `[b, h, rounds, len]` bucket ids with round offsets (round `r` in
 /// `[r·nb, (r+1)·nb)`), drawn from `seed`.
 fn lsh_buckets(b: usize, h: usize, rounds: usize, len: usize, nb: i64, seed: u64) -> Tensor {

@@ -505,15 +505,31 @@ mod tests {
             };
             let p = case.params();
             feed_forward_grad(&case.x, &case.dy, 1300, 16, 24, &p, 64, out).unwrap();
-            let layer = |w, out, b, act| crate::dense::Layer { w, out, b: Some(b), act };
+            let layer = |w, out, b, act| crate::dense::Layer {
+                w,
+                out,
+                b: Some(b),
+                act,
+            };
             let stack = crate::dense::Stack {
-                norm: Some(crate::dense::Norm { w: p.ln_w, b: p.ln_b, eps: p.eps }),
+                norm: Some(crate::dense::Norm {
+                    w: p.ln_w,
+                    b: p.ln_b,
+                    eps: p.eps,
+                }),
                 first: layer(p.w1, 24, p.b1, act),
                 second: Some(layer(p.w2, 16, p.b2, Activation::None)),
             };
             let mut want = vec![0.0f32; 1300 * 16];
-            crate::dense::dense(&stack, &case.x, 1300, 16, &mut want, crate::dense::Mode::Store)
-                .unwrap();
+            crate::dense::dense(
+                &stack,
+                &case.x,
+                1300,
+                16,
+                &mut want,
+                crate::dense::Mode::Store,
+            )
+            .unwrap();
             assert_eq!(y, want, "{act:?}");
         }
     }

@@ -20,10 +20,22 @@ pub fn step_graph(case: &Case, dtype: DType) -> Graph {
 
 /// [`step_graph`] with `--chunk-lm-head` (which fuses the LM head into the loss).
 pub fn step_graph_with(case: &Case, dtype: DType, chunk_lm_head: Option<u64>) -> Graph {
+    step_graph_chunked(case, dtype, chunk_lm_head, None)
+}
+
+/// [`step_graph_with`], the feed-forward also chunked (`--chunk-ff`) when
+/// `chunk_ff` is given: one `feed_forward` op and its fused derivative.
+pub fn step_graph_chunked(
+    case: &Case,
+    dtype: DType,
+    chunk_lm_head: Option<u64>,
+    chunk_ff: Option<u64>,
+) -> Graph {
     let mut g = case.graph(dtype, case.replay_source());
     let opts = PassOptions {
         seq_len: Some(case.seq_len() as u64),
         chunk_size_lm_head: chunk_lm_head,
+        chunk_size_feed_forward: chunk_ff,
         ..Default::default()
     };
     reformc_train::grad::build_step(&mut g, &opts).unwrap_or_else(|e| panic!("{}: {e}", case.name));

@@ -350,3 +350,128 @@ fn local_attention_grad_matches_the_interpreter() {
         compare(&text, &inputs(list), 1e-4);
     }
 }
+
+/// `feed_forward` and its gradients over `[B, L, 8]` rows (F = 12): `lead`
+/// puts the forward right before the gradients (one kernel call computes
+/// them all), otherwise the gradients `wrts` come alone and the forward
+/// after them (the fused dense stack).
+fn feed_forward_graph(act: &str, wrts: &[&str], lead: bool) -> String {
+    let ff_attrs = format!("activation=\"{act}\", chunk=16, eps=1e-5");
+    let operands = "%0, %1, %2, %3, %4, %5, %6";
+    let types = [
+        "f32[B,L,8]",
+        "f32[8]",
+        "f32[8]",
+        "f32[12,8]",
+        "f32[12]",
+        "f32[8,12]",
+        "f32[8]",
+    ];
+    let names = ["x", "ln_w", "ln_b", "w1", "b1", "w2", "b2"];
+    let mut s = String::from("graph {\n");
+    for (i, (n, t)) in names.iter().zip(types).enumerate() {
+        s += &format!("  %{i} = input {{name=\"{n}\"}} : {t}\n");
+    }
+    s += "  %7 = input {name=\"dy\"} : f32[B,L,8]\n";
+    let fwd = format!("feed_forward {operands} {{{ff_attrs}}} : f32[B,L,8]");
+    let mut next = 8;
+    let mut outputs = Vec::new();
+    if lead {
+        s += &format!("  %{next} = {fwd}\n");
+        outputs.push(("y".to_string(), next));
+        next += 1;
+    }
+    for w in wrts {
+        let i = names.iter().position(|n| n == w).unwrap();
+        s += &format!(
+            "  %{next} = feed_forward_grad {operands}, %7 {{{ff_attrs}, wrt=\"{w}\"}} : {}\n",
+            types[i]
+        );
+        outputs.push((format!("d_{w}"), next));
+        next += 1;
+    }
+    if !lead {
+        s += &format!("  %{next} = {fwd}\n");
+        outputs.push(("y".to_string(), next));
+    }
+    for (name, v) in outputs {
+        s += &format!("  output \"{name}\" = %{v}\n");
+    }
+    s + "}"
+}
+
+#[test]
+fn feed_forward_and_its_gradients_match_the_interpreter() {
+    // 2 x 1100 rows: blocks of 1024 rows, the last one short.
+    let list = vec![
+        ("x", f32t(&[2, 1100, 8], 1, -2.0, 2.0)),
+        ("ln_w", f32t(&[8], 2, 0.5, 1.5)),
+        ("ln_b", f32t(&[8], 3, -0.5, 0.5)),
+        ("w1", f32t(&[12, 8], 4, -0.5, 0.5)),
+        ("b1", f32t(&[12], 5, -0.5, 0.5)),
+        ("w2", f32t(&[8, 12], 6, -0.5, 0.5)),
+        ("b2", f32t(&[8], 7, -0.5, 0.5)),
+        ("dy", f32t(&[2, 1100, 8], 8, -1.0, 1.0)),
+    ];
+    let all = ["x", "ln_w", "ln_b", "w1", "b1", "w2", "b2"];
+    for act in ["relu", "gelu"] {
+        compare(
+            &feed_forward_graph(act, &all, true),
+            &inputs(list.clone()),
+            1e-4,
+        );
+        compare(
+            &feed_forward_graph(act, &["x", "b1", "w2"], false),
+            &inputs(list.clone()),
+            1e-4,
+        );
+        compare(
+            &feed_forward_graph(act, &["ln_w"], false),
+            &inputs(list.clone()),
+            1e-4,
+        );
+    }
+}
+
+/// A graph long enough to be generated as outlined segments of 48 ops, with
+/// a feed-forward group across a segment boundary: its leader computes every
+/// member, so the segments must not split the group. (The filler is softmax
+/// chains: an elementwise chain would be inlined into one loop.)
+#[test]
+fn a_feed_forward_group_across_segment_boundaries_stays_one_call() {
+    let all = ["x", "ln_w", "ln_b", "w1", "b1", "w2", "b2"];
+    let text = feed_forward_graph("relu", &all, true);
+    let (head, tail) = text.split_once("  %8 = feed_forward").unwrap();
+    let mut s = format!("{head}  %8 = input {{name=\"s\"}} : f32[4]\n");
+    // Renumber the group after a chain of 36 softmaxes (the leader lands at 45).
+    let shift = 37;
+    let mut prev = 8;
+    for i in 9..9 + 36 {
+        s += &format!("  %{i} = softmax %{prev} {{axis=0}} : f32[4]\n");
+        prev = i;
+    }
+    let mut body = String::from("  %8 = feed_forward");
+    body += tail.trim_end_matches('}');
+    for v in (8..=15).rev() {
+        body = body.replace(&format!("%{v} "), &format!("%{} ", v + shift));
+        body = body.replace(&format!("= %{v}\n"), &format!("= %{}\n", v + shift));
+    }
+    s += &body;
+    for i in 53..53 + 300 {
+        s += &format!("  %{i} = softmax %{prev} {{axis=0}} : f32[4]\n");
+        prev = i;
+    }
+    s += &format!("  output \"chain\" = %{prev}\n}}");
+    let list = vec![
+        ("x", f32t(&[1, 1500, 8], 11, -2.0, 2.0)),
+        ("ln_w", f32t(&[8], 12, 0.5, 1.5)),
+        ("ln_b", f32t(&[8], 13, -0.5, 0.5)),
+        ("w1", f32t(&[12, 8], 14, -0.5, 0.5)),
+        ("b1", f32t(&[12], 15, -0.5, 0.5)),
+        ("w2", f32t(&[8, 12], 16, -0.5, 0.5)),
+        ("b2", f32t(&[8], 17, -0.5, 0.5)),
+        ("dy", f32t(&[1, 1500, 8], 18, -1.0, 1.0)),
+        ("s", f32t(&[4], 19, -1.0, 1.0)),
+    ];
+    compare(&s, &inputs(list), 1e-4);
+}
