@@ -369,6 +369,47 @@ fn collect(
     }
 }
 
+/// Records the runs of consecutive `feed_forward_grad`s in `body` that share
+/// operands and attributes except `wrt`, each led by the first of them or by
+/// the `feed_forward` of the same operands and attributes just before it
+/// (a reversible block's backward recomputes the branch's output there; see
+/// [`Fusion::grouped`]).
+fn group_feed_forward_grads(g: &Graph, body: &[ValueId], grouped: &mut HashMap<ValueId, ValueId>) {
+    let strip = |n: &reformc_ir::Node| {
+        let mut attrs = n.op.attrs.clone();
+        attrs.remove("wrt");
+        attrs
+    };
+    let joins = |lead: &reformc_ir::Node, n: &reformc_ir::Node| {
+        let fwd = lead.inputs.len();
+        let same_inputs = match lead.op.kind {
+            OpKind::FeedForward => n.inputs.get(..fwd) == Some(&lead.inputs[..]),
+            _ => n.inputs == lead.inputs,
+        };
+        same_inputs && strip(lead) == strip(n)
+    };
+    // The group's leader, and its first gradient (whose operands the rest share).
+    let mut lead: Option<(ValueId, Option<ValueId>)> = None;
+    for &v in body {
+        let node = g.node(v);
+        lead = match (node.op.kind, lead) {
+            (OpKind::FeedForwardGrad, Some((l, first))) => {
+                let like = g.node(first.unwrap_or(l));
+                match joins(g.node(l), node) && first.is_none_or(|_| joins(like, node)) {
+                    true => {
+                        grouped.insert(v, l);
+                        Some((l, first.or(Some(v))))
+                    }
+                    false => Some((v, Some(v))),
+                }
+            }
+            (OpKind::FeedForwardGrad, None) => Some((v, Some(v))),
+            (OpKind::FeedForward, _) => Some((v, None)),
+            _ => None,
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -590,45 +631,51 @@ mod tests {
         assert!(!f.take_input.contains(&ids[6]), "%3 is read on every chunk");
         assert!(f.take_input.contains(&ids[7]), "defined in the body");
     }
-}
 
-/// Records the runs of consecutive `feed_forward_grad`s in `body` that share
-/// operands and attributes except `wrt`, each led by the first of them or by
-/// the `feed_forward` of the same operands and attributes just before it
-/// (a reversible block's backward recomputes the branch's output there; see
-/// [`Fusion::grouped`]).
-fn group_feed_forward_grads(g: &Graph, body: &[ValueId], grouped: &mut HashMap<ValueId, ValueId>) {
-    let strip = |n: &reformc_ir::Node| {
-        let mut attrs = n.op.attrs.clone();
-        attrs.remove("wrt");
-        attrs
-    };
-    let joins = |lead: &reformc_ir::Node, n: &reformc_ir::Node| {
-        let fwd = lead.inputs.len();
-        let same_inputs = match lead.op.kind {
-            OpKind::FeedForward => n.inputs.get(..fwd) == Some(&lead.inputs[..]),
-            _ => n.inputs == lead.inputs,
-        };
-        same_inputs && strip(lead) == strip(n)
-    };
-    // The group's leader, and its first gradient (whose operands the rest share).
-    let mut lead: Option<(ValueId, Option<ValueId>)> = None;
-    for &v in body {
-        let node = g.node(v);
-        lead = match (node.op.kind, lead) {
-            (OpKind::FeedForwardGrad, Some((l, first))) => {
-                let like = g.node(first.unwrap_or(l));
-                match joins(g.node(l), node) && first.is_none_or(|_| joins(like, node)) {
-                    true => {
-                        grouped.insert(v, l);
-                        Some((l, first.or(Some(v))))
-                    }
-                    false => Some((v, Some(v))),
-                }
-            }
-            (OpKind::FeedForwardGrad, None) => Some((v, Some(v))),
-            (OpKind::FeedForward, _) => Some((v, None)),
-            _ => None,
-        };
+    /// A feed-forward, its seven gradients and `extra` between them.
+    fn feed_forward_step(extra: &str) -> Graph {
+        let mut t = String::from("graph {\n");
+        let shapes = [
+            "f32[N,4]", "f32[4]", "f32[4]", "f32[6,4]", "f32[6]", "f32[4,6]", "f32[4]",
+        ];
+        let names = ["x", "ln_w", "ln_b", "w1", "b1", "w2", "b2"];
+        for (i, (n, ty)) in names.iter().zip(shapes).enumerate() {
+            t += &format!(" %{i} = input {{name=\"{n}\"}} : {ty}\n");
+        }
+        t += " %7 = input {name=\"dy\"} : f32[N,4]\n";
+        let ops = "%0, %1, %2, %3, %4, %5, %6";
+        t += &format!(" %8 = feed_forward {ops} {{chunk=2, eps=0.1}} : f32[N,4]\n");
+        t += extra;
+        let first = if extra.is_empty() { 9 } else { 10 };
+        for (k, (n, ty)) in names.iter().zip(shapes).enumerate() {
+            let v = first + k;
+            t += &format!(
+                " %{v} = feed_forward_grad {ops}, %7 {{chunk=2, eps=0.1, wrt=\"{n}\"}} : {ty}\n output \"d{n}\" = %{v}\n"
+            );
+        }
+        t += " output \"y\" = %8\n}";
+        reformc_ir::parse(&t).unwrap()
+    }
+
+    #[test]
+    fn a_feed_forward_leads_the_gradients_that_follow_it() {
+        let g = feed_forward_step("");
+        let f = Fusion::new(&g);
+        let lead = g.outputs.iter().find(|(n, _)| n == "y").unwrap().1;
+        let group = f.group_of(lead);
+        assert_eq!(group.len(), 8);
+        assert_eq!(group[0], lead);
+        assert!(group[1..].iter().all(|m| f.grouped[m] == lead));
+        // Members are computed by the leader, not on their own.
+        assert!(f.group_of(group[1]).is_empty());
+    }
+
+    #[test]
+    fn an_op_between_them_makes_the_first_gradient_lead() {
+        let g = feed_forward_step(" %9 = neg %0 : f32[N,4]\n output \"n\" = %9\n");
+        let f = Fusion::new(&g);
+        let dx = g.outputs.iter().find(|(n, _)| n == "dx").unwrap().1;
+        assert_eq!(f.group_of(dx).len(), 7);
+        assert_eq!(f.grouped.len(), 6);
     }
 }
