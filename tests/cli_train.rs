@@ -351,3 +351,41 @@ fn resume_with_another_optimizer_or_from_a_plain_weight_file() {
     refused(&data, &s.path("c.safetensors"), &["--resume", &w, "--steps", "5", "--seq-len", "32"],
         "model.safetensors: not a reformc checkpoint: metadata `format` is `pt`, expected `reformc-train-checkpoint`");
 }
+
+/// `--chunk-ff` runs the feed-forward as one op whose backward is one
+/// blocked kernel (blocks of at least 1024 rows): on windows shorter than a
+/// block it computes what the unchunked step computes in the same order, so
+/// the checkpoints are the same bytes. `--chunk-lm-head` fuses the LM head
+/// into the loss, a different summation order: its run only has to succeed.
+#[test]
+fn chunk_flags_train_and_the_feed_forward_chunk_keeps_the_bits() {
+    let s = Scratch::new("chunks");
+    let data = good_tokens(&s);
+    let w = weights_flag();
+    let run = |name: &str, extra: &[&str]| {
+        let out = s.path(name);
+        let mut args = vec!["--weights", w.as_str(), "--steps", "2", "--seq-len", "32"];
+        args.extend_from_slice(extra);
+        let (code, stderr) = train(&data, &out, &args);
+        assert_eq!(code, 0, "{stderr}");
+        std::fs::read(out).unwrap()
+    };
+    let plain = run("plain.safetensors", &[]);
+    assert!(plain == run("ff.safetensors", &["--chunk-ff", "8"]));
+    run("head.safetensors", &["--chunk-lm-head", "8"]);
+    refused(
+        &data,
+        &s.path("c.safetensors"),
+        &[
+            "--weights",
+            &w,
+            "--steps",
+            "2",
+            "--seq-len",
+            "32",
+            "--chunk-ff",
+            "0",
+        ],
+        "--chunk-ff",
+    );
+}

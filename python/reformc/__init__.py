@@ -73,6 +73,8 @@ def train(
     log=None,
     memory_budget=None,
     recompute_layers="auto",
+    chunk_ff=None,
+    chunk_lm_head=None,
 ):
     """Trains a model on a token stream, as `reformc train`: the same windows,
     steps, optimizers and checkpoints, so the same settings give the same
@@ -94,7 +96,9 @@ def train(
     ``memory_budget`` (bytes) and ``recompute_layers`` ("auto", "none" or
     "all") choose which layers that are not reversible the step recomputes in
     the backward pass instead of keeping their activations; the choice is
-    logged as a line before the steps.
+    logged as a line before the steps. ``chunk_ff`` and ``chunk_lm_head``
+    (positions) chunk the feed-forward (its backward too) and the LM head
+    along the sequence, as ``--chunk-ff`` and ``--chunk-lm-head`` do.
 
     Progress lines (every ``log_every`` steps and after the last) go to
     ``log(line)``, by default ``print``; ``log_every=0`` prints none.
@@ -131,6 +135,8 @@ def train(
         log=log,
         memory_budget=_count(memory_budget, "memory_budget"),
         recompute_layers=str(recompute_layers),
+        chunk_ff=_count(chunk_ff, "chunk_ff"),
+        chunk_lm_head=_count(chunk_lm_head, "chunk_lm_head"),
     )
 
 

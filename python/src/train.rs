@@ -35,7 +35,8 @@ use std::path::{Path, PathBuf};
     model, data, *, steps, seq_len, out, weights=None, batch=1, optimizer=None,
     lr=None, warmup=None, weight_decay=None, seed=None, checkpoint_every=None,
     log_every=1, resume=None, interp=false, threads=0, dropout=true,
-    lm_head_bias=false, log=None, memory_budget=None, recompute_layers="auto"
+    lm_head_bias=false, log=None, memory_budget=None, recompute_layers="auto",
+    chunk_ff=None, chunk_lm_head=None
 ))]
 #[allow(clippy::too_many_arguments)] // One keyword per flag of `reformc train`.
 pub fn train<'py>(
@@ -62,9 +63,16 @@ pub fn train<'py>(
     log: Option<Py<PyAny>>,
     memory_budget: Option<u64>,
     recompute_layers: &str,
+    chunk_ff: Option<u64>,
+    chunk_lm_head: Option<u64>,
 ) -> PyResult<Bound<'py, PyDict>> {
     if memory_budget == Some(0) {
         return Err(Error::input("memory_budget must be at least 1 (bytes)").into());
+    }
+    for (name, v) in [("chunk_ff", chunk_ff), ("chunk_lm_head", chunk_lm_head)] {
+        if v == Some(0) {
+            return Err(Error::input(format!("{name} must be at least 1 (positions)")).into());
+        }
     }
     let recompute = recompute_layers
         .parse()
@@ -95,6 +103,8 @@ pub fn train<'py>(
             memory: StepMemory {
                 budget: memory_budget,
                 recompute,
+                chunk_ff,
+                chunk_lm_head,
             },
             naming: Naming::Keywords,
         },

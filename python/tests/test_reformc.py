@@ -540,6 +540,16 @@ def test_train_matches_the_cli(tmp_path):
     assert (tmp_path / "file.safetensors").read_bytes() == cli_bytes
 
 
+def test_train_with_the_feed_forward_chunked(tmp_path):
+    """``chunk_ff`` is ``--chunk-ff``: on windows shorter than the backward's
+    1024-row blocks the chunked step computes the same bytes as the plain one."""
+    run = dict(RUN, steps=2, log_every=0)
+    plain = reformc.train(TRAIN, train_tokens(), out=tmp_path / "plain.safetensors", **run)
+    ff = reformc.train(TRAIN, train_tokens(), out=tmp_path / "ff.safetensors", chunk_ff=8, **run)
+    np.testing.assert_array_equal(ff["losses"], plain["losses"])
+    assert (tmp_path / "ff.safetensors").read_bytes() == (tmp_path / "plain.safetensors").read_bytes()
+
+
 def test_resume_continues_the_run_exactly(tmp_path):
     run = dict(RUN, steps=4, log_every=0)
     whole = reformc.train(TRAIN, train_tokens(), out=tmp_path / "whole.safetensors", **run)
@@ -630,6 +640,7 @@ def test_bad_training_input(tmp_path):
     assert refused(TRAIN, ids, optimizer="sgd") == "optimizer: invalid value 'sgd' (possible values: adam, adafactor)"
     assert refused(TRAIN, ids, recompute_layers="some") == "recompute_layers: expected auto, none or all, found `some`"
     assert refused(TRAIN, ids, memory_budget=0) == "memory_budget must be at least 1 (bytes)"
+    assert refused(TRAIN, ids, chunk_ff=0) == "chunk_ff must be at least 1 (positions)"
     assert refused(TRAIN, ids.reshape(2, 150)) == "data: token ids [N]: expected a rank-1 array, found shape [2, 150]"
     assert refused(TRAIN, ids.astype(np.float32)).startswith("data: token ids [N]: expected an integer array")
     bad = ids.copy()

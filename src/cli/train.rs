@@ -79,6 +79,12 @@ pub struct TrainArgs {
     /// (with --recompute-layers auto).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub memory_budget: Option<u64>,
+    /// Chunk the feed-forward along the sequence in chunks of N positions, its backward in blocks of at least that many rows (default: the config's `chunk_size_feed_forward`, else the memory budget decides).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=crate::cli::passes::MAX_SEQ_LEN))]
+    pub chunk_ff: Option<u64>,
+    /// Fuse the LM head into the loss in chunks of N positions (default: the config's `chunk_size_lm_head`, else when the vocabulary is wide).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=crate::cli::passes::MAX_SEQ_LEN))]
+    pub chunk_lm_head: Option<u64>,
     /// Layers that are not reversible recomputed in the backward pass instead of keeping their activations (auto: the fewest leading layers that fit --memory-budget, none without one; reversible layers always recompute).
     #[arg(long, default_value = "auto", value_parser = ["auto", "none", "all"])]
     pub recompute_layers: String,
@@ -171,6 +177,8 @@ fn settings(args: &TrainArgs) -> RunSettings {
         memory: StepMemory {
             budget: args.memory_budget,
             recompute: args.recompute_layers.parse().unwrap_or_default(),
+            chunk_ff: args.chunk_ff,
+            chunk_lm_head: args.chunk_lm_head,
         },
         naming: setup::Naming::Flags,
     }

@@ -67,15 +67,21 @@ pub fn build_step(graph: &mut Graph, opts: &PassOptions) -> Result<Vec<String>, 
         .collect())
 }
 
-/// How much activation memory a step may keep: the budget and the policy
-/// for recomputing layers that are not reversible (`--memory-budget`,
-/// `--recompute-layers`; see `reformc_passes::autodiff::checkpoint`).
+/// How much activation memory a step may keep: the budget, the policy for
+/// recomputing layers that are not reversible (`--memory-budget`,
+/// `--recompute-layers`; see `reformc_passes::autodiff::checkpoint`), and
+/// chunk sizes that override the config's (`--chunk-ff`, `--chunk-lm-head`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StepMemory {
     /// Bytes the step's static activation peak should stay under.
     pub budget: Option<u64>,
     /// Which layers to recompute.
     pub recompute: LayerRecompute,
+    /// Positions per feed-forward chunk (the chunked feed-forward and its
+    /// blocked derivative), instead of the config's `chunk_size_feed_forward`.
+    pub chunk_ff: Option<u64>,
+    /// Positions per LM-head chunk, instead of the config's `chunk_size_lm_head`.
+    pub chunk_lm_head: Option<u64>,
 }
 
 /// The dropout a training step of `spec` applies (`None` when all its
@@ -148,8 +154,8 @@ impl<'ctx> ModelStep<'ctx> {
         let pass_opts = PassOptions {
             seq_len: Some(seq_len),
             batch: Some(batch),
-            chunk_size_feed_forward: spec.chunk_size_feed_forward,
-            chunk_size_lm_head: spec.chunk_size_lm_head,
+            chunk_size_feed_forward: memory.chunk_ff.or(spec.chunk_size_feed_forward),
+            chunk_size_lm_head: memory.chunk_lm_head.or(spec.chunk_size_lm_head),
             dropout: dropout_rates(spec),
             memory_budget: memory.budget,
             recompute: memory.recompute,
@@ -280,4 +286,39 @@ pub fn split_step_outputs(
         })
         .collect();
     Ok((loss, grads))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reformc_frontend::config::{parse_model_config, read_config_text};
+
+    fn spec() -> ModelSpec {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/causal_mixed_r2/config.json");
+        parse_model_config(&read_config_text(&path).unwrap(), &path)
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn the_memory_settings_chunk_sizes_reach_the_step() {
+        let count = |memory: StepMemory, op: &str| {
+            let step = ModelStep::with_memory(&spec(), 32, 1, 0, memory).unwrap();
+            reformc_ir::print(step.graph()).matches(op).count()
+        };
+        assert_eq!(count(StepMemory::default(), "feed_forward_grad "), 0);
+        let ff = StepMemory {
+            chunk_ff: Some(8),
+            ..StepMemory::default()
+        };
+        // Seven gradients for each of the fixture's four layers.
+        assert_eq!(count(ff, "feed_forward_grad "), 28);
+        let head = StepMemory {
+            chunk_lm_head: Some(8),
+            ..StepMemory::default()
+        };
+        assert!(count(head, "lm_loss_grad ") > 0);
+        assert_eq!(count(StepMemory::default(), "lm_loss_grad "), 0);
+    }
 }
