@@ -720,3 +720,49 @@ fn hf_fixtures_with_full_attention_give_the_same_logits_after_lowering() {
     println!("checked {ran:?}");
     assert!(ran.len() >= 3, "only {ran:?} have no local layer");
 }
+
+/// A training step keeps a chunked feed-forward as one `feed_forward` op
+/// (its weights as operands) and says what it kept, by kind.
+#[test]
+fn a_chunked_feed_forward_is_kept_whole_and_the_note_names_it() {
+    let text = "graph {
+  %0 = input {name=\"x\"} : f32[B,P,4]
+  %1 = weight {name=\"g\"} : f32[4]
+  %2 = weight {name=\"b\"} : f32[4]
+  %3 = weight {name=\"w1\"} : f32[6,4]
+  %4 = weight {name=\"b1\"} : f32[6]
+  %5 = weight {name=\"w2\"} : f32[4,6]
+  %6 = weight {name=\"b2\"} : f32[4]
+  %7 = seq_chunk %0 {axis=1, size=2} : f32[B,P,4] {
+    body(%8: f32[B,C,4]) {
+      %9 = layer_norm %8, %1, %2 {eps=1e-5} : f32[B,C,4]
+      %10 = linear %9, %3, %4 {activation=\"gelu\"} : f32[B,C,6]
+      %11 = linear %10, %5, %6 : f32[B,C,4]
+      yield %11
+    }
+  }
+  output \"y\" = %7
+}";
+    let pass = lookup("lower-model").expect("lower-model is registered");
+    let mut g = reformc_ir::parse(text).unwrap();
+    let notes = pass.run(&mut g, &PassOptions::default()).unwrap();
+    let printed = reformc_ir::print(&g);
+    assert!(
+        printed.contains("feed_forward %0, %1, %2, %3, %4, %5, %6 {activation=\"gelu\", chunk=2, eps=1e-5} : f32[B,P,4]"),
+        "{printed}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("kept 1 feed_forward op for")),
+        "{notes:?}"
+    );
+    // --lowered-grads inlines the body instead.
+    let mut g = reformc_ir::parse(text).unwrap();
+    let opts = PassOptions {
+        lowered_grads: true,
+        ..Default::default()
+    };
+    pass.run(&mut g, &opts).unwrap();
+    assert!(!reformc_ir::print(&g).contains("feed_forward"));
+}

@@ -59,7 +59,7 @@ impl Pass for LowerModelPass {
     }
 
     fn summary(&self) -> &'static str {
-        "rewrites model ops (embedding, linear, attention, ...) into tensor ops, keeping those with a derivative of their own (layer_norm, lsh_attention, local_attention) unless --lowered-grads; inlines seq_chunk"
+        "rewrites model ops (embedding, linear, attention, ...) into tensor ops, keeping those with a derivative of their own (layer_norm, lsh_attention, local_attention, a chunked feed-forward as feed_forward) unless --lowered-grads; inlines other seq_chunks"
     }
 
     fn run(&self, g: &mut Graph, opts: &PassOptions) -> Result<Vec<String>, PassError> {
@@ -82,7 +82,8 @@ impl Pass for LowerModelPass {
         )];
         if kept > 0 {
             notes.push(format!(
-                "kept {kept} layer_norm/lsh_attention op(s) for their fused derivatives (--lowered-grads lowers them too)"
+                "kept {} for their fused derivatives (--lowered-grads lowers them too)",
+                kept_by_kind(g)
             ));
         }
         if let Some(rates) = opts.dropout.filter(|r| !r.is_zero()) {
@@ -110,6 +111,29 @@ fn count_model_ops(g: &Graph) -> usize {
             k.level() == OpLevel::Model && !matches!(k, OpKind::ReversibleBlock | OpKind::LshHash)
         })
         .count()
+}
+
+/// The model ops [`count_model_ops`] counts, by kind in first-use order:
+/// "24 layer_norm, 12 lsh_attention and 12 feed_forward ops".
+fn kept_by_kind(g: &Graph) -> String {
+    let mut counts: Vec<(OpKind, usize)> = Vec::new();
+    for v in g.walk() {
+        let k = g.node(v).op.kind;
+        if k.level() != OpLevel::Model || matches!(k, OpKind::ReversibleBlock | OpKind::LshHash) {
+            continue;
+        }
+        match counts.iter_mut().find(|(kind, _)| *kind == k) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((k, 1)),
+        }
+    }
+    let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    let list = match parts.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => parts.join(""),
+    };
+    let total: usize = counts.iter().map(|(_, n)| n).sum();
+    format!("{list} op{}", if total == 1 { "" } else { "s" })
 }
 
 /// Returns `g` with every model op expressed with tensor ops (see the module
