@@ -116,9 +116,12 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reformc", default=os.path.join(REPO, "target", "release", "reformc"))
+    ap.add_argument("--chunk-ff", type=int, default=None,
+                    help="chunk reformc's feed-forward (its backward too) in N positions: --chunk-ff N")
     a = ap.parse_args()
+    chunk = ["--chunk-ff", str(a.chunk_ff)] if a.chunk_ff else []
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    print(f"machine: {cpu}, {os.cpu_count()} cores; threads {a.threads}; reformc {a.reformc}\n")
+    print(f"machine: {cpu}, {os.cpu_count()} cores; threads {a.threads}; reformc {a.reformc} {' '.join(chunk)}\n")
     print("| layers | L | HF step (s) | HF peak (MiB) | step exe (s) | step exe peak (MiB) | train step (s) | train peak (MiB) | train process (JIT compile) (s) | engine | speed-up (HF/step exe) | step exe/HF peak |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for length in map(int, a.lengths.split(",")):
@@ -128,7 +131,7 @@ def main():
             engine = "?"
             exe = os.path.join(d, "step")
             subprocess.run([a.reformc, "compile", "--train", d + "/config.json", "--weights", d + "/model.safetensors",
-                            "--seq-len", str(length), "-o", exe, "--target-cpu", "host", "-q"], check=True)
+                            "--seq-len", str(length), "-o", exe, "--target-cpu", "host", "-q"] + chunk, check=True)
             for _ in range(a.repeats):
                 _, rss, out = timed([exe, "--input", d + "/ids.npy", "--output", d + "/grads.safetensors",
                                      "--threads", str(a.threads), "--time", "--repeat", str(a.steps + 1)])
@@ -137,7 +140,7 @@ def main():
                 hf.append((float(re.search(r"STEP ([0-9.e-]+)", out).group(1)), rss))
                 wall, rss, out = timed([a.reformc, "train", d + "/config.json", "--weights", d + "/model.safetensors",
                                         "--data", d + "/tokens.npy", "--steps", str(a.steps), "--seq-len", str(length),
-                                        "--out", d + "/ckpt.safetensors", "--threads", str(a.threads)])
+                                        "--out", d + "/ckpt.safetensors", "--threads", str(a.threads)] + chunk)
                 rates = [float(x) for x in re.findall(r"tokens/s (\d+)", out)]
                 engine = "LLVM JIT" if "LLVM JIT" in out else "interpreter"
                 compile_s = float(re.search(r"in ([0-9.]+) s", out).group(1)) if "compiled" in out else 0.0
