@@ -541,13 +541,15 @@ def test_train_matches_the_cli(tmp_path):
 
 
 def test_train_with_the_feed_forward_chunked(tmp_path):
-    """``chunk_ff`` is ``--chunk-ff``: on windows shorter than the backward's
-    1024-row blocks the chunked step computes the same bytes as the plain one."""
+    """``chunk_ff`` is ``--chunk-ff``: the chunked feed-forward's fused
+    derivative sums the batch's rows in another order than the unchunked
+    step (per window, then over windows), so the losses agree to rounding."""
     run = dict(RUN, steps=2, log_every=0)
     plain = reformc.train(TRAIN, train_tokens(), out=tmp_path / "plain.safetensors", **run)
     ff = reformc.train(TRAIN, train_tokens(), out=tmp_path / "ff.safetensors", chunk_ff=8, **run)
-    np.testing.assert_array_equal(ff["losses"], plain["losses"])
-    assert (tmp_path / "ff.safetensors").read_bytes() == (tmp_path / "plain.safetensors").read_bytes()
+    assert ff["losses"][0] == plain["losses"][0]
+    np.testing.assert_allclose(ff["losses"], plain["losses"], rtol=1e-6)
+    assert (tmp_path / "ff.safetensors").read_bytes() != (tmp_path / "plain.safetensors").read_bytes()
 
 
 def test_resume_continues_the_run_exactly(tmp_path):
