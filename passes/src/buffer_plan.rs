@@ -81,13 +81,7 @@ impl Timeline {
                 && !f.absorbed(v)
                 && !f.accumulated.contains(&v)
                 && node.op.kind != OpKind::ReversibleBlock;
-            let step = f
-                .grouped
-                .get(&v)
-                .and_then(|l| self.at.get(l))
-                .copied()
-                .unwrap_or(self.step);
-            self.at.insert(v, step);
+            let step = alloc_step(f, &mut self.at, v, self.step);
             if stored {
                 self.alloc.push((v, step, rep));
             }
@@ -97,6 +91,20 @@ impl Timeline {
             }
         }
     }
+}
+
+/// The step at which `v`'s buffer is allocated: `step`, or its group
+/// leader's (recorded in `at`, as `v`'s is here) when one kernel call
+/// computes both (see [`Fusion::grouped`]).
+fn alloc_step(f: &Fusion, at: &mut HashMap<ValueId, usize>, v: ValueId, step: usize) -> usize {
+    let s = f
+        .grouped
+        .get(&v)
+        .and_then(|l| at.get(l))
+        .copied()
+        .unwrap_or(step);
+    at.insert(v, s);
+    s
 }
 
 /// A buffer's size in bytes as a symbolic product: the constant factor
@@ -443,11 +451,7 @@ impl PlanBuilder<'_> {
                     self.pending.insert(v, idx);
                 }
             }
-            let alloc_step = (self.fusion.grouped.get(&v))
-                .and_then(|l| self.at.get(l))
-                .copied()
-                .unwrap_or(step);
-            self.at.insert(v, alloc_step);
+            let alloc_step = alloc_step(self.fusion, &mut self.at, v, step);
             if owned(self.g, v) && stored {
                 let ty = node.ty.clone();
                 self.pending.insert(v, self.plan.buffers.len());

@@ -90,6 +90,8 @@ pub struct Fusion {
     /// the first of them or by a `feed_forward` of the same operands and
     /// attributes just before the run (its output comes from the same call).
     pub grouped: HashMap<ValueId, ValueId>,
+    /// Each group by its leader, leader first, in block order.
+    groups: HashMap<ValueId, Vec<ValueId>>,
 }
 
 impl Fusion {
@@ -104,25 +106,17 @@ impl Fusion {
         f.block(g, None, &g.body, &uses);
         for v in g.walk() {
             for r in &g.node(v).regions {
-                group_feed_forward_grads(g, &r.body, &mut f.grouped);
+                f.group_feed_forward_grads(g, &r.body);
             }
         }
-        group_feed_forward_grads(g, &g.body, &mut f.grouped);
+        f.group_feed_forward_grads(g, &g.body);
         f
     }
 
     /// The values one kernel call computes with `v`, `v` first, when `v`
     /// leads a group (see [`Fusion::grouped`]); empty otherwise.
-    pub fn group_of(&self, v: ValueId) -> Vec<ValueId> {
-        let mut members: Vec<ValueId> = (self.grouped.iter())
-            .filter(|(_, l)| **l == v)
-            .map(|(m, _)| *m)
-            .collect();
-        if members.is_empty() {
-            return members;
-        }
-        members.sort_unstable();
-        std::iter::once(v).chain(members).collect()
+    pub fn group_of(&self, v: ValueId) -> &[ValueId] {
+        self.groups.get(&v).map_or(&[], Vec::as_slice)
     }
 
     /// True when `v` is never stored (its reader computes it).
@@ -369,44 +363,47 @@ fn collect(
     }
 }
 
-/// Records the runs of consecutive `feed_forward_grad`s in `body` that share
-/// operands and attributes except `wrt`, each led by the first of them or by
-/// the `feed_forward` of the same operands and attributes just before it
-/// (a reversible block's backward recomputes the branch's output there; see
-/// [`Fusion::grouped`]).
-fn group_feed_forward_grads(g: &Graph, body: &[ValueId], grouped: &mut HashMap<ValueId, ValueId>) {
-    let strip = |n: &reformc_ir::Node| {
-        let mut attrs = n.op.attrs.clone();
-        attrs.remove("wrt");
-        attrs
-    };
-    let joins = |lead: &reformc_ir::Node, n: &reformc_ir::Node| {
-        let fwd = lead.inputs.len();
-        let same_inputs = match lead.op.kind {
-            OpKind::FeedForward => n.inputs.get(..fwd) == Some(&lead.inputs[..]),
-            _ => n.inputs == lead.inputs,
+impl Fusion {
+    /// Records the runs of consecutive `feed_forward_grad`s in `body` that
+    /// share operands and attributes except `wrt`, each led by the first of
+    /// them or by the `feed_forward` of the same operands and attributes just
+    /// before it (a reversible block's backward recomputes the branch's output
+    /// there; see [`Fusion::grouped`]).
+    fn group_feed_forward_grads(&mut self, g: &Graph, body: &[ValueId]) {
+        let strip = |n: &reformc_ir::Node| {
+            let mut attrs = n.op.attrs.clone();
+            attrs.remove("wrt");
+            attrs
         };
-        same_inputs && strip(lead) == strip(n)
-    };
-    // The group's leader, and its first gradient (whose operands the rest share).
-    let mut lead: Option<(ValueId, Option<ValueId>)> = None;
-    for &v in body {
-        let node = g.node(v);
-        lead = match (node.op.kind, lead) {
-            (OpKind::FeedForwardGrad, Some((l, first))) => {
-                let like = g.node(first.unwrap_or(l));
-                match joins(g.node(l), node) && first.is_none_or(|_| joins(like, node)) {
-                    true => {
-                        grouped.insert(v, l);
-                        Some((l, first.or(Some(v))))
+        let joins = |lead: &reformc_ir::Node, n: &reformc_ir::Node| {
+            let fwd = lead.inputs.len();
+            let same_inputs = match lead.op.kind {
+                OpKind::FeedForward => n.inputs.get(..fwd) == Some(&lead.inputs[..]),
+                _ => n.inputs == lead.inputs,
+            };
+            same_inputs && strip(lead) == strip(n)
+        };
+        // The group's leader, and its first gradient (whose operands the rest share).
+        let mut lead: Option<(ValueId, Option<ValueId>)> = None;
+        for &v in body {
+            let node = g.node(v);
+            lead = match (node.op.kind, lead) {
+                (OpKind::FeedForwardGrad, Some((l, first))) => {
+                    let like = g.node(first.unwrap_or(l));
+                    match joins(g.node(l), node) && first.is_none_or(|_| joins(like, node)) {
+                        true => {
+                            self.grouped.insert(v, l);
+                            self.groups.entry(l).or_insert_with(|| vec![l]).push(v);
+                            Some((l, first.or(Some(v))))
+                        }
+                        false => Some((v, Some(v))),
                     }
-                    false => Some((v, Some(v))),
                 }
-            }
-            (OpKind::FeedForwardGrad, None) => Some((v, Some(v))),
-            (OpKind::FeedForward, _) => Some((v, None)),
-            _ => None,
-        };
+                (OpKind::FeedForwardGrad, None) => Some((v, Some(v))),
+                (OpKind::FeedForward, _) => Some((v, None)),
+                _ => None,
+            };
+        }
     }
 }
 

@@ -106,11 +106,14 @@ impl Pass for LowerModelPass {
 fn count_model_ops(g: &Graph) -> usize {
     g.walk()
         .into_iter()
-        .filter(|v| {
-            let k = g.node(*v).op.kind;
-            k.level() == OpLevel::Model && !matches!(k, OpKind::ReversibleBlock | OpKind::LshHash)
-        })
+        .filter(|v| lowered_kind(g.node(*v).op.kind))
         .count()
+}
+
+/// A model op kind that `lower-model` lowers or keeps for its derivative
+/// (`reversible_block` and `lsh_hash` stay as they are).
+fn lowered_kind(k: OpKind) -> bool {
+    k.level() == OpLevel::Model && !matches!(k, OpKind::ReversibleBlock | OpKind::LshHash)
 }
 
 /// The model ops [`count_model_ops`] counts, by kind in first-use order:
@@ -119,7 +122,7 @@ fn kept_by_kind(g: &Graph) -> String {
     let mut counts: Vec<(OpKind, usize)> = Vec::new();
     for v in g.walk() {
         let k = g.node(v).op.kind;
-        if k.level() != OpLevel::Model || matches!(k, OpKind::ReversibleBlock | OpKind::LshHash) {
+        if !lowered_kind(k) {
             continue;
         }
         match counts.iter_mut().find(|(kind, _)| *kind == k) {

@@ -46,25 +46,23 @@ impl<'ctx> Gen<'ctx> {
         Ok(out)
     }
 
-    /// A group's leader ([`Fusion::group_of`]; `group` is empty for a lone
-    /// `feed_forward_grad`): one kernel call writes the output of every
+    /// A group ([`Fusion::group_of`], leader first; a lone
+    /// `feed_forward_grad` alone): one kernel call writes the output of every
     /// member (a leading `feed_forward`'s too); the members' buffers are bound
     /// here, the leader's returned.
     pub(super) fn feed_forward_group(
         &self,
         fs: &mut Fs<'ctx, '_>,
-        v: ValueId,
-        group: &[ValueId],
+        members: &[ValueId],
     ) -> Result<Buf<'ctx>> {
+        let v = *members
+            .first()
+            .ok_or_else(|| BackendError::Internal("an empty feed-forward group".into()))?;
         let what = at(fs.g, &fs.numbering, v);
         let op = fs.g.node(v).op.clone();
         let act = op
             .activation()
             .map_err(|e| BackendError::Unsupported(format!("{what}: {e}")))?;
-        let members = match group {
-            [] => vec![v],
-            g => g.to_vec(),
-        };
         let grad = (members.iter())
             .find(|&&m| fs.g.node(m).op.kind == OpKind::FeedForwardGrad)
             .copied()
@@ -75,19 +73,21 @@ impl<'ctx> Gen<'ctx> {
             .collect::<Result<_>>()?;
         let (d, f) = (self.last(&x), p[2].dims[0]);
         // Kernel output 0 is the forward's, 1 + i the gradient of operand i.
-        let slot = |m: ValueId| {
-            let node = fs.g.node(m);
-            let wrt = node.op.str("wrt").unwrap_or("");
-            match node.op.kind {
-                OpKind::FeedForward => Some(0),
-                _ => (reformc_ir::FEED_FORWARD_OPERANDS.iter())
-                    .position(|n| *n == wrt)
-                    .map(|i| i + 1),
-            }
-        };
+        let slots = (members.iter())
+            .map(|&m| {
+                let node = fs.g.node(m);
+                let wrt = node.op.str("wrt").unwrap_or("");
+                match node.op.kind {
+                    OpKind::FeedForward => Some(0),
+                    _ => (reformc_ir::FEED_FORWARD_OPERANDS.iter())
+                        .position(|n| *n == wrt)
+                        .map(|i| i + 1),
+                }
+                .ok_or_else(|| BackendError::Internal(format!("{what}: wrt \"{wrt}\"")))
+            })
+            .collect::<Result<Vec<usize>>>()?;
         let mut outs: [Option<Buf<'ctx>>; 8] = Default::default();
-        for &m in &members {
-            let i = slot(m).ok_or_else(|| BackendError::Internal(format!("{what}: wrt")))?;
+        for (&m, &i) in members.iter().zip(&slots) {
             let dims = match i {
                 0 | 1 => x.dims.clone(),
                 _ => p[i - 2].dims.clone(),
@@ -116,8 +116,8 @@ impl<'ctx> Gen<'ctx> {
         args.extend(outs.iter().map(|o| BasicMetadataValueEnum::from(ptr(o))));
         self.kernel(fs, v, "rc_feed_forward_grad_f32", &args)?;
         let mut mine = None;
-        for &m in &members {
-            let buf = slot(m).and_then(|i| outs[i].clone()).ok_or_else(|| {
+        for (&m, &i) in members.iter().zip(&slots) {
+            let buf = outs[i].clone().ok_or_else(|| {
                 BackendError::Internal(format!("{what}: a member's output was not computed"))
             })?;
             match m == v {

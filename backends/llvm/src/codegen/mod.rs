@@ -1179,7 +1179,7 @@ impl<'ctx> Gen<'ctx> {
             };
             match key.is_none() && fs.outline_ops && range::outlinable(fs.g, &fs.fusion, v) {
                 // A group's members come back from its leader's function.
-                true => match fs.fusion.group_of(v) {
+                true => match fs.fusion.group_of(v).to_vec() {
                     group if group.is_empty() => self.outlined_range(fs, &[v], i, false)?,
                     group => self.outlined_range(fs, &group, i, false)?,
                 },
@@ -1586,14 +1586,14 @@ impl<'ctx> Gen<'ctx> {
             AxialPosEmbedding => self.axial_pos_embedding(fs, v)?,
             LayerNorm => self.layer_norm(fs, v)?,
             LayerNormGrad => self.layer_norm_grad(fs, v)?,
-            FeedForward => match fs.fusion.group_of(v) {
+            FeedForward => match fs.fusion.group_of(v).to_vec() {
                 group if group.is_empty() => self.feed_forward(fs, v)?,
-                group => self.feed_forward_group(fs, v, &group)?,
+                group => self.feed_forward_group(fs, &group)?,
             },
-            FeedForwardGrad => {
-                let group = fs.fusion.group_of(v);
-                self.feed_forward_group(fs, v, &group)?
-            }
+            FeedForwardGrad => match fs.fusion.group_of(v).to_vec() {
+                group if group.is_empty() => self.feed_forward_group(fs, &[v])?,
+                group => self.feed_forward_group(fs, &group)?,
+            },
             Linear => self.dense(fs, v)?,
             Attention => self.attention(fs, v)?,
             LocalAttention => self.local_attention(fs, v)?,
