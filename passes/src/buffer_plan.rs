@@ -241,7 +241,7 @@ pub struct BufferPlan {
 /// let g = reformc_ir::parse("graph {\n %0 = input {name=\"x\"} : f32[N,4]\n %1 = weight {name=\"w\"} : f32[4,4]\n %2 = linear %0, %1 : f32[N,4]\n %3 = linear %2, %1 : f32[N,4]\n output \"y\" = %3\n}").unwrap();
 /// let plan = reformc_passes::buffer_plan::BufferPlan::new(&g);
 /// assert_eq!(plan.fusion.stacks, 1);
-/// assert_eq!(plan.fusion.to_string(), "0 layer-norm prologues, 1 two-layer stacks, 0 reversible blocks in place, 0 accumulations onto a state half, 0 truncates and reshapes reusing their input, 0 elementwise ops inlined into their reader");
+/// assert_eq!(plan.fusion.to_string(), "0 layer-norm prologues, 1 two-layer stacks, 0 reversible blocks in place, 0 accumulations onto a state half, 0 truncates and reshapes reusing their input, 0 elementwise ops inlined into their reader, 0 linear pairs");
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FusionSummary {
@@ -257,14 +257,16 @@ pub struct FusionSummary {
     pub take_input: usize,
     /// Elementwise ops computed inside their reader's loop.
     pub inlined: usize,
+    /// Pairs of linears of one input computed by one call.
+    pub pairs: usize,
 }
 
 impl std::fmt::Display for FusionSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} layer-norm prologues, {} two-layer stacks, {} reversible blocks in place, {} accumulations onto a state half, {} truncates and reshapes reusing their input, {} elementwise ops inlined into their reader",
-            self.prologues, self.stacks, self.in_place, self.accumulated, self.take_input, self.inlined
+            "{} layer-norm prologues, {} two-layer stacks, {} reversible blocks in place, {} accumulations onto a state half, {} truncates and reshapes reusing their input, {} elementwise ops inlined into their reader, {} linear pairs",
+            self.prologues, self.stacks, self.in_place, self.accumulated, self.take_input, self.inlined, self.pairs
         )
     }
 }
@@ -303,6 +305,7 @@ impl BufferPlan {
             accumulated: fusion.accumulated.len(),
             take_input: fusion.take_input.len(),
             inlined: fusion.inlined.len(),
+            pairs: fusion.linear_pairs(g),
         };
         b.plan
     }

@@ -84,11 +84,16 @@ pub struct Fusion {
     pub inlined: HashSet<ValueId>,
     /// Transposes of the last two axes that their `matmul` reads in place.
     pub transposed: HashSet<ValueId>,
-    /// `feed_forward_grad`s that the kernel call of their group's leader
-    /// computes (the value: the leader). A group is a run of consecutive ops
-    /// of one block with the same operands and attributes but `wrt`, led by
-    /// the first of them or by a `feed_forward` of the same operands and
-    /// attributes just before the run (its output comes from the same call).
+    /// Ops that the kernel call of their group's leader computes (the value:
+    /// the leader). Two kinds of group:
+    /// - a run of consecutive `feed_forward_grad`s of one block with the
+    ///   same operands and attributes but `wrt`, led by the first of them or
+    ///   by a `feed_forward` of the same operands and attributes just before
+    ///   the run (its output comes from the same call);
+    /// - a *pair* of consecutive stored `linear`s of one input (an
+    ///   attention's query/key and value projections), led by the first: one
+    ///   call normalizes the rows once (a shared layer-norm prologue) and
+    ///   writes both products.
     pub grouped: HashMap<ValueId, ValueId>,
     /// Each group by its leader, leader first, in block order.
     groups: HashMap<ValueId, Vec<ValueId>>,
@@ -110,6 +115,12 @@ impl Fusion {
             }
         }
         f.group_feed_forward_grads(g, &g.body);
+        for v in g.walk() {
+            for r in &g.node(v).regions {
+                f.pair_linears(g, &r.body);
+            }
+        }
+        f.pair_linears(g, &g.body);
         f
     }
 
@@ -117,6 +128,13 @@ impl Fusion {
     /// leads a group (see [`Fusion::grouped`]); empty otherwise.
     pub fn group_of(&self, v: ValueId) -> &[ValueId] {
         self.groups.get(&v).map_or(&[], Vec::as_slice)
+    }
+
+    /// How many pairs of linears one call computes (see [`Fusion::grouped`]).
+    pub fn linear_pairs(&self, g: &Graph) -> usize {
+        (self.groups.keys())
+            .filter(|&&l| g.node(l).op.kind == OpKind::Linear)
+            .count()
     }
 
     /// True when `v` is never stored (its reader computes it).
@@ -364,6 +382,42 @@ fn collect(
 }
 
 impl Fusion {
+    /// Records each pair of consecutive `linear`s in `body` that read the
+    /// same input and are stored as they are (neither is the inner layer of a
+    /// stack, accumulated onto a reversible half, or already in a group), the
+    /// second reading nothing the first computes (see [`Fusion::grouped`]).
+    fn pair_linears(&mut self, g: &Graph, body: &[ValueId]) {
+        let mut i = 0;
+        while i + 1 < body.len() {
+            let (a, b) = (body[i], body[i + 1]);
+            if self.pairable(g, a, b) {
+                self.grouped.insert(b, a);
+                self.groups.insert(a, vec![a, b]);
+                i += 2;
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn pairable(&self, g: &Graph, a: ValueId, b: ValueId) -> bool {
+        let stored = |v: ValueId| {
+            let n = g.node(v);
+            n.op.kind == OpKind::Linear
+                && n.ty.dtype == DType::F32
+                && !self.inner.contains(&v)
+                && !self.accumulated.contains(&v)
+                && !self.grouped.contains_key(&v)
+                && !self.groups.contains_key(&v)
+        };
+        let (na, nb) = (g.node(a), g.node(b));
+        stored(a)
+            && stored(b)
+            && !na.inputs.is_empty()
+            && na.inputs.first() == nb.inputs.first()
+            && !nb.inputs.contains(&a)
+    }
+
     /// Records the runs of consecutive `feed_forward_grad`s in `body` that
     /// share operands and attributes except `wrt`, each led by the first of
     /// them or by the `feed_forward` of the same operands and attributes just
@@ -444,6 +498,71 @@ mod tests {
         let mut eff = Vec::new();
         f.effective_inputs(&g, id(7), &mut eff);
         assert_eq!(eff, vec![id(0), id(1), id(2), id(3), id(4)]);
+    }
+
+    #[test]
+    fn two_stored_linears_of_one_input_are_a_pair() {
+        let src = "graph {
+  %0 = input {name=\"x\"} : f32[N,4]
+  %1 = weight {name=\"g\"} : f32[4]
+  %2 = weight {name=\"b\"} : f32[4]
+  %3 = weight {name=\"w\"} : f32[4,4]
+  %4 = layer_norm %0, %1, %2 {eps=1e-5} : f32[N,4]
+  %5 = linear %4, %3 : f32[N,4]
+  %6 = linear %4, %3, %2 {activation=\"gelu\"} : f32[N,4]
+  %7 = linear %4, %3 : f32[N,4]
+  %8 = linear %0, %3 : f32[N,4]
+  %9 = linear %8, %3 : f32[N,4]
+  %10 = linear %0, %3 : f32[N,4]
+  %11 = add %9, %10 : f32[N,4]
+  %12 = add %5, %6 : f32[N,4]
+  %13 = add %11, %12 : f32[N,4]
+  %14 = add %13, %7 : f32[N,4]
+  output \"y\" = %14
+}";
+        let (f, ids) = plan(src);
+        let id = |n: usize| ids[n];
+        assert!(f.prologue.contains(&id(4)), "both read the norm");
+        assert_eq!(f.group_of(id(5)), &[id(5), id(6)]);
+        assert_eq!(f.grouped.get(&id(6)), Some(&id(5)));
+        assert!(!f.grouped.contains_key(&id(7)), "a third stays alone");
+        assert!(f.group_of(id(7)).is_empty());
+        // %8 is the first layer of %9's stack, and %10 follows %9, which
+        // reads another input.
+        assert!(f.inner.contains(&id(8)));
+        assert!(f.group_of(id(8)).is_empty() && f.group_of(id(9)).is_empty());
+        assert!(!f.grouped.contains_key(&id(10)));
+    }
+
+    #[test]
+    fn a_linear_that_reads_its_neighbour_or_accumulates_is_not_paired() {
+        let src = "graph {
+  %0 = input {name=\"x\"} : f32[N,8]
+  %1 = weight {name=\"w\"} : f32[4,4]
+  %2 = reversible_block %0 : f32[N,8] {
+    f(%3: f32[N,4]) {
+      %4 = linear %3, %1 : f32[N,4]
+      %5 = linear %3, %1 : f32[N,4]
+      %6 = add %4, %5 : f32[N,4]
+      %7 = linear %6, %1 : f32[N,4]
+      yield %7
+    }
+    g(%8: f32[N,4]) {
+      %9 = linear %8, %1 : f32[N,4]
+      %10 = linear %8, %1 : f32[N,4]
+      yield %10
+    }
+  }
+  output \"y\" = %2
+}";
+        let (f, ids) = plan(src);
+        let id = |n: usize| ids[n];
+        assert_eq!(f.group_of(id(4)), &[id(4), id(5)], "a pair inside a region");
+        assert!(f.accumulated.contains(&id(10)));
+        assert!(
+            f.group_of(id(9)).is_empty(),
+            "%10 accumulates onto the state"
+        );
     }
 
     #[test]

@@ -9,11 +9,14 @@
 //!   `kernels`: the same for every micro-kernel this CPU can run;
 //!   `mm`: `matrixmultiply::sgemm` at the same shapes (rows split over threads).
 //! - `act`: the fused bias + activation epilogue (65536×256→512).
+//! - `dense`: the attention's two projections (layer norm, 256→128 twice) as
+//!   two fused stacks and as one pair call (`dense_pair`), at L = 16K/64K.
 //! - `attn`: LSH hashing and LSH attention at L = 16K/64K (B=1, H=2, d=64, r=1/4,
 //!   chunk 64, one chunk before) and at the paper model's shape (L = 8192, H=8,
 //!   d=128, r=4, chunk 128, 512 buckets), and local attention for comparison.
 
 use reformc_runtime::attention::{local_attention, lsh_attention, lsh_hash};
+use reformc_runtime::dense::{dense, dense_pair, Layer, Mode, Norm, Pair, Stack};
 use reformc_runtime::gemm::{available_kernels, kernel, linear_with, Kernel};
 use reformc_runtime::{set_threads, Activation};
 use std::time::Instant;
@@ -100,6 +103,53 @@ fn bench_gemm(reps: usize, kernels: &[Kernel]) {
                 );
             }
         }
+    }
+}
+
+fn bench_dense(reps: usize) {
+    println!("attention projections LN + 256->128 twice, GFLOP/s, median (best) of {reps}");
+    println!("{:>6} {:>16} {:>16}", "rows", "two stacks", "pair");
+    let (inp, out) = (256, 128);
+    let (g, be) = (data(inp, 4), data(inp, 5));
+    let (w1, w2) = (data(out * inp, 2), data(out * inp, 3));
+    let layer = |w| Layer {
+        w,
+        out,
+        b: None,
+        act: Activation::None,
+    };
+    let norm = Some(Norm {
+        w: &g,
+        b: &be,
+        eps: 1e-12,
+    });
+    for rows in [16384usize, 65536] {
+        let x = data(rows * inp, 1);
+        let (mut y1, mut y2) = (vec![0.0f32; rows * out], vec![0.0f32; rows * out]);
+        let gflop = 4.0 * (rows * inp * out) as f64 / 1e9;
+        let two = timed(reps, || {
+            for (w, y) in [(&w1, &mut y1), (&w2, &mut y2)] {
+                let st = Stack {
+                    norm,
+                    first: layer(w),
+                    second: None,
+                };
+                dense(&st, &x, rows, inp, y, Mode::Store).unwrap();
+            }
+        });
+        let pair = Pair {
+            norm,
+            first: layer(&w1),
+            second: layer(&w2),
+        };
+        let one = timed(reps, || {
+            dense_pair(&pair, &x, rows, inp, &mut y1, &mut y2).unwrap();
+        });
+        println!(
+            "{rows:>6} {:>16} {:>16}",
+            rate(gflop, two),
+            rate(gflop, one)
+        );
     }
 }
 
@@ -294,6 +344,9 @@ fn main() {
     }
     if has("mm") {
         bench_matrixmultiply(reps);
+    }
+    if has("dense") {
+        bench_dense(reps);
     }
     if has("act") {
         bench_activations(reps);

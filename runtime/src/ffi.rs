@@ -349,6 +349,94 @@ crate::c_abi! {
         })
     }
 
+    /// Two one-layer dense stacks over the same rows and the same optional
+    /// layer norm (see [`crate::dense::dense_pair`]): `y1 = act1(LN(x)·w1ᵀ +
+    /// b1)` with `w1` `[out1, in]`, and `y2` likewise; each row block is
+    /// normalized once. `ln_w`/`ln_b` NULL: no layer norm; `b1`/`b2` may be
+    /// NULL. Row `r` of `x` is `x[r*ldx ..][..in]`, of `y1` is
+    /// `y1[r*ldy1 ..][..out1]`, of `y2` likewise. The extents of `y1`, `y2`
+    /// and every input must not overlap.
+    ///
+    /// # Safety
+    /// As [`rc_linear_f32`], with the strided extents above.
+    unsafe fn rc_dense_pair_f32(
+        x: *const f32,
+        ldx: i64,
+        rows: i64,
+        in_: i64,
+        ln_w: *const f32,
+        ln_b: *const f32,
+        eps: f32,
+        w1: *const f32,
+        b1: *const f32,
+        out1: i64,
+        act1: i32,
+        y1: *mut f32,
+        ldy1: i64,
+        w2: *const f32,
+        b2: *const f32,
+        out2: i64,
+        act2: i32,
+        y2: *mut f32,
+        ldy2: i64,
+    ) -> i32 {
+        guard(|| {
+            let [rows, inp, ldx] = sizes([(rows, "rows"), (in_, "in"), (ldx, "ldx")])?;
+            let [out1, ldy1] = sizes([(out1, "out1"), (ldy1, "ldy1")])?;
+            let [out2, ldy2] = sizes([(out2, "out2"), (ldy2, "ldy2")])?;
+            if ldx < inp || ldy1 < out1 || ldy2 < out2 {
+                return Err(invalid(format!(
+                    "row strides ldx = {ldx}, ldy1 = {ldy1}, ldy2 = {ldy2} are below the row \
+                     lengths {inp}, {out1}, {out2}"
+                )));
+            }
+            let extent = |ld: usize, cols: usize, name| match rows {
+                0 => Ok(0),
+                _ => count(&[rows - 1, ld], name)?
+                    .checked_add(cols)
+                    .ok_or_else(|| invalid(format!("{name} is too large"))),
+            };
+            let sx = span(x, extent(ldx, inp, "x")?, "x")?;
+            let sy1 = span(y1, extent(ldy1, out1, "y1")?, "y1")?;
+            let sy2 = span(y2, extent(ldy2, out2, "y2")?, "y2")?;
+            let has_ln = !ln_w.is_null() || !ln_b.is_null();
+            let sg = span(ln_w, if has_ln { inp } else { 0 }, "ln_w")?;
+            let sbeta = span(ln_b, if has_ln { inp } else { 0 }, "ln_b")?;
+            let sw1 = span(w1, count(&[out1, inp], "w1")?, "w1")?;
+            let sb1 = span(b1, if b1.is_null() { 0 } else { out1 }, "b1")?;
+            let sw2 = span(w2, count(&[out2, inp], "w2")?, "w2")?;
+            let sb2 = span(b2, if b2.is_null() { 0 } else { out2 }, "b2")?;
+            let inputs = [sx, sg, sbeta, sw1, sb1, sw2, sb2];
+            no_overlap(sy1, &inputs)?;
+            no_overlap(sy2, &inputs)?;
+            no_overlap(sy2, &[sy1])?;
+            // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
+            let (g, beta) = unsafe { (view(ln_w, sg), view(ln_b, sbeta)) };
+            // SAFETY: as above (NULL biases are empty views, read as absent below).
+            let (w1s, b1s, w2s, b2s) =
+                unsafe { (view(w1, sw1), view(b1, sb1), view(w2, sw2), view(b2, sb2)) };
+            let layer = |w, out, b: &'static [f32], present: bool, act| {
+                Ok::<_, crate::Error>(crate::dense::Layer {
+                    w,
+                    out,
+                    b: present.then_some(b),
+                    act: crate::act::from_code(act)?,
+                })
+            };
+            let pair = crate::dense::Pair {
+                norm: has_ln.then_some(crate::dense::Norm { w: g, b: beta, eps }),
+                first: layer(w1s, out1, b1s, !b1.is_null(), act1)?,
+                second: layer(w2s, out2, b2s, !b2.is_null(), act2)?,
+            };
+            crate::dense::check_pair(&pair, inp)?;
+            // SAFETY: extents checked by `span`; the destinations' extents share no
+            // element with each other or with any input (no_overlap).
+            unsafe {
+                crate::dense::dense_pair_raw(&pair, x, ldx, rows, inp, [(y1, ldy1), (y2, ldy2)])
+            }
+        })
+    }
+
     /// `y = LN(x)` over rows of `width` (biased variance), `w`, `b` of `[width]`.
     ///
     /// # Safety

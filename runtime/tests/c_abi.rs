@@ -488,3 +488,92 @@ fn dense_on_interleaved_halves_equals_the_safe_wrapper_and_checks_overlap() {
         assert!(last().contains("no activation"), "{}", last());
     }
 }
+
+#[test]
+fn dense_pair_equals_the_safe_wrapper_and_checks_overlap() {
+    use reformc_runtime::dense::{Layer, Norm, Pair};
+    use reformc_runtime::Activation::{None as Identity, Relu};
+    let mut r = Data::new(6);
+    let (rows, w, o1, o2) = (29usize, 12usize, 7usize, 9usize);
+    let state = r.vec(rows * 2 * w, 1.0);
+    let (g, b) = (r.vec(w, 1.0), r.vec(w, 1.0));
+    let (w1, b1, w2) = (r.vec(o1 * w, 1.0), r.vec(o1, 1.0), r.vec(o2 * w, 1.0));
+    let (ri, wi, ld) = (rows as i64, w as i64, 2 * w as i64);
+    // rc_dense_pair_f32 of the high halves of `state` (LN, w1 + b1 with relu, w2)
+    // into y1 (o1 wide, row stride ld1) and y2 (o2 wide, contiguous).
+    let pair = |x: *const f32, y1: *mut f32, ld1: i64, y2: *mut f32| {
+        // SAFETY: every caller passes extents valid for these sizes.
+        unsafe {
+            rc_dense_pair_f32(
+                x,
+                ld,
+                ri,
+                wi,
+                g.as_ptr(),
+                b.as_ptr(),
+                1e-5,
+                w1.as_ptr(),
+                b1.as_ptr(),
+                o1 as i64,
+                1,
+                y1,
+                ld1,
+                w2.as_ptr(),
+                null(),
+                o2 as i64,
+                0,
+                y2,
+                o2 as i64,
+            )
+        }
+    };
+    let (mut y1, mut y2) = (vec![0.0f32; rows * (o1 + 2)], vec![0.0f32; rows * o2]);
+    // SAFETY: state holds rows x 2w values; x starts at the high half.
+    let x = unsafe { state.as_ptr().add(w) };
+    let rc = pair(x, y1.as_mut_ptr(), o1 as i64 + 2, y2.as_mut_ptr());
+    assert_eq!(rc, 0, "{}", last());
+    let hi: Vec<f32> = state.chunks(2 * w).flat_map(|r| r[w..].to_vec()).collect();
+    let want = Pair {
+        norm: Some(Norm {
+            w: &g,
+            b: &b,
+            eps: 1e-5,
+        }),
+        first: Layer {
+            w: &w1,
+            out: o1,
+            b: Some(&b1),
+            act: Relu,
+        },
+        second: Layer {
+            w: &w2,
+            out: o2,
+            b: None,
+            act: Identity,
+        },
+    };
+    let (mut want1, mut want2) = (vec![0.0f32; rows * o1], vec![0.0f32; rows * o2]);
+    reformc_runtime::dense::dense_pair(&want, &hi, rows, w, &mut want1, &mut want2).unwrap();
+    let got1: Vec<f32> = y1.chunks(o1 + 2).flat_map(|r| r[..o1].to_vec()).collect();
+    assert_eq!(bits(&got1), bits(&want1));
+    assert_eq!(bits(&y2), bits(&want2));
+    let mut big = vec![0.0f32; rows * (o1 + o2)];
+    let p = big.as_mut_ptr();
+    // SAFETY (errors): every pointer is valid for the extents passed.
+    unsafe {
+        // The two destinations interleave (columns of one buffer).
+        let rc = pair(x, p, (o1 + o2) as i64, p.add(o1));
+        assert_eq!(rc, 1);
+        assert!(last().contains("y2 overlaps y1"), "{}", last());
+        // A destination over the input (refused before anything is written).
+        let mut s2 = state.clone();
+        let xs = s2.as_mut_ptr().add(w);
+        let rc = pair(xs, xs, o1 as i64, y2.as_mut_ptr());
+        assert_eq!(rc, 1);
+        assert!(last().contains("y1 overlaps x"), "{}", last());
+        // A destination stride below its row length.
+        let rc = pair(x, y1.as_mut_ptr(), o1 as i64 - 1, y2.as_mut_ptr());
+        assert_eq!(rc, 1);
+        assert!(last().contains("ldy1"), "{}", last());
+    }
+}

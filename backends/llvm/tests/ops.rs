@@ -280,6 +280,70 @@ fn fused_stacks_and_in_place_reversible_blocks_match_the_interpreter() {
     }
 }
 
+/// Linear pairs (one `rc_dense_pair_f32` call): two projections of a
+/// reversible half through one layer norm (strided rows, one with a bias and
+/// gelu), a pair of a plain input without a norm, and a third linear of the
+/// same norm that stays alone.
+const PAIRS: &str = r#"graph {
+  %0 = input {name="x"} : f32[B,L,8]
+  %1 = weight {name="g"} : f32[4]
+  %2 = weight {name="b"} : f32[4]
+  %3 = weight {name="wq"} : f32[6,4]
+  %4 = weight {name="wv"} : f32[5,4]
+  %5 = weight {name="wo"} : f32[4,6]
+  %6 = weight {name="c"} : f32[5]
+  %7 = weight {name="wx"} : f32[3,8]
+  %8 = exp %0 : f32[B,L,8]
+  %9 = reversible_block %8 : f32[B,L,8] {
+    f(%10: f32[B,L,4]) {
+      %11 = layer_norm %10, %1, %2 {eps=1e-5} : f32[B,L,4]
+      %12 = linear %11, %3 : f32[B,L,6]
+      %13 = linear %11, %4, %6 {activation="gelu"} : f32[B,L,5]
+      %14 = linear %11, %4 : f32[B,L,5]
+      %15 = reduce %13 {axes=[2], keepdim, kind="sum"} : f32[B,L,1]
+      %16 = reduce %14 {axes=[2], keepdim, kind="sum"} : f32[B,L,1]
+      %17 = mul %12, %15 : f32[B,L,6]
+      %18 = mul %17, %16 : f32[B,L,6]
+      %19 = linear %18, %5 : f32[B,L,4]
+      yield %19
+    }
+    g(%20: f32[B,L,4]) {
+      yield %20
+    }
+  }
+  %21 = linear %0, %7 : f32[B,L,3]
+  %22 = linear %0, %7 {activation="relu"} : f32[B,L,3]
+  output "y" = %9
+  output "p" = %21
+  output "q" = %22
+}
+"#;
+
+#[test]
+fn linear_pairs_match_the_interpreter() {
+    let mut w = BTreeMap::new();
+    for (name, shape, seed) in [
+        ("g", &[4][..], 31),
+        ("b", &[4], 32),
+        ("wq", &[6, 4], 33),
+        ("wv", &[5, 4], 34),
+        ("wo", &[4, 6], 35),
+        ("c", &[5], 36),
+        ("wx", &[3, 8], 37),
+    ] {
+        w.insert(name.to_string(), f32t(shape, seed));
+    }
+    let g = reformc_ir::parse(PAIRS).unwrap();
+    let f = reformc_passes::fusion::Fusion::new(&g);
+    let pairs = g.walk().into_iter().filter(|&v| f.group_of(v).len() == 2);
+    assert_eq!(pairs.count(), 2, "the projections and the outer pair");
+    for (b, l) in [(1usize, 1usize), (2, 5), (3, 70)] {
+        let mut inputs = BTreeMap::new();
+        inputs.insert("x".to_string(), f32t(&[b, l, 8], 38));
+        compare(PAIRS, &inputs, &w, 1e-5);
+    }
+}
+
 /// The generic tensor ops (no model lowering makes them; hand-written and
 /// training graphs do): batched matmul with a broadcast operand, reductions
 /// over one and two axes with and without keepdim, softmax, argmax, argsort

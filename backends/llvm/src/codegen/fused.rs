@@ -310,6 +310,85 @@ impl<'ctx> Gen<'ctx> {
         Ok(out)
     }
 
+    /// Two `linear`s of one input (and the same layer-norm prologue, if any)
+    /// as one `rc_dense_pair_f32` call: the rows are normalized once and
+    /// each product is stored into its own fresh buffer. The second's buffer
+    /// is bound here, the first's returned (see `Fusion::grouped`).
+    pub(super) fn dense_pair(
+        &self,
+        fs: &mut Fs<'ctx, '_>,
+        members: &[ValueId],
+    ) -> Result<Buf<'ctx>> {
+        let g = fs.g;
+        let &[v, u] = members else {
+            return Err(BackendError::Internal(format!(
+                "a linear pair of {} ops",
+                members.len()
+            )));
+        };
+        let what = at(g, &fs.numbering, v);
+        let (norm, x_val) = match g.node(v).inputs[0] {
+            n if fs.fusion.prologue.contains(&n) => (Some(n), g.node(n).inputs[0]),
+            x => (None, x),
+        };
+        let x = fs
+            .vals
+            .get(&x_val)
+            .cloned()
+            .ok_or_else(|| BackendError::Internal(format!("{what}: input is not available")))?;
+        if x.dtype != DType::F32 {
+            return Err(BackendError::Unsupported(format!("{what}: f32 only")));
+        }
+        let inp = self.last(&x);
+        let ldx = x.ld.unwrap_or(inp);
+        let rows = self.rows(&x)?;
+        let (ln_w, ln_b, eps) = match norm {
+            Some(n) => (
+                self.f32_operand(fs, n, 1)?.ptr,
+                self.f32_operand(fs, n, 2)?.ptr,
+                g.node(n).op.float("eps").unwrap_or(1e-12),
+            ),
+            None => (self.null(), self.null(), 0.0),
+        };
+        let mut args: Vec<BasicMetadataValueEnum<'ctx>> = vec![
+            x.ptr.into(),
+            ldx.into(),
+            rows.into(),
+            inp.into(),
+            ln_w.into(),
+            ln_b.into(),
+            self.t.f32.const_float(eps).into(),
+        ];
+        let mut outs = Vec::with_capacity(2);
+        for m in [v, u] {
+            let l = self.layer(fs, m)?;
+            let mut dims = x.dims.clone();
+            if let Some(last) = dims.last_mut() {
+                *last = l.out;
+            }
+            let out = self.alloc_buf(fs, DType::F32, dims, &at(g, &fs.numbering, m))?;
+            args.extend::<[BasicMetadataValueEnum<'ctx>; 6]>([
+                l.w.into(),
+                l.b.into(),
+                l.out.into(),
+                self.i32c(l.act).into(),
+                out.ptr.into(),
+                l.out.into(),
+            ]);
+            outs.push(out);
+        }
+        self.kernel(fs, v, "rc_dense_pair_f32", &args)?;
+        let second = outs.pop();
+        let first = outs.pop();
+        match (first, second) {
+            (Some(first), Some(second)) => {
+                fs.vals.insert(u, second);
+                Ok(first)
+            }
+            _ => Err(BackendError::Internal(format!("{what}: no result"))),
+        }
+    }
+
     /// A linear's `rc_dense_f32` arguments.
     fn layer(&self, fs: &Fs<'ctx, '_>, v: ValueId) -> Result<LayerArgs<'ctx>> {
         let node = fs.g.node(v);

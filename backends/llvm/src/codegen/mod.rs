@@ -1594,7 +1594,10 @@ impl<'ctx> Gen<'ctx> {
                 group if group.is_empty() => self.feed_forward_group(fs, &[v])?,
                 group => self.feed_forward_group(fs, &group)?,
             },
-            Linear => self.dense(fs, v)?,
+            Linear => match fs.fusion.group_of(v).to_vec() {
+                group if group.is_empty() => self.dense(fs, v)?,
+                group => self.dense_pair(fs, &group)?,
+            },
             Attention => self.attention(fs, v)?,
             LocalAttention => self.local_attention(fs, v)?,
             LshHash => self.lsh_hash(fs, v)?,
