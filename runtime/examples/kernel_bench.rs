@@ -9,6 +9,8 @@
 //!   `kernels`: the same for every micro-kernel this CPU can run;
 //!   `mm`: `matrixmultiply::sgemm` at the same shapes (rows split over threads).
 //! - `act`: the fused bias + activation epilogue (65536×256→512).
+//! - `wgrad`: weight-gradient products `xᵀ·dy` (x `[L, in]` read transposed
+//!   in place, dy `[L, out]`) at L = 16K, as a training step runs them.
 //! - `dense`: the attention's two projections (layer norm, 256→128 twice) as
 //!   two fused stacks and as one pair call (`dense_pair`), at L = 16K/64K.
 //! - `attn`: LSH hashing and LSH attention at L = 16K/64K (B=1, H=2, d=64, r=1/4,
@@ -150,6 +152,23 @@ fn bench_dense(reps: usize) {
             rate(gflop, two),
             rate(gflop, one)
         );
+    }
+}
+
+fn bench_wgrad(reps: usize) {
+    use reformc_runtime::tensor_ops::{matmul_batch_t, Transposed};
+    println!("weight gradients x^T.dy, L = 16384, GFLOP/s, median (best) of {reps}");
+    println!("{:>12} {:>16}", "in x out", "2 thr");
+    let len = 16384usize;
+    for (inp, out) in [(256usize, 512usize), (512, 256), (256, 128), (128, 256), (512, 320)] {
+        let (x, dy) = (data(len * inp, 1), data(len * out, 2));
+        let mut dw = vec![0.0f32; inp * out];
+        let t = Transposed { a: true, b: false };
+        let gflop = 2.0 * (len * inp * out) as f64 / 1e9;
+        let r = timed(reps, || {
+            matmul_batch_t(&x, &dy, 1, inp, len, out, t, &mut dw).unwrap();
+        });
+        println!("{:>12} {:>16}", format!("{inp}x{out}"), rate(gflop, r));
     }
 }
 
@@ -344,6 +363,9 @@ fn main() {
     }
     if has("mm") {
         bench_matrixmultiply(reps);
+    }
+    if has("wgrad") {
+        bench_wgrad(reps);
     }
     if has("dense") {
         bench_dense(reps);
