@@ -160,7 +160,13 @@ fn bench_wgrad(reps: usize) {
     println!("weight gradients x^T.dy, L = 16384, GFLOP/s, median (best) of {reps}");
     println!("{:>12} {:>16}", "in x out", "2 thr");
     let len = 16384usize;
-    for (inp, out) in [(256usize, 512usize), (512, 256), (256, 128), (128, 256), (512, 320)] {
+    for (inp, out) in [
+        (256usize, 512usize),
+        (512, 256),
+        (256, 128),
+        (128, 256),
+        (512, 320),
+    ] {
         let (x, dy) = (data(len * inp, 1), data(len * out, 2));
         let mut dw = vec![0.0f32; inp * out];
         let t = Transposed { a: true, b: false };
