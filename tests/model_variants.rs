@@ -211,6 +211,7 @@ fn profiled_executable_prints_the_op_table() {
         .arg(dir.join("input_ids.npy"))
         .arg("--output")
         .arg(tmp.join("y.npy"))
+        .env("REFORMC_PROFILE_TOP", "1000")
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(&tmp);
@@ -222,6 +223,8 @@ fn profiled_executable_prints_the_op_table() {
         "\nlocal_attention ",
         "\nlinear ",
         "slowest ops",
+        // The attention projections run as linear pairs: one call, two ops.
+        " +1 grouped ",
     ] {
         assert!(err.contains(want), "`{want}` missing from\n{err}");
     }

@@ -105,12 +105,12 @@ pub fn report(top: usize) -> Option<String> {
     let mut s = String::new();
     let _ = writeln!(s, "profile: {:.3} ms in ops", total as f64 / 1e6);
     let mut table = |title: &str, rows: &[(String, u64, u64)]| {
-        let _ = writeln!(s, "{title:<28} {:>7} {:>11} {:>6}", "calls", "ms", "%");
+        let _ = writeln!(s, "{title:<34} {:>7} {:>11} {:>6}", "calls", "ms", "%");
         for (name, calls, ns) in rows {
             let pct = 100.0 * *ns as f64 / total as f64;
             let _ = writeln!(
                 s,
-                "{name:<28} {calls:>7} {:>11.3} {pct:>5.1}%",
+                "{name:<34} {calls:>7} {:>11.3} {pct:>5.1}%",
                 *ns as f64 / 1e6
             );
         }

@@ -1187,7 +1187,12 @@ impl<'ctx> Gen<'ctx> {
             }
             if let Some(t0) = t0 {
                 let n = fs.numbering.get(&v).copied().unwrap_or(usize::MAX);
-                let label = self.cstr(&format!("{} %{n}", node.op.kind.name()));
+                // A group's leader times the whole call: say so.
+                let more = match fs.fusion.group_of(v).len() {
+                    0 | 1 => String::new(),
+                    k => format!(" +{} grouped", k - 1),
+                };
+                let label = self.cstr(&format!("{} %{n}{more}", node.op.kind.name()));
                 self.call("rc_prof_add", &[label.into(), t0.into()])?;
             }
             let dead: Vec<ValueId> = fs.live.after(key, i).to_vec();
