@@ -104,6 +104,7 @@ pub fn lsh_attention(
         after,
         scale: KeyScale::new(div),
         rules,
+        single: rounds == 1,
     };
     let bhs = batch * heads;
     // Per (batch, head): the key norms and the sorted slots' positions.
@@ -145,6 +146,9 @@ pub fn lsh_attention(
         try_par_for(bhs, |bh| {
             ctx.run_chunks(bh, prep(bh)?, 0..n_chunks, &shared, &st)
         })?;
+    }
+    if ctx.single {
+        return Ok(()); // each row was divided by its sum as it was written
     }
     try_par_for(bhs, |bh| {
         let (b, h) = (bh / heads, bh % heads);
@@ -227,6 +231,9 @@ struct Ctx<'a> {
     after: usize,
     scale: KeyScale,
     rules: Rules,
+    /// One round: a row is final when its chunk is done, so it is divided by
+    /// its sum as it is written instead of in a pass of its own.
+    single: bool,
 }
 
 impl Ctx<'_> {
@@ -317,7 +324,9 @@ impl Ctx<'_> {
                     )
                 };
                 // Running round combination with (max, sum) kept apart.
-                if state.0 == f32::NEG_INFINITY {
+                if self.single {
+                    dst.iter_mut().zip(o).for_each(|(a, &x)| *a = x / sum);
+                } else if state.0 == f32::NEG_INFINITY {
                     dst.copy_from_slice(o);
                     *state = (mx, sum);
                 } else if mx <= state.0 {
