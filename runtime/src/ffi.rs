@@ -62,6 +62,17 @@ fn opt_span<T>(p: *const T, dims: &[usize], name: &'static str) -> Result<Span> 
     span(p, n, name)
 }
 
+/// Elements from the first to the last element of `rows` rows of `cols`
+/// values, `ld` apart (0 for no rows).
+fn rows_extent(rows: usize, ld: usize, cols: usize, name: &'static str) -> Result<usize> {
+    match rows {
+        0 => Ok(0),
+        _ => count(&[rows - 1, ld], name)?
+            .checked_add(cols)
+            .ok_or_else(|| invalid(format!("{name} is too large"))),
+    }
+}
+
 /// A raw buffer the caller handed in: where it is and how many bytes it spans.
 #[derive(Clone, Copy)]
 struct Span {
@@ -290,12 +301,7 @@ crate::c_abi! {
                     "one linear: out ({out}) must equal hidden ({hidden})"
                 )));
             }
-            let extent = |ld: usize, cols: usize, name| match rows {
-                0 => Ok(0),
-                _ => count(&[rows - 1, ld], name)?
-                    .checked_add(cols)
-                    .ok_or_else(|| invalid(format!("{name} is too large"))),
-            };
+            let extent = |ld, cols, name| rows_extent(rows, ld, cols, name);
             let sx = span(x, extent(ldx, inp, "x")?, "x")?;
             let sy = span(y, extent(ldy, out, "y")?, "y")?;
             let has_ln = !ln_w.is_null() || !ln_b.is_null();
@@ -390,12 +396,7 @@ crate::c_abi! {
                      lengths {inp}, {out1}, {out2}"
                 )));
             }
-            let extent = |ld: usize, cols: usize, name| match rows {
-                0 => Ok(0),
-                _ => count(&[rows - 1, ld], name)?
-                    .checked_add(cols)
-                    .ok_or_else(|| invalid(format!("{name} is too large"))),
-            };
+            let extent = |ld, cols, name| rows_extent(rows, ld, cols, name);
             let sx = span(x, extent(ldx, inp, "x")?, "x")?;
             let sy1 = span(y1, extent(ldy1, out1, "y1")?, "y1")?;
             let sy2 = span(y2, extent(ldy2, out2, "y2")?, "y2")?;

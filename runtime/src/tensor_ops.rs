@@ -569,9 +569,23 @@ fn pack_b_block(
     tb: bool,
     nr: usize,
 ) -> Result<Arc<PackedB>> {
+    pack_b_cols(b, (k0, kc), k, n, (0, n), tb, nr)
+}
+
+/// Columns `c0..c0 + cols` of B's rows `k0..k0 + kc` (B `[k, n]`, or `[n, k]`
+/// when `tb`), packed.
+fn pack_b_cols(
+    b: &[f32],
+    (k0, kc): (usize, usize),
+    k: usize,
+    n: usize,
+    (c0, cols): (usize, usize),
+    tb: bool,
+    nr: usize,
+) -> Result<Arc<PackedB>> {
     match tb {
-        true => crate::prepack::from_nt(&b[k0..], n, kc, k, nr),
-        false => crate::prepack::from_kn(&b[k0 * n..(k0 + kc) * n], kc, n, n, nr),
+        true => crate::prepack::from_nt(&b[c0 * k + k0..], cols, kc, k, nr),
+        false => crate::prepack::from_kn(&b[k0 * n + c0..], kc, cols, n, nr),
     }
 }
 
@@ -609,26 +623,29 @@ pub(crate) fn matmul_into_t(
         return Ok(());
     }
     let kern = kernel();
+    let p = Product { a, b, m, k, n, t };
     if k > 2 * MATMUL_KC && crate::pool::threads() > 1 && m.saturating_mul(n) <= LONG_SUM_ACC {
-        return long_sum_by_columns(kern, a, b, m, k, n, t, y, accumulate);
+        return long_sum_by_columns(kern, p, y, accumulate);
     }
-    by_rows(kern, a, b, m, k, n, t, y, accumulate)
+    by_rows(kern, p, y, accumulate)
 }
 
-/// [`matmul_into_t`] threaded over blocks of rows of `y`, each block of the
-/// summed dimension packed once and shared.
-#[allow(clippy::too_many_arguments)]
-fn by_rows(
-    kern: &crate::gemm::Kernel,
-    a: &[f32],
-    b: &[f32],
+/// The operands of one product: `a` `[m, k]` and `b` `[k, n]`, stored as `t`
+/// says.
+#[derive(Clone, Copy)]
+struct Product<'a> {
+    a: &'a [f32],
+    b: &'a [f32],
     m: usize,
     k: usize,
     n: usize,
     t: Transposed,
-    y: &mut [f32],
-    accumulate: bool,
-) -> Result<()> {
+}
+
+/// [`matmul_into_t`] threaded over blocks of rows of `y`, each block of the
+/// summed dimension packed once and shared.
+fn by_rows(kern: &crate::gemm::Kernel, p: Product, y: &mut [f32], accumulate: bool) -> Result<()> {
+    let Product { a, b, m, k, n, t } = p;
     let first = match accumulate {
         true => Epilogue::ACCUMULATE,
         false => Epilogue::STORE,
@@ -673,18 +690,13 @@ const LONG_SUM_ACC: usize = 1 << 20;
 /// block (the row-split path packs each block, then splits the rows), and
 /// each element of `y` adds the products in k order as there (a split sum
 /// continues from the stored partial sum): the same bits.
-#[allow(clippy::too_many_arguments)]
 fn long_sum_by_columns(
     kern: &crate::gemm::Kernel,
-    a: &[f32],
-    b: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    t: Transposed,
+    p: Product,
     y: &mut [f32],
     accumulate: bool,
 ) -> Result<()> {
+    let Product { a, b, m, k, n, t } = p;
     let nr = kern.nr;
     let panels = n.div_ceil(nr);
     let tasks = crate::pool::threads().clamp(1, panels);
@@ -707,10 +719,7 @@ fn long_sum_by_columns(
         }
         for (i, k0) in (0..k).step_by(LONG_SUM_KC).enumerate() {
             let kc = LONG_SUM_KC.min(k - k0);
-            let packed = match t.b {
-                true => crate::prepack::from_nt(&b[c0 * k + k0..], cols, kc, k, nr)?,
-                false => crate::prepack::from_kn(&b[k0 * n + c0..], kc, cols, n, nr)?,
-            };
+            let packed = pack_b_cols(b, (k0, kc), k, n, (c0, cols), t.b, nr)?;
             let (ab, sa) = a_block(a, k0, k, m, t.a);
             let epi = match i == 0 && !accumulate {
                 true => Epilogue::STORE,
@@ -1101,8 +1110,16 @@ mod tests {
             let t = Transposed { a: ta, b: tb };
             for accumulate in [false, true] {
                 let (mut want, mut got) = (y0.clone(), y0.clone());
-                by_rows(kern, &a, &b, m, k, n, t, &mut want, accumulate).unwrap();
-                long_sum_by_columns(kern, &a, &b, m, k, n, t, &mut got, accumulate).unwrap();
+                let p = Product {
+                    a: &a,
+                    b: &b,
+                    m,
+                    k,
+                    n,
+                    t,
+                };
+                by_rows(kern, p, &mut want, accumulate).unwrap();
+                long_sum_by_columns(kern, p, &mut got, accumulate).unwrap();
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&want), "{t:?}, accumulate {accumulate}");
             }

@@ -13,6 +13,18 @@ struct LayerArgs<'ctx> {
     act: i32,
 }
 
+/// What a dense call reads: the rows (`rows` of `inp` values, `ldx` apart)
+/// and the layer-norm prologue's parameters (NULL without one).
+struct DenseInput<'ctx> {
+    x: Buf<'ctx>,
+    inp: IntValue<'ctx>,
+    ldx: IntValue<'ctx>,
+    rows: IntValue<'ctx>,
+    ln_w: PointerValue<'ctx>,
+    ln_b: PointerValue<'ctx>,
+    eps: f64,
+}
+
 impl<'ctx> Gen<'ctx> {
     /// The result of an op that may reuse its dying input `x`: when `same`
     /// holds at run time, `x`'s block moves to the result (x's slot is
@@ -230,29 +242,15 @@ impl<'ctx> Gen<'ctx> {
             u if fs.fusion.inner.contains(&u) => (u, Some(v)),
             _ => (v, None),
         };
-        let (norm, x_val) = match input(first) {
-            n if fs.fusion.prologue.contains(&n) => (Some(n), input(n)),
-            x => (None, x),
-        };
-        let x = fs
-            .vals
-            .get(&x_val)
-            .cloned()
-            .ok_or_else(|| BackendError::Internal(format!("{what}: input is not available")))?;
-        if x.dtype != DType::F32 {
-            return Err(BackendError::Unsupported(format!("{what}: f32 only")));
-        }
-        let inp = self.last(&x);
-        let ldx = x.ld.unwrap_or(inp);
-        let rows = self.rows(&x)?;
-        let (ln_w, ln_b, eps) = match norm {
-            Some(n) => (
-                self.f32_operand(fs, n, 1)?.ptr,
-                self.f32_operand(fs, n, 2)?.ptr,
-                g.node(n).op.float("eps").unwrap_or(1e-12),
-            ),
-            None => (self.null(), self.null(), 0.0),
-        };
+        let DenseInput {
+            x,
+            inp,
+            ldx,
+            rows,
+            ln_w,
+            ln_b,
+            eps,
+        } = self.dense_input(fs, first)?;
         let l1 = self.layer(fs, first)?;
         // No second layer: NULL weights, and the output is the first layer's.
         let l2 = match second {
@@ -327,29 +325,15 @@ impl<'ctx> Gen<'ctx> {
             )));
         };
         let what = at(g, &fs.numbering, v);
-        let (norm, x_val) = match g.node(v).inputs[0] {
-            n if fs.fusion.prologue.contains(&n) => (Some(n), g.node(n).inputs[0]),
-            x => (None, x),
-        };
-        let x = fs
-            .vals
-            .get(&x_val)
-            .cloned()
-            .ok_or_else(|| BackendError::Internal(format!("{what}: input is not available")))?;
-        if x.dtype != DType::F32 {
-            return Err(BackendError::Unsupported(format!("{what}: f32 only")));
-        }
-        let inp = self.last(&x);
-        let ldx = x.ld.unwrap_or(inp);
-        let rows = self.rows(&x)?;
-        let (ln_w, ln_b, eps) = match norm {
-            Some(n) => (
-                self.f32_operand(fs, n, 1)?.ptr,
-                self.f32_operand(fs, n, 2)?.ptr,
-                g.node(n).op.float("eps").unwrap_or(1e-12),
-            ),
-            None => (self.null(), self.null(), 0.0),
-        };
+        let DenseInput {
+            x,
+            inp,
+            ldx,
+            rows,
+            ln_w,
+            ln_b,
+            eps,
+        } = self.dense_input(fs, v)?;
         let mut args: Vec<BasicMetadataValueEnum<'ctx>> = vec![
             x.ptr.into(),
             ldx.into(),
@@ -387,6 +371,44 @@ impl<'ctx> Gen<'ctx> {
             }
             _ => Err(BackendError::Internal(format!("{what}: no result"))),
         }
+    }
+
+    /// The rows a dense call reads for linear `first` (the first layer of its
+    /// stack or pair): its input, or the input of its layer-norm prologue with
+    /// the norm's parameters (NULL and 0 without one).
+    fn dense_input(&self, fs: &Fs<'ctx, '_>, first: ValueId) -> Result<DenseInput<'ctx>> {
+        let g = fs.g;
+        let what = at(g, &fs.numbering, first);
+        let (norm, x_val) = match g.node(first).inputs[0] {
+            n if fs.fusion.prologue.contains(&n) => (Some(n), g.node(n).inputs[0]),
+            x => (None, x),
+        };
+        let x = fs
+            .vals
+            .get(&x_val)
+            .cloned()
+            .ok_or_else(|| BackendError::Internal(format!("{what}: input is not available")))?;
+        if x.dtype != DType::F32 {
+            return Err(BackendError::Unsupported(format!("{what}: f32 only")));
+        }
+        let inp = self.last(&x);
+        let (ln_w, ln_b, eps) = match norm {
+            Some(n) => (
+                self.f32_operand(fs, n, 1)?.ptr,
+                self.f32_operand(fs, n, 2)?.ptr,
+                g.node(n).op.float("eps").unwrap_or(1e-12),
+            ),
+            None => (self.null(), self.null(), 0.0),
+        };
+        Ok(DenseInput {
+            ldx: x.ld.unwrap_or(inp),
+            rows: self.rows(&x)?,
+            x,
+            inp,
+            ln_w,
+            ln_b,
+            eps,
+        })
     }
 
     /// A linear's `rc_dense_f32` arguments.
