@@ -1106,7 +1106,12 @@ mod tests {
             .map(|i| ((i * 5 % 19) as f32 - 9.0) / 4.1)
             .collect();
         let y0: Vec<f32> = (0..m * n).map(|i| (i % 13) as f32 - 6.5).collect();
-        for (ta, tb) in [(true, false), (false, false), (false, true), (true, true)] {
+        let cases = [(true, false), (false, false), (false, true), (true, true)];
+        // Both precisions: bf16 products pair k within blocks of even length.
+        for (bf16, (ta, tb)) in [false, true]
+            .into_iter()
+            .flat_map(|h| cases.map(|c| (h, c)))
+        {
             let t = Transposed { a: ta, b: tb };
             for accumulate in [false, true] {
                 let (mut want, mut got) = (y0.clone(), y0.clone());
@@ -1118,10 +1123,16 @@ mod tests {
                     n,
                     t,
                 };
-                by_rows(kern, p, &mut want, accumulate).unwrap();
-                long_sum_by_columns(kern, p, &mut got, accumulate).unwrap();
+                crate::bf16::with(bf16, || {
+                    by_rows(kern, p, &mut want, accumulate).unwrap();
+                    long_sum_by_columns(kern, p, &mut got, accumulate).unwrap();
+                });
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&got), bits(&want), "{t:?}, accumulate {accumulate}");
+                assert_eq!(
+                    bits(&got),
+                    bits(&want),
+                    "{t:?}, accumulate {accumulate}, bf16 {bf16}"
+                );
             }
         }
     }
