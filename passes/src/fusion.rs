@@ -109,18 +109,11 @@ impl Fusion {
         }
         let mut f = Fusion::default();
         f.block(g, None, &g.body, &uses);
-        for v in g.walk() {
-            for r in &g.node(v).regions {
-                f.group_feed_forward_grads(g, &r.body);
-            }
+        let regions = g.walk().into_iter().flat_map(|v| &g.node(v).regions);
+        for body in regions.map(|r| &r.body).chain([&g.body]) {
+            f.group_feed_forward_grads(g, body);
+            f.pair_linears(g, body);
         }
-        f.group_feed_forward_grads(g, &g.body);
-        for v in g.walk() {
-            for r in &g.node(v).regions {
-                f.pair_linears(g, &r.body);
-            }
-        }
-        f.pair_linears(g, &g.body);
         f
     }
 

@@ -394,11 +394,11 @@ pub(crate) unsafe fn dense_pair_raw(
     let kern = kernel();
     let layers = [pair.first, pair.second];
     let packed = [
-        Packed::new(kern, &pair.first, inp)?,
-        Packed::new(kern, &pair.second, inp)?,
+        Packed::new(kern, &layers[0], inp)?,
+        Packed::new(kern, &layers[1], inp)?,
     ];
-    let per_row = inp + pair.first.out + pair.second.out;
-    let weights = pair.first.w.len() + pair.second.w.len();
+    let per_row = inp + layers.iter().map(|l| l.out).sum::<usize>();
+    let weights = layers.iter().map(|l| l.w.len()).sum();
     let block = block_rows(rows, per_row, weights, kern.mr, threads());
     let xa = x as usize;
     let dst = ys.map(|(p, ld)| (p as usize, ld));

@@ -404,9 +404,9 @@ crate::c_abi! {
             let sg = span(ln_w, if has_ln { inp } else { 0 }, "ln_w")?;
             let sbeta = span(ln_b, if has_ln { inp } else { 0 }, "ln_b")?;
             let sw1 = span(w1, count(&[out1, inp], "w1")?, "w1")?;
-            let sb1 = span(b1, if b1.is_null() { 0 } else { out1 }, "b1")?;
+            let sb1 = opt_span(b1, &[out1], "b1")?;
             let sw2 = span(w2, count(&[out2, inp], "w2")?, "w2")?;
-            let sb2 = span(b2, if b2.is_null() { 0 } else { out2 }, "b2")?;
+            let sb2 = opt_span(b2, &[out2], "b2")?;
             let inputs = [sx, sg, sbeta, sw1, sb1, sw2, sb2];
             no_overlap(sy1, &inputs)?;
             no_overlap(sy2, &inputs)?;

@@ -699,7 +699,7 @@ fn long_sum_by_columns(
     let Product { a, b, m, k, n, t } = p;
     let nr = kern.nr;
     let panels = n.div_ceil(nr);
-    let tasks = crate::pool::threads().clamp(1, panels);
+    let tasks = crate::pool::threads().min(panels).max(1);
     let per = panels.div_ceil(tasks);
     let cols_of = |ti: usize| ((ti * per * nr).min(n), ((ti + 1) * per * nr).min(n));
     let done: Vec<std::sync::OnceLock<Vec<f32>>> =

@@ -120,7 +120,9 @@ pub fn lsh_attention(
         let _ = prep[bh].set((inv, spos));
         Ok(())
     })?;
-    let mut state = crate::error::try_zeroed::<(f32, f32)>(bhs * len, "round state")?;
+    // One round needs no running (max, sum) per position.
+    let states = if ctx.single { 0 } else { bhs * len };
+    let mut state = crate::error::try_zeroed::<(f32, f32)>(states, "round state")?;
     state.iter_mut().for_each(|s| s.0 = f32::NEG_INFINITY);
     let st = SharedMut::new(&mut state);
     let shared = SharedMut::new(out);
@@ -317,16 +319,15 @@ impl Ctx<'_> {
                 let (mx, sum) = lse[i];
                 // SAFETY: only the task holding this chunk touches head h of
                 // position pos now (positions are distinct across concurrent chunks).
-                let (dst, state) = unsafe {
-                    (
-                        out.slice(row(pos).start, d),
-                        &mut states.slice(bh * self.len + pos, 1)[0],
-                    )
-                };
-                // Running round combination with (max, sum) kept apart.
+                let dst = unsafe { out.slice(row(pos).start, d) };
                 if self.single {
                     dst.iter_mut().zip(o).for_each(|(a, &x)| *a = x / sum);
-                } else if state.0 == f32::NEG_INFINITY {
+                    continue;
+                }
+                // SAFETY: as for `dst` (with several rounds there is a state per position).
+                let state = unsafe { &mut states.slice(bh * self.len + pos, 1)[0] };
+                // Running round combination with (max, sum) kept apart.
+                if state.0 == f32::NEG_INFINITY {
                     dst.copy_from_slice(o);
                     *state = (mx, sum);
                 } else if mx <= state.0 {

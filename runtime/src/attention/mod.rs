@@ -665,8 +665,9 @@ mod tests {
 
     /// `put_keys` writes the words of `put_key` one key at a time, whether
     /// its groups are transposed in registers or not: every scaling (a factor
-    /// or none, an exact reciprocal or a division), a dimension tail, a group
-    /// across a panel boundary and a partial last group.
+    /// or none, an exact reciprocal or a division), a dimension tail, groups
+    /// in a second panel and a partial last group (and, where the kernel's
+    /// panels are narrower than a group, groups across a panel boundary).
     #[test]
     fn put_keys_writes_the_words_of_put_key() {
         let nr = kernel().nr;

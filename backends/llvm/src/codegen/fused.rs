@@ -362,15 +362,11 @@ impl<'ctx> Gen<'ctx> {
             outs.push(out);
         }
         self.kernel(fs, v, "rc_dense_pair_f32", &args)?;
-        let second = outs.pop();
-        let first = outs.pop();
-        match (first, second) {
-            (Some(first), Some(second)) => {
-                fs.vals.insert(u, second);
-                Ok(first)
-            }
-            _ => Err(BackendError::Internal(format!("{what}: no result"))),
-        }
+        let [first, second]: [Buf<'ctx>; 2] = outs
+            .try_into()
+            .map_err(|_| BackendError::Internal(format!("{what}: no result")))?;
+        fs.vals.insert(u, second);
+        Ok(first)
     }
 
     /// The rows a dense call reads for linear `first` (the first layer of its
