@@ -677,6 +677,17 @@ fn by_rows(kern: &crate::gemm::Kernel, p: Product, y: &mut [f32], accumulate: bo
 /// not change its bits.
 const LONG_SUM_KC: usize = 512;
 
+/// Fewest rows a swapped long sum may have (see [`swapped`]). Measured on
+/// the Zen 4 VM (2026-12-07) in the 12-layer training step at L = 16K
+/// (`--profile`, three interleaved runs each way): `[512, L]·[L, 256]` ran at
+/// 128-140 GFLOP/s as written and 138-145 swapped, `[512, L]·[L, 320]` at
+/// 114-137 and 151-155, but `[256, L]·[L, 128]` fell from 150-157 to 107-115
+/// swapped into a product of 128 rows (a product of 128 rows runs at about
+/// 115 as written too: each task's packed columns then serve few rows).
+/// `kernel_bench wgrad` showed larger gains (`[512, L]·[L, 256]` 154 → 190
+/// GFLOP/s) with its operands partly in cache.
+const SWAP_MIN_ROWS: usize = 256;
+
 /// Accumulator floats [`long_sum_by_columns`] may hold (4 MiB, freed when
 /// the product ends): a weight gradient's `[in, out]` up to 1024 × 1024.
 const LONG_SUM_ACC: usize = 1 << 20;
@@ -690,13 +701,22 @@ const LONG_SUM_ACC: usize = 1 << 20;
 /// block (the row-split path packs each block, then splits the rows), and
 /// each element of `y` adds the products in k order as there (a split sum
 /// continues from the stored partial sum): the same bits.
+///
+/// A transposed A with more rows than B has columns (`[512, L]·[L, 256]`)
+/// runs as `yᵀ = Bᵀ·Aᵀ` instead (see [`swapped`]).
 fn long_sum_by_columns(
     kern: &crate::gemm::Kernel,
     p: Product,
     y: &mut [f32],
     accumulate: bool,
 ) -> Result<()> {
-    let Product { a, b, m, k, n, t } = p;
+    let (q, swap) = swapped(p);
+    let Product { a, b, m, k, n, t } = q;
+    // Where the accumulator's (row r, column c0 + c) of q's result lies in y.
+    let at = |r: usize, c: usize| match swap {
+        false => r * n + c,
+        true => c * m + r,
+    };
     let nr = kern.nr;
     let panels = n.div_ceil(nr);
     let tasks = crate::pool::threads().min(panels).max(1);
@@ -714,7 +734,9 @@ fn long_sum_by_columns(
         let mut acc = crate::error::try_zeroed(m * cols, "long-sum accumulator")?;
         if accumulate {
             for (r, dst) in acc.chunks_exact_mut(cols).enumerate() {
-                dst.copy_from_slice(&y_in[r * n + c0..r * n + c1]);
+                for (c, v) in (c0..c1).zip(dst) {
+                    *v = y_in[at(r, c)];
+                }
             }
         }
         for (i, k0) in (0..k).step_by(LONG_SUM_KC).enumerate() {
@@ -734,11 +756,34 @@ fn long_sum_by_columns(
         let (c0, c1) = cols_of(ti);
         if let Some(acc) = slot.into_inner() {
             for (r, src) in acc.chunks_exact(c1 - c0).enumerate() {
-                y[r * n + c0..r * n + c1].copy_from_slice(src);
+                for (c, &v) in (c0..c1).zip(src) {
+                    y[at(r, c)] = v;
+                }
             }
         }
     }
     Ok(())
+}
+
+/// `p` as [`long_sum_by_columns`] runs it, and whether that is `yᵀ = Bᵀ·Aᵀ`:
+/// when A is read transposed (`xᵀ`, x `[L, m]`), B is not, and `m > n ≥`
+/// [`SWAP_MIN_ROWS`]. Each element is then the same chain of fused
+/// multiply-adds in k order with the two factors swapped, and
+/// `fma(a, b, c) = fma(b, a, c)`: the same bits.
+fn swapped(p: Product) -> (Product, bool) {
+    match p.t.a && !p.t.b && p.m > p.n && p.n >= SWAP_MIN_ROWS {
+        true => (
+            Product {
+                a: p.b,
+                b: p.a,
+                m: p.n,
+                n: p.m,
+                ..p
+            },
+            true,
+        ),
+        false => (p, false),
+    }
 }
 
 /// `y[i] = a[i] · b[i]` for `nb` pairs of contiguous row-major matrices
@@ -1098,7 +1143,26 @@ mod tests {
     #[test]
     fn a_long_sum_by_columns_has_the_bits_of_the_row_split() {
         let kern = kernel();
-        let (m, k, n) = (37, 3 * LONG_SUM_KC + 11, 2 * kern.nr + 5);
+        // The last shape runs swapped (yᵀ = Bᵀ·Aᵀ) where A is transposed.
+        let (short, wide) = (37, 2 * kern.nr + 5);
+        let tall = (SWAP_MIN_ROWS + 37, SWAP_MIN_ROWS + 5);
+        for (m, n) in [(short, wide), (wide, short), tall] {
+            long_sum_bits(kern, m, 3 * LONG_SUM_KC + 11, n);
+        }
+        let p = |m, n, a| Product {
+            a: &[],
+            b: &[],
+            m,
+            k: 0,
+            n,
+            t: Transposed { a, b: false },
+        };
+        assert!(swapped(p(tall.0, tall.1, true)).1);
+        assert!(!swapped(p(tall.0, tall.1, false)).1);
+        assert!(!swapped(p(wide, short, true)).1);
+    }
+
+    fn long_sum_bits(kern: &crate::gemm::Kernel, m: usize, k: usize, n: usize) {
         let a: Vec<f32> = (0..m * k)
             .map(|i| ((i * 7 % 23) as f32 - 11.0) / 8.3)
             .collect();
@@ -1131,7 +1195,7 @@ mod tests {
                 assert_eq!(
                     bits(&got),
                     bits(&want),
-                    "{t:?}, accumulate {accumulate}, bf16 {bf16}"
+                    "[{m}, {k}]·[{k}, {n}], {t:?}, accumulate {accumulate}, bf16 {bf16}"
                 );
             }
         }
