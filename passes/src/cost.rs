@@ -807,9 +807,12 @@ pub fn elem_bytes(d: DType) -> u64 {
     d.size_bytes()
 }
 
-/// `lm_loss` and `lm_loss_grad`: per row, the `D x V` product, a softmax over
-/// V, and for the gradient a second `V x D` product; the kernel keeps one
-/// chunk of `[chunk, V]` logits (and its transpose for `wrt="w"`) as scratch.
+/// `lm_loss` and `lm_loss_grad`: per row, the `D x V` product of the logits,
+/// a softmax over V, and for a gradient a `V x D` product. The two
+/// gradients run as one call that computes the logits once (the LLVM
+/// backend groups them, `Fusion::grouped`), so `wrt="h"` counts the logits
+/// and `wrt="w"` does not. The kernel keeps one chunk of `[chunk, V]` logits
+/// as scratch.
 fn lm_loss_cost(g: &Graph, node: &Node, env: &DimEnv, in_bytes: u64, out_bytes: u64) -> OpCost {
     let h = g.ty(node.inputs[0]);
     let w = g.ty(node.inputs[1]);
@@ -817,13 +820,13 @@ fn lm_loss_cost(g: &Graph, node: &Node, env: &DimEnv, in_bytes: u64, out_bytes: 
     let d = dim(h, h.rank().saturating_sub(1));
     let rows = elements(h, env).unwrap_or(0) / d.max(1);
     let v = dim(w, 0);
-    let products: u64 = if node.op.kind == OpKind::LmLossGrad {
-        2
-    } else {
-        1
+    let products: u64 = match (node.op.kind, node.op.str("wrt")) {
+        (OpKind::LmLossGrad, Some("w")) => 1,
+        (OpKind::LmLossGrad, _) => 2,
+        _ => 1,
     };
     let chunk = (node.op.int("chunk").unwrap_or(1).max(1) as u64).min(rows.max(1));
-    let scratch = prod(&[2, chunk, v, h.dtype.size_bytes()]);
+    let scratch = prod(&[chunk, v, h.dtype.size_bytes()]);
     OpCost {
         flops: prod(&[2, products, rows, d, v]).saturating_add(prod(&[5, rows, v])),
         bytes_moved: in_bytes.saturating_add(out_bytes),

@@ -209,8 +209,8 @@ fn replay(plan: &BufferPlan, env: &DimEnv) -> Result<(u64, u64), CostError> {
 /// Scratch of one `attention` call (runtime/src/attention/full.rs): key
 /// norms, key positions and valid-key lists, and per thread in flight a
 /// block of logit rows (up to 2^20 logits) unless keys stream in `kv_chunk`s.
-/// The fused loss's kernels: one `[chunk, V]` block of f32 logits, and its
-/// transpose for the weight gradient.
+/// The fused loss's kernels: one `[chunk, V]` block of f32 logits (the
+/// weight gradient reads it transposed in place).
 fn lm_loss_scratch(g: &Graph, v: reformc_ir::ValueId, env: &DimEnv) -> u64 {
     let node = g.node(v);
     let rows = node.inputs.get(2).and_then(|&l| {
@@ -228,12 +228,7 @@ fn lm_loss_scratch(g: &Graph, v: reformc_ir::ValueId, env: &DimEnv) -> u64 {
         return 0;
     };
     let chunk = (node.op.int("chunk").unwrap_or(1).max(1) as u64).min(rows.max(1));
-    let blocks = if node.op.str("wrt") == Some("w") {
-        2
-    } else {
-        1
-    };
-    chunk.saturating_mul(vocab).saturating_mul(4 * blocks)
+    chunk.saturating_mul(vocab).saturating_mul(4)
 }
 
 /// The scratch of `rc_feed_forward_grad_f32`: one block's normalised rows,

@@ -85,11 +85,14 @@ pub struct Fusion {
     /// Transposes of the last two axes that their `matmul` reads in place.
     pub transposed: HashSet<ValueId>,
     /// Ops that the kernel call of their group's leader computes (the value:
-    /// the leader). Two kinds of group:
+    /// the leader). Three kinds of group:
     /// - a run of consecutive `feed_forward_grad`s of one block with the
     ///   same operands and attributes but `wrt`, led by the first of them or
     ///   by a `feed_forward` of the same operands and attributes just before
     ///   the run (its output comes from the same call);
+    /// - a run of consecutive `lm_loss_grad`s with the same operands and
+    ///   attributes but `wrt` (the gradients with respect to `h` and `w`),
+    ///   led by the first: one call computes the logits once for both;
     /// - a *pair* of consecutive stored `linear`s of one input (an
     ///   attention's query/key and value projections), led by the first: one
     ///   call normalizes the rows once (a shared layer-norm prologue) and
@@ -111,7 +114,7 @@ impl Fusion {
         f.block(g, None, &g.body, &uses);
         let regions = g.walk().into_iter().flat_map(|v| &g.node(v).regions);
         for body in regions.map(|r| &r.body).chain([&g.body]) {
-            f.group_feed_forward_grads(g, body);
+            f.group_gradients(g, body);
             f.pair_linears(g, body);
         }
         f
@@ -416,7 +419,11 @@ impl Fusion {
     /// them or by the `feed_forward` of the same operands and attributes just
     /// before it (a reversible block's backward recomputes the branch's output
     /// there; see [`Fusion::grouped`]).
-    fn group_feed_forward_grads(&mut self, g: &Graph, body: &[ValueId]) {
+    /// Groups runs of gradients that one kernel call computes together: a
+    /// feed-forward's (led by a `feed_forward` of the same operands just
+    /// before them, when there is one) and a fused LM loss's (`wrt` h and w,
+    /// one recomputation of the logits for both).
+    fn group_gradients(&mut self, g: &Graph, body: &[ValueId]) {
         let strip = |n: &reformc_ir::Node| {
             let mut attrs = n.op.attrs.clone();
             attrs.remove("wrt");
@@ -426,7 +433,7 @@ impl Fusion {
             let fwd = lead.inputs.len();
             let same_inputs = match lead.op.kind {
                 OpKind::FeedForward => n.inputs.get(..fwd) == Some(&lead.inputs[..]),
-                _ => n.inputs == lead.inputs,
+                kind => kind == n.op.kind && n.inputs == lead.inputs,
             };
             same_inputs && strip(lead) == strip(n)
         };
@@ -435,7 +442,7 @@ impl Fusion {
         for &v in body {
             let node = g.node(v);
             lead = match (node.op.kind, lead) {
-                (OpKind::FeedForwardGrad, Some((l, first))) => {
+                (OpKind::FeedForwardGrad | OpKind::LmLossGrad, Some((l, first))) => {
                     let like = g.node(first.unwrap_or(l));
                     match joins(g.node(l), node) && first.is_none_or(|_| joins(like, node)) {
                         true => {
@@ -446,7 +453,7 @@ impl Fusion {
                         false => Some((v, Some(v))),
                     }
                 }
-                (OpKind::FeedForwardGrad, None) => Some((v, Some(v))),
+                (OpKind::FeedForwardGrad | OpKind::LmLossGrad, None) => Some((v, Some(v))),
                 (OpKind::FeedForward, _) => Some((v, None)),
                 _ => None,
             };
@@ -786,5 +793,32 @@ mod tests {
         let dx = g.outputs.iter().find(|(n, _)| n == "dx").unwrap().1;
         assert_eq!(f.group_of(dx).len(), 7);
         assert_eq!(f.grouped.len(), 6);
+    }
+
+    #[test]
+    fn the_lm_loss_gradients_are_one_call() {
+        let grads = |between: &str| {
+            let t = format!(
+                "graph {{
+  %0 = input {{name=\"h\"}} : f32[N,4]
+  %1 = input {{name=\"w\"}} : f32[9,4]
+  %2 = input {{name=\"labels\"}} : i64[N]
+  %3 = input {{name=\"dy\"}} : f32[]
+  %4 = lm_loss_grad %0, %1, %2, %3 {{chunk=2, wrt=\"h\"}} : f32[N,4]
+{between}  %5 = lm_loss_grad %0, %1, %2, %3 {{chunk=2, wrt=\"w\"}} : f32[9,4]
+  output \"dh\" = %4
+  output \"dw\" = %5
+}}"
+            );
+            let g = reformc_ir::parse(&t).unwrap();
+            let at = |name: &str| g.outputs.iter().find(|(n, _)| n == name).unwrap().1;
+            let f = Fusion::new(&g);
+            let group = f.group_of(at("dh")).to_vec();
+            (group, vec![at("dh"), at("dw")])
+        };
+        let (group, ids) = grads("");
+        assert_eq!(group, ids, "led by the first");
+        let (group, _) = grads("  %6 = neg %3 : f32[]\n  output \"n\" = %6\n");
+        assert!(group.is_empty(), "an op between them keeps them apart");
     }
 }

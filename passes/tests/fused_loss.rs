@@ -155,9 +155,9 @@ fn the_pass_fuses_wide_heads_or_when_asked() {
         );
         has
     };
-    // The head's input is 4 wide: fused from V = 9 on, or with a chunk.
-    assert!(!fused(8, None));
-    assert!(fused(9, None));
-    assert!(fused(8, Some(2)));
-    assert!(!fused(8, Some(0)), "a chunk of 0 means unset");
+    // The head's input is 4 wide: fused from V = 5 on, or with a chunk.
+    assert!(!fused(4, None));
+    assert!(fused(5, None));
+    assert!(fused(4, Some(2)));
+    assert!(!fused(4, Some(0)), "a chunk of 0 means unset");
 }

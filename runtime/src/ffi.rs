@@ -1171,9 +1171,10 @@ crate::c_abi! {
         })
     }
 
-    /// `*dy` times the gradient of `rc_lm_loss_f32`'s total with respect to
-    /// `h` (`wrt_w` 0: `out` `[rows, d]`) or `w` (`wrt_w` 1: `out` `[v, d]`),
-    /// recomputing the logits `chunk` rows at a time. Status 2 as there.
+    /// `*dy` times the gradients of `rc_lm_loss_f32`'s total with respect to
+    /// `h` (into `dh`, `[rows, d]`) and `w` (into `dw`, `[v, d]`), either
+    /// NULL when not wanted, recomputing the logits `chunk` rows at a time
+    /// (once for both). Status 2 as there.
     ///
     /// # Safety
     /// As [`rc_lm_loss_f32`]; `dy` points to one float.
@@ -1186,32 +1187,29 @@ crate::c_abi! {
         labels: *const i64,
         chunk: i64,
         dy: *const f32,
-        wrt_w: i32,
-        out: *mut f32,
+        dh: *mut f32,
+        dw: *mut f32,
     ) -> i32 {
         guard(|| {
             let [rows, d, v, chunk] =
                 sizes([(rows, "rows"), (d, "d"), (v, "v"), (chunk, "chunk")])?;
-            let wrt_h = match wrt_w {
-                0 => true,
-                1 => false,
-                _ => {
-                    let why = format!("wrt_w must be 0 or 1, found {wrt_w}");
-                    return Err(Error::InvalidArgument(why));
-                }
-            };
             let sh = span(h, count(&[rows, d], "h")?, "h")?;
             let sw = span(w, count(&[v, d], "w")?, "w")?;
             let sl = span(labels, rows, "labels")?;
             let sd = span(dy, 1, "dy")?;
-            let so = span(out, count(&[if wrt_h { rows } else { v }, d], "out")?, "out")?;
-            no_overlap(so, &[sh, sw, sl, sd])?;
+            let sdh = opt_span(dh, &[rows, d], "dh")?;
+            let sdw = opt_span(dw, &[v, d], "dw")?;
+            no_overlap(sdh, &[sh, sw, sl, sd, sdw])?;
+            no_overlap(sdw, &[sh, sw, sl, sd])?;
             // SAFETY: spans checked above; sizes are the ABI's contract with the caller.
-            let (h, w, labels, dy, out) = unsafe {
-                (view(h, sh), view(w, sw), view(labels, sl), view(dy, sd), view_mut(out, so))
+            let (h, w, labels, dy) = unsafe { (view(h, sh), view(w, sw), view(labels, sl), view(dy, sd)) };
+            // SAFETY: as above, for the outputs that are not NULL.
+            let (dh, dw) = unsafe {
+                let out = |p: *mut f32, s| (!p.is_null()).then(|| view_mut(p, s));
+                (out(dh, sdh), out(dw, sdw))
             };
             let shape = crate::lm_loss::Shape { rows, d, v, chunk };
-            crate::lm_loss::lm_loss_grad(h, w, labels, shape, dy[0], wrt_h, out)
+            crate::lm_loss::lm_loss_grads(h, w, labels, shape, dy[0], dh, dw)
         })
     }
 

@@ -227,6 +227,18 @@ fn fused_lm_loss_and_its_gradients_match_the_interpreter() {
 }
 
 #[test]
+fn each_lm_loss_gradient_alone_matches_the_interpreter() {
+    // The two gradients are one call (one computation of the logits); an
+    // op between them keeps them apart, and each one alone is a call too.
+    let apart = LM_LOSS.replace(
+        "  %6 = lm_loss_grad",
+        "  %7 = neg %3 : f32[]\n  output \"n\" = %7\n  %6 = lm_loss_grad",
+    );
+    let ins = lm_loss_inputs(vec![8, -100, 0, 4, 4, -100, 1]);
+    compare(&apart, &ins, 1e-5);
+}
+
+#[test]
 fn fused_lm_loss_label_out_of_range_is_a_value_error() {
     let g = reformc_ir::parse(LM_LOSS).unwrap();
     let ins = lm_loss_inputs(vec![0, 9]);

@@ -116,13 +116,14 @@ pub fn differentiate_with(
 }
 
 /// Appends the loss: fused with the LM head when `--chunk-lm-head` asks for
-/// it or when the head's logits are wide (V > 2 D: fusing costs two more
-/// head-sized products per step, worth it only where the `[B, L, V]` logits
-/// outweigh the head's input); returns the note saying which.
+/// it or when the head's logits are wider than its input (V > D: fusing
+/// costs one more head-sized product per step, as the gradients recompute
+/// the logits, worth it where the `[B, L, V]` logits outweigh the head's
+/// input); returns the note saying which.
 fn add_loss(g: &mut Graph, opts: &PassOptions) -> Result<String, String> {
     let chunk = opts.chunk_size_lm_head.filter(|&c| c > 0);
     let shape = loss::head_shape(g, "logits");
-    let wide = shape.is_some_and(|(v, d)| v > 2 * d);
+    let wide = shape.is_some_and(|(v, d)| v > d);
     if (chunk.is_some() || wide) && append_fused_loss(g, "logits", chunk)? {
         return Ok(format!(
             "loss: mean cross-entropy against the `labels` input, fused with the LM head (`lm_loss`, {} rows at a time: the [B, L, V] logits never exist whole)",
@@ -131,7 +132,7 @@ fn add_loss(g: &mut Graph, opts: &PassOptions) -> Result<String, String> {
     }
     append_loss(g, "logits")?;
     Ok(match shape {
-        Some((v, d)) => format!("loss: mean cross-entropy of `logits` against the `labels` input (the LM head is not fused: V = {v} <= 2 x its input width {d}, so its logits are small; --chunk-lm-head N fuses it)"),
+        Some((v, d)) => format!("loss: mean cross-entropy of `logits` against the `labels` input (the LM head is not fused: V = {v} <= its input width {d}, so its logits are small; --chunk-lm-head N fuses it)"),
         None => "loss: mean cross-entropy of `logits` against the `labels` input".to_string(),
     })
 }

@@ -6,7 +6,10 @@ use super::*;
 
 impl<'ctx> Gen<'ctx> {
     /// `lm_loss(h, w, labels) {chunk}` and `lm_loss_grad(h, w, labels, dy)
-    /// {wrt, chunk}`: the runtime's chunked kernels (`h` as `[rows, D]`).
+    /// {wrt, chunk}`: the runtime's chunked kernels (`h` as `[rows, D]`). A
+    /// group of gradients ([`Fusion::group_of`], `wrt` h and w) is one call
+    /// that writes both; the members' buffers are bound here, the leader's
+    /// returned.
     pub(super) fn lm_loss(&self, fs: &mut Fs<'ctx, '_>, v: ValueId) -> Result<Buf<'ctx>> {
         let what = at(fs.g, &fs.numbering, v);
         let op = fs.g.node(v).op.clone();
@@ -18,7 +21,7 @@ impl<'ctx> Gen<'ctx> {
             .ok_or_else(|| BackendError::Internal(format!("{what}: h needs rank >= 1")))?;
         let rows = self.prod(rest)?;
         let chunk = self.i64c(op.int("chunk").unwrap_or(1).max(1));
-        let common: [BasicMetadataValueEnum<'ctx>; 7] = [
+        let mut args: Vec<BasicMetadataValueEnum<'ctx>> = vec![
             h.ptr.into(),
             rows.into(),
             (*d).into(),
@@ -29,28 +32,39 @@ impl<'ctx> Gen<'ctx> {
         ];
         if op.kind == OpKind::LmLoss {
             let out = self.alloc_buf(fs, DType::F32, vec![], &what)?;
-            let mut args = common.to_vec();
             args.push(out.ptr.into());
             self.kernel(fs, v, "rc_lm_loss_f32", &args)?;
             return Ok(out);
         }
         let dy = self.f32_ranked(fs, v, 3, 0)?;
-        let wrt_w = op.str("wrt") == Some("w");
-        let dims = if wrt_w {
-            w.dims.clone()
-        } else {
-            h.dims.clone()
+        let members = match fs.fusion.group_of(v) {
+            [] => vec![v],
+            group => group.to_vec(),
         };
-        let out = self.alloc_buf(fs, DType::F32, dims, &what)?;
-        let mut args = common.to_vec();
-        let tail: [BasicMetadataValueEnum<'ctx>; 3] = [
-            dy.ptr.into(),
-            self.i32c(i32::from(wrt_w)).into(),
-            out.ptr.into(),
-        ];
-        args.extend(tail);
+        // Output 0 is the gradient with respect to h, 1 with respect to w.
+        let mut outs: [Option<(ValueId, Buf<'ctx>)>; 2] = Default::default();
+        for &m in &members {
+            let (slot, dims) = match fs.g.node(m).op.str("wrt") {
+                Some("w") => (1, w.dims.clone()),
+                _ => (0, h.dims.clone()),
+            };
+            let buf = self.alloc_buf(fs, DType::F32, dims, &at(fs.g, &fs.numbering, m))?;
+            outs[slot] = Some((m, buf));
+        }
+        args.push(dy.ptr.into());
+        let ptr = |o: &Option<(ValueId, Buf<'ctx>)>| o.as_ref().map_or(self.null(), |(_, b)| b.ptr);
+        args.extend(outs.iter().map(|o| BasicMetadataValueEnum::from(ptr(o))));
         self.kernel(fs, v, "rc_lm_loss_grad_f32", &args)?;
-        Ok(out)
+        let mut mine = None;
+        for (m, buf) in outs.into_iter().flatten() {
+            match m == v {
+                true => mine = Some(buf),
+                false => {
+                    fs.vals.insert(m, buf);
+                }
+            }
+        }
+        mine.ok_or_else(|| BackendError::Internal(format!("{what}: no result")))
     }
 
     /// `broadcast(x, ref)`: the elementwise copy of `x` to the declared
