@@ -13,11 +13,12 @@
 //!   in place, dy `[L, out]`) at L = 16K, as a training step runs them.
 //! - `dense`: the attention's two projections (layer norm, 256→128 twice) as
 //!   two fused stacks and as one pair call (`dense_pair`), at L = 16K/64K.
-//! - `attn`: LSH hashing and LSH attention at L = 16K/64K (B=1, H=2, d=64, r=1/4,
+//! - `attn_grad`: the LSH attention gradient alone (bench model, one round).
+//! - `attn`: LSH hashing, LSH attention and its gradient at L = 16K/64K (B=1, H=2, d=64, r=1/4,
 //!   chunk 64, one chunk before) and at the paper model's shape (L = 8192, H=8,
 //!   d=128, r=4, chunk 128, 512 buckets), and local attention for comparison.
 
-use reformc_runtime::attention::{local_attention, lsh_attention, lsh_hash};
+use reformc_runtime::attention::{local_attention, lsh_attention, lsh_attention_grad, lsh_hash};
 use reformc_runtime::dense::{dense, dense_pair, Layer, Mode, Norm, Pair, Stack};
 use reformc_runtime::gemm::{available_kernels, kernel, linear_with, Kernel};
 use reformc_runtime::{set_threads, Activation};
@@ -309,11 +310,42 @@ fn bench_attention(reps: usize) {
     ];
     println!("LSH, B=1, before=1 after=0 causal, ms, median (best) of {reps}");
     println!(
-        "{:>11} {:>6} {:>2} {:>2} {:>3} {:>9} {:>4} {:>14} {:>14}",
-        "model", "L", "H", "r", "d", "buckets", "thr", "hash", "attention"
+        "{:>11} {:>6} {:>2} {:>2} {:>3} {:>9} {:>4} {:>14} {:>14} {:>14}",
+        "model", "L", "H", "r", "d", "buckets", "thr", "hash", "attention", "gradient"
     );
     for c in &cases {
         bench_attention_case(c, reps);
+    }
+}
+
+/// The LSH attention gradient alone (bench model, one round), as a
+/// training step runs it, at 1 and 2 threads: for profiling the backward.
+fn bench_attention_grad(reps: usize) {
+    println!("LSH attention gradient, bench model (H=2, d=64, chunk 64, 1 round), ms, median (best) of {reps}");
+    for len in [16384usize, 65536] {
+        let (h, d) = (2usize, 64usize);
+        let (qk, v, dy) = (
+            data(len * h * d, 4),
+            data(len * h * d, 5),
+            data(len * h * d, 7),
+        );
+        let buckets: Vec<i64> = (0..h * len).map(|i| (i * 7919 % 31) as i64).collect();
+        let mut out = vec![0.0f32; len * h * d];
+        lsh_attention(
+            &qk, &v, &buckets, None, 1, len, h, d, 1, 64, 1, 0, true, &mut out,
+        )
+        .unwrap();
+        let mut grads = vec![0.0f32; 2 * len * h * d];
+        for thr in [1i64, 2] {
+            set_threads(thr).unwrap();
+            let t = timed(reps, || {
+                lsh_attention_grad(
+                    &qk, &v, &buckets, &out, &dy, None, 1, len, h, d, 1, 64, 1, 0, true, &mut grads,
+                )
+                .unwrap()
+            });
+            println!("L = {len:>6}, {thr} thr: {:>14}", ms(t));
+        }
     }
 }
 
@@ -344,11 +376,21 @@ fn bench_attention_case(c: &AttnCase, reps: usize) {
                 )
                 .unwrap()
             });
+            let dy = data(len * h * d, 7);
+            let mut grads = vec![0.0f32; 2 * len * h * d];
+            let tg = timed(reps, || {
+                lsh_attention_grad(
+                    &qk, &v, &buckets, &out, &dy, None, 1, len, h, d, rounds, chunk, 1, 0, true,
+                    &mut grads,
+                )
+                .unwrap()
+            });
             let f = format!("{factors:?}").replace(' ', "");
             println!(
-                "{what:>11} {len:>6} {h:>2} {rounds:>2} {d:>3} {f:>9} {thr:>4} {:>14} {:>14}",
+                "{what:>11} {len:>6} {h:>2} {rounds:>2} {d:>3} {f:>9} {thr:>4} {:>14} {:>14} {:>14}",
                 ms(th),
-                ms(ta)
+                ms(ta),
+                ms(tg)
             );
         }
     }
@@ -401,5 +443,8 @@ fn main() {
     }
     if has("attn") {
         bench_attention(reps);
+    }
+    if has("attn_grad") {
+        bench_attention_grad(reps);
     }
 }

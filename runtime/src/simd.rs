@@ -270,6 +270,61 @@ macro_rules! dispatch {
     };
 }
 
+/// Runs `f` compiled for the vector instructions the GEMM kernel uses
+/// (AVX-512 or AVX2+FMA), where `f` is inlined into the trampoline (a
+/// closure called once is): the row loops around the kernels (copies,
+/// scalings, masked updates) otherwise get the crate's SSE2 baseline. Each
+/// element's arithmetic is the same IEEE operation either way (Rust does not
+/// contract `a * b + c` into a fused multiply-add), so the results are too.
+#[inline(always)]
+pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn wide<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn narrow<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        match kernel().isa {
+            // SAFETY: the kernel choice was made from the detected CPU features.
+            "avx512" => return unsafe { wide(f) },
+            // SAFETY: as above.
+            "avx2+fma" => return unsafe { narrow(f) },
+            _ => {}
+        }
+    }
+    f()
+}
+
+/// `Σ a[i]·b[i]` in 16 interleaved partial sums (lane `i % 16`), added
+/// pairwise at the end: a fixed order (the same bits on every machine and
+/// thread count) that vectorizes, where a sequential sum waits on each add.
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..16 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    for (l, (x, y)) in ra.iter().zip(rb).enumerate() {
+        acc[l] += x * y;
+    }
+    let mut width = 16;
+    while width > 1 {
+        width /= 2;
+        for l in 0..width {
+            acc[l] += acc[l + width];
+        }
+    }
+    acc[0]
+}
+
 dispatch!(
     /// One layer-norm row, `yr = (xr - mean) / sqrt(var + eps) * w + b`.
     ln_row, ln_row_body, (xr: &[f32], w: &[f32], b: &[f32], eps: f32, yr: &mut [f32]) -> ()
@@ -390,6 +445,29 @@ mod tests {
                     "{act:?}({x}) = {g}, want {want}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn dot_sums_in_lanes() {
+        for n in [0usize, 1, 15, 16, 17, 64, 100] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.3).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.7).cos()).collect();
+            let want: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                .sum();
+            let got = vectorized(|| dot(&a, &b));
+            assert!(
+                (f64::from(got) - want).abs() < 1e-5,
+                "n = {n}: {got} vs {want}"
+            );
+            assert_eq!(
+                got.to_bits(),
+                dot(&a, &b).to_bits(),
+                "the same bits in every build"
+            );
         }
     }
 

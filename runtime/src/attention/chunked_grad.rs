@@ -43,6 +43,12 @@ use crate::bf16::Packing;
 use crate::error::{try_zeroed, Result};
 use crate::gemm::{check_len, gemm_a, kernel, AStrides, Epilogue, Kernel, PackedB};
 use crate::pool::{try_par_for, SharedMut};
+use crate::simd;
+
+/// Rows ahead whose cache lines the per-slot and per-position loops ask
+/// for: slots visit positions in bucket order, a permutation that no
+/// hardware prefetcher follows.
+const AHEAD: usize = 8;
 
 /// Chunks per group of the backward pass: a constant (not the thread count)
 /// so that the order of every sum is fixed.
@@ -501,17 +507,22 @@ impl Ctx<'_> {
             hd.by_pos[p * plan.rounds + r.min(plan.rounds - 1)] = slot as u32;
         }
         if self.norm {
-            for (p, inv) in hd.inv.iter_mut().enumerate() {
-                *inv = inv_len_norm(&self.k[self.row(b, h, p)]);
-            }
+            let inv = SharedMut::new(&mut hd.inv);
+            for_each_block(len, |positions| {
+                // SAFETY: this block alone writes the norms of `positions`.
+                let mine = unsafe { inv.slice(positions.start, positions.len()) };
+                for (p, o) in positions.zip(mine) {
+                    *o = inv_len_norm(&self.k[self.row(b, h, p)]);
+                }
+            })?;
         }
         self.gather(b, h, hd)?;
         if plan.rounds > 1 {
             self.round_weights(hd, valid)?;
         }
         self.output_gradients(b, h, hd)?;
-        hd.dk.iter_mut().for_each(|x| *x = 0.0);
-        hd.dv.iter_mut().for_each(|x| *x = 0.0);
+        zero(&mut hd.dk)?;
+        zero(&mut hd.dv)?;
         let Head {
             dq, dk, dv: dvs, ..
         } = hd;
@@ -547,16 +558,28 @@ impl Ctx<'_> {
                     v.slice(slots.start * d, n * d),
                 )
             };
-            for (i, slot) in slots.enumerate() {
-                let p = pos[slot] as usize;
-                let r = self.row(b, h, p);
-                qs[i * d..(i + 1) * d].copy_from_slice(&self.q[r.clone()]);
-                vs[i * d..(i + 1) * d].copy_from_slice(&self.v[r.clone()]);
-                let factor = self.norm.then(|| inv[p]);
-                for (o, &x) in ks[i * d..(i + 1) * d].iter_mut().zip(&self.k[r]) {
-                    *o = scale.apply(x, factor);
-                }
-            }
+            simd::vectorized(
+                #[inline(always)]
+                || {
+                    let end = slots.end;
+                    for (i, slot) in slots.enumerate() {
+                        if slot + AHEAD < end {
+                            let ahead = self.row(b, h, pos[slot + AHEAD] as usize);
+                            simd::prefetch(&self.q[ahead.clone()]);
+                            simd::prefetch(&self.k[ahead.clone()]);
+                            simd::prefetch(&self.v[ahead]);
+                        }
+                        let p = pos[slot] as usize;
+                        let r = self.row(b, h, p);
+                        qs[i * d..(i + 1) * d].copy_from_slice(&self.q[r.clone()]);
+                        vs[i * d..(i + 1) * d].copy_from_slice(&self.v[r.clone()]);
+                        let factor = self.norm.then(|| inv[p]);
+                        for (o, &x) in ks[i * d..(i + 1) * d].iter_mut().zip(&self.k[r]) {
+                            *o = scale.apply(x, factor);
+                        }
+                    }
+                },
+            )
         })
     }
 
@@ -574,19 +597,25 @@ impl Ctx<'_> {
                     shift.slice(slots.start, n),
                 )
             };
-            for (i, slot) in slots.enumerate() {
-                let r = self.row(b, h, pos[slot] as usize);
-                let c = weight[slot];
-                let dot: f32 = self.dy[r.clone()]
-                    .iter()
-                    .zip(&self.y[r.clone()])
-                    .map(|(a, b)| a * b)
-                    .sum();
-                sh[i] = -c * dot;
-                for (o, &g) in ds[i * d..(i + 1) * d].iter_mut().zip(&self.dy[r]) {
-                    *o = c * g;
-                }
-            }
+            simd::vectorized(
+                #[inline(always)]
+                || {
+                    let end = slots.end;
+                    for (i, slot) in slots.enumerate() {
+                        if slot + AHEAD < end {
+                            let ahead = self.row(b, h, pos[slot + AHEAD] as usize);
+                            simd::prefetch(&self.dy[ahead.clone()]);
+                            simd::prefetch(&self.y[ahead]);
+                        }
+                        let r = self.row(b, h, pos[slot] as usize);
+                        let c = weight[slot];
+                        sh[i] = -c * simd::dot(&self.dy[r.clone()], &self.y[r.clone()]);
+                        for (o, &g) in ds[i * d..(i + 1) * d].iter_mut().zip(&self.dy[r]) {
+                            *o = c * g;
+                        }
+                    }
+                },
+            )
         })
     }
 
@@ -682,18 +711,24 @@ impl Ctx<'_> {
         let value = |jj| (window_row(&plan, values, d, j, jj), None);
         put_keys(&mut t.vt, n, value, KeyScale::new(1.0));
         gemm_a(self.kern, c, dout, a, &t.vt, &mut t.ds, n, Epilogue::STORE);
-        for i in 0..c {
-            let slot = j * c + i;
-            let (qpos, shift) = (hd.pos[slot], hd.shift[slot]);
-            let (p, g) = (&t.s[i * n..(i + 1) * n], &mut t.ds[i * n..(i + 1) * n]);
-            for jj in 0..n {
-                let kp = t.kpos[jj];
-                let masked = t.keep[jj] == 0
-                    || (self.rules.causal && kp > qpos)
-                    || (self.rules.self_mask && kp == qpos);
-                g[jj] = if masked { 0.0 } else { p[jj] * (g[jj] + shift) };
-            }
-        }
+        let (rules, kpos, keep) = (self.rules, &t.kpos, &t.keep);
+        simd::vectorized(
+            #[inline(always)]
+            || {
+                for i in 0..c {
+                    let slot = j * c + i;
+                    let (qpos, shift) = (hd.pos[slot], hd.shift[slot]);
+                    let (p, g) = (&t.s[i * n..(i + 1) * n], &mut t.ds[i * n..(i + 1) * n]);
+                    let keys = p.iter().zip(kpos.iter()).zip(keep.iter());
+                    for (gv, ((&pv, &kp), &kv)) in g.iter_mut().zip(keys) {
+                        let masked = (kv == 0)
+                            | (rules.causal & (kp > qpos))
+                            | (rules.self_mask & (kp == qpos));
+                        *gv = if masked { 0.0 } else { pv * (*gv + shift) };
+                    }
+                }
+            },
+        );
         let keys = &hd.k;
         put_values(&mut t.k, n, |kk| window_row(&plan, keys, d, j, kk));
         // SAFETY: chunk j's slots belong to this task alone (its group).
@@ -746,38 +781,63 @@ impl Ctx<'_> {
         let (oq, ov) = (SharedMut::new(&mut *g.dq), SharedMut::new(&mut *g.dv));
         let ok = g.dk.as_deref_mut().map(SharedMut::new);
         for_each_block(len, |positions| {
-            let mut gk = vec![0.0f32; d];
-            for p in positions {
-                let r = self.row(b, h, p);
-                // SAFETY: this block alone handles position p of this head.
-                let (q_out, v_out) = unsafe { (oq.slice(r.start, d), ov.slice(r.start, d)) };
-                q_out.iter_mut().for_each(|x| *x = 0.0);
-                v_out.iter_mut().for_each(|x| *x = 0.0);
-                gk.iter_mut().for_each(|x| *x = 0.0);
-                for &t in &hd.by_pos[p * rounds..(p + 1) * rounds] {
-                    let s = t as usize * d..(t as usize + 1) * d;
-                    add_to(q_out, &hd.dq[s.clone()]);
-                    add_to(&mut gk, &hd.dk[s.clone()]);
-                    add_to(v_out, &hd.dv[s]);
-                }
-                if let Some(ok) = &ok {
-                    // SAFETY: as above.
-                    let k_out = unsafe { ok.slice(r.start, d) };
-                    for (o, &x) in k_out.iter_mut().zip(&gk) {
-                        *o = x / self.div;
+            simd::vectorized(
+                #[inline(always)]
+                || {
+                    let mut gk = vec![0.0f32; d];
+                    let end = positions.end;
+                    for p in positions {
+                        if p + AHEAD < end {
+                            for &t in &hd.by_pos[(p + AHEAD) * rounds..(p + AHEAD + 1) * rounds] {
+                                let s = t as usize * d..(t as usize + 1) * d;
+                                simd::prefetch(&hd.dq[s.clone()]);
+                                simd::prefetch(&hd.dk[s.clone()]);
+                                simd::prefetch(&hd.dv[s]);
+                            }
+                        }
+                        let r = self.row(b, h, p);
+                        // SAFETY: this block alone handles position p of this head.
+                        let (q_out, v_out) =
+                            unsafe { (oq.slice(r.start, d), ov.slice(r.start, d)) };
+                        q_out.iter_mut().for_each(|x| *x = 0.0);
+                        v_out.iter_mut().for_each(|x| *x = 0.0);
+                        gk.iter_mut().for_each(|x| *x = 0.0);
+                        for &t in &hd.by_pos[p * rounds..(p + 1) * rounds] {
+                            let s = t as usize * d..(t as usize + 1) * d;
+                            add_to(q_out, &hd.dq[s.clone()]);
+                            add_to(&mut gk, &hd.dk[s.clone()]);
+                            add_to(v_out, &hd.dv[s]);
+                        }
+                        if let Some(ok) = &ok {
+                            // SAFETY: as above.
+                            let k_out = unsafe { ok.slice(r.start, d) };
+                            for (o, &x) in k_out.iter_mut().zip(&gk) {
+                                *o = x / self.div;
+                            }
+                            continue;
+                        }
+                        let u = &self.k[r];
+                        let inv = hd.inv[p];
+                        let gu = simd::dot(&gk, u);
+                        let k = inv * inv * gu / d as f32;
+                        for ((o, &g), &x) in q_out.iter_mut().zip(&gk).zip(u) {
+                            *o += inv / self.div * (g - k * x);
+                        }
                     }
-                    continue;
-                }
-                let u = &self.k[r];
-                let inv = hd.inv[p];
-                let gu: f32 = gk.iter().zip(u).map(|(a, b)| a * b).sum();
-                let k = inv * inv * gu / d as f32;
-                for ((o, &g), &x) in q_out.iter_mut().zip(&gk).zip(u) {
-                    *o += inv / self.div * (g - k * x);
-                }
-            }
+                },
+            )
         })
     }
+}
+
+/// Zeroes `xs` in parallel blocks.
+fn zero(xs: &mut [f32]) -> Result<()> {
+    let shared = SharedMut::new(xs);
+    let n = xs.len();
+    for_each_block(n, |r| {
+        // SAFETY: this block alone writes `r`.
+        unsafe { shared.slice(r.start, r.len()) }.fill(0.0)
+    })
 }
 
 /// `dst += src`, element by element.
@@ -798,9 +858,11 @@ fn add_window(dst: &SharedMut<f32>, plan: &Plan, j: usize, part: &[f32], d: usiz
         let u = plan.window_chunk(j, o);
         // SAFETY: the caller's group owns every slot of this window now.
         let rows = unsafe { dst.slice(u * c * d, c * d) };
-        rows.iter_mut()
-            .zip(&part[o * c * d..(o + 1) * c * d])
-            .for_each(|(x, y)| *x += y);
+        let src = &part[o * c * d..(o + 1) * c * d];
+        simd::vectorized(
+            #[inline(always)]
+            || rows.iter_mut().zip(src).for_each(|(x, y)| *x += y),
+        );
     }
 }
 
