@@ -313,33 +313,39 @@ impl Ctx<'_> {
                 ));
             }
             win.weighted_values();
-            for (i, &pos) in qslots.iter().enumerate() {
-                let pos = pos as usize;
-                let o = &win.o[i * d..(i + 1) * d];
-                let (mx, sum) = lse[i];
-                // SAFETY: only the task holding this chunk touches head h of
-                // position pos now (positions are distinct across concurrent chunks).
-                let dst = unsafe { out.slice(row(pos).start, d) };
-                if self.single {
-                    dst.iter_mut().zip(o).for_each(|(a, &x)| *a = x / sum);
-                    continue;
-                }
-                // SAFETY: as for `dst` (with several rounds there is a state per position).
-                let state = unsafe { &mut states.slice(bh * self.len + pos, 1)[0] };
-                // Running round combination with (max, sum) kept apart.
-                if state.0 == f32::NEG_INFINITY {
-                    dst.copy_from_slice(o);
-                    *state = (mx, sum);
-                } else if mx <= state.0 {
-                    let f = (mx - state.0).exp();
-                    state.1 += f * sum;
-                    dst.iter_mut().zip(o).for_each(|(a, &x)| *a += f * x);
-                } else {
-                    let f = (state.0 - mx).exp();
-                    *state = (mx, state.1 * f + sum);
-                    dst.iter_mut().zip(o).for_each(|(a, &x)| *a = *a * f + x);
-                }
-            }
+            let o_all = &win.o;
+            simd::vectorized(
+                #[inline(always)]
+                || {
+                    for (i, &pos) in qslots.iter().enumerate() {
+                        let pos = pos as usize;
+                        let o = &o_all[i * d..(i + 1) * d];
+                        let (mx, sum) = lse[i];
+                        // SAFETY: only the task holding this chunk touches head h of
+                        // position pos now (positions are distinct across concurrent chunks).
+                        let dst = unsafe { out.slice(row(pos).start, d) };
+                        if self.single {
+                            dst.iter_mut().zip(o).for_each(|(a, &x)| *a = x / sum);
+                            continue;
+                        }
+                        // SAFETY: as for `dst` (with several rounds there is a state per position).
+                        let state = unsafe { &mut states.slice(bh * self.len + pos, 1)[0] };
+                        // Running round combination with (max, sum) kept apart.
+                        if state.0 == f32::NEG_INFINITY {
+                            dst.copy_from_slice(o);
+                            *state = (mx, sum);
+                        } else if mx <= state.0 {
+                            let f = (mx - state.0).exp();
+                            state.1 += f * sum;
+                            dst.iter_mut().zip(o).for_each(|(a, &x)| *a += f * x);
+                        } else {
+                            let f = (state.0 - mx).exp();
+                            *state = (mx, state.1 * f + sum);
+                            dst.iter_mut().zip(o).for_each(|(a, &x)| *a = *a * f + x);
+                        }
+                    }
+                },
+            );
         }
         Ok(())
     }
