@@ -487,3 +487,58 @@ fn a_feed_forward_group_across_segment_boundaries_stays_one_call() {
     ];
     compare(&s, &inputs(list), 1e-4);
 }
+
+/// A lowered feed-forward as a training step holds it (layer norm, two
+/// products of transposed weights with bias adds and a ReLU, a residual),
+/// the hidden values also read by a second output as the backward does.
+const LOWERED_FF: &str = r#"graph {
+  %0 = input {name="x"} : f32[B,L,8]
+  %1 = weight {name="g"} : f32[8]
+  %2 = weight {name="c"} : f32[8]
+  %3 = weight {name="w1"} : f32[16,8]
+  %4 = weight {name="b1"} : f32[16]
+  %5 = weight {name="w2"} : f32[8,16]
+  %6 = weight {name="b2"} : f32[8]
+  %7 = layer_norm %0, %1, %2 {eps=1e-12} : f32[B,L,8]
+  %8 = transpose %3 {perm=[1,0]} : f32[8,16]
+  %9 = reshape %8 : f32[1,8,16]
+  %10 = matmul %7, %9 : f32[B,L,16]
+  %11 = add %10, %4 : f32[B,L,16]
+  %12 = act %11 {fn="relu"} : f32[B,L,16]
+  %13 = transpose %5 {perm=[1,0]} : f32[16,8]
+  %14 = reshape %13 : f32[1,16,8]
+  %15 = matmul %12, %14 : f32[B,L,8]
+  %16 = add %15, %6 : f32[B,L,8]
+  %17 = add %0, %16 : f32[B,L,8]
+  %18 = neg %12 : f32[B,L,16]
+  output "y" = %17
+  output "h" = %18
+}"#;
+
+#[test]
+fn raised_linears_give_the_bits_of_the_lowered_products() {
+    let mut g = reformc_ir::parse(LOWERED_FF).unwrap();
+    let ins = inputs(vec![("x", f32t(&[2, 70, 8], 31, -2.0, 2.0))]);
+    let weights = inputs(vec![
+        ("g", f32t(&[8], 32, 0.5, 1.5)),
+        ("c", f32t(&[8], 33, -0.5, 0.5)),
+        ("w1", f32t(&[16, 8], 34, -1.0, 1.0)),
+        ("b1", f32t(&[16], 35, -1.0, 1.0)),
+        ("w2", f32t(&[8, 16], 36, -1.0, 1.0)),
+        ("b2", f32t(&[8], 37, -1.0, 1.0)),
+    ]);
+    let want = reformc_backend_llvm::jit_run(&g, &ins, &weights).unwrap();
+    assert_eq!(reformc_passes::autodiff::raise_linears(&mut g), 2);
+    reformc_passes::cleanup::dce(&mut g).unwrap();
+    reformc_ir::verify(&g).unwrap();
+    let text = reformc_ir::print(&g);
+    assert!(
+        !text.contains("matmul") && text.contains("activation=\"relu\""),
+        "{text}"
+    );
+    let got = reformc_backend_llvm::jit_run(&g, &ins, &weights).unwrap();
+    for (name, w) in &want {
+        let bits = |t: &Tensor| t.to_f64().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got[name]), bits(w), "{name}");
+    }
+}

@@ -26,12 +26,14 @@
 mod builder;
 pub mod checkpoint;
 mod loss;
+mod raise;
 mod rules;
 mod sweep;
 mod unfold;
 
 pub use builder::{Builder, Built};
 pub use loss::{append_fused_loss, append_loss, default_chunk, LABELS, LOSS};
+pub use raise::raise_linears;
 pub use rules::{is_differentiable, rule_of, vjp, Rule};
 pub use sweep::{active_values, Sweep};
 pub use unfold::{coupled_values, unfold, Branch, Coupling};
@@ -108,6 +110,9 @@ pub fn differentiate_with(
     // halves, which are activations inside a block).
     let forward: std::collections::HashSet<_> = order.iter().copied().collect();
     crate::cleanup::fold_slices_of_concats(&mut h, &forward);
+    // The forward's and the recomputed products are `linear`s again, with
+    // their bias and ReLU in the GEMM's epilogue (the same bits).
+    raise_linears(&mut h);
     // Rules differentiate every float operand, constants included (a mask
     // value, a scale): what no gradient needs goes, so no backend computes it.
     crate::cleanup::dce(&mut h)?;
