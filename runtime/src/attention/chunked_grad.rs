@@ -538,6 +538,23 @@ impl Ctx<'_> {
         self.to_positions(b, h, hd, g)
     }
 
+    /// Asks for the rows, in each of `arrays` (`[B, L, H·d]`), of the
+    /// position [`AHEAD`] slots after `slot` when that is before `end`.
+    fn prefetch_ahead(
+        &self,
+        (b, h): (usize, usize),
+        pos: &[u32],
+        (slot, end): (usize, usize),
+        arrays: &[&[f32]],
+    ) {
+        if slot + AHEAD < end {
+            let ahead = self.row(b, h, pos[slot + AHEAD] as usize);
+            for a in arrays {
+                simd::prefetch(&a[ahead.clone()]);
+            }
+        }
+    }
+
     /// Fills the sorted queries, keys and values of (batch `b`, head `h`).
     fn gather(&self, b: usize, h: usize, hd: &mut Head) -> Result<()> {
         let d = self.d;
@@ -563,12 +580,7 @@ impl Ctx<'_> {
                 || {
                     let end = slots.end;
                     for (i, slot) in slots.enumerate() {
-                        if slot + AHEAD < end {
-                            let ahead = self.row(b, h, pos[slot + AHEAD] as usize);
-                            simd::prefetch(&self.q[ahead.clone()]);
-                            simd::prefetch(&self.k[ahead.clone()]);
-                            simd::prefetch(&self.v[ahead]);
-                        }
+                        self.prefetch_ahead((b, h), pos, (slot, end), &[self.q, self.k, self.v]);
                         let p = pos[slot] as usize;
                         let r = self.row(b, h, p);
                         qs[i * d..(i + 1) * d].copy_from_slice(&self.q[r.clone()]);
@@ -602,11 +614,7 @@ impl Ctx<'_> {
                 || {
                     let end = slots.end;
                     for (i, slot) in slots.enumerate() {
-                        if slot + AHEAD < end {
-                            let ahead = self.row(b, h, pos[slot + AHEAD] as usize);
-                            simd::prefetch(&self.dy[ahead.clone()]);
-                            simd::prefetch(&self.y[ahead]);
-                        }
+                        self.prefetch_ahead((b, h), pos, (slot, end), &[self.dy, self.y]);
                         let r = self.row(b, h, pos[slot] as usize);
                         let c = weight[slot];
                         sh[i] = -c * simd::dot(&self.dy[r.clone()], &self.y[r.clone()]);
