@@ -105,10 +105,17 @@ fn weight_of(g: &Graph, m: ValueId) -> Option<ValueId> {
     let (tx, tw, tr) = (g.ty(x), g.ty(w), g.ty(r));
     let is = |v: ValueId, k: OpKind| g.node(v).op.kind == k;
     let swapped = transpose.op.ints("perm") == Some(&[1, 0][..]);
+    // The linear's result, x's rows by `out`, must be the product's type.
+    let rows_by_out = |shape: &[Dim]| {
+        let mut s = shape.to_vec();
+        s.pop();
+        s.push(tw.shape[0].clone());
+        s
+    };
     let shapes = tw.rank() == 2
         && tr.shape == [Dim::Const(1), tw.shape[1].clone(), tw.shape[0].clone()]
         && tx.shape.last() == Some(&tw.shape[1])
-        && tx.rank() >= 2;
+        && g.ty(m).shape == rows_by_out(&tx.shape);
     let f32s = [x, w, m]
         .iter()
         .all(|&v| g.ty(v).dtype == reformc_ir::DType::F32);
@@ -203,6 +210,21 @@ mod tests {
             text.contains("linear %0, %1 :") && text.contains("add "),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_product_that_adds_a_batch_axis_stays_a_matmul() {
+        // [N, 4] @ [1, 4, 3] is [1, N, 3]: a linear would give [N, 3].
+        let text = "graph {
+  %0 = input {name=\"x\"} : f32[N,4]
+  %1 = weight {name=\"w\"} : f32[3,4]
+  %2 = transpose %1 {perm=[1,0]} : f32[4,3]
+  %3 = reshape %2 : f32[1,4,3]
+  %4 = matmul %0, %3 : f32[1,N,3]
+  output \"y\" = %4
+}";
+        let mut g = reformc_ir::parse(text).unwrap();
+        assert_eq!(raise_linears(&mut g), 0);
     }
 
     #[test]
