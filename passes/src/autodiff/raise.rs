@@ -33,8 +33,7 @@
 //! assert!(printed.contains("linear %0, %1, %2 {activation=\"relu\"}"), "{printed}");
 //! ```
 
-use reformc_ir::{Attr, Dim, Graph, Op, OpKind, ValueId};
-use std::collections::HashMap;
+use reformc_ir::{Attr, Dim, Graph, Op, OpKind, Use, UseLists, ValueId};
 
 /// Rewrites each top-level `matmul(x, reshape(transpose(w)))` of a 2-D
 /// weight `w` (with the `add` of a 1-D bias that alone reads it, and the
@@ -42,9 +41,10 @@ use std::collections::HashMap;
 /// folded, so its readers keep their operand. Returns how many; the folded
 /// ops die (run `dce`).
 pub fn raise_linears(g: &mut Graph) -> usize {
-    let readers = readers(g);
-    let only_reader = |v: ValueId| match readers.get(&v).map(Vec::as_slice) {
-        Some([r]) => Some(*r),
+    let uses = UseLists::new(g);
+    // The op that alone reads `v`, once (not an output or a region result).
+    let only_reader = |v: ValueId| match uses.users(v) {
+        [Use::Operand { user, .. }] => Some(*user),
         _ => None,
     };
     let mut rewrites = Vec::new();
@@ -56,7 +56,7 @@ pub fn raise_linears(g: &mut Graph) -> usize {
             inputs.push(bias);
             last = add;
         }
-        let relu = only_reader(last).flatten().filter(|&a| is_relu(g, a, last));
+        let relu = only_reader(last).filter(|&a| is_relu(g, a, last));
         let mut op = Op::new(OpKind::Linear);
         if let Some(layer) = g.node(m).op.attrs.get("layer") {
             op = op.with("layer", layer.clone());
@@ -74,20 +74,6 @@ pub fn raise_linears(g: &mut Graph) -> usize {
         node.inputs = inputs;
     }
     n
-}
-
-/// Every reader of each value, in any block (`None`: a graph output).
-fn readers(g: &Graph) -> HashMap<ValueId, Vec<Option<ValueId>>> {
-    let mut r: HashMap<ValueId, Vec<Option<ValueId>>> = HashMap::new();
-    for v in g.walk() {
-        for &u in &g.node(v).inputs {
-            r.entry(u).or_default().push(Some(v));
-        }
-    }
-    for (_, v) in &g.outputs {
-        r.entry(*v).or_default().push(None);
-    }
-    r
 }
 
 /// The weight `w` when `m` is `matmul(x, reshape(transpose{1,0}(w)))` with
@@ -127,8 +113,7 @@ fn weight_of(g: &Graph, m: ValueId) -> Option<ValueId> {
 
 /// `(add, bias)` when `a` is `add(m, b)` or `add(b, m)` of `m`'s type with a
 /// 1-D `b` as wide as `m`'s last axis.
-fn bias_add(g: &Graph, a: Option<ValueId>, m: ValueId) -> Option<(ValueId, ValueId)> {
-    let a = a?;
+fn bias_add(g: &Graph, a: ValueId, m: ValueId) -> Option<(ValueId, ValueId)> {
     let node = g.node(a);
     if node.op.kind != OpKind::Add || g.ty(a) != g.ty(m) || node.inputs.len() != 2 {
         return None;
