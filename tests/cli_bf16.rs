@@ -116,15 +116,17 @@ fn commands_without_bf16_refuse_it_in_one_line() {
         ),
         (
             vec![
-                "compile",
+                "grad",
                 CASE,
+                "--input",
+                &ids,
+                "--output",
+                "/tmp/reformc-bf16-x.safetensors",
                 "--precision",
                 "bf16",
-                "--train",
-                "-o",
-                "/tmp/x",
+                "--interp",
             ],
-            "--train",
+            "LLVM JIT only",
         ),
         (
             vec![

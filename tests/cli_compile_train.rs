@@ -21,7 +21,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
-use step_support::{grad_error, split, step_graph_chunked};
+use step_support::{grad_error, grad_rms_error, split, step_graph_chunked};
 
 /// Runs `prog` with `args`; returns (exit code, stdout, stderr).
 fn exec(prog: &Path, args: &[&dyn AsRef<OsStr>]) -> (i32, String, String) {
@@ -209,6 +209,120 @@ fn check_step(name: &str, step: &Path, chunk_ff: Option<u64>) {
         std::fs::read(&grads).unwrap() == std::fs::read(&grads3).unwrap(),
         "{name}: gradients differ between 1 and 3 threads"
     );
+}
+
+/// `--precision bf16` (mixed precision: bf16 products accumulated in f32):
+/// the step executable and `reformc grad` give the same bits, on 1 and 3
+/// threads; the bits differ from the fp32 step's; and against HF's float64
+/// reference the loss is within 1e-3 relative and every gradient within 15%
+/// relative RMS ([`grad_rms_error`]; bf16 keeps 8 bits, and a ReLU input that
+/// rounds across zero moves its element by its whole value: 5-9% on these
+/// cases, against 1e-6 in fp32) and 35% max error.
+#[test]
+fn bf16_step_executable_matches_grad_and_stays_near_hf() {
+    for name in ["causal_mixed_r2", "noncausal_mask_b2"] {
+        let case = Case::load(&fixture(name));
+        let s = Scratch::new(&format!("step-bf16-{name}"));
+        let exe = s.path("step16");
+        compile_step(&case, &exe, &[&"--precision", &"bf16"]);
+        let labels = case.dir.join("labels.npy");
+        let (exe_grads, exe_loss) = (s.path("exe.safetensors"), s.path("exe_loss.npy"));
+        let (code, err) = run_step(
+            &case,
+            &exe,
+            &exe_grads,
+            &[
+                &"--labels",
+                &labels,
+                &"--loss-output",
+                &exe_loss,
+                &"--threads",
+                &"1",
+            ],
+        );
+        assert_eq!(code, 0, "{name}: bf16 step: {err}");
+        let grads3 = s.path("exe3.safetensors");
+        let (code, err) = run_step(
+            &case,
+            &exe,
+            &grads3,
+            &[&"--labels", &labels, &"--threads", &"3"],
+        );
+        assert_eq!(code, 0, "{name}: bf16 step on 3 threads: {err}");
+        assert!(
+            std::fs::read(&exe_grads).unwrap() == std::fs::read(&grads3).unwrap(),
+            "{name}: bf16 gradients differ between 1 and 3 threads"
+        );
+        let jit_grads = s.path("jit.safetensors");
+        let (config, ids) = (case.dir.join("config.json"), case.dir.join("input_ids.npy"));
+        let weights = case.dir.join("model.safetensors");
+        let mut args: Vec<&dyn AsRef<OsStr>> = vec![
+            &"grad",
+            &config,
+            &"--weights",
+            &weights,
+            &"--input",
+            &ids,
+            &"--labels",
+            &labels,
+            &"--precision",
+            &"bf16",
+            &"--output",
+            &jit_grads,
+            &"-q",
+        ];
+        let (buckets, mask) = (
+            case.dir.join("lsh_buckets.npy"),
+            case.dir.join("attention_mask.npy"),
+        );
+        if case.has_buckets() {
+            args.extend_from_slice(&[&"--lsh-buckets", &buckets]);
+        }
+        if case.has("attention_mask.npy") {
+            args.extend_from_slice(&[&"--attention-mask", &mask]);
+        }
+        let (code, _, err) = exec(&reformc(), &args);
+        assert_eq!(code, 0, "{name}: grad --precision bf16: {err}");
+        let got = read_grads(&exe_grads);
+        assert_eq!(
+            got,
+            read_grads(&jit_grads),
+            "{name}: executable vs grad, both bf16"
+        );
+        let f32_grads = s.path("f32.safetensors");
+        let (code, err) = run_step(
+            &case,
+            &shared_step(name),
+            &f32_grads,
+            &[&"--labels", &labels],
+        );
+        assert_eq!(code, 0, "{name}: f32 step: {err}");
+        assert_ne!(
+            got,
+            read_grads(&f32_grads),
+            "{name}: bf16 changes the gradients"
+        );
+        let loss: ArrayD<f64> = read(&exe_loss);
+        let loss = loss.iter().next().copied().unwrap();
+        let hf_loss: ArrayD<f64> = read(&case.dir.join("loss_f64.npy"));
+        let hf_loss = hf_loss.iter().next().copied().unwrap();
+        let rel = (loss - hf_loss).abs() / hf_loss.abs();
+        assert!(
+            rel <= 1e-3,
+            "{name}: bf16 loss {loss} vs HF {hf_loss} ({rel:e})"
+        );
+        let hf = read_grads(&case.dir.join("grads_f64.safetensors"));
+        let (rms, worst) = grad_rms_error(name, &got, &hf);
+        assert!(
+            rms <= 0.15,
+            "{name}: bf16 gradient of {worst}: relative RMS error {rms:e} against HF"
+        );
+        let (max, worst) = grad_error(name, &got, &hf);
+        assert!(
+            max <= 0.35,
+            "{name}: bf16 gradient of {worst}: max error {max:e} against HF"
+        );
+    }
 }
 
 #[test]

@@ -100,6 +100,7 @@ pub fn train<'py>(
             resume,
             interp,
             threads,
+            bf16: false,
             memory: StepMemory {
                 budget: memory_budget,
                 recompute,

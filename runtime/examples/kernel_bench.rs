@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the runtime kernels (run with `--release`).
 //!
 //! `cargo run --release -p reformc-runtime --example kernel_bench -- [gemm] [kernels] [mm] [act] [attn] [reps=N]`
-//! (no section named: gemm, act and attn). Every case prints "median (best)"
+//! (no section named: gemm, act and attn; `bf16` runs every product with bf16 operands, as
+//! `--precision bf16` does). Every case prints "median (best)"
 //! of N runs (default 7) after a warm-up: on a shared machine the best run is
 //! what the kernel does when it has the cores to itself.
 //!
@@ -419,8 +420,13 @@ fn main() {
     let sections: Vec<&str> = args
         .iter()
         .map(String::as_str)
-        .filter(|a| !a.starts_with("reps="))
+        .filter(|a| !a.starts_with("reps=") && *a != "bf16")
         .collect();
+    if args.iter().any(|a| a == "bf16") {
+        // The pool's tasks inherit the caller's precision.
+        reformc_runtime::bf16::set(true);
+        println!("bf16 operands (--precision bf16)");
+    }
     let has = |s: &str| {
         sections.contains(&s) || (sections.is_empty() && ["gemm", "act", "attn"].contains(&s))
     };

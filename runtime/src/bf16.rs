@@ -85,6 +85,30 @@ pub(crate) fn pair(lo: f32, hi: f32) -> u32 {
     bits(lo) as u32 | (bits(hi) as u32) << 16
 }
 
+/// `out[i]` = the pair word of `lo[i]` and `hi[i]` ([`pair`]; a zero high
+/// half where `hi` is `None`: the odd last row of a `k` that is not even).
+/// Two rows along k become one row of pair words in a single pass, compiled
+/// for the GEMM kernel's vector width; [`bits_select`] gives [`bits`]'s
+/// result on every input, so the words equal the scalar [`pair`]'s.
+pub(crate) fn pair_rows_into(lo: &[f32], hi: Option<&[f32]>, out: &mut [f32]) {
+    assert!(lo.len() == out.len() && hi.is_none_or(|h| h.len() == out.len()));
+    crate::simd::vectorized(
+        #[inline(always)]
+        || match hi {
+            Some(hi) => {
+                for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
+                    *o = f32::from_bits(bits_select(l) | bits_select(h) << 16);
+                }
+            }
+            None => {
+                for (o, &l) in out.iter_mut().zip(lo) {
+                    *o = f32::from_bits(bits_select(l));
+                }
+            }
+        },
+    )
+}
+
 /// `dst[i] = bits(src[i])`: with AVX-512 BF16, 16 values per
 /// `vcvtneps2bf16` (the same rounding, except that it flushes subnormals).
 pub(crate) fn to_bits_row(src: &[f32], dst: &mut [u16]) {

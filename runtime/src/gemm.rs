@@ -420,6 +420,9 @@ impl PackedB {
     /// Packs `b` given as `[k, n]` row-major with row stride `ldb`.
     pub fn from_kn(b: &[f32], k: usize, n: usize, ldb: usize, nr: usize) -> Result<Self> {
         let packing = bf16::packing(kernel().isa);
+        if packing == Packing::Pairs {
+            return Self::pairs_from_kn(b, k, n, ldb, nr);
+        }
         if packing != Packing::F32 {
             return Self::from_fn(k, n, nr, packing, |kk, j| b[kk * ldb + j]);
         }
@@ -435,6 +438,30 @@ impl PackedB {
             k,
             nr,
             packing,
+        })
+    }
+
+    /// [`from_kn`](Self::from_kn) as bf16 pairs: rows `2r` and `2r + 1` of
+    /// `b` are both contiguous along a panel's columns, so each pair row of a
+    /// panel is one vector pass ([`bf16::pair_rows_into`]), where
+    /// [`from_fn`](Self::from_fn) walked `b` down its columns. The same words.
+    fn pairs_from_kn(b: &[f32], k: usize, n: usize, ldb: usize, nr: usize) -> Result<Self> {
+        let rows = k.div_ceil(2);
+        let data = filled_panels(n.div_ceil(nr), rows * nr, |panel, dst| {
+            let (c0, cols) = (panel * nr, nr.min(n - panel * nr));
+            for (r, out) in dst.chunks_exact_mut(nr).enumerate() {
+                prefetch_rows(&b[c0..], 2 * (r + PAIR_AHEAD), k, ldb, cols);
+                let lo = &b[2 * r * ldb + c0..][..cols];
+                let hi = (2 * r + 1 < k).then(|| &b[(2 * r + 1) * ldb + c0..][..cols]);
+                bf16::pair_rows_into(lo, hi, &mut out[..cols]);
+            }
+        })?;
+        Ok(PackedB {
+            data: Panels::Heap(data),
+            n,
+            k,
+            nr,
+            packing: Packing::Pairs,
         })
     }
 
@@ -604,6 +631,21 @@ pub(crate) fn gemm_a(
         }),
         Packing::Pairs => {
             let k2 = k.div_ceil(2);
+            // A read transposed (`xᵀ` of a weight gradient): pair rows along
+            // m, one vector pass per pair of A's stored rows, multiplied in
+            // that `[k2, m]` layout as the f32 kernels read a transposed A.
+            if sa.row == 1 && sa.k >= m && m > 1 {
+                return with_a_scratch(m * k2, |ap| {
+                    for (p, out) in ap.chunks_exact_mut(m).enumerate() {
+                        prefetch_rows(a, 2 * (p + PAIR_AHEAD), k, sa.k, m);
+                        let lo = &a[2 * p * sa.k..][..m];
+                        let hi = (2 * p + 1 < k).then(|| &a[(2 * p + 1) * sa.k..][..m]);
+                        bf16::pair_rows_into(lo, hi, out);
+                    }
+                    let sp = AStrides { row: 1, k: m };
+                    tiles(bf16_kernels(kern), m, ap, sp, b, c, ldc, epi);
+                });
+            }
             with_a_scratch(m * k2, |ap| {
                 match sa.k {
                     1 => a_pair_rows(ap, k, &a[..(m - 1) * sa.row + k], sa.row),
@@ -678,6 +720,21 @@ fn a_pair_rows(out: &mut [f32], k: usize, a: &[f32], lda: usize) {
         for (o, p) in row.iter_mut().zip(half.chunks_exact(2)) {
             *o = f32::from_bits(p[0] as u32 | (p[1] as u32) << 16);
         }
+    }
+}
+
+/// Pairs of rows the bf16 conversions prefetch ahead of the pair they
+/// convert: their rows are short (a panel's 64 columns, a weight gradient's
+/// 256 inputs) and `ld` apart, too short a run for the hardware prefetcher
+/// to follow before the next row starts.
+const PAIR_AHEAD: usize = 8;
+
+/// Prefetches rows `r` and `r + 1` (of `rows`, `ld` apart, `len` values
+/// each) of `x`, where they exist.
+#[inline(always)]
+fn prefetch_rows(x: &[f32], r: usize, rows: usize, ld: usize, len: usize) {
+    for row in r..(r + 2).min(rows) {
+        crate::simd::prefetch(&x[row * ld..][..len]);
     }
 }
 
@@ -1088,6 +1145,49 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The vector bf16 conversions (pair rows of a `[k, n]` B, of a
+    /// transposed A) against the element-wise ones they replace.
+    #[test]
+    fn bf16_pair_packings_match_the_element_wise_ones() {
+        let kern = kernel();
+        if !(bf16::hardware() && kern.isa == "avx512") {
+            eprintln!("skipped: bf16 pairs need AVX-512 BF16 ({kern:?})");
+            return;
+        }
+        let (m, n, k) = (2 * kern.mr + 3, kern.nr + 7, 37);
+        let b = data(k * (n + 2), 5);
+        let words = |p: &PackedB| p.data.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        bf16::with(true, || {
+            let fast = PackedB::from_kn(&b, k, n, n + 2, kern.nr).unwrap();
+            let at = |kk: usize, j: usize| b[kk * (n + 2) + j];
+            let slow = PackedB::from_fn(k, n, kern.nr, Packing::Pairs, at).unwrap();
+            assert_eq!(fast.packing, Packing::Pairs);
+            assert_eq!(words(&fast), words(&slow));
+            // A stored transposed (`[k, m]`, rows m + 1 apart) and as a
+            // row-major copy multiply to the same bits.
+            let at_t = data(k * (m + 1), 6);
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| at_t[(i % k) * (m + 1) + i / k])
+                .collect();
+            let (mut y_t, mut y) = (vec![0.0; m * n], vec![0.0; m * n]);
+            let st = AStrides { row: 1, k: m + 1 };
+            gemm_a(kern, m, &at_t, st, &fast, &mut y_t, n, Epilogue::STORE);
+            gemm_a(
+                kern,
+                m,
+                &a,
+                AStrides { row: k, k: 1 },
+                &fast,
+                &mut y,
+                n,
+                Epilogue::STORE,
+            );
+            assert_eq!(y_t.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), {
+                y.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            });
+        });
     }
 
     #[test]

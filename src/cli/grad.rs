@@ -72,8 +72,10 @@ pub struct GradArgs {
     /// kind and by op, as `run --profile` does.
     #[arg(long)]
     pub profile: bool,
-    /// Arithmetic precision; the gradients are written in this dtype.
-    #[arg(long, value_parser = ["f32", "f64"], default_value = "f32")]
+    /// Arithmetic precision; the gradients are written in this dtype (F32
+    /// for bf16: mixed precision, every matrix product of bf16-rounded
+    /// operands accumulated in f32, everything else in f32; the LLVM JIT only).
+    #[arg(long, value_parser = ["f32", "f64", "bf16"], default_value = "f32")]
     pub precision: String,
     /// Add `lm_head.bias` to the logits (HF 4.x behaviour; HF 5.x ignores it).
     #[arg(long)]
@@ -84,6 +86,11 @@ pub struct GradArgs {
 
 /// Runs the command.
 pub fn run(args: &GradArgs) -> CliResult<()> {
+    if args.precision == "bf16" && args.interp {
+        return Err(CliError::input(
+            "--precision bf16 runs on the LLVM JIT only (the interpreter computes in f32 or f64); drop --interp",
+        ));
+    }
     let inputs = inputs(args);
     outputs::guard("--output", &args.output, &inputs)?;
     if let Some(p) = &args.loss_output {
@@ -131,7 +138,7 @@ pub fn run(args: &GradArgs) -> CliResult<()> {
         super::run::EngineFlags {
             interp: args.interp,
             profile: args.profile,
-            bf16: false,
+            bf16: args.precision == "bf16",
         },
         &feed.lowered.graph,
         &feed.inputs,

@@ -74,6 +74,11 @@ pub struct TrainArgs {
     /// Worker threads of the compiled step (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// f32, or bf16: mixed precision, every matrix product of bf16-rounded
+    /// weights and activations accumulated in f32 (AVX-512 BF16 where the
+    /// CPU has it), everything else and the weights and optimizer in f32.
+    #[arg(long, value_parser = ["f32", "bf16"], default_value = "f32")]
+    pub precision: String,
     /// Bytes the step's static activation peak should stay under: layers
     /// that are not reversible are recomputed in the backward pass to fit
     /// (with --recompute-layers auto).
@@ -174,6 +179,7 @@ fn settings(args: &TrainArgs) -> RunSettings {
         resume: args.resume.clone(),
         interp: args.interp,
         threads: args.threads,
+        bf16: args.precision == "bf16",
         memory: StepMemory {
             budget: args.memory_budget,
             recompute: args.recompute_layers.parse().unwrap_or_default(),

@@ -92,3 +92,36 @@ pub fn grad_error(
     }
     worst
 }
+
+/// Worst per-tensor relative RMS error of `got` against `want`:
+/// `‖got − want‖ / ‖want‖`, the norm floored at 1e-3 of the largest
+/// gradient's norm, with the tensor's name; a NaN counts as infinite. Mixed
+/// precision (bf16 products) is judged by it: a ReLU whose input rounds
+/// across zero moves single elements by their whole value, which the max
+/// error of [`grad_error`] magnifies.
+pub fn grad_rms_error(
+    case: &str,
+    got: &BTreeMap<String, ArrayD<f64>>,
+    want: &BTreeMap<String, ArrayD<f64>>,
+) -> (f64, String) {
+    let norm = |a: &ArrayD<f64>| a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let largest = want.values().map(norm).fold(0.0f64, f64::max);
+    let mut worst = (0.0, String::new());
+    for (name, w) in want {
+        let g = got
+            .get(name)
+            .unwrap_or_else(|| panic!("{case}: no gradient for {name}"));
+        assert_eq!(g.shape(), w.shape(), "{case}: {name}");
+        let err = g
+            .iter()
+            .zip(w.iter())
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f64>()
+            .sqrt();
+        let rel = err / norm(w).max(1e-3 * largest);
+        if rel.is_nan() || rel >= worst.0 {
+            worst = (if rel.is_nan() { f64::INFINITY } else { rel }, name.clone());
+        }
+    }
+    worst
+}

@@ -180,7 +180,23 @@ impl<'ctx> ModelStep<'ctx> {
         ctx: &'ctx Context,
         weights: &BTreeMap<String, Tensor>,
     ) -> Result<Duration, String> {
-        let jit = JitModel::new(ctx, &self.graph, weights).map_err(|e| e.to_string())?;
+        self.compile_with(ctx, weights, false)
+    }
+
+    /// [`ModelStep::compile`], with every matrix product of bf16-rounded
+    /// operands accumulated in f32 when `bf16` (mixed precision).
+    pub fn compile_with(
+        &mut self,
+        ctx: &'ctx Context,
+        weights: &BTreeMap<String, Tensor>,
+        bf16: bool,
+    ) -> Result<Duration, String> {
+        let opts = reformc_backend_llvm::CompileOptions {
+            bf16,
+            ..Default::default()
+        };
+        let jit =
+            JitModel::with_options(ctx, &self.graph, weights, &opts).map_err(|e| e.to_string())?;
         let t = jit.compile_time;
         self.engine = Engine::Jit(Box::new(jit));
         Ok(t)

@@ -93,6 +93,9 @@ pub struct RunSettings {
     pub interp: bool,
     /// Worker threads of the compiled step (0: all cores).
     pub threads: usize,
+    /// Mixed precision: every matrix product of bf16-rounded operands,
+    /// accumulated in f32 (`--precision bf16`; the LLVM JIT only).
+    pub bf16: bool,
     /// Activation memory of the step: budget and layer recomputation.
     pub memory: StepMemory,
     /// How messages name the settings.
@@ -118,6 +121,7 @@ impl Default for RunSettings {
             resume: None,
             interp: false,
             threads: 0,
+            bf16: false,
             memory: StepMemory::default(),
             naming: Naming::Flags,
         }
@@ -406,6 +410,13 @@ pub fn engine<'ctx>(
     ctx: &'ctx reformc_backend_llvm::Context,
     weights: &BTreeMap<String, Tensor>,
 ) -> Result<(ModelStep<'ctx>, Option<Duration>), TrainError> {
+    if s.interp && s.bf16 {
+        return Err(TrainError::Input(format!(
+            "{}: bf16 products run on the LLVM JIT only (the interpreter computes in f32); drop {}",
+            s.naming.given("precision", "bf16"),
+            s.naming.name("interp")
+        )));
+    }
     let mut step = ModelStep::with_memory(spec, s.seq_len, s.batch, seed, s.memory)
         .map_err(|e| TrainError::Internal(format!("cannot build the training step: {e}")))?;
     if s.interp {
@@ -417,7 +428,7 @@ pub fn engine<'ctx>(
         })?;
     }
     let t = step
-        .compile(ctx, weights)
+        .compile_with(ctx, weights, s.bf16)
         .map_err(|e| TrainError::Internal(format!("cannot compile the training step: {e}")))?;
     Ok((step, Some(t)))
 }
