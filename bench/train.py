@@ -19,7 +19,10 @@ Each measurement is its own process; the systems alternate within each repeat; m
 torch runs with set_num_threads = --threads.
 
 Usage: /work/hfvenv/bin/python bench/train.py [--lengths 1024,4096] [--layers 2,12] [--repeats 3]
-       [--threads 2] [--reformc target/release/reformc]
+       [--threads 2] [--reformc target/release/reformc] [--bf16]
+With --bf16 it also runs the step exe compiled with --precision bf16 (mixed precision) and HF's
+step under torch.autocast("cpu", dtype=torch.bfloat16), in the same repeats, and prints a
+second table of the four.
 Writes bench/out/train_* and prints a markdown table (copy it into bench/train_results.md).
 The 1-D token stream has exactly L tokens, so every step trains on the same window as HF's.
 """
@@ -80,6 +83,7 @@ from transformers import ReformerConfig, ReformerModelWithLMHead
 from safetensors.torch import load_file
 import numpy as np
 d, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+bf16 = len(sys.argv) > 4 and sys.argv[4] == "bf16"
 torch.set_num_threads(threads)
 c = json.load(open(d + "/config.json")); c.pop("model_type"); c.pop("architectures")
 m = ReformerModelWithLMHead(ReformerConfig(**c)); m.load_state_dict(load_file(d + "/model.safetensors"), strict=False)
@@ -87,7 +91,9 @@ m.train()
 ids = torch.from_numpy(np.load(d + "/ids.npy"))
 def step():
     m.zero_grad(set_to_none=True)
-    logits = m(input_ids=ids).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = m(input_ids=ids).logits
+    logits = logits.float()
     loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
     loss.backward()
     return loss.item()
@@ -118,26 +124,43 @@ def main():
     ap.add_argument("--reformc", default=os.path.join(REPO, "target", "release", "reformc"))
     ap.add_argument("--chunk-ff", type=int, default=None,
                     help="chunk reformc's feed-forward (its backward too) in N positions: --chunk-ff N")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also run the step exe with --precision bf16 and HF under torch.autocast(cpu, bfloat16), "
+                         "and print a second table of the four")
     a = ap.parse_args()
     chunk = ["--chunk-ff", str(a.chunk_ff)] if a.chunk_ff else []
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     print(f"machine: {cpu}, {os.cpu_count()} cores; threads {a.threads}; reformc {a.reformc} {' '.join(chunk)}\n")
     print("| layers | L | HF step (s) | HF peak (MiB) | step exe (s) | step exe peak (MiB) | train step (s) | train peak (MiB) | train process (JIT compile) (s) | engine | speed-up (HF/step exe) | step exe/HF peak |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    mixed = []
     for length in map(int, a.lengths.split(",")):
         for layers in map(int, a.layers.split(",")):
             d = make_model(layers, length)
-            hf, rc, ex = [], [], []
+            hf, rc, ex, ex16, hf16 = [], [], [], [], []
             engine = "?"
             exe = os.path.join(d, "step")
-            subprocess.run([a.reformc, "compile", "--train", d + "/config.json", "--weights", d + "/model.safetensors",
-                            "--seq-len", str(length), "-o", exe, "--target-cpu", "host", "-q"] + chunk, check=True)
-            for _ in range(a.repeats):
-                _, rss, out = timed([exe, "--input", d + "/ids.npy", "--output", d + "/grads.safetensors",
+            exe16 = os.path.join(d, "step_bf16")
+            for path, extra in [(exe, [])] + ([(exe16, ["--precision", "bf16"])] if a.bf16 else []):
+                subprocess.run([a.reformc, "compile", "--train", d + "/config.json", "--weights", d + "/model.safetensors",
+                                "--seq-len", str(length), "-o", path, "--target-cpu", "host", "-q"] + chunk + extra,
+                               check=True)
+
+            def step_exe(path):
+                _, rss, out = timed([path, "--input", d + "/ids.npy", "--output", d + "/grads.safetensors",
                                      "--threads", str(a.threads), "--time", "--repeat", str(a.steps + 1)])
-                ex.append((float(re.search(r"run ([0-9.]+) ms", out).group(1)) / 1000, rss))
-                _, rss, out = timed([sys.executable, "-c", HF_STEP, d, str(a.steps), str(a.threads)])
-                hf.append((float(re.search(r"STEP ([0-9.e-]+)", out).group(1)), rss))
+                return float(re.search(r"run ([0-9.]+) ms", out).group(1)) / 1000, rss
+
+            def hf_step(precision):
+                _, rss, out = timed([sys.executable, "-c", HF_STEP, d, str(a.steps), str(a.threads), precision])
+                return float(re.search(r"STEP ([0-9.e-]+)", out).group(1)), rss
+
+            for _ in range(a.repeats):
+                ex.append(step_exe(exe))
+                hf.append(hf_step("f32"))
+                if a.bf16:
+                    ex16.append(step_exe(exe16))
+                    hf16.append(hf_step("bf16"))
                 wall, rss, out = timed([a.reformc, "train", d + "/config.json", "--weights", d + "/model.safetensors",
                                         "--data", d + "/tokens.npy", "--steps", str(a.steps), "--seq-len", str(length),
                                         "--out", d + "/ckpt.safetensors", "--threads", str(a.threads)] + chunk)
@@ -153,6 +176,15 @@ def main():
             et = statistics.median(t for t, _ in ex)
             em = statistics.median(m for _, m in ex)
             print(f"| {layers} | {length} | {ht:.2f} | {hm:.0f} | {et:.2f} | {em:.0f} | {rt:.2f} | {rm:.0f} | {rw:.1f} ({rcomp:.1f}) | {engine} | {ht / et:.2f}x | {em / hm:.2f}x |", flush=True)
+            if a.bf16:
+                med = lambda xs, i: statistics.median(x[i] for x in xs)
+                mixed.append((layers, length, ht, med(hf16, 0), et, med(ex16, 0), hm, med(hf16, 1), em, med(ex16, 1)))
+    if mixed:
+        print("\nbf16 (step exe --precision bf16; HF under torch.autocast(\"cpu\", dtype=torch.bfloat16)), same runs:\n")
+        print("| layers | L | HF fp32 (s) | HF bf16 autocast (s) | step exe fp32 (s) | step exe bf16 (s) | bf16 exe vs HF fp32 | bf16 exe vs HF bf16 | peak MiB: HF fp32 / HF bf16 / exe fp32 / exe bf16 |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for (layers, length, ht, h16, et, e16, hm, hm16, em, em16) in mixed:
+            print(f"| {layers} | {length} | {ht:.2f} | {h16:.2f} | {et:.2f} | {e16:.2f} | {ht / e16:.2f}x | {h16 / e16:.2f}x | {hm:.0f} / {hm16:.0f} / {em:.0f} / {em16:.0f} |", flush=True)
 
 if __name__ == "__main__":
     main()
