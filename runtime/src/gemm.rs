@@ -709,16 +709,22 @@ fn a_rows(out: &mut [f32], k: usize, at: impl Fn(usize, usize) -> f32) {
 }
 
 /// Row-major A (rows of `k`, `lda` apart) as bf16 pairs into `out` (rows of
-/// `ceil(k/2)` words): each row's values converted in order, since a pair
-/// word is two consecutive bf16 values (the first in the low half); an odd
-/// `k` ends in a zero half.
+/// `ceil(k/2)` words): a pair word is two consecutive bf16 values, the first
+/// in the low half, which is the little-endian layout of the row's bf16
+/// values in order; so each row converts straight into its words (an odd `k`
+/// ends in a zero half).
 fn a_pair_rows(out: &mut [f32], k: usize, a: &[f32], lda: usize) {
     let k2 = k.div_ceil(2);
-    let mut half = vec![0u16; 2 * k2];
     for (i, row) in out.chunks_exact_mut(k2.max(1)).enumerate() {
-        bf16::to_bits_row(&a[i * lda..i * lda + k], &mut half[..k]);
-        for (o, p) in row.iter_mut().zip(half.chunks_exact(2)) {
-            *o = f32::from_bits(p[0] as u32 | (p[1] as u32) << 16);
+        // SAFETY: the row's `k2` f32 words are `2 k2` u16 halves of the same
+        // memory (u16 needs less alignment, no bit pattern is invalid in
+        // either), borrowed only while `row` is; pairs exist only on x86_64
+        // (AVX-512 BF16), which is little-endian, so half 2p is the low one.
+        let halves =
+            unsafe { std::slice::from_raw_parts_mut(row.as_mut_ptr().cast::<u16>(), 2 * k2) };
+        bf16::to_bits_row(&a[i * lda..i * lda + k], &mut halves[..k]);
+        if k % 2 == 1 {
+            halves[k] = 0;
         }
     }
 }
