@@ -35,7 +35,8 @@ def compile(path_or_config, weights=None, **options):
     ``.safetensors`` file (default: ``model.safetensors`` beside the config).
 
     Options (keywords), as `reformc run`'s flags: ``seq_len``, ``precision``
-    ("f32" or "f64"), ``lm_head_bias``, ``allow_nonfinite_weights``,
+    ("f32", "f64", or "bf16": bf16 matrix products accumulated in f32, for
+    runs and ``grad`` alike, on the JIT only), ``lm_head_bias``, ``allow_nonfinite_weights``,
     ``interp`` (the reference interpreter instead of the JIT), ``threads``
     (kernel worker threads, 0 = all cores), ``pipeline``, ``attention``,
     ``kv_chunk``, ``batch``, ``memory_budget``, ``chunk_ff``,
@@ -75,6 +76,7 @@ def train(
     recompute_layers="auto",
     chunk_ff=None,
     chunk_lm_head=None,
+    precision="f32",
 ):
     """Trains a model on a token stream, as `reformc train`: the same windows,
     steps, optimizers and checkpoints, so the same settings give the same
@@ -99,6 +101,8 @@ def train(
     logged as a line before the steps. ``chunk_ff`` and ``chunk_lm_head``
     (positions) chunk the feed-forward (its backward too) and the LM head
     along the sequence, as ``--chunk-ff`` and ``--chunk-lm-head`` do.
+    ``precision="bf16"`` is ``--precision bf16``: mixed precision, the step's
+    matrix products in bf16 with f32 accumulation (the JIT only).
 
     Progress lines (every ``log_every`` steps and after the last) go to
     ``log(line)``, by default ``print``; ``log_every=0`` prints none.
@@ -137,6 +141,7 @@ def train(
         recompute_layers=str(recompute_layers),
         chunk_ff=_count(chunk_ff, "chunk_ff"),
         chunk_lm_head=_count(chunk_lm_head, "chunk_lm_head"),
+        precision=str(precision),
     )
 
 

@@ -29,6 +29,9 @@ pub type Tensors = BTreeMap<String, Tensor>;
 pub struct Options {
     /// `--precision f64`: activations and outputs in float64 (the interpreter runs them).
     pub f64: bool,
+    /// `--precision bf16`: matrix products of bf16-rounded operands
+    /// accumulated in f32 (the LLVM JIT only).
+    pub bf16: bool,
     /// `--lm-head-bias`.
     pub lm_head_bias: bool,
     /// `--allow-nonfinite-weights`.
@@ -183,7 +186,7 @@ impl Model {
             config: config.to_path_buf(),
             weights_path: weights_path.to_path_buf(),
             spec,
-            jit: JitCache::new(weights.clone()),
+            jit: JitCache::new(weights.clone(), opts.compile_options()),
             weights,
             opts,
             graphs: Mutex::new(HashMap::new()),
@@ -556,7 +559,11 @@ impl Model {
         use reformc_backend_llvm::BackendError;
         let out = match keep {
             true => self.jit.run(graph, inputs.clone()),
-            false => reformc_backend_llvm::jit_run(graph, inputs, &self.weights),
+            false => {
+                let opts = self.opts.compile_options();
+                reformc_backend_llvm::jit_run_with(graph, inputs, &self.weights, &opts)
+                    .map(|(out, _)| out)
+            }
         };
         match out {
             Ok(out) => Ok((out, "LLVM JIT")),
@@ -569,6 +576,16 @@ impl Model {
                 Err(Error::input(message))
             }
             Err(e) => Err(Error::internal(format!("LLVM JIT: {e}"))),
+        }
+    }
+}
+
+impl Options {
+    /// What the LLVM JIT compiles with: bf16 products or not.
+    fn compile_options(&self) -> reformc_backend_llvm::CompileOptions {
+        reformc_backend_llvm::CompileOptions {
+            bf16: self.bf16,
+            ..Default::default()
         }
     }
 }

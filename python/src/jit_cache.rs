@@ -27,15 +27,18 @@ struct Job {
 /// The worker thread of one model, started on its first JIT run.
 pub struct JitCache {
     weights: Arc<Tensors>,
+    opts: CompileOptions,
     jobs: Mutex<Option<Sender<Job>>>,
     compiled: Arc<AtomicUsize>,
 }
 
 impl JitCache {
-    /// A cache for a model with these weights; no thread yet.
-    pub fn new(weights: Arc<Tensors>) -> Self {
+    /// A cache for a model with these weights, compiling with `opts`; no
+    /// thread yet.
+    pub fn new(weights: Arc<Tensors>, opts: CompileOptions) -> Self {
         JitCache {
             weights,
+            opts,
             jobs: Mutex::new(None),
             compiled: Arc::new(AtomicUsize::new(0)),
         }
@@ -69,7 +72,8 @@ impl JitCache {
         jobs.get_or_insert_with(|| {
             let (tx, rx) = channel();
             let (weights, compiled) = (self.weights.clone(), self.compiled.clone());
-            std::thread::spawn(move || worker(rx, &weights, &compiled));
+            let opts = self.opts.clone();
+            std::thread::spawn(move || worker(rx, &weights, &opts, &compiled));
             tx
         })
         .clone()
@@ -77,27 +81,24 @@ impl JitCache {
 }
 
 /// Serves jobs until every sender is gone (the model was dropped).
-fn worker(jobs: Receiver<Job>, weights: &Tensors, compiled: &AtomicUsize) {
+fn worker(jobs: Receiver<Job>, weights: &Tensors, opts: &CompileOptions, compiled: &AtomicUsize) {
     let ctx = Context::create();
     let mut models: Vec<(Arc<Graph>, JitModel<'_>)> = Vec::new();
     for job in jobs {
         let known = models.iter().position(|(g, _)| Arc::ptr_eq(g, &job.graph));
         let index = match known {
             Some(i) => i,
-            None => {
-                let opts = CompileOptions::default();
-                match JitModel::with_options(&ctx, &job.graph, weights, &opts) {
-                    Ok(m) => {
-                        compiled.fetch_add(1, Ordering::Relaxed);
-                        models.push((job.graph.clone(), m));
-                        models.len() - 1
-                    }
-                    Err(e) => {
-                        let _ = job.reply.send(Err(e));
-                        continue;
-                    }
+            None => match JitModel::with_options(&ctx, &job.graph, weights, opts) {
+                Ok(m) => {
+                    compiled.fetch_add(1, Ordering::Relaxed);
+                    models.push((job.graph.clone(), m));
+                    models.len() - 1
                 }
-            }
+                Err(e) => {
+                    let _ = job.reply.send(Err(e));
+                    continue;
+                }
+            },
         };
         // A caller that gave up (its thread died) no longer listens: ignored.
         let _ = job.reply.send(models[index].1.run(&job.inputs));

@@ -92,11 +92,18 @@ fn compile(
             &["auto", "none", "all"],
         )
     })?;
-    let f64 = match precision {
-        "f32" => false,
-        "f64" => true,
-        other => return Err(invalid("precision", other, &["f32", "f64"]).into()),
+    let (f64, bf16) = match precision {
+        "f32" => (false, false),
+        "f64" => (true, false),
+        "bf16" => (false, true),
+        other => return Err(invalid("precision", other, &["f32", "f64", "bf16"]).into()),
     };
+    if bf16 && interp {
+        return Err(Error::input(
+            "precision=\"bf16\" runs on the LLVM JIT only (the interpreter computes in f32 or f64); drop interp=True",
+        )
+        .into());
+    }
     if let Some(a) = attention.as_deref() {
         if !["auto", "full", "exact", "lsh"].contains(&a) {
             return Err(invalid("attention", a, &["auto", "full", "exact", "lsh"]).into());
@@ -116,6 +123,7 @@ fn compile(
     }
     let opts = Options {
         f64,
+        bf16,
         lm_head_bias,
         allow_nonfinite_weights,
         interp,

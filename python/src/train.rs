@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
     lr=None, warmup=None, weight_decay=None, seed=None, checkpoint_every=None,
     log_every=1, resume=None, interp=false, threads=0, dropout=true,
     lm_head_bias=false, log=None, memory_budget=None, recompute_layers="auto",
-    chunk_ff=None, chunk_lm_head=None
+    chunk_ff=None, chunk_lm_head=None, precision="f32"
 ))]
 #[allow(clippy::too_many_arguments)] // One keyword per flag of `reformc train`.
 pub fn train<'py>(
@@ -65,7 +65,18 @@ pub fn train<'py>(
     recompute_layers: &str,
     chunk_ff: Option<u64>,
     chunk_lm_head: Option<u64>,
+    precision: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let bf16 = match precision {
+        "f32" => false,
+        "bf16" => true,
+        other => {
+            return Err(Error::input(format!(
+                "precision: invalid value '{other}' (possible values: f32, bf16)"
+            ))
+            .into())
+        }
+    };
     if memory_budget == Some(0) {
         return Err(Error::input("memory_budget must be at least 1 (bytes)").into());
     }
@@ -100,7 +111,7 @@ pub fn train<'py>(
             resume,
             interp,
             threads,
-            bf16: false,
+            bf16,
             memory: StepMemory {
                 budget: memory_budget,
                 recompute,

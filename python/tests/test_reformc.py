@@ -156,6 +156,41 @@ def test_grad_matches_hf_loss_and_gradients():
         assert err <= 1e-4, f"gradient of {name} off by {err:e} (relative)"
 
 
+def test_bf16_precision_is_the_clis_and_near_f32(tmp_path):
+    """precision="bf16" (bf16 products, f32 accumulation): the logits the CLI's
+    `run --precision bf16` writes, within 1e-2 relative RMS of HF's float64
+    ones, not f32's bits; `grad` in bf16 stays within 1e-3 of HF's loss and 15%
+    relative RMS of every gradient (the CLI test's bounds)."""
+    ids, kw = replay(CASE)
+    m16 = reformc.compile(CASE, precision="bf16")
+    out = m16(ids, **kw)
+    want = load(CASE, "logits_f64.npy")
+    rms = np.sqrt(np.mean((out - want) ** 2) / np.mean(want**2))
+    assert rms <= 1e-2, rms
+    assert max_diff(out, reformc.compile(CASE)(ids, **kw)) > 0, "bf16 changes the logits"
+    exe = ROOT / "target" / "debug" / "reformc"
+    if exe.exists():
+        cli_out = tmp_path / "cli.npy"
+        subprocess.run(
+            [exe, "run", CASE, "--input", CASE / "input_ids.npy", "--lsh-buckets",
+             CASE / "lsh_buckets.npy", "--precision", "bf16", "-o", cli_out, "-q"],
+            check=True, capture_output=True,
+        )
+        np.testing.assert_array_equal(out, np.load(cli_out))
+    case = FIXTURES / "causal_mixed_r2"
+    ids, kw = replay(case)
+    loss, grads = reformc.compile(case, no_dropout=True, precision="bf16").grad(
+        ids, labels=load(case, "labels.npy"), **kw
+    )
+    hf_loss = float(load(case, "loss_f64.npy"))
+    assert abs(loss - hf_loss) / abs(hf_loss) <= 1e-3, (loss, hf_loss)
+    ref = read_safetensors_f64(case / "grads_f64.safetensors")
+    floor = 1e-3 * max(float(np.linalg.norm(r)) for r in ref.values())
+    for name, r in ref.items():
+        err = float(np.linalg.norm(grads[name] - r)) / max(float(np.linalg.norm(r)), floor)
+        assert err <= 0.15, f"bf16 gradient of {name}: relative RMS error {err:e}"
+
+
 # --- arrays -----------------------------------------------------------------
 
 
@@ -431,9 +466,10 @@ def test_missing_files_and_bad_options(tmp_path):
     assert "a PyTorch pickle" in error(reformc.compile, tmp_path)
     missing = error(reformc.compile, CASE, weights=tmp_path / "w.safetensors")
     assert "w.safetensors" in missing
-    assert "precision: invalid value 'f16' (possible values: f32, f64)" == error(
+    assert "precision: invalid value 'f16' (possible values: f32, f64, bf16)" == error(
         reformc.compile, CASE, precision="f16"
     )
+    assert "LLVM JIT only" in error(reformc.compile, CASE, precision="bf16", interp=True)
     assert "seq_len: 0 is not in 1..=4294967296" == error(reformc.compile, CASE, seq_len=0)
     assert "pipeline:" in error(reformc.compile(CASE, pipeline="no-such-pass"), load(CASE, "input_ids.npy"))
     (tmp_path / "config.json").write_text("{not json")
@@ -538,6 +574,25 @@ def test_train_matches_the_cli(tmp_path):
     again = reformc.train(TRAIN, data, out=tmp_path / "file.safetensors", log_every=0, **RUN)
     np.testing.assert_array_equal(again["losses"], r["losses"])
     assert (tmp_path / "file.safetensors").read_bytes() == cli_bytes
+
+
+def test_train_in_bf16_matches_the_cli(tmp_path):
+    """``precision="bf16"`` is ``--precision bf16`` (on the LLVM JIT): the same
+    checkpoint bytes as the CLI's bf16 run, other bytes than the f32 run's,
+    losses within 2%; the interpreter refuses it."""
+    data = tmp_path / "tokens.npy"
+    np.save(data, train_tokens())
+    run = {k: v for k, v in RUN.items() if k != "interp"}
+    cli_train(data, tmp_path / "cli.safetensors", precision="bf16", **run)
+    r = reformc.train(TRAIN, data, out=tmp_path / "py.safetensors", log_every=0, precision="bf16", **run)
+    assert (tmp_path / "py.safetensors").read_bytes() == (tmp_path / "cli.safetensors").read_bytes()
+    f32 = reformc.train(TRAIN, data, out=tmp_path / "f32.safetensors", log_every=0, **run)
+    assert (tmp_path / "f32.safetensors").read_bytes() != (tmp_path / "py.safetensors").read_bytes()
+    np.testing.assert_allclose(r["losses"], f32["losses"], rtol=2e-2)
+    with pytest.raises(reformc.ReformcError, match="precision: invalid value 'f64'"):
+        reformc.train(TRAIN, data, out=tmp_path / "x.safetensors", precision="f64", **run)
+    with pytest.raises(reformc.ReformcError, match="LLVM JIT only"):
+        reformc.train(TRAIN, data, out=tmp_path / "x.safetensors", precision="bf16", **RUN)
 
 
 def test_train_with_the_feed_forward_chunked(tmp_path):
