@@ -5,7 +5,8 @@
 use crate::autodiff_support;
 
 use autodiff_support::{check_gradients, random, random_weights, with_probe_loss};
-use reformc_passes::autodiff::{differentiate, unfold};
+use reformc_ir::OpKind;
+use reformc_passes::autodiff::{differentiate, fold_forward_concats, unfold};
 use reformc_tensor::Tensor;
 use std::collections::{BTreeMap, HashSet};
 
@@ -93,4 +94,33 @@ fn backward_reads_no_activation_inside_a_block() {
         1,
         "only the top block's output may be read"
     );
+}
+
+#[test]
+fn the_forward_reads_block_halves_directly_with_the_same_bits() {
+    // Block 1's output is concatenated only to be sliced apart by block 2:
+    // after the fold, block 2 reads the halves and the concat goes; the top
+    // block's output, which the backward reads, stays. Same outputs, bit for
+    // bit (the interpreter on both graphs).
+    let g = with_probe_loss(STACK);
+    let d = differentiate(&g, "loss").unwrap();
+    let mut folded = d.clone();
+    let loss = folded.outputs[0].1;
+    let n = fold_forward_concats(&mut folded, loss).unwrap();
+    let count = |g: &reformc_ir::Graph, k: OpKind| {
+        g.walk().iter().filter(|v| g.node(**v).op.kind == k).count()
+    };
+    assert_eq!(n, 2, "block 2 slices both halves of block 1's output");
+    assert_eq!(
+        count(&folded, OpKind::Concat),
+        count(&d, OpKind::Concat) - 1
+    );
+    assert_eq!(count(&folded, OpKind::Slice), count(&d, OpKind::Slice) - 2);
+    reformc_ir::verify(&folded).unwrap();
+    let weights = random_weights(&g, 7, -1.0, 1.0);
+    let run = |g: &reformc_ir::Graph| reformc_interp::run(g, &probe(), &weights).unwrap();
+    assert_eq!(run(&folded), run(&d));
+    // Nothing left to fold.
+    let loss = folded.outputs[0].1;
+    assert_eq!(fold_forward_concats(&mut folded, loss).unwrap(), 0);
 }

@@ -40,7 +40,7 @@ pub use unfold::{coupled_values, unfold, Branch, Coupling};
 
 use crate::pass::{Pass, PassError, PassOptions};
 use checkpoint::{Checkpointing, Segment};
-use reformc_ir::{Graph, OpKind};
+use reformc_ir::{Graph, OpKind, ValueId};
 
 /// Prefix of the output that holds a weight's gradient.
 pub const GRAD_PREFIX: &str = "grad:";
@@ -107,7 +107,8 @@ pub fn differentiate_with(
     h.outputs.extend(grads);
     // Reversible blocks' backward concatenates halves that the next block
     // slices apart again: read the halves directly (never the forward's
-    // halves, which are activations inside a block).
+    // halves, which are activations inside a block; the forward's own
+    // concats go later, see [`fold_forward_concats`]).
     let forward: std::collections::HashSet<_> = order.iter().copied().collect();
     crate::cleanup::fold_slices_of_concats(&mut h, &forward);
     // The forward's and the recomputed products are `linear`s again, with
@@ -118,6 +119,65 @@ pub fn differentiate_with(
     crate::cleanup::dce(&mut h)?;
     reformc_ir::verify(&h).map_err(|e| format!("the differentiated graph does not verify: {e}"))?;
     Ok((h, recomputed_layers))
+}
+
+/// Folds the forward pass's `slice(concat(..))` pairs of a differentiated
+/// graph: a reversible block's output is the concat of its halves, which the
+/// next block slices apart again, copying every layer's state twice. Each
+/// such slice reads its half directly and the concat goes, unless an op
+/// outside the forward (the backward, which starts from the top block's
+/// output) reads it; so the backward still reads what [`differentiate`]
+/// made it read. The forward is what `loss` depends on. Returns how many
+/// slices it folded; the values are the same bits.
+///
+/// ```
+/// use reformc_passes::autodiff::fold_forward_concats;
+/// let mut g = reformc_ir::parse("graph {\n  %0 = input {name=\"x\"} : f32[2,4]\n  %1 = exp %0 : f32[2,4]\n  %2 = neg %0 : f32[2,4]\n  %3 = concat %1, %2 {axis=1} : f32[2,8]\n  %4 = slice %3 {axis=1, end=4, start=0} : f32[2,4]\n  %5 = reduce %4 {axes=[0,1], kind=\"sum\"} : f32[]\n  %6 = mul %3, %3 : f32[2,8]\n  output \"loss\" = %5\n  output \"g\" = %6\n}\n").unwrap();
+/// let loss = g.outputs[0].1;
+/// // %3 is read outside the forward (by %6): it stays, and so does %4.
+/// assert_eq!(fold_forward_concats(&mut g, loss).unwrap(), 0);
+/// g.outputs.pop();
+/// reformc_passes::cleanup::dce(&mut g).unwrap();
+/// let loss = g.outputs[0].1;
+/// assert_eq!(fold_forward_concats(&mut g, loss).unwrap(), 1);
+/// assert!(!reformc_ir::print(&g).contains("concat"));
+/// ```
+pub fn fold_forward_concats(g: &mut Graph, loss: ValueId) -> Result<usize, String> {
+    let forward = ancestors(g, loss);
+    let read_outside: std::collections::HashSet<ValueId> = g
+        .walk()
+        .into_iter()
+        .filter(|v| !forward.contains(v))
+        .flat_map(|v| g.node(v).inputs.clone())
+        .chain(
+            g.outputs
+                .iter()
+                .filter(|(_, v)| *v != loss)
+                .map(|(_, v)| *v),
+        )
+        .filter(|x| forward.contains(x))
+        .collect();
+    let n = crate::cleanup::fold_slices_of_concats(g, &read_outside);
+    if n > 0 {
+        crate::cleanup::dce(g)?;
+    }
+    Ok(n)
+}
+
+/// `v` and every value it is computed from.
+fn ancestors(g: &Graph, v: ValueId) -> std::collections::HashSet<ValueId> {
+    let mut seen = std::collections::HashSet::from([v]);
+    let mut stack = vec![v];
+    while let Some(x) = stack.pop() {
+        let node = g.node(x);
+        let region_reads = node.regions.iter().flat_map(|r| r.body.iter());
+        for &y in node.inputs.iter().chain(region_reads) {
+            if seen.insert(y) {
+                stack.push(y);
+            }
+        }
+    }
+    seen
 }
 
 /// Appends the loss: fused with the LM head when `--chunk-lm-head` asks for
@@ -194,6 +254,13 @@ impl Pass for AutodiffPass {
         let choice = checkpoint::choose(g, LOSS, opts).map_err(err)?;
         let n = choice.graph.outputs.len() - 1;
         *g = choice.graph;
+        let loss = g.outputs[0].1;
+        let folded = fold_forward_concats(g, loss).map_err(err)?;
+        if folded > 0 {
+            notes.push(format!(
+                "the forward reads {folded} halves of block outputs directly"
+            ));
+        }
         notes.push(format!("{n} weight gradients"));
         notes.extend(choice.note);
         Ok(notes)

@@ -39,7 +39,6 @@ use super::{
     inv_len_norm, key_divisor, put_keys, put_values, softmax_row, valid_row, KeyScale, Rules,
 };
 use crate::alloc::CachedF32;
-use crate::bf16::Packing;
 use crate::error::{try_zeroed, Result};
 use crate::gemm::{check_len, gemm_a, kernel, AStrides, Epilogue, Kernel, PackedB};
 use crate::pool::{try_par_for, SharedMut};
@@ -397,14 +396,18 @@ struct Tiles {
 }
 
 impl Tiles {
+    /// Tiles packed as this thread's precision asks (bf16 pairs under
+    /// `--precision bf16`, as the forward's attention tiles are), so the
+    /// gradient's five products per chunk are the forward's kind of product.
     fn new(plan: &Plan, d: usize, nr: usize) -> Result<Tiles> {
         let (c, n) = (plan.chunk, plan.keys());
+        let packing = crate::bf16::packing(kernel().isa);
         Ok(Tiles {
-            kt: PackedB::zeroed_as(d, n, nr, Packing::F32)?,
-            vt: PackedB::zeroed_as(d, n, nr, Packing::F32)?,
-            k: PackedB::zeroed_as(n, d, nr, Packing::F32)?,
-            qp: PackedB::zeroed_as(c, d, nr, Packing::F32)?,
-            dop: PackedB::zeroed_as(c, d, nr, Packing::F32)?,
+            kt: PackedB::zeroed_as(d, n, nr, packing)?,
+            vt: PackedB::zeroed_as(d, n, nr, packing)?,
+            k: PackedB::zeroed_as(n, d, nr, packing)?,
+            qp: PackedB::zeroed_as(c, d, nr, packing)?,
+            dop: PackedB::zeroed_as(c, d, nr, packing)?,
             s: try_zeroed(c * n, "logit tile")?,
             ds: try_zeroed(c * n, "logit gradient tile")?,
             part: try_zeroed(n * d, "key gradient tile")?,
@@ -880,6 +883,52 @@ mod tests {
 
     fn data(n: usize, k: f32) -> Vec<f32> {
         (0..n).map(|i| ((i as f32) * k).sin()).collect()
+    }
+
+    #[test]
+    fn bf16_tiles_stay_near_f32_and_do_not_depend_on_the_thread_count() {
+        // Under bf16 (`--precision bf16`) the five products per chunk take
+        // bf16 operands, as the forward's tiles do: within bf16's rounding
+        // of the f32 gradient, and still the same bits on any thread count.
+        let (b, l, h, r) = (1usize, 48usize, 2usize, 2usize);
+        for d in [8usize, 5] {
+            let n = b * l * h * d;
+            let (qk, v, dy) = (data(n, 0.37), data(n, 0.11), data(n, 0.07));
+            let buckets: Vec<i64> = (0..b * h * r * l)
+                .map(|i| 6 * ((i / l) % r) as i64 + ((i * 7919) % 6) as i64)
+                .collect();
+            let mut y = vec![0.0f32; n];
+            crate::attention::lsh_attention(
+                &qk, &v, &buckets, None, b, l, h, d, r, 4, 1, 1, true, &mut y,
+            )
+            .unwrap();
+            let grad = |bf16: bool, threads: i64| {
+                crate::pool::set_threads(threads).unwrap();
+                let mut g = vec![0.0f32; 2 * n];
+                crate::bf16::with(bf16, || {
+                    lsh_attention_grad(
+                        &qk, &v, &buckets, &y, &dy, None, b, l, h, d, r, 4, 1, 1, true, &mut g,
+                    )
+                })
+                .unwrap();
+                g
+            };
+            let (f32s, bf1, bf3) = (grad(false, 1), grad(true, 1), grad(true, 3));
+            crate::pool::set_threads(0).unwrap();
+            assert_eq!(bf1, bf3, "d = {d}");
+            assert_ne!(bf1, f32s, "d = {d}: bf16 changes the products");
+            let err: f64 = bf1
+                .iter()
+                .zip(&f32s)
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum();
+            let norm: f64 = f32s.iter().map(|&b| f64::from(b).powi(2)).sum();
+            assert!(
+                (err / norm).sqrt() < 2e-2,
+                "d = {d}: {}",
+                (err / norm).sqrt()
+            );
+        }
     }
 
     #[test]
