@@ -74,23 +74,11 @@ pub fn grad_error(
     want: &BTreeMap<String, ArrayD<f64>>,
 ) -> (f64, String) {
     let max_abs = |a: &ArrayD<f64>| a.iter().fold(0.0f64, |m, &x| m.max(x.abs()));
-    let largest = want.values().map(max_abs).fold(0.0f64, f64::max);
-    let mut worst = (0.0, String::new());
-    for (name, w) in want {
-        let g = got
-            .get(name)
-            .unwrap_or_else(|| panic!("{case}: no gradient for {name}"));
-        assert_eq!(g.shape(), w.shape(), "{case}: {name}");
-        let err = g
-            .iter()
+    worst_tensor(case, got, want, max_abs, |g, w| {
+        g.iter()
             .zip(w.iter())
-            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-        let rel = err / max_abs(w).max(1e-3 * largest);
-        if rel.is_nan() || rel >= worst.0 {
-            worst = (if rel.is_nan() { f64::INFINITY } else { rel }, name.clone());
-        }
-    }
-    worst
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()))
+    })
 }
 
 /// Worst per-tensor relative RMS error of `got` against `want`:
@@ -105,20 +93,32 @@ pub fn grad_rms_error(
     want: &BTreeMap<String, ArrayD<f64>>,
 ) -> (f64, String) {
     let norm = |a: &ArrayD<f64>| a.iter().map(|x| x * x).sum::<f64>().sqrt();
-    let largest = want.values().map(norm).fold(0.0f64, f64::max);
+    worst_tensor(case, got, want, norm, |g, w| {
+        g.iter()
+            .zip(w.iter())
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f64>()
+            .sqrt()
+    })
+}
+
+/// The largest `dist(got, want) / size(want)` over the tensors of `want`,
+/// `size` floored at 1e-3 of the largest tensor's, and its name.
+fn worst_tensor(
+    case: &str,
+    got: &BTreeMap<String, ArrayD<f64>>,
+    want: &BTreeMap<String, ArrayD<f64>>,
+    size: impl Fn(&ArrayD<f64>) -> f64,
+    dist: impl Fn(&ArrayD<f64>, &ArrayD<f64>) -> f64,
+) -> (f64, String) {
+    let largest = want.values().map(&size).fold(0.0f64, f64::max);
     let mut worst = (0.0, String::new());
     for (name, w) in want {
         let g = got
             .get(name)
             .unwrap_or_else(|| panic!("{case}: no gradient for {name}"));
         assert_eq!(g.shape(), w.shape(), "{case}: {name}");
-        let err = g
-            .iter()
-            .zip(w.iter())
-            .map(|(a, b)| (a - b) * (a - b))
-            .sum::<f64>()
-            .sqrt();
-        let rel = err / norm(w).max(1e-3 * largest);
+        let rel = dist(g, w) / size(w).max(1e-3 * largest);
         if rel.is_nan() || rel >= worst.0 {
             worst = (if rel.is_nan() { f64::INFINITY } else { rel }, name.clone());
         }

@@ -885,36 +885,41 @@ mod tests {
         (0..n).map(|i| ((i as f32) * k).sin()).collect()
     }
 
+    /// LSH attention's gradient on a small case (B=1, L=48, H=2, head width
+    /// `d`, 2 rounds, 24 chunks of 4 in 3 groups of 8, a window of 3 chunks;
+    /// 6 buckets per round) on `threads` threads, in bf16 when `bf16`.
+    fn small_lsh_grad(d: usize, threads: i64, bf16: bool) -> Vec<f32> {
+        let (b, l, h, r) = (1usize, 48usize, 2usize, 2usize);
+        let n = b * l * h * d;
+        let (qk, v, dy) = (data(n, 0.37), data(n, 0.11), data(n, 0.07));
+        let buckets: Vec<i64> = (0..b * h * r * l)
+            .map(|i| 6 * ((i / l) % r) as i64 + ((i * 7919) % 6) as i64)
+            .collect();
+        let mut y = vec![0.0f32; n];
+        crate::attention::lsh_attention(
+            &qk, &v, &buckets, None, b, l, h, d, r, 4, 1, 1, true, &mut y,
+        )
+        .unwrap();
+        crate::pool::set_threads(threads).unwrap();
+        let mut g = vec![0.0f32; 2 * n];
+        crate::bf16::with(bf16, || {
+            lsh_attention_grad(
+                &qk, &v, &buckets, &y, &dy, None, b, l, h, d, r, 4, 1, 1, true, &mut g,
+            )
+        })
+        .unwrap();
+        crate::pool::set_threads(0).unwrap();
+        g
+    }
+
     #[test]
     fn bf16_tiles_stay_near_f32_and_do_not_depend_on_the_thread_count() {
         // Under bf16 (`--precision bf16`) the five products per chunk take
         // bf16 operands, as the forward's tiles do: within bf16's rounding
         // of the f32 gradient, and still the same bits on any thread count.
-        let (b, l, h, r) = (1usize, 48usize, 2usize, 2usize);
         for d in [8usize, 5] {
-            let n = b * l * h * d;
-            let (qk, v, dy) = (data(n, 0.37), data(n, 0.11), data(n, 0.07));
-            let buckets: Vec<i64> = (0..b * h * r * l)
-                .map(|i| 6 * ((i / l) % r) as i64 + ((i * 7919) % 6) as i64)
-                .collect();
-            let mut y = vec![0.0f32; n];
-            crate::attention::lsh_attention(
-                &qk, &v, &buckets, None, b, l, h, d, r, 4, 1, 1, true, &mut y,
-            )
-            .unwrap();
-            let grad = |bf16: bool, threads: i64| {
-                crate::pool::set_threads(threads).unwrap();
-                let mut g = vec![0.0f32; 2 * n];
-                crate::bf16::with(bf16, || {
-                    lsh_attention_grad(
-                        &qk, &v, &buckets, &y, &dy, None, b, l, h, d, r, 4, 1, 1, true, &mut g,
-                    )
-                })
-                .unwrap();
-                g
-            };
+            let grad = |bf16: bool, threads: i64| small_lsh_grad(d, threads, bf16);
             let (f32s, bf1, bf3) = (grad(false, 1), grad(true, 1), grad(true, 3));
-            crate::pool::set_threads(0).unwrap();
             assert_eq!(bf1, bf3, "d = {d}");
             assert_ne!(bf1, f32s, "d = {d}: bf16 changes the products");
             let err: f64 = bf1
@@ -933,29 +938,7 @@ mod tests {
 
     #[test]
     fn the_bits_do_not_depend_on_the_thread_count() {
-        // 2 rounds, 24 chunks of 4 (3 groups of 8), a window of 3 chunks.
-        let (b, l, h, d, r) = (1usize, 48usize, 2usize, 5usize, 2usize);
-        let n = b * l * h * d;
-        let (qk, v, dy) = (data(n, 0.37), data(n, 0.11), data(n, 0.07));
-        let buckets: Vec<i64> = (0..b * h * r * l)
-            .map(|i| 6 * ((i / l) % r) as i64 + ((i * 7919) % 6) as i64)
-            .collect();
-        let mut y = vec![0.0f32; n];
-        crate::attention::lsh_attention(
-            &qk, &v, &buckets, None, b, l, h, d, r, 4, 1, 1, true, &mut y,
-        )
-        .unwrap();
-        let mut runs = vec![];
-        for threads in [1, 3] {
-            crate::pool::set_threads(threads).unwrap();
-            let mut g = vec![0.0f32; 2 * n];
-            lsh_attention_grad(
-                &qk, &v, &buckets, &y, &dy, None, b, l, h, d, r, 4, 1, 1, true, &mut g,
-            )
-            .unwrap();
-            runs.push(g);
-        }
-        crate::pool::set_threads(0).unwrap();
+        let runs = [small_lsh_grad(5, 1, false), small_lsh_grad(5, 3, false)];
         assert_eq!(runs[0], runs[1]);
         assert!(runs[0].iter().all(|x| x.is_finite()) && runs[0].iter().any(|&x| x != 0.0));
     }
