@@ -70,12 +70,7 @@ pub fn train<'py>(
     let bf16 = match precision {
         "f32" => false,
         "bf16" => true,
-        other => {
-            return Err(Error::input(format!(
-                "precision: invalid value '{other}' (possible values: f32, bf16)"
-            ))
-            .into())
-        }
+        other => return Err(crate::invalid("precision", other, &["f32", "bf16"]).into()),
     };
     if memory_budget == Some(0) {
         return Err(Error::input("memory_budget must be at least 1 (bytes)").into());
