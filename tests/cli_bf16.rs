@@ -81,6 +81,98 @@ fn run_and_executable_agree_bit_for_bit_and_stay_near_fp32() {
     );
 }
 
+/// Runs `reformc run --precision bf16` on fixture `dir` (HF's buckets
+/// replayed, its attention mask given) with `REFORMC_RT_BF16` set to `env`;
+/// returns the logits and stderr.
+fn run_bf16(dir: &Path, env: &str, out: &Path) -> (ArrayD<f32>, String) {
+    let file = |f: &str| dir.join(f).display().to_string();
+    let mut args = vec!["run".to_string(), dir.display().to_string()];
+    args.extend(["--precision", "bf16", "-q", "-o"].map(String::from));
+    args.push(out.display().to_string());
+    args.extend(["--input".into(), file("input_ids.npy")]);
+    for (flag, f) in [
+        ("--lsh-buckets", "lsh_buckets.npy"),
+        ("--attention-mask", "attention_mask.npy"),
+    ] {
+        if dir.join(f).exists() {
+            args.extend([flag.into(), file(f)]);
+        }
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_reformc"))
+        .args(&args)
+        .env("REFORMC_RT_BF16", env)
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{}: {stderr}", dir.display());
+    (read(out), stderr)
+}
+
+/// The AMX micro-kernels, run on the tile model (`REFORMC_RT_BF16=amx-model`,
+/// runtime/src/amx.rs) in every bf16 product of every HF fixture, stay
+/// within bf16's accuracy of HF's float64 logits (relative RMS at most 1e-2,
+/// the same arg-max at 99% of positions), as the AVX-512 BF16 kernels do,
+/// and differ from them in bits (another order of additions): the tile
+/// program, the driver around it and the packing are right before any AMX
+/// machine runs them.
+#[test]
+fn amx_tile_model_stays_within_bf16_accuracy_of_hf() {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if !cpu.split_whitespace().any(|f| f == "avx512_bf16") {
+        println!("skipped: the tile model runs on bf16 pair panels, which need AVX-512 BF16");
+        return;
+    }
+    let dir = Scratch::new("cli-amx-model");
+    let (mut positions, mut same, mut differ) = (0usize, 0usize, 0usize);
+    for case in common::fixtures() {
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        let (amx, err) = run_bf16(
+            &case,
+            "amx-model",
+            &dir.dir().join(format!("{name}-amx.npy")),
+        );
+        assert!(
+            err.contains("AMX tile model"),
+            "{name}: the model did not run: {err}"
+        );
+        let (avx, _) = run_bf16(
+            &case,
+            "avx512bf16",
+            &dir.dir().join(format!("{name}-avx.npy")),
+        );
+        differ += usize::from(amx != avx);
+        let want = common::read::<f64>(&case.join("logits_f64.npy"));
+        let got = amx.mapv(f64::from);
+        let err2: f64 = got.iter().zip(&want).map(|(g, w)| (g - w).powi(2)).sum();
+        let norm: f64 = want.iter().map(|w| w * w).sum();
+        let rms = (err2 / norm).sqrt();
+        assert!(rms <= 1e-2, "{name}: relative RMS {rms}");
+        let last = ndarray::Axis(got.ndim() - 1);
+        let argmax = |l: ndarray::ArrayView1<f64>| {
+            l.iter()
+                .enumerate()
+                .fold(
+                    (0, f64::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                )
+                .0
+        };
+        for (g, w) in got.lanes(last).into_iter().zip(want.lanes(last)) {
+            positions += 1;
+            same += usize::from(argmax(g) == argmax(w));
+        }
+    }
+    assert!(
+        same as f64 >= 0.99 * positions as f64,
+        "arg-max {same} of {positions}"
+    );
+    assert!(
+        differ > 0,
+        "the tile model gave the AVX-512 BF16 bits on every fixture"
+    );
+}
+
 #[test]
 fn commands_without_bf16_refuse_it_in_one_line() {
     let ids = format!("{CASE}/input_ids.npy");

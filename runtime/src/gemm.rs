@@ -33,7 +33,7 @@ pub(crate) struct Micro {
     pub relu: bool,
 }
 
-type MicroFn = unsafe fn(&Micro);
+pub(crate) type MicroFn = unsafe fn(&Micro);
 
 /// A micro-kernel and its register tile.
 #[derive(Clone, Copy)]
@@ -314,8 +314,9 @@ pub fn available_kernels() -> Vec<Kernel> {
     out
 }
 
-/// Largest `MR × NR` of any kernel (size of the stack scratch tile).
-const MAX_TILE: usize = 6 * 64;
+/// Largest `MR × NR` of any kernel (size of the stack scratch tile): the
+/// AMX kernels' 16 rows of a 64-column panel.
+const MAX_TILE: usize = 16 * 64;
 
 /// The kernel every GEMM in this process uses (the best one for this CPU;
 /// `REFORMC_RT_KERNEL=avx512|avx2|scalar` forces a narrower one).
@@ -660,7 +661,7 @@ pub(crate) fn gemm_a(
                     }),
                 }
                 tiles(
-                    bf16_kernels(kern),
+                    bf16_row_kernels(kern),
                     m,
                     ap,
                     AStrides { row: k2, k: 1 },
@@ -742,6 +743,12 @@ fn prefetch_rows(x: &[f32], r: usize, rows: usize, ld: usize, len: usize) {
     for row in r..(r + 2).min(rows) {
         crate::simd::prefetch(&x[row * ld..][..len]);
     }
+}
+
+/// The micro-kernels for bf16 pair rows of A (row-major): AMX tiles where
+/// [`crate::amx`] is on, else those of [`bf16_kernels`].
+fn bf16_row_kernels(kern: &Kernel) -> &'static [MicroFn] {
+    crate::amx::kernels(kern.nr).unwrap_or_else(|| bf16_kernels(kern))
 }
 
 /// The AVX-512 BF16 micro-kernels with the same tile as `kern` (the panels
@@ -1194,6 +1201,77 @@ mod tests {
                 y.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
             });
         });
+    }
+
+    /// The GEMM driver around the AMX micro-kernels (on the tile model, so
+    /// on any CPU): row tiles of 16 and fewer, edge panels through the
+    /// scratch tile, k in passes of KC pairs with an odd remainder, onto C
+    /// and not, bias and relu; each element within 1e-5 of the f64 sum of
+    /// the same bf16 products.
+    #[test]
+    fn amx_tiles_multiply_through_the_driver() {
+        for nr in [64usize, 32] {
+            let fns = crate::amx::model_kernels(nr);
+            for (m, n, k, acc, act) in [
+                (37, 2 * nr + 5, 2 * 2 * KC + 35, true, Activation::Relu),
+                (16, nr, 64, false, Activation::None),
+                (5, nr - 3, 33, false, Activation::Relu),
+                (1, 7, 1, true, Activation::None),
+            ] {
+                let (a, bm) = (data(m * k, 11), data(k * n, 12));
+                let b = PackedB::from_fn(k, n, nr, Packing::Pairs, |kk, j| bm[kk * n + j]).unwrap();
+                let mut bias = data(b.panels() * nr, 13);
+                bias[n..].iter_mut().for_each(|x| *x = f32::NAN);
+                let k2 = k.div_ceil(2);
+                let mut ap = vec![0.0f32; m * k2];
+                a_pair_rows(&mut ap, k, &a, k);
+                let c0 = data(m * (n + 2), 14);
+                let mut c = c0.clone();
+                let epi = Epilogue {
+                    accumulate: acc,
+                    bias: Some(&bias),
+                    act,
+                };
+                tiles(
+                    fns,
+                    m,
+                    &ap,
+                    AStrides { row: k2, k: 1 },
+                    &b,
+                    &mut c,
+                    n + 2,
+                    epi,
+                );
+                let r = |x: f32| f64::from(bf16::round(x));
+                for i in 0..m {
+                    for j in 0..n + 2 {
+                        let got = f64::from(c[i * (n + 2) + j]);
+                        if j >= n {
+                            assert_eq!(got, f64::from(c0[i * (n + 2) + j]), "past n");
+                            continue;
+                        }
+                        let terms: Vec<f64> =
+                            (0..k).map(|t| r(a[i * k + t]) * r(bm[t * n + j])).collect();
+                        let base = if acc {
+                            f64::from(c0[i * (n + 2) + j])
+                        } else {
+                            0.0
+                        };
+                        let mut want = base + terms.iter().sum::<f64>() + f64::from(bias[j]);
+                        let mag = base.abs()
+                            + terms.iter().map(|t| t.abs()).sum::<f64>()
+                            + f64::from(bias[j]).abs();
+                        if act == Activation::Relu {
+                            want = want.max(0.0);
+                        }
+                        assert!(
+                            (got - want).abs() <= 1e-5 * mag,
+                            "nr {nr}, {m}x{n}x{k}, C[{i}][{j}] = {got}, expected {want}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod abi;
 pub mod act;
 pub mod alloc;
+pub mod amx;
 pub mod attention;
 pub mod bf16;
 pub mod dense;

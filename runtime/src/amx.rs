@@ -1,0 +1,906 @@
+//! Intel AMX tiles for bf16 products (`tdpbf16ps`), with a model of the
+//! tile unit that runs anywhere.
+//!
+//! Under `--precision bf16` every product whose left operand is converted
+//! to bf16 rows ([`crate::gemm`]'s row-major pair rows) can run on AMX: on a
+//! CPU with AMX-TILE and AMX-BF16 whose kernel grants the process the tile
+//! state (Linux `arch_prctl(ARCH_REQ_XCOMP_PERM)`), a micro-kernel of 16
+//! rows by one packed panel (`NR` = 32 or 64 columns: two or four 16×16 f32
+//! accumulator tiles) multiplies 32 bf16 values along `k` per instruction.
+//! The right-hand side is the AVX-512 BF16 kernels' pair panel unchanged: a
+//! panel's rows of pair words are exactly AMX's "VNNI" layout of B.
+//!
+//! The micro-kernel is written once over [`TileUnit`], the instructions it
+//! uses, with two implementations: [`Hw`], the instructions themselves, and
+//! [`Model`], the Intel SDM's description of them in Rust. Tests run the
+//! micro-kernel, the GEMM driver around it and whole models on the model
+//! (`REFORMC_RT_BF16=amx-model`) on any CPU with AVX-512 BF16, so that
+//! everything but the instructions' encoding is checked without AMX. On
+//! AMX hardware a self-test compares the hardware tiles with the model
+//! (and both with an f64 reference) once per process before first use, and
+//! a mismatch falls back to AVX-512 BF16 with one line on stderr: an error
+//! in this file can cost speed, never a silently wrong result.
+//!
+//! `REFORMC_RT_BF16` selects: unset or `amx`, AMX where available;
+//! `avx512bf16` (or `emulate`), never AMX; `amx-model`, the model (slow:
+//! for tests).
+//!
+//! ```
+//! use reformc_runtime::amx;
+//! // On this CPU: AMX on the hardware, on the model, or off (and why).
+//! let (mode, why) = amx::mode();
+//! assert!(mode != amx::Mode::Hardware || why.is_none());
+//! ```
+
+use crate::gemm::{Micro, MicroFn};
+use std::sync::OnceLock;
+
+/// Which tile unit the bf16 row-major products use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// AMX instructions.
+    Hardware,
+    /// The Rust model of the tile unit (`REFORMC_RT_BF16=amx-model`).
+    Model,
+    /// No tiles: AVX-512 BF16 (or the emulation) as before.
+    Off,
+}
+
+/// What the CPU and the operating system offer for AMX.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Support {
+    /// CPUID.(7,0):EDX[24] AMX-TILE.
+    pub tile: bool,
+    /// CPUID.(7,0):EDX[22] AMX-BF16.
+    pub bf16: bool,
+    /// XCR0 bits 17 and 18 (tile configuration and data enabled by the OS).
+    pub os: bool,
+    /// Palette 1's rows per tile (CPUID leaf 0x1D).
+    pub max_rows: usize,
+    /// Palette 1's bytes per tile row.
+    pub bytes_per_row: usize,
+}
+
+impl Support {
+    /// Whether the micro-kernel's 16 rows of 64 bytes fit palette 1.
+    fn complete(&self) -> bool {
+        self.tile && self.bf16 && self.os && self.max_rows >= 16 && self.bytes_per_row >= 64
+    }
+}
+
+/// The mode for `support` and the `REFORMC_RT_BF16` value `env`, and the
+/// line to print about it, if any. `grant` asks the OS for the tile state
+/// (called only when the CPU has AMX and AMX is wanted). Hardware still
+/// has to pass [`self_test`].
+///
+/// ```
+/// use reformc_runtime::amx::{decide, Mode, Support};
+/// let none = Support::default();
+/// assert_eq!(decide(none, None, || true).0, Mode::Off);
+/// assert_eq!(decide(none, Some("amx-model"), || true).0, Mode::Model);
+/// assert!(decide(none, Some("amx"), || true).1.unwrap().contains("no AMX"));
+/// ```
+pub fn decide(
+    support: Support,
+    env: Option<&str>,
+    grant: impl FnOnce() -> bool,
+) -> (Mode, Option<String>) {
+    match env {
+        Some("amx-model") => {
+            return (
+                Mode::Model,
+                Some(
+                    "reformc runtime: bf16 products on the AMX tile model \
+                     (REFORMC_RT_BF16=amx-model; slow, for tests)"
+                        .into(),
+                ),
+            )
+        }
+        Some("avx512bf16" | "emulate") => return (Mode::Off, None),
+        _ => {}
+    }
+    let asked = env == Some("amx");
+    if !support.complete() {
+        let why = format!(
+            "REFORMC_RT_BF16=amx: this CPU has no AMX ({support:?}); \
+             bf16 products use AVX-512 BF16"
+        );
+        return (Mode::Off, asked.then_some(why));
+    }
+    if !grant() {
+        return (
+            Mode::Off,
+            Some(
+                "reformc runtime: the kernel did not grant the AMX tile state \
+                 (arch_prctl ARCH_REQ_XCOMP_PERM); bf16 products use AVX-512 BF16"
+                    .into(),
+            ),
+        );
+    }
+    (Mode::Hardware, None)
+}
+
+/// This process's mode, decided once (and self-tested on hardware), and the
+/// line printed on stderr when it was decided, if any.
+pub fn mode() -> (Mode, Option<&'static str>) {
+    static MODE: OnceLock<(Mode, Option<String>)> = OnceLock::new();
+    let (m, why) = MODE.get_or_init(|| {
+        let env = std::env::var("REFORMC_RT_BF16").ok();
+        let (mut m, mut why) = decide(detect(), env.as_deref(), request_tiles);
+        if m == Mode::Hardware {
+            if let Err(e) = self_test(&HW4, &HW2) {
+                (m, why) = (
+                    Mode::Off,
+                    Some(format!(
+                        "reformc runtime: AMX self-test failed ({e}); \
+                         bf16 products use AVX-512 BF16"
+                    )),
+                );
+            }
+        }
+        if let Some(line) = &why {
+            eprintln!("{line}");
+        }
+        (m, why)
+    });
+    (*m, why.as_deref())
+}
+
+/// The micro-kernels for row-major bf16 pair rows and panels `nr` wide, or
+/// `None` where the mode is off or the width is not 32 or 64. Entry `r - 1`
+/// computes `r` rows (1..=16).
+pub(crate) fn kernels(nr: usize) -> Option<&'static [MicroFn]> {
+    match (mode().0, nr) {
+        (Mode::Hardware, 64) => Some(&HW4),
+        (Mode::Hardware, 32) => Some(&HW2),
+        (Mode::Model, 64) => Some(&MODEL4),
+        (Mode::Model, 32) => Some(&MODEL2),
+        _ => None,
+    }
+}
+
+macro_rules! table {
+    ($name:ident, $f:ident, $nt:literal) => {
+        static $name: [MicroFn; 16] = [
+            $f::<1, $nt>,
+            $f::<2, $nt>,
+            $f::<3, $nt>,
+            $f::<4, $nt>,
+            $f::<5, $nt>,
+            $f::<6, $nt>,
+            $f::<7, $nt>,
+            $f::<8, $nt>,
+            $f::<9, $nt>,
+            $f::<10, $nt>,
+            $f::<11, $nt>,
+            $f::<12, $nt>,
+            $f::<13, $nt>,
+            $f::<14, $nt>,
+            $f::<15, $nt>,
+            $f::<16, $nt>,
+        ];
+    };
+}
+table!(HW4, hardware_kernel, 4);
+table!(HW2, hardware_kernel, 2);
+table!(MODEL4, model_kernel, 4);
+table!(MODEL2, model_kernel, 2);
+
+/// [`micro`] on the AMX instructions.
+///
+/// # Safety
+/// [`mode`] is [`Mode::Hardware`] (the CPU has AMX and the process holds the
+/// tile state), and `p` is as [`micro`] requires.
+unsafe fn hardware_kernel<const R: usize, const NT: usize>(p: &Micro) {
+    // SAFETY: the caller's contract.
+    unsafe { micro::<Hw, R, NT>(&mut Hw, p) }
+}
+
+/// [`micro`] on the model.
+///
+/// # Safety
+/// `p` is as [`micro`] requires.
+unsafe fn model_kernel<const R: usize, const NT: usize>(p: &Micro) {
+    // SAFETY: the caller's contract; the model touches only `p`'s memory.
+    unsafe { micro::<Model, R, NT>(&mut Model::new(), p) }
+}
+
+/// The tile configuration (`ldtilecfg`'s 64-byte operand, palette 1).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    /// Bytes per row of each tile.
+    colsb: [u16; 16],
+    /// Rows of each tile.
+    rows: [u8; 16],
+}
+
+/// Tile numbers of [`micro`]: accumulators `0..NT`, A in 4, B in 5-7.
+const A_TILE: usize = 4;
+
+impl TileConfig {
+    /// The micro-kernel's tiles for `r` rows and `nt` column tiles: `nt`
+    /// accumulators of `r`×16 f32, A of `r` rows × 16 pair words, three B
+    /// tiles of 16 pair rows × 16 columns.
+    fn micro(r: usize, nt: usize) -> TileConfig {
+        assert!((1..=16).contains(&r) && (1..=4).contains(&nt));
+        let mut c = TileConfig {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            colsb: [0; 16],
+            rows: [0; 16],
+        };
+        for t in (0..nt).chain([A_TILE]) {
+            (c.rows[t], c.colsb[t]) = (r as u8, 64);
+        }
+        for t in 5..8 {
+            (c.rows[t], c.colsb[t]) = (16, 64);
+        }
+        c
+    }
+}
+
+/// The tile instructions the micro-kernel uses (`T`, `C`, `A`, `B`: tile
+/// numbers 0-7).
+///
+/// # Safety
+/// Every method requires a configuration loaded with [`TileUnit::configure`]
+/// that defines the tiles it names (and for `dp`, shapes that agree:
+/// `C` rows = `A` rows, `C` and `B` bytes per row equal, `A` bytes per row =
+/// 4 × `B` rows), and for loads and stores, `rows` rows of `colsb` bytes
+/// at `base + r·stride`.
+pub(crate) trait TileUnit {
+    /// `ldtilecfg`: sets the configuration and zeroes every tile.
+    unsafe fn configure(&mut self, cfg: &TileConfig);
+    /// `tilezero`.
+    unsafe fn zero<const T: usize>(&mut self);
+    /// `tileloadd`: row `r` from `base + r·stride`.
+    unsafe fn load<const T: usize>(&mut self, base: *const u8, stride: usize);
+    /// `tilestored`: row `r` to `base + r·stride`.
+    unsafe fn store<const T: usize>(&mut self, base: *mut u8, stride: usize);
+    /// `tdpbf16ps C, A, B`: `C[m][n] += Σ_k A[m].pair[k] · B[k].pair[n]`.
+    unsafe fn dp<const C: usize, const A: usize, const B: usize>(&mut self);
+}
+
+/// The AMX instructions.
+pub(crate) struct Hw;
+
+#[cfg(target_arch = "x86_64")]
+impl TileUnit for Hw {
+    unsafe fn configure(&mut self, cfg: &TileConfig) {
+        let p: *const TileConfig = cfg;
+        // SAFETY: the process holds the tile state (callers' contract) and
+        // `cfg` is a 64-byte palette-1 configuration within the limits
+        // checked by `Support::complete` (16 rows of 64 bytes).
+        unsafe { std::arch::asm!("ldtilecfg [{}]", in(reg) p, options(nostack, readonly)) }
+    }
+    unsafe fn zero<const T: usize>(&mut self) {
+        // SAFETY: tile T is configured (trait contract).
+        unsafe { std::arch::asm!("tilezero tmm{t}", t = const T, options(nostack, nomem)) }
+    }
+    unsafe fn load<const T: usize>(&mut self, base: *const u8, stride: usize) {
+        // SAFETY: tile T is configured and its rows are readable (trait contract).
+        unsafe {
+            std::arch::asm!(
+                "tileloadd tmm{t}, [{b} + {s}*1]",
+                t = const T, b = in(reg) base, s = in(reg) stride,
+                options(nostack, readonly)
+            )
+        }
+    }
+    unsafe fn store<const T: usize>(&mut self, base: *mut u8, stride: usize) {
+        // SAFETY: tile T is configured and its rows are writable (trait contract).
+        unsafe {
+            std::arch::asm!(
+                "tilestored [{b} + {s}*1], tmm{t}",
+                t = const T, b = in(reg) base, s = in(reg) stride,
+                options(nostack)
+            )
+        }
+    }
+    unsafe fn dp<const C: usize, const A: usize, const B: usize>(&mut self) {
+        // SAFETY: the three tiles are configured with agreeing shapes (trait contract).
+        unsafe {
+            std::arch::asm!(
+                "tdpbf16ps tmm{c}, tmm{a}, tmm{b}",
+                c = const C, a = const A, b = const B,
+                options(nostack, nomem)
+            )
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl TileUnit for Hw {
+    unsafe fn configure(&mut self, _: &TileConfig) {
+        unreachable!("AMX exists only on x86_64")
+    }
+    unsafe fn zero<const T: usize>(&mut self) {}
+    unsafe fn load<const T: usize>(&mut self, _: *const u8, _: usize) {}
+    unsafe fn store<const T: usize>(&mut self, _: *mut u8, _: usize) {}
+    unsafe fn dp<const C: usize, const A: usize, const B: usize>(&mut self) {}
+}
+
+/// The tile unit as the Intel SDM describes it: eight tiles of 16 rows of
+/// 64 bytes, rows and bytes per row from the configuration, loads zeroing
+/// what they do not fill, and `tdpbf16ps` adding the two products of each
+/// pair in order, in f32 with round-to-nearest-even, denormal inputs read
+/// as zero and denormal results flushed to zero.
+pub(crate) struct Model {
+    cfg: TileConfig,
+    tiles: [[[u8; 64]; 16]; 8],
+}
+
+impl Model {
+    pub(crate) fn new() -> Model {
+        Model {
+            cfg: TileConfig::micro(1, 1),
+            tiles: [[[0; 64]; 16]; 8],
+        }
+    }
+
+    fn shape(&self, t: usize) -> (usize, usize) {
+        (self.cfg.rows[t] as usize, self.cfg.colsb[t] as usize)
+    }
+
+    fn word(&self, t: usize, row: usize, w: usize) -> u32 {
+        let b = &self.tiles[t][row][4 * w..4 * w + 4];
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+}
+
+/// A bf16 half as f32, denormals read as zero.
+fn bf16_daz(h: u32) -> f32 {
+    flush(f32::from_bits(h << 16))
+}
+
+/// Denormals to zero of the same sign.
+fn flush(x: f32) -> f32 {
+    if x.is_subnormal() {
+        0.0f32.copysign(x)
+    } else {
+        x
+    }
+}
+
+/// `acc + a.lo·b.lo + a.hi·b.hi` as `tdpbf16ps` computes one element for
+/// one pair (`a`, `b`: pair words, low half first along `k`).
+pub(crate) fn dp_pair(acc: f32, a: u32, b: u32) -> f32 {
+    let lo = flush(bf16_daz(a & 0xFFFF) * bf16_daz(b & 0xFFFF));
+    let hi = flush(bf16_daz(a >> 16) * bf16_daz(b >> 16));
+    flush(flush(flush(acc) + lo) + hi)
+}
+
+impl TileUnit for Model {
+    unsafe fn configure(&mut self, cfg: &TileConfig) {
+        assert_eq!(cfg.palette, 1, "palette 1 only");
+        assert!(cfg.rows.iter().all(|&r| r <= 16) && cfg.colsb.iter().all(|&c| c <= 64));
+        self.cfg = *cfg;
+        self.tiles = [[[0; 64]; 16]; 8];
+    }
+    unsafe fn zero<const T: usize>(&mut self) {
+        self.tiles[T] = [[0; 64]; 16];
+    }
+    unsafe fn load<const T: usize>(&mut self, base: *const u8, stride: usize) {
+        let (rows, colsb) = self.shape(T);
+        assert!(rows > 0, "tile {T} is not configured");
+        self.tiles[T] = [[0; 64]; 16];
+        for (r, row) in self.tiles[T].iter_mut().take(rows).enumerate() {
+            // SAFETY: row r's colsb bytes are readable (trait contract).
+            let src = unsafe { std::slice::from_raw_parts(base.add(r * stride), colsb) };
+            row[..colsb].copy_from_slice(src);
+        }
+    }
+    unsafe fn store<const T: usize>(&mut self, base: *mut u8, stride: usize) {
+        let (rows, colsb) = self.shape(T);
+        assert!(rows > 0, "tile {T} is not configured");
+        for (r, row) in self.tiles[T].iter().take(rows).enumerate() {
+            // SAFETY: row r's colsb bytes are writable (trait contract).
+            let dst = unsafe { std::slice::from_raw_parts_mut(base.add(r * stride), colsb) };
+            dst.copy_from_slice(&row[..colsb]);
+        }
+    }
+    unsafe fn dp<const C: usize, const A: usize, const B: usize>(&mut self) {
+        let ((cr, cc), (ar, ac), (br, bc)) = (self.shape(C), self.shape(A), self.shape(B));
+        assert!(cr == ar && cc == bc && ac == 4 * br, "tdpbf16ps shapes");
+        for m in 0..cr {
+            for n in 0..cc / 4 {
+                let mut acc = f32::from_bits(self.word(C, m, n));
+                for k in 0..ac / 4 {
+                    acc = dp_pair(acc, self.word(A, m, k), self.word(B, k, n));
+                }
+                self.tiles[C][m][4 * n..4 * n + 4].copy_from_slice(&acc.to_bits().to_le_bytes());
+            }
+        }
+    }
+}
+
+/// Runs `$body` with `$t` the const tile number of accumulator `$i` (0-3)
+/// and `$b` the B tile it is multiplied with (5, 6, 7, 5).
+macro_rules! per_tile {
+    ($i:expr, |$t:ident, $b:ident| $body:expr) => {
+        match $i {
+            0 => {
+                const $t: usize = 0;
+                #[allow(dead_code)]
+                const $b: usize = 5;
+                $body
+            }
+            1 => {
+                const $t: usize = 1;
+                #[allow(dead_code)]
+                const $b: usize = 6;
+                $body
+            }
+            2 => {
+                const $t: usize = 2;
+                #[allow(dead_code)]
+                const $b: usize = 7;
+                $body
+            }
+            _ => {
+                const $t: usize = 3;
+                #[allow(dead_code)]
+                const $b: usize = 5;
+                $body
+            }
+        }
+    };
+}
+
+/// `C[R × 16·NT] (+)= A · B` for `p.k` pair rows, then bias and relu: the
+/// AMX micro-kernel. Whole steps of 16 pairs run on the tiles (the
+/// accumulators loaded from C or zeroed, stored back after the last step);
+/// a remainder of fewer pairs, the bias and relu then run on C in scalar
+/// code with [`dp_pair`]'s arithmetic.
+///
+/// # Safety
+/// `u` can run the tile instructions; `p.a` holds `R` rows of `p.k` pair
+/// words `p.lda` apart (`p.a_ks` = 1), `p.b` a panel of `p.k` rows of
+/// `16·NT` pair words, `p.c` `R` rows of `16·NT` values `p.ldc` apart, and
+/// a non-null `p.bias` `16·NT` values.
+unsafe fn micro<U: TileUnit, const R: usize, const NT: usize>(u: &mut U, p: &Micro) {
+    debug_assert_eq!(p.a_ks, 1, "AMX reads A in rows");
+    let nr = 16 * NT;
+    let (a, b, c) = (p.a.cast::<u32>(), p.b.cast::<u32>(), p.c);
+    let (a_stride, b_stride, c_stride) = (4 * p.lda, 4 * nr, 4 * p.ldc);
+    let steps = p.k / 16;
+    // SAFETY (whole block): the configuration defines every tile named, with
+    // the shapes tdpbf16ps needs; each load or store covers R (or 16) rows of
+    // 64 bytes inside A, the panel or C as the contract describes.
+    unsafe {
+        u.configure(&TileConfig::micro(R, NT));
+        for i in 0..NT {
+            let ci = c.add(16 * i).cast::<u8>();
+            per_tile!(i, |T, B| if p.accumulate {
+                u.load::<T>(ci, c_stride)
+            } else {
+                u.zero::<T>()
+            });
+        }
+        for s in 0..steps {
+            u.load::<A_TILE>(a.add(16 * s).cast(), a_stride);
+            for i in 0..NT {
+                let bi = b.add(16 * s * nr + 16 * i).cast::<u8>();
+                per_tile!(i, |T, B| {
+                    u.load::<B>(bi, b_stride);
+                    u.dp::<T, A_TILE, B>();
+                });
+            }
+        }
+        for i in 0..NT {
+            let ci = c.add(16 * i).cast::<u8>();
+            per_tile!(i, |T, B| u.store::<T>(ci, c_stride));
+        }
+    }
+    for r in 0..R {
+        // SAFETY: row r of C holds nr values; A's row r holds p.k words; the
+        // panel p.k rows of nr words; a non-null bias nr values (contract).
+        let (row, a_row, bias) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(c.add(r * p.ldc), nr),
+                std::slice::from_raw_parts(a.add(r * p.lda), p.k),
+                (!p.bias.is_null()).then(|| std::slice::from_raw_parts(p.bias, nr)),
+            )
+        };
+        for (j, x) in row.iter_mut().enumerate() {
+            for (q, &aw) in a_row.iter().enumerate().skip(16 * steps) {
+                // SAFETY: pair row q < p.k of the panel, column j < nr.
+                *x = dp_pair(*x, aw, unsafe { *b.add(q * nr + j) });
+            }
+            if let Some(bias) = bias {
+                *x += bias[j];
+            }
+            if p.relu {
+                // NaN to 0, as the vector kernels' max(x, 0) does.
+                *x = if *x > 0.0 { *x } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// CPUID and XCR0 on this CPU.
+fn detect() -> Support {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__cpuid_count;
+        // Leaves above the maximum are not read.
+        let max = __cpuid_count(0, 0).eax;
+        if max < 7 {
+            return Support::default();
+        }
+        let l7 = __cpuid_count(7, 0);
+        let osxsave = __cpuid_count(1, 0).ecx >> 27 & 1 == 1;
+        let os = osxsave && xcr0() >> 17 & 3 == 3;
+        let (max_rows, bytes_per_row) = if max >= 0x1d {
+            let p = __cpuid_count(0x1d, 1);
+            ((p.ecx & 0xFFFF) as usize, (p.ebx & 0xFFFF) as usize)
+        } else {
+            (0, 0)
+        };
+        Support {
+            tile: l7.edx >> 24 & 1 == 1,
+            bf16: l7.edx >> 22 & 1 == 1,
+            os,
+            max_rows,
+            bytes_per_row,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    Support::default()
+}
+
+/// XCR0 (call only where CPUID reports OSXSAVE).
+#[cfg(target_arch = "x86_64")]
+fn xcr0() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: XGETBV with ECX = 0 is defined when CR4.OSXSAVE is set, which
+    // CPUID.1:ECX[27] (checked by the caller) reports.
+    unsafe {
+        std::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi,
+            options(nostack, nomem, preserves_flags))
+    };
+    u64::from(hi) << 32 | u64::from(lo)
+}
+
+/// Asks Linux for the AMX tile data state (needed once per process before
+/// the first tile instruction).
+fn request_tiles() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+        const XFEATURE_XTILEDATA: i64 = 18;
+        const SYS_ARCH_PRCTL: i64 = 158;
+        let ret: i64;
+        // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) only extends
+        // the process's permitted extended states; it reads and writes no
+        // memory of ours (the syscall clobbers rcx and r11).
+        unsafe {
+            std::arch::asm!("syscall",
+                inlateout("rax") SYS_ARCH_PRCTL => ret,
+                in("rdi") ARCH_REQ_XCOMP_PERM, in("rsi") XFEATURE_XTILEDATA,
+                lateout("rcx") _, lateout("r11") _, options(nostack))
+        };
+        ret == 0
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    false
+}
+
+/// A tiny xorshift stream of test values in [-2, 2).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 22) as f32 - 2.0
+        })
+        .collect()
+}
+
+/// One case of [`self_test`]: rows, pairs along `k`, and the epilogue.
+struct Case {
+    rows: usize,
+    k: usize,
+    accumulate: bool,
+    bias: bool,
+    relu: bool,
+}
+
+/// Checks the micro-kernel tables `t4` (`NR` = 64) and `t2` (`NR` = 32)
+/// against an f64 sum of the same bf16 products: whole steps of 16 pairs
+/// with and without a remainder, onto C or not, with and without bias and
+/// relu, full and partial row counts, strides wider than the tile. Each
+/// element must be within 1e-5 of the magnitude of its terms, and C's
+/// columns past the panel must be untouched; the error names the case.
+pub(crate) fn self_test(t4: &[MicroFn; 16], t2: &[MicroFn; 16]) -> Result<(), String> {
+    let cases = [
+        Case {
+            rows: 16,
+            k: 40,
+            accumulate: true,
+            bias: true,
+            relu: true,
+        },
+        Case {
+            rows: 5,
+            k: 32,
+            accumulate: false,
+            bias: false,
+            relu: false,
+        },
+        Case {
+            rows: 1,
+            k: 7,
+            accumulate: true,
+            bias: false,
+            relu: true,
+        },
+        Case {
+            rows: 16,
+            k: 0,
+            accumulate: false,
+            bias: true,
+            relu: false,
+        },
+        Case {
+            rows: 11,
+            k: 48,
+            accumulate: true,
+            bias: false,
+            relu: false,
+        },
+    ];
+    for (nt, table) in [(4usize, t4), (2, t2)] {
+        for (n, case) in cases.iter().enumerate() {
+            check_case(table[case.rows - 1], 16 * nt, case, n as u64)
+                .map_err(|e| format!("NR {}, case {n}: {e}", 16 * nt))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs one [`Case`] of [`self_test`] through `f`.
+fn check_case(f: MicroFn, nr: usize, case: &Case, seed: u64) -> Result<(), String> {
+    let Case {
+        rows,
+        k,
+        accumulate,
+        bias,
+        relu,
+    } = *case;
+    let (lda, ldc) = (k + 3, nr + 5);
+    let words = |n: usize, seed: u64| -> Vec<u32> {
+        let v = values(2 * n, seed);
+        v.chunks_exact(2)
+            .map(|p| crate::bf16::pair(p[0], p[1]))
+            .collect()
+    };
+    let (a, b) = (words(rows * lda, seed + 1), words(k * nr, seed + 2));
+    let (c0, bias_v) = (values(rows * ldc, seed + 3), values(nr, seed + 4));
+    let mut c = c0.clone();
+    let micro = Micro {
+        k,
+        a: a.as_ptr().cast(),
+        lda,
+        a_ks: 1,
+        b: b.as_ptr().cast(),
+        c: c.as_mut_ptr(),
+        ldc,
+        accumulate,
+        bias: if bias {
+            bias_v.as_ptr()
+        } else {
+            std::ptr::null()
+        },
+        relu,
+    };
+    // SAFETY: A holds rows × k words lda apart, the panel k rows of nr words,
+    // C rows × nr values ldc apart, the bias nr values.
+    unsafe { f(&micro) };
+    let half = |w: u32, shift: u32| f64::from(bf16_daz(w >> shift & 0xFFFF));
+    for r in 0..rows {
+        for j in 0..ldc {
+            let got = f64::from(c[r * ldc + j]);
+            if j >= nr {
+                if got.to_bits() != f64::from(c0[r * ldc + j]).to_bits() {
+                    return Err(format!("C[{r}][{j}] past the panel was written"));
+                }
+                continue;
+            }
+            let mut want = if accumulate {
+                f64::from(c0[r * ldc + j])
+            } else {
+                0.0
+            };
+            let mut mag = want.abs();
+            for q in 0..k {
+                let (aw, bw) = (a[r * lda + q], b[q * nr + j]);
+                for shift in [0, 16] {
+                    let t = half(aw, shift) * half(bw, shift);
+                    want += t;
+                    mag += t.abs();
+                }
+            }
+            if bias {
+                want += f64::from(bias_v[j]);
+                mag += f64::from(bias_v[j]).abs();
+            }
+            if relu {
+                want = want.max(0.0);
+            }
+            if (got - want).abs() > 1e-5 * mag + 1e-30 {
+                return Err(format!("C[{r}][{j}] = {got}, expected {want}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The model's micro-kernel tables (`NR` = 64 or 32), for tests of the
+/// GEMM driver around them on any CPU.
+#[cfg(test)]
+pub(crate) fn model_kernels(nr: usize) -> &'static [MicroFn] {
+    match nr {
+        64 => &MODEL4,
+        _ => &MODEL2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_model_kernels_pass_the_self_test() {
+        self_test(&MODEL4, &MODEL2).unwrap();
+    }
+
+    /// [`model_kernel`] without its last pair: a kernel one product short.
+    unsafe fn one_pair_short<const R: usize, const NT: usize>(p: &Micro) {
+        let q = Micro {
+            k: p.k.saturating_sub(1),
+            ..*p
+        };
+        // SAFETY: fewer pairs of the same operands.
+        unsafe { model_kernel::<R, NT>(&q) }
+    }
+    table!(SHORT4, one_pair_short, 4);
+    table!(SHORT2, one_pair_short, 2);
+
+    #[test]
+    fn the_self_test_rejects_a_kernel_one_product_short() {
+        let e = self_test(&SHORT4, &SHORT2).unwrap_err();
+        assert!(e.contains("NR 64, case 0") && e.contains("expected"), "{e}");
+    }
+
+    /// Pair words of bf16-exact values `lo`, `hi`.
+    fn word(lo: f32, hi: f32) -> u32 {
+        crate::bf16::pair(lo, hi)
+    }
+
+    #[test]
+    fn model_tiles_multiply_pairs_as_the_sdm_describes() {
+        // C (2×2) += A (2×4) · B (4×2): A's rows as 2 pair words, B as 2
+        // pair rows of 2 columns (word (k, n) holds B[2k][n], B[2k+1][n]).
+        let a = [
+            word(1.0, 2.0),
+            word(3.0, 4.0),
+            word(0.5, -1.0),
+            word(2.0, 0.0),
+        ];
+        let bm = [[1.0f32, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]];
+        let b = [
+            word(bm[0][0], bm[1][0]),
+            word(bm[0][1], bm[1][1]),
+            word(bm[2][0], bm[3][0]),
+            word(bm[2][1], bm[3][1]),
+        ];
+        let mut cfg = TileConfig::micro(2, 1);
+        (cfg.colsb[0], cfg.colsb[4], cfg.rows[5], cfg.colsb[5]) = (8, 8, 2, 8);
+        let mut c = [10.0f32, 20.0, 30.0, 40.0];
+        let mut m = Model::new();
+        // SAFETY: every tile named is configured; A, B and C hold 2 rows of 8 bytes.
+        unsafe {
+            m.configure(&cfg);
+            m.load::<0>(c.as_ptr().cast(), 8);
+            m.load::<4>(a.as_ptr().cast(), 8);
+            m.load::<5>(b.as_ptr().cast(), 8);
+            m.dp::<0, 4, 5>();
+            m.store::<0>(c.as_mut_ptr().cast(), 8);
+        }
+        // Row 0 of A is (1, 2, 3, 4), row 1 (0.5, -1, 2, 0).
+        let want = [
+            10.0 + 1.0 + 2.0 * 3.0 + 3.0 * 5.0 + 4.0 * 7.0,
+            20.0 + 2.0 + 2.0 * 4.0 + 3.0 * 6.0 + 4.0 * 8.0,
+            30.0 + 0.5 - 3.0 + 2.0 * 5.0,
+            40.0 + 1.0 - 4.0 + 2.0 * 6.0,
+        ];
+        assert_eq!(c, want);
+        // A load fills the configured bytes and zeroes the rest of the tile.
+        let junk = [0xABu8; 128];
+        // SAFETY: tile 4 is configured for 2 rows of 8 bytes; `junk` holds 2 rows at stride 64.
+        unsafe { m.load::<4>(junk.as_ptr(), 64) };
+        assert!(m.tiles[4][0][..8].iter().all(|&x| x == 0xAB));
+        assert!(m.tiles[4][0][8..].iter().all(|&x| x == 0));
+        assert!(m.tiles[4][2..].iter().flatten().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn each_product_is_added_with_its_own_rounding_and_denormals_flush() {
+        // 1 + 2^-24 rounds to 1 (a tie, to even) twice; one sum would not.
+        let t = 2.0f32.powi(-12);
+        assert_eq!(dp_pair(1.0, word(t, t), word(t, t)), 1.0);
+        assert_eq!(dp_pair(1.0, word(t, 0.0), word(t, 0.0)), 1.0);
+        // A denormal bf16 operand reads as zero; a denormal product flushes.
+        let denormal = f32::from_bits(0x0001_0000);
+        assert!(denormal.is_subnormal());
+        assert_eq!(dp_pair(0.0, word(denormal, 0.0), word(1.0, 0.0)), 0.0);
+        let tiny = 2.0f32.powi(-70);
+        assert_eq!(dp_pair(0.0, word(tiny, 0.0), word(tiny, 0.0)), 0.0);
+        assert_eq!(
+            dp_pair(0.5, word(1.5, -2.0), word(2.0, 0.25)),
+            0.5 + 3.0 - 0.5
+        );
+    }
+
+    #[test]
+    fn the_mode_follows_the_cpu_the_os_grant_and_the_variable() {
+        let full = Support {
+            tile: true,
+            bf16: true,
+            os: true,
+            max_rows: 16,
+            bytes_per_row: 64,
+        };
+        assert_eq!(decide(full, None, || true), (Mode::Hardware, None));
+        assert_eq!(decide(full, Some("amx"), || true), (Mode::Hardware, None));
+        assert_eq!(decide(full, Some("avx512bf16"), || true), (Mode::Off, None));
+        assert_eq!(decide(full, Some("emulate"), || true), (Mode::Off, None));
+        let refused = decide(full, None, || false);
+        assert_eq!(refused.0, Mode::Off);
+        assert!(refused.1.unwrap().contains("ARCH_REQ_XCOMP_PERM"));
+        let no_os = Support { os: false, ..full };
+        assert_eq!(
+            decide(no_os, None, || panic!("not asked")),
+            (Mode::Off, None)
+        );
+        let (m, why) = decide(no_os, Some("amx"), || panic!("not asked"));
+        assert_eq!(m, Mode::Off);
+        assert!(why.unwrap().contains("no AMX"));
+        let short_rows = Support {
+            max_rows: 8,
+            ..full
+        };
+        assert_eq!(decide(short_rows, None, || true).0, Mode::Off);
+        assert_eq!(
+            decide(Support::default(), Some("amx-model"), || true).0,
+            Mode::Model
+        );
+    }
+
+    #[test]
+    fn detection_agrees_with_the_kernel_cpu_flags() {
+        let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+            println!("not checked: no /proc/cpuinfo");
+            return;
+        };
+        let flags: Vec<&str> = info
+            .lines()
+            .find(|l| l.starts_with("flags"))
+            .map(|l| l.split_whitespace().collect())
+            .unwrap_or_default();
+        let s = detect();
+        assert_eq!(s.tile, flags.contains(&"amx_tile"), "{s:?}");
+        assert_eq!(s.bf16, flags.contains(&"amx_bf16"), "{s:?}");
+        if !s.tile {
+            assert_ne!(mode().0, Mode::Hardware);
+        }
+    }
+}
