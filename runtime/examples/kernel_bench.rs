@@ -2,7 +2,8 @@
 //!
 //! `cargo run --release -p reformc-runtime --example kernel_bench -- [gemm] [kernels] [mm] [act] [attn] [reps=N]`
 //! (no section named: gemm, act and attn; `bf16` runs every product with bf16 operands, as
-//! `--precision bf16` does). Every case prints "median (best)"
+//! `--precision bf16` does, on AMX tiles where the CPU has them; `REFORMC_RT_BF16=avx512bf16`
+//! for AVX-512 BF16 instead). Every case prints "median (best)"
 //! of N runs (default 7) after a warm-up: on a shared machine the best run is
 //! what the kernel does when it has the cores to itself.
 //!
@@ -425,7 +426,13 @@ fn main() {
     if args.iter().any(|a| a == "bf16") {
         // The pool's tasks inherit the caller's precision.
         reformc_runtime::bf16::set(true);
-        println!("bf16 operands (--precision bf16)");
+        let tiles = match reformc_runtime::amx::mode() {
+            (reformc_runtime::amx::Mode::Hardware, _) => "AMX tiles",
+            (reformc_runtime::amx::Mode::Model, _) => "the AMX tile model (slow)",
+            _ if reformc_runtime::bf16::hardware() => "AVX-512 BF16",
+            _ => "f32 kernels on bf16-rounded operands",
+        };
+        println!("bf16 operands (--precision bf16), row-major products on {tiles}");
     }
     let has = |s: &str| {
         sections.contains(&s) || (sections.is_empty() && ["gemm", "act", "attn"].contains(&s))

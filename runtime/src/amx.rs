@@ -885,6 +885,22 @@ mod tests {
         );
     }
 
+    /// On a CPU with AMX (not forced off), the instructions pass the
+    /// self-test that `mode` runs, loudly: `mode` would fall back quietly
+    /// but for one line. Elsewhere it says why it did not run.
+    #[test]
+    fn hardware_tiles_pass_the_self_test_where_present() {
+        let s = detect();
+        let env = std::env::var("REFORMC_RT_BF16").ok();
+        if !s.complete() || matches!(env.as_deref(), Some("avx512bf16" | "emulate" | "amx-model")) {
+            println!("not run: no AMX on this CPU or REFORMC_RT_BF16={env:?} ({s:?})");
+            return;
+        }
+        assert!(request_tiles(), "the kernel refused the tile state");
+        self_test(&HW4, &HW2).unwrap();
+        assert_eq!(mode(), (Mode::Hardware, None));
+    }
+
     #[test]
     fn detection_agrees_with_the_kernel_cpu_flags() {
         let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
