@@ -325,6 +325,69 @@ fn bf16_step_executable_matches_grad_and_stays_near_hf() {
     }
 }
 
+/// A bf16 training step with every row-major product and every weight
+/// gradient (A read transposed) on the AMX tile model
+/// (`REFORMC_RT_BF16=amx-model`, runtime/src/amx.rs): within the bounds the
+/// AVX-512 BF16 step meets against HF (loss 1e-3, gradients 15% RMS and 35%
+/// max), with bits of its own.
+#[test]
+fn amx_tile_model_training_step_stays_near_hf() {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if !cpu.split_whitespace().any(|f| f == "avx512_bf16") {
+        println!("skipped: the tile model runs on bf16 pair panels, which need AVX-512 BF16");
+        return;
+    }
+    let name = "causal_mixed_r2";
+    let case = Case::load(&fixture(name));
+    let s = Scratch::new("step-amx-model");
+    let grads = |env: &str| {
+        let (out, loss) = (
+            s.path(&format!("{env}.safetensors")),
+            s.path(&format!("{env}.npy")),
+        );
+        let d = |f: &str| case.dir.join(f);
+        let o = Command::new(reformc())
+            .arg("grad")
+            .arg(d("config.json"))
+            .args(["--weights".as_ref(), d("model.safetensors").as_os_str()])
+            .args(["--input".as_ref(), d("input_ids.npy").as_os_str()])
+            .args(["--labels".as_ref(), d("labels.npy").as_os_str()])
+            .args(["--lsh-buckets".as_ref(), d("lsh_buckets.npy").as_os_str()])
+            .args(["--precision", "bf16", "-q", "--output"])
+            .arg(&out)
+            .arg("--loss-output")
+            .arg(&loss)
+            .env("REFORMC_RT_BF16", env)
+            .current_dir(common::root())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{env}: {err}");
+        let loss: ArrayD<f64> = read(&loss);
+        (read_grads(&out), loss.iter().next().copied().unwrap(), err)
+    };
+    let (amx, loss, err) = grads("amx-model");
+    assert!(
+        err.contains("AMX tile model"),
+        "the model did not run: {err}"
+    );
+    let (avx, _, _) = grads("avx512bf16");
+    assert_ne!(amx, avx, "the tile model gave the AVX-512 BF16 bits");
+    let hf_loss: ArrayD<f64> = read(&case.dir.join("loss_f64.npy"));
+    let hf_loss = hf_loss.iter().next().copied().unwrap();
+    let rel = (loss - hf_loss).abs() / hf_loss.abs();
+    assert!(rel <= 1e-3, "loss {loss} vs HF {hf_loss} ({rel:e})");
+    let hf = read_grads(&case.dir.join("grads_f64.safetensors"));
+    let (rms, worst) = grad_rms_error(name, &amx, &hf);
+    assert!(
+        rms <= 0.15,
+        "gradient of {worst}: relative RMS error {rms:e}"
+    );
+    let (max, worst) = grad_error(name, &amx, &hf);
+    assert!(max <= 0.35, "gradient of {worst}: max error {max:e}");
+    println!("tile model step: loss {rel:.1e} from HF, gradients {rms:.2e} RMS, {max:.2e} max");
+}
+
 #[test]
 fn causal_lsh_step_executable_matches_the_interpreter_and_hf() {
     check_case("causal_lsh_r1");

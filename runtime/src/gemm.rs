@@ -636,6 +636,13 @@ pub(crate) fn gemm_a(
             // m, one vector pass per pair of A's stored rows, multiplied in
             // that `[k2, m]` layout as the f32 kernels read a transposed A.
             if sa.row == 1 && sa.k >= m && m > 1 {
+                if let Some(fns) = crate::amx::kernels(kern.nr) {
+                    // AMX tiles load A in rows: transpose into pair rows.
+                    return with_a_scratch(m * k2, |ap| {
+                        a_pair_rows_transposed(ap, a, m, k, sa.k);
+                        tiles(fns, m, ap, AStrides { row: k2, k: 1 }, b, c, ldc, epi);
+                    });
+                }
                 return with_a_scratch(m * k2, |ap| {
                     for (p, out) in ap.chunks_exact_mut(m).enumerate() {
                         prefetch_rows(a, 2 * (p + PAIR_AHEAD), k, sa.k, m);
@@ -726,6 +733,32 @@ fn a_pair_rows(out: &mut [f32], k: usize, a: &[f32], lda: usize) {
         bf16::to_bits_row(&a[i * lda..i * lda + k], &mut halves[..k]);
         if k % 2 == 1 {
             halves[k] = 0;
+        }
+    }
+}
+
+/// Pair rows of a transposed A (stored `[k, m]`, rows `ld` apart) into
+/// `out` (`m` rows of `ceil(k/2)` words, row-major, as [`a_pair_rows`]
+/// writes them): blocks of 16 pair rows converted by
+/// [`bf16::pair_rows_into`] into a small `[16, m]` block, then written 16
+/// words (one cache line) per row of `out`.
+fn a_pair_rows_transposed(out: &mut [f32], a: &[f32], m: usize, k: usize, ld: usize) {
+    const P: usize = 16;
+    let k2 = k.div_ceil(2);
+    let mut block = vec![0.0f32; P * m];
+    for p0 in (0..k2).step_by(P) {
+        let np = P.min(k2 - p0);
+        for (q, words) in block.chunks_exact_mut(m).take(np).enumerate() {
+            let p = p0 + q;
+            prefetch_rows(a, 2 * (p + PAIR_AHEAD), k, ld, m);
+            let lo = &a[2 * p * ld..][..m];
+            let hi = (2 * p + 1 < k).then(|| &a[(2 * p + 1) * ld..][..m]);
+            bf16::pair_rows_into(lo, hi, words);
+        }
+        for (i, row) in out.chunks_exact_mut(k2).enumerate() {
+            for (q, w) in row[p0..p0 + np].iter_mut().enumerate() {
+                *w = block[q * m + i];
+            }
         }
     }
 }
@@ -1269,6 +1302,35 @@ mod tests {
                             "nr {nr}, {m}x{n}x{k}, C[{i}][{j}] = {got}, expected {want}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// A transposed A turned into pair rows for the AMX tiles: the words of
+    /// the element-wise conversion, for odd `k`, `m` not a multiple of 16
+    /// and more than one block of 16 pair rows.
+    #[test]
+    fn transposed_a_becomes_the_pair_rows_of_its_copy() {
+        for (m, k) in [(37usize, 75usize), (16, 32), (2, 1)] {
+            let ld = m + 3;
+            let at = data(k * ld, 15);
+            let k2 = k.div_ceil(2);
+            let mut got = vec![0.0f32; m * k2];
+            a_pair_rows_transposed(&mut got, &at, m, k, ld);
+            for i in 0..m {
+                for p in 0..k2 {
+                    let lo = at[2 * p * ld + i];
+                    let hi = if 2 * p + 1 < k {
+                        at[(2 * p + 1) * ld + i]
+                    } else {
+                        0.0
+                    };
+                    assert_eq!(
+                        got[i * k2 + p].to_bits(),
+                        bf16::pair(lo, hi),
+                        "{m}x{k} [{i}][{p}]"
+                    );
                 }
             }
         }
