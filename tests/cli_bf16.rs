@@ -81,13 +81,13 @@ fn run_and_executable_agree_bit_for_bit_and_stay_near_fp32() {
     );
 }
 
-/// Runs `reformc run --precision bf16` on fixture `dir` (HF's buckets
-/// replayed, its attention mask given) with `REFORMC_RT_BF16` set to `env`;
-/// returns the logits and stderr.
+/// Runs `reformc run --precision bf16 --profile` on fixture `dir` (HF's
+/// buckets replayed, its attention mask given) with `REFORMC_RT_BF16` set to
+/// `env`; returns the logits and stderr (the profile names the kernels).
 fn run_bf16(dir: &Path, env: &str, out: &Path) -> (ArrayD<f32>, String) {
     let file = |f: &str| dir.join(f).display().to_string();
     let mut args = vec!["run".to_string(), dir.display().to_string()];
-    args.extend(["--precision", "bf16", "-q", "-o"].map(String::from));
+    args.extend(["--precision", "bf16", "--profile", "-q", "-o"].map(String::from));
     args.push(out.display().to_string());
     args.extend(["--input".into(), file("input_ids.npy")]);
     for (flag, f) in [
@@ -124,36 +124,33 @@ fn amx_tile_model_stays_within_bf16_accuracy_of_hf() {
         println!("skipped: the tile model runs on bf16 pair panels, which need AVX-512 BF16");
         return;
     }
-    check_tiles("amx-model", "AMX tile model");
+    check_tiles("amx-model", "bf16 products on the AMX tile model");
     if has("amx_tile") && has("amx_bf16") {
         // The instructions themselves, on every fixture.
-        check_tiles("amx", "");
+        check_tiles("amx", "bf16 products on AMX tiles");
     } else {
         println!("AMX instructions not run: this CPU has no AMX (the tile model was checked)");
     }
 }
 
-/// Every HF fixture with `REFORMC_RT_BF16=env`, whose stderr must contain
-/// `notice` and nothing about a failed self-test or a refusal: within bf16's
-/// accuracy of HF's float64 logits and not the AVX-512 BF16 bits.
+/// Every HF fixture with `REFORMC_RT_BF16=env`, whose profile must name the
+/// tiles (`notice`; so no self-test failed and nothing was refused): within
+/// bf16's accuracy of HF's float64 logits and not the AVX-512 BF16 bits.
 fn check_tiles(env: &str, notice: &str) {
     let dir = Scratch::new("cli-amx");
     let (mut positions, mut same, mut differ) = (0usize, 0usize, 0usize);
     for case in common::fixtures() {
         let name = case.file_name().unwrap().to_string_lossy().into_owned();
-        let (amx, err) = run_bf16(
-            &case,
-            "amx-model",
-            &dir.dir().join(format!("{name}-amx.npy")),
-        );
-        assert!(
-            err.contains("AMX tile model"),
-            "{name}: the model did not run: {err}"
-        );
-        let (avx, _) = run_bf16(
+        let (amx, err) = run_bf16(&case, env, &dir.dir().join(format!("{name}-amx.npy")));
+        assert!(err.contains(notice), "{name}: the tiles did not run: {err}");
+        let (avx, err) = run_bf16(
             &case,
             "avx512bf16",
             &dir.dir().join(format!("{name}-avx.npy")),
+        );
+        assert!(
+            err.contains("bf16 products on AVX-512 BF16"),
+            "{name}: {err}"
         );
         differ += usize::from(amx != avx);
         let want = common::read::<f64>(&case.join("logits_f64.npy"));
@@ -181,10 +178,7 @@ fn check_tiles(env: &str, notice: &str) {
         same as f64 >= 0.99 * positions as f64,
         "arg-max {same} of {positions}"
     );
-    assert!(
-        differ > 0,
-        "the tile model gave the AVX-512 BF16 bits on every fixture"
-    );
+    assert!(differ > 0, "{env}: the AVX-512 BF16 bits on every fixture");
 }
 
 #[test]

@@ -120,10 +120,18 @@ pub fn decide(
     (Mode::Hardware, None)
 }
 
+/// The decision of [`mode`] (and the line printed about it).
+static MODE: OnceLock<(Mode, Option<String>)> = OnceLock::new();
+
+/// The mode, if a bf16 product with row-major A has asked for it yet
+/// (without deciding it: no permission request, no self-test).
+pub fn decided() -> Option<Mode> {
+    MODE.get().map(|m| m.0)
+}
+
 /// This process's mode, decided once (and self-tested on hardware), and the
 /// line printed on stderr when it was decided, if any.
 pub fn mode() -> (Mode, Option<&'static str>) {
-    static MODE: OnceLock<(Mode, Option<String>)> = OnceLock::new();
     let (m, why) = MODE.get_or_init(|| {
         let env = std::env::var("REFORMC_RT_BF16").ok();
         let (mut m, mut why) = decide(detect(), env.as_deref(), request_tiles);

@@ -104,6 +104,7 @@ pub fn report(top: usize) -> Option<String> {
     kinds.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
     let mut s = String::new();
     let _ = writeln!(s, "profile: {:.3} ms in ops", total as f64 / 1e6);
+    let _ = writeln!(s, "{}", kernels());
     let mut table = |title: &str, rows: &[(String, u64, u64)]| {
         let _ = writeln!(s, "{title:<34} {:>7} {:>11} {:>6}", "calls", "ms", "%");
         for (name, calls, ns) in rows {
@@ -121,4 +122,16 @@ pub fn report(top: usize) -> Option<String> {
         &ops[..top.min(ops.len())],
     );
     Some(s)
+}
+
+/// Which micro-kernels ran: the GEMM kernel, and for bf16 products with
+/// row-major A (when any ran) the tile unit or vector kernel.
+fn kernels() -> String {
+    let bf16 = match crate::amx::decided() {
+        None => String::new(),
+        Some(crate::amx::Mode::Hardware) => "; bf16 products on AMX tiles".into(),
+        Some(crate::amx::Mode::Model) => "; bf16 products on the AMX tile model".into(),
+        Some(crate::amx::Mode::Off) => "; bf16 products on AVX-512 BF16".into(),
+    };
+    format!("kernels: {:?}{bf16}", crate::gemm::kernel())
 }
