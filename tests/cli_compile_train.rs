@@ -185,10 +185,7 @@ fn check_step(name: &str, step: &Path, chunk_ff: Option<u64>) {
         "{name}: gradient of {worst} off the interpreter's by {err:e}"
     );
     if case.has("grads_f64.safetensors") {
-        let hf_loss: ArrayD<f64> = read(&case.dir.join("loss_f64.npy"));
-        let hf_loss = hf_loss.iter().next().copied().unwrap();
-        let rel = (loss - hf_loss).abs() / hf_loss.abs();
-        assert!(rel <= 1e-5, "{name}: loss {loss} vs HF {hf_loss} ({rel:e})");
+        assert_loss_near_hf(name, &case, loss, 1e-5);
         let hf = read_grads(&case.dir.join("grads_f64.safetensors"));
         let (err, worst) = grad_error(name, &got, &hf);
         assert!(
@@ -304,25 +301,41 @@ fn bf16_step_executable_matches_grad_and_stays_near_hf() {
         );
         let loss: ArrayD<f64> = read(&exe_loss);
         let loss = loss.iter().next().copied().unwrap();
-        let hf_loss: ArrayD<f64> = read(&case.dir.join("loss_f64.npy"));
-        let hf_loss = hf_loss.iter().next().copied().unwrap();
-        let rel = (loss - hf_loss).abs() / hf_loss.abs();
-        assert!(
-            rel <= 1e-3,
-            "{name}: bf16 loss {loss} vs HF {hf_loss} ({rel:e})"
-        );
-        let hf = read_grads(&case.dir.join("grads_f64.safetensors"));
-        let (rms, worst) = grad_rms_error(name, &got, &hf);
-        assert!(
-            rms <= 0.15,
-            "{name}: bf16 gradient of {worst}: relative RMS error {rms:e} against HF"
-        );
-        let (max, worst) = grad_error(name, &got, &hf);
-        assert!(
-            max <= 0.35,
-            "{name}: bf16 gradient of {worst}: max error {max:e} against HF"
-        );
+        assert_bf16_step_near_hf(name, &case, loss, &got);
     }
+}
+
+/// The bounds a bf16 step meets against HF's float64 loss and gradients of
+/// `case`: loss within 1e-3 relative, every gradient within 15% relative RMS
+/// and 35% max error ([`grad_rms_error`], [`grad_error`]); returns the RMS
+/// and max errors of the worst tensors.
+fn assert_bf16_step_near_hf(
+    name: &str,
+    case: &Case,
+    loss: f64,
+    got: &BTreeMap<String, ArrayD<f64>>,
+) -> (f64, f64) {
+    assert_loss_near_hf(name, case, loss, 1e-3);
+    let hf = read_grads(&case.dir.join("grads_f64.safetensors"));
+    let (rms, worst) = grad_rms_error(name, got, &hf);
+    assert!(
+        rms <= 0.15,
+        "{name}: bf16 gradient of {worst}: relative RMS error {rms:e} against HF"
+    );
+    let (max, worst) = grad_error(name, got, &hf);
+    assert!(
+        max <= 0.35,
+        "{name}: bf16 gradient of {worst}: max error {max:e} against HF"
+    );
+    (rms, max)
+}
+
+/// `loss` within `tol` (relative) of HF's float64 loss of `case`.
+fn assert_loss_near_hf(name: &str, case: &Case, loss: f64, tol: f64) {
+    let hf: ArrayD<f64> = read(&case.dir.join("loss_f64.npy"));
+    let hf = hf.iter().next().copied().unwrap();
+    let rel = (loss - hf).abs() / hf.abs();
+    assert!(rel <= tol, "{name}: loss {loss} vs HF {hf} ({rel:e})");
 }
 
 /// A bf16 training step with every row-major product and every weight
@@ -373,19 +386,8 @@ fn amx_tile_model_training_step_stays_near_hf() {
     );
     let (avx, _, _) = grads("avx512bf16");
     assert_ne!(amx, avx, "the tile model gave the AVX-512 BF16 bits");
-    let hf_loss: ArrayD<f64> = read(&case.dir.join("loss_f64.npy"));
-    let hf_loss = hf_loss.iter().next().copied().unwrap();
-    let rel = (loss - hf_loss).abs() / hf_loss.abs();
-    assert!(rel <= 1e-3, "loss {loss} vs HF {hf_loss} ({rel:e})");
-    let hf = read_grads(&case.dir.join("grads_f64.safetensors"));
-    let (rms, worst) = grad_rms_error(name, &amx, &hf);
-    assert!(
-        rms <= 0.15,
-        "gradient of {worst}: relative RMS error {rms:e}"
-    );
-    let (max, worst) = grad_error(name, &amx, &hf);
-    assert!(max <= 0.35, "gradient of {worst}: max error {max:e}");
-    println!("tile model step: loss {rel:.1e} from HF, gradients {rms:.2e} RMS, {max:.2e} max");
+    let (rms, max) = assert_bf16_step_near_hf(name, &case, loss, &amx);
+    println!("tile model step: gradients within {rms:.2e} RMS, {max:.2e} max of HF's");
 }
 
 #[test]
