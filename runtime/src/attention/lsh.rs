@@ -275,6 +275,11 @@ impl Ctx<'_> {
                     simd::prefetch(&v[row(pos)]);
                     let qpos = spos[(j + 1) * chunk + t] as usize;
                     simd::prefetch(&qk[row(qpos)]);
+                    // The output rows (and round states) the next chunk updates.
+                    out.prefetch(row(qpos).start, d);
+                    if !self.single {
+                        states.prefetch(bh * self.len + qpos, 1);
+                    }
                 }
             }
             win.load(
