@@ -130,7 +130,9 @@ def main():
     a = ap.parse_args()
     chunk = ["--chunk-ff", str(a.chunk_ff)] if a.chunk_ff else []
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    print(f"machine: {cpu}, {os.cpu_count()} cores; threads {a.threads}; reformc {a.reformc} {' '.join(chunk)}\n")
+    flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
+    isa = ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
+    print(f"machine: {cpu} ({isa}), {os.cpu_count()} cores; threads {a.threads}; reformc {a.reformc} {' '.join(chunk)}\n")
     print("| layers | L | HF step (s) | HF peak (MiB) | step exe (s) | step exe peak (MiB) | train step (s) | train peak (MiB) | train process (JIT compile) (s) | engine | speed-up (HF/step exe) | step exe/HF peak |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     mixed = []
