@@ -597,3 +597,116 @@ fn a_gpu_library_serves_the_c_example_on_a_stand_in_driver() {
     want.sort();
     assert_eq!(exported, want);
 }
+
+/// A program against a GPU library: `sig` prints the signature; `set FILE
+/// COUNT...` reads the weights' f32 values (signature order, COUNT values
+/// each) from FILE into arrays of its own, checks that a wrong count and a
+/// NULL pointer are refused, hands the arrays to `reformc_model_set_weights`,
+/// overwrites and frees them (the library holds copies), runs the model and
+/// prints the output's shape.
+const SET_WEIGHTS_C: &str = r#"#include "model.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+int main(int argc, char **argv) {
+  if (argc == 2 && strcmp(argv[1], "sig") == 0) { puts(reformc_model_signature()); return 0; }
+  if (argc < 4 || strcmp(argv[1], "set") != 0) return 2;
+  int64_t n = argc - 3;
+  FILE *f = fopen(argv[2], "rb");
+  void **ptrs = calloc((size_t)n, sizeof(void *));
+  size_t *counts = calloc((size_t)n, sizeof(size_t));
+  if (!f || !ptrs || !counts) return 3;
+  for (int64_t i = 0; i < n; i++) {
+    counts[i] = (size_t)atol(argv[3 + i]);
+    ptrs[i] = malloc(counts[i] * sizeof(float));
+    if (!ptrs[i] || fread(ptrs[i], sizeof(float), counts[i], f) != counts[i]) return 4;
+  }
+  fclose(f);
+  const void *const *p = (const void *const *)ptrs;
+  if (reformc_model_set_weights(p, n - 1) != REFORMC_ERR_ARGUMENT) return 10;
+  void *keep = ptrs[1];
+  ptrs[1] = NULL;
+  if (reformc_model_set_weights(p, n) != REFORMC_ERR_ARGUMENT) return 11;
+  fprintf(stderr, "refused: %s\n", reformc_model_last_error());
+  ptrs[1] = keep;
+  int32_t rc = reformc_model_set_weights(p, n);
+  if (rc != REFORMC_OK) { fprintf(stderr, "%s\n", reformc_model_last_error()); return 12; }
+  for (int64_t i = 0; i < n; i++) { memset(ptrs[i], 0xff, counts[i] * sizeof(float)); free(ptrs[i]); }
+  int64_t ids[32], seed = 0, shape[2] = {1, 32};
+  for (int i = 0; i < 32; i++) ids[i] = (7 * i + 3) % 64;
+  reformc_tensor in[3], out;
+  if (reformc_tensor_init(&in[0], REFORMC_I64, 2, shape, ids) != REFORMC_OK ||
+      reformc_tensor_init(&in[1], REFORMC_I64, 2, shape, NULL) != REFORMC_OK ||
+      reformc_tensor_init(&in[2], REFORMC_I64, 0, NULL, &seed) != REFORMC_OK) return 13;
+  rc = reformc_model_run(in, 3, &out, 1);
+  if (rc != REFORMC_OK) { fprintf(stderr, "%s\n", reformc_model_last_error()); return 14; }
+  printf("output: [%lld, %lld, %lld]\n", (long long)out.shape[0], (long long)out.shape[1],
+         (long long)out.shape[2]);
+  reformc_tensor_release(&out);
+  return 0;
+}
+"#;
+
+/// A GPU library takes the caller's arrays as weights
+/// (`reformc_model_set_weights`, as a CPU library does): a wrong count and a
+/// NULL pointer are refused with `REFORMC_ERR_ARGUMENT`, the right ones are
+/// copied into device memory (the caller frees them before the run), and
+/// the model runs on the stand-in driver.
+#[test]
+fn a_gpu_library_takes_weights_from_caller_arrays() {
+    let dir = Scratch::new("gpu-lib-set-weights");
+    let root = common::root();
+    let model = root.join("examples/tiny-reformer");
+    let so = dir.path("libtiny.so");
+    let args: [&dyn AsRef<std::ffi::OsStr>; 9] = [
+        &"compile",
+        &model,
+        &"--target",
+        &"gpu",
+        &"--emit",
+        &"lib",
+        &"-o",
+        &so,
+        &"-q",
+    ];
+    let (code, _, err) = reformc(&args, &[]);
+    assert_eq!(code, 0, "{err}");
+    let src = dir.path("set_weights.c");
+    std::fs::write(&src, SET_WEIGHTS_C).unwrap();
+    let prog = dir.path("set_weights");
+    common::cc_against_library(&src, dir.dir(), &so, &prog);
+    let Some(fake) = fake_driver(&dir) else {
+        return;
+    };
+    let run = |args: &[String]| {
+        Command::new(&prog)
+            .args(args)
+            .env("REFORMC_LIBCUDA", &fake)
+            .output()
+            .unwrap()
+    };
+    let sig = run(&["sig".into()]);
+    let sig: serde_json::Value = serde_json::from_slice(&sig.stdout).unwrap();
+    let file = std::fs::read(model.join("model.safetensors")).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&file).unwrap();
+    let (mut bytes, mut counts) = (Vec::new(), Vec::new());
+    let inputs = sig["inputs"].as_array().unwrap();
+    for w in inputs.iter().filter(|i| i["kind"] == "weight") {
+        let t = tensors.tensor(w["name"].as_str().unwrap()).unwrap();
+        bytes.extend_from_slice(t.data());
+        counts.push((t.data().len() / 4).to_string());
+    }
+    assert!(counts.len() > 2, "{sig}");
+    let data = dir.path("weights.bin");
+    std::fs::write(&data, bytes).unwrap();
+    let mut args = vec!["set".to_string(), data.display().to_string()];
+    args.extend(counts);
+    let o = run(&args);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "exit {:?}: {err}", o.status.code());
+    assert!(err.contains("expected 52 non-NULL pointers"), "{err}");
+    assert_eq!(out, "output: [1, 32, 64]\n");
+}

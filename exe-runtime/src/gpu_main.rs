@@ -199,6 +199,44 @@ fn load_weights(path: &std::path::Path) -> Result<Vec<Staged>, (i32, String)> {
     }
 }
 
+/// The caller's `n` f32 arrays (`ptrs`, in the model's weight order) copied
+/// into managed memory; `Err` is a status code and a message.
+///
+/// # Safety
+/// `ptrs` is null or holds `n` pointers, each null or to as many f32 values
+/// as its weight has.
+unsafe fn stage_arrays(ptrs: *const *const c_void, n: i64) -> Result<Vec<Staged>, (i32, String)> {
+    let want = &model().weights;
+    let bad = || {
+        (
+            model_rt::code::ARGUMENT,
+            format!(
+                "expected {} non-NULL pointers in the signature's weight order",
+                want.len()
+            ),
+        )
+    };
+    if n != want.len() as i64 || (ptrs.is_null() && n > 0) {
+        return Err(bad());
+    }
+    let mut out = Vec::with_capacity(want.len());
+    for (i, (_, shape)) in want.iter().enumerate() {
+        // SAFETY: `ptrs` holds n = want.len() pointers (checked; contract).
+        let p = unsafe { *ptrs.add(i) };
+        if p.is_null() {
+            return Err(bad());
+        }
+        let bytes = shape.iter().product::<usize>() * std::mem::size_of::<f32>();
+        // SAFETY: p points to the weight's f32 values (contract).
+        let host = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), bytes) };
+        out.push((rt::Managed::from_bytes(host), shape.clone()));
+    }
+    match rt::take_error() {
+        Some(e) => Err((run_error_code(&e), e.message)),
+        None => Ok(out),
+    }
+}
+
 /// The status code of a failure on the device.
 fn run_error_code(e: &rt::RunError) -> i32 {
     if e.out_of_memory {
@@ -592,6 +630,33 @@ reformc_runtime::c_abi! {
         }
         // SAFETY: forwarded contract.
         unsafe { gpu_load_weights(path) }
+    }
+
+    /// `reformc_model_set_weights` of a GPU library: `n` f32 arrays in the
+    /// signature's weight order, each copied into managed memory on the
+    /// selected device (the caller may free them on return); on failure the
+    /// weights loaded before stay.
+    ///
+    /// # Safety
+    /// `exe` points to the generated description; `ptrs` is null or holds
+    /// `n` pointers, each null or to as many f32 values as its weight has.
+    unsafe fn reformc_gpu_model_set_weights(
+        exe: *const GpuExe,
+        ptrs: *const *const c_void,
+        n: i64,
+    ) -> i32 {
+        // SAFETY: forwarded contract.
+        if let Err(code) = unsafe { ensure_model(exe) }.and_then(|_| ensure_device()) {
+            return code;
+        }
+        // SAFETY: forwarded contract.
+        match unsafe { stage_arrays(ptrs, n) } {
+            Ok(w) => {
+                *WEIGHTS.lock().unwrap_or_else(|p| p.into_inner()) = w;
+                model_rt::set_error(0, "")
+            }
+            Err((code, e)) => model_rt::set_error(code, &format!("reformc_model_set_weights: {e}")),
+        }
     }
 
     /// `reformc_model_run` of a GPU library: inputs (input_ids, attention_mask,

@@ -187,8 +187,10 @@ pub fn compile(args: &super::compile::CompileArgs, t0: std::time::Instant) -> Cl
 /// What a GPU library's `model.h` adds to the CPU library's ABI.
 const GPU_DECLARATIONS: &str = r#"/* GPU library: the model runs on an NVIDIA GPU through the CUDA driver,
  * loaded at run time (libcuda.so.1; no CUDA library is linked). Weights are
- * read from the file once and copied into device (managed) memory;
- * reformc_model_set_weights is refused. Inputs: input_ids, attention_mask,
+ * copied into device (managed) memory once, from the file
+ * (reformc_model_load_weights) or from your arrays
+ * (reformc_model_set_weights, which copies them: they may be freed when it
+ * returns). Inputs: input_ids, attention_mask,
  * then the one hashing input the library was compiled with.
  *
  * Selects the CUDA device (default 0) before the first load. Returns 0, or a
