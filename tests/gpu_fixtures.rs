@@ -518,6 +518,28 @@ fn a_gpu_executable_runs_its_command_line_on_a_stand_in_driver() {
     );
 }
 
+/// `examples/tiny-reformer` compiled into `libtiny.so` (and `model.h`) in
+/// `dir` with `--target gpu --emit lib`; returns the model folder and the
+/// library.
+fn tiny_gpu_library(dir: &Scratch) -> (PathBuf, PathBuf) {
+    let model = common::root().join("examples/tiny-reformer");
+    let so = dir.path("libtiny.so");
+    let args: [&dyn AsRef<std::ffi::OsStr>; 9] = [
+        &"compile",
+        &model,
+        &"--target",
+        &"gpu",
+        &"--emit",
+        &"lib",
+        &"-o",
+        &so,
+        &"-q",
+    ];
+    let (code, _, err) = reformc(&args, &[]);
+    assert_eq!(code, 0, "{err}");
+    (model, so)
+}
+
 /// The user guide's C example (`examples/c-abi/main.c`), unchanged, against
 /// a GPU library (`compile --target gpu --emit lib`): without a driver the
 /// weights load fails with the driver's message; on the stand-in driver
@@ -528,23 +550,7 @@ fn a_gpu_executable_runs_its_command_line_on_a_stand_in_driver() {
 fn a_gpu_library_serves_the_c_example_on_a_stand_in_driver() {
     let dir = Scratch::new("gpu-lib");
     let root = common::root();
-    let model = root.join("examples/tiny-reformer");
-    let so = dir.path("libtiny.so");
-    let (code, _, err) = reformc(
-        &[
-            &"compile",
-            &model,
-            &"--target",
-            &"gpu",
-            &"--emit",
-            &"lib",
-            &"-o",
-            &so,
-            &"-q",
-        ],
-        &[],
-    );
-    assert_eq!(code, 0, "{err}");
+    let (model, so) = tiny_gpu_library(&dir);
     let header = std::fs::read_to_string(dir.path("model.h")).unwrap();
     assert!(
         header.contains("int32_t reformc_model_set_device(int32_t device);"),
@@ -655,22 +661,7 @@ int main(int argc, char **argv) {
 #[test]
 fn a_gpu_library_takes_weights_from_caller_arrays() {
     let dir = Scratch::new("gpu-lib-set-weights");
-    let root = common::root();
-    let model = root.join("examples/tiny-reformer");
-    let so = dir.path("libtiny.so");
-    let args: [&dyn AsRef<std::ffi::OsStr>; 9] = [
-        &"compile",
-        &model,
-        &"--target",
-        &"gpu",
-        &"--emit",
-        &"lib",
-        &"-o",
-        &so,
-        &"-q",
-    ];
-    let (code, _, err) = reformc(&args, &[]);
-    assert_eq!(code, 0, "{err}");
+    let (model, so) = tiny_gpu_library(&dir);
     let src = dir.path("set_weights.c");
     std::fs::write(&src, SET_WEIGHTS_C).unwrap();
     let prog = dir.path("set_weights");
