@@ -1,8 +1,9 @@
 //! Intel AMX tiles for bf16 products (`tdpbf16ps`), with a model of the
 //! tile unit that runs anywhere.
 //!
-//! Under `--precision bf16` every product whose left operand is converted
-//! to bf16 rows ([`crate::gemm`]'s row-major pair rows) can run on AMX: on a
+//! Under `--precision bf16` every product can run on AMX, its left operand
+//! converted to bf16 pair rows ([`crate::gemm`]; a transposed one, a weight
+//! gradient's `xᵀ`, in blocks of 16 pair rows): on a
 //! CPU with AMX-TILE and AMX-BF16 whose kernel grants the process the tile
 //! state (Linux `arch_prctl(ARCH_REQ_XCOMP_PERM)`), a micro-kernel of 16
 //! rows by one packed panel (`NR` = 32 or 64 columns: two or four 16×16 f32
@@ -15,9 +16,9 @@
 //! [`Model`], the Intel SDM's description of them in Rust. Tests run the
 //! micro-kernel, the GEMM driver around it and whole models on the model
 //! (`REFORMC_RT_BF16=amx-model`) on any CPU with AVX-512 BF16, so that
-//! everything but the instructions' encoding is checked without AMX. On
-//! AMX hardware a self-test compares the hardware tiles with the model
-//! (and both with an f64 reference) once per process before first use, and
+//! everything but the instructions themselves is checked without AMX. On
+//! AMX hardware a self-test compares the instructions' results with an f64
+//! sum of the same bf16 products once per process before first use, and
 //! a mismatch falls back to AVX-512 BF16 with one line on stderr: an error
 //! in this file can cost speed, never a silently wrong result.
 //!
