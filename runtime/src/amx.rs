@@ -506,28 +506,38 @@ unsafe fn micro<U: TileUnit, const R: usize, const NT: usize>(u: &mut U, p: &Mic
             per_tile!(i, |T, B| u.store::<T>(ci, c_stride));
         }
     }
+    let rest = 16 * steps..p.k;
+    let bias = (!p.bias.is_null()).then(|| {
+        // SAFETY: a non-null bias holds nr values (contract).
+        unsafe { std::slice::from_raw_parts(p.bias, nr) }
+    });
+    if rest.is_empty() && bias.is_none() && !p.relu {
+        return;
+    }
     for r in 0..R {
-        // SAFETY: row r of C holds nr values; A's row r holds p.k words; the
-        // panel p.k rows of nr words; a non-null bias nr values (contract).
-        let (row, a_row, bias) = unsafe {
+        // SAFETY: row r of C holds nr values and A's row r p.k words (contract).
+        let (row, a_row) = unsafe {
             (
                 std::slice::from_raw_parts_mut(c.add(r * p.ldc), nr),
                 std::slice::from_raw_parts(a.add(r * p.lda), p.k),
-                (!p.bias.is_null()).then(|| std::slice::from_raw_parts(p.bias, nr)),
             )
         };
-        for (j, x) in row.iter_mut().enumerate() {
-            for (q, &aw) in a_row.iter().enumerate().skip(16 * steps) {
-                // SAFETY: pair row q < p.k of the panel, column j < nr.
-                *x = dp_pair(*x, aw, unsafe { *b.add(q * nr + j) });
+        for q in rest.clone() {
+            // SAFETY: pair row q < p.k of the panel holds nr words (contract).
+            let b_row = unsafe { std::slice::from_raw_parts(b.add(q * nr), nr) };
+            for (x, &bw) in row.iter_mut().zip(b_row) {
+                *x = dp_pair(*x, a_row[q], bw);
             }
-            if let Some(bias) = bias {
-                *x += bias[j];
-            }
-            if p.relu {
-                // NaN to 0, as the vector kernels' max(x, 0) does.
-                *x = if *x > 0.0 { *x } else { 0.0 };
-            }
+        }
+        // Separate passes (each element's order is unchanged: remainder,
+        // bias, relu) that the compiler vectorizes.
+        if let Some(bias) = bias {
+            row.iter_mut().zip(bias).for_each(|(x, &b)| *x += b);
+        }
+        if p.relu {
+            // NaN to 0, as the vector kernels' max(x, 0) does.
+            row.iter_mut()
+                .for_each(|x| *x = if *x > 0.0 { *x } else { 0.0 });
         }
     }
 }
