@@ -193,6 +193,12 @@ fn load_weights(path: &std::path::Path) -> Result<Vec<Staged>, (i32, String)> {
         let (b, n) = ((start + e.begin) as usize, (start + e.end) as usize);
         out.push((rt::Managed::from_bytes(&bytes[b..n]), dims));
     }
+    staged(out)
+}
+
+/// `out`, or the device's first error while staging it (status code and
+/// message).
+fn staged(out: Vec<Staged>) -> Result<Vec<Staged>, (i32, String)> {
     match rt::take_error() {
         Some(e) => Err((run_error_code(&e), e.message)),
         None => Ok(out),
@@ -231,10 +237,7 @@ unsafe fn stage_arrays(ptrs: *const *const c_void, n: i64) -> Result<Vec<Staged>
         let host = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), bytes) };
         out.push((rt::Managed::from_bytes(host), shape.clone()));
     }
-    match rt::take_error() {
-        Some(e) => Err((run_error_code(&e), e.message)),
-        None => Ok(out),
-    }
+    staged(out)
 }
 
 /// The status code of a failure on the device.

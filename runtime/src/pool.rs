@@ -161,13 +161,8 @@ impl<T> SharedMut<T> {
             start <= self.len && len <= self.len - start,
             "range in bounds"
         );
-        #[cfg(target_arch = "x86_64")]
-        for off in (0..len * std::mem::size_of::<T>()).step_by(64) {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            // SAFETY: the address lies within the buffer (checked above) and
-            // a prefetch never faults nor reads into the program.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(self.ptr.add(start).cast::<i8>().add(off)) };
-        }
+        let first = self.ptr.wrapping_add(start).cast::<u8>();
+        crate::simd::prefetch_lines(first, len * std::mem::size_of::<T>());
     }
 
     /// The sub-slice `start..start + len`.

@@ -38,14 +38,22 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
 /// Hints the CPU to bring `xs` into the L2 cache (a no-op where unsupported).
 #[inline(always)]
 pub(crate) fn prefetch(xs: &[f32]) {
+    prefetch_lines(xs.as_ptr().cast(), std::mem::size_of_val(xs));
+}
+
+/// Asks for the cache lines of the `bytes` bytes at `p`. Reads nothing and
+/// forms no reference, so `p` may be memory that other threads write.
+#[inline(always)]
+pub(crate) fn prefetch_lines(p: *const u8, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
-    for line in (0..xs.len()).step_by(16) {
+    for off in (0..bytes).step_by(64) {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: SSE is baseline on x86_64; a prefetch never faults and the address is in `xs`.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(xs[line..].as_ptr().cast()) };
+        // SAFETY: SSE is baseline on x86_64; a prefetch never faults, and
+        // only its address is computed (wrapping, never dereferenced).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off).cast()) };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = xs;
+    let _ = (p, bytes);
 }
 
 #[inline(always)]
