@@ -98,7 +98,18 @@ pub fn decide(
             )
         }
         Some("avx512bf16" | "emulate") => return (Mode::Off, None),
-        _ => {}
+        None | Some("amx") => {}
+        Some(other) => {
+            let (m, why) = decide(support, None, grant);
+            let unknown = format!(
+                "reformc runtime: REFORMC_RT_BF16=`{other}` is none of amx, avx512bf16, \
+                 emulate, amx-model; using the default"
+            );
+            return (
+                m,
+                Some(why.map_or(unknown.clone(), |w| format!("{unknown}; {w}"))),
+            );
+        }
     }
     let asked = env == Some("amx");
     if !support.complete() {
@@ -902,6 +913,11 @@ mod tests {
             decide(Support::default(), Some("amx-model"), || true).0,
             Mode::Model
         );
+        // An unknown value is said, and the default is used.
+        let (m, why) = decide(full, Some("tiles"), || true);
+        assert_eq!(m, Mode::Hardware);
+        assert!(why.unwrap().contains("REFORMC_RT_BF16=`tiles` is none of"));
+        assert_eq!(decide(no_os, Some("tiles"), || true).0, Mode::Off);
     }
 
     /// On a CPU with AMX (not forced off), the instructions pass the
