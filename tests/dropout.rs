@@ -235,6 +235,113 @@ fn every_training_step_command_applies_the_configs_dropout() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `compile --train` of a config with dropout: every variant of the step
+/// executable (seeded, rotations, buckets) draws the masks `reformc grad`
+/// draws, keyed by `--seed`, so its gradients are `grad`'s, byte for byte,
+/// and differ from the step without dropout. (The rotations and buckets
+/// variants used to be built without dropout, and the executable could not
+/// pass them a seed: the compile failed.) Also a model without LSH layers,
+/// whose one variant takes the seed only for its masks.
+#[test]
+fn a_step_executable_applies_the_configs_dropout_in_every_variant() {
+    let dir = scratch("step-exe");
+    let case = |name: &str| PathBuf::from(format!("tests/fixtures/{name}"));
+    let lsh = with_dropout(
+        &dir,
+        &[
+            ("hidden_dropout_prob", 0.1),
+            ("lsh_attention_probs_dropout_prob", 0.1),
+        ],
+    );
+    let buckets = format!("{CASE}/lsh_buckets.npy");
+    let rotations = format!("{CASE}/lsh_rotations.npy");
+    let flags: [&[&str]; 3] = [
+        &["--seed", "1"],
+        &["--lsh-buckets", &buckets, "--seed", "1"],
+        &["--lsh-rotations", &rotations, "--seed", "1"],
+    ];
+    check_step_exe(&dir, &lsh, &case("causal_lsh_r1"), &flags);
+    // A local-only model: its config, with dropout, in a folder of its own.
+    let local_dir = dir.join("local");
+    std::fs::create_dir_all(&local_dir).unwrap();
+    let text = std::fs::read_to_string(case("noncausal_local_only").join("config.json")).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&text).unwrap();
+    cfg["hidden_dropout_prob"] = serde_json::json!(0.1);
+    cfg["local_attention_probs_dropout_prob"] = serde_json::json!(0.1);
+    let local = local_dir.join("config.json");
+    std::fs::write(&local, cfg.to_string()).unwrap();
+    check_step_exe(
+        &local_dir,
+        &local,
+        &case("noncausal_local_only"),
+        &[&["--seed", "3"]],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Compiles `config` (weights and ids from `fixture`) as a step executable
+/// and runs it with each of `flags`: the same gradient bytes as `reformc
+/// grad` (LLVM JIT) with those flags, and another loss than without dropout.
+fn check_step_exe(dir: &Path, config: &Path, fixture: &Path, flags: &[&[&str]]) {
+    let weights = fixture.join("model.safetensors");
+    let ids = fixture.join("input_ids.npy");
+    let exe = dir.join("step");
+    let r = Command::new(env!("CARGO_BIN_EXE_reformc"))
+        .arg("compile")
+        .arg(config)
+        .arg("--weights")
+        .arg(&weights)
+        .args(["--train", "-q", "-o"])
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    for extra in flags {
+        let run = |cmd: &mut Command, out: &str, more: &[&str]| -> (Vec<u8>, f64) {
+            let (g, l) = (dir.join(out), dir.join(format!("{out}.loss.npy")));
+            let r = cmd
+                .arg("--input")
+                .arg(&ids)
+                .arg("--output")
+                .arg(&g)
+                .arg("--loss-output")
+                .arg(&l)
+                .args(*extra)
+                .args(more)
+                .output()
+                .unwrap();
+            assert!(
+                r.status.success(),
+                "{extra:?} {more:?}: {}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+            let loss = read::<f64>(&l).iter().next().copied().unwrap();
+            (std::fs::read(&g).unwrap(), loss)
+        };
+        let grad = || {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_reformc"));
+            c.arg("grad")
+                .arg(config)
+                .arg("--weights")
+                .arg(&weights)
+                .arg("-q");
+            c
+        };
+        let (exe_grads, exe_loss) = run(&mut Command::new(&exe), "exe.safetensors", &[]);
+        let (jit_grads, jit_loss) = run(&mut grad(), "jit.safetensors", &[]);
+        let (_, plain_loss) = run(&mut grad(), "plain.safetensors", &["--no-dropout"]);
+        assert_eq!(exe_loss, jit_loss, "{extra:?}");
+        assert!(
+            exe_grads == jit_grads,
+            "{extra:?}: the gradients differ from grad's"
+        );
+        assert!(
+            (exe_loss - plain_loss).abs() > 1e-6,
+            "{extra:?}: no dropout was applied ({exe_loss} vs {plain_loss})"
+        );
+    }
+}
+
 /// Hugging Face drops axial position embeddings with `dropout2d` over the
 /// `[B, ax1, ax0, D]` transpose: one draw per batch row and axial column
 /// `j = p mod ax1` keeps or drops every position of that column in every

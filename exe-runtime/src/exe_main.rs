@@ -73,10 +73,14 @@ pub struct ExeInfo {
     pub train: i32,
     /// Training step of a causal LM: labels are shifted (position t predicts t+1).
     pub causal: i32,
-    /// Training step: position of the `labels` input (-1: none).
+    /// Training step: position of the `labels` input in the first variant
+    /// (-1: none); `labels` is the last input of every variant.
     pub labels_index: i32,
     /// Training step: the output names, newline-separated (NULL otherwise).
     pub output_names: *const c_char,
+    /// Training step that draws dropout masks: every variant takes `seed`
+    /// (their key), before its replayed hashing input if it has one.
+    pub step_seed: i32,
 }
 
 extern "C" {
@@ -374,8 +378,10 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
-    /// The model's positional inputs: ids, mask, then the hashing input.
-    pub(crate) fn tensors(&self) -> Vec<ReformcTensor> {
+    /// The model's positional inputs: ids, mask, then the hashing input;
+    /// with `seed_too`, the seed also where the hashing input is another
+    /// (a training step's dropout masks are keyed by it).
+    pub(crate) fn tensors(&self, seed_too: bool) -> Vec<ReformcTensor> {
         let mut inputs = vec![
             tensor(3, &self.ishape, self.ids.as_ptr() as *const c_void),
             tensor(
@@ -386,9 +392,13 @@ impl Prepared {
                     .map_or(std::ptr::null(), |m| m.as_ptr() as *const c_void),
             ),
         ];
+        let seed = tensor(3, &[], self.seed.as_ptr() as *const c_void);
+        if seed_too && !matches!(self.hashing, Hash::Seed) {
+            inputs.push(seed);
+        }
         match &self.hashing {
             Hash::None => {}
-            Hash::Seed => inputs.push(tensor(3, &[], self.seed.as_ptr() as *const c_void)),
+            Hash::Seed => inputs.push(seed),
             Hash::Rot(v, s) => inputs.push(tensor(1, s, v.as_ptr() as *const c_void)),
             Hash::Buckets(v, s) => inputs.push(tensor(3, s, v.as_ptr() as *const c_void)),
         }
@@ -443,7 +453,7 @@ fn run(argv: &[String], info: &ExeInfo) -> Result<(), Fail> {
         .clone()
         .ok_or_else(|| input_err("--output OUT.npy is required (see --help)"))?;
     let p = prepare(&args, info, &[("--output", &output)])?;
-    let inputs = p.tensors();
+    let inputs = p.tensors(false);
     let mut out = ReformcTensor::empty();
     let runs = timed_runs(&args, |last| {
         if last {

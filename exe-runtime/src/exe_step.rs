@@ -163,22 +163,15 @@ fn loss_value(b: &Blob) -> f64 {
     }
 }
 
-/// The step's inputs: the forward ones with the aligned labels at `info.labels_index`.
+/// The step's inputs: the forward ones (with the seed before a replayed
+/// hashing input when the step draws dropout masks), then the aligned
+/// labels, last in every variant.
 fn step_inputs(p: &Prepared, labels: &[i64], info: &ExeInfo) -> Result<Vec<ReformcTensor>, Fail> {
-    let mut inputs = p.tensors();
-    let at = usize::try_from(info.labels_index)
-        .ok()
-        .filter(|&i| i <= inputs.len())
-        .ok_or_else(|| {
-            Fail(
-                format!(
-                    "bad labels position {} in the step description",
-                    info.labels_index
-                ),
-                1,
-            )
-        })?;
-    inputs.insert(at, tensor(3, &p.ishape, labels.as_ptr() as *const c_void));
+    let mut inputs = p.tensors(info.step_seed != 0);
+    if info.labels_index < 0 {
+        return Err(Fail("the step description has no `labels` input".into(), 1));
+    }
+    inputs.push(tensor(3, &p.ishape, labels.as_ptr() as *const c_void));
     Ok(inputs)
 }
 

@@ -558,6 +558,7 @@ fn exe_info(g: &GpuExe) -> ExeInfo {
         causal: 0,
         labels_index: -1,
         output_names: std::ptr::null(),
+        step_seed: 0,
     }
 }
 

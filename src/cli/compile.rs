@@ -113,6 +113,44 @@ pub struct CompileArgs {
     pub passes: PassArgs,
 }
 
+/// The LSH-source variants a compiled artifact carries, named: all three
+/// for a model with LSH layers, or the one `only` names; one `main` variant
+/// for a model without.
+pub(super) fn variant_sources(only: Option<&str>, n_lsh: usize) -> Vec<(&'static str, LshSource)> {
+    let all = [
+        ("seeded", LshSource::Seeded),
+        ("rotations", LshSource::Rotations),
+        ("buckets", LshSource::Buckets),
+    ];
+    match only {
+        _ if n_lsh == 0 => vec![("main", LshSource::Seeded)],
+        Some(name) => all.into_iter().filter(|(n, _)| *n == name).collect(),
+        None => all.to_vec(),
+    }
+}
+
+/// `passes`' pipeline on `graph` with no report: the variants after the
+/// first, whose report would repeat the first's.
+pub(super) fn optimize_quietly(
+    passes: &PassArgs,
+    spec: &reformc_frontend::spec::ModelSpec,
+    graph: &mut reformc_ir::Graph,
+) -> CliResult<()> {
+    let pm = PassManager::new(
+        passes.pipeline()?,
+        Instrumentation {
+            quiet: true,
+            ..Instrumentation::default()
+        },
+    )
+    .map_err(|e| CliError::input(e.to_string()))?;
+    let mut opts = passes.options(spec);
+    opts.seq_len = opts.seq_len.or(passes.seq_len);
+    pm.run(graph, &opts, &mut std::io::sink())
+        .map(|_| ())
+        .map_err(|e| CliError::internal(e.to_string()))
+}
+
 fn to_bytes(t: &Tensor) -> Vec<u8> {
     match t {
         Tensor::F32(a) => a.iter().flat_map(|x| x.to_le_bytes()).collect(),
@@ -204,15 +242,7 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
     let mut passes = args.passes.clone();
     passes.train = args.train;
     let n_lsh = spec.num_lsh_layers();
-    let sources: &[(&str, LshSource)] = if n_lsh > 0 {
-        &[
-            ("seeded", LshSource::Seeded),
-            ("rotations", LshSource::Rotations),
-            ("buckets", LshSource::Buckets),
-        ]
-    } else {
-        &[("main", LshSource::Seeded)]
-    };
+    let sources = variant_sources(None, n_lsh);
     let seq_len = args.passes.seq_len;
     let mut variants = Vec::new();
     let mut factors = Vec::new();
@@ -231,19 +261,7 @@ pub fn run(args: &CompileArgs) -> CliResult<()> {
             weights = Some(w);
             passes.optimize(&mut lowered.graph, spec, seq_len)?;
         } else {
-            // The other variants get the same pipeline, silently.
-            let pm = PassManager::new(
-                passes.pipeline()?,
-                Instrumentation {
-                    quiet: true,
-                    ..Instrumentation::default()
-                },
-            )
-            .map_err(|e| CliError::input(e.to_string()))?;
-            let mut opts = args.passes.options(spec);
-            opts.seq_len = opts.seq_len.or(seq_len);
-            pm.run(&mut lowered.graph, &opts, &mut std::io::sink())
-                .map_err(|e| CliError::internal(e.to_string()))?;
+            optimize_quietly(&passes, spec, &mut lowered.graph)?;
         }
         variants.push((name.to_string(), lowered));
     }

@@ -99,8 +99,12 @@ pub struct ExeInfo {
 pub struct StepInfo {
     /// Causal LM: position t predicts label t+1 (the executable shifts the labels).
     pub causal: bool,
-    /// Position of the `labels` input in every variant's inputs.
+    /// Position of the `labels` input in the first variant's inputs (the
+    /// last input of every variant).
     pub labels_index: i32,
+    /// Every variant takes `seed` (the dropout masks' key), before its
+    /// replayed hashing input if it has one.
+    pub seed: bool,
     /// The step's outputs in order (`loss`, then `grad:<weight>` ...).
     pub output_names: Vec<String>,
 }

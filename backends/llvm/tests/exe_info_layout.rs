@@ -58,6 +58,7 @@ fn generated_exe_info_has_the_runtime_struct_layout() {
         offset_of!(RtInfo, causal),
         offset_of!(RtInfo, labels_index),
         offset_of!(RtInfo, output_names),
+        offset_of!(RtInfo, step_seed),
     ];
     assert_eq!(
         st.count_fields() as usize,

@@ -215,8 +215,53 @@ pub fn lower_model_keeping(
         let nv = cx.mapped(*v)?;
         cx.new.set_output(name, nv);
     }
+    if cx.dropout.is_some() {
+        // The seed was created first, for the masks; callers pass inputs in
+        // interface order, so it goes back among them.
+        order_inputs(&mut cx.new);
+    }
     verify(&cx.new).map_err(|e| format!("the lowered graph does not verify: {e}"))?;
     Ok(cx.new)
+}
+
+/// The forward inputs a compiled model takes, in the order its callers pass
+/// them (executables, libraries): ids, mask, then `seed` (the key of the
+/// seeded hashing and of dropout masks) before the hashing input a variant
+/// replays instead. A training step adds `labels`.
+pub const INTERFACE_INPUTS: [&str; 5] = [
+    "input_ids",
+    "attention_mask",
+    "seed",
+    "lsh_rotations",
+    "lsh_buckets",
+];
+
+/// Moves `g`'s top-level inputs to the front of its body, those of
+/// [`INTERFACE_INPUTS`] in that order, then the others in their order.
+/// Inputs have no operands, so any order before their uses is valid.
+///
+/// ```
+/// let text = "graph {\n  %0 = input {name=\"seed\"} : i64[]\n  %1 = input {name=\"input_ids\"} : i64[B,L]\n  %2 = input {name=\"labels\"} : i64[B,L]\n  %3 = input {name=\"attention_mask\"} : i64[B,L]\n  output \"a\" = %0\n  output \"b\" = %1\n  output \"c\" = %2\n  output \"d\" = %3\n}\n";
+/// let mut g = reformc_ir::parse(text).unwrap();
+/// reformc_passes::lower_model::order_inputs(&mut g);
+/// let names: Vec<&str> = g.inputs().into_iter().map(|(n, _)| n).collect();
+/// assert_eq!(names, ["input_ids", "attention_mask", "seed", "labels"]);
+/// ```
+pub fn order_inputs(g: &mut Graph) {
+    let rank = |g: &Graph, v: ValueId| {
+        let name = g.node(v).op.str("name").unwrap_or("");
+        INTERFACE_INPUTS
+            .iter()
+            .position(|n| *n == name)
+            .unwrap_or(INTERFACE_INPUTS.len())
+    };
+    let (mut inputs, rest): (Vec<ValueId>, Vec<ValueId>) = g
+        .body
+        .iter()
+        .partition(|v| g.node(**v).op.kind == OpKind::Input);
+    inputs.sort_by_key(|v| rank(g, *v));
+    inputs.extend(rest);
+    g.body = inputs;
 }
 
 /// Every symbol that appears in a type of `g`.

@@ -7,6 +7,7 @@ use reformc_backend_llvm::aot::Emit;
 use reformc_backend_llvm::{StepInfo, Variant};
 use reformc_frontend::spec::ModelSpec;
 use reformc_passes::autodiff::LABELS;
+use reformc_passes::lower_model::INTERFACE_INPUTS;
 use std::path::Path;
 
 /// Refuses flag combinations `--train` (or `--precision`) cannot honour.
@@ -53,45 +54,49 @@ pub fn labels_note(args: &CompileArgs, emit: Emit, causal: bool) -> Option<Strin
     })
 }
 
-/// The forward inputs of a variant in the order the executable passes them.
-const FORWARD_ORDER: &[&str] = &[
-    "input_ids",
-    "attention_mask",
-    "seed",
-    "lsh_rotations",
-    "lsh_buckets",
-];
-
-/// The step description of compiled step graphs: `labels` must sit at one
-/// position in every variant and the other inputs follow the executable's
-/// order (ids, mask, hashing input); the outputs are named by the first variant.
+/// The step description of compiled step graphs. The executable passes ids,
+/// mask, the seed (where dropout masks are drawn, in every variant), a
+/// replayed hashing input, then `labels`: every variant's inputs must follow
+/// that order ([`INTERFACE_INPUTS`], `labels` last), and either every
+/// variant takes `seed` or only the seeded one does. The outputs are named by
+/// the first variant.
 pub fn step_info(variants: &[Variant], causal: bool) -> CliResult<StepInfo> {
-    let mut index = None;
+    let mut seeds = Vec::new();
     for v in variants {
         let names: Vec<&str> = v.graph.inputs().iter().map(|(n, _)| *n).collect();
-        let at = names.iter().position(|n| *n == LABELS).ok_or_else(|| {
-            CliError::internal(format!("step variant `{}` has no `{LABELS}` input", v.name))
-        })?;
-        let rest: Vec<&str> = names.iter().filter(|n| **n != LABELS).copied().collect();
+        let (last, rest) = names.split_last().unzip();
         let ordered = rest
+            .unwrap_or_default()
             .iter()
-            .map(|n| FORWARD_ORDER.iter().position(|f| f == n))
+            .map(|n| INTERFACE_INPUTS.iter().position(|f| f == n))
             .collect::<Option<Vec<_>>>()
             .is_some_and(|p| p.windows(2).all(|w| w[0] < w[1]));
-        if !ordered || index.is_some_and(|i| i != at) {
+        if last != Some(&LABELS) || !ordered {
             return Err(CliError::internal(format!(
-                "step variant `{}` has inputs {names:?}: the executable passes ids, mask, the hashing input and `{LABELS}` at one position",
+                "step variant `{}` has inputs {names:?}: the executable passes ids, mask, the seed, the hashing input and `{LABELS}` last",
                 v.name
             )));
         }
-        index = Some(at);
+        seeds.push(names.contains(&"seed"));
     }
     let first = variants
         .first()
         .ok_or_else(|| CliError::internal("no variant"))?;
+    let seed = seeds.iter().all(|&s| s);
+    let seeded_only = variants
+        .iter()
+        .zip(&seeds)
+        .all(|(v, &s)| s == (v.name == "seeded"));
+    if !seed && !seeded_only {
+        return Err(CliError::internal(format!(
+            "step variants {:?} disagree on taking `seed`",
+            variants.iter().map(|v| &v.name).collect::<Vec<_>>()
+        )));
+    }
     Ok(StepInfo {
         causal,
-        labels_index: index.unwrap_or(0) as i32,
+        labels_index: first.graph.inputs().len() as i32 - 1,
+        seed,
         output_names: first.graph.outputs.iter().map(|(n, _)| n.clone()).collect(),
     })
 }

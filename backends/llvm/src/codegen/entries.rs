@@ -506,6 +506,8 @@ impl<'ctx> Gen<'ctx> {
                 Some(s) => self.cstr(&s.output_names.join("\n")).into(),
                 None => self.null().into(),
             },
+            self.i32c(i32::from(info.step.as_ref().is_some_and(|s| s.seed)))
+                .into(),
         ];
         let st = self.ctx.struct_type(
             &fields.iter().map(|f| f.get_type()).collect::<Vec<_>>(),
