@@ -14,6 +14,7 @@
 use crate::common;
 
 use common::{fixtures, max_abs_diff, Case, Scratch};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -365,14 +366,22 @@ fn gpu_flags_that_do_not_apply_are_refused() {
     }
 }
 
-/// `compile --target gpu --emit exe` of `case` into `dir`.
+/// `compile --target gpu --emit exe` of `case` into `dir`, with the one LSH
+/// source its inputs use (the quicker compile).
 fn compile_exe(case: &Case, dir: &Scratch, extra: &[&str]) -> PathBuf {
-    let exe = dir.path("model-gpu");
     let source = if case.has_buckets() {
         "buckets"
     } else {
         "seeded"
     };
+    let mut with_source = vec!["--lsh-source", source];
+    with_source.extend_from_slice(extra);
+    compile_exe_with(case, dir, &with_source)
+}
+
+/// `compile --target gpu --emit exe` of `case` into `dir` with `extra`.
+fn compile_exe_with(case: &Case, dir: &Scratch, extra: &[&str]) -> PathBuf {
+    let exe = dir.path("model-gpu");
     let (config, weights) = (
         case.dir.join("config.json"),
         case.dir.join("model.safetensors"),
@@ -386,8 +395,6 @@ fn compile_exe(case: &Case, dir: &Scratch, extra: &[&str]) -> PathBuf {
         &"gpu",
         &"--emit",
         &"exe",
-        &"--lsh-source",
-        &source,
         &"-o",
         &exe,
         &"-q",
@@ -516,6 +523,97 @@ fn a_gpu_executable_runs_its_command_line_on_a_stand_in_driver() {
         err.contains("cannot load weights") && err.contains("tensor"),
         "{err}"
     );
+}
+
+/// A GPU executable compiled without `--lsh-source` carries every LSH
+/// source, as a CPU executable does, and its command line picks one:
+/// `--lsh-buckets` runs the buckets variant's kernels, `--lsh-rotations` the
+/// rotations variant's, neither (`--seed`) the seeded one's (the stand-in
+/// driver logs each kernel looked up). `--signature` lists the three
+/// variants. One compiled with `--lsh-source buckets` refuses the others
+/// with exit 2 and one line.
+#[test]
+fn a_gpu_executable_carries_every_lsh_source() {
+    let case = one_case();
+    let dir = Scratch::new("gpu-exe-sources");
+    let exe = compile_exe_with(&case, &dir, &[]);
+    let sig = Command::new(&exe).arg("--signature").output().unwrap();
+    let sig: serde_json::Value = serde_json::from_slice(&sig.stdout).unwrap();
+    let names: Vec<&str> = sig["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["seeded", "rotations", "buckets"], "{sig}");
+    assert_eq!(sig["variants"][1]["entry"], "forward_rotations", "{sig}");
+    assert_eq!(
+        sig["variants"][1]["inputs"][2]["name"], "lsh_rotations",
+        "{sig}"
+    );
+    let Some(so) = fake_driver(&dir) else { return };
+    let (out, log) = (dir.path("logits.npy"), dir.path("kernels.log"));
+    let run = |exe: &Path, flags: &[&std::ffi::OsStr]| {
+        let _ = std::fs::remove_file(&log);
+        let o = Command::new(exe)
+            .arg("--input")
+            .arg(case.dir.join("input_ids.npy"))
+            .arg("--output")
+            .arg(&out)
+            .args(flags)
+            .env("REFORMC_LIBCUDA", &so)
+            .env("FAKE_CUDA_LOG", &log)
+            .output()
+            .unwrap();
+        let kernels = std::fs::read_to_string(&log).unwrap_or_default();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+            kernels,
+        )
+    };
+    let (buckets, rotations) = (
+        case.dir.join("lsh_buckets.npy"),
+        case.dir.join("lsh_rotations.npy"),
+    );
+    for (flags, variant) in [
+        (
+            vec![OsStr::new("--lsh-buckets"), buckets.as_os_str()],
+            "buckets",
+        ),
+        (
+            vec![OsStr::new("--lsh-rotations"), rotations.as_os_str()],
+            "rotations",
+        ),
+        (vec![OsStr::new("--seed"), OsStr::new("5")], "seeded"),
+    ] {
+        let (code, err, kernels) = run(&exe, &flags);
+        assert_eq!(code, Some(0), "{variant}: {err}");
+        let prefix = format!("forward_{variant}_kernel");
+        assert!(
+            !kernels.is_empty() && kernels.lines().all(|k| k.starts_with(&prefix)),
+            "{variant}: kernels looked up:\n{kernels}"
+        );
+    }
+    let only = dir.path("only-buckets");
+    std::fs::rename(compile_exe(&case, &dir, &[]), &only).unwrap();
+    for (flags, needle) in [
+        (
+            vec![OsStr::new("--seed"), OsStr::new("5")],
+            "needs --lsh-rotations or --lsh-buckets",
+        ),
+        (
+            vec![OsStr::new("--lsh-rotations"), rotations.as_os_str()],
+            "without the rotations variant",
+        ),
+    ] {
+        let (code, err, _) = run(&only, &flags);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.trim().lines().count() == 1 && err.contains(needle),
+            "{err}"
+        );
+    }
 }
 
 /// `examples/tiny-reformer` compiled into `libtiny.so` (and `model.h`) in

@@ -22,19 +22,22 @@ impl reformc_runtime::abi::CPointee for GpuExe {
 /// 8 bytes, so the C and Rust layouts agree without padding rules).
 #[repr(C)]
 pub struct GpuExe {
-    /// Layout version (1).
+    /// Layout version ([`GPU_ABI_VERSION`]).
     pub abi_version: i64,
-    /// The packed `@forward` (`_mlir__mlir_ciface_forward`).
-    pub forward: Option<unsafe extern "C" fn(*mut *mut c_void)>,
+    /// The packed entry of each compiled variant
+    /// (`_mlir__mlir_ciface_forward_<variant>`), by LSH source: seeded (or
+    /// the one variant of a model without LSH layers), rotations, buckets;
+    /// null where that variant was not compiled.
+    pub forward: [Option<unsafe extern "C" fn(*mut *mut c_void)>; 3],
     /// The host code's static initialiser (loads the kernel module), or null.
     pub init: Option<unsafe extern "C" fn()>,
     /// Its finaliser, or null.
     pub deinit: Option<unsafe extern "C" fn()>,
     /// The weights in argument order, a line each: `name<TAB>d0,d1,...` (f32).
     pub weights: *const c_char,
-    /// The runtime inputs in argument order, a line each:
-    /// `name<TAB>dtype code<TAB>rank`.
-    pub inputs: *const c_char,
+    /// Each compiled variant's runtime inputs in argument order, a line
+    /// each: `name<TAB>dtype code<TAB>rank` (null where `forward` is).
+    pub inputs: [*const c_char; 3],
     /// Rank of the one f32 output.
     pub output_rank: i64,
     /// The PTX architecture (`sm_90`).
@@ -65,26 +68,113 @@ pub struct GpuExe {
     pub rounds: i64,
     /// See [`ExeInfo::rot_half`].
     pub rot_half: i64,
-    /// See [`ExeInfo::variants`] (one bit: the LSH source compiled in).
+    /// See [`ExeInfo::variants`] (the LSH sources compiled in; the runtime
+    /// takes them from which `forward` entries are set).
     pub variants: i64,
     /// See [`ExeInfo::n_buckets`].
     pub n_buckets: i64,
 }
 
+/// The layout of [`GpuExe`] this runtime reads.
+pub const GPU_ABI_VERSION: i64 = 2;
+
+/// The LSH source of each [`GpuExe::forward`] slot, for messages.
+const SLOT_NAMES: [&str; 3] = ["seeded", "rotations", "buckets"];
+
+/// One compiled variant: its entry and its runtime inputs.
+struct Variant {
+    forward: unsafe extern "C" fn(*mut *mut c_void),
+    /// Name, dtype code and rank of each runtime input.
+    inputs: Vec<(String, i32, usize)>,
+}
+
 /// The model's description and its weights on the device, for the model
 /// functions below (the command line calls them without context).
 struct Model {
-    forward: unsafe extern "C" fn(*mut *mut c_void),
+    /// By [`GpuExe::forward`] slot.
+    variants: [Option<Variant>; 3],
     init: Option<unsafe extern "C" fn()>,
     weights: Vec<(String, Vec<usize>)>,
-    /// Name, dtype code and rank of each runtime input.
-    inputs: Vec<(String, i32, usize)>,
     /// The input checks of [`GpuExe`], in its order.
     checks: [i64; 11],
     output_rank: usize,
     signature: String,
     /// The kernels' architecture (`sm_90`), checked against the device's.
     arch: String,
+}
+
+impl Model {
+    /// How many inputs a run takes: input_ids, attention_mask and, with
+    /// LSH layers, the hashing input (every variant takes as many).
+    fn input_count(&self) -> usize {
+        let n = self.variants.iter().flatten().map(|v| v.inputs.len());
+        n.max().unwrap_or(0).max(2)
+    }
+
+    /// The variant `given`'s hashing input (the third) selects, as a CPU
+    /// library matches its signatures: an i64 scalar is the seed, an f32
+    /// array the rotations, an i64 array the buckets; without a third input,
+    /// the first slot (a model without LSH layers).
+    fn select(&self, given: &[ReformcTensor]) -> Result<&Variant, (i32, String)> {
+        use model_rt::{code, dtype};
+        let slot = match given.get(2) {
+            None => 0,
+            Some(t) if t.dtype == dtype::I64 && t.rank == 0 => 0,
+            Some(t) if t.dtype == dtype::F32 => 1,
+            Some(t) if t.dtype == dtype::I64 => 2,
+            Some(t) => {
+                return Err((
+                    code::DTYPE,
+                    format!(
+                        "the hashing input (the third): expected an i64 seed [], f32 lsh_rotations or i64 lsh_buckets, found dtype code {}",
+                        t.dtype
+                    ),
+                ))
+            }
+        };
+        self.variants[slot].as_ref().ok_or_else(|| {
+            let compiled: Vec<&str> = (0..3)
+                .filter(|&i| self.variants[i].is_some())
+                .map(|i| SLOT_NAMES[i])
+                .collect();
+            (
+                code::ARGUMENT,
+                format!(
+                    "this model was compiled without the {} variant (compiled: {}); recompile without --lsh-source to carry all three",
+                    SLOT_NAMES[slot],
+                    compiled.join(", ")
+                ),
+            )
+        })
+    }
+}
+
+/// [`ExeInfo::variants`]' bits (1 seeded, 2 rotations, 4 buckets) of the
+/// variants `g` carries.
+fn variant_bits(g: &GpuExe) -> i64 {
+    (0..3)
+        .filter(|&i| g.forward[i].is_some())
+        .map(|i| 1i64 << i)
+        .sum()
+}
+
+/// A [`GpuExe::inputs`] list: `name<TAB>dtype<TAB>rank` lines.
+fn input_list(text: &str) -> Result<Vec<(String, i32, usize)>, String> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            match f[..] {
+                [name, dtype, rank] => Ok((
+                    name.to_string(),
+                    dtype.parse().map_err(|_| "bad input list")?,
+                    rank.parse().map_err(|_| "bad input list")?,
+                )),
+                _ => Err("bad input list"),
+            }
+        })
+        .collect::<Result<Vec<_>, &str>>()
+        .map_err(str::to_string)
 }
 
 static MODEL: OnceLock<Model> = OnceLock::new();
@@ -257,7 +347,11 @@ fn run_error_code(e: &rt::RunError) -> i32 {
 /// # Safety
 /// Each tensor is readable and its data (when not null) holds its shape's
 /// elements.
-unsafe fn check_inputs(m: &Model, given: &[ReformcTensor]) -> Result<(), (i32, String)> {
+unsafe fn check_inputs(
+    m: &Model,
+    v: &Variant,
+    given: &[ReformcTensor],
+) -> Result<(), (i32, String)> {
     use model_rt::code;
     let shape = |t: &ReformcTensor| -> Vec<usize> {
         let r = t.rank.clamp(0, model_rt::MAX_RANK as i32) as usize;
@@ -268,7 +362,7 @@ unsafe fn check_inputs(m: &Model, given: &[ReformcTensor]) -> Result<(), (i32, S
         "attention_mask" => 1,
         _ => 2,
     };
-    for (name, dtype, rank) in &m.inputs {
+    for (name, dtype, rank) in &v.inputs {
         let t = &given[by_name(name)];
         if t.dtype != *dtype {
             return Err((
@@ -333,7 +427,7 @@ unsafe fn check_inputs(m: &Model, given: &[ReformcTensor]) -> Result<(), (i32, S
         rounds as usize,
         rot_half as usize,
     );
-    if let Some((name, _, _)) = m.inputs.iter().find(|(n, _, _)| by_name(n) == 2) {
+    if let Some((name, _, _)) = v.inputs.iter().find(|(n, _, _)| by_name(n) == 2) {
         let want = match name.as_str() {
             "lsh_rotations" => vec![l, h, d, r, half],
             "lsh_buckets" => vec![l, batch, h, r, padded],
@@ -398,29 +492,29 @@ unsafe extern "C" fn gpu_run(
     n_outputs: i64,
 ) -> i32 {
     let m = model();
-    if inputs.is_null()
-        || outputs.is_null()
-        || n_inputs != m.inputs.len().max(2) as i64
-        || n_outputs != 1
-    {
+    let want = m.input_count();
+    if inputs.is_null() || outputs.is_null() || n_inputs != want as i64 || n_outputs != 1 {
         return model_rt::set_error(
             model_rt::code::ARGUMENT,
             &format!(
-                "the model takes {} inputs (input_ids, attention_mask{}) and 1 output; got {n_inputs} and {n_outputs}",
-                m.inputs.len().max(2),
-                if m.inputs.len() > 2 { ", the hashing input" } else { "" }
+                "the model takes {want} inputs (input_ids, attention_mask{}) and 1 output; got {n_inputs} and {n_outputs}",
+                if want > 2 { ", the hashing input" } else { "" }
             ),
         );
     }
     // SAFETY: the command line passes `n_inputs` tensors and one output slot.
     let given = unsafe { std::slice::from_raw_parts(inputs, n_inputs as usize) };
+    let v = match m.select(given) {
+        Ok(v) => v,
+        Err((code, e)) => return model_rt::set_error(code, &e),
+    };
     // SAFETY: the caller's tensors are readable (the ABI's contract).
-    if let Err((code, e)) = unsafe { check_inputs(m, given) } {
+    if let Err((code, e)) = unsafe { check_inputs(m, v, given) } {
         return model_rt::set_error(code, &e);
     }
     let ids_shape: Vec<usize> = given[0].shape[..2].iter().map(|&d| d as usize).collect();
     let mut staged = Vec::new();
-    for (name, _, _) in &m.inputs {
+    for (name, _, _) in &v.inputs {
         let t = match name.as_str() {
             "input_ids" => &given[0],
             "attention_mask" => &given[1],
@@ -444,7 +538,7 @@ unsafe extern "C" fn gpu_run(
     let mut result = vec![0i64; 3 + 2 * m.output_rank];
     // SAFETY: `forward` is the module's packed entry; the descriptors match
     // its arguments (weights then inputs, as compiled) over live buffers.
-    unsafe { rt::call_packed(m.forward, &mut result, &mut descs) };
+    unsafe { rt::call_packed(v.forward, &mut result, &mut descs) };
     drop(weights);
     let failed = rt::take_error();
     let out = if failed.is_none() {
@@ -552,7 +646,7 @@ fn exe_info(g: &GpuExe) -> ExeInfo {
         head_dim: g.head_dim,
         rounds: g.rounds,
         rot_half: g.rot_half,
-        variants: g.variants as i32,
+        variants: variant_bits(g) as i32,
         n_buckets: g.n_buckets as i32,
         train: 0,
         causal: 0,
@@ -564,7 +658,12 @@ fn exe_info(g: &GpuExe) -> ExeInfo {
 
 /// The compiled model from `g`'s text fields.
 fn describe(g: &GpuExe) -> Result<Model, String> {
-    let forward = g.forward.ok_or("the executable has no @forward")?;
+    if g.abi_version != GPU_ABI_VERSION {
+        return Err(format!(
+            "the model description has layout version {} but this runtime reads version {GPU_ABI_VERSION}: rebuild it with this reformc",
+            g.abi_version
+        ));
+    }
     let weights = c_text(g.weights)
         .lines()
         .filter(|l| !l.is_empty())
@@ -578,26 +677,20 @@ fn describe(g: &GpuExe) -> Result<Model, String> {
             Ok((name.to_string(), dims))
         })
         .collect::<Result<Vec<_>, &str>>()?;
-    let inputs = c_text(g.inputs)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            match f[..] {
-                [name, dtype, rank] => Ok((
-                    name.to_string(),
-                    dtype.parse().map_err(|_| "bad input list")?,
-                    rank.parse().map_err(|_| "bad input list")?,
-                )),
-                _ => Err("bad input list"),
-            }
-        })
-        .collect::<Result<Vec<_>, &str>>()?;
+    let mut variants: [Option<Variant>; 3] = [None, None, None];
+    for (slot, (forward, inputs)) in g.forward.iter().zip(g.inputs).enumerate() {
+        if let Some(forward) = *forward {
+            let inputs = input_list(&c_text(inputs))?;
+            variants[slot] = Some(Variant { forward, inputs });
+        }
+    }
+    if variants.iter().all(Option::is_none) {
+        return Err("the executable has no compiled variant".into());
+    }
     Ok(Model {
-        forward,
         init: g.init,
         weights,
-        inputs,
+        variants,
         checks: [
             g.vocab_size,
             g.max_len,
@@ -608,7 +701,7 @@ fn describe(g: &GpuExe) -> Result<Model, String> {
             g.head_dim,
             g.rounds,
             g.rot_half,
-            g.variants,
+            variant_bits(g),
             g.n_buckets,
         ],
         output_rank: g.output_rank.max(0) as usize,
@@ -776,5 +869,85 @@ reformc_runtime::c_abi! {
             unsafe { deinit() };
         }
         status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exe_main::tensor;
+    use model_rt::dtype;
+
+    unsafe extern "C" fn entry(_: *mut *mut c_void) {}
+
+    /// A model carrying the variants of `slots`.
+    fn model(slots: [bool; 3]) -> Model {
+        let inputs = |hash: &str| vec![("input_ids".to_string(), 3, 2), (hash.to_string(), 3, 0)];
+        let variant = |i: usize| {
+            slots[i].then(|| Variant {
+                forward: entry,
+                inputs: inputs(SLOT_NAMES[i]),
+            })
+        };
+        Model {
+            variants: [variant(0), variant(1), variant(2)],
+            init: None,
+            weights: vec![],
+            checks: [0; 11],
+            output_rank: 3,
+            signature: String::new(),
+            arch: "sm_90".into(),
+        }
+    }
+
+    /// The slot `select` picked (by the input list it returned).
+    fn picked(m: &Model, given: &[ReformcTensor]) -> Result<&'static str, (i32, String)> {
+        let v = m.select(given)?;
+        let name = v.inputs[1].0.clone();
+        Ok(SLOT_NAMES.iter().find(|n| **n == name).copied().unwrap())
+    }
+
+    #[test]
+    fn the_hashing_input_selects_the_variant() {
+        let all = model([true, true, true]);
+        let none = std::ptr::null();
+        let ids = tensor(dtype::I64, &[1, 4], none);
+        let with = |t: ReformcTensor| vec![ids, ids, t];
+        assert_eq!(
+            picked(&all, &with(tensor(dtype::I64, &[], none))),
+            Ok("seeded")
+        );
+        assert_eq!(
+            picked(&all, &with(tensor(dtype::F32, &[1, 2, 3, 4, 5], none))),
+            Ok("rotations")
+        );
+        assert_eq!(
+            picked(&all, &with(tensor(dtype::I64, &[1, 1, 2, 1, 8], none))),
+            Ok("buckets")
+        );
+        assert_eq!(picked(&all, &[ids, ids]), Ok("seeded"));
+        assert_eq!(all.input_count(), 2);
+        let err = picked(&all, &with(tensor(dtype::F64, &[], none))).unwrap_err();
+        assert_eq!(err.0, model_rt::code::DTYPE, "{}", err.1);
+        let only = model([false, false, true]);
+        let err = picked(&only, &with(tensor(dtype::I64, &[], none))).unwrap_err();
+        assert!(
+            err.0 == model_rt::code::ARGUMENT
+                && err
+                    .1
+                    .contains("without the seeded variant (compiled: buckets)"),
+            "{}",
+            err.1
+        );
+    }
+
+    #[test]
+    fn input_lists_parse_or_say_why_not() {
+        assert_eq!(
+            input_list("input_ids\t3\t2\nseed\t3\t0\n").unwrap(),
+            vec![("input_ids".to_string(), 3, 2), ("seed".to_string(), 3, 0)]
+        );
+        assert!(input_list("input_ids\t3\n").is_err());
+        assert!(input_list("input_ids\tx\t2\n").is_err());
     }
 }

@@ -7,8 +7,9 @@
 //! with the runtime archive CPU artifacts link.
 
 use super::error::{CliError, CliResult};
-use reformc_backend_gpu::aot::{exe_main_c, host_object, lib_c, ExeMeta};
+use reformc_backend_gpu::aot::{exe_main_c, host_object, lib_c, ExeMeta, Slot, VariantMeta};
 use reformc_backend_mlir::{signature_json, EmitOptions, WeightsMode};
+use reformc_frontend::lower::{LowerOptions, LshSource};
 use reformc_frontend::spec::HeadSpec;
 use reformc_ir::{DType, Graph};
 use std::path::PathBuf;
@@ -56,32 +57,35 @@ pub fn compile(args: &super::compile::CompileArgs, t0: std::time::Instant) -> Cl
         }
         None => args.weights.clone(),
     };
-    // The runtime's variant bits: seeded 1, rotations 2, buckets 4.
-    let variant = match args.lsh_source.as_deref() {
-        Some("rotations") => 2,
-        Some("buckets") => 4,
-        _ => 1,
-    };
-    let g = &lowered.graph;
-    let text = super::mlir::module_text(g, WeightsMode::Args, &weights, &args.config)?;
     let spec = &m.spec;
+    let variants = variant_graphs(args, &m, lowered.graph.clone())?;
+    let mut texts = Vec::new();
+    for (name, _, g) in &variants {
+        texts.push((
+            *name,
+            super::mlir::module_text(g, WeightsMode::Args, &weights, &args.config)?,
+        ));
+    }
+    let pairs: Vec<(&str, &str)> = texts.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let text = reformc_backend_gpu::variants::merge(&pairs)
+        .map_err(|e| super::gpu::cli_error(&args.config, e))?;
+    let g = &lowered.graph;
     let factors = &lowered.bucket_factors;
     let n_lsh = spec.num_lsh_layers() as i64;
     let (pad_multiple, pad_min_len) = spec.padding();
+    let metas: Vec<VariantMeta> = variants
+        .iter()
+        .map(|(name, slot, g)| VariantMeta {
+            slot: *slot,
+            func: reformc_backend_gpu::variants::entry(name),
+            inputs: input_list(g),
+        })
+        .collect();
+    // The runtime's variant bits: seeded 1, rotations 2, buckets 4.
+    let bits: i64 = metas.iter().map(|v| 1i64 << (v.slot as u32)).sum();
     let meta = ExeMeta {
         weights: weight_list(g)?,
-        inputs: g
-            .inputs()
-            .into_iter()
-            .map(|(n, v)| {
-                let t = g.ty(v);
-                (
-                    n.to_string(),
-                    reformc_backend_llvm::abi::dtype_code(t.dtype),
-                    t.rank(),
-                )
-            })
-            .collect(),
+        variants: metas,
         output_rank: output_rank(g)?,
         arch: opts.arch,
         model_name: reformc_frontend::checkpoint::model_name(&args.config),
@@ -97,12 +101,7 @@ pub fn compile(args: &super::compile::CompileArgs, t0: std::time::Instant) -> Cl
                 .display()
                 .to_string(),
         ),
-        signature: signature_json(
-            g,
-            &EmitOptions {
-                weights_mode: WeightsMode::Args,
-            },
-        ),
+        signature: signature(&variants),
         checks: [
             spec.vocab_size as i64,
             super::model::max_len(spec) as i64,
@@ -113,14 +112,15 @@ pub fn compile(args: &super::compile::CompileArgs, t0: std::time::Instant) -> Cl
             spec.head_dim as i64,
             spec.lsh.n_hashes as i64,
             factors.iter().sum::<u64>() as i64 / 2,
-            if n_lsh > 0 { variant } else { 1 },
+            bits,
             factors.iter().product::<u64>().min(i32::MAX as u64) as i64,
         ],
     };
     let scratch = Scratch::new()?;
     let (obj, src) = (scratch.0.join("host.o"), scratch.0.join("model.c"));
-    let host =
-        host_object(&text, &opts, &obj).map_err(|e| super::gpu::cli_error(&args.config, e))?;
+    let funcs: Vec<String> = meta.variants.iter().map(|v| v.func.clone()).collect();
+    let host = host_object(&text, &opts, &obj, &funcs)
+        .map_err(|e| super::gpu::cli_error(&args.config, e))?;
     let lib = args.emit == "lib";
     let c = if lib {
         lib_c(&meta, host.has_init)
@@ -146,10 +146,13 @@ pub fn compile(args: &super::compile::CompileArgs, t0: std::time::Instant) -> Cl
         )
         .map_err(|e| CliError::internal(e.to_string()))?;
         let header = reformc_backend_llvm::aot::header_path(&args.output);
-        let variant = reformc_backend_llvm::Variant {
-            name: args.lsh_source.clone().unwrap_or_else(|| "seeded".into()),
-            graph: g.clone(),
-        };
+        let header_variants: Vec<reformc_backend_llvm::Variant> = variants
+            .iter()
+            .map(|(name, _, g)| reformc_backend_llvm::Variant {
+                name: name.to_string(),
+                graph: g.clone(),
+            })
+            .collect();
         let limits = [reformc_backend_llvm::DimLimit {
             symbol: "P".into(),
             max: super::model::max_len(spec),
@@ -157,7 +160,7 @@ pub fn compile(args: &super::compile::CompileArgs, t0: std::time::Instant) -> Cl
         }];
         let text = reformc_backend_llvm::signature::foreign_model_h(
             &meta.model_name,
-            std::slice::from_ref(&variant),
+            &header_variants,
             &limits,
             GPU_DECLARATIONS,
         )
@@ -171,8 +174,9 @@ pub fn compile(args: &super::compile::CompileArgs, t0: std::time::Instant) -> Cl
     }
     if !args.passes.quiet {
         println!(
-            "reformc: GPU {} with {} kernels for {} in {:.2}s (host code compiled for this machine's CPU)",
+            "reformc: GPU {} ({}) with {} kernels for {} in {:.2}s (host code compiled for this machine's CPU)",
             if lib { "library" } else { "executable" },
+            variant_names(&variants),
             host.kernels.entries.len(),
             opts.arch,
             t0.elapsed().as_secs_f64()
@@ -190,14 +194,116 @@ const GPU_DECLARATIONS: &str = r#"/* GPU library: the model runs on an NVIDIA GP
  * copied into device (managed) memory once, from the file
  * (reformc_model_load_weights) or from your arrays
  * (reformc_model_set_weights, which copies them: they may be freed when it
- * returns). Inputs: input_ids, attention_mask,
- * then the one hashing input the library was compiled with.
+ * returns). Inputs: input_ids, attention_mask, then the hashing input of
+ * one of the variants listed above (the seed, the rotations or the
+ * buckets): reformc_model_run picks the variant by that input, as a CPU
+ * library does.
  *
  * Selects the CUDA device (default 0) before the first load. Returns 0, or a
  * REFORMC_ERR_* code with the reason in reformc_model_last_error(): no
  * driver, no such device, or a device older than the kernels' architecture. */
 int32_t reformc_model_set_device(int32_t device);
 "#;
+
+/// One compiled variant: its name, its slot in the runtime's description and
+/// its optimised graph.
+type VariantGraph = (&'static str, Slot, Graph);
+
+/// The variants a GPU executable or library carries: every LSH source (or
+/// the one `--lsh-source` names), as a CPU executable does; `first` is the
+/// graph [`super::mlir::lowered_model`] made for the first of them.
+fn variant_graphs(
+    args: &super::compile::CompileArgs,
+    m: &super::model::Model,
+    first: Graph,
+) -> CliResult<Vec<VariantGraph>> {
+    let sources =
+        super::compile::variant_sources(args.lsh_source.as_deref(), m.spec.num_lsh_layers());
+    let mut out = Vec::new();
+    for (i, (name, source)) in sources.into_iter().enumerate() {
+        let slot = match source {
+            LshSource::Seeded => Slot::Seeded,
+            LshSource::Rotations => Slot::Rotations,
+            LshSource::Buckets => Slot::Buckets,
+        };
+        let graph = if i == 0 {
+            first.clone()
+        } else {
+            let mut lowered = m.lower(&LowerOptions {
+                dtype: DType::F32,
+                lsh_source: source,
+                seq_len: args.passes.seq_len,
+            })?;
+            super::compile::optimize_quietly(&args.passes, &m.spec, &mut lowered.graph)?;
+            lowered.graph
+        };
+        out.push((name, slot, graph));
+    }
+    Ok(out)
+}
+
+/// `seeded, rotations, buckets` (or the one variant's name).
+fn variant_names(variants: &[VariantGraph]) -> String {
+    let names: Vec<&str> = variants.iter().map(|(n, _, _)| *n).collect();
+    names.join(", ")
+}
+
+/// A graph's runtime inputs: name, dtype code, rank.
+fn input_list(g: &Graph) -> Vec<(String, i32, usize)> {
+    g.inputs()
+        .into_iter()
+        .map(|(n, v)| {
+            let t = g.ty(v);
+            (
+                n.to_string(),
+                reformc_backend_llvm::abi::dtype_code(t.dtype),
+                t.rank(),
+            )
+        })
+        .collect()
+}
+
+/// What `--signature` and `reformc_model_signature` print: the first
+/// variant's MLIR signature (weights as arguments, then its inputs) with
+/// `entry` its function, plus `variants`, each compiled variant's name,
+/// function and runtime inputs.
+fn signature(variants: &[VariantGraph]) -> String {
+    let opts = EmitOptions {
+        weights_mode: WeightsMode::Args,
+    };
+    let parse = |g: &Graph| -> serde_json::Value {
+        serde_json::from_str(&signature_json(g, &opts)).unwrap_or_default()
+    };
+    let mut doc = variants
+        .first()
+        .map(|(_, _, g)| parse(g))
+        .unwrap_or_default();
+    let listed: Vec<serde_json::Value> = variants
+        .iter()
+        .map(|(name, _, g)| {
+            let sig = parse(g);
+            let inputs: Vec<&serde_json::Value> = sig["inputs"]
+                .as_array()
+                .map(|a| a.iter().filter(|i| i["kind"] == "input").collect())
+                .unwrap_or_default();
+            serde_json::json!({
+                "name": name,
+                "entry": reformc_backend_gpu::variants::entry(name),
+                "inputs": inputs,
+            })
+        })
+        .collect();
+    if let (Some(obj), Some((first, _, _))) = (doc.as_object_mut(), variants.first()) {
+        obj.insert(
+            "entry".into(),
+            reformc_backend_gpu::variants::entry(first).into(),
+        );
+        obj.insert("variants".into(), listed.into());
+    }
+    let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    text.push('\n');
+    text
+}
 
 /// The weights in argument order with their (static) shapes.
 fn weight_list(g: &Graph) -> CliResult<Vec<(String, Vec<usize>)>> {

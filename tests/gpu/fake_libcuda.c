@@ -5,7 +5,9 @@
  *   FAKE_CUDA_CC       compute capability as major*10+minor (default 90)
  *   FAKE_CUDA_OOM      when set, every managed allocation is out of memory
  *   FAKE_CUDA_BAD_PTX  when set, loading a module fails as invalid PTX
+ *   FAKE_CUDA_LOG      a file each kernel name looked up is appended to, a line each
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,7 +42,17 @@ int cuModuleLoadData(void **m, const void *image) {
 }
 int cuModuleUnload(void *m) { (void)m; return 0; }
 static int function;
-int cuModuleGetFunction(void **f, void *m, const char *name) { (void)m; (void)name; *f = &function; return 0; }
+int cuModuleGetFunction(void **f, void *m, const char *name) {
+  (void)m;
+  const char *log = getenv("FAKE_CUDA_LOG");
+  FILE *out = log ? fopen(log, "a") : NULL;
+  if (out) {
+    fprintf(out, "%s\n", name);
+    fclose(out);
+  }
+  *f = &function;
+  return 0;
+}
 int cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
                    unsigned bz, unsigned smem, void *stream, void **params, void **extra) {
   (void)f; (void)gx; (void)gy; (void)gz; (void)bx; (void)by; (void)bz; (void)smem;

@@ -27,20 +27,29 @@ pub struct HostObject {
 /// the PTX embedded, as an object file at `out`. The object is compiled for
 /// this machine's CPU (MLIR's ExecutionEngine offers no other target); it
 /// calls the GPU runtime's functions, which the executable runtime provides.
+/// `entries` are the functions the generated C calls (`forward`, or the
+/// `forward_<variant>` of [`crate::variants::merge`]); each must have its
+/// packed entry ([`crate::variants::packed_symbol`]).
 pub fn host_object(
     module_text: &str,
     opts: &GpuOptions,
     out: &Path,
+    entries: &[String],
 ) -> Result<HostObject, GpuError> {
     let context = reformc_backend_mlir::context();
     let (module, kernels) = lower(&context, module_text, opts)?;
     // Position-independent, for linking into executables and libraries.
     let engine = crate::jit::engine(&module, true)?;
-    // Looking the entry up compiles the module, which the dump needs.
-    if engine.lookup("_mlir__mlir_ciface_forward").is_null() {
-        return Err(GpuError::Lowering(
-            "the host code has no packed @forward".into(),
-        ));
+    // Looking an entry up compiles the module, which the dump needs.
+    for func in entries {
+        if engine
+            .lookup(&crate::variants::packed_symbol(func))
+            .is_null()
+        {
+            return Err(GpuError::Lowering(format!(
+                "the host code has no packed @{func}"
+            )));
+        }
     }
     let path = out
         .to_str()
@@ -58,9 +67,8 @@ pub fn host_object(
 pub struct ExeMeta {
     /// The weights in argument order: name and shape (f32).
     pub weights: Vec<(String, Vec<usize>)>,
-    /// The runtime inputs in argument order: name, dtype code (as
-    /// `reformc_tensor.dtype`) and rank.
-    pub inputs: Vec<(String, i32, usize)>,
+    /// The compiled variants, at most one per [`Slot`].
+    pub variants: Vec<VariantMeta>,
     /// Rank of the one f32 output.
     pub output_rank: usize,
     /// The PTX's architecture.
@@ -76,6 +84,30 @@ pub struct ExeMeta {
     /// Input checks, as for CPU executables: vocabulary size, longest padded
     /// length, padding rule, LSH shapes, the LSH source bit, bucket count.
     pub checks: [i64; 11],
+}
+
+/// Where a variant goes in the runtime's description: the LSH source it
+/// takes (a model without LSH layers has one variant, in `Seeded`'s slot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// Hashing drawn from `seed` (an i64 scalar input), or no hashing.
+    Seeded = 0,
+    /// HF's rotations as an input (`lsh_rotations`).
+    Rotations = 1,
+    /// Recorded buckets as an input (`lsh_buckets`).
+    Buckets = 2,
+}
+
+/// One compiled variant of a GPU executable or library.
+#[derive(Clone, Debug)]
+pub struct VariantMeta {
+    /// Which input it hashes from.
+    pub slot: Slot,
+    /// Its function in the host code (`forward` or `forward_<variant>`).
+    pub func: String,
+    /// The runtime inputs in argument order: name, dtype code (as
+    /// `reformc_tensor.dtype`) and rank.
+    pub inputs: Vec<(String, i32, usize)>,
 }
 
 /// `s` as a C string literal (octal escapes: never read past by the
@@ -97,10 +129,13 @@ fn c_string(s: &str) -> String {
 /// model description ([`description_c`]) and `main`.
 ///
 /// ```
-/// use reformc_backend_gpu::aot::{exe_main_c, ExeMeta};
-/// let c = exe_main_c(&ExeMeta { model_name: "m\"x".into(), ..ExeMeta::default() }, true);
+/// use reformc_backend_gpu::aot::{exe_main_c, ExeMeta, Slot, VariantMeta};
+/// let variant = VariantMeta { slot: Slot::Buckets, func: "forward_buckets".into(), inputs: vec![] };
+/// let meta = ExeMeta { model_name: "m\"x".into(), variants: vec![variant], ..ExeMeta::default() };
+/// let c = exe_main_c(&meta, true);
 /// assert!(c.contains("reformc_gpu_exe_main(argc, argv, &EXE)"));
 /// assert!(c.contains("\"m\\042x\""));
+/// assert!(c.contains("{NULL, NULL, _mlir__mlir_ciface_forward_buckets}"));
 /// ```
 pub fn exe_main_c(meta: &ExeMeta, has_init: bool) -> String {
     format!(
@@ -148,33 +183,39 @@ fn description_c(meta: &ExeMeta, has_init: bool) -> String {
             format!("{n}\t{}\n", dims.join(","))
         })
         .collect();
-    let inputs: String = meta
-        .inputs
-        .iter()
-        .map(|(n, d, r)| format!("{n}\t{d}\t{r}\n"))
-        .collect();
-    let (init, fini, decls) = if has_init {
-        (
-            "rc_host_init",
-            "rc_host_deinit",
-            format!(
-                "extern void rc_host_init(void) __asm__(\"{INIT}\");\nextern void rc_host_deinit(void) __asm__(\"{FINI}\");\n"
-            ),
-        )
+    let mut forwards = ["NULL".to_string(), "NULL".into(), "NULL".into()];
+    let mut inputs = ["NULL".to_string(), "NULL".into(), "NULL".into()];
+    let mut decls = String::new();
+    for v in &meta.variants {
+        let symbol = crate::variants::packed_symbol(&v.func);
+        decls.push_str(&format!("extern void {symbol}(void **);\n"));
+        forwards[v.slot as usize] = symbol;
+        let list: String = v
+            .inputs
+            .iter()
+            .map(|(n, d, r)| format!("{n}\t{d}\t{r}\n"))
+            .collect();
+        inputs[v.slot as usize] = c_string(&list);
+    }
+    let (init, fini) = if has_init {
+        decls.push_str(&format!(
+            "extern void rc_host_init(void) __asm__(\"{INIT}\");\nextern void rc_host_deinit(void) __asm__(\"{FINI}\");\n"
+        ));
+        ("rc_host_init", "rc_host_deinit")
     } else {
-        ("NULL", "NULL", String::new())
+        ("NULL", "NULL")
     };
     let checks: Vec<String> = meta.checks.iter().map(|c| c.to_string()).collect();
     format!(
-        "#include <stddef.h>\n#include <stdint.h>\n\
-extern void _mlir__mlir_ciface_forward(void **);\n{decls}\
-struct gpu_exe {{\n  int64_t abi_version;\n  void (*forward)(void **);\n  void (*init)(void);\n  void (*deinit)(void);\n\
-  const char *weights;\n  const char *inputs;\n  int64_t output_rank;\n  const char *gpu_arch;\n\
+        "#include <stddef.h>\n#include <stdint.h>\n{decls}\
+struct gpu_exe {{\n  int64_t abi_version;\n  void (*forward[3])(void **);\n  void (*init)(void);\n  void (*deinit)(void);\n\
+  const char *weights;\n  const char *inputs[3];\n  int64_t output_rank;\n  const char *gpu_arch;\n\
   const char *model_name;\n  const char *output_name;\n  const char *default_weights;\n  const char *signature;\n\
   int64_t checks[11];\n}};\n\
-static const struct gpu_exe EXE = {{\n  1, _mlir__mlir_ciface_forward, {init}, {fini},\n  {},\n  {},\n  {},\n  {},\n  {},\n  {},\n  {},\n  {},\n  {{{}}}\n}};\n",
+static const struct gpu_exe EXE = {{\n  2, {{{}}}, {init}, {fini},\n  {},\n  {{{}}},\n  {},\n  {},\n  {},\n  {},\n  {},\n  {},\n  {{{}}}\n}};\n",
+        forwards.join(", "),
         c_string(&weights),
-        c_string(&inputs),
+        inputs.join(", "),
         meta.output_rank,
         c_string(meta.arch.chip()),
         c_string(&meta.model_name),

@@ -38,6 +38,7 @@ mod merge;
 pub mod pipeline;
 mod ptx;
 mod raw;
+pub mod variants;
 
 pub use arch::GpuArch;
 pub use jit::{jit_run, GpuRun};
