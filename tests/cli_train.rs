@@ -192,6 +192,24 @@ fn bad_counts_and_rates() {
     refused(
         &data,
         &out,
+        &base("2", "32", &["--max-grad-norm", "0"]),
+        "--max-grad-norm 0: the norm to clip gradients to must be a positive finite number",
+    );
+    refused(
+        &data,
+        &out,
+        &base("2", "32", &["--decay-steps", "5"]),
+        "--decay-steps 5 needs --lr-decay linear or cosine",
+    );
+    refused(
+        &data,
+        &out,
+        &base("2", "32", &["--lr-decay", "exp"]),
+        "invalid value 'exp' for '--lr-decay",
+    );
+    refused(
+        &data,
+        &out,
         &["--weights", w.as_str(), "--steps=-3", "--seq-len", "32"],
         "invalid value '-3' for '--steps <STEPS>'",
     );

@@ -347,3 +347,80 @@ fn bf16_training_learns_the_copy_task_and_resumes_bit_for_bit() {
         "checkpoints"
     );
 }
+
+#[test]
+fn a_decaying_clipped_run_resumes_bit_for_bit() {
+    // `--lr-decay cosine --decay-steps 24 --max-grad-norm 0.5`: the schedule
+    // is stored in the checkpoint, so a resume without those flags continues
+    // it and reproduces the uninterrupted run. The progress lines report the
+    // gradient norm before clipping, above the limit here (clipping acts).
+    let s = Scratch::new("schedule");
+    let (config, _) = tiny_model(&s);
+    let data = copy_task(&s);
+    let flags = [
+        "--lr-decay",
+        "cosine",
+        "--decay-steps",
+        "24",
+        "--max-grad-norm",
+        "0.5",
+        "--warmup",
+        "4",
+        "--log-every",
+        "1",
+    ];
+    let whole = s.path("whole.safetensors");
+    let all = train_with(&config, &data, &whole, 24, None, &flags);
+    let plain = train(&config, &data, &s.path("plain.safetensors"), 24, None);
+    assert_ne!(all, plain, "the schedule changes the run");
+    let part = s.path("part.safetensors");
+    let head = train_with(&config, &data, &part, 12, None, &flags);
+    let tail = train_with(
+        &config,
+        &data,
+        &part,
+        24,
+        Some(&part),
+        &["--log-every", "1"],
+    );
+    assert_eq!([head, tail].concat(), all, "losses");
+    assert_eq!(
+        std::fs::read(&whole).unwrap(),
+        std::fs::read(&part).unwrap(),
+        "checkpoints"
+    );
+    let (init, norms_out) = (s.path("init.safetensors"), s.path("norms.safetensors"));
+    let args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+        &"train",
+        &config,
+        &"--data",
+        &data,
+        &"--steps",
+        &"2",
+        &"--seq-len",
+        &"32",
+        &"--batch",
+        &"4",
+        &"--weights",
+        &init,
+        &"--max-grad-norm",
+        &"0.5",
+        &"--out",
+        &norms_out,
+    ];
+    let (code, stdout, stderr) = reformc(&args);
+    assert_eq!(code, 0, "{stderr}");
+    let norms: Vec<f64> = stdout
+        .lines()
+        .filter(|l| l.starts_with("step "))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(f[9], "grad-norm", "{l}");
+            f[10].parse().unwrap()
+        })
+        .collect();
+    assert!(
+        norms.len() == 2 && norms.iter().all(|&n| n > 0.5),
+        "{stdout}"
+    );
+}

@@ -77,6 +77,9 @@ def train(
     chunk_ff=None,
     chunk_lm_head=None,
     precision="f32",
+    lr_decay=None,
+    decay_steps=None,
+    max_grad_norm=None,
 ):
     """Trains a model on a token stream, as `reformc train`: the same windows,
     steps, optimizers and checkpoints, so the same settings give the same
@@ -103,6 +106,10 @@ def train(
     along the sequence, as ``--chunk-ff`` and ``--chunk-lm-head`` do.
     ``precision="bf16"`` is ``--precision bf16``: mixed precision, the step's
     matrix products in bf16 with f32 accumulation (the JIT only).
+    ``lr_decay`` ("constant", "linear" or "cosine"), ``decay_steps`` and
+    ``max_grad_norm`` are ``--lr-decay``, ``--decay-steps`` and
+    ``--max-grad-norm``: the learning rate's decay to 0 after warm-up, and
+    clipping each step's gradients to a global L2 norm.
 
     Progress lines (every ``log_every`` steps and after the last) go to
     ``log(line)``, by default ``print``; ``log_every=0`` prints none.
@@ -142,6 +149,9 @@ def train(
         chunk_ff=_count(chunk_ff, "chunk_ff"),
         chunk_lm_head=_count(chunk_lm_head, "chunk_lm_head"),
         precision=str(precision),
+        lr_decay=None if lr_decay is None else str(lr_decay),
+        decay_steps=_count(decay_steps, "decay_steps"),
+        max_grad_norm=_rate(max_grad_norm, "max_grad_norm"),
     )
 
 

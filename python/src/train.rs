@@ -20,6 +20,7 @@ use reformc_tensor::Tensor;
 use reformc_train::checkpoint::{self, ModelId};
 use reformc_train::data::TokenStream;
 use reformc_train::grad::StepMemory;
+use reformc_train::optim::Decay;
 use reformc_train::run::{check_start, train as train_loop, TrainError, TrainState};
 use reformc_train::setup::{self, Naming, RunSettings};
 use reformc_train::StepFn;
@@ -36,7 +37,8 @@ use std::path::{Path, PathBuf};
     lr=None, warmup=None, weight_decay=None, seed=None, checkpoint_every=None,
     log_every=1, resume=None, interp=false, threads=0, dropout=true,
     lm_head_bias=false, log=None, memory_budget=None, recompute_layers="auto",
-    chunk_ff=None, chunk_lm_head=None, precision="f32"
+    chunk_ff=None, chunk_lm_head=None, precision="f32", lr_decay=None,
+    decay_steps=None, max_grad_norm=None
 ))]
 #[allow(clippy::too_many_arguments)] // One keyword per flag of `reformc train`.
 pub fn train<'py>(
@@ -66,7 +68,17 @@ pub fn train<'py>(
     chunk_ff: Option<u64>,
     chunk_lm_head: Option<u64>,
     precision: &str,
+    lr_decay: Option<&str>,
+    decay_steps: Option<u64>,
+    max_grad_norm: Option<f64>,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let lr_decay = match lr_decay {
+        None => None,
+        Some(d) => Some(
+            Decay::parse(d)
+                .ok_or_else(|| crate::invalid("lr_decay", d, &["constant", "linear", "cosine"]))?,
+        ),
+    };
     let bf16 = match precision {
         "f32" => false,
         "bf16" => true,
@@ -98,6 +110,9 @@ pub fn train<'py>(
             lr,
             warmup,
             weight_decay,
+            lr_decay,
+            decay_steps,
+            max_grad_norm,
             seed,
             checkpoint_every,
             log_every,

@@ -595,6 +595,24 @@ def test_train_in_bf16_matches_the_cli(tmp_path):
         reformc.train(TRAIN, data, out=tmp_path / "x.safetensors", precision="bf16", **RUN)
 
 
+def test_train_with_a_schedule_and_clipping_matches_the_cli(tmp_path):
+    """``lr_decay``, ``decay_steps`` and ``max_grad_norm`` are the CLI's
+    ``--lr-decay``, ``--decay-steps`` and ``--max-grad-norm``: the same
+    checkpoint bytes, other bytes than without them; bad values refused."""
+    data = tmp_path / "tokens.npy"
+    np.save(data, train_tokens())
+    sched = dict(lr_decay="linear", decay_steps=3, max_grad_norm=0.01)
+    cli_train(data, tmp_path / "cli.safetensors", **sched, **RUN)
+    reformc.train(TRAIN, data, out=tmp_path / "py.safetensors", log_every=0, **sched, **RUN)
+    assert (tmp_path / "py.safetensors").read_bytes() == (tmp_path / "cli.safetensors").read_bytes()
+    reformc.train(TRAIN, data, out=tmp_path / "plain.safetensors", log_every=0, **RUN)
+    assert (tmp_path / "plain.safetensors").read_bytes() != (tmp_path / "py.safetensors").read_bytes()
+    with pytest.raises(reformc.ReformcError, match="lr_decay: invalid value 'exp'"):
+        reformc.train(TRAIN, data, out=tmp_path / "x.safetensors", lr_decay="exp", **RUN)
+    with pytest.raises(reformc.ReformcError, match="max_grad_norm=-1"):
+        reformc.train(TRAIN, data, out=tmp_path / "x.safetensors", max_grad_norm=-1, **RUN)
+
+
 def test_train_with_the_feed_forward_chunked(tmp_path):
     """``chunk_ff`` is ``--chunk-ff``: the chunked feed-forward's fused
     derivative sums the batch's rows in another order than the unchunked

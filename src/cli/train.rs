@@ -9,6 +9,7 @@ use reformc_frontend::weights::{expected_tensors, WeightFile};
 use reformc_train::checkpoint::{self, ModelId};
 use reformc_train::data::TokenStream;
 use reformc_train::grad::StepMemory;
+use reformc_train::optim::Decay;
 use reformc_train::run::{check_start, train, TrainError, TrainState};
 use reformc_train::setup::{self, RunSettings};
 use std::path::{Path, PathBuf};
@@ -49,6 +50,16 @@ pub struct TrainArgs {
     /// Decoupled weight decay (default 0).
     #[arg(long)]
     pub weight_decay: Option<f64>,
+    /// The learning rate after warm-up: constant (default), or decaying linearly or along a
+    /// half cosine to 0 at --decay-steps (on --resume, the checkpoint's).
+    #[arg(long, value_parser = ["constant", "linear", "cosine"])]
+    pub lr_decay: Option<String>,
+    /// The step at which a decaying learning rate reaches 0 (default: --steps, fixed when the run starts).
+    #[arg(long)]
+    pub decay_steps: Option<u64>,
+    /// Scale each step's gradients to at most this global L2 norm (torch's clip_grad_norm_; default: no clipping).
+    #[arg(long)]
+    pub max_grad_norm: Option<f64>,
     /// Run seed: window sampling and LSH hashing are keyed by (seed, step) (default 0; on --resume, the checkpoint's).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -171,6 +182,9 @@ fn settings(args: &TrainArgs) -> RunSettings {
         lr: args.lr,
         warmup: args.warmup,
         weight_decay: args.weight_decay,
+        lr_decay: args.lr_decay.as_deref().and_then(Decay::parse),
+        decay_steps: args.decay_steps,
+        max_grad_norm: args.max_grad_norm,
         seed: args.seed,
         checkpoint_every: args.checkpoint_every,
         log_every: args.log_every,

@@ -24,8 +24,10 @@ pub struct AdamConfig {
     pub eps: f64,
     /// Decoupled weight decay (0).
     pub weight_decay: f64,
-    /// Steps of linear warm-up to `lr`; constant afterwards.
+    /// Steps of linear warm-up to `lr`.
     pub warmup: u64,
+    /// After warm-up: the decay and gradient clipping.
+    pub schedule: Schedule,
 }
 
 impl Default for AdamConfig {
@@ -37,7 +39,129 @@ impl Default for AdamConfig {
             eps: 1e-8,
             weight_decay: 0.0,
             warmup: 0,
+            schedule: Schedule::default(),
         }
+    }
+}
+
+/// How the learning rate goes from its peak (the end of warm-up) to the end
+/// of the run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Decay {
+    /// It stays at its peak.
+    #[default]
+    Constant,
+    /// Linearly to 0 at [`Schedule::decay_steps`].
+    Linear,
+    /// Along half a cosine to 0 at [`Schedule::decay_steps`].
+    Cosine,
+}
+
+impl Decay {
+    /// `constant`, `linear` or `cosine`, as the CLI and the checkpoint spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Decay::Constant => "constant",
+            Decay::Linear => "linear",
+            Decay::Cosine => "cosine",
+        }
+    }
+
+    /// The decay [`Decay::name`] spells `s`.
+    ///
+    /// ```
+    /// use reformc_train::optim::Decay;
+    /// assert_eq!(Decay::parse("cosine"), Some(Decay::Cosine));
+    /// assert_eq!(Decay::parse("exp"), None);
+    /// ```
+    pub fn parse(s: &str) -> Option<Decay> {
+        [Decay::Constant, Decay::Linear, Decay::Cosine]
+            .into_iter()
+            .find(|d| d.name() == s)
+    }
+}
+
+/// What both optimizers do beyond their own rule: the learning rate's decay
+/// after warm-up, and clipping the gradients by their global norm (PyTorch's
+/// `clip_grad_norm_`, Hugging Face Trainer's `max_grad_norm`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Schedule {
+    /// The decay after warm-up (constant by default).
+    pub decay: Decay,
+    /// The 1-based step at which a decaying rate reaches 0 (a run's last
+    /// step, unless set); unused with [`Decay::Constant`].
+    pub decay_steps: u64,
+    /// When set, every step's gradients are scaled by
+    /// `min(1, max / (norm + 1e-6))`, `norm` their L2 norm over all weights.
+    pub max_grad_norm: Option<f64>,
+}
+
+impl Schedule {
+    /// The multiplier of the peak learning rate at 1-based step `t`, after
+    /// `warmup` steps of linear warm-up (`t / warmup`): 1 at the end of
+    /// warm-up, then constant or decaying to 0 at `decay_steps`.
+    ///
+    /// ```
+    /// use reformc_train::optim::{Decay, Schedule};
+    /// let s = Schedule { decay: Decay::Linear, decay_steps: 10, max_grad_norm: None };
+    /// assert_eq!([s.lr_factor(2, 1), s.lr_factor(2, 2), s.lr_factor(2, 6), s.lr_factor(2, 10)], [0.5, 1.0, 0.5, 0.0]);
+    /// let c = Schedule { decay: Decay::Cosine, ..s };
+    /// assert!((c.lr_factor(2, 6) - 0.5).abs() < 1e-15 && c.lr_factor(2, 12) == 0.0);
+    /// ```
+    pub fn lr_factor(&self, warmup: u64, t: u64) -> f64 {
+        if warmup > 0 && t < warmup {
+            return t as f64 / warmup as f64;
+        }
+        let span = self.decay_steps.saturating_sub(warmup);
+        if self.decay == Decay::Constant || span == 0 {
+            return 1.0;
+        }
+        let p = (t.saturating_sub(warmup) as f64 / span as f64).min(1.0);
+        match self.decay {
+            Decay::Linear => 1.0 - p,
+            _ => 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
+        }
+    }
+
+    /// The metadata entries of the schedule (`optimizer.decay`, ...).
+    fn metadata(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("decay", self.decay.name().to_string()),
+            ("decay_steps", self.decay_steps.to_string()),
+            (
+                "max_grad_norm",
+                self.max_grad_norm.map_or("none".into(), |x| x.to_string()),
+            ),
+        ]
+    }
+
+    /// Reads [`Schedule::metadata`]'s entries through `get`; a checkpoint
+    /// written before schedules existed has none: a constant rate, no clipping.
+    fn from_metadata(get: impl Fn(&str) -> Option<String>) -> Result<Schedule, String> {
+        let bad = |k: &str, v: &str, what: &str| {
+            format!("metadata `optimizer.{k}` = `{v}` is not {what}")
+        };
+        let decay = match get("decay") {
+            None => Decay::Constant,
+            Some(v) => {
+                Decay::parse(&v).ok_or_else(|| bad("decay", &v, "constant, linear or cosine"))?
+            }
+        };
+        let decay_steps = match get("decay_steps") {
+            None => 0,
+            Some(v) => v
+                .parse()
+                .map_err(|_| bad("decay_steps", &v, "a step count"))?,
+        };
+        let max_grad_norm = match get("max_grad_norm").as_deref() {
+            None | Some("none") => None,
+            Some(v) => Some(v.parse().map_err(|_| bad("max_grad_norm", v, "a number"))?),
+        };
+        Ok(Schedule {
+            decay,
+            decay_steps,
+            max_grad_norm,
+        })
     }
 }
 
@@ -61,6 +185,8 @@ pub struct AdafactorConfig {
     pub weight_decay: f64,
     /// Steps of linear warm-up that multiply the learning rate (fixed or relative).
     pub warmup: u64,
+    /// After warm-up: the decay (of the fixed or relative rate) and gradient clipping.
+    pub schedule: Schedule,
 }
 
 impl Default for AdafactorConfig {
@@ -74,6 +200,7 @@ impl Default for AdafactorConfig {
             eps2: 1e-3,
             weight_decay: 0.0,
             warmup: 0,
+            schedule: Schedule::default(),
         }
     }
 }
@@ -88,6 +215,14 @@ pub enum OptimizerConfig {
 }
 
 impl OptimizerConfig {
+    /// The decay and clipping both optimizers share.
+    pub fn schedule(&self) -> &Schedule {
+        match self {
+            OptimizerConfig::Adam(c) => &c.schedule,
+            OptimizerConfig::Adafactor(c) => &c.schedule,
+        }
+    }
+
     /// `adam` or `adafactor`, as the CLI and the checkpoint spell it.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -101,7 +236,7 @@ impl OptimizerConfig {
     /// for an unset option).
     pub fn metadata(&self) -> BTreeMap<String, String> {
         let opt = |x: Option<f64>| x.map_or("none".to_string(), |v| v.to_string());
-        let pairs: Vec<(&str, String)> = match self {
+        let mut pairs: Vec<(&str, String)> = match self {
             OptimizerConfig::Adam(c) => vec![
                 ("lr", c.lr.to_string()),
                 ("beta1", c.beta1.to_string()),
@@ -121,6 +256,7 @@ impl OptimizerConfig {
                 ("warmup", c.warmup.to_string()),
             ],
         };
+        pairs.extend(self.schedule().metadata());
         let mut m: BTreeMap<String, String> = pairs
             .into_iter()
             .map(|(k, v)| (format!("optimizer.{k}"), v))
@@ -158,6 +294,7 @@ impl OptimizerConfig {
             v.parse()
                 .map_err(|_| format!("metadata `optimizer.warmup` = `{v}` is not a step count"))
         };
+        let schedule = || Schedule::from_metadata(|k| m.get(&format!("optimizer.{k}")).cloned());
         match m.get("optimizer").map(String::as_str) {
             Some("adam") => Ok(OptimizerConfig::Adam(AdamConfig {
                 lr: num("lr")?,
@@ -166,6 +303,7 @@ impl OptimizerConfig {
                 eps: num("eps")?,
                 weight_decay: num("weight_decay")?,
                 warmup: warmup()?,
+                schedule: schedule()?,
             })),
             Some("adafactor") => Ok(OptimizerConfig::Adafactor(AdafactorConfig {
                 lr: opt("lr")?,
@@ -176,21 +314,13 @@ impl OptimizerConfig {
                 eps2: num("eps2")?,
                 weight_decay: num("weight_decay")?,
                 warmup: warmup()?,
+                schedule: schedule()?,
             })),
             Some(other) => Err(format!(
                 "metadata `optimizer` = `{other}` is not adam or adafactor"
             )),
             None => Err("metadata `optimizer` is missing".into()),
         }
-    }
-}
-
-/// Linear warm-up factor at 1-based step `t`: t/warmup until warmup, then 1.
-fn warmup_factor(warmup: u64, t: u64) -> f64 {
-    if warmup == 0 || t >= warmup {
-        1.0
-    } else {
-        t as f64 / warmup as f64
     }
 }
 
@@ -255,13 +385,20 @@ impl Optimizer {
         Ok(())
     }
 
-    /// Applies the update of 1-based step `t` to every weight.
+    /// Applies the update of 1-based step `t` to every weight, the gradients
+    /// first clipped by their global norm when the schedule says so. Returns
+    /// that norm (before clipping).
     pub fn update(
         &mut self,
         weights: &mut BTreeMap<String, Tensor>,
         grads: &BTreeMap<String, Tensor>,
         t: u64,
-    ) -> Result<(), String> {
+    ) -> Result<f64, String> {
+        let norm = global_norm(grads);
+        let scale = match self.config.schedule().max_grad_norm {
+            Some(max) => (max / (norm + 1e-6)).min(1.0),
+            None => 1.0,
+        };
         for (name, w) in weights.iter_mut() {
             let g = grads
                 .get(name)
@@ -276,13 +413,13 @@ impl Optimizer {
                     w.shape()
                 ));
             }
-            let g: Vec<f64> = g.iter().map(|&x| f64::from(x)).collect();
+            let g: Vec<f64> = g.iter().map(|&x| f64::from(x) * scale).collect();
             match self.config.clone() {
                 OptimizerConfig::Adam(c) => self.adam(&c, name, w, &g, t),
                 OptimizerConfig::Adafactor(c) => self.adafactor(&c, name, w, &g, t),
             }
         }
-        Ok(())
+        Ok(norm)
     }
 
     fn slot(&mut self, s: &str, weight: &str) -> &mut ArrayD<f32> {
@@ -294,7 +431,7 @@ impl Optimizer {
     }
 
     fn adam(&mut self, c: &AdamConfig, name: &str, w: &mut ArrayD<f32>, g: &[f64], t: u64) {
-        let lr = c.lr * warmup_factor(c.warmup, t);
+        let lr = c.lr * c.schedule.lr_factor(c.warmup, t);
         let m = ema(self.slot("m", name), g.iter().copied(), c.beta1);
         let v = ema(self.slot("v", name), g.iter().map(|x| x * x), c.beta2);
         let (bc1, bc2) = (1.0 - c.beta1.powf(t as f64), 1.0 - c.beta2.powf(t as f64));
@@ -328,7 +465,7 @@ impl Optimizer {
         let clip = (rms(&u) / c.clip_threshold).max(1.0);
         let weights: Vec<f64> = w.iter().map(|&x| f64::from(x)).collect();
         let relative = c.lr.unwrap_or_else(|| (1.0 / (t as f64).sqrt()).min(1e-2));
-        let alpha = relative * warmup_factor(c.warmup, t) * rms(&weights).max(c.eps2);
+        let alpha = relative * c.schedule.lr_factor(c.warmup, t) * rms(&weights).max(c.eps2);
         u.iter_mut().for_each(|x| *x *= alpha / clip);
         if let Some(b1) = c.beta1 {
             u = ema(self.slot("m", name), u.into_iter(), b1);
@@ -370,6 +507,18 @@ fn ema(s: &mut ArrayD<f32>, x: impl Iterator<Item = f64>, beta: f64) -> Vec<f64>
             f64::from(*si)
         })
         .collect()
+}
+
+/// The L2 norm of every gradient element together, summed in f64 in name
+/// order (so it does not depend on thread counts or map iteration).
+fn global_norm(grads: &BTreeMap<String, Tensor>) -> f64 {
+    let squares = |g: &Tensor| -> f64 {
+        match g {
+            Tensor::F32(a) => a.iter().map(|&x| f64::from(x) * f64::from(x)).sum(),
+            other => other.to_f64().iter().map(|x| x * x).sum(),
+        }
+    };
+    grads.values().map(squares).sum::<f64>().sqrt()
 }
 
 /// Root mean square (0 for an empty slice).

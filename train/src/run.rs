@@ -126,13 +126,13 @@ pub fn train(
         if let Some(what) = non_finite(loss, &grads) {
             return Err(TrainError::Input(diverged(opts, s + 1, &what, &summary)));
         }
-        state
+        let norm = state
             .optimizer
             .update(&mut state.weights, &grads, s + 1)
             .map_err(|e| TrainError::Internal(format!("step {}: {e}", s + 1)))?;
         state.step = s + 1;
         summary.losses.push(loss);
-        meter.add(loss, (opts.batch * opts.seq_len) as u64);
+        meter.add(loss, norm, (opts.batch * opts.seq_len) as u64);
         let last = state.step == opts.steps;
         if last || (opts.log_every > 0 && state.step.is_multiple_of(opts.log_every)) {
             let line = meter.line(state.step, opts.steps);
@@ -199,7 +199,7 @@ fn diverged(opts: &TrainOptions, step: u64, what: &str, summary: &Summary) -> St
         None => "no checkpoint was written".to_string(),
     };
     format!(
-        "step {step}/{}: {what}; training stopped ({kept}; try a lower --lr or more --warmup)",
+        "step {step}/{}: {what}; training stopped ({kept}; try a lower --lr, more --warmup or --max-grad-norm)",
         opts.steps
     )
 }
@@ -208,6 +208,7 @@ fn diverged(opts: &TrainOptions, step: u64, what: &str, summary: &Summary) -> St
 struct Meter {
     since: Instant,
     loss_sum: f64,
+    norm_sum: f64,
     steps: u64,
     tokens: u64,
 }
@@ -217,26 +218,30 @@ impl Meter {
         Meter {
             since: Instant::now(),
             loss_sum: 0.0,
+            norm_sum: 0.0,
             steps: 0,
             tokens: 0,
         }
     }
 
-    fn add(&mut self, loss: f64, tokens: u64) {
+    fn add(&mut self, loss: f64, grad_norm: f64, tokens: u64) {
         self.loss_sum += loss;
+        self.norm_sum += grad_norm;
         self.steps += 1;
         self.tokens += tokens;
     }
 
-    /// `step 12/100  loss 3.4512  tokens/s 812  peak 143 MiB`: the mean loss
-    /// and the throughput since the previous line; then starts over.
+    /// `step 12/100  loss 3.4512  tokens/s 812  peak 143 MiB  grad-norm 1.23`:
+    /// the mean loss, throughput and gradient norm (before clipping) since
+    /// the previous line; then starts over.
     fn line(&mut self, step: u64, steps: u64) -> String {
         let secs = self.since.elapsed().as_secs_f64().max(1e-9);
         let rate = self.tokens as f64 / secs;
-        let loss = self.loss_sum / self.steps.max(1) as f64;
+        let n = self.steps.max(1) as f64;
+        let (loss, norm) = (self.loss_sum / n, self.norm_sum / n);
         let peak = peak_mib().map_or("?".to_string(), |m| m.to_string());
         *self = Meter::new();
-        format!("step {step}/{steps}  loss {loss:.4}  tokens/s {rate:.0}  peak {peak} MiB")
+        format!("step {step}/{steps}  loss {loss:.4}  tokens/s {rate:.0}  peak {peak} MiB  grad-norm {norm:.4}")
     }
 }
 

@@ -8,7 +8,7 @@
 
 use crate::checkpoint::{Checkpoint, ModelId};
 use crate::grad::{ModelStep, StepMemory};
-use crate::optim::{AdafactorConfig, AdamConfig, Optimizer, OptimizerConfig};
+use crate::optim::{AdafactorConfig, AdamConfig, Decay, Optimizer, OptimizerConfig, Schedule};
 use crate::run::{TrainError, TrainOptions, TrainState};
 use reformc_frontend::spec::{HeadSpec, ModelSpec};
 use reformc_frontend::weights::expected_tensors;
@@ -77,6 +77,12 @@ pub struct RunSettings {
     pub warmup: Option<u64>,
     /// Decoupled weight decay.
     pub weight_decay: Option<f64>,
+    /// The learning rate's decay after warm-up (default constant).
+    pub lr_decay: Option<Decay>,
+    /// The step at which a decaying rate reaches 0 (default: `steps`).
+    pub decay_steps: Option<u64>,
+    /// Clip the gradients to this global L2 norm (default: no clipping).
+    pub max_grad_norm: Option<f64>,
     /// Run seed (default 0; on a resume, the checkpoint's).
     pub seed: Option<u64>,
     /// A checkpoint every this many steps (the last step always has one).
@@ -113,6 +119,9 @@ impl Default for RunSettings {
             lr: None,
             warmup: None,
             weight_decay: None,
+            lr_decay: None,
+            decay_steps: None,
+            max_grad_norm: None,
             seed: None,
             checkpoint_every: None,
             log_every: 1,
@@ -185,7 +194,48 @@ fn check_rates(s: &RunSettings) -> Result<(), String> {
             s.naming.given("weight_decay", wd)
         ));
     }
+    if let Some(n) = s.max_grad_norm.filter(|x| !(x.is_finite() && *x > 0.0)) {
+        return Err(format!(
+            "{}: the norm to clip gradients to must be a positive finite number",
+            s.naming.given("max_grad_norm", n)
+        ));
+    }
+    if let Some(d) = s.decay_steps {
+        if !matches!(s.lr_decay, Some(Decay::Linear | Decay::Cosine)) {
+            return Err(format!(
+                "{} needs {} linear or cosine (the step at which the decay ends)",
+                s.naming.given("decay_steps", d),
+                s.naming.name("lr_decay")
+            ));
+        }
+        if d <= s.warmup.unwrap_or(0) {
+            return Err(format!(
+                "{}: the decay must end after the warm-up ({})",
+                s.naming.given("decay_steps", d),
+                s.naming.given("warmup", s.warmup.unwrap_or(0))
+            ));
+        }
+    }
     Ok(())
+}
+
+/// The schedule of a run of `s` over `base` (the checkpoint's on a resume):
+/// each setting given replaces the base's; a decay without an end given
+/// ends at the base's end, else at the run's last step.
+fn schedule(s: &RunSettings, base: &Schedule) -> Schedule {
+    let decay = s.lr_decay.unwrap_or(base.decay);
+    let decay_steps = match decay {
+        Decay::Constant => 0,
+        _ => s
+            .decay_steps
+            .or((base.decay_steps > 0).then_some(base.decay_steps))
+            .unwrap_or(s.steps),
+    };
+    Schedule {
+        decay,
+        decay_steps,
+        max_grad_norm: s.max_grad_norm.or(base.max_grad_norm),
+    }
 }
 
 /// Refuses a checkpoint file `s.out` that cannot be written (missing or
@@ -255,6 +305,7 @@ pub fn optimizer_config(
             c.lr = s.lr.or(c.lr);
             c.warmup = s.warmup.unwrap_or(c.warmup);
             c.weight_decay = s.weight_decay.unwrap_or(c.weight_decay);
+            c.schedule = schedule(s, &c.schedule);
             OptimizerConfig::Adafactor(c)
         }
         (_, base) => {
@@ -265,6 +316,7 @@ pub fn optimizer_config(
             c.lr = s.lr.unwrap_or(c.lr);
             c.warmup = s.warmup.unwrap_or(c.warmup);
             c.weight_decay = s.weight_decay.unwrap_or(c.weight_decay);
+            c.schedule = schedule(s, &c.schedule);
             OptimizerConfig::Adam(c)
         }
     }

@@ -256,3 +256,145 @@ fn bad_gradients_are_errors() {
         .unwrap_err();
     assert_eq!(e, "the gradient of `w` has shape [2], the weight [3]");
 }
+
+#[test]
+fn decay_schedules_reach_zero_at_their_end() {
+    let s = |decay| Schedule {
+        decay,
+        decay_steps: 12,
+        max_grad_norm: None,
+    };
+    let (lin, cos, flat) = (s(Decay::Linear), s(Decay::Cosine), s(Decay::Constant));
+    // Warm-up (4 steps) is the same for all: t / 4.
+    for t in 1..4 {
+        let w = t as f64 / 4.0;
+        assert_eq!(
+            [
+                lin.lr_factor(4, t),
+                cos.lr_factor(4, t),
+                flat.lr_factor(4, t)
+            ],
+            [w; 3]
+        );
+    }
+    // Then 1 at the end of warm-up, halfway at step 8, 0 at step 12 and after.
+    assert_eq!(
+        [
+            lin.lr_factor(4, 4),
+            lin.lr_factor(4, 8),
+            lin.lr_factor(4, 12)
+        ],
+        [1.0, 0.5, 0.0]
+    );
+    assert_eq!(lin.lr_factor(4, 20), 0.0);
+    assert!((cos.lr_factor(4, 8) - 0.5).abs() < 1e-15);
+    assert!((cos.lr_factor(4, 6) - 0.5 * (1.0 + (std::f64::consts::PI / 4.0).cos())).abs() < 1e-15);
+    assert!(cos.lr_factor(4, 12).abs() < 1e-15 && cos.lr_factor(4, 4) == 1.0);
+    assert!((4..30).all(|t| flat.lr_factor(4, t) == 1.0));
+    // Monotone after warm-up.
+    for sched in [&lin, &cos] {
+        let f: Vec<f64> = (4..=12).map(|t| sched.lr_factor(4, t)).collect();
+        assert!(f.windows(2).all(|w| w[1] <= w[0]), "{f:?}");
+    }
+}
+
+#[test]
+fn adam_under_a_linear_decay_takes_scaled_steps() {
+    // Step 1 of Adam moves each weight by lr·factor·g/(|g|+eps).
+    let schedule = Schedule {
+        decay: Decay::Linear,
+        decay_steps: 4,
+        max_grad_norm: None,
+    };
+    let c = AdamConfig {
+        lr: 0.01,
+        schedule: schedule.clone(),
+        ..Default::default()
+    };
+    let got = run(OptimizerConfig::Adam(c), &[3], &W0, &[&G1]);
+    let f = schedule.lr_factor(0, 1);
+    assert_eq!(f, 0.75);
+    let want: Vec<f64> = (0..3)
+        .map(|i| W0[i] - 0.01 * f * G1[i] / (G1[i].abs() + 1e-8))
+        .collect();
+    close(&got[0], &want);
+}
+
+#[test]
+fn clipping_scales_every_gradient_by_the_global_norm() {
+    let weights = BTreeMap::from([
+        ("a".to_string(), tensor(&[2], &[1.0, 1.0])),
+        ("b".to_string(), tensor(&[1], &[1.0])),
+    ]);
+    let grads = BTreeMap::from([
+        ("a".to_string(), tensor(&[2], &[3.0, 0.0])),
+        ("b".to_string(), tensor(&[1], &[4.0])),
+    ]);
+    // Adam's first step is sign-like (g/|g|), so compare its state: the
+    // clipped run against one given the pre-scaled gradients.
+    let config = |max| {
+        OptimizerConfig::Adam(AdamConfig {
+            lr: 0.1,
+            schedule: Schedule {
+                max_grad_norm: max,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    };
+    let step = |config, grads: &BTreeMap<String, Tensor>| {
+        let mut w = weights.clone();
+        let mut opt = Optimizer::new(config, &w);
+        let norm = opt.update(&mut w, grads, 1).unwrap();
+        (w, opt.state().clone(), norm)
+    };
+    let (clipped, state, norm) = step(config(Some(1.0)), &grads);
+    assert_eq!(norm, 5.0, "the norm before clipping");
+    let s = 1.0 / (5.0 + 1e-6);
+    let scaled: BTreeMap<String, Tensor> = grads
+        .iter()
+        .map(|(k, g)| {
+            let v: Vec<f64> = f32s(g).iter().map(|x| x * s).collect();
+            (k.clone(), tensor(g.shape(), &v))
+        })
+        .collect();
+    let (by_hand, _, _) = step(config(None), &scaled);
+    for k in ["a", "b"] {
+        close(&f32s(&clipped[k]), &f32s(&by_hand[k]));
+    }
+    // The first moment holds the clipped gradient: 0.1·g·s.
+    close(&f32s(&state["m.b"]), &[0.1 * 4.0 * s]);
+    // A norm under the limit leaves the gradients alone.
+    let (loose, _, _) = step(config(Some(10.0)), &grads);
+    let (plain, _, _) = step(config(None), &grads);
+    assert_eq!(loose, plain);
+}
+
+#[test]
+fn schedules_round_trip_through_metadata_and_old_checkpoints_have_none() {
+    let c = OptimizerConfig::Adafactor(AdafactorConfig {
+        warmup: 3,
+        schedule: Schedule {
+            decay: Decay::Cosine,
+            decay_steps: 50,
+            max_grad_norm: Some(0.25),
+        },
+        ..Default::default()
+    });
+    let m = c.metadata();
+    assert_eq!(m["optimizer.decay"], "cosine");
+    assert_eq!(OptimizerConfig::from_metadata(&m).unwrap(), c);
+    // A checkpoint written before schedules existed: constant, no clipping.
+    let mut old = m.clone();
+    for k in ["decay", "decay_steps", "max_grad_norm"] {
+        old.remove(&format!("optimizer.{k}"));
+    }
+    let OptimizerConfig::Adafactor(back) = OptimizerConfig::from_metadata(&old).unwrap() else {
+        panic!("adafactor")
+    };
+    assert_eq!(back.schedule, Schedule::default());
+    let mut bad = m;
+    bad.insert("optimizer.decay".into(), "exponential".into());
+    let err = OptimizerConfig::from_metadata(&bad).unwrap_err();
+    assert!(err.contains("`optimizer.decay` = `exponential`"), "{err}");
+}

@@ -250,7 +250,7 @@ fn nan_stops_at_the_step_and_keeps_the_last_checkpoint() {
     assert_eq!(
         m,
         format!(
-            "step 8/20: the loss is NaN; training stopped ({} keeps the checkpoint of step 5; try a lower --lr or more --warmup)",
+            "step 8/20: the loss is NaN; training stopped ({} keeps the checkpoint of step 5; try a lower --lr, more --warmup or --max-grad-norm)",
             out.display()
         )
     );

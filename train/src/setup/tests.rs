@@ -328,3 +328,70 @@ fn options_follow_the_settings() {
     assert_eq!(o.checkpoint_every, Some(4));
     assert_eq!(o.out, PathBuf::from("c.safetensors"));
 }
+
+#[test]
+fn clipping_norms_and_decay_ends_are_checked() {
+    let mut s = settings(Naming::Flags);
+    s.max_grad_norm = Some(0.0);
+    assert_eq!(
+        check(&s).unwrap_err(),
+        "--max-grad-norm 0: the norm to clip gradients to must be a positive finite number"
+    );
+    s.max_grad_norm = Some(1.0);
+    s.decay_steps = Some(10);
+    assert_eq!(
+        check(&s).unwrap_err(),
+        "--decay-steps 10 needs --lr-decay linear or cosine (the step at which the decay ends)"
+    );
+    s.lr_decay = Some(Decay::Cosine);
+    s.warmup = Some(10);
+    s.naming = Naming::Keywords;
+    assert_eq!(
+        check(&s).unwrap_err(),
+        "decay_steps=10: the decay must end after the warm-up (warmup=10)"
+    );
+    s.decay_steps = Some(11);
+    assert_eq!(check(&s), Ok(()));
+}
+
+#[test]
+fn a_decay_ends_at_the_run_s_last_step_unless_told_and_a_resume_keeps_it() {
+    let fresh = RunSettings {
+        steps: 40,
+        lr_decay: Some(Decay::Cosine),
+        max_grad_norm: Some(1.0),
+        ..Default::default()
+    };
+    let c = optimizer_config("adam", &fresh, None);
+    let want = Schedule {
+        decay: Decay::Cosine,
+        decay_steps: 40,
+        max_grad_norm: Some(1.0),
+    };
+    assert_eq!(c.schedule(), &want);
+    // Resumed with more steps and no schedule flags: the checkpoint's end.
+    let more = RunSettings {
+        steps: 80,
+        ..Default::default()
+    };
+    assert_eq!(optimizer_config("adam", &more, Some(&c)).schedule(), &want);
+    // Given flags replace it; constant needs no end.
+    let told = RunSettings {
+        steps: 80,
+        decay_steps: Some(60),
+        lr_decay: Some(Decay::Linear),
+        ..Default::default()
+    };
+    let s = optimizer_config("adam", &told, Some(&c));
+    assert_eq!(
+        (s.schedule().decay, s.schedule().decay_steps),
+        (Decay::Linear, 60)
+    );
+    let flat = RunSettings {
+        steps: 80,
+        lr_decay: Some(Decay::Constant),
+        ..Default::default()
+    };
+    let s = optimizer_config("adafactor", &flat, None);
+    assert_eq!(s.schedule(), &Schedule::default());
+}
