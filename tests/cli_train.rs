@@ -279,6 +279,7 @@ fn write_checkpoint(path: &Path, model: &ModelId, weights: &BTreeMap<String, Ten
         seed: 0,
         seq_len: 32,
         batch: 1,
+        grad_accum: 1,
         data_len: 500,
     };
     checkpoint::write(path, 3, &run, model, weights, &opt).unwrap();

@@ -349,11 +349,12 @@ fn bf16_training_learns_the_copy_task_and_resumes_bit_for_bit() {
 }
 
 #[test]
-fn a_decaying_clipped_run_resumes_bit_for_bit() {
+fn a_decaying_clipped_accumulating_run_resumes_bit_for_bit() {
     // `--lr-decay cosine --decay-steps 24 --max-grad-norm 0.5`: the schedule
     // is stored in the checkpoint, so a resume without those flags continues
-    // it and reproduces the uninterrupted run. The progress lines report the
-    // gradient norm before clipping, above the limit here (clipping acts).
+    // it and reproduces the uninterrupted run (`--grad-accum 2`, like
+    // `--batch`, is given again). The progress lines report the gradient
+    // norm before clipping, above the limit here (clipping acts).
     let s = Scratch::new("schedule");
     let (config, _) = tiny_model(&s);
     let data = copy_task(&s);
@@ -366,6 +367,8 @@ fn a_decaying_clipped_run_resumes_bit_for_bit() {
         "0.5",
         "--warmup",
         "4",
+        "--grad-accum",
+        "2",
         "--log-every",
         "1",
     ];
@@ -381,7 +384,7 @@ fn a_decaying_clipped_run_resumes_bit_for_bit() {
         &part,
         24,
         Some(&part),
-        &["--log-every", "1"],
+        &["--grad-accum", "2", "--log-every", "1"],
     );
     assert_eq!([head, tail].concat(), all, "losses");
     assert_eq!(

@@ -59,6 +59,7 @@ def train(
     out,
     weights=None,
     batch=1,
+    grad_accum=1,
     optimizer=None,
     lr=None,
     warmup=None,
@@ -91,7 +92,9 @@ def train(
     array of token ids (anything with ``__array__``) or the path of a 1-D
     integer ``.npy`` file.
 
-    Each step trains on ``batch`` windows of ``seq_len`` tokens; the run stops
+    Each step trains on ``batch`` windows of ``seq_len`` tokens (times
+    ``grad_accum`` micro-batches whose gradients are averaged, as
+    ``--grad-accum``); the run stops
     after ``steps`` steps in all and writes its checkpoint to ``out`` every
     ``checkpoint_every`` steps and after the last. ``resume`` continues the run
     a checkpoint holds (weights, optimizer state, step, seed; it may be
@@ -131,6 +134,7 @@ def train(
         out=os.fspath(out),
         weights=None if weights is None else os.fspath(weights),
         batch=_count(batch, "batch"),
+        grad_accum=_count(grad_accum, "grad_accum"),
         optimizer=optimizer,
         lr=_rate(lr, "lr"),
         warmup=_count(warmup, "warmup"),

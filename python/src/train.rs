@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 /// `{"losses", "checkpoints", "step", "out"}`.
 #[pyfunction]
 #[pyo3(signature = (
-    model, data, *, steps, seq_len, out, weights=None, batch=1, optimizer=None,
+    model, data, *, steps, seq_len, out, weights=None, batch=1, grad_accum=1, optimizer=None,
     lr=None, warmup=None, weight_decay=None, seed=None, checkpoint_every=None,
     log_every=1, resume=None, interp=false, threads=0, dropout=true,
     lm_head_bias=false, log=None, memory_budget=None, recompute_layers="auto",
@@ -50,6 +50,7 @@ pub fn train<'py>(
     out: PathBuf,
     weights: Option<PathBuf>,
     batch: u64,
+    grad_accum: u64,
     optimizer: Option<String>,
     lr: Option<f64>,
     warmup: Option<u64>,
@@ -106,6 +107,7 @@ pub fn train<'py>(
             steps,
             seq_len,
             batch,
+            grad_accum,
             optimizer,
             lr,
             warmup,

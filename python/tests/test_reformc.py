@@ -596,12 +596,13 @@ def test_train_in_bf16_matches_the_cli(tmp_path):
 
 
 def test_train_with_a_schedule_and_clipping_matches_the_cli(tmp_path):
-    """``lr_decay``, ``decay_steps`` and ``max_grad_norm`` are the CLI's
-    ``--lr-decay``, ``--decay-steps`` and ``--max-grad-norm``: the same
-    checkpoint bytes, other bytes than without them; bad values refused."""
+    """``lr_decay``, ``decay_steps``, ``max_grad_norm`` and ``grad_accum`` are
+    the CLI's ``--lr-decay``, ``--decay-steps``, ``--max-grad-norm`` and
+    ``--grad-accum``: the same checkpoint bytes, other bytes than without
+    them; bad values refused."""
     data = tmp_path / "tokens.npy"
     np.save(data, train_tokens())
-    sched = dict(lr_decay="linear", decay_steps=3, max_grad_norm=0.01)
+    sched = dict(lr_decay="linear", decay_steps=3, max_grad_norm=0.01, grad_accum=2)
     cli_train(data, tmp_path / "cli.safetensors", **sched, **RUN)
     reformc.train(TRAIN, data, out=tmp_path / "py.safetensors", log_every=0, **sched, **RUN)
     assert (tmp_path / "py.safetensors").read_bytes() == (tmp_path / "cli.safetensors").read_bytes()

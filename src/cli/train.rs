@@ -35,9 +35,13 @@ pub struct TrainArgs {
     /// Window length L: each step trains on B windows of L consecutive tokens.
     #[arg(long)]
     pub seq_len: u64,
-    /// Windows per step B.
+    /// Windows per step B (per micro-batch with --grad-accum).
     #[arg(long, default_value_t = 1)]
     pub batch: u64,
+    /// Average the gradients of N micro-batches of B windows into each optimizer step
+    /// (gradient accumulation: the batch of N·B windows at the memory of B).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub grad_accum: u64,
     /// The optimizer (default adam; on --resume, the checkpoint's).
     #[arg(long, value_parser = ["adam", "adafactor"])]
     pub optimizer: Option<String>,
@@ -178,6 +182,7 @@ fn settings(args: &TrainArgs) -> RunSettings {
         steps: args.steps,
         seq_len: args.seq_len,
         batch: args.batch,
+        grad_accum: args.grad_accum,
         optimizer: args.optimizer.clone(),
         lr: args.lr,
         warmup: args.warmup,

@@ -143,6 +143,9 @@ pub struct RunInfo {
     pub seq_len: u64,
     /// Windows per step B.
     pub batch: u64,
+    /// Micro-batches per optimizer step (1 in checkpoints written before
+    /// gradient accumulation existed).
+    pub grad_accum: u64,
     /// Number of tokens of the data file.
     pub data_len: u64,
 }
@@ -202,6 +205,7 @@ pub fn write(
         ("seed", run.seed.to_string()),
         ("seq_len", run.seq_len.to_string()),
         ("batch", run.batch.to_string()),
+        ("grad_accum", run.grad_accum.to_string()),
         ("data_len", run.data_len.to_string()),
         ("model.fingerprint", model.fingerprint()),
         ("model.config", model.config.clone()),
@@ -389,6 +393,10 @@ fn read_parts(
             seed: int("seed")?,
             seq_len: int("seq_len")?,
             batch: int("batch")?,
+            grad_accum: match meta.contains_key("grad_accum") {
+                true => int("grad_accum")?,
+                false => 1,
+            },
             data_len: int("data_len")?,
         },
         model,

@@ -18,8 +18,11 @@ pub struct TrainOptions {
     pub steps: u64,
     /// Window length L.
     pub seq_len: usize,
-    /// Windows per step B.
+    /// Windows per micro-batch B.
     pub batch: usize,
+    /// Micro-batches per optimizer step: their gradients and losses are
+    /// averaged (gradient accumulation; 1: none).
+    pub grad_accum: u64,
     /// The run seed (windows and hashing are keyed by (seed, step)).
     pub seed: u64,
     /// A progress line every this many steps (0: none; the last step always has one).
@@ -111,6 +114,7 @@ pub fn train(
         seed: opts.seed,
         seq_len: opts.seq_len as u64,
         batch: opts.batch as u64,
+        grad_accum: opts.grad_accum,
         data_len: data.len() as u64,
     };
     let mut summary = Summary {
@@ -118,11 +122,9 @@ pub fn train(
         checkpoints: Vec::new(),
     };
     let mut meter = Meter::new();
+    let accum = opts.grad_accum.max(1);
     for s in state.step..opts.steps {
-        let ids = data.batch(opts.seed, s, opts.batch, opts.seq_len);
-        let (loss, grads) = engine
-            .step(&state.weights, &ids, s)
-            .map_err(|e| TrainError::Internal(format!("step {}: {e}", s + 1)))?;
+        let (loss, grads) = accumulated(opts, s, data, engine, &state.weights)?;
         if let Some(what) = non_finite(loss, &grads) {
             return Err(TrainError::Input(diverged(opts, s + 1, &what, &summary)));
         }
@@ -132,7 +134,7 @@ pub fn train(
             .map_err(|e| TrainError::Internal(format!("step {}: {e}", s + 1)))?;
         state.step = s + 1;
         summary.losses.push(loss);
-        meter.add(loss, norm, (opts.batch * opts.seq_len) as u64);
+        meter.add(loss, norm, accum * (opts.batch * opts.seq_len) as u64);
         let last = state.step == opts.steps;
         if last || (opts.log_every > 0 && state.step.is_multiple_of(opts.log_every)) {
             let line = meter.line(state.step, opts.steps);
@@ -156,6 +158,51 @@ pub fn train(
         }
     }
     Ok(summary)
+}
+
+/// The loss and gradients of optimizer step `s` (0-based): one step of
+/// `engine` on its windows, or with gradient accumulation the mean of
+/// `opts.grad_accum` micro-steps, micro-step `m` drawing its windows and its
+/// hashing and dropout keys as step `s·n + m` would (so n = 1 is the plain
+/// step, bit for bit). The mean is summed in f64 in micro-step order.
+fn accumulated(
+    opts: &TrainOptions,
+    s: u64,
+    data: &TokenStream,
+    engine: &mut dyn StepFn,
+    weights: &BTreeMap<String, Tensor>,
+) -> Result<(f64, BTreeMap<String, Tensor>), TrainError> {
+    let n = opts.grad_accum.max(1);
+    let micro = |engine: &mut dyn StepFn, k: u64| {
+        let ids = data.batch(opts.seed, k, opts.batch, opts.seq_len);
+        engine
+            .step(weights, &ids, k)
+            .map_err(|e| TrainError::Internal(format!("step {}: {e}", s + 1)))
+    };
+    if n == 1 {
+        return micro(engine, s);
+    }
+    let mut loss = 0.0;
+    let mut sums: BTreeMap<String, ndarray::ArrayD<f64>> = BTreeMap::new();
+    for m in 0..n {
+        let (l, grads) = micro(engine, s * n + m)?;
+        loss += l;
+        for (name, g) in grads {
+            let g = g.to_f64();
+            match sums.get_mut(&name) {
+                Some(acc) => *acc += &g,
+                None => {
+                    sums.insert(name, g);
+                }
+            }
+        }
+    }
+    let scale = 1.0 / n as f64;
+    let grads = sums
+        .into_iter()
+        .map(|(name, g)| (name, Tensor::F32(g.mapv(|x| (x * scale) as f32))))
+        .collect();
+    Ok((loss * scale, grads))
 }
 
 /// Refuses a run that cannot start: no window fits the data, empty

@@ -69,6 +69,9 @@ pub struct RunSettings {
     pub seq_len: u64,
     /// Windows per step B.
     pub batch: u64,
+    /// Micro-batches of B windows whose gradients are averaged into one
+    /// optimizer step (gradient accumulation; 1: none).
+    pub grad_accum: u64,
     /// `adam` or `adafactor` (default adam; on a resume, the checkpoint's).
     pub optimizer: Option<String>,
     /// Learning rate (default: the optimizer's).
@@ -115,6 +118,7 @@ impl Default for RunSettings {
             steps: 0,
             seq_len: 0,
             batch: 1,
+            grad_accum: 1,
             optimizer: None,
             lr: None,
             warmup: None,
@@ -150,6 +154,7 @@ pub fn check(s: &RunSettings) -> Result<(), String> {
         ("steps", s.steps),
         ("seq_len", s.seq_len),
         ("batch", s.batch),
+        ("grad_accum", s.grad_accum),
         ("checkpoint_every", s.checkpoint_every.unwrap_or(1)),
     ];
     if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
@@ -420,6 +425,11 @@ pub fn changes(
         (n("seq_len"), r.seq_len.to_string(), s.seq_len.to_string()),
         (n("batch"), r.batch.to_string(), s.batch.to_string()),
         (
+            n("grad_accum"),
+            r.grad_accum.to_string(),
+            s.grad_accum.to_string(),
+        ),
+        (
             format!("the {} length", n("data")),
             r.data_len.to_string(),
             data_len.to_string(),
@@ -445,6 +455,7 @@ pub fn options(s: &RunSettings, seed: u64) -> TrainOptions {
         steps: s.steps,
         seq_len: s.seq_len as usize,
         batch: s.batch as usize,
+        grad_accum: s.grad_accum,
         seed,
         log_every: s.log_every,
         checkpoint_every: s.checkpoint_every,

@@ -25,6 +25,7 @@ fn run_info() -> RunInfo {
         seed: u64::MAX - 3,
         seq_len: 16,
         batch: 2,
+        grad_accum: 3,
         data_len: 1000,
     }
 }

@@ -108,6 +108,7 @@ fn options(out: PathBuf, steps: u64) -> TrainOptions {
         steps,
         seq_len: 12,
         batch: 3,
+        grad_accum: 1,
         seed: 77,
         log_every: 0,
         checkpoint_every: None,
@@ -371,6 +372,105 @@ fn resuming_another_model_is_refused() {
             out.display()
         )),
         "{e}"
+    );
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// Records the step keys it is called with, then runs [`Bigram`].
+struct Keys(Vec<u64>);
+
+impl StepFn for Keys {
+    fn step(
+        &mut self,
+        weights: &BTreeMap<String, Tensor>,
+        ids: &Tensor,
+        step: u64,
+    ) -> Result<(f64, BTreeMap<String, Tensor>), String> {
+        self.0.push(step);
+        Bigram.step(weights, ids, step)
+    }
+}
+
+#[test]
+fn gradient_accumulation_averages_the_micro_steps() {
+    // Two optimizer steps of three micro-batches each: micro-step m of step
+    // s draws the windows (and keys) of step 3s + m; the update is the one
+    // of the micro-steps' mean gradient, and the loss their mean.
+    let d = scratch("accum");
+    let mut opts = options(d.join("c.safetensors"), 2);
+    opts.grad_accum = 3;
+    let mut state = TrainState::fresh(init(), adam());
+    let mut keys = Keys(Vec::new());
+    let s = train(
+        &opts,
+        &mut state,
+        &data(),
+        &mut keys,
+        &model(),
+        &mut std::io::sink(),
+    )
+    .unwrap();
+    assert_eq!(keys.0, [0, 1, 2, 3, 4, 5]);
+    let mut by_hand = TrainState::fresh(init(), adam());
+    for (step, loss) in s.losses.iter().enumerate() {
+        let mut mean_loss = 0.0;
+        let mut sum: BTreeMap<String, ArrayD<f64>> = BTreeMap::new();
+        for m in 0..3u64 {
+            let k = 3 * step as u64 + m;
+            let ids = data().batch(opts.seed, k, opts.batch, opts.seq_len);
+            let (l, g) = Bigram.step(&by_hand.weights, &ids, k).unwrap();
+            mean_loss += l / 3.0;
+            for (name, t) in g {
+                *sum.entry(name).or_insert_with(|| ArrayD::zeros(t.shape())) += &t.to_f64();
+            }
+        }
+        let grads = sum
+            .into_iter()
+            .map(|(n, g)| (n, Tensor::F32(g.mapv(|x| (x / 3.0) as f32))))
+            .collect();
+        by_hand
+            .optimizer
+            .update(&mut by_hand.weights, &grads, step as u64 + 1)
+            .unwrap();
+        assert!(
+            (loss - mean_loss).abs() <= 1e-12 * mean_loss.abs(),
+            "{loss} vs {mean_loss}"
+        );
+    }
+    assert_eq!(state.weights, by_hand.weights);
+    let ck = checkpoint::read(&opts.out).unwrap();
+    assert_eq!(ck.run.grad_accum, 3);
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn resume_is_bit_exact_with_gradient_accumulation() {
+    let d = scratch("accum-resume");
+    let run = |out: &Path, steps: u64, state: &mut TrainState| {
+        let mut opts = options(out.to_path_buf(), steps);
+        opts.grad_accum = 2;
+        train(
+            &opts,
+            state,
+            &data(),
+            &mut Bigram,
+            &model(),
+            &mut std::io::sink(),
+        )
+        .unwrap();
+    };
+    let whole = d.join("whole.safetensors");
+    let mut a = TrainState::fresh(init(), adam());
+    run(&whole, 8, &mut a);
+    let half = d.join("half.safetensors");
+    let mut b = TrainState::fresh(init(), adam());
+    run(&half, 4, &mut b);
+    let mut c = TrainState::resume(checkpoint::read(&half).unwrap(), &half, &model()).unwrap();
+    run(&half, 8, &mut c);
+    assert_eq!(a, c);
+    assert_eq!(
+        std::fs::read(&whole).unwrap(),
+        std::fs::read(&half).unwrap()
     );
     std::fs::remove_dir_all(&d).ok();
 }

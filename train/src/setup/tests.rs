@@ -36,6 +36,7 @@ fn checkpoint_file(dir: &Path, config: OptimizerConfig) -> (PathBuf, ModelId) {
         seed: 5,
         seq_len: 32,
         batch: 1,
+        grad_accum: 1,
         data_len: 500,
     };
     let path = dir.join("ck.safetensors");
@@ -60,10 +61,11 @@ fn same_run(path: &Path) -> RunSettings {
 #[test]
 fn counts_must_be_positive() {
     type Zero = fn(&mut RunSettings);
-    let cases: [(&str, Zero); 4] = [
+    let cases: [(&str, Zero); 5] = [
         ("steps", |s| s.steps = 0),
         ("seq-len", |s| s.seq_len = 0),
         ("batch", |s| s.batch = 0),
+        ("grad-accum", |s| s.grad_accum = 0),
         ("checkpoint-every", |s| s.checkpoint_every = Some(0)),
     ];
     for (flag, zero) in cases {
@@ -204,6 +206,7 @@ fn each_changed_setting_is_one_warning() {
     let s = RunSettings {
         seed: Some(6),
         batch: 2,
+        grad_accum: 4,
         lr: Some(0.01),
         ..same_run(&path)
     };
@@ -218,6 +221,7 @@ fn each_changed_setting_is_one_warning() {
         [
             "--seed",
             "--batch",
+            "--grad-accum",
             "the --data length",
             "the optimizer settings"
         ]
@@ -232,7 +236,7 @@ fn each_changed_setting_is_one_warning() {
         ..s
     };
     let r = resume(&s, read(&path), &path, &model, 400).unwrap();
-    assert!(r.warnings[2].starts_with("the data length differs"));
+    assert!(r.warnings[3].starts_with("the data length differs"));
     // The rates of the resumed run are the settings'.
     let state = r.into_state(&model).unwrap();
     let OptimizerConfig::Adam(c) = state.optimizer.config() else {
