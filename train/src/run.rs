@@ -164,7 +164,9 @@ pub fn train(
 /// `engine` on its windows, or with gradient accumulation the mean of
 /// `opts.grad_accum` micro-steps, micro-step `m` drawing its windows and its
 /// hashing and dropout keys as step `s·n + m` would (so n = 1 is the plain
-/// step, bit for bit). The mean is summed in f64 in micro-step order.
+/// step, bit for bit). The gradients are summed in f32 in micro-step order
+/// (one f32 copy of the weights' size, as PyTorch accumulates `.grad`), then
+/// divided by n in f64; the losses are summed in f64.
 fn accumulated(
     opts: &TrainOptions,
     s: u64,
@@ -183,26 +185,33 @@ fn accumulated(
         return micro(engine, s);
     }
     let mut loss = 0.0;
-    let mut sums: BTreeMap<String, ndarray::ArrayD<f64>> = BTreeMap::new();
+    let mut sums: BTreeMap<String, Tensor> = BTreeMap::new();
     for m in 0..n {
         let (l, grads) = micro(engine, s * n + m)?;
         loss += l;
         for (name, g) in grads {
-            let g = g.to_f64();
-            match sums.get_mut(&name) {
-                Some(acc) => *acc += &g,
-                None => {
+            match (sums.get_mut(&name), g) {
+                (Some(Tensor::F32(acc)), Tensor::F32(g)) if acc.shape() == g.shape() => *acc += &g,
+                (None, g) => {
                     sums.insert(name, g);
+                }
+                _ => {
+                    return Err(TrainError::Internal(format!(
+                        "step {}: the gradient of `{name}` is not an F32 tensor of one shape",
+                        s + 1
+                    )))
                 }
             }
         }
     }
-    let scale = 1.0 / n as f64;
     let grads = sums
         .into_iter()
-        .map(|(name, g)| (name, Tensor::F32(g.mapv(|x| (x * scale) as f32))))
+        .map(|(name, g)| {
+            let mean = g.to_f64().mapv(|x| (x / n as f64) as f32);
+            (name, Tensor::F32(mean))
+        })
         .collect();
-    Ok((loss * scale, grads))
+    Ok((loss / n as f64, grads))
 }
 
 /// Refuses a run that cannot start: no window fits the data, empty

@@ -414,20 +414,21 @@ fn gradient_accumulation_averages_the_micro_steps() {
     let mut by_hand = TrainState::fresh(init(), adam());
     for (step, loss) in s.losses.iter().enumerate() {
         let mut mean_loss = 0.0;
-        let mut sum: BTreeMap<String, ArrayD<f64>> = BTreeMap::new();
+        let mut sum: BTreeMap<String, ArrayD<f32>> = BTreeMap::new();
         for m in 0..3u64 {
             let k = 3 * step as u64 + m;
             let ids = data().batch(opts.seed, k, opts.batch, opts.seq_len);
             let (l, g) = Bigram.step(&by_hand.weights, &ids, k).unwrap();
-            mean_loss += l / 3.0;
+            mean_loss += l;
             for (name, t) in g {
-                *sum.entry(name).or_insert_with(|| ArrayD::zeros(t.shape())) += &t.to_f64();
+                *sum.entry(name).or_insert_with(|| ArrayD::zeros(t.shape())) += t.as_f32().unwrap();
             }
         }
         let grads = sum
             .into_iter()
-            .map(|(n, g)| (n, Tensor::F32(g.mapv(|x| (x / 3.0) as f32))))
+            .map(|(n, g)| (n, Tensor::F32(g.mapv(|x| (f64::from(x) / 3.0) as f32))))
             .collect();
+        mean_loss /= 3.0;
         by_hand
             .optimizer
             .update(&mut by_hand.weights, &grads, step as u64 + 1)
