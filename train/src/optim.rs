@@ -215,6 +215,28 @@ pub enum OptimizerConfig {
 }
 
 impl OptimizerConfig {
+    /// The learning rate of 1-based step `t`: the peak rate (Adafactor's
+    /// fixed one, or its relative step `min(1e-2, 1/√t)`) times the warm-up
+    /// and decay factor. Adafactor further scales it per tensor by the
+    /// weights' RMS; this is the rate before that.
+    ///
+    /// ```
+    /// use reformc_train::optim::{AdamConfig, Decay, OptimizerConfig, Schedule};
+    /// let schedule = Schedule { decay: Decay::Linear, decay_steps: 10, max_grad_norm: None };
+    /// let c = OptimizerConfig::Adam(AdamConfig { lr: 0.1, schedule, ..Default::default() });
+    /// assert_eq!(c.lr_at(5), 0.1 * 0.5);
+    /// ```
+    pub fn lr_at(&self, t: u64) -> f64 {
+        let (peak, warmup) = match self {
+            OptimizerConfig::Adam(c) => (c.lr, c.warmup),
+            OptimizerConfig::Adafactor(c) => (
+                c.lr.unwrap_or_else(|| (1.0 / (t as f64).sqrt()).min(1e-2)),
+                c.warmup,
+            ),
+        };
+        peak * self.schedule().lr_factor(warmup, t)
+    }
+
     /// The decay and clipping both optimizers share.
     pub fn schedule(&self) -> &Schedule {
         match self {

@@ -137,7 +137,11 @@ pub fn train(
         meter.add(loss, norm, accum * (opts.batch * opts.seq_len) as u64);
         let last = state.step == opts.steps;
         if last || (opts.log_every > 0 && state.step.is_multiple_of(opts.log_every)) {
-            let line = meter.line(state.step, opts.steps);
+            let line = meter.line(
+                state.step,
+                opts.steps,
+                state.optimizer.config().lr_at(state.step),
+            );
             writeln!(log, "{line}").map_err(|e| TrainError::Internal(format!("progress: {e}")))?;
         }
         if last
@@ -287,17 +291,17 @@ impl Meter {
         self.tokens += tokens;
     }
 
-    /// `step 12/100  loss 3.4512  tokens/s 812  peak 143 MiB  grad-norm 1.23`:
+    /// `step 12/100  loss 3.4512  tokens/s 812  peak 143 MiB  grad-norm 1.2345  lr 1.000e-3`:
     /// the mean loss, throughput and gradient norm (before clipping) since
-    /// the previous line; then starts over.
-    fn line(&mut self, step: u64, steps: u64) -> String {
+    /// the previous line, and the learning rate of the step; then starts over.
+    fn line(&mut self, step: u64, steps: u64, lr: f64) -> String {
         let secs = self.since.elapsed().as_secs_f64().max(1e-9);
         let rate = self.tokens as f64 / secs;
         let n = self.steps.max(1) as f64;
         let (loss, norm) = (self.loss_sum / n, self.norm_sum / n);
         let peak = peak_mib().map_or("?".to_string(), |m| m.to_string());
         *self = Meter::new();
-        format!("step {step}/{steps}  loss {loss:.4}  tokens/s {rate:.0}  peak {peak} MiB  grad-norm {norm:.4}")
+        format!("step {step}/{steps}  loss {loss:.4}  tokens/s {rate:.0}  peak {peak} MiB  grad-norm {norm:.4}  lr {lr:.3e}")
     }
 }
 

@@ -316,6 +316,15 @@ fn progress_lines_and_periodic_checkpoints() {
             "{line}"
         );
         assert!(f[7].parse::<u64>().unwrap() > 0, "{line}");
+        assert_eq!((f[9], f[11]), ("grad-norm", "lr"), "{line}");
+        assert!(f[10].parse::<f64>().unwrap() > 0.0, "{line}");
+        let step: u64 = step.split('/').next().unwrap().parse().unwrap();
+        let lr: f64 = f[12].parse().unwrap();
+        let want = adam().lr_at(step);
+        assert!(
+            (lr - want).abs() <= 1e-3 * want,
+            "{line}: lr {lr} vs {want}"
+        );
     }
     // The first line's loss is the mean of steps 1-3.
     let mean = s.losses[..3].iter().sum::<f64>() / 3.0;
