@@ -55,10 +55,10 @@ pub struct TrainArgs {
     #[arg(long)]
     pub weight_decay: Option<f64>,
     /// The learning rate after warm-up: constant (default), or decaying linearly or along a
-    /// half cosine to 0 at --decay-steps (on --resume, the checkpoint's).
+    /// half cosine to 0 after --decay-steps steps, as Hugging Face's schedules (on --resume, the checkpoint's).
     #[arg(long, value_parser = ["constant", "linear", "cosine"])]
     pub lr_decay: Option<String>,
-    /// The step at which a decaying learning rate reaches 0 (default: --steps, fixed when the run starts).
+    /// Steps of the decay schedule, warm-up included: the rate is 0 after them (default: --steps, fixed when the run starts).
     #[arg(long)]
     pub decay_steps: Option<u64>,
     /// Scale each step's gradients to at most this global L2 norm (torch's clip_grad_norm_; default: no clipping).

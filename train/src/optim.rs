@@ -51,9 +51,9 @@ pub enum Decay {
     /// It stays at its peak.
     #[default]
     Constant,
-    /// Linearly to 0 at [`Schedule::decay_steps`].
+    /// Linearly to 0 after [`Schedule::decay_steps`].
     Linear,
-    /// Along half a cosine to 0 at [`Schedule::decay_steps`].
+    /// Along half a cosine to 0 after [`Schedule::decay_steps`].
     Cosine,
 }
 
@@ -88,8 +88,9 @@ impl Decay {
 pub struct Schedule {
     /// The decay after warm-up (constant by default).
     pub decay: Decay,
-    /// The 1-based step at which a decaying rate reaches 0 (a run's last
-    /// step, unless set); unused with [`Decay::Constant`].
+    /// The length of the schedule, warm-up included: a decaying rate is 0
+    /// from step `decay_steps + 1` (a run's last step, unless set); unused
+    /// with [`Decay::Constant`].
     pub decay_steps: u64,
     /// When set, every step's gradients are scaled by
     /// `min(1, max / (norm + 1e-6))`, `norm` their L2 norm over all weights.
@@ -99,14 +100,19 @@ pub struct Schedule {
 impl Schedule {
     /// The multiplier of the peak learning rate at 1-based step `t`, after
     /// `warmup` steps of linear warm-up (`t / warmup`): 1 at the end of
-    /// warm-up, then constant or decaying to 0 at `decay_steps`.
+    /// warm-up, then constant or decaying as Hugging Face's
+    /// `get_linear_schedule_with_warmup` and `get_cosine_schedule_with_warmup`
+    /// do after warm-up (step `t` takes the factor of their 0-based step
+    /// `t - 1`): the progress `(t - 1 - warmup) / (decay_steps - warmup)`,
+    /// so the last step of the schedule still learns and the rate is 0 after it.
     ///
     /// ```
     /// use reformc_train::optim::{Decay, Schedule};
     /// let s = Schedule { decay: Decay::Linear, decay_steps: 10, max_grad_norm: None };
-    /// assert_eq!([s.lr_factor(2, 1), s.lr_factor(2, 2), s.lr_factor(2, 6), s.lr_factor(2, 10)], [0.5, 1.0, 0.5, 0.0]);
+    /// let f = |t| s.lr_factor(2, t);
+    /// assert_eq!([f(1), f(2), f(3), f(7), f(10), f(11)], [0.5, 1.0, 1.0, 0.5, 0.125, 0.0]);
     /// let c = Schedule { decay: Decay::Cosine, ..s };
-    /// assert!((c.lr_factor(2, 6) - 0.5).abs() < 1e-15 && c.lr_factor(2, 12) == 0.0);
+    /// assert!((c.lr_factor(2, 7) - 0.5).abs() < 1e-15 && c.lr_factor(2, 11) == 0.0);
     /// ```
     pub fn lr_factor(&self, warmup: u64, t: u64) -> f64 {
         if warmup > 0 && t < warmup {
@@ -116,7 +122,7 @@ impl Schedule {
         if self.decay == Decay::Constant || span == 0 {
             return 1.0;
         }
-        let p = (t.saturating_sub(warmup) as f64 / span as f64).min(1.0);
+        let p = (t.saturating_sub(1 + warmup) as f64 / span as f64).min(1.0);
         match self.decay {
             Decay::Linear => 1.0 - p,
             _ => 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
@@ -224,7 +230,7 @@ impl OptimizerConfig {
     /// use reformc_train::optim::{AdamConfig, Decay, OptimizerConfig, Schedule};
     /// let schedule = Schedule { decay: Decay::Linear, decay_steps: 10, max_grad_norm: None };
     /// let c = OptimizerConfig::Adam(AdamConfig { lr: 0.1, schedule, ..Default::default() });
-    /// assert_eq!(c.lr_at(5), 0.1 * 0.5);
+    /// assert_eq!(c.lr_at(6), 0.1 * 0.5);
     /// ```
     pub fn lr_at(&self, t: u64) -> f64 {
         let (peak, warmup) = match self {

@@ -82,7 +82,7 @@ pub struct RunSettings {
     pub weight_decay: Option<f64>,
     /// The learning rate's decay after warm-up (default constant).
     pub lr_decay: Option<Decay>,
-    /// The step at which a decaying rate reaches 0 (default: `steps`).
+    /// Steps of the decay schedule, warm-up included (default: `steps`).
     pub decay_steps: Option<u64>,
     /// Clip the gradients to this global L2 norm (default: no clipping).
     pub max_grad_norm: Option<f64>,

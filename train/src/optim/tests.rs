@@ -258,7 +258,7 @@ fn bad_gradients_are_errors() {
 }
 
 #[test]
-fn decay_schedules_reach_zero_at_their_end() {
+fn decay_schedules_reach_zero_after_their_end() {
     let s = |decay| Schedule {
         decay,
         decay_steps: 12,
@@ -277,47 +277,54 @@ fn decay_schedules_reach_zero_at_their_end() {
             [w; 3]
         );
     }
-    // Then 1 at the end of warm-up, halfway at step 8, 0 at step 12 and after.
+    // Then 1 at the end of warm-up and the step after (HF's step 4 of 0..),
+    // halfway at step 9, 1/8 at step 12 (the last), 0 after.
+    let lf = |t| lin.lr_factor(4, t);
     assert_eq!(
-        [
-            lin.lr_factor(4, 4),
-            lin.lr_factor(4, 8),
-            lin.lr_factor(4, 12)
-        ],
-        [1.0, 0.5, 0.0]
+        [lf(4), lf(5), lf(9), lf(12), lf(13), lf(20)],
+        [1.0, 1.0, 0.5, 0.125, 0.0, 0.0]
     );
-    assert_eq!(lin.lr_factor(4, 20), 0.0);
-    assert!((cos.lr_factor(4, 8) - 0.5).abs() < 1e-15);
-    assert!((cos.lr_factor(4, 6) - 0.5 * (1.0 + (std::f64::consts::PI / 4.0).cos())).abs() < 1e-15);
-    assert!(cos.lr_factor(4, 12).abs() < 1e-15 && cos.lr_factor(4, 4) == 1.0);
+    assert!((cos.lr_factor(4, 9) - 0.5).abs() < 1e-15);
+    let quarter = 0.5 * (1.0 + (std::f64::consts::PI / 4.0).cos());
+    assert!((cos.lr_factor(4, 7) - quarter).abs() < 1e-15);
+    assert!(cos.lr_factor(4, 13).abs() < 1e-15 && cos.lr_factor(4, 5) == 1.0);
     assert!((4..30).all(|t| flat.lr_factor(4, t) == 1.0));
     // Monotone after warm-up.
     for sched in [&lin, &cos] {
-        let f: Vec<f64> = (4..=12).map(|t| sched.lr_factor(4, t)).collect();
+        let f: Vec<f64> = (4..=13).map(|t| sched.lr_factor(4, t)).collect();
         assert!(f.windows(2).all(|w| w[1] <= w[0]), "{f:?}");
     }
 }
 
 #[test]
 fn adam_under_a_linear_decay_takes_scaled_steps() {
-    // Step 1 of Adam moves each weight by lr·factor·g/(|g|+eps).
-    let schedule = Schedule {
-        decay: Decay::Linear,
-        decay_steps: 4,
-        max_grad_norm: None,
-    };
-    let c = AdamConfig {
+    // Adam's moments do not depend on the rate, so under a decay step t
+    // moves the weights by factor(t) times the constant-rate run's move.
+    let decayed = AdamConfig {
         lr: 0.01,
-        schedule: schedule.clone(),
+        schedule: Schedule {
+            decay: Decay::Linear,
+            decay_steps: 3,
+            max_grad_norm: None,
+        },
         ..Default::default()
     };
-    let got = run(OptimizerConfig::Adam(c), &[3], &W0, &[&G1]);
-    let f = schedule.lr_factor(0, 1);
-    assert_eq!(f, 0.75);
-    let want: Vec<f64> = (0..3)
-        .map(|i| W0[i] - 0.01 * f * G1[i] / (G1[i].abs() + 1e-8))
-        .collect();
-    close(&got[0], &want);
+    let constant = AdamConfig {
+        lr: 0.01,
+        ..Default::default()
+    };
+    let a = run(
+        OptimizerConfig::Adam(decayed.clone()),
+        &[3],
+        &W0,
+        &[&G1, &G2],
+    );
+    let b = run(OptimizerConfig::Adam(constant), &[3], &W0, &[&G1, &G2]);
+    close(&a[0], &b[0]);
+    let f = decayed.schedule.lr_factor(0, 2);
+    assert!((f - 2.0 / 3.0).abs() < 1e-15);
+    let want: Vec<f64> = (0..3).map(|i| a[0][i] + f * (b[1][i] - b[0][i])).collect();
+    close(&a[1], &want);
 }
 
 #[test]
