@@ -66,11 +66,9 @@ pub struct GpuExe {
     pub head_dim: i64,
     /// See [`ExeInfo::rounds`].
     pub rounds: i64,
-    /// See [`ExeInfo::rot_half`].
+    /// See [`ExeInfo::rot_half`]. ([`ExeInfo::variants`] comes from which
+    /// `forward` entries are set.)
     pub rot_half: i64,
-    /// See [`ExeInfo::variants`] (the LSH sources compiled in; the runtime
-    /// takes them from which `forward` entries are set).
-    pub variants: i64,
     /// See [`ExeInfo::n_buckets`].
     pub n_buckets: i64,
 }

@@ -58,7 +58,7 @@ pub fn compile(args: &super::compile::CompileArgs, t0: std::time::Instant) -> Cl
         None => args.weights.clone(),
     };
     let spec = &m.spec;
-    let variants = variant_graphs(args, &m, lowered.graph.clone())?;
+    let variants = variant_graphs(args, &m, &lowered.graph)?;
     let mut texts = Vec::new();
     for (name, _, g) in &variants {
         texts.push((
@@ -81,8 +81,6 @@ pub fn compile(args: &super::compile::CompileArgs, t0: std::time::Instant) -> Cl
             inputs: input_list(g),
         })
         .collect();
-    // The runtime's variant bits: seeded 1, rotations 2, buckets 4.
-    let bits: i64 = metas.iter().map(|v| 1i64 << (v.slot as u32)).sum();
     let meta = ExeMeta {
         weights: weight_list(g)?,
         variants: metas,
@@ -112,7 +110,6 @@ pub fn compile(args: &super::compile::CompileArgs, t0: std::time::Instant) -> Cl
             spec.head_dim as i64,
             spec.lsh.n_hashes as i64,
             factors.iter().sum::<u64>() as i64 / 2,
-            bits,
             factors.iter().product::<u64>().min(i32::MAX as u64) as i64,
         ],
     };
@@ -215,7 +212,7 @@ type VariantGraph = (&'static str, Slot, Graph);
 fn variant_graphs(
     args: &super::compile::CompileArgs,
     m: &super::model::Model,
-    first: Graph,
+    first: &Graph,
 ) -> CliResult<Vec<VariantGraph>> {
     let sources =
         super::compile::variant_sources(args.lsh_source.as_deref(), m.spec.num_lsh_layers());

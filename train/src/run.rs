@@ -189,29 +189,33 @@ fn accumulated(
         return micro(engine, s);
     }
     let mut loss = 0.0;
-    let mut sums: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut sums: BTreeMap<String, ndarray::ArrayD<f32>> = BTreeMap::new();
     for m in 0..n {
         let (l, grads) = micro(engine, s * n + m)?;
         loss += l;
         for (name, g) in grads {
-            match (sums.get_mut(&name), g) {
-                (Some(Tensor::F32(acc)), Tensor::F32(g)) if acc.shape() == g.shape() => *acc += &g,
-                (None, g) => {
+            let bad = || {
+                TrainError::Internal(format!(
+                    "step {}: the gradient of `{name}` is not an F32 tensor of one shape",
+                    s + 1
+                ))
+            };
+            let Tensor::F32(g) = g else {
+                return Err(bad());
+            };
+            match sums.get_mut(&name) {
+                Some(acc) if acc.shape() == g.shape() => *acc += &g,
+                Some(_) => return Err(bad()),
+                None => {
                     sums.insert(name, g);
-                }
-                _ => {
-                    return Err(TrainError::Internal(format!(
-                        "step {}: the gradient of `{name}` is not an F32 tensor of one shape",
-                        s + 1
-                    )))
                 }
             }
         }
     }
     let grads = sums
         .into_iter()
-        .map(|(name, g)| {
-            let mean = g.to_f64().mapv(|x| (x / n as f64) as f32);
+        .map(|(name, sum)| {
+            let mean = sum.mapv(|x| (f64::from(x) / n as f64) as f32);
             (name, Tensor::F32(mean))
         })
         .collect();

@@ -82,8 +82,9 @@ pub struct ExeMeta {
     /// What `--signature` prints.
     pub signature: String,
     /// Input checks, as for CPU executables: vocabulary size, longest padded
-    /// length, padding rule, LSH shapes, the LSH source bit, bucket count.
-    pub checks: [i64; 11],
+    /// length, padding rule, LSH shapes, bucket count (the LSH sources are
+    /// the variants' slots).
+    pub checks: [i64; 10],
 }
 
 /// Where a variant goes in the runtime's description: the LSH source it
@@ -211,7 +212,7 @@ fn description_c(meta: &ExeMeta, has_init: bool) -> String {
 struct gpu_exe {{\n  int64_t abi_version;\n  void (*forward[3])(void **);\n  void (*init)(void);\n  void (*deinit)(void);\n\
   const char *weights;\n  const char *inputs[3];\n  int64_t output_rank;\n  const char *gpu_arch;\n\
   const char *model_name;\n  const char *output_name;\n  const char *default_weights;\n  const char *signature;\n\
-  int64_t checks[11];\n}};\n\
+  int64_t checks[10];\n}};\n\
 static const struct gpu_exe EXE = {{\n  2, {{{}}}, {init}, {fini},\n  {},\n  {{{}}},\n  {},\n  {},\n  {},\n  {},\n  {},\n  {},\n  {{{}}}\n}};\n",
         forwards.join(", "),
         c_string(&weights),
