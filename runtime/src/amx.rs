@@ -787,6 +787,32 @@ pub(crate) fn model_kernels(nr: usize) -> &'static [MicroFn] {
 mod tests {
     use super::*;
 
+    /// One `tdpbf16ps` on `u` with configuration `cfg`: C (tile 0) loaded
+    /// from `c`, A (tile 4) from `a`, B (tile 5) from `b`, all rows `stride`
+    /// bytes apart, and C stored back.
+    ///
+    /// # Safety
+    /// `u` can run the instructions and the three buffers hold the rows
+    /// that `cfg` gives tiles 0, 4 and 5.
+    unsafe fn dp_once<U: TileUnit, T>(
+        u: &mut U,
+        cfg: &TileConfig,
+        c: &mut [f32],
+        a: *const T,
+        b: *const T,
+        stride: usize,
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            u.configure(cfg);
+            u.load::<0>(c.as_ptr().cast(), stride);
+            u.load::<4>(a.cast(), stride);
+            u.load::<5>(b.cast(), stride);
+            u.dp::<0, 4, 5>();
+            u.store::<0>(c.as_mut_ptr().cast(), stride);
+        }
+    }
+
     #[test]
     fn the_model_kernels_pass_the_self_test() {
         self_test(&MODEL4, &MODEL2).unwrap();
@@ -837,14 +863,7 @@ mod tests {
         let mut c = [10.0f32, 20.0, 30.0, 40.0];
         let mut m = Model::new();
         // SAFETY: every tile named is configured; A, B and C hold 2 rows of 8 bytes.
-        unsafe {
-            m.configure(&cfg);
-            m.load::<0>(c.as_ptr().cast(), 8);
-            m.load::<4>(a.as_ptr().cast(), 8);
-            m.load::<5>(b.as_ptr().cast(), 8);
-            m.dp::<0, 4, 5>();
-            m.store::<0>(c.as_mut_ptr().cast(), 8);
-        }
+        unsafe { dp_once(&mut m, &cfg, &mut c, a.as_ptr(), b.as_ptr(), 8) };
         // Row 0 of A is (1, 2, 3, 4), row 1 (0.5, -1, 2, 0).
         let want = [
             10.0 + 1.0 + 2.0 * 3.0 + 3.0 * 5.0 + 4.0 * 7.0,
@@ -976,14 +995,7 @@ mod tests {
             let mut c = c0.clone();
             // SAFETY: the process holds the tile state; each tile covers
             // exactly one of these buffers (1×64, 1×64 and 16×64 bytes).
-            unsafe {
-                Hw.configure(&cfg);
-                Hw.load::<0>(c.as_ptr().cast(), 64);
-                Hw.load::<4>(a.as_ptr().cast(), 64);
-                Hw.load::<5>(b.as_ptr().cast(), 64);
-                Hw.dp::<0, 4, 5>();
-                Hw.store::<0>(c.as_mut_ptr().cast(), 64);
-            }
+            unsafe { dp_once(&mut Hw, &cfg, &mut c, a.as_ptr(), b.as_ptr(), 64) };
             let half = |w: u32, s: u32| f64::from(f32::from_bits(((w >> s) & 0xFFFF) << 16));
             for col in 0..16 {
                 let terms: Vec<f64> = (0..16)
