@@ -5,8 +5,9 @@
 # within bf16 accuracy of HF's float64 logits, then the bf16 GEMM rates on
 # AMX and on AVX-512 BF16 side by side, with a summary at the end.
 # With --bench it also runs bench/run.py (reformc fp32 and bf16 against HF
-# fp32 and bf16 autocast, bench model at 16K and 64K, paper model at 8K),
-# which needs the HF venv (/work/hfvenv or HF_PYTHON) and about 20 minutes.
+# fp32 and bf16 autocast, bench model at 16K and 64K, paper model at 8K) and
+# bench/train.py (the training step, fp32 and bf16, against HF), which need
+# the HF venv (/work/hfvenv or HF_PYTHON) and about 40 minutes.
 #   usage: scripts/amx-check.sh [--bench]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +50,8 @@ if [ "$bench" = 1 ]; then
     --hashes 1,4 --systems reformc,reformc-bf16,hf,hf-bf16
   step "paper model at 8K" "$py" bench/run.py --model paper --lengths 8192 --hashes 4 \
     --systems reformc,reformc-bf16,hf,hf-bf16
+  step "training step, 2 and 12 layers at 16K, fp32 and bf16" "$py" bench/train.py \
+    --lengths 16384 --layers 2,12 --bf16
 fi
 echo "== summary"
 printf '%s\n' "${results[@]}"
