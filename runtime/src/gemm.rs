@@ -315,8 +315,8 @@ pub fn available_kernels() -> Vec<Kernel> {
 }
 
 /// Largest `MR × NR` of any kernel (size of the stack scratch tile): the
-/// AMX kernels' 16 rows of a 64-column panel.
-const MAX_TILE: usize = 16 * 64;
+/// AMX kernels' [`crate::amx::MR`] rows of a 64-column panel.
+const MAX_TILE: usize = crate::amx::MR * 64;
 
 /// The kernel every GEMM in this process uses (the best one for this CPU;
 /// `REFORMC_RT_KERNEL=avx512|avx2|scalar` forces a narrower one).
