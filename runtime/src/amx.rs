@@ -528,16 +528,16 @@ macro_rules! per_tile {
 unsafe fn micro<U: TileUnit, const R: usize, const NT: usize>(u: &mut U, p: &Micro) {
     debug_assert_eq!(p.a_ks, 1, "AMX reads A in rows");
     let nr = 16 * NT;
-    let (a, b, c) = (p.a.cast::<u32>(), p.b.cast::<u32>(), p.c);
-    let steps = p.k / 16;
+    let o = Operands::of(p, nr);
+    let (a, b, c) = (o.a, o.b, o.c);
     if R > 16 {
         // SAFETY: the caller's contract, passed on.
-        unsafe { tiles_2x2::<U, NT>(u, p, R - 16) };
+        unsafe { tiles_2x2::<U, NT>(u, p, &o, R - 16) };
     } else {
         // SAFETY: likewise.
-        unsafe { tiles_1x4::<U, R, NT>(u, p) };
+        unsafe { tiles_1x4::<U, R, NT>(u, p, &o) };
     }
-    let rest = 16 * steps..p.k;
+    let rest = 16 * o.steps..p.k;
     let bias = (!p.bias.is_null()).then(|| {
         // SAFETY: a non-null bias holds nr values (contract).
         unsafe { std::slice::from_raw_parts(p.bias, nr) }
@@ -603,10 +603,13 @@ impl Operands {
 /// panel's `NT` column tiles, each B tile loaded for its one product.
 ///
 /// # Safety
-/// As [`micro`].
-unsafe fn tiles_1x4<U: TileUnit, const R: usize, const NT: usize>(u: &mut U, p: &Micro) {
+/// As [`micro`], with `o` its operands.
+unsafe fn tiles_1x4<U: TileUnit, const R: usize, const NT: usize>(
+    u: &mut U,
+    p: &Micro,
+    o: &Operands,
+) {
     let nr = 16 * NT;
-    let o = Operands::of(p, nr);
     // SAFETY (whole block): the configuration defines every tile named, with
     // the shapes tdpbf16ps needs; each load or store covers R (or 16) rows of
     // 64 bytes inside A, the panel or C as the contract describes.
@@ -646,10 +649,9 @@ unsafe fn tiles_1x4<U: TileUnit, const R: usize, const NT: usize>(u: &mut U, p: 
 /// the 16-row form.
 ///
 /// # Safety
-/// As [`micro`] with `R` = `16 + r2` rows, and `NT` even.
-unsafe fn tiles_2x2<U: TileUnit, const NT: usize>(u: &mut U, p: &Micro, r2: usize) {
+/// As [`micro`] with `R` = `16 + r2` rows, `o` its operands, and `NT` even.
+unsafe fn tiles_2x2<U: TileUnit, const NT: usize>(u: &mut U, p: &Micro, o: &Operands, r2: usize) {
     let nr = 16 * NT;
-    let o = Operands::of(p, nr);
     let a1 = o.a.wrapping_add(16 * p.lda);
     // SAFETY (whole block): the configuration defines tiles 0-7 with the
     // shapes tdpbf16ps needs (rows 0-15 in 0, 1 and 4; the other r2 rows in
