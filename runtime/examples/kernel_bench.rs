@@ -13,6 +13,8 @@
 //! - `act`: the fused bias + activation epilogue (65536×256→512).
 //! - `wgrad`: weight-gradient products `xᵀ·dy` (x `[L, in]` read transposed
 //!   in place, dy `[L, out]`) at L = 16K, as a training step runs them.
+//! - `paper`: the paper model's feed-forward stack and a 1024→1024
+//!   projection at L = 8192, 2 threads.
 //! - `dense`: the attention's two projections (layer norm, 256→128 twice) as
 //!   two fused stacks and as one pair call (`dense_pair`), at L = 16K/64K.
 //! - `attn_grad`: the LSH attention gradient alone (bench model, one round).
@@ -156,6 +158,64 @@ fn bench_dense(reps: usize) {
             rate(gflop, one)
         );
     }
+}
+
+/// The paper model's dense work at L = 8192 (D 1024, d_ff 4096): the
+/// feed-forward stack (LN, 1024->4096 relu, 4096->1024, onto the residual)
+/// and one 1024->1024 projection, 2 threads.
+fn bench_paper(reps: usize) {
+    println!("paper model dense stacks, L = 8192, 2 threads, GFLOP/s, median (best) of {reps}");
+    let (rows, d, ff) = (8192usize, 1024usize, 4096usize);
+    set_threads(2).unwrap();
+    let (g, be) = (data(d, 4), data(d, 5));
+    let (w1, b1, w2, b2) = (data(ff * d, 6), data(ff, 7), data(d * ff, 8), data(d, 9));
+    let wp = data(d * d, 10);
+    let x = data(rows * d, 1);
+    let mut y = vec![0.0f32; rows * d];
+    let norm = Some(Norm {
+        w: &g,
+        b: &be,
+        eps: 1e-12,
+    });
+    let ffs = Stack {
+        norm,
+        first: Layer {
+            w: &w1,
+            out: ff,
+            b: Some(&b1),
+            act: Activation::Relu,
+        },
+        second: Some(Layer {
+            w: &w2,
+            out: d,
+            b: Some(&b2),
+            act: Activation::None,
+        }),
+    };
+    let t = timed(reps, || {
+        dense(&ffs, &x, rows, d, &mut y, Mode::Accumulate).unwrap()
+    });
+    println!(
+        "feed-forward    {:>16}",
+        rate(4.0 * (rows * d * ff) as f64 / 1e9, t)
+    );
+    let proj = Stack {
+        norm: None,
+        first: Layer {
+            w: &wp,
+            out: d,
+            b: None,
+            act: Activation::None,
+        },
+        second: None,
+    };
+    let t = timed(reps, || {
+        dense(&proj, &x, rows, d, &mut y, Mode::Store).unwrap()
+    });
+    println!(
+        "1024->1024      {:>16}",
+        rate(2.0 * (rows * d * d) as f64 / 1e9, t)
+    );
 }
 
 fn bench_wgrad(reps: usize) {
@@ -450,6 +510,9 @@ fn main() {
     }
     if has("dense") {
         bench_dense(reps);
+    }
+    if has("paper") {
+        bench_paper(reps);
     }
     if has("act") {
         bench_activations(reps);

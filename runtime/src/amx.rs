@@ -8,8 +8,9 @@
 //! state (Linux `arch_prctl(ARCH_REQ_XCOMP_PERM)`), a micro-kernel of 16
 //! rows by one packed panel (`NR` = 32 or 64 columns: two or four 16×16 f32
 //! accumulator tiles) multiplies 32 bf16 values along `k` per instruction.
-//! The right-hand side is the AVX-512 BF16 kernels' pair panel unchanged: a
-//! panel's rows of pair words are exactly AMX's "VNNI" layout of B.
+//! The right-hand side holds the AVX-512 BF16 kernels' pair words (AMX's
+//! "VNNI" layout of B) in tile order ([`crate::bf16::Packing::Tiles`]): a
+//! B tile of 16 pair rows by 16 columns is 1 KiB of contiguous memory.
 //!
 //! The micro-kernel is written once over [`TileUnit`], the instructions it
 //! uses, with two implementations: [`Hw`], the instructions themselves, and
@@ -166,9 +167,10 @@ pub fn mode() -> (Mode, Option<&'static str>) {
     (*m, why.as_deref())
 }
 
-/// The micro-kernels for row-major bf16 pair rows and panels `nr` wide, or
-/// `None` where the mode is off or the width is not 32 or 64. Entry `r - 1`
-/// computes `r` rows (1..=16).
+/// The micro-kernels for row-major bf16 pair rows and panels `nr` wide
+/// packed as [`crate::bf16::Packing::Tiles`], or `None` where the mode is
+/// off or the width is not 32 or 64. Entry `r - 1` computes `r` rows
+/// (1..=[`MR`]).
 pub(crate) fn kernels(nr: usize) -> Option<&'static [MicroFn]> {
     match (mode().0, nr) {
         (Mode::Hardware, 64) => Some(&HW4),
@@ -522,13 +524,14 @@ macro_rules! per_tile {
 ///
 /// # Safety
 /// `u` can run the tile instructions; `p.a` holds `R` rows of `p.k` pair
-/// words `p.lda` apart (`p.a_ks` = 1), `p.b` a panel of `p.k` rows of
-/// `16·NT` pair words, `p.c` `R` rows of `16·NT` values `p.ldc` apart, and
-/// a non-null `p.bias` `16·NT` values.
+/// words `p.lda` apart (`p.a_ks` = 1), `p.b` a panel packed as
+/// [`crate::bf16::Packing::Tiles`]: `NT` groups `p.b_group` words apart,
+/// each `p.k` rows of 16 pair words; `p.c` `R` rows of `16·NT` values
+/// `p.ldc` apart, and a non-null `p.bias` `16·NT` values.
 unsafe fn micro<U: TileUnit, const R: usize, const NT: usize>(u: &mut U, p: &Micro) {
     debug_assert_eq!(p.a_ks, 1, "AMX reads A in rows");
     let nr = 16 * NT;
-    let o = Operands::of(p, nr);
+    let o = Operands::of(p);
     let (a, b, c) = (o.a, o.b, o.c);
     if R > 16 {
         // SAFETY: the caller's contract, passed on.
@@ -554,10 +557,13 @@ unsafe fn micro<U: TileUnit, const R: usize, const NT: usize>(u: &mut U, p: &Mic
             )
         };
         for q in rest.clone() {
-            // SAFETY: pair row q < p.k of the panel holds nr words (contract).
-            let b_row = unsafe { std::slice::from_raw_parts(b.add(q * nr), nr) };
-            for (x, &bw) in row.iter_mut().zip(b_row) {
-                *x = dp_pair(*x, a_row[q], bw);
+            for (g, xs) in row.chunks_exact_mut(16).enumerate() {
+                // SAFETY: group g < NT holds p.k pair rows of 16 words (contract).
+                let b_row =
+                    unsafe { std::slice::from_raw_parts(b.add(g * o.b_group + q * 16), 16) };
+                for (x, &bw) in xs.iter_mut().zip(b_row) {
+                    *x = dp_pair(*x, a_row[q], bw);
+                }
             }
         }
         // Separate passes (each element's order is unchanged: remainder,
@@ -574,28 +580,41 @@ unsafe fn micro<U: TileUnit, const R: usize, const NT: usize>(u: &mut U, p: &Mic
 }
 
 /// The operands of [`micro`] as the tile loops address them: A and B in
-/// pair words, each stride in bytes.
+/// pair words, each stride in bytes (a B tile's rows are contiguous), and
+/// B's column groups `b_group` words apart.
 struct Operands {
     a: *const u32,
     b: *const u32,
+    b_group: usize,
     c: *mut f32,
     a_stride: usize,
-    b_stride: usize,
     c_stride: usize,
     steps: usize,
 }
 
+/// Bytes from one row of a B tile to the next: a group's pair row.
+const B_STRIDE: usize = 64;
+
+/// Words of one B tile (16 pair rows of a group): the step from one 16
+/// pairs of `k` to the next within a group.
+const B_TILE: usize = 256;
+
 impl Operands {
-    fn of(p: &Micro, nr: usize) -> Operands {
+    fn of(p: &Micro) -> Operands {
         Operands {
             a: p.a.cast(),
             b: p.b.cast(),
+            b_group: p.b_group,
             c: p.c,
             a_stride: 4 * p.lda,
-            b_stride: 4 * nr,
             c_stride: 4 * p.ldc,
             steps: p.k / 16,
         }
+    }
+
+    /// B's tile for step `s` (pairs `16 s..16 s + 16`) of column group `g`.
+    fn b_tile(&self, s: usize, g: usize) -> *const u8 {
+        self.b.wrapping_add(g * self.b_group + B_TILE * s).cast()
     }
 }
 
@@ -609,7 +628,6 @@ unsafe fn tiles_1x4<U: TileUnit, const R: usize, const NT: usize>(
     p: &Micro,
     o: &Operands,
 ) {
-    let nr = 16 * NT;
     // SAFETY (whole block): the configuration defines every tile named, with
     // the shapes tdpbf16ps needs; each load or store covers R (or 16) rows of
     // 64 bytes inside A, the panel or C as the contract describes.
@@ -626,9 +644,8 @@ unsafe fn tiles_1x4<U: TileUnit, const R: usize, const NT: usize>(
         for s in 0..o.steps {
             u.load::<A_TILE>(o.a.add(16 * s).cast(), o.a_stride);
             for i in 0..NT {
-                let bi = o.b.add(16 * s * nr + 16 * i).cast::<u8>();
                 per_tile!(i, |T, B| {
-                    u.load::<B>(bi, o.b_stride);
+                    u.load::<B>(o.b_tile(s, i), B_STRIDE);
                     u.dp::<T, A_TILE, B>();
                 });
             }
@@ -651,7 +668,6 @@ unsafe fn tiles_1x4<U: TileUnit, const R: usize, const NT: usize>(
 /// # Safety
 /// As [`micro`] with `R` = `16 + r2` rows, `o` its operands, and `NT` even.
 unsafe fn tiles_2x2<U: TileUnit, const NT: usize>(u: &mut U, p: &Micro, o: &Operands, r2: usize) {
-    let nr = 16 * NT;
     let a1 = o.a.wrapping_add(16 * p.lda);
     // SAFETY (whole block): the configuration defines tiles 0-7 with the
     // shapes tdpbf16ps needs (rows 0-15 in 0, 1 and 4; the other r2 rows in
@@ -675,11 +691,10 @@ unsafe fn tiles_2x2<U: TileUnit, const NT: usize>(u: &mut U, p: &Micro, o: &Oper
                 u.zero::<3>();
             }
             for s in 0..o.steps {
-                let b0 = o.b.add(16 * s * nr + 32 * h);
                 u.load::<4>(o.a.add(16 * s).cast(), o.a_stride);
-                u.load::<6>(b0.cast(), o.b_stride);
+                u.load::<6>(o.b_tile(s, 2 * h), B_STRIDE);
                 u.dp::<0, 4, 6>();
-                u.load::<7>(b0.add(16).cast(), o.b_stride);
+                u.load::<7>(o.b_tile(s, 2 * h + 1), B_STRIDE);
                 u.dp::<1, 4, 7>();
                 u.load::<5>(a1.add(16 * s).cast(), o.a_stride);
                 u.dp::<2, 5, 6>();
@@ -867,6 +882,9 @@ fn check_case(f: MicroFn, nr: usize, case: &Case, seed: u64) -> Result<(), Strin
             .collect()
     };
     let (a, b) = (words(rows * lda, seed + 1), words(k * nr, seed + 2));
+    // B's word (q, j) as the kernel reads it: packed as tiles.
+    let tiles = crate::bf16::Packing::Tiles;
+    let b_at = |q: usize, j: usize| b[tiles.offset(k, nr, q, j)];
     let (c0, bias_v) = (values(rows * ldc, seed + 3), values(nr, seed + 4));
     let mut c = c0.clone();
     let micro = Micro {
@@ -875,6 +893,7 @@ fn check_case(f: MicroFn, nr: usize, case: &Case, seed: u64) -> Result<(), Strin
         lda,
         a_ks: 1,
         b: b.as_ptr().cast(),
+        b_group: 16 * k,
         c: c.as_mut_ptr(),
         ldc,
         accumulate,
@@ -905,7 +924,7 @@ fn check_case(f: MicroFn, nr: usize, case: &Case, seed: u64) -> Result<(), Strin
             };
             let mut mag = want.abs();
             for q in 0..k {
-                let (aw, bw) = (a[r * lda + q], b[q * nr + j]);
+                let (aw, bw) = (a[r * lda + q], b_at(q, j));
                 for shift in [0, 16] {
                     let t = half(aw, shift) * half(bw, shift);
                     want += t;

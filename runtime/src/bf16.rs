@@ -155,25 +155,72 @@ pub(crate) enum Packing {
     /// bf16 pairs along k (one 32-bit word per column and pair of rows) for
     /// the AVX-512 BF16 kernel; A is converted to pairs when multiplied.
     Pairs,
+    /// The words of [`Packing::Pairs`] for AMX tiles ([`crate::amx`]): each
+    /// panel stored as column groups of [`TILE_COLS`], one after another,
+    /// each group's pair rows [`TILE_COLS`] words long, so that a B tile
+    /// (16 pair rows of one group) is 1 KiB of contiguous memory. With
+    /// pair rows a panel wide (256 bytes apart) the tile loads bounded the
+    /// AMX micro-kernel.
+    Tiles,
 }
+
+/// Columns of one group of a [`Packing::Tiles`] panel: one tile's width.
+pub(crate) const TILE_COLS: usize = 16;
 
 impl Packing {
     /// Rows of a panel packed from `k` rows of B: `k`, or `ceil(k/2)` pairs.
     pub(crate) fn stored_rows(self, k: usize) -> usize {
         match self {
-            Packing::Pairs => k.div_ceil(2),
+            Packing::Pairs | Packing::Tiles => k.div_ceil(2),
             Packing::F32 | Packing::Rounded => k,
+        }
+    }
+
+    /// Whether values are stored as bf16 pair words.
+    pub(crate) fn is_pairs(self) -> bool {
+        matches!(self, Packing::Pairs | Packing::Tiles)
+    }
+
+    /// Where stored row `r`, column `j` of a panel `nr` wide and `rows`
+    /// stored rows long lies, counted from the panel's start (with tiles:
+    /// past `j`'s earlier groups of `rows × 16` words).
+    #[inline(always)]
+    pub(crate) fn offset(self, rows: usize, nr: usize, r: usize, j: usize) -> usize {
+        match self {
+            Packing::Tiles => (j / TILE_COLS) * rows * TILE_COLS + r * TILE_COLS + j % TILE_COLS,
+            _ => r * nr + j,
+        }
+    }
+
+    /// From one stored row of a column to the next.
+    #[inline(always)]
+    pub(crate) fn row_step(self, nr: usize) -> usize {
+        match self {
+            Packing::Tiles => TILE_COLS,
+            _ => nr,
+        }
+    }
+
+    /// The columns `j..` of a stored row that lie next to each other: to
+    /// the end of the panel (`nr` wide), or of `j`'s column group.
+    #[inline(always)]
+    pub(crate) fn run(self, nr: usize, j: usize) -> usize {
+        match self {
+            Packing::Tiles => TILE_COLS - j % TILE_COLS,
+            _ => nr - j % nr,
         }
     }
 }
 
 /// The packing this thread's precision asks for, with a kernel of
-/// `isa` (pairs need AVX-512 BF16 and the AVX-512 kernels' panels).
+/// `isa` (pairs need AVX-512 BF16 and the AVX-512 kernels' panels; tiles,
+/// AMX on the hardware or the model as well).
 pub(crate) fn packing(isa: &str) -> Packing {
     if !enabled() {
         return Packing::F32;
     }
     match hardware() && isa == "avx512" {
+        true if crate::amx::mode().0 != crate::amx::Mode::Off => Packing::Tiles,
         true => Packing::Pairs,
         false => Packing::Rounded,
     }
@@ -238,6 +285,33 @@ mod tests {
                 assert_eq!(bits_select(x), bits(x) as u32, "{:#x}", x.to_bits());
             }
         }
+    }
+
+    #[test]
+    fn tile_groups_hold_each_stored_row_of_sixteen_columns_together() {
+        let (rows, nr) = (10, 64);
+        assert_eq!(Packing::Pairs.offset(rows, nr, 2, 17), 2 * 64 + 17);
+        assert_eq!(Packing::Tiles.offset(rows, nr, 2, 17), 10 * 16 + 2 * 16 + 1);
+        // Every packing places the panel's words one to one in rows × nr.
+        for p in [Packing::F32, Packing::Pairs, Packing::Tiles] {
+            let mut seen = vec![false; rows * nr];
+            for r in 0..rows {
+                for j in 0..nr {
+                    let o = p.offset(rows, nr, r, j);
+                    assert!(!seen[o], "{p:?} ({r}, {j})");
+                    seen[o] = true;
+                    if j % nr + 1 < nr && p.run(nr, j) > 1 {
+                        assert_eq!(p.offset(rows, nr, r, j + 1), o + 1, "{p:?} run at {j}");
+                    }
+                    if r + 1 < rows {
+                        assert_eq!(p.offset(rows, nr, r + 1, j), o + p.row_step(nr));
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&s| s));
+        }
+        assert_eq!(Packing::Tiles.run(64, 17), 15);
+        assert_eq!(Packing::Pairs.run(64, 17), 47);
     }
 
     #[test]

@@ -17,7 +17,8 @@ use std::sync::OnceLock;
 /// kernel's row count `R` (1..=MR), then
 /// `+ bias` and relu if asked. `a` has row stride `lda` and column stride
 /// `a_ks` (1 for row-major, the stored row length for a transposed A); `b` is a
-/// packed panel (`k` rows of `NR` contiguous values); `c` has row stride `ldc`.
+/// packed panel (`k` rows of `NR` contiguous values; with AMX tiles, column
+/// groups of 16 that start `b_group` words apart); `c` has row stride `ldc`.
 #[derive(Clone, Copy)]
 pub(crate) struct Micro {
     pub k: usize,
@@ -25,6 +26,9 @@ pub(crate) struct Micro {
     pub lda: usize,
     pub a_ks: usize,
     pub b: *const f32,
+    /// Words from one 16-column group of a [`Packing::Tiles`] panel to the
+    /// next (unused by other packings).
+    pub b_group: usize,
     pub c: *mut f32,
     pub ldc: usize,
     pub accumulate: bool,
@@ -421,8 +425,8 @@ impl PackedB {
     /// Packs `b` given as `[k, n]` row-major with row stride `ldb`.
     pub fn from_kn(b: &[f32], k: usize, n: usize, ldb: usize, nr: usize) -> Result<Self> {
         let packing = bf16::packing(kernel().isa);
-        if packing == Packing::Pairs {
-            return Self::pairs_from_kn(b, k, n, ldb, nr);
+        if packing.is_pairs() {
+            return Self::pairs_from_kn(b, k, n, ldb, nr, packing);
         }
         if packing != Packing::F32 {
             return Self::from_fn(k, n, nr, packing, |kk, j| b[kk * ldb + j]);
@@ -444,17 +448,31 @@ impl PackedB {
 
     /// [`from_kn`](Self::from_kn) as bf16 pairs: rows `2r` and `2r + 1` of
     /// `b` are both contiguous along a panel's columns, so each pair row of a
-    /// panel is one vector pass ([`bf16::pair_rows_into`]), where
+    /// panel is one vector pass ([`bf16::pair_rows_into`]) per run of
+    /// columns (the panel, or a tile's group), where
     /// [`from_fn`](Self::from_fn) walked `b` down its columns. The same words.
-    fn pairs_from_kn(b: &[f32], k: usize, n: usize, ldb: usize, nr: usize) -> Result<Self> {
+    fn pairs_from_kn(
+        b: &[f32],
+        k: usize,
+        n: usize,
+        ldb: usize,
+        nr: usize,
+        packing: Packing,
+    ) -> Result<Self> {
         let rows = k.div_ceil(2);
         let data = filled_panels(n.div_ceil(nr), rows * nr, |panel, dst| {
             let (c0, cols) = (panel * nr, nr.min(n - panel * nr));
-            for (r, out) in dst.chunks_exact_mut(nr).enumerate() {
+            for r in 0..rows {
                 prefetch_rows(&b[c0..], 2 * (r + PAIR_AHEAD), k, ldb, cols);
-                let lo = &b[2 * r * ldb + c0..][..cols];
-                let hi = (2 * r + 1 < k).then(|| &b[(2 * r + 1) * ldb + c0..][..cols]);
-                bf16::pair_rows_into(lo, hi, &mut out[..cols]);
+                let mut j = 0;
+                while j < cols {
+                    let len = packing.run(nr, j).min(cols - j);
+                    let lo = &b[2 * r * ldb + c0 + j..][..len];
+                    let hi = (2 * r + 1 < k).then(|| &b[(2 * r + 1) * ldb + c0 + j..][..len]);
+                    let at = packing.offset(rows, nr, r, j);
+                    bf16::pair_rows_into(lo, hi, &mut dst[at..at + len]);
+                    j += len;
+                }
             }
         })?;
         Ok(PackedB {
@@ -462,7 +480,7 @@ impl PackedB {
             n,
             k,
             nr,
-            packing: Packing::Pairs,
+            packing,
         })
     }
 
@@ -480,8 +498,8 @@ impl PackedB {
             for jj in 0..nr.min(n - panel * nr) {
                 let j = panel * nr + jj;
                 for r in 0..rows {
-                    dst[r * nr + jj] = match packing {
-                        Packing::Pairs => {
+                    dst[packing.offset(rows, nr, r, jj)] = match packing {
+                        Packing::Pairs | Packing::Tiles => {
                             let hi = if 2 * r + 1 < k { at(2 * r + 1, j) } else { 0.0 };
                             f32::from_bits(bf16::pair(at(2 * r, j), hi))
                         }
@@ -630,17 +648,22 @@ pub(crate) fn gemm_a(
             a_rows(ar, k, |i, kk| bf16::round(a[i * sa.row + kk * sa.k]));
             tiles(kern.f, m, ar, AStrides { row: k, k: 1 }, b, c, ldc, epi);
         }),
-        Packing::Pairs => {
+        Packing::Pairs | Packing::Tiles => {
             let k2 = k.div_ceil(2);
+            let row_fns = match b.packing {
+                Packing::Tiles => crate::amx::kernels(kern.nr)
+                    .expect("panels are packed as tiles only where AMX is on"),
+                _ => bf16_kernels(kern),
+            };
             // A read transposed (`xᵀ` of a weight gradient): pair rows along
             // m, one vector pass per pair of A's stored rows, multiplied in
             // that `[k2, m]` layout as the f32 kernels read a transposed A.
             if sa.row == 1 && sa.k >= m && m > 1 {
-                if let Some(fns) = crate::amx::kernels(kern.nr) {
+                if b.packing == Packing::Tiles {
                     // AMX tiles load A in rows: transpose into pair rows.
                     return with_a_scratch(m * k2, |ap| {
                         a_pair_rows_transposed(ap, a, m, k, sa.k);
-                        tiles(fns, m, ap, AStrides { row: k2, k: 1 }, b, c, ldc, epi);
+                        tiles(row_fns, m, ap, AStrides { row: k2, k: 1 }, b, c, ldc, epi);
                     });
                 }
                 return with_a_scratch(m * k2, |ap| {
@@ -667,16 +690,7 @@ pub(crate) fn gemm_a(
                         f32::from_bits(bf16::pair(lo, hi))
                     }),
                 }
-                tiles(
-                    bf16_row_kernels(kern),
-                    m,
-                    ap,
-                    AStrides { row: k2, k: 1 },
-                    b,
-                    c,
-                    ldc,
-                    epi,
-                );
+                tiles(row_fns, m, ap, AStrides { row: k2, k: 1 }, b, c, ldc, epi);
             })
         }
     }
@@ -778,12 +792,6 @@ fn prefetch_rows(x: &[f32], r: usize, rows: usize, ld: usize, len: usize) {
     }
 }
 
-/// The micro-kernels for bf16 pair rows of A (row-major): AMX tiles where
-/// [`crate::amx`] is on, else those of [`bf16_kernels`].
-fn bf16_row_kernels(kern: &Kernel) -> &'static [MicroFn] {
-    crate::amx::kernels(kern.nr).unwrap_or_else(|| bf16_kernels(kern))
-}
-
 /// The AVX-512 BF16 micro-kernels with the same tile as `kern` (the panels
 /// were packed for its `NR`).
 fn bf16_kernels(kern: &Kernel) -> &'static [MicroFn] {
@@ -816,6 +824,13 @@ fn bf16_kernels(kern: &Kernel) -> &'static [MicroFn] {
 /// slower on the paper model at 8K and 1024 no faster than 512.
 const KC: usize = 512;
 
+/// [`KC`] for AMX tiles (pairs of rows): a pass's end stores C's tiles and
+/// the next pass loads them again, which costs the tiles more than a
+/// panel slice beyond L2 does. On the Sapphire Rapids-class Xeon the paper
+/// model's feed-forward stack ran at 850 GFLOP/s with 512 pairs, 920 with
+/// 1024 and 600 with 128.
+const KC_TILES: usize = 1024;
+
 /// The register-tile loop of [`gemm_a`]: `fns[r - 1]` computes a tile of
 /// `r` rows; A's values (f32, or bf16 pairs) lie as `sa` says and B's panels
 /// hold `b.stored_k()` rows.
@@ -846,12 +861,16 @@ fn tiles(
         epi,
     };
     // One pass even for k = 0, which writes the bias (or zeros).
-    for k0 in (0..k.max(1)).step_by(KC) {
+    let kc = match b.packing {
+        Packing::Tiles => KC_TILES,
+        _ => KC,
+    };
+    for k0 in (0..k.max(1)).step_by(kc) {
         let pass = Pass {
             k0,
-            kc: KC.min(k - k0.min(k)),
+            kc: kc.min(k - k0.min(k)),
             accumulate: epi.accumulate || k0 > 0,
-            last: k0 + KC >= k,
+            last: k0 + kc >= k,
         };
         tiles_pass(&problem, c, pass);
     }
@@ -899,7 +918,8 @@ fn tiles_pass(p: &Problem, c: &mut [f32], pass: Pass) {
     for panel in 0..b.panels() {
         let j0 = panel * nr;
         let cols = nr.min(n - j0);
-        let bp = &b.data[(panel * k + pass.k0) * nr..(panel + 1) * k * nr];
+        let step = b.packing.row_step(nr);
+        let bp = &b.data[panel * k * nr + pass.k0 * step..(panel + 1) * k * nr];
         let bias = match epi.bias {
             Some(s) if pass.last => s[j0..].as_ptr(),
             _ => std::ptr::null(),
@@ -924,6 +944,7 @@ fn tiles_pass(p: &Problem, c: &mut [f32], pass: Pass) {
                 lda,
                 a_ks: sa.k,
                 b: bp.as_ptr(),
+                b_group: k * bf16::TILE_COLS,
                 c: cp,
                 ldc: ldc_t,
                 accumulate: pass.accumulate,
@@ -1206,11 +1227,19 @@ mod tests {
         let b = data(k * (n + 2), 5);
         let words = |p: &PackedB| p.data.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         bf16::with(true, || {
-            let fast = PackedB::from_kn(&b, k, n, n + 2, kern.nr).unwrap();
             let at = |kk: usize, j: usize| b[kk * (n + 2) + j];
-            let slow = PackedB::from_fn(k, n, kern.nr, Packing::Pairs, at).unwrap();
-            assert_eq!(fast.packing, Packing::Pairs);
-            assert_eq!(words(&fast), words(&slow));
+            for packing in [Packing::Pairs, Packing::Tiles] {
+                let fast = PackedB::pairs_from_kn(&b, k, n, n + 2, kern.nr, packing).unwrap();
+                let slow = PackedB::from_fn(k, n, kern.nr, packing, at).unwrap();
+                assert_eq!(words(&fast), words(&slow), "{packing:?}");
+            }
+            // What this CPU packs: tiles where AMX is on, else pairs.
+            let fast = PackedB::from_kn(&b, k, n, n + 2, kern.nr).unwrap();
+            let want = match crate::amx::mode().0 {
+                crate::amx::Mode::Off => Packing::Pairs,
+                _ => Packing::Tiles,
+            };
+            assert_eq!(fast.packing, want);
             // A stored transposed (`[k, m]`, rows m + 1 apart) and as a
             // row-major copy multiply to the same bits.
             let at_t = data(k * (m + 1), 6);
@@ -1238,7 +1267,7 @@ mod tests {
 
     /// The GEMM driver around the AMX micro-kernels (on the tile model, so
     /// on any CPU): row tiles of 16 and fewer, edge panels through the
-    /// scratch tile, k in passes of KC pairs with an odd remainder, onto C
+    /// scratch tile, k in passes of KC_TILES pairs with an odd remainder, onto C
     /// and not, bias and relu; each element within 1e-5 of the f64 sum of
     /// the same bf16 products.
     #[test]
@@ -1246,13 +1275,13 @@ mod tests {
         for nr in [64usize, 32] {
             let fns = crate::amx::model_kernels(nr);
             for (m, n, k, acc, act) in [
-                (37, 2 * nr + 5, 2 * 2 * KC + 35, true, Activation::Relu),
+                (37, 2 * nr + 5, 2 * KC_TILES + 35, true, Activation::Relu),
                 (16, nr, 64, false, Activation::None),
                 (5, nr - 3, 33, false, Activation::Relu),
                 (1, 7, 1, true, Activation::None),
             ] {
                 let (a, bm) = (data(m * k, 11), data(k * n, 12));
-                let b = PackedB::from_fn(k, n, nr, Packing::Pairs, |kk, j| bm[kk * n + j]).unwrap();
+                let b = PackedB::from_fn(k, n, nr, Packing::Tiles, |kk, j| bm[kk * n + j]).unwrap();
                 let mut bias = data(b.panels() * nr, 13);
                 bias[n..].iter_mut().for_each(|x| *x = f32::NAN);
                 let k2 = k.div_ceil(2);

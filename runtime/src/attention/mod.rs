@@ -235,20 +235,21 @@ pub(crate) fn put_key(
     factor: Option<f32>,
     scale: KeyScale,
 ) {
-    let (nr, rows) = (p.nr, p.stored_k());
-    let dst = &mut p.data[(slot / nr) * rows * nr + slot % nr..];
-    match p.packing {
+    let (nr, rows, packing) = (p.nr, p.stored_k(), p.packing);
+    let step = packing.row_step(nr);
+    let dst = &mut p.data[(slot / nr) * rows * nr + packing.offset(rows, nr, 0, slot % nr)..];
+    match packing {
         Packing::F32 => {
             for (t, &x) in key.iter().enumerate() {
-                dst[t * nr] = scale.apply(x, factor);
+                dst[t * step] = scale.apply(x, factor);
             }
         }
         Packing::Rounded => {
             for (t, &x) in key.iter().enumerate() {
-                dst[t * nr] = bf16::round(scale.apply(x, factor));
+                dst[t * step] = bf16::round(scale.apply(x, factor));
             }
         }
-        Packing::Pairs => put_key_pairs(dst, nr, rows, key, factor, scale),
+        Packing::Pairs | Packing::Tiles => put_key_pairs(dst, step, rows, key, factor, scale),
     }
 }
 
@@ -256,11 +257,12 @@ pub(crate) fn put_key(
 const KEY_BLOCK: usize = 64;
 
 /// [`put_key`] for bf16 pairs: each block of dimensions is scaled and
-/// rounded in vector lanes, then stored one word per pair down the panel.
+/// rounded in vector lanes, then stored one word per pair down the panel
+/// (pair rows `step` words apart).
 #[inline]
 fn put_key_pairs(
     dst: &mut [f32],
-    nr: usize,
+    step: usize,
     rows: usize,
     key: &[f32],
     factor: Option<f32>,
@@ -271,7 +273,7 @@ fn put_key_pairs(
         let words = &mut words[..block.len().div_ceil(2)];
         pair_block(block, factor, scale, words);
         for (r, &w) in (b * KEY_BLOCK / 2..rows).zip(words.iter()) {
-            dst[r * nr] = f32::from_bits(w);
+            dst[r * step] = f32::from_bits(w);
         }
     }
 }
@@ -304,10 +306,10 @@ pub(crate) fn put_keys<'a>(
     key: impl Fn(usize) -> (&'a [f32], Option<f32>),
     scale: KeyScale,
 ) {
-    let (nr, rows) = (p.nr, p.stored_k());
-    let mut block = match p.packing {
-        Packing::Pairs => vec![0u32; KEY_GROUP * rows],
-        _ => Vec::new(),
+    let (nr, rows, packing) = (p.nr, p.stored_k(), p.packing);
+    let mut block = match packing.is_pairs() {
+        true => vec![0u32; KEY_GROUP * rows],
+        false => Vec::new(),
     };
     for g0 in (0..n).step_by(KEY_GROUP) {
         let gn = KEY_GROUP.min(n - g0);
@@ -321,9 +323,9 @@ pub(crate) fn put_keys<'a>(
         }
         // Otherwise f32 keys go one at a time (a block in memory gains
         // nothing: 2.5% slower on the paper model at 8K).
-        if col + gn > nr || p.packing != Packing::Pairs {
+        if gn > packing.run(nr, col) || !packing.is_pairs() {
             // Also a group across a panel boundary (NR not a multiple of
-            // the group).
+            // the group) or a tile's column group.
             for t in g0..g0 + gn {
                 let (k, f) = key(t);
                 put_key(p, t, k, f, scale);
@@ -334,9 +336,10 @@ pub(crate) fn put_keys<'a>(
             let (k, f) = key(g0 + g);
             pair_words(k, f, scale, words);
         }
-        let base = (g0 / nr) * rows * nr + col;
+        let base = (g0 / nr) * rows * nr + packing.offset(rows, nr, 0, col);
+        let step = packing.row_step(nr);
         for r in 0..rows {
-            let dst = &mut p.data[base + r * nr..][..gn];
+            let dst = &mut p.data[base + r * step..][..gn];
             for (g, d) in dst.iter_mut().enumerate() {
                 *d = f32::from_bits(block[g * rows + r]);
             }
@@ -458,22 +461,24 @@ fn pair_words(key: &[f32], factor: Option<f32>, scale: KeyScale, words: &mut [u3
 /// slots becomes one row of words in one pass (no read-modify-write); an odd
 /// `n` leaves the last row's high halves zero.
 pub(crate) fn put_values<'a>(p: &mut PackedB, n: usize, value: impl Fn(usize) -> &'a [f32]) {
-    if p.packing != Packing::Pairs {
+    if !p.packing.is_pairs() {
         for t in 0..n {
             put_value(p, t, value(t));
         }
         return;
     }
-    let (nr, rows) = (p.nr, p.stored_k());
+    let (nr, rows, packing) = (p.nr, p.stored_k(), p.packing);
+    let run = packing.run(nr, 0);
     for t in (0..n).step_by(2) {
         let lo = value(t);
         let hi = (t + 1 < n).then(|| value(t + 1));
-        for (panel, part) in lo.chunks(nr).enumerate() {
-            let at = panel * rows * nr + (t / 2) * nr;
+        for (c, part) in lo.chunks(run).enumerate() {
+            let (panel, j) = ((c * run) / nr, (c * run) % nr);
+            let at = panel * rows * nr + packing.offset(rows, nr, t / 2, j);
             let dst = &mut p.data[at..at + part.len()];
             match hi {
                 Some(hi) => {
-                    let hi = &hi[panel * nr..][..part.len()];
+                    let hi = &hi[c * run..][..part.len()];
                     for ((d, &a), &b) in dst.iter_mut().zip(part).zip(hi) {
                         *d = f32::from_bits(bf16::bits_select(a) | bf16::bits_select(b) << 16);
                     }
@@ -494,9 +499,18 @@ pub(crate) fn put_values<'a>(p: &mut PackedB, n: usize, value: impl Fn(usize) ->
 /// half: slots must be written in increasing order, as every caller does.
 #[inline]
 pub(crate) fn put_value(p: &mut PackedB, slot: usize, value: &[f32]) {
-    let (nr, rows) = (p.nr, p.stored_k());
+    let (nr, rows, packing) = (p.nr, p.stored_k(), p.packing);
+    if packing == Packing::Tiles {
+        let run = packing.run(nr, 0);
+        for (c, part) in value.chunks(run).enumerate() {
+            let (panel, j) = ((c * run) / nr, (c * run) % nr);
+            let at = panel * rows * nr + packing.offset(rows, nr, slot / 2, j);
+            put_pair_halves(&mut p.data[at..at + part.len()], part, slot % 2);
+        }
+        return;
+    }
     for (panel, part) in value.chunks(nr).enumerate() {
-        match p.packing {
+        match packing {
             Packing::F32 => {
                 let at = panel * rows * nr + slot * nr;
                 p.data[at..at + part.len()].copy_from_slice(part);
@@ -507,17 +521,24 @@ pub(crate) fn put_value(p: &mut PackedB, slot: usize, value: &[f32]) {
                     *d = bf16::round(x);
                 }
             }
-            Packing::Pairs => {
+            Packing::Pairs | Packing::Tiles => {
                 let at = panel * rows * nr + (slot / 2) * nr;
-                let dst = p.data[at..at + part.len()].iter_mut().zip(part);
-                match slot % 2 {
-                    0 => dst.for_each(|(d, &x)| *d = f32::from_bits(bf16::bits_select(x))),
-                    _ => dst.for_each(|(d, &x)| {
-                        *d = f32::from_bits((d.to_bits() & 0xFFFF) | bf16::bits_select(x) << 16)
-                    }),
-                }
+                put_pair_halves(&mut p.data[at..at + part.len()], part, slot % 2);
             }
         }
+    }
+}
+
+/// `values` rounded to bf16 into the low (`half` 0, clearing the high one)
+/// or high (`half` 1) halves of the pair words `dst`.
+#[inline]
+fn put_pair_halves(dst: &mut [f32], values: &[f32], half: usize) {
+    let dst = dst.iter_mut().zip(values);
+    match half {
+        0 => dst.for_each(|(d, &x)| *d = f32::from_bits(bf16::bits_select(x))),
+        _ => dst.for_each(|(d, &x)| {
+            *d = f32::from_bits((d.to_bits() & 0xFFFF) | bf16::bits_select(x) << 16)
+        }),
     }
 }
 
@@ -722,7 +743,13 @@ mod tests {
         let kern = kernel();
         // Odd sizes, more keys than a group, several panels, a factor and a
         // NaN; every packing the kernels use.
-        for packing in [Packing::F32, Packing::Rounded, Packing::Pairs] {
+        let mut pairs = Vec::new();
+        for packing in [
+            Packing::F32,
+            Packing::Rounded,
+            Packing::Pairs,
+            Packing::Tiles,
+        ] {
             for (n, dk, dv) in [(37, 9, 20), (kern.nr + 19, 130, 7), (1, 1, 1)] {
                 let mut keys = values(n * dk, 4);
                 keys[n * dk / 2] = f32::NAN;
@@ -745,8 +772,34 @@ mod tests {
                 let bits = |p: &PackedB| p.data.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&k1), bits(&k2), "keys {packing:?} n={n} dk={dk}");
                 assert_eq!(bits(&v1), bits(&v2), "values {packing:?} n={n} dv={dv}");
+                match packing {
+                    Packing::Pairs => pairs.push((k1, v1)),
+                    // The tile layout holds the pair layout's words, each
+                    // where `Packing::offset` says.
+                    Packing::Tiles => {
+                        let (pk, pv) = pairs.remove(0);
+                        assert_eq!(relaid(&pk, Packing::Tiles), bits(&k1), "keys n={n}");
+                        assert_eq!(relaid(&pv, Packing::Tiles), bits(&v1), "values n={n}");
+                    }
+                    _ => {}
+                }
             }
         }
+    }
+
+    /// The words of `p` placed as `to` places them.
+    fn relaid(p: &PackedB, to: Packing) -> Vec<u32> {
+        let (nr, rows) = (p.nr, p.stored_k());
+        let mut out = vec![0u32; p.data.len()];
+        for (panel, words) in p.data.chunks_exact(rows * nr).enumerate() {
+            for r in 0..rows {
+                for j in 0..nr {
+                    let w = words[p.packing.offset(rows, nr, r, j)].to_bits();
+                    out[panel * rows * nr + to.offset(rows, nr, r, j)] = w;
+                }
+            }
+        }
+        out
     }
 
     #[test]
