@@ -332,19 +332,61 @@ pub(crate) fn put_keys<'a>(
             }
             continue;
         }
-        for (g, words) in block.chunks_exact_mut(rows.max(1)).take(gn).enumerate() {
-            let (k, f) = key(g0 + g);
-            pair_words(k, f, scale, words);
-        }
         let base = (g0 / nr) * rows * nr + packing.offset(rows, nr, 0, col);
         let step = packing.row_step(nr);
-        for r in 0..rows {
+        // Whole blocks of 16 pair rows transposed in registers; the rows
+        // after them (and every row without AVX-512) through the block.
+        let done = match gn == KEY_GROUP {
+            true => put16_pairs(&mut p.data[base..], step, rows, g0, &key, scale),
+            false => 0,
+        };
+        for (g, words) in block.chunks_exact_mut(rows.max(1)).take(gn).enumerate() {
+            let (k, f) = key(g0 + g);
+            pair_words(&k[2 * done..], f, scale, &mut words[done..]);
+        }
+        for r in done..rows {
             let dst = &mut p.data[base + r * step..][..gn];
             for (g, d) in dst.iter_mut().enumerate() {
                 *d = f32::from_bits(block[g * rows + r]);
             }
         }
     }
+}
+
+/// Pair rows `0..16 b` (`b` whole blocks of 16) of sixteen keys `g0..g0 + 16`
+/// written as [`put_key`] writes them (the same scaling and rounding, so
+/// the same words) to `dst`, pair rows `step` words apart: each block's 32
+/// dimensions of a key become 16 pair words in registers, and the 16 × 16
+/// words are transposed so that each pair row gets one 64-byte store (with
+/// [`Packing::Tiles`], one contiguous 1 KiB tile). Returns the pair rows
+/// written: `16 b`, or 0 without AVX-512 BW or for keys shorter than
+/// `2 × rows` values.
+fn put16_pairs<'a>(
+    dst: &mut [f32],
+    step: usize,
+    rows: usize,
+    g0: usize,
+    key: &impl Fn(usize) -> (&'a [f32], Option<f32>),
+    scale: KeyScale,
+) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bw") {
+        let keys: [(&[f32], Option<f32>); KEY_GROUP] = std::array::from_fn(|g| key(g0 + g));
+        let full = rows / 16 * 16;
+        if full == 0 || keys.iter().any(|k| k.0.len() < 2 * full) {
+            return 0;
+        }
+        assert!(dst.len() >= (full - 1) * step + KEY_GROUP);
+        for r0 in (0..full).step_by(16) {
+            // SAFETY: AVX-512F/BW were detected; every key holds 2 full
+            // values (checked) and `dst` 16 words at each of the pair rows
+            // below `full`, `step` apart (asserted).
+            unsafe { x86::put16_pairs_block(dst.as_mut_ptr(), step, &keys, scale, r0) };
+        }
+        return full;
+    }
+    let _ = (dst, step, rows, g0, key, scale);
+    0
 }
 
 /// Sixteen f32 keys `g0..g0 + 16` of one panel written as [`put_key`] writes
@@ -390,6 +432,112 @@ mod x86 {
     use super::{KeyScale, KEY_GROUP};
     use std::arch::x86_64::*;
 
+    /// `x` scaled as [`KeyScale::apply`] does, lane by lane (the same IEEE
+    /// operations in the same order, so the same values).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn scaled(mut x: __m512, factor: Option<f32>, scale: KeyScale) -> __m512 {
+        if let Some(f) = factor {
+            x = _mm512_mul_ps(x, _mm512_set1_ps(f));
+        }
+        match scale.recip {
+            Some(rc) => _mm512_mul_ps(x, _mm512_set1_ps(rc)),
+            None => _mm512_div_ps(x, _mm512_set1_ps(scale.div)),
+        }
+    }
+
+    /// `bf16::bits_select` lane by lane: the bf16 nearest each value (ties
+    /// to even), NaNs quieted, in the low 16 bits of each lane.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn bf16_bits(x: __m512) -> __m512i {
+        let u = _mm512_castps_si512(x);
+        let hi = _mm512_srli_epi32::<16>(u);
+        let bias = _mm512_add_epi32(
+            _mm512_set1_epi32(0x7FFF),
+            _mm512_and_si512(hi, _mm512_set1_epi32(1)),
+        );
+        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(u, bias));
+        let nan = _mm512_and_si512(
+            _mm512_or_si512(hi, _mm512_set1_epi32(0x40)),
+            _mm512_set1_epi32(0xFFFF),
+        );
+        let abs = _mm512_and_si512(u, _mm512_set1_epi32(0x7FFF_FFFF));
+        let is_nan = _mm512_cmpgt_epi32_mask(abs, _mm512_set1_epi32(0x7F80_0000));
+        _mm512_mask_blend_epi32(is_nan, rounded, nan)
+    }
+
+    /// Pair rows `r0..r0 + 16` of 16 keys (dimensions `2 r0..2 r0 + 32`):
+    /// row `r0 + r` at `dst + (r0 + r) * step` gets each key's pair word `r`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F and BW; every key must hold `2 r0 + 32`
+    /// values and `dst` 16 words at each of those rows.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn put16_pairs_block(
+        dst: *mut f32,
+        step: usize,
+        keys: &[(&[f32], Option<f32>); KEY_GROUP],
+        scale: KeyScale,
+        r0: usize,
+    ) {
+        // The low halves of the 32 lanes of (lo, hi), in order: 32 bf16 = 16 pair words.
+        let evens = _mm512_set_epi16(
+            62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32, 30, 28, 26, 24, 22, 20,
+            18, 16, 14, 12, 10, 8, 6, 4, 2, 0,
+        );
+        let words: [__m512; 16] = std::array::from_fn(|g| {
+            let (k, f) = keys[g];
+            // SAFETY: the key holds 2 r0 + 32 values (contract).
+            let (lo, hi) = unsafe {
+                let p = k.as_ptr().add(2 * r0);
+                (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
+            };
+            let (lo, hi) = (
+                bf16_bits(scaled(lo, f, scale)),
+                bf16_bits(scaled(hi, f, scale)),
+            );
+            _mm512_castsi512_ps(_mm512_permutex2var_epi16(lo, evens, hi))
+        });
+        let rows = transpose16(&words);
+        for (r, x) in rows.into_iter().enumerate() {
+            // SAFETY: pair row r0 + r holds 16 words from dst (contract).
+            unsafe { _mm512_storeu_ps(dst.add((r0 + r) * step), x) };
+        }
+    }
+
+    /// The 16 × 16 transpose of 32-bit lanes: lane `c` of result `r` is lane
+    /// `r` of `x[c]`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn transpose16(r: &[__m512; 16]) -> [__m512; 16] {
+        // Within each 128-bit lane L: u[4q + j] holds column 4L + j of rows
+        // 4q..4q + 4.
+        let mut u = [_mm512_setzero_ps(); 16];
+        for q in 0..4 {
+            let (a, b, c, d) = (r[4 * q], r[4 * q + 1], r[4 * q + 2], r[4 * q + 3]);
+            let (t0, t1) = (_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+            let (t2, t3) = (_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+            u[4 * q] = _mm512_shuffle_ps::<0x44>(t0, t2);
+            u[4 * q + 1] = _mm512_shuffle_ps::<0xEE>(t0, t2);
+            u[4 * q + 2] = _mm512_shuffle_ps::<0x44>(t1, t3);
+            u[4 * q + 3] = _mm512_shuffle_ps::<0xEE>(t1, t3);
+        }
+        let mut out = [_mm512_setzero_ps(); 16];
+        for j in 0..4 {
+            // Lanes 0 and 2 (v), 1 and 3 (w) of rows 0..8 and 8..16.
+            let v = _mm512_shuffle_f32x4::<0x88>(u[j], u[4 + j]);
+            let w = _mm512_shuffle_f32x4::<0xDD>(u[j], u[4 + j]);
+            let v2 = _mm512_shuffle_f32x4::<0x88>(u[8 + j], u[12 + j]);
+            let w2 = _mm512_shuffle_f32x4::<0xDD>(u[8 + j], u[12 + j]);
+            out[j] = _mm512_shuffle_f32x4::<0x88>(v, v2);
+            out[4 + j] = _mm512_shuffle_f32x4::<0x88>(w, w2);
+            out[8 + j] = _mm512_shuffle_f32x4::<0xDD>(v, v2);
+            out[12 + j] = _mm512_shuffle_f32x4::<0xDD>(w, w2);
+        }
+        out
+    }
+
     /// Dimensions `d0..d0 + 16` of 16 keys, scaled, stored transposed: row
     /// `d0 + d` at `dst + (d0 + d) * nr` gets the keys' value `d`.
     ///
@@ -407,43 +555,11 @@ mod x86 {
         let r: [__m512; 16] = std::array::from_fn(|g| {
             let (k, f) = keys[g];
             // SAFETY: the key holds d0 + 16 values (contract).
-            let mut x = unsafe { _mm512_loadu_ps(k.as_ptr().add(d0)) };
-            if let Some(f) = f {
-                x = _mm512_mul_ps(x, _mm512_set1_ps(f));
-            }
-            match scale.recip {
-                Some(rc) => _mm512_mul_ps(x, _mm512_set1_ps(rc)),
-                None => _mm512_div_ps(x, _mm512_set1_ps(scale.div)),
-            }
+            scaled(unsafe { _mm512_loadu_ps(k.as_ptr().add(d0)) }, f, scale)
         });
-        // Within each 128-bit lane L: u[4q + j] holds column 4L + j of rows
-        // 4q..4q + 4.
-        let mut u = [_mm512_setzero_ps(); 16];
-        for q in 0..4 {
-            let (a, b, c, d) = (r[4 * q], r[4 * q + 1], r[4 * q + 2], r[4 * q + 3]);
-            let (t0, t1) = (_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
-            let (t2, t3) = (_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
-            u[4 * q] = _mm512_shuffle_ps::<0x44>(t0, t2);
-            u[4 * q + 1] = _mm512_shuffle_ps::<0xEE>(t0, t2);
-            u[4 * q + 2] = _mm512_shuffle_ps::<0x44>(t1, t3);
-            u[4 * q + 3] = _mm512_shuffle_ps::<0xEE>(t1, t3);
-        }
-        for j in 0..4 {
-            // Lanes 0 and 2 (v), 1 and 3 (w) of rows 0..8 and 8..16.
-            let v = _mm512_shuffle_f32x4::<0x88>(u[j], u[4 + j]);
-            let w = _mm512_shuffle_f32x4::<0xDD>(u[j], u[4 + j]);
-            let v2 = _mm512_shuffle_f32x4::<0x88>(u[8 + j], u[12 + j]);
-            let w2 = _mm512_shuffle_f32x4::<0xDD>(u[8 + j], u[12 + j]);
-            let cols = [
-                (j, _mm512_shuffle_f32x4::<0x88>(v, v2)),
-                (4 + j, _mm512_shuffle_f32x4::<0x88>(w, w2)),
-                (8 + j, _mm512_shuffle_f32x4::<0xDD>(v, v2)),
-                (12 + j, _mm512_shuffle_f32x4::<0xDD>(w, w2)),
-            ];
-            for (c, x) in cols {
-                // SAFETY: row d0 + c of the panel holds 16 values from dst (contract).
-                unsafe { _mm512_storeu_ps(dst.add((d0 + c) * nr), x) };
-            }
+        for (c, x) in transpose16(&r).into_iter().enumerate() {
+            // SAFETY: row d0 + c of the panel holds 16 values from dst (contract).
+            unsafe { _mm512_storeu_ps(dst.add((d0 + c) * nr), x) };
         }
     }
 }
@@ -750,11 +866,19 @@ mod tests {
             Packing::Pairs,
             Packing::Tiles,
         ] {
-            for (n, dk, dv) in [(37, 9, 20), (kern.nr + 19, 130, 7), (1, 1, 1)] {
+            // A divisor (3) and an exact reciprocal (1/8); 130 dimensions
+            // are four whole blocks of 16 pair rows and one more row.
+            for (n, dk, dv, div) in [
+                (37, 9, 20, 3.0),
+                (kern.nr + 19, 130, 7, 3.0),
+                (2 * kern.nr, 64, 16, 8.0),
+                (1, 1, 1, 3.0),
+            ] {
                 let mut keys = values(n * dk, 4);
                 keys[n * dk / 2] = f32::NAN;
+                keys[n * dk - 1] = f32::from_bits(0x0000_8001); // subnormal
                 let vals = values(n * dv, 5);
-                let scale = KeyScale::new(3.0);
+                let scale = KeyScale::new(div);
                 let factor = |t: usize| (!t.is_multiple_of(3)).then_some(0.5 + t as f32 / 64.0);
                 let stale = |k, m| {
                     let mut p = PackedB::zeroed_as(k, m, kern.nr, packing).unwrap();
