@@ -486,8 +486,10 @@ mod x86 {
             62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32, 30, 28, 26, 24, 22, 20,
             18, 16, 14, 12, 10, 8, 6, 4, 2, 0,
         );
-        let words: [__m512; 16] = std::array::from_fn(|g| {
-            let (k, f) = keys[g];
+        // Loops, not `array::from_fn`: its closure does not inherit this
+        // function's target features, and ran as a call per key.
+        let mut words = [_mm512_setzero_ps(); 16];
+        for (w, &(k, f)) in words.iter_mut().zip(keys) {
             // SAFETY: the key holds 2 r0 + 32 values (contract).
             let (lo, hi) = unsafe {
                 let p = k.as_ptr().add(2 * r0);
@@ -497,8 +499,8 @@ mod x86 {
                 bf16_bits(scaled(lo, f, scale)),
                 bf16_bits(scaled(hi, f, scale)),
             );
-            _mm512_castsi512_ps(_mm512_permutex2var_epi16(lo, evens, hi))
-        });
+            *w = _mm512_castsi512_ps(_mm512_permutex2var_epi16(lo, evens, hi));
+        }
         let rows = transpose16(&words);
         for (r, x) in rows.into_iter().enumerate() {
             // SAFETY: pair row r0 + r holds 16 words from dst (contract).
@@ -552,11 +554,11 @@ mod x86 {
         scale: KeyScale,
         d0: usize,
     ) {
-        let r: [__m512; 16] = std::array::from_fn(|g| {
-            let (k, f) = keys[g];
+        let mut r = [_mm512_setzero_ps(); 16];
+        for (x, &(k, f)) in r.iter_mut().zip(keys) {
             // SAFETY: the key holds d0 + 16 values (contract).
-            scaled(unsafe { _mm512_loadu_ps(k.as_ptr().add(d0)) }, f, scale)
-        });
+            *x = scaled(unsafe { _mm512_loadu_ps(k.as_ptr().add(d0)) }, f, scale);
+        }
         for (c, x) in transpose16(&r).into_iter().enumerate() {
             // SAFETY: row d0 + c of the panel holds 16 values from dst (contract).
             unsafe { _mm512_storeu_ps(dst.add((d0 + c) * nr), x) };
