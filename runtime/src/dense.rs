@@ -264,6 +264,10 @@ pub(crate) unsafe fn dense_raw(
                 None => gemm(kern, n, a, inp, &first.b, z, out, first.epilogue()),
             }
             for (i, zr) in z.chunks_exact(out).enumerate() {
+                if mode == Mode::Accumulate && i + ROWS_AHEAD < n {
+                    let ahead = (ya as *const f32).wrapping_add((r0 + i + ROWS_AHEAD) * ldy);
+                    crate::simd::prefetch_lines(ahead.cast(), 4 * out);
+                }
                 // SAFETY: row r0+i of y belongs to this task alone and shares no
                 // element with any row of x (contract).
                 let yr = unsafe {
@@ -283,6 +287,14 @@ pub(crate) unsafe fn dense_raw(
     try_par_for(rows.div_ceil(block), task)
 }
 
+/// Rows of `x` that [`input_rows`] asks the caches for ahead of the one it
+/// normalizes (and of `y` ahead of the one a stack accumulates onto): the
+/// hardware prefetcher stops at each 4 KiB page, which a few rows of the
+/// model's width already span. On the Xeon the rows of `x` made the bench
+/// model's bf16 forward about 5% faster (16K: 211 → 200 ms, 64K: 887 → 845
+/// ms); those of `y` were within the noise.
+const ROWS_AHEAD: usize = 4;
+
 /// Fills `a` (whole rows of `inp`) with rows `r0..` of `x`, layer-normalized
 /// when `norm` is given.
 ///
@@ -297,7 +309,12 @@ unsafe fn input_rows(
     inp: usize,
     a: &mut [f32],
 ) {
+    let rows = a.len() / inp.max(1);
     for (i, ar) in a.chunks_exact_mut(inp).enumerate() {
+        if i + ROWS_AHEAD < rows {
+            let ahead = x.wrapping_add((r0 + i + ROWS_AHEAD) * ldx);
+            crate::simd::prefetch_lines(ahead.cast(), 4 * inp);
+        }
         // SAFETY: the caller's contract covers row r0+i.
         let xr = unsafe { std::slice::from_raw_parts(x.add((r0 + i) * ldx), inp) };
         match norm {
