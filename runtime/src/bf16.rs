@@ -210,6 +210,24 @@ impl Packing {
             _ => nr - j % nr,
         }
     }
+
+    /// Columns `0..len` of stored row `r` of a matrix of panels `nr` wide
+    /// and `rows` stored rows long, as runs of contiguous words: `(first
+    /// column, length, index from the matrix's start)`.
+    #[inline(always)]
+    pub(crate) fn row_runs(
+        self,
+        rows: usize,
+        nr: usize,
+        r: usize,
+        len: usize,
+    ) -> impl Iterator<Item = (usize, usize, usize)> {
+        let run = self.run(nr, 0);
+        (0..len).step_by(run.max(1)).map(move |j| {
+            let at = (j / nr) * rows * nr + self.offset(rows, nr, r, j % nr);
+            (j, run.min(len - j), at)
+        })
+    }
 }
 
 /// The packing this thread's precision asks for, with a kernel of
@@ -312,6 +330,20 @@ mod tests {
         }
         assert_eq!(Packing::Tiles.run(64, 17), 15);
         assert_eq!(Packing::Pairs.run(64, 17), 47);
+        // Runs of a row across two panels: every column once, where
+        // `offset` puts it.
+        for p in [Packing::F32, Packing::Pairs, Packing::Tiles] {
+            let mut next = 0;
+            for (j, len, at) in p.row_runs(rows, nr, 3, nr + 21) {
+                assert_eq!(j, next, "{p:?}");
+                for c in 0..len {
+                    let (panel, jj) = ((j + c) / nr, (j + c) % nr);
+                    assert_eq!(at + c, panel * rows * nr + p.offset(rows, nr, 3, jj));
+                }
+                next = j + len;
+            }
+            assert_eq!(next, nr + 21);
+        }
     }
 
     #[test]

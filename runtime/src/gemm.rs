@@ -464,14 +464,10 @@ impl PackedB {
             let (c0, cols) = (panel * nr, nr.min(n - panel * nr));
             for r in 0..rows {
                 prefetch_rows(&b[c0..], 2 * (r + PAIR_AHEAD), k, ldb, cols);
-                let mut j = 0;
-                while j < cols {
-                    let len = packing.run(nr, j).min(cols - j);
+                for (j, len, at) in packing.row_runs(rows, nr, r, cols) {
                     let lo = &b[2 * r * ldb + c0 + j..][..len];
                     let hi = (2 * r + 1 < k).then(|| &b[(2 * r + 1) * ldb + c0 + j..][..len]);
-                    let at = packing.offset(rows, nr, r, j);
                     bf16::pair_rows_into(lo, hi, &mut dst[at..at + len]);
-                    j += len;
                 }
             }
         })?;
@@ -674,7 +670,7 @@ pub(crate) fn gemm_a(
                         bf16::pair_rows_into(lo, hi, out);
                     }
                     let sp = AStrides { row: 1, k: m };
-                    tiles(bf16_kernels(kern), m, ap, sp, b, c, ldc, epi);
+                    tiles(row_fns, m, ap, sp, b, c, ldc, epi);
                 });
             }
             with_a_scratch(m * k2, |ap| {

@@ -586,17 +586,14 @@ pub(crate) fn put_values<'a>(p: &mut PackedB, n: usize, value: impl Fn(usize) ->
         return;
     }
     let (nr, rows, packing) = (p.nr, p.stored_k(), p.packing);
-    let run = packing.run(nr, 0);
     for t in (0..n).step_by(2) {
         let lo = value(t);
         let hi = (t + 1 < n).then(|| value(t + 1));
-        for (c, part) in lo.chunks(run).enumerate() {
-            let (panel, j) = ((c * run) / nr, (c * run) % nr);
-            let at = panel * rows * nr + packing.offset(rows, nr, t / 2, j);
-            let dst = &mut p.data[at..at + part.len()];
+        for (j, len, at) in packing.row_runs(rows, nr, t / 2, lo.len()) {
+            let (dst, part) = (&mut p.data[at..at + len], &lo[j..j + len]);
             match hi {
                 Some(hi) => {
-                    let hi = &hi[c * run..][..part.len()];
+                    let hi = &hi[j..j + len];
                     for ((d, &a), &b) in dst.iter_mut().zip(part).zip(hi) {
                         *d = f32::from_bits(bf16::bits_select(a) | bf16::bits_select(b) << 16);
                     }
@@ -618,31 +615,17 @@ pub(crate) fn put_values<'a>(p: &mut PackedB, n: usize, value: impl Fn(usize) ->
 #[inline]
 pub(crate) fn put_value(p: &mut PackedB, slot: usize, value: &[f32]) {
     let (nr, rows, packing) = (p.nr, p.stored_k(), p.packing);
-    if packing == Packing::Tiles {
-        let run = packing.run(nr, 0);
-        for (c, part) in value.chunks(run).enumerate() {
-            let (panel, j) = ((c * run) / nr, (c * run) % nr);
-            let at = panel * rows * nr + packing.offset(rows, nr, slot / 2, j);
-            put_pair_halves(&mut p.data[at..at + part.len()], part, slot % 2);
-        }
-        return;
-    }
-    for (panel, part) in value.chunks(nr).enumerate() {
+    let row = if packing.is_pairs() { slot / 2 } else { slot };
+    for (j, len, at) in packing.row_runs(rows, nr, row, value.len()) {
+        let (dst, part) = (&mut p.data[at..at + len], &value[j..j + len]);
         match packing {
-            Packing::F32 => {
-                let at = panel * rows * nr + slot * nr;
-                p.data[at..at + part.len()].copy_from_slice(part);
-            }
+            Packing::F32 => dst.copy_from_slice(part),
             Packing::Rounded => {
-                let at = panel * rows * nr + slot * nr;
-                for (d, &x) in p.data[at..at + part.len()].iter_mut().zip(part) {
+                for (d, &x) in dst.iter_mut().zip(part) {
                     *d = bf16::round(x);
                 }
             }
-            Packing::Pairs | Packing::Tiles => {
-                let at = panel * rows * nr + (slot / 2) * nr;
-                put_pair_halves(&mut p.data[at..at + part.len()], part, slot % 2);
-            }
+            Packing::Pairs | Packing::Tiles => put_pair_halves(dst, part, slot % 2),
         }
     }
 }
