@@ -823,7 +823,7 @@ const KC: usize = 512;
 /// [`KC`] for AMX tiles (pairs of rows): a pass's end stores C's tiles and
 /// the next pass loads them again, which costs the tiles more than a
 /// panel slice beyond L2 does. On the Sapphire Rapids-class Xeon the paper
-/// model's feed-forward stack ran at 850 GFLOP/s with 512 pairs, 920 with
+/// model's feed-forward stack ran at 850 GFLOP/s with 512 pairs, 870-920 with
 /// 1024 and 600 with 128.
 const KC_TILES: usize = 1024;
 
